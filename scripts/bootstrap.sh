@@ -1,0 +1,57 @@
+# Sourced by scripts/test and scripts/demo: find Python >= 3.12, make .venv, install.
+#
+# Order of search: a working python3.13 / python3.12 / python3 on PATH, then a
+# pyenv-installed 3.12+ (pyenv's shims fail until a version is selected, so we
+# ask pyenv for the interpreter path directly). The virtualenv is reinstalled
+# only when pyproject.toml changes.
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$repo_root/.venv"
+
+_is_modern_python() {
+    "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' >/dev/null 2>&1
+}
+
+find_python() {
+    local candidate version root
+    for candidate in python3.13 python3.12 python3; do
+        if command -v "$candidate" >/dev/null 2>&1 && _is_modern_python "$candidate"; then
+            command -v "$candidate"
+            return 0
+        fi
+    done
+    if command -v pyenv >/dev/null 2>&1; then
+        root="$(pyenv root)"
+        for version in $(pyenv versions --bare 2>/dev/null | grep -E '^3\.(1[2-9]|[2-9][0-9])(\.|$)' | sort -t. -k1,1n -k2,2nr -k3,3nr); do
+            candidate="$root/versions/$version/bin/python"
+            if [ -x "$candidate" ] && _is_modern_python "$candidate"; then
+                echo "$candidate"
+                return 0
+            fi
+        done
+    fi
+    return 1
+}
+
+if [ ! -x "$venv/bin/python" ] || ! _is_modern_python "$venv/bin/python"; then
+    if ! python_bin="$(find_python)"; then
+        echo "error: versionstore needs Python 3.12 or newer." >&2
+        echo "Install one (e.g. 'pyenv install 3.12' or your OS package python3.12) and retry." >&2
+        exit 1
+    fi
+    echo "==> creating .venv with $python_bin ($("$python_bin" --version))"
+    rm -rf "$venv"
+    "$python_bin" -m venv "$venv"
+fi
+
+stamp="$venv/.installed-$(cat "$repo_root/pyproject.toml" | sha1sum | cut -c1-12)-${VS_EXTRAS:-test}"
+if [ ! -f "$stamp" ]; then
+    echo "==> installing versionstore[${VS_EXTRAS:-test}] into .venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$repo_root[${VS_EXTRAS:-test}]"
+    rm -f "$venv"/.installed-*
+    touch "$stamp"
+fi
+PYTHON="$venv/bin/python"
+export PYTHON

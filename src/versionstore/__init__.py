@@ -1,0 +1,1 @@
+"""versionstore: git-like history for Zarr data."""

@@ -1,0 +1,75 @@
+"""Every error that zarrstore raises, in one place.
+
+The tree::
+
+    ZarrStoreError
+    ├── InvalidKeyError       (also ValueError)   a key or prefix the protocol refuses
+    ├── InvalidByteRangeError (also ValueError)   a negative or reversed byte range
+    ├── ReadOnlyError         (also ValueError)   a write to a read-only store
+    ├── KeyNotFoundError      (also FileNotFoundError, KeyError) a size asked of a missing key
+    ├── UnsupportedOperationError (also NotImplementedError) e.g. listing over plain HTTP
+    └── StorageIOError        (also OSError)      the backing failed (HTTP status, object store)
+
+Each also derives from the builtin that zarr-python and plain Python code
+already catch, so existing ``except ValueError`` / ``except FileNotFoundError``
+code keeps working. ``ReadOnlyError`` carries zarr's exact wording, which
+zarr's own store test-suite matches on.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InvalidByteRangeError",
+    "InvalidKeyError",
+    "KeyNotFoundError",
+    "ReadOnlyError",
+    "StorageIOError",
+    "UnsupportedOperationError",
+    "ZarrStoreError",
+]
+
+READ_ONLY_MESSAGE = "store was opened in read-only mode and does not support writing"
+
+
+class ZarrStoreError(Exception):
+    """Root of every error raised by zarrstore."""
+
+
+class InvalidKeyError(ZarrStoreError, ValueError):
+    """A key or prefix that the store protocol refuses (see ``zarrstore.keys``)."""
+
+    def __init__(self, key: object, reason: str) -> None:
+        super().__init__(f"invalid store key {key!r}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+class InvalidByteRangeError(ZarrStoreError, ValueError):
+    """A byte range that cannot be satisfied by any value (negative or reversed)."""
+
+
+class ReadOnlyError(ZarrStoreError, ValueError):
+    """A write, erase or delete was attempted on a read-only store."""
+
+    def __init__(self, detail: str = "") -> None:
+        message = READ_ONLY_MESSAGE if not detail else f"{READ_ONLY_MESSAGE} ({detail})"
+        super().__init__(message)
+
+
+class KeyNotFoundError(ZarrStoreError, FileNotFoundError, KeyError):
+    """A key that must exist for the operation (such as ``size``) does not."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+    def __str__(self) -> str:
+        return f"key not found: {self.key!r}"
+
+
+class UnsupportedOperationError(ZarrStoreError, NotImplementedError):
+    """The store cannot do this by its nature (listing over plain HTTP, for example)."""
+
+
+class StorageIOError(ZarrStoreError, OSError):
+    """The backing storage failed; the message names the location and the cause."""

@@ -1,0 +1,86 @@
+"""The one place where store keys and prefixes are validated.
+
+A *key* names one value: slash-separated segments such as ``"a/b/zarr.json"``.
+A *prefix* names a directory of keys: the empty string (everything) or a
+sequence of segments ending in ``"/"`` (``"a/b/"``). Every store calls these
+validators through ``zarrstore.protocol``, so a bad key is refused the same
+way everywhere, before any I/O happens.
+
+Refused: empty keys, empty segments (``"a//b"``), ``"."`` and ``".."``
+segments, absolute paths (leading ``"/"``), trailing ``"/"`` on a key,
+backslashes and NUL characters. These are the forms that could escape a
+filesystem root or mean different things to different backings.
+"""
+
+from __future__ import annotations
+
+from zarrstore.errors import InvalidKeyError
+
+__all__ = ["is_valid_key", "parent_prefix", "validate_key", "validate_prefix"]
+
+_FORBIDDEN_CHARACTERS = ("\\", "\x00")
+
+
+def _segment_problem(text: str) -> str | None:
+    for character in _FORBIDDEN_CHARACTERS:
+        if character in text:
+            return f"contains forbidden character {character!r}"
+    if text.startswith("/"):
+        return "absolute paths are not keys"
+    for segment in text.split("/"):
+        if segment == "":
+            return "empty path segment"
+        if segment in (".", ".."):
+            return f"{segment!r} segments are not allowed"
+    return None
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` unchanged if it is a valid store key.
+
+    Raises:
+        InvalidKeyError: naming the key and the rule it breaks.
+    """
+    if not isinstance(key, str):
+        raise InvalidKeyError(key, "keys are str")
+    if key == "":
+        raise InvalidKeyError(key, "empty key")
+    if key.endswith("/"):
+        raise InvalidKeyError(key, "a key cannot end with '/' (that is a prefix)")
+    problem = _segment_problem(key)
+    if problem is not None:
+        raise InvalidKeyError(key, problem)
+    return key
+
+
+def validate_prefix(prefix: str) -> str:
+    """Return ``prefix`` unchanged if it is ``""`` or a valid key followed by ``"/"``.
+
+    Raises:
+        InvalidKeyError: naming the prefix and the rule it breaks.
+    """
+    if not isinstance(prefix, str):
+        raise InvalidKeyError(prefix, "prefixes are str")
+    if prefix == "":
+        return prefix
+    if not prefix.endswith("/"):
+        raise InvalidKeyError(prefix, "a non-empty prefix must end with '/'")
+    problem = _segment_problem(prefix[:-1])
+    if problem is not None:
+        raise InvalidKeyError(prefix, problem)
+    return prefix
+
+
+def is_valid_key(key: str) -> bool:
+    """Whether ``key`` would pass ``validate_key``."""
+    try:
+        validate_key(key)
+    except InvalidKeyError:
+        return False
+    return True
+
+
+def parent_prefix(key: str) -> str:
+    """The prefix of the directory holding ``key`` (``""`` at the top level)."""
+    cut = key.rfind("/")
+    return "" if cut < 0 else key[: cut + 1]

@@ -1,0 +1,378 @@
+"""The conformance suite every zarrstore store and adapter must pass.
+
+Shipped in the package (as zarr ships ``zarr.testing.store.StoreTests``) so
+that third-party stores can run it too. Subclass ``StoreConformance`` in a
+test module, provide a ``storage`` fixture and the ``raw_get`` / ``raw_set``
+backdoors (which must not go through the storage under test), and pytest
+collects every check. ``storage_state_machine`` builds a hypothesis state
+machine that runs random operations against a plain ``dict`` model.
+
+Needs pytest and hypothesis (the ``test`` extra).
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import pytest
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from zarrstore.errors import InvalidKeyError, ReadOnlyError
+from zarrstore.mapping import StoreMapping
+from zarrstore.protocol import DirListing, Storage
+from zarrstore.ranges import ByteRange, OffsetRequest, RangeRequest, SuffixRequest, slice_value
+
+__all__ = ["BAD_KEYS", "BAD_PREFIXES", "StoreConformance", "storage_state_machine"]
+
+BAD_KEYS = ["", "/abs", "a//b", "a/./b", "a/../b", "..", ".", "a/", "a\\b", "a\x00b", "../x"]
+BAD_PREFIXES = ["a", "/a/", "a//", "./", "../", "a/../", "a\\b/"]
+
+EDGE_RANGES: list[tuple[bytes, ByteRange | None]] = [
+    (b"", None),
+    (b"", RangeRequest(0, 0)),
+    (b"", RangeRequest(0, 10)),
+    (b"", OffsetRequest(0)),
+    (b"", OffsetRequest(5)),
+    (b"", SuffixRequest(0)),
+    (b"", SuffixRequest(3)),
+    (b"0123456789", RangeRequest(2, 5)),
+    (b"0123456789", RangeRequest(0, 10)),
+    (b"0123456789", RangeRequest(8, 20)),
+    (b"0123456789", RangeRequest(12, 20)),
+    (b"0123456789", RangeRequest(4, 4)),
+    (b"0123456789", OffsetRequest(0)),
+    (b"0123456789", OffsetRequest(7)),
+    (b"0123456789", OffsetRequest(10)),
+    (b"0123456789", OffsetRequest(99)),
+    (b"0123456789", SuffixRequest(0)),
+    (b"0123456789", SuffixRequest(3)),
+    (b"0123456789", SuffixRequest(10)),
+    (b"0123456789", SuffixRequest(50)),
+]
+
+
+class StoreConformance:
+    """Protocol semantics every storage must honour.
+
+    Subclasses provide the ``storage`` fixture and the two backdoors. Stores
+    that cannot store values (HTTP) set ``writable = False``; those that cannot
+    be pickled set ``picklable = False`` with a ``not_picklable_reason``.
+    """
+
+    writable: ClassVar[bool] = True
+    picklable: ClassVar[bool] = True
+    not_picklable_reason: ClassVar[str] = ""
+
+    def raw_get(self, storage: Storage, key: str) -> bytes | None:
+        """Read ``key`` without going through ``storage``."""
+        raise NotImplementedError
+
+    def raw_set(self, storage: Storage, key: str, value: bytes) -> None:
+        """Write ``key`` without going through ``storage``."""
+        raise NotImplementedError
+
+    def _require_writable(self) -> None:
+        if not self.writable:
+            pytest.skip("read-only store: every write is refused (see test_refuses_writes)")
+
+    # -- reads --------------------------------------------------------------------
+
+    def test_get_missing_is_none(self, storage: Storage) -> None:
+        assert storage.get("missing") is None
+        assert storage.get("deep/missing/key", RangeRequest(0, 3)) is None
+        assert storage.size("missing") is None
+        assert not storage.exists("missing")
+
+    @pytest.mark.parametrize("value", [b"", b"x", b"\x00\xff" * 1000])
+    def test_get_whole_value(self, storage: Storage, value: bytes) -> None:
+        self.raw_set(storage, "a/b/c", value)
+        assert storage.get("a/b/c") == value
+        assert storage.size("a/b/c") == len(value)
+        assert storage.exists("a/b/c")
+
+    @pytest.mark.parametrize(("value", "byte_range"), EDGE_RANGES)
+    def test_byte_ranges_at_edges(
+        self, storage: Storage, value: bytes, byte_range: ByteRange | None
+    ) -> None:
+        self.raw_set(storage, "v", value)
+        assert storage.get("v", byte_range) == slice_value(value, byte_range)
+
+    def test_get_many_keeps_order_and_reports_missing(self, storage: Storage) -> None:
+        self.raw_set(storage, "k1", b"one")
+        self.raw_set(storage, "d/k2", b"two22")
+        got = storage.get_many(
+            [("d/k2", SuffixRequest(2)), ("nope", None), ("k1", None), ("k1", RangeRequest(1, 2))]
+        )
+        assert got == [b"22", None, b"one", b"n"]
+        assert storage.get_many([]) == []
+
+    def test_size_prefix(self, storage: Storage) -> None:
+        for key in ["c/0/0", "c/0/1", "c/1/0", "cc/0", "top"]:
+            self.raw_set(storage, key, b"1234")
+        assert storage.size_prefix("c/") == 12
+        assert storage.size_prefix("c/0/") == 8
+        assert storage.size_prefix("") == 20
+        assert storage.size_prefix("none/") == 0
+
+    # -- listing ------------------------------------------------------------------
+
+    def test_list_is_sorted_and_complete(self, storage: Storage) -> None:
+        keys = ["b", "a/z", "a/b/c", "a-b", "a/b/d", "zarr.json", "a/b0"]
+        for key in keys:
+            self.raw_set(storage, key, b"")
+        assert list(storage.list()) == sorted(keys)
+
+    def test_list_prefix_nested(self, storage: Storage) -> None:
+        keys = ["zarr.json", "a/zarr.json", "a/b/zarr.json", "a/b/c/zarr.json", "ab/zarr.json"]
+        for key in keys:
+            self.raw_set(storage, key, b"{}")
+        for prefix in ["", "a/", "a/b/", "a/b/c/", "x/"]:
+            expected = sorted(k for k in keys if k.startswith(prefix))
+            assert list(storage.list_prefix(prefix)) == expected
+
+    def test_list_dir_gives_keys_and_prefixes(self, storage: Storage) -> None:
+        for key in ["zarr.json", "g/zarr.json", "g/a/c/0", "g/a/zarr.json", "g/b/c/0", "h/x"]:
+            self.raw_set(storage, key, b"1")
+        assert storage.list_dir("") == DirListing(keys=("zarr.json",), prefixes=("g/", "h/"))
+        assert storage.list_dir("g/") == DirListing(keys=("g/zarr.json",), prefixes=("g/a/", "g/b/"))
+        assert storage.list_dir("g/a/c/") == DirListing(keys=("g/a/c/0",))
+        assert storage.list_dir("nothing/") == DirListing()
+
+    @pytest.mark.parametrize("prefix", BAD_PREFIXES)
+    def test_bad_prefixes_are_refused(self, storage: Storage, prefix: str) -> None:
+        with pytest.raises(InvalidKeyError):
+            list(storage.list_prefix(prefix))
+        with pytest.raises(InvalidKeyError):
+            storage.list_dir(prefix)
+        with pytest.raises(InvalidKeyError):
+            storage.size_prefix(prefix)
+
+    # -- keys ---------------------------------------------------------------------
+
+    @pytest.mark.parametrize("key", BAD_KEYS)
+    def test_bad_keys_are_refused_everywhere(self, storage: Storage, key: str) -> None:
+        calls: list[Callable[[], Any]] = [
+            lambda: storage.get(key),
+            lambda: storage.size(key),
+            lambda: storage.exists(key),
+            lambda: storage.get_many([(key, None)]),
+        ]
+        if self.writable:
+            calls += [
+                lambda: storage.set(key, b"x"),
+                lambda: storage.erase(key),
+                lambda: storage.erase_many([key]),
+                lambda: storage.set_if_absent(key, b"x"),
+            ]
+        for call in calls:
+            with pytest.raises(InvalidKeyError):
+                call()
+
+    # -- writes -------------------------------------------------------------------
+
+    @pytest.mark.parametrize("value", [b"", b"v", bytes(range(256)) * 64])
+    def test_set_then_get(self, storage: Storage, value: bytes) -> None:
+        self._require_writable()
+        storage.set("x/y/z", value)
+        assert self.raw_get(storage, "x/y/z") == value
+        assert storage.get("x/y/z") == value
+
+    def test_set_overwrites(self, storage: Storage) -> None:
+        self._require_writable()
+        storage.set("k", b"first value")
+        storage.set("k", b"2nd")
+        assert storage.get("k") == b"2nd"
+
+    def test_set_accepts_bytes_like(self, storage: Storage) -> None:
+        self._require_writable()
+        storage.set("ba", bytearray(b"abc"))  # type: ignore[arg-type]
+        storage.set("mv", memoryview(b"def"))  # type: ignore[arg-type]
+        assert storage.get("ba") == b"abc"
+        assert storage.get("mv") == b"def"
+
+    def test_erase(self, storage: Storage) -> None:
+        self._require_writable()
+        self.raw_set(storage, "a/b", b"1")
+        self.raw_set(storage, "a/c", b"2")
+        storage.erase("a/b")
+        storage.erase("a/b")
+        storage.erase("never/was")
+        assert storage.get("a/b") is None
+        assert list(storage.list()) == ["a/c"]
+
+    def test_erase_many(self, storage: Storage) -> None:
+        self._require_writable()
+        for key in ["a", "b", "c/d"]:
+            self.raw_set(storage, key, b"1")
+        storage.erase_many(["a", "c/d", "missing"])
+        assert list(storage.list()) == ["b"]
+
+    def test_erase_prefix_spares_siblings(self, storage: Storage) -> None:
+        self._require_writable()
+        for key in ["zarr.json", "foo/zarr.json", "foo/c/0", "foo-bar/zarr.json", "foobar"]:
+            self.raw_set(storage, key, b"1")
+        storage.erase_prefix("foo/")
+        assert list(storage.list()) == ["foo-bar/zarr.json", "foobar", "zarr.json"]
+        assert storage.list_dir("") == DirListing(
+            keys=("foobar", "zarr.json"), prefixes=("foo-bar/",)
+        )
+        storage.erase_prefix("")
+        assert list(storage.list()) == []
+
+    def test_set_if_absent(self, storage: Storage) -> None:
+        self._require_writable()
+        assert storage.set_if_absent("k", b"first")
+        assert not storage.set_if_absent("k", b"second")
+        assert storage.get("k") == b"first"
+
+    def test_refuses_writes_when_read_only(self, storage: Storage) -> None:
+        self.raw_set(storage, "keep", b"safe")
+        reader = storage.with_read_only(True)
+        assert reader.read_only
+        writes: list[Callable[[], Any]] = [
+            lambda: reader.set("keep", b"lost"),
+            lambda: reader.set("new", b"x"),
+            lambda: reader.erase("keep"),
+            lambda: reader.erase_many(["keep"]),
+            lambda: reader.erase_prefix(""),
+            lambda: reader.set_if_absent("new", b"x"),
+        ]
+        for write in writes:
+            with pytest.raises(ReadOnlyError, match="read-only"):
+                write()
+        assert reader.get("keep") == b"safe"
+        assert self.raw_get(storage, "keep") == b"safe"
+        assert self.raw_get(storage, "new") is None
+
+    def test_with_read_only_shares_the_backing(self, storage: Storage) -> None:
+        self._require_writable()
+        reader = storage.with_read_only(True)
+        writer = reader.with_read_only(False)
+        writer.set("shared", b"1")
+        assert reader.get("shared") == b"1"
+        assert not writer.read_only
+
+    def test_pickle_round_trip(self, storage: Storage) -> None:
+        if not self.picklable:
+            pytest.skip(self.not_picklable_reason)
+        self.raw_set(storage, "p/q", b"pickled")
+        clone = pickle.loads(pickle.dumps(storage))
+        assert clone == storage
+        assert clone.get("p/q") == b"pickled"
+
+    def test_mapping_view(self, storage: Storage) -> None:
+        self._require_writable()
+        view = StoreMapping(storage)
+        view["m/1"] = b"one"
+        assert view["m/1"] == b"one"
+        assert "m/1" in view and "m/2" not in view
+        assert list(view) == ["m/1"] and len(view) == 1
+        del view["m/1"]
+        with pytest.raises(KeyError):
+            view["m/1"]
+        with pytest.raises(KeyError):
+            del view["m/1"]
+
+    def test_threads_see_whole_values(self, storage: Storage) -> None:
+        self._require_writable()
+        values = [bytes([n]) * 50_000 for n in range(4)]
+        errors: list[BaseException] = []
+
+        def writer(n: int) -> None:
+            try:
+                for i in range(25):
+                    storage.set(f"t/{n}", values[(n + i) % 4])
+                    got = storage.get(f"t/{(n + 1) % 8}")
+                    assert got is None or got in values
+            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors
+        assert all(storage.get(f"t/{n}") in values for n in range(8))
+
+
+_SEGMENTS = st.sampled_from(["d0", "d1", "d2"])
+_LEAVES = st.sampled_from(["k0", "k1", "zarr.json", "c.0"])
+KEYS = st.builds(
+    lambda dirs, leaf: "/".join([*dirs, leaf]), st.lists(_SEGMENTS, max_size=2), _LEAVES
+)
+PREFIXES = st.builds(lambda dirs: "".join(d + "/" for d in dirs), st.lists(_SEGMENTS, max_size=2))
+
+
+def storage_state_machine(make_storage: Callable[[], Storage]) -> type[RuleBasedStateMachine]:
+    """A hypothesis state machine checking a storage against a ``dict`` model.
+
+    Keys come from a small alphabet where directory and leaf names differ, so
+    every store (including filesystems, which cannot hold ``a`` and ``a/b``)
+    can hold every generated key set.
+    """
+
+    class StorageStateMachine(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.storage = make_storage()
+            self.model: dict[str, bytes] = {}
+
+        @rule(key=KEYS, value=st.binary(max_size=64))
+        def set(self, key: str, value: bytes) -> None:
+            self.storage.set(key, value)
+            self.model[key] = value
+
+        @rule(key=KEYS, value=st.binary(max_size=8))
+        def set_if_absent(self, key: str, value: bytes) -> None:
+            stored = self.storage.set_if_absent(key, value)
+            assert stored == (key not in self.model)
+            self.model.setdefault(key, value)
+
+        @rule(key=KEYS)
+        def erase(self, key: str) -> None:
+            self.storage.erase(key)
+            self.model.pop(key, None)
+
+        @rule(prefix=PREFIXES)
+        def erase_prefix(self, prefix: str) -> None:
+            self.storage.erase_prefix(prefix)
+            for key in [k for k in self.model if k.startswith(prefix)]:
+                del self.model[key]
+
+        @rule(key=KEYS, start=st.integers(0, 70), length=st.integers(0, 70))
+        def get_range(self, key: str, start: int, length: int) -> None:
+            expected = self.model.get(key)
+            got = self.storage.get(key, RangeRequest(start, start + length))
+            assert got == (None if expected is None else expected[start : start + length])
+
+        @rule(key=KEYS, suffix=st.integers(0, 70))
+        def get_suffix(self, key: str, suffix: int) -> None:
+            expected = self.model.get(key)
+            got = self.storage.get(key, SuffixRequest(suffix))
+            assert got == (None if expected is None else slice_value(expected, SuffixRequest(suffix)))
+
+        @rule(prefix=PREFIXES)
+        def list_dir(self, prefix: str) -> None:
+            rests = sorted(k[len(prefix) :] for k in self.model if k.startswith(prefix))
+            keys = tuple(prefix + r for r in rests if "/" not in r)
+            prefixes = tuple(sorted({prefix + r.split("/")[0] + "/" for r in rests if "/" in r}))
+            assert self.storage.list_dir(prefix) == DirListing(keys=keys, prefixes=prefixes)
+
+        @invariant()
+        def listing_matches(self) -> None:
+            assert list(self.storage.list()) == sorted(self.model)
+
+        @invariant()
+        def values_match(self) -> None:
+            keys = sorted(self.model)
+            assert self.storage.get_many([(k, None) for k in keys]) == [self.model[k] for k in keys]
+
+        def teardown(self) -> None:
+            self.storage.close()
+
+    return StorageStateMachine

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from zarrstore import InvalidByteRangeError, InvalidKeyError
+from zarrstore.keys import is_valid_key, parent_prefix, validate_key, validate_prefix
+from zarrstore.ranges import OffsetRequest, RangeRequest, SuffixRequest, resolve, slice_value
+from zarrstore.testing import BAD_KEYS, BAD_PREFIXES
+
+
+@pytest.mark.parametrize("key", ["a", "zarr.json", "a/b/c", ".zattrs", "a/.zarray", "c/0.0", "ü/ñ"])
+def test_good_keys(key: str) -> None:
+    assert validate_key(key) == key and is_valid_key(key)
+
+
+@pytest.mark.parametrize("key", BAD_KEYS)
+def test_bad_keys(key: str) -> None:
+    with pytest.raises(InvalidKeyError) as info:
+        validate_key(key)
+    assert info.value.key == key and repr(key) in str(info.value)
+
+
+def test_non_string_key() -> None:
+    with pytest.raises(InvalidKeyError):
+        validate_key(3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("prefix", ["", "a/", "a/b/", ".x/"])
+def test_good_prefixes(prefix: str) -> None:
+    assert validate_prefix(prefix) == prefix
+
+
+@pytest.mark.parametrize("prefix", BAD_PREFIXES)
+def test_bad_prefixes(prefix: str) -> None:
+    with pytest.raises(InvalidKeyError):
+        validate_prefix(prefix)
+
+
+def test_parent_prefix() -> None:
+    assert parent_prefix("a") == "" and parent_prefix("a/b/c") == "a/b/"
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: RangeRequest(-1, 2), lambda: RangeRequest(3, 2), lambda: OffsetRequest(-1),
+             lambda: SuffixRequest(-5), lambda: OffsetRequest(1.5), lambda: RangeRequest(True, 2)]
+)
+def test_invalid_ranges(make) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InvalidByteRangeError):
+        make()
+
+
+def test_resolve_rejects_foreign_objects() -> None:
+    with pytest.raises(TypeError, match="Unexpected byte_range"):
+        resolve((0, 2), 10)  # type: ignore[arg-type]
+
+
+@given(st.binary(max_size=50), st.integers(0, 60), st.integers(0, 60))
+def test_ranges_match_python_slicing(value: bytes, a: int, b: int) -> None:
+    start, end = min(a, b), max(a, b)
+    assert slice_value(value, RangeRequest(start, end)) == value[start:end]
+    assert slice_value(value, OffsetRequest(a)) == value[a:]
+    assert slice_value(value, SuffixRequest(a)) == (value[-a:] if a else b"")
+    assert slice_value(value, None) == value

@@ -1,0 +1,347 @@
+"""Bytes on disk: the framing, checksums, compression and msgpack of every record.
+
+Every stored object and ref value is a *frame*::
+
+    b"VS" | frame version (1 byte) | kind (1 byte) | compression (1 byte)
+          | xxh3-64 of the stored payload (8 bytes, little endian) | payload
+
+The checksum is verified on every read, so a flipped or truncated byte gives
+``CorruptObjectError`` naming the object instead of a wrong answer; xxh3 costs
+almost nothing next to the copy. (``verify`` also re-hashes content-addressed
+objects with BLAKE3 against their ids.) Records are msgpack arrays whose first
+element is the record's format version; payloads over 4 KiB are
+zstd-compressed when that helps, and decompression is capped so a corrupt or
+hostile record cannot exhaust memory. Chunk payloads are stored raw: Zarr
+chunks are usually compressed by their codecs already.
+
+The only module that imports msgpack and zstandard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Final, TypeVar
+
+import msgpack
+import xxhash
+import zstandard
+
+from versionstore.errors import CorruptObjectError, ObjectTooLargeError, UnsupportedFormatError
+from versionstore.ids import ObjectId, hash_object
+from versionstore.records import (
+    TOMBSTONE,
+    Branch,
+    ChunkRef,
+    Entry,
+    Leaf,
+    Node,
+    RefTarget,
+    SessionRecord,
+    Snapshot,
+    Tombstone,
+)
+
+__all__ = [
+    "KIND_BRANCH",
+    "KIND_CHUNK",
+    "KIND_LEAF",
+    "KIND_SNAPSHOT",
+    "MAX_DECOMPRESSED",
+    "decode_chunk",
+    "decode_node",
+    "decode_ref_target",
+    "decode_session",
+    "decode_snapshot",
+    "decode_staged",
+    "encode_chunk",
+    "encode_node",
+    "encode_ref_target",
+    "encode_session",
+    "encode_snapshot",
+    "encode_staged",
+    "frame_kind",
+    "pack_metadata",
+]
+
+FRAME_VERSION: Final = 1
+KIND_CHUNK: Final = 1
+KIND_LEAF: Final = 2
+KIND_BRANCH: Final = 3
+KIND_SNAPSHOT: Final = 4
+KIND_REF: Final = 5
+KIND_SESSION: Final = 6
+KIND_STAGED: Final = 7
+_KIND_NAMES = {1: "chunk", 2: "leaf", 3: "branch", 4: "snapshot", 5: "ref", 6: "session", 7: "staged"}
+
+_MAGIC: Final = b"VS"
+_HEADER: Final = 13
+_RAW: Final = 0
+_ZSTD: Final = 1
+_COMPRESS_ABOVE: Final = 4096
+#: The largest record any decoder will inflate (a tree node is far smaller).
+MAX_DECOMPRESSED: Final = 64 << 20
+_TUPLE_EXT: Final = 1
+
+_compressor = zstandard.ZstdCompressor(level=3, write_content_size=True)
+
+
+# -- frames ---------------------------------------------------------------------------
+
+
+def _frame(kind: int, payload: bytes, compress: bool) -> bytes:
+    compression = _RAW
+    if compress and len(payload) > _COMPRESS_ABOVE:
+        packed = _compressor.compress(payload)
+        if len(packed) < len(payload):
+            payload, compression = packed, _ZSTD
+    header = _MAGIC + bytes((FRAME_VERSION, kind, compression))
+    return header + xxhash.xxh3_64_digest(payload)[::-1] + payload
+
+
+def frame_kind(data: bytes) -> int | None:
+    """The kind byte of a frame, or ``None`` if ``data`` is not a frame."""
+    return data[3] if len(data) >= _HEADER and data[:2] == _MAGIC else None
+
+
+def _unframe(name: str, data: bytes, kind: int) -> bytes | memoryview:
+    if len(data) < _HEADER or data[:2] != _MAGIC:
+        raise CorruptObjectError(name, f"not a versionstore frame ({len(data)} bytes)")
+    if data[2] > FRAME_VERSION:
+        raise UnsupportedFormatError("frame", data[2], FRAME_VERSION)
+    if data[3] != kind:
+        got = _KIND_NAMES.get(data[3], str(data[3]))
+        raise CorruptObjectError(name, f"expected a {_KIND_NAMES[kind]}, found a {got}")
+    payload = memoryview(data)[_HEADER:]
+    if xxhash.xxh3_64_digest(payload)[::-1] != bytes(data[5:_HEADER]):
+        raise CorruptObjectError(name, "checksum mismatch (truncated or altered bytes)")
+    if data[4] == _RAW:
+        return payload
+    if data[4] != _ZSTD:
+        raise CorruptObjectError(name, f"unknown compression {data[4]}")
+    try:
+        params = zstandard.get_frame_parameters(payload)
+    except zstandard.ZstdError as exc:
+        raise CorruptObjectError(name, f"bad zstd frame: {exc}") from exc
+    if params.content_size > MAX_DECOMPRESSED:
+        raise ObjectTooLargeError(
+            name, f"claims {params.content_size} bytes, above the {MAX_DECOMPRESSED} cap"
+        )
+    try:
+        return zstandard.ZstdDecompressor().decompress(payload, max_output_size=MAX_DECOMPRESSED)
+    except zstandard.ZstdError as exc:
+        raise CorruptObjectError(name, f"cannot decompress: {exc}") from exc
+
+
+def _unpack(name: str, payload: bytes | memoryview) -> Any:
+    try:
+        return msgpack.unpackb(
+            payload, raw=False, strict_map_key=False, ext_hook=_ext_hook, timestamp=3
+        )
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise CorruptObjectError(name, f"cannot decode record: {exc}") from exc
+
+
+def _versioned(name: str, kind: str, fields: Any, supported: int, width: int) -> list[Any]:
+    if not isinstance(fields, list) or not fields or not isinstance(fields[0], int):
+        raise CorruptObjectError(name, f"malformed {kind} record")
+    if fields[0] > supported:
+        raise UnsupportedFormatError(kind, fields[0], supported)
+    if len(fields) < width:
+        raise CorruptObjectError(name, f"{kind} record has {len(fields)} fields, needs {width}")
+    return fields
+
+
+# -- metadata values ----------------------------------------------------------------
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return msgpack.ExtType(_TUPLE_EXT, _pack(list(value)))
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, list):
+        return list(value)
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return msgpack.Timestamp.from_datetime(value)
+    raise TypeError(f"cannot store {type(value).__name__} {value!r} in snapshot metadata")
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == _TUPLE_EXT:
+        return tuple(_unpack("metadata", data))
+    return msgpack.ExtType(code, data)
+
+
+def _pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True, strict_types=True, default=_default)  # type: ignore[no-any-return]
+
+
+def pack_metadata(metadata: dict[str, Any]) -> bytes:
+    """Check that ``metadata`` can be stored exactly; return its encoding.
+
+    Raises:
+        TypeError: naming the first value that cannot be stored.
+    """
+    if not isinstance(metadata, dict):
+        raise TypeError("snapshot metadata must be a dict")
+    return _pack(metadata)
+
+
+# -- chunks -------------------------------------------------------------------------
+
+
+def encode_chunk(value: bytes) -> tuple[ObjectId, bytes]:
+    """The id and stored frame of a chunk value."""
+    return hash_object(KIND_CHUNK, value), _frame(KIND_CHUNK, value, compress=False)
+
+
+def decode_chunk(name: str, data: bytes) -> bytes:
+    """The value stored in a chunk frame."""
+    return bytes(_unframe(name, data, KIND_CHUNK))
+
+
+# -- tree nodes -----------------------------------------------------------------------
+
+
+def _entry_fields(entry: Entry) -> Any:
+    return entry if isinstance(entry, bytes) else [entry.chunk_id, entry.size]
+
+
+def _entry(name: str, fields: Any) -> Entry:
+    if isinstance(fields, bytes):
+        return fields
+    if isinstance(fields, list) and len(fields) == 2:
+        return ChunkRef(chunk_id=ObjectId(fields[0]), size=int(fields[1]))
+    raise CorruptObjectError(name, "malformed entry")
+
+
+def encode_node(node: Node) -> tuple[ObjectId, bytes]:
+    """The id and stored frame of a tree node."""
+    if isinstance(node, Leaf):
+        kind = KIND_LEAF
+        body = [Leaf.FORMAT_VERSION, list(node.keys), [_entry_fields(e) for e in node.entries]]
+    else:
+        kind = KIND_BRANCH
+        body = [Branch.FORMAT_VERSION, list(node.keys), list(node.children), node.level]
+    payload = msgpack.packb(body, use_bin_type=True)
+    return hash_object(kind, payload), _frame(kind, payload, compress=True)
+
+
+def decode_node(name: str, data: bytes) -> Node:
+    """Decode a leaf or branch frame."""
+    kind = frame_kind(data)
+    if kind == KIND_LEAF:
+        fields = _versioned(name, "leaf", _unpack(name, _unframe(name, data, kind)), 1, 3)
+        try:
+            return Leaf(keys=tuple(fields[1]), entries=tuple(_entry(name, e) for e in fields[2]))
+        except TypeError as exc:
+            raise CorruptObjectError(name, f"malformed leaf: {exc}") from exc
+    if kind == KIND_BRANCH:
+        fields = _versioned(name, "branch", _unpack(name, _unframe(name, data, kind)), 1, 4)
+        return Branch(
+            level=int(fields[3]),
+            keys=tuple(fields[1]),
+            children=tuple(ObjectId(c) for c in fields[2]),
+        )
+    return _unframe(name, data, KIND_LEAF)  # type: ignore[return-value]  # raises
+
+
+# -- snapshots ------------------------------------------------------------------------
+
+
+def encode_snapshot(snapshot: Snapshot) -> tuple[ObjectId, bytes]:
+    """The id and stored frame of a snapshot."""
+    body = [
+        Snapshot.FORMAT_VERSION,
+        snapshot.parent,
+        snapshot.tree,
+        snapshot.message,
+        msgpack.Timestamp.from_datetime(snapshot.written_at),
+        msgpack.ExtType(2, pack_metadata(snapshot.metadata)),
+    ]
+    payload = msgpack.packb(body, use_bin_type=True)
+    return hash_object(KIND_SNAPSHOT, payload), _frame(KIND_SNAPSHOT, payload, compress=True)
+
+
+def decode_snapshot(name: str, data: bytes) -> Snapshot:
+    """Decode a snapshot frame."""
+    fields = _versioned(
+        name, "snapshot", _unpack(name, _unframe(name, data, KIND_SNAPSHOT)), 1, 6
+    )
+    metadata = fields[5]
+    if isinstance(metadata, msgpack.ExtType) and metadata.code == 2:
+        metadata = _unpack(name, metadata.data)
+    written_at = fields[4]
+    if not isinstance(written_at, datetime):
+        raise CorruptObjectError(name, "snapshot time is malformed")
+    return Snapshot(
+        parent=None if fields[1] is None else ObjectId(fields[1]),
+        tree=None if fields[2] is None else ObjectId(fields[2]),
+        message=fields[3],
+        written_at=written_at.astimezone(UTC),
+        metadata=metadata,
+    )
+
+
+# -- refs ------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def _encode_small(kind: int, body: list[Any]) -> bytes:
+    return _frame(kind, msgpack.packb(body, use_bin_type=True), compress=False)
+
+
+def _decode_small(name: str, data: bytes, kind: int, label: str, width: int,
+                  build: Callable[[list[Any]], T]) -> T:
+    fields = _versioned(name, label, _unpack(name, _unframe(name, data, kind)), 1, width)
+    try:
+        return build(fields)
+    except (TypeError, ValueError) as exc:
+        raise CorruptObjectError(name, f"malformed {label}: {exc}") from exc
+
+
+def encode_ref_target(target: RefTarget) -> bytes:
+    """The stored value of a branch or tag ref."""
+    return _encode_small(KIND_REF, [RefTarget.FORMAT_VERSION, target.snapshot, target.deleted])
+
+
+def decode_ref_target(name: str, data: bytes) -> RefTarget:
+    """Decode a branch or tag ref value."""
+    return _decode_small(
+        name, data, KIND_REF, "ref", 3,
+        lambda f: RefTarget(snapshot=None if f[1] is None else ObjectId(f[1]), deleted=bool(f[2])),
+    )
+
+
+def encode_session(record: SessionRecord) -> bytes:
+    """The stored value of a writable session's record."""
+    stamp = msgpack.Timestamp.from_datetime(record.created_at)
+    return _encode_small(
+        KIND_SESSION, [SessionRecord.FORMAT_VERSION, record.branch, record.base, stamp]
+    )
+
+
+def decode_session(name: str, data: bytes) -> SessionRecord:
+    """Decode a session record."""
+    return _decode_small(
+        name, data, KIND_SESSION, "session", 4,
+        lambda f: SessionRecord(
+            branch=f[1], base=ObjectId(f[2]), created_at=f[3].astimezone(UTC)
+        ),
+    )
+
+
+def encode_staged(entry: Entry | Tombstone) -> bytes:
+    """The stored value of one staged key: an entry, or a deletion."""
+    fields = None if isinstance(entry, Tombstone) else _entry_fields(entry)
+    return _encode_small(KIND_STAGED, [1, fields])
+
+
+def decode_staged(name: str, data: bytes) -> Entry | Tombstone:
+    """Decode one staged key's value."""
+    return _decode_small(
+        name, data, KIND_STAGED, "staged entry", 2,
+        lambda f: TOMBSTONE if f[1] is None else _entry(name, f[1]),
+    )

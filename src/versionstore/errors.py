@@ -1,0 +1,183 @@
+"""Every error that versionstore raises, in one place.
+
+The tree::
+
+    VersionStoreError
+    ├── RepositoryExistsError        create() on storage that already holds a repository
+    ├── RepositoryNotFoundError      open() on storage that holds none
+    ├── RefNotFoundError             a branch or tag that does not exist
+    │   ├── BranchNotFoundError
+    │   └── TagNotFoundError
+    ├── RefExistsError               creating a branch or tag whose name is taken
+    ├── ImmutableTagError            trying to move, or re-create, a tag
+    ├── InvalidRefNameError          (also ValueError)
+    ├── SnapshotNotFoundError        a snapshot id that is not in the repository
+    ├── SessionNotFoundError         resuming a session that was committed or never existed
+    ├── ReadOnlySessionError         committing or writing through a read-only session
+    ├── ConflictError                a commit whose changes overlap the branch's new commits
+    ├── CorruptObjectError           a stored object that fails its checksum or cannot decode
+    ├── ObjectTooLargeError          a record that would decompress beyond the safety cap
+    ├── UnsupportedFormatError       a record written by a newer format version
+    └── BackendError                 the storage under the repository failed (disk full, I/O)
+
+Errors carry their data (``ConflictError.keys``, ``CorruptObjectError.object_id``)
+so callers can act on them without parsing messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = [
+    "BackendError",
+    "BranchNotFoundError",
+    "ConflictError",
+    "CorruptObjectError",
+    "ImmutableTagError",
+    "InvalidRefNameError",
+    "ObjectTooLargeError",
+    "ReadOnlySessionError",
+    "RefExistsError",
+    "RefNotFoundError",
+    "RepositoryExistsError",
+    "RepositoryNotFoundError",
+    "SessionNotFoundError",
+    "SnapshotNotFoundError",
+    "TagNotFoundError",
+    "UnsupportedFormatError",
+    "VersionStoreError",
+]
+
+
+class VersionStoreError(Exception):
+    """Root of every error raised by versionstore."""
+
+
+class RepositoryExistsError(VersionStoreError):
+    """``Repository.create`` found a repository already there; nothing was changed."""
+
+
+class RepositoryNotFoundError(VersionStoreError):
+    """``Repository.open`` found no repository in the storage."""
+
+
+class RefNotFoundError(VersionStoreError, KeyError):
+    """A branch or tag that does not exist."""
+
+    kind = "ref"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name!r} does not exist"
+
+
+class BranchNotFoundError(RefNotFoundError):
+    """A branch that does not exist."""
+
+    kind = "branch"
+
+
+class TagNotFoundError(RefNotFoundError):
+    """A tag that does not exist."""
+
+    kind = "tag"
+
+
+class RefExistsError(VersionStoreError):
+    """A branch or tag name that is already taken."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        super().__init__(f"{kind} {name!r} already exists")
+        self.kind = kind
+        self.name = name
+
+
+class ImmutableTagError(VersionStoreError):
+    """Tags never move: a deleted tag's name cannot be reused either."""
+
+    def __init__(self, name: str, detail: str) -> None:
+        super().__init__(f"tag {name!r}: {detail}")
+        self.name = name
+
+
+class InvalidRefNameError(VersionStoreError, ValueError):
+    """A branch or tag name that is empty or contains forbidden characters."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"invalid ref name {name!r}: {reason}")
+        self.name = name
+
+
+class SnapshotNotFoundError(VersionStoreError, KeyError):
+    """A snapshot id that is not in the repository (or no snapshot matched ``as_of``)."""
+
+    def __init__(self, snapshot_id: str, detail: str = "") -> None:
+        super().__init__(snapshot_id)
+        self.snapshot_id = snapshot_id
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.detail or f"snapshot {self.snapshot_id!r} does not exist"
+
+
+class SessionNotFoundError(VersionStoreError, KeyError):
+    """A session id with nothing staged to resume (committed, discarded, or unknown)."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(session_id)
+        self.session_id = session_id
+
+    def __str__(self) -> str:
+        return f"no resumable session {self.session_id!r}"
+
+
+class ReadOnlySessionError(VersionStoreError):
+    """Committing, or writing through, a read-only session."""
+
+
+class ConflictError(VersionStoreError):
+    """The branch moved and its new commits touch keys this session also changed.
+
+    The session keeps its staged changes: resolve (for example re-read, rewrite
+    and retry) and commit again.
+    """
+
+    def __init__(self, branch: str, keys: Iterable[str]) -> None:
+        self.branch = branch
+        self.keys = frozenset(keys)
+        shown = ", ".join(sorted(self.keys)[:10])
+        more = f" and {len(self.keys) - 10} more" if len(self.keys) > 10 else ""
+        super().__init__(
+            f"commit conflicts with new commits on branch {branch!r}: {shown}{more}"
+        )
+
+
+class CorruptObjectError(VersionStoreError):
+    """A stored object failed its checksum, its content hash, or could not be decoded."""
+
+    def __init__(self, object_id: str, detail: str) -> None:
+        super().__init__(f"object {object_id} is corrupt: {detail}")
+        self.object_id = object_id
+        self.detail = detail
+
+
+class ObjectTooLargeError(CorruptObjectError):
+    """A record claims to decompress beyond the safety cap (a decompression bomb)."""
+
+
+class UnsupportedFormatError(VersionStoreError):
+    """A record from a newer format version than this library understands."""
+
+    def __init__(self, kind: str, version: int, supported: int) -> None:
+        super().__init__(
+            f"{kind} record has format version {version}; this versionstore reads up to "
+            f"{supported} — upgrade versionstore to read this repository"
+        )
+        self.version = version
+
+
+class BackendError(VersionStoreError, OSError):
+    """The storage under the repository failed; the message names the cause."""

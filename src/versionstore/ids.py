@@ -1,0 +1,72 @@
+"""Identifiers: object ids (content hashes) and the text forms users see.
+
+Every immutable object — chunk, tree node, snapshot — is named by the first
+20 bytes of the BLAKE3 hash of its kind byte and its content. BLAKE3 because
+the id *is* the deduplication key: two different values with one id would
+silently return the wrong bytes, so the hash must resist deliberate
+collisions, not only accidental ones; BLAKE3 does at about 1.5 GB/s per core
+in Python, well above the write speed of the storage behind it. 160 bits keep
+accidental collisions out of reach (birthday bound 2^80) while keeping tree
+leaves small.
+
+Snapshot ids are shown as 32-character base32 text (``SnapshotId``);
+session ids are random 16-byte tokens in the same alphabet.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from typing import NewType
+
+import blake3
+
+__all__ = [
+    "ID_LENGTH",
+    "ObjectId",
+    "SessionId",
+    "SnapshotId",
+    "hash_object",
+    "new_session_id",
+    "object_id_from_text",
+    "object_id_text",
+]
+
+ID_LENGTH = 20
+
+ObjectId = NewType("ObjectId", bytes)
+SnapshotId = NewType("SnapshotId", str)
+SessionId = NewType("SessionId", str)
+
+
+def hash_object(kind: int, payload: bytes) -> ObjectId:
+    """The id of an object of ``kind`` whose content is ``payload``."""
+    hasher = blake3.blake3(bytes((kind,)))
+    hasher.update(payload)
+    return ObjectId(hasher.digest(ID_LENGTH))
+
+
+def object_id_text(object_id: bytes) -> str:
+    """The base32 text form of an object id (what users see)."""
+    return base64.b32encode(object_id).decode("ascii").rstrip("=")
+
+
+def object_id_from_text(text: str) -> ObjectId:
+    """Parse the text form of an object id.
+
+    Raises:
+        ValueError: if ``text`` is not a well-formed id.
+    """
+    if not isinstance(text, str) or len(text) != 32:
+        raise ValueError(f"not a snapshot id: {text!r}")
+    try:
+        raw = base64.b32decode(text.upper())
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"not a snapshot id: {text!r}") from exc
+    return ObjectId(raw)
+
+
+def new_session_id() -> SessionId:
+    """A fresh random session id."""
+    return SessionId(base64.b32encode(secrets.token_bytes(15)).decode("ascii"))

@@ -1,0 +1,151 @@
+"""The records versionstore writes, as small frozen classes.
+
+Objects (immutable, content-addressed):
+
+* chunk bytes — a stored value too large to live inline (no record class:
+  the bytes are the object);
+* ``Leaf`` — a sorted run of ``key -> entry`` pairs, the bottom of a tree;
+* ``Branch`` — a sorted run of ``first key -> child node id`` pairs;
+* ``Snapshot`` — one commit: parent, tree root, message, time, metadata.
+
+Mutable refs (moved by compare-and-swap):
+
+* ``RefTarget`` — a branch or tag pointing at a snapshot (a deleted tag
+  keeps a tombstone so its name is never reused);
+* ``SessionRecord`` — a writable session's branch and base snapshot;
+* staged entries — an ``Entry`` or ``TOMBSTONE`` per staged key.
+
+Every record class has a ``FORMAT_VERSION``; ``codec`` writes it into every
+encoded record and refuses records from newer versions.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar
+
+import attrs
+
+from versionstore.ids import ID_LENGTH, ObjectId
+
+__all__ = [
+    "TOMBSTONE",
+    "Branch",
+    "ChunkRef",
+    "Entry",
+    "Leaf",
+    "RefTarget",
+    "SessionRecord",
+    "Snapshot",
+    "Tombstone",
+]
+
+
+@attrs.frozen
+class ChunkRef:
+    """A value stored as its own chunk object."""
+
+    chunk_id: ObjectId
+    size: int
+
+    def check(self) -> None:
+        """Raise ``ValueError`` if the reference is malformed."""
+        if len(self.chunk_id) != ID_LENGTH or self.size < 0:
+            raise ValueError(f"malformed chunk reference {self!r}")
+
+
+#: A value: small ones inline as ``bytes``, large ones by reference.
+Entry = bytes | ChunkRef
+
+
+@attrs.frozen
+class Tombstone:
+    """A staged deletion."""
+
+
+TOMBSTONE = Tombstone()
+
+
+@attrs.frozen(kw_only=True)
+class Leaf:
+    """Tree leaf: ``keys[i]`` holds ``entries[i]``; keys strictly increasing."""
+
+    FORMAT_VERSION: ClassVar[int] = 1
+    keys: tuple[str, ...]
+    entries: tuple[Entry, ...]
+
+    def check(self) -> None:
+        """Raise ``ValueError`` if the leaf breaks its invariants."""
+        if len(self.keys) != len(self.entries) or not self.keys:
+            raise ValueError("leaf keys and entries differ in length, or the leaf is empty")
+        if any(a >= b for a, b in zip(self.keys, self.keys[1:], strict=False)):
+            raise ValueError("leaf keys are not strictly increasing")
+        for entry in self.entries:
+            if isinstance(entry, ChunkRef):
+                entry.check()
+
+
+@attrs.frozen(kw_only=True)
+class Branch:
+    """Tree interior node: child ``i`` holds keys ``>= keys[i]`` and ``< keys[i + 1]``.
+
+    ``level`` is the height above the leaves (1: the children are leaves).
+    """
+
+    FORMAT_VERSION: ClassVar[int] = 1
+    level: int
+    keys: tuple[str, ...]
+    children: tuple[ObjectId, ...]
+
+    def check(self) -> None:
+        """Raise ``ValueError`` if the node breaks its invariants."""
+        if len(self.keys) != len(self.children) or not self.keys:
+            raise ValueError("branch keys and children differ in length, or the node is empty")
+        if any(a >= b for a, b in zip(self.keys, self.keys[1:], strict=False)):
+            raise ValueError("branch keys are not strictly increasing")
+        if self.level < 1:
+            raise ValueError("branch level must be at least 1")
+        if any(len(child) != ID_LENGTH for child in self.children):
+            raise ValueError("malformed child id")
+
+
+Node = Leaf | Branch
+
+
+@attrs.frozen(kw_only=True)
+class Snapshot:
+    """One commit. ``tree`` is ``None`` for an empty store."""
+
+    FORMAT_VERSION: ClassVar[int] = 1
+    parent: ObjectId | None
+    tree: ObjectId | None
+    message: str
+    written_at: datetime
+    metadata: dict[str, Any] = attrs.field(factory=dict)
+
+    def check(self) -> None:
+        """Raise ``ValueError`` if the snapshot is malformed."""
+        if self.written_at.tzinfo is None:
+            raise ValueError("snapshot time has no timezone")
+        for object_id in (self.parent, self.tree):
+            if object_id is not None and len(object_id) != ID_LENGTH:
+                raise ValueError("malformed object id in snapshot")
+
+
+@attrs.frozen(kw_only=True)
+class RefTarget:
+    """What a branch or tag points at; ``deleted`` marks a tag's tombstone."""
+
+    FORMAT_VERSION: ClassVar[int] = 1
+    snapshot: ObjectId | None
+    deleted: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class SessionRecord:
+    """A writable session: the branch it commits to and the snapshot it is based on."""
+
+    FORMAT_VERSION: ClassVar[int] = 1
+    branch: str
+    base: ObjectId
+    created_at: datetime

@@ -7,6 +7,7 @@ speaks the small sync protocol ``zarrstore.protocol.Storage`` (or its async
 twin), which the adapters and the versioned engine build on.
 """
 
+from zarrstore.adapters import AsyncToSync, PerformanceMetrics, ReadOnly, SyncToAsync, UsageLog
 from zarrstore.errors import (
     InvalidByteRangeError,
     InvalidKeyError,
@@ -25,6 +26,7 @@ from zarrstore.zarr_bridge import ZarrStore
 
 __all__ = [
     "AsyncStorage",
+    "AsyncToSync",
     "ByteRange",
     "DirListing",
     "FilesystemStorage",
@@ -35,13 +37,17 @@ __all__ = [
     "MemoryStorage",
     "MemoryStore",
     "OffsetRequest",
+    "PerformanceMetrics",
     "RangeRequest",
+    "ReadOnly",
     "ReadOnlyError",
     "Storage",
     "StorageIOError",
     "StoreMapping",
     "SuffixRequest",
+    "SyncToAsync",
     "UnsupportedOperationError",
+    "UsageLog",
     "ZarrStore",
     "ZarrStoreError",
 ]

@@ -1,0 +1,316 @@
+"""``HTTPStore``: read-only access to a zarr hierarchy published on a web server.
+
+The seed's read-only HTTP store, over aiohttp. A key is a URL under the base
+URL; ``get`` is an HTTP ``GET`` and a byte range becomes a ``Range`` header
+(``bytes=a-b``, ``bytes=a-`` or ``bytes=-n``). A ``404`` is a missing key
+(``None``); any other failure raises ``StorageIOError`` naming the URL and
+the status. ``size`` is a ``HEAD`` request (``Content-Length``).
+
+Transient failures — a ``5xx`` answer, a dropped or reset connection — are
+retried with exponential backoff; a timeout is not, so a hung server costs one
+``timeout``, not several. Connections are pooled and reused, one aiohttp
+session per event loop (``zarrstore.http_sessions``): zarr's I/O thread,
+``AsyncToSync``'s thread and a caller's own ``asyncio.run`` each get theirs.
+
+HTTP has no listing, so ``supports_listing`` is ``False`` and listing raises
+``UnsupportedOperationError``. Open a hierarchy through zarr's consolidated
+metadata (``zarr.open_consolidated`` / ``xarray.open_zarr(consolidated=True)``),
+which needs no listing. Every write raises ``ReadOnlyError``.
+
+This is the one module that imports aiohttp; its errors are translated here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import weakref
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from typing_extensions import override
+
+from zarrstore.errors import StorageIOError, UnsupportedOperationError
+from zarrstore.http_sessions import SessionPool, new_session
+from zarrstore.protocol import AsyncStorage
+from zarrstore.ranges import ByteRange, OffsetRequest, RangeRequest, SuffixRequest, slice_value
+from zarrstore.zarr_bridge import ZarrStore
+
+__all__ = ["HTTPStorage", "HTTPStore"]
+
+#: Statuses worth another try: the server is overloaded, restarting or behind a flaky proxy.
+RETRY_STATUSES = frozenset({500, 502, 503, 504})
+
+#: Connection failures worth another try (resets, drops, refused connects, truncated bodies).
+_TRANSIENT = (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)
+_NOT_TRANSIENT = (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch)
+
+_SETTINGS = ("url", "headers", "timeout", "retries", "backoff", "max_connections")
+
+
+def _range_header(byte_range: ByteRange | None) -> str | None:
+    """The ``Range`` header for ``byte_range``; ``None`` for a whole-value read."""
+    if isinstance(byte_range, RangeRequest):
+        return f"bytes={byte_range.start}-{byte_range.end - 1}"
+    if isinstance(byte_range, OffsetRequest) and byte_range.offset > 0:
+        return f"bytes={byte_range.offset}-"
+    if isinstance(byte_range, SuffixRequest):
+        return f"bytes=-{byte_range.suffix}"
+    return None
+
+
+def _is_empty(byte_range: ByteRange | None) -> bool:
+    """Whether ``byte_range`` asks for no bytes whatever the value (no valid ``Range`` says so)."""
+    if isinstance(byte_range, RangeRequest):
+        return byte_range.end == byte_range.start
+    return isinstance(byte_range, SuffixRequest) and byte_range.suffix == 0
+
+
+class HTTPStorage(AsyncStorage):
+    """The storage behind ``HTTPStore``: read-only, over one pooled session per event loop.
+
+    Args:
+        url: the base URL; key ``k`` is read from ``{url}/{k}``.
+        headers: sent with every request (for example ``{"Authorization": "Bearer ..."}``).
+        timeout: seconds allowed for one request, connect to last byte.
+        retries: further attempts after a ``5xx`` or a dropped connection.
+        backoff: seconds before the first retry; doubled for each further one.
+        max_connections: connections open at once per event loop.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 30.0,
+        retries: int = 3,
+        backoff: float = 0.2,
+        max_connections: int = 16,
+    ) -> None:
+        super().__init__(read_only=True)
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"HTTPStorage needs an http:// or https:// URL, got {url!r}")
+        self.url = url.rstrip("/")
+        # identity: a Range applies to the encoded body, so a gzip answer would misplace it.
+        self.headers: dict[str, str] = {"Accept-Encoding": "identity", **(headers or {})}
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.max_connections = max_connections
+        self._sessions = SessionPool(
+            functools.partial(new_session, self.headers, timeout, max_connections)
+        )
+        # A storage dropped without close() still hands its connections back.
+        weakref.finalize(self, self._sessions.close, wait=1.0)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, HTTPStorage)
+            and self.url == other.url
+            and self.headers == other.headers
+        )
+
+    def __hash__(self) -> int:
+        return hash(self.url)
+
+    def __repr__(self) -> str:
+        return f"HTTPStorage({self.url!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _SETTINGS}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state.pop("url"), **state)  # type: ignore[misc]
+
+    @property
+    @override
+    def supports_writes(self) -> bool:
+        return False
+
+    @property
+    @override
+    def supports_deletes(self) -> bool:
+        return False
+
+    @property
+    @override
+    def supports_listing(self) -> bool:
+        return False
+
+    # -- sessions, one per event loop -------------------------------------------------
+
+    @override
+    async def aclose(self) -> None:
+        """Close the running loop's session (sessions of closed loops are released too)."""
+        await self._sessions.aclose()
+
+    def close(self) -> None:
+        """Close every session from synchronous code (``HTTPStore.close`` calls this)."""
+        self._sessions.close(wait=self.timeout)
+
+    # -- requests -----------------------------------------------------------------------
+
+    def _key_url(self, key: str) -> str:
+        return f"{self.url}/{quote(key, safe='/')}"
+
+    async def _request(
+        self, method: str, key: str, range_header: str | None = None
+    ) -> tuple[int, bytes, int | None]:
+        """One request with retries: ``(status, body, Content-Length)``.
+
+        Raises:
+            StorageIOError: on a timeout, a non-transient connection failure, or
+                when the retries are spent.
+        """
+        url = self._key_url(key)
+        headers = {"Range": range_header} if range_header else None
+        session = await self._sessions.session()
+        for attempt in range(self.retries + 1):
+            delay = self.backoff * 2**attempt
+            last = attempt == self.retries
+            try:
+                async with session.request(method, url, headers=headers) as response:
+                    if response.status in RETRY_STATUSES and not last:
+                        await response.read()
+                        await asyncio.sleep(delay)
+                        continue
+                    body = await response.read() if method == "GET" else b""
+                    return response.status, body, response.content_length
+            except TimeoutError as exc:
+                raise StorageIOError(
+                    f"{method} {url} timed out after {self.timeout} s"
+                ) from exc
+            except _NOT_TRANSIENT as exc:
+                raise StorageIOError(f"{method} {url} failed: {exc}") from exc
+            except _TRANSIENT as exc:
+                if last:
+                    raise StorageIOError(
+                        f"{method} {url} failed after {attempt + 1} attempts: {exc!r}"
+                    ) from exc
+                await asyncio.sleep(delay)
+            except aiohttp.ClientError as exc:
+                raise StorageIOError(f"{method} {url} failed: {exc!r}") from exc
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _failure(self, method: str, key: str, status: int) -> StorageIOError:
+        return StorageIOError(f"{method} {self._key_url(key)} answered HTTP {status}")
+
+    # -- the protocol -----------------------------------------------------------------
+
+    @override
+    async def _get(self, key: str, byte_range: ByteRange | None) -> bytes | None:
+        if _is_empty(byte_range):
+            return None if await self._size(key) is None else b""
+        status, body, _ = await self._request("GET", key, _range_header(byte_range))
+        if status == 206:
+            return body
+        if status == 200:  # the server ignored Range and sent the whole value
+            return slice_value(body, byte_range)
+        if status == 416:  # the value exists, but the range lies wholly past its end
+            return b""
+        if status == 404:
+            return None
+        raise self._failure("GET", key, status)
+
+    @override
+    async def _size(self, key: str) -> int | None:
+        status, _, length = await self._request("HEAD", key)
+        if status == 404:
+            return None
+        if status != 200:
+            raise self._failure("HEAD", key, status)
+        if length is None:  # no Content-Length (a chunked answer): count the bytes
+            value = await self._get(key, None)
+            return None if value is None else len(value)
+        return length
+
+    @override
+    async def _set(self, key: str, value: bytes) -> None:
+        raise UnsupportedOperationError("HTTPStorage cannot store values")
+
+    @override
+    async def _erase(self, key: str) -> None:
+        raise UnsupportedOperationError("HTTPStorage cannot erase values")
+
+    @override
+    async def _list_prefix(self, prefix: str) -> list[str]:
+        raise UnsupportedOperationError(
+            "HTTPStorage cannot list keys; open the hierarchy with consolidated metadata"
+        )
+
+    @override
+    def _with_read_only(self, read_only: bool) -> HTTPStorage:
+        if not read_only:
+            raise UnsupportedOperationError("HTTPStorage is read-only; it has no writable form")
+        return self
+
+
+class HTTPStore(ZarrStore):
+    """A read-only zarr store over HTTP(S); open hierarchies with consolidated metadata.
+
+    Args:
+        url: the base URL of the hierarchy (the directory holding the root ``zarr.json``).
+        headers: sent with every request, such as an ``Authorization`` token.
+        timeout: seconds allowed for one request.
+        retries: further attempts after a ``5xx`` or a dropped connection.
+        backoff: seconds before the first retry; doubled each time.
+        max_connections: connections open at once per event loop.
+        read_only: must be ``True``: HTTP stores cannot store values.
+
+    Raises:
+        UnsupportedOperationError: for ``read_only=False``.
+    """
+
+    storage: HTTPStorage
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 30.0,
+        retries: int = 3,
+        backoff: float = 0.2,
+        max_connections: int = 16,
+        read_only: bool = True,
+    ) -> None:
+        if not read_only:
+            raise UnsupportedOperationError("HTTPStore is read-only; it has no writable form")
+        super().__init__(
+            HTTPStorage(
+                url,
+                headers=headers,
+                timeout=timeout,
+                retries=retries,
+                backoff=backoff,
+                max_connections=max_connections,
+            )
+        )
+
+    @property
+    def url(self) -> str:
+        """The base URL of the hierarchy."""
+        return self.storage.url
+
+    @override
+    def with_read_only(self, read_only: bool = False) -> HTTPStore:
+        """A not-yet-open copy; only ``read_only=True`` exists for HTTP.
+
+        Raises:
+            UnsupportedOperationError: for ``read_only=False``, in the words zarr expects.
+        """
+        if not read_only:
+            raise UnsupportedOperationError(
+                f"with_read_only is not implemented for the {type(self)} store type. "
+                "(HTTP stores are read-only.)"
+            )
+        return super().with_read_only(True)
+
+    @override
+    def close(self) -> None:
+        """Close the store and its pooled connections."""
+        super().close()
+        self.storage.close()

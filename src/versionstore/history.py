@@ -1,0 +1,237 @@
+"""History: snapshot info, ancestry, point-in-time lookup, and Zarr-aware diffs.
+
+``Diff`` uses icechunk's field names so code moving from icechunk reads the
+same. Node paths are absolute (``"/"`` is the root group, ``"/t"`` an array).
+Changed keys are classified by their Zarr role: metadata documents
+(``zarr.json`` for v3; ``.zarray``, ``.zgroup`` and ``.zattrs`` for v2) make
+nodes new, deleted or updated; chunk keys of a known array, parsed with that
+array's chunk-key encoding, become chunk coordinates; any other key is
+reported as-is in ``updated_keys``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from versionstore.errors import SnapshotNotFoundError
+from versionstore.ids import ObjectId, SnapshotId, object_id_text
+from versionstore.objects import ObjectReader
+from versionstore.records import Snapshot
+
+__all__ = ["Diff", "SnapshotInfo", "ancestry", "classify_changes", "snapshot_at"]
+
+KeyReader = Callable[[str], bytes | None]
+Coordinates = tuple[int, ...]
+
+
+@attrs.frozen
+class SnapshotInfo:
+    """What a user sees of one snapshot."""
+
+    id: SnapshotId
+    parent_id: SnapshotId | None
+    written_at: datetime
+    message: str
+    metadata: dict[str, Any]
+
+    @classmethod
+    def of(cls, snapshot_id: ObjectId, snapshot: Snapshot) -> SnapshotInfo:
+        """Build from a stored snapshot."""
+        return cls(
+            id=SnapshotId(object_id_text(snapshot_id)),
+            parent_id=None if snapshot.parent is None else SnapshotId(
+                object_id_text(snapshot.parent)
+            ),
+            written_at=snapshot.written_at,
+            message=snapshot.message,
+            metadata=snapshot.metadata,
+        )
+
+
+@attrs.frozen
+class Diff:
+    """Changes between two versions (or staged in a session), by Zarr node."""
+
+    new_groups: frozenset[str] = frozenset()
+    new_arrays: frozenset[str] = frozenset()
+    deleted_groups: frozenset[str] = frozenset()
+    deleted_arrays: frozenset[str] = frozenset()
+    updated_groups: frozenset[str] = frozenset()
+    updated_arrays: frozenset[str] = frozenset()
+    updated_chunks: Mapping[str, frozenset[Coordinates]] = attrs.field(factory=dict)
+    updated_keys: frozenset[str] = frozenset()
+
+    def is_empty(self) -> bool:
+        """Whether nothing changed."""
+        return not any(attrs.astuple(self, recurse=False))
+
+    def __str__(self) -> str:
+        lines = []
+        for field in attrs.fields(Diff):
+            value = getattr(self, field.name)
+            if field.name == "updated_chunks":
+                for path, coords in sorted(value.items()):
+                    lines.append(f"updated_chunks {path}: {len(coords)} chunk(s)")
+            elif value:
+                lines.append(f"{field.name}: {', '.join(sorted(value))}")
+        return "\n".join(lines) or "(no changes)"
+
+
+def ancestry(reader: ObjectReader, start: ObjectId) -> Iterator[tuple[ObjectId, Snapshot]]:
+    """Snapshots from ``start`` back to the first, newest first."""
+    current: ObjectId | None = start
+    while current is not None:
+        snapshot = reader.snapshot(current)
+        yield current, snapshot
+        current = snapshot.parent
+
+
+def snapshot_at(reader: ObjectReader, tip: ObjectId, as_of: datetime) -> ObjectId:
+    """The newest snapshot in ``tip``'s ancestry written at or before ``as_of``.
+
+    Raises:
+        ValueError: if ``as_of`` has no timezone.
+        SnapshotNotFoundError: if every snapshot is newer.
+    """
+    if as_of.tzinfo is None or as_of.utcoffset() is None:
+        raise ValueError("as_of must be timezone-aware (e.g. datetime.now(UTC))")
+    for snapshot_id, snapshot in ancestry(reader, tip):
+        if snapshot.written_at <= as_of:
+            return snapshot_id
+    raise SnapshotNotFoundError(
+        "", f"no snapshot on this branch was written at or before {as_of.isoformat()}"
+    )
+
+
+# -- classifying changed keys --------------------------------------------------------
+
+
+def _node_path(directory: str) -> str:
+    return "/" + directory
+
+
+def _json(value: bytes | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        document = json.loads(value)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+class _Layout:
+    """Looks up Zarr node types and chunk-key encodings in one version."""
+
+    def __init__(self, read: KeyReader) -> None:
+        self._read = read
+        self._arrays: dict[str, Callable[[str], Coordinates | None] | None] = {}
+
+    def node_type(self, directory: str) -> str | None:
+        prefix = f"{directory}/" if directory else ""
+        document = _json(self._read(prefix + "zarr.json"))
+        if document is not None and document.get("node_type") in ("array", "group"):
+            return str(document["node_type"])
+        if self._read(prefix + ".zarray") is not None:
+            return "array"
+        if self._read(prefix + ".zgroup") is not None:
+            return "group"
+        return None
+
+    def chunk_parser(self, directory: str) -> Callable[[str], Coordinates | None] | None:
+        """How to read chunk keys of the array at ``directory`` (``None``: not an array)."""
+        if directory not in self._arrays:
+            self._arrays[directory] = self._parser(directory)
+        return self._arrays[directory]
+
+    def _parser(self, directory: str) -> Callable[[str], Coordinates | None] | None:
+        prefix = f"{directory}/" if directory else ""
+        v3 = _json(self._read(prefix + "zarr.json"))
+        if v3 is not None and v3.get("node_type") == "array":
+            ndim = len(v3.get("shape", []))
+            encoding = v3.get("chunk_key_encoding") or {}
+            separator = (encoding.get("configuration") or {}).get("separator", "/")
+            if encoding.get("name") == "v2":
+                return lambda rest: _coords(rest, separator, ndim, lead=None)
+            return lambda rest: _coords(rest, separator, ndim, lead="c")
+        v2 = _json(self._read(prefix + ".zarray"))
+        if v2 is not None:
+            ndim = len(v2.get("shape", []))
+            separator = v2.get("dimension_separator") or "."
+            return lambda rest: _coords(rest, separator, ndim, lead=None)
+        return None
+
+
+def _coords(rest: str, separator: str, ndim: int, lead: str | None) -> Coordinates | None:
+    parts = rest.split(separator)
+    if lead is not None:
+        if parts[0] != lead:
+            return None
+        parts = parts[1:]
+    elif ndim == 0:
+        return () if parts == ["0"] else None
+    if len(parts) != ndim or not all(p.isdigit() for p in parts):
+        return None
+    return tuple(int(p) for p in parts)
+
+
+def classify_changes(
+    keys: Mapping[str, tuple[bool, bool]], read_old: KeyReader, read_new: KeyReader
+) -> Diff:
+    """Turn changed keys into a ``Diff``.
+
+    Args:
+        keys: each changed key → (existed before, exists after).
+        read_old: reads a key in the older version.
+        read_new: reads a key in the newer version.
+    """
+    old, new = _Layout(read_old), _Layout(read_new)
+    found: dict[str, set[str]] = {name: set() for name in (
+        "new_groups", "new_arrays", "deleted_groups", "deleted_arrays",
+        "updated_groups", "updated_arrays", "updated_keys")}
+    chunks: dict[str, set[Coordinates]] = {}
+    for key, (before, after) in keys.items():
+        directory, _, name = key.rpartition("/")
+        if name in ("zarr.json", ".zarray", ".zgroup", ".zattrs"):
+            kind_old = old.node_type(directory) if before or name == ".zattrs" else None
+            kind_new = new.node_type(directory) if after or name == ".zattrs" else None
+            path = _node_path(directory)
+            if kind_old is None and kind_new is None:
+                found["updated_keys"].add(key)
+            elif name == ".zattrs" or kind_old == kind_new:
+                kind = kind_new or kind_old
+                found[f"updated_{kind}s"].add(path)
+            else:
+                if kind_old is not None:
+                    found[f"deleted_{kind_old}s"].add(path)
+                if kind_new is not None:
+                    found[f"new_{kind_new}s"].add(path)
+            continue
+        placed = False
+        parts = key.split("/")
+        for depth in range(len(parts) - 1, -1, -1):
+            directory = "/".join(parts[:depth])
+            rest = "/".join(parts[depth:])
+            parser = new.chunk_parser(directory) or old.chunk_parser(directory)
+            if parser is None:
+                continue
+            coords = parser(rest)
+            if coords is not None:
+                chunks.setdefault(_node_path(directory), set()).add(coords)
+                placed = True
+            break
+        if not placed:
+            found["updated_keys"].add(key)
+    for path in found["new_arrays"] | found["deleted_arrays"]:
+        found["updated_arrays"].discard(path)
+    for path in found["new_groups"] | found["deleted_groups"]:
+        found["updated_groups"].discard(path)
+    return Diff(
+        **{name: frozenset(paths) for name, paths in found.items()},
+        updated_chunks={path: frozenset(c) for path, c in chunks.items()},
+    )

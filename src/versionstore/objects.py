@@ -1,0 +1,90 @@
+"""Typed, cached reads of a repository's immutable objects.
+
+Tree nodes and snapshots never change once written, so they are cached by id
+for as long as the process likes (a bounded LRU); chunks are not cached —
+the backend (LMDB's memory map) already is one. A missing object is reported
+as corruption: nothing the engine reaches should ever be absent.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Generic, TypeVar
+
+from versionstore.backend.protocol import Backend
+from versionstore.codec import decode_chunk, decode_node, decode_snapshot
+from versionstore.errors import CorruptObjectError, SnapshotNotFoundError
+from versionstore.ids import ObjectId, object_id_text
+from versionstore.records import Node, Snapshot
+
+__all__ = ["ObjectReader"]
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _LRU(Generic[K, V]):
+    def __init__(self, capacity: int) -> None:
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            self._items[key] = value
+            if len(self._items) > self._capacity:
+                self._items.popitem(last=False)
+
+
+class ObjectReader:
+    """Reads nodes, snapshots and chunks from a backend."""
+
+    def __init__(self, backend: Backend, *, cache_nodes: int = 8192) -> None:
+        self.backend = backend
+        self._nodes: _LRU[ObjectId, Node] = _LRU(cache_nodes)
+        self._snapshots: _LRU[ObjectId, Snapshot] = _LRU(4096)
+
+    def node(self, node_id: ObjectId) -> Node:
+        """The tree node ``node_id``."""
+        node = self._nodes.get(node_id)
+        if node is None:
+            data = self.backend.get_objects([node_id])[0]
+            if data is None:
+                raise CorruptObjectError(object_id_text(node_id), "tree node is missing")
+            node = decode_node(object_id_text(node_id), data)
+            self._nodes.put(node_id, node)
+        return node
+
+    def snapshot(self, snapshot_id: ObjectId) -> Snapshot:
+        """The snapshot ``snapshot_id``.
+
+        Raises:
+            SnapshotNotFoundError: if no such snapshot is stored.
+        """
+        snapshot = self._snapshots.get(snapshot_id)
+        if snapshot is None:
+            data = self.backend.get_objects([snapshot_id])[0]
+            if data is None:
+                raise SnapshotNotFoundError(object_id_text(snapshot_id))
+            snapshot = decode_snapshot(object_id_text(snapshot_id), data)
+            self._snapshots.put(snapshot_id, snapshot)
+        return snapshot
+
+    def chunks(self, chunk_ids: Sequence[ObjectId]) -> list[bytes]:
+        """The values of chunk objects, in order (one backend call)."""
+        stored = self.backend.get_objects(chunk_ids)
+        values = []
+        for chunk_id, data in zip(chunk_ids, stored, strict=True):
+            if data is None:
+                raise CorruptObjectError(object_id_text(chunk_id), "chunk is missing")
+            values.append(decode_chunk(object_id_text(chunk_id), data))
+        return values

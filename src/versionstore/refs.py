@@ -1,0 +1,149 @@
+"""Branches and tags: named pointers to snapshots, moved only by compare-and-swap.
+
+A branch moves by commit or by ``reset_branch``; each move is one atomic
+compare-and-swap against the value the mover last read, so concurrent movers
+cannot lose each other's work. A tag is created once and never moves; deleting
+it leaves a tombstone so the name cannot later point somewhere else.
+
+Ref names in the backend: ``branch/<name>``, ``tag/<name>``,
+``session/<id>`` (a writable session's record) and ``stage/<id>/<key>``
+(its staged changes).
+"""
+
+from __future__ import annotations
+
+import re
+
+from versionstore.backend.protocol import Backend
+from versionstore.codec import decode_ref_target, encode_ref_target
+from versionstore.errors import (
+    BranchNotFoundError,
+    ImmutableTagError,
+    InvalidRefNameError,
+    RefExistsError,
+    TagNotFoundError,
+)
+from versionstore.ids import ObjectId
+from versionstore.records import RefTarget
+
+__all__ = ["MAIN", "Refs", "branch_ref", "session_ref", "stage_prefix", "tag_ref",
+           "validate_ref_name"]
+
+MAIN = "main"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*(/[A-Za-z0-9][A-Za-z0-9._\-]*)*")
+
+
+def validate_ref_name(name: str) -> str:
+    """Return ``name`` if it is a valid branch or tag name.
+
+    Names are slash-separated segments of letters, digits, ``.``, ``_`` and
+    ``-``, each starting with a letter or digit (so no ``..``), at most 200
+    characters.
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidRefNameError(str(name), "empty")
+    if len(name) > 200 or not _NAME.fullmatch(name) or ".." in name:
+        raise InvalidRefNameError(
+            name, "use letters, digits, '.', '_', '-' and '/' between segments"
+        )
+    return name
+
+
+def branch_ref(name: str) -> str:
+    """Backend ref name of branch ``name``."""
+    return f"branch/{name}"
+
+
+def tag_ref(name: str) -> str:
+    """Backend ref name of tag ``name``."""
+    return f"tag/{name}"
+
+
+def session_ref(session_id: str) -> str:
+    """Backend ref name of a writable session's record."""
+    return f"session/{session_id}"
+
+
+def stage_prefix(session_id: str) -> str:
+    """Backend ref prefix of a writable session's staged keys."""
+    return f"stage/{session_id}/"
+
+
+class Refs:
+    """Branch and tag operations over a backend."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    # -- branches ---------------------------------------------------------------------
+
+    def branch_tip(self, name: str) -> tuple[ObjectId, bytes]:
+        """The snapshot a branch points at, and the raw ref value (for compare-and-swap)."""
+        raw = self.backend.get_ref(branch_ref(validate_ref_name(name)))
+        if raw is None:
+            raise BranchNotFoundError(name)
+        target = decode_ref_target(branch_ref(name), raw)
+        if target.snapshot is None:
+            raise BranchNotFoundError(name)
+        return target.snapshot, raw
+
+    def create_branch(self, name: str, snapshot: ObjectId) -> None:
+        """Point a new branch at ``snapshot``."""
+        value = encode_ref_target(RefTarget(snapshot=snapshot))
+        if not self.backend.compare_and_swap_ref(branch_ref(validate_ref_name(name)), None, value):
+            raise RefExistsError("branch", name)
+
+    def move_branch(self, name: str, expected_raw: bytes, snapshot: ObjectId,
+                    also: dict[str, bytes | None] | None = None) -> bool:
+        """Compare-and-swap a branch from ``expected_raw`` to ``snapshot``."""
+        value = encode_ref_target(RefTarget(snapshot=snapshot))
+        return self.backend.compare_and_swap_ref(branch_ref(name), expected_raw, value, also)
+
+    def delete_branch(self, name: str) -> None:
+        """Remove a branch (its snapshots stay until garbage-collected)."""
+        if name == MAIN:
+            raise InvalidRefNameError(name, "the main branch cannot be deleted")
+        while True:
+            _, raw = self.branch_tip(name)
+            if self.backend.compare_and_swap_ref(branch_ref(name), raw, None):
+                return
+
+    def list_branches(self) -> set[str]:
+        """Every branch name."""
+        return {name.removeprefix("branch/") for name in self.backend.list_refs("branch/")}
+
+    # -- tags -------------------------------------------------------------------------
+
+    def tag_target(self, name: str) -> ObjectId:
+        """The snapshot a tag points at."""
+        raw = self.backend.get_ref(tag_ref(validate_ref_name(name)))
+        target = None if raw is None else decode_ref_target(tag_ref(name), raw)
+        if target is None or target.deleted or target.snapshot is None:
+            raise TagNotFoundError(name)
+        return target.snapshot
+
+    def create_tag(self, name: str, snapshot: ObjectId) -> None:
+        """Point a new tag at ``snapshot``; tags never move afterwards."""
+        value = encode_ref_target(RefTarget(snapshot=snapshot))
+        if self.backend.compare_and_swap_ref(tag_ref(validate_ref_name(name)), None, value):
+            return
+        raw = self.backend.get_ref(tag_ref(name))
+        if raw is not None and decode_ref_target(tag_ref(name), raw).deleted:
+            raise ImmutableTagError(name, "was deleted; a tag name is never reused")
+        raise RefExistsError("tag", name)
+
+    def delete_tag(self, name: str) -> None:
+        """Delete a tag, leaving a tombstone so the name is never reused."""
+        self.tag_target(name)
+        raw = self.backend.get_ref(tag_ref(name))
+        tombstone = encode_ref_target(RefTarget(snapshot=None, deleted=True))
+        if not self.backend.compare_and_swap_ref(tag_ref(name), raw, tombstone):
+            raise TagNotFoundError(name)
+
+    def list_tags(self) -> set[str]:
+        """Every live tag name."""
+        return {
+            name.removeprefix("tag/")
+            for name, raw in self.backend.list_refs("tag/").items()
+            if not decode_ref_target(name, raw).deleted
+        }

@@ -1,0 +1,318 @@
+"""``Repository``: the entry point — create or open one, then branch, tag, read and write.
+
+Names follow icechunk (``writable_session``, ``readonly_session``,
+``ancestry``, ``diff``, ``*_async`` twins) so code moving from icechunk reads
+the same. A repository is a backend plus three rules: objects are immutable,
+the initial snapshot exists on ``main`` from ``create``, and refs move only by
+compare-and-swap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from versionstore.backend.protocol import Backend
+from versionstore.codec import decode_session, encode_ref_target, encode_snapshot
+from versionstore.errors import (
+    RepositoryExistsError,
+    RepositoryNotFoundError,
+    SessionNotFoundError,
+    SnapshotNotFoundError,
+)
+from versionstore.history import Diff, SnapshotInfo, ancestry, classify_changes, snapshot_at
+from versionstore.ids import (
+    ObjectId,
+    SessionId,
+    SnapshotId,
+    new_session_id,
+    object_id_from_text,
+    object_id_text,
+)
+from versionstore.objects import ObjectReader
+from versionstore.records import ChunkRef, RefTarget, Snapshot
+from versionstore.refs import MAIN, Refs, branch_ref, session_ref
+from versionstore.session import Session
+from versionstore.storage import RepositoryStorage
+from versionstore.tree import changed_entries, lookup
+
+__all__ = ["INITIAL_MESSAGE", "Repository"]
+
+INITIAL_MESSAGE = "Repository initialized"
+
+
+class Repository:
+    """A versioned store of Zarr data: snapshots, branches, tags and sessions."""
+
+    def __init__(self, storage: RepositoryStorage, backend: Backend) -> None:
+        self.storage = storage
+        self.backend = backend
+        self.reader = ObjectReader(backend)
+        self.refs = Refs(backend)
+
+    def __repr__(self) -> str:
+        return f"Repository({self.storage!r})"
+
+    # -- opening ----------------------------------------------------------------------
+
+    @classmethod
+    def exists(cls, storage: RepositoryStorage) -> bool:
+        """Whether ``storage`` holds a repository (creates nothing)."""
+        if not storage.may_hold_repository():
+            return False
+        backend = storage.open_backend()
+        try:
+            return backend.get_ref(branch_ref(MAIN)) is not None
+        finally:
+            backend.close()
+
+    @classmethod
+    def create(cls, storage: RepositoryStorage) -> Repository:
+        """Create a repository whose ``main`` branch holds an empty initial snapshot.
+
+        Raises:
+            RepositoryExistsError: if one is already there (nothing is changed).
+        """
+        if cls.exists(storage):
+            raise RepositoryExistsError(f"a repository already exists in {storage!r}")
+        backend = storage.open_backend()
+        snapshot = Snapshot(parent=None, tree=None, message=INITIAL_MESSAGE,
+                            written_at=datetime.now(UTC))
+        snapshot_id, frame = encode_snapshot(snapshot)
+        backend.put_objects([(snapshot_id, frame)])
+        main = encode_ref_target(RefTarget(snapshot=snapshot_id))
+        if not backend.compare_and_swap_ref(branch_ref(MAIN), None, main):
+            backend.close()
+            raise RepositoryExistsError(f"a repository already exists in {storage!r}")
+        backend.sync()
+        return cls(storage, backend)
+
+    @classmethod
+    def open(cls, storage: RepositoryStorage) -> Repository:
+        """Open the repository in ``storage``.
+
+        Raises:
+            RepositoryNotFoundError: if there is none.
+        """
+        if not cls.exists(storage):
+            raise RepositoryNotFoundError(f"no repository in {storage!r}")
+        return cls(storage, storage.open_backend())
+
+    @classmethod
+    def open_or_create(cls, storage: RepositoryStorage) -> Repository:
+        """Open the repository in ``storage``, creating it if there is none."""
+        try:
+            return cls.create(storage)
+        except RepositoryExistsError:
+            return cls.open(storage)
+
+    @classmethod
+    def session_from_state(cls, state: dict[str, Any]) -> Session:
+        """Rebuild a pickled session (see ``Session.__reduce__``)."""
+        return Session(
+            cls.open(state["storage"]),
+            base=state["base"],
+            branch=state["branch"],
+            read_only=state["read_only"],
+            session_id=state["session_id"],
+        )
+
+    def close(self) -> None:
+        """Release the backend (sessions of this repository stop working)."""
+        self.backend.close()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- sessions ----------------------------------------------------------------------
+
+    def writable_session(self, branch: str = MAIN, *, resume: str | None = None) -> Session:
+        """A session that stages writes and commits them to ``branch``.
+
+        Args:
+            branch: the branch to commit to.
+            resume: the ``session_id`` of an earlier writable session whose
+                staged changes should be picked up (after a crash, or from
+                another process).
+
+        Raises:
+            SessionNotFoundError: if ``resume`` names nothing to resume.
+        """
+        if resume is not None:
+            raw = self.backend.get_ref(session_ref(resume))
+            if raw is None:
+                raise SessionNotFoundError(resume)
+            record = decode_session(session_ref(resume), raw)
+            session = Session(self, base=record.base, branch=record.branch, read_only=False,
+                              session_id=SessionId(resume))
+            return session
+        tip, _ = self.refs.branch_tip(branch)
+        return Session(self, base=tip, branch=branch, read_only=False,
+                       session_id=new_session_id())
+
+    def resumable_sessions(self) -> dict[SessionId, str]:
+        """Writable sessions with staged changes: session id → branch."""
+        return {
+            SessionId(name.removeprefix("session/")): decode_session(name, raw).branch
+            for name, raw in self.backend.list_refs("session/").items()
+        }
+
+    def readonly_session(
+        self,
+        branch: str | None = None,
+        *,
+        tag: str | None = None,
+        snapshot_id: str | None = None,
+        as_of: datetime | None = None,
+    ) -> Session:
+        """A read-only view of a branch tip, a tag, a snapshot, or a branch at a time.
+
+        ``as_of`` picks the newest snapshot of ``branch`` (default ``main``)
+        written at or before that time.
+        """
+        target = self._resolve(branch=branch, tag=tag, snapshot_id=snapshot_id,
+                               default_branch=MAIN)
+        if as_of is not None:
+            if tag is not None or snapshot_id is not None:
+                raise ValueError("as_of goes with a branch, not with a tag or snapshot id")
+            target = snapshot_at(self.reader, target, as_of)
+        return Session(self, base=target, branch=None, read_only=True)
+
+    # -- refs --------------------------------------------------------------------------
+
+    def _snapshot_object(self, snapshot_id: str) -> ObjectId:
+        try:
+            object_id = object_id_from_text(snapshot_id)
+        except ValueError as exc:
+            raise SnapshotNotFoundError(str(snapshot_id)) from exc
+        self.reader.snapshot(object_id)  # raises SnapshotNotFoundError
+        return object_id
+
+    def _resolve(self, *, branch: str | None, tag: str | None, snapshot_id: str | None,
+                 default_branch: str | None = None) -> ObjectId:
+        given = [x is not None for x in (branch, tag, snapshot_id)]
+        if sum(given) > 1:
+            raise ValueError("give one of branch, tag or snapshot_id")
+        if tag is not None:
+            return self.refs.tag_target(tag)
+        if snapshot_id is not None:
+            return self._snapshot_object(snapshot_id)
+        name = branch if branch is not None else default_branch
+        if name is None:
+            raise ValueError("give one of branch, tag or snapshot_id")
+        return self.refs.branch_tip(name)[0]
+
+    def create_branch(self, name: str, snapshot_id: str) -> None:
+        """Create branch ``name`` pointing at ``snapshot_id``."""
+        self.refs.create_branch(name, self._snapshot_object(snapshot_id))
+
+    def create_tag(self, name: str, snapshot_id: str) -> None:
+        """Create tag ``name`` at ``snapshot_id``; it never moves."""
+        self.refs.create_tag(name, self._snapshot_object(snapshot_id))
+
+    def list_branches(self) -> set[str]:
+        """Every branch name."""
+        return self.refs.list_branches()
+
+    def list_tags(self) -> set[str]:
+        """Every tag name."""
+        return self.refs.list_tags()
+
+    def lookup_branch(self, name: str) -> SnapshotId:
+        """The snapshot at the tip of branch ``name``."""
+        return SnapshotId(_text(self.refs.branch_tip(name)[0]))
+
+    def lookup_tag(self, name: str) -> SnapshotId:
+        """The snapshot tag ``name`` points at."""
+        return SnapshotId(_text(self.refs.tag_target(name)))
+
+    def lookup_snapshot(self, snapshot_id: str) -> SnapshotInfo:
+        """Message, time, parent and metadata of a snapshot."""
+        object_id = self._snapshot_object(snapshot_id)
+        return SnapshotInfo.of(object_id, self.reader.snapshot(object_id))
+
+    def reset_branch(self, name: str, snapshot_id: str) -> None:
+        """Point branch ``name`` at ``snapshot_id`` (any snapshot in the repository)."""
+        target = self._snapshot_object(snapshot_id)
+        while True:
+            _, raw = self.refs.branch_tip(name)
+            if self.refs.move_branch(name, raw, target):
+                self.backend.sync()
+                return
+
+    def delete_branch(self, name: str) -> None:
+        """Delete a branch (not ``main``)."""
+        self.refs.delete_branch(name)
+
+    def delete_tag(self, name: str) -> None:
+        """Delete a tag; its name can never be used again."""
+        self.refs.delete_tag(name)
+
+    # -- history -----------------------------------------------------------------------
+
+    def ancestry(self, *, branch: str | None = None, tag: str | None = None,
+                 snapshot_id: str | None = None) -> Iterator[SnapshotInfo]:
+        """Snapshots from the given version back to the first, newest first."""
+        start = self._resolve(branch=branch, tag=tag, snapshot_id=snapshot_id,
+                              default_branch=MAIN)
+        for object_id, snapshot in ancestry(self.reader, start):
+            yield SnapshotInfo.of(object_id, snapshot)
+
+    def diff(
+        self,
+        *,
+        from_branch: str | None = None,
+        from_tag: str | None = None,
+        from_snapshot_id: str | None = None,
+        to_branch: str | None = None,
+        to_tag: str | None = None,
+        to_snapshot_id: str | None = None,
+    ) -> Diff:
+        """What changed from one version to another, by Zarr node and chunk."""
+        old = self._resolve(branch=from_branch, tag=from_tag, snapshot_id=from_snapshot_id)
+        new = self._resolve(branch=to_branch, tag=to_tag, snapshot_id=to_snapshot_id)
+        old_tree = self.reader.snapshot(old).tree
+        new_tree = self.reader.snapshot(new).tree
+        changed = changed_entries(self.reader.node, old_tree, new_tree)
+        keys = {key: (a is not None, b is not None) for key, (a, b) in changed.items()}
+        return classify_changes(keys, self._tree_reader(old_tree), self._tree_reader(new_tree))
+
+    def _tree_reader(self, root: ObjectId | None) -> Callable[[str], bytes | None]:
+        def read(key: str) -> bytes | None:
+            entry = lookup(self.reader.node, root, key)
+            if isinstance(entry, ChunkRef):
+                return self.reader.chunks([entry.chunk_id])[0]
+            return entry
+
+        return read
+
+    # -- async twins -------------------------------------------------------------------
+
+    async def writable_session_async(self, branch: str = MAIN, *, resume: str | None = None
+                                     ) -> Session:
+        """``writable_session`` without blocking the event loop."""
+        return await asyncio.to_thread(self.writable_session, branch, resume=resume)
+
+    async def readonly_session_async(self, branch: str | None = None, *, tag: str | None = None,
+                                     snapshot_id: str | None = None,
+                                     as_of: datetime | None = None) -> Session:
+        """``readonly_session`` without blocking the event loop."""
+        return await asyncio.to_thread(self.readonly_session, branch, tag=tag,
+                                       snapshot_id=snapshot_id, as_of=as_of)
+
+    async def diff_async(self, **versions: str | None) -> Diff:
+        """``diff`` without blocking the event loop."""
+        return await asyncio.to_thread(lambda: self.diff(**versions))
+
+    async def ancestry_async(self, **version: str | None) -> list[SnapshotInfo]:
+        """``ancestry`` (as a list) without blocking the event loop."""
+        return await asyncio.to_thread(lambda: list(self.ancestry(**version)))
+
+
+def _text(object_id: ObjectId) -> str:
+    return object_id_text(object_id)

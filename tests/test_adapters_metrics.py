@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
+from adapter_support import FEWER_EXAMPLES, InnermostBackdoor, ZarrBackdoor, raw_get
 from hypothesis.stateful import run_state_machine_as_test
 from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
 from zarr.core.buffer import cpu, default_buffer_prototype
 from zarr.testing.store import StoreTests
 
-from adapter_support import FEWER_EXAMPLES, InnermostBackdoor, ZarrBackdoor, raw_get
 from zarrstore import (
     FilesystemStorage,
     FilesystemStore,

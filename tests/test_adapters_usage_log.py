@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
+from adapter_support import FEWER_EXAMPLES, InnermostBackdoor, ZarrBackdoor
 from hypothesis.stateful import run_state_machine_as_test
 from zarr.core.buffer import cpu
 from zarr.testing.store import StoreTests
 
-from adapter_support import FEWER_EXAMPLES, InnermostBackdoor, ZarrBackdoor
 from zarrstore import (
     FilesystemStorage,
     FilesystemStore,

@@ -10,19 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import settings
 from hypothesis.stateful import run_state_machine_as_test
 from zarr.core.buffer import Buffer, cpu
 from zarr.testing.stateful import ZarrStoreStateMachine
 from zarr.testing.store import StoreTests
 
+from hypothesis_budget import fewer_examples
 from zarrstore import FilesystemStorage, FilesystemStore, InvalidKeyError, StorageIOError
 from zarrstore.filesystem import TEMP_MARK, direct_io_supported
 from zarrstore.testing import StoreConformance, storage_state_machine
-
-
-# Every step touches real files; a quarter of the profile's examples keeps the run short.
-FEWER_EXAMPLES = settings(settings(), max_examples=max(10, settings().max_examples // 4))
 
 
 class FilesystemBackdoor:
@@ -78,7 +74,7 @@ def test_state_machine_against_dict_model(tmp_path: Path) -> None:
     counter = iter(range(10**6))
     run_state_machine_as_test(
         storage_state_machine(lambda: FilesystemStorage(tmp_path / f"s{next(counter)}")),
-        settings=FEWER_EXAMPLES,
+        settings=fewer_examples(),
     )
 
 
@@ -86,7 +82,7 @@ def test_zarr_store_state_machine(tmp_path: Path) -> None:
     counter = iter(range(10**6))
     run_state_machine_as_test(  # type: ignore[no-untyped-call]
         lambda: ZarrStoreStateMachine(FilesystemStore(tmp_path / f"z{next(counter)}")),
-        settings=FEWER_EXAMPLES,
+        settings=fewer_examples(8),
     )
 
 

@@ -77,7 +77,7 @@ class StoreConformance:
 
     def _require_writable(self) -> None:
         if not self.writable:
-            pytest.skip("read-only store: every write is refused (see test_refuses_writes)")
+            pytest.skip("read-only store: every write is refused (test_refuses_writes_when_read_only checks that)")
 
     # -- reads --------------------------------------------------------------------
 

@@ -1,0 +1,99 @@
+"""The conformance suite every versionstore backend must pass.
+
+Subclass ``BackendConformance`` and provide a ``backend`` fixture; pytest
+collects every check. It pins down the contract the engine relies on:
+objects are write-once and idempotent, refs move only by compare-and-swap,
+and the extra ref writes of a successful swap happen with it.
+Needs pytest (the ``test`` extra).
+"""
+
+from __future__ import annotations
+
+import threading
+
+
+from versionstore.backend.protocol import Backend
+from versionstore.ids import ObjectId, hash_object
+
+__all__ = ["BackendConformance"]
+
+
+def _oid(n: int) -> ObjectId:
+    return hash_object(1, str(n).encode())
+
+
+class BackendConformance:
+    """Checks of the backend contract; subclasses provide a ``backend`` fixture."""
+
+    def test_is_a_backend(self, backend: Backend) -> None:
+        assert isinstance(backend, Backend)
+
+    def test_objects_round_trip_and_missing_is_none(self, backend: Backend) -> None:
+        backend.put_objects([(_oid(1), b"one"), (_oid(2), b"")])
+        assert backend.get_objects([_oid(2), _oid(3), _oid(1)]) == [b"", None, b"one"]
+        assert backend.get_objects([]) == []
+
+    def test_objects_are_write_once(self, backend: Backend) -> None:
+        backend.put_objects([(_oid(1), b"first")])
+        backend.put_objects([(_oid(1), b"first")])
+        assert backend.get_objects([_oid(1)]) == [b"first"]
+
+    def test_put_objects_with_refs(self, backend: Backend) -> None:
+        backend.put_objects([(_oid(1), b"x")], {"a/1": b"v1", "a/2": b"v2"})
+        assert backend.get_ref("a/1") == b"v1"
+        backend.put_objects([], {"a/1": None})
+        assert backend.get_ref("a/1") is None
+        assert backend.get_ref("a/2") == b"v2"
+
+    def test_list_refs_by_prefix_sorted_and_limited(self, backend: Backend) -> None:
+        backend.put_objects([], {"b/2": b"2", "b/1": b"1", "b/10": b"10", "bb/1": b"x", "c": b"c"})
+        assert list(backend.list_refs("b/")) == ["b/1", "b/10", "b/2"]
+        assert backend.list_refs("b/", limit=1) == {"b/1": b"1"}
+        assert backend.list_refs("zzz") == {}
+        assert set(backend.list_refs("")) == {"b/1", "b/10", "b/2", "bb/1", "c"}
+
+    def test_compare_and_swap(self, backend: Backend) -> None:
+        assert backend.compare_and_swap_ref("r", None, b"1")
+        assert not backend.compare_and_swap_ref("r", None, b"2")
+        assert not backend.compare_and_swap_ref("r", b"0", b"2")
+        assert backend.get_ref("r") == b"1"
+        assert backend.compare_and_swap_ref("r", b"1", b"2")
+        assert backend.compare_and_swap_ref("r", b"2", None)
+        assert backend.get_ref("r") is None
+
+    def test_swap_writes_its_companions_only_on_success(self, backend: Backend) -> None:
+        backend.put_objects([], {"stage/x": b"staged"})
+        assert not backend.compare_and_swap_ref("r", b"nope", b"1", {"stage/x": None})
+        assert backend.get_ref("stage/x") == b"staged"
+        assert backend.compare_and_swap_ref("r", None, b"1", {"stage/x": None, "other": b"o"})
+        assert backend.get_ref("stage/x") is None and backend.get_ref("other") == b"o"
+
+    def test_delete_and_iterate_objects(self, backend: Backend) -> None:
+        backend.put_objects([(_oid(n), bytes([n])) for n in range(5)])
+        backend.delete_objects([_oid(1), _oid(3), _oid(99)])
+        assert set(backend.iter_object_ids()) == {_oid(0), _oid(2), _oid(4)}
+
+    def test_exactly_one_racing_swap_wins(self, backend: Backend) -> None:
+        backend.compare_and_swap_ref("race", None, b"start")
+        wins: list[int] = []
+        barrier = threading.Barrier(8)
+
+        def contender(n: int) -> None:
+            barrier.wait()
+            if backend.compare_and_swap_ref("race", b"start", str(n).encode()):
+                wins.append(n)
+
+        threads = [threading.Thread(target=contender, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(wins) == 1
+        assert backend.get_ref("race") == str(wins[0]).encode()
+
+    def test_sync_is_callable(self, backend: Backend) -> None:
+        backend.put_objects([(_oid(7), b"durable")])
+        backend.sync()
+        assert backend.get_objects([_oid(7)]) == [b"durable"]
+
+

@@ -11,7 +11,7 @@ small zarr store that users construct around any store of this package:
 Adapters stack in any order: ``PerformanceMetrics(UsageLog(FilesystemStore(p)))``.
 """
 
-from zarrstore.adapters.base import WrappingStorage, WrappingStore
+from zarrstore.adapters.base import StoreLike, WrappingStorage, WrappingStore, storage_of
 from zarrstore.adapters.metrics import (
     Measurement,
     OperationTiming,
@@ -31,11 +31,13 @@ __all__ = [
     "ReadOnly",
     "ReadOnlyStorage",
     "Runner",
+    "StoreLike",
     "SyncToAsync",
     "UsageLog",
     "UsageLogStorage",
     "WrappingStorage",
     "WrappingStore",
     "run_in_background_loop",
+    "storage_of",
     "utc_timestamp",
 ]

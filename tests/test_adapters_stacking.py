@@ -1,4 +1,4 @@
-"""Adapters stack in any order, over memory and filesystem stores, used through zarr.
+"""Adapters stack in any order, over memory, filesystem and versioned session stores.
 
 Each stack runs the same zarr workload. Whatever the order, the metrics layer
 must count exactly what it counts alone over the bare store (the other layers
@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import zarr
 
+import versionstore as vs
 from zarrstore import (
     AsyncToSync,
     FilesystemStore,
@@ -53,9 +54,16 @@ class Stack:
 
 
 BaseFactory = Callable[[Path], ZarrStore]
+
+
+def _session_store(tmp: Path) -> ZarrStore:
+    return vs.Repository.create(vs.in_memory_storage()).writable_session("main").store
+
+
 BASES: dict[str, BaseFactory] = {
     "memory": lambda tmp: MemoryStore(),
     "filesystem": lambda tmp: FilesystemStore(tmp / "fs"),
+    "session": _session_store,
 }
 
 
@@ -124,3 +132,31 @@ def test_metrics_over_usage_log_over_filesystem(tmp_path: Path) -> None:
     assert sum(line.split(" ", 2)[1] in ("set", "set_if_absent") for line in lines) >= (
         store.writes
     )
+
+
+# -- versioned sessions: adapters over a time-travel read ---------------------------
+
+
+def test_metrics_of_a_time_travel_read() -> None:
+    """Read an old snapshot through metrics and a log; the figures follow the layout."""
+    repo = vs.Repository.create(vs.in_memory_storage())
+    session = repo.writable_session("main")
+    log = io.StringIO()
+    writer = PerformanceMetrics(UsageLog(session.store, log, prefix=lambda: ""))
+    array = zarr.create_array(
+        writer, name="t", shape=(8, 8), chunks=(4, 4), dtype="u1", compressors=None, fill_value=0
+    )
+    writer.reset()
+    array[:] = 1  # four whole chunks
+    first = session.commit("all ones")
+    session = repo.writable_session("main")
+    zarr.open_array(session.store, path="t")[0:4, 0:4] = 2
+    session.commit("one chunk of twos")
+
+    old = PerformanceMetrics(UsageLog(repo.readonly_session(snapshot_id=first).store, log))
+    reopened = zarr.open_array(old, path="t", mode="r")
+    old.reset()
+    np.testing.assert_array_equal(reopened[2:6, 0:4], 1)  # the old values, not the twos
+    # Rows 2..5 span chunk rows 0 and 1 of chunk column 0: two 4x4 uint8 chunks.
+    assert old.as_dict()["reads"] == 2 and old.bytes_read == 2 * 16
+    assert old.read_only and writer.writes == 4

@@ -1,0 +1,301 @@
+"""Repository and session semantics through the public API, on both backends."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import versionstore as vs
+
+BACKENDS: dict[str, Callable[[Path], Any]] = {
+    "memory": lambda tmp: vs.in_memory_storage(),
+    "lmdb": lambda tmp: vs.lmdb_storage(tmp / "repo"),
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    return BACKENDS[request.param](tmp_path)
+
+
+@pytest.fixture
+def repo(storage: Any) -> Iterator[vs.Repository]:
+    repository = vs.Repository.create(storage)
+    yield repository
+    repository.close()
+
+
+def commit(repo: vs.Repository, values: dict[str, bytes], message: str = "c",
+           branch: str = "main", **metadata: Any) -> str:
+    session = repo.writable_session(branch)
+    for key, value in values.items():
+        session.store.storage.set(key, value)
+    return session.commit(message, metadata=metadata)
+
+
+def content(session: vs.Session) -> dict[str, bytes | None]:
+    storage = session.store.storage
+    return {key: storage.get(key) for key in storage.list()}
+
+
+# -- creating and opening ------------------------------------------------------------------
+
+
+def test_initial_snapshot_on_main(repo: vs.Repository) -> None:
+    assert repo.list_branches() == {"main"}
+    [initial] = list(repo.ancestry(branch="main"))
+    assert initial.parent_id is None and initial.message == "Repository initialized"
+    assert repo.lookup_branch("main") == initial.id
+    assert content(repo.readonly_session("main")) == {}
+
+
+def test_create_twice_raises_and_touches_nothing(storage: Any) -> None:
+    repo = vs.Repository.create(storage)
+    first = commit(repo, {"k": b"v"})
+    with pytest.raises(vs.RepositoryExistsError):
+        vs.Repository.create(storage)
+    assert repo.lookup_branch("main") == first
+    assert vs.Repository.exists(storage)
+    again = vs.Repository.open_or_create(storage)
+    assert again.lookup_branch("main") == first
+
+
+def test_open_missing_repository(tmp_path: Path) -> None:
+    storage = vs.lmdb_storage(tmp_path / "nothing")
+    assert not vs.Repository.exists(storage)
+    assert not (tmp_path / "nothing").exists(), "exists() must not create files"
+    with pytest.raises(vs.RepositoryNotFoundError):
+        vs.Repository.open(storage)
+
+
+def test_several_repository_objects_share_one_directory(tmp_path: Path) -> None:
+    storage = vs.lmdb_storage(tmp_path / "repo")
+    a = vs.Repository.create(storage)
+    b = vs.Repository.open(storage)
+    snapshot = commit(a, {"x": b"1"})
+    assert b.lookup_branch("main") == snapshot
+    a.close()
+    assert content(b.readonly_session("main")) == {"x": b"1"}
+
+
+# -- snapshots and metadata ---------------------------------------------------------------
+
+
+def test_commit_records_message_time_and_exact_metadata(repo: vs.Repository) -> None:
+    metadata = {"run": 3, "tags": ["a", "b"], "pair": (1, 2), "nested": {"x": None, "y": 1.5},
+                "raw": b"\x00\x01", "when": datetime(2020, 1, 2, tzinfo=UTC)}
+    before = datetime.now(UTC)
+    snapshot = commit(repo, {"k": b"v"}, "first", **metadata)
+    info = repo.lookup_snapshot(snapshot)
+    assert info.message == "first" and info.metadata == metadata
+    assert info.written_at.tzinfo is not None and info.written_at.utcoffset() == timedelta(0)
+    assert before - timedelta(seconds=1) <= info.written_at <= datetime.now(UTC)
+    assert isinstance(info.metadata["pair"], tuple)
+
+
+def test_unstorable_metadata_is_refused_before_anything_changes(repo: vs.Repository) -> None:
+    session = repo.writable_session("main")
+    session.store.storage.set("k", b"v")
+    with pytest.raises(TypeError, match="cannot store"):
+        session.commit("bad", metadata={"x": object()})
+    assert session.has_uncommitted_changes
+    assert len(list(repo.ancestry(branch="main"))) == 1
+
+
+def test_nothing_to_commit(repo: vs.Repository) -> None:
+    with pytest.raises(vs.NothingToCommitError):
+        repo.writable_session("main").commit("empty")
+
+
+def test_snapshots_are_immutable_time_travel(repo: vs.Repository) -> None:
+    first = commit(repo, {"a": b"1", "big": b"x" * 5000})
+    second = commit(repo, {"a": b"2", "b": b"new"})
+    session = repo.writable_session("main")
+    session.store.storage.erase("big")
+    third = session.commit("erase")
+    assert content(repo.readonly_session(snapshot_id=first)) == {"a": b"1", "big": b"x" * 5000}
+    assert content(repo.readonly_session(snapshot_id=second)) == {
+        "a": b"2", "b": b"new", "big": b"x" * 5000}
+    assert content(repo.readonly_session(snapshot_id=third)) == {"a": b"2", "b": b"new"}
+    assert [i.id for i in repo.ancestry(branch="main")][:3] == [third, second, first]
+
+
+def test_as_of_picks_newest_snapshot_at_or_before(repo: vs.Repository) -> None:
+    first = commit(repo, {"v": b"1"})
+    second = commit(repo, {"v": b"2"})
+    t1 = repo.lookup_snapshot(first).written_at
+    t2 = repo.lookup_snapshot(second).written_at
+    assert repo.readonly_session("main", as_of=t1).snapshot_id == first
+    assert repo.readonly_session("main", as_of=t2).snapshot_id == second
+    tokyo = timezone(timedelta(hours=9))
+    assert repo.readonly_session("main", as_of=t1.astimezone(tokyo)).snapshot_id == first
+    with pytest.raises(vs.SnapshotNotFoundError):
+        repo.readonly_session("main", as_of=t1 - timedelta(days=365))
+    with pytest.raises(ValueError, match="timezone-aware"):
+        repo.readonly_session("main", as_of=datetime(2020, 1, 1))
+
+
+# -- branches and tags -----------------------------------------------------------------------
+
+
+def test_branches_move_only_by_commit_or_reset(repo: vs.Repository) -> None:
+    first = commit(repo, {"k": b"1"})
+    repo.create_branch("dev", snapshot_id=first)
+    dev = commit(repo, {"k": b"dev"}, branch="dev")
+    assert repo.lookup_branch("dev") == dev and repo.lookup_branch("main") == first
+    assert content(repo.readonly_session("main")) == {"k": b"1"}
+    repo.reset_branch("main", dev)
+    assert repo.lookup_branch("main") == dev
+    repo.reset_branch("main", first)
+    assert content(repo.readonly_session("main")) == {"k": b"1"}
+    repo.delete_branch("dev")
+    assert repo.list_branches() == {"main"}
+    with pytest.raises(vs.BranchNotFoundError):
+        repo.lookup_branch("dev")
+    assert repo.lookup_snapshot(dev).message == "c", "deleted branches keep their snapshots"
+
+
+def test_branch_errors(repo: vs.Repository) -> None:
+    first = repo.lookup_branch("main")
+    with pytest.raises(vs.RefExistsError):
+        repo.create_branch("main", snapshot_id=first)
+    with pytest.raises(vs.InvalidRefNameError):
+        repo.create_branch("../evil", snapshot_id=first)
+    with pytest.raises(vs.InvalidRefNameError):
+        repo.delete_branch("main")
+    with pytest.raises(vs.SnapshotNotFoundError):
+        repo.create_branch("x", snapshot_id="A" * 32)
+    with pytest.raises(vs.SnapshotNotFoundError):
+        repo.create_branch("x", snapshot_id="not-an-id")
+    with pytest.raises(vs.BranchNotFoundError):
+        repo.writable_session("nope")
+
+
+def test_tags_never_move(repo: vs.Repository) -> None:
+    first = commit(repo, {"k": b"1"})
+    second = commit(repo, {"k": b"2"})
+    repo.create_tag("v1", snapshot_id=first)
+    assert repo.lookup_tag("v1") == first and repo.list_tags() == {"v1"}
+    with pytest.raises(vs.RefExistsError):
+        repo.create_tag("v1", snapshot_id=second)
+    assert content(repo.readonly_session(tag="v1")) == {"k": b"1"}
+    repo.delete_tag("v1")
+    assert repo.list_tags() == set()
+    with pytest.raises(vs.TagNotFoundError):
+        repo.lookup_tag("v1")
+    with pytest.raises(vs.ImmutableTagError):
+        repo.create_tag("v1", snapshot_id=second)
+    with pytest.raises(vs.TagNotFoundError):
+        repo.delete_tag("v1")
+
+
+# -- sessions ------------------------------------------------------------------------------
+
+
+def test_read_only_sessions_refuse_commits_and_writes(repo: vs.Repository) -> None:
+    session = repo.readonly_session("main")
+    assert session.read_only and session.branch is None
+    with pytest.raises(vs.ReadOnlySessionError):
+        session.commit("no")
+    with pytest.raises(ValueError, match="read-only"):
+        session.store.storage.set("k", b"v")
+
+
+def test_status_and_discard(repo: vs.Repository) -> None:
+    commit(repo, {"keep": b"1", "gone": b"2"})
+    session = repo.writable_session("main")
+    assert not session.has_uncommitted_changes and session.status().is_empty()
+    session.store.storage.set("new", b"3")
+    session.store.storage.erase("gone")
+    session.store.storage.erase("never-existed")
+    assert session.status().updated_keys == {"new", "gone"}
+    session.discard_changes()
+    assert not session.has_uncommitted_changes
+    assert content(session) == {"keep": b"1", "gone": b"2"}
+
+
+def test_staged_writes_are_durable_and_resumable(storage: Any) -> None:
+    repo = vs.Repository.create(storage)
+    session = repo.writable_session("main")
+    session.store.storage.set("small", b"s")
+    session.store.storage.set("large", b"L" * 10_000)
+    session_id = session.session_id
+    assert session_id is not None
+    del session
+    again = vs.Repository.open(storage)  # as a new kernel would
+    assert again.resumable_sessions() == {session_id: "main"}
+    resumed = again.writable_session("main", resume=session_id)
+    assert resumed.store.storage.get("large") == b"L" * 10_000
+    resumed.commit("resumed")
+    assert again.resumable_sessions() == {}
+    with pytest.raises(vs.SessionNotFoundError):
+        again.writable_session("main", resume=session_id)
+    assert content(again.readonly_session("main")) == {"small": b"s", "large": b"L" * 10_000}
+
+
+def test_disjoint_commits_rebase_automatically(repo: vs.Repository) -> None:
+    commit(repo, {"a": b"0", "b": b"0"})
+    one, two = repo.writable_session("main"), repo.writable_session("main")
+    one.store.storage.set("a", b"1")
+    two.store.storage.set("b", b"2")
+    first = one.commit("one")
+    second = two.commit("two")
+    assert repo.lookup_snapshot(second).parent_id == first
+    assert content(repo.readonly_session("main")) == {"a": b"1", "b": b"2"}
+
+
+def test_overlapping_commits_conflict_and_keep_changes(repo: vs.Repository) -> None:
+    commit(repo, {"a": b"0"})
+    one, two = repo.writable_session("main"), repo.writable_session("main")
+    one.store.storage.set("a", b"1")
+    two.store.storage.set("a", b"2")
+    two.store.storage.set("b", b"2")
+    one.commit("one")
+    with pytest.raises(vs.ConflictError) as info:
+        two.commit("two")
+    assert info.value.keys == {"a"} and info.value.branch == "main"
+    assert two.has_uncommitted_changes
+    two.rebase(keep="ours")
+    two.commit("two, ours")
+    assert content(repo.readonly_session("main")) == {"a": b"2", "b": b"2"}
+
+
+def test_identical_concurrent_writes_do_not_conflict(repo: vs.Repository) -> None:
+    one, two = repo.writable_session("main"), repo.writable_session("main")
+    one.store.storage.set("a", b"same")
+    two.store.storage.set("a", b"same")
+    two.store.storage.set("b", b"x")
+    one.commit("one")
+    two.commit("two")
+    assert content(repo.readonly_session("main")) == {"a": b"same", "b": b"x"}
+
+
+def test_rebase_keep_theirs_drops_our_conflicting_keys(repo: vs.Repository) -> None:
+    one, two = repo.writable_session("main"), repo.writable_session("main")
+    one.store.storage.set("a", b"theirs")
+    two.store.storage.set("a", b"ours")
+    two.store.storage.set("c", b"ours too")
+    one.commit("one")
+    two.rebase(keep="theirs")
+    two.commit("two")
+    assert content(repo.readonly_session("main")) == {"a": b"theirs", "c": b"ours too"}
+
+
+def test_async_twins(repo: vs.Repository) -> None:
+    async def main() -> None:
+        session = await repo.writable_session_async("main")
+        session.store.storage.set("k", b"v")
+        snapshot = await session.commit_async("async")
+        reader = await repo.readonly_session_async(snapshot_id=snapshot)
+        assert reader.store.storage.get("k") == b"v"
+        history = await repo.ancestry_async(branch="main")
+        assert history[0].id == snapshot
+        diff = await repo.diff_async(from_snapshot_id=history[1].id, to_branch="main")
+        assert diff.updated_keys == {"k"}
+
+    asyncio.run(main())

@@ -1,29 +1,88 @@
-"""The main job: write and read an array through each zarrstore store.
+"""The main job: versioned Zarr data on the embedded LMDB default, end to end.
 
-Run with ``scripts/demo``. (This grows into the versioned demo.)
+Run with ``scripts/demo [directory]``. It creates a repository, writes an
+array through zarr, commits, changes it, commits, branches, prints the log and
+a diff, and reads an old version back — the tour a new user takes.
 """
 
 from __future__ import annotations
 
+import argparse
+import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import zarr
 
-from zarrstore import FilesystemStore, MemoryStore
+import versionstore as vs
+
+
+def run(directory: Path) -> None:
+    """Run the tour in ``directory`` (a new repository is created there)."""
+    storage = vs.lmdb_storage(directory)
+    repo = vs.Repository.create(storage)
+    print(f"created repository at {directory}")
+
+    session = repo.writable_session("main")
+    temperature = zarr.create_array(
+        session.store, name="climate/temperature", shape=(365, 180), chunks=(30, 45),
+        dtype="f4", attributes={"units": "degC"},
+    )
+    baseline = np.linspace(-5, 30, 365 * 180, dtype="f4").reshape(365, 180)
+    temperature[:] = baseline
+    first = session.commit("baseline temperatures", metadata={"source": "demo", "run": 1})
+    print(f"committed {first}: baseline ({baseline.nbytes} bytes in {temperature.nchunks} chunks)")
+
+    session = repo.writable_session("main")
+    temperature = zarr.open_array(session.store, path="climate/temperature")
+    temperature[100:130, :45] += 2.5
+    print("staged changes:", session.status())
+    second = session.commit("heatwave correction for days 100-129", metadata={"run": 2})
+    print(f"committed {second}")
+
+    repo.create_branch("experiment", snapshot_id=second)
+    trial = repo.writable_session("experiment")
+    zarr.open_array(trial.store, path="climate/temperature")[:, 90:] = 0
+    zarr.create_array(trial.store, name="climate/mask", shape=(180,), dtype="bool")[:] = True
+    trial.commit("zero the eastern half; add a mask")
+    repo.create_tag("v1.0", snapshot_id=second)
+
+    print("\nlog of main:")
+    for info in repo.ancestry(branch="main"):
+        stamp = info.written_at.strftime("%Y-%m-%d %H:%M:%S %Z")
+        print(f"  {info.id}  {stamp}  {info.message}  {info.metadata or ''}")
+
+    print("\ndiff main -> experiment:")
+    print("  " + str(repo.diff(from_branch="main", to_branch="experiment")).replace("\n", "\n  "))
+
+    old = repo.readonly_session(snapshot_id=first)
+    old_values = zarr.open_array(old.store, path="climate/temperature", mode="r")[100:130, :45]
+    now_values = zarr.open_array(
+        repo.readonly_session(tag="v1.0").store, path="climate/temperature", mode="r"
+    )[100:130, :45]
+    assert np.array_equal(old_values, baseline[100:130, :45])
+    assert np.allclose(now_values - old_values, 2.5)
+    print(f"\ntime travel: day 100 at {first[:8]}… was {old_values[0, 0]:.3f} degC, "
+          f"at v1.0 it is {now_values[0, 0]:.3f} degC")
+    print(f"branches: {sorted(repo.list_branches())}, tags: {sorted(repo.list_tags())}")
+    repo.close()
 
 
 def main() -> None:
-    """Write an array through every store and read it back."""
-    data = np.arange(100 * 100, dtype="f4").reshape(100, 100)
-    with tempfile.TemporaryDirectory() as tmp:
-        for store in (MemoryStore(), FilesystemStore(Path(tmp) / "fs")):
-            zarr.create_array(store, name="t", shape=data.shape, chunks=(10, 10), dtype="f4")[:] = data
-            back = zarr.open_array(store, path="t", mode="r")[:]
-            assert np.array_equal(back, data)
-            print(f"{type(store).__name__:16} wrote and read {data.nbytes} bytes "
-                  f"in {len(list(store.mapping()))} keys")
+    """Command-line entry: ``python -m versionstore.demo [directory]``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("directory", nargs="?", help="where to create the repository "
+                        "(default: a temporary directory, removed afterwards)")
+    args = parser.parse_args()
+    if args.directory:
+        run(Path(args.directory))
+        return
+    scratch = Path(tempfile.mkdtemp(prefix="versionstore-demo-"))
+    try:
+        run(scratch / "repo")
+    finally:
+        shutil.rmtree(scratch)
 
 
 if __name__ == "__main__":

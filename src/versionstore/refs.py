@@ -13,6 +13,7 @@ Ref names in the backend: ``branch/<name>``, ``tag/<name>``,
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from versionstore.backend.protocol import Backend
 from versionstore.codec import decode_ref_target, encode_ref_target
@@ -94,10 +95,17 @@ class Refs:
             raise RefExistsError("branch", name)
 
     def move_branch(self, name: str, expected_raw: bytes, snapshot: ObjectId,
-                    also: dict[str, bytes | None] | None = None) -> bool:
-        """Compare-and-swap a branch from ``expected_raw`` to ``snapshot``."""
+                    also: dict[str, bytes | None] | None = None,
+                    objects: Sequence[tuple[ObjectId, bytes]] = ()) -> bool:
+        """Compare-and-swap a branch from ``expected_raw`` to ``snapshot``.
+
+        ``objects`` (the new snapshot and its tree nodes) and ``also`` are
+        written in the same atomic step, only if the swap succeeds.
+        """
         value = encode_ref_target(RefTarget(snapshot=snapshot))
-        return self.backend.compare_and_swap_ref(branch_ref(name), expected_raw, value, also)
+        return self.backend.compare_and_swap_ref(
+            branch_ref(name), expected_raw, value, also, objects
+        )
 
     def delete_branch(self, name: str) -> None:
         """Remove a branch (its snapshots stay until garbage-collected)."""

@@ -346,8 +346,8 @@ class Session:
                 written_at=datetime.now(UTC), metadata=metadata,
             )
             snapshot_id, frame = encode_snapshot(snapshot)
-            repo.backend.put_objects([*nodes.items(), (snapshot_id, frame)])
-            if repo.refs.move_branch(self._branch, raw_tip, snapshot_id, cleanup):
+            objects = [*nodes.items(), (snapshot_id, frame)]
+            if repo.refs.move_branch(self._branch, raw_tip, snapshot_id, cleanup, objects):
                 repo.backend.sync()
                 self._base, self._root, self._recorded = snapshot_id, root, False
                 return SnapshotId(object_id_text(snapshot_id))

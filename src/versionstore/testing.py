@@ -68,10 +68,25 @@ class BackendConformance:
         assert backend.compare_and_swap_ref("r", None, b"1", {"stage/x": None, "other": b"o"})
         assert backend.get_ref("stage/x") is None and backend.get_ref("other") == b"o"
 
+    def test_swap_writes_its_objects_only_on_success(self, backend: Backend) -> None:
+        assert not backend.compare_and_swap_ref("r", b"nope", b"1", objects=[(_oid(5), b"5")])
+        assert backend.get_objects([_oid(5)]) == [None]
+        assert backend.compare_and_swap_ref("r", None, b"1", objects=[(_oid(5), b"5")])
+        assert backend.get_objects([_oid(5)]) == [b"5"]
+
     def test_delete_and_iterate_objects(self, backend: Backend) -> None:
         backend.put_objects([(_oid(n), bytes([n])) for n in range(5)])
-        backend.delete_objects([_oid(1), _oid(3), _oid(99)])
+        assert backend.delete_objects([_oid(1), _oid(3), _oid(99)])
         assert set(backend.iter_object_ids()) == {_oid(0), _oid(2), _oid(4)}
+
+    def test_delete_objects_only_if_refs_unchanged(self, backend: Backend) -> None:
+        backend.put_objects([(_oid(1), b"1")], {"branch/x": b"a"})
+        seen = backend.list_refs("")
+        backend.put_objects([], {"stage/s/k": b"new ref since"})
+        assert not backend.delete_objects([_oid(1)], if_refs_are=seen)
+        assert backend.get_objects([_oid(1)]) == [b"1"]
+        assert backend.delete_objects([_oid(1)], if_refs_are=backend.list_refs(""))
+        assert backend.get_objects([_oid(1)]) == [None]
 
     def test_exactly_one_racing_swap_wins(self, backend: Backend) -> None:
         backend.compare_and_swap_ref("race", None, b"start")

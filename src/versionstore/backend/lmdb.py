@@ -173,21 +173,31 @@ class LMDBBackend:
         expected: bytes | None,
         new: bytes | None,
         also: Mapping[str, bytes | None] | None = None,
+        objects: Sequence[tuple[ObjectId, bytes]] = (),
     ) -> bool:
         def work(txn: lmdb.Transaction) -> bool:
             if txn.get(name.encode(), db=self._refs) != expected:
                 return False
+            for object_id, data in objects:
+                txn.put(object_id, data, overwrite=False, db=self._objects)
             self._write_refs(txn, {**(also or {}), name: new})
             return True
 
         return self._write(f"moving ref {name!r}", work)
 
-    def delete_objects(self, ids: Iterable[ObjectId]) -> None:
-        def work(txn: lmdb.Transaction) -> None:
+    def delete_objects(
+        self, ids: Iterable[ObjectId], *, if_refs_are: Mapping[str, bytes] | None = None
+    ) -> bool:
+        def work(txn: lmdb.Transaction) -> bool:
+            if if_refs_are is not None:
+                current = {bytes(k).decode(): bytes(v) for k, v in txn.cursor(db=self._refs)}
+                if current != dict(if_refs_are):
+                    return False
             for object_id in ids:
                 txn.delete(object_id, db=self._objects)
+            return True
 
-        self._write("deleting objects", work)
+        return self._write("deleting objects", work)
 
     def iter_object_ids(self) -> Iterator[ObjectId]:
         def work(txn: lmdb.Transaction) -> list[ObjectId]:

@@ -93,17 +93,25 @@ class MemoryBackend:
         expected: bytes | None,
         new: bytes | None,
         also: Mapping[str, bytes | None] | None = None,
+        objects: Sequence[tuple[ObjectId, bytes]] = (),
     ) -> bool:
         with self._lock:
             if self._refs.get(name) != expected:
                 return False
+            for object_id, data in objects:
+                self._objects.setdefault(object_id, bytes(data))
             self._write_refs({**(also or {}), name: new})
             return True
 
-    def delete_objects(self, ids: Iterable[ObjectId]) -> None:
+    def delete_objects(
+        self, ids: Iterable[ObjectId], *, if_refs_are: Mapping[str, bytes] | None = None
+    ) -> bool:
         with self._lock:
+            if if_refs_are is not None and self._refs != dict(if_refs_are):
+                return False
             for object_id in ids:
                 self._objects.pop(object_id, None)
+            return True
 
     def iter_object_ids(self) -> Iterator[ObjectId]:
         with self._lock:

@@ -57,17 +57,27 @@ class Backend(Protocol):
         expected: bytes | None,
         new: bytes | None,
         also: Mapping[str, bytes | None] | None = None,
+        objects: Sequence[tuple[ObjectId, bytes]] = (),
     ) -> bool:
         """Set ref ``name`` to ``new`` (``None`` deletes) only if it now holds ``expected``.
 
-        ``also`` are further ref writes that happen in the same atomic step
-        when the swap succeeds (where the backend supports it). Returns whether
-        the swap happened.
+        ``objects`` are stored and ``also`` (further ref writes) applied in the
+        same atomic step, and only when the swap succeeds, so no object a
+        commit needs ever exists unreferenced (which keeps ``gc`` safe).
+        Returns whether the swap happened.
         """
         ...
 
-    def delete_objects(self, ids: Iterable[ObjectId]) -> None:
-        """Remove objects (used only by garbage collection)."""
+    def delete_objects(
+        self, ids: Iterable[ObjectId], *, if_refs_are: Mapping[str, bytes] | None = None
+    ) -> bool:
+        """Remove objects (garbage collection), atomically checking the refs first.
+
+        With ``if_refs_are``, the deletion happens only if the backend's refs
+        are exactly that mapping at that instant — so no write that could make
+        a doomed object reachable slipped in since the caller looked. Returns
+        whether the objects were deleted.
+        """
         ...
 
     def iter_object_ids(self) -> Iterator[ObjectId]:

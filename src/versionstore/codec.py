@@ -48,6 +48,7 @@ __all__ = [
     "KIND_LEAF",
     "KIND_SNAPSHOT",
     "MAX_DECOMPRESSED",
+    "content_id",
     "decode_chunk",
     "decode_node",
     "decode_ref_target",
@@ -97,6 +98,14 @@ def _frame(kind: int, payload: bytes, compress: bool) -> bytes:
             payload, compression = packed, _ZSTD
     header = _MAGIC + bytes((FRAME_VERSION, kind, compression))
     return header + xxhash.xxh3_64_digest(payload)[::-1] + payload
+
+
+def content_id(name: str, data: bytes) -> ObjectId:
+    """Recompute the content id of a stored object (checksum verified, content re-hashed)."""
+    kind = frame_kind(data)
+    if kind not in (KIND_CHUNK, KIND_LEAF, KIND_BRANCH, KIND_SNAPSHOT):
+        raise CorruptObjectError(name, "not a content-addressed object")
+    return hash_object(kind, bytes(_unframe(name, data, kind)))
 
 
 def frame_kind(data: bytes) -> int | None:

@@ -22,6 +22,7 @@ from versionstore.errors import (
     SessionNotFoundError,
     SnapshotNotFoundError,
 )
+from versionstore.gc import GCSummary, collect_garbage
 from versionstore.history import Diff, SnapshotInfo, ancestry, classify_changes, snapshot_at
 from versionstore.ids import (
     ObjectId,
@@ -33,10 +34,11 @@ from versionstore.ids import (
 )
 from versionstore.objects import ObjectReader
 from versionstore.records import ChunkRef, RefTarget, Snapshot
-from versionstore.refs import MAIN, Refs, branch_ref, session_ref
+from versionstore.refs import MAIN, Refs, branch_ref, session_ref, stage_prefix
 from versionstore.session import Session
 from versionstore.storage import RepositoryStorage
 from versionstore.tree import changed_entries, lookup
+from versionstore.verify import VerifyReport, verify_repository
 
 __all__ = ["INITIAL_MESSAGE", "Repository"]
 
@@ -157,10 +159,14 @@ class Repository:
 
     def resumable_sessions(self) -> dict[SessionId, str]:
         """Writable sessions with staged changes: session id → branch."""
-        return {
-            SessionId(name.removeprefix("session/")): decode_session(name, raw).branch
-            for name, raw in self.backend.list_refs("session/").items()
-        }
+        found: dict[SessionId, str] = {}
+        for name, raw in self.backend.list_refs("session/").items():
+            session_id = SessionId(name.removeprefix("session/"))
+            # A session's record outlives its staged keys when they are all unstaged
+            # again (set then erase a new key): such a session has nothing to resume.
+            if self.backend.list_refs(stage_prefix(session_id), limit=1):
+                found[session_id] = decode_session(name, raw).branch
+        return found
 
     def readonly_session(
         self,
@@ -290,6 +296,21 @@ class Repository:
             return entry
 
         return read
+
+    # -- maintenance -------------------------------------------------------------------
+
+    def garbage_collect(self, *, dry_run: bool = False) -> GCSummary:
+        """Delete objects that no branch, tag or session can reach.
+
+        Snapshots left behind by ``reset_branch`` / ``delete_branch`` /
+        ``delete_tag`` become unreachable and are removed with their data.
+        Safe while other sessions write (see ``versionstore.gc``).
+        """
+        return collect_garbage(self.reader, dry_run=dry_run)
+
+    def verify(self) -> VerifyReport:
+        """Check every reachable object deeply (checksums, content hashes, invariants)."""
+        return verify_repository(self.reader)
 
     # -- async twins -------------------------------------------------------------------
 

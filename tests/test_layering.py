@@ -48,3 +48,12 @@ def test_versionstore_third_party_boundaries(path: Path) -> None:
         assert "lmdb" not in top
     if path.name != "codec.py":
         assert not {"msgpack", "zstandard"} & top
+
+
+@pytest.mark.parametrize("path", _modules("zarrstore") + _modules("versionstore"),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_only_the_cli_reads_argv_and_environment(path: Path) -> None:
+    if path.name in {"cli.py", "demo.py"}:
+        return
+    text = path.read_text()
+    assert "sys.argv" not in text and "os.environ" not in text, path

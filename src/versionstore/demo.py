@@ -17,6 +17,8 @@ import zarr
 
 import versionstore as vs
 
+__all__ = ["main", "run"]
+
 
 def run(directory: Path) -> None:
     """Run the tour in ``directory`` (a new repository is created there)."""

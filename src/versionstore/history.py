@@ -5,8 +5,9 @@ same. Node paths are absolute (``"/"`` is the root group, ``"/t"`` an array).
 Changed keys are classified by their Zarr role: metadata documents
 (``zarr.json`` for v3; ``.zarray``, ``.zgroup`` and ``.zattrs`` for v2) make
 nodes new, deleted or updated; chunk keys of a known array, parsed with that
-array's chunk-key encoding, become chunk coordinates; any other key is
-reported as-is in ``updated_keys``.
+array's chunk-key encoding, become chunk coordinates (a deleted array's
+chunks are not listed: its deletion says it all, as in icechunk); any other
+key is reported as-is in ``updated_keys``.
 """
 
 from __future__ import annotations
@@ -155,8 +156,11 @@ class _Layout:
         if v3 is not None and v3.get("node_type") == "array":
             ndim = len(v3.get("shape", []))
             encoding = v3.get("chunk_key_encoding") or {}
-            separator = (encoding.get("configuration") or {}).get("separator", "/")
-            if encoding.get("name") == "v2":
+            is_v2 = encoding.get("name") == "v2"
+            # The spec's defaults differ: "/" for the default encoding, "." for "v2".
+            separator = (encoding.get("configuration") or {}).get("separator",
+                                                                 "." if is_v2 else "/")
+            if is_v2:
                 return lambda rest: _coords(rest, separator, ndim, lead=None)
             return lambda rest: _coords(rest, separator, ndim, lead="c")
         v2 = _json(self._read(prefix + ".zarray"))
@@ -175,9 +179,15 @@ def _coords(rest: str, separator: str, ndim: int, lead: str | None) -> Coordinat
         parts = parts[1:]
     elif ndim == 0:
         return () if parts == ["0"] else None
-    if len(parts) != ndim or not all(p.isdigit() for p in parts):
+    if len(parts) != ndim or not all(_is_index(p) for p in parts):
         return None
     return tuple(int(p) for p in parts)
+
+
+def _is_index(part: str) -> bool:
+    # Exactly the indices zarr writes: ASCII digits, no leading zero ("²".isdigit() is
+    # true but int() refuses it; "01" would alias the chunk at "1").
+    return part.isascii() and part.isdigit() and (part == "0" or part[0] != "0")
 
 
 def classify_changes(
@@ -217,9 +227,15 @@ def classify_changes(
         for depth in range(len(parts) - 1, -1, -1):
             directory = "/".join(parts[:depth])
             rest = "/".join(parts[depth:])
-            parser = new.chunk_parser(directory) or old.chunk_parser(directory)
+            parser = new.chunk_parser(directory)
             if parser is None:
-                continue
+                gone = old.chunk_parser(directory)
+                if gone is None:
+                    continue
+                # The array is deleted: that is the change, not each of its chunks
+                # (as in icechunk, updated_chunks names only arrays that still exist).
+                placed = gone(rest) is not None
+                break
             coords = parser(rest)
             if coords is not None:
                 chunks.setdefault(_node_path(directory), set()).add(coords)

@@ -73,7 +73,9 @@ KIND_SNAPSHOT: Final = 4
 KIND_REF: Final = 5
 KIND_SESSION: Final = 6
 KIND_STAGED: Final = 7
-_KIND_NAMES = {1: "chunk", 2: "leaf", 3: "branch", 4: "snapshot", 5: "ref", 6: "session", 7: "staged"}
+_KIND_NAMES = {
+    1: "chunk", 2: "leaf", 3: "branch", 4: "snapshot", 5: "ref", 6: "session", 7: "staged",
+}
 
 _MAGIC: Final = b"VS"
 _HEADER: Final = 13
@@ -183,7 +185,8 @@ def _ext_hook(code: int, data: bytes) -> Any:
 
 
 def _pack(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True, strict_types=True, default=_default)  # type: ignore[no-any-return]
+    packed: bytes = msgpack.packb(value, use_bin_type=True, strict_types=True, default=_default)
+    return packed
 
 
 def pack_metadata(metadata: dict[str, Any]) -> bytes:

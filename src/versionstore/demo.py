@@ -38,7 +38,7 @@ def run(directory: Path) -> None:
 
     session = repo.writable_session("main")
     temperature = zarr.open_array(session.store, path="climate/temperature")
-    temperature[100:130, :45] += 2.5
+    temperature[100:130, :45] = np.asarray(temperature[100:130, :45]) + 2.5
     print("staged changes:", session.status())
     second = session.commit("heatwave correction for days 100-129", metadata={"run": 2})
     print(f"committed {second}")
@@ -59,10 +59,12 @@ def run(directory: Path) -> None:
     print("  " + str(repo.diff(from_branch="main", to_branch="experiment")).replace("\n", "\n  "))
 
     old = repo.readonly_session(snapshot_id=first)
-    old_values = zarr.open_array(old.store, path="climate/temperature", mode="r")[100:130, :45]
-    now_values = zarr.open_array(
+    old_values = np.asarray(
+        zarr.open_array(old.store, path="climate/temperature", mode="r")[100:130, :45]
+    )
+    now_values = np.asarray(zarr.open_array(
         repo.readonly_session(tag="v1.0").store, path="climate/temperature", mode="r"
-    )[100:130, :45]
+    )[100:130, :45])
     assert np.array_equal(old_values, baseline[100:130, :45])
     assert np.allclose(now_values - old_values, 2.5)
     print(f"\ntime travel: day 100 at {first[:8]}… was {old_values[0, 0]:.3f} degC, "

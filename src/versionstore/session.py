@@ -37,9 +37,8 @@ from versionstore.history import Diff, classify_changes
 from versionstore.ids import ObjectId, SessionId, SnapshotId, object_id_text
 from versionstore.records import TOMBSTONE, ChunkRef, Entry, SessionRecord, Snapshot, Tombstone
 from versionstore.refs import session_ref, stage_prefix
-from versionstore.tree import Change, apply_changes, changed_entries, iter_from, lookup
-
 from versionstore.session_store import SessionStore
+from versionstore.tree import Change, apply_changes, changed_entries, iter_from, lookup
 
 if TYPE_CHECKING:
     from versionstore.repository import Repository

@@ -10,9 +10,7 @@ zarr's own store tests and state machines run on it unmodified.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
-
-from typing_extensions import override
+from typing import TYPE_CHECKING, override
 
 from versionstore.errors import ReadOnlySessionError
 from versionstore.records import ChunkRef

@@ -33,11 +33,15 @@ class RepositoryStorage(Protocol):
         ...
 
 
+def _absolute(path: str | os.PathLike[str]) -> str:
+    return os.path.abspath(os.fspath(path))
+
+
 @attrs.frozen
 class LMDBStorage:
     """An LMDB environment in the directory ``path`` (created on first use)."""
 
-    path: str = attrs.field(converter=lambda p: os.path.abspath(os.fspath(p)))
+    path: str = attrs.field(converter=_absolute)
     durable: bool = False
 
     def open_backend(self) -> Backend:

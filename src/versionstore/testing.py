@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 
-
 from versionstore.backend.protocol import Backend
 from versionstore.ids import ObjectId, hash_object
 

@@ -22,15 +22,13 @@ and a directory); such a write raises ``StorageIOError``.
 from __future__ import annotations
 
 import errno
-import re
 import mmap
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-from typing_extensions import override
+from typing import Any, override
 
 from zarrstore.errors import InvalidKeyError, StorageIOError
 from zarrstore.protocol import DirListing, Storage

@@ -26,11 +26,10 @@ import asyncio
 import functools
 import weakref
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, override
 from urllib.parse import quote
 
 import aiohttp
-from typing_extensions import override
 
 from zarrstore.errors import StorageIOError, UnsupportedOperationError
 from zarrstore.http_sessions import SessionPool, new_session

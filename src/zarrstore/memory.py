@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any
-
-from typing_extensions import override
+from typing import Any, override
 
 from zarrstore.protocol import ReadRequest, Storage
 from zarrstore.ranges import ByteRange, slice_value

@@ -18,6 +18,7 @@ storage into a ``zarr.abc.store.Store``.
 from __future__ import annotations
 
 import asyncio
+import builtins
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from typing import ClassVar
@@ -221,7 +222,7 @@ class Storage(ABC):
         """A storage on the same backing with the given read-only setting."""
         return self._with_read_only(read_only)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a default, not a primitive
         """Release resources (files, connections); the default holds none."""
 
 
@@ -265,7 +266,7 @@ class AsyncStorage(ABC):
     async def _erase(self, key: str) -> None: ...
 
     @abstractmethod
-    async def _list_prefix(self, prefix: str) -> list[str]: ...
+    async def _list_prefix(self, prefix: str) -> builtins.list[str]: ...
 
     @abstractmethod
     async def _size(self, key: str) -> int | None: ...
@@ -273,7 +274,7 @@ class AsyncStorage(ABC):
     @abstractmethod
     def _with_read_only(self, read_only: bool) -> AsyncStorage: ...
 
-    async def _get_many(self, requests: Sequence[ReadRequest]) -> list[bytes | None]:
+    async def _get_many(self, requests: Sequence[ReadRequest]) -> builtins.list[bytes | None]:
         return list(await asyncio.gather(*(self._get(k, r) for k, r in requests)))
 
     async def _list_dir(self, prefix: str) -> DirListing:
@@ -305,7 +306,7 @@ class AsyncStorage(ABC):
         """The value at ``key`` (or part of it); ``None`` if missing."""
         return await self._get(validate_key(key), byte_range)
 
-    async def get_many(self, requests: Iterable[ReadRequest]) -> list[bytes | None]:
+    async def get_many(self, requests: Iterable[ReadRequest]) -> builtins.list[bytes | None]:
         """Many reads at once, results in request order."""
         batch = [(validate_key(key), byte_range) for key, byte_range in requests]
         return await self._get_many(batch) if batch else []
@@ -353,11 +354,11 @@ class AsyncStorage(ABC):
         self._check_writable()
         await self._erase_prefix(prefix)
 
-    async def list(self) -> list[str]:
+    async def list(self) -> builtins.list[str]:
         """Every key, sorted."""
         return await self.list_prefix("")
 
-    async def list_prefix(self, prefix: str) -> list[str]:
+    async def list_prefix(self, prefix: str) -> builtins.list[str]:
         """Every key under ``prefix``, sorted."""
         validate_prefix(prefix)
         if not self.supports_listing:
@@ -375,6 +376,6 @@ class AsyncStorage(ABC):
         """A storage on the same backing with the given read-only setting."""
         return self._with_read_only(read_only)
 
-    async def aclose(self) -> None:
-        """Release resources (sessions, connections)."""
+    async def aclose(self) -> None:  # noqa: B027 - a default, not a primitive
+        """Release resources (sessions, connections); the default holds none."""
 

@@ -77,7 +77,10 @@ class StoreConformance:
 
     def _require_writable(self) -> None:
         if not self.writable:
-            pytest.skip("read-only store: every write is refused (test_refuses_writes_when_read_only checks that)")
+            pytest.skip(
+                "read-only store: every write is refused "
+                "(test_refuses_writes_when_read_only checks that)"
+            )
 
     # -- reads --------------------------------------------------------------------
 
@@ -138,7 +141,9 @@ class StoreConformance:
         for key in ["zarr.json", "g/zarr.json", "g/a/c/0", "g/a/zarr.json", "g/b/c/0", "h/x"]:
             self.raw_set(storage, key, b"1")
         assert storage.list_dir("") == DirListing(keys=("zarr.json",), prefixes=("g/", "h/"))
-        assert storage.list_dir("g/") == DirListing(keys=("g/zarr.json",), prefixes=("g/a/", "g/b/"))
+        assert storage.list_dir("g/") == DirListing(
+            keys=("g/zarr.json",), prefixes=("g/a/", "g/b/")
+        )
         assert storage.list_dir("g/a/c/") == DirListing(keys=("g/a/c/0",))
         assert storage.list_dir("nothing/") == DirListing()
 
@@ -354,7 +359,8 @@ def storage_state_machine(make_storage: Callable[[], Storage]) -> type[RuleBased
         def get_suffix(self, key: str, suffix: int) -> None:
             expected = self.model.get(key)
             got = self.storage.get(key, SuffixRequest(suffix))
-            assert got == (None if expected is None else slice_value(expected, SuffixRequest(suffix)))
+            want = None if expected is None else slice_value(expected, SuffixRequest(suffix))
+            assert got == want
 
         @rule(prefix=PREFIXES)
         def list_dir(self, prefix: str) -> None:

@@ -62,7 +62,7 @@ def to_byte_range(byte_range: ByteRequest | None) -> ByteRange | None:
 
 
 def _as_prefix(path: str) -> str:
-    """zarr passes directories as ``"a/b"`` or ``"a/b/"``; the protocol wants ``"a/b/"``."""
+    """Normalise a zarr directory (``"a/b"`` or ``"a/b/"``) to a protocol prefix (``"a/b/"``)."""
     return "" if path in ("", "/") else path.rstrip("/") + "/"
 
 
@@ -83,7 +83,9 @@ class ZarrStore(Store):
     # -- identity -------------------------------------------------------------------
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.storage == other.storage  # type: ignore[attr-defined]
+        return isinstance(other, ZarrStore) and type(self) is type(other) and (
+            self.storage == other.storage
+        )
 
     def __hash__(self) -> int:
         return id(self)

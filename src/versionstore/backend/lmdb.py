@@ -24,10 +24,11 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, override
 
 import lmdb
 
+from versionstore.backend.protocol import Backend
 from versionstore.errors import BackendError
 from versionstore.ids import ObjectId
 
@@ -78,6 +79,10 @@ def _release(path: str) -> None:
             _environments[key] = (env, users - 1)
 
 
+def _bytes(value: bytes | memoryview | None) -> bytes | None:
+    return value if value is None or isinstance(value, bytes) else bytes(value)
+
+
 @contextmanager
 def _translated(action: str) -> Iterator[None]:
     try:
@@ -88,7 +93,7 @@ def _translated(action: str) -> Iterator[None]:
         raise BackendError(f"LMDB failed while {action}: {exc}") from exc
 
 
-class LMDBBackend:
+class LMDBBackend(Backend):
     """A backend in an LMDB environment at ``path``."""
 
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = False) -> None:
@@ -115,7 +120,7 @@ class LMDBBackend:
             self._env = _acquire(self.path, self.durable)
             self._objects = self._env.open_db(b"objects")
             self._refs = self._env.open_db(b"refs")
-        return self._env  # type: ignore[no-any-return]
+        return self._env
 
     def _read(self, action: str, work: Callable[[lmdb.Transaction], T]) -> T:
         with _translated(action), self._environment().begin(buffers=False) as txn:
@@ -125,10 +130,12 @@ class LMDBBackend:
         with _translated(action), self._environment().begin(write=True) as txn:
             return work(txn)
 
+    @override
     def get_objects(self, ids: Sequence[ObjectId]) -> list[bytes | None]:
         db = self._objects
-        return self._read("reading objects", lambda txn: [txn.get(i, db=db) for i in ids])
+        return self._read("reading objects", lambda txn: [_bytes(txn.get(i, db=db)) for i in ids])
 
+    @override
     def put_objects(
         self,
         objects: Iterable[tuple[ObjectId, bytes]],
@@ -148,9 +155,13 @@ class LMDBBackend:
             else:
                 txn.put(name.encode(), value, db=self._refs)
 
+    @override
     def get_ref(self, name: str) -> bytes | None:
-        return self._read("reading a ref", lambda txn: txn.get(name.encode(), db=self._refs))
+        return self._read(
+            "reading a ref", lambda txn: _bytes(txn.get(name.encode(), db=self._refs))
+        )
 
+    @override
     def list_refs(self, prefix: str, limit: int | None = None) -> dict[str, bytes]:
         start = prefix.encode()
 
@@ -160,13 +171,15 @@ class LMDBBackend:
             if not cursor.set_range(start):
                 return found
             for raw_name, value in cursor:
-                if not raw_name.startswith(start) or (limit is not None and len(found) >= limit):
+                name = bytes(raw_name)
+                if not name.startswith(start) or (limit is not None and len(found) >= limit):
                     break
-                found[raw_name.decode()] = value
+                found[name.decode()] = bytes(value)
             return found
 
         return self._read("listing refs", work)
 
+    @override
     def compare_and_swap_ref(
         self,
         name: str,
@@ -185,6 +198,7 @@ class LMDBBackend:
 
         return self._write(f"moving ref {name!r}", work)
 
+    @override
     def delete_objects(
         self, ids: Iterable[ObjectId], *, if_refs_are: Mapping[str, bytes] | None = None
     ) -> bool:
@@ -199,16 +213,19 @@ class LMDBBackend:
 
         return self._write("deleting objects", work)
 
+    @override
     def iter_object_ids(self) -> Iterator[ObjectId]:
         def work(txn: lmdb.Transaction) -> list[ObjectId]:
             return [ObjectId(bytes(k)) for k in txn.cursor(db=self._objects).iternext(values=False)]
 
         return iter(self._read("listing objects", work))
 
+    @override
     def sync(self) -> None:
         with _translated("flushing to disk"):
             self._environment().sync(True)
 
+    @override
     def close(self) -> None:
         if not self._closed:
             self._closed = True

@@ -14,8 +14,9 @@ import threading
 import uuid
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, override
 
+from versionstore.backend.protocol import Backend
 from versionstore.ids import ObjectId
 
 __all__ = ["MemoryBackend"]
@@ -33,7 +34,7 @@ def _revive(token: str) -> MemoryBackend:
     return backend
 
 
-class MemoryBackend:
+class MemoryBackend(Backend):
     """A backend held in process memory."""
 
     def __init__(self) -> None:
@@ -50,10 +51,12 @@ class MemoryBackend:
     def __repr__(self) -> str:
         return f"MemoryBackend({len(self._objects)} objects, {len(self._refs)} refs)"
 
+    @override
     def get_objects(self, ids: Sequence[ObjectId]) -> list[bytes | None]:
         objects = self._objects
         return [objects.get(object_id) for object_id in ids]
 
+    @override
     def put_objects(
         self,
         objects: Iterable[tuple[ObjectId, bytes]],
@@ -74,9 +77,11 @@ class MemoryBackend:
                     bisect.insort(self._ref_names, name)
                 self._refs[name] = bytes(value)
 
+    @override
     def get_ref(self, name: str) -> bytes | None:
         return self._refs.get(name)
 
+    @override
     def list_refs(self, prefix: str, limit: int | None = None) -> dict[str, bytes]:
         with self._lock:
             start = bisect.bisect_left(self._ref_names, prefix)
@@ -87,6 +92,7 @@ class MemoryBackend:
                 found[name] = self._refs[name]
             return found
 
+    @override
     def compare_and_swap_ref(
         self,
         name: str,
@@ -103,6 +109,7 @@ class MemoryBackend:
             self._write_refs({**(also or {}), name: new})
             return True
 
+    @override
     def delete_objects(
         self, ids: Iterable[ObjectId], *, if_refs_are: Mapping[str, bytes] | None = None
     ) -> bool:
@@ -113,12 +120,15 @@ class MemoryBackend:
                 self._objects.pop(object_id, None)
             return True
 
+    @override
     def iter_object_ids(self) -> Iterator[ObjectId]:
         with self._lock:
             return iter(list(self._objects))
 
+    @override
     def sync(self) -> None:
-        """Nothing to flush: memory is as durable as it gets."""
+        pass  # nothing to flush: memory is as durable as it gets
 
+    @override
     def close(self) -> None:
-        """Nothing to release."""
+        pass  # nothing to release

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
-
-from typing_extensions import override
+from typing import TYPE_CHECKING, override
 
 from zarrstore.adapters.sync_async import AsyncToSync
 from zarrstore.protocol import AsyncStorage, DirListing, ReadRequest, Storage

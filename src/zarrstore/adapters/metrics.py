@@ -35,10 +35,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, override
 
 import attrs
-from typing_extensions import override
 
 from zarrstore.adapters.base import StoreLike, WrappingStorage, WrappingStore, storage_of
 from zarrstore.protocol import DirListing, ReadRequest, Storage

@@ -15,9 +15,7 @@ handed a ``ReadOnly`` store cannot write by asking for a writable view.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, NoReturn
-
-from typing_extensions import override
+from typing import TYPE_CHECKING, NoReturn, override
 
 from zarrstore.adapters.base import StoreLike, WrappingStorage, WrappingStore, storage_of
 from zarrstore.errors import ReadOnlyError

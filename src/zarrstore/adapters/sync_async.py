@@ -29,9 +29,7 @@ import os
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import Future
-from typing import Any, ParamSpec, Protocol, TypeVar
-
-from typing_extensions import override
+from typing import Any, ParamSpec, Protocol, TypeVar, override
 
 from zarrstore.protocol import AsyncStorage, DirListing, ReadRequest, Storage
 from zarrstore.ranges import ByteRange

@@ -38,9 +38,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
-
-from typing_extensions import override
+from typing import Any, Protocol, TypeVar, override
 
 from zarrstore.adapters.base import StoreLike, WrappingStorage, WrappingStore, storage_of
 from zarrstore.protocol import DirListing, ReadRequest, Storage

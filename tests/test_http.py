@@ -1,18 +1,16 @@
 """HTTPStore against a real aiohttp server on 127.0.0.1 (see ``tests/servers.py``).
 
-The server publishes directories written by ``FilesystemStore``; every test
-reads them back over HTTP: exact bytes, ranges at the edges, 404s, dropped
-connections (retries), a slow server (timeouts), auth headers, and zarr and
-xarray opening a hierarchy through its consolidated metadata.
+The server publishes directories written by ``FilesystemStore``; these tests
+read them back over HTTP through the shared conformance base (via
+``AsyncToSync``), zarr's ``StoreTests`` (the read-only parts), zarr, xarray
+and the adapters. Failures (statuses, dropped connections, timeouts) are in
+``test_http_failures.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
+import io
 import pickle
-import threading
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,68 +19,59 @@ import pytest
 import xarray as xr
 import zarr
 from async_only import AsyncOnlyStoreTests
-from servers import AUTH_TOKEN, HTTPServer, serve_http
+from http_support import (  # the fixtures are imported to be used here
+    http_server_fixture,  # noqa: F401
+    published_fixture,  # noqa: F401
+    run,
+    served_dir_fixture,  # noqa: F401
+    skipped,
+)
+from servers import HTTPServer
 from zarr.core.buffer import Buffer, cpu
 from zarr.testing.store import StoreTests
 
 from zarrstore import (
-    FilesystemStore,
+    AsyncToSync,
     OffsetRequest,
+    PerformanceMetrics,
     RangeRequest,
-    ReadOnlyError,
-    StorageIOError,
+    Storage,
     SuffixRequest,
     UnsupportedOperationError,
+    UsageLog,
 )
 from zarrstore.http import HTTPStorage, HTTPStore
+from zarrstore.ranges import slice_value
+from zarrstore.testing import StoreConformance
 
 READ_ONLY = "HTTPStore is read-only: every write is refused (see test_read_only_store_raises)"
-NO_LISTING = "HTTP cannot list keys; hierarchies open by consolidated metadata (test_listing_*)"
+NO_LISTING = ("HTTP cannot list keys; hierarchies open by consolidated metadata "
+              "(test_listing_is_unsupported_and_says_why)")
 
 
-@pytest.fixture(scope="session")
-def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HTTPServer]:
-    with serve_http(tmp_path_factory.mktemp("served")) as server:
-        yield server
+# -- the shared conformance base, read-only ------------------------------------------
 
 
-@pytest.fixture
-def served_dir(http_server: HTTPServer) -> tuple[Path, str]:
-    """A fresh served directory for one test, and its base URL."""
-    name = f"t-{uuid.uuid4().hex[:12]}"
-    (http_server.root / name).mkdir()
-    return http_server.root / name, f"{http_server.url}/data/{name}"
+class TestHTTPConformance(StoreConformance):
+    writable = False
 
+    @pytest.fixture
+    def storage(self, served_dir: tuple[Path, str]) -> Storage:
+        self.directory, url = served_dir
+        return AsyncToSync(HTTPStorage(url, retries=0))
 
-@pytest.fixture(scope="session")
-def published(http_server: HTTPServer) -> tuple[Path, xr.Dataset]:
-    """A hierarchy written by FilesystemStore with consolidated metadata, served over HTTP."""
-    ds = xr.Dataset(
-        {"temp": (("time", "x"), np.random.default_rng(7).random((12, 10)).astype("f4"))},
-        coords={"time": np.arange(12), "x": np.linspace(0, 1, 10)},
-        attrs={"title": "published"},
-    )
-    root = http_server.root / "published"
-    ds.to_zarr(FilesystemStore(root), mode="w", consolidated=True,
-               encoding={"temp": {"chunks": (4, 5)}})
-    group = zarr.open_group(FilesystemStore(root), mode="a").create_group("extra")
-    sharded = group.create_array("sharded", shape=(64,), chunks=(8,), shards=(32,), dtype="u2")
-    sharded[:] = np.arange(64, dtype="u2")
-    zarr.consolidate_metadata(FilesystemStore(root))
-    return root, ds
+    def raw_get(self, storage: Storage, key: str) -> bytes | None:
+        path = self.directory / key
+        return path.read_bytes() if path.is_file() else None
 
+    def raw_set(self, storage: Storage, key: str, value: bytes) -> None:
+        (self.directory / key).parent.mkdir(parents=True, exist_ok=True)
+        (self.directory / key).write_bytes(value)
 
-def run(coroutine: Any) -> Any:
-    return asyncio.run(coroutine)
-
-
-def skipped(reason: str) -> Any:
-    """An inherited test replaced by a skip that says why it cannot apply."""
-
-    @pytest.mark.skip(reason=reason)
-    def test(self: object) -> None: ...
-
-    return test
+    test_size_prefix = skipped(NO_LISTING)
+    test_list_is_sorted_and_complete = skipped(NO_LISTING)
+    test_list_prefix_nested = skipped(NO_LISTING)
+    test_list_dir_gives_keys_and_prefixes = skipped(NO_LISTING)
 
 
 # -- zarr's own store test-suite, read-only parts --------------------------------------
@@ -201,8 +190,6 @@ def test_byte_ranges_at_the_edges(served_dir: tuple[Path, str], byte_range: Any)
     directory, url = served_dir
     (directory / "v").write_bytes(b"0123456789")
     (directory / "empty").write_bytes(b"")
-    from zarrstore.ranges import slice_value
-
     async def read() -> tuple[bytes | None, bytes | None]:
         storage = HTTPStorage(url)
         try:
@@ -228,152 +215,6 @@ def test_missing_keys_are_none(served_dir: tuple[Path, str]) -> None:
     assert run(probe()) == [None, None, None, None, False]
 
 
-# -- failures: statuses, dropped connections, timeouts -----------------------------------
-
-
-def _requests_to(server: HTTPServer, fragment: str) -> int:
-    return sum(fragment in path for _, path, _ in server.requests)
-
-
-@pytest.mark.parametrize("status", [401, 403, 410, 418])
-def test_other_statuses_raise_with_url_and_status(http_server: HTTPServer, status: int) -> None:
-    token = uuid.uuid4().hex
-    storage = HTTPStorage(f"{http_server.url}/status/{status}/{token}", retries=3, backoff=0.01)
-    with pytest.raises(StorageIOError, match=f"GET {http_server.url}/status/{status}/{token}/k "
-                                             f"answered HTTP {status}"):
-        run(_get_and_close(storage, "k"))
-    assert _requests_to(http_server, token) == 1, "a client error is not retried"
-
-
-def test_server_errors_are_retried_then_raised(http_server: HTTPServer) -> None:
-    token = uuid.uuid4().hex
-    storage = HTTPStorage(f"{http_server.url}/status/503/{token}", retries=2, backoff=0.01)
-    with pytest.raises(StorageIOError, match="answered HTTP 503"):
-        run(_get_and_close(storage, "k"))
-    assert _requests_to(http_server, token) == 3
-    with pytest.raises(StorageIOError, match=f"HEAD .*{token}/k answered HTTP 503"):
-        run(_size_and_close(storage, "k"))
-
-
-def test_dropped_connections_are_retried(published: tuple[Path, xr.Dataset],
-                                         http_server: HTTPServer) -> None:
-    root, _ = published
-    token = uuid.uuid4().hex
-    storage = HTTPStorage(f"{http_server.url}/flaky/{token}/2/published", retries=3, backoff=0.01)
-    assert run(_get_and_close(storage, "zarr.json")) == (root / "zarr.json").read_bytes()
-    assert http_server.drops[token] == 2
-
-
-def test_dropped_connections_give_up_after_the_retries(http_server: HTTPServer) -> None:
-    token = uuid.uuid4().hex
-    url = f"{http_server.url}/flaky/{token}/100/published"
-    storage = HTTPStorage(url, retries=1, backoff=0.01)
-    with pytest.raises(StorageIOError, match=f"GET {url}/zarr.json failed after 2 attempts"):
-        run(_get_and_close(storage, "zarr.json"))
-
-
-def test_slow_server_times_out(http_server: HTTPServer) -> None:
-    # The server sleeps 5 s; the client allows 0.5 s, so the margin is ten-fold.
-    storage = HTTPStorage(f"{http_server.url}/slow/published", timeout=0.5, retries=3)
-    with pytest.raises(StorageIOError, match="timed out after 0.5 s") as caught:
-        run(_get_and_close(storage, "zarr.json"))
-    assert isinstance(caught.value.__cause__, TimeoutError)
-
-
-def test_custom_headers_carry_the_token(published: tuple[Path, xr.Dataset],
-                                        http_server: HTTPServer) -> None:
-    root, _ = published
-    anonymous = HTTPStorage(f"{http_server.url}/auth/published")
-    with pytest.raises(StorageIOError, match="answered HTTP 401"):
-        run(_get_and_close(anonymous, "zarr.json"))
-    signed = HTTPStorage(f"{http_server.url}/auth/published", headers={"Authorization": AUTH_TOKEN})
-    assert run(_get_and_close(signed, "zarr.json")) == (root / "zarr.json").read_bytes()
-
-
-async def _get_and_close(storage: HTTPStorage, key: str) -> bytes | None:
-    try:
-        return await storage.get(key)
-    finally:
-        await storage.aclose()
-
-
-async def _size_and_close(storage: HTTPStorage, key: str) -> int | None:
-    try:
-        return await storage.size(key)
-    finally:
-        await storage.aclose()
-
-
-# -- connections and event loops ---------------------------------------------------------
-
-
-def test_connections_are_reused(published: tuple[Path, xr.Dataset],
-                                http_server: HTTPServer) -> None:
-    token = uuid.uuid4().hex
-    storage = HTTPStorage(f"{http_server.url}/flaky/{token}/0/published")
-
-    async def many() -> None:
-        for _ in range(10):
-            assert await storage.get("zarr.json") is not None
-        await storage.aclose()
-
-    run(many())
-    peers = {peer for _, path, peer in http_server.requests if token in path}
-    assert len(peers) == 1, f"ten sequential reads used {len(peers)} connections"
-
-
-def test_one_storage_serves_many_event_loops(published: tuple[Path, xr.Dataset],
-                                            http_server: HTTPServer) -> None:
-    root, _ = published
-    expected = (root / "zarr.json").read_bytes()
-    storage = HTTPStorage(f"{http_server.url}/data/published")
-    assert asyncio.run(storage.get("zarr.json")) == expected
-    assert asyncio.run(storage.get("zarr.json")) == expected  # the first loop is closed now
-    results: list[bytes | None] = []
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    results.append(asyncio.run_coroutine_threadsafe(storage.get("zarr.json"), loop).result(30))
-    storage.close()  # closes the session on the running loop in the other thread
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(30)
-    loop.close()
-    assert results == [expected]
-    assert not len(storage._sessions)
-
-
-# -- what HTTP cannot do ---------------------------------------------------------------
-
-
-def test_listing_is_unsupported_and_says_why(served_dir: tuple[Path, str]) -> None:
-    _, url = served_dir
-    storage = HTTPStorage(url)
-    assert not storage.supports_listing
-    for call in (storage.list(), storage.list_prefix("a/"), storage.list_dir(""),
-                 storage.size_prefix("")):
-        with pytest.raises(UnsupportedOperationError, match="cannot list"):
-            run(call)
-
-
-def test_writes_raise_the_read_only_error(served_dir: tuple[Path, str]) -> None:
-    directory, url = served_dir
-    storage = HTTPStorage(url)
-    assert storage.read_only and not storage.supports_writes and not storage.supports_deletes
-    for call in (storage.set("k", b"v"), storage.set_if_absent("k", b"v"), storage.erase("k"),
-                 storage.erase_many(["k"]), storage.erase_prefix("")):
-        with pytest.raises(ReadOnlyError, match="read-only mode"):
-            run(call)
-    with pytest.raises(UnsupportedOperationError, match="read-only"):
-        storage.with_read_only(False)
-    assert storage.with_read_only(True) is storage
-    assert not list(directory.iterdir())
-
-
-def test_url_must_be_http(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="http:// or https://"):
-        HTTPStorage(f"file://{tmp_path}")
-
-
 # -- zarr and xarray over HTTP ---------------------------------------------------------
 
 
@@ -397,3 +238,14 @@ def test_xarray_open_zarr_over_http(published: tuple[Path, xr.Dataset],
     opened = xr.open_zarr(store, consolidated=True)
     xr.testing.assert_identical(opened.load(), ds)
     store.close()
+
+
+def test_adapters_wrap_the_http_store(published: tuple[Path, xr.Dataset],
+                                      http_server: HTTPServer) -> None:
+    _, ds = published
+    log = io.StringIO()
+    store = PerformanceMetrics(UsageLog(HTTPStore(f"{http_server.url}/data/published"), log))
+    opened = xr.open_zarr(store, consolidated=True)
+    xr.testing.assert_identical(opened.load(), ds)
+    assert store.reads > 0 and store.bytes_read > 0 and store.lists == 0
+    assert "get zarr.json" in log.getvalue().replace("'", "").replace('"', "")

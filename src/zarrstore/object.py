@@ -230,14 +230,13 @@ class ObjectStorage(AsyncStorage):
         if size is None:
             return [None] * len(byte_ranges)
         spans = [resolve(byte_range, size) for byte_range in byte_ranges]
-        wanted = [(start, stop) for start, stop in spans if stop > start]
+        starts = [start for start, stop in spans if stop > start]
+        ends = [stop for start, stop in spans if stop > start]
         try:
             with self._translated("get_ranges", key, missing=True):
                 fetched = iter(
-                    await obstore.get_ranges_async(
-                        self.backing, key, starts=[a for a, _ in wanted], ends=[b for _, b in wanted]
-                    )
-                    if wanted
+                    await obstore.get_ranges_async(self.backing, key, starts=starts, ends=ends)
+                    if starts
                     else []
                 )
         except FileNotFoundError:

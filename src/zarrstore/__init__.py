@@ -7,6 +7,9 @@ speaks the small sync protocol ``zarrstore.protocol.Storage`` (or its async
 twin), which the adapters and the versioned engine build on.
 """
 
+import importlib
+from typing import TYPE_CHECKING
+
 from zarrstore.adapters import AsyncToSync, PerformanceMetrics, ReadOnly, SyncToAsync, UsageLog
 from zarrstore.errors import (
     InvalidByteRangeError,
@@ -24,6 +27,10 @@ from zarrstore.protocol import AsyncStorage, DirListing, Storage
 from zarrstore.ranges import ByteRange, OffsetRequest, RangeRequest, SuffixRequest
 from zarrstore.zarr_bridge import ZarrStore
 
+if TYPE_CHECKING:
+    from zarrstore.http import HTTPStorage, HTTPStore
+    from zarrstore.object import ObjectStorage, ObjectStore
+
 __all__ = [
     "AsyncStorage",
     "AsyncToSync",
@@ -31,11 +38,15 @@ __all__ = [
     "DirListing",
     "FilesystemStorage",
     "FilesystemStore",
+    "HTTPStorage",
+    "HTTPStore",
     "InvalidByteRangeError",
     "InvalidKeyError",
     "KeyNotFoundError",
     "MemoryStorage",
     "MemoryStore",
+    "ObjectStorage",
+    "ObjectStore",
     "OffsetRequest",
     "PerformanceMetrics",
     "RangeRequest",
@@ -51,3 +62,19 @@ __all__ = [
     "ZarrStore",
     "ZarrStoreError",
 ]
+
+#: The remote stores need the ``remote`` extra (aiohttp, obstore), so they are
+#: imported on first use: ``import zarrstore`` works without it.
+_REMOTE = {
+    "HTTPStorage": "zarrstore.http",
+    "HTTPStore": "zarrstore.http",
+    "ObjectStorage": "zarrstore.object",
+    "ObjectStore": "zarrstore.object",
+}
+
+
+def __getattr__(name: str) -> object:
+    """Import a remote store on first use (``ImportError`` without the ``remote`` extra)."""
+    if name not in _REMOTE:
+        raise AttributeError(f"module 'zarrstore' has no attribute {name!r}")
+    return getattr(importlib.import_module(_REMOTE[name]), name)

@@ -42,7 +42,7 @@ from zarrstore.zarr_bridge import ZarrStore
 
 if TYPE_CHECKING:
     from obstore import GetOptions, ObjectMeta
-    from obstore.store import ClientConfig, RetryConfig, S3Config
+    from obstore.store import ClientConfig, RetryConfig, S3Config, S3CredentialProvider
     from obstore.store import ObjectStore as Backing
 
 __all__ = ["ObjectStorage", "ObjectStore", "S3Options"]
@@ -62,6 +62,7 @@ class S3Options(TypedDict, total=False):
     config: S3Config  #: any further obstore S3 setting
     client_options: ClientConfig
     retry_config: RetryConfig
+    credential_provider: S3CredentialProvider  #: e.g. obstore's boto3 provider, for profiles
 
 
 def _s3_backing(bucket: str, options: S3Options) -> S3Store:

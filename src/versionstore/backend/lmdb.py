@@ -62,6 +62,11 @@ def _acquire(path: str, durable: bool) -> lmdb.Environment:
                 readahead=False,
                 lock=True,
             )
+        # A process killed inside a read transaction leaves its reader slot behind;
+        # while anyone keeps the environment open, that slot pins every page freed
+        # since (the file grows with each write) and, a thousand deaths later, fills
+        # the reader table. Each open clears the slots of dead processes.
+        env.reader_check()
         _environments[key] = (env, users + 1)
         return env
 

@@ -136,10 +136,6 @@ class _ReadOnlyStoreTests(ZarrBackdoor, StoreTests[ReadOnly, cpu.Buffer]):
     store_cls = ReadOnly
     buffer_cls = cpu.Buffer
 
-    for _name in WRITING_TESTS:
-        locals()[_name] = _expect_refusal(getattr(StoreTests, _name))
-    del _name
-
     def test_store_supports_writes(self, store: ReadOnly) -> None:
         assert store.supports_writes  # the backing can; this guard refuses (read_only)
 
@@ -183,6 +179,10 @@ class _ReadOnlyStoreTests(ZarrBackdoor, StoreTests[ReadOnly, cpu.Buffer]):
         assert clone == store and clone.read_only
         observed = await clone.get("foo", prototype=default_buffer_prototype())
         assert observed is not None and observed.to_bytes() == b"\x01\x02"
+
+
+for _name in WRITING_TESTS:
+    setattr(_ReadOnlyStoreTests, _name, _expect_refusal(getattr(StoreTests, _name)))
 
 
 class TestReadOnlyWithZarrOverMemory(_ReadOnlyStoreTests):

@@ -340,9 +340,11 @@ class PerformanceMetrics(_MetricsReport, WrappingStore):
     Example::
 
         store = PerformanceMetrics(MemoryStore())
-        zarr.create_array(store, name="a", shape=(8,), chunks=(4,), dtype="u1",
-                          compressors=None)[:] = 1
-        assert store.writes == 3  # zarr.json and two chunks
+        array = zarr.create_array(store, name="a", shape=(8,), chunks=(4,), dtype="u1",
+                                  compressors=None)
+        store.reset()
+        array[:] = 1
+        assert store.writes == 2 and store.bytes_written == 8  # two 4-byte chunks
 
     Args:
         store: any zarr store from this package, or a bare storage.

@@ -1,0 +1,110 @@
+"""Measuring: a recorder of named metrics, page-cache eviction, peak RSS, percentiles.
+
+A metric is a list of samples with a unit and a direction (``better`` is
+``"lower"`` for times and bytes, ``"higher"`` for throughputs). Workloads add
+one sample per run (a whole write, a whole read) or one per operation (each
+commit of a series); the report takes medians and min–max over all samples of
+all repetitions.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Recorder", "evict_page_cache", "peak_rss_mib", "percentile"]
+
+MIB = 1 << 20
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0–100) by linear interpolation."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    pos = (len(ordered) - 1) * q / 100
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def evict_page_cache(path: Path) -> int:
+    """Flush and drop the page cache of every file under ``path``; return how many files.
+
+    ``posix_fadvise(DONTNEED)`` after ``fsync`` evicts the clean pages of a
+    file that no process has mapped, without root and without touching the
+    rest of the machine's cache (unlike ``drop_caches``). It is advisory: the
+    kernel may keep a few pages, so "cold" here means "as cold as an
+    unprivileged process can make one directory", not "straight from the disk".
+    """
+    count = 0
+    for dirpath, _, names in os.walk(path):
+        for name in names:
+            try:
+                fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                count += 1
+            finally:
+                os.close(fd)
+    return count
+
+
+class Recorder:
+    """Collects the metrics and notes of one worker job."""
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, dict[str, Any]] = {}
+        self.info: dict[str, Any] = {}
+
+    def add(self, name: str, value: float, unit: str, better: str = "lower") -> None:
+        """Record one sample of metric ``name``."""
+        metric = self.metrics.setdefault(name, {"unit": unit, "better": better, "samples": []})
+        metric["samples"].append(float(value))
+
+    def note(self, key: str, value: Any) -> None:
+        """Record a fact about the run (sizes, counts, cache state)."""
+        self.info[key] = value
+
+    def rss(self, name: str) -> None:
+        """Record this process's peak RSS so far under ``name``."""
+        self.add(name, peak_rss_mib(), "MiB")
+
+    @contextmanager
+    def timed(self, name: str, unit: str = "s") -> Iterator[None]:
+        """Time the block and record it (``unit`` is ``"s"`` or ``"ms"``)."""
+        start = time.perf_counter()
+        yield
+        elapsed = time.perf_counter() - start
+        self.add(name, elapsed * (1000 if unit == "ms" else 1), unit)
+
+    def to_json(self) -> dict[str, Any]:
+        """The recorded metrics and notes, JSON-ready."""
+        return {"metrics": self.metrics, "info": self.info}
+
+
+class Stopwatch:
+    """Accumulates the time spent in many short timed sections."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """Add the duration of the block to ``total``."""
+        start = time.perf_counter()
+        yield
+        self.total += time.perf_counter() - start

@@ -1,0 +1,204 @@
+"""The report: summaries, ratios against the anchors, target checks, table and JSON.
+
+Every metric is summarised as the median of its samples with min–max and the
+sample count. A ratio ``vs X`` is how many times *better* the system is than
+anchor X on that metric, whatever the metric's direction: ``2.0`` means twice
+the throughput, or half the time / bytes; below 1 means worse. Ratios compare
+medians from the same run only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from pathlib import Path
+from typing import Any
+
+from benchmarks.measure import percentile
+
+__all__ = ["check_targets", "format_report", "summarise", "write_json"]
+
+PAIRS = (("vs-lmdb", "icechunk-fs"), ("vs-mem", "icechunk-mem"))
+
+
+def _summary(metric: dict[str, Any]) -> dict[str, Any]:
+    samples = metric["samples"]
+    return {
+        "unit": metric["unit"],
+        "better": metric["better"],
+        "n": len(samples),
+        "median": statistics.median(samples),
+        "min": min(samples),
+        "max": max(samples),
+        "p99": percentile(samples, 99),
+    }
+
+
+def ratio(system: dict[str, Any] | None, anchor: dict[str, Any] | None) -> float | None:
+    """How many times better ``system`` is than ``anchor`` (``None`` if not comparable)."""
+    if system is None or anchor is None:
+        return None
+    a, s = anchor["median"], system["median"]
+    if system["better"] == "higher":
+        return s / a if a > 0 else None
+    return a / s if s > 0 else None
+
+
+def summarise(run: dict[str, Any]) -> dict[str, Any]:
+    """Per workload, metric and system: the summary and the ratio against each anchor."""
+    out: dict[str, Any] = {}
+    for workload, systems in run["results"].items():
+        metrics: dict[str, dict[str, Any]] = {}
+        for system, data in systems.items():
+            for name, metric in data["metrics"].items():
+                if metric["samples"]:
+                    metrics.setdefault(name, {})[system] = _summary(metric)
+        for by_system in metrics.values():
+            for summary in by_system.values():
+                summary["ratios"] = {
+                    anchor: ratio(summary, by_system.get(anchor)) for anchor in run["anchors"]
+                }
+        out[workload] = metrics
+    return out
+
+
+def _fmt(value: float) -> str:
+    magnitude = abs(value)
+    if magnitude >= 1000:
+        return f"{value:,.0f}"
+    if magnitude >= 100:
+        return f"{value:.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    if magnitude >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def _get(summary: dict[str, Any], workload: str, metric: str, system: str
+         ) -> dict[str, Any] | None:
+    return summary.get(workload, {}).get(metric, {}).get(system)
+
+
+def check_targets(summary: dict[str, Any], params: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured figure and met / missed / not measured."""
+    checks: list[dict[str, Any]] = []
+
+    def add(target: str, value: float | None, threshold: float, detail: str) -> None:
+        met = None if value is None else value >= threshold
+        checks.append({"target": target, "value": value, "threshold": threshold,
+                       "met": met, "detail": detail})
+
+    # 1. At least icechunk's throughput on every workload (every comparable metric).
+    for ours, theirs in PAIRS:
+        worst: tuple[float, str] | None = None
+        for workload, metrics in summary.items():
+            for name, by_system in metrics.items():
+                if "RSS" in name or "first read" in name or "load" in name:
+                    continue
+                r = ratio(by_system.get(ours), by_system.get(theirs))
+                if r is not None and (worst is None or r < worst[0]):
+                    worst = (r, f"{workload}: {name}")
+        if worst is not None:
+            add(f"{ours} ≥ {theirs} on every metric", worst[0], 1.0,
+                f"worst ratio: {worst[1]}")
+    # 2. Commit of one changed chunk flat (within 2×) from the smallest to the largest array.
+    sizes = params.get("commit_sizes") or []
+    if len(sizes) >= 2:
+        from benchmarks.workloads.commit_latency import size_label
+
+        for system in ("vs-lmdb", "vs-mem", "icechunk-fs", "icechunk-mem"):
+            small = _get(summary, "commit", f"commit ms (N={size_label(sizes[0])})", system)
+            large = _get(summary, "commit", f"commit ms (N={size_label(sizes[-1])})", system)
+            if small and large:
+                growth = large["median"] / small["median"]
+                add(f"{system}: commit latency flat within 2× "
+                    f"({size_label(sizes[0])} → {size_label(sizes[-1])} chunks)",
+                    2.0 / growth, 1.0, f"grows {growth:.2f}× "
+                    f"({small['median']:.2f} → {large['median']:.2f} ms)")
+    # 3. At least 5× icechunk on small-chunk write + commit.
+    for ours, theirs in PAIRS:
+        for name in ("zarr write+commit s", "key write+commit s"):
+            r = ratio(_get(summary, "small", name, ours), _get(summary, "small", name, theirs))
+            if r is not None:
+                add(f"{ours} ≥ 5× {theirs}: small chunks {name}", r, 5.0, f"{r:.2f}×")
+    # 4. Disk within 1.2× of logical data for the 1 %-change history.
+    for name in ("disk / logical (file size)", "disk / logical (LMDB used pages)"):
+        s = _get(summary, "history", name, "vs-lmdb")
+        if s is not None:
+            add(f"vs-lmdb {name} ≤ 1.2", 1.2 / s["median"], 1.0, f"{s['median']:.3f}×")
+    # 5. Random single-chunk reads at least 2× icechunk's ops/s.
+    for ours, theirs in PAIRS:
+        for name in ("zarr random read ops/s", "key random read ops/s"):
+            r = ratio(_get(summary, "small", name, ours), _get(summary, "small", name, theirs))
+            if r is not None:
+                add(f"{ours} ≥ 2× {theirs}: {name}", r, 2.0, f"{r:.2f}×")
+    # 6. Read throughput within 2× of raw LMDB (same bytes, key level).
+    for name in ("key read cold MiB/s", "key read warm MiB/s"):
+        r = ratio(_get(summary, "bulk", name, "vs-lmdb"), _get(summary, "bulk", name, "raw-lmdb"))
+        if r is not None:
+            add(f"vs-lmdb {name} within 2× of raw LMDB", r, 0.5, f"{r:.2f}× raw LMDB")
+    return checks
+
+
+def format_report(run: dict[str, Any], summary: dict[str, Any],
+                  checks: list[dict[str, Any]]) -> str:
+    """A plain-text (Markdown-friendly) report of one run."""
+    from benchmarks.workloads import WORKLOADS
+
+    m = run["machine"]
+    lines = [
+        f"# versionstore benchmarks — {m['date']}",
+        "",
+        f"machine: {m['nproc']} CPUs ({m['cpus_usable']} usable), {m['cpu_model']}, "
+        f"{(m['memory_bytes'] or 0) / 2**30:.1f} GiB RAM; Python {m['python']}; "
+        f"load average {m['load_average_start'][0]:.1f} at start, "
+        f"{m.get('load_average_end', [float('nan')])[0]:.1f} at end",
+        "versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v),
+        f"git: {m['git_commit']}; wall time {m.get('wall_seconds', '?')} s",
+    ]
+    if run.get("zarr_config"):
+        lines.append(f"zarr config: {run['zarr_config']}")
+    for name, reason in run.get("skipped_systems", {}).items():
+        lines.append(f"skipped {name}: {reason}")
+    lines.append("")
+    lines.append("ratios: how many times better than the anchor (>1 = faster / smaller)")
+    anchors = run["anchors"]
+    for workload, metrics in summary.items():
+        module = WORKLOADS[workload]
+        lines += ["", f"## {module.TITLE}", ""]
+        header = ["metric", "system", "median", "min–max", "n"] + [f"vs {a}" for a in anchors]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join("---" for _ in header) + "|")
+        for name, by_system in metrics.items():
+            for system in [s for s in run["results"][workload] if s in by_system]:
+                s = by_system[system]
+                row = [f"{name} ({s['unit']})", system, _fmt(s["median"]),
+                       f"{_fmt(s['min'])}–{_fmt(s['max'])}", str(s["n"])]
+                row += [_fmt_ratio(s["ratios"][a]) for a in anchors]
+                lines.append("| " + " | ".join(row) + " |")
+        for system, data in run["results"][workload].items():
+            for error in data["errors"]:
+                found = [line for line in error.splitlines()
+                         if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", line)]
+                last = found[-1] if found else (error.strip().splitlines() or ["?"])[-1]
+                lines.append(f"\nERROR {system}: {last}")
+    if checks:
+        lines += ["", "## Targets", ""]
+        for check in checks:
+            verdict = {True: "met", False: "MISSED", None: "not measured"}[check["met"]]
+            lines.append(f"- {verdict}: {check['target']} — {check['detail']}")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, run: dict[str, Any], summary: dict[str, Any],
+               checks: list[dict[str, Any]]) -> None:
+    """Everything: the run (raw samples), the summaries and the target checks."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**run, "summary": summary, "targets": checks}, indent=1,
+                               default=str))

@@ -1,0 +1,90 @@
+"""Commit latency of one changed chunk, in arrays of 10^3 … 10^6 chunks.
+
+For each size N, a new repository holds one int32 array of N single-element
+chunks (tiny chunks, so that the 10^6-chunk array is affordable; every system
+stores them inline). The array is built once per system and size, untimed,
+by the fastest bulk path each system offers (versionstore: staging whole
+batches with ``Session.set_values``; icechunk: 1,000 concurrent ``Store.set``;
+raw LMDB: one transaction), then committed (that first commit is reported
+as "load commit s", for information). Then, ``samples`` times: open the array
+in a writable session (untimed), write one chunk through zarr (timed apart),
+and commit (timed): the commit latency. Raw LMDB's "commit" is one put and an
+``fsync``, the cost of making one change durable at all. Unversioned zarr
+stores have no commit and are not run here.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from benchmarks.data import tiny_values
+from benchmarks.measure import Recorder
+from benchmarks.systems import System, remove
+
+NAME = "commit"
+TITLE = "Commit latency: 1 changed chunk in arrays of N chunks"
+PATH = "a"
+DISTINCT = 1000
+
+
+def fixtures(params: dict[str, Any], directory: Path) -> dict[str, Any]:
+    return {"tiny_values": [v.hex() for v in tiny_values(DISTINCT)]}
+
+
+def phases(system: type[System], params: dict[str, Any]) -> list[str]:
+    return ["run"] if system.versioned or not system.zarr_capable else []
+
+
+def run(phase: str, system: System, params: dict[str, Any], rec: Recorder,
+        fixtures: dict[str, Any]) -> None:
+    values = [bytes.fromhex(v) for v in fixtures["tiny_values"]]
+    rng = np.random.default_rng(11)
+    for size in params["commit_sizes"]:
+        label = size_label(size)
+        instance = type(system)(system.root / f"n{size}")
+        instance.create()
+        items = ((f"{PATH}/c/{i}", values[i % DISTINCT]) for i in range(size))
+        start = time.perf_counter()
+        if instance.zarr_capable:
+            zarr.create_array(instance.write_store(), name=PATH, shape=(size,), chunks=(1,),
+                              dtype="int32")
+        instance.load_keys(items)
+        middle = time.perf_counter()
+        instance.commit("load")
+        end = time.perf_counter()
+        rec.add(f"load s (N={label})", middle - start, "s")
+        rec.add(f"load commit s (N={label})", end - middle, "s")
+        for s in range(params["commit_samples"]):
+            index = int(rng.integers(size))
+            if instance.zarr_capable:
+                array = zarr.open_array(instance.write_store(), path=PATH)
+                t0 = time.perf_counter()
+                array[index] = -(s + 1)
+            else:
+                t0 = time.perf_counter()
+                instance.put([(f"{PATH}/c/{index}", values[s % DISTINCT])])  # type: ignore[attr-defined]
+            t1 = time.perf_counter()
+            instance.commit(f"one chunk {s}")
+            t2 = time.perf_counter()
+            rec.add(f"write 1 chunk ms (N={label})", (t1 - t0) * 1000, "ms")
+            rec.add(f"commit ms (N={label})", (t2 - t1) * 1000, "ms")
+        if instance.zarr_capable:
+            check = zarr.open_array(instance.read_store(), path=PATH, mode="r")
+            if check[index] != -params["commit_samples"]:
+                raise AssertionError(f"{system.name}: last commit not visible (N={size})")
+        instance.close()
+        rec.rss(f"peak RSS (N={label})")
+        remove(instance.root)
+
+
+def size_label(size: int) -> str:
+    """``10^6`` for powers of ten, the plain number otherwise."""
+    text = str(size)
+    if text.startswith("1") and set(text[1:]) <= {"0"} and len(text) > 1:
+        return f"10^{len(text) - 1}"
+    return text

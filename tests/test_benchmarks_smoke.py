@@ -1,0 +1,91 @@
+"""Smoke test of the benchmark suite at tiny sizes: it runs and reports, nothing is timed.
+
+Benchmarks are not tests: nothing here looks at a duration. This only keeps
+``benchmarks/`` from rotting. icechunk is an optional anchor (the ``bench``
+extra); CI installs only ``test``, so its systems are skipped when absent.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+# ``benchmarks/`` is a top-level package of the repository, not of the installed distribution.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.__main__ import main
+from benchmarks.report import check_targets, format_report, summarise
+from benchmarks.suite import run_suite
+from benchmarks.systems import SYSTEMS
+from benchmarks.workloads import WORKLOADS
+
+TINY = {
+    "bulk_mib": 1,
+    "bulk_chunk_kib": 256,
+    "small_chunks": 40,
+    "small_chunk_kib": 4,
+    "random_reads": 20,
+    "history_chunks": 20,
+    "history_chunk_kib": 16,
+    "history_commits": 3,
+    "history_change": 0.05,
+    "hierarchy_arrays": 5,
+    "commit_sizes": [10, 100],
+    "commit_samples": 2,
+}
+HAS_ICECHUNK = importlib.util.find_spec("icechunk") is not None
+
+
+def _param(name: str) -> object:
+    if name.startswith("icechunk") and not HAS_ICECHUNK:
+        return pytest.param(name, marks=pytest.mark.skip(
+            reason="icechunk is not installed (it is in the 'bench' extra, not 'test')"))
+    return name
+
+
+def _run(systems: list[str], tmp_path: Path, **kwargs: object) -> dict:
+    return run_suite(workloads=list(WORKLOADS), systems=systems, params=TINY, repeats=1,
+                     workdir=tmp_path, timeout=300, zarr_config=None, **kwargs)
+
+
+@pytest.mark.parametrize("system", [_param(name) for name in SYSTEMS])
+def test_every_workload_runs_on(system: str, tmp_path: Path) -> None:
+    run = _run([system], tmp_path, in_process=True)
+    assert run["results"], "no workload ran"
+    for workload, systems in run["results"].items():
+        data = systems[system]
+        assert data["errors"] == [], f"{workload}: {data['errors']}"
+        assert data["metrics"], f"{workload}: no metrics"
+        for name, metric in data["metrics"].items():
+            assert metric["samples"], f"{workload}: {name} has no samples"
+    assert list(tmp_path.iterdir()) == [], "the suite left files behind"
+
+
+def test_report_ratios_and_targets(tmp_path: Path) -> None:
+    run = _run(["vs-mem", "vs-lmdb", "raw-lmdb", "zarr-local"], tmp_path, in_process=True)
+    summary = summarise(run)
+    write = summary["bulk"]["write+commit MiB/s"]
+    assert write["zarr-local"]["ratios"]["zarr-local"] == pytest.approx(1.0)
+    assert write["raw-lmdb"]["ratios"]["icechunk-fs"] is None  # anchor not in this run
+    checks = check_targets(summary, run["params"])
+    assert any("raw LMDB" in check["target"] for check in checks)
+    text = format_report(run, summary, checks)
+    assert "| write+commit MiB/s (MiB/s) | vs-lmdb |" in text
+    assert "## Targets" in text
+
+
+def test_command_line_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "result.json"
+    status = main(["--workloads", "bulk,hierarchy", "--systems", "vs-lmdb,zarr-mem",
+                   "--bulk-mib", "1", "--bulk-chunk-kib", "256", "--hierarchy-arrays", "3",
+                   "--repeat", "1", "--workdir", str(tmp_path), "--json", str(out)])
+    assert status == 0, capsys.readouterr().err
+    saved = json.loads(out.read_text())
+    assert set(saved["results"]) == {"bulk", "hierarchy"}
+    assert saved["machine"]["nproc"] >= 1
+    assert "vs-lmdb" in saved["summary"]["bulk"]["read peak RSS"]
+    assert "Hierarchy of 1,000 arrays" in capsys.readouterr().out

@@ -424,6 +424,36 @@ def die_reading(logs: Path) -> None:
     raise SystemExit("survived the read")
 
 
+def die_with_a_held_write(logs: Path) -> None:
+    """Two threads stage into one session; the first write is held back, the second
+    returns, and then the process dies (as a kernel with a thread pool might)."""
+    import threading
+
+    from versionstore.backend.lmdb import LMDBBackend
+
+    repo = _start(logs)
+    session = repo.writable_session("main")
+    _Log(logs / "sessions.log").line(f"0,{session.session_id}")
+    held = threading.Event()
+    put_objects = LMDBBackend.put_objects
+
+    def put(self: LMDBBackend, objects: Any, refs: Any = None) -> None:
+        if threading.current_thread().name == "held":
+            held.set()
+            threading.Event().wait()  # this write never happens: we die first
+        put_objects(self, objects, refs)
+
+    LMDBBackend.put_objects = put  # type: ignore[method-assign]
+    first = threading.Thread(target=session.set_values, args=([("first", b"1")],),
+                             name="held", daemon=True)
+    first.start()
+    if not held.wait(WAIT):
+        raise SystemExit("the first write never started")
+    session.set_values([("second", b"2")])
+    _Log(logs / "staged.log").line("second")
+    _kill_self()
+
+
 def main() -> None:
     """``process_workers.py COMMAND REPO LOGDIR FIRST_ROUND [POINT]``."""
     command, logs, first_round = sys.argv[1], Path(sys.argv[3]), int(sys.argv[4])
@@ -431,6 +461,8 @@ def main() -> None:
         commit_loop(logs, first_round)
     elif command == "stage-forever":
         stage_forever(logs, first_round)
+    elif command == "die-with-a-held-write":
+        die_with_a_held_write(logs)
     elif command == "die-reading":
         die_reading(logs)
     elif command == "die-at":

@@ -415,6 +415,47 @@ def test_orphans_of_a_killed_commit_never_become_visible(repo_path: str, tmp_pat
         assert repo.verify().ok
 
 
+def test_a_write_that_returned_is_resumable_while_another_is_in_flight(
+    repo_path: str, tmp_path: Path
+) -> None:
+    """Regression: the session record (what makes staged writes resumable) was
+    marked written before its write happened, so a second thread's write could
+    return without it; a crash then left that write staged but not resumable."""
+    worker = Worker(repo_path, tmp_path / "logs", "die-with-a-held-write", 0)
+    worker.go()
+    assert worker.stop(kill=False) == -signal.SIGKILL, (tmp_path / "logs/stderr").read_text()
+    [(_, session_id)] = read_log(tmp_path / "logs" / "sessions.log")
+    assert read_log(tmp_path / "logs" / "staged.log") == [["second"]]
+    with vs.Repository.open(vs.lmdb_storage(repo_path)) as repo:
+        resumed = repo.writable_session("main", resume=session_id)
+        storage = resumed.store.storage
+        assert (storage.get("first"), storage.get("second")) == (None, b"2")
+        snapshot = resumed.commit("resumed")
+        assert repo.readonly_session(snapshot_id=snapshot).store.storage.get("second") == b"2"
+
+
+def test_a_failed_first_write_does_not_make_later_ones_unresumable(
+    repo_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a session's first staged write failing (full disk, interrupt)
+    left it believing its record was stored, so no later write stored it."""
+    with vs.Repository.open(vs.lmdb_storage(repo_path)) as repo:
+        session = repo.writable_session("main")
+        put_objects = repo.backend.put_objects
+
+        def failing(*args: object, **kwargs: object) -> None:
+            raise vs.BackendError("simulated: disk full")
+
+        monkeypatch.setattr(repo.backend, "put_objects", failing)
+        with pytest.raises(vs.BackendError):
+            session.store.storage.set("k", b"lost")
+        monkeypatch.setattr(repo.backend, "put_objects", put_objects)
+        session.store.storage.set("k", b"kept")
+        assert session.session_id is not None
+        resumed = repo.writable_session("main", resume=session.session_id)
+        assert resumed.store.storage.get("k") == b"kept"
+
+
 def _churn(repo: vs.Repository, rounds: int) -> None:
     """Many small write transactions that add almost no data (values repeat)."""
     for round_ in range(rounds):

@@ -203,19 +203,27 @@ class Session:
             )
         return self._session_id
 
-    def _record_update(self) -> dict[str, bytes | None]:
-        if self._recorded:
-            return {}
+    def _stage(self, objects: list[tuple[ObjectId, bytes]],
+               refs: dict[str, bytes | None]) -> None:
+        """Write staged changes, carrying the session record until a write has stored it.
+
+        The record is what makes staged keys resumable, so ``_recorded`` flips only
+        after a write that carried it returned: a write that failed, or one still
+        in flight in another thread, never leaves later staged keys without it.
+        """
+        if not self._recorded:
+            assert self._branch is not None and self._session_id is not None
+            record = SessionRecord(branch=self._branch, base=self._base,
+                                   created_at=datetime.now(UTC))
+            refs = {**refs, session_ref(self._session_id): encode_session(record)}
+        self._repo.backend.put_objects(objects, refs)
         self._recorded = True
-        assert self._branch is not None and self._session_id is not None
-        record = SessionRecord(branch=self._branch, base=self._base, created_at=datetime.now(UTC))
-        return {session_ref(self._session_id): encode_session(record)}
 
     def set_values(self, items: list[tuple[str, bytes]]) -> None:
         """Stage ``key = value`` for each item (durably, before returning)."""
         session_id = self._require_writable()
         objects = []
-        refs = self._record_update()
+        refs: dict[str, bytes | None] = {}
         prefix = stage_prefix(session_id)
         for key, value in items:
             entry: Entry
@@ -226,7 +234,7 @@ class Session:
                 objects.append((chunk_id, frame))
                 entry = ChunkRef(chunk_id=chunk_id, size=len(value))
             refs[prefix + key] = encode_staged(entry)
-        self._repo.backend.put_objects(objects, refs)
+        self._stage(objects, refs)
 
     def erase_keys(self, keys: list[str]) -> None:
         """Stage the deletion of each key (keys that do not exist are ignored)."""
@@ -237,8 +245,7 @@ class Session:
             in_base = lookup(self._repo.reader.node, self._root, key) is not None
             refs[prefix + key] = encode_staged(TOMBSTONE) if in_base else None
         if refs:
-            refs.update(self._record_update())
-            self._repo.backend.put_objects([], refs)
+            self._stage([], refs)
 
     @property
     def has_uncommitted_changes(self) -> bool:
@@ -309,8 +316,7 @@ class Session:
         self._base, self._root = tip, reader.snapshot(tip).tree
         self._recorded = False
         if self.has_uncommitted_changes or refs:
-            refs.update(self._record_update())
-        self._repo.backend.put_objects([], refs)
+            self._stage([], refs)
 
     def commit(self, message: str, metadata: dict[str, Any] | None = None) -> SnapshotId:
         """Record the staged changes as a new snapshot on the branch; return its id.

@@ -220,7 +220,7 @@ class CrashChecker:
 
 #: Random-kill trials: at least MIN_TRIALS, then more while within BUDGET seconds, up to
 #: MAX_TRIALS. The budget bounds the test's length on a slow machine; it asserts nothing.
-MIN_TRIALS, MAX_TRIALS, BUDGET = 15, 40, 35.0
+MIN_TRIALS, MAX_TRIALS, BUDGET = 20, 40, 35.0
 
 
 @pytest.mark.slow

@@ -35,6 +35,9 @@ from hypothesis.stateful import (
 )
 
 import versionstore as vs
+from versionstore import tree
+from versionstore.ids import object_id_from_text
+from versionstore.records import Branch
 from versionstore.repository import INITIAL_MESSAGE
 from versionstore.session import INLINE_LIMIT
 from zarrstore.errors import ReadOnlyError
@@ -156,15 +159,24 @@ class HistoryMachine(RuleBasedStateMachine):
     """Random history operations on a repository, checked against the model."""
 
     backend: Literal["memory", "lmdb"] = "memory"
+    #: Tree node limits for this machine: tiny, so that ten keys make a tree several levels
+    #: deep (splits, sparse nodes after deletions, diffs and listings across leaves).
+    node_limits: dict[str, int] = {
+        "MAX_LEAF_ENTRIES": 3, "MAX_BRANCH_CHILDREN": 2, "TARGET_LEAF_BYTES": 1024
+    }
 
     def __init__(self) -> None:
         super().__init__()
+        self.saved_limits = {name: getattr(tree, name) for name in self.node_limits}
+        for name, value in self.node_limits.items():
+            setattr(tree, name, value)
         self.directory: str | None = None
         if self.backend == "lmdb":
             self.directory = tempfile.mkdtemp(prefix="vs-history-")
             storage: Any = vs.lmdb_storage(self.directory)
         else:
             storage = vs.in_memory_storage()
+        self.storage = storage
         self.repo = vs.Repository.create(storage)
         initial = self.repo.lookup_branch("main")
         self.snapshots: dict[str, SnapshotModel] = {
@@ -182,6 +194,8 @@ class HistoryMachine(RuleBasedStateMachine):
             if hasattr(self, "repo"):
                 self.check_every_snapshot()
         finally:
+            for name, value in self.saved_limits.items():
+                setattr(tree, name, value)
             if hasattr(self, "repo"):
                 self.repo.close()
             if self.directory is not None:
@@ -271,6 +285,9 @@ class HistoryMachine(RuleBasedStateMachine):
         event("commit: rebased onto a moved branch" if tip != writer.base else "commit: ok")
         snapshot_id = writer.session.commit(message, metadata=metadata)
         note(f"committed {snapshot_id} on {writer.branch}")
+        root = self.repo.reader.snapshot(object_id_from_text(snapshot_id)).tree
+        top = None if root is None else self.repo.reader.node(root)
+        event(f"committed tree height {top.level if isinstance(top, Branch) else 0}")
         assert snapshot_id not in self.snapshots
         content = dict(self.snapshots[tip].content)
         for key, value in writer.changes.items():
@@ -492,6 +509,20 @@ class HistoryMachine(RuleBasedStateMachine):
         assert diff == vs.Diff(updated_keys=frozenset(changed)), arguments
         assert diff.is_empty() == (not changed)
 
+    @rule(data=st.data())
+    def open_another_repository(self, data: st.DataObject) -> None:
+        """A second ``Repository`` on the same storage sees the same history; closing it
+        leaves this one working (LMDB shares one environment per process)."""
+        with pytest.raises(vs.RepositoryExistsError):
+            vs.Repository.create(self.storage)
+        with vs.Repository.open(self.storage) as other:
+            assert other.list_branches() == set(self.branches)
+            assert other.list_tags() == set(self.tags)
+            version, snapshot_id = self.draw_version(data)
+            session = other.readonly_session(**version)
+            check_content(session.store.storage, self.snapshots[snapshot_id].content)
+        assert self.repo.list_branches() == set(self.branches)
+
     @rule()
     def check_every_snapshot(self) -> None:
         """Every snapshot ever committed still reads back exactly, with its info."""
@@ -563,6 +594,7 @@ def test_a_session_whose_changes_were_all_unstaged_is_not_resumable() -> None:
 
 class LMDBHistoryMachine(HistoryMachine):
     backend = "lmdb"
+    node_limits = {"MAX_LEAF_ENTRIES": 2, "MAX_BRANCH_CHILDREN": 3, "TARGET_LEAF_BYTES": 700}
 
 
 _PROFILE = settings()

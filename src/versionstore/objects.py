@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 from versionstore.backend.protocol import Backend
 from versionstore.codec import decode_chunk, decode_node, decode_snapshot
-from versionstore.errors import CorruptObjectError, SnapshotNotFoundError
+from versionstore.errors import CorruptObjectError, SnapshotNotFoundError, VersionStoreError
 from versionstore.ids import ObjectId, object_id_text
 from versionstore.records import Node, Snapshot
 
@@ -23,6 +23,21 @@ __all__ = ["ObjectReader"]
 
 K = TypeVar("K")
 V = TypeVar("V")
+T = TypeVar("T")
+
+
+def _decode(decode: Callable[[str, bytes], T], object_id: ObjectId, data: bytes) -> T:
+    """Decode ``data``, naming the object only if it turns out to be bad.
+
+    The name (base32 text of the id) is only ever used in error messages, and
+    computing it costs more than checking and copying a small chunk, so the
+    hot path decodes unnamed; a failure decodes again with the name, which
+    raises the same error naming the object.
+    """
+    try:
+        return decode("", data)
+    except VersionStoreError:
+        return decode(object_id_text(object_id), data)
 
 
 class _LRU(Generic[K, V]):
@@ -60,7 +75,7 @@ class ObjectReader:
             data = self.backend.get_objects([node_id])[0]
             if data is None:
                 raise CorruptObjectError(object_id_text(node_id), "tree node is missing")
-            node = decode_node(object_id_text(node_id), data)
+            node = _decode(decode_node, node_id, data)
             self._nodes.put(node_id, node)
         return node
 
@@ -75,7 +90,7 @@ class ObjectReader:
             data = self.backend.get_objects([snapshot_id])[0]
             if data is None:
                 raise SnapshotNotFoundError(object_id_text(snapshot_id))
-            snapshot = decode_snapshot(object_id_text(snapshot_id), data)
+            snapshot = _decode(decode_snapshot, snapshot_id, data)
             self._snapshots.put(snapshot_id, snapshot)
         return snapshot
 
@@ -86,5 +101,5 @@ class ObjectReader:
         for chunk_id, data in zip(chunk_ids, stored, strict=True):
             if data is None:
                 raise CorruptObjectError(object_id_text(chunk_id), "chunk is missing")
-            values.append(decode_chunk(object_id_text(chunk_id), data))
+            values.append(_decode(decode_chunk, chunk_id, data))
         return values

@@ -12,6 +12,12 @@ at once, so a killed process loses nothing, and ``sync()`` — called by every
 commit after its ref moves — flushes to disk so a *commit* also survives power
 loss. Pass ``durable=True`` to fsync every transaction instead.
 
+Readahead stays on (LMDB's default): a chunk object is one run of contiguous
+overflow pages, and with readahead off (``MADV_RANDOM``) the kernel faults it
+in one 4 KiB page at a time, which made a cold read of 1 MiB chunks about ten
+times slower than with it on (docs/benchmarks.md). The price is some wasted
+I/O on cold random reads of small values.
+
 LMDB forbids opening one environment twice in a process, so environments are
 shared through a per-process registry and reopened after ``fork``.
 This is the only module that imports ``lmdb``; its errors become
@@ -59,7 +65,7 @@ def _acquire(path: str, durable: bool) -> lmdb.Environment:
                 max_readers=1024,
                 sync=durable,
                 metasync=durable,
-                readahead=False,
+                readahead=True,
                 lock=True,
             )
         # A process killed inside a read transaction leaves its reader slot behind;

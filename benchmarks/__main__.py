@@ -20,6 +20,10 @@ def _sizes(text: str) -> list[int]:
     return [int(float(part)) for part in text.split(",") if part]
 
 
+def _count(text: str) -> int:
+    return int(float(text))  # accepts 1e5
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
@@ -33,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(default: all installed; the commit workload defaults to "
                              "vs-lmdb, icechunk-fs, raw-lmdb)")
     parser.add_argument("--repeat", type=int, default=None,
-                        help="repetitions of every workload (default: 3 for bulk, 1 for the "
+                        help="repetitions of every workload (default: 2 for bulk, 1 for the "
                              "others, whose metrics have many samples each; 1 with --quick)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where repositories are written (a real disk, not tmpfs)")
@@ -51,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                help=f"comma-separated (default {','.join(map(str, value))}; "
                                     f"quick {','.join(map(str, QUICK[name]))})")
         else:
-            sizes.add_argument(flag, type=type(value), default=None,
+            kind = _count if isinstance(value, int) else type(value)
+            sizes.add_argument(flag, type=kind, default=None,
                                help=f"default {value}; quick {QUICK[name]}")
     return parser.parse_args(argv)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -36,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "bulk_chunk_kib": 1024,
     "small_chunks": 20_000,
     "small_chunk_kib": 4,
-    "random_reads": 2_000,
+    "random_reads": 1_000,
     "history_chunks": 1_000,
     "history_chunk_kib": 64,
     "history_commits": 100,
@@ -44,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "hierarchy_arrays": 1_000,
     "commit_sizes": [10**3, 10**4, 10**5, 10**6],
     "commit_samples": 20,
+    "commit_icechunk_max": 10**5,
 }
 #: Sizes of ``--quick`` (under a minute).
 QUICK: dict[str, Any] = {
@@ -59,9 +61,10 @@ QUICK: dict[str, Any] = {
     "hierarchy_arrays": 50,
     "commit_sizes": [10**3, 10**4],
     "commit_samples": 5,
+    "commit_icechunk_max": 10**5,
 }
 #: Repetitions per workload (each one a fresh directory and fresh processes).
-REPEATS: dict[str, int] = {"bulk": 3, "small": 1, "history": 1, "hierarchy": 1, "commit": 1}
+REPEATS: dict[str, int] = {"bulk": 2, "small": 1, "history": 1, "hierarchy": 1, "commit": 1}
 #: The systems each workload runs by default (others may be asked for with ``--systems``).
 DEFAULT_SYSTEMS: dict[str, tuple[str, ...]] = {
     "commit": ("vs-lmdb", "icechunk-fs", "raw-lmdb"),
@@ -173,6 +176,7 @@ def run_suite(*, workloads: list[str], systems: list[str] | None, params: dict[s
                     root.mkdir()
                     for phase in module.phases(SYSTEMS[name], params):
                         t0 = time.perf_counter()
+                        cpu0 = _children_cpu()
                         job = {"workload": workload, "phase": phase, "system": name,
                                "root": str(root), "params": params, "fixtures": fixtures,
                                "zarr_config": zarr_config}
@@ -185,7 +189,8 @@ def run_suite(*, workloads: list[str], systems: list[str] | None, params: dict[s
                         _merge(per_system[name], result)
                         status = "ok" if result["error"] is None else "FAILED"
                         print(f"[{workload}] {name} rep {rep + 1}/{count} {phase}: "
-                              f"{time.perf_counter() - t0:.1f} s {status}", file=log)
+                              f"{time.perf_counter() - t0:.1f} s "
+                              f"(cpu {_children_cpu() - cpu0:.1f} s) {status}", file=log)
                         if result["error"] is not None:
                             print(result["error"], file=log)
                             break
@@ -194,6 +199,8 @@ def run_suite(*, workloads: list[str], systems: list[str] | None, params: dict[s
         remove(base)
     info["load_average_end"] = os.getloadavg()
     info["wall_seconds"] = round(time.perf_counter() - started, 1)
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    info["cpu_seconds"] = round(_children_cpu() + own.ru_utime + own.ru_stime, 1)
     return {
         "machine": info,
         "params": params,
@@ -203,6 +210,11 @@ def run_suite(*, workloads: list[str], systems: list[str] | None, params: dict[s
         "anchors": list(ANCHORS),
         "results": results,
     }
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _merge(into: dict[str, Any], result: dict[str, Any]) -> None:

@@ -278,16 +278,24 @@ class _Icechunk(System):
         return [info.id for info in self._repo.ancestry(branch="main")]
 
     def load_keys(self, items: Iterable[tuple[str, bytes]], batch: int = 10_000) -> None:
-        # Many concurrent sets overlap icechunk's per-call round trips into Rust.
+        # Untimed setup only: 100 concurrent sets on icechunk's own (Rust) store object,
+        # without zarr's Buffer wrapping, overlap its per-call round trips (~3x faster).
         store = self.write_store()
+        native = getattr(store, "_store", None)
+
+        async def one(key: str, value: bytes) -> None:
+            if native is not None:
+                await native.set(key, value)
+            else:
+                await store.set(key, _PROTO.buffer.from_bytes(value))
 
         async def run(chunk: list[tuple[str, bytes]]) -> None:
-            await asyncio.gather(*(store.set(k, _PROTO.buffer.from_bytes(v)) for k, v in chunk))
+            await asyncio.gather(*(one(k, v) for k, v in chunk))
 
         chunk: list[tuple[str, bytes]] = []
         for item in items:
             chunk.append(item)
-            if len(chunk) >= 1000:
+            if len(chunk) >= 100:
                 run_async(run(chunk))
                 chunk = []
         if chunk:
@@ -374,7 +382,7 @@ class RawLMDB(System):
         (self.root / "raw").mkdir(parents=True, exist_ok=True)
         # Opened as versionstore opens its environment; ``commit`` syncs like a vs commit.
         self._env = lmdb.open(str(self.root / "raw"), map_size=1 << 40, max_dbs=4, sync=False,
-                              metasync=False, readahead=False)
+                              metasync=False, readahead=True)
         self._db = self._env.open_db(b"chunks")
 
     def close(self) -> None:

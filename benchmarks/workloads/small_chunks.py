@@ -2,9 +2,10 @@
 
 Write through zarr: one float32 array with one chunk per 4 KiB, written with
 one ``array[:] = data`` call (zarr encodes and stores the chunks, 10 in
-flight), then one commit. Write at key level: the same encoded bytes (made by
-zarr once, in the parent) stored under the same keys through the zarr
-``Store.set`` API, 10 in flight, then one commit — this leaves out zarr's
+flight), then one commit. Write at key level: the same encoded bytes (made
+once, in the parent, with zarr's own codec — see ``data.encode_1d``) stored
+under the same keys through the zarr ``Store.set`` API, 10 in flight, then
+one commit — this leaves out zarr's
 codec pipeline, whose per-chunk cost is the same for every store.
 
 Random reads: after the commit, a read-only session at the new snapshot; the
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from benchmarks.data import encoded_chunks, normal_block
+from benchmarks.data import encode_1d, normal_block
 from benchmarks.measure import Recorder, percentile
 from benchmarks.systems import System, run_async
 
@@ -39,11 +40,7 @@ def _shape(params: dict[str, Any]) -> tuple[int, int]:
 
 def fixtures(params: dict[str, Any], directory: Path) -> dict[str, Any]:
     chunk_elems, n = _shape(params)
-    data = normal_block(n * chunk_elems, seed=1)
-    items: dict[str, bytes] = {}
-    for part in encoded_chunks(PATH, (n * chunk_elems,), (chunk_elems,),
-                               iter([(slice(None), data)])):
-        items.update(part)
+    items = encode_1d(PATH, normal_block(n * chunk_elems, seed=1), chunk_elems)
     path = directory / "small_chunks.pickle"
     with open(path, "wb") as f:
         pickle.dump(items, f, protocol=pickle.HIGHEST_PROTOCOL)

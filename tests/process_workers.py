@@ -55,6 +55,46 @@ def open_repo(path: str) -> vs.Repository:
 # -- concurrency workers (multiprocessing, spawn) -----------------------------------------
 
 
+def open_or_create(path: str, barrier: Any) -> str:
+    """Race the other processes to ``Repository.open_or_create``; the ``main`` tip seen."""
+    barrier.wait(WAIT)
+    repo = vs.Repository.open_or_create(vs.lmdb_storage(path))
+    tip = repo.lookup_branch("main")
+    repo.close()
+    return tip
+
+
+def open_in_threads(path: str, threads: int, cycles: int) -> int:
+    """Open, read and close the repository over and over in several threads at once,
+    while one more thread commits; how many opens succeeded."""
+    import threading
+
+    holder = open_repo(path)  # keeps the environment open, as a long-lived kernel would
+    opened: list[int] = []
+
+    def churn() -> None:
+        for _ in range(cycles):
+            repo = open_repo(path)
+            repo.lookup_branch("main")
+            repo.close()
+            opened.append(1)
+
+    def commit() -> None:
+        for n in range(cycles // 10):
+            session = holder.writable_session("main")
+            session.store.storage.set("n", str(n).encode())
+            session.commit(f"n = {n}")
+
+    workers = [threading.Thread(target=churn) for _ in range(threads)]
+    workers.append(threading.Thread(target=commit))
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    holder.close()
+    return len(opened)
+
+
 def write_region(path: str, start: int, stop: int, value: int, barrier: Any) -> dict[str, Any]:
     """Write ``value`` into ``t[start:stop]``, wait for everyone to stage, then commit."""
     repo = open_repo(path)

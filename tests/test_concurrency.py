@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import process_workers as workers
 import pytest
 import zarr
 
 import versionstore as vs
-from tests import process_workers as workers
 
 SPAWN = multiprocessing.get_context("spawn")
 JOIN = 120.0  # seconds; a bound on hangs, not an expectation of speed
@@ -104,6 +104,17 @@ def repo(repo_path: str) -> Iterator[vs.Repository]:
     repository = vs.Repository.create(vs.lmdb_storage(repo_path))
     yield repository
     repository.close()
+
+
+def test_processes_racing_to_open_or_create_share_one_repository(tmp_path: Path) -> None:
+    path = str(tmp_path / "new-repo")
+    barrier = SPAWN.Barrier(3)
+
+    tips = run_processes([(workers.open_or_create, (path, barrier)) for _ in range(3)])
+
+    with vs.Repository.open(vs.lmdb_storage(path)) as repo:
+        assert tips == [repo.lookup_branch("main")] * 3
+        assert len(history(repo)) == 1 and repo.list_branches() == {"main"}
 
 
 def test_disjoint_writers_in_two_processes_both_commit(repo: vs.Repository, repo_path: str
@@ -347,6 +358,27 @@ def test_threads_each_with_a_session_on_one_repository(repo: vs.Repository) -> N
                            for name in names])
 
     _check_thread_commits(repo, names, results, commits)
+
+
+def test_threads_opening_repositories_at_once_never_hang(repo_path: str,
+                                                       repo: vs.Repository) -> None:
+    """Regression: each open ran ``open_db`` (a write transaction that py-lmdb 3
+    begins while holding the GIL), so two threads opening at once could deadlock
+    the whole process. It runs in a child process: a hang there is a failure
+    here, not a frozen test run."""
+    queue = SPAWN.Queue()
+    child = SPAWN.Process(target=workers.run_reporting,
+                          args=(queue, 0, workers.open_in_threads, repo_path, 4, 200))
+    child.start()
+    child.join(timeout=JOIN)
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+        child.join(timeout=10)
+    assert not hung, "threads opening the repository deadlocked"
+    _, status, result = queue.get(timeout=10)
+    assert status == "ok", result
+    assert result == 4 * 200
 
 
 def test_threads_with_several_repository_objects_on_one_directory(

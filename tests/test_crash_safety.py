@@ -9,6 +9,11 @@ points inside a commit — and after every kill the repository must open,
 every snapshot on ``main`` must read back exactly the round it records, every
 commit the worker saw return must be there, and its last session must be
 either resumable with everything it staged, or cleanly gone.
+
+The last tests are regressions for two bugs found while writing these: a process
+killed inside an LMDB read transaction pinned the file's old pages, and a
+staged write could return without the session record that makes it
+resumable.
 """
 
 from __future__ import annotations
@@ -24,12 +29,12 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import process_workers as workers
 import pytest
 import zarr
+from process_workers import CHUNKS, chunk_bytes, chunk_key, read_log
 
 import versionstore as vs
-from tests import process_workers as workers
-from tests.process_workers import CHUNKS, chunk_bytes, chunk_key, read_log
 
 WORKER_SCRIPT = Path(workers.__file__).resolve()
 WAIT = 120.0  # seconds; a bound on hangs, not an expectation of speed
@@ -85,7 +90,12 @@ class Worker:
         """Kill the worker (unless ``kill`` is false), wait for it to exit; its return code."""
         if kill and self.process.poll() is None:
             self.process.kill()
-        returncode = self.process.wait(timeout=WAIT)
+        try:
+            returncode = self.process.wait(timeout=WAIT)
+        except subprocess.TimeoutExpired:  # a worker that should have died by itself hangs
+            self.process.kill()
+            self.process.wait(timeout=WAIT)
+            raise
         if self.process.stdin is not None:
             self.process.stdin.close()
         self._stderr.close()

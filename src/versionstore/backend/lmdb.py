@@ -44,7 +44,10 @@ _MAP_SIZE = 1 << 40
 T = TypeVar("T")
 
 _registry_lock = threading.Lock()
-_environments: dict[tuple[int, str], tuple[lmdb.Environment, int]] = {}
+#: (pid, path) -> (environment, its objects and refs databases, number of users)
+_environments: dict[
+    tuple[int, str], tuple[lmdb.Environment, tuple[lmdb._Database, lmdb._Database], int]
+] = {}
 
 
 def has_lmdb_environment(path: str | os.PathLike[str]) -> bool:
@@ -52,11 +55,19 @@ def has_lmdb_environment(path: str | os.PathLike[str]) -> bool:
     return os.path.isfile(os.path.join(path, "data.mdb"))
 
 
-def _acquire(path: str, durable: bool) -> lmdb.Environment:
+def _acquire(path: str, durable: bool
+             ) -> tuple[lmdb.Environment, tuple[lmdb._Database, lmdb._Database]]:
+    """The process's environment at ``path`` and its two databases, opened once.
+
+    The databases are opened here, under the registry lock, and never again:
+    ``open_db`` runs a write transaction and (in py-lmdb 3) waits for LMDB's
+    writer lock while holding the GIL, so two threads opening repositories at
+    once could each hold what the other waits for, and hang.
+    """
     key = (os.getpid(), path)
     with _registry_lock:
-        env, users = _environments.get(key, (None, 0))
-        if env is None:
+        env, databases, users = _environments.get(key, (None, None, 0))
+        if env is None or databases is None:
             os.makedirs(path, exist_ok=True)
             env = lmdb.open(
                 path,
@@ -68,26 +79,27 @@ def _acquire(path: str, durable: bool) -> lmdb.Environment:
                 readahead=True,
                 lock=True,
             )
+            databases = (env.open_db(b"objects"), env.open_db(b"refs"))
         # A process killed inside a read transaction leaves its reader slot behind;
         # while anyone keeps the environment open, that slot pins every page freed
         # since (the file grows with each write) and, a thousand deaths later, fills
         # the reader table. Each open clears the slots of dead processes.
         env.reader_check()
-        _environments[key] = (env, users + 1)
-        return env
+        _environments[key] = (env, databases, users + 1)
+        return env, databases
 
 
 def _release(path: str) -> None:
     key = (os.getpid(), path)
     with _registry_lock:
-        env, users = _environments.get(key, (None, 0))
-        if env is None:
+        env, databases, users = _environments.get(key, (None, None, 0))
+        if env is None or databases is None:
             return
         if users <= 1:
             del _environments[key]
             env.close()
         else:
-            _environments[key] = (env, users - 1)
+            _environments[key] = (env, databases, users - 1)
 
 
 def _bytes(value: bytes | memoryview | None) -> bytes | None:
@@ -113,9 +125,7 @@ class LMDBBackend(Backend):
         self._pid = os.getpid()
         self._closed = False
         with _translated("opening the repository"):
-            self._env = _acquire(self.path, durable)
-            self._objects = self._env.open_db(b"objects")
-            self._refs = self._env.open_db(b"refs")
+            self._env, (self._objects, self._refs) = _acquire(self.path, durable)
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
         return LMDBBackend, (self.path,)
@@ -128,9 +138,7 @@ class LMDBBackend(Backend):
             raise BackendError(f"LMDB repository at {self.path!r} is closed")
         if self._pid != os.getpid():  # after fork the parent's environment is unusable
             self._pid = os.getpid()
-            self._env = _acquire(self.path, self.durable)
-            self._objects = self._env.open_db(b"objects")
-            self._refs = self._env.open_db(b"refs")
+            self._env, (self._objects, self._refs) = _acquire(self.path, self.durable)
         return self._env
 
     def _read(self, action: str, work: Callable[[lmdb.Transaction], T]) -> T:

@@ -25,7 +25,7 @@ from http_support import (  # the fixtures are imported to be used here
 )
 from servers import AUTH_TOKEN, HTTPServer
 
-from zarrstore import ReadOnlyError, StorageIOError, UnsupportedOperationError
+from zarrstore import ReadOnlyError, StorageIOError, StorageTimeoutError, UnsupportedOperationError
 from zarrstore.http import HTTPStorage
 
 
@@ -76,6 +76,7 @@ def test_slow_server_times_out(http_server: HTTPServer) -> None:
     with pytest.raises(StorageIOError, match="timed out after 0.5 s") as caught:
         run(get_and_close(storage, "zarr.json"))
     assert isinstance(caught.value.__cause__, TimeoutError)
+    assert isinstance(caught.value, StorageTimeoutError) and isinstance(caught.value, TimeoutError)
 
 
 def test_custom_headers_carry_the_token(published: tuple[Path, xr.Dataset],

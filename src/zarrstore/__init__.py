@@ -17,6 +17,7 @@ from zarrstore.errors import (
     KeyNotFoundError,
     ReadOnlyError,
     StorageIOError,
+    StorageTimeoutError,
     UnsupportedOperationError,
     ZarrStoreError,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "ReadOnlyError",
     "Storage",
     "StorageIOError",
+    "StorageTimeoutError",
     "StoreMapping",
     "SuffixRequest",
     "SyncToAsync",

@@ -9,6 +9,7 @@ The tree::
     ├── KeyNotFoundError      (also FileNotFoundError, KeyError) a size asked of a missing key
     ├── UnsupportedOperationError (also NotImplementedError) e.g. listing over plain HTTP
     └── StorageIOError        (also OSError)      the backing failed (HTTP status, object store)
+        └── StorageTimeoutError (also TimeoutError) the backing did not answer in time
 
 Each also derives from the builtin that zarr-python and plain Python code
 already catch, so existing ``except ValueError`` / ``except FileNotFoundError``
@@ -24,6 +25,7 @@ __all__ = [
     "KeyNotFoundError",
     "ReadOnlyError",
     "StorageIOError",
+    "StorageTimeoutError",
     "UnsupportedOperationError",
     "ZarrStoreError",
 ]
@@ -73,3 +75,7 @@ class UnsupportedOperationError(ZarrStoreError, NotImplementedError):
 
 class StorageIOError(ZarrStoreError, OSError):
     """The backing storage failed; the message names the location and the cause."""
+
+
+class StorageTimeoutError(StorageIOError, TimeoutError):
+    """The backing did not answer within the configured timeout."""

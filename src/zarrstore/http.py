@@ -31,7 +31,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from zarrstore.errors import StorageIOError, UnsupportedOperationError
+from zarrstore.errors import StorageIOError, StorageTimeoutError, UnsupportedOperationError
 from zarrstore.http_sessions import SessionPool, new_session
 from zarrstore.protocol import AsyncStorage
 from zarrstore.ranges import ByteRange, OffsetRequest, RangeRequest, SuffixRequest, slice_value
@@ -179,7 +179,7 @@ class HTTPStorage(AsyncStorage):
                     body = await response.read() if method == "GET" else b""
                     return response.status, body, response.content_length
             except TimeoutError as exc:
-                raise StorageIOError(
+                raise StorageTimeoutError(
                     f"{method} {url} timed out after {self.timeout} s"
                 ) from exc
             except _NOT_TRANSIENT as exc:

@@ -4,23 +4,19 @@ Values are float32 draws from a normal distribution (what zarr's default
 zstd compresses a little, like real measurements), shifted by a different
 constant for each slab or version so that no two chunks hold the same bytes:
 a content-addressed store must not get to deduplicate its way to a better
-number. Encoded chunk bytes (for raw LMDB and the key-level workloads) come
-from zarr itself, writing the same array into a ``MemoryStore`` with the same
-codecs, so every system stores exactly the same bytes under the same keys.
+number. Encoded chunk bytes (for raw LMDB and the key-level workloads) are
+what zarr stores for the same array with the same codecs (``ChunkEncoder``),
+so every system stores exactly the same bytes under the same keys.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 
 import numpy as np
 import zarr
 
-__all__ = ["encode_1d", "encoded_chunks", "normal_block", "shifted", "tiny_values"]
-
-FLOAT = np.dtype("float32")
-
+__all__ = ["ChunkEncoder", "encode_1d", "normal_block", "shifted", "tiny_values"]
 
 @functools.lru_cache(maxsize=4)
 def normal_block(elements: int, seed: int) -> np.ndarray:
@@ -35,28 +31,6 @@ def shifted(block: np.ndarray, shift: float) -> np.ndarray:
     return block + np.float32(shift)
 
 
-def encoded_chunks(path: str, shape: tuple[int, ...], chunks: tuple[int, ...],
-                   writes: Iterator[tuple[slice, np.ndarray]], dtype: str = "float32"
-                   ) -> Iterator[dict[str, bytes]]:
-    """Write through zarr into a ``MemoryStore``; after each write yield the keys it set.
-
-    The first item is the array metadata (``{path}/zarr.json``); each later item
-    holds the encoded chunks one ``(selection, values)`` write produced.
-    """
-    store = zarr.storage.MemoryStore()
-    array = zarr.create_array(store, name=path, shape=shape, chunks=chunks, dtype=dtype)
-    yield {k: v.to_bytes() for k, v in store._store_dict.items()}
-    for selection, values in writes:
-        before = dict(store._store_dict)
-        array[selection] = values
-        changed = {k: v.to_bytes() for k, v in store._store_dict.items() if before.get(k) is not v}
-        # Keep memory bounded for big arrays: the chunks are yielded, not kept.
-        for key in changed:
-            if key.startswith(path + "/c"):
-                del store._store_dict[key]
-        yield changed
-
-
 def tiny_values(count: int) -> list[bytes]:
     """Encoded single-element int32 chunks holding 1..count, encoded by zarr."""
     store = zarr.storage.MemoryStore()
@@ -65,36 +39,62 @@ def tiny_values(count: int) -> list[bytes]:
     return [store._store_dict[f"v/c/{i}"].to_bytes() for i in range(count)]
 
 
-def encode_1d(path: str, data: np.ndarray, chunk_elems: int) -> dict[str, bytes]:
-    """Every key zarr would store for ``data`` as a 1-D array: metadata and encoded chunks.
+class ChunkEncoder:
+    """Encodes the chunks of a 1-D array exactly as zarr stores them.
 
     Writing tens of thousands of chunks through zarr costs about a millisecond
     each (its per-chunk async scheduling), so when the array's codecs are
-    zarr's defaults (little-endian bytes + zstd) the chunks are encoded with
-    the very codec zarr calls (``numcodecs.Zstd``) — after checking, on the
-    first chunks, that the bytes are identical to what zarr itself stores.
-    Any other codec chain goes through zarr.
+    zarr's defaults (little-endian bytes + zstd) chunks are encoded with the
+    very codec zarr calls (``numcodecs.Zstd``), after checking on the first
+    chunks that the bytes are identical to what zarr itself stores. Any other
+    codec chain (or a mismatch) goes through zarr for every chunk.
     """
-    import numcodecs
-    from zarr.codecs import BytesCodec, ZstdCodec
 
-    n = -(-len(data) // chunk_elems)
-    sample = min(n, 4)
-    store = zarr.storage.MemoryStore()
-    array = zarr.create_array(store, name=path, shape=data.shape, chunks=(chunk_elems,),
-                              dtype=data.dtype)
-    array[: sample * chunk_elems] = data[: sample * chunk_elems]
-    items = {k: v.to_bytes() for k, v in store._store_dict.items()}
-    codecs = array.metadata.codecs
-    if (len(codecs) == 2 and isinstance(codecs[0], BytesCodec) and codecs[0].endian == "little"
-            and isinstance(codecs[1], ZstdCodec) and len(data) % chunk_elems == 0):
-        zstd = numcodecs.Zstd(level=codecs[1].level, checksum=codecs[1].checksum)
+    CHECKS = 4
 
-        def encode(i: int) -> bytes:
-            return bytes(zstd.encode(data[i * chunk_elems:(i + 1) * chunk_elems].tobytes()))
+    def __init__(self, path: str, length: int, chunk_elems: int, dtype: str = "float32") -> None:
+        import numcodecs
+        from zarr.codecs import BytesCodec, ZstdCodec
 
-        if all(encode(i) == items[f"{path}/c/{i}"] for i in range(sample)):
-            items.update({f"{path}/c/{i}": encode(i) for i in range(sample, n)})
-            return items
-    array[:] = data
-    return {k: v.to_bytes() for k, v in store._store_dict.items()}
+        self.path = path
+        self._store = zarr.storage.MemoryStore()
+        self._array = zarr.create_array(self._store, name=path, shape=(length,),
+                                        chunks=(chunk_elems,), dtype=dtype)
+        self._chunk = chunk_elems
+        #: The metadata documents zarr wrote for the array (and its root group).
+        self.metadata = {k: v.to_bytes() for k, v in self._store._store_dict.items()}
+        codecs = self._array.metadata.codecs
+        self._zstd = None
+        if (len(codecs) == 2 and isinstance(codecs[0], BytesCodec)
+                and codecs[0].endian == "little" and isinstance(codecs[1], ZstdCodec)):
+            self._zstd = numcodecs.Zstd(level=codecs[1].level, checksum=codecs[1].checksum)
+        self._checked = 0
+
+    def _through_zarr(self, index: int, values: np.ndarray) -> bytes:
+        key = f"{self.path}/c/{index}"
+        self._array[index * self._chunk:(index + 1) * self._chunk] = values
+        return self._store._store_dict.pop(key).to_bytes()
+
+    def encode(self, index: int, values: np.ndarray) -> tuple[str, bytes]:
+        """The key and stored bytes of chunk ``index`` holding ``values`` (a full chunk)."""
+        key = f"{self.path}/c/{index}"
+        if self._zstd is None:
+            return key, self._through_zarr(index, values)
+        encoded = bytes(self._zstd.encode(np.ascontiguousarray(values).tobytes()))
+        if self._checked < self.CHECKS:
+            self._checked += 1
+            reference = self._through_zarr(index, values)
+            if reference != encoded:
+                self._zstd = None
+                return key, reference
+        return key, encoded
+
+
+def encode_1d(path: str, data: np.ndarray, chunk_elems: int) -> dict[str, bytes]:
+    """Every key zarr stores for ``data`` as a 1-D array: metadata and encoded chunks."""
+    encoder = ChunkEncoder(path, len(data), chunk_elems, str(data.dtype))
+    items = dict(encoder.metadata)
+    for i in range(-(-len(data) // chunk_elems)):
+        key, value = encoder.encode(i, data[i * chunk_elems:(i + 1) * chunk_elems])
+        items[key] = value
+    return items

@@ -12,8 +12,8 @@ bytes.
 Logical bytes = the encoded bytes of every distinct chunk version the history
 holds (the initial chunks plus every rewritten chunk) plus the array
 metadata: what a perfect versioned store would have to keep. They are
-computed once, by replaying the same writes through zarr into a
-``MemoryStore``. For LMDB, the file size never shrinks, so the pages LMDB
+computed once, from the bytes zarr stores for the same writes
+(``data.ChunkEncoder``). For LMDB, the file size never shrinks, so the pages LMDB
 really uses are reported too (``lmdb_used_bytes``). Unversioned systems keep
 only the latest version; their footprint is shown for reference.
 """
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from benchmarks.data import encoded_chunks, normal_block, shifted
+from benchmarks.data import ChunkEncoder, normal_block, shifted
 from benchmarks.measure import MIB, Recorder, Stopwatch, evict_page_cache
 from benchmarks.systems import System, run_async
 
@@ -57,25 +57,16 @@ def _changes(params: dict[str, Any]) -> Iterator[list[tuple[int, np.ndarray]]]:
 
 
 def _versions(params: dict[str, Any]) -> Iterator[dict[str, bytes]]:
-    """The encoded keys of each version: metadata, initial chunks, then each commit's."""
+    """The encoded keys of each version: metadata and initial chunks, then each commit's."""
     chunk_elems, n, _, _ = _shape(params)
     base = normal_block(n * chunk_elems, seed=2)
-
-    def writes() -> Iterator[tuple[slice, np.ndarray]]:
-        yield slice(None), base
-        for change in _changes(params):
-            for i, values in change:
-                yield slice(i * chunk_elems, (i + 1) * chunk_elems), values
-
-    stream = encoded_chunks(PATH, (n * chunk_elems,), (chunk_elems,), writes())
-    metadata = next(stream)
-    initial = next(stream)
-    yield {**metadata, **initial}
+    encoder = ChunkEncoder(PATH, n * chunk_elems, chunk_elems)
+    initial = dict(encoder.metadata)
+    initial.update(encoder.encode(i, base[i * chunk_elems:(i + 1) * chunk_elems])
+                   for i in range(n))
+    yield initial
     for change in _changes(params):
-        merged: dict[str, bytes] = {}
-        for _ in change:
-            merged.update(next(stream))
-        yield merged
+        yield dict(encoder.encode(i, values) for i, values in change)
 
 
 def fixtures(params: dict[str, Any], directory: Path) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Worker process: run one (workload, phase, system) job and write its result as JSON.
 
-``python -m benchmarks.worker JOB.json``. The job names the workload, phase,
+``python -m benchmarks.worker JOB.json``, or ``main`` in a process forked from
+the suite's fork server (same thing, without re-importing zarr). The job names the workload, phase,
 system, its directory, the parameters and the fixtures; the result (metrics,
 notes, or the error's traceback) goes to the job's ``result`` path. One job per
 process keeps peak RSS per system and makes "new process" mean what it says.
@@ -9,6 +10,7 @@ process keeps peak RSS per system and makes "new process" mean what it says.
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import traceback
 from pathlib import Path
@@ -48,6 +50,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     job = json.loads(Path(argv[1]).read_text())
     result = run_job(job)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result["cpu_seconds"] = usage.ru_utime + usage.ru_stime
     Path(job["result"]).write_text(json.dumps(result))
     return 0 if result["error"] is None else 1
 

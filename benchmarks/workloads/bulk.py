@@ -1,5 +1,10 @@
 """Bulk write + commit of 1 MiB chunks, then full reads (cold and warm), with peak RSS.
 
+Memory: ``peak RSS`` is the worker's ``ru_maxrss``, which counts file pages
+mapped into the process (an LMDB read maps the data it reads); ``peak anon
+RSS`` samples the anonymous part (heap, buffers) every 10 ms — the memory a
+streaming read or write must keep bounded.
+
 Write: one float32 array, written through zarr slab by slab (16 chunks per
 call) so the writer never holds more than a slab of source data; only the
 zarr calls and the commit are timed. Raw LMDB stores the same encoded bytes
@@ -31,7 +36,7 @@ import numpy as np
 import zarr
 
 from benchmarks.data import ChunkEncoder, normal_block, shifted
-from benchmarks.measure import MIB, Recorder, Stopwatch, evict_page_cache, fsync_tree
+from benchmarks.measure import MIB, AnonymousPeak, Recorder, Stopwatch, evict_page_cache, fsync_tree
 from benchmarks.systems import System, run_async
 
 NAME = "bulk"
@@ -58,15 +63,21 @@ def run(phase: str, system: System, params: dict[str, Any], rec: Recorder,
     rec.note("logical_bytes", logical)
     rec.note("chunks", n_chunks)
     if phase in ("write", "write+read"):
-        _write(system, params, rec)
+        with AnonymousPeak() as anon:
+            _write(system, params, rec)
         rec.rss("write peak RSS")
+        rec.add("write peak anon RSS", anon.peak_mib, "MiB")
     if phase == "write+read":
         system.open()
-        _read(system, params, rec, evict=False)
+        with AnonymousPeak() as anon:
+            _read(system, params, rec, evict=False)
         rec.rss("write+read peak RSS (in-memory: holds the data)")
+        rec.add("read peak anon RSS (in-memory: holds the data)", anon.peak_mib, "MiB")
     if phase == "read":
-        _read(system, params, rec, evict=True)
+        with AnonymousPeak() as anon:
+            _read(system, params, rec, evict=True)
         rec.rss("read peak RSS")
+        rec.add("read peak anon RSS", anon.peak_mib, "MiB")
 
 
 def _write(system: System, params: dict[str, Any], rec: Recorder) -> None:

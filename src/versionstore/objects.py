@@ -10,20 +10,22 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Generic, TypeVar
 
 from versionstore.backend.protocol import Backend
 from versionstore.codec import decode_chunk, decode_node, decode_snapshot
 from versionstore.errors import CorruptObjectError, SnapshotNotFoundError, VersionStoreError
 from versionstore.ids import ObjectId, object_id_text
-from versionstore.records import Node, Snapshot
+from versionstore.records import Branch, Node, Snapshot
 
 __all__ = ["ObjectReader"]
 
 K = TypeVar("K")
 V = TypeVar("V")
 T = TypeVar("T")
+#: ``remember_nodes`` keeps the leaves of commits that created at most this many nodes.
+_REMEMBER_LEAVES = 1024
 
 
 def _decode(decode: Callable[[str, bytes], T], object_id: ObjectId, data: bytes) -> T:
@@ -78,6 +80,19 @@ class ObjectReader:
             node = _decode(decode_node, node_id, data)
             self._nodes.put(node_id, node)
         return node
+
+    def remember_nodes(self, nodes: Mapping[ObjectId, Node]) -> None:
+        """Cache tree nodes this process has just written.
+
+        A commit creates the nodes the next commit on the branch starts from;
+        caching the objects it already holds saves decoding them back (a leaf
+        is hundreds of entries). A bulk commit creates more leaves than are
+        worth holding in memory: of those, only the branches are kept.
+        """
+        keep_leaves = len(nodes) <= _REMEMBER_LEAVES
+        for node_id, node in nodes.items():
+            if keep_leaves or isinstance(node, Branch):
+                self._nodes.put(node_id, node)
 
     def snapshot(self, snapshot_id: ObjectId) -> Snapshot:
         """The snapshot ``snapshot_id``.

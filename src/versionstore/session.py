@@ -35,7 +35,15 @@ from versionstore.codec import (
 from versionstore.errors import ConflictError, ReadOnlySessionError, VersionStoreError
 from versionstore.history import Diff, classify_changes
 from versionstore.ids import ObjectId, SessionId, SnapshotId, object_id_text
-from versionstore.records import TOMBSTONE, ChunkRef, Entry, SessionRecord, Snapshot, Tombstone
+from versionstore.records import (
+    TOMBSTONE,
+    ChunkRef,
+    Entry,
+    Node,
+    SessionRecord,
+    Snapshot,
+    Tombstone,
+)
 from versionstore.refs import session_ref, stage_prefix
 from versionstore.session_store import SessionStore
 from versionstore.tree import Change, apply_changes, changed_entries, iter_from, lookup
@@ -345,7 +353,9 @@ class Session:
                 conflicts = self._conflicts(self._root, parent_tree, changes)
                 if conflicts:
                     raise ConflictError(self._branch, conflicts)
-            root, nodes = apply_changes(repo.reader.node, parent_tree, changes)
+            new_nodes: dict[ObjectId, Node] = {}
+            root, nodes = apply_changes(repo.reader.node, parent_tree, changes,
+                                        decoded=new_nodes)
             snapshot = Snapshot(
                 parent=tip, tree=root, message=message,
                 written_at=datetime.now(UTC), metadata=metadata,
@@ -354,6 +364,7 @@ class Session:
             objects = [*nodes.items(), (snapshot_id, frame)]
             if repo.refs.move_branch(self._branch, raw_tip, snapshot_id, cleanup, objects):
                 repo.backend.sync()
+                repo.reader.remember_nodes(new_nodes)  # the next commit starts from them
                 self._base, self._root, self._recorded = snapshot_id, root, False
                 return SnapshotId(object_id_text(snapshot_id))
         raise ConflictError(self._branch, [])  # pragma: no cover - endless contention

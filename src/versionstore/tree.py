@@ -178,12 +178,15 @@ class _Writer:
 
 
 def apply_changes(
-    load: NodeLoader, root: ObjectId | None, changes: Sequence[Change]
+    load: NodeLoader, root: ObjectId | None, changes: Sequence[Change],
+    *, decoded: dict[ObjectId, Node] | None = None,
 ) -> tuple[ObjectId | None, dict[ObjectId, bytes]]:
     """Apply key-sorted ``changes`` to the tree at ``root``.
 
     Returns the new root and the encoded nodes to store (only those the new
-    tree reaches). The old tree is untouched.
+    tree reaches). The old tree is untouched. If ``decoded`` is given, it also
+    receives those nodes as objects, so the caller can cache them rather than
+    read and decode them back.
     """
     writer = _Writer(load)
     if root is None:
@@ -204,7 +207,10 @@ def apply_changes(
     while isinstance(node, Branch) and len(node.children) == 1:
         new_root = node.children[0]
         node = writer.load(new_root)
-    return new_root, _reachable_created(writer, new_root)
+    keep = _reachable_created(writer, new_root)
+    if decoded is not None:
+        decoded.update((node_id, writer.created[node_id][0]) for node_id in keep)
+    return new_root, keep
 
 
 def _reachable_created(writer: _Writer, root: ObjectId) -> dict[ObjectId, bytes]:

@@ -34,8 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"comma-separated subset of: {', '.join(WORKLOADS)}")
     parser.add_argument("--systems", default=None,
                         help=f"comma-separated subset of: {', '.join(SYSTEMS)} "
-                             "(default: all installed; the commit workload defaults to "
-                             "vs-lmdb, icechunk-fs, raw-lmdb)")
+                             "(default: all installed, except where a system adds nothing: "
+                             "commit runs vs-lmdb, icechunk-fs, raw-lmdb; history and "
+                             "hierarchy leave out zarr-mem)")
     parser.add_argument("--repeat", type=int, default=None,
                         help="repetitions of every workload (default: 2 for bulk, 1 for the "
                              "others, whose metrics have many samples each; 1 with --quick)")

@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from zarrstore import InvalidByteRangeError, InvalidKeyError
-from zarrstore.keys import is_valid_key, parent_prefix, validate_key, validate_prefix
+from zarrstore.keys import is_valid_key, validate_key, validate_prefix
 from zarrstore.ranges import OffsetRequest, RangeRequest, SuffixRequest, resolve, slice_value
 from zarrstore.testing import BAD_KEYS, BAD_PREFIXES
 
@@ -36,10 +36,6 @@ def test_good_prefixes(prefix: str) -> None:
 def test_bad_prefixes(prefix: str) -> None:
     with pytest.raises(InvalidKeyError):
         validate_prefix(prefix)
-
-
-def test_parent_prefix() -> None:
-    assert parent_prefix("a") == "" and parent_prefix("a/b/c") == "a/b/"
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from zarrstore.errors import InvalidKeyError
 
-__all__ = ["is_valid_key", "parent_prefix", "validate_key", "validate_prefix"]
+__all__ = ["is_valid_key", "validate_key", "validate_prefix"]
 
 _FORBIDDEN_CHARACTERS = ("\\", "\x00")
 
@@ -79,8 +79,3 @@ def is_valid_key(key: str) -> bool:
         return False
     return True
 
-
-def parent_prefix(key: str) -> str:
-    """The prefix of the directory holding ``key`` (``""`` at the top level)."""
-    cut = key.rfind("/")
-    return "" if cut < 0 else key[: cut + 1]

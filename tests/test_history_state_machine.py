@@ -282,6 +282,19 @@ class HistoryMachine(RuleBasedStateMachine):
             assert caught.value.keys == conflicts
             assert caught.value.branch == writer.branch
             return None
+        content = dict(self.snapshots[tip].content)
+        for key, value in writer.changes.items():
+            if value is None:
+                content.pop(key, None)
+            else:
+                content[key] = value
+        if content == self.snapshots[tip].content:
+            # Identical rewrites are not changes: nothing is committed, and they are cleared.
+            event("commit: only identical rewrites")
+            with pytest.raises(vs.NothingToCommitError):
+                writer.session.commit(message, metadata=metadata)
+            writer.changes.clear()
+            return None
         event("commit: rebased onto a moved branch" if tip != writer.base else "commit: ok")
         snapshot_id = writer.session.commit(message, metadata=metadata)
         note(f"committed {snapshot_id} on {writer.branch}")
@@ -289,12 +302,6 @@ class HistoryMachine(RuleBasedStateMachine):
         top = None if root is None else self.repo.reader.node(root)
         event(f"committed tree height {top.level if isinstance(top, Branch) else 0}")
         assert snapshot_id not in self.snapshots
-        content = dict(self.snapshots[tip].content)
-        for key, value in writer.changes.items():
-            if value is None:
-                content.pop(key, None)
-            else:
-                content[key] = value
         self.snapshots[snapshot_id] = SnapshotModel(
             parent=tip, message=message, metadata=metadata, content=content
         )
@@ -564,7 +571,9 @@ class HistoryMachine(RuleBasedStateMachine):
         session = writer.session
         assert session.snapshot_id == writer.base
         assert session.branch == writer.branch
-        assert session.has_uncommitted_changes == bool(writer.changes)
+        base = self.snapshots[writer.base].content
+        differs = any(base.get(key) != value for key, value in writer.changes.items())
+        assert session.has_uncommitted_changes == differs
         check_content(session.store.storage, self.view(writer))
 
     @invariant()

@@ -98,7 +98,7 @@ def test_state_machine_across_commits(repo: vs.Repository) -> None:
     def fresh() -> SessionStorage:
         writer = repo.writable_session("main")
         writer.store.storage.set(f"base/k{next(counter) % 3}", b"committed")
-        writer.commit("seed")
+        writer.commit("seed", allow_empty=True)
         session = repo.writable_session("main")
         session.store.storage.erase_prefix("")
         return session.store.storage

@@ -28,7 +28,7 @@ import xxhash
 import zstandard
 
 from versionstore.errors import CorruptObjectError, ObjectTooLargeError, UnsupportedFormatError
-from versionstore.ids import ObjectId, hash_object
+from versionstore.ids import ID_LENGTH, ObjectId, hash_object
 from versionstore.records import (
     TOMBSTONE,
     Branch,
@@ -37,6 +37,7 @@ from versionstore.records import (
     Leaf,
     Node,
     RefTarget,
+    RepositoryRecord,
     SessionRecord,
     Snapshot,
     Tombstone,
@@ -52,12 +53,14 @@ __all__ = [
     "decode_chunk",
     "decode_node",
     "decode_ref_target",
+    "decode_repository",
     "decode_session",
     "decode_snapshot",
     "decode_staged",
     "encode_chunk",
     "encode_node",
     "encode_ref_target",
+    "encode_repository",
     "encode_session",
     "encode_snapshot",
     "encode_staged",
@@ -73,8 +76,10 @@ KIND_SNAPSHOT: Final = 4
 KIND_REF: Final = 5
 KIND_SESSION: Final = 6
 KIND_STAGED: Final = 7
+KIND_REPOSITORY: Final = 8
 _KIND_NAMES = {
     1: "chunk", 2: "leaf", 3: "branch", 4: "snapshot", 5: "ref", 6: "session", 7: "staged",
+    8: "repository",
 }
 
 _MAGIC: Final = b"VS"
@@ -153,6 +158,22 @@ def _unpack(name: str, payload: bytes | memoryview) -> Any:
         raise CorruptObjectError(name, f"cannot decode record: {exc}") from exc
 
 
+def _guarded(label: str, decode: Callable[[], T], name: str) -> T:
+    """Run ``decode``; any malformation it trips over becomes ``CorruptObjectError``.
+
+    A record can pass its checksum and still be wrong (written by a buggy or
+    hostile client): wrong field types, short lists, bad ids. Whatever
+    Python error that raises while decoding, the caller sees one documented
+    error naming the object.
+    """
+    try:
+        return decode()
+    except (CorruptObjectError, UnsupportedFormatError):
+        raise
+    except (TypeError, ValueError, IndexError, KeyError, AttributeError, OverflowError) as exc:
+        raise CorruptObjectError(name, f"malformed {label}: {exc}") from exc
+
+
 def _versioned(name: str, kind: str, fields: Any, supported: int, width: int) -> list[Any]:
     if not isinstance(fields, list) or not fields or not isinstance(fields[0], int):
         raise CorruptObjectError(name, f"malformed {kind} record")
@@ -220,11 +241,19 @@ def _entry_fields(entry: Entry) -> Any:
     return entry if isinstance(entry, bytes) else [entry.chunk_id, entry.size]
 
 
+def _object_id(name: str, value: Any) -> ObjectId:
+    if not isinstance(value, bytes) or len(value) != ID_LENGTH:
+        raise CorruptObjectError(name, f"malformed object id {value!r}")
+    return ObjectId(value)
+
+
 def _entry(name: str, fields: Any) -> Entry:
     if isinstance(fields, bytes):
         return fields
-    if isinstance(fields, list) and len(fields) == 2:
-        return ChunkRef(chunk_id=ObjectId(fields[0]), size=int(fields[1]))
+    if isinstance(fields, list) and len(fields) == 2 and isinstance(fields[1], int):
+        if fields[1] < 0:
+            raise CorruptObjectError(name, "negative chunk size")
+        return ChunkRef(chunk_id=_object_id(name, fields[0]), size=fields[1])
     raise CorruptObjectError(name, "malformed entry")
 
 
@@ -242,19 +271,26 @@ def encode_node(node: Node) -> tuple[ObjectId, bytes]:
 
 def decode_node(name: str, data: bytes) -> Node:
     """Decode a leaf or branch frame."""
+    return _guarded("tree node", lambda: _decode_node(name, data), name)
+
+
+def _decode_node(name: str, data: bytes) -> Node:
     kind = frame_kind(data)
     if kind == KIND_LEAF:
         fields = _versioned(name, "leaf", _unpack(name, _unframe(name, data, kind)), 1, 3)
-        try:
-            return Leaf(keys=tuple(fields[1]), entries=tuple(_entry(name, e) for e in fields[2]))
-        except TypeError as exc:
-            raise CorruptObjectError(name, f"malformed leaf: {exc}") from exc
+        keys = tuple(fields[1])
+        if not all(isinstance(key, str) for key in keys):
+            raise CorruptObjectError(name, "leaf keys are not strings")
+        return Leaf(keys=keys, entries=tuple(_entry(name, e) for e in fields[2]))
     if kind == KIND_BRANCH:
         fields = _versioned(name, "branch", _unpack(name, _unframe(name, data, kind)), 1, 4)
+        keys = tuple(fields[1])
+        if not all(isinstance(key, str) for key in keys):
+            raise CorruptObjectError(name, "branch keys are not strings")
         return Branch(
             level=int(fields[3]),
-            keys=tuple(fields[1]),
-            children=tuple(ObjectId(c) for c in fields[2]),
+            keys=keys,
+            children=tuple(_object_id(name, c) for c in fields[2]),
         )
     return _unframe(name, data, KIND_LEAF)  # type: ignore[return-value]  # raises
 
@@ -278,6 +314,10 @@ def encode_snapshot(snapshot: Snapshot) -> tuple[ObjectId, bytes]:
 
 def decode_snapshot(name: str, data: bytes) -> Snapshot:
     """Decode a snapshot frame."""
+    return _guarded("snapshot", lambda: _decode_snapshot(name, data), name)
+
+
+def _decode_snapshot(name: str, data: bytes) -> Snapshot:
     fields = _versioned(
         name, "snapshot", _unpack(name, _unframe(name, data, KIND_SNAPSHOT)), 1, 6
     )
@@ -287,9 +327,11 @@ def decode_snapshot(name: str, data: bytes) -> Snapshot:
     written_at = fields[4]
     if not isinstance(written_at, datetime):
         raise CorruptObjectError(name, "snapshot time is malformed")
+    if not isinstance(fields[3], str) or not isinstance(metadata, dict):
+        raise CorruptObjectError(name, "snapshot message or metadata is malformed")
     return Snapshot(
-        parent=None if fields[1] is None else ObjectId(fields[1]),
-        tree=None if fields[2] is None else ObjectId(fields[2]),
+        parent=None if fields[1] is None else _object_id(name, fields[1]),
+        tree=None if fields[2] is None else _object_id(name, fields[2]),
         message=fields[3],
         written_at=written_at.astimezone(UTC),
         metadata=metadata,
@@ -305,55 +347,105 @@ def _encode_small(kind: int, body: list[Any]) -> bytes:
     return _frame(kind, msgpack.packb(body, use_bin_type=True), compress=False)
 
 
-def _decode_small(name: str, data: bytes, kind: int, label: str, width: int,
-                  build: Callable[[list[Any]], T]) -> T:
-    fields = _versioned(name, label, _unpack(name, _unframe(name, data, kind)), 1, width)
-    try:
+def _decode_small(name: str, data: bytes, kind: int, label: str, width: int, supported: int,
+                  build: Callable[[list[Any]], T], named_at: int | None = None) -> T:
+    """Decode a ref value; from version 2 on, check that it names the ref it is stored under.
+
+    A ref's name is its key in the backend, outside every checksum; the value
+    repeating it (under the checksum) turns a damaged name into an error
+    instead of a silently renamed branch, tag, session or staged key.
+    """
+
+    def decode() -> T:
+        payload = _unpack(name, _unframe(name, data, kind))
+        fields = _versioned(name, label, payload, supported, width)
+        if named_at is not None and fields[0] >= 2:
+            if len(fields) <= named_at or fields[named_at] != name:
+                stored = fields[named_at] if len(fields) > named_at else None
+                raise CorruptObjectError(
+                    name, f"{label} record belongs to {stored!r}: the ref name is damaged"
+                )
         return build(fields)
-    except (TypeError, ValueError) as exc:
-        raise CorruptObjectError(name, f"malformed {label}: {exc}") from exc
+
+    return _guarded(label, decode, name)
 
 
-def encode_ref_target(target: RefTarget) -> bytes:
-    """The stored value of a branch or tag ref."""
-    return _encode_small(KIND_REF, [RefTarget.FORMAT_VERSION, target.snapshot, target.deleted])
+def encode_ref_target(name: str, target: RefTarget) -> bytes:
+    """The stored value of branch or tag ref ``name``."""
+    return _encode_small(
+        KIND_REF, [RefTarget.FORMAT_VERSION, target.snapshot, target.deleted, name]
+    )
 
 
 def decode_ref_target(name: str, data: bytes) -> RefTarget:
-    """Decode a branch or tag ref value."""
+    """Decode the value of branch or tag ref ``name``."""
     return _decode_small(
-        name, data, KIND_REF, "ref", 3,
-        lambda f: RefTarget(snapshot=None if f[1] is None else ObjectId(f[1]), deleted=bool(f[2])),
+        name, data, KIND_REF, "ref", 3, RefTarget.FORMAT_VERSION,
+        lambda f: RefTarget(
+            snapshot=None if f[1] is None else _object_id(name, f[1]), deleted=bool(f[2])
+        ),
+        named_at=3,
     )
 
 
-def encode_session(record: SessionRecord) -> bytes:
-    """The stored value of a writable session's record."""
+def encode_session(name: str, record: SessionRecord) -> bytes:
+    """The stored value of a writable session's record (ref ``name``)."""
     stamp = msgpack.Timestamp.from_datetime(record.created_at)
     return _encode_small(
-        KIND_SESSION, [SessionRecord.FORMAT_VERSION, record.branch, record.base, stamp]
+        KIND_SESSION, [SessionRecord.FORMAT_VERSION, record.branch, record.base, stamp, name]
     )
+
+
+def _timestamp(name: str, value: Any) -> datetime:
+    if not isinstance(value, datetime):
+        raise CorruptObjectError(name, "malformed time")
+    return value.astimezone(UTC)
 
 
 def decode_session(name: str, data: bytes) -> SessionRecord:
-    """Decode a session record."""
-    return _decode_small(
-        name, data, KIND_SESSION, "session", 4,
-        lambda f: SessionRecord(
-            branch=f[1], base=ObjectId(f[2]), created_at=f[3].astimezone(UTC)
-        ),
-    )
+    """Decode session record ``name``."""
+
+    def build(f: list[Any]) -> SessionRecord:
+        if not isinstance(f[1], str):
+            raise CorruptObjectError(name, "session branch is malformed")
+        return SessionRecord(
+            branch=f[1], base=_object_id(name, f[2]), created_at=_timestamp(name, f[3])
+        )
+
+    return _decode_small(name, data, KIND_SESSION, "session", 4, SessionRecord.FORMAT_VERSION,
+                         build, named_at=4)
 
 
-def encode_staged(entry: Entry | Tombstone) -> bytes:
-    """The stored value of one staged key: an entry, or a deletion."""
+def encode_staged(name: str, entry: Entry | Tombstone) -> bytes:
+    """The stored value of staged ref ``name``: an entry, or a deletion."""
     fields = None if isinstance(entry, Tombstone) else _entry_fields(entry)
-    return _encode_small(KIND_STAGED, [1, fields])
+    return _encode_small(KIND_STAGED, [2, fields, name])
 
 
 def decode_staged(name: str, data: bytes) -> Entry | Tombstone:
-    """Decode one staged key's value."""
+    """Decode staged ref ``name``."""
     return _decode_small(
-        name, data, KIND_STAGED, "staged entry", 2,
+        name, data, KIND_STAGED, "staged entry", 2, 2,
         lambda f: TOMBSTONE if f[1] is None else _entry(name, f[1]),
+        named_at=2,
     )
+
+
+def encode_repository(record: RepositoryRecord) -> bytes:
+    """The stored value of the ``repository`` ref."""
+    stamp = msgpack.Timestamp.from_datetime(record.created_at)
+    return _encode_small(
+        KIND_REPOSITORY, [RepositoryRecord.FORMAT_VERSION, record.format_version, stamp]
+    )
+
+
+def decode_repository(name: str, data: bytes) -> RepositoryRecord:
+    """Decode the ``repository`` ref."""
+
+    def build(f: list[Any]) -> RepositoryRecord:
+        if not isinstance(f[1], int) or f[1] < 1:
+            raise CorruptObjectError(name, "repository format version is malformed")
+        return RepositoryRecord(format_version=f[1], created_at=_timestamp(name, f[2]))
+
+    return _decode_small(name, data, KIND_REPOSITORY, "repository", 3,
+                         RepositoryRecord.FORMAT_VERSION, build)

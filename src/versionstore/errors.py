@@ -12,8 +12,10 @@ The tree::
     ├── ImmutableTagError            trying to move, or re-create, a tag
     ├── InvalidRefNameError          (also ValueError)
     ├── SnapshotNotFoundError        a snapshot id that is not in the repository
+    ├── MissingObjectsError          a write that needed objects no longer stored (gc removed them)
     ├── SessionNotFoundError         resuming a session that was committed or never existed
     ├── ReadOnlySessionError         committing or writing through a read-only session
+    ├── NothingToCommitError         commit() with no changes (and allow_empty=False)
     ├── ConflictError                a commit whose changes overlap the branch's new commits
     ├── CorruptObjectError           a stored object that fails its checksum or cannot decode
     ├── ObjectTooLargeError          a record that would decompress beyond the safety cap
@@ -35,6 +37,8 @@ __all__ = [
     "CorruptObjectError",
     "ImmutableTagError",
     "InvalidRefNameError",
+    "MissingObjectsError",
+    "NothingToCommitError",
     "ObjectTooLargeError",
     "ReadOnlySessionError",
     "RefExistsError",
@@ -123,6 +127,19 @@ class SnapshotNotFoundError(VersionStoreError, KeyError):
         return self.detail or f"snapshot {self.snapshot_id!r} does not exist"
 
 
+class MissingObjectsError(VersionStoreError):
+    """A write required objects that are not stored (garbage collection removed them).
+
+    Raised by ``Backend.write`` for a batch's ``requires``; nothing was written.
+    ``Repository`` turns it into ``SnapshotNotFoundError`` where the object is a
+    snapshot a ref was to point at.
+    """
+
+    def __init__(self, object_ids: Iterable[str]) -> None:
+        self.object_ids = tuple(object_ids)
+        super().__init__(f"required objects are not stored: {', '.join(self.object_ids)}")
+
+
 class SessionNotFoundError(VersionStoreError, KeyError):
     """A session id with nothing staged to resume (committed, discarded, or unknown)."""
 
@@ -136,6 +153,10 @@ class SessionNotFoundError(VersionStoreError, KeyError):
 
 class ReadOnlySessionError(VersionStoreError):
     """Committing, or writing through, a read-only session."""
+
+
+class NothingToCommitError(VersionStoreError):
+    """``commit`` found no change against the session's base (pass ``allow_empty=True``)."""
 
 
 class ConflictError(VersionStoreError):

@@ -71,12 +71,23 @@ class ObjectReader:
         self._snapshots: _LRU[ObjectId, Snapshot] = _LRU(4096)
 
     def node(self, node_id: ObjectId) -> Node:
-        """The tree node ``node_id``."""
+        """The tree node ``node_id``.
+
+        Raises:
+            CorruptObjectError: the node is missing or damaged.
+        """
+        node = self.node_if_stored(node_id)
+        if node is None:
+            raise CorruptObjectError(object_id_text(node_id), "tree node is missing")
+        return node
+
+    def node_if_stored(self, node_id: ObjectId) -> Node | None:
+        """The tree node ``node_id``, or ``None`` if it is not stored."""
         node = self._nodes.get(node_id)
         if node is None:
             data = self.backend.get_objects([node_id])[0]
             if data is None:
-                raise CorruptObjectError(object_id_text(node_id), "tree node is missing")
+                return None
             node = _decode(decode_node, node_id, data)
             self._nodes.put(node_id, node)
         return node
@@ -100,11 +111,23 @@ class ObjectReader:
         Raises:
             SnapshotNotFoundError: if no such snapshot is stored.
         """
+        snapshot = self.snapshot_if_stored(snapshot_id)
+        if snapshot is None:
+            raise SnapshotNotFoundError(object_id_text(snapshot_id))
+        return snapshot
+
+    def snapshot_if_stored(self, snapshot_id: ObjectId) -> Snapshot | None:
+        """The snapshot ``snapshot_id``, or ``None`` if it is not stored.
+
+        The cache only ever holds snapshots that were stored when read, and is
+        never a proof that one still is: anything that moves a ref checks
+        existence in the backend, atomically with the move.
+        """
         snapshot = self._snapshots.get(snapshot_id)
         if snapshot is None:
             data = self.backend.get_objects([snapshot_id])[0]
             if data is None:
-                raise SnapshotNotFoundError(object_id_text(snapshot_id))
+                return None
             snapshot = _decode(decode_snapshot, snapshot_id, data)
             self._snapshots.put(snapshot_id, snapshot)
         return snapshot

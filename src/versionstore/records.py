@@ -13,6 +13,7 @@ Mutable refs (moved by compare-and-swap):
 * ``RefTarget`` — a branch or tag pointing at a snapshot (a deleted tag
   keeps a tombstone so its name is never reused);
 * ``SessionRecord`` — a writable session's branch and base snapshot;
+* ``RepositoryRecord`` — the repository's format version;
 * staged entries — an ``Entry`` or ``TOMBSTONE`` per staged key.
 
 Every record class has a ``FORMAT_VERSION``; ``codec`` writes it into every
@@ -29,12 +30,14 @@ import attrs
 from versionstore.ids import ID_LENGTH, ObjectId
 
 __all__ = [
+    "REPOSITORY_FORMAT",
     "TOMBSTONE",
     "Branch",
     "ChunkRef",
     "Entry",
     "Leaf",
     "RefTarget",
+    "RepositoryRecord",
     "SessionRecord",
     "Snapshot",
     "Tombstone",
@@ -136,7 +139,7 @@ class Snapshot:
 class RefTarget:
     """What a branch or tag points at; ``deleted`` marks a tag's tombstone."""
 
-    FORMAT_VERSION: ClassVar[int] = 1
+    FORMAT_VERSION: ClassVar[int] = 2  # 2: the record names its ref (under the checksum)
     snapshot: ObjectId | None
     deleted: bool = False
 
@@ -145,7 +148,27 @@ class RefTarget:
 class SessionRecord:
     """A writable session: the branch it commits to and the snapshot it is based on."""
 
-    FORMAT_VERSION: ClassVar[int] = 1
+    FORMAT_VERSION: ClassVar[int] = 2  # 2: the record names its ref (under the checksum)
     branch: str
     base: ObjectId
+    created_at: datetime
+
+
+#: The repository format this library writes. 1: no ``repository`` record, refs
+#: without names; 2: the ``repository`` record, refs name themselves.
+REPOSITORY_FORMAT = 2
+
+
+@attrs.frozen(kw_only=True)
+class RepositoryRecord:
+    """The repository as a whole: which format it is written in.
+
+    Stored in the ``repository`` ref by ``Repository.create`` in the same
+    atomic step as ``main``. A client refuses to open (and so to garbage
+    collect) a repository whose ``format_version`` is newer than it knows;
+    repositories from before the record existed are format 1.
+    """
+
+    FORMAT_VERSION: ClassVar[int] = 1
+    format_version: int
     created_at: datetime

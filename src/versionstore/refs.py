@@ -5,9 +5,9 @@ compare-and-swap against the value the mover last read, so concurrent movers
 cannot lose each other's work. A tag is created once and never moves; deleting
 it leaves a tombstone so the name cannot later point somewhere else.
 
-Ref names in the backend: ``branch/<name>``, ``tag/<name>``,
-``session/<id>`` (a writable session's record) and ``stage/<id>/<key>``
-(its staged changes).
+Ref names in the backend: ``repository`` (the format record),
+``branch/<name>``, ``tag/<name>``, ``session/<id>`` (a writable session's
+record) and ``stage/<id>/<key>`` (its staged changes).
 """
 
 from __future__ import annotations
@@ -15,22 +15,28 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from versionstore.backend.protocol import Backend
+import attrs
+
+from versionstore.backend.protocol import Backend, WriteBatch
 from versionstore.codec import decode_ref_target, encode_ref_target
 from versionstore.errors import (
     BranchNotFoundError,
     ImmutableTagError,
     InvalidRefNameError,
+    MissingObjectsError,
     RefExistsError,
+    SnapshotNotFoundError,
     TagNotFoundError,
 )
-from versionstore.ids import ObjectId
+from versionstore.ids import ObjectId, object_id_text
 from versionstore.records import RefTarget
 
-__all__ = ["MAIN", "Refs", "branch_ref", "session_ref", "stage_prefix", "tag_ref",
-           "validate_ref_name"]
+__all__ = ["MAIN", "REPOSITORY_REF", "Refs", "branch_ref", "session_ref", "stage_prefix",
+           "tag_ref", "validate_ref_name"]
 
 MAIN = "main"
+#: The ref holding the ``RepositoryRecord`` (format version).
+REPOSITORY_REF = "repository"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*(/[A-Za-z0-9][A-Za-z0-9._\-]*)*")
 
 
@@ -71,10 +77,32 @@ def stage_prefix(session_id: str) -> str:
 
 
 class Refs:
-    """Branch and tag operations over a backend."""
+    """Branch and tag operations over a backend.
+
+    Every ref move is one ``WriteBatch`` that checks the ref's current value
+    *and* that the target snapshot is stored, in the same atomic step as the
+    move: a concurrent garbage collection can never leave a ref pointing at a
+    deleted snapshot (``docs/format.md``, invariant R1).
+    """
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
+
+    def _swap(self, name: str, expected: bytes | None, target: RefTarget,
+              requires: Sequence[ObjectId], batch: WriteBatch | None = None) -> bool:
+        base = batch or WriteBatch()
+        try:
+            return self.backend.write(attrs.evolve(
+                base,
+                expect={**base.expect, name: expected},
+                requires=[*base.requires, *requires],
+                refs={**base.refs, name: encode_ref_target(name, target)},
+            ))
+        except MissingObjectsError as exc:
+            wanted = None if target.snapshot is None else object_id_text(target.snapshot)
+            if wanted in exc.object_ids:
+                raise SnapshotNotFoundError(wanted) from exc
+            raise
 
     # -- branches ---------------------------------------------------------------------
 
@@ -89,23 +117,31 @@ class Refs:
         return target.snapshot, raw
 
     def create_branch(self, name: str, snapshot: ObjectId) -> None:
-        """Point a new branch at ``snapshot``."""
-        value = encode_ref_target(RefTarget(snapshot=snapshot))
-        if not self.backend.compare_and_swap_ref(branch_ref(validate_ref_name(name)), None, value):
+        """Point a new branch at ``snapshot``.
+
+        Raises:
+            RefExistsError: the name is taken.
+            SnapshotNotFoundError: ``snapshot`` is not stored (checked atomically).
+        """
+        ref = branch_ref(validate_ref_name(name))
+        if not self._swap(ref, None, RefTarget(snapshot=snapshot), [snapshot]):
             raise RefExistsError("branch", name)
 
     def move_branch(self, name: str, expected_raw: bytes, snapshot: ObjectId,
-                    also: dict[str, bytes | None] | None = None,
-                    objects: Sequence[tuple[ObjectId, bytes]] = ()) -> bool:
+                    batch: WriteBatch | None = None, *, verify_target: bool = False) -> bool:
         """Compare-and-swap a branch from ``expected_raw`` to ``snapshot``.
 
-        ``objects`` (the new snapshot and its tree nodes) and ``also`` are
-        written in the same atomic step, only if the swap succeeds.
+        ``batch`` (the new snapshot and its tree nodes, staging cleanup) is
+        written in the same atomic step, only if the swap succeeds. With
+        ``verify_target``, ``snapshot`` must already be stored (a reset to an
+        existing snapshot); a commit writes it in the batch instead.
+
+        Raises:
+            SnapshotNotFoundError: ``verify_target`` and the snapshot is gone.
         """
-        value = encode_ref_target(RefTarget(snapshot=snapshot))
-        return self.backend.compare_and_swap_ref(
-            branch_ref(name), expected_raw, value, also, objects
-        )
+        requires = [snapshot] if verify_target else []
+        return self._swap(branch_ref(name), expected_raw, RefTarget(snapshot=snapshot),
+                          requires, batch)
 
     def delete_branch(self, name: str) -> None:
         """Remove a branch (its snapshots stay until garbage-collected)."""
@@ -131,21 +167,27 @@ class Refs:
         return target.snapshot
 
     def create_tag(self, name: str, snapshot: ObjectId) -> None:
-        """Point a new tag at ``snapshot``; tags never move afterwards."""
-        value = encode_ref_target(RefTarget(snapshot=snapshot))
-        if self.backend.compare_and_swap_ref(tag_ref(validate_ref_name(name)), None, value):
+        """Point a new tag at ``snapshot``; tags never move afterwards.
+
+        Raises:
+            RefExistsError: the name is taken.
+            ImmutableTagError: the name belonged to a deleted tag.
+            SnapshotNotFoundError: ``snapshot`` is not stored (checked atomically).
+        """
+        ref = tag_ref(validate_ref_name(name))
+        if self._swap(ref, None, RefTarget(snapshot=snapshot), [snapshot]):
             return
-        raw = self.backend.get_ref(tag_ref(name))
-        if raw is not None and decode_ref_target(tag_ref(name), raw).deleted:
+        raw = self.backend.get_ref(ref)
+        if raw is not None and decode_ref_target(ref, raw).deleted:
             raise ImmutableTagError(name, "was deleted; a tag name is never reused")
         raise RefExistsError("tag", name)
 
     def delete_tag(self, name: str) -> None:
         """Delete a tag, leaving a tombstone so the name is never reused."""
         self.tag_target(name)
-        raw = self.backend.get_ref(tag_ref(name))
-        tombstone = encode_ref_target(RefTarget(snapshot=None, deleted=True))
-        if not self.backend.compare_and_swap_ref(tag_ref(name), raw, tombstone):
+        ref = tag_ref(name)
+        raw = self.backend.get_ref(ref)
+        if not self._swap(ref, raw, RefTarget(snapshot=None, deleted=True), []):
             raise TagNotFoundError(name)
 
     def list_tags(self) -> set[str]:

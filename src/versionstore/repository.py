@@ -14,13 +14,20 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from versionstore.backend.protocol import Backend
-from versionstore.codec import decode_session, encode_ref_target, encode_snapshot
+from versionstore.backend.protocol import Backend, WriteBatch
+from versionstore.codec import (
+    decode_repository,
+    decode_session,
+    encode_ref_target,
+    encode_repository,
+    encode_snapshot,
+)
 from versionstore.errors import (
     RepositoryExistsError,
     RepositoryNotFoundError,
     SessionNotFoundError,
     SnapshotNotFoundError,
+    UnsupportedFormatError,
 )
 from versionstore.gc import GCSummary, collect_garbage
 from versionstore.history import Diff, SnapshotInfo, ancestry, classify_changes, snapshot_at
@@ -33,8 +40,14 @@ from versionstore.ids import (
     object_id_text,
 )
 from versionstore.objects import ObjectReader
-from versionstore.records import ChunkRef, RefTarget, Snapshot
-from versionstore.refs import MAIN, Refs, branch_ref, session_ref, stage_prefix
+from versionstore.records import (
+    REPOSITORY_FORMAT,
+    ChunkRef,
+    RefTarget,
+    RepositoryRecord,
+    Snapshot,
+)
+from versionstore.refs import MAIN, REPOSITORY_REF, Refs, branch_ref, session_ref, stage_prefix
 from versionstore.session import Session
 from versionstore.storage import RepositoryStorage
 from versionstore.tree import changed_entries, lookup
@@ -66,7 +79,7 @@ class Repository:
             return False
         backend = storage.open_backend()
         try:
-            return backend.get_ref(branch_ref(MAIN)) is not None
+            return any(v is not None for v in backend.get_refs([REPOSITORY_REF, branch_ref(MAIN)]))
         finally:
             backend.close()
 
@@ -74,21 +87,46 @@ class Repository:
     def create(cls, storage: RepositoryStorage) -> Repository:
         """Create a repository whose ``main`` branch holds an empty initial snapshot.
 
+        The format record and ``main`` are written in one atomic step, and only
+        into an empty backend: storage that already holds refs or objects —
+        another repository, or one whose ``main`` was damaged — is never
+        initialised over.
+
         Raises:
-            RepositoryExistsError: if one is already there (nothing is changed).
+            RepositoryExistsError: if a repository, or anything else, is already
+                there (nothing is changed).
         """
         if cls.exists(storage):
             raise RepositoryExistsError(f"a repository already exists in {storage!r}")
         backend = storage.open_backend()
-        snapshot = Snapshot(parent=None, tree=None, message=INITIAL_MESSAGE,
-                            written_at=datetime.now(UTC))
-        snapshot_id, frame = encode_snapshot(snapshot)
-        backend.put_objects([(snapshot_id, frame)])
-        main = encode_ref_target(RefTarget(snapshot=snapshot_id))
-        if not backend.compare_and_swap_ref(branch_ref(MAIN), None, main):
+        try:
+            has_refs = bool(backend.list_refs("", limit=1))
+            if has_refs or next(backend.iter_object_ids(), None) is not None:
+                raise RepositoryExistsError(
+                    f"{storage!r} already holds data but no readable repository record; "
+                    "refusing to initialise over it (run `versionstore verify` on it, or "
+                    "choose an empty location)"
+                )
+            snapshot = Snapshot(parent=None, tree=None, message=INITIAL_MESSAGE,
+                                written_at=datetime.now(UTC))
+            snapshot_id, frame = encode_snapshot(snapshot)
+            record = RepositoryRecord(format_version=REPOSITORY_FORMAT,
+                                      created_at=snapshot.written_at)
+            main = branch_ref(MAIN)
+            created = backend.write(WriteBatch(
+                objects=[(snapshot_id, frame)],
+                expect={REPOSITORY_REF: None, main: None},
+                refs={
+                    REPOSITORY_REF: encode_repository(record),
+                    main: encode_ref_target(main, RefTarget(snapshot=snapshot_id)),
+                },
+            ))
+            if not created:
+                raise RepositoryExistsError(f"a repository already exists in {storage!r}")
+            backend.sync()
+        except BaseException:
             backend.close()
-            raise RepositoryExistsError(f"a repository already exists in {storage!r}")
-        backend.sync()
+            raise
         return cls(storage, backend)
 
     @classmethod
@@ -97,10 +135,22 @@ class Repository:
 
         Raises:
             RepositoryNotFoundError: if there is none.
+            UnsupportedFormatError: if it was written by a newer versionstore
+                (nothing is read further, and nothing is ever collected).
         """
         if not cls.exists(storage):
             raise RepositoryNotFoundError(f"no repository in {storage!r}")
-        return cls(storage, storage.open_backend())
+        backend = storage.open_backend()
+        try:
+            raw = backend.get_ref(REPOSITORY_REF)
+            if raw is not None:
+                version = decode_repository(REPOSITORY_REF, raw).format_version
+                if version > REPOSITORY_FORMAT:
+                    raise UnsupportedFormatError("repository", version, REPOSITORY_FORMAT)
+        except BaseException:
+            backend.close()
+            raise
+        return cls(storage, backend)
 
     @classmethod
     def open_or_create(cls, storage: RepositoryStorage) -> Repository:
@@ -243,11 +293,19 @@ class Repository:
         return SnapshotInfo.of(object_id, self.reader.snapshot(object_id))
 
     def reset_branch(self, name: str, snapshot_id: str) -> None:
-        """Point branch ``name`` at ``snapshot_id`` (any snapshot in the repository)."""
+        """Point branch ``name`` at ``snapshot_id`` (any snapshot in the repository).
+
+        The snapshot's existence is checked in the same atomic step as the
+        move, so a concurrent garbage collection can never leave the branch
+        dangling.
+
+        Raises:
+            SnapshotNotFoundError: the snapshot is not stored; nothing moved.
+        """
         target = self._snapshot_object(snapshot_id)
         while True:
             _, raw = self.refs.branch_tip(name)
-            if self.refs.move_branch(name, raw, target):
+            if self.refs.move_branch(name, raw, target, verify_target=True):
                 self.backend.sync()
                 return
 

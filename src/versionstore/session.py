@@ -5,26 +5,37 @@ snapshot *plus* its staged changes, and ``commit`` turns those into a new
 snapshot on its branch. Staged changes live in the backend (``stage/<id>/…``
 refs, with large values already stored as chunk objects), not in Python
 memory: a kernel that dies before ``commit`` loses nothing, the session is
-resumed by id, and a pickled session shipped to dask workers stages into the
-same place.
+resumed by id, and copies of the session — threads sharing it, pickled
+copies on dask workers — all stage into the same place.
+
+Every staging write is one atomic ``WriteBatch`` that also keeps the
+session's record (branch and base snapshot) in existence exactly while
+something is staged, so every staged entry belongs to a resumable,
+discardable session. Copies learn the session's current base from that
+record, so a copy that keeps writing after another copy committed builds on
+the new snapshot.
 
 Commit is optimistic. If the branch moved since the session's base, the
 commit compares the branch's new changes with its own: disjoint changes are
 rebased automatically; overlapping keys (with different values) raise
 ``ConflictError`` naming them, and the staged changes stay for the user to
-resolve. The branch moves by one compare-and-swap that also clears the
-staging area, so a commit either happens whole or not at all.
+resolve. The branch moves by one compare-and-swap that, in the same atomic
+step, clears exactly the staged entries it recorded: a write staged by a copy
+while the commit ran is kept for the next commit. The protocol's invariants
+are written out in ``docs/format.md``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
+from versionstore.backend.protocol import SessionRule, WriteBatch
 from versionstore.codec import (
+    decode_session,
     decode_staged,
     encode_chunk,
     encode_session,
@@ -32,7 +43,13 @@ from versionstore.codec import (
     encode_staged,
     pack_metadata,
 )
-from versionstore.errors import ConflictError, ReadOnlySessionError, VersionStoreError
+from versionstore.errors import (
+    ConflictError,
+    MissingObjectsError,
+    NothingToCommitError,
+    ReadOnlySessionError,
+    SnapshotNotFoundError,
+)
 from versionstore.history import Diff, classify_changes
 from versionstore.ids import ObjectId, SessionId, SnapshotId, object_id_text
 from versionstore.records import (
@@ -45,7 +62,7 @@ from versionstore.records import (
     Tombstone,
 )
 from versionstore.refs import session_ref, stage_prefix
-from versionstore.session_store import SessionStore
+from versionstore.session_store import SessionStore, validate_session_key
 from versionstore.tree import Change, apply_changes, changed_entries, iter_from, lookup
 
 if TYPE_CHECKING:
@@ -56,10 +73,6 @@ __all__ = ["INLINE_LIMIT", "NothingToCommitError", "Session"]
 #: Values up to this size live inline in tree leaves; larger ones are chunk objects.
 INLINE_LIMIT = 512
 _MAX_COMMIT_ATTEMPTS = 1000
-
-
-class NothingToCommitError(VersionStoreError):
-    """``commit`` was called with no staged changes."""
 
 
 class Session:
@@ -80,7 +93,7 @@ class Session:
         self._branch = branch
         self._read_only = read_only
         self._session_id = session_id
-        self._recorded = False
+        self._record_raw: bytes | None = None
 
     # -- identity -----------------------------------------------------------------------
 
@@ -145,18 +158,30 @@ class Session:
 
     # -- reading ------------------------------------------------------------------------
 
-    def _staged_entry(self, key: str) -> Entry | Tombstone | None:
-        if self._session_id is None:
-            return None
-        name = stage_prefix(self._session_id) + key
-        raw = self._repo.backend.get_ref(name)
-        return None if raw is None else decode_staged(name, raw)
+    def _adopt(self, record_raw: bytes | None) -> None:
+        """Follow the session record's base, which another copy's commit may have moved."""
+        if record_raw is None or record_raw == self._record_raw:
+            return
+        assert self._session_id is not None
+        record = decode_session(session_ref(self._session_id), record_raw)
+        if record.base != self._base:
+            self._root = self._repo.reader.snapshot(record.base).tree
+            self._base = record.base
+        self._record_raw = record_raw
+
+    def _refresh(self) -> None:
+        if self._session_id is not None:
+            self._adopt(self._repo.backend.get_ref(session_ref(self._session_id)))
 
     def entry(self, key: str) -> Entry | None:
         """The entry this session sees at ``key`` (staged changes first)."""
-        staged = self._staged_entry(key)
-        if staged is not None:
-            return None if isinstance(staged, Tombstone) else staged
+        if self._session_id is not None:
+            name = stage_prefix(self._session_id) + key
+            raw, record_raw = self._repo.backend.get_refs([name, session_ref(self._session_id)])
+            self._adopt(record_raw)
+            if raw is not None:
+                staged = decode_staged(name, raw)
+                return None if isinstance(staged, Tombstone) else staged
         return lookup(self._repo.reader.node, self._root, key)
 
     def read_entries(self, entries: list[Entry | None]) -> list[bytes | None]:
@@ -167,15 +192,22 @@ class Session:
             e if e is None or isinstance(e, bytes) else next(fetched) for e in entries
         ]
 
-    def staged(self, prefix: str = "") -> dict[str, Entry | Tombstone]:
-        """Every staged change under ``prefix``, sorted by key."""
+    def _staged_raw(self, prefix: str = "") -> dict[str, bytes]:
+        """Staged refs under ``prefix``: full ref name -> stored value (one consistent read)."""
         if self._session_id is None:
             return {}
-        base = stage_prefix(self._session_id)
-        return {
-            name[len(base):]: decode_staged(name, raw)
-            for name, raw in self._repo.backend.list_refs(base + prefix).items()
-        }
+        self._refresh()
+        return self._repo.backend.list_refs(stage_prefix(self._session_id) + prefix)
+
+    def _decode_staged(self, raw: Mapping[str, bytes]) -> dict[str, Entry | Tombstone]:
+        if self._session_id is None:
+            return {}
+        cut = len(stage_prefix(self._session_id))
+        return {name[cut:]: decode_staged(name, value) for name, value in raw.items()}
+
+    def staged(self, prefix: str = "") -> dict[str, Entry | Tombstone]:
+        """Every staged change under ``prefix``, sorted by key."""
+        return self._decode_staged(self._staged_raw(prefix))
 
     def iter_entries(self, start: str, prefix: str) -> Iterator[tuple[str, Entry]]:
         """``(key, entry)`` pairs with ``key >= start`` under ``prefix``, staged changes applied."""
@@ -211,78 +243,102 @@ class Session:
             )
         return self._session_id
 
-    def _stage(self, objects: list[tuple[ObjectId, bytes]],
-               refs: dict[str, bytes | None]) -> None:
-        """Write staged changes, carrying the session record until a write has stored it.
+    def _rule(self, base: ObjectId, *, replace: bool = False) -> SessionRule:
+        """The session-record rule for a batch: the record names ``base``."""
+        assert self._branch is not None and self._session_id is not None
+        name = session_ref(self._session_id)
+        record = SessionRecord(branch=self._branch, base=base, created_at=datetime.now(UTC))
+        return SessionRule(prefix=stage_prefix(self._session_id), record=name,
+                           value=encode_session(name, record), replace=replace,
+                           requires=[base])
 
-        The record is what makes staged keys resumable, so ``_recorded`` flips only
-        after a write that carried it returned: a write that failed, or one still
-        in flight in another thread, never leaves later staged keys without it.
+    def _stage(self, batch: WriteBatch) -> None:
+        """Write staged changes together with the session record, in one atomic step.
+
+        Raises:
+            SnapshotNotFoundError: the session's base snapshot was garbage
+                collected (its branch was reset away and ``gc`` ran); nothing
+                was staged.
         """
-        if not self._recorded:
-            assert self._branch is not None and self._session_id is not None
-            record = SessionRecord(branch=self._branch, base=self._base,
-                                   created_at=datetime.now(UTC))
-            refs = {**refs, session_ref(self._session_id): encode_session(record)}
-        self._repo.backend.put_objects(objects, refs)
-        self._recorded = True
+        try:
+            self._repo.backend.write(batch)
+        except MissingObjectsError as exc:
+            raise SnapshotNotFoundError(
+                self.snapshot_id,
+                f"this session's base snapshot {self.snapshot_id} no longer exists (its branch "
+                "was reset and garbage collected); open a new writable session",
+            ) from exc
 
     def set_values(self, items: list[tuple[str, bytes]]) -> None:
-        """Stage ``key = value`` for each item (durably, before returning)."""
+        """Stage ``key = value`` for each item (durably, before returning).
+
+        Raises:
+            InvalidKeyError: a key is not a valid store key or is longer than
+                ``MAX_KEY_BYTES`` (nothing is staged).
+            ReadOnlySessionError: the session is read-only.
+        """
         session_id = self._require_writable()
         objects = []
         refs: dict[str, bytes | None] = {}
         prefix = stage_prefix(session_id)
         for key, value in items:
+            validate_session_key(key)
             entry: Entry
             if len(value) <= INLINE_LIMIT:
-                entry = value
+                entry = bytes(value)
             else:
                 chunk_id, frame = encode_chunk(value)
                 objects.append((chunk_id, frame))
                 entry = ChunkRef(chunk_id=chunk_id, size=len(value))
-            refs[prefix + key] = encode_staged(entry)
-        self._stage(objects, refs)
+            refs[prefix + key] = encode_staged(prefix + key, entry)
+        self._stage(WriteBatch(objects=objects, refs=refs, session=self._rule(self._base)))
 
     def erase_keys(self, keys: list[str]) -> None:
         """Stage the deletion of each key (keys that do not exist are ignored)."""
         session_id = self._require_writable()
         prefix = stage_prefix(session_id)
         refs: dict[str, bytes | None] = {}
+        self._refresh()
         for key in keys:
+            validate_session_key(key)
             in_base = lookup(self._repo.reader.node, self._root, key) is not None
-            refs[prefix + key] = encode_staged(TOMBSTONE) if in_base else None
+            name = prefix + key
+            refs[name] = encode_staged(name, TOMBSTONE) if in_base else None
         if refs:
-            self._stage([], refs)
+            self._stage(WriteBatch(refs=refs, session=self._rule(self._base)))
+
+    def _changes(self, raw: Mapping[str, bytes]) -> list[Change]:
+        return [
+            (key, None if isinstance(entry, Tombstone) else entry)
+            for key, entry in self._decode_staged(raw).items()
+        ]
 
     @property
     def has_uncommitted_changes(self) -> bool:
-        """Whether anything is staged."""
+        """Whether anything staged differs from the base.
+
+        Rewriting a value unchanged is not a change, as for ``status`` and ``commit``.
+        """
         if self._session_id is None:
             return False
-        return bool(self._repo.backend.list_refs(stage_prefix(self._session_id), limit=1))
+        load = self._repo.reader.node
+        changes = self._changes(self._staged_raw())
+        return any(lookup(load, self._root, key) != entry for key, entry in changes)
 
     def discard_changes(self) -> None:
-        """Drop every staged change (the base snapshot is unchanged)."""
-        session_id = self._require_writable()
-        refs: dict[str, bytes | None] = {
-            stage_prefix(session_id) + key: None for key in self.staged()
-        }
-        refs[session_ref(session_id)] = None
-        self._recorded = False
-        self._repo.backend.put_objects([], refs)
+        """Drop every staged change (the base snapshot is unchanged).
 
-    def _changes(self) -> list[Change]:
-        return [
-            (key, None if isinstance(entry, Tombstone) else entry)
-            for key, entry in self.staged().items()
-        ]
+        Only the entries read here are dropped: a write another copy of the
+        session stages at the same moment is kept.
+        """
+        self._require_writable()
+        raw = self._staged_raw()
+        self._stage(WriteBatch(delete_if_equal=raw, session=self._rule(self._base)))
 
     def status(self) -> Diff:
         """The staged changes, as a ``Diff`` against the base snapshot."""
-        changes = self._changes()
         keys = {}
-        for key, entry in changes:
+        for key, entry in self._changes(self._staged_raw()):
             before = lookup(self._repo.reader.node, self._root, key)
             if before != entry:
                 keys[key] = (before is not None, entry is not None)
@@ -310,42 +366,54 @@ class Session:
                 ``"theirs"`` (drop our staged change to that key).
         """
         session_id = self._require_writable()
+        if keep not in ("raise", "ours", "theirs"):
+            raise ValueError(f"keep must be 'raise', 'ours' or 'theirs', not {keep!r}")
         assert self._branch is not None
         tip, _ = self._repo.refs.branch_tip(self._branch)
         reader = self._repo.reader
-        conflicts = self._conflicts(
-            self._root, reader.snapshot(tip).tree, self._changes()
-        )
+        raw = self._staged_raw()
+        conflicts = self._conflicts(self._root, reader.snapshot(tip).tree, self._changes(raw))
         if conflicts and keep == "raise":
             raise ConflictError(self._branch, conflicts)
-        refs: dict[str, bytes | None] = {}
+        dropped = {}
         if keep == "theirs":
-            refs.update({stage_prefix(session_id) + key: None for key in conflicts})
+            prefix = stage_prefix(session_id)
+            dropped = {prefix + key: raw[prefix + key] for key in conflicts}
+        self._stage(WriteBatch(delete_if_equal=dropped, session=self._rule(tip, replace=True)))
         self._base, self._root = tip, reader.snapshot(tip).tree
-        self._recorded = False
-        if self.has_uncommitted_changes or refs:
-            self._stage([], refs)
 
-    def commit(self, message: str, metadata: dict[str, Any] | None = None) -> SnapshotId:
+    def commit(self, message: str, metadata: dict[str, Any] | None = None, *,
+               allow_empty: bool = False) -> SnapshotId:
         """Record the staged changes as a new snapshot on the branch; return its id.
+
+        The branch moves by one atomic compare-and-swap that also stores the
+        new tree and snapshot and removes exactly the staged entries recorded
+        (``docs/format.md``). Staged values identical to the base are not
+        changes.
+
+        Args:
+            message: the commit message (required).
+            metadata: msgpack-able values to keep with the snapshot.
+            allow_empty: make a snapshot even if nothing changed (as icechunk).
 
         Raises:
             ReadOnlySessionError: on a read-only session.
-            NothingToCommitError: if nothing is staged.
+            NothingToCommitError: if nothing changed and not ``allow_empty``.
             ConflictError: if the branch moved and touched the same keys; the
                 staged changes are kept.
         """
-        session_id = self._require_writable()
+        self._require_writable()
         assert self._branch is not None
+        if not isinstance(message, str):
+            raise TypeError(f"a commit message is required (a str), not {message!r}")
         metadata = dict(metadata or {})
         pack_metadata(metadata)
-        changes = self._changes()
-        if not changes:
-            raise NothingToCommitError("nothing to commit: no changes are staged")
         repo = self._repo
-        cleanup: dict[str, bytes | None] = {stage_prefix(session_id) + k: None for k, _ in changes}
-        cleanup[session_ref(session_id)] = None
         for _ in range(_MAX_COMMIT_ATTEMPTS):
+            raw = self._staged_raw()
+            changes = self._changes(raw)
+            if not changes and not allow_empty:
+                raise NothingToCommitError("nothing to commit: no changes are staged")
             tip, raw_tip = repo.refs.branch_tip(self._branch)
             parent_tree = self._root
             if tip != self._base:
@@ -356,20 +424,36 @@ class Session:
             new_nodes: dict[ObjectId, Node] = {}
             root, nodes = apply_changes(repo.reader.node, parent_tree, changes,
                                         decoded=new_nodes)
+            if root == parent_tree and not allow_empty:
+                # Only identical rewrites (or nothing) are staged: clear them, commit nothing.
+                self._stage(WriteBatch(delete_if_equal=raw, session=self._rule(self._base)))
+                raise NothingToCommitError("nothing to commit: no staged change differs from "
+                                           "the base (pass allow_empty=True to commit anyway)")
             snapshot = Snapshot(
                 parent=tip, tree=root, message=message,
                 written_at=datetime.now(UTC), metadata=metadata,
             )
             snapshot_id, frame = encode_snapshot(snapshot)
-            objects = [*nodes.items(), (snapshot_id, frame)]
-            if repo.refs.move_branch(self._branch, raw_tip, snapshot_id, cleanup, objects):
+            batch = WriteBatch(
+                objects=[*nodes.items(), (snapshot_id, frame)],
+                # A chunk staged here may have been overwritten by a copy and collected
+                # since it was read: then re-read the staging area and try again.
+                requires=[entry.chunk_id for _, entry in changes if isinstance(entry, ChunkRef)],
+                delete_if_equal=raw,
+                session=self._rule(snapshot_id, replace=True),
+            )
+            try:
+                moved = repo.refs.move_branch(self._branch, raw_tip, snapshot_id, batch)
+            except MissingObjectsError:
+                continue
+            if moved:
                 repo.backend.sync()
                 repo.reader.remember_nodes(new_nodes)  # the next commit starts from them
-                self._base, self._root, self._recorded = snapshot_id, root, False
+                self._base, self._root = snapshot_id, root
                 return SnapshotId(object_id_text(snapshot_id))
         raise ConflictError(self._branch, [])  # pragma: no cover - endless contention
 
-    async def commit_async(self, message: str, metadata: dict[str, Any] | None = None
-                           ) -> SnapshotId:
+    async def commit_async(self, message: str, metadata: dict[str, Any] | None = None, *,
+                           allow_empty: bool = False) -> SnapshotId:
         """``commit`` without blocking the event loop."""
-        return await asyncio.to_thread(self.commit, message, metadata)
+        return await asyncio.to_thread(self.commit, message, metadata, allow_empty=allow_empty)

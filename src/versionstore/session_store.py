@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, override
 from versionstore.errors import ReadOnlySessionError
 from versionstore.records import ChunkRef
 from zarrstore.errors import InvalidKeyError
+from zarrstore.keys import validate_key
 from zarrstore.protocol import DirListing, ReadRequest, Storage
 from zarrstore.ranges import ByteRange, slice_value
 from zarrstore.zarr_bridge import ZarrStore
@@ -22,10 +23,30 @@ from zarrstore.zarr_bridge import ZarrStore
 if TYPE_CHECKING:
     from versionstore.session import Session
 
-__all__ = ["MAX_KEY_BYTES", "SessionStorage", "SessionStore"]
+__all__ = ["MAX_KEY_BYTES", "SessionStorage", "SessionStore", "validate_session_key"]
 
-#: Longest key a session stores (LMDB keys are at most 511 bytes, staging adds a prefix).
+#: Longest key a session stores, in UTF-8 bytes (LMDB keys are at most 511 bytes, and
+#: staging adds a prefix).
 MAX_KEY_BYTES = 400
+
+
+def validate_session_key(key: str) -> str:
+    """Return ``key`` if a session can store it: a valid store key of at most ``MAX_KEY_BYTES``.
+
+    This is the one check every session write path goes through (the store,
+    ``Session.set_values`` and ``Session.erase_keys``).
+
+    Raises:
+        InvalidKeyError: naming the key and the rule it breaks.
+    """
+    validate_key(key)
+    try:
+        size = len(key.encode())
+    except UnicodeEncodeError as exc:
+        raise InvalidKeyError(key, "keys must be valid Unicode (no lone surrogates)") from exc
+    if size > MAX_KEY_BYTES:
+        raise InvalidKeyError(key, f"session keys are at most {MAX_KEY_BYTES} bytes, not {size}")
+    return key
 
 
 class SessionStorage(Storage):
@@ -77,8 +98,6 @@ class SessionStorage(Storage):
 
     @override
     def _set(self, key: str, value: bytes) -> None:
-        if len(key.encode()) > MAX_KEY_BYTES:
-            raise InvalidKeyError(key, f"session keys are at most {MAX_KEY_BYTES} bytes")
         self.session.set_values([(key, value)])
 
     @override

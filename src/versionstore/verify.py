@@ -1,6 +1,7 @@
 """Verification (fsck): check every reachable object, deeply.
 
-Reads each object that any branch, tag or session can reach, verifies its
+Decodes every ref (a damaged ref name or value is reported, never
+silently followed), then reads each object that any branch, tag or session can reach, verifies its
 frame checksum, decodes it, re-hashes content-addressed objects against their
 ids (BLAKE3, stronger than the per-read checksum), and checks each record's
 invariants (sorted keys, well-formed ids, timezone-aware times). Problems are
@@ -8,6 +9,8 @@ collected, not raised, so one bad object does not hide the others.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import attrs
 
@@ -17,13 +20,18 @@ from versionstore.codec import (
     KIND_SNAPSHOT,
     content_id,
     decode_node,
+    decode_ref_target,
+    decode_repository,
+    decode_session,
     decode_snapshot,
+    decode_staged,
     frame_kind,
 )
 from versionstore.errors import VersionStoreError
 from versionstore.gc import reachable_objects
 from versionstore.ids import ObjectId, object_id_text
 from versionstore.objects import ObjectReader
+from versionstore.refs import MAIN, REPOSITORY_REF, branch_ref
 
 __all__ = ["VerifyReport", "verify_repository"]
 
@@ -41,14 +49,42 @@ class VerifyReport:
         return not self.problems
 
 
-def verify_repository(reader: ObjectReader) -> VerifyReport:
-    """Check every reachable object of the repository behind ``reader``."""
+def _check_refs(refs: dict[str, bytes]) -> tuple[dict[str, bytes], list[str]]:
+    """Decode every ref; the readable ones, and a problem for each damaged or unknown one."""
+    readable: dict[str, bytes] = {}
     problems: list[str] = []
+    for name, raw in refs.items():
+        kind = name.split("/", 1)[0]
+        decode = _REF_DECODERS.get(kind)
+        if decode is None:
+            problems.append(f"ref {name!r}: unknown kind of ref (damaged name?)")
+            continue
+        try:
+            decode(name, raw)
+        except (VersionStoreError, ValueError) as exc:
+            problems.append(f"ref {name!r}: {exc}")
+            continue
+        readable[name] = raw
+    if branch_ref(MAIN) not in readable:
+        problems.append(f"ref {branch_ref(MAIN)!r}: the main branch is missing or damaged")
+    return readable, problems
+
+
+def verify_repository(reader: ObjectReader) -> VerifyReport:
+    """Check every ref and every reachable object of the repository behind ``reader``.
+
+    Never raises for what it finds: damaged refs, dangling refs, missing or
+    corrupt objects all become entries of ``VerifyReport.problems``.
+    """
     backend = reader.backend
+    refs, problems = _check_refs(backend.list_refs(""))
+    missing: set[ObjectId] = set()
     try:
-        reachable = reachable_objects(reader, backend.list_refs(""))
+        reachable = reachable_objects(reader, refs, missing)
     except VersionStoreError as exc:
-        return VerifyReport(objects_checked=0, problems=(f"cannot walk history: {exc}",))
+        problems.append(f"cannot walk history: {exc}")
+        return VerifyReport(objects_checked=0, problems=tuple(problems))
+    problems.extend(f"{object_id_text(i)}: missing (referenced)" for i in sorted(missing))
     ids = sorted(reachable)
     for start in range(0, len(ids), 256):
         batch = ids[start : start + 256]
@@ -74,3 +110,12 @@ def _check(object_id: ObjectId, data: bytes | None) -> str | None:
     except (VersionStoreError, ValueError) as exc:
         return f"{name}: {exc}"
     return None
+
+
+_REF_DECODERS: dict[str, Callable[[str, bytes], object]] = {
+    "branch": decode_ref_target,
+    "tag": decode_ref_target,
+    "session": decode_session,
+    "stage": decode_staged,
+    REPOSITORY_REF: decode_repository,
+}

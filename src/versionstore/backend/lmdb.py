@@ -34,9 +34,9 @@ from typing import Any, TypeVar, override
 
 import lmdb
 
-from versionstore.backend.protocol import Backend
-from versionstore.errors import BackendError
-from versionstore.ids import ObjectId
+from versionstore.backend.protocol import Backend, Rescue, WriteBatch, changed_refs
+from versionstore.errors import BackendError, MissingObjectsError
+from versionstore.ids import ObjectId, object_id_text
 
 __all__ = ["LMDBBackend", "has_lmdb_environment"]
 
@@ -155,29 +155,48 @@ class LMDBBackend(Backend):
         return self._read("reading objects", lambda txn: [_bytes(txn.get(i, db=db)) for i in ids])
 
     @override
-    def put_objects(
-        self,
-        objects: Iterable[tuple[ObjectId, bytes]],
-        refs: Mapping[str, bytes | None] | None = None,
-    ) -> None:
-        def work(txn: lmdb.Transaction) -> None:
-            for object_id, data in objects:
-                txn.put(object_id, data, overwrite=False, db=self._objects)
-            self._write_refs(txn, refs or {})
+    def write(self, batch: WriteBatch) -> bool:
+        objects_db, refs_db = self._objects, self._refs
 
-        self._write("writing objects", work)
+        def work(txn: lmdb.Transaction) -> bool:
+            for name, value in batch.expect.items():
+                if txn.get(name.encode(), db=refs_db) != value:
+                    return False
+            rule = batch.session
+            required = list(batch.requires)
+            if rule is not None and txn.get(rule.record.encode(), db=refs_db) is None:
+                required.extend(rule.requires)
+            missing = [object_id_text(i) for i in required if txn.get(i, db=objects_db) is None]
+            if missing:
+                raise MissingObjectsError(missing)
+            for object_id, data in batch.objects:
+                txn.put(object_id, data, overwrite=False, db=objects_db)
+            for name, value in batch.refs.items():
+                if value is None:
+                    txn.delete(name.encode(), db=refs_db)
+                else:
+                    txn.put(name.encode(), value, db=refs_db)
+            for name, value in batch.delete_if_equal.items():
+                if txn.get(name.encode(), db=refs_db) == value:
+                    txn.delete(name.encode(), db=refs_db)
+            if rule is not None:
+                record = rule.record.encode()
+                cursor = txn.cursor(db=refs_db)
+                prefix = rule.prefix.encode()
+                if not (cursor.set_range(prefix) and bytes(cursor.key()).startswith(prefix)):
+                    txn.delete(record, db=refs_db)
+                else:
+                    txn.put(record, rule.value, overwrite=rule.replace, db=refs_db)
+            return True
 
-    def _write_refs(self, txn: lmdb.Transaction, refs: Mapping[str, bytes | None]) -> None:
-        for name, value in refs.items():
-            if value is None:
-                txn.delete(name.encode(), db=self._refs)
-            else:
-                txn.put(name.encode(), value, db=self._refs)
+        return self._write("writing", work)
 
     @override
-    def get_ref(self, name: str) -> bytes | None:
+    def get_refs(self, names: Sequence[str]) -> list[bytes | None]:
+        refs_db = self._refs
         return self._read(
-            "reading a ref", lambda txn: _bytes(txn.get(name.encode(), db=self._refs))
+            "reading refs",
+            lambda txn: [_bytes(txn.get(name.encode(), db=refs_db)) for name in names],
         )
 
     @override
@@ -199,35 +218,29 @@ class LMDBBackend(Backend):
         return self._read("listing refs", work)
 
     @override
-    def compare_and_swap_ref(
-        self,
-        name: str,
-        expected: bytes | None,
-        new: bytes | None,
-        also: Mapping[str, bytes | None] | None = None,
-        objects: Sequence[tuple[ObjectId, bytes]] = (),
-    ) -> bool:
-        def work(txn: lmdb.Transaction) -> bool:
-            if txn.get(name.encode(), db=self._refs) != expected:
-                return False
-            for object_id, data in objects:
-                txn.put(object_id, data, overwrite=False, db=self._objects)
-            self._write_refs(txn, {**(also or {}), name: new})
-            return True
-
-        return self._write(f"moving ref {name!r}", work)
-
-    @override
     def delete_objects(
-        self, ids: Iterable[ObjectId], *, if_refs_are: Mapping[str, bytes] | None = None
+        self,
+        ids: Iterable[ObjectId],
+        *,
+        if_refs_are: Mapping[str, bytes] | None = None,
+        rescue: Rescue | None = None,
     ) -> bool:
+        objects_db = self._objects
+
         def work(txn: lmdb.Transaction) -> bool:
+            spared: set[ObjectId] = set()
             if if_refs_are is not None:
                 current = {bytes(k).decode(): bytes(v) for k, v in txn.cursor(db=self._refs)}
-                if current != dict(if_refs_are):
-                    return False
+                if current != if_refs_are:
+                    if rescue is None:
+                        return False
+                    spared = rescue(
+                        changed_refs(if_refs_are, current),
+                        lambda wanted: [_bytes(txn.get(i, db=objects_db)) for i in wanted],
+                    )
             for object_id in ids:
-                txn.delete(object_id, db=self._objects)
+                if object_id not in spared:
+                    txn.delete(object_id, db=objects_db)
             return True
 
         return self._write("deleting objects", work)

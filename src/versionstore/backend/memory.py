@@ -16,8 +16,9 @@ import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, override
 
-from versionstore.backend.protocol import Backend
-from versionstore.ids import ObjectId
+from versionstore.backend.protocol import Backend, Rescue, WriteBatch, changed_refs
+from versionstore.errors import MissingObjectsError
+from versionstore.ids import ObjectId, object_id_text
 
 __all__ = ["MemoryBackend"]
 
@@ -57,15 +58,32 @@ class MemoryBackend(Backend):
         return [objects.get(object_id) for object_id in ids]
 
     @override
-    def put_objects(
-        self,
-        objects: Iterable[tuple[ObjectId, bytes]],
-        refs: Mapping[str, bytes | None] | None = None,
-    ) -> None:
+    def write(self, batch: WriteBatch) -> bool:
         with self._lock:
-            for object_id, data in objects:
+            refs = self._refs
+            if any(refs.get(name) != value for name, value in batch.expect.items()):
+                return False
+            rule = batch.session
+            required = list(batch.requires)
+            if rule is not None and rule.record not in refs:
+                required.extend(rule.requires)
+            missing = [object_id_text(i) for i in required if i not in self._objects]
+            if missing:
+                raise MissingObjectsError(missing)
+            for object_id, data in batch.objects:
                 self._objects.setdefault(object_id, bytes(data))
-            self._write_refs(refs or {})
+            self._write_refs(batch.refs)
+            self._write_refs({
+                name: None for name, value in batch.delete_if_equal.items()
+                if refs.get(name) == value
+            })
+            if rule is not None:
+                staged = bool(self._list(rule.prefix, 1))
+                if not staged:
+                    self._write_refs({rule.record: None})
+                elif rule.replace or rule.record not in refs:
+                    self._write_refs({rule.record: rule.value})
+            return True
 
     def _write_refs(self, refs: Mapping[str, bytes | None]) -> None:
         for name, value in refs.items():
@@ -78,46 +96,41 @@ class MemoryBackend(Backend):
                 self._refs[name] = bytes(value)
 
     @override
-    def get_ref(self, name: str) -> bytes | None:
-        return self._refs.get(name)
+    def get_refs(self, names: Sequence[str]) -> list[bytes | None]:
+        with self._lock:
+            return [self._refs.get(name) for name in names]
+
+    def _list(self, prefix: str, limit: int | None) -> dict[str, bytes]:
+        start = bisect.bisect_left(self._ref_names, prefix)
+        found: dict[str, bytes] = {}
+        for name in self._ref_names[start:]:
+            if not name.startswith(prefix) or (limit is not None and len(found) >= limit):
+                break
+            found[name] = self._refs[name]
+        return found
 
     @override
     def list_refs(self, prefix: str, limit: int | None = None) -> dict[str, bytes]:
         with self._lock:
-            start = bisect.bisect_left(self._ref_names, prefix)
-            found: dict[str, bytes] = {}
-            for name in self._ref_names[start:]:
-                if not name.startswith(prefix) or (limit is not None and len(found) >= limit):
-                    break
-                found[name] = self._refs[name]
-            return found
-
-    @override
-    def compare_and_swap_ref(
-        self,
-        name: str,
-        expected: bytes | None,
-        new: bytes | None,
-        also: Mapping[str, bytes | None] | None = None,
-        objects: Sequence[tuple[ObjectId, bytes]] = (),
-    ) -> bool:
-        with self._lock:
-            if self._refs.get(name) != expected:
-                return False
-            for object_id, data in objects:
-                self._objects.setdefault(object_id, bytes(data))
-            self._write_refs({**(also or {}), name: new})
-            return True
+            return self._list(prefix, limit)
 
     @override
     def delete_objects(
-        self, ids: Iterable[ObjectId], *, if_refs_are: Mapping[str, bytes] | None = None
+        self,
+        ids: Iterable[ObjectId],
+        *,
+        if_refs_are: Mapping[str, bytes] | None = None,
+        rescue: Rescue | None = None,
     ) -> bool:
         with self._lock:
-            if if_refs_are is not None and self._refs != dict(if_refs_are):
-                return False
+            spared: set[ObjectId] = set()
+            if if_refs_are is not None and self._refs != if_refs_are:
+                if rescue is None:
+                    return False
+                spared = rescue(changed_refs(if_refs_are, self._refs), self.get_objects)
             for object_id in ids:
-                self._objects.pop(object_id, None)
+                if object_id not in spared:
+                    self._objects.pop(object_id, None)
             return True
 
     @override

@@ -1,82 +1,128 @@
-"""The backend interface: immutable objects plus a few compare-and-swap refs.
+"""The backend interface: immutable objects plus compare-and-swap refs, written in batches.
 
 Everything versionstore writes is either an *object* (immutable, named by
 its content hash, written once and never changed) or a *ref* (a small named
-value that moves only by compare-and-swap). That split is what makes the
+value that moves only under a condition). That split is what makes the
 engine safe with many writers: objects can be written by anyone at any time
-without coordination, and the only contended step — moving a branch — is one
-atomic compare-and-swap that exactly one writer wins.
+without coordination, and every contended step — moving a branch, clearing
+what a commit recorded, keeping a session's record — is one atomic
+``WriteBatch`` whose conditions are checked in the same step as its writes.
 
-A backend is about ten small methods; ``MemoryBackend`` and ``LMDBBackend``
-implement it, and an object-storage backend needs only conditional writes
-for refs. ``versionstore.testing.BackendConformance`` checks any backend.
+A backend implements five primitives — ``write`` (one atomic batch),
+``get_objects``, ``get_refs``, ``list_refs``, ``delete_objects`` — plus
+``iter_object_ids``, ``sync`` and ``close``; ``put_objects``,
+``compare_and_swap_ref`` and ``get_ref`` are derived from them.
+``MemoryBackend`` and ``LMDBBackend`` implement it;
+``versionstore.testing.BackendConformance`` checks any backend. The protocol's
+invariants, and which batch keeps each, are in ``docs/format.md``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Protocol, runtime_checkable
+
+import attrs
 
 from versionstore.ids import ObjectId
 
-__all__ = ["Backend"]
+__all__ = ["Backend", "ObjectGetter", "Rescue", "SessionRule", "WriteBatch", "changed_refs"]
+
+#: Reads objects inside the atomic step of ``delete_objects`` (``None`` for missing ids).
+ObjectGetter = Callable[[Sequence[ObjectId]], list[bytes | None]]
+#: Given the refs that changed since the caller looked (name -> new value, ``None`` if
+#: deleted) and an object reader of the same atomic view, the ids that must survive.
+Rescue = Callable[[Mapping[str, bytes | None], ObjectGetter], set[ObjectId]]
+
+
+@attrs.frozen(kw_only=True)
+class SessionRule:
+    """Keeps "a session record exists exactly while its session has staged refs".
+
+    Applied after the rest of a batch: if any ref under ``prefix`` (the
+    session's staging area) exists, ref ``record`` is set to ``value`` — always
+    when ``replace``, else only if absent; if none exists, ``record`` is
+    deleted. So no staged entry is ever without a record to resume or discard
+    it by, and no record outlives its staged entries.
+
+    ``requires`` are objects that must exist when the record is *created* (the
+    session's base snapshot): a batch that would create a record pointing at
+    a missing snapshot fails instead.
+    """
+
+    prefix: str
+    record: str
+    value: bytes
+    replace: bool = False
+    requires: Sequence[ObjectId] = ()
+
+
+@attrs.frozen(kw_only=True)
+class WriteBatch:
+    """One atomic write: conditions, then objects and ref changes, all or nothing.
+
+    Applied in this order, in one step that no other writer interleaves with:
+
+    1. ``expect``: each named ref must hold exactly this value (``None``: be
+       absent), or nothing is written and ``write`` returns ``False``;
+    2. ``requires``: each object must exist, or nothing is written and
+       ``MissingObjectsError`` is raised;
+    3. ``objects`` are stored (idempotently: an existing id is left as is);
+    4. ``refs`` are set (``None`` deletes);
+    5. ``delete_if_equal``: each ref still holding exactly this value is
+       deleted (a newer value written since the caller read it stays);
+    6. ``session``: the ``SessionRule``.
+    """
+
+    objects: Sequence[tuple[ObjectId, bytes]] = ()
+    expect: Mapping[str, bytes | None] = attrs.field(factory=dict)
+    requires: Sequence[ObjectId] = ()
+    refs: Mapping[str, bytes | None] = attrs.field(factory=dict)
+    delete_if_equal: Mapping[str, bytes] = attrs.field(factory=dict)
+    session: SessionRule | None = None
 
 
 @runtime_checkable
 class Backend(Protocol):
-    """Storage for immutable objects and compare-and-swap refs."""
+    """Storage for immutable objects and conditionally written refs."""
+
+    def write(self, batch: WriteBatch) -> bool:
+        """Apply ``batch`` atomically; ``False`` if an ``expect`` condition failed.
+
+        Objects are durable no later than the refs written with them.
+
+        Raises:
+            MissingObjectsError: a ``requires`` object (or the ``SessionRule``'s,
+                when it would create the record) is not stored; nothing was written.
+        """
+        ...
 
     def get_objects(self, ids: Sequence[ObjectId]) -> list[bytes | None]:
         """The stored bytes of each id, in order; ``None`` for ids not stored."""
         ...
 
-    def put_objects(
-        self,
-        objects: Iterable[tuple[ObjectId, bytes]],
-        refs: Mapping[str, bytes | None] | None = None,
-    ) -> None:
-        """Store objects (idempotently), then set or delete ``refs`` unconditionally.
-
-        Where the backend can (LMDB, memory), both happen in one atomic step,
-        so a crash leaves all of it or none; objects are always durable before
-        any ref that could point at them.
-        """
-        ...
-
-    def get_ref(self, name: str) -> bytes | None:
-        """The value of ref ``name``, or ``None``."""
+    def get_refs(self, names: Sequence[str]) -> list[bytes | None]:
+        """The value of each ref (``None`` if absent), read in one consistent view."""
         ...
 
     def list_refs(self, prefix: str, limit: int | None = None) -> dict[str, bytes]:
         """Refs whose names start with ``prefix``, sorted by name (at most ``limit``)."""
         ...
 
-    def compare_and_swap_ref(
-        self,
-        name: str,
-        expected: bytes | None,
-        new: bytes | None,
-        also: Mapping[str, bytes | None] | None = None,
-        objects: Sequence[tuple[ObjectId, bytes]] = (),
-    ) -> bool:
-        """Set ref ``name`` to ``new`` (``None`` deletes) only if it now holds ``expected``.
-
-        ``objects`` are stored and ``also`` (further ref writes) applied in the
-        same atomic step, and only when the swap succeeds, so no object a
-        commit needs ever exists unreferenced (which keeps ``gc`` safe).
-        Returns whether the swap happened.
-        """
-        ...
-
     def delete_objects(
-        self, ids: Iterable[ObjectId], *, if_refs_are: Mapping[str, bytes] | None = None
+        self,
+        ids: Iterable[ObjectId],
+        *,
+        if_refs_are: Mapping[str, bytes] | None = None,
+        rescue: Rescue | None = None,
     ) -> bool:
         """Remove objects (garbage collection), atomically checking the refs first.
 
-        With ``if_refs_are``, the deletion happens only if the backend's refs
-        are exactly that mapping at that instant — so no write that could make
-        a doomed object reachable slipped in since the caller looked. Returns
-        whether the objects were deleted.
+        ``if_refs_are`` is every ref as the caller saw it when it decided what
+        to delete. If the refs differ now, then without ``rescue`` nothing is
+        deleted and the result is ``False``; with ``rescue``, it is called in
+        the same atomic step with the refs that changed, and the ids it
+        returns are spared (so a collection is never starved by writers).
         """
         ...
 
@@ -91,3 +137,43 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release the backend's resources."""
         ...
+
+    # -- derived ------------------------------------------------------------------------
+
+    def get_ref(self, name: str) -> bytes | None:
+        """The value of ref ``name``, or ``None``."""
+        return self.get_refs([name])[0]
+
+    def put_objects(
+        self,
+        objects: Iterable[tuple[ObjectId, bytes]],
+        refs: Mapping[str, bytes | None] | None = None,
+    ) -> None:
+        """Store objects (idempotently) and set or delete ``refs``, in one atomic step."""
+        self.write(WriteBatch(objects=list(objects), refs=dict(refs or {})))
+
+    def compare_and_swap_ref(
+        self,
+        name: str,
+        expected: bytes | None,
+        new: bytes | None,
+        also: Mapping[str, bytes | None] | None = None,
+        objects: Sequence[tuple[ObjectId, bytes]] = (),
+    ) -> bool:
+        """Set ref ``name`` to ``new`` (``None`` deletes) only if it now holds ``expected``.
+
+        ``objects`` are stored and ``also`` (further ref writes) applied in the
+        same atomic step, only when the swap succeeds. Returns whether it did.
+        """
+        return self.write(WriteBatch(
+            objects=objects, expect={name: expected}, refs={**(also or {}), name: new}
+        ))
+
+
+def changed_refs(seen: Mapping[str, bytes], now: Mapping[str, bytes]) -> dict[str, bytes | None]:
+    """The refs that differ between two views: name -> value in ``now`` (``None``: deleted)."""
+    changed: dict[str, bytes | None] = {
+        name: value for name, value in now.items() if seen.get(name) != value
+    }
+    changed.update({name: None for name in seen if name not in now})
+    return changed

@@ -418,34 +418,35 @@ def die_at(logs: Path, first_round: int, point: str) -> None:
     _Log(logs / "sessions.log").line(f"{first_round},{session.session_id}")
     staged = _Log(logs / "staged.log")
     attempts = _Log(logs / "attempts.log")
-    put_objects, swap, move_branch = (
-        LMDBBackend.put_objects, LMDBBackend.compare_and_swap_ref, Refs.move_branch)
+    import attrs
+
+    write, move_branch = LMDBBackend.write, Refs.move_branch
     batches = 0
 
-    def put(self: LMDBBackend, objects: Any, refs: Any = None) -> None:
+    def hooked_write(self: LMDBBackend, batch: Any) -> bool:
         nonlocal batches
-        batches += 1
-        if point == "mid-stage-txn" and batches == 5:
-            objects = _kill_during(objects, after=len(objects) // 2)
-        put_objects(self, objects, refs)
+        if batch.expect:  # a compare-and-swap: the commit's
+            if point == "mid-commit-txn" and batch.objects:
+                batch = attrs.evolve(
+                    batch, objects=_kill_during(batch.objects, after=len(batch.objects) // 2))
+        else:
+            batches += 1
+            if point == "mid-stage-txn" and batches == 5:
+                batch = attrs.evolve(
+                    batch, objects=_kill_during(batch.objects, after=len(batch.objects) // 2))
+        return write(self, batch)
 
-    def compare_and_swap(self: LMDBBackend, name: str, expected: Any, new: Any,
-                         also: Any = None, objects: Any = ()) -> bool:
-        if point == "mid-commit-txn" and objects:
-            objects = _kill_during(objects, after=len(objects) // 2)
-        return swap(self, name, expected, new, also, objects)
-
-    def move(self: Refs, name: str, expected: bytes, snapshot: Any, *args: Any) -> bool:
+    def move(self: Refs, name: str, expected: bytes, snapshot: Any, *args: Any,
+             **kwargs: Any) -> bool:
         attempts.line(object_id_text(snapshot))
         if point == "before-cas":
             _kill_self()
-        moved = move_branch(self, name, expected, snapshot, *args)
+        moved = move_branch(self, name, expected, snapshot, *args, **kwargs)
         if point == "after-cas":
             _kill_self()
         return moved
 
-    LMDBBackend.put_objects = put  # type: ignore[method-assign]
-    LMDBBackend.compare_and_swap_ref = compare_and_swap  # type: ignore[method-assign]
+    LMDBBackend.write = hooked_write  # type: ignore[method-assign]
     Refs.move_branch = move  # type: ignore[method-assign,assignment]
     for first in range(0, CHUNKS, BATCH):
         indices = range(first, min(first + BATCH, CHUNKS))
@@ -475,15 +476,15 @@ def die_with_a_held_write(logs: Path) -> None:
     session = repo.writable_session("main")
     _Log(logs / "sessions.log").line(f"0,{session.session_id}")
     held = threading.Event()
-    put_objects = LMDBBackend.put_objects
+    write = LMDBBackend.write
 
-    def put(self: LMDBBackend, objects: Any, refs: Any = None) -> None:
+    def hooked_write(self: LMDBBackend, batch: Any) -> bool:
         if threading.current_thread().name == "held":
             held.set()
             threading.Event().wait()  # this write never happens: we die first
-        put_objects(self, objects, refs)
+        return write(self, batch)
 
-    LMDBBackend.put_objects = put  # type: ignore[method-assign]
+    LMDBBackend.write = hooked_write  # type: ignore[method-assign]
     first = threading.Thread(target=session.set_values, args=([("first", b"1")],),
                              name="held", daemon=True)
     first.start()

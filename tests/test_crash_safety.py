@@ -451,15 +451,15 @@ def test_a_failed_first_write_does_not_make_later_ones_unresumable(
     left it believing its record was stored, so no later write stored it."""
     with vs.Repository.open(vs.lmdb_storage(repo_path)) as repo:
         session = repo.writable_session("main")
-        put_objects = repo.backend.put_objects
+        write = repo.backend.write
 
         def failing(*args: object, **kwargs: object) -> None:
             raise vs.BackendError("simulated: disk full")
 
-        monkeypatch.setattr(repo.backend, "put_objects", failing)
+        monkeypatch.setattr(repo.backend, "write", failing)
         with pytest.raises(vs.BackendError):
             session.store.storage.set("k", b"lost")
-        monkeypatch.setattr(repo.backend, "put_objects", put_objects)
+        monkeypatch.setattr(repo.backend, "write", write)
         session.store.storage.set("k", b"kept")
         assert session.session_id is not None
         resumed = repo.writable_session("main", resume=session.session_id)

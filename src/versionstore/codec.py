@@ -391,9 +391,9 @@ def decode_ref_target(name: str, data: bytes) -> RefTarget:
 def encode_session(name: str, record: SessionRecord) -> bytes:
     """The stored value of a writable session's record (ref ``name``)."""
     stamp = msgpack.Timestamp.from_datetime(record.created_at)
-    return _encode_small(
-        KIND_SESSION, [SessionRecord.FORMAT_VERSION, record.branch, record.base, stamp, name]
-    )
+    return _encode_small(KIND_SESSION, [
+        SessionRecord.FORMAT_VERSION, record.branch, record.base, stamp, name, record.generation
+    ])
 
 
 def _timestamp(name: str, value: Any) -> datetime:
@@ -406,11 +406,11 @@ def decode_session(name: str, data: bytes) -> SessionRecord:
     """Decode session record ``name``."""
 
     def build(f: list[Any]) -> SessionRecord:
-        if not isinstance(f[1], str):
-            raise CorruptObjectError(name, "session branch is malformed")
-        return SessionRecord(
-            branch=f[1], base=_object_id(name, f[2]), created_at=_timestamp(name, f[3])
-        )
+        generation = f[5] if f[0] >= 2 else 0
+        if not isinstance(f[1], str) or not isinstance(generation, int):
+            raise CorruptObjectError(name, "session branch or generation is malformed")
+        return SessionRecord(branch=f[1], base=_object_id(name, f[2]),
+                             created_at=_timestamp(name, f[3]), generation=generation)
 
     return _decode_small(name, data, KIND_SESSION, "session", 4, SessionRecord.FORMAT_VERSION,
                          build, named_at=4)

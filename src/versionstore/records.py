@@ -148,10 +148,14 @@ class RefTarget:
 class SessionRecord:
     """A writable session: the branch it commits to and the snapshot it is based on."""
 
-    FORMAT_VERSION: ClassVar[int] = 2  # 2: the record names its ref (under the checksum)
+    FORMAT_VERSION: ClassVar[int] = 2  # 2: names its ref, and has a generation
     branch: str
     base: ObjectId
     created_at: datetime
+    #: How many commits the session has made: a copy follows a record's base only
+    #: if its generation is newer than what the copy knows, so a copy that was idle
+    #: during a commit never drags the session back to an older base.
+    generation: int = 0
 
 
 #: The repository format this library writes. 1: no ``repository`` record, refs

@@ -169,6 +169,7 @@ class Repository:
             branch=state["branch"],
             read_only=state["read_only"],
             session_id=state["session_id"],
+            generation=state.get("generation", 0),
         )
 
     def close(self) -> None:
@@ -201,7 +202,7 @@ class Repository:
                 raise SessionNotFoundError(resume)
             record = decode_session(session_ref(resume), raw)
             session = Session(self, base=record.base, branch=record.branch, read_only=False,
-                              session_id=SessionId(resume))
+                              session_id=SessionId(resume), generation=record.generation)
             return session
         tip, _ = self.refs.branch_tip(branch)
         return Session(self, base=tip, branch=branch, read_only=False,

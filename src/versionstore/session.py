@@ -86,6 +86,7 @@ class Session:
         branch: str | None,
         read_only: bool,
         session_id: SessionId | None = None,
+        generation: int = 0,
     ) -> None:
         self._repo = repository
         self._base = base
@@ -94,6 +95,7 @@ class Session:
         self._read_only = read_only
         self._session_id = session_id
         self._record_raw: bytes | None = None
+        self._generation = generation
 
     # -- identity -----------------------------------------------------------------------
 
@@ -153,21 +155,26 @@ class Session:
             "branch": self._branch,
             "read_only": self._read_only,
             "session_id": self._session_id,
+            "generation": self._generation,
         }
         return type(self._repo).session_from_state, (state,)
 
     # -- reading ------------------------------------------------------------------------
 
     def _adopt(self, record_raw: bytes | None) -> None:
-        """Follow the session record's base, which another copy's commit may have moved."""
+        """Follow the session record's base, which another copy's commit may have moved.
+
+        Only a newer generation is followed: a record recreated by a copy
+        that had not seen the latest commit names an older base.
+        """
         if record_raw is None or record_raw == self._record_raw:
             return
         assert self._session_id is not None
         record = decode_session(session_ref(self._session_id), record_raw)
-        if record.base != self._base:
-            self._root = self._repo.reader.snapshot(record.base).tree
-            self._base = record.base
         self._record_raw = record_raw
+        if record.generation > self._generation:
+            self._root = self._repo.reader.snapshot(record.base).tree
+            self._base, self._generation = record.base, record.generation
 
     def _refresh(self) -> None:
         if self._session_id is not None:
@@ -243,11 +250,15 @@ class Session:
             )
         return self._session_id
 
-    def _rule(self, base: ObjectId, *, replace: bool = False) -> SessionRule:
+    def _rule(self, base: ObjectId, generation: int | None = None, *,
+              replace: bool = False) -> SessionRule:
         """The session-record rule for a batch: the record names ``base``."""
         assert self._branch is not None and self._session_id is not None
         name = session_ref(self._session_id)
-        record = SessionRecord(branch=self._branch, base=base, created_at=datetime.now(UTC))
+        record = SessionRecord(
+            branch=self._branch, base=base, created_at=datetime.now(UTC),
+            generation=self._generation if generation is None else generation,
+        )
         return SessionRule(prefix=stage_prefix(self._session_id), record=name,
                            value=encode_session(name, record), replace=replace,
                            requires=[base])
@@ -379,8 +390,10 @@ class Session:
         if keep == "theirs":
             prefix = stage_prefix(session_id)
             dropped = {prefix + key: raw[prefix + key] for key in conflicts}
-        self._stage(WriteBatch(delete_if_equal=dropped, session=self._rule(tip, replace=True)))
-        self._base, self._root = tip, reader.snapshot(tip).tree
+        generation = self._generation + 1
+        self._stage(WriteBatch(delete_if_equal=dropped,
+                               session=self._rule(tip, generation, replace=True)))
+        self._base, self._root, self._generation = tip, reader.snapshot(tip).tree, generation
 
     def commit(self, message: str, metadata: dict[str, Any] | None = None, *,
                allow_empty: bool = False) -> SnapshotId:
@@ -440,7 +453,7 @@ class Session:
                 # since it was read: then re-read the staging area and try again.
                 requires=[entry.chunk_id for _, entry in changes if isinstance(entry, ChunkRef)],
                 delete_if_equal=raw,
-                session=self._rule(snapshot_id, replace=True),
+                session=self._rule(snapshot_id, self._generation + 1, replace=True),
             )
             try:
                 moved = repo.refs.move_branch(self._branch, raw_tip, snapshot_id, batch)
@@ -450,6 +463,7 @@ class Session:
                 repo.backend.sync()
                 repo.reader.remember_nodes(new_nodes)  # the next commit starts from them
                 self._base, self._root = snapshot_id, root
+                self._generation += 1
                 return SnapshotId(object_id_text(snapshot_id))
         raise ConflictError(self._branch, [])  # pragma: no cover - endless contention
 

@@ -166,7 +166,9 @@ class LMDBBackend(Backend):
             required = list(batch.requires)
             if rule is not None and txn.get(rule.record.encode(), db=refs_db) is None:
                 required.extend(rule.requires)
-            missing = [object_id_text(i) for i in required if txn.get(i, db=objects_db) is None]
+            written = {object_id for object_id, _ in batch.objects} if required else set()
+            missing = [object_id_text(i) for i in required
+                       if i not in written and txn.get(i, db=objects_db) is None]
             if missing:
                 raise MissingObjectsError(missing)
             for object_id, data in batch.objects:

@@ -67,7 +67,9 @@ class MemoryBackend(Backend):
             required = list(batch.requires)
             if rule is not None and rule.record not in refs:
                 required.extend(rule.requires)
-            missing = [object_id_text(i) for i in required if i not in self._objects]
+            written = {object_id for object_id, _ in batch.objects} if required else set()
+            missing = [object_id_text(i) for i in required
+                       if i not in self._objects and i not in written]
             if missing:
                 raise MissingObjectsError(missing)
             for object_id, data in batch.objects:

@@ -65,8 +65,8 @@ class WriteBatch:
 
     1. ``expect``: each named ref must hold exactly this value (``None``: be
        absent), or nothing is written and ``write`` returns ``False``;
-    2. ``requires``: each object must exist, or nothing is written and
-       ``MissingObjectsError`` is raised;
+    2. ``requires``: each object must be stored already or be among
+       ``objects``, or nothing is written and ``MissingObjectsError`` is raised;
     3. ``objects`` are stored (idempotently: an existing id is left as is);
     4. ``refs`` are set (``None`` deletes);
     5. ``delete_if_equal``: each ref still holding exactly this value is

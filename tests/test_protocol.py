@@ -1,0 +1,437 @@
+"""Regressions for the staging / commit / gc / ref protocol (docs/format.md, "Invariants").
+
+Each test is one fault an adversarial tester found, with its exact input,
+plus the threaded form of the same race. They run on both backends.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+import versionstore as vs
+from versionstore.codec import (
+    KIND_BRANCH,
+    KIND_LEAF,
+    KIND_REF,
+    KIND_SESSION,
+    KIND_SNAPSHOT,
+    KIND_STAGED,
+    _frame,
+)
+from versionstore.errors import CorruptObjectError, MissingObjectsError
+from versionstore.ids import hash_object, object_id_from_text
+from versionstore.refs import Refs
+from versionstore.session_store import MAX_KEY_BYTES
+from zarrstore.errors import InvalidKeyError
+
+BIG = 600  # bytes: above the inline limit, so a value becomes a chunk object
+
+
+@pytest.fixture(params=["memory", "lmdb"])
+def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[vs.Repository]:
+    storage: Any = (vs.in_memory_storage() if request.param == "memory"
+                    else vs.lmdb_storage(tmp_path / "repo"))
+    repo = vs.Repository.create(storage)
+    yield repo
+    repo.close()
+
+
+def _commit(repo: vs.Repository, **values: bytes) -> str:
+    session = repo.writable_session("main")
+    session.set_values(list(values.items()))
+    return session.commit("c")
+
+
+# -- fault 1: a ref can point at a deleted snapshot ---------------------------------------
+
+
+def test_reset_to_a_collected_snapshot_is_refused_atomically(repo: vs.Repository) -> None:
+    before = repo.lookup_branch("main")
+    s = repo.writable_session("main")
+    s.set_values([("k", b"n" * BIG)])
+    new = s.commit("n")
+    repo.lookup_snapshot(new)  # cached in this process: the cache must not be trusted
+    repo.reset_branch("main", before)
+    assert repo.garbage_collect().deleted >= 2
+    with pytest.raises(vs.SnapshotNotFoundError):
+        repo.reset_branch("main", new)
+    assert repo.lookup_branch("main") == before
+    with pytest.raises(vs.SnapshotNotFoundError):
+        repo.create_branch("dev", new)
+    assert repo.list_branches() == {"main"}
+    with pytest.raises(vs.SnapshotNotFoundError):
+        repo.create_tag("v1", new)
+    assert repo.list_tags() == set()
+    assert repo.verify().ok
+
+
+def test_ref_moves_racing_gc_never_dangle(repo: vs.Repository) -> None:
+    keep = _commit(repo, a=b"a" * BIG)
+    repo.create_tag("keep", keep)
+    doomed = []
+    for n in range(6):  # snapshots only a moving branch keeps alive
+        repo.create_branch(f"tmp{n}", keep)
+        s = repo.writable_session(f"tmp{n}")
+        s.set_values([("b", bytes([n]) * BIG)])
+        doomed.append(s.commit("tmp"))
+        repo.delete_branch(f"tmp{n}")
+    stop = threading.Event()
+    refused = 0
+
+    def mover() -> None:
+        nonlocal refused
+        for round_ in range(300):
+            for target in (*doomed, keep):
+                try:
+                    repo.reset_branch("main", target)
+                except vs.SnapshotNotFoundError:
+                    refused += 1
+            if stop.is_set() and round_ > 3:
+                return
+
+    def collector() -> None:
+        for _ in range(30):
+            repo.garbage_collect()
+        stop.set()
+
+    threads = [threading.Thread(target=mover), threading.Thread(target=collector)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    repo.garbage_collect()
+    tip = repo.lookup_branch("main")
+    repo.lookup_snapshot(tip)  # never dangling
+    assert repo.verify().ok, repo.verify().problems
+
+
+# -- fault 2: an overwrite made during a commit is lost ------------------------------------
+
+
+def test_overwrite_staged_while_the_commit_runs_is_kept(
+    repo: vs.Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = repo.writable_session("main")
+    copy = pickle.loads(pickle.dumps(session))
+    session.set_values([("k", b"first" * 200), ("other", b"x")])
+    move = Refs.move_branch
+
+    def racing(self: Refs, *args: Any, **kwargs: Any) -> bool:
+        copy.set_values([("k", b"second" * 200)])  # lands between the commit's read and its swap
+        monkeypatch.setattr(Refs, "move_branch", move)
+        return move(self, *args, **kwargs)
+
+    monkeypatch.setattr(Refs, "move_branch", racing)
+    first = session.commit("first")
+    view = repo.readonly_session(snapshot_id=first).store.storage
+    assert view.get("k") == b"first" * 200
+    assert session.has_uncommitted_changes
+    assert session.store.storage.get("k") == b"second" * 200
+    second = session.commit("second")
+    assert repo.readonly_session(snapshot_id=second).store.storage.get("k") == b"second" * 200
+    assert repo.garbage_collect().deleted == 0 or repo.verify().ok
+    assert repo.verify().ok
+
+
+def test_threads_overwriting_during_commits_lose_nothing(repo: vs.Repository) -> None:
+    session = repo.writable_session("main")
+    writers, rounds = 4, 60
+    done = threading.Event()
+
+    def writer(n: int) -> None:
+        for r in range(rounds):
+            session.set_values([(f"w{n}/k{r % 3}", f"{n}:{r}".encode() * 100)])
+
+    def committer() -> None:
+        while not done.is_set():
+            try:
+                session.commit("c")
+            except vs.NothingToCommitError:
+                pass
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(writers)]
+    commit_thread = threading.Thread(target=committer)
+    commit_thread.start()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    done.set()
+    commit_thread.join(120)
+    if session.has_uncommitted_changes:
+        session.commit("last")
+    final = repo.readonly_session("main").store.storage
+    for n in range(writers):
+        for k in range(3):
+            last = max(r for r in range(rounds) if r % 3 == k)
+            assert final.get(f"w{n}/k{k}") == f"{n}:{last}".encode() * 100, (n, k)
+    assert repo.verify().ok
+
+
+# -- fault 3: writes staged after a commit cannot be resumed or discarded -------------------
+
+
+def test_a_copy_staging_after_the_commit_stays_resumable(repo: vs.Repository) -> None:
+    driver = repo.writable_session("main")
+    worker = pickle.loads(pickle.dumps(driver))
+    worker.set_values([("a/1", b"1" * BIG)])
+    driver.commit("first")
+    worker.set_values([("a/2", b"2" * BIG)])
+    assert driver.session_id is not None
+    assert repo.resumable_sessions() == {driver.session_id: "main"}
+    resumed = repo.writable_session(resume=driver.session_id)
+    assert resumed.store.storage.get("a/2") == b"2" * BIG
+    repo.garbage_collect()
+    assert resumed.store.storage.get("a/2") == b"2" * BIG  # a gc root all along
+    snapshot = resumed.commit("second")
+    content = repo.readonly_session(snapshot_id=snapshot).store.storage
+    assert (content.get("a/1"), content.get("a/2")) == (b"1" * BIG, b"2" * BIG)
+    assert repo.resumable_sessions() == {}
+
+
+def test_a_copy_follows_the_base_another_copy_committed(
+    repo: vs.Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    driver = repo.writable_session("main")
+    worker = pickle.loads(pickle.dumps(driver))
+    driver.set_values([("a", b"1"), ("b", b"2")])
+    move = Refs.move_branch
+
+    def racing(self: Refs, *args: Any, **kwargs: Any) -> bool:
+        worker.set_values([("c", b"3")])  # still staged after the commit
+        monkeypatch.setattr(Refs, "move_branch", move)
+        return move(self, *args, **kwargs)
+
+    monkeypatch.setattr(Refs, "move_branch", racing)
+    first = driver.commit("a and b")
+    # The worker's reads (a read-modify-write of a partial chunk, say) see what was committed.
+    assert worker.store.storage.get("a") == b"1"
+    assert worker.snapshot_id == first
+    second = worker.commit("c")
+    assert repo.lookup_snapshot(second).parent_id == first
+    # The driver, idle meanwhile, follows too: its next commit builds on the worker's.
+    driver.set_values([("d", b"4")])
+    third = driver.commit("d")
+    assert repo.lookup_snapshot(third).parent_id == second
+
+
+def test_an_idle_copy_never_drags_the_session_back(repo: vs.Repository) -> None:
+    driver = repo.writable_session("main")
+    worker = pickle.loads(pickle.dumps(driver))
+    driver.set_values([("k", b"one")])
+    driver.commit("one")  # nothing left staged: the record is gone
+    worker.set_values([("k", b"two")])  # recreates it, naming the base it last saw
+    driver.set_values([("k", b"three")])
+    snapshot = driver.commit("three")  # no false conflict with the session's own commit
+    assert repo.readonly_session(snapshot_id=snapshot).store.storage.get("k") == b"three"
+
+
+def test_a_copy_staging_after_the_commit_can_be_discarded(repo: vs.Repository) -> None:
+    driver = repo.writable_session("main")
+    worker = pickle.loads(pickle.dumps(driver))
+    driver.set_values([("a/1", b"1")])
+    driver.commit("first")
+    worker.set_values([("a/2", b"2" * BIG)])
+    resumed = repo.writable_session(resume=str(driver.session_id))
+    resumed.discard_changes()
+    assert repo.resumable_sessions() == {}
+    assert not worker.has_uncommitted_changes
+    repo.garbage_collect()
+    assert repo.verify().ok
+
+
+def test_no_staged_entry_without_its_session_record(repo: vs.Repository) -> None:
+    session = repo.writable_session("main")
+    session.set_values([("new", b"v")])
+    session.erase_keys(["new"])  # unstaged again: no record may remain
+    assert repo.backend.list_refs("session/") == {}
+    session.set_values([("k", b"v")])
+    copy = pickle.loads(pickle.dumps(session))
+    session.discard_changes()
+    copy.set_values([("k2", b"v")])
+    sid = str(session.session_id)
+    assert set(repo.backend.list_refs(f"stage/{sid}/")) == {f"stage/{sid}/k2"}
+    assert set(repo.backend.list_refs("session/")) == {f"session/{sid}"}
+
+
+def test_staging_on_a_collected_base_is_a_clear_error(repo: vs.Repository) -> None:
+    before = repo.lookup_branch("main")
+    session = repo.writable_session("main")
+    session.set_values([("k", b"v")])
+    session.commit("c")  # the session's base is now that commit
+    repo.reset_branch("main", before)
+    repo.garbage_collect()
+    with pytest.raises(vs.SnapshotNotFoundError, match="no longer exists"):
+        session.set_values([("k2", b"v")])
+    assert repo.backend.list_refs("stage/") == {}
+
+
+# -- identical rewrites, allow_empty, message -------------------------------------------------
+
+
+def test_identical_rewrites_are_not_changes(repo: vs.Repository) -> None:
+    _commit(repo, k=b"v" * BIG)
+    session = repo.writable_session("main")
+    session.set_values([("k", b"v" * BIG)])
+    assert not session.has_uncommitted_changes
+    assert session.status().is_empty()
+    with pytest.raises(vs.NothingToCommitError):
+        session.commit("same")
+    assert repo.resumable_sessions() == {}
+    tip = repo.lookup_branch("main")
+    empty = session.commit("marker", allow_empty=True)
+    assert repo.lookup_snapshot(empty).parent_id == tip
+    with pytest.raises(TypeError, match="message"):
+        session.commit(None)  # type: ignore[arg-type]
+
+
+# -- fault 7: damaged ref names ---------------------------------------------------------------
+
+
+def _rename_ref(repo: vs.Repository, old: str, new: str) -> None:
+    raw = repo.backend.get_ref(old)
+    assert raw is not None
+    repo.backend.put_objects([], {old: None, new: raw})
+
+
+def test_a_damaged_tag_name_is_an_error_not_a_rename(repo: vs.Repository) -> None:
+    repo.create_tag("v1", repo.lookup_branch("main"))
+    _rename_ref(repo, "tag/v1", "tag/v3")
+    with pytest.raises(CorruptObjectError, match="damaged"):
+        repo.lookup_tag("v3")
+    report = repo.verify()
+    assert not report.ok and any("tag/v3" in p for p in report.problems)
+
+
+def test_a_damaged_main_is_never_reinitialised(repo: vs.Repository) -> None:
+    snapshot = _commit(repo, k=b"data")
+    _rename_ref(repo, "branch/main", "branch/mbin")
+    again = vs.Repository.open_or_create(repo.storage)
+    assert again.backend.get_ref("branch/main") is None  # no fresh, empty main on top
+    with pytest.raises(vs.RepositoryExistsError):
+        vs.Repository.create(repo.storage)
+    report = again.verify()
+    assert not report.ok
+    assert any("main branch is missing" in p for p in report.problems)
+    assert any("branch/mbin" in p for p in report.problems)
+    assert again.lookup_snapshot(snapshot).message == "c"  # the data is all still there
+
+
+def test_create_refuses_a_backend_holding_anything(tmp_path: Path) -> None:
+    storage = vs.lmdb_storage(tmp_path / "r")
+    repo = vs.Repository.create(storage)
+    repo.backend.put_objects([], {"repository": None, "branch/main": None})
+    with pytest.raises(vs.RepositoryExistsError, match="refusing"):
+        vs.Repository.create(storage)
+    repo.close()
+
+
+# -- repository format version ----------------------------------------------------------------
+
+
+def test_a_newer_repository_format_is_refused(repo: vs.Repository) -> None:
+    record = _frame(8, msgpack.packb([1, 99, msgpack.Timestamp(0)]), compress=False)
+    repo.backend.put_objects([], {"repository": record})
+    with pytest.raises(vs.UnsupportedFormatError, match="99"):
+        vs.Repository.open(repo.storage)
+
+
+def test_a_format_1_repository_still_opens(repo: vs.Repository) -> None:
+    tip = repo.lookup_branch("main")
+    old_ref = _frame(KIND_REF, msgpack.packb([1, object_id_from_text(tip), False]), False)
+    repo.backend.put_objects([], {"repository": None, "branch/main": old_ref})
+    again = vs.Repository.open(repo.storage)
+    assert again.lookup_branch("main") == tip
+    assert again.verify().ok
+
+
+# -- fault 10: keys and records that slip past validation -------------------------------------
+
+
+@pytest.mark.parametrize("key", ["k" * 480, "k" * 600, "a/\ud800", "", "a//b", "/abs"])
+def test_bad_keys_are_refused_at_every_session_write(repo: vs.Repository, key: str) -> None:
+    session = repo.writable_session("main")
+    with pytest.raises(InvalidKeyError):
+        session.set_values([(key, b"v")])
+    with pytest.raises(InvalidKeyError):
+        session.store.storage.set(key, b"v")
+    with pytest.raises(InvalidKeyError):
+        session.erase_keys([key])
+    assert not session.has_uncommitted_changes
+    assert len(("k" * MAX_KEY_BYTES).encode()) == MAX_KEY_BYTES
+    session.set_values([("k" * MAX_KEY_BYTES, b"longest")])
+
+
+def _crafted(kind: int, body: Any) -> bytes:
+    return _frame(kind, msgpack.packb(body, use_bin_type=True), compress=False)
+
+
+CRAFTED_OBJECTS = {
+    "leaf keys not a list": (KIND_LEAF, [1, 5, [b"x"]]),
+    "leaf keys not strings": (KIND_LEAF, [1, [1, 2], [b"x", b"y"]]),
+    "leaf entry malformed": (KIND_LEAF, [1, ["a"], [[b"short", "size"]]]),
+    "leaf too short": (KIND_LEAF, [1]),
+    "branch child not an id": (KIND_BRANCH, [1, ["a"], [7], 1]),
+    "branch level not int": (KIND_BRANCH, [1, ["a"], [b"x" * 20], "one"]),
+    "snapshot parent not an id": (KIND_SNAPSHOT, [1, 5, None, "m", msgpack.Timestamp(0),
+                                                  msgpack.ExtType(2, msgpack.packb({}))]),
+    "snapshot message not text": (KIND_SNAPSHOT, [1, None, None, 5, msgpack.Timestamp(0),
+                                                  msgpack.ExtType(2, msgpack.packb({}))]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRAFTED_OBJECTS))
+def test_crafted_records_with_valid_checksums_are_corrupt_errors(
+    repo: vs.Repository, case: str
+) -> None:
+    from versionstore.codec import decode_node, decode_snapshot
+
+    kind, body = CRAFTED_OBJECTS[case]
+    data = _crafted(kind, body)
+    decode = decode_snapshot if kind == KIND_SNAPSHOT else decode_node
+    with pytest.raises(CorruptObjectError):
+        decode("crafted", data)
+    # Planted where a branch expects its snapshot, verify reports it and does not crash.
+    object_id = hash_object(kind, msgpack.packb(body, use_bin_type=True))
+    repo.backend.put_objects([(object_id, data)])
+    if kind == KIND_SNAPSHOT:
+        from versionstore.codec import encode_ref_target
+        from versionstore.records import RefTarget
+
+        repo.backend.put_objects([], {"branch/evil": encode_ref_target(
+            "branch/evil", RefTarget(snapshot=object_id))})
+        report = repo.verify()
+        assert not report.ok
+
+
+CRAFTED_REFS = {
+    "branch/x": (KIND_REF, [2, b"short", False, "branch/x"]),
+    "tag/x": (KIND_REF, [2, None]),
+    "session/x": (KIND_SESSION, [2, 5, b"x" * 20, msgpack.Timestamp(0), "session/x"]),
+    "stage/x/k": (KIND_STAGED, [2, [b"x" * 20, "big"], "stage/x/k"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CRAFTED_REFS))
+def test_crafted_refs_are_reported_by_verify(repo: vs.Repository, name: str) -> None:
+    kind, body = CRAFTED_REFS[name]
+    repo.backend.put_objects([], {name: _crafted(kind, body)})
+    report = repo.verify()
+    assert not report.ok
+    assert any(name in problem for problem in report.problems)
+
+
+def test_missing_objects_error_names_them(repo: vs.Repository) -> None:
+    from versionstore.backend.protocol import WriteBatch
+
+    with pytest.raises(MissingObjectsError) as caught:
+        repo.backend.write(WriteBatch(requires=[hash_object(1, b"nowhere")],
+                                      refs={"x": b"never"}))
+    assert caught.value.object_ids and repo.backend.get_ref("x") is None

@@ -435,3 +435,49 @@ def test_missing_objects_error_names_them(repo: vs.Repository) -> None:
         repo.backend.write(WriteBatch(requires=[hash_object(1, b"nowhere")],
                                       refs={"x": b"never"}))
     assert caught.value.object_ids and repo.backend.get_ref("x") is None
+
+
+# -- real processes: writers on pickled copies, a committer, gc and ref movers together ------
+
+
+@pytest.mark.slow
+def test_processes_stage_commit_collect_and_move_refs_together(tmp_path: Path) -> None:
+    import multiprocessing
+
+    import protocol_workers as workers
+
+    path = str(tmp_path / "repo")
+    stop = str(tmp_path / "stop")
+    repo = vs.Repository.create(vs.lmdb_storage(path))
+    session = repo.writable_session("main")
+    writers = 3
+    spawn = multiprocessing.get_context("spawn")
+    with spawn.Pool(writers + 3) as pool:
+        committer = pool.apply_async(workers.commit_until, (session, stop))
+        collector = pool.apply_async(workers.collect_until, (path, stop))
+        mover = pool.apply_async(workers.move_refs_until, (path, stop))
+        written = [pool.apply_async(workers.write_rounds, (session, n)) for n in range(writers)]
+        assert [w.get(timeout=300) for w in written] == [workers.ROUNDS] * writers
+        Path(stop).touch()
+        committed = committer.get(timeout=300)
+        assert collector.get(timeout=300) >= 1
+        assert mover.get(timeout=300) >= 1
+    if session.has_uncommitted_changes:
+        committed.append(session.commit("the rest"))
+    # No returned commit lost: every one is in main's history, in order.
+    history = [info.id for info in repo.ancestry(branch="main")]
+    assert [c for c in history if c in set(committed)] == committed[::-1]
+    # No staged write lost: the last value of every key is on main.
+    main = repo.readonly_session("main").store.storage
+    for writer in range(writers):
+        for key in range(workers.KEYS):
+            last = max(r for r in range(workers.ROUNDS) if r % workers.KEYS == key)
+            assert main.get(f"w{writer}/k{key}") == workers.value(writer, last)
+    # No dangling ref, nothing missing.
+    for tag in repo.list_tags():
+        repo.lookup_snapshot(repo.lookup_tag(tag))
+    repo.lookup_snapshot(repo.lookup_branch("side"))
+    report = repo.verify()
+    assert report.ok, report.problems
+    assert repo.resumable_sessions() == {}
+    repo.close()

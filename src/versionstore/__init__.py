@@ -9,6 +9,9 @@ Quick start::
     snapshot_id = session.commit("first")
 """
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _installed_version
+
 from versionstore.errors import (
     BackendError,
     BranchNotFoundError,
@@ -16,7 +19,9 @@ from versionstore.errors import (
     CorruptObjectError,
     ImmutableTagError,
     InvalidRefNameError,
+    NothingToCommitError,
     ObjectTooLargeError,
+    ProtectedBranchError,
     ReadOnlySessionError,
     RefExistsError,
     RefNotFoundError,
@@ -30,9 +35,14 @@ from versionstore.errors import (
 )
 from versionstore.history import Diff, SnapshotInfo
 from versionstore.repository import Repository
-from versionstore.session import NothingToCommitError, Session
+from versionstore.session import Session
 from versionstore.session_store import SessionStore
 from versionstore.storage import InMemoryStorage, LMDBStorage, in_memory_storage, lmdb_storage
+
+try:
+    __version__ = _installed_version("versionstore")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "BackendError",
@@ -46,6 +56,7 @@ __all__ = [
     "LMDBStorage",
     "NothingToCommitError",
     "ObjectTooLargeError",
+    "ProtectedBranchError",
     "ReadOnlySessionError",
     "RefExistsError",
     "RefNotFoundError",

@@ -11,9 +11,11 @@ The tree::
     ├── RefExistsError               creating a branch or tag whose name is taken
     ├── ImmutableTagError            trying to move, or re-create, a tag
     ├── InvalidRefNameError          (also ValueError)
+    ├── ProtectedBranchError         deleting ``main`` (also ValueError)
     ├── SnapshotNotFoundError        a snapshot id that is not in the repository
     ├── SessionNotFoundError         resuming a session that was committed or never existed
     ├── ReadOnlySessionError         committing or writing through a read-only session
+    ├── NothingToCommitError         ``commit`` with nothing staged
     ├── ConflictError                a commit whose changes overlap the branch's new commits
     ├── CorruptObjectError           a stored object that fails its checksum or cannot decode
     ├── ObjectTooLargeError          a record that would decompress beyond the safety cap
@@ -35,7 +37,9 @@ __all__ = [
     "CorruptObjectError",
     "ImmutableTagError",
     "InvalidRefNameError",
+    "NothingToCommitError",
     "ObjectTooLargeError",
+    "ProtectedBranchError",
     "ReadOnlySessionError",
     "RefExistsError",
     "RefNotFoundError",
@@ -66,12 +70,14 @@ class RefNotFoundError(VersionStoreError, KeyError):
 
     kind = "ref"
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, hint: str = "") -> None:
         super().__init__(name)
         self.name = name
+        self.hint = hint
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.name!r} does not exist"
+        hint = f"; {self.hint}" if self.hint else ""
+        return f"{self.kind} {self.name!r} does not exist{hint}"
 
 
 class BranchNotFoundError(RefNotFoundError):
@@ -111,6 +117,18 @@ class InvalidRefNameError(VersionStoreError, ValueError):
         self.name = name
 
 
+class ProtectedBranchError(VersionStoreError, ValueError):
+    """An operation that the branch's role forbids: ``main`` cannot be deleted.
+
+    The name is valid (this is not an ``InvalidRefNameError``); move ``main``
+    with ``reset_branch`` instead.
+    """
+
+    def __init__(self, name: str, detail: str) -> None:
+        super().__init__(f"branch {name!r}: {detail}")
+        self.name = name
+
+
 class SnapshotNotFoundError(VersionStoreError, KeyError):
     """A snapshot id that is not in the repository (or no snapshot matched ``as_of``)."""
 
@@ -136,6 +154,10 @@ class SessionNotFoundError(VersionStoreError, KeyError):
 
 class ReadOnlySessionError(VersionStoreError):
     """Committing, or writing through, a read-only session."""
+
+
+class NothingToCommitError(VersionStoreError):
+    """``commit`` was called with no staged changes."""
 
 
 class ConflictError(VersionStoreError):

@@ -32,7 +32,7 @@ from versionstore.codec import (
     encode_staged,
     pack_metadata,
 )
-from versionstore.errors import ConflictError, ReadOnlySessionError, VersionStoreError
+from versionstore.errors import ConflictError, NothingToCommitError, ReadOnlySessionError
 from versionstore.history import Diff, classify_changes
 from versionstore.ids import ObjectId, SessionId, SnapshotId, object_id_text
 from versionstore.records import (
@@ -56,10 +56,6 @@ __all__ = ["INLINE_LIMIT", "NothingToCommitError", "Session"]
 #: Values up to this size live inline in tree leaves; larger ones are chunk objects.
 INLINE_LIMIT = 512
 _MAX_COMMIT_ATTEMPTS = 1000
-
-
-class NothingToCommitError(VersionStoreError):
-    """``commit`` was called with no staged changes."""
 
 
 class Session:

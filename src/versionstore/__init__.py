@@ -34,6 +34,7 @@ from versionstore.errors import (
     VersionStoreError,
 )
 from versionstore.history import Diff, SnapshotInfo
+from versionstore.importing import ImportSummary, import_zarr
 from versionstore.repository import Repository
 from versionstore.session import Session
 from versionstore.session_store import SessionStore
@@ -51,6 +52,7 @@ __all__ = [
     "CorruptObjectError",
     "Diff",
     "ImmutableTagError",
+    "ImportSummary",
     "InMemoryStorage",
     "InvalidRefNameError",
     "LMDBStorage",
@@ -71,6 +73,7 @@ __all__ = [
     "TagNotFoundError",
     "UnsupportedFormatError",
     "VersionStoreError",
+    "import_zarr",
     "in_memory_storage",
     "lmdb_storage",
 ]

@@ -3,7 +3,7 @@
 Quick start::
 
     import versionstore as vs, zarr
-    repo = vs.Repository.create(vs.lmdb_storage("my-repo"))
+    repo = vs.Repository.create("my-repo")  # an LMDB directory (or vs.in_memory_storage())
     session = repo.writable_session("main")
     zarr.create_array(session.store, name="t", shape=(100,), dtype="f4")[:] = 1
     snapshot_id = session.commit("first")

@@ -3,7 +3,8 @@
 # Order of search: a working python3.13 / python3.12 / python3 on PATH, then a
 # pyenv-installed 3.12+ (pyenv's shims fail until a version is selected, so we
 # ask pyenv for the interpreter path directly). The virtualenv is reinstalled
-# only when pyproject.toml changes.
+# only when pyproject.toml changes. Set-up prints a few lines; pip's own output goes
+# to .venv/install.log and is shown only when an install fails.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -47,11 +48,21 @@ fi
 
 stamp="$venv/.installed-$(cat "$repo_root/pyproject.toml" | sha1sum | cut -c1-12)-${VS_EXTRAS:-test}"
 if [ ! -f "$stamp" ]; then
-    echo "==> installing versionstore[${VS_EXTRAS:-test}] into .venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$repo_root[${VS_EXTRAS:-test}]"
+    # pip talks a lot (and machine-level pip configuration can add a hundred lines of
+    # index warnings): keep its output in a log, and show it only if it fails.
+    log="$venv/install.log"
+    echo "==> installing versionstore[${VS_EXTRAS:-test}] into .venv (pip's output: .venv/install.log)"
+    if ! {
+        "$venv/bin/python" -m pip install --disable-pip-version-check --upgrade pip &&
+        "$venv/bin/python" -m pip install --disable-pip-version-check -e "$repo_root[${VS_EXTRAS:-test}]"
+    } >"$log" 2>&1; then
+        echo "error: installing into .venv failed; pip said:" >&2
+        cat "$log" >&2
+        exit 1
+    fi
     rm -f "$venv"/.installed-*
     touch "$stamp"
+    echo "==> .venv is ready"
 fi
 PYTHON="$venv/bin/python"
 export PYTHON

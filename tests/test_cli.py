@@ -1,11 +1,17 @@
 from __future__ import annotations
 
+import os
+import shlex
+import signal
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import versionstore as vs
-from versionstore.cli import main
+from versionstore.cli import EXIT_BROKEN_PIPE, main
 
 
 @pytest.fixture
@@ -53,3 +59,47 @@ def test_errors_are_reported_not_raised(tmp_path: Path, repo_path: str,
     assert "no repository" in capsys.readouterr().err
     assert main(["diff", repo_path, "nope", "main"]) == 2
     assert "not a branch, a tag or a snapshot id" in capsys.readouterr().err
+
+
+# -- as a real process in a pipe --------------------------------------------------------
+
+
+def _cli(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "versionstore.cli", *args], text=True,
+                          timeout=120, check=False, **kwargs)
+
+
+def test_version(tmp_path: Path) -> None:
+    result = _cli("--version", capture_output=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"versionstore {vs.__version__}"
+    assert vs.__version__ and vs.__version__ != "0+unknown"
+
+
+def test_a_reader_that_goes_away_ends_quietly_like_git(repo_path: str) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line: every write fails
+    try:
+        result = _cli("log", repo_path, stdout=write_end, stderr=subprocess.PIPE)
+    finally:
+        os.close(write_end)
+    assert result.stderr == ""
+    assert result.returncode == EXIT_BROKEN_PIPE == 128 + signal.SIGPIPE
+
+
+def test_log_piped_to_head(tmp_path: Path) -> None:
+    path = tmp_path / "long"
+    with vs.Repository.create(path) as repo:
+        for number in range(300):
+            session = repo.writable_session("main")
+            session.store.storage.set("k", str(number).encode())
+            session.commit(f"commit {number}")
+    command = (f"set -o pipefail; {shlex.quote(sys.executable)} -m versionstore.cli "
+               f"log {shlex.quote(str(path))} | head -1")
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.stdout.splitlines()[0].endswith("commit 299")
+    assert len(result.stdout.splitlines()) == 1
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+    assert result.stderr == ""
+    assert result.returncode in (0, EXIT_BROKEN_PIPE)  # 141 when the reader left first

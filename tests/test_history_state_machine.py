@@ -435,7 +435,7 @@ class HistoryMachine(RuleBasedStateMachine):
     @rule(name=st.sampled_from(BRANCHES))
     def delete_branch(self, name: str) -> None:
         if name == "main":
-            with pytest.raises(vs.InvalidRefNameError):
+            with pytest.raises(vs.ProtectedBranchError):
                 self.repo.delete_branch(name)
         elif name not in self.branches:
             with pytest.raises(vs.BranchNotFoundError):

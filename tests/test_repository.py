@@ -166,7 +166,7 @@ def test_branch_errors(repo: vs.Repository) -> None:
         repo.create_branch("main", snapshot_id=first)
     with pytest.raises(vs.InvalidRefNameError):
         repo.create_branch("../evil", snapshot_id=first)
-    with pytest.raises(vs.InvalidRefNameError):
+    with pytest.raises(vs.ProtectedBranchError):
         repo.delete_branch("main")
     with pytest.raises(vs.SnapshotNotFoundError):
         repo.create_branch("x", snapshot_id="A" * 32)

@@ -3,11 +3,14 @@
 Quick start::
 
     import versionstore as vs, zarr
-    repo = vs.Repository.create(vs.lmdb_storage("my-repo"))
+    repo = vs.Repository.create("my-repo")  # an LMDB directory (or vs.in_memory_storage())
     session = repo.writable_session("main")
     zarr.create_array(session.store, name="t", shape=(100,), dtype="f4")[:] = 1
     snapshot_id = session.commit("first")
 """
+
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _installed_version
 
 from versionstore.errors import (
     BackendError,
@@ -16,7 +19,9 @@ from versionstore.errors import (
     CorruptObjectError,
     ImmutableTagError,
     InvalidRefNameError,
+    NothingToCommitError,
     ObjectTooLargeError,
+    ProtectedBranchError,
     ReadOnlySessionError,
     RefExistsError,
     RefNotFoundError,
@@ -29,10 +34,16 @@ from versionstore.errors import (
     VersionStoreError,
 )
 from versionstore.history import Diff, SnapshotInfo
+from versionstore.importing import ImportSummary, import_zarr
 from versionstore.repository import Repository
-from versionstore.session import NothingToCommitError, Session
+from versionstore.session import Session
 from versionstore.session_store import SessionStore
 from versionstore.storage import InMemoryStorage, LMDBStorage, in_memory_storage, lmdb_storage
+
+try:
+    __version__ = _installed_version("versionstore")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "BackendError",
@@ -41,11 +52,13 @@ __all__ = [
     "CorruptObjectError",
     "Diff",
     "ImmutableTagError",
+    "ImportSummary",
     "InMemoryStorage",
     "InvalidRefNameError",
     "LMDBStorage",
     "NothingToCommitError",
     "ObjectTooLargeError",
+    "ProtectedBranchError",
     "ReadOnlySessionError",
     "RefExistsError",
     "RefNotFoundError",
@@ -60,6 +73,7 @@ __all__ = [
     "TagNotFoundError",
     "UnsupportedFormatError",
     "VersionStoreError",
+    "import_zarr",
     "in_memory_storage",
     "lmdb_storage",
 ]

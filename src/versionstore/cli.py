@@ -9,21 +9,30 @@
     versionstore verify REPO          versionstore gc REPO [--dry-run]
 
 REPO is an LMDB repository directory. The only module that reads ``sys.argv``.
+``versionstore --version`` prints the installed version. Like git, the command
+stops quietly when the reader of its output goes away (``versionstore log R |
+head -1``): no traceback, exit status 141 (128 + SIGPIPE), as a shell reports
+for git.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
+from versionstore import __version__
 from versionstore.errors import VersionStoreError
 from versionstore.ids import object_id_from_text
 from versionstore.repository import Repository
 from versionstore.storage import lmdb_storage
 
-__all__ = ["main"]
+__all__ = ["EXIT_BROKEN_PIPE", "main"]
+
+#: The status git ends with when its reader goes away (killed by SIGPIPE: 128 + 13).
+EXIT_BROKEN_PIPE = 141
 
 
 def _version_args(repo: Repository, name: str, side: str) -> dict[str, str]:
@@ -57,6 +66,7 @@ def _diff(repo: Repository, args: argparse.Namespace) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="versionstore", description="Inspect and maintain a "
                                      "versionstore repository (an LMDB directory).")
+    parser.add_argument("--version", action="version", version=f"versionstore {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     log = commands.add_parser("log", help="snapshots, newest first")
@@ -84,8 +94,27 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status.
+
+    0 on success, 1 when ``verify`` finds problems, 2 on a versionstore error
+    (printed to stderr), 141 when standard output was closed early.
+    """
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        status = _run(args)
+        sys.stdout.flush()  # a closed pipe shows up here at the latest, not at exit
+    except BrokenPipeError:
+        # The reader (head, less) has gone: stop like git does, without a traceback.
+        # Python would flush stdout again at exit and fail once more, so point it at
+        # /dev/null first (the recipe in the signal module's documentation).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    return status
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         with Repository.open(lmdb_storage(args.repo)) as repo:
             if args.command == "log":

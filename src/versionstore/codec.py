@@ -194,9 +194,36 @@ def _default(value: Any) -> Any:
         return dict(value)
     if isinstance(value, list):
         return list(value)
-    if isinstance(value, datetime) and value.tzinfo is not None:
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise TypeError(
+                f"cannot store naive datetime {value!r} in snapshot metadata: datetimes must be "
+                "timezone-aware (e.g. datetime.now(UTC)) so that they mean one instant"
+            )
         return msgpack.Timestamp.from_datetime(value)
-    raise TypeError(f"cannot store {type(value).__name__} {value!r} in snapshot metadata")
+    scalar = _plain_scalar(value)
+    if scalar is not None:
+        return scalar
+    hint = ""
+    if getattr(value, "ndim", 0):
+        hint = " (store an array's values with .tolist(), or keep arrays in the Zarr store)"
+    raise TypeError(f"cannot store {type(value).__name__} {value!r} in snapshot metadata{hint}")
+
+
+def _plain_scalar(value: Any) -> bool | int | float | str | None:
+    """The Python value of a numpy scalar or 0-d array (or another subclass of one).
+
+    ``np.float64(1.5)`` is stored as the float ``1.5``: it reads back as the
+    plain value it is. Duck-typed on ``.item()`` so that the codec needs no numpy.
+    """
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "shape", None) == ():
+        plain = item()
+        return plain if type(plain) in (bool, int, float, str) else None
+    for kind in (bool, int, float, str):  # subclasses such as IntEnum
+        if isinstance(value, kind):
+            return kind(value)
+    return None
 
 
 def _ext_hook(code: int, data: bytes) -> Any:

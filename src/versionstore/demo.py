@@ -2,13 +2,18 @@
 
 Run with ``scripts/demo [directory]``. It creates a repository, writes an
 array through zarr, commits, changes it, commits, branches, prints the log and
-a diff, and reads an old version back — the tour a new user takes.
+a diff, and reads an old version back — the tour a new user takes. The
+repository stays where it was made (``directory``, relative to the current
+directory, or a new temporary directory), and the tour ends with the commands
+that explore it further.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -17,7 +22,7 @@ import zarr
 
 import versionstore as vs
 
-__all__ = ["main", "run"]
+__all__ = ["cli_command", "main", "run"]
 
 
 def run(directory: Path) -> None:
@@ -73,20 +78,49 @@ def run(directory: Path) -> None:
     repo.close()
 
 
+def cli_command() -> str:
+    """How to call the ``versionstore`` command from this shell, as text to paste.
+
+    ``versionstore`` when it is on ``PATH`` for this interpreter, else the
+    script beside the interpreter (a ``.venv`` that is not activated), else
+    ``python -m versionstore.cli``.
+    """
+    beside = Path(sys.executable).parent / "versionstore"
+    on_path = shutil.which("versionstore")
+    if on_path is not None and Path(on_path).resolve() == beside.resolve():
+        return "versionstore"
+    if beside.exists():
+        return shlex.quote(str(beside))
+    return f"{shlex.quote(sys.executable)} -m versionstore.cli"
+
+
+def _explore(directory: Path) -> None:
+    command, where = cli_command(), shlex.quote(str(directory))
+    print(f"\nthe demo repository is kept at {directory}")
+    print("explore it:")
+    for args in ["log", "branches", "tags", "diff {where} main experiment", "verify"]:
+        line = args.format(where=where) if "{where}" in args else f"{args} {where}"
+        print(f"  {command} {line}")
+    print(f"  or in Python: vs.Repository.open({str(directory)!r})")
+    print(f"remove it with: rm -rf {where}")
+
+
 def main() -> None:
     """Command-line entry: ``python -m versionstore.demo [directory]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("directory", nargs="?", help="where to create the repository "
-                        "(default: a temporary directory, removed afterwards)")
+    parser.add_argument("directory", nargs="?", help="where to create the repository, "
+                        "relative to the current directory (default: a new temporary "
+                        "directory); it is kept afterwards")
     args = parser.parse_args()
     if args.directory:
-        run(Path(args.directory))
-        return
-    scratch = Path(tempfile.mkdtemp(prefix="versionstore-demo-"))
-    try:
-        run(scratch / "repo")
-    finally:
-        shutil.rmtree(scratch)
+        directory = Path(args.directory).absolute()
+        if vs.Repository.exists(vs.lmdb_storage(directory)):
+            parser.exit(1, f"versionstore.demo: {directory} already holds a repository; "
+                        "give a new directory (or remove that one)\n")
+    else:
+        directory = Path(tempfile.mkdtemp(prefix="versionstore-demo-")) / "repo"
+    run(directory)
+    _explore(directory)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ The tree::
     ├── RefExistsError               creating a branch or tag whose name is taken
     ├── ImmutableTagError            trying to move, or re-create, a tag
     ├── InvalidRefNameError          (also ValueError)
+    ├── ProtectedBranchError         deleting ``main`` (also ValueError)
     ├── SnapshotNotFoundError        a snapshot id that is not in the repository
     ├── MissingObjectsError          a write that needed objects no longer stored (gc removed them)
     ├── SessionNotFoundError         resuming a session that was committed or never existed
@@ -40,6 +41,7 @@ __all__ = [
     "MissingObjectsError",
     "NothingToCommitError",
     "ObjectTooLargeError",
+    "ProtectedBranchError",
     "ReadOnlySessionError",
     "RefExistsError",
     "RefNotFoundError",
@@ -70,12 +72,14 @@ class RefNotFoundError(VersionStoreError, KeyError):
 
     kind = "ref"
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, hint: str = "") -> None:
         super().__init__(name)
         self.name = name
+        self.hint = hint
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.name!r} does not exist"
+        hint = f"; {self.hint}" if self.hint else ""
+        return f"{self.kind} {self.name!r} does not exist{hint}"
 
 
 class BranchNotFoundError(RefNotFoundError):
@@ -112,6 +116,18 @@ class InvalidRefNameError(VersionStoreError, ValueError):
 
     def __init__(self, name: str, reason: str) -> None:
         super().__init__(f"invalid ref name {name!r}: {reason}")
+        self.name = name
+
+
+class ProtectedBranchError(VersionStoreError, ValueError):
+    """An operation that the branch's role forbids: ``main`` cannot be deleted.
+
+    The name is valid (this is not an ``InvalidRefNameError``); move ``main``
+    with ``reset_branch`` instead.
+    """
+
+    def __init__(self, name: str, detail: str) -> None:
+        super().__init__(f"branch {name!r}: {detail}")
         self.name = name
 
 

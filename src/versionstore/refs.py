@@ -24,6 +24,7 @@ from versionstore.errors import (
     ImmutableTagError,
     InvalidRefNameError,
     MissingObjectsError,
+    ProtectedBranchError,
     RefExistsError,
     SnapshotNotFoundError,
     TagNotFoundError,
@@ -146,7 +147,8 @@ class Refs:
     def delete_branch(self, name: str) -> None:
         """Remove a branch (its snapshots stay until garbage-collected)."""
         if name == MAIN:
-            raise InvalidRefNameError(name, "the main branch cannot be deleted")
+            raise ProtectedBranchError(name, "the main branch cannot be deleted; move it with "
+                                       "reset_branch instead")
         while True:
             _, raw = self.branch_tip(name)
             if self.backend.compare_and_swap_ref(branch_ref(name), raw, None):

@@ -14,6 +14,14 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+from versionstore.arguments import (
+    as_storage,
+    check_flag,
+    check_name,
+    check_optional_name,
+    check_optional_time,
+    looks_like_snapshot_id,
+)
 from versionstore.backend.protocol import Backend, WriteBatch
 from versionstore.codec import (
     decode_repository,
@@ -23,6 +31,7 @@ from versionstore.codec import (
     encode_snapshot,
 )
 from versionstore.errors import (
+    BranchNotFoundError,
     RepositoryExistsError,
     RepositoryNotFoundError,
     SessionNotFoundError,
@@ -49,7 +58,7 @@ from versionstore.records import (
 )
 from versionstore.refs import MAIN, REPOSITORY_REF, Refs, branch_ref, session_ref, stage_prefix
 from versionstore.session import Session
-from versionstore.storage import RepositoryStorage
+from versionstore.storage import RepositoryStorage, StorageLike
 from versionstore.tree import changed_entries, lookup
 from versionstore.verify import VerifyReport, verify_repository
 
@@ -73,8 +82,14 @@ class Repository:
     # -- opening ----------------------------------------------------------------------
 
     @classmethod
-    def exists(cls, storage: RepositoryStorage) -> bool:
-        """Whether ``storage`` holds a repository (creates nothing)."""
+    def exists(cls, storage: StorageLike) -> bool:
+        """Whether ``storage`` holds a repository (creates nothing).
+
+        ``storage`` is ``vs.lmdb_storage(path)``, ``vs.in_memory_storage()``, or
+        a path (``str`` / ``os.PathLike``) meaning an LMDB directory; anything
+        else raises ``TypeError``, as in every constructor below.
+        """
+        storage = as_storage(storage)
         if not storage.may_hold_repository():
             return False
         backend = storage.open_backend()
@@ -84,7 +99,7 @@ class Repository:
             backend.close()
 
     @classmethod
-    def create(cls, storage: RepositoryStorage) -> Repository:
+    def create(cls, storage: StorageLike) -> Repository:
         """Create a repository whose ``main`` branch holds an empty initial snapshot.
 
         The format record and ``main`` are written in one atomic step, and only
@@ -95,7 +110,9 @@ class Repository:
         Raises:
             RepositoryExistsError: if a repository, or anything else, is already
                 there (nothing is changed).
+            TypeError: if ``storage`` is neither a storage nor a path.
         """
+        storage = as_storage(storage)
         if cls.exists(storage):
             raise RepositoryExistsError(f"a repository already exists in {storage!r}")
         backend = storage.open_backend()
@@ -130,14 +147,16 @@ class Repository:
         return cls(storage, backend)
 
     @classmethod
-    def open(cls, storage: RepositoryStorage) -> Repository:
-        """Open the repository in ``storage``.
+    def open(cls, storage: StorageLike) -> Repository:
+        """Open the repository in ``storage`` (a storage, or an LMDB directory path).
 
         Raises:
             RepositoryNotFoundError: if there is none.
             UnsupportedFormatError: if it was written by a newer versionstore
                 (nothing is read further, and nothing is ever collected).
+            TypeError: if ``storage`` is neither a storage nor a path.
         """
+        storage = as_storage(storage)
         if not cls.exists(storage):
             raise RepositoryNotFoundError(f"no repository in {storage!r}")
         backend = storage.open_backend()
@@ -153,8 +172,9 @@ class Repository:
         return cls(storage, backend)
 
     @classmethod
-    def open_or_create(cls, storage: RepositoryStorage) -> Repository:
+    def open_or_create(cls, storage: StorageLike) -> Repository:
         """Open the repository in ``storage``, creating it if there is none."""
+        storage = as_storage(storage)
         try:
             return cls.create(storage)
         except RepositoryExistsError:
@@ -195,7 +215,14 @@ class Repository:
 
         Raises:
             SessionNotFoundError: if ``resume`` names nothing to resume.
+            BranchNotFoundError: if ``branch`` does not exist.
+            TypeError: if an argument is not a ``str``.
         """
+        check_name(branch, "branch")
+        check_optional_name(resume, "resume", "a session id")
+        if looks_like_snapshot_id(branch) and branch not in self.list_branches():
+            raise BranchNotFoundError(branch, hint="sessions write to branches: create one at "
+                                      "that snapshot with create_branch(name, snapshot_id=...)")
         if resume is not None:
             raw = self.backend.get_ref(session_ref(resume))
             if raw is None:
@@ -231,7 +258,19 @@ class Repository:
 
         ``as_of`` picks the newest snapshot of ``branch`` (default ``main``)
         written at or before that time.
+
+        Raises:
+            BranchNotFoundError, TagNotFoundError, SnapshotNotFoundError: if the
+                version does not exist.
+            TypeError: if an argument has the wrong type.
         """
+        check_optional_name(branch, "branch", "a branch name")
+        check_optional_name(tag, "tag", "a tag name")
+        check_optional_name(snapshot_id, "snapshot_id", "a snapshot id")
+        check_optional_time(as_of)
+        if (branch is not None and looks_like_snapshot_id(branch)
+                and branch not in self.list_branches()):
+            raise BranchNotFoundError(branch, hint=f"did you mean snapshot_id={branch!r}?")
         target = self._resolve(branch=branch, tag=tag, snapshot_id=snapshot_id,
                                default_branch=MAIN)
         if as_of is not None:
@@ -266,10 +305,14 @@ class Repository:
 
     def create_branch(self, name: str, snapshot_id: str) -> None:
         """Create branch ``name`` pointing at ``snapshot_id``."""
+        check_name(name, "name")
+        check_name(snapshot_id, "snapshot_id", "a snapshot id")
         self.refs.create_branch(name, self._snapshot_object(snapshot_id))
 
     def create_tag(self, name: str, snapshot_id: str) -> None:
         """Create tag ``name`` at ``snapshot_id``; it never moves."""
+        check_name(name, "name", "a tag name")
+        check_name(snapshot_id, "snapshot_id", "a snapshot id")
         self.refs.create_tag(name, self._snapshot_object(snapshot_id))
 
     def list_branches(self) -> set[str]:
@@ -282,14 +325,17 @@ class Repository:
 
     def lookup_branch(self, name: str) -> SnapshotId:
         """The snapshot at the tip of branch ``name``."""
+        check_name(name, "name")
         return SnapshotId(_text(self.refs.branch_tip(name)[0]))
 
     def lookup_tag(self, name: str) -> SnapshotId:
         """The snapshot tag ``name`` points at."""
+        check_name(name, "name", "a tag name")
         return SnapshotId(_text(self.refs.tag_target(name)))
 
     def lookup_snapshot(self, snapshot_id: str) -> SnapshotInfo:
         """Message, time, parent and metadata of a snapshot."""
+        check_name(snapshot_id, "snapshot_id", "a snapshot id")
         object_id = self._snapshot_object(snapshot_id)
         return SnapshotInfo.of(object_id, self.reader.snapshot(object_id))
 
@@ -303,6 +349,8 @@ class Repository:
         Raises:
             SnapshotNotFoundError: the snapshot is not stored; nothing moved.
         """
+        check_name(name, "name")
+        check_name(snapshot_id, "snapshot_id", "a snapshot id")
         target = self._snapshot_object(snapshot_id)
         while True:
             _, raw = self.refs.branch_tip(name)
@@ -311,11 +359,16 @@ class Repository:
                 return
 
     def delete_branch(self, name: str) -> None:
-        """Delete a branch (not ``main``)."""
-        self.refs.delete_branch(name)
+        """Delete a branch (not ``main``).
+
+        Raises:
+            ProtectedBranchError: for ``main`` (move it with ``reset_branch``).
+        """
+        self.refs.delete_branch(check_name(name, "name"))
 
     def delete_tag(self, name: str) -> None:
         """Delete a tag; its name can never be used again."""
+        check_name(name, "name", "a tag name")
         self.refs.delete_tag(name)
 
     # -- history -----------------------------------------------------------------------
@@ -323,6 +376,9 @@ class Repository:
     def ancestry(self, *, branch: str | None = None, tag: str | None = None,
                  snapshot_id: str | None = None) -> Iterator[SnapshotInfo]:
         """Snapshots from the given version back to the first, newest first."""
+        check_optional_name(branch, "branch", "a branch name")
+        check_optional_name(tag, "tag", "a tag name")
+        check_optional_name(snapshot_id, "snapshot_id", "a snapshot id")
         start = self._resolve(branch=branch, tag=tag, snapshot_id=snapshot_id,
                               default_branch=MAIN)
         for object_id, snapshot in ancestry(self.reader, start):
@@ -338,7 +394,18 @@ class Repository:
         to_tag: str | None = None,
         to_snapshot_id: str | None = None,
     ) -> Diff:
-        """What changed from one version to another, by Zarr node and chunk."""
+        """What changed from one version to another, by Zarr node and chunk.
+
+        Raises:
+            TypeError: if a version is not given as a ``str``.
+        """
+        for parameter, value in [("from_branch", from_branch), ("to_branch", to_branch)]:
+            check_optional_name(value, parameter, "a branch name")
+        for parameter, value in [("from_tag", from_tag), ("to_tag", to_tag)]:
+            check_optional_name(value, parameter, "a tag name")
+        for parameter, value in [("from_snapshot_id", from_snapshot_id),
+                                 ("to_snapshot_id", to_snapshot_id)]:
+            check_optional_name(value, parameter, "a snapshot id")
         old = self._resolve(branch=from_branch, tag=from_tag, snapshot_id=from_snapshot_id)
         new = self._resolve(branch=to_branch, tag=to_tag, snapshot_id=to_snapshot_id)
         old_tree = self.reader.snapshot(old).tree
@@ -365,6 +432,7 @@ class Repository:
         ``delete_tag`` become unreachable and are removed with their data.
         Safe while other sessions write (see ``versionstore.gc``).
         """
+        check_flag(dry_run, "dry_run")
         return collect_garbage(self.reader, dry_run=dry_run)
 
     def verify(self) -> VerifyReport:

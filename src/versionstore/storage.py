@@ -9,6 +9,7 @@ same repository there.
 from __future__ import annotations
 
 import os
+import reprlib
 from typing import Protocol
 
 import attrs
@@ -17,8 +18,8 @@ from versionstore.backend.lmdb import LMDBBackend, has_lmdb_environment
 from versionstore.backend.memory import MemoryBackend
 from versionstore.backend.protocol import Backend
 
-__all__ = ["InMemoryStorage", "LMDBStorage", "RepositoryStorage", "in_memory_storage",
-           "lmdb_storage"]
+__all__ = ["InMemoryStorage", "LMDBStorage", "RepositoryStorage", "StorageLike",
+           "in_memory_storage", "lmdb_storage"]
 
 
 class RepositoryStorage(Protocol):
@@ -33,8 +34,19 @@ class RepositoryStorage(Protocol):
         ...
 
 
+#: What ``Repository.create`` / ``open`` / ``open_or_create`` / ``exists`` accept:
+#: a storage description, or the path of an LMDB directory.
+StorageLike = RepositoryStorage | str | os.PathLike[str]
+
+
 def _absolute(path: str | os.PathLike[str]) -> str:
-    return os.path.abspath(os.fspath(path))
+    text = os.fspath(path) if isinstance(path, str | os.PathLike) else None
+    if not isinstance(text, str):
+        raise TypeError(
+            "an LMDB repository path must be a str or os.PathLike[str] naming a directory; "
+            f"got {type(path).__name__} {reprlib.repr(path)}"
+        )
+    return os.path.abspath(text)
 
 
 @attrs.frozen
@@ -55,9 +67,18 @@ class LMDBStorage:
 
 @attrs.frozen
 class InMemoryStorage:
-    """Process memory: every repository opened on one description shares it."""
+    """Process memory: every repository opened on one description shares it.
 
-    backend: MemoryBackend = attrs.field(factory=MemoryBackend, eq=False, repr=False)
+    Two descriptions are equal when they hold the same repository (the same
+    backend object), as two ``LMDBStorage`` are when they name one directory.
+    A pickled copy unpickled in the same process is equal to the original.
+    """
+
+    # Compared (and hashed) by identity: MemoryBackend has no value equality.
+    backend: MemoryBackend = attrs.field(factory=MemoryBackend, eq=id, repr=False)
+
+    def __repr__(self) -> str:
+        return f"InMemoryStorage(<repository {id(self.backend):#x}>)"
 
     def open_backend(self) -> Backend:
         """The shared in-memory backend."""
@@ -74,7 +95,12 @@ def lmdb_storage(path: str | os.PathLike[str], *, durable: bool = False) -> LMDB
     Args:
         path: the directory (created if missing).
         durable: fsync every write, not only every commit (slower; see docs).
+
+    Raises:
+        TypeError: if ``path`` is not a ``str`` or ``os.PathLike[str]``.
     """
+    if not isinstance(durable, bool):
+        raise TypeError(f"durable must be True or False; got {type(durable).__name__}")
     return LMDBStorage(path, durable)
 
 

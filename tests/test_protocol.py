@@ -481,3 +481,50 @@ def test_processes_stage_commit_collect_and_move_refs_together(tmp_path: Path) -
     assert report.ok, report.problems
     assert repo.resumable_sessions() == {}
     repo.close()
+
+
+# -- snapshot id prefixes, and where a repository may be created ------------------------------
+
+
+def test_a_unique_prefix_names_a_snapshot_everywhere(repo: vs.Repository) -> None:
+    snapshot = _commit(repo, k=b"v")
+    short = snapshot[:8]
+    assert repo.lookup_snapshot(short).id == snapshot
+    assert repo.lookup_snapshot(short.lower()).id == snapshot
+    assert repo.readonly_session(snapshot_id=short).snapshot_id == snapshot
+    repo.create_tag("t", short)
+    repo.create_branch("b", snapshot[:12])
+    repo.reset_branch("b", short)
+    assert repo.lookup_tag("t") == repo.lookup_branch("b") == snapshot
+    with pytest.raises(vs.SnapshotNotFoundError):
+        repo.lookup_snapshot("AAAAAAAA" if not snapshot.startswith("AAAAAAAA") else "77777777")
+    with pytest.raises(vs.SnapshotNotFoundError):
+        repo.lookup_snapshot(snapshot[:7])  # too short to be a prefix
+
+
+def test_an_ambiguous_prefix_is_a_clear_error(repo: vs.Repository) -> None:
+    snapshot = _commit(repo, k=b"v")
+    real = object_id_from_text(snapshot)
+    frame = repo.backend.get_objects([real])[0]
+    assert frame is not None
+    twin = real[:5] + bytes(15)  # shares the first 8 characters
+    repo.backend.put_objects([(twin, frame)])  # type: ignore[list-item]
+    with pytest.raises(vs.errors.AmbiguousSnapshotIdError, match="ambiguous"):
+        repo.lookup_snapshot(snapshot[:8])
+    assert repo.lookup_snapshot(snapshot).id == snapshot
+
+
+def test_create_refuses_a_file_and_a_directory_of_other_files(tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.write_text("not a repository")
+    with pytest.raises(vs.RepositoryExistsError, match="is a file"):
+        vs.Repository.create(vs.lmdb_storage(plain))
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(vs.RepositoryExistsError, match="other files"):
+        vs.Repository.create(vs.lmdb_storage(busy))
+    assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    vs.Repository.create(vs.lmdb_storage(empty)).close()

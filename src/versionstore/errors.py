@@ -13,6 +13,7 @@ The tree::
     ├── InvalidRefNameError          (also ValueError)
     ├── ProtectedBranchError         deleting ``main`` (also ValueError)
     ├── SnapshotNotFoundError        a snapshot id that is not in the repository
+    │   └── AmbiguousSnapshotIdError a snapshot id prefix that more than one snapshot has
     ├── MissingObjectsError          a write that needed objects no longer stored (gc removed them)
     ├── SessionNotFoundError         resuming a session that was committed or never existed
     ├── ReadOnlySessionError         committing or writing through a read-only session
@@ -32,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 __all__ = [
+    "AmbiguousSnapshotIdError",
     "BackendError",
     "BranchNotFoundError",
     "ConflictError",
@@ -141,6 +143,16 @@ class SnapshotNotFoundError(VersionStoreError, KeyError):
 
     def __str__(self) -> str:
         return self.detail or f"snapshot {self.snapshot_id!r} does not exist"
+
+
+class AmbiguousSnapshotIdError(SnapshotNotFoundError, ValueError):
+    """A snapshot id prefix that names more than one snapshot; give more characters."""
+
+    def __init__(self, prefix: str, matches: Iterable[str]) -> None:
+        self.matches = tuple(sorted(matches))
+        shown = ", ".join(self.matches[:5])
+        super().__init__(prefix, f"snapshot id prefix {prefix!r} is ambiguous: it matches "
+                                 f"{shown}; give more characters")
 
 
 class MissingObjectsError(VersionStoreError):

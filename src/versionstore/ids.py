@@ -24,12 +24,14 @@ import blake3
 
 __all__ = [
     "ID_LENGTH",
+    "MIN_PREFIX",
     "ObjectId",
     "SessionId",
     "SnapshotId",
     "hash_object",
     "new_session_id",
     "object_id_from_text",
+    "object_id_prefix",
     "object_id_text",
 ]
 
@@ -65,6 +67,23 @@ def object_id_from_text(text: str) -> ObjectId:
     except (binascii.Error, ValueError) as exc:
         raise ValueError(f"not a snapshot id: {text!r}") from exc
     return ObjectId(raw)
+
+
+#: The shortest snapshot id prefix accepted (the 8 characters the CLI and demo print).
+MIN_PREFIX = 8
+_BASE32 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")
+
+
+def object_id_prefix(text: str) -> bytes | None:
+    """The whole bytes an id's text prefix fixes, or ``None`` if ``text`` cannot be one.
+
+    A prefix is ``MIN_PREFIX`` to 31 base32 characters (case-insensitive);
+    each character fixes 5 bits, so ``n`` characters fix ``5n // 8`` bytes.
+    """
+    upper = text.upper() if isinstance(text, str) else ""
+    if not MIN_PREFIX <= len(upper) < 32 or not set(upper) <= _BASE32:
+        return None
+    return base64.b32decode(upper.ljust(32, "A"))[: 5 * len(upper) // 8]
 
 
 def new_session_id() -> SessionId:

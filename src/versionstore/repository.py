@@ -24,13 +24,16 @@ from versionstore.arguments import (
 )
 from versionstore.backend.protocol import Backend, WriteBatch
 from versionstore.codec import (
+    KIND_SNAPSHOT,
     decode_repository,
     decode_session,
     encode_ref_target,
     encode_repository,
     encode_snapshot,
+    frame_kind,
 )
 from versionstore.errors import (
+    AmbiguousSnapshotIdError,
     BranchNotFoundError,
     RepositoryExistsError,
     RepositoryNotFoundError,
@@ -46,6 +49,7 @@ from versionstore.ids import (
     SnapshotId,
     new_session_id,
     object_id_from_text,
+    object_id_prefix,
     object_id_text,
 )
 from versionstore.objects import ObjectReader
@@ -115,6 +119,9 @@ class Repository:
         storage = as_storage(storage)
         if cls.exists(storage):
             raise RepositoryExistsError(f"a repository already exists in {storage!r}")
+        problem = storage.creation_problem()
+        if problem is not None:
+            raise RepositoryExistsError(problem)
         backend = storage.open_backend()
         try:
             has_refs = bool(backend.list_refs("", limit=1))
@@ -282,6 +289,25 @@ class Repository:
     # -- refs --------------------------------------------------------------------------
 
     def _snapshot_object(self, snapshot_id: str) -> ObjectId:
+        """The snapshot a full id, or a unique prefix of at least 8 characters, names.
+
+        Raises:
+            SnapshotNotFoundError: no stored snapshot has that id or prefix.
+            AmbiguousSnapshotIdError: several do.
+        """
+        prefix = object_id_prefix(snapshot_id)
+        if prefix is not None:
+            text = snapshot_id.upper()
+            candidates = [i for i in self.backend.iter_object_ids(prefix)
+                          if object_id_text(i).startswith(text)]
+            stored = self.backend.get_objects(candidates)
+            matches = [i for i, data in zip(candidates, stored, strict=True)
+                       if data is not None and frame_kind(data) == KIND_SNAPSHOT]
+            if len(matches) > 1:
+                raise AmbiguousSnapshotIdError(snapshot_id, map(object_id_text, matches))
+            if not matches:
+                raise SnapshotNotFoundError(snapshot_id)
+            return matches[0]
         try:
             object_id = object_id_from_text(snapshot_id)
         except ValueError as exc:

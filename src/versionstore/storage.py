@@ -33,6 +33,10 @@ class RepositoryStorage(Protocol):
         """Cheap check: could a repository be here (without creating anything)?"""
         ...
 
+    def creation_problem(self) -> str | None:
+        """Why a new repository must not be created here, or ``None`` if it may be."""
+        ...
+
 
 #: What ``Repository.create`` / ``open`` / ``open_or_create`` / ``exists`` accept:
 #: a storage description, or the path of an LMDB directory.
@@ -64,6 +68,22 @@ class LMDBStorage:
         """Whether the directory already holds an LMDB environment."""
         return has_lmdb_environment(self.path)
 
+    def creation_problem(self) -> str | None:
+        """Refuse a plain file, and a directory holding anything but an LMDB environment.
+
+        LMDB puts ``data.mdb`` and ``lock.mdb`` into the directory it is given:
+        among unrelated files they would be easy to delete or copy half of.
+        """
+        if os.path.lexists(self.path) and not os.path.isdir(self.path):
+            return f"{self.path!r} is a file, not a directory; give a new or empty directory"
+        if os.path.isdir(self.path):
+            others = sorted(set(os.listdir(self.path)) - {"data.mdb", "lock.mdb"})
+            if others:
+                shown = ", ".join(others[:3]) + (" …" if len(others) > 3 else "")
+                return (f"directory {self.path!r} already holds other files ({shown}); "
+                        "give a new or empty directory for the repository")
+        return None
+
 
 @attrs.frozen
 class InMemoryStorage:
@@ -87,6 +107,10 @@ class InMemoryStorage:
     def may_hold_repository(self) -> bool:
         """Memory may always hold one."""
         return True
+
+    def creation_problem(self) -> str | None:
+        """Memory is always a fine place (``create`` still refuses a non-empty backend)."""
+        return None
 
 
 def lmdb_storage(path: str | os.PathLike[str], *, durable: bool = False) -> LMDBStorage:

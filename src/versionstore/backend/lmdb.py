@@ -248,9 +248,17 @@ class LMDBBackend(Backend):
         return self._write("deleting objects", work)
 
     @override
-    def iter_object_ids(self) -> Iterator[ObjectId]:
+    def iter_object_ids(self, prefix: bytes = b"") -> Iterator[ObjectId]:
         def work(txn: lmdb.Transaction) -> list[ObjectId]:
-            return [ObjectId(bytes(k)) for k in txn.cursor(db=self._objects).iternext(values=False)]
+            cursor = txn.cursor(db=self._objects)
+            if not cursor.set_range(prefix):
+                return []
+            found = []
+            for key in cursor.iternext(values=False):
+                if not bytes(key[: len(prefix)]) == prefix:
+                    break
+                found.append(ObjectId(bytes(key)))
+            return found
 
         return iter(self._read("listing objects", work))
 

@@ -136,9 +136,9 @@ class MemoryBackend(Backend):
             return True
 
     @override
-    def iter_object_ids(self) -> Iterator[ObjectId]:
+    def iter_object_ids(self, prefix: bytes = b"") -> Iterator[ObjectId]:
         with self._lock:
-            return iter(list(self._objects))
+            return iter(sorted(i for i in self._objects if i.startswith(prefix)))
 
     @override
     def sync(self) -> None:

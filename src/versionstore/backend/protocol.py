@@ -126,8 +126,8 @@ class Backend(Protocol):
         """
         ...
 
-    def iter_object_ids(self) -> Iterator[ObjectId]:
-        """Every stored object id (for garbage collection and verification)."""
+    def iter_object_ids(self, prefix: bytes = b"") -> Iterator[ObjectId]:
+        """Every stored object id starting with ``prefix``, in byte order (gc, verify, lookups)."""
         ...
 
     def sync(self) -> None:

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 from hypothesis.stateful import run_state_machine_as_test
+from hypothesis_budget import fewer_examples
 from zarr.core.buffer import Buffer, cpu
 from zarr.testing.stateful import ZarrStoreStateMachine
 from zarr.testing.store import StoreTests
 
-from hypothesis_budget import fewer_examples
 from zarrstore import FilesystemStorage, FilesystemStore, InvalidKeyError, StorageIOError
 from zarrstore.filesystem import TEMP_MARK, direct_io_supported
 from zarrstore.testing import StoreConformance, storage_state_machine

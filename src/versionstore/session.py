@@ -50,6 +50,7 @@ from versionstore.errors import (
     ReadOnlySessionError,
     SnapshotNotFoundError,
 )
+from versionstore.group_stage import GroupStager
 from versionstore.history import Diff, classify_changes
 from versionstore.ids import ObjectId, SessionId, SnapshotId, object_id_text
 from versionstore.records import (
@@ -96,6 +97,7 @@ class Session:
         self._session_id = session_id
         self._record_raw: bytes | None = None
         self._generation = generation
+        self._group_stager: GroupStager | None = None
 
     # -- identity -----------------------------------------------------------------------
 
@@ -123,6 +125,13 @@ class Session:
     def session_id(self) -> SessionId | None:
         """The id to resume a writable session with after a crash."""
         return self._session_id
+
+    @property
+    def group_stager(self) -> GroupStager:
+        """Batches this session's concurrent async writes (``versionstore.group_stage``)."""
+        if self._group_stager is None:
+            self._group_stager = GroupStager(self.set_values)
+        return self._group_stager
 
     @property
     def store(self) -> SessionStore:

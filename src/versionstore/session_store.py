@@ -145,12 +145,23 @@ class SessionStorage(Storage):
 
 
 class SessionStore(ZarrStore):
-    """A versioned session as a zarr store (``session.store``)."""
+    """A versioned session as a zarr store (``session.store``).
+
+    Concurrent ``set`` calls from zarr's async pipeline are staged together
+    (``versionstore.group_stage``): one backend write for the chunks one
+    event-loop turn produces, each ``set`` returning once its value is staged.
+    """
 
     storage: SessionStorage
 
     def __init__(self, session: Session, *, read_only: bool = False) -> None:
         super().__init__(SessionStorage(session, read_only=read_only))
+
+    @override
+    async def _store(self, key: str, value: bytes) -> None:
+        validate_key(key)
+        validate_session_key(key)  # each caller's own key error, never its batch's
+        await self.session.group_stager.stage(key, value)
 
     @property
     def session(self) -> Session:

@@ -234,7 +234,11 @@ class ZarrStore(Store):
         self._writable()
         if not isinstance(value, Buffer):
             raise TypeError(f"expected Buffer, got {type(value).__name__}")
-        await self._call("set", key, value.to_bytes())
+        await self._store(key, value.to_bytes())
+
+    async def _store(self, key: str, value: bytes) -> None:
+        """Where ``set`` hands a value to the storage; a store that batches overrides it."""
+        await self._call("set", key, value)
 
     async def set_if_not_exists(self, key: str, value: Buffer) -> None:
         """Store ``value`` only if ``key`` is empty."""

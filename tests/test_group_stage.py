@@ -1,0 +1,119 @@
+"""Group staging: zarr's concurrent ``set`` calls share one staging write, each still durable."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from zarr.core.buffer import cpu
+
+import versionstore as vs
+from versionstore.group_stage import GroupStager
+from versionstore.session import Session
+from zarrstore.errors import InvalidKeyError
+
+
+@pytest.fixture(params=["memory", "lmdb"])
+def repo(request: pytest.FixtureRequest, tmp_path: Path) -> vs.Repository:
+    storage: Any = (vs.in_memory_storage() if request.param == "memory"
+                    else vs.lmdb_storage(tmp_path / "repo"))
+    return vs.Repository.create(storage)
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    sizes: list[int] = []
+    original = Session.set_values
+
+    def counting(self: Session, items: list[tuple[str, bytes]]) -> None:
+        sizes.append(len(items))
+        original(self, items)
+
+    monkeypatch.setattr(Session, "set_values", counting)
+    return sizes
+
+
+def test_a_zarr_array_write_is_staged_in_few_batches(
+    repo: vs.Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes = _counting(monkeypatch)
+    session = repo.writable_session("main")
+    data = np.arange(256 * 64, dtype="i4")
+    with zarr.config.set({"async.concurrency": 32}):
+        array = zarr.create_array(session.store, name="x", shape=data.shape, chunks=(64,),
+                                  dtype="i4", compressors=None)
+        array[:] = data
+    assert sum(sizes) == 256 + 2  # every chunk and both metadata documents, each once
+    assert len(sizes) < 256 // 4  # batched: concurrent chunks share a write
+    session.commit("x")
+    assert (zarr.open_array(repo.readonly_session("main").store, path="x")[:] == data).all()
+
+
+def test_each_set_returns_only_once_staged(repo: vs.Repository) -> None:
+    session = repo.writable_session("main")
+    store = session.store
+
+    async def write() -> None:
+        await asyncio.gather(*(store.set(f"k{i}", cpu.Buffer.from_bytes(b"v" * i))
+                               for i in range(20)))
+        # Returned: a fresh view of the session (another process, say) sees every value.
+        other = repo.writable_session(resume=str(session.session_id))
+        assert [other.store.storage.get(f"k{i}") for i in range(20)] == [
+            b"v" * i for i in range(20)]
+
+    asyncio.run(write())
+
+
+def test_a_bad_key_fails_only_its_own_caller(repo: vs.Repository) -> None:
+    store = repo.writable_session("main").store
+
+    async def write() -> list[Any]:
+        return await asyncio.gather(
+            store.set("good", cpu.Buffer.from_bytes(b"1")),
+            store.set("k" * 500, cpu.Buffer.from_bytes(b"2")),
+            store.set("also/good", cpu.Buffer.from_bytes(b"3")),
+            return_exceptions=True,
+        )
+
+    results = asyncio.run(write())
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], InvalidKeyError)
+    assert store.storage.get("good") == b"1" and store.storage.get("also/good") == b"3"
+
+
+def test_a_failed_batch_fails_every_caller_in_it() -> None:
+    def failing(items: list[tuple[str, bytes]]) -> None:
+        raise vs.BackendError(f"disk full while staging {len(items)} values")
+
+    stager = GroupStager(failing)
+
+    async def write() -> list[Any]:
+        return await asyncio.gather(*(stager.stage(f"k{i}", b"v") for i in range(5)),
+                                    return_exceptions=True)
+
+    results = asyncio.run(write())
+    assert all(isinstance(r, vs.BackendError) and "5 values" in str(r) for r in results)
+
+
+def test_threads_each_running_a_loop_share_one_session(repo: vs.Repository) -> None:
+    session = repo.writable_session("main")
+    store = session.store
+
+    def worker(n: int) -> None:
+        async def write() -> None:
+            await asyncio.gather(*(store.set(f"t{n}/k{i}", cpu.Buffer.from_bytes(bytes([n, i])))
+                                   for i in range(50)))
+        asyncio.run(write())
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    session.commit("threads")
+    view = repo.readonly_session("main").store.storage
+    assert all(view.get(f"t{n}/k{i}") == bytes([n, i]) for n in range(4) for i in range(50))

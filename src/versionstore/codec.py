@@ -57,6 +57,7 @@ __all__ = [
     "decode_session",
     "decode_snapshot",
     "decode_staged",
+    "staged_reencodes",
     "encode_chunk",
     "encode_node",
     "encode_ref_target",
@@ -447,6 +448,16 @@ def encode_staged(name: str, entry: Entry | Tombstone) -> bytes:
     """The stored value of staged ref ``name``: an entry, or a deletion."""
     fields = None if isinstance(entry, Tombstone) else _entry_fields(entry)
     return _encode_small(KIND_STAGED, [2, fields, name])
+
+
+def staged_reencodes(data: bytes) -> bool:
+    """Whether ``encode_staged`` of the decoded value gives back exactly ``data``.
+
+    True for every staged record this version writes (raw frame, version 2:
+    msgpack is deterministic for these fields), so a commit can drop the
+    stored bytes and re-encode them when it needs them (see ``Session.commit``).
+    """
+    return len(data) > _HEADER + 1 and data[4] == _RAW and data[_HEADER:_HEADER + 2] == b"\x93\x02"
 
 
 def decode_staged(name: str, data: bytes) -> Entry | Tombstone:

@@ -42,6 +42,7 @@ from versionstore.codec import (
     encode_snapshot,
     encode_staged,
     pack_metadata,
+    staged_reencodes,
 )
 from versionstore.errors import (
     ConflictError,
@@ -328,10 +329,31 @@ class Session:
             self._stage(WriteBatch(refs=refs, session=self._rule(self._base)))
 
     def _changes(self, raw: Mapping[str, bytes]) -> list[Change]:
-        return [
-            (key, None if isinstance(entry, Tombstone) else entry)
-            for key, entry in self._decode_staged(raw).items()
-        ]
+        """The staged refs ``raw`` as key-sorted changes."""
+        if self._session_id is None:
+            return []
+        cut = len(stage_prefix(self._session_id))
+        changes: list[Change] = []
+        for name, value in raw.items():
+            entry = decode_staged(name, value)
+            changes.append((name[cut:], None if isinstance(entry, Tombstone) else entry))
+        return changes
+
+    def _read_changes(self) -> tuple[list[Change], Mapping[str, bytes]]:
+        """The staged changes, and what each staged ref holds now (for ``delete_if_equal``).
+
+        A huge commit should hold its changes once: the stored bytes are
+        dropped and re-encoded on demand when this version wrote them (all
+        but records from before format 2), which keeps commit memory to the
+        decoded changes alone.
+        """
+        raw = self._staged_raw()
+        changes = self._changes(raw)
+        assert self._session_id is not None
+        prefix = stage_prefix(self._session_id)
+        kept = {name: value for name, value in raw.items() if not staged_reencodes(value)}
+        del raw
+        return changes, _StagedValues(prefix, changes, kept)
 
     @property
     def has_uncommitted_changes(self) -> bool:
@@ -432,8 +454,7 @@ class Session:
         pack_metadata(metadata)
         repo = self._repo
         for _ in range(_MAX_COMMIT_ATTEMPTS):
-            raw = self._staged_raw()
-            changes = self._changes(raw)
+            changes, raw = self._read_changes()
             if not changes and not allow_empty:
                 raise NothingToCommitError("nothing to commit: no changes are staged")
             tip, raw_tip = repo.refs.branch_tip(self._branch)
@@ -480,3 +501,39 @@ class Session:
                            allow_empty: bool = False) -> SnapshotId:
         """``commit`` without blocking the event loop."""
         return await asyncio.to_thread(self.commit, message, metadata, allow_empty=allow_empty)
+
+
+class _StagedValues(Mapping[str, bytes]):
+    """``stage/<id>/<key> -> stored bytes`` for a list of changes, encoded on access."""
+
+    def __init__(self, prefix: str, changes: list[Change], kept: dict[str, bytes]) -> None:
+        self._prefix = prefix
+        self._changes = changes
+        self._kept = kept
+        self._index: dict[str, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self._changes)
+
+    def __iter__(self) -> Iterator[str]:
+        return (self._prefix + key for key, _ in self._changes)
+
+    def items(self) -> Iterator[tuple[str, bytes]]:  # type: ignore[override]
+        for key, entry in self._changes:
+            name = self._prefix + key
+            yield name, self._value(name, entry)
+
+    def _value(self, name: str, entry: Entry | None) -> bytes:
+        kept = self._kept.get(name)
+        if kept is not None:
+            return kept
+        return encode_staged(name, TOMBSTONE if entry is None else entry)
+
+    def __getitem__(self, name: str) -> bytes:
+        if self._index is None:
+            self._index = {key: i for i, (key, _) in enumerate(self._changes)}
+        position = self._index.get(name[len(self._prefix):]) if name.startswith(
+            self._prefix) else None
+        if position is None:
+            raise KeyError(name)
+        return self._value(name, self._changes[position][1])

@@ -28,6 +28,17 @@ __all__ = ["MAX_KEY_BYTES", "SessionStorage", "SessionStore"]
 MAX_KEY_BYTES = 400
 
 
+def _storable(key: str) -> str:
+    """Return ``key`` if a session can store it; every write path calls this first.
+
+    Raises:
+        InvalidKeyError: for keys longer than ``MAX_KEY_BYTES`` in UTF-8.
+    """
+    if len(key.encode()) > MAX_KEY_BYTES:
+        raise InvalidKeyError(key, f"session keys are at most {MAX_KEY_BYTES} bytes in UTF-8")
+    return key
+
+
 class SessionStorage(Storage):
     """The zarrstore protocol over a ``Session``."""
 
@@ -77,9 +88,13 @@ class SessionStorage(Storage):
 
     @override
     def _set(self, key: str, value: bytes) -> None:
-        if len(key.encode()) > MAX_KEY_BYTES:
-            raise InvalidKeyError(key, f"session keys are at most {MAX_KEY_BYTES} bytes")
-        self.session.set_values([(key, value)])
+        self.session.set_values([(_storable(key), value)])
+
+    @override
+    def _set_if_absent(self, key: str, value: bytes) -> bool:
+        # Refuse the key before looking it up, whatever the default would do.
+        _storable(key)
+        return super()._set_if_absent(key, value)
 
     @override
     def _erase(self, key: str) -> None:

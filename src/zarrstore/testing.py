@@ -28,8 +28,11 @@ from zarrstore.ranges import ByteRange, OffsetRequest, RangeRequest, SuffixReque
 
 __all__ = ["BAD_KEYS", "BAD_PREFIXES", "StoreConformance", "storage_state_machine"]
 
-BAD_KEYS = ["", "/abs", "a//b", "a/./b", "a/../b", "..", ".", "a/", "a\\b", "a\x00b", "../x"]
-BAD_PREFIXES = ["a", "/a/", "a//", "./", "../", "a/../", "a\\b/"]
+BAD_KEYS = [
+    "", "/abs", "a//b", "a/./b", "a/../b", "..", ".", "a/", "a\\b", "a\x00b", "../x",
+    "a/\ud800", "\udfff",
+]
+BAD_PREFIXES = ["a", "/a/", "a//", "./", "../", "a/../", "a\\b/", "a/\ud800/"]
 
 EDGE_RANGES: list[tuple[bytes, ByteRange | None]] = [
     (b"", None),

@@ -5,8 +5,8 @@ from typing import Any
 import pytest
 from hypothesis.stateful import run_state_machine_as_test
 from zarr.core.buffer import Buffer, cpu
-from zarr.testing.store import StoreTests
 from zarr.testing.stateful import ZarrStoreStateMachine
+from zarr.testing.store import StoreTests
 
 from zarrstore import MemoryStorage, MemoryStore
 from zarrstore.testing import StoreConformance, storage_state_machine

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 from hypothesis.stateful import run_state_machine_as_test
+from hypothesis_budget import fewer_examples
 from zarr.core.buffer import Buffer, cpu
 from zarr.testing.stateful import ZarrStoreStateMachine
 from zarr.testing.store import StoreTests
 
 import versionstore as vs
-from hypothesis_budget import fewer_examples
 from versionstore.session_store import SessionStorage, SessionStore
 from zarrstore import InvalidKeyError, ReadOnlyError
 from zarrstore.testing import StoreConformance, storage_state_machine

@@ -1,4 +1,4 @@
-"""The one place where store keys and prefixes are validated.
+r"""The one place where store keys and prefixes are validated.
 
 A *key* names one value: slash-separated segments such as ``"a/b/zarr.json"``.
 A *prefix* names a directory of keys: the empty string (everything) or a
@@ -9,7 +9,7 @@ way everywhere, before any I/O happens.
 Refused: empty keys, empty segments (``"a//b"``), ``"."`` and ``".."``
 segments, absolute paths (leading ``"/"``), trailing ``"/"`` on a key,
 backslashes, NUL characters, and text that is not valid Unicode (a lone
-surrogate such as ``"\\ud800"``, which no backing can encode as UTF-8). These
+surrogate such as ``"\ud800"``, which no backing can encode as UTF-8). These
 are the forms that could escape a filesystem root, mean different things to
 different backings, or fail deep inside one with an encoding error.
 """

@@ -279,7 +279,7 @@ class ZarrStore(Store):
             yield key
 
     async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
-        """Every key under the directory ``prefix`` (``"a"`` means ``"a/"``; ``"/"`` is the root)."""
+        """Every key under the directory ``prefix`` (``"a"`` is ``"a/"``; ``"/"`` is the root)."""
         for key in await self._listed(_as_prefix(prefix)):
             yield key
 

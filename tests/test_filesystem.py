@@ -28,10 +28,17 @@ from zarrstore import (
     StorageIOError,
 )
 from zarrstore.filesystem import TEMP_MARK, direct_io_supported
-from zarrstore.testing import StoreConformance, storage_state_machine
+from zarrstore.testing import (
+    FILES_CANNOT_BE_DIRECTORIES,
+    StoreConformance,
+    storage_state_machine,
+)
 
 
 class FilesystemBackdoor:
+    def why_not_a_key_and_keys_under_it(self, storage: FilesystemStorage) -> str | None:
+        return FILES_CANNOT_BE_DIRECTORIES
+
     def raw_get(self, storage: FilesystemStorage, key: str) -> bytes | None:
         path = storage.root / key
         return path.read_bytes() if path.is_file() else None

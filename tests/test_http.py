@@ -36,6 +36,7 @@ from zarrstore import (
     PerformanceMetrics,
     RangeRequest,
     Storage,
+    StorageIOError,
     SuffixRequest,
     UnsupportedOperationError,
     UsageLog,
@@ -54,6 +55,7 @@ NO_LISTING = ("HTTP cannot list keys; hierarchies open by consolidated metadata 
 
 class TestHTTPConformance(StoreConformance):
     writable = False
+    directories_read_as_missing = False  # test_a_directory_is_a_clear_error_not_a_value
 
     @pytest.fixture
     def storage(self, served_dir: tuple[Path, str]) -> Storage:
@@ -213,6 +215,21 @@ def test_missing_keys_are_none(served_dir: tuple[Path, str]) -> None:
             await storage.aclose()
 
     assert run(probe()) == [None, None, None, None, False]
+
+
+def test_a_directory_is_a_clear_error_not_a_value(served_dir: tuple[Path, str]) -> None:
+    """What a web server answers for a directory is its choice; never a value, never silent.
+
+    This test server (like nginx without an index) answers 403, which the store reports;
+    a key through a file (``arr/c/0/0``) is a plain 404, so ``None``.
+    """
+    directory, url = served_dir
+    (directory / "arr" / "c").mkdir(parents=True)
+    (directory / "arr" / "c" / "0").write_bytes(b"0")
+    storage = AsyncToSync(HTTPStorage(url, retries=0))
+    assert storage.get("arr/c/0/0") is None and not storage.exists("arr/c/0/0")
+    with pytest.raises(StorageIOError, match="HTTP 403"):
+        storage.get("arr/c")
 
 
 # -- zarr and xarray over HTTP ---------------------------------------------------------

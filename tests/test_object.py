@@ -44,7 +44,11 @@ from zarr.testing.store import StoreTests
 from zarrstore import AsyncToSync, RangeRequest, StorageIOError, SuffixRequest
 from zarrstore.object import ObjectStorage, ObjectStore
 from zarrstore.protocol import Storage
-from zarrstore.testing import StoreConformance, storage_state_machine
+from zarrstore.testing import (
+    FILES_CANNOT_BE_DIRECTORIES,
+    StoreConformance,
+    storage_state_machine,
+)
 
 # -- the shared conformance base, through AsyncToSync ------------------------------------
 
@@ -69,7 +73,8 @@ class TestS3Conformance(OnS3, ObjectConformance):
 
 
 class TestLocalConformance(OnLocalFiles, ObjectConformance):
-    pass
+    def why_not_a_key_and_keys_under_it(self, storage: Storage) -> str | None:
+        return FILES_CANNOT_BE_DIRECTORIES
 
 
 class TestMemoryConformance(InMemory, ObjectConformance):

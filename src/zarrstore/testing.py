@@ -239,7 +239,7 @@ class StoreConformance:
             assert "" not in names and len(names) == len(set(listing.keys + listing.prefixes))
 
     def test_root_is_slash_or_empty_for_zarr(self, storage: Storage) -> None:
-        """zarr calls ``is_empty("/")`` after ``clear()``; ``"/"`` is the root, as in zarr."""
+        """The root is ``"/"`` or ``""`` for zarr (it calls ``is_empty("/")`` after clearing)."""
         self._require_listing(storage)
         store = ZarrStore(storage)
         assert asyncio.run(store.is_empty("/")) and asyncio.run(store.is_empty(""))

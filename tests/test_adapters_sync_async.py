@@ -15,7 +15,9 @@ import pytest
 import zarr
 from hypothesis import settings
 from hypothesis.stateful import run_state_machine_as_test
+from hypothesis_budget import hierarchy_examples
 from zarr.core.buffer import Buffer, cpu
+from zarr.testing.stateful import ZarrHierarchyStateMachine
 from zarr.testing.store import StoreTests
 
 from zarrstore import FilesystemStorage, MemoryStorage, ZarrStore
@@ -96,6 +98,18 @@ class AsyncOnlyStore(ZarrStore):
 
     def __init__(self, values: dict[str, bytes], *, read_only: bool = False) -> None:
         super().__init__(SyncToAsync(MemoryStorage(values, read_only=read_only)))
+
+
+def test_zarr_hierarchy_state_machine_over_the_round_trip() -> None:
+    run_state_machine_as_test(  # type: ignore[no-untyped-call]
+        lambda: ZarrHierarchyStateMachine(RoundTripStore({})), settings=hierarchy_examples()
+    )
+
+
+def test_zarr_hierarchy_state_machine_over_sync_to_async() -> None:
+    run_state_machine_as_test(  # type: ignore[no-untyped-call]
+        lambda: ZarrHierarchyStateMachine(AsyncOnlyStore({})), settings=hierarchy_examples()
+    )
 
 
 class _DictBackdoor:

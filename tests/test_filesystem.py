@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 from hypothesis.stateful import run_state_machine_as_test
-from hypothesis_budget import fewer_examples
+from hypothesis_budget import fewer_examples, hierarchy_examples
 from zarr.core.buffer import Buffer, cpu
-from zarr.testing.stateful import ZarrStoreStateMachine
+from zarr.testing.stateful import ZarrHierarchyStateMachine, ZarrStoreStateMachine
 from zarr.testing.store import StoreTests
 
 from zarrstore import (
@@ -100,6 +100,14 @@ def test_zarr_store_state_machine(tmp_path: Path) -> None:
     run_state_machine_as_test(  # type: ignore[no-untyped-call]
         lambda: ZarrStoreStateMachine(FilesystemStore(tmp_path / f"z{next(counter)}")),
         settings=fewer_examples(8),
+    )
+
+
+def test_zarr_hierarchy_state_machine(tmp_path: Path) -> None:
+    counter = iter(range(10**6))
+    run_state_machine_as_test(  # type: ignore[no-untyped-call]
+        lambda: ZarrHierarchyStateMachine(FilesystemStore(tmp_path / f"h{next(counter)}")),
+        settings=hierarchy_examples(),
     )
 
 

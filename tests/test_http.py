@@ -232,6 +232,16 @@ def test_a_directory_is_a_clear_error_not_a_value(served_dir: tuple[Path, str]) 
         storage.get("arr/c")
 
 
+@pytest.mark.skip(
+    reason="zarr's ZarrHierarchyStateMachine builds its hierarchy by writing through the store "
+    "(zarr.group, zarr.from_array, resize, delete) and lists it; HTTPStore is read-only and "
+    "cannot list, so not one step could run. Its reads are checked against hierarchies "
+    "written elsewhere (test_published_files_read_back_exactly, the xarray round trip)."
+)
+def test_zarr_hierarchy_state_machine() -> None:
+    """Not applicable to a read-only, unlistable store (see the skip reason)."""
+
+
 # -- zarr and xarray over HTTP ---------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ import xarray as xr
 import zarr
 from async_only import AsyncOnlyStoreTests
 from hypothesis import settings
+from hypothesis_budget import hierarchy_examples
 from hypothesis.stateful import run_state_machine_as_test
 from object_support import (  # the session fixtures are imported to be used here
     BUCKET,
@@ -38,7 +39,7 @@ from object_support import (  # the session fixtures are imported to be used her
     s3_fixture,  # noqa: F401
 )
 from zarr.core.buffer import Buffer, cpu
-from zarr.testing.stateful import ZarrStoreStateMachine
+from zarr.testing.stateful import ZarrHierarchyStateMachine, ZarrStoreStateMachine
 from zarr.testing.store import StoreTests
 
 from zarrstore import AsyncToSync, RangeRequest, StorageIOError, SuffixRequest
@@ -166,6 +167,19 @@ def test_zarr_store_state_machine_in_memory() -> None:
 def test_zarr_store_state_machine_on_s3(s3: S3Server) -> None:
     run_state_machine_as_test(  # type: ignore[no-untyped-call]
         lambda: ZarrStoreStateMachine(ObjectStore(s3.fresh().backing)), settings=ON_S3
+    )
+
+
+def test_zarr_hierarchy_state_machine_in_memory() -> None:
+    run_state_machine_as_test(  # type: ignore[no-untyped-call]
+        lambda: ZarrHierarchyStateMachine(ObjectStore.in_memory()), settings=hierarchy_examples()
+    )
+
+
+def test_zarr_hierarchy_state_machine_on_local_files(tmp_path: Path) -> None:
+    run_state_machine_as_test(  # type: ignore[no-untyped-call]
+        lambda: ZarrHierarchyStateMachine(ObjectStore(local_fresh(tmp_path).backing)),
+        settings=hierarchy_examples(),
     )
 
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 from hypothesis.stateful import run_state_machine_as_test
-from hypothesis_budget import fewer_examples
+from hypothesis_budget import fewer_examples, hierarchy_examples
 from zarr.core.buffer import Buffer, cpu
-from zarr.testing.stateful import ZarrStoreStateMachine
+from zarr.testing.stateful import ZarrHierarchyStateMachine, ZarrStoreStateMachine
 from zarr.testing.store import StoreTests
 
 import versionstore as vs
@@ -88,6 +88,13 @@ def test_zarr_store_state_machine_on_a_session(repo: vs.Repository) -> None:
     run_state_machine_as_test(  # type: ignore[no-untyped-call]
         lambda: ZarrStoreStateMachine(repo.writable_session("main").store),
         settings=fewer_examples(8),
+    )
+
+
+def test_zarr_hierarchy_state_machine_on_a_session(repo: vs.Repository) -> None:
+    run_state_machine_as_test(  # type: ignore[no-untyped-call]
+        lambda: ZarrHierarchyStateMachine(repo.writable_session("main").store),
+        settings=hierarchy_examples(),
     )
 
 

@@ -239,8 +239,9 @@ def test_keys_too_long_for_a_session_are_refused_on_every_write_path(
     long_key = "k" * (MAX_KEY_BYTES + 1)
     wide_key = "ключ" * (MAX_KEY_BYTES // 8 + 1)  # few characters, too many UTF-8 bytes
     value = cpu.Buffer.from_bytes(b"v")
-    for key in [long_key, wide_key, "g/" + long_key]:
-        writes: list[Callable[[], Any]] = [
+
+    def writes(key: str) -> list[Callable[[], Any]]:
+        return [
             lambda: storage.set(key, b"v"),
             lambda: storage.set_if_absent(key, b"v"),
             lambda: asyncio.run(store.set(key, value)),
@@ -248,7 +249,9 @@ def test_keys_too_long_for_a_session_are_refused_on_every_write_path(
             lambda: asyncio.run(store._set_many([("ok", value), (key, value)])),
             lambda: store.set_sync(key, value),
         ]
-        for write in writes:
+
+    for key in [long_key, wide_key, "g/" + long_key]:
+        for write in writes(key):
             with pytest.raises(InvalidKeyError, match=f"at most {MAX_KEY_BYTES} bytes"):
                 write()
         assert storage.get(key) is None and not storage.exists(key)

@@ -20,11 +20,15 @@ from zarr.core.buffer import Buffer, cpu
 from zarr.testing.stateful import ZarrHierarchyStateMachine
 from zarr.testing.store import StoreTests
 
-from zarrstore import FilesystemStorage, MemoryStorage, ZarrStore
+from zarrstore import FilesystemStorage, MemoryStorage, Storage, ZarrStore
 from zarrstore.adapters import AsyncToSync, SyncToAsync
 from zarrstore.protocol import AsyncStorage
 from zarrstore.ranges import ByteRange
-from zarrstore.testing import StoreConformance, storage_state_machine
+from zarrstore.testing import (
+    FILES_CANNOT_BE_DIRECTORIES,
+    StoreConformance,
+    storage_state_machine,
+)
 
 T = TypeVar("T")
 
@@ -56,6 +60,9 @@ class TestRoundTripOverFilesystem(StoreConformance):
     @pytest.fixture
     def storage(self, tmp_path: Path) -> AsyncToSync:
         return round_trip(FilesystemStorage(tmp_path / "store"))
+
+    def why_not_a_key_and_keys_under_it(self, storage: Storage) -> str | None:
+        return FILES_CANNOT_BE_DIRECTORIES
 
     def raw_get(self, storage: AsyncToSync, key: str) -> bytes | None:  # type: ignore[override]
         path = storage.inner.inner.root / key  # type: ignore[attr-defined]

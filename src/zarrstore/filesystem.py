@@ -11,7 +11,8 @@ Guarantees:
   key that passes through one raises ``InvalidKeyError``, and listings skip
   them. So no concurrent swap of a directory for a symlink can make a read,
   write, erase or listing reach outside the root; there is no window between
-  checking a path and opening it, because no path is ever re-resolved.
+  checking a path and opening it, because no path is ever re-resolved
+  (``zarrstore.beneath`` does the walking).
 * **Atomic writes.** A value is written to a temporary file in the target
   directory and renamed over the key, so a reader (or a process killed
   mid-write) sees the old value or the new one, never a torn one. With
@@ -38,6 +39,19 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, override
 
+from zarrstore.beneath import (
+    CREATE,
+    DIRECTORY,
+    READ,
+    SYMLINK_REFUSED,
+    InTheWay,
+    Missing,
+    entries,
+    lstat_at,
+    open_directory,
+    open_file,
+    unlink_quietly,
+)
 from zarrstore.errors import InvalidKeyError, StorageIOError
 from zarrstore.protocol import DirListing, Storage
 from zarrstore.ranges import ByteRange, resolve
@@ -49,20 +63,8 @@ TEMP_MARK = ".zarrstore-tmp-"
 _TEMP_NAME = re.compile(r"\.zarrstore-tmp-[0-9a-f]{32}")
 _ALIGN = 4096
 _O_DIRECT: int = getattr(os, "O_DIRECT", 0)
-_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 #: How often a write retries when a concurrent erase prunes its directory under it.
 _PRUNED_RETRIES = 20
-_SYMLINK = "passes through a symlink (the store never follows symlinks, so none can lead outside)"
-
-
-class _Missing(Exception):
-    """A directory on the way to a key does not exist (or is a file): nothing is there."""
-
-
-class _InTheWay(Exception):
-    """A component that must be a directory is a file (``"a"`` when storing ``"a/b"``)."""
 
 
 def direct_io_supported() -> bool:
@@ -126,38 +128,9 @@ class FilesystemStorage(Storage):
             raise InvalidKeyError(key, "names of in-flight temporary files are reserved")
         return parents, name
 
-    def _open_root(self, *, create: bool) -> int:
-        try:
-            return os.open(self._root_text, _DIRECTORY)
-        except FileNotFoundError:
-            if not create:
-                raise _Missing from None
-        os.makedirs(self._root_text, exist_ok=True)
-        return os.open(self._root_text, _DIRECTORY)
-
     def _open_dir(self, key: str, parts: Sequence[str], *, create: bool = False) -> int:
-        """A descriptor of the directory ``root/parts...``, walked without following symlinks.
-
-        Each component is opened relative to its parent's descriptor with
-        ``O_NOFOLLOW``, so what is opened is always inside the root. With
-        ``create``, missing directories are made (``mkdirat``) on the way.
-
-        Raises:
-            InvalidKeyError: a component is a symlink.
-            _Missing: a component is missing (and not ``create``) or, when
-                reading, is a file.
-            _InTheWay: a component is a file, when ``create``.
-        """
-        fd = self._open_root(create=create)
-        try:
-            for name in parts:
-                child = _open_child(fd, name, key, create=create)
-                os.close(fd)
-                fd = child
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        """A descriptor of ``root/parts...``, walked by ``beneath.open_directory``."""
+        return open_directory(self._root_text, parts, key, create=create)
 
     # -- reads --------------------------------------------------------------------
 
@@ -166,14 +139,14 @@ class FilesystemStorage(Storage):
         parents, name = self._split(key)
         try:
             directory = self._open_dir(key, parents)
-        except _Missing:
+        except Missing:
             return None
         try:
-            fd = _open_leaf(directory, name, key, _READ | _O_DIRECT) if self.direct_io else None
+            fd = open_file(directory, name, key, READ | _O_DIRECT) if self.direct_io else None
             direct = fd is not None
             if fd is None:  # buffered, or the filesystem refuses O_DIRECT (tmpfs)
-                fd = _open_leaf(directory, name, key, _READ)
-        except _Missing:
+                fd = open_file(directory, name, key, READ)
+        except Missing:
             return None
         finally:
             os.close(directory)
@@ -190,16 +163,16 @@ class FilesystemStorage(Storage):
         parents, name = self._split(key)
         try:
             directory = self._open_dir(key, parents)
-        except _Missing:
+        except Missing:
             return None
         try:
-            info = _lstat(directory, name)
+            info = lstat_at(directory, name)
         finally:
             os.close(directory)
         if info is None or stat.S_ISDIR(info.st_mode):
             return None
         if stat.S_ISLNK(info.st_mode):
-            raise InvalidKeyError(key, _SYMLINK)
+            raise InvalidKeyError(key, SYMLINK_REFUSED)
         return info.st_size if stat.S_ISREG(info.st_mode) else None
 
     # -- writes -------------------------------------------------------------------
@@ -210,16 +183,16 @@ class FilesystemStorage(Storage):
         for attempt in range(_PRUNED_RETRIES):
             try:
                 directory = self._open_dir(key, parents, create=True)
-            except _InTheWay as exc:
+            except InTheWay as exc:
                 raise StorageIOError(
                     f"cannot store {key!r}: a parent of it is already a key ({exc})"
                 ) from exc
-            except _Missing:  # a concurrent erase pruned a directory as it was made
+            except Missing:  # a concurrent erase pruned a directory as it was made
                 continue
             try:
                 self._set_in(directory, key, name, value)
                 return
-            except _Missing:
+            except Missing:
                 if attempt == _PRUNED_RETRIES - 1:
                     raise StorageIOError(
                         f"cannot store {key!r}: its directory keeps being removed"
@@ -229,22 +202,22 @@ class FilesystemStorage(Storage):
 
     def _set_in(self, directory: int, key: str, name: str, value: bytes) -> None:
         """Write ``value`` to a temporary file in ``directory``, then rename it over ``name``."""
-        info = _lstat(directory, name)
+        info = lstat_at(directory, name)
         if info is not None and stat.S_ISLNK(info.st_mode):
-            raise InvalidKeyError(key, _SYMLINK)
+            raise InvalidKeyError(key, SYMLINK_REFUSED)
         temp = f"{TEMP_MARK}{uuid.uuid4().hex}"
         try:
             self._write_file(directory, temp, value)
         except FileNotFoundError:  # the directory was pruned after it was opened
-            raise _Missing from None
+            raise Missing from None
         try:
             # renameat replaces whatever ``name`` is now (even a symlink swapped in)
             # inside this directory; it never follows a link.
             os.replace(temp, name, src_dir_fd=directory, dst_dir_fd=directory)
         except FileNotFoundError:  # the directory, temp file and all, was removed under us
-            raise _Missing from None
+            raise Missing from None
         except OSError as exc:
-            _unlink_quietly(directory, temp)
+            unlink_quietly(directory, temp)
             if isinstance(exc, IsADirectoryError | NotADirectoryError) or exc.errno in (
                 errno.EISDIR,
                 errno.ENOTEMPTY,
@@ -260,7 +233,7 @@ class FilesystemStorage(Storage):
     def _write_file(self, directory: int, name: str, value: bytes) -> None:
         if self.direct_io and value:
             try:
-                fd = os.open(name, _CREATE | _O_DIRECT, 0o644, dir_fd=directory)
+                fd = os.open(name, CREATE | _O_DIRECT, 0o644, dir_fd=directory)
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
@@ -274,11 +247,11 @@ class FilesystemStorage(Storage):
                         os.fsync(fd)
                 except BaseException:
                     os.close(fd)
-                    _unlink_quietly(directory, name)
+                    unlink_quietly(directory, name)
                     raise
                 os.close(fd)
                 return
-        fd = os.open(name, _CREATE, 0o644, dir_fd=directory)
+        fd = os.open(name, CREATE, 0o644, dir_fd=directory)
         try:
             view = memoryview(value)
             while view:
@@ -287,7 +260,7 @@ class FilesystemStorage(Storage):
                 os.fsync(fd)
         except BaseException:
             os.close(fd)
-            _unlink_quietly(directory, name)
+            unlink_quietly(directory, name)
             raise
         os.close(fd)
 
@@ -296,14 +269,14 @@ class FilesystemStorage(Storage):
         parents, name = self._split(key)
         try:
             directory = self._open_dir(key, parents)
-        except _Missing:
+        except Missing:
             return
         try:
-            info = _lstat(directory, name)
+            info = lstat_at(directory, name)
             if info is None or stat.S_ISDIR(info.st_mode):
                 return  # nothing there, or a directory of other keys: not a key
             if stat.S_ISLNK(info.st_mode):
-                raise InvalidKeyError(key, _SYMLINK)
+                raise InvalidKeyError(key, SYMLINK_REFUSED)
             try:
                 os.unlink(name, dir_fd=directory)  # unlinkat: removes a swapped-in link itself
             except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
@@ -321,7 +294,7 @@ class FilesystemStorage(Storage):
         for depth in range(len(parents), 0, -1):
             try:
                 parent = self._open_dir(key, parents[: depth - 1])
-            except (_Missing, InvalidKeyError):
+            except (Missing, InvalidKeyError):
                 return
             try:
                 os.rmdir(parents[depth - 1], dir_fd=parent)
@@ -340,7 +313,7 @@ class FilesystemStorage(Storage):
     def _open_prefix(self, prefix: str) -> int | None:
         try:
             return self._open_dir(prefix, prefix[:-1].split("/") if prefix else [])
-        except _Missing:
+        except Missing:
             return None
 
     @override
@@ -353,12 +326,12 @@ class FilesystemStorage(Storage):
         while stack:
             directory, base = stack.pop()
             try:
-                for name, kind in _entries(directory):
+                for name, kind in entries(directory, skip=_TEMP_NAME.fullmatch):
                     if kind == "file":
                         keys.append(base + name)
                         continue
                     try:
-                        child = os.open(name, _DIRECTORY, dir_fd=directory)
+                        child = os.open(name, DIRECTORY, dir_fd=directory)
                     except OSError:  # removed or swapped for a link since it was listed
                         continue
                     stack.append((child, f"{base}{name}/"))
@@ -375,7 +348,7 @@ class FilesystemStorage(Storage):
         keys: list[str] = []
         prefixes: list[str] = []
         try:
-            for name, kind in _entries(directory):
+            for name, kind in entries(directory, skip=_TEMP_NAME.fullmatch):
                 if kind == "file":
                     keys.append(prefix + name)
                 else:
@@ -389,80 +362,6 @@ class FilesystemStorage(Storage):
         return FilesystemStorage(
             self.root, read_only=read_only, direct_io=self.direct_io, durable=self.durable
         )
-
-
-def _open_child(parent: int, name: str, key: str, *, create: bool) -> int:
-    """Open the directory ``name`` in ``parent`` without following a symlink (see ``_open_dir``)."""
-    for _ in range(_PRUNED_RETRIES):
-        try:
-            return os.open(name, _DIRECTORY, dir_fd=parent)
-        except FileNotFoundError:
-            if not create:
-                raise _Missing from None
-            try:
-                os.mkdir(name, 0o777, dir_fd=parent)
-            except FileExistsError:
-                pass  # made by a concurrent writer (or a file/link: the open says which)
-            except FileNotFoundError:
-                raise _Missing from None  # ``parent`` itself was pruned
-        except OSError as exc:
-            if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
-                raise
-            info = _lstat(parent, name)
-            if info is None or stat.S_ISDIR(info.st_mode):
-                continue  # it changed since the open: look again
-            if stat.S_ISLNK(info.st_mode):
-                raise InvalidKeyError(key, _SYMLINK) from exc
-            if create:
-                raise _InTheWay(f"{name!r} is a file") from exc
-            raise _Missing from None
-    raise _Missing
-
-
-def _open_leaf(directory: int, name: str, key: str, flags: int) -> int | None:
-    """Open the file ``name`` in ``directory`` without following a symlink.
-
-    Returns ``None`` only when ``O_DIRECT`` was asked for and refused (EINVAL).
-
-    Raises:
-        InvalidKeyError: ``name`` is a symlink.
-        _Missing: nothing is there.
-    """
-    try:
-        return os.open(name, flags, dir_fd=directory)
-    except (FileNotFoundError, NotADirectoryError):
-        raise _Missing from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise InvalidKeyError(key, _SYMLINK) from exc
-        if exc.errno == errno.EINVAL and flags & _O_DIRECT:
-            return None
-        if exc.errno == errno.EISDIR:
-            raise _Missing from None
-        raise
-
-
-def _lstat(directory: int, name: str) -> os.stat_result | None:
-    """``fstatat(directory, name, AT_SYMLINK_NOFOLLOW)``; ``None`` if nothing is there."""
-    try:
-        return os.stat(name, dir_fd=directory, follow_symlinks=False)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-
-
-def _entries(directory: int) -> Iterator[tuple[str, str]]:
-    """``(name, "file" | "dir")`` for each entry of ``directory``; links and temp files skipped."""
-    try:
-        entries = list(os.scandir(directory))
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    for entry in entries:
-        if _TEMP_NAME.fullmatch(entry.name):
-            continue
-        if entry.is_dir(follow_symlinks=False):
-            yield entry.name, "dir"
-        elif entry.is_file(follow_symlinks=False):
-            yield entry.name, "file"
 
 
 def _read_buffered(fd: int, byte_range: ByteRange | None) -> bytes:
@@ -486,13 +385,6 @@ def _read_direct(fd: int, byte_range: ByteRange | None) -> bytes:
     with mmap.mmap(-1, _aligned_up(stop - first)) as buffer:
         got = os.preadv(fd, [buffer], first)
         return bytes(buffer[start - first : min(stop, first + got) - first])
-
-
-def _unlink_quietly(directory: int, name: str) -> None:
-    try:
-        os.unlink(name, dir_fd=directory)
-    except OSError:
-        pass
 
 
 class FilesystemStore(ZarrStore):

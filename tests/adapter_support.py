@@ -15,6 +15,7 @@ from hypothesis import settings
 from zarr.core.buffer import Buffer, cpu
 
 from zarrstore import FilesystemStorage, MemoryStorage, Storage, ZarrStore
+from zarrstore.testing import FILES_CANNOT_BE_DIRECTORIES
 
 __all__ = [
     "FEWER_EXAMPLES",
@@ -62,6 +63,10 @@ def raw_set(storage: Any, key: str, value: bytes) -> None:
 
 class InnermostBackdoor:
     """``raw_get`` / ``raw_set`` for ``StoreConformance`` over any adapter stack."""
+
+    def why_not_a_key_and_keys_under_it(self, storage: Storage) -> str | None:
+        bottom = innermost(storage)
+        return FILES_CANNOT_BE_DIRECTORIES if isinstance(bottom, FilesystemStorage) else None
 
     def raw_get(self, storage: Storage, key: str) -> bytes | None:
         return raw_get(storage, key)

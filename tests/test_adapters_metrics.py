@@ -16,8 +16,10 @@ import pytest
 import zarr
 from adapter_support import FEWER_EXAMPLES, InnermostBackdoor, ZarrBackdoor, raw_get
 from hypothesis.stateful import run_state_machine_as_test
+from hypothesis_budget import hierarchy_examples
 from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
 from zarr.core.buffer import cpu, default_buffer_prototype
+from zarr.testing.stateful import ZarrHierarchyStateMachine
 from zarr.testing.store import StoreTests
 
 from zarrstore import (
@@ -88,6 +90,13 @@ def test_state_machine_over_filesystem(tmp_path: Path) -> None:
         return PerformanceMetricsStorage(FilesystemStorage(tmp_path / f"s{next(counter)}"))
 
     run_state_machine_as_test(storage_state_machine(make), settings=FEWER_EXAMPLES)
+
+
+def test_zarr_hierarchy_state_machine_over_memory() -> None:
+    run_state_machine_as_test(  # type: ignore[no-untyped-call]
+        lambda: ZarrHierarchyStateMachine(PerformanceMetrics(MemoryStore())),
+        settings=hierarchy_examples(),
+    )
 
 
 # -- the counting rules --------------------------------------------------------------

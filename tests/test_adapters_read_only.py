@@ -21,7 +21,9 @@ import pytest
 import zarr
 from adapter_support import FEWER_EXAMPLES, InnermostBackdoor, ZarrBackdoor, raw_get, raw_set
 from hypothesis.stateful import run_state_machine_as_test
+from hypothesis_budget import hierarchy_examples
 from zarr.core.buffer import cpu, default_buffer_prototype
+from zarr.testing.stateful import ZarrHierarchyStateMachine
 from zarr.testing.store import StoreTests
 
 from zarrstore import (
@@ -32,6 +34,7 @@ from zarrstore import (
     ReadOnly,
     ReadOnlyError,
     Storage,
+    ZarrStore,
 )
 from zarrstore.adapters import ReadOnlyStorage, WrappingStorage
 from zarrstore.testing import StoreConformance, storage_state_machine
@@ -98,6 +101,25 @@ def test_state_machine_over_filesystem(tmp_path: Path) -> None:
         return RefusedThenWritten(FilesystemStorage(tmp_path / f"s{next(counter)}"))
 
     run_state_machine_as_test(storage_state_machine(make), settings=FEWER_EXAMPLES)
+
+
+class RefusedThenWrittenStore(ZarrStore):
+    """zarr over ``RefusedThenWritten``: zarr writes, ``ReadOnly`` refuses each, it is made below.
+
+    The store itself reads as writable, so zarr tries its writes (a ``ReadOnly`` store
+    would be refused by zarr before any reached the adapter).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(RefusedThenWritten(MemoryStorage()))
+        self._read_only = False
+
+
+def test_zarr_hierarchy_state_machine_over_memory() -> None:
+    run_state_machine_as_test(  # type: ignore[no-untyped-call]
+        lambda: ZarrHierarchyStateMachine(RefusedThenWrittenStore()),
+        settings=hierarchy_examples(),
+    )
 
 
 # -- zarr's StoreTests ----------------------------------------------------------------

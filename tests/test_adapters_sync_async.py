@@ -15,14 +15,20 @@ import pytest
 import zarr
 from hypothesis import settings
 from hypothesis.stateful import run_state_machine_as_test
+from hypothesis_budget import hierarchy_examples
 from zarr.core.buffer import Buffer, cpu
+from zarr.testing.stateful import ZarrHierarchyStateMachine
 from zarr.testing.store import StoreTests
 
-from zarrstore import FilesystemStorage, MemoryStorage, ZarrStore
+from zarrstore import FilesystemStorage, MemoryStorage, Storage, ZarrStore
 from zarrstore.adapters import AsyncToSync, SyncToAsync
 from zarrstore.protocol import AsyncStorage
 from zarrstore.ranges import ByteRange
-from zarrstore.testing import StoreConformance, storage_state_machine
+from zarrstore.testing import (
+    FILES_CANNOT_BE_DIRECTORIES,
+    StoreConformance,
+    storage_state_machine,
+)
 
 T = TypeVar("T")
 
@@ -54,6 +60,9 @@ class TestRoundTripOverFilesystem(StoreConformance):
     @pytest.fixture
     def storage(self, tmp_path: Path) -> AsyncToSync:
         return round_trip(FilesystemStorage(tmp_path / "store"))
+
+    def why_not_a_key_and_keys_under_it(self, storage: Storage) -> str | None:
+        return FILES_CANNOT_BE_DIRECTORIES
 
     def raw_get(self, storage: AsyncToSync, key: str) -> bytes | None:  # type: ignore[override]
         path = storage.inner.inner.root / key  # type: ignore[attr-defined]
@@ -96,6 +105,18 @@ class AsyncOnlyStore(ZarrStore):
 
     def __init__(self, values: dict[str, bytes], *, read_only: bool = False) -> None:
         super().__init__(SyncToAsync(MemoryStorage(values, read_only=read_only)))
+
+
+def test_zarr_hierarchy_state_machine_over_the_round_trip() -> None:
+    run_state_machine_as_test(  # type: ignore[no-untyped-call]
+        lambda: ZarrHierarchyStateMachine(RoundTripStore({})), settings=hierarchy_examples()
+    )
+
+
+def test_zarr_hierarchy_state_machine_over_sync_to_async() -> None:
+    run_state_machine_as_test(  # type: ignore[no-untyped-call]
+        lambda: ZarrHierarchyStateMachine(AsyncOnlyStore({})), settings=hierarchy_examples()
+    )
 
 
 class _DictBackdoor:

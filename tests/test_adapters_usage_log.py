@@ -19,7 +19,9 @@ import pytest
 import zarr
 from adapter_support import FEWER_EXAMPLES, InnermostBackdoor, ZarrBackdoor
 from hypothesis.stateful import run_state_machine_as_test
+from hypothesis_budget import hierarchy_examples
 from zarr.core.buffer import cpu
+from zarr.testing.stateful import ZarrHierarchyStateMachine
 from zarr.testing.store import StoreTests
 
 from zarrstore import (
@@ -88,6 +90,13 @@ def test_state_machine_over_filesystem(tmp_path: Path) -> None:
         return UsageLogStorage(FilesystemStorage(tmp_path / f"s{next(counter)}"), io.StringIO())
 
     run_state_machine_as_test(storage_state_machine(make), settings=FEWER_EXAMPLES)
+
+
+def test_zarr_hierarchy_state_machine_over_memory() -> None:
+    run_state_machine_as_test(  # type: ignore[no-untyped-call]
+        lambda: ZarrHierarchyStateMachine(UsageLog(MemoryStore(), io.StringIO())),
+        settings=hierarchy_examples(),
+    )
 
 
 # -- the line format, parsed back as docs/adapters.md describes it ------------------

@@ -1,4 +1,4 @@
-"""Every public module lists its names in ``__all__``, and every listed name exists and is documented."""
+"""Every public module lists its names in ``__all__``; each listed name exists and is documented."""
 
 from __future__ import annotations
 

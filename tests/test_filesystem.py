@@ -1,27 +1,44 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis.stateful import run_state_machine_as_test
-from hypothesis_budget import fewer_examples
+from hypothesis_budget import fewer_examples, hierarchy_examples
 from zarr.core.buffer import Buffer, cpu
-from zarr.testing.stateful import ZarrStoreStateMachine
+from zarr.testing.stateful import ZarrHierarchyStateMachine, ZarrStoreStateMachine
 from zarr.testing.store import StoreTests
 
-from zarrstore import FilesystemStorage, FilesystemStore, InvalidKeyError, StorageIOError
+from zarrstore import (
+    DirListing,
+    FilesystemStorage,
+    FilesystemStore,
+    InvalidKeyError,
+    RangeRequest,
+    StorageIOError,
+)
 from zarrstore.filesystem import TEMP_MARK, direct_io_supported
-from zarrstore.testing import StoreConformance, storage_state_machine
+from zarrstore.testing import (
+    FILES_CANNOT_BE_DIRECTORIES,
+    StoreConformance,
+    storage_state_machine,
+)
 
 
 class FilesystemBackdoor:
+    def why_not_a_key_and_keys_under_it(self, storage: FilesystemStorage) -> str | None:
+        return FILES_CANNOT_BE_DIRECTORIES
+
     def raw_get(self, storage: FilesystemStorage, key: str) -> bytes | None:
         path = storage.root / key
         return path.read_bytes() if path.is_file() else None
@@ -86,6 +103,14 @@ def test_zarr_store_state_machine(tmp_path: Path) -> None:
     )
 
 
+def test_zarr_hierarchy_state_machine(tmp_path: Path) -> None:
+    counter = iter(range(10**6))
+    run_state_machine_as_test(  # type: ignore[no-untyped-call]
+        lambda: ZarrHierarchyStateMachine(FilesystemStore(tmp_path / f"h{next(counter)}")),
+        settings=hierarchy_examples(),
+    )
+
+
 # -- no escape from the root -------------------------------------------------------
 
 
@@ -116,9 +141,9 @@ def test_absolute_key_is_refused(fs: FilesystemStorage, tmp_path: Path) -> None:
 def test_symlinked_file_pointing_out_is_refused(fs: FilesystemStorage, tmp_path: Path) -> None:
     fs.root.mkdir(parents=True)
     os.symlink(tmp_path / "outside" / "secret", fs.root / "link")
-    with pytest.raises(InvalidKeyError, match="outside the store root"):
+    with pytest.raises(InvalidKeyError, match="symlink"):
         fs.get("link")
-    with pytest.raises(InvalidKeyError, match="outside the store root"):
+    with pytest.raises(InvalidKeyError, match="symlink"):
         fs.set("link", b"overwritten")
     assert (tmp_path / "outside" / "secret").read_bytes() == b"secret"
 
@@ -128,17 +153,126 @@ def test_symlinked_directory_pointing_out_is_refused(
 ) -> None:
     fs.root.mkdir(parents=True)
     os.symlink(tmp_path / "outside", fs.root / "dir")
-    with pytest.raises(InvalidKeyError, match="outside the store root"):
+    with pytest.raises(InvalidKeyError, match="symlink"):
         fs.get("dir/secret")
-    with pytest.raises(InvalidKeyError, match="outside the store root"):
+    with pytest.raises(InvalidKeyError, match="symlink"):
         fs.set("dir/new", b"x")
     assert not (tmp_path / "outside" / "new").exists()
 
 
-def test_symlink_inside_the_root_is_allowed(fs: FilesystemStorage) -> None:
+def test_symlinks_are_never_followed_even_inside_the_root(fs: FilesystemStorage) -> None:
+    # Following a link, even one that points inside, needs a check-then-open that a
+    # concurrent swap can race; the store walks with O_NOFOLLOW instead.
     fs.set("real/value", b"v")
     os.symlink(fs.root / "real", fs.root / "alias")
-    assert fs.get("alias/value") == b"v"
+    os.symlink(fs.root / "real" / "value", fs.root / "real" / "link")
+    for key in ["alias/value", "real/link"]:
+        with pytest.raises(InvalidKeyError, match="symlink"):
+            fs.get(key)
+        with pytest.raises(InvalidKeyError, match="symlink"):
+            fs.size(key)
+        with pytest.raises(InvalidKeyError, match="symlink"):
+            fs.set(key, b"x")
+        with pytest.raises(InvalidKeyError, match="symlink"):
+            fs.erase(key)
+    with pytest.raises(InvalidKeyError, match="symlink"):
+        list(fs.list_prefix("alias/"))
+    assert list(fs.list()) == ["real/value"]  # links are not keys
+    assert fs.list_dir("") == DirListing(prefixes=("real/",))
+    fs.erase_prefix("")
+    assert os.path.islink(fs.root / "alias") and os.path.islink(fs.root / "real" / "link")
+
+
+# -- no escape under a race: a directory swapped for a symlink to the outside ----------
+
+_OUTSIDE = b"O" * 1000  # a value no operation on the store ever writes, of a size none sums to
+
+
+def _swap_dir_for_symlink(
+    directory: Path, outside: Path, swaps: int, done: threading.Event
+) -> None:
+    """Swap ``directory`` for a symlink to ``outside`` and back, ``swaps`` times."""
+    aside = directory.with_name(directory.name + "-aside")
+    try:
+        for _ in range(swaps):
+            try:
+                os.rename(directory, aside)
+            except FileNotFoundError:  # the store pruned it
+                aside.mkdir()
+            while True:
+                try:
+                    os.symlink(outside, directory)
+                    break
+                except FileExistsError:  # a writer re-made the directory meanwhile
+                    shutil.rmtree(directory, ignore_errors=True)
+            os.unlink(directory)
+            while True:
+                try:
+                    os.rename(aside, directory)
+                    break
+                except OSError:
+                    shutil.rmtree(directory, ignore_errors=True)
+    finally:
+        done.set()
+
+
+def test_a_directory_swapped_for_a_symlink_never_leads_outside(tmp_path: Path) -> None:
+    """Every operation races a thread that swaps ``d`` for a link to ``outside``.
+
+    Before the store walked with ``O_NOFOLLOW`` from a descriptor of its root, such
+    a swap made 89 reads return a file outside and 1,396 writes land outside in 60 s.
+    """
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(_OUTSIDE)
+    (outside / "only-outside").write_bytes(_OUTSIDE)
+    store = FilesystemStorage(tmp_path / "root")
+    store.set("d/secret", b"inside")
+    operations: dict[str, Callable[[], object]] = {
+        "get": lambda: store.get("d/secret"),
+        "get range": lambda: store.get("d/secret", RangeRequest(0, 3)),
+        "get_many": lambda: store.get_many([("d/secret", None), ("d/only-outside", None)]),
+        "size": lambda: store.size("d/secret"),
+        "exists": lambda: store.exists("d/only-outside"),
+        "set": lambda: store.set("d/secret", b"inside"),
+        "set new": lambda: store.set("d/new/deeper", b"written"),
+        "set_if_absent": lambda: store.set_if_absent("d/other", b"written"),
+        "list_prefix": lambda: list(store.list_prefix("d/")),
+        "list": lambda: list(store.list()),
+        "list_dir": lambda: store.list_dir("d/"),
+        "size_prefix": lambda: store.size_prefix("d/"),
+        "erase": lambda: store.erase("d/only-outside"),
+        "erase_many": lambda: store.erase_many(["d/secret", "d/only-outside"]),
+        "erase_prefix": lambda: store.erase_prefix("d/"),
+    }
+    done = threading.Event()
+    swapper = threading.Thread(
+        target=_swap_dir_for_symlink, args=(store.root / "d", outside, 400, done)
+    )
+    escaped: list[tuple[str, object]] = []
+    runs = 0
+    swapper.start()
+    try:
+        while not done.is_set():
+            for name, operation in operations.items():
+                try:
+                    got = operation()
+                except InvalidKeyError as exc:  # met the link: refused, as it must be
+                    assert "symlink" in str(exc)
+                    continue
+                runs += 1
+                text = repr(got)
+                if "only-outside" in text or "OOO" in text or (name == "exists" and got) or (
+                    isinstance(got, int) and not isinstance(got, bool) and got >= 1000
+                ):
+                    escaped.append((name, got))
+    finally:
+        swapper.join()
+    assert runs > 0
+    assert not escaped, escaped[:5]
+    assert sorted(p.name for p in outside.iterdir()) == ["only-outside", "secret"]
+    assert (outside / "secret").read_bytes() == _OUTSIDE
+    assert (outside / "only-outside").read_bytes() == _OUTSIDE
 
 
 def test_backslash_and_nul_are_refused(fs: FilesystemStorage) -> None:

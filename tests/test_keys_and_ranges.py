@@ -59,3 +59,12 @@ def test_ranges_match_python_slicing(value: bytes, a: int, b: int) -> None:
     assert slice_value(value, OffsetRequest(a)) == value[a:]
     assert slice_value(value, SuffixRequest(a)) == (value[-a:] if a else b"")
     assert slice_value(value, None) == value
+
+
+@pytest.mark.parametrize("key", ["a/\ud800", "\udfff", "g/x\udc80y/zarr.json"])
+def test_a_lone_surrogate_is_an_invalid_key_not_an_encoding_error(key: str) -> None:
+    with pytest.raises(InvalidKeyError, match="lone surrogate"):
+        validate_key(key)
+    with pytest.raises(InvalidKeyError, match="lone surrogate"):
+        validate_prefix(key + "/")
+    assert not is_valid_key(key)

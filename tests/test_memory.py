@@ -4,8 +4,9 @@ from typing import Any
 
 import pytest
 from hypothesis.stateful import run_state_machine_as_test
+from hypothesis_budget import hierarchy_examples
 from zarr.core.buffer import Buffer, cpu
-from zarr.testing.stateful import ZarrStoreStateMachine
+from zarr.testing.stateful import ZarrHierarchyStateMachine, ZarrStoreStateMachine
 from zarr.testing.store import StoreTests
 
 from zarrstore import MemoryStorage, MemoryStore
@@ -54,3 +55,9 @@ def test_state_machine_against_dict_model() -> None:
 
 def test_zarr_store_state_machine() -> None:
     run_state_machine_as_test(lambda: ZarrStoreStateMachine(MemoryStore()))  # type: ignore[no-untyped-call]
+
+
+def test_zarr_hierarchy_state_machine() -> None:
+    run_state_machine_as_test(  # type: ignore[no-untyped-call]
+        lambda: ZarrHierarchyStateMachine(MemoryStore()), settings=hierarchy_examples()
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pickle
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import zarr
 from async_only import AsyncOnlyStoreTests
 from hypothesis import settings
 from hypothesis.stateful import run_state_machine_as_test
+from hypothesis_budget import hierarchy_examples
 from object_support import (  # the session fixtures are imported to be used here
     BUCKET,
     NOT_PICKLABLE,
@@ -37,14 +39,19 @@ from object_support import (  # the session fixtures are imported to be used her
     run,
     s3_fixture,  # noqa: F401
 )
+from obstore.store import MemoryStore as ObstoreMemory
 from zarr.core.buffer import Buffer, cpu
-from zarr.testing.stateful import ZarrStoreStateMachine
+from zarr.testing.stateful import ZarrHierarchyStateMachine, ZarrStoreStateMachine
 from zarr.testing.store import StoreTests
 
-from zarrstore import AsyncToSync, RangeRequest, StorageIOError, SuffixRequest
+from zarrstore import AsyncToSync, DirListing, RangeRequest, StorageIOError, SuffixRequest
 from zarrstore.object import ObjectStorage, ObjectStore
 from zarrstore.protocol import Storage
-from zarrstore.testing import StoreConformance, storage_state_machine
+from zarrstore.testing import (
+    FILES_CANNOT_BE_DIRECTORIES,
+    StoreConformance,
+    storage_state_machine,
+)
 
 # -- the shared conformance base, through AsyncToSync ------------------------------------
 
@@ -69,7 +76,8 @@ class TestS3Conformance(OnS3, ObjectConformance):
 
 
 class TestLocalConformance(OnLocalFiles, ObjectConformance):
-    pass
+    def why_not_a_key_and_keys_under_it(self, storage: Storage) -> str | None:
+        return FILES_CANNOT_BE_DIRECTORIES
 
 
 class TestMemoryConformance(InMemory, ObjectConformance):
@@ -164,6 +172,19 @@ def test_zarr_store_state_machine_on_s3(s3: S3Server) -> None:
     )
 
 
+def test_zarr_hierarchy_state_machine_in_memory() -> None:
+    run_state_machine_as_test(  # type: ignore[no-untyped-call]
+        lambda: ZarrHierarchyStateMachine(ObjectStore.in_memory()), settings=hierarchy_examples()
+    )
+
+
+def test_zarr_hierarchy_state_machine_on_local_files(tmp_path: Path) -> None:
+    run_state_machine_as_test(  # type: ignore[no-untyped-call]
+        lambda: ZarrHierarchyStateMachine(ObjectStore(local_fresh(tmp_path).backing)),
+        settings=hierarchy_examples(),
+    )
+
+
 # -- partial reads, listing, credentials, errors -----------------------------------------
 
 
@@ -205,6 +226,87 @@ def test_missing_bucket_is_an_error_not_a_missing_key(s3: S3Server) -> None:
     for call in (storage.get("k"), storage.set("k", b"v"), storage.list()):
         with pytest.raises(StorageIOError, match="no-such-bucket"):
             run(call)
+
+
+async def _collect(names: AsyncIterator[str]) -> list[str]:
+    return [name async for name in names]
+
+
+def _hierarchy_with_markers(store: ObjectStore) -> None:
+    zarr.create_group(store)
+    zarr.create_group(store, path="g")
+    zarr.create_array(store, name="g/a", shape=(4,), chunks=(2,), dtype="i4")[:] = 7
+
+
+def _check_markers_are_no_children(store: ObjectStore) -> None:
+    storage = AsyncToSync(store.storage)
+    for prefix in ["", "g/", "g/a/", "g/a/c/"]:
+        keys = list(storage.list_prefix(prefix))
+        listing = storage.list_dir(prefix)
+        for key in [*keys, *listing.keys]:
+            assert key.startswith(prefix) and key != prefix and not key.endswith("/"), key
+        assert "" not in keys and prefix[:-1] not in keys
+    root = zarr.open_group(store, mode="r")
+    assert [name for name, _ in root.members()] == ["g"]
+    assert [name for name, _ in root["g"].members()] == ["a"]  # type: ignore[union-attr]
+    assert zarr.open_array(store, path="g/a").nchunks_initialized == 2
+    np.testing.assert_array_equal(zarr.open_array(store, path="g/a")[:], [7, 7, 7, 7])
+
+
+def test_directory_markers_in_memory_name_each_child_once() -> None:
+    """obstore stores a marker ``"g/"`` as the empty value ``"g"``: a key, named once."""
+    backing = ObstoreMemory()
+    store = ObjectStore(backing)
+    _hierarchy_with_markers(store)
+    for marker in ["g/", "g/a/"]:
+        obstore.put(backing, marker, b"")  # as consoles and tools write them
+    storage = AsyncToSync(store.storage)
+    assert storage.list_dir("") == DirListing(keys=("g", "zarr.json"), prefixes=("g/",))
+    assert run(_collect(store.list_dir(""))) == ["g", "zarr.json"]
+    assert run(_collect(store.list_dir("g/"))) == ["a", "zarr.json"]
+    _check_markers_are_no_children(store)
+
+
+def test_directory_markers_on_s3_are_not_keys(s3: S3Server) -> None:
+    """Zero-byte objects named ``"dir/"`` (S3 consoles make them) are never listed."""
+    fresh = s3.fresh()
+    store = ObjectStore(fresh.backing)
+    _hierarchy_with_markers(store)
+    prefix = fresh.backing.prefix
+    for marker in ["", "g/", "g/a/", "g/a/c/", "g/empty-folder/"]:
+        s3.client.put_object(Bucket=BUCKET, Key=f"{prefix}/{marker}", Body=b"")
+    storage = AsyncToSync(store.storage)
+    assert storage.list_dir("") == DirListing(keys=("zarr.json",), prefixes=("g/",))
+    # A lone marker is a folder someone made, with no keys in it: like an empty
+    # directory on disk it may show as a sub-prefix, but never as a key.
+    assert storage.list_dir("g/") == DirListing(
+        keys=("g/zarr.json",), prefixes=("g/a/", "g/empty-folder/")
+    )
+    assert list(storage.list_prefix("g/")) == ["g/a/c/0", "g/a/c/1", "g/a/zarr.json",
+                                               "g/zarr.json"]
+    assert list(storage.list_prefix("g/empty-folder/")) == []
+    assert run(_collect(store.list_dir(""))) == ["g", "zarr.json"]
+    assert run(_collect(store.list_dir("g"))) == ["a", "empty-folder", "zarr.json"]
+    with pytest.warns(UserWarning, match="empty-folder is not recognized"):  # zarr says so
+        _check_markers_are_no_children(store)
+    run(store.clear())
+    assert run(store.is_empty("/"))
+    marker = s3.client.get_object(Bucket=BUCKET, Key=f"{prefix}/g/")  # not ours: left alone
+    assert marker["Body"].read() == b""
+
+
+def test_impossible_keys_on_local_files_hold_nothing(tmp_path: Path) -> None:
+    """``delete("arr/c/0/0")`` raised ``StorageIOError … Not a directory``; now a no-op."""
+    store = ObjectStore.local(tmp_path / "l")
+    zarr.create_array(store, name="arr", shape=(4,), chunks=(2,), dtype="i4")[:] = 5
+    run(store.delete("arr/c/0/0"))
+    run(store.delete("arr/c"))
+    assert run(store.get("arr/c/0/0")) is None and not run(store.exists("arr/c/0/0"))
+    assert run(store.get("arr/c")) is None and not run(store.exists("arr/c"))
+    assert run(_collect(store.list_prefix("arr/c/0/0"))) == []
+    np.testing.assert_array_equal(zarr.open_array(store, path="arr")[:], [5, 5, 5, 5])
+    with pytest.raises(StorageIOError, match="already a directory"):
+        run(store.storage.set_if_absent("arr/c", b"x"))
 
 
 def test_local_files_cannot_hold_a_key_and_its_directory(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -9,13 +10,13 @@ from typing import Any
 
 import pytest
 from hypothesis.stateful import run_state_machine_as_test
-from hypothesis_budget import fewer_examples
+from hypothesis_budget import fewer_examples, hierarchy_examples
 from zarr.core.buffer import Buffer, cpu
-from zarr.testing.stateful import ZarrStoreStateMachine
+from zarr.testing.stateful import ZarrHierarchyStateMachine, ZarrStoreStateMachine
 from zarr.testing.store import StoreTests
 
 import versionstore as vs
-from versionstore.session_store import SessionStorage, SessionStore
+from versionstore.session_store import MAX_KEY_BYTES, SessionStorage, SessionStore
 from zarrstore import InvalidKeyError, ReadOnlyError
 from zarrstore.testing import StoreConformance, storage_state_machine
 
@@ -88,6 +89,13 @@ def test_zarr_store_state_machine_on_a_session(repo: vs.Repository) -> None:
     run_state_machine_as_test(  # type: ignore[no-untyped-call]
         lambda: ZarrStoreStateMachine(repo.writable_session("main").store),
         settings=fewer_examples(8),
+    )
+
+
+def test_zarr_hierarchy_state_machine_on_a_session(repo: vs.Repository) -> None:
+    run_state_machine_as_test(  # type: ignore[no-untyped-call]
+        lambda: ZarrHierarchyStateMachine(repo.writable_session("main").store),
+        settings=hierarchy_examples(),
     )
 
 
@@ -223,9 +231,32 @@ def test_repr_is_cheap_and_does_no_io(repo: vs.Repository) -> None:
     assert "SessionStorage(branch='main'" in repr(session.store)
 
 
-def test_keys_too_long_for_a_session_are_refused(repo: vs.Repository) -> None:
-    with pytest.raises(InvalidKeyError, match="at most"):
-        repo.writable_session("main").store.storage.set("k" * 500, b"v")
+def test_keys_too_long_for_a_session_are_refused_on_every_write_path(
+    repo: vs.Repository,
+) -> None:
+    store = repo.writable_session("main").store
+    storage = store.storage
+    long_key = "k" * (MAX_KEY_BYTES + 1)
+    wide_key = "ключ" * (MAX_KEY_BYTES // 8 + 1)  # few characters, too many UTF-8 bytes
+    value = cpu.Buffer.from_bytes(b"v")
+
+    def writes(key: str) -> list[Callable[[], Any]]:
+        return [
+            lambda: storage.set(key, b"v"),
+            lambda: storage.set_if_absent(key, b"v"),
+            lambda: asyncio.run(store.set(key, value)),
+            lambda: asyncio.run(store.set_if_not_exists(key, value)),
+            lambda: asyncio.run(store._set_many([("ok", value), (key, value)])),
+            lambda: store.set_sync(key, value),
+        ]
+
+    for key in [long_key, wide_key, "g/" + long_key]:
+        for write in writes(key):
+            with pytest.raises(InvalidKeyError, match=f"at most {MAX_KEY_BYTES} bytes"):
+                write()
+        assert storage.get(key) is None and not storage.exists(key)
+    assert storage.set_if_absent("k" * MAX_KEY_BYTES, b"fits")
+    assert storage.get("k" * MAX_KEY_BYTES) == b"fits"
 
 
 def test_any_protocol_key_is_accepted(repo: vs.Repository) -> None:

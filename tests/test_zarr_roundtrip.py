@@ -51,7 +51,9 @@ def test_fixed_and_variable_length_strings(store: Store) -> None:
 
 @pytest.mark.parametrize(("shape", "chunks"), [((), ()), ((1,), (1,)), ((100,), (7,)),
                                                 ((4, 5, 6), (2, 5, 3)), ((0, 3), (1, 3))])
-def test_shapes_and_chunkings(store: Store, shape: tuple[int, ...], chunks: tuple[int, ...]) -> None:
+def test_shapes_and_chunkings(
+    store: Store, shape: tuple[int, ...], chunks: tuple[int, ...]
+) -> None:
     data = np.arange(int(np.prod(shape)), dtype="i4").reshape(shape)
     array = zarr.create_array(store, name="s", shape=shape, chunks=chunks or "auto", dtype="i4")
     array[...] = data

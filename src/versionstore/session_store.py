@@ -101,6 +101,12 @@ class SessionStorage(Storage):
         self.session.set_values([(key, value)])
 
     @override
+    def _set_if_absent(self, key: str, value: bytes) -> bool:
+        # Refuse the key before looking it up, whatever the default would do.
+        validate_session_key(key)
+        return super()._set_if_absent(key, value)
+
+    @override
     def _erase(self, key: str) -> None:
         self.session.erase_keys([key])
 

@@ -2,9 +2,17 @@
 
 Guarantees:
 
-* **No escape.** Every key resolves to a path inside ``root``; ``..``
-  segments and absolute keys are refused by the key validator, and a symlink
-  that leads outside the root is refused here, for reads and writes alike.
+* **No escape, even under a race.** ``..`` segments and absolute keys are
+  refused by the key validator. Every operation then walks from a file
+  descriptor of ``root``, one component at a time, opening each directory
+  relative to its parent with ``O_NOFOLLOW`` (``openat``) and acting on the
+  last component relative to its directory (``openat``, ``fstatat``,
+  ``unlinkat``, ``renameat``, ``mkdirat``). Symlinks are never followed: a
+  key that passes through one raises ``InvalidKeyError``, and listings skip
+  them. So no concurrent swap of a directory for a symlink can make a read,
+  write, erase or listing reach outside the root; there is no window between
+  checking a path and opening it, because no path is ever re-resolved
+  (``zarrstore.beneath`` does the walking).
 * **Atomic writes.** A value is written to a temporary file in the target
   directory and renamed over the key, so a reader (or a process killed
   mid-write) sees the old value or the new one, never a torn one. With
@@ -25,11 +33,25 @@ import errno
 import mmap
 import os
 import re
+import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, override
 
+from zarrstore.beneath import (
+    CREATE,
+    DIRECTORY,
+    READ,
+    SYMLINK_REFUSED,
+    InTheWay,
+    Missing,
+    entries,
+    lstat_at,
+    open_directory,
+    open_file,
+    unlink_quietly,
+)
 from zarrstore.errors import InvalidKeyError, StorageIOError
 from zarrstore.protocol import DirListing, Storage
 from zarrstore.ranges import ByteRange, resolve
@@ -41,6 +63,8 @@ TEMP_MARK = ".zarrstore-tmp-"
 _TEMP_NAME = re.compile(r"\.zarrstore-tmp-[0-9a-f]{32}")
 _ALIGN = 4096
 _O_DIRECT: int = getattr(os, "O_DIRECT", 0)
+#: How often a write retries when a concurrent erase prunes its directory under it.
+_PRUNED_RETRIES = 20
 
 
 def direct_io_supported() -> bool:
@@ -95,89 +119,105 @@ class FilesystemStorage(Storage):
         root = state.pop("root")
         self.__init__(root, **state)  # type: ignore[misc]
 
-    # -- paths ------------------------------------------------------------------
+    # -- walking from the root, never following a symlink ------------------------------
 
-    def _path(self, key: str) -> str:
-        if _TEMP_NAME.fullmatch(key.rpartition("/")[2]):
+    def _split(self, key: str) -> tuple[list[str], str]:
+        """The directory components of ``key`` and its last component."""
+        *parents, name = key.split("/")
+        if _TEMP_NAME.fullmatch(name):
             raise InvalidKeyError(key, "names of in-flight temporary files are reserved")
-        path = os.path.join(self._root_text, key)
-        real = os.path.realpath(path)
-        if real != path and not real.startswith(self._root_text + os.sep):
-            raise InvalidKeyError(key, "resolves outside the store root (symlink)")
-        return path
+        return parents, name
+
+    def _open_dir(self, key: str, parts: Sequence[str], *, create: bool = False) -> int:
+        """A descriptor of ``root/parts...``, walked by ``beneath.open_directory``."""
+        return open_directory(self._root_text, parts, key, create=create)
 
     # -- reads --------------------------------------------------------------------
 
     @override
     def _get(self, key: str, byte_range: ByteRange | None) -> bytes | None:
-        path = self._path(key)
+        parents, name = self._split(key)
         try:
-            if self.direct_io:
-                return self._read_direct(path, byte_range)
-            with open(path, "rb") as f:
-                if byte_range is None:
-                    return f.read()
-                start, stop = resolve(byte_range, os.fstat(f.fileno()).st_size)
-                f.seek(start)
-                return f.read(stop - start)
-        except (FileNotFoundError, NotADirectoryError):
+            directory = self._open_dir(key, parents)
+        except Missing:
             return None
-        except IsADirectoryError:
+        try:
+            fd = open_file(directory, name, key, READ | _O_DIRECT) if self.direct_io else None
+            direct = fd is not None
+            if fd is None:  # buffered, or the filesystem refuses O_DIRECT (tmpfs)
+                fd = open_file(directory, name, key, READ)
+        except Missing:
             return None
-
-    def _read_direct(self, path: str, byte_range: ByteRange | None) -> bytes:
+        finally:
+            os.close(directory)
+        assert fd is not None
         try:
-            fd = os.open(path, os.O_RDONLY | _O_DIRECT | os.O_CLOEXEC)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            with open(path, "rb") as f:  # the filesystem refuses O_DIRECT (tmpfs)
-                data = f.read()
-            start, stop = resolve(byte_range, len(data))
-            return data[start:stop]
-        try:
-            start, stop = resolve(byte_range, os.fstat(fd).st_size)
-            if stop <= start:
-                return b""
-            first = start // _ALIGN * _ALIGN
-            with mmap.mmap(-1, _aligned_up(stop - first)) as buffer:
-                got = os.preadv(fd, [buffer], first)
-                return bytes(buffer[start - first : min(stop, first + got) - first])
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None  # a directory of other keys is not a key
+            return _read_direct(fd, byte_range) if direct else _read_buffered(fd, byte_range)
         finally:
             os.close(fd)
 
     @override
     def _size(self, key: str) -> int | None:
+        parents, name = self._split(key)
         try:
-            stat = os.stat(self._path(key))
-        except (FileNotFoundError, NotADirectoryError):
+            directory = self._open_dir(key, parents)
+        except Missing:
             return None
-        return stat.st_size if not os.path.isdir(self._path(key)) else None
+        try:
+            info = lstat_at(directory, name)
+        finally:
+            os.close(directory)
+        if info is None or stat.S_ISDIR(info.st_mode):
+            return None
+        if stat.S_ISLNK(info.st_mode):
+            raise InvalidKeyError(key, SYMLINK_REFUSED)
+        return info.st_size if stat.S_ISREG(info.st_mode) else None
 
     # -- writes -------------------------------------------------------------------
 
     @override
     def _set(self, key: str, value: bytes) -> None:
-        path = self._path(key)
-        directory = os.path.dirname(path)
-        temp = os.path.join(directory, f"{TEMP_MARK}{uuid.uuid4().hex}")
-        for attempt in (1, 2):
+        parents, name = self._split(key)
+        for attempt in range(_PRUNED_RETRIES):
             try:
-                os.makedirs(directory, exist_ok=True)
-                self._write_file(temp, value)
-                break
-            except FileNotFoundError:
-                # A concurrent erase pruned the directory between makedirs and open.
-                if attempt == 2:
-                    raise
-            except (NotADirectoryError, FileExistsError) as exc:
+                directory = self._open_dir(key, parents, create=True)
+            except InTheWay as exc:
                 raise StorageIOError(
                     f"cannot store {key!r}: a parent of it is already a key ({exc})"
                 ) from exc
+            except Missing:  # a concurrent erase pruned a directory as it was made
+                continue
+            try:
+                self._set_in(directory, key, name, value)
+                return
+            except Missing:
+                if attempt == _PRUNED_RETRIES - 1:
+                    raise StorageIOError(
+                        f"cannot store {key!r}: its directory keeps being removed"
+                    ) from None
+            finally:
+                os.close(directory)
+
+    def _set_in(self, directory: int, key: str, name: str, value: bytes) -> None:
+        """Write ``value`` to a temporary file in ``directory``, then rename it over ``name``."""
+        info = lstat_at(directory, name)
+        if info is not None and stat.S_ISLNK(info.st_mode):
+            raise InvalidKeyError(key, SYMLINK_REFUSED)
+        temp = f"{TEMP_MARK}{uuid.uuid4().hex}"
         try:
-            os.replace(temp, path)
+            self._write_file(directory, temp, value)
+        except FileNotFoundError:  # the directory was pruned after it was opened
+            raise Missing from None
+        try:
+            # renameat replaces whatever ``name`` is now (even a symlink swapped in)
+            # inside this directory; it never follows a link.
+            os.replace(temp, name, src_dir_fd=directory, dst_dir_fd=directory)
+        except FileNotFoundError:  # the directory, temp file and all, was removed under us
+            raise Missing from None
         except OSError as exc:
-            _unlink_quietly(temp)
+            unlink_quietly(directory, temp)
             if isinstance(exc, IsADirectoryError | NotADirectoryError) or exc.errno in (
                 errno.EISDIR,
                 errno.ENOTEMPTY,
@@ -188,13 +228,12 @@ class FilesystemStorage(Storage):
                 ) from exc
             raise
         if self.durable:
-            _fsync_directory(directory)
+            os.fsync(directory)
 
-    def _write_file(self, path: str, value: bytes) -> None:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    def _write_file(self, directory: int, name: str, value: bytes) -> None:
         if self.direct_io and value:
             try:
-                fd = os.open(path, flags | _O_DIRECT, 0o644)
+                fd = os.open(name, CREATE | _O_DIRECT, 0o644, dir_fd=directory)
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
@@ -206,10 +245,13 @@ class FilesystemStorage(Storage):
                     os.ftruncate(fd, len(value))
                     if self.durable:
                         os.fsync(fd)
-                finally:
+                except BaseException:
                     os.close(fd)
+                    unlink_quietly(directory, name)
+                    raise
+                os.close(fd)
                 return
-        fd = os.open(path, flags, 0o644)
+        fd = os.open(name, CREATE, 0o644, dir_fd=directory)
         try:
             view = memoryview(value)
             while view:
@@ -218,29 +260,48 @@ class FilesystemStorage(Storage):
                 os.fsync(fd)
         except BaseException:
             os.close(fd)
-            _unlink_quietly(path)
+            unlink_quietly(directory, name)
             raise
         os.close(fd)
 
     @override
     def _erase(self, key: str) -> None:
-        path = self._path(key)
+        parents, name = self._split(key)
         try:
-            os.unlink(path)
-        except (FileNotFoundError, NotADirectoryError):
+            directory = self._open_dir(key, parents)
+        except Missing:
             return
-        except IsADirectoryError:
-            return
-        self._prune(os.path.dirname(path))
-
-    def _prune(self, directory: str) -> None:
-        """Remove now-empty directories up to (not including) the root."""
-        while directory != self._root_text and directory.startswith(self._root_text):
+        try:
+            info = lstat_at(directory, name)
+            if info is None or stat.S_ISDIR(info.st_mode):
+                return  # nothing there, or a directory of other keys: not a key
+            if stat.S_ISLNK(info.st_mode):
+                raise InvalidKeyError(key, SYMLINK_REFUSED)
             try:
-                os.rmdir(directory)
+                os.unlink(name, dir_fd=directory)  # unlinkat: removes a swapped-in link itself
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                return
+        finally:
+            os.close(directory)
+        self._prune(key, parents)
+
+    def _prune(self, key: str, parents: list[str]) -> None:
+        """Remove now-empty directories up to (not including) the root.
+
+        Each is removed relative to a descriptor of its parent (``unlinkat``
+        with ``AT_REMOVEDIR``), which only ever removes an empty directory.
+        """
+        for depth in range(len(parents), 0, -1):
+            try:
+                parent = self._open_dir(key, parents[: depth - 1])
+            except (Missing, InvalidKeyError):
+                return
+            try:
+                os.rmdir(parents[depth - 1], dir_fd=parent)
             except OSError:
                 return
-            directory = os.path.dirname(directory)
+            finally:
+                os.close(parent)
 
     @override
     def _erase_prefix(self, prefix: str) -> None:
@@ -249,43 +310,51 @@ class FilesystemStorage(Storage):
 
     # -- listing ------------------------------------------------------------------
 
+    def _open_prefix(self, prefix: str) -> int | None:
+        try:
+            return self._open_dir(prefix, prefix[:-1].split("/") if prefix else [])
+        except Missing:
+            return None
+
     @override
     def _list_prefix(self, prefix: str) -> Iterator[str]:
-        top = self._path(prefix[:-1]) if prefix else self._root_text
+        top = self._open_prefix(prefix)
+        if top is None:
+            return iter(())
         keys: list[str] = []
         stack = [(top, prefix)]
         while stack:
             directory, base = stack.pop()
             try:
-                entries = list(os.scandir(directory))
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            for entry in entries:
-                if _TEMP_NAME.fullmatch(entry.name):
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append((entry.path, f"{base}{entry.name}/"))
-                elif entry.is_file():
-                    keys.append(base + entry.name)
+                for name, kind in entries(directory, skip=_TEMP_NAME.fullmatch):
+                    if kind == "file":
+                        keys.append(base + name)
+                        continue
+                    try:
+                        child = os.open(name, DIRECTORY, dir_fd=directory)
+                    except OSError:  # removed or swapped for a link since it was listed
+                        continue
+                    stack.append((child, f"{base}{name}/"))
+            finally:
+                os.close(directory)
         keys.sort()
         return iter(keys)
 
     @override
     def _list_dir(self, prefix: str) -> DirListing:
-        directory = self._path(prefix[:-1]) if prefix else self._root_text
+        directory = self._open_prefix(prefix)
+        if directory is None:
+            return DirListing()
         keys: list[str] = []
         prefixes: list[str] = []
         try:
-            entries = list(os.scandir(directory))
-        except (FileNotFoundError, NotADirectoryError):
-            return DirListing()
-        for entry in entries:
-            if _TEMP_NAME.fullmatch(entry.name):
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                prefixes.append(f"{prefix}{entry.name}/")
-            elif entry.is_file():
-                keys.append(prefix + entry.name)
+            for name, kind in entries(directory, skip=_TEMP_NAME.fullmatch):
+                if kind == "file":
+                    keys.append(prefix + name)
+                else:
+                    prefixes.append(f"{prefix}{name}/")
+        finally:
+            os.close(directory)
         return DirListing(keys=tuple(sorted(keys)), prefixes=tuple(sorted(prefixes)))
 
     @override
@@ -295,19 +364,27 @@ class FilesystemStorage(Storage):
         )
 
 
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+def _read_buffered(fd: int, byte_range: ByteRange | None) -> bytes:
+    start, stop = resolve(byte_range, os.fstat(fd).st_size)
+    chunks: list[bytes] = []
+    offset = start
+    while offset < stop:
+        chunk = os.pread(fd, stop - offset, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
 
 
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _read_direct(fd: int, byte_range: ByteRange | None) -> bytes:
+    start, stop = resolve(byte_range, os.fstat(fd).st_size)
+    if stop <= start:
+        return b""
+    first = start // _ALIGN * _ALIGN
+    with mmap.mmap(-1, _aligned_up(stop - first)) as buffer:
+        got = os.preadv(fd, [buffer], first)
+        return bytes(buffer[start - first : min(stop, first + got) - first])
 
 
 class FilesystemStore(ZarrStore):

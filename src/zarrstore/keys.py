@@ -1,4 +1,4 @@
-"""The one place where store keys and prefixes are validated.
+r"""The one place where store keys and prefixes are validated.
 
 A *key* names one value: slash-separated segments such as ``"a/b/zarr.json"``.
 A *prefix* names a directory of keys: the empty string (everything) or a
@@ -8,8 +8,10 @@ way everywhere, before any I/O happens.
 
 Refused: empty keys, empty segments (``"a//b"``), ``"."`` and ``".."``
 segments, absolute paths (leading ``"/"``), trailing ``"/"`` on a key,
-backslashes and NUL characters. These are the forms that could escape a
-filesystem root or mean different things to different backings.
+backslashes, NUL characters, and text that is not valid Unicode (a lone
+surrogate such as ``"\ud800"``, which no backing can encode as UTF-8). These
+are the forms that could escape a filesystem root, mean different things to
+different backings, or fail deep inside one with an encoding error.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ _FORBIDDEN_CHARACTERS = ("\\", "\x00")
 
 
 def _segment_problem(text: str) -> str | None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"not valid Unicode: lone surrogate {text[exc.start]!r} at {exc.start}"
     for character in _FORBIDDEN_CHARACTERS:
         if character in text:
             return f"contains forbidden character {character!r}"

@@ -12,6 +12,13 @@ What each backing gives beyond plain reads and writes:
 * partial reads: several ranges of one object in one ``get_many`` become one
   ``get_ranges`` call, which coalesces nearby ranges and fetches concurrently;
 * ``list_dir`` is one delimiter listing (``list_with_delimiter``);
+* listings hold keys only: a zero-byte "directory marker" that consoles and
+  tools leave in buckets (an object named ``"g/"``) is not a key, since no
+  ``get`` can read it back, so it is never listed, never as ``""`` and never
+  as the listed prefix itself (one ``head`` per zero-byte object tells);
+* a key that cannot exist on the local-filesystem backing (``"a/0/0"`` under
+  the file ``"a/0"``, or the directory ``"a"``) reads as missing and erases
+  as a no-op, as on every other store;
 * ``set_if_absent`` is an atomic create (``If-None-Match: *`` on S3);
   ``compare_and_swap`` replaces a value only while its ETag is the one the
   caller read (``If-Match``), where the backing supports it (S3, memory; not
@@ -88,6 +95,15 @@ def _asks_nothing(byte_range: ByteRange | None) -> bool:
     return isinstance(byte_range, SuffixRequest) and byte_range.suffix == 0
 
 
+def _is_key_under(path: str, prefix: str) -> bool:
+    """Whether a listed ``path`` names something strictly under ``prefix``.
+
+    Drops what object listings may hold besides keys: the marker of the bucket
+    root (``""``) and of the listed prefix itself (``"g"`` when listing ``"g/"``).
+    """
+    return path != "" and path.startswith(prefix) and len(path) > len(prefix)
+
+
 def _brief(exc: BaseException) -> str:
     """An obstore error's message, without the debug dump after its first blank line."""
     return str(exc).split("\n\n", 1)[0]
@@ -145,6 +161,17 @@ class ObjectStorage(AsyncStorage):
             text = f"{type(self.backing).__name__}({id(self.backing):#x})"
         return f"ObjectStorage({text}, {'read-only' if self.read_only else 'writable'})"
 
+    def _is_impossible_path(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says a path runs through a file or names a directory.
+
+        Only the local-filesystem backing can say so (object paths elsewhere are
+        flat); obstore gives no error code, only the OS error in its message.
+        """
+        text = str(exc)
+        return isinstance(self.backing, LocalStore) and (
+            "(os error 20)" in text or "(os error 21)" in text  # ENOTDIR, EISDIR
+        )
+
     @contextmanager
     def _translated(self, operation: str, key: str, *, missing: bool = False) -> Iterator[None]:
         """Turn obstore's errors into zarrstore's, at the boundary.
@@ -154,6 +181,8 @@ class ObjectStorage(AsyncStorage):
             key: the key (or prefix) it was attempted on.
             missing: let ``FileNotFoundError`` for a missing *object* through,
                 for the caller to read as ``None``; a missing bucket is an error.
+                A path that cannot name an object on the local backing (through
+                a file, or a directory) is a missing object too.
         """
         try:
             yield
@@ -166,6 +195,8 @@ class ObjectStorage(AsyncStorage):
                 f"{operation} {key!r} is not supported by {self!r}: {_brief(exc)}"
             ) from exc
         except (BaseError, OSError) as exc:
+            if missing and self._is_impossible_path(exc):
+                raise FileNotFoundError(f"{operation} {key!r}: no such key") from exc
             raise StorageIOError(f"{operation} {key!r} on {self!r}: {_brief(exc)}") from exc
 
     def _is_missing_bucket(self, exc: FileNotFoundError) -> bool:
@@ -273,13 +304,29 @@ class ObjectStorage(AsyncStorage):
 
     # -- listing ------------------------------------------------------------------
 
-    async def _objects(self, prefix: str) -> Sequence[ObjectMeta]:
-        with self._translated("list", prefix):
-            return await obstore.list(self.backing, prefix[:-1] or None).collect_async()
+    async def _objects(self, prefix: str) -> list[ObjectMeta]:
+        """The objects under ``prefix`` that may be keys (markers named by path dropped)."""
+        try:
+            with self._translated("list", prefix, missing=True):
+                found = await obstore.list(self.backing, prefix[:-1] or None).collect_async()
+        except FileNotFoundError:  # the prefix runs through a file: nothing under it
+            return []
+        return [meta for meta in found if _is_key_under(meta["path"], prefix)]
+
+    async def _keys(self, metas: Sequence[ObjectMeta]) -> list[str]:
+        """The paths of ``metas`` that are keys, sorted: zero-byte markers are dropped.
+
+        A directory marker (an object named ``"g/"``) is listed by obstore as
+        ``"g"`` but cannot be read under that name; a real empty value can.
+        """
+        empty = [meta["path"] for meta in metas if int(meta["size"]) == 0]
+        sizes = await asyncio.gather(*(self._size(path) for path in empty))
+        markers = {path for path, size in zip(empty, sizes, strict=True) if size is None}
+        return sorted(meta["path"] for meta in metas if meta["path"] not in markers)
 
     @override
     async def _list_prefix(self, prefix: str) -> list[str]:
-        return sorted(meta["path"] for meta in await self._objects(prefix))
+        return await self._keys(await self._objects(prefix))
 
     @override
     async def _size_prefix(self, prefix: str) -> int:
@@ -287,11 +334,18 @@ class ObjectStorage(AsyncStorage):
 
     @override
     async def _list_dir(self, prefix: str) -> DirListing:
-        with self._translated("list_dir", prefix):
-            listing = await obstore.list_with_delimiter_async(self.backing, prefix[:-1] or None)
+        try:
+            with self._translated("list_dir", prefix, missing=True):
+                listing = await obstore.list_with_delimiter_async(
+                    self.backing, prefix[:-1] or None
+                )
+        except FileNotFoundError:  # the prefix runs through a file: nothing under it
+            return DirListing()
+        objects = [meta for meta in listing["objects"] if _is_key_under(meta["path"], prefix)]
+        subs = {f"{path}/" for path in listing["common_prefixes"]}
         return DirListing(
-            keys=tuple(sorted(meta["path"] for meta in listing["objects"])),
-            prefixes=tuple(sorted(f"{path}/" for path in listing["common_prefixes"])),
+            keys=tuple(await self._keys(objects)),
+            prefixes=tuple(sorted(sub for sub in subs if _is_key_under(sub[:-1], prefix))),
         )
 
     # -- writes -------------------------------------------------------------------
@@ -307,9 +361,13 @@ class ObjectStorage(AsyncStorage):
             with self._translated("put (create)", key):
                 await obstore.put_async(self.backing, key, value, mode="create")
         except StorageIOError as exc:
-            if isinstance(exc.__cause__, AlreadyExistsError | PreconditionError):
-                return False
-            raise
+            if not isinstance(exc.__cause__, AlreadyExistsError | PreconditionError):
+                raise
+            if await self._size(key) is None:  # the local backing: a directory is in the way
+                raise StorageIOError(
+                    f"cannot store {key!r} on {self!r}: it is already a directory of other keys"
+                ) from exc
+            return False
         return True
 
     async def compare_and_swap(self, key: str, expected_etag: str | None, value: bytes) -> bool:

@@ -12,12 +12,16 @@ Needs pytest and hypothesis (the ``test`` extra).
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
+import numpy as np
 import pytest
+import zarr
+import zarr.storage
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
@@ -25,11 +29,26 @@ from zarrstore.errors import InvalidKeyError, ReadOnlyError
 from zarrstore.mapping import StoreMapping
 from zarrstore.protocol import DirListing, Storage
 from zarrstore.ranges import ByteRange, OffsetRequest, RangeRequest, SuffixRequest, slice_value
+from zarrstore.zarr_bridge import ZarrStore
 
-__all__ = ["BAD_KEYS", "BAD_PREFIXES", "StoreConformance", "storage_state_machine"]
+__all__ = [
+    "BAD_KEYS",
+    "BAD_PREFIXES",
+    "FILES_CANNOT_BE_DIRECTORIES",
+    "StoreConformance",
+    "storage_state_machine",
+]
 
-BAD_KEYS = ["", "/abs", "a//b", "a/./b", "a/../b", "..", ".", "a/", "a\\b", "a\x00b", "../x"]
-BAD_PREFIXES = ["a", "/a/", "a//", "./", "../", "a/../", "a\\b/"]
+BAD_KEYS = [
+    "", "/abs", "a//b", "a/./b", "a/../b", "..", ".", "a/", "a\\b", "a\x00b", "../x",
+    "a/\ud800", "\udfff",
+]
+#: The skip reason for backings of files, which cannot hold ``"a"`` beside ``"a/b"``.
+FILES_CANNOT_BE_DIRECTORIES = (
+    "a filesystem cannot hold a key beside keys under it ('g/x' would be a file and a "
+    "directory); storing one raises StorageIOError, which the store's own tests check"
+)
+BAD_PREFIXES = ["a", "/a/", "a//", "./", "../", "a/../", "a\\b/", "a/\ud800/"]
 
 EDGE_RANGES: list[tuple[bytes, ByteRange | None]] = [
     (b"", None),
@@ -55,17 +74,48 @@ EDGE_RANGES: list[tuple[bytes, ByteRange | None]] = [
 ]
 
 
+def _collect(names: AsyncIterator[str]) -> list[str]:
+    async def collect() -> list[str]:
+        return [name async for name in names]
+
+    return asyncio.run(collect())
+
+
+def _sibling_arrays() -> dict[str, bytes]:
+    """Keys and values of arrays ``u``, ``u10``, ``t`` and ``t2m``, as zarr writes them.
+
+    Sibling names that share a prefix: zarr asks ``list_prefix("u")`` (no
+    ``"/"``) for ``u``'s chunks and fails if ``u10``'s keys come back.
+    """
+    model = zarr.storage.MemoryStore()
+    for name, n_chunks in [("u", 2), ("u10", 3), ("t", 1), ("t2m", 4)]:
+        array = zarr.create_array(model, name=name, shape=(2 * n_chunks,), chunks=(2,),
+                                  dtype="i4", fill_value=-1)
+        array[:] = np.arange(2 * n_chunks, dtype="i4")
+    return {key: value.to_bytes() for key, value in model._store_dict.items()}
+
+
 class StoreConformance:
     """Protocol semantics every storage must honour.
 
     Subclasses provide the ``storage`` fixture and the two backdoors. Stores
     that cannot store values (HTTP) set ``writable = False``; those that cannot
-    be pickled set ``picklable = False`` with a ``not_picklable_reason``.
+    be pickled set ``picklable = False`` with a ``not_picklable_reason``; those
+    whose backing cannot hold a key and keys under it alike (``"g/x"`` and
+    ``"g/x/zarr.json"``: a file cannot be a directory) override
+    ``why_not_a_key_and_keys_under_it``.
     """
 
     writable: ClassVar[bool] = True
     picklable: ClassVar[bool] = True
     not_picklable_reason: ClassVar[str] = ""
+    #: Whether reading a key that names a directory of other keys gives ``None``. A
+    #: web server decides what it answers for a directory (HTTP sets this ``False``).
+    directories_read_as_missing: ClassVar[bool] = True
+
+    def why_not_a_key_and_keys_under_it(self, storage: Storage) -> str | None:
+        """Why ``storage`` cannot hold ``"g/x"`` beside ``"g/x/zarr.json"``; ``None`` if it can."""
+        return None
 
     def raw_get(self, storage: Storage, key: str) -> bytes | None:
         """Read ``key`` without going through ``storage``."""
@@ -80,6 +130,13 @@ class StoreConformance:
             pytest.skip(
                 "read-only store: every write is refused "
                 "(test_refuses_writes_when_read_only checks that)"
+            )
+
+    def _require_listing(self, storage: Storage) -> None:
+        if not storage.supports_listing:
+            pytest.skip(
+                f"{type(storage).__name__} cannot list keys "
+                "(its own tests check that listing raises UnsupportedOperationError)"
             )
 
     # -- reads --------------------------------------------------------------------
@@ -146,6 +203,103 @@ class StoreConformance:
         )
         assert storage.list_dir("g/a/c/") == DirListing(keys=("g/a/c/0",))
         assert storage.list_dir("nothing/") == DirListing()
+
+    def test_listings_name_each_child_once(self, storage: Storage) -> None:
+        """A key beside a directory of the same name: one child, never ``""`` or the prefix."""
+        self._require_listing(storage)
+        reason = self.why_not_a_key_and_keys_under_it(storage)
+        if reason is not None:
+            pytest.skip(reason)
+        for key in ["g/zarr.json", "g/x", "g/x/zarr.json"]:
+            self.raw_set(storage, key, b'{"zarr_format":3,"node_type":"group","attributes":{}}')
+        assert storage.list_dir("g/") == DirListing(
+            keys=("g/x", "g/zarr.json"), prefixes=("g/x/",)
+        )
+        assert list(storage.list_prefix("g/")) == ["g/x", "g/x/zarr.json", "g/zarr.json"]
+        store = ZarrStore(storage)
+        for path in ["g", "g/"]:
+            assert sorted(_collect(store.list_dir(path))) == ["x", "zarr.json"]
+        group = zarr.open_group(store, path="g", mode="r")
+        assert [name for name, _ in group.members()] == ["x"]
+
+    def test_listings_hold_only_keys_under_the_prefix(self, storage: Storage) -> None:
+        self._require_listing(storage)
+        for key in ["a/zarr.json", "a/b/c/0", "a/b/zarr.json", "ab/k", "a-b/k", "k"]:
+            self.raw_set(storage, key, b"1")
+        for prefix in ["", "a/", "a/b/", "a/b/c/", "ab/", "nothing/"]:
+            keys = list(storage.list_prefix(prefix))
+            listing = storage.list_dir(prefix)
+            for key in [*keys, *listing.keys]:
+                assert key.startswith(prefix) and key != prefix and not key.endswith("/"), key
+            for sub in listing.prefixes:
+                assert sub.startswith(prefix) and sub != prefix and sub.endswith("/"), sub
+            assert len(set(keys)) == len(keys)
+            names = [k[len(prefix) :] for k in listing.keys]
+            names += [p[len(prefix) : -1] for p in listing.prefixes]
+            assert "" not in names and len(names) == len(set(listing.keys + listing.prefixes))
+
+    def test_root_is_slash_or_empty_for_zarr(self, storage: Storage) -> None:
+        """The root is ``"/"`` or ``""`` for zarr (it calls ``is_empty("/")`` after clearing)."""
+        self._require_listing(storage)
+        store = ZarrStore(storage)
+        assert asyncio.run(store.is_empty("/")) and asyncio.run(store.is_empty(""))
+        self.raw_set(storage, "g/zarr.json", b"{}")
+        assert not asyncio.run(store.is_empty("/"))
+        assert _collect(store.list_prefix("/")) == ["g/zarr.json"]
+        assert _collect(store.list_dir("/")) == ["g"]
+        assert asyncio.run(store.getsize_prefix("/")) == 2
+        if self.writable:
+            asyncio.run(store.clear())
+            assert asyncio.run(store.is_empty("/"))
+
+    def test_sibling_names_sharing_a_prefix(self, storage: Storage) -> None:
+        """``u`` beside ``u10``: zarr's ``list_prefix("u")`` means the directory ``u/``."""
+        self._require_listing(storage)
+        for key, value in _sibling_arrays().items():
+            self.raw_set(storage, key, value)
+        store = ZarrStore(storage)
+        for name, n_chunks in [("u", 2), ("u10", 3), ("t", 1), ("t2m", 4)]:
+            array = zarr.open_array(store, path=name, mode="r")
+            assert array.nchunks_initialized == n_chunks
+            np.testing.assert_array_equal(array[:], np.arange(2 * n_chunks))
+        assert sorted(_collect(store.list_prefix("u"))) == ["u/c/0", "u/c/1", "u/zarr.json"]
+        assert asyncio.run(store.is_empty("t2")) and not asyncio.run(store.is_empty("t"))
+
+    def test_impossible_keys_are_missing(self, storage: Storage) -> None:
+        """Keys that run through a value (``arr/c/0/0`` under ``arr/c/0``) or name a directory.
+
+        They hold nothing: reads are ``None`` and erases are no-ops, on every store.
+        """
+        stored = {"arr/zarr.json": b"{}", "arr/c/0": b"0", "arr/c/1": b"1"}
+        for key, value in stored.items():
+            self.raw_set(storage, key, value)
+        impossible = ["arr/c/0/0", "arr/c/1/x/y"]
+        if self.directories_read_as_missing:
+            impossible += ["arr/c", "arr"]
+        for key in impossible:
+            assert storage.get(key) is None, key
+            assert storage.get(key, RangeRequest(0, 1)) is None, key
+            assert storage.get_many([(key, None), ("arr/c/0", None)]) == [None, b"0"], key
+            assert storage.size(key) is None, key
+            assert not storage.exists(key), key
+        if storage.supports_listing:
+            for prefix in ["arr/c/0/", "arr/c/0/0/"]:
+                assert list(storage.list_prefix(prefix)) == [], prefix
+                assert storage.list_dir(prefix) == DirListing(), prefix
+                assert storage.size_prefix(prefix) == 0, prefix
+        if self.writable:
+            storage.erase("arr/c/0/0")
+            storage.erase("arr/c")
+            storage.erase("arr")
+            storage.erase_many(["arr/c/0/0", "arr/c", "arr/c/1/x"])
+            storage.erase_prefix("arr/c/0/")
+            storage.erase_prefix("arr/c/0/0/")
+            store = ZarrStore(storage)
+            asyncio.run(store.delete("arr/c/0/0"))
+            asyncio.run(store.delete("arr/c"))
+            asyncio.run(store.delete_dir("arr/c/0"))
+        for key, value in stored.items():
+            assert self.raw_get(storage, key) == value, key
 
     @pytest.mark.parametrize("prefix", BAD_PREFIXES)
     def test_bad_prefixes_are_refused(self, storage: Storage, prefix: str) -> None:

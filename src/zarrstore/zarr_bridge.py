@@ -62,8 +62,19 @@ def to_byte_range(byte_range: ByteRequest | None) -> ByteRange | None:
 
 
 def _as_prefix(path: str) -> str:
-    """Normalise a zarr directory (``"a/b"`` or ``"a/b/"``) to a protocol prefix (``"a/b/"``)."""
-    return "" if path in ("", "/") else path.rstrip("/") + "/"
+    """Read a zarr directory path as a protocol prefix.
+
+    ``""`` and ``"/"`` are the root (``""``); ``"a/b"`` and ``"a/b/"`` are the
+    directory ``"a/b/"``. A path without its trailing ``"/"`` names the
+    directory, never a string prefix, so ``"u"`` does not reach ``"u10/..."``:
+    zarr's callers (``nchunks_initialized`` lists ``"u"`` and relativizes each
+    key to ``"u/"``) need exactly that, and zarr's ``LocalStore`` and obstore
+    answer so. Anything else (``"a//"``, ``"/a"``) is left for the protocol's
+    validator to refuse with ``InvalidKeyError``.
+    """
+    if path in ("", "/"):
+        return ""
+    return path if path.endswith("/") else path + "/"
 
 
 class ZarrStore(Store):
@@ -272,23 +283,24 @@ class ZarrStore(Store):
             yield key
 
     async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
-        """Every key starting with ``prefix`` (a directory or a plain string prefix)."""
-        if prefix == "" or prefix.endswith("/"):
-            keys = await self._listed(prefix)
-        else:
-            parent = prefix[: prefix.rfind("/") + 1]
-            keys = [k for k in await self._listed(parent) if k.startswith(prefix)]
-        for key in keys:
+        """Every key under the directory ``prefix`` (``"a"`` is ``"a/"``; ``"/"`` is the root)."""
+        for key in await self._listed(_as_prefix(prefix)):
             yield key
 
     async def list_dir(self, prefix: str) -> AsyncIterator[str]:
-        """Names of the direct children of the directory ``prefix``."""
+        """Names of the direct children of the directory ``prefix``, each once, sorted.
+
+        A name that is both a key and a sub-directory (``g/x`` beside
+        ``g/x/zarr.json``) is one child, as in zarr's ``MemoryStore``; an empty
+        name (a directory marker object) is never a child.
+        """
         base = _as_prefix(prefix)
         listing: DirListing = await self._call("list_dir", base)
-        for key in listing.keys:
-            yield key[len(base) :]
-        for sub in listing.prefixes:
-            yield sub[len(base) : -1]
+        names = {key[len(base) :] for key in listing.keys if key.startswith(base)}
+        names.update(sub[len(base) : -1] for sub in listing.prefixes if sub.startswith(base))
+        names.discard("")
+        for name in sorted(names):
+            yield name
 
     # -- the synchronous surface (zarr >= 3.4 uses it when present) ---------------
 

@@ -65,6 +65,12 @@ _ERRORS: tuple[type[Exception], ...] = tuple(
 _TAKEN = (opendal_errors.AlreadyExists, opendal_errors.ConditionNotMatch)
 _MISSING = (opendal_errors.NotFound,)
 
+#: Services whose ranged reads must run to the end of the value. opendal's FTP
+#: service (0.47) hands a connection back to its pool while a partial transfer
+#: is still open, and the next command on it fails ("Data connection is already
+#: open"); a read to the end closes the transfer cleanly.
+_READS_TO_END = frozenset({"ftp"})
+
 
 def _brief(exc: BaseException) -> str:
     """An opendal error's headline and its source, without the context and backtrace."""
@@ -157,13 +163,16 @@ def _run_in_thread(coroutine: Coroutine[Any, Any, T]) -> T:
 class _Features:
     """The parts of ``operator.capability()`` the protocol needs, read once."""
 
-    def __init__(self, capability: Any) -> None:
+    def __init__(self, operator: opendal.Operator | opendal.AsyncOperator) -> None:
+        capability = operator.capability()
+        scheme = operator.__reduce__()[1][0]
         self.writes = bool(capability.write)
         self.deletes = bool(capability.delete)
         self.listing = bool(capability.list)
         self.empty_values = bool(capability.write_can_empty)
         self.atomic_create = bool(capability.write_with_if_not_exists)
         self.real_directories = not bool(capability.list_with_recursive)
+        self.reads_to_end = scheme in _READS_TO_END
 
 
 class _Boundary:
@@ -259,7 +268,7 @@ class OpendalStorage(_Boundary, Storage):
     def __init__(self, operator: opendal.Operator, *, read_only: bool = False) -> None:
         Storage.__init__(self, read_only=read_only)
         self._operator: opendal.Operator = operator
-        self._features = _Features(operator.capability())
+        self._features = _Features(operator)
         self._lister: opendal.AsyncOperator | None = None
 
     @classmethod
@@ -305,6 +314,8 @@ class OpendalStorage(_Boundary, Storage):
             with self._translated("read", key, let_through=_MISSING):
                 if length is None:
                     return bytes(self._operator.read(key))
+                if self._features.reads_to_end:
+                    return bytes(self._operator.read(key, offset=offset))[:length]
                 return bytes(self._operator.read(key, offset=offset, size=length))
         except opendal_errors.NotFound:
             return None
@@ -390,7 +401,7 @@ class AsyncOpendalStorage(_Boundary, AsyncStorage):
     def __init__(self, operator: opendal.AsyncOperator, *, read_only: bool = False) -> None:
         AsyncStorage.__init__(self, read_only=read_only)
         self._operator: opendal.AsyncOperator = operator
-        self._features = _Features(operator.capability())
+        self._features = _Features(operator)
 
     @classmethod
     def from_scheme(cls, scheme: str, *, read_only: bool = False, **options: Option) -> Self:
@@ -433,6 +444,8 @@ class AsyncOpendalStorage(_Boundary, AsyncStorage):
             with self._translated("read", key, let_through=_MISSING):
                 if length is None:
                     return bytes(await self._operator.read(key))
+                if self._features.reads_to_end:
+                    return bytes(await self._operator.read(key, offset=offset))[:length]
                 return bytes(await self._operator.read(key, offset=offset, size=length))
         except opendal_errors.NotFound:
             return None

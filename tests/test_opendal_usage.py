@@ -1,4 +1,4 @@
-"""OpenDAL stores in use: zarr and xarray round trips, adapters stacked on them, capabilities, errors.
+"""OpenDAL stores in use: zarr and xarray round trips, stacked adapters, capabilities, errors.
 
 Every service here is real: files, opendal's memory, a pyftpdlib FTP server
 and moto's S3 server on 127.0.0.1. The failures are real too: a port nothing

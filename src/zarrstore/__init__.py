@@ -1,8 +1,9 @@
 """zarrstore: the Zarr store family and its adapters.
 
 Stores: ``MemoryStore``, ``FilesystemStore`` (and, with the ``remote`` extra,
-``HTTPStore``, ``ObjectStore``, ``OpendalStore`` and ``AsyncOpendalStore``). Each is a ``zarr.abc.store.Store``: pass it
-as ``store=`` to ``zarr.open_group`` or ``xarray.open_zarr``. Underneath, each
+``HTTPStore``, ``ObjectStore``, ``OpendalStore`` and ``AsyncOpendalStore``).
+Each is a ``zarr.abc.store.Store``: pass it as ``store=`` to
+``zarr.open_group`` or ``xarray.open_zarr``. Underneath, each
 speaks the small sync protocol ``zarrstore.protocol.Storage`` (or its async
 twin), which the adapters and the versioned engine build on.
 """

@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Self, TypeVar, override
 
@@ -92,7 +92,7 @@ def _operator_options(options: dict[str, Option]) -> dict[str, str]:
     return {name: text(value) for name, value in options.items()}
 
 
-def _open(kind: type[T], scheme: str, options: dict[str, Option]) -> T:
+def _open(kind: Callable[..., T], scheme: str, options: dict[str, Option]) -> T:
     """``opendal.Operator(scheme, **options)`` (or the async one), its errors translated."""
     try:
         return kind(scheme, **_operator_options(options))

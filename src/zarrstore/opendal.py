@@ -40,6 +40,7 @@ the binding's pooled FTP connection).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import suppress
 from typing import Self, override
 
 import opendal
@@ -86,6 +87,10 @@ class OpendalStorage(OpendalBoundary, Storage):
     def from_scheme(cls, scheme: str, *, read_only: bool = False, **options: Option) -> Self:
         """A storage on ``opendal.Operator(scheme, **options)``.
 
+        Options are the service's own (``root``, ``endpoint``, ``bucket``, ...);
+        for ``fs`` give ``atomic_write_dir`` too, or writes happen in place and a
+        concurrent reader can see a torn value.
+
         Raises:
             UnsupportedOperationError: the service is not compiled into this wheel.
             ValueError: the options do not configure the service.
@@ -131,8 +136,9 @@ class OpendalStorage(OpendalBoundary, Storage):
         except opendal_errors.NotFound:
             return None
         except StorageIOError:
-            if self._stat_size(key) is None:  # a directory: no value here
-                return None
+            with suppress(StorageIOError):  # if the stat fails too, the read's error stands
+                if self._stat_size(key) is None:  # a directory: no value here
+                    return None
             raise
 
     # -- listing ------------------------------------------------------------------
@@ -261,8 +267,9 @@ class AsyncOpendalStorage(OpendalBoundary, AsyncStorage):
         except opendal_errors.NotFound:
             return None
         except StorageIOError:
-            if await self._stat_size(key) is None:  # a directory: no value here
-                return None
+            with suppress(StorageIOError):  # if the stat fails too, the read's error stands
+                if await self._stat_size(key) is None:  # a directory: no value here
+                    return None
             raise
 
     @override
@@ -337,6 +344,9 @@ class OpendalStore(ZarrStore):
     @classmethod
     def from_scheme(cls, scheme: str, *, read_only: bool = False, **options: Option) -> Self:
         """A store on ``opendal.Operator(scheme, **options)``: ``from_scheme("fs", root=...)``.
+
+        Options are the service's own; for ``fs`` give ``atomic_write_dir`` too,
+        or writes happen in place and a concurrent reader can see a torn value.
 
         Raises:
             UnsupportedOperationError: the service is not compiled into this wheel.

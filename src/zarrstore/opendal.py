@@ -80,7 +80,7 @@ class OpendalStorage(OpendalBoundary, Storage):
     def __init__(self, operator: opendal.Operator, *, read_only: bool = False) -> None:
         Storage.__init__(self, read_only=read_only)
         self._operator: opendal.Operator = operator
-        self._features = Features(operator)
+        self._features = Features.of(operator)
         self._lister: opendal.AsyncOperator | None = None
 
     @classmethod
@@ -218,7 +218,7 @@ class AsyncOpendalStorage(OpendalBoundary, AsyncStorage):
     def __init__(self, operator: opendal.AsyncOperator, *, read_only: bool = False) -> None:
         AsyncStorage.__init__(self, read_only=read_only)
         self._operator: opendal.AsyncOperator = operator
-        self._features = Features(operator)
+        self._features = Features.of(operator)
 
     @classmethod
     def from_scheme(cls, scheme: str, *, read_only: bool = False, **options: Option) -> Self:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import attrs
 import opendal
 from opendal import exceptions as opendal_errors
 
@@ -149,19 +150,31 @@ def run_in_thread(coroutine: Coroutine[Any, Any, T]) -> T:
     return box["value"]  # type: ignore[no-any-return]
 
 
+@attrs.frozen(kw_only=True)
 class Features:
-    """The parts of ``operator.capability()`` the protocol needs, read once."""
+    """What the protocol needs to know of a service, from ``operator.capability()``."""
 
-    def __init__(self, operator: opendal.Operator | opendal.AsyncOperator) -> None:
+    writes: bool
+    deletes: bool
+    listing: bool
+    empty_values: bool  #: ``write_can_empty``
+    atomic_create: bool  #: ``write_with_if_not_exists``
+    real_directories: bool  #: no native recursive listing: directories are walked and pruned
+    reads_to_end: bool  #: ranged reads run to the end of the value (FTP)
+
+    @classmethod
+    def of(cls, operator: opendal.Operator | opendal.AsyncOperator) -> Features:
+        """The features of ``operator``'s service."""
         capability = operator.capability()
-        scheme = operator.__reduce__()[1][0]
-        self.writes = bool(capability.write)
-        self.deletes = bool(capability.delete)
-        self.listing = bool(capability.list)
-        self.empty_values = bool(capability.write_can_empty)
-        self.atomic_create = bool(capability.write_with_if_not_exists)
-        self.real_directories = not bool(capability.list_with_recursive)
-        self.reads_to_end = scheme in _READS_TO_END
+        return cls(
+            writes=bool(capability.write),
+            deletes=bool(capability.delete),
+            listing=bool(capability.list),
+            empty_values=bool(capability.write_can_empty),
+            atomic_create=bool(capability.write_with_if_not_exists),
+            real_directories=not bool(capability.list_with_recursive),
+            reads_to_end=operator.__reduce__()[1][0] in _READS_TO_END,
+        )
 
 
 class OpendalBoundary:

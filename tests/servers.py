@@ -5,8 +5,9 @@ own static handler over ``root`` (it honours ``Range``), plus routes that
 misbehave on purpose: ``/flaky/<token>/<n>/`` drops the connection on the
 first ``n`` requests of ``token``, ``/slow/`` answers after five seconds,
 ``/status/<code>/`` always answers ``code``, and ``/auth/`` wants a bearer
-token. ``serve_s3()`` is moto's standalone S3 server. Both bind a free port on
-the loopback address only, and stop when their ``with`` block ends.
+token. ``serve_s3()`` is moto's standalone S3 server. ``serve_ftp(home)`` is a
+pyftpdlib FTP server over ``home`` with one user. All bind a free port on the
+loopback address only, and stop when their ``with`` block ends.
 """
 
 from __future__ import annotations
@@ -22,10 +23,21 @@ from pathlib import Path
 
 from aiohttp import web
 
-__all__ = ["AUTH_TOKEN", "HTTPServer", "SLOW_SECONDS", "serve_http", "serve_s3"]
+__all__ = [
+    "AUTH_TOKEN",
+    "FTP_PASSWORD",
+    "FTP_USER",
+    "HTTPServer",
+    "SLOW_SECONDS",
+    "serve_ftp",
+    "serve_http",
+    "serve_s3",
+]
 
 SLOW_SECONDS = 5.0
 AUTH_TOKEN = "Bearer test-token"
+FTP_USER = "zarr"
+FTP_PASSWORD = "zarr-secret"
 
 
 class HTTPServer:
@@ -121,3 +133,40 @@ def serve_s3() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+@contextmanager
+def serve_ftp(home: Path) -> Iterator[str]:
+    """Run a pyftpdlib FTP server over ``home`` on 127.0.0.1 and yield its ``ftp://`` endpoint.
+
+    One user (``FTP_USER`` / ``FTP_PASSWORD``) with every permission in ``home``;
+    a thread per connection, passive data ports chosen by the kernel. A failed
+    login is answered at once (pyftpdlib waits three seconds by default).
+    """
+    import logging
+
+    from pyftpdlib.authorizers import DummyAuthorizer
+    from pyftpdlib.handlers import FTPHandler
+    from pyftpdlib.servers import ThreadedFTPServer
+
+    logging.getLogger("pyftpdlib").setLevel(logging.WARNING)
+    authorizer = DummyAuthorizer()
+    authorizer.add_user(FTP_USER, FTP_PASSWORD, str(home), perm="elradfmwMT")
+    handler = type("TestFTPHandler", (FTPHandler,), {
+        "authorizer": authorizer, "auth_failed_timeout": 0.05, "banner": "zarrstore test FTP",
+    })
+    server = ThreadedFTPServer(("127.0.0.1", 0), handler)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            server.serve_forever(timeout=0.05, blocking=False)
+        server.close_all()
+
+    thread = threading.Thread(target=serve, name="test-ftp-server", daemon=True)
+    thread.start()
+    try:
+        yield f"ftp://127.0.0.1:{server.address[1]}"
+    finally:
+        stop.set()
+        thread.join(30)

@@ -1,4 +1,4 @@
-"""Adapters stack in any order, over memory, filesystem and versioned session stores.
+"""Adapters stack in any order, over memory, filesystem, OpenDAL and versioned session stores.
 
 Each stack runs the same zarr workload. Whatever the order, the metrics layer
 must count exactly what it counts alone over the bare store (the other layers
@@ -21,6 +21,7 @@ from zarrstore import (
     AsyncToSync,
     FilesystemStore,
     MemoryStore,
+    OpendalStore,
     PerformanceMetrics,
     ReadOnly,
     ReadOnlyError,
@@ -64,6 +65,9 @@ BASES: dict[str, BaseFactory] = {
     "memory": lambda tmp: MemoryStore(),
     "filesystem": lambda tmp: FilesystemStore(tmp / "fs"),
     "session": _session_store,
+    "opendal-fs": lambda tmp: OpendalStore.from_scheme(
+        "fs", root=tmp / "od", atomic_write_dir=tmp / "od-tmp"
+    ),
 }
 
 

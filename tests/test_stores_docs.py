@@ -1,10 +1,11 @@
-"""The examples of the HTTP and object-storage sections of ``docs/stores.md`` run as written.
+"""The examples of the HTTP, object-storage and OpenDAL sections of ``docs/stores.md`` run.
 
 The pages name a public URL; here it points at the test HTTP server on
 127.0.0.1, serving the directory the examples write into. The object-storage
 examples construct S3 stores without contacting anyone (obstore connects on
 first use) and use the local and in-memory backings for I/O; dummy AWS
-credentials are set all the same.
+credentials are set all the same. The OpenDAL examples write with the ``fs``
+and memory services and construct FTP and S3 stores, which connect on first use.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """zarrstore: the Zarr store family and its adapters.
 
 Stores: ``MemoryStore``, ``FilesystemStore`` (and, with the ``remote`` extra,
-``HTTPStore`` and ``ObjectStore``). Each is a ``zarr.abc.store.Store``: pass it
-as ``store=`` to ``zarr.open_group`` or ``xarray.open_zarr``. Underneath, each
+``HTTPStore``, ``ObjectStore``, ``OpendalStore`` and ``AsyncOpendalStore``).
+Each is a ``zarr.abc.store.Store``: pass it as ``store=`` to
+``zarr.open_group`` or ``xarray.open_zarr``. Underneath, each
 speaks the small sync protocol ``zarrstore.protocol.Storage`` (or its async
 twin), which the adapters and the versioned engine build on.
 """
@@ -31,8 +32,16 @@ from zarrstore.zarr_bridge import ZarrStore
 if TYPE_CHECKING:
     from zarrstore.http import HTTPStorage, HTTPStore
     from zarrstore.object import ObjectStorage, ObjectStore
+    from zarrstore.opendal import (
+        AsyncOpendalStorage,
+        AsyncOpendalStore,
+        OpendalStorage,
+        OpendalStore,
+    )
 
 __all__ = [
+    "AsyncOpendalStorage",
+    "AsyncOpendalStore",
     "AsyncStorage",
     "AsyncToSync",
     "ByteRange",
@@ -49,6 +58,8 @@ __all__ = [
     "ObjectStorage",
     "ObjectStore",
     "OffsetRequest",
+    "OpendalStorage",
+    "OpendalStore",
     "PerformanceMetrics",
     "RangeRequest",
     "ReadOnly",
@@ -65,13 +76,17 @@ __all__ = [
     "ZarrStoreError",
 ]
 
-#: The remote stores need the ``remote`` extra (aiohttp, obstore), so they are
+#: The remote stores need the ``remote`` extra (aiohttp, obstore, opendal), so they are
 #: imported on first use: ``import zarrstore`` works without it.
 _REMOTE = {
     "HTTPStorage": "zarrstore.http",
     "HTTPStore": "zarrstore.http",
     "ObjectStorage": "zarrstore.object",
     "ObjectStore": "zarrstore.object",
+    "OpendalStorage": "zarrstore.opendal",
+    "OpendalStore": "zarrstore.opendal",
+    "AsyncOpendalStorage": "zarrstore.opendal",
+    "AsyncOpendalStore": "zarrstore.opendal",
 }
 
 

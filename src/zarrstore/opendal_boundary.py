@@ -1,0 +1,311 @@
+"""The opendal boundary shared by ``OpendalStore`` and ``AsyncOpendalStore``.
+
+Part of the OpenDAL stores (``zarrstore.opendal``), apart because it is what
+both the blocking and the async storage need of the binding: operators built
+from a scheme and options, the capabilities the protocol reports, the one
+place where opendal's errors become zarrstore's (``raise ... from exc``), byte
+ranges planned from a size, and listings (a directory walk for services with
+real directories). It imports opendal, and nothing here knows zarr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import attrs
+import opendal
+from opendal import exceptions as opendal_errors
+
+from zarrstore.errors import StorageIOError, StorageTimeoutError, UnsupportedOperationError
+from zarrstore.protocol import DirListing
+from zarrstore.ranges import ByteRange, OffsetRequest, resolve
+
+__all__ = [
+    "ERRORS",
+    "MISSING",
+    "TAKEN",
+    "Features",
+    "OpendalBoundary",
+    "Option",
+    "list_children",
+    "list_keys",
+    "needs_size",
+    "open_operator",
+    "parents",
+    "run_in_thread",
+    "span",
+]
+
+T = TypeVar("T")
+Option = str | os.PathLike[str] | bool | int
+
+#: Every error the binding raises (its exception classes share no base of their own).
+ERRORS: tuple[type[Exception], ...] = tuple(
+    value
+    for value in vars(opendal_errors).values()
+    if isinstance(value, type) and issubclass(value, Exception)
+)
+TAKEN = (opendal_errors.AlreadyExists, opendal_errors.ConditionNotMatch)
+MISSING = (opendal_errors.NotFound,)
+
+#: Services whose ranged reads must run to the end of the value. opendal's FTP
+#: service (0.47) hands a connection back to its pool while a partial transfer
+#: is still open, and the next command on it fails ("Data connection is already
+#: open"); a read to the end closes the transfer cleanly.
+_READS_TO_END = frozenset({"ftp"})
+
+
+def _brief(exc: BaseException) -> str:
+    """An opendal error's headline and its source, without the context and backtrace."""
+    sections = str(exc).split("\n\n")
+    text = sections[0]
+    for section in sections[1:]:
+        head, _, body = section.partition("\n")
+        if head.strip() == "Source:":
+            text += ": " + " ".join(line.strip() for line in body.splitlines())
+    return text
+
+
+def _operator_options(options: dict[str, Option]) -> dict[str, str]:
+    def text(value: Option) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+
+    return {name: text(value) for name, value in options.items()}
+
+
+def open_operator(kind: Callable[..., T], scheme: str, options: dict[str, Option]) -> T:
+    """``opendal.Operator(scheme, **options)`` (or the async one), its errors translated."""
+    try:
+        return kind(scheme, **_operator_options(options))
+    except opendal_errors.Unsupported as exc:
+        raise UnsupportedOperationError(
+            f"opendal cannot open {scheme!r} here: {str(exc).split(chr(10))[0]}"
+            f" ({_services_line(exc)})"
+        ) from exc
+    except opendal_errors.ConfigInvalid as exc:
+        raise ValueError(f"invalid options for opendal {scheme!r}: {_brief(exc)}") from exc
+
+
+def _services_line(exc: BaseException) -> str:
+    for line in str(exc).splitlines():
+        if line.strip().startswith("available:"):
+            return line.strip()
+    return "see the opendal docs for the services in this build"
+
+
+def _identity(operator: opendal.Operator | opendal.AsyncOperator) -> tuple[object, ...]:
+    """What makes two operators the same backing: scheme and options (memory: the object)."""
+    scheme, options = operator.__reduce__()[1]
+    if scheme == "memory":  # each memory operator is its own store
+        return (scheme, id(operator))
+    return (scheme, tuple(sorted(options.items())))
+
+
+def span(byte_range: ByteRange | None, size: int) -> tuple[int, int]:
+    """``(offset, length)`` of ``byte_range`` in a value of ``size`` bytes, clipped to it."""
+    start, stop = resolve(byte_range, size)
+    return start, stop - start
+
+
+def needs_size(byte_range: ByteRange | None) -> bool:
+    """Whether reading ``byte_range`` needs the value's size first (anything but all of it)."""
+    return byte_range is not None and not (
+        isinstance(byte_range, OffsetRequest) and byte_range.offset == 0
+    )
+
+
+def parents(keys: Sequence[str]) -> list[str]:
+    """Every directory holding one of ``keys`` (below the root), deepest first."""
+    found: set[str] = set()
+    for key in keys:
+        cut = key.rfind("/")
+        while cut > 0:
+            found.add(key[: cut + 1])
+            cut = key.rfind("/", 0, cut)
+    return sorted(found, key=lambda d: (-d.count("/"), d))
+
+
+def run_in_thread(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` on a fresh event loop in a worker thread, even inside a running loop."""
+    box: dict[str, Any] = {}
+
+    def main() -> None:
+        try:
+            box["value"] = asyncio.run(coroutine)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=main, name="zarrstore-opendal-list", daemon=True)
+    worker.start()
+    worker.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+@attrs.frozen(kw_only=True)
+class Features:
+    """What the protocol needs to know of a service, from ``operator.capability()``."""
+
+    writes: bool
+    deletes: bool
+    listing: bool
+    empty_values: bool  #: ``write_can_empty``
+    atomic_create: bool  #: ``write_with_if_not_exists``
+    real_directories: bool  #: no native recursive listing: directories are walked and pruned
+    reads_to_end: bool  #: ranged reads run to the end of the value (FTP)
+
+    @classmethod
+    def of(cls, operator: opendal.Operator | opendal.AsyncOperator) -> Features:
+        """The features of ``operator``'s service."""
+        capability = operator.capability()
+        return cls(
+            writes=bool(capability.write),
+            deletes=bool(capability.delete),
+            listing=bool(capability.list),
+            empty_values=bool(capability.write_can_empty),
+            atomic_create=bool(capability.write_with_if_not_exists),
+            real_directories=not bool(capability.list_with_recursive),
+            reads_to_end=operator.__reduce__()[1][0] in _READS_TO_END,
+        )
+
+
+class OpendalBoundary:
+    """Shared by both storages: identity, capabilities and the error boundary."""
+
+    _operator: opendal.Operator | opendal.AsyncOperator
+    _features: Features
+    read_only: bool
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            type(self) is type(other)
+            and isinstance(other, OpendalBoundary)
+            and self.read_only == other.read_only
+            and _identity(self._operator) == _identity(other._operator)
+        )
+
+    def __hash__(self) -> int:
+        return hash(_identity(self._operator))
+
+    def __repr__(self) -> str:
+        mode = "read-only" if self.read_only else "writable"
+        return f"{type(self).__name__}({self._operator!r}, {mode})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"operator": self._operator, "read_only": self.read_only}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["operator"], read_only=state["read_only"])  # type: ignore[misc]
+
+    @property
+    def supports_writes(self) -> bool:
+        """Whether the service can store values (``capability().write``)."""
+        return self._features.writes
+
+    @property
+    def supports_deletes(self) -> bool:
+        """Whether the service can erase values (``capability().delete``)."""
+        return self._features.deletes
+
+    @property
+    def supports_listing(self) -> bool:
+        """Whether the service can enumerate keys (``capability().list``)."""
+        return self._features.listing
+
+    @property
+    def supports_empty_values(self) -> bool:
+        """Whether the service can store a zero-length value (not FTP)."""
+        return self._features.empty_values
+
+    @contextmanager
+    def _translated(
+        self, operation: str, key: str, *, let_through: tuple[type[Exception], ...] = ()
+    ) -> Iterator[None]:
+        """Turn opendal's errors into zarrstore's, at the boundary.
+
+        Args:
+            operation: what was attempted, for the message.
+            key: the key (or prefix) it was attempted on.
+            let_through: opendal errors the caller handles itself (``NotFound``
+                read as a missing key, ``AlreadyExists`` as a lost create).
+        """
+        try:
+            yield
+        except let_through:
+            raise
+        except opendal_errors.Unsupported as exc:
+            raise UnsupportedOperationError(
+                f"{operation} {key!r} is not supported by {self!r}: {_brief(exc)}"
+            ) from exc
+        except ERRORS as exc:
+            message = f"{operation} {key!r} on {self!r}: {_brief(exc)}"
+            if "timeout" in message.partition(": ")[2].lower():
+                raise StorageTimeoutError(message) from exc
+            raise StorageIOError(message) from exc
+
+    def _refuse_empty(self, key: str, value: bytes) -> None:
+        if not value and not self._features.empty_values:
+            raise UnsupportedOperationError(
+                f"set {key!r} on {self!r}: this service cannot store an empty value "
+                "(opendal's capability write_can_empty is false)"
+            )
+
+
+async def _entries(
+    storage: OpendalBoundary, operator: opendal.AsyncOperator, prefix: str
+) -> list[tuple[str, bool]]:
+    """``(path, is_directory)`` of each direct child of ``prefix``; a missing prefix is empty."""
+    try:
+        with storage._translated("list", prefix, let_through=MISSING):
+            lister = await operator.list(prefix or "/")
+            found = [(entry.path, entry.path.endswith("/")) async for entry in lister]
+    except opendal_errors.NotFound:
+        return []
+    return [(path, is_dir) for path, is_dir in found if path not in (prefix, "/")]
+
+
+async def list_keys(
+    storage: OpendalBoundary, operator: opendal.AsyncOperator, prefix: str
+) -> list[str]:
+    """Every key under ``prefix``, sorted.
+
+    Services that list recursively by themselves (object stores) are asked
+    once. Directory services are walked here, one listing per directory and a
+    level at a time: opendal's own emulated recursive listing never returns
+    for a missing directory on FTP (opendal 0.47).
+    """
+    if not storage._features.real_directories:
+        try:
+            with storage._translated("list", prefix, let_through=MISSING):
+                lister = await operator.list(prefix or "/", recursive=True)
+                return sorted([e.path async for e in lister if not e.path.endswith("/")])
+        except opendal_errors.NotFound:
+            return []
+    keys: list[str] = []
+    level = [prefix]
+    while level:
+        listings = await asyncio.gather(*(_entries(storage, operator, d) for d in level))
+        level = []
+        for entries in listings:
+            for path, is_dir in entries:
+                (level if is_dir else keys).append(path)
+    return sorted(keys)
+
+
+async def list_children(
+    storage: OpendalBoundary, operator: opendal.AsyncOperator, prefix: str
+) -> DirListing:
+    """The direct children of ``prefix``: one non-recursive listing."""
+    entries = await _entries(storage, operator, prefix)
+    return DirListing(
+        keys=tuple(sorted(path for path, is_dir in entries if not is_dir)),
+        prefixes=tuple(sorted(path for path, is_dir in entries if is_dir)),
+    )

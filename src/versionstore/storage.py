@@ -43,10 +43,11 @@ class LMDBStorage:
 
     path: str = attrs.field(converter=_absolute)
     durable: bool = False
+    read_only: bool = False
 
     def open_backend(self) -> Backend:
         """Open the LMDB environment."""
-        return LMDBBackend(self.path, durable=self.durable)
+        return LMDBBackend(self.path, durable=self.durable, read_only=self.read_only)
 
     def may_hold_repository(self) -> bool:
         """Whether the directory already holds an LMDB environment."""
@@ -68,14 +69,17 @@ class InMemoryStorage:
         return True
 
 
-def lmdb_storage(path: str | os.PathLike[str], *, durable: bool = False) -> LMDBStorage:
+def lmdb_storage(path: str | os.PathLike[str], *, durable: bool = False,
+                 read_only: bool = False) -> LMDBStorage:
     """The embedded default: a repository in an LMDB directory at ``path``.
 
     Args:
         path: the directory (created if missing).
         durable: fsync every write, not only every commit (slower; see docs).
+        read_only: open without writing anything (writes raise
+            ``ReadOnlyRepositoryError``); a read-only filesystem gives this anyway.
     """
-    return LMDBStorage(path, durable)
+    return LMDBStorage(path, durable, read_only)
 
 
 def in_memory_storage() -> InMemoryStorage:

@@ -54,7 +54,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import lmdb
 
@@ -146,7 +146,8 @@ class _Gate:
         self._local = threading.local()
 
     def depth(self) -> int:
-        return getattr(self._local, "depth", 0)  # type: ignore[no-any-return]
+        depth: int = getattr(self._local, "depth", 0)
+        return depth
 
     @contextmanager
     def shared(self) -> Iterator[None]:
@@ -278,9 +279,11 @@ class _Shared:
         self.lock_identity = _lock_identity(self.path)
 
     def _open_env(self, map_size: int, create: bool) -> lmdb.Environment:
-        options = {"map_size": map_size, "max_dbs": max(len(self.names), 1) + 2,
-                   "max_readers": _MAX_READERS, "sync": False, "metasync": False,
-                   "readahead": True}
+        options: dict[str, Any] = {
+            "map_size": map_size, "max_dbs": max(len(self.names), 1) + 2,
+            "max_readers": _MAX_READERS, "sync": False, "metasync": False,
+            "readahead": True, "max_spare_txns": 0,
+        }
         attempts: list[dict[str, bool]] = [{"readonly": False, "lock": self.lock}]
         if not os.access(self.path, os.W_OK) or _read_only_filesystem(self.path):
             attempts = []

@@ -106,6 +106,9 @@ class LMDBBackend(Backend):
     def __repr__(self) -> str:
         return f"LMDBBackend({self.path!r})"
 
+    # Take these inside ``work`` (in the transaction), never before ``_read``/``_write``:
+    # a fork in another thread reopens the environment in between, and a handle of
+    # the closed environment fails with "Database handle belongs to another environment".
     @property
     def _objects(self) -> lmdb._Database:
         with _translated("opening the repository"):
@@ -137,8 +140,10 @@ class LMDBBackend(Backend):
 
     @override
     def get_objects(self, ids: Sequence[ObjectId]) -> list[bytes | None]:
-        db = self._objects
-        return self._read("reading objects", lambda txn: [_bytes(txn.get(i, db=db)) for i in ids])
+        # The database handle is taken inside the transaction: a fork in another
+        # thread reopens the environment, and handles taken before belong to the old one.
+        return self._read("reading objects",
+                          lambda txn: [_bytes(txn.get(i, db=self._objects)) for i in ids])
 
     @override
     def put_objects(

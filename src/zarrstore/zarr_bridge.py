@@ -269,6 +269,8 @@ class ZarrStore(Store):
 
     async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
         """Every key starting with ``prefix`` (a directory or a plain string prefix)."""
+        if prefix == "/":  # zarr's is_empty("/") and clear() mean the root
+            prefix = ""
         if prefix == "" or prefix.endswith("/"):
             keys = await self._listed(prefix)
         else:

@@ -273,3 +273,21 @@ def test_writer_killed_mid_batch_leaves_old_or_new_values(tmp_path: Path) -> Non
         assert len(set(values)) == 1, "every key holds the same batch: old or new, not mixed"
         storage.set("after", b"writable after the kill")  # the dead writer's lock was freed
         storage.close()
+
+
+# -- the docs -------------------------------------------------------------------------------
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "stores.md"
+
+
+def test_the_docs_section_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    section = DOC.read_text().partition("\n## LMDBStore\n")[2].partition("\n## ")[0]
+    blocks = re.findall(r"^```python\n(.*?)^```", section, flags=re.DOTALL | re.MULTILINE)
+    assert blocks
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": "docs"}
+    for number, block in enumerate(blocks):
+        exec(compile(block, f"stores.md LMDBStore[{number}]", "exec"), namespace)
+    assert (tmp_path / "data.lmdb" / "data.mdb").is_file()

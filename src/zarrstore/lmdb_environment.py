@@ -68,6 +68,9 @@ _ALIGN = 1 << 20  # map sizes are whole MiB (a multiple of every page size)
 #: Below this many free bytes on the filesystem, an I/O error in a write means "disk full".
 _LOW_SPACE = 64 << 20
 _MAX_READERS = 1024
+#: Bound on replays of one transaction after growing or adopting the map (each at
+#: least doubles it, so 64 replays exceed any address space).
+_RETRIES = 64
 
 T = TypeVar("T")
 
@@ -116,8 +119,10 @@ def translated(action: str, path: str) -> Iterator[None]:
     except lmdb.Error as exc:
         message = str(exc)
         free = _free_bytes(path)
-        if ("No space" in message or "Input/output" in message or "Disk quota" in message) and (
-            free is not None and free < _LOW_SPACE
+        # ENOSPC says so; a short write arrives as EIO, which means "full" only when
+        # the filesystem has (almost) nothing left.
+        if "No space" in message or "Disk quota" in message or (
+            "Input/output" in message and free is not None and free < _LOW_SPACE
         ):
             raise StorageFullError(
                 f"the disk holding {path!r} is full ({free} bytes free) while {action}: "
@@ -498,6 +503,12 @@ class EnvironmentHandle:
                 raise StorageIOError(
                     f"{self.path!r} is already open in this process with other databases"
                 )
+            elif shared.env is not None and shared.pid == os.getpid():
+                # A process killed inside a read transaction leaves its reader slot
+                # behind; while anyone keeps the environment open, that slot pins every
+                # page freed since (the file grows with each write). Each open clears
+                # the slots of dead processes.
+                shared.env.reader_check()
             shared.users += 1
         self._shared = shared
         self.read_only = read_only or shared.read_only
@@ -529,16 +540,21 @@ class EnvironmentHandle:
 
     @property
     def databases(self) -> tuple[lmdb._Database, ...]:
-        """The named databases, in the order given, valid for the current environment."""
-        shared = self._shared_open()
-        with translated("opening", self.path):
-            shared.current()
+        """The named databases, in the order given, valid for the current environment.
+
+        Take them inside the transaction's ``work``: a fork in another thread
+        reopens the environment, and handles of the closed one are refused.
+        """
+        shared = self._shared
+        if shared.env is None or shared.pid != os.getpid() or not self._finalizer.alive:
+            with translated("opening", self.path):
+                self._shared_open().current()
         return shared.databases
 
     def read(self, action: str, work: Callable[[lmdb.Transaction], T]) -> T:
         """Run ``work`` in one read transaction (a consistent snapshot); its result."""
         shared = self._shared_open()
-        while True:
+        for _ in range(_RETRIES):
             with translated(action, self.path), _gate.shared():
                 try:
                     with shared.current().begin(buffers=False) as txn:
@@ -546,6 +562,7 @@ class EnvironmentHandle:
                 except lmdb.MapResizedError:
                     pass
             self._resize(shared, None, action)
+        raise StorageIOError(f"the LMDB map at {self.path!r} kept changing size while {action}")
 
     def write(self, action: str, work: Callable[[lmdb.Transaction], T]) -> T:
         """Run ``work`` in one write transaction and commit it; its result.
@@ -561,7 +578,7 @@ class EnvironmentHandle:
         shared = self._shared_open()
         if self.read_only:
             raise ReadOnlyError(f"the LMDB environment at {self.path!r} is open read-only")
-        while True:
+        for _ in range(_RETRIES):
             full_at: int | None = None
             with translated(action, self.path), _gate.shared():
                 env = shared.current()
@@ -576,6 +593,7 @@ class EnvironmentHandle:
                 except lmdb.MapResizedError:
                     pass
             self._resize(shared, full_at, action)
+        raise StorageIOError(f"the LMDB map at {self.path!r} kept changing size while {action}")
 
     def _resize(self, shared: _Shared, full_at: int | None, action: str) -> None:
         if _gate.depth() > 0:

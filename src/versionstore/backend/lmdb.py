@@ -111,13 +111,16 @@ class LMDBBackend(Backend):
     # the closed environment fails with "Database handle belongs to another environment".
     @property
     def _objects(self) -> lmdb._Database:
-        with _translated("opening the repository"):
-            return self._handle.databases[0]
+        return self._handle.databases[0]
 
     @property
     def _refs(self) -> lmdb._Database:
-        with _translated("opening the repository"):
-            return self._handle.databases[1]
+        return self._handle.databases[1]
+
+    @property
+    def _env(self) -> lmdb.Environment:
+        """The current environment (tests reach the raw files through it)."""
+        return self._environment()
 
     def _environment(self) -> lmdb.Environment:
         if self._handle.closed:
@@ -142,8 +145,11 @@ class LMDBBackend(Backend):
     def get_objects(self, ids: Sequence[ObjectId]) -> list[bytes | None]:
         # The database handle is taken inside the transaction: a fork in another
         # thread reopens the environment, and handles taken before belong to the old one.
-        return self._read("reading objects",
-                          lambda txn: [_bytes(txn.get(i, db=self._objects)) for i in ids])
+        def work(txn: lmdb.Transaction) -> list[bytes | None]:
+            db = self._objects
+            return [_bytes(txn.get(i, db=db)) for i in ids]
+
+        return self._read("reading objects", work)
 
     @override
     def put_objects(

@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"comma-separated subset of: {', '.join(SYSTEMS)} "
                              "(default: all installed, except where a system adds nothing: "
                              "commit runs vs-lmdb, icechunk-fs, raw-lmdb; history and "
-                             "hierarchy leave out zarr-mem)")
+                             "hierarchy leave out zarr-mem and zs-lmdb)")
     parser.add_argument("--repeat", type=int, default=None,
                         help="repetitions of every workload (default: 2 for bulk, 1 for the "
                              "others, whose metrics have many samples each; 1 with --quick)")

@@ -362,6 +362,52 @@ class ZarrMemory(System):
         return self._store
 
 
+class ZarrstoreLMDB(System):
+    """zarrstore's unversioned LMDBStore: the same environment as raw LMDB, through zarr."""
+
+    name = "zs-lmdb"
+    description = "zarrstore.LMDBStore (no history; commit is a no-op)"
+    versioned = False
+    has_commit = False
+
+    def create(self) -> None:
+        self.open()
+
+    def open(self) -> None:
+        from zarrstore import LMDBStore
+
+        self._store = LMDBStore(self.root / "lmdb")
+
+    def close(self) -> None:
+        if getattr(self, "_store", None) is not None:
+            self._store.close()
+            self._store = None
+
+    def write_store(self) -> Store:
+        return self._store  # type: ignore[no-any-return]
+
+    def read_store(self, snapshot: str | None = None) -> Store:
+        from zarrstore import LMDBStore
+
+        return LMDBStore(self.root / "lmdb", read_only=True)
+
+    def load_keys(self, items: Iterable[tuple[str, bytes]], batch: int = 10_000) -> None:
+        # One transaction per batch (LMDBStorage.set_many).
+        chunk: list[tuple[str, bytes]] = []
+        for item in items:
+            chunk.append(item)
+            if len(chunk) >= batch:
+                self._store.storage.set_many(chunk)
+                chunk = []
+        if chunk:
+            self._store.storage.set_many(chunk)
+
+    def disk_usage(self) -> dict[str, int]:
+        usage = dir_usage(self.root)
+        usage.update(lmdb_usage(self.root / "lmdb", named_databases=False))
+        return usage
+
+
 # -- raw LMDB: the ceiling ------------------------------------------------------------
 
 
@@ -433,7 +479,7 @@ class RawLMDB(System):
 SYSTEMS: dict[str, type[System]] = {
     cls.name: cls
     for cls in (VersionStoreLMDB, VersionStoreMemory, IcechunkFS, IcechunkMemory, ZarrLocal,
-                ZarrMemory, RawLMDB)
+                ZarrMemory, ZarrstoreLMDB, RawLMDB)
 }
 
 
@@ -463,7 +509,7 @@ def dir_usage(path: Path) -> dict[str, int]:
     return {"apparent_bytes": apparent, "allocated_bytes": allocated, "files": files}
 
 
-def lmdb_usage(path: Path) -> dict[str, int]:
+def lmdb_usage(path: Path, named_databases: bool = True) -> dict[str, int]:
     """Pages LMDB really uses, next to the file size (LMDB files never shrink).
 
     ``used_bytes`` counts the branch, leaf and overflow pages of every database
@@ -478,8 +524,10 @@ def lmdb_usage(path: Path) -> dict[str, int]:
         pages = 2
         main = env.stat()
         pages += main["branch_pages"] + main["leaf_pages"] + main["overflow_pages"]
-        with env.begin() as txn:
-            names = [bytes(k) for k in txn.cursor().iternext(values=False)]
+        names: list[bytes] = []
+        if named_databases:  # else the main database holds data, not database names
+            with env.begin() as txn:
+                names = [bytes(k) for k in txn.cursor().iternext(values=False)]
         for name in names:
             db = env.open_db(name, create=False)
             with env.begin() as txn:

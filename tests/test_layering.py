@@ -41,6 +41,13 @@ def test_only_the_bridge_imports_zarr(path: Path) -> None:
         assert "zarr" not in _top(_imports(path)), f"{path} imports zarr"
 
 
+@pytest.mark.parametrize("path", _modules("zarrstore"), ids=lambda p: p.name)
+def test_zarrstore_lmdb_boundary(path: Path) -> None:
+    # The shared environment machinery and the LMDB store; nothing else in zarrstore.
+    if path.name not in {"lmdb_environment.py", "lmdb.py"}:
+        assert "lmdb" not in _top(_imports(path)), f"{path} imports lmdb"
+
+
 @pytest.mark.parametrize("path", _modules("versionstore"), ids=lambda p: p.name)
 def test_versionstore_third_party_boundaries(path: Path) -> None:
     top = _top(_imports(path))

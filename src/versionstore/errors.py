@@ -22,7 +22,11 @@ The tree::
     ├── CorruptObjectError           a stored object that fails its checksum or cannot decode
     ├── ObjectTooLargeError          a record that would decompress beyond the safety cap
     ├── UnsupportedFormatError       a record written by a newer format version
-    └── BackendError                 the storage under the repository failed (disk full, I/O)
+    └── BackendError                 the storage under the repository failed (I/O)
+        ├── ReadOnlyRepositoryError  a write to a repository opened read-only (or on a
+        │                            read-only filesystem)
+        ├── DiskFullError            the disk under the repository is full
+        └── CorruptRepositoryError   the repository's files are damaged (a truncated data.mdb)
 
 Errors carry their data (``ConflictError.keys``, ``CorruptObjectError.object_id``)
 so callers can act on them without parsing messages.
@@ -38,12 +42,15 @@ __all__ = [
     "BranchNotFoundError",
     "ConflictError",
     "CorruptObjectError",
+    "CorruptRepositoryError",
+    "DiskFullError",
     "ImmutableTagError",
     "InvalidRefNameError",
     "MissingObjectsError",
     "NothingToCommitError",
     "ObjectTooLargeError",
     "ProtectedBranchError",
+    "ReadOnlyRepositoryError",
     "ReadOnlySessionError",
     "RefExistsError",
     "RefNotFoundError",
@@ -230,3 +237,15 @@ class UnsupportedFormatError(VersionStoreError):
 
 class BackendError(VersionStoreError, OSError):
     """The storage under the repository failed; the message names the cause."""
+
+
+class ReadOnlyRepositoryError(BackendError):
+    """A write to a repository opened read-only, or lying on a read-only filesystem."""
+
+
+class DiskFullError(BackendError):
+    """The disk under the repository is full: free some space and retry; nothing is lost."""
+
+
+class CorruptRepositoryError(BackendError):
+    """The repository's files are damaged (such as ``data.mdb`` cut short); restore a copy."""

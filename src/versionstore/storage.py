@@ -59,10 +59,11 @@ class LMDBStorage:
 
     path: str = attrs.field(converter=_absolute)
     durable: bool = False
+    read_only: bool = False
 
     def open_backend(self) -> Backend:
         """Open the LMDB environment."""
-        return LMDBBackend(self.path, durable=self.durable)
+        return LMDBBackend(self.path, durable=self.durable, read_only=self.read_only)
 
     def may_hold_repository(self) -> bool:
         """Whether the directory already holds an LMDB environment."""
@@ -113,19 +114,22 @@ class InMemoryStorage:
         return None
 
 
-def lmdb_storage(path: str | os.PathLike[str], *, durable: bool = False) -> LMDBStorage:
+def lmdb_storage(path: str | os.PathLike[str], *, durable: bool = False,
+                 read_only: bool = False) -> LMDBStorage:
     """The embedded default: a repository in an LMDB directory at ``path``.
 
     Args:
         path: the directory (created if missing).
         durable: fsync every write, not only every commit (slower; see docs).
+        read_only: open without writing anything (writes raise
+            ``ReadOnlyRepositoryError``); a read-only filesystem gives this anyway.
 
     Raises:
         TypeError: if ``path`` is not a ``str`` or ``os.PathLike[str]``.
     """
-    if not isinstance(durable, bool):
-        raise TypeError(f"durable must be True or False; got {type(durable).__name__}")
-    return LMDBStorage(path, durable)
+    if not isinstance(durable, bool) or not isinstance(read_only, bool):
+        raise TypeError("durable and read_only must be True or False")
+    return LMDBStorage(path, durable, read_only)
 
 
 def in_memory_storage() -> InMemoryStorage:

@@ -1,7 +1,7 @@
 """zarrstore: the Zarr store family and its adapters.
 
-Stores: ``MemoryStore``, ``FilesystemStore`` (and, with the ``remote`` extra,
-``HTTPStore``, ``ObjectStore``, ``OpendalStore`` and ``AsyncOpendalStore``).
+Stores: ``MemoryStore``, ``FilesystemStore``, ``LMDBStore`` (and, with the ``remote``
+extra, ``HTTPStore``, ``ObjectStore``, ``OpendalStore`` and ``AsyncOpendalStore``).
 Each is a ``zarr.abc.store.Store``: pass it as ``store=`` to
 ``zarr.open_group`` or ``xarray.open_zarr``. Underneath, each
 speaks the small sync protocol ``zarrstore.protocol.Storage`` (or its async
@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING
 
 from zarrstore.adapters import AsyncToSync, PerformanceMetrics, ReadOnly, SyncToAsync, UsageLog
 from zarrstore.errors import (
+    CorruptStorageError,
     InvalidByteRangeError,
     InvalidKeyError,
     KeyNotFoundError,
     ReadOnlyError,
+    StorageFullError,
     StorageIOError,
     StorageTimeoutError,
     UnsupportedOperationError,
@@ -31,6 +33,7 @@ from zarrstore.zarr_bridge import ZarrStore
 
 if TYPE_CHECKING:
     from zarrstore.http import HTTPStorage, HTTPStore
+    from zarrstore.lmdb import LMDBStorage, LMDBStore
     from zarrstore.object import ObjectStorage, ObjectStore
     from zarrstore.opendal import (
         AsyncOpendalStorage,
@@ -45,6 +48,7 @@ __all__ = [
     "AsyncStorage",
     "AsyncToSync",
     "ByteRange",
+    "CorruptStorageError",
     "DirListing",
     "FilesystemStorage",
     "FilesystemStore",
@@ -53,6 +57,8 @@ __all__ = [
     "InvalidByteRangeError",
     "InvalidKeyError",
     "KeyNotFoundError",
+    "LMDBStorage",
+    "LMDBStore",
     "MemoryStorage",
     "MemoryStore",
     "ObjectStorage",
@@ -65,6 +71,7 @@ __all__ = [
     "ReadOnly",
     "ReadOnlyError",
     "Storage",
+    "StorageFullError",
     "StorageIOError",
     "StorageTimeoutError",
     "StoreMapping",
@@ -76,9 +83,12 @@ __all__ = [
     "ZarrStoreError",
 ]
 
-#: The remote stores need the ``remote`` extra (aiohttp, obstore, opendal), so they are
-#: imported on first use: ``import zarrstore`` works without it.
+#: Stores imported on first use: the remote ones need the ``remote`` extra
+#: (aiohttp, obstore, opendal), so ``import zarrstore`` works without it; the LMDB
+#: store loads ``lmdb`` (and its at-fork hook) only for those who use it.
 _REMOTE = {
+    "LMDBStorage": "zarrstore.lmdb",
+    "LMDBStore": "zarrstore.lmdb",
     "HTTPStorage": "zarrstore.http",
     "HTTPStore": "zarrstore.http",
     "ObjectStorage": "zarrstore.object",
@@ -91,7 +101,7 @@ _REMOTE = {
 
 
 def __getattr__(name: str) -> object:
-    """Import a remote store on first use (``ImportError`` without the ``remote`` extra)."""
+    """Import a lazily loaded store on first use (remote ones need the ``remote`` extra)."""
     if name not in _REMOTE:
         raise AttributeError(f"module 'zarrstore' has no attribute {name!r}")
     return getattr(importlib.import_module(_REMOTE[name]), name)

@@ -9,7 +9,9 @@ The tree::
     ├── KeyNotFoundError      (also FileNotFoundError, KeyError) a size asked of a missing key
     ├── UnsupportedOperationError (also NotImplementedError) e.g. listing over plain HTTP
     └── StorageIOError        (also OSError)      the backing failed (HTTP status, object store)
-        └── StorageTimeoutError (also TimeoutError) the backing did not answer in time
+        ├── StorageTimeoutError (also TimeoutError) the backing did not answer in time
+        ├── StorageFullError      the disk (or the address space for a map) is full
+        └── CorruptStorageError   the backing's files are damaged (a truncated LMDB file)
 
 Each also derives from the builtin that zarr-python and plain Python code
 already catch, so existing ``except ValueError`` / ``except FileNotFoundError``
@@ -20,10 +22,12 @@ zarr's own store test-suite matches on.
 from __future__ import annotations
 
 __all__ = [
+    "CorruptStorageError",
     "InvalidByteRangeError",
     "InvalidKeyError",
     "KeyNotFoundError",
     "ReadOnlyError",
+    "StorageFullError",
     "StorageIOError",
     "StorageTimeoutError",
     "UnsupportedOperationError",
@@ -79,3 +83,11 @@ class StorageIOError(ZarrStoreError, OSError):
 
 class StorageTimeoutError(StorageIOError, TimeoutError):
     """The backing did not answer within the configured timeout."""
+
+
+class StorageFullError(StorageIOError):
+    """The disk under the store is full (or a memory map could not grow); free space, retry."""
+
+
+class CorruptStorageError(StorageIOError):
+    """The store's files are damaged, such as an LMDB data file cut short."""

@@ -18,16 +18,17 @@ in one 4 KiB page at a time, which made a cold read of 1 MiB chunks about ten
 times slower than with it on (docs/benchmarks.md). The price is some wasted
 I/O on cold random reads of small values.
 
-LMDB forbids opening one environment twice in a process, so environments are
-shared through a per-process registry and reopened after ``fork``.
-This is the only module that imports ``lmdb``; its errors become
-``BackendError`` here.
+The environment rules LMDB imposes on a whole process — one environment per
+directory, a map that grows on demand, reopening after ``fork``, refusing a
+truncated file, read-only filesystems, a full disk — live in
+``zarrstore.lmdb_environment``, shared with ``zarrstore.LMDBStore``. This
+module imports ``lmdb`` for its transaction types; every error from below
+becomes a versionstore error in ``_translated``.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar, override
@@ -35,71 +36,26 @@ from typing import Any, TypeVar, override
 import lmdb
 
 from versionstore.backend.protocol import Backend, Rescue, WriteBatch, changed_refs
-from versionstore.errors import BackendError, MissingObjectsError
+from versionstore.errors import (
+    BackendError,
+    CorruptRepositoryError,
+    DiskFullError,
+    MissingObjectsError,
+    ReadOnlyRepositoryError,
+)
 from versionstore.ids import ObjectId, object_id_text
+from zarrstore.errors import CorruptStorageError, ReadOnlyError, StorageFullError, StorageIOError
+from zarrstore.lmdb_environment import EnvironmentHandle, holds_environment
 
 __all__ = ["LMDBBackend", "has_lmdb_environment"]
 
-_MAP_SIZE = 1 << 40
 T = TypeVar("T")
-
-_registry_lock = threading.Lock()
-#: (pid, path) -> (environment, its objects and refs databases, number of users)
-_environments: dict[
-    tuple[int, str], tuple[lmdb.Environment, tuple[lmdb._Database, lmdb._Database], int]
-] = {}
+_DATABASES = (b"objects", b"refs")
 
 
 def has_lmdb_environment(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` already holds an LMDB environment (without creating one)."""
-    return os.path.isfile(os.path.join(path, "data.mdb"))
-
-
-def _acquire(path: str, durable: bool
-             ) -> tuple[lmdb.Environment, tuple[lmdb._Database, lmdb._Database]]:
-    """The process's environment at ``path`` and its two databases, opened once.
-
-    The databases are opened here, under the registry lock, and never again:
-    ``open_db`` runs a write transaction and (in py-lmdb 3) waits for LMDB's
-    writer lock while holding the GIL, so two threads opening repositories at
-    once could each hold what the other waits for, and hang.
-    """
-    key = (os.getpid(), path)
-    with _registry_lock:
-        env, databases, users = _environments.get(key, (None, None, 0))
-        if env is None or databases is None:
-            os.makedirs(path, exist_ok=True)
-            env = lmdb.open(
-                path,
-                map_size=_MAP_SIZE,
-                max_dbs=4,
-                max_readers=1024,
-                sync=durable,
-                metasync=durable,
-                readahead=True,
-                lock=True,
-            )
-            databases = (env.open_db(b"objects"), env.open_db(b"refs"))
-        # A process killed inside a read transaction leaves its reader slot behind;
-        # while anyone keeps the environment open, that slot pins every page freed
-        # since (the file grows with each write) and, a thousand deaths later, fills
-        # the reader table. Each open clears the slots of dead processes.
-        env.reader_check()
-        _environments[key] = (env, databases, users + 1)
-        return env, databases
-
-
-def _release(path: str) -> None:
-    key = (os.getpid(), path)
-    with _registry_lock:
-        env, databases, users = _environments.get(key, (None, None, 0))
-        if env is None or databases is None:
-            return
-        if users <= 1:
-            del _environments[key]
-            env.close()
-        else:
-            _environments[key] = (env, databases, users - 1)
+    return holds_environment(path)
 
 
 def _bytes(value: bytes | memoryview | None) -> bytes | None:
@@ -110,55 +66,96 @@ def _bytes(value: bytes | memoryview | None) -> bytes | None:
 def _translated(action: str) -> Iterator[None]:
     try:
         yield
-    except lmdb.MapFullError as exc:
-        raise BackendError(f"LMDB repository is full while {action}: {exc}") from exc
+    except ReadOnlyError as exc:
+        raise ReadOnlyRepositoryError(f"cannot write while {action}: {exc}") from exc
+    except StorageFullError as exc:
+        raise DiskFullError(str(exc)) from exc
+    except CorruptStorageError as exc:
+        raise CorruptRepositoryError(str(exc)) from exc
+    except StorageIOError as exc:
+        raise BackendError(str(exc)) from exc
     except lmdb.Error as exc:
         raise BackendError(f"LMDB failed while {action}: {exc}") from exc
 
 
 class LMDBBackend(Backend):
-    """A backend in an LMDB environment at ``path``."""
+    """A backend in an LMDB environment at ``path``.
 
-    def __init__(self, path: str | os.PathLike[str], *, durable: bool = False) -> None:
+    Args:
+        path: the directory (created if missing, unless ``read_only``).
+        durable: fsync every write transaction, not only ``sync()``.
+        read_only: refuse writes with ``ReadOnlyRepositoryError``; also what a
+            read-only filesystem gives without asking.
+
+    The environment is released on ``close()`` or when the backend is garbage
+    collected, whichever comes first.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, durable: bool = False,
+                 read_only: bool = False) -> None:
         self.path = os.path.realpath(path)
         self.durable = durable
-        self._pid = os.getpid()
-        self._closed = False
         with _translated("opening the repository"):
-            self._env, (self._objects, self._refs) = _acquire(self.path, durable)
+            self._handle = EnvironmentHandle(self.path, databases=_DATABASES,
+                                             read_only=read_only, durable=durable,
+                                             create=not read_only)
+        self.read_only = self._handle.read_only
 
-    def __reduce__(self) -> tuple[Any, tuple[str]]:
-        return LMDBBackend, (self.path,)
+    def __reduce__(self) -> tuple[Any, tuple[str, bool, bool]]:
+        return _reopen, (self.path, self.durable, self.read_only)
 
     def __repr__(self) -> str:
         return f"LMDBBackend({self.path!r})"
 
+    # Take these inside ``work`` (in the transaction), never before ``_read``/``_write``:
+    # a fork in another thread reopens the environment in between, and a handle of
+    # the closed environment fails with "Database handle belongs to another environment".
+    @property
+    def _objects(self) -> lmdb._Database:
+        return self._handle.databases[0]
+
+    @property
+    def _refs(self) -> lmdb._Database:
+        return self._handle.databases[1]
+
+    @property
+    def _env(self) -> lmdb.Environment:
+        """The current environment (tests reach the raw files through it)."""
+        return self._environment()
+
     def _environment(self) -> lmdb.Environment:
-        if self._closed:
+        if self._handle.closed:
             raise BackendError(f"LMDB repository at {self.path!r} is closed")
-        if self._pid != os.getpid():  # after fork the parent's environment is unusable
-            self._pid = os.getpid()
-            self._env, (self._objects, self._refs) = _acquire(self.path, self.durable)
-        return self._env
+        with _translated("opening the repository"):
+            return self._handle.env
 
     def _read(self, action: str, work: Callable[[lmdb.Transaction], T]) -> T:
-        with _translated(action), self._environment().begin(buffers=False) as txn:
-            return work(txn)
+        if self._handle.closed:
+            raise BackendError(f"LMDB repository at {self.path!r} is closed")
+        with _translated(action):
+            return self._handle.read(action, work)
 
     def _write(self, action: str, work: Callable[[lmdb.Transaction], T]) -> T:
-        with _translated(action), self._environment().begin(write=True) as txn:
-            return work(txn)
+        """Run ``work`` in one write transaction; replayed whole if the map had to grow."""
+        if self._handle.closed:
+            raise BackendError(f"LMDB repository at {self.path!r} is closed")
+        with _translated(action):
+            return self._handle.write(action, work)
 
     @override
     def get_objects(self, ids: Sequence[ObjectId]) -> list[bytes | None]:
-        db = self._objects
-        return self._read("reading objects", lambda txn: [_bytes(txn.get(i, db=db)) for i in ids])
+        # The database handle is taken inside the transaction: a fork in another
+        # thread reopens the environment, and handles taken before belong to the old one.
+        def work(txn: lmdb.Transaction) -> list[bytes | None]:
+            db = self._objects
+            return [_bytes(txn.get(i, db=db)) for i in ids]
+
+        return self._read("reading objects", work)
 
     @override
     def write(self, batch: WriteBatch) -> bool:
-        objects_db, refs_db = self._objects, self._refs
-
         def work(txn: lmdb.Transaction) -> bool:
+            objects_db, refs_db = self._objects, self._refs
             for name, value in batch.expect.items():
                 if txn.get(name.encode(), db=refs_db) != value:
                     return False
@@ -195,11 +192,11 @@ class LMDBBackend(Backend):
 
     @override
     def get_refs(self, names: Sequence[str]) -> list[bytes | None]:
-        refs_db = self._refs
-        return self._read(
-            "reading refs",
-            lambda txn: [_bytes(txn.get(name.encode(), db=refs_db)) for name in names],
-        )
+        def work(txn: lmdb.Transaction) -> list[bytes | None]:
+            refs_db = self._refs
+            return [_bytes(txn.get(name.encode(), db=refs_db)) for name in names]
+
+        return self._read("reading refs", work)
 
     @override
     def list_refs(self, prefix: str, limit: int | None = None) -> dict[str, bytes]:
@@ -227,9 +224,8 @@ class LMDBBackend(Backend):
         if_refs_are: Mapping[str, bytes] | None = None,
         rescue: Rescue | None = None,
     ) -> bool:
-        objects_db = self._objects
-
         def work(txn: lmdb.Transaction) -> bool:
+            objects_db = self._objects
             spared: set[ObjectId] = set()
             if if_refs_are is not None:
                 current = {bytes(k).decode(): bytes(v) for k, v in txn.cursor(db=self._refs)}
@@ -264,12 +260,16 @@ class LMDBBackend(Backend):
 
     @override
     def sync(self) -> None:
+        if self._handle.closed:
+            raise BackendError(f"LMDB repository at {self.path!r} is closed")
         with _translated("flushing to disk"):
-            self._environment().sync(True)
+            self._handle.sync()
 
     @override
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            if self._pid == os.getpid():
-                _release(self.path)
+        self._handle.close()
+
+
+def _reopen(path: str, durable: bool, read_only: bool) -> LMDBBackend:
+    """Unpickle: open the environment at ``path`` again (in this process)."""
+    return LMDBBackend(path, durable=durable, read_only=read_only)

@@ -1,0 +1,623 @@
+"""Shared LMDB environments: one per directory per process, grown on demand, safe across fork.
+
+LMDB has rules that every user of it in one process must follow together, so
+they live here once, for ``zarrstore.lmdb.LMDBStore`` and versionstore's
+``LMDBBackend`` alike:
+
+* **One environment per file per process.** LMDB's locks are POSIX ``fcntl``
+  locks, which belong to the (process, file) pair: a second open of the same
+  files in one process shares the first one's locks and closing it drops them.
+  Handles on one directory therefore share a process-wide registry entry,
+  counted; the environment closes when the last handle is closed *or garbage
+  collected* (``weakref.finalize``), so dropping a store without ``close()``
+  releases its address space too.
+* **A map that grows.** LMDB maps the data file into memory at a fixed size.
+  We start small (``INITIAL_MAP_SIZE``, or the file's size) and, when a write
+  transaction fails with ``MDB_MAP_FULL``, grow the map (``mdb_env_set_mapsize``)
+  and replay the transaction. Growing is only legal while no transaction of
+  this process is open on the environment, so every transaction holds a shared
+  gate and growth takes it exclusively. When *another* process grew the file
+  beyond our map, LMDB answers ``MDB_MAP_RESIZED``; we adopt its size
+  (``set_mapsize(0)``) and retry. The only limit is the disk (and the address
+  space, which a failed growth reports instead of crashing).
+* **Fork.** An environment must not be used, nor closed, in a child created
+  by ``fork``. Before a fork (``os.register_at_fork``) every environment of
+  this process is closed, once no transaction is open; parent and child then
+  reopen lazily on next use, so inherited stores, sessions and repositories
+  keep working in both.
+* **Truncation.** A data file shorter than the pages its meta page claims
+  would kill the process with ``SIGBUS`` on first touch; it is refused at open
+  with ``CorruptStorageError`` (LMDB reads its meta pages with ``pread``, and we
+  compare ``(last_pgno + 1) * page_size`` with the file's size before any page
+  is mapped in).
+* **Read-only filesystems.** When the directory cannot be written (``EROFS``,
+  ``EACCES``), the environment is opened ``readonly``; if even the lock file
+  cannot be opened it is opened without locking (``lock=False``), which is
+  safe only while no other process writes the files (true on a read-only
+  mount). Writes then raise ``ReadOnlyError``.
+* **A full disk** (LMDB reports a short write as ``EIO``) raises
+  ``StorageFullError`` saying so.
+* **``lock.mdb`` deleted or replaced** while the environment is open destroys
+  LMDB's coordination with other processes; a later open in this process
+  notices the changed lock file and refuses with ``StorageIOError``.
+
+This module knows nothing of zarr or versionstore; it is the only place in
+zarrstore, besides ``zarrstore.lmdb``, that imports ``lmdb``.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import lmdb
+
+from zarrstore.errors import CorruptStorageError, ReadOnlyError, StorageFullError, StorageIOError
+
+__all__ = ["INITIAL_MAP_SIZE", "EnvironmentHandle", "holds_environment", "translated"]
+
+#: The map a new environment starts with, in bytes; it doubles whenever it fills.
+INITIAL_MAP_SIZE = 64 << 20
+_ALIGN = 1 << 20  # map sizes are whole MiB (a multiple of every page size)
+#: Below this many free bytes on the filesystem, an I/O error in a write means "disk full".
+_LOW_SPACE = 64 << 20
+_MAX_READERS = 1024
+#: Bound on replays of one transaction after growing or adopting the map (each at
+#: least doubles it, so 64 replays exceed any address space).
+_RETRIES = 64
+
+T = TypeVar("T")
+
+
+def holds_environment(path: str | os.PathLike[str]) -> bool:
+    """Whether the directory ``path`` already holds an LMDB environment (creates nothing)."""
+    return os.path.isfile(os.path.join(path, "data.mdb"))
+
+
+def _round_up(n: int) -> int:
+    return max(_ALIGN, (n + _ALIGN - 1) // _ALIGN * _ALIGN)
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+def _free_bytes(path: str) -> int | None:
+    try:
+        stat = os.statvfs(path)
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
+def _read_only_filesystem(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+@contextmanager
+def translated(action: str, path: str) -> Iterator[None]:
+    """Turn ``lmdb`` errors raised while ``action`` into zarrstore errors.
+
+    A write that fails with an I/O or no-space error while the filesystem has
+    (almost) no free space left is reported as ``StorageFullError``: LMDB
+    turns a short write into ``EIO``, which alone would not say the disk is full.
+    """
+    try:
+        yield
+    except lmdb.ReadonlyError as exc:
+        raise ReadOnlyError(f"the LMDB environment at {path!r} is read-only") from exc
+    except lmdb.MapFullError as exc:  # only when growing the map was impossible
+        raise StorageFullError(f"LMDB map is full while {action} at {path!r}: {exc}") from exc
+    except lmdb.Error as exc:
+        message = str(exc)
+        free = _free_bytes(path)
+        # ENOSPC says so; a short write arrives as EIO, which means "full" only when
+        # the filesystem has (almost) nothing left.
+        if "No space" in message or "Disk quota" in message or (
+            "Input/output" in message and free is not None and free < _LOW_SPACE
+        ):
+            raise StorageFullError(
+                f"the disk holding {path!r} is full ({free} bytes free) while {action}: "
+                f"free some space and retry (LMDB said: {message})"
+            ) from exc
+        if "Read-only file system" in message:
+            raise ReadOnlyError(f"{path!r} is on a read-only filesystem") from exc
+        raise StorageIOError(f"LMDB failed while {action} at {path!r}: {message}") from exc
+
+
+# -- the gate: transactions share it; growth and fork take it alone -------------------------
+
+
+class _Gate:
+    """A reader-writer lock over every transaction of this process.
+
+    Transactions hold it shared (re-entrantly per thread); growing a map and
+    closing environments before a fork hold it exclusively. A waiting
+    exclusive holder stops new shared holders, so growth cannot starve.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._active = 0
+        self._exclusive = False
+        self._local = threading.local()
+
+    def depth(self) -> int:
+        depth: int = getattr(self._local, "depth", 0)
+        return depth
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        depth = self.depth()
+        if depth == 0:
+            with self._cond:
+                while self._exclusive:
+                    self._cond.wait()
+                self._active += 1
+        self._local.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._local.depth = depth
+            if depth == 0:
+                with self._cond:
+                    self._active -= 1
+                    if self._active == 0:
+                        self._cond.notify_all()
+
+    def acquire_exclusive(self) -> None:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._exclusive = True
+            while self._active:
+                self._cond.wait()
+
+    def release_exclusive(self) -> None:
+        with self._cond:
+            self._exclusive = False
+            self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        self.acquire_exclusive()
+        try:
+            yield
+        finally:
+            self.release_exclusive()
+
+
+_gate = _Gate()
+_registry_lock = threading.Lock()
+#: Handles finalised by the garbage collector, which may run while this thread already
+#: holds the registry lock: their release waits here for the lock's next holder.
+_pending_releases: list[_Shared] = []
+
+
+@contextmanager
+def _registry_held() -> Iterator[None]:
+    with _registry_lock:
+        try:
+            yield
+        finally:
+            _drain_releases()
+    if _pending_releases and _registry_lock.acquire(blocking=False):
+        try:
+            _drain_releases()
+        finally:
+            _registry_lock.release()
+
+
+def _drain_releases() -> None:
+    while _pending_releases:
+        shared = _pending_releases.pop()
+        shared.users -= 1
+        if shared.users <= 0:
+            if _registry.get(shared.path) is shared:
+                del _registry[shared.path]
+            shared.close()
+
+
+# -- one environment, shared by every handle on its directory -------------------------------
+
+
+def _lock_identity(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(os.path.join(path, "lock.mdb"))
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+class _Shared:
+    """The registry entry of one directory: its environment, databases and users."""
+
+    def __init__(self, path: str, names: tuple[bytes, ...], map_size: int, lock: bool) -> None:
+        self.path = path
+        self.names = names
+        self.initial_map_size = map_size
+        self.lock = lock
+        self.users = 0
+        self.env: lmdb.Environment | None = None
+        self.databases: tuple[lmdb._Database, ...] = ()
+        self.read_only = False  # forced by the filesystem, not chosen by a handle
+        self.locked = lock
+        self.lock_identity: tuple[int, int] | None = None
+        self.pid = os.getpid()
+        self.inherited = False  # open in a parent that forked inside a transaction
+
+    # Called with _registry_lock held (or the gate held exclusively).
+    def open(self, create: bool) -> None:
+        if self.inherited:
+            raise StorageIOError(
+                f"the LMDB environment at {self.path!r} was inherited through fork() while the "
+                "forking thread had a transaction open; it cannot be used in this process"
+            )
+        if create and not os.path.isdir(self.path):
+            try:
+                os.makedirs(self.path, exist_ok=True)
+            except OSError as exc:
+                if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    raise ReadOnlyError(f"cannot create {self.path!r}: {exc.strerror}") from exc
+                raise StorageIOError(f"cannot create {self.path!r}: {exc.strerror}") from exc
+        data = os.path.join(self.path, "data.mdb")
+        size = os.path.getsize(data) if os.path.isfile(data) else 0
+        map_size = max(self.initial_map_size, _round_up(size))
+        env = self._open_env(map_size, create)
+        try:
+            self._check_length(env, data)
+            self.databases = self._open_databases(env)
+            env.reader_check()  # clear reader slots left by processes killed mid-read
+        except BaseException:
+            env.close()
+            raise
+        self.env = env
+        self.pid = os.getpid()
+        self.lock_identity = _lock_identity(self.path)
+
+    def _open_env(self, map_size: int, create: bool) -> lmdb.Environment:
+        options: dict[str, Any] = {
+            "map_size": map_size, "max_dbs": max(len(self.names), 1) + 2,
+            "max_readers": _MAX_READERS, "sync": False, "metasync": False,
+            "readahead": True, "max_spare_txns": 0,
+        }
+        attempts: list[dict[str, bool]] = [{"readonly": False, "lock": self.lock}]
+        if not os.access(self.path, os.W_OK) or _read_only_filesystem(self.path):
+            attempts = []
+        attempts += [{"readonly": True, "lock": self.lock}, {"readonly": True, "lock": False}]
+        failure: lmdb.Error | None = None
+        for attempt in attempts:
+            if attempt["readonly"] and not holds_environment(self.path):
+                break  # nothing to read, and a read-only open cannot create one
+            try:
+                env = lmdb.open(self.path, create=create, **options, **attempt)
+            except lmdb.Error as exc:
+                failure = failure or exc
+                message = str(exc)
+                if not ("Read-only file system" in message or "Permission denied" in message
+                        or "ermission" in message):
+                    raise
+                continue
+            self.read_only = attempt["readonly"]
+            self.locked = attempt["lock"]
+            return env
+        if failure is not None:
+            raise failure
+        raise StorageIOError(f"no LMDB environment at {self.path!r}")
+
+    def _check_length(self, env: lmdb.Environment, data: str) -> None:
+        # LMDB read both meta pages with pread; nothing past them is mapped in yet.
+        # Pages up to the newest meta's last_pgno must all be in the file, or the
+        # first access to a missing one raises SIGBUS instead of an error.
+        info, page = env.info(), env.stat()["psize"]
+        needed = (info["last_pgno"] + 1) * page
+        have = os.path.getsize(data)
+        if have < needed:
+            raise CorruptStorageError(
+                f"{data} is truncated: {have} bytes, but its meta page says pages up to "
+                f"{info['last_pgno']} ({needed} bytes) hold data; restore it from a copy"
+            )
+
+    def _open_databases(self, env: lmdb.Environment) -> tuple[lmdb._Database, ...]:
+        if not self.names:
+            return ()
+        # py-lmdb opens a database in a write transaction (a read-only environment:
+        # a read transaction), and waits for LMDB's writer lock holding the GIL;
+        # this runs under the registry lock, never inside another transaction.
+        found: list[lmdb._Database] = []
+        for name in self.names:
+            try:
+                found.append(env.open_db(name, create=False))
+            except lmdb.NotFoundError:
+                if self.read_only:
+                    raise StorageIOError(
+                        f"{self.path!r} is read-only and lacks the database {name!r}"
+                    ) from None
+                found.append(env.open_db(name))
+        return tuple(found)
+
+    def close(self) -> None:
+        env, self.env, self.databases = self.env, None, ()
+        if env is not None and self.pid == os.getpid():
+            env.close()
+
+    def current(self) -> lmdb.Environment:
+        """The open environment, reopened first if a fork or a growth closed it."""
+        env = self.env
+        if env is not None and self.pid == os.getpid():
+            return env
+        with _registry_held():
+            if self.env is None or self.pid != os.getpid():
+                self.env = None
+                self.open(create=False)
+            assert self.env is not None
+            return self.env
+
+    def grow(self, seen: int) -> None:
+        """Enlarge the map past ``seen`` bytes (gate held exclusively)."""
+        env = self.current()
+        current = env.info()["map_size"]
+        if current > seen:
+            return  # another thread grew it while we waited
+        for target in (current * 2, current + current // 2, current + current // 4,
+                       current + _ALIGN * 64):
+            target = _round_up(target)
+            if not _address_space_for(target):
+                continue
+            try:
+                env.set_mapsize(target)
+                return
+            except lmdb.Error:
+                # A failed remap leaves the environment without a map: reopen it.
+                with _registry_held():
+                    self.close()
+                    self.open(create=False)
+                env = self.current()
+        raise StorageFullError(
+            f"the LMDB map at {self.path!r} ({current} bytes) cannot grow: the process is out "
+            "of address space (see ulimit -v)"
+        )
+
+    def adopt_size(self) -> None:
+        """Take the map size another process grew the file to (gate held exclusively)."""
+        self.current().set_mapsize(0)
+
+
+def _address_space_for(size: int) -> bool:
+    try:
+        probe = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                          prot=mmap.PROT_READ)
+    except OSError:
+        return False
+    probe.close()
+    return True
+
+
+_registry: dict[str, _Shared] = {}
+
+
+def _release(shared: _Shared) -> None:
+    _pending_releases.append(shared)
+    if _registry_lock.acquire(blocking=False):
+        try:
+            _drain_releases()
+        finally:
+            _registry_lock.release()
+
+
+# -- fork ------------------------------------------------------------------------------------
+
+_forking_inside_transaction = False
+
+
+def _before_fork() -> None:
+    global _forking_inside_transaction
+    _forking_inside_transaction = _gate.depth() > 0
+    if not _forking_inside_transaction:
+        _gate.acquire_exclusive()
+    _registry_lock.acquire()
+    if not _forking_inside_transaction:
+        for shared in _registry.values():
+            shared.close()  # both sides reopen on next use
+
+
+def _after_fork_in_parent() -> None:
+    _drain_releases()
+    _registry_lock.release()
+    if not _forking_inside_transaction:
+        _gate.release_exclusive()
+
+
+def _after_fork_in_child() -> None:
+    global _gate, _registry_lock
+    _gate = _Gate()
+    _registry_lock = threading.Lock()
+    _drain_releases()
+    for shared in _registry.values():
+        if shared.env is not None:
+            shared.inherited = True  # the parent's handle: never used, never closed here
+            shared.env = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
+
+
+# -- handles ---------------------------------------------------------------------------------
+
+
+class EnvironmentHandle:
+    """One user's claim on the shared environment at ``path``.
+
+    Args:
+        path: the environment's directory (created when ``create`` and writable).
+        databases: names of the named databases to open (``()`` for the main one).
+        read_only: refuse writes through this handle with ``ReadOnlyError``.
+        durable: fsync after every write transaction of this handle.
+        create: create the directory and environment when missing.
+        map_size: the initial map size in bytes; it grows on demand.
+        lock: use LMDB's lock file; ``False`` only when one process uses the files.
+
+    Raises:
+        CorruptStorageError: the data file is shorter than its pages.
+        StorageIOError: LMDB refused to open, or ``lock.mdb`` was replaced while open.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        databases: tuple[bytes, ...] = (),
+        read_only: bool = False,
+        durable: bool = False,
+        create: bool = True,
+        map_size: int = INITIAL_MAP_SIZE,
+        lock: bool = True,
+    ) -> None:
+        self.path = os.path.realpath(path)
+        self.durable = durable
+        with translated("opening", self.path), _registry_held():
+            shared = _registry.get(self.path)
+            if shared is not None and shared.users > 0 and shared.env is not None:
+                if _lock_identity(self.path) != shared.lock_identity:
+                    raise StorageIOError(
+                        f"{os.path.join(self.path, 'lock.mdb')} was deleted or replaced while "
+                        "this process had the environment open; LMDB forbids this (other "
+                        "processes can no longer see this one's readers and writers). Close "
+                        "every store and repository on it in this process, then reopen"
+                    )
+            if shared is None:
+                shared = _Shared(self.path, databases, _round_up(map_size), lock)
+                shared.open(create)
+                _registry[self.path] = shared
+            elif shared.names != databases:
+                raise StorageIOError(
+                    f"{self.path!r} is already open in this process with other databases"
+                )
+            elif shared.env is not None and shared.pid == os.getpid():
+                # A process killed inside a read transaction leaves its reader slot
+                # behind; while anyone keeps the environment open, that slot pins every
+                # page freed since (the file grows with each write). Each open clears
+                # the slots of dead processes.
+                shared.env.reader_check()
+            shared.users += 1
+        self._shared = shared
+        self.read_only = read_only or shared.read_only
+        self._finalizer = weakref.finalize(self, _release, shared)
+
+    def __repr__(self) -> str:
+        return f"EnvironmentHandle({self.path!r})"
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called (or the handle was finalised)."""
+        return not self._finalizer.alive
+
+    @property
+    def locked(self) -> bool:
+        """Whether the environment uses LMDB's lock file (``False`` on a read-only mount)."""
+        return self._shared.locked
+
+    def _shared_open(self) -> _Shared:
+        if self.closed:
+            raise StorageIOError(f"the LMDB environment at {self.path!r} is closed")
+        return self._shared
+
+    @property
+    def env(self) -> lmdb.Environment:
+        """The current ``lmdb.Environment`` (reopened after a fork)."""
+        with translated("opening", self.path):
+            return self._shared_open().current()
+
+    @property
+    def databases(self) -> tuple[lmdb._Database, ...]:
+        """The named databases, in the order given, valid for the current environment.
+
+        Take them inside the transaction's ``work``: a fork in another thread
+        reopens the environment, and handles of the closed one are refused.
+        """
+        shared = self._shared
+        if shared.env is None or shared.pid != os.getpid() or not self._finalizer.alive:
+            with translated("opening", self.path):
+                self._shared_open().current()
+        return shared.databases
+
+    def read(self, action: str, work: Callable[[lmdb.Transaction], T]) -> T:
+        """Run ``work`` in one read transaction (a consistent snapshot); its result."""
+        shared = self._shared_open()
+        for _ in range(_RETRIES):
+            with translated(action, self.path), _gate.shared():
+                try:
+                    with shared.current().begin(buffers=False) as txn:
+                        return work(txn)
+                except lmdb.MapResizedError:
+                    pass
+            self._resize(shared, None, action)
+        raise StorageIOError(f"the LMDB map at {self.path!r} kept changing size while {action}")
+
+    def write(self, action: str, work: Callable[[lmdb.Transaction], T]) -> T:
+        """Run ``work`` in one write transaction and commit it; its result.
+
+        The transaction is replayed from the start after the map grows, so
+        ``work`` must only act through ``txn``. Durable handles fsync after
+        the commit.
+
+        Raises:
+            ReadOnlyError: the handle or the filesystem is read-only.
+            StorageFullError: the disk (or the address space) is full.
+        """
+        shared = self._shared_open()
+        if self.read_only:
+            raise ReadOnlyError(f"the LMDB environment at {self.path!r} is open read-only")
+        for _ in range(_RETRIES):
+            full_at: int | None = None
+            with translated(action, self.path), _gate.shared():
+                env = shared.current()
+                try:
+                    with env.begin(write=True) as txn:
+                        result = work(txn)
+                    if self.durable:
+                        env.sync(True)
+                    return result
+                except lmdb.MapFullError:
+                    full_at = env.info()["map_size"]
+                except lmdb.MapResizedError:
+                    pass
+            self._resize(shared, full_at, action)
+        raise StorageIOError(f"the LMDB map at {self.path!r} kept changing size while {action}")
+
+    def _resize(self, shared: _Shared, full_at: int | None, action: str) -> None:
+        if _gate.depth() > 0:
+            raise StorageFullError(
+                f"the LMDB map at {self.path!r} must grow while {action}, which is impossible "
+                "inside another transaction of this thread"
+            )
+        with translated(action, self.path), _gate.exclusive():
+            if full_at is None:
+                shared.adopt_size()
+            else:
+                shared.grow(full_at)
+
+    def map_size(self) -> int:
+        """The current size of this process's map of the environment, in bytes."""
+        return int(self.env.info()["map_size"])
+
+    def sync(self) -> None:
+        """Flush everything committed so far to disk (``fsync``)."""
+        if self.read_only:
+            return
+        with translated("flushing to disk", self.path), _gate.shared():
+            self._shared_open().current().sync(True)
+
+    def close(self) -> None:
+        """Release this handle; the environment closes with its last handle."""
+        self._finalizer()

@@ -1,0 +1,76 @@
+"""Code that runs in child processes for ``test_lmdb_environment.py`` and ``test_lmdb_store.py``.
+
+Unlike ``process_workers`` (spawn only), these run in children made by
+``fork`` as well: the point of those tests is that a repository or store the
+parent holds open keeps working in a forked child and in the parent after it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import versionstore as vs
+
+#: Set by the parent before it forks, so a forked child uses the *inherited* object.
+INHERITED: vs.Repository | None = None
+
+
+def commit_keys(repo: vs.Repository, keys: list[str]) -> list[str]:
+    """One commit per key on ``main``, each writing ``key = key``; the snapshot ids."""
+    snapshots = []
+    for key in keys:
+        session = repo.writable_session("main")
+        session.store.storage.set(key, key.encode())
+        snapshots.append(session.commit(f"write {key}"))
+    return snapshots
+
+
+def commit_with_inherited(keys: list[str]) -> list[str]:
+    """Commit through the Repository object the parent opened before forking."""
+    assert INHERITED is not None, "only meaningful in a forked child"
+    return commit_keys(INHERITED, keys)
+
+
+def commit_with_open(path: str, keys: list[str]) -> list[str]:
+    """Open the repository in this process (while the parent holds it open) and commit."""
+    repo = vs.Repository.open(vs.lmdb_storage(path))
+    try:
+        return commit_keys(repo, keys)
+    finally:
+        repo.close()
+
+
+def commit_session(session: vs.Session, key: str) -> str:
+    """Stage ``key`` through a session pickled in the parent, and commit it here."""
+    session.store.storage.set(key, key.encode())
+    return session.commit(f"write {key}")
+
+
+def run_in_queue(queue: Any, target: Any, *args: Any) -> None:
+    """Run ``target(*args)`` and put ``("ok", result)`` or ``("error", text)`` on ``queue``."""
+    import traceback
+
+    try:
+        queue.put(("ok", target(*args)))
+    except BaseException:  # noqa: BLE001 - every failure must reach the parent
+        queue.put(("error", traceback.format_exc()))
+
+
+def grow_while_other_reads(path: str, rounds: int, size: int) -> int:
+    """Commit ``rounds`` values of ``size`` random bytes each; the map size at the end."""
+    repo = vs.Repository.open(vs.lmdb_storage(path))
+    for n in range(rounds):
+        session = repo.writable_session("main")
+        session.store.storage.set(f"big/{n}", os.urandom(size))
+        session.commit(f"big {n}")
+    backend = repo.backend
+    assert isinstance(backend, vs.backend.LMDBBackend)
+    grown = backend._handle.map_size()
+    repo.close()
+    return grown
+
+
+if __name__ == "__main__":  # pragma: no cover - a helper for manual runs
+    print(commit_with_open(sys.argv[1], sys.argv[2:]))

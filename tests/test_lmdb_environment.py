@@ -1,0 +1,475 @@
+"""LMDB environments (issue 10): fork, map growth, release, truncation, read-only, full disk.
+
+Each test reproduces one reported fault with its exact input; children run in
+real processes (``fork`` and ``spawn``), limits are real (``RLIMIT_AS``), and
+the read-only and full filesystems are real mounts in a private mount
+namespace (``unshare -m``), skipped where the machine refuses to make one.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import multiprocessing
+import os
+import random
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import environment_workers as workers
+import pytest
+
+import versionstore as vs
+from versionstore.backend import LMDBBackend
+from zarrstore import lmdb_environment
+from zarrstore.lmdb_environment import INITIAL_MAP_SIZE, EnvironmentHandle
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+TESTS = str(Path(__file__).resolve().parent)
+WAIT = 120
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([SRC, TESTS, env.get("PYTHONPATH", "")])
+    return env
+
+
+def _run_python(code: str, *args: str, prefix: list[str] | None = None,
+                timeout: float = WAIT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*(prefix or []), sys.executable, "-c", textwrap.dedent(code), *args],
+                          capture_output=True, text=True, env=_child_env(), timeout=timeout)
+
+
+def _ancestry_messages(path: Path) -> list[str]:
+    with vs.Repository.open(vs.lmdb_storage(path)) as repo:
+        return [info.message for info in repo.ancestry(branch="main")]
+
+
+# -- fault 4: a forked child can use the repository the parent holds open --------------------
+
+CONTEXTS = ["fork", "spawn"]
+
+
+@pytest.mark.parametrize("method", CONTEXTS)
+@pytest.mark.parametrize("way", ["inherited", "open", "pickled-session"])
+def test_children_commit_while_parent_holds_repository_open(tmp_path: Path, method: str,
+                                                            way: str) -> None:
+    if way == "inherited" and method == "spawn":
+        pytest.skip("a spawned child inherits no objects (a Repository is not picklable): "
+                    "'open' and 'pickled-session' cover spawn")
+    path = tmp_path / "repo"
+    repo = vs.Repository.create(vs.lmdb_storage(path))
+    repo.lookup_branch("main")  # the parent has used its environment before forking
+    workers.INHERITED = repo
+    context = multiprocessing.get_context(method)
+    queue = context.Queue()
+    keys = [[f"{way}/{method}/{w}/{i}" for i in range(5)] for w in range(4)]
+    processes = []
+    for worker_keys in keys:
+        if way == "inherited":
+            target, args = workers.commit_with_inherited, (worker_keys,)
+        elif way == "open":
+            target, args = workers.commit_with_open, (str(path), worker_keys)
+        else:
+            target, args = _commit_sessions, (repo.writable_session("main"), worker_keys)
+        processes.append(context.Process(target=workers.run_in_queue,
+                                          args=(queue, target, *args)))
+    try:
+        for process in processes:
+            process.start()
+        # The parent keeps working while its children commit.
+        parent_snapshot = workers.commit_keys(repo, [f"parent/{method}/{way}"])
+        results = [queue.get(timeout=WAIT) for _ in processes]
+    finally:
+        for process in processes:
+            process.join(WAIT)
+        workers.INHERITED = None
+    assert [status for status, _ in results] == ["ok"] * 4, results
+    assert all(process.exitcode == 0 for process in processes)
+    messages = _ancestry_messages(path)
+    for key in sum(keys, []):
+        assert f"write {key}" in messages
+    assert len(messages) == 20 + 1 + 1  # 20 children's commits, the parent's, the initial one
+    assert repo.lookup_snapshot(parent_snapshot[0]).message == f"write parent/{method}/{way}"
+    session = repo.readonly_session("main")
+    assert session.store.storage.get(keys[3][4]) == keys[3][4].encode()
+    repo.close()
+
+
+def _commit_sessions(session: vs.Session, keys: list[str]) -> list[str]:
+    # The first commit goes through the unpickled session, the rest through fresh
+    # sessions of its repository (the one Session.__reduce__ reopened here).
+    first = workers.commit_session(session, keys[0])
+    return [first, *workers.commit_keys(session._repo, keys[1:])]
+
+
+@pytest.mark.parametrize("method", CONTEXTS)
+def test_process_pool_children_commit_through_all_three_ways(tmp_path: Path, method: str) -> None:
+    path = tmp_path / "repo"
+    repo = vs.Repository.create(vs.lmdb_storage(path))
+    repo.lookup_branch("main")
+    workers.INHERITED = repo
+    context = multiprocessing.get_context(method)
+    try:
+        with ProcessPoolExecutor(2, mp_context=context) as pool:
+            futures = [pool.submit(workers.commit_session, repo.writable_session("main"),
+                                   f"session/{n}") for n in range(10)]
+            futures += [pool.submit(workers.commit_with_open, str(path), [f"open/{n}"])
+                        for n in range(5 if method == "spawn" else 5)]
+            if method == "fork":
+                futures += [pool.submit(workers.commit_with_inherited, [f"inherited/{n}"])
+                            for n in range(5)]
+            else:
+                futures += [pool.submit(workers.commit_with_open, str(path), [f"open/{n + 5}"])
+                            for n in range(5)]
+            for future in futures:
+                future.result(timeout=WAIT)
+    finally:
+        workers.INHERITED = None
+    messages = _ancestry_messages(path)
+    assert len(messages) == 20 + 1
+    repo.close()
+
+
+def test_fork_while_another_thread_reads_and_writes(tmp_path: Path) -> None:
+    # The environment is closed around each fork only once no transaction is open;
+    # a thread busy with the repository meanwhile must see nothing of it.
+    path = tmp_path / "repo"
+    repo = vs.Repository.create(vs.lmdb_storage(path))
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def busy() -> None:
+        n = 0
+        try:
+            while not stop.is_set() and n < 200:
+                workers.commit_keys(repo, [f"thread/{n}"])
+                n += 1
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=busy)
+    thread.start()
+    context = multiprocessing.get_context("fork")
+    try:
+        for n in range(5):
+            process = context.Process(target=workers.commit_with_open,
+                                      args=(str(path), [f"fork/{n}"]))
+            process.start()
+            process.join(WAIT)
+            assert process.exitcode == 0
+    finally:
+        stop.set()
+        thread.join(WAIT)
+    assert not errors, errors
+    messages = _ancestry_messages(path)
+    assert all(f"write fork/{n}" in messages for n in range(5))
+    repo.close()
+
+
+# -- fault 5: the map starts small, grows on demand, and is released ------------------------
+
+
+@pytest.mark.parametrize("close", [True, False], ids=["close", "drop"])
+def test_open_and_drop_many_repositories(tmp_path: Path, close: bool) -> None:
+    # With a fixed 1 TiB map the 128th open failed with "Cannot allocate memory".
+    for n in range(520):
+        repo = vs.Repository.open_or_create(vs.lmdb_storage(tmp_path / f"r{n % 40}"))
+        if n % 10 == 0:
+            workers.commit_keys(repo, [f"n{n}"])
+        if close:
+            repo.close()
+        del repo
+    gc.collect()
+    assert not lmdb_environment._registry, "every environment was released"
+
+
+def test_dropped_sessions_release_the_environment(tmp_path: Path) -> None:
+    repo = vs.Repository.create(vs.lmdb_storage(tmp_path / "r"))
+    session = repo.writable_session("main")
+    del repo
+    gc.collect()
+    assert lmdb_environment._registry, "the session still uses the repository"
+    session.store.storage.set("k", b"v")
+    session.commit("still works")
+    del session
+    gc.collect()
+    assert not lmdb_environment._registry
+
+
+def test_repositories_open_under_an_address_space_limit(tmp_path: Path) -> None:
+    # Under ulimit -v of 8 GB no repository opened at all with a 1 TiB map.
+    result = _run_python("""
+        import resource, sys
+        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+        import numpy as np, zarr
+        import versionstore as vs
+        repos = [vs.Repository.create(vs.lmdb_storage(f"{sys.argv[1]}/r{n}")) for n in range(20)]
+        for n, repo in enumerate(repos):
+            session = repo.writable_session("main")
+            array = zarr.create_array(session.store, name="a", shape=(64, 1024), chunks=(8, 1024),
+                                      dtype="f8")
+            array[:] = np.random.default_rng(n).random((64, 1024))
+            session.commit("data")
+        again = vs.Repository.open(vs.lmdb_storage(f"{sys.argv[1]}/r3"))
+        assert zarr.open_array(again.readonly_session().store, path="a").shape == (64, 1024)
+        print("ok")
+    """, str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_a_write_larger_than_the_initial_map_grows_it(tmp_path: Path) -> None:
+    backend = LMDBBackend(tmp_path / "env")
+    assert backend._handle.map_size() == INITIAL_MAP_SIZE
+    from versionstore.ids import ObjectId
+
+    objects = [(ObjectId(bytes([n]) * 32), os.urandom(8 << 20)) for n in range(24)]  # 192 MiB
+    backend.put_objects(objects, {"r": b"1"})
+    assert backend._handle.map_size() > 192 << 20
+    assert backend.get_objects([objects[-1][0]]) == [objects[-1][1]]
+    assert backend.get_ref("r") == b"1"
+    backend.close()
+    reopened = LMDBBackend(tmp_path / "env")  # opens with a map that holds the file
+    assert reopened.get_objects([objects[0][0]]) == [objects[0][1]]
+    reopened.close()
+
+
+def test_one_process_grows_the_map_while_another_reads_and_writes(tmp_path: Path) -> None:
+    path = tmp_path / "repo"
+    repo = vs.Repository.create(vs.lmdb_storage(path))
+    workers.commit_keys(repo, ["before"])
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=workers.run_in_queue,
+                            args=(queue, workers.grow_while_other_reads, str(path), 6, 32 << 20))
+    child.start()
+    n = 0
+    while child.is_alive() and n < 400:  # read and write while the child grows the file
+        assert repo.readonly_session("main").store.storage.get("before") == b"before"
+        workers.commit_keys(repo, [f"parent/{n}"])
+        n += 1
+    status, grown = queue.get(timeout=WAIT)
+    child.join(WAIT)
+    assert status == "ok", grown
+    assert grown > INITIAL_MAP_SIZE
+    # The file is now larger than this process's map: reading it adopts the new size.
+    storage = repo.readonly_session("main").store.storage
+    assert all(storage.size(f"big/{k}") == 32 << 20 for k in range(6))
+    workers.commit_keys(repo, ["after"])
+    assert "write after" in _ancestry_messages(path)
+    repo.close()
+
+
+# -- fault 6: a truncated data.mdb is an error, never SIGBUS ---------------------------------
+
+READ_EACH = """
+    # One interpreter (imports are the slow part), one forked process per damaged copy:
+    # each opens and reads everything, and its exit status is judged here.
+    import os, sys
+    import versionstore as vs
+
+    def read_all(path):
+        try:
+            repo = vs.Repository.open(vs.lmdb_storage(path))
+            storage = repo.readonly_session("main").store.storage
+            for key in storage.list():
+                storage.get(key)
+            repo.verify()
+            return "read"
+        except vs.VersionStoreError as exc:
+            return f"error {type(exc).__name__} {exc}"
+
+    for path in sys.argv[1:]:
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid == 0:
+            print(path, read_all(path), flush=True)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status):
+            print(path, "signal", os.WTERMSIG(status), flush=True)
+        elif os.WEXITSTATUS(status) != 0:
+            print(path, "exit", os.WEXITSTATUS(status), flush=True)
+"""
+
+
+def test_truncated_data_file_is_reported_not_a_crash(tmp_path: Path) -> None:
+    source = tmp_path / "repo"
+    repo = vs.Repository.create(vs.lmdb_storage(source))
+    rng = random.Random(6)
+    for n in range(8):
+        session = repo.writable_session("main")
+        for k in range(6):
+            session.store.storage.set(f"k{n}/{k}", rng.randbytes(rng.randrange(100, 60_000)))
+        session.commit(f"round {n}")
+    repo.close()
+    size = (source / "data.mdb").stat().st_size
+    copies = []
+    for trial, cut in enumerate(sorted(rng.sample(range(1, size), 20))):
+        copy = tmp_path / f"cut{trial}"
+        shutil.copytree(source, copy)
+        os.truncate(copy / "data.mdb", cut)
+        copies.append(str(copy))
+    result = _run_python(READ_EACH, *copies)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcomes = [line.split()[1:3] for line in result.stdout.splitlines()]
+    assert len(outcomes) == 20, result.stdout
+    assert not [o for o in outcomes if o[0] in ("signal", "exit")], result.stdout
+    assert ["error", "CorruptRepositoryError"] in outcomes
+    assert all(o in (["read"], ["error", "CorruptRepositoryError"], ["error", "BackendError"])
+               for o in outcomes), result.stdout
+
+
+# -- fault 9: a repository on a read-only filesystem can be read -----------------------------
+
+def _unshare_works() -> bool:
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c",
+                            "mount -t tmpfs -o size=1m tmpfs /mnt && umount /mnt"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+needs_mount_namespace = pytest.mark.skipif(
+    not _unshare_works(),
+    reason="needs `unshare -m` and mount (a private mount namespace) to make a real "
+           "read-only or full filesystem",
+)
+
+READ_ONLY_CHECKS = """
+    import json, sys
+    import versionstore as vs
+    path = sys.argv[1]
+    out = {}
+    storage = vs.lmdb_storage(path)
+    out["exists"] = vs.Repository.exists(storage)
+    repo = vs.Repository.open(storage)
+    out["main"] = repo.readonly_session("main").store.storage.get("k").decode()
+    out["log"] = [info.message for info in repo.ancestry(branch="main")]
+    session = repo.writable_session("main")
+    try:
+        session.store.storage.set("k", b"new")
+        session.commit("refused")
+        out["write"] = "accepted"
+    except vs.ReadOnlyRepositoryError as exc:
+        out["write"] = type(exc).__name__
+        out["message"] = str(exc)
+    out["absent"] = vs.Repository.exists(vs.lmdb_storage(path + "-missing"))
+    print(json.dumps(out))
+"""
+
+
+@needs_mount_namespace
+def test_repository_on_a_read_only_filesystem_can_be_read(tmp_path: Path) -> None:
+    path = tmp_path / "repo"
+    with vs.Repository.create(vs.lmdb_storage(path)) as repo:
+        session = repo.writable_session("main")
+        session.store.storage.set("k", b"v")
+        session.commit("one")
+    (path / "lock.mdb").unlink()  # as on a read-only medium that never held a lock file
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    script = tmp_path / "check.py"
+    script.write_text(textwrap.dedent(READ_ONLY_CHECKS))
+    command = (f"mount --bind {path} {mount} && mount -o remount,bind,ro {mount} && "
+               f"{sys.executable} {script} {mount}")
+    result = subprocess.run(["unshare", "-m", "sh", "-c", command], capture_output=True,
+                            text=True, env=_child_env(), timeout=WAIT)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["exists"] is True and out["absent"] is False
+    assert out["main"] == "v" and out["log"] == ["one", "Repository initialized"]
+    assert out["write"] == "ReadOnlyRepositoryError", out
+    assert "read-only" in out["message"]
+
+
+def test_read_only_storage_refuses_writes_and_creates_nothing(tmp_path: Path) -> None:
+    # Explicit read_only=True (works without any mount: what a read-only filesystem gives).
+    path = tmp_path / "repo"
+    with vs.Repository.create(vs.lmdb_storage(path)) as repo:
+        workers.commit_keys(repo, ["k"])
+    repo = vs.Repository.open(vs.lmdb_storage(path, read_only=True))
+    assert repo.readonly_session("main").store.storage.get("k") == b"k"
+    session = repo.writable_session("main")
+    with pytest.raises(vs.ReadOnlyRepositoryError):
+        session.store.storage.set("k2", b"v")
+    repo.close()
+    missing = tmp_path / "missing"
+    assert vs.Repository.exists(vs.lmdb_storage(missing, read_only=True)) is False
+    assert not missing.exists()
+
+
+# -- also: a full disk says so ---------------------------------------------------------------
+
+FILL = """
+    import json, os, sys
+    import versionstore as vs
+    repo = vs.Repository.create(vs.lmdb_storage(sys.argv[1]))
+    session = repo.writable_session("main")
+    session.store.storage.set("kept", b"committed before the disk filled")
+    session.commit("kept")
+    out = {}
+    try:
+        for n in range(64):
+            session = repo.writable_session("main")
+            session.store.storage.set(f"big{n}", os.urandom(1 << 20))
+            session.commit(f"big {n}")
+        out["error"] = None
+    except vs.DiskFullError as exc:
+        out["error"] = type(exc).__name__
+        out["message"] = str(exc)
+    repo.close()
+    again = vs.Repository.open(vs.lmdb_storage(sys.argv[1]))
+    out["kept"] = again.readonly_session("main").store.storage.get("kept").decode()
+    print(json.dumps(out))
+"""
+
+
+@needs_mount_namespace
+def test_a_full_disk_is_reported_as_full(tmp_path: Path) -> None:
+    mount = tmp_path / "small"
+    mount.mkdir()
+    script = tmp_path / "fill.py"
+    script.write_text(textwrap.dedent(FILL))
+    command = (f"mount -t tmpfs -o size=16m tmpfs {mount} && "
+               f"{sys.executable} {script} {mount}/repo")
+    result = subprocess.run(["unshare", "-m", "sh", "-c", command], capture_output=True,
+                            text=True, env=_child_env(), timeout=WAIT)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["error"] == "DiskFullError", out
+    assert "full" in out["message"]
+    assert out["kept"] == "committed before the disk filled"
+
+
+# -- also: lock.mdb deleted while open is noticed --------------------------------------------
+
+
+def test_deleting_the_lock_file_while_open_is_detected(tmp_path: Path) -> None:
+    path = tmp_path / "repo"
+    repo = vs.Repository.create(vs.lmdb_storage(path))
+    (path / "lock.mdb").unlink()
+    with pytest.raises(vs.BackendError, match="lock.mdb was deleted or replaced"):
+        vs.Repository.open(vs.lmdb_storage(path))
+    repo.close()
+    gc.collect()
+    with vs.Repository.open(vs.lmdb_storage(path)) as again:  # once closed, it opens again
+        assert again.list_branches() == {"main"}
+
+
+def test_handles_share_one_environment_per_directory(tmp_path: Path) -> None:
+    first = EnvironmentHandle(tmp_path / "env")
+    second = EnvironmentHandle(tmp_path / "env")
+    assert first.env is second.env
+    first.close()
+    assert second.read("reading", lambda txn: txn.get(b"missing")) is None
+    second.close()
+    assert not lmdb_environment._registry

@@ -1,0 +1,293 @@
+"""``LMDBStore`` (issue 15): conformance, zarr's suites, processes, crashes, growth, read-only."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from hypothesis.stateful import run_state_machine_as_test
+from hypothesis_budget import fewer_examples
+from zarr.core.buffer import Buffer, cpu
+from zarr.testing.stateful import ZarrHierarchyStateMachine, ZarrStoreStateMachine
+from zarr.testing.store import StoreTests
+
+from zarrstore import InvalidKeyError, LMDBStorage, LMDBStore, ReadOnlyError
+from zarrstore.lmdb_environment import INITIAL_MAP_SIZE
+from zarrstore.testing import StoreConformance, storage_state_machine
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+TESTS = str(Path(__file__).resolve().parent)
+WAIT = 120
+
+
+class LMDBBackdoor:
+    # A second environment on the same files in this process is forbidden, so the
+    # backdoor uses the store's own environment, bypassing the store's methods.
+    def raw_get(self, storage: LMDBStorage, key: str) -> bytes | None:
+        handle = storage._environment()
+        if handle is None:
+            return None
+        with handle.env.begin() as txn:
+            value = txn.get(key.encode())
+        return None if value is None else bytes(value)
+
+    def raw_set(self, storage: LMDBStorage, key: str, value: bytes) -> None:
+        handle = storage._environment()
+        assert handle is not None
+        with handle.env.begin(write=True) as txn:
+            txn.put(key.encode(), value)
+
+
+class TestLMDBConformance(LMDBBackdoor, StoreConformance):
+    @pytest.fixture
+    def storage(self, tmp_path: Path) -> LMDBStorage:
+        return LMDBStorage(tmp_path / "env")
+
+
+class TestLMDBStoreWithZarr(StoreTests[LMDBStore, cpu.Buffer]):
+    store_cls = LMDBStore
+    buffer_cls = cpu.Buffer
+
+    async def set(self, store: LMDBStore, key: str, value: Buffer) -> None:
+        LMDBBackdoor().raw_set(store.storage, key, value.to_bytes())
+
+    async def get(self, store: LMDBStore, key: str) -> Buffer:
+        raw = LMDBBackdoor().raw_get(store.storage, key)
+        assert raw is not None
+        return self.buffer_cls.from_bytes(raw)
+
+    @pytest.fixture
+    def store_kwargs(self, tmp_path: Path) -> dict[str, Any]:
+        return {"path": tmp_path / "zarr.lmdb"}
+
+    def test_store_repr(self, store: LMDBStore) -> None:
+        assert repr(store) == f"LMDBStore(LMDBStorage({store.path!r}, writable))"
+
+    def test_store_supports_writes(self, store: LMDBStore) -> None:
+        assert store.supports_writes
+
+    def test_store_supports_listing(self, store: LMDBStore) -> None:
+        assert store.supports_listing
+
+
+def test_state_machine_against_dict_model(tmp_path: Path) -> None:
+    counter = iter(range(10**6))
+    run_state_machine_as_test(
+        storage_state_machine(lambda: LMDBStorage(tmp_path / f"s{next(counter)}")),
+        settings=fewer_examples(),
+    )
+
+
+def test_zarr_store_state_machine(tmp_path: Path) -> None:
+    counter = iter(range(10**6))
+    run_state_machine_as_test(  # type: ignore[no-untyped-call]
+        lambda: ZarrStoreStateMachine(LMDBStore(tmp_path / f"z{next(counter)}")),
+        settings=fewer_examples(8),
+    )
+
+
+def test_zarr_hierarchy_state_machine(tmp_path: Path) -> None:
+    counter = iter(range(10**6))
+    run_state_machine_as_test(  # type: ignore[no-untyped-call]
+        lambda: ZarrHierarchyStateMachine(LMDBStore(tmp_path / f"h{next(counter)}")),
+        settings=fewer_examples(8),
+    )
+
+
+# -- round trips --------------------------------------------------------------------
+
+
+def test_zarr_round_trip_and_reopen(tmp_path: Path) -> None:
+    data = np.arange(10_000, dtype="f8").reshape(100, 100)
+    with LMDBStore(tmp_path / "z") as store:
+        array = zarr.create_array(store, name="a", shape=data.shape, chunks=(10, 10), dtype="f8")
+        array[:] = data
+    with LMDBStore(tmp_path / "z", read_only=True) as store:
+        np.testing.assert_array_equal(zarr.open_array(store, path="a", mode="r")[:], data)
+
+
+def test_xarray_round_trip(tmp_path: Path) -> None:
+    xr = pytest.importorskip("xarray")
+    dataset = xr.Dataset(
+        {"t": (("x", "y"), np.random.default_rng(0).random((20, 30)))},
+        coords={"x": np.arange(20), "y": np.arange(30) * 0.5},
+    )
+    dataset.to_zarr(LMDBStore(tmp_path / "x"), zarr_format=3, consolidated=False)
+    again = xr.open_zarr(LMDBStore(tmp_path / "x", read_only=True), consolidated=False)
+    xr.testing.assert_identical(again.load(), dataset)
+
+
+def test_pickled_store_reopens_by_path(tmp_path: Path) -> None:
+    store = LMDBStore(tmp_path / "p")
+    store.storage.set("k", b"v")
+    copy = pickle.loads(pickle.dumps(store))
+    assert copy.storage.get("k") == b"v" and copy == store
+    copy.storage.set("k2", b"w")
+    assert store.storage.get("k2") == b"w"
+
+
+def test_set_many_is_one_transaction(tmp_path: Path) -> None:
+    storage = LMDBStorage(tmp_path / "b")
+    storage.set_many([("a", b"1"), ("b/c", b"2")])
+    assert list(storage.list()) == ["a", "b/c"]
+    with pytest.raises(InvalidKeyError):  # one bad key: nothing is written
+        storage.set_many([("d", b"3"), ("x" * 600, b"4")])
+    assert storage.get("d") is None
+
+
+async def test_zarr_batches_arrive_as_one_transaction(tmp_path: Path) -> None:
+    # zarr hands a batch through Store._set_many: it becomes one set_many call.
+    store = LMDBStore(tmp_path / "h")
+    batches: list[list[str]] = []
+    set_many = store.storage.set_many
+
+    def recording(items: list[tuple[str, bytes]]) -> None:
+        batches.append([key for key, _ in items])
+        set_many(items)
+
+    store.storage.set_many = recording  # type: ignore[method-assign]
+    await store._set_many([("a/zarr.json", cpu.Buffer.from_bytes(b"{}")),
+                           ("b", cpu.Buffer.from_bytes(b"2"))])
+    assert batches == [["a/zarr.json", "b"]]
+    assert store.storage.get("b") == b"2"
+
+
+# -- map growth -----------------------------------------------------------------------
+
+
+def test_a_large_write_grows_the_map(tmp_path: Path) -> None:
+    store = LMDBStore(tmp_path / "g", map_size=1 << 20)
+    assert store.storage._environment().map_size() == 1 << 20
+    big = np.random.default_rng(1).integers(0, 255, size=(48, 1 << 20), dtype="u1")
+    array = zarr.create_array(store, name="big", shape=big.shape, chunks=(8, 1 << 20),
+                              dtype="u1", compressors=None)
+    array[:] = big  # 48 MiB through a 1 MiB map
+    assert store.storage._environment().map_size() >= 48 << 20
+    np.testing.assert_array_equal(zarr.open_array(store, path="big")[:], big)
+    value = os.urandom(3 * INITIAL_MAP_SIZE)  # one value bigger than the default map
+    store.storage.set("huge", value)
+    assert store.storage.get("huge") == value
+
+
+# -- read-only ---------------------------------------------------------------------------
+
+
+def test_read_only_store_refuses_writes(tmp_path: Path) -> None:
+    LMDBStore(tmp_path / "r").storage.set("k", b"v")
+    store = LMDBStore(tmp_path / "r", readonly=True)
+    assert store.read_only and store.storage.get("k") == b"v"
+    for write in (lambda: store.storage.set("k", b"x"), lambda: store.storage.erase("k"),
+                  lambda: store.storage.set_many([("k", b"x")]),
+                  lambda: store.storage.erase_prefix("")):
+        with pytest.raises(ReadOnlyError):
+            write()
+    with pytest.raises(ValueError, match="read-only"):
+        zarr.create_array(store, name="a", shape=(2,), dtype="i1")
+    assert store.storage.get("k") == b"v"
+    writable = store.with_read_only(False)
+    writable.storage.set("k", b"w")
+    assert store.storage.get("k") == b"w"
+
+
+def test_read_only_store_creates_nothing(tmp_path: Path) -> None:
+    store = LMDBStore(tmp_path / "missing", read_only=True)
+    assert store.storage.get("k") is None and list(store.storage.list()) == []
+    assert not (tmp_path / "missing").exists()
+    LMDBStore(tmp_path / "missing").storage.set("k", b"v")  # a writer creates it later
+    assert store.storage.get("k") == b"v"
+
+
+# -- processes ---------------------------------------------------------------------------
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([SRC, TESTS, env.get("PYTHONPATH", "")])
+    return env
+
+
+def _read_consistently(path: str, rounds: int) -> int:
+    """Read every key many times; each snapshot must hold one round's values throughout."""
+    store = LMDBStorage(path, read_only=True)
+    checked = 0
+    for _ in range(rounds):
+        values = store.get_many([(f"k{i}", None) for i in range(20)])
+        present = [v for v in values if v is not None]
+        assert len({v for v in present}) <= 1, "a reader saw a torn batch"
+        checked += 1
+    store.close()
+    return checked
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_many_readers_while_one_writes(tmp_path: Path, method: str) -> None:
+    path = str(tmp_path / "m")
+    store = LMDBStore(path)
+    store.storage.set_many([(f"k{i}", b"round 0") for i in range(20)])
+    context = multiprocessing.get_context(method)
+    with context.Pool(3) as pool:
+        readers = [pool.apply_async(_read_consistently, (path, 300)) for _ in range(3)]
+        for n in range(1, 100):  # the parent writes whole batches meanwhile
+            store.storage.set_many([(f"k{i}", f"round {n}".encode()) for i in range(20)])
+        assert [r.get(WAIT) for r in readers] == [300, 300, 300]
+    assert store.storage.get("k19") == b"round 99"
+    store.close()
+
+
+WRITER = """
+    import sys
+    from zarrstore import LMDBStorage
+    storage = LMDBStorage(sys.argv[1])
+    print("ready", flush=True)
+    n = 0
+    while True:
+        n += 1
+        storage.set_many([(f"k{i}", (f"batch {n} " * 2000).encode()) for i in range(50)])
+"""
+
+
+def test_writer_killed_mid_batch_leaves_old_or_new_values(tmp_path: Path) -> None:
+    path = tmp_path / "k"
+    LMDBStorage(path).set_many([(f"k{i}", b"batch 0 ") for i in range(50)])
+    for trial in range(5):
+        writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(WRITER), str(path)],
+                                  stdout=subprocess.PIPE, text=True, env=_child_env())
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
+        time.sleep(0.05 + 0.07 * trial)  # somewhere inside one of its batches
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(WAIT)
+        storage = LMDBStorage(path)
+        values = storage.get_many([(f"k{i}", None) for i in range(50)])
+        assert all(v is not None for v in values)
+        assert len(set(values)) == 1, "every key holds the same batch: old or new, not mixed"
+        storage.set("after", b"writable after the kill")  # the dead writer's lock was freed
+        storage.close()
+
+
+# -- the docs -------------------------------------------------------------------------------
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "stores.md"
+
+
+def test_the_docs_section_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    section = DOC.read_text().partition("\n## LMDBStore\n")[2].partition("\n## ")[0]
+    blocks = re.findall(r"^```python\n(.*?)^```", section, flags=re.DOTALL | re.MULTILINE)
+    assert blocks
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": "docs"}
+    for number, block in enumerate(blocks):
+        exec(compile(block, f"stores.md LMDBStore[{number}]", "exec"), namespace)
+    assert (tmp_path / "data.lmdb" / "data.mdb").is_file()

@@ -328,31 +328,29 @@ class Session:
         if refs:
             self._stage(WriteBatch(refs=refs, session=self._rule(self._base)))
 
-    def _changes(self, raw: Mapping[str, bytes]) -> list[Change]:
-        """The staged refs ``raw`` as key-sorted changes."""
-        if self._session_id is None:
-            return []
-        cut = len(stage_prefix(self._session_id))
-        changes: list[Change] = []
-        for name, value in raw.items():
-            entry = decode_staged(name, value)
-            changes.append((name[cut:], None if isinstance(entry, Tombstone) else entry))
-        return changes
-
     def _read_changes(self) -> tuple[list[Change], Mapping[str, bytes]]:
         """The staged changes, and what each staged ref holds now (for ``delete_if_equal``).
 
-        A huge commit should hold its changes once: the stored bytes are
-        dropped and re-encoded on demand when this version wrote them (all
-        but records from before format 2), which keeps commit memory to the
-        decoded changes alone.
+        Read in one consistent view, decoding each staged ref as it streams
+        past, so a huge commit holds its changes once: stored bytes are kept
+        only for records an older version wrote; the rest are re-encoded on
+        demand (``_StagedValues``).
         """
-        raw = self._staged_raw()
-        changes = self._changes(raw)
-        assert self._session_id is not None
+        if self._session_id is None:
+            return [], {}
+        self._refresh()
         prefix = stage_prefix(self._session_id)
-        kept = {name: value for name, value in raw.items() if not staged_reencodes(value)}
-        del raw
+        cut = len(prefix)
+        changes: list[Change] = []
+        kept: dict[str, bytes] = {}
+
+        def visit(name: str, value: bytes) -> None:
+            entry = decode_staged(name, value)
+            changes.append((name[cut:], None if isinstance(entry, Tombstone) else entry))
+            if not staged_reencodes(value):
+                kept[name] = value
+
+        self._repo.backend.scan_refs(prefix, visit)
         return changes, _StagedValues(prefix, changes, kept)
 
     @property
@@ -364,7 +362,7 @@ class Session:
         if self._session_id is None:
             return False
         load = self._repo.reader.node
-        changes = self._changes(self._staged_raw())
+        changes, _ = self._read_changes()
         return any(lookup(load, self._root, key) != entry for key, entry in changes)
 
     def discard_changes(self) -> None:
@@ -374,13 +372,13 @@ class Session:
         session stages at the same moment is kept.
         """
         self._require_writable()
-        raw = self._staged_raw()
+        _, raw = self._read_changes()
         self._stage(WriteBatch(delete_if_equal=raw, session=self._rule(self._base)))
 
     def status(self) -> Diff:
         """The staged changes, as a ``Diff`` against the base snapshot."""
         keys = {}
-        for key, entry in self._changes(self._staged_raw()):
+        for key, entry in self._read_changes()[0]:
             before = lookup(self._repo.reader.node, self._root, key)
             if before != entry:
                 keys[key] = (before is not None, entry is not None)
@@ -413,8 +411,8 @@ class Session:
         assert self._branch is not None
         tip, _ = self._repo.refs.branch_tip(self._branch)
         reader = self._repo.reader
-        raw = self._staged_raw()
-        conflicts = self._conflicts(self._root, reader.snapshot(tip).tree, self._changes(raw))
+        changes, raw = self._read_changes()
+        conflicts = self._conflicts(self._root, reader.snapshot(tip).tree, changes)
         if conflicts and keep == "raise":
             raise ConflictError(self._branch, conflicts)
         dropped = {}

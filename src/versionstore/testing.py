@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import threading
 
-from versionstore.backend.protocol import Backend
+import pytest
+
+from versionstore.backend.protocol import Backend, SessionRule, WriteBatch
+from versionstore.errors import MissingObjectsError
 from versionstore.ids import ObjectId, hash_object
 
 __all__ = ["BackendConformance"]
@@ -50,6 +53,37 @@ class BackendConformance:
         assert backend.list_refs("b/", limit=1) == {"b/1": b"1"}
         assert backend.list_refs("zzz") == {}
         assert set(backend.list_refs("")) == {"b/1", "b/10", "b/2", "bb/1", "c"}
+
+    def test_scan_refs_visits_a_prefix_in_order(self, backend: Backend) -> None:
+        backend.put_objects([], {"b/2": b"2", "b/1": b"1", "bb/1": b"x", "a": b"a"})
+        seen: list[tuple[str, bytes]] = []
+        backend.scan_refs("b/", lambda name, value: seen.append((name, value)))
+        assert seen == [("b/1", b"1"), ("b/2", b"2")]
+        backend.scan_refs("zzz", lambda name, value: seen.append((name, value)))
+        assert len(seen) == 2
+
+    def test_write_batch_conditions_and_session_rule(self, backend: Backend) -> None:
+        base = _oid(1)
+        backend.put_objects([(base, b"snapshot")], {"k": b"old"})
+        rule = SessionRule(prefix="stage/s/", record="session/s", value=b"rec",
+                           requires=[base])
+        assert not backend.write(WriteBatch(expect={"k": b"other"}, refs={"stage/s/x": b"1"},
+                                            session=rule))
+        assert backend.list_refs("") == {"k": b"old"}  # nothing written
+        assert backend.write(WriteBatch(refs={"stage/s/x": b"1"}, session=rule))
+        assert backend.get_ref("session/s") == b"rec"  # created with the first staged ref
+        assert backend.write(WriteBatch(delete_if_equal={"stage/s/x": b"stale"}, session=rule))
+        assert backend.get_ref("stage/s/x") == b"1"  # a newer value is never deleted
+        assert backend.write(WriteBatch(delete_if_equal={"stage/s/x": b"1"}, session=rule))
+        assert backend.list_refs("") == {"k": b"old"}  # no staged ref: no record
+        missing = SessionRule(prefix="stage/t/", record="session/t", value=b"r",
+                              requires=[_oid(99)])
+        with pytest.raises(MissingObjectsError):
+            backend.write(WriteBatch(refs={"stage/t/x": b"1"}, session=missing))
+        with pytest.raises(MissingObjectsError):
+            backend.write(WriteBatch(requires=[_oid(98)], refs={"r": b"1"}))
+        assert backend.list_refs("") == {"k": b"old"}
+        assert backend.write(WriteBatch(objects=[(_oid(97), b"new")], requires=[_oid(97)]))
 
     def test_compare_and_swap(self, backend: Backend) -> None:
         assert backend.compare_and_swap_ref("r", None, b"1")

@@ -217,6 +217,22 @@ class LMDBBackend(Backend):
         return self._read("listing refs", work)
 
     @override
+    def scan_refs(self, prefix: str, visit: Callable[[str, bytes], None]) -> None:
+        start = prefix.encode()
+
+        def work(txn: lmdb.Transaction) -> None:
+            cursor = txn.cursor(db=self._refs)
+            if not cursor.set_range(start):
+                return
+            for raw_name, value in cursor:
+                name = bytes(raw_name)
+                if not name.startswith(start):
+                    return
+                visit(name.decode(), bytes(value))
+
+        self._read("reading refs", work)
+
+    @override
     def delete_objects(
         self,
         ids: Iterable[ObjectId],

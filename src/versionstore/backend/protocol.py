@@ -144,6 +144,16 @@ class Backend(Protocol):
         """The value of ref ``name``, or ``None``."""
         return self.get_refs([name])[0]
 
+    def scan_refs(self, prefix: str, visit: Callable[[str, bytes], None]) -> None:
+        """Call ``visit(name, value)`` for each ref under ``prefix``, in name order, in one view.
+
+        For reading many refs without holding all their values at once (a
+        commit of a million staged keys keeps only what ``visit`` keeps);
+        override when the backend can stream.
+        """
+        for name, value in self.list_refs(prefix).items():
+            visit(name, value)
+
     def put_objects(
         self,
         objects: Iterable[tuple[ObjectId, bytes]],

@@ -127,8 +127,9 @@ def lmdb_storage(path: str | os.PathLike[str], *, durable: bool = False,
     Raises:
         TypeError: if ``path`` is not a ``str`` or ``os.PathLike[str]``.
     """
-    if not isinstance(durable, bool) or not isinstance(read_only, bool):
-        raise TypeError("durable and read_only must be True or False")
+    for name, flag in (("durable", durable), ("read_only", read_only)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be True or False; got {type(flag).__name__}")
     return LMDBStorage(path, durable, read_only)
 
 

@@ -250,7 +250,9 @@ def test_a_copy_staging_after_the_commit_can_be_discarded(repo: vs.Repository) -
 def test_no_staged_entry_without_its_session_record(repo: vs.Repository) -> None:
     session = repo.writable_session("main")
     session.set_values([("new", b"v")])
-    session.erase_keys(["new"])  # unstaged again: no record may remain
+    session.erase_keys(["new"])  # unstaged again: not resumable, the record stays for copies
+    assert repo.resumable_sessions() == {}
+    repo.garbage_collect()  # ...until gc prunes records with nothing staged
     assert repo.backend.list_refs("session/") == {}
     session.set_values([("k", b"v")])
     copy = pickle.loads(pickle.dumps(session))
@@ -259,6 +261,7 @@ def test_no_staged_entry_without_its_session_record(repo: vs.Repository) -> None
     sid = str(session.session_id)
     assert set(repo.backend.list_refs(f"stage/{sid}/")) == {f"stage/{sid}/k2"}
     assert set(repo.backend.list_refs("session/")) == {f"session/{sid}"}
+    assert repo.resumable_sessions() == {sid: "main"}
 
 
 def test_staging_on_a_collected_base_is_a_clear_error(repo: vs.Repository) -> None:

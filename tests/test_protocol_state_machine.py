@@ -81,15 +81,13 @@ class ProtocolMachine(RuleBasedStateMachine):
             copy.base, copy.generation = self.record
 
     def keep_record(self, copy: Copy) -> None:
-        """The session rule after a staging write by ``copy``."""
-        if not self.staged:
-            self.record = None
-        elif self.record is None:
+        """The session rule after a staging write by ``copy``: create, never delete."""
+        if self.staged and self.record is None:
             self.record = (copy.base, copy.generation)
 
     def reachable(self) -> set[str]:
         roots = [self.main, *self.tags.values()]
-        if self.record is not None:
+        if self.record is not None and self.staged:
             roots.append(self.record[0])
         seen: set[str] = set()
         while roots:
@@ -109,6 +107,10 @@ class ProtocolMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def pickle_a_copy(self, data: st.DataObject) -> None:
         copy = data.draw(st.sampled_from(self.copies))
+        if copy.base in self.collected:
+            with pytest.raises(vs.SnapshotNotFoundError):  # reset away and collected
+                pickle.loads(pickle.dumps(copy.session))
+            return
         if len(self.copies) < 4:
             clone = pickle.loads(pickle.dumps(copy.session))
             self.copies.append(Copy(clone, copy.base, copy.generation))
@@ -145,6 +147,9 @@ class ProtocolMachine(RuleBasedStateMachine):
         tip = self.content(self.main)
         if self.main != copy.base:
             base = self.content(copy.base)
+            # An identical rewrite of a key the branch changed is no change of ours.
+            staged = {k: v for k, v in staged.items()
+                      if base.get(k) == tip.get(k) or base.get(k) != v}
             if any(base.get(k) != tip.get(k) and v != tip.get(k) for k, v in staged.items()):
                 return vs.ConflictError
         new = dict(tip)
@@ -170,7 +175,9 @@ class ProtocolMachine(RuleBasedStateMachine):
                 copy.session.commit("c")
             if expected is None:
                 self.staged.clear()
-                self.record = None
+                if self.main != copy.base:  # the session follows the branch it matches
+                    copy.base, copy.generation = self.main, copy.generation + 1
+                    self.record = (copy.base, copy.generation)
             return
         other = data.draw(st.sampled_from(self.copies)) if interleave else None
         move = Refs.move_branch
@@ -193,7 +200,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         self.staged = {}
         if interleave is not None and staged.get(interleave[0]) != interleave[1]:
             self.staged[interleave[0]] = interleave[1]
-        self.record = (snapshot, copy.generation) if self.staged else None
+        self.record = (snapshot, copy.generation)
 
     @rule(data=st.data())
     def reset_main(self, data: st.DataObject) -> None:
@@ -223,6 +230,8 @@ class ProtocolMachine(RuleBasedStateMachine):
     def collect(self) -> None:
         self.repo.garbage_collect()
         self.collected |= set(self.snapshots) - self.reachable()
+        if not self.staged:
+            self.record = None  # an empty session's record is pruned
 
     # -- invariants ---------------------------------------------------------------------------
 

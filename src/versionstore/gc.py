@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 
 import attrs
 
-from versionstore.backend.protocol import ObjectGetter
+from versionstore.backend.protocol import ObjectGetter, Rescue
 from versionstore.codec import (
     decode_node,
     decode_ref_target,
@@ -31,9 +31,11 @@ from versionstore.codec import (
     decode_snapshot,
     decode_staged,
 )
+from versionstore.errors import CorruptObjectError
 from versionstore.ids import ObjectId, object_id_text
 from versionstore.objects import ObjectReader
 from versionstore.records import Branch, ChunkRef, Leaf, Node, Snapshot
+from versionstore.refs import REPOSITORY_REF, session_ref, stage_prefix
 
 __all__ = ["GCSummary", "collect_garbage", "reachable_objects"]
 
@@ -47,29 +49,57 @@ class GCSummary:
     dry_run: bool
 
 
-def _roots(refs: Mapping[str, bytes | None]) -> tuple[list[ObjectId], set[ObjectId]]:
-    """Snapshots and chunks that ``refs`` point at directly."""
+_KNOWN = ("branch/", "tag/", "session/", "stage/")
+
+
+def _session_of(name: str) -> str:
+    """The session id of a ``session/<id>`` or ``stage/<id>/<key>`` ref."""
+    return name.split("/", 2)[1]
+
+
+def _roots(refs: Mapping[str, bytes | None], staged: set[str] | None = None
+           ) -> tuple[list[ObjectId], set[ObjectId]]:
+    """Snapshots and chunks that ``refs`` point at directly.
+
+    A session record roots its base only while its session has staged refs
+    (ids in ``staged``; ``None``: every record counts). A ref of a kind this
+    version does not know — a damaged name, or a newer format — stops the
+    collection: what it references cannot be known, so nothing may be deleted.
+    """
     snapshots: list[ObjectId] = []
     chunks: set[ObjectId] = set()
     for name, raw in refs.items():
-        if raw is None:
+        if raw is None or name == REPOSITORY_REF:
             continue
+        if not name.startswith(_KNOWN):
+            raise CorruptObjectError(
+                name, "a ref of unknown kind (a damaged name?); garbage collection refuses to "
+                "run until `versionstore verify` is clean"
+            )
         if name.startswith(("branch/", "tag/")):
             target = decode_ref_target(name, raw).snapshot
             if target is not None:
                 snapshots.append(target)
         elif name.startswith("session/"):
-            snapshots.append(decode_session(name, raw).base)
-        elif name.startswith("stage/"):
+            record = decode_session(name, raw)
+            if staged is None or _session_of(name) in staged:
+                snapshots.append(record.base)
+        else:
             entry = decode_staged(name, raw)
             if isinstance(entry, ChunkRef):
                 chunks.add(entry.chunk_id)
     return snapshots, chunks
 
 
+def _staged_sessions(refs: Mapping[str, bytes | None]) -> set[str]:
+    return {_session_of(name) for name, raw in refs.items()
+            if raw is not None and name.startswith("stage/")}
+
+
 def _mark(refs: Mapping[str, bytes | None], snapshot_of: Callable[[ObjectId], Snapshot | None],
           node_of: Callable[[ObjectId], Node | None], marked: set[ObjectId],
-          missing: set[ObjectId] | None = None) -> set[ObjectId]:
+          missing: set[ObjectId] | None = None, staged: set[str] | None = None
+          ) -> set[ObjectId]:
     """Add to ``marked`` everything ``refs`` reach that is not in it yet; return the additions.
 
     Objects that are referenced but not stored go to ``missing`` (there is
@@ -77,7 +107,7 @@ def _mark(refs: Mapping[str, bytes | None], snapshot_of: Callable[[ObjectId], Sn
     raises ``CorruptObjectError``: what it references cannot be known, so
     nothing may be collected.
     """
-    snapshots, chunks = _roots(refs)
+    snapshots, chunks = _roots(refs, staged)
     added = chunks - marked
     marked |= added
     while snapshots:
@@ -119,15 +149,20 @@ def reachable_objects(reader: ObjectReader, refs: Mapping[str, bytes],
     Referenced objects that are not stored are added to ``missing``.
     """
     marked: set[ObjectId] = set()
-    _mark(refs, reader.snapshot_if_stored, reader.node_if_stored, marked, missing)
+    _mark(refs, reader.snapshot_if_stored, reader.node_if_stored, marked, missing,
+          _staged_sessions(refs))
     return marked
 
 
-def _rescuer(marked: set[ObjectId], rescued: set[ObjectId]
-             ) -> Callable[[Mapping[str, bytes | None], ObjectGetter], set[ObjectId]]:
-    """The sweep's rescue: what the refs changed since the mark phase reach, read atomically."""
+def _rescuer(marked: set[ObjectId], rescued: set[ObjectId]) -> Rescue:
+    """The sweep's rescue: what the refs changed since the mark phase reach, read atomically.
 
-    def rescue(changed: Mapping[str, bytes | None], get: ObjectGetter) -> set[ObjectId]:
+    Conservative: every changed session record counts as a root, and so does
+    the record of every session whose staged refs changed.
+    """
+
+    def rescue(changed: Mapping[str, bytes | None], now: Mapping[str, bytes],
+               get: ObjectGetter) -> set[ObjectId]:
         def snapshot_of(object_id: ObjectId) -> Snapshot | None:
             data = get([object_id])[0]
             return None if data is None else decode_snapshot(object_id_text(object_id), data)
@@ -136,7 +171,12 @@ def _rescuer(marked: set[ObjectId], rescued: set[ObjectId]
             data = get([object_id])[0]
             return None if data is None else decode_node(object_id_text(object_id), data)
 
-        rescued.update(_mark(changed, snapshot_of, node_of, set(marked)))
+        roots = dict(changed)
+        for session in _staged_sessions(changed):
+            record = session_ref(session)
+            if record in now:
+                roots[record] = now[record]
+        rescued.update(_mark(roots, snapshot_of, node_of, set(marked)))
         return rescued
 
     return rescue
@@ -149,8 +189,14 @@ def collect_garbage(reader: ObjectReader, *, dry_run: bool = False) -> GCSummary
     marked = reachable_objects(reader, refs)
     doomed = [oid for oid in backend.iter_object_ids() if oid not in marked]
     rescued: set[ObjectId] = set()
-    if not dry_run and doomed:
-        backend.delete_objects(doomed, if_refs_are=refs, rescue=_rescuer(marked, rescued))
+    staged = _staged_sessions(refs)
+    empty_records = {  # records of sessions with nothing staged: pruned, if still so
+        name: (raw, stage_prefix(_session_of(name))) for name, raw in refs.items()
+        if name.startswith("session/") and _session_of(name) not in staged
+    }
+    if not dry_run and (doomed or empty_records):
+        backend.delete_objects(doomed, if_refs_are=refs, rescue=_rescuer(marked, rescued),
+                               prune_refs=empty_records)
         backend.sync()
     deleted = len(doomed) - len(rescued.intersection(doomed))
     return GCSummary(reachable=len(marked) + len(rescued), deleted=deleted, dry_run=dry_run)

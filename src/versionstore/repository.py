@@ -232,7 +232,9 @@ class Repository:
                                       "that snapshot with create_branch(name, snapshot_id=...)")
         if resume is not None:
             raw = self.backend.get_ref(session_ref(resume))
-            if raw is None:
+            # Like resumable_sessions(): a session with nothing staged (committed or
+            # discarded) has nothing to resume, though its record may linger until gc.
+            if raw is None or not self.backend.list_refs(stage_prefix(resume), limit=1):
                 raise SessionNotFoundError(resume)
             record = decode_session(session_ref(resume), raw)
             session = Session(self, base=record.base, branch=record.branch, read_only=False,

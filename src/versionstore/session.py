@@ -33,6 +33,8 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
+import attrs
+
 from versionstore.backend.protocol import SessionRule, WriteBatch
 from versionstore.codec import (
     decode_session,
@@ -46,6 +48,7 @@ from versionstore.codec import (
 )
 from versionstore.errors import (
     ConflictError,
+    CorruptObjectError,
     MissingObjectsError,
     NothingToCommitError,
     ReadOnlySessionError,
@@ -63,7 +66,7 @@ from versionstore.records import (
     Snapshot,
     Tombstone,
 )
-from versionstore.refs import session_ref, stage_prefix
+from versionstore.refs import branch_ref, session_ref, stage_prefix
 from versionstore.session_store import SessionStore, validate_session_key
 from versionstore.tree import Change, apply_changes, changed_entries, iter_from, lookup
 
@@ -273,8 +276,11 @@ class Session:
                            value=encode_session(name, record), replace=replace,
                            requires=[base])
 
-    def _stage(self, batch: WriteBatch) -> None:
+    def _stage(self, batch: WriteBatch) -> bool:
         """Write staged changes together with the session record, in one atomic step.
+
+        Returns ``False`` if one of the batch's conditions failed (the caller
+        reads again and retries).
 
         Raises:
             SnapshotNotFoundError: the session's base snapshot was garbage
@@ -282,7 +288,7 @@ class Session:
                 was staged.
         """
         try:
-            self._repo.backend.write(batch)
+            return self._repo.backend.write(batch)
         except MissingObjectsError as exc:
             raise SnapshotNotFoundError(
                 self.snapshot_id,
@@ -347,7 +353,7 @@ class Session:
         def visit(name: str, value: bytes) -> None:
             entry = decode_staged(name, value)
             changes.append((name[cut:], None if isinstance(entry, Tombstone) else entry))
-            if not staged_reencodes(value):
+            if not staged_reencodes(value) or encode_staged(name, entry) != value:
                 kept[name] = value
 
         self._repo.backend.scan_refs(prefix, visit)
@@ -372,8 +378,9 @@ class Session:
         session stages at the same moment is kept.
         """
         self._require_writable()
-        _, raw = self._read_changes()
-        self._stage(WriteBatch(delete_if_equal=raw, session=self._rule(self._base)))
+        while not self._stage(WriteBatch(delete_if_equal=self._read_changes()[1],
+                                         session=self._rule(self._base))):
+            pass  # a commit or another discard removed some of them meanwhile: read again
 
     def status(self) -> Diff:
         """The staged changes, as a ``Diff`` against the base snapshot."""
@@ -392,13 +399,37 @@ class Session:
 
     # -- committing ------------------------------------------------------------------
 
-    def _conflicts(self, base_tree: ObjectId | None, tip_tree: ObjectId | None,
-                   changes: list[Change]) -> set[str]:
-        theirs = changed_entries(self._repo.reader.node, base_tree, tip_tree)
-        return {key for key, entry in changes if key in theirs and theirs[key][1] != entry}
+    def _against_tip(self, tip_tree: ObjectId | None, changes: list[Change]
+                     ) -> tuple[list[Change], set[str]]:
+        """Staged changes to carry onto a moved branch, and the keys that conflict.
+
+        A key the branch changed since our base conflicts if we staged a
+        different value for it — unless what we staged is what the base
+        already held (an identical rewrite is no change of ours, so the
+        branch's value simply stands; ``status`` agrees).
+        """
+        load = self._repo.reader.node
+        theirs = changed_entries(load, self._root, tip_tree)
+        kept: list[Change] = []
+        conflicts: set[str] = set()
+        for key, entry in changes:
+            if key in theirs:
+                if lookup(load, self._root, key) == entry:
+                    continue
+                if theirs[key][1] != entry:
+                    conflicts.add(key)
+            kept.append((key, entry))
+        return kept, conflicts
+
+    def _record_state(self) -> bytes | None:
+        assert self._session_id is not None
+        return self._repo.backend.get_ref(session_ref(self._session_id))
 
     def rebase(self, *, keep: Literal["raise", "ours", "theirs"] = "raise") -> None:
         """Move the session's base to its branch's tip, keeping the staged changes.
+
+        One atomic step that expects the branch and the session record as read,
+        so a commit racing the rebase makes it start over, never go back.
 
         Args:
             keep: what to do with keys both sides changed: ``"raise"`` a
@@ -409,29 +440,45 @@ class Session:
         if keep not in ("raise", "ours", "theirs"):
             raise ValueError(f"keep must be 'raise', 'ours' or 'theirs', not {keep!r}")
         assert self._branch is not None
-        tip, _ = self._repo.refs.branch_tip(self._branch)
         reader = self._repo.reader
-        changes, raw = self._read_changes()
-        conflicts = self._conflicts(self._root, reader.snapshot(tip).tree, changes)
-        if conflicts and keep == "raise":
-            raise ConflictError(self._branch, conflicts)
-        dropped = {}
-        if keep == "theirs":
-            prefix = stage_prefix(session_id)
-            dropped = {prefix + key: raw[prefix + key] for key in conflicts}
-        generation = self._generation + 1
-        self._stage(WriteBatch(delete_if_equal=dropped,
-                               session=self._rule(tip, generation, replace=True)))
-        self._base, self._root, self._generation = tip, reader.snapshot(tip).tree, generation
+        for _ in range(_MAX_COMMIT_ATTEMPTS):
+            record_raw = self._record_state()
+            changes, raw = self._read_changes()
+            tip, raw_tip = self._repo.refs.branch_tip(self._branch)
+            tip_tree = reader.snapshot(tip).tree
+            _, conflicts = self._against_tip(tip_tree, changes)
+            if conflicts and keep == "raise":
+                raise ConflictError(self._branch, conflicts)
+            dropped = {}
+            if keep == "theirs":
+                prefix = stage_prefix(session_id)
+                dropped = {prefix + key: raw[prefix + key] for key in conflicts}
+            generation = self._generation + 1
+            if self._move_base(tip, tip_tree, generation, WriteBatch(
+                expect={branch_ref(self._branch): raw_tip,
+                        session_ref(session_id): record_raw},
+                delete_if_equal=dropped,
+            )):
+                return
+        raise ConflictError(self._branch, [])  # pragma: no cover - endless contention
+
+    def _move_base(self, base: ObjectId, root: ObjectId | None, generation: int,
+                   batch: WriteBatch) -> bool:
+        """Write ``batch`` with the record moved to ``base``; on success, follow it here too."""
+        moved = self._stage(attrs.evolve(
+            batch, session=self._rule(base, generation, replace=True)))
+        if moved:
+            self._base, self._root, self._generation = base, root, generation
+        return moved
 
     def commit(self, message: str, metadata: dict[str, Any] | None = None, *,
                allow_empty: bool = False) -> SnapshotId:
         """Record the staged changes as a new snapshot on the branch; return its id.
 
         The branch moves by one atomic compare-and-swap that also stores the
-        new tree and snapshot and removes exactly the staged entries recorded
-        (``docs/format.md``). Staged values identical to the base are not
-        changes.
+        new tree and snapshot, removes exactly the staged entries recorded,
+        and moves the session record to the new snapshot (``docs/format.md``).
+        Staged values identical to the base are not changes.
 
         Args:
             message: the commit message (required).
@@ -443,6 +490,7 @@ class Session:
             NothingToCommitError: if nothing changed and not ``allow_empty``.
             ConflictError: if the branch moved and touched the same keys; the
                 staged changes are kept.
+            CorruptObjectError: a staged chunk is missing from the repository.
         """
         self._require_writable()
         assert self._branch is not None
@@ -451,6 +499,7 @@ class Session:
         metadata = dict(metadata or {})
         pack_metadata(metadata)
         repo = self._repo
+        missing_in_a_row = 0
         for _ in range(_MAX_COMMIT_ATTEMPTS):
             changes, raw = self._read_changes()
             if not changes and not allow_empty:
@@ -459,17 +508,23 @@ class Session:
             parent_tree = self._root
             if tip != self._base:
                 parent_tree = repo.reader.snapshot(tip).tree
-                conflicts = self._conflicts(self._root, parent_tree, changes)
+                changes, conflicts = self._against_tip(parent_tree, changes)
                 if conflicts:
                     raise ConflictError(self._branch, conflicts)
             new_nodes: dict[ObjectId, Node] = {}
             root, nodes = apply_changes(repo.reader.node, parent_tree, changes,
                                         decoded=new_nodes)
+            generation = self._generation + 1
             if root == parent_tree and not allow_empty:
-                # Only identical rewrites (or nothing) are staged: clear them, commit nothing.
-                self._stage(WriteBatch(delete_if_equal=raw, session=self._rule(self._base)))
-                raise NothingToCommitError("nothing to commit: no staged change differs from "
-                                           "the base (pass allow_empty=True to commit anyway)")
+                # Only identical rewrites (or nothing) are staged: clear them, commit
+                # nothing, and follow the branch if it moved (what it holds is our view).
+                if self._move_base(tip, parent_tree, generation, WriteBatch(
+                    expect={branch_ref(self._branch): raw_tip}, delete_if_equal=raw,
+                )):
+                    raise NothingToCommitError(
+                        "nothing to commit: no staged change differs from the branch "
+                        "(pass allow_empty=True to commit anyway)")
+                continue
             snapshot = Snapshot(
                 parent=tip, tree=root, message=message,
                 written_at=datetime.now(UTC), metadata=metadata,
@@ -481,17 +536,24 @@ class Session:
                 # since it was read: then re-read the staging area and try again.
                 requires=[entry.chunk_id for _, entry in changes if isinstance(entry, ChunkRef)],
                 delete_if_equal=raw,
-                session=self._rule(snapshot_id, self._generation + 1, replace=True),
+                session=self._rule(snapshot_id, generation, replace=True),
             )
             try:
                 moved = repo.refs.move_branch(self._branch, raw_tip, snapshot_id, batch)
-            except MissingObjectsError:
+            except MissingObjectsError as exc:
+                missing_in_a_row += 1
+                if missing_in_a_row >= 3:
+                    raise CorruptObjectError(
+                        ", ".join(exc.object_ids),
+                        "a staged chunk is missing from the repository; discard or rewrite "
+                        "the keys that reference it") from exc
                 continue
+            missing_in_a_row = 0
             if moved:
+                # Follow the new snapshot before anything else can read this session.
+                self._base, self._root, self._generation = snapshot_id, root, generation
                 repo.backend.sync()
                 repo.reader.remember_nodes(new_nodes)  # the next commit starts from them
-                self._base, self._root = snapshot_id, root
-                self._generation += 1
                 return SnapshotId(object_id_text(snapshot_id))
         raise ConflictError(self._branch, [])  # pragma: no cover - endless contention
 

@@ -75,14 +75,20 @@ class BackendConformance:
         assert backend.write(WriteBatch(delete_if_equal={"stage/s/x": b"stale"}, session=rule))
         assert backend.get_ref("stage/s/x") == b"1"  # a newer value is never deleted
         assert backend.write(WriteBatch(delete_if_equal={"stage/s/x": b"1"}, session=rule))
-        assert backend.list_refs("") == {"k": b"old"}  # no staged ref: no record
+        # The rule never deletes a record: it outlives its staged refs until gc prunes it.
+        assert backend.list_refs("") == {"k": b"old", "session/s": b"rec"}
+        assert not backend.write(WriteBatch(delete_if_equal={"stage/s/x": b"1"}))  # gone: re-read
+        moved = SessionRule(prefix="stage/s/", record="session/s", value=b"moved",
+                            replace=True, requires=[base])
+        assert backend.write(WriteBatch(session=moved))
+        assert backend.get_ref("session/s") == b"moved"
         missing = SessionRule(prefix="stage/t/", record="session/t", value=b"r",
                               requires=[_oid(99)])
         with pytest.raises(MissingObjectsError):
             backend.write(WriteBatch(refs={"stage/t/x": b"1"}, session=missing))
         with pytest.raises(MissingObjectsError):
             backend.write(WriteBatch(requires=[_oid(98)], refs={"r": b"1"}))
-        assert backend.list_refs("") == {"k": b"old"}
+        assert backend.list_refs("") == {"k": b"old", "session/s": b"moved"}
         assert backend.write(WriteBatch(objects=[(_oid(97), b"new")], requires=[_oid(97)]))
 
     def test_compare_and_swap(self, backend: Backend) -> None:

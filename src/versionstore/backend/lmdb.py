@@ -58,6 +58,21 @@ def has_lmdb_environment(path: str | os.PathLike[str]) -> bool:
     return holds_environment(path)
 
 
+def _key(name: str) -> bytes:
+    # surrogateescape: a ref name damaged into invalid UTF-8 round-trips to the same key
+    return name.encode("utf-8", "surrogateescape")
+
+
+def _name(key: bytes) -> str:
+    return key.decode("utf-8", "surrogateescape")
+
+
+def _any_under(txn: lmdb.Transaction, db: lmdb._Database, prefix: str) -> bool:
+    cursor = txn.cursor(db=db)
+    start = _key(prefix)
+    return bool(cursor.set_range(start)) and bytes(cursor.key()).startswith(start)
+
+
 def _bytes(value: bytes | memoryview | None) -> bytes | None:
     return value if value is None or isinstance(value, bytes) else bytes(value)
 
@@ -157,11 +172,15 @@ class LMDBBackend(Backend):
         def work(txn: lmdb.Transaction) -> bool:
             objects_db, refs_db = self._objects, self._refs
             for name, value in batch.expect.items():
-                if txn.get(name.encode(), db=refs_db) != value:
+                if txn.get(_key(name), db=refs_db) != value:
+                    return False
+            for name in batch.delete_if_equal:
+                if txn.get(_key(name), db=refs_db) is None:
                     return False
             rule = batch.session
             required = list(batch.requires)
-            if rule is not None and txn.get(rule.record.encode(), db=refs_db) is None:
+            has_record = rule is not None and txn.get(_key(rule.record), db=refs_db) is not None
+            if rule is not None and (rule.replace or not has_record):
                 required.extend(rule.requires)
             written = {object_id for object_id, _ in batch.objects} if required else set()
             missing = [object_id_text(i) for i in required
@@ -172,20 +191,16 @@ class LMDBBackend(Backend):
                 txn.put(object_id, data, overwrite=False, db=objects_db)
             for name, value in batch.refs.items():
                 if value is None:
-                    txn.delete(name.encode(), db=refs_db)
+                    txn.delete(_key(name), db=refs_db)
                 else:
-                    txn.put(name.encode(), value, db=refs_db)
+                    txn.put(_key(name), value, db=refs_db)
             for name, value in batch.delete_if_equal.items():
-                if txn.get(name.encode(), db=refs_db) == value:
-                    txn.delete(name.encode(), db=refs_db)
-            if rule is not None:
-                record = rule.record.encode()
-                cursor = txn.cursor(db=refs_db)
-                prefix = rule.prefix.encode()
-                if not (cursor.set_range(prefix) and bytes(cursor.key()).startswith(prefix)):
-                    txn.delete(record, db=refs_db)
-                else:
-                    txn.put(record, rule.value, overwrite=rule.replace, db=refs_db)
+                if txn.get(_key(name), db=refs_db) == value:
+                    txn.delete(_key(name), db=refs_db)
+            if rule is not None and (
+                rule.replace or (not has_record and _any_under(txn, refs_db, rule.prefix))
+            ):
+                txn.put(_key(rule.record), rule.value, db=refs_db)
             return True
 
         return self._write("writing", work)
@@ -194,13 +209,13 @@ class LMDBBackend(Backend):
     def get_refs(self, names: Sequence[str]) -> list[bytes | None]:
         def work(txn: lmdb.Transaction) -> list[bytes | None]:
             refs_db = self._refs
-            return [_bytes(txn.get(name.encode(), db=refs_db)) for name in names]
+            return [_bytes(txn.get(_key(name), db=refs_db)) for name in names]
 
         return self._read("reading refs", work)
 
     @override
     def list_refs(self, prefix: str, limit: int | None = None) -> dict[str, bytes]:
-        start = prefix.encode()
+        start = _key(prefix)
 
         def work(txn: lmdb.Transaction) -> dict[str, bytes]:
             found: dict[str, bytes] = {}
@@ -211,14 +226,14 @@ class LMDBBackend(Backend):
                 name = bytes(raw_name)
                 if not name.startswith(start) or (limit is not None and len(found) >= limit):
                     break
-                found[name.decode()] = bytes(value)
+                found[_name(name)] = bytes(value)
             return found
 
         return self._read("listing refs", work)
 
     @override
     def scan_refs(self, prefix: str, visit: Callable[[str, bytes], None]) -> None:
-        start = prefix.encode()
+        start = _key(prefix)
 
         def work(txn: lmdb.Transaction) -> None:
             cursor = txn.cursor(db=self._refs)
@@ -228,7 +243,7 @@ class LMDBBackend(Backend):
                 name = bytes(raw_name)
                 if not name.startswith(start):
                     return
-                visit(name.decode(), bytes(value))
+                visit(_name(name), bytes(value))
 
         self._read("reading refs", work)
 
@@ -239,22 +254,28 @@ class LMDBBackend(Backend):
         *,
         if_refs_are: Mapping[str, bytes] | None = None,
         rescue: Rescue | None = None,
+        prune_refs: Mapping[str, tuple[bytes, str]] | None = None,
     ) -> bool:
         def work(txn: lmdb.Transaction) -> bool:
             objects_db = self._objects
             spared: set[ObjectId] = set()
             if if_refs_are is not None:
-                current = {bytes(k).decode(): bytes(v) for k, v in txn.cursor(db=self._refs)}
+                current = {_name(bytes(k)): bytes(v) for k, v in txn.cursor(db=self._refs)}
                 if current != if_refs_are:
                     if rescue is None:
                         return False
                     spared = rescue(
-                        changed_refs(if_refs_are, current),
+                        changed_refs(if_refs_are, current), current,
                         lambda wanted: [_bytes(txn.get(i, db=objects_db)) for i in wanted],
                     )
             for object_id in ids:
                 if object_id not in spared:
                     txn.delete(object_id, db=objects_db)
+            refs_db = self._refs
+            for name, (value, prefix) in (prune_refs or {}).items():
+                still = txn.get(_key(name), db=refs_db) == value
+                if still and not _any_under(txn, refs_db, prefix):
+                    txn.delete(_key(name), db=refs_db)
             return True
 
         return self._write("deleting objects", work)

@@ -63,9 +63,11 @@ class MemoryBackend(Backend):
             refs = self._refs
             if any(refs.get(name) != value for name, value in batch.expect.items()):
                 return False
+            if any(name not in refs for name in batch.delete_if_equal):
+                return False
             rule = batch.session
             required = list(batch.requires)
-            if rule is not None and rule.record not in refs:
+            if rule is not None and (rule.replace or rule.record not in refs):
                 required.extend(rule.requires)
             written = {object_id for object_id, _ in batch.objects} if required else set()
             missing = [object_id_text(i) for i in required
@@ -79,12 +81,10 @@ class MemoryBackend(Backend):
                 name: None for name, value in batch.delete_if_equal.items()
                 if refs.get(name) == value
             })
-            if rule is not None:
-                staged = bool(self._list(rule.prefix, 1))
-                if not staged:
-                    self._write_refs({rule.record: None})
-                elif rule.replace or rule.record not in refs:
-                    self._write_refs({rule.record: rule.value})
+            if rule is not None and (
+                rule.replace or (rule.record not in refs and self._list(rule.prefix, 1))
+            ):
+                self._write_refs({rule.record: rule.value})
             return True
 
     def _write_refs(self, refs: Mapping[str, bytes | None]) -> None:
@@ -123,16 +123,22 @@ class MemoryBackend(Backend):
         *,
         if_refs_are: Mapping[str, bytes] | None = None,
         rescue: Rescue | None = None,
+        prune_refs: Mapping[str, tuple[bytes, str]] | None = None,
     ) -> bool:
         with self._lock:
             spared: set[ObjectId] = set()
             if if_refs_are is not None and self._refs != if_refs_are:
                 if rescue is None:
                     return False
-                spared = rescue(changed_refs(if_refs_are, self._refs), self.get_objects)
+                spared = rescue(changed_refs(if_refs_are, self._refs), dict(self._refs),
+                                self.get_objects)
             for object_id in ids:
                 if object_id not in spared:
                     self._objects.pop(object_id, None)
+            self._write_refs({
+                name: None for name, (value, prefix) in (prune_refs or {}).items()
+                if self._refs.get(name) == value and not self._list(prefix, 1)
+            })
             return True
 
     @override

@@ -31,23 +31,26 @@ __all__ = ["Backend", "ObjectGetter", "Rescue", "SessionRule", "WriteBatch", "ch
 #: Reads objects inside the atomic step of ``delete_objects`` (``None`` for missing ids).
 ObjectGetter = Callable[[Sequence[ObjectId]], list[bytes | None]]
 #: Given the refs that changed since the caller looked (name -> new value, ``None`` if
-#: deleted) and an object reader of the same atomic view, the ids that must survive.
-Rescue = Callable[[Mapping[str, bytes | None], ObjectGetter], set[ObjectId]]
+#: deleted), every ref as it is now, and an object reader of the same atomic view, the
+#: ids that must survive.
+Rescue = Callable[[Mapping[str, bytes | None], Mapping[str, bytes], ObjectGetter],
+                  set[ObjectId]]
 
 
 @attrs.frozen(kw_only=True)
 class SessionRule:
-    """Keeps "a session record exists exactly while its session has staged refs".
+    """Keeps "every staged ref has its session's record" (``docs/format.md``, S2).
 
-    Applied after the rest of a batch: if any ref under ``prefix`` (the
-    session's staging area) exists, ref ``record`` is set to ``value`` — always
-    when ``replace``, else only if absent; if none exists, ``record`` is
-    deleted. So no staged entry is ever without a record to resume or discard
-    it by, and no record outlives its staged entries.
+    Applied after the rest of a batch. With ``replace`` the record is set to
+    ``value`` (a commit or rebase moving the session's base). Otherwise, if
+    any ref under ``prefix`` (the session's staging area) exists and the
+    record does not, the record is created with ``value``. The rule never
+    deletes a record: a record outlives its staged refs (so copies of the
+    session can still follow its base) until garbage collection prunes it.
 
-    ``requires`` are objects that must exist when the record is *created* (the
-    session's base snapshot): a batch that would create a record pointing at
-    a missing snapshot fails instead.
+    ``requires`` are objects that must exist when the record is written (the
+    base snapshot it names): a batch that would point a record at a missing
+    snapshot fails instead.
     """
 
     prefix: str
@@ -70,7 +73,10 @@ class WriteBatch:
     3. ``objects`` are stored (idempotently: an existing id is left as is);
     4. ``refs`` are set (``None`` deletes);
     5. ``delete_if_equal``: each ref still holding exactly this value is
-       deleted (a newer value written since the caller read it stays);
+       deleted (a newer value written since the caller read it stays); each
+       must still exist, with any value, or nothing is written and ``write``
+       returns ``False`` (something the caller read was removed since: it
+       must read again — an erase or a discard raced it);
     6. ``session``: the ``SessionRule``.
     """
 
@@ -115,14 +121,18 @@ class Backend(Protocol):
         *,
         if_refs_are: Mapping[str, bytes] | None = None,
         rescue: Rescue | None = None,
+        prune_refs: Mapping[str, tuple[bytes, str]] | None = None,
     ) -> bool:
         """Remove objects (garbage collection), atomically checking the refs first.
 
         ``if_refs_are`` is every ref as the caller saw it when it decided what
         to delete. If the refs differ now, then without ``rescue`` nothing is
         deleted and the result is ``False``; with ``rescue``, it is called in
-        the same atomic step with the refs that changed, and the ids it
-        returns are spared (so a collection is never starved by writers).
+        the same atomic step with the refs that changed and the refs now, and
+        the ids it returns are spared (so a collection is never starved by
+        writers). ``prune_refs`` maps ref names to ``(value, prefix)``: each
+        is deleted in the same step if it still holds ``value`` and no ref
+        under ``prefix`` exists (empty session records).
         """
         ...
 

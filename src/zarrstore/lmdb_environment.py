@@ -60,7 +60,13 @@ import lmdb
 
 from zarrstore.errors import CorruptStorageError, ReadOnlyError, StorageFullError, StorageIOError
 
-__all__ = ["INITIAL_MAP_SIZE", "EnvironmentHandle", "holds_environment", "translated"]
+__all__ = [
+    "INITIAL_MAP_SIZE",
+    "EnvironmentHandle",
+    "holds_environment",
+    "translate",
+    "translated",
+]
 
 #: The map a new environment starts with, in bytes; it doubles whenever it fills.
 INITIAL_MAP_SIZE = 64 << 20
@@ -104,33 +110,37 @@ def _read_only_filesystem(path: str) -> bool:
 
 @contextmanager
 def translated(action: str, path: str) -> Iterator[None]:
-    """Turn ``lmdb`` errors raised while ``action`` into zarrstore errors.
-
-    A write that fails with an I/O or no-space error while the filesystem has
-    (almost) no free space left is reported as ``StorageFullError``: LMDB
-    turns a short write into ``EIO``, which alone would not say the disk is full.
-    """
+    """Turn ``lmdb`` errors raised while ``action`` into zarrstore errors (see ``translate``)."""
     try:
         yield
-    except lmdb.ReadonlyError as exc:
-        raise ReadOnlyError(f"the LMDB environment at {path!r} is read-only") from exc
-    except lmdb.MapFullError as exc:  # only when growing the map was impossible
-        raise StorageFullError(f"LMDB map is full while {action} at {path!r}: {exc}") from exc
     except lmdb.Error as exc:
-        message = str(exc)
-        free = _free_bytes(path)
-        # ENOSPC says so; a short write arrives as EIO, which means "full" only when
-        # the filesystem has (almost) nothing left.
-        if "No space" in message or "Disk quota" in message or (
-            "Input/output" in message and free is not None and free < _LOW_SPACE
-        ):
-            raise StorageFullError(
-                f"the disk holding {path!r} is full ({free} bytes free) while {action}: "
-                f"free some space and retry (LMDB said: {message})"
-            ) from exc
-        if "Read-only file system" in message:
-            raise ReadOnlyError(f"{path!r} is on a read-only filesystem") from exc
-        raise StorageIOError(f"LMDB failed while {action} at {path!r}: {message}") from exc
+        raise translate(exc, action, path) from exc
+
+
+def translate(exc: lmdb.Error, action: str, path: str) -> Exception:
+    """The zarrstore error for an ``lmdb`` error raised while ``action`` at ``path``.
+
+    A write that fails with ``ENOSPC`` — or with an I/O error while the
+    filesystem has (almost) no free space left — is reported as
+    ``StorageFullError``: LMDB turns a short write into ``EIO``, which alone
+    would not say the disk is full.
+    """
+    if isinstance(exc, lmdb.ReadonlyError):
+        return ReadOnlyError(f"the LMDB environment at {path!r} is read-only")
+    if isinstance(exc, lmdb.MapFullError):  # only when growing the map was impossible
+        return StorageFullError(f"LMDB map is full while {action} at {path!r}: {exc}")
+    message = str(exc)
+    free = _free_bytes(path)
+    if "No space" in message or "Disk quota" in message or (
+        "Input/output" in message and free is not None and free < _LOW_SPACE
+    ):
+        return StorageFullError(
+            f"the disk holding {path!r} is full ({free} bytes free) while {action}: "
+            f"free some space and retry (LMDB said: {message})"
+        )
+    if "Read-only file system" in message:
+        return ReadOnlyError(f"{path!r} is on a read-only filesystem")
+    return StorageIOError(f"LMDB failed while {action} at {path!r}: {message}")
 
 
 # -- the gate: transactions share it; growth and fork take it alone -------------------------
@@ -154,24 +164,43 @@ class _Gate:
         depth: int = getattr(self._local, "depth", 0)
         return depth
 
+    def enter(self) -> None:
+        """Hold the gate shared (re-entrant in one thread)."""
+        local = self._local
+        depth = getattr(local, "depth", 0)
+        if depth == 0:
+            cond = self._cond
+            cond.acquire()
+            try:
+                while self._exclusive:
+                    cond.wait()
+                self._active += 1
+            finally:
+                cond.release()
+        local.depth = depth + 1
+
+    def leave(self) -> None:
+        """Release one shared hold."""
+        local = self._local
+        depth = local.depth - 1
+        local.depth = depth
+        if depth == 0:
+            cond = self._cond
+            cond.acquire()
+            try:
+                self._active -= 1
+                if self._active == 0:
+                    cond.notify_all()
+            finally:
+                cond.release()
+
     @contextmanager
     def shared(self) -> Iterator[None]:
-        depth = self.depth()
-        if depth == 0:
-            with self._cond:
-                while self._exclusive:
-                    self._cond.wait()
-                self._active += 1
-        self._local.depth = depth + 1
+        self.enter()
         try:
             yield
         finally:
-            self._local.depth = depth
-            if depth == 0:
-                with self._cond:
-                    self._active -= 1
-                    if self._active == 0:
-                        self._cond.notify_all()
+            self.leave()
 
     def acquire_exclusive(self) -> None:
         with self._cond:
@@ -555,12 +584,17 @@ class EnvironmentHandle:
         """Run ``work`` in one read transaction (a consistent snapshot); its result."""
         shared = self._shared_open()
         for _ in range(_RETRIES):
-            with translated(action, self.path), _gate.shared():
-                try:
-                    with shared.current().begin(buffers=False) as txn:
-                        return work(txn)
-                except lmdb.MapResizedError:
-                    pass
+            gate = _gate  # rebound in a forked child: leave the one entered
+            gate.enter()
+            try:
+                with shared.current().begin(buffers=False) as txn:
+                    return work(txn)
+            except lmdb.MapResizedError:
+                pass
+            except lmdb.Error as exc:
+                raise translate(exc, action, self.path) from exc
+            finally:
+                gate.leave()
             self._resize(shared, None, action)
         raise StorageIOError(f"the LMDB map at {self.path!r} kept changing size while {action}")
 
@@ -580,7 +614,9 @@ class EnvironmentHandle:
             raise ReadOnlyError(f"the LMDB environment at {self.path!r} is open read-only")
         for _ in range(_RETRIES):
             full_at: int | None = None
-            with translated(action, self.path), _gate.shared():
+            gate = _gate
+            gate.enter()
+            try:
                 env = shared.current()
                 try:
                     with env.begin(write=True) as txn:
@@ -592,6 +628,10 @@ class EnvironmentHandle:
                     full_at = env.info()["map_size"]
                 except lmdb.MapResizedError:
                     pass
+            except lmdb.Error as exc:
+                raise translate(exc, action, self.path) from exc
+            finally:
+                gate.leave()
             self._resize(shared, full_at, action)
         raise StorageIOError(f"the LMDB map at {self.path!r} kept changing size while {action}")
 

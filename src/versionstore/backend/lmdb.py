@@ -81,16 +81,20 @@ def _bytes(value: bytes | memoryview | None) -> bytes | None:
 def _translated(action: str) -> Iterator[None]:
     try:
         yield
-    except ReadOnlyError as exc:
-        raise ReadOnlyRepositoryError(f"cannot write while {action}: {exc}") from exc
-    except StorageFullError as exc:
-        raise DiskFullError(str(exc)) from exc
-    except CorruptStorageError as exc:
-        raise CorruptRepositoryError(str(exc)) from exc
-    except StorageIOError as exc:
-        raise BackendError(str(exc)) from exc
-    except lmdb.Error as exc:
-        raise BackendError(f"LMDB failed while {action}: {exc}") from exc
+    except (StorageIOError, ReadOnlyError, lmdb.Error) as exc:
+        raise _translate(exc, action) from exc
+
+
+def _translate(exc: Exception, action: str) -> BackendError:
+    if isinstance(exc, ReadOnlyError):
+        return ReadOnlyRepositoryError(f"cannot write while {action}: {exc}")
+    if isinstance(exc, StorageFullError):
+        return DiskFullError(str(exc))
+    if isinstance(exc, CorruptStorageError):
+        return CorruptRepositoryError(str(exc))
+    if isinstance(exc, StorageIOError):
+        return BackendError(str(exc))
+    return BackendError(f"LMDB failed while {action}: {exc}")
 
 
 class LMDBBackend(Backend):
@@ -147,15 +151,19 @@ class LMDBBackend(Backend):
     def _read(self, action: str, work: Callable[[lmdb.Transaction], T]) -> T:
         if self._handle.closed:
             raise BackendError(f"LMDB repository at {self.path!r} is closed")
-        with _translated(action):
+        try:
             return self._handle.read(action, work)
+        except (StorageIOError, ReadOnlyError, lmdb.Error) as exc:
+            raise _translate(exc, action) from exc
 
     def _write(self, action: str, work: Callable[[lmdb.Transaction], T]) -> T:
         """Run ``work`` in one write transaction; replayed whole if the map had to grow."""
         if self._handle.closed:
             raise BackendError(f"LMDB repository at {self.path!r} is closed")
-        with _translated(action):
+        try:
             return self._handle.write(action, work)
+        except (StorageIOError, ReadOnlyError, lmdb.Error) as exc:
+            raise _translate(exc, action) from exc
 
     @override
     def get_objects(self, ids: Sequence[ObjectId]) -> list[bytes | None]:

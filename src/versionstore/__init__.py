@@ -22,9 +22,11 @@ from versionstore.errors import (
     NothingToCommitError,
     ObjectTooLargeError,
     ProtectedBranchError,
+    PurgeBlockedError,
     ReadOnlySessionError,
     RefExistsError,
     RefNotFoundError,
+    RepositoryBusyError,
     RepositoryExistsError,
     RepositoryNotFoundError,
     SessionNotFoundError,
@@ -33,12 +35,14 @@ from versionstore.errors import (
     UnsupportedFormatError,
     VersionStoreError,
 )
+from versionstore.gc import GCSummary
 from versionstore.history import Diff, SnapshotInfo
 from versionstore.importing import ImportSummary, import_zarr
-from versionstore.repository import Repository
+from versionstore.repository import PurgeResult, Repository
 from versionstore.session import Session
 from versionstore.session_store import SessionStore
 from versionstore.storage import InMemoryStorage, LMDBStorage, in_memory_storage, lmdb_storage
+from versionstore.usage import ArrayUsage, CompactReport, SnapshotUsage, VersionUsage
 
 try:
     __version__ = _installed_version("versionstore")
@@ -46,11 +50,14 @@ except PackageNotFoundError:  # imported from a source tree that was never insta
     __version__ = "0+unknown"
 
 __all__ = [
+    "ArrayUsage",
     "BackendError",
     "BranchNotFoundError",
+    "CompactReport",
     "ConflictError",
     "CorruptObjectError",
     "Diff",
+    "GCSummary",
     "ImmutableTagError",
     "ImportSummary",
     "InMemoryStorage",
@@ -59,10 +66,13 @@ __all__ = [
     "NothingToCommitError",
     "ObjectTooLargeError",
     "ProtectedBranchError",
+    "PurgeBlockedError",
+    "PurgeResult",
     "ReadOnlySessionError",
     "RefExistsError",
     "RefNotFoundError",
     "Repository",
+    "RepositoryBusyError",
     "RepositoryExistsError",
     "RepositoryNotFoundError",
     "Session",
@@ -70,9 +80,11 @@ __all__ = [
     "SessionStore",
     "SnapshotInfo",
     "SnapshotNotFoundError",
+    "SnapshotUsage",
     "TagNotFoundError",
     "UnsupportedFormatError",
     "VersionStoreError",
+    "VersionUsage",
     "import_zarr",
     "in_memory_storage",
     "lmdb_storage",

@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 
 from versionstore.errors import SnapshotNotFoundError
+from versionstore.grafts import Grafts, parents_of
 from versionstore.ids import ObjectId, SnapshotId, object_id_text
 from versionstore.objects import ObjectReader
 from versionstore.records import Snapshot
@@ -41,13 +42,13 @@ class SnapshotInfo:
     metadata: dict[str, Any]
 
     @classmethod
-    def of(cls, snapshot_id: ObjectId, snapshot: Snapshot) -> SnapshotInfo:
-        """Build from a stored snapshot."""
+    def of(cls, snapshot_id: ObjectId, snapshot: Snapshot,
+           grafts: Grafts | None = None) -> SnapshotInfo:
+        """Build from a stored snapshot (its parent as seen through ``grafts``)."""
+        parents = parents_of(snapshot_id, snapshot, grafts)
         return cls(
             id=SnapshotId(object_id_text(snapshot_id)),
-            parent_id=None if snapshot.parent is None else SnapshotId(
-                object_id_text(snapshot.parent)
-            ),
+            parent_id=SnapshotId(object_id_text(parents[0])) if parents else None,
             written_at=snapshot.written_at,
             message=snapshot.message,
             metadata=snapshot.metadata,
@@ -83,16 +84,19 @@ class Diff:
         return "\n".join(lines) or "(no changes)"
 
 
-def ancestry(reader: ObjectReader, start: ObjectId) -> Iterator[tuple[ObjectId, Snapshot]]:
-    """Snapshots from ``start`` back to the first, newest first."""
+def ancestry(reader: ObjectReader, start: ObjectId,
+             grafts: Grafts | None = None) -> Iterator[tuple[ObjectId, Snapshot]]:
+    """Snapshots from ``start`` back to the first, newest first (through ``grafts``)."""
     current: ObjectId | None = start
     while current is not None:
         snapshot = reader.snapshot(current)
         yield current, snapshot
-        current = snapshot.parent
+        parents = parents_of(current, snapshot, grafts)
+        current = parents[0] if parents else None
 
 
-def snapshot_at(reader: ObjectReader, tip: ObjectId, as_of: datetime) -> ObjectId:
+def snapshot_at(reader: ObjectReader, tip: ObjectId, as_of: datetime,
+                grafts: Grafts | None = None) -> ObjectId:
     """The newest snapshot in ``tip``'s ancestry written at or before ``as_of``.
 
     Raises:
@@ -101,7 +105,7 @@ def snapshot_at(reader: ObjectReader, tip: ObjectId, as_of: datetime) -> ObjectI
     """
     if as_of.tzinfo is None or as_of.utcoffset() is None:
         raise ValueError("as_of must be timezone-aware (e.g. datetime.now(UTC))")
-    for snapshot_id, snapshot in ancestry(reader, tip):
+    for snapshot_id, snapshot in ancestry(reader, tip, grafts):
         if snapshot.written_at <= as_of:
             return snapshot_id
     raise SnapshotNotFoundError(

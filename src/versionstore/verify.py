@@ -19,6 +19,7 @@ from versionstore.codec import (
     KIND_LEAF,
     KIND_SNAPSHOT,
     content_id,
+    decode_graft,
     decode_node,
     decode_ref_target,
     decode_repository,
@@ -117,5 +118,6 @@ _REF_DECODERS: dict[str, Callable[[str, bytes], object]] = {
     "tag": decode_ref_target,
     "session": decode_session,
     "stage": decode_staged,
+    "graft": decode_graft,
     REPOSITORY_REF: decode_repository,
 }

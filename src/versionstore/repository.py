@@ -632,9 +632,12 @@ class Repository:
                 discarded.append(session_id)
         return discarded
 
-    def verify(self) -> VerifyReport:
-        """Check every reachable object deeply (checksums, content hashes, invariants)."""
-        return verify_repository(self.reader)
+    def verify(self, progress: Progress | None = None) -> VerifyReport:
+        """Check every reachable object deeply (checksums, content hashes, invariants).
+
+        ``progress`` is told ``(phase, done, total)`` as objects are checked.
+        """
+        return verify_repository(self.reader, progress)
 
     # -- async twins -------------------------------------------------------------------
 

@@ -71,7 +71,8 @@ def _check_refs(refs: dict[str, bytes]) -> tuple[dict[str, bytes], list[str]]:
     return readable, problems
 
 
-def verify_repository(reader: ObjectReader) -> VerifyReport:
+def verify_repository(reader: ObjectReader,
+                      progress: Callable[[str, int, int], None] | None = None) -> VerifyReport:
     """Check every ref and every reachable object of the repository behind ``reader``.
 
     Never raises for what it finds: damaged refs, dangling refs, missing or
@@ -93,6 +94,8 @@ def verify_repository(reader: ObjectReader) -> VerifyReport:
             problem = _check(object_id, data)
             if problem:
                 problems.append(problem)
+        if progress is not None:
+            progress("verifying objects", start + len(batch), len(ids))
     return VerifyReport(objects_checked=len(ids), problems=tuple(problems))
 
 

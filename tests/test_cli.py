@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-import versionstore as vs
 from click.testing import CliRunner
 
+import versionstore as vs
 from versionstore.cli import EXIT_BROKEN_PIPE, cli, main
 
 
@@ -154,7 +153,6 @@ def test_log_show_json(repo_path: str) -> None:
 
 
 def test_diff_json_per_array(tmp_path: Path) -> None:
-    import numpy as np
     import zarr
 
     path = tmp_path / "arrays"

@@ -453,7 +453,7 @@ def expire(repo: str, older_than: str, delete_expired_branches: bool, delete_exp
               help="keep unreachable snapshots written after WHEN (a grace period)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def gc(repo: str, delete: bool, older_than: str | None, as_json: bool) -> None:
-    """Garbage-collect: what no branch, tag or session reaches. A dry run unless --delete.
+    r"""Garbage-collect: what no branch, tag or session reaches. A dry run unless --delete.
 
     \b
     Example: versionstore gc my-repo            (shows what would be freed)

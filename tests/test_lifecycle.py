@@ -331,3 +331,61 @@ def test_compact_refuses_while_another_handle_is_open(tmp_path: Path) -> None:
 def test_compact_in_memory_is_a_no_op() -> None:
     repo = vs.Repository.create(vs.in_memory_storage())
     assert repo.compact().bytes_freed == 0
+
+
+def test_compact_refuses_while_another_process_has_it_open_and_names_it(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "repo"
+    vs.Repository.create(vs.lmdb_storage(path)).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, versionstore as vs\n"
+         f"repo = vs.Repository.open({str(path)!r})\nprint('open', flush=True)\n"
+         "sys.stdin.readline()\nrepo.close()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        with vs.Repository.open(vs.lmdb_storage(path)) as repo:
+            with pytest.raises(RepositoryBusyError) as caught:
+                repo.compact()
+            assert caught.value.pids == (holder.pid,)
+            assert str(holder.pid) in str(caught.value)
+            assert repo.verify().ok  # still usable after the refusal
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(timeout=60)
+    with vs.Repository.open(vs.lmdb_storage(path)) as repo:
+        repo.compact()
+        assert repo.verify().ok
+
+
+@pytest.mark.parametrize("during", ["commit", "stage"])
+def test_gc_spares_garbage_a_writer_revives_between_mark_and_sweep(repo: vs.Repository,
+                                                                    during: str) -> None:
+    first = _commit(repo, a=b"A" * 2000)
+    _commit(repo, a=b"B" * 2000)
+    repo.reset_branch("main", first)  # the "B" chunk is garbage now ...
+    original = repo.backend.delete_objects
+    session = repo.writable_session()
+
+    def interleaved(*args: Any, **kwargs: Any) -> bool:
+        # ... until a writer references the same content again, mid-collection.
+        if during == "commit":
+            _commit(repo, a=b"B" * 2000)
+        else:
+            session.store.storage.set("b", b"B" * 2000)
+        return original(*args, **kwargs)
+
+    repo.backend.delete_objects = interleaved  # type: ignore[method-assign]
+    summary = repo.garbage_collect()
+    repo.backend.__dict__.pop("delete_objects")
+    assert summary.deleted >= 1  # the old snapshot went; the revived chunk stayed
+    if during == "commit":
+        assert repo.readonly_session().store.storage.get("a") == b"B" * 2000
+    else:
+        assert session.store.storage.get("b") == b"B" * 2000
+        session.commit("revived")
+    assert repo.verify().ok

@@ -10,6 +10,8 @@ compare-and-swap.
 from __future__ import annotations
 
 import asyncio
+import html
+import itertools
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -40,11 +42,19 @@ from versionstore.errors import (
     SessionNotFoundError,
     SnapshotNotFoundError,
     UnsupportedFormatError,
+    VersionStoreError,
 )
 from versionstore.expire import expire_snapshots
 from versionstore.gc import GCSummary, Progress, collect_garbage
 from versionstore.grafts import GRAFT_PREFIX, grafts_from_refs
-from versionstore.history import Diff, SnapshotInfo, ancestry, classify_changes, snapshot_at
+from versionstore.history import (
+    Diff,
+    History,
+    SnapshotInfo,
+    ancestry,
+    classify_changes,
+    snapshot_at,
+)
 from versionstore.ids import (
     ObjectId,
     SessionId,
@@ -53,6 +63,7 @@ from versionstore.ids import (
     object_id_from_text,
     object_id_text,
 )
+from versionstore.notebook import repository_html
 from versionstore.objects import ObjectReader
 from versionstore.purge import purge_node
 from versionstore.records import (
@@ -99,6 +110,18 @@ class Repository:
 
     def __repr__(self) -> str:
         return f"Repository({self.storage!r})"
+
+    def _repr_html_(self) -> str:
+        """Branches, tags and the last few snapshots of ``main`` (for notebooks)."""
+        try:
+            branches = {name: self.lookup_branch(name) for name in self.list_branches()}
+            tags = {name: self.lookup_tag(name) for name in self.list_tags()}
+            recent = list(itertools.islice(self.ancestry(), 11))
+        except VersionStoreError as exc:  # closed, or damaged: say so rather than fail
+            return f"<pre>{html.escape(repr(self))}: {html.escape(str(exc))}</pre>"
+        rows = [(i.id, [i.parent_id] if i.parent_id else [], i.written_at, i.message)
+                for i in recent[:10]]
+        return repository_html(repr(self), branches, tags, rows, more=len(recent) > 10)
 
     # -- opening ----------------------------------------------------------------------
 
@@ -395,8 +418,15 @@ class Repository:
     # -- history -----------------------------------------------------------------------
 
     def ancestry(self, *, branch: str | None = None, tag: str | None = None,
-                 snapshot_id: str | None = None) -> Iterator[SnapshotInfo]:
-        """Snapshots from the given version back to the first, newest first."""
+                 snapshot_id: str | None = None) -> History:
+        """Snapshots from the given version back to the first, newest first.
+
+        A lazy iterator (``History``) that shows as a table and graph in a notebook.
+        """
+        return History(self._ancestry(branch=branch, tag=tag, snapshot_id=snapshot_id))
+
+    def _ancestry(self, *, branch: str | None, tag: str | None,
+                  snapshot_id: str | None) -> Iterator[SnapshotInfo]:
         check_optional_name(branch, "branch", "a branch name")
         check_optional_name(tag, "tag", "a tag name")
         check_optional_name(snapshot_id, "snapshot_id", "a snapshot id")

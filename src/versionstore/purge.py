@@ -13,7 +13,11 @@ the purge start over, so it is never lost (and never keeps the purged data).
 
 Writable sessions open on an affected branch are based on a snapshot that
 still holds the data (so garbage collection would keep it): the purge
-refuses, unless ``force``, which discards them in the same atomic step.
+refuses, unless ``force``, which first discards them (each in its own
+atomic step, as ``Repository.discard_session``) and then starts over. A
+session *opened* on an affected branch while the purge runs, and staging
+only after its final step, is based on an old snapshot: until it is
+committed or discarded, garbage collection keeps that snapshot's data.
 The old snapshots become unreachable; ``Repository.purge`` then collects
 them, and ``Repository.compact`` returns their pages to the file system.
 """
@@ -23,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from versionstore.backend.protocol import WriteBatch
+from versionstore.backend.protocol import Backend, SessionRule, WriteBatch
 from versionstore.codec import (
     decode_ref_target,
     decode_session,
@@ -91,6 +95,19 @@ def _order(reader: ObjectReader, tips: list[ObjectId], grafts: Mapping[ObjectId,
     return ordered
 
 
+def _discard_session(backend: Backend, record_name: str, record_raw: bytes) -> None:
+    """Drop a session's staged entries and record, keeping "record iff staged" atomically.
+
+    A write a live copy stages at the same moment is kept, with its record
+    (as ``Repository.discard_session``).
+    """
+    prefix = "stage/" + record_name.removeprefix("session/") + "/"
+    backend.write(WriteBatch(
+        delete_if_equal=backend.list_refs(prefix),
+        session=SessionRule(prefix=prefix, record=record_name, value=record_raw),
+    ))
+
+
 def purge_node(reader: ObjectReader, path: str, *, message: str | None = None,
                force: bool = False) -> dict[ObjectId, ObjectId]:
     """Rewrite every branch and tag without node ``path``; return old -> new snapshot ids.
@@ -141,11 +158,10 @@ def purge_node(reader: ObjectReader, path: str, *, message: str | None = None,
         if blocking and not force:
             raise PurgeBlockedError(path, {n.removeprefix("session/"): r.branch
                                            for n, r in blocking.items()})
-        discard: dict[str, bytes] = {}
-        for name in blocking:
-            stage = "stage/" + name.removeprefix("session/") + "/"
-            discard.update({n: v for n, v in refs.items() if n.startswith(stage)})
-            discard[name] = refs[name]
+        if blocking:
+            for name in blocking:
+                _discard_session(backend, name, refs[name])
+            continue  # look again: the discarded sessions' refs are part of what we expect
         writes: dict[str, bytes | None] = {
             name: encode_ref_target(name, RefTarget(snapshot=new)) for name, new in moved.items()
         }
@@ -156,8 +172,7 @@ def purge_node(reader: ObjectReader, path: str, *, message: str | None = None,
             name: raw for name, raw in refs.items()
             if name.startswith(("branch/", "tag/", "session/", GRAFT_PREFIX))
         }
-        if backend.write(WriteBatch(objects=objects, expect=expect, refs=writes,
-                                    delete_if_equal=discard)):
+        if backend.write(WriteBatch(objects=objects, expect=expect, refs=writes)):
             backend.sync()
             return mapping
     raise ConflictError("(purge)", [])  # pragma: no cover - endless contention

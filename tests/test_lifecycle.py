@@ -389,3 +389,26 @@ def test_gc_spares_garbage_a_writer_revives_between_mark_and_sweep(repo: vs.Repo
         assert session.store.storage.get("b") == b"B" * 2000
         session.commit("revived")
     assert repo.verify().ok
+
+
+def test_a_session_based_on_an_expired_snapshot_survives_expire_and_gc(
+        repo: vs.Repository) -> None:
+    _commit(repo, a=b"1" * 1000)
+    first = _cutoff()
+    base = _commit(repo, a=b"2" * 1000)
+    repo.expire_snapshots(first)  # `base` gets a graft over the expired first commit
+    repo.garbage_collect()
+    session = repo.writable_session()  # based on `base`
+    session.store.storage.set("s", b"staged" * 200)
+    second = _cutoff()
+    _commit(repo, b=b"3" * 1000)  # `base` is no longer the tip: it expires now
+    assert base in repo.expire_snapshots(second)
+    repo.garbage_collect()
+    assert repo.verify().ok  # the session's base and what it reaches are all there
+    assert session.session_id is not None
+    resumed = repo.writable_session(resume=session.session_id)
+    assert resumed.store.storage.get("a") == b"2" * 1000
+    resumed.commit("from an expired base")
+    assert repo.readonly_session().store.storage.get("s") == b"staged" * 200
+    repo.garbage_collect()
+    assert repo.verify().ok

@@ -184,6 +184,20 @@ class LifecycleMachine(RuleBasedStateMachine):
             for key in ("p/x", "p/y"):
                 content.pop(key, None)
 
+    @precondition(lambda self: self.session_id is not None)
+    @rule()
+    def purge_forced_past_an_open_session(self) -> None:
+        affected = {b for b, content in self.tips.items() if any(k.startswith("p/")
+                                                                  for k in content)}
+        self.repo.purge("/p", force=True)
+        for content in [*self.tips.values(), *self.tags.values()]:
+            for key in ("p/x", "p/y"):
+                content.pop(key, None)
+        if self.session_id not in self.repo.resumable_sessions():
+            self.session_id, self.staged = None, {}
+        elif self.session_branch in affected:
+            raise AssertionError("a session on a rewritten branch survived a forced purge")
+
     # -- invariants ----------------------------------------------------------------------
 
     def _read(self, **version: str) -> Content:

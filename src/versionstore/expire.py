@@ -85,16 +85,14 @@ def _plan(reader: ObjectReader, refs: Mapping[str, bytes], older_than: datetime,
             snapshot_id = parents[snapshot_id][0]
         return snapshot_id
 
-    for snapshot_id in kept:
-        old_parents = parents[snapshot_id]
+    # Expired snapshots get grafts too: one may still be walked from elsewhere (a
+    # writable session's base), and must then step over expired ancestors that gc
+    # will delete. Grafts of collected snapshots are dropped by gc.
+    for snapshot_id, old_parents in parents.items():
         new_parents = tuple(dict.fromkeys(nearest_kept(p) for p in old_parents))
         if new_parents != old_parents:
             name = graft_ref(snapshot_id)
             writes[name] = encode_graft(name, Graft(parents=new_parents))
-    for snapshot_id in expired:
-        name = graft_ref(snapshot_id)
-        if name in refs:
-            writes[name] = None  # an expired snapshot's own graft is no longer walked
     expect: dict[str, bytes | None] = {
         name: raw for name, raw in refs.items()
         if name.startswith(("branch/", "tag/", GRAFT_PREFIX))

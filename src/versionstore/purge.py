@@ -35,7 +35,7 @@ from versionstore.codec import (
     encode_snapshot,
 )
 from versionstore.errors import ConflictError, PurgeBlockedError
-from versionstore.grafts import GRAFT_PREFIX, graft_ref, grafts_from_refs, parents_of
+from versionstore.grafts import GRAFT_PREFIX, grafts_from_refs, parents_of
 from versionstore.ids import ObjectId, object_id_text
 from versionstore.objects import ObjectReader
 from versionstore.records import RefTarget, Snapshot
@@ -165,9 +165,8 @@ def purge_node(reader: ObjectReader, path: str, *, message: str | None = None,
         writes: dict[str, bytes | None] = {
             name: encode_ref_target(name, RefTarget(snapshot=new)) for name, new in moved.items()
         }
-        for old in mapping:
-            if graft_ref(old) in refs:
-                writes[graft_ref(old)] = None  # the rewritten snapshot has its parents itself
+        # The old snapshots keep their grafts (a walk from elsewhere may still need
+        # them) until gc collects them, which drops their grafts.
         expect: dict[str, bytes | None] = {
             name: raw for name, raw in refs.items()
             if name.startswith(("branch/", "tag/", "session/", GRAFT_PREFIX))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -9,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 import versionstore as vs
-from versionstore.cli import EXIT_BROKEN_PIPE, main
+from versionstore.cli import EXIT_BROKEN_PIPE, cli, main
 
 
 @pytest.fixture
@@ -48,17 +50,23 @@ def test_diff_verify_gc_sessions(repo_path: str, capsys: pytest.CaptureFixture[s
     assert "updated_keys: b" in capsys.readouterr().out
     assert main(["verify", repo_path]) == 0
     assert "0 problem(s)" in capsys.readouterr().out
-    assert main(["gc", repo_path, "--dry-run"]) == 0
+    assert main(["gc", repo_path]) == 0
     assert "would delete 0" in capsys.readouterr().out
     assert main(["sessions", repo_path]) == 0
 
 
 def test_errors_are_reported_not_raised(tmp_path: Path, repo_path: str,
                                         capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["log", str(tmp_path / "missing")]) == 2
-    assert "no repository" in capsys.readouterr().err
-    assert main(["diff", repo_path, "nope", "main"]) == 2
+    assert main(["log", str(tmp_path / "missing")]) == 1
+    err = capsys.readouterr().err
+    assert "no repository" in err and len(err.strip().splitlines()) == 1
+    assert main(["diff", repo_path, "nope", "main"]) == 1
     assert "not a branch, a tag or a snapshot id" in capsys.readouterr().err
+    assert main(["log", repo_path, "--branch", "nope"]) == 1
+    assert "nope" in capsys.readouterr().err
+    assert main(["log"]) == 2  # usage error: click's message
+    assert "Missing argument" in capsys.readouterr().err
+    assert main(["frobnicate", repo_path]) == 2
 
 
 # -- as a real process in a pipe --------------------------------------------------------
@@ -103,3 +111,145 @@ def test_log_piped_to_head(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
     assert result.stderr == ""
     assert result.returncode in (0, EXIT_BROKEN_PIPE)  # 141 when the reader left first
+
+
+# -- every command through click's runner ------------------------------------------------
+
+COMMANDS = ["log", "show", "diff", "status", "sessions", "branch", "tag", "du", "expire", "gc",
+            "compact", "verify", "purge"]
+
+
+def _run(*args: str, input: str | None = None) -> Any:
+    return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(command: str) -> None:
+    result = _run(command, "--help")
+    assert result.exit_code == 0
+    assert "Example: versionstore " + command in result.output
+
+
+def test_branch_and_tag_subcommands_have_examples() -> None:
+    for kind in ("branch", "tag"):
+        for sub in ("list", "create", "delete"):
+            result = _run(kind, sub, "--help")
+            assert result.exit_code == 0 and f"Example: versionstore {kind} {sub}" in \
+                result.output
+
+
+def test_log_show_json(repo_path: str) -> None:
+    result = _run("log", repo_path, "--json")
+    entries = json.loads(result.output)
+    assert [e["message"] for e in entries] == ["second", "first", "Repository initialized"]
+    assert entries[1]["metadata"] == {"run": 1}
+    assert json.loads(_run("log", repo_path, "--json", "--limit", "1").output)[0]["message"] \
+        == "second"
+    shown = json.loads(_run("show", repo_path, entries[0]["id"], "--json").output)
+    assert shown["parent_id"] == entries[1]["id"] and shown["changes"]["updated_keys"] == ["b"]
+    text = _run("show", repo_path, "v1").output
+    assert "message   first" in text and "updated_keys: a" in text
+    assert _run("log", repo_path, "--branch", "main", "--tag", "v1").exit_code == 2
+
+
+def test_diff_json_per_array(tmp_path: Path) -> None:
+    import zarr
+
+    path = tmp_path / "arrays"
+    with vs.Repository.create(path) as repo:
+        session = repo.writable_session()
+        zarr.create_array(session.store, name="t", shape=(40,), chunks=(10,), dtype="i4")[:] = 1
+        session.commit("create")
+        repo.create_tag("before", repo.lookup_branch("main"))
+        session = repo.writable_session()
+        zarr.open_array(session.store, path="t")[:15] = 2
+        session.commit("edit")
+    document = json.loads(_run("diff", str(path), "before", "main", "--json").output)
+    assert document["updated_chunks"] == {"/t": [[0], [1]]}
+    table = _run("diff", str(path), "before", "main").output
+    assert "/t" in table and "2" in table
+
+
+def test_branch_tag_create_list_delete(repo_path: str) -> None:
+    assert _run("branch", "create", repo_path, "feature", "v1").exit_code == 0
+    names = [b["name"] for b in json.loads(_run("branch", "list", repo_path, "--json").output)]
+    assert names == ["dev", "feature", "main"]
+    assert _run("branch", "delete", repo_path, "feature").exit_code == 0
+    assert "feature" not in _run("branch", "list", repo_path).output
+    assert _run("tag", "create", repo_path, "v2", "main").exit_code == 0
+    assert [t["name"] for t in json.loads(_run("tag", "list", repo_path, "--json").output)] == \
+        ["v1", "v2"]
+    assert _run("tag", "delete", repo_path, "v2").exit_code == 0
+    assert main(["tag", "create", repo_path, "v2", "main"]) == 1  # a deleted tag name
+    assert main(["branch", "delete", repo_path, "main"]) == 1
+
+
+def test_sessions_status_and_discard(repo_path: str) -> None:
+    with vs.Repository.open(repo_path) as repo:
+        session = repo.writable_session()
+        session.store.storage.set("staged", b"x" * 2000)
+        session_id = session.session_id
+        assert session_id is not None
+    listed = json.loads(_run("sessions", repo_path, "--json").output)
+    assert listed == [{"session_id": session_id, "branch": "main"}]
+    status = json.loads(_run("status", repo_path, session_id, "--json").output)
+    assert status["updated_keys"] == ["staged"]
+    assert "discarded" in _run("sessions", repo_path, "--discard", session_id).output
+    assert json.loads(_run("sessions", repo_path, "--json").output) == []
+    assert main(["status", repo_path, session_id]) == 1
+    assert _run("sessions", repo_path, "--discard-older-than", "0s").exit_code == 0
+    assert main(["sessions", repo_path, "--discard-older-than", "yesterday"]) == 2
+
+
+def test_du_expire_gc_compact_verify(repo_path: str) -> None:
+    usage = json.loads(_run("du", repo_path, "--json").output)
+    assert usage["keys"] == 2 and usage["file_bytes"] > 0
+    assert "total" in _run("du", repo_path).output
+    history = json.loads(_run("du", repo_path, "--history", "--json").output)
+    assert [h["message"] for h in history] == ["second", "first", "Repository initialized"]
+    assert "only here" in _run("du", repo_path, "--history").output
+    assert _run("branch", "delete", repo_path, "dev").exit_code == 0
+    assert _run("tag", "delete", repo_path, "v1").exit_code == 0
+    expired = json.loads(_run("expire", repo_path, "--older-than", "0s", "--json").output)
+    assert len(expired) == 1  # "first": not a tip any more, not tagged
+    dry = json.loads(_run("gc", repo_path, "--json").output)
+    assert dry["dry_run"] and dry["deleted"] > 0
+    assert "--delete" in _run("gc", repo_path).output
+    done = json.loads(_run("gc", repo_path, "--delete", "--json").output)
+    assert not done["dry_run"] and done["deleted"] == dry["deleted"]
+    compacted = json.loads(_run("compact", repo_path, "--json").output)
+    assert compacted["bytes_after"] <= compacted["bytes_before"]
+    assert "returned" in _run("compact", repo_path).output
+    checked = json.loads(_run("verify", repo_path, "--json").output)
+    assert checked["problems"] == []
+    assert main(["expire", repo_path]) == 2  # --older-than is required
+
+
+def test_purge_asks_then_rewrites(repo_path: str) -> None:
+    with vs.Repository.open(repo_path) as repo:
+        session = repo.writable_session()
+        session.store.storage.set("secret/x", b"s" * 1000)
+        session.commit("secret")
+    aborted = _run("purge", repo_path, "/secret", input="n\n")
+    assert aborted.exit_code == 1
+    result = _run("purge", repo_path, "/secret", input="y\n")
+    assert result.exit_code == 0 and "rewrote 1 snapshot" in result.output
+    with vs.Repository.open(repo_path) as repo:
+        assert repo.readonly_session().store.storage.get("secret/x") is None
+    assert main(["purge", repo_path, "/", "--yes"]) == 1
+
+
+def test_verify_reports_problems_with_status_1(repo_path: str) -> None:
+    with vs.Repository.open(repo_path) as repo:
+        repo.backend.put_objects([], refs={"junk/ref": b"x"})
+    result = _run("verify", repo_path)
+    assert result.exit_code == 1 and "unknown kind of ref" in result.output
+
+
+def test_real_process_commands(repo_path: str) -> None:
+    for args, status in [(["gc", repo_path, "--json"], 0), (["du", repo_path], 0),
+                         (["branch", "list", repo_path], 0), (["log", "/nonexistent"], 1),
+                         (["log"], 2)]:
+        result = _cli(*args, capture_output=True)
+        assert result.returncode == status, (args, result.stderr)
+        assert "Traceback" not in result.stderr

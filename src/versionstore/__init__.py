@@ -24,10 +24,12 @@ from versionstore.errors import (
     NothingToCommitError,
     ObjectTooLargeError,
     ProtectedBranchError,
+    PurgeBlockedError,
     ReadOnlyRepositoryError,
     ReadOnlySessionError,
     RefExistsError,
     RefNotFoundError,
+    RepositoryBusyError,
     RepositoryExistsError,
     RepositoryNotFoundError,
     SessionNotFoundError,
@@ -36,12 +38,14 @@ from versionstore.errors import (
     UnsupportedFormatError,
     VersionStoreError,
 )
+from versionstore.gc import GCSummary
 from versionstore.history import Diff, SnapshotInfo
 from versionstore.importing import ImportSummary, import_zarr
-from versionstore.repository import Repository
+from versionstore.repository import PurgeResult, Repository
 from versionstore.session import Session
 from versionstore.session_store import SessionStore
 from versionstore.storage import InMemoryStorage, LMDBStorage, in_memory_storage, lmdb_storage
+from versionstore.usage import ArrayUsage, CompactReport, SnapshotUsage, VersionUsage
 
 try:
     __version__ = _installed_version("versionstore")
@@ -49,13 +53,16 @@ except PackageNotFoundError:  # imported from a source tree that was never insta
     __version__ = "0+unknown"
 
 __all__ = [
+    "ArrayUsage",
     "BackendError",
     "BranchNotFoundError",
+    "CompactReport",
     "ConflictError",
     "CorruptObjectError",
     "CorruptRepositoryError",
     "Diff",
     "DiskFullError",
+    "GCSummary",
     "ImmutableTagError",
     "ImportSummary",
     "InMemoryStorage",
@@ -65,10 +72,13 @@ __all__ = [
     "ObjectTooLargeError",
     "ProtectedBranchError",
     "ReadOnlyRepositoryError",
+    "PurgeBlockedError",
+    "PurgeResult",
     "ReadOnlySessionError",
     "RefExistsError",
     "RefNotFoundError",
     "Repository",
+    "RepositoryBusyError",
     "RepositoryExistsError",
     "RepositoryNotFoundError",
     "Session",
@@ -76,9 +86,11 @@ __all__ = [
     "SessionStore",
     "SnapshotInfo",
     "SnapshotNotFoundError",
+    "SnapshotUsage",
     "TagNotFoundError",
     "UnsupportedFormatError",
     "VersionStoreError",
+    "VersionUsage",
     "import_zarr",
     "in_memory_storage",
     "lmdb_storage",

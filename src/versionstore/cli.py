@@ -1,107 +1,563 @@
 """The ``versionstore`` command: look after a repository from the shell.
 
-::
+Built on click, with rich tables and progress bars::
 
-    versionstore log REPO [--branch main | --tag T | --snapshot ID] [--limit N]
-    versionstore branches REPO        versionstore tags REPO
-    versionstore diff REPO FROM TO    (each a branch, tag or snapshot id)
-    versionstore sessions REPO        (writable sessions that can be resumed)
-    versionstore verify REPO          versionstore gc REPO [--dry-run]
+    versionstore log REPO [--branch B | --tag T | --snapshot ID] [--limit N] [--json]
+    versionstore show REPO SNAPSHOT          versionstore diff REPO FROM TO [--json]
+    versionstore status REPO SESSION_ID      versionstore sessions REPO [--discard ID]
+    versionstore branch list|create|delete   versionstore tag list|create|delete
+    versionstore du REPO [--history]         versionstore expire REPO --older-than 30d
+    versionstore gc REPO [--delete]          versionstore compact REPO
+    versionstore verify REPO                 versionstore purge REPO PATH --yes
 
-REPO is an LMDB repository directory. The only module that reads ``sys.argv``.
-``versionstore --version`` prints the installed version. Like git, the command
-stops quietly when the reader of its output goes away (``versionstore log R |
-head -1``): no traceback, exit status 141 (128 + SIGPIPE), as a shell reports
-for git.
+REPO is an LMDB repository directory. Exit status: 0 success; 1 a user error
+(one line on stderr naming what was wrong, no traceback) or ``verify``
+finding problems; 2 a usage error (click's message); 141 when the reader of
+the output went away (``versionstore log R | head -1``), as git. The only
+module that reads ``sys.argv``.
 """
 
 from __future__ import annotations
 
-import argparse
+import itertools
 import json
 import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from versionstore import __version__
 from versionstore.errors import VersionStoreError
+from versionstore.history import Diff, SnapshotInfo
 from versionstore.ids import object_id_from_text
 from versionstore.repository import Repository
 from versionstore.storage import lmdb_storage
 
-__all__ = ["EXIT_BROKEN_PIPE", "main"]
+__all__ = ["EXIT_BROKEN_PIPE", "EXIT_USER_ERROR", "cli", "main"]
 
 #: The status git ends with when its reader goes away (killed by SIGPIPE: 128 + 13).
 EXIT_BROKEN_PIPE = 141
+#: A user error: a missing repository, an unknown branch, a refused operation.
+EXIT_USER_ERROR = 1
+_DURATION = re.compile(r"(\d+)\s*([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
-def _version_args(repo: Repository, name: str, side: str) -> dict[str, str]:
+class _UserError(Exception):
+    """A one-line message for stderr, exit status 1."""
+
+
+def _out() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _echo(text: str = "") -> None:
+    click.echo(text)
+
+
+def _json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+def _when(text: str) -> datetime:
+    """``30d``, ``12h``, ``2w`` (that long ago) or an ISO time (UTC unless it says)."""
+    match = _DURATION.fullmatch(text.strip())
+    if match:
+        amount, unit = int(match.group(1)), match.group(2)
+        return datetime.now(UTC) - timedelta(**{_UNITS[unit]: amount})
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is neither a duration (30d, 12h, 2w) nor an ISO "
+                                 "time (2026-01-31T12:00)") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _open(path: str) -> Repository:
+    return Repository.open(lmdb_storage(path))
+
+
+@contextmanager
+def _progress(description: str) -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress bar on stderr (only on a terminal); yields a ``(phase, done, total)``."""
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}"
+                  "/{task.total}"), TimeElapsedColumn(), console=console, transient=True,
+                  disable=not console.is_terminal) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(phase: str, done: int, total: int) -> None:
+            bar.update(task, description=phase, completed=done, total=total)
+
+        yield update
+
+
+def _version(repo: Repository, name: str, side: str = "") -> dict[str, str]:
     """Interpret ``name`` as a branch, then a tag, then a snapshot id."""
+    prefix = f"{side}_" if side else ""
     if name in repo.list_branches():
-        return {f"{side}_branch": name}
+        return {f"{prefix}branch": name}
     if name in repo.list_tags():
-        return {f"{side}_tag": name}
+        return {f"{prefix}tag": name}
     try:
         object_id_from_text(name)
     except ValueError:
-        raise VersionStoreError(f"{name!r} is not a branch, a tag or a snapshot id") from None
-    return {f"{side}_snapshot_id": name}
+        raise _UserError(f"{name!r} is not a branch, a tag or a snapshot id") from None
+    return {f"{prefix}snapshot_id": name}
 
 
-def _log(repo: Repository, args: argparse.Namespace) -> None:
-    history = repo.ancestry(branch=args.branch, tag=args.tag, snapshot_id=args.snapshot)
-    for count, info in enumerate(history):
-        if args.limit is not None and count >= args.limit:
-            break
-        stamp = info.written_at.strftime("%Y-%m-%d %H:%M:%S UTC")
-        metadata = f"  {json.dumps(info.metadata, default=repr)}" if info.metadata else ""
-        print(f"{info.id}  {stamp}  {info.message}{metadata}")
+def _info(info: SnapshotInfo) -> dict[str, Any]:
+    return {"id": info.id, "parent_id": info.parent_id, "written_at": info.written_at.isoformat(),
+            "message": info.message, "metadata": info.metadata}
 
 
-def _diff(repo: Repository, args: argparse.Namespace) -> None:
-    versions = {**_version_args(repo, args.old, "from"), **_version_args(repo, args.new, "to")}
-    print(repo.diff(**versions))
+def _diff_json(diff: Diff) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for name in ("new_groups", "new_arrays", "deleted_groups", "deleted_arrays",
+                 "updated_groups", "updated_arrays", "updated_keys"):
+        document[name] = sorted(getattr(diff, name))
+    document["updated_chunks"] = {path: sorted(list(c) for c in coords)
+                                  for path, coords in sorted(diff.updated_chunks.items())}
+    return document
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="versionstore", description="Inspect and maintain a "
-                                     "versionstore repository (an LMDB directory).")
-    parser.add_argument("--version", action="version", version=f"versionstore {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+def _diff_table(diff: Diff) -> None:
+    if diff.is_empty():
+        _echo("(no changes)")
+        return
+    for name in ("new_groups", "new_arrays", "deleted_groups", "deleted_arrays",
+                 "updated_groups", "updated_arrays", "updated_keys"):
+        if getattr(diff, name):
+            _echo(f"{name}: {', '.join(sorted(getattr(diff, name)))}")
+    if diff.updated_chunks:
+        table = Table("array", "chunks changed")
+        for path, coords in sorted(diff.updated_chunks.items()):
+            table.add_row(path, str(len(coords)))
+        _out().print(table)
 
-    log = commands.add_parser("log", help="snapshots, newest first")
-    log.add_argument("repo")
-    where = log.add_mutually_exclusive_group()
-    where.add_argument("--branch")
-    where.add_argument("--tag")
-    where.add_argument("--snapshot")
-    log.add_argument("--limit", type=int)
 
-    for name, text in [("branches", "list branches and their tips"), ("tags", "list tags"),
-                       ("sessions", "writable sessions with staged changes"),
-                       ("verify", "check every reachable object")]:
-        commands.add_parser(name, help=text).add_argument("repo")
+def _size(count: int | None) -> str:
+    if count is None:
+        return "-"
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(count)  # pragma: no cover
 
-    diff = commands.add_parser("diff", help="what changed between two versions")
-    diff.add_argument("repo")
-    diff.add_argument("old", help="branch, tag or snapshot id")
-    diff.add_argument("new", help="branch, tag or snapshot id")
 
-    gc = commands.add_parser("gc", help="delete objects no version can reach")
-    gc.add_argument("repo")
-    gc.add_argument("--dry-run", action="store_true")
-    return parser
+repo_argument = click.argument("repo", type=click.Path(file_okay=False))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="versionstore",
+                      message="%(prog)s %(version)s")
+def cli() -> None:
+    """Inspect and look after a versionstore repository (an LMDB directory).
+
+    Example: versionstore log my-repo --limit 5
+    """
+
+
+@cli.command()
+@repo_argument
+@click.option("--branch", help="start from this branch (default main)")
+@click.option("--tag", help="start from this tag")
+@click.option("--snapshot", help="start from this snapshot id")
+@click.option("--limit", type=click.IntRange(min=0), help="show at most N snapshots")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def log(repo: str, branch: str | None, tag: str | None, snapshot: str | None,
+        limit: int | None, as_json: bool) -> None:
+    """Snapshots, newest first: one line each (id, time, message, metadata).
+
+    Example: versionstore log my-repo --branch dev --limit 10
+    """
+    if sum(x is not None for x in (branch, tag, snapshot)) > 1:
+        raise click.UsageError("give at most one of --branch, --tag, --snapshot")
+    with _open(repo) as opened:
+        history = opened.ancestry(branch=branch, tag=tag, snapshot_id=snapshot)
+        infos = itertools.islice(history, limit)
+        if as_json:
+            _json([_info(i) for i in infos])
+            return
+        for info in infos:
+            stamp = info.written_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+            metadata = f"  {json.dumps(info.metadata, default=repr)}" if info.metadata else ""
+            _echo(f"{info.id}  {stamp}  {info.message}{metadata}")
+
+
+@cli.command()
+@repo_argument
+@click.argument("snapshot")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def show(repo: str, snapshot: str, as_json: bool) -> None:
+    """One snapshot: id, parent, time, message, metadata and what it changed.
+
+    SNAPSHOT is a snapshot id, a branch or a tag.
+
+    Example: versionstore show my-repo v1
+    """
+    with _open(repo) as opened:
+        version = _version(opened, snapshot)
+        info = next(opened.ancestry(**version))
+        diff = (opened.diff(from_snapshot_id=info.parent_id, to_snapshot_id=info.id)
+                if info.parent_id else Diff())
+        if as_json:
+            _json({**_info(info), "changes": _diff_json(diff)})
+            return
+        _echo(f"snapshot  {info.id}")
+        _echo(f"parent    {info.parent_id or '(none)'}")
+        _echo(f"written   {info.written_at.strftime('%Y-%m-%d %H:%M:%S UTC')}")
+        _echo(f"message   {info.message}")
+        if info.metadata:
+            _echo(f"metadata  {json.dumps(info.metadata, default=repr)}")
+        _echo()
+        _diff_table(diff)
+
+
+@cli.command()
+@repo_argument
+@click.argument("old", metavar="FROM")
+@click.argument("new", metavar="TO")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def diff(repo: str, old: str, new: str, as_json: bool) -> None:
+    """What changed from one version to another, per array (chunks changed).
+
+    FROM and TO are each a branch, a tag or a snapshot id.
+
+    Example: versionstore diff my-repo v1 main --json
+    """
+    with _open(repo) as opened:
+        versions = {**_version(opened, old, "from"), **_version(opened, new, "to")}
+        changes = opened.diff(**versions)
+        if as_json:
+            _json(_diff_json(changes))
+        else:
+            _diff_table(changes)
+
+
+@cli.command()
+@repo_argument
+@click.argument("session_id")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def status(repo: str, session_id: str, as_json: bool) -> None:
+    """The staged changes of a resumable writable session.
+
+    Example: versionstore status my-repo 3KQ7…   (ids from `versionstore sessions`)
+    """
+    with _open(repo) as opened:
+        changes = opened.writable_session(resume=session_id).status()
+        if as_json:
+            _json(_diff_json(changes))
+        else:
+            _diff_table(changes)
+
+
+@cli.command()
+@repo_argument
+@click.option("--discard", "discard", metavar="ID", multiple=True,
+              help="discard this session's staged changes (repeatable)")
+@click.option("--discard-older-than", metavar="WHEN",
+              help="discard sessions started before WHEN (30d, 12h, or an ISO time)")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def sessions(repo: str, discard: tuple[str, ...], discard_older_than: str | None,
+             as_json: bool) -> None:
+    """Writable sessions with staged changes; discard abandoned ones.
+
+    Example: versionstore sessions my-repo --discard-older-than 7d
+    """
+    with _open(repo) as opened:
+        for session_id in discard:
+            opened.discard_session(session_id)
+            _echo(f"discarded {session_id}")
+        if discard_older_than is not None:
+            for session_id in opened.discard_sessions(older_than=_when(discard_older_than)):
+                _echo(f"discarded {session_id}")
+        found = sorted(opened.resumable_sessions().items())
+        if as_json:
+            _json([{"session_id": s, "branch": b} for s, b in found])
+            return
+        if not (discard or discard_older_than):
+            for session_id, branch in found:
+                _echo(f"{session_id}  {branch}")
+
+
+def _ref_group(kind: str) -> click.Group:
+    @click.group(name=kind, invoke_without_command=True)
+    @click.pass_context
+    def group(ctx: click.Context) -> None:
+        if ctx.invoked_subcommand is None:
+            click.echo(ctx.get_help())
+
+    group.help = (f"List, create and delete {kind}es." if kind == "branch"
+                  else f"List, create and delete {kind}s.") + (
+        f"\n\nExample: versionstore {kind} list my-repo")
+
+    @group.command(name="list")
+    @repo_argument
+    @click.option("--json", "as_json", is_flag=True, help="print JSON")
+    def list_refs(repo: str, as_json: bool) -> None:
+        with _open(repo) as opened:
+            names = sorted(opened.list_branches() if kind == "branch" else opened.list_tags())
+            lookup = opened.lookup_branch if kind == "branch" else opened.lookup_tag
+            rows = [(name, lookup(name)) for name in names]
+        if as_json:
+            _json([{"name": n, "snapshot_id": s} for n, s in rows])
+        else:
+            for name, snapshot in rows:
+                _echo(f"{name}  {snapshot}")
+
+    list_refs.help = f"Every {kind} and its snapshot.\n\nExample: versionstore {kind} list my-repo"
+
+    @group.command()
+    @repo_argument
+    @click.argument("name")
+    @click.argument("at", metavar="AT")
+    def create(repo: str, name: str, at: str) -> None:
+        with _open(repo) as opened:
+            version = _version(opened, at)
+            snapshot = next(opened.ancestry(**version)).id
+            (opened.create_branch if kind == "branch" else opened.create_tag)(name, snapshot)
+            _echo(f"{kind} {name} -> {snapshot}")
+
+    example = "dev main" if kind == "branch" else "v2 main"
+    create.help = (f"Create {kind} NAME at AT (a branch, tag or snapshot id).\n\n"
+                   f"Example: versionstore {kind} create my-repo {example}")
+
+    @group.command()
+    @repo_argument
+    @click.argument("name")
+    def delete(repo: str, name: str) -> None:
+        with _open(repo) as opened:
+            (opened.delete_branch if kind == "branch" else opened.delete_tag)(name)
+            _echo(f"deleted {kind} {name}")
+
+    delete.help = (f"Delete {kind} NAME (its snapshots stay until expired or collected)."
+                   f"\n\nExample: versionstore {kind} delete my-repo old")
+    return group
+
+
+cli.add_command(_ref_group("branch"))
+cli.add_command(_ref_group("tag"))
+
+
+@cli.command(hidden=True)
+@repo_argument
+def branches(repo: str) -> None:
+    """Same as `branch list` (kept for older scripts)."""
+    with _open(repo) as opened:
+        for name in sorted(opened.list_branches()):
+            _echo(f"{name}  {opened.lookup_branch(name)}")
+
+
+@cli.command(hidden=True)
+@repo_argument
+def tags(repo: str) -> None:
+    """Same as `tag list` (kept for older scripts)."""
+    with _open(repo) as opened:
+        for name in sorted(opened.list_tags()):
+            _echo(f"{name}  {opened.lookup_tag(name)}")
+
+
+@cli.command()
+@repo_argument
+@click.option("--branch", help="a branch (default main)")
+@click.option("--tag", help="a tag")
+@click.option("--snapshot", help="a snapshot id")
+@click.option("--history", is_flag=True,
+              help="per snapshot of the branch: bytes added, bytes only it uses")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def du(repo: str, branch: str | None, tag: str | None, snapshot: str | None, history: bool,
+       as_json: bool) -> None:
+    """Sizes: of one version per array, or of each snapshot of a branch's history.
+
+    Example: versionstore du my-repo --history --branch main
+    """
+    with _open(repo) as opened:
+        if history:
+            rows = opened.du_history(branch or "main")
+            if as_json:
+                _json([{**_info(r.snapshot), "keys_changed": r.keys_changed,
+                        "bytes_added": r.bytes_added, "exclusive_bytes": r.exclusive_bytes}
+                       for r in rows])
+                return
+            table = Table("snapshot", "written", "message", "keys changed", "added",
+                          "only here")
+            for r in rows:
+                table.add_row(r.snapshot.id[:12], r.snapshot.written_at.strftime("%Y-%m-%d %H:%M"),
+                              r.snapshot.message, str(r.keys_changed), _size(r.bytes_added),
+                              _size(r.exclusive_bytes))
+            _out().print(table)
+            return
+        usage = opened.du(branch, tag=tag, snapshot_id=snapshot)
+        if as_json:
+            _json({"snapshot_id": usage.snapshot_id, "keys": usage.keys, "chunks": usage.chunks,
+                   "logical_bytes": usage.logical_bytes, "stored_bytes": usage.stored_bytes,
+                   "file_bytes": usage.file_bytes, "reclaimable_bytes": usage.reclaimable_bytes,
+                   "arrays": {p: {"keys": a.keys, "chunks": a.chunks,
+                                  "logical_bytes": a.logical_bytes,
+                                  "stored_bytes": a.stored_bytes}
+                              for p, a in usage.arrays.items()}})
+            return
+        table = Table("node", "keys", "chunks", "logical", "stored", title=f"snapshot "
+                      f"{usage.snapshot_id}")
+        for path, a in usage.arrays.items():
+            table.add_row(path, str(a.keys), str(a.chunks), _size(a.logical_bytes),
+                          _size(a.stored_bytes))
+        table.add_row("total", str(usage.keys), str(usage.chunks), _size(usage.logical_bytes),
+                      _size(usage.stored_bytes), style="bold")
+        _out().print(table)
+        if usage.file_bytes is not None:
+            _echo(f"file {_size(usage.file_bytes)}, reclaimable by `versionstore compact`: "
+                  f"{_size(usage.reclaimable_bytes)}")
+
+
+@cli.command()
+@repo_argument
+@click.option("--older-than", required=True, metavar="WHEN",
+              help="expire snapshots written before WHEN (30d, 12h, or an ISO time)")
+@click.option("--delete-expired-branches", is_flag=True,
+              help="first delete branches (not main) whose tip is older")
+@click.option("--delete-expired-tags", is_flag=True, help="first delete tags that are older")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def expire(repo: str, older_than: str, delete_expired_branches: bool, delete_expired_tags: bool,
+           as_json: bool) -> None:
+    """Drop old snapshots from every history (tips and tags stay); run gc to free their data.
+
+    Example: versionstore expire my-repo --older-than 90d && versionstore gc my-repo --delete
+    """
+    with _open(repo) as opened:
+        expired = opened.expire_snapshots(_when(older_than),
+                                          delete_expired_branches=delete_expired_branches,
+                                          delete_expired_tags=delete_expired_tags)
+        if as_json:
+            _json(sorted(expired))
+        else:
+            _echo(f"expired {len(expired)} snapshot(s); `versionstore gc REPO --delete` frees "
+                  "their data")
+
+
+@cli.command()
+@repo_argument
+@click.option("--delete", is_flag=True, help="really delete (the default is a dry run)")
+@click.option("--older-than", metavar="WHEN",
+              help="keep unreachable snapshots written after WHEN (a grace period)")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def gc(repo: str, delete: bool, older_than: str | None, as_json: bool) -> None:
+    r"""Garbage-collect: what no branch, tag or session reaches. A dry run unless --delete.
+
+    \b
+    Example: versionstore gc my-repo            (shows what would be freed)
+             versionstore gc my-repo --delete
+    """
+    with _open(repo) as opened, _progress("collecting garbage") as progress:
+        summary = opened.garbage_collect(None if older_than is None else _when(older_than),
+                                         dry_run=not delete, progress=progress)
+    if as_json:
+        _json({"reachable": summary.reachable, "deleted": summary.deleted,
+               "bytes_freed": summary.bytes_freed, "dry_run": summary.dry_run})
+        return
+    verb = "would delete" if summary.dry_run else "deleted"
+    _echo(f"{summary.reachable} reachable objects; {verb} {summary.deleted} "
+          f"({_size(summary.bytes_freed)})")
+    if summary.dry_run and summary.deleted:
+        _echo("run again with --delete to delete them")
+
+
+@cli.command()
+@repo_argument
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def compact(repo: str, as_json: bool) -> None:
+    """Give freed space back to the file system (LMDB files never shrink by themselves).
+
+    Needs the repository to itself: refuses, naming the process, while others have it open.
+
+    Example: versionstore compact my-repo   (after `versionstore gc my-repo --delete`)
+    """
+    with _open(repo) as opened, _progress("compacting"):
+        report = opened.compact()
+    if as_json:
+        _json({"bytes_before": report.bytes_before, "bytes_after": report.bytes_after,
+               "bytes_freed": report.bytes_freed})
+    else:
+        _echo(f"{_size(report.bytes_before)} -> {_size(report.bytes_after)} "
+              f"({_size(report.bytes_freed)} returned)")
+
+
+@cli.command()
+@repo_argument
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def verify(repo: str, as_json: bool) -> None:
+    """Check every ref and every reachable object; exit status 1 if anything is wrong.
+
+    Example: versionstore verify my-repo
+    """
+    with _open(repo) as opened, _progress("verifying") as progress:
+        report = opened.verify(progress=progress)
+    if as_json:
+        _json({"objects_checked": report.objects_checked, "problems": list(report.problems)})
+    else:
+        for problem in report.problems:
+            _echo(problem)
+        _echo(f"{report.objects_checked} objects checked, {len(report.problems)} problem(s)")
+    if not report.ok:
+        raise SystemExit(1)
+
+
+@cli.command()
+@repo_argument
+@click.argument("path")
+@click.option("--message", "-m", help="why (kept in the rewritten snapshots' metadata)")
+@click.option("--force", is_flag=True, help="discard writable sessions on affected branches")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+def purge(repo: str, path: str, message: str | None, force: bool, yes: bool) -> None:
+    """Erase node PATH (array or group) from every version, branch and tag.
+
+    Rewrites history (snapshot ids change) and then collects garbage; run
+    `versionstore compact` afterwards to drop the bytes from the file too.
+
+    Example: versionstore purge my-repo /participants/p042 -m "consent withdrawn" --yes
+    """
+    if not yes:
+        click.confirm(f"Erase {path} from every version of {repo}? This rewrites history",
+                      abort=True)
+    with _open(repo) as opened, _progress("purging"):
+        result = opened.purge(path, message=message, force=force)
+    _echo(f"rewrote {len(result.rewritten)} snapshot(s); deleted {result.gc.deleted} objects "
+          f"({_size(result.gc.bytes_freed)}); run `versionstore compact` to shrink the file")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status.
-
-    0 on success, 1 when ``verify`` finds problems, 2 on a versionstore error
-    (printed to stderr), 141 when standard output was closed early.
-    """
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    """Run the command line; returns the exit status (see the module docstring)."""
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        status = _run(args)
+        try:
+            # Not cli.main(): it turns a closed pipe into exit status 1.
+            with cli.make_context("versionstore", args) as ctx:
+                status = cli.invoke(ctx)
+        except click.exceptions.Exit as exc:  # --help, --version
+            status = exc.exit_code
+        except click.exceptions.Abort:
+            click.echo("versionstore: aborted", err=True)
+            status = EXIT_USER_ERROR
+        except click.ClickException as exc:
+            exc.show()
+            status = exc.exit_code
+        except (VersionStoreError, _UserError, ValueError, TypeError, KeyError) as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            click.echo(f"versionstore: error: {message}", err=True)
+            status = EXIT_USER_ERROR
+        except SystemExit as exc:
+            status = exc.code if isinstance(exc.code, int) else EXIT_USER_ERROR
         sys.stdout.flush()  # a closed pipe shows up here at the latest, not at exit
     except BrokenPipeError:
         # The reader (head, less) has gone: stop like git does, without a traceback.
@@ -111,40 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return EXIT_BROKEN_PIPE
-    return status
-
-
-def _run(args: argparse.Namespace) -> int:
-    try:
-        with Repository.open(lmdb_storage(args.repo)) as repo:
-            if args.command == "log":
-                _log(repo, args)
-            elif args.command == "branches":
-                for name in sorted(repo.list_branches()):
-                    print(f"{name}  {repo.lookup_branch(name)}")
-            elif args.command == "tags":
-                for name in sorted(repo.list_tags()):
-                    print(f"{name}  {repo.lookup_tag(name)}")
-            elif args.command == "sessions":
-                for session_id, branch in sorted(repo.resumable_sessions().items()):
-                    print(f"{session_id}  {branch}")
-            elif args.command == "diff":
-                _diff(repo, args)
-            elif args.command == "verify":
-                report = repo.verify()
-                for problem in report.problems:
-                    print(problem)
-                print(f"{report.objects_checked} objects checked, "
-                      f"{len(report.problems)} problem(s)")
-                return 0 if report.ok else 1
-            elif args.command == "gc":
-                summary = repo.garbage_collect(dry_run=args.dry_run)
-                verb = "would delete" if summary.dry_run else "deleted"
-                print(f"{summary.reachable} reachable objects; {verb} {summary.deleted}")
-    except VersionStoreError as exc:
-        print(f"versionstore: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

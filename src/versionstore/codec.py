@@ -34,6 +34,7 @@ from versionstore.records import (
     Branch,
     ChunkRef,
     Entry,
+    Graft,
     Leaf,
     Node,
     RefTarget,
@@ -51,6 +52,7 @@ __all__ = [
     "MAX_DECOMPRESSED",
     "content_id",
     "decode_chunk",
+    "decode_graft",
     "decode_node",
     "decode_ref_target",
     "decode_repository",
@@ -59,6 +61,7 @@ __all__ = [
     "decode_staged",
     "staged_reencodes",
     "encode_chunk",
+    "encode_graft",
     "encode_node",
     "encode_ref_target",
     "encode_repository",
@@ -78,9 +81,10 @@ KIND_REF: Final = 5
 KIND_SESSION: Final = 6
 KIND_STAGED: Final = 7
 KIND_REPOSITORY: Final = 8
+KIND_GRAFT: Final = 9
 _KIND_NAMES = {
     1: "chunk", 2: "leaf", 3: "branch", 4: "snapshot", 5: "ref", 6: "session", 7: "staged",
-    8: "repository",
+    8: "repository", 9: "graft",
 }
 
 _MAGIC: Final = b"VS"
@@ -487,3 +491,22 @@ def decode_repository(name: str, data: bytes) -> RepositoryRecord:
 
     return _decode_small(name, data, KIND_REPOSITORY, "repository", 3,
                          RepositoryRecord.FORMAT_VERSION, build)
+
+
+def encode_graft(name: str, graft: Graft) -> bytes:
+    """The stored value of graft ref ``name`` (a snapshot's parents after expiry)."""
+    return _encode_small(KIND_GRAFT, [Graft.FORMAT_VERSION, list(graft.parents), name])
+
+
+def decode_graft(name: str, data: bytes) -> Graft:
+    """Decode graft ref ``name`` (which its value names, under the checksum)."""
+
+    def build(f: list[Any]) -> Graft:
+        if f[2] != name:
+            raise CorruptObjectError(name, f"graft record belongs to {f[2]!r}: the ref name "
+                                     "is damaged")
+        if not isinstance(f[1], list):
+            raise CorruptObjectError(name, "graft parents are malformed")
+        return Graft(parents=tuple(_object_id(name, p) for p in f[1]))
+
+    return _decode_small(name, data, KIND_GRAFT, "graft", 3, Graft.FORMAT_VERSION, build)

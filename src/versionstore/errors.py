@@ -22,6 +22,8 @@ The tree::
     ├── CorruptObjectError           a stored object that fails its checksum or cannot decode
     ├── ObjectTooLargeError          a record that would decompress beyond the safety cap
     ├── UnsupportedFormatError       a record written by a newer format version
+    ├── RepositoryBusyError          compact() while other processes have the repository open
+    ├── PurgeBlockedError            purge() while writable sessions are open on affected branches
     └── BackendError                 the storage under the repository failed (I/O)
         ├── ReadOnlyRepositoryError  a write to a repository opened read-only (or on a
         │                            read-only filesystem)
@@ -34,7 +36,7 @@ so callers can act on them without parsing messages.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 __all__ = [
     "AmbiguousSnapshotIdError",
@@ -54,6 +56,8 @@ __all__ = [
     "ReadOnlySessionError",
     "RefExistsError",
     "RefNotFoundError",
+    "PurgeBlockedError",
+    "RepositoryBusyError",
     "RepositoryExistsError",
     "RepositoryNotFoundError",
     "SessionNotFoundError",
@@ -249,3 +253,39 @@ class DiskFullError(BackendError):
 
 class CorruptRepositoryError(BackendError):
     """The repository's files are damaged (such as ``data.mdb`` cut short); restore a copy."""
+class RepositoryBusyError(VersionStoreError):
+    """An operation that needs a repository to itself (``compact``) found others using it.
+
+    ``pids`` are the processes found holding it open (one is named even when
+    several do: the lock probe reports one holder); ``in_this_process`` counts
+    other open repository objects of the same path in the calling process.
+    """
+
+    def __init__(self, path: str, pids: Iterable[int], *, in_this_process: int = 0) -> None:
+        self.path = path
+        self.pids = tuple(pids)
+        self.in_this_process = in_this_process
+        if in_this_process:
+            who = (f"{in_this_process} other open repository object(s) in this process "
+                   "(close them first)")
+        elif self.pids:
+            who = "process " + ", ".join(str(p) for p in self.pids)
+        else:
+            who = "another process"
+        super().__init__(f"{path} is in use by {who}; compact needs it to itself (close the "
+                         "other users and try again)")
+
+
+class PurgeBlockedError(VersionStoreError):
+    """``purge`` refused: writable sessions are open on branches it would rewrite.
+
+    ``sessions`` maps each such session id to its branch. Commit or discard
+    them, or pass ``force=True`` (which discards them).
+    """
+
+    def __init__(self, path: str, sessions: Mapping[str, str]) -> None:
+        self.path = path
+        self.sessions = dict(sessions)
+        shown = ", ".join(f"{s} (branch {b!r})" for s, b in sorted(self.sessions.items()))
+        super().__init__(f"cannot purge {path!r}: writable sessions are open on affected "
+                         f"branches: {shown}; commit or discard them, or pass force=True")

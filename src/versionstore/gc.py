@@ -15,46 +15,76 @@ object reachable does so by writing a ref in the same atomic step as it
 checks the object exists (``docs/format.md``), so an object is either
 spared by the sweep or known missing to the writer, which then fails or
 retries cleanly.
+
+History is walked through grafts (``versionstore.grafts``), so snapshots
+that ``expire_snapshots`` cut out of every ancestry are collected; the rescue
+step ignores grafts, which can only keep more. ``older_than`` spares
+unreachable snapshots written at or after that time (and all they reach): a
+grace period in which a ``reset_branch`` or ``delete_branch`` can be undone.
+Every summary reports the bytes freed (the stored size of the deleted objects).
+A session record roots its base only while the session has staged refs;
+records of sessions with nothing staged are pruned by the sweep, atomically
+checked (``docs/format.md``, S2).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
 
 import attrs
 
-from versionstore.backend.protocol import ObjectGetter, Rescue
+from versionstore.backend.protocol import Backend, ObjectGetter, Rescue, WriteBatch
 from versionstore.codec import (
+    KIND_SNAPSHOT,
     decode_node,
     decode_ref_target,
     decode_session,
     decode_snapshot,
     decode_staged,
+    frame_kind,
 )
 from versionstore.errors import CorruptObjectError
+from versionstore.grafts import Grafts, graft_ref, grafts_from_refs, parents_of
 from versionstore.ids import ObjectId, object_id_text
 from versionstore.objects import ObjectReader
 from versionstore.records import Branch, ChunkRef, Leaf, Node, Snapshot
 from versionstore.refs import REPOSITORY_REF, session_ref, stage_prefix
 
-__all__ = ["GCSummary", "collect_garbage", "reachable_objects"]
+__all__ = ["GCSummary", "Progress", "collect_garbage", "reachable_objects"]
+
+#: Told ``(phase, done, total)`` as a long operation advances (for progress bars).
+Progress = Callable[[str, int, int], None]
+_BATCH = 512
 
 
 @attrs.frozen
 class GCSummary:
-    """What a collection found and removed."""
+    """What a collection found and removed.
+
+    ``bytes_freed`` is the stored size of the deleted objects (with
+    ``dry_run``: of those that would be deleted). On LMDB the file keeps its
+    size until ``Repository.compact``; the freed pages are reused first.
+    """
 
     reachable: int
     deleted: int
     dry_run: bool
+    bytes_freed: int = 0
 
 
-_KNOWN = ("branch/", "tag/", "session/", "stage/")
+_KNOWN = ("branch/", "tag/", "session/", "stage/", "graft/")
 
 
 def _session_of(name: str) -> str:
     """The session id of a ``session/<id>`` or ``stage/<id>/<key>`` ref."""
     return name.split("/", 2)[1]
+
+
+def _staged_sessions(refs: Mapping[str, bytes | None]) -> set[str]:
+    """Ids of the sessions with staged refs among ``refs``."""
+    return {_session_of(name) for name, raw in refs.items()
+            if raw is not None and name.startswith("stage/")}
 
 
 def _roots(refs: Mapping[str, bytes | None], staged: set[str] | None = None
@@ -74,8 +104,7 @@ def _roots(refs: Mapping[str, bytes | None], staged: set[str] | None = None
         if not name.startswith(_KNOWN):
             raise CorruptObjectError(
                 name, "a ref of unknown kind (a damaged name?); garbage collection refuses to "
-                "run until `versionstore verify` is clean"
-            )
+                "run until `versionstore verify` is clean")
         if name.startswith(("branch/", "tag/")):
             target = decode_ref_target(name, raw).snapshot
             if target is not None:
@@ -84,30 +113,25 @@ def _roots(refs: Mapping[str, bytes | None], staged: set[str] | None = None
             record = decode_session(name, raw)
             if staged is None or _session_of(name) in staged:
                 snapshots.append(record.base)
-        else:
+        elif name.startswith("stage/"):
             entry = decode_staged(name, raw)
             if isinstance(entry, ChunkRef):
                 chunks.add(entry.chunk_id)
     return snapshots, chunks
 
 
-def _staged_sessions(refs: Mapping[str, bytes | None]) -> set[str]:
-    return {_session_of(name) for name, raw in refs.items()
-            if raw is not None and name.startswith("stage/")}
-
-
-def _mark(refs: Mapping[str, bytes | None], snapshot_of: Callable[[ObjectId], Snapshot | None],
+def _mark(roots: tuple[list[ObjectId], set[ObjectId]],
+          snapshot_of: Callable[[ObjectId], Snapshot | None],
           node_of: Callable[[ObjectId], Node | None], marked: set[ObjectId],
-          missing: set[ObjectId] | None = None, staged: set[str] | None = None
-          ) -> set[ObjectId]:
-    """Add to ``marked`` everything ``refs`` reach that is not in it yet; return the additions.
+          missing: set[ObjectId] | None = None, grafts: Grafts | None = None) -> set[ObjectId]:
+    """Add to ``marked`` everything the roots reach that is not in it yet; return the additions.
 
     Objects that are referenced but not stored go to ``missing`` (there is
     nothing of them to keep; ``verify`` reports them). A damaged object
     raises ``CorruptObjectError``: what it references cannot be known, so
     nothing may be collected.
     """
-    snapshots, chunks = _roots(refs, staged)
+    snapshots, chunks = list(roots[0]), roots[1]
     added = chunks - marked
     marked |= added
     while snapshots:
@@ -121,8 +145,7 @@ def _mark(refs: Mapping[str, bytes | None], snapshot_of: Callable[[ObjectId], Sn
             continue
         marked.add(snapshot_id)
         added.add(snapshot_id)
-        if snapshot.parent is not None:
-            snapshots.append(snapshot.parent)
+        snapshots.extend(parents_of(snapshot_id, snapshot, grafts))
         pending = [] if snapshot.tree is None or snapshot.tree in marked else [snapshot.tree]
         while pending:
             node_id = pending.pop()
@@ -146,11 +169,12 @@ def reachable_objects(reader: ObjectReader, refs: Mapping[str, bytes],
                       missing: set[ObjectId] | None = None) -> set[ObjectId]:
     """Every stored object reachable from ``refs`` (a snapshot of the backend's refs).
 
-    Referenced objects that are not stored are added to ``missing``.
+    History is followed through the grafts among ``refs``. Referenced
+    objects that are not stored are added to ``missing``.
     """
     marked: set[ObjectId] = set()
-    _mark(refs, reader.snapshot_if_stored, reader.node_if_stored, marked, missing,
-          _staged_sessions(refs))
+    _mark(_roots(refs, _staged_sessions(refs)), reader.snapshot_if_stored,
+          reader.node_if_stored, marked, missing, grafts_from_refs(refs))
     return marked
 
 
@@ -176,20 +200,55 @@ def _rescuer(marked: set[ObjectId], rescued: set[ObjectId]) -> Rescue:
             record = session_ref(session)
             if record in now:
                 roots[record] = now[record]
-        rescued.update(_mark(roots, snapshot_of, node_of, set(marked)))
+        rescued.update(_mark(_roots(roots), snapshot_of, node_of, set(marked)))
         return rescued
 
     return rescue
 
 
-def collect_garbage(reader: ObjectReader, *, dry_run: bool = False) -> GCSummary:
-    """Delete every unreachable object (or, with ``dry_run``, only count them)."""
+def _batches(ids: list[ObjectId]) -> Iterable[list[ObjectId]]:
+    for start in range(0, len(ids), _BATCH):
+        yield ids[start : start + _BATCH]
+
+
+def collect_garbage(reader: ObjectReader, *, dry_run: bool = False,
+                    older_than: datetime | None = None,
+                    progress: Progress | None = None) -> GCSummary:
+    """Delete every unreachable object (or, with ``dry_run``, only count them).
+
+    Args:
+        reader: the repository's object reader.
+        dry_run: count what would be deleted and its bytes; delete nothing.
+        older_than: spare unreachable snapshots written at or after this
+            (timezone-aware) time, and everything they reach.
+        progress: told ``(phase, done, total)`` while candidates are sized.
+    """
     backend = reader.backend
     refs = backend.list_refs("")
-    marked = reachable_objects(reader, refs)
-    doomed = [oid for oid in backend.iter_object_ids() if oid not in marked]
-    rescued: set[ObjectId] = set()
+    grafts = grafts_from_refs(refs)
     staged = _staged_sessions(refs)
+    marked: set[ObjectId] = set()
+    _mark(_roots(refs, staged), reader.snapshot_if_stored, reader.node_if_stored, marked, None,
+          grafts)
+    doomed = [oid for oid in backend.iter_object_ids() if oid not in marked]
+    sizes: dict[ObjectId, int] = {}
+    recent: list[ObjectId] = []
+    for batch in _batches(doomed):
+        for object_id, data in zip(batch, backend.get_objects(batch), strict=True):
+            if data is None:
+                continue
+            sizes[object_id] = len(data)
+            if older_than is not None and frame_kind(data) == KIND_SNAPSHOT:
+                snapshot = decode_snapshot(object_id_text(object_id), data)
+                if snapshot.written_at >= older_than:
+                    recent.append(object_id)
+        if progress is not None:
+            progress("sizing unreachable objects", len(sizes), len(doomed))
+    if recent:
+        _mark((recent, set()), reader.snapshot_if_stored, reader.node_if_stored, marked, None,
+              grafts)
+        doomed = [oid for oid in doomed if oid not in marked]
+    rescued: set[ObjectId] = set()
     empty_records = {  # records of sessions with nothing staged: pruned, if still so
         name: (raw, stage_prefix(_session_of(name))) for name, raw in refs.items()
         if name.startswith("session/") and _session_of(name) not in staged
@@ -197,6 +256,20 @@ def collect_garbage(reader: ObjectReader, *, dry_run: bool = False) -> GCSummary
     if not dry_run and (doomed or empty_records):
         backend.delete_objects(doomed, if_refs_are=refs, rescue=_rescuer(marked, rescued),
                                prune_refs=empty_records)
+        _drop_stale_grafts(backend, refs, set(doomed) - rescued)
         backend.sync()
-    deleted = len(doomed) - len(rescued.intersection(doomed))
-    return GCSummary(reachable=len(marked) + len(rescued), deleted=deleted, dry_run=dry_run)
+    gone = [oid for oid in doomed if oid not in rescued]
+    return GCSummary(reachable=len(marked) + len(rescued), deleted=len(gone), dry_run=dry_run,
+                     bytes_freed=sum(sizes.get(oid, 0) for oid in gone))
+
+
+def _drop_stale_grafts(backend: Backend, refs: Mapping[str, bytes],
+                       deleted: set[ObjectId]) -> None:
+    """Delete the grafts of snapshots just collected (each only if unchanged)."""
+    stale = {}
+    for snapshot_id in deleted:
+        name = graft_ref(snapshot_id)
+        if name in refs:
+            stale[name] = refs[name]
+    if stale:
+        backend.write(WriteBatch(delete_if_equal=stale))

@@ -13,6 +13,8 @@ key is reported as-is in ``updated_keys``.
 from __future__ import annotations
 
 import json
+import math
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
@@ -20,11 +22,13 @@ from typing import Any
 import attrs
 
 from versionstore.errors import SnapshotNotFoundError
+from versionstore.grafts import Grafts, parents_of
 from versionstore.ids import ObjectId, SnapshotId, object_id_text
+from versionstore.notebook import diff_html, history_html, snapshot_html
 from versionstore.objects import ObjectReader
 from versionstore.records import Snapshot
 
-__all__ = ["Diff", "SnapshotInfo", "ancestry", "classify_changes", "snapshot_at"]
+__all__ = ["Diff", "History", "SnapshotInfo", "ancestry", "classify_changes", "snapshot_at"]
 
 KeyReader = Callable[[str], bytes | None]
 Coordinates = tuple[int, ...]
@@ -41,17 +45,21 @@ class SnapshotInfo:
     metadata: dict[str, Any]
 
     @classmethod
-    def of(cls, snapshot_id: ObjectId, snapshot: Snapshot) -> SnapshotInfo:
-        """Build from a stored snapshot."""
+    def of(cls, snapshot_id: ObjectId, snapshot: Snapshot,
+           grafts: Grafts | None = None) -> SnapshotInfo:
+        """Build from a stored snapshot (its parent as seen through ``grafts``)."""
+        parents = parents_of(snapshot_id, snapshot, grafts)
         return cls(
             id=SnapshotId(object_id_text(snapshot_id)),
-            parent_id=None if snapshot.parent is None else SnapshotId(
-                object_id_text(snapshot.parent)
-            ),
+            parent_id=SnapshotId(object_id_text(parents[0])) if parents else None,
             written_at=snapshot.written_at,
             message=snapshot.message,
             metadata=snapshot.metadata,
         )
+
+    def _repr_html_(self) -> str:
+        parents = [] if self.parent_id is None else [self.parent_id]
+        return snapshot_html(self.id, parents, self.written_at, self.message, self.metadata)
 
 
 @attrs.frozen
@@ -66,15 +74,26 @@ class Diff:
     updated_arrays: frozenset[str] = frozenset()
     updated_chunks: Mapping[str, frozenset[Coordinates]] = attrs.field(factory=dict)
     updated_keys: frozenset[str] = frozenset()
+    #: Chunk-grid shape of each array in ``updated_chunks`` (for pictures), when known.
+    chunk_grids: Mapping[str, tuple[int, ...]] = attrs.field(factory=dict, eq=False,
+                                                            repr=False)
 
     def is_empty(self) -> bool:
         """Whether nothing changed."""
-        return not any(attrs.astuple(self, recurse=False))
+        return not any(getattr(self, f.name) for f in attrs.fields(Diff)
+                       if f.name != "chunk_grids")
+
+    def _repr_html_(self) -> str:
+        fields = {f.name: getattr(self, f.name) for f in attrs.fields(Diff)
+                  if f.name not in ("updated_chunks", "chunk_grids")}
+        return diff_html(fields, self.updated_chunks, self.chunk_grids)
 
     def __str__(self) -> str:
         lines = []
         for field in attrs.fields(Diff):
             value = getattr(self, field.name)
+            if field.name == "chunk_grids":
+                continue
             if field.name == "updated_chunks":
                 for path, coords in sorted(value.items()):
                     lines.append(f"updated_chunks {path}: {len(coords)} chunk(s)")
@@ -83,16 +102,63 @@ class Diff:
         return "\n".join(lines) or "(no changes)"
 
 
-def ancestry(reader: ObjectReader, start: ObjectId) -> Iterator[tuple[ObjectId, Snapshot]]:
-    """Snapshots from ``start`` back to the first, newest first."""
+class History(Iterator[SnapshotInfo]):
+    """What ``Repository.ancestry`` returns: an iterator of ``SnapshotInfo``, newest first.
+
+    Lazy, as before; in a notebook it shows as a table beside an SVG graph of
+    the history (the first ``SHOWN`` snapshots, read ahead without being
+    lost to iteration).
+    """
+
+    SHOWN = 30
+
+    def __init__(self, items: Iterator[SnapshotInfo]) -> None:
+        self._items = items
+        self._ahead: deque[SnapshotInfo] = deque()
+
+    def __iter__(self) -> History:
+        return self
+
+    def __next__(self) -> SnapshotInfo:
+        if self._ahead:
+            return self._ahead.popleft()
+        return next(self._items)
+
+    def _peek(self, count: int) -> list[SnapshotInfo]:
+        while len(self._ahead) < count:
+            try:
+                self._ahead.append(next(self._items))
+            except StopIteration:
+                break
+        return list(self._ahead)[:count]
+
+    def __repr__(self) -> str:
+        shown = self._peek(self.SHOWN + 1)
+        lines = [f"{i.id[:12]}  {i.written_at:%Y-%m-%d %H:%M}  {i.message}"
+                 for i in shown[: self.SHOWN]]
+        more = ["…"] if len(shown) > self.SHOWN else []
+        return "\n".join(["<History, newest first>", *lines, *more])
+
+    def _repr_html_(self) -> str:
+        shown = self._peek(self.SHOWN + 1)
+        rows = [(i.id, [i.parent_id] if i.parent_id else [], i.written_at, i.message)
+                for i in shown[: self.SHOWN]]
+        return history_html(rows, more=len(shown) > self.SHOWN)
+
+
+def ancestry(reader: ObjectReader, start: ObjectId,
+             grafts: Grafts | None = None) -> Iterator[tuple[ObjectId, Snapshot]]:
+    """Snapshots from ``start`` back to the first, newest first (through ``grafts``)."""
     current: ObjectId | None = start
     while current is not None:
         snapshot = reader.snapshot(current)
         yield current, snapshot
-        current = snapshot.parent
+        parents = parents_of(current, snapshot, grafts)
+        current = parents[0] if parents else None
 
 
-def snapshot_at(reader: ObjectReader, tip: ObjectId, as_of: datetime) -> ObjectId:
+def snapshot_at(reader: ObjectReader, tip: ObjectId, as_of: datetime,
+                grafts: Grafts | None = None) -> ObjectId:
     """The newest snapshot in ``tip``'s ancestry written at or before ``as_of``.
 
     Raises:
@@ -101,7 +167,7 @@ def snapshot_at(reader: ObjectReader, tip: ObjectId, as_of: datetime) -> ObjectI
     """
     if as_of.tzinfo is None or as_of.utcoffset() is None:
         raise ValueError("as_of must be timezone-aware (e.g. datetime.now(UTC))")
-    for snapshot_id, snapshot in ancestry(reader, tip):
+    for snapshot_id, snapshot in ancestry(reader, tip, grafts):
         if snapshot.written_at <= as_of:
             return snapshot_id
     raise SnapshotNotFoundError(
@@ -143,6 +209,23 @@ class _Layout:
         if self._read(prefix + ".zgroup") is not None:
             return "group"
         return None
+
+    def grid(self, directory: str) -> tuple[int, ...] | None:
+        """The chunk-grid shape of the array at ``directory`` (regular grids only)."""
+        prefix = f"{directory}/" if directory else ""
+        v3 = _json(self._read(prefix + "zarr.json"))
+        if v3 is not None and v3.get("node_type") == "array":
+            shape = v3.get("shape")
+            chunks = ((v3.get("chunk_grid") or {}).get("configuration") or {}).get("chunk_shape")
+        else:
+            v2 = _json(self._read(prefix + ".zarray")) or {}
+            shape, chunks = v2.get("shape"), v2.get("chunks")
+        if (not isinstance(shape, list) or not isinstance(chunks, list)
+                or len(shape) != len(chunks)
+                or not all(isinstance(n, int) and isinstance(c, int) and c > 0
+                           for n, c in zip(shape, chunks, strict=True))):
+            return None
+        return tuple(math.ceil(n / c) for n, c in zip(shape, chunks, strict=True))
 
     def chunk_parser(self, directory: str) -> Callable[[str], Coordinates | None] | None:
         """How to read chunk keys of the array at ``directory`` (``None``: not an array)."""
@@ -247,7 +330,13 @@ def classify_changes(
         found["updated_arrays"].discard(path)
     for path in found["new_groups"] | found["deleted_groups"]:
         found["updated_groups"].discard(path)
+    grids = {}
+    for path in chunks:
+        grid = new.grid(path[1:])
+        if grid is not None:
+            grids[path] = grid
     return Diff(
         **{name: frozenset(paths) for name, paths in found.items()},
         updated_chunks={path: frozenset(c) for path, c in chunks.items()},
+        chunk_grids=grids,
     )

@@ -35,6 +35,7 @@ __all__ = [
     "Branch",
     "ChunkRef",
     "Entry",
+    "Graft",
     "Leaf",
     "RefTarget",
     "RepositoryRecord",
@@ -176,3 +177,17 @@ class RepositoryRecord:
     FORMAT_VERSION: ClassVar[int] = 1
     format_version: int
     created_at: datetime
+
+
+@attrs.frozen(kw_only=True)
+class Graft:
+    """The parents a snapshot is seen with after ``expire_snapshots`` dropped its own.
+
+    Stored in ref ``graft/<snapshot id>``. Snapshots are content-addressed
+    (their parent is part of their id), so expiring an ancestor cannot edit
+    them; the graft says "follow these parents instead" (git's grafts). A
+    tuple so that multi-parent (merge) snapshots fit unchanged.
+    """
+
+    FORMAT_VERSION: ClassVar[int] = 1
+    parents: tuple[ObjectId, ...]

@@ -10,9 +10,13 @@ compare-and-swap.
 from __future__ import annotations
 
 import asyncio
+import html
+import itertools
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
+
+import attrs
 
 from versionstore.arguments import (
     as_storage,
@@ -22,7 +26,8 @@ from versionstore.arguments import (
     check_optional_time,
     looks_like_snapshot_id,
 )
-from versionstore.backend.protocol import Backend, WriteBatch
+from versionstore.backend.lmdb import LMDBBackend
+from versionstore.backend.protocol import Backend, SessionRule, WriteBatch
 from versionstore.codec import (
     KIND_SNAPSHOT,
     decode_repository,
@@ -40,9 +45,19 @@ from versionstore.errors import (
     SessionNotFoundError,
     SnapshotNotFoundError,
     UnsupportedFormatError,
+    VersionStoreError,
 )
-from versionstore.gc import GCSummary, collect_garbage
-from versionstore.history import Diff, SnapshotInfo, ancestry, classify_changes, snapshot_at
+from versionstore.expire import expire_snapshots
+from versionstore.gc import GCSummary, Progress, collect_garbage
+from versionstore.grafts import GRAFT_PREFIX, grafts_from_refs
+from versionstore.history import (
+    Diff,
+    History,
+    SnapshotInfo,
+    ancestry,
+    classify_changes,
+    snapshot_at,
+)
 from versionstore.ids import (
     ObjectId,
     SessionId,
@@ -52,7 +67,9 @@ from versionstore.ids import (
     object_id_prefix,
     object_id_text,
 )
+from versionstore.notebook import repository_html
 from versionstore.objects import ObjectReader
+from versionstore.purge import purge_node
 from versionstore.records import (
     REPOSITORY_FORMAT,
     ChunkRef,
@@ -64,11 +81,26 @@ from versionstore.refs import MAIN, REPOSITORY_REF, Refs, branch_ref, session_re
 from versionstore.session import Session
 from versionstore.storage import RepositoryStorage, StorageLike
 from versionstore.tree import changed_entries, lookup
+from versionstore.usage import (
+    CompactReport,
+    SnapshotUsage,
+    VersionUsage,
+    history_usage,
+    version_usage,
+)
 from versionstore.verify import VerifyReport, verify_repository
 
-__all__ = ["INITIAL_MESSAGE", "Repository"]
+__all__ = ["INITIAL_MESSAGE", "PurgeResult", "Repository"]
 
 INITIAL_MESSAGE = "Repository initialized"
+
+
+@attrs.frozen
+class PurgeResult:
+    """What ``Repository.purge`` did: old -> new snapshot ids, and the collection after."""
+
+    rewritten: dict[SnapshotId, SnapshotId]
+    gc: GCSummary
 
 
 class Repository:
@@ -82,6 +114,18 @@ class Repository:
 
     def __repr__(self) -> str:
         return f"Repository({self.storage!r})"
+
+    def _repr_html_(self) -> str:
+        """Branches, tags and the last few snapshots of ``main`` (for notebooks)."""
+        try:
+            branches = {name: self.lookup_branch(name) for name in self.list_branches()}
+            tags = {name: self.lookup_tag(name) for name in self.list_tags()}
+            recent = list(itertools.islice(self.ancestry(), 11))
+        except VersionStoreError as exc:  # closed, or damaged: say so rather than fail
+            return f"<pre>{html.escape(repr(self))}: {html.escape(str(exc))}</pre>"
+        rows = [(i.id, [i.parent_id] if i.parent_id else [], i.written_at, i.message)
+                for i in recent[:10]]
+        return repository_html(repr(self), branches, tags, rows, more=len(recent) > 10)
 
     # -- opening ----------------------------------------------------------------------
 
@@ -285,7 +329,7 @@ class Repository:
         if as_of is not None:
             if tag is not None or snapshot_id is not None:
                 raise ValueError("as_of goes with a branch, not with a tag or snapshot id")
-            target = snapshot_at(self.reader, target, as_of)
+            target = snapshot_at(self.reader, target, as_of, self._grafts())
         return Session(self, base=target, branch=None, read_only=True)
 
     # -- refs --------------------------------------------------------------------------
@@ -365,7 +409,7 @@ class Repository:
         """Message, time, parent and metadata of a snapshot."""
         check_name(snapshot_id, "snapshot_id", "a snapshot id")
         object_id = self._snapshot_object(snapshot_id)
-        return SnapshotInfo.of(object_id, self.reader.snapshot(object_id))
+        return SnapshotInfo.of(object_id, self.reader.snapshot(object_id), self._grafts())
 
     def reset_branch(self, name: str, snapshot_id: str) -> None:
         """Point branch ``name`` at ``snapshot_id`` (any snapshot in the repository).
@@ -402,15 +446,27 @@ class Repository:
     # -- history -----------------------------------------------------------------------
 
     def ancestry(self, *, branch: str | None = None, tag: str | None = None,
-                 snapshot_id: str | None = None) -> Iterator[SnapshotInfo]:
-        """Snapshots from the given version back to the first, newest first."""
+                 snapshot_id: str | None = None) -> History:
+        """Snapshots from the given version back to the first, newest first.
+
+        A lazy iterator (``History``) that shows as a table and graph in a notebook.
+        """
+        return History(self._ancestry(branch=branch, tag=tag, snapshot_id=snapshot_id))
+
+    def _ancestry(self, *, branch: str | None, tag: str | None,
+                  snapshot_id: str | None) -> Iterator[SnapshotInfo]:
         check_optional_name(branch, "branch", "a branch name")
         check_optional_name(tag, "tag", "a tag name")
         check_optional_name(snapshot_id, "snapshot_id", "a snapshot id")
         start = self._resolve(branch=branch, tag=tag, snapshot_id=snapshot_id,
                               default_branch=MAIN)
-        for object_id, snapshot in ancestry(self.reader, start):
-            yield SnapshotInfo.of(object_id, snapshot)
+        grafts = self._grafts()
+        for object_id, snapshot in ancestry(self.reader, start, grafts):
+            yield SnapshotInfo.of(object_id, snapshot, grafts)
+
+    def _grafts(self) -> dict[ObjectId, tuple[ObjectId, ...]]:
+        """Where ``expire_snapshots`` cut history (``versionstore.grafts``)."""
+        return grafts_from_refs(self.backend.list_refs(GRAFT_PREFIX))
 
     def diff(
         self,
@@ -453,19 +509,197 @@ class Repository:
 
     # -- maintenance -------------------------------------------------------------------
 
-    def garbage_collect(self, *, dry_run: bool = False) -> GCSummary:
-        """Delete objects that no branch, tag or session can reach.
+    def garbage_collect(self, older_than: datetime | None = None, *, dry_run: bool = False,
+                        progress: Progress | None = None) -> GCSummary:
+        """Delete objects that no branch, tag or session can reach; report bytes freed.
 
         Snapshots left behind by ``reset_branch`` / ``delete_branch`` /
-        ``delete_tag`` become unreachable and are removed with their data.
-        Safe while other sessions write (see ``versionstore.gc``).
+        ``delete_tag`` or cut out by ``expire_snapshots`` become unreachable
+        and are removed with the data only they used. Safe while other
+        sessions write (see ``versionstore.gc``).
+
+        Args:
+            older_than: a grace period: unreachable snapshots written at or
+                after this time are kept (with all they reach), so a recent
+                reset can still be undone. ``None``: no grace period.
+            dry_run: only count what would be deleted, and its bytes.
+            progress: told ``(phase, done, total)`` as the run advances.
+
+        Returns:
+            ``GCSummary`` with ``deleted`` objects and ``bytes_freed`` (their
+            stored size). On LMDB the file keeps its size: ``compact()``
+            gives the space back to the file system.
         """
         check_flag(dry_run, "dry_run")
-        return collect_garbage(self.reader, dry_run=dry_run)
+        check_optional_time(older_than, "older_than")
+        return collect_garbage(self.reader, dry_run=dry_run, older_than=older_than,
+                               progress=progress)
 
-    def verify(self) -> VerifyReport:
-        """Check every reachable object deeply (checksums, content hashes, invariants)."""
-        return verify_repository(self.reader)
+    def expire_snapshots(self, older_than: datetime, *, delete_expired_branches: bool = False,
+                         delete_expired_tags: bool = False) -> set[SnapshotId]:
+        """Remove snapshots written before ``older_than`` from every ancestry.
+
+        Branch tips, tagged snapshots and the first snapshot are never
+        expired; no snapshot id changes and no branch or tag moves (see
+        ``versionstore.expire``). The data goes at the next
+        ``garbage_collect`` — only what no kept snapshot still uses.
+
+        Args:
+            older_than: the timezone-aware cut-off.
+            delete_expired_branches: first delete branches (not ``main``)
+                whose tip is older than the cut-off.
+            delete_expired_tags: first delete tags whose snapshot is older.
+
+        Returns:
+            The expired snapshot ids.
+
+        Raises:
+            ValueError: if ``older_than`` has no timezone.
+        """
+        if older_than is None:
+            raise TypeError("older_than is required: a timezone-aware datetime")
+        check_optional_time(older_than, "older_than")
+        check_flag(delete_expired_branches, "delete_expired_branches")
+        check_flag(delete_expired_tags, "delete_expired_tags")
+        expired = expire_snapshots(self.reader, older_than,
+                                   delete_expired_branches=delete_expired_branches,
+                                   delete_expired_tags=delete_expired_tags)
+        return {SnapshotId(_text(i)) for i in expired}
+
+    def du(self, branch: str | None = None, *, tag: str | None = None,
+           snapshot_id: str | None = None) -> VersionUsage:
+        """Sizes of one version (default: ``main``): keys, chunks, bytes, per array.
+
+        On LMDB also the data file's size and its reclaimable bytes (free
+        pages that ``compact()`` would return to the file system).
+        """
+        check_optional_name(branch, "branch", "a branch name")
+        check_optional_name(tag, "tag", "a tag name")
+        check_optional_name(snapshot_id, "snapshot_id", "a snapshot id")
+        target = self._resolve(branch=branch, tag=tag, snapshot_id=snapshot_id,
+                               default_branch=MAIN)
+        usage = version_usage(self.reader, target)
+        if isinstance(self.backend, LMDBBackend):
+            space = self.backend.space()
+            usage = attrs.evolve(usage, file_bytes=space.file_bytes,
+                                 reclaimable_bytes=space.reclaimable_bytes)
+        return usage
+
+    def du_history(self, branch: str = MAIN) -> list[SnapshotUsage]:
+        """Per snapshot of ``branch`` (newest first): keys changed, bytes added, bytes only it uses.
+
+        ``exclusive_bytes`` is what expiring that snapshot alone would free
+        (``versionstore.usage``). Cost: the keys each snapshot changed.
+        """
+        check_name(branch, "branch")
+        return history_usage(self.reader, self.refs.branch_tip(branch)[0])
+
+    def compact(self) -> CompactReport:
+        """Give the space freed by ``garbage_collect`` back to the file system.
+
+        An LMDB file never shrinks: deleted objects leave free pages that
+        later writes reuse. This rewrites the environment with LMDB's
+        compacting copy and swaps it in atomically (``backend.lmdb``). It
+        needs the repository to itself. For the in-memory backend there is
+        nothing to do.
+
+        Raises:
+            RepositoryBusyError: another process (named by id) or another open
+                ``Repository`` of the same directory in this process has it
+                open; nothing changed.
+        """
+        if not isinstance(self.backend, LMDBBackend):
+            return CompactReport(bytes_before=0, bytes_after=0)
+        before, after = self.backend.compact()
+        self.reader = ObjectReader(self.backend)
+        return CompactReport(bytes_before=before, bytes_after=after)
+
+    def purge(self, path: str, *, message: str | None = None, force: bool = False
+              ) -> PurgeResult:
+        """Erase node ``path`` (an array or group) from every version, branch and tag.
+
+        Rewrites history (``versionstore.purge``): snapshot ids change from
+        the first snapshot that held the node; branches and tags move to the
+        rewritten snapshots. Then collects garbage, so no object holds the
+        node's data any more (on LMDB, ``compact()`` also drops the freed
+        pages from the file).
+
+        Args:
+            path: the node, e.g. ``"/participants/p042"``.
+            message: why (kept in each rewritten snapshot's metadata under
+                ``"versionstore.purge"``).
+            force: discard writable sessions open on affected branches
+                instead of refusing.
+
+        Returns:
+            ``PurgeResult``: ``rewritten`` maps old snapshot ids to new ones;
+            ``gc`` is the collection that followed.
+
+        Raises:
+            PurgeBlockedError: writable sessions are open on affected branches.
+            ValueError: ``path`` is the root.
+        """
+        check_optional_name(message, "message", "a message")
+        check_flag(force, "force")
+        mapping = purge_node(self.reader, path, message=message, force=force)
+        summary = collect_garbage(self.reader)
+        return PurgeResult(
+            rewritten={SnapshotId(_text(a)): SnapshotId(_text(b)) for a, b in mapping.items()},
+            gc=summary,
+        )
+
+    def discard_session(self, session_id: str) -> None:
+        """Drop a writable session's staged changes (after a crash, say).
+
+        Its data, and its record, become garbage for the next ``garbage_collect``. A write a
+        live copy of the session stages at the same moment is kept (with
+        its record), exactly as ``Session.discard_changes``.
+
+        Raises:
+            SessionNotFoundError: no such session has anything staged.
+        """
+        check_name(session_id, "session_id", "a session id")
+        name = session_ref(session_id)
+        while True:
+            raw = self.backend.get_ref(name)
+            staged = self.backend.list_refs(stage_prefix(session_id))
+            if raw is None or not staged:
+                raise SessionNotFoundError(session_id)
+            # The record stays until gc prunes it, so a live copy that stages again
+            # still finds it; a staged ref removed meanwhile makes the batch re-read.
+            if self.backend.write(WriteBatch(
+                delete_if_equal=staged,
+                session=SessionRule(prefix=stage_prefix(session_id), record=name, value=raw),
+            )):
+                break
+        self.backend.sync()
+
+    def discard_sessions(self, older_than: datetime) -> list[SessionId]:
+        """Discard every writable session started (or last committed) before ``older_than``.
+
+        The cleanup for sessions abandoned by kernels that died before
+        ``commit``. Returns the discarded ids.
+        """
+        if older_than is None:
+            raise TypeError("older_than is required: a timezone-aware datetime")
+        check_optional_time(older_than, "older_than")
+        discarded = []
+        for name, raw in self.backend.list_refs("session/").items():
+            if decode_session(name, raw).created_at < older_than:
+                session_id = SessionId(name.removeprefix("session/"))
+                try:
+                    self.discard_session(session_id)
+                except SessionNotFoundError:
+                    continue
+                discarded.append(session_id)
+        return discarded
+
+    def verify(self, progress: Progress | None = None) -> VerifyReport:
+        """Check every reachable object deeply (checksums, content hashes, invariants).
+
+        ``progress`` is told ``(phase, done, total)`` as objects are checked.
+        """
+        return verify_repository(self.reader, progress)
 
     # -- async twins -------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from versionstore.codec import (
     KIND_LEAF,
     KIND_SNAPSHOT,
     content_id,
+    decode_graft,
     decode_node,
     decode_ref_target,
     decode_repository,
@@ -70,7 +71,8 @@ def _check_refs(refs: dict[str, bytes]) -> tuple[dict[str, bytes], list[str]]:
     return readable, problems
 
 
-def verify_repository(reader: ObjectReader) -> VerifyReport:
+def verify_repository(reader: ObjectReader,
+                      progress: Callable[[str, int, int], None] | None = None) -> VerifyReport:
     """Check every ref and every reachable object of the repository behind ``reader``.
 
     Never raises for what it finds: damaged refs, dangling refs, missing or
@@ -92,6 +94,8 @@ def verify_repository(reader: ObjectReader) -> VerifyReport:
             problem = _check(object_id, data)
             if problem:
                 problems.append(problem)
+        if progress is not None:
+            progress("verifying objects", start + len(batch), len(ids))
     return VerifyReport(objects_checked=len(ids), problems=tuple(problems))
 
 
@@ -117,5 +121,6 @@ _REF_DECODERS: dict[str, Callable[[str, bytes], object]] = {
     "tag": decode_ref_target,
     "session": decode_session,
     "stage": decode_staged,
+    "graft": decode_graft,
     REPOSITORY_REF: decode_repository,
 }

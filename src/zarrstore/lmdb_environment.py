@@ -547,6 +547,11 @@ class EnvironmentHandle:
         return f"EnvironmentHandle({self.path!r})"
 
     @property
+    def users(self) -> int:
+        """How many open handles in this process share this environment (this one included)."""
+        return 0 if self.closed else self._shared.users
+
+    @property
     def closed(self) -> bool:
         """Whether ``close()`` was called (or the handle was finalised)."""
         return not self._finalizer.alive

@@ -28,11 +28,16 @@ becomes a versionstore error in ``_translated``.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
+import struct
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar, override
 
+import attrs
 import lmdb
 
 from versionstore.backend.protocol import Backend, Rescue, WriteBatch, changed_refs
@@ -42,12 +47,13 @@ from versionstore.errors import (
     DiskFullError,
     MissingObjectsError,
     ReadOnlyRepositoryError,
+    RepositoryBusyError,
 )
 from versionstore.ids import ObjectId, object_id_text
 from zarrstore.errors import CorruptStorageError, ReadOnlyError, StorageFullError, StorageIOError
 from zarrstore.lmdb_environment import EnvironmentHandle, holds_environment
 
-__all__ = ["LMDBBackend", "has_lmdb_environment"]
+__all__ = ["LMDBBackend", "SpaceReport", "has_lmdb_environment"]
 
 T = TypeVar("T")
 _DATABASES = (b"objects", b"refs")
@@ -310,6 +316,43 @@ class LMDBBackend(Backend):
         with _translated("flushing to disk"):
             self._handle.sync()
 
+    def space(self) -> SpaceReport:
+        """The file's size and the bytes of its pages in use (see ``SpaceReport``)."""
+        env = self._environment()
+
+        def work(txn: lmdb.Transaction) -> int:
+            pages = 2  # the two meta pages
+            for stat in (env.stat(), txn.stat(self._objects), txn.stat(self._refs)):
+                pages += stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
+            return int(pages * env.stat()["psize"])
+
+        used = self._read("measuring space", work)
+        return SpaceReport(file_bytes=os.path.getsize(os.path.join(self.path, "data.mdb")),
+                           used_bytes=used)
+
+    def compact(self) -> tuple[int, int]:
+        """Give free pages back to the file system; return (file bytes before, after).
+
+        Closes this process's environment, runs ``compact_environment`` and
+        reopens it.
+
+        Raises:
+            RepositoryBusyError: another process — or another open repository
+                object in this one — has the environment open; nothing changed.
+        """
+        self._environment()
+        users = self._handle.users
+        if users > 1:
+            raise RepositoryBusyError(self.path, [os.getpid()], in_this_process=users - 1)
+        self._handle.close()
+        try:
+            return compact_environment(self.path)
+        finally:
+            with _translated("reopening after compaction"):
+                self._handle = EnvironmentHandle(self.path, databases=_DATABASES,
+                                                 read_only=self.read_only, durable=self.durable,
+                                                 create=False)
+
     @override
     def close(self) -> None:
         self._handle.close()
@@ -318,3 +361,102 @@ class LMDBBackend(Backend):
 def _reopen(path: str, durable: bool, read_only: bool) -> LMDBBackend:
     """Unpickle: open the environment at ``path`` again (in this process)."""
     return LMDBBackend(path, durable=durable, read_only=read_only)
+
+
+# -- space and compaction (a separate concern from opening: see ``compact``) -----------
+
+#: ``struct flock`` on 64-bit Linux: type, whence, start, len, pid (and padding).
+_FLOCK = "hhqqi4x"
+
+
+@attrs.frozen(kw_only=True)
+class SpaceReport:
+    """Disk space of an LMDB environment, in bytes.
+
+    ``file_bytes`` is the size of ``data.mdb``; ``used_bytes`` the pages in
+    use (everything else is free pages LMDB will reuse but never gives back
+    to the file system); ``reclaimable_bytes`` the difference.
+    """
+
+    file_bytes: int
+    used_bytes: int
+
+    @property
+    def reclaimable_bytes(self) -> int:
+        """Bytes ``compact`` would return to the file system (about)."""
+        return max(0, self.file_bytes - self.used_bytes)
+
+
+def _holders(path: str) -> list[int]:
+    """Processes holding LMDB's lock on ``path`` (a shared lock on byte 0 of lock.mdb)."""
+    lock_path = os.path.join(path, "lock.mdb")
+    if not os.path.exists(lock_path):
+        return []
+    fd = os.open(lock_path, os.O_RDWR)
+    try:
+        probe = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 1, 0)
+        answer = fcntl.fcntl(fd, fcntl.F_GETLK, probe)
+        kind, _, _, _, pid = struct.unpack(_FLOCK, answer)
+        return [] if kind == fcntl.F_UNLCK else [pid]
+    finally:
+        os.close(fd)
+
+
+def compact_environment(path: str) -> tuple[int, int]:
+    """Rewrite the environment at ``path`` compactly; return (bytes before, bytes after).
+
+    Nobody may have it open, in this process or any other: the caller closes
+    its own handles first. An exclusive open-file-description lock on byte 0
+    of ``lock.mdb`` — the byte every LMDB opener holds a shared lock on —
+    proves no other process has it open *and* makes any process that opens
+    it meanwhile wait. Under that lock the environment is copied with LMDB's
+    compacting copy (only pages in use, free list dropped) into a new
+    directory inside ``path``, flushed, and renamed over ``data.mdb`` in one
+    atomic ``rename``; a crash at any point leaves either the old or the new
+    file whole.
+
+    Raises:
+        RepositoryBusyError: another process has the environment open (its
+            process id is named); nothing was changed.
+        BackendError: the platform lacks open-file-description locks (not
+            Linux), or LMDB failed.
+    """
+    if not hasattr(fcntl, "F_OFD_SETLK"):
+        raise BackendError("compact needs open-file-description locks (Linux)")
+    data_path = os.path.join(path, "data.mdb")
+    before = os.path.getsize(data_path)
+    fd = os.open(os.path.join(path, "lock.mdb"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        lock = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 1, 0)
+        try:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, lock)
+        except OSError as exc:
+            holders = _holders(path)
+            raise RepositoryBusyError(path, holders) from exc
+        scratch = tempfile.mkdtemp(prefix=".compact-", dir=path)
+        try:
+            with _translated("compacting"):
+                # No LMDB lock: the lock we hold excludes every other opener.
+                env = lmdb.open(path, readonly=True, lock=False, max_dbs=4,
+                                map_size=max(before, 1 << 20))
+                try:
+                    env.copy(scratch, compact=True)
+                finally:
+                    env.close()
+            copied = os.path.join(scratch, "data.mdb")
+            copy_fd = os.open(copied, os.O_RDONLY)
+            try:
+                os.fsync(copy_fd)
+            finally:
+                os.close(copy_fd)
+            os.replace(copied, data_path)
+            dir_fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    finally:
+        os.close(fd)  # releases the lock
+    return before, os.path.getsize(data_path)

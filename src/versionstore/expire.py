@@ -1,0 +1,131 @@
+"""Expiring snapshots: old snapshots leave every ancestry; their data goes at the next gc.
+
+icechunk's semantics, made explicit. Given a cut-off time, a snapshot
+*expires* when it was written before the cut-off and is neither a branch tip,
+nor tagged, nor the repository's first snapshot. Expired snapshots disappear
+from every ancestry: each kept snapshot whose parent expired gets a graft
+(``versionstore.grafts``) to its nearest kept ancestor, so ``ancestry()``
+steps over the expired run. No snapshot id changes and no branch or tag
+moves. Nothing is deleted here: ``garbage_collect`` then removes what only
+expired snapshots referenced (data still used by a kept snapshot stays)::
+
+    before:  A(1st) ← B(old) ← C(old) ← D(old, tag v1) ← E(old) ← F(new, main)
+    after:   A ← D(v1) ← F(main)        (grafts: D → A, F → D; B, C, E expired)
+
+With ``delete_expired_branches`` / ``delete_expired_tags``, branches (never
+``main``) and tags whose snapshot is older than the cut-off are deleted first,
+so their snapshots can expire too.
+
+Concurrency: every branch, tag and graft ref read is an ``expect`` of the one
+atomic ``WriteBatch`` that writes the grafts and deletes refs, so a commit,
+reset or tag landing meanwhile makes the write fail and the computation
+retry — no concurrent commit is ever lost or stepped over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+from versionstore.backend.protocol import WriteBatch
+from versionstore.codec import decode_ref_target, encode_graft, encode_ref_target
+from versionstore.errors import ConflictError
+from versionstore.grafts import GRAFT_PREFIX, graft_ref, grafts_from_refs, parents_of
+from versionstore.ids import ObjectId
+from versionstore.objects import ObjectReader
+from versionstore.records import Graft, RefTarget
+from versionstore.refs import MAIN, branch_ref
+
+__all__ = ["expire_snapshots"]
+
+_ATTEMPTS = 100
+
+
+def _plan(reader: ObjectReader, refs: Mapping[str, bytes], older_than: datetime,
+          delete_branches: bool, delete_tags: bool
+          ) -> tuple[set[ObjectId], dict[str, bytes | None], dict[str, bytes | None]]:
+    """What to expire, and the ref writes that do it: (expired, ref writes, expectations)."""
+    grafts = grafts_from_refs(refs)
+    writes: dict[str, bytes | None] = {}
+    tips: list[ObjectId] = []
+    for name, raw in refs.items():
+        if not name.startswith(("branch/", "tag/")):
+            continue
+        target = decode_ref_target(name, raw)
+        if target.deleted or target.snapshot is None:
+            continue
+        old = reader.snapshot(target.snapshot).written_at < older_than
+        if old and delete_branches and name.startswith("branch/") and name != branch_ref(MAIN):
+            writes[name] = None
+        elif old and delete_tags and name.startswith("tag/"):
+            writes[name] = encode_ref_target(name, RefTarget(snapshot=None, deleted=True))
+        else:
+            tips.append(target.snapshot)
+    protected = set(tips)
+    # Every snapshot the remaining refs reach, with the parents history follows today.
+    parents: dict[ObjectId, tuple[ObjectId, ...]] = {}
+    pending = list(tips)
+    kept: set[ObjectId] = set()
+    while pending:
+        snapshot_id = pending.pop()
+        if snapshot_id in parents:
+            continue
+        snapshot = reader.snapshot(snapshot_id)
+        parents[snapshot_id] = parents_of(snapshot_id, snapshot, grafts)
+        if (snapshot_id in protected or snapshot.written_at >= older_than
+                or not parents[snapshot_id]):
+            kept.add(snapshot_id)
+        pending.extend(parents[snapshot_id])
+    expired = set(parents) - kept
+
+    def nearest_kept(snapshot_id: ObjectId) -> ObjectId:
+        # Single-parent history: follow the first parent. With merges, collect the
+        # nearest kept ancestor along *each* parent and graft to all of them.
+        while snapshot_id not in kept:
+            snapshot_id = parents[snapshot_id][0]
+        return snapshot_id
+
+    # Expired snapshots get grafts too: one may still be walked from elsewhere (a
+    # writable session's base), and must then step over expired ancestors that gc
+    # will delete. Grafts of collected snapshots are dropped by gc.
+    for snapshot_id, old_parents in parents.items():
+        new_parents = tuple(dict.fromkeys(nearest_kept(p) for p in old_parents))
+        if new_parents != old_parents:
+            name = graft_ref(snapshot_id)
+            writes[name] = encode_graft(name, Graft(parents=new_parents))
+    expect: dict[str, bytes | None] = {
+        name: raw for name, raw in refs.items()
+        if name.startswith(("branch/", "tag/", GRAFT_PREFIX))
+    }
+    for name in writes:
+        expect.setdefault(name, None)
+    return expired, writes, expect
+
+
+def expire_snapshots(reader: ObjectReader, older_than: datetime, *,
+                     delete_expired_branches: bool = False,
+                     delete_expired_tags: bool = False) -> set[ObjectId]:
+    """Expire snapshots written before ``older_than``; return the expired ids.
+
+    Raises:
+        ValueError: if ``older_than`` has no timezone.
+        ConflictError: if refs kept changing through every one of many
+            attempts (nothing was changed).
+    """
+    if older_than.tzinfo is None or older_than.utcoffset() is None:
+        raise ValueError("older_than must be timezone-aware (e.g. datetime.now(UTC))")
+    backend = reader.backend
+    for _ in range(_ATTEMPTS):
+        refs = backend.list_refs("")
+        expired, writes, expect = _plan(reader, refs, older_than, delete_expired_branches,
+                                        delete_expired_tags)
+        if not writes:
+            return expired
+        grafted = [parents for name, raw in writes.items()
+                   if raw is not None and name.startswith(GRAFT_PREFIX)
+                   for parents in grafts_from_refs({name: raw}).values()]
+        requires = [p for parents in grafted for p in parents]
+        if backend.write(WriteBatch(expect=expect, requires=requires, refs=writes)):
+            backend.sync()
+            return expired
+    raise ConflictError("(expire)", [])  # pragma: no cover - endless contention

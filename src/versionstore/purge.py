@@ -1,0 +1,178 @@
+"""Purge: erase one node (array or group) from every version, branch and tag.
+
+The one operation that rewrites history. Every snapshot any branch or tag
+reaches is rewritten, oldest first, without the keys under the purged path;
+a snapshot whose tree and parents are unchanged keeps its id, every other
+one gets a new id (its content changed, or its parent's id did), keeping its
+message, time and metadata, plus a ``"versionstore.purge"`` metadata entry
+naming the path, the purge's message and the snapshot's original id. Branch
+and tag refs then move to the rewritten snapshots — tags included, the only
+time a tag moves — in one atomic ``WriteBatch`` that expects every branch,
+tag, graft and session ref exactly as read: a commit landing meanwhile makes
+the purge start over, so it is never lost (and never keeps the purged data).
+
+Writable sessions open on an affected branch are based on a snapshot that
+still holds the data (so garbage collection would keep it): the purge
+refuses, unless ``force``, which first discards them (each in its own
+atomic step, as ``Repository.discard_session``) and then starts over. A
+session *opened* on an affected branch while the purge runs, and staging
+only after its final step, is based on an old snapshot: until it is
+committed or discarded, garbage collection keeps that snapshot's data.
+The old snapshots become unreachable; ``Repository.purge`` then collects
+them, and ``Repository.compact`` returns their pages to the file system.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from versionstore.backend.protocol import Backend, SessionRule, WriteBatch
+from versionstore.codec import (
+    decode_ref_target,
+    decode_session,
+    encode_ref_target,
+    encode_snapshot,
+)
+from versionstore.errors import ConflictError, PurgeBlockedError
+from versionstore.grafts import GRAFT_PREFIX, grafts_from_refs, parents_of
+from versionstore.ids import ObjectId, object_id_text
+from versionstore.objects import ObjectReader
+from versionstore.records import RefTarget, Snapshot
+from versionstore.tree import apply_changes, iter_from
+
+__all__ = ["purge_node", "purge_prefix"]
+
+_ATTEMPTS = 100
+METADATA_KEY = "versionstore.purge"
+
+
+def purge_prefix(path: str) -> str:
+    """The key prefix of node ``path`` (``"/a/b"`` or ``"a/b"`` -> ``"a/b/"``).
+
+    Raises:
+        ValueError: for the root (purge every key by deleting branches instead).
+    """
+    if not isinstance(path, str):
+        raise TypeError(f"path must be a str, not {type(path).__name__}")
+    stripped = path.strip("/")
+    if not stripped:
+        raise ValueError("cannot purge the root group; give an array or group path")
+    return stripped + "/"
+
+
+def _doomed_keys(reader: ObjectReader, tree: ObjectId | None, prefix: str) -> list[str]:
+    keys = []
+    for key, _ in iter_from(reader.node, tree, prefix):
+        if not key.startswith(prefix):
+            break
+        keys.append(key)
+    exact = prefix.rstrip("/")
+    if any(True for k, _ in iter_from(reader.node, tree, exact) if k == exact):
+        keys.insert(0, exact)
+    return keys
+
+
+def _order(reader: ObjectReader, tips: list[ObjectId], grafts: Mapping[ObjectId, Any]
+           ) -> list[tuple[ObjectId, Snapshot, tuple[ObjectId, ...]]]:
+    """Every snapshot the tips reach, parents before children."""
+    done: set[ObjectId] = set()
+    ordered = []
+    for tip in tips:
+        stack: list[tuple[ObjectId, bool]] = [(tip, False)]
+        while stack:
+            snapshot_id, expanded = stack.pop()
+            if snapshot_id in done:
+                continue
+            snapshot = reader.snapshot(snapshot_id)
+            parents = parents_of(snapshot_id, snapshot, grafts)
+            if expanded:
+                done.add(snapshot_id)
+                ordered.append((snapshot_id, snapshot, parents))
+                continue
+            stack.append((snapshot_id, True))
+            stack.extend((p, False) for p in parents if p not in done)
+    return ordered
+
+
+def _discard_session(backend: Backend, record_name: str, record_raw: bytes) -> None:
+    """Drop a session's staged entries (its record goes with the next gc).
+
+    A write a live copy stages at the same moment is kept, with its record
+    (as ``Repository.discard_session``).
+    """
+    prefix = "stage/" + record_name.removeprefix("session/") + "/"
+    while not backend.write(WriteBatch(
+        delete_if_equal=backend.list_refs(prefix),
+        session=SessionRule(prefix=prefix, record=record_name, value=record_raw),
+    )):
+        pass  # a staged ref went meanwhile (a commit): read again
+
+
+def purge_node(reader: ObjectReader, path: str, *, message: str | None = None,
+               force: bool = False) -> dict[ObjectId, ObjectId]:
+    """Rewrite every branch and tag without node ``path``; return old -> new snapshot ids.
+
+    Raises:
+        PurgeBlockedError: writable sessions are open on affected branches
+            (and not ``force``); nothing was changed.
+        ValueError: ``path`` is the root.
+    """
+    prefix = purge_prefix(path)
+    backend = reader.backend
+    for _ in range(_ATTEMPTS):
+        refs = backend.list_refs("")
+        grafts = grafts_from_refs(refs)
+        targets: dict[str, ObjectId] = {}
+        for name, raw in refs.items():
+            if name.startswith(("branch/", "tag/")):
+                target = decode_ref_target(name, raw)
+                if not target.deleted and target.snapshot is not None:
+                    targets[name] = target.snapshot
+        mapping: dict[ObjectId, ObjectId] = {}
+        objects: list[tuple[ObjectId, bytes]] = []
+        for snapshot_id, snapshot, parents in _order(reader, list(targets.values()), grafts):
+            doomed = _doomed_keys(reader, snapshot.tree, prefix)
+            new_parents = tuple(mapping.get(p, p) for p in parents)
+            if not doomed and new_parents == parents:
+                continue
+            tree, nodes = apply_changes(reader.node, snapshot.tree, [(k, None) for k in doomed])
+            metadata = dict(snapshot.metadata)
+            metadata[METADATA_KEY] = {"path": "/" + prefix.rstrip("/"), "message": message,
+                                      "original": object_id_text(snapshot_id)}
+            # Single-parent snapshots; with merges, write every one of new_parents.
+            rewritten = Snapshot(parent=new_parents[0] if new_parents else None, tree=tree,
+                                 message=snapshot.message, written_at=snapshot.written_at,
+                                 metadata=metadata)
+            new_id, frame = encode_snapshot(rewritten)
+            objects.extend(nodes.items())
+            objects.append((new_id, frame))
+            mapping[snapshot_id] = new_id
+        moved = {name: mapping[t] for name, t in targets.items() if t in mapping}
+        if not moved:
+            return {}
+        affected = {name.removeprefix("branch/") for name in moved if name.startswith("branch/")}
+        sessions = {name: decode_session(name, raw) for name, raw in refs.items()
+                    if name.startswith("session/")}
+        blocking = {name: record for name, record in sessions.items()
+                    if record.branch in affected}
+        if blocking and not force:
+            raise PurgeBlockedError(path, {n.removeprefix("session/"): r.branch
+                                           for n, r in blocking.items()})
+        if blocking:
+            for name in blocking:
+                _discard_session(backend, name, refs[name])
+            continue  # look again: the discarded sessions' refs are part of what we expect
+        writes: dict[str, bytes | None] = {
+            name: encode_ref_target(name, RefTarget(snapshot=new)) for name, new in moved.items()
+        }
+        # The old snapshots keep their grafts (a walk from elsewhere may still need
+        # them) until gc collects them, which drops their grafts.
+        expect: dict[str, bytes | None] = {
+            name: raw for name, raw in refs.items()
+            if name.startswith(("branch/", "tag/", "session/", GRAFT_PREFIX))
+        }
+        if backend.write(WriteBatch(objects=objects, expect=expect, refs=writes)):
+            backend.sync()
+            return mapping
+    raise ConflictError("(purge)", [])  # pragma: no cover - endless contention

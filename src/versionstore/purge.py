@@ -152,8 +152,9 @@ def purge_node(reader: ObjectReader, path: str, *, message: str | None = None,
         if not moved:
             return {}
         affected = {name.removeprefix("branch/") for name in moved if name.startswith("branch/")}
+        staged = {name.split("/", 2)[1] for name in refs if name.startswith("stage/")}
         sessions = {name: decode_session(name, raw) for name, raw in refs.items()
-                    if name.startswith("session/")}
+                    if name.startswith("session/") and name.split("/", 1)[1] in staged}
         blocking = {name: record for name, record in sessions.items()
                     if record.branch in affected}
         if blocking and not force:

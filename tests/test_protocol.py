@@ -26,7 +26,8 @@ from versionstore.codec import (
     _frame,
 )
 from versionstore.errors import CorruptObjectError, MissingObjectsError
-from versionstore.ids import hash_object, object_id_from_text
+from versionstore.ids import hash_object, object_id_from_text, object_id_text
+from versionstore.records import ChunkRef
 from versionstore.refs import Refs
 from versionstore.session_store import MAX_KEY_BYTES
 from zarrstore.errors import InvalidKeyError
@@ -531,3 +532,155 @@ def test_create_refuses_a_file_and_a_directory_of_other_files(tmp_path: Path) ->
     empty = tmp_path / "empty"
     empty.mkdir()
     vs.Repository.create(vs.lmdb_storage(empty)).close()
+
+
+# -- found by an adversarial run of the protocol (each once failed) ---------------------------
+
+
+def test_a_read_during_the_commits_flush_sees_the_commit(
+    repo: vs.Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = repo.writable_session("main")
+    copy = pickle.loads(pickle.dumps(session))
+    session.set_values([("k", b"v" * BIG)])
+    seen: list[bytes | None] = []
+    sync = repo.backend.sync
+
+    def reading_sync() -> None:  # the window between the branch move and the return
+        seen.append(session.store.storage.get("k"))
+        seen.append(copy.store.storage.get("k"))
+        sync()
+
+    monkeypatch.setattr(repo.backend, "sync", reading_sync)
+    session.commit("c")
+    assert seen == [b"v" * BIG, b"v" * BIG]
+
+
+def test_an_erase_racing_a_commit_of_that_key_is_kept(
+    repo: vs.Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = repo.writable_session("main")
+    copy = pickle.loads(pickle.dumps(session))
+    session.set_values([("k", b"v"), ("other", b"o")])
+    move = Refs.move_branch
+
+    def racing(self: Refs, *args: Any, **kwargs: Any) -> bool:
+        monkeypatch.setattr(Refs, "move_branch", move)
+        copy.erase_keys(["k"])  # after the commit read k=v, before its swap
+        return move(self, *args, **kwargs)
+
+    monkeypatch.setattr(Refs, "move_branch", racing)
+    snapshot = session.commit("c")
+    view = repo.readonly_session(snapshot_id=snapshot).store.storage
+    assert view.get("k") is None and view.get("other") == b"o"
+
+
+def test_a_write_during_the_commits_flush_names_the_new_base(
+    repo: vs.Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = repo.writable_session("main")
+    session.set_values([("k", b"1")])
+    sync = repo.backend.sync
+
+    def writing_sync() -> None:
+        session.set_values([("late", b"2")])
+        sync()
+
+    monkeypatch.setattr(repo.backend, "sync", writing_sync)
+    first = session.commit("c")
+    monkeypatch.setattr(repo.backend, "sync", sync)
+    resumed = repo.writable_session(resume=str(session.session_id))
+    assert resumed.snapshot_id == first
+    assert resumed.store.storage.get("k") == b"1"  # its own commit, seen after a crash
+    resumed.set_values([("k", b"3")])
+    resumed.commit("no conflict with its own commit")
+
+
+def test_rebase_racing_a_commit_never_goes_back(
+    repo: vs.Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = repo.writable_session("main")
+    other = repo.writable_session("main")
+    other.set_values([("x", b"1")])
+    other.commit("moves main")
+    session.set_values([("k", b"1")])
+    tip = Refs.branch_tip
+    committed: list[str] = []
+
+    def racing(self: Refs, name: str) -> Any:
+        result = tip(self, name)
+        if not committed:  # the session's own commit lands after rebase read the tip
+            committed.append("")
+            monkeypatch.setattr(Refs, "branch_tip", tip)
+            committed[0] = pickle.loads(pickle.dumps(session)).commit("own")
+        return result
+
+    monkeypatch.setattr(Refs, "branch_tip", racing)
+    session.rebase()
+    monkeypatch.setattr(Refs, "branch_tip", tip)
+    assert session.snapshot_id == committed[0]
+    assert session.store.storage.get("k") == b"1"
+
+
+def test_an_identical_rewrite_follows_a_moved_branch(repo: vs.Repository) -> None:
+    session = repo.writable_session("main")
+    other = repo.writable_session("main")
+    other.set_values([("k", b"same")])
+    moved = other.commit("k")
+    session.set_values([("k", b"same")])
+    with pytest.raises(vs.NothingToCommitError):
+        session.commit("same")
+    assert session.snapshot_id == moved
+    assert session.store.storage.get("k") == b"same"
+    # And a rewrite identical to the base never conflicts with the branch's change.
+    base_writer = repo.writable_session("main")
+    base_writer.set_values([("k", b"same")])  # what its base holds
+    third = repo.writable_session("main")
+    third.set_values([("k", b"changed"), ("j", b"1")])
+    third.commit("changes k")
+    base_writer.set_values([("j2", b"2")])
+    snapshot = base_writer.commit("no conflict")
+    assert repo.readonly_session(snapshot_id=snapshot).store.storage.get("k") == b"changed"
+
+
+def test_gc_refuses_a_ref_of_unknown_kind(repo: vs.Repository) -> None:
+    _commit(repo, k=b"v" * BIG)
+    _rename_ref(repo, "branch/main", "brancx/main")
+    with pytest.raises(CorruptObjectError, match="unknown kind"):
+        repo.garbage_collect()
+    _rename_ref(repo, "brancx/main", "branch/main")
+    assert repo.verify().ok
+
+
+def test_a_missing_staged_chunk_is_a_clear_error(repo: vs.Repository) -> None:
+    session = repo.writable_session("main")
+    session.set_values([("k", b"v" * BIG)])
+    entry = session.staged()["k"]
+    assert isinstance(entry, ChunkRef)
+    repo.backend.delete_objects([entry.chunk_id])
+    with pytest.raises(CorruptObjectError, match="staged chunk is missing"):
+        session.commit("c")
+
+
+def test_a_tree_node_id_is_not_a_snapshot(repo: vs.Repository) -> None:
+    snapshot = _commit(repo, k=b"v")
+    tree = repo.reader.snapshot(object_id_from_text(snapshot)).tree
+    assert tree is not None
+    with pytest.raises(vs.SnapshotNotFoundError):
+        repo.lookup_snapshot(object_id_text(tree))
+
+
+def test_a_ref_name_damaged_into_invalid_utf8_is_reported(tmp_path: Path) -> None:
+    repo = vs.Repository.create(vs.lmdb_storage(tmp_path / "r"))
+    repo.create_tag("v1", repo.lookup_branch("main"))
+    raw = repo.backend.get_ref("tag/v1")
+    env = repo.backend._env
+    with env.begin(write=True) as txn:
+        refs = env.open_db(b"refs", txn=txn)
+        txn.delete(b"tag/v1", db=refs)
+        txn.put(b"tag/v\xff", raw, db=refs)
+    report = repo.verify()
+    assert not report.ok
+    with pytest.raises(CorruptObjectError):
+        repo.garbage_collect()
+    repo.close()

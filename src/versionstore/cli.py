@@ -35,9 +35,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from versionstore import __version__
-from versionstore.errors import VersionStoreError
+from versionstore.errors import SnapshotNotFoundError, VersionStoreError
 from versionstore.history import Diff, SnapshotInfo
-from versionstore.ids import object_id_from_text
 from versionstore.repository import Repository
 from versionstore.storage import lmdb_storage
 
@@ -108,9 +107,9 @@ def _version(repo: Repository, name: str, side: str = "") -> dict[str, str]:
     if name in repo.list_tags():
         return {f"{prefix}tag": name}
     try:
-        object_id_from_text(name)
-    except ValueError:
-        raise _UserError(f"{name!r} is not a branch, a tag or a snapshot id") from None
+        repo.lookup_snapshot(name)  # a full id or a unique prefix of 8+ characters
+    except SnapshotNotFoundError as exc:
+        raise _UserError(f"{name!r} is not a branch, a tag or a snapshot id ({exc})") from None
     return {f"{prefix}snapshot_id": name}
 
 

@@ -358,7 +358,10 @@ class Repository:
             object_id = object_id_from_text(snapshot_id)
         except ValueError as exc:
             raise SnapshotNotFoundError(str(snapshot_id)) from exc
-        self.reader.snapshot(object_id)  # raises SnapshotNotFoundError
+        data = self.backend.get_objects([object_id])[0]
+        if data is None or frame_kind(data) != KIND_SNAPSHOT:  # a chunk or tree node's id
+            raise SnapshotNotFoundError(snapshot_id)
+        self.reader.snapshot(object_id)  # decoded (and cached) once
         return object_id
 
     def _resolve(self, *, branch: str | None, tag: str | None, snapshot_id: str | None,

@@ -76,10 +76,25 @@ def verify_repository(reader: ObjectReader,
     """Check every ref and every reachable object of the repository behind ``reader``.
 
     Never raises for what it finds: damaged refs, dangling refs, missing or
-    corrupt objects all become entries of ``VerifyReport.problems``.
+    corrupt objects all become entries of ``VerifyReport.problems``. A check
+    that finds something missing while the refs moved under it (a reset and a
+    garbage collection in another process) is run again, so a healthy
+    repository is not reported broken; at most three runs.
     """
+    for _ in range(2):
+        seen = reader.backend.list_refs("")
+        report = _verify_once(reader, seen, progress)
+        if not any("missing" in problem for problem in report.problems):
+            return report
+        if reader.backend.list_refs("") == seen:
+            return report  # nothing moved: the problems are real
+    return _verify_once(reader, reader.backend.list_refs(""), progress)
+
+
+def _verify_once(reader: ObjectReader, all_refs: dict[str, bytes],
+                 progress: Callable[[str, int, int], None] | None) -> VerifyReport:
     backend = reader.backend
-    refs, problems = _check_refs(backend.list_refs(""))
+    refs, problems = _check_refs(all_refs)
     missing: set[ObjectId] = set()
     try:
         reachable = reachable_objects(reader, refs, missing)

@@ -36,6 +36,7 @@ from versionstore.records import (
     Entry,
     Leaf,
     Node,
+    Operation,
     RefTarget,
     RepositoryRecord,
     SessionRecord,
@@ -52,6 +53,7 @@ __all__ = [
     "content_id",
     "decode_chunk",
     "decode_node",
+    "decode_operation",
     "decode_ref_target",
     "decode_repository",
     "decode_session",
@@ -59,6 +61,7 @@ __all__ = [
     "decode_staged",
     "encode_chunk",
     "encode_node",
+    "encode_operation",
     "encode_ref_target",
     "encode_repository",
     "encode_session",
@@ -77,9 +80,10 @@ KIND_REF: Final = 5
 KIND_SESSION: Final = 6
 KIND_STAGED: Final = 7
 KIND_REPOSITORY: Final = 8
+KIND_OPERATION: Final = 9
 _KIND_NAMES = {
     1: "chunk", 2: "leaf", 3: "branch", 4: "snapshot", 5: "ref", 6: "session", 7: "staged",
-    8: "repository",
+    8: "repository", 9: "operation",
 }
 
 _MAGIC: Final = b"VS"
@@ -329,7 +333,7 @@ def encode_snapshot(snapshot: Snapshot) -> tuple[ObjectId, bytes]:
     """The id and stored frame of a snapshot."""
     body = [
         Snapshot.FORMAT_VERSION,
-        snapshot.parent,
+        list(snapshot.parents),
         snapshot.tree,
         snapshot.message,
         msgpack.Timestamp.from_datetime(snapshot.written_at),
@@ -345,9 +349,8 @@ def decode_snapshot(name: str, data: bytes) -> Snapshot:
 
 
 def _decode_snapshot(name: str, data: bytes) -> Snapshot:
-    fields = _versioned(
-        name, "snapshot", _unpack(name, _unframe(name, data, KIND_SNAPSHOT)), 1, 6
-    )
+    payload = _unpack(name, _unframe(name, data, KIND_SNAPSHOT))
+    fields = _versioned(name, "snapshot", payload, Snapshot.FORMAT_VERSION, 6)
     metadata = fields[5]
     if isinstance(metadata, msgpack.ExtType) and metadata.code == 2:
         metadata = _unpack(name, metadata.data)
@@ -356,8 +359,14 @@ def _decode_snapshot(name: str, data: bytes) -> Snapshot:
         raise CorruptObjectError(name, "snapshot time is malformed")
     if not isinstance(fields[3], str) or not isinstance(metadata, dict):
         raise CorruptObjectError(name, "snapshot message or metadata is malformed")
+    if fields[0] >= 2:  # a list of parents
+        if not isinstance(fields[1], list):
+            raise CorruptObjectError(name, "snapshot parents are malformed")
+        parents = tuple(_object_id(name, p) for p in fields[1])
+    else:  # format 1: one parent or None
+        parents = () if fields[1] is None else (_object_id(name, fields[1]),)
     return Snapshot(
-        parent=None if fields[1] is None else _object_id(name, fields[1]),
+        parents=parents,
         tree=None if fields[2] is None else _object_id(name, fields[2]),
         message=fields[3],
         written_at=written_at.astimezone(UTC),
@@ -476,3 +485,34 @@ def decode_repository(name: str, data: bytes) -> RepositoryRecord:
 
     return _decode_small(name, data, KIND_REPOSITORY, "repository", 3,
                          RepositoryRecord.FORMAT_VERSION, build)
+
+
+def encode_operation(name: str, operation: Operation) -> bytes:
+    """The stored value of ops-log ref ``name``."""
+    stamp = msgpack.Timestamp.from_datetime(operation.written_at)
+    return _encode_small(KIND_OPERATION, [
+        Operation.FORMAT_VERSION, operation.kind, operation.ref, operation.old, operation.new,
+        stamp, operation.message, operation.source, name,
+    ])
+
+
+def decode_operation(name: str, data: bytes) -> Operation:
+    """Decode ops-log ref ``name``."""
+
+    def optional_id(value: Any) -> ObjectId | None:
+        return None if value is None else _object_id(name, value)
+
+    def build(f: list[Any]) -> Operation:
+        if not isinstance(f[1], str) or not isinstance(f[2], str):
+            raise CorruptObjectError(name, "operation kind or ref is malformed")
+        if f[6] is not None and not isinstance(f[6], str):
+            raise CorruptObjectError(name, "operation message is malformed")
+        if f[8] != name:
+            raise CorruptObjectError(name, f"operation record belongs to {f[8]!r}: the ref "
+                                     "name is damaged")
+        return Operation(kind=f[1], ref=f[2], old=optional_id(f[3]), new=optional_id(f[4]),
+                         written_at=_timestamp(name, f[5]), message=f[6],
+                         source=optional_id(f[7]))
+
+    return _decode_small(name, data, KIND_OPERATION, "operation", 9, Operation.FORMAT_VERSION,
+                         build)

@@ -91,8 +91,7 @@ def _mark(refs: Mapping[str, bytes | None], snapshot_of: Callable[[ObjectId], Sn
             continue
         marked.add(snapshot_id)
         added.add(snapshot_id)
-        if snapshot.parent is not None:
-            snapshots.append(snapshot.parent)
+        snapshots.extend(snapshot.parents)
         pending = [] if snapshot.tree is None or snapshot.tree in marked else [snapshot.tree]
         while pending:
             node_id = pending.pop()

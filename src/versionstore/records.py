@@ -6,7 +6,7 @@ Objects (immutable, content-addressed):
   the bytes are the object);
 * ``Leaf`` — a sorted run of ``key -> entry`` pairs, the bottom of a tree;
 * ``Branch`` — a sorted run of ``first key -> child node id`` pairs;
-* ``Snapshot`` — one commit: parent, tree root, message, time, metadata.
+* ``Snapshot`` — one commit: parents, tree root, message, time, metadata.
 
 Mutable refs (moved by compare-and-swap):
 
@@ -14,7 +14,8 @@ Mutable refs (moved by compare-and-swap):
   keeps a tombstone so its name is never reused);
 * ``SessionRecord`` — a writable session's branch and base snapshot;
 * ``RepositoryRecord`` — the repository's format version;
-* staged entries — an ``Entry`` or ``TOMBSTONE`` per staged key.
+* staged entries — an ``Entry`` or ``TOMBSTONE`` per staged key;
+* ``Operation`` — one ops-log entry: a ref change, written with it.
 
 Every record class has a ``FORMAT_VERSION``; ``codec`` writes it into every
 encoded record and refuses records from newer versions.
@@ -36,6 +37,7 @@ __all__ = [
     "ChunkRef",
     "Entry",
     "Leaf",
+    "Operation",
     "RefTarget",
     "RepositoryRecord",
     "SessionRecord",
@@ -117,22 +119,35 @@ Node = Leaf | Branch
 
 @attrs.frozen(kw_only=True)
 class Snapshot:
-    """One commit. ``tree`` is ``None`` for an empty store."""
+    """One commit. ``tree`` is ``None`` for an empty store.
 
-    FORMAT_VERSION: ClassVar[int] = 1
-    parent: ObjectId | None
+    ``parents`` is ``()`` for the initial snapshot, one id for a commit (and a
+    cherry-pick, revert, squash or amend), and two for a merge: the target
+    branch's tip first, then the merged source. Format 1 stored a single
+    ``parent`` (read as a one-element ``parents``); format 2 stores the list.
+    """
+
+    FORMAT_VERSION: ClassVar[int] = 2  # 2: a list of parents (merges have two)
+    parents: tuple[ObjectId, ...]
     tree: ObjectId | None
     message: str
     written_at: datetime
     metadata: dict[str, Any] = attrs.field(factory=dict)
 
+    @property
+    def parent(self) -> ObjectId | None:
+        """The first parent (the branch this snapshot was made on), or ``None``."""
+        return self.parents[0] if self.parents else None
+
     def check(self) -> None:
         """Raise ``ValueError`` if the snapshot is malformed."""
         if self.written_at.tzinfo is None:
             raise ValueError("snapshot time has no timezone")
-        for object_id in (self.parent, self.tree):
+        for object_id in (*self.parents, self.tree):
             if object_id is not None and len(object_id) != ID_LENGTH:
                 raise ValueError("malformed object id in snapshot")
+        if len(set(self.parents)) != len(self.parents):
+            raise ValueError("snapshot names the same parent twice")
 
 
 @attrs.frozen(kw_only=True)
@@ -176,3 +191,31 @@ class RepositoryRecord:
     FORMAT_VERSION: ClassVar[int] = 1
     format_version: int
     created_at: datetime
+
+
+#: The kinds of ref change the ops log records.
+OPERATION_KINDS = frozenset({
+    "commit", "amend", "merge", "cherry_pick", "revert", "squash", "reset_branch",
+    "create_branch", "delete_branch", "create_tag", "delete_tag",
+})
+
+
+@attrs.frozen(kw_only=True)
+class Operation:
+    """One entry of the ops log: a ref that changed, and how.
+
+    Written under ``ops/…`` in the same atomic batch as the ref change it
+    records. ``ref`` is the backend ref name (``branch/main``, ``tag/v1``);
+    ``old``/``new`` the snapshot before and after (``None``: the ref did not
+    exist / was deleted). ``source`` is the merged, cherry-picked or reverted
+    snapshot, where there is one.
+    """
+
+    FORMAT_VERSION: ClassVar[int] = 1
+    kind: str
+    ref: str
+    old: ObjectId | None
+    new: ObjectId | None
+    written_at: datetime
+    message: str | None = None
+    source: ObjectId | None = None

@@ -124,7 +124,7 @@ class Repository:
                     "refusing to initialise over it (run `versionstore verify` on it, or "
                     "choose an empty location)"
                 )
-            snapshot = Snapshot(parent=None, tree=None, message=INITIAL_MESSAGE,
+            snapshot = Snapshot(parents=(), tree=None, message=INITIAL_MESSAGE,
                                 written_at=datetime.now(UTC))
             snapshot_id, frame = encode_snapshot(snapshot)
             record = RepositoryRecord(format_version=REPOSITORY_FORMAT,

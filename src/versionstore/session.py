@@ -443,7 +443,7 @@ class Session:
                 raise NothingToCommitError("nothing to commit: no staged change differs from "
                                            "the base (pass allow_empty=True to commit anyway)")
             snapshot = Snapshot(
-                parent=tip, tree=root, message=message,
+                parents=(tip,), tree=root, message=message,
                 written_at=datetime.now(UTC), metadata=metadata,
             )
             snapshot_id, frame = encode_snapshot(snapshot)
@@ -456,7 +456,8 @@ class Session:
                 session=self._rule(snapshot_id, self._generation + 1, replace=True),
             )
             try:
-                moved = repo.refs.move_branch(self._branch, raw_tip, snapshot_id, batch)
+                moved = repo.refs.move_branch(self._branch, raw_tip, snapshot_id, batch,
+                                             message=message)
             except MissingObjectsError:
                 continue
             if moved:

@@ -20,6 +20,7 @@ from versionstore.codec import (
     KIND_SNAPSHOT,
     content_id,
     decode_node,
+    decode_operation,
     decode_ref_target,
     decode_repository,
     decode_session,
@@ -117,5 +118,6 @@ _REF_DECODERS: dict[str, Callable[[str, bytes], object]] = {
     "tag": decode_ref_target,
     "session": decode_session,
     "stage": decode_staged,
+    "ops": decode_operation,
     REPOSITORY_REF: decode_repository,
 }

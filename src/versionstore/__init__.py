@@ -18,7 +18,10 @@ from versionstore.errors import (
     ConflictError,
     CorruptObjectError,
     ImmutableTagError,
+    InvalidMoveError,
     InvalidRefNameError,
+    MergeConflict,
+    MergeConflictError,
     NothingToCommitError,
     ObjectTooLargeError,
     ProtectedBranchError,
@@ -35,6 +38,7 @@ from versionstore.errors import (
 )
 from versionstore.history import Diff, SnapshotInfo
 from versionstore.importing import ImportSummary, import_zarr
+from versionstore.opslog import OpsLogEntry
 from versionstore.repository import Repository
 from versionstore.session import Session
 from versionstore.session_store import SessionStore
@@ -54,10 +58,14 @@ __all__ = [
     "ImmutableTagError",
     "ImportSummary",
     "InMemoryStorage",
+    "InvalidMoveError",
     "InvalidRefNameError",
     "LMDBStorage",
+    "MergeConflict",
+    "MergeConflictError",
     "NothingToCommitError",
     "ObjectTooLargeError",
+    "OpsLogEntry",
     "ProtectedBranchError",
     "ReadOnlySessionError",
     "RefExistsError",

@@ -1,4 +1,9 @@
-"""History: snapshot info, ancestry, point-in-time lookup, and Zarr-aware diffs.
+"""History: snapshot info, the snapshot DAG, point-in-time lookup, and Zarr-aware diffs.
+
+Snapshots form a DAG: a merge snapshot has two parents (the target branch's
+tip first). ``ancestry`` follows first parents, or with ``all_parents`` walks
+the whole DAG in a topological, newest-first order; ``merge_base`` finds the
+lowest common ancestor that a 3-way merge starts from.
 
 ``Diff`` uses icechunk's field names so code moving from icechunk reads the
 same. Node paths are absolute (``"/"`` is the root group, ``"/t"`` an array).
@@ -12,6 +17,7 @@ key is reported as-is in ``updated_keys``.
 
 from __future__ import annotations
 
+import heapq
 import json
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
@@ -24,7 +30,8 @@ from versionstore.ids import ObjectId, SnapshotId, object_id_text
 from versionstore.objects import ObjectReader
 from versionstore.records import Snapshot
 
-__all__ = ["Diff", "SnapshotInfo", "ancestry", "classify_changes", "snapshot_at"]
+__all__ = ["Diff", "KeyLocator", "SnapshotInfo", "ancestry", "classify_changes", "merge_base",
+           "snapshot_at"]
 
 KeyReader = Callable[[str], bytes | None]
 Coordinates = tuple[int, ...]
@@ -32,25 +39,31 @@ Coordinates = tuple[int, ...]
 
 @attrs.frozen
 class SnapshotInfo:
-    """What a user sees of one snapshot."""
+    """What a user sees of one snapshot.
+
+    ``parent_ids`` is ``()`` for the initial snapshot, one id for a commit,
+    two for a merge (the target branch's tip, then the merged source);
+    ``parent_id`` is the first of them.
+    """
 
     id: SnapshotId
     parent_id: SnapshotId | None
     written_at: datetime
     message: str
     metadata: dict[str, Any]
+    parent_ids: tuple[SnapshotId, ...] = ()
 
     @classmethod
     def of(cls, snapshot_id: ObjectId, snapshot: Snapshot) -> SnapshotInfo:
         """Build from a stored snapshot."""
+        parents = tuple(SnapshotId(object_id_text(p)) for p in snapshot.parents)
         return cls(
             id=SnapshotId(object_id_text(snapshot_id)),
-            parent_id=None if snapshot.parent is None else SnapshotId(
-                object_id_text(snapshot.parent)
-            ),
+            parent_id=parents[0] if parents else None,
             written_at=snapshot.written_at,
             message=snapshot.message,
             metadata=snapshot.metadata,
+            parent_ids=parents,
         )
 
 
@@ -83,13 +96,85 @@ class Diff:
         return "\n".join(lines) or "(no changes)"
 
 
-def ancestry(reader: ObjectReader, start: ObjectId) -> Iterator[tuple[ObjectId, Snapshot]]:
-    """Snapshots from ``start`` back to the first, newest first."""
-    current: ObjectId | None = start
-    while current is not None:
-        snapshot = reader.snapshot(current)
-        yield current, snapshot
-        current = snapshot.parent
+def ancestry(reader: ObjectReader, start: ObjectId, *, all_parents: bool = False
+             ) -> Iterator[tuple[ObjectId, Snapshot]]:
+    """Snapshots from ``start`` back to the first, newest first.
+
+    By default only first parents are followed (the branch's own line). With
+    ``all_parents``, every snapshot ``start`` reaches is yielded once, each
+    after all of its descendants, ties broken newest first (then by id), so
+    the order is deterministic.
+    """
+    if not all_parents:
+        current: ObjectId | None = start
+        while current is not None:
+            snapshot = reader.snapshot(current)
+            yield current, snapshot
+            current = snapshot.parent
+        return
+    found = _reachable(reader, start)
+    waiting = dict.fromkeys(found, 0)  # children not yet yielded
+    for snapshot in found.values():
+        for parent in snapshot.parents:
+            waiting[parent] += 1
+    ready = [_order(start, found[start])]
+    while ready:
+        _, _, snapshot_id = heapq.heappop(ready)
+        snapshot = found[snapshot_id]
+        yield snapshot_id, snapshot
+        for parent in snapshot.parents:
+            waiting[parent] -= 1
+            if waiting[parent] == 0:
+                heapq.heappush(ready, _order(parent, found[parent]))
+
+
+def _order(snapshot_id: ObjectId, snapshot: Snapshot) -> tuple[float, bytes, ObjectId]:
+    return -snapshot.written_at.timestamp(), bytes(snapshot_id), snapshot_id
+
+
+def _reachable(reader: ObjectReader, start: ObjectId) -> dict[ObjectId, Snapshot]:
+    """Every snapshot ``start`` reaches through all parents (``start`` included)."""
+    found: dict[ObjectId, Snapshot] = {}
+    pending = [start]
+    while pending:
+        snapshot_id = pending.pop()
+        if snapshot_id in found:
+            continue
+        snapshot = reader.snapshot(snapshot_id)
+        found[snapshot_id] = snapshot
+        pending.extend(p for p in snapshot.parents if p not in found)
+    return found
+
+
+def merge_base(reader: ObjectReader, a: ObjectId, b: ObjectId) -> ObjectId | None:
+    """The lowest common ancestor of two snapshots (either may be it), or ``None``.
+
+    A common ancestor is *lowest* when no other common ancestor descends from
+    it. Criss-cross histories can have several; the newest of them (then the
+    greatest id) is chosen, so every caller picks the same base.
+    """
+    of_a = _reachable(reader, a)
+    if b in of_a:
+        return b
+    candidates: set[ObjectId] = set()
+    seen: set[ObjectId] = set()
+    pending = [b]
+    while pending:
+        snapshot_id = pending.pop()
+        if snapshot_id in seen:
+            continue
+        seen.add(snapshot_id)
+        if snapshot_id in of_a:
+            candidates.add(snapshot_id)  # common; its own ancestors are not lowest
+            continue
+        pending.extend(reader.snapshot(snapshot_id).parents)
+    lowest = [
+        c for c in candidates
+        if not any(c != other and c in _reachable(reader, other) for other in candidates)
+    ]
+    if not lowest:
+        return None
+    return max(lowest, key=lambda c: (reader.snapshot(c).written_at, bytes(c)))
 
 
 def snapshot_at(reader: ObjectReader, tip: ObjectId, as_of: datetime) -> ObjectId:
@@ -168,6 +253,29 @@ class _Layout:
             ndim = len(v2.get("shape", []))
             separator = v2.get("dimension_separator") or "."
             return lambda rest: _coords(rest, separator, ndim, lead=None)
+        return None
+
+
+class KeyLocator:
+    """Where keys sit in one version's Zarr hierarchy (for conflict reports)."""
+
+    def __init__(self, read: KeyReader) -> None:
+        self._layout = _Layout(read)
+
+    def node_type(self, directory: str) -> str | None:
+        """``"array"``, ``"group"`` or ``None`` for the node at ``directory`` (no slashes)."""
+        return self._layout.node_type(directory)
+
+    def chunk(self, key: str) -> tuple[str, Coordinates] | None:
+        """The array path and chunk coordinates of chunk key ``key``, as ``Diff`` reads them."""
+        parts = key.split("/")
+        for depth in range(len(parts) - 1, -1, -1):
+            directory = "/".join(parts[:depth])
+            parser = self._layout.chunk_parser(directory)
+            if parser is None:
+                continue
+            coords = parser("/".join(parts[depth:]))
+            return None if coords is None else (_node_path(directory), coords)
         return None
 
 

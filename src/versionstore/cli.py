@@ -71,9 +71,9 @@ def _log(repo: Repository, args: argparse.Namespace) -> None:
 
 
 def _graph(history: Iterator[SnapshotInfo]) -> Iterator[str]:
-    """Lines of ``log --graph``: one column per line of descent, as ``git log --graph``.
+    r"""Lines of ``log --graph``: one column per line of descent, as ``git log --graph``.
 
-    ``*`` marks a snapshot, ``|`` a line passing by, ``\\`` a merge's second
+    ``*`` marks a snapshot, ``|`` a line passing by, ``\`` a merge's second
     parent branching off, ``/`` two lines of descent meeting again.
     """
     columns: list[str] = []
@@ -118,8 +118,10 @@ def _ops_log(repo: Repository, args: argparse.Namespace) -> None:
 def _edit(repo: Repository, args: argparse.Namespace) -> None:
     if args.command == "merge":
         source = _version_args(repo, args.source, "from")
-        tip = repo.merge(into_branch=args.into, message=args.message,
-                         on_conflict=args.on_conflict, fast_forward=not args.no_ff, **source)
+        tip = repo.merge(source.get("from_branch"), args.into,
+                         from_tag=source.get("from_tag"),
+                         from_snapshot_id=source.get("from_snapshot_id"), message=args.message,
+                         on_conflict=args.on_conflict, fast_forward=not args.no_ff)
     elif args.command == "cherry-pick":
         tip = repo.cherry_pick(args.snapshot, args.onto, message=args.message,
                                on_conflict=args.on_conflict)

@@ -139,11 +139,10 @@ def three_way(load: NodeLoader, read: EntryReader, base: ObjectId | None,
             taken[key] = new
     if conflicts and on_conflict == "raise":
         return [], conflicts
-    for directory, deleter in doomed.items():
-        winner = on_conflict
-        if winner == deleter:  # the node goes, with every key under it
+    for directory, deleted_by in doomed.items():
+        if on_conflict == deleted_by:  # the node goes, with every key under it
             taken.update(dict.fromkeys(_keys_under(load, ours_tree, directory)))
-        elif winner == "theirs":  # theirs kept the node: it comes back whole
+        elif on_conflict == "theirs":  # theirs kept the node: it comes back whole
             taken.update(dict.fromkeys(_keys_under(load, ours_tree, directory)))
             taken.update(_keys_under(load, theirs_tree, directory))
         # winner "ours" that modified the node: ours already holds it whole

@@ -1,9 +1,10 @@
 """Branches and tags: named pointers to snapshots, moved only by compare-and-swap.
 
 A branch moves by commit, amend, merge, cherry-pick, revert, squash or
-``reset_branch``; each move is one atomic compare-and-swap against the value
-the mover last read, so concurrent movers cannot lose each other's work, and
-the same batch writes the move's ops-log entry (``versionstore.opslog``). A tag is created once and never moves; deleting
+``reset_branch``; each move is one atomic compare-and-swap against the
+value the mover last read, so concurrent movers cannot lose each other's
+work, and the same batch writes the move's ops-log entry
+(``versionstore.opslog``). A tag is created once and never moves; deleting
 it leaves a tombstone so the name cannot later point somewhere else.
 
 Ref names in the backend: ``repository`` (the format record),

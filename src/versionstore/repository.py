@@ -30,6 +30,7 @@ from versionstore.codec import (
     encode_repository,
     encode_snapshot,
 )
+from versionstore.editing import HistoryEditor
 from versionstore.errors import (
     BranchNotFoundError,
     RepositoryExistsError,
@@ -38,7 +39,6 @@ from versionstore.errors import (
     SnapshotNotFoundError,
     UnsupportedFormatError,
 )
-from versionstore.editing import HistoryEditor
 from versionstore.gc import GCSummary, collect_garbage
 from versionstore.history import (
     Diff,
@@ -435,8 +435,17 @@ class Repository:
         lands meanwhile, the merge is redone on the new tip.
 
         Args:
+            from_branch: the branch to merge (or give ``from_tag`` or
+                ``from_snapshot_id`` instead).
+            into_branch: the branch that moves.
+            from_tag: a tag to merge.
+            from_snapshot_id: a snapshot to merge.
+            message: the merge snapshot's message (default "Merge … into …").
+            metadata: the merge snapshot's metadata.
             on_conflict: ``"raise"`` (the default), ``"ours"`` (keep
                 ``into_branch``'s value) or ``"theirs"`` (take the source's).
+            fast_forward: move the branch to the source when its tip is an
+                ancestor of the source, instead of making a merge snapshot.
 
         Raises:
             MergeConflictError: conflicts and ``on_conflict="raise"``; nothing changed.

@@ -313,3 +313,30 @@ def test_async_merge(repo: vs.Repository) -> None:
     tip = asyncio.run(repo.merge_async("dev", "main"))
     assert len(repo.lookup_snapshot(tip).parent_ids) == 2
     assert asyncio.run(repo.ops_log_async())[0].kind == "merge"
+
+
+def test_attribute_changes_to_different_attributes_merge(repo: vs.Repository) -> None:
+    _fork(repo, lambda g: (_array(g), g["t"].attrs.update(source="model", version=1)))
+    _commit(repo, "main", lambda g: g["t"].attrs.update(units="K", version=2))
+    _commit(repo, "dev", lambda g: (g["t"].attrs.update(long_name="temperature"),
+                                    g["t"].attrs.__delitem__("source")))
+    repo.merge("dev", "main")
+    array = zarr.open_array(repo.readonly_session("main").store, path="t", mode="r")
+    assert dict(array.attrs) == {"version": 2, "units": "K", "long_name": "temperature"}
+    assert array.shape == (4, 4)
+
+
+def test_v2_attributes_merge_per_attribute(repo: vs.Repository) -> None:
+    session = repo.writable_session("main")
+    group = zarr.open_group(session.store, zarr_format=2)
+    group.attrs.update(a=1)
+    repo.create_branch("dev", session.commit("base"))
+    _commit(repo, "main", lambda g: g.attrs.update(b=2))
+    _commit(repo, "dev", lambda g: g.attrs.update(c=3))
+    repo.merge("dev", "main")
+    merged = zarr.open_group(repo.readonly_session("main").store, mode="r", zarr_format=2)
+    assert dict(merged.attrs) == {"a": 1, "b": 2, "c": 3}
+    _commit(repo, "main", lambda g: g.attrs.update(a="ours"))
+    _commit(repo, "dev", lambda g: g.attrs.update(a="theirs"))
+    error = _refused(repo)
+    assert error.conflicts == (vs.MergeConflict(path="/", kind="metadata", key=".zattrs"),)

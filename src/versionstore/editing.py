@@ -22,9 +22,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from versionstore.backend.protocol import WriteBatch
-from versionstore.codec import encode_snapshot, pack_metadata
+from versionstore.codec import encode_chunk, encode_snapshot, pack_metadata
 from versionstore.errors import (
     ConflictError,
+    MergeConflict,
     MergeConflictError,
     MissingObjectsError,
     NothingToCommitError,
@@ -36,7 +37,8 @@ from versionstore.merge import check_on_conflict, three_way
 from versionstore.objects import ObjectReader
 from versionstore.records import ChunkRef, Entry, Node, Snapshot
 from versionstore.refs import Refs
-from versionstore.tree import apply_changes
+from versionstore.session import INLINE_LIMIT
+from versionstore.tree import Change, apply_changes
 
 __all__ = ["HistoryEditor"]
 
@@ -54,6 +56,20 @@ class HistoryEditor:
         if isinstance(entry, ChunkRef):
             return self.reader.chunks([entry.chunk_id])[0]
         return entry
+
+    def _three_way(self, base: ObjectId | None, ours: ObjectId | None, theirs: ObjectId | None,
+                   on_conflict: str, chunks: dict[ObjectId, bytes]
+                   ) -> tuple[list[Change], list[MergeConflict]]:
+        """``merge.three_way``; chunk objects of the values it makes are added to ``chunks``."""
+
+        def write(value: bytes) -> Entry:
+            if len(value) <= INLINE_LIMIT:
+                return value
+            chunk_id, frame = encode_chunk(value)
+            chunks[chunk_id] = frame
+            return ChunkRef(chunk_id=chunk_id, size=len(value))
+
+        return three_way(self.reader.node, self._read, base, ours, theirs, on_conflict, write)
 
     def _land(self, branch: str, raw_tip: bytes, snapshot: Snapshot,
               nodes: dict[ObjectId, bytes], decoded: dict[ObjectId, Node], *, kind: str,
@@ -111,12 +127,15 @@ class HistoryEditor:
                 return source if moved else None
             base_tree = None if base is None else self.reader.snapshot(base).tree
             tip_tree = self.reader.snapshot(tip).tree
-            changes, conflicts = three_way(self.reader.node, self._read, base_tree, tip_tree,
-                                           self.reader.snapshot(source).tree, on_conflict)
+            made: dict[ObjectId, bytes] = {}
+            changes, conflicts = self._three_way(base_tree, tip_tree,
+                                                 self.reader.snapshot(source).tree, on_conflict,
+                                                 made)
             if conflicts and on_conflict == "raise":
                 raise MergeConflictError(into, conflicts)
             decoded: dict[ObjectId, Node] = {}
             root, nodes = apply_changes(self.reader.node, tip_tree, changes, decoded=decoded)
+            nodes.update(made)
             snapshot = Snapshot(parents=(tip, source), tree=root, message=text,
                                 written_at=datetime.now(UTC), metadata=metadata)
             return self._land(into, raw_tip, snapshot, nodes, decoded, kind="merge",
@@ -152,12 +171,13 @@ class HistoryEditor:
         def attempt() -> ObjectId | None:
             tip, raw_tip = self.refs.branch_tip(branch)
             tip_tree = self.reader.snapshot(tip).tree
-            changes, conflicts = three_way(self.reader.node, self._read, base, tip_tree, theirs,
-                                           on_conflict)
+            made: dict[ObjectId, bytes] = {}
+            changes, conflicts = self._three_way(base, tip_tree, theirs, on_conflict, made)
             if conflicts and on_conflict == "raise":
                 raise MergeConflictError(branch, conflicts, kind.replace("_", "-"))
             decoded: dict[ObjectId, Node] = {}
             root, nodes = apply_changes(self.reader.node, tip_tree, changes, decoded=decoded)
+            nodes.update(made)
             if root == tip_tree:
                 raise NothingToCommitError(
                     f"nothing to {kind.replace('_', '-')}: branch {branch!r} already has "

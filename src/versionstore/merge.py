@@ -13,7 +13,9 @@ The rules:
   changing it to the same value is no conflict;
 * both sides changing it differently is a conflict — ``"chunk"`` (with the
   chunk's coordinates), ``"metadata"`` (a Zarr metadata document) or
-  ``"key"`` (anything else);
+  ``"key"`` (anything else) — except that two changes to a metadata document
+  (``zarr.json``, ``.zattrs``) that touch different fields, or different
+  attributes, are merged field by field and attribute by attribute;
 * one side deleting a node (its ``zarr.json`` / ``.zarray`` / ``.zgroup``
   gone and no node left there) while the other changed anything under it
   is one ``"deleted-vs-modified"`` conflict for the node; resolving it takes
@@ -27,7 +29,9 @@ The rules:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from typing import Any
 
 from versionstore.errors import MergeConflict
 from versionstore.history import KeyLocator
@@ -44,6 +48,9 @@ _METADATA_DOCUMENTS = (*_NODE_DOCUMENTS, ".zattrs")
 
 #: Resolves an entry to its bytes (chunk references are read).
 EntryReader = Callable[[Entry | None], bytes | None]
+#: Stores a value the merge made (a merged metadata document) and returns its entry.
+EntryWriter = Callable[[bytes], Entry]
+_MISSING = object()
 _Changes = dict[str, tuple[Entry | None, Entry | None]]
 
 
@@ -96,14 +103,14 @@ class _Side:
 
 
 def three_way(load: NodeLoader, read: EntryReader, base: ObjectId | None,
-              ours_tree: ObjectId | None, theirs_tree: ObjectId | None, on_conflict: str
-              ) -> tuple[list[Change], list[MergeConflict]]:
+              ours_tree: ObjectId | None, theirs_tree: ObjectId | None, on_conflict: str,
+              write: EntryWriter) -> tuple[list[Change], list[MergeConflict]]:
     """The key changes that bring theirs' changes (since ``base``) into ours, and the conflicts.
 
     Returns ``(changes, conflicts)``: ``changes`` sorted by key, to apply to
     ``ours_tree`` with ``tree.apply_changes``. With ``on_conflict="raise"``
     and conflicts, ``changes`` is empty; otherwise the conflicts are resolved
-    in it (and still reported).
+    in it (and still reported). ``write`` stores documents the merge makes.
     """
     check_on_conflict(on_conflict)
     ours = _Side("ours", load, read, base, ours_tree)
@@ -134,6 +141,11 @@ def three_way(load: NodeLoader, read: EntryReader, base: ObjectId | None,
             continue
         if ours.changes[key][1] == new:
             continue
+        merged = _merge_document(key, *(read(e) for e in (
+            ours.changes[key][0], ours.changes[key][1], new)))
+        if merged is not None:
+            taken[key] = write(merged)
+            continue
         conflicts.append(_key_conflict(key, ours, theirs))
         if on_conflict == "theirs":
             taken[key] = new
@@ -150,6 +162,66 @@ def three_way(load: NodeLoader, read: EntryReader, base: ObjectId | None,
     changes = [(key, entry) for key, entry in sorted(taken.items())
                if ours_entries[key] != entry]
     return changes, conflicts
+
+
+def _merge_document(key: str, base: bytes | None, ours: bytes | None, theirs: bytes | None
+                    ) -> bytes | None:
+    """Both sides' changes to metadata document ``key`` merged, or ``None`` if they clash.
+
+    ``zarr.json``: field by field, and its ``attributes`` attribute by
+    attribute; ``.zattrs``: attribute by attribute. A field both sides set
+    to different values, a deleted document, or anything not a JSON object
+    is a clash.
+    """
+    name = key.rpartition("/")[2]
+    if name not in ("zarr.json", ".zattrs") or ours is None or theirs is None:
+        return None
+    documents = [_object(value) for value in (base or b"{}", ours, theirs)]
+    if any(document is None for document in documents):
+        return None
+    old, mine, yours = documents
+    assert old is not None and mine is not None and yours is not None
+    if name == ".zattrs":
+        merged = _merge_fields(old, mine, yours)
+    else:
+        attributes = _merge_fields(*(d.get("attributes", {}) for d in (old, mine, yours)))
+        merged = _merge_fields(*({k: v for k, v in d.items() if k != "attributes"}
+                                 for d in (old, mine, yours)))
+        if merged is not None and attributes is not None:
+            if attributes or any("attributes" in d for d in (mine, yours)):
+                merged["attributes"] = attributes
+        else:
+            merged = None
+    if merged is None:
+        return None
+    return json.dumps(merged, indent=2).encode()
+
+
+def _object(value: bytes) -> dict[str, Any] | None:
+    try:
+        document = json.loads(value)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def _merge_fields(base: Any, ours: Any, theirs: Any) -> dict[str, Any] | None:
+    """3-way merge of two JSON objects, one level deep; ``None`` if a field clashes."""
+    if not all(isinstance(d, dict) for d in (base, ours, theirs)):
+        return None
+    merged: dict[str, Any] = {}
+    for field in [*ours, *(f for f in theirs if f not in ours),
+                  *(f for f in base if f not in ours and f not in theirs)]:
+        was, mine, yours = (d.get(field, _MISSING) for d in (base, ours, theirs))
+        if mine == yours or yours == was:
+            value = mine
+        elif mine == was:
+            value = yours
+        else:
+            return None
+        if value is not _MISSING:
+            merged[field] = value
+    return merged
 
 
 def _key_conflict(key: str, ours: _Side, theirs: _Side) -> MergeConflict:

@@ -34,6 +34,7 @@ from versionstore.records import (
     Branch,
     ChunkRef,
     Entry,
+    HistoryPage,
     Leaf,
     Node,
     Operation,
@@ -47,11 +48,13 @@ from versionstore.records import (
 __all__ = [
     "KIND_BRANCH",
     "KIND_CHUNK",
+    "KIND_HISTORY",
     "KIND_LEAF",
     "KIND_SNAPSHOT",
     "MAX_DECOMPRESSED",
     "content_id",
     "decode_chunk",
+    "decode_history_page",
     "decode_node",
     "decode_operation",
     "decode_ref_target",
@@ -60,6 +63,7 @@ __all__ = [
     "decode_snapshot",
     "decode_staged",
     "encode_chunk",
+    "encode_history_page",
     "encode_node",
     "encode_operation",
     "encode_ref_target",
@@ -81,9 +85,10 @@ KIND_SESSION: Final = 6
 KIND_STAGED: Final = 7
 KIND_REPOSITORY: Final = 8
 KIND_OPERATION: Final = 9
+KIND_HISTORY: Final = 10
 _KIND_NAMES = {
     1: "chunk", 2: "leaf", 3: "branch", 4: "snapshot", 5: "ref", 6: "session", 7: "staged",
-    8: "repository", 9: "operation",
+    8: "repository", 9: "operation", 10: "history page",
 }
 
 _MAGIC: Final = b"VS"
@@ -114,7 +119,7 @@ def _frame(kind: int, payload: bytes, compress: bool) -> bytes:
 def content_id(name: str, data: bytes) -> ObjectId:
     """Recompute the content id of a stored object (checksum verified, content re-hashed)."""
     kind = frame_kind(data)
-    if kind not in (KIND_CHUNK, KIND_LEAF, KIND_BRANCH, KIND_SNAPSHOT):
+    if kind not in (KIND_CHUNK, KIND_LEAF, KIND_BRANCH, KIND_SNAPSHOT, KIND_HISTORY):
         raise CorruptObjectError(name, "not a content-addressed object")
     return hash_object(kind, bytes(_unframe(name, data, kind)))
 
@@ -329,9 +334,8 @@ def _decode_node(name: str, data: bytes) -> Node:
 # -- snapshots ------------------------------------------------------------------------
 
 
-def encode_snapshot(snapshot: Snapshot) -> tuple[ObjectId, bytes]:
-    """The id and stored frame of a snapshot."""
-    body = [
+def _snapshot_fields(snapshot: Snapshot) -> list[Any]:
+    fields = [
         Snapshot.FORMAT_VERSION,
         list(snapshot.parents),
         snapshot.tree,
@@ -339,7 +343,14 @@ def encode_snapshot(snapshot: Snapshot) -> tuple[ObjectId, bytes]:
         msgpack.Timestamp.from_datetime(snapshot.written_at),
         msgpack.ExtType(2, pack_metadata(snapshot.metadata)),
     ]
-    payload = msgpack.packb(body, use_bin_type=True)
+    if snapshot.history is not None:
+        fields.append(snapshot.history)
+    return fields
+
+
+def encode_snapshot(snapshot: Snapshot) -> tuple[ObjectId, bytes]:
+    """The id and stored frame of a snapshot."""
+    payload = msgpack.packb(_snapshot_fields(snapshot), use_bin_type=True)
     return hash_object(KIND_SNAPSHOT, payload), _frame(KIND_SNAPSHOT, payload, compress=True)
 
 
@@ -350,6 +361,10 @@ def decode_snapshot(name: str, data: bytes) -> Snapshot:
 
 def _decode_snapshot(name: str, data: bytes) -> Snapshot:
     payload = _unpack(name, _unframe(name, data, KIND_SNAPSHOT))
+    return _snapshot_from_fields(name, payload)
+
+
+def _snapshot_from_fields(name: str, payload: Any) -> Snapshot:
     fields = _versioned(name, "snapshot", payload, Snapshot.FORMAT_VERSION, 6)
     metadata = fields[5]
     if isinstance(metadata, msgpack.ExtType) and metadata.code == 2:
@@ -359,10 +374,13 @@ def _decode_snapshot(name: str, data: bytes) -> Snapshot:
         raise CorruptObjectError(name, "snapshot time is malformed")
     if not isinstance(fields[3], str) or not isinstance(metadata, dict):
         raise CorruptObjectError(name, "snapshot message or metadata is malformed")
-    if fields[0] >= 2:  # a list of parents
+    history = None
+    if fields[0] >= 2:  # a list of parents, then optionally the history page
         if not isinstance(fields[1], list):
             raise CorruptObjectError(name, "snapshot parents are malformed")
         parents = tuple(_object_id(name, p) for p in fields[1])
+        if len(fields) > 6 and fields[6] is not None:
+            history = _object_id(name, fields[6])
     else:  # format 1: one parent or None
         parents = () if fields[1] is None else (_object_id(name, fields[1]),)
     return Snapshot(
@@ -371,7 +389,32 @@ def _decode_snapshot(name: str, data: bytes) -> Snapshot:
         message=fields[3],
         written_at=written_at.astimezone(UTC),
         metadata=metadata,
+        history=history,
     )
+
+
+def encode_history_page(page: HistoryPage) -> tuple[ObjectId, bytes]:
+    """The id and stored frame of a history page."""
+    body = [HistoryPage.FORMAT_VERSION,
+            [[snapshot_id, _snapshot_fields(snapshot)] for snapshot_id, snapshot in page.entries],
+            page.previous]
+    payload = msgpack.packb(body, use_bin_type=True)
+    return hash_object(KIND_HISTORY, payload), _frame(KIND_HISTORY, payload, compress=True)
+
+
+def decode_history_page(name: str, data: bytes) -> HistoryPage:
+    """Decode a history page frame."""
+
+    def decode() -> HistoryPage:
+        fields = _versioned(name, "history page", _unpack(name, _unframe(name, data,
+                                                                         KIND_HISTORY)),
+                            HistoryPage.FORMAT_VERSION, 3)
+        entries = tuple((_object_id(name, item[0]), _snapshot_from_fields(name, item[1]))
+                        for item in fields[1])
+        previous = None if fields[2] is None else _object_id(name, fields[2])
+        return HistoryPage(entries=entries, previous=previous)
+
+    return _guarded("history page", decode, name)
 
 
 # -- refs ------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from versionstore.errors import (
     NothingToCommitError,
     SnapshotNotFoundError,
 )
-from versionstore.history import merge_base
+from versionstore.history import merge_base, with_history
 from versionstore.ids import ObjectId, object_id_text
 from versionstore.merge import check_on_conflict, three_way
 from versionstore.objects import ObjectReader
@@ -75,8 +75,10 @@ class HistoryEditor:
               nodes: dict[ObjectId, bytes], decoded: dict[ObjectId, Node], *, kind: str,
               requires: list[ObjectId], source: ObjectId | None = None) -> ObjectId | None:
         """Store ``snapshot`` and move ``branch`` to it; ``None`` if the branch moved."""
+        snapshot, pages = with_history(self.reader, snapshot)
         snapshot_id, frame = encode_snapshot(snapshot)
-        batch = WriteBatch(objects=[*nodes.items(), (snapshot_id, frame)], requires=requires)
+        batch = WriteBatch(objects=[*nodes.items(), *pages, (snapshot_id, frame)],
+                           requires=requires)
         try:
             moved = self.refs.move_branch(branch, raw_tip, snapshot_id, batch, kind=kind,
                                           message=snapshot.message, source=source)

@@ -25,6 +25,7 @@ import attrs
 
 from versionstore.backend.protocol import ObjectGetter
 from versionstore.codec import (
+    decode_history_page,
     decode_node,
     decode_ref_target,
     decode_session,
@@ -33,7 +34,7 @@ from versionstore.codec import (
 )
 from versionstore.ids import ObjectId, object_id_text
 from versionstore.objects import ObjectReader
-from versionstore.records import Branch, ChunkRef, Leaf, Node, Snapshot
+from versionstore.records import Branch, ChunkRef, HistoryPage, Leaf, Node, Snapshot
 
 __all__ = ["GCSummary", "collect_garbage", "reachable_objects"]
 
@@ -68,7 +69,8 @@ def _roots(refs: Mapping[str, bytes | None]) -> tuple[list[ObjectId], set[Object
 
 
 def _mark(refs: Mapping[str, bytes | None], snapshot_of: Callable[[ObjectId], Snapshot | None],
-          node_of: Callable[[ObjectId], Node | None], marked: set[ObjectId],
+          node_of: Callable[[ObjectId], Node | None],
+          page_of: Callable[[ObjectId], HistoryPage | None], marked: set[ObjectId],
           missing: set[ObjectId] | None = None) -> set[ObjectId]:
     """Add to ``marked`` everything ``refs`` reach that is not in it yet; return the additions.
 
@@ -92,6 +94,16 @@ def _mark(refs: Mapping[str, bytes | None], snapshot_of: Callable[[ObjectId], Sn
         marked.add(snapshot_id)
         added.add(snapshot_id)
         snapshots.extend(snapshot.parents)
+        page_id = snapshot.history
+        while page_id is not None and page_id not in marked:
+            page = page_of(page_id)
+            if page is None:
+                if missing is not None:
+                    missing.add(page_id)
+                break
+            marked.add(page_id)
+            added.add(page_id)
+            page_id = page.previous  # its entries are ancestors: reached through parents
         pending = [] if snapshot.tree is None or snapshot.tree in marked else [snapshot.tree]
         while pending:
             node_id = pending.pop()
@@ -118,7 +130,8 @@ def reachable_objects(reader: ObjectReader, refs: Mapping[str, bytes],
     Referenced objects that are not stored are added to ``missing``.
     """
     marked: set[ObjectId] = set()
-    _mark(refs, reader.snapshot_if_stored, reader.node_if_stored, marked, missing)
+    _mark(refs, reader.snapshot_if_stored, reader.node_if_stored, reader.history_page_if_stored,
+          marked, missing)
     return marked
 
 
@@ -135,7 +148,12 @@ def _rescuer(marked: set[ObjectId], rescued: set[ObjectId]
             data = get([object_id])[0]
             return None if data is None else decode_node(object_id_text(object_id), data)
 
-        rescued.update(_mark(changed, snapshot_of, node_of, set(marked)))
+        def page_of(object_id: ObjectId) -> HistoryPage | None:
+            data = get([object_id])[0]
+            return None if data is None else decode_history_page(object_id_text(object_id),
+                                                                 data)
+
+        rescued.update(_mark(changed, snapshot_of, node_of, page_of, set(marked)))
         return rescued
 
     return rescue

@@ -5,6 +5,13 @@ tip first). ``ancestry`` follows first parents, or with ``all_parents`` walks
 the whole DAG in a topological, newest-first order; ``merge_base`` finds the
 lowest common ancestor that a 3-way merge starts from.
 
+The history index: every snapshot written names a ``HistoryPage`` holding its
+first-parent ancestors, up to ``HISTORY_PAGE_SIZE`` of them, and the page
+that continues the run (``with_history`` builds it when the snapshot is
+made). Walking first parents therefore reads one object per page — 10,000
+commits are about 160 reads, not 10,000 — and ``snapshot_at`` (``as_of``)
+walks the same way. Snapshots from before pages existed are read one by one.
+
 ``Diff`` uses icechunk's field names so code moving from icechunk reads the
 same. Node paths are absolute (``"/"`` is the root group, ``"/t"`` an array).
 Changed keys are classified by their Zarr role: metadata documents
@@ -28,10 +35,11 @@ import attrs
 from versionstore.errors import SnapshotNotFoundError
 from versionstore.ids import ObjectId, SnapshotId, object_id_text
 from versionstore.objects import ObjectReader
-from versionstore.records import Snapshot
+from versionstore.codec import encode_history_page
+from versionstore.records import HISTORY_PAGE_SIZE, HistoryPage, Snapshot
 
 __all__ = ["Diff", "KeyLocator", "SnapshotInfo", "ancestry", "classify_changes", "merge_base",
-           "snapshot_at"]
+           "snapshot_at", "with_history"]
 
 KeyReader = Callable[[str], bytes | None]
 Coordinates = tuple[int, ...]
@@ -106,11 +114,7 @@ def ancestry(reader: ObjectReader, start: ObjectId, *, all_parents: bool = False
     the order is deterministic.
     """
     if not all_parents:
-        current: ObjectId | None = start
-        while current is not None:
-            snapshot = reader.snapshot(current)
-            yield current, snapshot
-            current = snapshot.parent
+        yield from _first_parents(reader, start)
         return
     found = _reachable(reader, start)
     waiting = dict.fromkeys(found, 0)  # children not yet yielded
@@ -126,6 +130,52 @@ def ancestry(reader: ObjectReader, start: ObjectId, *, all_parents: bool = False
             waiting[parent] -= 1
             if waiting[parent] == 0:
                 heapq.heappush(ready, _order(parent, found[parent]))
+
+
+def _first_parents(reader: ObjectReader, start: ObjectId
+                   ) -> Iterator[tuple[ObjectId, Snapshot]]:
+    """First-parent ancestry, a history page at a time where there are pages."""
+    snapshot = reader.snapshot(start)
+    yield start, snapshot
+    expected, page_id = snapshot.parent, snapshot.history
+    while expected is not None:
+        if page_id is None:  # written before history pages: one snapshot at a time
+            snapshot = reader.snapshot(expected)
+            yield expected, snapshot
+            expected, page_id = snapshot.parent, snapshot.history
+            continue
+        page = reader.history_page(page_id)
+        for snapshot_id, snapshot in page.entries:
+            if snapshot_id != expected:  # pragma: no cover - verify reports such a page
+                page = HistoryPage(entries=(), previous=None)
+                break
+            yield snapshot_id, snapshot
+            expected = snapshot.parent
+        page_id = page.previous
+
+
+def with_history(reader: ObjectReader, snapshot: Snapshot
+                 ) -> tuple[Snapshot, list[tuple[ObjectId, bytes]]]:
+    """``snapshot`` naming its history page, and the page object to store with it.
+
+    The page is the first parent followed by the parent's own page while that
+    has room (copied: pages are immutable), else a new page that points at
+    the parent's. The parent must be stored (it is: a branch tip, checked by
+    the compare-and-swap, or a snapshot the batch ``requires``).
+    """
+    parent = snapshot.parent
+    if parent is None:
+        return snapshot, []
+    above = reader.snapshot(parent)
+    entry = (parent, attrs.evolve(above, history=None))
+    previous = above.history
+    entries: tuple[tuple[ObjectId, Snapshot], ...] = (entry,)
+    if previous is not None:
+        older = reader.history_page(previous)
+        if len(older.entries) < HISTORY_PAGE_SIZE:
+            entries, previous = (entry, *older.entries), older.previous
+    page_id, frame = encode_history_page(HistoryPage(entries=entries, previous=previous))
+    return attrs.evolve(snapshot, history=page_id), [(page_id, frame)]
 
 
 def _order(snapshot_id: ObjectId, snapshot: Snapshot) -> tuple[float, bytes, ObjectId]:

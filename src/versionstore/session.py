@@ -51,7 +51,7 @@ from versionstore.errors import (
     ReadOnlySessionError,
     SnapshotNotFoundError,
 )
-from versionstore.history import Diff, classify_changes
+from versionstore.history import Diff, classify_changes, with_history
 from versionstore.ids import ObjectId, SessionId, SnapshotId, object_id_text
 from versionstore.records import (
     TOMBSTONE,
@@ -519,9 +519,10 @@ class Session:
                     parents=(tip,), tree=root, message=message,
                     written_at=datetime.now(UTC), metadata=dict(metadata or {}),
                 )
+            snapshot, pages = with_history(repo.reader, snapshot)
             snapshot_id, frame = encode_snapshot(snapshot)
             batch = WriteBatch(
-                objects=[*nodes.items(), (snapshot_id, frame)],
+                objects=[*nodes.items(), *pages, (snapshot_id, frame)],
                 # A chunk staged here may have been overwritten by a copy and collected
                 # since it was read: then re-read the staging area and try again.
                 requires=[entry.chunk_id for _, entry in changes if isinstance(entry, ChunkRef)],

@@ -16,9 +16,11 @@ import attrs
 
 from versionstore.codec import (
     KIND_BRANCH,
+    KIND_HISTORY,
     KIND_LEAF,
     KIND_SNAPSHOT,
     content_id,
+    decode_history_page,
     decode_node,
     decode_operation,
     decode_ref_target,
@@ -108,6 +110,8 @@ def _check(object_id: ObjectId, data: bytes | None) -> str | None:
             decode_snapshot(name, data).check()
         elif kind in (KIND_LEAF, KIND_BRANCH):
             decode_node(name, data).check()
+        elif kind == KIND_HISTORY:
+            decode_history_page(name, data).check()
     except (VersionStoreError, ValueError) as exc:
         return f"{name}: {exc}"
     return None

@@ -32,10 +32,10 @@ from typing import Any
 
 import attrs
 
+from versionstore.codec import encode_history_page
 from versionstore.errors import SnapshotNotFoundError
 from versionstore.ids import ObjectId, SnapshotId, object_id_text
 from versionstore.objects import ObjectReader
-from versionstore.codec import encode_history_page
 from versionstore.records import HISTORY_PAGE_SIZE, HistoryPage, Snapshot
 
 __all__ = ["Diff", "KeyLocator", "SnapshotInfo", "ancestry", "classify_changes", "merge_base",

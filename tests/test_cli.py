@@ -253,3 +253,37 @@ def test_real_process_commands(repo_path: str) -> None:
         result = _cli(*args, capture_output=True)
         assert result.returncode == status, (args, result.stderr)
         assert "Traceback" not in result.stderr
+def test_merge_cherry_pick_revert_squash_ops_log_and_graph(
+        repo_path: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with vs.Repository.open(vs.lmdb_storage(repo_path)) as repo:
+        session = repo.writable_session("dev")
+        session.store.storage.set("d", b"dev")
+        picked = session.commit("on dev")
+        session = repo.writable_session("dev")
+        session.store.storage.set("b", b"dev's b")
+        session.commit("dev changes b")
+        since = repo.lookup_branch("main")
+    assert main(["merge", repo_path, "dev"]) == 1
+    err = capsys.readouterr().err
+    assert "conflicts" in err and "conflict  key  /  b" in err
+    assert main(["merge", repo_path, "dev", "--on-conflict", "theirs"]) == 0
+    merged = capsys.readouterr().out.strip()
+    assert main(["log", repo_path, "--graph"]) == 0
+    graph = capsys.readouterr().out.splitlines()
+    assert graph[0].startswith("*  " + merged)
+    assert graph[1] == "|\\"
+    assert graph[2].startswith("| *") and "dev changes b" in graph[2]
+    assert "|/" in graph
+    assert graph[-1].startswith("*  ") and graph[-1].endswith("Repository initialized")
+    assert main(["revert", repo_path, picked, "--message", "no d"]) == 0
+    assert main(["cherry-pick", repo_path, picked]) == 0
+    assert main(["squash", repo_path, "--since", since, "--message", "all in one"]) == 0
+    capsys.readouterr()
+    assert main(["log", repo_path, "--limit", "2"]) == 0
+    assert [line.split("  ", 2)[2] for line in capsys.readouterr().out.splitlines()] == [
+        "all in one", "second"]
+    assert main(["ops-log", repo_path, "--limit", "4"]) == 0
+    kinds = [line.split("  ")[1] for line in capsys.readouterr().out.splitlines()]
+    assert kinds == ["squash", "cherry_pick", "revert", "merge"]
+    assert main(["squash", repo_path, "--since", picked]) == 1
+    assert "not an earlier snapshot" in capsys.readouterr().err

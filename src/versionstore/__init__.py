@@ -20,7 +20,10 @@ from versionstore.errors import (
     CorruptRepositoryError,
     DiskFullError,
     ImmutableTagError,
+    InvalidMoveError,
     InvalidRefNameError,
+    MergeConflict,
+    MergeConflictError,
     NothingToCommitError,
     ObjectTooLargeError,
     ProtectedBranchError,
@@ -41,6 +44,7 @@ from versionstore.errors import (
 from versionstore.gc import GCSummary
 from versionstore.history import Diff, SnapshotInfo
 from versionstore.importing import ImportSummary, import_zarr
+from versionstore.opslog import OpsLogEntry
 from versionstore.repository import PurgeResult, Repository
 from versionstore.session import Session
 from versionstore.session_store import SessionStore
@@ -66,10 +70,14 @@ __all__ = [
     "ImmutableTagError",
     "ImportSummary",
     "InMemoryStorage",
+    "InvalidMoveError",
     "InvalidRefNameError",
     "LMDBStorage",
+    "MergeConflict",
+    "MergeConflictError",
     "NothingToCommitError",
     "ObjectTooLargeError",
+    "OpsLogEntry",
     "ProtectedBranchError",
     "ReadOnlyRepositoryError",
     "PurgeBlockedError",

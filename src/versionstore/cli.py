@@ -9,6 +9,10 @@ Built on click, with rich tables and progress bars::
     versionstore du REPO [--history]         versionstore expire REPO --older-than 30d
     versionstore gc REPO [--delete]          versionstore compact REPO
     versionstore verify REPO                 versionstore purge REPO PATH --yes
+    versionstore merge REPO SOURCE [--into main] [--on-conflict raise|ours|theirs] [--no-ff]
+    versionstore cherry-pick REPO SNAPSHOT   versionstore revert REPO SNAPSHOT
+    versionstore squash REPO --since SNAPSHOT versionstore ops-log REPO [--limit N] [--json]
+    versionstore log REPO --graph
 
 REPO is an LMDB repository directory. Exit status: 0 success; 1 a user error
 (one line on stderr naming what was wrong, no traceback) or ``verify``
@@ -35,7 +39,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from versionstore import __version__
-from versionstore.errors import SnapshotNotFoundError, VersionStoreError
+from versionstore.errors import MergeConflictError, SnapshotNotFoundError, VersionStoreError
 from versionstore.history import Diff, SnapshotInfo
 from versionstore.repository import Repository
 from versionstore.storage import lmdb_storage
@@ -113,6 +117,12 @@ def _version(repo: Repository, name: str, side: str = "") -> dict[str, str]:
     return {f"{prefix}snapshot_id": name}
 
 
+def _ancestry(repo: Repository, version: dict[str, str]) -> Iterator[SnapshotInfo]:
+    """The ancestry of what ``_version`` found (a branch, tag or snapshot)."""
+    return repo.ancestry(branch=version.get("branch"), tag=version.get("tag"),
+                         snapshot_id=version.get("snapshot_id"))
+
+
 def _info(info: SnapshotInfo) -> dict[str, Any]:
     return {"id": info.id, "parent_id": info.parent_id, "written_at": info.written_at.isoformat(),
             "message": info.message, "metadata": info.metadata}
@@ -173,25 +183,60 @@ def cli() -> None:
 @click.option("--tag", help="start from this tag")
 @click.option("--snapshot", help="start from this snapshot id")
 @click.option("--limit", type=click.IntRange(min=0), help="show at most N snapshots")
+@click.option("--graph", is_flag=True,
+              help="every parent (merged branches too), drawn as a graph like git log --graph")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def log(repo: str, branch: str | None, tag: str | None, snapshot: str | None,
-        limit: int | None, as_json: bool) -> None:
+        limit: int | None, graph: bool, as_json: bool) -> None:
     """Snapshots, newest first: one line each (id, time, message, metadata).
 
-    Example: versionstore log my-repo --branch dev --limit 10
+    Example: versionstore log my-repo --branch dev --limit 10 --graph
     """
     if sum(x is not None for x in (branch, tag, snapshot)) > 1:
         raise click.UsageError("give at most one of --branch, --tag, --snapshot")
     with _open(repo) as opened:
-        history = opened.ancestry(branch=branch, tag=tag, snapshot_id=snapshot)
-        infos = itertools.islice(history, limit)
+        history = opened.ancestry(branch=branch, tag=tag, snapshot_id=snapshot,
+                                  all_parents=graph)
         if as_json:
-            _json([_info(i) for i in infos])
+            _json([_info(i) for i in itertools.islice(history, limit)])
             return
-        for info in infos:
-            stamp = info.written_at.strftime("%Y-%m-%d %H:%M:%S UTC")
-            metadata = f"  {json.dumps(info.metadata, default=repr)}" if info.metadata else ""
-            _echo(f"{info.id}  {stamp}  {info.message}{metadata}")
+        lines = _graph(history) if graph else (_describe(info) for info in history)
+        for line in itertools.islice(lines, limit):
+            _echo(line)
+
+
+def _describe(info: SnapshotInfo) -> str:
+    stamp = info.written_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+    metadata = f"  {json.dumps(info.metadata, default=repr)}" if info.metadata else ""
+    return f"{info.id}  {stamp}  {info.message}{metadata}"
+
+
+def _graph(history: Iterator[SnapshotInfo]) -> Iterator[str]:
+    r"""Lines of ``log --graph``: one column per line of descent, as ``git log --graph``.
+
+    ``*`` marks a snapshot, ``|`` a line passing by, ``\`` a merge's second
+    parent branching off, ``/`` two lines of descent meeting again.
+    """
+    columns: list[str] = []
+    for info in history:
+        if info.id not in columns:
+            columns.append(info.id)
+        col = columns.index(info.id)
+        cells = " ".join("*" if i == col else "|" for i in range(len(columns)))
+        yield f"{cells}  {_describe(info)}"
+        parents = list(info.parent_ids)
+        columns[col:col + 1] = parents[:1]
+        if len(parents) > 1:
+            columns.insert(col + 1, parents[1])
+            yield " ".join("|" for _ in range(col + 1)) + "\\"
+        while True:
+            seen: dict[str, int] = {}
+            duplicate = next((j for j, c in enumerate(columns) if seen.setdefault(c, j) != j),
+                             None)
+            if duplicate is None:
+                break
+            del columns[duplicate]
+            yield " ".join("|" for _ in range(duplicate)) + "/"
 
 
 @cli.command()
@@ -207,7 +252,7 @@ def show(repo: str, snapshot: str, as_json: bool) -> None:
     """
     with _open(repo) as opened:
         version = _version(opened, snapshot)
-        info = next(opened.ancestry(**version))
+        info = next(_ancestry(opened, version))
         diff = (opened.diff(from_snapshot_id=info.parent_id, to_snapshot_id=info.id)
                 if info.parent_id else Diff())
         if as_json:
@@ -324,7 +369,7 @@ def _ref_group(kind: str) -> click.Group:
     def create(repo: str, name: str, at: str) -> None:
         with _open(repo) as opened:
             version = _version(opened, at)
-            snapshot = next(opened.ancestry(**version)).id
+            snapshot = next(_ancestry(opened, version)).id
             (opened.create_branch if kind == "branch" else opened.create_tag)(name, snapshot)
             _echo(f"{kind} {name} -> {snapshot}")
 
@@ -535,6 +580,131 @@ def purge(repo: str, path: str, message: str | None, force: bool, yes: bool) -> 
           f"({_size(result.gc.bytes_freed)}); run `versionstore compact` to shrink the file")
 
 
+_ON_CONFLICT = click.Choice(["raise", "ours", "theirs"])
+
+
+def _print_conflicts(error: MergeConflictError) -> None:
+    for conflict in error.conflicts:
+        where = f"  {conflict.coordinates}" if conflict.coordinates is not None else ""
+        click.echo(f"conflict  {conflict.kind}  {conflict.path}  {conflict.key}{where}",
+                   err=True)
+
+
+def _edited(tip: str) -> None:
+    _echo(tip)
+
+
+@cli.command()
+@repo_argument
+@click.argument("source")
+@click.option("--into", default="main", show_default=True, help="the branch to merge into")
+@click.option("--on-conflict", type=_ON_CONFLICT, default="raise", show_default=True,
+              help="on keys both sides changed: refuse, keep the target's, or take the source's")
+@click.option("--no-ff", is_flag=True, help="make a merge snapshot even for a fast-forward")
+@click.option("-m", "--message", help="the merge snapshot's message")
+def merge(repo: str, source: str, into: str, on_conflict: str, no_ff: bool,
+          message: str | None) -> None:
+    """Three-way merge SOURCE (a branch, tag or snapshot id) into a branch; print its new tip.
+
+    Example: versionstore merge my-repo dev --into main --on-conflict theirs
+    """
+    with _open(repo) as opened:
+        version = _version(opened, source, "from")
+        try:
+            tip = opened.merge(version.get("from_branch"), into,
+                               from_tag=version.get("from_tag"),
+                               from_snapshot_id=version.get("from_snapshot_id"),
+                               message=message, on_conflict=on_conflict,
+                               fast_forward=not no_ff)
+        except MergeConflictError as exc:
+            _print_conflicts(exc)
+            raise
+    _edited(tip)
+
+
+@cli.command("cherry-pick")
+@repo_argument
+@click.argument("snapshot")
+@click.option("--onto", default="main", show_default=True, help="the branch to apply it to")
+@click.option("--on-conflict", type=_ON_CONFLICT, default="raise", show_default=True,
+              help="on keys both sides changed: refuse, keep the branch's, or take the pick's")
+@click.option("-m", "--message", help="the new snapshot's message")
+def cherry_pick(repo: str, snapshot: str, onto: str, on_conflict: str,
+                message: str | None) -> None:
+    """Apply the change SNAPSHOT made (against its first parent) to a branch.
+
+    Example: versionstore cherry-pick my-repo 3F7QXK2A --onto main
+    """
+    with _open(repo) as opened:
+        try:
+            tip = opened.cherry_pick(snapshot, onto, message=message, on_conflict=on_conflict)
+        except MergeConflictError as exc:
+            _print_conflicts(exc)
+            raise
+    _edited(tip)
+
+
+@cli.command()
+@repo_argument
+@click.argument("snapshot")
+@click.option("--branch", default="main", show_default=True, help="the branch to revert on")
+@click.option("--on-conflict", type=_ON_CONFLICT, default="raise", show_default=True,
+              help="on keys changed since: refuse, keep the branch's, or take the revert's")
+@click.option("-m", "--message", help="the new snapshot's message")
+def revert(repo: str, snapshot: str, branch: str, on_conflict: str,
+           message: str | None) -> None:
+    """Undo the change SNAPSHOT made, as a new snapshot on a branch.
+
+    Example: versionstore revert my-repo 3F7QXK2A --branch main
+    """
+    with _open(repo) as opened:
+        try:
+            tip = opened.revert(snapshot, branch, message=message, on_conflict=on_conflict)
+        except MergeConflictError as exc:
+            _print_conflicts(exc)
+            raise
+    _edited(tip)
+
+
+@cli.command()
+@repo_argument
+@click.option("--since", "since", required=True, metavar="SNAPSHOT",
+              help="the snapshot the squashed one is based on (kept)")
+@click.option("--branch", default="main", show_default=True, help="the branch to squash")
+@click.option("-m", "--message", help="the squashed snapshot's message")
+def squash(repo: str, since: str, branch: str, message: str | None) -> None:
+    """Replace the snapshots after --since on a branch by one.
+
+    Example: versionstore squash my-repo --since 3F7QXK2A -m "ingest 2024"
+    """
+    with _open(repo) as opened:
+        tip = opened.squash(branch, since_snapshot_id=since, message=message)
+    _edited(tip)
+
+
+@cli.command("ops-log")
+@repo_argument
+@click.option("--limit", type=click.IntRange(min=0), help="show at most N entries")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def ops_log(repo: str, limit: int | None, as_json: bool) -> None:
+    """Every ref change ever made, newest first (commits, merges, resets, tags, ...).
+
+    Example: versionstore ops-log my-repo --limit 20
+    """
+    with _open(repo) as opened:
+        entries = list(itertools.islice(opened.ops_log(), limit))
+    if as_json:
+        _json([{"time": e.written_at.isoformat(), "kind": e.kind, "ref_type": e.ref_type,
+                "name": e.name, "old": e.old, "new": e.new, "message": e.message}
+               for e in entries])
+        return
+    for entry in entries:
+        stamp = entry.written_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+        message = f"  {entry.message}" if entry.message else ""
+        _echo(f"{stamp}  {entry.kind}  {entry.ref_type} {entry.name}  "
+              f"{entry.old or '-'} -> {entry.new or '-'}{message}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (see the module docstring)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -552,7 +722,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             exc.show()
             status = exc.exit_code
         except (VersionStoreError, _UserError, ValueError, TypeError, KeyError) as exc:
-            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            plain_key_error = type(exc) is KeyError and exc.args
+            message = exc.args[0] if plain_key_error else exc
             click.echo(f"versionstore: error: {message}", err=True)
             status = EXIT_USER_ERROR
         except SystemExit as exc:

@@ -35,8 +35,10 @@ from versionstore.records import (
     ChunkRef,
     Entry,
     Graft,
+    HistoryPage,
     Leaf,
     Node,
+    Operation,
     RefTarget,
     RepositoryRecord,
     SessionRecord,
@@ -47,13 +49,16 @@ from versionstore.records import (
 __all__ = [
     "KIND_BRANCH",
     "KIND_CHUNK",
+    "KIND_HISTORY",
     "KIND_LEAF",
     "KIND_SNAPSHOT",
     "MAX_DECOMPRESSED",
     "content_id",
     "decode_chunk",
     "decode_graft",
+    "decode_history_page",
     "decode_node",
+    "decode_operation",
     "decode_ref_target",
     "decode_repository",
     "decode_session",
@@ -62,7 +67,9 @@ __all__ = [
     "staged_reencodes",
     "encode_chunk",
     "encode_graft",
+    "encode_history_page",
     "encode_node",
+    "encode_operation",
     "encode_ref_target",
     "encode_repository",
     "encode_session",
@@ -82,9 +89,11 @@ KIND_SESSION: Final = 6
 KIND_STAGED: Final = 7
 KIND_REPOSITORY: Final = 8
 KIND_GRAFT: Final = 9
+KIND_OPERATION: Final = 10
+KIND_HISTORY: Final = 11
 _KIND_NAMES = {
     1: "chunk", 2: "leaf", 3: "branch", 4: "snapshot", 5: "ref", 6: "session", 7: "staged",
-    8: "repository", 9: "graft",
+    8: "repository", 9: "graft", 10: "operation", 11: "history page",
 }
 
 _MAGIC: Final = b"VS"
@@ -115,7 +124,7 @@ def _frame(kind: int, payload: bytes, compress: bool) -> bytes:
 def content_id(name: str, data: bytes) -> ObjectId:
     """Recompute the content id of a stored object (checksum verified, content re-hashed)."""
     kind = frame_kind(data)
-    if kind not in (KIND_CHUNK, KIND_LEAF, KIND_BRANCH, KIND_SNAPSHOT):
+    if kind not in (KIND_CHUNK, KIND_LEAF, KIND_BRANCH, KIND_SNAPSHOT, KIND_HISTORY):
         raise CorruptObjectError(name, "not a content-addressed object")
     return hash_object(kind, bytes(_unframe(name, data, kind)))
 
@@ -330,17 +339,23 @@ def _decode_node(name: str, data: bytes) -> Node:
 # -- snapshots ------------------------------------------------------------------------
 
 
-def encode_snapshot(snapshot: Snapshot) -> tuple[ObjectId, bytes]:
-    """The id and stored frame of a snapshot."""
-    body = [
+def _snapshot_fields(snapshot: Snapshot) -> list[Any]:
+    fields = [
         Snapshot.FORMAT_VERSION,
-        snapshot.parent,
+        list(snapshot.parents),
         snapshot.tree,
         snapshot.message,
         msgpack.Timestamp.from_datetime(snapshot.written_at),
         msgpack.ExtType(2, pack_metadata(snapshot.metadata)),
     ]
-    payload = msgpack.packb(body, use_bin_type=True)
+    if snapshot.history is not None:
+        fields.append(snapshot.history)
+    return fields
+
+
+def encode_snapshot(snapshot: Snapshot) -> tuple[ObjectId, bytes]:
+    """The id and stored frame of a snapshot."""
+    payload = msgpack.packb(_snapshot_fields(snapshot), use_bin_type=True)
     return hash_object(KIND_SNAPSHOT, payload), _frame(KIND_SNAPSHOT, payload, compress=True)
 
 
@@ -350,9 +365,12 @@ def decode_snapshot(name: str, data: bytes) -> Snapshot:
 
 
 def _decode_snapshot(name: str, data: bytes) -> Snapshot:
-    fields = _versioned(
-        name, "snapshot", _unpack(name, _unframe(name, data, KIND_SNAPSHOT)), 1, 6
-    )
+    payload = _unpack(name, _unframe(name, data, KIND_SNAPSHOT))
+    return _snapshot_from_fields(name, payload)
+
+
+def _snapshot_from_fields(name: str, payload: Any) -> Snapshot:
+    fields = _versioned(name, "snapshot", payload, Snapshot.FORMAT_VERSION, 6)
     metadata = fields[5]
     if isinstance(metadata, msgpack.ExtType) and metadata.code == 2:
         metadata = _unpack(name, metadata.data)
@@ -361,13 +379,47 @@ def _decode_snapshot(name: str, data: bytes) -> Snapshot:
         raise CorruptObjectError(name, "snapshot time is malformed")
     if not isinstance(fields[3], str) or not isinstance(metadata, dict):
         raise CorruptObjectError(name, "snapshot message or metadata is malformed")
+    history = None
+    if fields[0] >= 2:  # a list of parents, then optionally the history page
+        if not isinstance(fields[1], list):
+            raise CorruptObjectError(name, "snapshot parents are malformed")
+        parents = tuple(_object_id(name, p) for p in fields[1])
+        if len(fields) > 6 and fields[6] is not None:
+            history = _object_id(name, fields[6])
+    else:  # format 1: one parent or None
+        parents = () if fields[1] is None else (_object_id(name, fields[1]),)
     return Snapshot(
-        parent=None if fields[1] is None else _object_id(name, fields[1]),
+        parents=parents,
         tree=None if fields[2] is None else _object_id(name, fields[2]),
         message=fields[3],
         written_at=written_at.astimezone(UTC),
         metadata=metadata,
+        history=history,
     )
+
+
+def encode_history_page(page: HistoryPage) -> tuple[ObjectId, bytes]:
+    """The id and stored frame of a history page."""
+    body = [HistoryPage.FORMAT_VERSION,
+            [[snapshot_id, _snapshot_fields(snapshot)] for snapshot_id, snapshot in page.entries],
+            page.previous]
+    payload = msgpack.packb(body, use_bin_type=True)
+    return hash_object(KIND_HISTORY, payload), _frame(KIND_HISTORY, payload, compress=True)
+
+
+def decode_history_page(name: str, data: bytes) -> HistoryPage:
+    """Decode a history page frame."""
+
+    def decode() -> HistoryPage:
+        fields = _versioned(name, "history page", _unpack(name, _unframe(name, data,
+                                                                         KIND_HISTORY)),
+                            HistoryPage.FORMAT_VERSION, 3)
+        entries = tuple((_object_id(name, item[0]), _snapshot_from_fields(name, item[1]))
+                        for item in fields[1])
+        previous = None if fields[2] is None else _object_id(name, fields[2])
+        return HistoryPage(entries=entries, previous=previous)
+
+    return _guarded("history page", decode, name)
 
 
 # -- refs ------------------------------------------------------------------------------
@@ -510,3 +562,32 @@ def decode_graft(name: str, data: bytes) -> Graft:
         return Graft(parents=tuple(_object_id(name, p) for p in f[1]))
 
     return _decode_small(name, data, KIND_GRAFT, "graft", 3, Graft.FORMAT_VERSION, build)
+def encode_operation(name: str, operation: Operation) -> bytes:
+    """The stored value of ops-log ref ``name``."""
+    stamp = msgpack.Timestamp.from_datetime(operation.written_at)
+    return _encode_small(KIND_OPERATION, [
+        Operation.FORMAT_VERSION, operation.kind, operation.ref, operation.old, operation.new,
+        stamp, operation.message, operation.source, name,
+    ])
+
+
+def decode_operation(name: str, data: bytes) -> Operation:
+    """Decode ops-log ref ``name``."""
+
+    def optional_id(value: Any) -> ObjectId | None:
+        return None if value is None else _object_id(name, value)
+
+    def build(f: list[Any]) -> Operation:
+        if not isinstance(f[1], str) or not isinstance(f[2], str):
+            raise CorruptObjectError(name, "operation kind or ref is malformed")
+        if f[6] is not None and not isinstance(f[6], str):
+            raise CorruptObjectError(name, "operation message is malformed")
+        if f[8] != name:
+            raise CorruptObjectError(name, f"operation record belongs to {f[8]!r}: the ref "
+                                     "name is damaged")
+        return Operation(kind=f[1], ref=f[2], old=optional_id(f[3]), new=optional_id(f[4]),
+                         written_at=_timestamp(name, f[5]), message=f[6],
+                         source=optional_id(f[7]))
+
+    return _decode_small(name, data, KIND_OPERATION, "operation", 9, Operation.FORMAT_VERSION,
+                         build)

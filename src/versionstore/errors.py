@@ -19,6 +19,8 @@ The tree::
     ├── ReadOnlySessionError         committing or writing through a read-only session
     ├── NothingToCommitError         commit() with no changes (and allow_empty=False)
     ├── ConflictError                a commit whose changes overlap the branch's new commits
+    │   └── MergeConflictError       a merge, cherry-pick or revert whose sides conflict
+    ├── InvalidMoveError             session.move with a missing source, taken destination, …
     ├── CorruptObjectError           a stored object that fails its checksum or cannot decode
     ├── ObjectTooLargeError          a record that would decompress beyond the safety cap
     ├── UnsupportedFormatError       a record written by a newer format version
@@ -36,7 +38,9 @@ so callers can act on them without parsing messages.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+
+import attrs
 
 __all__ = [
     "AmbiguousSnapshotIdError",
@@ -47,7 +51,10 @@ __all__ = [
     "CorruptRepositoryError",
     "DiskFullError",
     "ImmutableTagError",
+    "InvalidMoveError",
     "InvalidRefNameError",
+    "MergeConflict",
+    "MergeConflictError",
     "MissingObjectsError",
     "NothingToCommitError",
     "ObjectTooLargeError",
@@ -213,6 +220,61 @@ class ConflictError(VersionStoreError):
         super().__init__(
             f"commit conflicts with new commits on branch {branch!r}: {shown}{more}"
         )
+
+
+@attrs.frozen(kw_only=True)
+class MergeConflict:
+    """One conflict of a 3-way merge (also of a cherry-pick or revert).
+
+    ``path`` is the Zarr node (``"/t"``; ``"/"`` is the root group). ``kind``:
+
+    * ``"chunk"`` — both sides wrote one chunk differently; ``coordinates``
+      are its chunk (or shard) indices, read as ``Diff`` reads them;
+    * ``"metadata"`` — both sides changed a node's metadata document
+      (``zarr.json``, ``.zarray``, ``.zgroup``, ``.zattrs``) differently;
+    * ``"deleted-vs-modified"`` — one side (``deleted_by``: ``"ours"`` or
+      ``"theirs"``) deleted the node, the other changed something under it;
+      ``key`` is the first key the other side changed;
+    * ``"key"`` — any other key both sides changed differently.
+    """
+
+    path: str
+    kind: str
+    key: str
+    coordinates: tuple[int, ...] | None = None
+    deleted_by: str | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "chunk":
+            return f"chunk {self.coordinates} of {self.path}"
+        if self.kind == "deleted-vs-modified":
+            other = "theirs" if self.deleted_by == "ours" else "ours"
+            return f"{self.path} deleted by {self.deleted_by}, modified by {other} ({self.key})"
+        if self.kind == "metadata":
+            return f"metadata of {self.path} ({self.key})"
+        return f"key {self.key}"
+
+
+class MergeConflictError(ConflictError):
+    """Both sides of a merge (cherry-pick, revert) changed the same things differently.
+
+    Nothing was changed. ``conflicts`` lists each as a ``MergeConflict``
+    (sorted by path, then key); ``keys`` are their keys. Resolve by merging
+    with ``on_conflict="ours"`` or ``"theirs"``, or by changing one side.
+    """
+
+    def __init__(self, branch: str, conflicts: Sequence[MergeConflict], operation: str = "merge"
+                 ) -> None:
+        super().__init__(branch, [c.key for c in conflicts])
+        self.conflicts = tuple(sorted(conflicts, key=lambda c: (c.path, c.key)))
+        shown = "; ".join(str(c) for c in self.conflicts[:5])
+        more = f"; and {len(self.conflicts) - 5} more" if len(self.conflicts) > 5 else ""
+        self.args = (f"{operation} into branch {branch!r} conflicts: {shown}{more} (nothing "
+                     "was changed; pass on_conflict='ours' or 'theirs' to resolve)",)
+
+
+class InvalidMoveError(VersionStoreError, ValueError):
+    """``Session.move`` refused: missing source, existing destination, into itself, the root."""
 
 
 class CorruptObjectError(VersionStoreError):

@@ -37,6 +37,7 @@ import attrs
 from versionstore.backend.protocol import Backend, ObjectGetter, Rescue, WriteBatch
 from versionstore.codec import (
     KIND_SNAPSHOT,
+    decode_history_page,
     decode_node,
     decode_ref_target,
     decode_session,
@@ -48,7 +49,7 @@ from versionstore.errors import CorruptObjectError
 from versionstore.grafts import Grafts, graft_ref, grafts_from_refs, parents_of
 from versionstore.ids import ObjectId, object_id_text
 from versionstore.objects import ObjectReader
-from versionstore.records import Branch, ChunkRef, Leaf, Node, Snapshot
+from versionstore.records import Branch, ChunkRef, HistoryPage, Leaf, Node, Snapshot
 from versionstore.refs import REPOSITORY_REF, session_ref, stage_prefix
 
 __all__ = ["GCSummary", "Progress", "collect_garbage", "reachable_objects"]
@@ -73,7 +74,7 @@ class GCSummary:
     bytes_freed: int = 0
 
 
-_KNOWN = ("branch/", "tag/", "session/", "stage/", "graft/")
+_KNOWN = ("branch/", "tag/", "session/", "stage/", "graft/", "ops/")
 
 
 def _session_of(name: str) -> str:
@@ -122,9 +123,13 @@ def _roots(refs: Mapping[str, bytes | None], staged: set[str] | None = None
 
 def _mark(roots: tuple[list[ObjectId], set[ObjectId]],
           snapshot_of: Callable[[ObjectId], Snapshot | None],
-          node_of: Callable[[ObjectId], Node | None], marked: set[ObjectId],
+          node_of: Callable[[ObjectId], Node | None],
+          page_of: Callable[[ObjectId], HistoryPage | None], marked: set[ObjectId],
           missing: set[ObjectId] | None = None, grafts: Grafts | None = None) -> set[ObjectId]:
     """Add to ``marked`` everything the roots reach that is not in it yet; return the additions.
+
+    Snapshots are followed through their parents (as ``grafts`` say) and
+    keep their history pages.
 
     Objects that are referenced but not stored go to ``missing`` (there is
     nothing of them to keep; ``verify`` reports them). A damaged object
@@ -146,6 +151,16 @@ def _mark(roots: tuple[list[ObjectId], set[ObjectId]],
         marked.add(snapshot_id)
         added.add(snapshot_id)
         snapshots.extend(parents_of(snapshot_id, snapshot, grafts))
+        page_id = snapshot.history
+        while page_id is not None and page_id not in marked:
+            page = page_of(page_id)
+            if page is None:
+                if missing is not None:
+                    missing.add(page_id)
+                break
+            marked.add(page_id)
+            added.add(page_id)
+            page_id = page.previous  # its entries are ancestors: reached through parents
         pending = [] if snapshot.tree is None or snapshot.tree in marked else [snapshot.tree]
         while pending:
             node_id = pending.pop()
@@ -174,7 +189,8 @@ def reachable_objects(reader: ObjectReader, refs: Mapping[str, bytes],
     """
     marked: set[ObjectId] = set()
     _mark(_roots(refs, _staged_sessions(refs)), reader.snapshot_if_stored,
-          reader.node_if_stored, marked, missing, grafts_from_refs(refs))
+          reader.node_if_stored, reader.history_page_if_stored, marked, missing,
+          grafts_from_refs(refs))
     return marked
 
 
@@ -195,12 +211,17 @@ def _rescuer(marked: set[ObjectId], rescued: set[ObjectId]) -> Rescue:
             data = get([object_id])[0]
             return None if data is None else decode_node(object_id_text(object_id), data)
 
+        def page_of(object_id: ObjectId) -> HistoryPage | None:
+            data = get([object_id])[0]
+            return None if data is None else decode_history_page(object_id_text(object_id),
+                                                                 data)
+
         roots = dict(changed)
         for session in _staged_sessions(changed):
             record = session_ref(session)
             if record in now:
                 roots[record] = now[record]
-        rescued.update(_mark(_roots(roots), snapshot_of, node_of, set(marked)))
+        rescued.update(_mark(_roots(roots), snapshot_of, node_of, page_of, set(marked)))
         return rescued
 
     return rescue
@@ -228,8 +249,8 @@ def collect_garbage(reader: ObjectReader, *, dry_run: bool = False,
     grafts = grafts_from_refs(refs)
     staged = _staged_sessions(refs)
     marked: set[ObjectId] = set()
-    _mark(_roots(refs, staged), reader.snapshot_if_stored, reader.node_if_stored, marked, None,
-          grafts)
+    _mark(_roots(refs, staged), reader.snapshot_if_stored, reader.node_if_stored,
+          reader.history_page_if_stored, marked, None, grafts)
     doomed = [oid for oid in backend.iter_object_ids() if oid not in marked]
     sizes: dict[ObjectId, int] = {}
     recent: list[ObjectId] = []
@@ -245,8 +266,8 @@ def collect_garbage(reader: ObjectReader, *, dry_run: bool = False,
         if progress is not None:
             progress("sizing unreachable objects", len(sizes), len(doomed))
     if recent:
-        _mark((recent, set()), reader.snapshot_if_stored, reader.node_if_stored, marked, None,
-              grafts)
+        _mark((recent, set()), reader.snapshot_if_stored, reader.node_if_stored,
+              reader.history_page_if_stored, marked, None, grafts)
         doomed = [oid for oid in doomed if oid not in marked]
     rescued: set[ObjectId] = set()
     empty_records = {  # records of sessions with nothing staged: pruned, if still so

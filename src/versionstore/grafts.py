@@ -50,11 +50,11 @@ def parents_of(snapshot_id: ObjectId, snapshot: Snapshot,
                grafts: Grafts | None = None) -> tuple[ObjectId, ...]:
     """The parents history follows from ``snapshot``: its graft's, else its own.
 
-    Multi-parent snapshots: return all of the snapshot's parents here (the
-    one place every walk of history gets parents from).
+    All of a merge snapshot's parents (this is the one place every walk of
+    history gets parents from).
     """
     if grafts:
         grafted = grafts.get(snapshot_id)
         if grafted is not None:
             return grafted
-    return () if snapshot.parent is None else (snapshot.parent,)
+    return snapshot.parents

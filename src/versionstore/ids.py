@@ -49,9 +49,18 @@ def hash_object(kind: int, payload: bytes) -> ObjectId:
     return ObjectId(hasher.digest(ID_LENGTH))
 
 
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+#: Every 10-bit group as its two base32 characters (``base64.b32encode`` is pure
+#: Python and costs more than decoding a snapshot; ancestry names thousands of ids).
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
+
+
 def object_id_text(object_id: bytes) -> str:
     """The base32 text form of an object id (what users see)."""
-    return base64.b32encode(object_id).decode("ascii").rstrip("=")
+    if len(object_id) != ID_LENGTH:
+        return base64.b32encode(object_id).decode("ascii").rstrip("=")
+    number = int.from_bytes(object_id, "big")
+    return "".join([_PAIRS[(number >> shift) & 1023] for shift in range(150, -10, -10)])
 
 
 def object_id_from_text(text: str) -> ObjectId:

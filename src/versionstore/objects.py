@@ -14,10 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Generic, TypeVar
 
 from versionstore.backend.protocol import Backend
-from versionstore.codec import decode_chunk, decode_node, decode_snapshot
+from versionstore.codec import decode_chunk, decode_history_page, decode_node, decode_snapshot
 from versionstore.errors import CorruptObjectError, SnapshotNotFoundError, VersionStoreError
 from versionstore.ids import ObjectId, object_id_text
-from versionstore.records import Branch, Node, Snapshot
+from versionstore.records import Branch, HistoryPage, Node, Snapshot
 
 __all__ = ["ObjectReader"]
 
@@ -69,6 +69,7 @@ class ObjectReader:
         self.backend = backend
         self._nodes: _LRU[ObjectId, Node] = _LRU(cache_nodes)
         self._snapshots: _LRU[ObjectId, Snapshot] = _LRU(4096)
+        self._pages: _LRU[ObjectId, HistoryPage] = _LRU(1024)
 
     def node(self, node_id: ObjectId) -> Node:
         """The tree node ``node_id``.
@@ -131,6 +132,28 @@ class ObjectReader:
             snapshot = _decode(decode_snapshot, snapshot_id, data)
             self._snapshots.put(snapshot_id, snapshot)
         return snapshot
+
+    def history_page_if_stored(self, page_id: ObjectId) -> HistoryPage | None:
+        """The history page ``page_id``, or ``None`` if it is not stored."""
+        page = self._pages.get(page_id)
+        if page is None:
+            data = self.backend.get_objects([page_id])[0]
+            if data is None:
+                return None
+            page = _decode(decode_history_page, page_id, data)
+            self._pages.put(page_id, page)
+        return page
+
+    def history_page(self, page_id: ObjectId) -> HistoryPage:
+        """The history page ``page_id``.
+
+        Raises:
+            CorruptObjectError: the page is missing or damaged.
+        """
+        page = self.history_page_if_stored(page_id)
+        if page is None:
+            raise CorruptObjectError(object_id_text(page_id), "history page is missing")
+        return page
 
     def chunks(self, chunk_ids: Sequence[ObjectId]) -> list[bytes]:
         """The values of chunk objects, in order (one backend call)."""

@@ -140,8 +140,9 @@ def purge_node(reader: ObjectReader, path: str, *, message: str | None = None,
             metadata = dict(snapshot.metadata)
             metadata[METADATA_KEY] = {"path": "/" + prefix.rstrip("/"), "message": message,
                                       "original": object_id_text(snapshot_id)}
-            # Single-parent snapshots; with merges, write every one of new_parents.
-            rewritten = Snapshot(parent=new_parents[0] if new_parents else None, tree=tree,
+            # Every parent (merges have two). No history page: pages list the old
+            # ancestors; ancestry reads rewritten snapshots one at a time.
+            rewritten = Snapshot(parents=tuple(new_parents), tree=tree,
                                  message=snapshot.message, written_at=snapshot.written_at,
                                  metadata=metadata)
             new_id, frame = encode_snapshot(rewritten)

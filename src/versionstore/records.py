@@ -6,7 +6,9 @@ Objects (immutable, content-addressed):
   the bytes are the object);
 * ``Leaf`` — a sorted run of ``key -> entry`` pairs, the bottom of a tree;
 * ``Branch`` — a sorted run of ``first key -> child node id`` pairs;
-* ``Snapshot`` — one commit: parent, tree root, message, time, metadata.
+* ``Snapshot`` — one commit: parents, tree root, message, time, metadata;
+* ``HistoryPage`` — a packed run of a snapshot's first-parent ancestors, so
+  that ancestry reads one object per page instead of one per snapshot.
 
 Mutable refs (moved by compare-and-swap):
 
@@ -14,7 +16,8 @@ Mutable refs (moved by compare-and-swap):
   keeps a tombstone so its name is never reused);
 * ``SessionRecord`` — a writable session's branch and base snapshot;
 * ``RepositoryRecord`` — the repository's format version;
-* staged entries — an ``Entry`` or ``TOMBSTONE`` per staged key.
+* staged entries — an ``Entry`` or ``TOMBSTONE`` per staged key;
+* ``Operation`` — one ops-log entry: a ref change, written with it.
 
 Every record class has a ``FORMAT_VERSION``; ``codec`` writes it into every
 encoded record and refuses records from newer versions.
@@ -36,7 +39,9 @@ __all__ = [
     "ChunkRef",
     "Entry",
     "Graft",
+    "HistoryPage",
     "Leaf",
+    "Operation",
     "RefTarget",
     "RepositoryRecord",
     "SessionRecord",
@@ -118,22 +123,68 @@ Node = Leaf | Branch
 
 @attrs.frozen(kw_only=True)
 class Snapshot:
-    """One commit. ``tree`` is ``None`` for an empty store."""
+    """One commit. ``tree`` is ``None`` for an empty store.
 
-    FORMAT_VERSION: ClassVar[int] = 1
-    parent: ObjectId | None
+    ``parents`` is ``()`` for the initial snapshot, one id for a commit (and a
+    cherry-pick, revert, squash or amend), and two for a merge: the target
+    branch's tip first, then the merged source. Format 1 stored a single
+    ``parent`` (read as a one-element ``parents``); format 2 stores the list.
+    """
+
+    FORMAT_VERSION: ClassVar[int] = 2  # 2: a list of parents (merges have two), history
+    parents: tuple[ObjectId, ...]
     tree: ObjectId | None
     message: str
     written_at: datetime
     metadata: dict[str, Any] = attrs.field(factory=dict)
+    #: The ``HistoryPage`` that starts with this snapshot's first parent (``None``:
+    #: no parent, or a parent written before history pages existed).
+    history: ObjectId | None = None
+
+    @property
+    def parent(self) -> ObjectId | None:
+        """The first parent (the branch this snapshot was made on), or ``None``."""
+        return self.parents[0] if self.parents else None
 
     def check(self) -> None:
         """Raise ``ValueError`` if the snapshot is malformed."""
         if self.written_at.tzinfo is None:
             raise ValueError("snapshot time has no timezone")
-        for object_id in (self.parent, self.tree):
+        for object_id in (*self.parents, self.tree, self.history):
             if object_id is not None and len(object_id) != ID_LENGTH:
                 raise ValueError("malformed object id in snapshot")
+        if len(set(self.parents)) != len(self.parents):
+            raise ValueError("snapshot names the same parent twice")
+
+
+#: A history page holds at most this many snapshots.
+HISTORY_PAGE_SIZE = 64
+
+
+@attrs.frozen(kw_only=True)
+class HistoryPage:
+    """A run of first-parent ancestors, newest first, then the page that continues it.
+
+    ``entries[0]`` is the first parent of the snapshot that names this page;
+    each entry's first parent is the next entry (or ``previous``'s first).
+    Entries are the snapshots themselves without their own ``history``.
+    Pages are immutable and shared: a commit's page is its parent plus the
+    parent's page (copied while it has room), else a new page pointing at it.
+    """
+
+    FORMAT_VERSION: ClassVar[int] = 1
+    entries: tuple[tuple[ObjectId, Snapshot], ...]
+    previous: ObjectId | None
+
+    def check(self) -> None:
+        """Raise ``ValueError`` if the page breaks its invariants."""
+        if not self.entries or len(self.entries) > HISTORY_PAGE_SIZE:
+            raise ValueError("history page is empty or too long")
+        for (_, newer), (older_id, _) in zip(self.entries, self.entries[1:], strict=False):
+            if newer.parent != older_id:
+                raise ValueError("history page entries do not follow first parents")
+        for _, snapshot in self.entries:
+            snapshot.check()
 
 
 @attrs.frozen(kw_only=True)
@@ -191,3 +242,29 @@ class Graft:
 
     FORMAT_VERSION: ClassVar[int] = 1
     parents: tuple[ObjectId, ...]
+#: The kinds of ref change the ops log records.
+OPERATION_KINDS = frozenset({
+    "commit", "amend", "merge", "cherry_pick", "revert", "squash", "reset_branch",
+    "create_branch", "delete_branch", "create_tag", "delete_tag",
+})
+
+
+@attrs.frozen(kw_only=True)
+class Operation:
+    """One entry of the ops log: a ref that changed, and how.
+
+    Written under ``ops/…`` in the same atomic batch as the ref change it
+    records. ``ref`` is the backend ref name (``branch/main``, ``tag/v1``);
+    ``old``/``new`` the snapshot before and after (``None``: the ref did not
+    exist / was deleted). ``source`` is the merged, cherry-picked or reverted
+    snapshot, where there is one.
+    """
+
+    FORMAT_VERSION: ClassVar[int] = 1
+    kind: str
+    ref: str
+    old: ObjectId | None
+    new: ObjectId | None
+    written_at: datetime
+    message: str | None = None
+    source: ObjectId | None = None

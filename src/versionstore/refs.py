@@ -1,19 +1,23 @@
 """Branches and tags: named pointers to snapshots, moved only by compare-and-swap.
 
-A branch moves by commit or by ``reset_branch``; each move is one atomic
-compare-and-swap against the value the mover last read, so concurrent movers
-cannot lose each other's work. A tag is created once and never moves; deleting
+A branch moves by commit, amend, merge, cherry-pick, revert, squash or
+``reset_branch``; each move is one atomic compare-and-swap against the
+value the mover last read, so concurrent movers cannot lose each other's
+work, and the same batch writes the move's ops-log entry
+(``versionstore.opslog``). A tag is created once and never moves; deleting
 it leaves a tombstone so the name cannot later point somewhere else.
 
 Ref names in the backend: ``repository`` (the format record),
 ``branch/<name>``, ``tag/<name>``, ``session/<id>`` (a writable session's
-record) and ``stage/<id>/<key>`` (its staged changes).
+record), ``stage/<id>/<key>`` (its staged changes) and ``ops/<key>`` (the ops
+log).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import attrs
 
@@ -30,7 +34,8 @@ from versionstore.errors import (
     TagNotFoundError,
 )
 from versionstore.ids import ObjectId, object_id_text
-from versionstore.records import RefTarget
+from versionstore.opslog import with_operation
+from versionstore.records import Operation, RefTarget
 
 __all__ = ["MAIN", "REPOSITORY_REF", "Refs", "branch_ref", "session_ref", "stage_prefix",
            "tag_ref", "validate_ref_name"]
@@ -89,18 +94,28 @@ class Refs:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
 
-    def _swap(self, name: str, expected: bytes | None, target: RefTarget,
-              requires: Sequence[ObjectId], batch: WriteBatch | None = None) -> bool:
+    def _swap(self, name: str, expected: bytes | None, target: RefTarget | None,
+              requires: Sequence[ObjectId], batch: WriteBatch | None = None, *,
+              kind: str, message: str | None = None, source: ObjectId | None = None) -> bool:
+        """One compare-and-swap of ref ``name`` carrying ``batch`` and its ops-log entry.
+
+        ``target`` ``None`` deletes the ref.
+        """
         base = batch or WriteBatch()
+        old = None if expected is None else decode_ref_target(name, expected).snapshot
+        new = None if target is None else target.snapshot
+        operation = Operation(kind=kind, ref=name, old=old, new=new,
+                              written_at=datetime.now(UTC), message=message, source=source)
         try:
-            return self.backend.write(attrs.evolve(
+            return self.backend.write(with_operation(attrs.evolve(
                 base,
                 expect={**base.expect, name: expected},
                 requires=[*base.requires, *requires],
-                refs={**base.refs, name: encode_ref_target(name, target)},
-            ))
+                refs={**base.refs,
+                      name: None if target is None else encode_ref_target(name, target)},
+            ), operation))
         except MissingObjectsError as exc:
-            wanted = None if target.snapshot is None else object_id_text(target.snapshot)
+            wanted = None if new is None else object_id_text(new)
             if wanted in exc.object_ids:
                 raise SnapshotNotFoundError(wanted) from exc
             raise
@@ -125,14 +140,18 @@ class Refs:
             SnapshotNotFoundError: ``snapshot`` is not stored (checked atomically).
         """
         ref = branch_ref(validate_ref_name(name))
-        if not self._swap(ref, None, RefTarget(snapshot=snapshot), [snapshot]):
+        if not self._swap(ref, None, RefTarget(snapshot=snapshot), [snapshot],
+                          kind="create_branch"):
             raise RefExistsError("branch", name)
 
     def move_branch(self, name: str, expected_raw: bytes, snapshot: ObjectId,
-                    batch: WriteBatch | None = None, *, verify_target: bool = False) -> bool:
+                    batch: WriteBatch | None = None, *, verify_target: bool = False,
+                    kind: str = "commit", message: str | None = None,
+                    source: ObjectId | None = None) -> bool:
         """Compare-and-swap a branch from ``expected_raw`` to ``snapshot``.
 
-        ``batch`` (the new snapshot and its tree nodes, staging cleanup) is
+        ``batch`` (the new snapshot and its tree nodes, staging cleanup) and
+        an ops-log entry of ``kind`` (with ``message`` and ``source``) are
         written in the same atomic step, only if the swap succeeds. With
         ``verify_target``, ``snapshot`` must already be stored (a reset to an
         existing snapshot); a commit writes it in the batch instead.
@@ -142,7 +161,7 @@ class Refs:
         """
         requires = [snapshot] if verify_target else []
         return self._swap(branch_ref(name), expected_raw, RefTarget(snapshot=snapshot),
-                          requires, batch)
+                          requires, batch, kind=kind, message=message, source=source)
 
     def delete_branch(self, name: str) -> None:
         """Remove a branch (its snapshots stay until garbage-collected)."""
@@ -151,7 +170,8 @@ class Refs:
                                        "reset_branch instead")
         while True:
             _, raw = self.branch_tip(name)
-            if self.backend.compare_and_swap_ref(branch_ref(name), raw, None):
+            if self._swap(branch_ref(name), raw, None, [],
+                          kind="delete_branch"):
                 return
 
     def list_branches(self) -> set[str]:
@@ -177,7 +197,7 @@ class Refs:
             SnapshotNotFoundError: ``snapshot`` is not stored (checked atomically).
         """
         ref = tag_ref(validate_ref_name(name))
-        if self._swap(ref, None, RefTarget(snapshot=snapshot), [snapshot]):
+        if self._swap(ref, None, RefTarget(snapshot=snapshot), [snapshot], kind="create_tag"):
             return
         raw = self.backend.get_ref(ref)
         if raw is not None and decode_ref_target(ref, raw).deleted:
@@ -189,7 +209,8 @@ class Refs:
         self.tag_target(name)
         ref = tag_ref(name)
         raw = self.backend.get_ref(ref)
-        if not self._swap(ref, raw, RefTarget(snapshot=None, deleted=True), []):
+        if not self._swap(ref, raw, RefTarget(snapshot=None, deleted=True), [],
+                          kind="delete_tag"):
             raise TagNotFoundError(name)
 
     def list_tags(self) -> set[str]:

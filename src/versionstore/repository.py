@@ -37,6 +37,7 @@ from versionstore.codec import (
     encode_snapshot,
     frame_kind,
 )
+from versionstore.editing import HistoryEditor
 from versionstore.errors import (
     AmbiguousSnapshotIdError,
     BranchNotFoundError,
@@ -56,6 +57,7 @@ from versionstore.history import (
     SnapshotInfo,
     ancestry,
     classify_changes,
+    merge_base,
     snapshot_at,
 )
 from versionstore.ids import (
@@ -69,10 +71,12 @@ from versionstore.ids import (
 )
 from versionstore.notebook import repository_html
 from versionstore.objects import ObjectReader
+from versionstore.opslog import OpsLogEntry, read_ops_log, with_operation
 from versionstore.purge import purge_node
 from versionstore.records import (
     REPOSITORY_FORMAT,
     ChunkRef,
+    Operation,
     RefTarget,
     RepositoryRecord,
     Snapshot,
@@ -111,6 +115,7 @@ class Repository:
         self.backend = backend
         self.reader = ObjectReader(backend)
         self.refs = Refs(backend)
+        self.editor = HistoryEditor(self.reader, self.refs)
 
     def __repr__(self) -> str:
         return f"Repository({self.storage!r})"
@@ -175,20 +180,21 @@ class Repository:
                     "refusing to initialise over it (run `versionstore verify` on it, or "
                     "choose an empty location)"
                 )
-            snapshot = Snapshot(parent=None, tree=None, message=INITIAL_MESSAGE,
+            snapshot = Snapshot(parents=(), tree=None, message=INITIAL_MESSAGE,
                                 written_at=datetime.now(UTC))
             snapshot_id, frame = encode_snapshot(snapshot)
             record = RepositoryRecord(format_version=REPOSITORY_FORMAT,
                                       created_at=snapshot.written_at)
             main = branch_ref(MAIN)
-            created = backend.write(WriteBatch(
+            created = backend.write(with_operation(WriteBatch(
                 objects=[(snapshot_id, frame)],
                 expect={REPOSITORY_REF: None, main: None},
                 refs={
                     REPOSITORY_REF: encode_repository(record),
                     main: encode_ref_target(main, RefTarget(snapshot=snapshot_id)),
                 },
-            ))
+            ), Operation(kind="create_branch", ref=main, old=None, new=snapshot_id,
+                         written_at=snapshot.written_at, message=INITIAL_MESSAGE)))
             if not created:
                 raise RepositoryExistsError(f"a repository already exists in {storage!r}")
             backend.sync()
@@ -287,6 +293,10 @@ class Repository:
         tip, _ = self.refs.branch_tip(branch)
         return Session(self, base=tip, branch=branch, read_only=False,
                        session_id=new_session_id())
+
+    def rearrange_session(self, branch: str = MAIN) -> Session:
+        """A writable session, for code coming from icechunk (any writable session can ``move``)."""
+        return self.writable_session(branch)
 
     def resumable_sessions(self) -> dict[SessionId, str]:
         """Writable sessions with staged changes: session id → branch."""
@@ -429,7 +439,8 @@ class Repository:
         target = self._snapshot_object(snapshot_id)
         while True:
             _, raw = self.refs.branch_tip(name)
-            if self.refs.move_branch(name, raw, target, verify_target=True):
+            if self.refs.move_branch(name, raw, target, verify_target=True,
+                                     kind="reset_branch"):
                 self.backend.sync()
                 return
 
@@ -449,27 +460,157 @@ class Repository:
     # -- history -----------------------------------------------------------------------
 
     def ancestry(self, *, branch: str | None = None, tag: str | None = None,
-                 snapshot_id: str | None = None) -> History:
+                 snapshot_id: str | None = None, all_parents: bool = False) -> History:
         """Snapshots from the given version back to the first, newest first.
 
-        A lazy iterator (``History``) that shows as a table and graph in a notebook.
+        First parents only by default (the branch's own line); with
+        ``all_parents``, the whole DAG (merged branches too), each snapshot once
+        and after all its descendants, newest first among those ready. A lazy
+        iterator (``History``) that shows as a table and graph in a notebook.
         """
-        return History(self._ancestry(branch=branch, tag=tag, snapshot_id=snapshot_id))
+        return History(self._ancestry(branch=branch, tag=tag, snapshot_id=snapshot_id,
+                                      all_parents=all_parents))
 
     def _ancestry(self, *, branch: str | None, tag: str | None,
-                  snapshot_id: str | None) -> Iterator[SnapshotInfo]:
+                  snapshot_id: str | None, all_parents: bool) -> Iterator[SnapshotInfo]:
         check_optional_name(branch, "branch", "a branch name")
         check_optional_name(tag, "tag", "a tag name")
         check_optional_name(snapshot_id, "snapshot_id", "a snapshot id")
+        check_flag(all_parents, "all_parents")
         start = self._resolve(branch=branch, tag=tag, snapshot_id=snapshot_id,
                               default_branch=MAIN)
         grafts = self._grafts()
-        for object_id, snapshot in ancestry(self.reader, start, grafts):
+        for object_id, snapshot in ancestry(self.reader, start, all_parents=all_parents,
+                                            grafts=grafts):
             yield SnapshotInfo.of(object_id, snapshot, grafts)
 
     def _grafts(self) -> dict[ObjectId, tuple[ObjectId, ...]]:
         """Where ``expire_snapshots`` cut history (``versionstore.grafts``)."""
         return grafts_from_refs(self.backend.list_refs(GRAFT_PREFIX))
+
+    def merge_base(self, snapshot_id_a: str, snapshot_id_b: str) -> SnapshotId | None:
+        """The lowest common ancestor of two snapshots, or ``None`` if they share none.
+
+        Criss-cross histories have several; the newest (then greatest id) is chosen.
+        """
+        check_name(snapshot_id_a, "snapshot_id_a", "a snapshot id")
+        check_name(snapshot_id_b, "snapshot_id_b", "a snapshot id")
+        found = merge_base(self.reader, self._snapshot_object(snapshot_id_a),
+                           self._snapshot_object(snapshot_id_b))
+        return None if found is None else SnapshotId(_text(found))
+
+    def merge(self, from_branch: str | None = None, into_branch: str = MAIN, *,
+              from_tag: str | None = None, from_snapshot_id: str | None = None,
+              message: str | None = None, metadata: dict[str, Any] | None = None,
+              on_conflict: str = "raise", fast_forward: bool = True) -> SnapshotId:
+        """Three-way merge a branch, tag or snapshot into ``into_branch``; its new tip.
+
+        Keys changed on one side only are taken; keys both sides changed
+        differently conflict (``versionstore.merge``). If ``into_branch``'s tip
+        is an ancestor of the source, the branch fast-forwards (unless
+        ``fast_forward=False``: then a merge snapshot is made); merging an
+        ancestor of the tip changes nothing. A merge snapshot's
+        ``parent_ids`` are ``(tip, source)``. The branch moves by one
+        compare-and-swap that also writes the ops-log entry; if a commit
+        lands meanwhile, the merge is redone on the new tip.
+
+        Args:
+            from_branch: the branch to merge (or give ``from_tag`` or
+                ``from_snapshot_id`` instead).
+            into_branch: the branch that moves.
+            from_tag: a tag to merge.
+            from_snapshot_id: a snapshot to merge.
+            message: the merge snapshot's message (default "Merge … into …").
+            metadata: the merge snapshot's metadata.
+            on_conflict: ``"raise"`` (the default), ``"ours"`` (keep
+                ``into_branch``'s value) or ``"theirs"`` (take the source's).
+            fast_forward: move the branch to the source when its tip is an
+                ancestor of the source, instead of making a merge snapshot.
+
+        Raises:
+            MergeConflictError: conflicts and ``on_conflict="raise"``; nothing changed.
+            ValueError: an unknown ``on_conflict``, or not exactly one source.
+        """
+        check_optional_name(from_branch, "from_branch", "a branch name")
+        check_optional_name(from_tag, "from_tag", "a tag name")
+        check_optional_name(from_snapshot_id, "from_snapshot_id", "a snapshot id")
+        check_name(into_branch, "into_branch")
+        check_optional_name(message, "message", "a message")
+        check_flag(fast_forward, "fast_forward")
+        if (from_branch, from_tag, from_snapshot_id) == (None, None, None):
+            raise ValueError("give one of from_branch, from_tag or from_snapshot_id")
+        source = self._resolve(branch=from_branch, tag=from_tag, snapshot_id=from_snapshot_id)
+        label = (f"branch {from_branch!r}" if from_branch is not None else
+                 f"tag {from_tag!r}" if from_tag is not None else f"snapshot {from_snapshot_id}")
+        tip = self.editor.merge(into_branch, source, label=label, message=message,
+                                metadata=metadata, on_conflict=on_conflict,
+                                fast_forward=fast_forward)
+        return SnapshotId(_text(tip))
+
+    def cherry_pick(self, snapshot_id: str, onto_branch: str = MAIN, *,
+                    message: str | None = None, metadata: dict[str, Any] | None = None,
+                    on_conflict: str = "raise") -> SnapshotId:
+        """Apply the change ``snapshot_id`` made (against its first parent) to a branch.
+
+        Uses the merge machinery (same conflicts, same ``on_conflict``); the
+        new snapshot has one parent, the branch's tip.
+
+        Raises:
+            MergeConflictError: conflicts and ``on_conflict="raise"``; nothing changed.
+            NothingToCommitError: the branch already has that change.
+        """
+        check_name(snapshot_id, "snapshot_id", "a snapshot id")
+        check_name(onto_branch, "onto_branch")
+        check_optional_name(message, "message", "a message")
+        tip = self.editor.apply_snapshot(onto_branch, self._snapshot_object(snapshot_id),
+                                         revert=False, message=message, metadata=metadata,
+                                         on_conflict=on_conflict)
+        return SnapshotId(_text(tip))
+
+    def revert(self, snapshot_id: str, on_branch: str = MAIN, *, message: str | None = None,
+               metadata: dict[str, Any] | None = None, on_conflict: str = "raise"
+               ) -> SnapshotId:
+        """Undo the change ``snapshot_id`` made, as a new snapshot on ``on_branch``.
+
+        Raises:
+            MergeConflictError: later snapshots changed the same things and
+                ``on_conflict="raise"``; nothing changed.
+            NothingToCommitError: the change is not there to undo.
+        """
+        check_name(snapshot_id, "snapshot_id", "a snapshot id")
+        check_name(on_branch, "on_branch")
+        check_optional_name(message, "message", "a message")
+        tip = self.editor.apply_snapshot(on_branch, self._snapshot_object(snapshot_id),
+                                         revert=True, message=message, metadata=metadata,
+                                         on_conflict=on_conflict)
+        return SnapshotId(_text(tip))
+
+    def squash(self, branch: str = MAIN, *, since_snapshot_id: str,
+               message: str | None = None, metadata: dict[str, Any] | None = None
+               ) -> SnapshotId:
+        """Replace the snapshots after ``since_snapshot_id`` on ``branch`` by one.
+
+        The new snapshot's parent is ``since_snapshot_id`` and its content the
+        branch tip's; the message defaults to the squashed messages. The old
+        snapshots stay readable by id until garbage collection.
+
+        Raises:
+            ValueError: ``since_snapshot_id`` is not an earlier snapshot of the branch.
+        """
+        check_name(branch, "branch")
+        check_name(since_snapshot_id, "since_snapshot_id", "a snapshot id")
+        check_optional_name(message, "message", "a message")
+        tip = self.editor.squash(branch, self._snapshot_object(since_snapshot_id),
+                                 message=message, metadata=metadata)
+        return SnapshotId(_text(tip))
+
+    def ops_log(self) -> Iterator[OpsLogEntry]:
+        """Every ref change ever made, newest first (``versionstore.opslog``).
+
+        Entries do not keep snapshots alive: an entry may name a snapshot that
+        garbage collection has removed.
+        """
+        yield from read_ops_log(self.backend)
 
     def diff(
         self,
@@ -722,9 +863,35 @@ class Repository:
         """``diff`` without blocking the event loop."""
         return await asyncio.to_thread(lambda: self.diff(**versions))
 
-    async def ancestry_async(self, **version: str | None) -> list[SnapshotInfo]:
+    async def ancestry_async(self, *, all_parents: bool = False, **version: str | None
+                             ) -> list[SnapshotInfo]:
         """``ancestry`` (as a list) without blocking the event loop."""
-        return await asyncio.to_thread(lambda: list(self.ancestry(**version)))
+        return await asyncio.to_thread(
+            lambda: list(self.ancestry(all_parents=all_parents, **version)))
+
+    async def merge_async(self, from_branch: str | None = None, into_branch: str = MAIN,
+                          **options: Any) -> SnapshotId:
+        """``merge`` without blocking the event loop."""
+        return await asyncio.to_thread(lambda: self.merge(from_branch, into_branch, **options))
+
+    async def cherry_pick_async(self, snapshot_id: str, onto_branch: str = MAIN,
+                                **options: Any) -> SnapshotId:
+        """``cherry_pick`` without blocking the event loop."""
+        return await asyncio.to_thread(
+            lambda: self.cherry_pick(snapshot_id, onto_branch, **options))
+
+    async def revert_async(self, snapshot_id: str, on_branch: str = MAIN, **options: Any
+                           ) -> SnapshotId:
+        """``revert`` without blocking the event loop."""
+        return await asyncio.to_thread(lambda: self.revert(snapshot_id, on_branch, **options))
+
+    async def squash_async(self, branch: str = MAIN, **options: Any) -> SnapshotId:
+        """``squash`` without blocking the event loop."""
+        return await asyncio.to_thread(lambda: self.squash(branch, **options))
+
+    async def ops_log_async(self) -> list[OpsLogEntry]:
+        """``ops_log`` (as a list) without blocking the event loop."""
+        return await asyncio.to_thread(lambda: list(self.ops_log()))
 
 
 def _text(object_id: ObjectId) -> str:

@@ -49,13 +49,14 @@ from versionstore.codec import (
 from versionstore.errors import (
     ConflictError,
     CorruptObjectError,
+    InvalidMoveError,
     MissingObjectsError,
     NothingToCommitError,
     ReadOnlySessionError,
     SnapshotNotFoundError,
 )
 from versionstore.group_stage import GroupStager
-from versionstore.history import Diff, classify_changes
+from versionstore.history import Diff, classify_changes, with_history
 from versionstore.ids import ObjectId, SessionId, SnapshotId, object_id_text
 from versionstore.records import (
     TOMBSTONE,
@@ -359,6 +360,44 @@ class Session:
         self._repo.backend.scan_refs(prefix, visit)
         return changes, _StagedValues(prefix, changes, kept)
 
+    def move(self, from_path: str, to_path: str) -> None:
+        """Stage renaming the group or array at ``from_path`` (and all under it) to ``to_path``.
+
+        Paths are absolute node paths as in ``Diff`` (``"/a/b"``). No chunk
+        bytes are copied: chunks are content-addressed, so the moved keys
+        point at the same objects. The move is staged like any write (one
+        atomic step): ``discard_changes`` undoes it, ``commit`` or ``amend``
+        records it, and it mixes freely with data writes.
+
+        Raises:
+            InvalidMoveError: the root is moved, the source holds nothing, the
+                destination holds something, or it lies inside the source.
+            ReadOnlySessionError: the session is read-only.
+        """
+        session_id = self._require_writable()
+        source, target = _node_directory(from_path), _node_directory(to_path)
+        if not source or not target:
+            raise InvalidMoveError("the root group cannot be moved, nor anything moved onto it")
+        if target == source or target.startswith(source + "/"):
+            raise InvalidMoveError(f"cannot move {from_path!r} into itself ({to_path!r})")
+        moving = dict(self.iter_entries(source + "/", source + "/"))
+        if not moving:
+            raise InvalidMoveError(f"nothing to move: {from_path!r} does not exist")
+        if next(self.iter_entries(target + "/", target + "/"), None) is not None:
+            raise InvalidMoveError(f"cannot move onto {to_path!r}: it already exists")
+        for key in moving:
+            validate_session_key(target + key[len(source):])
+        prefix = stage_prefix(session_id)
+        refs: dict[str, bytes | None] = {}
+        for key in moving:
+            in_base = lookup(self._repo.reader.node, self._root, key) is not None
+            refs[prefix + key] = encode_staged(prefix + key, TOMBSTONE) if in_base else None
+        for key, entry in moving.items():
+            name = prefix + target + key[len(source):]
+            refs[name] = encode_staged(name, entry)
+        chunks = [e.chunk_id for e in moving.values() if isinstance(e, ChunkRef)]
+        self._stage(WriteBatch(refs=refs, requires=chunks, session=self._rule(self._base)))
+
     @property
     def has_uncommitted_changes(self) -> bool:
         """Whether anything staged differs from the base.
@@ -492,12 +531,36 @@ class Session:
                 staged changes are kept.
             CorruptObjectError: a staged chunk is missing from the repository.
         """
-        self._require_writable()
-        assert self._branch is not None
         if not isinstance(message, str):
             raise TypeError(f"a commit message is required (a str), not {message!r}")
-        metadata = dict(metadata or {})
-        pack_metadata(metadata)
+        return self._record(message, metadata, allow_empty=allow_empty, amend=False)
+
+    def amend(self, message: str | None = None, metadata: dict[str, Any] | None = None
+              ) -> SnapshotId:
+        """Replace the branch's tip by a snapshot with its changes *and* the staged ones.
+
+        The new snapshot has the tip's parents; ``message`` and ``metadata``
+        default to the tip's, so ``amend("better message")`` with nothing
+        staged rewrites only the message. The replaced snapshot stays
+        readable by id until garbage collection (and the ops log records the
+        amend). Moves (``move``) can be amended like any other change.
+
+        Raises:
+            ReadOnlySessionError: on a read-only session.
+            ConflictError: the branch moved since this session's base and
+                touched the same keys; the staged changes are kept.
+        """
+        if message is not None and not isinstance(message, str):
+            raise TypeError(f"message must be a str or None, not {message!r}")
+        return self._record(message, metadata, allow_empty=True, amend=True)
+
+    def _record(self, message: str | None, metadata: dict[str, Any] | None, *,
+                allow_empty: bool, amend: bool) -> SnapshotId:
+        """Commit (or amend) the staged changes by one compare-and-swap of the branch."""
+        self._require_writable()
+        assert self._branch is not None
+        if metadata is not None:
+            pack_metadata(dict(metadata))
         repo = self._repo
         missing_in_a_row = 0
         for _ in range(_MAX_COMMIT_ATTEMPTS):
@@ -525,13 +588,24 @@ class Session:
                         "nothing to commit: no staged change differs from the branch "
                         "(pass allow_empty=True to commit anyway)")
                 continue
-            snapshot = Snapshot(
-                parent=tip, tree=root, message=message,
-                written_at=datetime.now(UTC), metadata=metadata,
-            )
+            if amend:
+                replaced = repo.reader.snapshot(tip)
+                snapshot = Snapshot(
+                    parents=replaced.parents, tree=root,
+                    message=replaced.message if message is None else message,
+                    written_at=datetime.now(UTC),
+                    metadata=dict(replaced.metadata if metadata is None else metadata),
+                )
+            else:
+                assert message is not None
+                snapshot = Snapshot(
+                    parents=(tip,), tree=root, message=message,
+                    written_at=datetime.now(UTC), metadata=dict(metadata or {}),
+                )
+            snapshot, pages = with_history(repo.reader, snapshot)
             snapshot_id, frame = encode_snapshot(snapshot)
             batch = WriteBatch(
-                objects=[*nodes.items(), (snapshot_id, frame)],
+                objects=[*nodes.items(), *pages, (snapshot_id, frame)],
                 # A chunk staged here may have been overwritten by a copy and collected
                 # since it was read: then re-read the staging area and try again.
                 requires=[entry.chunk_id for _, entry in changes if isinstance(entry, ChunkRef)],
@@ -539,7 +613,9 @@ class Session:
                 session=self._rule(snapshot_id, generation, replace=True),
             )
             try:
-                moved = repo.refs.move_branch(self._branch, raw_tip, snapshot_id, batch)
+                moved = repo.refs.move_branch(self._branch, raw_tip, snapshot_id, batch,
+                                              kind="amend" if amend else "commit",
+                                              message=snapshot.message)
             except MissingObjectsError as exc:
                 missing_in_a_row += 1
                 if missing_in_a_row >= 3:
@@ -561,6 +637,19 @@ class Session:
                            allow_empty: bool = False) -> SnapshotId:
         """``commit`` without blocking the event loop."""
         return await asyncio.to_thread(self.commit, message, metadata, allow_empty=allow_empty)
+
+    async def amend_async(self, message: str | None = None,
+                          metadata: dict[str, Any] | None = None) -> SnapshotId:
+        """``amend`` without blocking the event loop."""
+        return await asyncio.to_thread(self.amend, message, metadata)
+
+
+def _node_directory(path: str) -> str:
+    """The key prefix (without slashes at either end) of node path ``path``."""
+    if not isinstance(path, str):
+        raise TypeError(f"a node path must be a str such as '/a/b', not {path!r}")
+    return path.strip("/")
+
 
 
 class _StagedValues(Mapping[str, bytes]):

@@ -196,7 +196,7 @@ def history_usage(reader: ObjectReader, tip: ObjectId) -> list[SnapshotUsage]:
             children[parent].append(snapshot_id)
         pending.extend(parents)
     rows = []
-    for snapshot_id, snapshot in ancestry(reader, tip, grafts):
+    for snapshot_id, snapshot in ancestry(reader, tip, grafts=grafts):
         delta = deltas[snapshot_id]
         replaced = {old.chunk_id for old, _ in delta.values() if isinstance(old, ChunkRef)}
         added = {new.chunk_id: new.size for _, new in delta.values()

@@ -16,11 +16,14 @@ import attrs
 
 from versionstore.codec import (
     KIND_BRANCH,
+    KIND_HISTORY,
     KIND_LEAF,
     KIND_SNAPSHOT,
     content_id,
     decode_graft,
+    decode_history_page,
     decode_node,
+    decode_operation,
     decode_ref_target,
     decode_repository,
     decode_session,
@@ -126,6 +129,8 @@ def _check(object_id: ObjectId, data: bytes | None) -> str | None:
             decode_snapshot(name, data).check()
         elif kind in (KIND_LEAF, KIND_BRANCH):
             decode_node(name, data).check()
+        elif kind == KIND_HISTORY:
+            decode_history_page(name, data).check()
     except (VersionStoreError, ValueError) as exc:
         return f"{name}: {exc}"
     return None
@@ -137,5 +142,6 @@ _REF_DECODERS: dict[str, Callable[[str, bytes], object]] = {
     "session": decode_session,
     "stage": decode_staged,
     "graft": decode_graft,
+    "ops": decode_operation,
     REPOSITORY_REF: decode_repository,
 }

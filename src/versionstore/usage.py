@@ -92,6 +92,10 @@ class SnapshotUsage:
     exclusive_bytes: int
 
 
+#: Zarr metadata documents (v3 and v2): every other key is a chunk.
+_METADATA_NAMES = frozenset({"zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata"})
+
+
 def _array_paths(entries: list[tuple[str, Entry]], read: Mapping[str, bytes]) -> list[str]:
     """Directories of the arrays among ``entries`` (longest first)."""
     arrays = []
@@ -113,8 +117,11 @@ def version_usage(reader: ObjectReader, snapshot_id: ObjectId) -> VersionUsage:
     """Sizes of the version at ``snapshot_id`` (reads every node, sizes every chunk object)."""
     root = reader.snapshot(snapshot_id).tree
     entries = list(iter_from(reader.node, root, ""))
-    metadata = {key: e for key, e in entries
-                if key.rpartition("/")[2] == "zarr.json" and isinstance(e, bytes)}
+    documents = [(key, e) for key, e in entries if key.rpartition("/")[2] == "zarr.json"]
+    # An array's zarr.json is often larger than the inline limit: then it is a chunk object.
+    large = [e.chunk_id for _, e in documents if isinstance(e, ChunkRef)]
+    fetched = dict(zip(large, reader.chunks(large), strict=True)) if large else {}
+    metadata = {key: e if isinstance(e, bytes) else fetched[e.chunk_id] for key, e in documents}
     arrays = _array_paths(entries, metadata)
     chunk_ids = sorted({e.chunk_id for _, e in entries if isinstance(e, ChunkRef)})
     stored: dict[ObjectId, int] = {}
@@ -129,8 +136,9 @@ def version_usage(reader: ObjectReader, snapshot_id: ObjectId) -> VersionUsage:
         node = "/" + path if path is not None else "/"
         row = rows[node]
         row["keys"] += 1
-        if isinstance(entry, ChunkRef):
+        if key.rpartition("/")[2] not in _METADATA_NAMES:
             row["chunks"] += 1
+        if isinstance(entry, ChunkRef):
             row["logical"] += entry.size
             if entry.chunk_id not in seen[node]:
                 seen[node].add(entry.chunk_id)

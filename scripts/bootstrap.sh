@@ -46,15 +46,25 @@ if [ ! -x "$venv/bin/python" ] || ! _is_modern_python "$venv/bin/python"; then
     "$python_bin" -m venv "$venv"
 fi
 
-stamp="$venv/.installed-$(cat "$repo_root/pyproject.toml" | sha1sum | cut -c1-12)-${VS_EXTRAS:-test}"
+# VS_EXTRAS names the extras to install: scripts/test wants "test" (the default),
+# scripts/demo only the package itself ("base"), which any install of this
+# pyproject.toml already has.
+extras="${VS_EXTRAS:-test}"
+hash="$(cat "$repo_root/pyproject.toml" | sha1sum | cut -c1-12)"
+stamp="$venv/.installed-$hash-$extras"
+if [ "$extras" = "base" ] && compgen -G "$venv/.installed-$hash-*" >/dev/null; then
+    stamp="$(compgen -G "$venv/.installed-$hash-*" | head -n 1)"
+fi
+spec="$repo_root"
+[ "$extras" = "base" ] || spec="$repo_root[$extras]"
 if [ ! -f "$stamp" ]; then
     # pip talks a lot (and machine-level pip configuration can add a hundred lines of
     # index warnings): keep its output in a log, and show it only if it fails.
     log="$venv/install.log"
-    echo "==> installing versionstore[${VS_EXTRAS:-test}] into .venv (pip's output: .venv/install.log)"
+    echo "==> installing versionstore ($extras) into .venv (pip's output: .venv/install.log)"
     if ! {
         "$venv/bin/python" -m pip install --disable-pip-version-check --upgrade pip &&
-        "$venv/bin/python" -m pip install --disable-pip-version-check -e "$repo_root[${VS_EXTRAS:-test}]"
+        "$venv/bin/python" -m pip install --disable-pip-version-check -e "$spec"
     } >"$log" 2>&1; then
         echo "error: installing into .venv failed; pip said:" >&2
         cat "$log" >&2

@@ -98,7 +98,8 @@ def _explore(directory: Path) -> None:
     command, where = cli_command(), shlex.quote(str(directory))
     print(f"\nthe demo repository is kept at {directory}")
     print("explore it:")
-    for args in ["log", "branches", "tags", "diff {where} main experiment", "verify"]:
+    for args in ["log", "log --graph", "branch list", "tag list",
+                 "diff {where} main experiment", "du", "verify"]:
         line = args.format(where=where) if "{where}" in args else f"{args} {where}"
         print(f"  {command} {line}")
     print(f"  or in Python: vs.Repository.open({str(directory)!r})")

@@ -45,14 +45,15 @@ def test_demo_runs_and_tells_the_story(tmp_path: Path) -> None:
     assert (tmp_path / "repo" / "data.mdb").exists()
     assert f"the demo repository is kept at {tmp_path / 'repo'}" in out
     commands = _explore_commands(out)
-    assert [words[0] for words in commands] == ["log", "branches", "tags", "diff", "verify"]
+    assert [words[0] for words in commands] == ["log", "log", "branch", "tag", "diff", "du",
+                                                "verify"]
     for words in commands:
         explored = subprocess.run([sys.executable, "-m", "versionstore.cli", *words],
                                   capture_output=True, text=True, timeout=120, check=False)
         assert explored.returncode == 0, (words, explored.stderr)
         assert explored.stdout.strip(), words
     assert "experiment" in subprocess.run(
-        [sys.executable, "-m", "versionstore.cli", *commands[1]], capture_output=True,
+        [sys.executable, "-m", "versionstore.cli", *commands[2]], capture_output=True,
         text=True, timeout=120, check=True).stdout
 
 

@@ -359,8 +359,8 @@ READ_ONLY_CHECKS = """
     repo = vs.Repository.open(storage)
     out["main"] = repo.readonly_session("main").store.storage.get("k").decode()
     out["log"] = [info.message for info in repo.ancestry(branch="main")]
-    session = repo.writable_session("main")
     try:
+        session = repo.writable_session("main")
         session.store.storage.set("k", b"new")
         session.commit("refused")
         out["write"] = "accepted"
@@ -403,9 +403,8 @@ def test_read_only_storage_refuses_writes_and_creates_nothing(tmp_path: Path) ->
         workers.commit_keys(repo, ["k"])
     repo = vs.Repository.open(vs.lmdb_storage(path, read_only=True))
     assert repo.readonly_session("main").store.storage.get("k") == b"k"
-    session = repo.writable_session("main")
-    with pytest.raises(vs.ReadOnlyRepositoryError):
-        session.store.storage.set("k2", b"v")
+    with pytest.raises(vs.ReadOnlyRepositoryError, match="use readonly_session"):
+        repo.writable_session("main")  # refused up front, not at the first write
     repo.close()
     missing = tmp_path / "missing"
     assert vs.Repository.exists(vs.lmdb_storage(missing, read_only=True)) is False

@@ -41,6 +41,7 @@ from versionstore.editing import HistoryEditor
 from versionstore.errors import (
     AmbiguousSnapshotIdError,
     BranchNotFoundError,
+    ReadOnlyRepositoryError,
     RepositoryExistsError,
     RepositoryNotFoundError,
     SessionNotFoundError,
@@ -277,6 +278,10 @@ class Repository:
         """
         check_name(branch, "branch")
         check_optional_name(resume, "resume", "a session id")
+        if getattr(self.backend, "read_only", False):
+            raise ReadOnlyRepositoryError(
+                f"{self.storage!r} is open read-only (or lies on a read-only filesystem): "
+                "use readonly_session, or open it writable")
         if looks_like_snapshot_id(branch) and branch not in self.list_branches():
             raise BranchNotFoundError(branch, hint="sessions write to branches: create one at "
                                       "that snapshot with create_branch(name, snapshot_id=...)")

@@ -560,6 +560,11 @@ class Session:
         self._require_writable()
         assert self._branch is not None
         if metadata is not None:
+            if not isinstance(metadata, dict):
+                raise TypeError(
+                    f"metadata must be a dict (str keys), not {type(metadata).__name__}")
+            if not all(isinstance(key, str) for key in metadata):
+                raise TypeError("metadata keys must be str")
             pack_metadata(dict(metadata))
         repo = self._repo
         missing_in_a_row = 0

@@ -39,12 +39,24 @@ from zarr.testing.strategies import keys as zarr_keys
 from zarrstore import AsyncToSync
 from zarrstore.opendal import AsyncOpendalStorage, AsyncOpendalStore, OpendalStorage, OpendalStore
 from zarrstore.protocol import Storage
-from zarrstore.testing import KEYS, StoreConformance, storage_state_machine
+from zarrstore.testing import (
+    FILES_CANNOT_BE_DIRECTORIES,
+    KEYS,
+    StoreConformance,
+    storage_state_machine,
+)
 
 # -- the services ------------------------------------------------------------------------
 
 
-class OnFs:
+class FileBacked:
+    """Services that keep keys as files in directories: ``g/x`` cannot sit beside ``g/x/...``."""
+
+    def why_not_a_key_and_keys_under_it(self, storage: Storage) -> str | None:
+        return FILES_CANNOT_BE_DIRECTORIES
+
+
+class OnFs(FileBacked):
     @pytest.fixture
     def service(self, tmp_path: Path) -> Service:
         return fs_service(tmp_path)
@@ -59,7 +71,7 @@ class InMemory:
         return memory_service()
 
 
-class OnFtp:
+class OnFtp(FileBacked):
     @pytest.fixture
     def service(self, ftp: FTPServer) -> Service:
         return ftp.fresh()

@@ -44,7 +44,6 @@ from contextlib import suppress
 from typing import Self, override
 
 import opendal
-from opendal import exceptions as opendal_errors
 
 from zarrstore.errors import StorageIOError
 from zarrstore.opendal_boundary import (
@@ -108,7 +107,10 @@ class OpendalStorage(OpendalBoundary, Storage):
         try:
             with self._translated("stat", key, let_through=MISSING):
                 meta = self._operator.stat(key)
-        except opendal_errors.NotFound:
+                parent = self._parent_to_confirm(key) if meta.is_file else None
+                if parent is not None:  # NotFound when the parent is a file, not a directory
+                    self._operator.stat(parent)
+        except MISSING:
             return None
         return int(meta.content_length) if meta.is_file else None
 
@@ -133,7 +135,7 @@ class OpendalStorage(OpendalBoundary, Storage):
                 if self._features.reads_to_end:
                     return bytes(self._operator.read(key, offset=offset))[:length]
                 return bytes(self._operator.read(key, offset=offset, size=length))
-        except opendal_errors.NotFound:
+        except MISSING:
             return None
         except StorageIOError:
             with suppress(StorageIOError):  # if the stat fails too, the read's error stands
@@ -183,10 +185,15 @@ class OpendalStorage(OpendalBoundary, Storage):
 
     @override
     def _erase_many(self, keys: Sequence[str]) -> None:
+        erased = []
         for key in keys:
-            with self._translated("delete", key):
-                self._operator.delete(key)
-        self._prune(keys)
+            try:
+                with self._translated("delete", key, let_through=MISSING):
+                    self._operator.delete(key)
+            except MISSING:  # a path through a value, or a directory: nothing to erase
+                continue
+            erased.append(key)
+        self._prune(erased)
 
     @override
     def _erase_prefix(self, prefix: str) -> None:
@@ -239,7 +246,10 @@ class AsyncOpendalStorage(OpendalBoundary, AsyncStorage):
         try:
             with self._translated("stat", key, let_through=MISSING):
                 meta = await self._operator.stat(key)
-        except opendal_errors.NotFound:
+                parent = self._parent_to_confirm(key) if meta.is_file else None
+                if parent is not None:  # NotFound when the parent is a file, not a directory
+                    await self._operator.stat(parent)
+        except MISSING:
             return None
         return int(meta.content_length) if meta.is_file else None
 
@@ -264,7 +274,7 @@ class AsyncOpendalStorage(OpendalBoundary, AsyncStorage):
                 if self._features.reads_to_end:
                     return bytes(await self._operator.read(key, offset=offset))[:length]
                 return bytes(await self._operator.read(key, offset=offset, size=length))
-        except opendal_errors.NotFound:
+        except MISSING:
             return None
         except StorageIOError:
             with suppress(StorageIOError):  # if the stat fails too, the read's error stands
@@ -304,10 +314,15 @@ class AsyncOpendalStorage(OpendalBoundary, AsyncStorage):
 
     @override
     async def _erase_many(self, keys: Sequence[str]) -> None:
+        erased = []
         for key in keys:
-            with self._translated("delete", key):
-                await self._operator.delete(key)
-        await self._prune(keys)
+            try:
+                with self._translated("delete", key, let_through=MISSING):
+                    await self._operator.delete(key)
+            except MISSING:  # a path through a value, or a directory: nothing to erase
+                continue
+            erased.append(key)
+        await self._prune(erased)
 
     @override
     async def _erase_prefix(self, prefix: str) -> None:

@@ -49,7 +49,10 @@ from zarrstore.errors import StorageIOError
 from zarrstore.opendal_boundary import (
     ERRORS,
     MISSING,
+    PRUNED_RETRIES,
     TAKEN,
+    DirectoryGate,
+    DirectoryPruned,
     Features,
     OpendalBoundary,
     Option,
@@ -80,6 +83,7 @@ class OpendalStorage(OpendalBoundary, Storage):
         Storage.__init__(self, read_only=read_only)
         self._operator: opendal.Operator = operator
         self._features = Features.of(operator)
+        self._gate = DirectoryGate()
         self._lister: opendal.AsyncOperator | None = None
 
     @classmethod
@@ -164,20 +168,38 @@ class OpendalStorage(OpendalBoundary, Storage):
     @override
     def _set(self, key: str, value: bytes) -> None:
         self._refuse_empty(key, value)
-        with self._translated("write", key):
-            self._operator.write(key, value)
+        for _ in range(PRUNED_RETRIES):
+            try:
+                with (
+                    self._gate.writing(key),
+                    self._translated("write", key, let_through=(DirectoryPruned,)),
+                ):
+                    self._operator.write(key, value)
+                return
+            except DirectoryPruned:  # a concurrent erase removed the directory: again
+                continue
+        raise StorageIOError(f"cannot store {key!r} on {self!r}: its directory keeps being removed")
 
     @override
     def _set_if_absent(self, key: str, value: bytes) -> bool:
         if not self._features.atomic_create:
             return super()._set_if_absent(key, value)
         self._refuse_empty(key, value)
-        try:
-            with self._translated("write (if not exists)", key, let_through=TAKEN):
-                self._operator.write(key, value, if_not_exists=True)
-        except TAKEN:
-            return False
-        return True
+        for _ in range(PRUNED_RETRIES):
+            try:
+                with (
+                    self._gate.writing(key),
+                    self._translated(
+                        "write (if not exists)", key, let_through=(*TAKEN, DirectoryPruned)
+                    ),
+                ):
+                    self._operator.write(key, value, if_not_exists=True)
+            except TAKEN:
+                return False
+            except DirectoryPruned:  # a concurrent erase removed the directory: again
+                continue
+            return True
+        raise StorageIOError(f"cannot store {key!r} on {self!r}: its directory keeps being removed")
 
     @override
     def _erase(self, key: str) -> None:
@@ -204,10 +226,14 @@ class OpendalStorage(OpendalBoundary, Storage):
         if not self._features.real_directories:
             return
         for directory in parents(keys):
+            if not self._gate.begin_prune(directory):  # a write under it is in flight
+                continue
             try:  # a directory that still holds something stays: the service refuses
                 self._operator.delete(directory)
             except ERRORS:
                 pass
+            finally:
+                self._gate.end_prune(directory)
 
     @override
     def _with_read_only(self, read_only: bool) -> OpendalStorage:
@@ -226,6 +252,7 @@ class AsyncOpendalStorage(OpendalBoundary, AsyncStorage):
         AsyncStorage.__init__(self, read_only=read_only)
         self._operator: opendal.AsyncOperator = operator
         self._features = Features.of(operator)
+        self._gate = DirectoryGate()
 
     @classmethod
     def from_scheme(cls, scheme: str, *, read_only: bool = False, **options: Option) -> Self:
@@ -293,20 +320,34 @@ class AsyncOpendalStorage(OpendalBoundary, AsyncStorage):
     @override
     async def _set(self, key: str, value: bytes) -> None:
         self._refuse_empty(key, value)
-        with self._translated("write", key):
-            await self._operator.write(key, value)
+        for _ in range(PRUNED_RETRIES):
+            try:
+                async with self._gate.writing_async(key):
+                    with self._translated("write", key, let_through=(DirectoryPruned,)):
+                        await self._operator.write(key, value)
+                return
+            except DirectoryPruned:  # a concurrent erase removed the directory: again
+                continue
+        raise StorageIOError(f"cannot store {key!r} on {self!r}: its directory keeps being removed")
 
     @override
     async def _set_if_absent(self, key: str, value: bytes) -> bool:
         if not self._features.atomic_create:
             return await super()._set_if_absent(key, value)
         self._refuse_empty(key, value)
-        try:
-            with self._translated("write (if not exists)", key, let_through=TAKEN):
-                await self._operator.write(key, value, if_not_exists=True)
-        except TAKEN:
-            return False
-        return True
+        for _ in range(PRUNED_RETRIES):
+            try:
+                async with self._gate.writing_async(key):
+                    with self._translated(
+                        "write (if not exists)", key, let_through=(*TAKEN, DirectoryPruned)
+                    ):
+                        await self._operator.write(key, value, if_not_exists=True)
+            except TAKEN:
+                return False
+            except DirectoryPruned:  # a concurrent erase removed the directory: again
+                continue
+            return True
+        raise StorageIOError(f"cannot store {key!r} on {self!r}: its directory keeps being removed")
 
     @override
     async def _erase(self, key: str) -> None:
@@ -333,10 +374,14 @@ class AsyncOpendalStorage(OpendalBoundary, AsyncStorage):
         if not self._features.real_directories:
             return
         for directory in parents(keys):
+            if not self._gate.begin_prune(directory):  # a write under it is in flight
+                continue
             try:  # a directory that still holds something stays: the service refuses
                 await self._operator.delete(directory)
             except ERRORS:
                 pass
+            finally:
+                self._gate.end_prune(directory)
 
     @override
     def _with_read_only(self, read_only: bool) -> AsyncOpendalStorage:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Callable, Coroutine, Iterator, Sequence
-from contextlib import contextmanager
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
 import attrs
@@ -27,9 +29,12 @@ from zarrstore.ranges import ByteRange, OffsetRequest, resolve
 
 __all__ = [
     "ERRORS",
+    "PRUNED_RETRIES",
+    "DirectoryPruned",
     "MISSING",
     "NoValueHere",
     "TAKEN",
+    "DirectoryGate",
     "Features",
     "OpendalBoundary",
     "Option",
@@ -63,6 +68,17 @@ class NoValueHere(Exception):  # noqa: N818 - a signal inside the boundary, not 
     ``None`` and erases do nothing (docs/protocol.md).
     """
 
+
+class DirectoryPruned(Exception):  # noqa: N818 - a signal inside the boundary, not an error
+    """A write found its directory gone: a concurrent erase pruned it as it emptied.
+
+    Raised by ``OpendalBoundary._translated`` in place of ``NotFound`` on a write
+    when the caller lets it through; the write is tried again (``PRUNED_RETRIES``).
+    """
+
+
+#: How often a write is tried when concurrent erases keep pruning its directory.
+PRUNED_RETRIES = 20
 
 #: What a read reads as a missing key and an erase as nothing to do.
 MISSING: tuple[type[Exception], ...] = (opendal_errors.NotFound, NoValueHere)
@@ -180,6 +196,77 @@ def run_in_thread(coroutine: Coroutine[Any, Any, T]) -> T:
     return box["value"]  # type: ignore[no-any-return]
 
 
+#: How long a write waits, in seconds, before looking again at a directory being pruned.
+_GATE_POLL = 0.001
+
+
+class DirectoryGate:
+    """Keeps one storage's pruning of empty directories from racing its own writes.
+
+    On services with real directories a write makes the key's directories and
+    then moves the value in (FTP: from a temporary file beside the root); an
+    erase prunes the directories it empties. A prune between the two removes
+    the directory under the write, whose move then fails and, on FTP, leaves
+    opendal's temporary file behind as a stray key. So a directory is pruned
+    only while no write under it is in flight, and a write under a directory
+    being pruned waits until the prune is done. The gate's lock is held only
+    for the bookkeeping (never across I/O), so both storages share it, from
+    threads or from an event loop. Writers elsewhere (another storage or
+    process) are not seen: their write may still fail and is tried again.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._writing: Counter[str] = Counter()
+        self._pruning: set[str] = set()
+
+    def _try_enter(self, key: str) -> list[str] | None:
+        directories = parents([key])
+        with self._lock:
+            if any(d in self._pruning for d in directories):
+                return None
+            self._writing.update(directories)
+        return directories
+
+    def _leave(self, directories: list[str]) -> None:
+        with self._lock:
+            self._writing.subtract(directories)
+            self._writing += Counter()  # drop the zero counts
+
+    @contextmanager
+    def writing(self, key: str) -> Iterator[None]:
+        """Hold off prunes of ``key``'s directories while it is written (blocking)."""
+        while (directories := self._try_enter(key)) is None:
+            time.sleep(_GATE_POLL)
+        try:
+            yield
+        finally:
+            self._leave(directories)
+
+    @asynccontextmanager
+    async def writing_async(self, key: str) -> AsyncIterator[None]:
+        """Hold off prunes of ``key``'s directories while it is written (async)."""
+        while (directories := self._try_enter(key)) is None:
+            await asyncio.sleep(_GATE_POLL)
+        try:
+            yield
+        finally:
+            self._leave(directories)
+
+    def begin_prune(self, directory: str) -> bool:
+        """Claim ``directory`` for pruning; ``False`` while a write under it is in flight."""
+        with self._lock:
+            if self._writing[directory] > 0:
+                return False
+            self._pruning.add(directory)
+            return True
+
+    def end_prune(self, directory: str) -> None:
+        """Release a directory claimed by ``begin_prune``."""
+        with self._lock:
+            self._pruning.discard(directory)
+
+
 @attrs.frozen(kw_only=True)
 class Features:
     """What the protocol needs to know of a service, from ``operator.capability()``."""
@@ -271,6 +358,8 @@ class OpendalBoundary:
                 ``MISSING`` among them, the service's errors for a key that
                 cannot hold a value (a path through a file, a directory) come
                 out as ``NoValueHere``; elsewhere (a write) they stay errors.
+                With ``DirectoryPruned`` among them, a write's ``NotFound`` comes
+                out as that.
         """
         try:
             yield
@@ -279,10 +368,16 @@ class OpendalBoundary:
         except ERRORS as exc:
             if NoValueHere in let_through and _names_no_value(exc):
                 raise NoValueHere(f"{operation} {key!r}: {_brief(exc)}") from exc
+            if (
+                DirectoryPruned in let_through
+                and isinstance(exc, opendal_errors.NotFound)
+                and not _names_no_value(exc)
+            ):
+                raise DirectoryPruned(f"{operation} {key!r}: {_brief(exc)}") from exc
             raise self._translation(operation, key, exc) from exc
 
     def _translation(self, operation: str, key: str, exc: Exception) -> Exception:
-        """zarrstore's error for opendal's ``exc``, raised by ``_translated``."""
+        """The zarrstore error for opendal's ``exc``, raised by ``_translated``."""
         if isinstance(exc, opendal_errors.Unsupported):
             return UnsupportedOperationError(
                 f"{operation} {key!r} is not supported by {self!r}: {_brief(exc)}"

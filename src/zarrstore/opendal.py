@@ -21,7 +21,14 @@ What is taken from the service, not assumed:
 * **Directories.** Services with real directories (those that cannot list
   recursively by themselves: ``fs``, FTP, WebDAV, ...) keep a directory after
   its last key is gone; erasing prunes the empty parents, as
-  ``FilesystemStore`` does, so ``list_dir`` never shows an empty prefix.
+  ``FilesystemStore`` does, so ``list_dir`` never shows an empty prefix. A
+  store never prunes a directory under one of its own writes in flight, and a
+  write whose directory was pruned elsewhere is tried again. There a key
+  cannot sit beside keys under it (``g/x`` and ``g/x/zarr.json``): that write
+  raises ``StorageIOError``.
+* **Impossible keys.** A key that names a directory or runs through a value
+  (``arr/c/0/0`` under ``arr/c/0``) holds nothing: reads give ``None``,
+  erases do nothing (docs/protocol.md).
 
 Byte ranges are read as one ``stat`` (for the size, which clips the range and
 resolves suffixes) and one ranged ``read``: services disagree on a range that
@@ -29,7 +36,9 @@ runs past the end (memory refuses it, FTP fails), so the store never asks one.
 
 Only this module and ``zarrstore.opendal_boundary`` (what both storages share:
 capabilities, the error boundary, listings) import opendal. Its errors become
-zarrstore errors there: ``NotFound`` on a read is a missing key,
+zarrstore errors there: ``NotFound`` on a read is a missing key, and so
+are the service's "Not a directory" / "Is a directory" answers (a no-op on
+erase),
 ``Unsupported`` is ``UnsupportedOperationError``, the rest ``StorageIOError``.
 Sync listing goes through the operator's async twin on a private event loop,
 because the binding's blocking lister times out on FTP (opendal 0.47), and

@@ -3,7 +3,9 @@
 Part of the OpenDAL stores (``zarrstore.opendal``), apart because it is what
 both the blocking and the async storage need of the binding: operators built
 from a scheme and options, the capabilities the protocol reports, the one
-place where opendal's errors become zarrstore's (``raise ... from exc``), byte
+place where opendal's errors become zarrstore's (``raise ... from exc``; the
+answers for an impossible key become a missing one), the gate that keeps
+pruning from racing writes, byte
 ranges planned from a size, and listings (a directory walk for services with
 real directories). It imports opendal, and nothing here knows zarr.
 """

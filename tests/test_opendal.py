@@ -20,6 +20,7 @@ from async_only import AsyncOnlyStoreTests
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import rule, run_state_machine_as_test
+from hypothesis_budget import hierarchy_examples
 from object_support import S3Server, aws_env_fixture, s3_fixture  # noqa: F401
 from opendal_support import (
     FTP_NO_EMPTY,
@@ -32,19 +33,31 @@ from opendal_support import (
     s3_service,
 )
 from zarr.core.buffer import Buffer, cpu
-from zarr.testing.stateful import ZarrStoreStateMachine
+from zarr.testing.stateful import ZarrHierarchyStateMachine, ZarrStoreStateMachine
 from zarr.testing.store import StoreTests
 from zarr.testing.strategies import keys as zarr_keys
 
 from zarrstore import AsyncToSync
 from zarrstore.opendal import AsyncOpendalStorage, AsyncOpendalStore, OpendalStorage, OpendalStore
 from zarrstore.protocol import Storage
-from zarrstore.testing import KEYS, StoreConformance, storage_state_machine
+from zarrstore.testing import (
+    FILES_CANNOT_BE_DIRECTORIES,
+    KEYS,
+    StoreConformance,
+    storage_state_machine,
+)
 
 # -- the services ------------------------------------------------------------------------
 
 
-class OnFs:
+class FileBacked:
+    """Services that keep keys as files in directories: ``g/x`` cannot sit beside ``g/x/...``."""
+
+    def why_not_a_key_and_keys_under_it(self, storage: Storage) -> str | None:
+        return FILES_CANNOT_BE_DIRECTORIES
+
+
+class OnFs(FileBacked):
     @pytest.fixture
     def service(self, tmp_path: Path) -> Service:
         return fs_service(tmp_path)
@@ -59,7 +72,7 @@ class InMemory:
         return memory_service()
 
 
-class OnFtp:
+class OnFtp(FileBacked):
     @pytest.fixture
     def service(self, ftp: FTPServer) -> Service:
         return ftp.fresh()
@@ -329,3 +342,44 @@ def test_zarr_state_machine_on_ftp(kind: str, ftp: FTPServer) -> None:
         return NonEmptyZarrMachine(AsyncOpendalStore(service.async_operator()))
 
     run_state_machine_as_test(make, settings=REMOTE)  # type: ignore[no-untyped-call]
+
+
+# zarr's hierarchy machine: groups and arrays made, resized, rewritten and deleted
+# through zarr, checked against zarr's own MemoryStore after every step.
+
+
+def _store(service: Service, kind: str) -> OpendalStore | AsyncOpendalStore:
+    if kind == "sync":
+        return OpendalStore(service.operator())
+    return AsyncOpendalStore(service.async_operator())
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_zarr_hierarchy_state_machine_on_fs(kind: str, tmp_path: Path) -> None:
+    run_state_machine_as_test(  # type: ignore[no-untyped-call]
+        lambda: ZarrHierarchyStateMachine(_store(fs_service(tmp_path), kind)),
+        settings=hierarchy_examples(),
+    )
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_zarr_hierarchy_state_machine_in_memory(kind: str) -> None:
+    run_state_machine_as_test(  # type: ignore[no-untyped-call]
+        lambda: ZarrHierarchyStateMachine(_store(memory_service(), kind)),
+        settings=hierarchy_examples(),
+    )
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_zarr_hierarchy_state_machine_on_ftp(kind: str, ftp: FTPServer) -> None:
+    run_state_machine_as_test(  # type: ignore[no-untyped-call]
+        lambda: ZarrHierarchyStateMachine(_store(ftp.fresh(), kind)),
+        settings=hierarchy_examples(),
+    )
+
+
+def test_zarr_hierarchy_state_machine_on_s3(s3: S3Server) -> None:
+    run_state_machine_as_test(  # type: ignore[no-untyped-call]
+        lambda: ZarrHierarchyStateMachine(_store(s3_service(s3), "sync")),
+        settings=hierarchy_examples(),
+    )

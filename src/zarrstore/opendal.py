@@ -21,7 +21,14 @@ What is taken from the service, not assumed:
 * **Directories.** Services with real directories (those that cannot list
   recursively by themselves: ``fs``, FTP, WebDAV, ...) keep a directory after
   its last key is gone; erasing prunes the empty parents, as
-  ``FilesystemStore`` does, so ``list_dir`` never shows an empty prefix.
+  ``FilesystemStore`` does, so ``list_dir`` never shows an empty prefix. A
+  store never prunes a directory under one of its own writes in flight, and a
+  write whose directory was pruned elsewhere is tried again. There a key
+  cannot sit beside keys under it (``g/x`` and ``g/x/zarr.json``): that write
+  raises ``StorageIOError``.
+* **Impossible keys.** A key that names a directory or runs through a value
+  (``arr/c/0/0`` under ``arr/c/0``) holds nothing: reads give ``None``,
+  erases do nothing (docs/protocol.md).
 
 Byte ranges are read as one ``stat`` (for the size, which clips the range and
 resolves suffixes) and one ranged ``read``: services disagree on a range that
@@ -29,7 +36,9 @@ runs past the end (memory refuses it, FTP fails), so the store never asks one.
 
 Only this module and ``zarrstore.opendal_boundary`` (what both storages share:
 capabilities, the error boundary, listings) import opendal. Its errors become
-zarrstore errors there: ``NotFound`` on a read is a missing key,
+zarrstore errors there: ``NotFound`` on a read is a missing key, and so
+are the service's "Not a directory" / "Is a directory" answers (a no-op on
+erase),
 ``Unsupported`` is ``UnsupportedOperationError``, the rest ``StorageIOError``.
 Sync listing goes through the operator's async twin on a private event loop,
 because the binding's blocking lister times out on FTP (opendal 0.47), and
@@ -44,13 +53,15 @@ from contextlib import suppress
 from typing import Self, override
 
 import opendal
-from opendal import exceptions as opendal_errors
 
 from zarrstore.errors import StorageIOError
 from zarrstore.opendal_boundary import (
     ERRORS,
     MISSING,
+    PRUNED_RETRIES,
     TAKEN,
+    DirectoryGate,
+    DirectoryPruned,
     Features,
     OpendalBoundary,
     Option,
@@ -81,6 +92,7 @@ class OpendalStorage(OpendalBoundary, Storage):
         Storage.__init__(self, read_only=read_only)
         self._operator: opendal.Operator = operator
         self._features = Features.of(operator)
+        self._gate = DirectoryGate()
         self._lister: opendal.AsyncOperator | None = None
 
     @classmethod
@@ -108,7 +120,10 @@ class OpendalStorage(OpendalBoundary, Storage):
         try:
             with self._translated("stat", key, let_through=MISSING):
                 meta = self._operator.stat(key)
-        except opendal_errors.NotFound:
+                parent = self._parent_to_confirm(key) if meta.is_file else None
+                if parent is not None:  # NotFound when the parent is a file, not a directory
+                    self._operator.stat(parent)
+        except MISSING:
             return None
         return int(meta.content_length) if meta.is_file else None
 
@@ -133,7 +148,7 @@ class OpendalStorage(OpendalBoundary, Storage):
                 if self._features.reads_to_end:
                     return bytes(self._operator.read(key, offset=offset))[:length]
                 return bytes(self._operator.read(key, offset=offset, size=length))
-        except opendal_errors.NotFound:
+        except MISSING:
             return None
         except StorageIOError:
             with suppress(StorageIOError):  # if the stat fails too, the read's error stands
@@ -162,20 +177,38 @@ class OpendalStorage(OpendalBoundary, Storage):
     @override
     def _set(self, key: str, value: bytes) -> None:
         self._refuse_empty(key, value)
-        with self._translated("write", key):
-            self._operator.write(key, value)
+        for _ in range(PRUNED_RETRIES):
+            try:
+                with (
+                    self._gate.writing(key),
+                    self._translated("write", key, let_through=(DirectoryPruned,)),
+                ):
+                    self._operator.write(key, value)
+                return
+            except DirectoryPruned:  # a concurrent erase removed the directory: again
+                continue
+        raise StorageIOError(f"cannot store {key!r} on {self!r}: its directory keeps being removed")
 
     @override
     def _set_if_absent(self, key: str, value: bytes) -> bool:
         if not self._features.atomic_create:
             return super()._set_if_absent(key, value)
         self._refuse_empty(key, value)
-        try:
-            with self._translated("write (if not exists)", key, let_through=TAKEN):
-                self._operator.write(key, value, if_not_exists=True)
-        except TAKEN:
-            return False
-        return True
+        for _ in range(PRUNED_RETRIES):
+            try:
+                with (
+                    self._gate.writing(key),
+                    self._translated(
+                        "write (if not exists)", key, let_through=(*TAKEN, DirectoryPruned)
+                    ),
+                ):
+                    self._operator.write(key, value, if_not_exists=True)
+            except TAKEN:
+                return False
+            except DirectoryPruned:  # a concurrent erase removed the directory: again
+                continue
+            return True
+        raise StorageIOError(f"cannot store {key!r} on {self!r}: its directory keeps being removed")
 
     @override
     def _erase(self, key: str) -> None:
@@ -183,10 +216,15 @@ class OpendalStorage(OpendalBoundary, Storage):
 
     @override
     def _erase_many(self, keys: Sequence[str]) -> None:
+        erased = []
         for key in keys:
-            with self._translated("delete", key):
-                self._operator.delete(key)
-        self._prune(keys)
+            try:
+                with self._translated("delete", key, let_through=MISSING):
+                    self._operator.delete(key)
+            except MISSING:  # a path through a value, or a directory: nothing to erase
+                continue
+            erased.append(key)
+        self._prune(erased)
 
     @override
     def _erase_prefix(self, prefix: str) -> None:
@@ -197,10 +235,14 @@ class OpendalStorage(OpendalBoundary, Storage):
         if not self._features.real_directories:
             return
         for directory in parents(keys):
+            if not self._gate.begin_prune(directory):  # a write under it is in flight
+                continue
             try:  # a directory that still holds something stays: the service refuses
                 self._operator.delete(directory)
             except ERRORS:
                 pass
+            finally:
+                self._gate.end_prune(directory)
 
     @override
     def _with_read_only(self, read_only: bool) -> OpendalStorage:
@@ -219,6 +261,7 @@ class AsyncOpendalStorage(OpendalBoundary, AsyncStorage):
         AsyncStorage.__init__(self, read_only=read_only)
         self._operator: opendal.AsyncOperator = operator
         self._features = Features.of(operator)
+        self._gate = DirectoryGate()
 
     @classmethod
     def from_scheme(cls, scheme: str, *, read_only: bool = False, **options: Option) -> Self:
@@ -239,7 +282,10 @@ class AsyncOpendalStorage(OpendalBoundary, AsyncStorage):
         try:
             with self._translated("stat", key, let_through=MISSING):
                 meta = await self._operator.stat(key)
-        except opendal_errors.NotFound:
+                parent = self._parent_to_confirm(key) if meta.is_file else None
+                if parent is not None:  # NotFound when the parent is a file, not a directory
+                    await self._operator.stat(parent)
+        except MISSING:
             return None
         return int(meta.content_length) if meta.is_file else None
 
@@ -264,7 +310,7 @@ class AsyncOpendalStorage(OpendalBoundary, AsyncStorage):
                 if self._features.reads_to_end:
                     return bytes(await self._operator.read(key, offset=offset))[:length]
                 return bytes(await self._operator.read(key, offset=offset, size=length))
-        except opendal_errors.NotFound:
+        except MISSING:
             return None
         except StorageIOError:
             with suppress(StorageIOError):  # if the stat fails too, the read's error stands
@@ -283,20 +329,34 @@ class AsyncOpendalStorage(OpendalBoundary, AsyncStorage):
     @override
     async def _set(self, key: str, value: bytes) -> None:
         self._refuse_empty(key, value)
-        with self._translated("write", key):
-            await self._operator.write(key, value)
+        for _ in range(PRUNED_RETRIES):
+            try:
+                async with self._gate.writing_async(key):
+                    with self._translated("write", key, let_through=(DirectoryPruned,)):
+                        await self._operator.write(key, value)
+                return
+            except DirectoryPruned:  # a concurrent erase removed the directory: again
+                continue
+        raise StorageIOError(f"cannot store {key!r} on {self!r}: its directory keeps being removed")
 
     @override
     async def _set_if_absent(self, key: str, value: bytes) -> bool:
         if not self._features.atomic_create:
             return await super()._set_if_absent(key, value)
         self._refuse_empty(key, value)
-        try:
-            with self._translated("write (if not exists)", key, let_through=TAKEN):
-                await self._operator.write(key, value, if_not_exists=True)
-        except TAKEN:
-            return False
-        return True
+        for _ in range(PRUNED_RETRIES):
+            try:
+                async with self._gate.writing_async(key):
+                    with self._translated(
+                        "write (if not exists)", key, let_through=(*TAKEN, DirectoryPruned)
+                    ):
+                        await self._operator.write(key, value, if_not_exists=True)
+            except TAKEN:
+                return False
+            except DirectoryPruned:  # a concurrent erase removed the directory: again
+                continue
+            return True
+        raise StorageIOError(f"cannot store {key!r} on {self!r}: its directory keeps being removed")
 
     @override
     async def _erase(self, key: str) -> None:
@@ -304,10 +364,15 @@ class AsyncOpendalStorage(OpendalBoundary, AsyncStorage):
 
     @override
     async def _erase_many(self, keys: Sequence[str]) -> None:
+        erased = []
         for key in keys:
-            with self._translated("delete", key):
-                await self._operator.delete(key)
-        await self._prune(keys)
+            try:
+                with self._translated("delete", key, let_through=MISSING):
+                    await self._operator.delete(key)
+            except MISSING:  # a path through a value, or a directory: nothing to erase
+                continue
+            erased.append(key)
+        await self._prune(erased)
 
     @override
     async def _erase_prefix(self, prefix: str) -> None:
@@ -318,10 +383,14 @@ class AsyncOpendalStorage(OpendalBoundary, AsyncStorage):
         if not self._features.real_directories:
             return
         for directory in parents(keys):
+            if not self._gate.begin_prune(directory):  # a write under it is in flight
+                continue
             try:  # a directory that still holds something stays: the service refuses
                 await self._operator.delete(directory)
             except ERRORS:
                 pass
+            finally:
+                self._gate.end_prune(directory)
 
     @override
     def _with_read_only(self, read_only: bool) -> AsyncOpendalStorage:

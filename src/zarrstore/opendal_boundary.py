@@ -3,7 +3,9 @@
 Part of the OpenDAL stores (``zarrstore.opendal``), apart because it is what
 both the blocking and the async storage need of the binding: operators built
 from a scheme and options, the capabilities the protocol reports, the one
-place where opendal's errors become zarrstore's (``raise ... from exc``), byte
+place where opendal's errors become zarrstore's (``raise ... from exc``; the
+answers for an impossible key become a missing one), the gate that keeps
+pruning from racing writes, byte
 ranges planned from a size, and listings (a directory walk for services with
 real directories). It imports opendal, and nothing here knows zarr.
 """
@@ -13,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Callable, Coroutine, Iterator, Sequence
-from contextlib import contextmanager
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
 import attrs
@@ -27,8 +31,12 @@ from zarrstore.ranges import ByteRange, OffsetRequest, resolve
 
 __all__ = [
     "ERRORS",
+    "PRUNED_RETRIES",
+    "DirectoryPruned",
     "MISSING",
+    "NoValueHere",
     "TAKEN",
+    "DirectoryGate",
     "Features",
     "OpendalBoundary",
     "Option",
@@ -51,13 +59,47 @@ ERRORS: tuple[type[Exception], ...] = tuple(
     if isinstance(value, type) and issubclass(value, Exception)
 )
 TAKEN = (opendal_errors.AlreadyExists, opendal_errors.ConditionNotMatch)
-MISSING = (opendal_errors.NotFound,)
+
+
+class NoValueHere(Exception):  # noqa: N818 - a signal inside the boundary, not an error
+    """The key runs through a value (``a/0/0`` under ``a/0``) or names a directory.
+
+    Raised by ``OpendalBoundary._translated`` in place of the service's
+    "Not a directory" / "Is a directory" / "Directory not empty" errors when the
+    caller lets ``MISSING`` through: such a key holds nothing, so reads give
+    ``None`` and erases do nothing (docs/protocol.md).
+    """
+
+
+class DirectoryPruned(Exception):  # noqa: N818 - a signal inside the boundary, not an error
+    """A write found its directory gone: a concurrent erase pruned it as it emptied.
+
+    Raised by ``OpendalBoundary._translated`` in place of ``NotFound`` on a write
+    when the caller lets it through; the write is tried again (``PRUNED_RETRIES``).
+    """
+
+
+#: How often a write is tried when concurrent erases keep pruning its directory.
+PRUNED_RETRIES = 20
+
+#: What a read reads as a missing key and an erase as nothing to do.
+MISSING: tuple[type[Exception], ...] = (opendal_errors.NotFound, NoValueHere)
+
+#: The service's words (OS errors on ``fs``, FTP's 550 replies) for a key that
+#: cannot hold a value: a path through a file, or a directory.
+_NO_VALUE_HERE = ("not a directory", "is a directory", "directory not empty")
 
 #: Services whose ranged reads must run to the end of the value. opendal's FTP
 #: service (0.47) hands a connection back to its pool while a partial transfer
 #: is still open, and the next command on it fails ("Data connection is already
 #: open"); a read to the end closes the transfer cleanly.
 _READS_TO_END = frozenset({"ftp"})
+
+#: Services whose ``stat`` of ``d/n`` lists ``d`` and picks the entry named ``n``
+#: (opendal 0.47's FTP): when ``d`` is itself a file named ``n`` (``c/0`` beside
+#: ``c/0/0``), the file's own listing answers, and ``stat`` reports ``c/0`` as
+#: ``c/0/0``. There a file stat of such a key is confirmed by its parent.
+_STATS_BY_LISTING = frozenset({"ftp"})
 
 
 def _brief(exc: BaseException) -> str:
@@ -69,6 +111,12 @@ def _brief(exc: BaseException) -> str:
         if head.strip() == "Source:":
             text += ": " + " ".join(line.strip() for line in body.splitlines())
     return text
+
+
+def _names_no_value(exc: BaseException) -> bool:
+    """Whether ``exc`` says the path cannot hold a value (see ``NoValueHere``)."""
+    text = _brief(exc).lower()
+    return any(words in text for words in _NO_VALUE_HERE)
 
 
 def _operator_options(options: dict[str, Option]) -> dict[str, str]:
@@ -150,6 +198,77 @@ def run_in_thread(coroutine: Coroutine[Any, Any, T]) -> T:
     return box["value"]  # type: ignore[no-any-return]
 
 
+#: How long a write waits, in seconds, before looking again at a directory being pruned.
+_GATE_POLL = 0.001
+
+
+class DirectoryGate:
+    """Keeps one storage's pruning of empty directories from racing its own writes.
+
+    On services with real directories a write makes the key's directories and
+    then moves the value in (FTP: from a temporary file beside the root); an
+    erase prunes the directories it empties. A prune between the two removes
+    the directory under the write, whose move then fails and, on FTP, leaves
+    opendal's temporary file behind as a stray key. So a directory is pruned
+    only while no write under it is in flight, and a write under a directory
+    being pruned waits until the prune is done. The gate's lock is held only
+    for the bookkeeping (never across I/O), so both storages share it, from
+    threads or from an event loop. Writers elsewhere (another storage or
+    process) are not seen: their write may still fail and is tried again.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._writing: Counter[str] = Counter()
+        self._pruning: set[str] = set()
+
+    def _try_enter(self, key: str) -> list[str] | None:
+        directories = parents([key])
+        with self._lock:
+            if any(d in self._pruning for d in directories):
+                return None
+            self._writing.update(directories)
+        return directories
+
+    def _leave(self, directories: list[str]) -> None:
+        with self._lock:
+            self._writing.subtract(directories)
+            self._writing += Counter()  # drop the zero counts
+
+    @contextmanager
+    def writing(self, key: str) -> Iterator[None]:
+        """Hold off prunes of ``key``'s directories while it is written (blocking)."""
+        while (directories := self._try_enter(key)) is None:
+            time.sleep(_GATE_POLL)
+        try:
+            yield
+        finally:
+            self._leave(directories)
+
+    @asynccontextmanager
+    async def writing_async(self, key: str) -> AsyncIterator[None]:
+        """Hold off prunes of ``key``'s directories while it is written (async)."""
+        while (directories := self._try_enter(key)) is None:
+            await asyncio.sleep(_GATE_POLL)
+        try:
+            yield
+        finally:
+            self._leave(directories)
+
+    def begin_prune(self, directory: str) -> bool:
+        """Claim ``directory`` for pruning; ``False`` while a write under it is in flight."""
+        with self._lock:
+            if self._writing[directory] > 0:
+                return False
+            self._pruning.add(directory)
+            return True
+
+    def end_prune(self, directory: str) -> None:
+        """Release a directory claimed by ``begin_prune``."""
+        with self._lock:
+            self._pruning.discard(directory)
+
+
 @attrs.frozen(kw_only=True)
 class Features:
     """What the protocol needs to know of a service, from ``operator.capability()``."""
@@ -161,6 +280,7 @@ class Features:
     atomic_create: bool  #: ``write_with_if_not_exists``
     real_directories: bool  #: no native recursive listing: directories are walked and pruned
     reads_to_end: bool  #: ranged reads run to the end of the value (FTP)
+    stats_by_listing: bool  #: a file stat of ``d/n`` under a file ``d`` named ``n`` lies (FTP)
 
     @classmethod
     def of(cls, operator: opendal.Operator | opendal.AsyncOperator) -> Features:
@@ -174,6 +294,7 @@ class Features:
             atomic_create=bool(capability.write_with_if_not_exists),
             real_directories=not bool(capability.list_with_recursive),
             reads_to_end=operator.__reduce__()[1][0] in _READS_TO_END,
+            stats_by_listing=operator.__reduce__()[1][0] in _STATS_BY_LISTING,
         )
 
 
@@ -235,21 +356,50 @@ class OpendalBoundary:
             operation: what was attempted, for the message.
             key: the key (or prefix) it was attempted on.
             let_through: opendal errors the caller handles itself (``NotFound``
-                read as a missing key, ``AlreadyExists`` as a lost create).
+                read as a missing key, ``AlreadyExists`` as a lost create). With
+                ``MISSING`` among them, the service's errors for a key that
+                cannot hold a value (a path through a file, a directory) come
+                out as ``NoValueHere``; elsewhere (a write) they stay errors.
+                With ``DirectoryPruned`` among them, a write's ``NotFound`` comes
+                out as that.
         """
         try:
             yield
         except let_through:
             raise
-        except opendal_errors.Unsupported as exc:
-            raise UnsupportedOperationError(
-                f"{operation} {key!r} is not supported by {self!r}: {_brief(exc)}"
-            ) from exc
         except ERRORS as exc:
-            message = f"{operation} {key!r} on {self!r}: {_brief(exc)}"
-            if "timeout" in message.partition(": ")[2].lower():
-                raise StorageTimeoutError(message) from exc
-            raise StorageIOError(message) from exc
+            if NoValueHere in let_through and _names_no_value(exc):
+                raise NoValueHere(f"{operation} {key!r}: {_brief(exc)}") from exc
+            if (
+                DirectoryPruned in let_through
+                and isinstance(exc, opendal_errors.NotFound)
+                and not _names_no_value(exc)
+            ):
+                raise DirectoryPruned(f"{operation} {key!r}: {_brief(exc)}") from exc
+            raise self._translation(operation, key, exc) from exc
+
+    def _translation(self, operation: str, key: str, exc: Exception) -> Exception:
+        """The zarrstore error for opendal's ``exc``, raised by ``_translated``."""
+        if isinstance(exc, opendal_errors.Unsupported):
+            return UnsupportedOperationError(
+                f"{operation} {key!r} is not supported by {self!r}: {_brief(exc)}"
+            )
+        message = f"{operation} {key!r} on {self!r}: {_brief(exc)}"
+        if "timeout" in message.partition(": ")[2].lower():
+            return StorageTimeoutError(message)
+        return StorageIOError(message)
+
+    def _parent_to_confirm(self, key: str) -> str | None:
+        """The directory whose ``stat`` confirms a file ``stat`` of ``key``, if one must.
+
+        Only on services that stat by listing the parent (``stats_by_listing``)
+        and only for keys named like their parent (``c/0/0``): the one case such a
+        ``stat`` can answer with the parent file itself.
+        """
+        names = key.split("/")
+        if self._features.stats_by_listing and len(names) > 1 and names[-1] == names[-2]:
+            return key.rpartition("/")[0] + "/"
+        return None
 
     def _refuse_empty(self, key: str, value: bytes) -> None:
         if not value and not self._features.empty_values:
@@ -267,7 +417,12 @@ async def _entries(
         with storage._translated("list", prefix, let_through=MISSING):
             lister = await operator.list(prefix or "/")
             found = [(entry.path, entry.path.endswith("/")) async for entry in lister]
-    except opendal_errors.NotFound:
+        if any(storage._parent_to_confirm(path) for path, is_dir in found if not is_dir):
+            # A listing of a file named like its one entry (FTP's LIST of ``c/0/``
+            # answers with the file ``c/0``): the prefix must be a directory.
+            with storage._translated("stat", prefix, let_through=MISSING):
+                await operator.stat(prefix)
+    except MISSING:
         return []
     return [(path, is_dir) for path, is_dir in found if path not in (prefix, "/")]
 
@@ -287,7 +442,7 @@ async def list_keys(
             with storage._translated("list", prefix, let_through=MISSING):
                 lister = await operator.list(prefix or "/", recursive=True)
                 return sorted([e.path async for e in lister if not e.path.endswith("/")])
-        except opendal_errors.NotFound:
+        except MISSING:
             return []
     keys: list[str] = []
     level = [prefix]

@@ -610,15 +610,10 @@ def merge(repo: str, source: str, into: str, on_conflict: str, no_ff: bool,
     """
     with _open(repo) as opened:
         version = _version(opened, source, "from")
-        try:
-            tip = opened.merge(version.get("from_branch"), into,
-                               from_tag=version.get("from_tag"),
-                               from_snapshot_id=version.get("from_snapshot_id"),
-                               message=message, on_conflict=on_conflict,
-                               fast_forward=not no_ff)
-        except MergeConflictError as exc:
-            _print_conflicts(exc)
-            raise
+        tip = opened.merge(version.get("from_branch"), into,
+                           from_tag=version.get("from_tag"),
+                           from_snapshot_id=version.get("from_snapshot_id"),
+                           message=message, on_conflict=on_conflict, fast_forward=not no_ff)
     _edited(tip)
 
 
@@ -636,11 +631,7 @@ def cherry_pick(repo: str, snapshot: str, onto: str, on_conflict: str,
     Example: versionstore cherry-pick my-repo 3F7QXK2A --onto main
     """
     with _open(repo) as opened:
-        try:
-            tip = opened.cherry_pick(snapshot, onto, message=message, on_conflict=on_conflict)
-        except MergeConflictError as exc:
-            _print_conflicts(exc)
-            raise
+        tip = opened.cherry_pick(snapshot, onto, message=message, on_conflict=on_conflict)
     _edited(tip)
 
 
@@ -658,11 +649,7 @@ def revert(repo: str, snapshot: str, branch: str, on_conflict: str,
     Example: versionstore revert my-repo 3F7QXK2A --branch main
     """
     with _open(repo) as opened:
-        try:
-            tip = opened.revert(snapshot, branch, message=message, on_conflict=on_conflict)
-        except MergeConflictError as exc:
-            _print_conflicts(exc)
-            raise
+        tip = opened.revert(snapshot, branch, message=message, on_conflict=on_conflict)
     _edited(tip)
 
 
@@ -722,6 +709,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             exc.show()
             status = exc.exit_code
         except (VersionStoreError, _UserError, ValueError, TypeError, KeyError) as exc:
+            if isinstance(exc, MergeConflictError):  # merge, cherry-pick, revert: each conflict
+                _print_conflicts(exc)
             plain_key_error = type(exc) is KeyError and exc.args
             message = exc.args[0] if plain_key_error else exc
             click.echo(f"versionstore: error: {message}", err=True)

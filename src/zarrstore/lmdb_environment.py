@@ -129,6 +129,10 @@ def translate(exc: lmdb.Error, action: str, path: str) -> Exception:
         return ReadOnlyError(f"the LMDB environment at {path!r} is read-only")
     if isinstance(exc, lmdb.MapFullError):  # only when growing the map was impossible
         return StorageFullError(f"LMDB map is full while {action} at {path!r}: {exc}")
+    if isinstance(exc, lmdb.CorruptedError | lmdb.PageNotFoundError | lmdb.InvalidError):
+        return CorruptStorageError(
+            f"the LMDB environment at {path!r} is damaged (a truncated or altered data.mdb) "
+            f"while {action}: {exc}; restore it from a copy")
     message = str(exc)
     free = _free_bytes(path)
     if "No space" in message or "Disk quota" in message or (
@@ -344,16 +348,29 @@ class _Shared:
 
     def _check_length(self, env: lmdb.Environment, data: str) -> None:
         # LMDB read both meta pages with pread; nothing past them is mapped in yet.
-        # Pages up to the newest meta's last_pgno must all be in the file, or the
-        # first access to a missing one raises SIGBUS instead of an error.
+        # A page past the end of the file raises SIGBUS on first access, instead of
+        # an error. A healthy file may legitimately end before the newest meta's
+        # last_pgno: LMDB never writes the pages a transaction allocated and freed
+        # again ("loose" pages, kept on the free list). So a short file is padded
+        # with zeros up to last_pgno: free pages stay free, and in a truly truncated
+        # file the lost pages read as zeros, which LMDB reports as corruption
+        # (CorruptStorageError) — never a crash. Where the file cannot be written
+        # (read-only), a short file is refused.
         info, page = env.info(), env.stat()["psize"]
         needed = (info["last_pgno"] + 1) * page
         have = os.path.getsize(data)
-        if have < needed:
-            raise CorruptStorageError(
-                f"{data} is truncated: {have} bytes, but its meta page says pages up to "
-                f"{info['last_pgno']} ({needed} bytes) hold data; restore it from a copy"
-            )
+        if have >= needed:
+            return
+        if not self.read_only:
+            try:
+                os.truncate(data, needed)
+                return
+            except OSError:
+                pass
+        raise CorruptStorageError(
+            f"{data} is truncated: {have} bytes, but its meta page says pages up to "
+            f"{info['last_pgno']} ({needed} bytes) hold data; restore it from a copy"
+        )
 
     def _open_databases(self, env: lmdb.Environment) -> tuple[lmdb._Database, ...]:
         if not self.names:

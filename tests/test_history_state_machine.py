@@ -224,7 +224,15 @@ class HistoryMachine(RuleBasedStateMachine):
         """Staged keys that the branch also changed since the session's base, differently."""
         base, theirs = self.snapshots[writer.base].content, self.snapshots[tip].content
         moved = _changed(base, theirs)
-        return {k for k, v in writer.changes.items() if k in moved and theirs.get(k) != v}
+        # A staged value the base already held is no change of ours: never a conflict.
+        return {k for k, v in writer.changes.items()
+                if k in moved and theirs.get(k) != v and base.get(k) != v}
+
+    def identical_rewrites_of_moved(self, writer: WritableModel, tip: str) -> set[str]:
+        """Staged keys the branch changed, where we staged what the base held (theirs stand)."""
+        base, theirs = self.snapshots[writer.base].content, self.snapshots[tip].content
+        moved = _changed(base, theirs)
+        return {k for k, v in writer.changes.items() if k in moved and base.get(k) == v}
 
     def draw_version(self, data: st.DataObject) -> tuple[dict[str, str], str]:
         """A version as ``diff`` keywords' suffix → value, and the snapshot it names."""
@@ -283,17 +291,22 @@ class HistoryMachine(RuleBasedStateMachine):
             assert caught.value.branch == writer.branch
             return None
         content = dict(self.snapshots[tip].content)
+        ignored = self.identical_rewrites_of_moved(writer, tip)
         for key, value in writer.changes.items():
+            if key in ignored:
+                continue
             if value is None:
                 content.pop(key, None)
             else:
                 content[key] = value
         if content == self.snapshots[tip].content:
-            # Identical rewrites are not changes: nothing is committed, and they are cleared.
+            # Identical rewrites are not changes: nothing is committed, they are cleared,
+            # and the session follows the branch it now matches.
             event("commit: only identical rewrites")
             with pytest.raises(vs.NothingToCommitError):
                 writer.session.commit(message, metadata=metadata)
             writer.changes.clear()
+            writer.base = tip
             return None
         event("commit: rebased onto a moved branch" if tip != writer.base else "commit: ok")
         snapshot_id = writer.session.commit(message, metadata=metadata)
@@ -361,10 +374,10 @@ class HistoryMachine(RuleBasedStateMachine):
             return
         if tip != writer.base:
             event(f"rebase: moved, keep={keep}, conflicts={bool(conflicts)}")
+        ignored = self.identical_rewrites_of_moved(writer, tip)
         writer.session.rebase(keep=keep)
-        if keep == "theirs":
-            for key in conflicts:
-                del writer.changes[key]
+        for key in ignored | (conflicts if keep == "theirs" else set()):
+            del writer.changes[key]
         writer.base = tip
 
     # -- sessions -----------------------------------------------------------------------

@@ -485,13 +485,17 @@ class Session:
             changes, raw = self._read_changes()
             tip, raw_tip = self._repo.refs.branch_tip(self._branch)
             tip_tree = reader.snapshot(tip).tree
-            _, conflicts = self._against_tip(tip_tree, changes)
+            kept, conflicts = self._against_tip(tip_tree, changes)
             if conflicts and keep == "raise":
                 raise ConflictError(self._branch, conflicts)
-            dropped = {}
+            # Identical rewrites of keys the branch changed are no change of ours: dropped,
+            # so that on the new base they do not turn into reverts.
+            carried = {key for key, _ in kept}
+            drop = {key for key, _ in changes if key not in carried}
             if keep == "theirs":
-                prefix = stage_prefix(session_id)
-                dropped = {prefix + key: raw[prefix + key] for key in conflicts}
+                drop |= conflicts
+            prefix = stage_prefix(session_id)
+            dropped = {prefix + key: raw[prefix + key] for key in drop}
             generation = self._generation + 1
             if self._move_base(tip, tip_tree, generation, WriteBatch(
                 expect={branch_ref(self._branch): raw_tip,

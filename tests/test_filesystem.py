@@ -260,6 +260,9 @@ def test_a_directory_swapped_for_a_symlink_never_leads_outside(tmp_path: Path) -
                 except InvalidKeyError as exc:  # met the link: refused, as it must be
                     assert "symlink" in str(exc)
                     continue
+                except StorageIOError as exc:  # a write that gave up in the swap storm
+                    assert "keeps being removed" in str(exc)
+                    continue
                 runs += 1
                 text = repr(got)
                 if "only-outside" in text or "OOO" in text or (name == "exists" and got) or (

@@ -137,6 +137,7 @@ def _mark(roots: tuple[list[ObjectId], set[ObjectId]],
     nothing may be collected.
     """
     snapshots, chunks = list(roots[0]), roots[1]
+    missing = set() if missing is None else missing
     added = chunks - marked
     marked |= added
     while snapshots:
@@ -145,8 +146,7 @@ def _mark(roots: tuple[list[ObjectId], set[ObjectId]],
             continue
         snapshot = snapshot_of(snapshot_id)
         if snapshot is None:
-            if missing is not None:
-                missing.add(snapshot_id)
+            missing.add(snapshot_id)
             continue
         marked.add(snapshot_id)
         added.add(snapshot_id)
@@ -155,8 +155,7 @@ def _mark(roots: tuple[list[ObjectId], set[ObjectId]],
         while page_id is not None and page_id not in marked:
             page = page_of(page_id)
             if page is None:
-                if missing is not None:
-                    missing.add(page_id)
+                missing.add(page_id)
                 break
             marked.add(page_id)
             added.add(page_id)
@@ -166,8 +165,7 @@ def _mark(roots: tuple[list[ObjectId], set[ObjectId]],
             node_id = pending.pop()
             node = node_of(node_id)
             if node is None:
-                if missing is not None:
-                    missing.add(node_id)
+                missing.add(node_id)
                 continue
             marked.add(node_id)
             added.add(node_id)

@@ -35,6 +35,13 @@ class BackendConformance:
         assert backend.get_objects([_oid(2), _oid(3), _oid(1)]) == [b"", None, b"one"]
         assert backend.get_objects([]) == []
 
+    def test_has_objects(self, backend: Backend) -> None:
+        backend.put_objects([(_oid(1), b"one"), (_oid(2), b"")])
+        assert backend.has_objects([_oid(2), _oid(3), _oid(1)]) == [True, False, True]
+        assert backend.has_objects([]) == []
+        backend.delete_objects([_oid(1)])
+        assert backend.has_objects([_oid(1)]) == [False]
+
     def test_objects_are_write_once(self, backend: Backend) -> None:
         backend.put_objects([(_oid(1), b"first")])
         backend.put_objects([(_oid(1), b"first")])

@@ -182,6 +182,14 @@ class LMDBBackend(Backend):
         return self._read("reading objects", work)
 
     @override
+    def has_objects(self, ids: Sequence[ObjectId]) -> list[bool]:
+        def work(txn: lmdb.Transaction) -> list[bool]:
+            cursor = txn.cursor(db=self._objects)
+            return [cursor.set_key(i) for i in ids]  # positions only: no value is copied
+
+        return self._read("looking up objects", work)
+
+    @override
     def write(self, batch: WriteBatch) -> bool:
         def work(txn: lmdb.Transaction) -> bool:
             objects_db, refs_db = self._objects, self._refs

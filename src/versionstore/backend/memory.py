@@ -58,6 +58,11 @@ class MemoryBackend(Backend):
         return [objects.get(object_id) for object_id in ids]
 
     @override
+    def has_objects(self, ids: Sequence[ObjectId]) -> list[bool]:
+        objects = self._objects
+        return [object_id in objects for object_id in ids]
+
+    @override
     def write(self, batch: WriteBatch) -> bool:
         with self._lock:
             refs = self._refs

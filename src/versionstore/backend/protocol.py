@@ -11,7 +11,7 @@ what a commit recorded, keeping a session's record — is one atomic
 A backend implements five primitives — ``write`` (one atomic batch),
 ``get_objects``, ``get_refs``, ``list_refs``, ``delete_objects`` — plus
 ``iter_object_ids``, ``sync`` and ``close``; ``put_objects``,
-``compare_and_swap_ref`` and ``get_ref`` are derived from them.
+``compare_and_swap_ref``, ``get_ref`` and ``has_objects`` are derived from them.
 ``MemoryBackend`` and ``LMDBBackend`` implement it;
 ``versionstore.testing.BackendConformance`` checks any backend. The protocol's
 invariants, and which batch keeps each, are in ``docs/format.md``.
@@ -153,6 +153,14 @@ class Backend(Protocol):
     def get_ref(self, name: str) -> bytes | None:
         """The value of ref ``name``, or ``None``."""
         return self.get_refs([name])[0]
+
+    def has_objects(self, ids: Sequence[ObjectId]) -> list[bool]:
+        """Whether each id is stored, in order (what push and fetch ask of the target).
+
+        Override when the backend can answer without reading the bytes (a key
+        lookup, an object-store HEAD): the default reads them.
+        """
+        return [data is not None for data in self.get_objects(ids)]
 
     def scan_refs(self, prefix: str, visit: Callable[[str, bytes], None]) -> None:
         """Call ``visit(name, value)`` for each ref under ``prefix``, in name order, in one view.

@@ -12,6 +12,7 @@ Quick start::
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _installed_version
 
+from versionstore.clone import copy_repository
 from versionstore.errors import (
     BackendError,
     BranchNotFoundError,
@@ -24,6 +25,7 @@ from versionstore.errors import (
     InvalidRefNameError,
     MergeConflict,
     MergeConflictError,
+    NonFastForwardError,
     NothingToCommitError,
     ObjectTooLargeError,
     ProtectedBranchError,
@@ -35,6 +37,7 @@ from versionstore.errors import (
     RepositoryBusyError,
     RepositoryExistsError,
     RepositoryNotFoundError,
+    RepositoryURLError,
     SessionNotFoundError,
     SnapshotNotFoundError,
     TagNotFoundError,
@@ -49,6 +52,7 @@ from versionstore.repository import PurgeResult, Repository
 from versionstore.session import Session
 from versionstore.session_store import SessionStore
 from versionstore.storage import InMemoryStorage, LMDBStorage, in_memory_storage, lmdb_storage
+from versionstore.transfer import TransferSummary
 from versionstore.usage import ArrayUsage, CompactReport, SnapshotUsage, VersionUsage
 
 try:
@@ -75,6 +79,7 @@ __all__ = [
     "LMDBStorage",
     "MergeConflict",
     "MergeConflictError",
+    "NonFastForwardError",
     "NothingToCommitError",
     "ObjectTooLargeError",
     "OpsLogEntry",
@@ -89,6 +94,7 @@ __all__ = [
     "RepositoryBusyError",
     "RepositoryExistsError",
     "RepositoryNotFoundError",
+    "RepositoryURLError",
     "Session",
     "SessionNotFoundError",
     "SessionStore",
@@ -96,9 +102,11 @@ __all__ = [
     "SnapshotNotFoundError",
     "SnapshotUsage",
     "TagNotFoundError",
+    "TransferSummary",
     "UnsupportedFormatError",
     "VersionStoreError",
     "VersionUsage",
+    "copy_repository",
     "import_zarr",
     "in_memory_storage",
     "lmdb_storage",

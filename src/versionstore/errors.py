@@ -26,6 +26,8 @@ The tree::
     ├── UnsupportedFormatError       a record written by a newer format version
     ├── RepositoryBusyError          compact() while other processes have the repository open
     ├── PurgeBlockedError            purge() while writable sessions are open on affected branches
+    ├── NonFastForwardError          a push or fetch that would drop the target branch's snapshots
+    ├── RepositoryURLError           a repository URL that cannot be used (also ValueError)
     └── BackendError                 the storage under the repository failed (I/O)
         ├── ReadOnlyRepositoryError  a write to a repository opened read-only (or on a
         │                            read-only filesystem)
@@ -56,6 +58,7 @@ __all__ = [
     "MergeConflict",
     "MergeConflictError",
     "MissingObjectsError",
+    "NonFastForwardError",
     "NothingToCommitError",
     "ObjectTooLargeError",
     "ProtectedBranchError",
@@ -67,6 +70,7 @@ __all__ = [
     "RepositoryBusyError",
     "RepositoryExistsError",
     "RepositoryNotFoundError",
+    "RepositoryURLError",
     "SessionNotFoundError",
     "SnapshotNotFoundError",
     "TagNotFoundError",
@@ -351,3 +355,31 @@ class PurgeBlockedError(VersionStoreError):
         shown = ", ".join(f"{s} (branch {b!r})" for s, b in sorted(self.sessions.items()))
         super().__init__(f"cannot purge {path!r}: writable sessions are open on affected "
                          f"branches: {shown}; commit or discard them, or pass force=True")
+
+
+class NonFastForwardError(VersionStoreError):
+    """A push or fetch refused: the target branch has snapshots the incoming one lacks.
+
+    Moving the branch would drop them from its history. ``branch`` is the
+    branch that would have moved (in the remote for a push, here for a
+    fetch); ``current`` its snapshot, ``incoming`` the one offered. Nothing
+    moved (objects already copied stay: they are shared, and a later push
+    reuses them). Fetch and merge first, or pass ``force=True``.
+    """
+
+    def __init__(self, operation: str, branch: str, current: str, incoming: str) -> None:
+        self.operation = operation
+        self.branch = branch
+        self.current = current
+        self.incoming = incoming
+        where = "the remote's" if operation == "push" else "the"
+        advice = ("fetch and merge first" if operation == "push"
+                  else "merge the fetched snapshot by hand into another branch")
+        super().__init__(
+            f"{operation} refused: not a fast-forward: {where} branch {branch!r} is at "
+            f"{current}, which is not an ancestor of {incoming}; {advice}, or pass "
+            f"force=True (which drops the snapshots only {branch!r} has from its history)")
+
+
+class RepositoryURLError(VersionStoreError, ValueError):
+    """A repository URL that is malformed, of an unknown scheme, or not usable here."""

@@ -1,7 +1,7 @@
 """The ops log: every ref change ever made, newest first.
 
 Each branch or tag change — commit, amend, merge, cherry-pick, revert,
-squash, reset, creating or deleting a branch or tag — writes one
+squash, reset, creating or deleting a branch or tag, a push or fetch — writes one
 ``Operation`` record under ``ops/<key>`` *in the same atomic batch* as the
 ref change it records (``Refs`` adds it to the batch). So a crash at any
 instant leaves either the ref unchanged and no entry, or the ref moved and
@@ -67,7 +67,9 @@ class OpsLogEntry:
 
     ``kind`` is one of ``commit``, ``amend``, ``merge``, ``cherry_pick``,
     ``revert``, ``squash``, ``reset_branch``, ``create_branch``,
-    ``delete_branch``, ``create_tag``, ``delete_tag``. ``ref_type`` is
+    ``delete_branch``, ``create_tag``, ``delete_tag``, ``push`` (a push from
+    another repository moved or created the branch here) and ``fetch`` (a
+    fetch from another repository did). ``ref_type`` is
     ``"branch"`` or ``"tag"``; ``old``/``new`` the snapshot ids before and
     after (``None``: the ref did not exist, or was deleted); ``source`` the
     merged, cherry-picked or reverted snapshot.

@@ -245,7 +245,7 @@ class Graft:
 #: The kinds of ref change the ops log records.
 OPERATION_KINDS = frozenset({
     "commit", "amend", "merge", "cherry_pick", "revert", "squash", "reset_branch",
-    "create_branch", "delete_branch", "create_tag", "delete_tag",
+    "create_branch", "delete_branch", "create_tag", "delete_tag", "push", "fetch",
 })
 
 

@@ -144,11 +144,13 @@ class Refs:
                           kind="create_branch"):
             raise RefExistsError("branch", name)
 
-    def move_branch(self, name: str, expected_raw: bytes, snapshot: ObjectId,
+    def move_branch(self, name: str, expected_raw: bytes | None, snapshot: ObjectId,
                     batch: WriteBatch | None = None, *, verify_target: bool = False,
                     kind: str = "commit", message: str | None = None,
                     source: ObjectId | None = None) -> bool:
         """Compare-and-swap a branch from ``expected_raw`` to ``snapshot``.
+
+        ``expected_raw`` ``None`` creates the branch (it must not exist).
 
         ``batch`` (the new snapshot and its tree nodes, staging cleanup) and
         an ops-log entry of ``kind`` (with ``message`` and ``source``) are

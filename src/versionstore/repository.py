@@ -73,6 +73,7 @@ from versionstore.ids import (
 from versionstore.notebook import repository_html
 from versionstore.objects import ObjectReader
 from versionstore.opslog import OpsLogEntry, read_ops_log, with_operation
+from versionstore.progress import ProgressOption, progress_reporter
 from versionstore.purge import purge_node
 from versionstore.records import (
     REPOSITORY_FORMAT,
@@ -85,6 +86,7 @@ from versionstore.records import (
 from versionstore.refs import MAIN, REPOSITORY_REF, Refs, branch_ref, session_ref, stage_prefix
 from versionstore.session import Session
 from versionstore.storage import RepositoryStorage, StorageLike
+from versionstore.transfer import TransferSummary, transfer_branch
 from versionstore.tree import changed_entries, lookup
 from versionstore.usage import (
     CompactReport,
@@ -609,6 +611,71 @@ class Repository:
                                  message=message, metadata=metadata)
         return SnapshotId(_text(tip))
 
+    # -- remotes ----------------------------------------------------------------------
+
+    def push(self, remote: Repository, branch: str = MAIN, remote_branch: str | None = None,
+             *, force: bool = False, progress: ProgressOption = True) -> TransferSummary:
+        """Copy ``branch`` to the repository ``remote`` and move its branch there.
+
+        Only the objects ``remote`` lacks are copied (``versionstore.transfer``),
+        children before parents, so an interrupted push resumes where it
+        stopped. Then ``remote_branch`` (default: the same name) moves by
+        compare-and-swap to this branch's tip, with a ``push`` ops-log entry
+        in ``remote``; it is created if missing. Works between any two
+        storages (LMDB, memory, object storage).
+
+        Args:
+            remote: the repository to push to (``Repository.open(...)``).
+            branch: the branch of this repository to push.
+            remote_branch: the branch to move in ``remote`` (default ``branch``).
+            force: move it even if that drops snapshots only ``remote`` has.
+            progress: ``True``: a progress bar on a terminal for a long copy;
+                ``False``: none; a callable is told ``(phase, done, total)``.
+
+        Returns:
+            ``TransferSummary``: objects and bytes copied, and the ref moved
+            (``refs`` is empty when ``remote`` was already up to date).
+
+        Raises:
+            NonFastForwardError: ``remote_branch`` has snapshots this branch
+                lacks (someone else pushed): fetch and merge first, or ``force``.
+            BranchNotFoundError: ``branch`` does not exist here.
+        """
+        check_name(branch, "branch")
+        check_optional_name(remote_branch, "remote_branch", "a branch name")
+        check_flag(force, "force")
+        _check_repository(remote, "remote")
+        with progress_reporter(progress) as report:
+            return transfer_branch(self.reader, self.refs, remote.refs, source_branch=branch,
+                                   target_branch=remote_branch or branch, force=force,
+                                   operation="push", message=f"push of branch {branch!r}",
+                                   progress=report)
+
+    def fetch(self, remote: Repository, branch: str = MAIN, into_branch: str | None = None,
+              *, force: bool = False, progress: ProgressOption = True) -> TransferSummary:
+        """Copy ``remote``'s ``branch`` here as ``into_branch`` (default ``origin/<branch>``).
+
+        The reverse of ``push``: the objects this repository lacks are copied,
+        then ``into_branch`` moves (or is created) by compare-and-swap, with a
+        ``fetch`` ops-log entry. Merge it like any branch:
+        ``repo.merge("origin/main", "main")``.
+
+        Raises:
+            NonFastForwardError: ``into_branch`` has snapshots the fetched tip
+                lacks; nothing moved (``force=True`` moves it anyway).
+            BranchNotFoundError: ``branch`` does not exist in ``remote``.
+        """
+        check_name(branch, "branch")
+        check_optional_name(into_branch, "into_branch", "a branch name")
+        check_flag(force, "force")
+        _check_repository(remote, "remote")
+        with progress_reporter(progress) as report:
+            return transfer_branch(remote.reader, remote.refs, self.refs, source_branch=branch,
+                                   target_branch=into_branch or f"origin/{branch}",
+                                   force=force, operation="fetch",
+                                   message=f"fetch of branch {branch!r} from {remote.storage!r}",
+                                   progress=report)
+
     def ops_log(self) -> Iterator[OpsLogEntry]:
         """Every ref change ever made, newest first (``versionstore.opslog``).
 
@@ -897,6 +964,12 @@ class Repository:
     async def ops_log_async(self) -> list[OpsLogEntry]:
         """``ops_log`` (as a list) without blocking the event loop."""
         return await asyncio.to_thread(lambda: list(self.ops_log()))
+
+
+def _check_repository(value: object, parameter: str) -> None:
+    if not isinstance(value, Repository):
+        raise TypeError(f"{parameter} must be a Repository (vs.Repository.open(storage)); got "
+                        f"{type(value).__name__}")
 
 
 def _text(object_id: ObjectId) -> str:

@@ -13,12 +13,18 @@ Built on click, with rich tables and progress bars::
     versionstore cherry-pick REPO SNAPSHOT   versionstore revert REPO SNAPSHOT
     versionstore squash REPO --since SNAPSHOT versionstore ops-log REPO [--limit N] [--json]
     versionstore log REPO --graph
+    versionstore clone SRC DST [--branch B]... [--tag T]...
+    versionstore push REPO REMOTE [--branch main] [--remote-branch B] [--force]
+    versionstore fetch REPO REMOTE [--branch main] [--into origin/main] [--force]
 
-REPO is an LMDB repository directory. Exit status: 0 success; 1 a user error
-(one line on stderr naming what was wrong, no traceback) or ``verify``
-finding problems; 2 a usage error (click's message); 141 when the reader of
-the output went away (``versionstore log R | head -1``), as git. The only
-module that reads ``sys.argv``.
+REPO is an LMDB repository directory; clone, push and fetch take repository
+URLs (``versionstore.urls``: a directory, ``lmdb://PATH``, ``s3://BUCKET/PREFIX``
+with ``--endpoint-url``, ``--region``, ``--anonymous``, ``--allow-http``).
+Exit status: 0 success; 1 a user error (one line on stderr naming what was
+wrong, no traceback) or ``verify`` finding problems; 2 a usage error (click's
+message); 141 when the reader of the output went away
+(``versionstore log R | head -1``), as git. The only module that reads
+``sys.argv``.
 """
 
 from __future__ import annotations
@@ -39,10 +45,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from versionstore import __version__
+from versionstore.clone import copy_repository
 from versionstore.errors import MergeConflictError, SnapshotNotFoundError, VersionStoreError
 from versionstore.history import Diff, SnapshotInfo
 from versionstore.repository import Repository
-from versionstore.storage import lmdb_storage
+from versionstore.storage import RepositoryStorage, lmdb_storage
+from versionstore.transfer import TransferSummary
+from versionstore.urls import ObjectStorageOptions, storages_from_urls
 
 __all__ = ["EXIT_BROKEN_PIPE", "EXIT_USER_ERROR", "cli", "main"]
 
@@ -690,6 +699,129 @@ def ops_log(repo: str, limit: int | None, as_json: bool) -> None:
         message = f"  {entry.message}" if entry.message else ""
         _echo(f"{stamp}  {entry.kind}  {entry.ref_type} {entry.name}  "
               f"{entry.old or '-'} -> {entry.new or '-'}{message}")
+
+
+# -- between repositories: clone, push, fetch -----------------------------------------------
+
+
+def _object_storage_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options of ``s3://`` repositories (``versionstore.urls.ObjectStorageOptions``)."""
+    for option in reversed([
+        click.option("--endpoint-url", metavar="URL",
+                     help="s3:// only: an S3-compatible endpoint (MinIO, Ceph, a test server)"),
+        click.option("--region", help="s3:// only: the bucket's region"),
+        click.option("--anonymous", is_flag=True,
+                     help="s3:// only: send no credentials (public buckets)"),
+        click.option("--allow-http", is_flag=True,
+                     help="s3:// only: allow an http:// (unencrypted) endpoint"),
+    ]):
+        command = option(command)
+    return command
+
+
+def _storages(urls: Sequence[str], endpoint_url: str | None, region: str | None,
+              anonymous: bool, allow_http: bool) -> list[RepositoryStorage]:
+    options = ObjectStorageOptions(endpoint_url=endpoint_url, region=region,
+                                   anonymous=anonymous, allow_http=allow_http)
+    return storages_from_urls(urls, options)
+
+
+def _short(snapshot: str | None) -> str:
+    return "(none)" if snapshot is None else snapshot[:12]
+
+
+def _report(summary: TransferSummary, as_json: bool, verb: str) -> None:
+    if as_json:
+        _json({"objects_copied": summary.objects_copied, "bytes_copied": summary.bytes_copied,
+               "refs": {name: {"old": old, "new": new}
+                        for name, (old, new) in sorted(summary.refs.items())}})
+        return
+    for name, (old, new) in sorted(summary.refs.items()):
+        _echo(f"{name}  {_short(old)} -> {_short(new)}")
+    if not summary.refs:
+        _echo("already up to date")
+    _echo(f"{verb} {summary.objects_copied} object(s), {_size(summary.bytes_copied)}")
+
+
+@cli.command()
+@click.argument("source", metavar="SRC")
+@click.argument("target", metavar="DST")
+@click.option("--branch", "branches", metavar="NAME", multiple=True,
+              help="copy only this branch (repeatable; main always comes along)")
+@click.option("--tag", "tags", metavar="NAME", multiple=True,
+              help="copy only this tag (repeatable)")
+@_object_storage_options
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def clone(source: str, target: str, branches: tuple[str, ...], tags: tuple[str, ...],
+          endpoint_url: str | None, region: str | None, anonymous: bool, allow_http: bool,
+          as_json: bool) -> None:
+    """Copy the repository SRC into DST, which must hold none: history, branches, tags.
+
+    SRC and DST are repository URLs: a directory (./my-repo or lmdb://my-repo)
+    or s3://BUCKET/PREFIX. An interrupted clone resumes when run again.
+
+    Example: versionstore clone ./my-repo s3://bucket/repos/my-repo
+    """
+    src, dst = _storages([source, target], endpoint_url, region, anonymous, allow_http)
+    with _progress("cloning") as progress:
+        summary = copy_repository(src, dst, branches=list(branches) or None,
+                                  tags=list(tags) or None, progress=progress)
+    _report(summary, as_json, "copied")
+
+
+@cli.command()
+@click.argument("repo", metavar="REPO")
+@click.argument("remote", metavar="REMOTE")
+@click.option("--branch", default="main", show_default=True, help="the branch to push")
+@click.option("--remote-branch", metavar="NAME",
+              help="the branch to move in REMOTE (default: the same name)")
+@click.option("--force", is_flag=True,
+              help="move it even if that drops snapshots only REMOTE has")
+@_object_storage_options
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def push(repo: str, remote: str, branch: str, remote_branch: str | None, force: bool,
+         endpoint_url: str | None, region: str | None, anonymous: bool, allow_http: bool,
+         as_json: bool) -> None:
+    """Copy a branch of REPO to the repository REMOTE and move REMOTE's branch to it.
+
+    Only objects REMOTE lacks are copied. Refused unless a fast-forward (someone
+    else pushed first: fetch and merge), or with --force.
+
+    Example: versionstore push ./my-repo s3://bucket/repos/my-repo --branch main
+    """
+    local_storage, remote_storage = _storages([repo, remote], endpoint_url, region, anonymous,
+                                              allow_http)
+    with Repository.open(local_storage) as local, Repository.open(remote_storage) as target, \
+            _progress("pushing") as progress:
+        summary = local.push(target, branch, remote_branch, force=force, progress=progress)
+    _report(summary, as_json, "pushed")
+
+
+@cli.command()
+@click.argument("repo", metavar="REPO")
+@click.argument("remote", metavar="REMOTE")
+@click.option("--branch", default="main", show_default=True, help="REMOTE's branch to fetch")
+@click.option("--into", "into", metavar="NAME",
+              help="the branch of REPO to move (default: origin/BRANCH)")
+@click.option("--force", is_flag=True,
+              help="move it even if that drops snapshots only it has")
+@_object_storage_options
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def fetch(repo: str, remote: str, branch: str, into: str | None, force: bool,
+          endpoint_url: str | None, region: str | None, anonymous: bool, allow_http: bool,
+          as_json: bool) -> None:
+    """Copy a branch of the repository REMOTE into REPO, as branch origin/BRANCH.
+
+    Then merge it as any branch: versionstore merge REPO origin/main --into main.
+
+    Example: versionstore fetch ./my-repo s3://bucket/repos/my-repo --branch main
+    """
+    local_storage, remote_storage = _storages([repo, remote], endpoint_url, region, anonymous,
+                                              allow_http)
+    with Repository.open(local_storage) as local, Repository.open(remote_storage) as source, \
+            _progress("fetching") as progress:
+        summary = local.fetch(source, branch, into, force=force, progress=progress)
+    _report(summary, as_json, "fetched")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -374,11 +374,11 @@ class NonFastForwardError(VersionStoreError):
         self.incoming = incoming
         where = "the remote's" if operation == "push" else "the"
         advice = ("fetch and merge first" if operation == "push"
-                  else "merge the fetched snapshot by hand into another branch")
+                  else "fetch into another branch (into_branch=...) and merge")
         super().__init__(
             f"{operation} refused: not a fast-forward: {where} branch {branch!r} is at "
             f"{current}, which is not an ancestor of {incoming}; {advice}, or pass "
-            f"force=True (which drops the snapshots only {branch!r} has from its history)")
+            "force=True to move it anyway (the snapshots only it has leave its history)")
 
 
 class RepositoryURLError(VersionStoreError, ValueError):

@@ -26,11 +26,12 @@ refused (``CorruptObjectError``) instead of spread.
 
 The walk trusts that the target is closed in the same way (what every writer
 keeps; ``versionstore verify`` checks it). A garbage collection *on the
-target* that runs while a transfer is between steps 2 and 3 can delete the
-objects copied so far (nothing reaches them yet); the ref move then fails
-with ``SnapshotNotFoundError`` if the snapshot went, and the transfer can be
-run again. Give shared storage a grace period (``garbage_collect(older_than=
-...)``) longer than a transfer takes.
+target* while a transfer is between steps 2 and 3 can delete objects copied
+so far (nothing reaches them yet): the ref move then fails with
+``SnapshotNotFoundError`` if the snapshot went (run the transfer again), and
+otherwise ``verify`` reports what went missing below it. Do not collect a
+repository while transfers into it run, unless its collection spares objects
+younger than a grace period longer than a transfer takes (``docs/format.md``, T1).
 """
 
 from __future__ import annotations

@@ -228,8 +228,9 @@ def copy_objects(source: ObjectReader, target: Backend, roots: Mapping[str, byte
             for object_id, data in zip(group, source.backend.get_objects(group), strict=True):
                 name = object_id_text(object_id)
                 if data is None:
-                    raise CorruptObjectError(name, "vanished from the source during the copy "
-                                             "(a garbage collection there?); run it again")
+                    raise CorruptObjectError(name, "is referenced but missing from the source "
+                                             "repository (damaged, or collected during the "
+                                             "copy); run `versionstore verify` on it")
                 if content_id(name, data) != object_id:
                     raise CorruptObjectError(name, "its content does not match its id in the "
                                              "source repository; run `versionstore verify`")

@@ -456,3 +456,42 @@ def test_snapshot_ids_survive_the_trip() -> None:
     vs.copy_repository(source.storage, target, progress=False)
     tip = source.lookup_branch("main")
     assert vs.Repository.open(target).backend.has_objects([object_id_from_text(tip)]) == [True]
+
+
+def test_clone_from_a_read_only_source_and_push_into_a_read_only_remote(tmp_path: Path
+                                                                         ) -> None:
+    source = _history_repo(vs.lmdb_storage(tmp_path / "a"))
+    source.close()
+    frozen = vs.lmdb_storage(tmp_path / "a", read_only=True)
+    vs.copy_repository(frozen, tmp_path / "b", progress=False)
+    copy = vs.Repository.open(tmp_path / "b")
+    _assert_same(vs.Repository.open(frozen), copy)
+    _commit(copy, message="new", z=_big("z"))
+    with pytest.raises(vs.ReadOnlyRepositoryError):
+        copy.push(vs.Repository.open(frozen), progress=False)
+
+
+def test_unrelated_histories_need_force(tmp_path: Path) -> None:
+    ours = _history_repo(vs.in_memory_storage())
+    theirs = vs.Repository.create(vs.lmdb_storage(tmp_path / "other"))
+    _commit(theirs, message="unrelated", u=_big("u"))
+    with pytest.raises(vs.NonFastForwardError):
+        ours.push(theirs, progress=False)
+    with pytest.raises(vs.NonFastForwardError):
+        theirs.fetch(ours, "main", "main", progress=False)
+    theirs.fetch(ours, "main", "main", force=True, progress=False)
+    assert [i.id for i in theirs.ancestry(all_parents=True)] == [
+        i.id for i in ours.ancestry(all_parents=True)]
+    assert theirs.verify().ok
+
+
+def test_fetch_into_a_branch_that_is_behind_fast_forwards(tmp_path: Path) -> None:
+    remote = _history_repo(vs.lmdb_storage(tmp_path / "remote"))
+    local_storage = vs.in_memory_storage()
+    vs.copy_repository(remote.storage, local_storage, progress=False)
+    local = vs.Repository.open(local_storage)
+    tip = _commit(remote, message="upstream", up=_big("p"))
+    summary = local.fetch(remote, "main", "main", progress=False)  # a pull, in one step
+    assert summary.refs == {"branch/main": (local.lookup_snapshot(tip).parent_id, tip)}
+    assert summary.objects_copied == 4  # chunk, tree leaf, history page, snapshot
+    assert local.readonly_session("main").store.storage.get("up") == _big("p")

@@ -94,13 +94,18 @@ def _assert_same(a: vs.Repository, b: vs.Repository, *, ops: bool = True,
     assert b.verify().ok, b.verify().problems
 
 
-def _references(data: bytes, grafts: dict[ObjectId, tuple[ObjectId, ...]]) -> list[ObjectId]:
-    """The objects a stored object names (what must be stored before it)."""
+def _references(object_id: ObjectId, data: bytes,
+                grafts: dict[ObjectId, tuple[ObjectId, ...]]) -> list[ObjectId]:
+    """The objects a stored object names (what must be stored before it).
+
+    A snapshot's parents are those its graft names, if the target has one:
+    so a grafted snapshot written before its graft fails the check.
+    """
     kind = frame_kind(data)
     if kind == KIND_SNAPSHOT:
         snapshot = decode_snapshot("", data)
-        return [p for p in snapshot.parents if p not in grafts] + [
-            i for i in (snapshot.tree, snapshot.history) if i is not None]
+        return [*grafts.get(object_id, snapshot.parents),
+                *(i for i in (snapshot.tree, snapshot.history) if i is not None)]
     if kind == KIND_HISTORY:
         page = decode_history_page("", data)
         return [] if page.previous is None else [page.previous]
@@ -125,7 +130,7 @@ class _ClosureCheckingBackend(MemoryBackend):
 
         grafts = grafts_from_refs(self.list_refs("graft/"))
         for object_id, data in batch.objects:
-            wanted = _references(data, grafts)
+            wanted = _references(object_id, data, grafts)
             assert all(self.has_objects(wanted)), f"{object_id!r} written before its references"
         self.batches += 1
         return super().write(batch)
@@ -189,7 +194,7 @@ def test_clone_follows_grafts_of_expired_history(tmp_path: Path) -> None:
     _commit(source, message="four", a=_big("4"))
     assert source.expire_snapshots(cutoff)
     source.garbage_collect()
-    clone_storage = vs.in_memory_storage()
+    clone_storage = InMemoryStorage(_ClosureCheckingBackend())
     vs.copy_repository(source.storage, clone_storage, progress=False)
     clone = vs.Repository.open(clone_storage)
     _assert_same(source, clone)

@@ -26,9 +26,11 @@ import threading
 from collections.abc import Iterator
 from typing import IO
 
-__all__ = ["Spill"]
+__all__ = ["MEMORY_BYTES", "Spill"]
 
 _BLOCK = 1 << 20
+#: Default of ``Spill(memory_bytes=...)``: what a spill holds as Python objects.
+MEMORY_BYTES = 16 << 20
 #: What a record kept in memory costs beyond its bytes (a tuple and its bytes objects).
 _OBJECT_COST = 120
 
@@ -43,9 +45,9 @@ class Spill:
             to a temporary file in blocks of about ``_BLOCK`` bytes.
     """
 
-    def __init__(self, fields: int, *, memory_bytes: int = 16 << 20) -> None:
+    def __init__(self, fields: int, *, memory_bytes: int | None = None) -> None:
         self._fields = fields
-        self._memory_bytes = memory_bytes
+        self._memory_bytes = MEMORY_BYTES if memory_bytes is None else memory_bytes
         self._pending: list[tuple[bytes, ...]] = []
         self._pending_bytes = 0
         self._file: IO[bytes] | None = None

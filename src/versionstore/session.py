@@ -411,8 +411,9 @@ class Session:
         if self._session_id is None:
             return False
         load = self._repo.reader.node
-        changes, _ = self._read_changes()
-        return any(lookup(load, self._root, key) != entry for key, entry in changes)
+        self._refresh()
+        with StagedScan(self._repo.backend, stage_prefix(self._session_id)) as staged:
+            return any(lookup(load, self._root, key) != entry for key, entry in staged.changes())
 
     def discard_changes(self) -> None:
         """Drop every staged change (the base snapshot is unchanged).
@@ -420,10 +421,14 @@ class Session:
         Only the entries read here are dropped: a write another copy of the
         session stages at the same moment is kept.
         """
-        self._require_writable()
-        while not self._stage(WriteBatch(delete_if_equal=self._read_changes()[1],
-                                         session=self._rule(self._base))):
-            pass  # a commit or another discard removed some of them meanwhile: read again
+        session_id = self._require_writable()
+        while True:
+            self._refresh()
+            with StagedScan(self._repo.backend, stage_prefix(session_id)) as staged:
+                if self._stage(WriteBatch(delete_if_equal=staged.refs,
+                                          session=self._rule(self._base))):
+                    return
+            # a commit or another discard removed some of them meanwhile: read again
 
     def status(self) -> Diff:
         """The staged changes, as a ``Diff`` against the base snapshot."""

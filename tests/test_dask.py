@@ -37,12 +37,20 @@ ROWS, COLUMNS = 40, 12
 CHUNKS = (5, 4)
 
 
-@pytest.fixture(params=["lmdb"])
+def _lmdb(request: pytest.FixtureRequest) -> StorageFactory:
+    return lambda where: vs.lmdb_storage(where / "repo")
+
+
+#: Storage name -> (the test's request -> a factory of fresh storages). A storage whose
+#: server is a fixture gets it with ``request.getfixturevalue``; its description must
+#: pickle, which is all a worker needs to reopen the repository.
+STORAGES: dict[str, Callable[[pytest.FixtureRequest], StorageFactory]] = {"lmdb": _lmdb}
+
+
+@pytest.fixture(params=sorted(STORAGES))
 def storage_factory(request: pytest.FixtureRequest) -> StorageFactory:
-    """Makes a fresh storage for one test's repository (parametrise to add storages)."""
-    if request.param == "lmdb":
-        return lambda where: vs.lmdb_storage(where / "repo")
-    raise AssertionError(request.param)  # pragma: no cover
+    """Makes a fresh storage for one test's repository, for each storage in ``STORAGES``."""
+    return STORAGES[request.param](request)
 
 
 @pytest.fixture(scope="module")

@@ -456,17 +456,8 @@ class Session:
         already held (an identical rewrite is no change of ours, so the
         branch's value simply stands; ``status`` agrees).
         """
-        load = self._repo.reader.node
-        theirs = changed_entries(load, self._root, tip_tree)
-        kept: list[Change] = []
         conflicts: set[str] = set()
-        for key, entry in changes:
-            if key in theirs:
-                if lookup(load, self._root, key) == entry:
-                    continue
-                if theirs[key][1] != entry:
-                    conflicts.add(key)
-            kept.append((key, entry))
+        kept = list(self._carried(tip_tree, iter(changes), conflicts))
         return kept, conflicts
 
     def _record_state(self) -> bytes | None:
@@ -606,7 +597,11 @@ class Session:
 
     def _carried(self, tip_tree: ObjectId | None, changes: Iterator[Change],
                  conflicts: set[str]) -> Iterator[Change]:
-        """``_against_tip`` as a stream: changes to carry; conflicting keys go to ``conflicts``."""
+        """``_against_tip`` as a stream: changes to carry; conflicting keys go to ``conflicts``.
+
+        Only the branch's own changes since our base are held (``theirs``),
+        never ours.
+        """
         load = self._repo.reader.node
         theirs = changed_entries(load, self._root, tip_tree)
         for key, entry in changes:

@@ -154,6 +154,13 @@ def check_targets(summary: dict[str, Any], params: dict[str, Any]) -> list[dict[
         r = ratio(_get(summary, "bulk", name, "vs-lmdb"), _get(summary, "bulk", name, "raw-lmdb"))
         if r is not None:
             add(f"vs-lmdb {name} within 2× of raw LMDB", r, 0.5, f"{r:.2f}× raw LMDB")
+    # 7. Huge commits: peak anonymous RSS of the commit under 300 MiB (10^6), 500 MiB (10^7).
+    for size, limit in ((10**6, 300.0), (10**7, 500.0)):
+        for system in ("vs-lmdb", "vs-mem"):
+            s = _get(summary, "huge", f"commit peak anon MiB (N={size_label(size)})", system)
+            if s is not None:
+                add(f"{system}: commit of {size_label(size)} chunks under {limit:.0f} MiB "
+                    "peak anonymous RSS", limit / s["median"], 1.0, f"{s['median']:.0f} MiB")
     return checks
 
 

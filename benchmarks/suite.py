@@ -47,6 +47,9 @@ DEFAULTS: dict[str, Any] = {
     "commit_sizes": [10**3, 10**4, 10**5, 10**6],
     "commit_samples": 20,
     "commit_icechunk_max": 10**5,
+    # 10^7 is opt-in: --huge-sizes 1e5,1e6,1e7 (about 15 minutes for versionstore alone).
+    "huge_sizes": [10**5, 10**6],
+    "huge_icechunk_max": 10**6,
 }
 #: Sizes of ``--quick`` (under a minute).
 QUICK: dict[str, Any] = {
@@ -63,12 +66,16 @@ QUICK: dict[str, Any] = {
     "commit_sizes": [10**3, 10**4],
     "commit_samples": 5,
     "commit_icechunk_max": 10**5,
+    "huge_sizes": [10**4],
+    "huge_icechunk_max": 10**6,
 }
 #: Repetitions per workload (each one a fresh directory and fresh processes).
-REPEATS: dict[str, int] = {"bulk": 2, "small": 1, "history": 1, "hierarchy": 1, "commit": 1}
+REPEATS: dict[str, int] = {"bulk": 2, "small": 1, "history": 1, "hierarchy": 1, "commit": 1,
+                           "huge": 1}
 #: The systems each workload runs by default (others may be asked for with ``--systems``).
 DEFAULT_SYSTEMS: dict[str, tuple[str, ...]] = {
     "commit": ("vs-lmdb", "icechunk-fs", "raw-lmdb"),
+    "huge": ("vs-lmdb", "icechunk-fs"),
     # zarr's MemoryStore has no history and no commit: it is the floor for zarr's own
     # costs in bulk and small, and adds nothing to these two.
     "history": ("vs-lmdb", "vs-mem", "icechunk-fs", "icechunk-mem", "zarr-local", "raw-lmdb"),

@@ -36,6 +36,7 @@ TINY = {
     "hierarchy_arrays": 5,
     "commit_sizes": [10, 100],
     "commit_samples": 2,
+    "huge_sizes": [50],
 }
 HAS_ICECHUNK = importlib.util.find_spec("icechunk") is not None
 

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 import attrs
 
-from versionstore.backend.protocol import Backend, WriteBatch
+from versionstore.backend.protocol import Backend, Joined, WriteBatch
 from versionstore.codec import decode_ref_target, encode_ref_target
 from versionstore.errors import (
     BranchNotFoundError,
@@ -110,7 +110,7 @@ class Refs:
             return self.backend.write(with_operation(attrs.evolve(
                 base,
                 expect={**base.expect, name: expected},
-                requires=[*base.requires, *requires],
+                requires=Joined(base.requires, requires),
                 refs={**base.refs,
                       name: None if target is None else encode_ref_target(name, target)},
             ), operation))

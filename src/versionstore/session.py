@@ -46,6 +46,7 @@ from versionstore.codec import (
     pack_metadata,
     staged_reencodes,
 )
+from versionstore.commit_stream import ChunkIds, NewObjects, StagedScan
 from versionstore.errors import (
     ConflictError,
     CorruptObjectError,
@@ -79,6 +80,9 @@ __all__ = ["INLINE_LIMIT", "NothingToCommitError", "Session"]
 #: Values up to this size live inline in tree leaves; larger ones are chunk objects.
 INLINE_LIMIT = 512
 _MAX_COMMIT_ATTEMPTS = 1000
+#: New leaves a commit keeps decoded for the next one (``ObjectReader.remember_nodes``
+#: keeps no leaves of a commit that made more).
+_REMEMBER_LEAVES = 1024
 
 
 class Session:
@@ -407,8 +411,9 @@ class Session:
         if self._session_id is None:
             return False
         load = self._repo.reader.node
-        changes, _ = self._read_changes()
-        return any(lookup(load, self._root, key) != entry for key, entry in changes)
+        self._refresh()
+        with StagedScan(self._repo.backend, stage_prefix(self._session_id)) as staged:
+            return any(lookup(load, self._root, key) != entry for key, entry in staged.changes())
 
     def discard_changes(self) -> None:
         """Drop every staged change (the base snapshot is unchanged).
@@ -416,10 +421,14 @@ class Session:
         Only the entries read here are dropped: a write another copy of the
         session stages at the same moment is kept.
         """
-        self._require_writable()
-        while not self._stage(WriteBatch(delete_if_equal=self._read_changes()[1],
-                                         session=self._rule(self._base))):
-            pass  # a commit or another discard removed some of them meanwhile: read again
+        session_id = self._require_writable()
+        while True:
+            self._refresh()
+            with StagedScan(self._repo.backend, stage_prefix(session_id)) as staged:
+                if self._stage(WriteBatch(delete_if_equal=staged.refs,
+                                          session=self._rule(self._base))):
+                    return
+            # a commit or another discard removed some of them meanwhile: read again
 
     def status(self) -> Diff:
         """The staged changes, as a ``Diff`` against the base snapshot."""
@@ -447,17 +456,8 @@ class Session:
         already held (an identical rewrite is no change of ours, so the
         branch's value simply stands; ``status`` agrees).
         """
-        load = self._repo.reader.node
-        theirs = changed_entries(load, self._root, tip_tree)
-        kept: list[Change] = []
         conflicts: set[str] = set()
-        for key, entry in changes:
-            if key in theirs:
-                if lookup(load, self._root, key) == entry:
-                    continue
-                if theirs[key][1] != entry:
-                    conflicts.add(key)
-            kept.append((key, entry))
+        kept = list(self._carried(tip_tree, iter(changes), conflicts))
         return kept, conflicts
 
     def _record_state(self) -> bytes | None:
@@ -573,30 +573,86 @@ class Session:
         repo = self._repo
         missing_in_a_row = 0
         for _ in range(_MAX_COMMIT_ATTEMPTS):
-            changes, raw = self._read_changes()
-            if not changes and not allow_empty:
-                raise NothingToCommitError("nothing to commit: no changes are staged")
-            tip, raw_tip = repo.refs.branch_tip(self._branch)
-            parent_tree = self._root
-            if tip != self._base:
-                parent_tree = repo.reader.snapshot(tip).tree
-                changes, conflicts = self._against_tip(parent_tree, changes)
-                if conflicts:
-                    raise ConflictError(self._branch, conflicts)
+            self._refresh()  # another copy's commit may have moved the session's base
+            try:
+                with StagedScan(repo.backend, stage_prefix(self._require_writable())) as staged:
+                    if not len(staged) and not allow_empty:
+                        raise NothingToCommitError("nothing to commit: no changes are staged")
+                    recorded = self._record_once(staged, message, metadata,
+                                                 allow_empty=allow_empty, amend=amend)
+            except MissingObjectsError as exc:
+                # A chunk staged here may have been overwritten by a copy and collected
+                # since it was read: then re-read the staging area and try again.
+                missing_in_a_row += 1
+                if missing_in_a_row >= 3:
+                    raise CorruptObjectError(
+                        ", ".join(exc.object_ids),
+                        "a staged chunk is missing from the repository; discard or rewrite "
+                        "the keys that reference it") from exc
+                continue
+            missing_in_a_row = 0
+            if recorded is not None:
+                return recorded
+        raise ConflictError(self._branch, [])  # pragma: no cover - endless contention
+
+    def _carried(self, tip_tree: ObjectId | None, changes: Iterator[Change],
+                 conflicts: set[str]) -> Iterator[Change]:
+        """``_against_tip`` as a stream: changes to carry; conflicting keys go to ``conflicts``.
+
+        Only the branch's own changes since our base are held (``theirs``),
+        never ours.
+        """
+        load = self._repo.reader.node
+        theirs = changed_entries(load, self._root, tip_tree)
+        for key, entry in changes:
+            if key in theirs:
+                if lookup(load, self._root, key) == entry:
+                    continue
+                if theirs[key][1] != entry:
+                    conflicts.add(key)
+            yield key, entry
+
+    def _record_once(self, staged: StagedScan, message: str | None,
+                     metadata: dict[str, Any] | None, *, allow_empty: bool, amend: bool
+                     ) -> SnapshotId | None:
+        """One attempt at ``_record``: the snapshot id, or ``None`` if the branch moved.
+
+        The staged changes stream from ``staged`` through the tree into the
+        batch: memory does not grow with their number (``commit_stream``).
+        """
+        assert self._branch is not None
+        repo = self._repo
+        tip, raw_tip = repo.refs.branch_tip(self._branch)
+        parent_tree = self._root
+        changes = staged.changes()
+        conflicts: set[str] = set()
+        if tip != self._base:
+            parent_tree = repo.reader.snapshot(tip).tree
+            changes = self._carried(parent_tree, changes, conflicts)
+        objects, chunks = NewObjects(), ChunkIds()
+        try:
             new_nodes: dict[ObjectId, Node] = {}
-            root, nodes = apply_changes(repo.reader.node, parent_tree, changes,
-                                        decoded=new_nodes)
+
+            def keep_leaf(node_id: ObjectId, data: bytes, leaf: Node) -> None:
+                objects.add_leaf(node_id, data)
+                if objects.leaf_count <= _REMEMBER_LEAVES:
+                    new_nodes[node_id] = leaf
+
+            root, branches = apply_changes(repo.reader.node, parent_tree, chunks.note(changes),
+                                           decoded=new_nodes, emit=keep_leaf)
+            if conflicts:
+                raise ConflictError(self._branch, conflicts)
             generation = self._generation + 1
             if root == parent_tree and not allow_empty:
                 # Only identical rewrites (or nothing) are staged: clear them, commit
                 # nothing, and follow the branch if it moved (what it holds is our view).
                 if self._move_base(tip, parent_tree, generation, WriteBatch(
-                    expect={branch_ref(self._branch): raw_tip}, delete_if_equal=raw,
+                    expect={branch_ref(self._branch): raw_tip}, delete_if_equal=staged.refs,
                 )):
                     raise NothingToCommitError(
                         "nothing to commit: no staged change differs from the branch "
                         "(pass allow_empty=True to commit anyway)")
-                continue
+                return None
             if amend:
                 replaced = repo.reader.snapshot(tip)
                 snapshot = Snapshot(
@@ -613,34 +669,26 @@ class Session:
                 )
             snapshot, pages = with_history(repo.reader, snapshot)
             snapshot_id, frame = encode_snapshot(snapshot)
+            objects.in_memory.extend([*branches.items(), *pages, (snapshot_id, frame)])
             batch = WriteBatch(
-                objects=[*nodes.items(), *pages, (snapshot_id, frame)],
-                # A chunk staged here may have been overwritten by a copy and collected
-                # since it was read: then re-read the staging area and try again.
-                requires=[entry.chunk_id for _, entry in changes if isinstance(entry, ChunkRef)],
-                delete_if_equal=raw,
+                objects=objects,
+                requires=chunks,
+                delete_if_equal=staged.refs,
                 session=self._rule(snapshot_id, generation, replace=True),
             )
-            try:
-                moved = repo.refs.move_branch(self._branch, raw_tip, snapshot_id, batch,
-                                              kind="amend" if amend else "commit",
-                                              message=snapshot.message)
-            except MissingObjectsError as exc:
-                missing_in_a_row += 1
-                if missing_in_a_row >= 3:
-                    raise CorruptObjectError(
-                        ", ".join(exc.object_ids),
-                        "a staged chunk is missing from the repository; discard or rewrite "
-                        "the keys that reference it") from exc
-                continue
-            missing_in_a_row = 0
-            if moved:
-                # Follow the new snapshot before anything else can read this session.
-                self._base, self._root, self._generation = snapshot_id, root, generation
-                repo.backend.sync()
-                repo.reader.remember_nodes(new_nodes)  # the next commit starts from them
-                return SnapshotId(object_id_text(snapshot_id))
-        raise ConflictError(self._branch, [])  # pragma: no cover - endless contention
+            moved = repo.refs.move_branch(self._branch, raw_tip, snapshot_id, batch,
+                                          kind="amend" if amend else "commit",
+                                          message=snapshot.message)
+        finally:
+            objects.close()
+            chunks.close()
+        if not moved:
+            return None
+        # Follow the new snapshot before anything else can read this session.
+        self._base, self._root, self._generation = snapshot_id, root, generation
+        repo.backend.sync()
+        repo.reader.remember_nodes(new_nodes)  # the next commit starts from them
+        return SnapshotId(object_id_text(snapshot_id))
 
     async def commit_async(self, message: str, metadata: dict[str, Any] | None = None, *,
                            allow_empty: bool = False) -> SnapshotId:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from versionstore.codec import encode_node
 from versionstore.ids import ObjectId
@@ -86,42 +86,104 @@ def iter_from(load: NodeLoader, root: ObjectId | None, start: str) -> Iterator[t
 # -- writing ---------------------------------------------------------------------------
 
 
-def _merge(keys: Sequence[str], entries: Sequence[Entry], changes: Sequence[Change]
-           ) -> tuple[list[str], list[Entry]]:
-    out_keys: list[str] = []
-    out_entries: list[Entry] = []
-    i = 0
-    for key, entry in changes:
-        j = bisect.bisect_left(keys, key, i)
-        out_keys.extend(keys[i:j])
-        out_entries.extend(entries[i:j])
-        i = j + 1 if j < len(keys) and keys[j] == key else j
-        if entry is not None:
-            out_keys.append(key)
-            out_entries.append(entry)
-    out_keys.extend(keys[i:])
-    out_entries.extend(entries[i:])
-    return out_keys, out_entries
-
-
 def _even_pieces(count: int, pieces: int) -> list[tuple[int, int]]:
     bounds = [count * p // pieces for p in range(pieces + 1)]
     return list(zip(bounds, bounds[1:], strict=False))
 
 
-def _leaf_pieces(keys: list[str], entries: list[Entry]) -> list[tuple[int, int]]:
-    size = sum(len(k) for k in keys) + sum(
-        _REF_COST if isinstance(e, ChunkRef) else len(e) for e in entries
-    )
-    pieces = max(math.ceil(len(keys) / MAX_LEAF_ENTRIES), math.ceil(size / TARGET_LEAF_BYTES), 1)
-    return _even_pieces(len(keys), min(pieces, len(keys)))
+def _entry_cost(key: str, entry: Entry) -> int:
+    return len(key) + (_REF_COST if isinstance(entry, ChunkRef) else len(entry))
+
+
+def _leaf_pieces(count: int, size: int) -> list[tuple[int, int]]:
+    pieces = max(math.ceil(count / MAX_LEAF_ENTRIES), math.ceil(size / TARGET_LEAF_BYTES), 1)
+    return _even_pieces(count, min(pieces, count))
+
+
+#: A run of merged entries is cut into leaves once it holds twice this many entries
+#: (or bytes): the first ``_FLUSH_*`` become leaves, the rest wait for what follows, so
+#: a rewrite of any size holds at most a few dozen leaves' worth of entries.
+_FLUSH_ENTRIES = 32 * MAX_LEAF_ENTRIES
+_FLUSH_BYTES = 32 * TARGET_LEAF_BYTES
+
+
+class _Changes:
+    """The key-sorted changes, consumed once, with one change of look-ahead."""
+
+    def __init__(self, changes: Iterable[Change]) -> None:
+        self._iterator = iter(changes)
+        self._next: Change | None = None
+        self._advance()
+
+    def _advance(self) -> None:
+        self._next = next(self._iterator, None)
+
+    def below(self, bound: str | None) -> bool:
+        """Whether a change is left whose key is below ``bound`` (``None``: no bound)."""
+        return self._next is not None and (bound is None or self._next[0] < bound)
+
+    def pop(self) -> Change:
+        change = self._next
+        assert change is not None
+        self._advance()
+        return change
+
+
+class _LeafRun:
+    """Entries of merged leaves, in key order, cut into leaves as the run grows."""
+
+    def __init__(self, writer: _Writer) -> None:
+        self._writer = writer
+        self._keys: list[str] = []
+        self._entries: list[Entry] = []
+        self._size = 0
+        self.items: list[tuple[str, ObjectId]] = []
+
+    def extend(self, keys: Sequence[str], entries: Sequence[Entry]) -> None:
+        if keys:
+            self._keys.extend(keys)
+            self._entries.extend(entries)
+            self._size += sum(map(_entry_cost, keys, entries))
+            self._cut_while_long()
+
+    def add(self, key: str, entry: Entry) -> None:
+        self._keys.append(key)
+        self._entries.append(entry)
+        self._size += _entry_cost(key, entry)
+        self._cut_while_long()
+
+    def _cut_while_long(self) -> None:
+        while len(self._keys) >= 2 * _FLUSH_ENTRIES or self._size >= 2 * _FLUSH_BYTES:
+            self._cut()
+
+    def _cut(self) -> None:
+        count = size = 0
+        for key, entry in zip(self._keys, self._entries, strict=True):
+            if count >= _FLUSH_ENTRIES or size >= _FLUSH_BYTES:
+                break
+            count += 1
+            size += _entry_cost(key, entry)
+        self.items.extend(self._writer.leaves(self._keys[:count], self._entries[:count], size))
+        del self._keys[:count], self._entries[:count]
+        self._size -= size
+
+    def finish(self) -> list[tuple[str, ObjectId]]:
+        self.items.extend(self._writer.leaves(self._keys, self._entries, self._size))
+        return self.items
 
 
 class _Writer:
-    """Collects the nodes one ``apply_changes`` call creates."""
+    """Collects the nodes one ``apply_changes`` call creates.
 
-    def __init__(self, load: NodeLoader) -> None:
+    Branches are kept (there are few: one per ``MAX_BRANCH_CHILDREN`` leaves);
+    leaves go to ``emit`` as they are made when one is given, so a rewrite of
+    millions of keys never holds its leaves.
+    """
+
+    def __init__(self, load: NodeLoader,
+                 emit: Callable[[ObjectId, bytes, Leaf], None] | None) -> None:
         self._load = load
+        self._emit = emit
         self.created: dict[ObjectId, tuple[Node, bytes]] = {}
 
     def load(self, node_id: ObjectId) -> Node:
@@ -130,15 +192,19 @@ class _Writer:
 
     def store(self, node: Node) -> ObjectId:
         node_id, data = encode_node(node)
-        self.created[node_id] = (node, data)
+        if self._emit is not None and isinstance(node, Leaf):
+            self._emit(node_id, data, node)
+        else:
+            self.created[node_id] = (node, data)
         return node_id
 
-    def leaves(self, keys: list[str], entries: list[Entry]) -> list[tuple[str, ObjectId]]:
+    def leaves(self, keys: list[str], entries: list[Entry], size: int
+               ) -> list[tuple[str, ObjectId]]:
         if not keys:
             return []
         return [
             (keys[a], self.store(Leaf(keys=tuple(keys[a:b]), entries=tuple(entries[a:b]))))
-            for a, b in _leaf_pieces(keys, entries)
+            for a, b in _leaf_pieces(len(keys), size)
         ]
 
     def branches(self, items: list[tuple[str, ObjectId]], level: int
@@ -160,53 +226,77 @@ class _Writer:
             for a, b in pieces
         ]
 
-    def rewrite(self, node_id: ObjectId, changes: Sequence[Change]) -> list[tuple[str, ObjectId]]:
+    def merge_leaf(self, leaf: Leaf | None, changes: _Changes, bound: str | None
+                   ) -> list[tuple[str, ObjectId]]:
+        """The leaves of ``leaf`` with every change below ``bound`` applied."""
+        keys: Sequence[str] = () if leaf is None else leaf.keys
+        entries: Sequence[Entry] = () if leaf is None else leaf.entries
+        run = _LeafRun(self)
+        i = 0
+        while changes.below(bound):
+            key, entry = changes.pop()
+            j = bisect.bisect_left(keys, key, i)
+            run.extend(keys[i:j], entries[i:j])
+            i = j + 1 if j < len(keys) and keys[j] == key else j
+            if entry is not None:
+                run.add(key, entry)
+        run.extend(keys[i:], entries[i:])
+        return run.finish()
+
+    def rewrite(self, node_id: ObjectId, changes: _Changes, bound: str | None
+                ) -> list[tuple[str, ObjectId]]:
+        """Rewrite the subtree at ``node_id`` with every change below ``bound``."""
         node = self.load(node_id)
         if isinstance(node, Leaf):
-            return self.leaves(*_merge(node.keys, node.entries, changes))
-        groups: dict[int, list[Change]] = {}
-        for change in changes:
-            index = max(0, bisect.bisect_right(node.keys, change[0]) - 1)
-            groups.setdefault(index, []).append(change)
+            return self.merge_leaf(node, changes, bound)
         items: list[tuple[str, ObjectId]] = []
+        last = len(node.keys) - 1
         for index, (first, child) in enumerate(zip(node.keys, node.children, strict=True)):
-            if index in groups:
-                items.extend(self.rewrite(child, groups[index]))
+            upper = bound if index == last else node.keys[index + 1]
+            if changes.below(upper):
+                items.extend(self.rewrite(child, changes, upper))
             else:
                 items.append((first, child))
         return self.branches(items, node.level)
 
 
 def apply_changes(
-    load: NodeLoader, root: ObjectId | None, changes: Sequence[Change],
+    load: NodeLoader, root: ObjectId | None, changes: Iterable[Change],
     *, decoded: dict[ObjectId, Node] | None = None,
+    emit: Callable[[ObjectId, bytes, Leaf], None] | None = None,
 ) -> tuple[ObjectId | None, dict[ObjectId, bytes]]:
-    """Apply key-sorted ``changes`` to the tree at ``root``.
+    """Apply key-sorted ``changes`` to the tree at ``root``, streaming.
+
+    ``changes`` is read once, in order, and never held: memory grows with the
+    number of leaves rewritten divided by ``MAX_BRANCH_CHILDREN``, not with
+    the number of changes (``docs/benchmarks.md``, "Huge commits").
 
     Returns the new root and the encoded nodes to store (only those the new
-    tree reaches). The old tree is untouched. If ``decoded`` is given, it also
-    receives those nodes as objects, so the caller can cache them rather than
-    read and decode them back.
+    tree reaches). With ``emit``, each new leaf is handed to it as
+    ``(id, encoded, leaf)`` instead, and the nodes returned are only the
+    branches; every leaf handed over is part of the new tree. The old tree is
+    untouched. If ``decoded`` is given, it also receives the returned nodes as
+    objects, so the caller can cache them rather than read and decode them back.
     """
-    writer = _Writer(load)
+    writer = _Writer(load, emit)
+    stream = _Changes(changes)
     if root is None:
         level = 0
-        items = writer.leaves([k for k, e in changes if e is not None],
-                              [e for _, e in changes if e is not None])
+        items = writer.merge_leaf(None, stream, None)
     else:
         top = writer.load(root)
         level = top.level if isinstance(top, Branch) else 0
-        items = writer.rewrite(root, changes) if changes else [("", root)]
+        items = writer.rewrite(root, stream, None) if stream.below(None) else [("", root)]
     while len(items) > 1:
         level += 1
         items = writer.branches(items, level)
     if not items:
         return None, {}
     new_root = items[0][1]
-    node = writer.load(new_root)
-    while isinstance(node, Branch) and len(node.children) == 1:
-        new_root = node.children[0]
-        node = writer.load(new_root)
+    made = writer.created.get(new_root)
+    while made is not None and isinstance(made[0], Branch) and len(made[0].children) == 1:
+        new_root = made[0].children[0]
+        made = writer.created.get(new_root)
     keep = _reachable_created(writer, new_root)
     if decoded is not None:
         decoded.update((node_id, writer.created[node_id][0]) for node_id in keep)

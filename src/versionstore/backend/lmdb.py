@@ -40,7 +40,7 @@ from typing import Any, TypeVar, override
 import attrs
 import lmdb
 
-from versionstore.backend.protocol import Backend, Rescue, WriteBatch, changed_refs
+from versionstore.backend.protocol import Backend, Joined, Rescue, WriteBatch, changed_refs
 from versionstore.errors import (
     BackendError,
     CorruptRepositoryError,
@@ -200,11 +200,11 @@ class LMDBBackend(Backend):
                 if txn.get(_key(name), db=refs_db) is None:
                     return False
             rule = batch.session
-            required = list(batch.requires)
             has_record = rule is not None and txn.get(_key(rule.record), db=refs_db) is not None
+            required = batch.requires
             if rule is not None and (rule.replace or not has_record):
-                required.extend(rule.requires)
-            written = {object_id for object_id, _ in batch.objects} if required else set()
+                required = Joined(required, rule.requires)
+            written = {object_id for object_id, _ in batch.objects} if len(required) else set()
             missing = [object_id_text(i) for i in required
                        if i not in written and txn.get(i, db=objects_db) is None]
             if missing:

@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, override
 
-from versionstore.backend.protocol import Backend, Rescue, WriteBatch, changed_refs
+from versionstore.backend.protocol import Backend, Joined, Rescue, WriteBatch, changed_refs
 from versionstore.errors import MissingObjectsError
 from versionstore.ids import ObjectId, object_id_text
 
@@ -71,10 +71,10 @@ class MemoryBackend(Backend):
             if any(name not in refs for name in batch.delete_if_equal):
                 return False
             rule = batch.session
-            required = list(batch.requires)
+            required = batch.requires
             if rule is not None and (rule.replace or rule.record not in refs):
-                required.extend(rule.requires)
-            written = {object_id for object_id, _ in batch.objects} if required else set()
+                required = Joined(required, rule.requires)
+            written = {object_id for object_id, _ in batch.objects} if len(required) else set()
             missing = [object_id_text(i) for i in required
                        if i not in self._objects and i not in written]
             if missing:

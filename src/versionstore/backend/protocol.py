@@ -19,14 +19,18 @@ invariants, and which batch keeps each, are in ``docs/format.md``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Protocol, runtime_checkable
+import itertools
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from typing import Protocol, TypeVar, runtime_checkable
 
 import attrs
 
 from versionstore.ids import ObjectId
 
-__all__ = ["Backend", "ObjectGetter", "Rescue", "SessionRule", "WriteBatch", "changed_refs"]
+__all__ = ["Backend", "Joined", "ObjectGetter", "Rescue", "SessionRule", "WriteBatch",
+           "changed_refs"]
+
+T = TypeVar("T")
 
 #: Reads objects inside the atomic step of ``delete_objects`` (``None`` for missing ids).
 ObjectGetter = Callable[[Sequence[ObjectId]], list[bytes | None]]
@@ -78,11 +82,16 @@ class WriteBatch:
        returns ``False`` (something the caller read was removed since: it
        must read again — an erase or a discard raced it);
     6. ``session``: the ``SessionRule``.
+
+    ``objects``, ``requires`` and ``delete_if_equal`` may be views of data
+    kept outside memory (a huge commit passes ``versionstore.spill`` views):
+    a backend iterates them, possibly more than once (a replayed write), and
+    never needs more than iteration and ``len``.
     """
 
-    objects: Sequence[tuple[ObjectId, bytes]] = ()
+    objects: Collection[tuple[ObjectId, bytes]] = ()
     expect: Mapping[str, bytes | None] = attrs.field(factory=dict)
-    requires: Sequence[ObjectId] = ()
+    requires: Collection[ObjectId] = ()
     refs: Mapping[str, bytes | None] = attrs.field(factory=dict)
     delete_if_equal: Mapping[str, bytes] = attrs.field(factory=dict)
     session: SessionRule | None = None
@@ -196,6 +205,23 @@ class Backend(Protocol):
         return self.write(WriteBatch(
             objects=objects, expect={name: expected}, refs={**(also or {}), name: new}
         ))
+
+
+class Joined(Collection[T]):
+    """Two collections as one, without copying them (a batch's ``requires`` plus a few)."""
+
+    def __init__(self, first: Collection[T], second: Collection[T]) -> None:
+        self._first = first
+        self._second = second
+
+    def __len__(self) -> int:
+        return len(self._first) + len(self._second)
+
+    def __iter__(self) -> Iterator[T]:
+        return itertools.chain(self._first, self._second)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._first or item in self._second
 
 
 def changed_refs(seen: Mapping[str, bytes], now: Mapping[str, bytes]) -> dict[str, bytes | None]:

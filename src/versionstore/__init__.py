@@ -25,6 +25,7 @@ from versionstore.errors import (
     MergeConflict,
     MergeConflictError,
     NothingToCommitError,
+    NoVirtualChunkStoreError,
     ObjectTooLargeError,
     ProtectedBranchError,
     PurgeBlockedError,
@@ -40,16 +41,21 @@ from versionstore.errors import (
     TagNotFoundError,
     UnsupportedFormatError,
     VersionStoreError,
+    VirtualChunkError,
+    VirtualSourceChangedError,
+    VirtualSourceMissingError,
 )
 from versionstore.gc import GCSummary
 from versionstore.history import Diff, SnapshotInfo
 from versionstore.importing import ImportSummary, import_zarr
+from versionstore.kerchunk import KerchunkImport, import_kerchunk
 from versionstore.opslog import OpsLogEntry
 from versionstore.repository import PurgeResult, Repository
 from versionstore.session import Session
 from versionstore.session_store import SessionStore
 from versionstore.storage import InMemoryStorage, LMDBStorage, in_memory_storage, lmdb_storage
 from versionstore.usage import ArrayUsage, CompactReport, SnapshotUsage, VersionUsage
+from versionstore.virtual import VirtualChunkSpec, VirtualChunkStores
 
 try:
     __version__ = _installed_version("versionstore")
@@ -72,9 +78,11 @@ __all__ = [
     "InMemoryStorage",
     "InvalidMoveError",
     "InvalidRefNameError",
+    "KerchunkImport",
     "LMDBStorage",
     "MergeConflict",
     "MergeConflictError",
+    "NoVirtualChunkStoreError",
     "NothingToCommitError",
     "ObjectTooLargeError",
     "OpsLogEntry",
@@ -99,6 +107,12 @@ __all__ = [
     "UnsupportedFormatError",
     "VersionStoreError",
     "VersionUsage",
+    "VirtualChunkError",
+    "VirtualChunkSpec",
+    "VirtualChunkStores",
+    "VirtualSourceChangedError",
+    "VirtualSourceMissingError",
+    "import_kerchunk",
     "import_zarr",
     "in_memory_storage",
     "lmdb_storage",

@@ -111,7 +111,9 @@ def _even_pieces(count: int, pieces: int) -> list[tuple[int, int]]:
 
 def _leaf_pieces(keys: list[str], entries: list[Entry]) -> list[tuple[int, int]]:
     size = sum(len(k) for k in keys) + sum(
-        _REF_COST if isinstance(e, ChunkRef) else len(e) for e in entries
+        len(e) if isinstance(e, bytes)
+        else _REF_COST if isinstance(e, ChunkRef) else _REF_COST + len(e.location)
+        for e in entries
     )
     pieces = max(math.ceil(len(keys) / MAX_LEAF_ENTRIES), math.ceil(size / TARGET_LEAF_BYTES), 1)
     return _even_pieces(len(keys), min(pieces, len(keys)))

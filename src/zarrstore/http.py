@@ -26,8 +26,8 @@ import asyncio
 import functools
 import weakref
 from collections.abc import Mapping
-from typing import Any, override
 from email.utils import parsedate_to_datetime
+from typing import Any, override
 from urllib.parse import quote
 
 import aiohttp

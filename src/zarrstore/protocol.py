@@ -187,7 +187,7 @@ class Storage(ABC):
         return self._size_prefix(validate_prefix(prefix))
 
     def stat(self, key: str) -> ValueInfo | None:
-        """Size, and where the backing knows them ETag and modification time; ``None`` if missing."""
+        """Size (and ETag, modification time where known) of ``key``; ``None`` if missing."""
         return self._stat(validate_key(key))
 
     def exists(self, key: str) -> bool:
@@ -349,7 +349,7 @@ class AsyncStorage(ABC):
         return await self._size_prefix(validate_prefix(prefix))
 
     async def stat(self, key: str) -> ValueInfo | None:
-        """Size, and where the backing knows them ETag and modification time; ``None`` if missing."""
+        """Size (and ETag, modification time where known) of ``key``; ``None`` if missing."""
         return await self._stat(validate_key(key))
 
     async def exists(self, key: str) -> bool:

@@ -502,9 +502,9 @@ def test_hdf5_through_kerchunk_to_xarray(tmp_path: Path) -> None:
     with h5py.File(copy, "r+") as f:
         f["temperature"][...] = temperature + 1
     os.replace(copy, path)
+    reopened = xr.open_zarr(repo.readonly_session().store, zarr_format=2, consolidated=False)
     with pytest.raises(vs.VirtualSourceChangedError):
-        xr.open_zarr(repo.readonly_session().store, zarr_format=2,
-                     consolidated=False)["temperature"].values
+        reopened["temperature"].load()
 
 
 # -- the format ------------------------------------------------------------------------------

@@ -36,7 +36,15 @@ from versionstore.codec import (
 )
 from versionstore.errors import UnsupportedFormatError
 from versionstore.records import ChunkRef, Leaf, VirtualRef
-from zarrstore import FilesystemStore, HTTPStore, MemoryStore, ObjectStore
+from zarrstore import (
+    FilesystemStore,
+    HTTPStore,
+    MemoryStore,
+    ObjectStore,
+    PerformanceMetrics,
+    RangeRequest,
+    SuffixRequest,
+)
 
 __all__ = ["aws_env_fixture", "http_server_fixture", "s3_fixture", "served_dir_fixture"]
 
@@ -128,6 +136,20 @@ def test_set_virtual_ref_one_key_and_size(repo: vs.Repository, sources: Any) -> 
     np.testing.assert_array_equal(array[50:75], VALUES[50:75])
     assert array[0] == -1  # the other chunks are unwritten: fill value
     assert session.store.storage.size("x/c/2") == 100
+
+
+def test_a_range_of_a_virtual_chunk_reads_only_that_range(sources: Any) -> None:
+    root, _, prefix = sources
+    source = write_source(root / "a.bin")
+    metered = PerformanceMetrics(FilesystemStore(root))
+    repo = vs.Repository.create(vs.in_memory_storage(), virtual_chunk_stores={prefix: metered})
+    commit_virtual(repo, prefix + "a.bin")
+    storage = repo.readonly_session().store.storage
+    metered.reset()
+    assert storage.get("x/c/1", RangeRequest(10, 14)) == source.read_bytes()[118:122]
+    assert storage.get_many([("x/c/0", SuffixRequest(4)), ("x/zarr.json", None)])[0] == (
+        source.read_bytes()[104:108])
+    assert metered.bytes_read == 8  # never the whole 100-byte chunks
 
 
 def test_urls_with_escapes_resolve_to_the_file(repo: vs.Repository, sources: Any) -> None:

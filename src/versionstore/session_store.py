@@ -13,16 +13,18 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, override
 
+import attrs
+
 from versionstore.errors import ReadOnlySessionError
+from versionstore.records import Entry, VirtualRef
 from versionstore.virtual import VirtualChunkSpec, chunk_key, virtual_ref
 from zarrstore.errors import InvalidKeyError
 from zarrstore.keys import validate_key
 from zarrstore.protocol import DirListing, ReadRequest, Storage
-from zarrstore.ranges import ByteRange, slice_value
+from zarrstore.ranges import ByteRange, resolve, slice_value
 from zarrstore.zarr_bridge import ZarrStore
 
 if TYPE_CHECKING:
-    from versionstore.records import VirtualRef
     from versionstore.session import Session
 
 __all__ = ["MAX_KEY_BYTES", "SessionStorage", "SessionStore", "validate_session_key"]
@@ -88,18 +90,44 @@ class SessionStorage(Storage):
 
     @override
     def _get(self, key: str, byte_range: ByteRange | None) -> bytes | None:
-        value = self.session.read_entries([self.session.entry(key)])[0]
+        entry = self.session.entry(key)
+        if isinstance(entry, VirtualRef) and byte_range is not None:
+            return self._get_many([(key, byte_range)])[0]
+        value = self.session.read_entries([entry])[0]
         return None if value is None else slice_value(value, byte_range)
 
     @override
     def _get_many(self, requests: Sequence[ReadRequest]) -> list[bytes | None]:
         entries = {key: self.session.entry(key) for key, _ in requests}
+        if any(isinstance(e, VirtualRef) for e in entries.values()):
+            return self._get_many_virtual(requests, entries)
         unique = list(entries)
         values = dict(zip(unique, self.session.read_entries([entries[k] for k in unique]),
                           strict=True))
         return [
             None if values[key] is None else slice_value(values[key], byte_range)  # type: ignore[arg-type]
             for key, byte_range in requests
+        ]
+
+    def _get_many_virtual(self, requests: Sequence[ReadRequest],
+                          entries: dict[str, Entry | None]) -> list[bytes | None]:
+        """Reads among which some keys are virtual: of those, only the bytes asked for.
+
+        A range of a virtual chunk becomes a range of its source (a shard
+        index, a partial read), so the rest of the chunk is never fetched.
+        """
+        wanted: list[Entry | None] = []
+        for key, byte_range in requests:
+            entry = entries[key]
+            if isinstance(entry, VirtualRef) and byte_range is not None:
+                start, stop = resolve(byte_range, entry.length)
+                entry = attrs.evolve(entry, offset=entry.offset + start, length=stop - start)
+            wanted.append(entry)
+        values = self.session.read_entries(wanted)
+        return [
+            None if value is None
+            else value if isinstance(entry, VirtualRef) else slice_value(value, byte_range)
+            for (_, byte_range), entry, value in zip(requests, wanted, values, strict=True)
         ]
 
     @override

@@ -22,10 +22,12 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from click.testing import CliRunner
 from http_support import http_server_fixture, served_dir_fixture
 from object_support import BUCKET, S3Server, aws_env_fixture, s3_fixture
 
 import versionstore as vs
+from versionstore.cli import cli
 from versionstore.codec import (
     KIND_STAGED,
     _frame,
@@ -208,6 +210,24 @@ def test_virtual_and_real_chunks_mix_and_overwrite(repo: vs.Repository, sources:
     np.testing.assert_array_equal(zarr.open_array(repo.readonly_session().store, path="x")[:],
                                   expected)
     assert repo.du().virtual_chunks == 3
+
+
+def test_cli_du_and_diff_show_virtual_chunks(tmp_path: Path, sources: Any) -> None:
+    root, store, prefix = sources
+    write_source(root / "a.bin")
+    with vs.Repository.create(tmp_path / "repo", virtual_chunk_stores={prefix: store}) as repo:
+        first = repo.lookup_branch("main")
+        second = commit_virtual(repo, prefix + "a.bin")
+    runner = CliRunner()
+    usage = json.loads(runner.invoke(cli, ["du", str(tmp_path / "repo"), "--json"],
+                                     catch_exceptions=False).output)
+    assert (usage["virtual_chunks"], usage["virtual_bytes"]) == (4, 400)
+    assert usage["arrays"]["/x"]["virtual_chunks"] == 4
+    table = runner.invoke(cli, ["du", str(tmp_path / "repo")], catch_exceptions=False).output
+    assert "virtual: 4 chunk(s)" in table
+    diff = json.loads(runner.invoke(cli, ["diff", str(tmp_path / "repo"), first, second,
+                                          "--json"], catch_exceptions=False).output)
+    assert diff["virtual_keys"] == ["x/c/0", "x/c/1", "x/c/2", "x/c/3"]
 
 
 def test_pickled_session_keeps_its_virtual_stores(repo: vs.Repository, sources: Any) -> None:

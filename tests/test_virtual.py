@@ -242,8 +242,7 @@ def test_pickled_session_keeps_its_virtual_stores(repo: vs.Repository, sources: 
 def test_lmdb_repository_reopened_with_stores(tmp_path: Path, sources: Any) -> None:
     root, store, prefix = sources
     write_source(root / "a.bin")
-    with vs.Repository.create(tmp_path / "repo") as repo:
-        repo.virtual_chunks = vs.VirtualChunkStores({prefix: store})
+    with vs.Repository.create(tmp_path / "repo", virtual_chunk_stores={prefix: store}) as repo:
         commit_virtual(repo, prefix + "a.bin", etag_of(store, "a.bin"))
     with vs.Repository.open(tmp_path / "repo") as bare:
         with pytest.raises(vs.NoVirtualChunkStoreError, match="virtual_chunk_stores"):

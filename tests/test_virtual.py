@@ -509,6 +509,13 @@ def test_import_kerchunk_version_0_and_whole_files(repo: vs.Repository, sources:
     assert summary.virtual_chunks == 1
     array = zarr.open_array(session.store, path="w", zarr_format=2)
     np.testing.assert_array_equal(array[:], VALUES[:25])
+    entry = session.entry("w/0")
+    assert isinstance(entry, VirtualRef) and entry.checksum is not None  # recorded by default
+    absent = {"v/0": [prefix + "absent.bin", 0, 4]}
+    with pytest.raises(vs.VirtualSourceMissingError):
+        vs.import_kerchunk(session, absent)
+    vs.import_kerchunk(session, absent, record_checksums=False)  # sources are not reached
+    assert session.entry("v/0") == VirtualRef(location=prefix + "absent.bin", offset=0, length=4)
     with pytest.raises(ValueError, match="gen"):
         vs.import_kerchunk(session, {"version": 1, "refs": {}, "gen": [{"key": "a"}]})
     with pytest.raises(ValueError, match="expected a string"):

@@ -89,7 +89,7 @@ def _inline(value: str | bytes) -> bytes:
 
 
 def import_kerchunk(session: Session, refs: Mapping[str, Any] | str | os.PathLike[str],
-                    path: str = "", *, record_checksums: bool = False,
+                    path: str = "", *, record_checksums: bool = True,
                     validate_containers: bool = True) -> KerchunkImport:
     """Stage a kerchunk reference set in ``session`` under node ``path``.
 
@@ -101,7 +101,9 @@ def import_kerchunk(session: Session, refs: Mapping[str, Any] | str | os.PathLik
         record_checksums: ask each source (once per file, through the
             repository's ``virtual_chunk_stores``) for its ETag, else its
             modification time, and record it, so later reads fail loudly if
-            the file changes. Kerchunk itself records no checksums.
+            the file changes (the default: kerchunk itself records no
+            checksums, and a reference without one is never checked).
+            ``False`` imports without reaching the sources at all.
         validate_containers: refuse URLs that no configured store serves.
 
     Returns:

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["README.md", "docs/guide.md", "docs/icechunk.md", "docs/recipes.md", "docs/notebook.md"]
+PAGES = ["README.md", "docs/guide.md", "docs/icechunk.md", "docs/recipes.md", "docs/notebook.md",
+         "docs/virtual.md"]
 FILE_MARK = re.compile(r"\A# file: (\S+)\n")
 
 

@@ -27,6 +27,7 @@ from versionstore.errors import (
     MergeConflictError,
     NonFastForwardError,
     NothingToCommitError,
+    NoVirtualChunkStoreError,
     ObjectTooLargeError,
     ProtectedBranchError,
     PurgeBlockedError,
@@ -43,10 +44,14 @@ from versionstore.errors import (
     TagNotFoundError,
     UnsupportedFormatError,
     VersionStoreError,
+    VirtualChunkError,
+    VirtualSourceChangedError,
+    VirtualSourceMissingError,
 )
 from versionstore.gc import GCSummary
 from versionstore.history import Diff, SnapshotInfo
 from versionstore.importing import ImportSummary, import_zarr
+from versionstore.kerchunk import KerchunkImport, import_kerchunk
 from versionstore.opslog import OpsLogEntry
 from versionstore.repository import PurgeResult, Repository
 from versionstore.session import Session
@@ -54,6 +59,7 @@ from versionstore.session_store import SessionStore
 from versionstore.storage import InMemoryStorage, LMDBStorage, in_memory_storage, lmdb_storage
 from versionstore.transfer import TransferSummary
 from versionstore.usage import ArrayUsage, CompactReport, SnapshotUsage, VersionUsage
+from versionstore.virtual import VirtualChunkSpec, VirtualChunkStores
 
 try:
     __version__ = _installed_version("versionstore")
@@ -76,10 +82,12 @@ __all__ = [
     "InMemoryStorage",
     "InvalidMoveError",
     "InvalidRefNameError",
+    "KerchunkImport",
     "LMDBStorage",
     "MergeConflict",
     "MergeConflictError",
     "NonFastForwardError",
+    "NoVirtualChunkStoreError",
     "NothingToCommitError",
     "ObjectTooLargeError",
     "OpsLogEntry",
@@ -107,6 +115,12 @@ __all__ = [
     "VersionStoreError",
     "VersionUsage",
     "copy_repository",
+    "VirtualChunkError",
+    "VirtualChunkSpec",
+    "VirtualChunkStores",
+    "VirtualSourceChangedError",
+    "VirtualSourceMissingError",
+    "import_kerchunk",
     "import_zarr",
     "in_memory_storage",
     "lmdb_storage",

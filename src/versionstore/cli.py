@@ -144,6 +144,7 @@ def _diff_json(diff: Diff) -> dict[str, Any]:
         document[name] = sorted(getattr(diff, name))
     document["updated_chunks"] = {path: sorted(list(c) for c in coords)
                                   for path, coords in sorted(diff.updated_chunks.items())}
+    document["virtual_keys"] = sorted(diff.virtual_keys)
     return document
 
 
@@ -160,6 +161,8 @@ def _diff_table(diff: Diff) -> None:
         for path, coords in sorted(diff.updated_chunks.items()):
             table.add_row(path, str(len(coords)))
         _out().print(table)
+    if diff.virtual_keys:
+        _echo(f"virtual_keys: {len(diff.virtual_keys)} key(s) now reference external files")
 
 
 def _size(count: int | None) -> str:
@@ -456,9 +459,12 @@ def du(repo: str, branch: str | None, tag: str | None, snapshot: str | None, his
             _json({"snapshot_id": usage.snapshot_id, "keys": usage.keys, "chunks": usage.chunks,
                    "logical_bytes": usage.logical_bytes, "stored_bytes": usage.stored_bytes,
                    "file_bytes": usage.file_bytes, "reclaimable_bytes": usage.reclaimable_bytes,
+                   "virtual_chunks": usage.virtual_chunks, "virtual_bytes": usage.virtual_bytes,
                    "arrays": {p: {"keys": a.keys, "chunks": a.chunks,
                                   "logical_bytes": a.logical_bytes,
-                                  "stored_bytes": a.stored_bytes}
+                                  "stored_bytes": a.stored_bytes,
+                                  "virtual_chunks": a.virtual_chunks,
+                                  "virtual_bytes": a.virtual_bytes}
                               for p, a in usage.arrays.items()}})
             return
         table = Table("node", "keys", "chunks", "logical", "stored", title=f"snapshot "
@@ -469,6 +475,9 @@ def du(repo: str, branch: str | None, tag: str | None, snapshot: str | None, his
         table.add_row("total", str(usage.keys), str(usage.chunks), _size(usage.logical_bytes),
                       _size(usage.stored_bytes), style="bold")
         _out().print(table)
+        if usage.virtual_chunks:
+            _echo(f"virtual: {usage.virtual_chunks} chunk(s), {_size(usage.virtual_bytes)} "
+                  "referenced in external files (counted as logical, not stored)")
         if usage.file_bytes is not None:
             _echo(f"file {_size(usage.file_bytes)}, reclaimable by `versionstore compact`: "
                   f"{_size(usage.reclaimable_bytes)}")

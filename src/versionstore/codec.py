@@ -44,6 +44,7 @@ from versionstore.records import (
     SessionRecord,
     Snapshot,
     Tombstone,
+    VirtualRef,
 )
 
 __all__ = [
@@ -279,7 +280,21 @@ def decode_chunk(name: str, data: bytes) -> bytes:
 
 
 def _entry_fields(entry: Entry) -> Any:
-    return entry if isinstance(entry, bytes) else [entry.chunk_id, entry.size]
+    """An entry as msgpack: bytes inline, ``[id, size]``, or ``[url, offset, length, checksum]``.
+
+    A virtual reference's checksum is ``None``, an ETag (str) or a
+    last-modified time (msgpack timestamp). Records holding one are written
+    at format 2 (leaves) or 3 (staged entries), so a reader from before
+    virtual references refuses them as a newer format instead of misreading.
+    """
+    if isinstance(entry, bytes):
+        return entry
+    if isinstance(entry, ChunkRef):
+        return [entry.chunk_id, entry.size]
+    checksum = entry.checksum
+    if isinstance(checksum, datetime):
+        checksum = msgpack.Timestamp.from_datetime(checksum)
+    return [entry.location, entry.offset, entry.length, checksum]
 
 
 def _object_id(name: str, value: Any) -> ObjectId:
@@ -291,6 +306,15 @@ def _object_id(name: str, value: Any) -> ObjectId:
 def _entry(name: str, fields: Any) -> Entry:
     if isinstance(fields, bytes):
         return fields
+    if isinstance(fields, list) and len(fields) == 4 and isinstance(fields[0], str):
+        location, offset, length, checksum = fields
+        if not (isinstance(offset, int) and isinstance(length, int)) or offset < 0 or length < 0:
+            raise CorruptObjectError(name, "malformed virtual reference range")
+        if checksum is not None and not isinstance(checksum, str | datetime):
+            raise CorruptObjectError(name, "malformed virtual reference checksum")
+        if isinstance(checksum, datetime):
+            checksum = checksum.astimezone(UTC)
+        return VirtualRef(location=location, offset=offset, length=length, checksum=checksum)
     if isinstance(fields, list) and len(fields) == 2 and isinstance(fields[1], int):
         if fields[1] < 0:
             raise CorruptObjectError(name, "negative chunk size")
@@ -302,7 +326,8 @@ def encode_node(node: Node) -> tuple[ObjectId, bytes]:
     """The id and stored frame of a tree node."""
     if isinstance(node, Leaf):
         kind = KIND_LEAF
-        body = [Leaf.FORMAT_VERSION, list(node.keys), [_entry_fields(e) for e in node.entries]]
+        version = 2 if any(isinstance(e, VirtualRef) for e in node.entries) else 1
+        body = [version, list(node.keys), [_entry_fields(e) for e in node.entries]]
     else:
         kind = KIND_BRANCH
         body = [Branch.FORMAT_VERSION, list(node.keys), list(node.children), node.level]
@@ -318,7 +343,8 @@ def decode_node(name: str, data: bytes) -> Node:
 def _decode_node(name: str, data: bytes) -> Node:
     kind = frame_kind(data)
     if kind == KIND_LEAF:
-        fields = _versioned(name, "leaf", _unpack(name, _unframe(name, data, kind)), 1, 3)
+        fields = _versioned(name, "leaf", _unpack(name, _unframe(name, data, kind)),
+                            Leaf.FORMAT_VERSION, 3)
         keys = tuple(fields[1])
         if not all(isinstance(key, str) for key in keys):
             raise CorruptObjectError(name, "leaf keys are not strings")
@@ -503,23 +529,26 @@ def decode_session(name: str, data: bytes) -> SessionRecord:
 def encode_staged(name: str, entry: Entry | Tombstone) -> bytes:
     """The stored value of staged ref ``name``: an entry, or a deletion."""
     fields = None if isinstance(entry, Tombstone) else _entry_fields(entry)
-    return _encode_small(KIND_STAGED, [2, fields, name])
+    version = 3 if isinstance(entry, VirtualRef) else 2  # 3: a virtual reference
+    return _encode_small(KIND_STAGED, [version, fields, name])
 
 
 def staged_reencodes(data: bytes) -> bool:
     """Whether ``encode_staged`` of the decoded value gives back exactly ``data``.
 
-    True for every staged record this version writes (raw frame, version 2:
-    msgpack is deterministic for these fields), so a commit can drop the
-    stored bytes and re-encode them when it needs them (see ``Session.commit``).
+    True for every staged record this version writes (raw frame, version 2,
+    or 3 for a virtual reference: msgpack is deterministic for these fields),
+    so a commit can drop the stored bytes and re-encode them when it needs
+    them (see ``Session.commit``).
     """
-    return len(data) > _HEADER + 1 and data[4] == _RAW and data[_HEADER:_HEADER + 2] == b"\x93\x02"
+    return (len(data) > _HEADER + 1 and data[4] == _RAW
+            and data[_HEADER:_HEADER + 2] in (b"\x93\x02", b"\x93\x03"))
 
 
 def decode_staged(name: str, data: bytes) -> Entry | Tombstone:
     """Decode staged ref ``name``."""
     return _decode_small(
-        name, data, KIND_STAGED, "staged entry", 2, 2,
+        name, data, KIND_STAGED, "staged entry", 2, 3,
         lambda f: TOMBSTONE if f[1] is None else _entry(name, f[1]),
         named_at=2,
     )

@@ -35,7 +35,7 @@ from versionstore.history import merge_base, with_history
 from versionstore.ids import ObjectId, object_id_text
 from versionstore.merge import check_on_conflict, three_way
 from versionstore.objects import ObjectReader
-from versionstore.records import ChunkRef, Entry, Node, Snapshot
+from versionstore.records import ChunkRef, Entry, Node, Snapshot, VirtualRef
 from versionstore.refs import Refs
 from versionstore.session import INLINE_LIMIT
 from versionstore.tree import Change, apply_changes
@@ -55,6 +55,10 @@ class HistoryEditor:
     def _read(self, entry: Entry | None) -> bytes | None:
         if isinstance(entry, ChunkRef):
             return self.reader.chunks([entry.chunk_id])[0]
+        if isinstance(entry, VirtualRef):
+            # Only metadata documents are ever merged by value, and they are never
+            # virtual: a virtual chunk changed on both sides is a conflict, unread.
+            return None
         return entry
 
     def _three_way(self, base: ObjectId | None, ours: ObjectId | None, theirs: ObjectId | None,

@@ -28,6 +28,10 @@ The tree::
     ├── PurgeBlockedError            purge() while writable sessions are open on affected branches
     ├── NonFastForwardError          a push or fetch that would drop the target branch's snapshots
     ├── RepositoryURLError           a repository URL that cannot be used (also ValueError)
+    ├── VirtualChunkError            a virtual chunk cannot be served as recorded
+    │   ├── NoVirtualChunkStoreError  no store given at open serves the location's URL prefix
+    │   ├── VirtualSourceMissingError the source is gone, or shorter than the reference
+    │   └── VirtualSourceChangedError the source's ETag or modification time is not the recorded one
     └── BackendError                 the storage under the repository failed (I/O)
         ├── ReadOnlyRepositoryError  a write to a repository opened read-only (or on a
         │                            read-only filesystem)
@@ -59,6 +63,7 @@ __all__ = [
     "MergeConflictError",
     "MissingObjectsError",
     "NonFastForwardError",
+    "NoVirtualChunkStoreError",
     "NothingToCommitError",
     "ObjectTooLargeError",
     "ProtectedBranchError",
@@ -76,6 +81,9 @@ __all__ = [
     "TagNotFoundError",
     "UnsupportedFormatError",
     "VersionStoreError",
+    "VirtualChunkError",
+    "VirtualSourceChangedError",
+    "VirtualSourceMissingError",
 ]
 
 
@@ -383,3 +391,46 @@ class NonFastForwardError(VersionStoreError):
 
 class RepositoryURLError(VersionStoreError, ValueError):
     """A repository URL that is malformed, of an unknown scheme, or not usable here."""
+class VirtualChunkError(VersionStoreError):
+    """A virtual chunk (``VirtualRef``) cannot be served as recorded; ``location`` names it.
+
+    Deliberately not a ``KeyError`` or ``FileNotFoundError``: zarr reads those
+    as "chunk not written" and would hand back fill values instead of failing.
+    """
+
+    def __init__(self, location: str, message: str) -> None:
+        self.location = location
+        super().__init__(message)
+
+
+class NoVirtualChunkStoreError(VirtualChunkError):
+    """No store given to ``Repository.open(..., virtual_chunk_stores=...)`` serves ``location``."""
+
+    def __init__(self, location: str, prefixes: Iterable[str]) -> None:
+        known = sorted(prefixes)
+        shown = ", ".join(repr(p) for p in known) if known else "none"
+        super().__init__(location, (
+            f"no virtual chunk store serves {location!r} (stores given for: {shown}); open the "
+            "repository with virtual_chunk_stores={'<url prefix>': store}"))
+
+
+class VirtualSourceMissingError(VirtualChunkError):
+    """The source of a virtual chunk is gone, or too short for the recorded byte range."""
+
+
+class VirtualSourceChangedError(VirtualChunkError):
+    """The source changed since the reference was recorded: its bytes may not be the chunk's.
+
+    ``expected`` is the recorded checksum (an ETag, or a last-modified time);
+    ``found`` is what the source reports now. Reading such a chunk never
+    returns the (possibly stale) bytes; ``check_virtual_checksums=False`` at
+    open turns the check off for sources that are touched without changing.
+    """
+
+    def __init__(self, location: str, expected: object, found: object) -> None:
+        self.expected = expected
+        self.found = found
+        super().__init__(location, (
+            f"virtual chunk source {location!r} changed since it was referenced (recorded "
+            f"{expected!r}, now {found!r}); re-import the references, or open with "
+            "check_virtual_checksums=False if the source is known to be unchanged"))

@@ -97,6 +97,9 @@ class Diff:
     updated_arrays: frozenset[str] = frozenset()
     updated_chunks: Mapping[str, frozenset[Coordinates]] = attrs.field(factory=dict)
     updated_keys: frozenset[str] = frozenset()
+    #: Changed keys whose new value is a virtual reference to an external file
+    #: (``versionstore.virtual``); they are also counted in ``updated_chunks``.
+    virtual_keys: frozenset[str] = frozenset()
     #: Chunk-grid shape of each array in ``updated_chunks`` (for pictures), when known.
     chunk_grids: Mapping[str, tuple[int, ...]] = attrs.field(factory=dict, eq=False,
                                                             repr=False)
@@ -108,7 +111,7 @@ class Diff:
 
     def _repr_html_(self) -> str:
         fields = {f.name: getattr(self, f.name) for f in attrs.fields(Diff)
-                  if f.name not in ("updated_chunks", "chunk_grids")}
+                  if f.name not in ("updated_chunks", "chunk_grids", "virtual_keys")}
         return diff_html(fields, self.updated_chunks, self.chunk_grids)
 
     def __str__(self) -> str:
@@ -120,6 +123,10 @@ class Diff:
             if field.name == "updated_chunks":
                 for path, coords in sorted(value.items()):
                     lines.append(f"updated_chunks {path}: {len(coords)} chunk(s)")
+            elif field.name == "virtual_keys":
+                if value:
+                    lines.append(f"virtual_keys: {len(value)} key(s) now reference external "
+                                 "files")
             elif value:
                 lines.append(f"{field.name}: {', '.join(sorted(value))}")
         return "\n".join(lines) or "(no changes)"

@@ -4,7 +4,9 @@ Objects (immutable, content-addressed):
 
 * chunk bytes — a stored value too large to live inline (no record class:
   the bytes are the object);
-* ``Leaf`` — a sorted run of ``key -> entry`` pairs, the bottom of a tree;
+* ``Leaf`` — a sorted run of ``key -> entry`` pairs, the bottom of a tree (an
+  entry is a value inline, a ``ChunkRef`` to a chunk object, or a
+  ``VirtualRef`` to a byte range of a file outside the repository);
 * ``Branch`` — a sorted run of ``first key -> child node id`` pairs;
 * ``Snapshot`` — one commit: parents, tree root, message, time, metadata;
 * ``HistoryPage`` — a packed run of a snapshot's first-parent ancestors, so
@@ -47,6 +49,7 @@ __all__ = [
     "SessionRecord",
     "Snapshot",
     "Tombstone",
+    "VirtualRef",
 ]
 
 
@@ -63,8 +66,38 @@ class ChunkRef:
             raise ValueError(f"malformed chunk reference {self!r}")
 
 
-#: A value: small ones inline as ``bytes``, large ones by reference.
-Entry = bytes | ChunkRef
+@attrs.frozen(kw_only=True)
+class VirtualRef:
+    """A value stored outside the repository: ``length`` bytes at ``offset`` of ``location``.
+
+    ``location`` is a URL (``file://``, ``http(s)://``, ``s3://``, ``gs://``,
+    ``az://``, ...) resolved at read time through the stores given to
+    ``Repository.open(..., virtual_chunk_stores=...)``; no credentials are
+    ever recorded. ``checksum`` pins the source: an ETag (``str``) must match
+    the source's current ETag, a last-modified time (``datetime``) must not be
+    older than the source's; ``None`` records no check.
+    """
+
+    location: str
+    offset: int
+    length: int
+    checksum: str | datetime | None = None
+
+    @property
+    def size(self) -> int:
+        """The value's length in bytes (as ``ChunkRef.size``)."""
+        return self.length
+
+    def check(self) -> None:
+        """Raise ``ValueError`` if the reference is malformed."""
+        if self.offset < 0 or self.length < 0 or "://" not in self.location:
+            raise ValueError(f"malformed virtual reference {self!r}")
+        if isinstance(self.checksum, datetime) and self.checksum.tzinfo is None:
+            raise ValueError("a virtual reference's last-modified time has no timezone")
+
+
+#: A value: small ones inline as ``bytes``, large ones by reference, external ones virtual.
+Entry = bytes | ChunkRef | VirtualRef
 
 
 @attrs.frozen
@@ -77,9 +110,13 @@ TOMBSTONE = Tombstone()
 
 @attrs.frozen(kw_only=True)
 class Leaf:
-    """Tree leaf: ``keys[i]`` holds ``entries[i]``; keys strictly increasing."""
+    """Tree leaf: ``keys[i]`` holds ``entries[i]``; keys strictly increasing.
 
-    FORMAT_VERSION: ClassVar[int] = 1
+    Format 2 exists only for leaves that hold a ``VirtualRef``: other leaves
+    are still written as format 1, byte for byte (and so with the same ids).
+    """
+
+    FORMAT_VERSION: ClassVar[int] = 2  # 2: virtual references (written only where present)
     keys: tuple[str, ...]
     entries: tuple[Entry, ...]
 
@@ -90,7 +127,7 @@ class Leaf:
         if any(a >= b for a, b in zip(self.keys, self.keys[1:], strict=False)):
             raise ValueError("leaf keys are not strictly increasing")
         for entry in self.entries:
-            if isinstance(entry, ChunkRef):
+            if not isinstance(entry, bytes):
                 entry.check()
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import html
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -82,6 +82,7 @@ from versionstore.records import (
     RefTarget,
     RepositoryRecord,
     Snapshot,
+    VirtualRef,
 )
 from versionstore.refs import MAIN, REPOSITORY_REF, Refs, branch_ref, session_ref, stage_prefix
 from versionstore.session import Session
@@ -96,6 +97,8 @@ from versionstore.usage import (
     version_usage,
 )
 from versionstore.verify import VerifyReport, verify_repository
+from versionstore.virtual import VirtualChunkStores
+from zarrstore.adapters.base import StoreLike
 
 __all__ = ["INITIAL_MESSAGE", "PurgeResult", "Repository"]
 
@@ -113,9 +116,12 @@ class PurgeResult:
 class Repository:
     """A versioned store of Zarr data: snapshots, branches, tags and sessions."""
 
-    def __init__(self, storage: RepositoryStorage, backend: Backend) -> None:
+    def __init__(self, storage: RepositoryStorage, backend: Backend,
+                 virtual_chunks: VirtualChunkStores | None = None) -> None:
         self.storage = storage
         self.backend = backend
+        #: The stores that serve virtual chunks (given at open; never stored).
+        self.virtual_chunks = virtual_chunks or VirtualChunkStores()
         self.reader = ObjectReader(backend)
         self.refs = Refs(backend)
         self.editor = HistoryEditor(self.reader, self.refs)
@@ -155,8 +161,12 @@ class Repository:
             backend.close()
 
     @classmethod
-    def create(cls, storage: StorageLike) -> Repository:
+    def create(cls, storage: StorageLike, *,
+               virtual_chunk_stores: Mapping[str, StoreLike] | None = None,
+               check_virtual_checksums: bool = True) -> Repository:
         """Create a repository whose ``main`` branch holds an empty initial snapshot.
+
+        ``virtual_chunk_stores`` and ``check_virtual_checksums`` are as for ``open``.
 
         The format record and ``main`` are written in one atomic step, and only
         into an empty backend: storage that already holds refs or objects —
@@ -169,6 +179,7 @@ class Repository:
             TypeError: if ``storage`` is neither a storage nor a path.
         """
         storage = as_storage(storage)
+        virtual = VirtualChunkStores(virtual_chunk_stores, check_checksums=check_virtual_checksums)
         if cls.exists(storage):
             raise RepositoryExistsError(f"a repository already exists in {storage!r}")
         problem = storage.creation_problem()
@@ -204,11 +215,25 @@ class Repository:
         except BaseException:
             backend.close()
             raise
-        return cls(storage, backend)
+        return cls(storage, backend, virtual)
 
     @classmethod
-    def open(cls, storage: StorageLike) -> Repository:
+    def open(cls, storage: StorageLike, *,
+             virtual_chunk_stores: Mapping[str, StoreLike] | None = None,
+             check_virtual_checksums: bool = True) -> Repository:
         """Open the repository in ``storage`` (a storage, or an LMDB directory path).
+
+        Args:
+            storage: where the repository is.
+            virtual_chunk_stores: URL prefix → zarrstore store that serves
+                virtual chunks under it (``{"file:///data/":
+                FilesystemStore("/data"), "s3://bucket/": ObjectStore.s3(...)}``);
+                the longest matching prefix wins. Held in memory only: no
+                store, URL of a store, or credential is written to the repository.
+            check_virtual_checksums: compare each virtual chunk's source with
+                the recorded ETag / last-modified time before reading it, and
+                raise ``VirtualSourceChangedError`` on a mismatch (the
+                default). ``False`` reads sources unchecked.
 
         Raises:
             RepositoryNotFoundError: if there is none.
@@ -217,6 +242,7 @@ class Repository:
             TypeError: if ``storage`` is neither a storage nor a path.
         """
         storage = as_storage(storage)
+        virtual = VirtualChunkStores(virtual_chunk_stores, check_checksums=check_virtual_checksums)
         if not cls.exists(storage):
             raise RepositoryNotFoundError(f"no repository in {storage!r}")
         backend = storage.open_backend()
@@ -229,22 +255,31 @@ class Repository:
         except BaseException:
             backend.close()
             raise
-        return cls(storage, backend)
+        return cls(storage, backend, virtual)
 
     @classmethod
-    def open_or_create(cls, storage: StorageLike) -> Repository:
-        """Open the repository in ``storage``, creating it if there is none."""
+    def open_or_create(cls, storage: StorageLike, *,
+                       virtual_chunk_stores: Mapping[str, StoreLike] | None = None,
+                       check_virtual_checksums: bool = True) -> Repository:
+        """Open the repository in ``storage``, creating it if there is none.
+
+        ``virtual_chunk_stores`` and ``check_virtual_checksums`` are as for ``open``.
+        """
         storage = as_storage(storage)
+        options: dict[str, Any] = {"virtual_chunk_stores": virtual_chunk_stores,
+                                   "check_virtual_checksums": check_virtual_checksums}
         try:
-            return cls.create(storage)
+            return cls.create(storage, **options)
         except RepositoryExistsError:
-            return cls.open(storage)
+            return cls.open(storage, **options)
 
     @classmethod
     def session_from_state(cls, state: dict[str, Any]) -> Session:
         """Rebuild a pickled session (see ``Session.__reduce__``)."""
+        repository = cls.open(state["storage"])
+        repository.virtual_chunks = state.get("virtual_chunks") or VirtualChunkStores()
         return Session(
-            cls.open(state["storage"]),
+            repository,
             base=state["base"],
             branch=state["branch"],
             read_only=state["read_only"],
@@ -712,13 +747,17 @@ class Repository:
         new_tree = self.reader.snapshot(new).tree
         changed = changed_entries(self.reader.node, old_tree, new_tree)
         keys = {key: (a is not None, b is not None) for key, (a, b) in changed.items()}
-        return classify_changes(keys, self._tree_reader(old_tree), self._tree_reader(new_tree))
+        diff = classify_changes(keys, self._tree_reader(old_tree), self._tree_reader(new_tree))
+        virtual = frozenset(k for k, (_, b) in changed.items() if isinstance(b, VirtualRef))
+        return attrs.evolve(diff, virtual_keys=virtual) if virtual else diff
 
     def _tree_reader(self, root: ObjectId | None) -> Callable[[str], bytes | None]:
         def read(key: str) -> bytes | None:
             entry = lookup(self.reader.node, root, key)
             if isinstance(entry, ChunkRef):
                 return self.reader.chunks([entry.chunk_id])[0]
+            if isinstance(entry, VirtualRef):
+                return self.virtual_chunks.read([entry])[0]
             return entry
 
         return read
@@ -910,12 +949,19 @@ class Repository:
                 discarded.append(session_id)
         return discarded
 
-    def verify(self, progress: Progress | None = None) -> VerifyReport:
+    def verify(self, progress: Progress | None = None, *,
+               check_virtual: bool = False) -> VerifyReport:
         """Check every reachable object deeply (checksums, content hashes, invariants).
 
         ``progress`` is told ``(phase, done, total)`` as objects are checked.
+        With ``check_virtual``, the sources of virtual chunks are checked too
+        (one ``stat`` per source file, through ``virtual_chunk_stores``): a
+        source that is gone, too short, changed since it was referenced, or
+        served by no configured store is a problem.
         """
-        return verify_repository(self.reader, progress)
+        check_flag(check_virtual, "check_virtual")
+        return verify_repository(self.reader, progress,
+                                 self.virtual_chunks if check_virtual else None)
 
     # -- async twins -------------------------------------------------------------------
 

@@ -67,6 +67,7 @@ from versionstore.records import (
     SessionRecord,
     Snapshot,
     Tombstone,
+    VirtualRef,
 )
 from versionstore.refs import branch_ref, session_ref, stage_prefix
 from versionstore.session_store import SessionStore, validate_session_key
@@ -174,6 +175,7 @@ class Session:
             "read_only": self._read_only,
             "session_id": self._session_id,
             "generation": self._generation,
+            "virtual_chunks": self._repo.virtual_chunks,
         }
         return type(self._repo).session_from_state, (state,)
 
@@ -210,11 +212,18 @@ class Session:
         return lookup(self._repo.reader.node, self._root, key)
 
     def read_entries(self, entries: list[Entry | None]) -> list[bytes | None]:
-        """Resolve entries to values, fetching all chunk objects in one backend call."""
+        """Resolve entries to values, fetching all chunk objects in one backend call.
+
+        Virtual chunks are read from their sources (``versionstore.virtual``).
+        """
         refs = [e.chunk_id for e in entries if isinstance(e, ChunkRef)]
         fetched = iter(self._repo.reader.chunks(refs) if refs else [])
+        virtual = [e for e in entries if isinstance(e, VirtualRef)]
+        sourced = iter(self._repo.virtual_chunks.read(virtual) if virtual else [])
         return [
-            e if e is None or isinstance(e, bytes) else next(fetched) for e in entries
+            e if e is None or isinstance(e, bytes)
+            else next(sourced) if isinstance(e, VirtualRef) else next(fetched)
+            for e in entries
         ]
 
     def _staged_raw(self, prefix: str = "") -> dict[str, bytes]:
@@ -325,6 +334,22 @@ class Session:
             refs[prefix + key] = encode_staged(prefix + key, entry)
         self._stage(WriteBatch(objects=objects, refs=refs, session=self._rule(self._base)))
 
+    def set_virtual_entries(self, items: list[tuple[str, VirtualRef]]) -> None:
+        """Stage ``key -> virtual reference`` for each item, durably, in one atomic step.
+
+        Raises:
+            InvalidKeyError: a key is not a valid session key (nothing is staged).
+            ReadOnlySessionError: the session is read-only.
+        """
+        session_id = self._require_writable()
+        prefix = stage_prefix(session_id)
+        refs: dict[str, bytes | None] = {}
+        for key, ref in items:
+            validate_session_key(key)
+            refs[prefix + key] = encode_staged(prefix + key, ref)
+        if refs:
+            self._stage(WriteBatch(refs=refs, session=self._rule(self._base)))
+
     def erase_keys(self, keys: list[str]) -> None:
         """Stage the deletion of each key (keys that do not exist are ignored)."""
         session_id = self._require_writable()
@@ -433,11 +458,15 @@ class Session:
     def status(self) -> Diff:
         """The staged changes, as a ``Diff`` against the base snapshot."""
         keys = {}
+        virtual: set[str] = set()
         for key, entry in self._read_changes()[0]:
             before = lookup(self._repo.reader.node, self._root, key)
             if before != entry:
                 keys[key] = (before is not None, entry is not None)
-        return classify_changes(keys, self._read_base, self._read_key)
+                if isinstance(entry, VirtualRef):
+                    virtual.add(key)
+        diff = classify_changes(keys, self._read_base, self._read_key)
+        return attrs.evolve(diff, virtual_keys=frozenset(virtual)) if virtual else diff
 
     def _read_key(self, key: str) -> bytes | None:
         return self.read_entries([self.entry(key)])[0]

@@ -9,21 +9,28 @@ zarr's own store tests and state machines run on it unmodified.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, override
 
+import attrs
+
 from versionstore.errors import ReadOnlySessionError
-from versionstore.records import ChunkRef
+from versionstore.records import Entry, VirtualRef
+from versionstore.virtual import VirtualChunkSpec, chunk_key, virtual_ref
 from zarrstore.errors import InvalidKeyError
 from zarrstore.keys import validate_key
 from zarrstore.protocol import DirListing, ReadRequest, Storage
-from zarrstore.ranges import ByteRange, slice_value
+from zarrstore.ranges import ByteRange, resolve, slice_value
 from zarrstore.zarr_bridge import ZarrStore
 
 if TYPE_CHECKING:
     from versionstore.session import Session
 
 __all__ = ["MAX_KEY_BYTES", "SessionStorage", "SessionStore", "validate_session_key"]
+
+#: Zarr metadata documents (v3 and v2): never virtual.
+_METADATA_NAMES = frozenset({"zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata"})
 
 #: Longest key a session stores, in UTF-8 bytes (LMDB keys are at most 511 bytes, and
 #: staging adds a prefix).
@@ -50,13 +57,21 @@ def validate_session_key(key: str) -> str:
 
 
 class SessionStorage(Storage):
-    """The zarrstore protocol over a ``Session``."""
+    """The zarrstore protocol over a ``Session``.
 
-    blocking_io = False
+    Reads are served from the embedded backend without blocking, unless the
+    repository has virtual chunk stores: a read may then wait on a file or a
+    network, so zarr runs it in a worker thread (``blocking_io``).
+    """
 
     def __init__(self, session: Session, *, read_only: bool = False) -> None:
         super().__init__(read_only=read_only or session.read_only)
         self.session = session
+
+    @property
+    def blocking_io(self) -> bool:  # type: ignore[override]  # per instance: virtual sources
+        """Whether reads may block: only when virtual chunks are served from other stores."""
+        return bool(self.session.repository.virtual_chunks)
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -75,12 +90,17 @@ class SessionStorage(Storage):
 
     @override
     def _get(self, key: str, byte_range: ByteRange | None) -> bytes | None:
-        value = self.session.read_entries([self.session.entry(key)])[0]
+        entry = self.session.entry(key)
+        if isinstance(entry, VirtualRef) and byte_range is not None:
+            return self._get_many([(key, byte_range)])[0]
+        value = self.session.read_entries([entry])[0]
         return None if value is None else slice_value(value, byte_range)
 
     @override
     def _get_many(self, requests: Sequence[ReadRequest]) -> list[bytes | None]:
         entries = {key: self.session.entry(key) for key, _ in requests}
+        if any(isinstance(e, VirtualRef) for e in entries.values()):
+            return self._get_many_virtual(requests, entries)
         unique = list(entries)
         values = dict(zip(unique, self.session.read_entries([entries[k] for k in unique]),
                           strict=True))
@@ -89,12 +109,33 @@ class SessionStorage(Storage):
             for key, byte_range in requests
         ]
 
+    def _get_many_virtual(self, requests: Sequence[ReadRequest],
+                          entries: dict[str, Entry | None]) -> list[bytes | None]:
+        """Reads among which some keys are virtual: of those, only the bytes asked for.
+
+        A range of a virtual chunk becomes a range of its source (a shard
+        index, a partial read), so the rest of the chunk is never fetched.
+        """
+        wanted: list[Entry | None] = []
+        for key, byte_range in requests:
+            entry = entries[key]
+            if isinstance(entry, VirtualRef) and byte_range is not None:
+                start, stop = resolve(byte_range, entry.length)
+                entry = attrs.evolve(entry, offset=entry.offset + start, length=stop - start)
+            wanted.append(entry)
+        values = self.session.read_entries(wanted)
+        return [
+            None if value is None
+            else value if isinstance(entry, VirtualRef) else slice_value(value, byte_range)
+            for (_, byte_range), entry, value in zip(requests, wanted, values, strict=True)
+        ]
+
     @override
     def _size(self, key: str) -> int | None:
         entry = self.session.entry(key)
         if entry is None:
             return None
-        return entry.size if isinstance(entry, ChunkRef) else len(entry)
+        return len(entry) if isinstance(entry, bytes) else entry.size
 
     @override
     def _set(self, key: str, value: bytes) -> None:
@@ -173,3 +214,72 @@ class SessionStore(ZarrStore):
     def session(self) -> Session:
         """The session this store reads and writes."""
         return self.storage.session
+
+    # -- virtual chunks (icechunk's names) ----------------------------------------------
+
+    def set_virtual_ref(self, key: str, location: str, offset: int, length: int, *,
+                        checksum: str | datetime | None = None,
+                        validate_container: bool = True) -> None:
+        """Stage ``key`` as a virtual chunk: ``length`` bytes at ``offset`` of ``location``.
+
+        Nothing is read from the source now; reads go to it through the
+        store given for its URL prefix at open (``virtual_chunk_stores``),
+        and are checked against ``checksum`` — an ETag (``str``) or a
+        last-modified time (timezone-aware ``datetime``) — unless the
+        repository was opened with ``check_virtual_checksums=False``.
+
+        Args:
+            key: the chunk's store key (``"temperature/c/0/0"``); metadata
+                documents (``zarr.json``, ...) cannot be virtual.
+            location: the source's URL (``file:///data/a.nc``, ``s3://b/a.nc``).
+            offset: where the chunk starts in the source, in bytes.
+            length: the chunk's length in bytes.
+            checksum: what pins the source (see above); ``None``: unchecked.
+            validate_container: refuse a location that no configured store
+                serves (the default), so a typo fails here and not at read time.
+
+        Raises:
+            NoVirtualChunkStoreError: no configured store serves ``location``.
+            InvalidKeyError: the key is not a valid session key.
+            ValueError: a negative range, a location without a scheme, a
+                naive datetime, or a metadata key.
+            ReadOnlySessionError: the session is read-only.
+        """
+        self._stage_virtual([(key, virtual_ref(location, offset, length, checksum))],
+                            validate_container)
+
+    def set_virtual_refs(self, array_path: str, chunks: Iterable[VirtualChunkSpec], *,
+                         validate_containers: bool = True) -> None:
+        """Stage many virtual chunks of the array at ``array_path`` in one atomic step.
+
+        Each ``VirtualChunkSpec`` names a chunk by its grid index; its key
+        follows the array's chunk key encoding (read from the array's
+        metadata, which must already be written in this session or its base).
+
+        Raises:
+            KeyError: no array metadata at ``array_path``.
+            NoVirtualChunkStoreError, InvalidKeyError, ValueError,
+                ReadOnlySessionError: as for ``set_virtual_ref``; nothing is staged.
+        """
+        directory = array_path.strip("/")
+        prefix = directory + "/" if directory else ""
+        metadata = self.storage.get(prefix + "zarr.json")
+        if metadata is None:
+            metadata = self.storage.get(prefix + ".zarray")
+        if metadata is None:
+            raise KeyError(f"no array metadata at {array_path!r}: write the array first")
+        items = [
+            (prefix + chunk_key(metadata, spec.index),
+             virtual_ref(spec.location, spec.offset, spec.length, spec.checksum))
+            for spec in chunks
+        ]
+        self._stage_virtual(items, validate_containers)
+
+    def _stage_virtual(self, items: list[tuple[str, VirtualRef]], validate: bool) -> None:
+        for key, ref in items:
+            validate_key(key)
+            if key.rpartition("/")[2] in _METADATA_NAMES:
+                raise ValueError(f"{key!r} is a metadata document; only chunks can be virtual")
+            if validate:
+                self.session.repository.virtual_chunks.resolve(ref.location)
+        self.session.set_virtual_entries(items)

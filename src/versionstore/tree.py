@@ -92,7 +92,11 @@ def _even_pieces(count: int, pieces: int) -> list[tuple[int, int]]:
 
 
 def _entry_cost(key: str, entry: Entry) -> int:
-    return len(key) + (_REF_COST if isinstance(entry, ChunkRef) else len(entry))
+    if isinstance(entry, bytes):
+        return len(key) + len(entry)
+    if isinstance(entry, ChunkRef):
+        return len(key) + _REF_COST
+    return len(key) + _REF_COST + len(entry.location)
 
 
 def _leaf_pieces(count: int, size: int) -> list[tuple[int, int]]:

@@ -28,7 +28,7 @@ from versionstore.grafts import grafts_from_refs, parents_of
 from versionstore.history import SnapshotInfo, ancestry
 from versionstore.ids import ObjectId, SnapshotId, object_id_text
 from versionstore.objects import ObjectReader
-from versionstore.records import ChunkRef, Entry
+from versionstore.records import ChunkRef, Entry, VirtualRef
 from versionstore.tree import changed_entries, iter_from
 
 __all__ = ["ArrayUsage", "CompactReport", "SnapshotUsage", "VersionUsage", "history_usage",
@@ -46,6 +46,9 @@ class ArrayUsage:
     chunks: int
     logical_bytes: int
     stored_bytes: int
+    #: Keys that reference byte ranges of external files, and those ranges' total length.
+    virtual_chunks: int = 0
+    virtual_bytes: int = 0
 
 
 @attrs.frozen(kw_only=True)
@@ -56,7 +59,10 @@ class VersionUsage:
     ``stored_bytes`` counts each chunk object once even if several keys share
     it, plus the inline values. ``reclaimable_bytes`` is space the backend
     file holds but no longer uses (LMDB; ``Repository.compact`` returns it),
-    ``None`` where that does not apply.
+    ``None`` where that does not apply. Virtual chunks (byte ranges of
+    external files) count in ``logical_bytes`` and in ``virtual_chunks`` /
+    ``virtual_bytes``, never in ``chunks`` or ``stored_bytes``: the
+    repository does not hold them.
     """
 
     snapshot_id: SnapshotId
@@ -67,6 +73,8 @@ class VersionUsage:
     arrays: Mapping[str, ArrayUsage]
     file_bytes: int | None = None
     reclaimable_bytes: int | None = None
+    virtual_chunks: int = 0
+    virtual_bytes: int = 0
 
 
 @attrs.frozen(kw_only=True)
@@ -121,7 +129,8 @@ def version_usage(reader: ObjectReader, snapshot_id: ObjectId) -> VersionUsage:
     # An array's zarr.json is often larger than the inline limit: then it is a chunk object.
     large = [e.chunk_id for _, e in documents if isinstance(e, ChunkRef)]
     fetched = dict(zip(large, reader.chunks(large), strict=True)) if large else {}
-    metadata = {key: e if isinstance(e, bytes) else fetched[e.chunk_id] for key, e in documents}
+    metadata = {key: e if isinstance(e, bytes) else fetched[e.chunk_id] for key, e in documents
+                if not isinstance(e, VirtualRef)}
     arrays = _array_paths(entries, metadata)
     chunk_ids = sorted({e.chunk_id for _, e in entries if isinstance(e, ChunkRef)})
     stored: dict[ObjectId, int] = {}
@@ -143,6 +152,10 @@ def version_usage(reader: ObjectReader, snapshot_id: ObjectId) -> VersionUsage:
             if entry.chunk_id not in seen[node]:
                 seen[node].add(entry.chunk_id)
                 row["stored"] += stored[entry.chunk_id]
+        elif isinstance(entry, VirtualRef):
+            row["logical"] += entry.length
+            row["virtual"] += 1
+            row["virtual_bytes"] += entry.length
         else:
             row["logical"] += len(entry)
             row["stored"] += len(entry)
@@ -151,13 +164,17 @@ def version_usage(reader: ObjectReader, snapshot_id: ObjectId) -> VersionUsage:
         snapshot_id=SnapshotId(object_id_text(snapshot_id)),
         keys=len(entries),
         chunks=sum(1 for _, e in entries if isinstance(e, ChunkRef)),
-        logical_bytes=sum(e.size if isinstance(e, ChunkRef) else len(e) for _, e in entries),
+        logical_bytes=sum(len(e) if isinstance(e, bytes) else e.size for _, e in entries),
         stored_bytes=inline + sum(stored.values()),
         arrays={
             path: ArrayUsage(path=path, keys=row["keys"], chunks=row["chunks"],
-                             logical_bytes=row["logical"], stored_bytes=row["stored"])
+                             logical_bytes=row["logical"], stored_bytes=row["stored"],
+                             virtual_chunks=row["virtual"],
+                             virtual_bytes=row["virtual_bytes"])
             for path, row in sorted(rows.items())
         },
+        virtual_chunks=sum(1 for _, e in entries if isinstance(e, VirtualRef)),
+        virtual_bytes=sum(e.length for _, e in entries if isinstance(e, VirtualRef)),
     )
 
 

@@ -6,6 +6,10 @@ frame checksum, decodes it, re-hashes content-addressed objects against their
 ids (BLAKE3, stronger than the per-read checksum), and checks each record's
 invariants (sorted keys, well-formed ids, timezone-aware times). Problems are
 collected, not raised, so one bad object does not hide the others.
+
+Virtual chunks point outside the repository; with ``virtual_chunks`` given,
+verify also asks each referenced source (once per file) whether it still
+exists, is long enough, and matches its recorded checksum.
 """
 
 from __future__ import annotations
@@ -35,7 +39,9 @@ from versionstore.errors import VersionStoreError
 from versionstore.gc import reachable_objects
 from versionstore.ids import ObjectId, object_id_text
 from versionstore.objects import ObjectReader
+from versionstore.records import Leaf, VirtualRef
 from versionstore.refs import MAIN, REPOSITORY_REF, branch_ref
+from versionstore.virtual import VirtualChunkStores
 
 __all__ = ["VerifyReport", "verify_repository"]
 
@@ -75,7 +81,8 @@ def _check_refs(refs: dict[str, bytes]) -> tuple[dict[str, bytes], list[str]]:
 
 
 def verify_repository(reader: ObjectReader,
-                      progress: Callable[[str, int, int], None] | None = None) -> VerifyReport:
+                      progress: Callable[[str, int, int], None] | None = None,
+                      virtual_chunks: VirtualChunkStores | None = None) -> VerifyReport:
     """Check every ref and every reachable object of the repository behind ``reader``.
 
     Never raises for what it finds: damaged refs, dangling refs, missing or
@@ -83,21 +90,33 @@ def verify_repository(reader: ObjectReader,
     that finds something missing while the refs moved under it (a reset and a
     garbage collection in another process) is run again, so a healthy
     repository is not reported broken; at most three runs.
+
+    With ``virtual_chunks``, the sources of every reachable (or staged)
+    virtual chunk are checked too: missing, too short, changed since
+    referenced, unreachable, or served by no configured store.
     """
     for _ in range(2):
         seen = reader.backend.list_refs("")
-        report = _verify_once(reader, seen, progress)
+        report = _verify_once(reader, seen, progress, virtual_chunks)
         if not any("missing" in problem for problem in report.problems):
             return report
         if reader.backend.list_refs("") == seen:
             return report  # nothing moved: the problems are real
-    return _verify_once(reader, reader.backend.list_refs(""), progress)
+    return _verify_once(reader, reader.backend.list_refs(""), progress, virtual_chunks)
 
 
 def _verify_once(reader: ObjectReader, all_refs: dict[str, bytes],
-                 progress: Callable[[str, int, int], None] | None) -> VerifyReport:
+                 progress: Callable[[str, int, int], None] | None,
+                 virtual_chunks: VirtualChunkStores | None = None) -> VerifyReport:
     backend = reader.backend
     refs, problems = _check_refs(all_refs)
+    virtual: set[VirtualRef] = set()
+    if virtual_chunks is not None:
+        for name, raw in refs.items():
+            if name.startswith("stage/"):
+                entry = decode_staged(name, raw)
+                if isinstance(entry, VirtualRef):
+                    virtual.add(entry)
     missing: set[ObjectId] = set()
     try:
         reachable = reachable_objects(reader, refs, missing)
@@ -109,15 +128,18 @@ def _verify_once(reader: ObjectReader, all_refs: dict[str, bytes],
     for start in range(0, len(ids), 256):
         batch = ids[start : start + 256]
         for object_id, data in zip(batch, backend.get_objects(batch), strict=True):
-            problem = _check(object_id, data)
+            problem = _check(object_id, data, virtual if virtual_chunks is not None else None)
             if problem:
                 problems.append(problem)
         if progress is not None:
             progress("verifying objects", start + len(batch), len(ids))
+    if virtual_chunks is not None and virtual:
+        problems.extend(virtual_chunks.problems(virtual))
     return VerifyReport(objects_checked=len(ids), problems=tuple(problems))
 
 
-def _check(object_id: ObjectId, data: bytes | None) -> str | None:
+def _check(object_id: ObjectId, data: bytes | None,
+           virtual: set[VirtualRef] | None = None) -> str | None:
     name = object_id_text(object_id)
     if data is None:
         return f"{name}: missing"
@@ -128,7 +150,10 @@ def _check(object_id: ObjectId, data: bytes | None) -> str | None:
         if kind == KIND_SNAPSHOT:
             decode_snapshot(name, data).check()
         elif kind in (KIND_LEAF, KIND_BRANCH):
-            decode_node(name, data).check()
+            node = decode_node(name, data)
+            node.check()
+            if virtual is not None and isinstance(node, Leaf):
+                virtual.update(e for e in node.entries if isinstance(e, VirtualRef))
         elif kind == KIND_HISTORY:
             decode_history_page(name, data).check()
     except (VersionStoreError, ValueError) as exc:

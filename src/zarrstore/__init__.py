@@ -27,7 +27,7 @@ from zarrstore.errors import (
 from zarrstore.filesystem import FilesystemStorage, FilesystemStore
 from zarrstore.mapping import StoreMapping
 from zarrstore.memory import MemoryStorage, MemoryStore
-from zarrstore.protocol import AsyncStorage, DirListing, Storage
+from zarrstore.protocol import AsyncStorage, DirListing, Storage, ValueInfo
 from zarrstore.ranges import ByteRange, OffsetRequest, RangeRequest, SuffixRequest
 from zarrstore.zarr_bridge import ZarrStore
 
@@ -79,6 +79,7 @@ __all__ = [
     "SyncToAsync",
     "UnsupportedOperationError",
     "UsageLog",
+    "ValueInfo",
     "ZarrStore",
     "ZarrStoreError",
 ]

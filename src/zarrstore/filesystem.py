@@ -36,6 +36,7 @@ import re
 import stat
 import uuid
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, override
 
@@ -53,7 +54,7 @@ from zarrstore.beneath import (
     unlink_quietly,
 )
 from zarrstore.errors import InvalidKeyError, StorageIOError
-from zarrstore.protocol import DirListing, Storage
+from zarrstore.protocol import DirListing, Storage, ValueInfo
 from zarrstore.ranges import ByteRange, resolve
 from zarrstore.zarr_bridge import ZarrStore
 
@@ -158,8 +159,7 @@ class FilesystemStorage(Storage):
         finally:
             os.close(fd)
 
-    @override
-    def _size(self, key: str) -> int | None:
+    def _file_info(self, key: str) -> os.stat_result | None:
         parents, name = self._split(key)
         try:
             directory = self._open_dir(key, parents)
@@ -173,7 +173,26 @@ class FilesystemStorage(Storage):
             return None
         if stat.S_ISLNK(info.st_mode):
             raise InvalidKeyError(key, SYMLINK_REFUSED)
-        return info.st_size if stat.S_ISREG(info.st_mode) else None
+        return info if stat.S_ISREG(info.st_mode) else None
+
+    @override
+    def _size(self, key: str) -> int | None:
+        info = self._file_info(key)
+        return None if info is None else info.st_size
+
+    @override
+    def _stat(self, key: str) -> ValueInfo | None:
+        # The ETag is Apache's recipe (mtime, size, inode): every write here renames a
+        # new file into place, so even a same-length rewrite within one clock tick
+        # changes the inode, and so the ETag.
+        info = self._file_info(key)
+        if info is None:
+            return None
+        return ValueInfo(
+            size=info.st_size,
+            etag=f"{info.st_mtime_ns:x}-{info.st_size:x}-{info.st_ino:x}",
+            last_modified=datetime.fromtimestamp(info.st_mtime_ns / 1e9, UTC),
+        )
 
     # -- writes -------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ import asyncio
 import functools
 import weakref
 from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
 from typing import Any, override
 from urllib.parse import quote
 
@@ -33,7 +34,7 @@ import aiohttp
 
 from zarrstore.errors import StorageIOError, StorageTimeoutError, UnsupportedOperationError
 from zarrstore.http_sessions import SessionPool, new_session
-from zarrstore.protocol import AsyncStorage
+from zarrstore.protocol import AsyncStorage, ValueInfo
 from zarrstore.ranges import ByteRange, OffsetRequest, RangeRequest, SuffixRequest, slice_value
 from zarrstore.zarr_bridge import ZarrStore
 
@@ -157,8 +158,8 @@ class HTTPStorage(AsyncStorage):
 
     async def _request(
         self, method: str, key: str, range_header: str | None = None
-    ) -> tuple[int, bytes, int | None]:
-        """One request with retries: ``(status, body, Content-Length)``.
+    ) -> tuple[int, bytes, int | None, Mapping[str, str]]:
+        """One request with retries: ``(status, body, Content-Length, headers)``.
 
         Raises:
             StorageIOError: on a timeout, a non-transient connection failure, or
@@ -177,7 +178,7 @@ class HTTPStorage(AsyncStorage):
                         await asyncio.sleep(delay)
                         continue
                     body = await response.read() if method == "GET" else b""
-                    return response.status, body, response.content_length
+                    return response.status, body, response.content_length, response.headers
             except TimeoutError as exc:
                 raise StorageTimeoutError(
                     f"{method} {url} timed out after {self.timeout} s"
@@ -203,7 +204,7 @@ class HTTPStorage(AsyncStorage):
     async def _get(self, key: str, byte_range: ByteRange | None) -> bytes | None:
         if _is_empty(byte_range):
             return None if await self._size(key) is None else b""
-        status, body, _ = await self._request("GET", key, _range_header(byte_range))
+        status, body, _, _ = await self._request("GET", key, _range_header(byte_range))
         if status == 206:
             return body
         if status == 200:  # the server ignored Range and sent the whole value
@@ -216,15 +217,27 @@ class HTTPStorage(AsyncStorage):
 
     @override
     async def _size(self, key: str) -> int | None:
-        status, _, length = await self._request("HEAD", key)
+        info = await self._stat(key)
+        return None if info is None else info.size
+
+    @override
+    async def _stat(self, key: str) -> ValueInfo | None:
+        status, _, length, headers = await self._request("HEAD", key)
         if status == 404:
             return None
         if status != 200:
             raise self._failure("HEAD", key, status)
         if length is None:  # no Content-Length (a chunked answer): count the bytes
             value = await self._get(key, None)
-            return None if value is None else len(value)
-        return length
+            if value is None:
+                return None
+            length = len(value)
+        modified = headers.get("Last-Modified")
+        try:
+            last_modified = None if modified is None else parsedate_to_datetime(modified)
+        except (TypeError, ValueError):  # a malformed date tells nothing
+            last_modified = None
+        return ValueInfo(size=length, etag=headers.get("ETag"), last_modified=last_modified)
 
     @override
     async def _set(self, key: str, value: bytes) -> None:

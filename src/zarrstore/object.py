@@ -43,7 +43,7 @@ from obstore.store import LocalStore, MemoryStore, S3Store
 
 from zarrstore.errors import StorageIOError, UnsupportedOperationError
 from zarrstore.keys import validate_key
-from zarrstore.protocol import AsyncStorage, DirListing, ReadRequest
+from zarrstore.protocol import AsyncStorage, DirListing, ReadRequest, ValueInfo
 from zarrstore.ranges import ByteRange, OffsetRequest, RangeRequest, SuffixRequest, resolve
 from zarrstore.zarr_bridge import ZarrStore
 
@@ -287,6 +287,16 @@ class ObjectStorage(AsyncStorage):
                 return int((await obstore.head_async(self.backing, key))["size"])
         except FileNotFoundError:
             return None
+
+    @override
+    async def _stat(self, key: str) -> ValueInfo | None:
+        try:
+            with self._translated("head", key, missing=True):
+                meta = await obstore.head_async(self.backing, key)
+        except FileNotFoundError:
+            return None
+        return ValueInfo(size=int(meta["size"]), etag=meta.get("e_tag"),
+                         last_modified=meta.get("last_modified"))
 
     async def get_with_etag(self, key: str) -> tuple[bytes, str | None] | None:
         """The value at ``key`` and its ETag, read together; ``None`` if missing.

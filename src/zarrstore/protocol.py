@@ -21,6 +21,7 @@ import asyncio
 import builtins
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
 from typing import ClassVar
 
 import attrs
@@ -29,7 +30,7 @@ from zarrstore.errors import ReadOnlyError, UnsupportedOperationError
 from zarrstore.keys import validate_key, validate_prefix
 from zarrstore.ranges import ByteRange
 
-__all__ = ["AsyncStorage", "DirListing", "Storage", "children_of"]
+__all__ = ["AsyncStorage", "DirListing", "Storage", "ValueInfo", "children_of"]
 
 ReadRequest = tuple[str, ByteRange | None]
 
@@ -43,6 +44,21 @@ class DirListing:
 
     keys: tuple[str, ...] = ()
     prefixes: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class ValueInfo:
+    """What a store can tell about a stored value without reading it.
+
+    ``etag`` is an opaque token that changes whenever the value does (an HTTP
+    or object-store ETag; on a file system, modification time, size and inode
+    together). ``last_modified`` is when the value was last written, timezone
+    aware. Either is ``None`` when the backing cannot tell.
+    """
+
+    size: int
+    etag: str | None = None
+    last_modified: datetime | None = None
 
 
 def children_of(prefix: str, keys: Iterable[str]) -> DirListing:
@@ -133,6 +149,11 @@ class Storage(ABC):
     def _erase_prefix(self, prefix: str) -> None:
         self._erase_many(list(self._list_prefix(prefix)))
 
+    def _stat(self, key: str) -> ValueInfo | None:
+        # Only the size; override when the backing knows an ETag or a modification time.
+        size = self._size(key)
+        return None if size is None else ValueInfo(size=size)
+
     def _set_if_absent(self, key: str, value: bytes) -> bool:
         # Not atomic against other writers; stores with a native primitive override it.
         if self._size(key) is not None:
@@ -164,6 +185,10 @@ class Storage(ABC):
     def size_prefix(self, prefix: str) -> int:
         """Total bytes of all values under ``prefix``."""
         return self._size_prefix(validate_prefix(prefix))
+
+    def stat(self, key: str) -> ValueInfo | None:
+        """Size (and ETag, modification time where known) of ``key``; ``None`` if missing."""
+        return self._stat(validate_key(key))
 
     def exists(self, key: str) -> bool:
         """Whether a value is stored at ``key``."""
@@ -290,6 +315,10 @@ class AsyncStorage(ABC):
     async def _erase_prefix(self, prefix: str) -> None:
         await self._erase_many(await self._list_prefix(prefix))
 
+    async def _stat(self, key: str) -> ValueInfo | None:
+        size = await self._size(key)
+        return None if size is None else ValueInfo(size=size)
+
     async def _set_if_absent(self, key: str, value: bytes) -> bool:
         if await self._size(key) is not None:
             return False
@@ -318,6 +347,10 @@ class AsyncStorage(ABC):
     async def size_prefix(self, prefix: str) -> int:
         """Total bytes of all values under ``prefix``."""
         return await self._size_prefix(validate_prefix(prefix))
+
+    async def stat(self, key: str) -> ValueInfo | None:
+        """Size (and ETag, modification time where known) of ``key``; ``None`` if missing."""
+        return await self._stat(validate_key(key))
 
     async def exists(self, key: str) -> bool:
         """Whether a value is stored at ``key``."""

@@ -178,6 +178,19 @@ class StoreConformance:
         assert storage.size_prefix("") == 20
         assert storage.size_prefix("none/") == 0
 
+    def test_stat_describes_values(self, storage: Storage) -> None:
+        assert storage.stat("missing") is None
+        self.raw_set(storage, "s/v", b"12345")
+        first = storage.stat("s/v")
+        assert first is not None and first.size == 5
+        if first.last_modified is not None:
+            assert first.last_modified.tzinfo is not None
+        self.raw_set(storage, "s/v", b"abcdef")
+        second = storage.stat("s/v")
+        assert second is not None and second.size == 6
+        if first.etag is not None and second.etag is not None:
+            assert first.etag != second.etag  # an ETag changes whenever the value does
+
     # -- listing ------------------------------------------------------------------
 
     def test_list_is_sorted_and_complete(self, storage: Storage) -> None:

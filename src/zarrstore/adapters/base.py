@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, override
 
 from zarrstore.adapters.sync_async import AsyncToSync
-from zarrstore.protocol import AsyncStorage, DirListing, ReadRequest, Storage
+from zarrstore.protocol import AsyncStorage, DirListing, ReadRequest, Storage, ValueInfo
 from zarrstore.ranges import ByteRange
 from zarrstore.zarr_bridge import ZarrStore
 
@@ -167,6 +167,10 @@ class WrappingStorage(Storage):
     @override
     def size_prefix(self, prefix: str) -> int:
         return self.inner.size_prefix(prefix)
+
+    @override
+    def stat(self, key: str) -> ValueInfo | None:
+        return self.inner.stat(key)
 
     @override
     def exists(self, key: str) -> bool:

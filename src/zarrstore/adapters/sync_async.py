@@ -31,7 +31,7 @@ from collections.abc import Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any, ParamSpec, Protocol, TypeVar, override
 
-from zarrstore.protocol import AsyncStorage, DirListing, ReadRequest, Storage
+from zarrstore.protocol import AsyncStorage, DirListing, ReadRequest, Storage, ValueInfo
 from zarrstore.ranges import ByteRange
 from zarrstore.zarr_bridge import ZarrStore
 
@@ -222,6 +222,10 @@ class AsyncToSync(Storage):
         return self.runner(self.inner.size_prefix(prefix))
 
     @override
+    def stat(self, key: str) -> ValueInfo | None:
+        return self.runner(self.inner.stat(key))
+
+    @override
     def exists(self, key: str) -> bool:
         return self.runner(self.inner.exists(key))
 
@@ -354,6 +358,10 @@ class SyncToAsync(AsyncStorage):
     @override
     async def size_prefix(self, prefix: str) -> int:
         return await self._run(self.inner.size_prefix, prefix)
+
+    @override
+    async def stat(self, key: str) -> ValueInfo | None:
+        return await self._run(self.inner.stat, key)
 
     @override
     async def exists(self, key: str) -> bool:

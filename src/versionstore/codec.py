@@ -118,7 +118,7 @@ def _frame(kind: int, payload: bytes, compress: bool) -> bytes:
         if len(packed) < len(payload):
             payload, compression = packed, _ZSTD
     header = _MAGIC + bytes((FRAME_VERSION, kind, compression))
-    return header + xxhash.xxh3_64_digest(payload)[::-1] + payload
+    return b"".join((header, xxhash.xxh3_64_digest(payload)[::-1], payload))  # one copy
 
 
 def content_id(name: str, data: bytes) -> ObjectId:

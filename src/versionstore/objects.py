@@ -157,7 +157,15 @@ class ObjectReader:
 
     def chunks(self, chunk_ids: Sequence[ObjectId]) -> list[bytes]:
         """The values of chunk objects, in order (one backend call)."""
-        stored = self.backend.get_objects(chunk_ids)
+        return self.decode_chunks(chunk_ids, self.backend.get_objects(chunk_ids))
+
+    def decode_chunks(self, chunk_ids: Sequence[ObjectId],
+                      stored: Sequence[bytes | None]) -> list[bytes]:
+        """The values of chunk objects already read (``stored[i]`` for ``chunk_ids[i]``).
+
+        Raises:
+            CorruptObjectError: a chunk is missing or damaged.
+        """
         values = []
         for chunk_id, data in zip(chunk_ids, stored, strict=True):
             if data is None:

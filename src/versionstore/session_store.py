@@ -75,7 +75,7 @@ class SessionStorage(Storage):
 
     @override
     def _get(self, key: str, byte_range: ByteRange | None) -> bytes | None:
-        value = self.session.read_entries([self.session.entry(key)])[0]
+        value = self.session.value(key)
         return None if value is None else slice_value(value, byte_range)
 
     @override

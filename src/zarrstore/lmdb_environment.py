@@ -193,7 +193,9 @@ class _Gate:
             cond.acquire()
             try:
                 self._active -= 1
-                if self._active == 0:
+                # Only an exclusive holder waits for the count to drop (it sets
+                # ``_exclusive`` before waiting, under this lock).
+                if self._active == 0 and self._exclusive:
                     cond.notify_all()
             finally:
                 cond.release()

@@ -228,6 +228,17 @@ class LMDBBackend(Backend):
         return self._read("reading refs", work)
 
     @override
+    def get_refs_and_objects(
+        self, names: Sequence[str], follow: Callable[[list[bytes | None]], Sequence[ObjectId]]
+    ) -> tuple[list[bytes | None], list[bytes | None]]:
+        def work(txn: lmdb.Transaction) -> tuple[list[bytes | None], list[bytes | None]]:
+            refs_db, objects_db = self._refs, self._objects
+            refs = [_bytes(txn.get(_key(name), db=refs_db)) for name in names]
+            return refs, [_bytes(txn.get(i, db=objects_db)) for i in follow(refs)]
+
+        return self._read("reading refs and objects", work)
+
+    @override
     def list_refs(self, prefix: str, limit: int | None = None) -> dict[str, bytes]:
         start = _key(prefix)
 

@@ -69,7 +69,8 @@ QUICK: dict[str, Any] = {
     "commit_icechunk_max": 10**5,
 }
 #: Repetitions per workload (each one a fresh directory and fresh processes).
-REPEATS: dict[str, int] = {"percall": 3, "small64": 3, "bulk": 2, "small": 1, "history": 1, "hierarchy": 1, "commit": 1}
+REPEATS: dict[str, int] = {"percall": 3, "small64": 3, "bulk": 2, "small": 1, "history": 1,
+                           "hierarchy": 1, "commit": 1}
 #: The systems each workload runs by default (others may be asked for with ``--systems``).
 DEFAULT_SYSTEMS: dict[str, tuple[str, ...]] = {
     # zarr's LocalStore writes a file per chunk (20,000 files: half a minute, and no ceiling

@@ -19,6 +19,7 @@ The only module that imports msgpack and zstandard.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
@@ -109,6 +110,23 @@ _compressor = zstandard.ZstdCompressor(level=3, write_content_size=True)
 
 
 # -- frames ---------------------------------------------------------------------------
+
+_packers = threading.local()
+
+
+def _packb(body: Any) -> bytes:
+    """``msgpack.packb(body, use_bin_type=True)``, with this thread's reused ``Packer``.
+
+    ``packb`` builds a new ``Packer`` per call, and each allocates a 256 KiB
+    buffer: for the small records written on every ``set`` that was most of
+    their cost. A ``Packer`` resets itself after each ``pack`` (also when it
+    raises), so one per thread is enough.
+    """
+    packer = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    packed: bytes = packer.pack(body)
+    return packed
 
 
 def _frame(kind: int, payload: bytes, compress: bool) -> bytes:
@@ -306,7 +324,7 @@ def encode_node(node: Node) -> tuple[ObjectId, bytes]:
     else:
         kind = KIND_BRANCH
         body = [Branch.FORMAT_VERSION, list(node.keys), list(node.children), node.level]
-    payload = msgpack.packb(body, use_bin_type=True)
+    payload = _packb(body)
     return hash_object(kind, payload), _frame(kind, payload, compress=True)
 
 
@@ -355,7 +373,7 @@ def _snapshot_fields(snapshot: Snapshot) -> list[Any]:
 
 def encode_snapshot(snapshot: Snapshot) -> tuple[ObjectId, bytes]:
     """The id and stored frame of a snapshot."""
-    payload = msgpack.packb(_snapshot_fields(snapshot), use_bin_type=True)
+    payload = _packb(_snapshot_fields(snapshot))
     return hash_object(KIND_SNAPSHOT, payload), _frame(KIND_SNAPSHOT, payload, compress=True)
 
 
@@ -403,7 +421,7 @@ def encode_history_page(page: HistoryPage) -> tuple[ObjectId, bytes]:
     body = [HistoryPage.FORMAT_VERSION,
             [[snapshot_id, _snapshot_fields(snapshot)] for snapshot_id, snapshot in page.entries],
             page.previous]
-    payload = msgpack.packb(body, use_bin_type=True)
+    payload = _packb(body)
     return hash_object(KIND_HISTORY, payload), _frame(KIND_HISTORY, payload, compress=True)
 
 
@@ -428,7 +446,7 @@ T = TypeVar("T")
 
 
 def _encode_small(kind: int, body: list[Any]) -> bytes:
-    return _frame(kind, msgpack.packb(body, use_bin_type=True), compress=False)
+    return _frame(kind, _packb(body), compress=False)
 
 
 def _decode_small(name: str, data: bytes, kind: int, label: str, width: int, supported: int,

@@ -23,14 +23,25 @@ __all__ = ["GroupStager"]
 _Pending = list[tuple[str, bytes, "asyncio.Future[None]"]]
 
 
+def _others_ready(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether anything else is scheduled to run in this loop turn (so might join a batch).
+
+    asyncio's own loops keep their runnable callbacks in ``_ready``; when it is
+    empty no other task can run before this one writes, and yielding would
+    only cost a turn (a lone ``await store.set``). Other loops (uvloop): assume yes.
+    """
+    ready = getattr(loop, "_ready", None)
+    return ready is None or len(ready) > 0
+
+
 class GroupStager:
     """Coalesces ``await stage(key, value)`` calls per event loop into one ``write(items)``.
 
-    The first caller of an event-loop turn opens the batch and yields once
-    (``asyncio.sleep(0)``): every task already scheduled in that turn runs
-    meanwhile and joins the batch; then the first caller writes the batch
-    itself and wakes the others. A lone ``set`` therefore costs one loop
-    turn, not a scheduled flush plus a wake-up.
+    The first caller of an event-loop turn opens the batch and, if other
+    tasks are scheduled, yields once (``asyncio.sleep(0)``): every task
+    already scheduled in that turn runs meanwhile and joins the batch; then
+    the first caller writes the batch itself and wakes the others. A lone
+    ``set`` (nothing else runnable) writes at once, without a loop turn.
 
     Args:
         write: stages a list of ``(key, value)`` pairs in one atomic step
@@ -62,7 +73,8 @@ class GroupStager:
             return
         # This caller leads the batch: let this turn's other callers join, then write.
         try:
-            await asyncio.sleep(0)
+            if _others_ready(loop):
+                await asyncio.sleep(0)
         finally:
             # Written even if the leader was cancelled meanwhile: the others wait on it.
             self._flush(loop, key, value)

@@ -152,7 +152,7 @@ def frame_kind(data: bytes) -> int | None:
     return data[3] if len(data) >= _HEADER and data[:2] == _MAGIC else None
 
 
-def _unframe(name: str, data: bytes, kind: int) -> bytes | memoryview:
+def _unframe(name: str, data: bytes | memoryview, kind: int) -> bytes | memoryview:
     if len(data) < _HEADER or data[:2] != _MAGIC:
         raise CorruptObjectError(name, f"not a versionstore frame ({len(data)} bytes)")
     if data[2] > FRAME_VERSION:
@@ -288,8 +288,8 @@ def encode_chunk(value: bytes) -> tuple[ObjectId, bytes]:
     return hash_object(KIND_CHUNK, value), _frame(KIND_CHUNK, value, compress=False)
 
 
-def decode_chunk(name: str, data: bytes) -> bytes:
-    """The value stored in a chunk frame."""
+def decode_chunk(name: str, data: bytes | memoryview) -> bytes:
+    """The value stored in a chunk frame (a copy: ``data`` may be a view of a memory map)."""
     return bytes(_unframe(name, data, KIND_CHUNK))
 
 

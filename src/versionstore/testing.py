@@ -54,6 +54,23 @@ class BackendConformance:
         assert backend.list_refs("zzz") == {}
         assert set(backend.list_refs("")) == {"b/1", "b/10", "b/2", "bb/1", "c"}
 
+    def test_get_objects_decoded_hands_each_stored_object_to_decode(
+        self, backend: Backend
+    ) -> None:
+        backend.put_objects([(_oid(1), b"one"), (_oid(2), b"")])
+        calls: list[ObjectId] = []
+
+        def decode(object_id: ObjectId, data: bytes | memoryview) -> bytes:
+            calls.append(object_id)
+            return bytes(data)[::-1]  # a copy: ``data`` may be a view, valid only here
+
+        wanted = [_oid(1), _oid(3), _oid(2), _oid(1)]
+        assert backend.get_objects_decoded(wanted, decode) == [b"eno", None, b"", b"eno"]
+        assert calls == [_oid(1), _oid(2), _oid(1)]
+        with pytest.raises(ZeroDivisionError):  # what decode raises comes out unchanged
+            backend.get_objects_decoded([_oid(1)], lambda i, d: 1 // 0)
+        assert backend.get_objects([_oid(1)]) == [b"one"]
+
     def test_get_refs_and_objects_follows_the_refs_it_read(self, backend: Backend) -> None:
         backend.put_objects([(_oid(1), b"one"), (_oid(2), b"two")],
                             {"r/a": _oid(2), "r/b": b"not an id"})

@@ -154,11 +154,12 @@ class LMDBBackend(Backend):
         with _translated("opening the repository"):
             return self._handle.env
 
-    def _read(self, action: str, work: Callable[[lmdb.Transaction], T]) -> T:
+    def _read(self, action: str, work: Callable[[lmdb.Transaction], T], *,
+              buffers: bool = False) -> T:
         if self._handle.closed:
             raise BackendError(f"LMDB repository at {self.path!r} is closed")
         try:
-            return self._handle.read(action, work)
+            return self._handle.read(action, work, buffers=buffers)
         except (StorageIOError, ReadOnlyError, lmdb.Error) as exc:
             raise _translate(exc, action) from exc
 
@@ -226,6 +227,21 @@ class LMDBBackend(Backend):
             return [_bytes(txn.get(_key(name), db=refs_db)) for name in names]
 
         return self._read("reading refs", work)
+
+    @override
+    def get_objects_decoded(
+        self, ids: Sequence[ObjectId], decode: Callable[[ObjectId, bytes | memoryview], T]
+    ) -> list[T | None]:
+        # Decoded inside the transaction, straight from the memory map (buffers=True).
+        def work(txn: lmdb.Transaction) -> list[T | None]:
+            db = self._objects
+            found: list[T | None] = []
+            for i in ids:
+                data = txn.get(i, db=db)
+                found.append(None if data is None else decode(i, data))
+            return found
+
+        return self._read("reading objects", work, buffers=True)
 
     @override
     def get_refs_and_objects(

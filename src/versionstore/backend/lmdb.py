@@ -10,7 +10,10 @@ Durability: by default transactions are not fsynced one by one (that would
 cost a disk flush per staged chunk); everything written is in the page cache
 at once, so a killed process loses nothing, and ``sync()`` — called by every
 commit after its ref moves — flushes to disk so a *commit* also survives power
-loss. Pass ``durable=True`` to fsync every transaction instead.
+loss. Pass ``durable=True`` to fsync every transaction instead. So that the
+commit's flush does not have to write a whole bulk load at the end, a
+background thread starts flushing once 32 MiB of objects are written
+(``_FlushAhead``): the same page writeback the kernel would do later, earlier.
 
 Readahead stays on (LMDB's default): a chunk object is one run of contiguous
 overflow pages, and with readahead off (``MADV_RANDOM``) the kernel faults it

@@ -30,6 +30,8 @@ HEADLINES = {
                 "ancestry ms"],
     "hierarchy": ["create+commit s", "list all members s"],
     "commit": ["commit ms (N=*)"],
+    "small64": ["write+commit chunks/s (N=*)"],
+    "percall": ["set p50 µs", "get p50 µs"],
 }
 
 
@@ -161,7 +163,47 @@ def check_targets(summary: dict[str, Any], params: dict[str, Any]) -> list[dict[
             if s is not None:
                 add(f"{system}: commit of {size_label(size)} chunks under {limit:.0f} MiB "
                     "peak anonymous RSS", limit / s["median"], 1.0, f"{s['median']:.0f} MiB")
+    _issue_13(summary, params, add)
     return checks
+
+
+def _issue_13(summary: dict[str, Any], params: dict[str, Any], add: Any) -> None:
+    """The targets of issue 13 (the write path, session reads, durable bulk writes)."""
+    from benchmarks.workloads.commit_latency import size_label
+
+    mem = "zarr-mem"
+    for n in params.get("concurrent_sizes") or []:
+        metric = f"write+commit s (N={n})"
+        ours = _get(summary, "small64", metric, "vs-lmdb")
+        r = ratio(ours, _get(summary, "small64", metric, mem))
+        ice = ratio(ours, _get(summary, "small64", metric, "icechunk-fs"))
+        if r is not None:
+            against = "" if ice is None else f"; {ice:.2f}× icechunk-fs"
+            add(f"#13 vs-lmdb ≥ 0.9× zarr MemoryStore: small chunks through zarr, "
+                f"concurrency 64, {n} chunks + commit", r, 0.9, f"{r:.2f}×{against}")
+    for op, limit in (("set", 30.0), ("get", 20.0)):
+        s = _get(summary, "percall", f"{op} p50 µs", "vs-lmdb")
+        if s is not None:
+            add(f"#13 vs-lmdb per-call await store.{op} of 4 KiB ≤ {limit:.0f} µs",
+                limit / s["median"], 1.0, f"{s['median']:.1f} µs")
+    for metric, threshold in (("write+commit MiB/s", 1.0),
+                              ("durable write+commit+fsync MiB/s", 1.5)):
+        r = ratio(_get(summary, "bulk", metric, "vs-lmdb"),
+                  _get(summary, "bulk", metric, "icechunk-fs"))
+        if r is not None:
+            add(f"#13 vs-lmdb ≥ {threshold}× icechunk-fs: bulk {metric}", r, threshold,
+                f"{r:.2f}×")
+    for metric in ("key read cold MiB/s", "key read warm MiB/s"):
+        r = ratio(_get(summary, "bulk", metric, "vs-lmdb"),
+                  _get(summary, "bulk", metric, "raw-lmdb"))
+        if r is not None:
+            add(f"#13 vs-lmdb ≥ 0.85× raw LMDB: {metric}", r, 0.85, f"{r:.2f}×")
+    sizes = params.get("commit_sizes") or []
+    if sizes:
+        s = _get(summary, "commit", f"commit ms (N={size_label(max(sizes))})", "vs-lmdb")
+        if s is not None and max(sizes) >= 10**6:
+            add(f"#13 vs-lmdb one-chunk commit ≤ 1 ms at {size_label(max(sizes))} chunks",
+                1.0 / s["median"], 1.0, f"{s['median']:.2f} ms")
 
 
 def format_report(run: dict[str, Any], summary: dict[str, Any],

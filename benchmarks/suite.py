@@ -34,6 +34,8 @@ REPO_ROOT = PACKAGE_DIR.parent
 
 #: Sizes of the default run (under 5 minutes on 2 cores).
 DEFAULTS: dict[str, Any] = {
+    "per_call_ops": 2_000,
+    "concurrent_sizes": [4_096, 20_000],
     "bulk_mib": 256,
     "bulk_chunk_kib": 1024,
     "small_chunks": 20_000,
@@ -53,6 +55,8 @@ DEFAULTS: dict[str, Any] = {
 }
 #: Sizes of ``--quick`` (under a minute).
 QUICK: dict[str, Any] = {
+    "per_call_ops": 200,
+    "concurrent_sizes": [256],
     "bulk_mib": 16,
     "bulk_chunk_kib": 1024,
     "small_chunks": 1_000,
@@ -70,10 +74,13 @@ QUICK: dict[str, Any] = {
     "huge_icechunk_max": 10**6,
 }
 #: Repetitions per workload (each one a fresh directory and fresh processes).
-REPEATS: dict[str, int] = {"bulk": 2, "small": 1, "history": 1, "hierarchy": 1, "commit": 1,
-                           "huge": 1}
+REPEATS: dict[str, int] = {"percall": 3, "small64": 3, "bulk": 2, "small": 1, "history": 1,
+                           "hierarchy": 1, "commit": 1, "huge": 1}
 #: The systems each workload runs by default (others may be asked for with ``--systems``).
 DEFAULT_SYSTEMS: dict[str, tuple[str, ...]] = {
+    # zarr's LocalStore writes a file per chunk (20,000 files: half a minute, and no ceiling
+    # to compare with); MemoryStore is the ceiling.
+    "small64": ("vs-lmdb", "vs-mem", "icechunk-fs", "icechunk-mem", "zarr-mem", "zs-lmdb"),
     "commit": ("vs-lmdb", "icechunk-fs", "raw-lmdb"),
     "huge": ("vs-lmdb", "icechunk-fs"),
     # zarr's MemoryStore has no history and no commit: it is the floor for zarr's own
@@ -81,7 +88,7 @@ DEFAULT_SYSTEMS: dict[str, tuple[str, ...]] = {
     "history": ("vs-lmdb", "vs-mem", "icechunk-fs", "icechunk-mem", "zarr-local", "raw-lmdb"),
     "hierarchy": ("vs-lmdb", "vs-mem", "icechunk-fs", "icechunk-mem", "zarr-local"),
 }
-ANCHORS = ("icechunk-fs", "zarr-local", "raw-lmdb")
+ANCHORS = ("icechunk-fs", "zarr-local", "zarr-mem", "raw-lmdb")
 
 
 def machine_info() -> dict[str, Any]:

@@ -60,3 +60,45 @@ def test_lmdb_compare_and_swap_across_processes(tmp_path: Path) -> None:
     winners = [n for n, won in results.items() if won]
     assert len(winners) == 1
     assert LMDBBackend(path).get_ref("race") == str(winners[0]).encode()
+
+
+def test_lmdb_flushes_ahead_in_the_background_once_enough_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import threading
+
+    from versionstore.backend import lmdb as lmdb_backend
+    from versionstore.ids import hash_object
+
+    flushed: list[str] = []
+    done = threading.Event()
+
+    def recording(path: str) -> None:
+        flushed.append(path)
+        os.sync()  # the real thing is an fdatasync of this file
+        done.set()
+
+    monkeypatch.setattr(lmdb_backend, "FLUSH_AHEAD_BYTES", 64 << 10)
+    monkeypatch.setattr(lmdb_backend, "_fdatasync", recording)
+    backend = LMDBBackend(tmp_path / "env")
+    values = [bytes([i]) * (16 << 10) for i in range(3)]
+    backend.put_objects([(hash_object(1, v), v) for v in values])
+    assert flushed == []  # 48 KiB: below the threshold
+    more = [bytes([i]) * (16 << 10) for i in range(3, 5)]
+    backend.put_objects([(hash_object(1, v), v) for v in more])
+    assert done.wait(30)
+    assert flushed == [os.path.join(backend.path, "data.mdb")]
+    backend.sync()  # the commit's own flush still runs, and resets the count
+    assert backend.get_objects([hash_object(1, values[0])]) == [values[0]]
+    backend.close()
+    durable = LMDBBackend(tmp_path / "durable", durable=True)  # every write already synced
+    durable.put_objects([(hash_object(1, v), v) for v in values + more])
+    assert len(flushed) == 1
+    durable.close()
+
+
+def test_a_flush_ahead_of_a_missing_file_is_harmless(tmp_path: Path) -> None:
+    from versionstore.backend.lmdb import _fdatasync
+
+    _fdatasync(str(tmp_path / "gone" / "data.mdb"))

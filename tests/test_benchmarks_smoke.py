@@ -24,6 +24,8 @@ from benchmarks.systems import SYSTEMS
 from benchmarks.workloads import WORKLOADS
 
 TINY = {
+    "per_call_ops": 20,
+    "concurrent_sizes": [16],
     "bulk_mib": 1,
     "bulk_chunk_kib": 256,
     "small_chunks": 40,
@@ -67,13 +69,20 @@ def test_every_workload_runs_on(system: str, tmp_path: Path) -> None:
 
 
 def test_report_ratios_and_targets(tmp_path: Path) -> None:
-    run = _run(["vs-mem", "vs-lmdb", "raw-lmdb", "zarr-local"], tmp_path, in_process=True)
+    run = _run(["vs-mem", "vs-lmdb", "raw-lmdb", "zarr-local", "zarr-mem"], tmp_path,
+               in_process=True)
     summary = summarise(run)
     write = summary["bulk"]["write+commit MiB/s"]
     assert write["zarr-local"]["ratios"]["zarr-local"] == pytest.approx(1.0)
     assert write["raw-lmdb"]["ratios"]["icechunk-fs"] is None  # anchor not in this run
     checks = check_targets(summary, run["params"])
     assert any("raw LMDB" in check["target"] for check in checks)
+    issue_13 = {check["target"] for check in checks if check["target"].startswith("#13")}
+    assert any("MemoryStore" in target and "16 chunks" in target for target in issue_13)
+    assert any("store.set" in target for target in issue_13)
+    assert any("store.get" in target for target in issue_13)
+    assert summary["small64"]["write+commit s (N=16)"]["zarr-mem"]["ratios"]["zarr-mem"] == (
+        pytest.approx(1.0))
     text = format_report(run, summary, checks)
     assert "| write+commit MiB/s (MiB/s) | vs-lmdb |" in text
     assert "## Targets" in text

@@ -264,3 +264,33 @@ def test_any_protocol_key_is_accepted(repo: vs.Repository) -> None:
     for key in ["not/zarr/at/all", ".zattrs", "x.y", "ünïcode/ключ", "a" * 300]:
         storage.set(key, key.encode())
         assert storage.get(key) == key.encode()
+
+
+def test_value_reads_staged_then_committed_entries_in_one_call(repo: vs.Repository) -> None:
+    big, small = bytes(range(256)) * 8, b"inline"
+    session = repo.writable_session("main")
+    session.set_values([("big", big), ("small", small), ("gone", big + b"!")])
+    assert [session.value(k) for k in ("big", "small", "gone", "none")] == [
+        big, small, big + b"!", None]
+    session.commit("base")
+    session.set_values([("big", big[::-1])])
+    session.erase_keys(["gone"])
+    # staged chunk, staged deletion over a committed chunk, committed inline, missing
+    assert [session.value(k) for k in ("big", "gone", "small", "none")] == [
+        big[::-1], None, small, None]
+    assert [session.value(k) for k in ("big", "gone", "small")] == [
+        _read_or_none(session, k) for k in ("big", "gone", "small")]
+    reader = repo.readonly_session("main")
+    assert [reader.value(k) for k in ("big", "gone", "small")] == [big, big + b"!", small]
+
+
+def test_value_of_a_copy_follows_the_sessions_commit(repo: vs.Repository) -> None:
+    session = repo.writable_session("main")
+    session.set_values([("k", b"x" * 1000)])
+    copy = pickle.loads(pickle.dumps(session))
+    session.commit("k")  # the staged ref is gone; the copy must now read the new base
+    assert copy.value("k") == b"x" * 1000
+
+
+def _read_or_none(session: vs.Session, key: str) -> bytes | None:
+    return session.read_entries([session.entry(key)])[0]

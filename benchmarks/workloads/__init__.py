@@ -14,12 +14,15 @@ from benchmarks.workloads import (
     hierarchy,
     history,
     huge_commit,
+    per_call,
     small_chunks,
+    small_concurrent,
 )
 
 __all__ = ["WORKLOADS"]
 
 WORKLOADS = {
     module.NAME: module
-    for module in (bulk, small_chunks, history, hierarchy, commit_latency, huge_commit)
+    for module in (per_call, small_concurrent, bulk, small_chunks, history, hierarchy,
+                   commit_latency, huge_commit)
 }

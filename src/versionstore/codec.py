@@ -19,6 +19,7 @@ The only module that imports msgpack and zstandard.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
@@ -111,6 +112,23 @@ _compressor = zstandard.ZstdCompressor(level=3, write_content_size=True)
 
 # -- frames ---------------------------------------------------------------------------
 
+_packers = threading.local()
+
+
+def _packb(body: Any) -> bytes:
+    """``msgpack.packb(body, use_bin_type=True)``, with this thread's reused ``Packer``.
+
+    ``packb`` builds a new ``Packer`` per call, and each allocates a 256 KiB
+    buffer: for the small records written on every ``set`` that was most of
+    their cost. A ``Packer`` resets itself after each ``pack`` (also when it
+    raises), so one per thread is enough.
+    """
+    packer = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    packed: bytes = packer.pack(body)
+    return packed
+
 
 def _frame(kind: int, payload: bytes, compress: bool) -> bytes:
     compression = _RAW
@@ -119,7 +137,7 @@ def _frame(kind: int, payload: bytes, compress: bool) -> bytes:
         if len(packed) < len(payload):
             payload, compression = packed, _ZSTD
     header = _MAGIC + bytes((FRAME_VERSION, kind, compression))
-    return header + xxhash.xxh3_64_digest(payload)[::-1] + payload
+    return b"".join((header, xxhash.xxh3_64_digest(payload)[::-1], payload))  # one copy
 
 
 def content_id(name: str, data: bytes) -> ObjectId:
@@ -135,7 +153,7 @@ def frame_kind(data: bytes) -> int | None:
     return data[3] if len(data) >= _HEADER and data[:2] == _MAGIC else None
 
 
-def _unframe(name: str, data: bytes, kind: int) -> bytes | memoryview:
+def _unframe(name: str, data: bytes | memoryview, kind: int) -> bytes | memoryview:
     if len(data) < _HEADER or data[:2] != _MAGIC:
         raise CorruptObjectError(name, f"not a versionstore frame ({len(data)} bytes)")
     if data[2] > FRAME_VERSION:
@@ -271,8 +289,8 @@ def encode_chunk(value: bytes) -> tuple[ObjectId, bytes]:
     return hash_object(KIND_CHUNK, value), _frame(KIND_CHUNK, value, compress=False)
 
 
-def decode_chunk(name: str, data: bytes) -> bytes:
-    """The value stored in a chunk frame."""
+def decode_chunk(name: str, data: bytes | memoryview) -> bytes:
+    """The value stored in a chunk frame (a copy: ``data`` may be a view of a memory map)."""
     return bytes(_unframe(name, data, KIND_CHUNK))
 
 
@@ -331,7 +349,7 @@ def encode_node(node: Node) -> tuple[ObjectId, bytes]:
     else:
         kind = KIND_BRANCH
         body = [Branch.FORMAT_VERSION, list(node.keys), list(node.children), node.level]
-    payload = msgpack.packb(body, use_bin_type=True)
+    payload = _packb(body)
     return hash_object(kind, payload), _frame(kind, payload, compress=True)
 
 
@@ -381,7 +399,7 @@ def _snapshot_fields(snapshot: Snapshot) -> list[Any]:
 
 def encode_snapshot(snapshot: Snapshot) -> tuple[ObjectId, bytes]:
     """The id and stored frame of a snapshot."""
-    payload = msgpack.packb(_snapshot_fields(snapshot), use_bin_type=True)
+    payload = _packb(_snapshot_fields(snapshot))
     return hash_object(KIND_SNAPSHOT, payload), _frame(KIND_SNAPSHOT, payload, compress=True)
 
 
@@ -429,7 +447,7 @@ def encode_history_page(page: HistoryPage) -> tuple[ObjectId, bytes]:
     body = [HistoryPage.FORMAT_VERSION,
             [[snapshot_id, _snapshot_fields(snapshot)] for snapshot_id, snapshot in page.entries],
             page.previous]
-    payload = msgpack.packb(body, use_bin_type=True)
+    payload = _packb(body)
     return hash_object(KIND_HISTORY, payload), _frame(KIND_HISTORY, payload, compress=True)
 
 
@@ -454,7 +472,7 @@ T = TypeVar("T")
 
 
 def _encode_small(kind: int, body: list[Any]) -> bytes:
-    return _frame(kind, msgpack.packb(body, use_bin_type=True), compress=False)
+    return _frame(kind, _packb(body), compress=False)
 
 
 def _decode_small(name: str, data: bytes, kind: int, label: str, width: int, supported: int,

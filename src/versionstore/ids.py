@@ -36,6 +36,8 @@ __all__ = [
 ]
 
 ID_LENGTH = 20
+#: Payloads up to this many bytes are hashed as one joined buffer (``hash_object``).
+_JOIN_BELOW = 64 << 10
 
 ObjectId = NewType("ObjectId", bytes)
 SnapshotId = NewType("SnapshotId", str)
@@ -44,6 +46,10 @@ SessionId = NewType("SessionId", str)
 
 def hash_object(kind: int, payload: bytes) -> ObjectId:
     """The id of an object of ``kind`` whose content is ``payload``."""
+    if len(payload) <= _JOIN_BELOW:
+        # One hasher call over a copy is twice as fast as two for small payloads
+        # (the binding's per-call cost is about a 4 KiB hash); the id is the same.
+        return ObjectId(blake3.blake3(bytes((kind,)) + payload).digest(ID_LENGTH))
     hasher = blake3.blake3(bytes((kind,)))
     hasher.update(payload)
     return ObjectId(hasher.digest(ID_LENGTH))

@@ -28,6 +28,14 @@ T = TypeVar("T")
 _REMEMBER_LEAVES = 1024
 
 
+def _decode_chunk(chunk_id: ObjectId, data: bytes | memoryview) -> bytes:
+    """``_decode(decode_chunk, ...)`` for a chunk, which may be a view of a memory map."""
+    try:
+        return decode_chunk("", data)
+    except VersionStoreError:
+        return decode_chunk(object_id_text(chunk_id), data)
+
+
 def _decode(decode: Callable[[str, bytes], T], object_id: ObjectId, data: bytes) -> T:
     """Decode ``data``, naming the object only if it turns out to be bad.
 
@@ -156,8 +164,24 @@ class ObjectReader:
         return page
 
     def chunks(self, chunk_ids: Sequence[ObjectId]) -> list[bytes]:
-        """The values of chunk objects, in order (one backend call)."""
-        stored = self.backend.get_objects(chunk_ids)
+        """The values of chunk objects, in order (one backend call, one copy of each value).
+
+        Raises:
+            CorruptObjectError: a chunk is missing or damaged.
+        """
+        values = self.backend.get_objects_decoded(chunk_ids, _decode_chunk)
+        for chunk_id, value in zip(chunk_ids, values, strict=True):
+            if value is None:
+                raise CorruptObjectError(object_id_text(chunk_id), "chunk is missing")
+        return values  # type: ignore[return-value]  # no None left
+
+    def decode_chunks(self, chunk_ids: Sequence[ObjectId],
+                      stored: Sequence[bytes | None]) -> list[bytes]:
+        """The values of chunk objects already read (``stored[i]`` for ``chunk_ids[i]``).
+
+        Raises:
+            CorruptObjectError: a chunk is missing or damaged.
+        """
         values = []
         for chunk_id, data in zip(chunk_ids, stored, strict=True):
             if data is None:

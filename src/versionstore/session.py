@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -84,6 +85,8 @@ _MAX_COMMIT_ATTEMPTS = 1000
 #: New leaves a commit keeps decoded for the next one (``ObjectReader.remember_nodes``
 #: keeps no leaves of a commit that made more).
 _REMEMBER_LEAVES = 1024
+#: Seconds a staging ``SessionRule`` is reused (``Session._staging``).
+_RULE_REUSE_S = 1.0
 
 
 class Session:
@@ -108,6 +111,7 @@ class Session:
         self._record_raw: bytes | None = None
         self._generation = generation
         self._group_stager: GroupStager | None = None
+        self._staging_rule: tuple[tuple[ObjectId, int], float, SessionRule] | None = None
 
     # -- identity -----------------------------------------------------------------------
 
@@ -211,6 +215,35 @@ class Session:
                 return None if isinstance(staged, Tombstone) else staged
         return lookup(self._repo.reader.node, self._root, key)
 
+    def value(self, key: str) -> bytes | None:
+        """The value this session sees at ``key`` (staged changes first); ``None`` if none.
+
+        A staged value is read in one backend call (staged ref, session record
+        and chunk together); otherwise as ``read_entries([entry(key)])``.
+        """
+        if self._session_id is None:
+            return self.read_entries([self.entry(key)])[0]
+        name = stage_prefix(self._session_id) + key
+        staged: list[Entry | Tombstone] = []
+
+        def follow(raw: list[bytes | None]) -> Sequence[ObjectId]:
+            if raw[0] is None:
+                return ()
+            staged.append(decode_staged(name, raw[0]))
+            return [staged[0].chunk_id] if isinstance(staged[0], ChunkRef) else ()
+
+        (_, record_raw), stored = self._repo.backend.get_refs_and_objects(
+            [name, session_ref(self._session_id)], follow)
+        self._adopt(record_raw)
+        if not staged:
+            return self.read_entries([lookup(self._repo.reader.node, self._root, key)])[0]
+        entry = staged[0]
+        if isinstance(entry, ChunkRef):
+            return self._repo.reader.decode_chunks([entry.chunk_id], stored)[0]
+        if isinstance(entry, VirtualRef):
+            return self.read_entries([entry])[0]
+        return None if isinstance(entry, Tombstone) else entry
+
     def read_entries(self, entries: list[Entry | None]) -> list[bytes | None]:
         """Resolve entries to values, fetching all chunk objects in one backend call.
 
@@ -290,6 +323,22 @@ class Session:
                            value=encode_session(name, record), replace=replace,
                            requires=[base])
 
+    def _staging(self) -> SessionRule:
+        """``_rule(self._base)`` for staging writes, reused for up to ``_RULE_REUSE_S``.
+
+        A staging batch writes the rule's record only when the session has none
+        yet, so building it (a timestamp and its encoding) for every ``set`` is
+        waste; reused, the record's ``created_at`` is at most that much early.
+        """
+        now = time.monotonic()
+        state = (self._base, self._generation)
+        cached = self._staging_rule
+        if cached is not None and cached[0] == state and now - cached[1] < _RULE_REUSE_S:
+            return cached[2]
+        rule = self._rule(self._base)
+        self._staging_rule = (state, now, rule)
+        return rule
+
     def _stage(self, batch: WriteBatch) -> bool:
         """Write staged changes together with the session record, in one atomic step.
 
@@ -332,7 +381,7 @@ class Session:
                 objects.append((chunk_id, frame))
                 entry = ChunkRef(chunk_id=chunk_id, size=len(value))
             refs[prefix + key] = encode_staged(prefix + key, entry)
-        self._stage(WriteBatch(objects=objects, refs=refs, session=self._rule(self._base)))
+        self._stage(WriteBatch(objects=objects, refs=refs, session=self._staging()))
 
     def set_virtual_entries(self, items: list[tuple[str, VirtualRef]]) -> None:
         """Stage ``key -> virtual reference`` for each item, durably, in one atomic step.
@@ -348,7 +397,7 @@ class Session:
             validate_session_key(key)
             refs[prefix + key] = encode_staged(prefix + key, ref)
         if refs:
-            self._stage(WriteBatch(refs=refs, session=self._rule(self._base)))
+            self._stage(WriteBatch(refs=refs, session=self._staging()))
 
     def erase_keys(self, keys: list[str]) -> None:
         """Stage the deletion of each key (keys that do not exist are ignored)."""

@@ -9,6 +9,7 @@ zarr's own store tests and state machines run on it unmodified.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, override
@@ -41,11 +42,24 @@ def validate_session_key(key: str) -> str:
     """Return ``key`` if a session can store it: a valid store key of at most ``MAX_KEY_BYTES``.
 
     This is the one check every session write path goes through (the store,
-    ``Session.set_values`` and ``Session.erase_keys``).
+    ``Session.set_values`` and ``Session.erase_keys``). The last few thousand
+    keys that passed are remembered (a ``set`` through zarr checks its key on
+    the way in and again when staged).
 
     Raises:
         InvalidKeyError: naming the key and the rule it breaks.
     """
+    if type(key) is str:
+        return _checked(key)  # only valid keys are cached: an error is raised every time
+    return _check(key)
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked(key: str) -> str:
+    return _check(key)
+
+
+def _check(key: str) -> str:
     validate_key(key)
     try:
         size = len(key.encode())
@@ -90,10 +104,13 @@ class SessionStorage(Storage):
 
     @override
     def _get(self, key: str, byte_range: ByteRange | None) -> bytes | None:
-        entry = self.session.entry(key)
-        if isinstance(entry, VirtualRef) and byte_range is not None:
-            return self._get_many([(key, byte_range)])[0]
-        value = self.session.read_entries([entry])[0]
+        if byte_range is None:
+            value = self.session.value(key)
+        else:
+            entry = self.session.entry(key)
+            if isinstance(entry, VirtualRef):
+                return self._get_many([(key, byte_range)])[0]
+            value = self.session.read_entries([entry])[0]
         return None if value is None else slice_value(value, byte_range)
 
     @override
@@ -206,7 +223,6 @@ class SessionStore(ZarrStore):
 
     @override
     async def _store(self, key: str, value: bytes) -> None:
-        validate_key(key)
         validate_session_key(key)  # each caller's own key error, never its batch's
         await self.session.group_stager.stage(key, value)
 

@@ -61,6 +61,37 @@ class BackendConformance:
         assert backend.list_refs("zzz") == {}
         assert set(backend.list_refs("")) == {"b/1", "b/10", "b/2", "bb/1", "c"}
 
+    def test_get_objects_decoded_hands_each_stored_object_to_decode(
+        self, backend: Backend
+    ) -> None:
+        backend.put_objects([(_oid(1), b"one"), (_oid(2), b"")])
+        calls: list[ObjectId] = []
+
+        def decode(object_id: ObjectId, data: bytes | memoryview) -> bytes:
+            calls.append(object_id)
+            return bytes(data)[::-1]  # a copy: ``data`` may be a view, valid only here
+
+        wanted = [_oid(1), _oid(3), _oid(2), _oid(1)]
+        assert backend.get_objects_decoded(wanted, decode) == [b"eno", None, b"", b"eno"]
+        assert calls == [_oid(1), _oid(2), _oid(1)]
+        with pytest.raises(ZeroDivisionError):  # what decode raises comes out unchanged
+            backend.get_objects_decoded([_oid(1)], lambda i, d: 1 // 0)
+        assert backend.get_objects([_oid(1)]) == [b"one"]
+
+    def test_get_refs_and_objects_follows_the_refs_it_read(self, backend: Backend) -> None:
+        backend.put_objects([(_oid(1), b"one"), (_oid(2), b"two")],
+                            {"r/a": _oid(2), "r/b": b"not an id"})
+        seen: list[list[bytes | None]] = []
+
+        def follow(values: list[bytes | None]) -> list[ObjectId]:
+            seen.append(values)
+            return [ObjectId(v) for v in values[:1] if v is not None] + [_oid(3), _oid(1)]
+
+        refs, objects = backend.get_refs_and_objects(["r/a", "r/missing", "r/b"], follow)
+        assert refs == seen[0] == [_oid(2), None, b"not an id"]
+        assert objects == [b"two", None, b"one"]
+        assert backend.get_refs_and_objects(["r/missing"], lambda values: ()) == ([None], [])
+
     def test_scan_refs_visits_a_prefix_in_order(self, backend: Backend) -> None:
         backend.put_objects([], {"b/2": b"2", "b/1": b"1", "bb/1": b"x", "a": b"a"})
         seen: list[tuple[str, bytes]] = []

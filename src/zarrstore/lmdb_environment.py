@@ -193,7 +193,9 @@ class _Gate:
             cond.acquire()
             try:
                 self._active -= 1
-                if self._active == 0:
+                # Only an exclusive holder waits for the count to drop (it sets
+                # ``_exclusive`` before waiting, under this lock).
+                if self._active == 0 and self._exclusive:
                     cond.notify_all()
             finally:
                 cond.release()
@@ -602,14 +604,20 @@ class EnvironmentHandle:
                 self._shared_open().current()
         return shared.databases
 
-    def read(self, action: str, work: Callable[[lmdb.Transaction], T]) -> T:
-        """Run ``work`` in one read transaction (a consistent snapshot); its result."""
+    def read(self, action: str, work: Callable[[lmdb.Transaction], T], *,
+             buffers: bool = False) -> T:
+        """Run ``work`` in one read transaction (a consistent snapshot); its result.
+
+        With ``buffers``, ``txn.get`` returns views of the memory map, valid
+        only until ``work`` returns (``work`` copies what it keeps).
+        """
         shared = self._shared_open()
         for _ in range(_RETRIES):
             gate = _gate  # rebound in a forked child: leave the one entered
             gate.enter()
             try:
-                with shared.current().begin(buffers=False) as txn:
+                env = shared.current()
+                with env.begin(buffers=True) if buffers else env.begin() as txn:
                     return work(txn)
             except lmdb.MapResizedError:
                 pass

@@ -13,7 +13,7 @@ import bisect
 import threading
 import uuid
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, override
 
 from versionstore.backend.protocol import Backend, Joined, Rescue, WriteBatch, changed_refs
@@ -106,6 +106,14 @@ class MemoryBackend(Backend):
     def get_refs(self, names: Sequence[str]) -> list[bytes | None]:
         with self._lock:
             return [self._refs.get(name) for name in names]
+
+    @override
+    def get_refs_and_objects(
+        self, names: Sequence[str], follow: Callable[[list[bytes | None]], Sequence[ObjectId]]
+    ) -> tuple[list[bytes | None], list[bytes | None]]:
+        with self._lock:  # one view, as LMDB's one read transaction
+            refs = [self._refs.get(name) for name in names]
+            return refs, [self._objects.get(i) for i in follow(refs)]
 
     def _list(self, prefix: str, limit: int | None) -> dict[str, bytes]:
         start = bisect.bisect_left(self._ref_names, prefix)

@@ -171,6 +171,36 @@ class Backend(Protocol):
         """
         return [data is not None for data in self.get_objects(ids)]
 
+    def get_objects_decoded(
+        self, ids: Sequence[ObjectId], decode: Callable[[ObjectId, bytes | memoryview], T]
+    ) -> list[T | None]:
+        """``decode(id, stored)`` of each id, in order; ``None`` for ids not stored.
+
+        ``stored`` may be a view of the backend's own memory (``LMDBBackend``:
+        the memory map, inside the read transaction), valid only during the
+        call: ``decode`` must copy what it keeps. Reading a chunk this way
+        copies its bytes once, not twice. The default decodes ``get_objects``.
+        """
+        return [None if data is None else decode(i, data)
+                for i, data in zip(ids, self.get_objects(ids), strict=True)]
+
+    def get_refs_and_objects(
+        self, names: Sequence[str], follow: Callable[[list[bytes | None]], Sequence[ObjectId]]
+    ) -> tuple[list[bytes | None], list[bytes | None]]:
+        """Read refs, then the objects ``follow`` names from their values.
+
+        Returns the ref values (``None`` if absent) and the stored bytes of each
+        id ``follow`` returned (``None`` if not stored). A session's read of a
+        staged chunk is one call: its staged ref, its record, the chunk.
+        Backends that can do it in one consistent view (``LMDBBackend``: one
+        read transaction) override this; the default reads twice, and any
+        object a ref names exists anyway (refs never dangle, R1 in
+        ``docs/format.md``), so the two views differ only if a writer moved
+        the ref in between, as after any read.
+        """
+        refs = self.get_refs(names)
+        return refs, self.get_objects(follow(refs))
+
     def scan_refs(self, prefix: str, visit: Callable[[str, bytes], None]) -> None:
         """Call ``visit(name, value)`` for each ref under ``prefix``, in name order, in one view.
 

@@ -28,7 +28,7 @@ import xxhash
 import zstandard
 
 from versionstore.errors import CorruptObjectError, ObjectTooLargeError, UnsupportedFormatError
-from versionstore.ids import ID_LENGTH, ObjectId, hash_object
+from versionstore.ids import ID_LENGTH, ObjectId, hash_object, object_id_text
 from versionstore.records import (
     TOMBSTONE,
     Branch,
@@ -76,6 +76,8 @@ __all__ = [
     "encode_snapshot",
     "encode_staged",
     "frame_kind",
+    "history_entries",
+    "history_row",
     "pack_metadata",
 ]
 
@@ -398,26 +400,84 @@ def _snapshot_from_fields(name: str, payload: Any) -> Snapshot:
     )
 
 
+def history_row(snapshot: Snapshot) -> bytes:
+    """One history-page row: ``snapshot``'s fields without its version and own page."""
+    row: bytes = msgpack.packb(_snapshot_fields(snapshot)[1:6], use_bin_type=True)
+    return row
+
+
 def encode_history_page(page: HistoryPage) -> tuple[ObjectId, bytes]:
-    """The id and stored frame of a history page."""
-    body = [HistoryPage.FORMAT_VERSION,
-            [[snapshot_id, _snapshot_fields(snapshot)] for snapshot_id, snapshot in page.entries],
-            page.previous]
+    """The id and stored frame of a history page (format 2: by columns)."""
+    body = [HistoryPage.FORMAT_VERSION, list(page.ids), list(page.texts), page.rows,
+            page.after, page.previous]
     payload = msgpack.packb(body, use_bin_type=True)
-    return hash_object(KIND_HISTORY, payload), _frame(KIND_HISTORY, payload, compress=True)
+    # Not compressed: a page is a few KiB of mostly random ids, read on every ancestry.
+    return hash_object(KIND_HISTORY, payload), _frame(KIND_HISTORY, payload, compress=False)
 
 
 def decode_history_page(name: str, data: bytes) -> HistoryPage:
-    """Decode a history page frame."""
+    """Decode a history page frame: its columns; the rows stay packed (``history_entries``).
+
+    Format-1 pages (whole snapshots) are read into the same columns.
+    """
 
     def decode() -> HistoryPage:
         fields = _versioned(name, "history page", _unpack(name, _unframe(name, data,
                                                                          KIND_HISTORY)),
                             HistoryPage.FORMAT_VERSION, 3)
-        entries = tuple((_object_id(name, item[0]), _snapshot_from_fields(name, item[1]))
-                        for item in fields[1])
-        previous = None if fields[2] is None else _object_id(name, fields[2])
-        return HistoryPage(entries=entries, previous=previous)
+        if fields[0] == 1:
+            return _history_page_v1(name, fields)
+        if len(fields) < 6:
+            raise CorruptObjectError(name, "history page record is too short")
+        ids, texts, rows = fields[1], fields[2], fields[3]
+        # Checked with C-level maps: this runs for every page an ancestry lists.
+        if (not isinstance(ids, list) or not isinstance(texts, list) or len(ids) != len(texts)
+                or not ids or not isinstance(rows, bytes)
+                or set(map(type, ids)) != {bytes} or set(map(len, ids)) != {ID_LENGTH}
+                or set(map(type, texts)) != {str}):
+            raise CorruptObjectError(name, "history page columns are malformed")
+        return HistoryPage(
+            ids=tuple(ids), texts=tuple(texts), rows=rows,
+            after=None if fields[4] is None else _object_id(name, fields[4]),
+            previous=None if fields[5] is None else _object_id(name, fields[5]))
+
+    return _guarded("history page", decode, name)
+
+
+def _history_page_v1(name: str, fields: list[Any]) -> HistoryPage:
+    entries = [(_object_id(name, item[0]), _snapshot_from_fields(name, item[1]))
+               for item in fields[1]]
+    if not entries:
+        raise CorruptObjectError(name, "history page is empty")
+    return HistoryPage(
+        ids=tuple(i for i, _ in entries), texts=tuple(object_id_text(i) for i, _ in entries),
+        rows=b"".join(history_row(s) for _, s in entries), after=entries[-1][1].parent,
+        previous=None if fields[2] is None else _object_id(name, fields[2]))
+
+
+def _array_header(count: int) -> bytes:
+    if count < 16:
+        return bytes((0x90 | count,))
+    return b"\xdc" + count.to_bytes(2, "big")
+
+
+def history_entries(name: str, page: HistoryPage) -> tuple[Snapshot, ...]:
+    """The snapshots of a history page's rows (without their own ``history``).
+
+    Raises:
+        CorruptObjectError: the rows are malformed, or do not follow first
+            parents from ``ids[0]`` to ``after``.
+    """
+
+    def decode() -> tuple[Snapshot, ...]:
+        rows = _unpack(name, _array_header(len(page.ids)) + page.rows)
+        snapshots = tuple(_snapshot_from_fields(name, [Snapshot.FORMAT_VERSION, *row])
+                          for row in rows)
+        parents = (*page.ids[1:], page.after)
+        if len(snapshots) != len(page.ids) or any(
+                s.parent != p for s, p in zip(snapshots, parents, strict=True)):
+            raise CorruptObjectError(name, "history page rows do not follow first parents")
+        return snapshots
 
     return _guarded("history page", decode, name)
 

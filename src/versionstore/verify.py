@@ -22,6 +22,7 @@ from versionstore.codec import (
     content_id,
     decode_graft,
     decode_history_page,
+    history_entries,
     decode_node,
     decode_operation,
     decode_ref_target,
@@ -130,7 +131,10 @@ def _check(object_id: ObjectId, data: bytes | None) -> str | None:
         elif kind in (KIND_LEAF, KIND_BRANCH):
             decode_node(name, data).check()
         elif kind == KIND_HISTORY:
-            decode_history_page(name, data).check()
+            page = decode_history_page(name, data)
+            page.check()
+            for snapshot in history_entries(name, page):
+                snapshot.check()
     except (VersionStoreError, ValueError) as exc:
         return f"{name}: {exc}"
     return None

@@ -300,6 +300,45 @@ def _entry(name: str, fields: Any) -> Entry:
     raise CorruptObjectError(name, "malformed entry")
 
 
+def _children(name: str, raw: Any) -> tuple[ObjectId, ...]:
+    children = tuple(raw)
+    if children and (set(map(type, children)) != {bytes}
+                     or set(map(len, children)) != {ID_LENGTH}):
+        raise CorruptObjectError(name, "malformed child id in branch")
+    return children
+
+
+_new_ref = object.__new__
+_set_chunk_id = ChunkRef.chunk_id.__set__  # type: ignore[attr-defined]
+_set_size = ChunkRef.size.__set__  # type: ignore[attr-defined]
+
+
+def _leaf_entries(name: str, raw: Any) -> tuple[Entry, ...]:
+    """A leaf's entries; chunk references built without ``attrs``' keyword ``__init__``.
+
+    Leaves hold hundreds of entries and are decoded on every tree read, and
+    the generated ``__init__`` costs more than the rest of the decoding; the
+    fields are checked here instead, exactly as ``_entry`` checks them.
+    """
+    entries: list[Entry] = []
+    append = entries.append
+    for fields in raw:
+        if type(fields) is bytes:
+            append(fields)
+            continue
+        if (type(fields) is not list or len(fields) != 2 or type(fields[0]) is not bytes
+                or len(fields[0]) != ID_LENGTH or type(fields[1]) is not int):
+            append(_entry(name, fields))  # raises, naming what is wrong (or a subclass)
+            continue
+        if fields[1] < 0:
+            raise CorruptObjectError(name, "negative chunk size")
+        ref = _new_ref(ChunkRef)
+        _set_chunk_id(ref, fields[0])
+        _set_size(ref, fields[1])
+        append(ref)
+    return tuple(entries)
+
+
 def encode_node(node: Node) -> tuple[ObjectId, bytes]:
     """The id and stored frame of a tree node."""
     if isinstance(node, Leaf):
@@ -322,18 +361,18 @@ def _decode_node(name: str, data: bytes) -> Node:
     if kind == KIND_LEAF:
         fields = _versioned(name, "leaf", _unpack(name, _unframe(name, data, kind)), 1, 3)
         keys = tuple(fields[1])
-        if not all(isinstance(key, str) for key in keys):
+        if keys and set(map(type, keys)) != {str}:
             raise CorruptObjectError(name, "leaf keys are not strings")
-        return Leaf(keys=keys, entries=tuple(_entry(name, e) for e in fields[2]))
+        return Leaf(keys=keys, entries=_leaf_entries(name, fields[2]))
     if kind == KIND_BRANCH:
         fields = _versioned(name, "branch", _unpack(name, _unframe(name, data, kind)), 1, 4)
         keys = tuple(fields[1])
-        if not all(isinstance(key, str) for key in keys):
+        if keys and set(map(type, keys)) != {str}:
             raise CorruptObjectError(name, "branch keys are not strings")
         return Branch(
             level=int(fields[3]),
             keys=keys,
-            children=tuple(_object_id(name, c) for c in fields[2]),
+            children=_children(name, fields[2]),
         )
     return _unframe(name, data, KIND_LEAF)  # type: ignore[return-value]  # raises
 

@@ -51,10 +51,10 @@ Coordinates = tuple[int, ...]
 
 
 class SnapshotInfo:
-    """What a user sees of one snapshot: ``id``, ``parent_id``, ``parent_ids``,
-    ``written_at``, ``message`` and ``metadata`` (read-only attributes).
+    """What a user sees of one snapshot (read-only attributes).
 
-    ``parent_ids`` is ``()`` for the initial snapshot, one id for a commit,
+    Its ``id``, ``parent_id``, ``parent_ids``, ``written_at``, ``message``
+    and ``metadata``. ``parent_ids`` is ``()`` for the initial snapshot, one id for a commit,
     two for a merge (the target branch's tip, then the merged source);
     ``parent_id`` is the first of them. Infos that ``ancestry`` lists from a
     history page know their ``id`` at once and decode the rest of the page
@@ -64,6 +64,9 @@ class SnapshotInfo:
 
     __slots__ = ("_fields", "_index", "_page", "id")
     id: SnapshotId
+    _fields: tuple[tuple[SnapshotId, ...], datetime, str, dict[str, Any]]
+    _page: _PageRows | None
+    _index: int
 
     def __init__(self, *, id: SnapshotId, parent_id: SnapshotId | None,  # noqa: A002 - icechunk's name
                  written_at: datetime, message: str, metadata: dict[str, Any],
@@ -90,7 +93,7 @@ class SnapshotInfo:
             _set_fields(self, (tuple(SnapshotId(object_id_text(p)) for p in snapshot.parents),
                                snapshot.written_at, snapshot.message, snapshot.metadata))
             _set_page(self, None)
-        return self._fields  # type: ignore[no-any-return]
+        return self._fields
 
     @property
     def parent_ids(self) -> tuple[SnapshotId, ...]:
@@ -148,10 +151,11 @@ class SnapshotInfo:
                              self.metadata)
 
 
-_set_id = SnapshotInfo.id.__set__  # type: ignore[attr-defined]
-_set_fields = SnapshotInfo._fields.__set__  # type: ignore[attr-defined]
-_set_page = SnapshotInfo._page.__set__  # type: ignore[attr-defined]
-_set_index = SnapshotInfo._index.__set__  # type: ignore[attr-defined]
+# The slots' own setters: construction past the frozen ``__setattr__``.
+_set_id = vars(SnapshotInfo)["id"].__set__
+_set_fields = vars(SnapshotInfo)["_fields"].__set__
+_set_page = vars(SnapshotInfo)["_page"].__set__
+_set_index = vars(SnapshotInfo)["_index"].__set__
 _new_info = object.__new__
 
 
@@ -374,7 +378,8 @@ def with_history(reader: ObjectReader, snapshot: Snapshot
     if parent is None:
         return snapshot, []
     above = reader.snapshot(parent)
-    ids, texts = (parent,), (object_id_text(parent),)
+    ids: tuple[ObjectId, ...] = (parent,)
+    texts: tuple[str, ...] = (object_id_text(parent),)
     rows, after, previous = history_row(attrs.evolve(above, history=None)), above.parent, None
     if above.history is not None:
         older = reader.history_page(above.history)

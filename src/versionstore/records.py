@@ -198,8 +198,8 @@ class HistoryPage:
         for object_id, text in zip(self.ids, self.texts, strict=True):
             if len(object_id) != ID_LENGTH or object_id_text(object_id) != text:
                 raise ValueError("history page id and its text disagree")
-        for object_id in (self.after, self.previous):
-            if object_id is not None and len(object_id) != ID_LENGTH:
+        for link in (self.after, self.previous):
+            if link is not None and len(link) != ID_LENGTH:
                 raise ValueError("malformed object id in history page")
         if self.previous is not None and self.after is None:
             raise ValueError("history page continues, but its last entry has no parent")

@@ -22,7 +22,6 @@ from versionstore.codec import (
     content_id,
     decode_graft,
     decode_history_page,
-    history_entries,
     decode_node,
     decode_operation,
     decode_ref_target,
@@ -31,6 +30,7 @@ from versionstore.codec import (
     decode_snapshot,
     decode_staged,
     frame_kind,
+    history_entries,
 )
 from versionstore.errors import VersionStoreError
 from versionstore.gc import reachable_objects

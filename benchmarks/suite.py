@@ -47,6 +47,10 @@ DEFAULTS: dict[str, Any] = {
     "commit_sizes": [10**3, 10**4, 10**5, 10**6],
     "commit_samples": 20,
     "commit_icechunk_max": 10**5,
+    "scale_commits": [100, 10_000],
+    "merge_sizes": [10**3, 10**4, 10**5, 10**6],
+    "merge_samples": 5,
+    "merge_scatter_max": 10**5,
 }
 #: Sizes of ``--quick`` (under a minute).
 QUICK: dict[str, Any] = {
@@ -63,9 +67,14 @@ QUICK: dict[str, Any] = {
     "commit_sizes": [10**3, 10**4],
     "commit_samples": 5,
     "commit_icechunk_max": 10**5,
+    "scale_commits": [100, 1_000],
+    "merge_sizes": [10**3, 10**4],
+    "merge_samples": 3,
+    "merge_scatter_max": 10**4,
 }
 #: Repetitions per workload (each one a fresh directory and fresh processes).
-REPEATS: dict[str, int] = {"bulk": 2, "small": 1, "history": 1, "hierarchy": 1, "commit": 1}
+REPEATS: dict[str, int] = {"bulk": 2, "small": 1, "history": 1, "hierarchy": 1, "commit": 1,
+                           "scale": 1}
 #: The systems each workload runs by default (others may be asked for with ``--systems``).
 DEFAULT_SYSTEMS: dict[str, tuple[str, ...]] = {
     "commit": ("vs-lmdb", "icechunk-fs", "raw-lmdb"),
@@ -73,6 +82,7 @@ DEFAULT_SYSTEMS: dict[str, tuple[str, ...]] = {
     # costs in bulk and small, and adds nothing to these two.
     "history": ("vs-lmdb", "vs-mem", "icechunk-fs", "icechunk-mem", "zarr-local", "raw-lmdb"),
     "hierarchy": ("vs-lmdb", "vs-mem", "icechunk-fs", "icechunk-mem", "zarr-local"),
+    "scale": ("vs-lmdb", "vs-mem", "icechunk-fs", "icechunk-mem"),
 }
 ANCHORS = ("icechunk-fs", "zarr-local", "raw-lmdb")
 

@@ -62,11 +62,10 @@ class SnapshotInfo:
     a long history costs little more than its ids.
     """
 
-    __slots__ = ("_fields", "_index", "_page", "id")
+    __slots__ = ("_fields", "_page", "id")
     id: SnapshotId
     _fields: tuple[tuple[SnapshotId, ...], datetime, str, dict[str, Any]]
     _page: _PageRows | None
-    _index: int
 
     def __init__(self, *, id: SnapshotId, parent_id: SnapshotId | None,  # noqa: A002 - icechunk's name
                  written_at: datetime, message: str, metadata: dict[str, Any],
@@ -89,7 +88,7 @@ class SnapshotInfo:
     def _all(self) -> tuple[tuple[SnapshotId, ...], datetime, str, dict[str, Any]]:
         page = self._page
         if page is not None:  # read from a history page: decode its rows now
-            snapshot = page.snapshots()[self._index]
+            snapshot = page.snapshot(self.id)
             _set_fields(self, (tuple(SnapshotId(object_id_text(p)) for p in snapshot.parents),
                                snapshot.written_at, snapshot.message, snapshot.metadata))
             _set_page(self, None)
@@ -155,7 +154,6 @@ class SnapshotInfo:
 _set_id = vars(SnapshotInfo)["id"].__set__
 _set_fields = vars(SnapshotInfo)["_fields"].__set__
 _set_page = vars(SnapshotInfo)["_page"].__set__
-_set_index = vars(SnapshotInfo)["_index"].__set__
 _new_info = object.__new__
 
 
@@ -174,24 +172,31 @@ class _PageRows:
 
     def __init__(self, page: HistoryPage) -> None:
         self._page = page
-        self._snapshots: tuple[Snapshot, ...] | None = None
+        self._snapshots: dict[str, Snapshot] | None = None
 
-    def snapshots(self) -> tuple[Snapshot, ...]:
+    def snapshot(self, text: str) -> Snapshot:
+        """The snapshot (without its own page) whose id's text is ``text``."""
         if self._snapshots is None:
-            self._snapshots = history_entries("history page", self._page)
-        return self._snapshots
+            self._snapshots = dict(zip(self._page.texts,
+                                       history_entries("history page", self._page),
+                                       strict=True))
+        return self._snapshots[text]
 
 
 def _page_infos(page: HistoryPage) -> list[SnapshotInfo]:
-    """Lazy infos for every entry of ``page`` (ids at once, the rest on demand)."""
+    """Lazy infos for every entry of ``page`` (ids at once, the rest on demand).
+
+    The loop is the cost of listing a long history, so it does the least it
+    can: a bare object and two slot stores per snapshot.
+    """
     rows = _PageRows(page)
-    infos = []
-    for index, text in enumerate(page.texts):
+    infos: list[SnapshotInfo] = []
+    append = infos.append
+    for text in page.texts:
         info = _new_info(SnapshotInfo)
         _set_id(info, text)
         _set_page(info, rows)
-        _set_index(info, index)
-        infos.append(info)
+        append(info)
     return infos
 
 

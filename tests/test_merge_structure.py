@@ -91,21 +91,25 @@ _side = st.tuples(
 )
 
 
-def _changes(base: dict[str, Entry | None], side: tuple[object, ...], mark: bytes
+Side = tuple[dict[str, Entry | None], list[tuple[str, Entry | None]], str | None,
+             range | None]
+
+
+def _changes(base: dict[str, Entry | None], side: Side, mark: bytes
              ) -> dict[str, Entry | None]:
     edits, extra, deleted, block = side
-    changes: dict[str, Entry | None] = dict(edits)  # type: ignore[call-overload]
-    changes.update(extra)  # type: ignore[arg-type]
+    changes: dict[str, Entry | None] = dict(edits)
+    changes.update(extra)
     if block is not None:
-        changes.update({f"a/c/{i}": mark + bytes([i]) for i in block})  # type: ignore[attr-defined]
+        changes.update({f"a/c/{i}": mark + bytes([i]) for i in block})
     if deleted is not None:
         changes.update(dict.fromkeys(k for k in base if k.startswith(f"{deleted}/")))
     return changes
 
 
 @given(ours=_side, theirs=_side, on_conflict=st.sampled_from(["raise", "ours", "theirs"]))
-def test_structural_merge_equals_key_by_key_merge(
-        ours: tuple[object, ...], theirs: tuple[object, ...], on_conflict: str) -> None:
+def test_structural_merge_equals_key_by_key_merge(ours: Side, theirs: Side,
+                                                  on_conflict: str) -> None:
     with _small_nodes():
         store = _Store()
         base_keys = _base()

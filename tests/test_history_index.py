@@ -145,3 +145,24 @@ def test_a_page_whose_rows_disagree_with_its_ids_is_corrupt(repo: vs.Repository)
         decode_history_page("p", _frame(KIND_HISTORY, msgpack.packb(
             [2, [b"short"], ["X"], b"", None, None], use_bin_type=True), compress=False))
     assert codec.frame_kind(frame) == KIND_HISTORY
+
+
+def test_merge_base_reads_long_histories_a_page_at_a_time(repo: vs.Repository) -> None:
+    _commits(repo, 3 * HISTORY_PAGE_SIZE)
+    fork = repo.lookup_branch("main")
+    repo.create_branch("dev", fork)
+    _commits(repo, 5, "dev")
+    _commits(repo, 5)
+    cold = vs.Repository(repo.storage, repo.backend)
+    reads: list[int] = []
+    original = cold.backend.get_objects
+
+    def counting(ids: list[object]) -> list[bytes | None]:
+        reads.append(len(ids))
+        return original(ids)  # type: ignore[arg-type]
+
+    cold.reader.backend = type("Counting", (), {"get_objects": staticmethod(counting)})()
+    assert cold.merge_base(repo.lookup_branch("main"), repo.lookup_branch("dev")) == fork
+    assert len(reads) < 3 * HISTORY_PAGE_SIZE // 8
+    every = [i.id for i in repo.ancestry(branch="main", all_parents=True)]
+    assert every == [i.id for i in repo.ancestry(branch="main")]

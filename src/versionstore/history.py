@@ -404,7 +404,12 @@ def _order(snapshot_id: ObjectId, snapshot: Snapshot) -> tuple[float, bytes, Obj
 
 def _reachable(reader: ObjectReader, start: ObjectId, grafts: Grafts | None = None
                ) -> dict[ObjectId, Snapshot]:
-    """Every snapshot ``start`` reaches through all parents (``start`` included)."""
+    """Every snapshot ``start`` reaches through all parents (``start`` included).
+
+    First-parent runs are read a history page at a time (without grafts:
+    pages list stored parents); the snapshots they yield lack their own
+    ``history``, which no caller needs.
+    """
     found: dict[ObjectId, Snapshot] = {}
     pending = [start]
     while pending:
@@ -414,7 +419,31 @@ def _reachable(reader: ObjectReader, start: ObjectId, grafts: Grafts | None = No
         snapshot = reader.snapshot(snapshot_id)
         found[snapshot_id] = snapshot
         pending.extend(p for p in parents_of(snapshot_id, snapshot, grafts) if p not in found)
+        if not grafts:
+            _take_pages(reader, snapshot, found, pending)
     return found
+
+
+def _take_pages(reader: ObjectReader, snapshot: Snapshot, found: dict[ObjectId, Snapshot],
+                pending: list[ObjectId]) -> None:
+    """Add ``snapshot``'s first-parent ancestors to ``found`` from its pages, until a known one.
+
+    Their other parents (merged branches) go to ``pending``.
+    """
+    expected, page_id = snapshot.parent, snapshot.history
+    while page_id is not None and expected is not None and expected not in found:
+        page = reader.history_page(page_id)
+        if page.ids[0] != expected:  # pragma: no cover - verify reports such a page
+            return
+        for entry_id, entry in zip(page.ids, history_entries("history page", page),
+                                   strict=True):
+            if entry_id in found:
+                return
+            found[entry_id] = entry
+            pending.extend(p for p in entry.parents[1:] if p not in found)
+        expected, page_id = page.after, page.previous
+    if expected is not None and expected not in found:
+        pending.append(expected)
 
 
 def merge_base(reader: ObjectReader, a: ObjectId, b: ObjectId) -> ObjectId | None:

@@ -32,6 +32,7 @@ HEADLINES = {
     "commit": ["commit ms (N=*)"],
     "small64": ["write+commit chunks/s (N=*)"],
     "percall": ["set p50 µs", "get p50 µs"],
+    "scale": ["ancestry ms (*)"],
 }
 
 
@@ -164,6 +165,36 @@ def check_targets(summary: dict[str, Any], params: dict[str, Any]) -> list[dict[
                 add(f"{system}: commit of {size_label(size)} chunks under {limit:.0f} MiB "
                     "peak anonymous RSS", limit / s["median"], 1.0, f"{s['median']:.0f} MiB")
     _issue_13(summary, params, add)
+    # 8. History at scale (issue 12): ancestry ≥ 5× icechunk at 100 commits, 10^4 commits in
+    # under 100 ms, checkout of the first snapshot ≥ 2× icechunk, merge growth < 2×.
+    from benchmarks.workloads.history_scale import size_label as scale_label
+
+    for ours, theirs in PAIRS:
+        r = ratio(_get(summary, "scale", "ancestry ms (100 commits)", ours),
+                  _get(summary, "scale", "ancestry ms (100 commits)", theirs))
+        if r is not None:
+            add(f"{ours} ≥ 5× {theirs}: ancestry of 100 commits", r, 5.0, f"{r:.2f}×")
+        r = ratio(_get(summary, "history", "checkout first ms", ours),
+                  _get(summary, "history", "checkout first ms", theirs))
+        if r is not None:
+            add(f"{ours} ≥ 2× {theirs}: checkout of the first snapshot", r, 2.0, f"{r:.2f}×")
+    for system in ("vs-lmdb", "vs-mem"):
+        for length in params.get("scale_commits") or []:
+            s = _get(summary, "scale", f"ancestry ms ({scale_label(length)} commits)", system)
+            if s is not None and length >= 10_000:
+                add(f"{system}: ancestry of {scale_label(length)} commits under 100 ms",
+                    100 / s["median"], 1.0, f"{s['median']:.1f} ms")
+        measured = [
+            (size, s) for size in params.get("merge_sizes") or []
+            if (s := _get(summary, "scale", f"merge ms (regions, N={scale_label(size)})",
+                          system))
+        ]
+        if len(measured) >= 2:
+            (first, small), (last, large) = measured[0], measured[-1]
+            growth = large["median"] / small["median"]
+            add(f"{system}: merge of two 1 % regions grows < 2× "
+                f"({scale_label(first)} → {scale_label(last)} chunks)", 2.0 / growth, 1.0,
+                f"grows {growth:.2f}× ({small['median']:.2f} → {large['median']:.2f} ms)")
     return checks
 
 

@@ -52,6 +52,10 @@ DEFAULTS: dict[str, Any] = {
     # 10^7 is opt-in: --huge-sizes 1e5,1e6,1e7 (about 15 minutes for versionstore alone).
     "huge_sizes": [10**5, 10**6],
     "huge_icechunk_max": 10**6,
+    "scale_commits": [100, 10_000],
+    "merge_sizes": [10**3, 10**4, 10**5, 10**6],
+    "merge_samples": 5,
+    "merge_scatter_max": 10**5,
 }
 #: Sizes of ``--quick`` (under a minute).
 QUICK: dict[str, Any] = {
@@ -72,10 +76,14 @@ QUICK: dict[str, Any] = {
     "commit_icechunk_max": 10**5,
     "huge_sizes": [10**4],
     "huge_icechunk_max": 10**6,
+    "scale_commits": [100, 1_000],
+    "merge_sizes": [10**3, 10**4],
+    "merge_samples": 3,
+    "merge_scatter_max": 10**4,
 }
 #: Repetitions per workload (each one a fresh directory and fresh processes).
 REPEATS: dict[str, int] = {"percall": 3, "small64": 3, "bulk": 2, "small": 1, "history": 1,
-                           "hierarchy": 1, "commit": 1, "huge": 1}
+                           "hierarchy": 1, "commit": 1, "huge": 1, "scale": 1}
 #: The systems each workload runs by default (others may be asked for with ``--systems``).
 DEFAULT_SYSTEMS: dict[str, tuple[str, ...]] = {
     # zarr's LocalStore writes a file per chunk (20,000 files: half a minute, and no ceiling
@@ -87,6 +95,7 @@ DEFAULT_SYSTEMS: dict[str, tuple[str, ...]] = {
     # costs in bulk and small, and adds nothing to these two.
     "history": ("vs-lmdb", "vs-mem", "icechunk-fs", "icechunk-mem", "zarr-local", "raw-lmdb"),
     "hierarchy": ("vs-lmdb", "vs-mem", "icechunk-fs", "icechunk-mem", "zarr-local"),
+    "scale": ("vs-lmdb", "vs-mem", "icechunk-fs", "icechunk-mem"),
 }
 ANCHORS = ("icechunk-fs", "zarr-local", "zarr-mem", "raw-lmdb")
 

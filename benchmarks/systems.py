@@ -182,6 +182,11 @@ class _VersionStore(System):
     def write_store(self) -> Store:
         return self._store  # type: ignore[no-any-return]
 
+    @property
+    def repository(self) -> Any:
+        """The open ``versionstore.Repository`` (for what only versionstore has: merge)."""
+        return self._repo
+
     def commit(self, message: str) -> str | None:
         return str(self._session.commit(message))
 

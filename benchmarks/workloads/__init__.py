@@ -13,6 +13,7 @@ from benchmarks.workloads import (
     commit_latency,
     hierarchy,
     history,
+    history_scale,
     huge_commit,
     per_call,
     small_chunks,
@@ -24,5 +25,5 @@ __all__ = ["WORKLOADS"]
 WORKLOADS = {
     module.NAME: module
     for module in (per_call, small_concurrent, bulk, small_chunks, history, hierarchy,
-                   commit_latency, huge_commit)
+                   commit_latency, huge_commit, history_scale)
 }

@@ -29,7 +29,7 @@ import xxhash
 import zstandard
 
 from versionstore.errors import CorruptObjectError, ObjectTooLargeError, UnsupportedFormatError
-from versionstore.ids import ID_LENGTH, ObjectId, hash_object
+from versionstore.ids import ID_LENGTH, ObjectId, hash_object, object_id_text
 from versionstore.records import (
     TOMBSTONE,
     Branch,
@@ -78,6 +78,8 @@ __all__ = [
     "encode_snapshot",
     "encode_staged",
     "frame_kind",
+    "history_entries",
+    "history_row",
     "pack_metadata",
 ]
 
@@ -340,6 +342,45 @@ def _entry(name: str, fields: Any) -> Entry:
     raise CorruptObjectError(name, "malformed entry")
 
 
+def _children(name: str, raw: Any) -> tuple[ObjectId, ...]:
+    children = tuple(raw)
+    if children and (set(map(type, children)) != {bytes}
+                     or set(map(len, children)) != {ID_LENGTH}):
+        raise CorruptObjectError(name, "malformed child id in branch")
+    return children
+
+
+_new_ref = object.__new__
+_set_chunk_id = ChunkRef.chunk_id.__set__  # type: ignore[attr-defined]
+_set_size = ChunkRef.size.__set__  # type: ignore[attr-defined]
+
+
+def _leaf_entries(name: str, raw: Any) -> tuple[Entry, ...]:
+    """A leaf's entries; chunk references built without ``attrs``' keyword ``__init__``.
+
+    Leaves hold hundreds of entries and are decoded on every tree read, and
+    the generated ``__init__`` costs more than the rest of the decoding; the
+    fields are checked here instead, exactly as ``_entry`` checks them.
+    """
+    entries: list[Entry] = []
+    append = entries.append
+    for fields in raw:
+        if type(fields) is bytes:
+            append(fields)
+            continue
+        if (type(fields) is not list or len(fields) != 2 or type(fields[0]) is not bytes
+                or len(fields[0]) != ID_LENGTH or type(fields[1]) is not int):
+            append(_entry(name, fields))  # raises, naming what is wrong (or a subclass)
+            continue
+        if fields[1] < 0:
+            raise CorruptObjectError(name, "negative chunk size")
+        ref = _new_ref(ChunkRef)
+        _set_chunk_id(ref, fields[0])
+        _set_size(ref, fields[1])
+        append(ref)
+    return tuple(entries)
+
+
 def encode_node(node: Node) -> tuple[ObjectId, bytes]:
     """The id and stored frame of a tree node."""
     if isinstance(node, Leaf):
@@ -364,18 +405,18 @@ def _decode_node(name: str, data: bytes) -> Node:
         fields = _versioned(name, "leaf", _unpack(name, _unframe(name, data, kind)),
                             Leaf.FORMAT_VERSION, 3)
         keys = tuple(fields[1])
-        if not all(isinstance(key, str) for key in keys):
+        if keys and set(map(type, keys)) != {str}:
             raise CorruptObjectError(name, "leaf keys are not strings")
-        return Leaf(keys=keys, entries=tuple(_entry(name, e) for e in fields[2]))
+        return Leaf(keys=keys, entries=_leaf_entries(name, fields[2]))
     if kind == KIND_BRANCH:
         fields = _versioned(name, "branch", _unpack(name, _unframe(name, data, kind)), 1, 4)
         keys = tuple(fields[1])
-        if not all(isinstance(key, str) for key in keys):
+        if keys and set(map(type, keys)) != {str}:
             raise CorruptObjectError(name, "branch keys are not strings")
         return Branch(
             level=int(fields[3]),
             keys=keys,
-            children=tuple(_object_id(name, c) for c in fields[2]),
+            children=_children(name, fields[2]),
         )
     return _unframe(name, data, KIND_LEAF)  # type: ignore[return-value]  # raises
 
@@ -442,26 +483,84 @@ def _snapshot_from_fields(name: str, payload: Any) -> Snapshot:
     )
 
 
+def history_row(snapshot: Snapshot) -> bytes:
+    """One history-page row: ``snapshot``'s fields without its version and own page."""
+    row: bytes = msgpack.packb(_snapshot_fields(snapshot)[1:6], use_bin_type=True)
+    return row
+
+
 def encode_history_page(page: HistoryPage) -> tuple[ObjectId, bytes]:
-    """The id and stored frame of a history page."""
-    body = [HistoryPage.FORMAT_VERSION,
-            [[snapshot_id, _snapshot_fields(snapshot)] for snapshot_id, snapshot in page.entries],
-            page.previous]
+    """The id and stored frame of a history page (format 2: by columns)."""
+    body = [HistoryPage.FORMAT_VERSION, list(page.ids), list(page.texts), page.rows,
+            page.after, page.previous]
     payload = _packb(body)
-    return hash_object(KIND_HISTORY, payload), _frame(KIND_HISTORY, payload, compress=True)
+    # Not compressed: a page is a few KiB of mostly random ids, read on every ancestry.
+    return hash_object(KIND_HISTORY, payload), _frame(KIND_HISTORY, payload, compress=False)
 
 
 def decode_history_page(name: str, data: bytes) -> HistoryPage:
-    """Decode a history page frame."""
+    """Decode a history page frame: its columns; the rows stay packed (``history_entries``).
+
+    Format-1 pages (whole snapshots) are read into the same columns.
+    """
 
     def decode() -> HistoryPage:
         fields = _versioned(name, "history page", _unpack(name, _unframe(name, data,
                                                                          KIND_HISTORY)),
                             HistoryPage.FORMAT_VERSION, 3)
-        entries = tuple((_object_id(name, item[0]), _snapshot_from_fields(name, item[1]))
-                        for item in fields[1])
-        previous = None if fields[2] is None else _object_id(name, fields[2])
-        return HistoryPage(entries=entries, previous=previous)
+        if fields[0] == 1:
+            return _history_page_v1(name, fields)
+        if len(fields) < 6:
+            raise CorruptObjectError(name, "history page record is too short")
+        ids, texts, rows = fields[1], fields[2], fields[3]
+        # Checked with C-level maps: this runs for every page an ancestry lists.
+        if (not isinstance(ids, list) or not isinstance(texts, list) or len(ids) != len(texts)
+                or not ids or not isinstance(rows, bytes)
+                or set(map(type, ids)) != {bytes} or set(map(len, ids)) != {ID_LENGTH}
+                or set(map(type, texts)) != {str}):
+            raise CorruptObjectError(name, "history page columns are malformed")
+        return HistoryPage(
+            ids=tuple(ids), texts=tuple(texts), rows=rows,
+            after=None if fields[4] is None else _object_id(name, fields[4]),
+            previous=None if fields[5] is None else _object_id(name, fields[5]))
+
+    return _guarded("history page", decode, name)
+
+
+def _history_page_v1(name: str, fields: list[Any]) -> HistoryPage:
+    entries = [(_object_id(name, item[0]), _snapshot_from_fields(name, item[1]))
+               for item in fields[1]]
+    if not entries:
+        raise CorruptObjectError(name, "history page is empty")
+    return HistoryPage(
+        ids=tuple(i for i, _ in entries), texts=tuple(object_id_text(i) for i, _ in entries),
+        rows=b"".join(history_row(s) for _, s in entries), after=entries[-1][1].parent,
+        previous=None if fields[2] is None else _object_id(name, fields[2]))
+
+
+def _array_header(count: int) -> bytes:
+    if count < 16:
+        return bytes((0x90 | count,))
+    return b"\xdc" + count.to_bytes(2, "big")
+
+
+def history_entries(name: str, page: HistoryPage) -> tuple[Snapshot, ...]:
+    """The snapshots of a history page's rows (without their own ``history``).
+
+    Raises:
+        CorruptObjectError: the rows are malformed, or do not follow first
+            parents from ``ids[0]`` to ``after``.
+    """
+
+    def decode() -> tuple[Snapshot, ...]:
+        rows = _unpack(name, _array_header(len(page.ids)) + page.rows)
+        snapshots = tuple(_snapshot_from_fields(name, [Snapshot.FORMAT_VERSION, *row])
+                          for row in rows)
+        parents = (*page.ids[1:], page.after)
+        if len(snapshots) != len(page.ids) or any(
+                s.parent != p for s, p in zip(snapshots, parents, strict=True)):
+            raise CorruptObjectError(name, "history page rows do not follow first parents")
+        return snapshots
 
     return _guarded("history page", decode, name)
 

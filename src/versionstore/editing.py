@@ -25,7 +25,6 @@ from versionstore.backend.protocol import WriteBatch
 from versionstore.codec import encode_chunk, encode_snapshot, pack_metadata
 from versionstore.errors import (
     ConflictError,
-    MergeConflict,
     MergeConflictError,
     MissingObjectsError,
     NothingToCommitError,
@@ -33,12 +32,11 @@ from versionstore.errors import (
 )
 from versionstore.history import merge_base, with_history
 from versionstore.ids import ObjectId, object_id_text
-from versionstore.merge import check_on_conflict, three_way
+from versionstore.merge import Merged, check_on_conflict, merge_trees
 from versionstore.objects import ObjectReader
 from versionstore.records import ChunkRef, Entry, Node, Snapshot, VirtualRef
 from versionstore.refs import Refs
 from versionstore.session import INLINE_LIMIT
-from versionstore.tree import Change, apply_changes
 
 __all__ = ["HistoryEditor"]
 
@@ -61,10 +59,10 @@ class HistoryEditor:
             return None
         return entry
 
-    def _three_way(self, base: ObjectId | None, ours: ObjectId | None, theirs: ObjectId | None,
-                   on_conflict: str, chunks: dict[ObjectId, bytes]
-                   ) -> tuple[list[Change], list[MergeConflict]]:
-        """``merge.three_way``; chunk objects of the values it makes are added to ``chunks``."""
+    def _merge(self, base: ObjectId | None, ours: ObjectId | None, theirs: ObjectId | None,
+               on_conflict: str) -> Merged:
+        """``merge.merge_trees``; chunk objects of the values it makes go with its nodes."""
+        chunks: dict[ObjectId, bytes] = {}
 
         def write(value: bytes) -> Entry:
             if len(value) <= INLINE_LIMIT:
@@ -73,7 +71,10 @@ class HistoryEditor:
             chunks[chunk_id] = frame
             return ChunkRef(chunk_id=chunk_id, size=len(value))
 
-        return three_way(self.reader.node, self._read, base, ours, theirs, on_conflict, write)
+        merged = merge_trees(self.reader.node, self._read, base, ours, theirs, on_conflict,
+                             write)
+        merged.nodes.update(chunks)
+        return merged
 
     def _land(self, branch: str, raw_tip: bytes, snapshot: Snapshot,
               nodes: dict[ObjectId, bytes], decoded: dict[ObjectId, Node], *, kind: str,
@@ -133,19 +134,14 @@ class HistoryEditor:
                 return source if moved else None
             base_tree = None if base is None else self.reader.snapshot(base).tree
             tip_tree = self.reader.snapshot(tip).tree
-            made: dict[ObjectId, bytes] = {}
-            changes, conflicts = self._three_way(base_tree, tip_tree,
-                                                 self.reader.snapshot(source).tree, on_conflict,
-                                                 made)
-            if conflicts and on_conflict == "raise":
-                raise MergeConflictError(into, conflicts)
-            decoded: dict[ObjectId, Node] = {}
-            root, nodes = apply_changes(self.reader.node, tip_tree, changes, decoded=decoded)
-            nodes.update(made)
-            snapshot = Snapshot(parents=(tip, source), tree=root, message=text,
+            merged = self._merge(base_tree, tip_tree, self.reader.snapshot(source).tree,
+                                 on_conflict)
+            if merged.conflicts and on_conflict == "raise":
+                raise MergeConflictError(into, merged.conflicts)
+            snapshot = Snapshot(parents=(tip, source), tree=merged.root, message=text,
                                 written_at=datetime.now(UTC), metadata=metadata)
-            return self._land(into, raw_tip, snapshot, nodes, decoded, kind="merge",
-                              requires=[source], source=source)
+            return self._land(into, raw_tip, snapshot, merged.nodes, merged.decoded,
+                              kind="merge", requires=[source], source=source)
 
         return self._retrying(into, attempt)
 
@@ -177,13 +173,10 @@ class HistoryEditor:
         def attempt() -> ObjectId | None:
             tip, raw_tip = self.refs.branch_tip(branch)
             tip_tree = self.reader.snapshot(tip).tree
-            made: dict[ObjectId, bytes] = {}
-            changes, conflicts = self._three_way(base, tip_tree, theirs, on_conflict, made)
-            if conflicts and on_conflict == "raise":
-                raise MergeConflictError(branch, conflicts, kind.replace("_", "-"))
-            decoded: dict[ObjectId, Node] = {}
-            root, nodes = apply_changes(self.reader.node, tip_tree, changes, decoded=decoded)
-            nodes.update(made)
+            merged = self._merge(base, tip_tree, theirs, on_conflict)
+            if merged.conflicts and on_conflict == "raise":
+                raise MergeConflictError(branch, merged.conflicts, kind.replace("_", "-"))
+            root, nodes, decoded = merged.root, merged.nodes, merged.decoded
             if root == tip_tree:
                 raise NothingToCommitError(
                     f"nothing to {kind.replace('_', '-')}: branch {branch!r} already has "

@@ -25,6 +25,7 @@ key is reported as-is in ``updated_keys``.
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 import math
 from collections import deque
@@ -34,7 +35,7 @@ from typing import Any
 
 import attrs
 
-from versionstore.codec import encode_history_page
+from versionstore.codec import encode_history_page, history_entries, history_row
 from versionstore.errors import SnapshotNotFoundError
 from versionstore.grafts import Grafts, parents_of
 from versionstore.ids import ObjectId, SnapshotId, object_id_text
@@ -43,27 +44,36 @@ from versionstore.objects import ObjectReader
 from versionstore.records import HISTORY_PAGE_SIZE, HistoryPage, Snapshot
 
 __all__ = ["Diff", "History", "KeyLocator", "SnapshotInfo", "ancestry", "classify_changes",
-           "merge_base", "snapshot_at", "with_history"]
+           "first_parent_infos", "merge_base", "snapshot_at", "with_history"]
 
 KeyReader = Callable[[str], bytes | None]
 Coordinates = tuple[int, ...]
 
 
-@attrs.frozen
 class SnapshotInfo:
-    """What a user sees of one snapshot.
+    """What a user sees of one snapshot (read-only attributes).
 
-    ``parent_ids`` is ``()`` for the initial snapshot, one id for a commit,
+    Its ``id``, ``parent_id``, ``parent_ids``, ``written_at``, ``message``
+    and ``metadata``. ``parent_ids`` is ``()`` for the initial snapshot, one id for a commit,
     two for a merge (the target branch's tip, then the merged source);
-    ``parent_id`` is the first of them.
+    ``parent_id`` is the first of them. Infos that ``ancestry`` lists from a
+    history page know their ``id`` at once and decode the rest of the page
+    the first time one of the other fields is read (``HistoryPage``): listing
+    a long history costs little more than its ids.
     """
 
+    __slots__ = ("_fields", "_page", "id")
     id: SnapshotId
-    parent_id: SnapshotId | None
-    written_at: datetime
-    message: str
-    metadata: dict[str, Any]
-    parent_ids: tuple[SnapshotId, ...] = ()
+    _fields: tuple[tuple[SnapshotId, ...], datetime, str, dict[str, Any]]
+    _page: _PageRows | None
+
+    def __init__(self, *, id: SnapshotId, parent_id: SnapshotId | None,  # noqa: A002 - icechunk's name
+                 written_at: datetime, message: str, metadata: dict[str, Any],
+                 parent_ids: tuple[SnapshotId, ...] = ()) -> None:
+        del parent_id  # always parent_ids[0]; accepted for the old keyword signature
+        _set_id(self, id)
+        _set_fields(self, (tuple(parent_ids), written_at, message, metadata))
+        _set_page(self, None)
 
     @classmethod
     def of(cls, snapshot_id: ObjectId, snapshot: Snapshot,
@@ -71,18 +81,149 @@ class SnapshotInfo:
         """Build from a stored snapshot (its parents as seen through ``grafts``)."""
         parents = tuple(SnapshotId(object_id_text(p))
                         for p in parents_of(snapshot_id, snapshot, grafts))
-        return cls(
-            id=SnapshotId(object_id_text(snapshot_id)),
-            parent_id=parents[0] if parents else None,
-            written_at=snapshot.written_at,
-            message=snapshot.message,
-            metadata=snapshot.metadata,
-            parent_ids=parents,
-        )
+        return cls(id=SnapshotId(object_id_text(snapshot_id)),
+                   parent_id=parents[0] if parents else None, written_at=snapshot.written_at,
+                   message=snapshot.message, metadata=snapshot.metadata, parent_ids=parents)
+
+    def _all(self) -> tuple[tuple[SnapshotId, ...], datetime, str, dict[str, Any]]:
+        page = self._page
+        if page is not None:  # read from a history page: decode its rows now
+            snapshot = page.snapshot(self.id)
+            _set_fields(self, (tuple(SnapshotId(object_id_text(p)) for p in snapshot.parents),
+                               snapshot.written_at, snapshot.message, snapshot.metadata))
+            _set_page(self, None)
+        return self._fields
+
+    @property
+    def parent_ids(self) -> tuple[SnapshotId, ...]:
+        """The parents' ids: none, one, or two for a merge (the target's tip first)."""
+        return self._all()[0]
+
+    @property
+    def parent_id(self) -> SnapshotId | None:
+        """The first parent's id, or ``None`` for the initial snapshot."""
+        parents = self._all()[0]
+        return parents[0] if parents else None
+
+    @property
+    def written_at(self) -> datetime:
+        """When the snapshot was made (timezone-aware, UTC)."""
+        return self._all()[1]
+
+    @property
+    def message(self) -> str:
+        """The commit message."""
+        return self._all()[2]
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The metadata given at commit."""
+        return self._all()[3]
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.id, *self._all())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SnapshotInfo):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise attrs.exceptions.FrozenInstanceError
+
+    def __delattr__(self, name: str) -> None:
+        raise attrs.exceptions.FrozenInstanceError
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_info_from_fields, (self.id, *self._all()))
+
+    def __repr__(self) -> str:
+        return (f"SnapshotInfo(id={self.id!r}, parent_id={self.parent_id!r}, "
+                f"written_at={self.written_at!r}, message={self.message!r}, "
+                f"metadata={self.metadata!r}, parent_ids={self.parent_ids!r})")
 
     def _repr_html_(self) -> str:
         return snapshot_html(self.id, list(self.parent_ids), self.written_at, self.message,
                              self.metadata)
+
+
+# The slots' own setters: construction past the frozen ``__setattr__``.
+_set_id = vars(SnapshotInfo)["id"].__set__
+_set_fields = vars(SnapshotInfo)["_fields"].__set__
+_set_page = vars(SnapshotInfo)["_page"].__set__
+_new_info = object.__new__
+
+
+def _info_from_fields(id: SnapshotId, parent_ids: tuple[SnapshotId, ...],  # noqa: A002
+                      written_at: datetime, message: str, metadata: dict[str, Any]
+                      ) -> SnapshotInfo:
+    return SnapshotInfo(id=id, parent_id=parent_ids[0] if parent_ids else None,
+                        written_at=written_at, message=message, metadata=metadata,
+                        parent_ids=parent_ids)
+
+
+class _PageRows:
+    """A history page whose rows are decoded once, the first time an info asks."""
+
+    __slots__ = ("_page", "_snapshots")
+
+    def __init__(self, page: HistoryPage) -> None:
+        self._page = page
+        self._snapshots: dict[str, Snapshot] | None = None
+
+    def snapshot(self, text: str) -> Snapshot:
+        """The snapshot (without its own page) whose id's text is ``text``."""
+        if self._snapshots is None:
+            self._snapshots = dict(zip(self._page.texts,
+                                       history_entries("history page", self._page),
+                                       strict=True))
+        return self._snapshots[text]
+
+
+def _page_infos(page: HistoryPage) -> list[SnapshotInfo]:
+    """Lazy infos for every entry of ``page`` (ids at once, the rest on demand).
+
+    The loop is the cost of listing a long history, so it does the least it
+    can: a bare object and two slot stores per snapshot.
+    """
+    rows = _PageRows(page)
+    infos: list[SnapshotInfo] = []
+    append = infos.append
+    for text in page.texts:
+        info = _new_info(SnapshotInfo)
+        _set_id(info, text)
+        _set_page(info, rows)
+        append(info)
+    return infos
+
+
+def first_parent_infos(reader: ObjectReader, start: ObjectId) -> Iterator[SnapshotInfo]:
+    """``SnapshotInfo`` of ``start``'s first-parent ancestry, newest first, a page at a time.
+
+    What ``Repository.ancestry`` lists when no snapshot is expired (no
+    grafts): the same snapshots as ``ancestry``, without decoding them.
+    """
+    return itertools.chain.from_iterable(_info_runs(reader, start))
+
+
+def _info_runs(reader: ObjectReader, start: ObjectId) -> Iterator[list[SnapshotInfo]]:
+    current: ObjectId | None = start
+    while current is not None:  # a snapshot read whole, then its pages
+        snapshot = reader.snapshot(current)
+        yield [SnapshotInfo.of(current, snapshot)]
+        expected, page_id = snapshot.parent, snapshot.history
+        current = expected
+        while page_id is not None and expected is not None:
+            page = reader.history_page(page_id)
+            if page.ids[0] != expected:  # pragma: no cover - verify reports such a page
+                break
+            yield _page_infos(page)
+            expected, page_id = page.after, page.previous
+            current = expected
+        # ``current``: the parent of a page written before history pages, read one by one
 
 
 @attrs.frozen
@@ -221,23 +362,19 @@ def _first_parents_grafted(reader: ObjectReader, start: ObjectId, grafts: Grafts
 def _first_parents(reader: ObjectReader, start: ObjectId
                    ) -> Iterator[tuple[ObjectId, Snapshot]]:
     """First-parent ancestry, a history page at a time where there are pages."""
-    snapshot = reader.snapshot(start)
-    yield start, snapshot
-    expected, page_id = snapshot.parent, snapshot.history
-    while expected is not None:
-        if page_id is None:  # written before history pages: one snapshot at a time
-            snapshot = reader.snapshot(expected)
-            yield expected, snapshot
-            expected, page_id = snapshot.parent, snapshot.history
-            continue
-        page = reader.history_page(page_id)
-        for snapshot_id, snapshot in page.entries:
-            if snapshot_id != expected:  # pragma: no cover - verify reports such a page
-                page = HistoryPage(entries=(), previous=None)
+    current: ObjectId | None = start
+    while current is not None:
+        snapshot = reader.snapshot(current)
+        yield current, snapshot
+        expected, page_id = snapshot.parent, snapshot.history
+        current = expected
+        while page_id is not None and expected is not None:
+            page = reader.history_page(page_id)
+            if page.ids[0] != expected:  # pragma: no cover - verify reports such a page
                 break
-            yield snapshot_id, snapshot
-            expected = snapshot.parent
-        page_id = page.previous
+            yield from zip(page.ids, history_entries("history page", page), strict=True)
+            expected, page_id = page.after, page.previous
+            current = expected
 
 
 def with_history(reader: ObjectReader, snapshot: Snapshot
@@ -253,14 +390,18 @@ def with_history(reader: ObjectReader, snapshot: Snapshot
     if parent is None:
         return snapshot, []
     above = reader.snapshot(parent)
-    entry = (parent, attrs.evolve(above, history=None))
-    previous = above.history
-    entries: tuple[tuple[ObjectId, Snapshot], ...] = (entry,)
-    if previous is not None:
-        older = reader.history_page(previous)
-        if len(older.entries) < HISTORY_PAGE_SIZE:
-            entries, previous = (entry, *older.entries), older.previous
-    page_id, frame = encode_history_page(HistoryPage(entries=entries, previous=previous))
+    ids: tuple[ObjectId, ...] = (parent,)
+    texts: tuple[str, ...] = (object_id_text(parent),)
+    rows, after, previous = history_row(attrs.evolve(above, history=None)), above.parent, None
+    if above.history is not None:
+        older = reader.history_page(above.history)
+        if len(older.ids) < HISTORY_PAGE_SIZE:
+            ids, texts, rows = ids + older.ids, texts + older.texts, rows + older.rows
+            after, previous = older.after, older.previous
+        else:
+            previous = above.history
+    page = HistoryPage(ids=ids, texts=texts, rows=rows, after=after, previous=previous)
+    page_id, frame = encode_history_page(page)
     return attrs.evolve(snapshot, history=page_id), [(page_id, frame)]
 
 
@@ -270,7 +411,12 @@ def _order(snapshot_id: ObjectId, snapshot: Snapshot) -> tuple[float, bytes, Obj
 
 def _reachable(reader: ObjectReader, start: ObjectId, grafts: Grafts | None = None
                ) -> dict[ObjectId, Snapshot]:
-    """Every snapshot ``start`` reaches through all parents (``start`` included)."""
+    """Every snapshot ``start`` reaches through all parents (``start`` included).
+
+    First-parent runs are read a history page at a time (without grafts:
+    pages list stored parents); the snapshots they yield lack their own
+    ``history``, which no caller needs.
+    """
     found: dict[ObjectId, Snapshot] = {}
     pending = [start]
     while pending:
@@ -280,7 +426,31 @@ def _reachable(reader: ObjectReader, start: ObjectId, grafts: Grafts | None = No
         snapshot = reader.snapshot(snapshot_id)
         found[snapshot_id] = snapshot
         pending.extend(p for p in parents_of(snapshot_id, snapshot, grafts) if p not in found)
+        if not grafts:
+            _take_pages(reader, snapshot, found, pending)
     return found
+
+
+def _take_pages(reader: ObjectReader, snapshot: Snapshot, found: dict[ObjectId, Snapshot],
+                pending: list[ObjectId]) -> None:
+    """Add ``snapshot``'s first-parent ancestors to ``found`` from its pages, until a known one.
+
+    Their other parents (merged branches) go to ``pending``.
+    """
+    expected, page_id = snapshot.parent, snapshot.history
+    while page_id is not None and expected is not None and expected not in found:
+        page = reader.history_page(page_id)
+        if page.ids[0] != expected:  # pragma: no cover - verify reports such a page
+            return
+        for entry_id, entry in zip(page.ids, history_entries("history page", page),
+                                   strict=True):
+            if entry_id in found:
+                return
+            found[entry_id] = entry
+            pending.extend(p for p in entry.parents[1:] if p not in found)
+        expected, page_id = page.after, page.previous
+    if expected is not None and expected not in found:
+        pending.append(expected)
 
 
 def merge_base(reader: ObjectReader, a: ObjectId, b: ObjectId) -> ObjectId | None:

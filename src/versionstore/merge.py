@@ -29,17 +29,27 @@ The rules:
 
 from __future__ import annotations
 
+import itertools
 import json
+import operator
 from collections.abc import Callable
 from typing import Any
 
 from versionstore.errors import MergeConflict
 from versionstore.history import KeyLocator
 from versionstore.ids import ObjectId
-from versionstore.records import Entry
-from versionstore.tree import Change, NodeLoader, changed_entries, iter_from, lookup
+from versionstore.records import Entry, Node
+from versionstore.tree import (
+    Change,
+    NodeLoader,
+    apply_changes,
+    changed_entries,
+    iter_from,
+    lookup,
+    merge_structure,
+)
 
-__all__ = ["ON_CONFLICT", "check_on_conflict", "three_way"]
+__all__ = ["ON_CONFLICT", "Merged", "check_on_conflict", "merge_trees", "three_way"]
 
 #: The accepted values of ``on_conflict``.
 ON_CONFLICT = ("raise", "ours", "theirs")
@@ -146,7 +156,7 @@ def three_way(load: NodeLoader, read: EntryReader, base: ObjectId | None,
         if merged is not None:
             taken[key] = write(merged)
             continue
-        conflicts.append(_key_conflict(key, ours, theirs))
+        conflicts.append(_conflict_at(key, ours.locator, theirs.locator))
         if on_conflict == "theirs":
             taken[key] = new
     if conflicts and on_conflict == "raise":
@@ -162,6 +172,144 @@ def three_way(load: NodeLoader, read: EntryReader, base: ObjectId | None,
     changes = [(key, entry) for key, entry in sorted(taken.items())
                if ours_entries[key] != entry]
     return changes, conflicts
+
+
+class Merged:
+    """A merged tree: its root, the nodes to store (encoded and decoded), the conflicts."""
+
+    def __init__(self, root: ObjectId | None, nodes: dict[ObjectId, bytes],
+                 decoded: dict[ObjectId, Node], conflicts: list[MergeConflict]) -> None:
+        self.root = root
+        self.nodes = nodes
+        self.decoded = decoded
+        self.conflicts = conflicts
+
+
+def merge_trees(load: NodeLoader, read: EntryReader, base: ObjectId | None,
+                ours_tree: ObjectId | None, theirs_tree: ObjectId | None, on_conflict: str,
+                write: EntryWriter) -> Merged:
+    """``three_way`` and its result applied to ``ours_tree``, at the cost of what both changed.
+
+    The trees are walked side by side (``tree.merge_structure``): subtrees
+    one side alone changed are taken by id, unread, so two branches that
+    each rewrote their own region of a huge array merge in about the time
+    of a small one. Only node deletions need the key-by-key ``three_way``
+    (whose cost is the keys each side changed): a node one side deleted
+    conflicts with a change under it from the other, wherever in the tree
+    that change is. Such a deletion can only clash with a change whose key
+    shares the node's directory, so the walk lists the directories at the
+    edges of everything it took unread and of every key it merged; if
+    either side deleted the node of one of them, the merge is redone key by
+    key. Same rules, same conflicts, same content as ``three_way``. With
+    ``on_conflict="raise"`` and conflicts, ``root`` is ``None`` and nothing
+    is to be stored.
+    """
+    check_on_conflict(on_conflict)
+    if theirs_tree in (base, ours_tree):
+        return Merged(ours_tree, {}, {}, [])
+    if ours_tree == base:
+        return Merged(theirs_tree, {}, {}, [])
+    if base is not None and ours_tree is not None and theirs_tree is not None:
+        merged = _merge_by_structure(load, read, base, ours_tree, theirs_tree, on_conflict,
+                                     write)
+        if merged is not None:
+            return merged
+    changes, conflicts = three_way(load, read, base, ours_tree, theirs_tree, on_conflict, write)
+    if conflicts and on_conflict == "raise":
+        return Merged(None, {}, {}, conflicts)
+    decoded: dict[ObjectId, Node] = {}
+    root, nodes = apply_changes(load, ours_tree, changes, decoded=decoded)
+    return Merged(root, nodes, decoded, conflicts)
+
+
+def _directories(key: str) -> list[str]:
+    """Every directory ``key`` lies under, the root (``""``) included."""
+    parts = key.split("/")[:-1]
+    return ["", *("/".join(parts[:depth]) for depth in range(1, len(parts) + 1))]
+
+
+def _merge_by_structure(load: NodeLoader, read: EntryReader, base: ObjectId, ours: ObjectId,
+                        theirs: ObjectId, on_conflict: str, write: EntryWriter
+                        ) -> Merged | None:
+    conflicts: list[MergeConflict] = []
+    edges: set[str] = set()  # keys whose directories a deletion could clash under
+    sides = [_Tree(load, read, tree) for tree in (ours, theirs)]
+
+    def merge_key(key: str, old: Entry | None, new_o: Entry | None, new_t: Entry | None
+                  ) -> Entry | None:
+        """The merged entry of a key at least one side changed."""
+        edges.add(key.rpartition("/")[0])
+        if new_o == new_t or new_t == old:
+            return new_o
+        if new_o == old:
+            return new_t
+        document = _merge_document(key, *(read(e) for e in (old, new_o, new_t)))
+        if document is not None:
+            return write(document)
+        conflicts.append(_conflict_at(key, sides[0].locator, sides[1].locator))
+        return new_t if on_conflict == "theirs" else new_o
+
+    def merge_range(b: list[tuple[str, Entry]], o: list[tuple[str, Entry]],
+                    t: list[tuple[str, Entry]]) -> list[tuple[str, Entry]]:
+        if len(b) == len(o) == len(t) and all(
+                x[0] == y[0] == z[0] for x, y, z in zip(b, o, t, strict=True)):
+            # The same keys on all sides (values rewritten): compare position by position.
+            merged = list(o)
+            for index in itertools.compress(range(len(b)), map(operator.ne, o, t)):
+                key, was_entry = b[index]
+                entry = merge_key(key, was_entry, o[index][1], t[index][1])
+                merged[index] = (key, entry)  # type: ignore[assignment]  # never None here
+            return merged
+        was, mine, yours = dict(b), dict(o), dict(t)
+        result: list[tuple[str, Entry]] = []
+        for key in sorted(was.keys() | mine.keys() | yours.keys()):
+            old, new_o, new_t = was.get(key), mine.get(key), yours.get(key)
+            entry = new_o if new_o == new_t == old else merge_key(key, old, new_o, new_t)
+            if entry is not None:
+                result.append((key, entry))
+        return result
+
+    result = merge_structure(load, base, ours, theirs, merge_range)
+    if result is None:
+        return None
+    edges.update(first.rpartition("/")[0] for first, _ in result.taken)
+    directories = {d for directory in edges for d in _directories(directory + "/")}
+    base_tree = _Tree(load, read, base)
+    for side in sides:
+        for directory in directories:
+            if side.deleted_node(base_tree, directory):
+                return None  # a node is gone: three_way sorts out what clashes with it
+    if conflicts and on_conflict == "raise":
+        return Merged(None, {}, {}, conflicts)
+    return Merged(result.root, result.nodes, result.decoded, conflicts)
+
+
+class _Tree:
+    """Point reads of one tree, and where its keys sit in its Zarr hierarchy."""
+
+    def __init__(self, load: NodeLoader, read: EntryReader, root: ObjectId | None) -> None:
+        self.load, self.root = load, root
+        self.locator = KeyLocator(lambda key: read(lookup(load, root, key)))
+
+    def has(self, key: str) -> bool:
+        return lookup(self.load, self.root, key) is not None
+
+    def deleted_node(self, base: _Tree, directory: str) -> bool:
+        """Whether this tree lost a node document ``base`` has at ``directory``, and the node."""
+        prefix = directory + "/" if directory else ""
+        return any(base.has(prefix + name) and not self.has(prefix + name)
+                   for name in _NODE_DOCUMENTS) and self.locator.node_type(directory) is None
+
+
+def _conflict_at(key: str, ours: KeyLocator, theirs: KeyLocator) -> MergeConflict:
+    """The conflict both sides changing ``key`` differently makes, placed in the hierarchy."""
+    directory, _, name = key.rpartition("/")
+    if name in _METADATA_DOCUMENTS:
+        return MergeConflict(path=_path(directory), kind="metadata", key=key)
+    located = ours.chunk(key) or theirs.chunk(key)
+    if located is not None:
+        return MergeConflict(path=located[0], kind="chunk", key=key, coordinates=located[1])
+    return MergeConflict(path=_path(directory), kind="key", key=key)
 
 
 def _merge_document(key: str, base: bytes | None, ours: bytes | None, theirs: bytes | None
@@ -222,13 +370,3 @@ def _merge_fields(base: Any, ours: Any, theirs: Any) -> dict[str, Any] | None:
         if value is not _MISSING:
             merged[field] = value
     return merged
-
-
-def _key_conflict(key: str, ours: _Side, theirs: _Side) -> MergeConflict:
-    directory, _, name = key.rpartition("/")
-    if name in _METADATA_DOCUMENTS:
-        return MergeConflict(path=_path(directory), kind="metadata", key=key)
-    located = ours.locator.chunk(key) or theirs.locator.chunk(key)
-    if located is not None:
-        return MergeConflict(path=located[0], kind="chunk", key=key, coordinates=located[1])
-    return MergeConflict(path=_path(directory), kind="key", key=key)

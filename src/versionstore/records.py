@@ -9,8 +9,9 @@ Objects (immutable, content-addressed):
   ``VirtualRef`` to a byte range of a file outside the repository);
 * ``Branch`` — a sorted run of ``first key -> child node id`` pairs;
 * ``Snapshot`` — one commit: parents, tree root, message, time, metadata;
-* ``HistoryPage`` — a packed run of a snapshot's first-parent ancestors, so
-  that ancestry reads one object per page instead of one per snapshot.
+* ``HistoryPage`` — a packed run of a snapshot's first-parent ancestors, by
+  columns, so that ancestry reads one object per page instead of one per
+  snapshot and decodes only what it shows.
 
 Mutable refs (moved by compare-and-swap):
 
@@ -32,7 +33,7 @@ from typing import Any, ClassVar
 
 import attrs
 
-from versionstore.ids import ID_LENGTH, ObjectId
+from versionstore.ids import ID_LENGTH, ObjectId, object_id_text
 
 __all__ = [
     "REPOSITORY_FORMAT",
@@ -202,26 +203,43 @@ HISTORY_PAGE_SIZE = 64
 class HistoryPage:
     """A run of first-parent ancestors, newest first, then the page that continues it.
 
-    ``entries[0]`` is the first parent of the snapshot that names this page;
-    each entry's first parent is the next entry (or ``previous``'s first).
-    Entries are the snapshots themselves without their own ``history``.
-    Pages are immutable and shared: a commit's page is its parent plus the
-    parent's page (copied while it has room), else a new page pointing at it.
+    Stored by columns so that listing a history decodes almost nothing:
+    ``ids`` and their user-facing ``texts`` are read eagerly; ``rows`` holds
+    each entry's snapshot fields (parents, tree, message, time, metadata;
+    not its own ``history``) packed back to back, decoded only when asked
+    for (``codec.history_entries``). ``ids[0]`` is the first parent of the
+    snapshot that names this page; each entry's first parent is the next
+    entry, and the last entry's is ``after`` (``None``: it is the first
+    snapshot), which is also ``previous``'s first id when there is a
+    ``previous`` page. Pages are immutable and shared: a commit's page is its
+    parent plus the parent's page (copied while it has room), else a new
+    page pointing at it.
     """
 
-    FORMAT_VERSION: ClassVar[int] = 1
-    entries: tuple[tuple[ObjectId, Snapshot], ...]
+    FORMAT_VERSION: ClassVar[int] = 2  # 2: columns, rows decoded on demand (1: whole snapshots)
+    ids: tuple[ObjectId, ...]
+    texts: tuple[str, ...]
+    rows: bytes
+    after: ObjectId | None
     previous: ObjectId | None
 
     def check(self) -> None:
-        """Raise ``ValueError`` if the page breaks its invariants."""
-        if not self.entries or len(self.entries) > HISTORY_PAGE_SIZE:
+        """Raise ``ValueError`` if the page's columns break their invariants.
+
+        (``codec.history_entries`` checks the rows against the ids.)
+        """
+        if not self.ids or len(self.ids) > HISTORY_PAGE_SIZE:
             raise ValueError("history page is empty or too long")
-        for (_, newer), (older_id, _) in zip(self.entries, self.entries[1:], strict=False):
-            if newer.parent != older_id:
-                raise ValueError("history page entries do not follow first parents")
-        for _, snapshot in self.entries:
-            snapshot.check()
+        if len(self.texts) != len(self.ids):
+            raise ValueError("history page ids and texts differ in length")
+        for object_id, text in zip(self.ids, self.texts, strict=True):
+            if len(object_id) != ID_LENGTH or object_id_text(object_id) != text:
+                raise ValueError("history page id and its text disagree")
+        for link in (self.after, self.previous):
+            if link is not None and len(link) != ID_LENGTH:
+                raise ValueError("malformed object id in history page")
+        if self.previous is not None and self.after is None:
+            raise ValueError("history page continues, but its last entry has no parent")
 
 
 @attrs.frozen(kw_only=True)

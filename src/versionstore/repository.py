@@ -58,6 +58,7 @@ from versionstore.history import (
     SnapshotInfo,
     ancestry,
     classify_changes,
+    first_parent_infos,
     merge_base,
     snapshot_at,
 )
@@ -522,9 +523,10 @@ class Repository:
         start = self._resolve(branch=branch, tag=tag, snapshot_id=snapshot_id,
                               default_branch=MAIN)
         grafts = self._grafts()
-        for object_id, snapshot in ancestry(self.reader, start, all_parents=all_parents,
-                                            grafts=grafts):
-            yield SnapshotInfo.of(object_id, snapshot, grafts)
+        if not all_parents and not grafts:  # history pages, decoded only as far as read
+            return first_parent_infos(self.reader, start)
+        return (SnapshotInfo.of(object_id, snapshot, grafts) for object_id, snapshot
+                in ancestry(self.reader, start, all_parents=all_parents, grafts=grafts))
 
     def _grafts(self) -> dict[ObjectId, tuple[ObjectId, ...]]:
         """Where ``expire_snapshots`` cut history (``versionstore.grafts``)."""

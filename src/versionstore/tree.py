@@ -31,11 +31,14 @@ __all__ = [
     "MAX_LEAF_ENTRIES",
     "TARGET_LEAF_BYTES",
     "Change",
+    "MergedTree",
     "NodeLoader",
+    "RangeMerge",
     "apply_changes",
     "changed_entries",
     "iter_from",
     "lookup",
+    "merge_structure",
 ]
 
 MAX_LEAF_ENTRIES = 256
@@ -375,3 +378,95 @@ def _node_ids(load: NodeLoader, root: ObjectId | None) -> set[ObjectId]:
             else:
                 pending.extend(c for c in node.children if c not in found)
     return found
+
+
+# -- three-way structural merge ----------------------------------------------------------
+
+#: A merged key range: given base's, ours' and theirs' entries over one range, the
+#: range's merged entries (sorted by key).
+RangeMerge = Callable[[list[tuple[str, Entry]], list[tuple[str, Entry]],
+                       list[tuple[str, Entry]]], list[tuple[str, Entry]]]
+
+
+class MergedTree:
+    """What ``merge_structure`` made: the root, the nodes to store, and where it looked.
+
+    ``taken`` lists the first keys of the subtrees one side alone changed and
+    that were taken whole, without being read (``(first key, "ours" or
+    "theirs")``).
+    """
+
+    def __init__(self, root: ObjectId | None, nodes: dict[ObjectId, bytes],
+                 decoded: dict[ObjectId, Node], taken: list[tuple[str, str]]) -> None:
+        self.root = root
+        self.nodes = nodes
+        self.decoded = decoded
+        self.taken = taken
+
+
+def merge_structure(load: NodeLoader, base: ObjectId, ours: ObjectId, theirs: ObjectId,
+                    merge_range: RangeMerge) -> MergedTree | None:
+    """Merge two trees derived from ``base`` by walking the three side by side.
+
+    Where the three trees have the same shape (the same separator keys at
+    the same level, as copy-on-write commits of a common base mostly keep
+    them), a child that only one side changed is taken from that side by
+    id, unread; a child both sides changed is descended into, and at the
+    bottom (or wherever the shapes part) its key range is merged by
+    ``merge_range``. The cost is that of the subtrees *both* sides changed,
+    plus the branch nodes above them — not of the changes each side made
+    alone, nor of the tree. Returns ``None`` if the roots themselves differ
+    in shape (the caller merges key by key then).
+    """
+    writer = _Writer(load)
+    taken: list[tuple[str, str]] = []
+
+    def entries(node_id: ObjectId) -> list[tuple[str, Entry]]:
+        return list(iter_from(writer.load, node_id, ""))
+
+    def walk(first: str, b: ObjectId, o: ObjectId, t: ObjectId) -> list[tuple[str, ObjectId]]:
+        if o == t or b == t:
+            if o != b:
+                taken.append((first, "ours"))
+            return [(first, o)]
+        if b == o:
+            taken.append((first, "theirs"))
+            return [(first, t)]
+        nb, no, nt = writer.load(b), writer.load(o), writer.load(t)
+        if (isinstance(nb, Branch) and isinstance(no, Branch) and isinstance(nt, Branch)
+                and nb.level == no.level == nt.level and nb.keys == no.keys == nt.keys):
+            items: list[tuple[str, ObjectId]] = []
+            for key, cb, co, ct in zip(nb.keys, nb.children, no.children, nt.children,
+                                       strict=True):
+                items.extend(walk(key, cb, co, ct))
+            if [c for _, c in items] == list(no.children):
+                return [(first, o)]
+            return writer.branches(items, no.level)
+        if isinstance(nb, Leaf) and isinstance(no, Leaf) and isinstance(nt, Leaf):
+            merged = merge_range(list(zip(nb.keys, nb.entries, strict=True)),
+                                 list(zip(no.keys, no.entries, strict=True)),
+                                 list(zip(nt.keys, nt.entries, strict=True)))
+        else:  # the shapes part here: merge the whole range key by key
+            merged = merge_range(entries(b), entries(o), entries(t))
+        return writer.leaves([k for k, _ in merged], [e for _, e in merged])
+
+    top = [writer.load(n) for n in (base, ours, theirs)]
+    if not (all(isinstance(n, Leaf) for n in top) or (
+            all(isinstance(n, Branch) for n in top) and len({n.keys for n in top}) == 1
+            and len({n.level for n in top if isinstance(n, Branch)}) == 1)):
+        return None
+    items = walk(top[1].keys[0], base, ours, theirs)
+    level = top[1].level if isinstance(top[1], Branch) else 0
+    while len(items) > 1:
+        level += 1
+        items = writer.branches(items, level)
+    if not items:
+        return MergedTree(None, {}, {}, taken)
+    root = items[0][1]
+    node = writer.load(root)
+    while isinstance(node, Branch) and len(node.children) == 1:
+        root = node.children[0]
+        node = writer.load(root)
+    keep = _reachable_created(writer, root)
+    decoded = {node_id: writer.created[node_id][0] for node_id in keep}
+    return MergedTree(root, keep, decoded, taken)

@@ -34,6 +34,7 @@ from versionstore.codec import (
     decode_snapshot,
     decode_staged,
     frame_kind,
+    history_entries,
 )
 from versionstore.errors import VersionStoreError
 from versionstore.gc import reachable_objects
@@ -155,7 +156,10 @@ def _check(object_id: ObjectId, data: bytes | None,
             if virtual is not None and isinstance(node, Leaf):
                 virtual.update(e for e in node.entries if isinstance(e, VirtualRef))
         elif kind == KIND_HISTORY:
-            decode_history_page(name, data).check()
+            page = decode_history_page(name, data)
+            page.check()
+            for snapshot in history_entries(name, page):
+                snapshot.check()
     except (VersionStoreError, ValueError) as exc:
         return f"{name}: {exc}"
     return None

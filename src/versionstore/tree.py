@@ -418,7 +418,7 @@ def merge_structure(load: NodeLoader, base: ObjectId, ours: ObjectId, theirs: Ob
     alone, nor of the tree. Returns ``None`` if the roots themselves differ
     in shape (the caller merges key by key then).
     """
-    writer = _Writer(load)
+    writer = _Writer(load, None)
     taken: list[tuple[str, str]] = []
 
     def entries(node_id: ObjectId) -> list[tuple[str, Entry]]:
@@ -448,7 +448,8 @@ def merge_structure(load: NodeLoader, base: ObjectId, ours: ObjectId, theirs: Ob
                                  list(zip(nt.keys, nt.entries, strict=True)))
         else:  # the shapes part here: merge the whole range key by key
             merged = merge_range(entries(b), entries(o), entries(t))
-        return writer.leaves([k for k, _ in merged], [e for _, e in merged])
+        keys, values = [k for k, _ in merged], [e for _, e in merged]
+        return writer.leaves(keys, values, sum(map(_entry_cost, keys, values)))
 
     top = [writer.load(n) for n in (base, ours, theirs)]
     if not (all(isinstance(n, Leaf) for n in top) or (

@@ -117,3 +117,36 @@ def test_threads_each_running_a_loop_share_one_session(repo: vs.Repository) -> N
     session.commit("threads")
     view = repo.readonly_session("main").store.storage
     assert all(view.get(f"t{n}/k{i}") == bytes([n, i]) for n in range(4) for i in range(50))
+
+
+def test_lone_sets_are_each_staged_before_they_return(
+    repo: vs.Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes = _counting(monkeypatch)
+    session = repo.writable_session("main")
+    store = session.store
+
+    async def write() -> None:
+        for i in range(5):  # one at a time: nothing to batch with, nothing to wait for
+            await store.set(f"k{i}", cpu.Buffer.from_bytes(bytes([i])))
+            assert session.value(f"k{i}") == bytes([i])
+
+    asyncio.run(write())
+    assert sizes == [1] * 5
+
+
+def test_a_cancelled_leader_still_writes_its_batch() -> None:
+    written: list[list[tuple[str, bytes]]] = []
+    stager = GroupStager(written.append)
+
+    async def write() -> list[Any]:
+        leader = asyncio.ensure_future(stager.stage("lead", b"1"))
+        followers = [asyncio.ensure_future(stager.stage(f"f{i}", b"2")) for i in range(3)]
+        await asyncio.sleep(0)  # the leader runs and yields; the followers join
+        leader.cancel()
+        return await asyncio.gather(leader, *followers, return_exceptions=True)
+
+    results = asyncio.run(write())
+    assert isinstance(results[0], asyncio.CancelledError)
+    assert results[1:] == [None, None, None]
+    assert written == [[("lead", b"1"), ("f0", b"2"), ("f1", b"2"), ("f2", b"2")]]

@@ -37,13 +37,25 @@ from versionstore.errors import (
     RepositoryNotFoundError,
     SessionNotFoundError,
     SnapshotNotFoundError,
+    StorageAccessDeniedError,
+    StorageNotFoundError,
+    StorageTimeoutError,
+    StorageUnreachableError,
     TagNotFoundError,
+    UnsafeStorageError,
     UnsupportedFormatError,
     VersionStoreError,
 )
 from versionstore.gc import GCSummary
 from versionstore.history import Diff, SnapshotInfo
 from versionstore.importing import ImportSummary, import_zarr
+from versionstore.object_storage import (
+    ObjectStorage,
+    azure_storage,
+    gcs_storage,
+    object_storage,
+    s3_storage,
+)
 from versionstore.opslog import OpsLogEntry
 from versionstore.repository import PurgeResult, Repository
 from versionstore.session import Session
@@ -76,6 +88,7 @@ __all__ = [
     "MergeConflict",
     "MergeConflictError",
     "NothingToCommitError",
+    "ObjectStorage",
     "ObjectTooLargeError",
     "OpsLogEntry",
     "ProtectedBranchError",
@@ -95,11 +108,20 @@ __all__ = [
     "SnapshotInfo",
     "SnapshotNotFoundError",
     "SnapshotUsage",
+    "StorageAccessDeniedError",
+    "StorageNotFoundError",
+    "StorageTimeoutError",
+    "StorageUnreachableError",
     "TagNotFoundError",
+    "UnsafeStorageError",
     "UnsupportedFormatError",
     "VersionStoreError",
     "VersionUsage",
+    "azure_storage",
+    "gcs_storage",
     "import_zarr",
     "in_memory_storage",
     "lmdb_storage",
+    "object_storage",
+    "s3_storage",
 ]

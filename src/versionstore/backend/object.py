@@ -147,7 +147,25 @@ class ObjectBackend(Backend):
             "deleted by hand?); restore them or the missing checkpoint")
 
     def _read_tail(self, *, from_checkpoint: bool = False) -> bool:
-        """Apply the records after ``self._seq``; ``False`` if a gap calls for a reload."""
+        """Apply the records after ``self._seq``; ``False`` if a gap calls for a reload.
+
+        A view confirmed recently is brought up to date by asking for the next
+        record (one ``GET``; usually absent: nothing new): gc deletes only
+        records far older than ``_STALE_AFTER``, so a missing next record
+        means none was written, not that it was collected. Older views, and
+        every view that finds new records, list the log after the last
+        record seen (which also finds gaps left by gc).
+        """
+        if not from_checkpoint and time.monotonic() - self._confirmed <= _STALE_AFTER:
+            seq = self._seq + 1
+            name = _log_name(seq)
+            data = self._io.run("reading the log", self._io.get(name))
+            if data is None:
+                self._confirmed = time.monotonic()
+                return True
+            self._state.apply(decode_ref_log_record(name, data, seq))
+            self._seq = seq
+            self._bytes_since_checkpoint += len(data)
         listed = self._io.run("reading the log",
                               self._io.list_after("log", _log_name(self._seq)))
         seqs = [s for s in (_seq_of(name) for name, _ in listed) if s is not None]

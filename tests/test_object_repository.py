@@ -77,6 +77,7 @@ class TestWritableSessionOnS3Conformance(session_store_tests.TestWritableSession
 # -- processes racing commits -------------------------------------------------------------
 
 
+@pytest.mark.slow  # four processes, ~30 s on two shared cores
 def test_processes_racing_commits_on_one_branch_lose_nothing(s3_repos: S3Repos) -> None:
     storage = s3_repos.storage()
     repo = vs.Repository.create(storage)
@@ -105,3 +106,44 @@ def test_processes_racing_commits_on_one_branch_lose_nothing(s3_repos: S3Repos) 
         for c in range(commits):
             key = f"w{n}/{c}"
             assert view.read_entries([view.entry(key)])[0] == key.encode().ljust(700, b".")
+
+
+# -- request economy ----------------------------------------------------------------------
+
+
+def _session_requests(s3_repos: S3Repos, chunks: int, concurrency: int) -> dict[str, int]:
+    """HTTP requests of a session writing ``chunks`` chunks (1 KiB each) and committing."""
+    repo = vs.Repository.create(s3_repos.storage())
+    proxy = s3_repos.proxy
+    proxy.reset_counts()
+    session = repo.writable_session("main")
+    with zarr.config.set({"async.concurrency": concurrency}):
+        array = zarr.create_array(session.store, name="t", shape=(chunks * 128,), chunks=(128,),
+                                  dtype="f8", compressors=None, fill_value=-1)
+        array[:] = np.arange(chunks * 128, dtype="f8")
+    session.commit("n chunks")
+    counts = dict(proxy.counts)
+    counts["writes"] = proxy.writes
+    view = repo.readonly_session(branch="main")
+    np.testing.assert_array_equal(zarr.open_array(view.store, path="t")[-128:],
+                                  np.arange((chunks - 1) * 128, chunks * 128, dtype="f8"))
+    return counts
+
+
+def test_a_session_of_n_chunks_costs_about_n_writes(s3_repos: S3Repos) -> None:
+    # What object-storage users set (docs/guide.md): zarr then stages up to 128
+    # chunks per event-loop turn, and each turn is one log record.
+    n = 1000
+    counts = _session_requests(s3_repos, n, concurrency=128)
+    assert counts["writes"] <= n + n // 100 + 20, counts
+    assert counts.get("list", 0) <= 1 + n // 1000, counts
+    assert counts.get("delete", 0) == 0
+
+
+def test_with_zarrs_default_concurrency_a_record_per_ten_chunks(s3_repos: S3Repos) -> None:
+    # zarr's default async.concurrency is 10: a staging batch (one log record) holds
+    # at most 10 chunks, so the overhead is N/10 records (docs/format.md's formula).
+    n = 300
+    counts = _session_requests(s3_repos, n, concurrency=10)
+    assert n + n // 10 <= counts["writes"] <= n + n // 10 + 20, counts
+    assert counts.get("list", 0) <= 1, counts

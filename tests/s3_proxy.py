@@ -10,7 +10,8 @@ accepts any access key: the proxy answers requests signed with an unknown
 key (or not signed at all) with S3's own ``403 InvalidAccessKeyId`` /
 ``AccessDenied``. It counts what it forwards, by kind (``put``, ``get``,
 ``head``, ``list``, ``delete``, ``post``), so tests can assert exact request
-numbers. ``stall`` makes it sit on every request (a server that times out).
+numbers. ``stall`` makes it sit on every request (a server that times out),
+``stall_matching`` on the requests a pattern matches.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class S3Proxy:
         self.endpoint = ""
         self.counts: Counter[str] = Counter()
         self.stall = False
+        #: Stall only requests whose ``"METHOD /path"`` matches (e.g. ``"PUT .*/log/"``).
+        self.stall_matching: re.Pattern[str] | None = None
         self._lock: asyncio.Lock | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -68,7 +71,8 @@ class S3Proxy:
         return request.method.lower()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        if self.stall:
+        if self.stall or (self.stall_matching is not None
+                          and self.stall_matching.search(f"{request.method} {request.path}")):
             await asyncio.sleep(3600)
         authorization = request.headers.get("Authorization", "")
         match = _CREDENTIAL.search(authorization)
@@ -134,7 +138,7 @@ def serve_s3_proxy(upstream: str, access_keys: set[str]) -> Iterator[S3Proxy]:
     try:
         yield proxy
     finally:
-        proxy.stall = False
+        proxy.stall, proxy.stall_matching = False, None
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
         asyncio.run_coroutine_threadsafe(proxy.stop(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import multiprocessing
 import pickle
+import re
+import socket
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -147,3 +150,121 @@ def test_with_zarrs_default_concurrency_a_record_per_ten_chunks(s3_repos: S3Repo
     counts = _session_requests(s3_repos, n, concurrency=10)
     assert n + n // 10 <= counts["writes"] <= n + n // 10 + 20, counts
     assert counts.get("list", 0) <= 1, counts
+
+
+# -- garbage collection's grace period ------------------------------------------------------
+
+
+def test_gc_spares_what_a_writer_stored_but_has_not_referenced_yet(
+        s3_repos: S3Repos, monkeypatch: pytest.MonkeyPatch) -> None:
+    storage = s3_repos.storage()
+    repo = vs.Repository.create(storage)
+    collector = vs.Repository.open(storage)  # its own client, as on another machine
+    session = repo.writable_session("main")
+    backend: Any = repo.backend
+    store_objects = backend._put_objects
+    summaries: list[vs.GCSummary] = []
+
+    def store_then_collect(objects: Any) -> None:
+        store_objects(objects)  # the chunk is stored; the log record naming it is not yet
+        if objects and not summaries:
+            no_grace = datetime.now(UTC) + timedelta(seconds=5)
+            summaries.append(collector.garbage_collect(no_grace, dry_run=True))
+            summaries.append(collector.garbage_collect())  # the default grace period
+
+    monkeypatch.setattr(backend, "_put_objects", store_then_collect)
+    value = b"v" * 2000
+    session.set_values([("a/0", value)])
+    monkeypatch.undo()
+    without_grace, with_grace = summaries
+    assert without_grace.deleted == 1  # unreferenced: garbage, but for the grace period
+    assert with_grace.deleted == 0
+    snapshot = session.commit("kept")
+    view = repo.readonly_session(snapshot_id=snapshot)
+    assert view.read_entries([view.entry("a/0")]) == [value]
+    assert repo.verify().ok
+
+
+def test_gc_on_object_storage_keeps_a_day_by_default(s3_repos: S3Repos) -> None:
+    repo = vs.Repository.create(s3_repos.storage())
+    first = repo.lookup_branch("main")
+    session = repo.writable_session("main")
+    session.set_values([("staged", b"s" * 2000)])
+    other = repo.writable_session("main")
+    other.set_values([("k", b"k" * 2000)])
+    other.commit("to be reset away")
+    repo.reset_branch("main", first)
+    assert repo.garbage_collect().deleted == 0  # everything is younger than a day
+    later = datetime.now(UTC) + timedelta(seconds=5)
+    summary = repo.garbage_collect(later)
+    assert summary.deleted >= 3  # the reset-away snapshot, its tree, its chunk
+    assert session.read_entries([session.entry("staged")]) == [b"s" * 2000]  # staged: kept
+    session.commit("staged survives")
+    assert repo.verify().ok
+
+
+# -- bad input --------------------------------------------------------------------------------
+
+
+def _fast_failing() -> dict[str, Any]:
+    return {"client_options": {"timeout": "1s", "connect_timeout": "1s"},
+            "retry_config": {"max_retries": 0, "retry_timeout": timedelta(seconds=1)}}
+
+
+def test_a_bucket_that_does_not_exist(s3_repos: S3Repos) -> None:
+    storage = s3_repos.storage(bucket="no-such-bucket")
+    with pytest.raises(vs.StorageNotFoundError, match="bucket does not exist"):
+        vs.Repository.create(storage)
+    with pytest.raises(vs.StorageNotFoundError):
+        vs.Repository.open(storage)
+
+
+def test_missing_credentials(s3_repos: S3Repos) -> None:
+    with pytest.raises(vs.StorageAccessDeniedError, match="no credentials"):
+        vs.s3_storage(bucket="zarrstore-test", endpoint_url=s3_repos.proxy.endpoint,
+                      allow_http=True, from_env=False)
+
+
+def test_wrong_credentials(s3_repos: S3Repos) -> None:
+    storage = s3_repos.storage(access_key_id="AKIAWRONG", **_fast_failing())
+    with pytest.raises(vs.StorageAccessDeniedError, match="access denied"):
+        vs.Repository.create(storage)
+
+
+def test_an_endpoint_that_refuses_connections(s3_repos: S3Repos) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    storage = s3_repos.storage(endpoint_url=f"http://127.0.0.1:{port}", **_fast_failing())
+    with pytest.raises(vs.StorageUnreachableError, match="cannot reach"):
+        vs.Repository.create(storage)
+
+
+def test_a_server_that_never_answers(s3_repos: S3Repos) -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # connections are accepted by the kernel, never answered
+        storage = s3_repos.storage(endpoint_url=f"http://127.0.0.1:{silent.getsockname()[1]}",
+                                   **_fast_failing())
+        with pytest.raises(vs.StorageTimeoutError, match="did not answer in time"):
+            vs.Repository.create(storage)
+
+
+def test_a_commit_cut_off_by_a_timeout_is_all_or_nothing(s3_repos: S3Repos) -> None:
+    storage = s3_repos.storage()
+    repo = vs.Repository.create(storage)
+    before = repo.lookup_branch("main")
+    impatient = vs.Repository.open(s3_repos.storage(storage.prefix, **_fast_failing()))
+    session = impatient.writable_session("main")
+    session.set_values([("a", b"a" * 2000)])
+    s3_repos.proxy.stall_matching = re.compile(r"^PUT .*/log/")
+    try:
+        with pytest.raises(vs.StorageTimeoutError):
+            session.commit("cut off")
+    finally:
+        s3_repos.proxy.stall_matching = None
+    reader = vs.Repository.open(storage)
+    assert reader.lookup_branch("main") == before  # the record was never created
+    assert reader.verify().ok
+    committed = session.commit("again")  # the session is intact and commits now
+    assert vs.Repository.open(storage).lookup_branch("main") == committed

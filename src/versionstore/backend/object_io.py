@@ -99,20 +99,21 @@ def translate(exc: BaseException, action: str, where: str) -> BackendError:
     ):
         return StorageNotFoundError(f"{where}: the bucket does not exist ({action}): {brief}")
     denied = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken",
-              "Forbidden", "Unauthorized", "403", "401", "credential", "Credential")
+              "403 Forbidden", "401 Unauthorized", "status 403", "status 401",
+              "credentials")
     if isinstance(exc, PermissionDeniedError | UnauthenticatedError | PermissionError) or any(
         word in text for word in denied
     ):
         return StorageAccessDeniedError(
             f"{where}: access denied while {action} — check the credentials (access key, "
             f"secret, session token) and the bucket's permissions: {brief}")
-    lowered = text.lower()
-    if "timed out" in lowered or "timeout" in lowered:
+    # obstore's message names the cause only in its debug dump (reqwest's error kind).
+    if any(word in text for word in ("kind: Timeout", "TimedOut", "timed out", "deadline has elapsed")):
         return StorageTimeoutError(
             f"{where}: the storage service did not answer in time while {action} "
             f"(after the client's retries): {brief}")
-    if any(word in lowered for word in ("connection refused", "error sending request",
-                                        "dns error", "connect", "unreachable")):
+    if any(word in text for word in ("kind: Connect", "ConnectionRefused", "Connection refused",
+                                     "dns error", "error sending request")):
         return StorageUnreachableError(
             f"{where}: cannot reach the storage service while {action} — check the endpoint "
             f"URL and the network: {brief}")

@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
     from versionstore.backend.protocol import Backend
 
-__all__ = ["DEFAULT_GC_GRACE", "ObjectStorage", "azure_storage", "gcs_storage", "object_storage", "s3_storage"]
+__all__ = ["DEFAULT_GC_GRACE", "ObjectStorage", "azure_storage", "gcs_storage", "object_storage",
+           "s3_storage"]
 
 _LIVE: weakref.WeakValueDictionary[str, ObjectStorage] = weakref.WeakValueDictionary()
 _PROBED: dict[tuple[str, str], bool] = {}

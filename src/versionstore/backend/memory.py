@@ -81,7 +81,7 @@ class MemoryBackend(Backend):
     @override
     def list_refs(self, prefix: str, limit: int | None = None) -> dict[str, bytes]:
         with self._lock:
-            return self._refs.list(prefix, limit)
+            return self._refs.under(prefix, limit)
 
     @override
     def delete_objects(

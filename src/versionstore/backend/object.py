@@ -346,7 +346,7 @@ class ObjectBackend(Backend):
     def list_refs(self, prefix: str, limit: int | None = None) -> dict[str, bytes]:
         with self._state_lock:
             self._catch_up()
-            return self._state.list(prefix, limit)
+            return self._state.under(prefix, limit)
 
     @override
     def delete_objects(

@@ -108,7 +108,8 @@ def translate(exc: BaseException, action: str, where: str) -> BackendError:
             f"{where}: access denied while {action} — check the credentials (access key, "
             f"secret, session token) and the bucket's permissions: {brief}")
     # obstore's message names the cause only in its debug dump (reqwest's error kind).
-    if any(word in text for word in ("kind: Timeout", "TimedOut", "timed out", "deadline has elapsed")):
+    if any(word in text for word in ("kind: Timeout", "TimedOut", "timed out",
+                                     "deadline has elapsed")):
         return StorageTimeoutError(
             f"{where}: the storage service did not answer in time while {action} "
             f"(after the client's retries): {brief}")
@@ -213,8 +214,9 @@ class ObjectIO:
             async for chunk in stream:
                 found.extend((self._relative(meta["path"]), meta["last_modified"])
                              for meta in chunk)
-                if (stop_prefix is not None and ordered and found
-                        and found[-1][0] > stop_prefix and not found[-1][0].startswith(stop_prefix)):
+                last = found[-1][0] if found else ""
+                if (stop_prefix is not None and ordered and last > stop_prefix
+                        and not last.startswith(stop_prefix)):
                     break
         except (NotFoundError, FileNotFoundError) as exc:  # a local store without the folder
             if not _missing(exc):

@@ -48,7 +48,7 @@ class RefState:
         refs = self._refs
         return ((name, refs[name]) for name in self._names)
 
-    def list(self, prefix: str, limit: int | None = None) -> dict[str, bytes]:
+    def under(self, prefix: str, limit: int | None = None) -> dict[str, bytes]:
         """Refs under ``prefix`` in name order (at most ``limit``)."""
         start = bisect.bisect_left(self._names, prefix)
         found: dict[str, bytes] = {}
@@ -73,7 +73,7 @@ class RefState:
     # -- batches --------------------------------------------------------------------------
 
     def conditions_hold(self, batch: WriteBatch) -> bool:
-        """Steps 1 and 5 of ``WriteBatch``: every ``expect`` matches, every ``delete_if_equal`` exists."""
+        """Steps 1 and 5 of ``WriteBatch``: ``expect`` matches, ``delete_if_equal`` refs exist."""
         refs = self._refs
         if any(refs.get(name) != value for name, value in batch.expect.items()):
             return False

@@ -159,7 +159,9 @@ def test_gc_spares_what_a_writer_stored_but_has_not_referenced_yet(
         s3_repos: S3Repos, monkeypatch: pytest.MonkeyPatch) -> None:
     storage = s3_repos.storage()
     repo = vs.Repository.create(storage)
-    collector = vs.Repository.open(storage)  # its own client, as on another machine
+    # Its own client, as on another machine (a different configuration: not shared).
+    collector = vs.Repository.open(s3_repos.storage(storage.prefix,
+                                                    client_options={"timeout": "60s"}))
     session = repo.writable_session("main")
     backend: Any = repo.backend
     store_objects = backend._put_objects

@@ -37,6 +37,10 @@ __all__ = ["DEFAULT_GC_GRACE", "ObjectStorage", "azure_storage", "gcs_storage", 
 
 _LIVE: weakref.WeakValueDictionary[str, ObjectStorage] = weakref.WeakValueDictionary()
 _PROBED: dict[tuple[str, str], bool] = {}
+#: One backend per location and process, shared by every repository and session on it
+#: (as LMDB shares one environment): its refs are read from the log once, not per open.
+_BACKENDS: weakref.WeakValueDictionary[tuple[str, str, bool], ObjectBackend] = (
+    weakref.WeakValueDictionary())
 _PROBE_LOCK = threading.Lock()
 #: The names a repository keeps under its prefix.
 _LAYOUT = {"objects", "log", "checkpoint", "probe"}
@@ -97,12 +101,21 @@ class ObjectStorage:
     def _io(self) -> ObjectIO:
         return ObjectIO(self.store, self.prefix, repr(self))
 
+    def _key(self) -> tuple[str, str]:
+        """Who this location is, within the process: the store's configuration and prefix."""
+        if not is_picklable_store(self.store):
+            return str(id(self.store)), self.prefix
+        store: Any = self.store
+        parts = [type(store).__name__, repr(store)]
+        for name in ("config", "client_options", "retry_config"):
+            parts.append(repr(getattr(store, name, None)))
+        return "|".join(parts), self.prefix
+
     def _probe(self) -> None:
         """Refuse a store without create-if-absent, unless told it is unsafe but fine."""
         if self.unsafe_allow_unconditional_writes:
             return
-        key = (repr(self.store) if is_picklable_store(self.store) else str(id(self.store)),
-               self.prefix)
+        key = self._key()
         with _PROBE_LOCK:
             supported = _PROBED.get(key)
         if supported is None:
@@ -126,9 +139,16 @@ class ObjectStorage:
             StorageNotFoundError, StorageAccessDeniedError,
             StorageUnreachableError: the store cannot be used at all.
         """
+        key = (*self._key(), self.unsafe_allow_unconditional_writes)
+        with _PROBE_LOCK:
+            backend = _BACKENDS.get(key)
+        if backend is not None:
+            return backend
         self._probe()
-        return ObjectBackend(self.store, self.prefix, where=repr(self),
-                             conditional=not self.unsafe_allow_unconditional_writes)
+        backend = ObjectBackend(self.store, self.prefix, where=repr(self),
+                                conditional=not self.unsafe_allow_unconditional_writes)
+        with _PROBE_LOCK:
+            return _BACKENDS.setdefault(key, backend)
 
     def may_hold_repository(self) -> bool:
         """Whether the prefix holds a repository's log (one delimiter listing)."""

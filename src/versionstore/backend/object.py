@@ -117,7 +117,7 @@ class ObjectBackend(Backend):
         self._bytes_since_checkpoint = 0
         self._confirmed = -math.inf
         self._state_lock = threading.RLock()
-        self._write_lock = threading.Lock()
+        self._write_lock = threading.RLock()
         self._fresh: dict[ObjectId, float] = {}
 
     def __repr__(self) -> str:

@@ -9,8 +9,10 @@ Quick start::
     snapshot_id = session.commit("first")
 """
 
+import importlib
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _installed_version
+from typing import TYPE_CHECKING
 
 from versionstore.errors import (
     BackendError,
@@ -49,19 +51,21 @@ from versionstore.errors import (
 from versionstore.gc import GCSummary
 from versionstore.history import Diff, SnapshotInfo
 from versionstore.importing import ImportSummary, import_zarr
-from versionstore.object_storage import (
-    ObjectStorage,
-    azure_storage,
-    gcs_storage,
-    object_storage,
-    s3_storage,
-)
 from versionstore.opslog import OpsLogEntry
 from versionstore.repository import PurgeResult, Repository
 from versionstore.session import Session
 from versionstore.session_store import SessionStore
 from versionstore.storage import InMemoryStorage, LMDBStorage, in_memory_storage, lmdb_storage
 from versionstore.usage import ArrayUsage, CompactReport, SnapshotUsage, VersionUsage
+
+if TYPE_CHECKING:
+    from versionstore.object_storage import (
+        ObjectStorage,
+        azure_storage,
+        gcs_storage,
+        object_storage,
+        s3_storage,
+    )
 
 try:
     __version__ = _installed_version("versionstore")
@@ -125,3 +129,15 @@ __all__ = [
     "object_storage",
     "s3_storage",
 ]
+
+#: Object storage needs obstore (the ``remote`` extra): imported on first use, so
+#: ``import versionstore`` works without it.
+_LAZY = {name: "versionstore.object_storage" for name in (
+    "ObjectStorage", "azure_storage", "gcs_storage", "object_storage", "s3_storage")}
+
+
+def __getattr__(name: str) -> object:
+    """Import the object-storage constructors on first use (they need obstore)."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'versionstore' has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)

@@ -19,7 +19,7 @@ from object_support import BUCKET, S3Server, aws_env_fixture, s3_fixture
 from s3_proxy import S3Proxy, serve_s3_proxy
 
 import versionstore as vs
-from versionstore.object_storage import ObjectStorage
+from versionstore.cloud import ObjectStorage
 
 __all__ = ["ACCESS_KEY", "BUCKET", "S3Repos", "aws_env_fixture", "s3_fixture",
            "s3_repos_fixture"]

@@ -11,7 +11,8 @@ key (or not signed at all) with S3's own ``403 InvalidAccessKeyId`` /
 ``AccessDenied``. It counts what it forwards, by kind (``put``, ``get``,
 ``head``, ``list``, ``delete``, ``post``), so tests can assert exact request
 numbers. ``stall`` makes it sit on every request (a server that times out),
-``stall_matching`` on the requests a pattern matches.
+``stall_matching`` on the requests a pattern matches, and ``ignore_conditions``
+makes it a service without conditional writes (it drops those headers).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class S3Proxy:
         self.stall = False
         #: Stall only requests whose ``"METHOD /path"`` matches (e.g. ``"PUT .*/log/"``).
         self.stall_matching: re.Pattern[str] | None = None
+        #: Drop ``If-None-Match``/``If-Match``: a service without conditional writes.
+        self.ignore_conditions = False
         self._lock: asyncio.Lock | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -88,7 +91,9 @@ class S3Proxy:
             await self._lock.acquire()
         try:
             self.counts[self._kind(request)] += 1
-            headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+            dropped = {"host"} | ({"if-none-match", "if-match"} if self.ignore_conditions
+                                  else set())
+            headers = {k: v for k, v in request.headers.items() if k.lower() not in dropped}
             async with self._session.request(
                 request.method, self.upstream + request.path_qs, headers=headers, data=body,
                 allow_redirects=False, auto_decompress=False,
@@ -138,7 +143,7 @@ def serve_s3_proxy(upstream: str, access_keys: set[str]) -> Iterator[S3Proxy]:
     try:
         yield proxy
     finally:
-        proxy.stall, proxy.stall_matching = False, None
+        proxy.stall, proxy.stall_matching, proxy.ignore_conditions = False, None, False
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
         asyncio.run_coroutine_threadsafe(proxy.stop(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)

@@ -270,3 +270,20 @@ def test_a_commit_cut_off_by_a_timeout_is_all_or_nothing(s3_repos: S3Repos) -> N
     assert reader.verify().ok
     committed = session.commit("again")  # the session is intact and commits now
     assert vs.Repository.open(storage).lookup_branch("main") == committed
+
+
+def test_a_service_without_conditional_writes_is_refused(s3_repos: S3Repos) -> None:
+    storage = s3_repos.storage(client_options={"timeout": "31s"})  # not probed before
+    s3_repos.proxy.ignore_conditions = True
+    try:
+        with pytest.raises(vs.UnsafeStorageError, match="cannot create an object only if"):
+            vs.Repository.create(storage)
+        unsafe = vs.object_storage(storage.store, storage.prefix,
+                                   unsafe_allow_unconditional_writes=True)
+        repo = vs.Repository.create(unsafe)  # one writer, at its own risk
+        session = repo.writable_session("main")
+        session.set_values([("k", b"v")])
+        session.commit("single writer")
+    finally:
+        s3_repos.proxy.ignore_conditions = False
+    assert vs.Repository.open(storage).readonly_session(branch="main").entry("k") == b"v"

@@ -59,7 +59,7 @@ from versionstore.storage import InMemoryStorage, LMDBStorage, in_memory_storage
 from versionstore.usage import ArrayUsage, CompactReport, SnapshotUsage, VersionUsage
 
 if TYPE_CHECKING:
-    from versionstore.object_storage import (
+    from versionstore.cloud import (
         ObjectStorage,
         azure_storage,
         gcs_storage,
@@ -132,7 +132,7 @@ __all__ = [
 
 #: Object storage needs obstore (the ``remote`` extra): imported on first use, so
 #: ``import versionstore`` works without it.
-_LAZY = {name: "versionstore.object_storage" for name in (
+_LAZY = {name: "versionstore.cloud" for name in (
     "ObjectStorage", "azure_storage", "gcs_storage", "object_storage", "s3_storage")}
 
 

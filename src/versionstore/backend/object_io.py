@@ -11,7 +11,7 @@ refused credentials, an unreachable or silent service each get their own
 typed error with a message a user can act on.
 
 This is the only module of versionstore that makes obstore requests
-(``object_storage`` only builds stores).
+(``versionstore.cloud`` only builds stores).
 """
 
 from __future__ import annotations

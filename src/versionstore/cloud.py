@@ -1,4 +1,4 @@
-"""Repositories on object storage: S3 (and S3-compatible services), GCS, Azure, any obstore store.
+"""Repositories on object storage (cloud buckets): S3 and its kin, GCS, Azure, any obstore store.
 
 ``object_storage(store, prefix)`` describes a repository under a prefix of any
 obstore store; ``s3_storage``, ``gcs_storage`` and ``azure_storage`` build the
@@ -121,8 +121,9 @@ class ObjectStorage:
         if supported is None:
             io = self._io()
             supported = io.run("probing for conditional writes", io.supports_conditional_create())
-            with _PROBE_LOCK:
-                _PROBED[key] = supported
+            if supported:  # a refusal is asked again next time (the service may change)
+                with _PROBE_LOCK:
+                    _PROBED[key] = supported
         if not supported:
             raise UnsafeStorageError(
                 f"{self!r} cannot create an object only if it is absent (a second "

@@ -5,6 +5,7 @@ the log, its checkpoints, and their compaction by garbage collection.
 
 from __future__ import annotations
 
+import pickle
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from object_repo_support import S3Repos, aws_env_fixture, s3_fixture, s3_repos_fixture
 from obstore.store import LocalStore, MemoryStore
 
+import versionstore as vs
 from versionstore.backend import object as object_backend
 from versionstore.backend.object import ObjectBackend
 from versionstore.backend.protocol import Backend
@@ -73,3 +75,16 @@ def test_checkpoints_let_a_new_reader_start_late_and_gc_compacts_the_log(
     assert stale.get_ref("late") == b"1"  # the gap sends it back to the checkpoint
     assert stale.list_refs("") == {**expected, "late": b"1"}
     assert ObjectBackend(store, "r").list_refs("") == {**expected, "late": b"1"}
+
+
+def test_descriptions_pickle_their_configuration() -> None:
+    # Built without any request; pickled as configuration (a dask worker reopens it).
+    for storage in (vs.s3_storage(bucket="b", prefix="/p/", region="eu-west-1",
+                                  access_key_id="k", secret_access_key="s"),
+                    vs.gcs_storage(bucket="b", prefix="p", anonymous=True),
+                    vs.azure_storage(account="acct", container="c", prefix="p", anonymous=True)):
+        assert storage.prefix == "p"
+        assert pickle.loads(pickle.dumps(storage)) == storage
+    memory = vs.object_storage(MemoryStore(), "p")
+    assert pickle.loads(pickle.dumps(memory)) is memory  # in this process: the same store
+    assert vs.object_storage(MemoryStore(), "p") != memory

@@ -171,13 +171,8 @@ class HistoryMachine(RuleBasedStateMachine):
         for name, value in self.node_limits.items():
             setattr(tree, name, value)
         self.directory: str | None = None
-        if self.backend == "lmdb":
-            self.directory = tempfile.mkdtemp(prefix="vs-history-")
-            storage: Any = vs.lmdb_storage(self.directory)
-        else:
-            storage = vs.in_memory_storage()
-        self.storage = storage
-        self.repo = vs.Repository.create(storage)
+        self.storage = self.make_storage()
+        self.repo = vs.Repository.create(self.storage)
         initial = self.repo.lookup_branch("main")
         self.snapshots: dict[str, SnapshotModel] = {
             initial: SnapshotModel(parent=None, message=INITIAL_MESSAGE, metadata={}, content={})
@@ -188,6 +183,13 @@ class HistoryMachine(RuleBasedStateMachine):
         self.writer = WritableModel(self.repo.writable_session("main"), "main", initial)
         #: Writable sessions switched away from, by session id (they stay resumable).
         self.parked: dict[str, WritableModel] = {}
+
+    def make_storage(self) -> Any:
+        """A fresh storage for this example (subclasses run the machine on others)."""
+        if self.backend == "lmdb":
+            self.directory = tempfile.mkdtemp(prefix="vs-history-")
+            return vs.lmdb_storage(self.directory)
+        return vs.in_memory_storage()
 
     def teardown(self) -> None:
         try:

@@ -9,8 +9,10 @@ Quick start::
     snapshot_id = session.commit("first")
 """
 
+import importlib
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _installed_version
+from typing import TYPE_CHECKING
 
 from versionstore.clone import copy_repository
 from versionstore.errors import (
@@ -41,7 +43,12 @@ from versionstore.errors import (
     RepositoryURLError,
     SessionNotFoundError,
     SnapshotNotFoundError,
+    StorageAccessDeniedError,
+    StorageNotFoundError,
+    StorageTimeoutError,
+    StorageUnreachableError,
     TagNotFoundError,
+    UnsafeStorageError,
     UnsupportedFormatError,
     VersionStoreError,
     VirtualChunkError,
@@ -60,6 +67,15 @@ from versionstore.storage import InMemoryStorage, LMDBStorage, in_memory_storage
 from versionstore.transfer import TransferSummary
 from versionstore.usage import ArrayUsage, CompactReport, SnapshotUsage, VersionUsage
 from versionstore.virtual import VirtualChunkSpec, VirtualChunkStores
+
+if TYPE_CHECKING:
+    from versionstore.cloud import (
+        ObjectStorage,
+        azure_storage,
+        gcs_storage,
+        object_storage,
+        s3_storage,
+    )
 
 try:
     __version__ = _installed_version("versionstore")
@@ -89,6 +105,7 @@ __all__ = [
     "NoVirtualChunkStoreError",
     "NonFastForwardError",
     "NothingToCommitError",
+    "ObjectStorage",
     "ObjectTooLargeError",
     "OpsLogEntry",
     "ProtectedBranchError",
@@ -109,8 +126,13 @@ __all__ = [
     "SnapshotInfo",
     "SnapshotNotFoundError",
     "SnapshotUsage",
+    "StorageAccessDeniedError",
+    "StorageNotFoundError",
+    "StorageTimeoutError",
+    "StorageUnreachableError",
     "TagNotFoundError",
     "TransferSummary",
+    "UnsafeStorageError",
     "UnsupportedFormatError",
     "VersionStoreError",
     "VersionUsage",
@@ -119,9 +141,25 @@ __all__ = [
     "VirtualChunkStores",
     "VirtualSourceChangedError",
     "VirtualSourceMissingError",
+    "azure_storage",
     "copy_repository",
+    "gcs_storage",
     "import_kerchunk",
     "import_zarr",
     "in_memory_storage",
     "lmdb_storage",
+    "object_storage",
+    "s3_storage",
 ]
+
+#: Object storage needs obstore (the ``remote`` extra): imported on first use, so
+#: ``import versionstore`` works without it.
+_LAZY = {name: "versionstore.cloud" for name in (
+    "ObjectStorage", "azure_storage", "gcs_storage", "object_storage", "s3_storage")}
+
+
+def __getattr__(name: str) -> object:
+    """Import the object-storage constructors on first use (they need obstore)."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'versionstore' has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)

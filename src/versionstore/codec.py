@@ -20,7 +20,7 @@ The only module that imports msgpack and zstandard.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
@@ -61,6 +61,8 @@ __all__ = [
     "decode_history_page",
     "decode_node",
     "decode_operation",
+    "decode_ref_checkpoint",
+    "decode_ref_log_record",
     "decode_ref_target",
     "decode_repository",
     "decode_session",
@@ -72,6 +74,8 @@ __all__ = [
     "encode_history_page",
     "encode_node",
     "encode_operation",
+    "encode_ref_checkpoint",
+    "encode_ref_log_record",
     "encode_ref_target",
     "encode_repository",
     "encode_session",
@@ -95,9 +99,12 @@ KIND_REPOSITORY: Final = 8
 KIND_GRAFT: Final = 9
 KIND_OPERATION: Final = 10
 KIND_HISTORY: Final = 11
+KIND_REF_LOG: Final = 12
+KIND_REF_CHECKPOINT: Final = 13
 _KIND_NAMES = {
     1: "chunk", 2: "leaf", 3: "branch", 4: "snapshot", 5: "ref", 6: "session", 7: "staged",
-    8: "repository", 9: "graft", 10: "operation", 11: "history page",
+    8: "repository", 9: "graft", 10: "operation", 11: "history page", 12: "ref log record",
+    13: "ref checkpoint",
 }
 
 _MAGIC: Final = b"VS"
@@ -107,6 +114,9 @@ _ZSTD: Final = 1
 _COMPRESS_ABOVE: Final = 4096
 #: The largest record any decoder will inflate (a tree node is far smaller).
 MAX_DECOMPRESSED: Final = 64 << 20
+#: The cap for ref log records and checkpoints of object storage: they hold whole ref
+#: sets (a commit clearing a million staged keys names each of them).
+MAX_REF_LOG_DECOMPRESSED: Final = 4 << 30
 _TUPLE_EXT: Final = 1
 
 _compressor = zstandard.ZstdCompressor(level=3, write_content_size=True)
@@ -155,7 +165,8 @@ def frame_kind(data: bytes) -> int | None:
     return data[3] if len(data) >= _HEADER and data[:2] == _MAGIC else None
 
 
-def _unframe(name: str, data: bytes | memoryview, kind: int) -> bytes | memoryview:
+def _unframe(name: str, data: bytes | memoryview, kind: int,
+             cap: int = MAX_DECOMPRESSED) -> bytes | memoryview:
     if len(data) < _HEADER or data[:2] != _MAGIC:
         raise CorruptObjectError(name, f"not a versionstore frame ({len(data)} bytes)")
     if data[2] > FRAME_VERSION:
@@ -174,12 +185,12 @@ def _unframe(name: str, data: bytes | memoryview, kind: int) -> bytes | memoryvi
         params = zstandard.get_frame_parameters(payload)
     except zstandard.ZstdError as exc:
         raise CorruptObjectError(name, f"bad zstd frame: {exc}") from exc
-    if params.content_size > MAX_DECOMPRESSED:
+    if params.content_size > cap:
         raise ObjectTooLargeError(
-            name, f"claims {params.content_size} bytes, above the {MAX_DECOMPRESSED} cap"
+            name, f"claims {params.content_size} bytes, above the {cap} cap"
         )
     try:
-        return zstandard.ZstdDecompressor().decompress(payload, max_output_size=MAX_DECOMPRESSED)
+        return zstandard.ZstdDecompressor().decompress(payload, max_output_size=cap)
     except zstandard.ZstdError as exc:
         raise CorruptObjectError(name, f"cannot decompress: {exc}") from exc
 
@@ -737,3 +748,67 @@ def decode_operation(name: str, data: bytes) -> Operation:
 
     return _decode_small(name, data, KIND_OPERATION, "operation", 9, Operation.FORMAT_VERSION,
                          build)
+
+
+# -- the ref log of object storage (``backend.object``) -----------------------------------
+
+#: Format version of ref log records and checkpoints.
+REF_LOG_FORMAT_VERSION: Final = 1
+
+
+def _ref_name_bytes(name: str) -> bytes:
+    # surrogateescape: a ref name damaged into invalid UTF-8 round-trips (as on LMDB)
+    return name.encode("utf-8", "surrogateescape")
+
+
+def _ref_pairs(name: str, value: Any, values_optional: bool) -> list[tuple[str, bytes | None]]:
+    if not isinstance(value, list):
+        raise CorruptObjectError(name, "ref list is malformed")
+    pairs: list[tuple[str, bytes | None]] = []
+    for pair in value:
+        if (not isinstance(pair, list) or len(pair) != 2 or not isinstance(pair[0], bytes)
+                or not (isinstance(pair[1], bytes) or (values_optional and pair[1] is None))):
+            raise CorruptObjectError(name, "ref entry is malformed")
+        pairs.append((pair[0].decode("utf-8", "surrogateescape"), pair[1]))
+    return pairs
+
+
+def encode_ref_log_record(seq: int, effect: Mapping[str, bytes | None]) -> bytes:
+    """Log record ``seq``: the resolved ref writes of one batch (``None`` deletes)."""
+    body = [REF_LOG_FORMAT_VERSION, seq,
+            [[_ref_name_bytes(name), value] for name, value in effect.items()]]
+    return _frame(KIND_REF_LOG, msgpack.packb(body, use_bin_type=True), compress=True)
+
+
+def decode_ref_log_record(name: str, data: bytes, seq: int) -> dict[str, bytes | None]:
+    """Decode the log record stored as ``name``, which must be record ``seq``."""
+
+    def decode() -> dict[str, bytes | None]:
+        payload = _unpack(name, _unframe(name, data, KIND_REF_LOG, MAX_REF_LOG_DECOMPRESSED))
+        fields = _versioned(name, "ref log record", payload, REF_LOG_FORMAT_VERSION, 3)
+        if fields[1] != seq:
+            raise CorruptObjectError(name, f"log record {fields[1]!r} stored as record {seq}")
+        return dict(_ref_pairs(name, fields[2], values_optional=True))
+
+    return _guarded("ref log record", decode, name)
+
+
+def encode_ref_checkpoint(seq: int, refs: Iterable[tuple[str, bytes]]) -> bytes:
+    """Every ref as of log record ``seq``."""
+    body = [REF_LOG_FORMAT_VERSION, seq, [[_ref_name_bytes(name), value] for name, value in refs]]
+    return _frame(KIND_REF_CHECKPOINT, msgpack.packb(body, use_bin_type=True), compress=True)
+
+
+def decode_ref_checkpoint(name: str, data: bytes, seq: int) -> dict[str, bytes]:
+    """Decode the checkpoint stored as ``name``, which must be as of record ``seq``."""
+
+    def decode() -> dict[str, bytes]:
+        payload = _unpack(name, _unframe(name, data, KIND_REF_CHECKPOINT,
+                                         MAX_REF_LOG_DECOMPRESSED))
+        fields = _versioned(name, "ref checkpoint", payload, REF_LOG_FORMAT_VERSION, 3)
+        if fields[1] != seq:
+            raise CorruptObjectError(name, f"checkpoint {fields[1]!r} stored as {seq}")
+        return {key: value for key, value in _ref_pairs(name, fields[2], values_optional=False)
+                if value is not None}
+
+    return _guarded("ref checkpoint", decode, name)

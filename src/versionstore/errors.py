@@ -36,7 +36,12 @@ The tree::
         ├── ReadOnlyRepositoryError  a write to a repository opened read-only (or on a
         │                            read-only filesystem)
         ├── DiskFullError            the disk under the repository is full
-        └── CorruptRepositoryError   the repository's files are damaged (a truncated data.mdb)
+        ├── CorruptRepositoryError   the repository's files are damaged (a truncated data.mdb)
+        ├── StorageNotFoundError     the bucket (or container) does not exist
+        ├── StorageAccessDeniedError missing or wrong credentials, or no permission
+        ├── StorageUnreachableError  the storage service cannot be reached (refused, DNS, …)
+        │   └── StorageTimeoutError  the storage service did not answer in time
+        └── UnsafeStorageError       the storage cannot write conditionally (no safe commits)
 
 Errors carry their data (``ConflictError.keys``, ``CorruptObjectError.object_id``)
 so callers can act on them without parsing messages.
@@ -78,7 +83,12 @@ __all__ = [
     "RepositoryURLError",
     "SessionNotFoundError",
     "SnapshotNotFoundError",
+    "StorageAccessDeniedError",
+    "StorageNotFoundError",
+    "StorageTimeoutError",
+    "StorageUnreachableError",
     "TagNotFoundError",
+    "UnsafeStorageError",
     "UnsupportedFormatError",
     "VersionStoreError",
     "VirtualChunkError",
@@ -327,6 +337,32 @@ class DiskFullError(BackendError):
 
 class CorruptRepositoryError(BackendError):
     """The repository's files are damaged (such as ``data.mdb`` cut short); restore a copy."""
+
+
+class StorageNotFoundError(BackendError):
+    """The bucket (or container) the repository should live in does not exist."""
+
+
+class StorageAccessDeniedError(BackendError, PermissionError):
+    """The storage refused the request: credentials are missing or wrong, or lack permission."""
+
+
+class StorageUnreachableError(BackendError, ConnectionError):
+    """The storage service cannot be reached (connection refused, unknown host, …)."""
+
+
+class StorageTimeoutError(StorageUnreachableError, TimeoutError):
+    """The storage service did not answer in time (after the client's retries)."""
+
+
+class UnsafeStorageError(BackendError):
+    """The storage cannot create an object only if it is absent, so commits would race unsafely.
+
+    Refused at ``create``/``open``. ``object_storage(...,
+    unsafe_allow_unconditional_writes=True)`` opens it anyway for a single
+    writer (see ``docs/guide.md``).
+    """
+
 class RepositoryBusyError(VersionStoreError):
     """An operation that needs a repository to itself (``compact``) found others using it.
 

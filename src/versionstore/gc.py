@@ -30,7 +30,7 @@ checked (``docs/format.md``, S2).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 
 import attrs
 
@@ -239,7 +239,10 @@ def collect_garbage(reader: ObjectReader, *, dry_run: bool = False,
         reader: the repository's object reader.
         dry_run: count what would be deleted and its bytes; delete nothing.
         older_than: spare unreachable snapshots written at or after this
-            (timezone-aware) time, and everything they reach.
+            (timezone-aware) time, and everything they reach; on object
+            storage also every object stored at or after it. ``None``: the
+            backend's ``default_gc_grace()`` before now (none on LMDB and
+            memory; ``DEFAULT_GC_GRACE``, one day, on object storage).
         progress: told ``(phase, done, total)`` while candidates are sized.
     """
     backend = reader.backend
@@ -249,7 +252,13 @@ def collect_garbage(reader: ObjectReader, *, dry_run: bool = False,
     marked: set[ObjectId] = set()
     _mark(_roots(refs, staged), reader.snapshot_if_stored, reader.node_if_stored,
           reader.history_page_if_stored, marked, None, grafts)
-    doomed = [oid for oid in backend.iter_object_ids() if oid not in marked]
+    if older_than is None and (grace := backend.default_gc_grace()) is not None:
+        older_than = datetime.now(UTC) - grace
+    # Listed after the refs were read: what a writer stores later is not a candidate,
+    # and on object storage neither is anything stored at or after ``older_than``.
+    candidates = (backend.iter_object_ids() if older_than is None
+                  else backend.iter_object_ids_written_before(older_than))
+    doomed = [oid for oid in candidates if oid not in marked]
     sizes: dict[ObjectId, int] = {}
     recent: list[ObjectId] = []
     for batch in _batches(doomed):

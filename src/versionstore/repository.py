@@ -778,7 +778,11 @@ class Repository:
         Args:
             older_than: a grace period: unreachable snapshots written at or
                 after this time are kept (with all they reach), so a recent
-                reset can still be undone. ``None``: no grace period.
+                reset can still be undone; on object storage, so is every
+                object stored at or after it (a writer may have stored it
+                and not yet recorded it). ``None``: the storage's default —
+                none on LMDB and in memory (their sweep is atomic), one day
+                before now on object storage (``docs/format.md``).
             dry_run: only count what would be deleted, and its bytes.
             progress: told ``(phase, done, total)`` as the run advances.
 

@@ -9,14 +9,14 @@ pickled session on an in-memory repository still sees the same data.
 
 from __future__ import annotations
 
-import bisect
 import threading
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, override
 
-from versionstore.backend.protocol import Backend, Joined, Rescue, WriteBatch, changed_refs
+from versionstore.backend.protocol import Backend, Rescue, WriteBatch, changed_refs
+from versionstore.backend.refstate import RefState
 from versionstore.errors import MissingObjectsError
 from versionstore.ids import ObjectId, object_id_text
 
@@ -40,8 +40,7 @@ class MemoryBackend(Backend):
 
     def __init__(self) -> None:
         self._objects: dict[ObjectId, bytes] = {}
-        self._refs: dict[str, bytes] = {}
-        self._ref_names: list[str] = []
+        self._refs = RefState()
         self._lock = threading.RLock()
         self._token = uuid.uuid4().hex
         _LIVE[self._token] = self
@@ -66,14 +65,9 @@ class MemoryBackend(Backend):
     def write(self, batch: WriteBatch) -> bool:
         with self._lock:
             refs = self._refs
-            if any(refs.get(name) != value for name, value in batch.expect.items()):
+            if not refs.conditions_hold(batch):
                 return False
-            if any(name not in refs for name in batch.delete_if_equal):
-                return False
-            rule = batch.session
-            required = batch.requires
-            if rule is not None and (rule.replace or rule.record not in refs):
-                required = Joined(required, rule.requires)
+            required = refs.required(batch)
             written = {object_id for object_id, _ in batch.objects} if len(required) else set()
             missing = [object_id_text(i) for i in required
                        if i not in self._objects and i not in written]
@@ -81,26 +75,8 @@ class MemoryBackend(Backend):
                 raise MissingObjectsError(missing)
             for object_id, data in batch.objects:
                 self._objects.setdefault(object_id, bytes(data))
-            self._write_refs(batch.refs)
-            self._write_refs({
-                name: None for name, value in batch.delete_if_equal.items()
-                if refs.get(name) == value
-            })
-            if rule is not None and (
-                rule.replace or (rule.record not in refs and self._list(rule.prefix, 1))
-            ):
-                self._write_refs({rule.record: rule.value})
+            refs.apply(refs.effect(batch))
             return True
-
-    def _write_refs(self, refs: Mapping[str, bytes | None]) -> None:
-        for name, value in refs.items():
-            if value is None:
-                if self._refs.pop(name, None) is not None:
-                    del self._ref_names[bisect.bisect_left(self._ref_names, name)]
-            else:
-                if name not in self._refs:
-                    bisect.insort(self._ref_names, name)
-                self._refs[name] = bytes(value)
 
     @override
     def get_refs(self, names: Sequence[str]) -> list[bytes | None]:
@@ -115,19 +91,10 @@ class MemoryBackend(Backend):
             refs = [self._refs.get(name) for name in names]
             return refs, [self._objects.get(i) for i in follow(refs)]
 
-    def _list(self, prefix: str, limit: int | None) -> dict[str, bytes]:
-        start = bisect.bisect_left(self._ref_names, prefix)
-        found: dict[str, bytes] = {}
-        for name in self._ref_names[start:]:
-            if not name.startswith(prefix) or (limit is not None and len(found) >= limit):
-                break
-            found[name] = self._refs[name]
-        return found
-
     @override
     def list_refs(self, prefix: str, limit: int | None = None) -> dict[str, bytes]:
         with self._lock:
-            return self._list(prefix, limit)
+            return self._refs.under(prefix, limit)
 
     @override
     def delete_objects(
@@ -140,18 +107,15 @@ class MemoryBackend(Backend):
     ) -> bool:
         with self._lock:
             spared: set[ObjectId] = set()
-            if if_refs_are is not None and self._refs != if_refs_are:
+            now = self._refs.as_dict() if if_refs_are is not None else {}
+            if if_refs_are is not None and now != if_refs_are:
                 if rescue is None:
                     return False
-                spared = rescue(changed_refs(if_refs_are, self._refs), dict(self._refs),
-                                self.get_objects)
+                spared = rescue(changed_refs(if_refs_are, now), now, self.get_objects)
             for object_id in ids:
                 if object_id not in spared:
                     self._objects.pop(object_id, None)
-            self._write_refs({
-                name: None for name, (value, prefix) in (prune_refs or {}).items()
-                if self._refs.get(name) == value and not self._list(prefix, 1)
-            })
+            self._refs.apply(self._refs.prune_effect(prune_refs or {}))
             return True
 
     @override

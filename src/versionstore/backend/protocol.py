@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Protocol, TypeVar, runtime_checkable
 
 import attrs
@@ -158,6 +159,25 @@ class Backend(Protocol):
         ...
 
     # -- derived ------------------------------------------------------------------------
+
+    def iter_object_ids_written_before(self, when: datetime) -> Iterator[ObjectId]:
+        """Every stored object id last written before ``when`` (garbage-collection candidates).
+
+        Backends that keep no write times list every object (their sweep is
+        one atomic step with every writer, so they need no grace period);
+        object storage lists only objects older than ``when``, which is how
+        the grace period protects objects a writer stored but has not yet
+        referenced (``docs/format.md``).
+        """
+        del when
+        return self.iter_object_ids()
+
+    def default_gc_grace(self) -> timedelta | None:
+        """The grace period garbage collection uses when the caller names none.
+
+        ``None`` (LMDB, memory): none is needed, the sweep is atomic.
+        """
+        return None
 
     def get_ref(self, name: str) -> bytes | None:
         """The value of ref ``name``, or ``None``."""

@@ -1,0 +1,448 @@
+"""``ObjectBackend``: a repository on object storage, as a replicated state machine over a log.
+
+Object storage (S3 and its kin) has no transactions, but it has one atomic
+conditional step: *create this object only if it does not exist*
+(``If-None-Match: *``). That is enough for everything a ``WriteBatch`` asks,
+by making every ref change a record of one append-only log:
+
+* ``objects/<hex id>`` — immutable objects, stored with a plain ``PUT``
+  (idempotent: the same id always holds the same bytes). A batch's objects
+  are stored, concurrently, *before* its log record, so a record never
+  names an object that is not there yet.
+* ``log/<20-digit seq>`` — one record per applied batch, created
+  if-absent: of two writers racing for the next number exactly one wins;
+  the other reads the winner's record and decides its batch again. A record
+  holds the batch's *effect* (``RefState.effect``: the resolved ref writes),
+  so replaying it needs no decisions and every process replays the same
+  refs.
+* ``checkpoint/<20-digit seq>`` — every ref as of record ``seq``, written by
+  the writer of every ``CHECKPOINT_EVERY``-th record (when the records since
+  the last checkpoint outweigh half the refs); a process opens by reading the
+  newest checkpoint and the records after it.
+
+A batch is decided exactly as ``MemoryBackend`` decides it (both use
+``RefState``), against the refs as of the newest record this process has
+read; the create-if-absent of the next record is the atomic step that proves
+no record came in between. Reads (``get_refs``, ``list_refs``) first read
+the records written since (one ``LIST`` request), so they see every batch
+that returned before them, in any process. The layout, request costs and
+garbage-collection rules are in ``docs/format.md`` ("Object storage layout").
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, override
+
+from versionstore.backend.object_io import ObjectIO, gather_bounded
+from versionstore.backend.protocol import Backend, Rescue, WriteBatch, changed_refs
+from versionstore.backend.refstate import Effect, RefState
+from versionstore.codec import (
+    decode_ref_checkpoint,
+    decode_ref_log_record,
+    encode_ref_checkpoint,
+    encode_ref_log_record,
+)
+from versionstore.errors import CorruptRepositoryError, MissingObjectsError
+from versionstore.ids import ObjectId, object_id_text
+
+if TYPE_CHECKING:
+    from obstore.store import ObjectStore
+
+__all__ = ["CHECKPOINT_EVERY", "DEFAULT_GC_GRACE", "LOG_RETENTION", "ObjectBackend"]
+
+#: A checkpoint is considered after every this many log records.
+CHECKPOINT_EVERY = 100
+#: Garbage collection on object storage spares objects written more recently than this.
+DEFAULT_GC_GRACE = timedelta(days=1)
+#: Log records (and checkpoints) covered by a newer checkpoint are deleted by gc once older.
+LOG_RETENTION = timedelta(days=1)
+#: A view of the log older than this (seconds) is re-read before a write. Much shorter
+#: than ``LOG_RETENTION``: a record this process has not seen is never already deleted.
+_STALE_AFTER = 600.0
+#: Objects this process stored or checked within this many seconds need no ``HEAD``.
+_FRESH_FOR = 600.0
+#: A required object older than this is stored again (refreshing its modification
+#: time) before a record names it, so gc's grace period covers it.
+_REFRESH_OLDER_THAN = timedelta(hours=1)
+_DELETE_BATCH = 1000
+_SEQ_DIGITS = 20
+
+
+def _log_name(seq: int) -> str:
+    return f"log/{seq:0{_SEQ_DIGITS}d}"
+
+
+def _checkpoint_name(seq: int) -> str:
+    return f"checkpoint/{seq:0{_SEQ_DIGITS}d}"
+
+
+def _object_name(object_id: ObjectId) -> str:
+    return "objects/" + object_id.hex()
+
+
+def _seq_of(name: str) -> int | None:
+    tail = name.rsplit("/", 1)[-1]
+    return int(tail) if len(tail) == _SEQ_DIGITS and tail.isdigit() else None
+
+
+class ObjectBackend(Backend):
+    """A backend under ``prefix`` of an obstore store.
+
+    Args:
+        store: any obstore store (``S3Store``, ``GCSStore``, ``AzureStore``,
+            ``LocalStore``, ``MemoryStore``).
+        prefix: the repository's path prefix in the store.
+        where: how error messages name the location.
+        conditional: create log records if-absent (the default, and the only
+            safe way with more than one writer); ``False`` for stores
+            without conditional writes, which ``ObjectStorage`` allows only
+            on request.
+        log_retention: how old a log record covered by a checkpoint must be
+            before garbage collection deletes it.
+    """
+
+    def __init__(self, store: ObjectStore, prefix: str = "", *, where: str | None = None,
+                 conditional: bool = True, log_retention: timedelta = LOG_RETENTION) -> None:
+        self._io = ObjectIO(store, prefix, where or f"object storage {prefix!r}")
+        self._conditional = conditional
+        self._log_retention = log_retention
+        self._state = RefState()
+        self._seq = 0
+        self._loaded = False
+        self._bytes_since_checkpoint = 0
+        self._confirmed = -math.inf
+        self._state_lock = threading.RLock()
+        self._write_lock = threading.RLock()
+        self._fresh: dict[ObjectId, float] = {}
+
+    def __repr__(self) -> str:
+        return f"ObjectBackend({self._io.where})"
+
+    # -- the log ---------------------------------------------------------------------------
+
+    def _reload(self) -> None:
+        """Start over from the newest checkpoint (and the records after it)."""
+        for _ in range(5):
+            listed = self._io.run("listing checkpoints", self._io.list_after("checkpoint"))
+            seqs = [s for s in (_seq_of(name) for name, _ in listed) if s is not None]
+            refs: dict[str, bytes] = {}
+            seq = max(seqs, default=0)
+            if seq:
+                name = _checkpoint_name(seq)
+                data = self._io.run("reading a checkpoint", self._io.get(name))
+                if data is None:  # deleted by a gc since the listing: list again
+                    continue
+                refs = decode_ref_checkpoint(name, data, seq)
+            self._state, self._seq, self._bytes_since_checkpoint = RefState(refs), seq, 0
+            self._loaded = True
+            if self._read_tail(from_checkpoint=True):
+                return
+        raise CorruptRepositoryError(
+            f"{self._io.where}: the log has a gap that no checkpoint covers (records were "
+            "deleted by hand?); restore them or the missing checkpoint")
+
+    def _read_tail(self, *, from_checkpoint: bool = False) -> bool:
+        """Apply the records after ``self._seq``; ``False`` if a gap calls for a reload.
+
+        A view confirmed recently is brought up to date by asking for the next
+        record (one ``GET``; usually absent: nothing new): gc deletes only
+        records far older than ``_STALE_AFTER``, so a missing next record
+        means none was written, not that it was collected. Older views, and
+        every view that finds new records, list the log after the last
+        record seen (which also finds gaps left by gc).
+        """
+        if not from_checkpoint and time.monotonic() - self._confirmed <= _STALE_AFTER:
+            seq = self._seq + 1
+            name = _log_name(seq)
+            data = self._io.run("reading the log", self._io.get(name))
+            if data is None:
+                self._confirmed = time.monotonic()
+                return True
+            self._state.apply(decode_ref_log_record(name, data, seq))
+            self._seq = seq
+            self._bytes_since_checkpoint += len(data)
+        listed = self._io.run("reading the log",
+                              self._io.list_after("log", _log_name(self._seq)))
+        seqs = [s for s in (_seq_of(name) for name, _ in listed) if s is not None]
+        if seqs and seqs[0] != self._seq + 1:
+            if from_checkpoint:
+                return False
+            self._reload()
+            return True
+        contiguous = [s for index, s in enumerate(seqs) if s == self._seq + 1 + index]
+        names = [_log_name(s) for s in contiguous]
+        found = self._io.run("reading log records",
+                             gather_bounded([self._io.get(name) for name in names]))
+        for seq, name, data in zip(contiguous, names, found, strict=True):
+            if data is None:  # collected since the listing: older than any checkpoint
+                if from_checkpoint:
+                    return False
+                self._reload()
+                return True
+            self._state.apply(decode_ref_log_record(name, data, seq))
+            self._seq = seq
+            self._bytes_since_checkpoint += len(data)
+        self._confirmed = time.monotonic()
+        return True
+
+    def _catch_up(self) -> None:
+        """Read every record written since this process last looked (under the state lock)."""
+        if not self._loaded:
+            self._reload()
+        else:
+            self._read_tail()
+
+    def _append(self, effect: Effect) -> bool:
+        """Create record ``seq + 1`` holding ``effect``; ``False`` if another writer got it."""
+        seq = self._seq + 1
+        name = _log_name(seq)
+        data = encode_ref_log_record(seq, effect)
+        if self._conditional:
+            created = self._io.run("writing a log record", self._io.put_if_absent(name, data))
+        else:
+            exists = self._io.run("checking the log", self._io.head(name)) is not None
+            created = not exists and (
+                self._io.run("writing a log record", self._io.put(name, data)) is None)
+        if not created:
+            return False
+        self._state.apply(effect)
+        self._seq = seq
+        self._confirmed = time.monotonic()
+        self._bytes_since_checkpoint += len(data)
+        if seq % CHECKPOINT_EVERY == 0 and 2 * self._bytes_since_checkpoint >= self._state.nbytes:
+            checkpoint = encode_ref_checkpoint(seq, self._state.items())
+            self._io.run("writing a checkpoint", self._io.put(_checkpoint_name(seq), checkpoint))
+            self._bytes_since_checkpoint = 0
+        return True
+
+    def _decide(self, decide: Callable[[RefState], Effect | None]) -> bool:
+        """Append what ``decide`` makes of the current refs, retrying when a writer races.
+
+        ``decide`` returns ``None`` to give up (a condition failed), or the
+        effect. An empty effect writes no record, once the refs are known current.
+        """
+        with self._state_lock:
+            if not self._loaded or time.monotonic() - self._confirmed > _STALE_AFTER:
+                self._catch_up()
+            known_current = False
+            while True:
+                effect = decide(self._state)
+                if effect is None and not known_current:
+                    self._catch_up()  # decided on refs that may be stale: look again
+                    known_current = True
+                    continue
+                if effect is None:
+                    return False
+                if not effect:
+                    if known_current:
+                        return True
+                    self._catch_up()
+                    known_current = True
+                    continue
+                if self._append(effect):
+                    return True
+                self._catch_up()
+                known_current = True
+
+    # -- objects ---------------------------------------------------------------------------
+
+    def _note_fresh(self, ids: Iterable[ObjectId]) -> None:
+        now = time.monotonic()
+        fresh = self._fresh
+        if len(fresh) > 1_000_000:
+            for object_id in [i for i, t in fresh.items() if now - t > _FRESH_FOR]:
+                del fresh[object_id]
+        for object_id in ids:
+            fresh[object_id] = now
+
+    def _put_objects(self, objects: Collection[tuple[ObjectId, bytes]]) -> None:
+        if not len(objects):
+            return
+        io = self._io
+        self._io.run("storing objects", gather_bounded(
+            [io.put(_object_name(object_id), bytes(data)) for object_id, data in objects]))
+        self._note_fresh(object_id for object_id, _ in objects)
+
+    def _ensure_stored(self, ids: Sequence[ObjectId]) -> None:
+        """Raise ``MissingObjectsError`` unless every id is stored; refresh old ones.
+
+        An object this process stored or checked recently is known to be there.
+        Any other is asked for (``HEAD``); one older than ``_REFRESH_OLDER_THAN``
+        is stored again, so that a garbage collection running now finds it
+        young and spares it (``docs/format.md``).
+        """
+        now = time.monotonic()
+        todo = list(dict.fromkeys(i for i in ids if now - self._fresh.get(i, -math.inf)
+                                  > _FRESH_FOR))
+        if not todo:
+            return
+        io = self._io
+        times = io.run("checking objects", gather_bounded(
+            [io.head(_object_name(i)) for i in todo]))
+        missing = [object_id_text(i) for i, t in zip(todo, times, strict=True) if t is None]
+        if missing:
+            raise MissingObjectsError(missing)
+        cutoff = datetime.now(UTC) - _REFRESH_OLDER_THAN
+        old = [i for i, t in zip(todo, times, strict=True) if t is not None and t < cutoff]
+        if old:
+            datas = io.run("refreshing objects", gather_bounded(
+                [io.get(_object_name(i)) for i in old]))
+            gone = [object_id_text(i) for i, d in zip(old, datas, strict=True) if d is None]
+            if gone:
+                raise MissingObjectsError(gone)
+            self._put_objects([(i, d) for i, d in zip(old, datas, strict=True) if d is not None])
+        self._note_fresh(todo)
+
+    # -- the protocol ----------------------------------------------------------------------
+
+    @override
+    def write(self, batch: WriteBatch) -> bool:
+        with self._write_lock:
+            with self._state_lock:
+                if not self._loaded or time.monotonic() - self._confirmed > _STALE_AFTER:
+                    self._catch_up()
+                if not self._state.conditions_hold(batch):
+                    self._catch_up()
+                    if not self._state.conditions_hold(batch):
+                        return False
+                required = self._state.required(batch)
+            self._put_objects(batch.objects)
+            written = {object_id for object_id, _ in batch.objects}
+            checked = set(written)
+            self._ensure_stored([i for i in required if i not in checked])
+            checked.update(required)
+
+            def decide(state: RefState) -> Effect | None:
+                if not state.conditions_hold(batch):
+                    return None
+                more = [i for i in state.required(batch) if i not in checked]
+                if more:
+                    self._ensure_stored(more)
+                    checked.update(more)
+                return state.effect(batch)
+
+            return self._decide(decide)
+
+    @override
+    def get_objects(self, ids: Sequence[ObjectId]) -> list[bytes | None]:
+        if not ids:
+            return []
+        io = self._io
+        return io.run("reading objects",
+                      gather_bounded([io.get(_object_name(i)) for i in ids]))
+
+    @override
+    def get_refs(self, names: Sequence[str]) -> list[bytes | None]:
+        with self._state_lock:
+            self._catch_up()
+            return [self._state.get(name) for name in names]
+
+    @override
+    def list_refs(self, prefix: str, limit: int | None = None) -> dict[str, bytes]:
+        with self._state_lock:
+            self._catch_up()
+            return self._state.under(prefix, limit)
+
+    @override
+    def delete_objects(
+        self,
+        ids: Iterable[ObjectId],
+        *,
+        if_refs_are: Mapping[str, bytes] | None = None,
+        rescue: Rescue | None = None,
+        prune_refs: Mapping[str, tuple[bytes, str]] | None = None,
+    ) -> bool:
+        # Not one atomic step, as object storage has none: before every bulk delete the
+        # log is read again and whatever the refs changed since reach is spared
+        # (``rescue``); what a writer stores meanwhile is young, and gc never offers
+        # young objects (``iter_object_ids_written_before``; docs/format.md).
+        spared: set[ObjectId] = set()
+        seen = -1
+
+        def refresh() -> bool:
+            nonlocal seen
+            with self._state_lock:
+                self._catch_up()
+                if self._seq == seen or if_refs_are is None:
+                    seen = self._seq
+                    return True
+                seen = self._seq
+                now = self._state.as_dict()
+            if now != if_refs_are:
+                if rescue is None:
+                    return False
+                spared.update(rescue(changed_refs(if_refs_are, now), now, self.get_objects))
+            return True
+
+        if not refresh():
+            return False
+        doomed = list(ids)
+        for start in range(0, len(doomed), _DELETE_BATCH):
+            if start and not refresh():
+                return False  # pragma: no cover - only without rescue, decided above
+            batch = [_object_name(i) for i in doomed[start:start + _DELETE_BATCH]
+                     if i not in spared]
+            self._io.run("deleting objects", self._io.delete(batch))
+        if prune_refs:
+            with self._write_lock:
+                self._decide(lambda state: state.prune_effect(prune_refs))
+        self._compact_log()
+        return True
+
+    def _compact_log(self) -> None:
+        """Delete log records and checkpoints that a newer checkpoint covers, once old."""
+        io = self._io
+        checkpoints = io.run("listing checkpoints", io.list_after("checkpoint"))
+        numbered = [(s, name, t) for name, t in checkpoints
+                    if (s := _seq_of(name)) is not None]
+        if not numbered:
+            return
+        newest = max(s for s, _, _ in numbered)
+        cutoff = datetime.now(UTC) - self._log_retention
+        old = [name for s, name, t in numbered if s < newest and t < cutoff]
+        records = io.run("listing the log", io.list_after("log"))
+        old += [name for name, t in records
+                if (s := _seq_of(name)) is not None and s <= newest and t < cutoff]
+        for start in range(0, len(old), _DELETE_BATCH):
+            io.run("deleting old log records", io.delete(old[start:start + _DELETE_BATCH]))
+
+    @override
+    def iter_object_ids(self, prefix: bytes = b"") -> Iterator[ObjectId]:
+        return iter(self._object_ids(prefix, None))
+
+    @override
+    def iter_object_ids_written_before(self, when: datetime) -> Iterator[ObjectId]:
+        return iter(self._object_ids(b"", when))
+
+    def _object_ids(self, prefix: bytes, before: datetime | None) -> list[ObjectId]:
+        io = self._io
+        start = "objects/" + prefix.hex()
+        listed = io.run("listing objects", io.list_after(
+            "objects", start if prefix else None, stop_prefix=start if prefix else None))
+        found = []
+        for name, modified in listed:
+            text = name[len("objects/"):]
+            if not name.startswith(start) or (before is not None and modified >= before):
+                continue
+            try:
+                found.append(ObjectId(bytes.fromhex(text)))
+            except ValueError:
+                continue  # not an object of ours
+        return sorted(found)
+
+    @override
+    def default_gc_grace(self) -> timedelta | None:
+        return DEFAULT_GC_GRACE
+
+    @override
+    def sync(self) -> None:
+        pass  # every request returned only once the service stored it
+
+    @override
+    def close(self) -> None:
+        pass  # nothing held: the next call simply makes requests again

@@ -1,0 +1,280 @@
+"""The obstore boundary of the object-storage backend: requests, concurrency and errors.
+
+``ObjectIO`` is the few requests ``backend.object`` makes — plain and
+create-if-absent ``PUT``, ``GET``, ``HEAD``, ``LIST`` after a key, bulk
+``DELETE`` — on paths under one prefix of any obstore store (S3, GCS, Azure,
+local files, memory). Batches run concurrently (bounded) on one background
+event loop per process, so callers can be plain synchronous code, including
+code running on some other event loop's thread (zarr's). Every obstore error
+becomes a versionstore error here, and nowhere else: a missing bucket,
+refused credentials, an unreachable or silent service each get their own
+typed error with a message a user can act on.
+
+This is the only module of versionstore that makes obstore requests
+(``versionstore.cloud`` only builds stores).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Awaitable, Coroutine, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import obstore
+from obstore.exceptions import (
+    AlreadyExistsError,
+    BaseError,
+    NotFoundError,
+    NotSupportedError,
+    PermissionDeniedError,
+    PreconditionError,
+    UnauthenticatedError,
+)
+from obstore.store import LocalStore, MemoryStore
+
+from versionstore.errors import (
+    BackendError,
+    StorageAccessDeniedError,
+    StorageNotFoundError,
+    StorageTimeoutError,
+    StorageUnreachableError,
+)
+
+if TYPE_CHECKING:
+    from obstore.store import ObjectStore
+
+__all__ = ["Listed", "ObjectIO", "gather_bounded", "is_picklable_store", "translate", "translated"]
+
+T = TypeVar("T")
+#: Requests in flight at once for one batch (puts, gets, heads).
+_CONCURRENCY = 64
+
+#: ``(path relative to the prefix, last modified)`` of a listed object.
+Listed = tuple[str, datetime]
+
+
+def is_picklable_store(store: ObjectStore) -> bool:
+    """Whether ``store`` survives pickling (obstore's memory store lives in one process)."""
+    return not isinstance(store, MemoryStore)
+
+
+class _Loop:
+    """One event loop in a daemon thread, per process (restarted in a forked child)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = 0
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, name="versionstore-object-io",
+                                          daemon=True)
+                thread.start()
+                self._loop, self._pid = loop, os.getpid()
+            loop = self._loop
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+
+
+_LOOP = _Loop()
+
+
+def _brief(exc: BaseException) -> str:
+    """An obstore error's message, without the debug dump after its first blank line."""
+    return " ".join(str(exc).split("\n\n", 1)[0].split())
+
+
+def translate(exc: BaseException, action: str, where: str) -> BackendError:
+    """The versionstore error for an obstore (or OS) error raised while ``action``."""
+    text = str(exc)
+    brief = _brief(exc)
+    if "NoSuchBucket" in text or "ContainerNotFound" in text or (
+        "bucket" in text.lower() and "not found" in text.lower() and "NoSuchKey" not in text
+    ):
+        return StorageNotFoundError(f"{where}: the bucket does not exist ({action}): {brief}")
+    denied = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken",
+              "403 Forbidden", "401 Unauthorized", "status 403", "status 401",
+              "credentials")
+    if isinstance(exc, PermissionDeniedError | UnauthenticatedError | PermissionError) or any(
+        word in text for word in denied
+    ):
+        return StorageAccessDeniedError(
+            f"{where}: access denied while {action} — check the credentials (access key, "
+            f"secret, session token) and the bucket's permissions: {brief}")
+    # obstore's message names the cause only in its debug dump (reqwest's error kind).
+    if any(word in text for word in ("kind: Timeout", "TimedOut", "timed out",
+                                     "deadline has elapsed")):
+        return StorageTimeoutError(
+            f"{where}: the storage service did not answer in time while {action} "
+            f"(after the client's retries): {brief}")
+    if any(word in text for word in ("kind: Connect", "ConnectionRefused", "Connection refused",
+                                     "dns error", "error sending request")):
+        return StorageUnreachableError(
+            f"{where}: cannot reach the storage service while {action} — check the endpoint "
+            f"URL and the network: {brief}")
+    return BackendError(f"{where}: object storage failed while {action}: {brief}")
+
+
+@contextmanager
+def translated(action: str, where: str) -> Iterator[None]:
+    """Turn obstore's errors into versionstore's (``translate``), at the boundary."""
+    try:
+        yield
+    except BackendError:
+        raise
+    except (BaseError, OSError) as exc:
+        raise translate(exc, action, where) from exc
+
+
+def _missing(exc: BaseException) -> bool:
+    """Whether ``exc`` says an *object* is missing (not the bucket)."""
+    return isinstance(exc, NotFoundError | FileNotFoundError) and "NoSuchBucket" not in str(exc)
+
+
+class ObjectIO:
+    """Requests on paths under ``prefix`` of an obstore ``store``; every call blocks.
+
+    Args:
+        store: any obstore store.
+        prefix: a path prefix inside it (``""``: the store's root).
+        where: how messages name the location (``repr`` of the storage).
+    """
+
+    def __init__(self, store: ObjectStore, prefix: str, where: str) -> None:
+        self.store = store
+        self.root = prefix.strip("/")
+        self.where = where
+
+    def path(self, relative: str) -> str:
+        """The store path of ``relative`` (under the prefix)."""
+        return f"{self.root}/{relative}" if self.root else relative
+
+    def _relative(self, path: str) -> str:
+        return path[len(self.root) + 1:] if self.root else path
+
+    def run(self, action: str, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the I/O loop; obstore errors become versionstore errors."""
+        with translated(action, self.where):
+            return _LOOP.run(coroutine)
+
+    # -- coroutines (run with ``run``) ------------------------------------------------------
+
+    async def put(self, relative: str, data: bytes) -> None:
+        """Store ``data`` (replacing any object there)."""
+        await obstore.put_async(self.store, self.path(relative), data, use_multipart=False)
+
+    async def put_if_absent(self, relative: str, data: bytes) -> bool:
+        """Create the object only if absent; ``False`` if it already exists."""
+        try:
+            await obstore.put_async(self.store, self.path(relative), data, mode="create",
+                                    use_multipart=False)
+        except (AlreadyExistsError, PreconditionError):
+            return False
+        return True
+
+    async def get(self, relative: str) -> bytes | None:
+        """The object's bytes, or ``None`` if missing."""
+        try:
+            result = await obstore.get_async(self.store, self.path(relative))
+            return bytes(await result.bytes_async())
+        except (NotFoundError, FileNotFoundError) as exc:
+            if not _missing(exc):
+                raise
+            return None
+
+    async def head(self, relative: str) -> datetime | None:
+        """The object's last-modified time, or ``None`` if missing."""
+        try:
+            meta = await obstore.head_async(self.store, self.path(relative))
+        except (NotFoundError, FileNotFoundError) as exc:
+            if not _missing(exc):
+                raise
+            return None
+        return meta["last_modified"]
+
+    async def list_after(self, folder: str, after: str | None = None, *,
+                         stop_prefix: str | None = None) -> list[Listed]:
+        """Objects in ``folder`` (relative, no trailing slash), sorted, after path ``after``.
+
+        With ``stop_prefix``, only paths starting with it are wanted: where the
+        service lists in order (all but local files), listing stops past them.
+        """
+        found: list[Listed] = []
+        stream = obstore.list(self.store, self.path(folder),
+                              offset=None if after is None else self.path(after),
+                              chunk_size=1000)
+        ordered = not isinstance(self.store, LocalStore)
+        try:
+            async for chunk in stream:
+                found.extend((self._relative(meta["path"]), meta["last_modified"])
+                             for meta in chunk)
+                last = found[-1][0] if found else ""
+                if (stop_prefix is not None and ordered and last > stop_prefix
+                        and not last.startswith(stop_prefix)):
+                    break
+        except (NotFoundError, FileNotFoundError) as exc:  # a local store without the folder
+            if not _missing(exc):
+                raise
+        found.sort()
+        return found
+
+    async def folders(self) -> list[str]:
+        """The names directly under the prefix (one delimiter listing)."""
+        try:
+            listing = await obstore.list_with_delimiter_async(self.store, self.root or None)
+        except (NotFoundError, FileNotFoundError) as exc:
+            if not _missing(exc):
+                raise
+            return []
+        names = [self._relative(p) for p in listing["common_prefixes"]]
+        names += [self._relative(meta["path"]) for meta in listing["objects"]]
+        return sorted(name for name in names if name)
+
+    async def delete(self, relatives: Sequence[str]) -> None:
+        """Delete these objects (bulk where the service has it); missing ones are fine."""
+        if not relatives:
+            return
+        paths = [self.path(r) for r in relatives]
+        try:
+            await obstore.delete_async(self.store, paths)
+        except (NotFoundError, FileNotFoundError):
+            await gather_bounded([self._delete_one(path) for path in paths])
+
+    async def _delete_one(self, path: str) -> None:
+        try:
+            await obstore.delete_async(self.store, path)
+        except (NotFoundError, FileNotFoundError):
+            pass
+
+    async def supports_conditional_create(self) -> bool:
+        """Probe: does a second create-if-absent of one object fail? (deletes the probe)."""
+        probe = f"probe/{os.urandom(8).hex()}"
+        try:
+            if not await self.put_if_absent(probe, b"probe"):
+                return False
+            return not await self.put_if_absent(probe, b"probe")
+        except NotSupportedError:
+            return False
+        finally:
+            await self.delete([probe])
+
+
+async def gather_bounded(awaitables: Sequence[Awaitable[T]],
+                         limit: int = _CONCURRENCY) -> list[T]:
+    """Await all, at most ``limit`` at once; results in order."""
+    if len(awaitables) <= 1:
+        return [await a for a in awaitables]
+    gate = asyncio.Semaphore(limit)
+
+    async def one(awaitable: Awaitable[T]) -> T:
+        async with gate:
+            return await awaitable
+
+    return list(await asyncio.gather(*(one(a) for a in awaitables)))
+

@@ -1,0 +1,127 @@
+"""``RefState``: the refs of a repository in memory, and what a ``WriteBatch`` does to them.
+
+The semantics of a ``WriteBatch`` (``backend.protocol``) live here once, as
+pure functions of a ref state: whether its conditions hold, which objects it
+requires, and its *effect* — the resolved ref writes (name -> new value,
+``None`` deletes) that applying it makes. ``MemoryBackend`` applies effects
+to its own state under a lock; ``ObjectBackend`` appends them to its log and
+every process replays the log onto a ``RefState``, so both decide a batch by
+the same code and a replayed effect needs no re-evaluation.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Collection, Iterator, Mapping
+
+from versionstore.backend.protocol import Joined, WriteBatch
+from versionstore.ids import ObjectId
+
+__all__ = ["Effect", "RefState"]
+
+#: Resolved ref writes: name -> new value (``None``: delete).
+Effect = dict[str, bytes | None]
+
+
+class RefState:
+    """Refs by name, with sorted names for prefix listings. Not thread-safe: callers lock."""
+
+    def __init__(self, refs: Mapping[str, bytes] | None = None) -> None:
+        self._refs: dict[str, bytes] = dict(refs or {})
+        self._names: list[str] = sorted(self._refs)
+        #: About how many bytes the refs take (names and values): what a checkpoint costs.
+        self.nbytes = sum(len(name) + len(value) for name, value in self._refs.items())
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def get(self, name: str) -> bytes | None:
+        """The value of ``name``, or ``None``."""
+        return self._refs.get(name)
+
+    def as_dict(self) -> dict[str, bytes]:
+        """A copy of every ref."""
+        return dict(self._refs)
+
+    def items(self) -> Iterator[tuple[str, bytes]]:
+        """Every ``(name, value)`` in name order."""
+        refs = self._refs
+        return ((name, refs[name]) for name in self._names)
+
+    def under(self, prefix: str, limit: int | None = None) -> dict[str, bytes]:
+        """Refs under ``prefix`` in name order (at most ``limit``)."""
+        start = bisect.bisect_left(self._names, prefix)
+        found: dict[str, bytes] = {}
+        for name in self._names[start:]:
+            if not name.startswith(prefix) or (limit is not None and len(found) >= limit):
+                break
+            found[name] = self._refs[name]
+        return found
+
+    def _any_under(self, prefix: str, overlay: Mapping[str, bytes | None]) -> bool:
+        """Whether a ref under ``prefix`` exists once ``overlay`` is applied."""
+        if any(value is not None and name.startswith(prefix) for name, value in overlay.items()):
+            return True
+        start = bisect.bisect_left(self._names, prefix)
+        for name in self._names[start:]:
+            if not name.startswith(prefix):
+                return False
+            if overlay.get(name, self._refs[name]) is not None:
+                return True
+        return False
+
+    # -- batches --------------------------------------------------------------------------
+
+    def conditions_hold(self, batch: WriteBatch) -> bool:
+        """Steps 1 and 5 of ``WriteBatch``: ``expect`` matches, ``delete_if_equal`` refs exist."""
+        refs = self._refs
+        if any(refs.get(name) != value for name, value in batch.expect.items()):
+            return False
+        return all(name in refs for name in batch.delete_if_equal)
+
+    def required(self, batch: WriteBatch) -> Collection[ObjectId]:
+        """The objects that must be stored for ``batch`` (its own and its session rule's).
+
+        A view, not a copy: a huge commit's ``requires`` streams from its spill.
+        """
+        required: Collection[ObjectId] = batch.requires
+        rule = batch.session
+        if rule is not None and (rule.replace or rule.record not in self._refs):
+            required = Joined(required, rule.requires)
+        return required
+
+    def effect(self, batch: WriteBatch) -> Effect:
+        """The ref writes ``batch`` makes on this state (its conditions are assumed to hold)."""
+        effect: Effect = dict(batch.refs)
+        for name, value in batch.delete_if_equal.items():
+            if effect.get(name, self._refs.get(name)) == value:
+                effect[name] = None
+        rule = batch.session
+        if rule is not None:
+            has_record = effect.get(rule.record, self._refs.get(rule.record)) is not None
+            if rule.replace or (not has_record and self._any_under(rule.prefix, effect)):
+                effect[rule.record] = rule.value
+        return effect
+
+    def prune_effect(self, prune_refs: Mapping[str, tuple[bytes, str]]) -> Effect:
+        """Deletes of the refs still holding their value with nothing under their prefix."""
+        return {
+            name: None for name, (value, prefix) in prune_refs.items()
+            if self._refs.get(name) == value and not self._any_under(prefix, {})
+        }
+
+    def apply(self, effect: Mapping[str, bytes | None]) -> None:
+        """Write ``effect`` (``None`` deletes)."""
+        refs, names = self._refs, self._names
+        for name, value in effect.items():
+            old = refs.pop(name, None) if value is None else refs.get(name)
+            if old is not None:
+                self.nbytes -= len(name) + len(old)
+            if value is None:
+                if old is not None:
+                    del names[bisect.bisect_left(names, name)]
+            else:
+                if old is None:
+                    bisect.insort(names, name)
+                refs[name] = bytes(value)
+                self.nbytes += len(name) + len(value)

@@ -1,0 +1,289 @@
+"""Repositories on object storage: S3 (moto behind the serialising proxy), end to end.
+
+Create, open and commit; zarr's ``StoreTests`` and the store conformance suite
+on a writable session over S3; processes racing commits on one branch;
+exact request counts for a session of N chunks; garbage collection's grace
+period; and the bad inputs a user meets first (wrong bucket, no or wrong
+credentials, an endpoint that refuses connections, a server that never
+answers), each a typed error with nothing half-written.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+import re
+import socket
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import object_workers
+import pytest
+import test_session_store as session_store_tests
+import zarr
+from object_repo_support import S3Repos, aws_env_fixture, s3_fixture, s3_repos_fixture
+
+import versionstore as vs
+
+__all__ = ["aws_env_fixture", "s3_fixture", "s3_repos_fixture"]
+
+
+@pytest.fixture
+def repo(s3_repos: S3Repos) -> Iterator[vs.Repository]:
+    repository = vs.Repository.create(s3_repos.storage())
+    yield repository
+    repository.close()
+
+
+# -- create, open, commit ---------------------------------------------------------------
+
+
+def test_create_open_commit_and_read_back(s3_repos: S3Repos) -> None:
+    storage = s3_repos.storage()
+    assert not vs.Repository.exists(storage)
+    repo = vs.Repository.create(storage)
+    assert vs.Repository.exists(storage)
+    session = repo.writable_session("main")
+    array = zarr.create_array(session.store, name="t", shape=(20,), chunks=(5,), dtype="i4")
+    array[:] = np.arange(20)
+    first = session.commit("first")
+    reopened = vs.Repository.open(pickle.loads(pickle.dumps(storage)))
+    view = reopened.readonly_session(branch="main")
+    assert view.snapshot_id == first
+    np.testing.assert_array_equal(zarr.open_array(view.store, path="t")[:], np.arange(20))
+    with pytest.raises(vs.RepositoryExistsError):
+        vs.Repository.create(storage)
+    assert reopened.verify().ok
+
+
+def test_create_refuses_a_prefix_holding_other_objects(s3_repos: S3Repos) -> None:
+    storage = s3_repos.storage()
+    s3_repos.server.client.put_object(Bucket="zarrstore-test", Key=f"{storage.prefix}/x.txt",
+                                      Body=b"not ours")
+    with pytest.raises(vs.RepositoryExistsError, match="already holds other objects"):
+        vs.Repository.create(storage)
+
+
+# -- zarr's StoreTests and the store conformance suite on a session over S3 ------------------
+
+
+class TestWritableSessionOnS3WithZarr(session_store_tests.TestWritableSessionStoreWithZarr):
+    pass
+
+
+class TestWritableSessionOnS3Conformance(session_store_tests.TestWritableSessionConformance):
+    pass
+
+
+# -- processes racing commits -------------------------------------------------------------
+
+
+@pytest.mark.slow  # four processes, ~30 s on two shared cores
+def test_processes_racing_commits_on_one_branch_lose_nothing(s3_repos: S3Repos) -> None:
+    storage = s3_repos.storage()
+    repo = vs.Repository.create(storage)
+    workers, commits = 4, 6
+    context = multiprocessing.get_context("spawn")
+    start, out = context.Event(), context.Queue()
+    processes = [context.Process(target=object_workers.commit_loop,
+                                 args=(storage, n, commits, start, out)) for n in range(workers)]
+    for process in processes:
+        process.start()
+    start.set()
+    results = dict(out.get(timeout=300) for _ in processes)
+    for process in processes:
+        process.join(60)
+    failures = {n: r for n, r in results.items() if isinstance(r, str)}
+    assert not failures, failures
+    returned = {snapshot for ids in results.values() for snapshot in ids}
+    assert len(returned) == workers * commits
+    history = list(repo.ancestry(branch="main"))
+    assert len(history) == workers * commits + 1  # linear: every commit, then the first
+    assert {info.id for info in history} >= returned
+    assert all(len(info.parent_ids) == 1 for info in history[:-1])
+    assert all(len(info.parent_ids) <= 1 for info in history)
+    view = repo.readonly_session(branch="main")
+    for n in range(workers):
+        for c in range(commits):
+            key = f"w{n}/{c}"
+            assert view.read_entries([view.entry(key)])[0] == key.encode().ljust(700, b".")
+
+
+# -- request economy ----------------------------------------------------------------------
+
+
+def _session_requests(s3_repos: S3Repos, chunks: int, concurrency: int) -> dict[str, int]:
+    """HTTP requests of a session writing ``chunks`` chunks (1 KiB each) and committing."""
+    repo = vs.Repository.create(s3_repos.storage())
+    proxy = s3_repos.proxy
+    proxy.reset_counts()
+    session = repo.writable_session("main")
+    with zarr.config.set({"async.concurrency": concurrency}):
+        array = zarr.create_array(session.store, name="t", shape=(chunks * 128,), chunks=(128,),
+                                  dtype="f8", compressors=None, fill_value=-1)
+        array[:] = np.arange(chunks * 128, dtype="f8")
+    session.commit("n chunks")
+    counts = dict(proxy.counts)
+    counts["writes"] = proxy.writes
+    view = repo.readonly_session(branch="main")
+    np.testing.assert_array_equal(zarr.open_array(view.store, path="t")[-128:],
+                                  np.arange((chunks - 1) * 128, chunks * 128, dtype="f8"))
+    return counts
+
+
+def test_a_session_of_n_chunks_costs_about_n_writes(s3_repos: S3Repos) -> None:
+    # What object-storage users set (docs/guide.md): zarr then stages up to 128
+    # chunks per event-loop turn, and each turn is one log record.
+    n = 1000
+    counts = _session_requests(s3_repos, n, concurrency=128)
+    assert counts["writes"] <= n + n // 100 + 20, counts
+    assert counts.get("list", 0) <= 1 + n // 1000, counts
+    assert counts.get("delete", 0) == 0
+
+
+def test_with_zarrs_default_concurrency_a_record_per_ten_chunks(s3_repos: S3Repos) -> None:
+    # zarr's default async.concurrency is 10: a staging batch (one log record) holds
+    # at most 10 chunks, so the overhead is N/10 records (docs/format.md's formula).
+    n = 300
+    counts = _session_requests(s3_repos, n, concurrency=10)
+    assert n + n // 10 <= counts["writes"] <= n + n // 10 + 20, counts
+    assert counts.get("list", 0) <= 1, counts
+
+
+# -- garbage collection's grace period ------------------------------------------------------
+
+
+def test_gc_spares_what_a_writer_stored_but_has_not_referenced_yet(
+        s3_repos: S3Repos, monkeypatch: pytest.MonkeyPatch) -> None:
+    storage = s3_repos.storage()
+    repo = vs.Repository.create(storage)
+    # Its own client, as on another machine (a different configuration: not shared).
+    collector = vs.Repository.open(s3_repos.storage(storage.prefix,
+                                                    client_options={"timeout": "60s"}))
+    session = repo.writable_session("main")
+    backend: Any = repo.backend
+    store_objects = backend._put_objects
+    summaries: list[vs.GCSummary] = []
+
+    def store_then_collect(objects: Any) -> None:
+        store_objects(objects)  # the chunk is stored; the log record naming it is not yet
+        if objects and not summaries:
+            no_grace = datetime.now(UTC) + timedelta(seconds=5)
+            summaries.append(collector.garbage_collect(no_grace, dry_run=True))
+            summaries.append(collector.garbage_collect())  # the default grace period
+
+    monkeypatch.setattr(backend, "_put_objects", store_then_collect)
+    value = b"v" * 2000
+    session.set_values([("a/0", value)])
+    monkeypatch.undo()
+    without_grace, with_grace = summaries
+    assert without_grace.deleted == 1  # unreferenced: garbage, but for the grace period
+    assert with_grace.deleted == 0
+    snapshot = session.commit("kept")
+    view = repo.readonly_session(snapshot_id=snapshot)
+    assert view.read_entries([view.entry("a/0")]) == [value]
+    assert repo.verify().ok
+
+
+def test_gc_on_object_storage_keeps_a_day_by_default(s3_repos: S3Repos) -> None:
+    repo = vs.Repository.create(s3_repos.storage())
+    first = repo.lookup_branch("main")
+    session = repo.writable_session("main")
+    session.set_values([("staged", b"s" * 2000)])
+    other = repo.writable_session("main")
+    other.set_values([("k", b"k" * 2000)])
+    other.commit("to be reset away")
+    repo.reset_branch("main", first)
+    assert repo.garbage_collect().deleted == 0  # everything is younger than a day
+    later = datetime.now(UTC) + timedelta(seconds=5)
+    summary = repo.garbage_collect(later)
+    assert summary.deleted >= 3  # the reset-away snapshot, its tree, its chunk
+    assert session.read_entries([session.entry("staged")]) == [b"s" * 2000]  # staged: kept
+    session.commit("staged survives")
+    assert repo.verify().ok
+
+
+# -- bad input --------------------------------------------------------------------------------
+
+
+def _fast_failing() -> dict[str, Any]:
+    return {"client_options": {"timeout": "1s", "connect_timeout": "1s"},
+            "retry_config": {"max_retries": 0, "retry_timeout": timedelta(seconds=1)}}
+
+
+def test_a_bucket_that_does_not_exist(s3_repos: S3Repos) -> None:
+    storage = s3_repos.storage(bucket="no-such-bucket")
+    with pytest.raises(vs.StorageNotFoundError, match="bucket does not exist"):
+        vs.Repository.create(storage)
+    with pytest.raises(vs.StorageNotFoundError):
+        vs.Repository.open(storage)
+
+
+def test_missing_credentials(s3_repos: S3Repos) -> None:
+    with pytest.raises(vs.StorageAccessDeniedError, match="no credentials"):
+        vs.s3_storage(bucket="zarrstore-test", endpoint_url=s3_repos.proxy.endpoint,
+                      allow_http=True, from_env=False)
+
+
+def test_wrong_credentials(s3_repos: S3Repos) -> None:
+    storage = s3_repos.storage(access_key_id="AKIAWRONG", **_fast_failing())
+    with pytest.raises(vs.StorageAccessDeniedError, match="access denied"):
+        vs.Repository.create(storage)
+
+
+def test_an_endpoint_that_refuses_connections(s3_repos: S3Repos) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    storage = s3_repos.storage(endpoint_url=f"http://127.0.0.1:{port}", **_fast_failing())
+    with pytest.raises(vs.StorageUnreachableError, match="cannot reach"):
+        vs.Repository.create(storage)
+
+
+def test_a_server_that_never_answers(s3_repos: S3Repos) -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # connections are accepted by the kernel, never answered
+        storage = s3_repos.storage(endpoint_url=f"http://127.0.0.1:{silent.getsockname()[1]}",
+                                   **_fast_failing())
+        with pytest.raises(vs.StorageTimeoutError, match="did not answer in time"):
+            vs.Repository.create(storage)
+
+
+def test_a_commit_cut_off_by_a_timeout_is_all_or_nothing(s3_repos: S3Repos) -> None:
+    storage = s3_repos.storage()
+    repo = vs.Repository.create(storage)
+    before = repo.lookup_branch("main")
+    impatient = vs.Repository.open(s3_repos.storage(storage.prefix, **_fast_failing()))
+    session = impatient.writable_session("main")
+    session.set_values([("a", b"a" * 2000)])
+    s3_repos.proxy.stall_matching = re.compile(r"^PUT .*/log/")
+    try:
+        with pytest.raises(vs.StorageTimeoutError):
+            session.commit("cut off")
+    finally:
+        s3_repos.proxy.stall_matching = None
+    reader = vs.Repository.open(storage)
+    assert reader.lookup_branch("main") == before  # the record was never created
+    assert reader.verify().ok
+    committed = session.commit("again")  # the session is intact and commits now
+    assert vs.Repository.open(storage).lookup_branch("main") == committed
+
+
+def test_a_service_without_conditional_writes_is_refused(s3_repos: S3Repos) -> None:
+    storage = s3_repos.storage(client_options={"timeout": "31s"})  # not probed before
+    s3_repos.proxy.ignore_conditions = True
+    try:
+        with pytest.raises(vs.UnsafeStorageError, match="cannot create an object only if"):
+            vs.Repository.create(storage)
+        unsafe = vs.object_storage(storage.store, storage.prefix,
+                                   unsafe_allow_unconditional_writes=True)
+        repo = vs.Repository.create(unsafe)  # one writer, at its own risk
+        session = repo.writable_session("main")
+        session.set_values([("k", b"v")])
+        session.commit("single writer")
+    finally:
+        s3_repos.proxy.ignore_conditions = False
+    assert vs.Repository.open(storage).readonly_session(branch="main").entry("k") == b"v"

@@ -64,22 +64,11 @@ def test_object_storage_options_need_an_s3_url() -> None:
     assert storages_from_urls(["a", "b"]) == [vs.lmdb_storage("a"), vs.lmdb_storage("b")]
 
 
-def test_s3_urls_without_object_storage_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delattr(vs, "s3_storage", raising=False)
-    with pytest.raises(vs.RepositoryURLError, match="object storage is not available in this "
-                       "build"):
-        storage_from_url("s3://bucket/repos/era5")
-    with pytest.raises(vs.RepositoryURLError, match="not available"):
-        storages_from_urls(["a", "s3://bucket/x"], ObjectStorageOptions(region="eu-west-1"))
-
-
-@pytest.mark.skipif(not hasattr(vs, "s3_storage"),
-                    reason="this build has no object storage (versionstore.s3_storage)")
 def test_s3_urls_build_s3_storage_with_the_options() -> None:
     options = ObjectStorageOptions(endpoint_url="http://127.0.0.1:9000", region="eu-west-1",
                                    allow_http=True, anonymous=True)
     made = storage_from_url("s3://bucket/repos/era5/", options)
-    expected = vs.s3_storage(bucket="bucket", prefix="repos/era5",  # type: ignore[attr-defined]
+    expected = vs.s3_storage(bucket="bucket", prefix="repos/era5",
                              region="eu-west-1", endpoint_url="http://127.0.0.1:9000",
                              allow_http=True, anonymous=True)
     assert repr(made) == repr(expected)

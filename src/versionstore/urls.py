@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-import versionstore
+from versionstore.cloud import s3_storage
 from versionstore.errors import RepositoryURLError
 from versionstore.storage import RepositoryStorage, lmdb_storage
 
@@ -71,16 +71,10 @@ def _s3(url: str, options: ObjectStorageOptions) -> RepositoryStorage:
     if not _BUCKET.fullmatch(bucket) or ".." in bucket:
         raise RepositoryURLError(f"{bucket!r} is not a valid S3 bucket name (3 to 63 "
                                  "lowercase letters, digits, '.' and '-')")
-    factory = getattr(versionstore, "s3_storage", None)
-    if factory is None:
-        raise RepositoryURLError(f"{url!r}: object storage is not available in this build "
-                                 "of versionstore (no versionstore.s3_storage); use an LMDB "
-                                 "path or lmdb:// URL")
-    storage: RepositoryStorage = factory(
+    return s3_storage(
         bucket=bucket, prefix=parts.path.strip("/"), region=options.region,
         endpoint_url=options.endpoint_url, allow_http=options.allow_http,
         anonymous=options.anonymous)
-    return storage
 
 
 def storage_from_url(url: str, options: ObjectStorageOptions | None = None

@@ -36,6 +36,10 @@ TINY = {
     "hierarchy_arrays": 5,
     "commit_sizes": [10, 100],
     "commit_samples": 2,
+    "scale_commits": [3, 5],
+    "merge_sizes": [200, 400],
+    "merge_samples": 1,
+    "merge_scatter_max": 200,
 }
 HAS_ICECHUNK = importlib.util.find_spec("icechunk") is not None
 

@@ -39,6 +39,10 @@ TINY = {
     "commit_sizes": [10, 100],
     "commit_samples": 2,
     "huge_sizes": [50],
+    "scale_commits": [3, 5],
+    "merge_sizes": [200, 400],
+    "merge_samples": 1,
+    "merge_scatter_max": 200,
 }
 HAS_ICECHUNK = importlib.util.find_spec("icechunk") is not None
 

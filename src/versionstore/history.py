@@ -10,7 +10,11 @@ first-parent ancestors, up to ``HISTORY_PAGE_SIZE`` of them, and the page
 that continues the run (``with_history`` builds it when the snapshot is
 made). Walking first parents therefore reads one object per page — 10,000
 commits are about 160 reads, not 10,000 — and ``snapshot_at`` (``as_of``)
-walks the same way. Snapshots from before pages existed are read one by one.
+and ``merge_base`` walk the same way. Pages are stored by columns, and the
+``SnapshotInfo`` objects ``Repository.ancestry`` lists from them hold only
+their id until another field is read (``first_parent_infos``), so listing
+a long history costs little more than its ids. Snapshots from before pages
+existed are read one by one.
 
 ``Diff`` uses icechunk's field names so code moving from icechunk reads the
 same. Node paths are absolute (``"/"`` is the root group, ``"/t"`` an array).

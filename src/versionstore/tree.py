@@ -9,7 +9,9 @@ snapshots share every node they have in common:
 * opening a snapshot reads nothing but its root id; a lookup reads one node
   per level, ``O(log n)``;
 * a diff skips every subtree whose id both sides share, so comparing two
-  nearby snapshots costs in proportion to what changed.
+  nearby snapshots costs in proportion to what changed;
+* a three-way merge (``merge_structure``) walks base, ours and theirs side
+  by side and takes a subtree only one side changed by id, unread.
 
 Nodes split evenly when they grow past their limits. Deletions do not merge
 nodes (a node that empties disappears); trees therefore stay shallow

@@ -47,6 +47,10 @@ DEFAULTS: dict[str, Any] = {
     "commit_sizes": [10**3, 10**4, 10**5, 10**6],
     "commit_samples": 20,
     "commit_icechunk_max": 10**5,
+    "gc_sizes": [10**3, 10**4, 10**5],
+    "gc_samples": 3,
+    "gc_changes": 10,
+    "gc_icechunk_max": 10**5,
 }
 #: Sizes of ``--quick`` (under a minute).
 QUICK: dict[str, Any] = {
@@ -63,9 +67,14 @@ QUICK: dict[str, Any] = {
     "commit_sizes": [10**3, 10**4],
     "commit_samples": 5,
     "commit_icechunk_max": 10**5,
+    "gc_sizes": [10**3, 10**4],
+    "gc_samples": 2,
+    "gc_changes": 10,
+    "gc_icechunk_max": 10**4,
 }
 #: Repetitions per workload (each one a fresh directory and fresh processes).
-REPEATS: dict[str, int] = {"bulk": 2, "small": 1, "history": 1, "hierarchy": 1, "commit": 1}
+REPEATS: dict[str, int] = {"bulk": 2, "small": 1, "history": 1, "hierarchy": 1, "commit": 1,
+                           "gc": 1}
 #: The systems each workload runs by default (others may be asked for with ``--systems``).
 DEFAULT_SYSTEMS: dict[str, tuple[str, ...]] = {
     "commit": ("vs-lmdb", "icechunk-fs", "raw-lmdb"),

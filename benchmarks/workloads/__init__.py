@@ -8,11 +8,11 @@ on ``rec``. ``fixtures(params, directory)`` (optional) prepares shared inputs
 once per suite run in the parent (the encoded bytes every system stores).
 """
 
-from benchmarks.workloads import bulk, commit_latency, hierarchy, history, small_chunks
+from benchmarks.workloads import bulk, commit_latency, gc, hierarchy, history, small_chunks
 
 __all__ = ["WORKLOADS"]
 
 WORKLOADS = {
     module.NAME: module
-    for module in (bulk, small_chunks, history, hierarchy, commit_latency)
+    for module in (bulk, small_chunks, history, hierarchy, commit_latency, gc)
 }

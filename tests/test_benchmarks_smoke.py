@@ -36,6 +36,10 @@ TINY = {
     "hierarchy_arrays": 5,
     "commit_sizes": [10, 100],
     "commit_samples": 2,
+    "gc_sizes": [10, 100],
+    "gc_samples": 2,
+    "gc_changes": 3,
+    "gc_icechunk_max": 100,
 }
 HAS_ICECHUNK = importlib.util.find_spec("icechunk") is not None
 

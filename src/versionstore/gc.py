@@ -1,5 +1,11 @@
 """Garbage collection: delete objects no version can reach.
 
+``collect_garbage`` is the entry point: incremental where the backend keeps
+a ledger (``versionstore.gc_incremental``: reference counts, cost in
+proportion to what changed since the previous run), otherwise the full
+collection described here (``collect_garbage_by_listing``), which marks
+everything and lists every object. Both delete the same objects.
+
 Reachable means: from a branch, a tag, or a writable session (its base and
 its staged chunks), through snapshot ancestry, tree nodes and chunk
 references. Everything else — trees and chunks of snapshots that a

@@ -135,6 +135,20 @@ def check_targets(summary: dict[str, Any], params: dict[str, Any]) -> list[dict[
             add(f"{system}: commit latency flat within 2× "
                 f"({size_label(first)} → {size_label(last)} chunks)", 2.0 / growth, 1.0,
                 f"grows {growth:.2f}× ({small['median']:.2f} → {large['median']:.2f} ms)")
+    # 2b. Garbage collection after a small commit: grows < 2× from the smallest to the
+    # largest repository (issue 14).
+    for system in ("vs-lmdb", "vs-mem", "icechunk-fs", "icechunk-mem"):
+        measured = [
+            (size, s) for size in params.get("gc_sizes") or []
+            if (s := _get(summary, "gc", f"gc after small commit ms (N={size_label(size)})",
+                          system))
+        ]
+        if len(measured) >= 2:
+            (first, small), (last, large) = measured[0], measured[-1]
+            growth = large["median"] / small["median"]
+            add(f"{system}: gc after a small commit grows < 2× "
+                f"({size_label(first)} → {size_label(last)} chunks)", 2.0 / growth, 1.0,
+                f"grows {growth:.2f}× ({small['median']:.2f} → {large['median']:.2f} ms)")
     # 3. At least 5× icechunk on small-chunk write + commit.
     for ours, theirs in PAIRS:
         for name in ("zarr write+commit s", "key write+commit s"):

@@ -56,6 +56,10 @@ DEFAULTS: dict[str, Any] = {
     "merge_sizes": [10**3, 10**4, 10**5, 10**6],
     "merge_samples": 5,
     "merge_scatter_max": 10**5,
+    "gc_sizes": [10**3, 10**4, 10**5],
+    "gc_samples": 3,
+    "gc_changes": 10,
+    "gc_icechunk_max": 10**5,
 }
 #: Sizes of ``--quick`` (under a minute).
 QUICK: dict[str, Any] = {
@@ -80,10 +84,14 @@ QUICK: dict[str, Any] = {
     "merge_sizes": [10**3, 10**4],
     "merge_samples": 3,
     "merge_scatter_max": 10**4,
+    "gc_sizes": [10**3, 10**4],
+    "gc_samples": 2,
+    "gc_changes": 10,
+    "gc_icechunk_max": 10**4,
 }
 #: Repetitions per workload (each one a fresh directory and fresh processes).
 REPEATS: dict[str, int] = {"percall": 3, "small64": 3, "bulk": 2, "small": 1, "history": 1,
-                           "hierarchy": 1, "commit": 1, "huge": 1, "scale": 1}
+                           "hierarchy": 1, "commit": 1, "huge": 1, "scale": 1, "gc": 1}
 #: The systems each workload runs by default (others may be asked for with ``--systems``).
 DEFAULT_SYSTEMS: dict[str, tuple[str, ...]] = {
     # zarr's LocalStore writes a file per chunk (20,000 files: half a minute, and no ceiling

@@ -143,6 +143,10 @@ class System:
             run_async(self.set_keys(chunk))
 
     # -- footprint ----------------------------------------------------------------
+    def garbage_collect(self, full: bool = False) -> int:
+        """Collect garbage; return how many objects were deleted."""
+        raise NotImplementedError(f"{self.name} has no garbage collection")
+
     def disk_usage(self) -> dict[str, int]:
         """Bytes on disk (call after ``close``); empty for in-memory systems."""
         return dir_usage(self.root) if self.persistent else {}
@@ -197,6 +201,9 @@ class _VersionStore(System):
 
     def snapshots(self) -> list[str]:
         return [str(info.id) for info in self._repo.ancestry(branch="main")]
+
+    def garbage_collect(self, full: bool = False) -> int:
+        return int(self._repo.garbage_collect(full=full).deleted)
 
     def load_keys(self, items: Iterable[tuple[str, bytes]], batch: int = 10_000) -> None:
         # Session.set_values stages a whole batch in one backend transaction.
@@ -281,6 +288,13 @@ class _Icechunk(System):
 
     def snapshots(self) -> list[str]:
         return [info.id for info in self._repo.ancestry(branch="main")]
+
+    def garbage_collect(self, full: bool = False) -> int:
+        from datetime import UTC, datetime
+
+        summary = self._repo.garbage_collect(datetime.now(UTC))
+        return int(summary.chunks_deleted + summary.manifests_deleted
+                   + summary.snapshots_deleted)
 
     def load_keys(self, items: Iterable[tuple[str, bytes]], batch: int = 10_000) -> None:
         # Untimed setup only: 100 concurrent sets on icechunk's own (Rust) store object,

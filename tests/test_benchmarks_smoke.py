@@ -43,6 +43,10 @@ TINY = {
     "merge_sizes": [200, 400],
     "merge_samples": 1,
     "merge_scatter_max": 200,
+    "gc_sizes": [10, 100],
+    "gc_samples": 2,
+    "gc_changes": 3,
+    "gc_icechunk_max": 100,
 }
 HAS_ICECHUNK = importlib.util.find_spec("icechunk") is not None
 

@@ -217,6 +217,8 @@ def test_du_expire_gc_compact_verify(repo_path: str) -> None:
     assert "--delete" in _run("gc", repo_path).output
     done = json.loads(_run("gc", repo_path, "--delete", "--json").output)
     assert not done["dry_run"] and done["deleted"] == dry["deleted"]
+    full = json.loads(_run("gc", repo_path, "--delete", "--full", "--json").output)
+    assert full["deleted"] == 0 and full["reachable"] == done["reachable"]
     compacted = json.loads(_run("compact", repo_path, "--json").output)
     assert compacted["bytes_after"] <= compacted["bytes_before"]
     assert "returned" in _run("compact", repo_path).output

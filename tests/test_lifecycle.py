@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import zarr
 
 import versionstore as vs
 from versionstore.errors import PurgeBlockedError, RepositoryBusyError, SessionNotFoundError
+from versionstore.gc import collect_garbage_by_listing
 from versionstore.ids import object_id_from_text
 
 
@@ -362,32 +364,58 @@ def test_compact_refuses_while_another_process_has_it_open_and_names_it(tmp_path
         assert repo.verify().ok
 
 
-@pytest.mark.parametrize("during", ["commit", "stage"])
-def test_gc_spares_garbage_a_writer_revives_between_mark_and_sweep(repo: vs.Repository,
-                                                                    during: str) -> None:
-    first = _commit(repo, a=b"A" * 2000)
-    _commit(repo, a=b"B" * 2000)
-    repo.reset_branch("main", first)  # the "B" chunk is garbage now ...
-    original = repo.backend.delete_objects
-    session = repo.writable_session()
+def _collect_interleaved(repo: vs.Repository, how: str, interleave: Callable[[], None]
+                         ) -> vs.GCSummary:
+    """Collect garbage ``how``, running ``interleave`` between mark and atomic sweep.
+
+    ``incremental`` and ``full`` run ``garbage_collect`` (its sweep is the
+    ledger's ``sweep``); ``listing`` the ledger-free full collection (its sweep
+    is ``delete_objects``).
+    """
+    step = "delete_objects" if how == "listing" else "sweep"
+    original = getattr(repo.backend, step)
 
     def interleaved(*args: Any, **kwargs: Any) -> bool:
+        repo.backend.__dict__.pop(step)  # once
+        interleave()
+        return bool(original(*args, **kwargs))
+
+    setattr(repo.backend, step, interleaved)
+    try:
+        if how == "listing":
+            return collect_garbage_by_listing(repo.reader)
+        return repo.garbage_collect(full=how == "full")
+    finally:
+        repo.backend.__dict__.pop(step, None)
+
+
+@pytest.mark.parametrize("how", ["incremental", "full", "listing"])
+@pytest.mark.parametrize("during", ["commit", "stage"])
+def test_gc_spares_garbage_a_writer_revives_between_mark_and_sweep(repo: vs.Repository,
+                                                                    during: str,
+                                                                    how: str) -> None:
+    first = _commit(repo, a=b"A" * 2000)
+    repo.garbage_collect()  # the ledger exists: the next run is incremental
+    _commit(repo, a=b"B" * 2000)
+    repo.reset_branch("main", first)  # the "B" chunk is garbage now ...
+    session = repo.writable_session()
+
+    def revive() -> None:
         # ... until a writer references the same content again, mid-collection.
         if during == "commit":
             _commit(repo, a=b"B" * 2000)
         else:
             session.store.storage.set("b", b"B" * 2000)
-        return original(*args, **kwargs)
 
-    repo.backend.delete_objects = interleaved  # type: ignore[method-assign]
-    summary = repo.garbage_collect()
-    repo.backend.__dict__.pop("delete_objects")
+    summary = _collect_interleaved(repo, how, revive)
     assert summary.deleted >= 1  # the old snapshot went; the revived chunk stayed
     if during == "commit":
         assert repo.readonly_session().store.storage.get("a") == b"B" * 2000
     else:
         assert session.store.storage.get("b") == b"B" * 2000
         session.commit("revived")
+    assert repo.verify().ok
+    repo.garbage_collect()  # the rescued objects were kept pending: still nothing lost
     assert repo.verify().ok
 
 

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import versionstore as vs
+from versionstore.gc import collect_garbage_by_listing
 
 KEYS = st.sampled_from(["a", "b", "p/x", "p/y"])
 VALUES = st.sampled_from([b"v", b"w", b"V" * 700, b"W" * 700, b"Z" * 900])
@@ -147,26 +148,36 @@ class LifecycleMachine(RuleBasedStateMachine):
         self._expire()
 
     @rule(during=st.sampled_from(["nothing", "commit", "stage", "expire"]), key=KEYS,
-          value=VALUES)
-    def collect(self, during: str, key: str, value: bytes) -> None:
+          value=VALUES, how=st.sampled_from(["incremental", "incremental", "full", "listing"]))
+    def collect(self, during: str, key: str, value: bytes, how: str = "incremental") -> None:
+        """Collect garbage (incrementally, in full, or by listing) with ``during`` mid-way.
+
+        The interleaved action lands just before the collection's atomic
+        sweep: the ledger's ``sweep``, or ``delete_objects`` for the
+        ledger-free full collection.
+        """
         backend = self.repo.backend
-        original = backend.delete_objects
+        step = "delete_objects" if how == "listing" else "sweep"
+        original = getattr(backend, step)
 
         def interleaved(*args: Any, **kwargs: Any) -> bool:
-            del backend.delete_objects  # once
+            backend.__dict__.pop(step)  # once
             if during == "commit":
                 self._commit("main", key, value)
             elif during == "stage":
                 self._stage(key, value)
             elif during == "expire":
                 self._expire()
-            return original(*args, **kwargs)
+            return bool(original(*args, **kwargs))
 
-        backend.delete_objects = interleaved  # type: ignore[method-assign]
+        setattr(backend, step, interleaved)
         try:
-            self.repo.garbage_collect()
+            if how == "listing":
+                collect_garbage_by_listing(self.repo.reader)
+            else:
+                self.repo.garbage_collect(full=how == "full")
         finally:
-            backend.__dict__.pop("delete_objects", None)
+            backend.__dict__.pop(step, None)
 
     @rule(branch=BRANCHES, key=KEYS, value=VALUES, how=st.sampled_from(["commit", "stage"]))
     def collect_while_a_writer_revives_garbage(self, branch: str, key: str, value: bytes,
@@ -174,7 +185,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         """Make ``value`` garbage (commit, reset away), then re-reference it mid-gc."""
         self._commit(branch, key, value)
         self.reset_to_an_ancestor(branch, 1)
-        self.collect(how, key, value)
+        self.collect(how, key, value, "incremental")
 
     @precondition(lambda self: self.session_id is None)
     @rule()

@@ -375,12 +375,20 @@ READ_ONLY_CHECKS = """
 
 
 @needs_mount_namespace
-def test_repository_on_a_read_only_filesystem_can_be_read(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ledger", [True, False], ids=["with-gc-ledger", "from-before-ledgers"])
+def test_repository_on_a_read_only_filesystem_can_be_read(tmp_path: Path, ledger: bool) -> None:
     path = tmp_path / "repo"
     with vs.Repository.create(vs.lmdb_storage(path)) as repo:
         session = repo.writable_session("main")
         session.store.storage.set("k", b"v")
         session.commit("one")
+    if not ledger:  # as written by a version without garbage collection's ledger
+        import lmdb
+
+        env = lmdb.open(str(path), max_dbs=4)
+        with env.begin(write=True) as txn:
+            txn.drop(env.open_db(b"gc", txn=txn), delete=True)
+        env.close()
     (path / "lock.mdb").unlink()  # as on a read-only medium that never held a lock file
     mount = tmp_path / "ro"
     mount.mkdir()

@@ -11,6 +11,7 @@ once per suite run in the parent (the encoded bytes every system stores).
 from benchmarks.workloads import (
     bulk,
     commit_latency,
+    gc,
     hierarchy,
     history,
     history_scale,
@@ -25,5 +26,5 @@ __all__ = ["WORKLOADS"]
 WORKLOADS = {
     module.NAME: module
     for module in (per_call, small_concurrent, bulk, small_chunks, history, hierarchy,
-                   commit_latency, huge_commit, history_scale)
+                   commit_latency, huge_commit, history_scale, gc)
 }

@@ -513,9 +513,13 @@ def expire(repo: str, older_than: str, delete_expired_branches: bool, delete_exp
 @click.option("--delete", is_flag=True, help="really delete (the default is a dry run)")
 @click.option("--older-than", metavar="WHEN",
               help="keep unreachable snapshots written after WHEN (a grace period)")
+@click.option("--full", is_flag=True,
+              help="mark everything and list every object (the default is incremental)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
-def gc(repo: str, delete: bool, older_than: str | None, as_json: bool) -> None:
+def gc(repo: str, delete: bool, older_than: str | None, full: bool, as_json: bool) -> None:
     r"""Garbage-collect: what no branch, tag or session reaches. A dry run unless --delete.
+
+    Incremental: a run costs what changed since the previous one.
 
     \b
     Example: versionstore gc my-repo            (shows what would be freed)
@@ -523,7 +527,7 @@ def gc(repo: str, delete: bool, older_than: str | None, as_json: bool) -> None:
     """
     with _open(repo) as opened, _progress("collecting garbage") as progress:
         summary = opened.garbage_collect(None if older_than is None else _when(older_than),
-                                         dry_run=not delete, progress=progress)
+                                         dry_run=not delete, progress=progress, full=full)
     if as_json:
         _json({"reachable": summary.reachable, "deleted": summary.deleted,
                "bytes_freed": summary.bytes_freed, "dry_run": summary.dry_run})

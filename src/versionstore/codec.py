@@ -35,6 +35,7 @@ from versionstore.records import (
     Branch,
     ChunkRef,
     Entry,
+    GCLedger,
     Graft,
     HistoryPage,
     Leaf,
@@ -57,6 +58,7 @@ __all__ = [
     "MAX_DECOMPRESSED",
     "content_id",
     "decode_chunk",
+    "decode_gc_ledger",
     "decode_graft",
     "decode_history_page",
     "decode_node",
@@ -70,6 +72,7 @@ __all__ = [
     "decode_staged",
     "staged_reencodes",
     "encode_chunk",
+    "encode_gc_ledger",
     "encode_graft",
     "encode_history_page",
     "encode_node",
@@ -101,10 +104,11 @@ KIND_OPERATION: Final = 10
 KIND_HISTORY: Final = 11
 KIND_REF_LOG: Final = 12
 KIND_REF_CHECKPOINT: Final = 13
+KIND_GC_LEDGER: Final = 14
 _KIND_NAMES = {
     1: "chunk", 2: "leaf", 3: "branch", 4: "snapshot", 5: "ref", 6: "session", 7: "staged",
     8: "repository", 9: "graft", 10: "operation", 11: "history page", 12: "ref log record",
-    13: "ref checkpoint",
+    13: "ref checkpoint", 14: "gc ledger",
 }
 
 _MAGIC: Final = b"VS"
@@ -812,3 +816,39 @@ def decode_ref_checkpoint(name: str, data: bytes, seq: int) -> dict[str, bytes]:
                 if value is not None}
 
     return _guarded("ref checkpoint", decode, name)
+
+
+def encode_gc_ledger(ledger: GCLedger) -> bytes:
+    """The stored header of garbage collection's ledger (compressed when large)."""
+    body = [GCLedger.FORMAT_VERSION, ledger.generation, ledger.journal, ledger.live,
+            [list(root) for root in ledger.roots],
+            [[snapshot, list(parents)] for snapshot, parents in ledger.grafts]]
+    return _frame(KIND_GC_LEDGER, msgpack.packb(body, use_bin_type=True), compress=True)
+
+
+def decode_gc_ledger(data: bytes) -> GCLedger:
+    """Decode garbage collection's ledger header."""
+    name = "gc ledger"
+
+    def decode() -> GCLedger:
+        payload = _unpack(name, _unframe(name, data, KIND_GC_LEDGER))
+        f = _versioned(name, name, payload, GCLedger.FORMAT_VERSION, 6)
+        if not all(isinstance(v, int) and v >= 0 for v in f[1:4]) or not isinstance(
+                f[4], list) or not isinstance(f[5], list):
+            raise CorruptObjectError(name, "gc ledger header is malformed")
+        roots = []
+        for root in f[4]:
+            if not (isinstance(root, list) and len(root) == 3 and isinstance(root[1], int)
+                    and isinstance(root[2], int) and root[2] > 0):
+                raise CorruptObjectError(name, "gc ledger root is malformed")
+            roots.append((_object_id(name, root[0]), root[1], root[2]))
+        grafts = []
+        for graft in f[5]:
+            if not (isinstance(graft, list) and len(graft) == 2 and isinstance(graft[1], list)):
+                raise CorruptObjectError(name, "gc ledger graft is malformed")
+            grafts.append((_object_id(name, graft[0]),
+                           tuple(_object_id(name, p) for p in graft[1])))
+        return GCLedger(generation=f[1], journal=f[2], live=f[3], roots=tuple(roots),
+                        grafts=tuple(grafts))
+
+    return _guarded(name, decode, name)

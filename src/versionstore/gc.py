@@ -1,5 +1,11 @@
 """Garbage collection: delete objects no version can reach.
 
+``collect_garbage`` is the entry point: incremental where the backend keeps
+a ledger (``versionstore.gc_incremental``: reference counts, cost in
+proportion to what changed since the previous run), otherwise the full
+collection described here (``collect_garbage_by_listing``), which marks
+everything and lists every object. Both delete the same objects.
+
 Reachable means: from a branch, a tag, or a writable session (its base and
 its staged chunks), through snapshot ancestry, tree nodes and chunk
 references. Everything else — trees and chunks of snapshots that a
@@ -29,96 +35,42 @@ checked (``docs/format.md``, S2).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
-import attrs
-
-from versionstore.backend.protocol import Backend, ObjectGetter, Rescue, WriteBatch
+from versionstore.backend.ledger import Ledger
+from versionstore.backend.protocol import ObjectGetter, Rescue
 from versionstore.codec import (
     KIND_SNAPSHOT,
     decode_history_page,
     decode_node,
-    decode_ref_target,
-    decode_session,
     decode_snapshot,
-    decode_staged,
     frame_kind,
 )
-from versionstore.errors import CorruptObjectError
-from versionstore.grafts import Grafts, graft_ref, grafts_from_refs, parents_of
+from versionstore.gc_incremental import collect_incrementally
+from versionstore.gc_roots import (
+    GCSummary,
+    Progress,
+    batches,
+    drop_stale_grafts,
+    roots_of,
+    session_of,
+    staged_sessions,
+)
+from versionstore.grafts import Grafts, grafts_from_refs, parents_of
 from versionstore.ids import ObjectId, object_id_text
 from versionstore.objects import ObjectReader
 from versionstore.records import Branch, ChunkRef, HistoryPage, Leaf, Node, Snapshot
-from versionstore.refs import REPOSITORY_REF, session_ref, stage_prefix
+from versionstore.refs import session_ref, stage_prefix
 
-__all__ = ["GCSummary", "Progress", "collect_garbage", "reachable_objects"]
+__all__ = [
+    "GCSummary",
+    "Progress",
+    "collect_garbage",
+    "collect_garbage_by_listing",
+    "reachable_objects",
+]
 
-#: Told ``(phase, done, total)`` as a long operation advances (for progress bars).
-Progress = Callable[[str, int, int], None]
-_BATCH = 512
-
-
-@attrs.frozen
-class GCSummary:
-    """What a collection found and removed.
-
-    ``bytes_freed`` is the stored size of the deleted objects (with
-    ``dry_run``: of those that would be deleted). On LMDB the file keeps its
-    size until ``Repository.compact``; the freed pages are reused first.
-    """
-
-    reachable: int
-    deleted: int
-    dry_run: bool
-    bytes_freed: int = 0
-
-
-_KNOWN = ("branch/", "tag/", "session/", "stage/", "graft/", "ops/")
-
-
-def _session_of(name: str) -> str:
-    """The session id of a ``session/<id>`` or ``stage/<id>/<key>`` ref."""
-    return name.split("/", 2)[1]
-
-
-def _staged_sessions(refs: Mapping[str, bytes | None]) -> set[str]:
-    """Ids of the sessions with staged refs among ``refs``."""
-    return {_session_of(name) for name, raw in refs.items()
-            if raw is not None and name.startswith("stage/")}
-
-
-def _roots(refs: Mapping[str, bytes | None], staged: set[str] | None = None
-           ) -> tuple[list[ObjectId], set[ObjectId]]:
-    """Snapshots and chunks that ``refs`` point at directly.
-
-    A session record roots its base only while its session has staged refs
-    (ids in ``staged``; ``None``: every record counts). A ref of a kind this
-    version does not know — a damaged name, or a newer format — stops the
-    collection: what it references cannot be known, so nothing may be deleted.
-    """
-    snapshots: list[ObjectId] = []
-    chunks: set[ObjectId] = set()
-    for name, raw in refs.items():
-        if raw is None or name == REPOSITORY_REF:
-            continue
-        if not name.startswith(_KNOWN):
-            raise CorruptObjectError(
-                name, "a ref of unknown kind (a damaged name?); garbage collection refuses to "
-                "run until `versionstore verify` is clean")
-        if name.startswith(("branch/", "tag/")):
-            target = decode_ref_target(name, raw).snapshot
-            if target is not None:
-                snapshots.append(target)
-        elif name.startswith("session/"):
-            record = decode_session(name, raw)
-            if staged is None or _session_of(name) in staged:
-                snapshots.append(record.base)
-        elif name.startswith("stage/"):
-            entry = decode_staged(name, raw)
-            if isinstance(entry, ChunkRef):
-                chunks.add(entry.chunk_id)
-    return snapshots, chunks
 
 
 def _mark(roots: tuple[list[ObjectId], set[ObjectId]],
@@ -186,7 +138,7 @@ def reachable_objects(reader: ObjectReader, refs: Mapping[str, bytes],
     objects that are not stored are added to ``missing``.
     """
     marked: set[ObjectId] = set()
-    _mark(_roots(refs, _staged_sessions(refs)), reader.snapshot_if_stored,
+    _mark(roots_of(refs, staged_sessions(refs)), reader.snapshot_if_stored,
           reader.node_if_stored, reader.history_page_if_stored, marked, missing,
           grafts_from_refs(refs))
     return marked
@@ -215,25 +167,26 @@ def _rescuer(marked: set[ObjectId], rescued: set[ObjectId]) -> Rescue:
                                                                  data)
 
         roots = dict(changed)
-        for session in _staged_sessions(changed):
+        for session in staged_sessions(changed):
             record = session_ref(session)
             if record in now:
                 roots[record] = now[record]
-        rescued.update(_mark(_roots(roots), snapshot_of, node_of, page_of, set(marked)))
+        rescued.update(_mark(roots_of(roots), snapshot_of, node_of, page_of, set(marked)))
         return rescued
 
     return rescue
 
 
-def _batches(ids: list[ObjectId]) -> Iterable[list[ObjectId]]:
-    for start in range(0, len(ids), _BATCH):
-        yield ids[start : start + _BATCH]
-
-
 def collect_garbage(reader: ObjectReader, *, dry_run: bool = False,
                     older_than: datetime | None = None,
-                    progress: Progress | None = None) -> GCSummary:
+                    progress: Progress | None = None, full: bool = False) -> GCSummary:
     """Delete every unreachable object (or, with ``dry_run``, only count them).
+
+    Incremental where the backend keeps a ledger
+    (``versionstore.gc_incremental``: the cost follows what changed since the
+    previous collection); otherwise, or when the ledger cannot be used, the
+    full collection (``collect_garbage_by_listing``). Both delete exactly the
+    stored objects no ref reaches, less the grace period's and the rescue's.
 
     Args:
         reader: the repository's object reader.
@@ -244,13 +197,39 @@ def collect_garbage(reader: ObjectReader, *, dry_run: bool = False,
             backend's ``default_gc_grace()`` before now (none on LMDB and
             memory; ``DEFAULT_GC_GRACE``, one day, on object storage).
         progress: told ``(phase, done, total)`` while candidates are sized.
+        full: mark everything and list every object, whatever the ledger
+            says (and, with a ledger, write it afresh).
+
+    Raises:
+        CorruptObjectError: a ref of unknown kind or a damaged object: what
+            it references cannot be known, so nothing is deleted.
+    """
+    backend = reader.backend
+    if isinstance(backend, Ledger):
+        summary = collect_incrementally(reader, backend, dry_run=dry_run, older_than=older_than,
+                                        progress=progress, rebuild=full)
+        if summary is not None:
+            return summary
+    return collect_garbage_by_listing(reader, dry_run=dry_run, older_than=older_than,
+                                      progress=progress)
+
+
+def collect_garbage_by_listing(reader: ObjectReader, *, dry_run: bool = False,
+                               older_than: datetime | None = None,
+                               progress: Progress | None = None) -> GCSummary:
+    """The full collection: mark what the refs reach, list every object, delete the rest.
+
+    Costs in proportion to the repository. Needs nothing from the backend
+    beyond ``versionstore.backend.protocol``; it leaves a ledger as it is (a
+    ledger stays valid when objects are deleted under it). Arguments as
+    ``collect_garbage``.
     """
     backend = reader.backend
     refs = backend.list_refs("")
     grafts = grafts_from_refs(refs)
-    staged = _staged_sessions(refs)
+    staged = staged_sessions(refs)
     marked: set[ObjectId] = set()
-    _mark(_roots(refs, staged), reader.snapshot_if_stored, reader.node_if_stored,
+    _mark(roots_of(refs, staged), reader.snapshot_if_stored, reader.node_if_stored,
           reader.history_page_if_stored, marked, None, grafts)
     if older_than is None and (grace := backend.default_gc_grace()) is not None:
         older_than = datetime.now(UTC) - grace
@@ -261,7 +240,7 @@ def collect_garbage(reader: ObjectReader, *, dry_run: bool = False,
     doomed = [oid for oid in candidates if oid not in marked]
     sizes: dict[ObjectId, int] = {}
     recent: list[ObjectId] = []
-    for batch in _batches(doomed):
+    for batch in batches(doomed):
         for object_id, data in zip(batch, backend.get_objects(batch), strict=True):
             if data is None:
                 continue
@@ -278,26 +257,14 @@ def collect_garbage(reader: ObjectReader, *, dry_run: bool = False,
         doomed = [oid for oid in doomed if oid not in marked]
     rescued: set[ObjectId] = set()
     empty_records = {  # records of sessions with nothing staged: pruned, if still so
-        name: (raw, stage_prefix(_session_of(name))) for name, raw in refs.items()
-        if name.startswith("session/") and _session_of(name) not in staged
+        name: (raw, stage_prefix(session_of(name))) for name, raw in refs.items()
+        if name.startswith("session/") and session_of(name) not in staged
     }
     if not dry_run and (doomed or empty_records):
         backend.delete_objects(doomed, if_refs_are=refs, rescue=_rescuer(marked, rescued),
                                prune_refs=empty_records)
-        _drop_stale_grafts(backend, refs, set(doomed) - rescued)
+        drop_stale_grafts(backend, refs, set(doomed) - rescued)
         backend.sync()
     gone = [oid for oid in doomed if oid not in rescued]
     return GCSummary(reachable=len(marked) + len(rescued), deleted=len(gone), dry_run=dry_run,
                      bytes_freed=sum(sizes.get(oid, 0) for oid in gone))
-
-
-def _drop_stale_grafts(backend: Backend, refs: Mapping[str, bytes],
-                       deleted: set[ObjectId]) -> None:
-    """Delete the grafts of snapshots just collected (each only if unchanged)."""
-    stale = {}
-    for snapshot_id in deleted:
-        name = graft_ref(snapshot_id)
-        if name in refs:
-            stale[name] = refs[name]
-    if stale:
-        backend.write(WriteBatch(delete_if_equal=stale))

@@ -20,7 +20,9 @@ Mutable refs (moved by compare-and-swap):
 * ``SessionRecord`` — a writable session's branch and base snapshot;
 * ``RepositoryRecord`` — the repository's format version;
 * staged entries — an ``Entry`` or ``TOMBSTONE`` per staged key;
-* ``Operation`` — one ops-log entry: a ref change, written with it.
+* ``Operation`` — one ops-log entry: a ref change, written with it;
+* ``GCLedger`` — incremental garbage collection's summary of its last run
+  (kept beside the refs, in the backend's ledger: ``versionstore.backend.ledger``).
 
 Every record class has a ``FORMAT_VERSION``; ``codec`` writes it into every
 encoded record and refuses records from newer versions.
@@ -41,6 +43,7 @@ __all__ = [
     "Branch",
     "ChunkRef",
     "Entry",
+    "GCLedger",
     "Graft",
     "HistoryPage",
     "Leaf",
@@ -323,3 +326,26 @@ class Operation:
     written_at: datetime
     message: str | None = None
     source: ObjectId | None = None
+
+
+@attrs.frozen(kw_only=True)
+class GCLedger:
+    """What the last incremental garbage collection saw (``versionstore.gc_incremental``).
+
+    Stored as the header of the backend's ledger, beside the per-object
+    reference counts it summarises. ``roots`` are the ``(object id, kind,
+    count)`` the refs of that run pointed at (kinds as in
+    ``versionstore.gc_incremental``), ``grafts`` the parents its grafts gave;
+    the next run diffs them with the refs it reads. ``journal`` is the
+    position up to which newly stored objects were accounted for, ``live``
+    the number of objects with a non-zero count, and ``generation`` grows by
+    one per run (two collections racing on one ledger: the second one's
+    atomic sweep sees a changed header and starts over).
+    """
+
+    FORMAT_VERSION: ClassVar[int] = 1
+    generation: int
+    journal: int
+    live: int
+    roots: tuple[tuple[ObjectId, int, int], ...]
+    grafts: tuple[tuple[ObjectId, tuple[ObjectId, ...]], ...]

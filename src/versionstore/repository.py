@@ -767,13 +767,15 @@ class Repository:
     # -- maintenance -------------------------------------------------------------------
 
     def garbage_collect(self, older_than: datetime | None = None, *, dry_run: bool = False,
-                        progress: Progress | None = None) -> GCSummary:
+                        progress: Progress | None = None, full: bool = False) -> GCSummary:
         """Delete objects that no branch, tag or session can reach; report bytes freed.
 
         Snapshots left behind by ``reset_branch`` / ``delete_branch`` /
         ``delete_tag`` or cut out by ``expire_snapshots`` become unreachable
         and are removed with the data only they used. Safe while other
-        sessions write (see ``versionstore.gc``).
+        sessions write (see ``versionstore.gc``). Incremental: a run costs
+        in proportion to what changed since the previous one, not to the
+        size of the repository (``versionstore.gc_incremental``).
 
         Args:
             older_than: a grace period: unreachable snapshots written at or
@@ -785,6 +787,8 @@ class Repository:
                 before now on object storage (``docs/format.md``).
             dry_run: only count what would be deleted, and its bytes.
             progress: told ``(phase, done, total)`` as the run advances.
+            full: mark everything and list every object instead (what the
+                first run on a repository does anyway); deletes the same.
 
         Returns:
             ``GCSummary`` with ``deleted`` objects and ``bytes_freed`` (their
@@ -792,9 +796,10 @@ class Repository:
             gives the space back to the file system.
         """
         check_flag(dry_run, "dry_run")
+        check_flag(full, "full")
         check_optional_time(older_than, "older_than")
         return collect_garbage(self.reader, dry_run=dry_run, older_than=older_than,
-                               progress=progress)
+                               progress=progress, full=full)
 
     def expire_snapshots(self, older_than: datetime, *, delete_expired_branches: bool = False,
                          delete_expired_tags: bool = False) -> set[SnapshotId]:

@@ -44,6 +44,7 @@ from typing import Any, TypeVar, override
 import attrs
 import lmdb
 
+from versionstore.backend.ledger import Ledger, LedgerRescue, LedgerUpdate
 from versionstore.backend.protocol import Backend, Joined, Rescue, WriteBatch, changed_refs
 from versionstore.errors import (
     BackendError,
@@ -53,14 +54,43 @@ from versionstore.errors import (
     ReadOnlyRepositoryError,
     RepositoryBusyError,
 )
-from versionstore.ids import ObjectId, object_id_text
+from versionstore.ids import ID_LENGTH, ObjectId, object_id_text
 from zarrstore.errors import CorruptStorageError, ReadOnlyError, StorageFullError, StorageIOError
 from zarrstore.lmdb_environment import EnvironmentHandle, holds_environment
 
 __all__ = ["LMDBBackend", "SpaceReport", "has_lmdb_environment"]
 
 T = TypeVar("T")
-_DATABASES = (b"objects", b"refs")
+_DATABASES = (b"objects", b"refs", b"gc")
+#: Without the ledger: an older repository on a read-only filesystem (nothing to journal).
+_READ_ONLY_DATABASES = (b"objects", b"refs")
+# Keys of the ``gc`` database (garbage collection's ledger, versionstore.backend.ledger):
+# counts, the header, the journal (8-byte big-endian positions), its end, pending ids.
+_COUNT, _HEADER, _JOURNAL, _JOURNAL_END, _PENDING = b"c", b"h", b"j", b"n", b"p"
+
+
+def _position(number: int) -> bytes:
+    return _JOURNAL + number.to_bytes(8, "big")
+
+
+def _count_value(count: int) -> bytes:
+    return count.to_bytes((count.bit_length() + 7) // 8, "big")
+
+
+def _delete_prefix(txn: lmdb.Transaction, db: lmdb._Database, prefix: bytes,
+                   below: bytes | None = None) -> None:
+    """Delete every key starting with ``prefix`` (and, if given, sorting before ``below``)."""
+    cursor = txn.cursor(db=db)
+    if not cursor.set_range(prefix):
+        return
+    while True:
+        key = bytes(cursor.key())
+        if not key.startswith(prefix) or (below is not None and key >= below):
+            return
+        if not cursor.delete():  # moves to the next entry; False when none is left
+            return
+
+
 #: Object bytes written since the last flush after which a background thread flushes
 #: ``data.mdb`` to disk (``_FlushAhead``).
 FLUSH_AHEAD_BYTES = 32 << 20
@@ -162,7 +192,7 @@ def _translate(exc: Exception, action: str) -> BackendError:
     return BackendError(f"LMDB failed while {action}: {exc}")
 
 
-class LMDBBackend(Backend):
+class LMDBBackend(Backend, Ledger):
     """A backend in an LMDB environment at ``path``.
 
     Args:
@@ -180,9 +210,18 @@ class LMDBBackend(Backend):
         self.path = os.path.realpath(path)
         self.durable = durable
         with _translated("opening the repository"):
-            self._handle = EnvironmentHandle(self.path, databases=_DATABASES,
-                                             read_only=read_only, durable=durable,
-                                             create=not read_only)
+            try:
+                self._handle = EnvironmentHandle(self.path, databases=_DATABASES,
+                                                 read_only=read_only, durable=durable,
+                                                 create=not read_only)
+            except StorageIOError as exc:
+                if "lacks the database" not in str(exc):
+                    raise
+                # A repository from before the ledger, on a read-only filesystem: it
+                # cannot get the database, and needs none (nothing is written).
+                self._handle = EnvironmentHandle(self.path, databases=_READ_ONLY_DATABASES,
+                                                 read_only=True, durable=durable,
+                                                 create=False)
         self.read_only = self._handle.read_only
         self._flush_ahead = _FlushAhead(self.path)
 
@@ -202,6 +241,11 @@ class LMDBBackend(Backend):
     @property
     def _refs(self) -> lmdb._Database:
         return self._handle.databases[1]
+
+    @property
+    def _gc(self) -> lmdb._Database | None:
+        databases = self._handle.databases
+        return databases[2] if len(databases) > 2 else None
 
     @property
     def _env(self) -> lmdb.Environment:
@@ -270,8 +314,10 @@ class LMDBBackend(Backend):
                        if i not in written and txn.get(i, db=objects_db) is None]
             if missing:
                 raise MissingObjectsError(missing)
-            for object_id, data in batch.objects:
-                txn.put(object_id, data, overwrite=False, db=objects_db)
+            inserted = [object_id for object_id, data in batch.objects
+                        if txn.put(object_id, data, overwrite=False, db=objects_db)]
+            if inserted:
+                self._journal_inserted(txn, inserted)
             for name, value in batch.refs.items():
                 if value is None:
                     txn.delete(_key(name), db=refs_db)
@@ -290,6 +336,15 @@ class LMDBBackend(Backend):
         if batch.objects and not self.durable:
             self._flush_ahead.wrote(sum(len(data) for _, data in batch.objects))
         return written
+
+    def _journal_inserted(self, txn: lmdb.Transaction, inserted: list[ObjectId]) -> None:
+        gc_db = self._gc
+        if gc_db is None:  # read-only: no write gets here
+            raise ReadOnlyRepositoryError("cannot journal objects without the gc database")
+        end = txn.get(_JOURNAL_END, db=gc_db)
+        position = 0 if end is None else int.from_bytes(end, "big")
+        txn.put(_position(position), b"".join(inserted), db=gc_db)
+        txn.put(_JOURNAL_END, (position + 1).to_bytes(8, "big"), db=gc_db)
 
     @override
     def get_refs(self, names: Sequence[str]) -> list[bytes | None]:
@@ -391,6 +446,121 @@ class LMDBBackend(Backend):
             return True
 
         return self._write("deleting objects", work)
+
+    @override
+    def read_ledger(self) -> tuple[bytes | None, int]:
+        def work(txn: lmdb.Transaction) -> tuple[bytes | None, int]:
+            gc_db = self._gc
+            if gc_db is None:
+                return None, 0
+            end = txn.get(_JOURNAL_END, db=gc_db)
+            return (_bytes(txn.get(_HEADER, db=gc_db)),
+                    0 if end is None else int.from_bytes(end, "big"))
+
+        return self._read("reading the gc ledger", work)
+
+    @override
+    def journal(self, start: int, stop: int) -> list[ObjectId]:
+        def work(txn: lmdb.Transaction) -> list[ObjectId]:
+            gc_db, found = self._gc, list[ObjectId]()
+            if gc_db is None:
+                return found
+            cursor = txn.cursor(db=gc_db)
+            if not cursor.set_range(_position(start)):
+                return found
+            last = _position(stop)
+            for key, value in cursor:
+                if bytes(key) >= last or not bytes(key).startswith(_JOURNAL):
+                    break
+                ids = bytes(value)
+                found.extend(ObjectId(ids[i : i + ID_LENGTH])
+                             for i in range(0, len(ids), ID_LENGTH))
+            return found
+
+        return self._read("reading the gc journal", work)
+
+    @override
+    def counts(self, ids: Sequence[ObjectId]) -> list[int]:
+        def work(txn: lmdb.Transaction) -> list[int]:
+            return self._counts_in(txn, ids)
+
+        return self._read("reading gc counts", work)
+
+    def _counts_in(self, txn: lmdb.Transaction, ids: Sequence[ObjectId]) -> list[int]:
+        gc_db = self._gc
+        if gc_db is None:
+            return [0] * len(ids)
+        found = []
+        for object_id in ids:
+            value = txn.get(_COUNT + object_id, db=gc_db)
+            found.append(0 if value is None else int.from_bytes(value, "big"))
+        return found
+
+    @override
+    def pending(self) -> list[ObjectId]:
+        def work(txn: lmdb.Transaction) -> list[ObjectId]:
+            gc_db, found = self._gc, list[ObjectId]()
+            if gc_db is None:
+                return found
+            cursor = txn.cursor(db=gc_db)
+            if not cursor.set_range(_PENDING):
+                return found
+            for key in cursor.iternext(values=False):
+                if not bytes(key).startswith(_PENDING):
+                    break
+                found.append(ObjectId(bytes(key[1:])))
+            return found
+
+        return self._read("reading gc pending objects", work)
+
+    @override
+    def sweep(
+        self,
+        ids: Iterable[ObjectId],
+        *,
+        if_refs_are: Mapping[str, bytes],
+        rescue: LedgerRescue,
+        prune_refs: Mapping[str, tuple[bytes, str]],
+        ledger: LedgerUpdate,
+    ) -> bool:
+        doomed = list(ids)
+
+        def work(txn: lmdb.Transaction) -> bool:
+            objects_db, refs_db, gc_db = self._objects, self._refs, self._gc
+            if gc_db is None:
+                raise ReadOnlyRepositoryError("cannot collect garbage without the gc database")
+            if _bytes(txn.get(_HEADER, db=gc_db)) != ledger.expect:
+                return False
+            spared: set[ObjectId] = set()
+            current = {_name(bytes(k)): bytes(v) for k, v in txn.cursor(db=refs_db)}
+            if current != if_refs_are:
+                spared = rescue(
+                    changed_refs(if_refs_are, current), current,
+                    lambda wanted: [_bytes(txn.get(i, db=objects_db)) for i in wanted],
+                    lambda wanted: self._counts_in(txn, wanted),
+                )
+            for object_id in doomed:
+                if object_id not in spared:
+                    txn.delete(object_id, db=objects_db)
+            for name, (value, prefix) in prune_refs.items():
+                still = txn.get(_key(name), db=refs_db) == value
+                if still and not _any_under(txn, refs_db, prefix):
+                    txn.delete(_key(name), db=refs_db)
+            if ledger.reset:
+                _delete_prefix(txn, gc_db, _COUNT)
+            for object_id, count in ledger.counts.items():
+                if count:
+                    txn.put(_COUNT + object_id, _count_value(count), db=gc_db)
+                else:
+                    txn.delete(_COUNT + object_id, db=gc_db)
+            _delete_prefix(txn, gc_db, _PENDING)
+            for object_id in {*ledger.pending, *(i for i in doomed if i in spared)}:
+                txn.put(_PENDING + object_id, b"", db=gc_db)
+            _delete_prefix(txn, gc_db, _JOURNAL, below=_position(ledger.journal_end))
+            txn.put(_HEADER, ledger.header, db=gc_db)
+            return True
+
+        return self._write("collecting garbage", work)
 
     @override
     def iter_object_ids(self, prefix: bytes = b"") -> Iterator[ObjectId]:

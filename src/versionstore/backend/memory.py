@@ -15,6 +15,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, override
 
+from versionstore.backend.ledger import Ledger, LedgerRescue, LedgerUpdate
 from versionstore.backend.protocol import Backend, Rescue, WriteBatch, changed_refs
 from versionstore.backend.refstate import RefState
 from versionstore.errors import MissingObjectsError
@@ -35,13 +36,19 @@ def _revive(token: str) -> MemoryBackend:
     return backend
 
 
-class MemoryBackend(Backend):
-    """A backend held in process memory."""
+class MemoryBackend(Backend, Ledger):
+    """A backend held in process memory (with garbage collection's ledger)."""
 
     def __init__(self) -> None:
         self._objects: dict[ObjectId, bytes] = {}
         self._refs = RefState()
         self._lock = threading.RLock()
+        # garbage collection's ledger (versionstore.backend.ledger)
+        self._journal: dict[int, list[ObjectId]] = {}
+        self._journal_end = 0
+        self._counts: dict[ObjectId, int] = {}
+        self._pending: set[ObjectId] = set()
+        self._header: bytes | None = None
         self._token = uuid.uuid4().hex
         _LIVE[self._token] = self
 
@@ -73,8 +80,14 @@ class MemoryBackend(Backend):
                        if i not in self._objects and i not in written]
             if missing:
                 raise MissingObjectsError(missing)
+            objects, inserted = self._objects, []
             for object_id, data in batch.objects:
-                self._objects.setdefault(object_id, bytes(data))
+                if object_id not in objects:
+                    objects[object_id] = bytes(data)
+                    inserted.append(object_id)
+            if inserted:
+                self._journal[self._journal_end] = inserted
+                self._journal_end += 1
             refs.apply(refs.effect(batch))
             return True
 
@@ -112,10 +125,68 @@ class MemoryBackend(Backend):
                 if rescue is None:
                     return False
                 spared = rescue(changed_refs(if_refs_are, now), now, self.get_objects)
-            for object_id in ids:
-                if object_id not in spared:
-                    self._objects.pop(object_id, None)
-            self._refs.apply(self._refs.prune_effect(prune_refs or {}))
+            self._delete(ids, spared, prune_refs or {})
+            return True
+
+    def _delete(self, ids: Iterable[ObjectId], spared: set[ObjectId],
+                prune_refs: Mapping[str, tuple[bytes, str]]) -> None:
+        for object_id in ids:
+            if object_id not in spared:
+                self._objects.pop(object_id, None)
+        self._refs.apply(self._refs.prune_effect(prune_refs))
+
+    @override
+    def read_ledger(self) -> tuple[bytes | None, int]:
+        with self._lock:
+            return self._header, self._journal_end
+
+    @override
+    def journal(self, start: int, stop: int) -> list[ObjectId]:
+        with self._lock:
+            return [object_id for position in range(start, stop)
+                    for object_id in self._journal.get(position, ())]
+
+    @override
+    def counts(self, ids: Sequence[ObjectId]) -> list[int]:
+        with self._lock:
+            return [self._counts.get(object_id, 0) for object_id in ids]
+
+    @override
+    def pending(self) -> list[ObjectId]:
+        with self._lock:
+            return list(self._pending)
+
+    @override
+    def sweep(
+        self,
+        ids: Iterable[ObjectId],
+        *,
+        if_refs_are: Mapping[str, bytes],
+        rescue: LedgerRescue,
+        prune_refs: Mapping[str, tuple[bytes, str]],
+        ledger: LedgerUpdate,
+    ) -> bool:
+        with self._lock:
+            if self._header != ledger.expect:
+                return False
+            doomed = list(ids)
+            spared: set[ObjectId] = set()
+            now = self._refs.as_dict()
+            if now != if_refs_are:
+                spared = rescue(changed_refs(if_refs_are, now), now, self.get_objects,
+                                self.counts)
+            self._delete(doomed, spared, prune_refs)
+            if ledger.reset:
+                self._counts.clear()
+            for object_id, count in ledger.counts.items():
+                if count:
+                    self._counts[object_id] = count
+                else:
+                    self._counts.pop(object_id, None)
+            self._pending = set(ledger.pending) | {i for i in doomed if i in spared}
+            for position in [p for p in self._journal if p < ledger.journal_end]:
+                del self._journal[position]
+            self._header = ledger.header
             return True
 
     @override

@@ -1,0 +1,93 @@
+"""Garbage collection after a few small commits, in repositories of 10^3 … 10^6 chunks.
+
+For each size N, a new repository holds N distinct 600-byte chunks (above
+the 512-byte inline limit of both versionstore and icechunk, so each is a
+stored object a collection must account for), loaded untimed by each
+system's bulk path and committed. A first garbage collection runs (reported
+as "first gc s": versionstore's first run counts everything and writes its
+ledger; icechunk's always lists everything). Then, ``gc_samples`` times:
+rewrite ``gc_changes`` chunks with new values and commit (untimed), and
+collect garbage (timed): "gc after small commit ms". Nothing is garbage
+then; what is measured is what a routine collection costs. versionstore's
+is incremental (``versionstore.gc_incremental``); icechunk's
+``garbage_collect`` (with a cut-off of now) lists every chunk. Finally
+versionstore runs one ``garbage_collect(full=True)`` ("full gc s"), the
+mark-everything collection, for reference.
+
+Building icechunk's array takes one ``Store.set`` per chunk, so by default it
+runs up to ``gc_icechunk_max`` chunks; 10^6 chunks are opt-in for every
+system (``--gc-sizes 1e3,1e4,1e5,1e6``): loading them takes minutes.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from benchmarks.measure import Recorder
+from benchmarks.systems import System, remove
+from benchmarks.workloads.commit_latency import size_label
+
+NAME = "gc"
+TITLE = "Garbage collection after a few small commits, N chunks"
+PATH = "a"
+SYSTEMS = ("vs-lmdb", "vs-mem", "icechunk-fs", "icechunk-mem")
+
+
+def _value(index: int, version: int = 0) -> bytes:
+    """A distinct 600-byte chunk value."""
+    return (index.to_bytes(6, "big") + version.to_bytes(2, "big")) * 75
+
+
+def phases(system: type[System], params: dict[str, Any]) -> list[str]:
+    return ["run"] if system.name in SYSTEMS else []
+
+
+def run(phase: str, system: System, params: dict[str, Any], rec: Recorder,
+        fixtures: dict[str, Any]) -> None:
+    rng = np.random.default_rng(17)
+    cap = params.get("gc_icechunk_max") or 0
+    sizes = params["gc_sizes"]
+    if system.name.startswith("icechunk") and cap:
+        rec.note("sizes_skipped", [s for s in sizes if s > cap])
+        sizes = [s for s in sizes if s <= cap]
+    rec.note("changes_per_commit", params["gc_changes"])
+    for size in sizes:
+        label = size_label(size)
+        instance = type(system)(system.root / f"n{size}")
+        instance.create()
+        start = time.perf_counter()
+        # An int32 array of 150-element chunks: 600 bytes each (stored raw, never read).
+        zarr.create_array(instance.write_store(), name=PATH, shape=(size * 150,),
+                          chunks=(150,), dtype="int32", compressors=None)
+        instance.load_keys((f"{PATH}/c/{i}", _value(i)) for i in range(size))
+        instance.commit("load")
+        rec.add(f"load + commit s (N={label})", time.perf_counter() - start, "s")
+        start = time.perf_counter()
+        instance.garbage_collect()
+        rec.add(f"first gc s (N={label})", time.perf_counter() - start, "s")
+        for s in range(params["gc_samples"]):
+            picks = rng.choice(size, params["gc_changes"], replace=False).tolist()
+            instance.load_keys([(f"{PATH}/c/{i}", _value(i, s + 1)) for i in picks])
+            instance.commit(f"small change {s}")
+            start = time.perf_counter()
+            deleted = instance.garbage_collect()
+            rec.add(f"gc after small commit ms (N={label})",
+                    (time.perf_counter() - start) * 1000, "ms")
+            if deleted:
+                raise AssertionError(f"{system.name}: gc deleted {deleted} live objects")
+        if system.name.startswith("vs-"):
+            start = time.perf_counter()
+            instance.garbage_collect(full=True)
+            rec.add(f"full gc s (N={label})", time.perf_counter() - start, "s")
+        instance.close()
+        rec.rss(f"peak RSS (N={label})")
+        remove(instance.root)
+
+
+def fixtures(params: dict[str, Any], directory: Path) -> dict[str, Any]:
+    return {}

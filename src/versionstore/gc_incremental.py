@@ -1,0 +1,403 @@
+"""Incremental garbage collection: reference counts kept in the backend's ledger.
+
+The full collection (``versionstore.gc``) marks everything the refs reach
+and lists every stored object, so its cost grows with the repository even
+when nothing is to be deleted. This one keeps, in the backend's ledger
+(``versionstore.backend.ledger``), a *count* per live object — how many
+roots and live objects point at it — and the roots and grafts the previous
+run saw. A run then:
+
+1. reads the ledger's header and the journal's end, then every ref;
+2. diffs the roots (and grafts) with the header's: each root or edge that
+   appeared adds one to its target — an object going from zero to one
+   becomes live and adds one to each of its children — and then each that
+   disappeared takes one away — an object reaching zero dies and takes one
+   from each child. Increments all come first, so nothing dies that the
+   new refs keep; content addressing makes the graph acyclic, so a count
+   of zero means unreachable. A commit's tree shares all but its changed
+   path with its parent's (copy-on-write), so this touches O(changes);
+3. the *candidates* are the objects that died, the objects stored since
+   the previous run (the journal) and those it kept pending — every stored
+   object that is not live is among them — less those with a non-zero count;
+4. sizes them, spares ``older_than``'s recent snapshots and what they
+   reach, exactly as the full collection does, and sweeps: one atomic step
+   that deletes the rest, rescues what refs changed since step 1 reach
+   (as ``versionstore.gc`` does, stopping at live objects), and writes the
+   new counts, pending set and header — only if the header is still the one
+   step 1 read (a concurrent collection makes this one start over).
+
+What it deletes is exactly what the full collection would delete from the
+same refs: both delete the stored objects the refs do not reach, less the
+same grace and rescue sets (``tests/test_gc_incremental.py`` checks this on
+random histories). Without a ledger header — the first run, a repository
+from before ledgers, ``full=True``, or a ledger that does not match what is
+stored (an object it counts was deleted by other means) — the run counts
+everything from the roots and lists every object, like the full collection,
+and writes a fresh ledger.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+
+from versionstore.backend.ledger import CountGetter, Ledger, LedgerRescue, LedgerUpdate
+from versionstore.backend.protocol import ObjectGetter
+from versionstore.codec import (
+    KIND_SNAPSHOT,
+    decode_gc_ledger,
+    decode_history_page,
+    decode_node,
+    decode_snapshot,
+    encode_gc_ledger,
+    frame_kind,
+)
+from versionstore.errors import CorruptObjectError, UnsupportedFormatError
+from versionstore.gc_roots import (
+    GCSummary,
+    Progress,
+    batches,
+    drop_stale_grafts,
+    roots_of,
+    session_of,
+    staged_sessions,
+)
+from versionstore.grafts import Grafts, grafts_from_refs, parents_of
+from versionstore.ids import ObjectId
+from versionstore.objects import ObjectReader
+from versionstore.records import Branch, ChunkRef, GCLedger, Leaf
+from versionstore.refs import session_ref, stage_prefix
+
+__all__ = ["collect_incrementally"]
+
+#: Object kinds as the ledger's roots record them (what an edge points at).
+SNAPSHOT, NODE, PAGE, CHUNK = 0, 1, 2, 3
+Edge = tuple[ObjectId, int]
+#: Collections that lose the race for the ledger this many times in a row give up.
+_ATTEMPTS = 5
+
+
+class _StaleLedger(Exception):
+    """The ledger counts an object that is not stored (deleted by other means): rebuild."""
+
+
+def _root_edges(refs: Mapping[str, bytes | None], staged: set[str] | None) -> Counter[Edge]:
+    snapshots, chunks = roots_of(refs, staged)
+    edges: Counter[Edge] = Counter((s, SNAPSHOT) for s in snapshots)
+    edges.update((c, CHUNK) for c in chunks)
+    return edges
+
+
+class _Counts:
+    """Reference counts: the ledger's (``base``, read lazily) plus this run's changes.
+
+    With ``fresh`` the ledger is ignored (every count starts at zero): a rebuild.
+    """
+
+    def __init__(self, reader: ObjectReader, ledger: Ledger, *, fresh: bool,
+                 grafts: Grafts) -> None:
+        self.reader, self.ledger, self.fresh, self.grafts = reader, ledger, fresh, grafts
+        self.base: dict[ObjectId, int] = {}
+        self.delta: dict[ObjectId, int] = {}
+        self.born = 0  # objects that went from zero to live
+        self.died: list[ObjectId] = []
+
+    def load(self, ids: Iterable[ObjectId]) -> None:
+        if self.fresh:
+            return
+        wanted = list({i for i in ids if i not in self.base})
+        for start in range(0, len(wanted), 4096):
+            part = wanted[start : start + 4096]
+            self.base.update(zip(part, self.ledger.counts(part), strict=True))
+
+    def count(self, object_id: ObjectId) -> int:
+        return self.base.get(object_id, 0) + self.delta.get(object_id, 0)
+
+    def children(self, edge: Edge) -> list[Edge]:
+        """What ``edge``'s object points at (as ``versionstore.gc``'s mark follows it)."""
+        object_id, kind = edge
+        if kind == CHUNK:
+            return []
+        reader = self.reader
+        if kind == SNAPSHOT:
+            snapshot = reader.snapshot_if_stored(object_id)
+            if snapshot is None:
+                raise _StaleLedger(object_id)
+            found = [(p, SNAPSHOT) for p in dict.fromkeys(
+                parents_of(object_id, snapshot, self.grafts))]
+            if snapshot.history is not None:
+                found.append((snapshot.history, PAGE))
+            if snapshot.tree is not None:
+                found.append((snapshot.tree, NODE))
+            return found
+        if kind == PAGE:
+            page = reader.history_page_if_stored(object_id)
+            if page is None:
+                raise _StaleLedger(object_id)
+            return [] if page.previous is None else [(page.previous, PAGE)]
+        node = reader.node_if_stored(object_id)
+        if node is None:
+            raise _StaleLedger(object_id)
+        if isinstance(node, Branch):
+            return [(c, NODE) for c in dict.fromkeys(node.children)]
+        assert isinstance(node, Leaf)
+        return [(c, CHUNK) for c in dict.fromkeys(
+            e.chunk_id for e in node.entries if isinstance(e, ChunkRef))]
+
+    def increment(self, edges: list[Edge]) -> None:
+        """Add one per edge; objects that become live add their own edges."""
+        while edges:
+            self.load(i for i, _ in edges)
+            following: list[Edge] = []
+            delta = self.delta
+            for edge in edges:
+                object_id = edge[0]
+                before = self.count(object_id)
+                delta[object_id] = delta.get(object_id, 0) + 1
+                if before == 0:
+                    self.born += 1
+                    following.extend(self.children(edge))
+            edges = following
+
+    def decrement(self, edges: list[Edge]) -> None:
+        """Take one per edge; objects that reach zero die and take their own edges."""
+        while edges:
+            self.load(i for i, _ in edges)
+            following: list[Edge] = []
+            delta = self.delta
+            for edge in edges:
+                object_id = edge[0]
+                delta[object_id] = delta.get(object_id, 0) - 1
+                after = self.count(object_id)
+                if after < 0:
+                    raise _StaleLedger(object_id)
+                if after == 0:
+                    self.died.append(object_id)
+                    following.extend(self.children(edge))
+            edges = following
+
+
+def _header(raw: bytes | None) -> GCLedger | None:
+    if raw is None:
+        return None
+    try:
+        return decode_gc_ledger(raw)
+    except (CorruptObjectError, UnsupportedFormatError):
+        return None  # only a cache of what the refs say: rebuilt from them
+
+
+def _recount(counts: _Counts, header: GCLedger | None, roots: Counter[Edge],
+             grafts: Grafts) -> None:
+    """Bring the counts from the refs ``header`` saw to ``roots`` and ``grafts``."""
+    if header is None:
+        counts.increment(list(roots.elements()))
+        return
+    old_roots: Counter[Edge] = Counter({(i, k): n for i, k, n in header.roots})
+    old_grafts = dict(header.grafts)
+    adds: list[Edge] = []
+    removes: list[Edge] = []
+    regrafted = [s for s in old_grafts.keys() | grafts.keys()
+                 if old_grafts.get(s) != grafts.get(s)]
+    counts.load(regrafted)
+    for snapshot_id in regrafted:
+        if counts.count(snapshot_id) == 0:
+            continue  # not live: its edges were never counted
+        snapshot = counts.reader.snapshot_if_stored(snapshot_id)
+        if snapshot is None:
+            raise _StaleLedger(snapshot_id)
+        old = dict.fromkeys(old_grafts.get(snapshot_id, snapshot.parents))
+        new = dict.fromkeys(grafts.get(snapshot_id, snapshot.parents))
+        adds.extend((p, SNAPSHOT) for p in new if p not in old)
+        removes.extend((p, SNAPSHOT) for p in old if p not in new)
+    for edge in roots.keys() | old_roots.keys():
+        change = roots[edge] - old_roots[edge]
+        (adds if change > 0 else removes).extend([edge] * abs(change))
+    counts.increment(adds)
+    counts.decrement(removes)
+
+
+def _spare_recent(counts: _Counts, recent: list[ObjectId]) -> set[ObjectId]:
+    """What unreachable snapshots inside the grace period reach (and are not live)."""
+    spared: set[ObjectId] = set()
+    pending: list[Edge] = [(s, SNAPSHOT) for s in recent]
+    while pending:
+        edge = pending.pop()
+        if edge[0] in spared:
+            continue
+        counts.load([edge[0]])
+        if counts.count(edge[0]):
+            continue
+        try:
+            following = counts.children(edge)
+        except _StaleLedger:
+            continue  # not stored: nothing of it to keep (verify reports it)
+        spared.add(edge[0])
+        pending.extend(following)
+    return spared
+
+
+def _rescuer(counts: _Counts, spared: set[ObjectId], rescued: set[ObjectId]) -> LedgerRescue:
+    """The sweep's rescue: what the refs changed since step 1 reach, read atomically.
+
+    A walk from the changed refs that stops at live objects (everything they
+    reach is live), reading objects and — for ids this run did not load —
+    counts inside the sweep's atomic step. Like ``versionstore.gc``'s rescue
+    it ignores grafts, which can only keep more.
+    """
+
+    def rescue(changed: Mapping[str, bytes | None], now: Mapping[str, bytes],
+               get: ObjectGetter, stored_counts: CountGetter) -> set[ObjectId]:
+        roots = dict(changed)
+        for session in staged_sessions(changed):
+            record = session_ref(session)
+            if record in now:
+                roots[record] = now[record]
+        snapshots, chunks = roots_of(roots)
+        pending: list[Edge] = [(s, SNAPSHOT) for s in snapshots]
+        pending.extend((c, CHUNK) for c in chunks)
+
+        def live(object_id: ObjectId) -> bool:
+            base = counts.base.get(object_id)
+            if base is None:
+                base = 0 if counts.fresh else stored_counts([object_id])[0]
+            return base + counts.delta.get(object_id, 0) > 0
+
+        while pending:
+            object_id, kind = pending.pop()
+            if object_id in rescued or object_id in spared or live(object_id):
+                continue
+            if kind == CHUNK:
+                rescued.add(object_id)
+                continue
+            data = get([object_id])[0]
+            if data is None:
+                continue
+            rescued.add(object_id)
+            pending.extend(_stored_children(object_id, kind, data))
+        return rescued
+
+    return rescue
+
+
+def _stored_children(object_id: ObjectId, kind: int, data: bytes) -> list[Edge]:
+    """An object's children from its bytes, its stored parents included (no grafts)."""
+    name = object_id.hex()
+    if kind == SNAPSHOT:
+        snapshot = decode_snapshot(name, data)
+        found = [(p, SNAPSHOT) for p in snapshot.parents]
+        if snapshot.history is not None:
+            found.append((snapshot.history, PAGE))
+        if snapshot.tree is not None:
+            found.append((snapshot.tree, NODE))
+        return found
+    if kind == PAGE:
+        page = decode_history_page(name, data)
+        return [] if page.previous is None else [(page.previous, PAGE)]
+    node = decode_node(name, data)
+    if isinstance(node, Branch):
+        return [(c, NODE) for c in node.children]
+    return [(e.chunk_id, CHUNK) for e in node.entries if isinstance(e, ChunkRef)]
+
+
+def collect_incrementally(reader: ObjectReader, ledger: Ledger, *, dry_run: bool = False,
+                          older_than: datetime | None = None, progress: Progress | None = None,
+                          rebuild: bool = False) -> GCSummary | None:
+    """Collect garbage from the ledger (see the module docstring).
+
+    Args:
+        reader: the repository's object reader.
+        ledger: the reader's backend, as a ``Ledger``.
+        dry_run: count what would be deleted; change nothing (not even the ledger).
+        older_than: as ``versionstore.gc.collect_garbage``.
+        progress: told ``(phase, done, total)`` while candidates are sized.
+        rebuild: ignore the ledger's counts: count from the roots and list
+            every object (a full collection), then write a fresh ledger.
+
+    Returns:
+        The summary, or ``None`` when no ledger could be used: the repository
+        references objects that are not stored (``verify`` reports them), or
+        other collections kept winning the race for the ledger. The caller
+        then runs the full collection, which needs no ledger.
+    """
+    for _ in range(_ATTEMPTS):
+        try:
+            summary = _collect(reader, ledger, dry_run=dry_run, older_than=older_than,
+                               progress=progress, rebuild=rebuild)
+        except _StaleLedger:
+            if rebuild:
+                return None
+            rebuild = True
+            continue
+        if summary is not None:
+            return summary
+    return None
+
+
+def _collect(reader: ObjectReader, ledger: Ledger, *, dry_run: bool,
+             older_than: datetime | None, progress: Progress | None,
+             rebuild: bool) -> GCSummary | None:
+    backend = reader.backend
+    raw, journal_end = ledger.read_ledger()
+    stored_header = _header(raw)
+    header = None if rebuild else stored_header
+    refs = backend.list_refs("")
+    staged = staged_sessions(refs)
+    grafts = grafts_from_refs(refs)
+    roots = _root_edges(refs, staged)
+    counts = _Counts(reader, ledger, fresh=header is None, grafts=grafts)
+    _recount(counts, header, roots, grafts)
+    if header is None:
+        candidates = [i for i in backend.iter_object_ids() if not counts.count(i)]
+        live = counts.born
+    else:
+        found = set(counts.died)
+        found.update(ledger.journal(header.journal, journal_end))
+        found.update(ledger.pending())
+        counts.load(found)
+        candidates = sorted(i for i in found if not counts.count(i))
+        live = header.live + counts.born - len(counts.died)
+
+    sizes: dict[ObjectId, int] = {}
+    recent: list[ObjectId] = []
+    for batch in batches(candidates):
+        for object_id, data in zip(batch, backend.get_objects(batch), strict=True):
+            if data is None:
+                continue  # deleted since (by another collection): nothing to do
+            sizes[object_id] = len(data)
+            if older_than is not None and frame_kind(data) == KIND_SNAPSHOT:
+                if decode_snapshot(object_id.hex(), data).written_at >= older_than:
+                    recent.append(object_id)
+        if progress is not None:
+            progress("sizing unreachable objects", len(sizes), len(candidates))
+    spared = _spare_recent(counts, recent) if recent else set()
+    doomed = [i for i in candidates if i in sizes and i not in spared]
+    if dry_run:
+        return GCSummary(reachable=live + len(spared), deleted=len(doomed), dry_run=True,
+                         bytes_freed=sum(sizes[i] for i in doomed))
+
+    generation = 0 if stored_header is None else stored_header.generation
+    new_header = GCLedger(
+        generation=generation + 1, journal=journal_end, live=live,
+        roots=tuple((i, k, n) for (i, k), n in sorted(roots.items())),
+        grafts=tuple(sorted(grafts.items())),
+    )
+    empty_records = {  # records of sessions with nothing staged: pruned, if still so
+        name: (value, stage_prefix(session_of(name))) for name, value in refs.items()
+        if name.startswith("session/") and session_of(name) not in staged
+    }
+    rescued: set[ObjectId] = set()
+    update = LedgerUpdate(
+        expect=raw, header=encode_gc_ledger(new_header),
+        counts={i: counts.count(i) for i, change in counts.delta.items() if change},
+        pending=[i for i in spared if i in sizes], journal_end=journal_end,
+        reset=header is None,
+    )
+    if not ledger.sweep(doomed, if_refs_are=refs, rescue=_rescuer(counts, spared, rescued),
+                        prune_refs=empty_records, ledger=update):
+        return None
+    drop_stale_grafts(backend, refs, set(doomed) - rescued)
+    backend.sync()
+    gone = [i for i in doomed if i not in rescued]
+    return GCSummary(reachable=live + len(spared) + len(rescued), deleted=len(gone),
+                     dry_run=False, bytes_freed=sum(sizes[i] for i in gone))

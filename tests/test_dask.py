@@ -7,8 +7,8 @@ once, by a worker, and the commit must record all of them — for a new
 dataset, an append along a dimension and a region write. Each written
 snapshot is read back with xarray and compared with the data written.
 
-The tests run over every storage ``storage_factory`` yields (LMDB here; other
-storages join by adding a parameter: a storage only has to pickle).
+The tests run over every storage ``storage_factory`` yields: LMDB, and S3 (moto
+behind the serialising proxy; workers reopen it from the pickled description).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 import dask_workers
 import numpy as np
 import pytest
+from object_repo_support import S3Repos, aws_env_fixture, s3_fixture, s3_repos_fixture
 
 import versionstore as vs
 from versionstore.storage import RepositoryStorage
@@ -30,6 +31,8 @@ xr = pytest.importorskip("xarray", reason="the dask tests need xarray")
 distributed = pytest.importorskip("distributed", reason="the dask tests need dask.distributed")
 
 StorageFactory = Callable[[Path], RepositoryStorage]
+
+__all__ = ["aws_env_fixture", "s3_fixture", "s3_repos_fixture"]
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -41,10 +44,17 @@ def _lmdb(request: pytest.FixtureRequest) -> StorageFactory:
     return lambda where: vs.lmdb_storage(where / "repo")
 
 
+def _s3(request: pytest.FixtureRequest) -> StorageFactory:
+    """A fresh prefix on moto's S3 server (behind the serialising proxy) per repository."""
+    s3_repos: S3Repos = request.getfixturevalue("s3_repos")
+    return lambda where: s3_repos.storage()
+
+
 #: Storage name -> (the test's request -> a factory of fresh storages). A storage whose
 #: server is a fixture gets it with ``request.getfixturevalue``; its description must
 #: pickle, which is all a worker needs to reopen the repository.
-STORAGES: dict[str, Callable[[pytest.FixtureRequest], StorageFactory]] = {"lmdb": _lmdb}
+STORAGES: dict[str, Callable[[pytest.FixtureRequest], StorageFactory]] = {
+    "lmdb": _lmdb, "s3": _s3}
 
 
 @pytest.fixture(params=sorted(STORAGES))

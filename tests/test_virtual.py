@@ -29,12 +29,15 @@ from object_support import BUCKET, S3Server, aws_env_fixture, s3_fixture
 import versionstore as vs
 from versionstore.cli import cli
 from versionstore.codec import (
+    KIND_CHUNK,
     KIND_STAGED,
     _frame,
+    decode_chunk,
     decode_node,
     decode_staged,
     encode_node,
     encode_staged,
+    frame_kind,
 )
 from versionstore.errors import UnsupportedFormatError
 from versionstore.records import ChunkRef, Leaf, VirtualRef
@@ -377,6 +380,34 @@ def test_gc_keeps_the_tree_of_virtual_chunks(repo: vs.Repository, sources: Any) 
     assert repo.verify().ok
     np.testing.assert_array_equal(zarr.open_array(repo.readonly_session().store, path="x")[:],
                                   VALUES)
+
+
+def test_clone_and_push_carry_references_not_sources(tmp_path: Path, sources: Any) -> None:
+    root, store, prefix = sources
+    source = write_source(root / "a.bin")
+    before = (source.read_bytes(), source.stat().st_mtime_ns)
+    local = vs.Repository.create(vs.lmdb_storage(tmp_path / "local"),
+                                 virtual_chunk_stores={prefix: store})
+    commit_virtual(local, prefix + "a.bin", etag_of(store, "a.bin"))
+    remote_storage = vs.lmdb_storage(tmp_path / "remote")
+    summary = vs.copy_repository(local.storage, remote_storage, progress=False)
+    remote = vs.Repository.open(remote_storage, virtual_chunk_stores={prefix: store})
+    np.testing.assert_array_equal(
+        zarr.open_array(remote.readonly_session().store, path="x")[:], VALUES)
+    write_source(root / "b.bin", VALUES * 3)
+    commit_virtual(local, prefix + "b.bin", etag_of(store, "b.bin"))
+    local.push(remote, progress=False)
+    np.testing.assert_array_equal(
+        zarr.open_array(remote.readonly_session().store, path="x")[:], VALUES * 3)
+    # the source bytes were never copied: what moved is the trees that point at them
+    assert summary.objects_copied > 0
+    stored = remote.backend.get_objects(list(remote.backend.iter_object_ids()))
+    chunks = [decode_chunk("", d) for d in stored if d is not None and frame_kind(d) == KIND_CHUNK]
+    assert all(json.loads(chunk)["node_type"] == "array" for chunk in chunks)  # metadata only
+    assert (source.read_bytes(), source.stat().st_mtime_ns) == before
+    without_stores = vs.Repository.open(remote_storage)
+    with pytest.raises(vs.NoVirtualChunkStoreError):
+        zarr.open_array(without_stores.readonly_session().store, path="x")[:]
 
 
 def test_verify_checks_sources_on_request(repo: vs.Repository, sources: Any) -> None:

@@ -517,13 +517,11 @@ def expire(repo: str, older_than: str, delete_expired_branches: bool, delete_exp
               help="mark everything and list every object (the default is incremental)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def gc(repo: str, delete: bool, older_than: str | None, full: bool, as_json: bool) -> None:
-    r"""Garbage-collect: what no branch, tag or session reaches. A dry run unless --delete.
+    """Garbage-collect: what no branch, tag or session reaches. A dry run unless --delete.
 
     Incremental: a run costs what changed since the previous one.
 
-    \b
-    Example: versionstore gc my-repo            (shows what would be freed)
-             versionstore gc my-repo --delete
+    Example: versionstore gc my-repo --delete   (without --delete: what would be freed)
     """
     with _open(repo) as opened, _progress("collecting garbage") as progress:
         summary = opened.garbage_collect(None if older_than is None else _when(older_than),

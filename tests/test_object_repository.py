@@ -23,7 +23,10 @@ import object_workers
 import pytest
 import test_session_store as session_store_tests
 import zarr
+from hypothesis.stateful import run_state_machine_as_test
+from hypothesis_budget import hierarchy_examples
 from object_repo_support import S3Repos, aws_env_fixture, s3_fixture, s3_repos_fixture
+from zarr.testing.stateful import ZarrStoreStateMachine
 
 import versionstore as vs
 
@@ -75,6 +78,18 @@ class TestWritableSessionOnS3WithZarr(session_store_tests.TestWritableSessionSto
 
 class TestWritableSessionOnS3Conformance(session_store_tests.TestWritableSessionConformance):
     pass
+
+
+def test_zarr_store_state_machine_on_a_session_over_s3(repo: vs.Repository) -> None:
+    # Every step is a few HTTP round trips through moto: the smaller hierarchy budget.
+    run_state_machine_as_test(  # type: ignore[no-untyped-call]
+        lambda: ZarrStoreStateMachine(repo.writable_session("main").store),
+        settings=hierarchy_examples(),
+    )
+
+
+def test_zarr_hierarchy_state_machine_on_a_session_over_s3(repo: vs.Repository) -> None:
+    session_store_tests.test_zarr_hierarchy_state_machine_on_a_session(repo)
 
 
 # -- processes racing commits -------------------------------------------------------------

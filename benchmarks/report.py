@@ -19,7 +19,7 @@ from benchmarks.measure import percentile
 
 __all__ = ["check_targets", "format_report", "summarise", "write_json"]
 
-PAIRS = (("vs-lmdb", "icechunk-fs"), ("vs-mem", "icechunk-mem"))
+PAIRS = (("vs-lmdb", "icechunk-fs"), ("vs-mem", "icechunk-mem"), ("vs-s3", "icechunk-s3"))
 #: The metrics "at least icechunk's throughput on every workload" is judged on.
 HEADLINES = {
     "bulk": ["write+commit MiB/s", "durable write+commit+fsync MiB/s", "zarr read cold MiB/s",
@@ -33,6 +33,7 @@ HEADLINES = {
     "small64": ["write+commit chunks/s (N=*)"],
     "percall": ["set p50 µs", "get p50 µs"],
     "scale": ["ancestry ms (*)"],
+    "s3": ["write+commit chunks/s (c=*)", "1-chunk commit ms"],
 }
 
 

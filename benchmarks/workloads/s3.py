@@ -5,7 +5,8 @@ behind the serialising, request-counting proxy the request-count tests use)
 and runs one object-storage system against it: ``vs-s3``
 (``versionstore.s3_storage``) or ``icechunk-s3`` (``icechunk.s3_storage``
 with ``endpoint_url`` and ``allow_http=True``), each with its default
-settings, under a fresh key prefix per repository.
+settings, under a fresh key prefix per repository (moto keeps its state
+process-wide, so a second run in one process must not reuse a prefix).
 
 (a) Small-chunk write + commit: for each zarr ``async.concurrency`` in
 ``s3_concurrency`` (zarr's default is 10), a new repository, one float32
@@ -23,7 +24,7 @@ counted). Reported: median over the samples.
 from __future__ import annotations
 
 import time
-from pathlib import Path
+import uuid
 from typing import Any
 
 import numpy as np
@@ -63,7 +64,8 @@ def run(phase: str, system: System, params: dict[str, Any], rec: Recorder,
 def _open(system: System, s3: Any, name: str) -> System:
     instance = type(system)(system.root / name)
     instance.endpoint = s3.endpoint
-    instance.prefix = f"{system.name}-{name}"
+    # moto keeps its buckets in process-wide state, which outlives one server: a fresh prefix.
+    instance.prefix = f"{system.name}-{name}-{uuid.uuid4().hex[:8]}"
     instance.create()
     return instance
 

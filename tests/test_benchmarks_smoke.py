@@ -112,6 +112,9 @@ def test_object_storage_systems_only_run_the_s3_workload(tmp_path: Path) -> None
     assert puts[0] >= TINY["s3_chunks"]
     assert metrics["requests: write+commit (c=10) DELETE"]["samples"] == [0]
     summary = summarise(run)
+    checks = check_targets(summary, run["params"])
+    assert any(check["target"].startswith("#11 vs-s3 requests: write+commit (c=10) writes")
+               for check in checks)
     if HAS_ICECHUNK:
         commit = summary["s3"]["1-chunk commit ms"]
         assert commit["icechunk-s3"]["ratios"]["icechunk-s3"] == pytest.approx(1.0)

@@ -37,9 +37,13 @@ class S3Bench(NamedTuple):
 @contextmanager
 def serve_s3() -> Iterator[S3Bench]:
     """Run moto + the counting proxy on 127.0.0.1 with bucket ``BUCKET``; stop both after."""
+    import logging
+
     import boto3
     from moto.server import ThreadedMotoServer
 
+    # moto's werkzeug server logs every request at INFO: thousands of lines per job.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:

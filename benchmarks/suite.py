@@ -62,7 +62,7 @@ DEFAULTS: dict[str, Any] = {
     "gc_icechunk_max": 10**5,
     "s3_chunks": 1_000,
     "s3_chunk_kib": 4,
-    "s3_concurrency": [10, 64],
+    "s3_concurrency": [10, 64, 128],
     "s3_commit_samples": 10,
 }
 #: Sizes of ``--quick`` (under a minute).

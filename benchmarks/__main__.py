@@ -36,7 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"comma-separated subset of: {', '.join(SYSTEMS)} "
                              "(default: all installed, except where a system adds nothing: "
                              "commit runs vs-lmdb, icechunk-fs, raw-lmdb; history and "
-                             "hierarchy leave out zarr-mem and zs-lmdb)")
+                             "hierarchy leave out zarr-mem and zs-lmdb; vs-s3 and icechunk-s3 "
+                             "run only in s3, which starts their S3 server)")
     parser.add_argument("--repeat", type=int, default=None,
                         help="repetitions of every workload (default: 2 for bulk, 1 for the "
                              "others, whose metrics have many samples each; 1 with --quick)")

@@ -19,7 +19,7 @@ from benchmarks.measure import percentile
 
 __all__ = ["check_targets", "format_report", "summarise", "write_json"]
 
-PAIRS = (("vs-lmdb", "icechunk-fs"), ("vs-mem", "icechunk-mem"))
+PAIRS = (("vs-lmdb", "icechunk-fs"), ("vs-mem", "icechunk-mem"), ("vs-s3", "icechunk-s3"))
 #: The metrics "at least icechunk's throughput on every workload" is judged on.
 HEADLINES = {
     "bulk": ["write+commit MiB/s", "durable write+commit+fsync MiB/s", "zarr read cold MiB/s",
@@ -33,6 +33,7 @@ HEADLINES = {
     "small64": ["write+commit chunks/s (N=*)"],
     "percall": ["set p50 µs", "get p50 µs"],
     "scale": ["ancestry ms (*)"],
+    "s3": ["write+commit chunks/s (c=*)", "1-chunk commit ms"],
 }
 
 
@@ -209,6 +210,15 @@ def check_targets(summary: dict[str, Any], params: dict[str, Any]) -> list[dict[
             add(f"{system}: merge of two 1 % regions grows < 2× "
                 f"({scale_label(first)} → {scale_label(last)} chunks)", 2.0 / growth, 1.0,
                 f"grows {growth:.2f}× ({small['median']:.2f} → {large['median']:.2f} ms)")
+    # 8. Issue 11: a session of N chunks on S3 costs at most N + N/100 + 20 write requests.
+    chunks = params.get("s3_chunks")
+    for name in summary.get("s3", {}):
+        if chunks and name.startswith("requests: write+commit (c=") and name.endswith(" writes"):
+            s = _get(summary, "s3", name, "vs-s3")
+            if s is not None:
+                limit = chunks + chunks / 100 + 20
+                add(f"#11 vs-s3 {name} ≤ N + N/100 + 20 (N={chunks:,})", limit / s["median"],
+                    1.0, f"{s['median']:,.0f} requests (limit {limit:,.0f})")
     return checks
 
 

@@ -60,6 +60,10 @@ DEFAULTS: dict[str, Any] = {
     "gc_samples": 3,
     "gc_changes": 10,
     "gc_icechunk_max": 10**5,
+    "s3_chunks": 1_000,
+    "s3_chunk_kib": 4,
+    "s3_concurrency": [10, 64, 128],
+    "s3_commit_samples": 10,
 }
 #: Sizes of ``--quick`` (under a minute).
 QUICK: dict[str, Any] = {
@@ -88,10 +92,15 @@ QUICK: dict[str, Any] = {
     "gc_samples": 2,
     "gc_changes": 10,
     "gc_icechunk_max": 10**4,
+    "s3_chunks": 200,
+    "s3_chunk_kib": 4,
+    "s3_concurrency": [10, 64],
+    "s3_commit_samples": 5,
 }
 #: Repetitions per workload (each one a fresh directory and fresh processes).
 REPEATS: dict[str, int] = {"percall": 3, "small64": 3, "bulk": 2, "small": 1, "history": 1,
-                           "hierarchy": 1, "commit": 1, "huge": 1, "scale": 1, "gc": 1}
+                           "hierarchy": 1, "commit": 1, "huge": 1, "scale": 1, "gc": 1,
+                           "s3": 1}
 #: The systems each workload runs by default (others may be asked for with ``--systems``).
 DEFAULT_SYSTEMS: dict[str, tuple[str, ...]] = {
     # zarr's LocalStore writes a file per chunk (20,000 files: half a minute, and no ceiling
@@ -105,7 +114,7 @@ DEFAULT_SYSTEMS: dict[str, tuple[str, ...]] = {
     "hierarchy": ("vs-lmdb", "vs-mem", "icechunk-fs", "icechunk-mem", "zarr-local"),
     "scale": ("vs-lmdb", "vs-mem", "icechunk-fs", "icechunk-mem"),
 }
-ANCHORS = ("icechunk-fs", "zarr-local", "zarr-mem", "raw-lmdb")
+ANCHORS = ("icechunk-fs", "icechunk-s3", "zarr-local", "zarr-mem", "raw-lmdb")
 
 
 def machine_info() -> dict[str, Any]:
@@ -226,7 +235,9 @@ def run_suite(*, workloads: list[str], systems: list[str] | None, params: dict[s
             chosen = [s for s in usable
                       if (systems is None and s in DEFAULT_SYSTEMS.get(workload, SYSTEMS))
                       or (systems is not None and s in systems)]
-            chosen = [s for s in chosen if module.phases(SYSTEMS[s], params)]
+            # Object-storage systems need the S3 server only an ``OBJECT_STORAGE`` workload starts.
+            chosen = [s for s in chosen if module.phases(SYSTEMS[s], params)
+                      and SYSTEMS[s].object_storage == getattr(module, "OBJECT_STORAGE", False)]
             if not chosen:
                 continue
             if hasattr(module, "fixtures"):

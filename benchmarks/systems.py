@@ -56,6 +56,12 @@ class System:
     zarr_capable: ClassVar[bool] = True
     #: Whether ``commit`` does anything (a version, or raw LMDB's fsync); else it is not timed.
     has_commit: ClassVar[bool] = True
+    #: Whether the system needs an S3 server (``endpoint``): it runs only in workloads that
+    #: start one (``OBJECT_STORAGE = True``, the ``s3`` workload).
+    object_storage: ClassVar[bool] = False
+    #: The S3 endpoint and key prefix of an object-storage system (set by the workload).
+    endpoint: str = ""
+    prefix: str = ""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -230,6 +236,20 @@ class VersionStoreLMDB(_VersionStore):
         return usage
 
 
+class VersionStoreS3(_VersionStore):
+    name = "vs-s3"
+    description = "versionstore on S3 (vs.s3_storage, moto on 127.0.0.1 behind a counting proxy)"
+    persistent = False
+    object_storage = True
+
+    def _storage(self) -> Any:
+        from benchmarks.s3_server import ACCESS_KEY, BUCKET, REGION, SECRET_KEY
+
+        return self._vs.s3_storage(bucket=BUCKET, prefix=self.prefix, endpoint_url=self.endpoint,
+                                   allow_http=True, region=REGION, access_key_id=ACCESS_KEY,
+                                   secret_access_key=SECRET_KEY, from_env=False)
+
+
 class VersionStoreMemory(_VersionStore):
     name = "vs-mem"
     description = "versionstore in memory (vs.in_memory_storage)"
@@ -327,6 +347,22 @@ class IcechunkFS(_Icechunk):
 
     def _storage(self) -> Any:
         return self._import().local_filesystem_storage(str(self.root / "repo"))
+
+
+class IcechunkS3(_Icechunk):
+    name = "icechunk-s3"
+    description = "icechunk s3_storage (default config; moto on 127.0.0.1 behind a counting proxy)"
+    persistent = False
+    object_storage = True
+
+    def _storage(self) -> Any:
+        from benchmarks.s3_server import ACCESS_KEY, BUCKET, REGION, SECRET_KEY
+
+        return self._import().s3_storage(bucket=BUCKET, prefix=self.prefix,
+                                         endpoint_url=self.endpoint, allow_http=True,
+                                         region=REGION, access_key_id=ACCESS_KEY,
+                                         secret_access_key=SECRET_KEY, from_env=False,
+                                         force_path_style=True)
 
 
 class IcechunkMemory(_Icechunk):
@@ -497,8 +533,8 @@ class RawLMDB(System):
 
 SYSTEMS: dict[str, type[System]] = {
     cls.name: cls
-    for cls in (VersionStoreLMDB, VersionStoreMemory, IcechunkFS, IcechunkMemory, ZarrLocal,
-                ZarrMemory, ZarrstoreLMDB, RawLMDB)
+    for cls in (VersionStoreLMDB, VersionStoreMemory, VersionStoreS3, IcechunkFS, IcechunkMemory,
+                IcechunkS3, ZarrLocal, ZarrMemory, ZarrstoreLMDB, RawLMDB)
 }
 
 
@@ -508,8 +544,17 @@ def available_systems() -> dict[str, str | None]:
     try:
         import icechunk  # noqa: F401
     except ImportError:
-        for name in ("icechunk-fs", "icechunk-mem"):
+        for name in ("icechunk-fs", "icechunk-mem", "icechunk-s3"):
             reasons[name] = "icechunk is not installed (pip install 'versionstore[bench]')"
+    try:
+        import aiohttp  # noqa: F401
+        import boto3  # noqa: F401
+        import moto.server  # noqa: F401
+        import obstore  # noqa: F401
+    except ImportError:
+        for name in ("vs-s3", "icechunk-s3"):
+            reasons[name] = ("the S3 server needs moto[server], boto3 and aiohttp, and vs-s3 "
+                             "obstore (pip install 'versionstore[test,bench]')")
     return reasons
 
 

@@ -1,151 +1,18 @@
-"""A serialising, credential-checking, request-counting HTTP proxy in front of moto's S3 server.
+"""The serialising, request-counting S3 proxy the tests put in front of moto.
 
-moto checks ``If-None-Match``/``If-Match`` and then writes without a lock, so
-two racing create-if-absent PUTs can both "win" (measured: a few rounds in a
-hundred) and racing overwrites sometimes answer 500 — AWS S3 guarantees one
-winner. The proxy forwards every request to moto unchanged but lets only one
-*mutating* request (PUT, POST, DELETE) through at a time, which gives moto
-the atomicity the real service has; reads pass concurrently. moto also
-accepts any access key: the proxy answers requests signed with an unknown
-key (or not signed at all) with S3's own ``403 InvalidAccessKeyId`` /
-``AccessDenied``. It counts what it forwards, by kind (``put``, ``get``,
-``head``, ``list``, ``delete``, ``post``), so tests can assert exact request
-numbers. ``stall`` makes it sit on every request (a server that times out),
-``stall_matching`` on the requests a pattern matches, and ``ignore_conditions``
-makes it a service without conditional writes (it drops those headers).
+It lives in ``benchmarks/s3_proxy.py`` so that the object-storage benchmark
+counts requests with the very same proxy the request-count tests assert on;
+this module re-exports it for the tests (``benchmarks/`` is a top-level
+package of the repository, not of the installed distribution).
 """
 
 from __future__ import annotations
 
-import asyncio
-import re
-import socket
-import threading
-from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+import sys
+from pathlib import Path
 
-import aiohttp
-from aiohttp import web
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.s3_proxy import S3Proxy, serve_s3_proxy  # noqa: E402
 
 __all__ = ["S3Proxy", "serve_s3_proxy"]
-
-_CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
-_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "date",
-               "server", "content-encoding"}
-
-
-def _error(code: str, message: str) -> web.Response:
-    body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
-            f"<Message>{message}</Message></Error>")
-    return web.Response(status=403, body=body.encode(), content_type="application/xml")
-
-
-class S3Proxy:
-    """The running proxy: its endpoint, what it counted, and its switches."""
-
-    def __init__(self, upstream: str, access_keys: set[str]) -> None:
-        self.upstream = upstream
-        self.access_keys = access_keys
-        self.endpoint = ""
-        self.counts: Counter[str] = Counter()
-        self.stall = False
-        #: Stall only requests whose ``"METHOD /path"`` matches (e.g. ``"PUT .*/log/"``).
-        self.stall_matching: re.Pattern[str] | None = None
-        #: Drop ``If-None-Match``/``If-Match``: a service without conditional writes.
-        self.ignore_conditions = False
-        self._lock: asyncio.Lock | None = None
-        self._session: aiohttp.ClientSession | None = None
-
-    def reset_counts(self) -> None:
-        """Forget what was counted so far."""
-        self.counts.clear()
-
-    @property
-    def writes(self) -> int:
-        """Mutating requests forwarded: PUT, POST (bulk delete) and DELETE."""
-        return self.counts["put"] + self.counts["post"] + self.counts["delete"]
-
-    @staticmethod
-    def _kind(request: web.Request) -> str:
-        if request.method == "GET" and ("list-type" in request.query or "prefix" in request.query
-                                        or request.path.strip("/").count("/") == 0):
-            return "list"
-        return request.method.lower()
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        if self.stall or (self.stall_matching is not None
-                          and self.stall_matching.search(f"{request.method} {request.path}")):
-            await asyncio.sleep(3600)
-        authorization = request.headers.get("Authorization", "")
-        match = _CREDENTIAL.search(authorization)
-        if match is None:
-            return _error("AccessDenied", "Access Denied (the request was not signed)")
-        if match.group(1) not in self.access_keys:
-            return _error("InvalidAccessKeyId",
-                          "The AWS Access Key Id you provided does not exist in our records.")
-        body = await request.read()
-        mutating = request.method in ("PUT", "POST", "DELETE")
-        assert self._lock is not None and self._session is not None
-        if mutating:
-            await self._lock.acquire()
-        try:
-            self.counts[self._kind(request)] += 1
-            dropped = {"host"} | ({"if-none-match", "if-match"} if self.ignore_conditions
-                                  else set())
-            headers = {k: v for k, v in request.headers.items() if k.lower() not in dropped}
-            async with self._session.request(
-                request.method, self.upstream + request.path_qs, headers=headers, data=body,
-                allow_redirects=False, auto_decompress=False,
-            ) as upstream:
-                payload = await upstream.read()
-                out_headers = {k: v for k, v in upstream.headers.items()
-                               if k.lower() not in _HOP_BY_HOP}
-                status = upstream.status
-                length = upstream.headers.get("Content-Length")
-        finally:
-            if mutating:
-                self._lock.release()
-        if request.method == "HEAD":
-            response = web.StreamResponse(status=status, headers=out_headers)
-            if length is not None:
-                response.content_length = int(length)
-            await response.prepare(request)
-            return response
-        return web.Response(status=status, headers=out_headers, body=payload)
-
-    async def start(self) -> None:
-        self._lock = asyncio.Lock()
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=64), auto_decompress=False)
-
-    async def stop(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-
-@contextmanager
-def serve_s3_proxy(upstream: str, access_keys: set[str]) -> Iterator[S3Proxy]:
-    """Run an ``S3Proxy`` to ``upstream`` on 127.0.0.1 in a background thread."""
-    proxy = S3Proxy(upstream, access_keys)
-    loop = asyncio.new_event_loop()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    app = web.Application(client_max_size=1 << 30)
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
-    loop.run_until_complete(proxy.start())
-    loop.run_until_complete(runner.setup())
-    loop.run_until_complete(web.SockSite(runner, sock, backlog=256).start())
-    proxy.endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    thread = threading.Thread(target=loop.run_forever, name="test-s3-proxy", daemon=True)
-    thread.start()
-    try:
-        yield proxy
-    finally:
-        proxy.stall, proxy.stall_matching, proxy.ignore_conditions = False, None, False
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
-        asyncio.run_coroutine_threadsafe(proxy.stop(), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(30)
-        loop.close()

@@ -47,6 +47,10 @@ TINY = {
     "gc_samples": 2,
     "gc_changes": 3,
     "gc_icechunk_max": 100,
+    "s3_chunks": 20,
+    "s3_chunk_kib": 4,
+    "s3_concurrency": [10, 64],
+    "s3_commit_samples": 2,
 }
 HAS_ICECHUNK = importlib.util.find_spec("icechunk") is not None
 
@@ -94,6 +98,27 @@ def test_report_ratios_and_targets(tmp_path: Path) -> None:
     text = format_report(run, summary, checks)
     assert "| write+commit MiB/s (MiB/s) | vs-lmdb |" in text
     assert "## Targets" in text
+
+
+def test_object_storage_systems_only_run_the_s3_workload(tmp_path: Path) -> None:
+    systems = ["vs-s3", "vs-mem"] + (["icechunk-s3"] if HAS_ICECHUNK else [])
+    run = _run(systems, tmp_path, in_process=True)
+    assert set(run["results"]["s3"]) == {s for s in systems if s != "vs-mem"}
+    assert all(not {"vs-s3", "icechunk-s3"} & set(by_system)
+               for workload, by_system in run["results"].items() if workload != "s3")
+    metrics = run["results"]["s3"]["vs-s3"]["metrics"]
+    # The proxy counted the write: at least one PUT per chunk, nothing deleted.
+    puts = metrics["requests: write+commit (c=10) PUT"]["samples"]
+    assert puts[0] >= TINY["s3_chunks"]
+    assert metrics["requests: write+commit (c=10) DELETE"]["samples"] == [0]
+    summary = summarise(run)
+    checks = check_targets(summary, run["params"])
+    assert any(check["target"].startswith("#11 vs-s3 requests: write+commit (c=10) writes")
+               for check in checks)
+    if HAS_ICECHUNK:
+        commit = summary["s3"]["1-chunk commit ms"]
+        assert commit["icechunk-s3"]["ratios"]["icechunk-s3"] == pytest.approx(1.0)
+        assert commit["vs-s3"]["ratios"]["icechunk-s3"] is not None
 
 
 def test_command_line_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,6 +17,7 @@ from benchmarks.workloads import (
     history_scale,
     huge_commit,
     per_call,
+    s3,
     small_chunks,
     small_concurrent,
 )
@@ -26,5 +27,5 @@ __all__ = ["WORKLOADS"]
 WORKLOADS = {
     module.NAME: module
     for module in (per_call, small_concurrent, bulk, small_chunks, history, hierarchy,
-                   commit_latency, huge_commit, history_scale, gc)
+                   commit_latency, huge_commit, history_scale, gc, s3)
 }

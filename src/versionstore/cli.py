@@ -610,10 +610,6 @@ def _print_conflicts(error: MergeConflictError) -> None:
                    err=True)
 
 
-def _edited(tip: str) -> None:
-    _echo(tip)
-
-
 @cli.command()
 @repo_argument
 @click.argument("source")
@@ -634,7 +630,7 @@ def merge(repo: str, source: str, into: str, on_conflict: str, no_ff: bool,
                            from_tag=version.get("from_tag"),
                            from_snapshot_id=version.get("from_snapshot_id"),
                            message=message, on_conflict=on_conflict, fast_forward=not no_ff)
-    _edited(tip)
+    _echo(tip)
 
 
 @cli.command("cherry-pick")
@@ -652,7 +648,7 @@ def cherry_pick(repo: str, snapshot: str, onto: str, on_conflict: str,
     """
     with _open(repo) as opened:
         tip = opened.cherry_pick(snapshot, onto, message=message, on_conflict=on_conflict)
-    _edited(tip)
+    _echo(tip)
 
 
 @cli.command()
@@ -670,7 +666,7 @@ def revert(repo: str, snapshot: str, branch: str, on_conflict: str,
     """
     with _open(repo) as opened:
         tip = opened.revert(snapshot, branch, message=message, on_conflict=on_conflict)
-    _edited(tip)
+    _echo(tip)
 
 
 @cli.command()
@@ -686,7 +682,7 @@ def squash(repo: str, since: str, branch: str, message: str | None) -> None:
     """
     with _open(repo) as opened:
         tip = opened.squash(branch, since_snapshot_id=since, message=message)
-    _edited(tip)
+    _echo(tip)
 
 
 @cli.command("ops-log")

@@ -11,8 +11,10 @@ key (or not signed at all) with S3's own ``403 InvalidAccessKeyId`` /
 ``AccessDenied``. It counts what it forwards, by kind (``put``, ``get``,
 ``head``, ``list``, ``delete``, ``post``), so tests can assert exact request
 numbers. ``stall`` makes it sit on every request (a server that times out),
-``stall_matching`` on the requests a pattern matches, and ``ignore_conditions``
-makes it a service without conditional writes (it drops those headers).
+``stall_matching`` on the requests a pattern matches, ``ignore_conditions``
+makes it a service without conditional writes (it drops those headers), and
+``lose_answers`` forwards matching requests but answers them ``500`` — a
+request the service applied whose answer never arrived.
 """
 
 from __future__ import annotations
@@ -54,6 +56,11 @@ class S3Proxy:
         self.stall_matching: re.Pattern[str] | None = None
         #: Drop ``If-None-Match``/``If-Match``: a service without conditional writes.
         self.ignore_conditions = False
+        #: ``(pattern, n)``: forward the next ``n`` requests matching ``pattern`` (as
+        #: ``stall_matching``), then answer each ``500 InternalError`` as if the answer
+        #: were lost on the way back. ``None``: answer truthfully.
+        self.lose_answers: tuple[re.Pattern[str], int] | None = None
+        self.answers_lost = 0
         self._lock: asyncio.Lock | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -106,6 +113,11 @@ class S3Proxy:
         finally:
             if mutating:
                 self._lock.release()
+        if self._lose_answer(f"{request.method} {request.path}"):
+            body = ('<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code>'
+                    "<Message>We encountered an internal error. Please try again.</Message>"
+                    "</Error>")
+            return web.Response(status=500, body=body.encode(), content_type="application/xml")
         if request.method == "HEAD":
             response = web.StreamResponse(status=status, headers=out_headers)
             if length is not None:
@@ -113,6 +125,14 @@ class S3Proxy:
             await response.prepare(request)
             return response
         return web.Response(status=status, headers=out_headers, body=payload)
+
+    def _lose_answer(self, line: str) -> bool:
+        if self.lose_answers is None or not self.lose_answers[0].search(line):
+            return False
+        pattern, left = self.lose_answers
+        self.lose_answers = (pattern, left - 1) if left > 1 else None
+        self.answers_lost += 1
+        return True
 
     async def start(self) -> None:
         self._lock = asyncio.Lock()
@@ -144,6 +164,7 @@ def serve_s3_proxy(upstream: str, access_keys: set[str]) -> Iterator[S3Proxy]:
         yield proxy
     finally:
         proxy.stall, proxy.stall_matching, proxy.ignore_conditions = False, None, False
+        proxy.lose_answers = None
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
         asyncio.run_coroutine_threadsafe(proxy.stop(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)

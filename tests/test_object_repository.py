@@ -287,6 +287,35 @@ def test_a_commit_cut_off_by_a_timeout_is_all_or_nothing(s3_repos: S3Repos) -> N
     assert vs.Repository.open(storage).lookup_branch("main") == committed
 
 
+@pytest.mark.parametrize("lost", [1, 2])
+def test_a_log_record_whose_answer_was_lost_counts_once(s3_repos: S3Repos, lost: int) -> None:
+    """The service stored the record but its answer never came (ClickHouse #115390's fault).
+
+    The client may retry and find its own record "already there": the outcome
+    is read back, never inferred from the error, so neither the staged batch
+    nor the commit is reported failed, repeated or lost.
+    """
+    storage = s3_repos.storage()
+    repo = vs.Repository.create(storage)
+    session = repo.writable_session("main")
+    proxy = s3_repos.proxy
+    before = proxy.answers_lost
+    proxy.lose_answers = (re.compile(r"^PUT .*/log/"), lost)
+    try:
+        session.set_values([("a", b"a" * 2000)])  # the staged refs' record
+        proxy.lose_answers = (re.compile(r"^PUT .*/log/"), lost)
+        committed = session.commit("answer lost")  # the branch's record
+    finally:
+        proxy.lose_answers = None
+    assert proxy.answers_lost - before == 2 * lost
+    reader = vs.Repository.open(storage)
+    assert reader.lookup_branch("main") == committed
+    assert [info.message for info in reader.ancestry(branch="main")] == [
+        "answer lost", "Repository initialized"]
+    assert reader.readonly_session(branch="main").value("a") == b"a" * 2000
+    assert reader.verify().ok
+
+
 def test_a_service_without_conditional_writes_is_refused(s3_repos: S3Repos) -> None:
     storage = s3_repos.storage(client_options={"timeout": "31s"})  # not probed before
     s3_repos.proxy.ignore_conditions = True

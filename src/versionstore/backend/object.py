@@ -47,7 +47,13 @@ from versionstore.codec import (
     encode_ref_checkpoint,
     encode_ref_log_record,
 )
-from versionstore.errors import CorruptRepositoryError, MissingObjectsError
+from versionstore.errors import (
+    BackendError,
+    CorruptRepositoryError,
+    MissingObjectsError,
+    StorageAccessDeniedError,
+    StorageNotFoundError,
+)
 from versionstore.ids import ObjectId, object_id_text
 
 if TYPE_CHECKING:
@@ -69,6 +75,8 @@ _FRESH_FOR = 600.0
 #: A required object older than this is stored again (refreshing its modification
 #: time) before a record names it, so gc's grace period covers it.
 _REFRESH_OLDER_THAN = timedelta(hours=1)
+#: Attempts to create one log record when the service's answer leaves the outcome open.
+_CREATE_ATTEMPTS = 3
 _DELETE_BATCH = 1000
 _SEQ_DIGITS = 20
 
@@ -203,7 +211,7 @@ class ObjectBackend(Backend):
         name = _log_name(seq)
         data = encode_ref_log_record(seq, effect)
         if self._conditional:
-            created = self._io.run("writing a log record", self._io.put_if_absent(name, data))
+            created = self._create_record(name, data, seq, effect)
         else:
             exists = self._io.run("checking the log", self._io.head(name)) is not None
             created = not exists and (
@@ -216,9 +224,49 @@ class ObjectBackend(Backend):
         self._bytes_since_checkpoint += len(data)
         if seq % CHECKPOINT_EVERY == 0 and 2 * self._bytes_since_checkpoint >= self._state.nbytes:
             checkpoint = encode_ref_checkpoint(seq, self._state.items())
-            self._io.run("writing a checkpoint", self._io.put(_checkpoint_name(seq), checkpoint))
-            self._bytes_since_checkpoint = 0
+            try:
+                self._io.run("writing a checkpoint",
+                             self._io.put(_checkpoint_name(seq), checkpoint))
+            except BackendError:
+                pass  # only a shortcut for readers: the record landed, so the batch did
+            else:
+                self._bytes_since_checkpoint = 0
         return True
+
+    def _create_record(self, name: str, data: bytes, seq: int, effect: Effect) -> bool:
+        """Create log record ``name`` if absent; whether it now holds ``effect``.
+
+        The outcome is read back, never inferred from an error: a service can
+        store the record and lose its answer (a 5xx, a dropped connection, a
+        timeout), and the client's own retry then finds the record "already
+        there". A record that holds this very effect counts as written (if
+        another writer wrote the same effect on the same refs, the outcome is
+        the same). A record that was not stored is tried again
+        (``_CREATE_ATTEMPTS`` in all); a refused request (access denied, no
+        bucket) is raised at once, as is the last transient error.
+        """
+        for attempt in range(1, _CREATE_ATTEMPTS + 1):
+            try:
+                if self._io.run("writing a log record", self._io.put_if_absent(name, data)):
+                    return True
+                failure: BackendError | None = None
+            except (StorageAccessDeniedError, StorageNotFoundError):
+                raise
+            except BackendError as error:
+                failure = error
+            try:
+                stored = self._io.run("reading back a log record", self._io.get(name))
+            except BackendError:
+                if failure is not None:
+                    raise failure from None
+                raise
+            if stored is not None:
+                return decode_ref_log_record(name, stored, seq) == dict(effect)
+            if failure is not None and attempt == _CREATE_ATTEMPTS:
+                raise failure
+            # "already exists" yet absent (a racing create that failed, S3's 409
+            # conflict), or an error before anything was stored: try again.
+        return False
 
     def _decide(self, decide: Callable[[RefState], Effect | None]) -> bool:
         """Append what ``decide`` makes of the current refs, retrying when a writer races.

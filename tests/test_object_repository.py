@@ -16,6 +16,7 @@ import re
 import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ import zarr
 from hypothesis.stateful import run_state_machine_as_test
 from hypothesis_budget import hierarchy_examples
 from object_repo_support import S3Repos, aws_env_fixture, s3_fixture, s3_repos_fixture
+from obstore.store import LocalStore
 from zarr.testing.stateful import ZarrStoreStateMachine
 
 import versionstore as vs
@@ -96,8 +98,14 @@ def test_zarr_hierarchy_state_machine_on_a_session_over_s3(repo: vs.Repository) 
 
 
 @pytest.mark.slow  # four processes, ~30 s on two shared cores
-def test_processes_racing_commits_on_one_branch_lose_nothing(s3_repos: S3Repos) -> None:
-    storage = s3_repos.storage()
+@pytest.mark.parametrize("where", ["s3", "local files"])
+def test_processes_racing_commits_on_one_branch_lose_nothing(
+    s3_repos: S3Repos, tmp_path: Path, where: str,
+) -> None:
+    """On S3 and on obstore's ``LocalStore`` alike (icechunk #804: local-filesystem
+    storage let two processes clobber each other's commits)."""
+    storage = (s3_repos.storage() if where == "s3" else
+               vs.object_storage(LocalStore(str(tmp_path / "repo"), mkdir=True)))
     repo = vs.Repository.create(storage)
     workers, commits = 4, 6
     context = multiprocessing.get_context("spawn")

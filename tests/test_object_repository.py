@@ -324,6 +324,25 @@ def test_a_log_record_whose_answer_was_lost_counts_once(s3_repos: S3Repos, lost:
     assert reader.verify().ok
 
 
+def test_a_checkpoint_that_cannot_be_written_fails_no_batch(s3_repos: S3Repos) -> None:
+    """A checkpoint is a shortcut for readers; the record before it already landed."""
+    storage = s3_repos.storage()
+    vs.Repository.create(storage)
+    impatient = vs.Repository.open(s3_repos.storage(storage.prefix, **_fast_failing()))
+    session = impatient.writable_session("main")
+    s3_repos.proxy.stall_matching = re.compile(r"^PUT .*/checkpoint/")
+    try:
+        for n in range(110):  # record 100 is followed by a checkpoint (stalled: times out)
+            session.set_values([(f"k{n}", b"v" * 100)])
+    finally:
+        s3_repos.proxy.stall_matching = None
+    committed = session.commit("past a missing checkpoint")
+    reader = vs.Repository.open(storage)
+    assert reader.lookup_branch("main") == committed
+    view = reader.readonly_session(branch="main")
+    assert all(view.value(f"k{n}") == b"v" * 100 for n in range(110))
+
+
 def test_a_service_without_conditional_writes_is_refused(s3_repos: S3Repos) -> None:
     storage = s3_repos.storage(client_options={"timeout": "31s"})  # not probed before
     s3_repos.proxy.ignore_conditions = True

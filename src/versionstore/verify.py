@@ -7,6 +7,9 @@ ids (BLAKE3, stronger than the per-read checksum), and checks each record's
 invariants (sorted keys, well-formed ids, timezone-aware times). Problems are
 collected, not raised, so one bad object does not hide the others.
 
+Where the backend keeps garbage collection's ledger, its counts are checked
+against what its roots reach (``versionstore.verify_ledger``).
+
 Virtual chunks point outside the repository; with ``virtual_chunks`` given,
 verify also asks each referenced source (once per file) whether it still
 exists, is long enough, and matches its recorded checksum.
@@ -18,6 +21,7 @@ from collections.abc import Callable
 
 import attrs
 
+from versionstore.backend.ledger import Ledger
 from versionstore.codec import (
     KIND_BRANCH,
     KIND_HISTORY,
@@ -42,6 +46,7 @@ from versionstore.ids import ObjectId, object_id_text
 from versionstore.objects import ObjectReader
 from versionstore.records import Leaf, VirtualRef
 from versionstore.refs import MAIN, REPOSITORY_REF, branch_ref
+from versionstore.verify_ledger import check_ledger
 from versionstore.virtual import VirtualChunkStores
 
 __all__ = ["VerifyReport", "verify_repository"]
@@ -136,6 +141,8 @@ def _verify_once(reader: ObjectReader, all_refs: dict[str, bytes],
             progress("verifying objects", start + len(batch), len(ids))
     if virtual_chunks is not None and virtual:
         problems.extend(virtual_chunks.problems(virtual))
+    if isinstance(backend, Ledger):
+        problems.extend(check_ledger(reader, backend, progress))
     return VerifyReport(objects_checked=len(ids), problems=tuple(problems))
 
 

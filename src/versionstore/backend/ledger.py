@@ -105,6 +105,10 @@ class Ledger(Protocol):
         """The leaves whose predecessor is ``object_id``."""
         ...
 
+    def ledger_contents(self) -> tuple[bytes | None, dict[ObjectId, int], dict[ObjectId, ObjectId]]:
+        """The header, every count and every link, in one view (for ``verify``)."""
+        ...
+
     def sweep(
         self,
         ids: Iterable[ObjectId],

@@ -530,6 +530,25 @@ class LMDBBackend(Backend, Ledger):
         return self._read("reading gc links", work)
 
     @override
+    def ledger_contents(self) -> tuple[bytes | None, dict[ObjectId, int], dict[ObjectId, ObjectId]]:
+        def work(txn: lmdb.Transaction
+                 ) -> tuple[bytes | None, dict[ObjectId, int], dict[ObjectId, ObjectId]]:
+            counts: dict[ObjectId, int] = {}
+            links: dict[ObjectId, ObjectId] = {}
+            gc_db = self._gc
+            if gc_db is None:
+                return None, counts, links
+            for key, value in txn.cursor(db=gc_db):
+                prefix = bytes(key[:1])
+                if prefix == _COUNT:
+                    counts[ObjectId(bytes(key[1:]))] = int.from_bytes(value, "big")
+                elif prefix == _LINK:
+                    links[ObjectId(bytes(key[1:]))] = ObjectId(bytes(value))
+            return _bytes(txn.get(_HEADER, db=gc_db)), counts, links
+
+        return self._read("reading the gc ledger", work)
+
+    @override
     def successors(self, object_id: ObjectId) -> list[ObjectId]:
         def work(txn: lmdb.Transaction) -> list[ObjectId]:
             gc_db, found = self._gc, list[ObjectId]()

@@ -163,6 +163,11 @@ class MemoryBackend(Backend, Ledger):
             return [self._links.get(object_id) for object_id in ids]
 
     @override
+    def ledger_contents(self) -> tuple[bytes | None, dict[ObjectId, int], dict[ObjectId, ObjectId]]:
+        with self._lock:
+            return self._header, dict(self._counts), dict(self._links)
+
+    @override
     def successors(self, object_id: ObjectId) -> list[ObjectId]:
         with self._lock:
             return [leaf for leaf, before in self._links.items() if before == object_id]

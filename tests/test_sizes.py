@@ -150,6 +150,8 @@ class SizesMachine(RuleBasedStateMachine):
                 object_id_from_text(tip)).tree)
             assert usage.keys == sum(r.keys for r in walked.rows)
             assert usage.stored_bytes == sum(r.stored_bytes for r in walked.rows)
+        report = self.repo.verify()  # recomputes every snapshot's totals from its parent's
+        assert report.ok, report.problems
 
 
 TestSizesMachine = SizesMachine.TestCase
@@ -248,3 +250,19 @@ def test_a_commit_reads_only_the_changed_keys() -> None:
     assert result == Sizes(rows=(SizeRow(path="a", keys=3, chunks=2, objects=2,
                                          logical_bytes=1600, stored_bytes=1626),))
     assert tally.changed == 2
+
+
+def test_verify_reports_wrong_totals(repo: vs.Repository) -> None:
+    session = repo.writable_session()
+    _zarr_array(session, "x", 1000)
+    session.commit("x")
+    tip = object_id_from_text(repo.lookup_branch("main"))
+    snapshot = repo.reader.snapshot(tip)
+    assert snapshot.sizes is not None
+    wrong = Sizes(rows=tuple(attrs.evolve(r, keys=r.keys + 1) if r.path == "x" else r
+                             for r in snapshot.sizes.rows))
+    bad_id, frame = encode_snapshot(attrs.evolve(snapshot, sizes=wrong))
+    assert repo.backend.write(WriteBatch(objects=[(bad_id, frame)]))
+    repo.reset_branch("main", object_id_text(bad_id))
+    problems = repo.verify().problems
+    assert len(problems) == 1 and "recorded sizes of array 'x' differ" in problems[0]

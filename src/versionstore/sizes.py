@@ -32,7 +32,8 @@ from versionstore.objects import ObjectReader
 from versionstore.records import ChunkRef, Entry, SizeRow, Sizes, Snapshot, VirtualRef
 from versionstore.tree import NodeLoader, changed_entries, iter_from, lookup
 
-__all__ = ["METADATA_NAMES", "SizeTally", "sizes_between", "sizes_of", "walk_sizes"]
+__all__ = ["METADATA_NAMES", "SizeTally", "check_sizes", "sizes_between", "sizes_of",
+           "walk_sizes"]
 
 #: Zarr metadata documents (v3 and v2): every other key is a chunk.
 METADATA_NAMES = frozenset({"zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata"})
@@ -198,3 +199,27 @@ def sizes_between(reader: ObjectReader, base: Snapshot | None, tree: ObjectId | 
     tally.observe_all((key, old, new) for key, (old, new) in
                       changed_entries(load or reader.node, base_tree, tree).items())
     return tally.sizes(reader.node, base_tree, base_sizes, read_chunks or reader.chunks)
+
+
+def check_sizes(reader: ObjectReader, snapshot_id: ObjectId) -> str | None:
+    """What is wrong with a snapshot's recorded totals (``None``: right, or none recorded).
+
+    Recomputed from its first parent's totals and the keys the two trees
+    differ in (a walk where the parent has none), so checking every snapshot
+    of a history costs its changes; ``verify`` calls it for each.
+    """
+    snapshot = reader.snapshot(snapshot_id)
+    if snapshot.sizes is None:
+        return None
+    parent = None if snapshot.parent is None else reader.snapshot_if_stored(snapshot.parent)
+    if parent is None and snapshot.parent is not None:
+        expected = walk_sizes(reader, snapshot.tree)  # the parent was expired and collected
+    else:
+        expected = sizes_between(reader, parent, snapshot.tree)
+    if expected == snapshot.sizes:
+        return None
+    got = {row.path: row for row in snapshot.sizes.rows}
+    for row in expected.rows:
+        if got.pop(row.path, None) != row:
+            return f"recorded sizes of array {row.path!r} differ from its tree ({row})"
+    return f"recorded sizes name arrays its tree does not have ({sorted(map(str, got))})"

@@ -163,6 +163,13 @@ def test_a_small_commit_updates_counts_of_what_changed_only(repo: vs.Repository)
     assert len(written[0].counts) < 60
     assert written[0].links  # the new nodes link to the ones they were rewritten from
     assert check_ledger(repo.reader, backend) == []
+    # Three commits before one run: each new tree links to its parent's, new as well.
+    for version in (3, 4, 5):
+        session.set_values([(f"k/{i:05d}", _value(i, version)) for i in range(7, 3000, 300)])
+        session.commit(f"v{version}")
+    repo.garbage_collect()
+    assert len(written[1].counts) < 3 * 60
+    assert check_ledger(repo.reader, backend) == []
 
 
 # -- damaged ledgers ----------------------------------------------------------------------

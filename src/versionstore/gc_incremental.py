@@ -114,6 +114,8 @@ class _Counts:
         self.link_changes: dict[ObjectId, ObjectId | None] = {}
         #: Where to look for a new node's predecessor: the parent snapshot's tree root.
         self.hints: dict[ObjectId, ObjectId] = {}
+        #: Hinted roots found live (checked once per run: see ``_predecessor``).
+        self.live_roots: set[ObjectId] = set()
 
     def load(self, ids: Iterable[ObjectId]) -> None:
         if self.fresh:
@@ -213,11 +215,21 @@ class _Counts:
             self.hints.setdefault(snapshot.tree, above.tree)
 
     def _predecessor(self, node_id: ObjectId) -> ObjectId | None:
-        """The live node of the hinted older tree at ``node_id``'s level and first key."""
+        """The node of the hinted older tree at ``node_id``'s level and first key, if live.
+
+        The older tree is live as a whole or not at all: trees are counted
+        one at a time, oldest first (``increment``), and nothing dies while
+        counts only grow, so a live root means every node under it is live.
+        """
         root = self.hints.get(node_id)
         node = self.reader.node_if_stored(node_id)
         if root is None or node is None:
             return None
+        if root not in self.live_roots:
+            self.load([root])
+            if self.count(root) == 0:
+                return None
+            self.live_roots.add(root)
         level = node.level if isinstance(node, Branch) else 0
         key = node.keys[0]
         found_id, found = root, self.reader.node_if_stored(root)
@@ -228,8 +240,7 @@ class _Counts:
         if found is None or found_id == node_id or (
                 found.level if isinstance(found, Branch) else 0) != level:
             return None
-        self.load([found_id])
-        return found_id if self.count(found_id) > 0 else None
+        return found_id
 
     def _born_node(self, node_id: ObjectId) -> list[Edge]:
         """The edges a newly live tree node adds: to the children its predecessor lacks.
@@ -268,24 +279,38 @@ class _Counts:
         return taken, children
 
     def increment(self, edges: list[Edge]) -> None:
-        """Add one per edge; objects that become live add their own edges."""
-        while edges:
-            self.load(i for i, _ in edges)
-            following: list[Edge] = []
-            delta = self.delta
-            for edge in edges:
-                object_id = edge[0]
-                before = self.count(object_id)
-                delta[object_id] = delta.get(object_id, 0) + 1
-                if before == 0:
-                    self.born += 1
-                    if edge[1] == NODE:
-                        following.extend(self._born_node(object_id))
-                        continue
-                    if edge[1] == SNAPSHOT:
-                        self._hint_tree(object_id)
-                    following.extend(self.children(edge))
-            edges = following
+        """Add one per edge; objects that become live add their own edges.
+
+        The trees of newly live snapshots wait until no snapshot is left to
+        expand, then are counted one at a time, the last found (the oldest)
+        first: a commit's tree then finds the tree of its parent — live by
+        then, even if it is new too — to take its nodes' predecessors from.
+        """
+        trees: list[Edge] = []
+        while True:
+            while edges:
+                self.load(i for i, _ in edges)
+                following: list[Edge] = []
+                delta = self.delta
+                for edge in edges:
+                    object_id = edge[0]
+                    before = self.count(object_id)
+                    delta[object_id] = delta.get(object_id, 0) + 1
+                    if before == 0:
+                        self.born += 1
+                        if edge[1] == NODE:
+                            following.extend(self._born_node(object_id))
+                            continue
+                        children = self.children(edge)
+                        if edge[1] == SNAPSHOT:
+                            self._hint_tree(object_id)
+                            trees.extend(c for c in children if c[1] == NODE)
+                            children = [c for c in children if c[1] != NODE]
+                        following.extend(children)
+                edges = following
+            if not trees:
+                return
+            edges = [trees.pop()]
 
     def decrement(self, edges: list[Edge]) -> None:
         """Take one per edge; objects that reach zero die and take their own edges."""

@@ -139,7 +139,7 @@ def purge_node(reader: ObjectReader, path: str, *, message: str | None = None,
                 continue
             tally = SizeTally()
             tree, nodes = apply_changes(reader.node, snapshot.tree, [(k, None) for k in doomed],
-                                        observe=tally.observe)
+                                        observe=tally.observe_all)
             # Totals only where the original had them: an older snapshot stays as it was
             # (``du`` walks it), rather than purge reading every tree of an old history.
             sizes = None if snapshot.sizes is None else tally.sizes(

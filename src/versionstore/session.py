@@ -720,7 +720,7 @@ class Session:
             tally = SizeTally()
             root, branches = apply_changes(repo.reader.node, parent_tree, chunks.note(changes),
                                            decoded=new_nodes, emit=keep_leaf,
-                                           observe=tally.observe)
+                                           observe=tally.observe_all)
             if conflicts:
                 raise ConflictError(self._branch, conflicts)
             generation = self._generation + 1

@@ -40,23 +40,37 @@ METADATA_NAMES = frozenset({"zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmet
 
 #: keys, chunks, objects, logical bytes, stored bytes, virtual chunks, virtual bytes.
 _WIDTH = 7
+#: What a chunk object's frame adds to its value.
+_FRAME = chunk_frame_size(0)
 _Counts = list[int]
 #: Reads chunk values (for a ``zarr.json`` stored as a chunk object).
 ChunkReader = Callable[[list[ObjectId]], list[bytes]]
 
 
-def _contribution(key: str, entry: Entry) -> tuple[int, ...]:
-    chunk = 0 if key.rpartition("/")[2] in METADATA_NAMES else 1
-    if isinstance(entry, bytes):
-        return (1, chunk, 0, len(entry), len(entry), 0, 0)
-    if isinstance(entry, ChunkRef):
-        return (1, chunk, 1, entry.size, chunk_frame_size(entry.size), 0, 0)
-    return (1, chunk, 0, entry.length, 0, 1, entry.length)
+def _add(counts: _Counts, key: str, entry: Entry, sign: int, name: str | None = None) -> None:
+    """Add (``sign`` 1) or take away (-1) what ``key`` holding ``entry`` contributes.
 
-
-def _add(counts: _Counts, key: str, entry: Entry, sign: int) -> None:
-    for i, value in enumerate(_contribution(key, entry)):
-        counts[i] += sign * value
+    Called once or twice per changed key of every commit: kept to plain
+    arithmetic (a commit of a million keys pays it a million times).
+    """
+    counts[0] += sign
+    if (key.rpartition("/")[2] if name is None else name) not in METADATA_NAMES:
+        counts[1] += sign
+    cls = entry.__class__
+    if cls is bytes:
+        size = len(entry)  # type: ignore[arg-type]
+        counts[3] += sign * size
+        counts[4] += sign * size
+    elif cls is ChunkRef:
+        size = entry.size  # type: ignore[union-attr]
+        counts[2] += sign
+        counts[3] += sign * size
+        counts[4] += sign * chunk_frame_size(size)
+    else:
+        size = entry.size  # type: ignore[union-attr]
+        counts[3] += sign * size
+        counts[5] += sign
+        counts[6] += sign * size
 
 
 def _owner(directory: str, arrays: set[str]) -> str | None:
@@ -90,29 +104,70 @@ class SizeTally:
     """
 
     def __init__(self) -> None:
-        self._deltas: dict[str, _Counts] = defaultdict(lambda: [0] * _WIDTH)
+        self._deltas: dict[str, _Counts] = {}
         #: directory -> {name: new entry} for changed ``.zarray`` / ``zarr.json``.
         self._documents: dict[str, dict[str, Entry | None]] = defaultdict(dict)
         self.changed = 0
 
     def observe(self, key: str, old: Entry | None, new: Entry | None) -> None:
         """Account for ``key`` changing from ``old`` to ``new`` (``None``: absent)."""
-        if old == new:
-            return
-        self.changed += 1
-        directory, _, name = key.rpartition("/")
-        counts = self._deltas[directory]
-        if old is not None:
-            _add(counts, key, old, -1)
-        if new is not None:
-            _add(counts, key, new, 1)
-        if name in (".zarray", "zarr.json"):
-            self._documents[directory][name] = new
+        self.observe_all(((key, old, new),))
 
     def observe_all(self, changes: Iterable[tuple[str, Entry | None, Entry | None]]) -> None:
-        """``observe`` each ``(key, old, new)``."""
+        """``observe`` each ``(key, old, new)``.
+
+        One tight loop: commits of millions of keys run it once per key, so
+        the arithmetic is inlined and consecutive keys of one directory share
+        their row lookup.
+        """
+        deltas, documents, metadata = self._deltas, self._documents, METADATA_NAMES
+        last_directory: str | None = None
+        counts: _Counts = []
+        changed = 0
         for key, old, new in changes:
-            self.observe(key, old, new)
+            if old is new or (old is not None and new is not None and old == new):
+                continue
+            changed += 1
+            directory, _, name = key.rpartition("/")
+            if directory != last_directory:
+                found = deltas.get(directory)
+                if found is None:
+                    found = deltas[directory] = [0] * _WIDTH
+                counts, last_directory = found, directory
+            chunk = 0 if name in metadata else 1
+            if old is not None:
+                counts[0] -= 1
+                counts[1] -= chunk
+                cls = old.__class__
+                if cls is bytes:
+                    counts[3] -= len(old)  # type: ignore[arg-type]
+                    counts[4] -= len(old)  # type: ignore[arg-type]
+                elif cls is ChunkRef:
+                    counts[2] -= 1
+                    counts[3] -= old.size  # type: ignore[union-attr]
+                    counts[4] -= old.size + _FRAME  # type: ignore[union-attr]
+                else:
+                    counts[3] -= old.size  # type: ignore[union-attr]
+                    counts[5] -= 1
+                    counts[6] -= old.size  # type: ignore[union-attr]
+            if new is not None:
+                counts[0] += 1
+                counts[1] += chunk
+                cls = new.__class__
+                if cls is bytes:
+                    counts[3] += len(new)  # type: ignore[arg-type]
+                    counts[4] += len(new)  # type: ignore[arg-type]
+                elif cls is ChunkRef:
+                    counts[2] += 1
+                    counts[3] += new.size  # type: ignore[union-attr]
+                    counts[4] += new.size + _FRAME  # type: ignore[union-attr]
+                else:
+                    counts[3] += new.size  # type: ignore[union-attr]
+                    counts[5] += 1
+                    counts[6] += new.size  # type: ignore[union-attr]
+            if name == ".zarray" or name == "zarr.json":
+                documents[directory][name] = new
+        self.changed += changed
 
     def sizes(self, load: NodeLoader, base_tree: ObjectId | None, base: Sizes,
               read_chunks: ChunkReader) -> Sizes:

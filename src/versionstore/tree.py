@@ -52,8 +52,10 @@ _REF_COST = 32
 NodeLoader = Callable[[ObjectId], Node]
 #: A staged change: the new entry, or ``None`` to delete the key.
 Change = tuple[str, Entry | None]
-#: Told each applied change as ``(key, entry before, entry after)`` (``None``: absent).
-ChangeObserver = Callable[[str, Entry | None, Entry | None], None]
+#: Told the applied changes, in runs, as ``(key, entry before, entry after)`` (``None``: absent).
+ChangeObserver = Callable[[list[tuple[str, Entry | None, Entry | None]]], None]
+#: Observed changes are handed over in runs of at most this many (memory stays bounded).
+_OBSERVE_RUN = 4096
 
 
 def lookup(load: NodeLoader, root: ObjectId | None, key: str) -> Entry | None:
@@ -246,17 +248,24 @@ class _Writer:
         keys: Sequence[str] = () if leaf is None else leaf.keys
         entries: Sequence[Entry] = () if leaf is None else leaf.entries
         run = _LeafRun(self)
+        observe = self._observe
+        seen: list[tuple[str, Entry | None, Entry | None]] = []
         i = 0
         while changes.below(bound):
             key, entry = changes.pop()
             j = bisect.bisect_left(keys, key, i)
             run.extend(keys[i:j], entries[i:j])
             found = j < len(keys) and keys[j] == key
-            if self._observe is not None:
-                self._observe(key, entries[j] if found else None, entry)
+            if observe is not None:
+                seen.append((key, entries[j] if found else None, entry))
+                if len(seen) >= _OBSERVE_RUN:
+                    observe(seen)
+                    seen = []
             i = j + 1 if found else j
             if entry is not None:
                 run.add(key, entry)
+        if seen and observe is not None:
+            observe(seen)
         run.extend(keys[i:], entries[i:])
         return run.finish()
 

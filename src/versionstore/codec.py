@@ -44,6 +44,8 @@ from versionstore.records import (
     RefTarget,
     RepositoryRecord,
     SessionRecord,
+    SizeRow,
+    Sizes,
     Snapshot,
     Tombstone,
     VirtualRef,
@@ -57,6 +59,7 @@ __all__ = [
     "KIND_SNAPSHOT",
     "MAX_DECOMPRESSED",
     "content_id",
+    "chunk_frame_size",
     "decode_chunk",
     "decode_gc_ledger",
     "decode_graft",
@@ -448,9 +451,51 @@ def _snapshot_fields(snapshot: Snapshot) -> list[Any]:
         msgpack.Timestamp.from_datetime(snapshot.written_at),
         msgpack.ExtType(2, pack_metadata(snapshot.metadata)),
     ]
-    if snapshot.history is not None:
+    if snapshot.history is not None or snapshot.sizes is not None:
         fields.append(snapshot.history)
+    if snapshot.sizes is not None:
+        fields.append(_sizes_fields(snapshot.sizes))
     return fields
+
+
+def _sizes_fields(sizes: Sizes) -> list[Any]:
+    """``[1, [[path|nil, keys, chunks, objects, logical, stored, virtual, virtual bytes]]]``."""
+    return [Sizes.FORMAT_VERSION, [
+        [r.path, r.keys, r.chunks, r.objects, r.logical_bytes, r.stored_bytes,
+         r.virtual_chunks, r.virtual_bytes] for r in sizes.rows
+    ]]
+
+
+def _sizes_from_fields(name: str, payload: Any) -> Sizes | None:
+    """The totals of a snapshot's field 7; ``None`` for a newer version than this one reads.
+
+    An older reader ignores the field (it lies past the six it reads), so the
+    totals are an optional addition to snapshot version 2; a totals record of
+    a newer version is skipped likewise (``du`` falls back to a walk).
+    """
+    fields = _versioned(name, "sizes", payload, 1 << 30, 2)
+    if fields[0] > Sizes.FORMAT_VERSION:
+        return None
+    rows = []
+    for row in fields[1]:
+        path = row[0]
+        if (path is not None and not isinstance(path, str)) or len(row) != 8 or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in row[1:]):
+            raise CorruptObjectError(name, "malformed size row")
+        rows.append(SizeRow(path=path, keys=row[1], chunks=row[2], objects=row[3],
+                            logical_bytes=row[4], stored_bytes=row[5], virtual_chunks=row[6],
+                            virtual_bytes=row[7]))
+    sizes = Sizes(rows=tuple(rows))
+    try:
+        sizes.check()
+    except ValueError as exc:
+        raise CorruptObjectError(name, str(exc)) from exc
+    return sizes
+
+
+def chunk_frame_size(size: int) -> int:
+    """The bytes a chunk object of a ``size``-byte value occupies (its frame: never compressed)."""
+    return size + _HEADER
 
 
 def encode_snapshot(snapshot: Snapshot) -> tuple[ObjectId, bytes]:
@@ -480,12 +525,15 @@ def _snapshot_from_fields(name: str, payload: Any) -> Snapshot:
     if not isinstance(fields[3], str) or not isinstance(metadata, dict):
         raise CorruptObjectError(name, "snapshot message or metadata is malformed")
     history = None
-    if fields[0] >= 2:  # a list of parents, then optionally the history page
+    sizes = None
+    if fields[0] >= 2:  # a list of parents, then optionally the history page and sizes
         if not isinstance(fields[1], list):
             raise CorruptObjectError(name, "snapshot parents are malformed")
         parents = tuple(_object_id(name, p) for p in fields[1])
         if len(fields) > 6 and fields[6] is not None:
             history = _object_id(name, fields[6])
+        if len(fields) > 7 and fields[7] is not None:
+            sizes = _sizes_from_fields(name, fields[7])
     else:  # format 1: one parent or None
         parents = () if fields[1] is None else (_object_id(name, fields[1]),)
     return Snapshot(
@@ -495,6 +543,7 @@ def _snapshot_from_fields(name: str, payload: Any) -> Snapshot:
         written_at=written_at.astimezone(UTC),
         metadata=metadata,
         history=history,
+        sizes=sizes,
     )
 
 

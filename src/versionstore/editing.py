@@ -21,8 +21,16 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import attrs
+
 from versionstore.backend.protocol import WriteBatch
-from versionstore.codec import encode_chunk, encode_snapshot, pack_metadata
+from versionstore.codec import (
+    decode_chunk,
+    decode_node,
+    encode_chunk,
+    encode_snapshot,
+    pack_metadata,
+)
 from versionstore.errors import (
     ConflictError,
     MergeConflictError,
@@ -37,6 +45,7 @@ from versionstore.objects import ObjectReader
 from versionstore.records import ChunkRef, Entry, Node, Snapshot, VirtualRef
 from versionstore.refs import Refs
 from versionstore.session import INLINE_LIMIT
+from versionstore.sizes import sizes_between, sizes_of
 
 __all__ = ["HistoryEditor"]
 
@@ -79,7 +88,28 @@ class HistoryEditor:
     def _land(self, branch: str, raw_tip: bytes, snapshot: Snapshot,
               nodes: dict[ObjectId, bytes], decoded: dict[ObjectId, Node], *, kind: str,
               requires: list[ObjectId], source: ObjectId | None = None) -> ObjectId | None:
-        """Store ``snapshot`` and move ``branch`` to it; ``None`` if the branch moved."""
+        """Store ``snapshot`` and move ``branch`` to it; ``None`` if the branch moved.
+
+        Without totals of its own, ``snapshot`` gets them from its first
+        parent's and the nodes where the two trees differ.
+        """
+        if snapshot.sizes is None:
+
+            def load(node_id: ObjectId) -> Node:
+                made = decoded.get(node_id)
+                if made is not None:
+                    return made
+                data = nodes.get(node_id)
+                return self.reader.node(node_id) if data is None else decode_node(
+                    object_id_text(node_id), data)
+
+            def read_chunks(chunk_ids: list[ObjectId]) -> list[bytes]:
+                return [decode_chunk(object_id_text(i), nodes[i]) if i in nodes
+                        else self.reader.chunks([i])[0] for i in chunk_ids]
+
+            base = None if snapshot.parent is None else self.reader.snapshot(snapshot.parent)
+            snapshot = attrs.evolve(snapshot, sizes=sizes_between(
+                self.reader, base, snapshot.tree, load, read_chunks))
         snapshot, pages = with_history(self.reader, snapshot)
         snapshot_id, frame = encode_snapshot(snapshot)
         batch = WriteBatch(objects=[*nodes.items(), *pages, (snapshot_id, frame)],
@@ -220,7 +250,8 @@ class HistoryEditor:
                 s.message for s in reversed(squashed))
             new = Snapshot(parents=(since,), tree=squashed[0].tree, message=text,
                            written_at=datetime.now(UTC),
-                           metadata=dict(squashed[0].metadata if metadata is None else metadata))
+                           metadata=dict(squashed[0].metadata if metadata is None else metadata),
+                           sizes=sizes_of(self.reader, squashed[0]))
             return self._land(branch, raw_tip, new, {}, {}, kind="squash", requires=[since])
 
         return self._retrying(branch, attempt)

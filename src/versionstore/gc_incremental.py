@@ -38,6 +38,7 @@ and writes a fresh ledger.
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -66,7 +67,7 @@ from versionstore.gc_roots import (
 from versionstore.grafts import Grafts, grafts_from_refs, parents_of
 from versionstore.ids import ObjectId
 from versionstore.objects import ObjectReader
-from versionstore.records import Branch, ChunkRef, GCLedger, Leaf
+from versionstore.records import Branch, ChunkRef, GCLedger
 from versionstore.refs import session_ref, stage_prefix
 
 __all__ = ["collect_incrementally"]
@@ -93,6 +94,11 @@ class _Counts:
     """Reference counts: the ledger's (``base``, read lazily) plus this run's changes.
 
     With ``fresh`` the ledger is ignored (every count starts at zero): a rebuild.
+
+    Tree nodes born with a predecessor count only the children it lacks
+    (``_born_node``): after one small commit, the new nodes add a count to
+    what changed, not to every child they hold — the work is the changed
+    keys, not the size of the leaves and branches they landed in.
     """
 
     def __init__(self, reader: ObjectReader, ledger: Ledger, *, fresh: bool,
@@ -102,6 +108,14 @@ class _Counts:
         self.delta: dict[ObjectId, int] = {}
         self.born = 0  # objects that went from zero to live
         self.died: list[ObjectId] = []
+        #: Node -> predecessor as the ledger has it (read lazily), and this run's changes.
+        self.base_links: dict[ObjectId, ObjectId | None] = {}
+        self.links: dict[ObjectId, ObjectId | None] = {}
+        self.link_changes: dict[ObjectId, ObjectId | None] = {}
+        #: Where to look for a new node's predecessor: the parent snapshot's tree root.
+        self.hints: dict[ObjectId, ObjectId] = {}
+        #: Hinted roots found live (checked once per run: see ``_predecessor``).
+        self.live_roots: set[ObjectId] = set()
 
     def load(self, ids: Iterable[ObjectId]) -> None:
         if self.fresh:
@@ -113,6 +127,58 @@ class _Counts:
 
     def count(self, object_id: ObjectId) -> int:
         return self.base.get(object_id, 0) + self.delta.get(object_id, 0)
+
+    def link(self, leaf: ObjectId) -> ObjectId | None:
+        """Tree node ``leaf``'s predecessor as of now."""
+        if leaf in self.links:
+            return self.links[leaf]
+        if self.fresh:
+            return None
+        if leaf not in self.base_links:
+            self.base_links[leaf] = self.ledger.links([leaf])[0]
+        return self.base_links[leaf]
+
+    def set_link(self, leaf: ObjectId, before: ObjectId | None, *, born: bool = False) -> None:
+        """Link ``leaf`` to predecessor ``before`` (``None``: unlink).
+
+        A node being born has no link in the ledger (a dying node loses its
+        own and its successors'), so its old link is not read.
+        """
+        if born and leaf not in self.links:
+            self.base_links.setdefault(leaf, None)
+        old = self.link(leaf)
+        if old == before:
+            return
+        self.links[leaf] = before
+        if leaf not in self.link_changes:
+            self.link_changes[leaf] = old
+        if self.link_changes[leaf] == before:
+            del self.link_changes[leaf]  # back to what the ledger has
+
+    def successors(self, leaf: ObjectId) -> list[ObjectId]:
+        """The tree nodes whose predecessor is ``leaf`` now."""
+        found = set() if self.fresh else set(self.ledger.successors(leaf))
+        found.update(i for i, before in self.links.items() if before == leaf)
+        return [i for i in found if self.link(i) == leaf]
+
+    def node_children(self, node_id: ObjectId) -> list[Edge]:
+        """A tree node's children: child nodes of a branch, chunks of a leaf (each once)."""
+        ids, kind = self._child_ids(node_id)
+        return [(c, kind) for c in dict.fromkeys(ids)]
+
+    def _child_ids(self, node_id: ObjectId) -> tuple[list[ObjectId], int]:
+        node = self.reader.node_if_stored(node_id)
+        if node is None:
+            raise _StaleLedger(node_id)
+        if isinstance(node, Branch):
+            return list(node.children), NODE
+        return [e.chunk_id for e in node.entries if e.__class__ is ChunkRef], CHUNK
+
+    def _children_not_in(self, node_id: ObjectId, other: ObjectId) -> list[Edge]:
+        """``node_id``'s children that node ``other`` does not hold (``_born_node``'s diff)."""
+        ids, kind = self._child_ids(node_id)
+        held = set(self._child_ids(other)[0])
+        return [(c, kind) for c in dict.fromkeys(ids) if c not in held]
 
     def children(self, edge: Edge) -> list[Edge]:
         """What ``edge``'s object points at (as ``versionstore.gc``'s mark follows it)."""
@@ -136,29 +202,115 @@ class _Counts:
             if page is None:
                 raise _StaleLedger(object_id)
             return [] if page.previous is None else [(page.previous, PAGE)]
-        node = reader.node_if_stored(object_id)
-        if node is None:
-            raise _StaleLedger(object_id)
-        if isinstance(node, Branch):
-            return [(c, NODE) for c in dict.fromkeys(node.children)]
-        assert isinstance(node, Leaf)
-        return [(c, CHUNK) for c in dict.fromkeys(
-            e.chunk_id for e in node.entries if isinstance(e, ChunkRef))]
+        return self.node_children(object_id)
+
+    def _hint_tree(self, snapshot_id: ObjectId) -> None:
+        """A born snapshot's tree looks for predecessors in its first parent's tree."""
+        snapshot = self.reader.snapshot_if_stored(snapshot_id)
+        if snapshot is None or snapshot.tree is None:
+            return
+        parents = parents_of(snapshot_id, snapshot, self.grafts)
+        above = None if not parents else self.reader.snapshot_if_stored(parents[0])
+        if above is not None and above.tree is not None and above.tree != snapshot.tree:
+            self.hints.setdefault(snapshot.tree, above.tree)
+
+    def _predecessor(self, node_id: ObjectId) -> ObjectId | None:
+        """The node of the hinted older tree at ``node_id``'s level and first key, if live.
+
+        The older tree is live as a whole or not at all: trees are counted
+        one at a time, oldest first (``increment``), and nothing dies while
+        counts only grow, so a live root means every node under it is live.
+        """
+        root = self.hints.get(node_id)
+        node = self.reader.node_if_stored(node_id)
+        if root is None or node is None:
+            return None
+        if root not in self.live_roots:
+            self.load([root])
+            if self.count(root) == 0:
+                return None
+            self.live_roots.add(root)
+        level = node.level if isinstance(node, Branch) else 0
+        key = node.keys[0]
+        found_id, found = root, self.reader.node_if_stored(root)
+        while isinstance(found, Branch) and found.level > level:
+            index = max(bisect.bisect_right(found.keys, key) - 1, 0)
+            found_id = found.children[index]
+            found = self.reader.node_if_stored(found_id)
+        if found is None or found_id == node_id or (
+                found.level if isinstance(found, Branch) else 0) != level:
+            return None
+        return found_id
+
+    def _born_node(self, node_id: ObjectId) -> list[Edge]:
+        """The edges a newly live tree node adds: to the children its predecessor lacks.
+
+        A node owes a count to a child only where its predecessor — a live
+        node of the same level it was rewritten from, linked in the ledger —
+        does not hold that child. So every live object keeps a non-zero
+        count: follow a node's predecessors while they hold the child; the
+        last of them counts it. After a small commit, the new nodes count
+        the children that changed, not every child they hold. A dying
+        predecessor hands its counts of shared children to its successors
+        (``_dying_node``).
+        """
+        before = self._predecessor(node_id)
+        self.set_link(node_id, before, born=True)
+        children = (self.node_children(node_id) if before is None
+                    else self._children_not_in(node_id, before))
+        root = self.hints.get(node_id)
+        if root is not None:
+            for child, kind in children:
+                if kind == NODE:
+                    self.hints.setdefault(child, root)
+        return children
+
+    def _dying_node(self, node_id: ObjectId) -> tuple[list[Edge], list[Edge]]:
+        """What a tree node's death changes: (counts its successors take, counts it drops)."""
+        held = set(self._child_ids(node_id)[0])
+        taken: list[Edge] = []
+        for successor in self.successors(node_id):
+            taken.extend(c for c in self.node_children(successor) if c[0] in held)
+            self.set_link(successor, None)
+        before = self.link(node_id)
+        self.set_link(node_id, None)
+        children = (self.node_children(node_id) if before is None
+                    else self._children_not_in(node_id, before))
+        return taken, children
 
     def increment(self, edges: list[Edge]) -> None:
-        """Add one per edge; objects that become live add their own edges."""
-        while edges:
-            self.load(i for i, _ in edges)
-            following: list[Edge] = []
-            delta = self.delta
-            for edge in edges:
-                object_id = edge[0]
-                before = self.count(object_id)
-                delta[object_id] = delta.get(object_id, 0) + 1
-                if before == 0:
-                    self.born += 1
-                    following.extend(self.children(edge))
-            edges = following
+        """Add one per edge; objects that become live add their own edges.
+
+        The trees of newly live snapshots wait until no snapshot is left to
+        expand, then are counted one at a time, the last found (the oldest)
+        first: a commit's tree then finds the tree of its parent — live by
+        then, even if it is new too — to take its nodes' predecessors from.
+        """
+        trees: list[Edge] = []
+        while True:
+            while edges:
+                self.load(i for i, _ in edges)
+                following: list[Edge] = []
+                delta = self.delta
+                for edge in edges:
+                    object_id = edge[0]
+                    before = self.count(object_id)
+                    delta[object_id] = delta.get(object_id, 0) + 1
+                    if before == 0:
+                        self.born += 1
+                        if edge[1] == NODE:
+                            following.extend(self._born_node(object_id))
+                            continue
+                        children = self.children(edge)
+                        if edge[1] == SNAPSHOT:
+                            self._hint_tree(object_id)
+                            trees.extend(c for c in children if c[1] == NODE)
+                            children = [c for c in children if c[1] != NODE]
+                        following.extend(children)
+                edges = following
+            if not trees:
+                return
+            edges = [trees.pop()]
 
     def decrement(self, edges: list[Edge]) -> None:
         """Take one per edge; objects that reach zero die and take their own edges."""
@@ -174,7 +326,13 @@ class _Counts:
                     raise _StaleLedger(object_id)
                 if after == 0:
                     self.died.append(object_id)
-                    following.extend(self.children(edge))
+                    if edge[1] == NODE:
+                        taken, dropped = self._dying_node(object_id)
+                        # Successors take their counts first: no shared child dies.
+                        self.increment(taken)
+                        following.extend(dropped)
+                    else:
+                        following.extend(self.children(edge))
             edges = following
 
 
@@ -390,6 +548,7 @@ def _collect(reader: ObjectReader, ledger: Ledger, *, dry_run: bool,
     update = LedgerUpdate(
         expect=raw, header=encode_gc_ledger(new_header),
         counts={i: counts.count(i) for i, change in counts.delta.items() if change},
+        links={i: (old, counts.links[i]) for i, old in counts.link_changes.items()},
         pending=[i for i in spared if i in sizes], journal_end=journal_end,
         reset=header is None,
     )
@@ -397,7 +556,12 @@ def _collect(reader: ObjectReader, ledger: Ledger, *, dry_run: bool,
                         prune_refs=empty_records, ledger=update):
         return None
     drop_stale_grafts(backend, refs, set(doomed) - rescued)
-    backend.sync()
     gone = [i for i in doomed if i not in rescued]
+    if gone:
+        # Only deletions are worth an fsync. A run that deleted nothing changed the
+        # ledger alone, atomically; lost to a crash, it rolls back whole to the
+        # previous ledger, which the next run brings up to date, and any later
+        # sync (a commit's) makes it durable with everything before it.
+        backend.sync()
     return GCSummary(reachable=live + len(spared) + len(rescued), deleted=len(gone),
                      dry_run=False, bytes_freed=sum(sizes[i] for i in gone))

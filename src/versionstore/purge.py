@@ -39,6 +39,7 @@ from versionstore.grafts import GRAFT_PREFIX, grafts_from_refs, parents_of
 from versionstore.ids import ObjectId, object_id_text
 from versionstore.objects import ObjectReader
 from versionstore.records import RefTarget, Snapshot
+from versionstore.sizes import SizeTally
 from versionstore.tree import apply_changes, iter_from
 
 __all__ = ["purge_node", "purge_prefix"]
@@ -136,7 +137,13 @@ def purge_node(reader: ObjectReader, path: str, *, message: str | None = None,
             new_parents = tuple(mapping.get(p, p) for p in parents)
             if not doomed and new_parents == parents:
                 continue
-            tree, nodes = apply_changes(reader.node, snapshot.tree, [(k, None) for k in doomed])
+            tally = SizeTally()
+            tree, nodes = apply_changes(reader.node, snapshot.tree, [(k, None) for k in doomed],
+                                        observe=tally.observe_all)
+            # Totals only where the original had them: an older snapshot stays as it was
+            # (``du`` walks it), rather than purge reading every tree of an old history.
+            sizes = None if snapshot.sizes is None else tally.sizes(
+                reader.node, snapshot.tree, snapshot.sizes, reader.chunks)
             metadata = dict(snapshot.metadata)
             metadata[METADATA_KEY] = {"path": "/" + prefix.rstrip("/"), "message": message,
                                       "original": object_id_text(snapshot_id)}
@@ -144,7 +151,7 @@ def purge_node(reader: ObjectReader, path: str, *, message: str | None = None,
             # ancestors; ancestry reads rewritten snapshots one at a time.
             rewritten = Snapshot(parents=tuple(new_parents), tree=tree,
                                  message=snapshot.message, written_at=snapshot.written_at,
-                                 metadata=metadata)
+                                 metadata=metadata, sizes=sizes)
             new_id, frame = encode_snapshot(rewritten)
             objects.extend(nodes.items())
             objects.append((new_id, frame))

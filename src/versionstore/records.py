@@ -9,6 +9,8 @@ Objects (immutable, content-addressed):
   ``VirtualRef`` to a byte range of a file outside the repository);
 * ``Branch`` — a sorted run of ``first key -> child node id`` pairs;
 * ``Snapshot`` — one commit: parents, tree root, message, time, metadata;
+* ``Sizes`` — a version's running totals (keys, chunks, bytes per array),
+  carried inside its ``Snapshot``;
 * ``HistoryPage`` — a packed run of a snapshot's first-parent ancestors, by
   columns, so that ancestry reads one object per page instead of one per
   snapshot and decodes only what it shows.
@@ -51,6 +53,8 @@ __all__ = [
     "RefTarget",
     "RepositoryRecord",
     "SessionRecord",
+    "SizeRow",
+    "Sizes",
     "Snapshot",
     "Tombstone",
     "VirtualRef",
@@ -163,6 +167,58 @@ Node = Leaf | Branch
 
 
 @attrs.frozen(kw_only=True)
+class SizeRow:
+    """What the keys of one Zarr array (``path``, its directory) hold in a version.
+
+    ``path`` is ``None`` for the keys outside every array. ``chunks`` counts
+    the keys that are not metadata documents (Zarr chunks, inline or not),
+    ``objects`` the keys stored as chunk objects; ``stored_bytes`` is what
+    the backend holds per key (a chunk object's frame, an inline value),
+    counted once per key; virtual keys count in ``logical_bytes`` and
+    ``virtual_*`` only.
+    """
+
+    path: str | None
+    keys: int
+    chunks: int
+    objects: int
+    logical_bytes: int
+    stored_bytes: int
+    virtual_chunks: int = 0
+    virtual_bytes: int = 0
+
+    def check(self) -> None:
+        """Raise ``ValueError`` if a count is negative or exceeds the keys."""
+        counts = (self.keys, self.chunks, self.objects, self.logical_bytes, self.stored_bytes,
+                  self.virtual_chunks, self.virtual_bytes)
+        if min(counts) < 0 or max(self.chunks, self.objects, self.virtual_chunks) > self.keys:
+            raise ValueError(f"malformed size row {self!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Sizes:
+    """A version's running totals, one row per array (``versionstore.sizes``).
+
+    Computed at commit from the parent's totals and the changed keys only,
+    so ``du`` reads them instead of walking the tree. Rows are sorted by
+    path (``None`` first) and every row has at least one key.
+    """
+
+    FORMAT_VERSION: ClassVar[int] = 1
+    rows: tuple[SizeRow, ...] = ()
+
+    def check(self) -> None:
+        """Raise ``ValueError`` if the rows break their invariants."""
+        for row in self.rows:
+            row.check()
+            if row.keys == 0:
+                raise ValueError("size row without keys")
+        paths = [(row.path is not None, row.path or "") for row in self.rows]
+        if any(a >= b for a, b in zip(paths, paths[1:], strict=False)):
+            raise ValueError("size rows are not sorted by path")
+
+
+@attrs.frozen(kw_only=True)
 class Snapshot:
     """One commit. ``tree`` is ``None`` for an empty store.
 
@@ -181,6 +237,8 @@ class Snapshot:
     #: The ``HistoryPage`` that starts with this snapshot's first parent (``None``:
     #: no parent, or a parent written before history pages existed).
     history: ObjectId | None = None
+    #: The version's running totals (``None``: written before they existed).
+    sizes: Sizes | None = None
 
     @property
     def parent(self) -> ObjectId | None:
@@ -196,6 +254,8 @@ class Snapshot:
                 raise ValueError("malformed object id in snapshot")
         if len(set(self.parents)) != len(self.parents):
             raise ValueError("snapshot names the same parent twice")
+        if self.sizes is not None:
+            self.sizes.check()
 
 
 #: A history page holds at most this many snapshots.

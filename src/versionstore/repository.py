@@ -82,6 +82,7 @@ from versionstore.records import (
     Operation,
     RefTarget,
     RepositoryRecord,
+    Sizes,
     Snapshot,
     VirtualRef,
 )
@@ -196,7 +197,7 @@ class Repository:
                     "choose an empty location)"
                 )
             snapshot = Snapshot(parents=(), tree=None, message=INITIAL_MESSAGE,
-                                written_at=datetime.now(UTC))
+                                written_at=datetime.now(UTC), sizes=Sizes())
             snapshot_id, frame = encode_snapshot(snapshot)
             record = RepositoryRecord(format_version=REPOSITORY_FORMAT,
                                       created_at=snapshot.written_at)

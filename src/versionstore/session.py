@@ -72,6 +72,7 @@ from versionstore.records import (
 )
 from versionstore.refs import branch_ref, session_ref, stage_prefix
 from versionstore.session_store import SessionStore, validate_session_key
+from versionstore.sizes import SizeTally, sizes_of
 from versionstore.tree import Change, apply_changes, changed_entries, iter_from, lookup
 
 if TYPE_CHECKING:
@@ -716,8 +717,10 @@ class Session:
                 if objects.leaf_count <= _REMEMBER_LEAVES:
                     new_nodes[node_id] = leaf
 
+            tally = SizeTally()
             root, branches = apply_changes(repo.reader.node, parent_tree, chunks.note(changes),
-                                           decoded=new_nodes, emit=keep_leaf)
+                                           decoded=new_nodes, emit=keep_leaf,
+                                           observe=tally.observe_all)
             if conflicts:
                 raise ConflictError(self._branch, conflicts)
             generation = self._generation + 1
@@ -731,6 +734,10 @@ class Session:
                         "nothing to commit: no staged change differs from the branch "
                         "(pass allow_empty=True to commit anyway)")
                 return None
+            # The changes were applied to the tip's tree: its totals are the base.
+            sizes = tally.sizes(repo.reader.node, parent_tree,
+                                sizes_of(repo.reader, repo.reader.snapshot(tip)),
+                                repo.reader.chunks)
             if amend:
                 replaced = repo.reader.snapshot(tip)
                 snapshot = Snapshot(
@@ -738,12 +745,13 @@ class Session:
                     message=replaced.message if message is None else message,
                     written_at=datetime.now(UTC),
                     metadata=dict(replaced.metadata if metadata is None else metadata),
+                    sizes=sizes,
                 )
             else:
                 assert message is not None
                 snapshot = Snapshot(
                     parents=(tip,), tree=root, message=message,
-                    written_at=datetime.now(UTC), metadata=dict(metadata or {}),
+                    written_at=datetime.now(UTC), metadata=dict(metadata or {}), sizes=sizes,
                 )
             snapshot, pages = with_history(repo.reader, snapshot)
             snapshot_id, frame = encode_snapshot(snapshot)

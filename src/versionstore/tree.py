@@ -33,6 +33,7 @@ __all__ = [
     "MAX_LEAF_ENTRIES",
     "TARGET_LEAF_BYTES",
     "Change",
+    "ChangeObserver",
     "MergedTree",
     "NodeLoader",
     "RangeMerge",
@@ -51,6 +52,10 @@ _REF_COST = 32
 NodeLoader = Callable[[ObjectId], Node]
 #: A staged change: the new entry, or ``None`` to delete the key.
 Change = tuple[str, Entry | None]
+#: Told the applied changes, in runs, as ``(key, entry before, entry after)`` (``None``: absent).
+ChangeObserver = Callable[[list[tuple[str, Entry | None, Entry | None]]], None]
+#: Observed changes are handed over in runs of at most this many (memory stays bounded).
+_OBSERVE_RUN = 4096
 
 
 def lookup(load: NodeLoader, root: ObjectId | None, key: str) -> Entry | None:
@@ -190,9 +195,11 @@ class _Writer:
     """
 
     def __init__(self, load: NodeLoader,
-                 emit: Callable[[ObjectId, bytes, Leaf], None] | None) -> None:
+                 emit: Callable[[ObjectId, bytes, Leaf], None] | None,
+                 observe: ChangeObserver | None = None) -> None:
         self._load = load
         self._emit = emit
+        self._observe = observe
         self.created: dict[ObjectId, tuple[Node, bytes]] = {}
 
     def load(self, node_id: ObjectId) -> Node:
@@ -241,14 +248,24 @@ class _Writer:
         keys: Sequence[str] = () if leaf is None else leaf.keys
         entries: Sequence[Entry] = () if leaf is None else leaf.entries
         run = _LeafRun(self)
+        observe = self._observe
+        seen: list[tuple[str, Entry | None, Entry | None]] = []
         i = 0
         while changes.below(bound):
             key, entry = changes.pop()
             j = bisect.bisect_left(keys, key, i)
             run.extend(keys[i:j], entries[i:j])
-            i = j + 1 if j < len(keys) and keys[j] == key else j
+            found = j < len(keys) and keys[j] == key
+            if observe is not None:
+                seen.append((key, entries[j] if found else None, entry))
+                if len(seen) >= _OBSERVE_RUN:
+                    observe(seen)
+                    seen = []
+            i = j + 1 if found else j
             if entry is not None:
                 run.add(key, entry)
+        if seen and observe is not None:
+            observe(seen)
         run.extend(keys[i:], entries[i:])
         return run.finish()
 
@@ -273,6 +290,7 @@ def apply_changes(
     load: NodeLoader, root: ObjectId | None, changes: Iterable[Change],
     *, decoded: dict[ObjectId, Node] | None = None,
     emit: Callable[[ObjectId, bytes, Leaf], None] | None = None,
+    observe: ChangeObserver | None = None,
 ) -> tuple[ObjectId | None, dict[ObjectId, bytes]]:
     """Apply key-sorted ``changes`` to the tree at ``root``, streaming.
 
@@ -286,8 +304,10 @@ def apply_changes(
     branches; every leaf handed over is part of the new tree. The old tree is
     untouched. If ``decoded`` is given, it also receives the returned nodes as
     objects, so the caller can cache them rather than read and decode them back.
+    ``observe`` is told every change with the entry it replaces (the running
+    size totals are kept this way, ``versionstore.sizes``).
     """
-    writer = _Writer(load, emit)
+    writer = _Writer(load, emit, observe)
     stream = _Changes(changes)
     if root is None:
         level = 0

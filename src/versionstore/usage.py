@@ -1,8 +1,9 @@
 """Sizes (``du``): what one version holds, and what each snapshot of a history costs.
 
-``version_usage`` walks one version's tree: keys, chunk objects, logical
-bytes (the values' lengths) and stored bytes (what the backend keeps for
-them, each chunk object counted once), per Zarr array and in total.
+``version_usage`` reads one version's running totals (``versionstore.sizes``,
+kept in every snapshot): keys, chunk objects, logical bytes (the values'
+lengths) and stored bytes (what the backend keeps for each key: a chunk
+object's frame, an inline value), per Zarr array and in total.
 
 ``history_usage`` answers "what would expiring this snapshot free?" without
 reading any tree whole: each snapshot is compared with its parent
@@ -17,7 +18,6 @@ not counted.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Mapping
 
@@ -28,13 +28,12 @@ from versionstore.grafts import grafts_from_refs, parents_of
 from versionstore.history import SnapshotInfo, ancestry
 from versionstore.ids import ObjectId, SnapshotId, object_id_text
 from versionstore.objects import ObjectReader
-from versionstore.records import ChunkRef, Entry, VirtualRef
-from versionstore.tree import changed_entries, iter_from
+from versionstore.records import ChunkRef, Entry
+from versionstore.sizes import sizes_of
+from versionstore.tree import changed_entries
 
 __all__ = ["ArrayUsage", "CompactReport", "SnapshotUsage", "VersionUsage", "history_usage",
            "version_usage"]
-
-_BATCH = 512
 
 
 @attrs.frozen(kw_only=True)
@@ -56,8 +55,12 @@ class VersionUsage:
     """Sizes of one version: totals and per array (``arrays``: path -> usage).
 
     ``chunks`` counts keys stored as chunk objects (values over 512 bytes);
-    ``stored_bytes`` counts each chunk object once even if several keys share
-    it, plus the inline values. ``reclaimable_bytes`` is space the backend
+    per array, ``chunks`` counts Zarr chunks (every key but the metadata
+    documents), inline or not. ``stored_bytes`` is what the backend keeps
+    per key: each chunk object's frame (its value and a 13-byte header) and
+    the inline values. Identical chunks are stored once (content
+    addressing), but counted for every key that holds them: a version whose
+    keys share objects uses less than ``stored_bytes``. ``reclaimable_bytes`` is space the backend
     file holds but no longer uses (LMDB; ``Repository.compact`` returns it),
     ``None`` where that does not apply. Virtual chunks (byte ranges of
     external files) count in ``logical_bytes`` and in ``virtual_chunks`` /
@@ -100,81 +103,33 @@ class SnapshotUsage:
     exclusive_bytes: int
 
 
-#: Zarr metadata documents (v3 and v2): every other key is a chunk.
-_METADATA_NAMES = frozenset({"zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata"})
-
-
-def _array_paths(entries: list[tuple[str, Entry]], read: Mapping[str, bytes]) -> list[str]:
-    """Directories of the arrays among ``entries`` (longest first)."""
-    arrays = []
-    for key, _ in entries:
-        directory, _, name = key.rpartition("/")
-        if name == ".zarray":
-            arrays.append(directory)
-        elif name == "zarr.json" and key in read:
-            try:
-                document = json.loads(read[key])
-            except (ValueError, UnicodeDecodeError):
-                continue
-            if isinstance(document, dict) and document.get("node_type") == "array":
-                arrays.append(directory)
-    return sorted(arrays, key=len, reverse=True)
-
-
 def version_usage(reader: ObjectReader, snapshot_id: ObjectId) -> VersionUsage:
-    """Sizes of the version at ``snapshot_id`` (reads every node, sizes every chunk object)."""
-    root = reader.snapshot(snapshot_id).tree
-    entries = list(iter_from(reader.node, root, ""))
-    documents = [(key, e) for key, e in entries if key.rpartition("/")[2] == "zarr.json"]
-    # An array's zarr.json is often larger than the inline limit: then it is a chunk object.
-    large = [e.chunk_id for _, e in documents if isinstance(e, ChunkRef)]
-    fetched = dict(zip(large, reader.chunks(large), strict=True)) if large else {}
-    metadata = {key: e if isinstance(e, bytes) else fetched[e.chunk_id] for key, e in documents
-                if not isinstance(e, VirtualRef)}
-    arrays = _array_paths(entries, metadata)
-    chunk_ids = sorted({e.chunk_id for _, e in entries if isinstance(e, ChunkRef)})
-    stored: dict[ObjectId, int] = {}
-    for start in range(0, len(chunk_ids), _BATCH):
-        batch = chunk_ids[start : start + _BATCH]
-        for chunk_id, data in zip(batch, reader.backend.get_objects(batch), strict=True):
-            stored[chunk_id] = 0 if data is None else len(data)
-    rows: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    seen: dict[str, set[ObjectId]] = defaultdict(set)
-    for key, entry in entries:
-        path = next((a for a in arrays if key.startswith(a + "/") or not a), None)
-        node = "/" + path if path is not None else "/"
-        row = rows[node]
-        row["keys"] += 1
-        if key.rpartition("/")[2] not in _METADATA_NAMES:
-            row["chunks"] += 1
-        if isinstance(entry, ChunkRef):
-            row["logical"] += entry.size
-            if entry.chunk_id not in seen[node]:
-                seen[node].add(entry.chunk_id)
-                row["stored"] += stored[entry.chunk_id]
-        elif isinstance(entry, VirtualRef):
-            row["logical"] += entry.length
-            row["virtual"] += 1
-            row["virtual_bytes"] += entry.length
-        else:
-            row["logical"] += len(entry)
-            row["stored"] += len(entry)
-    inline = sum(len(e) for _, e in entries if isinstance(e, bytes))
+    """Sizes of the version at ``snapshot_id``, from its running totals.
+
+    A snapshot written before totals existed is walked instead
+    (``versionstore.sizes``); the numbers are the same either way.
+    """
+    sizes = sizes_of(reader, reader.snapshot(snapshot_id))
+    merged: dict[str, list[int]] = defaultdict(lambda: [0] * 6)
+    for row in sizes.rows:
+        # Keys outside every array and those of a root array share "/", as they always did.
+        counts = merged["/" + (row.path or "")]
+        for i, value in enumerate((row.keys, row.chunks, row.logical_bytes, row.stored_bytes,
+                                   row.virtual_chunks, row.virtual_bytes)):
+            counts[i] += value
     return VersionUsage(
         snapshot_id=SnapshotId(object_id_text(snapshot_id)),
-        keys=len(entries),
-        chunks=sum(1 for _, e in entries if isinstance(e, ChunkRef)),
-        logical_bytes=sum(len(e) if isinstance(e, bytes) else e.size for _, e in entries),
-        stored_bytes=inline + sum(stored.values()),
+        keys=sum(r.keys for r in sizes.rows),
+        chunks=sum(r.objects for r in sizes.rows),
+        logical_bytes=sum(r.logical_bytes for r in sizes.rows),
+        stored_bytes=sum(r.stored_bytes for r in sizes.rows),
         arrays={
-            path: ArrayUsage(path=path, keys=row["keys"], chunks=row["chunks"],
-                             logical_bytes=row["logical"], stored_bytes=row["stored"],
-                             virtual_chunks=row["virtual"],
-                             virtual_bytes=row["virtual_bytes"])
-            for path, row in sorted(rows.items())
+            path: ArrayUsage(path=path, keys=c[0], chunks=c[1], logical_bytes=c[2],
+                             stored_bytes=c[3], virtual_chunks=c[4], virtual_bytes=c[5])
+            for path, c in sorted(merged.items())
         },
-        virtual_chunks=sum(1 for _, e in entries if isinstance(e, VirtualRef)),
-        virtual_bytes=sum(e.length for _, e in entries if isinstance(e, VirtualRef)),
+        virtual_chunks=sum(r.virtual_chunks for r in sizes.rows),
+        virtual_bytes=sum(r.virtual_bytes for r in sizes.rows),
     )
 
 

@@ -7,6 +7,11 @@ ids (BLAKE3, stronger than the per-read checksum), and checks each record's
 invariants (sorted keys, well-formed ids, timezone-aware times). Problems are
 collected, not raised, so one bad object does not hide the others.
 
+Each snapshot's recorded size totals are recomputed from its parent's and
+the keys the two differ in (``versionstore.sizes``). Where the backend keeps
+garbage collection's ledger, its counts are checked
+against what its roots reach (``versionstore.verify_ledger``).
+
 Virtual chunks point outside the repository; with ``virtual_chunks`` given,
 verify also asks each referenced source (once per file) whether it still
 exists, is long enough, and matches its recorded checksum.
@@ -18,6 +23,7 @@ from collections.abc import Callable
 
 import attrs
 
+from versionstore.backend.ledger import Ledger
 from versionstore.codec import (
     KIND_BRANCH,
     KIND_HISTORY,
@@ -42,6 +48,8 @@ from versionstore.ids import ObjectId, object_id_text
 from versionstore.objects import ObjectReader
 from versionstore.records import Leaf, VirtualRef
 from versionstore.refs import MAIN, REPOSITORY_REF, branch_ref
+from versionstore.sizes import check_sizes
+from versionstore.verify_ledger import check_ledger
 from versionstore.virtual import VirtualChunkStores
 
 __all__ = ["VerifyReport", "verify_repository"]
@@ -126,16 +134,30 @@ def _verify_once(reader: ObjectReader, all_refs: dict[str, bytes],
         return VerifyReport(objects_checked=0, problems=tuple(problems))
     problems.extend(f"{object_id_text(i)}: missing (referenced)" for i in sorted(missing))
     ids = sorted(reachable)
+    snapshots: list[ObjectId] = []
     for start in range(0, len(ids), 256):
         batch = ids[start : start + 256]
         for object_id, data in zip(batch, backend.get_objects(batch), strict=True):
             problem = _check(object_id, data, virtual if virtual_chunks is not None else None)
             if problem:
                 problems.append(problem)
+            elif data is not None and frame_kind(data) == KIND_SNAPSHOT:
+                snapshots.append(object_id)
         if progress is not None:
             progress("verifying objects", start + len(batch), len(ids))
+    for done, snapshot_id in enumerate(snapshots, 1):
+        try:
+            problem = check_sizes(reader, snapshot_id)
+        except VersionStoreError as exc:
+            problem = f"cannot check recorded sizes: {exc}"
+        if problem:
+            problems.append(f"{object_id_text(snapshot_id)}: {problem}")
+        if progress is not None and (done % 64 == 0 or done == len(snapshots)):
+            progress("checking recorded sizes", done, len(snapshots))
     if virtual_chunks is not None and virtual:
         problems.extend(virtual_chunks.problems(virtual))
+    if isinstance(backend, Ledger):
+        problems.extend(check_ledger(reader, backend, progress))
     return VerifyReport(objects_checked=len(ids), problems=tuple(problems))
 
 

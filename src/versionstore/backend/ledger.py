@@ -10,7 +10,12 @@ since the previous one (``versionstore.gc_incremental``). The ledger holds:
   position, *in the same atomic step* — so no object is ever stored without
   the collection being able to find it, even if the writer dies right after;
 * a **count** per live object (how many refs and live objects point at it),
-  maintained by the collection only;
+  maintained by the collection only — except that a leaf born with a
+  *predecessor* (a live leaf it was rewritten from) counts only the chunks
+  its predecessor does not hold (``versionstore.gc_incremental``);
+* the **links** from such leaves to their predecessors (and, for each
+  predecessor, its successors), so that a dying predecessor hands its
+  shared chunks' counts over to its live successors;
 * a set of **pending** objects: stored, not live, but kept by the last run
   (its ``older_than`` grace period, or its sweep's rescue) — looked at again
   by the next run;
@@ -56,6 +61,8 @@ class LedgerUpdate:
     ``pending`` replaces the pending set; the ids the rescue spared among
     those being deleted are added to it. Journal entries before
     ``journal_end`` are removed: the collection accounted for them.
+    ``links`` maps a leaf to ``(old predecessor, new predecessor)``
+    (``None``: no link); with ``reset`` every link is removed first.
     """
 
     expect: bytes | None
@@ -64,6 +71,7 @@ class LedgerUpdate:
     pending: Collection[ObjectId]
     journal_end: int
     reset: bool = False
+    links: Mapping[ObjectId, tuple[ObjectId | None, ObjectId | None]] = attrs.field(factory=dict)
 
 
 @runtime_checkable
@@ -87,6 +95,18 @@ class Ledger(Protocol):
 
     def pending(self) -> list[ObjectId]:
         """The pending ids (stored, not live, kept by the last collection)."""
+        ...
+
+    def links(self, ids: Sequence[ObjectId]) -> list[ObjectId | None]:
+        """Each leaf's predecessor (``None``: it has none)."""
+        ...
+
+    def successors(self, object_id: ObjectId) -> list[ObjectId]:
+        """The leaves whose predecessor is ``object_id``."""
+        ...
+
+    def ledger_contents(self) -> tuple[bytes | None, dict[ObjectId, int], dict[ObjectId, ObjectId]]:
+        """The header, every count and every link, in one view (for ``verify``)."""
         ...
 
     def sweep(

@@ -65,8 +65,10 @@ _DATABASES = (b"objects", b"refs", b"gc")
 #: Without the ledger: an older repository on a read-only filesystem (nothing to journal).
 _READ_ONLY_DATABASES = (b"objects", b"refs")
 # Keys of the ``gc`` database (garbage collection's ledger, versionstore.backend.ledger):
-# counts, the header, the journal (8-byte big-endian positions), its end, pending ids.
+# counts, the header, the journal (8-byte big-endian positions), its end, pending ids,
+# links (leaf -> predecessor) and successors (predecessor + leaf -> empty).
 _COUNT, _HEADER, _JOURNAL, _JOURNAL_END, _PENDING = b"c", b"h", b"j", b"n", b"p"
+_LINK, _SUCCESSOR = b"l", b"s"
 
 
 def _position(number: int) -> bytes:
@@ -514,6 +516,57 @@ class LMDBBackend(Backend, Ledger):
         return self._read("reading gc pending objects", work)
 
     @override
+    def links(self, ids: Sequence[ObjectId]) -> list[ObjectId | None]:
+        def work(txn: lmdb.Transaction) -> list[ObjectId | None]:
+            gc_db = self._gc
+            if gc_db is None:
+                return [None] * len(ids)
+            found: list[ObjectId | None] = []
+            for object_id in ids:
+                value = txn.get(_LINK + object_id, db=gc_db)
+                found.append(None if value is None else ObjectId(bytes(value)))
+            return found
+
+        return self._read("reading gc links", work)
+
+    @override
+    def ledger_contents(self) -> tuple[bytes | None, dict[ObjectId, int], dict[ObjectId, ObjectId]]:
+        def work(txn: lmdb.Transaction
+                 ) -> tuple[bytes | None, dict[ObjectId, int], dict[ObjectId, ObjectId]]:
+            counts: dict[ObjectId, int] = {}
+            links: dict[ObjectId, ObjectId] = {}
+            gc_db = self._gc
+            if gc_db is None:
+                return None, counts, links
+            for key, value in txn.cursor(db=gc_db):
+                prefix = bytes(key[:1])
+                if prefix == _COUNT:
+                    counts[ObjectId(bytes(key[1:]))] = int.from_bytes(value, "big")
+                elif prefix == _LINK:
+                    links[ObjectId(bytes(key[1:]))] = ObjectId(bytes(value))
+            return _bytes(txn.get(_HEADER, db=gc_db)), counts, links
+
+        return self._read("reading the gc ledger", work)
+
+    @override
+    def successors(self, object_id: ObjectId) -> list[ObjectId]:
+        def work(txn: lmdb.Transaction) -> list[ObjectId]:
+            gc_db, found = self._gc, list[ObjectId]()
+            if gc_db is None:
+                return found
+            prefix = _SUCCESSOR + object_id
+            cursor = txn.cursor(db=gc_db)
+            if not cursor.set_range(prefix):
+                return found
+            for key in cursor.iternext(values=False):
+                if not bytes(key).startswith(prefix):
+                    break
+                found.append(ObjectId(bytes(key[len(prefix):])))
+            return found
+
+        return self._read("reading gc successors", work)
+
+    @override
     def sweep(
         self,
         ids: Iterable[ObjectId],
@@ -548,11 +601,21 @@ class LMDBBackend(Backend, Ledger):
                     txn.delete(_key(name), db=refs_db)
             if ledger.reset:
                 _delete_prefix(txn, gc_db, _COUNT)
+                _delete_prefix(txn, gc_db, _LINK)
+                _delete_prefix(txn, gc_db, _SUCCESSOR)
             for object_id, count in ledger.counts.items():
                 if count:
                     txn.put(_COUNT + object_id, _count_value(count), db=gc_db)
                 else:
                     txn.delete(_COUNT + object_id, db=gc_db)
+            for leaf, (old, new) in ledger.links.items():
+                if old is not None and not ledger.reset:
+                    txn.delete(_SUCCESSOR + old + leaf, db=gc_db)
+                if new is None:
+                    txn.delete(_LINK + leaf, db=gc_db)
+                else:
+                    txn.put(_LINK + leaf, new, db=gc_db)
+                    txn.put(_SUCCESSOR + new + leaf, b"", db=gc_db)
             _delete_prefix(txn, gc_db, _PENDING)
             for object_id in {*ledger.pending, *(i for i in doomed if i in spared)}:
                 txn.put(_PENDING + object_id, b"", db=gc_db)

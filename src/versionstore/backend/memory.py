@@ -48,6 +48,7 @@ class MemoryBackend(Backend, Ledger):
         self._journal_end = 0
         self._counts: dict[ObjectId, int] = {}
         self._pending: set[ObjectId] = set()
+        self._links: dict[ObjectId, ObjectId] = {}
         self._header: bytes | None = None
         self._token = uuid.uuid4().hex
         _LIVE[self._token] = self
@@ -157,6 +158,21 @@ class MemoryBackend(Backend, Ledger):
             return list(self._pending)
 
     @override
+    def links(self, ids: Sequence[ObjectId]) -> list[ObjectId | None]:
+        with self._lock:
+            return [self._links.get(object_id) for object_id in ids]
+
+    @override
+    def ledger_contents(self) -> tuple[bytes | None, dict[ObjectId, int], dict[ObjectId, ObjectId]]:
+        with self._lock:
+            return self._header, dict(self._counts), dict(self._links)
+
+    @override
+    def successors(self, object_id: ObjectId) -> list[ObjectId]:
+        with self._lock:
+            return [leaf for leaf, before in self._links.items() if before == object_id]
+
+    @override
     def sweep(
         self,
         ids: Iterable[ObjectId],
@@ -178,11 +194,17 @@ class MemoryBackend(Backend, Ledger):
             self._delete(doomed, spared, prune_refs)
             if ledger.reset:
                 self._counts.clear()
+                self._links.clear()
             for object_id, count in ledger.counts.items():
                 if count:
                     self._counts[object_id] = count
                 else:
                     self._counts.pop(object_id, None)
+            for leaf, (_, before) in ledger.links.items():
+                if before is None:
+                    self._links.pop(leaf, None)
+                else:
+                    self._links[leaf] = before
             self._pending = set(ledger.pending) | {i for i in doomed if i in spared}
             for position in [p for p in self._journal if p < ledger.journal_end]:
                 del self._journal[position]

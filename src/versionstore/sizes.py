@@ -1,0 +1,280 @@
+"""Running totals of a version's sizes, kept in every snapshot (``records.Sizes``).
+
+``du`` must not read a whole tree: each snapshot carries, per Zarr array,
+its keys, Zarr chunks, chunk objects, logical and stored bytes. A writer
+computes them from the totals of the snapshot it built on and the keys it
+changed, ``O(changed keys)``:
+
+* ``SizeTally`` collects what each changed key contributed before and after
+  (``observe(key, old, new)``), summed per directory, and the metadata
+  documents (``.zarray``, ``zarr.json``) that changed;
+* ``SizeTally.sizes`` adds that to the base totals. Keys belong to the
+  longest array directory above them; if the change made a directory an
+  array or a group, the base tree's keys under it move between rows (a
+  read of that subtree only, which a new array does not have yet).
+
+A base written before totals existed is walked once (``sizes_of``): the
+first commit on a branch of an older repository pays for reading its tree,
+and its successors carry totals from then on. Stored bytes are per key: a
+chunk object's frame (``codec.chunk_frame_size``) or an inline value; a
+chunk object that several keys share counts once per key.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+
+from versionstore.codec import chunk_frame_size
+from versionstore.ids import ObjectId
+from versionstore.objects import ObjectReader
+from versionstore.records import ChunkRef, Entry, SizeRow, Sizes, Snapshot, VirtualRef
+from versionstore.tree import NodeLoader, changed_entries, iter_from, lookup
+
+__all__ = ["METADATA_NAMES", "SizeTally", "check_sizes", "sizes_between", "sizes_of",
+           "walk_sizes"]
+
+#: Zarr metadata documents (v3 and v2): every other key is a chunk.
+METADATA_NAMES = frozenset({"zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata"})
+
+#: keys, chunks, objects, logical bytes, stored bytes, virtual chunks, virtual bytes.
+_WIDTH = 7
+#: What a chunk object's frame adds to its value.
+_FRAME = chunk_frame_size(0)
+_Counts = list[int]
+#: Reads chunk values (for a ``zarr.json`` stored as a chunk object).
+ChunkReader = Callable[[list[ObjectId]], list[bytes]]
+
+
+def _add(counts: _Counts, key: str, entry: Entry, sign: int, name: str | None = None) -> None:
+    """Add (``sign`` 1) or take away (-1) what ``key`` holding ``entry`` contributes.
+
+    Called once or twice per changed key of every commit: kept to plain
+    arithmetic (a commit of a million keys pays it a million times).
+    """
+    counts[0] += sign
+    if (key.rpartition("/")[2] if name is None else name) not in METADATA_NAMES:
+        counts[1] += sign
+    cls = entry.__class__
+    if cls is bytes:
+        size = len(entry)  # type: ignore[arg-type]
+        counts[3] += sign * size
+        counts[4] += sign * size
+    elif cls is ChunkRef:
+        size = entry.size  # type: ignore[union-attr]
+        counts[2] += sign
+        counts[3] += sign * size
+        counts[4] += sign * chunk_frame_size(size)
+    else:
+        size = entry.size  # type: ignore[union-attr]
+        counts[3] += sign * size
+        counts[5] += sign
+        counts[6] += sign * size
+
+
+def _owner(directory: str, arrays: set[str]) -> str | None:
+    """The longest array directory that holds keys of ``directory`` (``None``: no array)."""
+    path = directory
+    while True:
+        if path in arrays:
+            return path
+        if not path:
+            return None
+        path = path.rpartition("/")[0]
+
+
+def _is_array_document(entry: Entry | None, read_chunks: ChunkReader) -> bool:
+    """Whether ``zarr.json`` entry ``entry`` declares an array (as ``du`` always judged)."""
+    if entry is None or isinstance(entry, VirtualRef):
+        return False
+    data = entry if isinstance(entry, bytes) else read_chunks([entry.chunk_id])[0]
+    try:
+        document = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(document, dict) and document.get("node_type") == "array"
+
+
+class SizeTally:
+    """The size changes of one new version relative to a base version.
+
+    Feed it every changed key with its entry before and after (in any order,
+    each key once); then ``sizes`` gives the new version's totals.
+    """
+
+    def __init__(self) -> None:
+        self._deltas: dict[str, _Counts] = {}
+        #: directory -> {name: new entry} for changed ``.zarray`` / ``zarr.json``.
+        self._documents: dict[str, dict[str, Entry | None]] = defaultdict(dict)
+        self.changed = 0
+
+    def observe(self, key: str, old: Entry | None, new: Entry | None) -> None:
+        """Account for ``key`` changing from ``old`` to ``new`` (``None``: absent)."""
+        self.observe_all(((key, old, new),))
+
+    def observe_all(self, changes: Iterable[tuple[str, Entry | None, Entry | None]]) -> None:
+        """``observe`` each ``(key, old, new)``.
+
+        One tight loop: commits of millions of keys run it once per key, so
+        the arithmetic is inlined and consecutive keys of one directory share
+        their row lookup.
+        """
+        deltas, documents, metadata = self._deltas, self._documents, METADATA_NAMES
+        last_directory: str | None = None
+        counts: _Counts = []
+        changed = 0
+        for key, old, new in changes:
+            if old is new or (old is not None and new is not None and old == new):
+                continue
+            changed += 1
+            directory, _, name = key.rpartition("/")
+            if directory != last_directory:
+                found = deltas.get(directory)
+                if found is None:
+                    found = deltas[directory] = [0] * _WIDTH
+                counts, last_directory = found, directory
+            chunk = 0 if name in metadata else 1
+            if old is not None:
+                counts[0] -= 1
+                counts[1] -= chunk
+                cls = old.__class__
+                if cls is bytes:
+                    counts[3] -= len(old)  # type: ignore[arg-type]
+                    counts[4] -= len(old)  # type: ignore[arg-type]
+                elif cls is ChunkRef:
+                    counts[2] -= 1
+                    counts[3] -= old.size  # type: ignore[union-attr]
+                    counts[4] -= old.size + _FRAME  # type: ignore[union-attr]
+                else:
+                    counts[3] -= old.size  # type: ignore[union-attr]
+                    counts[5] -= 1
+                    counts[6] -= old.size  # type: ignore[union-attr]
+            if new is not None:
+                counts[0] += 1
+                counts[1] += chunk
+                cls = new.__class__
+                if cls is bytes:
+                    counts[3] += len(new)  # type: ignore[arg-type]
+                    counts[4] += len(new)  # type: ignore[arg-type]
+                elif cls is ChunkRef:
+                    counts[2] += 1
+                    counts[3] += new.size  # type: ignore[union-attr]
+                    counts[4] += new.size + _FRAME  # type: ignore[union-attr]
+                else:
+                    counts[3] += new.size  # type: ignore[union-attr]
+                    counts[5] += 1
+                    counts[6] += new.size  # type: ignore[union-attr]
+            if name == ".zarray" or name == "zarr.json":
+                documents[directory][name] = new
+        self.changed += changed
+
+    def sizes(self, load: NodeLoader, base_tree: ObjectId | None, base: Sizes,
+              read_chunks: ChunkReader) -> Sizes:
+        """The totals of ``base_tree`` (whose totals are ``base``) with the changes applied.
+
+        ``load`` must read ``base_tree``'s nodes; ``read_chunks`` reads a
+        changed ``zarr.json`` stored as a chunk object.
+        """
+        before = {row.path for row in base.rows if row.path is not None}
+        after = set(before)
+        for directory, names in self._documents.items():
+            zarray = names[".zarray"] if ".zarray" in names else lookup(
+                load, base_tree, _join(directory, ".zarray"))
+            document = names["zarr.json"] if "zarr.json" in names else lookup(
+                load, base_tree, _join(directory, "zarr.json"))
+            if zarray is not None or _is_array_document(document, read_chunks):
+                after.add(directory)
+            else:
+                after.discard(directory)
+        rows: dict[str | None, _Counts] = {
+            row.path: [row.keys, row.chunks, row.objects, row.logical_bytes, row.stored_bytes,
+                       row.virtual_chunks, row.virtual_bytes]
+            for row in base.rows
+        }
+        flipped = sorted(before ^ after)
+        for top in [d for d in flipped if not any(_under(d, o) for o in flipped if o != d)]:
+            # Keys under a directory that became (or stopped being) an array change rows.
+            prefix = _join(top, "")
+            for key, entry in iter_from(load, base_tree, prefix):
+                if not key.startswith(prefix):
+                    break
+                directory = key.rpartition("/")[0]
+                old_owner, new_owner = _owner(directory, before), _owner(directory, after)
+                if old_owner != new_owner:
+                    _add(rows.setdefault(old_owner, [0] * _WIDTH), key, entry, -1)
+                    _add(rows.setdefault(new_owner, [0] * _WIDTH), key, entry, 1)
+        for directory, delta in self._deltas.items():
+            counts = rows.setdefault(_owner(directory, after), [0] * _WIDTH)
+            for i, value in enumerate(delta):
+                counts[i] += value
+        return Sizes(rows=tuple(
+            SizeRow(path=path, keys=c[0], chunks=c[1], objects=c[2], logical_bytes=c[3],
+                    stored_bytes=c[4], virtual_chunks=c[5], virtual_bytes=c[6])
+            for path, c in sorted(rows.items(), key=lambda i: (i[0] is not None, i[0] or ""))
+            if c[0] != 0 or any(c)
+        ))
+
+
+def _join(directory: str, name: str) -> str:
+    return f"{directory}/{name}" if directory else name
+
+
+def _under(directory: str, outer: str) -> bool:
+    """Whether ``directory`` lies inside ``outer`` (the root holds everything)."""
+    return not outer or directory.startswith(outer + "/")
+
+
+def walk_sizes(reader: ObjectReader, tree: ObjectId | None) -> Sizes:
+    """The totals of ``tree`` by reading all of it (for versions written without totals)."""
+    tally = SizeTally()
+    tally.observe_all((key, None, entry) for key, entry in iter_from(reader.node, tree, ""))
+    return tally.sizes(reader.node, None, Sizes(), reader.chunks)
+
+
+def sizes_of(reader: ObjectReader, snapshot: Snapshot) -> Sizes:
+    """``snapshot``'s totals: as recorded, else by walking its tree."""
+    return snapshot.sizes if snapshot.sizes is not None else walk_sizes(reader, snapshot.tree)
+
+
+def sizes_between(reader: ObjectReader, base: Snapshot | None, tree: ObjectId | None,
+                  load: NodeLoader | None = None, read_chunks: ChunkReader | None = None
+                  ) -> Sizes:
+    """The totals of ``tree``, from ``base``'s and the keys where the two trees differ.
+
+    ``load`` reads both trees' nodes and ``read_chunks`` chunk values
+    (default: the reader; give ones that also know objects not stored yet).
+    The cost is the nodes that differ.
+    """
+    base_tree = None if base is None else base.tree
+    base_sizes = Sizes() if base is None else sizes_of(reader, base)
+    if tree == base_tree:
+        return base_sizes
+    tally = SizeTally()
+    tally.observe_all((key, old, new) for key, (old, new) in
+                      changed_entries(load or reader.node, base_tree, tree).items())
+    return tally.sizes(reader.node, base_tree, base_sizes, read_chunks or reader.chunks)
+
+
+def check_sizes(reader: ObjectReader, snapshot_id: ObjectId) -> str | None:
+    """What is wrong with a snapshot's recorded totals (``None``: right, or none recorded).
+
+    Recomputed from its first parent's totals and the keys the two trees
+    differ in (a walk where the parent has none), so checking every snapshot
+    of a history costs its changes; ``verify`` calls it for each.
+    """
+    snapshot = reader.snapshot(snapshot_id)
+    if snapshot.sizes is None:
+        return None
+    parent = None if snapshot.parent is None else reader.snapshot_if_stored(snapshot.parent)
+    if parent is None and snapshot.parent is not None:
+        expected = walk_sizes(reader, snapshot.tree)  # the parent was expired and collected
+    else:
+        expected = sizes_between(reader, parent, snapshot.tree)
+    if expected == snapshot.sizes:
+        return None
+    got = {row.path: row for row in snapshot.sizes.rows}
+    for row in expected.rows:
+        if got.pop(row.path, None) != row:
+            return f"recorded sizes of array {row.path!r} differ from its tree ({row})"
+    return f"recorded sizes name arrays its tree does not have ({sorted(map(str, got))})"

@@ -221,10 +221,14 @@ class Session:
         if known is not None and known[0] == name:
             return known[1]
         entry = decode_staged(name, raw)
+        self._remember_staged(name, raw, entry)
+        return entry
+
+    def _remember_staged(self, name: str, raw: bytes, entry: Entry | Tombstone) -> None:
+        """Remember that staged ref ``name`` stored as ``raw`` holds ``entry``."""
         if len(self._staged_decoded) >= _STAGED_DECODED:
             self._staged_decoded.clear()
         self._staged_decoded[raw] = (name, entry)
-        return entry
 
     def entry(self, key: str) -> Entry | None:
         """The entry this session sees at ``key`` (staged changes first)."""
@@ -395,6 +399,7 @@ class Session:
         objects = []
         refs: dict[str, bytes | None] = {}
         prefix = stage_prefix(session_id)
+        remember = self._remember_staged
         for key, value in items:
             validate_session_key(key)
             entry: Entry
@@ -404,7 +409,9 @@ class Session:
                 chunk_id, frame = encode_chunk(value)
                 objects.append((chunk_id, frame))
                 entry = ChunkRef(chunk_id=chunk_id, size=len(value))
-            refs[prefix + key] = encode_staged(prefix + key, entry)
+            name = prefix + key
+            raw = refs[name] = encode_staged(name, entry)
+            remember(name, raw, entry)  # read back at once by zarr's partial-chunk writes
         self._stage(WriteBatch(objects=objects, refs=refs, session=self._staging()))
 
     def set_virtual_entries(self, items: list[tuple[str, VirtualRef]]) -> None:

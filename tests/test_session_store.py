@@ -294,3 +294,22 @@ def test_value_of_a_copy_follows_the_sessions_commit(repo: vs.Repository) -> Non
 
 def _read_or_none(session: vs.Session, key: str) -> bytes | None:
     return session.read_entries([session.entry(key)])[0]
+
+
+def test_a_staged_record_under_the_wrong_key_is_refused_after_the_right_one_was_read(
+    repo: vs.Repository,
+) -> None:
+    # Staged reads remember decoded records by their bytes; the bytes name their key,
+    # so the same bytes found under another key (a damaged key) must still be refused.
+    session = repo.writable_session("main")
+    session.set_values([("a", b"x" * 1000)])
+    assert session.value("a") == b"x" * 1000  # decoded and remembered
+    prefix = f"stage/{session.session_id}/"
+    stored = repo.backend.get_ref(prefix + "a")
+    assert stored is not None
+    repo.backend.put_objects([], refs={prefix + "b": stored})
+    with pytest.raises(vs.CorruptObjectError, match="damaged"):
+        session.value("b")
+    with pytest.raises(vs.CorruptObjectError, match="damaged"):
+        session.entry("b")
+    assert session.value("a") == b"x" * 1000

@@ -90,6 +90,10 @@ _REMEMBER_LEAVES = 1024
 _RULE_REUSE_S = 1.0
 
 
+#: How many decoded staged records a session remembers (``Session._staged_entry``).
+_STAGED_DECODED = 4096
+
+
 class Session:
     """A view of one version of a repository; writable sessions stage changes on a branch."""
 
@@ -109,6 +113,13 @@ class Session:
         self._branch = branch
         self._read_only = read_only
         self._session_id = session_id
+        # Ref names of this session's staging (fixed for its life), built once.
+        self._stage_names = (
+            None if session_id is None else (stage_prefix(session_id), session_ref(session_id))
+        )
+        #: Staged records already decoded: stored bytes -> (ref name, entry). Decoding is
+        #: a pure function of both, so equal bytes under the same name decode the same.
+        self._staged_decoded: dict[bytes, tuple[str, Entry | Tombstone]] = {}
         self._record_raw: bytes | None = None
         self._generation = generation
         self._group_stager: GroupStager | None = None
@@ -205,14 +216,30 @@ class Session:
         if self._session_id is not None:
             self._adopt(self._repo.backend.get_ref(session_ref(self._session_id)))
 
+    def _staged_entry(self, name: str, raw: bytes) -> Entry | Tombstone:
+        """``decode_staged(name, raw)``, remembered for the last few thousand records read."""
+        known = self._staged_decoded.get(raw)
+        if known is not None and known[0] == name:
+            return known[1]
+        entry = decode_staged(name, raw)
+        self._remember_staged(name, raw, entry)
+        return entry
+
+    def _remember_staged(self, name: str, raw: bytes, entry: Entry | Tombstone) -> None:
+        """Remember that staged ref ``name`` stored as ``raw`` holds ``entry``."""
+        if len(self._staged_decoded) >= _STAGED_DECODED:
+            self._staged_decoded.clear()
+        self._staged_decoded[raw] = (name, entry)
+
     def entry(self, key: str) -> Entry | None:
         """The entry this session sees at ``key`` (staged changes first)."""
-        if self._session_id is not None:
-            name = stage_prefix(self._session_id) + key
-            raw, record_raw = self._repo.backend.get_refs([name, session_ref(self._session_id)])
+        if self._stage_names is not None:
+            prefix, record_name = self._stage_names
+            name = prefix + key
+            raw, record_raw = self._repo.backend.get_refs([name, record_name])
             self._adopt(record_raw)
             if raw is not None:
-                staged = decode_staged(name, raw)
+                staged = self._staged_entry(name, raw)
                 return None if isinstance(staged, Tombstone) else staged
         return lookup(self._repo.reader.node, self._root, key)
 
@@ -222,19 +249,20 @@ class Session:
         A staged value is read in one backend call (staged ref, session record
         and chunk together); otherwise as ``read_entries([entry(key)])``.
         """
-        if self._session_id is None:
+        if self._stage_names is None:
             return self.read_entries([self.entry(key)])[0]
-        name = stage_prefix(self._session_id) + key
+        prefix, record_name = self._stage_names
+        name = prefix + key
         staged: list[Entry | Tombstone] = []
 
         def follow(raw: list[bytes | None]) -> Sequence[ObjectId]:
             if raw[0] is None:
                 return ()
-            staged.append(decode_staged(name, raw[0]))
+            staged.append(self._staged_entry(name, raw[0]))
             return [staged[0].chunk_id] if isinstance(staged[0], ChunkRef) else ()
 
         (_, record_raw), stored = self._repo.backend.get_refs_and_objects(
-            [name, session_ref(self._session_id)], follow)
+            [name, record_name], follow)
         self._adopt(record_raw)
         if not staged:
             return self.read_entries([lookup(self._repo.reader.node, self._root, key)])[0]
@@ -372,6 +400,7 @@ class Session:
         objects = []
         refs: dict[str, bytes | None] = {}
         prefix = stage_prefix(session_id)
+        remember = self._remember_staged
         for key, value in items:
             validate_session_key(key)
             entry: Entry
@@ -381,7 +410,9 @@ class Session:
                 chunk_id, frame = encode_chunk(value)
                 objects.append((chunk_id, frame))
                 entry = ChunkRef(chunk_id=chunk_id, size=len(value))
-            refs[prefix + key] = encode_staged(prefix + key, entry)
+            name = prefix + key
+            raw = refs[name] = encode_staged(name, entry)
+            remember(name, raw, entry)  # read back at once by zarr's partial-chunk writes
         self._stage(WriteBatch(objects=objects, refs=refs, session=self._staging()))
 
     def set_virtual_entries(self, items: list[tuple[str, VirtualRef]]) -> None:

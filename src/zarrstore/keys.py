@@ -16,6 +16,8 @@ different backings, or fail deep inside one with an encoding error.
 
 from __future__ import annotations
 
+import functools
+
 from zarrstore.errors import InvalidKeyError
 
 __all__ = ["is_valid_key", "validate_key", "validate_prefix"]
@@ -44,9 +46,23 @@ def _segment_problem(text: str) -> str | None:
 def validate_key(key: str) -> str:
     """Return ``key`` unchanged if it is a valid store key.
 
+    Every read and write checks its key, so the last few thousand valid keys
+    are remembered (an invalid key is checked, and refused, every time).
+
     Raises:
         InvalidKeyError: naming the key and the rule it breaks.
     """
+    if type(key) is str:
+        return _valid_key(key)
+    return _check_key(key)
+
+
+@functools.lru_cache(maxsize=4096)
+def _valid_key(key: str) -> str:
+    return _check_key(key)  # lru_cache keeps results only, never an exception
+
+
+def _check_key(key: str) -> str:
     if not isinstance(key, str):
         raise InvalidKeyError(key, "keys are str")
     if key == "":

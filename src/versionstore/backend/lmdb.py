@@ -376,7 +376,8 @@ class LMDBBackend(Backend, Ledger):
         self, names: Sequence[str], follow: Callable[[list[bytes | None]], Sequence[ObjectId]]
     ) -> tuple[list[bytes | None], list[bytes | None]]:
         def work(txn: lmdb.Transaction) -> tuple[list[bytes | None], list[bytes | None]]:
-            refs_db, objects_db = self._refs, self._objects
+            databases = self._handle.databases
+            objects_db, refs_db = databases[0], databases[1]
             refs = [_bytes(txn.get(_key(name), db=refs_db)) for name in names]
             return refs, [_bytes(txn.get(i, db=objects_db)) for i in follow(refs)]
 

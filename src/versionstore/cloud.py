@@ -59,7 +59,18 @@ def _revive(token: str) -> ObjectStorage:
 def _clean_prefix(prefix: str) -> str:
     if not isinstance(prefix, str):
         raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
-    return prefix.strip("/")
+    cleaned = prefix.strip("/")
+    for segment in cleaned.split("/") if cleaned else ():
+        problem = ("an empty segment ('//')" if not segment
+                   else f"a {segment!r} segment" if segment in {".", ".."}
+                   else next((f"the control character {c!r}" for c in segment
+                              if ord(c) < 0x20 or ord(c) == 0x7F), None)
+                   or next((f"the lone surrogate {c!r}" for c in segment
+                            if 0xD800 <= ord(c) <= 0xDFFF), None))
+        if problem:
+            raise ValueError(f"invalid object storage prefix {prefix!r}: it has {problem}; use "
+                             "'/'-separated names such as 'repos/era5'")
+    return cleaned
 
 
 @attrs.frozen(eq=False)

@@ -1,0 +1,138 @@
+"""Attacks on repositories on object storage that once broke them, kept as regressions.
+
+Each test is the smallest form of an attack that found a defect: a forked
+child of a process that had used object storage (it hung forever), a log
+record missing between two others (the refs silently stopped before it and
+the next writer reused its number), and prefixes that obstore cannot parse
+(a raw obstore error at the first request, not at the description).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Any
+
+import obstore
+import pytest
+from obstore.store import LocalStore, MemoryStore
+
+import versionstore as vs
+from versionstore.backend import object as object_backend
+from versionstore.backend.object import ObjectBackend
+
+#: A forked child that hangs is reported after this many seconds (it then fails the test).
+_CHILD_WAIT = 60
+
+
+def _commit_in_child(repo: vs.Repository, storage: Any, out: Any) -> None:
+    """What the forked child tries: reopen, and use the inherited repository."""
+    results = []
+    for attempt in (lambda: vs.Repository.open(storage),
+                    lambda: repo.writable_session("main").store,
+                    lambda: repo.lookup_branch("main")):
+        try:
+            attempt()
+            results.append("worked")
+        except vs.ForkedProcessError as exc:
+            results.append(f"ForkedProcessError: {exc}")
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            results.append(f"{type(exc).__name__}: {exc}")
+    out.put(results)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork exists only on POSIX systems")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_gets_a_clear_error_instead_of_hanging(tmp_path: Path) -> None:
+    storage = vs.object_storage(LocalStore(str(tmp_path)), "repo")
+    repo = vs.Repository.create(storage)
+    session = repo.writable_session("main")
+    session.set_values([("k", b"v" * 700)])
+    session.commit("one")  # the parent has used obstore: its runtime cannot be forked
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    child = context.Process(target=_commit_in_child, args=(repo, storage, out))
+    child.start()
+    child.join(_CHILD_WAIT)
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+        child.join()
+    assert not hung, "the forked child hung on object storage"
+    results = out.get(timeout=10)
+    assert len(results) == 3
+    assert all(r.startswith("ForkedProcessError: ") and "'spawn'" in r for r in results), results
+    assert repo.lookup_branch("main")  # the parent goes on
+
+
+def _ten_records(store: Any) -> list[vs.SnapshotId]:
+    repo = vs.Repository.create(vs.object_storage(store, "r"))
+    ids = []
+    for n in range(10):
+        session = repo.writable_session("main")
+        session.set_values([(f"k{n}", bytes([n]) * 700)])
+        ids.append(session.commit(str(n)))
+    return ids
+
+
+def _records(store: Any) -> list[str]:
+    return sorted(m["path"] for batch in obstore.list(store, "r/log") for m in batch)
+
+
+def test_a_log_gap_is_a_corrupt_repository_not_older_refs() -> None:
+    store = MemoryStore()
+    _ten_records(store)
+    records = _records(store)
+    obstore.delete(store, records[len(records) // 2])
+    with pytest.raises(vs.CorruptRepositoryError, match="gap"):
+        ObjectBackend(store, "r").list_refs("")
+    assert _records(store) == [r for r in records if r != records[len(records) // 2]]
+
+
+def test_a_reader_with_a_view_finds_a_later_gap(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = MemoryStore()
+    _ten_records(store)
+    reader = ObjectBackend(store, "r")
+    tip = reader.get_ref("branch/main")
+    writer = ObjectBackend(store, "r")
+    for n in range(3):
+        writer.put_objects([], {f"x/{n}": b"1"})
+    obstore.delete(store, _records(store)[-2])
+    monkeypatch.setattr(object_backend, "_STALE_AFTER", -1.0)  # the reader lists the log
+    with pytest.raises(vs.CorruptRepositoryError, match="gap"):
+        reader.list_refs("")
+    assert tip is not None
+
+
+def test_a_gap_a_checkpoint_covers_is_read_from_the_checkpoint(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(object_backend, "CHECKPOINT_EVERY", 5)
+    store = MemoryStore()
+    ids = _ten_records(store)
+    expected = ObjectBackend(store, "r").list_refs("")
+    checkpoints = [m["path"] for batch in obstore.list(store, "r/checkpoint") for m in batch]
+    assert checkpoints
+    obstore.delete(store, _records(store)[1])  # before the newest checkpoint: as gc does
+    assert ObjectBackend(store, "r").list_refs("") == expected
+    repo = vs.Repository.open(vs.object_storage(store, "r"))
+    assert repo.lookup_branch("main") == ids[-1]
+
+
+@pytest.mark.parametrize("prefix", ["../escape", "a/../b", "a/./b", ".", "a//b", "x\x00y",
+                                    "a\nb", "a\udcffb"])
+def test_a_prefix_obstore_cannot_parse_is_refused_at_once(prefix: str) -> None:
+    with pytest.raises(ValueError, match="invalid object storage prefix"):
+        vs.object_storage(MemoryStore(), prefix)
+
+
+@pytest.mark.parametrize("prefix", ["weird name/ü/%2F", "p#1", "*?", "a\\b", "/edges/"])
+def test_odd_but_valid_prefixes_hold_a_repository(prefix: str, tmp_path: Path) -> None:
+    store = LocalStore(str(tmp_path))
+    repo = vs.Repository.create(vs.object_storage(store, prefix))
+    session = repo.writable_session("main")
+    session.set_values([("k", b"v" * 700)])
+    tip = session.commit("one")
+    again = vs.Repository.open(vs.object_storage(LocalStore(str(tmp_path)), prefix))
+    assert again.lookup_branch("main") == tip
+    assert again.readonly_session(branch="main").value("k") == b"v" * 700

@@ -136,3 +136,35 @@ def test_odd_but_valid_prefixes_hold_a_repository(prefix: str, tmp_path: Path) -
     again = vs.Repository.open(vs.object_storage(LocalStore(str(tmp_path)), prefix))
     assert again.lookup_branch("main") == tip
     assert again.readonly_session(branch="main").value("k") == b"v" * 700
+
+
+def _open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in /proc")
+def test_many_repositories_opened_and_dropped_leave_nothing_behind(tmp_path: Path) -> None:
+    import gc
+    import threading
+
+    from versionstore import cloud
+
+    def use(n: int) -> None:
+        for storage in (vs.object_storage(LocalStore(str(tmp_path)), f"r{n}"),
+                        vs.lmdb_storage(tmp_path / f"l{n}")):
+            repo = vs.Repository.create(storage)
+            session = repo.writable_session("main")
+            session.set_values([("k", bytes([n % 256]) * 700)])
+            session.commit("one")
+            assert repo.readonly_session(branch="main").value("k") == bytes([n % 256]) * 700
+
+    use(0)
+    gc.collect()
+    threads, files, probed = threading.active_count(), _open_files(), len(cloud._PROBED)
+    for n in range(1, 60):
+        use(n)
+    gc.collect()
+    assert threading.active_count() <= threads
+    assert _open_files() <= files
+    assert not cloud._BACKENDS  # every backend went with its repositories
+    assert len(cloud._PROBED) == probed  # one probe per store, not one per prefix

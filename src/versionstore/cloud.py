@@ -36,7 +36,7 @@ __all__ = ["DEFAULT_GC_GRACE", "ObjectStorage", "azure_storage", "gcs_storage", 
            "s3_storage"]
 
 _LIVE: weakref.WeakValueDictionary[str, ObjectStorage] = weakref.WeakValueDictionary()
-_PROBED: dict[tuple[str, str], bool] = {}
+_PROBED: dict[str, bool] = {}
 #: One backend per location and process, shared by every repository and session on it
 #: (as LMDB shares one environment): its refs are read from the log once, not per open.
 _BACKENDS: weakref.WeakValueDictionary[tuple[str, str, bool], ObjectBackend] = (
@@ -126,7 +126,7 @@ class ObjectStorage:
         """Refuse a store without create-if-absent, unless told it is unsafe but fine."""
         if self.unsafe_allow_unconditional_writes:
             return
-        key = self._key()
+        key = self._key()[0]  # a property of the store, not of the prefix: one entry each
         with _PROBE_LOCK:
             supported = _PROBED.get(key)
         if supported is None:

@@ -168,3 +168,48 @@ def test_many_repositories_opened_and_dropped_leave_nothing_behind(tmp_path: Pat
     assert _open_files() <= files
     assert not cloud._BACKENDS  # every backend went with its repositories
     assert len(cloud._PROBED) == probed  # one probe per store, not one per prefix
+
+
+def test_a_repository_nested_in_another_ones_layout_is_not_read_as_its_log(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+    from datetime import timedelta
+
+    store = MemoryStore()
+    tips = {}
+    prefixes = ("a", "a/checkpoint", "a/log/x")
+    repos = [vs.Repository.create(vs.object_storage(store, p)) for p in prefixes]  # outer first
+    monkeypatch.setattr(object_backend, "CHECKPOINT_EVERY", 2)  # then checkpoints everywhere
+    for prefix, repo in zip(prefixes, repos, strict=True):
+        for n in range(3):
+            session = repo.writable_session("main")
+            session.set_values([("k", f"{prefix}:{n}".encode() * 100)])
+            tips[prefix] = session.commit(str(n))
+    del repos, repo, session
+    gc.collect()  # no shared backend left: every open below reads the log afresh
+    before = {prefix: ObjectBackend(store, prefix).list_refs("") for prefix in tips}
+    outer = ObjectBackend(store, "a", log_retention=timedelta(0))
+    assert outer.delete_objects([], if_refs_are=before["a"])  # compacts the outer log only
+    del outer
+    for prefix, tip in tips.items():
+        assert ObjectBackend(store, prefix).list_refs("") == before[prefix]
+        opened = vs.Repository.open(vs.object_storage(store, prefix))
+        assert opened.lookup_branch("main") == tip
+        assert opened.verify().ok
+
+
+def test_gc_leaves_files_that_are_not_objects_alone() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    store = MemoryStore()
+    repo = vs.Repository.create(vs.object_storage(store, "r"))
+    session = repo.writable_session("main")
+    session.set_values([("k", b"v" * 700)])
+    session.commit("one")
+    foreign = ["r/objects/abcd", "r/objects/" + "ab" * 21, "r/objects/notes.txt"]
+    for path in foreign:
+        obstore.put(store, path, b"someone else's")
+    repo.garbage_collect(older_than=datetime.now(UTC) + timedelta(seconds=1))
+    left = {m["path"] for batch in obstore.list(store, "r/objects") for m in batch}
+    assert set(foreign) <= left
+    assert repo.verify().ok

@@ -48,7 +48,7 @@ from versionstore.codec import (
     encode_ref_log_record,
 )
 from versionstore.errors import CorruptRepositoryError, MissingObjectsError
-from versionstore.ids import ObjectId, object_id_text
+from versionstore.ids import ID_LENGTH, ObjectId, object_id_text
 
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
@@ -86,8 +86,15 @@ def _object_name(object_id: ObjectId) -> str:
 
 
 def _seq_of(name: str) -> int | None:
-    tail = name.rsplit("/", 1)[-1]
-    return int(tail) if len(tail) == _SEQ_DIGITS and tail.isdigit() else None
+    """The number of ``log/<seq>`` or ``checkpoint/<seq>``; ``None`` for anything else.
+
+    Listings are recursive, so only a direct child counts: a repository made
+    under ``<prefix>/checkpoint/...`` or ``<prefix>/log/...`` is not this one's.
+    """
+    folder, _, tail = name.partition("/")
+    if folder not in {"log", "checkpoint"} or len(tail) != _SEQ_DIGITS:
+        return None
+    return int(tail) if tail.isascii() and tail.isdigit() else None
 
 
 class ObjectBackend(Backend):
@@ -440,8 +447,9 @@ class ObjectBackend(Backend):
         found = []
         for name, modified in listed:
             text = name[len("objects/"):]
-            if not name.startswith(start) or (before is not None and modified >= before):
-                continue
+            if (not name.startswith(start) or len(text) != 2 * ID_LENGTH
+                    or (before is not None and modified >= before)):
+                continue  # not an object of ours (docs/format.md), or too young
             try:
                 found.append(ObjectId(bytes.fromhex(text)))
             except ValueError:

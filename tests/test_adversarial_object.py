@@ -16,11 +16,14 @@ from typing import Any
 
 import obstore
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from obstore.store import LocalStore, MemoryStore
 
 import versionstore as vs
 from versionstore.backend import object as object_backend
 from versionstore.backend.object import ObjectBackend
+from versionstore.backend.refstate import RefState
 
 #: A forked child that hangs is reported after this many seconds (it then fails the test).
 _CHILD_WAIT = 60
@@ -213,3 +216,30 @@ def test_gc_leaves_files_that_are_not_objects_alone() -> None:
     left = {m["path"] for batch in obstore.list(store, "r/objects") for m in batch}
     assert set(foreign) <= left
     assert repo.verify().ok
+
+
+_ref_names = st.text(alphabet="ab/", min_size=1, max_size=5)
+
+
+@given(st.lists(st.dictionaries(_ref_names, st.one_of(st.none(), st.binary(max_size=3)),
+                                max_size=6), max_size=12),
+       st.text(alphabet="ab/", max_size=3), st.one_of(st.none(), st.integers(0, 4)))
+def test_ref_state_answers_like_a_dict(effects: list[dict[str, bytes | None]], prefix: str,
+                                       limit: int | None) -> None:
+    """``RefState`` (its names now a ``SortedList``: staging a million keys was quadratic)."""
+    state, model = RefState({"a": b"0"}), {"a": b"0"}
+    for effect in effects:
+        state.apply(effect)
+        for name, value in effect.items():
+            if value is None:
+                model.pop(name, None)
+            else:
+                model[name] = value
+    assert list(state.items()) == sorted(model.items())
+    wanted = sorted((n, v) for n, v in model.items() if n.startswith(prefix))
+    assert list(state.under(prefix, limit).items()) == wanted[:limit]
+    assert state.nbytes == sum(len(n) + len(v) for n, v in model.items())
+    assert len(state) == len(model)
+    prune = {n: (v, n + "/") for n, v in model.items()}
+    assert set(state.prune_effect(prune)) == {
+        n for n in model if not any(m.startswith(n + "/") for m in model)}

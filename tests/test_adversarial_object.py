@@ -243,3 +243,15 @@ def test_ref_state_answers_like_a_dict(effects: list[dict[str, bytes | None]], p
     prune = {n: (v, n + "/") for n, v in model.items()}
     assert set(state.prune_effect(prune)) == {
         n for n in model if not any(m.startswith(n + "/") for m in model)}
+
+
+def test_the_recently_stored_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from versionstore.ids import hash_object
+
+    monkeypatch.setattr(object_backend, "_FRESH_LIMIT", 100)
+    backend = ObjectBackend(MemoryStore(), "r")
+    for n in range(30):  # a fast writer: every id is younger than the expiry
+        batch = [(hash_object(1, f"{n}/{i}".encode()), b"x") for i in range(20)]
+        backend.put_objects(batch)
+    assert len(backend._fresh) <= 100 + 20
+    assert backend.has_objects([hash_object(1, b"0/0"), hash_object(1, b"29/19")]) == [True, True]

@@ -31,6 +31,7 @@ garbage-collection rules are in ``docs/format.md`` ("Object storage layout").
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
@@ -66,6 +67,8 @@ LOG_RETENTION = timedelta(days=1)
 _STALE_AFTER = 600.0
 #: Objects this process stored or checked within this many seconds need no ``HEAD``.
 _FRESH_FOR = 600.0
+#: At most about this many object ids are remembered as recently stored or checked.
+_FRESH_LIMIT = 1_000_000
 #: A required object older than this is stored again (refreshing its modification
 #: time) before a record names it, so gc's grace period covers it.
 _REFRESH_OLDER_THAN = timedelta(hours=1)
@@ -270,8 +273,11 @@ class ObjectBackend(Backend):
     def _note_fresh(self, ids: Iterable[ObjectId]) -> None:
         now = time.monotonic()
         fresh = self._fresh
-        if len(fresh) > 1_000_000:
-            for object_id in [i for i, t in fresh.items() if now - t > _FRESH_FOR]:
+        if len(fresh) > _FRESH_LIMIT:
+            # Forget the older half (insertion order): a forgotten id costs one HEAD. Only
+            # forgetting the expired ones let a fast writer grow it without bound, and
+            # rescan it on every batch.
+            for object_id in list(itertools.islice(fresh, len(fresh) // 2)):
                 del fresh[object_id]
         for object_id in ids:
             fresh[object_id] = now

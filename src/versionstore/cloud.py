@@ -36,7 +36,7 @@ __all__ = ["DEFAULT_GC_GRACE", "ObjectStorage", "azure_storage", "gcs_storage", 
            "s3_storage"]
 
 _LIVE: weakref.WeakValueDictionary[str, ObjectStorage] = weakref.WeakValueDictionary()
-_PROBED: dict[tuple[str, str], bool] = {}
+_PROBED: dict[str, bool] = {}
 #: One backend per location and process, shared by every repository and session on it
 #: (as LMDB shares one environment): its refs are read from the log once, not per open.
 _BACKENDS: weakref.WeakValueDictionary[tuple[str, str, bool], ObjectBackend] = (
@@ -59,7 +59,18 @@ def _revive(token: str) -> ObjectStorage:
 def _clean_prefix(prefix: str) -> str:
     if not isinstance(prefix, str):
         raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
-    return prefix.strip("/")
+    cleaned = prefix.strip("/")
+    for segment in cleaned.split("/") if cleaned else ():
+        problem = ("an empty segment ('//')" if not segment
+                   else f"a {segment!r} segment" if segment in {".", ".."}
+                   else next((f"the control character {c!r}" for c in segment
+                              if ord(c) < 0x20 or ord(c) == 0x7F), None)
+                   or next((f"the lone surrogate {c!r}" for c in segment
+                            if 0xD800 <= ord(c) <= 0xDFFF), None))
+        if problem:
+            raise ValueError(f"invalid object storage prefix {prefix!r}: it has {problem}; use "
+                             "'/'-separated names such as 'repos/era5'")
+    return cleaned
 
 
 @attrs.frozen(eq=False)
@@ -115,7 +126,7 @@ class ObjectStorage:
         """Refuse a store without create-if-absent, unless told it is unsafe but fine."""
         if self.unsafe_allow_unconditional_writes:
             return
-        key = self._key()
+        key = self._key()[0]  # a property of the store, not of the prefix: one entry each
         with _PROBE_LOCK:
             supported = _PROBED.get(key)
         if supported is None:

@@ -41,7 +41,8 @@ The tree::
         ├── StorageAccessDeniedError missing or wrong credentials, or no permission
         ├── StorageUnreachableError  the storage service cannot be reached (refused, DNS, …)
         │   └── StorageTimeoutError  the storage service did not answer in time
-        └── UnsafeStorageError       the storage cannot write conditionally (no safe commits)
+        ├── UnsafeStorageError       the storage cannot write conditionally (no safe commits)
+        └── ForkedProcessError       object storage used in a child forked after the parent used it
 
 Errors carry their data (``ConflictError.keys``, ``CorruptObjectError.object_id``)
 so callers can act on them without parsing messages.
@@ -61,6 +62,7 @@ __all__ = [
     "CorruptObjectError",
     "CorruptRepositoryError",
     "DiskFullError",
+    "ForkedProcessError",
     "ImmutableTagError",
     "InvalidMoveError",
     "InvalidRefNameError",
@@ -361,6 +363,18 @@ class UnsafeStorageError(BackendError):
     Refused at ``create``/``open``. ``object_storage(...,
     unsafe_allow_unconditional_writes=True)`` opens it anyway for a single
     writer (see ``docs/guide.md``).
+    """
+
+
+class ForkedProcessError(BackendError):
+    """Object storage used in a child made by ``fork`` after its parent had used it.
+
+    The object-storage client (obstore, built on Rust's tokio runtime) does
+    not survive ``fork``: its worker threads stay in the parent, so every
+    request in the child would wait forever. Raised instead of hanging, at
+    the child's first request. Start children with ``spawn`` or
+    ``forkserver`` (``multiprocessing.get_context("spawn")``), or fork before
+    the parent first touches object storage (``docs/guide.md``).
     """
 
 class RepositoryBusyError(VersionStoreError):

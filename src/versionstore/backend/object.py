@@ -31,6 +31,7 @@ garbage-collection rules are in ``docs/format.md`` ("Object storage layout").
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
@@ -38,7 +39,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, override
 
-from versionstore.backend.object_io import ObjectIO, gather_bounded
+from versionstore.backend.object_io import ObjectIO, check_not_forked, gather_bounded
 from versionstore.backend.protocol import Backend, Rescue, WriteBatch, changed_refs
 from versionstore.backend.refstate import Effect, RefState
 from versionstore.codec import (
@@ -54,7 +55,7 @@ from versionstore.errors import (
     StorageAccessDeniedError,
     StorageNotFoundError,
 )
-from versionstore.ids import ObjectId, object_id_text
+from versionstore.ids import ID_LENGTH, ObjectId, object_id_text
 
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
@@ -72,6 +73,8 @@ LOG_RETENTION = timedelta(days=1)
 _STALE_AFTER = 600.0
 #: Objects this process stored or checked within this many seconds need no ``HEAD``.
 _FRESH_FOR = 600.0
+#: At most about this many object ids are remembered as recently stored or checked.
+_FRESH_LIMIT = 1_000_000
 #: A required object older than this is stored again (refreshing its modification
 #: time) before a record names it, so gc's grace period covers it.
 _REFRESH_OLDER_THAN = timedelta(hours=1)
@@ -94,8 +97,15 @@ def _object_name(object_id: ObjectId) -> str:
 
 
 def _seq_of(name: str) -> int | None:
-    tail = name.rsplit("/", 1)[-1]
-    return int(tail) if len(tail) == _SEQ_DIGITS and tail.isdigit() else None
+    """The number of ``log/<seq>`` or ``checkpoint/<seq>``; ``None`` for anything else.
+
+    Listings are recursive, so only a direct child counts: a repository made
+    under ``<prefix>/checkpoint/...`` or ``<prefix>/log/...`` is not this one's.
+    """
+    folder, _, tail = name.partition("/")
+    if folder not in {"log", "checkpoint"} or len(tail) != _SEQ_DIGITS:
+        return None
+    return int(tail) if tail.isascii() and tail.isdigit() else None
 
 
 class ObjectBackend(Backend):
@@ -183,6 +193,15 @@ class ObjectBackend(Backend):
             self._reload()
             return True
         contiguous = [s for index, s in enumerate(seqs) if s == self._seq + 1 + index]
+        if len(contiguous) < len(seqs):
+            # A record missing between two others: a gc deleting records a newer
+            # checkpoint covers (start over from it), or damage (no checkpoint covers
+            # it: ``_reload`` raises). Stopping before the gap would serve old refs and
+            # let a writer take the missing number (tests/test_adversarial_object.py).
+            if from_checkpoint:
+                return False
+            self._reload()
+            return True
         names = [_log_name(s) for s in contiguous]
         found = self._io.run("reading log records",
                              gather_bounded([self._io.get(name) for name in names]))
@@ -302,8 +321,11 @@ class ObjectBackend(Backend):
     def _note_fresh(self, ids: Iterable[ObjectId]) -> None:
         now = time.monotonic()
         fresh = self._fresh
-        if len(fresh) > 1_000_000:
-            for object_id in [i for i, t in fresh.items() if now - t > _FRESH_FOR]:
+        if len(fresh) > _FRESH_LIMIT:
+            # Forget the older half (insertion order): a forgotten id costs one HEAD. Only
+            # forgetting the expired ones let a fast writer grow it without bound, and
+            # rescan it on every batch.
+            for object_id in list(itertools.islice(fresh, len(fresh) // 2)):
                 del fresh[object_id]
         for object_id in ids:
             fresh[object_id] = now
@@ -350,6 +372,7 @@ class ObjectBackend(Backend):
 
     @override
     def write(self, batch: WriteBatch) -> bool:
+        check_not_forked()  # before the locks: a fork may have copied them held
         with self._write_lock:
             with self._state_lock:
                 if not self._loaded or time.monotonic() - self._confirmed > _STALE_AFTER:
@@ -386,12 +409,14 @@ class ObjectBackend(Backend):
 
     @override
     def get_refs(self, names: Sequence[str]) -> list[bytes | None]:
+        check_not_forked()
         with self._state_lock:
             self._catch_up()
             return [self._state.get(name) for name in names]
 
     @override
     def list_refs(self, prefix: str, limit: int | None = None) -> dict[str, bytes]:
+        check_not_forked()
         with self._state_lock:
             self._catch_up()
             return self._state.under(prefix, limit)
@@ -409,6 +434,7 @@ class ObjectBackend(Backend):
         # log is read again and whatever the refs changed since reach is spared
         # (``rescue``); what a writer stores meanwhile is young, and gc never offers
         # young objects (``iter_object_ids_written_before``; docs/format.md).
+        check_not_forked()
         spared: set[ObjectId] = set()
         seen = -1
 
@@ -475,8 +501,9 @@ class ObjectBackend(Backend):
         found = []
         for name, modified in listed:
             text = name[len("objects/"):]
-            if not name.startswith(start) or (before is not None and modified >= before):
-                continue
+            if (not name.startswith(start) or len(text) != 2 * ID_LENGTH
+                    or (before is not None and modified >= before)):
+                continue  # not an object of ours (docs/format.md), or too young
             try:
                 found.append(ObjectId(bytes.fromhex(text)))
             except ValueError:

@@ -38,6 +38,7 @@ from obstore.store import LocalStore, MemoryStore
 
 from versionstore.errors import (
     BackendError,
+    ForkedProcessError,
     StorageAccessDeniedError,
     StorageNotFoundError,
     StorageTimeoutError,
@@ -47,7 +48,8 @@ from versionstore.errors import (
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
 
-__all__ = ["Listed", "ObjectIO", "gather_bounded", "is_picklable_store", "translate", "translated"]
+__all__ = ["Listed", "ObjectIO", "check_not_forked", "gather_bounded", "is_picklable_store",
+           "translate", "translated"]
 
 T = TypeVar("T")
 #: Requests in flight at once for one batch (puts, gets, heads).
@@ -62,8 +64,31 @@ def is_picklable_store(store: ObjectStore) -> bool:
     return not isinstance(store, MemoryStore)
 
 
+#: The process that started obstore's runtime (its first request), if any.
+_runtime_pid: int | None = None
+
+
+def check_not_forked() -> None:
+    """Raise ``ForkedProcessError`` in a ``fork`` child of a process that used obstore.
+
+    obstore runs every request on Rust's tokio runtime, whose worker threads
+    do not survive ``fork``: in such a child a request never completes
+    (obstore issue 441, tokio issue 4301). A child forked before its parent's
+    first request starts a runtime of its own and works.
+    """
+    pid = _runtime_pid
+    if pid is not None and pid != os.getpid():
+        raise ForkedProcessError(
+            f"object storage cannot be used in this process ({os.getpid()}): it was forked "
+            f"from process {pid} after that process had used object storage, and the "
+            "object-storage client (obstore) does not survive fork — its requests would "
+            "wait forever. Start worker processes with the 'spawn' or 'forkserver' context "
+            "(multiprocessing.get_context('spawn'), ProcessPoolExecutor(mp_context=...)), "
+            "or fork before the first use")
+
+
 class _Loop:
-    """One event loop in a daemon thread, per process (restarted in a forked child)."""
+    """One event loop in a daemon thread, per process (never used in a forked child)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -71,6 +96,13 @@ class _Loop:
         self._pid = 0
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        global _runtime_pid  # noqa: PLW0603 - one per process, by its nature
+        try:
+            check_not_forked()  # before the lock: a fork may have copied it held
+        except ForkedProcessError:
+            coroutine.close()
+            raise
+        _runtime_pid = os.getpid()
         with self._lock:
             if self._loop is None or self._pid != os.getpid():
                 loop = asyncio.new_event_loop()

@@ -11,8 +11,9 @@ the same code and a replayed effect needs no re-evaluation.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Collection, Iterator, Mapping
+
+from sortedcontainers import SortedList
 
 from versionstore.backend.protocol import Joined, WriteBatch
 from versionstore.ids import ObjectId
@@ -24,11 +25,17 @@ Effect = dict[str, bytes | None]
 
 
 class RefState:
-    """Refs by name, with sorted names for prefix listings. Not thread-safe: callers lock."""
+    """Refs by name, with sorted names for prefix listings. Not thread-safe: callers lock.
+
+    The names are a ``SortedList`` (logarithmic insert and delete): a plain
+    sorted list made staging a million keys quadratic — every staged key is
+    a ref, inserted once and deleted at commit, in every process replaying
+    the log (300,000 keys took 50 s instead of about 1).
+    """
 
     def __init__(self, refs: Mapping[str, bytes] | None = None) -> None:
         self._refs: dict[str, bytes] = dict(refs or {})
-        self._names: list[str] = sorted(self._refs)
+        self._names = SortedList(self._refs)
         #: About how many bytes the refs take (names and values): what a checkpoint costs.
         self.nbytes = sum(len(name) + len(value) for name, value in self._refs.items())
 
@@ -50,9 +57,8 @@ class RefState:
 
     def under(self, prefix: str, limit: int | None = None) -> dict[str, bytes]:
         """Refs under ``prefix`` in name order (at most ``limit``)."""
-        start = bisect.bisect_left(self._names, prefix)
         found: dict[str, bytes] = {}
-        for name in self._names[start:]:
+        for name in self._names.irange(minimum=prefix):
             if not name.startswith(prefix) or (limit is not None and len(found) >= limit):
                 break
             found[name] = self._refs[name]
@@ -62,8 +68,7 @@ class RefState:
         """Whether a ref under ``prefix`` exists once ``overlay`` is applied."""
         if any(value is not None and name.startswith(prefix) for name, value in overlay.items()):
             return True
-        start = bisect.bisect_left(self._names, prefix)
-        for name in self._names[start:]:
+        for name in self._names.irange(minimum=prefix):
             if not name.startswith(prefix):
                 return False
             if overlay.get(name, self._refs[name]) is not None:
@@ -119,9 +124,9 @@ class RefState:
                 self.nbytes -= len(name) + len(old)
             if value is None:
                 if old is not None:
-                    del names[bisect.bisect_left(names, name)]
+                    names.remove(name)
             else:
                 if old is None:
-                    bisect.insort(names, name)
+                    names.add(name)
                 refs[name] = bytes(value)
                 self.nbytes += len(name) + len(value)

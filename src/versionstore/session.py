@@ -144,7 +144,8 @@ class Session:
     def group_stager(self) -> GroupStager:
         """Batches this session's concurrent async writes (``versionstore.group_stage``)."""
         if self._group_stager is None:
-            self._group_stager = GroupStager(self.set_values)
+            self._group_stager = GroupStager(self.set_values,
+                                             self._repo.backend.staging_window())
         return self._group_stager
 
     @property

@@ -39,7 +39,13 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, override
 
 from versionstore.backend.object_io import ObjectIO, gather_bounded
-from versionstore.backend.protocol import Backend, Rescue, WriteBatch, changed_refs
+from versionstore.backend.protocol import (
+    Backend,
+    Rescue,
+    StagingWindow,
+    WriteBatch,
+    changed_refs,
+)
 from versionstore.backend.refstate import Effect, RefState
 from versionstore.codec import (
     decode_ref_checkpoint,
@@ -53,7 +59,8 @@ from versionstore.ids import ObjectId, object_id_text
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
 
-__all__ = ["CHECKPOINT_EVERY", "DEFAULT_GC_GRACE", "LOG_RETENTION", "ObjectBackend"]
+__all__ = ["CHECKPOINT_EVERY", "DEFAULT_GC_GRACE", "LOG_RETENTION", "STAGING_WINDOW",
+           "ObjectBackend"]
 
 #: A checkpoint is considered after every this many log records.
 CHECKPOINT_EVERY = 100
@@ -69,6 +76,9 @@ _FRESH_FOR = 600.0
 #: A required object older than this is stored again (refreshing its modification
 #: time) before a record names it, so gc's grace period covers it.
 _REFRESH_OLDER_THAN = timedelta(hours=1)
+#: A session's concurrent ``set`` calls share one log record if they come within this
+#: window (``versionstore.group_stage``): every batch costs a ``PUT``, a few ms cost none.
+STAGING_WINDOW = StagingWindow(seconds=0.020, max_keys=1000)
 _DELETE_BATCH = 1000
 _SEQ_DIGITS = 20
 
@@ -438,6 +448,10 @@ class ObjectBackend(Backend):
     @override
     def default_gc_grace(self) -> timedelta | None:
         return DEFAULT_GC_GRACE
+
+    @override
+    def staging_window(self) -> StagingWindow | None:
+        return STAGING_WINDOW
 
     @override
     def sync(self) -> None:

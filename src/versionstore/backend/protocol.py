@@ -28,8 +28,8 @@ import attrs
 
 from versionstore.ids import ObjectId
 
-__all__ = ["Backend", "Joined", "ObjectGetter", "Rescue", "SessionRule", "WriteBatch",
-           "changed_refs"]
+__all__ = ["Backend", "Joined", "ObjectGetter", "Rescue", "SessionRule", "StagingWindow",
+           "WriteBatch", "changed_refs"]
 
 T = TypeVar("T")
 
@@ -96,6 +96,25 @@ class WriteBatch:
     refs: Mapping[str, bytes | None] = attrs.field(factory=dict)
     delete_if_equal: Mapping[str, bytes] = attrs.field(factory=dict)
     session: SessionRule | None = None
+
+
+@attrs.frozen(kw_only=True)
+class StagingWindow:
+    """How long a group-staging batch stays open for more writers (``versionstore.group_stage``).
+
+    A backend whose every write is a round trip that costs a request
+    (object storage: one log record per batch) asks concurrent ``set`` calls
+    to wait for each other a little longer than one event-loop turn, so
+    that chunks which an encoder hands over a few milliseconds apart still
+    share one write. A batch closes when ``seconds`` have passed since it
+    opened, or once it holds ``max_keys`` keys or ``max_bytes`` bytes of
+    values, whichever comes first; every ``set`` in it still returns only
+    once the batch is durably written.
+    """
+
+    seconds: float
+    max_keys: int = 1000
+    max_bytes: int = 64 << 20
 
 
 @runtime_checkable
@@ -176,6 +195,14 @@ class Backend(Protocol):
         """The grace period garbage collection uses when the caller names none.
 
         ``None`` (LMDB, memory): none is needed, the sweep is atomic.
+        """
+        return None
+
+    def staging_window(self) -> StagingWindow | None:
+        """How long a session's concurrent writes wait for each other to share one batch.
+
+        ``None`` (LMDB, memory): one event-loop turn, as a write costs no
+        request and a lone ``set`` should not wait.
         """
         return None
 

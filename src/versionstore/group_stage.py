@@ -135,6 +135,8 @@ class GroupStager:
             batch = self._open.get(loop)
             if batch is not None:
                 future = batch.join(loop, key, value, window)
+                if batch.full:  # whoever comes next starts the next batch
+                    del self._open[loop]
             else:
                 batch = self._open[loop] = _Window(key, value)
         if future is not None:
@@ -146,7 +148,8 @@ class GroupStager:
         finally:
             # Written even if the leader was cancelled meanwhile: the others wait on it.
             with self._lock:
-                del self._open[loop]
+                if self._open.get(loop) is batch:
+                    del self._open[loop]
             self._write_window(loop, batch)
 
     async def _hold_open(self, loop: asyncio.AbstractEventLoop, batch: _Window,

@@ -31,6 +31,7 @@ garbage-collection rules are in ``docs/format.md`` ("Object storage layout").
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -129,6 +130,8 @@ class ObjectBackend(Backend):
         self._state_lock = threading.RLock()
         self._write_lock = threading.RLock()
         self._fresh: dict[ObjectId, float] = {}
+        #: Per thread: how deep in ``consistent_reads`` blocks, and whether the view is read.
+        self._view = threading.local()
 
     def __repr__(self) -> str:
         return f"ObjectBackend({self._io.where})"
@@ -347,15 +350,37 @@ class ObjectBackend(Backend):
                       gather_bounded([io.get(_object_name(i)) for i in ids]))
 
     @override
+    @contextlib.contextmanager
+    def consistent_reads(self) -> Iterator[None]:
+        view = self._view
+        depth = getattr(view, "depth", 0)
+        if not depth:
+            view.current = False
+        view.depth = depth + 1
+        try:
+            yield
+        finally:
+            view.depth = depth
+
+    def _catch_up_to_read(self) -> None:
+        """``_catch_up`` for a read (under the state lock), once per ``consistent_reads``."""
+        view = self._view
+        if not getattr(view, "depth", 0):
+            self._catch_up()
+        elif not (view.current and self._loaded):
+            self._catch_up()
+            view.current = True
+
+    @override
     def get_refs(self, names: Sequence[str]) -> list[bytes | None]:
         with self._state_lock:
-            self._catch_up()
+            self._catch_up_to_read()
             return [self._state.get(name) for name in names]
 
     @override
     def list_refs(self, prefix: str, limit: int | None = None) -> dict[str, bytes]:
         with self._state_lock:
-            self._catch_up()
+            self._catch_up_to_read()
             return self._state.under(prefix, limit)
 
     @override

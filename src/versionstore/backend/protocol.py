@@ -19,6 +19,7 @@ invariants, and which batch keeps each, are in ``docs/format.md``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -197,6 +198,20 @@ class Backend(Protocol):
         ``None`` (LMDB, memory): none is needed, the sweep is atomic.
         """
         return None
+
+    def consistent_reads(self) -> contextlib.AbstractContextManager[None]:
+        """A block whose ref reads on this thread may share one view of the refs.
+
+        Every read still sees each write that returned before the block
+        began (and this thread's own writes), but reads inside the block need
+        not each look again for writes that other processes made meanwhile:
+        a commit reads its session's record, its staged refs and its branch
+        tip from one view, then moves the branch by a compare-and-swap that
+        fails if the view was stale. The default does nothing (LMDB and
+        memory reads cost no round trip); object storage saves one request
+        per read after the first.
+        """
+        return contextlib.nullcontext()
 
     def staging_window(self) -> StagingWindow | None:
         """How long a session's concurrent writes wait for each other to share one batch.

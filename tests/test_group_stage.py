@@ -229,3 +229,23 @@ def test_a_cancelled_windowed_leader_still_writes_its_batch() -> None:
     assert isinstance(results[0], asyncio.CancelledError)
     assert results[1:] == [None, None, None]
     assert written == [["first"], ["lead", "f0", "f1", "f2"]]
+
+
+def test_a_stream_whose_writes_thin_out_stops_waiting_for_the_old_size() -> None:
+    written: list[list[str]] = []
+    stager = GroupStager(lambda items: written.append([k for k, _ in items]),
+                         StagingWindow(seconds=0.05))
+
+    async def later(key: str) -> None:
+        await asyncio.sleep(0.01)  # well after the 2 ms grace, well within the window
+        await stager.stage(key, b"v")
+
+    async def write() -> None:
+        await asyncio.gather(*(stager.stage(f"a{i}", b"v") for i in range(8)))  # size 8
+        await stager.stage("lone", b"v")  # waits out the window: 8 never come
+        # Expecting one write now, the next batch closes 2 ms after its first
+        # instead of waiting the window for a second; ``b1`` makes its own.
+        await asyncio.gather(stager.stage("b0", b"v"), later("b1"))
+
+    asyncio.run(write())
+    assert written == [[f"a{i}" for i in range(8)], ["lone"], ["b0"], ["b1"]]

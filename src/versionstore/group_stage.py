@@ -17,8 +17,9 @@ threads) hand chunks over a few milliseconds apart, and each would write its
 own record. There the backend's ``StagingWindow`` keeps a batch open longer
 (``_Window``): the leader waits up to ``seconds`` for more writers, closing
 early once the batch holds as many as the largest batch of the current
-stream of writes (then, likely, every write zarr has in flight has joined)
-or reaches ``max_keys`` / ``max_bytes``. No ``set`` returns before its batch
+stream of writes (then, likely, every write zarr has in flight has joined;
+a batch the window closes short of that size lowers it) or reaches
+``max_keys`` / ``max_bytes``. No ``set`` returns before its batch
 is written, so the guarantee is unchanged; only when a write starts moves.
 """
 
@@ -172,6 +173,9 @@ class GroupStager:
                     until = min(deadline, batch.joined_at + _GRACE)
                 remaining = until - time.monotonic()
                 if remaining <= 0:
+                    # Closed by the window itself, short of the stream's largest batch:
+                    # fewer writes are in flight now, so expect this many next time.
+                    batch.short = until == deadline and len(batch.items) < largest
                     return
                 batch.wake = wake = loop.create_future()
             await asyncio.wait({wake}, timeout=remaining)
@@ -187,7 +191,8 @@ class GroupStager:
         finally:
             with self._lock:
                 _, largest = self._streams.get(loop, (-math.inf, 0))
-                self._streams[loop] = (time.monotonic(), max(largest, len(batch.items)))
+                size = len(batch.items) if batch.short else max(largest, len(batch.items))
+                self._streams[loop] = (time.monotonic(), size)
         for _, _, future in batch.items:
             if future is not None and not future.done():
                 future.set_result(None)
@@ -201,6 +206,8 @@ class _Window:
         self.nbytes = len(value)
         self.joined_at = time.monotonic()
         self.full = False
+        #: The window ran out before the batch reached its stream's largest size.
+        self.short = False
         self.wake: asyncio.Future[None] | None = None
 
     def join(self, loop: asyncio.AbstractEventLoop, key: str, value: bytes,

@@ -149,8 +149,8 @@ def _session_requests(s3_repos: S3Repos, chunks: int, concurrency: int) -> dict[
 
 
 def test_a_session_of_n_chunks_costs_about_n_writes(s3_repos: S3Repos) -> None:
-    # What object-storage users set (docs/guide.md): zarr then stages up to 128
-    # chunks per event-loop turn, and each turn is one log record.
+    # What object-storage users set (docs/guide.md): zarr then keeps up to 128
+    # chunks in flight, and they share one staging batch (one log record).
     n = 1000
     counts = _session_requests(s3_repos, n, concurrency=128)
     assert counts["writes"] <= n + n // 100 + 20, counts

@@ -29,6 +29,7 @@ import asyncio
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -81,8 +82,10 @@ class GroupStager:
         self._lock = threading.Lock()  # several threads may each run a loop on one session
         self._window = window
         self._open: dict[asyncio.AbstractEventLoop, _Window] = {}
-        #: Per loop: when its last windowed batch was written, and its stream's largest batch.
-        self._streams: dict[asyncio.AbstractEventLoop, tuple[float, int]] = {}
+        #: Per loop: when its last windowed batch was written, and its stream's largest batch
+        #: (weakly: a session outlives the loops of many ``asyncio.run`` calls).
+        self._streams: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[float, int]] = (
+            weakref.WeakKeyDictionary())
 
     async def stage(self, key: str, value: bytes) -> None:
         """Stage ``key = value`` with whatever else this loop stages now; return once written.
@@ -156,7 +159,8 @@ class GroupStager:
     async def _hold_open(self, loop: asyncio.AbstractEventLoop, batch: _Window,
                          window: StagingWindow) -> None:
         """Wait until ``batch`` should close (the window, its stream's size, or full)."""
-        last, largest = self._streams.get(loop, (-math.inf, 0))
+        with self._lock:
+            last, largest = self._streams.get(loop, (-math.inf, 0))
         opened = time.monotonic()
         if opened - last > _STREAM_IDLE:
             # Not in a stream of writes (a lone set, or the first of many): one loop turn.

@@ -51,6 +51,8 @@ class S3Proxy:
         self.access_keys = access_keys
         self.endpoint = ""
         self.counts: Counter[str] = Counter()
+        #: Requests by ``"METHOD /path"`` (to see which objects a workload wrote, and how often).
+        self.requests: Counter[str] = Counter()
         self.stall = False
         #: Stall only requests whose ``"METHOD /path"`` matches (e.g. ``"PUT .*/log/"``).
         self.stall_matching: re.Pattern[str] | None = None
@@ -67,6 +69,7 @@ class S3Proxy:
     def reset_counts(self) -> None:
         """Forget what was counted so far."""
         self.counts.clear()
+        self.requests.clear()
 
     @property
     def writes(self) -> int:
@@ -98,6 +101,7 @@ class S3Proxy:
             await self._lock.acquire()
         try:
             self.counts[self._kind(request)] += 1
+            self.requests[f"{request.method} {request.path}"] += 1
             dropped = {"host"} | ({"if-none-match", "if-match"} if self.ignore_conditions
                                   else set())
             headers = {k: v for k, v in request.headers.items() if k.lower() not in dropped}

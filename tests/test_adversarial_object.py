@@ -226,7 +226,7 @@ _ref_names = st.text(alphabet="ab/", min_size=1, max_size=5)
        st.text(alphabet="ab/", max_size=3), st.one_of(st.none(), st.integers(0, 4)))
 def test_ref_state_answers_like_a_dict(effects: list[dict[str, bytes | None]], prefix: str,
                                        limit: int | None) -> None:
-    """``RefState`` (its names now a ``SortedList``: staging a million keys was quadratic)."""
+    """``RefState`` (its names sorted lazily: staging a million keys was quadratic)."""
     state, model = RefState({"a": b"0"}), {"a": b"0"}
     for effect in effects:
         state.apply(effect)

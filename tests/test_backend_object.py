@@ -51,6 +51,21 @@ def test_two_processes_worth_of_backends_see_each_others_writes() -> None:
     assert first.compare_and_swap_ref("b", b"2", b"3")  # stale view, caught up on the race
 
 
+def test_consistent_reads_look_at_the_log_once_then_again_after_the_block() -> None:
+    store = MemoryStore()
+    first, second = ObjectBackend(store, "r"), ObjectBackend(store, "r")
+    first.put_objects([], {"k": b"1"})
+    with second.consistent_reads():
+        assert second.get_ref("k") == b"1"  # written before the block: seen
+        first.put_objects([], {"k": b"2"})
+        assert second.get_ref("k") == b"1"  # one view for the block
+        # A swap decided on the stale view fails, and the failure reads the log again.
+        assert not second.compare_and_swap_ref("k", b"1", b"x")
+        assert second.get_ref("k") == b"2"
+        first.put_objects([], {"k": b"3"})
+    assert second.get_ref("k") == b"3"  # outside the block every read looks
+
+
 def test_checkpoints_let_a_new_reader_start_late_and_gc_compacts_the_log(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(object_backend, "CHECKPOINT_EVERY", 10)

@@ -13,6 +13,7 @@ import zarr
 from zarr.core.buffer import cpu
 
 import versionstore as vs
+from versionstore.backend.protocol import StagingWindow
 from versionstore.group_stage import GroupStager
 from versionstore.session import Session
 from zarrstore.errors import InvalidKeyError
@@ -150,3 +151,101 @@ def test_a_cancelled_leader_still_writes_its_batch() -> None:
     assert isinstance(results[0], asyncio.CancelledError)
     assert results[1:] == [None, None, None]
     assert written == [[("lead", b"1"), ("f0", b"2"), ("f1", b"2"), ("f2", b"2")]]
+
+
+# -- a staging window (object storage) ----------------------------------------------------
+
+
+def test_a_window_gathers_sets_that_arrive_milliseconds_apart() -> None:
+    written: list[list[str]] = []
+    stager = GroupStager(lambda items: written.append([k for k, _ in items]),
+                         StagingWindow(seconds=30.0))
+
+    async def later(key: str, delay: float) -> None:
+        await asyncio.sleep(delay)  # an encoder handing its chunk over a few ms after the last
+        await stager.stage(key, b"v")
+        assert any(key in batch for batch in written)  # returned only once written
+
+    async def write() -> None:
+        # A first round in one loop turn starts a stream of writes with batches of 6.
+        await asyncio.gather(*(stager.stage(f"a{i}", b"v") for i in range(6)))
+        # The next round trickles in over ~15 ms: one loop turn would write each alone.
+        await asyncio.gather(*(later(f"b{i}", 0.003 * i) for i in range(6)))
+
+    asyncio.run(write())
+    assert written == [[f"a{i}" for i in range(6)], [f"b{i}" for i in range(6)]]
+
+
+def test_a_window_closes_at_its_key_limit() -> None:
+    written: list[list[str]] = []
+    stager = GroupStager(lambda items: written.append([k for k, _ in items]),
+                         StagingWindow(seconds=30.0, max_keys=3))
+
+    async def write() -> None:
+        await stager.stage("first", b"v")  # starts the stream
+        await asyncio.gather(*(stager.stage(f"k{i}", b"v") for i in range(7)))
+
+    asyncio.run(write())
+    assert written[0] == ["first"]
+    assert [len(batch) for batch in written[1:]] == [3, 3, 1]
+    assert sorted(k for batch in written[1:] for k in batch) == [f"k{i}" for i in range(7)]
+
+
+def test_a_failed_windowed_batch_fails_every_caller_in_it() -> None:
+    calls: list[int] = []
+
+    def failing_second(items: list[tuple[str, bytes]]) -> None:
+        calls.append(len(items))
+        if len(calls) == 2:
+            raise vs.BackendError(f"bucket gone while staging {len(items)} values")
+
+    stager = GroupStager(failing_second, StagingWindow(seconds=30.0))
+
+    async def write() -> list[Any]:
+        await stager.stage("first", b"v")
+        return await asyncio.gather(*(stager.stage(f"k{i}", b"v") for i in range(4)),
+                                    return_exceptions=True)
+
+    results = asyncio.run(write())
+    assert calls == [1, 4]
+    assert all(isinstance(r, vs.BackendError) and "4 values" in str(r) for r in results)
+
+
+def test_a_cancelled_windowed_leader_still_writes_its_batch() -> None:
+    written: list[list[str]] = []
+    stager = GroupStager(lambda items: written.append([k for k, _ in items]),
+                         StagingWindow(seconds=30.0))
+
+    async def write() -> list[Any]:
+        await stager.stage("first", b"v")
+        leader = asyncio.ensure_future(stager.stage("lead", b"1"))
+        await asyncio.sleep(0)  # the leader holds its batch open
+        followers = [asyncio.ensure_future(stager.stage(f"f{i}", b"2")) for i in range(3)]
+        await asyncio.sleep(0)  # the followers join
+        leader.cancel()
+        return await asyncio.gather(leader, *followers, return_exceptions=True)
+
+    results = asyncio.run(write())
+    assert isinstance(results[0], asyncio.CancelledError)
+    assert results[1:] == [None, None, None]
+    assert written == [["first"], ["lead", "f0", "f1", "f2"]]
+
+
+def test_a_stream_whose_writes_thin_out_stops_waiting_for_the_old_size() -> None:
+    written: list[list[str]] = []
+    stager = GroupStager(lambda items: written.append([k for k, _ in items]),
+                         StagingWindow(seconds=0.05))
+
+    async def later(key: str) -> None:
+        await asyncio.sleep(0.01)  # well after the 2 ms grace, well within the window
+        await stager.stage(key, b"v")
+
+    async def write() -> None:
+        await asyncio.gather(*(stager.stage(f"a{i}", b"v") for i in range(8)))  # size 8
+        await stager.stage("lone", b"v")  # waits out the window: 8 never come
+        # Expecting one write now, the next batch closes 2 ms after its first
+        # instead of waiting the window for a second; ``b1`` makes its own.
+        await asyncio.gather(stager.stage("b0", b"v"), later("b1"))
+
+    asyncio.run(write())
+    assert written == [[f"a{i}" for i in range(8)], ["lone"], ["b0"], ["b1"]]

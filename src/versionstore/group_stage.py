@@ -10,17 +10,40 @@ once every task scheduled in that turn has joined, and every caller resumes
 only after that write returned — so a ``set``
 still returns only once its value is staged durably (the group commit of
 databases: the same guarantee, one transaction for many writers).
+
+On a backend where every write is a paid round trip (object storage: one
+log record per batch), one loop turn is too short: zarr's encoders (zstd in
+threads) hand chunks over a few milliseconds apart, and each would write its
+own record. There the backend's ``StagingWindow`` keeps a batch open longer
+(``_Window``): the leader waits up to ``seconds`` for more writers, closing
+early once the batch holds as many as the largest batch of the current
+stream of writes (then, likely, every write zarr has in flight has joined;
+a batch the window closes short of that size lowers it) or reaches
+``max_keys`` / ``max_bytes``. No ``set`` returns before its batch
+is written, so the guarantee is unchanged; only when a write starts moves.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
+import time
+import weakref
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from versionstore.backend.protocol import StagingWindow
 
 __all__ = ["GroupStager"]
 
 _Pending = list[tuple[str, bytes, "asyncio.Future[None]"]]
+
+#: A stream of writes (for the early close of windowed batches) ends after this idle time (s).
+_STREAM_IDLE = 1.0
+#: A windowed batch as large as its stream's largest waits this long (s) for one more writer.
+_GRACE = 0.002
 
 
 def _others_ready(loop: asyncio.AbstractEventLoop) -> bool:
@@ -43,15 +66,26 @@ class GroupStager:
     the first caller writes the batch itself and wakes the others. A lone
     ``set`` (nothing else runnable) writes at once, without a loop turn.
 
+    With a ``window`` (the backend's ``staging_window()``), a batch stays
+    open up to the window's ``seconds`` instead (``_Window``).
+
     Args:
         write: stages a list of ``(key, value)`` pairs in one atomic step
             (``Session.set_values``); called on the event loop's thread.
+        window: how long a batch waits for more writers; ``None``: one loop turn.
     """
 
-    def __init__(self, write: Callable[[list[tuple[str, bytes]]], None]) -> None:
+    def __init__(self, write: Callable[[list[tuple[str, bytes]]], None],
+                 window: StagingWindow | None = None) -> None:
         self._write = write
         self._pending: dict[asyncio.AbstractEventLoop, _Pending] = {}
         self._lock = threading.Lock()  # several threads may each run a loop on one session
+        self._window = window
+        self._open: dict[asyncio.AbstractEventLoop, _Window] = {}
+        #: Per loop: when its last windowed batch was written, and its stream's largest batch
+        #: (weakly: a session outlives the loops of many ``asyncio.run`` calls).
+        self._streams: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[float, int]] = (
+            weakref.WeakKeyDictionary())
 
     async def stage(self, key: str, value: bytes) -> None:
         """Stage ``key = value`` with whatever else this loop stages now; return once written.
@@ -59,6 +93,9 @@ class GroupStager:
         Raises:
             Whatever the batch's write raised (every caller in the batch sees it).
         """
+        if self._window is not None:
+            await self._stage_windowed(self._window, key, value)
+            return
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] | None = None
         with self._lock:
@@ -92,3 +129,99 @@ class GroupStager:
         for _, _, future in batch:
             if not future.done():
                 future.set_result(None)
+
+    # -- windowed batches (object storage) ------------------------------------------------
+
+    async def _stage_windowed(self, window: StagingWindow, key: str, value: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] | None = None
+        with self._lock:
+            batch = self._open.get(loop)
+            if batch is not None:
+                future = batch.join(loop, key, value, window)
+                if batch.full:  # whoever comes next starts the next batch
+                    del self._open[loop]
+            else:
+                batch = self._open[loop] = _Window(key, value)
+        if future is not None:
+            await future
+            return
+        # This caller leads the batch: hold it open for the window, then write it.
+        try:
+            await self._hold_open(loop, batch, window)
+        finally:
+            # Written even if the leader was cancelled meanwhile: the others wait on it.
+            with self._lock:
+                if self._open.get(loop) is batch:
+                    del self._open[loop]
+            self._write_window(loop, batch)
+
+    async def _hold_open(self, loop: asyncio.AbstractEventLoop, batch: _Window,
+                         window: StagingWindow) -> None:
+        """Wait until ``batch`` should close (the window, its stream's size, or full)."""
+        with self._lock:
+            last, largest = self._streams.get(loop, (-math.inf, 0))
+        opened = time.monotonic()
+        if opened - last > _STREAM_IDLE:
+            # Not in a stream of writes (a lone set, or the first of many): one loop turn.
+            if _others_ready(loop):
+                await asyncio.sleep(0)
+            return
+        deadline = opened + window.seconds
+        while True:
+            with self._lock:
+                if batch.full:
+                    return
+                until = deadline
+                if largest and len(batch.items) >= largest:
+                    until = min(deadline, batch.joined_at + _GRACE)
+                remaining = until - time.monotonic()
+                if remaining <= 0:
+                    # Closed by the window itself, short of the stream's largest batch:
+                    # fewer writes are in flight now, so expect this many next time.
+                    batch.short = until == deadline and len(batch.items) < largest
+                    return
+                batch.wake = wake = loop.create_future()
+            await asyncio.wait({wake}, timeout=remaining)
+
+    def _write_window(self, loop: asyncio.AbstractEventLoop, batch: _Window) -> None:
+        try:
+            self._write([(key, value) for key, value, _ in batch.items])
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiting caller
+            for _, _, future in batch.items:
+                if future is not None and not future.done():
+                    future.set_exception(exc)
+            raise
+        finally:
+            with self._lock:
+                _, largest = self._streams.get(loop, (-math.inf, 0))
+                size = len(batch.items) if batch.short else max(largest, len(batch.items))
+                self._streams[loop] = (time.monotonic(), size)
+        for _, _, future in batch.items:
+            if future is not None and not future.done():
+                future.set_result(None)
+
+
+class _Window:
+    """One open windowed batch: its items, the leader's first (it has no future)."""
+
+    def __init__(self, key: str, value: bytes) -> None:
+        self.items: list[tuple[str, bytes, asyncio.Future[None] | None]] = [(key, value, None)]
+        self.nbytes = len(value)
+        self.joined_at = time.monotonic()
+        self.full = False
+        #: The window ran out before the batch reached its stream's largest size.
+        self.short = False
+        self.wake: asyncio.Future[None] | None = None
+
+    def join(self, loop: asyncio.AbstractEventLoop, key: str, value: bytes,
+             window: StagingWindow) -> asyncio.Future[None]:
+        """Add ``key = value`` (under the stager's lock) and wake the leader to look again."""
+        future: asyncio.Future[None] = loop.create_future()
+        self.items.append((key, value, future))
+        self.nbytes += len(value)
+        self.joined_at = time.monotonic()
+        self.full = len(self.items) >= window.max_keys or self.nbytes >= window.max_bytes
+        if self.wake is not None and not self.wake.done():
+            self.wake.set_result(None)
+        return future

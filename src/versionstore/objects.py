@@ -114,6 +114,17 @@ class ObjectReader:
             if keep_leaves or isinstance(node, Branch):
                 self._nodes.put(node_id, node)
 
+    def remember_snapshot(self, snapshot_id: ObjectId, snapshot: Snapshot,
+                          pages: Sequence[tuple[ObjectId, bytes]] = ()) -> None:
+        """Cache a snapshot this process has just written, and its history pages (encoded).
+
+        The next commit on the branch reads both to build its own history
+        page: on object storage each would be a round trip.
+        """
+        self._snapshots.put(snapshot_id, snapshot)
+        for page_id, frame in pages:
+            self._pages.put(page_id, _decode(decode_history_page, page_id, frame))
+
     def snapshot(self, snapshot_id: ObjectId) -> Snapshot:
         """The snapshot ``snapshot_id``.
 

@@ -156,7 +156,8 @@ class Session:
     def group_stager(self) -> GroupStager:
         """Batches this session's concurrent async writes (``versionstore.group_stage``)."""
         if self._group_stager is None:
-            self._group_stager = GroupStager(self.set_values)
+            self._group_stager = GroupStager(self.set_values,
+                                             self._repo.backend.staging_window())
         return self._group_stager
 
     @property
@@ -683,13 +684,18 @@ class Session:
         repo = self._repo
         missing_in_a_row = 0
         for _ in range(_MAX_COMMIT_ATTEMPTS):
-            self._refresh()  # another copy's commit may have moved the session's base
+            # One view of the refs per attempt (one look at the object-storage log, not
+            # three): the branch moves by compare-and-swap, which fails if it was stale.
             try:
-                with StagedScan(repo.backend, stage_prefix(self._require_writable())) as staged:
-                    if not len(staged) and not allow_empty:
-                        raise NothingToCommitError("nothing to commit: no changes are staged")
-                    recorded = self._record_once(staged, message, metadata,
-                                                 allow_empty=allow_empty, amend=amend)
+                with repo.backend.consistent_reads():
+                    self._refresh()  # another copy's commit may have moved the session's base
+                    with StagedScan(repo.backend,
+                                    stage_prefix(self._require_writable())) as staged:
+                        if not len(staged) and not allow_empty:
+                            raise NothingToCommitError(
+                                "nothing to commit: no changes are staged")
+                        recorded = self._record_once(staged, message, metadata,
+                                                     allow_empty=allow_empty, amend=amend)
             except MissingObjectsError as exc:
                 # A chunk staged here may have been overwritten by a copy and collected
                 # since it was read: then re-read the staging area and try again.
@@ -805,6 +811,7 @@ class Session:
         self._base, self._root, self._generation = snapshot_id, root, generation
         repo.backend.sync()
         repo.reader.remember_nodes(new_nodes)  # the next commit starts from them
+        repo.reader.remember_snapshot(snapshot_id, snapshot, pages)  # and its history
         return SnapshotId(object_id_text(snapshot_id))
 
     async def commit_async(self, message: str, metadata: dict[str, Any] | None = None, *,

@@ -213,7 +213,8 @@ class SessionStore(ZarrStore):
 
     Concurrent ``set`` calls from zarr's async pipeline are staged together
     (``versionstore.group_stage``): one backend write for the chunks one
-    event-loop turn produces, each ``set`` returning once its value is staged.
+    event-loop turn produces (on object storage, one staging window), each
+    ``set`` returning once its value is staged.
     """
 
     storage: SessionStorage

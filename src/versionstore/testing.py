@@ -183,6 +183,17 @@ class BackendConformance:
         assert len(wins) == 1
         assert backend.get_ref("race") == str(wins[0]).encode()
 
+    def test_consistent_reads_see_the_blocks_own_writes(self, backend: Backend) -> None:
+        backend.put_objects([], {"v/a": b"1"})
+        with backend.consistent_reads():
+            assert backend.get_ref("v/a") == b"1"
+            assert backend.compare_and_swap_ref("v/a", b"1", b"2")
+            with backend.consistent_reads():  # nested: the same view
+                assert backend.list_refs("v/") == {"v/a": b"2"}
+            backend.put_objects([], {"v/b": b"3"})
+            assert backend.get_refs(["v/a", "v/b"]) == [b"2", b"3"]
+        assert backend.list_refs("v/") == {"v/a": b"2", "v/b": b"3"}
+
     def test_sync_is_callable(self, backend: Backend) -> None:
         backend.put_objects([(_oid(7), b"durable")])
         backend.sync()

@@ -31,6 +31,7 @@ garbage-collection rules are in ``docs/format.md`` ("Object storage layout").
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import threading
@@ -40,7 +41,13 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, override
 
 from versionstore.backend.object_io import ObjectIO, check_not_forked, gather_bounded
-from versionstore.backend.protocol import Backend, Rescue, WriteBatch, changed_refs
+from versionstore.backend.protocol import (
+    Backend,
+    Rescue,
+    StagingWindow,
+    WriteBatch,
+    changed_refs,
+)
 from versionstore.backend.refstate import Effect, RefState
 from versionstore.codec import (
     decode_ref_checkpoint,
@@ -60,7 +67,8 @@ from versionstore.ids import ID_LENGTH, ObjectId, object_id_text
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
 
-__all__ = ["CHECKPOINT_EVERY", "DEFAULT_GC_GRACE", "LOG_RETENTION", "ObjectBackend"]
+__all__ = ["CHECKPOINT_EVERY", "DEFAULT_GC_GRACE", "LOG_RETENTION", "STAGING_WINDOW",
+           "ObjectBackend"]
 
 #: A checkpoint is considered after every this many log records.
 CHECKPOINT_EVERY = 100
@@ -80,6 +88,9 @@ _FRESH_LIMIT = 1_000_000
 _REFRESH_OLDER_THAN = timedelta(hours=1)
 #: Attempts to create one log record when the service's answer leaves the outcome open.
 _CREATE_ATTEMPTS = 3
+#: A session's concurrent ``set`` calls share one log record if they come within this
+#: window (``versionstore.group_stage``): every batch costs a ``PUT``, a few ms cost none.
+STAGING_WINDOW = StagingWindow(seconds=0.020, max_keys=1000)
 _DELETE_BATCH = 1000
 _SEQ_DIGITS = 20
 
@@ -137,6 +148,8 @@ class ObjectBackend(Backend):
         self._state_lock = threading.RLock()
         self._write_lock = threading.RLock()
         self._fresh: dict[ObjectId, float] = {}
+        #: Per thread: how deep in ``consistent_reads`` blocks, and whether the view is read.
+        self._view = threading.local()
 
     def __repr__(self) -> str:
         return f"ObjectBackend({self._io.where})"
@@ -408,17 +421,39 @@ class ObjectBackend(Backend):
                       gather_bounded([io.get(_object_name(i)) for i in ids]))
 
     @override
+    @contextlib.contextmanager
+    def consistent_reads(self) -> Iterator[None]:
+        view = self._view
+        depth = getattr(view, "depth", 0)
+        if not depth:
+            view.current = False
+        view.depth = depth + 1
+        try:
+            yield
+        finally:
+            view.depth = depth
+
+    def _catch_up_to_read(self) -> None:
+        """``_catch_up`` for a read (under the state lock), once per ``consistent_reads``."""
+        view = self._view
+        if not getattr(view, "depth", 0):
+            self._catch_up()
+        elif not (view.current and self._loaded):
+            self._catch_up()
+            view.current = True
+
+    @override
     def get_refs(self, names: Sequence[str]) -> list[bytes | None]:
         check_not_forked()
         with self._state_lock:
-            self._catch_up()
+            self._catch_up_to_read()
             return [self._state.get(name) for name in names]
 
     @override
     def list_refs(self, prefix: str, limit: int | None = None) -> dict[str, bytes]:
         check_not_forked()
         with self._state_lock:
-            self._catch_up()
+            self._catch_up_to_read()
             return self._state.under(prefix, limit)
 
     @override
@@ -513,6 +548,10 @@ class ObjectBackend(Backend):
     @override
     def default_gc_grace(self) -> timedelta | None:
         return DEFAULT_GC_GRACE
+
+    @override
+    def staging_window(self) -> StagingWindow | None:
+        return STAGING_WINDOW
 
     @override
     def sync(self) -> None:

@@ -19,6 +19,7 @@ invariants, and which batch keeps each, are in ``docs/format.md``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -28,8 +29,8 @@ import attrs
 
 from versionstore.ids import ObjectId
 
-__all__ = ["Backend", "Joined", "ObjectGetter", "Rescue", "SessionRule", "WriteBatch",
-           "changed_refs"]
+__all__ = ["Backend", "Joined", "ObjectGetter", "Rescue", "SessionRule", "StagingWindow",
+           "WriteBatch", "changed_refs"]
 
 T = TypeVar("T")
 
@@ -96,6 +97,25 @@ class WriteBatch:
     refs: Mapping[str, bytes | None] = attrs.field(factory=dict)
     delete_if_equal: Mapping[str, bytes] = attrs.field(factory=dict)
     session: SessionRule | None = None
+
+
+@attrs.frozen(kw_only=True)
+class StagingWindow:
+    """How long a group-staging batch stays open for more writers (``versionstore.group_stage``).
+
+    A backend whose every write is a round trip that costs a request
+    (object storage: one log record per batch) asks concurrent ``set`` calls
+    to wait for each other a little longer than one event-loop turn, so
+    that chunks which an encoder hands over a few milliseconds apart still
+    share one write. A batch closes when ``seconds`` have passed since it
+    opened, or once it holds ``max_keys`` keys or ``max_bytes`` bytes of
+    values, whichever comes first; every ``set`` in it still returns only
+    once the batch is durably written.
+    """
+
+    seconds: float
+    max_keys: int = 1000
+    max_bytes: int = 64 << 20
 
 
 @runtime_checkable
@@ -176,6 +196,28 @@ class Backend(Protocol):
         """The grace period garbage collection uses when the caller names none.
 
         ``None`` (LMDB, memory): none is needed, the sweep is atomic.
+        """
+        return None
+
+    def consistent_reads(self) -> contextlib.AbstractContextManager[None]:
+        """A block whose ref reads on this thread may share one view of the refs.
+
+        Every read still sees each write that returned before the block
+        began (and this thread's own writes), but reads inside the block need
+        not each look again for writes that other processes made meanwhile:
+        a commit reads its session's record, its staged refs and its branch
+        tip from one view, then moves the branch by a compare-and-swap that
+        fails if the view was stale. The default does nothing (LMDB and
+        memory reads cost no round trip); object storage saves one request
+        per read after the first.
+        """
+        return contextlib.nullcontext()
+
+    def staging_window(self) -> StagingWindow | None:
+        """How long a session's concurrent writes wait for each other to share one batch.
+
+        ``None`` (LMDB, memory): one event-loop turn, as a write costs no
+        request and a lone ``set`` should not wait.
         """
         return None
 

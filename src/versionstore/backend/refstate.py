@@ -11,9 +11,9 @@ the same code and a replayed effect needs no re-evaluation.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Collection, Iterator, Mapping
-
-from sortedcontainers import SortedList
 
 from versionstore.backend.protocol import Joined, WriteBatch
 from versionstore.ids import ObjectId
@@ -27,15 +27,20 @@ Effect = dict[str, bytes | None]
 class RefState:
     """Refs by name, with sorted names for prefix listings. Not thread-safe: callers lock.
 
-    The names are a ``SortedList`` (logarithmic insert and delete): a plain
-    sorted list made staging a million keys quadratic — every staged key is
-    a ref, inserted once and deleted at commit, in every process replaying
-    the log (300,000 keys took 50 s instead of about 1).
+    The sorted names are brought up to date lazily, by the first prefix read
+    after writes (``_sorted``): a write is O(1), so staging 10^6 refs or a
+    commit deleting them all costs O(n), not the O(n^2) of keeping one sorted
+    list in step with every insert and delete (measured in
+    ``docs/benchmarks.md``).
     """
 
     def __init__(self, refs: Mapping[str, bytes] | None = None) -> None:
         self._refs: dict[str, bytes] = dict(refs or {})
-        self._names = SortedList(self._refs)
+        self._names: list[str] = sorted(self._refs)
+        #: Names set since ``_names`` was sorted (absent from it), and names deleted since
+        #: (still in it); a name is never in both.
+        self._added: set[str] = set()
+        self._removed: set[str] = set()
         #: About how many bytes the refs take (names and values): what a checkpoint costs.
         self.nbytes = sum(len(name) + len(value) for name, value in self._refs.items())
 
@@ -50,15 +55,29 @@ class RefState:
         """A copy of every ref."""
         return dict(self._refs)
 
+    def _sorted(self) -> list[str]:
+        """Every name, sorted: ``_names`` with the writes since applied (O(n + k log k))."""
+        if self._removed:
+            removed = self._removed
+            self._names = [name for name in self._names if name not in removed]
+            self._removed = set()
+        if self._added:
+            self._names.extend(sorted(self._added))
+            self._names.sort()  # two sorted runs: Timsort merges them in O(n)
+            self._added = set()
+        return self._names
+
     def items(self) -> Iterator[tuple[str, bytes]]:
         """Every ``(name, value)`` in name order."""
         refs = self._refs
-        return ((name, refs[name]) for name in self._names)
+        return ((name, refs[name]) for name in self._sorted())
 
     def under(self, prefix: str, limit: int | None = None) -> dict[str, bytes]:
         """Refs under ``prefix`` in name order (at most ``limit``)."""
+        names = self._sorted()
+        start = bisect.bisect_left(names, prefix)
         found: dict[str, bytes] = {}
-        for name in self._names.irange(minimum=prefix):
+        for name in itertools.islice(names, start, None):
             if not name.startswith(prefix) or (limit is not None and len(found) >= limit):
                 break
             found[name] = self._refs[name]
@@ -68,7 +87,9 @@ class RefState:
         """Whether a ref under ``prefix`` exists once ``overlay`` is applied."""
         if any(value is not None and name.startswith(prefix) for name, value in overlay.items()):
             return True
-        for name in self._names.irange(minimum=prefix):
+        names = self._sorted()
+        start = bisect.bisect_left(names, prefix)
+        for name in itertools.islice(names, start, None):
             if not name.startswith(prefix):
                 return False
             if overlay.get(name, self._refs[name]) is not None:
@@ -117,16 +138,22 @@ class RefState:
 
     def apply(self, effect: Mapping[str, bytes | None]) -> None:
         """Write ``effect`` (``None`` deletes)."""
-        refs, names = self._refs, self._names
+        refs, added, removed = self._refs, self._added, self._removed
         for name, value in effect.items():
             old = refs.pop(name, None) if value is None else refs.get(name)
             if old is not None:
                 self.nbytes -= len(name) + len(old)
             if value is None:
                 if old is not None:
-                    names.remove(name)
+                    if name in added:
+                        added.discard(name)
+                    else:
+                        removed.add(name)
             else:
                 if old is None:
-                    names.add(name)
+                    if name in removed:
+                        removed.discard(name)  # still in ``_names``
+                    else:
+                        added.add(name)
                 refs[name] = bytes(value)
                 self.nbytes += len(name) + len(value)

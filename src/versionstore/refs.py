@@ -136,13 +136,14 @@ class Refs:
             raise BranchNotFoundError(name)
         return target.snapshot, raw
 
-    def branch_tip_with(self, name: str, wanted: Callable[[ObjectId], bool]
-                        ) -> tuple[ObjectId, bytes | None]:
-        """The snapshot a branch points at and, in the same read, its stored bytes.
+    def branch_tip_with(self, name: str, wanted: Callable[[ObjectId], bool], listing: str
+                        ) -> tuple[ObjectId, bytes | None, dict[str, bytes]]:
+        """The snapshot a branch points at, its stored bytes, and the refs under ``listing``.
 
-        The bytes are read only if ``wanted(tip)`` (a caller with the tip
-        cached passes a test that says so); else ``None``. One backend call:
-        one read transaction on LMDB.
+        All three from one view (``Backend.get_refs_objects_and_listing``: one
+        read transaction on LMDB). The bytes are read only if ``wanted(tip)``
+        (a caller with the tip cached passes a test that says so); else
+        ``None``. ``Repository.ancestry`` lists the grafts this way.
 
         Raises:
             BranchNotFoundError: there is no such branch.
@@ -168,10 +169,10 @@ class Refs:
             tips.append(target)
             return [target] if wanted(target) else ()
 
-        _, stored = self.backend.get_refs_and_objects([ref], follow)
+        _, stored, listed = self.backend.get_refs_objects_and_listing([ref], follow, listing)
         if not tips:
             raise BranchNotFoundError(name)
-        return tips[0], stored[0] if stored else None
+        return tips[0], stored[0] if stored else None, listed
 
     def create_branch(self, name: str, snapshot: ObjectId) -> None:
         """Point a new branch at ``snapshot``.

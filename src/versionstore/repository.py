@@ -521,15 +521,17 @@ class Repository:
         check_optional_name(snapshot_id, "snapshot_id", "a snapshot id")
         check_flag(all_parents, "all_parents")
         tip = None
-        if tag is None and snapshot_id is None:  # a branch: its ref and tip in one read
+        if tag is None and snapshot_id is None:  # a branch: its ref, tip and grafts in one read
             reader = self.reader
-            start, stored = self.refs.branch_tip_with(
-                MAIN if branch is None else branch, lambda s: not reader.is_cached(s))
+            start, stored, graft_refs = self.refs.branch_tip_with(
+                MAIN if branch is None else branch, lambda s: not reader.is_cached(s),
+                GRAFT_PREFIX)
             tip = reader.snapshot_from(start, stored)
+            grafts = grafts_from_refs(graft_refs)
         else:
             start = self._resolve(branch=branch, tag=tag, snapshot_id=snapshot_id,
                                   default_branch=MAIN)
-        grafts = self._grafts()
+            grafts = self._grafts()
         if not all_parents and not grafts:  # history pages, decoded only as far as read
             return first_parent_infos(self.reader, start, tip)
         return (SnapshotInfo.of(object_id, snapshot, grafts) for object_id, snapshot

@@ -153,6 +153,9 @@ class ObjectReader:
         Raises:
             SnapshotNotFoundError: if it is neither cached, given, nor stored.
         """
+        snapshot = self._snapshots.get(snapshot_id)
+        if snapshot is not None:
+            return snapshot
         if data is None:
             return self.snapshot(snapshot_id)
         snapshot = _decode(decode_snapshot, snapshot_id, data)

@@ -414,7 +414,7 @@ class Repository:
         data = self.backend.get_objects([object_id])[0]
         if data is None or frame_kind(data) != KIND_SNAPSHOT:  # a chunk or tree node's id
             raise SnapshotNotFoundError(snapshot_id)
-        self.reader.snapshot(object_id)  # decoded (and cached) once
+        self.reader.snapshot_from(object_id, data)  # decoded (and cached) once, not read again
         return object_id
 
     def _resolve(self, *, branch: str | None, tag: str | None, snapshot_id: str | None,

@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
@@ -248,10 +248,33 @@ def first_parent_infos(reader: ObjectReader, start: ObjectId,
     grafts): the same snapshots as ``ancestry``, without decoding them.
     ``snapshot`` is ``start``'s, when the caller has it. The infos of each
     history page are built once per reader (``ObjectReader.derived``: pages
-    are immutable, and so are infos), so listing the same history again
-    costs the ref read and a lookup per page.
+    are immutable, and so are infos), and a listing read to its end is kept
+    whole for ``start`` (up to ``REMEMBERED_LISTING`` snapshots): the
+    ancestry of a snapshot never changes, so listing it again costs a
+    lookup. What a branch points at is not cached: callers read the ref.
     """
-    return itertools.chain.from_iterable(_info_runs(reader, start, snapshot))
+    listed = cast("tuple[SnapshotInfo, ...] | None", reader.derived_if_cached(start))
+    if listed is not None:  # a whole listing, kept by ``_remembered``
+        return iter(listed)
+    runs = _info_runs(reader, start, snapshot)
+    return itertools.chain.from_iterable(_remembered(reader, start, runs))
+
+
+#: The longest listing ``first_parent_infos`` keeps whole (longer ones: their pages' infos).
+REMEMBERED_LISTING = 4096
+
+
+def _remembered(reader: ObjectReader, start: ObjectId,
+                runs: Iterator[tuple[SnapshotInfo, ...]]) -> Iterator[tuple[SnapshotInfo, ...]]:
+    seen: list[tuple[SnapshotInfo, ...]] = []
+    length = 0
+    for run in runs:
+        length += len(run)
+        if length <= REMEMBERED_LISTING:
+            seen.append(run)
+        yield run
+    if length <= REMEMBERED_LISTING:  # read to the end: keep the whole listing
+        reader.remember_derived(start, tuple(itertools.chain.from_iterable(seen)))
 
 
 def _info_runs(reader: ObjectReader, start: ObjectId, first: Snapshot | None
@@ -260,7 +283,7 @@ def _info_runs(reader: ObjectReader, start: ObjectId, first: Snapshot | None
     while current is not None:  # a snapshot read whole, then its pages
         snapshot = reader.snapshot(current) if first is None else first
         first = None
-        yield reader.derived(current, partial(_snapshot_run, current, snapshot))
+        yield _snapshot_run(current, snapshot)
         expected, page_id = snapshot.parent, snapshot.history
         current = expected
         while page_id is not None and expected is not None:

@@ -179,6 +179,14 @@ class ObjectReader:
             self._derived.put(object_id, value)
         return value  # type: ignore[return-value]  # stored by the same caller's make
 
+    def derived_if_cached(self, object_id: ObjectId) -> object | None:
+        """The value ``derived`` (or ``remember_derived``) keeps for ``object_id``, if any."""
+        return self._derived.get(object_id)
+
+    def remember_derived(self, object_id: ObjectId, value: object) -> None:
+        """Keep ``value``, computed from the immutable object ``object_id`` alone."""
+        self._derived.put(object_id, value)
+
     def history_page_if_stored(self, page_id: ObjectId) -> HistoryPage | None:
         """The history page ``page_id``, or ``None`` if it is not stored."""
         page = self._pages.get(page_id)

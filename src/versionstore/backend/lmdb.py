@@ -390,19 +390,21 @@ class LMDBBackend(Backend, Ledger):
             refs_db, objects_db = self._refs, self._objects
             refs = [_bytes(txn.get(_key(name), db=refs_db)) for name in names]
             objects = [_bytes(txn.get(i, db=objects_db)) for i in follow(refs)]
-            return refs, objects, self._listed(txn, _key(prefix), None)
+            return refs, objects, self._listed(txn, refs_db, _key(prefix), None)
 
         return self._read("reading refs and objects", work)
 
     @override
     def list_refs(self, prefix: str, limit: int | None = None) -> dict[str, bytes]:
         start = _key(prefix)
-        return self._read("listing refs", lambda txn: self._listed(txn, start, limit))
+        return self._read("listing refs",
+                          lambda txn: self._listed(txn, self._refs, start, limit))
 
-    def _listed(self, txn: lmdb.Transaction, start: bytes, limit: int | None
-                ) -> dict[str, bytes]:
+    @staticmethod
+    def _listed(txn: lmdb.Transaction, refs_db: lmdb._Database, start: bytes,
+                limit: int | None) -> dict[str, bytes]:
         found: dict[str, bytes] = {}
-        cursor = txn.cursor(db=self._refs)
+        cursor = txn.cursor(db=refs_db)
         if not cursor.set_range(start):
             return found
         for raw_name, value in cursor:

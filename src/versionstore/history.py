@@ -33,7 +33,7 @@ import itertools
 import json
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from functools import partial
 from typing import Any, cast
@@ -356,17 +356,13 @@ class History(itertools.chain[SnapshotInfo]):
 
     __slots__ = ("_ahead",)
     SHOWN = 30
-    _ahead: deque[SnapshotInfo]
-
-    def __new__(cls, items: Iterable[SnapshotInfo]) -> History:  # noqa: D102 - the class says it
-        self = super().__new__(cls, items)
-        self._ahead = deque()
-        return self
+    _ahead: deque[SnapshotInfo]  # set by the first ``_peek``
 
     def _peek(self, count: int) -> list[SnapshotInfo]:
-        ahead = self._ahead
         if type(self) is History:  # from now on, ``next`` serves the lookahead first
+            self._ahead = deque()
             self.__class__ = _LookedAhead
+        ahead = self._ahead
         while len(ahead) < count:
             try:
                 ahead.append(itertools.chain.__next__(self))

@@ -526,7 +526,7 @@ class Repository:
             start, stored, graft_refs = self.refs.branch_tip_with(
                 MAIN if branch is None else branch, lambda s: not reader.is_cached(s),
                 GRAFT_PREFIX)
-            tip = reader.snapshot_from(start, stored)
+            tip = None if stored is None else reader.snapshot_from(start, stored)
             grafts = grafts_from_refs(graft_refs)
         else:
             start = self._resolve(branch=branch, tag=tag, snapshot_id=snapshot_id,

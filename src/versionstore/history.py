@@ -14,7 +14,10 @@ and ``merge_base`` walk the same way. Pages are stored by columns, and the
 ``SnapshotInfo`` objects ``Repository.ancestry`` lists from them hold only
 their id until another field is read (``first_parent_infos``), so listing
 a long history costs little more than its ids. Snapshots from before pages
-existed are read one by one.
+existed are read one by one. Pages, their infos, and a listing read to its
+end (under its start snapshot) never change, so the repository's reader
+keeps them: listing a branch again costs one backend read — its ref, its
+tip when not cached, and the grafts, together — and a lookup.
 
 ``Diff`` uses icechunk's field names so code moving from icechunk reads the
 same. Node paths are absolute (``"/"`` is the root group, ``"/t"`` an array).

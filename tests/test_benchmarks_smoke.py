@@ -132,3 +132,16 @@ def test_command_line_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert saved["machine"]["nproc"] >= 1
     assert "vs-lmdb" in saved["summary"]["bulk"]["read peak RSS"]
     assert "Hierarchy of 1,000 arrays" in capsys.readouterr().out
+
+
+def test_side_by_side_runs_at_tiny_sizes(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                         ) -> None:
+    from benchmarks.side_by_side import main as side_by_side
+
+    assert side_by_side(["--commits", "3", "--rounds", "2", "--checkout",
+                         "--checkout-rounds", "1", "--history-chunks", "20",
+                         "--history-chunk-kib", "16", "--history-commits", "2",
+                         "--workdir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "ancestry of 3 commits" in printed and "vs-lmdb" in printed
+    assert "checkout of the first snapshot" in printed

@@ -8,7 +8,10 @@ snapshots) still read. A page whose rows disagree with its ids is corrupt.
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -166,3 +169,52 @@ def test_merge_base_reads_long_histories_a_page_at_a_time(repo: vs.Repository) -
     assert len(reads) < 3 * HISTORY_PAGE_SIZE // 8
     every = [i.id for i in repo.ancestry(branch="main", all_parents=True)]
     assert every == [i.id for i in repo.ancestry(branch="main")]
+
+
+def _elsewhere(path: Path, code: str) -> None:
+    """Run ``code`` in another Python process with ``repo`` open on the LMDB repository."""
+    prelude = ("import sys, datetime, versionstore as vs\n"
+               f"repo = vs.Repository.open(vs.lmdb_storage({str(path)!r}))\n")
+    subprocess.run([sys.executable, "-c", prelude + code], check=True, timeout=120,
+                   env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+
+
+def test_ancestry_sees_every_ref_move_made_by_another_process(tmp_path: Path) -> None:
+    # Listing again costs little because pages and their infos are cached per
+    # repository; the branch's ref and the grafts are read anew by every call,
+    # so what another process did is seen at once.
+    path = tmp_path / "repo"
+    repo = vs.Repository.create(vs.lmdb_storage(path))
+    _commits(repo, HISTORY_PAGE_SIZE + 3)
+    before = [info.id for info in repo.ancestry()]
+    assert [info.id for info in repo.ancestry()] == before  # now from the caches
+
+    _elsewhere(path, "s = repo.writable_session('main')\n"
+                     "s.set_values([('n', b'x')])\n"
+                     "s.commit('from elsewhere')\n")
+    after = list(repo.ancestry())
+    assert after[0].message == "from elsewhere"
+    assert [info.id for info in after[1:]] == before
+
+    _elsewhere(path, f"repo.reset_branch('main', {before[5]!r})\n")
+    assert [info.id for info in repo.ancestry()] == before[5:]
+
+    cut = repo.lookup_snapshot(before[10]).written_at
+    _elsewhere(path, "repo.expire_snapshots(datetime.datetime.fromisoformat("
+                     f"{cut.isoformat()!r}))\n")
+    kept = [info.id for info in repo.ancestry()]
+    assert kept == [*before[5:11], before[-1]]  # expired ones skipped; the first one stays
+    assert [info.id for info in repo.ancestry()] == kept
+
+
+def test_a_history_read_ahead_still_yields_every_snapshot_once(repo: vs.Repository) -> None:
+    _commits(repo, 40)
+    expected = [info.id for info in repo.ancestry()]
+    history = repo.ancestry()
+    assert iter(history) is history
+    first = next(history)
+    assert "commit 38" in repr(history)  # reads 31 ahead
+    assert history._repr_html_()
+    rest = [info.id for info in history]
+    assert [first.id, *rest] == expected
+    assert next(history, None) is None and "<History" in repr(history)

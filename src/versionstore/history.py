@@ -14,7 +14,10 @@ and ``merge_base`` walk the same way. Pages are stored by columns, and the
 ``SnapshotInfo`` objects ``Repository.ancestry`` lists from them hold only
 their id until another field is read (``first_parent_infos``), so listing
 a long history costs little more than its ids. Snapshots from before pages
-existed are read one by one.
+existed are read one by one. Pages, their infos, and a listing read to its
+end (under its start snapshot) never change, so the repository's reader
+keeps them: listing a branch again costs one backend read — its ref, its
+tip when not cached, and the grafts, together — and a lookup.
 
 ``Diff`` uses icechunk's field names so code moving from icechunk reads the
 same. Node paths are absolute (``"/"`` is the root group, ``"/t"`` an array).
@@ -35,7 +38,8 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import attrs
 
@@ -69,7 +73,7 @@ class SnapshotInfo:
     __slots__ = ("_fields", "_page", "id")
     id: SnapshotId
     _fields: tuple[tuple[SnapshotId, ...], datetime, str, dict[str, Any]]
-    _page: _PageRows | None
+    _page: _PageRows | _Known | None
 
     def __init__(self, *, id: SnapshotId, parent_id: SnapshotId | None,  # noqa: A002 - icechunk's name
                  written_at: datetime, message: str, metadata: dict[str, Any],
@@ -187,6 +191,27 @@ class _PageRows:
         return self._snapshots[text]
 
 
+class _Known:
+    """One snapshot already decoded, standing in for a page's rows (``SnapshotInfo._page``)."""
+
+    __slots__ = ("_snapshot",)
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+
+    def snapshot(self, text: str) -> Snapshot:
+        """The snapshot (whatever ``text``: there is one)."""
+        del text
+        return self._snapshot
+
+
+def _lazy_info(text: str, rows: _PageRows | _Known) -> SnapshotInfo:
+    info = _new_info(SnapshotInfo)
+    _set_id(info, text)
+    _set_page(info, rows)
+    return info
+
+
 def _page_infos(page: HistoryPage) -> list[SnapshotInfo]:
     """Lazy infos for every entry of ``page`` (ids at once, the rest on demand).
 
@@ -204,28 +229,73 @@ def _page_infos(page: HistoryPage) -> list[SnapshotInfo]:
     return infos
 
 
-def first_parent_infos(reader: ObjectReader, start: ObjectId) -> Iterator[SnapshotInfo]:
+#: What ``first_parent_infos`` keeps per history page (``ObjectReader.derived``): the
+#: page's infos, its first id, and the links that continue the run (``after``, ``previous``).
+_PageRun = tuple[tuple[SnapshotInfo, ...], ObjectId, ObjectId | None, ObjectId | None]
+
+
+def _snapshot_run(snapshot_id: ObjectId, snapshot: Snapshot) -> tuple[SnapshotInfo]:
+    return (_lazy_info(object_id_text(snapshot_id), _Known(snapshot)),)
+
+
+def _page_run(reader: ObjectReader, page_id: ObjectId) -> _PageRun:
+    page = reader.history_page(page_id)
+    return tuple(_page_infos(page)), page.ids[0], page.after, page.previous
+
+
+def first_parent_infos(reader: ObjectReader, start: ObjectId,
+                       snapshot: Snapshot | None = None) -> Iterator[SnapshotInfo]:
     """``SnapshotInfo`` of ``start``'s first-parent ancestry, newest first, a page at a time.
 
     What ``Repository.ancestry`` lists when no snapshot is expired (no
     grafts): the same snapshots as ``ancestry``, without decoding them.
+    ``snapshot`` is ``start``'s, when the caller has it. The infos of each
+    history page are built once per reader (``ObjectReader.derived``: pages
+    are immutable, and so are infos), and a listing read to its end is kept
+    whole for ``start`` (up to ``REMEMBERED_LISTING`` snapshots): the
+    ancestry of a snapshot never changes, so listing it again costs a
+    lookup. What a branch points at is not cached: callers read the ref.
     """
-    return itertools.chain.from_iterable(_info_runs(reader, start))
+    listed = cast("tuple[SnapshotInfo, ...] | None", reader.derived_if_cached(start))
+    if listed is not None:  # a whole listing, kept by ``_remembered``
+        return iter(listed)
+    runs = _info_runs(reader, start, snapshot)
+    return itertools.chain.from_iterable(_remembered(reader, start, runs))
 
 
-def _info_runs(reader: ObjectReader, start: ObjectId) -> Iterator[list[SnapshotInfo]]:
+#: The longest listing ``first_parent_infos`` keeps whole (longer ones: their pages' infos).
+REMEMBERED_LISTING = 4096
+
+
+def _remembered(reader: ObjectReader, start: ObjectId,
+                runs: Iterator[tuple[SnapshotInfo, ...]]) -> Iterator[tuple[SnapshotInfo, ...]]:
+    seen: list[tuple[SnapshotInfo, ...]] = []
+    length = 0
+    for run in runs:
+        length += len(run)
+        if length <= REMEMBERED_LISTING:
+            seen.append(run)
+        yield run
+    if length <= REMEMBERED_LISTING:  # read to the end: keep the whole listing
+        reader.remember_derived(start, tuple(itertools.chain.from_iterable(seen)))
+
+
+def _info_runs(reader: ObjectReader, start: ObjectId, first: Snapshot | None
+               ) -> Iterator[tuple[SnapshotInfo, ...]]:
     current: ObjectId | None = start
     while current is not None:  # a snapshot read whole, then its pages
-        snapshot = reader.snapshot(current)
-        yield [SnapshotInfo.of(current, snapshot)]
+        snapshot = reader.snapshot(current) if first is None else first
+        first = None
+        yield _snapshot_run(current, snapshot)
         expected, page_id = snapshot.parent, snapshot.history
         current = expected
         while page_id is not None and expected is not None:
-            page = reader.history_page(page_id)
-            if page.ids[0] != expected:  # pragma: no cover - verify reports such a page
+            infos, first_id, after, previous = reader.derived(
+                page_id, partial(_page_run, reader, page_id))
+            if first_id != expected:  # pragma: no cover - verify reports such a page
                 break
-            yield _page_infos(page)
-            expected, page_id = page.after, page.previous
+            yield infos
+            expected, page_id = after, previous
             current = expected
         # ``current``: the parent of a page written before history pages, read one by one
 
@@ -277,35 +347,31 @@ class Diff:
         return "\n".join(lines) or "(no changes)"
 
 
-class History(Iterator[SnapshotInfo]):
+class History(itertools.chain[SnapshotInfo]):
     """What ``Repository.ancestry`` returns: an iterator of ``SnapshotInfo``, newest first.
 
     Lazy, as before; in a notebook it shows as a table beside an SVG graph of
     the history (the first ``SHOWN`` snapshots, read ahead without being
-    lost to iteration).
+    lost to iteration). Iterating is ``itertools.chain``'s, in C: listing a
+    long history costs no Python call per snapshot, until something reads
+    ahead (``_peek``) and the lookahead has to be served first.
     """
 
+    __slots__ = ("_ahead",)
     SHOWN = 30
-
-    def __init__(self, items: Iterator[SnapshotInfo]) -> None:
-        self._items = items
-        self._ahead: deque[SnapshotInfo] = deque()
-
-    def __iter__(self) -> History:
-        return self
-
-    def __next__(self) -> SnapshotInfo:
-        if self._ahead:
-            return self._ahead.popleft()
-        return next(self._items)
+    _ahead: deque[SnapshotInfo]  # set by the first ``_peek``
 
     def _peek(self, count: int) -> list[SnapshotInfo]:
-        while len(self._ahead) < count:
+        if type(self) is History:  # from now on, ``next`` serves the lookahead first
+            self._ahead = deque()
+            self.__class__ = _LookedAhead
+        ahead = self._ahead
+        while len(ahead) < count:
             try:
-                self._ahead.append(next(self._items))
+                ahead.append(itertools.chain.__next__(self))
             except StopIteration:
                 break
-        return list(self._ahead)[:count]
+        return list(ahead)[:count]
 
     def __repr__(self) -> str:
         shown = self._peek(self.SHOWN + 1)
@@ -319,6 +385,17 @@ class History(Iterator[SnapshotInfo]):
         rows = [(i.id, list(i.parent_ids), i.written_at, i.message)
                 for i in shown[: self.SHOWN]]
         return history_html(rows, more=len(shown) > self.SHOWN)
+
+
+class _LookedAhead(History):
+    """A ``History`` that has read ahead: ``next`` takes the lookahead first."""
+
+    __slots__ = ()
+
+    def __next__(self) -> SnapshotInfo:
+        if self._ahead:
+            return self._ahead.popleft()
+        return itertools.chain.__next__(self)
 
 
 def ancestry(reader: ObjectReader, start: ObjectId, *, all_parents: bool = False,

@@ -1,7 +1,9 @@
 """Typed, cached reads of a repository's immutable objects.
 
 Tree nodes and snapshots never change once written, so they are cached by id
-for as long as the process likes (a bounded LRU); chunks are not cached —
+for as long as the process likes (a bounded LRU), as are values derived from
+one object alone (``derived``: the infos ``ancestry`` lists from a history
+page); chunks are not cached —
 the backend (LMDB's memory map) already is one. A missing object is reported
 as corruption: nothing the engine reaches should ever be absent.
 """
@@ -78,6 +80,7 @@ class ObjectReader:
         self._nodes: _LRU[ObjectId, Node] = _LRU(cache_nodes)
         self._snapshots: _LRU[ObjectId, Snapshot] = _LRU(4096)
         self._pages: _LRU[ObjectId, HistoryPage] = _LRU(1024)
+        self._derived: _LRU[ObjectId, object] = _LRU(1024)
 
     def node(self, node_id: ObjectId) -> Node:
         """The tree node ``node_id``.
@@ -151,6 +154,49 @@ class ObjectReader:
             snapshot = _decode(decode_snapshot, snapshot_id, data)
             self._snapshots.put(snapshot_id, snapshot)
         return snapshot
+
+    def snapshot_from(self, snapshot_id: ObjectId, data: bytes | None) -> Snapshot:
+        """The snapshot ``snapshot_id`` from ``data``, its stored bytes when already read.
+
+        ``data`` ``None`` means it was not read (it was cached): the cache, or
+        a read, serves it. Used to read a ref and its snapshot in one backend call.
+
+        Raises:
+            SnapshotNotFoundError: if it is neither cached, given, nor stored.
+        """
+        snapshot = self._snapshots.get(snapshot_id)
+        if snapshot is not None:
+            return snapshot
+        if data is None:
+            return self.snapshot(snapshot_id)
+        snapshot = _decode(decode_snapshot, snapshot_id, data)
+        self._snapshots.put(snapshot_id, snapshot)
+        return snapshot
+
+    def is_cached(self, snapshot_id: ObjectId) -> bool:
+        """Whether the snapshot ``snapshot_id`` is in the cache (no backend read)."""
+        return self._snapshots.get(snapshot_id) is not None
+
+    def derived(self, object_id: ObjectId, make: Callable[[], T]) -> T:
+        """``make()``, a value computed from the immutable object ``object_id`` alone, cached.
+
+        One value per object id (callers derive different kinds of value from
+        different kinds of object), bounded like the other caches; ``make``
+        may run twice when two threads ask at once.
+        """
+        value = self._derived.get(object_id)
+        if value is None:
+            value = make()
+            self._derived.put(object_id, value)
+        return value  # type: ignore[return-value]  # stored by the same caller's make
+
+    def derived_if_cached(self, object_id: ObjectId) -> object | None:
+        """The value ``derived`` (or ``remember_derived``) keeps for ``object_id``, if any."""
+        return self._derived.get(object_id)
+
+    def remember_derived(self, object_id: ObjectId, value: object) -> None:
+        """Keep ``value``, computed from the immutable object ``object_id`` alone."""
+        self._derived.put(object_id, value)
 
     def history_page_if_stored(self, page_id: ObjectId) -> HistoryPage | None:
         """The history page ``page_id``, or ``None`` if it is not stored."""

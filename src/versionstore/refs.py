@@ -16,7 +16,7 @@ log).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import attrs
@@ -39,6 +39,9 @@ from versionstore.records import Operation, RefTarget
 
 __all__ = ["MAIN", "REPOSITORY_REF", "Refs", "branch_ref", "session_ref", "stage_prefix",
            "tag_ref", "validate_ref_name"]
+
+#: How many decoded branch values ``branch_tip_with`` remembers (then it starts over).
+_DECODED_TIPS = 256
 
 MAIN = "main"
 #: The ref holding the ``RepositoryRecord`` (format version).
@@ -93,6 +96,7 @@ class Refs:
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
+        self._decoded_tips: dict[tuple[str, bytes], ObjectId] = {}
 
     def _swap(self, name: str, expected: bytes | None, target: RefTarget | None,
               requires: Sequence[ObjectId], batch: WriteBatch | None = None, *,
@@ -131,6 +135,44 @@ class Refs:
         if target.snapshot is None:
             raise BranchNotFoundError(name)
         return target.snapshot, raw
+
+    def branch_tip_with(self, name: str, wanted: Callable[[ObjectId], bool], listing: str
+                        ) -> tuple[ObjectId, bytes | None, dict[str, bytes]]:
+        """The snapshot a branch points at, its stored bytes, and the refs under ``listing``.
+
+        All three from one view (``Backend.get_refs_objects_and_listing``: one
+        read transaction on LMDB). The bytes are read only if ``wanted(tip)``
+        (a caller with the tip cached passes a test that says so); else
+        ``None``. ``Repository.ancestry`` lists the grafts this way.
+
+        Raises:
+            BranchNotFoundError: there is no such branch.
+        """
+        ref = branch_ref(validate_ref_name(name))
+        tips: list[ObjectId] = []
+
+        def follow(raw: list[bytes | None]) -> Sequence[ObjectId]:
+            value = raw[0]
+            if value is None:
+                return ()
+            # Decoding is a pure function of the name and the value: a branch read
+            # again unchanged is not decoded again (the value itself is always read).
+            key = (ref, value)
+            target = self._decoded_tips.get(key)
+            if target is None:
+                target = decode_ref_target(ref, value).snapshot
+                if target is None:
+                    return ()
+                if len(self._decoded_tips) >= _DECODED_TIPS:
+                    self._decoded_tips.clear()
+                self._decoded_tips[key] = target
+            tips.append(target)
+            return [target] if wanted(target) else ()
+
+        _, stored, listed = self.backend.get_refs_objects_and_listing([ref], follow, listing)
+        if not tips:
+            raise BranchNotFoundError(name)
+        return tips[0], stored[0] if stored else None, listed
 
     def create_branch(self, name: str, snapshot: ObjectId) -> None:
         """Point a new branch at ``snapshot``.

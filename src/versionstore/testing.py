@@ -92,6 +92,16 @@ class BackendConformance:
         assert objects == [b"two", None, b"one"]
         assert backend.get_refs_and_objects(["r/missing"], lambda values: ()) == ([None], [])
 
+    def test_get_refs_objects_and_listing_reads_all_three(self, backend: Backend) -> None:
+        backend.put_objects([(_oid(1), b"one")],
+                            {"r/a": _oid(1), "g/1": b"x", "g/2": b"y", "gg": b"z"})
+        refs, objects, listed = backend.get_refs_objects_and_listing(
+            ["r/a", "r/missing"], lambda values: [ObjectId(v) for v in values if v], "g/")
+        assert (refs, objects, listed) == ([_oid(1), None], [b"one"],
+                                           {"g/1": b"x", "g/2": b"y"})
+        assert backend.get_refs_objects_and_listing([], lambda values: (), "none/") == (
+            [], [], {})
+
     def test_scan_refs_visits_a_prefix_in_order(self, backend: Backend) -> None:
         backend.put_objects([], {"b/2": b"2", "b/1": b"1", "bb/1": b"x", "a": b"a"})
         seen: list[tuple[str, bytes]] = []

@@ -384,22 +384,38 @@ class LMDBBackend(Backend, Ledger):
         return self._read("reading refs and objects", work)
 
     @override
+    def get_refs_objects_and_listing(
+        self, names: Sequence[str], follow: Callable[[list[bytes | None]], Sequence[ObjectId]],
+        prefix: str,
+    ) -> tuple[list[bytes | None], list[bytes | None], dict[str, bytes]]:
+        def work(txn: lmdb.Transaction
+                 ) -> tuple[list[bytes | None], list[bytes | None], dict[str, bytes]]:
+            refs_db, objects_db = self._refs, self._objects
+            refs = [_bytes(txn.get(_key(name), db=refs_db)) for name in names]
+            objects = [_bytes(txn.get(i, db=objects_db)) for i in follow(refs)]
+            return refs, objects, self._listed(txn, refs_db, _key(prefix), None)
+
+        return self._read("reading refs and objects", work)
+
+    @override
     def list_refs(self, prefix: str, limit: int | None = None) -> dict[str, bytes]:
         start = _key(prefix)
+        return self._read("listing refs",
+                          lambda txn: self._listed(txn, self._refs, start, limit))
 
-        def work(txn: lmdb.Transaction) -> dict[str, bytes]:
-            found: dict[str, bytes] = {}
-            cursor = txn.cursor(db=self._refs)
-            if not cursor.set_range(start):
-                return found
-            for raw_name, value in cursor:
-                name = bytes(raw_name)
-                if not name.startswith(start) or (limit is not None and len(found) >= limit):
-                    break
-                found[_name(name)] = bytes(value)
+    @staticmethod
+    def _listed(txn: lmdb.Transaction, refs_db: lmdb._Database, start: bytes,
+                limit: int | None) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        cursor = txn.cursor(db=refs_db)
+        if not cursor.set_range(start):
             return found
-
-        return self._read("listing refs", work)
+        for raw_name, value in cursor:
+            name = bytes(raw_name)
+            if not name.startswith(start) or (limit is not None and len(found) >= limit):
+                break
+            found[_name(name)] = bytes(value)
+        return found
 
     @override
     def scan_refs(self, prefix: str, visit: Callable[[str, bytes], None]) -> None:

@@ -106,6 +106,15 @@ class MemoryBackend(Backend, Ledger):
             return refs, [self._objects.get(i) for i in follow(refs)]
 
     @override
+    def get_refs_objects_and_listing(
+        self, names: Sequence[str], follow: Callable[[list[bytes | None]], Sequence[ObjectId]],
+        prefix: str,
+    ) -> tuple[list[bytes | None], list[bytes | None], dict[str, bytes]]:
+        with self._lock:  # one view, as LMDB's one read transaction
+            refs = [self._refs.get(name) for name in names]
+            return refs, [self._objects.get(i) for i in follow(refs)], self._refs.under(prefix)
+
+    @override
     def list_refs(self, prefix: str, limit: int | None = None) -> dict[str, bytes]:
         with self._lock:
             return self._refs.under(prefix, limit)

@@ -263,6 +263,20 @@ class Backend(Protocol):
         refs = self.get_refs(names)
         return refs, self.get_objects(follow(refs))
 
+    def get_refs_objects_and_listing(
+        self, names: Sequence[str], follow: Callable[[list[bytes | None]], Sequence[ObjectId]],
+        prefix: str,
+    ) -> tuple[list[bytes | None], list[bytes | None], dict[str, bytes]]:
+        """``get_refs_and_objects``, and every ref under ``prefix`` (as ``list_refs``).
+
+        ``Repository.ancestry`` reads a branch, its tip and the grafts this
+        way: one read transaction on LMDB (which overrides this, as does the
+        memory backend); the default makes the two calls.
+        """
+        listed = self.list_refs(prefix)
+        refs, objects = self.get_refs_and_objects(names, follow)
+        return refs, objects, listed
+
     def scan_refs(self, prefix: str, visit: Callable[[str, bytes], None]) -> None:
         """Call ``visit(name, value)`` for each ref under ``prefix``, in name order, in one view.
 

@@ -117,16 +117,18 @@ class ObjectReader:
             if keep_leaves or isinstance(node, Branch):
                 self._nodes.put(node_id, node)
 
-    def remember_snapshot(self, snapshot_id: ObjectId, snapshot: Snapshot,
+    def remember_snapshot(self, snapshot_id: ObjectId, frame: bytes,
                           pages: Sequence[tuple[ObjectId, bytes]] = ()) -> None:
         """Cache a snapshot this process has just written, and its history pages (encoded).
 
         The next commit on the branch reads both to build its own history
-        page: on object storage each would be a round trip.
+        page: on object storage each would be a round trip. They are decoded
+        from what was stored, so the cache holds exactly what a read returns
+        (metadata normalised to plain values, not the caller's objects).
         """
-        self._snapshots.put(snapshot_id, snapshot)
-        for page_id, frame in pages:
-            self._pages.put(page_id, _decode(decode_history_page, page_id, frame))
+        self._snapshots.put(snapshot_id, _decode(decode_snapshot, snapshot_id, frame))
+        for page_id, page_frame in pages:
+            self._pages.put(page_id, _decode(decode_history_page, page_id, page_frame))
 
     def snapshot(self, snapshot_id: ObjectId) -> Snapshot:
         """The snapshot ``snapshot_id``.

@@ -811,7 +811,7 @@ class Session:
         self._base, self._root, self._generation = snapshot_id, root, generation
         repo.backend.sync()
         repo.reader.remember_nodes(new_nodes)  # the next commit starts from them
-        repo.reader.remember_snapshot(snapshot_id, snapshot, pages)  # and its history
+        repo.reader.remember_snapshot(snapshot_id, frame, pages)  # and its history
         return SnapshotId(object_id_text(snapshot_id))
 
     async def commit_async(self, message: str, metadata: dict[str, Any] | None = None, *,

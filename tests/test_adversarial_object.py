@@ -16,14 +16,17 @@ from typing import Any
 
 import obstore
 import pytest
+import zarr
 from hypothesis import given
 from hypothesis import strategies as st
 from obstore.store import LocalStore, MemoryStore
 
 import versionstore as vs
+import zarrstore
 from versionstore.backend import object as object_backend
 from versionstore.backend.object import ObjectBackend
 from versionstore.backend.refstate import RefState
+from zarrstore.errors import ForkedProcessError as ForkedStoreError
 
 #: A forked child that hangs is reported after this many seconds (it then fails the test).
 _CHILD_WAIT = 60
@@ -67,6 +70,49 @@ def test_a_forked_child_gets_a_clear_error_instead_of_hanging(tmp_path: Path) ->
     assert len(results) == 3
     assert all(r.startswith("ForkedProcessError: ") and "'spawn'" in r for r in results), results
     assert repo.lookup_branch("main")  # the parent goes on
+
+
+def _use_zarrstore_in_child(store: Any, storage: Any, out: Any) -> None:
+    """The forked child: zarrstore's ``ObjectStore`` and versionstore, each once."""
+    import asyncio
+
+    results = []
+    prototype = zarr.core.buffer.default_buffer_prototype()
+    for attempt in (lambda: asyncio.run(store.get("k", prototype)),
+                    lambda: vs.Repository.open(storage)):
+        try:
+            attempt()
+            results.append("worked")
+        except (ForkedStoreError, vs.ForkedProcessError) as exc:
+            results.append(f"{type(exc).__module__}.ForkedProcessError: {exc}")
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            results.append(f"{type(exc).__name__}: {exc}")
+    out.put(results)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork exists only on POSIX systems")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_parent_that_used_only_zarrstore_forks_a_child_that_refuses(tmp_path: Path) -> None:
+    """obstore's runtime is the process's, whichever package made the first request."""
+    import asyncio
+
+    storage = vs.object_storage(LocalStore(str(tmp_path / "repo"), mkdir=True))  # no request
+    store = zarrstore.ObjectStore(LocalStore(str(tmp_path / "plain"), mkdir=True))
+    asyncio.run(store.set("k", zarr.core.buffer.cpu.Buffer.from_bytes(b"v")))
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    child = context.Process(target=_use_zarrstore_in_child, args=(store, storage, out))
+    child.start()
+    child.join(_CHILD_WAIT)
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+        child.join()
+    assert not hung, "the forked child hung on object storage"
+    results = out.get(timeout=10)
+    assert results[0].startswith("zarrstore.errors.ForkedProcessError: "), results
+    assert "'spawn'" in results[0]
+    assert results[1].startswith("versionstore.errors.ForkedProcessError: "), results
 
 
 def _ten_records(store: Any) -> list[vs.SnapshotId]:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from zarrstore.adapters import AsyncToSync, PerformanceMetrics, ReadOnly, SyncToAsync, UsageLog
 from zarrstore.errors import (
     CorruptStorageError,
+    ForkedProcessError,
     InvalidByteRangeError,
     InvalidKeyError,
     KeyNotFoundError,
@@ -52,6 +53,7 @@ __all__ = [
     "DirListing",
     "FilesystemStorage",
     "FilesystemStore",
+    "ForkedProcessError",
     "HTTPStorage",
     "HTTPStore",
     "InvalidByteRangeError",

@@ -11,7 +11,8 @@ The tree::
     └── StorageIOError        (also OSError)      the backing failed (HTTP status, object store)
         ├── StorageTimeoutError (also TimeoutError) the backing did not answer in time
         ├── StorageFullError      the disk (or the address space for a map) is full
-        └── CorruptStorageError   the backing's files are damaged (a truncated LMDB file)
+        ├── CorruptStorageError   the backing's files are damaged (a truncated LMDB file)
+        └── ForkedProcessError    object storage used in a child forked after the parent used it
 
 Each also derives from the builtin that zarr-python and plain Python code
 already catch, so existing ``except ValueError`` / ``except FileNotFoundError``
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 __all__ = [
     "CorruptStorageError",
+    "ForkedProcessError",
     "InvalidByteRangeError",
     "InvalidKeyError",
     "KeyNotFoundError",
@@ -91,3 +93,10 @@ class StorageFullError(StorageIOError):
 
 class CorruptStorageError(StorageIOError):
     """The store's files are damaged, such as an LMDB data file cut short."""
+
+
+class ForkedProcessError(StorageIOError):
+    """Object storage used in a ``fork`` child of a process that had used it (it would hang).
+
+    See ``zarrstore.obstore_runtime``: use the ``spawn`` or ``forkserver`` start method.
+    """

@@ -41,8 +41,9 @@ import obstore
 from obstore.exceptions import AlreadyExistsError, BaseError, NotSupportedError, PreconditionError
 from obstore.store import LocalStore, MemoryStore, S3Store
 
-from zarrstore.errors import StorageIOError, UnsupportedOperationError
+from zarrstore.errors import ForkedProcessError, StorageIOError, UnsupportedOperationError
 from zarrstore.keys import validate_key
+from zarrstore.obstore_runtime import FORK_ADVICE, forked_from, note_request
 from zarrstore.protocol import AsyncStorage, DirListing, ReadRequest, ValueInfo
 from zarrstore.ranges import ByteRange, OffsetRequest, RangeRequest, SuffixRequest, resolve
 from zarrstore.zarr_bridge import ZarrStore
@@ -184,6 +185,13 @@ class ObjectStorage(AsyncStorage):
                 A path that cannot name an object on the local backing (through
                 a file, or a directory) is a missing object too.
         """
+        forked = forked_from()
+        if forked is not None:
+            raise ForkedProcessError(
+                f"{operation} {key!r} on {self!r}: this process ({os.getpid()}) was forked "
+                f"from process {forked} after that process had used object storage, and "
+                + FORK_ADVICE)
+        note_request()
         try:
             yield
         except FileNotFoundError as exc:

@@ -44,6 +44,7 @@ from versionstore.errors import (
     StorageTimeoutError,
     StorageUnreachableError,
 )
+from zarrstore.obstore_runtime import FORK_ADVICE, forked_from, note_request
 
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
@@ -64,27 +65,20 @@ def is_picklable_store(store: ObjectStore) -> bool:
     return not isinstance(store, MemoryStore)
 
 
-#: The process that started obstore's runtime (its first request), if any.
-_runtime_pid: int | None = None
-
-
 def check_not_forked() -> None:
     """Raise ``ForkedProcessError`` in a ``fork`` child of a process that used obstore.
 
-    obstore runs every request on Rust's tokio runtime, whose worker threads
-    do not survive ``fork``: in such a child a request never completes
-    (obstore issue 441, tokio issue 4301). A child forked before its parent's
-    first request starts a runtime of its own and works.
+    obstore's runtime does not survive ``fork`` (``zarrstore.obstore_runtime``):
+    in such a child a request never completes. The process that made the first
+    request is shared with zarrstore's ``ObjectStore``, so a parent that used
+    object storage through either package is known.
     """
-    pid = _runtime_pid
-    if pid is not None and pid != os.getpid():
+    pid = forked_from()
+    if pid is not None:
         raise ForkedProcessError(
             f"object storage cannot be used in this process ({os.getpid()}): it was forked "
-            f"from process {pid} after that process had used object storage, and the "
-            "object-storage client (obstore) does not survive fork — its requests would "
-            "wait forever. Start worker processes with the 'spawn' or 'forkserver' context "
-            "(multiprocessing.get_context('spawn'), ProcessPoolExecutor(mp_context=...)), "
-            "or fork before the first use")
+            f"from process {pid} after that process had used object storage, and "
+            + FORK_ADVICE)
 
 
 class _Loop:
@@ -96,13 +90,12 @@ class _Loop:
         self._pid = 0
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        global _runtime_pid  # noqa: PLW0603 - one per process, by its nature
         try:
             check_not_forked()  # before the lock: a fork may have copied it held
         except ForkedProcessError:
             coroutine.close()
             raise
-        _runtime_pid = os.getpid()
+        note_request()
         with self._lock:
             if self._loop is None or self._pid != os.getpid():
                 loop = asyncio.new_event_loop()

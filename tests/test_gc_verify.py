@@ -98,3 +98,30 @@ def test_verify_finds_corruption(repo: vs.Repository) -> None:
     assert "checksum" in report.problems[0]
     repo.backend.delete_objects([entry.chunk_id])
     assert "missing" in repo.verify().problems[0]
+
+
+def test_verify_says_when_the_refs_never_stood_still(repo: vs.Repository,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Missing objects seen while other processes keep moving refs are not a verdict."""
+    _commit(repo, a=b"A" * 2000)
+    entry = repo.readonly_session("main").entry("a")
+    assert isinstance(entry, ChunkRef)
+    repo.backend.delete_objects([entry.chunk_id])
+    real = repo.backend.list_refs
+    calls = iter(range(1_000))
+
+    def moving(prefix: str, limit: int | None = None) -> dict[str, bytes]:
+        refs = dict(real(prefix, limit))
+        if prefix == "" and next(calls) % 2:  # every other look differs: refs keep moving
+            refs.pop("branch/main")
+        return refs
+
+    monkeypatch.setattr(repo.backend, "list_refs", moving)
+    report = repo.verify()
+    assert not report.ok
+    assert any("missing" in problem for problem in report.problems)
+    assert "moved during every check" in report.problems[-1]
+    monkeypatch.undo()
+    settled = repo.verify()  # nothing moves: the missing chunk is a plain verdict
+    assert not any("moved" in problem for problem in settled.problems)
+    assert "missing" in settled.problems[0]

@@ -55,6 +55,14 @@ from versionstore.virtual import VirtualChunkStores
 __all__ = ["VerifyReport", "verify_repository"]
 
 
+#: How many times a check that found missing objects while the refs moved is run.
+_RUNS = 5
+_STILL_MOVING = (
+    "the refs moved during every check (other processes are committing, resetting or "
+    "collecting garbage): objects reported missing may have been released by them — "
+    "run verify again while they are idle to tell")
+
+
 @attrs.frozen
 class VerifyReport:
     """The outcome of a verification: objects checked and problems found."""
@@ -98,20 +106,22 @@ def verify_repository(reader: ObjectReader,
     corrupt objects all become entries of ``VerifyReport.problems``. A check
     that finds something missing while the refs moved under it (a reset and a
     garbage collection in another process) is run again, so a healthy
-    repository is not reported broken; at most three runs.
+    repository is not reported broken; at most ``_RUNS`` runs. If the refs moved
+    during every one, the report says so: what it calls missing may have been
+    released by those processes, and a run while they are idle settles it.
 
     With ``virtual_chunks``, the sources of every reachable (or staged)
     virtual chunk are checked too: missing, too short, changed since
     referenced, unreachable, or served by no configured store.
     """
-    for _ in range(2):
+    for _ in range(_RUNS):
         seen = reader.backend.list_refs("")
         report = _verify_once(reader, seen, progress, virtual_chunks)
         if not any("missing" in problem for problem in report.problems):
             return report
         if reader.backend.list_refs("") == seen:
             return report  # nothing moved: the problems are real
-    return _verify_once(reader, reader.backend.list_refs(""), progress, virtual_chunks)
+    return attrs.evolve(report, problems=(*report.problems, _STILL_MOVING))
 
 
 def _verify_once(reader: ObjectReader, all_refs: dict[str, bytes],

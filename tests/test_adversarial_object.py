@@ -32,6 +32,17 @@ from zarrstore.errors import ForkedProcessError as ForkedStoreError
 _CHILD_WAIT = 60
 
 
+def _finishes(child: Any) -> None:
+    """Start ``child`` and fail the test (killing it) if it hangs past ``_CHILD_WAIT``."""
+    child.start()
+    child.join(_CHILD_WAIT)
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+        child.join()
+    assert not hung, "the forked child hung on object storage"
+
+
 def _commit_in_child(repo: vs.Repository, storage: Any, out: Any) -> None:
     """What the forked child tries: reopen, and use the inherited repository."""
     results = []
@@ -59,13 +70,7 @@ def test_a_forked_child_gets_a_clear_error_instead_of_hanging(tmp_path: Path) ->
     context = multiprocessing.get_context("fork")
     out = context.Queue()
     child = context.Process(target=_commit_in_child, args=(repo, storage, out))
-    child.start()
-    child.join(_CHILD_WAIT)
-    hung = child.is_alive()
-    if hung:
-        child.kill()
-        child.join()
-    assert not hung, "the forked child hung on object storage"
+    _finishes(child)
     results = out.get(timeout=10)
     assert len(results) == 3
     assert all(r.startswith("ForkedProcessError: ") and "'spawn'" in r for r in results), results
@@ -102,13 +107,7 @@ def test_a_parent_that_used_only_zarrstore_forks_a_child_that_refuses(tmp_path: 
     context = multiprocessing.get_context("fork")
     out = context.Queue()
     child = context.Process(target=_use_zarrstore_in_child, args=(store, storage, out))
-    child.start()
-    child.join(_CHILD_WAIT)
-    hung = child.is_alive()
-    if hung:
-        child.kill()
-        child.join()
-    assert not hung, "the forked child hung on object storage"
+    _finishes(child)
     results = out.get(timeout=10)
     assert results[0].startswith("zarrstore.errors.ForkedProcessError: "), results
     assert "'spawn'" in results[0]

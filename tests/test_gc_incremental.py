@@ -15,7 +15,6 @@ all: without a grace period, what is left is exactly what the refs reach.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +23,7 @@ import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from machine_support import OnEitherBackend
 
 import versionstore as vs
 from versionstore.backend.memory import MemoryBackend
@@ -46,26 +46,16 @@ def _copy(backend: Any) -> MemoryBackend:
     return copy
 
 
-class IncrementalGCMachine(RuleBasedStateMachine):
-    backend = "memory"
-
+class IncrementalGCMachine(OnEitherBackend, RuleBasedStateMachine):
     @initialize()
     def start(self) -> None:
-        if self.backend == "memory":
-            storage: Any = vs.in_memory_storage()
-        else:
-            self._dir = tempfile.TemporaryDirectory()
-            storage = vs.lmdb_storage(self._dir.name)
-        self.repo = vs.Repository.create(storage)
+        self.create_repository()
         self.times: list[datetime] = [datetime.now(UTC)]
         self.session_id: str | None = None
         self.collections = 0
 
     def teardown(self) -> None:
-        if hasattr(self, "repo"):
-            self.repo.close()
-        if hasattr(self, "_dir"):
-            self._dir.cleanup()
+        self.close_repository()
 
     def _branches(self) -> set[str]:
         return set(self.repo.list_branches())

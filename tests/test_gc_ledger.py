@@ -12,7 +12,6 @@ them.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +22,7 @@ from click.testing import CliRunner
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from machine_support import OnEitherBackend
 
 import versionstore as vs
 from versionstore.backend.ledger import Ledger, LedgerUpdate
@@ -42,19 +42,12 @@ def _value(index: int, version: int) -> bytes:
     return (b"%08d%04d" % (index, version)) * 50  # a chunk object (600 bytes)
 
 
-class LedgerMachine(RuleBasedStateMachine):
+class LedgerMachine(OnEitherBackend, RuleBasedStateMachine):
     """Small changes to big trees; the ledger always equals a recount from its roots."""
-
-    backend = "memory"
 
     @initialize()
     def start(self) -> None:
-        if self.backend == "memory":
-            storage: Any = vs.in_memory_storage()
-        else:
-            self._dir = tempfile.TemporaryDirectory()
-            storage = vs.lmdb_storage(self._dir.name)
-        self.repo = vs.Repository.create(storage)
+        self.create_repository()
         session = self.repo.writable_session()
         session.set_values([(f"k/{i:04d}", _value(i, 1)) for i in range(_KEYS)])
         session.commit("load")
@@ -63,10 +56,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.times = [datetime.now(UTC)]
 
     def teardown(self) -> None:
-        if hasattr(self, "repo"):
-            self.repo.close()
-        if hasattr(self, "_dir"):
-            self._dir.cleanup()
+        self.close_repository()
 
     @rule(branch=st.sampled_from(["main", "dev"]),
           keys=st.lists(st.integers(0, _KEYS + 50), min_size=1, max_size=6),

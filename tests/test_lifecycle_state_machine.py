@@ -11,7 +11,6 @@ anything reachable, whatever interleaves with it.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +19,7 @@ import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from machine_support import OnEitherBackend
 
 import versionstore as vs
 from versionstore.gc import collect_garbage_by_listing
@@ -30,17 +30,10 @@ BRANCHES = st.sampled_from(["main", "dev"])
 Content = dict[str, bytes]
 
 
-class LifecycleMachine(RuleBasedStateMachine):
-    backend = "memory"
-
+class LifecycleMachine(OnEitherBackend, RuleBasedStateMachine):
     @initialize()
     def start(self) -> None:
-        if self.backend == "memory":
-            storage: Any = vs.in_memory_storage()
-        else:
-            self._dir = tempfile.TemporaryDirectory()
-            storage = vs.lmdb_storage(self._dir.name)
-        self.repo = vs.Repository.create(storage)
+        self.create_repository()
         self.repo.create_branch("dev", self.repo.lookup_branch("main"))
         self.tips: dict[str, Content] = {"main": {}, "dev": {}}
         self.tags: dict[str, Content] = {}
@@ -50,10 +43,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.staged: dict[str, bytes] = {}
 
     def teardown(self) -> None:
-        if hasattr(self, "repo"):
-            self.repo.close()
-        if hasattr(self, "_dir"):
-            self._dir.cleanup()
+        self.close_repository()
 
     # -- actions that may also run inside gc, between its mark phase and its sweep ---------
 

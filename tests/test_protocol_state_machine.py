@@ -13,7 +13,6 @@ the invariants this exercises.
 from __future__ import annotations
 
 import pickle
-import tempfile
 from typing import Any
 
 import attrs
@@ -26,6 +25,7 @@ from hypothesis.stateful import (
     invariant,
     rule,
 )
+from machine_support import OnEitherBackend
 
 import versionstore as vs
 from versionstore.refs import Refs
@@ -44,17 +44,10 @@ class Copy:
     generation: int
 
 
-class ProtocolMachine(RuleBasedStateMachine):
-    backend = "memory"
-
+class ProtocolMachine(OnEitherBackend, RuleBasedStateMachine):
     @initialize()
     def start(self) -> None:
-        if self.backend == "memory":
-            storage: Any = vs.in_memory_storage()
-        else:
-            self._dir = tempfile.TemporaryDirectory()
-            storage = vs.lmdb_storage(self._dir.name)
-        self.repo = vs.Repository.create(storage)
+        self.create_repository()
         first = self.repo.lookup_branch("main")
         self.snapshots: dict[str, tuple[str | None, Content]] = {first: (None, {})}
         self.collected: set[str] = set()
@@ -65,10 +58,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         self.copies = [Copy(self.repo.writable_session("main"), first, 0)]
 
     def teardown(self) -> None:
-        if hasattr(self, "repo"):
-            self.repo.close()
-        if hasattr(self, "_dir"):
-            self._dir.cleanup()
+        self.close_repository()
 
     # -- the model --------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from machine_support import OnEitherBackend
+from machine_support import OnEitherBackend, commit_values, either_repo_fixture
 
 import versionstore as vs
 from versionstore.backend.memory import MemoryBackend
@@ -35,6 +35,8 @@ KEYS = st.sampled_from(["a", "b", "c", "p/x", "p/y"])
 # Values over 512 bytes are chunk objects; the rest live inline in leaves.
 VALUES = st.sampled_from([b"v", b"w", b"V" * 700, b"W" * 700, b"X" * 900, b"Y" * 1500])
 BRANCHES = st.sampled_from(["main", "dev", "feature"])
+
+__all__ = ["either_repo_fixture"]  # the ``repo`` fixture
 
 
 def _copy(backend: Any) -> MemoryBackend:
@@ -198,20 +200,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 # -- directed cases ---------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "lmdb"])
-def repo(request: pytest.FixtureRequest, tmp_path: Any) -> vs.Repository:
-    storage: Any = (vs.in_memory_storage() if request.param == "memory"
-                    else vs.lmdb_storage(tmp_path / "repo"))
-    return vs.Repository.create(storage)
-
-
-def _commit(repo: vs.Repository, branch: str = "main", **values: bytes) -> str:
-    session = repo.writable_session(branch)
-    for key, value in values.items():
-        session.store.storage.set(key, value)
-    return session.commit("c")
-
-
 def _left_is_reachable(repo: vs.Repository) -> None:
     reachable = reachable_objects(repo.reader, repo.backend.list_refs(""))
     assert set(repo.backend.iter_object_ids()) == reachable
@@ -224,7 +212,7 @@ def test_a_run_after_a_small_change_lists_nothing_and_reads_little(
         session.store.storage.set(f"k/{i}", bytes([i % 251]) * 600 + str(i).encode())
     session.commit("2000 chunks")
     repo.garbage_collect()  # the first run counts everything and writes the ledger
-    _commit(repo, **{"k/7": b"new" * 300})
+    commit_values(repo, **{"k/7": b"new" * 300})
     backend = repo.backend
     read: list[int] = []
     original_get = backend.get_objects
@@ -251,11 +239,11 @@ def test_a_run_after_a_small_change_lists_nothing_and_reads_little(
 
 
 def test_what_the_grace_period_kept_goes_at_a_later_run(repo: vs.Repository) -> None:
-    first = _commit(repo, a=b"A" * 1000)
+    first = commit_values(repo, a=b"A" * 1000)
     repo.garbage_collect()
     cutoff = datetime.now(UTC)
     time.sleep(0.001)
-    _commit(repo, a=b"B" * 1000)
+    commit_values(repo, a=b"B" * 1000)
     repo.reset_branch("main", first)  # the "B" snapshot is garbage, but recent
     assert repo.garbage_collect(cutoff).deleted == 0
     assert repo.garbage_collect(cutoff).deleted == 0  # kept pending, still spared
@@ -265,10 +253,10 @@ def test_what_the_grace_period_kept_goes_at_a_later_run(repo: vs.Repository) -> 
 
 
 def test_deleting_a_branch_frees_only_what_it_alone_used(repo: vs.Repository) -> None:
-    base = _commit(repo, a=b"A" * 1000, b=b"B" * 1000)
+    base = commit_values(repo, a=b"A" * 1000, b=b"B" * 1000)
     repo.create_branch("dev", base)
-    _commit(repo, "dev", c=b"C" * 1000)
-    _commit(repo, "dev", d=b"D" * 1000)
+    commit_values(repo, "dev", c=b"C" * 1000)
+    commit_values(repo, "dev", d=b"D" * 1000)
     repo.garbage_collect()
     repo.delete_branch("dev")
     summary = repo.garbage_collect()
@@ -279,23 +267,23 @@ def test_deleting_a_branch_frees_only_what_it_alone_used(repo: vs.Repository) ->
 
 def test_a_listing_collection_under_the_ledger_makes_the_next_run_rebuild(
         repo: vs.Repository) -> None:
-    first = _commit(repo, a=b"A" * 1000)
+    first = commit_values(repo, a=b"A" * 1000)
     repo.create_branch("dev", first)
-    _commit(repo, "dev", b=b"B" * 1000)
+    commit_values(repo, "dev", b=b"B" * 1000)
     repo.garbage_collect()
     repo.delete_branch("dev")
     collect_garbage_by_listing(repo.reader)  # deletes what the ledger still counts
     repo.reader = ObjectReader(repo.backend)  # forget cached nodes of the deleted branch
-    _commit(repo, c=b"C" * 1000)
+    commit_values(repo, c=b"C" * 1000)
     repo.garbage_collect()  # the counted objects are gone: rebuilt, nothing lost
     _left_is_reachable(repo)
     assert repo.verify().ok
 
 
 def test_two_collections_racing_for_the_ledger_both_end_correct(repo: vs.Repository) -> None:
-    first = _commit(repo, a=b"A" * 1000)
+    first = commit_values(repo, a=b"A" * 1000)
     repo.garbage_collect()
-    _commit(repo, a=b"B" * 1000)
+    commit_values(repo, a=b"B" * 1000)
     repo.reset_branch("main", first)
     backend = repo.backend
     original = backend.sweep
@@ -312,7 +300,7 @@ def test_two_collections_racing_for_the_ledger_both_end_correct(repo: vs.Reposit
         backend.__dict__.pop("sweep", None)
     assert summary.deleted == 0
     _left_is_reachable(repo)
-    _commit(repo, c=b"C" * 1000)
+    commit_values(repo, c=b"C" * 1000)
     repo.reset_branch("main", first)
     assert repo.garbage_collect().deleted >= 1
     _left_is_reachable(repo)
@@ -321,9 +309,9 @@ def test_two_collections_racing_for_the_ledger_both_end_correct(repo: vs.Reposit
 def test_the_ledger_survives_reopening(tmp_path: Any) -> None:
     path = tmp_path / "repo"
     repo = vs.Repository.create(vs.lmdb_storage(path))
-    first = _commit(repo, a=b"A" * 1000)
+    first = commit_values(repo, a=b"A" * 1000)
     repo.garbage_collect()
-    _commit(repo, a=b"B" * 1000)
+    commit_values(repo, a=b"B" * 1000)
     repo.close()
     repo = vs.Repository.open(vs.lmdb_storage(path))
     repo.reset_branch("main", first)

@@ -3,33 +3,20 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
-from typing import Any
 
 import pytest
+from machine_support import commit_values, either_repo_fixture
 
 import versionstore as vs
 from versionstore.ids import ObjectId
 from versionstore.records import ChunkRef
 
-
-@pytest.fixture(params=["memory", "lmdb"])
-def repo(request: pytest.FixtureRequest, tmp_path: Path) -> vs.Repository:
-    storage: Any = (vs.in_memory_storage() if request.param == "memory"
-                    else vs.lmdb_storage(tmp_path / "repo"))
-    return vs.Repository.create(storage)
-
-
-def _commit(repo: vs.Repository, branch: str = "main", **values: bytes) -> str:
-    session = repo.writable_session(branch)
-    for key, value in values.items():
-        session.store.storage.set(key, value)
-    return session.commit("c")
+__all__ = ["either_repo_fixture"]  # the ``repo`` fixture
 
 
 def test_gc_keeps_everything_reachable(repo: vs.Repository) -> None:
-    first = _commit(repo, a=b"A" * 2000)
-    _commit(repo, a=b"B" * 2000)
+    first = commit_values(repo, a=b"A" * 2000)
+    commit_values(repo, a=b"B" * 2000)
     repo.create_tag("t", snapshot_id=first)
     summary = repo.garbage_collect()
     assert summary.deleted == 0
@@ -38,8 +25,8 @@ def test_gc_keeps_everything_reachable(repo: vs.Repository) -> None:
 
 
 def test_gc_removes_what_reset_left_behind(repo: vs.Repository) -> None:
-    first = _commit(repo, a=b"A" * 2000)
-    _commit(repo, a=b"B" * 2000, b=b"C" * 3000)
+    first = commit_values(repo, a=b"A" * 2000)
+    commit_values(repo, a=b"B" * 2000, b=b"C" * 3000)
     repo.reset_branch("main", first)
     assert repo.garbage_collect(dry_run=True).deleted > 0
     summary = repo.garbage_collect()
@@ -50,7 +37,7 @@ def test_gc_removes_what_reset_left_behind(repo: vs.Repository) -> None:
 
 
 def test_gc_spares_staged_chunks_and_session_bases(repo: vs.Repository) -> None:
-    base = _commit(repo, a=b"A" * 2000)
+    base = commit_values(repo, a=b"A" * 2000)
     session = repo.writable_session("main")
     session.store.storage.set("staged", b"S" * 5000)
     repo.reset_branch("main", repo.lookup_snapshot(base).parent_id or base)
@@ -65,7 +52,7 @@ def test_gc_alongside_a_writer(repo: vs.Repository) -> None:
     def writer() -> None:
         try:
             for n in range(150):
-                _commit(repo, **{f"k{n % 5}": bytes([n % 256]) * 1000})
+                commit_values(repo, **{f"k{n % 5}": bytes([n % 256]) * 1000})
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -86,7 +73,7 @@ def test_gc_alongside_a_writer(repo: vs.Repository) -> None:
 
 
 def test_verify_finds_corruption(repo: vs.Repository) -> None:
-    _commit(repo, a=b"A" * 2000, b=b"tiny")
+    commit_values(repo, a=b"A" * 2000, b=b"tiny")
     entry = repo.readonly_session("main").entry("a")
     assert isinstance(entry, ChunkRef)
     data = repo.backend.get_objects([entry.chunk_id])[0]
@@ -103,7 +90,7 @@ def test_verify_finds_corruption(repo: vs.Repository) -> None:
 def test_verify_says_when_the_refs_never_stood_still(repo: vs.Repository,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Missing objects seen while other processes keep moving refs are not a verdict."""
-    _commit(repo, a=b"A" * 2000)
+    commit_values(repo, a=b"A" * 2000)
     entry = repo.readonly_session("main").entry("a")
     assert isinstance(entry, ChunkRef)
     repo.backend.delete_objects([entry.chunk_id])

@@ -39,6 +39,7 @@ from versionstore.records import (
     Graft,
     HistoryPage,
     Leaf,
+    LocatedChunkRef,
     Node,
     Operation,
     RefTarget,
@@ -49,6 +50,7 @@ from versionstore.records import (
     Snapshot,
     Tombstone,
     VirtualRef,
+    is_location,
 )
 
 __all__ = [
@@ -328,6 +330,9 @@ def _entry_fields(entry: Entry) -> Any:
     if isinstance(entry, bytes):
         return entry
     if isinstance(entry, ChunkRef):
+        location = entry.location
+        if location is not None:
+            return [entry.chunk_id, entry.size, location]
         return [entry.chunk_id, entry.size]
     checksum = entry.checksum
     if isinstance(checksum, datetime):
@@ -357,6 +362,14 @@ def _entry(name: str, fields: Any) -> Entry:
         if fields[1] < 0:
             raise CorruptObjectError(name, "negative chunk size")
         return ChunkRef(chunk_id=_object_id(name, fields[0]), size=fields[1])
+    if (isinstance(fields, list) and len(fields) == 3 and isinstance(fields[1], int)
+            and isinstance(fields[2], str)):
+        if fields[1] < 0:
+            raise CorruptObjectError(name, "negative chunk size")
+        if not is_location(fields[2]):
+            raise CorruptObjectError(name, f"malformed chunk location {fields[2]!r}")
+        return LocatedChunkRef(chunk_id=_object_id(name, fields[0]), size=fields[1],
+                               hint=fields[2])
     raise CorruptObjectError(name, "malformed entry")
 
 
@@ -399,11 +412,22 @@ def _leaf_entries(name: str, raw: Any) -> tuple[Entry, ...]:
     return tuple(entries)
 
 
+def _leaf_version(entries: Iterable[Entry]) -> int:
+    """1, or 2 with a virtual reference, or 3 with a located chunk reference."""
+    version = 1
+    for entry in entries:
+        if isinstance(entry, LocatedChunkRef):
+            return 3
+        if isinstance(entry, VirtualRef):
+            version = 2
+    return version
+
+
 def encode_node(node: Node) -> tuple[ObjectId, bytes]:
     """The id and stored frame of a tree node."""
     if isinstance(node, Leaf):
         kind = KIND_LEAF
-        version = 2 if any(isinstance(e, VirtualRef) for e in node.entries) else 1
+        version = _leaf_version(node.entries)
         body = [version, list(node.keys), [_entry_fields(e) for e in node.entries]]
     else:
         kind = KIND_BRANCH
@@ -710,7 +734,9 @@ def decode_session(name: str, data: bytes) -> SessionRecord:
 def encode_staged(name: str, entry: Entry | Tombstone) -> bytes:
     """The stored value of staged ref ``name``: an entry, or a deletion."""
     fields = None if isinstance(entry, Tombstone) else _entry_fields(entry)
-    version = 3 if isinstance(entry, VirtualRef) else 2  # 3: a virtual reference
+    # 3: a virtual reference; 4: a located chunk reference
+    version = (3 if isinstance(entry, VirtualRef) else
+               4 if isinstance(entry, LocatedChunkRef) else 2)
     return _encode_small(KIND_STAGED, [version, fields, name])
 
 
@@ -718,18 +744,19 @@ def staged_reencodes(data: bytes) -> bool:
     """Whether ``encode_staged`` of the decoded value gives back exactly ``data``.
 
     True for every staged record this version writes (raw frame, version 2,
-    or 3 for a virtual reference: msgpack is deterministic for these fields),
+    3 for a virtual reference or 4 for a located chunk reference: msgpack is
+    deterministic for these fields),
     so a commit can drop the stored bytes and re-encode them when it needs
     them (see ``Session.commit``).
     """
     return (len(data) > _HEADER + 1 and data[4] == _RAW
-            and data[_HEADER:_HEADER + 2] in (b"\x93\x02", b"\x93\x03"))
+            and data[_HEADER:_HEADER + 2] in (b"\x93\x02", b"\x93\x03", b"\x93\x04"))
 
 
 def decode_staged(name: str, data: bytes) -> Entry | Tombstone:
     """Decode staged ref ``name``."""
     return _decode_small(
-        name, data, KIND_STAGED, "staged entry", 2, 3,
+        name, data, KIND_STAGED, "staged entry", 2, 4,
         lambda f: TOMBSTONE if f[1] is None else _entry(name, f[1]),
         named_at=2,
     )

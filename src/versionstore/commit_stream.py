@@ -110,11 +110,16 @@ class ChunkIds(Collection[ObjectId]):
         self._spill = Spill(1)
 
     def note(self, changes: Iterator[Change]) -> Iterator[Change]:
-        """``changes`` unchanged, noting the chunk each entry references."""
+        """``changes`` unchanged, noting the chunk each entry references by id alone.
+
+        A located chunk (``LocatedChunkRef``) is not noted: object storage
+        keeps it at its hint, not under its id, and what holds it there is
+        the session's staging (``docs/format.md``, "Located staging").
+        """
         append = self._spill.append
         for change in changes:
-            if isinstance(change[1], ChunkRef):
-                append(change[1].chunk_id)
+            if change[1].__class__ is ChunkRef:
+                append(change[1].chunk_id)  # type: ignore[union-attr]
             yield change
 
     def __len__(self) -> int:

@@ -61,7 +61,7 @@ class HistoryEditor:
 
     def _read(self, entry: Entry | None) -> bytes | None:
         if isinstance(entry, ChunkRef):
-            return self.reader.chunks([entry.chunk_id])[0]
+            return self.reader.chunks([entry.chunk_id], [entry.location])[0]
         if isinstance(entry, VirtualRef):
             # Only metadata documents are ever merged by value, and they are never
             # virtual: a virtual chunk changed on both sides is a conflict, unread.

@@ -45,6 +45,7 @@ from versionstore.codec import (
     decode_history_page,
     decode_node,
     decode_snapshot,
+    decode_staged,
     frame_kind,
 )
 from versionstore.gc_incremental import collect_incrementally
@@ -60,7 +61,15 @@ from versionstore.gc_roots import (
 from versionstore.grafts import Grafts, grafts_from_refs, parents_of
 from versionstore.ids import ObjectId, object_id_text
 from versionstore.objects import ObjectReader
-from versionstore.records import Branch, ChunkRef, HistoryPage, Leaf, Node, Snapshot
+from versionstore.records import (
+    Branch,
+    ChunkRef,
+    HistoryPage,
+    Leaf,
+    LocatedChunkRef,
+    Node,
+    Snapshot,
+)
 from versionstore.refs import session_ref, stage_prefix
 
 __all__ = [
@@ -77,8 +86,12 @@ def _mark(roots: tuple[list[ObjectId], set[ObjectId]],
           snapshot_of: Callable[[ObjectId], Snapshot | None],
           node_of: Callable[[ObjectId], Node | None],
           page_of: Callable[[ObjectId], HistoryPage | None], marked: set[ObjectId],
-          missing: set[ObjectId] | None = None, grafts: Grafts | None = None) -> set[ObjectId]:
+          missing: set[ObjectId] | None = None, grafts: Grafts | None = None,
+          located: dict[ObjectId, str] | None = None) -> set[ObjectId]:
     """Add to ``marked`` everything the roots reach that is not in it yet; return the additions.
+
+    ``located``, if given, receives the location hint of every located chunk
+    reference the walk meets (``LocatedChunkRef``: where object storage keeps it).
 
     Snapshots are followed through their parents (as ``grafts`` say) and
     keep their history pages.
@@ -125,22 +138,34 @@ def _mark(roots: tuple[list[ObjectId], set[ObjectId]],
                 pending.extend(c for c in node.children if c not in marked)
             elif isinstance(node, Leaf):
                 new = {e.chunk_id for e in node.entries if isinstance(e, ChunkRef)} - marked
+                if located is not None:
+                    for e in node.entries:
+                        if e.__class__ is LocatedChunkRef:
+                            located.setdefault(e.chunk_id, e.hint)
                 marked |= new
                 added |= new
     return added
 
 
 def reachable_objects(reader: ObjectReader, refs: Mapping[str, bytes],
-                      missing: set[ObjectId] | None = None) -> set[ObjectId]:
+                      missing: set[ObjectId] | None = None,
+                      located: dict[ObjectId, str] | None = None) -> set[ObjectId]:
     """Every stored object reachable from ``refs`` (a snapshot of the backend's refs).
 
     History is followed through the grafts among ``refs``. Referenced
-    objects that are not stored are added to ``missing``.
+    objects that are not stored are added to ``missing``; the location hint
+    of each located chunk reached (in a tree or staged) to ``located``.
     """
     marked: set[ObjectId] = set()
+    if located is not None:
+        for name, raw in refs.items():
+            if name.startswith("stage/"):
+                entry = decode_staged(name, raw)
+                if isinstance(entry, LocatedChunkRef):
+                    located.setdefault(entry.chunk_id, entry.hint)
     _mark(roots_of(refs, staged_sessions(refs)), reader.snapshot_if_stored,
           reader.node_if_stored, reader.history_page_if_stored, marked, missing,
-          grafts_from_refs(refs))
+          grafts_from_refs(refs), located)
     return marked
 
 

@@ -172,7 +172,7 @@ class _Counts:
             raise _StaleLedger(node_id)
         if isinstance(node, Branch):
             return list(node.children), NODE
-        return [e.chunk_id for e in node.entries if e.__class__ is ChunkRef], CHUNK
+        return [e.chunk_id for e in node.entries if isinstance(e, ChunkRef)], CHUNK
 
     def _children_not_in(self, node_id: ObjectId, other: ObjectId) -> list[Edge]:
         """``node_id``'s children that node ``other`` does not hold (``_born_node``'s diff)."""

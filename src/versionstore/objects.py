@@ -222,13 +222,21 @@ class ObjectReader:
             raise CorruptObjectError(object_id_text(page_id), "history page is missing")
         return page
 
-    def chunks(self, chunk_ids: Sequence[ObjectId]) -> list[bytes]:
+    def chunks(self, chunk_ids: Sequence[ObjectId],
+               locations: Sequence[str | None] | None = None) -> list[bytes]:
         """The values of chunk objects, in order (one backend call, one copy of each value).
+
+        ``locations`` are the chunks' location hints (``ChunkRef.location``),
+        where object storage keeps a located chunk; ``None``: none has one.
 
         Raises:
             CorruptObjectError: a chunk is missing or damaged.
         """
-        values = self.backend.get_objects_decoded(chunk_ids, _decode_chunk)
+        if locations is not None and any(location is not None for location in locations):
+            values = self.backend.get_located(list(zip(chunk_ids, locations, strict=True)),
+                                              _decode_chunk)
+        else:
+            values = self.backend.get_objects_decoded(chunk_ids, _decode_chunk)
         for chunk_id, value in zip(chunk_ids, values, strict=True):
             if value is None:
                 raise CorruptObjectError(object_id_text(chunk_id), "chunk is missing")

@@ -49,6 +49,7 @@ __all__ = [
     "Graft",
     "HistoryPage",
     "Leaf",
+    "LocatedChunkRef",
     "Operation",
     "RefTarget",
     "RepositoryRecord",
@@ -58,20 +59,81 @@ __all__ = [
     "Snapshot",
     "Tombstone",
     "VirtualRef",
+    "is_location",
 ]
 
 
-@attrs.frozen
+@attrs.frozen(eq=False)
 class ChunkRef:
-    """A value stored as its own chunk object."""
+    """A value stored as its own chunk object.
+
+    Two chunk references are equal when they name the same chunk (id and
+    size), whatever else they carry: a ``LocatedChunkRef`` equals the plain
+    reference to its chunk, so diff, merge and "identical rewrite" compare
+    contents, never where they are kept.
+    """
 
     chunk_id: ObjectId
     size: int
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ChunkRef):
+            return self.chunk_id == other.chunk_id and self.size == other.size
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.chunk_id, self.size))
+
+    @property
+    def location(self) -> str | None:
+        """Where an object backend finds the chunk besides ``objects/<id>``; ``None``: nowhere."""
+        return None
 
     def check(self) -> None:
         """Raise ``ValueError`` if the reference is malformed."""
         if len(self.chunk_id) != ID_LENGTH or self.size < 0:
             raise ValueError(f"malformed chunk reference {self!r}")
+
+
+@attrs.frozen(eq=False)
+class LocatedChunkRef(ChunkRef):
+    """A chunk reference with a *location hint*: where object storage keeps its frame.
+
+    Identity is the chunk id, as for ``ChunkRef`` (equality ignores the
+    location). ``location`` is a path under the repository's prefix (for
+    example ``stage/<session>/…``, where a located staging ``PUT`` left the
+    chunk) that holds the same frame bytes as ``objects/<id>``. LMDB and
+    memory store the frame under its id and ignore the hint; tree nodes keep
+    it on every backend, so their ids agree across backends and transfers
+    (``docs/format.md``, "Located staging").
+    """
+
+    hint: str
+
+    @property
+    def location(self) -> str | None:
+        """The hint (see the class)."""
+        return self.hint
+
+    def check(self) -> None:
+        """Raise ``ValueError`` if the reference is malformed."""
+        super().check()
+        if not is_location(self.hint):
+            raise ValueError(f"malformed chunk location {self.hint!r}")
+
+
+def is_location(text: str) -> bool:
+    """Whether ``text`` is a well-formed location hint: a relative path under ``stage/``.
+
+    No empty, ``.`` or ``..`` segment, no NUL and no leading or trailing
+    ``/``: a hint names an object inside its repository's prefix, never
+    outside it, and never one of the names the format reserves
+    (``objects/``, ``log/``, ``checkpoint/``).
+    """
+    if not text.startswith("stage/") or len(text.encode("utf-8", "surrogatepass")) > 900:
+        return False
+    parts = text.split("/")
+    return all(part not in ("", ".", "..") for part in parts) and "\0" not in text
 
 
 @attrs.frozen(kw_only=True)
@@ -120,11 +182,13 @@ TOMBSTONE = Tombstone()
 class Leaf:
     """Tree leaf: ``keys[i]`` holds ``entries[i]``; keys strictly increasing.
 
-    Format 2 exists only for leaves that hold a ``VirtualRef``: other leaves
-    are still written as format 1, byte for byte (and so with the same ids).
+    Format 2 exists only for leaves that hold a ``VirtualRef``, format 3 only
+    for leaves that hold a ``LocatedChunkRef``: other leaves are still
+    written as format 1, byte for byte (and so with the same ids).
     """
 
-    FORMAT_VERSION: ClassVar[int] = 2  # 2: virtual references (written only where present)
+    #: 2: virtual references; 3: located chunk references (each written only where present)
+    FORMAT_VERSION: ClassVar[int] = 3
     keys: tuple[str, ...]
     entries: tuple[Entry, ...]
 

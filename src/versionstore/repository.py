@@ -767,7 +767,7 @@ class Repository:
         def read(key: str) -> bytes | None:
             entry = lookup(self.reader.node, root, key)
             if isinstance(entry, ChunkRef):
-                return self.reader.chunks([entry.chunk_id])[0]
+                return self.reader.chunks([entry.chunk_id], [entry.location])[0]
             if isinstance(entry, VirtualRef):
                 return self.virtual_chunks.read([entry])[0]
             return entry

@@ -269,6 +269,8 @@ class Session:
             return self.read_entries([lookup(self._repo.reader.node, self._root, key)])[0]
         entry = staged[0]
         if isinstance(entry, ChunkRef):
+            if stored[0] is None and entry.location is not None:
+                return self.read_entries([entry])[0]  # a located chunk: read at its hint
             return self._repo.reader.decode_chunks([entry.chunk_id], stored)[0]
         if isinstance(entry, VirtualRef):
             return self.read_entries([entry])[0]
@@ -279,8 +281,9 @@ class Session:
 
         Virtual chunks are read from their sources (``versionstore.virtual``).
         """
-        refs = [e.chunk_id for e in entries if isinstance(e, ChunkRef)]
-        fetched = iter(self._repo.reader.chunks(refs) if refs else [])
+        chunks = [e for e in entries if isinstance(e, ChunkRef)]
+        fetched = iter(self._repo.reader.chunks([e.chunk_id for e in chunks],
+                                                [e.location for e in chunks]) if chunks else [])
         virtual = [e for e in entries if isinstance(e, VirtualRef)]
         sourced = iter(self._repo.virtual_chunks.read(virtual) if virtual else [])
         return [
@@ -506,7 +509,9 @@ class Session:
         for key, entry in moving.items():
             name = prefix + target + key[len(source):]
             refs[name] = encode_staged(name, entry)
-        chunks = [e.chunk_id for e in moving.values() if isinstance(e, ChunkRef)]
+        # By id only where stored by id: a located chunk is kept at its hint (format.md).
+        chunks = [e.chunk_id for e in moving.values()
+                  if isinstance(e, ChunkRef) and e.location is None]
         self._stage(WriteBatch(refs=refs, requires=chunks, session=self._rule(self._base)))
 
     @property

@@ -29,7 +29,15 @@ from collections.abc import Callable, Iterable
 from versionstore.codec import chunk_frame_size
 from versionstore.ids import ObjectId
 from versionstore.objects import ObjectReader
-from versionstore.records import ChunkRef, Entry, SizeRow, Sizes, Snapshot, VirtualRef
+from versionstore.records import (
+    ChunkRef,
+    Entry,
+    LocatedChunkRef,
+    SizeRow,
+    Sizes,
+    Snapshot,
+    VirtualRef,
+)
 from versionstore.tree import NodeLoader, changed_entries, iter_from, lookup
 
 __all__ = ["METADATA_NAMES", "SizeTally", "check_sizes", "sizes_between", "sizes_of",
@@ -61,7 +69,7 @@ def _add(counts: _Counts, key: str, entry: Entry, sign: int, name: str | None = 
         size = len(entry)  # type: ignore[arg-type]
         counts[3] += sign * size
         counts[4] += sign * size
-    elif cls is ChunkRef:
+    elif cls is ChunkRef or cls is LocatedChunkRef:
         size = entry.size  # type: ignore[union-attr]
         counts[2] += sign
         counts[3] += sign * size
@@ -142,7 +150,7 @@ class SizeTally:
                 if cls is bytes:
                     counts[3] -= len(old)  # type: ignore[arg-type]
                     counts[4] -= len(old)  # type: ignore[arg-type]
-                elif cls is ChunkRef:
+                elif cls is ChunkRef or cls is LocatedChunkRef:
                     counts[2] -= 1
                     counts[3] -= old.size  # type: ignore[union-attr]
                     counts[4] -= old.size + _FRAME  # type: ignore[union-attr]
@@ -157,7 +165,7 @@ class SizeTally:
                 if cls is bytes:
                     counts[3] += len(new)  # type: ignore[arg-type]
                     counts[4] += len(new)  # type: ignore[arg-type]
-                elif cls is ChunkRef:
+                elif cls is ChunkRef or cls is LocatedChunkRef:
                     counts[2] += 1
                     counts[3] += new.size  # type: ignore[union-attr]
                     counts[4] += new.size + _FRAME  # type: ignore[union-attr]

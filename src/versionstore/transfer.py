@@ -197,7 +197,8 @@ def copy_objects(source: ObjectReader, target: Backend, roots: Mapping[str, byte
     grafts = grafts_from_refs(graft_refs)
     walker = _Unshared(source.backend, target, grafts)
     missing: set[ObjectId] = set()
-    marked = reachable_objects(walker, {**graft_refs, **roots}, missing)
+    located: dict[ObjectId, str] = {}
+    marked = reachable_objects(walker, {**graft_refs, **roots}, missing, located)
     missing -= walker.present
     if missing:
         first = object_id_text(min(missing))
@@ -209,8 +210,9 @@ def copy_objects(source: ObjectReader, target: Backend, roots: Mapping[str, byte
     chunks: list[ObjectId] = []
     for start in range(0, len(candidates), _LOOKUP_BATCH):
         batch = candidates[start : start + _LOOKUP_BATCH]
-        chunks.extend(c for c, held in zip(batch, target.has_objects(batch), strict=True)
-                      if not held)
+        held = (target.has_located([(i, located.get(i)) for i in batch]) if located
+                else target.has_objects(batch))
+        chunks.extend(c for c, there in zip(batch, held, strict=True) if not there)
     waves = _waves(walker, chunks)
     total = sum(map(len, waves))
     copied = written = 0
@@ -225,7 +227,9 @@ def copy_objects(source: ObjectReader, target: Backend, roots: Mapping[str, byte
             count = max(1, min(_BATCH_OBJECTS, _BATCH_BYTES // max(1, average)))
             group, start = wave[start : start + count], start + count
             objects = []
-            for object_id, data in zip(group, source.backend.get_objects(group), strict=True):
+            stored = (source.backend.get_located([(i, located.get(i)) for i in group], _copy)
+                      if located else source.backend.get_objects(group))
+            for object_id, data in zip(group, stored, strict=True):
                 name = object_id_text(object_id)
                 if data is None:
                     raise CorruptObjectError(name, "is referenced but missing from the source "
@@ -235,12 +239,21 @@ def copy_objects(source: ObjectReader, target: Backend, roots: Mapping[str, byte
                     raise CorruptObjectError(name, "its content does not match its id in the "
                                              "source repository; run `versionstore verify`")
                 objects.append((object_id, data))
-            target.write(WriteBatch(objects=objects))
+            # A located chunk lands at its hint (on object storage), the rest by id: the
+            # chunks are one wave, and nothing else is located.
+            target.put_located([(i, located[i], data) for i, data in objects if i in located])
+            plain = [(i, data) for i, data in objects if i not in located]
+            if plain:
+                target.write(WriteBatch(objects=plain))
             copied += len(objects)
             written += sum(len(data) for _, data in objects)
             if progress is not None:
                 progress("copying objects", copied, total)
     return TransferSummary(objects_copied=copied, bytes_copied=written)
+
+
+def _copy(_: ObjectId, data: bytes | memoryview) -> bytes:
+    return bytes(data)
 
 
 def descends_from(reader: ObjectReader, tip: ObjectId, ancestor: ObjectId,

@@ -137,8 +137,9 @@ def _verify_once(reader: ObjectReader, all_refs: dict[str, bytes],
                 if isinstance(entry, VirtualRef):
                     virtual.add(entry)
     missing: set[ObjectId] = set()
+    located: dict[ObjectId, str] = {}
     try:
-        reachable = reachable_objects(reader, refs, missing)
+        reachable = reachable_objects(reader, refs, missing, located)
     except VersionStoreError as exc:
         problems.append(f"cannot walk history: {exc}")
         return VerifyReport(objects_checked=0, problems=tuple(problems))
@@ -147,7 +148,9 @@ def _verify_once(reader: ObjectReader, all_refs: dict[str, bytes],
     snapshots: list[ObjectId] = []
     for start in range(0, len(ids), 256):
         batch = ids[start : start + 256]
-        for object_id, data in zip(batch, backend.get_objects(batch), strict=True):
+        stored = (backend.get_located([(i, located.get(i)) for i in batch], _copy) if located
+                  else backend.get_objects(batch))
+        for object_id, data in zip(batch, stored, strict=True):
             problem = _check(object_id, data, virtual if virtual_chunks is not None else None)
             if problem:
                 problems.append(problem)
@@ -169,6 +172,10 @@ def _verify_once(reader: ObjectReader, all_refs: dict[str, bytes],
     if isinstance(backend, Ledger):
         problems.extend(check_ledger(reader, backend, progress))
     return VerifyReport(objects_checked=len(ids), problems=tuple(problems))
+
+
+def _copy(_: ObjectId, data: bytes | memoryview) -> bytes:
+    return bytes(data)
 
 
 def _check(object_id: ObjectId, data: bytes | None,

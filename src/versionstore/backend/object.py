@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, override
+from typing import TYPE_CHECKING, TypeVar, override
 
 from versionstore.backend.object_io import ObjectIO, check_not_forked, gather_bounded
 from versionstore.backend.protocol import (
@@ -69,6 +69,8 @@ if TYPE_CHECKING:
 
 __all__ = ["CHECKPOINT_EVERY", "DEFAULT_GC_GRACE", "LOG_RETENTION", "STAGING_WINDOW",
            "ObjectBackend"]
+
+T = TypeVar("T")
 
 #: A checkpoint is considered after every this many log records.
 CHECKPOINT_EVERY = 100
@@ -419,6 +421,53 @@ class ObjectBackend(Backend):
         io = self._io
         return io.run("reading objects",
                       gather_bounded([io.get(_object_name(i)) for i in ids]))
+
+    @override
+    def get_located(
+        self, chunks: Sequence[tuple[ObjectId, str | None]],
+        decode: Callable[[ObjectId, bytes | memoryview], T],
+    ) -> list[T | None]:
+        # A located chunk is read at its hint; where the hint holds nothing (a copy stored
+        # it under its id only), under its id.
+        found = self._read_located(chunks)
+        return [None if data is None else decode(object_id, data)
+                for (object_id, _), data in zip(chunks, found, strict=True)]
+
+    def _read_located(self, chunks: Sequence[tuple[ObjectId, str | None]]) -> list[bytes | None]:
+        if not chunks:
+            return []
+        io = self._io
+        found: list[bytes | None] = io.run("reading objects", gather_bounded(
+            [io.get(location if location is not None else _object_name(object_id))
+             for object_id, location in chunks]))
+        fallback = [n for n, ((_, location), data) in enumerate(zip(chunks, found, strict=True))
+                    if data is None and location is not None]
+        if fallback:
+            again = io.run("reading objects", gather_bounded(
+                [io.get(_object_name(chunks[n][0])) for n in fallback]))
+            for n, data in zip(fallback, again, strict=True):
+                found[n] = data
+        return found
+
+    @override
+    def has_located(self, chunks: Sequence[tuple[ObjectId, str | None]]) -> list[bool]:
+        if not chunks:
+            return []
+        io = self._io
+        times = io.run("checking objects", gather_bounded(
+            [io.head(location if location is not None else _object_name(object_id))
+             for object_id, location in chunks]))
+        return [t is not None for t in times]
+
+    @override
+    def put_located(self, objects: Sequence[tuple[ObjectId, str | None, bytes]]) -> None:
+        if not objects:
+            return
+        io = self._io
+        io.run("storing objects", gather_bounded(
+            [io.put(location if location is not None else _object_name(object_id), bytes(data))
+             for object_id, location, data in objects]))
+        self._note_fresh(object_id for object_id, location, _ in objects if location is None)
 
     @override
     @contextlib.contextmanager

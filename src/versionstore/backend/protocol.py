@@ -246,6 +246,33 @@ class Backend(Protocol):
         return [None if data is None else decode(i, data)
                 for i, data in zip(ids, self.get_objects(ids), strict=True)]
 
+    def get_located(
+        self, chunks: Sequence[tuple[ObjectId, str | None]],
+        decode: Callable[[ObjectId, bytes | memoryview], T],
+    ) -> list[T | None]:
+        """``get_objects_decoded`` of chunks given with their location hints.
+
+        A location (``LocatedChunkRef.location``: a path under ``stage/``) is
+        where object storage keeps a chunk staged by its own ``PUT``
+        (``docs/format.md``, "Located staging"). The default ignores it: LMDB
+        and memory store every chunk under its id.
+        """
+        return self.get_objects_decoded([object_id for object_id, _ in chunks], decode)
+
+    def has_located(self, chunks: Sequence[tuple[ObjectId, str | None]]) -> list[bool]:
+        """``has_objects`` of chunks given with their location hints (see ``get_located``)."""
+        return self.has_objects([object_id for object_id, _ in chunks])
+
+    def put_located(self, objects: Sequence[tuple[ObjectId, str | None, bytes]]) -> None:
+        """Store chunk frames, each at its location hint where the backend uses hints.
+
+        What a transfer calls to copy located chunks: object storage stores
+        one at its hint, so the tree nodes naming it (copied unchanged) find
+        it; the default stores each under its id (one ``write``), as any object.
+        """
+        if objects:
+            self.write(WriteBatch(objects=[(object_id, data) for object_id, _, data in objects]))
+
     def get_refs_and_objects(
         self, names: Sequence[str], follow: Callable[[list[bytes | None]], Sequence[ObjectId]]
     ) -> tuple[list[bytes | None], list[bytes | None]]:

@@ -1,0 +1,199 @@
+"""Located chunk references: a chunk kept at a location hint (docs/format.md, "Located staging").
+
+The entry kind is the first step of located staging on object storage: its
+encoding and format versions, equality by content, and a located chunk
+read, verified, collected around and copied between object storage and
+LMDB with its tree (and so its snapshot ids) unchanged.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from object_repo_support import S3Repos, aws_env_fixture, s3_fixture, s3_repos_fixture
+
+import versionstore as vs
+from versionstore.backend.protocol import WriteBatch
+from versionstore.codec import (
+    decode_node,
+    decode_staged,
+    encode_chunk,
+    encode_node,
+    encode_staged,
+    staged_reencodes,
+)
+from versionstore.errors import CorruptObjectError, UnsupportedFormatError
+from versionstore.ids import ObjectId
+from versionstore.records import ChunkRef, Leaf, LocatedChunkRef
+from versionstore.refs import session_ref, stage_prefix
+
+__all__ = ["aws_env_fixture", "s3_fixture", "s3_repos_fixture"]
+
+_ID = ObjectId(bytes(range(20)))
+_HINT = "stage/s1/0000000000/a%2Fc%2F0/00000000000000a1-c" + _ID.hex()
+
+
+def _leaf_version(frame: bytes) -> int:
+    payload = frame[13:]
+    if frame[4] == 1:  # zstd
+        import zstandard  # noqa: PLC0415 - only for compressed test frames
+        payload = zstandard.ZstdDecompressor().decompress(payload)
+    version: int = msgpack.unpackb(payload, raw=False, timestamp=3)[0]
+    return version
+
+
+def test_a_located_reference_equals_the_plain_reference_to_its_chunk() -> None:
+    plain = ChunkRef(chunk_id=_ID, size=9)
+    located = LocatedChunkRef(chunk_id=_ID, size=9, hint=_HINT)
+    assert located == plain and plain == located
+    assert hash(located) == hash(plain)
+    assert located != LocatedChunkRef(chunk_id=_ID, size=8, hint=_HINT)
+    assert plain.location is None and located.location == _HINT
+    assert len({plain, located}) == 1
+
+
+def test_leaves_with_located_references_are_version_3_and_others_unchanged() -> None:
+    plain = Leaf(keys=("a",), entries=(ChunkRef(chunk_id=_ID, size=9),))
+    located = Leaf(keys=("a", "b"), entries=(
+        ChunkRef(chunk_id=_ID, size=9), LocatedChunkRef(chunk_id=_ID, size=9, hint=_HINT)))
+    _, plain_frame = encode_node(plain)
+    node_id, frame = encode_node(located)
+    assert _leaf_version(plain_frame) == 1
+    assert _leaf_version(frame) == 3
+    decoded = decode_node("leaf", frame)
+    assert isinstance(decoded, Leaf)
+    assert [e.location for e in decoded.entries] == [None, _HINT]  # type: ignore[union-attr]
+    assert encode_node(decoded)[0] == node_id  # the hint is part of the node, on every backend
+
+
+def test_a_reader_that_knows_only_version_2_refuses_a_located_leaf(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    leaf = Leaf(keys=("a",), entries=(LocatedChunkRef(chunk_id=_ID, size=9, hint=_HINT),))
+    _, frame = encode_node(leaf)
+    monkeypatch.setattr(Leaf, "FORMAT_VERSION", 2)
+    with pytest.raises(UnsupportedFormatError):
+        decode_node("leaf", frame)
+
+
+def test_staged_located_entries_are_version_4_and_reencode() -> None:
+    name = "stage/s1/a/c/0"
+    entry = LocatedChunkRef(chunk_id=_ID, size=9, hint=_HINT)
+    raw = encode_staged(name, entry)
+    assert raw[13:15] == b"\x93\x04"
+    assert staged_reencodes(raw)
+    back = decode_staged(name, raw)
+    assert isinstance(back, LocatedChunkRef) and back.hint == _HINT
+
+
+@pytest.mark.parametrize("hint", [
+    "objects/" + _ID.hex(), "stage/../log/00000000000000000001", "stage//x", "stage/x/",
+    "stage/a/./b", "/stage/x", "stage/a\0b", "stage/" + "x" * 1000,
+])
+def test_a_hint_outside_the_staging_area_is_damage(hint: str) -> None:
+    entry = LocatedChunkRef(chunk_id=_ID, size=9, hint=hint)
+    with pytest.raises(ValueError, match="location"):
+        entry.check()
+    raw = encode_staged("stage/s1/k", entry)
+    with pytest.raises(CorruptObjectError, match="location"):
+        decode_staged("stage/s1/k", raw)
+
+
+# -- on object storage, and copied to and from LMDB ---------------------------------------
+
+
+def _commit_located(repo: vs.Repository, key: str, value: bytes, hint: str) -> str:
+    """Store ``value``'s frame at ``hint`` only, stage it as located, commit; the snapshot id.
+
+    The staged ref is written as located staging will write it (the staging
+    protocol itself is the next step: docs/format.md).
+    """
+    chunk_id, frame = encode_chunk(value)
+    repo.backend.put_located([(chunk_id, hint, frame)])
+    session = repo.writable_session("main")
+    session.set_values([("zarr.json", b"{}")])
+    name = stage_prefix(session.session_id) + key  # type: ignore[operator]
+    entry = LocatedChunkRef(chunk_id=chunk_id, size=len(value), hint=hint)
+    session._stage(WriteBatch(refs={name: encode_staged(name, entry)},
+                              session=session._staging()))
+    return session.commit("located")
+
+
+def _listed(repo: vs.Repository) -> set[str]:
+    backend: Any = repo.backend
+    io = backend._io
+    return {name for folder in ("objects", "stage")
+            for name, _ in io.run("listing", io.list_after(folder))}
+
+
+def test_a_located_chunk_is_read_verified_and_copied_with_its_tree(
+        s3_repos: S3Repos, tmp_path: Path) -> None:
+    storage = s3_repos.storage()
+    repo = vs.Repository.create(storage)
+    value = bytes(range(256)) * 8
+    chunk_id, _ = encode_chunk(value)
+    hint = f"stage/s1/0000000000/a%2Fc%2F0/00000000000000a1-c{chunk_id.hex()}"
+    snapshot = _commit_located(repo, "a/c/0", value, hint)
+    listed = _listed(repo)
+    assert hint in listed and "objects/" + chunk_id.hex() not in listed  # kept at its hint only
+    view = repo.readonly_session(snapshot_id=snapshot)
+    assert view.read_entries([view.entry("a/c/0")]) == [value]
+    assert view.entry("a/c/0").location == hint  # type: ignore[union-attr]
+    assert repo.verify().ok
+
+    # Collected with no grace period at all: the chunk is reachable through its entry.
+    repo.garbage_collect(datetime.now(UTC) + timedelta(seconds=5))
+    assert hint in _listed(repo)
+    assert repo.verify().ok
+
+    # To LMDB: stored under its id, the same snapshot (the tree keeps the hint).
+    lmdb = vs.lmdb_storage(tmp_path / "copy")
+    vs.copy_repository(storage, lmdb, progress=False)
+    local = vs.Repository.open(lmdb)
+    assert local.lookup_branch("main") == snapshot
+    here = local.readonly_session(branch="main")
+    assert here.read_entries([here.entry("a/c/0")]) == [value]
+    assert local.verify().ok
+
+    # Back to object storage elsewhere: the chunk lands at its hint again.
+    elsewhere = s3_repos.storage()
+    vs.copy_repository(lmdb, elsewhere, progress=False)
+    again = vs.Repository.open(elsewhere)
+    assert again.lookup_branch("main") == snapshot
+    assert hint in _listed(again) and "objects/" + chunk_id.hex() not in _listed(again)
+    there = again.readonly_session(branch="main")
+    assert there.read_entries([there.entry("a/c/0")]) == [value]
+    assert again.verify().ok
+    local.close()
+
+
+def test_a_located_chunk_copied_without_its_hint_is_read_under_its_id(
+        s3_repos: S3Repos) -> None:
+    repo = vs.Repository.create(s3_repos.storage())
+    value = b"v" * 4000
+    chunk_id, frame = encode_chunk(value)
+    hint = f"stage/s2/0000000000/k/00000000000000b2-c{chunk_id.hex()}"
+    _commit_located(repo, "k", value, hint)
+    backend: Any = repo.backend
+    backend._put_objects([(chunk_id, frame)])
+    backend._io.run("deleting", backend._io.delete([hint]))
+    view = repo.readonly_session(branch="main")
+    assert view.read_entries([view.entry("k")]) == [value]
+    assert repo.verify().ok
+
+
+def test_a_missing_located_chunk_is_reported_by_verify(s3_repos: S3Repos) -> None:
+    repo = vs.Repository.create(s3_repos.storage())
+    value = b"w" * 4000
+    chunk_id, _ = encode_chunk(value)
+    hint = f"stage/s3/0000000000/k/00000000000000c3-c{chunk_id.hex()}"
+    _commit_located(repo, "k", value, hint)
+    backend: Any = repo.backend
+    backend._io.run("deleting", backend._io.delete([hint]))
+    report = repo.verify()
+    assert not report.ok
+    assert any("missing" in problem for problem in report.problems), report.problems
+    assert session_ref("s3").startswith("session/")

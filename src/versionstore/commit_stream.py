@@ -119,7 +119,7 @@ class ChunkIds(Collection[ObjectId]):
         append = self._spill.append
         for change in changes:
             if change[1].__class__ is ChunkRef:
-                append(change[1].chunk_id)  # type: ignore[union-attr]
+                append(change[1].chunk_id)
             yield change
 
     def __len__(self) -> int:

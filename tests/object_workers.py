@@ -29,3 +29,34 @@ def commit_loop(storage: Any, worker: int, commits: int, start: Any, out: Any) -
         out.put((worker, returned))
     except BaseException:  # noqa: BLE001 - reported to the parent, which fails the test
         out.put((worker, traceback.format_exc()))
+
+
+def _chunk(key: str) -> bytes:
+    """The value ``store_until_killed`` writes at ``key`` (above the inline limit)."""
+    return key.encode().ljust(2000, b"#")
+
+
+def store_until_killed(storage: Any, out: Any) -> None:
+    """Store chunks one ``await store.set`` at a time, reporting each key once it returned.
+
+    Puts the session id on ``out`` first, then each key whose ``set`` has
+    returned, forever: the parent kills this process (SIGKILL) mid-stream.
+    """
+    import asyncio  # noqa: PLC0415 - only the worker needs it
+
+    from zarr.core.buffer import cpu  # noqa: PLC0415
+
+    repo = vs.Repository.open(storage)
+    session = repo.writable_session("main")
+    out.put(session.session_id)
+    store = session.store
+
+    async def forever() -> None:
+        n = 0
+        while True:
+            key = f"killed/c/{n}"
+            await store.set(key, cpu.Buffer.from_bytes(_chunk(key)))
+            out.put(key)
+            n += 1
+
+    asyncio.run(forever())

@@ -706,8 +706,13 @@ def decode_ref_target(name: str, data: bytes) -> RefTarget:
 def encode_session(name: str, record: SessionRecord) -> bytes:
     """The stored value of a writable session's record (ref ``name``)."""
     stamp = msgpack.Timestamp.from_datetime(record.created_at)
+    if record.epoch is None:  # version 2, byte for byte as before located staging
+        return _encode_small(KIND_SESSION, [
+            2, record.branch, record.base, stamp, name, record.generation
+        ])
     return _encode_small(KIND_SESSION, [
-        SessionRecord.FORMAT_VERSION, record.branch, record.base, stamp, name, record.generation
+        3, record.branch, record.base, stamp, name, record.generation, record.epoch,
+        list(record.closing),
     ])
 
 
@@ -724,8 +729,16 @@ def decode_session(name: str, data: bytes) -> SessionRecord:
         generation = f[5] if f[0] >= 2 else 0
         if not isinstance(f[1], str) or not isinstance(generation, int):
             raise CorruptObjectError(name, "session branch or generation is malformed")
+        epoch: int | None = None
+        closing: tuple[int, ...] = ()
+        if f[0] >= 3:
+            if (len(f) < 8 or not isinstance(f[6], int) or not isinstance(f[7], list)
+                    or not all(isinstance(e, int) for e in f[7])):
+                raise CorruptObjectError(name, "session epochs are malformed")
+            epoch, closing = f[6], tuple(f[7])
         return SessionRecord(branch=f[1], base=_object_id(name, f[2]),
-                             created_at=_timestamp(name, f[3]), generation=generation)
+                             created_at=_timestamp(name, f[3]), generation=generation,
+                             epoch=epoch, closing=closing)
 
     return _decode_small(name, data, KIND_SESSION, "session", 4, SessionRecord.FORMAT_VERSION,
                          build, named_at=4)

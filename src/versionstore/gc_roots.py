@@ -64,9 +64,20 @@ def session_of(name: str) -> str:
 
 
 def staged_sessions(refs: Mapping[str, bytes | None]) -> set[str]:
-    """Ids of the sessions with staged refs among ``refs``."""
-    return {session_of(name) for name, raw in refs.items()
-            if raw is not None and name.startswith("stage/")}
+    """Ids of the sessions with staged refs among ``refs``, or with located staging.
+
+    A session whose record has located staging (version 3: object storage,
+    ``versionstore.located``) may hold located writes that no ref names yet,
+    so it counts as staged: its base is a root and its record is never
+    pruned (``docs/format.md``, "Located staging").
+    """
+    found = {session_of(name) for name, raw in refs.items()
+             if raw is not None and name.startswith("stage/")}
+    for name, raw in refs.items():
+        if raw is not None and name.startswith("session/") and session_of(name) not in found:
+            if decode_session(name, raw).epoch is not None:
+                found.add(session_of(name))
+    return found
 
 
 def roots_of(refs: Mapping[str, bytes | None], staged: set[str] | None = None

@@ -382,7 +382,8 @@ class RefTarget:
 class SessionRecord:
     """A writable session: the branch it commits to and the snapshot it is based on."""
 
-    FORMAT_VERSION: ClassVar[int] = 2  # 2: names its ref, and has a generation
+    #: 2: names its ref, and has a generation; 3: located staging (written only when used)
+    FORMAT_VERSION: ClassVar[int] = 3
     branch: str
     base: ObjectId
     created_at: datetime
@@ -390,6 +391,11 @@ class SessionRecord:
     #: if its generation is newer than what the copy knows, so a copy that was idle
     #: during a commit never drags the session back to an older base.
     generation: int = 0
+    #: Located staging (object storage, ``versionstore.located``): the epoch new located
+    #: writes go to, and the epochs closed but not yet absorbed into staged refs.
+    #: ``None``: the session has never staged a located write (a version-2 record).
+    epoch: int | None = None
+    closing: tuple[int, ...] = ()
 
 
 #: The repository format this library writes. 1: no ``repository`` record, refs

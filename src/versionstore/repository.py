@@ -71,6 +71,7 @@ from versionstore.ids import (
     object_id_prefix,
     object_id_text,
 )
+from versionstore.located_staging import LocatedStaging
 from versionstore.notebook import repository_html
 from versionstore.objects import ObjectReader
 from versionstore.opslog import OpsLogEntry, read_ops_log, with_operation
@@ -328,7 +329,7 @@ class Repository:
             raw = self.backend.get_ref(session_ref(resume))
             # Like resumable_sessions(): a session with nothing staged (committed or
             # discarded) has nothing to resume, though its record may linger until gc.
-            if raw is None or not self.backend.list_refs(stage_prefix(resume), limit=1):
+            if raw is None or not self._has_staged(resume, raw):
                 raise SessionNotFoundError(resume)
             record = decode_session(session_ref(resume), raw)
             session = Session(self, base=record.base, branch=record.branch, read_only=False,
@@ -349,9 +350,17 @@ class Repository:
             session_id = SessionId(name.removeprefix("session/"))
             # A session's record outlives its staged keys when they are all unstaged
             # again (set then erase a new key): such a session has nothing to resume.
-            if self.backend.list_refs(stage_prefix(session_id), limit=1):
+            if self._has_staged(session_id, raw):
                 found[session_id] = decode_session(name, raw).branch
         return found
+
+    def _has_staged(self, session_id: str, record_raw: bytes) -> bool:
+        """Whether the session has staged refs, or located writes not yet absorbed."""
+        if self.backend.list_refs(stage_prefix(session_id), limit=1):
+            return True
+        record = decode_session(session_ref(session_id), record_raw)
+        return (record.epoch is not None
+                and LocatedStaging(self.backend, session_id).has_pending(record))
 
     def readonly_session(
         self,

@@ -60,6 +60,12 @@ from versionstore.errors import (
 from versionstore.group_stage import GroupStager
 from versionstore.history import Diff, classify_changes, with_history
 from versionstore.ids import ObjectId, SessionId, SnapshotId, object_id_text
+from versionstore.located_staging import (
+    LocatedStaging,
+    is_located_key,
+    is_located_value,
+    newer_than_ref,
+)
 from versionstore.records import (
     TOMBSTONE,
     ChunkRef,
@@ -124,6 +130,12 @@ class Session:
         self._generation = generation
         self._group_stager: GroupStager | None = None
         self._staging_rule: tuple[tuple[ObjectId, int], float, SessionRule] | None = None
+        #: Located staging (object storage): the session's located writes, and the record's
+        #: epoch and closing epochs as last read (``None``: no located staging seen).
+        self._located = (LocatedStaging(repository.backend, session_id)
+                         if session_id is not None and not read_only
+                         and repository.backend.located_staging() else None)
+        self._epochs: tuple[int, tuple[int, ...]] | None = None
 
     # -- identity -----------------------------------------------------------------------
 
@@ -209,6 +221,8 @@ class Session:
         assert self._session_id is not None
         record = decode_session(session_ref(self._session_id), record_raw)
         self._record_raw = record_raw
+        if record.epoch is not None:
+            self._epochs = (record.epoch, record.closing)
         if record.generation > self._generation:
             self._root = self._repo.reader.snapshot(record.base).tree
             self._base, self._generation = record.base, record.generation
@@ -239,8 +253,14 @@ class Session:
             name = prefix + key
             raw, record_raw = self._repo.backend.get_refs([name, record_name])
             self._adopt(record_raw)
-            if raw is not None:
-                staged = self._staged_entry(name, raw)
+            staged = None if raw is None else self._staged_entry(name, raw)
+            if self._located is not None and record_raw is not None:
+                record = decode_session(record_name, record_raw)
+                if is_located_key(key):
+                    write = self._located.pending_key(record, key)
+                    if write is not None and newer_than_ref(write, staged):
+                        return write
+            if staged is not None:
                 return None if isinstance(staged, Tombstone) else staged
         return lookup(self._repo.reader.node, self._root, key)
 
@@ -250,7 +270,7 @@ class Session:
         A staged value is read in one backend call (staged ref, session record
         and chunk together); otherwise as ``read_entries([entry(key)])``.
         """
-        if self._stage_names is None:
+        if self._stage_names is None or self._located is not None:
             return self.read_entries([self.entry(key)])[0]
         prefix, record_name = self._stage_names
         name = prefix + key
@@ -307,7 +327,15 @@ class Session:
 
     def staged(self, prefix: str = "") -> dict[str, Entry | Tombstone]:
         """Every staged change under ``prefix``, sorted by key."""
-        return self._decode_staged(self._staged_raw(prefix))
+        staged = self._decode_staged(self._staged_raw(prefix))
+        if self._located is not None:
+            _, record = self._located.record()
+            if record is not None:
+                pending = self._located.pending(record, prefix)
+                changed = {k: w for k, w in pending.items() if newer_than_ref(w, staged.get(k))}
+                if changed:
+                    staged = dict(sorted({**staged, **changed}.items()))
+        return staged
 
     def iter_entries(self, start: str, prefix: str) -> Iterator[tuple[str, Entry]]:
         """``(key, entry)`` pairs with ``key >= start`` under ``prefix``, staged changes applied."""
@@ -348,9 +376,11 @@ class Session:
         """The session-record rule for a batch: the record names ``base``."""
         assert self._branch is not None and self._session_id is not None
         name = session_ref(self._session_id)
+        epoch, closing = (None, ()) if self._epochs is None or not replace else self._epochs
         record = SessionRecord(
             branch=self._branch, base=base, created_at=datetime.now(UTC),
             generation=self._generation if generation is None else generation,
+            epoch=epoch, closing=closing,
         )
         return SessionRule(prefix=stage_prefix(self._session_id), record=name,
                            value=encode_session(name, record), replace=replace,
@@ -401,6 +431,13 @@ class Session:
             ReadOnlySessionError: the session is read-only.
         """
         session_id = self._require_writable()
+        if self._located is not None:
+            for key, _ in items:
+                validate_session_key(key)
+            items = self._set_located(self._located, items)
+            if not items:
+                return
+            self._absorb_first()
         objects = []
         refs: dict[str, bytes | None] = {}
         prefix = stage_prefix(session_id)
@@ -419,6 +456,48 @@ class Session:
             remember(name, raw, entry)  # read back at once by zarr's partial-chunk writes
         self._stage(WriteBatch(objects=objects, refs=refs, session=self._staging()))
 
+    def _set_located(self, located: LocatedStaging, items: list[tuple[str, bytes]]
+                     ) -> list[tuple[str, bytes]]:
+        """Stage the chunks among ``items`` by located writes; return the other items.
+
+        Each chunk's ``PUT`` is its durable staged record. One look at the
+        session record follows: if an absorb closed the epoch written to
+        meanwhile (it may have listed it before the ``PUT`` landed), the
+        writes are staged again as refs, one log record (``docs/format.md``).
+        """
+        chunks = [(k, v) for k, v in items if is_located_value(k, v, INLINE_LIMIT)]
+        if not chunks:
+            return items
+        rest = [(k, v) for k, v in items if not is_located_value(k, v, INLINE_LIMIT)]
+        if self._epochs is None:
+            assert self._branch is not None
+            fresh = SessionRecord(branch=self._branch, base=self._base,
+                                  created_at=datetime.now(UTC), generation=self._generation)
+            try:
+                opened, _ = located.open_epoch(fresh)
+            except MissingObjectsError as exc:
+                raise SnapshotNotFoundError(
+                    self.snapshot_id, f"this session's base snapshot {self.snapshot_id} no "
+                    "longer exists; open a new writable session") from exc
+            self._adopt(opened)
+        assert self._epochs is not None
+        epoch = self._epochs[0]
+        entries, too_long = located.put(epoch, chunks)
+        raw, record = located.record()
+        self._adopt(raw)
+        if entries and (record is None or record.epoch != epoch):
+            self._stage(WriteBatch(refs=located.stage_refs(entries), session=self._staging()))
+        return rest + too_long
+
+    def _absorb_first(self) -> None:
+        """Absorb located writes before a log-recorded write, so that it is the newer."""
+        if self._located is None:
+            return
+        raw, record = self._located.record()
+        self._adopt(raw)
+        if record is not None and record.epoch is not None:
+            self._located.absorb()
+
     def set_virtual_entries(self, items: list[tuple[str, VirtualRef]]) -> None:
         """Stage ``key -> virtual reference`` for each item, durably, in one atomic step.
 
@@ -433,6 +512,7 @@ class Session:
             validate_session_key(key)
             refs[prefix + key] = encode_staged(prefix + key, ref)
         if refs:
+            self._absorb_first()
             self._stage(WriteBatch(refs=refs, session=self._staging()))
 
     def erase_keys(self, keys: list[str]) -> None:
@@ -440,6 +520,7 @@ class Session:
         session_id = self._require_writable()
         prefix = stage_prefix(session_id)
         refs: dict[str, bytes | None] = {}
+        self._absorb_first()
         self._refresh()
         for key in keys:
             validate_session_key(key)
@@ -489,6 +570,7 @@ class Session:
             ReadOnlySessionError: the session is read-only.
         """
         session_id = self._require_writable()
+        self._absorb_first()  # located writes under the source move with it
         source, target = _node_directory(from_path), _node_directory(to_path)
         if not source or not target:
             raise InvalidMoveError("the root group cannot be moved, nor anything moved onto it")
@@ -524,6 +606,10 @@ class Session:
             return False
         load = self._repo.reader.node
         self._refresh()
+        if self._located is not None:
+            return any(lookup(load, self._root, key) != (
+                None if isinstance(entry, Tombstone) else entry)
+                for key, entry in self.staged().items())
         with StagedScan(self._repo.backend, stage_prefix(self._session_id)) as staged:
             return any(lookup(load, self._root, key) != entry for key, entry in staged.changes())
 
@@ -534,6 +620,7 @@ class Session:
         session stages at the same moment is kept.
         """
         session_id = self._require_writable()
+        self._absorb_first()
         while True:
             self._refresh()
             with StagedScan(self._repo.backend, stage_prefix(session_id)) as staged:
@@ -546,7 +633,9 @@ class Session:
         """The staged changes, as a ``Diff`` against the base snapshot."""
         keys = {}
         virtual: set[str] = set()
-        for key, entry in self._read_changes()[0]:
+        changes = (self._read_changes()[0] if self._located is None else
+                   [(k, None if isinstance(e, Tombstone) else e) for k, e in self.staged().items()])
+        for key, entry in changes:
             before = lookup(self._repo.reader.node, self._root, key)
             if before != entry:
                 keys[key] = (before is not None, entry is not None)
@@ -596,6 +685,7 @@ class Session:
             raise ValueError(f"keep must be 'raise', 'ours' or 'theirs', not {keep!r}")
         assert self._branch is not None
         reader = self._repo.reader
+        self._absorb_first()
         for _ in range(_MAX_COMMIT_ATTEMPTS):
             record_raw = self._record_state()
             changes, raw = self._read_changes()
@@ -688,6 +778,7 @@ class Session:
             pack_metadata(dict(metadata))
         repo = self._repo
         missing_in_a_row = 0
+        self._absorb_first()
         for _ in range(_MAX_COMMIT_ATTEMPTS):
             # One view of the refs per attempt (one look at the object-storage log, not
             # three): the branch moves by compare-and-swap, which fails if it was stale.
@@ -770,7 +861,8 @@ class Session:
                 # Only identical rewrites (or nothing) are staged: clear them, commit
                 # nothing, and follow the branch if it moved (what it holds is our view).
                 if self._move_base(tip, parent_tree, generation, WriteBatch(
-                    expect={branch_ref(self._branch): raw_tip}, delete_if_equal=staged.refs,
+                    expect={branch_ref(self._branch): raw_tip, **self._record_expect()},
+                    delete_if_equal=staged.refs,
                 )):
                     raise NothingToCommitError(
                         "nothing to commit: no staged change differs from the branch "
@@ -800,6 +892,7 @@ class Session:
             objects.in_memory.extend([*branches.items(), *pages, (snapshot_id, frame)])
             batch = WriteBatch(
                 objects=objects,
+                expect=self._record_expect(),
                 requires=chunks,
                 delete_if_equal=staged.refs,
                 session=self._rule(snapshot_id, generation, replace=True),
@@ -818,6 +911,16 @@ class Session:
         repo.reader.remember_nodes(new_nodes)  # the next commit starts from them
         repo.reader.remember_snapshot(snapshot_id, frame, pages)  # and its history
         return SnapshotId(object_id_text(snapshot_id))
+
+    def _record_expect(self) -> dict[str, bytes | None]:
+        """With located staging, the record as read: a batch replacing it keeps its epochs.
+
+        A racing absorb changes the record (``closing``), and the batch then
+        starts over instead of dropping an epoch not yet absorbed.
+        """
+        if self._epochs is None or self._session_id is None:
+            return {}
+        return {session_ref(self._session_id): self._record_raw}
 
     async def commit_async(self, message: str, metadata: dict[str, Any] | None = None, *,
                            allow_empty: bool = False) -> SnapshotId:

@@ -599,6 +599,16 @@ class ObjectBackend(Backend):
         return DEFAULT_GC_GRACE
 
     @override
+    def located_staging(self) -> bool:
+        return True
+
+    @override
+    def list_located(self, folder: str) -> list[str]:
+        check_not_forked()
+        io = self._io
+        return [name for name, _ in io.run("listing staged writes", io.list_after(folder))]
+
+    @override
     def staging_window(self) -> StagingWindow | None:
         return STAGING_WINDOW
 

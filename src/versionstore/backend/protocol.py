@@ -221,6 +221,22 @@ class Backend(Protocol):
         """
         return None
 
+    def located_staging(self) -> bool:
+        """Whether sessions stage chunks by located writes (``versionstore.located``).
+
+        ``True`` on object storage, where a chunk's own ``PUT`` under a name
+        that records its key is the durable staged record; ``False`` (LMDB,
+        memory): a staged chunk is a ref, which costs no request.
+        """
+        return False
+
+    def list_located(self, folder: str) -> list[str]:
+        """The names of the located writes under ``folder`` (relative, no trailing ``/``).
+
+        Only called where ``located_staging()``; the default holds none.
+        """
+        return []
+
     def get_ref(self, name: str) -> bytes | None:
         """The value of ref ``name``, or ``None``."""
         return self.get_refs([name])[0]

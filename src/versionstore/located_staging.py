@@ -1,0 +1,211 @@
+"""Located staging: a session on object storage stages a chunk by its own ``PUT``.
+
+On a backend whose ``located_staging()`` says so, ``Session.set_values``
+stores each chunk under a name that records its session, epoch, key and a
+stamp (``versionstore.located``), and returns once that one ``PUT`` and a
+look at the log are done: the ``PUT`` is the durable staged record, so N
+chunks cost N write requests at any concurrency. The session record
+(version 3) holds the open ``epoch`` and the ``closing`` epochs.
+
+*Absorbing* turns the located writes into ordinary staged refs
+(``stage/<session>/<key>`` holding a ``LocatedChunkRef``) with one log
+record, before a commit, a discard, or a log-recorded write: close the open
+epoch (a record), list the closing epochs, write the newest write per key
+as refs and empty ``closing`` (one record that ``expect``s the record and
+each replaced ref as read). After it the commit runs exactly as on LMDB.
+The protocol, and why no write that returned is lost, is in
+``docs/format.md`` ("Located staging").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import attrs
+
+from versionstore.backend.protocol import WriteBatch
+from versionstore.codec import decode_session, decode_staged, encode_chunk, encode_session
+from versionstore.codec import encode_staged as _encode_staged
+from versionstore.located import (
+    epoch_prefix,
+    escape_key,
+    located_name,
+    newest_writes,
+    next_stamp,
+    parse_located,
+)
+from versionstore.records import Entry, LocatedChunkRef, SessionRecord, Tombstone
+from versionstore.refs import session_ref, stage_prefix
+from versionstore.sizes import METADATA_NAMES
+
+if TYPE_CHECKING:
+    from versionstore.backend.protocol import Backend
+
+__all__ = ["LocatedStaging", "is_located_key", "is_located_value", "newer_than_ref"]
+
+#: Attempts at one absorb or record upgrade before giving up to the caller's retry.
+_ATTEMPTS = 1000
+
+
+def is_located_key(key: str) -> bool:
+    """Whether ``key`` may be staged located: any key but a metadata document's."""
+    return key.rpartition("/")[2] not in METADATA_NAMES
+
+
+def is_located_value(key: str, value: bytes, inline_limit: int) -> bool:
+    """Whether a write of ``value`` at ``key`` is staged located: chunks, not metadata documents."""
+    return len(value) > inline_limit and is_located_key(key)
+
+
+def newer_than_ref(write: LocatedChunkRef, ref: Entry | Tombstone | None) -> bool:
+    """Whether a located write still in an open or closing epoch beats staged ref ``ref``.
+
+    A ref naming a located write (absorbed, or staged by a write that raced
+    an absorb) is compared by epoch and stamp; any other ref was written
+    after absorbing every epoch before the open one, so a write still
+    listed there is newer (or concurrent with it).
+    """
+    if isinstance(ref, LocatedChunkRef):
+        theirs, ours = parse_located(ref.hint), parse_located(write.hint)
+        if theirs is not None and ours is not None:
+            return (ours[1], ours[3]) > (theirs[1], theirs[3])
+    return True
+
+
+class LocatedStaging:
+    """One session's located writes and absorbs (``Session`` holds one per object backend).
+
+    Args:
+        backend: the repository's backend (``located_staging()`` is true).
+        session_id: the session.
+    """
+
+    def __init__(self, backend: Backend, session_id: str) -> None:
+        self._backend = backend
+        self._session_id = session_id
+        self._record_name = session_ref(session_id)
+        self._prefix = stage_prefix(session_id)
+
+    # -- the record ------------------------------------------------------------------------
+
+    def record(self) -> tuple[bytes | None, SessionRecord | None]:
+        """The session record as stored now (raw, decoded)."""
+        raw = self._backend.get_ref(self._record_name)
+        return raw, None if raw is None else decode_session(self._record_name, raw)
+
+    def open_epoch(self, fresh: SessionRecord) -> tuple[bytes, SessionRecord]:
+        """The record with located staging, created or upgraded (epoch 0) if need be.
+
+        ``fresh`` is the record to create if the session has none.
+
+        Raises:
+            MissingObjectsError: creating the record, its base is gone.
+        """
+        for _ in range(_ATTEMPTS):
+            raw, record = self.record()
+            if record is not None and record.epoch is not None:
+                assert raw is not None
+                return raw, record
+            upgraded = attrs.evolve(fresh if record is None else record, epoch=0, closing=())
+            value = encode_session(self._record_name, upgraded)
+            if self._backend.write(WriteBatch(expect={self._record_name: raw},
+                                              refs={self._record_name: value},
+                                              requires=[upgraded.base])):
+                return value, upgraded
+        raise RuntimeError("the session record kept changing")  # pragma: no cover
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def put(self, epoch: int, items: list[tuple[str, bytes]]
+            ) -> tuple[dict[str, LocatedChunkRef], list[tuple[str, bytes]]]:
+        """Store each chunk at its located name in ``epoch``; the entries, and what was not.
+
+        Keys whose escaped form is too long for an object name are handed back.
+        """
+        entries: dict[str, LocatedChunkRef] = {}
+        objects = []
+        rest = []
+        for key, value in items:
+            chunk_id, frame = encode_chunk(value)
+            name = located_name(self._session_id, epoch, key, next_stamp(), chunk_id, len(value))
+            if name is None:
+                rest.append((key, value))
+                continue
+            entries[key] = LocatedChunkRef(chunk_id=chunk_id, size=len(value), hint=name)
+            objects.append((chunk_id, name, frame))
+        self._backend.put_located(objects)
+        return entries, rest
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def pending(self, record: SessionRecord, key_prefix: str = "") -> dict[str, LocatedChunkRef]:
+        """The newest located write per key (under ``key_prefix``) not absorbed yet."""
+        if record.epoch is None:
+            return {}
+        names: list[str] = []
+        for epoch in sorted({*record.closing, record.epoch}):
+            names.extend(self._backend.list_located(epoch_prefix(self._session_id, epoch)[:-1]))
+        found = newest_writes(names, self._session_id)
+        return {k: e for k, e in found.items() if k.startswith(key_prefix)}
+
+    def has_pending(self, record: SessionRecord) -> bool:
+        """Whether located writes wait to be absorbed (what makes the session resumable)."""
+        return record.epoch is not None and (bool(record.closing) or bool(
+            self._backend.list_located(epoch_prefix(self._session_id, record.epoch)[:-1])))
+
+    def pending_key(self, record: SessionRecord, key: str) -> LocatedChunkRef | None:
+        """The newest located write of ``key`` not absorbed yet (one listing per epoch)."""
+        if record.epoch is None:
+            return None
+        names: list[str] = []
+        escaped = escape_key(key)
+        for epoch in sorted({*record.closing, record.epoch}):
+            folder = epoch_prefix(self._session_id, epoch) + escaped
+            names.extend(self._backend.list_located(folder))
+        return newest_writes(names, self._session_id).get(key)
+
+    # -- absorbing -------------------------------------------------------------------------
+
+    def absorb(self) -> None:
+        """Turn every located write not absorbed yet into a staged ref (see the module)."""
+        backend = self._backend
+        for _ in range(_ATTEMPTS):
+            raw, record = self.record()
+            if record is None or record.epoch is None:
+                return
+            assert raw is not None
+            written = backend.list_located(epoch_prefix(self._session_id, record.epoch)[:-1])
+            if not record.closing and not written:
+                return  # nothing written since the last absorb
+            if written:
+                closed = attrs.evolve(record, epoch=record.epoch + 1,
+                                      closing=tuple(sorted({*record.closing, record.epoch})))
+                closed_raw = encode_session(self._record_name, closed)
+                if not backend.write(WriteBatch(expect={self._record_name: raw},
+                                                refs={self._record_name: closed_raw})):
+                    continue
+                raw, record = closed_raw, closed
+            names: list[str] = []
+            for epoch in record.closing:
+                names.extend(backend.list_located(epoch_prefix(self._session_id, epoch)[:-1]))
+            writes = newest_writes(names, self._session_id)
+            ref_names = [self._prefix + key for key in writes]
+            current = backend.get_refs(ref_names) if ref_names else []
+            expect: dict[str, bytes | None] = {self._record_name: raw}
+            refs: dict[str, bytes | None] = {}
+            for entry, name, now in zip(writes.values(), ref_names, current, strict=True):
+                staged = None if now is None else decode_staged(name, now)
+                if newer_than_ref(entry, staged):
+                    expect[name] = now
+                    refs[name] = _encode_staged(name, entry)
+            done = attrs.evolve(record, closing=())
+            refs[self._record_name] = encode_session(self._record_name, done)
+            if backend.write(WriteBatch(expect=expect, refs=refs)):
+                return
+        raise RuntimeError("the session's staging kept changing")  # pragma: no cover
+
+    def stage_refs(self, entries: Mapping[str, LocatedChunkRef]) -> dict[str, bytes | None]:
+        """Staged refs for located writes that raced an absorb (written as a log record)."""
+        return {self._prefix + key: _encode_staged(self._prefix + key, entry)
+                for key, entry in entries.items()}

@@ -197,3 +197,81 @@ def test_a_missing_located_chunk_is_reported_by_verify(s3_repos: S3Repos) -> Non
     assert not report.ok
     assert any("missing" in problem for problem in report.problems), report.problems
     assert session_ref("s3").startswith("session/")
+
+
+# -- located staging and its garbage collection ------------------------------------------
+
+
+def _located_names(repo: vs.Repository) -> set[str]:
+    return {name for name in _listed(repo) if name.startswith("stage/")}
+
+
+def test_gc_keeps_live_and_committed_located_writes_and_collects_the_rest(
+        s3_repos: S3Repos) -> None:
+    repo = vs.Repository.create(s3_repos.storage())
+    no_grace = datetime.now(UTC) + timedelta(days=1)
+    session = repo.writable_session("main")
+    session.set_values([("a/c/0", b"1" * 1000), ("a/c/1", b"2" * 1000)])
+    session.set_values([("a/c/0", b"3" * 1000)])  # supersedes the first write of a/c/0
+    assert len(_located_names(repo)) == 3
+
+    # Not absorbed yet: every write of the live session is kept, whatever its age.
+    assert repo.garbage_collect(no_grace).deleted == 0
+    assert len(_located_names(repo)) == 3
+    session.commit("two chunks")
+    view = repo.readonly_session(branch="main")
+    assert view.read_entries([view.entry("a/c/0"), view.entry("a/c/1")]) == [
+        b"3" * 1000, b"2" * 1000]
+
+    # Committed: the tree names two of them; the superseded write is garbage.
+    summary = repo.garbage_collect(no_grace)
+    assert summary.deleted == 1
+    assert len(_located_names(repo)) == 2
+    assert repo.verify().ok
+    view = repo.readonly_session(branch="main")
+    assert view.read_entries([view.entry("a/c/0"), view.entry("a/c/1")]) == [
+        b"3" * 1000, b"2" * 1000]
+
+    # Young writes are spared by the default grace period, discarded or not.
+    other = repo.writable_session("main")
+    other.set_values([("a/c/2", b"4" * 1000)])
+    other.discard_changes()
+    assert repo.garbage_collect().deleted == 0
+    assert repo.garbage_collect(no_grace).deleted == 1
+    assert len(_located_names(repo)) == 2
+    assert repo.verify().ok
+
+
+def test_a_session_sees_its_copies_located_writes_before_they_are_absorbed(
+        s3_repos: S3Repos) -> None:
+    storage = s3_repos.storage()
+    repo = vs.Repository.create(storage)
+    session = repo.writable_session("main")
+    session.set_values([("x/c/0", b"a" * 800)])
+    copy = vs.Repository.open(storage).writable_session("main", resume=session.session_id)
+    assert copy.value("x/c/0") == b"a" * 800
+    assert list(copy.staged()) == ["x/c/0"]
+    assert copy.has_uncommitted_changes
+    assert copy.status().updated_keys or copy.status().updated_chunks
+    copy.set_values([("x/c/0", b"b" * 800)])  # the newer write, from the copy
+    assert session.value("x/c/0") == b"b" * 800
+    session.erase_keys(["x/c/0"])  # absorbs first: the erase is the newest
+    assert session.value("x/c/0") is None
+    session.set_values([("x/c/0", b"c" * 800), ("x/c/1", b"d" * 800)])
+    session.commit("from two copies")
+    view = repo.readonly_session(branch="main")
+    assert view.read_entries([view.entry("x/c/0"), view.entry("x/c/1")]) == [
+        b"c" * 800, b"d" * 800]
+    assert not repo.resumable_sessions()
+
+
+def test_lmdb_and_memory_stage_as_before(tmp_path: Path) -> None:
+    for storage in (vs.lmdb_storage(tmp_path / "r"), vs.in_memory_storage()):
+        repo = vs.Repository.create(storage)
+        assert not repo.backend.located_staging()
+        session = repo.writable_session("main")
+        session.set_values([("k/c/0", b"v" * 1000)])
+        entry = session.entry("k/c/0")
+        assert isinstance(entry, ChunkRef) and entry.location is None
+        session.commit("plain")
+        repo.close()

@@ -49,6 +49,7 @@ from versionstore.codec import (
     frame_kind,
 )
 from versionstore.gc_incremental import collect_incrementally
+from versionstore.gc_located import sweep_located
 from versionstore.gc_roots import (
     GCSummary,
     Progress,
@@ -87,11 +88,13 @@ def _mark(roots: tuple[list[ObjectId], set[ObjectId]],
           node_of: Callable[[ObjectId], Node | None],
           page_of: Callable[[ObjectId], HistoryPage | None], marked: set[ObjectId],
           missing: set[ObjectId] | None = None, grafts: Grafts | None = None,
-          located: dict[ObjectId, str] | None = None) -> set[ObjectId]:
+          located: dict[ObjectId, str] | None = None,
+          hints: set[str] | None = None) -> set[ObjectId]:
     """Add to ``marked`` everything the roots reach that is not in it yet; return the additions.
 
     ``located``, if given, receives the location hint of every located chunk
-    reference the walk meets (``LocatedChunkRef``: where object storage keeps it).
+    reference the walk meets (``LocatedChunkRef``: where object storage keeps it),
+    by chunk id; ``hints``, if given, every such hint.
 
     Snapshots are followed through their parents (as ``grafts`` say) and
     keep their history pages.
@@ -138,10 +141,13 @@ def _mark(roots: tuple[list[ObjectId], set[ObjectId]],
                 pending.extend(c for c in node.children if c not in marked)
             elif isinstance(node, Leaf):
                 new = {e.chunk_id for e in node.entries if isinstance(e, ChunkRef)} - marked
-                if located is not None:
+                if located is not None or hints is not None:
                     for e in node.entries:
                         if e.__class__ is LocatedChunkRef:
-                            located.setdefault(e.chunk_id, e.hint)
+                            if located is not None:
+                                located.setdefault(e.chunk_id, e.hint)
+                            if hints is not None:
+                                hints.add(e.hint)
                 marked |= new
                 added |= new
     return added
@@ -254,8 +260,9 @@ def collect_garbage_by_listing(reader: ObjectReader, *, dry_run: bool = False,
     grafts = grafts_from_refs(refs)
     staged = staged_sessions(refs)
     marked: set[ObjectId] = set()
+    hints: set[str] | None = set() if backend.located_staging() else None
     _mark(roots_of(refs, staged), reader.snapshot_if_stored, reader.node_if_stored,
-          reader.history_page_if_stored, marked, None, grafts)
+          reader.history_page_if_stored, marked, None, grafts, hints=hints)
     if older_than is None and (grace := backend.default_gc_grace()) is not None:
         older_than = datetime.now(UTC) - grace
     # Listed after the refs were read: what a writer stores later is not a candidate,
@@ -291,5 +298,8 @@ def collect_garbage_by_listing(reader: ObjectReader, *, dry_run: bool = False,
         drop_stale_grafts(backend, refs, set(doomed) - rescued)
         backend.sync()
     gone = [oid for oid in doomed if oid not in rescued]
-    return GCSummary(reachable=len(marked) + len(rescued), deleted=len(gone), dry_run=dry_run,
-                     bytes_freed=sum(sizes.get(oid, 0) for oid in gone))
+    located_gone, located_bytes = (0, 0) if hints is None else sweep_located(
+        backend, refs, hints, older_than, dry_run=dry_run)
+    return GCSummary(reachable=len(marked) + len(rescued), deleted=len(gone) + located_gone,
+                     dry_run=dry_run,
+                     bytes_freed=sum(sizes.get(oid, 0) for oid in gone) + located_bytes)

@@ -609,6 +609,19 @@ class ObjectBackend(Backend):
         return [name for name, _ in io.run("listing staged writes", io.list_after(folder))]
 
     @override
+    def list_located_before(self, when: datetime) -> list[str]:
+        check_not_forked()
+        io = self._io
+        return [name for name, modified in io.run("listing staged writes", io.list_after("stage"))
+                if modified < when]
+
+    @override
+    def delete_located(self, names: Sequence[str]) -> None:
+        check_not_forked()
+        if names:
+            self._io.run("deleting staged writes", self._io.delete(list(names)))
+
+    @override
     def staging_window(self) -> StagingWindow | None:
         return STAGING_WINDOW
 

@@ -237,6 +237,14 @@ class Backend(Protocol):
         """
         return []
 
+    def list_located_before(self, when: datetime) -> list[str]:
+        """Names under ``stage/`` last written before ``when`` (gc's candidates); default none."""
+        return []
+
+    def delete_located(self, names: Sequence[str]) -> None:
+        """Delete located writes by name (``versionstore.gc_located``); the default has none."""
+        return
+
     def get_ref(self, name: str) -> bytes | None:
         """The value of ref ``name``, or ``None``."""
         return self.get_refs([name])[0]

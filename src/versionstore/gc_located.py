@@ -1,0 +1,78 @@
+"""Garbage collection of located writes: what object storage keeps under ``stage/``.
+
+A located write (``versionstore.located``) is a chunk a session stored by
+its own ``PUT``. It stays where it was written for as long as anything
+needs it, and is collected like any object once nothing does:
+
+* kept while a staged ref or a reachable tree entry names it (its hint);
+* kept while its session's record lists its epoch as open or closing
+  (what an absorb may still turn into a ref);
+* kept while younger than the grace period (``older_than``), like any
+  young object: a writer that raced an absorb stages it as a ref soon after;
+* collected otherwise: a superseded write of a key, a discarded one, one
+  whose session was committed and moved on.
+
+The rules and why they keep every write that returned are in
+``docs/format.md`` ("Located staging").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from versionstore.codec import decode_session, decode_staged
+from versionstore.gc_roots import session_of
+from versionstore.located import epoch_prefix, parse_located
+from versionstore.records import LocatedChunkRef
+
+if TYPE_CHECKING:
+    from versionstore.backend.protocol import Backend
+
+__all__ = ["sweep_located"]
+
+#: A chunk frame's header (bytes): a located write's stored size is its value's plus this.
+_FRAME_HEADER = 13
+_DELETE_BATCH = 1000
+
+
+def sweep_located(backend: Backend, refs: Mapping[str, bytes], hints: set[str],
+                  older_than: datetime | None, *, dry_run: bool) -> tuple[int, int]:
+    """Delete the located writes nothing needs; return how many, and their stored bytes.
+
+    Args:
+        backend: a backend with ``located_staging()``.
+        refs: every ref, as the collection read them (before listing).
+        hints: the location hints of every located chunk reference that
+            the collection's mark reached (trees of live snapshots).
+        older_than: only writes last modified before this are candidates
+            (``None``: now).
+        dry_run: count, delete nothing.
+    """
+    keep = set(hints)
+    live: list[str] = []
+    for name, raw in refs.items():
+        if name.startswith("stage/"):
+            entry = decode_staged(name, raw)
+            if isinstance(entry, LocatedChunkRef):
+                keep.add(entry.hint)
+        elif name.startswith("session/"):
+            record = decode_session(name, raw)
+            if record.epoch is not None:
+                session_id = session_of(name)
+                live.extend(epoch_prefix(session_id, e) for e in {record.epoch, *record.closing})
+    live_folders = tuple(live)
+    cutoff = datetime.now(UTC) if older_than is None else older_than
+    doomed: list[str] = []
+    freed = 0
+    for name in backend.list_located_before(cutoff):
+        parsed = parse_located(name)
+        if parsed is None or name in keep or name.startswith(live_folders):
+            continue  # not a located write (left alone), or needed
+        doomed.append(name)
+        freed += parsed[4].size + _FRAME_HEADER
+    if not dry_run:
+        for start in range(0, len(doomed), _DELETE_BATCH):
+            backend.delete_located(doomed[start:start + _DELETE_BATCH])
+    return len(doomed), freed

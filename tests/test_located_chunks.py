@@ -275,3 +275,27 @@ def test_lmdb_and_memory_stage_as_before(tmp_path: Path) -> None:
         assert isinstance(entry, ChunkRef) and entry.location is None
         session.commit("plain")
         repo.close()
+
+
+def test_gc_prunes_an_idle_sessions_record_and_its_next_write_survives(
+        s3_repos: S3Repos) -> None:
+    repo = vs.Repository.create(s3_repos.storage())
+    session = repo.writable_session("main")
+    session.set_values([("p/c/0", b"1" * 1000)])
+    session.commit("one")
+    assert session.session_id in {n.removeprefix("session/")
+                                  for n in repo.backend.list_refs("session/")}
+    assert repo.garbage_collect().deleted == 0  # not idle for the grace period yet
+    assert repo.backend.list_refs("session/")
+    repo.garbage_collect(datetime.now(UTC) + timedelta(days=1))
+    assert not repo.backend.list_refs("session/")  # idle: pruned
+    # The session object still believes in its epoch: its write stages itself as a ref.
+    session.set_values([("p/c/1", b"2" * 1000)])
+    assert session.session_id in repo.resumable_sessions()
+    session.set_values([("p/c/2", b"3" * 1000)])
+    session.commit("two more")
+    view = repo.readonly_session(branch="main")
+    keys = ["p/c/0", "p/c/1", "p/c/2"]
+    assert view.read_entries([view.entry(k) for k in keys]) == [
+        b"1" * 1000, b"2" * 1000, b"3" * 1000]
+    assert repo.verify().ok

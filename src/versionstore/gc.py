@@ -49,7 +49,7 @@ from versionstore.codec import (
     frame_kind,
 )
 from versionstore.gc_incremental import collect_incrementally
-from versionstore.gc_located import sweep_located
+from versionstore.gc_located import idle_sessions, sweep_located
 from versionstore.gc_roots import (
     GCSummary,
     Progress,
@@ -288,9 +288,13 @@ def collect_garbage_by_listing(reader: ObjectReader, *, dry_run: bool = False,
               reader.history_page_if_stored, marked, None, grafts)
         doomed = [oid for oid in doomed if oid not in marked]
     rescued: set[ObjectId] = set()
+    listed = backend.list_located_written() if hints is not None else []
+    idle = (set() if hints is None else
+            idle_sessions(refs, listed, datetime.now(UTC) if older_than is None else older_than))
     empty_records = {  # records of sessions with nothing staged: pruned, if still so
         name: (raw, stage_prefix(session_of(name))) for name, raw in refs.items()
-        if name.startswith("session/") and session_of(name) not in staged
+        if name.startswith("session/")
+        and (session_of(name) not in staged or session_of(name) in idle)
     }
     if not dry_run and (doomed or empty_records):
         backend.delete_objects(doomed, if_refs_are=refs, rescue=_rescuer(marked, rescued),
@@ -299,7 +303,7 @@ def collect_garbage_by_listing(reader: ObjectReader, *, dry_run: bool = False,
         backend.sync()
     gone = [oid for oid in doomed if oid not in rescued]
     located_gone, located_bytes = (0, 0) if hints is None else sweep_located(
-        backend, refs, hints, older_than, dry_run=dry_run)
+        backend, refs, hints, listed, older_than, dry_run=dry_run)
     return GCSummary(reachable=len(marked) + len(rescued), deleted=len(gone) + located_gone,
                      dry_run=dry_run,
                      bytes_freed=sum(sizes.get(oid, 0) for oid in gone) + located_bytes)

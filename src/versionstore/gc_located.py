@@ -12,13 +12,17 @@ needs it, and is collected like any object once nothing does:
 * collected otherwise: a superseded write of a key, a discarded one, one
   whose session was committed and moved on.
 
+A session record with located staging is pruned only once its session is
+idle (``idle_sessions``): nothing to absorb, and no located write younger
+than the grace period.
+
 The rules and why they keep every write that returned are in
 ``docs/format.md`` ("Located staging").
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -30,15 +34,43 @@ from versionstore.records import LocatedChunkRef
 if TYPE_CHECKING:
     from versionstore.backend.protocol import Backend
 
-__all__ = ["sweep_located"]
+__all__ = ["idle_sessions", "sweep_located"]
 
 #: A chunk frame's header (bytes): a located write's stored size is its value's plus this.
 _FRAME_HEADER = 13
 _DELETE_BATCH = 1000
 
 
+def idle_sessions(refs: Mapping[str, bytes], listed: Sequence[tuple[str, datetime]],
+                  older_than: datetime) -> set[str]:
+    """Sessions with located staging whose record gc may prune: idle, nothing to absorb.
+
+    Such a session has no located write in its open or closing epochs and
+    none at all written since ``older_than`` (the grace period): a writer
+    idle that long that writes again finds the record gone and stages its
+    write as a ref, which recreates the record (``docs/format.md``).
+    """
+    busy: set[str] = set()
+    live: dict[str, tuple[str, ...]] = {}
+    for name, raw in refs.items():
+        if name.startswith("session/"):
+            record = decode_session(name, raw)
+            if record.epoch is not None:
+                session_id = session_of(name)
+                live[session_id] = tuple(epoch_prefix(session_id, e)
+                                         for e in {record.epoch, *record.closing})
+    for name, modified in listed:
+        parsed = parse_located(name)
+        if parsed is None or parsed[0] not in live:
+            continue
+        if modified >= older_than or name.startswith(live[parsed[0]]):
+            busy.add(parsed[0])
+    return set(live) - busy
+
+
 def sweep_located(backend: Backend, refs: Mapping[str, bytes], hints: set[str],
-                  older_than: datetime | None, *, dry_run: bool) -> tuple[int, int]:
+                  listed: Sequence[tuple[str, datetime]], older_than: datetime | None, *,
+                  dry_run: bool) -> tuple[int, int]:
     """Delete the located writes nothing needs; return how many, and their stored bytes.
 
     Args:
@@ -46,6 +78,7 @@ def sweep_located(backend: Backend, refs: Mapping[str, bytes], hints: set[str],
         refs: every ref, as the collection read them (before listing).
         hints: the location hints of every located chunk reference that
             the collection's mark reached (trees of live snapshots).
+        listed: ``backend.list_located_written()``, listed after ``refs`` were read.
         older_than: only writes last modified before this are candidates
             (``None``: now).
         dry_run: count, delete nothing.
@@ -66,10 +99,11 @@ def sweep_located(backend: Backend, refs: Mapping[str, bytes], hints: set[str],
     cutoff = datetime.now(UTC) if older_than is None else older_than
     doomed: list[str] = []
     freed = 0
-    for name in backend.list_located_before(cutoff):
+    for name, modified in listed:
         parsed = parse_located(name)
-        if parsed is None or name in keep or name.startswith(live_folders):
-            continue  # not a located write (left alone), or needed
+        if (parsed is None or modified >= cutoff or name in keep
+                or name.startswith(live_folders)):
+            continue  # not a located write (left alone), young, or needed
         doomed.append(name)
         freed += parsed[4].size + _FRAME_HEADER
     if not dry_run:

@@ -485,6 +485,8 @@ class Session:
         entries, too_long = located.put(epoch, chunks)
         raw, record = located.record()
         self._adopt(raw)
+        if record is None or record.epoch is None:
+            self._epochs = None  # pruned by gc (idle): the next write opens an epoch again
         if entries and (record is None or record.epoch != epoch):
             self._stage(WriteBatch(refs=located.stage_refs(entries), session=self._staging()))
         return rest + too_long

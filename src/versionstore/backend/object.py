@@ -609,11 +609,10 @@ class ObjectBackend(Backend):
         return [name for name, _ in io.run("listing staged writes", io.list_after(folder))]
 
     @override
-    def list_located_before(self, when: datetime) -> list[str]:
+    def list_located_written(self) -> list[tuple[str, datetime]]:
         check_not_forked()
         io = self._io
-        return [name for name, modified in io.run("listing staged writes", io.list_after("stage"))
-                if modified < when]
+        return io.run("listing staged writes", io.list_after("stage"))
 
     @override
     def delete_located(self, names: Sequence[str]) -> None:

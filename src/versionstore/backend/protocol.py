@@ -237,8 +237,8 @@ class Backend(Protocol):
         """
         return []
 
-    def list_located_before(self, when: datetime) -> list[str]:
-        """Names under ``stage/`` last written before ``when`` (gc's candidates); default none."""
+    def list_located_written(self) -> list[tuple[str, datetime]]:
+        """Every name under ``stage/`` with its last-modified time (for gc); default none."""
         return []
 
     def delete_located(self, names: Sequence[str]) -> None:

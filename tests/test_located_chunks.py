@@ -299,3 +299,16 @@ def test_gc_prunes_an_idle_sessions_record_and_its_next_write_survives(
     assert view.read_entries([view.entry(k) for k in keys]) == [
         b"1" * 1000, b"2" * 1000, b"3" * 1000]
     assert repo.verify().ok
+
+
+def test_rewriting_a_located_chunk_unchanged_is_no_change(s3_repos: S3Repos) -> None:
+    repo = vs.Repository.create(s3_repos.storage())
+    session = repo.writable_session("main")
+    session.set_values([("r/c/0", b"1" * 1000)])
+    first = session.commit("one")
+    again = repo.writable_session("main")
+    again.set_values([("r/c/0", b"1" * 1000)])  # the same bytes, at a new location
+    assert not again.has_uncommitted_changes
+    with pytest.raises(vs.NothingToCommitError):
+        again.commit("nothing")
+    assert repo.lookup_branch("main") == first

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from versionstore.codec import encode_node
 from versionstore.ids import ObjectId
-from versionstore.records import Branch, ChunkRef, Entry, Leaf, Node
+from versionstore.records import Branch, ChunkRef, Entry, Leaf, LocatedChunkRef, Node
 
 __all__ = [
     "MAX_BRANCH_CHILDREN",
@@ -263,6 +263,8 @@ class _Writer:
                     seen = []
             i = j + 1 if found else j
             if entry is not None:
+                if found and entry.__class__ is LocatedChunkRef and entry == entries[j]:
+                    entry = entries[j]  # the same chunk, already kept: an identical rewrite
                 run.add(key, entry)
         if seen and observe is not None:
             observe(seen)

@@ -300,15 +300,46 @@ def test_gc_spares_what_a_writer_stored_but_has_not_referenced_yet(
             summaries.append(collector.garbage_collect())  # the default grace period
 
     monkeypatch.setattr(backend, "_put_objects", store_then_collect)
+    # A metadata document above the inline limit: a chunk object named by a log record
+    # (chunks proper are located writes, below).
     value = b"v" * 2000
-    session.set_values([("a/0", value)])
+    session.set_values([("a/zarr.json", value)])
     monkeypatch.undo()
     without_grace, with_grace = summaries
     assert without_grace.deleted == 1  # unreferenced: garbage, but for the grace period
     assert with_grace.deleted == 0
     snapshot = session.commit("kept")
     view = repo.readonly_session(snapshot_id=snapshot)
-    assert view.read_entries([view.entry("a/0")]) == [value]
+    assert view.read_entries([view.entry("a/zarr.json")]) == [value]
+    assert repo.verify().ok
+
+
+def test_gc_spares_a_located_write_whatever_its_age(
+        s3_repos: S3Repos, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A located write lands in its session's open epoch, which the record names
+    # before the write: even a collection without grace period keeps it.
+    storage = s3_repos.storage()
+    repo = vs.Repository.create(storage)
+    collector = vs.Repository.open(s3_repos.storage(storage.prefix,
+                                                    client_options={"timeout": "60s"}))
+    session = repo.writable_session("main")
+    backend: Any = repo.backend
+    store_located = backend.put_located
+    summaries: list[vs.GCSummary] = []
+
+    def store_then_collect(objects: Any) -> None:
+        store_located(objects)  # stored; the set has not looked at the log yet
+        if objects and not summaries:
+            summaries.append(collector.garbage_collect(datetime.now(UTC) + timedelta(days=1)))
+
+    monkeypatch.setattr(backend, "put_located", store_then_collect)
+    value = b"w" * 2000
+    session.set_values([("a/c/0", value)])
+    monkeypatch.undo()
+    assert [s.deleted for s in summaries] == [0]
+    snapshot = session.commit("kept")
+    view = repo.readonly_session(snapshot_id=snapshot)
+    assert view.read_entries([view.entry("a/c/0")]) == [value]
     assert repo.verify().ok
 
 

@@ -44,12 +44,13 @@ from versionstore.codec import (
     KIND_SNAPSHOT,
     decode_history_page,
     decode_node,
+    decode_session,
     decode_snapshot,
     decode_staged,
     frame_kind,
 )
 from versionstore.gc_incremental import collect_incrementally
-from versionstore.gc_located import idle_sessions, sweep_located
+from versionstore.gc_located import idle_sessions, pending_sessions, sweep_located
 from versionstore.gc_roots import (
     GCSummary,
     Progress,
@@ -258,9 +259,12 @@ def collect_garbage_by_listing(reader: ObjectReader, *, dry_run: bool = False,
     backend = reader.backend
     refs = backend.list_refs("")
     grafts = grafts_from_refs(refs)
-    staged = staged_sessions(refs)
-    marked: set[ObjectId] = set()
     hints: set[str] | None = set() if backend.located_staging() else None
+    # Listed after the refs were read: a located write made later is young, and its
+    # session's record (read above) names its epoch.
+    listed = backend.list_located_written() if hints is not None else []
+    staged = staged_sessions(refs, None if hints is None else pending_sessions(refs, listed))
+    marked: set[ObjectId] = set()
     _mark(roots_of(refs, staged), reader.snapshot_if_stored, reader.node_if_stored,
           reader.history_page_if_stored, marked, None, grafts, hints=hints)
     if older_than is None and (grace := backend.default_gc_grace()) is not None:
@@ -288,13 +292,12 @@ def collect_garbage_by_listing(reader: ObjectReader, *, dry_run: bool = False,
               reader.history_page_if_stored, marked, None, grafts)
         doomed = [oid for oid in doomed if oid not in marked]
     rescued: set[ObjectId] = set()
-    listed = backend.list_located_written() if hints is not None else []
     idle = (set() if hints is None else
             idle_sessions(refs, listed, datetime.now(UTC) if older_than is None else older_than))
     empty_records = {  # records of sessions with nothing staged: pruned, if still so
         name: (raw, stage_prefix(session_of(name))) for name, raw in refs.items()
-        if name.startswith("session/")
-        and (session_of(name) not in staged or session_of(name) in idle)
+        if name.startswith("session/") and session_of(name) not in staged
+        and (hints is None or decode_session(name, raw).epoch is None or session_of(name) in idle)
     }
     if not dry_run and (doomed or empty_records):
         backend.delete_objects(doomed, if_refs_are=refs, rescue=_rescuer(marked, rescued),

@@ -34,11 +34,36 @@ from versionstore.records import LocatedChunkRef
 if TYPE_CHECKING:
     from versionstore.backend.protocol import Backend
 
-__all__ = ["idle_sessions", "sweep_located"]
+__all__ = ["idle_sessions", "pending_sessions", "sweep_located"]
 
 #: A chunk frame's header (bytes): a located write's stored size is its value's plus this.
 _FRAME_HEADER = 13
 _DELETE_BATCH = 1000
+
+
+def _epochs(refs: Mapping[str, bytes]) -> dict[str, tuple[str, ...]]:
+    """Per session with located staging: the folders of its open and closing epochs."""
+    live: dict[str, tuple[str, ...]] = {}
+    for name, raw in refs.items():
+        if name.startswith("session/"):
+            record = decode_session(name, raw)
+            if record.epoch is not None:
+                session_id = session_of(name)
+                live[session_id] = tuple(epoch_prefix(session_id, e)
+                                         for e in {record.epoch, *record.closing})
+    return live
+
+
+def pending_sessions(refs: Mapping[str, bytes], listed: Sequence[tuple[str, datetime]]
+                     ) -> set[str]:
+    """Sessions with located writes in an open or closing epoch (not absorbed yet)."""
+    live = _epochs(refs)
+    found: set[str] = set()
+    for name, _ in listed:
+        parsed = parse_located(name)
+        if parsed is not None and parsed[0] in live and name.startswith(live[parsed[0]]):
+            found.add(parsed[0])
+    return found
 
 
 def idle_sessions(refs: Mapping[str, bytes], listed: Sequence[tuple[str, datetime]],
@@ -51,14 +76,7 @@ def idle_sessions(refs: Mapping[str, bytes], listed: Sequence[tuple[str, datetim
     write as a ref, which recreates the record (``docs/format.md``).
     """
     busy: set[str] = set()
-    live: dict[str, tuple[str, ...]] = {}
-    for name, raw in refs.items():
-        if name.startswith("session/"):
-            record = decode_session(name, raw)
-            if record.epoch is not None:
-                session_id = session_of(name)
-                live[session_id] = tuple(epoch_prefix(session_id, e)
-                                         for e in {record.epoch, *record.closing})
+    live = _epochs(refs)
     for name, modified in listed:
         parsed = parse_located(name)
         if parsed is None or parsed[0] not in live:

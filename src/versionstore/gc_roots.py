@@ -63,19 +63,22 @@ def session_of(name: str) -> str:
     return name.split("/", 2)[1]
 
 
-def staged_sessions(refs: Mapping[str, bytes | None]) -> set[str]:
-    """Ids of the sessions with staged refs among ``refs``, or with located staging.
+def staged_sessions(refs: Mapping[str, bytes | None],
+                    located: set[str] | None = None) -> set[str]:
+    """Ids of the sessions with staged refs among ``refs``, or with located writes.
 
     A session whose record has located staging (version 3: object storage,
-    ``versionstore.located``) may hold located writes that no ref names yet,
-    so it counts as staged: its base is a root and its record is never
-    pruned (``docs/format.md``, "Located staging").
+    ``versionstore.located``) may hold located writes that no ref names yet:
+    it counts as staged if its id is in ``located`` (those with writes in an
+    open or closing epoch, as gc listed them), or — ``located`` not given —
+    always (the conservative answer, for a rescue).
     """
     found = {session_of(name) for name, raw in refs.items()
              if raw is not None and name.startswith("stage/")}
     for name, raw in refs.items():
         if raw is not None and name.startswith("session/") and session_of(name) not in found:
-            if decode_session(name, raw).epoch is not None:
+            if decode_session(name, raw).epoch is not None and (
+                    located is None or session_of(name) in located):
                 found.add(session_of(name))
     return found
 

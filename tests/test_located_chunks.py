@@ -17,6 +17,7 @@ import pytest
 from object_repo_support import S3Repos, aws_env_fixture, s3_fixture, s3_repos_fixture
 
 import versionstore as vs
+import versionstore.session as session_module
 from versionstore.backend.protocol import WriteBatch
 from versionstore.codec import (
     decode_node,
@@ -202,12 +203,18 @@ def test_a_missing_located_chunk_is_reported_by_verify(s3_repos: S3Repos) -> Non
 # -- located staging and its garbage collection ------------------------------------------
 
 
+@pytest.fixture
+def every_chunk_located(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No chunk staged as a log record first (``session._LOGGED_FIRST``): all located."""
+    monkeypatch.setattr(session_module, "_LOGGED_FIRST", 0)
+
+
 def _located_names(repo: vs.Repository) -> set[str]:
     return {name for name in _listed(repo) if name.startswith("stage/")}
 
 
 def test_gc_keeps_live_and_committed_located_writes_and_collects_the_rest(
-        s3_repos: S3Repos) -> None:
+        s3_repos: S3Repos, every_chunk_located: None) -> None:
     repo = vs.Repository.create(s3_repos.storage())
     no_grace = datetime.now(UTC) + timedelta(days=1)
     session = repo.writable_session("main")
@@ -243,7 +250,7 @@ def test_gc_keeps_live_and_committed_located_writes_and_collects_the_rest(
 
 
 def test_a_session_sees_its_copies_located_writes_before_they_are_absorbed(
-        s3_repos: S3Repos) -> None:
+        s3_repos: S3Repos, every_chunk_located: None) -> None:
     storage = s3_repos.storage()
     repo = vs.Repository.create(storage)
     session = repo.writable_session("main")
@@ -278,7 +285,7 @@ def test_lmdb_and_memory_stage_as_before(tmp_path: Path) -> None:
 
 
 def test_gc_prunes_an_idle_sessions_record_and_its_next_write_survives(
-        s3_repos: S3Repos) -> None:
+        s3_repos: S3Repos, every_chunk_located: None) -> None:
     repo = vs.Repository.create(s3_repos.storage())
     session = repo.writable_session("main")
     session.set_values([("p/c/0", b"1" * 1000)])
@@ -301,7 +308,8 @@ def test_gc_prunes_an_idle_sessions_record_and_its_next_write_survives(
     assert repo.verify().ok
 
 
-def test_rewriting_a_located_chunk_unchanged_is_no_change(s3_repos: S3Repos) -> None:
+def test_rewriting_a_located_chunk_unchanged_is_no_change(
+        s3_repos: S3Repos, every_chunk_located: None) -> None:
     repo = vs.Repository.create(s3_repos.storage())
     session = repo.writable_session("main")
     session.set_values([("r/c/0", b"1" * 1000)])
@@ -312,3 +320,25 @@ def test_rewriting_a_located_chunk_unchanged_is_no_change(s3_repos: S3Repos) -> 
     with pytest.raises(vs.NothingToCommitError):
         again.commit("nothing")
     assert repo.lookup_branch("main") == first
+
+
+def test_a_small_commit_stages_its_chunks_as_log_records(s3_repos: S3Repos) -> None:
+    # The first few chunks after each commit (session._LOGGED_FIRST) ride in log
+    # records, so a commit of one chunk needs no absorb (no close, listing or record).
+    repo = vs.Repository.create(s3_repos.storage())
+    session = repo.writable_session("main")
+    session.set_values([("s/c/0", b"1" * 1000)])
+    assert not _located_names(repo)
+    session.commit("one")
+    proxy = s3_repos.proxy
+    session.set_values([("s/c/1", b"2" * 1000)])
+    proxy.reset_counts()
+    session.commit("another")
+    assert proxy.counts.get("list", 0) == 0, dict(proxy.counts)
+    # More than that in one commit: the rest are located writes.
+    values = [(f"s/c/{i}", bytes([i]) * 1000) for i in range(2, 12)]
+    session.set_values(values)
+    assert len(_located_names(repo)) == 10 - session_module._LOGGED_FIRST
+    session.commit("ten")
+    view = repo.readonly_session(branch="main")
+    assert view.read_entries([view.entry(k) for k, _ in values]) == [v for _, v in values]

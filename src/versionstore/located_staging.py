@@ -151,8 +151,12 @@ class LocatedStaging:
 
     def has_pending(self, record: SessionRecord) -> bool:
         """Whether located writes wait to be absorbed (what makes the session resumable)."""
-        return record.epoch is not None and (bool(record.closing) or bool(
-            self._backend.list_located(epoch_prefix(self._session_id, record.epoch)[:-1])))
+        return record.epoch is not None and self.pending_in(record.epoch, record.closing)
+
+    def pending_in(self, epoch: int, closing: tuple[int, ...]) -> bool:
+        """Whether epochs ``closing`` or the open ``epoch`` hold writes to absorb (one listing)."""
+        return bool(closing) or bool(
+            self._backend.list_located(epoch_prefix(self._session_id, epoch)[:-1]))
 
     def pending_key(self, record: SessionRecord, key: str) -> LocatedChunkRef | None:
         """The newest located write of ``key`` not absorbed yet (one listing per epoch)."""

@@ -92,6 +92,10 @@ _MAX_COMMIT_ATTEMPTS = 1000
 #: New leaves a commit keeps decoded for the next one (``ObjectReader.remember_nodes``
 #: keeps no leaves of a commit that made more).
 _REMEMBER_LEAVES = 1024
+#: Chunks a session object stages as log records after each commit before it stages
+#: located writes (object storage): a commit of this few then costs no absorb (its
+#: close, listing and record), and a big one only this many extra write requests.
+_LOGGED_FIRST = 4
 #: Seconds a staging ``SessionRule`` is reused (``Session._staging``).
 _RULE_REUSE_S = 1.0
 
@@ -136,6 +140,8 @@ class Session:
                          if session_id is not None and not read_only
                          and repository.backend.located_staging() else None)
         self._epochs: tuple[int, tuple[int, ...]] | None = None
+        #: Chunks this object staged as log records since its last commit (``_LOGGED_FIRST``).
+        self._logged_chunks = 0
 
     # -- identity -----------------------------------------------------------------------
 
@@ -434,10 +440,17 @@ class Session:
         if self._located is not None:
             for key, _ in items:
                 validate_session_key(key)
-            items = self._set_located(self._located, items)
-            if not items:
-                return
-            self._absorb_first()
+            logged, located = self._split_located(items)
+            if logged:
+                self._absorb_first()  # then the log record is newer than every located write
+                self._set_logged(session_id, logged)
+            if located:
+                self._set_located(self._located, located)
+            return
+        self._set_logged(session_id, items)
+
+    def _set_logged(self, session_id: SessionId, items: list[tuple[str, bytes]]) -> None:
+        """Stage ``items`` as staged refs in one log record (chunks stored by id first)."""
         objects = []
         refs: dict[str, bytes | None] = {}
         prefix = stage_prefix(session_id)
@@ -456,19 +469,33 @@ class Session:
             remember(name, raw, entry)  # read back at once by zarr's partial-chunk writes
         self._stage(WriteBatch(objects=objects, refs=refs, session=self._staging()))
 
-    def _set_located(self, located: LocatedStaging, items: list[tuple[str, bytes]]
-                     ) -> list[tuple[str, bytes]]:
-        """Stage the chunks among ``items`` by located writes; return the other items.
+    def _split_located(self, items: list[tuple[str, bytes]]
+                       ) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
+        """``items`` to stage as log records, and the chunks to stage by located writes.
+
+        Metadata documents and small values are log records; so are the first
+        ``_LOGGED_FIRST`` chunks after each commit (a small commit then needs no
+        absorb). A batch that writes one key twice is all log records (in order).
+        """
+        chunks = [(k, v) for k, v in items if is_located_value(k, v, INLINE_LIMIT)]
+        if not chunks or len({k for k, _ in items}) < len(items):
+            return items, []
+        logged = [(k, v) for k, v in items if not is_located_value(k, v, INLINE_LIMIT)]
+        take = max(0, _LOGGED_FIRST - self._logged_chunks)
+        if take:
+            self._logged_chunks += min(take, len(chunks))
+            logged.extend(chunks[:take])
+            chunks = chunks[take:]
+        return logged, chunks
+
+    def _set_located(self, located: LocatedStaging, chunks: list[tuple[str, bytes]]) -> None:
+        """Stage ``chunks`` by located writes (keys too long for a name: as log records).
 
         Each chunk's ``PUT`` is its durable staged record. One look at the
         session record follows: if an absorb closed the epoch written to
         meanwhile (it may have listed it before the ``PUT`` landed), the
         writes are staged again as refs, one log record (``docs/format.md``).
         """
-        chunks = [(k, v) for k, v in items if is_located_value(k, v, INLINE_LIMIT)]
-        if not chunks:
-            return items
-        rest = [(k, v) for k, v in items if not is_located_value(k, v, INLINE_LIMIT)]
         if self._epochs is None:
             assert self._branch is not None
             fresh = SessionRecord(branch=self._branch, base=self._base,
@@ -489,7 +516,10 @@ class Session:
             self._epochs = None  # pruned by gc (idle): the next write opens an epoch again
         if entries and (record is None or record.epoch != epoch):
             self._stage(WriteBatch(refs=located.stage_refs(entries), session=self._staging()))
-        return rest + too_long
+        if too_long:
+            self._absorb_first()
+            assert self._session_id is not None
+            self._set_logged(self._session_id, too_long)
 
     def _absorb_first(self) -> None:
         """Absorb located writes before a log-recorded write, so that it is the newer."""
@@ -780,20 +810,28 @@ class Session:
             pack_metadata(dict(metadata))
         repo = self._repo
         missing_in_a_row = 0
-        self._absorb_first()
+        absorbed = self._located is None
         for _ in range(_MAX_COMMIT_ATTEMPTS):
             # One view of the refs per attempt (one look at the object-storage log, not
             # three): the branch moves by compare-and-swap, which fails if it was stale.
+            recorded = None
+            absorb = False
             try:
                 with repo.backend.consistent_reads():
                     self._refresh()  # another copy's commit may have moved the session's base
-                    with StagedScan(repo.backend,
-                                    stage_prefix(self._require_writable())) as staged:
-                        if not len(staged) and not allow_empty:
-                            raise NothingToCommitError(
-                                "nothing to commit: no changes are staged")
-                        recorded = self._record_once(staged, message, metadata,
-                                                     allow_empty=allow_empty, amend=amend)
+                    # Located writes (object storage) become staged refs first: the
+                    # record read in this view says whether the session has any.
+                    absorb = (not absorbed and self._epochs is not None
+                              and self._located is not None
+                              and self._located.pending_in(*self._epochs))
+                    if not absorb:
+                        with StagedScan(repo.backend,
+                                        stage_prefix(self._require_writable())) as staged:
+                            if not len(staged) and not allow_empty:
+                                raise NothingToCommitError(
+                                    "nothing to commit: no changes are staged")
+                            recorded = self._record_once(staged, message, metadata,
+                                                         allow_empty=allow_empty, amend=amend)
             except MissingObjectsError as exc:
                 # A chunk staged here may have been overwritten by a copy and collected
                 # since it was read: then re-read the staging area and try again.
@@ -804,8 +842,14 @@ class Session:
                         "a staged chunk is missing from the repository; discard or rewrite "
                         "the keys that reference it") from exc
                 continue
+            if absorb:
+                assert self._located is not None
+                self._located.absorb()
+                absorbed = True
+                continue
             missing_in_a_row = 0
             if recorded is not None:
+                self._logged_chunks = 0
                 return recorded
         raise ConflictError(self._branch, [])  # pragma: no cover - endless contention
 

@@ -171,15 +171,21 @@ class LocatedStaging:
 
     # -- absorbing -------------------------------------------------------------------------
 
-    def absorb(self) -> None:
-        """Turn every located write not absorbed yet into a staged ref (see the module)."""
+    def absorb(self, seen_written: int | None = None) -> None:
+        """Turn every located write not absorbed yet into a staged ref (see the module).
+
+        ``seen_written``: an epoch the caller just listed and found writes in
+        (saves listing it again while it is still the open one).
+        """
         backend = self._backend
         for _ in range(_ATTEMPTS):
             raw, record = self.record()
             if record is None or record.epoch is None:
                 return
             assert raw is not None
-            written = backend.list_located(epoch_prefix(self._session_id, record.epoch)[:-1])
+            written = record.epoch == seen_written or bool(backend.list_located(
+                epoch_prefix(self._session_id, record.epoch)[:-1]))
+            seen_written = None
             if not record.closing and not written:
                 return  # nothing written since the last absorb
             if written:

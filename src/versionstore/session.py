@@ -821,9 +821,11 @@ class Session:
                     self._refresh()  # another copy's commit may have moved the session's base
                     # Located writes (object storage) become staged refs first: the
                     # record read in this view says whether the session has any.
-                    absorb = (not absorbed and self._epochs is not None
-                              and self._located is not None
-                              and self._located.pending_in(*self._epochs))
+                    open_written = (not absorbed and self._epochs is not None
+                                    and self._located is not None
+                                    and self._located.pending_in(self._epochs[0], ()))
+                    absorb = open_written or (not absorbed and self._epochs is not None
+                                              and bool(self._epochs[1]))
                     if not absorb:
                         with StagedScan(repo.backend,
                                         stage_prefix(self._require_writable())) as staged:
@@ -843,8 +845,8 @@ class Session:
                         "the keys that reference it") from exc
                 continue
             if absorb:
-                assert self._located is not None
-                self._located.absorb()
+                assert self._located is not None and self._epochs is not None
+                self._located.absorb(seen_written=self._epochs[0] if open_written else None)
                 absorbed = True
                 continue
             missing_in_a_row = 0

@@ -12,7 +12,8 @@ still returns only once its value is staged durably (the group commit of
 databases: the same guarantee, one transaction for many writers).
 
 On a backend where every write is a paid round trip (object storage: one
-log record per batch), one loop turn is too short: zarr's encoders (zstd in
+log record per batch of what is not staged by located writes — metadata,
+small values, a commit's first few chunks), one loop turn is too short: zarr's encoders (zstd in
 threads) hand chunks over a few milliseconds apart, and each would write its
 own record. There the backend's ``StagingWindow`` keeps a batch open longer
 (``_Window``): the leader waits up to ``seconds`` for more writers, closing

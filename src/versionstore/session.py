@@ -8,6 +8,11 @@ memory: a kernel that dies before ``commit`` loses nothing, the session is
 resumed by id, and copies of the session — threads sharing it, pickled
 copies on dask workers — all stage into the same place.
 
+On object storage a chunk is staged by its own ``PUT`` instead, under a
+name that records the session and key (*located staging*,
+``versionstore.located_staging``): the commit lists them and turns them
+into staged refs first, so everything below holds for them too.
+
 Every staging write is one atomic ``WriteBatch`` that also keeps the
 session's record (branch and base snapshot) in existence exactly while
 something is staged, so every staged entry belongs to a resumable,

@@ -20,6 +20,12 @@ by making every ref change a record of one append-only log:
   the last checkpoint outweigh half the refs); a process opens by reading the
   newest checkpoint and the records after it.
 
+* ``stage/<session>/<epoch>/<key>/<stamp>-<id>-<size>`` — *located writes*:
+  a chunk a session staged by its own ``PUT`` (``located_staging()``; the
+  names and the protocol are ``versionstore.located`` and
+  ``versionstore.located_staging``), read through the location hint of a
+  ``LocatedChunkRef`` (``get_located``).
+
 A batch is decided exactly as ``MemoryBackend`` decides it (both use
 ``RefState``), against the refs as of the newest record this process has
 read; the create-if-absent of the next record is the atomic step that proves

@@ -155,8 +155,8 @@ class LocatedStaging:
 
     def pending_in(self, epoch: int, closing: tuple[int, ...]) -> bool:
         """Whether epochs ``closing`` or the open ``epoch`` hold writes to absorb (one listing)."""
-        return bool(closing) or bool(
-            self._backend.list_located(epoch_prefix(self._session_id, epoch)[:-1]))
+        return bool(closing) or self._backend.any_located(
+            epoch_prefix(self._session_id, epoch)[:-1])
 
     def pending_key(self, record: SessionRecord, key: str) -> LocatedChunkRef | None:
         """The newest located write of ``key`` not absorbed yet (one listing per epoch)."""
@@ -183,8 +183,8 @@ class LocatedStaging:
             if record is None or record.epoch is None:
                 return
             assert raw is not None
-            written = record.epoch == seen_written or bool(backend.list_located(
-                epoch_prefix(self._session_id, record.epoch)[:-1]))
+            written = record.epoch == seen_written or backend.any_located(
+                epoch_prefix(self._session_id, record.epoch)[:-1])
             seen_written = None
             if not record.closing and not written:
                 return  # nothing written since the last absorb

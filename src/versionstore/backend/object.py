@@ -615,6 +615,11 @@ class ObjectBackend(Backend):
         return [name for name, _ in io.run("listing staged writes", io.list_after(folder))]
 
     @override
+    def any_located(self, folder: str) -> bool:
+        check_not_forked()
+        return self._io.run("looking for staged writes", self._io.any_under(folder))
+
+    @override
     def list_located_written(self) -> list[tuple[str, datetime]]:
         check_not_forked()
         io = self._io

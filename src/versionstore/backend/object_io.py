@@ -249,6 +249,18 @@ class ObjectIO:
         found.sort()
         return found
 
+    async def any_under(self, folder: str) -> bool:
+        """Whether any object lies in ``folder`` (relative, no trailing slash): one short page."""
+        stream = obstore.list(self.store, self.path(folder), chunk_size=1)
+        try:
+            async for chunk in stream:
+                if chunk:
+                    return True
+        except (NotFoundError, FileNotFoundError) as exc:  # a local store without the folder
+            if not _missing(exc):
+                raise
+        return False
+
     async def folders(self) -> list[str]:
         """The names directly under the prefix (one delimiter listing)."""
         try:

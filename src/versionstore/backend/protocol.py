@@ -237,6 +237,10 @@ class Backend(Protocol):
         """
         return []
 
+    def any_located(self, folder: str) -> bool:
+        """Whether ``folder`` holds any located write (``list_located``, one short page)."""
+        return bool(self.list_located(folder))
+
     def list_located_written(self) -> list[tuple[str, datetime]]:
         """Every name under ``stage/`` with its last-modified time (for gc); default none."""
         return []

@@ -277,6 +277,21 @@ class ObjectIO:
         except (NotFoundError, FileNotFoundError):
             pass
 
+    async def service_time(self) -> datetime:
+        """The service's clock: the last-modified time of an object stored now (then deleted).
+
+        ``probe/clock-<random>``, empty; three requests (``PUT``, ``HEAD``,
+        ``DELETE``). Object times come from the service's clock, so a cut-off
+        compared with them must be on that clock too (``ObjectBackend``).
+        """
+        probe = f"probe/clock-{os.urandom(8).hex()}"
+        await self.put(probe, b"")
+        try:
+            meta = await obstore.head_async(self.store, self.path(probe))
+        finally:
+            await self.delete([probe])
+        return meta["last_modified"]
+
     async def supports_conditional_create(self) -> bool:
         """Probe: does a second create-if-absent of one object fail? (deletes the probe)."""
         probe = f"probe/{os.urandom(8).hex()}"

@@ -19,6 +19,9 @@ answers the ``Last-Modified`` header of matching ``HEAD``/``GET`` requests as
 if the object had been stored that much earlier (time passed on the service),
 and ``throttle`` answers matching requests ``503 SlowDown`` without
 forwarding them (a throttled service), the next ``n`` or all of them.
+``omit_newest_listed`` drops the last entry of matching ``LIST`` answers (a
+listing that has not caught up with the newest write: an eventually
+consistent service, or a page read before a racing writer's object landed).
 """
 
 from __future__ import annotations
@@ -76,6 +79,10 @@ class S3Proxy:
         #: without forwarding them (``n`` of ``None``: every one until switched off).
         self.throttle: tuple[re.Pattern[str], int | None] | None = None
         self.throttled = 0
+        #: A pattern: ``LIST`` answers whose ``"METHOD /path?query"`` matches leave out
+        #: their last entry. ``None``: list everything.
+        self.omit_newest_listed: re.Pattern[str] | None = None
+        self.omitted = 0
         self._lock: asyncio.Lock | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -140,6 +147,9 @@ class S3Proxy:
                     "</Error>")
             return web.Response(status=500, body=body.encode(), content_type="application/xml")
         self._age(f"{request.method} {request.path}", out_headers)
+        if (self.omit_newest_listed is not None and self._kind(request) == "list"
+                and self.omit_newest_listed.search(f"{request.method} {request.path_qs}")):
+            payload = self._omit_newest(payload)
         if request.method == "HEAD":
             response = web.StreamResponse(status=status, headers=out_headers)
             if length is not None:
@@ -156,6 +166,16 @@ class S3Proxy:
             self.throttle = (pattern, left - 1) if left > 1 else None
         self.throttled += 1
         return True
+
+    def _omit_newest(self, payload: bytes) -> bytes:
+        entries = list(re.finditer(rb"<Contents>.*?</Contents>", payload, re.DOTALL))
+        if not entries:
+            return payload
+        last = entries[-1]
+        self.omitted += 1
+        payload = payload[:last.start()] + payload[last.end():]
+        return re.sub(rb"<KeyCount>(\d+)</KeyCount>",
+                      lambda m: b"<KeyCount>%d</KeyCount>" % (int(m.group(1)) - 1), payload)
 
     def _age(self, line: str, headers: dict[str, str]) -> None:
         if self.age_matching is None or not self.age_matching[0].search(line):
@@ -203,6 +223,7 @@ def serve_s3_proxy(upstream: str, access_keys: set[str]) -> Iterator[S3Proxy]:
     finally:
         proxy.stall, proxy.stall_matching, proxy.ignore_conditions = False, None, False
         proxy.lose_answers = proxy.age_matching = proxy.throttle = None
+        proxy.omit_newest_listed = None
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
         asyncio.run_coroutine_threadsafe(proxy.stop(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)

@@ -76,7 +76,7 @@ def _s3(url: str, options: ObjectStorageOptions) -> RepositoryStorage:
         raise RepositoryURLError(
             f"{url!r}: object storage is not available in this build ({exc.name or 'obstore'} "
             "is not installed); install versionstore with the remote extra: "
-            "pip install 'versionstore[remote]'") from exc
+            "python -m pip install '/path/to/versionstore[remote]'") from exc
     return s3_storage(
         bucket=bucket, prefix=parts.path.strip("/"), region=options.region,
         endpoint_url=options.endpoint_url, allow_http=options.allow_http,

@@ -11,7 +11,8 @@ from the resumed session or from the commit that took it; every clone a
 worker finished verifies, and one cut off resumes and verifies; the pushed
 repository verifies and its ``main`` is a snapshot of the source's. Trials
 follow each other on one repository, so each starts from the debris of the
-last. 24 trials, three kinds.
+last. 21 trials, three kinds (80 kills in 11 minutes on a loaded two-core
+machine: most of it each worker's open and each check's ``verify`` over S3).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ KINDS = {
     "gc": [("commit", 0), ("stage", 2), ("scratch", 3), ("gc", 4)],
     "transfer": [("commit", 1), ("transfer", 5), ("gc", 4)],
 }
-TRIALS_PER_KIND = 8
+TRIALS_PER_KIND = 7
 #: A worker not ready after this many seconds fails the test.
 _READY_WAIT = 120.0
 
@@ -181,8 +182,8 @@ def test_sigkill_at_random_instants_on_s3(s3_repos: S3Repos, tmp_path: Path) -> 
     rng = random.Random(20261130)
     order = [kind for _ in range(TRIALS_PER_KIND) for kind in KINDS]
     for trial, kind in enumerate(order):
-        trials.run(kind, trial, rng.uniform(0.2, 3.0))
-    assert trials.kills >= 24 * 3
+        trials.run(kind, trial, rng.uniform(0.2, 2.5))
+    assert trials.kills >= 3 * len(order)
     assert trials.operations > 0
     print(f"{len(order)} trials, {trials.kills} kills, {trials.operations} operations "
           f"returned, {len(trials.returned)} commits; seconds spent: {trials.spent}")

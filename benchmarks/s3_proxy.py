@@ -22,6 +22,8 @@ forwarding them (a throttled service), the next ``n`` or all of them.
 ``omit_newest_listed`` drops the last entry of matching ``LIST`` answers (a
 listing that has not caught up with the newest write: an eventually
 consistent service, or a page read before a racing writer's object landed).
+``deny_matching`` answers matching requests ``403 AccessDenied``
+(credentials that may read but not write, say).
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ class S3Proxy:
         #: A pattern: ``LIST`` answers whose ``"METHOD /path?query"`` matches leave out
         #: their last entry. ``None``: list everything.
         self.omit_newest_listed: re.Pattern[str] | None = None
+        #: Answer matching requests ``403 AccessDenied`` (credentials without that right).
+        self.deny_matching: re.Pattern[str] | None = None
         self.omitted = 0
         self._lock: asyncio.Lock | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -118,6 +122,9 @@ class S3Proxy:
         if match.group(1) not in self.access_keys:
             return _error("InvalidAccessKeyId",
                           "The AWS Access Key Id you provided does not exist in our records.")
+        if (self.deny_matching is not None
+                and self.deny_matching.search(f"{request.method} {request.path}")):
+            return _error("AccessDenied", "Access Denied")
         body = await request.read()
         mutating = request.method in ("PUT", "POST", "DELETE")
         assert self._lock is not None and self._session is not None
@@ -223,7 +230,7 @@ def serve_s3_proxy(upstream: str, access_keys: set[str]) -> Iterator[S3Proxy]:
     finally:
         proxy.stall, proxy.stall_matching, proxy.ignore_conditions = False, None, False
         proxy.lose_answers = proxy.age_matching = proxy.throttle = None
-        proxy.omit_newest_listed = None
+        proxy.omit_newest_listed = proxy.deny_matching = None
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
         asyncio.run_coroutine_threadsafe(proxy.stop(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)

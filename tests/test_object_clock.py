@@ -46,6 +46,7 @@ def _skew(monkeypatch: pytest.MonkeyPatch, by: timedelta) -> None:
 def storage(s3_repos: S3Repos) -> Iterator[Any]:
     yield s3_repos.storage()
     s3_repos.proxy.age_matching = None
+    s3_repos.proxy.deny_matching = None
 
 
 def _collect_while_a_writer_pauses(s3_repos: S3Repos, storage: Any,
@@ -165,3 +166,24 @@ def test_a_slow_clock_still_restores_an_hour_old_object_it_references(
     puts = [n for path, n in proxy.requests.items()
             if path.startswith("PUT ") and path.endswith(base_path)]
     assert puts == [1], dict(proxy.requests)
+
+
+def test_read_only_credentials_still_dry_run_a_collection(
+        s3_repos: S3Repos, storage: Any) -> None:
+    # Reading the service's clock stores a probe object: credentials that may only
+    # read use this machine's clock instead (they cannot delete anything either).
+    repo = vs.Repository.create(storage)
+    first = repo.lookup_branch("main")
+    other = repo.writable_session("main")
+    other.set_values([("k", b"k" * 2000)])
+    other.commit("to be reset away")
+    repo.reset_branch("main", first)
+    reader = vs.Repository.open(s3_repos.storage(storage.prefix,
+                                                 client_options={"timeout": "64s"}))
+    s3_repos.proxy.deny_matching = re.compile(r"^(PUT|POST|DELETE) ")
+    later = datetime.now(UTC) + timedelta(seconds=5)
+    assert reader.garbage_collect(later, dry_run=True).deleted >= 3
+    with pytest.raises(vs.StorageAccessDeniedError):
+        reader.garbage_collect(later)
+    s3_repos.proxy.deny_matching = None
+    assert repo.verify().ok

@@ -372,7 +372,12 @@ class ObjectBackend(Backend):
         """
         now = time.monotonic()
         if fresh or self._offset is None or now - self._offset[0] > _CLOCK_FOR:
-            stamp = self._io.run("reading the service's clock", self._io.service_time())
+            try:
+                stamp = self._io.run("reading the service's clock", self._io.service_time())
+            except StorageAccessDeniedError:
+                # Read-only credentials (a dry-run gc): this machine's clock. Such a
+                # client cannot delete either, so nothing young can be lost by it.
+                return timedelta(0)
             self._offset = (now, stamp - datetime.now(UTC))
         return self._offset[1]
 

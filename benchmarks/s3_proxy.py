@@ -14,18 +14,29 @@ numbers. ``stall`` makes it sit on every request (a server that times out),
 ``stall_matching`` on the requests a pattern matches, ``ignore_conditions``
 makes it a service without conditional writes (it drops those headers), and
 ``lose_answers`` forwards matching requests but answers them ``500`` — a
-request the service applied whose answer never arrived.
+request the service applied whose answer never arrived. ``age_matching``
+answers the ``Last-Modified`` header of matching ``HEAD``/``GET`` requests as
+if the object had been stored that much earlier (time passed on the service),
+and ``throttle`` answers matching requests ``503 SlowDown`` without
+forwarding them (a throttled service), the next ``n`` or all of them.
+``omit_newest_listed`` drops the last entry of matching ``LIST`` answers (a
+listing that has not caught up with the newest write: an eventually
+consistent service, or a page read before a racing writer's object landed).
+``deny_matching`` answers matching requests ``403 AccessDenied``
+(credentials that may read but not write, say).
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import re
 import socket
 import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 import aiohttp
 from aiohttp import web
@@ -63,6 +74,19 @@ class S3Proxy:
         #: were lost on the way back. ``None``: answer truthfully.
         self.lose_answers: tuple[re.Pattern[str], int] | None = None
         self.answers_lost = 0
+        #: ``(pattern, age)``: matching ``HEAD``/``GET`` answers say the object was last
+        #: modified ``age`` earlier than it was. ``None``: the true time.
+        self.age_matching: tuple[re.Pattern[str], timedelta] | None = None
+        #: ``(pattern, n)``: answer the next ``n`` matching requests ``503 SlowDown``
+        #: without forwarding them (``n`` of ``None``: every one until switched off).
+        self.throttle: tuple[re.Pattern[str], int | None] | None = None
+        self.throttled = 0
+        #: A pattern: ``LIST`` answers whose ``"METHOD /path?query"`` matches leave out
+        #: their last entry. ``None``: list everything.
+        self.omit_newest_listed: re.Pattern[str] | None = None
+        #: Answer matching requests ``403 AccessDenied`` (credentials without that right).
+        self.deny_matching: re.Pattern[str] | None = None
+        self.omitted = 0
         self._lock: asyncio.Lock | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -87,6 +111,10 @@ class S3Proxy:
         if self.stall or (self.stall_matching is not None
                           and self.stall_matching.search(f"{request.method} {request.path}")):
             await asyncio.sleep(3600)
+        if self._throttled(f"{request.method} {request.path}"):
+            body = ('<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+                    "<Message>Please reduce your request rate.</Message></Error>")
+            return web.Response(status=503, body=body.encode(), content_type="application/xml")
         authorization = request.headers.get("Authorization", "")
         match = _CREDENTIAL.search(authorization)
         if match is None:
@@ -94,6 +122,9 @@ class S3Proxy:
         if match.group(1) not in self.access_keys:
             return _error("InvalidAccessKeyId",
                           "The AWS Access Key Id you provided does not exist in our records.")
+        if (self.deny_matching is not None
+                and self.deny_matching.search(f"{request.method} {request.path}")):
+            return _error("AccessDenied", "Access Denied")
         body = await request.read()
         mutating = request.method in ("PUT", "POST", "DELETE")
         assert self._lock is not None and self._session is not None
@@ -122,6 +153,10 @@ class S3Proxy:
                     "<Message>We encountered an internal error. Please try again.</Message>"
                     "</Error>")
             return web.Response(status=500, body=body.encode(), content_type="application/xml")
+        self._age(f"{request.method} {request.path}", out_headers)
+        if (self.omit_newest_listed is not None and self._kind(request) == "list"
+                and self.omit_newest_listed.search(f"{request.method} {request.path_qs}")):
+            payload = self._omit_newest(payload)
         if request.method == "HEAD":
             response = web.StreamResponse(status=status, headers=out_headers)
             if length is not None:
@@ -129,6 +164,32 @@ class S3Proxy:
             await response.prepare(request)
             return response
         return web.Response(status=status, headers=out_headers, body=payload)
+
+    def _throttled(self, line: str) -> bool:
+        if self.throttle is None or not self.throttle[0].search(line):
+            return False
+        pattern, left = self.throttle
+        if left is not None:
+            self.throttle = (pattern, left - 1) if left > 1 else None
+        self.throttled += 1
+        return True
+
+    def _omit_newest(self, payload: bytes) -> bytes:
+        entries = list(re.finditer(rb"<Contents>.*?</Contents>", payload, re.DOTALL))
+        if not entries:
+            return payload
+        last = entries[-1]
+        self.omitted += 1
+        payload = payload[:last.start()] + payload[last.end():]
+        return re.sub(rb"<KeyCount>(\d+)</KeyCount>",
+                      lambda m: b"<KeyCount>%d</KeyCount>" % (int(m.group(1)) - 1), payload)
+
+    def _age(self, line: str, headers: dict[str, str]) -> None:
+        if self.age_matching is None or not self.age_matching[0].search(line):
+            return
+        for name in [k for k in headers if k.lower() == "last-modified"]:
+            stamp = email.utils.parsedate_to_datetime(headers[name]) - self.age_matching[1]
+            headers[name] = email.utils.format_datetime(stamp, usegmt=True)
 
     def _lose_answer(self, line: str) -> bool:
         if self.lose_answers is None or not self.lose_answers[0].search(line):
@@ -168,7 +229,8 @@ def serve_s3_proxy(upstream: str, access_keys: set[str]) -> Iterator[S3Proxy]:
         yield proxy
     finally:
         proxy.stall, proxy.stall_matching, proxy.ignore_conditions = False, None, False
-        proxy.lose_answers = None
+        proxy.lose_answers = proxy.age_matching = proxy.throttle = None
+        proxy.omit_newest_listed = proxy.deny_matching = None
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
         asyncio.run_coroutine_threadsafe(proxy.stop(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)

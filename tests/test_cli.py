@@ -6,6 +6,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -289,3 +290,25 @@ def test_merge_cherry_pick_revert_squash_ops_log_and_graph(
     assert kinds == ["squash", "cherry_pick", "revert", "merge"]
     assert main(["squash", repo_path, "--since", picked]) == 1
     assert "not an earlier snapshot" in capsys.readouterr().err
+
+
+def test_the_cli_works_without_obstore(repo_path: str) -> None:
+    # The base install (``pip install versionstore``, what scripts/demo makes) has no
+    # obstore; the commands the demo prints ran into ModuleNotFoundError at import.
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["obstore"] = None  # as in an environment without the remote extra
+        from versionstore.cli import main
+        assert main(["log", {repo_path!r}]) == 0
+        assert main(["verify", {repo_path!r}]) == 0
+        sys.exit(main(["clone", "s3://bucket/prefix", {repo_path + "-copy"!r}]))
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(Path(__file__).resolve().parents[1] / "src"),
+                      os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "object storage is not available in this build" in result.stderr
+    assert "pip install '/path/to/versionstore[remote]'" in result.stderr

@@ -41,6 +41,7 @@ The tree::
         ├── StorageAccessDeniedError missing or wrong credentials, or no permission
         ├── StorageUnreachableError  the storage service cannot be reached (refused, DNS, …)
         │   └── StorageTimeoutError  the storage service did not answer in time
+        ├── StorageThrottledError    the storage service kept refusing requests as too many
         ├── UnsafeStorageError       the storage cannot write conditionally (no safe commits)
         └── ForkedProcessError       object storage used in a child forked after the parent used it
 
@@ -87,6 +88,7 @@ __all__ = [
     "SnapshotNotFoundError",
     "StorageAccessDeniedError",
     "StorageNotFoundError",
+    "StorageThrottledError",
     "StorageTimeoutError",
     "StorageUnreachableError",
     "TagNotFoundError",
@@ -355,6 +357,15 @@ class StorageUnreachableError(BackendError, ConnectionError):
 
 class StorageTimeoutError(StorageUnreachableError, TimeoutError):
     """The storage service did not answer in time (after the client's retries)."""
+
+
+class StorageThrottledError(BackendError):
+    """The storage service kept answering "slow down" (S3's ``503 SlowDown``, a ``429``).
+
+    Raised only once the client's retries (``retry_config``) are spent. What
+    was being done either happened whole or not at all: retry it later, or
+    give the client more patience (a longer ``retry_timeout``).
+    """
 
 
 class UnsafeStorageError(BackendError):

@@ -26,7 +26,6 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from versionstore.cloud import s3_storage
 from versionstore.errors import RepositoryURLError
 from versionstore.storage import RepositoryStorage, lmdb_storage
 
@@ -71,6 +70,13 @@ def _s3(url: str, options: ObjectStorageOptions) -> RepositoryStorage:
     if not _BUCKET.fullmatch(bucket) or ".." in bucket:
         raise RepositoryURLError(f"{bucket!r} is not a valid S3 bucket name (3 to 63 "
                                  "lowercase letters, digits, '.' and '-')")
+    try:  # object storage needs obstore (the ``remote`` extra): the CLI works without it
+        from versionstore.cloud import s3_storage  # noqa: PLC0415
+    except ImportError as exc:
+        raise RepositoryURLError(
+            f"{url!r}: object storage is not available in this build ({exc.name or 'obstore'} "
+            "is not installed); install versionstore with the remote extra: "
+            "python -m pip install '/path/to/versionstore[remote]'") from exc
     return s3_storage(
         bucket=bucket, prefix=parts.path.strip("/"), region=options.region,
         endpoint_url=options.endpoint_url, allow_http=options.allow_http,

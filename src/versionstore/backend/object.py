@@ -94,6 +94,8 @@ _FRESH_LIMIT = 1_000_000
 #: A required object older than this is stored again (refreshing its modification
 #: time) before a record names it, so gc's grace period covers it.
 _REFRESH_OLDER_THAN = timedelta(hours=1)
+#: The service's clock is measured again after this many seconds (``_service_offset``).
+_CLOCK_FOR = 600.0
 #: Attempts to create one log record when the service's answer leaves the outcome open.
 _CREATE_ATTEMPTS = 3
 #: A session's concurrent ``set`` calls share one log record if they come within this
@@ -156,6 +158,8 @@ class ObjectBackend(Backend):
         self._state_lock = threading.RLock()
         self._write_lock = threading.RLock()
         self._fresh: dict[ObjectId, float] = {}
+        #: ``(monotonic time measured, service clock minus this machine's)``.
+        self._offset: tuple[float, timedelta] | None = None
         #: Per thread: how deep in ``consistent_reads`` blocks, and whether the view is read.
         self._view = threading.local()
 
@@ -235,8 +239,29 @@ class ObjectBackend(Backend):
             self._state.apply(decode_ref_log_record(name, data, seq))
             self._seq = seq
             self._bytes_since_checkpoint += len(data)
+        self._read_past_listing()
         self._confirmed = time.monotonic()
         return True
+
+    def _read_past_listing(self) -> None:
+        """Apply the records after the last one listed, asked for one by one (``GET``).
+
+        A listing can end short of the newest record: a service that lists
+        eventually consistently, or a page read before a racing writer's
+        record landed. Stopping there served the refs from before a commit
+        that had returned, and a writer whose listing stayed short retried
+        its create-if-absent forever (``tests/test_object_listing.py``).
+        Usually one ``GET``, answered 404.
+        """
+        while True:
+            seq = self._seq + 1
+            name = _log_name(seq)
+            data = self._io.run("reading the log", self._io.get(name))
+            if data is None:
+                return
+            self._state.apply(decode_ref_log_record(name, data, seq))
+            self._seq = seq
+            self._bytes_since_checkpoint += len(data)
 
     def _catch_up(self) -> None:
         """Read every record written since this process last looked (under the state lock)."""
@@ -337,6 +362,37 @@ class ObjectBackend(Backend):
                 self._catch_up()
                 known_current = True
 
+    # -- clocks ----------------------------------------------------------------------------
+
+    def _service_offset(self, *, fresh: bool = False) -> timedelta:
+        """How far the service's clock runs ahead of this machine's (negative: behind).
+
+        Objects' times (``Last-Modified``) come from the service's clock, every
+        cut-off from this machine's: a client hours fast once collected a live
+        writer's young chunks and young log records, and one hours slow took an
+        old object for a young one (``tests/test_object_clock.py``). Measured as
+        the last-modified time of an object stored for the purpose
+        (``ObjectIO.service_time``, three requests) against this machine's
+        clock once the answer is in; remembered ``_CLOCK_FOR`` seconds unless
+        ``fresh``. The service stamps before it answers, to the whole second,
+        so the offset errs low by up to a second plus the round trip: a cut-off
+        moved by it falls earlier, and a collection spares a little more.
+        """
+        now = time.monotonic()
+        if fresh or self._offset is None or now - self._offset[0] > _CLOCK_FOR:
+            try:
+                stamp = self._io.run("reading the service's clock", self._io.service_time())
+            except StorageAccessDeniedError:
+                # Read-only credentials (a dry-run gc): this machine's clock. Such a
+                # client cannot delete either, so nothing young can be lost by it.
+                return timedelta(0)
+            self._offset = (now, stamp - datetime.now(UTC))
+        return self._offset[1]
+
+    def _service_now(self) -> datetime:
+        """The service's clock now (``_service_offset``)."""
+        return datetime.now(UTC) + self._service_offset()
+
     # -- objects ---------------------------------------------------------------------------
 
     def _note_fresh(self, ids: Iterable[ObjectId]) -> None:
@@ -378,7 +434,7 @@ class ObjectBackend(Backend):
         missing = [object_id_text(i) for i, t in zip(todo, times, strict=True) if t is None]
         if missing:
             raise MissingObjectsError(missing)
-        cutoff = datetime.now(UTC) - _REFRESH_OLDER_THAN
+        cutoff = self._service_now() - _REFRESH_OLDER_THAN
         old = [i for i, t in zip(todo, times, strict=True) if t is not None and t < cutoff]
         if old:
             datas = io.run("refreshing objects", gather_bounded(
@@ -567,7 +623,7 @@ class ObjectBackend(Backend):
         if not numbered:
             return
         newest = max(s for s, _, _ in numbered)
-        cutoff = datetime.now(UTC) - self._log_retention
+        cutoff = self._service_now() - self._log_retention
         old = [name for s, name, t in numbered if s < newest and t < cutoff]
         records = io.run("listing the log", io.list_after("log"))
         old += [name for name, t in records
@@ -581,7 +637,12 @@ class ObjectBackend(Backend):
 
     @override
     def iter_object_ids_written_before(self, when: datetime) -> Iterator[ObjectId]:
-        return iter(self._object_ids(b"", when))
+        """Objects stored before ``when`` on this machine's clock.
+
+        Compared with objects' times on the service's clock: ``when`` is moved
+        by the offset between the two, measured afresh (``_service_offset``).
+        """
+        return iter(self._object_ids(b"", when + self._service_offset(fresh=True)))
 
     def _object_ids(self, prefix: bytes, before: datetime | None) -> list[ObjectId]:
         io = self._io

@@ -41,6 +41,7 @@ from versionstore.errors import (
     ForkedProcessError,
     StorageAccessDeniedError,
     StorageNotFoundError,
+    StorageThrottledError,
     StorageTimeoutError,
     StorageUnreachableError,
 )
@@ -132,6 +133,13 @@ def translate(exc: BaseException, action: str, where: str) -> BackendError:
         return StorageAccessDeniedError(
             f"{where}: access denied while {action} — check the credentials (access key, "
             f"secret, session token) and the bucket's permissions: {brief}")
+    if any(word in text for word in ("SlowDown", "503 Service Unavailable", "status 503",
+                                     "429 Too Many Requests", "status 429",
+                                     "TooManyRequests", "RequestLimitExceeded")):
+        return StorageThrottledError(
+            f"{where}: the storage service kept asking to slow down while {action} (after "
+            f"the client's retries); try again later, or allow the client a longer "
+            f"retry_timeout: {brief}")
     # obstore's message names the cause only in its debug dump (reqwest's error kind).
     if any(word in text for word in ("kind: Timeout", "TimedOut", "timed out",
                                      "deadline has elapsed")):
@@ -288,6 +296,21 @@ class ObjectIO:
             await obstore.delete_async(self.store, path)
         except (NotFoundError, FileNotFoundError):
             pass
+
+    async def service_time(self) -> datetime:
+        """The service's clock: the last-modified time of an object stored now (then deleted).
+
+        ``probe/clock-<random>``, empty; three requests (``PUT``, ``HEAD``,
+        ``DELETE``). Object times come from the service's clock, so a cut-off
+        compared with them must be on that clock too (``ObjectBackend``).
+        """
+        probe = f"probe/clock-{os.urandom(8).hex()}"
+        await self.put(probe, b"")
+        try:
+            meta = await obstore.head_async(self.store, self.path(probe))
+        finally:
+            await self.delete([probe])
+        return meta["last_modified"]
 
     async def supports_conditional_create(self) -> bool:
         """Probe: does a second create-if-absent of one object fail? (deletes the probe)."""

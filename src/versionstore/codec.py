@@ -64,6 +64,7 @@ __all__ = [
     "decode_gc_ledger",
     "decode_graft",
     "decode_history_page",
+    "decode_leaf_lookup",
     "decode_node",
     "decode_operation",
     "decode_ref_checkpoint",
@@ -90,6 +91,7 @@ __all__ = [
     "frame_kind",
     "history_entries",
     "history_row",
+    "leaf_entry",
     "pack_metadata",
 ]
 
@@ -437,6 +439,42 @@ def _decode_node(name: str, data: bytes) -> Node:
             children=_children(name, fields[2]),
         )
     return _unframe(name, data, KIND_LEAF)  # type: ignore[return-value]  # raises
+
+
+def decode_leaf_lookup(name: str, data: bytes) -> tuple[tuple[str, ...], list[Any]]:
+    """A leaf frame's keys, checked, and its entries still as msgpack values (see ``leaf_entry``).
+
+    Building every entry is most of the cost of ``decode_node`` on a leaf,
+    and a point lookup needs one of them. The frame is verified exactly as by
+    ``decode_node`` (checksum, kind, format version, key types), so a damaged
+    leaf is detected whichever way it is read.
+
+    Raises:
+        CorruptObjectError: the frame is damaged or not a leaf.
+        UnsupportedFormatError: a newer leaf format.
+    """
+    return _guarded("tree node", lambda: _decode_leaf_lookup(name, data), name)
+
+
+def _decode_leaf_lookup(name: str, data: bytes) -> tuple[tuple[str, ...], list[Any]]:
+    fields = _versioned(name, "leaf", _unpack(name, _unframe(name, data, KIND_LEAF)),
+                        Leaf.FORMAT_VERSION, 3)
+    keys = tuple(fields[1])
+    if keys and set(map(type, keys)) != {str}:
+        raise CorruptObjectError(name, "leaf keys are not strings")
+    raw = fields[2]
+    if type(raw) is not list or len(raw) != len(keys):
+        raise CorruptObjectError(name, "leaf keys and entries differ in length")
+    return keys, raw
+
+
+def leaf_entry(name: str, fields: Any) -> Entry:
+    """One leaf entry from its msgpack value (``decode_leaf_lookup``), checked like ``decode_node``.
+
+    Raises:
+        CorruptObjectError: the entry is malformed.
+    """
+    return _guarded("tree node", lambda: _leaf_entries(name, (fields,))[0], name)
 
 
 # -- snapshots ------------------------------------------------------------------------

@@ -53,11 +53,12 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, TypeVar
 
 import lmdb
 
+from zarrstore import lmdb_narrow
 from zarrstore.errors import CorruptStorageError, ReadOnlyError, StorageFullError, StorageIOError
 
 __all__ = [
@@ -277,6 +278,8 @@ class _Shared:
 
     def __init__(self, path: str, names: tuple[bytes, ...], map_size: int, lock: bool) -> None:
         self.path = path
+        self.narrow = (lmdb_narrow.Narrow(os.path.join(path, "data.mdb"))
+                       if lmdb_narrow.supported() else None)
         self.names = names
         self.initial_map_size = map_size
         self.lock = lock
@@ -317,6 +320,7 @@ class _Shared:
         self.env = env
         self.pid = os.getpid()
         self.lock_identity = _lock_identity(self.path)
+        self.remapped()
 
     def _open_env(self, map_size: int, create: bool) -> lmdb.Environment:
         options: dict[str, Any] = {
@@ -392,8 +396,14 @@ class _Shared:
                 found.append(env.open_db(name))
         return tuple(found)
 
+    def remapped(self) -> None:
+        """The map was made anew: narrow reads find it again (no transaction open)."""
+        if self.narrow is not None:
+            self.narrow.forget()
+
     def close(self) -> None:
         env, self.env, self.databases = self.env, None, ()
+        self.remapped()
         if env is not None and self.pid == os.getpid():
             env.close()
 
@@ -422,6 +432,7 @@ class _Shared:
                 continue
             try:
                 env.set_mapsize(target)
+                self.remapped()
                 return
             except lmdb.Error:
                 # A failed remap leaves the environment without a map: reopen it.
@@ -437,6 +448,7 @@ class _Shared:
     def adopt_size(self) -> None:
         """Take the map size another process grew the file to (gate held exclusively)."""
         self.current().set_mapsize(0)
+        self.remapped()
 
 
 def _address_space_for(size: int) -> bool:
@@ -490,6 +502,8 @@ def _after_fork_in_child() -> None:
     _registry_lock = threading.Lock()
     _drain_releases()
     for shared in _registry.values():
+        if shared.narrow is not None:  # its lock may have been held by another thread
+            shared.narrow = lmdb_narrow.Narrow(shared.narrow.data_path)
         if shared.env is not None:
             shared.inherited = True  # the parent's handle: never used, never closed here
             shared.env = None
@@ -605,11 +619,14 @@ class EnvironmentHandle:
         return shared.databases
 
     def read(self, action: str, work: Callable[[lmdb.Transaction], T], *,
-             buffers: bool = False) -> T:
+             buffers: bool = False, narrow: bool = False) -> T:
         """Run ``work`` in one read transaction (a consistent snapshot); its result.
 
         With ``buffers``, ``txn.get`` returns views of the memory map, valid
-        only until ``work`` returns (``work`` copies what it keeps).
+        only until ``work`` returns (``work`` copies what it keeps). With
+        ``narrow`` (for a few small values at scattered places), page faults
+        meanwhile read one page each, not the device's readahead window
+        (``zarrstore.lmdb_narrow``).
         """
         shared = self._shared_open()
         for _ in range(_RETRIES):
@@ -617,7 +634,9 @@ class EnvironmentHandle:
             gate.enter()
             try:
                 env = shared.current()
-                with env.begin(buffers=True) if buffers else env.begin() as txn:
+                window = shared.narrow
+                with (window.window() if narrow and window is not None else nullcontext(),
+                      env.begin(buffers=True) if buffers else env.begin() as txn):
                     return work(txn)
             except lmdb.MapResizedError:
                 pass

@@ -283,9 +283,9 @@ class ObjectReader:
         """The value of one small chunk object (a Zarr metadata document), read as a node is.
 
         Alone in its backend call, like a tree node or a snapshot: the LMDB
-        backend reads such an object *narrow* (one page per fault, not the
-        device's readahead window: ``zarrstore.lmdb_narrow``). Data chunks go
-        through ``chunks``, read around.
+        backend reads such an object without readahead (one page per fault,
+        not the device's readahead window: ``zarrstore.lmdb_readahead``).
+        Data chunks go through ``chunks``, read with readahead.
 
         Raises:
             CorruptObjectError: the chunk is missing or damaged.

@@ -92,7 +92,7 @@ _RULE_REUSE_S = 1.0
 
 #: How many decoded staged records a session remembers (``Session._staged_entry``).
 _STAGED_DECODED = 4096
-#: Zarr metadata documents: small, read when an array or group is opened (read narrow).
+#: Zarr metadata documents: small, read when an array or group is opened (read without readahead).
 _METADATA_DOCUMENTS = frozenset({"zarr.json", ".zarray", ".zgroup", ".zattrs"})
 
 

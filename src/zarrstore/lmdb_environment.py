@@ -53,12 +53,12 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import lmdb
 
-from zarrstore import lmdb_narrow
+from zarrstore import lmdb_readahead
 from zarrstore.errors import CorruptStorageError, ReadOnlyError, StorageFullError, StorageIOError
 
 __all__ = [
@@ -278,8 +278,8 @@ class _Shared:
 
     def __init__(self, path: str, names: tuple[bytes, ...], map_size: int, lock: bool) -> None:
         self.path = path
-        self.narrow = (lmdb_narrow.Narrow(os.path.join(path, "data.mdb"))
-                       if lmdb_narrow.supported() else None)
+        self.readahead = (lmdb_readahead.ReadaheadSwitch(os.path.join(path, "data.mdb"))
+                          if lmdb_readahead.supported() else None)
         self.names = names
         self.initial_map_size = map_size
         self.lock = lock
@@ -397,9 +397,9 @@ class _Shared:
         return tuple(found)
 
     def remapped(self) -> None:
-        """The map was made anew: narrow reads find it again (no transaction open)."""
-        if self.narrow is not None:
-            self.narrow.forget()
+        """The map was made anew (readahead on): the switch finds it again (no read running)."""
+        if self.readahead is not None:
+            self.readahead.forget()
 
     def close(self) -> None:
         env, self.env, self.databases = self.env, None, ()
@@ -502,8 +502,8 @@ def _after_fork_in_child() -> None:
     _registry_lock = threading.Lock()
     _drain_releases()
     for shared in _registry.values():
-        if shared.narrow is not None:  # its lock may have been held by another thread
-            shared.narrow = lmdb_narrow.Narrow(shared.narrow.data_path)
+        if shared.readahead is not None:  # its lock may have been held by another thread
+            shared.readahead = lmdb_readahead.ReadaheadSwitch(shared.readahead.data_path)
         if shared.env is not None:
             shared.inherited = True  # the parent's handle: never used, never closed here
             shared.env = None
@@ -619,14 +619,15 @@ class EnvironmentHandle:
         return shared.databases
 
     def read(self, action: str, work: Callable[[lmdb.Transaction], T], *,
-             buffers: bool = False, narrow: bool = False) -> T:
+             buffers: bool = False, readahead: bool | None = None) -> T:
         """Run ``work`` in one read transaction (a consistent snapshot); its result.
 
         With ``buffers``, ``txn.get`` returns views of the memory map, valid
-        only until ``work`` returns (``work`` copies what it keeps). With
-        ``narrow`` (for a few small values at scattered places), page faults
-        meanwhile read one page each, not the device's readahead window
-        (``zarrstore.lmdb_narrow``).
+        only until ``work`` returns (``work`` copies what it keeps).
+        ``readahead=False`` (for a few small values at scattered places) makes
+        page faults read one page each, not the device's readahead window;
+        ``True`` (for large values) turns readahead back on; ``None`` leaves it
+        as the last read that asked set it (``zarrstore.lmdb_readahead``).
         """
         shared = self._shared_open()
         for _ in range(_RETRIES):
@@ -634,9 +635,10 @@ class EnvironmentHandle:
             gate.enter()
             try:
                 env = shared.current()
-                window = shared.narrow
-                with (window.window() if narrow and window is not None else nullcontext(),
-                      env.begin(buffers=True) if buffers else env.begin() as txn):
+                switch = shared.readahead
+                if switch is not None and readahead is not None:
+                    switch.on() if readahead else switch.off()
+                with env.begin(buffers=True) if buffers else env.begin() as txn:
                     return work(txn)
             except lmdb.MapResizedError:
                 pass

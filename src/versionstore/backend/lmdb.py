@@ -19,10 +19,11 @@ Readahead stays on (LMDB's default): a chunk object is one run of contiguous
 overflow pages, and with readahead off (``MADV_RANDOM``) the kernel faults it
 in one 4 KiB page at a time, which made a cold read of 1 MiB chunks about ten
 times slower than with it on (docs/benchmarks.md). Reads of one tree node,
-snapshot or history page (what opening and walking a snapshot does) are
-*narrow* instead (``zarrstore.lmdb_narrow``): meanwhile each page fault
-reads one page, not the device's readahead window — 8 MiB on some virtual
-disks, where opening an old snapshot, eight scattered pages, read 16–31 MiB.
+snapshot, history page or metadata document (what opening and walking a
+snapshot does) turn it off first (``zarrstore.lmdb_readahead``), so that each
+page fault reads one page, not the device's readahead window — 8 MiB on some
+virtual disks, where opening an old snapshot, eight scattered pages, read
+16–31 MiB; reads of chunks turn it back on. Only a change costs a system call.
 
 The environment rules LMDB imposes on a whole process — one environment per
 directory, a map that grows on demand, reopening after ``fork``, refusing a
@@ -264,11 +265,11 @@ class LMDBBackend(Backend, Ledger):
             return self._handle.env
 
     def _read(self, action: str, work: Callable[[lmdb.Transaction], T], *,
-              buffers: bool = False, narrow: bool = False) -> T:
+              buffers: bool = False, readahead: bool | None = None) -> T:
         if self._handle.closed:
             raise BackendError(f"LMDB repository at {self.path!r} is closed")
         try:
-            return self._handle.read(action, work, buffers=buffers, narrow=narrow)
+            return self._handle.read(action, work, buffers=buffers, readahead=readahead)
         except (StorageIOError, ReadOnlyError, lmdb.Error) as exc:
             raise _translate(exc, action) from exc
 
@@ -289,10 +290,10 @@ class LMDBBackend(Backend, Ledger):
             db = self._objects
             return [_bytes(txn.get(i, db=db)) for i in ids]
 
-        # One object is a node, snapshot or history page of a walk (``ObjectReader``
-        # reads chunks through ``get_objects_decoded``): a page or two, read narrow.
-        # A batch is a copy or a check of many objects, read with readahead.
-        return self._read("reading objects", work, narrow=len(ids) == 1)
+        # One object is a node, snapshot, history page or metadata document of a walk
+        # (``ObjectReader`` reads chunks through ``get_objects_decoded``): a page or
+        # two, read without readahead. A batch is a copy or a check of many objects.
+        return self._read("reading objects", work, readahead=len(ids) != 1)
 
     @override
     def has_objects(self, ids: Sequence[ObjectId]) -> list[bool]:
@@ -375,7 +376,7 @@ class LMDBBackend(Backend, Ledger):
                 found.append(None if data is None else decode(i, data))
             return found
 
-        return self._read("reading objects", work, buffers=True)
+        return self._read("reading objects", work, buffers=True, readahead=True)
 
     @override
     def get_refs_and_objects(

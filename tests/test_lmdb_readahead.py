@@ -1,9 +1,9 @@
-"""Narrow reads (``zarrstore.lmdb_narrow``): readahead off over an LMDB map while a window is open.
+"""The readahead switch (``zarrstore.lmdb_readahead``): advice over an LMDB map set by each read.
 
 The advice is read back from the kernel itself: ``/proc/self/smaps`` lists a
 mapping's flags, and ``rr`` is ``VM_RAND_READ``, what ``MADV_RANDOM`` sets.
-Windows are opened by real reads of a real environment, nested, overlapped
-across threads, and across a growth of the map (LMDB maps the file anew).
+Reads are real reads of a real environment, from two threads, and across a
+growth of the map (LMDB maps the file anew).
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import lmdb
 import pytest
 
 import versionstore as vs
-from zarrstore import lmdb_narrow
+from zarrstore import lmdb_readahead
 from zarrstore.lmdb_environment import EnvironmentHandle
 
 pytestmark = pytest.mark.skipif(
-    not lmdb_narrow.supported(),
-    reason="narrow reads need Linux's /proc/self/maps and madvise; elsewhere they change nothing",
+    not lmdb_readahead.supported(),
+    reason="the switch needs Linux's /proc/self/maps and madvise; elsewhere it changes nothing",
 )
 
 
@@ -59,46 +59,46 @@ def handle(tmp_path: Path) -> EnvironmentHandle:
     return handle
 
 
-def test_a_narrow_read_advises_random_only_while_it_runs(handle: EnvironmentHandle,
-                                                         tmp_path: Path) -> None:
+def test_each_read_that_asks_sets_the_advice_and_the_others_keep_it(
+        handle: EnvironmentHandle, tmp_path: Path) -> None:
     data = tmp_path / "env" / "data.mdb"
+    assert _normal(data), "LMDB's default: readahead on"
+    assert handle.read("a node", lambda txn: (txn.get(b"key"), _random(data)),
+                       readahead=False) == (b"value", True)
+    assert _random(data), "stays off for the next read of its kind: no system call"
+    assert handle.read("a ref", lambda txn: _random(data)) is True, "a read that does not ask"
+    assert handle.read("chunks", lambda txn: _normal(data), readahead=True) is True
     assert _normal(data)
-    seen = handle.read("reading", lambda txn: (txn.get(b"key"), _random(data)), narrow=True)
-    assert seen == (b"value", True)
-    assert _normal(data)
-    assert handle.read("reading", lambda txn: _random(data)) is False, "other reads read around"
 
 
-def test_windows_nest_and_overlap_across_threads(handle: EnvironmentHandle,
-                                                 tmp_path: Path) -> None:
+def test_two_threads_each_read_with_their_own_advice(handle: EnvironmentHandle,
+                                                    tmp_path: Path) -> None:
     data = tmp_path / "env" / "data.mdb"
-    inside = threading.Barrier(2)
-    first_left = threading.Event()
-    seen: dict[str, bool] = {}
+    values: list[bytes | None] = []
+    failures: list[BaseException] = []
 
-    def first(txn: lmdb.Transaction) -> None:
-        inside.wait(timeout=30)
-        first_left.set()
+    def reads(readahead: bool) -> None:
+        try:
+            for _ in range(300):
+                values.append(handle.read("r", lambda txn: txn.get(b"key"), readahead=readahead))
+        except BaseException as exc:  # reported below, in the test's thread
+            failures.append(exc)
 
-    def second(txn: lmdb.Transaction) -> None:
-        inside.wait(timeout=30)
-        assert first_left.wait(timeout=30)
-        seen["after the other window closed"] = _random(data)
-        seen["nested"] = handle.read("nested", lambda t: _random(data), narrow=True)
-
-    other = threading.Thread(target=lambda: handle.read("first", first, narrow=True))
-    other.start()
-    handle.read("second", second, narrow=True)
-    other.join(timeout=30)
-    assert seen == {"after the other window closed": True, "nested": True}
-    assert _normal(data)
+    threads = [threading.Thread(target=reads, args=(flag,)) for flag in (False, True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not failures and values == [b"value"] * 600, "a hint: the bytes never change"
+    handle.read("last", lambda txn: None, readahead=False)
+    assert _random(data), "the last read that asked decides"
 
 
 def test_a_map_grown_meanwhile_is_found_again(handle: EnvironmentHandle,
                                               tmp_path: Path) -> None:
     data = tmp_path / "env" / "data.mdb"
-    handle.read("before", lambda txn: None, narrow=True)  # the 1 MiB map is looked up
-    before = lmdb_narrow.mapped_range(str(data))
+    handle.read("before", lambda txn: None, readahead=False)  # the 1 MiB map is looked up
+    before = lmdb_readahead.mapped_range(str(data))
     value = os.urandom(64 << 10)
 
     def fill(txn: lmdb.Transaction) -> None:
@@ -106,14 +106,15 @@ def test_a_map_grown_meanwhile_is_found_again(handle: EnvironmentHandle,
             txn.put(b"big%d" % i, value)
 
     handle.write("filling", fill)
-    after = lmdb_narrow.mapped_range(str(data))
+    after = lmdb_readahead.mapped_range(str(data))
     assert before is not None and after is not None and after[1] > before[1], "the map grew"
+    assert _normal(data), "mapped anew with LMDB's default"
     assert handle.read("after", lambda txn: (txn.get(b"big7") == value, _random(data)),
-                       narrow=True) == (True, True)
-    assert _normal(data)
+                       readahead=False) == (True, True)
 
 
-def test_the_versionstore_backend_reads_nodes_narrow_and_chunks_around(tmp_path: Path) -> None:
+def test_the_versionstore_backend_reads_nodes_without_readahead_and_chunks_with_it(
+        tmp_path: Path) -> None:
     repo = vs.Repository.create(vs.lmdb_storage(tmp_path / "repo"))
     session = repo.writable_session("main")
     session.store.storage.set("a/zarr.json", b"{}" * 600)
@@ -124,7 +125,7 @@ def test_the_versionstore_backend_reads_nodes_narrow_and_chunks_around(tmp_path:
     backend = repo.backend
     read = type(backend)._read
 
-    def spying(self: object, action: str, work: object, **options: bool) -> object:
+    def spying(self: object, action: str, work: object, **options: object) -> object:
         def watched(txn: lmdb.Transaction) -> object:
             seen.append(_random(data))
             return work(txn)  # type: ignore[operator]
@@ -136,7 +137,7 @@ def test_the_versionstore_backend_reads_nodes_narrow_and_chunks_around(tmp_path:
     try:
         type(backend)._read = spying  # type: ignore[method-assign]
         assert store.get("a/zarr.json") == b"{}" * 600
-        narrow_reads = list(seen)
+        metadata_reads = list(seen)
         seen.clear()
         assert len(store.get("a/c/0") or b"") == 200_000
         chunk_reads = list(seen)
@@ -144,5 +145,5 @@ def test_the_versionstore_backend_reads_nodes_narrow_and_chunks_around(tmp_path:
         type(backend)._read = read  # type: ignore[method-assign]
         reopened.close()
         repo.close()
-    assert narrow_reads and all(narrow_reads), "snapshot, nodes, metadata document: narrow"
-    assert chunk_reads and not any(chunk_reads), "a data chunk is read around"
+    assert metadata_reads and all(metadata_reads), "tree node, metadata document: off"
+    assert chunk_reads and not any(chunk_reads), "a data chunk: on"

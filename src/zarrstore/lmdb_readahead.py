@@ -1,4 +1,4 @@
-"""Narrow reads: readahead off over an LMDB map while a few small, scattered values are read.
+"""The readahead switch: readahead over an LMDB map set by the kind of read, not once for all.
 
 A page fault in a file's memory map makes Linux read a window around the
 faulting page, the block device's readahead size (``read_ahead_kb``: 128 KiB
@@ -7,22 +7,24 @@ of contiguous overflow pages, copied whole — and wastes I/O on a small one:
 opening an old snapshot of a versioned repository touches about eight
 scattered pages (B-tree pages, the snapshot record, tree nodes), and on such
 a disk each fault read 8 MiB (``docs/benchmarks.md``, "Ancestry and
-checkout"). LMDB's own switch (``MDB_NORDAHEAD``) is all or nothing: with it,
-a large value — which py-lmdb's ``get`` touches page by page before returning
-it — is read in as many synchronous 4 KiB requests, several times slower cold.
+checkout"). LMDB's own switch (``MDB_NORDAHEAD``) is set once for the whole
+map: with it, a large value — which py-lmdb's ``get`` touches page by page
+before returning it — is read in as many synchronous 4 KiB requests, several
+times slower cold.
 
-``Narrow`` gives each kind of read its own policy. The map keeps LMDB's
-default advice (readahead on); while a ``window()`` is open — around the read
-of one tree node, snapshot or history page — it is advised ``MADV_RANDOM``,
-so each fault reads the one page it needs. Windows nest and overlap across
-threads (a count); the advice is one ``madvise`` call over the whole map at
-each end (about 4 µs each here). Only a hint changes: whatever the advice,
-every read returns the same bytes; a large read that runs in another thread
-while a window is open is merely read page by page.
+``ReadaheadSwitch`` sets the advice of the whole map before each read that
+asks: ``off()`` (``MADV_RANDOM``: a fault reads its one page) before reading a
+tree node or a snapshot, ``on()`` (``MADV_NORMAL``, LMDB's default) before
+reading chunks. Only a change costs a ``madvise`` call (about 4 µs here):
+reads of one kind in a row cost an attribute check, so a warm read path,
+which keeps reading chunks, pays nothing. Reads that do not ask leave the
+advice as it is. Only a hint changes: whatever the advice, every read
+returns the same bytes; threads reading both kinds at once merely get the
+advice of the one that asked last.
 
 The map is found in ``/proc/self/maps`` by the data file's device and inode;
-``supported()`` is false where that or ``madvise`` is unavailable, and then no
-window changes anything.
+``supported()`` is false where that or ``madvise`` is unavailable, and then
+the environment keeps LMDB's default.
 """
 
 from __future__ import annotations
@@ -32,10 +34,9 @@ import ctypes.util
 import mmap
 import os
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
-__all__ = ["Narrow", "supported"]
+__all__ = ["ReadaheadSwitch", "mapped_range", "supported"]
 
 _MAPS = "/proc/self/maps"
 
@@ -58,7 +59,7 @@ _madvise = _madvise_function()
 
 
 def supported() -> bool:
-    """Whether this platform lets ``Narrow`` find and advise a map (Linux)."""
+    """Whether this platform lets ``ReadaheadSwitch`` find and advise a map (Linux)."""
     return _madvise is not None and os.path.exists(_MAPS)
 
 
@@ -84,29 +85,31 @@ def mapped_range(path: str) -> tuple[int, int] | None:
     return start, end - start
 
 
-class Narrow:
-    """Narrow-read windows over the memory map of one LMDB data file (see the module).
+class ReadaheadSwitch:
+    """The readahead advice over the memory map of one LMDB data file (see the module).
 
     Args:
         data_path: the environment's ``data.mdb``.
 
     Call ``forget()`` whenever the environment is (re)mapped — opened, grown,
-    adopting another process's size, closed — while no window is open: the
-    map is looked up again at the next window.
+    adopting another process's size, closed — while no read is running: LMDB
+    maps anew with readahead on, and the map is looked up again at the next
+    change.
     """
 
     def __init__(self, data_path: str) -> None:
         self.data_path = data_path
         self._lock = threading.Lock()
-        self._depth = 0
+        self._off = False
         self._range: tuple[int, int] | None = None
         self._known = False
 
     def forget(self) -> None:
-        """The map moved or changed size: find it again before the next advice."""
+        """The map was made anew (readahead on): find it again before the next change."""
         with self._lock:
             self._known = False
             self._range = None
+            self._off = False
 
     def _advise(self, advice: int) -> None:
         if not self._known:
@@ -115,17 +118,23 @@ class Narrow:
         if self._range is not None and _madvise is not None:
             _madvise(self._range[0], self._range[1], advice)  # a hint: failure changes nothing
 
-    @contextmanager
-    def window(self) -> Iterator[None]:
-        """Readahead off over the map while the block runs (``MADV_RANDOM``), then on again."""
-        with self._lock:
-            if self._depth == 0:
-                self._advise(mmap.MADV_RANDOM)
-            self._depth += 1
-        try:
-            yield
-        finally:
+    def off(self) -> None:
+        """Before reading a few small values at scattered places: a fault reads its page."""
+        if not self._off:
             with self._lock:
-                self._depth -= 1
-                if self._depth == 0:
+                if not self._off:
+                    self._advise(mmap.MADV_RANDOM)
+                    self._off = True
+
+    def on(self) -> None:
+        """Before reading large values: a fault reads the window around it (the default)."""
+        if self._off:
+            with self._lock:
+                if self._off:
                     self._advise(mmap.MADV_NORMAL)
+                    self._off = False
+
+    @property
+    def is_off(self) -> bool:
+        """Whether the last change turned readahead off."""
+        return self._off

@@ -115,7 +115,11 @@ def test_missing_chunk_is_reported(repo: vs.Repository) -> None:
     [1, ["big", "other", "small"], [[b"short id", 5], b"O", b"tiny"]],
     [1, ["big", "other", "small"], [b"B", b"O"]],
     [1, ["big", 7, "small"], [b"B", b"O", b"tiny"]],
-], ids=["malformed entry", "entries missing", "key not a string"])
+    [1, ["big", "other", "small"]],
+    [1, ["big", "other", "small"], {"big": b"B"}],
+    ["1", ["big"], [b"B"]],
+], ids=["malformed entry", "entries missing", "key not a string", "no entries",
+        "entries not a list", "version not a number"])
 def test_a_malformed_leaf_with_a_good_checksum_is_reported(repo: vs.Repository,
                                                            record: list[Any]) -> None:
     # Point lookups build only the entry they find (tree.LeafIndex): a malformed

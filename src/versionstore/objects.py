@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from versionstore.backend.protocol import Backend
 from versionstore.codec import (
@@ -142,10 +142,16 @@ class ObjectReader:
             return node
         keys, raw = _decode(decode_leaf_lookup, node_id, data)
 
+        def values() -> list[Any]:
+            try:
+                return raw()
+            except VersionStoreError:  # unnamed on the hot path: decode again, named
+                return decode_leaf_lookup(object_id_text(node_id), data)[1]()
+
         def build(fields: object) -> Entry:
             return _decode(leaf_entry, node_id, fields)  # type: ignore[arg-type]
 
-        index = LeafIndex(keys, raw, build)
+        index = LeafIndex(keys, values, build)
         self._leaf_indexes.put(node_id, index)
         return index
 

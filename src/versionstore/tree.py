@@ -64,19 +64,21 @@ class LeafIndex:
     """A leaf read for point lookups: its keys now, each entry built when first asked for.
 
     Decoding a whole leaf builds hundreds of entries (``codec.decode_node``);
-    opening an array looks up one or two keys in each of a few leaves. The
-    keys and the entries' msgpack values come from ``codec.decode_leaf_lookup``
-    (the frame verified whole); ``build`` turns one value into its entry,
-    checking it (``codec.leaf_entry``). Immutable as the leaf is: two threads
-    building the same entry build equal ones.
+    opening an array looks up one or two keys in each of a few leaves, some
+    of them absent. The keys come from ``codec.decode_leaf_lookup`` (the frame
+    verified whole); ``raw`` gives the entries' msgpack values, and is called
+    only when a lookup first finds a key; ``build`` turns one value into its
+    entry, checking it (``codec.leaf_entry``). Immutable as the leaf is: two
+    threads building the same entry build equal ones.
     """
 
-    __slots__ = ("_build", "_built", "_raw", "keys")
+    __slots__ = ("_build", "_built", "_raw", "_values", "keys")
 
-    def __init__(self, keys: tuple[str, ...], raw: Sequence[Any],
+    def __init__(self, keys: tuple[str, ...], raw: Callable[[], Sequence[Any]],
                  build: Callable[[Any], Entry]) -> None:
         self.keys = keys
         self._raw = raw
+        self._values: Sequence[Any] | None = None
         self._build = build
         self._built: list[Entry | None] = [None] * len(keys)
 
@@ -84,7 +86,7 @@ class LeafIndex:
         """The entry at ``key``, or ``None``.
 
         Raises:
-            CorruptObjectError: that entry is malformed (from ``build``).
+            CorruptObjectError: the leaf's entries, or that entry, are malformed.
         """
         keys = self.keys
         i = bisect.bisect_left(keys, key)
@@ -92,7 +94,10 @@ class LeafIndex:
             return None
         entry = self._built[i]
         if entry is None:
-            entry = self._built[i] = self._build(self._raw[i])
+            values = self._values
+            if values is None:
+                values = self._values = self._raw()
+            entry = self._built[i] = self._build(values[i])
         return entry
 
 

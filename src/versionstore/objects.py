@@ -87,11 +87,11 @@ class ObjectReader:
 
     def __init__(self, backend: Backend, *, cache_nodes: int = 8192) -> None:
         self.backend = backend
-        self._nodes: _LRU[ObjectId, Node] = _LRU(cache_nodes)
+        # Leaves read only for lookups are held as their ``LeafIndex`` (``lookup_node``).
+        self._nodes: _LRU[ObjectId, Node | LeafIndex] = _LRU(cache_nodes)
         self._snapshots: _LRU[ObjectId, Snapshot] = _LRU(4096)
         self._pages: _LRU[ObjectId, HistoryPage] = _LRU(1024)
         self._derived: _LRU[ObjectId, object] = _LRU(1024)
-        self._leaf_indexes: _LRU[ObjectId, LeafIndex] = _LRU(cache_nodes)
 
     def node(self, node_id: ObjectId) -> Node:
         """The tree node ``node_id``.
@@ -107,7 +107,7 @@ class ObjectReader:
     def node_if_stored(self, node_id: ObjectId) -> Node | None:
         """The tree node ``node_id``, or ``None`` if it is not stored."""
         node = self._nodes.get(node_id)
-        if node is None:
+        if node is None or isinstance(node, LeafIndex):
             data = self.backend.get_objects([node_id])[0]
             if data is None:
                 return None
@@ -130,9 +130,6 @@ class ObjectReader:
         node = self._nodes.get(node_id)
         if node is not None:
             return node
-        index = self._leaf_indexes.get(node_id)
-        if index is not None:
-            return index
         data = self.backend.get_objects([node_id])[0]
         if data is None:
             raise CorruptObjectError(object_id_text(node_id), "tree node is missing")
@@ -152,7 +149,7 @@ class ObjectReader:
             return _decode(leaf_entry, node_id, fields)  # type: ignore[arg-type]
 
         index = LeafIndex(keys, values, build)
-        self._leaf_indexes.put(node_id, index)
+        self._nodes.put(node_id, index)
         return index
 
     def remember_nodes(self, nodes: Mapping[ObjectId, Node]) -> None:

@@ -35,6 +35,12 @@ they live here once, for ``zarrstore.lmdb.LMDBStore`` and versionstore's
   cannot be opened it is opened without locking (``lock=False``), which is
   safe only while no other process writes the files (true on a read-only
   mount). Writes then raise ``ReadOnlyError``.
+* **Readahead by kind of read.** A page fault reads the device's readahead
+  window around it, good for large values and wasteful for small scattered
+  ones; a read may ask for either (``read(..., readahead=...)``), and the
+  map's advice is switched only when the kind changes
+  (``zarrstore.lmdb_readahead``). The switch is found again whenever the
+  map is made anew (open, growth, adopting another process's size, fork).
 * **A full disk** (LMDB reports a short write as ``EIO``) raises
   ``StorageFullError`` saying so.
 * **``lock.mdb`` deleted or replaced** while the environment is open destroys
@@ -637,7 +643,10 @@ class EnvironmentHandle:
                 env = shared.current()
                 switch = shared.readahead
                 if switch is not None and readahead is not None:
-                    switch.on() if readahead else switch.off()
+                    if readahead:
+                        switch.on()
+                    else:
+                        switch.off()
                 with env.begin(buffers=True) if buffers else env.begin() as txn:
                     return work(txn)
             except lmdb.MapResizedError:

@@ -286,14 +286,16 @@ class LMDBBackend(Backend, Ledger):
     def get_objects(self, ids: Sequence[ObjectId]) -> list[bytes | None]:
         # The database handle is taken inside the transaction: a fork in another
         # thread reopens the environment, and handles taken before belong to the old one.
+        wanted = list(ids)  # callers may hand over any iterable, read once
+
         def work(txn: lmdb.Transaction) -> list[bytes | None]:
             db = self._objects
-            return [_bytes(txn.get(i, db=db)) for i in ids]
+            return [_bytes(txn.get(i, db=db)) for i in wanted]
 
         # One object is a node, snapshot, history page or metadata document of a walk
         # (``ObjectReader`` reads chunks through ``get_objects_decoded``): a page or
         # two, read without readahead. A batch is a copy or a check of many objects.
-        return self._read("reading objects", work, readahead=len(ids) != 1)
+        return self._read("reading objects", work, readahead=len(wanted) != 1)
 
     @override
     def has_objects(self, ids: Sequence[ObjectId]) -> list[bool]:

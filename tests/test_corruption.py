@@ -111,6 +111,26 @@ def test_missing_chunk_is_reported(repo: vs.Repository) -> None:
         _read(repo, "big")
 
 
+@pytest.mark.parametrize("record", [
+    [1, ["big", "other", "small"], [[b"short id", 5], b"O", b"tiny"]],
+    [1, ["big", "other", "small"], [b"B", b"O"]],
+    [1, ["big", 7, "small"], [b"B", b"O", b"tiny"]],
+    [1, ["big", "other", "small"]],
+    [1, ["big", "other", "small"], {"big": b"B"}],
+    ["1", ["big"], [b"B"]],
+], ids=["malformed entry", "entries missing", "key not a string", "no entries",
+        "entries not a list", "version not a number"])
+def test_a_malformed_leaf_with_a_good_checksum_is_reported(repo: vs.Repository,
+                                                           record: list[Any]) -> None:
+    # Point lookups build only the entry they find (tree.LeafIndex): a malformed
+    # record written by a buggy client is still reported, naming the leaf.
+    snapshot = repo.reader.snapshot(ObjectId(_snapshot_oid(repo)))
+    assert snapshot.tree is not None
+    _overwrite(repo, snapshot.tree, _frame(KIND_LEAF, msgpack.packb(record, use_bin_type=True)))
+    with pytest.raises(vs.CorruptObjectError, match=object_id_text(snapshot.tree)):
+        _read(repo, "big")
+
+
 def test_decompression_bomb_is_refused(repo: vs.Repository) -> None:
     snapshot = repo.reader.snapshot(ObjectId(_snapshot_oid(repo)))
     assert snapshot.tree is not None

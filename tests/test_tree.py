@@ -20,14 +20,18 @@ from hypothesis import strategies as st
 import versionstore as vs
 from versionstore import session as session_module
 from versionstore import spill
+from versionstore.backend import MemoryBackend
+from versionstore.backend.protocol import WriteBatch
 from versionstore.codec import decode_node
 from versionstore.ids import ObjectId, object_id_text
-from versionstore.records import Branch, ChunkRef, Entry, Leaf, Node
+from versionstore.objects import ObjectReader
+from versionstore.records import Branch, ChunkRef, Entry, Leaf, Node, VirtualRef
 from versionstore.spill import Spill
 from versionstore.tree import (
     MAX_BRANCH_CHILDREN,
     MAX_LEAF_ENTRIES,
     Change,
+    LeafIndex,
     apply_changes,
     iter_from,
     lookup,
@@ -207,3 +211,43 @@ def test_a_commit_holds_no_more_python_objects_for_more_changes(
     large = _commit_peak(tmp_path, 50_000)
     # Materialising the changes would cost about 250 bytes per change (10 MB here).
     assert large - small < 1 << 20, (small, large)
+
+
+# -- point lookups through leaf indexes (ObjectReader.lookup_node) ----------------------
+
+_entries = st.one_of(
+    st.binary(max_size=8),
+    st.builds(lambda b, n: ChunkRef(chunk_id=ObjectId(b), size=n),
+              st.binary(min_size=20, max_size=20), st.integers(0, 2**40)),
+    st.builds(lambda o, n: VirtualRef(location="s3://bucket/file", offset=o, length=n),
+              st.integers(0, 2**40), st.integers(0, 2**20)),
+)
+
+
+@given(
+    model=st.dictionaries(st.integers(0, 5000), _entries, max_size=1200),
+    probes=st.lists(st.integers(-5, 5005), max_size=50),
+)
+def test_lookups_through_leaf_indexes_find_what_whole_leaves_hold(
+    model: dict[int, Entry], probes: list[int],
+) -> None:
+    nodes = Nodes()
+    root, _ = nodes.apply(None, sorted((_key(i), e) for i, e in model.items()), streamed=False)
+    backend = MemoryBackend()
+    backend.write(WriteBatch(objects=list(nodes.stored.items())))
+    reader = ObjectReader(backend)
+    leaves_seen = 0
+    for i in [*probes, *sorted(model)]:
+        key = _key(i)
+        assert lookup(reader.lookup_node, root, key) == model.get(i), key
+        assert lookup(reader.lookup_node, root, key) == lookup(nodes.load, root, key)
+    for node_id in _reachable_leaves(nodes, root):
+        loaded = reader.lookup_node(node_id)
+        assert isinstance(loaded, LeafIndex), "a leaf read for a lookup is indexed, not built"
+        leaf = nodes.load(node_id)
+        assert isinstance(leaf, Leaf) and loaded.keys == leaf.keys
+        leaves_seen += 1
+    assert leaves_seen == len(_reachable_leaves(nodes, root))
+    if root is not None:
+        whole = reader.node(root)  # a node decoded whole is then served as such
+        assert reader.lookup_node(root) is whole

@@ -66,6 +66,7 @@ __all__ = [
     "decode_gc_ledger",
     "decode_graft",
     "decode_history_page",
+    "decode_leaf_lookup",
     "decode_node",
     "decode_operation",
     "decode_ref_checkpoint",
@@ -92,6 +93,7 @@ __all__ = [
     "frame_kind",
     "history_entries",
     "history_row",
+    "leaf_entry",
     "pack_metadata",
 ]
 
@@ -461,6 +463,74 @@ def _decode_node(name: str, data: bytes) -> Node:
             children=_children(name, fields[2]),
         )
     return _unframe(name, data, KIND_LEAF)  # type: ignore[return-value]  # raises
+
+
+def decode_leaf_lookup(name: str, data: bytes
+                       ) -> tuple[tuple[str, ...], Callable[[], list[Any]]]:
+    """A leaf frame's keys, checked, and a function giving its entries as msgpack values.
+
+    Building every entry is most of the cost of ``decode_node`` on a leaf,
+    and a point lookup needs one of them — none, when the key is absent. The
+    frame is verified here exactly as by ``decode_node`` (checksum, kind,
+    format version, key types), so a damaged leaf is detected whichever way
+    it is read; the entries are unpacked from the verified payload when the
+    function is first called (each one then built by ``leaf_entry``).
+
+    Raises:
+        CorruptObjectError: the frame is damaged or not a leaf (the function
+            raises it too, for malformed entries).
+        UnsupportedFormatError: a newer leaf format.
+    """
+    return _guarded("tree node", lambda: _decode_leaf_lookup(name, data), name)
+
+
+def _decode_leaf_lookup(name: str, data: bytes
+                        ) -> tuple[tuple[str, ...], Callable[[], list[Any]]]:
+    payload = bytes(_unframe(name, data, KIND_LEAF))
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, ext_hook=_ext_hook,
+                                timestamp=3, max_buffer_size=max(len(payload), 1))
+    unpacker.feed(payload)
+    try:
+        width = unpacker.read_array_header()
+        version = unpacker.unpack() if width else None
+        if not isinstance(version, int):
+            raise CorruptObjectError(name, "malformed leaf record")
+        if version > Leaf.FORMAT_VERSION:
+            raise UnsupportedFormatError("leaf", version, Leaf.FORMAT_VERSION)
+        if width < 3:
+            raise CorruptObjectError(name, f"leaf record has {width} fields, needs 3")
+        keys = tuple(unpacker.unpack())
+        start = unpacker.tell()
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise CorruptObjectError(name, f"cannot decode record: {exc}") from exc
+    if keys and set(map(type, keys)) != {str}:
+        raise CorruptObjectError(name, "leaf keys are not strings")
+
+    def entries() -> list[Any]:
+        def decode() -> list[Any]:
+            rest = msgpack.Unpacker(raw=False, strict_map_key=False, ext_hook=_ext_hook,
+                                    timestamp=3, max_buffer_size=max(len(payload), 1))
+            rest.feed(memoryview(payload)[start:])
+            try:
+                raw = rest.unpack()
+            except (ValueError, TypeError, msgpack.UnpackException) as exc:
+                raise CorruptObjectError(name, f"cannot decode record: {exc}") from exc
+            if type(raw) is not list or len(raw) != len(keys):
+                raise CorruptObjectError(name, "leaf keys and entries differ in length")
+            return raw
+
+        return _guarded("tree node", decode, name)
+
+    return keys, entries
+
+
+def leaf_entry(name: str, fields: Any) -> Entry:
+    """One leaf entry from its msgpack value (``decode_leaf_lookup``), checked like ``decode_node``.
+
+    Raises:
+        CorruptObjectError: the entry is malformed.
+    """
+    return _guarded("tree node", lambda: _leaf_entries(name, (fields,))[0], name)
 
 
 # -- snapshots ------------------------------------------------------------------------

@@ -13,13 +13,23 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from versionstore.backend.protocol import Backend
-from versionstore.codec import decode_chunk, decode_history_page, decode_node, decode_snapshot
+from versionstore.codec import (
+    KIND_LEAF,
+    decode_chunk,
+    decode_history_page,
+    decode_leaf_lookup,
+    decode_node,
+    decode_snapshot,
+    frame_kind,
+    leaf_entry,
+)
 from versionstore.errors import CorruptObjectError, SnapshotNotFoundError, VersionStoreError
 from versionstore.ids import ObjectId, object_id_text
-from versionstore.records import Branch, HistoryPage, Node, Snapshot
+from versionstore.records import Branch, Entry, HistoryPage, Node, Snapshot
+from versionstore.tree import LeafIndex
 
 __all__ = ["ObjectReader"]
 
@@ -77,7 +87,8 @@ class ObjectReader:
 
     def __init__(self, backend: Backend, *, cache_nodes: int = 8192) -> None:
         self.backend = backend
-        self._nodes: _LRU[ObjectId, Node] = _LRU(cache_nodes)
+        # Leaves read only for lookups are held as their ``LeafIndex`` (``lookup_node``).
+        self._nodes: _LRU[ObjectId, Node | LeafIndex] = _LRU(cache_nodes)
         self._snapshots: _LRU[ObjectId, Snapshot] = _LRU(4096)
         self._pages: _LRU[ObjectId, HistoryPage] = _LRU(1024)
         self._derived: _LRU[ObjectId, object] = _LRU(1024)
@@ -96,13 +107,50 @@ class ObjectReader:
     def node_if_stored(self, node_id: ObjectId) -> Node | None:
         """The tree node ``node_id``, or ``None`` if it is not stored."""
         node = self._nodes.get(node_id)
-        if node is None:
+        if node is None or isinstance(node, LeafIndex):
             data = self.backend.get_objects([node_id])[0]
             if data is None:
                 return None
             node = _decode(decode_node, node_id, data)
             self._nodes.put(node_id, node)
         return node
+
+    def lookup_node(self, node_id: ObjectId) -> Node | LeafIndex:
+        """The tree node ``node_id`` for a point lookup (``tree.lookup``).
+
+        A node already decoded is served as such; a leaf read for the first
+        time is decoded as a ``LeafIndex`` only — its keys, verified with the
+        whole frame, and each entry built when a lookup finds it — since
+        building all of a leaf's hundreds of entries is most of what opening
+        an array of an uncached snapshot cost (``docs/benchmarks.md``).
+
+        Raises:
+            CorruptObjectError: the node is missing or damaged.
+        """
+        node = self._nodes.get(node_id)
+        if node is not None:
+            return node
+        data = self.backend.get_objects([node_id])[0]
+        if data is None:
+            raise CorruptObjectError(object_id_text(node_id), "tree node is missing")
+        if frame_kind(data) != KIND_LEAF:
+            node = _decode(decode_node, node_id, data)
+            self._nodes.put(node_id, node)
+            return node
+        keys, raw = _decode(decode_leaf_lookup, node_id, data)
+
+        def values() -> list[Any]:
+            try:
+                return raw()
+            except VersionStoreError:  # unnamed on the hot path: decode again, named
+                return decode_leaf_lookup(object_id_text(node_id), data)[1]()
+
+        def build(fields: object) -> Entry:
+            return _decode(leaf_entry, node_id, fields)  # type: ignore[arg-type]
+
+        index = LeafIndex(keys, values, build)
+        self._nodes.put(node_id, index)
+        return index
 
     def remember_nodes(self, nodes: Mapping[ObjectId, Node]) -> None:
         """Cache tree nodes this process has just written.
@@ -241,6 +289,19 @@ class ObjectReader:
             if value is None:
                 raise CorruptObjectError(object_id_text(chunk_id), "chunk is missing")
         return values  # type: ignore[return-value]  # no None left
+
+    def small_chunk(self, chunk_id: ObjectId) -> bytes:
+        """The value of one small chunk object (a Zarr metadata document), read as a node is.
+
+        Alone in its backend call, like a tree node or a snapshot: the LMDB
+        backend reads such an object without readahead (one page per fault,
+        not the device's readahead window: ``zarrstore.lmdb_readahead``).
+        Data chunks go through ``chunks``, read with readahead.
+
+        Raises:
+            CorruptObjectError: the chunk is missing or damaged.
+        """
+        return self.decode_chunks([chunk_id], self.backend.get_objects([chunk_id]))[0]
 
     def decode_chunks(self, chunk_ids: Sequence[ObjectId],
                       stored: Sequence[bytes | None]) -> list[bytes]:

@@ -774,7 +774,7 @@ class Repository:
 
     def _tree_reader(self, root: ObjectId | None) -> Callable[[str], bytes | None]:
         def read(key: str) -> bytes | None:
-            entry = lookup(self.reader.node, root, key)
+            entry = lookup(self.reader.lookup_node, root, key)
             if isinstance(entry, ChunkRef):
                 return self.reader.chunks([entry.chunk_id], [entry.location])[0]
             if isinstance(entry, VirtualRef):

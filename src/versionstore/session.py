@@ -107,6 +107,8 @@ _RULE_REUSE_S = 1.0
 
 #: How many decoded staged records a session remembers (``Session._staged_entry``).
 _STAGED_DECODED = 4096
+#: Zarr metadata documents: small, read when an array or group is opened (read without readahead).
+_METADATA_DOCUMENTS = frozenset({"zarr.json", ".zarray", ".zgroup", ".zattrs"})
 
 
 class Session:
@@ -273,7 +275,7 @@ class Session:
                         return write
             if staged is not None:
                 return None if isinstance(staged, Tombstone) else staged
-        return lookup(self._repo.reader.node, self._root, key)
+        return lookup(self._repo.reader.lookup_node, self._root, key)
 
     def value(self, key: str) -> bytes | None:
         """The value this session sees at ``key`` (staged changes first); ``None`` if none.
@@ -282,7 +284,11 @@ class Session:
         and chunk together); otherwise as ``read_entries([entry(key)])``.
         """
         if self._stage_names is None or self._located is not None:
-            return self.read_entries([self.entry(key)])[0]
+            found = self.entry(key)
+            if (isinstance(found, ChunkRef) and found.location is None
+                    and key.rpartition("/")[2] in _METADATA_DOCUMENTS):
+                return self._repo.reader.small_chunk(found.chunk_id)
+            return self.read_entries([found])[0]
         prefix, record_name = self._stage_names
         name = prefix + key
         staged: list[Entry | Tombstone] = []
@@ -297,7 +303,7 @@ class Session:
             [name, record_name], follow)
         self._adopt(record_raw)
         if not staged:
-            return self.read_entries([lookup(self._repo.reader.node, self._root, key)])[0]
+            return self.read_entries([lookup(self._repo.reader.lookup_node, self._root, key)])[0]
         entry = staged[0]
         if isinstance(entry, ChunkRef):
             if stored[0] is None and entry.location is not None:
@@ -561,7 +567,7 @@ class Session:
         self._refresh()
         for key in keys:
             validate_session_key(key)
-            in_base = lookup(self._repo.reader.node, self._root, key) is not None
+            in_base = lookup(self._repo.reader.lookup_node, self._root, key) is not None
             name = prefix + key
             refs[name] = encode_staged(name, TOMBSTONE) if in_base else None
         if refs:
@@ -623,7 +629,7 @@ class Session:
         prefix = stage_prefix(session_id)
         refs: dict[str, bytes | None] = {}
         for key in moving:
-            in_base = lookup(self._repo.reader.node, self._root, key) is not None
+            in_base = lookup(self._repo.reader.lookup_node, self._root, key) is not None
             refs[prefix + key] = encode_staged(prefix + key, TOMBSTONE) if in_base else None
         for key, entry in moving.items():
             name = prefix + target + key[len(source):]
@@ -673,7 +679,7 @@ class Session:
         changes = (self._read_changes()[0] if self._located is None else
                    [(k, None if isinstance(e, Tombstone) else e) for k, e in self.staged().items()])
         for key, entry in changes:
-            before = lookup(self._repo.reader.node, self._root, key)
+            before = lookup(self._repo.reader.lookup_node, self._root, key)
             if before != entry:
                 keys[key] = (before is not None, entry is not None)
                 if isinstance(entry, VirtualRef):
@@ -685,7 +691,7 @@ class Session:
         return self.read_entries([self.entry(key)])[0]
 
     def _read_base(self, key: str) -> bytes | None:
-        return self.read_entries([lookup(self._repo.reader.node, self._root, key)])[0]
+        return self.read_entries([lookup(self._repo.reader.lookup_node, self._root, key)])[0]
 
     # -- committing ------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from versionstore.codec import encode_node
 from versionstore.ids import ObjectId
@@ -34,6 +35,7 @@ __all__ = [
     "TARGET_LEAF_BYTES",
     "Change",
     "ChangeObserver",
+    "LeafIndex",
     "MergedTree",
     "NodeLoader",
     "RangeMerge",
@@ -58,11 +60,59 @@ ChangeObserver = Callable[[list[tuple[str, Entry | None, Entry | None]]], None]
 _OBSERVE_RUN = 4096
 
 
-def lookup(load: NodeLoader, root: ObjectId | None, key: str) -> Entry | None:
-    """The entry at ``key`` in the tree at ``root``, or ``None``."""
+class LeafIndex:
+    """A leaf read for point lookups: its keys now, each entry built when first asked for.
+
+    Decoding a whole leaf builds hundreds of entries (``codec.decode_node``);
+    opening an array looks up one or two keys in each of a few leaves, some
+    of them absent. The keys come from ``codec.decode_leaf_lookup`` (the frame
+    verified whole); ``raw`` gives the entries' msgpack values, and is called
+    only when a lookup first finds a key; ``build`` turns one value into its
+    entry, checking it (``codec.leaf_entry``). Immutable as the leaf is: two
+    threads building the same entry build equal ones.
+    """
+
+    __slots__ = ("_build", "_built", "_raw", "_values", "keys")
+
+    def __init__(self, keys: tuple[str, ...], raw: Callable[[], Sequence[Any]],
+                 build: Callable[[Any], Entry]) -> None:
+        self.keys = keys
+        self._raw = raw
+        self._values: Sequence[Any] | None = None
+        self._build = build
+        self._built: list[Entry | None] = [None] * len(keys)
+
+    def get(self, key: str) -> Entry | None:
+        """The entry at ``key``, or ``None``.
+
+        Raises:
+            CorruptObjectError: the leaf's entries, or that entry, are malformed.
+        """
+        keys = self.keys
+        i = bisect.bisect_left(keys, key)
+        if i == len(keys) or keys[i] != key:
+            return None
+        entry = self._built[i]
+        if entry is None:
+            values = self._values
+            if values is None:
+                values = self._values = self._raw()
+            entry = self._built[i] = self._build(values[i])
+        return entry
+
+
+def lookup(load: Callable[[ObjectId], Node | LeafIndex], root: ObjectId | None, key: str
+           ) -> Entry | None:
+    """The entry at ``key`` in the tree at ``root``, or ``None``.
+
+    ``load`` gives each node; it may give a leaf as a ``LeafIndex``
+    (``ObjectReader.lookup_node``), whose lookup builds only the entry found.
+    """
     node_id = root
     while node_id is not None:
         node = load(node_id)
+        if isinstance(node, LeafIndex):
+            return node.get(key)
         if isinstance(node, Leaf):
             i = bisect.bisect_left(node.keys, key)
             return node.entries[i] if i < len(node.keys) and node.keys[i] == key else None

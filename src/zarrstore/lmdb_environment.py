@@ -35,6 +35,12 @@ they live here once, for ``zarrstore.lmdb.LMDBStore`` and versionstore's
   cannot be opened it is opened without locking (``lock=False``), which is
   safe only while no other process writes the files (true on a read-only
   mount). Writes then raise ``ReadOnlyError``.
+* **Readahead by kind of read.** A page fault reads the device's readahead
+  window around it, good for large values and wasteful for small scattered
+  ones; a read may ask for either (``read(..., readahead=...)``), and the
+  map's advice is switched only when the kind changes
+  (``zarrstore.lmdb_readahead``). The switch is found again whenever the
+  map is made anew (open, growth, adopting another process's size, fork).
 * **A full disk** (LMDB reports a short write as ``EIO``) raises
   ``StorageFullError`` saying so.
 * **``lock.mdb`` deleted or replaced** while the environment is open destroys
@@ -58,6 +64,7 @@ from typing import Any, TypeVar
 
 import lmdb
 
+from zarrstore import lmdb_readahead
 from zarrstore.errors import CorruptStorageError, ReadOnlyError, StorageFullError, StorageIOError
 
 __all__ = [
@@ -277,6 +284,8 @@ class _Shared:
 
     def __init__(self, path: str, names: tuple[bytes, ...], map_size: int, lock: bool) -> None:
         self.path = path
+        self.readahead = (lmdb_readahead.ReadaheadSwitch(os.path.join(path, "data.mdb"))
+                          if lmdb_readahead.supported() else None)
         self.names = names
         self.initial_map_size = map_size
         self.lock = lock
@@ -317,6 +326,7 @@ class _Shared:
         self.env = env
         self.pid = os.getpid()
         self.lock_identity = _lock_identity(self.path)
+        self.remapped()
 
     def _open_env(self, map_size: int, create: bool) -> lmdb.Environment:
         options: dict[str, Any] = {
@@ -392,8 +402,14 @@ class _Shared:
                 found.append(env.open_db(name))
         return tuple(found)
 
+    def remapped(self) -> None:
+        """The map was made anew (readahead on): the switch finds it again (no read running)."""
+        if self.readahead is not None:
+            self.readahead.forget()
+
     def close(self) -> None:
         env, self.env, self.databases = self.env, None, ()
+        self.remapped()
         if env is not None and self.pid == os.getpid():
             env.close()
 
@@ -422,6 +438,7 @@ class _Shared:
                 continue
             try:
                 env.set_mapsize(target)
+                self.remapped()
                 return
             except lmdb.Error:
                 # A failed remap leaves the environment without a map: reopen it.
@@ -437,6 +454,7 @@ class _Shared:
     def adopt_size(self) -> None:
         """Take the map size another process grew the file to (gate held exclusively)."""
         self.current().set_mapsize(0)
+        self.remapped()
 
 
 def _address_space_for(size: int) -> bool:
@@ -490,6 +508,8 @@ def _after_fork_in_child() -> None:
     _registry_lock = threading.Lock()
     _drain_releases()
     for shared in _registry.values():
+        if shared.readahead is not None:  # its lock may have been held by another thread
+            shared.readahead = lmdb_readahead.ReadaheadSwitch(shared.readahead.data_path)
         if shared.env is not None:
             shared.inherited = True  # the parent's handle: never used, never closed here
             shared.env = None
@@ -605,11 +625,15 @@ class EnvironmentHandle:
         return shared.databases
 
     def read(self, action: str, work: Callable[[lmdb.Transaction], T], *,
-             buffers: bool = False) -> T:
+             buffers: bool = False, readahead: bool | None = None) -> T:
         """Run ``work`` in one read transaction (a consistent snapshot); its result.
 
         With ``buffers``, ``txn.get`` returns views of the memory map, valid
         only until ``work`` returns (``work`` copies what it keeps).
+        ``readahead=False`` (for a few small values at scattered places) makes
+        page faults read one page each, not the device's readahead window;
+        ``True`` (for large values) turns readahead back on; ``None`` leaves it
+        as the last read that asked set it (``zarrstore.lmdb_readahead``).
         """
         shared = self._shared_open()
         for _ in range(_RETRIES):
@@ -617,6 +641,12 @@ class EnvironmentHandle:
             gate.enter()
             try:
                 env = shared.current()
+                switch = shared.readahead
+                if switch is not None and readahead is not None:
+                    if readahead:
+                        switch.on()
+                    else:
+                        switch.off()
                 with env.begin(buffers=True) if buffers else env.begin() as txn:
                     return work(txn)
             except lmdb.MapResizedError:

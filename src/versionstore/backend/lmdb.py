@@ -18,8 +18,12 @@ background thread starts flushing once 32 MiB of objects are written
 Readahead stays on (LMDB's default): a chunk object is one run of contiguous
 overflow pages, and with readahead off (``MADV_RANDOM``) the kernel faults it
 in one 4 KiB page at a time, which made a cold read of 1 MiB chunks about ten
-times slower than with it on (docs/benchmarks.md). The price is some wasted
-I/O on cold random reads of small values.
+times slower than with it on (docs/benchmarks.md). Reads of one tree node,
+snapshot, history page or metadata document (what opening and walking a
+snapshot does) turn it off first (``zarrstore.lmdb_readahead``), so that each
+page fault reads one page, not the device's readahead window — 8 MiB on some
+virtual disks, where opening an old snapshot, eight scattered pages, read
+16–31 MiB; reads of chunks turn it back on. Only a change costs a system call.
 
 The environment rules LMDB imposes on a whole process — one environment per
 directory, a map that grows on demand, reopening after ``fork``, refusing a
@@ -261,11 +265,11 @@ class LMDBBackend(Backend, Ledger):
             return self._handle.env
 
     def _read(self, action: str, work: Callable[[lmdb.Transaction], T], *,
-              buffers: bool = False) -> T:
+              buffers: bool = False, readahead: bool | None = None) -> T:
         if self._handle.closed:
             raise BackendError(f"LMDB repository at {self.path!r} is closed")
         try:
-            return self._handle.read(action, work, buffers=buffers)
+            return self._handle.read(action, work, buffers=buffers, readahead=readahead)
         except (StorageIOError, ReadOnlyError, lmdb.Error) as exc:
             raise _translate(exc, action) from exc
 
@@ -282,11 +286,16 @@ class LMDBBackend(Backend, Ledger):
     def get_objects(self, ids: Sequence[ObjectId]) -> list[bytes | None]:
         # The database handle is taken inside the transaction: a fork in another
         # thread reopens the environment, and handles taken before belong to the old one.
+        wanted = list(ids)  # callers may hand over any iterable, read once
+
         def work(txn: lmdb.Transaction) -> list[bytes | None]:
             db = self._objects
-            return [_bytes(txn.get(i, db=db)) for i in ids]
+            return [_bytes(txn.get(i, db=db)) for i in wanted]
 
-        return self._read("reading objects", work)
+        # One object is a node, snapshot, history page or metadata document of a walk
+        # (``ObjectReader`` reads chunks through ``get_objects_decoded``): a page or
+        # two, read without readahead. A batch is a copy or a check of many objects.
+        return self._read("reading objects", work, readahead=len(wanted) != 1)
 
     @override
     def has_objects(self, ids: Sequence[ObjectId]) -> list[bool]:
@@ -369,7 +378,7 @@ class LMDBBackend(Backend, Ledger):
                 found.append(None if data is None else decode(i, data))
             return found
 
-        return self._read("reading objects", work, buffers=True)
+        return self._read("reading objects", work, buffers=True, readahead=True)
 
     @override
     def get_refs_and_objects(

@@ -1,0 +1,149 @@
+"""The readahead switch (``zarrstore.lmdb_readahead``): advice over an LMDB map set by each read.
+
+The advice is read back from the kernel itself: ``/proc/self/smaps`` lists a
+mapping's flags, and ``rr`` is ``VM_RAND_READ``, what ``MADV_RANDOM`` sets.
+Reads are real reads of a real environment, from two threads, and across a
+growth of the map (LMDB maps the file anew).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import lmdb
+import pytest
+
+import versionstore as vs
+from zarrstore import lmdb_readahead
+from zarrstore.lmdb_environment import EnvironmentHandle
+
+pytestmark = pytest.mark.skipif(
+    not lmdb_readahead.supported(),
+    reason="the switch needs Linux's /proc/self/maps and madvise; elsewhere it changes nothing",
+)
+
+
+def _flags(data_path: Path) -> list[list[str]]:
+    """The ``VmFlags`` of each of this process's mappings of ``data_path``."""
+    inode = str(os.stat(data_path).st_ino)
+    found: list[list[str]] = []
+    current: list[str] | None = None
+    with open("/proc/self/smaps", encoding="ascii", errors="replace") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if fields and "-" in fields[0] and len(fields) >= 5 and ":" in fields[3]:
+                current = fields if fields[4] == inode else None
+            elif current is not None and fields and fields[0] == "VmFlags:":
+                found.append(fields[1:])
+    return found
+
+
+def _random(data_path: Path) -> bool:
+    flags = _flags(data_path)
+    assert flags, "the data file is mapped"
+    return all("rr" in f for f in flags)
+
+
+def _normal(data_path: Path) -> bool:
+    flags = _flags(data_path)
+    assert flags, "the data file is mapped"
+    return not any("rr" in f or "sr" in f for f in flags)
+
+
+@pytest.fixture
+def handle(tmp_path: Path) -> EnvironmentHandle:
+    handle = EnvironmentHandle(tmp_path / "env", map_size=1 << 20)
+    handle.write("seeding", lambda txn: txn.put(b"key", b"value"))
+    return handle
+
+
+def test_each_read_that_asks_sets_the_advice_and_the_others_keep_it(
+        handle: EnvironmentHandle, tmp_path: Path) -> None:
+    data = tmp_path / "env" / "data.mdb"
+    assert _normal(data), "LMDB's default: readahead on"
+    assert handle.read("a node", lambda txn: (txn.get(b"key"), _random(data)),
+                       readahead=False) == (b"value", True)
+    assert _random(data), "stays off for the next read of its kind: no system call"
+    assert handle.read("a ref", lambda txn: _random(data)) is True, "a read that does not ask"
+    assert handle.read("chunks", lambda txn: _normal(data), readahead=True) is True
+    assert _normal(data)
+
+
+def test_two_threads_each_read_with_their_own_advice(handle: EnvironmentHandle,
+                                                    tmp_path: Path) -> None:
+    data = tmp_path / "env" / "data.mdb"
+    values: list[bytes | None] = []
+    failures: list[BaseException] = []
+
+    def reads(readahead: bool) -> None:
+        try:
+            for _ in range(300):
+                values.append(handle.read("r", lambda txn: txn.get(b"key"), readahead=readahead))
+        except BaseException as exc:  # reported below, in the test's thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=reads, args=(flag,)) for flag in (False, True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not failures and values == [b"value"] * 600, "a hint: the bytes never change"
+    handle.read("last", lambda txn: None, readahead=False)
+    assert _random(data), "the last read that asked decides"
+
+
+def test_a_map_grown_meanwhile_is_found_again(handle: EnvironmentHandle,
+                                              tmp_path: Path) -> None:
+    data = tmp_path / "env" / "data.mdb"
+    handle.read("before", lambda txn: None, readahead=False)  # the 1 MiB map is looked up
+    before = lmdb_readahead.mapped_range(str(data))
+    value = os.urandom(64 << 10)
+
+    def fill(txn: lmdb.Transaction) -> None:
+        for i in range(64):  # 4 MiB: the map grows (LMDB maps the file anew)
+            txn.put(b"big%d" % i, value)
+
+    handle.write("filling", fill)
+    after = lmdb_readahead.mapped_range(str(data))
+    assert before is not None and after is not None and after[1] > before[1], "the map grew"
+    assert _normal(data), "mapped anew with LMDB's default"
+    assert handle.read("after", lambda txn: (txn.get(b"big7") == value, _random(data)),
+                       readahead=False) == (True, True)
+
+
+def test_the_versionstore_backend_reads_nodes_without_readahead_and_chunks_with_it(
+        tmp_path: Path) -> None:
+    repo = vs.Repository.create(vs.lmdb_storage(tmp_path / "repo"))
+    session = repo.writable_session("main")
+    session.store.storage.set("a/zarr.json", b"{}" * 600)
+    session.store.storage.set("a/c/0", os.urandom(200_000))
+    session.commit("one")
+    data = tmp_path / "repo" / "data.mdb"
+    seen: list[bool] = []
+    backend = repo.backend
+    read = type(backend)._read
+
+    def spying(self: object, action: str, work: object, **options: object) -> object:
+        def watched(txn: lmdb.Transaction) -> object:
+            seen.append(_random(data))
+            return work(txn)  # type: ignore[operator]
+
+        return read(self, action, watched, **options)  # type: ignore[arg-type]
+
+    reopened = vs.Repository.open(repo.storage)
+    store = reopened.readonly_session("main").store.storage
+    try:
+        type(backend)._read = spying  # type: ignore[method-assign]
+        assert store.get("a/zarr.json") == b"{}" * 600
+        metadata_reads = list(seen)
+        seen.clear()
+        assert len(store.get("a/c/0") or b"") == 200_000
+        chunk_reads = list(seen)
+    finally:
+        type(backend)._read = read  # type: ignore[method-assign]
+        reopened.close()
+        repo.close()
+    assert metadata_reads and all(metadata_reads), "tree node, metadata document: off"
+    assert chunk_reads and not any(chunk_reads), "a data chunk: on"

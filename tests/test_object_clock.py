@@ -24,6 +24,7 @@ from object_repo_support import S3Repos, aws_env_fixture, s3_fixture, s3_repos_f
 
 import versionstore as vs
 from versionstore import gc as gc_module
+from versionstore import session as session_module
 from versionstore.backend import object as object_backend
 from versionstore.ids import object_id_from_text
 
@@ -186,4 +187,32 @@ def test_read_only_credentials_still_dry_run_a_collection(
     with pytest.raises(vs.StorageAccessDeniedError):
         reader.garbage_collect(later)
     s3_repos.proxy.deny_matching = None
+    assert repo.verify().ok
+
+
+def test_a_fast_clock_keeps_the_grace_period_of_located_writes(
+        s3_repos: S3Repos, storage: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Located writes (a chunk's own PUT under stage/, docs/format.md "Located
+    # staging") are listed with the service's Last-Modified: the backend moves
+    # those times onto this machine's clock, so a collector a day fast still
+    # sees a write made a moment ago as young, and a session idle only a moment.
+    monkeypatch.setattr(session_module, "_LOGGED_FIRST", 0)  # every chunk located
+    repo = vs.Repository.create(storage)
+    session = repo.writable_session("main")
+    session.set_values([("p/c/0", b"1" * 1000)])
+    session.commit("one")
+    discarded = repo.writable_session("main")
+    discarded.set_values([("p/c/1", b"2" * 1000)])
+    discarded.discard_changes()
+    collector = vs.Repository.open(s3_repos.storage(storage.prefix,
+                                                    client_options={"timeout": "65s"}))
+    with monkeypatch.context() as patch:
+        _skew(patch, timedelta(hours=25))
+        listed = collector.backend.list_located_written()
+        skewed_now = object_backend.datetime.now(UTC)
+        assert listed and all(abs(skewed_now - when) < timedelta(minutes=5)
+                              for _, when in listed)
+        assert collector.garbage_collect().deleted == 0  # the default grace: one day
+    assert session.session_id in {n.removeprefix("session/")
+                                  for n in repo.backend.list_refs("session/")}
     assert repo.verify().ok

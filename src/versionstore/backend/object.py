@@ -682,9 +682,18 @@ class ObjectBackend(Backend):
 
     @override
     def list_located_written(self) -> list[tuple[str, datetime]]:
+        """Every located write with its time, moved onto this machine's clock.
+
+        The service stamps ``Last-Modified`` on its own clock, and gc compares
+        these times with cut-offs taken on this machine's (``older_than``,
+        now): a collector hours fast would otherwise take a write made a
+        moment ago for an old one (``docs/format.md``, "Clocks").
+        """
         check_not_forked()
         io = self._io
-        return io.run("listing staged writes", io.list_after("stage"))
+        listed = io.run("listing staged writes", io.list_after("stage"))
+        offset = self._service_offset(fresh=True)
+        return [(name, modified - offset) for name, modified in listed]
 
     @override
     def delete_located(self, names: Sequence[str]) -> None:

@@ -242,7 +242,10 @@ class Backend(Protocol):
         return bool(self.list_located(folder))
 
     def list_located_written(self) -> list[tuple[str, datetime]]:
-        """Every name under ``stage/`` with its last-modified time (for gc); default none."""
+        """Every name under ``stage/`` with its last-modified time on this machine's clock (gc).
+
+        The default has none.
+        """
         return []
 
     def delete_located(self, names: Sequence[str]) -> None:

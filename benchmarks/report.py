@@ -147,9 +147,14 @@ def check_targets(summary: dict[str, Any], params: dict[str, Any]) -> list[dict[
         if len(measured) >= 2:
             (first, small), (last, large) = measured[0], measured[-1]
             growth = large["median"] / small["median"]
+            cpu = [_get(summary, "gc", f"gc after small commit CPU ms (N={size_label(n)})",
+                        system) for n in (first, last)]
+            cpu_note = ("" if cpu[0] is None or cpu[1] is None else
+                        f"; CPU time grows {cpu[1]['median'] / cpu[0]['median']:.2f}×")
             add(f"{system}: gc after a small commit grows < 2× "
                 f"({size_label(first)} → {size_label(last)} chunks)", 2.0 / growth, 1.0,
-                f"grows {growth:.2f}× ({small['median']:.2f} → {large['median']:.2f} ms)")
+                f"grows {growth:.2f}× ({small['median']:.2f} → {large['median']:.2f} ms)"
+                f"{cpu_note}")
     # 3. At least 5× icechunk on small-chunk write + commit.
     for ours, theirs in PAIRS:
         for name in ("zarr write+commit s", "key write+commit s"):

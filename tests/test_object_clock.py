@@ -20,7 +20,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from object_repo_support import S3Repos, aws_env_fixture, s3_fixture, s3_repos_fixture
+from object_repo_support import (
+    S3Repos,
+    aws_env_fixture,
+    collect_mid_write,
+    s3_fixture,
+    s3_repos_fixture,
+)
 
 import versionstore as vs
 from versionstore import gc as gc_module
@@ -54,31 +60,14 @@ def _collect_while_a_writer_pauses(s3_repos: S3Repos, storage: Any,
                                    monkeypatch: pytest.MonkeyPatch, ahead: timedelta,
                                    older_than: timedelta | None) -> vs.GCSummary:
     """A writer stores a chunk; before its record, a collector with a fast clock runs."""
-    repo = vs.Repository.create(storage)
-    collector = vs.Repository.open(s3_repos.storage(storage.prefix,
-                                                    client_options={"timeout": "60s"}))
-    session = repo.writable_session("main")
-    backend: Any = repo.backend
-    store_objects = backend._put_objects
-    summaries: list[vs.GCSummary] = []
+    def collect(collector: vs.Repository) -> list[vs.GCSummary]:
+        with monkeypatch.context() as patch:
+            _skew(patch, ahead)
+            cutoff = None if older_than is None else datetime.now(UTC) + ahead - older_than
+            return [collector.garbage_collect(cutoff)]
 
-    def store_then_collect(objects: Any) -> None:
-        store_objects(objects)  # stored; the log record naming it is not yet
-        if objects and not summaries:
-            with monkeypatch.context() as patch:
-                _skew(patch, ahead)
-                cutoff = None if older_than is None else datetime.now(UTC) + ahead - older_than
-                summaries.append(collector.garbage_collect(cutoff))
-
-    monkeypatch.setattr(backend, "_put_objects", store_then_collect)
-    value = b"v" * 2000
-    session.set_values([("a/0", value)])
-    monkeypatch.undo()
-    snapshot = session.commit("kept")
-    view = repo.readonly_session(snapshot_id=snapshot)
-    assert view.read_entries([view.entry("a/0")]) == [value]
-    assert repo.verify().ok
-    return summaries[0]
+    return collect_mid_write(s3_repos, storage, monkeypatch, hook="_put_objects", key="a/0",
+                             value=b"v" * 2000, collect=collect)[0]
 
 
 def test_a_fast_clock_with_the_guides_six_hours_spares_a_writers_young_chunk(

@@ -30,7 +30,13 @@ import test_session_store as session_store_tests
 import zarr
 from hypothesis.stateful import run_state_machine_as_test
 from hypothesis_budget import hierarchy_examples
-from object_repo_support import S3Repos, aws_env_fixture, s3_fixture, s3_repos_fixture
+from object_repo_support import (
+    S3Repos,
+    aws_env_fixture,
+    collect_mid_write,
+    s3_fixture,
+    s3_repos_fixture,
+)
 from obstore.store import LocalStore
 from zarr.core.buffer import cpu
 from zarr.testing.stateful import ZarrStoreStateMachine
@@ -285,66 +291,31 @@ def test_compressed_chunks_cost_one_write_each(s3_repos: S3Repos, concurrency: i
 
 def test_gc_spares_what_a_writer_stored_but_has_not_referenced_yet(
         s3_repos: S3Repos, monkeypatch: pytest.MonkeyPatch) -> None:
-    storage = s3_repos.storage()
-    repo = vs.Repository.create(storage)
-    # Its own client, as on another machine (a different configuration: not shared).
-    collector = vs.Repository.open(s3_repos.storage(storage.prefix,
-                                                    client_options={"timeout": "60s"}))
-    session = repo.writable_session("main")
-    backend: Any = repo.backend
-    store_objects = backend._put_objects
-    summaries: list[vs.GCSummary] = []
+    def collect(collector: vs.Repository) -> list[vs.GCSummary]:
+        no_grace = datetime.now(UTC) + timedelta(seconds=5)
+        return [collector.garbage_collect(no_grace, dry_run=True),
+                collector.garbage_collect()]  # the default grace period
 
-    def store_then_collect(objects: Any) -> None:
-        store_objects(objects)  # the chunk is stored; the log record naming it is not yet
-        if objects and not summaries:
-            no_grace = datetime.now(UTC) + timedelta(seconds=5)
-            summaries.append(collector.garbage_collect(no_grace, dry_run=True))
-            summaries.append(collector.garbage_collect())  # the default grace period
-
-    monkeypatch.setattr(backend, "_put_objects", store_then_collect)
     # A metadata document above the inline limit: a chunk object named by a log record
     # (chunks proper are located writes, below).
-    value = b"v" * 2000
-    session.set_values([("a/zarr.json", value)])
-    monkeypatch.undo()
-    without_grace, with_grace = summaries
+    without_grace, with_grace = collect_mid_write(
+        s3_repos, s3_repos.storage(), monkeypatch, hook="_put_objects", key="a/zarr.json",
+        value=b"v" * 2000, collect=collect)
     assert without_grace.deleted == 1  # unreferenced: garbage, but for the grace period
     assert with_grace.deleted == 0
-    snapshot = session.commit("kept")
-    view = repo.readonly_session(snapshot_id=snapshot)
-    assert view.read_entries([view.entry("a/zarr.json")]) == [value]
-    assert repo.verify().ok
 
 
 def test_gc_spares_a_located_write_whatever_its_age(
         s3_repos: S3Repos, monkeypatch: pytest.MonkeyPatch) -> None:
     # A located write lands in its session's open epoch, which the record names
     # before the write: even a collection without grace period keeps it.
-    storage = s3_repos.storage()
-    repo = vs.Repository.create(storage)
-    collector = vs.Repository.open(s3_repos.storage(storage.prefix,
-                                                    client_options={"timeout": "60s"}))
-    session = repo.writable_session("main")
-    backend: Any = repo.backend
-    store_located = backend.put_located
-    summaries: list[vs.GCSummary] = []
+    def collect(collector: vs.Repository) -> list[vs.GCSummary]:
+        return [collector.garbage_collect(datetime.now(UTC) + timedelta(days=1))]
 
-    def store_then_collect(objects: Any) -> None:
-        store_located(objects)  # stored; the set has not looked at the log yet
-        if objects and not summaries:
-            summaries.append(collector.garbage_collect(datetime.now(UTC) + timedelta(days=1)))
-
-    monkeypatch.setattr(backend, "put_located", store_then_collect)
     monkeypatch.setattr(session_module, "_LOGGED_FIRST", 0)  # the chunk: a located write
-    value = b"w" * 2000
-    session.set_values([("a/c/0", value)])
-    monkeypatch.undo()
+    summaries = collect_mid_write(s3_repos, s3_repos.storage(), monkeypatch, hook="put_located",
+                                  key="a/c/0", value=b"w" * 2000, collect=collect)
     assert [s.deleted for s in summaries] == [0]
-    snapshot = session.commit("kept")
-    view = repo.readonly_session(snapshot_id=snapshot)
-    assert view.read_entries([view.entry("a/c/0")]) == [value]
-    assert repo.verify().ok
 
 
 def test_gc_on_object_storage_keeps_a_day_by_default(s3_repos: S3Repos) -> None:

@@ -8,7 +8,7 @@ needs it, and is collected like any object once nothing does:
 * kept while its session's record lists its epoch as open or closing
   (what an absorb may still turn into a ref);
 * kept while younger than the grace period (``older_than``), like any
-  young object: a writer that raced an absorb stages it as a ref soon after;
+  young object: a writer that raced an absorb writes it again soon after;
 * collected otherwise: a superseded write of a key, a discarded one, one
   whose session was committed and moved on.
 
@@ -72,8 +72,8 @@ def idle_sessions(refs: Mapping[str, bytes], listed: Sequence[tuple[str, datetim
 
     Such a session has no located write in its open or closing epochs and
     none at all written since ``older_than`` (the grace period): a writer
-    idle that long that writes again finds the record gone and stages its
-    write as a ref, which recreates the record (``docs/format.md``).
+    idle that long that writes again finds the record gone and writes again
+    into a new epoch, which recreates the record (``docs/format.md``).
     """
     busy: set[str] = set()
     live = _epochs(refs)

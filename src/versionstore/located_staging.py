@@ -102,18 +102,32 @@ class LocatedStaging:
         Raises:
             MissingObjectsError: creating the record, its base is gone.
         """
+        first: int | None = None
         for _ in range(_ATTEMPTS):
             raw, record = self.record()
             if record is not None and record.epoch is not None:
                 assert raw is not None
                 return raw, record
-            upgraded = attrs.evolve(fresh if record is None else record, epoch=0, closing=())
+            if first is None:
+                first = self.first_epoch()
+            upgraded = attrs.evolve(fresh if record is None else record, epoch=first, closing=())
             value = encode_session(self._record_name, upgraded)
             if self._backend.write(WriteBatch(expect={self._record_name: raw},
                                               refs={self._record_name: value},
                                               requires=[upgraded.base])):
                 return value, upgraded
         raise RuntimeError("the session record kept changing")  # pragma: no cover
+
+    def first_epoch(self) -> int:
+        """The epoch a record without one starts at: past every epoch the session wrote in.
+
+        A record gc pruned (idle) may be created again: its session's old
+        epochs still hold writes that older snapshots name, which must never
+        read as pending again (one delimiter listing of the session's folder).
+        """
+        epochs = [int(tail) for name in self._backend.located_folders(f"stage/{self._session_id}")
+                  if (tail := name.rstrip("/").rpartition("/")[2]).isdigit()]
+        return max(epochs, default=-1) + 1
 
     # -- writing ---------------------------------------------------------------------------
 

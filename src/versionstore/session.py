@@ -101,6 +101,9 @@ _REMEMBER_LEAVES = 1024
 #: located writes (object storage): a commit of this few then costs no absorb (its
 #: close, listing and record), and a big one only this many extra write requests.
 _LOGGED_FIRST = 4
+#: Times a located write is written again into the open epoch after an absorb closed
+#: the one it went to (each time the absorb ran between its PUT and its look).
+_RELOCATE_ATTEMPTS = 8
 #: Seconds a staging ``SessionRule`` is reused (``Session._staging``).
 _RULE_REUSE_S = 1.0
 
@@ -504,33 +507,49 @@ class Session:
 
         Each chunk's ``PUT`` is its durable staged record. One look at the
         session record follows: if an absorb closed the epoch written to
-        meanwhile (it may have listed it before the ``PUT`` landed), the
-        writes are staged again as refs, one log record (``docs/format.md``).
+        meanwhile (it may have listed it before the ``PUT`` landed), or gc
+        pruned the record, the writes go again into the open epoch, newer
+        than every write that returned there (``docs/format.md``).
+        """
+        epoch = self._open_epoch(located)
+        entries, too_long = located.put(epoch, chunks)
+        for _ in range(_RELOCATE_ATTEMPTS):
+            raw, record = located.record()
+            self._adopt(raw)
+            if not entries or (record is not None and record.epoch == epoch):
+                break
+            if record is None or record.epoch is None:
+                self._epochs = None  # pruned by gc (idle): open an epoch again
+            epoch = self._open_epoch(located)
+            entries, _ = located.put(epoch, [(k, v) for k, v in chunks if k in entries])
+        else:  # pragma: no cover - an absorb at every look: stage them as refs instead
+            self._stage(WriteBatch(refs=located.stage_refs(entries), session=self._staging()))
+        if too_long:
+            self._absorb_first()
+            assert self._session_id is not None
+            self._set_logged(self._session_id, too_long)
+
+    def _open_epoch(self, located: LocatedStaging) -> int:
+        """The epoch this copy writes into: the record's as last read, or one opened now.
+
+        Raises:
+            SnapshotNotFoundError: creating the record, the session's base is gone.
         """
         if self._epochs is None:
             assert self._branch is not None
             fresh = SessionRecord(branch=self._branch, base=self._base,
                                   created_at=datetime.now(UTC), generation=self._generation)
             try:
-                opened, _ = located.open_epoch(fresh)
+                opened, record = located.open_epoch(fresh)
             except MissingObjectsError as exc:
                 raise SnapshotNotFoundError(
                     self.snapshot_id, f"this session's base snapshot {self.snapshot_id} no "
                     "longer exists; open a new writable session") from exc
             self._adopt(opened)
-        assert self._epochs is not None
-        epoch = self._epochs[0]
-        entries, too_long = located.put(epoch, chunks)
-        raw, record = located.record()
-        self._adopt(raw)
-        if record is None or record.epoch is None:
-            self._epochs = None  # pruned by gc (idle): the next write opens an epoch again
-        if entries and (record is None or record.epoch != epoch):
-            self._stage(WriteBatch(refs=located.stage_refs(entries), session=self._staging()))
-        if too_long:
-            self._absorb_first()
-            assert self._session_id is not None
-            self._set_logged(self._session_id, too_long)
+            assert record.epoch is not None
+            self._epochs = (record.epoch, record.closing)
+            return record.epoch
+        return self._epochs[0]
 
     def _absorb_first(self) -> None:
         """Absorb located writes before a log-recorded write, so that it is the newer."""

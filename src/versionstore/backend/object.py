@@ -676,6 +676,11 @@ class ObjectBackend(Backend):
         return [name for name, _ in io.run("listing staged writes", io.list_after(folder))]
 
     @override
+    def located_folders(self, folder: str) -> list[str]:
+        check_not_forked()
+        return self._io.run("listing staged writes", self._io.folders(folder))
+
+    @override
     def any_located(self, folder: str) -> bool:
         check_not_forked()
         return self._io.run("looking for staged writes", self._io.any_under(folder))

@@ -237,6 +237,14 @@ class Backend(Protocol):
         """
         return []
 
+    def located_folders(self, folder: str) -> list[str]:
+        """The names of the folders directly in ``folder`` (relative, no trailing ``/``).
+
+        One delimiter listing: what a session's epochs are (``located_staging``).
+        Only called where ``located_staging()``; the default holds none.
+        """
+        return []
+
     def any_located(self, folder: str) -> bool:
         """Whether ``folder`` holds any located write (``list_located``, one short page)."""
         return bool(self.list_located(folder))

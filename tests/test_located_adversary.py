@@ -1,0 +1,115 @@
+"""Attacks on located staging (docs/format.md, "Located staging"; issue 11).
+
+Each test is one way a copy of a session, a killed process, gc or an odd key
+could lose a ``set`` that returned or let a commit land half-done; the
+promise under attack: every ``set`` that returned is committed (or a newer
+write of its key is), and a commit lands whole or raises ``ConflictError``.
+All run against moto's S3 server behind the counting proxy (``s3_proxy``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from object_repo_support import S3Repos, aws_env_fixture, s3_fixture, s3_repos_fixture
+
+import versionstore as vs
+import versionstore.session as session_module
+from versionstore.located_staging import LocatedStaging
+
+__all__ = ["aws_env_fixture", "s3_fixture", "s3_repos_fixture"]
+
+_NO_GRACE = timedelta(days=1)
+
+
+@pytest.fixture(autouse=True)
+def every_chunk_located(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No chunk staged as a log record first (``session._LOGGED_FIRST``): all located."""
+    monkeypatch.setattr(session_module, "_LOGGED_FIRST", 0)
+
+
+def _collect_everything(repo: vs.Repository) -> None:
+    """gc with no grace period: idle session records are pruned, old writes collected."""
+    repo.garbage_collect(datetime.now(UTC) + _NO_GRACE)
+
+
+def _committed(repo: vs.Repository, keys: list[str]) -> list[bytes | None]:
+    view = repo.readonly_session(branch="main")
+    return view.read_entries([view.entry(k) for k in keys])
+
+
+def test_a_write_after_gc_pruned_the_record_does_not_revive_an_old_epoch(
+        s3_repos: S3Repos) -> None:
+    # Epoch numbers restarted at 0 once gc pruned an idle record: the session's
+    # old epoch-0 writes (kept: an older snapshot names them) were listed again
+    # as pending, and the next commit reverted their keys to those old values.
+    repo = vs.Repository.create(s3_repos.storage())
+    session = repo.writable_session("main")
+    session.set_values([("k/c/0", b"1" * 1000)])
+    session.commit("v1")  # located in epoch 0
+    session.set_values([("k/c/0", b"2" * 1000)])
+    session.commit("v2")  # located in epoch 1
+    _collect_everything(repo)
+    assert not repo.backend.list_refs("session/")  # idle: pruned
+    session.set_values([("k/c/1", b"3" * 1000)])  # record gone: staged as a ref
+    session.set_values([("k/c/2", b"4" * 1000)])  # located again
+    assert session.value("k/c/0") == b"2" * 1000
+    session.commit("two more")
+    assert _committed(repo, ["k/c/0", "k/c/1", "k/c/2"]) == [
+        b"2" * 1000, b"3" * 1000, b"4" * 1000]
+
+
+def test_a_stale_copys_later_write_beats_an_earlier_write_in_a_newer_epoch(
+        s3_repos: S3Repos) -> None:
+    # A copy that had not seen a commit wrote into the epoch it last read; the
+    # write raced the absorb and was staged as a ref naming that old epoch, and
+    # the commit's absorb then let an *earlier* write of the key in the newer
+    # epoch replace it (epochs compared first).
+    storage = s3_repos.storage()
+    repo = vs.Repository.create(storage)
+    session = repo.writable_session("main")
+    session.set_values([("z/c/0", b"0" * 1000)])
+    assert session.session_id is not None
+    copy = vs.Repository.open(storage).writable_session("main", resume=session.session_id)
+    copy.set_values([("z/c/1", b"1" * 1000)])  # the copy reads epoch 0
+    session.commit("first")  # absorbs: epoch 1 opens, the copy does not know
+    session.set_values([("z/c/2", b"a" * 1000)])  # epoch 1
+    copy.set_values([("z/c/2", b"b" * 1000)])  # later, from the stale copy
+    assert session.value("z/c/2") == b"b" * 1000
+    session.commit("second")
+    assert _committed(repo, ["z/c/2"]) == [b"b" * 1000]
+
+
+def test_a_write_whose_epoch_was_absorbed_committed_and_collected_meanwhile_survives(
+        s3_repos: S3Repos, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Between a located PUT and its look at the record, another copy absorbs
+    # (listing before the PUT landed), commits, and gc runs: the write's epoch
+    # is neither open nor closing and nothing names the write, so gc deletes
+    # it. The writer then staged a ref naming the deleted object.
+    storage = s3_repos.storage()
+    repo = vs.Repository.create(storage)
+    session = repo.writable_session("main")
+    session.set_values([("w/c/0", b"0" * 1000)])
+    assert session.session_id is not None
+    copy = vs.Repository.open(storage).writable_session("main", resume=session.session_id)
+    real_put = LocatedStaging.put
+    raced = []
+
+    def put_then_race(self: LocatedStaging, epoch: int, items: list[tuple[str, bytes]]
+                      ) -> tuple[object, object]:
+        if any(key == "w/c/1" for key, _ in items) and not raced:
+            raced.append(True)
+            # The absorb lists the epoch *before* this PUT lands (and misses it).
+            session.commit("meanwhile")
+            found = real_put(self, epoch, items)
+            _collect_everything(repo)
+            return found
+        return real_put(self, epoch, items)
+
+    monkeypatch.setattr(LocatedStaging, "put", put_then_race)
+    copy.set_values([("w/c/1", b"1" * 1000)])
+    assert raced
+    copy.commit("the copy's write")
+    assert _committed(repo, ["w/c/0", "w/c/1"]) == [b"0" * 1000, b"1" * 1000]
+    assert repo.verify().ok

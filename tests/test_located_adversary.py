@@ -9,8 +9,16 @@ All run against moto's S3 server behind the counting proxy (``s3_proxy``).
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import os
+import signal
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
+import located_workers
 import pytest
 from object_repo_support import S3Repos, aws_env_fixture, s3_fixture, s3_repos_fixture
 
@@ -113,3 +121,123 @@ def test_a_write_whose_epoch_was_absorbed_committed_and_collected_meanwhile_surv
     copy.commit("the copy's write")
     assert _committed(repo, ["w/c/0", "w/c/1"]) == [b"0" * 1000, b"1" * 1000]
     assert repo.verify().ok
+
+
+# -- pickled copies in other processes, and SIGKILL at chosen points ----------------------
+
+#: Children fork from a server (obstore's runtime does not survive a plain fork).
+_CONTEXT = multiprocessing.get_context("forkserver")
+_WAIT = 120.0
+
+
+class _Worker:
+    """A child process writing through a pickled copy of a session (``located_workers``)."""
+
+    def __init__(self, session: vs.Session, tmp_path: Path, worker: int, **config: Any) -> None:
+        self.log = tmp_path / f"w{worker}.log"
+        self.errors = tmp_path / f"w{worker}.err"
+        self.process = _CONTEXT.Process(target=located_workers.write, args=(
+            session, {"log": str(self.log), "worker": worker, **config}, str(self.errors)))
+        self.process.start()
+
+    def lines(self) -> list[list[str]]:
+        text = self.log.read_text() if self.log.exists() else ""
+        return [line.split() for line in text.splitlines() if line.strip()]
+
+    def wait_for(self, word: str) -> None:
+        deadline = time.monotonic() + _WAIT
+        while not any(line[0] == word for line in self.lines()):
+            assert self.process.is_alive() or any(line[0] == word for line in self.lines()), (
+                self.errors.read_text() if self.errors.exists() else "the worker died")
+            assert time.monotonic() < deadline, f"the worker never logged {word!r}"
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        assert self.process.pid is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.join(60)
+        assert self.process.exitcode == -signal.SIGKILL
+
+    def returned(self) -> dict[str, str]:
+        """The newest returned write per key: key -> tag."""
+        found: dict[str, str] = {}
+        for line in self.lines():
+            if line[0] == "set":
+                found[line[1]] = line[2]
+        return found
+
+
+def _resume_and_commit(repo: vs.Repository, session_id: str) -> None:
+    try:
+        session = repo.writable_session("main", resume=session_id)
+    except vs.SessionNotFoundError:
+        return  # nothing staged: the worker's commit took it all
+    with contextlib.suppress(vs.NothingToCommitError):
+        session.commit("resumed")
+
+
+def _started_session(repo: vs.Repository) -> vs.Session:
+    """A writable session of ``main`` that has staged (so copies can resume it)."""
+    session = repo.writable_session("main")
+    session.set_values([("zarr.json", b"{}")])
+    return session
+
+
+def test_copies_in_other_processes_write_while_the_session_commits(
+        s3_repos: S3Repos, tmp_path: Path) -> None:
+    storage = s3_repos.storage()
+    repo = vs.Repository.create(storage)
+    session = _started_session(repo)
+    workers = [_Worker(session, tmp_path, n, count=30, shared="s/c/0") for n in range(2)]
+    commits = 0
+    deadline = time.monotonic() + _WAIT
+    while not all(any(line[0] == "done" for line in w.lines()) for w in workers):
+        assert time.monotonic() < deadline, "the workers never finished"
+        for worker in workers:
+            assert worker.process.is_alive() or not worker.errors.exists(), (
+                worker.errors.read_text())
+        with contextlib.suppress(vs.NothingToCommitError):
+            session.commit(f"meanwhile {commits}")
+            commits += 1
+    for worker in workers:
+        worker.process.join(60)
+        assert worker.process.exitcode == 0, worker.errors.read_text()
+    with contextlib.suppress(vs.NothingToCommitError):
+        session.commit("the rest")
+    returned = [w.returned() for w in workers]
+    for found in returned:
+        keys = sorted(k for k in found if k != "s/c/0")
+        assert _committed(repo, keys) == [located_workers.value(k, found[k]) for k in keys]
+    # Each copy's writes of the shared key follow each other: the last of one of them wins.
+    assert _committed(repo, ["s/c/0"])[0] in [
+        located_workers.value("s/c/0", found["s/c/0"]) for found in returned]
+    assert repo.verify().ok
+    assert not repo.resumable_sessions()
+
+
+@pytest.mark.parametrize("pause", ["after_put", "after_close", "before_commit"])
+def test_a_copy_killed_mid_write_or_mid_commit_loses_no_returned_write(
+        s3_repos: S3Repos, tmp_path: Path, pause: str) -> None:
+    # SIGKILL between a located PUT and its look at the record; between the
+    # absorb's record closing the epoch and its record of staged refs; after
+    # the absorb, before the commit's own record. Then gc (no grace beyond
+    # now) runs, the session is reopened by id and committed.
+    storage = s3_repos.storage()
+    repo = vs.Repository.create(storage)
+    session = _started_session(repo)
+    assert session.session_id is not None
+    worker = _Worker(session, tmp_path, 0, count=6, pause=pause, pause_at=4)
+    worker.wait_for("paused")
+    worker.kill()
+    returned = worker.returned()
+    assert len(returned) == (3 if pause == "after_put" else 6)
+    repo.garbage_collect(datetime.now(UTC))
+    _resume_and_commit(vs.Repository.open(storage), session.session_id)
+    keys = sorted(returned)
+    assert _committed(repo, keys) == [located_workers.value(k, returned[k]) for k in keys]
+    if pause == "after_put":  # the write cut off: absent, or whole
+        assert _committed(repo, ["w0/c/3"])[0] in (None, located_workers.value("w0/c/3", "0-3"))
+    assert repo.verify().ok
+    repo.garbage_collect(datetime.now(UTC))
+    assert repo.verify().ok
+    assert _committed(repo, keys) == [located_workers.value(k, returned[k]) for k in keys]

@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import signal
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from object_repo_support import S3Repos, aws_env_fixture, s3_fixture, s3_repos_f
 import versionstore as vs
 import versionstore.session as session_module
 from versionstore.located_staging import LocatedStaging
+from versionstore.session_store import validate_session_key
+from zarrstore.errors import InvalidKeyError
 
 __all__ = ["aws_env_fixture", "s3_fixture", "s3_repos_fixture"]
 
@@ -241,3 +244,50 @@ def test_a_copy_killed_mid_write_or_mid_commit_loses_no_returned_write(
     repo.garbage_collect(datetime.now(UTC))
     assert repo.verify().ok
     assert _committed(repo, keys) == [located_workers.value(k, returned[k]) for k in keys]
+
+
+# -- hostile keys ---------------------------------------------------------------------------
+
+_HOSTILE = [
+    "ü/c/0", "日本/c/0", "emoji😀/c/0", "sp ace/c/0", "dot.key/c/0", "a/c/0", "a/c/01",
+    "a/c/0x", "a/c/0/1", "p%2Fq/c/0", "p/q/c/0", "%41/c/0", "A/c/0", "x%/c/0", "x%%/c/0",
+    "a/../b/c/0", "../c/0", "./c/0", "a/./c/0", "-/c/0", "_/c/0", "%/c/0",
+    "L/" + "x" * 398, "L/" + "%" * 199, "L/" + "%" * 198, "L/" + "é" * 199, "L/" + "日" * 132,
+    "L/" + "y" * 700,
+    "tab\t/c/0", "nl\n/c/0", "nul\0/c/0", "a//c/0", "/lead/c/0", "trail/c/0/",
+]
+
+
+def _accepted(keys: list[str]) -> list[str]:
+    ok = []
+    for key in keys:
+        try:
+            validate_session_key(key)
+        except InvalidKeyError:
+            continue
+        ok.append(key)
+    return ok
+
+
+@pytest.mark.parametrize("prefix_length", [12, 420])
+def test_hostile_keys_stage_read_list_and_commit_as_written(
+        s3_repos: S3Repos, prefix_length: int) -> None:
+    # Escaping must be one-to-one, no key a prefix of another's folder, and a key
+    # too long for an object name (with the storage's own prefix) staged another way.
+    repo = vs.Repository.create(s3_repos.storage("p" * (prefix_length - 12)
+                                                 + uuid.uuid4().hex[:12]))
+    keys = _accepted(_HOSTILE)
+    assert len(keys) > 20
+    values = {key: f"{n}:{key}".encode().ljust(1000, b"#") for n, key in enumerate(keys)}
+    session = repo.writable_session("main")
+    session.set_values(list(values.items()))  # one batch
+    for key in keys[::3]:  # and one at a time, over the first writes
+        values[key] = values[key][::-1]
+        session.set_values([(key, values[key])])
+    assert {k: session.value(k) for k in keys} == values
+    assert set(session.staged()) == set(keys)
+    session.commit("hostile")
+    assert dict(zip(keys, _committed(repo, keys), strict=True)) == values
+    assert repo.verify().ok
+    _collect_everything(repo)
+    assert dict(zip(keys, _committed(repo, keys), strict=True)) == values

@@ -135,14 +135,17 @@ class LocatedStaging:
             ) -> tuple[dict[str, LocatedChunkRef], list[tuple[str, bytes]]]:
         """Store each chunk at its located name in ``epoch``; the entries, and what was not.
 
-        Keys whose escaped form is too long for an object name are handed back.
+        Keys whose escaped form is too long for an object name (with the
+        repository's prefix) are handed back.
         """
         entries: dict[str, LocatedChunkRef] = {}
         objects = []
         rest = []
+        limit = self._backend.located_name_limit()
         for key, value in items:
             chunk_id, frame = encode_chunk(value)
-            name = located_name(self._session_id, epoch, key, next_stamp(), chunk_id, len(value))
+            name = located_name(self._session_id, epoch, key, next_stamp(), chunk_id, len(value),
+                                limit)
             if name is None:
                 rest.append((key, value))
                 continue

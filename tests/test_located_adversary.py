@@ -291,3 +291,126 @@ def test_hostile_keys_stage_read_list_and_commit_as_written(
     assert repo.verify().ok
     _collect_everything(repo)
     assert dict(zip(keys, _committed(repo, keys), strict=True)) == values
+
+
+# -- deletes, discards, moves and rebases mixed with located writes ---------------------------
+
+
+def test_rebase_keeps_the_epoch_an_absorb_opened(
+        s3_repos: S3Repos, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Rebase absorbs first, then writes the record: were it written with the epochs
+    # this object read *before* that absorb, the epoch would go back, and a copy's
+    # write made in the epoch the absorb opened would be in no open or closing epoch
+    # (gc would collect it). It passes: the rebase reads the record again.
+    storage = s3_repos.storage()
+    repo = vs.Repository.create(storage)
+    session = repo.writable_session("main")
+    session.set_values([("r/c/0", b"0" * 1000)])
+    assert session.session_id is not None
+    copy = vs.Repository.open(storage).writable_session("main", resume=session.session_id)
+    other = repo.writable_session("main")
+    other.set_values([("o/c/0", b"o" * 1000)])
+    other.commit("the branch moves")
+    real = vs.Session._record_state
+    calls = []
+
+    def record_state(self: vs.Session) -> bytes | None:
+        if self is session and not calls:
+            calls.append(True)
+            assert copy.value("r/c/0") == b"0" * 1000  # the copy reads the record
+            copy.set_values([("r/c/1", b"1" * 1000)])  # into the epoch the absorb opened
+        return real(self)
+
+    monkeypatch.setattr(vs.Session, "_record_state", record_state)
+    session.rebase()
+    assert calls
+    repo.garbage_collect(datetime.now(UTC))
+    session.commit("after the rebase")
+    assert _committed(repo, ["r/c/0", "r/c/1", "o/c/0"]) == [
+        b"0" * 1000, b"1" * 1000, b"o" * 1000]
+
+
+def test_deletes_and_located_writes_of_one_key_apply_in_order(s3_repos: S3Repos) -> None:
+    storage = s3_repos.storage()
+    repo = vs.Repository.create(storage)
+    base = repo.writable_session("main")
+    base.set_values([("d/c/0", b"b" * 1000), ("d/c/1", b"b" * 1000)])
+    base.commit("base")
+    session = repo.writable_session("main")
+    assert session.session_id is not None
+    session.set_values([("d/c/0", b"1" * 1000), ("d/c/2", b"1" * 1000)])
+    copy = vs.Repository.open(storage).writable_session("main", resume=session.session_id)
+    session.erase_keys(["d/c/0", "d/c/2"])  # after located writes: the deletes win
+    assert session.value("d/c/0") is None and copy.value("d/c/2") is None
+    copy.set_values([("d/c/0", b"2" * 1000)])  # then a located write wins again
+    session.erase_keys(["d/c/1"])
+    copy.set_values([("d/c/1", b"3" * 1000), ("d/c/2", b"3" * 1000)])
+    session.erase_keys(["d/c/2"])
+    assert {k: session.value(k) for k in ("d/c/0", "d/c/1", "d/c/2")} == {
+        "d/c/0": b"2" * 1000, "d/c/1": b"3" * 1000, "d/c/2": None}
+    session.commit("mixed")
+    assert _committed(repo, ["d/c/0", "d/c/1", "d/c/2"]) == [b"2" * 1000, b"3" * 1000, None]
+
+
+def test_writes_after_discard_changes_are_kept_and_discarded_ones_stay_gone(
+        s3_repos: S3Repos) -> None:
+    storage = s3_repos.storage()
+    repo = vs.Repository.create(storage)
+    session = repo.writable_session("main")
+    session.set_values([("q/c/0", b"0" * 1000), ("q/c/1", b"1" * 1000)])
+    assert session.session_id is not None
+    copy = vs.Repository.open(storage).writable_session("main", resume=session.session_id)
+    session.discard_changes()
+    assert not session.has_uncommitted_changes
+    copy.set_values([("q/c/2", b"2" * 1000)])  # a copy that did not see the discard
+    session.set_values([("q/c/3", b"3" * 1000)])
+    _collect_everything(repo)  # the discarded writes are garbage, the new ones are not
+    assert sorted(session.staged()) == ["q/c/2", "q/c/3"]
+    session.commit("after the discard")
+    assert _committed(repo, ["q/c/0", "q/c/1", "q/c/2", "q/c/3"]) == [
+        None, None, b"2" * 1000, b"3" * 1000]
+    assert repo.verify().ok
+
+
+def test_a_move_takes_the_located_writes_pending_under_its_source(s3_repos: S3Repos) -> None:
+    storage = s3_repos.storage()
+    repo = vs.Repository.create(storage)
+    session = repo.writable_session("main")
+    session.set_values([("g/zarr.json", b'{"node_type": "group"}'), ("g/c/0", b"0" * 1000)])
+    session.commit("a group")
+    session.set_values([("g/c/1", b"1" * 1000)])
+    assert session.session_id is not None
+    copy = vs.Repository.open(storage).writable_session("main", resume=session.session_id)
+    copy.set_values([("g/c/2", b"2" * 1000), ("g/c/0", b"9" * 1000)])  # pending, by a copy
+    session.move("/g", "/h")
+    assert session.value("g/c/2") is None and session.value("h/c/0") == b"9" * 1000
+    copy.set_values([("h/c/3", b"3" * 1000)])  # a stale copy writes under the target
+    _collect_everything(repo)
+    session.commit("moved")
+    keys = ["g/c/0", "g/c/1", "g/c/2", "h/c/0", "h/c/1", "h/c/2", "h/c/3"]
+    assert _committed(repo, keys) == [None, None, None, b"9" * 1000, b"1" * 1000,
+                                      b"2" * 1000, b"3" * 1000]
+    _collect_everything(repo)
+    assert repo.verify().ok
+    assert _committed(repo, keys[3:]) == [b"9" * 1000, b"1" * 1000, b"2" * 1000, b"3" * 1000]
+
+
+def test_rebase_and_amend_carry_pending_located_writes(s3_repos: S3Repos) -> None:
+    storage = s3_repos.storage()
+    repo = vs.Repository.create(storage)
+    session = repo.writable_session("main")
+    session.set_values([("b/c/0", b"0" * 1000)])
+    other = repo.writable_session("main")
+    other.set_values([("b/c/0", b"x" * 1000), ("b/c/1", b"x" * 1000)])
+    other.commit("theirs")
+    with pytest.raises(vs.ConflictError):
+        session.rebase()
+    session.rebase(keep="ours")
+    session.set_values([("b/c/2", b"2" * 1000)])
+    session.commit("ours")
+    assert _committed(repo, ["b/c/0", "b/c/1", "b/c/2"]) == [
+        b"0" * 1000, b"x" * 1000, b"2" * 1000]
+    session.set_values([("b/c/3", b"3" * 1000)])
+    session.amend("ours, and one more")
+    assert _committed(repo, ["b/c/0", "b/c/1", "b/c/2", "b/c/3"]) == [
+        b"0" * 1000, b"x" * 1000, b"2" * 1000, b"3" * 1000]

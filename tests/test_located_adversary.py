@@ -414,3 +414,37 @@ def test_rebase_and_amend_carry_pending_located_writes(s3_repos: S3Repos) -> Non
     session.amend("ours, and one more")
     assert _committed(repo, ["b/c/0", "b/c/1", "b/c/2", "b/c/3"]) == [
         b"0" * 1000, b"x" * 1000, b"2" * 1000, b"3" * 1000]
+
+
+# -- gc while a session writes ----------------------------------------------------------------
+
+
+def test_a_write_landing_after_gc_listed_survives_the_prune_of_its_idle_record(
+        s3_repos: S3Repos, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An idle session (committed, nothing pending) writes again while gc runs:
+    # gc listed the located writes before the PUT landed, found the session idle
+    # and pruned its record after the write had looked at it and returned. The
+    # write's epoch is then in no record, and the next gc deleted it.
+    storage = s3_repos.storage()
+    repo = vs.Repository.create(storage)
+    session = repo.writable_session("main")
+    session.set_values([("i/c/0", b"0" * 1000)])
+    session.commit("one")
+    collector = vs.Repository.open(storage)
+    real = type(collector.backend).list_located_written
+    raced = []
+
+    def listed_then_write(backend: Any) -> Any:
+        found = real(backend)
+        if backend is collector.backend and not raced:
+            raced.append(True)
+            session.set_values([("i/c/1", b"1" * 1000)])  # returns before the prune
+        return found
+
+    monkeypatch.setattr(type(collector.backend), "list_located_written", listed_then_write)
+    collector.garbage_collect(datetime.now(UTC))  # no grace: the session is idle
+    assert raced
+    collector.garbage_collect(datetime.now(UTC))
+    assert session.value("i/c/1") == b"1" * 1000
+    session.commit("two")
+    assert _committed(repo, ["i/c/0", "i/c/1"]) == [b"0" * 1000, b"1" * 1000]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import pickle
 import signal
 import time
 import uuid
@@ -448,3 +449,25 @@ def test_a_write_landing_after_gc_listed_survives_the_prune_of_its_idle_record(
     assert session.value("i/c/1") == b"1" * 1000
     session.commit("two")
     assert _committed(repo, ["i/c/0", "i/c/1"]) == [b"0" * 1000, b"1" * 1000]
+
+
+def test_a_pickled_copy_stages_its_first_chunk_located_without_an_absorb(
+        s3_repos: S3Repos, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each dask task writes through its own unpickled copy: were a copy's first
+    # chunks log records (the small-commit rule, session._LOGGED_FIRST), every
+    # task would pay a log record and an absorb (close record, LIST, refs record).
+    monkeypatch.setattr(session_module, "_LOGGED_FIRST", 4)
+    repo = vs.Repository.create(s3_repos.storage())
+    session = _started_session(repo)
+    session.set_values([(f"a/c/{n}", bytes([n]) * 1000) for n in range(6)])  # epoch open
+    copies = [pickle.loads(pickle.dumps(session)) for _ in range(3)]
+    proxy = s3_repos.proxy
+    proxy.reset_counts()
+    for n, copy in enumerate(copies):
+        copy.set_values([(f"b/c/{n}", bytes([n]) * 1000)])
+    log_writes = sum(count for request, count in proxy.requests.items()
+                     if request.startswith("PUT") and "/log/" in request)
+    assert log_writes == 0, dict(proxy.requests)
+    session.commit("copies")
+    assert _committed(repo, [f"b/c/{n}" for n in range(3)]) == [
+        bytes([n]) * 1000 for n in range(3)]

@@ -126,6 +126,7 @@ class Session:
         read_only: bool,
         session_id: SessionId | None = None,
         generation: int = 0,
+        copy: bool = False,
     ) -> None:
         self._repo = repository
         self._base = base
@@ -151,7 +152,9 @@ class Session:
                          and repository.backend.located_staging() else None)
         self._epochs: tuple[int, tuple[int, ...]] | None = None
         #: Chunks this object staged as log records since its last commit (``_LOGGED_FIRST``).
-        self._logged_chunks = 0
+        #: A copy (unpickled: a dask task's) stages located at once: each copy logging its
+        #: first chunks would cost every task a log record and an absorb.
+        self._logged_chunks = _LOGGED_FIRST if copy else 0
 
     # -- identity -----------------------------------------------------------------------
 

@@ -471,3 +471,40 @@ def test_a_pickled_copy_stages_its_first_chunk_located_without_an_absorb(
     session.commit("copies")
     assert _committed(repo, [f"b/c/{n}" for n in range(3)]) == [
         bytes([n]) * 1000 for n in range(3)]
+
+
+def test_gc_without_grace_while_copies_write_and_the_session_commits(
+        s3_repos: S3Repos, tmp_path: Path) -> None:
+    # gc with no grace period (older_than = now) again and again while two copies in
+    # other processes write and the session commits: nothing that returned is lost.
+    storage = s3_repos.storage()
+    repo = vs.Repository.create(storage)
+    session = _started_session(repo)
+    collector = vs.Repository.open(storage)
+    workers = [_Worker(session, tmp_path, n, count=25, shared="s/c/0") for n in range(2)]
+    rounds = 0
+    deadline = time.monotonic() + _WAIT
+    while not all(any(line[0] == "done" for line in w.lines()) for w in workers):
+        assert time.monotonic() < deadline, "the workers never finished"
+        for worker in workers:
+            assert worker.process.is_alive() or not worker.errors.exists(), (
+                worker.errors.read_text())
+        collector.garbage_collect(datetime.now(UTC))
+        if rounds % 2:
+            with contextlib.suppress(vs.NothingToCommitError):
+                session.commit(f"meanwhile {rounds}")
+        rounds += 1
+    for worker in workers:
+        worker.process.join(60)
+        assert worker.process.exitcode == 0, worker.errors.read_text()
+    collector.garbage_collect(datetime.now(UTC))
+    with contextlib.suppress(vs.NothingToCommitError):
+        session.commit("the rest")
+    collector.garbage_collect(datetime.now(UTC))
+    returned = [w.returned() for w in workers]
+    for found in returned:
+        keys = sorted(k for k in found if k != "s/c/0")
+        assert _committed(repo, keys) == [located_workers.value(k, found[k]) for k in keys]
+    assert _committed(repo, ["s/c/0"])[0] in [
+        located_workers.value("s/c/0", found["s/c/0"]) for found in returned]
+    assert repo.verify().ok

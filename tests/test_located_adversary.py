@@ -508,3 +508,32 @@ def test_gc_without_grace_while_copies_write_and_the_session_commits(
     assert _committed(repo, ["s/c/0"])[0] in [
         located_workers.value("s/c/0", found["s/c/0"]) for found in returned]
     assert repo.verify().ok
+
+
+def test_a_commit_after_gc_pruned_the_record_does_not_reopen_an_old_epoch(
+        s3_repos: S3Repos) -> None:
+    # An idle session object kept the epochs it last read; gc pruned the record, a
+    # log-recorded write recreated it (without epochs), and the commit wrote the
+    # stale epochs back: an epoch whose writes a copy had committed long before was
+    # open again, and the next commit reverted a key another writer had changed since.
+    storage = s3_repos.storage()
+    repo = vs.Repository.create(storage)
+    session = repo.writable_session("main")
+    session.set_values([("e/c/0", b"0" * 1000)])
+    session.commit("one")  # this object now writes into epoch 1
+    assert session.session_id is not None
+    copy = pickle.loads(pickle.dumps(session))
+    copy.set_values([("e/c/1", b"1" * 1000)])  # epoch 1
+    copy.commit("the copy's")  # epoch 2
+    _collect_everything(repo)
+    assert not repo.backend.list_refs("session/")  # idle: pruned
+    other = repo.writable_session("main")
+    other.set_values([("e/c/1", b"2" * 1000)])
+    other.commit("another writer changes e/c/1")
+    session.set_values([("zarr.json", b"{}")])  # a log record: the record is back
+    session.commit("metadata")
+    assert session.value("e/c/1") == b"2" * 1000
+    session.set_values([("e/c/2", b"3" * 1000)])
+    session.commit("more")
+    assert _committed(repo, ["e/c/0", "e/c/1", "e/c/2"]) == [
+        b"0" * 1000, b"2" * 1000, b"3" * 1000]

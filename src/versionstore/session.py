@@ -240,8 +240,9 @@ class Session:
         assert self._session_id is not None
         record = decode_session(session_ref(self._session_id), record_raw)
         self._record_raw = record_raw
-        if record.epoch is not None:
-            self._epochs = (record.epoch, record.closing)
+        # A record without epochs was recreated after gc pruned it: the epochs this
+        # object knew are gone with it (written back, they would reopen an old epoch).
+        self._epochs = None if record.epoch is None else (record.epoch, record.closing)
         if record.generation > self._generation:
             self._root = self._repo.reader.snapshot(record.base).tree
             self._base, self._generation = record.base, record.generation

@@ -27,6 +27,7 @@ from object_repo_support import S3Repos, aws_env_fixture, s3_fixture, s3_repos_f
 import versionstore as vs
 import versionstore.session as session_module
 from versionstore.located_staging import LocatedStaging
+from versionstore.refs import Refs
 from versionstore.session_store import validate_session_key
 from zarrstore.errors import InvalidKeyError
 
@@ -537,3 +538,31 @@ def test_a_commit_after_gc_pruned_the_record_does_not_reopen_an_old_epoch(
     session.commit("more")
     assert _committed(repo, ["e/c/0", "e/c/1", "e/c/2"]) == [
         b"0" * 1000, b"2" * 1000, b"3" * 1000]
+
+
+def test_a_copy_opening_the_first_epoch_while_the_session_commits_loses_nothing(
+        s3_repos: S3Repos, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The session object had staged only log records (its record had no epochs), so
+    # its commit did not expect the record as read: a copy that opened the first
+    # epoch and wrote into it meanwhile had its epoch overwritten by the commit.
+    monkeypatch.setattr(session_module, "_LOGGED_FIRST", 4)
+    repo = vs.Repository.create(s3_repos.storage())
+    session = repo.writable_session("main")
+    session.set_values([("f/c/0", b"0" * 1000)])  # a log record: no epochs yet
+    copy = pickle.loads(pickle.dumps(session))
+    real = Refs.move_branch
+    raced = []
+
+    def move_branch(self: Refs, *args: Any, **kwargs: Any) -> Any:
+        if not raced:
+            raced.append(True)
+            copy.set_values([("f/c/1", b"1" * 1000)])  # opens epoch 0, located
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Refs, "move_branch", move_branch)
+    session.commit("the session's")
+    assert raced
+    assert session.value("f/c/1") == b"1" * 1000
+    with contextlib.suppress(vs.NothingToCommitError):  # the first commit took it
+        session.commit("the copy's")
+    assert _committed(repo, ["f/c/0", "f/c/1"]) == [b"0" * 1000, b"1" * 1000]

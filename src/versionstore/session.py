@@ -142,6 +142,8 @@ class Session:
         #: a pure function of both, so equal bytes under the same name decode the same.
         self._staged_decoded: dict[bytes, tuple[str, Entry | Tombstone]] = {}
         self._record_raw: bytes | None = None
+        #: The session record as ``_refresh`` last read it (``None``: absent).
+        self._record_read: bytes | None = None
         self._generation = generation
         self._group_stager: GroupStager | None = None
         self._staging_rule: tuple[tuple[ObjectId, int], float, SessionRule] | None = None
@@ -249,7 +251,9 @@ class Session:
 
     def _refresh(self) -> None:
         if self._session_id is not None:
-            self._adopt(self._repo.backend.get_ref(session_ref(self._session_id)))
+            raw = self._repo.backend.get_ref(session_ref(self._session_id))
+            self._record_read = raw
+            self._adopt(raw)
 
     def _staged_entry(self, name: str, raw: bytes) -> Entry | Tombstone:
         """``decode_staged(name, raw)``, remembered for the last few thousand records read."""
@@ -995,14 +999,16 @@ class Session:
         return SnapshotId(object_id_text(snapshot_id))
 
     def _record_expect(self) -> dict[str, bytes | None]:
-        """With located staging, the record as read: a batch replacing it keeps its epochs.
+        """With located staging, the record as last refreshed: a batch replacing it keeps epochs.
 
-        A racing absorb changes the record (``closing``), and the batch then
-        starts over instead of dropping an epoch not yet absorbed.
+        A racing absorb changes the record (``closing``), and a copy's first
+        located write opens its epoch: the batch then starts over instead of
+        dropping an epoch not yet absorbed. Expected even when this object
+        has seen no epoch (it may have staged only log records).
         """
-        if self._epochs is None or self._session_id is None:
+        if self._located is None or self._session_id is None:
             return {}
-        return {session_ref(self._session_id): self._record_raw}
+        return {session_ref(self._session_id): self._record_read}
 
     async def commit_async(self, message: str, metadata: dict[str, Any] | None = None, *,
                            allow_empty: bool = False) -> SnapshotId:

@@ -16,7 +16,9 @@ it reads. ``config``:
   its look at the record not made), ``"after_close"`` (a commit's absorb
   wrote the record closing the epoch, not the one of staged refs),
   ``"before_commit"`` (the absorb done, the commit's own record not written);
-  for the last two the worker commits after ``count`` writes.
+  for the last two the worker commits after ``count`` writes;
+* ``commit_every``: the copy also commits after every that many writes
+  (``commit <snapshot id>``).
 
 The parent kills the child, reopens the session by its id, and checks that
 every logged ``set`` is committed.
@@ -30,6 +32,7 @@ from typing import Any
 
 import versionstore.located_staging as located_staging
 import versionstore.session as session_module
+from versionstore.errors import NothingToCommitError
 from versionstore.refs import Refs
 from versionstore.session import Session
 
@@ -104,6 +107,12 @@ def _write(session: Session, config: dict[str, Any]) -> None:
             tag = f"{worker}-{n}"
             session.set_values([(key, value(key, tag))])
             log.write(f"set {key} {tag}\n")
+            every = config.get("commit_every")
+            if every and n % every == every - 1:
+                try:
+                    log.write(f"commit {session.commit(f'worker {worker} at {n}')}\n")
+                except NothingToCommitError:
+                    pass
         if config.get("pause") in ("after_close", "before_commit"):
             committing.append(True)
             session.commit(f"worker {worker}")

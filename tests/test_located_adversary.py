@@ -188,12 +188,16 @@ def _started_session(repo: vs.Repository) -> vs.Session:
     return session
 
 
+@pytest.mark.parametrize("copies_commit", [False, True])
 def test_copies_in_other_processes_write_while_the_session_commits(
-        s3_repos: S3Repos, tmp_path: Path) -> None:
+        s3_repos: S3Repos, tmp_path: Path, copies_commit: bool) -> None:
+    # Two copies write (one key each time, and every other time one shared key)
+    # while the session commits; with copies_commit, each copy commits too.
     storage = s3_repos.storage()
     repo = vs.Repository.create(storage)
     session = _started_session(repo)
-    workers = [_Worker(session, tmp_path, n, count=30, shared="s/c/0") for n in range(2)]
+    workers = [_Worker(session, tmp_path, n, count=30, shared="s/c/0",
+                       commit_every=7 if copies_commit else 0) for n in range(2)]
     commits = 0
     deadline = time.monotonic() + _WAIT
     while not all(any(line[0] == "done" for line in w.lines()) for w in workers):

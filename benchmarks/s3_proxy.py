@@ -23,7 +23,8 @@ forwarding them (a throttled service), the next ``n`` or all of them.
 listing that has not caught up with the newest write: an eventually
 consistent service, or a page read before a racing writer's object landed).
 ``deny_matching`` answers matching requests ``403 AccessDenied``
-(credentials that may read but not write, say).
+(credentials that may read but not write, say). A ``PUT`` of a key longer
+than 1,024 bytes is answered ``400 KeyTooLongError``, as S3 does.
 """
 
 from __future__ import annotations
@@ -44,14 +45,16 @@ from aiohttp import web
 __all__ = ["S3Proxy", "serve_s3_proxy"]
 
 _CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
+#: S3 refuses keys longer than 1,024 bytes (UTF-8); moto does not.
+_MAX_KEY = 1024
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "date",
                "server", "content-encoding"}
 
 
-def _error(code: str, message: str) -> web.Response:
+def _error(code: str, message: str, status: int = 403) -> web.Response:
     body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
             f"<Message>{message}</Message></Error>")
-    return web.Response(status=403, body=body.encode(), content_type="application/xml")
+    return web.Response(status=status, body=body.encode(), content_type="application/xml")
 
 
 class S3Proxy:
@@ -125,6 +128,9 @@ class S3Proxy:
         if (self.deny_matching is not None
                 and self.deny_matching.search(f"{request.method} {request.path}")):
             return _error("AccessDenied", "Access Denied")
+        if (request.method == "PUT"
+                and len(request.path.lstrip("/").partition("/")[2].encode()) > _MAX_KEY):
+            return _error("KeyTooLongError", "Your key is too long", 400)
         body = await request.read()
         mutating = request.method in ("PUT", "POST", "DELETE")
         assert self._lock is not None and self._session is not None

@@ -296,7 +296,7 @@ def test_gc_prunes_an_idle_sessions_record_and_its_next_write_survives(
     assert repo.backend.list_refs("session/")
     repo.garbage_collect(datetime.now(UTC) + timedelta(days=1))
     assert not repo.backend.list_refs("session/")  # idle: pruned
-    # The session object still believes in its epoch: its write stages itself as a ref.
+    # The session object still believes in its epoch: its write goes again into a new one.
     session.set_values([("p/c/1", b"2" * 1000)])
     assert session.session_id in repo.resumable_sessions()
     session.set_values([("p/c/2", b"3" * 1000)])

@@ -50,7 +50,12 @@ from versionstore.codec import (
     frame_kind,
 )
 from versionstore.gc_incremental import collect_incrementally
-from versionstore.gc_located import idle_sessions, pending_sessions, sweep_located
+from versionstore.gc_located import (
+    idle_sessions,
+    pending_sessions,
+    restore_written,
+    sweep_located,
+)
 from versionstore.gc_roots import (
     GCSummary,
     Progress,
@@ -302,6 +307,8 @@ def collect_garbage_by_listing(reader: ObjectReader, *, dry_run: bool = False,
     if not dry_run and (doomed or empty_records):
         backend.delete_objects(doomed, if_refs_are=refs, rescue=_rescuer(marked, rescued),
                                prune_refs=empty_records)
+        if hints is not None:  # a located write racing the prune: its record comes back
+            restore_written(backend, empty_records)
         drop_stale_grafts(backend, refs, set(doomed) - rescued)
         backend.sync()
     gone = [oid for oid in doomed if oid not in rescued]

@@ -8,13 +8,14 @@ needs it, and is collected like any object once nothing does:
 * kept while its session's record lists its epoch as open or closing
   (what an absorb may still turn into a ref);
 * kept while younger than the grace period (``older_than``), like any
-  young object: a writer that raced an absorb stages it as a ref soon after;
+  young object: a writer that raced an absorb writes it again soon after;
 * collected otherwise: a superseded write of a key, a discarded one, one
   whose session was committed and moved on.
 
 A session record with located staging is pruned only once its session is
 idle (``idle_sessions``): nothing to absorb, and no located write younger
-than the grace period.
+than the grace period; a write that lands in its epochs after gc's listing
+puts it back (``restore_written``).
 
 The rules and why they keep every write that returned are in
 ``docs/format.md`` ("Located staging").
@@ -26,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from versionstore.backend.protocol import WriteBatch
 from versionstore.codec import decode_session, decode_staged
 from versionstore.gc_roots import session_of
 from versionstore.located import epoch_prefix, parse_located
@@ -34,7 +36,7 @@ from versionstore.records import LocatedChunkRef
 if TYPE_CHECKING:
     from versionstore.backend.protocol import Backend
 
-__all__ = ["idle_sessions", "pending_sessions", "sweep_located"]
+__all__ = ["idle_sessions", "pending_sessions", "restore_written", "sweep_located"]
 
 #: A chunk frame's header (bytes): a located write's stored size is its value's plus this.
 _FRAME_HEADER = 13
@@ -72,8 +74,8 @@ def idle_sessions(refs: Mapping[str, bytes], listed: Sequence[tuple[str, datetim
 
     Such a session has no located write in its open or closing epochs and
     none at all written since ``older_than`` (the grace period): a writer
-    idle that long that writes again finds the record gone and stages its
-    write as a ref, which recreates the record (``docs/format.md``).
+    idle that long that writes again finds the record gone and writes again
+    into a new epoch, which recreates the record (``docs/format.md``).
     """
     busy: set[str] = set()
     live = _epochs(refs)
@@ -84,6 +86,30 @@ def idle_sessions(refs: Mapping[str, bytes], listed: Sequence[tuple[str, datetim
         if modified >= older_than or name.startswith(live[parsed[0]]):
             busy.add(parsed[0])
     return set(live) - busy
+
+
+def restore_written(backend: Backend, pruned: Mapping[str, tuple[bytes, str]]) -> int:
+    """Recreate each pruned located-staging record whose epochs hold a write now; how many.
+
+    gc lists the located writes, finds a session idle, then prunes its
+    record: a write whose ``PUT`` landed after that listing and whose look
+    at the record came before the prune returned, yet its epoch is in no
+    record any more. Listing the epochs again *after* the prune finds every
+    such write (its ``PUT`` came before its look, so before the prune), and
+    the record comes back as it was (if the session has none meanwhile: a
+    write that found it gone opened a new epoch itself).
+    """
+    restored = 0
+    for name, (raw, _) in pruned.items():
+        record = decode_session(name, raw)
+        if record.epoch is None:
+            continue
+        session_id = session_of(name)
+        if any(backend.any_located(epoch_prefix(session_id, e)[:-1])
+               for e in {record.epoch, *record.closing}):
+            restored += backend.write(WriteBatch(expect={name: None}, refs={name: raw},
+                                                 requires=[record.base]))
+    return restored
 
 
 def sweep_located(backend: Backend, refs: Mapping[str, bytes], hints: set[str],

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable
 
 from versionstore.ids import ID_LENGTH, ObjectId
-from versionstore.records import LocatedChunkRef, is_location
+from versionstore.records import LOCATION_LIMIT, LocatedChunkRef, is_location
 
 __all__ = [
     "MAX_ESCAPED_KEY",
@@ -91,13 +91,17 @@ def epoch_prefix(session_id: str, epoch: int) -> str:
 
 
 def located_name(session_id: str, epoch: int, key: str, stamp: int, chunk_id: ObjectId,
-                 size: int) -> str | None:
-    """The name of a located write of ``key``; ``None`` if the key is too long for one."""
+                 size: int, limit: int = LOCATION_LIMIT) -> str | None:
+    """The name of a located write of ``key``; ``None`` if the key is too long for one.
+
+    ``limit``: the bytes a name may have (``Backend.located_name_limit``: the
+    service's limit on object names, less the repository's prefix).
+    """
     escaped = escape_key(key)
     if len(escaped) > MAX_ESCAPED_KEY:
         return None
     name = (f"{epoch_prefix(session_id, epoch)}{escaped}/{stamp:016x}-{chunk_id.hex()}-{size}")
-    return name if is_location(name) else None
+    return name if len(name) <= limit and is_location(name) else None
 
 
 def parse_located(name: str) -> tuple[str, int, str, int, LocatedChunkRef] | None:

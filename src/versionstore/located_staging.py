@@ -102,12 +102,15 @@ class LocatedStaging:
         Raises:
             MissingObjectsError: creating the record, its base is gone.
         """
+        first: int | None = None
         for _ in range(_ATTEMPTS):
             raw, record = self.record()
             if record is not None and record.epoch is not None:
                 assert raw is not None
                 return raw, record
-            upgraded = attrs.evolve(fresh if record is None else record, epoch=0, closing=())
+            if first is None:
+                first = self.first_epoch()
+            upgraded = attrs.evolve(fresh if record is None else record, epoch=first, closing=())
             value = encode_session(self._record_name, upgraded)
             if self._backend.write(WriteBatch(expect={self._record_name: raw},
                                               refs={self._record_name: value},
@@ -115,20 +118,34 @@ class LocatedStaging:
                 return value, upgraded
         raise RuntimeError("the session record kept changing")  # pragma: no cover
 
+    def first_epoch(self) -> int:
+        """The epoch a record without one starts at: past every epoch the session wrote in.
+
+        A record gc pruned (idle) may be created again: its session's old
+        epochs still hold writes that older snapshots name, which must never
+        read as pending again (one delimiter listing of the session's folder).
+        """
+        epochs = [int(tail) for name in self._backend.located_folders(f"stage/{self._session_id}")
+                  if (tail := name.rstrip("/").rpartition("/")[2]).isdigit()]
+        return max(epochs, default=-1) + 1
+
     # -- writing ---------------------------------------------------------------------------
 
     def put(self, epoch: int, items: list[tuple[str, bytes]]
             ) -> tuple[dict[str, LocatedChunkRef], list[tuple[str, bytes]]]:
         """Store each chunk at its located name in ``epoch``; the entries, and what was not.
 
-        Keys whose escaped form is too long for an object name are handed back.
+        Keys whose escaped form is too long for an object name (with the
+        repository's prefix) are handed back.
         """
         entries: dict[str, LocatedChunkRef] = {}
         objects = []
         rest = []
+        limit = self._backend.located_name_limit()
         for key, value in items:
             chunk_id, frame = encode_chunk(value)
-            name = located_name(self._session_id, epoch, key, next_stamp(), chunk_id, len(value))
+            name = located_name(self._session_id, epoch, key, next_stamp(), chunk_id, len(value),
+                                limit)
             if name is None:
                 rest.append((key, value))
                 continue

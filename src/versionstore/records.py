@@ -40,6 +40,7 @@ import attrs
 from versionstore.ids import ID_LENGTH, ObjectId, object_id_text
 
 __all__ = [
+    "LOCATION_LIMIT",
     "REPOSITORY_FORMAT",
     "TOMBSTONE",
     "Branch",
@@ -122,6 +123,10 @@ class LocatedChunkRef(ChunkRef):
             raise ValueError(f"malformed chunk location {self.hint!r}")
 
 
+#: Bytes a location hint may have (a located write's name, relative to the repository).
+LOCATION_LIMIT = 900
+
+
 def is_location(text: str) -> bool:
     """Whether ``text`` is a well-formed location hint: a relative path under ``stage/``.
 
@@ -130,7 +135,8 @@ def is_location(text: str) -> bool:
     outside it, and never one of the names the format reserves
     (``objects/``, ``log/``, ``checkpoint/``).
     """
-    if not text.startswith("stage/") or len(text.encode("utf-8", "surrogatepass")) > 900:
+    if (not text.startswith("stage/")
+            or len(text.encode("utf-8", "surrogatepass")) > LOCATION_LIMIT):
         return False
     parts = text.split("/")
     return all(part not in ("", ".", "..") for part in parts) and "\0" not in text

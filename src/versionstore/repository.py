@@ -288,6 +288,7 @@ class Repository:
             read_only=state["read_only"],
             session_id=state["session_id"],
             generation=state.get("generation", 0),
+            copy=True,
         )
 
     def close(self) -> None:

@@ -101,6 +101,9 @@ _REMEMBER_LEAVES = 1024
 #: located writes (object storage): a commit of this few then costs no absorb (its
 #: close, listing and record), and a big one only this many extra write requests.
 _LOGGED_FIRST = 4
+#: Times a located write is written again into the open epoch after an absorb closed
+#: the one it went to (each time the absorb ran between its PUT and its look).
+_RELOCATE_ATTEMPTS = 8
 #: Seconds a staging ``SessionRule`` is reused (``Session._staging``).
 _RULE_REUSE_S = 1.0
 
@@ -123,6 +126,7 @@ class Session:
         read_only: bool,
         session_id: SessionId | None = None,
         generation: int = 0,
+        copy: bool = False,
     ) -> None:
         self._repo = repository
         self._base = base
@@ -138,6 +142,8 @@ class Session:
         #: a pure function of both, so equal bytes under the same name decode the same.
         self._staged_decoded: dict[bytes, tuple[str, Entry | Tombstone]] = {}
         self._record_raw: bytes | None = None
+        #: The session record as ``_refresh`` last read it (``None``: absent).
+        self._record_read: bytes | None = None
         self._generation = generation
         self._group_stager: GroupStager | None = None
         self._staging_rule: tuple[tuple[ObjectId, int], float, SessionRule] | None = None
@@ -148,7 +154,9 @@ class Session:
                          and repository.backend.located_staging() else None)
         self._epochs: tuple[int, tuple[int, ...]] | None = None
         #: Chunks this object staged as log records since its last commit (``_LOGGED_FIRST``).
-        self._logged_chunks = 0
+        #: A copy (unpickled: a dask task's) stages located at once: each copy logging its
+        #: first chunks would cost every task a log record and an absorb.
+        self._logged_chunks = _LOGGED_FIRST if copy else 0
 
     # -- identity -----------------------------------------------------------------------
 
@@ -234,15 +242,18 @@ class Session:
         assert self._session_id is not None
         record = decode_session(session_ref(self._session_id), record_raw)
         self._record_raw = record_raw
-        if record.epoch is not None:
-            self._epochs = (record.epoch, record.closing)
+        # A record without epochs was recreated after gc pruned it: the epochs this
+        # object knew are gone with it (written back, they would reopen an old epoch).
+        self._epochs = None if record.epoch is None else (record.epoch, record.closing)
         if record.generation > self._generation:
             self._root = self._repo.reader.snapshot(record.base).tree
             self._base, self._generation = record.base, record.generation
 
     def _refresh(self) -> None:
         if self._session_id is not None:
-            self._adopt(self._repo.backend.get_ref(session_ref(self._session_id)))
+            raw = self._repo.backend.get_ref(session_ref(self._session_id))
+            self._record_read = raw
+            self._adopt(raw)
 
     def _staged_entry(self, name: str, raw: bytes) -> Entry | Tombstone:
         """``decode_staged(name, raw)``, remembered for the last few thousand records read."""
@@ -504,33 +515,49 @@ class Session:
 
         Each chunk's ``PUT`` is its durable staged record. One look at the
         session record follows: if an absorb closed the epoch written to
-        meanwhile (it may have listed it before the ``PUT`` landed), the
-        writes are staged again as refs, one log record (``docs/format.md``).
+        meanwhile (it may have listed it before the ``PUT`` landed), or gc
+        pruned the record, the writes go again into the open epoch, newer
+        than every write that returned there (``docs/format.md``).
+        """
+        epoch = self._open_epoch(located)
+        entries, too_long = located.put(epoch, chunks)
+        for _ in range(_RELOCATE_ATTEMPTS):
+            raw, record = located.record()
+            self._adopt(raw)
+            if not entries or (record is not None and record.epoch == epoch):
+                break
+            if record is None or record.epoch is None:
+                self._epochs = None  # pruned by gc (idle): open an epoch again
+            epoch = self._open_epoch(located)
+            entries, _ = located.put(epoch, [(k, v) for k, v in chunks if k in entries])
+        else:  # pragma: no cover - an absorb at every look: stage them as refs instead
+            self._stage(WriteBatch(refs=located.stage_refs(entries), session=self._staging()))
+        if too_long:
+            self._absorb_first()
+            assert self._session_id is not None
+            self._set_logged(self._session_id, too_long)
+
+    def _open_epoch(self, located: LocatedStaging) -> int:
+        """The epoch this copy writes into: the record's as last read, or one opened now.
+
+        Raises:
+            SnapshotNotFoundError: creating the record, the session's base is gone.
         """
         if self._epochs is None:
             assert self._branch is not None
             fresh = SessionRecord(branch=self._branch, base=self._base,
                                   created_at=datetime.now(UTC), generation=self._generation)
             try:
-                opened, _ = located.open_epoch(fresh)
+                opened, record = located.open_epoch(fresh)
             except MissingObjectsError as exc:
                 raise SnapshotNotFoundError(
                     self.snapshot_id, f"this session's base snapshot {self.snapshot_id} no "
                     "longer exists; open a new writable session") from exc
             self._adopt(opened)
-        assert self._epochs is not None
-        epoch = self._epochs[0]
-        entries, too_long = located.put(epoch, chunks)
-        raw, record = located.record()
-        self._adopt(raw)
-        if record is None or record.epoch is None:
-            self._epochs = None  # pruned by gc (idle): the next write opens an epoch again
-        if entries and (record is None or record.epoch != epoch):
-            self._stage(WriteBatch(refs=located.stage_refs(entries), session=self._staging()))
-        if too_long:
-            self._absorb_first()
-            assert self._session_id is not None
-            self._set_logged(self._session_id, too_long)
+            assert record.epoch is not None
+            self._epochs = (record.epoch, record.closing)
+            return record.epoch
+        return self._epochs[0]
 
     def _absorb_first(self) -> None:
         """Absorb located writes before a log-recorded write, so that it is the newer."""
@@ -972,14 +999,16 @@ class Session:
         return SnapshotId(object_id_text(snapshot_id))
 
     def _record_expect(self) -> dict[str, bytes | None]:
-        """With located staging, the record as read: a batch replacing it keeps its epochs.
+        """With located staging, the record as last refreshed: a batch replacing it keeps epochs.
 
-        A racing absorb changes the record (``closing``), and the batch then
-        starts over instead of dropping an epoch not yet absorbed.
+        A racing absorb changes the record (``closing``), and a copy's first
+        located write opens its epoch: the batch then starts over instead of
+        dropping an epoch not yet absorbed. Expected even when this object
+        has seen no epoch (it may have staged only log records).
         """
-        if self._epochs is None or self._session_id is None:
+        if self._located is None or self._session_id is None:
             return {}
-        return {session_ref(self._session_id): self._record_raw}
+        return {session_ref(self._session_id): self._record_read}
 
     async def commit_async(self, message: str, metadata: dict[str, Any] | None = None, *,
                            allow_empty: bool = False) -> SnapshotId:

@@ -69,6 +69,7 @@ from versionstore.errors import (
     StorageNotFoundError,
 )
 from versionstore.ids import ID_LENGTH, ObjectId, object_id_text
+from versionstore.records import LOCATION_LIMIT
 
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
@@ -102,6 +103,8 @@ _CREATE_ATTEMPTS = 3
 #: window (``versionstore.group_stage``): every batch costs a ``PUT``, a few ms cost none.
 STAGING_WINDOW = StagingWindow(seconds=0.020, max_keys=1000)
 _DELETE_BATCH = 1000
+#: Bytes an object's whole name may have (S3's limit; GCS and Azure allow more).
+MAX_OBJECT_NAME = 1024
 _SEQ_DIGITS = 20
 
 
@@ -674,6 +677,17 @@ class ObjectBackend(Backend):
         check_not_forked()
         io = self._io
         return [name for name, _ in io.run("listing staged writes", io.list_after(folder))]
+
+    @override
+    def located_name_limit(self) -> int:
+        # The service's limit on a whole object name (S3: 1,024 bytes) holds the prefix too.
+        root = len(self._io.root.encode()) + 1 if self._io.root else 0
+        return min(LOCATION_LIMIT, MAX_OBJECT_NAME - root)
+
+    @override
+    def located_folders(self, folder: str) -> list[str]:
+        check_not_forked()
+        return self._io.run("listing staged writes", self._io.folders(folder))
 
     @override
     def any_located(self, folder: str) -> bool:

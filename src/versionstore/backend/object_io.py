@@ -269,10 +269,14 @@ class ObjectIO:
                 raise
         return False
 
-    async def folders(self) -> list[str]:
-        """The names directly under the prefix (one delimiter listing)."""
+    async def folders(self, folder: str = "") -> list[str]:
+        """The names directly under the prefix (or its ``folder``): one delimiter listing.
+
+        Names are relative to the prefix (``folder``'s own path included).
+        """
+        where = self.path(folder) if folder else self.root or None
         try:
-            listing = await obstore.list_with_delimiter_async(self.store, self.root or None)
+            listing = await obstore.list_with_delimiter_async(self.store, where)
         except (NotFoundError, FileNotFoundError) as exc:
             if not _missing(exc):
                 raise

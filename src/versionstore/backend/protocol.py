@@ -28,6 +28,7 @@ from typing import Protocol, TypeVar, runtime_checkable
 import attrs
 
 from versionstore.ids import ObjectId
+from versionstore.records import LOCATION_LIMIT
 
 __all__ = ["Backend", "Joined", "ObjectGetter", "Rescue", "SessionRule", "StagingWindow",
            "WriteBatch", "changed_refs"]
@@ -233,6 +234,21 @@ class Backend(Protocol):
     def list_located(self, folder: str) -> list[str]:
         """The names of the located writes under ``folder`` (relative, no trailing ``/``).
 
+        Only called where ``located_staging()``; the default holds none.
+        """
+        return []
+
+    def located_name_limit(self) -> int:
+        """Bytes a located write's name may have (relative to the repository's prefix).
+
+        The default is the longest location hint (``records.is_location``).
+        """
+        return LOCATION_LIMIT
+
+    def located_folders(self, folder: str) -> list[str]:
+        """The names of the folders directly in ``folder`` (relative, no trailing ``/``).
+
+        One delimiter listing: what a session's epochs are (``located_staging``).
         Only called where ``located_staging()``; the default holds none.
         """
         return []

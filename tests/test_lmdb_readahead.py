@@ -8,6 +8,7 @@ growth of the map (LMDB maps the file anew).
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 from pathlib import Path
@@ -147,3 +148,46 @@ def test_the_versionstore_backend_reads_nodes_without_readahead_and_chunks_with_
         repo.close()
     assert metadata_reads and all(metadata_reads), "tree node, metadata document: off"
     assert chunk_reads and not any(chunk_reads), "a data chunk: on"
+
+
+def _map_view_address(handle: EnvironmentHandle) -> int | None:
+    """The address of a value viewed in place in the map (what the environment hands out)."""
+
+    def work(txn: lmdb.Transaction) -> int | None:
+        return lmdb_readahead.buffer_address(txn.get(b"key"))
+
+    return handle.read("viewing", work, buffers=True)
+
+
+def test_the_map_found_from_an_address_inside_it_is_the_one_proc_maps_lists(
+        handle: EnvironmentHandle, tmp_path: Path) -> None:
+    data = str(tmp_path / "env" / "data.mdb")
+    listed = lmdb_readahead.mapped_range(data)
+    address = _map_view_address(handle)
+    assert listed is not None and address is not None
+    assert listed[0] <= address < listed[0] + listed[1], "the value lies in the map"
+    assert lmdb_readahead.mapped_range(data, address) == listed
+    # One question to the kernel (``None`` only before Linux 6.11, without PROCMAP_QUERY).
+    assert lmdb_readahead._queried_range(address, os.stat(data)) in (None, listed)
+    elsewhere = lmdb_readahead.buffer_address(memoryview(bytearray(64)))
+    assert lmdb_readahead.mapped_range(data, elsewhere) == listed, (
+        "an address outside the map: the map is still found, by reading every mapping")
+    located = handle._shared.map_address()
+    assert located is not None and listed[0] <= located < listed[0] + listed[1]
+
+
+def test_a_map_advised_in_parts_is_found_whole(handle: EnvironmentHandle,
+                                               tmp_path: Path) -> None:
+    data = str(tmp_path / "env" / "data.mdb")
+    start, length = lmdb_readahead.mapped_range(data) or (0, 0)
+    address = _map_view_address(handle)
+    assert address is not None and length > 2 * mmap.PAGESIZE
+    # Advice on part of a mapping splits it in the kernel's list: three mappings now.
+    lmdb_readahead._madvise(start + mmap.PAGESIZE, mmap.PAGESIZE, mmap.MADV_RANDOM)  # type: ignore[misc]
+    try:
+        assert len(_flags(tmp_path / "env" / "data.mdb")) == 3
+        assert lmdb_readahead.mapped_range(data, address) == (start, length)
+        assert lmdb_readahead._queried_range(address, os.stat(data)) in (None, (start, length))
+        assert lmdb_readahead.mapped_range(data, start + length - 1) == (start, length)
+    finally:
+        lmdb_readahead._madvise(start, length, mmap.MADV_NORMAL)  # type: ignore[misc]

@@ -246,11 +246,15 @@ class Repository:
         """
         storage = as_storage(storage)
         virtual = VirtualChunkStores(virtual_chunk_stores, check_checksums=check_virtual_checksums)
-        if not cls.exists(storage):
+        if not storage.may_hold_repository():
             raise RepositoryNotFoundError(f"no repository in {storage!r}")
+        # One backend, and one read of the format record and ``main`` (what ``exists``
+        # reads): opening an LMDB environment, or a round trip to object storage, once.
         backend = storage.open_backend()
         try:
-            raw = backend.get_ref(REPOSITORY_REF)
+            raw, main = backend.get_refs([REPOSITORY_REF, branch_ref(MAIN)])
+            if raw is None and main is None:
+                raise RepositoryNotFoundError(f"no repository in {storage!r}")
             if raw is not None:
                 version = decode_repository(REPOSITORY_REF, raw).format_version
                 if version > REPOSITORY_FORMAT:

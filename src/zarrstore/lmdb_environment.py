@@ -284,7 +284,8 @@ class _Shared:
 
     def __init__(self, path: str, names: tuple[bytes, ...], map_size: int, lock: bool) -> None:
         self.path = path
-        self.readahead = (lmdb_readahead.ReadaheadSwitch(os.path.join(path, "data.mdb"))
+        self.readahead = (lmdb_readahead.ReadaheadSwitch(os.path.join(path, "data.mdb"),
+                                                         self.map_address)
                           if lmdb_readahead.supported() else None)
         self.names = names
         self.initial_map_size = map_size
@@ -407,6 +408,21 @@ class _Shared:
         if self.readahead is not None:
             self.readahead.forget()
 
+    def map_address(self) -> int | None:
+        """An address inside the memory map (``None`` if unknown), for the readahead switch.
+
+        A value viewed in place (``buffers=True``) lies in the map: the main
+        database's first entry (a named database's record, or a value).
+        """
+        env = self.env
+        if env is None or self.pid != os.getpid():
+            return None
+        with env.begin(buffers=True) as txn:
+            cursor = txn.cursor()
+            if not cursor.first():
+                return None
+            return lmdb_readahead.buffer_address(cursor.value())
+
     def close(self) -> None:
         env, self.env, self.databases = self.env, None, ()
         self.remapped()
@@ -509,7 +525,8 @@ def _after_fork_in_child() -> None:
     _drain_releases()
     for shared in _registry.values():
         if shared.readahead is not None:  # its lock may have been held by another thread
-            shared.readahead = lmdb_readahead.ReadaheadSwitch(shared.readahead.data_path)
+            shared.readahead = lmdb_readahead.ReadaheadSwitch(shared.readahead.data_path,
+                                                              shared.map_address)
         if shared.env is not None:
             shared.inherited = True  # the parent's handle: never used, never closed here
             shared.env = None

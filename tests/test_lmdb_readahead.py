@@ -191,3 +191,42 @@ def test_a_map_advised_in_parts_is_found_whole(handle: EnvironmentHandle,
         assert lmdb_readahead.mapped_range(data, start + length - 1) == (start, length)
     finally:
         lmdb_readahead._madvise(start, length, mmap.MADV_NORMAL)  # type: ignore[misc]
+
+
+def test_a_small_reads_environment_starts_and_regrows_without_readahead(tmp_path: Path) -> None:
+    data = tmp_path / "env" / "data.mdb"
+    handle = EnvironmentHandle(tmp_path / "env", map_size=1 << 20, small_reads=True)
+    handle.write("seeding", lambda txn: txn.put(b"key", b"value"))
+    switch = handle._shared.readahead
+    assert switch is not None and switch.is_off
+    assert _random(data), "LMDB advised MADV_RANDOM itself (MDB_NORDAHEAD)"
+    assert handle.read("a node", lambda txn: txn.get(b"key"), readahead=False) == b"value"
+    assert not switch._known, "small reads never change the advice: the map is not looked up"
+    assert handle.read("chunks", lambda txn: _normal(data), readahead=True) is True
+    value = os.urandom(64 << 10)
+
+    def fill(txn: lmdb.Transaction) -> None:
+        for i in range(64):  # 4 MiB: the map grows (LMDB maps the file anew)
+            txn.put(b"big%d" % i, value)
+
+    handle.write("filling", fill)
+    assert _random(data) and switch.is_off, "mapped anew without readahead"
+    assert handle.read("chunks", lambda txn: (txn.get(b"big3") == value, _normal(data)),
+                       readahead=True) == (True, True)
+    handle.close()
+
+
+def test_listing_history_never_changes_the_advice(tmp_path: Path) -> None:
+    repo = vs.Repository.create(vs.lmdb_storage(tmp_path / "repo"))
+    for n in range(3):
+        session = repo.writable_session("main")
+        session.store.storage.set(f"k{n}", b"v" * 100)
+        session.commit(f"commit {n}")
+    repo.close()
+    reopened = vs.Repository.open(vs.lmdb_storage(tmp_path / "repo"))
+    assert [i.message for i in reopened.ancestry(branch="main")][:3] == [
+        "commit 2", "commit 1", "commit 0"]
+    switch = reopened.backend._handle._shared.readahead  # type: ignore[attr-defined]
+    assert switch is not None and switch.is_off and not switch._known
+    assert _random(tmp_path / "repo" / "data.mdb")
+    reopened.close()

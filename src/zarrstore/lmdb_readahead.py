@@ -20,7 +20,9 @@ reads of one kind in a row cost an attribute check, so a warm read path,
 which keeps reading chunks, pays nothing. Reads that do not ask leave the
 advice as it is. Only a hint changes: whatever the advice, every read
 returns the same bytes; threads reading both kinds at once merely get the
-advice of the one that asked last.
+advice of the one that asked last. A map that starts with readahead off
+(``starts_off``: LMDB's ``MDB_NORDAHEAD``) makes small reads free from the
+first one on.
 
 The map is found once per mapping, at the first change. Given an address
 inside it (``locate``: the environment hands one out, a value read from the
@@ -218,26 +220,35 @@ class ReadaheadSwitch:
             called, at most once per mapping, while a read is about to start
             and the environment is open.
 
+        starts_off: the environment was opened with ``MDB_NORDAHEAD``, so
+            every map LMDB makes starts with readahead off: small reads
+            then never change the advice, and the map is looked up only when
+            a read of large values first turns readahead on.
+
     Call ``forget()`` whenever the environment is (re)mapped — opened, grown,
     adopting another process's size, closed — while no read is running: LMDB
-    maps anew with readahead on, and the map is looked up again at the next
-    change.
+    maps anew with readahead on (off with ``starts_off``), and the map is
+    looked up again at the next change.
     """
 
-    def __init__(self, data_path: str, locate: Callable[[], int | None] | None = None) -> None:
+    def __init__(self, data_path: str, locate: Callable[[], int | None] | None = None, *,
+                 starts_off: bool = False) -> None:
         self.data_path = data_path
         self.locate = locate
+        #: Whether a map made anew has readahead off (LMDB's ``MDB_NORDAHEAD`` advises
+        #: ``MADV_RANDOM`` itself whenever it maps the file).
+        self.starts_off = starts_off
         self._lock = threading.Lock()
-        self._off = False
+        self._off = starts_off
         self._range: tuple[int, int] | None = None
         self._known = False
 
     def forget(self) -> None:
-        """The map was made anew (readahead on): find it again before the next change."""
+        """The map was made anew (as ``starts_off`` says): find it again before the next change."""
         with self._lock:
             self._known = False
             self._range = None
-            self._off = False
+            self._off = self.starts_off
 
     def _advise(self, advice: int) -> None:
         if not self._known:

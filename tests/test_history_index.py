@@ -218,3 +218,44 @@ def test_a_history_read_ahead_still_yields_every_snapshot_once(repo: vs.Reposito
     rest = [info.id for info in history]
     assert [first.id, *rest] == expected
     assert next(history, None) is None and "<History" in repr(history)
+
+
+def test_listing_a_branch_reads_only_the_links_of_its_tip(repo: vs.Repository,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    _commits(repo, 3)
+    decoded: list[str] = []
+    original = codec.decode_snapshot
+
+    def counting(name: str, data: bytes) -> Snapshot:
+        decoded.append(name)
+        return original(name, data)
+
+    monkeypatch.setattr("versionstore.history.decode_snapshot", counting)
+    cold = vs.Repository(repo.storage, repo.backend)
+    infos = list(cold.ancestry(branch="main"))
+    assert [i.id for i in infos] == [i.id for i in repo.ancestry(branch="main")]
+    assert decoded == [], "ids only: the tip is not decoded whole"
+    assert infos[0].message == "commit 2" and infos[0].metadata["n"] == 2
+    assert infos[0] == repo.lookup_snapshot(infos[0].id)
+    assert len(decoded) == 1
+
+
+def test_a_tip_with_good_links_and_a_malformed_field_lists_then_names_itself() -> None:
+    from versionstore import history
+
+    parent = b"\1" * 20
+    fields = _snapshot_fields(Snapshot(parents=(parent,), tree=None, message="m",
+                                       written_at=datetime(2024, 1, 1, tzinfo=UTC)))
+    fields[3] = 7  # the message: not a string
+    payload = msgpack.packb(fields, use_bin_type=True)
+    tip = hash_object(codec.KIND_SNAPSHOT, payload)
+    frame = _frame(codec.KIND_SNAPSHOT, payload, compress=False)
+    assert codec.snapshot_links("t", frame) == (parent, None)
+    info = history._lazy_info(object_id_text(tip), history._Stored(tip, frame))
+    assert info.id == object_id_text(tip)
+    with pytest.raises(vs.CorruptObjectError, match=object_id_text(tip)):
+        _ = info.message
+    for bad in ([2, "not a list", None, "m", 0, None], [2, [b"short"], None, "m", 0, None]):
+        with pytest.raises(vs.CorruptObjectError):
+            codec.snapshot_links("t", _frame(codec.KIND_SNAPSHOT,
+                                             msgpack.packb(bad, use_bin_type=True), False))

@@ -95,6 +95,7 @@ __all__ = [
     "frame_kind",
     "history_entries",
     "history_row",
+    "snapshot_links",
     "leaf_entry",
     "pack_metadata",
 ]
@@ -662,6 +663,33 @@ def _snapshot_from_fields(name: str, payload: Any) -> Snapshot:
         history=history,
         sizes=sizes,
     )
+
+
+def snapshot_links(name: str, data: bytes) -> tuple[ObjectId | None, ObjectId | None]:
+    """A snapshot frame's first parent and history page, without decoding the rest.
+
+    What walking first parents needs of a branch's tip: the frame is verified
+    whole (checksum, kind, format version) and only these two fields are
+    checked; ``decode_snapshot`` checks the others when they are wanted.
+
+    Raises:
+        CorruptObjectError: the frame, or either link, is malformed.
+        UnsupportedFormatError: a newer snapshot format.
+    """
+
+    def decode() -> tuple[ObjectId | None, ObjectId | None]:
+        fields = _versioned(name, "snapshot", _unpack(name, _unframe(name, data, KIND_SNAPSHOT)),
+                            Snapshot.FORMAT_VERSION, 6)
+        if fields[0] < 2:  # format 1: one parent or None, and no history page
+            return None if fields[1] is None else _object_id(name, fields[1]), None
+        parents = fields[1]
+        if not isinstance(parents, list):
+            raise CorruptObjectError(name, "snapshot parents are malformed")
+        history = fields[6] if len(fields) > 6 else None
+        return (_object_id(name, parents[0]) if parents else None,
+                None if history is None else _object_id(name, history))
+
+    return _guarded("snapshot", decode, name)
 
 
 def history_row(snapshot: Snapshot) -> bytes:

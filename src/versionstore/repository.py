@@ -534,20 +534,21 @@ class Repository:
         check_optional_name(tag, "tag", "a tag name")
         check_optional_name(snapshot_id, "snapshot_id", "a snapshot id")
         check_flag(all_parents, "all_parents")
-        tip = None
+        stored = None
         if tag is None and snapshot_id is None:  # a branch: its ref, tip and grafts in one read
             reader = self.reader
             start, stored, graft_refs = self.refs.branch_tip_with(
                 MAIN if branch is None else branch, lambda s: not reader.is_cached(s),
                 GRAFT_PREFIX)
-            tip = None if stored is None else reader.snapshot_from(start, stored)
             grafts = grafts_from_refs(graft_refs)
         else:
             start = self._resolve(branch=branch, tag=tag, snapshot_id=snapshot_id,
                                   default_branch=MAIN)
             grafts = self._grafts()
         if not all_parents and not grafts:  # history pages, decoded only as far as read
-            return first_parent_infos(self.reader, start, tip)
+            return first_parent_infos(self.reader, start, stored=stored)
+        if stored is not None:  # read with the branch: the walk below starts from it
+            self.reader.snapshot_from(start, stored)
         return (SnapshotInfo.of(object_id, snapshot, grafts) for object_id, snapshot
                 in ancestry(self.reader, start, all_parents=all_parents, grafts=grafts))
 

@@ -180,8 +180,8 @@ def _elsewhere(path: Path, code: str) -> None:
 
 
 def test_ancestry_sees_every_ref_move_made_by_another_process(tmp_path: Path) -> None:
-    # Listing again costs little because pages and their infos are cached per
-    # repository; the branch's ref and the grafts are read anew by every call,
+    # Listing again costs little because pages and their infos are cached for
+    # the process; the branch's ref and the grafts are read anew by every call,
     # so what another process did is seen at once.
     path = tmp_path / "repo"
     repo = vs.Repository.create(vs.lmdb_storage(path))
@@ -259,3 +259,42 @@ def test_a_tip_with_good_links_and_a_malformed_field_lists_then_names_itself() -
         with pytest.raises(vs.CorruptObjectError):
             codec.snapshot_links("t", _frame(codec.KIND_SNAPSHOT,
                                              msgpack.packb(bad, use_bin_type=True), False))
+
+
+def test_a_repository_opened_again_lists_from_the_process_cache_and_reads_the_branch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    from zarrstore import lmdb_environment
+
+    path = tmp_path / "repo"
+    repo = vs.Repository.create(vs.lmdb_storage(path))
+    _commits(repo, 2 * HISTORY_PAGE_SIZE + 3)
+    before = [info.id for info in repo.ancestry()]
+    repo.close()
+    del repo
+    gc.collect()
+    assert str(path.resolve()) not in lmdb_environment._registry, (
+        "what the process keeps of a history holds no environment")
+
+    decoded: list[str] = []
+    original = codec.decode_history_page
+
+    def counting(name: str, data: bytes) -> HistoryPage:
+        decoded.append(name)
+        return original(name, data)
+
+    monkeypatch.setattr("versionstore.objects.decode_history_page", counting)
+    reopened = vs.Repository.open(vs.lmdb_storage(path))
+    assert [info.id for info in reopened.ancestry()] == before
+    assert decoded == [], "listed from what the process already decoded"
+    _elsewhere(path, "s = repo.writable_session('main')\n"
+                     "s.set_values([('n', b'x')])\n"
+                     "s.commit('from elsewhere')\n")
+    again = vs.Repository.open(vs.lmdb_storage(path))
+    after = list(again.ancestry())
+    assert after[0].message == "from elsewhere", "the branch is read anew"
+    assert [info.id for info in after[1:]] == before
+    assert after[1] == reopened.lookup_snapshot(before[0])
+    again.close()
+    reopened.close()

@@ -15,9 +15,13 @@ and ``merge_base`` walk the same way. Pages are stored by columns, and the
 their id until another field is read (``first_parent_infos``), so listing
 a long history costs little more than its ids. Snapshots from before pages
 existed are read one by one. Pages, their infos, and a listing read to its
-end (under its start snapshot) never change, so the repository's reader
-keeps them: listing a branch again costs one backend read — its ref, its
-tip when not cached, and the grafts, together — and a lookup.
+end (under its start snapshot) never change, so they are kept once for the
+whole process (``ObjectReader.derived``, keyed by object id, i.e. by
+content): listing a branch again — on the same repository, or on one opened
+anew — costs one backend read (its ref, its tip when not known, and the
+grafts, together) and a lookup. Refs are never cached: every listing reads
+where the branch points, and a commit, reset or expiry made by another
+process is seen by the next one.
 
 ``Diff`` uses icechunk's field names so code moving from icechunk reads the
 same. Node paths are absolute (``"/"`` is the root group, ``"/t"`` an array).
@@ -289,7 +293,7 @@ def first_parent_infos(reader: ObjectReader, start: ObjectId,
     ``snapshot`` is ``start``'s, when the caller has it; ``stored``, its
     stored frame, when the caller read it (only its links are decoded, the
     rest when the info is asked for a field). The infos of each
-    history page are built once per reader (``ObjectReader.derived``: pages
+    history page are built once per process (``ObjectReader.derived``: pages
     are immutable, and so are infos), and a listing read to its end is kept
     whole for ``start`` (up to ``REMEMBERED_LISTING`` snapshots): the
     ancestry of a snapshot never changes, so listing it again costs a

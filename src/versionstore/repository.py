@@ -537,8 +537,11 @@ class Repository:
         stored = None
         if tag is None and snapshot_id is None:  # a branch: its ref, tip and grafts in one read
             reader = self.reader
+            # The tip's bytes come with the ref unless the snapshot, or its whole
+            # listing (``first_parent_infos``), is already known.
             start, stored, graft_refs = self.refs.branch_tip_with(
-                MAIN if branch is None else branch, lambda s: not reader.is_cached(s),
+                MAIN if branch is None else branch,
+                lambda s: not reader.is_cached(s) and reader.derived_if_cached(s) is None,
                 GRAFT_PREFIX)
             grafts = grafts_from_refs(graft_refs)
         else:

@@ -6,10 +6,21 @@ system is built first, then each round times every system in turn, and the
 medians are compared: whatever the load does, it does to all of them.
 
 **Ancestry** (``--commits``, default 100): the ``scale`` workload's history
-(one tiny chunk rewritten per commit). Each round opens the repository anew
-(nothing cached in the process), lists the branch's ancestry — every
-snapshot id — once (*first listing*), then again on the same open repository
-(*listing again*: each system's own caches warm, the branch re-read).
+(one tiny chunk rewritten per commit). Each round does what a user does:
+opens the repository anew (``Repository.open(storage)``, nothing cached in
+the process, no session) and lists the branch's ancestry — every snapshot id
+of ``list(repo.ancestry(branch="main"))`` — once, then again on the same open
+repository. Three times are kept: *open + first listing* (both, as a user
+waits for them), *first listing* (the listing alone, after the open), and
+*listing again* (each system's own caches warm, the branch re-read). Both
+systems are timed the same way, through the same calls.
+
+**In a new process** (``--fresh-rounds``, persistent systems only): the same
+open + first listing, each sample in a Python process of its own, timed
+inside it after its imports — nothing of an earlier open is left anywhere
+in the process (versionstore keeps decoded history for the process, so a
+repository opened again in one process lists from it; icechunk's first
+calls also start its runtime here, as they do for a user).
 
 **Checkout** (``--checkout``): the ``history`` workload's repository (100
 commits each rewriting 1 % of 1,000 chunks of 64 KiB). Each round, for the
@@ -27,6 +38,8 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -96,31 +109,83 @@ def _ratios(times: dict[str, list[float]], label: str) -> list[str]:
 
 def ancestry(systems: list[System], commits: int, rounds: int,
              out: Callable[[str], None] = print) -> dict[str, dict[str, list[float]]]:
-    """Build, then time the first listing and the listing again, interleaved; ms samples."""
+    """Build, then time open + first listing, first listing, listing again; ms samples."""
     for system in systems:
         _build_history(system, commits)
+    opened: dict[str, list[float]] = {s.name: [] for s in systems}
     first: dict[str, list[float]] = {s.name: [] for s in systems}
     again: dict[str, list[float]] = {s.name: [] for s in systems}
     for _ in range(rounds):
         for system in systems:
-            system.open()
             t0 = time.perf_counter()
-            listed = system.snapshots()
+            system.open_repository()
             t1 = time.perf_counter()
-            relisted = system.snapshots()
+            listed = system.snapshots()
             t2 = time.perf_counter()
+            relisted = system.snapshots()
+            t3 = time.perf_counter()
             system.close()
             if len(listed) != commits + 2 or relisted != listed:
                 raise AssertionError(f"{system.name}: ancestry has {len(listed)} snapshots")
-            first[system.name].append((t1 - t0) * 1000)
-            again[system.name].append((t2 - t1) * 1000)
+            opened[system.name].append((t2 - t0) * 1000)
+            first[system.name].append((t2 - t1) * 1000)
+            again[system.name].append((t3 - t2) * 1000)
     out(f"ancestry of {commits} commits, {rounds} rounds (ms: median (min–max))")
     for system in systems:
-        out(f"  {system.name:13s} first listing {_summary(first[system.name])}   "
+        out(f"  {system.name:13s} open + first listing {_summary(opened[system.name])}   "
+            f"first listing {_summary(first[system.name])}   "
             f"listing again {_summary(again[system.name])}")
-    for line in _ratios(first, "first listing") + _ratios(again, "listing again"):
+    for line in (_ratios(opened, "open + first listing") + _ratios(first, "first listing")
+                 + _ratios(again, "listing again")):
         out(line)
-    return {"first": first, "again": again}
+    return {"open + first": opened, "first": first, "again": again}
+
+
+#: Opens a repository and lists ``main`` in a new process; prints the count and two times.
+_FRESH = """
+import sys, time
+kind, path = sys.argv[1], sys.argv[2]
+if kind == "vs":
+    import versionstore as vs
+    storage, opener = vs.lmdb_storage(path), vs.Repository.open
+else:
+    import icechunk as ic
+    ic.set_logs_filter("error")
+    storage, opener = ic.local_filesystem_storage(path), ic.Repository.open
+t0 = time.perf_counter()
+repo = opener(storage)
+t1 = time.perf_counter()
+ids = [str(info.id) for info in repo.ancestry(branch="main")]
+t2 = time.perf_counter()
+print(len(ids), (t2 - t0) * 1000, (t2 - t1) * 1000)
+"""
+_FRESH_KINDS = {"vs-lmdb": "vs", "icechunk-fs": "ic"}
+
+
+def fresh(systems: list[System], commits: int, rounds: int,
+          out: Callable[[str], None] = print) -> dict[str, dict[str, list[float]]]:
+    """Open + first listing in a new process per sample, systems in turn (built by ``ancestry``)."""
+    chosen = [s for s in systems if s.name in _FRESH_KINDS]
+    opened: dict[str, list[float]] = {s.name: [] for s in chosen}
+    first: dict[str, list[float]] = {s.name: [] for s in chosen}
+    for _ in range(rounds):
+        for system in chosen:
+            done = subprocess.run(
+                [sys.executable, "-c", _FRESH, _FRESH_KINDS[system.name],
+                 str(system.root / "repo")], capture_output=True, text=True, check=True)
+            count, both, listing = done.stdout.split()
+            if int(count) != commits + 2:
+                raise AssertionError(f"{system.name}: ancestry has {count} snapshots")
+            opened[system.name].append(float(both))
+            first[system.name].append(float(listing))
+    out(f"in a new process each: ancestry of {commits} commits, {rounds} rounds (ms)")
+    for system in chosen:
+        out(f"  {system.name:13s} open + first listing {_summary(opened[system.name])}   "
+            f"first listing {_summary(first[system.name])}")
+    for line in _ratios(opened, "new process, open + first listing") + _ratios(
+            first, "new process, first listing"):
+        out(line)
+    return {"open + first": opened, "first": first}
 
 
 def checkout(systems: list[System], rounds: int, params: dict[str, float],
@@ -158,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS))
     parser.add_argument("--commits", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=31)
+    parser.add_argument("--fresh-rounds", type=int, default=0,
+                        help="also open + first listing in a new process per sample")
     parser.add_argument("--checkout", action="store_true", help="also the checkout rows")
     parser.add_argument("--checkout-rounds", type=int, default=9)
     parser.add_argument("--history-chunks", type=int, default=1000)
@@ -171,7 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="side-by-side-", dir=args.workdir))
     try:
         print(f"load average {os.getloadavg()[0]:.2f}")
-        ancestry([SYSTEMS[n](root / f"a-{n}") for n in names], args.commits, args.rounds)
+        built = [SYSTEMS[n](root / f"a-{n}") for n in names]
+        ancestry(built, args.commits, args.rounds)
+        if args.fresh_rounds:
+            fresh(built, args.commits, args.fresh_rounds)
         if args.checkout:
             params = {"history_chunks": args.history_chunks,
                       "history_chunk_kib": args.history_chunk_kib,

@@ -75,6 +75,14 @@ class System:
         """Open an existing one, with nothing cached in this process."""
         raise NotImplementedError
 
+    def open_repository(self) -> None:
+        """Open an existing one as a user does first: the repository alone, no session.
+
+        ``open`` may also start the session writes go to (versionstore's reads
+        the branch); this reads only what opening the repository reads.
+        """
+        self.open()
+
     def close(self) -> None:
         """Release everything (files, environments, sessions)."""
 
@@ -183,6 +191,15 @@ class _VersionStore(System):
         self._repo = vs.Repository.open(self._st)
         self._session = self._repo.writable_session("main")
         self._store = self._session.store
+
+    def open_repository(self) -> None:
+        import versionstore as vs
+
+        self._vs = vs
+        if not hasattr(self, "_st"):
+            self._st = self._storage()
+        self._repo = vs.Repository.open(self._st)
+        self._session = self._store = None
 
     def close(self) -> None:
         if getattr(self, "_repo", None) is not None:

@@ -138,10 +138,11 @@ def test_side_by_side_runs_at_tiny_sizes(tmp_path: Path, capsys: pytest.CaptureF
                                          ) -> None:
     from benchmarks.side_by_side import main as side_by_side
 
-    assert side_by_side(["--commits", "3", "--rounds", "2", "--checkout",
+    assert side_by_side(["--commits", "3", "--rounds", "2", "--fresh-rounds", "1", "--checkout",
                          "--checkout-rounds", "1", "--history-chunks", "20",
                          "--history-chunk-kib", "16", "--history-commits", "2",
                          "--workdir", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "ancestry of 3 commits" in printed and "vs-lmdb" in printed
     assert "checkout of the first snapshot" in printed
+    assert "in a new process each" in printed

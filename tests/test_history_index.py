@@ -180,8 +180,8 @@ def _elsewhere(path: Path, code: str) -> None:
 
 
 def test_ancestry_sees_every_ref_move_made_by_another_process(tmp_path: Path) -> None:
-    # Listing again costs little because pages and their infos are cached per
-    # repository; the branch's ref and the grafts are read anew by every call,
+    # Listing again costs little because pages and their infos are cached for
+    # the process; the branch's ref and the grafts are read anew by every call,
     # so what another process did is seen at once.
     path = tmp_path / "repo"
     repo = vs.Repository.create(vs.lmdb_storage(path))
@@ -218,3 +218,83 @@ def test_a_history_read_ahead_still_yields_every_snapshot_once(repo: vs.Reposito
     rest = [info.id for info in history]
     assert [first.id, *rest] == expected
     assert next(history, None) is None and "<History" in repr(history)
+
+
+def test_listing_a_branch_reads_only_the_links_of_its_tip(repo: vs.Repository,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    _commits(repo, 3)
+    decoded: list[str] = []
+    original = codec.decode_snapshot
+
+    def counting(name: str, data: bytes) -> Snapshot:
+        decoded.append(name)
+        return original(name, data)
+
+    monkeypatch.setattr("versionstore.history.decode_snapshot", counting)
+    cold = vs.Repository(repo.storage, repo.backend)
+    infos = list(cold.ancestry(branch="main"))
+    assert [i.id for i in infos] == [i.id for i in repo.ancestry(branch="main")]
+    assert decoded == [], "ids only: the tip is not decoded whole"
+    assert infos[0].message == "commit 2" and infos[0].metadata["n"] == 2
+    assert infos[0] == repo.lookup_snapshot(infos[0].id)
+    assert len(decoded) == 1
+
+
+def test_a_tip_with_good_links_and_a_malformed_field_lists_then_names_itself() -> None:
+    from versionstore import history
+
+    parent = b"\1" * 20
+    fields = _snapshot_fields(Snapshot(parents=(parent,), tree=None, message="m",
+                                       written_at=datetime(2024, 1, 1, tzinfo=UTC)))
+    fields[3] = 7  # the message: not a string
+    payload = msgpack.packb(fields, use_bin_type=True)
+    tip = hash_object(codec.KIND_SNAPSHOT, payload)
+    frame = _frame(codec.KIND_SNAPSHOT, payload, compress=False)
+    assert codec.snapshot_links("t", frame) == (parent, None)
+    info = history._lazy_info(object_id_text(tip), history._Stored(tip, frame))
+    assert info.id == object_id_text(tip)
+    with pytest.raises(vs.CorruptObjectError, match=object_id_text(tip)):
+        _ = info.message
+    for bad in ([2, "not a list", None, "m", 0, None], [2, [b"short"], None, "m", 0, None]):
+        with pytest.raises(vs.CorruptObjectError):
+            codec.snapshot_links("t", _frame(codec.KIND_SNAPSHOT,
+                                             msgpack.packb(bad, use_bin_type=True), False))
+
+
+def test_a_repository_opened_again_lists_from_the_process_cache_and_reads_the_branch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    from zarrstore import lmdb_environment
+
+    path = tmp_path / "repo"
+    repo = vs.Repository.create(vs.lmdb_storage(path))
+    _commits(repo, 2 * HISTORY_PAGE_SIZE + 3)
+    before = [info.id for info in repo.ancestry()]
+    repo.close()
+    del repo
+    gc.collect()
+    assert str(path.resolve()) not in lmdb_environment._registry, (
+        "what the process keeps of a history holds no environment")
+
+    decoded: list[str] = []
+    original = codec.decode_history_page
+
+    def counting(name: str, data: bytes) -> HistoryPage:
+        decoded.append(name)
+        return original(name, data)
+
+    monkeypatch.setattr("versionstore.objects.decode_history_page", counting)
+    reopened = vs.Repository.open(vs.lmdb_storage(path))
+    assert [info.id for info in reopened.ancestry()] == before
+    assert decoded == [], "listed from what the process already decoded"
+    _elsewhere(path, "s = repo.writable_session('main')\n"
+                     "s.set_values([('n', b'x')])\n"
+                     "s.commit('from elsewhere')\n")
+    again = vs.Repository.open(vs.lmdb_storage(path))
+    after = list(again.ancestry())
+    assert after[0].message == "from elsewhere", "the branch is read anew"
+    assert [info.id for info in after[1:]] == before
+    assert after[1] == reopened.lookup_snapshot(before[0])
+    again.close()
+    reopened.close()

@@ -8,6 +8,7 @@ growth of the map (LMDB maps the file anew).
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 from pathlib import Path
@@ -147,3 +148,85 @@ def test_the_versionstore_backend_reads_nodes_without_readahead_and_chunks_with_
         repo.close()
     assert metadata_reads and all(metadata_reads), "tree node, metadata document: off"
     assert chunk_reads and not any(chunk_reads), "a data chunk: on"
+
+
+def _map_view_address(handle: EnvironmentHandle) -> int | None:
+    """The address of a value viewed in place in the map (what the environment hands out)."""
+
+    def work(txn: lmdb.Transaction) -> int | None:
+        return lmdb_readahead.buffer_address(txn.get(b"key"))
+
+    return handle.read("viewing", work, buffers=True)
+
+
+def test_the_map_found_from_an_address_inside_it_is_the_one_proc_maps_lists(
+        handle: EnvironmentHandle, tmp_path: Path) -> None:
+    data = str(tmp_path / "env" / "data.mdb")
+    listed = lmdb_readahead.mapped_range(data)
+    address = _map_view_address(handle)
+    assert listed is not None and address is not None
+    assert listed[0] <= address < listed[0] + listed[1], "the value lies in the map"
+    assert lmdb_readahead.mapped_range(data, address) == listed
+    # One question to the kernel (``None`` only before Linux 6.11, without PROCMAP_QUERY).
+    assert lmdb_readahead._queried_range(address, os.stat(data)) in (None, listed)
+    elsewhere = lmdb_readahead.buffer_address(memoryview(bytearray(64)))
+    assert lmdb_readahead.mapped_range(data, elsewhere) == listed, (
+        "an address outside the map: the map is still found, by reading every mapping")
+    located = handle._shared.map_address()
+    assert located is not None and listed[0] <= located < listed[0] + listed[1]
+
+
+def test_a_map_advised_in_parts_is_found_whole(handle: EnvironmentHandle,
+                                               tmp_path: Path) -> None:
+    data = str(tmp_path / "env" / "data.mdb")
+    start, length = lmdb_readahead.mapped_range(data) or (0, 0)
+    address = _map_view_address(handle)
+    assert address is not None and length > 2 * mmap.PAGESIZE
+    # Advice on part of a mapping splits it in the kernel's list: three mappings now.
+    lmdb_readahead._madvise(start + mmap.PAGESIZE, mmap.PAGESIZE, mmap.MADV_RANDOM)  # type: ignore[misc]
+    try:
+        assert len(_flags(tmp_path / "env" / "data.mdb")) == 3
+        assert lmdb_readahead.mapped_range(data, address) == (start, length)
+        assert lmdb_readahead._queried_range(address, os.stat(data)) in (None, (start, length))
+        assert lmdb_readahead.mapped_range(data, start + length - 1) == (start, length)
+    finally:
+        lmdb_readahead._madvise(start, length, mmap.MADV_NORMAL)  # type: ignore[misc]
+
+
+def test_a_small_reads_environment_starts_and_regrows_without_readahead(tmp_path: Path) -> None:
+    data = tmp_path / "env" / "data.mdb"
+    handle = EnvironmentHandle(tmp_path / "env", map_size=1 << 20, small_reads=True)
+    handle.write("seeding", lambda txn: txn.put(b"key", b"value"))
+    switch = handle._shared.readahead
+    assert switch is not None and switch.is_off
+    assert _random(data), "LMDB advised MADV_RANDOM itself (MDB_NORDAHEAD)"
+    assert handle.read("a node", lambda txn: txn.get(b"key"), readahead=False) == b"value"
+    assert not switch._known, "small reads never change the advice: the map is not looked up"
+    assert handle.read("chunks", lambda txn: _normal(data), readahead=True) is True
+    value = os.urandom(64 << 10)
+
+    def fill(txn: lmdb.Transaction) -> None:
+        for i in range(64):  # 4 MiB: the map grows (LMDB maps the file anew)
+            txn.put(b"big%d" % i, value)
+
+    handle.write("filling", fill)
+    assert _random(data) and switch.is_off, "mapped anew without readahead"
+    assert handle.read("chunks", lambda txn: (txn.get(b"big3") == value, _normal(data)),
+                       readahead=True) == (True, True)
+    handle.close()
+
+
+def test_listing_history_never_changes_the_advice(tmp_path: Path) -> None:
+    repo = vs.Repository.create(vs.lmdb_storage(tmp_path / "repo"))
+    for n in range(3):
+        session = repo.writable_session("main")
+        session.store.storage.set(f"k{n}", b"v" * 100)
+        session.commit(f"commit {n}")
+    repo.close()
+    reopened = vs.Repository.open(vs.lmdb_storage(tmp_path / "repo"))
+    assert [i.message for i in reopened.ancestry(branch="main")][:3] == [
+        "commit 2", "commit 1", "commit 0"]
+    switch = reopened.backend._handle._shared.readahead  # type: ignore[attr-defined]
+    assert switch is not None and switch.is_off and not switch._known
+    assert _random(tmp_path / "repo" / "data.mdb")
+    reopened.close()

@@ -73,6 +73,24 @@ def test_open_missing_repository(tmp_path: Path) -> None:
         vs.Repository.open(storage)
 
 
+def test_open_finds_no_repository_in_an_environment_without_one(tmp_path: Path) -> None:
+    # ``open`` reads the format record and ``main`` on the one backend it opens: an
+    # LMDB environment holding neither is no repository, and is released again.
+    import gc
+
+    from zarrstore import lmdb_environment
+    from zarrstore.lmdb_environment import EnvironmentHandle
+
+    handle = EnvironmentHandle(tmp_path / "env", databases=(b"objects", b"refs", b"gc"))
+    handle.close()
+    with pytest.raises(vs.RepositoryNotFoundError):
+        vs.Repository.open(vs.lmdb_storage(tmp_path / "env"))
+    gc.collect()
+    assert str((tmp_path / "env").resolve()) not in lmdb_environment._registry
+    with pytest.raises(vs.RepositoryNotFoundError):
+        vs.Repository.open(vs.in_memory_storage())
+
+
 def test_several_repository_objects_share_one_directory(tmp_path: Path) -> None:
     storage = vs.lmdb_storage(tmp_path / "repo")
     a = vs.Repository.create(storage)

@@ -19,6 +19,8 @@ The only module that imports msgpack and zstandard.
 
 from __future__ import annotations
 
+import itertools
+import operator
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
@@ -93,6 +95,7 @@ __all__ = [
     "frame_kind",
     "history_entries",
     "history_row",
+    "snapshot_links",
     "leaf_entry",
     "pack_metadata",
 ]
@@ -201,9 +204,23 @@ def _unframe(name: str, data: bytes | memoryview, kind: int,
             name, f"claims {params.content_size} bytes, above the {cap} cap"
         )
     try:
-        return zstandard.ZstdDecompressor().decompress(payload, max_output_size=cap)
+        return _decompressor().decompress(payload, max_output_size=cap)
     except zstandard.ZstdError as exc:
         raise CorruptObjectError(name, f"cannot decompress: {exc}") from exc
+
+
+_threads = threading.local()
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    """This thread's decompressor: making one costs more than a small frame's decompression.
+
+    (An instance must not be used by two threads at once; one per thread never is.)
+    """
+    decompressor: zstandard.ZstdDecompressor | None = getattr(_threads, "zstd", None)
+    if decompressor is None:
+        decompressor = _threads.zstd = zstandard.ZstdDecompressor()
+    return decompressor
 
 
 def _unpack(name: str, payload: bytes | memoryview) -> Any:
@@ -570,21 +587,28 @@ def _sizes_from_fields(name: str, payload: Any) -> Sizes | None:
     fields = _versioned(name, "sizes", payload, 1 << 30, 2)
     if fields[0] > Sizes.FORMAT_VERSION:
         return None
-    rows = []
-    for row in fields[1]:
-        path = row[0]
-        if (path is not None and not isinstance(path, str)) or len(row) != 8 or not all(
-                isinstance(v, int) and not isinstance(v, bool) for v in row[1:]):
-            raise CorruptObjectError(name, "malformed size row")
-        rows.append(SizeRow(path=path, keys=row[1], chunks=row[2], objects=row[3],
-                            logical_bytes=row[4], stored_bytes=row[5], virtual_chunks=row[6],
-                            virtual_bytes=row[7]))
-    sizes = Sizes(rows=tuple(rows))
+    listed = fields[1]
+    # Checked with C-level maps: every snapshot read (a branch's tip too) decodes its totals,
+    # one row per array. msgpack gives exact ``int``s (a ``bool`` is not one) and ``str``s.
+    if (not isinstance(listed, list) or set(map(type, listed)) - {list}
+            or set(map(len, listed)) - {8}
+            or set(map(type, itertools.chain.from_iterable(
+                itertools.islice(row, 1, None) for row in listed))) - {int}
+            or set(map(type, map(operator.itemgetter(0), listed))) - {str, type(None)}):
+        raise CorruptObjectError(name, "malformed size row")
+    sizes = Sizes(rows=tuple(itertools.starmap(_size_row, listed)))
     try:
         sizes.check()
     except ValueError as exc:
         raise CorruptObjectError(name, str(exc)) from exc
     return sizes
+
+
+def _size_row(path: str | None, keys: int, chunks: int, objects: int, logical_bytes: int,
+              stored_bytes: int, virtual_chunks: int, virtual_bytes: int) -> SizeRow:
+    return SizeRow(path=path, keys=keys, chunks=chunks, objects=objects,
+                   logical_bytes=logical_bytes, stored_bytes=stored_bytes,
+                   virtual_chunks=virtual_chunks, virtual_bytes=virtual_bytes)
 
 
 def chunk_frame_size(size: int) -> int:
@@ -639,6 +663,33 @@ def _snapshot_from_fields(name: str, payload: Any) -> Snapshot:
         history=history,
         sizes=sizes,
     )
+
+
+def snapshot_links(name: str, data: bytes) -> tuple[ObjectId | None, ObjectId | None]:
+    """A snapshot frame's first parent and history page, without decoding the rest.
+
+    What walking first parents needs of a branch's tip: the frame is verified
+    whole (checksum, kind, format version) and only these two fields are
+    checked; ``decode_snapshot`` checks the others when they are wanted.
+
+    Raises:
+        CorruptObjectError: the frame, or either link, is malformed.
+        UnsupportedFormatError: a newer snapshot format.
+    """
+
+    def decode() -> tuple[ObjectId | None, ObjectId | None]:
+        fields = _versioned(name, "snapshot", _unpack(name, _unframe(name, data, KIND_SNAPSHOT)),
+                            Snapshot.FORMAT_VERSION, 6)
+        if fields[0] < 2:  # format 1: one parent or None, and no history page
+            return None if fields[1] is None else _object_id(name, fields[1]), None
+        parents = fields[1]
+        if not isinstance(parents, list):
+            raise CorruptObjectError(name, "snapshot parents are malformed")
+        history = fields[6] if len(fields) > 6 else None
+        return (_object_id(name, parents[0]) if parents else None,
+                None if history is None else _object_id(name, history))
+
+    return _guarded("snapshot", decode, name)
 
 
 def history_row(snapshot: Snapshot) -> bytes:

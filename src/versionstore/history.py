@@ -15,9 +15,13 @@ and ``merge_base`` walk the same way. Pages are stored by columns, and the
 their id until another field is read (``first_parent_infos``), so listing
 a long history costs little more than its ids. Snapshots from before pages
 existed are read one by one. Pages, their infos, and a listing read to its
-end (under its start snapshot) never change, so the repository's reader
-keeps them: listing a branch again costs one backend read — its ref, its
-tip when not cached, and the grafts, together — and a lookup.
+end (under its start snapshot) never change, so they are kept once for the
+whole process (``ObjectReader.derived``, keyed by object id, i.e. by
+content): listing a branch again — on the same repository, or on one opened
+anew — costs one backend read (its ref, its tip when not known, and the
+grafts, together) and a lookup. Refs are never cached: every listing reads
+where the branch points, and a commit, reset or expiry made by another
+process is seen by the next one.
 
 ``Diff`` uses icechunk's field names so code moving from icechunk reads the
 same. Node paths are absolute (``"/"`` is the root group, ``"/t"`` an array).
@@ -43,8 +47,14 @@ from typing import Any, cast
 
 import attrs
 
-from versionstore.codec import encode_history_page, history_entries, history_row
-from versionstore.errors import SnapshotNotFoundError
+from versionstore.codec import (
+    decode_snapshot,
+    encode_history_page,
+    history_entries,
+    history_row,
+    snapshot_links,
+)
+from versionstore.errors import SnapshotNotFoundError, VersionStoreError
 from versionstore.grafts import Grafts, parents_of
 from versionstore.ids import ObjectId, SnapshotId, object_id_text
 from versionstore.notebook import diff_html, history_html, snapshot_html
@@ -73,7 +83,7 @@ class SnapshotInfo:
     __slots__ = ("_fields", "_page", "id")
     id: SnapshotId
     _fields: tuple[tuple[SnapshotId, ...], datetime, str, dict[str, Any]]
-    _page: _PageRows | _Known | None
+    _page: _PageRows | _Known | _Stored | None
 
     def __init__(self, *, id: SnapshotId, parent_id: SnapshotId | None,  # noqa: A002 - icechunk's name
                  written_at: datetime, message: str, metadata: dict[str, Any],
@@ -205,7 +215,37 @@ class _Known:
         return self._snapshot
 
 
-def _lazy_info(text: str, rows: _PageRows | _Known) -> SnapshotInfo:
+class _Stored:
+    """A snapshot's stored frame, decoded whole the first time its info is asked for a field.
+
+    A branch's tip, listed by ``first_parent_infos`` from the frame the branch
+    was read with: listing needs only its links (``codec.snapshot_links``).
+    """
+
+    __slots__ = ("_data", "_snapshot", "_snapshot_id")
+
+    def __init__(self, snapshot_id: ObjectId, data: bytes) -> None:
+        self._snapshot_id = snapshot_id
+        self._data = data
+        self._snapshot: Snapshot | None = None
+
+    def snapshot(self, text: str) -> Snapshot:
+        """The snapshot (whatever ``text``: there is one)."""
+        del text
+        if self._snapshot is None:
+            self._snapshot = _named(decode_snapshot, self._snapshot_id, self._data)
+        return self._snapshot
+
+
+def _named(decode: Callable[[str, bytes], Any], object_id: ObjectId, data: bytes) -> Any:
+    """``decode("", data)``, again with the object's name if that fails (to raise naming it)."""
+    try:
+        return decode("", data)
+    except VersionStoreError:
+        return decode(object_id_text(object_id), data)
+
+
+def _lazy_info(text: str, rows: _PageRows | _Known | _Stored) -> SnapshotInfo:
     info = _new_info(SnapshotInfo)
     _set_id(info, text)
     _set_page(info, rows)
@@ -244,13 +284,16 @@ def _page_run(reader: ObjectReader, page_id: ObjectId) -> _PageRun:
 
 
 def first_parent_infos(reader: ObjectReader, start: ObjectId,
-                       snapshot: Snapshot | None = None) -> Iterator[SnapshotInfo]:
+                       snapshot: Snapshot | None = None, *, stored: bytes | None = None
+                       ) -> Iterator[SnapshotInfo]:
     """``SnapshotInfo`` of ``start``'s first-parent ancestry, newest first, a page at a time.
 
     What ``Repository.ancestry`` lists when no snapshot is expired (no
     grafts): the same snapshots as ``ancestry``, without decoding them.
-    ``snapshot`` is ``start``'s, when the caller has it. The infos of each
-    history page are built once per reader (``ObjectReader.derived``: pages
+    ``snapshot`` is ``start``'s, when the caller has it; ``stored``, its
+    stored frame, when the caller read it (only its links are decoded, the
+    rest when the info is asked for a field). The infos of each
+    history page are built once per process (``ObjectReader.derived``: pages
     are immutable, and so are infos), and a listing read to its end is kept
     whole for ``start`` (up to ``REMEMBERED_LISTING`` snapshots): the
     ancestry of a snapshot never changes, so listing it again costs a
@@ -259,7 +302,7 @@ def first_parent_infos(reader: ObjectReader, start: ObjectId,
     listed = cast("tuple[SnapshotInfo, ...] | None", reader.derived_if_cached(start))
     if listed is not None:  # a whole listing, kept by ``_remembered``
         return iter(listed)
-    runs = _info_runs(reader, start, snapshot)
+    runs = _info_runs(reader, start, snapshot, stored)
     return itertools.chain.from_iterable(_remembered(reader, start, runs))
 
 
@@ -280,14 +323,18 @@ def _remembered(reader: ObjectReader, start: ObjectId,
         reader.remember_derived(start, tuple(itertools.chain.from_iterable(seen)))
 
 
-def _info_runs(reader: ObjectReader, start: ObjectId, first: Snapshot | None
-               ) -> Iterator[tuple[SnapshotInfo, ...]]:
+def _info_runs(reader: ObjectReader, start: ObjectId, first: Snapshot | None,
+               stored: bytes | None) -> Iterator[tuple[SnapshotInfo, ...]]:
     current: ObjectId | None = start
-    while current is not None:  # a snapshot read whole, then its pages
-        snapshot = reader.snapshot(current) if first is None else first
-        first = None
-        yield _snapshot_run(current, snapshot)
-        expected, page_id = snapshot.parent, snapshot.history
+    while current is not None:  # a snapshot read whole (a stored tip: its links), then pages
+        if stored is not None and first is None:
+            expected, page_id = _named(snapshot_links, current, stored)
+            yield (_lazy_info(object_id_text(current), _Stored(current, stored)),)
+        else:
+            snapshot = reader.snapshot(current) if first is None else first
+            yield _snapshot_run(current, snapshot)
+            expected, page_id = snapshot.parent, snapshot.history
+        first = stored = None
         current = expected
         while page_id is not None and expected is not None:
             infos, first_id, after, previous = reader.derived(

@@ -1,11 +1,15 @@
 """Typed, cached reads of a repository's immutable objects.
 
 Tree nodes and snapshots never change once written, so they are cached by id
-for as long as the process likes (a bounded LRU), as are values derived from
-one object alone (``derived``: the infos ``ancestry`` lists from a history
-page); chunks are not cached —
-the backend (LMDB's memory map) already is one. A missing object is reported
-as corruption: nothing the engine reaches should ever be absent.
+for as long as the process likes (a bounded LRU per reader), as are values
+derived from immutable objects alone (``derived``: the infos ``ancestry``
+lists from a history page). Those derived values are shared by every reader
+of the process: an object id is the hash of the object's content, so
+whatever repository holds it, and however often it is opened, the value is
+the same — a repository opened again lists the history it listed before
+without decoding it again. Refs are never cached (they move). Chunks are not
+cached — the backend (LMDB's memory map) already is one. A missing object is
+reported as corruption: nothing the engine reaches should ever be absent.
 """
 
 from __future__ import annotations
@@ -82,6 +86,11 @@ class _LRU(Generic[K, V]):
                 self._items.popitem(last=False)
 
 
+#: Values derived from immutable objects alone (``ObjectReader.derived``), shared by every
+#: reader of the process: keyed by object id, i.e. by content.
+_DERIVED: _LRU[ObjectId, object] = _LRU(1024)
+
+
 class ObjectReader:
     """Reads nodes, snapshots and chunks from a backend."""
 
@@ -91,7 +100,7 @@ class ObjectReader:
         self._nodes: _LRU[ObjectId, Node | LeafIndex] = _LRU(cache_nodes)
         self._snapshots: _LRU[ObjectId, Snapshot] = _LRU(4096)
         self._pages: _LRU[ObjectId, HistoryPage] = _LRU(1024)
-        self._derived: _LRU[ObjectId, object] = _LRU(1024)
+        self._derived = _DERIVED
 
     def node(self, node_id: ObjectId) -> Node:
         """The tree node ``node_id``.
@@ -231,8 +240,10 @@ class ObjectReader:
         """``make()``, a value computed from the immutable object ``object_id`` alone, cached.
 
         One value per object id (callers derive different kinds of value from
-        different kinds of object), bounded like the other caches; ``make``
-        may run twice when two threads ask at once.
+        different kinds of object), bounded like the other caches, and shared
+        by every reader of the process (the id names the content); ``make``
+        may run twice when two threads ask at once. The value must hold no
+        backend, reader or repository: it outlives them.
         """
         value = self._derived.get(object_id)
         if value is None:

@@ -42,6 +42,9 @@ __all__ = ["MAIN", "REPOSITORY_REF", "Refs", "branch_ref", "session_ref", "stage
 
 #: How many decoded branch values ``branch_tip_with`` remembers (then it starts over).
 _DECODED_TIPS = 256
+#: Decoded ref values (a pure function of name and raw value), shared by the process:
+#: the raw value is read by every call, only its decoding is skipped when unchanged.
+_DECODED: dict[tuple[str, bytes], ObjectId] = {}
 
 MAIN = "main"
 #: The ref holding the ``RepositoryRecord`` (format version).
@@ -96,7 +99,7 @@ class Refs:
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
-        self._decoded_tips: dict[tuple[str, bytes], ObjectId] = {}
+        self._decoded_tips = _DECODED
 
     def _swap(self, name: str, expected: bytes | None, target: RefTarget | None,
               requires: Sequence[ObjectId], batch: WriteBatch | None = None, *,

@@ -246,11 +246,15 @@ class Repository:
         """
         storage = as_storage(storage)
         virtual = VirtualChunkStores(virtual_chunk_stores, check_checksums=check_virtual_checksums)
-        if not cls.exists(storage):
+        if not storage.may_hold_repository():
             raise RepositoryNotFoundError(f"no repository in {storage!r}")
+        # One backend, and one read of the format record and ``main`` (what ``exists``
+        # reads): opening an LMDB environment, or a round trip to object storage, once.
         backend = storage.open_backend()
         try:
-            raw = backend.get_ref(REPOSITORY_REF)
+            raw, main = backend.get_refs([REPOSITORY_REF, branch_ref(MAIN)])
+            if raw is None and main is None:
+                raise RepositoryNotFoundError(f"no repository in {storage!r}")
             if raw is not None:
                 version = decode_repository(REPOSITORY_REF, raw).format_version
                 if version > REPOSITORY_FORMAT:
@@ -531,20 +535,24 @@ class Repository:
         check_optional_name(tag, "tag", "a tag name")
         check_optional_name(snapshot_id, "snapshot_id", "a snapshot id")
         check_flag(all_parents, "all_parents")
-        tip = None
+        stored = None
         if tag is None and snapshot_id is None:  # a branch: its ref, tip and grafts in one read
             reader = self.reader
+            # The tip's bytes come with the ref unless the snapshot, or its whole
+            # listing (``first_parent_infos``), is already known.
             start, stored, graft_refs = self.refs.branch_tip_with(
-                MAIN if branch is None else branch, lambda s: not reader.is_cached(s),
+                MAIN if branch is None else branch,
+                lambda s: not reader.is_cached(s) and reader.derived_if_cached(s) is None,
                 GRAFT_PREFIX)
-            tip = None if stored is None else reader.snapshot_from(start, stored)
             grafts = grafts_from_refs(graft_refs)
         else:
             start = self._resolve(branch=branch, tag=tag, snapshot_id=snapshot_id,
                                   default_branch=MAIN)
             grafts = self._grafts()
         if not all_parents and not grafts:  # history pages, decoded only as far as read
-            return first_parent_infos(self.reader, start, tip)
+            return first_parent_infos(self.reader, start, stored=stored)
+        if stored is not None:  # read with the branch: the walk below starts from it
+            self.reader.snapshot_from(start, stored)
         return (SnapshotInfo.of(object_id, snapshot, grafts) for object_id, snapshot
                 in ancestry(self.reader, start, all_parents=all_parents, grafts=grafts))
 

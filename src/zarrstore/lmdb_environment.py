@@ -41,6 +41,9 @@ they live here once, for ``zarrstore.lmdb.LMDBStore`` and versionstore's
   map's advice is switched only when the kind changes
   (``zarrstore.lmdb_readahead``). The switch is found again whenever the
   map is made anew (open, growth, adopting another process's size, fork).
+  An environment of mostly small reads (``small_reads``: versionstore's) is
+  opened with ``MDB_NORDAHEAD``, so its map starts with readahead off and
+  only a read of large values changes the advice.
 * **A full disk** (LMDB reports a short write as ``EIO``) raises
   ``StorageFullError`` saying so.
 * **``lock.mdb`` deleted or replaced** while the environment is open destroys
@@ -282,10 +285,17 @@ def _lock_identity(path: str) -> tuple[int, int] | None:
 class _Shared:
     """The registry entry of one directory: its environment, databases and users."""
 
-    def __init__(self, path: str, names: tuple[bytes, ...], map_size: int, lock: bool) -> None:
+    def __init__(self, path: str, names: tuple[bytes, ...], map_size: int, lock: bool,
+                 small_reads: bool = False) -> None:
         self.path = path
-        self.readahead = (lmdb_readahead.ReadaheadSwitch(os.path.join(path, "data.mdb"))
-                          if lmdb_readahead.supported() else None)
+        self.small_reads = small_reads
+        supported = lmdb_readahead.supported()
+        # Readahead starts off only where the switch can turn it on for large reads.
+        self.readahead_first = not (small_reads and supported)
+        self.readahead = (lmdb_readahead.ReadaheadSwitch(os.path.join(path, "data.mdb"),
+                                                         self.map_address,
+                                                         starts_off=not self.readahead_first)
+                          if supported else None)
         self.names = names
         self.initial_map_size = map_size
         self.lock = lock
@@ -332,7 +342,7 @@ class _Shared:
         options: dict[str, Any] = {
             "map_size": map_size, "max_dbs": max(len(self.names), 1) + 2,
             "max_readers": _MAX_READERS, "sync": False, "metasync": False,
-            "readahead": True, "max_spare_txns": 0,
+            "readahead": self.readahead_first, "max_spare_txns": 0,
         }
         attempts: list[dict[str, bool]] = [{"readonly": False, "lock": self.lock}]
         if not os.access(self.path, os.W_OK) or _read_only_filesystem(self.path):
@@ -403,9 +413,27 @@ class _Shared:
         return tuple(found)
 
     def remapped(self) -> None:
-        """The map was made anew (readahead on): the switch finds it again (no read running)."""
+        """The map was made anew (with its first advice): the switch finds it again.
+
+        Called while no read is running.
+        """
         if self.readahead is not None:
             self.readahead.forget()
+
+    def map_address(self) -> int | None:
+        """An address inside the memory map (``None`` if unknown), for the readahead switch.
+
+        A value viewed in place (``buffers=True``) lies in the map: the main
+        database's first entry (a named database's record, or a value).
+        """
+        env = self.env
+        if env is None or self.pid != os.getpid():
+            return None
+        with env.begin(buffers=True) as txn:
+            cursor = txn.cursor()
+            if not cursor.first():
+                return None
+            return lmdb_readahead.buffer_address(cursor.value())
 
     def close(self) -> None:
         env, self.env, self.databases = self.env, None, ()
@@ -509,7 +537,9 @@ def _after_fork_in_child() -> None:
     _drain_releases()
     for shared in _registry.values():
         if shared.readahead is not None:  # its lock may have been held by another thread
-            shared.readahead = lmdb_readahead.ReadaheadSwitch(shared.readahead.data_path)
+            shared.readahead = lmdb_readahead.ReadaheadSwitch(
+                shared.readahead.data_path, shared.map_address,
+                starts_off=shared.readahead.starts_off)
         if shared.env is not None:
             shared.inherited = True  # the parent's handle: never used, never closed here
             shared.env = None
@@ -534,6 +564,11 @@ class EnvironmentHandle:
         create: create the directory and environment when missing.
         map_size: the initial map size in bytes; it grows on demand.
         lock: use LMDB's lock file; ``False`` only when one process uses the files.
+        small_reads: most reads are of small values at scattered places, so the
+            map starts with readahead off (``MDB_NORDAHEAD``) and reads of large
+            values ask for it (``read(..., readahead=True)``); a store of large
+            values keeps LMDB's default. Decided by the first handle on the
+            directory. Where the readahead switch is unsupported, readahead stays on.
 
     Raises:
         CorruptStorageError: the data file is shorter than its pages.
@@ -550,6 +585,7 @@ class EnvironmentHandle:
         create: bool = True,
         map_size: int = INITIAL_MAP_SIZE,
         lock: bool = True,
+        small_reads: bool = False,
     ) -> None:
         self.path = os.path.realpath(path)
         self.durable = durable
@@ -564,7 +600,7 @@ class EnvironmentHandle:
                         "every store and repository on it in this process, then reopen"
                     )
             if shared is None:
-                shared = _Shared(self.path, databases, _round_up(map_size), lock)
+                shared = _Shared(self.path, databases, _round_up(map_size), lock, small_reads)
                 shared.open(create)
                 _registry[self.path] = shared
             elif shared.names != databases:

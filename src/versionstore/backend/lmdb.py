@@ -15,15 +15,17 @@ commit's flush does not have to write a whole bulk load at the end, a
 background thread starts flushing once 32 MiB of objects are written
 (``_FlushAhead``): the same page writeback the kernel would do later, earlier.
 
-Readahead stays on (LMDB's default): a chunk object is one run of contiguous
-overflow pages, and with readahead off (``MADV_RANDOM``) the kernel faults it
-in one 4 KiB page at a time, which made a cold read of 1 MiB chunks about ten
-times slower than with it on (docs/benchmarks.md). Reads of one tree node,
-snapshot, history page or metadata document (what opening and walking a
-snapshot does) turn it off first (``zarrstore.lmdb_readahead``), so that each
-page fault reads one page, not the device's readahead window — 8 MiB on some
-virtual disks, where opening an old snapshot, eight scattered pages, read
-16–31 MiB; reads of chunks turn it back on. Only a change costs a system call.
+Readahead is set by the kind of read (``zarrstore.lmdb_readahead``). The map
+starts with it off (``MDB_NORDAHEAD``, ``small_reads``): refs, tree nodes,
+snapshots, history pages and metadata documents — what opening a repository,
+listing its history and walking a snapshot read — are a few scattered pages,
+and each page fault should read one page, not the device's readahead window
+(8 MiB on some virtual disks, where opening an old snapshot, eight scattered
+pages, read 16–31 MiB). Reads of chunks turn it on first: a chunk object is one
+run of contiguous overflow pages, and with readahead off (``MADV_RANDOM``) the
+kernel faults it in one 4 KiB page at a time, which made a cold read of 1 MiB
+chunks about ten times slower (docs/benchmarks.md). Only a change costs a
+system call, so a process that only reads history never makes one.
 
 The environment rules LMDB imposes on a whole process — one environment per
 directory, a map that grows on demand, reopening after ``fork``, refusing a
@@ -219,7 +221,7 @@ class LMDBBackend(Backend, Ledger):
             try:
                 self._handle = EnvironmentHandle(self.path, databases=_DATABASES,
                                                  read_only=read_only, durable=durable,
-                                                 create=not read_only)
+                                                 create=not read_only, small_reads=True)
             except StorageIOError as exc:
                 if "lacks the database" not in str(exc):
                     raise
@@ -227,7 +229,7 @@ class LMDBBackend(Backend, Ledger):
                 # cannot get the database, and needs none (nothing is written).
                 self._handle = EnvironmentHandle(self.path, databases=_READ_ONLY_DATABASES,
                                                  read_only=True, durable=durable,
-                                                 create=False)
+                                                 create=False, small_reads=True)
         self.read_only = self._handle.read_only
         self._flush_ahead = _FlushAhead(self.path)
 

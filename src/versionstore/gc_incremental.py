@@ -7,7 +7,10 @@ when nothing is to be deleted. This one keeps, in the backend's ledger
 roots and live objects point at it — and the roots and grafts the previous
 run saw. A run then:
 
-1. reads the ledger's header and the journal's end, then every ref;
+1. reads the ledger's header and the journal's end, then every ref that
+   can root something — all but the ops log, which grows with history and
+   roots nothing (``gc_roots.UNROOTED_REFS``) — and the counts of what the
+   journal and the roots name, in one pass in key order;
 2. diffs the roots (and grafts) with the header's: each root or edge that
    appeared adds one to its target — an object going from zero to one
    becomes live and adds one to each of its children — and then each that
@@ -56,6 +59,7 @@ from versionstore.codec import (
 )
 from versionstore.errors import CorruptObjectError, UnsupportedFormatError
 from versionstore.gc_roots import (
+    UNROOTED_REFS,
     GCSummary,
     Progress,
     batches,
@@ -120,7 +124,7 @@ class _Counts:
     def load(self, ids: Iterable[ObjectId]) -> None:
         if self.fresh:
             return
-        wanted = list({i for i in ids if i not in self.base})
+        wanted = sorted({i for i in ids if i not in self.base})  # key order: nearby pages
         for start in range(0, len(wanted), 4096):
             part = wanted[start : start + 4096]
             self.base.update(zip(part, self.ledger.counts(part), strict=True))
@@ -499,19 +503,25 @@ def _collect(reader: ObjectReader, ledger: Ledger, *, dry_run: bool,
     raw, journal_end = ledger.read_ledger()
     stored_header = _header(raw)
     header = None if rebuild else stored_header
-    refs = backend.list_refs("")
+    refs = backend.list_refs_except(UNROOTED_REFS)
     staged = staged_sessions(refs)
     grafts = grafts_from_refs(refs)
     roots = _root_edges(refs, staged)
     counts = _Counts(reader, ledger, fresh=header is None, grafts=grafts)
+    found: set[ObjectId] = set()
+    if header is not None:
+        # What the run will look at, its counts read in one pass in key order: the objects
+        # stored since the last run (after a commit: the recount's new objects) and
+        # pending, and the roots before and after.
+        found.update(ledger.journal(header.journal, journal_end))
+        found.update(ledger.pending())
+        counts.load([*found, *(i for i, _ in roots), *(i for i, _, _ in header.roots)])
     _recount(counts, header, roots, grafts)
     if header is None:
         candidates = [i for i in backend.iter_object_ids() if not counts.count(i)]
         live = counts.born
     else:
-        found = set(counts.died)
-        found.update(ledger.journal(header.journal, journal_end))
-        found.update(ledger.pending())
+        found.update(counts.died)
         counts.load(found)
         candidates = sorted(i for i in found if not counts.count(i))
         live = header.live + counts.born - len(counts.died)
@@ -553,7 +563,7 @@ def _collect(reader: ObjectReader, ledger: Ledger, *, dry_run: bool,
         reset=header is None,
     )
     if not ledger.sweep(doomed, if_refs_are=refs, rescue=_rescuer(counts, spared, rescued),
-                        prune_refs=empty_records, ledger=update):
+                        prune_refs=empty_records, ledger=update, ignoring=UNROOTED_REFS):
         return None
     drop_stale_grafts(backend, refs, set(doomed) - rescued)
     gone = [i for i in doomed if i not in rescued]

@@ -43,8 +43,10 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from itertools import compress
+from operator import attrgetter, ne
 
 from versionstore.backend.ledger import CountGetter, Ledger, LedgerRescue, LedgerUpdate
 from versionstore.backend.protocol import ObjectGetter
@@ -81,6 +83,9 @@ SNAPSHOT, NODE, PAGE, CHUNK = 0, 1, 2, 3
 Edge = tuple[ObjectId, int]
 #: Collections that lose the race for the ledger this many times in a row give up.
 _ATTEMPTS = 5
+#: A node differing from its predecessor in at most this many positions is diffed by them.
+_FEW_CHANGES = 32
+_CHUNK_ID = attrgetter("chunk_id")
 
 
 class _StaleLedger(Exception):
@@ -168,21 +173,40 @@ class _Counts:
     def node_children(self, node_id: ObjectId) -> list[Edge]:
         """A tree node's children: child nodes of a branch, chunks of a leaf (each once)."""
         ids, kind = self._child_ids(node_id)
-        return [(c, kind) for c in dict.fromkeys(ids)]
+        return [(c, kind) for c in dict.fromkeys(ids) if c is not None]
 
-    def _child_ids(self, node_id: ObjectId) -> tuple[list[ObjectId], int]:
+    def _child_ids(self, node_id: ObjectId) -> tuple[Sequence[ObjectId | None], int]:
+        """A node's children in entry order; a leaf's entries without a chunk give ``None``."""
         node = self.reader.node_if_stored(node_id)
         if node is None:
             raise _StaleLedger(node_id)
         if isinstance(node, Branch):
-            return list(node.children), NODE
-        return [e.chunk_id for e in node.entries if isinstance(e, ChunkRef)], CHUNK
+            return node.children, NODE
+        try:  # every entry a chunk reference, as a rule: one pass in C
+            return tuple(map(_CHUNK_ID, node.entries)), CHUNK
+        except AttributeError:  # inline values or virtual references among them
+            return tuple(e.chunk_id if isinstance(e, ChunkRef) else None
+                         for e in node.entries), CHUNK
 
     def _children_not_in(self, node_id: ObjectId, other: ObjectId) -> list[Edge]:
-        """``node_id``'s children that node ``other`` does not hold (``_born_node``'s diff)."""
+        """``node_id``'s children that node ``other`` does not hold (``_born_node``'s diff).
+
+        A node rewritten by a small commit differs from its predecessor in a
+        few positions: the two id sequences are compared position by
+        position (in C), and only the ids that differ are looked for in the
+        predecessor. A child the predecessor lacks differs from it at its
+        position, so it is among them: the result is the set difference.
+        Nodes of different lengths, or with many differences, are diffed as sets.
+        """
         ids, kind = self._child_ids(node_id)
-        held = set(self._child_ids(other)[0])
-        return [(c, kind) for c in dict.fromkeys(ids) if c not in held]
+        held = self._child_ids(other)[0]
+        if len(ids) == len(held):
+            changed = list(compress(ids, map(ne, ids, held)))
+            if len(changed) <= _FEW_CHANGES:
+                return [(c, kind) for c in dict.fromkeys(changed)
+                        if c is not None and c not in held]
+        held_set = set(held)
+        return [(c, kind) for c in dict.fromkeys(ids) if c is not None and c not in held_set]
 
     def children(self, edge: Edge) -> list[Edge]:
         """What ``edge``'s object points at (as ``versionstore.gc``'s mark follows it)."""

@@ -11,7 +11,8 @@ what a commit recorded, keeping a session's record — is one atomic
 A backend implements five primitives — ``write`` (one atomic batch),
 ``get_objects``, ``get_refs``, ``list_refs``, ``delete_objects`` — plus
 ``iter_object_ids``, ``sync`` and ``close``; ``put_objects``,
-``compare_and_swap_ref``, ``get_ref`` and ``has_objects`` are derived from them.
+``compare_and_swap_ref``, ``get_ref``, ``has_objects`` and
+``list_refs_except`` are derived from them.
 ``MemoryBackend`` and ``LMDBBackend`` implement it;
 ``versionstore.testing.BackendConformance`` checks any backend. The protocol's
 invariants, and which batch keeps each, are in ``docs/format.md``.

@@ -22,6 +22,7 @@ from benchmarks.report import check_targets, format_report, summarise
 from benchmarks.suite import run_suite
 from benchmarks.systems import SYSTEMS
 from benchmarks.workloads import WORKLOADS
+from benchmarks.workloads.commit_latency import size_label
 
 TINY = {
     "per_call_ops": 20,
@@ -46,6 +47,7 @@ TINY = {
     "gc_sizes": [10, 100],
     "gc_samples": 2,
     "gc_changes": 3,
+    "gc_interleave": 0,
     "gc_icechunk_max": 100,
     "s3_chunks": 20,
     "s3_chunk_kib": 4,
@@ -77,6 +79,20 @@ def test_every_workload_runs_on(system: str, tmp_path: Path) -> None:
         assert data["metrics"], f"{workload}: no metrics"
         for name, metric in data["metrics"].items():
             assert metric["samples"], f"{workload}: {name} has no samples"
+    assert list(tmp_path.iterdir()) == [], "the suite left files behind"
+
+
+def test_gc_samples_sizes_in_turn_when_interleaved(tmp_path: Path) -> None:
+    run = run_suite(workloads=["gc"], systems=["vs-mem", "vs-lmdb"],
+                    params={**TINY, "gc_interleave": 1}, repeats=1, workdir=tmp_path,
+                    timeout=300, zarr_config=None, in_process=True)
+    for system in ("vs-mem", "vs-lmdb"):
+        data = run["results"]["gc"][system]
+        assert data["errors"] == []
+        for size in map(size_label, TINY["gc_sizes"]):
+            samples = data["metrics"][f"gc after small commit ms (N={size})"]["samples"]
+            assert len(samples) == TINY["gc_samples"]
+            assert data["metrics"][f"full gc s (N={size})"]["samples"]
     assert list(tmp_path.iterdir()) == [], "the suite left files behind"
 
 

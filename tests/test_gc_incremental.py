@@ -326,3 +326,66 @@ def test_the_ledger_survives_reopening(tmp_path: Any) -> None:
         repo.backend.__dict__.pop("iter_object_ids")
     _left_is_reachable(repo)
     repo.close()
+
+
+def test_a_run_reads_no_ops_log_entry(repo: vs.Repository) -> None:
+    for i in range(30):
+        commit_values(repo, a=bytes([i]) * 700)
+    repo.garbage_collect()
+    commit_values(repo, a=b"last" * 200)
+    assert len(repo.backend.list_refs("ops/")) > 30
+    backend = repo.backend
+    listed: list[dict[str, bytes]] = []
+    original = backend.list_refs_except
+
+    def recording(prefixes: Any) -> dict[str, bytes]:
+        found = original(prefixes)
+        listed.append(found)
+        return found
+
+    def no_full_listing(prefix: str, limit: int | None = None) -> Any:
+        raise AssertionError(f"an incremental run listed refs under {prefix!r}")
+
+    backend.list_refs_except = recording  # type: ignore[method-assign]
+    backend.list_refs = no_full_listing  # type: ignore[method-assign]
+    try:
+        summary = repo.garbage_collect()
+    finally:
+        backend.__dict__.pop("list_refs_except")
+        backend.__dict__.pop("list_refs")
+    assert summary.deleted == 0  # history keeps every version
+    assert listed and not any(name.startswith("ops/") for found in listed for name in found)
+    _left_is_reachable(repo)
+
+
+def test_a_branch_moved_during_the_sweep_is_rescued_and_ops_entries_are_not_compared(
+        repo: vs.Repository) -> None:
+    first = commit_values(repo, a=b"A" * 1000)
+    repo.garbage_collect()
+    second = commit_values(repo, a=b"B" * 1000)
+    repo.reset_branch("main", first)  # the "B" snapshot is garbage as the run reads the refs
+    backend = repo.backend
+    original = backend.sweep
+    rescues: list[set[str]] = []
+
+    def moved_meanwhile(*args: Any, **kwargs: Any) -> bool:
+        backend.__dict__.pop("sweep")
+        repo.reset_branch("main", second)  # moves main back, and writes an ops-log entry
+        rescue = kwargs["rescue"]
+
+        def recording(changed: Any, *rest: Any) -> Any:
+            rescues.append(set(changed))
+            return rescue(changed, *rest)
+
+        return bool(original(*args, **{**kwargs, "rescue": recording}))
+
+    backend.sweep = moved_meanwhile  # type: ignore[method-assign]
+    try:
+        summary = repo.garbage_collect()
+    finally:
+        backend.__dict__.pop("sweep", None)
+    assert summary.deleted == 0  # everything the "B" snapshot reaches was rescued
+    assert rescues == [{"branch/main"}]  # the new ops-log entry was not compared
+    assert repo.readonly_session().store.storage.get("a") == b"B" * 1000
+    _left_is_reachable(repo)
+    assert repo.verify().ok

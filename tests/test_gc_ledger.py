@@ -19,18 +19,23 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from machine_support import OnEitherBackend
 
 import versionstore as vs
 from versionstore.backend.ledger import Ledger, LedgerUpdate
+from versionstore.backend.memory import MemoryBackend
+from versionstore.backend.protocol import WriteBatch
 from versionstore.cli import cli
+from versionstore.codec import encode_node
 from versionstore.errors import NothingToCommitError
 from versionstore.gc import reachable_objects
+from versionstore.gc_incremental import _Counts
 from versionstore.ids import ObjectId, object_id_from_text
-from versionstore.records import ChunkRef, Leaf
+from versionstore.objects import ObjectReader
+from versionstore.records import Branch, ChunkRef, Leaf
 from versionstore.verify_ledger import check_ledger
 
 _KEYS = 700  # three leaves or more: a root branch above them
@@ -253,3 +258,43 @@ def test_verify_command_reports_a_damaged_ledger_and_progress(tmp_path: Path) ->
     reopened.verify(progress=lambda phase, done, total: phases.append(phase))
     assert "checking the gc ledger" in phases and "verifying objects" in phases
     reopened.close()
+
+
+# -- the diff of a new node against its predecessor ----------------------------------------
+
+_IDS = st.binary(min_size=20, max_size=20).map(ObjectId)
+_ENTRIES = st.one_of(_IDS.map(lambda i: ChunkRef(chunk_id=i, size=600)),
+                     st.binary(max_size=8))  # chunk references and inline values
+
+
+@settings(max_examples=60)
+@given(old=st.lists(_ENTRIES, min_size=1, max_size=300),
+       edits=st.lists(st.tuples(st.integers(0, 299), _ENTRIES), max_size=40),
+       grow=st.lists(_ENTRIES, max_size=3), as_branch=st.booleans())
+def test_a_new_node_counts_exactly_the_children_its_predecessor_lacks(
+        old: list[Any], edits: list[tuple[int, Any]], grow: list[Any], as_branch: bool) -> None:
+    new = list(old)
+    for position, entry in edits:
+        new[position % len(new)] = entry
+    new.extend(grow)
+    if as_branch:  # a branch node's children are node ids: the same diff, by position
+        def node(entries: list[Any]) -> Any:
+            ids = [e.chunk_id if isinstance(e, ChunkRef) else ObjectId(bytes(20)) for e in entries]
+            return Branch(level=1, keys=tuple(f"k{i:04d}" for i in range(len(ids))),
+                          children=tuple(ids))
+    else:
+
+        def node(entries: list[Any]) -> Any:
+            return Leaf(keys=tuple(f"k{i:04d}" for i in range(len(entries))),
+                        entries=tuple(entries))
+    backend = MemoryBackend()
+    (old_id, old_data), (new_id, new_data) = encode_node(node(old)), encode_node(node(new))
+    backend.write(WriteBatch(objects=[(old_id, old_data), (new_id, new_data)]))
+    counts = _Counts(ObjectReader(backend), backend, fresh=True, grafts={})
+    found = counts._children_not_in(new_id, old_id)
+
+    def ids(n: Any) -> list[ObjectId]:
+        return (list(n.children) if isinstance(n, Branch) else
+                [e.chunk_id for e in n.entries if isinstance(e, ChunkRef)])
+    expected = [i for i in dict.fromkeys(ids(node(new))) if i not in set(ids(node(old)))]
+    assert [c for c, _ in found] == expected

@@ -28,6 +28,10 @@ def test_writes_and_prefix_reads_match_a_dict(initial: dict[str, bytes],
         expected = {name: model[name] for name in sorted(model) if name.startswith(prefix)}
         assert list(state.under(prefix).items()) == list(expected.items())
         assert list(state.under(prefix, limit=1)) == list(expected)[:1]
+        skipped = [prefix, *prefix[:1]] if prefix else ["a/"]  # overlapping prefixes too
+        outside = {name: model[name] for name in sorted(model)
+                   if not name.startswith(tuple(skipped))}
+        assert list(state.outside(skipped).items()) == list(outside.items())
         assert len(state) == len(model)
         assert state.nbytes == sum(len(name) + len(value) for name, value in model.items())
     assert list(state.items()) == sorted(model.items())

@@ -16,6 +16,11 @@ is incremental (``versionstore.gc_incremental``); icechunk's
 versionstore runs one ``garbage_collect(full=True)`` ("full gc s"), the
 mark-everything collection, for reference.
 
+With ``gc_interleave`` (``--gc-interleave 1``) every size is built first and
+the samples then alternate between sizes (one of each in turn), so a load
+that comes and goes on a shared machine weighs on every size alike; the
+peak RSS is then that of all sizes together.
+
 Building icechunk's array takes one ``Store.set`` per chunk, so by default it
 runs up to ``gc_icechunk_max`` chunks; 10^6 chunks are opt-in for every
 system (``--gc-sizes 1e3,1e4,1e5,1e6``): loading them takes minutes.
@@ -24,6 +29,7 @@ system (``--gc-sizes 1e3,1e4,1e5,1e6``): loading them takes minutes.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -58,39 +64,67 @@ def run(phase: str, system: System, params: dict[str, Any], rec: Recorder,
         rec.note("sizes_skipped", [s for s in sizes if s > cap])
         sizes = [s for s in sizes if s <= cap]
     rec.note("changes_per_commit", params["gc_changes"])
+    interleave = bool(params.get("gc_interleave"))
+    rec.note("interleaved", interleave)
+    built = []
     for size in sizes:
-        label = size_label(size)
-        instance = type(system)(system.root / f"n{size}")
-        instance.create()
+        built.append((size, _build(system, size, rec)))
+        if not interleave:
+            _sample(*built[-1], params, rng, rec, range(params["gc_samples"]))
+            _finish(system, *built.pop(), rec)
+    for s in range(params["gc_samples"]):  # interleaved: one sample of each size in turn
+        for size, instance in built:
+            _sample(size, instance, params, rng, rec, [s])
+    for size, instance in built:
+        _finish(system, size, instance, rec)
+
+
+def _build(system: System, size: int, rec: Recorder) -> System:
+    """A new repository of ``size`` distinct chunks, committed, and its first collection."""
+    label = size_label(size)
+    instance = type(system)(system.root / f"n{size}")
+    instance.create()
+    start = time.perf_counter()
+    # An int32 array of 150-element chunks: 600 bytes each (stored raw, never read).
+    zarr.create_array(instance.write_store(), name=PATH, shape=(size * 150,),
+                      chunks=(150,), dtype="int32", compressors=None)
+    instance.load_keys((f"{PATH}/c/{i}", _value(i)) for i in range(size))
+    instance.commit("load")
+    rec.add(f"load + commit s (N={label})", time.perf_counter() - start, "s")
+    start = time.perf_counter()
+    instance.garbage_collect()
+    rec.add(f"first gc s (N={label})", time.perf_counter() - start, "s")
+    return instance
+
+
+def _sample(size: int, instance: System, params: dict[str, Any], rng: np.random.Generator,
+            rec: Recorder, samples: Iterable[int]) -> None:
+    """Per sample: rewrite ``gc_changes`` chunks, commit (untimed), collect (timed)."""
+    label = size_label(size)
+    for s in samples:
+        picks = rng.choice(size, params["gc_changes"], replace=False).tolist()
+        instance.load_keys([(f"{PATH}/c/{i}", _value(i, s + 1)) for i in picks])
+        instance.commit(f"small change {s}")
+        start, cpu = time.perf_counter(), time.process_time()
+        deleted = instance.garbage_collect()
+        rec.add(f"gc after small commit ms (N={label})",
+                (time.perf_counter() - start) * 1000, "ms")
+        rec.add(f"gc after small commit CPU ms (N={label})",
+                (time.process_time() - cpu) * 1000, "ms")
+        if deleted:
+            raise AssertionError(f"{instance.name}: gc deleted {deleted} live objects")
+
+
+def _finish(system: System, size: int, instance: System, rec: Recorder) -> None:
+    """The full collection for reference (versionstore), then close and remove."""
+    label = size_label(size)
+    if system.name.startswith("vs-"):
         start = time.perf_counter()
-        # An int32 array of 150-element chunks: 600 bytes each (stored raw, never read).
-        zarr.create_array(instance.write_store(), name=PATH, shape=(size * 150,),
-                          chunks=(150,), dtype="int32", compressors=None)
-        instance.load_keys((f"{PATH}/c/{i}", _value(i)) for i in range(size))
-        instance.commit("load")
-        rec.add(f"load + commit s (N={label})", time.perf_counter() - start, "s")
-        start = time.perf_counter()
-        instance.garbage_collect()
-        rec.add(f"first gc s (N={label})", time.perf_counter() - start, "s")
-        for s in range(params["gc_samples"]):
-            picks = rng.choice(size, params["gc_changes"], replace=False).tolist()
-            instance.load_keys([(f"{PATH}/c/{i}", _value(i, s + 1)) for i in picks])
-            instance.commit(f"small change {s}")
-            start, cpu = time.perf_counter(), time.process_time()
-            deleted = instance.garbage_collect()
-            rec.add(f"gc after small commit ms (N={label})",
-                    (time.perf_counter() - start) * 1000, "ms")
-            rec.add(f"gc after small commit CPU ms (N={label})",
-                    (time.process_time() - cpu) * 1000, "ms")
-            if deleted:
-                raise AssertionError(f"{system.name}: gc deleted {deleted} live objects")
-        if system.name.startswith("vs-"):
-            start = time.perf_counter()
-            instance.garbage_collect(full=True)
-            rec.add(f"full gc s (N={label})", time.perf_counter() - start, "s")
-        instance.close()
-        rec.rss(f"peak RSS (N={label})")
-        remove(instance.root)
+        instance.garbage_collect(full=True)
+        rec.add(f"full gc s (N={label})", time.perf_counter() - start, "s")
+    instance.close()
+    rec.rss(f"peak RSS (N={label})")
+    remove(instance.root)
 
 
 def fixtures(params: dict[str, Any], directory: Path) -> dict[str, Any]:

@@ -7,7 +7,10 @@ when nothing is to be deleted. This one keeps, in the backend's ledger
 roots and live objects point at it — and the roots and grafts the previous
 run saw. A run then:
 
-1. reads the ledger's header and the journal's end, then every ref;
+1. reads the ledger's header and the journal's end, then every ref that
+   can root something — all but the ops log, which grows with history and
+   roots nothing (``gc_roots.UNROOTED_REFS``) — and the counts of what the
+   journal and the roots name, in one pass in key order;
 2. diffs the roots (and grafts) with the header's: each root or edge that
    appeared adds one to its target — an object going from zero to one
    becomes live and adds one to each of its children — and then each that
@@ -40,8 +43,10 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from itertools import compress
+from operator import attrgetter, ne
 
 from versionstore.backend.ledger import CountGetter, Ledger, LedgerRescue, LedgerUpdate
 from versionstore.backend.protocol import ObjectGetter
@@ -56,6 +61,7 @@ from versionstore.codec import (
 )
 from versionstore.errors import CorruptObjectError, UnsupportedFormatError
 from versionstore.gc_roots import (
+    UNROOTED_REFS,
     GCSummary,
     Progress,
     batches,
@@ -77,6 +83,9 @@ SNAPSHOT, NODE, PAGE, CHUNK = 0, 1, 2, 3
 Edge = tuple[ObjectId, int]
 #: Collections that lose the race for the ledger this many times in a row give up.
 _ATTEMPTS = 5
+#: A node differing from its predecessor in at most this many positions is diffed by them.
+_FEW_CHANGES = 32
+_CHUNK_ID = attrgetter("chunk_id")
 
 
 class _StaleLedger(Exception):
@@ -120,7 +129,7 @@ class _Counts:
     def load(self, ids: Iterable[ObjectId]) -> None:
         if self.fresh:
             return
-        wanted = list({i for i in ids if i not in self.base})
+        wanted = sorted({i for i in ids if i not in self.base})  # key order: nearby pages
         for start in range(0, len(wanted), 4096):
             part = wanted[start : start + 4096]
             self.base.update(zip(part, self.ledger.counts(part), strict=True))
@@ -164,21 +173,40 @@ class _Counts:
     def node_children(self, node_id: ObjectId) -> list[Edge]:
         """A tree node's children: child nodes of a branch, chunks of a leaf (each once)."""
         ids, kind = self._child_ids(node_id)
-        return [(c, kind) for c in dict.fromkeys(ids)]
+        return [(c, kind) for c in dict.fromkeys(ids) if c is not None]
 
-    def _child_ids(self, node_id: ObjectId) -> tuple[list[ObjectId], int]:
+    def _child_ids(self, node_id: ObjectId) -> tuple[Sequence[ObjectId | None], int]:
+        """A node's children in entry order; a leaf's entries without a chunk give ``None``."""
         node = self.reader.node_if_stored(node_id)
         if node is None:
             raise _StaleLedger(node_id)
         if isinstance(node, Branch):
-            return list(node.children), NODE
-        return [e.chunk_id for e in node.entries if isinstance(e, ChunkRef)], CHUNK
+            return node.children, NODE
+        try:  # every entry a chunk reference, as a rule: one pass in C
+            return tuple(map(_CHUNK_ID, node.entries)), CHUNK
+        except AttributeError:  # inline values or virtual references among them
+            return tuple(e.chunk_id if isinstance(e, ChunkRef) else None
+                         for e in node.entries), CHUNK
 
     def _children_not_in(self, node_id: ObjectId, other: ObjectId) -> list[Edge]:
-        """``node_id``'s children that node ``other`` does not hold (``_born_node``'s diff)."""
+        """``node_id``'s children that node ``other`` does not hold (``_born_node``'s diff).
+
+        A node rewritten by a small commit differs from its predecessor in a
+        few positions: the two id sequences are compared position by
+        position (in C), and only the ids that differ are looked for in the
+        predecessor. A child the predecessor lacks differs from it at its
+        position, so it is among them: the result is the set difference.
+        Nodes of different lengths, or with many differences, are diffed as sets.
+        """
         ids, kind = self._child_ids(node_id)
-        held = set(self._child_ids(other)[0])
-        return [(c, kind) for c in dict.fromkeys(ids) if c not in held]
+        held = self._child_ids(other)[0]
+        if len(ids) == len(held):
+            changed = list(compress(ids, map(ne, ids, held)))
+            if len(changed) <= _FEW_CHANGES:
+                return [(c, kind) for c in dict.fromkeys(changed)
+                        if c is not None and c not in held]
+        held_set = set(held)
+        return [(c, kind) for c in dict.fromkeys(ids) if c is not None and c not in held_set]
 
     def children(self, edge: Edge) -> list[Edge]:
         """What ``edge``'s object points at (as ``versionstore.gc``'s mark follows it)."""
@@ -499,19 +527,25 @@ def _collect(reader: ObjectReader, ledger: Ledger, *, dry_run: bool,
     raw, journal_end = ledger.read_ledger()
     stored_header = _header(raw)
     header = None if rebuild else stored_header
-    refs = backend.list_refs("")
+    refs = backend.list_refs_except(UNROOTED_REFS)
     staged = staged_sessions(refs)
     grafts = grafts_from_refs(refs)
     roots = _root_edges(refs, staged)
     counts = _Counts(reader, ledger, fresh=header is None, grafts=grafts)
+    found: set[ObjectId] = set()
+    if header is not None:
+        # What the run will look at, its counts read in one pass in key order: the objects
+        # stored since the last run (after a commit: the recount's new objects) and
+        # pending, and the roots before and after.
+        found.update(ledger.journal(header.journal, journal_end))
+        found.update(ledger.pending())
+        counts.load([*found, *(i for i, _ in roots), *(i for i, _, _ in header.roots)])
     _recount(counts, header, roots, grafts)
     if header is None:
         candidates = [i for i in backend.iter_object_ids() if not counts.count(i)]
         live = counts.born
     else:
-        found = set(counts.died)
-        found.update(ledger.journal(header.journal, journal_end))
-        found.update(ledger.pending())
+        found.update(counts.died)
         counts.load(found)
         candidates = sorted(i for i in found if not counts.count(i))
         live = header.live + counts.born - len(counts.died)
@@ -553,7 +587,7 @@ def _collect(reader: ObjectReader, ledger: Ledger, *, dry_run: bool,
         reset=header is None,
     )
     if not ledger.sweep(doomed, if_refs_are=refs, rescue=_rescuer(counts, spared, rescued),
-                        prune_refs=empty_records, ledger=update):
+                        prune_refs=empty_records, ledger=update, ignoring=UNROOTED_REFS):
         return None
     drop_stale_grafts(backend, refs, set(doomed) - rescued)
     gone = [i for i in doomed if i not in rescued]

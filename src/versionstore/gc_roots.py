@@ -25,6 +25,7 @@ from versionstore.refs import REPOSITORY_REF
 __all__ = [
     "BATCH",
     "KNOWN_REFS",
+    "UNROOTED_REFS",
     "GCSummary",
     "Progress",
     "batches",
@@ -56,6 +57,11 @@ class GCSummary:
 
 
 KNOWN_REFS = ("branch/", "tag/", "session/", "stage/", "graft/", "ops/")
+#: Prefixes of refs that root nothing: the ops log (``versionstore.opslog``), one entry
+#: per ref change, so it grows with history. The incremental collection neither reads
+#: nor compares them (``Backend.list_refs_except``); every other ref is read, and one of
+#: an unknown kind still stops the collection (``roots_of``).
+UNROOTED_REFS = ("ops/",)
 
 
 def session_of(name: str) -> str:

@@ -61,6 +61,20 @@ class BackendConformance:
         assert backend.list_refs("zzz") == {}
         assert set(backend.list_refs("")) == {"b/1", "b/10", "b/2", "bb/1", "c"}
 
+    def test_list_refs_except_skips_whole_prefixes_only(self, backend: Backend) -> None:
+        refs = {"a": b"a", "branch/main": b"m", "ops": b"o", "ops/1": b"1", "ops/2": b"2",
+                "ops0": b"0", "opsx/1": b"x", "stage/s/k": b"k", "tag/t": b"t",
+                "tag/\u00e9": b"e"}
+        backend.put_objects([], refs)
+        listed = backend.list_refs_except(["ops/"])
+        assert list(listed) == sorted(n for n in refs if not n.startswith("ops/"))
+        assert listed == {n: v for n, v in refs.items() if not n.startswith("ops/")}
+        assert backend.list_refs_except(["tag/", "ops/", "a"]) == {
+            n: v for n, v in refs.items() if not n.startswith(("tag/", "ops/", "a"))}
+        assert backend.list_refs_except(["zzz/"]) == backend.list_refs("")
+        assert backend.list_refs_except([]) == backend.list_refs("")
+        assert backend.list_refs_except([""]) == {}
+
     def test_get_objects_decoded_hands_each_stored_object_to_decode(
         self, backend: Backend
     ) -> None:

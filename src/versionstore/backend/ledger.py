@@ -117,6 +117,7 @@ class Ledger(Protocol):
         rescue: LedgerRescue,
         prune_refs: Mapping[str, tuple[bytes, str]],
         ledger: LedgerUpdate,
+        ignoring: Sequence[str] = (),
     ) -> bool:
         """``delete_objects`` plus the ledger update, in one atomic step.
 
@@ -125,6 +126,10 @@ class Ledger(Protocol):
         Otherwise deletes ``ids`` except those the rescue returns (called,
         as in ``delete_objects``, only when the refs differ from
         ``if_refs_are``), prunes ``prune_refs``, writes ``ledger`` and
-        returns ``True``.
+        returns ``True``. Refs under ``ignoring`` (prefixes) are left out on
+        both sides: ``if_refs_are`` is then ``list_refs_except(ignoring)`` as
+        the collection read it, and the rescue sees only the other refs —
+        a collection passes the ops log, which roots nothing, so the step
+        does not read it.
         """
         ...

@@ -51,7 +51,14 @@ import attrs
 import lmdb
 
 from versionstore.backend.ledger import Ledger, LedgerRescue, LedgerUpdate
-from versionstore.backend.protocol import Backend, Joined, Rescue, WriteBatch, changed_refs
+from versionstore.backend.protocol import (
+    Backend,
+    Joined,
+    Rescue,
+    WriteBatch,
+    changed_refs,
+    prefix_end,
+)
 from versionstore.errors import (
     BackendError,
     CorruptRepositoryError,
@@ -429,6 +436,31 @@ class LMDBBackend(Backend, Ledger):
         return found
 
     @override
+    def list_refs_except(self, prefixes: Sequence[str]) -> dict[str, bytes]:
+        return self._read("listing refs",
+                          lambda txn: self._listed_except(txn, self._refs, prefixes))
+
+    @staticmethod
+    def _listed_except(txn: lmdb.Transaction, refs_db: lmdb._Database,
+                       prefixes: Sequence[str]) -> dict[str, bytes]:
+        """Refs outside ``prefixes``: each skipped range is passed by one seek, not read."""
+        found: dict[str, bytes] = {}
+        if "" in prefixes:
+            return found
+        skips = sorted((_key(prefix), _key(prefix_end(prefix))) for prefix in prefixes)
+        cursor = txn.cursor(db=refs_db)
+        more = cursor.first()
+        while more:
+            key = bytes(cursor.key())
+            skip = next((end for start, end in skips if key.startswith(start)), None)
+            if skip is not None:
+                more = cursor.set_range(skip)
+                continue
+            found[_name(key)] = bytes(cursor.value())
+            more = cursor.next()
+        return found
+
+    @override
     def scan_refs(self, prefix: str, visit: Callable[[str, bytes], None]) -> None:
         start = _key(prefix)
 
@@ -603,6 +635,7 @@ class LMDBBackend(Backend, Ledger):
         rescue: LedgerRescue,
         prune_refs: Mapping[str, tuple[bytes, str]],
         ledger: LedgerUpdate,
+        ignoring: Sequence[str] = (),
     ) -> bool:
         doomed = list(ids)
 
@@ -613,7 +646,7 @@ class LMDBBackend(Backend, Ledger):
             if _bytes(txn.get(_HEADER, db=gc_db)) != ledger.expect:
                 return False
             spared: set[ObjectId] = set()
-            current = {_name(bytes(k)): bytes(v) for k, v in txn.cursor(db=refs_db)}
+            current = self._listed_except(txn, refs_db, ignoring)
             if current != if_refs_are:
                 spared = rescue(
                     changed_refs(if_refs_are, current), current,

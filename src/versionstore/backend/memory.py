@@ -120,6 +120,11 @@ class MemoryBackend(Backend, Ledger):
             return self._refs.under(prefix, limit)
 
     @override
+    def list_refs_except(self, prefixes: Sequence[str]) -> dict[str, bytes]:
+        with self._lock:
+            return self._refs.outside(prefixes)
+
+    @override
     def delete_objects(
         self,
         ids: Iterable[ObjectId],
@@ -190,13 +195,14 @@ class MemoryBackend(Backend, Ledger):
         rescue: LedgerRescue,
         prune_refs: Mapping[str, tuple[bytes, str]],
         ledger: LedgerUpdate,
+        ignoring: Sequence[str] = (),
     ) -> bool:
         with self._lock:
             if self._header != ledger.expect:
                 return False
             doomed = list(ids)
             spared: set[ObjectId] = set()
-            now = self._refs.as_dict()
+            now = self._refs.outside(ignoring)
             if now != if_refs_are:
                 spared = rescue(changed_refs(if_refs_are, now), now, self.get_objects,
                                 self.counts)

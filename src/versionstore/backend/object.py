@@ -571,6 +571,13 @@ class ObjectBackend(Backend):
             return self._state.under(prefix, limit)
 
     @override
+    def list_refs_except(self, prefixes: Sequence[str]) -> dict[str, bytes]:
+        check_not_forked()
+        with self._state_lock:
+            self._catch_up_to_read()
+            return self._state.outside(prefixes)
+
+    @override
     def delete_objects(
         self,
         ids: Iterable[ObjectId],

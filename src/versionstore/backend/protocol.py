@@ -11,7 +11,8 @@ what a commit recorded, keeping a session's record — is one atomic
 A backend implements five primitives — ``write`` (one atomic batch),
 ``get_objects``, ``get_refs``, ``list_refs``, ``delete_objects`` — plus
 ``iter_object_ids``, ``sync`` and ``close``; ``put_objects``,
-``compare_and_swap_ref``, ``get_ref`` and ``has_objects`` are derived from them.
+``compare_and_swap_ref``, ``get_ref``, ``has_objects`` and
+``list_refs_except`` are derived from them.
 ``MemoryBackend`` and ``LMDBBackend`` implement it;
 ``versionstore.testing.BackendConformance`` checks any backend. The protocol's
 invariants, and which batch keeps each, are in ``docs/format.md``.
@@ -31,7 +32,7 @@ from versionstore.ids import ObjectId
 from versionstore.records import LOCATION_LIMIT
 
 __all__ = ["Backend", "Joined", "ObjectGetter", "Rescue", "SessionRule", "StagingWindow",
-           "WriteBatch", "changed_refs"]
+           "WriteBatch", "changed_refs", "outside_prefixes", "prefix_end"]
 
 T = TypeVar("T")
 
@@ -351,6 +352,19 @@ class Backend(Protocol):
         refs, objects = self.get_refs_and_objects(names, follow)
         return refs, objects, listed
 
+    def list_refs_except(self, prefixes: Sequence[str]) -> dict[str, bytes]:
+        """Every ref whose name starts with none of ``prefixes``, sorted by name, in one view.
+
+        Garbage collection reads the refs that can root something this way,
+        leaving out the ops log (``ops/``), which grows with every commit and
+        roots nothing, so a collection's cost does not grow with history.
+        Backends that can skip a range of names without reading it
+        (``LMDBBackend``: a cursor seek; the memory and object backends: a
+        bisection of their sorted names) override the default, which lists
+        every ref and filters.
+        """
+        return outside_prefixes(self.list_refs(""), prefixes)
+
     def scan_refs(self, prefix: str, visit: Callable[[str, bytes], None]) -> None:
         """Call ``visit(name, value)`` for each ref under ``prefix``, in name order, in one view.
 
@@ -402,6 +416,21 @@ class Joined(Collection[T]):
 
     def __contains__(self, item: object) -> bool:
         return item in self._first or item in self._second
+
+
+def prefix_end(prefix: str) -> str:
+    """The least name above every name that starts with ``prefix`` (non-empty).
+
+    Names under ``prefix`` sort in ``[prefix, prefix_end(prefix))``, as code
+    points and as their UTF-8 bytes alike.
+    """
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def outside_prefixes(refs: Mapping[str, bytes], prefixes: Sequence[str]) -> dict[str, bytes]:
+    """The refs of ``refs`` whose names start with none of ``prefixes`` (order kept)."""
+    skipped = tuple(prefixes)
+    return {name: value for name, value in refs.items() if not name.startswith(skipped)}
 
 
 def changed_refs(seen: Mapping[str, bytes], now: Mapping[str, bytes]) -> dict[str, bytes | None]:

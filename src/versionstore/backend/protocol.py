@@ -237,6 +237,16 @@ class Backend(Protocol):
         """
         return []
 
+    def scan_located(self, folder: str, visit: Callable[[list[str]], None]) -> None:
+        """Call ``visit`` with the names under ``folder`` (as ``list_located``), page by page.
+
+        For listings too long to hold (an absorb of 10^7 writes): override to
+        stream; the default hands over ``list_located`` whole.
+        """
+        names = self.list_located(folder)
+        if names:
+            visit(names)
+
     def any_located(self, folder: str) -> bool:
         """Whether ``folder`` holds any located write (``list_located``, one short page)."""
         return bool(self.list_located(folder))

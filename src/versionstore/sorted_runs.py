@@ -27,11 +27,12 @@ class SortedRuns:
     """Byte strings added in any order, iterated sorted (duplicates kept).
 
     Args:
-        run_records: records held in memory before a sorted run is spilled.
+        run_records: records held in memory before a sorted run is spilled
+            (default ``RUN_RECORDS``).
     """
 
-    def __init__(self, run_records: int = RUN_RECORDS) -> None:
-        self._run_records = run_records
+    def __init__(self, run_records: int | None = None) -> None:
+        self._run_records = RUN_RECORDS if run_records is None else run_records
         self._current: list[bytes] = []
         self._runs: list[Spill] = []
         self._count = 0

@@ -99,6 +99,9 @@ _MAX_COMMIT_ATTEMPTS = 1000
 #: New leaves a commit keeps decoded for the next one (``ObjectReader.remember_nodes``
 #: keeps no leaves of a commit that made more).
 _REMEMBER_LEAVES = 1024
+#: ... and at most this many bytes of them, encoded: leaves of located chunks (object
+#: storage) hold a location per entry, and 1,024 of them decoded cost about 90 MiB.
+_REMEMBER_BYTES = 12 << 20
 #: Chunks a session object stages as log records after each commit before it stages
 #: located writes (object storage): a commit of this few then costs no absorb (its
 #: close, listing and record), and a big one only this many extra write requests.
@@ -953,10 +956,14 @@ class Session:
         objects, chunks = NewObjects(), ChunkIds()
         try:
             new_nodes: dict[ObjectId, Node] = {}
+            remembered = 0
 
             def keep_leaf(node_id: ObjectId, data: bytes, leaf: Node) -> None:
+                nonlocal remembered
                 objects.add_leaf(node_id, data)
-                if objects.leaf_count <= _REMEMBER_LEAVES:
+                if (objects.leaf_count <= _REMEMBER_LEAVES
+                        and remembered + len(data) <= _REMEMBER_BYTES):
+                    remembered += len(data)
                     new_nodes[node_id] = leaf
 
             tally = SizeTally()

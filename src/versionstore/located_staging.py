@@ -12,7 +12,11 @@ chunks cost N write requests at any concurrency. The session record
 record, before a commit, a discard, or a log-recorded write: close the open
 epoch (a record), list the closing epochs, write the newest write per key
 as refs and empty ``closing`` (one record that ``expect``s the record and
-each replaced ref as read). After it the commit runs exactly as on LMDB.
+each replaced ref as read). After it the commit runs exactly as on LMDB. An absorb of at least
+``staged_manifest.SPILL_AT`` writes keeps them out of the refs instead: it
+lists them page by page, sorts them externally (``versionstore.sorted_runs``)
+and writes a staged manifest that the session record names
+(``versionstore.staged_manifest``), so memory does not grow with the session.
 The protocol, and why no write that returned is lost, is in
 ``docs/format.md`` ("Located staging").
 """
@@ -187,7 +191,7 @@ class LocatedStaging:
     # -- absorbing -------------------------------------------------------------------------
 
     def absorb(self, seen_written: int | None = None) -> None:
-        """Turn every located write not absorbed yet into a staged ref (see the module).
+        """Turn every located write not absorbed yet into a staged ref or manifest (see the module).
 
         ``seen_written``: an epoch the caller just listed and found writes in
         (saves listing it again while it is still the open one).

@@ -11,7 +11,9 @@ copies on dask workers — all stage into the same place.
 On object storage a chunk is staged by its own ``PUT`` instead, under a
 name that records the session and key (*located staging*,
 ``versionstore.located_staging``): the commit lists them and turns them
-into staged refs first, so everything below holds for them too.
+into staged refs first, so everything below holds for them too. Many of
+them become a *staged manifest* instead (``versionstore.staged_manifest``):
+sorted parts that reads merge with the staged refs and a commit streams.
 
 Every staging write is one atomic ``WriteBatch`` that also keeps the
 session's record (branch and base snapshot) in existence exactly while

@@ -311,3 +311,36 @@ def test_a_commit_streams_the_manifest_without_holding_its_entries(
     assert peak < chunks // 5, peak
     view = repo.readonly_session(branch="main")
     assert view.value("a/c/02999") == _value(2999)
+
+
+def test_an_absorb_cut_off_after_its_parts_loses_nothing(
+        tmp_path: Path, small_manifests: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parts stored, record not written (a killed absorb): the next absorb redoes it."""
+    import versionstore.located_staging as staging_module  # noqa: PLC0415 - patched here
+
+    repo = _repo(tmp_path)
+    session = repo.writable_session("main")
+    session.set_values([(f"a/c/{i}", _value(i)) for i in range(50)])
+    written = staging_module.write_manifest
+    calls = 0
+
+    def cut_off(*args: object, **kwargs: object) -> StagedManifest | None:
+        nonlocal calls
+        calls += 1
+        manifest = written(*args, **kwargs)  # type: ignore[arg-type]
+        if calls == 1:
+            raise KeyboardInterrupt("killed between the parts and the record")
+        return manifest
+
+    monkeypatch.setattr(staging_module, "write_manifest", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        session.commit("cut off")
+    record = _record(repo, session)
+    assert record.manifests == () and record.closing  # the epoch waits in ``closing``
+    resumed = vs.Repository.open(repo.storage).writable_session(
+        "main", resume=session.session_id)
+    resumed.commit("resumed")
+    assert calls == 2
+    view = repo.readonly_session(branch="main")
+    assert [view.value(f"a/c/{i}") for i in range(50)] == [_value(i) for i in range(50)]
+    assert repo.verify().ok

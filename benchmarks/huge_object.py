@@ -86,8 +86,10 @@ def _one(chunks: int, *, direct: bool = False) -> str:
         assert view.value(f"a/c/{chunks - 1}") == _value(chunks - 1)
         repo.close()
         how = " (staged directly)" if direct else ""
-        return (f"N={chunks:,}: stage{how} {staged:.1f} s (peak anon {staging.peak_mib:.0f} "
+        line = (f"N={chunks:,}: stage{how} {staged:.1f} s (peak anon {staging.peak_mib:.0f} "
                 f"MiB), commit {committed:.1f} s (peak anon {commit.peak_mib:.0f} MiB)")
+        print(line, flush=True)  # before the clean-up, which takes minutes at 10^6
+        return line
     finally:
         # ``rm`` rather than ``shutil.rmtree``, which lists a folder of 10^6 entries
         # into memory and took longer than the run itself.
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--one", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one is not None:
-        print(_one(int(args.one), direct=args.direct), flush=True)
+        _one(int(args.one), direct=args.direct)
         return
     for size in args.sizes.split(","):
         subprocess.run([sys.executable, "-m", "benchmarks.huge_object", "--one", size,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import operator
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
@@ -50,6 +50,7 @@ from versionstore.records import (
     SizeRow,
     Sizes,
     Snapshot,
+    StagedManifest,
     Tombstone,
     VirtualRef,
     is_location,
@@ -60,8 +61,10 @@ __all__ = [
     "KIND_CHUNK",
     "KIND_HISTORY",
     "KIND_LEAF",
+    "KIND_MANIFEST_PART",
     "KIND_SNAPSHOT",
     "MAX_DECOMPRESSED",
+    "ManifestItem",
     "content_id",
     "chunk_frame_size",
     "decode_chunk",
@@ -75,6 +78,7 @@ __all__ = [
     "decode_ref_log_record",
     "decode_ref_target",
     "decode_repository",
+    "decode_manifest_part",
     "decode_session",
     "decode_snapshot",
     "decode_staged",
@@ -89,6 +93,7 @@ __all__ = [
     "encode_ref_log_record",
     "encode_ref_target",
     "encode_repository",
+    "encode_manifest_part",
     "encode_session",
     "encode_snapshot",
     "encode_staged",
@@ -115,10 +120,11 @@ KIND_HISTORY: Final = 11
 KIND_REF_LOG: Final = 12
 KIND_REF_CHECKPOINT: Final = 13
 KIND_GC_LEDGER: Final = 14
+KIND_MANIFEST_PART: Final = 15
 _KIND_NAMES = {
     1: "chunk", 2: "leaf", 3: "branch", 4: "snapshot", 5: "ref", 6: "session", 7: "staged",
     8: "repository", 9: "graft", 10: "operation", 11: "history page", 12: "ref log record",
-    13: "ref checkpoint", 14: "gc ledger",
+    13: "ref checkpoint", 14: "gc ledger", 15: "staged manifest part",
 }
 
 _MAGIC: Final = b"VS"
@@ -169,7 +175,8 @@ def _frame(kind: int, payload: bytes, compress: bool) -> bytes:
 def content_id(name: str, data: bytes) -> ObjectId:
     """Recompute the content id of a stored object (checksum verified, content re-hashed)."""
     kind = frame_kind(data)
-    if kind not in (KIND_CHUNK, KIND_LEAF, KIND_BRANCH, KIND_SNAPSHOT, KIND_HISTORY):
+    if kind not in (KIND_CHUNK, KIND_LEAF, KIND_BRANCH, KIND_SNAPSHOT, KIND_HISTORY,
+                    KIND_MANIFEST_PART):
         raise CorruptObjectError(name, "not a content-addressed object")
     return hash_object(kind, bytes(_unframe(name, data, kind)))
 
@@ -831,10 +838,16 @@ def encode_session(name: str, record: SessionRecord) -> bytes:
         return _encode_small(KIND_SESSION, [
             2, record.branch, record.base, stamp, name, record.generation
         ])
-    return _encode_small(KIND_SESSION, [
-        3, record.branch, record.base, stamp, name, record.generation, record.epoch,
+    if not record.manifests:  # version 3, byte for byte as before staged manifests
+        return _encode_small(KIND_SESSION, [
+            3, record.branch, record.base, stamp, name, record.generation, record.epoch,
+            list(record.closing),
+        ])
+    return _frame(KIND_SESSION, _packb([
+        4, record.branch, record.base, stamp, name, record.generation, record.epoch,
         list(record.closing),
-    ])
+        [[list(m.first_keys), list(m.parts)] for m in record.manifests],
+    ]), compress=True)
 
 
 def _timestamp(name: str, value: Any) -> datetime:
@@ -857,12 +870,71 @@ def decode_session(name: str, data: bytes) -> SessionRecord:
                     or not all(isinstance(e, int) for e in f[7])):
                 raise CorruptObjectError(name, "session epochs are malformed")
             epoch, closing = f[6], tuple(f[7])
+        manifests: tuple[StagedManifest, ...] = ()
+        if f[0] >= 4:
+            if len(f) < 9 or not isinstance(f[8], list):
+                raise CorruptObjectError(name, "session manifests are malformed")
+            manifests = tuple(_manifest(name, m) for m in f[8])
         return SessionRecord(branch=f[1], base=_object_id(name, f[2]),
                              created_at=_timestamp(name, f[3]), generation=generation,
-                             epoch=epoch, closing=closing)
+                             epoch=epoch, closing=closing, manifests=manifests)
 
     return _decode_small(name, data, KIND_SESSION, "session", 4, SessionRecord.FORMAT_VERSION,
                          build, named_at=4)
+
+
+def _manifest(name: str, fields: Any) -> StagedManifest:
+    if (not isinstance(fields, list) or len(fields) != 2 or not isinstance(fields[0], list)
+            or not isinstance(fields[1], list)
+            or not all(isinstance(k, str) for k in fields[0])):
+        raise CorruptObjectError(name, "a session manifest is malformed")
+    manifest = StagedManifest(parts=tuple(_object_id(name, p) for p in fields[1]),
+                              first_keys=tuple(fields[0]))
+    try:
+        manifest.check()
+    except ValueError as exc:
+        raise CorruptObjectError(name, str(exc)) from exc
+    return manifest
+
+
+#: One located write in a staged manifest part: key, epoch, stamp, chunk id, size.
+ManifestItem = tuple[str, int, int, ObjectId, int]
+
+
+def encode_manifest_part(session_id: str, items: Sequence[ManifestItem]
+                         ) -> tuple[ObjectId, bytes]:
+    """The id and frame of a staged manifest part: located writes of one session, by key.
+
+    ``[1, session id: str, keys: [str], epochs: [int], stamps: [int], ids: bin, sizes:
+    [int]]`` (columns; ``ids`` the 20-byte chunk ids back to back), zstd-compressed.
+    """
+    payload = _packb([1, session_id, [i[0] for i in items], [i[1] for i in items],
+                      [i[2] for i in items], b"".join(i[3] for i in items),
+                      [i[4] for i in items]])
+    return hash_object(KIND_MANIFEST_PART, payload), _frame(KIND_MANIFEST_PART, payload,
+                                                            compress=True)
+
+
+def decode_manifest_part(name: str, data: bytes | memoryview
+                         ) -> tuple[str, list[ManifestItem]]:
+    """The session id and the located writes (sorted by key) of a staged manifest part."""
+
+    def decode() -> tuple[str, list[ManifestItem]]:
+        fields = _versioned(name, "staged manifest part",
+                            _unpack(name, _unframe(name, data, KIND_MANIFEST_PART)), 1, 7)
+        session_id, keys, epochs, stamps, ids, sizes = fields[1:7]
+        count = len(keys)
+        if (not isinstance(session_id, str) or not isinstance(ids, bytes)
+                or len(ids) != count * ID_LENGTH
+                or not len(epochs) == len(stamps) == len(sizes) == count
+                or not all(isinstance(k, str) for k in keys)
+                or any(a >= b for a, b in itertools.pairwise(keys))):
+            raise CorruptObjectError(name, "malformed staged manifest part")
+        items = [(k, int(e), int(s), ObjectId(ids[n * ID_LENGTH:(n + 1) * ID_LENGTH]), int(z))
+                 for n, (k, e, s, z) in enumerate(zip(keys, epochs, stamps, sizes, strict=True))]
+        return session_id, items
+
+    return _guarded("staged manifest part", decode, name)
 
 
 def encode_staged(name: str, entry: Entry | Tombstone) -> bytes:

@@ -28,7 +28,7 @@ from typing import override
 from versionstore.backend.protocol import Backend
 from versionstore.codec import decode_staged
 from versionstore.ids import ObjectId
-from versionstore.records import ChunkRef, Tombstone
+from versionstore.records import ChunkRef, Entry, Tombstone
 from versionstore.spill import Spill
 from versionstore.tree import Change
 
@@ -64,6 +64,13 @@ class StagedScan:
     def close(self) -> None:
         """Drop the spilled refs."""
         self._spill.close()
+
+    def entries(self) -> Iterator[tuple[str, Entry | Tombstone]]:
+        """``(key, entry or tombstone)`` for each staged ref, in key order, decoded as read."""
+        cut = len(self.prefix)
+        for raw_name, value in self._spill:
+            name = _text(raw_name)
+            yield name[cut:], decode_staged(name, value)
 
     def changes(self) -> Iterator[Change]:
         """``(key, entry or None)`` for each staged ref, in key order, decoded as read."""

@@ -4,7 +4,8 @@ A located write (``versionstore.located``) is a chunk a session stored by
 its own ``PUT``. It stays where it was written for as long as anything
 needs it, and is collected like any object once nothing does:
 
-* kept while a staged ref or a reachable tree entry names it (its hint);
+* kept while a staged ref, a live session's staged manifest
+  (``versionstore.staged_manifest``) or a reachable tree entry names it (its hint);
 * kept while its session's record lists its epoch as open or closing
   (what an absorb may still turn into a ref);
 * kept while younger than the grace period (``older_than``), like any
@@ -32,6 +33,7 @@ from versionstore.codec import decode_session, decode_staged
 from versionstore.gc_roots import session_of
 from versionstore.located import epoch_prefix, parse_located
 from versionstore.records import LocatedChunkRef
+from versionstore.staged_manifest import ManifestReader
 
 if TYPE_CHECKING:
     from versionstore.backend.protocol import Backend
@@ -139,6 +141,8 @@ def sweep_located(backend: Backend, refs: Mapping[str, bytes], hints: set[str],
             if record.epoch is not None:
                 session_id = session_of(name)
                 live.extend(epoch_prefix(session_id, e) for e in {record.epoch, *record.closing})
+            if record.manifests:  # what a staged manifest names is staged
+                ManifestReader(backend, session_of(name)).hints(record.manifests, keep.add)
     live_folders = tuple(live)
     cutoff = datetime.now(UTC) if older_than is None else older_than
     doomed: list[str] = []

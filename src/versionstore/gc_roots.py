@@ -83,8 +83,9 @@ def staged_sessions(refs: Mapping[str, bytes | None],
              if raw is not None and name.startswith("stage/")}
     for name, raw in refs.items():
         if raw is not None and name.startswith("session/") and session_of(name) not in found:
-            if decode_session(name, raw).epoch is not None and (
-                    located is None or session_of(name) in located):
+            record = decode_session(name, raw)
+            if record.manifests or (record.epoch is not None and (
+                    located is None or session_of(name) in located)):
                 found.add(session_of(name))
     return found
 
@@ -115,6 +116,8 @@ def roots_of(refs: Mapping[str, bytes | None], staged: set[str] | None = None
             record = decode_session(name, raw)
             if staged is None or session_of(name) in staged:
                 snapshots.append(record.base)
+            for manifest in record.manifests:  # staged manifests: parts are objects
+                chunks.update(manifest.parts)
         elif name.startswith("stage/"):
             entry = decode_staged(name, raw)
             if isinstance(entry, ChunkRef):

@@ -12,20 +12,31 @@ chunks cost N write requests at any concurrency. The session record
 record, before a commit, a discard, or a log-recorded write: close the open
 epoch (a record), list the closing epochs, write the newest write per key
 as refs and empty ``closing`` (one record that ``expect``s the record and
-each replaced ref as read). After it the commit runs exactly as on LMDB.
+each replaced ref as read). After it the commit runs exactly as on LMDB. An absorb of at least
+``staged_manifest.SPILL_AT`` writes keeps them out of the refs instead: it
+lists them page by page, sorts them externally (``versionstore.sorted_runs``)
+and writes a staged manifest that the session record names
+(``versionstore.staged_manifest``), so memory does not grow with the session.
 The protocol, and why no write that returned is lost, is in
 ``docs/format.md`` ("Located staging").
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import attrs
 
+from versionstore import staged_manifest
 from versionstore.backend.protocol import WriteBatch
-from versionstore.codec import decode_session, decode_staged, encode_chunk, encode_session
+from versionstore.codec import (
+    ManifestItem,
+    decode_session,
+    decode_staged,
+    encode_chunk,
+    encode_session,
+)
 from versionstore.codec import encode_staged as _encode_staged
 from versionstore.located import (
     epoch_prefix,
@@ -38,6 +49,14 @@ from versionstore.located import (
 from versionstore.records import Entry, LocatedChunkRef, SessionRecord, Tombstone
 from versionstore.refs import session_ref, stage_prefix
 from versionstore.sizes import METADATA_NAMES
+from versionstore.sorted_runs import SortedRuns
+from versionstore.staged_manifest import (
+    ManifestReader,
+    merge_staged,
+    newest_per_key,
+    pack_write,
+    write_manifest,
+)
 
 if TYPE_CHECKING:
     from versionstore.backend.protocol import Backend
@@ -189,7 +208,7 @@ class LocatedStaging:
     # -- absorbing -------------------------------------------------------------------------
 
     def absorb(self, seen_written: int | None = None) -> None:
-        """Turn every located write not absorbed yet into a staged ref (see the module).
+        """Turn every located write not absorbed yet into a staged ref or manifest (see the module).
 
         ``seen_written``: an epoch the caller just listed and found writes in
         (saves listing it again while it is still the open one).
@@ -213,20 +232,113 @@ class LocatedStaging:
                                                 refs={self._record_name: closed_raw})):
                     continue
                 raw, record = closed_raw, closed
-            names: list[str] = []
-            for epoch in record.closing:
-                names.extend(backend.list_located(epoch_prefix(self._session_id, epoch)[:-1]))
-            writes = newest_writes(names, self._session_id)
-            ref_names = [self._prefix + key for key in writes]
-            current = backend.get_refs(ref_names) if ref_names else []
+            runs = self._list_writes(record.closing)
+            try:
+                batch = (self._manifest_batch(raw, record, runs)
+                         if len(runs) >= staged_manifest.SPILL_AT
+                         else self._refs_batch(raw, record, newest_per_key(runs)))
+            finally:
+                runs.close()
+            if backend.write(batch):
+                return
+        raise RuntimeError("the session's staging kept changing")  # pragma: no cover
+
+    def _list_writes(self, epochs: tuple[int, ...]) -> SortedRuns:
+        """Every located write in ``epochs``, as ``pack_write`` records (streamed, spilled)."""
+        runs = SortedRuns()
+        session_id = self._session_id
+
+        def visit(names: list[str]) -> None:
+            for name in names:
+                parsed = parse_located(name)
+                if parsed is not None and parsed[0] == session_id:
+                    _, epoch, key, stamp, entry = parsed
+                    runs.add(pack_write(key, epoch, stamp, entry.chunk_id, entry.size))
+
+        for epoch in epochs:
+            self._backend.scan_located(epoch_prefix(session_id, epoch)[:-1], visit)
+        return runs
+
+    def _entry(self, item: ManifestItem) -> LocatedChunkRef:
+        key, epoch, stamp, chunk_id, size = item
+        hint = located_name(self._session_id, epoch, key, stamp, chunk_id, size)
+        assert hint is not None  # listed under this very name
+        return LocatedChunkRef(chunk_id=chunk_id, size=size, hint=hint)
+
+    def _refs_batch(self, raw: bytes, record: SessionRecord, items: Iterable[ManifestItem]
+                    ) -> WriteBatch:
+        """The absorb's record for a few writes: a staged ref per key, ``closing`` emptied."""
+        writes = {item[0]: self._entry(item) for item in items}
+        ref_names = [self._prefix + key for key in writes]
+        current = self._backend.get_refs(ref_names) if ref_names else []
+        expect: dict[str, bytes | None] = {self._record_name: raw}
+        refs: dict[str, bytes | None] = {}
+        for entry, name, now in zip(writes.values(), ref_names, current, strict=True):
+            staged = None if now is None else decode_staged(name, now)
+            if newer_than_ref(entry, staged):
+                expect[name] = now
+                refs[name] = _encode_staged(name, entry)
+        done = attrs.evolve(record, closing=())
+        refs[self._record_name] = encode_session(self._record_name, done)
+        return WriteBatch(expect=expect, refs=refs)
+
+    def _manifest_batch(self, raw: bytes, record: SessionRecord, runs: SortedRuns
+                        ) -> WriteBatch:
+        """The absorb's record for many writes: a new staged manifest, ``closing`` emptied.
+
+        The manifest's parts are stored first; the record names them, and
+        deletes each staged ref a write beats (expecting it as read), so a
+        ref left beside a manifest is newer than its writes unless both are
+        located writes of the key (``staged_manifest.manifest_beats_ref``).
+        """
+        prefix = self._prefix
+        current = self._backend.list_refs(prefix)  # few: the large writes are in manifests
+        expect: dict[str, bytes | None] = {self._record_name: raw}
+        refs: dict[str, bytes | None] = {}
+
+        def kept() -> Iterator[ManifestItem]:
+            for item in newest_per_key(runs):
+                name = prefix + item[0]
+                now = current.get(name)
+                if now is not None:
+                    if not newer_than_ref(self._entry(item), decode_staged(name, now)):
+                        continue
+                    expect[name] = now
+                    refs[name] = None
+                yield item
+
+        manifest = write_manifest(self._backend, self._session_id, kept())
+        manifests = record.manifests if manifest is None else (*record.manifests, manifest)
+        done = attrs.evolve(record, closing=(), manifests=manifests)
+        refs[self._record_name] = encode_session(self._record_name, done)
+        return WriteBatch(expect=expect, refs=refs,
+                          requires=() if manifest is None else manifest.parts)
+
+    def unspill(self) -> None:
+        """Turn the session's staged manifests back into staged refs (one record; O(N) memory).
+
+        For the operations that edit staged refs one by one (``Session.rebase``).
+        """
+        backend = self._backend
+        prefix = self._prefix
+        cut = len(prefix)
+        for _ in range(_ATTEMPTS):
+            raw, record = self.record()
+            if record is None or not record.manifests:
+                return
+            assert raw is not None
+            current = backend.list_refs(prefix)
+            reader = ManifestReader(backend, self._session_id)
             expect: dict[str, bytes | None] = {self._record_name: raw}
             refs: dict[str, bytes | None] = {}
-            for entry, name, now in zip(writes.values(), ref_names, current, strict=True):
-                staged = None if now is None else decode_staged(name, now)
-                if newer_than_ref(entry, staged):
-                    expect[name] = now
+            staged = ((name[cut:], decode_staged(name, value)) for name, value in current.items())
+            for key, entry, from_manifest in merge_staged(
+                    staged, [reader.entries(m) for m in record.manifests]):
+                if from_manifest:
+                    name = prefix + key
+                    expect[name] = current.get(name)
                     refs[name] = _encode_staged(name, entry)
-            done = attrs.evolve(record, closing=())
+            done = attrs.evolve(record, manifests=())
             refs[self._record_name] = encode_session(self._record_name, done)
             if backend.write(WriteBatch(expect=expect, refs=refs)):
                 return

@@ -161,6 +161,8 @@ def purge_node(reader: ObjectReader, path: str, *, message: str | None = None,
             return {}
         affected = {name.removeprefix("branch/") for name in moved if name.startswith("branch/")}
         staged = {name.split("/", 2)[1] for name in refs if name.startswith("stage/")}
+        staged |= {name.split("/", 1)[1] for name, raw in refs.items()  # staged manifests
+                   if name.startswith("session/") and decode_session(name, raw).manifests}
         sessions = {name: decode_session(name, raw) for name, raw in refs.items()
                     if name.startswith("session/") and name.split("/", 1)[1] in staged}
         blocking = {name: record for name, record in sessions.items()

@@ -32,6 +32,7 @@ encoded record and refuses records from newer versions.
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -53,6 +54,7 @@ __all__ = [
     "LocatedChunkRef",
     "Operation",
     "RefTarget",
+    "StagedManifest",
     "RepositoryRecord",
     "SessionRecord",
     "SizeRow",
@@ -385,11 +387,33 @@ class RefTarget:
 
 
 @attrs.frozen(kw_only=True)
+class StagedManifest:
+    """Located writes one absorb spilled out of the refs: sorted parts, by their first keys.
+
+    Each part is an immutable object (``versionstore.staged_manifest``) holding
+    up to ``PART_ENTRIES`` located writes of one session, sorted by key;
+    ``first_keys[i]`` is the first key of ``parts[i]``, so one key is found
+    by reading one part (``docs/format.md``, "Staged manifests").
+    """
+
+    parts: tuple[ObjectId, ...]
+    first_keys: tuple[str, ...]
+
+    def check(self) -> None:
+        """Raise ``ValueError`` if the parts and keys do not match or are not sorted."""
+        if len(self.parts) != len(self.first_keys) or not self.parts:
+            raise ValueError("a staged manifest needs one first key per part")
+        if any(a >= b for a, b in itertools.pairwise(self.first_keys)):
+            raise ValueError("a staged manifest's first keys are not increasing")
+
+
+@attrs.frozen(kw_only=True)
 class SessionRecord:
     """A writable session: the branch it commits to and the snapshot it is based on."""
 
-    #: 2: names its ref, and has a generation; 3: located staging (written only when used)
-    FORMAT_VERSION: ClassVar[int] = 3
+    #: 2: names its ref, and has a generation; 3: located staging (written only when used);
+    #: 4: staged manifests (written only while the session has one)
+    FORMAT_VERSION: ClassVar[int] = 4
     branch: str
     base: ObjectId
     created_at: datetime
@@ -402,6 +426,9 @@ class SessionRecord:
     #: ``None``: the session has never staged a located write (a version-2 record).
     epoch: int | None = None
     closing: tuple[int, ...] = ()
+    #: Staged manifests (object storage): absorbed located writes kept out of the refs,
+    #: oldest first. A commit records them and empties this.
+    manifests: tuple[StagedManifest, ...] = ()
 
 
 #: The repository format this library writes. 1: no ``repository`` record, refs

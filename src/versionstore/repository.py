@@ -34,6 +34,7 @@ from versionstore.codec import (
     decode_session,
     encode_ref_target,
     encode_repository,
+    encode_session,
     encode_snapshot,
     frame_kind,
 )
@@ -364,7 +365,7 @@ class Repository:
         if self.backend.list_refs(stage_prefix(session_id), limit=1):
             return True
         record = decode_session(session_ref(session_id), record_raw)
-        return (record.epoch is not None
+        return bool(record.manifests) or (record.epoch is not None
                 and LocatedStaging(self.backend, session_id).has_pending(record))
 
     def readonly_session(
@@ -957,11 +958,16 @@ class Repository:
         while True:
             raw = self.backend.get_ref(name)
             staged = self.backend.list_refs(stage_prefix(session_id))
-            if raw is None or not staged:
+            record = None if raw is None else decode_session(name, raw)
+            if raw is None or record is None or not (staged or record.manifests):
                 raise SessionNotFoundError(session_id)
             # The record stays until gc prunes it, so a live copy that stages again
             # still finds it; a staged ref removed meanwhile makes the batch re-read.
+            # Its staged manifests (object storage) go with the refs.
+            emptied = attrs.evolve(record, manifests=())
             if self.backend.write(WriteBatch(
+                expect={name: raw},
+                refs={name: encode_session(name, emptied)} if record.manifests else {},
                 delete_if_equal=staged,
                 session=SessionRule(prefix=stage_prefix(session_id), record=name, value=raw),
             )):

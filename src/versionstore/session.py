@@ -11,7 +11,9 @@ copies on dask workers — all stage into the same place.
 On object storage a chunk is staged by its own ``PUT`` instead, under a
 name that records the session and key (*located staging*,
 ``versionstore.located_staging``): the commit lists them and turns them
-into staged refs first, so everything below holds for them too.
+into staged refs first, so everything below holds for them too. Many of
+them become a *staged manifest* instead (``versionstore.staged_manifest``):
+sorted parts that reads merge with the staged refs and a commit streams.
 
 Every staging write is one atomic ``WriteBatch`` that also keeps the
 session's record (branch and base snapshot) in existence exactly while
@@ -78,12 +80,14 @@ from versionstore.records import (
     Node,
     SessionRecord,
     Snapshot,
+    StagedManifest,
     Tombstone,
     VirtualRef,
 )
 from versionstore.refs import branch_ref, session_ref, stage_prefix
 from versionstore.session_store import SessionStore, validate_session_key
 from versionstore.sizes import SizeTally, sizes_of
+from versionstore.staged_manifest import ManifestReader, manifest_beats_ref, merge_staged
 from versionstore.tree import Change, apply_changes, changed_entries, iter_from, lookup
 
 if TYPE_CHECKING:
@@ -97,6 +101,9 @@ _MAX_COMMIT_ATTEMPTS = 1000
 #: New leaves a commit keeps decoded for the next one (``ObjectReader.remember_nodes``
 #: keeps no leaves of a commit that made more).
 _REMEMBER_LEAVES = 1024
+#: ... and at most this many bytes of them, encoded: leaves of located chunks (object
+#: storage) hold a location per entry, and 1,024 of them decoded cost about 90 MiB.
+_REMEMBER_BYTES = 12 << 20
 #: Chunks a session object stages as log records after each commit before it stages
 #: located writes (object storage): a commit of this few then costs no absorb (its
 #: close, listing and record), and a big one only this many extra write requests.
@@ -153,6 +160,9 @@ class Session:
                          if session_id is not None and not read_only
                          and repository.backend.located_staging() else None)
         self._epochs: tuple[int, tuple[int, ...]] | None = None
+        #: The staged manifests of the record as last read (``versionstore.staged_manifest``).
+        self._manifests: tuple[StagedManifest, ...] = ()
+        self._manifest_reader: ManifestReader | None = None
         #: Chunks this object staged as log records since its last commit (``_LOGGED_FIRST``).
         #: A copy (unpickled: a dask task's) stages located at once: each copy logging its
         #: first chunks would cost every task a log record and an absorb.
@@ -245,6 +255,7 @@ class Session:
         # A record without epochs was recreated after gc pruned it: the epochs this
         # object knew are gone with it (written back, they would reopen an old epoch).
         self._epochs = None if record.epoch is None else (record.epoch, record.closing)
+        self._manifests = record.manifests
         if record.generation > self._generation:
             self._root = self._repo.reader.snapshot(record.base).tree
             self._base, self._generation = record.base, record.generation
@@ -254,6 +265,23 @@ class Session:
             raw = self._repo.backend.get_ref(session_ref(self._session_id))
             self._record_read = raw
             self._adopt(raw)
+
+    def _reader(self) -> ManifestReader:
+        """Reads this session's staged manifests (parts cached for single-key lookups)."""
+        if self._manifest_reader is None:
+            assert self._session_id is not None
+            self._manifest_reader = ManifestReader(self._repo.backend, self._session_id)
+        return self._manifest_reader
+
+    def _with_manifests(self, staged: Iterator[tuple[str, Entry | Tombstone]], prefix: str = ""
+                        ) -> Iterator[tuple[str, Entry | Tombstone]]:
+        """Staged refs (sorted by key) merged with the manifests of the record last read."""
+        manifests = self._manifests
+        if not manifests:
+            return staged
+        reader = self._reader()
+        return ((key, entry) for key, entry, _ in merge_staged(
+            staged, [reader.entries(m, prefix) for m in manifests]))
 
     def _staged_entry(self, name: str, raw: bytes) -> Entry | Tombstone:
         """``decode_staged(name, raw)``, remembered for the last few thousand records read."""
@@ -280,6 +308,11 @@ class Session:
             staged = None if raw is None else self._staged_entry(name, raw)
             if self._located is not None and record_raw is not None:
                 record = decode_session(record_name, record_raw)
+                if record.manifests and is_located_key(key):
+                    found = self._reader().lookup(record.manifests, key)
+                    if found is not None and (staged is None or manifest_beats_ref(
+                            key, found[2], found[3], staged)):
+                        staged = found[1]
                 if is_located_key(key):
                     write = self._located.pending_key(record, key)
                     if write is not None and newer_than_ref(write, staged):
@@ -357,7 +390,10 @@ class Session:
         """Every staged change under ``prefix``, sorted by key."""
         staged = self._decode_staged(self._staged_raw(prefix))
         if self._located is not None:
-            _, record = self._located.record()
+            raw, record = self._located.record()
+            self._adopt(raw)
+            if record is not None and record.manifests:
+                staged = dict(self._with_manifests(iter(staged.items()), prefix))
             if record is not None:
                 pending = self._located.pending(record, prefix)
                 changed = {k: w for k, w in pending.items() if newer_than_ref(w, staged.get(k))}
@@ -592,11 +628,14 @@ class Session:
         refs: dict[str, bytes | None] = {}
         self._absorb_first()
         self._refresh()
+        # A key a manifest holds is erased by a tombstone: deleting its ref would leave
+        # the manifest's write in view (a tombstone of a key the base lacks changes nothing).
+        spilled = bool(self._manifests)
         for key in keys:
             validate_session_key(key)
             in_base = lookup(self._repo.reader.lookup_node, self._root, key) is not None
             name = prefix + key
-            refs[name] = encode_staged(name, TOMBSTONE) if in_base else None
+            refs[name] = encode_staged(name, TOMBSTONE) if in_base or spilled else None
         if refs:
             self._stage(WriteBatch(refs=refs, session=self._rule(self._base)))
 
@@ -655,9 +694,11 @@ class Session:
             validate_session_key(target + key[len(source):])
         prefix = stage_prefix(session_id)
         refs: dict[str, bytes | None] = {}
+        spilled = bool(self._manifests)  # as in erase_keys
         for key in moving:
             in_base = lookup(self._repo.reader.lookup_node, self._root, key) is not None
-            refs[prefix + key] = encode_staged(prefix + key, TOMBSTONE) if in_base else None
+            refs[prefix + key] = (encode_staged(prefix + key, TOMBSTONE) if in_base or spilled
+                                  else None)
         for key, entry in moving.items():
             name = prefix + target + key[len(source):]
             refs[name] = encode_staged(name, entry)
@@ -693,11 +734,20 @@ class Session:
         self._absorb_first()
         while True:
             self._refresh()
+            expect, refs = self._dropping_manifests()
             with StagedScan(self._repo.backend, stage_prefix(session_id)) as staged:
-                if self._stage(WriteBatch(delete_if_equal=staged.refs,
+                if self._stage(WriteBatch(expect=expect, refs=refs, delete_if_equal=staged.refs,
                                           session=self._rule(self._base))):
                     return
             # a commit or another discard removed some of them meanwhile: read again
+
+    def _dropping_manifests(self) -> tuple[dict[str, bytes | None], dict[str, bytes | None]]:
+        """``expect`` and ``refs`` for a batch that drops the record's manifests (as last read)."""
+        if not self._manifests or self._record_raw is None or self._session_id is None:
+            return {}, {}
+        name = session_ref(self._session_id)
+        record = attrs.evolve(decode_session(name, self._record_raw), manifests=())
+        return {name: self._record_raw}, {name: encode_session(name, record)}
 
     def status(self) -> Diff:
         """The staged changes, as a ``Diff`` against the base snapshot."""
@@ -756,6 +806,8 @@ class Session:
         assert self._branch is not None
         reader = self._repo.reader
         self._absorb_first()
+        if self._located is not None:
+            self._located.unspill()  # rebase drops staged refs one by one
         for _ in range(_MAX_COMMIT_ATTEMPTS):
             record_raw = self._record_state()
             changes, raw = self._read_changes()
@@ -867,7 +919,7 @@ class Session:
                     if not absorb:
                         with StagedScan(repo.backend,
                                         stage_prefix(self._require_writable())) as staged:
-                            if not len(staged) and not allow_empty:
+                            if not len(staged) and not self._manifests and not allow_empty:
                                 raise NothingToCommitError(
                                     "nothing to commit: no changes are staged")
                             recorded = self._record_once(staged, message, metadata,
@@ -922,7 +974,10 @@ class Session:
         repo = self._repo
         tip, raw_tip = repo.refs.branch_tip(self._branch)
         parent_tree = self._root
-        changes = staged.changes()
+        changes: Iterator[Change] = staged.changes()
+        if self._manifests:  # the record as read in this view: the batch expects it
+            changes = ((key, None if isinstance(entry, Tombstone) else entry)
+                       for key, entry in self._with_manifests(staged.entries()))
         conflicts: set[str] = set()
         if tip != self._base:
             parent_tree = repo.reader.snapshot(tip).tree
@@ -930,10 +985,14 @@ class Session:
         objects, chunks = NewObjects(), ChunkIds()
         try:
             new_nodes: dict[ObjectId, Node] = {}
+            remembered = 0
 
             def keep_leaf(node_id: ObjectId, data: bytes, leaf: Node) -> None:
+                nonlocal remembered
                 objects.add_leaf(node_id, data)
-                if objects.leaf_count <= _REMEMBER_LEAVES:
+                if (objects.leaf_count <= _REMEMBER_LEAVES
+                        and remembered + len(data) <= _REMEMBER_BYTES):
+                    remembered += len(data)
                     new_nodes[node_id] = leaf
 
             tally = SizeTally()
@@ -993,6 +1052,7 @@ class Session:
             return None
         # Follow the new snapshot before anything else can read this session.
         self._base, self._root, self._generation = snapshot_id, root, generation
+        self._manifests = ()  # recorded: the record the batch wrote has none
         repo.backend.sync()
         repo.reader.remember_nodes(new_nodes)  # the next commit starts from them
         repo.reader.remember_snapshot(snapshot_id, frame, pages)  # and its history

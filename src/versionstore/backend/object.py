@@ -103,6 +103,9 @@ _CREATE_ATTEMPTS = 3
 #: window (``versionstore.group_stage``): every batch costs a ``PUT``, a few ms cost none.
 STAGING_WINDOW = StagingWindow(seconds=0.020, max_keys=1000)
 _DELETE_BATCH = 1000
+#: ``_put_objects`` stores at most about this many bytes, or objects, per group.
+_PUT_GROUP_BYTES = 16 << 20
+_PUT_GROUP_OBJECTS = 1024
 #: Bytes an object's whole name may have (S3's limit; GCS and Azure allow more).
 MAX_OBJECT_NAME = 1024
 _SEQ_DIGITS = 20
@@ -411,12 +414,29 @@ class ObjectBackend(Backend):
             fresh[object_id] = now
 
     def _put_objects(self, objects: Collection[tuple[ObjectId, bytes]]) -> None:
+        """Store ``objects``, a group of about ``_PUT_GROUP_BYTES`` at a time.
+
+        A huge commit's objects are a view of a spill (``commit_stream``): taken
+        whole, thousands of leaves would sit in memory at once.
+        """
         if not len(objects):
             return
+        group: list[tuple[ObjectId, bytes]] = []
+        size = 0
+        for object_id, data in objects:
+            group.append((object_id, data))
+            size += len(data)
+            if size >= _PUT_GROUP_BYTES or len(group) >= _PUT_GROUP_OBJECTS:
+                self._put_group(group)
+                group, size = [], 0
+        if group:
+            self._put_group(group)
+
+    def _put_group(self, group: list[tuple[ObjectId, bytes]]) -> None:
         io = self._io
-        self._io.run("storing objects", gather_bounded(
-            [io.put(_object_name(object_id), bytes(data)) for object_id, data in objects]))
-        self._note_fresh(object_id for object_id, _ in objects)
+        io.run("storing objects", gather_bounded(
+            [io.put(_object_name(object_id), bytes(data)) for object_id, data in group]))
+        self._note_fresh(object_id for object_id, _ in group)
 
     def _ensure_stored(self, ids: Sequence[ObjectId]) -> None:
         """Raise ``MissingObjectsError`` unless every id is stored; refresh old ones.
@@ -684,6 +704,11 @@ class ObjectBackend(Backend):
         check_not_forked()
         io = self._io
         return [name for name, _ in io.run("listing staged writes", io.list_after(folder))]
+
+    @override
+    def scan_located(self, folder: str, visit: Callable[[list[str]], None]) -> None:
+        check_not_forked()
+        self._io.run("listing staged writes", self._io.visit_pages(folder, visit))
 
     @override
     def located_name_limit(self) -> int:

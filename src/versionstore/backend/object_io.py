@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Awaitable, Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -256,6 +256,17 @@ class ObjectIO:
                 raise
         found.sort()
         return found
+
+    async def visit_pages(self, folder: str, visit: Callable[[list[str]], None]) -> None:
+        """Call ``visit`` with each page of the names in ``folder`` (unsorted; none held)."""
+        stream = obstore.list(self.store, self.path(folder), chunk_size=1000)
+        try:
+            async for chunk in stream:
+                if chunk:
+                    visit([self._relative(meta["path"]) for meta in chunk])
+        except (NotFoundError, FileNotFoundError) as exc:  # a local store without the folder
+            if not _missing(exc):
+                raise
 
     async def any_under(self, folder: str) -> bool:
         """Whether any object lies in ``folder`` (relative, no trailing slash): one short page."""

@@ -239,6 +239,16 @@ class Backend(Protocol):
         """
         return []
 
+    def scan_located(self, folder: str, visit: Callable[[list[str]], None]) -> None:
+        """Call ``visit`` with the names under ``folder`` (as ``list_located``), page by page.
+
+        For listings too long to hold (an absorb of 10^7 writes): override to
+        stream; the default hands over ``list_located`` whole.
+        """
+        names = self.list_located(folder)
+        if names:
+            visit(names)
+
     def located_name_limit(self) -> int:
         """Bytes a located write's name may have (relative to the repository's prefix).
 

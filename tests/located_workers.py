@@ -65,14 +65,14 @@ def _arm(config: dict[str, Any], log: Any, committing: list[bool]) -> None:
 
         located_staging.LocatedStaging.put = put  # type: ignore[method-assign]
     elif pause == "after_close":
-        real_newest = located_staging.newest_writes
+        real_list = located_staging.LocatedStaging._list_writes
 
-        def newest(names: Any, session_id: str) -> Any:
+        def list_writes(self: Any, epochs: Any) -> Any:
             if committing:  # called by the absorb, after the record closing the epoch
                 _pause(log)
-            return real_newest(names, session_id)
+            return real_list(self, epochs)
 
-        located_staging.newest_writes = newest  # type: ignore[assignment]
+        located_staging.LocatedStaging._list_writes = list_writes  # type: ignore[method-assign]
     elif pause == "before_commit":
         real_move = Refs.move_branch
 

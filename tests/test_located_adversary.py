@@ -52,6 +52,18 @@ def _committed(repo: vs.Repository, keys: list[str]) -> list[bytes | None]:
     return view.read_entries([view.entry(k) for k in keys])
 
 
+def _staged_with_a_copy(s3_repos: S3Repos, items: list[tuple[str, bytes]]
+                        ) -> tuple[Any, vs.Repository, vs.Session, vs.Session]:
+    """A new repository, a session that staged ``items``, and a copy of it resumed elsewhere."""
+    storage = s3_repos.storage()
+    repo = vs.Repository.create(storage)
+    session = repo.writable_session("main")
+    session.set_values(items)
+    assert session.session_id is not None
+    copy = vs.Repository.open(storage).writable_session("main", resume=session.session_id)
+    return storage, repo, session, copy
+
+
 def test_a_write_after_gc_pruned_the_record_does_not_revive_an_old_epoch(
         s3_repos: S3Repos) -> None:
     # Epoch numbers restarted at 0 once gc pruned an idle record: the session's
@@ -79,12 +91,7 @@ def test_a_stale_copys_later_write_beats_an_earlier_write_in_a_newer_epoch(
     # write raced the absorb and was staged as a ref naming that old epoch, and
     # the commit's absorb then let an *earlier* write of the key in the newer
     # epoch replace it (epochs compared first).
-    storage = s3_repos.storage()
-    repo = vs.Repository.create(storage)
-    session = repo.writable_session("main")
-    session.set_values([("z/c/0", b"0" * 1000)])
-    assert session.session_id is not None
-    copy = vs.Repository.open(storage).writable_session("main", resume=session.session_id)
+    storage, repo, session, copy = _staged_with_a_copy(s3_repos, [("z/c/0", b"0" * 1000)])
     copy.set_values([("z/c/1", b"1" * 1000)])  # the copy reads epoch 0
     session.commit("first")  # absorbs: epoch 1 opens, the copy does not know
     session.set_values([("z/c/2", b"a" * 1000)])  # epoch 1
@@ -100,12 +107,7 @@ def test_a_write_whose_epoch_was_absorbed_committed_and_collected_meanwhile_surv
     # (listing before the PUT landed), commits, and gc runs: the write's epoch
     # is neither open nor closing and nothing names the write, so gc deletes
     # it. The writer then staged a ref naming the deleted object.
-    storage = s3_repos.storage()
-    repo = vs.Repository.create(storage)
-    session = repo.writable_session("main")
-    session.set_values([("w/c/0", b"0" * 1000)])
-    assert session.session_id is not None
-    copy = vs.Repository.open(storage).writable_session("main", resume=session.session_id)
+    storage, repo, session, copy = _staged_with_a_copy(s3_repos, [("w/c/0", b"0" * 1000)])
     real_put = LocatedStaging.put
     raced = []
 
@@ -308,12 +310,7 @@ def test_rebase_keeps_the_epoch_an_absorb_opened(
     # this object read *before* that absorb, the epoch would go back, and a copy's
     # write made in the epoch the absorb opened would be in no open or closing epoch
     # (gc would collect it). It passes: the rebase reads the record again.
-    storage = s3_repos.storage()
-    repo = vs.Repository.create(storage)
-    session = repo.writable_session("main")
-    session.set_values([("r/c/0", b"0" * 1000)])
-    assert session.session_id is not None
-    copy = vs.Repository.open(storage).writable_session("main", resume=session.session_id)
+    storage, repo, session, copy = _staged_with_a_copy(s3_repos, [("r/c/0", b"0" * 1000)])
     other = repo.writable_session("main")
     other.set_values([("o/c/0", b"o" * 1000)])
     other.commit("the branch moves")
@@ -360,12 +357,8 @@ def test_deletes_and_located_writes_of_one_key_apply_in_order(s3_repos: S3Repos)
 
 def test_writes_after_discard_changes_are_kept_and_discarded_ones_stay_gone(
         s3_repos: S3Repos) -> None:
-    storage = s3_repos.storage()
-    repo = vs.Repository.create(storage)
-    session = repo.writable_session("main")
-    session.set_values([("q/c/0", b"0" * 1000), ("q/c/1", b"1" * 1000)])
-    assert session.session_id is not None
-    copy = vs.Repository.open(storage).writable_session("main", resume=session.session_id)
+    storage, repo, session, copy = _staged_with_a_copy(
+        s3_repos, [("q/c/0", b"0" * 1000), ("q/c/1", b"1" * 1000)])
     session.discard_changes()
     assert not session.has_uncommitted_changes
     copy.set_values([("q/c/2", b"2" * 1000)])  # a copy that did not see the discard

@@ -52,6 +52,17 @@ def _committed(repo: vs.Repository, keys: list[str]) -> list[bytes | None]:
     return view.read_entries([view.entry(k) for k in keys])
 
 
+def _assert_every_returned_write_committed(repo: vs.Repository, workers: list[Any]) -> None:
+    """Every write a worker logged as returned is on ``main``; the shared key ``s/c/0``
+    holds one worker's value (each copy's writes of it follow each other: a last one wins)."""
+    returned = [w.returned() for w in workers]
+    for found in returned:
+        keys = sorted(k for k in found if k != "s/c/0")
+        assert _committed(repo, keys) == [located_workers.value(k, found[k]) for k in keys]
+    assert _committed(repo, ["s/c/0"])[0] in [
+        located_workers.value("s/c/0", found["s/c/0"]) for found in returned]
+
+
 def _staged_with_a_copy(s3_repos: S3Repos, items: list[tuple[str, bytes]]
                         ) -> tuple[Any, vs.Repository, vs.Session, vs.Session]:
     """A new repository, a session that staged ``items``, and a copy of it resumed elsewhere."""
@@ -215,13 +226,7 @@ def test_copies_in_other_processes_write_while_the_session_commits(
         assert worker.process.exitcode == 0, worker.errors.read_text()
     with contextlib.suppress(vs.NothingToCommitError):
         session.commit("the rest")
-    returned = [w.returned() for w in workers]
-    for found in returned:
-        keys = sorted(k for k in found if k != "s/c/0")
-        assert _committed(repo, keys) == [located_workers.value(k, found[k]) for k in keys]
-    # Each copy's writes of the shared key follow each other: the last of one of them wins.
-    assert _committed(repo, ["s/c/0"])[0] in [
-        located_workers.value("s/c/0", found["s/c/0"]) for found in returned]
+    _assert_every_returned_write_committed(repo, workers)
     assert repo.verify().ok
     assert not repo.resumable_sessions()
 
@@ -499,12 +504,7 @@ def test_gc_without_grace_while_copies_write_and_the_session_commits(
     with contextlib.suppress(vs.NothingToCommitError):
         session.commit("the rest")
     collector.garbage_collect(datetime.now(UTC))
-    returned = [w.returned() for w in workers]
-    for found in returned:
-        keys = sorted(k for k in found if k != "s/c/0")
-        assert _committed(repo, keys) == [located_workers.value(k, found[k]) for k in keys]
-    assert _committed(repo, ["s/c/0"])[0] in [
-        located_workers.value("s/c/0", found["s/c/0"]) for found in returned]
+    _assert_every_returned_write_committed(repo, workers)
     assert repo.verify().ok
 
 

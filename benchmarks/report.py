@@ -151,6 +151,11 @@ def check_targets(summary: dict[str, Any], params: dict[str, Any]) -> list[dict[
                         system) for n in (first, last)]
             cpu_note = ("" if cpu[0] is None or cpu[1] is None else
                         f"; CPU time grows {cpu[1]['median'] / cpu[0]['median']:.2f}×")
+            per = [_get(summary, "gc", f"gc CPU µs per stored object (N={size_label(n)})",
+                        system) for n in (first, last)]
+            if per[0] is not None and per[1] is not None:
+                cpu_note += (f"; CPU per object the commit stored grows "
+                             f"{per[1]['median'] / per[0]['median']:.2f}×")
             add(f"{system}: gc after a small commit grows < 2× "
                 f"({size_label(first)} → {size_label(last)} chunks)", 2.0 / growth, 1.0,
                 f"grows {growth:.2f}× ({small['median']:.2f} → {large['median']:.2f} ms)"

@@ -161,6 +161,10 @@ class System:
         """Collect garbage; return how many objects were deleted."""
         raise NotImplementedError(f"{self.name} has no garbage collection")
 
+    def objects_since_gc(self) -> int | None:
+        """Objects stored since the last garbage collection, where the system can say."""
+        return None
+
     def disk_usage(self) -> dict[str, int]:
         """Bytes on disk (call after ``close``); empty for in-memory systems."""
         return dir_usage(self.root) if self.persistent else {}
@@ -227,6 +231,22 @@ class _VersionStore(System):
 
     def garbage_collect(self, full: bool = False) -> int:
         return int(self._repo.garbage_collect(full=full).deleted)
+
+    def objects_since_gc(self) -> int | None:
+        """Objects stored since the last garbage collection (its ledger's journal), if known.
+
+        What an incremental collection has to look at: a commit's new chunks,
+        tree nodes, snapshot and history page.
+        """
+        from versionstore.codec import decode_gc_ledger
+
+        backend = self._repo.backend
+        if not hasattr(backend, "read_ledger"):
+            return None
+        raw, end = backend.read_ledger()
+        if raw is None:
+            return None
+        return len(backend.journal(decode_gc_ledger(raw).journal, end))
 
     def load_keys(self, items: Iterable[tuple[str, bytes]], batch: int = 10_000) -> None:
         # Session.set_values stages a whole batch in one backend transaction.

@@ -9,7 +9,13 @@ ledger; icechunk's always lists everything). Then, ``gc_samples`` times:
 rewrite ``gc_changes`` chunks with new values and commit (untimed), and
 collect garbage (timed): "gc after small commit ms", and the CPU time of
 the worker process meanwhile ("… CPU ms", all its threads: less moved by
-other jobs on a loaded machine than the wall time). Nothing is garbage
+other jobs on a loaded machine than the wall time). For versionstore it
+also records how many objects the commit stored (its chunks, new tree
+nodes, snapshot and history page: what an incremental collection must
+look at, read from the gc ledger's journal before the clock starts) and
+the CPU time per stored object: scattered changes in a deeper tree store
+more nodes, so the per-object figure is the one that shows whether the
+cost follows the work or the repository's size. Nothing is garbage
 then; what is measured is what a routine collection costs. versionstore's
 is incremental (``versionstore.gc_incremental``); icechunk's
 ``garbage_collect`` (with a cut-off of now) lists every chunk. Finally
@@ -105,12 +111,15 @@ def _sample(size: int, instance: System, params: dict[str, Any], rng: np.random.
         picks = rng.choice(size, params["gc_changes"], replace=False).tolist()
         instance.load_keys([(f"{PATH}/c/{i}", _value(i, s + 1)) for i in picks])
         instance.commit(f"small change {s}")
+        created = instance.objects_since_gc()  # read before the clock starts
         start, cpu = time.perf_counter(), time.process_time()
         deleted = instance.garbage_collect()
-        rec.add(f"gc after small commit ms (N={label})",
-                (time.perf_counter() - start) * 1000, "ms")
-        rec.add(f"gc after small commit CPU ms (N={label})",
-                (time.process_time() - cpu) * 1000, "ms")
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        rec.add(f"gc after small commit ms (N={label})", wall * 1000, "ms")
+        rec.add(f"gc after small commit CPU ms (N={label})", cpu * 1000, "ms")
+        if created:
+            rec.add(f"objects the commit stored (N={label})", created, "objects")
+            rec.add(f"gc CPU µs per stored object (N={label})", cpu * 1e6 / created, "µs")
         if deleted:
             raise AssertionError(f"{instance.name}: gc deleted {deleted} live objects")
 

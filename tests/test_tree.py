@@ -251,3 +251,36 @@ def test_lookups_through_leaf_indexes_find_what_whole_leaves_hold(
     if root is not None:
         whole = reader.node(root)  # a node decoded whole is then served as such
         assert reader.lookup_node(root) is whole
+
+
+def test_a_walk_of_every_leaf_holds_a_bounded_cache() -> None:
+    """Reading every leaf of a big tree keeps at most the cache's budget of them decoded.
+
+    Counted in nodes, the cache held 8,192 decoded leaves (about 440 MiB of
+    Python objects) after a walk of a large array; it is weighed by entries
+    now. Python allocations are counted exactly (``tracemalloc``).
+    """
+    count = 40 * MAX_LEAF_ENTRIES
+    nodes = Nodes()
+    changes = [(_key(i), ChunkRef(chunk_id=ObjectId(i.to_bytes(20, "big")), size=i))
+               for i in range(count)]
+    root, _ = nodes.apply(None, sorted(changes), streamed=False)
+    backend = MemoryBackend()
+    backend.write(WriteBatch(objects=list(nodes.stored.items())))
+    leaves = _reachable_leaves(nodes, root)
+    assert len(leaves) >= 40
+
+    def held_after_walk(budget: int) -> int:
+        reader = ObjectReader(backend, cache_nodes=budget)
+        tracemalloc.start()
+        try:
+            for leaf_id in leaves:
+                assert isinstance(reader.node(leaf_id), Leaf)
+            return tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+
+    everything = held_after_walk(10 * count)
+    four_leaves = held_after_walk(4 * (MAX_LEAF_ENTRIES + 1))
+    # Each decoded leaf holds about 200 bytes per entry; four of forty stay.
+    assert four_leaves < everything / 5, (four_leaves, everything)

@@ -541,9 +541,9 @@ def _reachable(reader: ObjectReader, start: ObjectId, grafts: Grafts | None = No
                ) -> dict[ObjectId, Snapshot]:
     """Every snapshot ``start`` reaches through all parents (``start`` included).
 
-    First-parent runs are read a history page at a time (without grafts:
-    pages list stored parents); the snapshots they yield lack their own
-    ``history``, which no caller needs.
+    First-parent runs are read a history page at a time (up to the first
+    grafted snapshot: pages list stored parents); the snapshots they yield
+    lack their own ``history``, which no caller needs.
     """
     found: dict[ObjectId, Snapshot] = {}
     pending = [start]
@@ -554,16 +554,19 @@ def _reachable(reader: ObjectReader, start: ObjectId, grafts: Grafts | None = No
         snapshot = reader.snapshot(snapshot_id)
         found[snapshot_id] = snapshot
         pending.extend(p for p in parents_of(snapshot_id, snapshot, grafts) if p not in found)
-        if not grafts:
-            _take_pages(reader, snapshot, found, pending)
+        if not grafts or snapshot_id not in grafts:
+            _take_pages(reader, snapshot, found, pending, grafts)
     return found
 
 
 def _take_pages(reader: ObjectReader, snapshot: Snapshot, found: dict[ObjectId, Snapshot],
-                pending: list[ObjectId]) -> None:
+                pending: list[ObjectId], grafts: Grafts | None = None) -> None:
     """Add ``snapshot``'s first-parent ancestors to ``found`` from its pages, until a known one.
 
-    Their other parents (merged branches) go to ``pending``.
+    Their other parents (merged branches) go to ``pending``. Pages list
+    stored parents, so they are followed only up to the first grafted
+    snapshot (``expire_snapshots``): its graft's parents go to ``pending``.
+    A run that leads into expired snapshots always passes through one.
     """
     expected, page_id = snapshot.parent, snapshot.history
     while page_id is not None and expected is not None and expected not in found:
@@ -575,20 +578,27 @@ def _take_pages(reader: ObjectReader, snapshot: Snapshot, found: dict[ObjectId, 
             if entry_id in found:
                 return
             found[entry_id] = entry
+            grafted = grafts.get(entry_id) if grafts else None
+            if grafted is not None:
+                pending.extend(p for p in grafted if p not in found)
+                return
             pending.extend(p for p in entry.parents[1:] if p not in found)
         expected, page_id = page.after, page.previous
     if expected is not None and expected not in found:
         pending.append(expected)
 
 
-def merge_base(reader: ObjectReader, a: ObjectId, b: ObjectId) -> ObjectId | None:
+def merge_base(reader: ObjectReader, a: ObjectId, b: ObjectId,
+               grafts: Grafts | None = None) -> ObjectId | None:
     """The lowest common ancestor of two snapshots (either may be it), or ``None``.
 
     A common ancestor is *lowest* when no other common ancestor descends from
     it. Criss-cross histories can have several; the newest of them (then the
-    greatest id) is chosen, so every caller picks the same base.
+    greatest id) is chosen, so every caller picks the same base. History is
+    followed as ``ancestry`` shows it: through ``grafts``, never into
+    snapshots that ``expire_snapshots`` removed (and gc may have deleted).
     """
-    of_a = _reachable(reader, a)
+    of_a = _reachable(reader, a, grafts)
     if b in of_a:
         return b
     candidates: set[ObjectId] = set()
@@ -602,10 +612,10 @@ def merge_base(reader: ObjectReader, a: ObjectId, b: ObjectId) -> ObjectId | Non
         if snapshot_id in of_a:
             candidates.add(snapshot_id)  # common; its own ancestors are not lowest
             continue
-        pending.extend(reader.snapshot(snapshot_id).parents)
+        pending.extend(parents_of(snapshot_id, reader.snapshot(snapshot_id), grafts))
     lowest = [
         c for c in candidates
-        if not any(c != other and c in _reachable(reader, other) for other in candidates)
+        if not any(c != other and c in _reachable(reader, other, grafts) for other in candidates)
     ]
     if not lowest:
         return None

@@ -565,11 +565,12 @@ class Repository:
         """The lowest common ancestor of two snapshots, or ``None`` if they share none.
 
         Criss-cross histories have several; the newest (then greatest id) is chosen.
+        History is followed as ``ancestry`` shows it (expired snapshots skipped).
         """
         check_name(snapshot_id_a, "snapshot_id_a", "a snapshot id")
         check_name(snapshot_id_b, "snapshot_id_b", "a snapshot id")
         found = merge_base(self.reader, self._snapshot_object(snapshot_id_a),
-                           self._snapshot_object(snapshot_id_b))
+                           self._snapshot_object(snapshot_id_b), self._grafts())
         return None if found is None else SnapshotId(_text(found))
 
     def merge(self, from_branch: str | None = None, into_branch: str = MAIN, *,

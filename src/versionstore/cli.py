@@ -704,8 +704,8 @@ def ops_log(repo: str, limit: int | None, as_json: bool) -> None:
     for entry in entries:
         stamp = entry.written_at.strftime("%Y-%m-%d %H:%M:%S UTC")
         message = f"  {entry.message}" if entry.message else ""
-        _echo(f"{stamp}  {entry.kind}  {entry.ref_type} {entry.name}  "
-              f"{entry.old or '-'} -> {entry.new or '-'}{message}")
+        ref = f"{entry.ref_type} {entry.name}".rstrip()  # "repository": a gc or expire run
+        _echo(f"{stamp}  {entry.kind}  {ref}  {entry.old or '-'} -> {entry.new or '-'}{message}")
 
 
 # -- between repositories: clone, push, fetch -----------------------------------------------

@@ -75,7 +75,7 @@ from versionstore.ids import (
 from versionstore.located_staging import LocatedStaging
 from versionstore.notebook import repository_html
 from versionstore.objects import ObjectReader
-from versionstore.opslog import OpsLogEntry, read_ops_log, with_operation
+from versionstore.opslog import REPOSITORY_OPERATION, OpsLogEntry, read_ops_log, with_operation
 from versionstore.progress import ProgressOption, progress_reporter
 from versionstore.purge import purge_node
 from versionstore.records import (
@@ -823,13 +823,23 @@ class Repository:
         Returns:
             ``GCSummary`` with ``deleted`` objects and ``bytes_freed`` (their
             stored size). On LMDB the file keeps its size: ``compact()``
-            gives the space back to the file system.
+            gives the space back to the file system. A run that deleted
+            something adds a ``gc`` entry to the ops log.
         """
         check_flag(dry_run, "dry_run")
         check_flag(full, "full")
         check_optional_time(older_than, "older_than")
-        return collect_garbage(self.reader, dry_run=dry_run, older_than=older_than,
-                               progress=progress, full=full)
+        summary = collect_garbage(self.reader, dry_run=dry_run, older_than=older_than,
+                                  progress=progress, full=full)
+        if summary.deleted and not summary.dry_run:
+            # After the sweep, in a step of its own: gc moves no branch or tag, and a
+            # crash between the two loses only this note (icechunk's GCRanUpdate).
+            self.backend.write(with_operation(WriteBatch(), Operation(
+                kind="gc", ref=REPOSITORY_OPERATION, old=None, new=None,
+                written_at=datetime.now(UTC),
+                message=f"deleted {summary.deleted} object(s), {summary.bytes_freed} bytes")))
+            self.backend.sync()
+        return summary
 
     def expire_snapshots(self, older_than: datetime, *, delete_expired_branches: bool = False,
                          delete_expired_tags: bool = False) -> set[SnapshotId]:

@@ -117,7 +117,8 @@ def test_log_piped_to_head(tmp_path: Path) -> None:
 # -- every command through click's runner ------------------------------------------------
 
 COMMANDS = ["log", "show", "diff", "status", "sessions", "branch", "tag", "du", "expire", "gc",
-            "compact", "verify", "purge"]
+            "compact", "verify", "purge", "merge", "cherry-pick", "revert", "squash", "ops-log",
+            "clone", "push", "fetch"]
 
 
 def _run(*args: str, input: str | None = None) -> Any:
@@ -159,16 +160,24 @@ def test_diff_json_per_array(tmp_path: Path) -> None:
     path = tmp_path / "arrays"
     with vs.Repository.create(path) as repo:
         session = repo.writable_session()
-        zarr.create_array(session.store, name="t", shape=(40,), chunks=(10,), dtype="i4")[:] = 1
+        array = zarr.create_array(session.store, name="t", shape=(40,), chunks=(10,),
+                                  dtype="i4", fill_value=0)
+        array[:30] = 1  # chunks 0-2 stored; chunk 3 is all fill value: not stored
         session.commit("create")
         repo.create_tag("before", repo.lookup_branch("main"))
         session = repo.writable_session()
-        zarr.open_array(session.store, path="t")[:15] = 2
+        array = zarr.open_array(session.store, path="t")
+        array[:10] = 2    # chunk 0 changed
+        array[10:20] = 0  # chunk 1 back to the fill value: removed
+        array[30:] = 5    # chunk 3 written for the first time: added
         session.commit("edit")
     document = json.loads(_run("diff", str(path), "before", "main", "--json").output)
-    assert document["updated_chunks"] == {"/t": [[0], [1]]}
+    assert document["updated_chunks"] == {"/t": [[0], [1], [3]]}
+    assert document["chunks"] == {"/t": {"added": [[3]], "changed": [[0]], "removed": [[1]]}}
     table = _run("diff", str(path), "before", "main").output
-    assert "/t" in table and "2" in table
+    assert "chunks added" in table and "removed" in table
+    [row] = [line for line in table.splitlines() if "/t" in line]
+    assert [cell.strip() for cell in row.split("│")[1:5]] == ["/t", "1", "1", "1"]
 
 
 def test_branch_tag_create_list_delete(repo_path: str) -> None:

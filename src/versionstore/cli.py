@@ -144,6 +144,14 @@ def _diff_json(diff: Diff) -> dict[str, Any]:
         document[name] = sorted(getattr(diff, name))
     document["updated_chunks"] = {path: sorted(list(c) for c in coords)
                                   for path, coords in sorted(diff.updated_chunks.items())}
+    document["chunks"] = {}  # per array: which chunks were added, changed, removed
+    for path, coords in sorted(diff.updated_chunks.items()):
+        added = diff.new_chunks.get(path, frozenset())
+        removed = diff.deleted_chunks.get(path, frozenset())
+        document["chunks"][path] = {
+            "added": sorted(list(c) for c in added),
+            "changed": sorted(list(c) for c in coords - added - removed),
+            "removed": sorted(list(c) for c in removed)}
     document["virtual_keys"] = sorted(diff.virtual_keys)
     return document
 
@@ -157,9 +165,9 @@ def _diff_table(diff: Diff) -> None:
         if getattr(diff, name):
             _echo(f"{name}: {', '.join(sorted(getattr(diff, name)))}")
     if diff.updated_chunks:
-        table = Table("array", "chunks changed")
-        for path, coords in sorted(diff.updated_chunks.items()):
-            table.add_row(path, str(len(coords)))
+        table = Table("array", "chunks added", "changed", "removed")
+        for path in sorted(diff.updated_chunks):
+            table.add_row(path, *map(str, diff.chunk_counts(path)))
         _out().print(table)
     if diff.virtual_keys:
         _echo(f"virtual_keys: {len(diff.virtual_keys)} key(s) now reference external files")
@@ -286,7 +294,7 @@ def show(repo: str, snapshot: str, as_json: bool) -> None:
 @click.argument("new", metavar="TO")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def diff(repo: str, old: str, new: str, as_json: bool) -> None:
-    """What changed from one version to another, per array (chunks changed).
+    """What changed from one version to another, per array (chunks added, changed, removed).
 
     FROM and TO are each a branch, a tag or a snapshot id.
 

@@ -365,22 +365,35 @@ class Diff:
     #: Chunk-grid shape of each array in ``updated_chunks`` (for pictures), when known.
     chunk_grids: Mapping[str, tuple[int, ...]] = attrs.field(factory=dict, eq=False,
                                                             repr=False)
+    #: Of ``updated_chunks``, those that did not exist before (written for the first
+    #: time) and those that no longer exist (erased), per array; the rest changed value.
+    new_chunks: Mapping[str, frozenset[Coordinates]] = attrs.field(factory=dict, eq=False,
+                                                                  repr=False)
+    deleted_chunks: Mapping[str, frozenset[Coordinates]] = attrs.field(factory=dict, eq=False,
+                                                                      repr=False)
 
     def is_empty(self) -> bool:
         """Whether nothing changed."""
         return not any(getattr(self, f.name) for f in attrs.fields(Diff)
-                       if f.name != "chunk_grids")
+                       if f.name not in _DERIVED)
+
+    def chunk_counts(self, path: str) -> tuple[int, int, int]:
+        """Chunks of array ``path`` added, changed (rewritten) and removed."""
+        every = self.updated_chunks.get(path, frozenset())
+        added = len(self.new_chunks.get(path, frozenset()))
+        removed = len(self.deleted_chunks.get(path, frozenset()))
+        return added, len(every) - added - removed, removed
 
     def _repr_html_(self) -> str:
         fields = {f.name: getattr(self, f.name) for f in attrs.fields(Diff)
-                  if f.name not in ("updated_chunks", "chunk_grids", "virtual_keys")}
+                  if f.name not in ("updated_chunks", "virtual_keys", *_DERIVED)}
         return diff_html(fields, self.updated_chunks, self.chunk_grids)
 
     def __str__(self) -> str:
         lines = []
         for field in attrs.fields(Diff):
             value = getattr(self, field.name)
-            if field.name == "chunk_grids":
+            if field.name in _DERIVED:
                 continue
             if field.name == "updated_chunks":
                 for path, coords in sorted(value.items()):
@@ -392,6 +405,10 @@ class Diff:
             elif value:
                 lines.append(f"{field.name}: {', '.join(sorted(value))}")
         return "\n".join(lines) or "(no changes)"
+
+
+#: ``Diff`` fields that detail others (not compared, not shown on their own).
+_DERIVED = ("chunk_grids", "new_chunks", "deleted_chunks")
 
 
 class History(itertools.chain[SnapshotInfo]):
@@ -776,6 +793,8 @@ def classify_changes(
         "new_groups", "new_arrays", "deleted_groups", "deleted_arrays",
         "updated_groups", "updated_arrays", "updated_keys")}
     chunks: dict[str, set[Coordinates]] = {}
+    added: dict[str, set[Coordinates]] = {}
+    removed: dict[str, set[Coordinates]] = {}
     for key, (before, after) in keys.items():
         directory, _, name = key.rpartition("/")
         if name in ("zarr.json", ".zarray", ".zgroup", ".zattrs"):
@@ -810,6 +829,9 @@ def classify_changes(
             coords = parser(rest)
             if coords is not None:
                 chunks.setdefault(_node_path(directory), set()).add(coords)
+                if not before or not after:
+                    (added if not before else removed).setdefault(
+                        _node_path(directory), set()).add(coords)
                 placed = True
             break
         if not placed:
@@ -827,4 +849,6 @@ def classify_changes(
         **{name: frozenset(paths) for name, paths in found.items()},
         updated_chunks={path: frozenset(c) for path, c in chunks.items()},
         chunk_grids=grids,
+        new_chunks={path: frozenset(c) for path, c in added.items()},
+        deleted_chunks={path: frozenset(c) for path, c in removed.items()},
     )

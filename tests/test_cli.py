@@ -248,6 +248,13 @@ def test_purge_asks_then_rewrites(repo_path: str) -> None:
     assert result.exit_code == 0 and "rewrote 1 snapshot" in result.output
     with vs.Repository.open(repo_path) as repo:
         assert repo.readonly_session().store.storage.get("secret/x") is None
+        session = repo.writable_session()
+        session.store.storage.set("more/x", b"m" * 1000)
+        tip = session.commit("more")
+    document = json.loads(_run("purge", repo_path, "/more", "--yes", "--json").output)
+    assert list(document["rewritten"]) == [tip] and document["deleted"] > 0
+    with vs.Repository.open(repo_path) as repo:
+        assert document["rewritten"][tip] == repo.lookup_branch("main")
     assert main(["purge", repo_path, "/", "--yes"]) == 1
 
 
@@ -321,3 +328,48 @@ def test_the_cli_works_without_obstore(repo_path: str) -> None:
     assert "Traceback" not in result.stderr, result.stderr
     assert "object storage is not available in this build" in result.stderr
     assert "pip install '/path/to/versionstore[remote]'" in result.stderr
+
+
+def test_the_examples_in_docs_cli_md_run_on_the_demo_repository(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import re
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    blocks = [b for b in re.findall(r"^```bash\n(.*?)^```", page, re.DOTALL | re.MULTILINE)
+              if "my-repo" in b]
+    assert len(blocks) >= 2
+    subprocess.run([sys.executable, "-m", "versionstore.demo", "my-repo"], cwd=tmp_path,
+                   check=True, capture_output=True, timeout=300)
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        for line in block.splitlines():
+            words = shlex.split(line, comments=True)
+            assert words[0] == "versionstore", line
+            assert main(words[1:]) == 0, (line, capsys.readouterr().err)
+    capsys.readouterr()
+    assert main(["ops-log", "my-repo", "--json"]) == 0
+    entries = [e for e in json.loads(capsys.readouterr().out)
+               if e["ref_type"] != "repository"]  # the maintenance block's gc run
+    assert [e["kind"] for e in entries][:5] == ["squash", "revert", "cherry_pick", "merge",
+                                               "create_branch"]
+    assert entries[3]["name"] == "main" and entries[3]["ref_type"] == "branch"
+    assert main(["log", "my-repo", "--json", "--limit", "1"]) == 0
+    [merge] = json.loads(capsys.readouterr().out)
+    assert merge["message"] == "merge the experiment" and len(merge["parent_ids"]) == 2
+    assert main(["show", "my-repo", merge["id"]]) == 0
+    assert f"merged    {merge['parent_ids'][1]}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("args", "label"), [
+    (["gc"], "collecting garbage"), (["verify"], "verifying"), (["du"], "sizing"),
+    (["du", "--history"], "sizing"), (["expire", "--older-than", "1000d"], "expiring"),
+    (["compact"], "compacting"), (["purge", "/nothing", "--yes"], "purging"),
+])
+def test_long_commands_draw_a_progress_bar_on_a_terminal(repo_path: str, args: list[str],
+                                                          label: str) -> None:
+    # rich draws bars only on a terminal; TTY_COMPATIBLE=1 makes stderr count as one.
+    env = {**os.environ, "TTY_COMPATIBLE": "1"}
+    result = _cli(args[0], repo_path, *args[1:], capture_output=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert label in result.stderr and "\x1b[" in result.stderr  # drawn, then erased

@@ -126,6 +126,11 @@ def _version(repo: Repository, name: str, side: str = "") -> dict[str, str]:
     return {f"{prefix}snapshot_id": name}
 
 
+def _snapshot(repo: Repository, name: str) -> str:
+    """The snapshot id ``name`` (a branch, a tag or a snapshot id) stands for."""
+    return next(_ancestry(repo, _version(repo, name))).id
+
+
 def _ancestry(repo: Repository, version: dict[str, str]) -> Iterator[SnapshotInfo]:
     """The ancestry of what ``_version`` found (a branch, tag or snapshot)."""
     return repo.ancestry(branch=version.get("branch"), tag=version.get("tag"),
@@ -133,8 +138,9 @@ def _ancestry(repo: Repository, version: dict[str, str]) -> Iterator[SnapshotInf
 
 
 def _info(info: SnapshotInfo) -> dict[str, Any]:
-    return {"id": info.id, "parent_id": info.parent_id, "written_at": info.written_at.isoformat(),
-            "message": info.message, "metadata": info.metadata}
+    return {"id": info.id, "parent_id": info.parent_id, "parent_ids": list(info.parent_ids),
+            "written_at": info.written_at.isoformat(), "message": info.message,
+            "metadata": info.metadata}
 
 
 def _diff_json(diff: Diff) -> dict[str, Any]:
@@ -280,6 +286,8 @@ def show(repo: str, snapshot: str, as_json: bool) -> None:
             return
         _echo(f"snapshot  {info.id}")
         _echo(f"parent    {info.parent_id or '(none)'}")
+        for merged in info.parent_ids[1:]:  # a merge snapshot: its change is against the first
+            _echo(f"merged    {merged}")
         _echo(f"written   {info.written_at.strftime('%Y-%m-%d %H:%M:%S UTC')}")
         _echo(f"message   {info.message}")
         if info.metadata:
@@ -446,7 +454,7 @@ def du(repo: str, branch: str | None, tag: str | None, snapshot: str | None, his
 
     Example: versionstore du my-repo --history --branch main
     """
-    with _open(repo) as opened:
+    with _open(repo) as opened, _progress("sizing"):
         if history:
             rows = opened.du_history(branch or "main")
             if as_json:
@@ -505,7 +513,7 @@ def expire(repo: str, older_than: str, delete_expired_branches: bool, delete_exp
 
     Example: versionstore expire my-repo --older-than 90d && versionstore gc my-repo --delete
     """
-    with _open(repo) as opened:
+    with _open(repo) as opened, _progress("expiring"):
         expired = opened.expire_snapshots(_when(older_than),
                                           delete_expired_branches=delete_expired_branches,
                                           delete_expired_tags=delete_expired_tags)
@@ -591,7 +599,10 @@ def verify(repo: str, as_json: bool) -> None:
 @click.option("--message", "-m", help="why (kept in the rewritten snapshots' metadata)")
 @click.option("--force", is_flag=True, help="discard writable sessions on affected branches")
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
-def purge(repo: str, path: str, message: str | None, force: bool, yes: bool) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="print JSON: old -> new snapshot ids, and the collection after")
+def purge(repo: str, path: str, message: str | None, force: bool, yes: bool,
+          as_json: bool) -> None:
     """Erase node PATH (array or group) from every version, branch and tag.
 
     Rewrites history (snapshot ids change) and then collects garbage; run
@@ -601,9 +612,13 @@ def purge(repo: str, path: str, message: str | None, force: bool, yes: bool) -> 
     """
     if not yes:
         click.confirm(f"Erase {path} from every version of {repo}? This rewrites history",
-                      abort=True)
+                      abort=True, err=True)
     with _open(repo) as opened, _progress("purging"):
         result = opened.purge(path, message=message, force=force)
+    if as_json:
+        _json({"rewritten": dict(sorted(result.rewritten.items())),
+               "deleted": result.gc.deleted, "bytes_freed": result.gc.bytes_freed})
+        return
     _echo(f"rewrote {len(result.rewritten)} snapshot(s); deleted {result.gc.deleted} objects "
           f"({_size(result.gc.bytes_freed)}); run `versionstore compact` to shrink the file")
 
@@ -652,10 +667,13 @@ def cherry_pick(repo: str, snapshot: str, onto: str, on_conflict: str,
                 message: str | None) -> None:
     """Apply the change SNAPSHOT made (against its first parent) to a branch.
 
+    SNAPSHOT is a snapshot id, or a branch or tag (its snapshot).
+
     Example: versionstore cherry-pick my-repo 3F7QXK2A --onto main
     """
     with _open(repo) as opened:
-        tip = opened.cherry_pick(snapshot, onto, message=message, on_conflict=on_conflict)
+        tip = opened.cherry_pick(_snapshot(opened, snapshot), onto, message=message,
+                                 on_conflict=on_conflict)
     _echo(tip)
 
 
@@ -670,17 +688,20 @@ def revert(repo: str, snapshot: str, branch: str, on_conflict: str,
            message: str | None) -> None:
     """Undo the change SNAPSHOT made, as a new snapshot on a branch.
 
+    SNAPSHOT is a snapshot id, or a branch or tag (its snapshot).
+
     Example: versionstore revert my-repo 3F7QXK2A --branch main
     """
     with _open(repo) as opened:
-        tip = opened.revert(snapshot, branch, message=message, on_conflict=on_conflict)
+        tip = opened.revert(_snapshot(opened, snapshot), branch, message=message,
+                            on_conflict=on_conflict)
     _echo(tip)
 
 
 @cli.command()
 @repo_argument
 @click.option("--since", "since", required=True, metavar="SNAPSHOT",
-              help="the snapshot the squashed one is based on (kept)")
+              help="the snapshot the squashed one is based on (kept): an id, tag or branch")
 @click.option("--branch", default="main", show_default=True, help="the branch to squash")
 @click.option("-m", "--message", help="the squashed snapshot's message")
 def squash(repo: str, since: str, branch: str, message: str | None) -> None:
@@ -689,7 +710,7 @@ def squash(repo: str, since: str, branch: str, message: str | None) -> None:
     Example: versionstore squash my-repo --since 3F7QXK2A -m "ingest 2024"
     """
     with _open(repo) as opened:
-        tip = opened.squash(branch, since_snapshot_id=since, message=message)
+        tip = opened.squash(branch, since_snapshot_id=_snapshot(opened, since), message=message)
     _echo(tip)
 
 

@@ -40,7 +40,7 @@ import itertools
 import json
 import math
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 from typing import Any, cast
@@ -421,9 +421,12 @@ class History(itertools.chain[SnapshotInfo]):
     ahead (``_peek``) and the lookahead has to be served first.
     """
 
-    __slots__ = ("_ahead",)
+    __slots__ = ("_ahead", "_labels")
     SHOWN = 30
     _ahead: deque[SnapshotInfo]  # set by the first ``_peek``
+    #: Reads the branch and tag names of each snapshot, for the notebook view's
+    #: refs column (set by ``Repository.ancestry``; read only when shown).
+    _labels: Callable[[], Mapping[str, Sequence[str]]]
 
     def _peek(self, count: int) -> list[SnapshotInfo]:
         if type(self) is History:  # from now on, ``next`` serves the lookahead first
@@ -448,7 +451,9 @@ class History(itertools.chain[SnapshotInfo]):
         shown = self._peek(self.SHOWN + 1)
         rows = [(i.id, list(i.parent_ids), i.written_at, i.message)
                 for i in shown[: self.SHOWN]]
-        return history_html(rows, more=len(shown) > self.SHOWN)
+        labels = getattr(self, "_labels", None)
+        return history_html(rows, None if labels is None else labels(),
+                            more=len(shown) > self.SHOWN)
 
 
 class _LookedAhead(History):

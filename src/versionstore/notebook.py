@@ -19,8 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-__all__ = ["chunk_grid_svg", "diff_html", "history_html", "repository_html", "snapshot_html",
-           "table_html"]
+__all__ = ["chunk_grid_svg", "diff_html", "history_html", "ref_labels", "repository_html",
+           "snapshot_html", "table_html"]
 
 _STYLE = "border-collapse:collapse;font-family:monospace;font-size:12px"
 _CELL = "border:1px solid #ccc;padding:2px 6px;text-align:left"
@@ -197,15 +197,21 @@ def diff_html(fields: Mapping[str, Iterable[str]],
     return "".join(parts)
 
 
-def repository_html(title: str, branches: Mapping[str, str], tags: Mapping[str, str],
-                    recent: Sequence[tuple[str, Sequence[str], datetime, str]],
-                    more: bool) -> str:
-    """A repository: its branches and tags, and the last few snapshots of ``main``."""
+def ref_labels(branches: Mapping[str, str], tags: Mapping[str, str]) -> dict[str, list[str]]:
+    """Snapshot id -> the names pointing at it (``"main"``, ``"tag: v1"``), for history tables."""
     labels: dict[str, list[str]] = {}
     for name, snapshot_id in sorted(branches.items()):
         labels.setdefault(snapshot_id, []).append(name)
     for name, snapshot_id in sorted(tags.items()):
         labels.setdefault(snapshot_id, []).append(f"tag: {name}")
+    return labels
+
+
+def repository_html(title: str, branches: Mapping[str, str], tags: Mapping[str, str],
+                    recent: Sequence[tuple[str, Sequence[str], datetime, str]],
+                    more: bool) -> str:
+    """A repository: its branches and tags, and the last few snapshots of ``main``."""
+    labels = ref_labels(branches, tags)
     refs = table_html(("kind", "name", "snapshot"), [
         *(("branch", n, _short(s)) for n, s in sorted(branches.items())),
         *(("tag", n, _short(s)) for n, s in sorted(tags.items())),

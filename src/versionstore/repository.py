@@ -73,7 +73,7 @@ from versionstore.ids import (
     object_id_text,
 )
 from versionstore.located_staging import LocatedStaging
-from versionstore.notebook import repository_html
+from versionstore.notebook import ref_labels, repository_html
 from versionstore.objects import ObjectReader
 from versionstore.opslog import REPOSITORY_OPERATION, OpsLogEntry, read_ops_log, with_operation
 from versionstore.progress import ProgressOption, progress_reporter
@@ -527,8 +527,15 @@ class Repository:
         and after all its descendants, newest first among those ready. A lazy
         iterator (``History``) that shows as a table and graph in a notebook.
         """
-        return History(self._ancestry(branch=branch, tag=tag, snapshot_id=snapshot_id,
-                                      all_parents=all_parents))
+        history = History(self._ancestry(branch=branch, tag=tag, snapshot_id=snapshot_id,
+                                         all_parents=all_parents))
+        history._labels = self._ref_labels
+        return history
+
+    def _ref_labels(self) -> dict[str, list[str]]:
+        """Snapshot id -> branch and tag names at it (the notebook views' refs column)."""
+        return ref_labels({n: self.lookup_branch(n) for n in self.list_branches()},
+                          {n: self.lookup_tag(n) for n in self.list_tags()})
 
     def _ancestry(self, *, branch: str | None, tag: str | None,
                   snapshot_id: str | None, all_parents: bool) -> Iterator[SnapshotInfo]:

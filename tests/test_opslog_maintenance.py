@@ -109,6 +109,7 @@ def test_gc_records_a_run_that_deleted_something(repo: vs.Repository) -> None:
     assert repo.garbage_collect(dry_run=True).deleted > 0
     assert len(list(repo.ops_log())) == count  # a dry run changes nothing
     summary = repo.garbage_collect()
+    assert summary.bytes_deleted == summary.bytes_freed > 0  # icechunk's name too
     entry = next(repo.ops_log())
     assert (entry.kind, entry.ref_type, entry.name) == ("gc", "repository", "")
     assert entry.message == (f"deleted {summary.deleted} object(s), "

@@ -221,9 +221,11 @@ def test_du_expire_gc_compact_verify(repo_path: str) -> None:
     assert _run("branch", "delete", repo_path, "dev").exit_code == 0
     assert _run("tag", "delete", repo_path, "v1").exit_code == 0
     expired = json.loads(_run("expire", repo_path, "--older-than", "0s", "--json").output)
-    assert len(expired) == 1  # "first": not a tip any more, not tagged
+    assert len(expired["expired"]) == 1  # "first": not a tip any more, not tagged
     dry = json.loads(_run("gc", repo_path, "--json").output)
     assert dry["dry_run"] and dry["deleted"] > 0
+    assert (expired["gc_would_delete"], expired["gc_would_free_bytes"]) == (
+        dry["deleted"], dry["bytes_freed"])  # expire says what gc then frees
     assert "--delete" in _run("gc", repo_path).output
     done = json.loads(_run("gc", repo_path, "--delete", "--json").output)
     assert not done["dry_run"] and done["deleted"] == dry["deleted"]

@@ -513,15 +513,18 @@ def expire(repo: str, older_than: str, delete_expired_branches: bool, delete_exp
 
     Example: versionstore expire my-repo --older-than 90d && versionstore gc my-repo --delete
     """
-    with _open(repo) as opened, _progress("expiring"):
+    with _open(repo) as opened, _progress("expiring") as progress:
         expired = opened.expire_snapshots(_when(older_than),
                                           delete_expired_branches=delete_expired_branches,
                                           delete_expired_tags=delete_expired_tags)
-        if as_json:
-            _json(sorted(expired))
-        else:
-            _echo(f"expired {len(expired)} snapshot(s); `versionstore gc REPO --delete` frees "
-                  "their data")
+        # What the next collection frees now (a dry run: incremental, so cheap).
+        freed = opened.garbage_collect(dry_run=True, progress=progress)
+    if as_json:
+        _json({"expired": sorted(expired), "gc_would_delete": freed.deleted,
+               "gc_would_free_bytes": freed.bytes_freed})
+    else:
+        _echo(f"expired {len(expired)} snapshot(s); `versionstore gc REPO --delete` now "
+              f"frees {freed.deleted} object(s), {_size(freed.bytes_freed)}")
 
 
 @cli.command()

@@ -913,8 +913,9 @@ class Repository:
         An LMDB file never shrinks: deleted objects leave free pages that
         later writes reuse. This rewrites the environment with LMDB's
         compacting copy and swaps it in atomically (``backend.lmdb``). It
-        needs the repository to itself. For the in-memory backend there is
-        nothing to do.
+        needs the repository to itself. In memory and on object storage
+        (whose deletions free space at once) there is nothing to do: the
+        report says 0 bytes before and after.
 
         Raises:
             RepositoryBusyError: another process (named by id) or another open
@@ -927,15 +928,19 @@ class Repository:
         self.reader = ObjectReader(self.backend)
         return CompactReport(bytes_before=before, bytes_after=after)
 
-    def purge(self, path: str, *, message: str | None = None, force: bool = False
-              ) -> PurgeResult:
+    def purge(self, path: str, *, message: str | None = None, force: bool = False,
+              gc_older_than: datetime | None = None) -> PurgeResult:
         """Erase node ``path`` (an array or group) from every version, branch and tag.
 
         Rewrites history (``versionstore.purge``): snapshot ids change from
         the first snapshot that held the node; branches and tags move to the
         rewritten snapshots. Then collects garbage, so no object holds the
         node's data any more (on LMDB, ``compact()`` also drops the freed
-        pages from the file).
+        pages from the file). On object storage that collection keeps its
+        default grace period (a day: a writer may have stored objects it has
+        not yet recorded), so the node's objects are deleted only by a later
+        ``garbage_collect``, or at once with ``gc_older_than=now`` while no
+        writer is active.
 
         Args:
             path: the node, e.g. ``"/participants/p042"``.
@@ -943,6 +948,8 @@ class Repository:
                 ``"versionstore.purge"``).
             force: discard writable sessions open on affected branches
                 instead of refusing.
+            gc_older_than: the grace period of the collection that follows
+                (``garbage_collect``'s ``older_than``; default: the storage's).
 
         Returns:
             ``PurgeResult``: ``rewritten`` maps old snapshot ids to new ones;
@@ -954,8 +961,9 @@ class Repository:
         """
         check_optional_name(message, "message", "a message")
         check_flag(force, "force")
+        check_optional_time(gc_older_than, "gc_older_than")
         mapping = purge_node(self.reader, path, message=message, force=force)
-        summary = collect_garbage(self.reader)
+        summary = collect_garbage(self.reader, older_than=gc_older_than)
         return PurgeResult(
             rewritten={SnapshotId(_text(a)): SnapshotId(_text(b)) for a, b in mapping.items()},
             gc=summary,

@@ -1,4 +1,4 @@
-"""The ops log records purge, expire and gc, as it records every other ref change.
+"""The ops log records purge, expire and gc, as it records every other ref change; async twins.
 
 A purge moves branches *and tags*: one ``purge`` entry per moved ref, written
 in the same atomic step. ``expire_snapshots`` records its run (a
@@ -117,3 +117,33 @@ def test_gc_records_a_run_that_deleted_something(repo: vs.Repository) -> None:
     assert repo.garbage_collect().deleted == 0
     assert len(list(repo.ops_log())) == count + 1  # nothing deleted: nothing recorded
     assert repo.verify().ok
+
+
+def test_maintenance_async_twins(repo: vs.Repository) -> None:
+    import asyncio
+
+    old = _commit(repo, p__c__0=b"secret" * 200, a=b"1" * 900)
+    repo.create_branch("dev", old)
+    _commit(repo, "dev", a=b"2" * 900)
+    time.sleep(0.01)
+    cutoff = datetime.now(UTC)
+    tip = _commit(repo, a=b"3" * 900)
+
+    async def run() -> None:
+        assert await repo.merge_base_async(tip, repo.lookup_branch("dev")) == old
+        session = await repo.rearrange_session_async("main")
+        assert session.branch == "main" and not session.read_only
+        assert (await repo.du_async()).keys == repo.du().keys
+        assert [r.snapshot.id for r in await repo.du_history_async()] == [
+            r.snapshot.id for r in repo.du_history()]
+        expired = await repo.expire_snapshots_async(cutoff, delete_expired_branches=True)
+        assert old in expired and "dev" not in repo.list_branches()
+        assert (await repo.garbage_collect_async(dry_run=True)).dry_run
+        assert (await repo.garbage_collect_async()).deleted > 0
+        purged = await repo.purge_async("/p", message="why")
+        assert tip in purged.rewritten
+        report = await repo.compact_async()
+        assert report.bytes_after <= report.bytes_before
+        assert (await repo.verify_async()).ok
+
+    asyncio.run(run())

@@ -1082,6 +1082,53 @@ class Repository:
         """``ops_log`` (as a list) without blocking the event loop."""
         return await asyncio.to_thread(lambda: list(self.ops_log()))
 
+    async def merge_base_async(self, snapshot_id_a: str, snapshot_id_b: str
+                               ) -> SnapshotId | None:
+        """``merge_base`` without blocking the event loop."""
+        return await asyncio.to_thread(self.merge_base, snapshot_id_a, snapshot_id_b)
+
+    async def rearrange_session_async(self, branch: str = MAIN) -> Session:
+        """``rearrange_session`` without blocking the event loop."""
+        return await asyncio.to_thread(self.rearrange_session, branch)
+
+    async def expire_snapshots_async(self, older_than: datetime, *,
+                                     delete_expired_branches: bool = False,
+                                     delete_expired_tags: bool = False) -> set[SnapshotId]:
+        """``expire_snapshots`` without blocking the event loop."""
+        return await asyncio.to_thread(
+            lambda: self.expire_snapshots(older_than,
+                                          delete_expired_branches=delete_expired_branches,
+                                          delete_expired_tags=delete_expired_tags))
+
+    async def garbage_collect_async(self, older_than: datetime | None = None, *,
+                                    dry_run: bool = False, full: bool = False) -> GCSummary:
+        """``garbage_collect`` without blocking the event loop."""
+        return await asyncio.to_thread(
+            lambda: self.garbage_collect(older_than, dry_run=dry_run, full=full))
+
+    async def du_async(self, branch: str | None = None, *, tag: str | None = None,
+                       snapshot_id: str | None = None) -> VersionUsage:
+        """``du`` without blocking the event loop."""
+        return await asyncio.to_thread(lambda: self.du(branch, tag=tag, snapshot_id=snapshot_id))
+
+    async def du_history_async(self, branch: str = MAIN) -> list[SnapshotUsage]:
+        """``du_history`` without blocking the event loop."""
+        return await asyncio.to_thread(self.du_history, branch)
+
+    async def purge_async(self, path: str, *, message: str | None = None, force: bool = False,
+                          gc_older_than: datetime | None = None) -> PurgeResult:
+        """``purge`` without blocking the event loop."""
+        return await asyncio.to_thread(lambda: self.purge(
+            path, message=message, force=force, gc_older_than=gc_older_than))
+
+    async def compact_async(self) -> CompactReport:
+        """``compact`` without blocking the event loop."""
+        return await asyncio.to_thread(self.compact)
+
+    async def verify_async(self, *, check_virtual: bool = False) -> VerifyReport:
+        """``verify`` without blocking the event loop."""
+        return await asyncio.to_thread(lambda: self.verify(check_virtual=check_virtual))
+
 
 def _check_repository(value: object, parameter: str) -> None:
     if not isinstance(value, Repository):

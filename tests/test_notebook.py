@@ -181,3 +181,29 @@ def test_renders_in_headless_chromium(repo: vs.Repository, tmp_path: Path) -> No
         shutil.copy(shot, docs / "notebook-views.png")
     np.testing.assert_array_equal(np.frombuffer(shot.read_bytes()[:8], "u1"),
                                   np.frombuffer(b"\x89PNG\r\n\x1a\n", "u1"))
+
+
+class _Printer:
+    """IPython's pretty printer, as far as ``_repr_pretty_`` uses it."""
+
+    def __init__(self) -> None:
+        self.out: list[str] = []
+
+    def text(self, value: str) -> None:
+        self.out.append(value)
+
+
+def test_plain_text_views_for_a_terminal(repo: vs.Repository) -> None:
+    text = str(repo)
+    assert "branch dev" in text and "branch main" in text and "tag v1" in text
+    assert "edit a corner" in text and EVIL in text  # plain text: nothing to escape
+    printer = _Printer()
+    repo._repr_pretty_(printer, False)
+    assert printer.out == [text]
+    diff = repo.diff(from_tag="v1", to_branch="main")
+    printer = _Printer()
+    diff._repr_pretty_(printer, False)
+    assert printer.out == ["updated_chunks /grid: 2 chunk(s)"]
+    assert "edit a corner" in repr(repo.ancestry())
+    repo.close()
+    assert str(repo).startswith(repr(repo))  # closed: says so, does not raise

@@ -384,6 +384,10 @@ class Diff:
         removed = len(self.deleted_chunks.get(path, frozenset()))
         return added, len(every) - added - removed, removed
 
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """IPython's plain-text view: one line per change (``str(diff)``), not every field."""
+        printer.text(str(self))
+
     def _repr_html_(self) -> str:
         fields = {f.name: getattr(self, f.name) for f in attrs.fields(Diff)
                   if f.name not in ("updated_chunks", "virtual_keys", *_DERIVED)}

@@ -133,6 +133,28 @@ class Repository:
     def __repr__(self) -> str:
         return f"Repository({self.storage!r})"
 
+    def __str__(self) -> str:
+        """Branches, tags and the last few snapshots of ``main``, as text (``print(repo)``)."""
+        try:
+            branches = {name: self.lookup_branch(name) for name in self.list_branches()}
+            tags = {name: self.lookup_tag(name) for name in self.list_tags()}
+            recent = list(itertools.islice(self.ancestry(), 6))
+        except VersionStoreError as exc:  # closed, or damaged: say so rather than fail
+            return f"{self!r}: {exc}"
+        lines = [repr(self)]
+        lines += [f"  branch {n}  {i}" for n, i in sorted(branches.items())]
+        lines += [f"  tag {n}  {i}" for n, i in sorted(tags.items())]
+        lines.append("  recent snapshots on main:")
+        lines += [f"    {i.id[:12]}  {i.written_at:%Y-%m-%d %H:%M}  {i.message}"
+                  for i in recent[:5]]
+        if len(recent) > 5:
+            lines.append("    …")
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """IPython's plain-text view (a terminal, or a notebook without HTML): ``str(repo)``."""
+        printer.text(repr(self) if cycle else str(self))
+
     def _repr_html_(self) -> str:
         """Branches, tags and the last few snapshots of ``main`` (for notebooks)."""
         try:

@@ -473,6 +473,7 @@ def du(repo: str, branch: str | None, tag: str | None, snapshot: str | None, his
         usage = opened.du(branch, tag=tag, snapshot_id=snapshot)
         if as_json:
             _json({"snapshot_id": usage.snapshot_id, "keys": usage.keys, "chunks": usage.chunks,
+                   "objects": usage.objects,
                    "logical_bytes": usage.logical_bytes, "stored_bytes": usage.stored_bytes,
                    "file_bytes": usage.file_bytes, "reclaimable_bytes": usage.reclaimable_bytes,
                    "virtual_chunks": usage.virtual_chunks, "virtual_bytes": usage.virtual_bytes,

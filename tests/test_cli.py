@@ -356,6 +356,7 @@ def test_the_examples_in_docs_cli_md_run_on_the_demo_repository(
     assert [e["kind"] for e in entries][:5] == ["squash", "revert", "cherry_pick", "merge",
                                                "create_branch"]
     assert entries[3]["name"] == "main" and entries[3]["ref_type"] == "branch"
+    assert entries[2]["source"] is not None  # the cherry-picked snapshot
     assert main(["log", "my-repo", "--json", "--limit", "1"]) == 0
     [merge] = json.loads(capsys.readouterr().out)
     assert merge["message"] == "merge the experiment" and len(merge["parent_ids"]) == 2

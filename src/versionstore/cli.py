@@ -731,7 +731,8 @@ def ops_log(repo: str, limit: int | None, as_json: bool) -> None:
         entries = list(itertools.islice(opened.ops_log(), limit))
     if as_json:
         _json([{"time": e.written_at.isoformat(), "kind": e.kind, "ref_type": e.ref_type,
-                "name": e.name, "old": e.old, "new": e.new, "message": e.message}
+                "name": e.name, "old": e.old, "new": e.new, "message": e.message,
+                "source": e.source}
                for e in entries])
         return
     for entry in entries:

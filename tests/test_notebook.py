@@ -125,7 +125,8 @@ def test_diff_and_status_views_draw_the_chunk_grid(repo: vs.Repository) -> None:
     fills = [a.get("fill") for tag, a in zip(tree.tags, tree.attrs, strict=True)
              if tag == "rect"]
     assert len(fills) == 12 and fills.count("#dd8452") == 2  # chunks (0, 2) and (1, 2)
-    assert "2 chunk(s) changed" in "".join(tree.text)
+    # The array was all fill value (zeros: no chunk stored), so both chunks are new.
+    assert "2 chunk(s) changed (2 added, 0 rewritten, 0 removed)" in "".join(tree.text)
     session = repo.writable_session()
     zarr.open_array(session.store, path="grid")[39, 0] = 5
     status = session.status()

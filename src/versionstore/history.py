@@ -391,7 +391,8 @@ class Diff:
     def _repr_html_(self) -> str:
         fields = {f.name: getattr(self, f.name) for f in attrs.fields(Diff)
                   if f.name not in ("updated_chunks", "virtual_keys", *_DERIVED)}
-        return diff_html(fields, self.updated_chunks, self.chunk_grids)
+        return diff_html(fields, self.updated_chunks, self.chunk_grids,
+                         {path: self.chunk_counts(path) for path in self.updated_chunks})
 
     def __str__(self) -> str:
         lines = []

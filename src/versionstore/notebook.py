@@ -174,9 +174,14 @@ def chunk_grid_svg(grid: Sequence[int], changed: Iterable[Sequence[int]]) -> str
 
 def diff_html(fields: Mapping[str, Iterable[str]],
               chunks: Mapping[str, Iterable[Sequence[int]]],
-              grids: Mapping[str, Sequence[int]] | None = None) -> str:
-    """A diff: node changes as a table, then per array its changed chunks (and a picture)."""
+              grids: Mapping[str, Sequence[int]] | None = None,
+              counts: Mapping[str, tuple[int, int, int]] | None = None) -> str:
+    """A diff: node changes as a table, then per array its changed chunks (and a picture).
+
+    ``counts`` gives, per array, the chunks added, changed and removed.
+    """
     grids = grids or {}
+    counts = counts or {}
     rows = [(name.replace("_", " "), path) for name, paths in fields.items()
             for path in sorted(paths)]
     if not rows and not chunks:
@@ -189,8 +194,12 @@ def diff_html(fields: Mapping[str, Iterable[str]],
         shown = ", ".join(str(list(c)) for c in listed[:20])
         more = f" … and {len(listed) - 20} more" if len(listed) > 20 else ""
         picture = chunk_grid_svg(grids[path], listed) if path in grids else ""
+        split = ""
+        if path in counts:
+            added, changed, removed = counts[path]
+            split = f" ({added} added, {changed} rewritten, {removed} removed)"
         parts.append(f"<div><strong>{_e(path)}</strong>: {len(listed)} chunk(s) changed"
-                     f"<div>{picture}</div>"
+                     f"{split}<div>{picture}</div>"
                      f'<div style="font-family:monospace;font-size:11px">'
                      f"{_e(shown)}{_e(more)}</div></div>")
     parts.append("</div>")

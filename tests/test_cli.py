@@ -117,7 +117,8 @@ def test_log_piped_to_head(tmp_path: Path) -> None:
 # -- every command through click's runner ------------------------------------------------
 
 COMMANDS = ["log", "show", "diff", "status", "sessions", "branch", "tag", "du", "expire", "gc",
-            "compact", "verify", "purge"]
+            "compact", "verify", "purge", "merge", "cherry-pick", "revert", "squash", "ops-log",
+            "clone", "push", "fetch"]
 
 
 def _run(*args: str, input: str | None = None) -> Any:
@@ -159,16 +160,24 @@ def test_diff_json_per_array(tmp_path: Path) -> None:
     path = tmp_path / "arrays"
     with vs.Repository.create(path) as repo:
         session = repo.writable_session()
-        zarr.create_array(session.store, name="t", shape=(40,), chunks=(10,), dtype="i4")[:] = 1
+        array = zarr.create_array(session.store, name="t", shape=(40,), chunks=(10,),
+                                  dtype="i4", fill_value=0)
+        array[:30] = 1  # chunks 0-2 stored; chunk 3 is all fill value: not stored
         session.commit("create")
         repo.create_tag("before", repo.lookup_branch("main"))
         session = repo.writable_session()
-        zarr.open_array(session.store, path="t")[:15] = 2
+        array = zarr.open_array(session.store, path="t")
+        array[:10] = 2    # chunk 0 changed
+        array[10:20] = 0  # chunk 1 back to the fill value: removed
+        array[30:] = 5    # chunk 3 written for the first time: added
         session.commit("edit")
     document = json.loads(_run("diff", str(path), "before", "main", "--json").output)
-    assert document["updated_chunks"] == {"/t": [[0], [1]]}
+    assert document["updated_chunks"] == {"/t": [[0], [1], [3]]}
+    assert document["chunks"] == {"/t": {"added": [[3]], "changed": [[0]], "removed": [[1]]}}
     table = _run("diff", str(path), "before", "main").output
-    assert "/t" in table and "2" in table
+    assert "chunks added" in table and "removed" in table
+    [row] = [line for line in table.splitlines() if "/t" in line]
+    assert [cell.strip() for cell in row.split("│")[1:5]] == ["/t", "1", "1", "1"]
 
 
 def test_branch_tag_create_list_delete(repo_path: str) -> None:
@@ -212,9 +221,11 @@ def test_du_expire_gc_compact_verify(repo_path: str) -> None:
     assert _run("branch", "delete", repo_path, "dev").exit_code == 0
     assert _run("tag", "delete", repo_path, "v1").exit_code == 0
     expired = json.loads(_run("expire", repo_path, "--older-than", "0s", "--json").output)
-    assert len(expired) == 1  # "first": not a tip any more, not tagged
+    assert len(expired["expired"]) == 1  # "first": not a tip any more, not tagged
     dry = json.loads(_run("gc", repo_path, "--json").output)
     assert dry["dry_run"] and dry["deleted"] > 0
+    assert (expired["gc_would_delete"], expired["gc_would_free_bytes"]) == (
+        dry["deleted"], dry["bytes_freed"])  # expire says what gc then frees
     assert "--delete" in _run("gc", repo_path).output
     done = json.loads(_run("gc", repo_path, "--delete", "--json").output)
     assert not done["dry_run"] and done["deleted"] == dry["deleted"]
@@ -239,6 +250,13 @@ def test_purge_asks_then_rewrites(repo_path: str) -> None:
     assert result.exit_code == 0 and "rewrote 1 snapshot" in result.output
     with vs.Repository.open(repo_path) as repo:
         assert repo.readonly_session().store.storage.get("secret/x") is None
+        session = repo.writable_session()
+        session.store.storage.set("more/x", b"m" * 1000)
+        tip = session.commit("more")
+    document = json.loads(_run("purge", repo_path, "/more", "--yes", "--json").output)
+    assert list(document["rewritten"]) == [tip] and document["deleted"] > 0
+    with vs.Repository.open(repo_path) as repo:
+        assert document["rewritten"][tip] == repo.lookup_branch("main")
     assert main(["purge", repo_path, "/", "--yes"]) == 1
 
 
@@ -312,3 +330,49 @@ def test_the_cli_works_without_obstore(repo_path: str) -> None:
     assert "Traceback" not in result.stderr, result.stderr
     assert "object storage is not available in this build" in result.stderr
     assert "pip install '/path/to/versionstore[remote]'" in result.stderr
+
+
+def test_the_examples_in_docs_cli_md_run_on_the_demo_repository(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import re
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    blocks = [b for b in re.findall(r"^```bash\n(.*?)^```", page, re.DOTALL | re.MULTILINE)
+              if "my-repo" in b]
+    assert len(blocks) >= 2
+    subprocess.run([sys.executable, "-m", "versionstore.demo", "my-repo"], cwd=tmp_path,
+                   check=True, capture_output=True, timeout=300)
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        for line in block.splitlines():
+            words = shlex.split(line, comments=True)
+            assert words[0] == "versionstore", line
+            assert main(words[1:]) == 0, (line, capsys.readouterr().err)
+    capsys.readouterr()
+    assert main(["ops-log", "my-repo", "--json"]) == 0
+    entries = [e for e in json.loads(capsys.readouterr().out)
+               if e["ref_type"] != "repository"]  # the maintenance block's gc run
+    assert [e["kind"] for e in entries][:5] == ["squash", "revert", "cherry_pick", "merge",
+                                               "create_branch"]
+    assert entries[3]["name"] == "main" and entries[3]["ref_type"] == "branch"
+    assert entries[2]["source"] is not None  # the cherry-picked snapshot
+    assert main(["log", "my-repo", "--json", "--limit", "1"]) == 0
+    [merge] = json.loads(capsys.readouterr().out)
+    assert merge["message"] == "merge the experiment" and len(merge["parent_ids"]) == 2
+    assert main(["show", "my-repo", merge["id"]]) == 0
+    assert f"merged    {merge['parent_ids'][1]}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("args", "label"), [
+    (["gc"], "collecting garbage"), (["verify"], "verifying"), (["du"], "sizing"),
+    (["du", "--history"], "sizing"), (["expire", "--older-than", "1000d"], "expiring"),
+    (["compact"], "compacting"), (["purge", "/nothing", "--yes"], "purging"),
+])
+def test_long_commands_draw_a_progress_bar_on_a_terminal(repo_path: str, args: list[str],
+                                                          label: str) -> None:
+    # rich draws bars only on a terminal; TTY_COMPATIBLE=1 makes stderr count as one.
+    env = {**os.environ, "TTY_COMPATIBLE": "1"}
+    result = _cli(args[0], repo_path, *args[1:], capture_output=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert label in result.stderr and "\x1b[" in result.stderr  # drawn, then erased

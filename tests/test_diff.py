@@ -560,3 +560,29 @@ def test_status_before_commit_equals_diff_after(repo: vs.Repository) -> None:
     second = session.commit("second")
     assert repo.diff(from_snapshot_id=first, to_snapshot_id=second) == staged
     assert repo.diff(from_snapshot_id=first, to_branch="main") == staged
+
+
+def test_chunks_added_changed_and_removed_per_array() -> None:
+    repo = vs.Repository.create(vs.in_memory_storage())
+    session = repo.writable_session()
+    zarr.create_array(session.store, name="t", shape=(40,), chunks=(10,), dtype="i4",
+                      fill_value=0)[:30] = 1
+    before = session.commit("chunks 0-2")
+    session = repo.writable_session()
+    array = zarr.open_array(session.store, path="t")
+    array[:10] = 2     # changed
+    array[10:20] = 0   # the fill value: the chunk is erased
+    array[30:] = 5     # a chunk that did not exist
+    staged = session.status()
+    session.commit("edit")
+    diff = repo.diff(from_snapshot_id=before, to_branch="main")
+    for changes in (staged, diff):
+        assert changes.updated_chunks == {"/t": frozenset({(0,), (1,), (3,)})}
+        assert changes.new_chunks == {"/t": frozenset({(3,)})}
+        assert changes.deleted_chunks == {"/t": frozenset({(1,)})}
+        assert changes.chunk_counts("/t") == (1, 1, 1)
+    assert diff.chunk_counts("/nothing") == (0, 0, 0)
+    # A new array's chunks are all added; a deleted array lists no chunks.
+    created = repo.diff(from_snapshot_id=repo.lookup_snapshot(before).parent_id or "",
+                        to_snapshot_id=before)
+    assert created.chunk_counts("/t") == (3, 0, 0)

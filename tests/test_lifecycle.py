@@ -169,6 +169,9 @@ def test_du_per_array_and_totals(repo: vs.Repository) -> None:
     usage = repo.du()
     assert usage.arrays["/x"].chunks == 10 and usage.arrays["/x"].logical_bytes >= 8000
     assert usage.arrays["/y"].chunks == 3  # Zarr chunks, inline (400 bytes) or not
+    # The total counts the same Zarr chunks as the arrays; ``objects`` those stored apart.
+    assert usage.chunks == sum(a.chunks for a in usage.arrays.values())
+    assert 10 <= usage.objects < usage.chunks
     assert usage.arrays["/y"].keys == 4  # 3 chunks and zarr.json
     assert usage.keys == sum(a.keys for a in usage.arrays.values())
     assert usage.stored_bytes >= usage.arrays["/x"].stored_bytes > 0

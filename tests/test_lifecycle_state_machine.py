@@ -2,7 +2,8 @@
 
 Actors: commits on two branches, a writable session that is always *resumed*
 by id (as after a crash) to stage and commit, tags, resets, ``expire``,
-``purge`` and garbage collection — with a commit, a staged write or an
+``purge``, merges, squashes and amends (on histories that expiry and
+collection have cut) and garbage collection — with a commit, a staged write or an
 expire landing between gc's mark phase and its sweep. The model holds what
 every branch tip, tag and the session must read; after every step the
 repository must match it, and ``verify`` must stay clean: gc never deletes
@@ -136,6 +137,36 @@ class LifecycleMachine(OnEitherBackend, RuleBasedStateMachine):
     @rule()
     def expire(self) -> None:
         self._expire()
+
+    # History edits after expiry and collection follow the history ``ancestry`` shows
+    # (grafts): they must never read an expired, collected snapshot.
+
+    @rule(on_conflict=st.sampled_from(["ours", "theirs"]))
+    def merge_dev_into_main(self, on_conflict: str) -> None:
+        base_id = self.repo.merge_base(self.repo.lookup_branch("main"),
+                                       self.repo.lookup_branch("dev"))
+        base = {} if base_id is None else self._read(snapshot_id=base_id)
+        ours, theirs = self.tips["main"], self.tips["dev"]
+        merged: Content = {}
+        for key in {*base, *ours, *theirs}:  # plain keys: a 3-way merge key by key
+            b, o, t = base.get(key), ours.get(key), theirs.get(key)
+            value = o if o == t or t == b else t if o == b else (
+                o if on_conflict == "ours" else t)
+            if value is not None:
+                merged[key] = value
+        self.repo.merge("dev", "main", on_conflict=on_conflict)
+        self.tips["main"] = merged
+
+    @rule(branch=BRANCHES)
+    def squash_down_to_the_first_snapshot(self, branch: str) -> None:
+        history = list(self.repo.ancestry(branch=branch))
+        if len(history) >= 3:
+            self.repo.squash(branch, since_snapshot_id=history[-1].id, message="squashed")
+
+    @rule(branch=BRANCHES)
+    def amend_the_tip(self, branch: str) -> None:
+        if self.repo.lookup_snapshot(self.repo.lookup_branch(branch)).parent_ids:
+            self.repo.writable_session(branch).amend("amended")
 
     @rule(during=st.sampled_from(["nothing", "commit", "stage", "expire"]), key=KEYS,
           value=VALUES, how=st.sampled_from(["incremental", "incremental", "full", "listing"]))

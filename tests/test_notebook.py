@@ -88,6 +88,30 @@ def test_history_view_is_a_table_and_a_graph_and_still_iterates(repo: vs.Reposit
     assert next(repo.ancestry()).message == "edit a corner"
 
 
+def _merged(repo: vs.Repository) -> str:
+    """Merge a change on ``dev`` into ``main``'s edit: a snapshot with two parents."""
+    session = repo.writable_session("dev")
+    zarr.open_array(session.store, path="grid")[39, 0] = 7
+    session.commit("fix the last row on dev")
+    return repo.merge("dev", "main", message="merge dev")
+
+
+def test_history_view_draws_merges_and_names_refs(repo: vs.Repository) -> None:
+    merge = _merged(repo)
+    history = repo.ancestry(all_parents=True)
+    tree = _parse(history._repr_html_())
+    # merge, edit a corner, fix on dev, EVIL, initial: one line per parent edge.
+    assert tree.tags.count("circle") == 5
+    assert tree.tags.count("line") == 2 + 1 + 1 + 1
+    xs = {a.get("cx") for tag, a in zip(tree.tags, tree.attrs, strict=True) if tag == "circle"}
+    assert len(xs) == 2  # the merged branch gets a lane of its own
+    text = "".join(tree.text)
+    assert "[main]" in text and "[dev]" in text and "[tag: v1]" in text
+    assert [i.id for i in history][0] == merge  # still iterates from the newest
+    info_text = "".join(_parse(repo.lookup_snapshot(merge)._repr_html_()).text)
+    assert all(p in info_text for p in repo.lookup_snapshot(merge).parent_ids)
+
+
 def test_snapshot_view(repo: vs.Repository) -> None:
     info = repo.lookup_snapshot(repo.lookup_tag("v1"))
     text = "".join(_parse(info._repr_html_()).text)
@@ -101,7 +125,8 @@ def test_diff_and_status_views_draw_the_chunk_grid(repo: vs.Repository) -> None:
     fills = [a.get("fill") for tag, a in zip(tree.tags, tree.attrs, strict=True)
              if tag == "rect"]
     assert len(fills) == 12 and fills.count("#dd8452") == 2  # chunks (0, 2) and (1, 2)
-    assert "2 chunk(s) changed" in "".join(tree.text)
+    # The array was all fill value (zeros: no chunk stored), so both chunks are new.
+    assert "2 chunk(s) changed (2 added, 0 rewritten, 0 removed)" in "".join(tree.text)
     session = repo.writable_session()
     zarr.open_array(session.store, path="grid")[39, 0] = 5
     status = session.status()
@@ -140,12 +165,15 @@ def test_renders_in_headless_chromium(repo: vs.Repository, tmp_path: Path) -> No
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     assert browser is not None
     page = tmp_path / "views.html"
-    page.write_text("<html><body>" + repo._repr_html_()
-                    + repo.diff(from_tag="v1", to_branch="main")._repr_html_()
-                    + "</body></html>")
+    diff = repo.diff(from_tag="v1", to_branch="main")
+    merge = _merged(repo)
+    page.write_text("<html><body>" + repo._repr_html_() + diff._repr_html_()
+                    + "<div><strong>repo.ancestry(all_parents=True)</strong></div>"
+                    + repo.ancestry(all_parents=True)._repr_html_()
+                    + repo.lookup_snapshot(merge)._repr_html_() + "</body></html>")
     shot = tmp_path / "views.png"
     subprocess.run([browser, "--headless", "--disable-gpu", "--no-sandbox",
-                    f"--screenshot={shot}", "--window-size=900,700", page.as_uri()],
+                    f"--screenshot={shot}", "--window-size=900,900", page.as_uri()],
                    check=True, timeout=120, capture_output=True)
     assert shot.stat().st_size > 1000
     if os.environ.get("VS_UPDATE_SCREENSHOTS") == "1":  # docs/notebook.md's picture
@@ -154,3 +182,29 @@ def test_renders_in_headless_chromium(repo: vs.Repository, tmp_path: Path) -> No
         shutil.copy(shot, docs / "notebook-views.png")
     np.testing.assert_array_equal(np.frombuffer(shot.read_bytes()[:8], "u1"),
                                   np.frombuffer(b"\x89PNG\r\n\x1a\n", "u1"))
+
+
+class _Printer:
+    """IPython's pretty printer, as far as ``_repr_pretty_`` uses it."""
+
+    def __init__(self) -> None:
+        self.out: list[str] = []
+
+    def text(self, value: str) -> None:
+        self.out.append(value)
+
+
+def test_plain_text_views_for_a_terminal(repo: vs.Repository) -> None:
+    text = str(repo)
+    assert "branch dev" in text and "branch main" in text and "tag v1" in text
+    assert "edit a corner" in text and EVIL in text  # plain text: nothing to escape
+    printer = _Printer()
+    repo._repr_pretty_(printer, False)
+    assert printer.out == [text]
+    diff = repo.diff(from_tag="v1", to_branch="main")
+    printer = _Printer()
+    diff._repr_pretty_(printer, False)
+    assert printer.out == ["updated_chunks /grid: 2 chunk(s)"]
+    assert "edit a corner" in repr(repo.ancestry())
+    repo.close()
+    assert str(repo).startswith(repr(repo))  # closed: says so, does not raise

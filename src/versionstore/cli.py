@@ -126,6 +126,11 @@ def _version(repo: Repository, name: str, side: str = "") -> dict[str, str]:
     return {f"{prefix}snapshot_id": name}
 
 
+def _snapshot(repo: Repository, name: str) -> str:
+    """The snapshot id ``name`` (a branch, a tag or a snapshot id) stands for."""
+    return next(_ancestry(repo, _version(repo, name))).id
+
+
 def _ancestry(repo: Repository, version: dict[str, str]) -> Iterator[SnapshotInfo]:
     """The ancestry of what ``_version`` found (a branch, tag or snapshot)."""
     return repo.ancestry(branch=version.get("branch"), tag=version.get("tag"),
@@ -133,8 +138,9 @@ def _ancestry(repo: Repository, version: dict[str, str]) -> Iterator[SnapshotInf
 
 
 def _info(info: SnapshotInfo) -> dict[str, Any]:
-    return {"id": info.id, "parent_id": info.parent_id, "written_at": info.written_at.isoformat(),
-            "message": info.message, "metadata": info.metadata}
+    return {"id": info.id, "parent_id": info.parent_id, "parent_ids": list(info.parent_ids),
+            "written_at": info.written_at.isoformat(), "message": info.message,
+            "metadata": info.metadata}
 
 
 def _diff_json(diff: Diff) -> dict[str, Any]:
@@ -144,6 +150,14 @@ def _diff_json(diff: Diff) -> dict[str, Any]:
         document[name] = sorted(getattr(diff, name))
     document["updated_chunks"] = {path: sorted(list(c) for c in coords)
                                   for path, coords in sorted(diff.updated_chunks.items())}
+    document["chunks"] = {}  # per array: which chunks were added, changed, removed
+    for path, coords in sorted(diff.updated_chunks.items()):
+        added = diff.new_chunks.get(path, frozenset())
+        removed = diff.deleted_chunks.get(path, frozenset())
+        document["chunks"][path] = {
+            "added": sorted(list(c) for c in added),
+            "changed": sorted(list(c) for c in coords - added - removed),
+            "removed": sorted(list(c) for c in removed)}
     document["virtual_keys"] = sorted(diff.virtual_keys)
     return document
 
@@ -157,9 +171,9 @@ def _diff_table(diff: Diff) -> None:
         if getattr(diff, name):
             _echo(f"{name}: {', '.join(sorted(getattr(diff, name)))}")
     if diff.updated_chunks:
-        table = Table("array", "chunks changed")
-        for path, coords in sorted(diff.updated_chunks.items()):
-            table.add_row(path, str(len(coords)))
+        table = Table("array", "chunks added", "changed", "removed")
+        for path in sorted(diff.updated_chunks):
+            table.add_row(path, *map(str, diff.chunk_counts(path)))
         _out().print(table)
     if diff.virtual_keys:
         _echo(f"virtual_keys: {len(diff.virtual_keys)} key(s) now reference external files")
@@ -272,6 +286,8 @@ def show(repo: str, snapshot: str, as_json: bool) -> None:
             return
         _echo(f"snapshot  {info.id}")
         _echo(f"parent    {info.parent_id or '(none)'}")
+        for merged in info.parent_ids[1:]:  # a merge snapshot: its change is against the first
+            _echo(f"merged    {merged}")
         _echo(f"written   {info.written_at.strftime('%Y-%m-%d %H:%M:%S UTC')}")
         _echo(f"message   {info.message}")
         if info.metadata:
@@ -286,7 +302,7 @@ def show(repo: str, snapshot: str, as_json: bool) -> None:
 @click.argument("new", metavar="TO")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def diff(repo: str, old: str, new: str, as_json: bool) -> None:
-    """What changed from one version to another, per array (chunks changed).
+    """What changed from one version to another, per array (chunks added, changed, removed).
 
     FROM and TO are each a branch, a tag or a snapshot id.
 
@@ -438,7 +454,7 @@ def du(repo: str, branch: str | None, tag: str | None, snapshot: str | None, his
 
     Example: versionstore du my-repo --history --branch main
     """
-    with _open(repo) as opened:
+    with _open(repo) as opened, _progress("sizing"):
         if history:
             rows = opened.du_history(branch or "main")
             if as_json:
@@ -457,6 +473,7 @@ def du(repo: str, branch: str | None, tag: str | None, snapshot: str | None, his
         usage = opened.du(branch, tag=tag, snapshot_id=snapshot)
         if as_json:
             _json({"snapshot_id": usage.snapshot_id, "keys": usage.keys, "chunks": usage.chunks,
+                   "objects": usage.objects,
                    "logical_bytes": usage.logical_bytes, "stored_bytes": usage.stored_bytes,
                    "file_bytes": usage.file_bytes, "reclaimable_bytes": usage.reclaimable_bytes,
                    "virtual_chunks": usage.virtual_chunks, "virtual_bytes": usage.virtual_bytes,
@@ -497,15 +514,18 @@ def expire(repo: str, older_than: str, delete_expired_branches: bool, delete_exp
 
     Example: versionstore expire my-repo --older-than 90d && versionstore gc my-repo --delete
     """
-    with _open(repo) as opened:
+    with _open(repo) as opened, _progress("expiring") as progress:
         expired = opened.expire_snapshots(_when(older_than),
                                           delete_expired_branches=delete_expired_branches,
                                           delete_expired_tags=delete_expired_tags)
-        if as_json:
-            _json(sorted(expired))
-        else:
-            _echo(f"expired {len(expired)} snapshot(s); `versionstore gc REPO --delete` frees "
-                  "their data")
+        # What the next collection frees now (a dry run: incremental, so cheap).
+        freed = opened.garbage_collect(dry_run=True, progress=progress)
+    if as_json:
+        _json({"expired": sorted(expired), "gc_would_delete": freed.deleted,
+               "gc_would_free_bytes": freed.bytes_freed})
+    else:
+        _echo(f"expired {len(expired)} snapshot(s); `versionstore gc REPO --delete` now "
+              f"frees {freed.deleted} object(s), {_size(freed.bytes_freed)}")
 
 
 @cli.command()
@@ -583,7 +603,10 @@ def verify(repo: str, as_json: bool) -> None:
 @click.option("--message", "-m", help="why (kept in the rewritten snapshots' metadata)")
 @click.option("--force", is_flag=True, help="discard writable sessions on affected branches")
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
-def purge(repo: str, path: str, message: str | None, force: bool, yes: bool) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="print JSON: old -> new snapshot ids, and the collection after")
+def purge(repo: str, path: str, message: str | None, force: bool, yes: bool,
+          as_json: bool) -> None:
     """Erase node PATH (array or group) from every version, branch and tag.
 
     Rewrites history (snapshot ids change) and then collects garbage; run
@@ -593,9 +616,13 @@ def purge(repo: str, path: str, message: str | None, force: bool, yes: bool) -> 
     """
     if not yes:
         click.confirm(f"Erase {path} from every version of {repo}? This rewrites history",
-                      abort=True)
+                      abort=True, err=True)
     with _open(repo) as opened, _progress("purging"):
         result = opened.purge(path, message=message, force=force)
+    if as_json:
+        _json({"rewritten": dict(sorted(result.rewritten.items())),
+               "deleted": result.gc.deleted, "bytes_freed": result.gc.bytes_freed})
+        return
     _echo(f"rewrote {len(result.rewritten)} snapshot(s); deleted {result.gc.deleted} objects "
           f"({_size(result.gc.bytes_freed)}); run `versionstore compact` to shrink the file")
 
@@ -644,10 +671,13 @@ def cherry_pick(repo: str, snapshot: str, onto: str, on_conflict: str,
                 message: str | None) -> None:
     """Apply the change SNAPSHOT made (against its first parent) to a branch.
 
+    SNAPSHOT is a snapshot id, or a branch or tag (its snapshot).
+
     Example: versionstore cherry-pick my-repo 3F7QXK2A --onto main
     """
     with _open(repo) as opened:
-        tip = opened.cherry_pick(snapshot, onto, message=message, on_conflict=on_conflict)
+        tip = opened.cherry_pick(_snapshot(opened, snapshot), onto, message=message,
+                                 on_conflict=on_conflict)
     _echo(tip)
 
 
@@ -662,17 +692,20 @@ def revert(repo: str, snapshot: str, branch: str, on_conflict: str,
            message: str | None) -> None:
     """Undo the change SNAPSHOT made, as a new snapshot on a branch.
 
+    SNAPSHOT is a snapshot id, or a branch or tag (its snapshot).
+
     Example: versionstore revert my-repo 3F7QXK2A --branch main
     """
     with _open(repo) as opened:
-        tip = opened.revert(snapshot, branch, message=message, on_conflict=on_conflict)
+        tip = opened.revert(_snapshot(opened, snapshot), branch, message=message,
+                            on_conflict=on_conflict)
     _echo(tip)
 
 
 @cli.command()
 @repo_argument
 @click.option("--since", "since", required=True, metavar="SNAPSHOT",
-              help="the snapshot the squashed one is based on (kept)")
+              help="the snapshot the squashed one is based on (kept): an id, tag or branch")
 @click.option("--branch", default="main", show_default=True, help="the branch to squash")
 @click.option("-m", "--message", help="the squashed snapshot's message")
 def squash(repo: str, since: str, branch: str, message: str | None) -> None:
@@ -681,7 +714,7 @@ def squash(repo: str, since: str, branch: str, message: str | None) -> None:
     Example: versionstore squash my-repo --since 3F7QXK2A -m "ingest 2024"
     """
     with _open(repo) as opened:
-        tip = opened.squash(branch, since_snapshot_id=since, message=message)
+        tip = opened.squash(branch, since_snapshot_id=_snapshot(opened, since), message=message)
     _echo(tip)
 
 
@@ -698,14 +731,15 @@ def ops_log(repo: str, limit: int | None, as_json: bool) -> None:
         entries = list(itertools.islice(opened.ops_log(), limit))
     if as_json:
         _json([{"time": e.written_at.isoformat(), "kind": e.kind, "ref_type": e.ref_type,
-                "name": e.name, "old": e.old, "new": e.new, "message": e.message}
+                "name": e.name, "old": e.old, "new": e.new, "message": e.message,
+                "source": e.source}
                for e in entries])
         return
     for entry in entries:
         stamp = entry.written_at.strftime("%Y-%m-%d %H:%M:%S UTC")
         message = f"  {entry.message}" if entry.message else ""
-        _echo(f"{stamp}  {entry.kind}  {entry.ref_type} {entry.name}  "
-              f"{entry.old or '-'} -> {entry.new or '-'}{message}")
+        ref = f"{entry.ref_type} {entry.name}".rstrip()  # "repository": a gc or expire run
+        _echo(f"{stamp}  {entry.kind}  {ref}  {entry.old or '-'} -> {entry.new or '-'}{message}")
 
 
 # -- between repositories: clone, push, fetch -----------------------------------------------

@@ -38,6 +38,7 @@ from versionstore.errors import (
     NothingToCommitError,
     SnapshotNotFoundError,
 )
+from versionstore.grafts import GRAFT_PREFIX, Grafts, grafts_from_refs, parents_of
 from versionstore.history import merge_base, with_history
 from versionstore.ids import ObjectId, object_id_text
 from versionstore.merge import Merged, check_on_conflict, merge_trees
@@ -58,6 +59,14 @@ class HistoryEditor:
     def __init__(self, reader: ObjectReader, refs: Refs) -> None:
         self.reader = reader
         self.refs = refs
+
+    def _grafts(self) -> Grafts:
+        """The parents history follows after ``expire_snapshots`` (``versionstore.grafts``).
+
+        Every walk here follows them, as ``ancestry`` does: an expired
+        snapshot may already be deleted by garbage collection.
+        """
+        return grafts_from_refs(self.refs.backend.list_refs(GRAFT_PREFIX))
 
     def _read(self, entry: Entry | None) -> bytes | None:
         if isinstance(entry, ChunkRef):
@@ -152,7 +161,7 @@ class HistoryEditor:
 
         def attempt() -> ObjectId | None:
             tip, raw_tip = self.refs.branch_tip(into)
-            base = merge_base(self.reader, tip, source)
+            base = merge_base(self.reader, tip, source, self._grafts())
             if base == source:
                 return tip
             text = message if message is not None else f"Merge {label} into {into}"
@@ -191,8 +200,8 @@ class HistoryEditor:
         metadata = dict(metadata or {})
         pack_metadata(metadata)
         snapshot = self.reader.snapshot(picked)
-        parent_tree = None if snapshot.parent is None else self.reader.snapshot(
-            snapshot.parent).tree
+        parent = next(iter(parents_of(picked, snapshot, self._grafts())), None)
+        parent_tree = None if parent is None else self.reader.snapshot(parent).tree
         base, theirs = (snapshot.tree, parent_tree) if revert else (parent_tree, snapshot.tree)
         kind = "revert" if revert else "cherry_pick"
         text = message
@@ -236,12 +245,13 @@ class HistoryEditor:
 
         def attempt() -> ObjectId | None:
             tip, raw_tip = self.refs.branch_tip(branch)
+            grafts = self._grafts()
             squashed: list[Snapshot] = []
             current: ObjectId | None = tip
             while current is not None and current != since:
                 snapshot = self.reader.snapshot(current)
                 squashed.append(snapshot)
-                current = snapshot.parent
+                current = next(iter(parents_of(current, snapshot, grafts)), None)
             if current is None or not squashed:
                 raise ValueError(
                     f"snapshot {object_id_text(since)} is not an earlier snapshot on branch "

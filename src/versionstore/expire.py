@@ -16,6 +16,9 @@ With ``delete_expired_branches`` / ``delete_expired_tags``, branches (never
 ``main``) and tags whose snapshot is older than the cut-off are deleted first,
 so their snapshots can expire too.
 
+The ops log records the run (an ``expire`` entry for the repository) and
+each branch or tag it deleted, in the same atomic step.
+
 Concurrency: every branch, tag and graft ref read is an ``expect`` of the one
 atomic ``WriteBatch`` that writes the grafts and deletes refs, so a commit,
 reset or tag landing meanwhile makes the write fail and the computation
@@ -25,7 +28,7 @@ retry — no concurrent commit is ever lost or stepped over.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 
 from versionstore.backend.protocol import WriteBatch
 from versionstore.codec import decode_ref_target, encode_graft, encode_ref_target
@@ -33,7 +36,8 @@ from versionstore.errors import ConflictError
 from versionstore.grafts import GRAFT_PREFIX, graft_ref, grafts_from_refs, parents_of
 from versionstore.ids import ObjectId
 from versionstore.objects import ObjectReader
-from versionstore.records import Graft, RefTarget
+from versionstore.opslog import REPOSITORY_OPERATION, with_operation
+from versionstore.records import Graft, Operation, RefTarget
 from versionstore.refs import MAIN, branch_ref
 
 __all__ = ["expire_snapshots"]
@@ -125,7 +129,20 @@ def expire_snapshots(reader: ObjectReader, older_than: datetime, *,
                    if raw is not None and name.startswith(GRAFT_PREFIX)
                    for parents in grafts_from_refs({name: raw}).values()]
         requires = [p for parents in grafted for p in parents]
-        if backend.write(WriteBatch(expect=expect, requires=requires, refs=writes)):
+        batch = WriteBatch(expect=expect, requires=requires, refs=writes)
+        now = datetime.now(UTC)
+        note = f"older than {older_than.isoformat()}"
+        for name in sorted(writes):  # deleted branches and tags, in the same atomic step
+            if name.startswith(("branch/", "tag/")):
+                old = decode_ref_target(name, refs[name]).snapshot
+                batch = with_operation(batch, Operation(
+                    kind="expire", ref=name, old=old, new=None, written_at=now,
+                    message=f"deleted: its snapshot is {note}"))
+        if expired:
+            batch = with_operation(batch, Operation(
+                kind="expire", ref=REPOSITORY_OPERATION, old=None, new=None, written_at=now,
+                message=f"expired {len(expired)} snapshot(s) {note}"))
+        if backend.write(batch):
             backend.sync()
             return expired
     raise ConflictError("(expire)", [])  # pragma: no cover - endless contention

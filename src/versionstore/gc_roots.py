@@ -55,6 +55,11 @@ class GCSummary:
     dry_run: bool
     bytes_freed: int = 0
 
+    @property
+    def bytes_deleted(self) -> int:
+        """``bytes_freed`` under icechunk's name (its ``GCSummary.bytes_deleted``)."""
+        return self.bytes_freed
+
 
 KNOWN_REFS = ("branch/", "tag/", "session/", "stage/", "graft/", "ops/")
 #: Prefixes of refs that root nothing: the ops log (``versionstore.opslog``), one entry

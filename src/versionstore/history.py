@@ -40,7 +40,7 @@ import itertools
 import json
 import math
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 from typing import Any, cast
@@ -365,22 +365,40 @@ class Diff:
     #: Chunk-grid shape of each array in ``updated_chunks`` (for pictures), when known.
     chunk_grids: Mapping[str, tuple[int, ...]] = attrs.field(factory=dict, eq=False,
                                                             repr=False)
+    #: Of ``updated_chunks``, those that did not exist before (written for the first
+    #: time) and those that no longer exist (erased), per array; the rest changed value.
+    new_chunks: Mapping[str, frozenset[Coordinates]] = attrs.field(factory=dict, eq=False,
+                                                                  repr=False)
+    deleted_chunks: Mapping[str, frozenset[Coordinates]] = attrs.field(factory=dict, eq=False,
+                                                                      repr=False)
 
     def is_empty(self) -> bool:
         """Whether nothing changed."""
         return not any(getattr(self, f.name) for f in attrs.fields(Diff)
-                       if f.name != "chunk_grids")
+                       if f.name not in _DERIVED)
+
+    def chunk_counts(self, path: str) -> tuple[int, int, int]:
+        """Chunks of array ``path`` added, changed (rewritten) and removed."""
+        every = self.updated_chunks.get(path, frozenset())
+        added = len(self.new_chunks.get(path, frozenset()))
+        removed = len(self.deleted_chunks.get(path, frozenset()))
+        return added, len(every) - added - removed, removed
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """IPython's plain-text view: one line per change (``str(diff)``), not every field."""
+        printer.text(str(self))
 
     def _repr_html_(self) -> str:
         fields = {f.name: getattr(self, f.name) for f in attrs.fields(Diff)
-                  if f.name not in ("updated_chunks", "chunk_grids", "virtual_keys")}
-        return diff_html(fields, self.updated_chunks, self.chunk_grids)
+                  if f.name not in ("updated_chunks", "virtual_keys", *_DERIVED)}
+        return diff_html(fields, self.updated_chunks, self.chunk_grids,
+                         {path: self.chunk_counts(path) for path in self.updated_chunks})
 
     def __str__(self) -> str:
         lines = []
         for field in attrs.fields(Diff):
             value = getattr(self, field.name)
-            if field.name == "chunk_grids":
+            if field.name in _DERIVED:
                 continue
             if field.name == "updated_chunks":
                 for path, coords in sorted(value.items()):
@@ -394,6 +412,10 @@ class Diff:
         return "\n".join(lines) or "(no changes)"
 
 
+#: ``Diff`` fields that detail others (not compared, not shown on their own).
+_DERIVED = ("chunk_grids", "new_chunks", "deleted_chunks")
+
+
 class History(itertools.chain[SnapshotInfo]):
     """What ``Repository.ancestry`` returns: an iterator of ``SnapshotInfo``, newest first.
 
@@ -404,9 +426,12 @@ class History(itertools.chain[SnapshotInfo]):
     ahead (``_peek``) and the lookahead has to be served first.
     """
 
-    __slots__ = ("_ahead",)
+    __slots__ = ("_ahead", "_labels")
     SHOWN = 30
     _ahead: deque[SnapshotInfo]  # set by the first ``_peek``
+    #: Reads the branch and tag names of each snapshot, for the notebook view's
+    #: refs column (set by ``Repository.ancestry``; read only when shown).
+    _labels: Callable[[], Mapping[str, Sequence[str]]]
 
     def _peek(self, count: int) -> list[SnapshotInfo]:
         if type(self) is History:  # from now on, ``next`` serves the lookahead first
@@ -431,7 +456,9 @@ class History(itertools.chain[SnapshotInfo]):
         shown = self._peek(self.SHOWN + 1)
         rows = [(i.id, list(i.parent_ids), i.written_at, i.message)
                 for i in shown[: self.SHOWN]]
-        return history_html(rows, more=len(shown) > self.SHOWN)
+        labels = getattr(self, "_labels", None)
+        return history_html(rows, None if labels is None else labels(),
+                            more=len(shown) > self.SHOWN)
 
 
 class _LookedAhead(History):
@@ -541,9 +568,9 @@ def _reachable(reader: ObjectReader, start: ObjectId, grafts: Grafts | None = No
                ) -> dict[ObjectId, Snapshot]:
     """Every snapshot ``start`` reaches through all parents (``start`` included).
 
-    First-parent runs are read a history page at a time (without grafts:
-    pages list stored parents); the snapshots they yield lack their own
-    ``history``, which no caller needs.
+    First-parent runs are read a history page at a time (up to the first
+    grafted snapshot: pages list stored parents); the snapshots they yield
+    lack their own ``history``, which no caller needs.
     """
     found: dict[ObjectId, Snapshot] = {}
     pending = [start]
@@ -554,16 +581,19 @@ def _reachable(reader: ObjectReader, start: ObjectId, grafts: Grafts | None = No
         snapshot = reader.snapshot(snapshot_id)
         found[snapshot_id] = snapshot
         pending.extend(p for p in parents_of(snapshot_id, snapshot, grafts) if p not in found)
-        if not grafts:
-            _take_pages(reader, snapshot, found, pending)
+        if not grafts or snapshot_id not in grafts:
+            _take_pages(reader, snapshot, found, pending, grafts)
     return found
 
 
 def _take_pages(reader: ObjectReader, snapshot: Snapshot, found: dict[ObjectId, Snapshot],
-                pending: list[ObjectId]) -> None:
+                pending: list[ObjectId], grafts: Grafts | None = None) -> None:
     """Add ``snapshot``'s first-parent ancestors to ``found`` from its pages, until a known one.
 
-    Their other parents (merged branches) go to ``pending``.
+    Their other parents (merged branches) go to ``pending``. Pages list
+    stored parents, so they are followed only up to the first grafted
+    snapshot (``expire_snapshots``): its graft's parents go to ``pending``.
+    A run that leads into expired snapshots always passes through one.
     """
     expected, page_id = snapshot.parent, snapshot.history
     while page_id is not None and expected is not None and expected not in found:
@@ -575,20 +605,27 @@ def _take_pages(reader: ObjectReader, snapshot: Snapshot, found: dict[ObjectId, 
             if entry_id in found:
                 return
             found[entry_id] = entry
+            grafted = grafts.get(entry_id) if grafts else None
+            if grafted is not None:
+                pending.extend(p for p in grafted if p not in found)
+                return
             pending.extend(p for p in entry.parents[1:] if p not in found)
         expected, page_id = page.after, page.previous
     if expected is not None and expected not in found:
         pending.append(expected)
 
 
-def merge_base(reader: ObjectReader, a: ObjectId, b: ObjectId) -> ObjectId | None:
+def merge_base(reader: ObjectReader, a: ObjectId, b: ObjectId,
+               grafts: Grafts | None = None) -> ObjectId | None:
     """The lowest common ancestor of two snapshots (either may be it), or ``None``.
 
     A common ancestor is *lowest* when no other common ancestor descends from
     it. Criss-cross histories can have several; the newest of them (then the
-    greatest id) is chosen, so every caller picks the same base.
+    greatest id) is chosen, so every caller picks the same base. History is
+    followed as ``ancestry`` shows it: through ``grafts``, never into
+    snapshots that ``expire_snapshots`` removed (and gc may have deleted).
     """
-    of_a = _reachable(reader, a)
+    of_a = _reachable(reader, a, grafts)
     if b in of_a:
         return b
     candidates: set[ObjectId] = set()
@@ -602,10 +639,10 @@ def merge_base(reader: ObjectReader, a: ObjectId, b: ObjectId) -> ObjectId | Non
         if snapshot_id in of_a:
             candidates.add(snapshot_id)  # common; its own ancestors are not lowest
             continue
-        pending.extend(reader.snapshot(snapshot_id).parents)
+        pending.extend(parents_of(snapshot_id, reader.snapshot(snapshot_id), grafts))
     lowest = [
         c for c in candidates
-        if not any(c != other and c in _reachable(reader, other) for other in candidates)
+        if not any(c != other and c in _reachable(reader, other, grafts) for other in candidates)
     ]
     if not lowest:
         return None
@@ -766,6 +803,8 @@ def classify_changes(
         "new_groups", "new_arrays", "deleted_groups", "deleted_arrays",
         "updated_groups", "updated_arrays", "updated_keys")}
     chunks: dict[str, set[Coordinates]] = {}
+    added: dict[str, set[Coordinates]] = {}
+    removed: dict[str, set[Coordinates]] = {}
     for key, (before, after) in keys.items():
         directory, _, name = key.rpartition("/")
         if name in ("zarr.json", ".zarray", ".zgroup", ".zattrs"):
@@ -800,6 +839,9 @@ def classify_changes(
             coords = parser(rest)
             if coords is not None:
                 chunks.setdefault(_node_path(directory), set()).add(coords)
+                if not before or not after:
+                    (added if not before else removed).setdefault(
+                        _node_path(directory), set()).add(coords)
                 placed = True
             break
         if not placed:
@@ -817,4 +859,6 @@ def classify_changes(
         **{name: frozenset(paths) for name, paths in found.items()},
         updated_chunks={path: frozenset(c) for path, c in chunks.items()},
         chunk_grids=grids,
+        new_chunks={path: frozenset(c) for path, c in added.items()},
+        deleted_chunks={path: frozenset(c) for path, c in removed.items()},
     )

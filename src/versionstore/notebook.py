@@ -19,8 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-__all__ = ["chunk_grid_svg", "diff_html", "history_html", "repository_html", "snapshot_html",
-           "table_html"]
+__all__ = ["chunk_grid_svg", "diff_html", "history_html", "ref_labels", "repository_html",
+           "snapshot_html", "table_html"]
 
 _STYLE = "border-collapse:collapse;font-family:monospace;font-size:12px"
 _CELL = "border:1px solid #ccc;padding:2px 6px;text-align:left"
@@ -174,9 +174,14 @@ def chunk_grid_svg(grid: Sequence[int], changed: Iterable[Sequence[int]]) -> str
 
 def diff_html(fields: Mapping[str, Iterable[str]],
               chunks: Mapping[str, Iterable[Sequence[int]]],
-              grids: Mapping[str, Sequence[int]] | None = None) -> str:
-    """A diff: node changes as a table, then per array its changed chunks (and a picture)."""
+              grids: Mapping[str, Sequence[int]] | None = None,
+              counts: Mapping[str, tuple[int, int, int]] | None = None) -> str:
+    """A diff: node changes as a table, then per array its changed chunks (and a picture).
+
+    ``counts`` gives, per array, the chunks added, changed and removed.
+    """
     grids = grids or {}
+    counts = counts or {}
     rows = [(name.replace("_", " "), path) for name, paths in fields.items()
             for path in sorted(paths)]
     if not rows and not chunks:
@@ -189,23 +194,33 @@ def diff_html(fields: Mapping[str, Iterable[str]],
         shown = ", ".join(str(list(c)) for c in listed[:20])
         more = f" … and {len(listed) - 20} more" if len(listed) > 20 else ""
         picture = chunk_grid_svg(grids[path], listed) if path in grids else ""
+        split = ""
+        if path in counts:
+            added, changed, removed = counts[path]
+            split = f" ({added} added, {changed} rewritten, {removed} removed)"
         parts.append(f"<div><strong>{_e(path)}</strong>: {len(listed)} chunk(s) changed"
-                     f"<div>{picture}</div>"
+                     f"{split}<div>{picture}</div>"
                      f'<div style="font-family:monospace;font-size:11px">'
                      f"{_e(shown)}{_e(more)}</div></div>")
     parts.append("</div>")
     return "".join(parts)
 
 
-def repository_html(title: str, branches: Mapping[str, str], tags: Mapping[str, str],
-                    recent: Sequence[tuple[str, Sequence[str], datetime, str]],
-                    more: bool) -> str:
-    """A repository: its branches and tags, and the last few snapshots of ``main``."""
+def ref_labels(branches: Mapping[str, str], tags: Mapping[str, str]) -> dict[str, list[str]]:
+    """Snapshot id -> the names pointing at it (``"main"``, ``"tag: v1"``), for history tables."""
     labels: dict[str, list[str]] = {}
     for name, snapshot_id in sorted(branches.items()):
         labels.setdefault(snapshot_id, []).append(name)
     for name, snapshot_id in sorted(tags.items()):
         labels.setdefault(snapshot_id, []).append(f"tag: {name}")
+    return labels
+
+
+def repository_html(title: str, branches: Mapping[str, str], tags: Mapping[str, str],
+                    recent: Sequence[tuple[str, Sequence[str], datetime, str]],
+                    more: bool) -> str:
+    """A repository: its branches and tags, and the last few snapshots of ``main``."""
+    labels = ref_labels(branches, tags)
     refs = table_html(("kind", "name", "snapshot"), [
         *(("branch", n, _short(s)) for n, s in sorted(branches.items())),
         *(("tag", n, _short(s)) for n, s in sorted(tags.items())),

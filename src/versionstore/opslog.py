@@ -32,9 +32,12 @@ from versionstore.codec import decode_operation, encode_operation
 from versionstore.ids import SnapshotId, object_id_text
 from versionstore.records import Operation
 
-__all__ = ["OPS_PREFIX", "OpsLogEntry", "read_ops_log", "with_operation"]
+__all__ = ["OPS_PREFIX", "REPOSITORY_OPERATION", "OpsLogEntry", "read_ops_log",
+           "with_operation"]
 
 OPS_PREFIX = "ops/"
+#: The ``ref`` of an entry about the whole repository (a gc or expire run), not one ref.
+REPOSITORY_OPERATION = "repository"
 _lock = threading.Lock()
 _last = 0
 
@@ -68,11 +71,17 @@ class OpsLogEntry:
     ``kind`` is one of ``commit``, ``amend``, ``merge``, ``cherry_pick``,
     ``revert``, ``squash``, ``reset_branch``, ``create_branch``,
     ``delete_branch``, ``create_tag``, ``delete_tag``, ``push`` (a push from
-    another repository moved or created the branch here) and ``fetch`` (a
-    fetch from another repository did). ``ref_type`` is
-    ``"branch"`` or ``"tag"``; ``old``/``new`` the snapshot ids before and
-    after (``None``: the ref did not exist, or was deleted); ``source`` the
-    merged, cherry-picked or reverted snapshot.
+    another repository moved or created the branch here), ``fetch`` (a
+    fetch from another repository did), ``purge`` (a purge moved the branch
+    or tag to its rewritten history), ``expire`` and ``gc``. ``ref_type`` is
+    ``"branch"`` or ``"tag"``, or ``"repository"`` (``name`` empty) for the
+    entry of an ``expire_snapshots`` run that expired snapshots and of a
+    ``garbage_collect`` run that deleted objects (icechunk's
+    ``ExpirationRanUpdate`` and ``GCRanUpdate``); a branch or tag that
+    ``expire_snapshots`` deleted gets its own ``expire`` entry. ``old``/``new``
+    are the snapshot ids before and after (``None``: the ref did not exist,
+    or was deleted); ``source`` the merged, cherry-picked or reverted
+    snapshot.
     """
 
     id: str

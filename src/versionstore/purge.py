@@ -7,7 +7,8 @@ one gets a new id (its content changed, or its parent's id did), keeping its
 message, time and metadata, plus a ``"versionstore.purge"`` metadata entry
 naming the path, the purge's message and the snapshot's original id. Branch
 and tag refs then move to the rewritten snapshots — tags included, the only
-time a tag moves — in one atomic ``WriteBatch`` that expects every branch,
+time a tag moves — in one atomic ``WriteBatch`` (with a ``purge`` ops-log
+entry per moved ref) that expects every branch,
 tag, graft and session ref exactly as read: a commit landing meanwhile makes
 the purge start over, so it is never lost (and never keeps the purged data).
 
@@ -25,6 +26,7 @@ them, and ``Repository.compact`` returns their pages to the file system.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from versionstore.backend.protocol import Backend, SessionRule, WriteBatch
@@ -38,7 +40,8 @@ from versionstore.errors import ConflictError, PurgeBlockedError
 from versionstore.grafts import GRAFT_PREFIX, grafts_from_refs, parents_of
 from versionstore.ids import ObjectId, object_id_text
 from versionstore.objects import ObjectReader
-from versionstore.records import RefTarget, Snapshot
+from versionstore.opslog import with_operation
+from versionstore.records import Operation, RefTarget, Snapshot
 from versionstore.sizes import SizeTally
 from versionstore.tree import apply_changes, iter_from
 
@@ -183,7 +186,13 @@ def purge_node(reader: ObjectReader, path: str, *, message: str | None = None,
             name: raw for name, raw in refs.items()
             if name.startswith(("branch/", "tag/", "session/", GRAFT_PREFIX))
         }
-        if backend.write(WriteBatch(objects=objects, expect=expect, refs=writes)):
+        batch = WriteBatch(objects=objects, expect=expect, refs=writes)
+        now = datetime.now(UTC)
+        note = f"purged {'/' + prefix.rstrip('/')}" + ("" if message is None else f": {message}")
+        for name, new in sorted(moved.items()):  # recorded in the same atomic step
+            batch = with_operation(batch, Operation(kind="purge", ref=name, old=targets[name],
+                                                    new=new, written_at=now, message=note))
+        if backend.write(batch):
             backend.sync()
             return mapping
     raise ConflictError("(purge)", [])  # pragma: no cover - endless contention

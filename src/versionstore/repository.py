@@ -73,9 +73,9 @@ from versionstore.ids import (
     object_id_text,
 )
 from versionstore.located_staging import LocatedStaging
-from versionstore.notebook import repository_html
+from versionstore.notebook import ref_labels, repository_html
 from versionstore.objects import ObjectReader
-from versionstore.opslog import OpsLogEntry, read_ops_log, with_operation
+from versionstore.opslog import REPOSITORY_OPERATION, OpsLogEntry, read_ops_log, with_operation
 from versionstore.progress import ProgressOption, progress_reporter
 from versionstore.purge import purge_node
 from versionstore.records import (
@@ -132,6 +132,28 @@ class Repository:
 
     def __repr__(self) -> str:
         return f"Repository({self.storage!r})"
+
+    def __str__(self) -> str:
+        """Branches, tags and the last few snapshots of ``main``, as text (``print(repo)``)."""
+        try:
+            branches = {name: self.lookup_branch(name) for name in self.list_branches()}
+            tags = {name: self.lookup_tag(name) for name in self.list_tags()}
+            recent = list(itertools.islice(self.ancestry(), 6))
+        except VersionStoreError as exc:  # closed, or damaged: say so rather than fail
+            return f"{self!r}: {exc}"
+        lines = [repr(self)]
+        lines += [f"  branch {n}  {i}" for n, i in sorted(branches.items())]
+        lines += [f"  tag {n}  {i}" for n, i in sorted(tags.items())]
+        lines.append("  recent snapshots on main:")
+        lines += [f"    {i.id[:12]}  {i.written_at:%Y-%m-%d %H:%M}  {i.message}"
+                  for i in recent[:5]]
+        if len(recent) > 5:
+            lines.append("    …")
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """IPython's plain-text view (a terminal, or a notebook without HTML): ``str(repo)``."""
+        printer.text(repr(self) if cycle else str(self))
 
     def _repr_html_(self) -> str:
         """Branches, tags and the last few snapshots of ``main`` (for notebooks)."""
@@ -527,8 +549,15 @@ class Repository:
         and after all its descendants, newest first among those ready. A lazy
         iterator (``History``) that shows as a table and graph in a notebook.
         """
-        return History(self._ancestry(branch=branch, tag=tag, snapshot_id=snapshot_id,
-                                      all_parents=all_parents))
+        history = History(self._ancestry(branch=branch, tag=tag, snapshot_id=snapshot_id,
+                                         all_parents=all_parents))
+        history._labels = self._ref_labels
+        return history
+
+    def _ref_labels(self) -> dict[str, list[str]]:
+        """Snapshot id -> branch and tag names at it (the notebook views' refs column)."""
+        return ref_labels({n: self.lookup_branch(n) for n in self.list_branches()},
+                          {n: self.lookup_tag(n) for n in self.list_tags()})
 
     def _ancestry(self, *, branch: str | None, tag: str | None,
                   snapshot_id: str | None, all_parents: bool) -> Iterator[SnapshotInfo]:
@@ -565,11 +594,12 @@ class Repository:
         """The lowest common ancestor of two snapshots, or ``None`` if they share none.
 
         Criss-cross histories have several; the newest (then greatest id) is chosen.
+        History is followed as ``ancestry`` shows it (expired snapshots skipped).
         """
         check_name(snapshot_id_a, "snapshot_id_a", "a snapshot id")
         check_name(snapshot_id_b, "snapshot_id_b", "a snapshot id")
         found = merge_base(self.reader, self._snapshot_object(snapshot_id_a),
-                           self._snapshot_object(snapshot_id_b))
+                           self._snapshot_object(snapshot_id_b), self._grafts())
         return None if found is None else SnapshotId(_text(found))
 
     def merge(self, from_branch: str | None = None, into_branch: str = MAIN, *,
@@ -822,13 +852,23 @@ class Repository:
         Returns:
             ``GCSummary`` with ``deleted`` objects and ``bytes_freed`` (their
             stored size). On LMDB the file keeps its size: ``compact()``
-            gives the space back to the file system.
+            gives the space back to the file system. A run that deleted
+            something adds a ``gc`` entry to the ops log.
         """
         check_flag(dry_run, "dry_run")
         check_flag(full, "full")
         check_optional_time(older_than, "older_than")
-        return collect_garbage(self.reader, dry_run=dry_run, older_than=older_than,
-                               progress=progress, full=full)
+        summary = collect_garbage(self.reader, dry_run=dry_run, older_than=older_than,
+                                  progress=progress, full=full)
+        if summary.deleted and not summary.dry_run:
+            # After the sweep, in a step of its own: gc moves no branch or tag, and a
+            # crash between the two loses only this note (icechunk's GCRanUpdate).
+            self.backend.write(with_operation(WriteBatch(), Operation(
+                kind="gc", ref=REPOSITORY_OPERATION, old=None, new=None,
+                written_at=datetime.now(UTC),
+                message=f"deleted {summary.deleted} object(s), {summary.bytes_freed} bytes")))
+            self.backend.sync()
+        return summary
 
     def expire_snapshots(self, older_than: datetime, *, delete_expired_branches: bool = False,
                          delete_expired_tags: bool = False) -> set[SnapshotId]:
@@ -895,8 +935,9 @@ class Repository:
         An LMDB file never shrinks: deleted objects leave free pages that
         later writes reuse. This rewrites the environment with LMDB's
         compacting copy and swaps it in atomically (``backend.lmdb``). It
-        needs the repository to itself. For the in-memory backend there is
-        nothing to do.
+        needs the repository to itself. In memory and on object storage
+        (whose deletions free space at once) there is nothing to do: the
+        report says 0 bytes before and after.
 
         Raises:
             RepositoryBusyError: another process (named by id) or another open
@@ -909,15 +950,19 @@ class Repository:
         self.reader = ObjectReader(self.backend)
         return CompactReport(bytes_before=before, bytes_after=after)
 
-    def purge(self, path: str, *, message: str | None = None, force: bool = False
-              ) -> PurgeResult:
+    def purge(self, path: str, *, message: str | None = None, force: bool = False,
+              gc_older_than: datetime | None = None) -> PurgeResult:
         """Erase node ``path`` (an array or group) from every version, branch and tag.
 
         Rewrites history (``versionstore.purge``): snapshot ids change from
         the first snapshot that held the node; branches and tags move to the
         rewritten snapshots. Then collects garbage, so no object holds the
         node's data any more (on LMDB, ``compact()`` also drops the freed
-        pages from the file).
+        pages from the file). On object storage that collection keeps its
+        default grace period (a day: a writer may have stored objects it has
+        not yet recorded), so the node's objects are deleted only by a later
+        ``garbage_collect``, or at once with ``gc_older_than=now`` while no
+        writer is active.
 
         Args:
             path: the node, e.g. ``"/participants/p042"``.
@@ -925,6 +970,8 @@ class Repository:
                 ``"versionstore.purge"``).
             force: discard writable sessions open on affected branches
                 instead of refusing.
+            gc_older_than: the grace period of the collection that follows
+                (``garbage_collect``'s ``older_than``; default: the storage's).
 
         Returns:
             ``PurgeResult``: ``rewritten`` maps old snapshot ids to new ones;
@@ -936,8 +983,9 @@ class Repository:
         """
         check_optional_name(message, "message", "a message")
         check_flag(force, "force")
+        check_optional_time(gc_older_than, "gc_older_than")
         mapping = purge_node(self.reader, path, message=message, force=force)
-        summary = collect_garbage(self.reader)
+        summary = collect_garbage(self.reader, older_than=gc_older_than)
         return PurgeResult(
             rewritten={SnapshotId(_text(a)): SnapshotId(_text(b)) for a, b in mapping.items()},
             gc=summary,
@@ -1055,6 +1103,53 @@ class Repository:
     async def ops_log_async(self) -> list[OpsLogEntry]:
         """``ops_log`` (as a list) without blocking the event loop."""
         return await asyncio.to_thread(lambda: list(self.ops_log()))
+
+    async def merge_base_async(self, snapshot_id_a: str, snapshot_id_b: str
+                               ) -> SnapshotId | None:
+        """``merge_base`` without blocking the event loop."""
+        return await asyncio.to_thread(self.merge_base, snapshot_id_a, snapshot_id_b)
+
+    async def rearrange_session_async(self, branch: str = MAIN) -> Session:
+        """``rearrange_session`` without blocking the event loop."""
+        return await asyncio.to_thread(self.rearrange_session, branch)
+
+    async def expire_snapshots_async(self, older_than: datetime, *,
+                                     delete_expired_branches: bool = False,
+                                     delete_expired_tags: bool = False) -> set[SnapshotId]:
+        """``expire_snapshots`` without blocking the event loop."""
+        return await asyncio.to_thread(
+            lambda: self.expire_snapshots(older_than,
+                                          delete_expired_branches=delete_expired_branches,
+                                          delete_expired_tags=delete_expired_tags))
+
+    async def garbage_collect_async(self, older_than: datetime | None = None, *,
+                                    dry_run: bool = False, full: bool = False) -> GCSummary:
+        """``garbage_collect`` without blocking the event loop."""
+        return await asyncio.to_thread(
+            lambda: self.garbage_collect(older_than, dry_run=dry_run, full=full))
+
+    async def du_async(self, branch: str | None = None, *, tag: str | None = None,
+                       snapshot_id: str | None = None) -> VersionUsage:
+        """``du`` without blocking the event loop."""
+        return await asyncio.to_thread(lambda: self.du(branch, tag=tag, snapshot_id=snapshot_id))
+
+    async def du_history_async(self, branch: str = MAIN) -> list[SnapshotUsage]:
+        """``du_history`` without blocking the event loop."""
+        return await asyncio.to_thread(self.du_history, branch)
+
+    async def purge_async(self, path: str, *, message: str | None = None, force: bool = False,
+                          gc_older_than: datetime | None = None) -> PurgeResult:
+        """``purge`` without blocking the event loop."""
+        return await asyncio.to_thread(lambda: self.purge(
+            path, message=message, force=force, gc_older_than=gc_older_than))
+
+    async def compact_async(self) -> CompactReport:
+        """``compact`` without blocking the event loop."""
+        return await asyncio.to_thread(self.compact)
+
+    async def verify_async(self, *, check_virtual: bool = False) -> VerifyReport:
+        """``verify`` without blocking the event loop."""
+        return await asyncio.to_thread(lambda: self.verify(check_virtual=check_virtual))
 
 
 def _check_repository(value: object, parameter: str) -> None:

@@ -64,6 +64,7 @@ from versionstore.errors import (
     ReadOnlySessionError,
     SnapshotNotFoundError,
 )
+from versionstore.grafts import parents_of
 from versionstore.group_stage import GroupStager
 from versionstore.history import Diff, classify_changes, with_history
 from versionstore.ids import ObjectId, SessionId, SnapshotId, object_id_text
@@ -1019,8 +1020,9 @@ class Session:
                                 repo.reader.chunks)
             if amend:
                 replaced = repo.reader.snapshot(tip)
+                # As ancestry shows them: an expired parent may be collected already.
                 snapshot = Snapshot(
-                    parents=replaced.parents, tree=root,
+                    parents=parents_of(tip, replaced, repo._grafts()), tree=root,
                     message=replaced.message if message is None else message,
                     written_at=datetime.now(UTC),
                     metadata=dict(replaced.metadata if metadata is None else metadata),

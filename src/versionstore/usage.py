@@ -1,7 +1,7 @@
 """Sizes (``du``): what one version holds, and what each snapshot of a history costs.
 
 ``version_usage`` reads one version's running totals (``versionstore.sizes``,
-kept in every snapshot): keys, chunk objects, logical bytes (the values'
+kept in every snapshot): keys, Zarr chunks, chunk objects, logical bytes (the values'
 lengths) and stored bytes (what the backend keeps for each key: a chunk
 object's frame, an inline value), per Zarr array and in total.
 
@@ -54,9 +54,10 @@ class ArrayUsage:
 class VersionUsage:
     """Sizes of one version: totals and per array (``arrays``: path -> usage).
 
-    ``chunks`` counts keys stored as chunk objects (values over 512 bytes);
-    per array, ``chunks`` counts Zarr chunks (every key but the metadata
-    documents), inline or not. ``stored_bytes`` is what the backend keeps
+    ``chunks`` counts Zarr chunks (every key but the metadata documents),
+    inline or not, in total as per array (the total is the sum of the
+    arrays'); ``objects`` counts the keys stored as chunk objects (values
+    over 512 bytes, metadata documents included). ``stored_bytes`` is what the backend keeps
     per key: each chunk object's frame (its value and a 13-byte header) and
     the inline values. Identical chunks are stored once (content
     addressing), but counted for every key that holds them: a version whose
@@ -78,6 +79,7 @@ class VersionUsage:
     reclaimable_bytes: int | None = None
     virtual_chunks: int = 0
     virtual_bytes: int = 0
+    objects: int = 0
 
 
 @attrs.frozen(kw_only=True)
@@ -120,7 +122,8 @@ def version_usage(reader: ObjectReader, snapshot_id: ObjectId) -> VersionUsage:
     return VersionUsage(
         snapshot_id=SnapshotId(object_id_text(snapshot_id)),
         keys=sum(r.keys for r in sizes.rows),
-        chunks=sum(r.objects for r in sizes.rows),
+        chunks=sum(r.chunks for r in sizes.rows),
+        objects=sum(r.objects for r in sizes.rows),
         logical_bytes=sum(r.logical_bytes for r in sizes.rows),
         stored_bytes=sum(r.stored_bytes for r in sizes.rows),
         arrays={

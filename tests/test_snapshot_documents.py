@@ -127,8 +127,8 @@ def test_documents_are_exactly_the_trees(storage: Any) -> None:
         documents = _snapshot(repo, snapshot_id).sizes.documents
         assert documents is not None
         assert documents == _tree_documents(repo, snapshot_id)
-        assert set(documents) == {"zarr.json", ".zgroup", ".zattrs", "hist/zarr.json", "old/.zarray",
-                                  "old/.zattrs"}
+        assert set(documents) == {"zarr.json", ".zgroup", ".zattrs", "hist/zarr.json",
+                                  "old/.zarray", "old/.zattrs"}
     # Deleting an array and moving one take their documents along.
     session = repo.writable_session("main")
     session.store.storage.erase_prefix("old/")

@@ -260,9 +260,9 @@ class SizeTally:
             if entry is None:
                 documents.pop(key, None)
             elif entry.__class__ is bytes:
-                documents[key] = entry  # type: ignore[assignment]
+                documents[key] = entry
             elif entry.__class__ is ChunkRef:
-                unread[key] = entry.chunk_id  # type: ignore[union-attr]
+                unread[key] = entry.chunk_id
             else:
                 return None  # a located or virtual metadata document: never written so
         if unread:

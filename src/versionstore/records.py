@@ -34,6 +34,7 @@ encoded record and refuses records from newer versions.
 from __future__ import annotations
 
 import itertools
+import operator
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, ClassVar, Final
@@ -310,10 +311,12 @@ class Sizes:
         if any(a >= b for a, b in zip(paths, paths[1:], strict=False)):
             raise ValueError("size rows are not sorted by path")
         if self.documents is not None:
-            keys = list(self.documents)
-            if any(a >= b for a, b in zip(keys, keys[1:], strict=False)):
+            # C-level maps: every snapshot read (a branch's tip too) checks its documents.
+            keys = list(self.documents)  # a mapping: no key twice
+            if keys != sorted(keys):
                 raise ValueError("metadata documents are not sorted by key")
-            if any(key.rpartition("/")[2] not in DOCUMENT_NAMES for key in keys):
+            if not DOCUMENT_NAMES.issuperset(map(operator.itemgetter(2), map(
+                    operator.methodcaller("rpartition", "/"), keys))):
                 raise ValueError("a metadata document's key names no metadata document")
 
 

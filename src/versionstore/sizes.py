@@ -241,10 +241,10 @@ class SizeTally:
                     stored_bytes=c[4], virtual_chunks=c[5], virtual_bytes=c[6])
             for path, c in sorted(rows.items(), key=lambda i: (i[0] is not None, i[0] or ""))
             if c[0] != 0 or any(c)
-        ), documents=self._documents_after(load, base_tree, base, read_chunks))
+        ), documents=self._documents_after(base, read_chunks))
 
-    def _documents_after(self, load: NodeLoader, base_tree: ObjectId | None, base: Sizes,
-                         read_chunks: ChunkReader) -> dict[str, bytes] | None:
+    def _documents_after(self, base: Sizes, read_chunks: ChunkReader
+                         ) -> dict[str, bytes] | None:
         """The new version's metadata documents: the base's with the changed ones applied.
 
         ``None`` (not kept) when the base kept none, when a changed document

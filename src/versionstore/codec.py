@@ -577,11 +577,19 @@ def _snapshot_fields(snapshot: Snapshot) -> list[Any]:
 
 
 def _sizes_fields(sizes: Sizes) -> list[Any]:
-    """``[1, [[path|nil, keys, chunks, objects, logical, stored, virtual, virtual bytes]]]``."""
-    return [Sizes.FORMAT_VERSION, [
+    """``[1, [[path|nil, keys, chunks, objects, logical, stored, virtual, virtual bytes]]]``.
+
+    Then ``[[key, value]]``, the metadata documents, when they are kept: an
+    optional third element that older readers ignore (without it, the
+    record is byte for byte what they wrote).
+    """
+    fields: list[Any] = [Sizes.FORMAT_VERSION, [
         [r.path, r.keys, r.chunks, r.objects, r.logical_bytes, r.stored_bytes,
          r.virtual_chunks, r.virtual_bytes] for r in sizes.rows
     ]]
+    if sizes.documents is not None:
+        fields.append([[key, value] for key, value in sizes.documents.items()])
+    return fields
 
 
 def _sizes_from_fields(name: str, payload: Any) -> Sizes | None:
@@ -603,7 +611,18 @@ def _sizes_from_fields(name: str, payload: Any) -> Sizes | None:
                 itertools.islice(row, 1, None) for row in listed))) - {int}
             or set(map(type, map(operator.itemgetter(0), listed))) - {str, type(None)}):
         raise CorruptObjectError(name, "malformed size row")
-    sizes = Sizes(rows=tuple(itertools.starmap(_size_row, listed)))
+    documents = None
+    if len(fields) > 2 and fields[2] is not None:
+        pairs = fields[2]
+        if (not isinstance(pairs, list) or set(map(type, pairs)) - {list}
+                or set(map(len, pairs)) - {2}
+                or set(map(type, map(operator.itemgetter(0), pairs))) - {str}
+                or set(map(type, map(operator.itemgetter(1), pairs))) - {bytes}):
+            raise CorruptObjectError(name, "malformed metadata documents")
+        documents = dict(pairs)
+        if len(documents) != len(pairs):
+            raise CorruptObjectError(name, "metadata documents repeat a key")
+    sizes = Sizes(rows=tuple(itertools.starmap(_size_row, listed)), documents=documents)
     try:
         sizes.check()
     except ValueError as exc:

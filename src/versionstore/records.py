@@ -10,7 +10,8 @@ Objects (immutable, content-addressed):
 * ``Branch`` — a sorted run of ``first key -> child node id`` pairs;
 * ``Snapshot`` — one commit: parents, tree root, message, time, metadata;
 * ``Sizes`` — a version's running totals (keys, chunks, bytes per array),
-  carried inside its ``Snapshot``;
+  and its Zarr metadata documents while they are small, carried inside its
+  ``Snapshot``;
 * ``HistoryPage`` — a packed run of a snapshot's first-parent ancestors, by
   columns, so that ancestry reads one object per page instead of one per
   snapshot and decodes only what it shows.
@@ -33,14 +34,18 @@ encoded record and refuses records from newer versions.
 from __future__ import annotations
 
 import itertools
+import operator
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import attrs
 
 from versionstore.ids import ID_LENGTH, ObjectId, object_id_text
 
 __all__ = [
+    "DOCUMENTS_LIMIT",
+    "DOCUMENT_NAMES",
     "LOCATION_LIMIT",
     "REPOSITORY_FORMAT",
     "TOMBSTONE",
@@ -267,20 +272,37 @@ class SizeRow:
             raise ValueError(f"malformed size row {self!r}")
 
 
+#: The Zarr metadata documents a snapshot may carry inline (``Sizes.documents``): what
+#: opening an array or group reads, v2's consolidated ``.zmetadata`` included.
+DOCUMENT_NAMES: Final = frozenset({"zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata"})
+#: A snapshot carries its tree's documents only while their keys and values total at most
+#: this many bytes (every snapshot read, a branch's tip included, decodes them).
+DOCUMENTS_LIMIT: Final = 32 << 10
+
+
 @attrs.frozen(kw_only=True)
 class Sizes:
-    """A version's running totals, one row per array (``versionstore.sizes``).
+    """A version's running totals, one row per array, and its small metadata documents.
 
-    Computed at commit from the parent's totals and the changed keys only,
-    so ``du`` reads them instead of walking the tree. Rows are sorted by
-    path (``None`` first) and every row has at least one key.
+    Computed at commit from the parent's and the changed keys only
+    (``versionstore.sizes``), so ``du`` reads the rows instead of walking the
+    tree, and opening an array of the version reads its metadata documents
+    here instead of from tree nodes. Rows are sorted by path (``None``
+    first) and every row has at least one key.
+
+    ``documents`` is every key of the tree whose last part is in
+    ``DOCUMENT_NAMES``, with its value, sorted by key — exactly the tree's,
+    so a name missing from it is missing from the tree. ``None`` means not
+    kept: written by an older versionstore, or more than ``DOCUMENTS_LIMIT``
+    bytes (then read the tree).
     """
 
     FORMAT_VERSION: ClassVar[int] = 1
     rows: tuple[SizeRow, ...] = ()
+    documents: Mapping[str, bytes] | None = None
 
     def check(self) -> None:
-        """Raise ``ValueError`` if the rows break their invariants."""
+        """Raise ``ValueError`` if the rows or documents break their invariants."""
         for row in self.rows:
             row.check()
             if row.keys == 0:
@@ -288,6 +310,14 @@ class Sizes:
         paths = [(row.path is not None, row.path or "") for row in self.rows]
         if any(a >= b for a, b in zip(paths, paths[1:], strict=False)):
             raise ValueError("size rows are not sorted by path")
+        if self.documents is not None:
+            # C-level maps: every snapshot read (a branch's tip too) checks its documents.
+            keys = list(self.documents)  # a mapping: no key twice
+            if keys != sorted(keys):
+                raise ValueError("metadata documents are not sorted by key")
+            if not DOCUMENT_NAMES.issuperset(map(operator.itemgetter(2), map(
+                    operator.methodcaller("rpartition", "/"), keys))):
+                raise ValueError("a metadata document's key names no metadata document")
 
 
 @attrs.frozen(kw_only=True)

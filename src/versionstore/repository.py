@@ -221,7 +221,7 @@ class Repository:
                     "choose an empty location)"
                 )
             snapshot = Snapshot(parents=(), tree=None, message=INITIAL_MESSAGE,
-                                written_at=datetime.now(UTC), sizes=Sizes())
+                                written_at=datetime.now(UTC), sizes=Sizes(documents={}))
             snapshot_id, frame = encode_snapshot(snapshot)
             record = RepositoryRecord(format_version=REPOSITORY_FORMAT,
                                       created_at=snapshot.written_at)

@@ -75,6 +75,7 @@ from versionstore.located_staging import (
     newer_than_ref,
 )
 from versionstore.records import (
+    DOCUMENT_NAMES,
     TOMBSTONE,
     ChunkRef,
     Entry,
@@ -87,7 +88,7 @@ from versionstore.records import (
 )
 from versionstore.refs import branch_ref, session_ref, stage_prefix
 from versionstore.session_store import SessionStore, validate_session_key
-from versionstore.sizes import SizeTally, sizes_of
+from versionstore.sizes import SizeTally, sizes_of, with_documents
 from versionstore.staged_manifest import ManifestReader, manifest_beats_ref, merge_staged
 from versionstore.tree import Change, apply_changes, changed_entries, iter_from, lookup
 
@@ -118,8 +119,6 @@ _RULE_REUSE_S = 1.0
 
 #: How many decoded staged records a session remembers (``Session._staged_entry``).
 _STAGED_DECODED = 4096
-#: Zarr metadata documents: small, read when an array or group is opened (read without readahead).
-_METADATA_DOCUMENTS = frozenset({"zarr.json", ".zarray", ".zgroup", ".zattrs"})
 
 
 class Session:
@@ -328,10 +327,12 @@ class Session:
         A staged value is read in one backend call (staged ref, session record
         and chunk together); otherwise as ``read_entries([entry(key)])``.
         """
-        if self._stage_names is None or self._located is not None:
+        if self._stage_names is None:
+            return self._base_value(key)
+        if self._located is not None:
             found = self.entry(key)
             if (isinstance(found, ChunkRef) and found.location is None
-                    and key.rpartition("/")[2] in _METADATA_DOCUMENTS):
+                    and key.rpartition("/")[2] in DOCUMENT_NAMES):
                 return self._repo.reader.small_chunk(found.chunk_id)
             return self.read_entries([found])[0]
         prefix, record_name = self._stage_names
@@ -348,7 +349,7 @@ class Session:
             [name, record_name], follow)
         self._adopt(record_raw)
         if not staged:
-            return self.read_entries([lookup(self._repo.reader.lookup_node, self._root, key)])[0]
+            return self._base_value(key)
         entry = staged[0]
         if isinstance(entry, ChunkRef):
             if stored[0] is None and entry.location is not None:
@@ -357,6 +358,25 @@ class Session:
         if isinstance(entry, VirtualRef):
             return self.read_entries([entry])[0]
         return None if isinstance(entry, Tombstone) else entry
+
+    def _base_value(self, key: str) -> bytes | None:
+        """The value at ``key`` in the base snapshot (staged changes not considered).
+
+        A metadata document comes from the snapshot itself when it keeps
+        them (``Sizes.documents``: exactly the tree's, so one it lacks is
+        absent): opening an array reads no tree node. Otherwise from the
+        tree, a document stored as a chunk object read alone (without
+        readahead, ``ObjectReader.small_chunk``).
+        """
+        if key.rpartition("/")[2] in DOCUMENT_NAMES:
+            sizes = self._repo.reader.snapshot(self._base).sizes
+            if sizes is not None and sizes.documents is not None:
+                return sizes.documents.get(key)
+            found = lookup(self._repo.reader.lookup_node, self._root, key)
+            if isinstance(found, ChunkRef) and found.location is None:
+                return self._repo.reader.small_chunk(found.chunk_id)
+            return self.read_entries([found])[0]
+        return self.read_entries([lookup(self._repo.reader.lookup_node, self._root, key)])[0]
 
     def read_entries(self, entries: list[Entry | None]) -> list[bytes | None]:
         """Resolve entries to values, fetching all chunk objects in one backend call.
@@ -1015,8 +1035,8 @@ class Session:
                         "(pass allow_empty=True to commit anyway)")
                 return None
             # The changes were applied to the tip's tree: its totals are the base.
-            sizes = tally.sizes(repo.reader.node, parent_tree,
-                                sizes_of(repo.reader, repo.reader.snapshot(tip)),
+            sizes = tally.sizes(repo.reader.node, parent_tree, with_documents(
+                repo.reader, sizes_of(repo.reader, repo.reader.snapshot(tip)), parent_tree),
                                 repo.reader.chunks)
             if amend:
                 replaced = repo.reader.snapshot(tip)

@@ -18,6 +18,16 @@ first commit on a branch of an older repository pays for reading its tree,
 and its successors carry totals from then on. Stored bytes are per key: a
 chunk object's frame (``codec.chunk_frame_size``) or an inline value; a
 chunk object that several keys share counts once per key.
+
+The totals also carry the version's Zarr metadata documents
+(``Sizes.documents``) while they are small, kept the same way: the base's,
+with the changed documents applied (a document stored as a chunk object is
+read once, at commit). Opening an array of a snapshot then reads them from
+the snapshot alone, not from tree nodes (``Session.value``). A base without
+them (an older writer, or over ``DOCUMENTS_LIMIT``) passes on "not kept",
+except that a commit on one of at most ``WALK_DOCUMENTS`` keys walks it for
+them first (``with_documents``), so a small repository of an older release
+gains them at its next commit.
 """
 
 from __future__ import annotations
@@ -30,6 +40,8 @@ from versionstore.codec import chunk_frame_size
 from versionstore.ids import ObjectId
 from versionstore.objects import ObjectReader
 from versionstore.records import (
+    DOCUMENT_NAMES,
+    DOCUMENTS_LIMIT,
     ChunkRef,
     Entry,
     LocatedChunkRef,
@@ -40,8 +52,8 @@ from versionstore.records import (
 )
 from versionstore.tree import NodeLoader, changed_entries, iter_from, lookup
 
-__all__ = ["METADATA_NAMES", "SizeTally", "check_sizes", "sizes_between", "sizes_of",
-           "walk_sizes"]
+__all__ = ["METADATA_NAMES", "WALK_DOCUMENTS", "SizeTally", "check_sizes", "sizes_between",
+           "sizes_of", "walk_documents", "walk_sizes", "with_documents"]
 
 #: Zarr metadata documents (v3 and v2): every other key is a chunk.
 METADATA_NAMES = frozenset({"zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata"})
@@ -51,6 +63,8 @@ _WIDTH = 7
 #: What a chunk object's frame adds to its value.
 _FRAME = chunk_frame_size(0)
 _Counts = list[int]
+#: A commit walks a base without documents for them when it holds at most this many keys.
+WALK_DOCUMENTS = 4096
 #: Reads chunk values (for a ``zarr.json`` stored as a chunk object).
 ChunkReader = Callable[[list[ObjectId]], list[bytes]]
 
@@ -115,6 +129,8 @@ class SizeTally:
         self._deltas: dict[str, _Counts] = {}
         #: directory -> {name: new entry} for changed ``.zarray`` / ``zarr.json``.
         self._documents: dict[str, dict[str, Entry | None]] = defaultdict(dict)
+        #: key -> new entry for every changed metadata document (``DOCUMENT_NAMES``).
+        self._metadata: dict[str, Entry | None] = {}
         self.changed = 0
 
     def observe(self, key: str, old: Entry | None, new: Entry | None) -> None:
@@ -129,6 +145,7 @@ class SizeTally:
         their row lookup.
         """
         deltas, documents, metadata = self._deltas, self._documents, METADATA_NAMES
+        kept = self._metadata
         last_directory: str | None = None
         counts: _Counts = []
         changed = 0
@@ -173,8 +190,11 @@ class SizeTally:
                     counts[3] += new.size  # type: ignore[union-attr]
                     counts[5] += 1
                     counts[6] += new.size  # type: ignore[union-attr]
-            if name == ".zarray" or name == "zarr.json":
-                documents[directory][name] = new
+            if chunk == 0:
+                if name == ".zarray" or name == "zarr.json":
+                    documents[directory][name] = new
+                if name in DOCUMENT_NAMES:  # every metadata name, today
+                    kept[key] = new
         self.changed += changed
 
     def sizes(self, load: NodeLoader, base_tree: ObjectId | None, base: Sizes,
@@ -221,7 +241,76 @@ class SizeTally:
                     stored_bytes=c[4], virtual_chunks=c[5], virtual_bytes=c[6])
             for path, c in sorted(rows.items(), key=lambda i: (i[0] is not None, i[0] or ""))
             if c[0] != 0 or any(c)
-        ))
+        ), documents=self._documents_after(base, read_chunks))
+
+    def _documents_after(self, base: Sizes, read_chunks: ChunkReader
+                         ) -> dict[str, bytes] | None:
+        """The new version's metadata documents: the base's with the changed ones applied.
+
+        ``None`` (not kept) when the base kept none, when a changed document
+        is not a value or a plain chunk object, or when they come to more
+        than ``DOCUMENTS_LIMIT``.
+        """
+        before = base.documents
+        if before is None:
+            return None
+        documents = dict(before)
+        unread: dict[str, ObjectId] = {}
+        for key, entry in self._metadata.items():
+            if entry is None:
+                documents.pop(key, None)
+            elif entry.__class__ is bytes:
+                documents[key] = entry
+            elif entry.__class__ is ChunkRef:
+                unread[key] = entry.chunk_id
+            else:
+                return None  # a located or virtual metadata document: never written so
+        if unread:
+            documents.update(zip(unread, read_chunks(list(unread.values())), strict=True))
+        return _within_limit(documents)
+
+
+def _within_limit(documents: dict[str, bytes]) -> dict[str, bytes] | None:
+    """``documents`` sorted by key, or ``None`` if they total more than ``DOCUMENTS_LIMIT``."""
+    if sum(map(len, documents)) + sum(map(len, documents.values())) > DOCUMENTS_LIMIT:
+        return None
+    return dict(sorted(documents.items()))
+
+
+def with_documents(reader: ObjectReader, sizes: Sizes, tree: ObjectId | None) -> Sizes:
+    """``sizes`` of ``tree`` as a commit's base: documents walked for if they were not kept.
+
+    Only for a tree of at most ``WALK_DOCUMENTS`` keys (by its rows): a
+    larger one is returned as it is, documents not kept. The walked
+    documents are not held to ``DOCUMENTS_LIMIT`` (the commit's changes may
+    bring them under it; ``SizeTally.sizes`` applies it).
+    """
+    if sizes.documents is not None or sum(row.keys for row in sizes.rows) > WALK_DOCUMENTS:
+        return sizes
+    return Sizes(rows=sizes.rows, documents=walk_documents(reader.node, tree, reader.chunks,
+                                                           limited=False))
+
+
+def walk_documents(load: NodeLoader, tree: ObjectId | None, read_chunks: ChunkReader,
+                   *, limited: bool = True) -> dict[str, bytes] | None:
+    """The metadata documents of ``tree`` by reading all of it.
+
+    ``None`` if one is not a value or a plain chunk object, or, when
+    ``limited``, if they total more than ``DOCUMENTS_LIMIT``.
+    """
+    documents: dict[str, bytes] = {}
+    unread: dict[str, ObjectId] = {}
+    for key, entry in iter_from(load, tree, ""):
+        if key.rpartition("/")[2] in DOCUMENT_NAMES:
+            if isinstance(entry, bytes):
+                documents[key] = entry
+            elif entry.__class__ is ChunkRef:
+                unread[key] = entry.chunk_id
+            else:
+                return None
+    if unread:
+        documents.update(zip(unread, read_chunks(list(unread.values())), strict=True))
+    return _within_limit(documents) if limited else dict(sorted(documents.items()))
 
 
 def _join(directory: str, name: str) -> str:
@@ -237,7 +326,7 @@ def walk_sizes(reader: ObjectReader, tree: ObjectId | None) -> Sizes:
     """The totals of ``tree`` by reading all of it (for versions written without totals)."""
     tally = SizeTally()
     tally.observe_all((key, None, entry) for key, entry in iter_from(reader.node, tree, ""))
-    return tally.sizes(reader.node, None, Sizes(), reader.chunks)
+    return tally.sizes(reader.node, None, Sizes(documents={}), reader.chunks)
 
 
 def sizes_of(reader: ObjectReader, snapshot: Snapshot) -> Sizes:
@@ -255,7 +344,7 @@ def sizes_between(reader: ObjectReader, base: Snapshot | None, tree: ObjectId | 
     The cost is the nodes that differ.
     """
     base_tree = None if base is None else base.tree
-    base_sizes = Sizes() if base is None else sizes_of(reader, base)
+    base_sizes = Sizes(documents={}) if base is None else sizes_of(reader, base)
     if tree == base_tree:
         return base_sizes
     tally = SizeTally()
@@ -279,7 +368,17 @@ def check_sizes(reader: ObjectReader, snapshot_id: ObjectId) -> str | None:
         expected = walk_sizes(reader, snapshot.tree)  # the parent was expired and collected
     else:
         expected = sizes_between(reader, parent, snapshot.tree)
-    if expected == snapshot.sizes:
+    recorded = snapshot.sizes.documents
+    if recorded is not None:
+        # "Not kept" is always allowed; kept documents must be exactly the tree's.
+        wanted = expected.documents
+        if wanted is None:  # the parent kept none: only a walk tells
+            wanted = walk_documents(reader.node, snapshot.tree, reader.chunks)
+        if wanted != recorded:
+            wrong = sorted(key for key in {*recorded, *(wanted or {})}
+                           if recorded.get(key) != (wanted or {}).get(key))
+            return f"recorded metadata documents differ from its tree (keys {wrong[:5]})"
+    if expected.rows == snapshot.sizes.rows:
         return None
     got = {row.path: row for row in snapshot.sizes.rows}
     for row in expected.rows:

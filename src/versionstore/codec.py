@@ -139,6 +139,10 @@ MAX_DECOMPRESSED: Final = 64 << 20
 #: sets (a commit clearing a million staged keys names each of them).
 MAX_REF_LOG_DECOMPRESSED: Final = 4 << 30
 _TUPLE_EXT: Final = 1
+#: The first five bytes of the usual chunk and staged-record frames (raw payloads).
+_CHUNK_HEADER: Final = _MAGIC + bytes((FRAME_VERSION, KIND_CHUNK, _RAW))
+_STAGED_HEADER: Final = _MAGIC + bytes((FRAME_VERSION, KIND_STAGED, _RAW))
+_xxh3_digest = xxhash.xxh3_64_digest
 
 _compressor = zstandard.ZstdCompressor(level=3, write_content_size=True)
 
@@ -340,6 +344,12 @@ def encode_chunk(value: bytes) -> tuple[ObjectId, bytes]:
 
 def decode_chunk(name: str, data: bytes | memoryview) -> bytes:
     """The value stored in a chunk frame (a copy: ``data`` may be a view of a memory map)."""
+    if data[:5] == _CHUNK_HEADER and len(data) >= _HEADER:
+        # The usual frame (this version, a chunk, stored raw): checked as ``_unframe``
+        # checks it, without its dispatch on versions, kinds and compression.
+        payload = memoryview(data)[_HEADER:]
+        if _xxh3_digest(payload)[::-1] == data[5:_HEADER]:
+            return bytes(payload)
     return bytes(_unframe(name, data, KIND_CHUNK))
 
 
@@ -945,11 +955,6 @@ def encode_staged(name: str, entry: Entry | Tombstone) -> bytes:
     version = (3 if isinstance(entry, VirtualRef) else
                4 if isinstance(entry, LocatedChunkRef) else 2)
     return _encode_small(KIND_STAGED, [version, fields, name])
-
-
-_CHUNK_HEADER: Final = _MAGIC + bytes((FRAME_VERSION, KIND_CHUNK, _RAW))
-_STAGED_HEADER: Final = _MAGIC + bytes((FRAME_VERSION, KIND_STAGED, _RAW))
-_xxh3_digest = xxhash.xxh3_64_digest
 
 
 def encode_staged_chunk(name: str, value: bytes) -> tuple[ObjectId, bytes, ChunkRef, bytes]:

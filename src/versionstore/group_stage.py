@@ -107,10 +107,11 @@ class GroupStager:
             return
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] | None = None
+        joined: _Pending = []
         with self._lock:
             batch = self._pending.get(loop)
             if batch is None:
-                self._pending[loop] = joined = []
+                self._pending[loop] = joined
             else:
                 future = loop.create_future()
                 batch.append((key, value, future))

@@ -106,6 +106,11 @@ class GroupStager:
             await self._stage_windowed(self._window, key, value)
             return
         loop = asyncio.get_running_loop()
+        if loop not in self._pending and not _others_ready(loop):
+            # A lone set (no batch open on this loop, nothing else runnable): nobody can
+            # join before it writes, so it writes at once, as the batch of itself.
+            self._write([(key, value)])
+            return
         future: asyncio.Future[None] | None = None
         joined: _Pending = []
         with self._lock:

@@ -962,7 +962,7 @@ def encode_staged_chunk(name: str, value: bytes) -> tuple[ObjectId, bytes, Chunk
 
     The same as ``chunk_id, frame = encode_chunk(value)``, ``ref =
     ChunkRef(chunk_id=chunk_id, size=len(value))`` and ``encode_staged(name,
-    ref)`` (byte for byte: ``tests/test_codec.py``), without the general
+    ref)`` (byte for byte: ``tests/test_write_path.py``), without the general
     encoders' dispatch on the kind of entry; the reference is built without
     ``attrs``' keyword ``__init__`` (as leaf decoding does).
 

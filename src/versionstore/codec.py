@@ -97,6 +97,7 @@ __all__ = [
     "encode_session",
     "encode_snapshot",
     "encode_staged",
+    "encode_staged_chunk",
     "frame_kind",
     "history_entries",
     "history_row",
@@ -138,6 +139,10 @@ MAX_DECOMPRESSED: Final = 64 << 20
 #: sets (a commit clearing a million staged keys names each of them).
 MAX_REF_LOG_DECOMPRESSED: Final = 4 << 30
 _TUPLE_EXT: Final = 1
+#: The first five bytes of the usual chunk and staged-record frames (raw payloads).
+_CHUNK_HEADER: Final = _MAGIC + bytes((FRAME_VERSION, KIND_CHUNK, _RAW))
+_STAGED_HEADER: Final = _MAGIC + bytes((FRAME_VERSION, KIND_STAGED, _RAW))
+_xxh3_digest = xxhash.xxh3_64_digest
 
 _compressor = zstandard.ZstdCompressor(level=3, write_content_size=True)
 
@@ -339,6 +344,12 @@ def encode_chunk(value: bytes) -> tuple[ObjectId, bytes]:
 
 def decode_chunk(name: str, data: bytes | memoryview) -> bytes:
     """The value stored in a chunk frame (a copy: ``data`` may be a view of a memory map)."""
+    if data[:5] == _CHUNK_HEADER and len(data) >= _HEADER:
+        # The usual frame (this version, a chunk, stored raw): checked as ``_unframe``
+        # checks it, without its dispatch on versions, kinds and compression.
+        payload = memoryview(data)[_HEADER:]
+        if _xxh3_digest(payload)[::-1] == data[5:_HEADER]:
+            return bytes(payload)
     return bytes(_unframe(name, data, KIND_CHUNK))
 
 
@@ -963,6 +974,28 @@ def encode_staged(name: str, entry: Entry | Tombstone) -> bytes:
     version = (3 if isinstance(entry, VirtualRef) else
                4 if isinstance(entry, LocatedChunkRef) else 2)
     return _encode_small(KIND_STAGED, [version, fields, name])
+
+
+def encode_staged_chunk(name: str, value: bytes) -> tuple[ObjectId, bytes, ChunkRef, bytes]:
+    """A value staged as a chunk object, all at once: the staging hot path.
+
+    The same as ``chunk_id, frame = encode_chunk(value)``, ``ref =
+    ChunkRef(chunk_id=chunk_id, size=len(value))`` and ``encode_staged(name,
+    ref)`` (byte for byte: ``tests/test_write_path.py``), without the general
+    encoders' dispatch on the kind of entry; the reference is built without
+    ``attrs``' keyword ``__init__`` (as leaf decoding does).
+
+    Returns:
+        The chunk's id, its stored frame, the reference and the staged record.
+    """
+    chunk_id = hash_object(KIND_CHUNK, value)
+    frame = b"".join((_CHUNK_HEADER, _xxh3_digest(value)[::-1], value))
+    size = len(value)
+    ref = _new_ref(ChunkRef)
+    _set_chunk_id(ref, chunk_id)
+    _set_size(ref, size)
+    payload = _packb([2, [chunk_id, size], name])
+    return chunk_id, frame, ref, b"".join((_STAGED_HEADER, _xxh3_digest(payload)[::-1], payload))
 
 
 def staged_reencodes(data: bytes) -> bool:

@@ -22,7 +22,7 @@ whatever the number of changes (``docs/benchmarks.md``, "Huge commits").
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import override
 
 from versionstore.backend.protocol import Backend
@@ -45,8 +45,11 @@ class StagedScan:
     Call ``close`` (or use it as a context manager) to drop the spill.
     """
 
-    def __init__(self, backend: Backend, prefix: str) -> None:
+    def __init__(self, backend: Backend, prefix: str,
+                 decode: Callable[[str, bytes], Entry | Tombstone] = decode_staged) -> None:
         self.prefix = prefix
+        #: Decodes one staged record (``decode_staged``, or a session's remembered decodings).
+        self._decode = decode
         self._spill = Spill(2)
         append = self._spill.append
         backend.scan_refs(
@@ -67,17 +70,17 @@ class StagedScan:
 
     def entries(self) -> Iterator[tuple[str, Entry | Tombstone]]:
         """``(key, entry or tombstone)`` for each staged ref, in key order, decoded as read."""
-        cut = len(self.prefix)
+        cut, decode = len(self.prefix), self._decode
         for raw_name, value in self._spill:
             name = _text(raw_name)
-            yield name[cut:], decode_staged(name, value)
+            yield name[cut:], decode(name, value)
 
     def changes(self) -> Iterator[Change]:
         """``(key, entry or None)`` for each staged ref, in key order, decoded as read."""
-        cut = len(self.prefix)
+        cut, decode = len(self.prefix), self._decode
         for raw_name, value in self._spill:
             name = _text(raw_name)
-            entry = decode_staged(name, value)
+            entry = decode(name, value)
             yield name[cut:], None if isinstance(entry, Tombstone) else entry
 
     @property

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -47,10 +48,10 @@ from versionstore.backend.protocol import SessionRule, WriteBatch
 from versionstore.codec import (
     decode_session,
     decode_staged,
-    encode_chunk,
     encode_session,
     encode_snapshot,
     encode_staged,
+    encode_staged_chunk,
     pack_metadata,
     staged_reencodes,
 )
@@ -117,8 +118,9 @@ _RELOCATE_ATTEMPTS = 8
 _RULE_REUSE_S = 1.0
 
 
-#: How many decoded staged records a session remembers (``Session._staged_entry``).
-_STAGED_DECODED = 4096
+#: How many decoded staged records a session remembers (``Session._staged_entry``): zarr
+#: reads back what it just wrote, and a commit finds the records this object staged.
+_STAGED_DECODED = 16384
 
 
 class Session:
@@ -294,9 +296,16 @@ class Session:
 
     def _remember_staged(self, name: str, raw: bytes, entry: Entry | Tombstone) -> None:
         """Remember that staged ref ``name`` stored as ``raw`` holds ``entry``."""
-        if len(self._staged_decoded) >= _STAGED_DECODED:
-            self._staged_decoded.clear()
-        self._staged_decoded[raw] = (name, entry)
+        decoded = self._staged_decoded
+        if len(decoded) >= _STAGED_DECODED:
+            # Forget the older half (insertion order): a commit of the last few thousand
+            # writes finds them, even just after the limit was reached.
+            try:
+                for old in list(itertools.islice(decoded, _STAGED_DECODED // 2)):
+                    decoded.pop(old, None)
+            except RuntimeError:  # another thread's write changed it meanwhile
+                decoded.clear()
+        decoded[raw] = (name, entry)
 
     def entry(self, key: str) -> Entry | None:
         """The entry this session sees at ``key`` (staged changes first)."""
@@ -532,19 +541,19 @@ class Session:
         """Stage ``items`` as staged refs in one log record (chunks stored by id first)."""
         objects = []
         refs: dict[str, bytes | None] = {}
-        prefix = stage_prefix(session_id)
+        prefix = stage_prefix(session_id) if self._stage_names is None else self._stage_names[0]
         remember = self._remember_staged
         for key, value in items:
             validate_session_key(key)
+            name = prefix + key
             entry: Entry
             if len(value) <= INLINE_LIMIT:
                 entry = bytes(value)
+                raw = encode_staged(name, entry)
             else:
-                chunk_id, frame = encode_chunk(value)
+                chunk_id, frame, entry, raw = encode_staged_chunk(name, value)
                 objects.append((chunk_id, frame))
-                entry = ChunkRef(chunk_id=chunk_id, size=len(value))
-            name = prefix + key
-            raw = refs[name] = encode_staged(name, entry)
+            refs[name] = raw
             remember(name, raw, entry)  # read back at once by zarr's partial-chunk writes
         self._stage(WriteBatch(objects=objects, refs=refs, session=self._staging()))
 
@@ -938,8 +947,8 @@ class Session:
                     absorb = open_written or (not absorbed and self._epochs is not None
                                               and bool(self._epochs[1]))
                     if not absorb:
-                        with StagedScan(repo.backend,
-                                        stage_prefix(self._require_writable())) as staged:
+                        with StagedScan(repo.backend, stage_prefix(self._require_writable()),
+                                        self._staged_entry) as staged:
                             if not len(staged) and not self._manifests and not allow_empty:
                                 raise NothingToCommitError(
                                     "nothing to commit: no changes are staged")

@@ -225,7 +225,7 @@ class SessionStore(ZarrStore):
     @override
     async def _store(self, key: str, value: bytes) -> None:
         validate_session_key(key)  # each caller's own key error, never its batch's
-        await self.session.group_stager.stage(key, value)
+        await self.storage.session.group_stager.stage(key, value)
 
     @property
     def session(self) -> Session:

@@ -510,6 +510,9 @@ def _release(shared: _Shared) -> None:
 # -- fork ------------------------------------------------------------------------------------
 
 _forking_inside_transaction = False
+#: This process's id, set again in a child after ``fork`` (``_after_fork_in_child``): a
+#: comparison without a system call where one check per transaction (``current``) suffices.
+_this_pid = os.getpid()
 
 
 def _before_fork() -> None:
@@ -531,7 +534,8 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _gate, _registry_lock
+    global _gate, _registry_lock, _this_pid
+    _this_pid = os.getpid()
     _gate = _Gate()
     _registry_lock = threading.Lock()
     _drain_releases()
@@ -655,7 +659,9 @@ class EnvironmentHandle:
         reopens the environment, and handles of the closed one are refused.
         """
         shared = self._shared
-        if shared.env is None or shared.pid != os.getpid() or not self._finalizer.alive:
+        # The process id as of the last fork: ``current()``, which every transaction
+        # calls first, compares the real one (a fork that bypassed Python's hooks).
+        if shared.env is None or shared.pid != _this_pid or not self._finalizer.alive:
             with translated("opening", self.path):
                 self._shared_open().current()
         return shared.databases

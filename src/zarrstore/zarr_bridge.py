@@ -173,9 +173,15 @@ class ZarrStore(Store):
         byte_range: ByteRequest | None = None,
     ) -> Buffer | None:
         """Read a value or part of it; ``None`` if the key is missing."""
-        prototype = prototype or default_buffer_prototype()
-        value = await self._call("get", key, to_byte_range(byte_range))
-        return None if value is None else prototype.buffer.from_bytes(value)
+        storage = self.storage
+        request = None if byte_range is None else to_byte_range(byte_range)
+        if isinstance(storage, Storage) and not storage.blocking_io:
+            value = storage.get(key, request)  # as ``_call`` would, without its dispatch
+        else:
+            value = await self._call("get", key, request)
+        if value is None:
+            return None
+        return (prototype or default_buffer_prototype()).buffer.from_bytes(value)
 
     async def get_partial_values(
         self,

@@ -316,36 +316,61 @@ class LMDBBackend(Backend, Ledger):
 
     @override
     def write(self, batch: WriteBatch) -> bool:
+        # The common staging write (a few objects and refs, the session's record kept)
+        # skips the sections it does not use; the database handles are taken once.
+        expect, delete_if_equal, objects = batch.expect, batch.delete_if_equal, batch.objects
+        written_bytes = 0
+
         def work(txn: lmdb.Transaction) -> bool:
-            objects_db, refs_db = self._objects, self._refs
-            for name, value in batch.expect.items():
-                if txn.get(_key(name), db=refs_db) != value:
-                    return False
-            for name in batch.delete_if_equal:
-                if txn.get(_key(name), db=refs_db) is None:
-                    return False
+            nonlocal written_bytes
+            databases = self._handle.databases
+            objects_db, refs_db = databases[0], databases[1]
+            get = txn.get
+            if expect:
+                for name, value in expect.items():
+                    if get(_key(name), db=refs_db) != value:
+                        return False
+            if delete_if_equal:
+                # Positioned, not read: a commit names thousands of staged refs.
+                seek = txn.cursor(db=refs_db).set_key
+                for name in delete_if_equal:
+                    if not seek(_key(name)):
+                        return False
             rule = batch.session
-            has_record = rule is not None and txn.get(_key(rule.record), db=refs_db) is not None
+            has_record = rule is not None and get(_key(rule.record), db=refs_db) is not None
             required = batch.requires
             if rule is not None and (rule.replace or not has_record):
                 required = Joined(required, rule.requires)
-            written = {object_id for object_id, _ in batch.objects} if len(required) else set()
-            missing = [object_id_text(i) for i in required
-                       if i not in written and txn.get(i, db=objects_db) is None]
-            if missing:
-                raise MissingObjectsError(missing)
-            inserted = [object_id for object_id, data in batch.objects
-                        if txn.put(object_id, data, overwrite=False, db=objects_db)]
-            if inserted:
-                self._journal_inserted(txn, inserted)
-            for name, value in batch.refs.items():
-                if value is None:
+            if len(required):
+                # Looked up by position only: reading a chunk to see that it exists would
+                # copy it (and fault its pages in), for every chunk a commit references.
+                written = {object_id for object_id, _ in objects}
+                present = txn.cursor(db=objects_db).set_key
+                missing = [object_id_text(i) for i in required
+                           if i not in written and not present(i)]
+                if missing:
+                    raise MissingObjectsError(missing)
+            if objects:
+                put = txn.put
+                inserted = []
+                size = 0
+                for object_id, data in objects:
+                    size += len(data)
+                    if put(object_id, data, overwrite=False, db=objects_db):
+                        inserted.append(object_id)
+                written_bytes = size
+                if inserted:
+                    self._journal_inserted(txn, inserted, databases)
+            for name, ref in batch.refs.items():
+                if ref is None:
                     txn.delete(_key(name), db=refs_db)
                 else:
-                    txn.put(_key(name), value, db=refs_db)
-            for name, value in batch.delete_if_equal.items():
-                if txn.get(_key(name), db=refs_db) == value:
-                    txn.delete(_key(name), db=refs_db)
+                    txn.put(_key(name), ref, db=refs_db)
+            if delete_if_equal:
+                cursor = txn.cursor(db=refs_db)
+                for name, value in delete_if_equal.items():
+                    if cursor.set_key(_key(name)) and cursor.value() == value:
+                        cursor.delete()
             if rule is not None and (
                 rule.replace or (not has_record and _any_under(txn, refs_db, rule.prefix))
             ):
@@ -353,12 +378,13 @@ class LMDBBackend(Backend, Ledger):
             return True
 
         written = self._write("writing", work)
-        if batch.objects and not self.durable:
-            self._flush_ahead.wrote(sum(len(data) for _, data in batch.objects))
+        if written_bytes and not self.durable:
+            self._flush_ahead.wrote(written_bytes)
         return written
 
-    def _journal_inserted(self, txn: lmdb.Transaction, inserted: list[ObjectId]) -> None:
-        gc_db = self._gc
+    def _journal_inserted(self, txn: lmdb.Transaction, inserted: list[ObjectId],
+                          databases: tuple[lmdb._Database, ...]) -> None:
+        gc_db = databases[2] if len(databases) > 2 else None
         if gc_db is None:  # read-only: no write gets here
             raise ReadOnlyRepositoryError("cannot journal objects without the gc database")
         end = txn.get(_JOURNAL_END, db=gc_db)

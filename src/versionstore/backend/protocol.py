@@ -24,7 +24,8 @@ import contextlib
 import itertools
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Protocol, TypeVar, runtime_checkable
+from types import MappingProxyType
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
@@ -68,6 +69,10 @@ class SessionRule:
     requires: Sequence[ObjectId] = ()
 
 
+#: The empty mapping a ``WriteBatch`` field defaults to (shared: a batch is never changed).
+_NOTHING: Mapping[str, Any] = MappingProxyType({})
+
+
 @attrs.frozen(kw_only=True)
 class WriteBatch:
     """One atomic write: conditions, then objects and ref changes, all or nothing.
@@ -94,10 +99,10 @@ class WriteBatch:
     """
 
     objects: Collection[tuple[ObjectId, bytes]] = ()
-    expect: Mapping[str, bytes | None] = attrs.field(factory=dict)
+    expect: Mapping[str, bytes | None] = _NOTHING
     requires: Collection[ObjectId] = ()
-    refs: Mapping[str, bytes | None] = attrs.field(factory=dict)
-    delete_if_equal: Mapping[str, bytes] = attrs.field(factory=dict)
+    refs: Mapping[str, bytes | None] = _NOTHING
+    delete_if_equal: Mapping[str, bytes] = _NOTHING
     session: SessionRule | None = None
 
 

@@ -1,0 +1,290 @@
+"""The lean staging write path (issue 13) behaves exactly as the general one.
+
+Each shortcut taken for speed is compared with what it replaces: the one-step
+staged chunk encoder with the general encoders, the raw chunk decoder with the
+general frame check, the LMDB write (handles taken once, positions instead of
+reads) with the in-memory backend, a commit that decodes staged records from
+the session's memory with one that decodes them afresh, group staging across
+several loop turns with "each set returns once staged", and the bridge's
+direct read of a synchronous storage with the generic dispatch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from zarr.core.buffer import cpu, default_buffer_prototype
+
+import versionstore as vs
+from versionstore import session as session_module
+from versionstore.backend.lmdb import LMDBBackend
+from versionstore.backend.memory import MemoryBackend
+from versionstore.backend.protocol import SessionRule, WriteBatch
+from versionstore.codec import (
+    KIND_CHUNK,
+    _unframe,
+    decode_chunk,
+    encode_chunk,
+    encode_staged,
+    encode_staged_chunk,
+)
+from versionstore.errors import CorruptObjectError, MissingObjectsError
+from versionstore.ids import hash_object
+from versionstore.records import ChunkRef
+from versionstore.session import Session
+from zarrstore.memory import MemoryStorage
+from zarrstore.zarr_bridge import ZarrStore
+
+_PROTO = default_buffer_prototype()
+
+
+# -- encoding and decoding ------------------------------------------------------------
+
+
+@given(name=st.text(min_size=1, max_size=60), value=st.binary(min_size=513, max_size=9000))
+def test_the_one_step_staged_chunk_equals_the_general_encoders(name: str, value: bytes) -> None:
+    chunk_id, frame, ref, raw = encode_staged_chunk(name, value)
+    assert (chunk_id, frame) == encode_chunk(value)
+    assert ref == ChunkRef(chunk_id=chunk_id, size=len(value))
+    assert type(ref) is ChunkRef and ref.size == len(value) and ref.chunk_id == chunk_id
+    assert raw == encode_staged(name, ChunkRef(chunk_id=chunk_id, size=len(value)))
+
+
+def _general(data: bytes) -> Any:
+    """What the general frame check answers: the value, or the error's type."""
+    try:
+        return bytes(_unframe("c", data, KIND_CHUNK))
+    except vs.VersionStoreError as exc:
+        return type(exc)
+
+
+def _fast(data: bytes) -> Any:
+    try:
+        return decode_chunk("c", data)
+    except vs.VersionStoreError as exc:
+        return type(exc)
+
+
+@given(value=st.binary(max_size=9000), data=st.data())
+def test_the_raw_chunk_decoder_answers_as_the_general_frame_check(value: bytes,
+                                                                  data: Any) -> None:
+    _, frame = encode_chunk(value)
+    assert decode_chunk("c", frame) == value
+    assert decode_chunk("c", memoryview(frame)) == value  # a view of LMDB's map
+    position = data.draw(st.integers(0, len(frame) - 1), label="position")
+    flip = data.draw(st.integers(1, 255), label="flip")
+    damaged = bytearray(frame)
+    damaged[position] ^= flip
+    assert _fast(bytes(damaged)) == _general(bytes(damaged))
+    assert _fast(frame[:position]) == _general(frame[:position])  # truncated
+    if position >= 5:  # the checksum or the payload: always refused
+        assert _fast(bytes(damaged)) is CorruptObjectError
+
+
+def test_a_chunk_id_is_its_kind_and_content() -> None:
+    assert encode_staged_chunk("n", b"v" * 600)[0] == hash_object(KIND_CHUNK, b"v" * 600)
+
+
+# -- the LMDB write, against the in-memory backend ---------------------------------------
+
+_NAMES = st.sampled_from(["stage/s/a", "stage/s/b", "stage/s/c", "session/s", "branch/x"])
+_VALUES = st.sampled_from([b"1", b"2", b"3"])
+_IDS = st.sampled_from([hash_object(KIND_CHUNK, bytes([i])) for i in range(4)])
+
+
+@st.composite
+def _batches(draw: Any) -> WriteBatch:
+    rule = draw(st.none() | st.builds(
+        SessionRule, prefix=st.just("stage/s/"), record=st.just("session/s"),
+        value=_VALUES, replace=st.booleans(), requires=st.lists(_IDS, max_size=1)))
+    return WriteBatch(
+        objects=draw(st.lists(st.tuples(_IDS, _VALUES), max_size=2)),
+        expect=draw(st.dictionaries(_NAMES, st.none() | _VALUES, max_size=1)),
+        requires=draw(st.lists(_IDS, max_size=2)),
+        refs=draw(st.dictionaries(_NAMES, st.none() | _VALUES, max_size=3)),
+        delete_if_equal=draw(st.dictionaries(_NAMES, _VALUES, max_size=3)),
+        session=rule,
+    )
+
+
+def _outcome(backend: Any, batch: WriteBatch) -> Any:
+    try:
+        return backend.write(batch)
+    except MissingObjectsError as exc:
+        return sorted(exc.object_ids)
+
+
+_FIXTURE_OK = [HealthCheck.function_scoped_fixture]  # each example makes its own directory
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=_FIXTURE_OK)
+@given(batches=st.lists(_batches(), min_size=1, max_size=8))
+def test_lmdb_writes_do_what_the_in_memory_backend_does(tmp_path: Path,
+                                                        batches: list[WriteBatch]) -> None:
+    memory = MemoryBackend()
+    lmdb_backend = LMDBBackend(tmp_path / f"env{len(list(tmp_path.iterdir()))}")
+    try:
+        for batch in batches:
+            assert _outcome(lmdb_backend, batch) == _outcome(memory, batch)
+            assert lmdb_backend.list_refs("") == memory.list_refs("")
+        ids = sorted({i for batch in batches for i, _ in batch.objects})
+        assert lmdb_backend.get_objects(ids) == memory.get_objects(ids)
+    finally:
+        lmdb_backend.close()
+
+
+# -- commits decode from the session's memory ------------------------------------------
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> vs.Repository:
+    return vs.Repository.create(vs.lmdb_storage(tmp_path / "repo"))
+
+
+_WRITES = st.lists(st.tuples(st.sampled_from(["a", "b", "g/c/0", "g/c/1", "g/zarr.json"]),
+                             st.none() | st.binary(max_size=40).map(lambda b: b * 30)),
+                   min_size=1, max_size=12)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=_FIXTURE_OK)
+@given(writes=_WRITES)
+def test_a_commit_from_remembered_records_equals_one_from_a_resumed_session(
+        tmp_path: Path, writes: list[tuple[str, bytes | None]]) -> None:
+    trees = []
+    for remembered in (True, False):
+        path = tmp_path / f"r{len(list(tmp_path.iterdir()))}"
+        with vs.Repository.create(vs.lmdb_storage(path)) as repo:
+            session = repo.writable_session("main")
+            session.set_values([("base", b"0")])
+            session.commit("base")
+            for key, value in writes:
+                if value is None:
+                    session.erase_keys([key])
+                else:
+                    session.set_values([(key, value)])
+            if not remembered:  # as a resumed copy: nothing decoded yet
+                session._staged_decoded.clear()
+            else:
+                assert session._staged_decoded or all(v is None for _, v in writes)
+            try:
+                snapshot = session.commit("w")
+            except vs.NothingToCommitError:
+                trees.append(None)
+                continue
+            view = repo.readonly_session(snapshot_id=snapshot)
+            trees.append((repo.reader.snapshot(view._base).tree,
+                          {k: view.value(k) for k, _ in view.iter_entries("", "")}))
+    assert trees[0] == trees[1]
+
+
+def test_a_commit_refuses_a_remembered_record_found_under_another_key(
+        repo: vs.Repository) -> None:
+    session = repo.writable_session("main")
+    session.set_values([("a", b"x" * 1000)])  # remembered as it is staged
+    prefix = f"stage/{session.session_id}/"
+    stored = repo.backend.get_ref(prefix + "a")
+    assert stored is not None
+    repo.backend.put_objects([], refs={prefix + "b": stored})  # a damaged key
+    with pytest.raises(CorruptObjectError, match="damaged"):
+        session.commit("c")
+
+
+def test_a_commit_decodes_what_the_session_forgot(repo: vs.Repository,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(session_module, "_STAGED_DECODED", 8)
+    session = repo.writable_session("main")
+    values = {f"k/{i}": bytes([i]) * 700 for i in range(30)}
+    for key, value in values.items():
+        session.set_values([(key, value)])
+    assert len(session._staged_decoded) <= 8  # the older half is forgotten each time
+    snapshot = session.commit("c")
+    view = repo.readonly_session(snapshot_id=snapshot)
+    assert {key: view.value(key) for key in values} == values
+
+
+# -- group staging over several loop turns ------------------------------------------------
+
+
+def test_writers_arriving_over_several_turns_share_a_batch_and_return_once_staged(
+        repo: vs.Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes: list[int] = []
+    original = Session.set_values
+
+    def counting(self: Session, items: list[tuple[str, bytes]]) -> None:
+        sizes.append(len(items))
+        original(self, items)
+
+    monkeypatch.setattr(Session, "set_values", counting)
+    session = repo.writable_session("main")
+    store = session.store
+    assert session.session_id is not None
+    seen: list[bytes | None] = []
+
+    async def writer(i: int) -> None:
+        for _ in range(i % 3):  # arrive one or two loop turns after the first
+            await asyncio.sleep(0)
+        await store.set(f"k/{i}", cpu.Buffer.from_bytes(bytes([i]) * 600))
+        # Staged when it returns: a resumed copy (another object) reads it.
+        copy = repo.writable_session("main", resume=session.session_id)
+        seen.append(copy.value(f"k/{i}"))
+
+    async def main() -> None:
+        await asyncio.gather(*(writer(i) for i in range(12)))
+
+    asyncio.run(main())
+    assert seen and all(value is not None for value in seen)
+    assert sum(sizes) == 12
+    assert len(sizes) < 12  # shared batches
+    assert max(sizes) > 4  # later turns joined the first one's batch
+
+
+# -- the bridge's direct read -------------------------------------------------------------
+
+
+class _Recording(MemoryStorage):
+    """A memory storage that records the thread each read ran on."""
+
+    def __init__(self, blocking: bool) -> None:
+        super().__init__()
+        self.blocking = blocking
+        self.threads: list[int] = []
+
+    @property
+    def blocking_io(self) -> bool:  # type: ignore[override]
+        return self.blocking
+
+    def _get(self, key: str, byte_range: Any) -> bytes | None:
+        self.threads.append(threading.get_ident())
+        return super()._get(key, byte_range)
+
+
+@given(value=st.binary(max_size=64), start=st.integers(0, 70))
+def test_a_direct_read_answers_as_the_dispatched_one(value: bytes, start: int) -> None:
+    from zarr.abc.store import OffsetByteRequest
+
+    direct, dispatched = _Recording(blocking=False), _Recording(blocking=True)
+    for storage in (direct, dispatched):
+        storage.set("k", value)
+
+    async def read(storage: _Recording) -> list[Any]:
+        store = ZarrStore(storage)
+        got = [await store.get("k", _PROTO), await store.get("missing", _PROTO),
+               await store.get("k", _PROTO, OffsetByteRequest(min(start, len(value))))]
+        return [None if g is None else g.to_bytes() for g in got]
+
+    loop_thread: list[int] = []
+
+    async def both() -> tuple[list[Any], list[Any]]:
+        loop_thread.append(threading.get_ident())
+        return await read(direct), await read(dispatched)
+
+    answers = asyncio.run(both())
+    assert answers[0] == answers[1]
+    assert set(direct.threads) == {loop_thread[0]}  # on the loop: it cannot block
+    assert loop_thread[0] not in dispatched.threads  # in a worker thread: it may block

@@ -323,15 +323,24 @@ class ObjectIO:
         return found
 
     async def visit_pages(self, folder: str, visit: Callable[[list[str]], None]) -> None:
-        """Call ``visit`` with each page of the names in ``folder`` (unsorted; none held)."""
+        """Call ``visit`` with each page of the names in ``folder`` (unsorted; none held).
+
+        Only the listing's own "not found" means an empty folder: an error
+        ``visit`` raises (its temporary file, say) ends the scan with that error,
+        never as if the folder had ended there.
+        """
         stream = obstore.list(self.store, self.path(folder), chunk_size=1000)
-        try:
-            async for chunk in stream:
-                if chunk:
-                    visit([self._relative(meta["path"]) for meta in chunk])
-        except (NotFoundError, FileNotFoundError) as exc:  # a local store without the folder
-            if not _missing(exc):
-                raise
+        while True:
+            try:
+                chunk = await anext(stream)
+            except StopAsyncIteration:
+                return
+            except (NotFoundError, FileNotFoundError) as exc:  # a local store without it
+                if not _missing(exc):
+                    raise
+                return
+            if chunk:
+                visit([self._relative(meta["path"]) for meta in chunk])
 
     async def any_under(self, folder: str) -> bool:
         """Whether any object lies in ``folder`` (relative, no trailing slash): one short page."""

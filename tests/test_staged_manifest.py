@@ -381,3 +381,36 @@ def test_an_unusable_temporary_directory_stops_the_absorb_with_a_clear_error(
     view = repo.readonly_session(branch="main")
     assert [view.value(f"a/c/{i:03}") for i in range(150)] == [_value(i) for i in range(150)]
     assert repo.verify().ok
+
+
+def test_gc_between_an_absorbs_parts_and_its_record_keeps_everything(
+        tmp_path: Path, small_manifests: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The parts are stored one by one while the absorb streams; nothing names
+    # them until its record. A collection from another client in that window
+    # (the default grace period: docs/format.md, "Garbage collection on shared
+    # storage") must spare them, the listed writes, and the epoch they came from.
+    import versionstore.located_staging as staging_module  # noqa: PLC0415 - patched here
+
+    repo = _repo(tmp_path)
+    collector = vs.Repository.open(vs.object_storage(LocalStore(str(tmp_path)), "repo"))
+    session = repo.writable_session("main")
+    session.set_values([(f"a/c/{i:03}", _value(i)) for i in range(60)])
+    written = staging_module.write_manifest
+    collected: list[vs.GCSummary] = []
+
+    def collect_meanwhile(*args: object, **kwargs: object) -> StagedManifest | None:
+        manifest = written(*args, **kwargs)  # type: ignore[arg-type]
+        collected.append(collector.garbage_collect())
+        return manifest
+
+    monkeypatch.setattr(staging_module, "write_manifest", collect_meanwhile)
+    session.set_values([(f"a/c/{i:03}", _value(i, 1)) for i in range(0, 60, 3)])
+    session.set_values([("a/zarr.json", b"{}")])  # absorbs all 80 (newer stamps win)
+    monkeypatch.undo()
+    assert collected and _record(repo, session).manifests
+    collector.garbage_collect()
+    session.commit("absorbed while gc ran")
+    view = repo.readonly_session(branch="main")
+    assert [view.value(f"a/c/{i:03}") for i in range(60)] == [
+        _value(i, 1 if i % 3 == 0 else 0) for i in range(60)]
+    assert repo.verify().ok

@@ -3,14 +3,18 @@
 Each test is the smallest form of an attack that found a defect: a forked
 child of a process that had used object storage (it hung forever), a log
 record missing between two others (the refs silently stopped before it and
-the next writer reused its number), and prefixes that obstore cannot parse
-(a raw obstore error at the first request, not at the description).
+the next writer reused its number), prefixes that obstore cannot parse
+(a raw obstore error at the first request, not at the description), and a
+process that aborted (SIGABRT) at exit after all its writes succeeded.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -301,3 +305,42 @@ def test_the_recently_stored_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch
         backend.put_objects(batch)
     assert len(backend._fresh) <= 100 + 20
     assert backend.has_objects([hash_object(1, b"0/0"), hash_object(1, b"29/19")]) == [True, True]
+
+
+_EXIT_AFTER_A_WRITE = textwrap.dedent("""
+    import asyncio.selector_events as selector_events
+    import sys
+    import threading
+    import time
+
+    from obstore.store import LocalStore
+
+    import versionstore as vs
+
+    wake = selector_events.BaseSelectorEventLoop._write_to_self
+
+    def wake_then_wait(loop):
+        wake(loop)
+        if threading.current_thread().name.startswith("Dummy"):  # not Python's: obstore's
+            time.sleep(0.5)  # it woke the loop, and takes the GIL back late
+
+    selector_events.BaseSelectorEventLoop._write_to_self = wake_then_wait
+    repo = vs.Repository.create(vs.object_storage(LocalStore(sys.argv[1]), "repo"))
+    repo.writable_session("main").set_values([("a/c/0", b"x" * 700)])
+    print("written", flush=True)
+""")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the abort came from pthread_exit (POSIX)")
+def test_a_process_exits_cleanly_right_after_its_last_request(tmp_path: Path) -> None:
+    # obstore hands a result to the loop from a Rust thread, which wakes the loop
+    # and then needs the GIL once more. If the caller got the result and the
+    # interpreter was exiting by then, Python 3.13 ended that thread with
+    # pthread_exit and the process died of SIGABRT (1 exit in 10 after a large
+    # set_values; always with the thread slowed as here).
+    done = subprocess.run([sys.executable, "-c", _EXIT_AFTER_A_WRITE, str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.stdout == "written\n", done.stderr
+    assert done.returncode == 0, done.stderr
+    repo = vs.Repository.open(vs.object_storage(LocalStore(str(tmp_path)), "repo"))
+    assert repo.resumable_sessions()  # the write is staged

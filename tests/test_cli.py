@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -76,6 +77,90 @@ def test_errors_are_reported_not_raised(tmp_path: Path, repo_path: str,
 def _cli(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "versionstore.cli", *args], text=True,
                           timeout=120, check=False, **kwargs)
+
+
+def _damaged(tmp_path: Path, repo_path: str, kind: str) -> str:
+    """A directory that is not a usable repository, made as ``kind`` says."""
+    path = tmp_path / kind
+    if kind == "a file":
+        path.write_bytes(b"not a repository")
+        return str(path)
+    path.mkdir()
+    data = (Path(repo_path) / "data.mdb").read_bytes()
+    if kind == "truncated data.mdb":
+        (path / "data.mdb").write_bytes(data[:4096])
+    elif kind == "garbage data.mdb":
+        (path / "data.mdb").write_bytes(bytes(range(256)) * 64)
+    elif kind == "empty data.mdb":
+        (path / "data.mdb").write_bytes(b"")
+    elif kind == "data.mdb a directory":
+        (path / "data.mdb").mkdir()
+    return str(path)
+
+
+_DAMAGE = ["a file", "truncated data.mdb", "garbage data.mdb", "empty data.mdb",
+           "data.mdb a directory", "empty directory"]
+
+
+@pytest.mark.parametrize("kind", _DAMAGE)
+@pytest.mark.parametrize("command", [["log", "{repo}"], ["verify", "{repo}"],
+                                     ["gc", "{repo}", "--delete"], ["compact", "{repo}"],
+                                     ["sessions", "{repo}"], ["branch", "list", "{repo}"],
+                                     ["du", "{repo}"]])
+def test_hostile_repository_paths_give_one_line_and_status_1(
+        tmp_path: Path, repo_path: str, capsys: pytest.CaptureFixture[str], kind: str,
+        command: list[str]) -> None:
+    path = _damaged(tmp_path, repo_path, kind)
+    data = Path(path) / "data.mdb"
+    before = data.read_bytes() if data.is_file() else None
+    assert main([arg.replace("{repo}", path) for arg in command]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("versionstore: error: ") and len(err.strip().splitlines()) == 1, err
+    if before:  # a damaged file is left as it was (LMDB initialises an empty one)
+        assert data.read_bytes() == before
+
+
+@pytest.mark.parametrize("args", [
+    ["show", "{repo}", "zzzz"], ["show", "{repo}", ""], ["show", "{repo}", "0" * 32],
+    ["log", "{repo}", "--snapshot", "../../etc"], ["log", "{repo}", "--tag", "nope"],
+    ["diff", "{repo}", "main", "no/such"], ["status", "{repo}", "nope"],
+    ["sessions", "{repo}", "--discard", "nope"], ["du", "{repo}", "--snapshot", "abc"],
+    ["branch", "create", "{repo}", "../x", "main"], ["branch", "create", "{repo}", "", "main"],
+    ["branch", "create", "{repo}", "a b", "main"], ["branch", "create", "{repo}", "x..y", "main"],
+    ["branch", "create", "{repo}", "nul\0", "main"], ["branch", "create", "{repo}", "b", "nope"],
+    ["branch", "delete", "{repo}", "nope"], ["branch", "delete", "{repo}", "main"],
+    ["tag", "create", "{repo}", "v1", "main"], ["tag", "delete", "{repo}", "nope"],
+    ["merge", "{repo}", "nope"], ["cherry-pick", "{repo}", "zzzz"],
+    ["purge", "{repo}", "/", "--yes"], ["squash", "{repo}", "--since", "zzzz"],
+])
+def test_hostile_ids_and_names_give_one_line_and_status_1(
+        repo_path: str, capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
+    assert main([arg.replace("{repo}", repo_path) for arg in args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("versionstore: error: ") and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid"), reason="permissions are POSIX here")
+def test_an_unreadable_directory_gives_one_line_and_status_1(repo_path: str) -> None:
+    # root reads any directory; without CAP_DAC_OVERRIDE (setpriv) it is refused as
+    # any user is.
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root, and setpriv (util-linux) is missing to drop root's "
+                        "right to read any directory")
+        prefix = [setpriv, "--bounding-set", "-dac_override,-dac_read_search"]
+    os.chmod(repo_path, 0)
+    try:
+        for args in (["log", repo_path], ["compact", repo_path]):
+            done = subprocess.run([*prefix, sys.executable, "-m", "versionstore.cli", *args],
+                                  capture_output=True, text=True, timeout=120, check=False)
+            assert done.returncode == 1, done.stderr
+            assert done.stderr.startswith("versionstore: error: cannot read the directory")
+            assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    finally:
+        os.chmod(repo_path, 0o755)
 
 
 def test_version(tmp_path: Path) -> None:

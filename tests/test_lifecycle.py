@@ -333,6 +333,19 @@ def test_compact_refuses_while_another_handle_is_open(tmp_path: Path) -> None:
         repo.compact()
 
 
+def test_compact_refuses_a_repository_opened_read_only(tmp_path: Path) -> None:
+    # It rewrote the file anyway; and the CLI, which opens read-only a directory
+    # it cannot write, ended in a PermissionError traceback.
+    path = tmp_path / "repo"
+    vs.Repository.create(vs.lmdb_storage(path)).close()
+    data = (path / "data.mdb").read_bytes()
+    with vs.Repository.open(vs.lmdb_storage(path, read_only=True)) as repo:
+        with pytest.raises(vs.ReadOnlyRepositoryError, match="read-only"):
+            repo.compact()
+        assert repo.lookup_branch("main")  # still open and readable
+    assert (path / "data.mdb").read_bytes() == data
+
+
 def test_compact_in_memory_is_a_no_op() -> None:
     repo = vs.Repository.create(vs.in_memory_storage())
     assert repo.compact().bytes_freed == 0

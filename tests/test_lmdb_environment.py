@@ -195,6 +195,55 @@ def test_open_and_drop_many_repositories(tmp_path: Path, close: bool) -> None:
     assert not _open_under(tmp_path), "every environment was released"
 
 
+def _resident_kib() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in /proc")
+@pytest.mark.parametrize(("kind", "count"), [("lmdb", 1000), ("memory", 1000), ("object", 100)])
+def test_a_long_lived_process_opens_and_drops_many_repositories(
+        tmp_path: Path, kind: str, count: int) -> None:
+    # As a notebook kernel or a server would: open, stage, sometimes commit, and
+    # drop — half the time without close(), sessions with staged writes never
+    # committed. Open files, threads and resident memory must not grow with the count.
+    from obstore.store import LocalStore  # noqa: PLC0415 - object storage is optional here
+
+    def use(n: int) -> None:
+        if kind == "lmdb":
+            storage: vs.RepositoryStorage = vs.lmdb_storage(tmp_path / f"r{n % 20}")
+        elif kind == "memory":
+            storage = vs.in_memory_storage()
+        else:
+            (tmp_path / f"o{n}").mkdir()
+            storage = vs.object_storage(LocalStore(str(tmp_path / f"o{n}")), "repo")
+        repo = vs.Repository.open_or_create(storage)
+        session = repo.writable_session("main")
+        session.set_values([("a/zarr.json", b"{}"), (f"a/c/{n % 7}", bytes([n % 256]) * 700)])
+        if n % 10 == 0:
+            session.commit(f"n = {n}")
+        repo.readonly_session(branch="main").value("a/zarr.json")
+        if n % 2:
+            repo.close()
+        if kind == "object":
+            shutil.rmtree(tmp_path / f"o{n}")
+
+    warm = count // 5
+    for n in range(warm):
+        use(n)
+    gc.collect()
+    files, threads, resident = len(os.listdir("/proc/self/fd")), threading.active_count(), \
+        _resident_kib()
+    for n in range(warm, count):
+        use(n)
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) <= files
+    assert threading.active_count() <= threads
+    grown = _resident_kib() - resident
+    assert grown < 16 * 1024, f"resident memory grew {grown} KiB over {count - warm} repositories"
+    assert not _open_under(tmp_path)
+
+
 def test_dropped_sessions_release_the_environment(tmp_path: Path) -> None:
     repo = vs.Repository.create(vs.lmdb_storage(tmp_path / "r"))
     session = repo.writable_session("main")

@@ -344,3 +344,73 @@ def test_an_absorb_cut_off_after_its_parts_loses_nothing(
     view = repo.readonly_session(branch="main")
     assert [view.value(f"a/c/{i}") for i in range(50)] == [_value(i) for i in range(50)]
     assert repo.verify().ok
+
+
+@pytest.mark.parametrize("fault", ["missing", "full"])
+def test_an_unusable_temporary_directory_stops_the_absorb_with_a_clear_error(
+        tmp_path: Path, small_manifests: None, monkeypatch: pytest.MonkeyPatch,
+        fault: str) -> None:
+    # The absorb's external sort spills runs to TMPDIR. An error there used to be
+    # taken for "the listed folder does not exist": the listing stopped early, the
+    # absorb recorded the writes listed so far and closed the epoch, and the commit
+    # dropped the rest — 100 of 150 writes that had returned.
+    import tempfile  # noqa: PLC0415 - patched here
+
+    import versionstore.spill as spill_module  # noqa: PLC0415 - patched here
+
+    monkeypatch.setattr(sorted_runs_module, "RUN_RECORDS", 50)
+    (tmp_path / "store").mkdir()
+    repo = _repo(tmp_path / "store")
+    session = repo.writable_session("main")
+    session.set_values([(f"a/c/{i:03}", _value(i)) for i in range(150)])
+    with monkeypatch.context() as patched:
+        if fault == "missing":
+            patched.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+        else:  # the kernel's own "no space left on device"
+            patched.setattr(spill_module.tempfile, "TemporaryFile",
+                            lambda: open("/dev/full", "w+b", buffering=0))  # noqa: SIM115
+        with pytest.raises(vs.BackendError, match="TMPDIR") as raised:
+            session.commit("spilled")
+    if fault == "full":
+        assert isinstance(raised.value, vs.DiskFullError)
+    assert "object storage" not in str(raised.value)  # not blamed on the bucket
+    assert repo.lookup_branch("main") == session.snapshot_id  # nothing committed
+    resumed = vs.Repository.open(repo.storage).writable_session(
+        "main", resume=session.session_id)
+    resumed.commit("spilled, after TMPDIR was fixed")
+    view = repo.readonly_session(branch="main")
+    assert [view.value(f"a/c/{i:03}") for i in range(150)] == [_value(i) for i in range(150)]
+    assert repo.verify().ok
+
+
+def test_gc_between_an_absorbs_parts_and_its_record_keeps_everything(
+        tmp_path: Path, small_manifests: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The parts are stored one by one while the absorb streams; nothing names
+    # them until its record. A collection from another client in that window
+    # (the default grace period: docs/format.md, "Garbage collection on shared
+    # storage") must spare them, the listed writes, and the epoch they came from.
+    import versionstore.located_staging as staging_module  # noqa: PLC0415 - patched here
+
+    repo = _repo(tmp_path)
+    collector = vs.Repository.open(vs.object_storage(LocalStore(str(tmp_path)), "repo"))
+    session = repo.writable_session("main")
+    session.set_values([(f"a/c/{i:03}", _value(i)) for i in range(60)])
+    written = staging_module.write_manifest
+    collected: list[vs.GCSummary] = []
+
+    def collect_meanwhile(*args: object, **kwargs: object) -> StagedManifest | None:
+        manifest = written(*args, **kwargs)  # type: ignore[arg-type]
+        collected.append(collector.garbage_collect())
+        return manifest
+
+    monkeypatch.setattr(staging_module, "write_manifest", collect_meanwhile)
+    session.set_values([(f"a/c/{i:03}", _value(i, 1)) for i in range(0, 60, 3)])
+    session.set_values([("a/zarr.json", b"{}")])  # absorbs all 80 (newer stamps win)
+    monkeypatch.undo()
+    assert collected and _record(repo, session).manifests
+    collector.garbage_collect()
+    session.commit("absorbed while gc ran")
+    view = repo.readonly_session(branch="main")
+    assert [view.value(f"a/c/{i:03}") for i in range(60)] == [
+        _value(i, 1 if i % 3 == 0 else 0) for i in range(60)]
+    assert repo.verify().ok

@@ -94,6 +94,10 @@ def _when(text: str) -> datetime:
 
 
 def _open(path: str) -> Repository:
+    if os.path.isfile(path):
+        raise _UserError(f"{path!r} is a file, not a repository directory")
+    if os.path.isdir(path) and not os.access(path, os.R_OK | os.X_OK):
+        raise _UserError(f"cannot read the directory {path!r}: permission denied")
     return Repository.open(lmdb_storage(path))
 
 
@@ -190,7 +194,9 @@ def _size(count: int | None) -> str:
     return str(count)  # pragma: no cover
 
 
-repo_argument = click.argument("repo", type=click.Path(file_okay=False))
+# Checked when opened (``_open``): a file or an unreadable directory is a user error
+# (status 1, one line) like a missing repository, not a usage error.
+repo_argument = click.argument("repo", type=click.Path(readable=False))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

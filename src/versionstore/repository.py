@@ -943,6 +943,7 @@ class Repository:
             RepositoryBusyError: another process (named by id) or another open
                 ``Repository`` of the same directory in this process has it
                 open; nothing changed.
+            ReadOnlyRepositoryError: the repository is open read-only.
         """
         if not isinstance(self.backend, LMDBBackend):
             return CompactReport(bytes_before=0, bytes_after=0)

@@ -8,7 +8,9 @@ its tree needs — it appends to a ``Spill``. A spill keeps its records as
 Python objects up to about ``memory_bytes``, then moves them to an anonymous
 temporary file in ``tempfile.gettempdir()`` (``TMPDIR``; deleted when closed
 or collected), so small commits never touch the disk and huge ones cost disk
-(about 2 × the staged refs' size), not memory.
+(about 2 × the staged refs' size), not memory. A temporary directory that is
+full or cannot be written stops the operation with ``DiskFullError`` or
+``BackendError`` naming it (and ``TMPDIR``), before anything is recorded.
 
 Records are tuples of ``bytes`` fields of a fixed count, written to the file
 in pickled blocks (``pickle`` is fast here because it runs in C; the file is
@@ -20,11 +22,14 @@ LMDB map) or checks a batch before applying it.
 
 from __future__ import annotations
 
+import errno
 import pickle
 import tempfile
 import threading
 from collections.abc import Iterator
 from typing import IO
+
+from versionstore.errors import BackendError, DiskFullError
 
 __all__ = ["MEMORY_BYTES", "Spill"]
 
@@ -77,12 +82,16 @@ class Spill:
                 self._write_block()
 
     def _write_block(self) -> None:
-        if self._file is None:
-            self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close() or collection
         # Trusted data: this process wrote the private, already-unlinked file it reads back.
         data = pickle.dumps(self._pending, protocol=pickle.HIGHEST_PROTOCOL)
-        self._file.seek(self._size)
-        self._file.write(data)
+        try:
+            if self._file is None:
+                self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+            self._file.seek(self._size)
+            self._file.write(data)
+            self._file.flush()
+        except OSError as exc:
+            raise _temporary_file_error(exc) from exc
         self._blocks.append((self._size, len(data)))
         self._size += len(data)
         self._pending, self._pending_bytes = [], 0
@@ -111,3 +120,17 @@ class Spill:
             self._pending, self._blocks = [], []
             if self._file is not None:
                 self._file.close()
+
+
+def _temporary_file_error(exc: OSError) -> BackendError:
+    """The error for a temporary file that cannot be created or written."""
+    where = tempfile.gettempdir()
+    why = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(
+            f"no space left for a temporary file in {where!r} (TMPDIR), where large commits "
+            f"and absorbs sort what they read: free space there or set TMPDIR to a larger "
+            f"directory ({why})")
+    return BackendError(
+        f"cannot write a temporary file in {where!r} (TMPDIR), where large commits and "
+        f"absorbs sort what they read: set TMPDIR to a writable directory ({why})")

@@ -758,7 +758,12 @@ class LMDBBackend(Backend, Ledger):
         Raises:
             RepositoryBusyError: another process — or another open repository
                 object in this one — has the environment open; nothing changed.
+            ReadOnlyRepositoryError: the repository is open read-only (as
+                asked, or because its directory cannot be written).
         """
+        if self.read_only:
+            raise ReadOnlyRepositoryError(
+                f"cannot compact {self.path!r}: the repository is open read-only")
         self._environment()
         users = self._handle.users
         if users > 1:

@@ -17,12 +17,14 @@ This is the only module of versionstore that makes obstore requests
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, override
 
 import obstore
 from obstore.exceptions import (
@@ -48,14 +50,19 @@ from versionstore.errors import (
 from zarrstore.obstore_runtime import FORK_ADVICE, forked_from, note_request
 
 if TYPE_CHECKING:
+    import contextvars
+
     from obstore.store import ObjectStore
 
 __all__ = ["Listed", "ObjectIO", "check_not_forked", "gather_bounded", "is_picklable_store",
            "translate", "translated"]
 
 T = TypeVar("T")
+_Ts = TypeVarTuple("_Ts")
 #: Requests in flight at once for one batch (puts, gets, heads).
 _CONCURRENCY = 64
+#: Seconds an exiting process waits for its requests still running (``_Loop.settle``).
+_EXIT_WAIT = 10.0
 
 #: ``(path relative to the prefix, last modified)`` of a listed object.
 Listed = tuple[str, datetime]
@@ -82,12 +89,45 @@ def check_not_forked() -> None:
             + FORK_ADVICE)
 
 
+class _CountingLoop(asyncio.SelectorEventLoop):
+    """An event loop that knows how many threads are inside ``call_soon_threadsafe``.
+
+    obstore hands each result to the loop from one of its Rust threads, through
+    ``call_soon_threadsafe``, which releases the GIL to wake the loop. The
+    waiting caller may get the result and the interpreter start to exit before
+    that thread takes the GIL back; Python 3.13 then ends the thread with
+    ``pthread_exit``, which aborts the process from inside Rust (SIGABRT at exit,
+    after everything succeeded). ``_Loop.settle`` waits for such threads.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside = 0
+        self._inside_lock = threading.Lock()
+
+    @override
+    def call_soon_threadsafe(self, callback: Callable[[*_Ts], object],
+                             *args: *_Ts, context: contextvars.Context | None = None
+                             ) -> asyncio.Handle:
+        with self._inside_lock:
+            self.inside += 1
+        try:
+            return super().call_soon_threadsafe(callback, *args, context=context)
+        finally:
+            with self._inside_lock:
+                self.inside -= 1
+
+
 class _Loop:
-    """One event loop in a daemon thread, per process (never used in a forked child)."""
+    """One event loop in a daemon thread, per process (never used in a forked child).
+
+    At interpreter exit (``atexit``) it lets the requests still running finish
+    and obstore's threads leave the loop (``settle``), bounded by ``_EXIT_WAIT``.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: _CountingLoop | None = None
         self._pid = 0
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
@@ -99,13 +139,38 @@ class _Loop:
         note_request()
         with self._lock:
             if self._loop is None or self._pid != os.getpid():
-                loop = asyncio.new_event_loop()
+                loop = _CountingLoop()
                 thread = threading.Thread(target=loop.run_forever, name="versionstore-object-io",
                                           daemon=True)
                 thread.start()
+                if self._loop is None:
+                    atexit.register(self.settle)
                 self._loop, self._pid = loop, os.getpid()
             loop = self._loop
         return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+
+    def settle(self, timeout: float | None = None) -> None:
+        """Wait (at most ``timeout`` s) for requests left running and for obstore's threads.
+
+        Requests are left running when a batch failed early (``asyncio.gather``
+        leaves the others going); their results would arrive during the exit.
+        """
+        loop = self._loop
+        if loop is None or self._pid != os.getpid() or not loop.is_running():
+            return
+        deadline = time.monotonic() + (_EXIT_WAIT if timeout is None else timeout)
+        with suppress(Exception):
+            asyncio.run_coroutine_threadsafe(_finish_tasks(), loop).result(
+                max(0.0, deadline - time.monotonic()))
+        while loop.inside and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(0.005)  # the last thread out returns to Rust and lets go of the GIL
+
+
+async def _finish_tasks() -> None:
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    if others:
+        await asyncio.wait(others)
 
 
 _LOOP = _Loop()
@@ -258,15 +323,24 @@ class ObjectIO:
         return found
 
     async def visit_pages(self, folder: str, visit: Callable[[list[str]], None]) -> None:
-        """Call ``visit`` with each page of the names in ``folder`` (unsorted; none held)."""
+        """Call ``visit`` with each page of the names in ``folder`` (unsorted; none held).
+
+        Only the listing's own "not found" means an empty folder: an error
+        ``visit`` raises (its temporary file, say) ends the scan with that error,
+        never as if the folder had ended there.
+        """
         stream = obstore.list(self.store, self.path(folder), chunk_size=1000)
-        try:
-            async for chunk in stream:
-                if chunk:
-                    visit([self._relative(meta["path"]) for meta in chunk])
-        except (NotFoundError, FileNotFoundError) as exc:  # a local store without the folder
-            if not _missing(exc):
-                raise
+        while True:
+            try:
+                chunk = await anext(stream)
+            except StopAsyncIteration:
+                return
+            except (NotFoundError, FileNotFoundError) as exc:  # a local store without it
+                if not _missing(exc):
+                    raise
+                return
+            if chunk:
+                visit([self._relative(meta["path"]) for meta in chunk])
 
     async def any_under(self, folder: str) -> bool:
         """Whether any object lies in ``folder`` (relative, no trailing slash): one short page."""

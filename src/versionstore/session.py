@@ -294,6 +294,17 @@ class Session:
         self._remember_staged(name, raw, entry)
         return entry
 
+    def _staged_entry_seen(self, name: str, raw: bytes) -> Entry | Tombstone:
+        """``_staged_entry`` that remembers nothing new (for a commit's scan).
+
+        A commit streams every staged record once, and must not grow the
+        session's memory with them (``tests/test_tree.py``).
+        """
+        known = self._staged_decoded.get(raw)
+        if known is not None and known[0] == name:
+            return known[1]
+        return decode_staged(name, raw)
+
     def _remember_staged(self, name: str, raw: bytes, entry: Entry | Tombstone) -> None:
         """Remember that staged ref ``name`` stored as ``raw`` holds ``entry``."""
         decoded = self._staged_decoded
@@ -948,7 +959,7 @@ class Session:
                                               and bool(self._epochs[1]))
                     if not absorb:
                         with StagedScan(repo.backend, stage_prefix(self._require_writable()),
-                                        self._staged_entry) as staged:
+                                        self._staged_entry_seen) as staged:
                             if not len(staged) and not self._manifests and not allow_empty:
                                 raise NothingToCommitError(
                                     "nothing to commit: no changes are staged")

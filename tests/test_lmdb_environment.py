@@ -378,8 +378,10 @@ def test_truncated_data_file_is_reported_not_a_crash(tmp_path: Path) -> None:
     assert not [o for o in outcomes if o[0] in ("signal", "exit")], result.stdout
     assert ["error", "CorruptRepositoryError"] in outcomes
     # A cut inside a chunk's pages reads as that chunk's checksum failing: also a clear error.
+    # Rarely (about one run in five, depending on where the cuts fall) a cut leaves LMDB a
+    # valid tree in which the refs are gone: "no repository in ..." (clear, if less precise).
     allowed = (["read"], ["error", "CorruptRepositoryError"], ["error", "CorruptObjectError"],
-               ["error", "BackendError"])
+               ["error", "BackendError"], ["error", "RepositoryNotFoundError"])
     assert all(o in allowed for o in outcomes), result.stdout
 
 

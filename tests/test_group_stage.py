@@ -249,3 +249,32 @@ def test_a_stream_whose_writes_thin_out_stops_waiting_for_the_old_size() -> None
 
     asyncio.run(write())
     assert written == [[f"a{i}" for i in range(8)], ["lone"], ["b0"], ["b1"]]
+
+
+# -- group staging over several loop turns ------------------------------------------------
+
+
+def test_writers_arriving_over_several_turns_share_a_batch_and_return_once_staged(
+        repo: vs.Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes = _counting(monkeypatch)
+    session = repo.writable_session("main")
+    store = session.store
+    assert session.session_id is not None
+    seen: list[bytes | None] = []
+
+    async def writer(i: int) -> None:
+        for _ in range(i % 3):  # arrive one or two loop turns after the first
+            await asyncio.sleep(0)
+        await store.set(f"k/{i}", cpu.Buffer.from_bytes(bytes([i]) * 600))
+        # Staged when it returns: a resumed copy (another object) reads it.
+        copy = repo.writable_session("main", resume=session.session_id)
+        seen.append(copy.value(f"k/{i}"))
+
+    async def main() -> None:
+        await asyncio.gather(*(writer(i) for i in range(12)))
+
+    asyncio.run(main())
+    assert seen and all(value is not None for value in seen)
+    assert sum(sizes) == 12
+    assert len(sizes) < 12  # shared batches
+    assert max(sizes) > 4  # later turns joined the first one's batch

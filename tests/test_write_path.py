@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from zarr.core.buffer import cpu, default_buffer_prototype
+from zarr.core.buffer import default_buffer_prototype
 
 import versionstore as vs
 from versionstore import session as session_module
@@ -37,7 +37,6 @@ from versionstore.codec import (
 from versionstore.errors import CorruptObjectError, MissingObjectsError
 from versionstore.ids import hash_object
 from versionstore.records import ChunkRef
-from versionstore.session import Session
 from zarrstore.memory import MemoryStorage
 from zarrstore.zarr_bridge import ZarrStore
 
@@ -206,42 +205,6 @@ def test_a_commit_decodes_what_the_session_forgot(repo: vs.Repository,
     snapshot = session.commit("c")
     view = repo.readonly_session(snapshot_id=snapshot)
     assert {key: view.value(key) for key in values} == values
-
-
-# -- group staging over several loop turns ------------------------------------------------
-
-
-def test_writers_arriving_over_several_turns_share_a_batch_and_return_once_staged(
-        repo: vs.Repository, monkeypatch: pytest.MonkeyPatch) -> None:
-    sizes: list[int] = []
-    original = Session.set_values
-
-    def counting(self: Session, items: list[tuple[str, bytes]]) -> None:
-        sizes.append(len(items))
-        original(self, items)
-
-    monkeypatch.setattr(Session, "set_values", counting)
-    session = repo.writable_session("main")
-    store = session.store
-    assert session.session_id is not None
-    seen: list[bytes | None] = []
-
-    async def writer(i: int) -> None:
-        for _ in range(i % 3):  # arrive one or two loop turns after the first
-            await asyncio.sleep(0)
-        await store.set(f"k/{i}", cpu.Buffer.from_bytes(bytes([i]) * 600))
-        # Staged when it returns: a resumed copy (another object) reads it.
-        copy = repo.writable_session("main", resume=session.session_id)
-        seen.append(copy.value(f"k/{i}"))
-
-    async def main() -> None:
-        await asyncio.gather(*(writer(i) for i in range(12)))
-
-    asyncio.run(main())
-    assert seen and all(value is not None for value in seen)
-    assert sum(sizes) == 12
-    assert len(sizes) < 12  # shared batches
-    assert max(sizes) > 4  # later turns joined the first one's batch
 
 
 # -- the bridge's direct read -------------------------------------------------------------

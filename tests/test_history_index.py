@@ -12,6 +12,7 @@ import os
 import pickle
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -220,17 +221,24 @@ def test_a_history_read_ahead_still_yields_every_snapshot_once(repo: vs.Reposito
     assert next(history, None) is None and "<History" in repr(history)
 
 
-def test_listing_a_branch_reads_only_the_links_of_its_tip(repo: vs.Repository,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    _commits(repo, 3)
+def _count_decodes(monkeypatch: pytest.MonkeyPatch, target: str,
+                   original: Callable[[str, bytes], object]) -> list[str]:
+    """Replace the decoder at ``target`` by one that records each object name it decodes."""
     decoded: list[str] = []
-    original = codec.decode_snapshot
 
-    def counting(name: str, data: bytes) -> Snapshot:
+    def counting(name: str, data: bytes) -> object:
         decoded.append(name)
         return original(name, data)
 
-    monkeypatch.setattr("versionstore.history.decode_snapshot", counting)
+    monkeypatch.setattr(target, counting)
+    return decoded
+
+
+def test_listing_a_branch_reads_only_the_links_of_its_tip(repo: vs.Repository,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    _commits(repo, 3)
+    decoded = _count_decodes(monkeypatch, "versionstore.history.decode_snapshot",
+                             codec.decode_snapshot)
     cold = vs.Repository(repo.storage, repo.backend)
     infos = list(cold.ancestry(branch="main"))
     assert [i.id for i in infos] == [i.id for i in repo.ancestry(branch="main")]
@@ -277,14 +285,8 @@ def test_a_repository_opened_again_lists_from_the_process_cache_and_reads_the_br
     assert str(path.resolve()) not in lmdb_environment._registry, (
         "what the process keeps of a history holds no environment")
 
-    decoded: list[str] = []
-    original = codec.decode_history_page
-
-    def counting(name: str, data: bytes) -> HistoryPage:
-        decoded.append(name)
-        return original(name, data)
-
-    monkeypatch.setattr("versionstore.objects.decode_history_page", counting)
+    decoded = _count_decodes(monkeypatch, "versionstore.objects.decode_history_page",
+                             codec.decode_history_page)
     reopened = vs.Repository.open(vs.lmdb_storage(path))
     assert [info.id for info in reopened.ancestry()] == before
     assert decoded == [], "listed from what the process already decoded"

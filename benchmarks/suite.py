@@ -108,6 +108,13 @@ DEFAULT_SYSTEMS: dict[str, tuple[str, ...]] = {
     # zarr's LocalStore writes a file per chunk (20,000 files: half a minute, and no ceiling
     # to compare with); MemoryStore is the ceiling.
     "small64": ("vs-lmdb", "vs-mem", "icechunk-fs", "icechunk-mem", "zarr-mem", "zs-lmdb"),
+    # lmdb-zarr (benchmarks.lmdb_floor) measures one thing: the per-call floor.
+    "percall": ("vs-lmdb", "vs-mem", "icechunk-fs", "icechunk-mem", "zarr-local", "zarr-mem",
+                "zs-lmdb", "raw-lmdb", "lmdb-zarr"),
+    "bulk": ("vs-lmdb", "vs-mem", "icechunk-fs", "icechunk-mem", "zarr-local", "zarr-mem",
+             "zs-lmdb", "raw-lmdb"),
+    "small": ("vs-lmdb", "vs-mem", "icechunk-fs", "icechunk-mem", "zarr-local", "zarr-mem",
+              "zs-lmdb", "raw-lmdb"),
     "commit": ("vs-lmdb", "icechunk-fs", "raw-lmdb"),
     "huge": ("vs-lmdb", "icechunk-fs"),
     # zarr's MemoryStore has no history and no commit: it is the floor for zarr's own

@@ -568,10 +568,39 @@ class RawLMDB(System):
         return usage
 
 
+class LMDBFloor(System):
+    """One py-lmdb transaction per call behind a minimal zarr store (``benchmarks.lmdb_floor``)."""
+
+    name = "lmdb-zarr"
+    description = ("one py-lmdb transaction per set/get behind a minimal zarr Store "
+                   "(no history, no checks): the floor of an LMDB store through zarr")
+    versioned = False
+    has_commit = False
+
+    def create(self) -> None:
+        self.open()
+
+    def open(self) -> None:
+        from benchmarks.lmdb_floor import LMDBFloorStore
+
+        self._store = LMDBFloorStore(self.root / "floor")
+
+    def close(self) -> None:
+        if getattr(self, "_store", None) is not None:
+            self._store.close()
+            self._store = None
+
+    def write_store(self) -> Store:
+        return self._store  # type: ignore[no-any-return]
+
+    def read_store(self, snapshot: str | None = None) -> Store:
+        return self._store  # type: ignore[no-any-return]
+
+
 SYSTEMS: dict[str, type[System]] = {
     cls.name: cls
     for cls in (VersionStoreLMDB, VersionStoreMemory, VersionStoreS3, IcechunkFS, IcechunkMemory,
-                IcechunkS3, ZarrLocal, ZarrMemory, ZarrstoreLMDB, RawLMDB)
+                IcechunkS3, ZarrLocal, ZarrMemory, ZarrstoreLMDB, RawLMDB, LMDBFloor)
 }
 
 

@@ -18,8 +18,12 @@ KEYS = 3
 
 
 def value(writer: int, round_: int) -> bytes:
-    """The value writer ``writer`` stages in round ``round_`` (a chunk object, not inline)."""
-    return f"{writer}:{round_};".encode() * 80
+    """The value writer ``writer`` stages in round ``round_``: a chunk object once committed.
+
+    Staged alone, an even writer's (under ``STAGED_INLINE_LIMIT``) is kept in
+    its staged record until the commit; an odd writer's is a staged chunk object.
+    """
+    return f"{writer}:{round_};".encode() * (80 if writer % 2 == 0 else 1000)
 
 
 def write_rounds(session: vs.Session, writer: int) -> int:

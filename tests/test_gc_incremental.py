@@ -33,7 +33,8 @@ from versionstore.objects import ObjectReader
 
 KEYS = st.sampled_from(["a", "b", "c", "p/x", "p/y"])
 # Values over 512 bytes are chunk objects; the rest live inline in leaves.
-VALUES = st.sampled_from([b"v", b"w", b"V" * 700, b"W" * 700, b"X" * 900, b"Y" * 1500])
+VALUES = st.sampled_from([b"v", b"w", b"V" * 700, b"W" * 700, b"X" * 900, b"Y" * 1500,
+                          b"S" * 5000])  # staged alone: inline, in its record, a chunk
 BRANCHES = st.sampled_from(["main", "dev", "feature"])
 
 __all__ = ["either_repo_fixture"]  # the ``repo`` fixture

@@ -26,7 +26,8 @@ import versionstore as vs
 from versionstore.gc import collect_garbage_by_listing
 
 KEYS = st.sampled_from(["a", "b", "p/x", "p/y"])
-VALUES = st.sampled_from([b"v", b"w", b"V" * 700, b"W" * 700, b"Z" * 900])
+VALUES = st.sampled_from([b"v", b"w", b"V" * 700, b"W" * 700, b"Z" * 900,
+                          b"S" * 5000])  # staged alone: inline, in its record, a chunk
 BRANCHES = st.sampled_from(["main", "dev"])
 Content = dict[str, bytes]
 

@@ -277,9 +277,11 @@ def test_lmdb_and_memory_stage_as_before(tmp_path: Path) -> None:
         repo = vs.Repository.create(storage)
         assert not repo.backend.located_staging()
         session = repo.writable_session("main")
-        session.set_values([("k/c/0", b"v" * 1000)])
+        session.set_values([("k/c/0", b"v" * 1000), ("k/c/1", b"w" * 1000)])
         entry = session.entry("k/c/0")
         assert isinstance(entry, ChunkRef) and entry.location is None
+        session.set_value("k/c/2", b"x" * 1000)  # alone: inside its staged record
+        assert session.entry("k/c/2") == b"x" * 1000
         session.commit("plain")
         repo.close()
 

@@ -32,7 +32,7 @@ from versionstore.refs import Refs
 from versionstore.session_store import MAX_KEY_BYTES
 from zarrstore.errors import InvalidKeyError
 
-BIG = 600  # bytes: above the inline limit, so a value becomes a chunk object
+BIG = 5000  # bytes: above the inline limits (staged alone too), so a value is a chunk object
 
 
 @pytest.fixture(params=["memory", "lmdb"])

@@ -31,7 +31,9 @@ import versionstore as vs
 from versionstore.refs import Refs
 
 KEYS = st.sampled_from(["a", "b", "g/c"])
-VALUES = st.sampled_from([b"x", b"y", b"X" * 600, b"Y" * 600])
+# Staged alone: inline values, values inside their staged record (600 bytes) and
+# staged chunk objects (over STAGED_INLINE_LIMIT).
+VALUES = st.sampled_from([b"x", b"y", b"X" * 600, b"Y" * 600, b"Z" * 5000])
 Content = dict[str, bytes]
 
 

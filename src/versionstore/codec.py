@@ -81,6 +81,7 @@ __all__ = [
     "decode_manifest_part",
     "decode_session",
     "decode_snapshot",
+    "chunk_id_of",
     "decode_staged",
     "staged_reencodes",
     "encode_chunk",
@@ -340,6 +341,11 @@ def pack_metadata(metadata: dict[str, Any]) -> bytes:
 def encode_chunk(value: bytes) -> tuple[ObjectId, bytes]:
     """The id and stored frame of a chunk value."""
     return hash_object(KIND_CHUNK, value), _frame(KIND_CHUNK, value, compress=False)
+
+
+def chunk_id_of(value: bytes) -> ObjectId:
+    """The id ``encode_chunk(value)`` gives, without building the frame."""
+    return hash_object(KIND_CHUNK, value)
 
 
 def decode_chunk(name: str, data: bytes | memoryview) -> bytes:
@@ -1012,7 +1018,20 @@ def staged_reencodes(data: bytes) -> bool:
 
 
 def decode_staged(name: str, data: bytes) -> Entry | Tombstone:
-    """Decode staged ref ``name``."""
+    """Decode staged ref ``name``.
+
+    A value staged inline (a raw version-2 frame holding ``[2, bin, name]``
+    with a 16-bit bin length, what ``Session.set_value`` writes) is checked
+    and sliced out in one step; everything else, and anything that fails a
+    check, goes through the general decoder (which raises what is wrong).
+    """
+    if (data[:5] == _STAGED_HEADER and data[_HEADER:_HEADER + 3] == b"\x93\x02\xc5"
+            and name.isascii()):  # an ASCII name packs without an encoding error
+        payload = memoryview(data)[_HEADER:]
+        end = 5 + int.from_bytes(payload[3:5], "big")
+        if (payload[end:] == _packb(name)
+                and _xxh3_digest(payload)[::-1] == data[5:_HEADER]):
+            return bytes(payload[5:end])
     return _decode_small(
         name, data, KIND_STAGED, "staged entry", 2, 4,
         lambda f: TOMBSTONE if f[1] is None else _entry(name, f[1]),

@@ -151,11 +151,17 @@ class NewObjects(Collection[tuple[ObjectId, bytes]]):
 
     def __init__(self) -> None:
         self._leaves = Spill(2)
+        #: Chunks of values the session staged inline (``Session._as_stored``).
+        self._chunks = Spill(2)
         self.in_memory: list[tuple[ObjectId, bytes]] = []
 
     def add_leaf(self, node_id: ObjectId, data: bytes) -> None:
         """Keep one encoded leaf until the batch is written."""
         self._leaves.append(node_id, data)
+
+    def add_chunk(self, chunk_id: ObjectId, frame: bytes) -> None:
+        """Keep one chunk object (a value staged inline) until the batch is written."""
+        self._chunks.append(chunk_id, frame)
 
     @property
     def leaf_count(self) -> int:
@@ -163,9 +169,11 @@ class NewObjects(Collection[tuple[ObjectId, bytes]]):
         return len(self._leaves)
 
     def __len__(self) -> int:
-        return len(self._leaves) + len(self.in_memory)
+        return len(self._chunks) + len(self._leaves) + len(self.in_memory)
 
     def __iter__(self) -> Iterator[tuple[ObjectId, bytes]]:
+        for chunk_id, frame in self._chunks:
+            yield ObjectId(chunk_id), frame
         for node_id, data in self._leaves:
             yield ObjectId(node_id), data
         yield from self.in_memory
@@ -174,5 +182,6 @@ class NewObjects(Collection[tuple[ObjectId, bytes]]):
         return any(pair == item for pair in self)
 
     def close(self) -> None:
-        """Drop the spilled leaves."""
+        """Drop the spilled leaves and chunks."""
         self._leaves.close()
+        self._chunks.close()

@@ -82,11 +82,15 @@ class GroupStager:
         write: stages a list of ``(key, value)`` pairs in one atomic step
             (``Session.set_values``); called on the event loop's thread.
         window: how long a batch waits for more writers; ``None``: one loop turn.
+        write_one: stages one ``(key, value)``, as ``write([(key, value)])``
+            (``Session.set_value``): a lone ``set``; default ``write``.
     """
 
     def __init__(self, write: Callable[[list[tuple[str, bytes]]], None],
-                 window: StagingWindow | None = None) -> None:
+                 window: StagingWindow | None = None, *,
+                 write_one: Callable[[str, bytes], None] | None = None) -> None:
         self._write = write
+        self._write_one = write_one or (lambda key, value: write([(key, value)]))
         self._pending: dict[asyncio.AbstractEventLoop, _Pending] = {}
         self._lock = threading.Lock()  # several threads may each run a loop on one session
         self._window = window
@@ -109,7 +113,7 @@ class GroupStager:
         if loop not in self._pending and not _others_ready(loop):
             # A lone set (no batch open on this loop, nothing else runnable): nobody can
             # join before it writes, so it writes at once, as the batch of itself.
-            self._write([(key, value)])
+            self._write_one(key, value)
             return
         future: asyncio.Future[None] | None = None
         joined: _Pending = []

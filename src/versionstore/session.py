@@ -46,8 +46,10 @@ import attrs
 
 from versionstore.backend.protocol import SessionRule, WriteBatch
 from versionstore.codec import (
+    chunk_id_of,
     decode_session,
     decode_staged,
+    encode_chunk,
     encode_session,
     encode_snapshot,
     encode_staged,
@@ -100,6 +102,13 @@ __all__ = ["INLINE_LIMIT", "NothingToCommitError", "Session"]
 
 #: Values up to this size live inline in tree leaves; larger ones are chunk objects.
 INLINE_LIMIT = 512
+#: A value staged alone (a batch of one key, off object storage) of at most this many bytes
+#: is kept inside its staged record instead of as a chunk object: its transaction then
+#: writes one LMDB database, not three (chunk, gc journal, staged ref), about half the
+#: cost of a lone ``set`` (``docs/benchmarks.md``, "Issue 13, fourth round"). The commit
+#: stores it as a chunk object (``_as_stored``). Batches keep staged refs small: each
+#: listing of staged keys and gc's view of the refs copy what they hold.
+STAGED_INLINE_LIMIT = 4096
 _MAX_COMMIT_ATTEMPTS = 1000
 #: New leaves a commit keeps decoded for the next one (``ObjectReader.remember_nodes``
 #: keeps no leaves of a commit that made more).
@@ -121,6 +130,9 @@ _RULE_REUSE_S = 1.0
 #: How many decoded staged records a session remembers (``Session._staged_entry``): zarr
 #: reads back what it just wrote, and a commit finds the records this object staged.
 _STAGED_DECODED = 16384
+#: ... only records of at most this many bytes: looking one up hashes the record, which
+#: for a value staged inline (``STAGED_INLINE_LIMIT``) costs as much as decoding it.
+_REMEMBER_BELOW = 1024
 
 
 class Session:
@@ -202,7 +214,8 @@ class Session:
         """Batches this session's concurrent async writes (``versionstore.group_stage``)."""
         if self._group_stager is None:
             self._group_stager = GroupStager(self.set_values,
-                                             self._repo.backend.staging_window())
+                                             self._repo.backend.staging_window(),
+                                             write_one=self.set_value)
         return self._group_stager
 
     @property
@@ -287,6 +300,8 @@ class Session:
 
     def _staged_entry(self, name: str, raw: bytes) -> Entry | Tombstone:
         """``decode_staged(name, raw)``, remembered for the last few thousand records read."""
+        if len(raw) > _REMEMBER_BELOW:
+            return decode_staged(name, raw)
         known = self._staged_decoded.get(raw)
         if known is not None and known[0] == name:
             return known[1]
@@ -300,6 +315,8 @@ class Session:
         A commit streams every staged record once, and must not grow the
         session's memory with them (``tests/test_tree.py``).
         """
+        if len(raw) > _REMEMBER_BELOW:
+            return decode_staged(name, raw)
         known = self._staged_decoded.get(raw)
         if known is not None and known[0] == name:
             return known[1]
@@ -307,6 +324,8 @@ class Session:
 
     def _remember_staged(self, name: str, raw: bytes, entry: Entry | Tombstone) -> None:
         """Remember that staged ref ``name`` stored as ``raw`` holds ``entry``."""
+        if len(raw) > _REMEMBER_BELOW:
+            return
         decoded = self._staged_decoded
         if len(decoded) >= _STAGED_DECODED:
             # Forget the older half (insertion order): a commit of the last few thousand
@@ -546,7 +565,33 @@ class Session:
             if located:
                 self._set_located(self._located, located)
             return
+        if len(items) == 1:
+            self.set_value(*items[0])
+            return
         self._set_logged(session_id, items)
+
+    def set_value(self, key: str, value: bytes) -> None:
+        """``set_values([(key, value)])``: the path of a lone ``await store.set``.
+
+        A value of at most ``STAGED_INLINE_LIMIT`` bytes is staged inside its
+        staged record, in a transaction that writes nothing else (LMDB and
+        memory; object storage stages as ``set_values`` does).
+
+        Raises:
+            As ``set_values``.
+        """
+        names = self._stage_names
+        if names is None or self._read_only or self._located is not None:
+            self.set_values([(key, value)])  # refused, or staged as object storage stages
+            return
+        if len(value) > STAGED_INLINE_LIMIT:
+            self._set_logged(self._require_writable(), [(key, value)])
+            return
+        validate_session_key(key)
+        name = names[0] + key
+        raw = encode_staged(name, value)
+        self._remember_staged(name, raw, value)  # a small value: read back by partial writes
+        self._stage(WriteBatch(refs={name: raw}, session=self._staging()))
 
     def _set_logged(self, session_id: SessionId, items: list[tuple[str, bytes]]) -> None:
         """Stage ``items`` as staged refs in one log record (chunks stored by id first)."""
@@ -698,7 +743,8 @@ class Session:
 
         def visit(name: str, value: bytes) -> None:
             entry = decode_staged(name, value)
-            changes.append((name[cut:], None if isinstance(entry, Tombstone) else entry))
+            changes.append((name[cut:],
+                            None if isinstance(entry, Tombstone) else _as_stored(entry)))
             if not staged_reencodes(value) or encode_staged(name, entry) != value:
                 kept[name] = value
 
@@ -760,10 +806,11 @@ class Session:
         self._refresh()
         if self._located is not None:
             return any(lookup(load, self._root, key) != (
-                None if isinstance(entry, Tombstone) else entry)
+                None if isinstance(entry, Tombstone) else _as_stored(entry))
                 for key, entry in self.staged().items())
         with StagedScan(self._repo.backend, stage_prefix(self._session_id)) as staged:
-            return any(lookup(load, self._root, key) != entry for key, entry in staged.changes())
+            return any(lookup(load, self._root, key) != _as_stored(entry)
+                       for key, entry in staged.changes())
 
     def discard_changes(self) -> None:
         """Drop every staged change (the base snapshot is unchanged).
@@ -795,7 +842,8 @@ class Session:
         keys = {}
         virtual: set[str] = set()
         changes = (self._read_changes()[0] if self._located is None else
-                   [(k, None if isinstance(e, Tombstone) else e) for k, e in self.staged().items()])
+                   [(k, None if isinstance(e, Tombstone) else _as_stored(e))
+                    for k, e in self.staged().items()])
         for key, entry in changes:
             before = lookup(self._repo.reader.lookup_node, self._root, key)
             if before != entry:
@@ -1019,11 +1067,13 @@ class Session:
         if self._manifests:  # the record as read in this view: the batch expects it
             changes = ((key, None if isinstance(entry, Tombstone) else entry)
                        for key, entry in self._with_manifests(staged.entries()))
+        objects, chunks = NewObjects(), ChunkIds()
+        documents: dict[ObjectId, bytes] = {}  # the totals read these before they are stored
+        changes = _stored_changes(changes, objects, documents)
         conflicts: set[str] = set()
         if tip != self._base:
             parent_tree = repo.reader.snapshot(tip).tree
             changes = self._carried(parent_tree, changes, conflicts)
-        objects, chunks = NewObjects(), ChunkIds()
         try:
             new_nodes: dict[ObjectId, Node] = {}
             remembered = 0
@@ -1055,9 +1105,13 @@ class Session:
                         "(pass allow_empty=True to commit anyway)")
                 return None
             # The changes were applied to the tip's tree: its totals are the base.
+            def read_chunks(ids: list[ObjectId]) -> list[bytes]:
+                stored = iter(repo.reader.chunks([i for i in ids if i not in documents]))
+                return [documents[i] if i in documents else next(stored) for i in ids]
+
             sizes = tally.sizes(repo.reader.node, parent_tree, with_documents(
                 repo.reader, sizes_of(repo.reader, repo.reader.snapshot(tip)), parent_tree),
-                                repo.reader.chunks)
+                                read_chunks)
             if amend:
                 replaced = repo.reader.snapshot(tip)
                 # As ancestry shows them: an expired parent may be collected already.
@@ -1121,6 +1175,35 @@ class Session:
                           metadata: dict[str, Any] | None = None) -> SnapshotId:
         """``amend`` without blocking the event loop."""
         return await asyncio.to_thread(self.amend, message, metadata)
+
+
+def _as_stored(entry: Entry | None) -> Entry | None:
+    """``entry`` as a commit records it: a staged value over ``INLINE_LIMIT`` is a chunk.
+
+    Values staged inline (``STAGED_INLINE_LIMIT``) compare with the trees'
+    entries (status, conflicts, identical rewrites) as the chunk reference
+    the commit will write.
+    """
+    if type(entry) is bytes and len(entry) > INLINE_LIMIT:
+        return ChunkRef(chunk_id=chunk_id_of(entry), size=len(entry))
+    return entry
+
+
+def _stored_changes(changes: Iterator[Change], objects: NewObjects,
+                    documents: dict[ObjectId, bytes]) -> Iterator[Change]:
+    """``changes`` as a commit records them (``_as_stored``), adding the chunks to ``objects``.
+
+    The values of metadata documents among them go to ``documents`` too: the
+    snapshot's totals read them before the batch stores them.
+    """
+    for key, entry in changes:
+        if type(entry) is bytes and len(entry) > INLINE_LIMIT:
+            chunk_id, frame = encode_chunk(entry)
+            objects.add_chunk(chunk_id, frame)
+            if key.rpartition("/")[2] in DOCUMENT_NAMES:
+                documents[chunk_id] = entry
+            entry = ChunkRef(chunk_id=chunk_id, size=len(entry))
+        yield key, entry
 
 
 def _node_directory(path: str) -> str:

@@ -15,11 +15,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING, override
 
 import attrs
+from zarr.core.buffer import Buffer
 
 from versionstore.errors import ReadOnlySessionError
 from versionstore.records import Entry, VirtualRef
 from versionstore.virtual import VirtualChunkSpec, chunk_key, virtual_ref
-from zarrstore.errors import InvalidKeyError
+from zarrstore.errors import InvalidKeyError, ReadOnlyError
 from zarrstore.keys import validate_key
 from zarrstore.protocol import DirListing, ReadRequest, Storage
 from zarrstore.ranges import ByteRange, resolve, slice_value
@@ -156,7 +157,7 @@ class SessionStorage(Storage):
 
     @override
     def _set(self, key: str, value: bytes) -> None:
-        self.session.set_values([(key, value)])
+        self.session.set_value(key, value)
 
     @override
     def _set_if_absent(self, key: str, value: bytes) -> bool:
@@ -221,6 +222,20 @@ class SessionStore(ZarrStore):
 
     def __init__(self, session: Session, *, read_only: bool = False) -> None:
         super().__init__(SessionStorage(session, read_only=read_only))
+
+    @override
+    async def set(self, key: str, value: Buffer) -> None:
+        """Stage ``value`` at ``key``; returns once it is staged durably (``Session.set_value``).
+
+        ``ZarrStore.set`` without its hand-over to ``_store`` (one coroutine
+        less on the path of every ``set``).
+        """
+        if self.read_only:
+            raise ReadOnlyError()
+        if not isinstance(value, Buffer):
+            raise TypeError(f"expected Buffer, got {type(value).__name__}")
+        validate_session_key(key)  # each caller's own key error, never its batch's
+        await self.storage.session.group_stager.stage(key, value.to_bytes())
 
     @override
     async def _store(self, key: str, value: bytes) -> None:

@@ -1,0 +1,261 @@
+"""Values staged alone inside their staged record (issue 13's lone ``set``).
+
+A lone write (``await store.set`` with nothing else in flight, ``storage.set``,
+``Session.set_value``, a one-item ``set_values``) of at most
+``STAGED_INLINE_LIMIT`` bytes is kept inside its staged record instead of as
+a chunk object, so its LMDB transaction writes one database instead of three.
+The commit stores it as a chunk object. Nothing a user can observe may
+differ from staging it as a chunk: the tree a commit writes, status,
+identical rewrites, conflicts, rebase, the snapshot's metadata documents,
+gc, pickled copies in other processes and threads sharing the session.
+(``test_crash_safety.py``'s SIGKILL-while-staging test stages 1 KiB values
+this way; ``test_protocol.py``'s process stress test mixes both kinds.)
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import versionstore as vs
+from versionstore.codec import (
+    KIND_STAGED,
+    _decode_small,
+    _entry,
+    chunk_id_of,
+    decode_staged,
+    encode_staged,
+)
+from versionstore.ids import object_id_from_text
+from versionstore.records import TOMBSTONE, ChunkRef
+from versionstore.session import INLINE_LIMIT, STAGED_INLINE_LIMIT
+from versionstore.tree import lookup
+
+
+@pytest.fixture(params=["memory", "lmdb"])
+def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[vs.Repository]:
+    storage: Any = (vs.in_memory_storage() if request.param == "memory"
+                    else vs.lmdb_storage(tmp_path / "repo"))
+    with vs.Repository.create(storage) as repo:
+        yield repo
+
+
+def _staged(repo: vs.Repository, session: vs.Session, key: str) -> object:
+    name = f"stage/{session.session_id}/{key}"
+    raw = repo.backend.get_ref(name)
+    assert raw is not None
+    return decode_staged(name, raw)
+
+
+def _tree_entry(repo: vs.Repository, snapshot: str, key: str) -> object:
+    tree = repo.reader.snapshot(object_id_from_text(snapshot)).tree
+    return lookup(repo.reader.lookup_node, tree, key)
+
+
+def test_a_lone_value_is_staged_in_its_record_and_committed_as_a_chunk(
+        repo: vs.Repository) -> None:
+    value = bytes(range(256)) * 4  # 1 KiB: over the tree's inline limit
+    session = repo.writable_session("main")
+    session.set_value("a/c/0", value)
+    assert _staged(repo, session, "a/c/0") == value
+    chunk_id = chunk_id_of(value)
+    assert repo.backend.get_objects([chunk_id]) == [None]  # no chunk object yet
+    assert session.store.storage.get("a/c/0") == value
+    snapshot = session.commit("one")
+    assert _tree_entry(repo, snapshot, "a/c/0") == ChunkRef(chunk_id=chunk_id, size=len(value))
+    assert repo.backend.get_objects([chunk_id])[0] is not None
+    assert repo.readonly_session(snapshot_id=snapshot).store.storage.get("a/c/0") == value
+    report = repo.verify()
+    assert report.ok, report.problems
+
+
+def test_values_over_the_limit_and_batches_are_staged_as_chunks(repo: vs.Repository) -> None:
+    session = repo.writable_session("main")
+    big = b"b" * (STAGED_INLINE_LIMIT + 1)
+    session.set_value("big", big)
+    session.set_values([("x", b"x" * 1000), ("y", b"y" * 1000)])
+    for key, value in (("big", big), ("x", b"x" * 1000), ("y", b"y" * 1000)):
+        assert _staged(repo, session, key) == ChunkRef(chunk_id=chunk_id_of(value),
+                                                      size=len(value))
+    session.set_value("small", b"s" * INLINE_LIMIT)
+    assert _staged(repo, session, "small") == b"s" * INLINE_LIMIT
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.dictionaries(st.sampled_from([f"a/c/{i}" for i in range(12)] + ["a/zarr.json"]),
+                       st.integers(0, STAGED_INLINE_LIMIT + 600), min_size=1))
+def test_a_lone_write_and_a_batch_make_the_same_tree(sizes: dict[str, int]) -> None:
+    values = {key: bytes([n % 251]) * size for n, (key, size) in enumerate(sizes.items())}
+    alone, batched = (vs.Repository.create(vs.in_memory_storage()) for _ in range(2))
+    first = alone.writable_session("main")
+    for key, value in values.items():
+        first.set_value(key, value)
+    second = batched.writable_session("main")
+    second.set_values([*values.items(), ("pad", b"p")])
+    second.erase_keys(["pad"])  # a batch of two or more keys is never inline
+    a, b = first.commit("alone"), second.commit("batched")
+    assert (alone.reader.snapshot(object_id_from_text(a)).tree
+            == batched.reader.snapshot(object_id_from_text(b)).tree)
+    assert (alone.reader.snapshot(object_id_from_text(a)).sizes
+            == batched.reader.snapshot(object_id_from_text(b)).sizes)
+
+
+def test_an_identical_rewrite_staged_alone_is_no_change(repo: vs.Repository) -> None:
+    value = b"v" * 2000
+    session = repo.writable_session("main")
+    session.set_values([("k", value), ("j", b"j" * 2000)])
+    session.commit("chunks")
+    again = repo.writable_session("main")
+    again.set_value("k", value)
+    assert not again.has_uncommitted_changes
+    assert again.status().is_empty()
+    with pytest.raises(vs.NothingToCommitError):
+        again.commit("nothing")
+
+
+def test_conflicts_and_rebase_compare_what_a_commit_records(repo: vs.Repository) -> None:
+    value = b"v" * 3000
+    ours = repo.writable_session("main")
+    ours.set_value("k", value)  # inline, staged alone
+    theirs = repo.writable_session("main")
+    theirs.set_values([("k", value), ("other", b"o" * 3000)])  # chunk objects
+    tip = theirs.commit("theirs")
+    # The same value on both sides is no conflict: nothing of ours is left to record.
+    with pytest.raises(vs.NothingToCommitError):
+        ours.commit("ours")
+    assert repo.lookup_branch("main") == tip
+    # A different value staged alone conflicts with the branch's change.
+    stale = repo.writable_session("main")
+    stale.set_value("k", b"w" * 3000)
+    newer = repo.writable_session("main")
+    newer.set_values([("k", b"x" * 3000), ("z", b"z" * 3000)])
+    newer.commit("newer")
+    with pytest.raises(vs.ConflictError):
+        stale.commit("stale")
+    # rebase: an identical value staged alone is dropped, not carried as a revert.
+    same = repo.writable_session("main")
+    same.set_value("z", b"q" * 3000)
+    moving = repo.writable_session("main")
+    moving.set_values([("z", b"q" * 3000), ("y", b"y" * 3000)])
+    moving.commit("moving")
+    same.rebase()
+    assert not same.has_uncommitted_changes
+
+
+def test_a_large_metadata_document_staged_alone_is_kept_by_the_snapshot(
+        repo: vs.Repository) -> None:
+    document = json.dumps({"zarr_format": 3, "node_type": "group",
+                           "attributes": {"long": "x" * 2000}}).encode()
+    session = repo.writable_session("main")
+    session.set_value("g/zarr.json", document)
+    snapshot = session.commit("group")
+    sizes = repo.reader.snapshot(object_id_from_text(snapshot)).sizes
+    assert sizes is not None and sizes.documents is not None
+    assert sizes.documents["g/zarr.json"] == document
+    assert repo.readonly_session(snapshot_id=snapshot).store.storage.get("g/zarr.json") == document
+    report = repo.verify()
+    assert report.ok, report.problems
+
+
+def test_gc_while_values_are_staged_alone_loses_nothing(repo: vs.Repository) -> None:
+    session = repo.writable_session("main")
+    values = {f"a/c/{i}": bytes([i]) * (600 + i * 50) for i in range(60)}
+    for key, value in list(values.items())[:30]:
+        session.set_value(key, value)
+    repo.garbage_collect()
+    for key, value in list(values.items())[30:]:
+        session.set_value(key, value)
+    repo.garbage_collect(full=True)
+    snapshot = session.commit("all")
+    repo.garbage_collect()
+    storage = repo.readonly_session(snapshot_id=snapshot).store.storage
+    assert {key: storage.get(key) for key in values} == values
+    report = repo.verify()
+    assert report.ok, report.problems
+
+
+def test_threads_sharing_a_session_stage_alone(repo: vs.Repository) -> None:
+    session = repo.writable_session("main")
+    errors: list[BaseException] = []
+
+    def write(thread: int) -> None:
+        try:
+            for i in range(50):
+                session.set_value(f"t{thread}/{i}", bytes([thread]) * (700 + i))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    snapshot = session.commit("threads")
+    storage = repo.readonly_session(snapshot_id=snapshot).store.storage
+    for thread in range(4):
+        for i in range(50):
+            assert storage.get(f"t{thread}/{i}") == bytes([thread]) * (700 + i)
+
+
+def _stage_alone(session: vs.Session, first: int) -> int:
+    for i in range(first, first + 40):
+        session.set_value(f"p/{i}", i.to_bytes(2, "big") * 400)
+    return 40
+
+
+def test_pickled_copies_in_other_processes_stage_alone(tmp_path: Path) -> None:
+    repo = vs.Repository.create(vs.lmdb_storage(tmp_path / "repo"))
+    session = repo.writable_session("main")
+    spawn = multiprocessing.get_context("spawn")
+    with spawn.Pool(2) as pool:
+        done = pool.starmap(_stage_alone, [(session, 0), (session, 40)])
+    assert done == [40, 40]
+    snapshot = session.commit("from other processes")
+    storage = repo.readonly_session(snapshot_id=snapshot).store.storage
+    assert all(storage.get(f"p/{i}") == i.to_bytes(2, "big") * 400 for i in range(80))
+    repo.close()
+
+
+def _general_decode(name: str, data: bytes) -> object:
+    try:
+        return _decode_small(name, data, KIND_STAGED, "staged entry", 2, 4,
+                             lambda f: TOMBSTONE if f[1] is None else _entry(name, f[1]),
+                             named_at=2)
+    except vs.VersionStoreError as exc:
+        return type(exc)
+
+
+def _fast_decode(name: str, data: bytes) -> object:
+    try:
+        return decode_staged(name, data)
+    except vs.VersionStoreError as exc:
+        return type(exc)
+
+
+@given(name=st.text(min_size=1, max_size=80), value=st.binary(min_size=256, max_size=5000),
+       data=st.data())
+def test_the_inline_staged_decoder_answers_as_the_general_one(name: str, value: bytes,
+                                                              data: Any) -> None:
+    raw = encode_staged(name, value)
+    assert decode_staged(name, raw) == value == _general_decode(name, raw)
+    assert _fast_decode(name + "x", raw) == _general_decode(name + "x", raw)  # renamed
+    position = data.draw(st.integers(0, len(raw) - 1), label="position")
+    flip = data.draw(st.integers(1, 255), label="flip")
+    damaged = bytearray(raw)
+    damaged[position] ^= flip
+    assert _fast_decode(name, bytes(damaged)) == _general_decode(name, bytes(damaged))
+    assert _fast_decode(name, raw[:position]) == _general_decode(name, raw[:position])
+
+
+def test_a_damaged_name_with_a_lone_surrogate_is_decoded_by_the_general_path() -> None:
+    raw = encode_staged("stage/s/a/c/0", b"v" * 1000)
+    assert _fast_decode("stage/s/a/c/\udcff", raw) == vs.errors.CorruptObjectError

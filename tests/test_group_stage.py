@@ -27,14 +27,21 @@ def repo(request: pytest.FixtureRequest, tmp_path: Path) -> vs.Repository:
 
 
 def _counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of each staging batch (``set_values``; a lone write goes to ``set_value``)."""
     sizes: list[int] = []
-    original = Session.set_values
+    original, original_one = Session.set_values, Session.set_value
 
     def counting(self: Session, items: list[tuple[str, bytes]]) -> None:
-        sizes.append(len(items))
+        if len(items) != 1:  # one item is handed on to ``set_value``, counted there
+            sizes.append(len(items))
         original(self, items)
 
+    def counting_one(self: Session, key: str, value: bytes) -> None:
+        sizes.append(1)
+        original_one(self, key, value)
+
     monkeypatch.setattr(Session, "set_values", counting)
+    monkeypatch.setattr(Session, "set_value", counting_one)
     return sizes
 
 

@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from zarrstore import InvalidByteRangeError, InvalidKeyError
-from zarrstore.keys import is_valid_key, validate_key, validate_prefix
+from zarrstore.keys import _check_key, is_plain_key, is_valid_key, validate_key, validate_prefix
 from zarrstore.ranges import OffsetRequest, RangeRequest, SuffixRequest, resolve, slice_value
 from zarrstore.testing import BAD_KEYS, BAD_PREFIXES
 
@@ -20,6 +20,32 @@ def test_bad_keys(key: str) -> None:
     with pytest.raises(InvalidKeyError) as info:
         validate_key(key)
     assert info.value.key == key and repr(key) in str(info.value)
+
+
+@given(st.text(alphabet="ab._-/\\\x00ü", max_size=12))
+def test_a_plain_key_is_one_the_full_check_accepts(key: str) -> None:
+    """The regex fast path (``is_plain_key``) never lets through a key the rules refuse."""
+    if is_plain_key(key):
+        assert _check_key(key) == key and key.isascii()
+    try:
+        _check_key(key)
+    except InvalidKeyError:
+        with pytest.raises(InvalidKeyError):
+            validate_key(key)
+    else:
+        assert validate_key(key) == key
+
+
+@pytest.mark.parametrize("key", ["a", "zarr.json", "a/c/0/1", ".zattrs", "a/.zarray", "..a/b.",
+                                 "a-b_c/..x", "c/0.0"])
+def test_plain_keys(key: str) -> None:
+    assert is_plain_key(key)
+
+
+@pytest.mark.parametrize("key", ["", ".", "..", "a/.", "a/../b", "./a", "a/", "/a", "a//b",
+                                 "ü", "a b", "a\\b"])
+def test_keys_that_are_not_plain(key: str) -> None:
+    assert not is_plain_key(key)
 
 
 def test_non_string_key() -> None:

@@ -3,7 +3,7 @@
 Each shortcut taken for speed is compared with what it replaces: the one-step
 staged chunk encoder with the general encoders, the raw chunk decoder with the
 general frame check, the LMDB write (handles taken once, positions instead of
-reads) with the in-memory backend, a commit that decodes staged records from
+reads) and its lone staged ``set`` (``Backend.stage``) with the in-memory backend, a commit that decodes staged records from
 the session's memory with one that decodes them afresh, group staging across
 several loop turns with "each set returns once staged", and the bridge's
 direct read of a synchronous storage with the generic dispatch.
@@ -112,8 +112,19 @@ def _batches(draw: Any) -> WriteBatch:
     )
 
 
-def _outcome(backend: Any, batch: WriteBatch) -> Any:
+@st.composite
+def _stages(draw: Any) -> tuple[str, bytes, SessionRule]:
+    """A lone set's write (``Backend.stage``): one staged ref under the session's rule."""
+    rule = draw(st.builds(
+        SessionRule, prefix=st.just("stage/s/"), record=st.just("session/s"),
+        value=_VALUES, replace=st.booleans(), requires=st.lists(_IDS, max_size=1)))
+    return draw(st.sampled_from(["stage/s/a", "stage/s/b"])), draw(_VALUES), rule
+
+
+def _outcome(backend: Any, batch: WriteBatch | tuple[str, bytes, SessionRule]) -> Any:
     try:
+        if isinstance(batch, tuple):
+            return backend.stage(*batch)
         return backend.write(batch)
     except MissingObjectsError as exc:
         return sorted(exc.object_ids)
@@ -123,16 +134,17 @@ _FIXTURE_OK = [HealthCheck.function_scoped_fixture]  # each example makes its ow
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=_FIXTURE_OK)
-@given(batches=st.lists(_batches(), min_size=1, max_size=8))
-def test_lmdb_writes_do_what_the_in_memory_backend_does(tmp_path: Path,
-                                                        batches: list[WriteBatch]) -> None:
+@given(batches=st.lists(_batches() | _stages(), min_size=1, max_size=8))
+def test_lmdb_writes_do_what_the_in_memory_backend_does(
+        tmp_path: Path, batches: list[WriteBatch | tuple[str, bytes, SessionRule]]) -> None:
     memory = MemoryBackend()
     lmdb_backend = LMDBBackend(tmp_path / f"env{len(list(tmp_path.iterdir()))}")
     try:
         for batch in batches:
             assert _outcome(lmdb_backend, batch) == _outcome(memory, batch)
             assert lmdb_backend.list_refs("") == memory.list_refs("")
-        ids = sorted({i for batch in batches for i, _ in batch.objects})
+        ids = sorted({i for batch in batches if isinstance(batch, WriteBatch)
+                      for i, _ in batch.objects})
         assert lmdb_backend.get_objects(ids) == memory.get_objects(ids)
     finally:
         lmdb_backend.close()

@@ -975,6 +975,9 @@ def decode_manifest_part(name: str, data: bytes | memoryview
 
 def encode_staged(name: str, entry: Entry | Tombstone) -> bytes:
     """The stored value of staged ref ``name``: an entry, or a deletion."""
+    if type(entry) is bytes:  # an inline value (a lone ``set``'s): the frame built at once
+        payload = _packb([2, entry, name])
+        return b"".join((_STAGED_HEADER, _xxh3_digest(payload)[::-1], payload))
     fields = None if isinstance(entry, Tombstone) else _entry_fields(entry)
     # 3: a virtual reference; 4: a located chunk reference
     version = (3 if isinstance(entry, VirtualRef) else

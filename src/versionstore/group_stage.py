@@ -100,6 +100,25 @@ class GroupStager:
         self._streams: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[float, int]] = (
             weakref.WeakKeyDictionary())
 
+    def stage_alone(self, key: str, value: bytes) -> bool:
+        """Write ``key = value`` at once if it is a lone set; ``False``: ``await stage`` it.
+
+        A lone set (no window, no batch open on this loop, nothing else
+        runnable) cannot be joined by anyone before it writes, so it writes
+        at once, as the batch of itself, without a coroutine of its own.
+        Called from a coroutine on the running loop.
+
+        Raises:
+            Whatever the write raised.
+        """
+        if self._window is not None:
+            return False
+        loop = asyncio.get_running_loop()
+        if loop in self._pending or _others_ready(loop):
+            return False
+        self._write_one(key, value)
+        return True
+
     async def stage(self, key: str, value: bytes) -> None:
         """Stage ``key = value`` with whatever else this loop stages now; return once written.
 
@@ -109,12 +128,9 @@ class GroupStager:
         if self._window is not None:
             await self._stage_windowed(self._window, key, value)
             return
-        loop = asyncio.get_running_loop()
-        if loop not in self._pending and not _others_ready(loop):
-            # A lone set (no batch open on this loop, nothing else runnable): nobody can
-            # join before it writes, so it writes at once, as the batch of itself.
-            self._write_one(key, value)
+        if self.stage_alone(key, value):
             return
+        loop = asyncio.get_running_loop()
         future: asyncio.Future[None] | None = None
         joined: _Pending = []
         with self._lock:

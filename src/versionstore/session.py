@@ -540,11 +540,15 @@ class Session:
         try:
             return self._repo.backend.write(batch)
         except MissingObjectsError as exc:
-            raise SnapshotNotFoundError(
-                self.snapshot_id,
-                f"this session's base snapshot {self.snapshot_id} no longer exists (its branch "
-                "was reset and garbage collected); open a new writable session",
-            ) from exc
+            raise self._base_gone() from exc
+
+    def _base_gone(self) -> SnapshotNotFoundError:
+        """What staging raises when the session's base snapshot was garbage collected."""
+        return SnapshotNotFoundError(
+            self.snapshot_id,
+            f"this session's base snapshot {self.snapshot_id} no longer exists (its branch "
+            "was reset and garbage collected); open a new writable session",
+        )
 
     def set_values(self, items: list[tuple[str, bytes]]) -> None:
         """Stage ``key = value`` for each item (durably, before returning).
@@ -591,7 +595,10 @@ class Session:
         name = names[0] + key
         raw = encode_staged(name, value)
         self._remember_staged(name, raw, value)  # a small value: read back by partial writes
-        self._stage(WriteBatch(refs={name: raw}, session=self._staging()))
+        try:
+            self._repo.backend.stage(name, raw, self._staging())
+        except MissingObjectsError as exc:
+            raise self._base_gone() from exc
 
     def _set_logged(self, session_id: SessionId, items: list[tuple[str, bytes]]) -> None:
         """Stage ``items`` as staged refs in one log record (chunks stored by id first)."""

@@ -21,7 +21,7 @@ from versionstore.errors import ReadOnlySessionError
 from versionstore.records import Entry, VirtualRef
 from versionstore.virtual import VirtualChunkSpec, chunk_key, virtual_ref
 from zarrstore.errors import InvalidKeyError, ReadOnlyError
-from zarrstore.keys import validate_key
+from zarrstore.keys import is_plain_key, validate_key
 from zarrstore.protocol import DirListing, ReadRequest, Storage
 from zarrstore.ranges import ByteRange, resolve, slice_value
 from zarrstore.zarr_bridge import ZarrStore
@@ -51,6 +51,8 @@ def validate_session_key(key: str) -> str:
         InvalidKeyError: naming the key and the rule it breaks.
     """
     if type(key) is str:
+        if len(key) <= MAX_KEY_BYTES and is_plain_key(key):  # ASCII: one byte a character
+            return key
         return _checked(key)  # only valid keys are cached: an error is raised every time
     return _check(key)
 
@@ -235,7 +237,9 @@ class SessionStore(ZarrStore):
         if not isinstance(value, Buffer):
             raise TypeError(f"expected Buffer, got {type(value).__name__}")
         validate_session_key(key)  # each caller's own key error, never its batch's
-        await self.storage.session.group_stager.stage(key, value.to_bytes())
+        stager, data = self.storage.session.group_stager, value.to_bytes()
+        if not stager.stage_alone(key, data):
+            await stager.stage(key, data)
 
     @override
     async def _store(self, key: str, value: bytes) -> None:

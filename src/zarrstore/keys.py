@@ -17,10 +17,11 @@ different backings, or fail deep inside one with an encoding error.
 from __future__ import annotations
 
 import functools
+import re
 
 from zarrstore.errors import InvalidKeyError
 
-__all__ = ["is_valid_key", "validate_key", "validate_prefix"]
+__all__ = ["is_plain_key", "is_valid_key", "validate_key", "validate_prefix"]
 
 _FORBIDDEN_CHARACTERS = ("\\", "\x00")
 
@@ -43,6 +44,20 @@ def _segment_problem(text: str) -> str | None:
     return None
 
 
+#: Segments of ASCII letters, digits, ``_``, ``.`` and ``-``, none of them ``.`` or ``..``:
+#: zarr's chunk keys and metadata names, valid by construction.
+_PLAIN_KEY = re.compile(r"(?:(?!\.\.?/)[A-Za-z0-9_.\-]+/)*(?!\.\.?\Z)[A-Za-z0-9_.\-]+")
+
+
+def is_plain_key(key: str) -> bool:
+    """Whether ``key`` is a valid key of the common form, decided by one regex match.
+
+    Plain keys are ASCII (one byte per character) and pass ``validate_key``;
+    ``False`` says nothing: the key may still be valid (``validate_key`` decides).
+    """
+    return _PLAIN_KEY.fullmatch(key) is not None
+
+
 def validate_key(key: str) -> str:
     """Return ``key`` unchanged if it is a valid store key.
 
@@ -53,6 +68,8 @@ def validate_key(key: str) -> str:
         InvalidKeyError: naming the key and the rule it breaks.
     """
     if type(key) is str:
+        if _PLAIN_KEY.fullmatch(key) is not None:  # a write of a new chunk key: no cache miss
+            return key
         return _valid_key(key)
     return _check_key(key)
 

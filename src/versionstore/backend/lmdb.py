@@ -55,6 +55,7 @@ from versionstore.backend.protocol import (
     Backend,
     Joined,
     Rescue,
+    SessionRule,
     WriteBatch,
     changed_refs,
     prefix_end,
@@ -381,6 +382,22 @@ class LMDBBackend(Backend, Ledger):
         if written_bytes and not self.durable:
             self._flush_ahead.wrote(written_bytes)
         return written
+
+    @override
+    def stage(self, name: str, value: bytes, rule: SessionRule) -> None:
+        # The transaction of a lone ``set``: while the session's record exists (nearly
+        # always), one look at it and one put; otherwise the general write creates it.
+        key, record = _key(name), _key(rule.record)
+
+        def work(txn: lmdb.Transaction) -> bool:
+            refs_db = self._handle.databases[1]
+            if rule.replace or txn.get(record, db=refs_db) is None:
+                return False
+            txn.put(key, value, db=refs_db)
+            return True
+
+        if not self._write("writing", work):
+            self.write(WriteBatch(refs={name: value}, session=rule))
 
     def _journal_inserted(self, txn: lmdb.Transaction, inserted: list[ObjectId],
                           databases: tuple[lmdb._Database, ...]) -> None:

@@ -140,6 +140,18 @@ class Backend(Protocol):
         """
         ...
 
+    def stage(self, name: str, value: bytes, rule: SessionRule) -> None:
+        """Set ref ``name`` to ``value`` under ``rule``: the one write of a lone staged ``set``.
+
+        The same as ``write(WriteBatch(refs={name: value}, session=rule))``;
+        a backend may take a shorter path when the session's record exists.
+
+        Raises:
+            MissingObjectsError: as ``write`` (the rule would create the record
+                and its base snapshot is gone); nothing was written.
+        """
+        self.write(WriteBatch(refs={name: value}, session=rule))
+
     def get_objects(self, ids: Sequence[ObjectId]) -> list[bytes | None]:
         """The stored bytes of each id, in order; ``None`` for ids not stored."""
         ...

@@ -3,10 +3,11 @@
 Each shortcut taken for speed is compared with what it replaces: the one-step
 staged chunk encoder with the general encoders, the raw chunk decoder with the
 general frame check, the LMDB write (handles taken once, positions instead of
-reads) and its lone staged ``set`` (``Backend.stage``) with the in-memory backend, a commit that decodes staged records from
-the session's memory with one that decodes them afresh, group staging across
-several loop turns with "each set returns once staged", and the bridge's
-direct read of a synchronous storage with the generic dispatch.
+reads) and its lone staged ``set`` (``Backend.stage``) with the in-memory
+backend, a commit that decodes staged records from the session's memory with
+one that decodes them afresh, group staging across several loop turns with
+"each set returns once staged", and the bridge's direct read of a synchronous
+storage with the generic dispatch.
 """
 
 from __future__ import annotations

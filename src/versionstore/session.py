@@ -594,7 +594,8 @@ class Session:
         validate_session_key(key)
         name = names[0] + key
         raw = encode_staged(name, value)
-        self._remember_staged(name, raw, value)  # a small value: read back by partial writes
+        if len(raw) <= _REMEMBER_BELOW:
+            self._remember_staged(name, raw, value)  # read back at once by partial writes
         try:
             self._repo.backend.stage(name, raw, self._staging())
         except MissingObjectsError as exc:

@@ -15,12 +15,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING, override
 
 import attrs
-from zarr.core.buffer import Buffer
 
 from versionstore.errors import ReadOnlySessionError
 from versionstore.records import Entry, VirtualRef
 from versionstore.virtual import VirtualChunkSpec, chunk_key, virtual_ref
-from zarrstore.errors import InvalidKeyError, ReadOnlyError
+from zarrstore.errors import InvalidKeyError
 from zarrstore.keys import is_plain_key, validate_key
 from zarrstore.protocol import DirListing, ReadRequest, Storage
 from zarrstore.ranges import ByteRange, resolve, slice_value
@@ -226,20 +225,11 @@ class SessionStore(ZarrStore):
         super().__init__(SessionStorage(session, read_only=read_only))
 
     @override
-    async def set(self, key: str, value: Buffer) -> None:
-        """Stage ``value`` at ``key``; returns once it is staged durably (``Session.set_value``).
-
-        ``ZarrStore.set`` without its hand-over to ``_store`` (one coroutine
-        less on the path of every ``set``).
-        """
-        if self.read_only:
-            raise ReadOnlyError()
-        if not isinstance(value, Buffer):
-            raise TypeError(f"expected Buffer, got {type(value).__name__}")
+    def _store_now(self, key: str, value: bytes) -> bool:
+        # A lone set (nothing else runnable on the loop) is staged here and now
+        # (``GroupStager.stage_alone``, ``Session.set_value``); others join a batch.
         validate_session_key(key)  # each caller's own key error, never its batch's
-        stager, data = self.storage.session.group_stager, value.to_bytes()
-        if not stager.stage_alone(key, data):
-            await stager.stage(key, data)
+        return self.storage.session.group_stager.stage_alone(key, value)
 
     @override
     async def _store(self, key: str, value: bytes) -> None:

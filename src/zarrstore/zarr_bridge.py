@@ -251,7 +251,17 @@ class ZarrStore(Store):
         self._writable()
         if not isinstance(value, Buffer):
             raise TypeError(f"expected Buffer, got {type(value).__name__}")
-        await self._store(key, value.to_bytes())
+        data = value.to_bytes()
+        if not self._store_now(key, data):
+            await self._store(key, data)
+
+    def _store_now(self, key: str, value: bytes) -> bool:
+        """Store ``value`` at once if that needs no waiting; ``False``: ``set`` awaits ``_store``.
+
+        A store whose lone writes cost less than a coroutine (an embedded
+        backend) overrides it; the default never does.
+        """
+        return False
 
     async def _store(self, key: str, value: bytes) -> None:
         """Where ``set`` hands a value to the storage; a store that batches overrides it."""

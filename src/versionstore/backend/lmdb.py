@@ -12,7 +12,7 @@ at once, so a killed process loses nothing, and ``sync()`` — called by every
 commit after its ref moves — flushes to disk so a *commit* also survives power
 loss. Pass ``durable=True`` to fsync every transaction instead. So that the
 commit's flush does not have to write a whole bulk load at the end, a
-background thread starts flushing once 32 MiB of objects are written
+background thread starts flushing once 8 MiB of objects are written
 (``_FlushAhead``): the same page writeback the kernel would do later, earlier.
 
 Readahead is set by the kind of read (``zarrstore.lmdb_readahead``). The map
@@ -108,8 +108,10 @@ def _delete_prefix(txn: lmdb.Transaction, db: lmdb._Database, prefix: bytes,
 
 
 #: Object bytes written since the last flush after which a background thread flushes
-#: ``data.mdb`` to disk (``_FlushAhead``).
-FLUSH_AHEAD_BYTES = 32 << 20
+#: ``data.mdb`` to disk (``_FlushAhead``). 8 MiB: a 16 MiB write of 4 KiB chunks then
+#: leaves its commit 3 ms of ``fsync`` instead of 70-90 ms, and 256 MiB in 1 MiB chunks
+#: is no slower than with 32 MiB (``docs/benchmarks.md``, "Issue 13, fourth round").
+FLUSH_AHEAD_BYTES = 8 << 20
 
 
 def _fdatasync(path: str) -> None:

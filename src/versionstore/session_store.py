@@ -227,8 +227,8 @@ class SessionStore(ZarrStore):
     @override
     def _store_now(self, key: str, value: bytes) -> bool:
         # A lone set (nothing else runnable on the loop) is staged here and now
-        # (``GroupStager.stage_alone``, ``Session.set_value``); others join a batch.
-        validate_session_key(key)  # each caller's own key error, never its batch's
+        # (``GroupStager.stage_alone``, ``Session.set_value``, which checks the key);
+        # others join a batch through ``_store``.
         return self.storage.session.group_stager.stage_alone(key, value)
 
     @override

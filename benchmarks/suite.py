@@ -246,7 +246,8 @@ def run_suite(*, workloads: list[str], systems: list[str] | None, params: dict[s
                       or (systems is not None and s in systems)]
             # Object-storage systems need the S3 server only an ``OBJECT_STORAGE`` workload starts.
             chosen = [s for s in chosen if module.phases(SYSTEMS[s], params)
-                      and SYSTEMS[s].object_storage == getattr(module, "OBJECT_STORAGE", False)]
+                      and SYSTEMS[s].object_storage == getattr(module, "OBJECT_STORAGE", False)
+                      and workload in (SYSTEMS[s].only_workloads or (workload,))]
             if not chosen:
                 continue
             if hasattr(module, "fixtures"):

@@ -56,6 +56,8 @@ class System:
     zarr_capable: ClassVar[bool] = True
     #: Whether ``commit`` does anything (a version, or raw LMDB's fsync); else it is not timed.
     has_commit: ClassVar[bool] = True
+    #: The only workloads this system takes part in (``None``: every one it can run).
+    only_workloads: ClassVar[tuple[str, ...] | None] = None
     #: Whether the system needs an S3 server (``endpoint``): it runs only in workloads that
     #: start one (``OBJECT_STORAGE = True``, the ``s3`` workload).
     object_storage: ClassVar[bool] = False
@@ -576,6 +578,7 @@ class LMDBFloor(System):
                    "(no history, no checks): the floor of an LMDB store through zarr")
     versioned = False
     has_commit = False
+    only_workloads = ("percall",)  # no listing, deletion or byte ranges: see its module
 
     def create(self) -> None:
         self.open()

@@ -150,6 +150,21 @@ def test_command_line_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "Hierarchy of 1,000 arrays" in capsys.readouterr().out
 
 
+def test_per_call_layers_runs_at_tiny_sizes(capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: Path) -> None:
+    from benchmarks.per_call_layers import GET_LAYERS, SET_LAYERS
+    from benchmarks.per_call_layers import main as per_call_layers
+
+    monkeypatch.setenv("VS_BENCH_DIR", str(tmp_path))
+    monkeypatch.setattr("sys.argv", ["per_call_layers", "--calls", "600", "--rounds", "1"])
+    per_call_layers()
+    rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ") and not line.startswith("| layer")]
+    assert rows == [*SET_LAYERS, *GET_LAYERS]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_side_by_side_runs_at_tiny_sizes(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                          ) -> None:
     from benchmarks.side_by_side import main as side_by_side

@@ -456,21 +456,20 @@ class ZarrMemory(System):
         return self._store
 
 
-class ZarrstoreLMDB(System):
-    """zarrstore's unversioned LMDBStore: the same environment as raw LMDB, through zarr."""
+class _UnversionedLMDB(System):
+    """An unversioned zarr store in an LMDB environment: one store object, opened by ``_open``."""
 
-    name = "zs-lmdb"
-    description = "zarrstore.LMDBStore (no history; commit is a no-op)"
     versioned = False
     has_commit = False
+
+    def _open(self) -> Any:
+        raise NotImplementedError
 
     def create(self) -> None:
         self.open()
 
     def open(self) -> None:
-        from zarrstore import LMDBStore
-
-        self._store = LMDBStore(self.root / "lmdb")
+        self._store = self._open()
 
     def close(self) -> None:
         if getattr(self, "_store", None) is not None:
@@ -479,6 +478,18 @@ class ZarrstoreLMDB(System):
 
     def write_store(self) -> Store:
         return self._store  # type: ignore[no-any-return]
+
+
+class ZarrstoreLMDB(_UnversionedLMDB):
+    """zarrstore's unversioned LMDBStore: the same environment as raw LMDB, through zarr."""
+
+    name = "zs-lmdb"
+    description = "zarrstore.LMDBStore (no history; commit is a no-op)"
+
+    def _open(self) -> Any:
+        from zarrstore import LMDBStore
+
+        return LMDBStore(self.root / "lmdb")
 
     def read_store(self, snapshot: str | None = None) -> Store:
         from zarrstore import LMDBStore
@@ -570,31 +581,18 @@ class RawLMDB(System):
         return usage
 
 
-class LMDBFloor(System):
+class LMDBFloor(_UnversionedLMDB):
     """One py-lmdb transaction per call behind a minimal zarr store (``benchmarks.lmdb_floor``)."""
 
     name = "lmdb-zarr"
     description = ("one py-lmdb transaction per set/get behind a minimal zarr Store "
                    "(no history, no checks): the floor of an LMDB store through zarr")
-    versioned = False
-    has_commit = False
     only_workloads = ("percall",)  # no listing, deletion or byte ranges: see its module
 
-    def create(self) -> None:
-        self.open()
-
-    def open(self) -> None:
+    def _open(self) -> Any:
         from benchmarks.lmdb_floor import LMDBFloorStore
 
-        self._store = LMDBFloorStore(self.root / "floor")
-
-    def close(self) -> None:
-        if getattr(self, "_store", None) is not None:
-            self._store.close()
-            self._store = None
-
-    def write_store(self) -> Store:
-        return self._store  # type: ignore[no-any-return]
+        return LMDBFloorStore(self.root / "floor")
 
     def read_store(self, snapshot: str | None = None) -> Store:
         return self._store  # type: ignore[no-any-return]

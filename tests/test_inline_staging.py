@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -184,21 +184,13 @@ def test_gc_while_values_are_staged_alone_loses_nothing(repo: vs.Repository) -> 
 
 def test_threads_sharing_a_session_stage_alone(repo: vs.Repository) -> None:
     session = repo.writable_session("main")
-    errors: list[BaseException] = []
 
     def write(thread: int) -> None:
-        try:
-            for i in range(50):
-                session.set_value(f"t{thread}/{i}", bytes([thread]) * (700 + i))
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        for i in range(50):
+            session.set_value(f"t{thread}/{i}", bytes([thread]) * (700 + i))
 
-    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(write, range(4)))  # re-raises what a thread raised
     snapshot = session.commit("threads")
     storage = repo.readonly_session(snapshot_id=snapshot).store.storage
     for thread in range(4):

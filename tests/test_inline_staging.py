@@ -259,3 +259,23 @@ def test_the_inline_staged_decoder_answers_as_the_general_one(name: str, value: 
 def test_a_damaged_name_with_a_lone_surrogate_is_decoded_by_the_general_path() -> None:
     raw = encode_staged("stage/s/a/c/0", b"v" * 1000)
     assert _fast_decode("stage/s/a/c/\udcff", raw) == vs.errors.CorruptObjectError
+
+
+@pytest.mark.parametrize("size", [100, INLINE_LIMIT + 1, STAGED_INLINE_LIMIT])
+@pytest.mark.parametrize("kind", [bytearray, memoryview])
+def test_a_lone_value_given_as_a_buffer_is_staged_as_its_bytes(
+        repo: vs.Repository, size: int, kind: type) -> None:
+    # set_values copies whatever buffer it is given; a one-item batch (set_value) must too,
+    # and a later change of the caller's buffer must not change what was staged.
+    buffer = bytearray(b"x" * size)
+    session = repo.writable_session("main")
+    session.set_values([("k/one", kind(buffer))])
+    session.set_value("k/two", kind(buffer))
+    buffer[:] = b"y" * size
+    assert session.store.storage.get("k/one") == b"x" * size
+    assert session.store.storage.get("k/two") == b"x" * size
+    snapshot = session.commit("buffers")
+    storage = repo.readonly_session(snapshot_id=snapshot).store.storage
+    assert storage.get("k/one") == storage.get("k/two") == b"x" * size
+    report = repo.verify()
+    assert report.ok, report.problems

@@ -591,6 +591,10 @@ class Session:
         if len(value) > STAGED_INLINE_LIMIT:
             self._set_logged(self._require_writable(), [(key, value)])
             return
+        if type(value) is not bytes:
+            # A copy: the staged record and the remembered decoding must not follow a
+            # later change of the caller's buffer (``set_values`` copies as well).
+            value = bytes(value)
         validate_session_key(key)
         name = names[0] + key
         raw = encode_staged(name, value)

@@ -279,3 +279,22 @@ def test_a_lone_value_given_as_a_buffer_is_staged_as_its_bytes(
     assert storage.get("k/one") == storage.get("k/two") == b"x" * size
     report = repo.verify()
     assert report.ok, report.problems
+
+
+def test_rebase_keeping_theirs_drops_a_conflicting_value_staged_alone(
+        repo: vs.Repository) -> None:
+    first = repo.writable_session("main")
+    first.set_values([("k", b"a" * 1000), ("j", b"j")])
+    first.commit("base")
+    ours = repo.writable_session("main")
+    ours.set_value("k", b"o" * 1000)  # inline, listed as the chunk reference it commits as
+    theirs = repo.writable_session("main")
+    theirs.set_values([("k", b"t" * 1000), ("z", b"z")])
+    tip = theirs.commit("theirs")
+    ours.rebase(keep="theirs")
+    assert ours.staged() == {}
+    assert not ours.has_uncommitted_changes
+    with pytest.raises(vs.NothingToCommitError):
+        ours.commit("nothing of ours is left")
+    assert repo.lookup_branch("main") == tip
+    assert repo.readonly_session(branch="main").store.storage.get("k") == b"t" * 1000

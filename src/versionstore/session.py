@@ -755,9 +755,12 @@ class Session:
 
         def visit(name: str, value: bytes) -> None:
             entry = decode_staged(name, value)
-            changes.append((name[cut:],
-                            None if isinstance(entry, Tombstone) else _as_stored(entry)))
-            if not staged_reencodes(value) or encode_staged(name, entry) != value:
+            stored = None if isinstance(entry, Tombstone) else _as_stored(entry)
+            changes.append((name[cut:], stored))
+            # A value staged inline is listed as the chunk reference a commit records: its
+            # stored bytes are not that reference's encoding, so they are kept as read.
+            if (stored is not None and stored is not entry or not staged_reencodes(value)
+                    or encode_staged(name, entry) != value):
                 kept[name] = value
 
         self._repo.backend.scan_refs(prefix, visit)

@@ -14,6 +14,7 @@ this way; ``test_protocol.py``'s process stress test mixes both kinds.)
 
 from __future__ import annotations
 
+import array
 import json
 import multiprocessing
 import threading
@@ -298,3 +299,26 @@ def test_rebase_keeping_theirs_drops_a_conflicting_value_staged_alone(
         ours.commit("nothing of ours is left")
     assert repo.lookup_branch("main") == tip
     assert repo.readonly_session(branch="main").store.storage.get("k") == b"t" * 1000
+
+
+@pytest.mark.parametrize("items", [100, 600])
+def test_a_value_given_as_a_memoryview_of_wider_items_is_sized_in_bytes(
+        repo: vs.Repository, items: int) -> None:
+    # len() of a memoryview of 8-byte items counts items: 100 of them are 800 bytes, over
+    # INLINE_LIMIT (a staged chunk object, as in a batch); 600 are over STAGED_INLINE_LIMIT.
+    values = memoryview(array.array("q", range(items)))
+    expected = values.tobytes()
+    session = repo.writable_session("main")
+    session.set_value("alone", values)
+    session.set_values([("batched", values), ("pad", b"p")])
+    for key in ("alone", "batched"):
+        if key == "batched" or len(expected) > STAGED_INLINE_LIMIT:
+            assert _staged(repo, session, key) == ChunkRef(chunk_id=chunk_id_of(expected),
+                                                          size=len(expected))
+        else:
+            assert _staged(repo, session, key) == expected
+        assert session.store.storage.get(key) == expected
+    snapshot = session.commit("wide items")
+    for key in ("alone", "batched"):
+        assert _tree_entry(repo, snapshot, key) == ChunkRef(chunk_id=chunk_id_of(expected),
+                                                           size=len(expected))

@@ -588,13 +588,14 @@ class Session:
         if names is None or self._read_only or self._located is not None:
             self.set_values([(key, value)])  # refused, or staged as object storage stages
             return
+        if type(value) is not bytes:
+            # A copy: the staged record and the remembered decoding must not follow a
+            # later change of the caller's buffer (``set_values`` copies as well), and
+            # the limit counts bytes (a memoryview's ``len`` counts its items).
+            value = bytes(value)
         if len(value) > STAGED_INLINE_LIMIT:
             self._set_logged(self._require_writable(), [(key, value)])
             return
-        if type(value) is not bytes:
-            # A copy: the staged record and the remembered decoding must not follow a
-            # later change of the caller's buffer (``set_values`` copies as well).
-            value = bytes(value)
         validate_session_key(key)
         name = names[0] + key
         raw = encode_staged(name, value)
@@ -615,8 +616,10 @@ class Session:
             validate_session_key(key)
             name = prefix + key
             entry: Entry
+            if type(value) is not bytes:
+                value = bytes(value)  # sized in bytes (a memoryview's len counts items)
             if len(value) <= INLINE_LIMIT:
-                entry = bytes(value)
+                entry = value
                 raw = encode_staged(name, entry)
             else:
                 chunk_id, frame, entry, raw = encode_staged_chunk(name, value)

@@ -343,3 +343,36 @@ def test_gc_memory_does_not_grow_with_the_bytes_staged_alone(tmp_path: Path) -> 
             tracemalloc.stop()
     # Staged as chunk objects (a batch), the same gc peaks near 1.5 MB.
     assert peak < count * size // 2, f"gc peaked at {peak} bytes for {count * size} staged"
+
+
+def test_rebase_keeps_a_newer_write_landing_while_it_runs(
+        repo: vs.Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    # S1 during rebase(keep="theirs"): the inline value it drops is read again before the
+    # batch; a copy's newer write landing just then is a different value and stays staged.
+    first = repo.writable_session("main")
+    first.set_values([("k", b"a" * 1000), ("j", b"j")])
+    first.commit("base")
+    ours = repo.writable_session("main")
+    ours.set_value("k", b"o" * 1000)
+    theirs = repo.writable_session("main")
+    theirs.set_values([("k", b"t" * 1000), ("z", b"z")])
+    theirs.commit("theirs")
+    assert ours.session_id is not None
+    copy = repo.writable_session("main", resume=ours.session_id)
+    name = f"stage/{ours.session_id}/k"
+    read = repo.backend.get_ref
+    landed: list[str] = []
+
+    def read_after_a_newer_write(ref: str) -> bytes | None:
+        if ref == name and not landed:
+            landed.append(ref)
+            copy.set_value("k", b"n" * 1000)
+        return read(ref)
+
+    monkeypatch.setattr(repo.backend, "get_ref", read_after_a_newer_write)
+    ours.rebase(keep="theirs")
+    monkeypatch.undo()
+    assert landed
+    assert ours.store.storage.get("k") == b"n" * 1000
+    snapshot = ours.commit("the newer write")
+    assert repo.readonly_session(snapshot_id=snapshot).store.storage.get("k") == b"n" * 1000

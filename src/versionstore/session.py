@@ -38,7 +38,7 @@ import asyncio
 import bisect
 import itertools
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -755,19 +755,19 @@ class Session:
         cut = len(prefix)
         changes: list[Change] = []
         kept: dict[str, bytes] = {}
+        inline: set[str] = set()
 
         def visit(name: str, value: bytes) -> None:
             entry = decode_staged(name, value)
             stored = None if isinstance(entry, Tombstone) else _as_stored(entry)
             changes.append((name[cut:], stored))
-            # A value staged inline is listed as the chunk reference a commit records: its
-            # stored bytes are not that reference's encoding, so they are kept as read.
-            if (stored is not None and stored is not entry or not staged_reencodes(value)
-                    or encode_staged(name, entry) != value):
+            if stored is not None and stored is not entry:
+                inline.add(name)  # listed as the chunk reference a commit records
+            elif not staged_reencodes(value) or encode_staged(name, entry) != value:
                 kept[name] = value
 
         self._repo.backend.scan_refs(prefix, visit)
-        return changes, _StagedValues(prefix, changes, kept)
+        return changes, _StagedValues(prefix, changes, kept, inline, self._repo.backend.get_ref)
 
     def move(self, from_path: str, to_path: str) -> None:
         """Stage renaming the group or array at ``from_path`` (and all under it) to ``to_path``.
@@ -1233,12 +1233,22 @@ def _node_directory(path: str) -> str:
 
 
 class _StagedValues(Mapping[str, bytes]):
-    """``stage/<id>/<key> -> stored bytes`` for a list of changes, encoded on access."""
+    """``stage/<id>/<key> -> stored bytes`` for a list of changes, encoded on access.
 
-    def __init__(self, prefix: str, changes: list[Change], kept: dict[str, bytes]) -> None:
+    A value staged inline is listed as the chunk reference its commit records
+    (``_as_stored``), whose encoding is not what is stored: its bytes are read
+    again on access, and stand for the value read only if they hold the same
+    content (a newer, different write then keeps its ref, S1). Keeping them
+    instead would hold up to ``STAGED_INLINE_LIMIT`` bytes per key.
+    """
+
+    def __init__(self, prefix: str, changes: list[Change], kept: dict[str, bytes],
+                 inline: set[str], read: Callable[[str], bytes | None]) -> None:
         self._prefix = prefix
         self._changes = changes
         self._kept = kept
+        self._inline = inline
+        self._read = read
         self._index: dict[str, int] | None = None
 
     def __len__(self) -> int:
@@ -1256,6 +1266,12 @@ class _StagedValues(Mapping[str, bytes]):
         kept = self._kept.get(name)
         if kept is not None:
             return kept
+        if name in self._inline:
+            now = self._read(name)
+            if now is not None:
+                staged = decode_staged(name, now)
+                if not isinstance(staged, Tombstone) and _as_stored(staged) == entry:
+                    return now
         return encode_staged(name, TOMBSTONE if entry is None else entry)
 
     def __getitem__(self, name: str) -> bytes:

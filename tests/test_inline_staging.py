@@ -376,3 +376,30 @@ def test_rebase_keeps_a_newer_write_landing_while_it_runs(
     assert ours.store.storage.get("k") == b"n" * 1000
     snapshot = ours.commit("the newer write")
     assert repo.readonly_session(snapshot_id=snapshot).store.storage.get("k") == b"n" * 1000
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_a_commit_during_gc_storing_a_chunk_gc_is_deleting_keeps_it(
+        repo: vs.Repository, full: bool) -> None:
+    # The value staged alone roots nothing; its chunk exists, unreachable, when the commit
+    # stores it (not inserted again), and gc's sweep must still see the commit's tree (G1).
+    value = b"V" * 1000
+    base = repo.lookup_branch("main")
+    first = repo.writable_session("main")
+    first.set_values([("k", value), ("j", b"J" * 1000)])
+    first.commit("with the value")
+    repo.reset_branch("main", base)
+    again = repo.writable_session("main")
+    again.set_value("k", value)
+    committed: list[str] = []
+
+    def commit_once(phase: str, done: int, total: int) -> None:
+        if not committed:
+            committed.append(again.commit("the value again"))
+
+    repo.garbage_collect(progress=commit_once, full=full)
+    assert committed
+    repo.garbage_collect(full=full)
+    assert repo.readonly_session(branch="main").store.storage.get("k") == value
+    report = repo.verify()
+    assert report.ok, report.problems

@@ -403,3 +403,30 @@ def test_a_commit_during_gc_storing_a_chunk_gc_is_deleting_keeps_it(
     assert repo.readonly_session(branch="main").store.storage.get("k") == value
     report = repo.verify()
     assert report.ok, report.problems
+
+
+def test_moved_erased_and_amended_values_staged_alone(repo: vs.Repository) -> None:
+    document = json.dumps({"zarr_format": 3, "node_type": "group",
+                           "attributes": {"long": "x" * 900}}).encode()
+    session = repo.writable_session("main")
+    session.set_value("g/zarr.json", document)
+    session.set_value("g/c/0", b"q" * 1000)
+    session.set_value("g/c/1", b"r" * 100)
+    session.set_value("g/c/2", b"s" * 2000)
+    session.move("/g", "/h")  # staged inline at the new keys, deleted at the old
+    session.erase_keys(["h/c/2"])
+    first = session.commit("moved")
+    assert _tree_entry(repo, first, "h/c/0") == ChunkRef(chunk_id=chunk_id_of(b"q" * 1000),
+                                                         size=1000)
+    assert _tree_entry(repo, first, "h/c/2") is None
+    assert _tree_entry(repo, first, "g/c/0") is None
+    session.set_value("h/c/3", b"t" * 3000)
+    amended = session.amend("moved, amended")
+    storage = repo.readonly_session(snapshot_id=amended).store.storage
+    assert storage.get("h/zarr.json") == document
+    assert storage.get("h/c/3") == b"t" * 3000
+    sizes = repo.reader.snapshot(object_id_from_text(amended)).sizes
+    assert sizes is not None and sizes.documents is not None
+    assert sizes.documents["h/zarr.json"] == document
+    report = repo.verify()
+    assert report.ok, report.problems

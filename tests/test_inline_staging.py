@@ -14,8 +14,10 @@ this way; ``test_protocol.py``'s process stress test mixes both kinds.)
 
 from __future__ import annotations
 
+import array
 import json
 import multiprocessing
+import tracemalloc
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,7 +38,7 @@ from versionstore.codec import (
 )
 from versionstore.ids import object_id_from_text
 from versionstore.records import TOMBSTONE, ChunkRef
-from versionstore.session import INLINE_LIMIT, STAGED_INLINE_LIMIT
+from versionstore.session import INLINE_LIMIT, STAGED_INLINE_BUDGET, STAGED_INLINE_LIMIT
 from versionstore.tree import lookup
 
 
@@ -251,3 +253,183 @@ def test_the_inline_staged_decoder_answers_as_the_general_one(name: str, value: 
 def test_a_damaged_name_with_a_lone_surrogate_is_decoded_by_the_general_path() -> None:
     raw = encode_staged("stage/s/a/c/0", b"v" * 1000)
     assert _fast_decode("stage/s/a/c/\udcff", raw) == vs.errors.CorruptObjectError
+
+
+@pytest.mark.parametrize("size", [100, INLINE_LIMIT + 1, STAGED_INLINE_LIMIT])
+@pytest.mark.parametrize("kind", [bytearray, memoryview])
+def test_a_lone_value_given_as_a_buffer_is_staged_as_its_bytes(
+        repo: vs.Repository, size: int, kind: type) -> None:
+    # set_values copies whatever buffer it is given; a one-item batch (set_value) must too,
+    # and a later change of the caller's buffer must not change what was staged.
+    buffer = bytearray(b"x" * size)
+    session = repo.writable_session("main")
+    session.set_values([("k/one", kind(buffer))])
+    session.set_value("k/two", kind(buffer))
+    buffer[:] = b"y" * size
+    assert session.store.storage.get("k/one") == b"x" * size
+    assert session.store.storage.get("k/two") == b"x" * size
+    snapshot = session.commit("buffers")
+    storage = repo.readonly_session(snapshot_id=snapshot).store.storage
+    assert storage.get("k/one") == storage.get("k/two") == b"x" * size
+    report = repo.verify()
+    assert report.ok, report.problems
+
+
+def test_rebase_keeping_theirs_drops_a_conflicting_value_staged_alone(
+        repo: vs.Repository) -> None:
+    first = repo.writable_session("main")
+    first.set_values([("k", b"a" * 1000), ("j", b"j")])
+    first.commit("base")
+    ours = repo.writable_session("main")
+    ours.set_value("k", b"o" * 1000)  # inline, listed as the chunk reference it commits as
+    theirs = repo.writable_session("main")
+    theirs.set_values([("k", b"t" * 1000), ("z", b"z")])
+    tip = theirs.commit("theirs")
+    ours.rebase(keep="theirs")
+    assert ours.staged() == {}
+    assert not ours.has_uncommitted_changes
+    with pytest.raises(vs.NothingToCommitError):
+        ours.commit("nothing of ours is left")
+    assert repo.lookup_branch("main") == tip
+    assert repo.readonly_session(branch="main").store.storage.get("k") == b"t" * 1000
+
+
+@pytest.mark.parametrize("items", [100, 600])
+def test_a_value_given_as_a_memoryview_of_wider_items_is_sized_in_bytes(
+        repo: vs.Repository, items: int) -> None:
+    # len() of a memoryview of 8-byte items counts items: 100 of them are 800 bytes, over
+    # INLINE_LIMIT (a staged chunk object, as in a batch); 600 are over STAGED_INLINE_LIMIT.
+    values = memoryview(array.array("q", range(items)))
+    expected = values.tobytes()
+    session = repo.writable_session("main")
+    session.set_value("alone", values)
+    session.set_values([("batched", values), ("pad", b"p")])
+    for key in ("alone", "batched"):
+        if key == "batched" or len(expected) > STAGED_INLINE_LIMIT:
+            assert _staged(repo, session, key) == ChunkRef(chunk_id=chunk_id_of(expected),
+                                                          size=len(expected))
+        else:
+            assert _staged(repo, session, key) == expected
+        assert session.store.storage.get(key) == expected
+    snapshot = session.commit("wide items")
+    for key in ("alone", "batched"):
+        assert _tree_entry(repo, snapshot, key) == ChunkRef(chunk_id=chunk_id_of(expected),
+                                                           size=len(expected))
+
+
+def test_gc_and_listings_hold_at_most_the_inline_budget_however_much_is_staged_alone(
+        tmp_path: Path) -> None:
+    # gc's view of the refs and listings of staged keys copy each staged ref's value; a
+    # session object stages alone inline only STAGED_INLINE_BUDGET bytes between commits.
+    size = STAGED_INLINE_LIMIT
+    count = 3 * STAGED_INLINE_BUDGET // size
+    with vs.Repository.create(vs.lmdb_storage(tmp_path / "repo")) as repo:
+        session = repo.writable_session("main")
+        for i in range(count):
+            session.set_value(f"a/c/{i}", i.to_bytes(4, "big") * (size // 4))
+        inline = sum(type(_staged(repo, session, f"a/c/{i}")) is bytes for i in range(count))
+        assert inline == STAGED_INLINE_BUDGET // size
+        peaks = []
+        for step in (repo.garbage_collect, lambda: session.staged("a/")):
+            tracemalloc.start()
+            try:
+                step()
+                peaks.append(tracemalloc.get_traced_memory()[1])
+            finally:
+                tracemalloc.stop()
+        # About twice the budget (the refs as read, and their values decoded); without the
+        # budget about twice the bytes staged (48 MiB here), growing with them.
+        assert max(peaks) < 3 * STAGED_INLINE_BUDGET, peaks
+        session.commit("all")
+        session.set_value("b/c/0", b"x" * size)  # a commit renews the budget
+        assert _staged(repo, session, "b/c/0") == b"x" * size
+        storage = repo.readonly_session("main").store.storage
+        assert all(storage.get(f"a/c/{i}") == i.to_bytes(4, "big") * (size // 4)
+                   for i in range(0, count, 97))
+
+
+def test_rebase_keeps_a_newer_write_landing_while_it_runs(
+        repo: vs.Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    # S1 during rebase(keep="theirs"): the inline value it drops is read again before the
+    # batch; a copy's newer write landing just then is a different value and stays staged.
+    first = repo.writable_session("main")
+    first.set_values([("k", b"a" * 1000), ("j", b"j")])
+    first.commit("base")
+    ours = repo.writable_session("main")
+    ours.set_value("k", b"o" * 1000)
+    theirs = repo.writable_session("main")
+    theirs.set_values([("k", b"t" * 1000), ("z", b"z")])
+    theirs.commit("theirs")
+    assert ours.session_id is not None
+    copy = repo.writable_session("main", resume=ours.session_id)
+    name = f"stage/{ours.session_id}/k"
+    read = repo.backend.get_ref
+    landed: list[str] = []
+
+    def read_after_a_newer_write(ref: str) -> bytes | None:
+        if ref == name and not landed:
+            landed.append(ref)
+            copy.set_value("k", b"n" * 1000)
+        return read(ref)
+
+    monkeypatch.setattr(repo.backend, "get_ref", read_after_a_newer_write)
+    ours.rebase(keep="theirs")
+    monkeypatch.undo()
+    assert landed
+    assert ours.store.storage.get("k") == b"n" * 1000
+    snapshot = ours.commit("the newer write")
+    assert repo.readonly_session(snapshot_id=snapshot).store.storage.get("k") == b"n" * 1000
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_a_commit_during_gc_storing_a_chunk_gc_is_deleting_keeps_it(
+        repo: vs.Repository, full: bool) -> None:
+    # The value staged alone roots nothing; its chunk exists, unreachable, when the commit
+    # stores it (not inserted again), and gc's sweep must still see the commit's tree (G1).
+    value = b"V" * 1000
+    base = repo.lookup_branch("main")
+    first = repo.writable_session("main")
+    first.set_values([("k", value), ("j", b"J" * 1000)])
+    first.commit("with the value")
+    repo.reset_branch("main", base)
+    again = repo.writable_session("main")
+    again.set_value("k", value)
+    committed: list[str] = []
+
+    def commit_once(phase: str, done: int, total: int) -> None:
+        if not committed:
+            committed.append(again.commit("the value again"))
+
+    repo.garbage_collect(progress=commit_once, full=full)
+    assert committed
+    repo.garbage_collect(full=full)
+    assert repo.readonly_session(branch="main").store.storage.get("k") == value
+    report = repo.verify()
+    assert report.ok, report.problems
+
+
+def test_moved_erased_and_amended_values_staged_alone(repo: vs.Repository) -> None:
+    document = json.dumps({"zarr_format": 3, "node_type": "group",
+                           "attributes": {"long": "x" * 900}}).encode()
+    session = repo.writable_session("main")
+    session.set_value("g/zarr.json", document)
+    session.set_value("g/c/0", b"q" * 1000)
+    session.set_value("g/c/1", b"r" * 100)
+    session.set_value("g/c/2", b"s" * 2000)
+    session.move("/g", "/h")  # staged inline at the new keys, deleted at the old
+    session.erase_keys(["h/c/2"])
+    first = session.commit("moved")
+    assert _tree_entry(repo, first, "h/c/0") == ChunkRef(chunk_id=chunk_id_of(b"q" * 1000),
+                                                         size=1000)
+    assert _tree_entry(repo, first, "h/c/2") is None
+    assert _tree_entry(repo, first, "g/c/0") is None
+    session.set_value("h/c/3", b"t" * 3000)
+    amended = session.amend("moved, amended")
+    storage = repo.readonly_session(snapshot_id=amended).store.storage
+    assert storage.get("h/zarr.json") == document
+    assert storage.get("h/c/3") == b"t" * 3000
+    sizes = repo.reader.snapshot(object_id_from_text(amended)).sizes
+    assert sizes is not None and sizes.documents is not None
+    assert sizes.documents["h/zarr.json"] == document
+    report = repo.verify()
+    assert report.ok, report.problems

@@ -38,7 +38,7 @@ import asyncio
 import bisect
 import itertools
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -109,6 +109,11 @@ INLINE_LIMIT = 512
 #: stores it as a chunk object (``_as_stored``). Batches keep staged refs small: each
 #: listing of staged keys and gc's view of the refs copy what they hold.
 STAGED_INLINE_LIMIT = 4096
+#: ... until a session object has staged this many bytes of such values since its last
+#: commit: then its lone values are chunk objects again, so that garbage collection's view
+#: of the refs and listings of staged keys (which copy each staged ref's value) stay
+#: within this much per copy of the session, however many values are staged alone.
+STAGED_INLINE_BUDGET = 8 << 20
 _MAX_COMMIT_ATTEMPTS = 1000
 #: New leaves a commit keeps decoded for the next one (``ObjectReader.remember_nodes``
 #: keeps no leaves of a commit that made more).
@@ -181,6 +186,9 @@ class Session:
         #: A copy (unpickled: a dask task's) stages located at once: each copy logging its
         #: first chunks would cost every task a log record and an absorb.
         self._logged_chunks = _LOGGED_FIRST if copy else 0
+        #: Bytes of values over ``INLINE_LIMIT`` this object staged inline since its last
+        #: commit (``STAGED_INLINE_BUDGET``).
+        self._inline_bytes = 0
 
     # -- identity -----------------------------------------------------------------------
 
@@ -588,7 +596,14 @@ class Session:
         if names is None or self._read_only or self._located is not None:
             self.set_values([(key, value)])  # refused, or staged as object storage stages
             return
-        if len(value) > STAGED_INLINE_LIMIT:
+        if type(value) is not bytes:
+            # A copy: the staged record and the remembered decoding must not follow a
+            # later change of the caller's buffer (``set_values`` copies as well), and
+            # the limit counts bytes (a memoryview's ``len`` counts its items).
+            value = bytes(value)
+        size = len(value)
+        if size > STAGED_INLINE_LIMIT or (size > INLINE_LIMIT
+                                          and self._inline_bytes >= STAGED_INLINE_BUDGET):
             self._set_logged(self._require_writable(), [(key, value)])
             return
         validate_session_key(key)
@@ -600,6 +615,8 @@ class Session:
             self._repo.backend.stage(name, raw, self._staging())
         except MissingObjectsError as exc:
             raise self._base_gone() from exc
+        if size > INLINE_LIMIT:
+            self._inline_bytes += size  # by threads too: a bound, not an exact count
 
     def _set_logged(self, session_id: SessionId, items: list[tuple[str, bytes]]) -> None:
         """Stage ``items`` as staged refs in one log record (chunks stored by id first)."""
@@ -611,8 +628,10 @@ class Session:
             validate_session_key(key)
             name = prefix + key
             entry: Entry
+            if type(value) is not bytes:
+                value = bytes(value)  # sized in bytes (a memoryview's len counts items)
             if len(value) <= INLINE_LIMIT:
-                entry = bytes(value)
+                entry = value
                 raw = encode_staged(name, entry)
             else:
                 chunk_id, frame, entry, raw = encode_staged_chunk(name, value)
@@ -748,16 +767,19 @@ class Session:
         cut = len(prefix)
         changes: list[Change] = []
         kept: dict[str, bytes] = {}
+        inline: set[str] = set()
 
         def visit(name: str, value: bytes) -> None:
             entry = decode_staged(name, value)
-            changes.append((name[cut:],
-                            None if isinstance(entry, Tombstone) else _as_stored(entry)))
-            if not staged_reencodes(value) or encode_staged(name, entry) != value:
+            stored = None if isinstance(entry, Tombstone) else _as_stored(entry)
+            changes.append((name[cut:], stored))
+            if stored is not None and stored is not entry:
+                inline.add(name)  # listed as the chunk reference a commit records
+            elif not staged_reencodes(value) or encode_staged(name, entry) != value:
                 kept[name] = value
 
         self._repo.backend.scan_refs(prefix, visit)
-        return changes, _StagedValues(prefix, changes, kept)
+        return changes, _StagedValues(prefix, changes, kept, inline, self._repo.backend.get_ref)
 
     def move(self, from_path: str, to_path: str) -> None:
         """Stage renaming the group or array at ``from_path`` (and all under it) to ``to_path``.
@@ -1039,6 +1061,7 @@ class Session:
             missing_in_a_row = 0
             if recorded is not None:
                 self._logged_chunks = 0
+                self._inline_bytes = 0  # recorded: stored as chunk objects now
                 return recorded
         raise ConflictError(self._branch, [])  # pragma: no cover - endless contention
 
@@ -1223,12 +1246,22 @@ def _node_directory(path: str) -> str:
 
 
 class _StagedValues(Mapping[str, bytes]):
-    """``stage/<id>/<key> -> stored bytes`` for a list of changes, encoded on access."""
+    """``stage/<id>/<key> -> stored bytes`` for a list of changes, encoded on access.
 
-    def __init__(self, prefix: str, changes: list[Change], kept: dict[str, bytes]) -> None:
+    A value staged inline is listed as the chunk reference its commit records
+    (``_as_stored``), whose encoding is not what is stored: its bytes are read
+    again on access, and stand for the value read only if they hold the same
+    content (a newer, different write then keeps its ref, S1). Keeping them
+    instead would hold up to ``STAGED_INLINE_LIMIT`` bytes per key.
+    """
+
+    def __init__(self, prefix: str, changes: list[Change], kept: dict[str, bytes],
+                 inline: set[str], read: Callable[[str], bytes | None]) -> None:
         self._prefix = prefix
         self._changes = changes
         self._kept = kept
+        self._inline = inline
+        self._read = read
         self._index: dict[str, int] | None = None
 
     def __len__(self) -> int:
@@ -1246,6 +1279,12 @@ class _StagedValues(Mapping[str, bytes]):
         kept = self._kept.get(name)
         if kept is not None:
             return kept
+        if name in self._inline:
+            now = self._read(name)
+            if now is not None:
+                staged = decode_staged(name, now)
+                if not isinstance(staged, Tombstone) and _as_stored(staged) == entry:
+                    return now
         return encode_staged(name, TOMBSTONE if entry is None else entry)
 
     def __getitem__(self, name: str) -> bytes:

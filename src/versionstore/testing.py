@@ -153,6 +153,32 @@ class BackendConformance:
         assert backend.list_refs("") == {"k": b"old", "session/s": b"moved"}
         assert backend.write(WriteBatch(objects=[(_oid(97), b"new")], requires=[_oid(97)]))
 
+    def test_stage_is_a_one_ref_write_under_the_session_rule(self, backend: Backend) -> None:
+        # ``stage`` (a lone staged set) must do exactly what the one-ref ``write`` does,
+        # whichever shorter path the backend takes when the record exists.
+        base = _oid(1)
+        backend.put_objects([(base, b"snapshot")])
+        rule = SessionRule(prefix="stage/s/", record="session/s", value=b"rec",
+                           requires=[base])
+        backend.stage("stage/s/x", b"1", rule)
+        assert backend.list_refs("") == {"session/s": b"rec", "stage/s/x": b"1"}
+        later = SessionRule(prefix="stage/s/", record="session/s", value=b"later",
+                            requires=[_oid(99)])  # kept record: neither written nor required
+        backend.stage("stage/s/x", b"2", later)
+        backend.stage("stage/s/y", b"3", later)
+        assert backend.list_refs("") == {"session/s": b"rec", "stage/s/x": b"2",
+                                         "stage/s/y": b"3"}
+        moved = SessionRule(prefix="stage/s/", record="session/s", value=b"moved",
+                            replace=True, requires=[base])
+        backend.stage("stage/s/x", b"4", moved)
+        assert backend.get_refs(["session/s", "stage/s/x"]) == [b"moved", b"4"]
+        missing = SessionRule(prefix="stage/t/", record="session/t", value=b"r",
+                              requires=[_oid(98)])
+        with pytest.raises(MissingObjectsError):
+            backend.stage("stage/t/x", b"1", missing)
+        assert backend.list_refs("stage/t/") == {}
+        assert backend.get_ref("session/t") is None
+
     def test_compare_and_swap(self, backend: Backend) -> None:
         assert backend.compare_and_swap_ref("r", None, b"1")
         assert not backend.compare_and_swap_ref("r", None, b"2")

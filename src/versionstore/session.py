@@ -113,7 +113,7 @@ STAGED_INLINE_LIMIT = 4096
 #: commit: then its lone values are chunk objects again, so that garbage collection's view
 #: of the refs and listings of staged keys (which copy each staged ref's value) stay
 #: within this much per copy of the session, however many values are staged alone.
-STAGED_INLINE_BUDGET = 8 << 20
+STAGED_INLINE_BUDGET = 16 << 20
 _MAX_COMMIT_ATTEMPTS = 1000
 #: New leaves a commit keeps decoded for the next one (``ObjectReader.remember_nodes``
 #: keeps no leaves of a commit that made more).

@@ -308,13 +308,10 @@ class Session:
 
     def _staged_entry(self, name: str, raw: bytes) -> Entry | Tombstone:
         """``decode_staged(name, raw)``, remembered for the last few thousand records read."""
-        if len(raw) > _REMEMBER_BELOW:
-            return decode_staged(name, raw)
-        known = self._staged_decoded.get(raw)
-        if known is not None and known[0] == name:
-            return known[1]
-        entry = decode_staged(name, raw)
-        self._remember_staged(name, raw, entry)
+        entry = self._known_staged(name, raw)
+        if entry is None:
+            entry = decode_staged(name, raw)
+            self._remember_staged(name, raw, entry)
         return entry
 
     def _staged_entry_seen(self, name: str, raw: bytes) -> Entry | Tombstone:
@@ -323,12 +320,15 @@ class Session:
         A commit streams every staged record once, and must not grow the
         session's memory with them (``tests/test_tree.py``).
         """
+        entry = self._known_staged(name, raw)
+        return decode_staged(name, raw) if entry is None else entry
+
+    def _known_staged(self, name: str, raw: bytes) -> Entry | Tombstone | None:
+        """The remembered decoding of staged ref ``name`` stored as ``raw``, if any."""
         if len(raw) > _REMEMBER_BELOW:
-            return decode_staged(name, raw)
+            return None  # never remembered: looking it up would hash it
         known = self._staged_decoded.get(raw)
-        if known is not None and known[0] == name:
-            return known[1]
-        return decode_staged(name, raw)
+        return known[1] if known is not None and known[0] == name else None
 
     def _remember_staged(self, name: str, raw: bytes, entry: Entry | Tombstone) -> None:
         """Remember that staged ref ``name`` stored as ``raw`` holds ``entry``."""
@@ -609,8 +609,7 @@ class Session:
         validate_session_key(key)
         name = names[0] + key
         raw = encode_staged(name, value)
-        if len(raw) <= _REMEMBER_BELOW:
-            self._remember_staged(name, raw, value)  # read back at once by partial writes
+        self._remember_staged(name, raw, value)  # read back at once by partial writes
         try:
             self._repo.backend.stage(name, raw, self._staging())
         except MissingObjectsError as exc:

@@ -111,6 +111,9 @@ def test_report_ratios_and_targets(tmp_path: Path) -> None:
     assert any("store.get" in target for target in issue_13)
     assert summary["small64"]["write+commit s (N=16)"]["zarr-mem"]["ratios"]["zarr-mem"] == (
         pytest.approx(1.0))
+    last = size_label(max(TINY["commit_sizes"]))  # type: ignore[call-overload]
+    for figure in ("commit fsync ms", "raw same writes + fsync ms"):
+        assert summary["commit"][f"{figure} (N={last})"]["vs-lmdb"]["median"] > 0
     text = format_report(run, summary, checks)
     assert "| write+commit MiB/s (MiB/s) | vs-lmdb |" in text
     assert "## Targets" in text

@@ -7,7 +7,9 @@ reads) and its lone staged ``set`` (``Backend.stage``) with the in-memory
 backend, a commit that decodes staged records from the session's memory with
 one that decodes them afresh, group staging across several loop turns with
 "each set returns once staged", and the bridge's direct read of a synchronous
-storage with the generic dispatch.
+storage with the generic dispatch, and the one-chunk commit's shortcuts (a
+leaf encoded without a dispatch per entry, a run's size summed in C, a
+branch rewritten by bisecting its children) with the general code.
 """
 
 from __future__ import annotations
@@ -24,20 +26,28 @@ from zarr.core.buffer import default_buffer_prototype
 
 import versionstore as vs
 from versionstore import session as session_module
+from versionstore import tree as tree_module
 from versionstore.backend.lmdb import LMDBBackend
 from versionstore.backend.memory import MemoryBackend
 from versionstore.backend.protocol import SessionRule, WriteBatch
 from versionstore.codec import (
     KIND_CHUNK,
+    KIND_LEAF,
+    _entry_fields,
+    _frame,
+    _leaf_version,
+    _packb,
     _unframe,
     decode_chunk,
+    decode_node,
     encode_chunk,
+    encode_node,
     encode_staged,
     encode_staged_chunk,
 )
 from versionstore.errors import CorruptObjectError, MissingObjectsError
-from versionstore.ids import hash_object
-from versionstore.records import ChunkRef
+from versionstore.ids import ObjectId, hash_object, object_id_text
+from versionstore.records import Branch, ChunkRef, Entry, Leaf, LocatedChunkRef, VirtualRef
 from zarrstore.memory import MemoryStorage
 from zarrstore.zarr_bridge import ZarrStore
 
@@ -85,6 +95,77 @@ def test_the_raw_chunk_decoder_answers_as_the_general_frame_check(value: bytes,
     assert _fast(frame[:position]) == _general(frame[:position])  # truncated
     if position >= 5:  # the checksum or the payload: always refused
         assert _fast(bytes(damaged)) is CorruptObjectError
+
+
+_IDS = st.binary(min_size=32, max_size=32)
+_ENTRIES = st.one_of(
+    st.binary(max_size=40),
+    st.builds(ChunkRef, chunk_id=_IDS, size=st.integers(0, 2**40)),
+    st.builds(LocatedChunkRef, chunk_id=_IDS, size=st.integers(0, 2**40),
+              hint=st.just("stage/s1/c/0")),
+    st.builds(VirtualRef, location=st.just("file:///data/x.nc"), offset=st.integers(0, 99),
+              length=st.integers(0, 99), checksum=st.none() | st.just("etag")),
+)
+
+
+@given(entries=st.lists(_ENTRIES, min_size=1, max_size=40))
+def test_a_leaf_encodes_as_the_general_encoder_does(entries: list[Entry]) -> None:
+    keys = [f"a/c/{i}" for i in range(len(entries))]
+    leaf = Leaf(keys=tuple(keys), entries=tuple(entries))
+    payload = _packb([_leaf_version(entries), keys, [_entry_fields(e) for e in entries]])
+    assert encode_node(leaf) == (hash_object(KIND_LEAF, payload),
+                                 _frame(KIND_LEAF, payload, compress=True))
+    assert tree_module._run_cost(keys, entries) == sum(map(tree_module._entry_cost, keys,
+                                                           entries))
+
+
+class _ChildByChild(tree_module._Writer):
+    """The branch rewrite as it was: every child compared with the next change."""
+
+    def rewrite(self, node_id: ObjectId, changes: Any, bound: str | None
+                ) -> list[tuple[str, ObjectId]]:
+        node = self.load(node_id)
+        if isinstance(node, Leaf):
+            return self.merge_leaf(node, changes, bound)
+        items: list[tuple[str, ObjectId]] = []
+        last = len(node.keys) - 1
+        for index, (first, child) in enumerate(zip(node.keys, node.children, strict=True)):
+            upper = bound if index == last else node.keys[index + 1]
+            if changes.below(upper):
+                items.extend(self.rewrite(child, changes, upper))
+            else:
+                items.append((first, child))
+        return self.branches(items, node.level)
+
+
+@settings(max_examples=60, deadline=None)
+@given(base=st.dictionaries(st.integers(0, 400), st.binary(max_size=4), min_size=10,
+                            max_size=300),
+       changes=st.dictionaries(st.integers(-5, 405), st.none() | st.binary(max_size=4),
+                               min_size=1, max_size=40))
+def test_a_rewrite_bisecting_children_makes_the_child_by_child_tree(
+        base: dict[int, bytes], changes: dict[int, bytes | None]) -> None:
+    stored: dict[ObjectId, bytes] = {}
+
+    def load(node_id: ObjectId) -> Any:
+        return decode_node(object_id_text(node_id), stored[node_id])
+
+    def key(i: int) -> str:
+        return f"a/c/{i:+04d}"
+
+    with pytest.MonkeyPatch.context() as patch:  # small nodes: trees three and four levels deep
+        patch.setattr(tree_module, "MAX_LEAF_ENTRIES", 3)
+        patch.setattr(tree_module, "MAX_BRANCH_CHILDREN", 3)
+        root, nodes = tree_module.apply_changes(
+            load, None, iter(sorted((key(k), v) for k, v in base.items())))
+        stored.update(nodes)
+        assert isinstance(load(root), Branch)  # type: ignore[arg-type]
+        ordered = sorted((key(k), v) for k, v in changes.items())
+        bisected = tree_module.apply_changes(load, root, iter(ordered))
+        with pytest.MonkeyPatch.context() as old:
+            old.setattr(tree_module, "_Writer", _ChildByChild)
+            walked = tree_module.apply_changes(load, root, iter(ordered))
+    assert bisected == walked
 
 
 def test_a_chunk_id_is_its_kind_and_content() -> None:

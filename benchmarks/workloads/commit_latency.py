@@ -12,6 +12,13 @@ and commit (timed): the commit latency. Raw LMDB's "commit" is one put and an
 ``fsync``, the cost of making one change durable at all. Unversioned zarr
 stores have no commit and are not run here.
 
+On ``vs-lmdb`` two more figures are taken per commit: the time its
+``fsync`` took ("commit fsync ms"), and the floor of a durable commit of
+the same writes — py-lmdb writing exactly what that commit wrote (its new
+objects and every changed ref and gc ledger key) into a byte-for-byte copy
+of the environment, in one transaction, then ``fsync``
+(``benchmarks.commit_floor``, "raw same writes + fsync ms").
+
 icechunk has no bulk write: building its 10^6-chunk array takes a million
 ``Store.set`` calls (1–3 minutes on 2 cores), more than the whole suite's
 budget, so by default icechunk runs up to ``commit_icechunk_max`` (10^5)
@@ -27,6 +34,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from benchmarks.commit_floor import CommitReplay
 from benchmarks.data import tiny_values
 from benchmarks.measure import Recorder
 from benchmarks.systems import System, remove
@@ -69,6 +77,7 @@ def run(phase: str, system: System, params: dict[str, Any], rec: Recorder,
         end = time.perf_counter()
         rec.add(f"load s (N={label})", middle - start, "s")
         rec.add(f"load commit s (N={label})", end - middle, "s")
+        replay, syncs = _floor(instance)
         for s in range(params["commit_samples"]):
             index = int(rng.integers(size))
             if instance.zarr_capable:
@@ -78,11 +87,19 @@ def run(phase: str, system: System, params: dict[str, Any], rec: Recorder,
             else:
                 t0 = time.perf_counter()
                 instance.put([(f"{PATH}/c/{index}", values[s % DISTINCT])])  # type: ignore[attr-defined]
+            if replay is not None:
+                replay.before()
             t1 = time.perf_counter()
             instance.commit(f"one chunk {s}")
             t2 = time.perf_counter()
             rec.add(f"write 1 chunk ms (N={label})", (t1 - t0) * 1000, "ms")
             rec.add(f"commit ms (N={label})", (t2 - t1) * 1000, "ms")
+            if replay is not None:
+                rec.add(f"commit fsync ms (N={label})", sum(syncs) * 1000, "ms")
+                syncs.clear()
+                rec.add(f"raw same writes + fsync ms (N={label})", replay.replay() * 1000, "ms")
+        if replay is not None:
+            replay.close()
         if instance.zarr_capable:
             check = zarr.open_array(instance.read_store(), path=PATH, mode="r")
             if check[index] != -params["commit_samples"]:
@@ -90,6 +107,23 @@ def run(phase: str, system: System, params: dict[str, Any], rec: Recorder,
         instance.close()
         rec.rss(f"peak RSS (N={label})")
         remove(instance.root)
+
+
+def _floor(instance: System) -> tuple[CommitReplay | None, list[float]]:
+    """On ``vs-lmdb``: a replay of each commit into a copy, and the seconds of each ``fsync``."""
+    syncs: list[float] = []
+    if instance.name != "vs-lmdb":
+        return None, syncs
+    backend = instance.repository.backend  # type: ignore[attr-defined]
+    sync = backend.sync
+
+    def timed_sync() -> None:
+        start = time.perf_counter()
+        sync()
+        syncs.append(time.perf_counter() - start)
+
+    backend.sync = timed_sync
+    return CommitReplay(instance.repository, instance.root / "replay"), syncs  # type: ignore[attr-defined]
 
 
 def size_label(size: int) -> str:

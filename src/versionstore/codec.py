@@ -466,12 +466,35 @@ def _leaf_version(entries: Iterable[Entry]) -> int:
     return version
 
 
+def _leaf_fields(entries: Sequence[Entry]) -> list[Any]:
+    """The msgpack fields of a format-1 leaf's entries, without a dispatch per entry.
+
+    Cut short at the first entry that is neither an inline value nor a plain
+    ``ChunkRef``: ``encode_node`` then takes the general path.
+    """
+    fields: list[Any] = []
+    append = fields.append
+    for entry in entries:
+        kind = entry.__class__
+        if kind is bytes:
+            append(entry)
+        elif kind is ChunkRef:
+            append([entry.chunk_id, entry.size])  # type: ignore[union-attr]
+        else:
+            break
+    return fields
+
+
 def encode_node(node: Node) -> tuple[ObjectId, bytes]:
     """The id and stored frame of a tree node."""
     if isinstance(node, Leaf):
         kind = KIND_LEAF
-        version = _leaf_version(node.entries)
-        body = [version, list(node.keys), [_entry_fields(e) for e in node.entries]]
+        fields = _leaf_fields(node.entries)
+        version = 1
+        if len(fields) != len(node.entries):  # not only inline values and plain references
+            version = _leaf_version(node.entries)
+            fields = [_entry_fields(e) for e in node.entries]
+        body: list[Any] = [version, list(node.keys), fields]
     else:
         kind = KIND_BRANCH
         body = [Branch.FORMAT_VERSION, list(node.keys), list(node.children), node.level]

@@ -159,6 +159,25 @@ def _entry_cost(key: str, entry: Entry) -> int:
     return len(key) + _REF_COST + len(entry.location)
 
 
+def _run_cost(keys: Sequence[str], entries: Sequence[Entry]) -> int:
+    """``sum(map(_entry_cost, keys, entries))``, summing lengths in C where it can.
+
+    A leaf's entries are most often all inline values or all plain chunk
+    references; only the others are costed one by one.
+    """
+    cost = sum(map(len, keys))
+    refs = 0
+    for entry in entries:
+        kind = entry.__class__
+        if kind is bytes:
+            cost += len(entry)  # type: ignore[arg-type]
+        elif kind is ChunkRef:
+            refs += 1
+        else:
+            cost += _entry_cost("", entry)
+    return cost + refs * _REF_COST
+
+
 def _leaf_pieces(count: int, size: int) -> list[tuple[int, int]]:
     pieces = max(math.ceil(count / MAX_LEAF_ENTRIES), math.ceil(size / TARGET_LEAF_BYTES), 1)
     return _even_pieces(count, min(pieces, count))
@@ -181,6 +200,10 @@ class _Changes:
 
     def _advance(self) -> None:
         self._next = next(self._iterator, None)
+
+    def next_key(self) -> str | None:
+        """The key of the next change; ``None`` when none is left."""
+        return None if self._next is None else self._next[0]
 
     def below(self, bound: str | None) -> bool:
         """Whether a change is left whose key is below ``bound`` (``None``: no bound)."""
@@ -207,7 +230,7 @@ class _LeafRun:
         if keys:
             self._keys.extend(keys)
             self._entries.extend(entries)
-            self._size += sum(map(_entry_cost, keys, entries))
+            self._size += _run_cost(keys, entries)
             self._cut_while_long()
 
     def add(self, key: str, entry: Entry) -> None:
@@ -278,17 +301,9 @@ class _Writer:
         if not items:
             return []
         pieces = _even_pieces(len(items), math.ceil(len(items) / MAX_BRANCH_CHILDREN))
+        keys, children = zip(*items, strict=True)
         return [
-            (
-                items[a][0],
-                self.store(
-                    Branch(
-                        level=level,
-                        keys=tuple(k for k, _ in items[a:b]),
-                        children=tuple(c for _, c in items[a:b]),
-                    )
-                ),
-            )
+            (keys[a], self.store(Branch(level=level, keys=keys[a:b], children=children[a:b])))
             for a, b in pieces
         ]
 
@@ -327,14 +342,20 @@ class _Writer:
         node = self.load(node_id)
         if isinstance(node, Leaf):
             return self.merge_leaf(node, changes, bound)
+        keys, children = node.keys, node.children
         items: list[tuple[str, ObjectId]] = []
-        last = len(node.keys) - 1
-        for index, (first, child) in enumerate(zip(node.keys, node.children, strict=True)):
-            upper = bound if index == last else node.keys[index + 1]
-            if changes.below(upper):
-                items.extend(self.rewrite(child, changes, upper))
-            else:
-                items.append((first, child))
+        index, last = 0, len(keys) - 1
+        while index <= last:
+            pending = changes.next_key()
+            if pending is None or (bound is not None and pending >= bound):
+                items.extend(zip(keys[index:], children[index:], strict=True))
+                break
+            # The child holding the next change; the ones before it are kept as they are.
+            target = max(index, bisect.bisect_right(keys, pending, index) - 1)
+            items.extend(zip(keys[index:target], children[index:target], strict=True))
+            upper = bound if target == last else keys[target + 1]
+            items.extend(self.rewrite(children[target], changes, upper))
+            index = target + 1
         return self.branches(items, node.level)
 
 

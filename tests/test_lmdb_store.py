@@ -163,6 +163,34 @@ async def test_zarr_batches_arrive_as_one_transaction(tmp_path: Path) -> None:
     assert store.storage.get("b") == b"2"
 
 
+@pytest.mark.parametrize("durable", [False, True], ids=["page-cache", "durable"])
+async def test_calls_run_on_the_loop_unless_every_write_fsyncs(tmp_path: Path,
+                                                                durable: bool) -> None:
+    import threading
+
+    store = LMDBStore(tmp_path / "t", durable=durable)
+    threads: list[int] = []
+    storage = store.storage
+    get, put = storage._get, storage._set
+
+    def recording_get(key: str, byte_range: Any) -> bytes | None:
+        threads.append(threading.get_ident())
+        return get(key, byte_range)
+
+    def recording_set(key: str, value: bytes) -> None:
+        threads.append(threading.get_ident())
+        put(key, value)
+
+    storage._get, storage._set = recording_get, recording_set  # type: ignore[method-assign]
+    await store.set("a", cpu.Buffer.from_bytes(b"1"))
+    value = await store.get("a", cpu.buffer_prototype)
+    assert value is not None and value.to_bytes() == b"1"
+    on_loop = {threading.get_ident()} == set(threads)
+    assert len(threads) == 2 and on_loop is not durable
+    assert storage.blocking_io is durable
+    store.close()
+
+
 # -- map growth -----------------------------------------------------------------------
 
 

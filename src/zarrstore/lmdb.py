@@ -22,8 +22,9 @@ Guarantees (LMDB's own):
   ``durable=True`` to fsync every transaction (survives power loss).
 * **Calls on the event loop.** Through zarr's async API, a call runs on the
   loop's thread, as ``MemoryStore``'s do: an LMDB transaction that does not
-  fsync waits on the disk only to fault in pages not yet cached, and a hop
-  to a worker thread would cost 5–10 times the call itself (``set`` / ``get``
+  fsync waits only to fault in pages not yet cached or, to write, for
+  another writer's transaction to end; a hop to a worker thread would cost
+  5–10 times the call itself (``set`` / ``get``
   of 4 KiB: 33 / 18 µs inline, 180–220 / 150–180 µs in a thread;
   ``docs/benchmarks.md``). A ``durable=True`` store waits for an fsync on
   every write, so zarr runs its calls in a worker thread (``blocking_io``).

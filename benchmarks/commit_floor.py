@@ -84,4 +84,5 @@ class CommitReplay:
         return time.perf_counter() - start
 
     def close(self) -> None:
+        """Close the copy (its directory stays, under the system's root)."""
         self._env.close()

@@ -13,14 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import assume
-from hypothesis import strategies as st
-from hypothesis.stateful import rule, run_state_machine_as_test
+from hypothesis.stateful import run_state_machine_as_test
 from hypothesis_budget import fewer_examples, hierarchy_examples
 from zarr.core.buffer import Buffer, cpu
-from zarr.testing.stateful import MAX_BINARY_SIZE, ZarrHierarchyStateMachine, ZarrStoreStateMachine
+from zarr.testing.stateful import ZarrHierarchyStateMachine
 from zarr.testing.store import StoreTests
-from zarr.testing.strategies import keys as zarr_keys
 
 from zarrstore import (
     DirListing,
@@ -33,6 +30,7 @@ from zarrstore import (
 from zarrstore.filesystem import TEMP_MARK, direct_io_supported
 from zarrstore.testing import (
     FILES_CANNOT_BE_DIRECTORIES,
+    FilesStoreStateMachine,
     StoreConformance,
     storage_state_machine,
 )
@@ -98,25 +96,10 @@ def test_state_machine_against_dict_model(tmp_path: Path) -> None:
     )
 
 
-class FilesystemStoreStateMachine(ZarrStoreStateMachine):
-    """zarr's store machine, never storing a key beside keys under it.
-
-    ``FILES_CANNOT_BE_DIRECTORIES``: after ``0/0`` a filesystem cannot store
-    ``0``, nor ``0/0`` after ``0`` (zarr's ``LocalStore`` cannot either);
-    ``test_key_that_is_also_a_directory_gives_a_clear_error`` checks the error.
-    """
-
-    @rule(key=zarr_keys(), data=st.binary(min_size=0, max_size=MAX_BINARY_SIZE))
-    def set(self, key: str, data: bytes) -> None:
-        assume(not any(other.startswith(f"{key}/") or key.startswith(f"{other}/")
-                       for other in self.model))
-        super().set(key, data)
-
-
 def test_zarr_store_state_machine(tmp_path: Path) -> None:
     counter = iter(range(10**6))
     run_state_machine_as_test(  # type: ignore[no-untyped-call]
-        lambda: FilesystemStoreStateMachine(FilesystemStore(tmp_path / f"z{next(counter)}")),
+        lambda: FilesStoreStateMachine(FilesystemStore(tmp_path / f"z{next(counter)}")),
         settings=fewer_examples(8),
     )
 

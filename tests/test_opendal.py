@@ -43,6 +43,7 @@ from zarrstore.protocol import Storage
 from zarrstore.testing import (
     FILES_CANNOT_BE_DIRECTORIES,
     KEYS,
+    FilesStoreStateMachine,
     StoreConformance,
     storage_state_machine,
 )
@@ -321,7 +322,7 @@ def test_state_machine_on_ftp(kind: str, ftp: FTPServer) -> None:
 
 def test_zarr_state_machine_on_fs(tmp_path: Path) -> None:
     run_state_machine_as_test(  # type: ignore[no-untyped-call]
-        lambda: ZarrStoreStateMachine(OpendalStore(fs_service(tmp_path).operator())),
+        lambda: FilesStoreStateMachine(OpendalStore(fs_service(tmp_path).operator())),
         settings=LOCAL,
     )
 

@@ -5,7 +5,9 @@ that third-party stores can run it too. Subclass ``StoreConformance`` in a
 test module, provide a ``storage`` fixture and the ``raw_get`` / ``raw_set``
 backdoors (which must not go through the storage under test), and pytest
 collects every check. ``storage_state_machine`` builds a hypothesis state
-machine that runs random operations against a plain ``dict`` model.
+machine that runs random operations against a plain ``dict`` model;
+``FilesStoreStateMachine`` is zarr's ``ZarrStoreStateMachine`` for stores
+kept as files and directories.
 
 Needs pytest and hypothesis (the ``test`` extra).
 """
@@ -22,8 +24,11 @@ import numpy as np
 import pytest
 import zarr
 import zarr.storage
+from hypothesis import assume
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from zarr.testing.stateful import MAX_BINARY_SIZE, ZarrStoreStateMachine
+from zarr.testing.strategies import keys as zarr_keys
 
 from zarrstore.errors import InvalidKeyError, ReadOnlyError
 from zarrstore.mapping import StoreMapping
@@ -35,6 +40,7 @@ __all__ = [
     "BAD_KEYS",
     "BAD_PREFIXES",
     "FILES_CANNOT_BE_DIRECTORIES",
+    "FilesStoreStateMachine",
     "StoreConformance",
     "storage_state_machine",
 ]
@@ -49,6 +55,24 @@ FILES_CANNOT_BE_DIRECTORIES = (
     "directory); storing one raises StorageIOError, which the store's own tests check"
 )
 BAD_PREFIXES = ["a", "/a/", "a//", "./", "../", "a/../", "a\\b/", "a/\ud800/"]
+
+
+class FilesStoreStateMachine(ZarrStoreStateMachine):
+    """zarr's ``ZarrStoreStateMachine``, never storing a key beside keys under it.
+
+    For stores kept as files and directories (``FILES_CANNOT_BE_DIRECTORIES``):
+    after ``0/0`` such a store cannot store ``0``, nor ``0/0`` after ``0``
+    (zarr's own ``LocalStore`` cannot either), and says so with
+    ``StorageIOError``, which each store's own tests check. Every other rule
+    is zarr's.
+    """
+
+    @rule(key=zarr_keys(), data=st.binary(min_size=0, max_size=MAX_BINARY_SIZE))
+    def set(self, key: str, data: bytes) -> None:
+        """The ``set`` rule of zarr's machine, for a key no other key is under or over."""
+        assume(not any(other.startswith(f"{key}/") or key.startswith(f"{other}/")
+                       for other in self.model))
+        super().set(key, data)
 
 EDGE_RANGES: list[tuple[bytes, ByteRange | None]] = [
     (b"", None),

@@ -180,3 +180,36 @@ def test_side_by_side_runs_at_tiny_sizes(tmp_path: Path, capsys: pytest.CaptureF
     assert "ancestry of 3 commits" in printed and "vs-lmdb" in printed
     assert "checkout of the first snapshot" in printed
     assert "in a new process each" in printed
+
+
+def test_the_commit_replay_is_outside_the_timed_write_and_commit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A clock that jumps while the replay notes the repository before each commit: the
+    # jump must show in neither the chunk's write nor the commit (nothing real is timed).
+    import time
+
+    from benchmarks.commit_floor import CommitReplay
+    from benchmarks.measure import Recorder
+    from benchmarks.systems import VersionStoreLMDB
+    from benchmarks.workloads import commit_latency
+
+    jump = [0.0]
+    clock = time.perf_counter
+    before = CommitReplay.before
+
+    def jumping_before(self: CommitReplay) -> None:
+        before(self)
+        jump[0] += 1000.0
+
+    monkeypatch.setattr(CommitReplay, "before", jumping_before)
+    monkeypatch.setattr(commit_latency, "time",
+                        type("Clock", (), {"perf_counter": lambda: clock() + jump[0]}))
+    params = {**TINY, "commit_sizes": [10]}
+    rec = Recorder()
+    commit_latency.run("run", VersionStoreLMDB(tmp_path / "vs"), params, rec,
+                       commit_latency.fixtures(params, tmp_path))
+    assert jump[0] == 1000.0 * TINY["commit_samples"]  # type: ignore[operator]
+    for figure in ("write 1 chunk ms", "commit ms"):
+        samples = rec.metrics[f"{figure} (N={size_label(10)})"]["samples"]
+        assert max(samples) < 1000.0 * 1000, figure
+    assert list((tmp_path / "vs").iterdir()) == [], "the workload left files behind"

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -213,3 +214,37 @@ def test_the_commit_replay_is_outside_the_timed_write_and_commit(
         samples = rec.metrics[f"{figure} (N={size_label(10)})"]["samples"]
         assert max(samples) < 1000.0 * 1000, figure
     assert list((tmp_path / "vs").iterdir()) == [], "the workload left files behind"
+
+
+def test_the_commit_replay_copy_mirrors_the_repository_when_a_commit_starts(
+        tmp_path: Path) -> None:
+    # The replay writes exactly what the commit writes only if the copy holds what the
+    # repository holds as the commit starts: the staged entries and chunks included
+    # (else deleting a staged entry is a no-op in the copy).
+    import lmdb
+    import numpy as np
+    import zarr
+
+    from benchmarks.commit_floor import CommitReplay
+    from benchmarks.systems import VersionStoreLMDB
+
+    def everything(env: lmdb.Environment, dbs: list[Any]) -> list[dict[bytes, bytes]]:
+        with env.begin() as txn:
+            return [{bytes(k): bytes(v) for k, v in txn.cursor(db=db)} for db in dbs]
+
+    instance = VersionStoreLMDB(tmp_path / "vs")
+    instance.create()
+    zarr.create_array(instance.write_store(), name="a", shape=(4, 4096), chunks=(1, 4096),
+                      dtype="int32", compressors=None)
+    instance.commit("load")
+    replay = CommitReplay(instance.repository, tmp_path / "copy")
+    handle = instance.repository.backend._handle
+    for s in range(3):
+        zarr.open_array(instance.write_store(), path="a")[s] = np.arange(4096) * (s + 1)
+        replay.before()
+        assert everything(replay._env, list(replay._dbs.values())) == everything(
+            handle.env, list(handle.databases)), f"commit {s}"
+        instance.commit(f"c{s}")
+        replay.replay()
+    replay.close()
+    instance.close()

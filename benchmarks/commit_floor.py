@@ -2,12 +2,14 @@
 
 ``CommitReplay`` keeps a byte-for-byte copy of a versionstore LMDB
 environment (``lmdb.Environment.copy``, not compacted, so its B-trees have
-the same shapes and free pages). Around each commit it notes what the commit
-changed in the repository — the objects the gc ledger's journal says it
-stored, and every key it put or deleted in the ``refs`` and ``gc`` databases —
-and then writes exactly that into the copy in one py-lmdb write transaction
-followed by one ``fsync`` (``Environment.sync(True)``), as versionstore opens
-its own (``sync=False``, ``metasync=False``).
+the same shapes and free pages). Right before each commit it brings the copy
+up to the repository, untimed (what was staged since: chunks, staged entries),
+so the copy holds what the repository holds as the commit starts. After the
+commit it writes what the commit changed — the objects the gc ledger's journal
+says it stored, and every key it put or deleted in the ``refs`` and ``gc``
+databases — into the copy in one py-lmdb write transaction followed by one
+``fsync`` (``Environment.sync(True)``), as versionstore opens its own
+(``sync=False``, ``metasync=False``).
 
 That time is the floor of a durable commit writing these objects: no
 encoding, no tree walk, no history, no checks — only the pages the same
@@ -46,8 +48,8 @@ class CommitReplay:
         self._env = lmdb.open(str(directory), map_size=source.info()["map_size"],
                               max_dbs=len(_NAMES) + 2, sync=False, metasync=False)
         self._dbs = {name: self._env.open_db(name) for name in _NAMES}
-        self._seen: dict[bytes, dict[bytes, bytes]] = {}
-        self._journal_end = 0
+        self._seen = self._contents()  # the copy's contents, as of the last catch-up
+        self._journal_end = self._backend.read_ledger()[1]
 
     def _contents(self) -> dict[bytes, dict[bytes, bytes]]:
         handle = self._backend._handle
@@ -56,21 +58,21 @@ class CommitReplay:
             return {name: {bytes(k): bytes(v) for k, v in txn.cursor(db=databases[name])}
                     for name in _DIFFED}
 
-    def before(self) -> None:
-        """Note the repository's refs, gc ledger and journal end before a commit."""
-        self._seen = self._contents()
-        self._journal_end = self._backend.read_ledger()[1]
+    def _catch_up(self) -> float:
+        """Write what the repository changed since the last call into the copy, ``fsync``.
 
-    def replay(self) -> float:
-        """Write what the commit since ``before()`` wrote into the copy, ``fsync``; seconds."""
+        Returns the seconds the transaction and the ``fsync`` took.
+        """
         after = self._contents()
-        stored = self._backend.journal(self._journal_end, self._backend.read_ledger()[1])
+        end = self._backend.read_ledger()[1]
+        stored = self._backend.journal(self._journal_end, end)
         objects = [(bytes(i), v) for i, v in zip(stored, self._backend.get_objects(stored),
                                                  strict=True) if v is not None]
         puts = [(name, k, v) for name in _DIFFED for k, v in after[name].items()
                 if self._seen[name].get(k) != v]
         deletes = [(name, k) for name in _DIFFED for k in self._seen[name]
                    if k not in after[name]]
+        self._seen, self._journal_end = after, end
         dbs = self._dbs
         start = time.perf_counter()
         with self._env.begin(write=True) as txn:
@@ -82,6 +84,14 @@ class CommitReplay:
                 txn.delete(key, db=dbs[name])
         self._env.sync(True)
         return time.perf_counter() - start
+
+    def before(self) -> None:
+        """Bring the copy up to the repository right before a commit (untimed)."""
+        self._catch_up()
+
+    def replay(self) -> float:
+        """Write what the commit since ``before()`` wrote into the copy, ``fsync``; seconds."""
+        return self._catch_up()
 
     def close(self) -> None:
         """Close the copy (its directory stays, under the system's root)."""

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -180,3 +181,70 @@ def test_side_by_side_runs_at_tiny_sizes(tmp_path: Path, capsys: pytest.CaptureF
     assert "ancestry of 3 commits" in printed and "vs-lmdb" in printed
     assert "checkout of the first snapshot" in printed
     assert "in a new process each" in printed
+
+
+def test_the_commit_replay_is_outside_the_timed_write_and_commit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A clock that jumps while the replay notes the repository before each commit: the
+    # jump must show in neither the chunk's write nor the commit (nothing real is timed).
+    import time
+
+    from benchmarks.commit_floor import CommitReplay
+    from benchmarks.measure import Recorder
+    from benchmarks.systems import VersionStoreLMDB
+    from benchmarks.workloads import commit_latency
+
+    jump = [0.0]
+    clock = time.perf_counter
+    before = CommitReplay.before
+
+    def jumping_before(self: CommitReplay) -> None:
+        before(self)
+        jump[0] += 1000.0
+
+    monkeypatch.setattr(CommitReplay, "before", jumping_before)
+    monkeypatch.setattr(commit_latency, "time",
+                        type("Clock", (), {"perf_counter": lambda: clock() + jump[0]}))
+    params = {**TINY, "commit_sizes": [10]}
+    rec = Recorder()
+    commit_latency.run("run", VersionStoreLMDB(tmp_path / "vs"), params, rec,
+                       commit_latency.fixtures(params, tmp_path))
+    assert jump[0] == 1000.0 * TINY["commit_samples"]  # type: ignore[operator]
+    for figure in ("write 1 chunk ms", "commit ms"):
+        samples = rec.metrics[f"{figure} (N={size_label(10)})"]["samples"]
+        assert max(samples) < 1000.0 * 1000, figure
+    assert list((tmp_path / "vs").iterdir()) == [], "the workload left files behind"
+
+
+def test_the_commit_replay_copy_mirrors_the_repository_when_a_commit_starts(
+        tmp_path: Path) -> None:
+    # The replay writes exactly what the commit writes only if the copy holds what the
+    # repository holds as the commit starts: the staged entries and chunks included
+    # (else deleting a staged entry is a no-op in the copy).
+    import lmdb
+    import numpy as np
+    import zarr
+
+    from benchmarks.commit_floor import CommitReplay
+    from benchmarks.systems import VersionStoreLMDB
+
+    def everything(env: lmdb.Environment, dbs: list[Any]) -> list[dict[bytes, bytes]]:
+        with env.begin() as txn:
+            return [{bytes(k): bytes(v) for k, v in txn.cursor(db=db)} for db in dbs]
+
+    instance = VersionStoreLMDB(tmp_path / "vs")
+    instance.create()
+    zarr.create_array(instance.write_store(), name="a", shape=(4, 4096), chunks=(1, 4096),
+                      dtype="int32", compressors=None)
+    instance.commit("load")
+    replay = CommitReplay(instance.repository, tmp_path / "copy")
+    handle = instance.repository.backend._handle
+    for s in range(3):
+        zarr.open_array(instance.write_store(), path="a")[s] = np.arange(4096) * (s + 1)
+        replay.before()
+        assert everything(replay._env, list(replay._dbs.values())) == everything(
+            handle.env, list(handle.databases)), f"commit {s}"
+        instance.commit(f"c{s}")
+        replay.replay()
+    replay.close()
+    instance.close()

@@ -9,6 +9,8 @@ snapshot is read back with xarray and compared with the data written.
 
 The tests run over every storage ``storage_factory`` yields: LMDB, and S3 (moto
 behind the serialising proxy; workers reopen it from the pickled description).
+zarrstore's unversioned ``LMDBStore`` is pickled to the same workers, which
+write a dask array into it while its map grows.
 """
 
 from __future__ import annotations
@@ -198,3 +200,19 @@ def test_workers_writing_while_the_client_commits_lose_nothing(
     read = _read(repo, snapshots[-1])
     np.testing.assert_array_equal(read["t"].values, values)
     assert not session.has_uncommitted_changes
+
+
+def test_lmdb_store_pickled_to_worker_processes_keeps_every_chunk(
+        client: distributed.Client, tmp_path: Path) -> None:
+    # zarrstore's unversioned LMDBStore: each worker process reopens it by path and
+    # writes its chunks, the environment's map growing meanwhile (it starts at 1 MiB).
+    import zarr
+
+    from zarrstore import LMDBStore
+
+    values = np.random.default_rng(7).random((600, 300))
+    store = LMDBStore(tmp_path / "plain", map_size=1 << 20)
+    da.from_array(values, chunks=(50, 60)).to_zarr(store, component="t", compute=True)
+    assert np.array_equal(zarr.open_array(store, path="t", mode="r")[:], values)
+    assert os.path.getsize(tmp_path / "plain" / "data.mdb") > 1 << 20  # the map grew
+    store.close()

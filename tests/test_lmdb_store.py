@@ -164,8 +164,8 @@ async def test_zarr_batches_arrive_as_one_transaction(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("durable", [False, True], ids=["page-cache", "durable"])
-async def test_calls_run_on_the_loop_unless_every_write_fsyncs(tmp_path: Path,
-                                                                durable: bool) -> None:
+async def test_reads_run_on_the_loop_and_writes_in_a_thread(tmp_path: Path,
+                                                            durable: bool) -> None:
     import threading
 
     store = LMDBStore(tmp_path / "t", durable=durable)
@@ -185,9 +185,60 @@ async def test_calls_run_on_the_loop_unless_every_write_fsyncs(tmp_path: Path,
     await store.set("a", cpu.Buffer.from_bytes(b"1"))
     value = await store.get("a", cpu.buffer_prototype)
     assert value is not None and value.to_bytes() == b"1"
-    on_loop = {threading.get_ident()} == set(threads)
-    assert len(threads) == 2 and on_loop is not durable
-    assert storage.blocking_io is durable
+    loop = threading.get_ident()
+    assert len(threads) == 2 and threads[0] != loop and threads[1] == loop  # set, then get
+    store.close()
+
+
+
+HOLDER = """
+    import sys
+    import lmdb
+    env = lmdb.open(sys.argv[1])
+    with env.begin(write=True) as txn:  # LMDB's writer lock, held until told
+        txn.put(b"holder", b"1")
+        print("holding", flush=True)
+        sys.stdin.readline()
+"""
+
+
+def test_a_write_waiting_for_another_process_leaves_reads_answering(tmp_path: Path) -> None:
+    # LMDB has one writer across processes: this process's write waits for the
+    # other's transaction, but its readers, and zarr's loop, must not wait with it.
+    import threading
+
+    path = tmp_path / "w"
+    store = LMDBStore(path)
+    zarr.create_array(store, name="x", shape=(4,), chunks=(2,), dtype="i4")[:] = 7
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(HOLDER), str(path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env=_child_env())
+    assert holder.stdin is not None and holder.stdout is not None
+    assert holder.stdout.readline().strip() == "holding"
+    wrote, read = threading.Event(), threading.Event()
+
+    def write() -> None:
+        zarr.open_array(store, path="x")[0] = 8
+        wrote.set()
+
+    def read_back() -> None:
+        assert list(zarr.open_array(store, path="x", mode="r")[:]) == [7, 7, 7, 7]
+        read.set()
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    time.sleep(0.5)  # the write reaches LMDB's writer lock
+    reader = threading.Thread(target=read_back, daemon=True)
+    reader.start()
+    answered = read.wait(30)
+    written_meanwhile = wrote.is_set()
+    holder.stdin.write("done\n")
+    holder.stdin.flush()
+    assert holder.wait(WAIT) == 0
+    writer.join(WAIT)
+    assert not written_meanwhile, "the write did not wait for the other process's"
+    assert answered, "the read waited with the write for the other process's transaction"
+    assert wrote.is_set() and zarr.open_array(store, path="x")[0] == 8
     store.close()
 
 

@@ -46,7 +46,7 @@ from versionstore.codec import (
     encode_staged_chunk,
 )
 from versionstore.errors import CorruptObjectError, MissingObjectsError
-from versionstore.ids import ObjectId, hash_object, object_id_text
+from versionstore.ids import ID_LENGTH, ObjectId, hash_object, object_id_text
 from versionstore.records import Branch, ChunkRef, Entry, Leaf, LocatedChunkRef, VirtualRef
 from zarrstore.memory import MemoryStorage
 from zarrstore.zarr_bridge import ZarrStore
@@ -97,7 +97,7 @@ def test_the_raw_chunk_decoder_answers_as_the_general_frame_check(value: bytes,
         assert _fast(bytes(damaged)) is CorruptObjectError
 
 
-_IDS = st.binary(min_size=32, max_size=32)
+_IDS = st.binary(min_size=ID_LENGTH, max_size=ID_LENGTH)
 _ENTRIES = st.one_of(
     st.binary(max_size=40),
     st.builds(ChunkRef, chunk_id=_IDS, size=st.integers(0, 2**40)),
@@ -166,6 +166,51 @@ def test_a_rewrite_bisecting_children_makes_the_child_by_child_tree(
             old.setattr(tree_module, "_Writer", _ChildByChild)
             walked = tree_module.apply_changes(load, root, iter(ordered))
     assert bisected == walked
+
+
+
+class _Inline(bytes):
+    """An inline value of a ``bytes`` subclass: the leaf encoder's general path."""
+
+
+_KEYS = st.text(alphabet="a/z09~é中\x7f\U0001f600", max_size=4)
+_ROUND = st.dictionaries(_KEYS, st.none() | _ENTRIES | st.binary(max_size=6).map(_Inline),
+                         max_size=30)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rounds=st.lists(_ROUND, min_size=2, max_size=6), leaf=st.integers(1, 3),
+       fanout=st.integers(2, 3), streamed=st.booleans())
+def test_histories_bisecting_children_make_the_child_by_child_trees(
+        rounds: list[dict[str, Entry | None]], leaf: int, fanout: int, streamed: bool) -> None:
+    # Several commits in a row, with deletions that empty leaves and subtrees, keys
+    # below, above and equal to the branches' keys, mixed entries, leaves streamed.
+    stored: dict[ObjectId, bytes] = {}
+
+    def load(node_id: ObjectId) -> Any:
+        return decode_node(object_id_text(node_id), stored[node_id])
+
+    def apply(root: ObjectId | None, changes: list[tuple[str, Entry | None]]) -> Any:
+        emitted: dict[ObjectId, bytes] = {}
+        made = tree_module.apply_changes(
+            load, root, iter(changes),
+            emit=(lambda i, data, _: emitted.__setitem__(i, data)) if streamed else None)
+        return made, emitted
+
+    root: ObjectId | None = None
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tree_module, "MAX_LEAF_ENTRIES", leaf)
+        patch.setattr(tree_module, "MAX_BRANCH_CHILDREN", fanout)
+        for changes in rounds:
+            ordered = sorted(changes.items())
+            bisected = apply(root, ordered)
+            with pytest.MonkeyPatch.context() as old:
+                old.setattr(tree_module, "_Writer", _ChildByChild)
+                walked = apply(root, ordered)
+            assert bisected == walked
+            (root, nodes), emitted = bisected
+            stored.update(nodes)
+            stored.update(emitted)
 
 
 def test_a_chunk_id_is_its_kind_and_content() -> None:

@@ -20,14 +20,14 @@ Guarantees (LMDB's own):
 * **Durability.** By default a commit is in the page cache at once (a killed
   process loses nothing) and reaches the disk with the next ``sync()``; pass
   ``durable=True`` to fsync every transaction (survives power loss).
-* **Calls on the event loop.** Through zarr's async API, a call runs on the
-  loop's thread, as ``MemoryStore``'s do: an LMDB transaction that does not
-  fsync waits only to fault in pages not yet cached or, to write, for
-  another writer's transaction to end; a hop to a worker thread would cost
-  5–10 times the call itself (``set`` / ``get``
-  of 4 KiB: 33 / 18 µs inline, 180–220 / 150–180 µs in a thread;
-  ``docs/benchmarks.md``). A ``durable=True`` store waits for an fsync on
-  every write, so zarr runs its calls in a worker thread (``blocking_io``).
+* **Reads on the event loop.** Through zarr's async API, a read runs on the
+  loop's thread, as ``MemoryStore``'s do: an LMDB reader waits for no writer
+  and no fsync, only to fault in pages not yet cached, and a hop to a worker
+  thread would cost 5–10 times the read itself (``get`` of 4 KiB: 18 µs
+  inline, 150–180 µs in a thread; ``docs/benchmarks.md``). A write runs in a
+  worker thread: it may wait for another process's write transaction (LMDB
+  has one writer), and the loop it would block serves every store of the
+  process, this one's reads included.
 
 A store is picklable (it reopens by path in the receiving process) and is
 safe to use in a child made by ``fork``. ``lock=False`` skips LMDB's lock
@@ -55,6 +55,9 @@ T = TypeVar("T")
 
 #: LMDB's longest key, in bytes (its default ``MDB_MAXKEYSIZE``).
 MAX_KEY_BYTES = 511
+#: The storage calls that only read: ``LMDBStore`` runs them on zarr's event loop.
+_READS = frozenset({"get", "get_many", "exists", "size", "size_prefix", "list_prefix",
+                    "list_dir"})
 
 
 def _key(key: str) -> bytes:
@@ -101,11 +104,6 @@ class LMDBStorage(Storage):
         if not read_only or holds_environment(self.path):
             self._handle = self._open()
         super().__init__(read_only=read_only or bool(self._handle and self._handle.read_only))
-
-    @property
-    def blocking_io(self) -> bool:  # type: ignore[override]  # per instance: durable or not
-        """Whether calls may wait on the disk: only a durable store's writes do (fsync)."""
-        return self.durable
 
     def _open(self) -> EnvironmentHandle:
         return EnvironmentHandle(self.path, read_only=self._wanted_read_only,
@@ -323,6 +321,13 @@ class LMDBStore(ZarrStore):
     def sync(self) -> None:
         """Flush every committed write to disk."""
         self.storage.sync()
+
+    async def _call(self, name: str, *args: Any) -> Any:
+        # Reads answer on zarr's loop; the rest (writes) go to a worker thread as for
+        # any blocking storage (module docstring, "Reads on the event loop").
+        if name in _READS:
+            return getattr(self.storage, name)(*args)
+        return await super()._call(name, *args)
 
     async def _set_many(self, values: Iterable[Any]) -> None:
         # zarr hands a batch (e.g. a group's and its arrays' metadata): one transaction.

@@ -74,6 +74,7 @@ class FilesStoreStateMachine(ZarrStoreStateMachine):
                        for other in self.model))
         super().set(key, data)
 
+
 EDGE_RANGES: list[tuple[bytes, ByteRange | None]] = [
     (b"", None),
     (b"", RangeRequest(0, 0)),

@@ -40,6 +40,7 @@ from versionstore.codec import (
     _unframe,
     decode_chunk,
     decode_node,
+    decode_snapshot,
     encode_chunk,
     encode_node,
     encode_staged,
@@ -390,3 +391,33 @@ def test_a_direct_read_answers_as_the_dispatched_one(value: bytes, start: int) -
     assert answers[0] == answers[1]
     assert set(direct.threads) == {loop_thread[0]}  # on the loop: it cannot block
     assert loop_thread[0] not in dispatched.threads  # in a worker thread: it may block
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=_FIXTURE_OK)
+@given(steps=st.lists(st.tuples(st.sampled_from(["commit", "amend", "empty"]),
+                                st.none() | st.dictionaries(
+                                    st.text(max_size=5),
+                                    st.integers() | st.tuples(st.integers()) | st.text(max_size=5),
+                                    max_size=2)),
+                      min_size=1, max_size=6))
+def test_a_snapshot_kept_from_its_commit_equals_the_stored_one_read_back(
+        tmp_path: Path, steps: list[tuple[str, dict[str, Any] | None]]) -> None:
+    """``ObjectReader.remember_snapshot(written=...)`` caches exactly what a read returns."""
+    path = tmp_path / f"r{len(list(tmp_path.iterdir()))}"
+    with vs.Repository.create(vs.lmdb_storage(path)) as repo:
+        session = repo.writable_session("main")
+        for n, (kind, metadata) in enumerate(steps):
+            session.set_values([(f"g/c/{n}", bytes([n]) * 700), ("g/zarr.json", b"{}" * n)])
+            if kind == "amend":
+                snapshot = session.amend(f"amended {n}", metadata)
+            else:
+                snapshot = session.commit(f"step {n}", metadata, allow_empty=kind == "empty")
+            snapshot_id = session._base
+            kept = repo.reader.snapshot(snapshot_id)
+            assert object_id_text(snapshot_id) == snapshot
+            stored = repo.backend.get_objects([snapshot_id])[0]
+            assert stored is not None
+            read = decode_snapshot("", stored)
+            assert kept == read
+            assert type(kept.metadata) is type(read.metadata)
+            assert kept.metadata == read.metadata

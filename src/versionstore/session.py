@@ -1181,7 +1181,8 @@ class Session:
         self._manifests = ()  # recorded: the record the batch wrote has none
         repo.backend.sync()
         repo.reader.remember_nodes(new_nodes)  # the next commit starts from them
-        repo.reader.remember_snapshot(snapshot_id, frame, pages)  # and its history
+        repo.reader.remember_snapshot(snapshot_id, frame, pages,  # and its history
+                                      written=snapshot)
         return SnapshotId(object_id_text(snapshot_id))
 
     def _record_expect(self) -> dict[str, bytes | None]:

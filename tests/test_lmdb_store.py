@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import multiprocessing
 import os
 import pickle
@@ -22,7 +23,15 @@ from zarr.core.buffer import Buffer, cpu
 from zarr.testing.stateful import ZarrHierarchyStateMachine, ZarrStoreStateMachine
 from zarr.testing.store import StoreTests
 
-from zarrstore import InvalidKeyError, LMDBStorage, LMDBStore, ReadOnlyError
+from zarrstore import (
+    InvalidKeyError,
+    LMDBStorage,
+    LMDBStore,
+    PerformanceMetrics,
+    ReadOnlyError,
+    SyncToAsync,
+    UsageLog,
+)
 from zarrstore.lmdb_environment import INITIAL_MAP_SIZE
 from zarrstore.testing import StoreConformance, storage_state_machine
 
@@ -163,32 +172,75 @@ async def test_zarr_batches_arrive_as_one_transaction(tmp_path: Path) -> None:
     assert store.storage.get("b") == b"2"
 
 
-@pytest.mark.parametrize("durable", [False, True], ids=["page-cache", "durable"])
-async def test_reads_run_on_the_loop_and_writes_in_a_thread(tmp_path: Path,
-                                                            durable: bool) -> None:
+def _recording_threads(storage: LMDBStorage) -> list[tuple[str, int]]:
+    """Patch ``storage`` to record which thread runs each ``_get`` and ``_set``."""
     import threading
 
-    store = LMDBStore(tmp_path / "t", durable=durable)
-    threads: list[int] = []
-    storage = store.storage
+    calls: list[tuple[str, int]] = []
     get, put = storage._get, storage._set
 
     def recording_get(key: str, byte_range: Any) -> bytes | None:
-        threads.append(threading.get_ident())
+        calls.append(("get", threading.get_ident()))
         return get(key, byte_range)
 
     def recording_set(key: str, value: bytes) -> None:
-        threads.append(threading.get_ident())
+        calls.append(("set", threading.get_ident()))
         put(key, value)
 
     storage._get, storage._set = recording_get, recording_set  # type: ignore[method-assign]
+    return calls
+
+
+_WRAPPERS: dict[str, Any] = {
+    "LMDBStore": lambda store: store,
+    "PerformanceMetrics": PerformanceMetrics,
+    "UsageLog": lambda store: UsageLog(store, io.StringIO()),
+}
+
+
+@pytest.mark.parametrize("wrap", list(_WRAPPERS))
+@pytest.mark.parametrize("durable", [False, True], ids=["page-cache", "durable"])
+async def test_reads_run_on_the_loop_and_writes_in_a_thread(tmp_path: Path, durable: bool,
+                                                            wrap: str) -> None:
+    # ``Storage.blocking_reads``: an adapter over an LMDB store keeps its reads on the
+    # loop (a usage log writes a line per read: I/O, so in a thread as well).
+    import threading
+
+    inner = LMDBStore(tmp_path / "t", durable=durable)
+    calls = _recording_threads(inner.storage)
+    store = _WRAPPERS[wrap](inner)
     await store.set("a", cpu.Buffer.from_bytes(b"1"))
     value = await store.get("a", cpu.buffer_prototype)
     assert value is not None and value.to_bytes() == b"1"
     loop = threading.get_ident()
-    assert len(threads) == 2 and threads[0] != loop and threads[1] == loop  # set, then get
-    store.close()
+    assert [name for name, _ in calls] == ["set", "get"]
+    assert calls[0][1] != loop, "a write ran on the event loop"
+    assert (calls[1][1] == loop) == (wrap != "UsageLog")
+    inner.close()
 
+
+async def test_sync_to_async_reads_an_lmdb_storage_on_the_loop(tmp_path: Path) -> None:
+    import threading
+
+    storage = LMDBStorage(tmp_path / "s")
+    calls = _recording_threads(storage)
+    wrapped = SyncToAsync(storage)
+    await wrapped.set("a", b"1")
+    assert await wrapped.get("a") == b"1"
+    assert [name for name, _ in calls] == ["set", "get"]
+    assert calls[0][1] != threading.get_ident() and calls[1][1] == threading.get_ident()
+    storage.close()
+
+
+def test_blocking_reads_follows_blocking_io_unless_a_storage_says_otherwise(
+        tmp_path: Path) -> None:
+    from zarrstore import FilesystemStorage, MemoryStorage
+
+    assert FilesystemStorage(tmp_path / "f").blocking_reads is True
+    assert MemoryStorage().blocking_reads is False
+    lmdb_storage = LMDBStorage(tmp_path / "l")
+    assert lmdb_storage.blocking_io is True and lmdb_storage.blocking_reads is False
+    lmdb_storage.close()
 
 
 HOLDER = """

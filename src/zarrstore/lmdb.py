@@ -55,9 +55,6 @@ T = TypeVar("T")
 
 #: LMDB's longest key, in bytes (its default ``MDB_MAXKEYSIZE``).
 MAX_KEY_BYTES = 511
-#: The storage calls that only read: ``LMDBStore`` runs them on zarr's event loop.
-_READS = frozenset({"get", "get_many", "exists", "size", "size_prefix", "list_prefix",
-                    "list_dir"})
 
 
 def _key(key: str) -> bytes:
@@ -104,6 +101,12 @@ class LMDBStorage(Storage):
         if not read_only or holds_environment(self.path):
             self._handle = self._open()
         super().__init__(read_only=read_only or bool(self._handle and self._handle.read_only))
+
+    @property
+    @override
+    def blocking_reads(self) -> bool:
+        """``False``: LMDB readers wait for no writer (the module docstring says why)."""
+        return False
 
     def _open(self) -> EnvironmentHandle:
         return EnvironmentHandle(self.path, read_only=self._wanted_read_only,
@@ -321,13 +324,6 @@ class LMDBStore(ZarrStore):
     def sync(self) -> None:
         """Flush every committed write to disk."""
         self.storage.sync()
-
-    async def _call(self, name: str, *args: Any) -> Any:
-        # Reads answer on zarr's loop; the rest (writes) go to a worker thread as for
-        # any blocking storage (module docstring, "Reads on the event loop").
-        if name in _READS:
-            return getattr(self.storage, name)(*args)
-        return await super()._call(name, *args)
 
     async def _set_many(self, values: Iterable[Any]) -> None:
         # zarr hands a batch (e.g. a group's and its arrays' metadata): one transaction.

@@ -30,9 +30,14 @@ from zarrstore.errors import ReadOnlyError, UnsupportedOperationError
 from zarrstore.keys import validate_key, validate_prefix
 from zarrstore.ranges import ByteRange
 
-__all__ = ["AsyncStorage", "DirListing", "Storage", "ValueInfo", "children_of"]
+__all__ = ["READ_CALLS", "AsyncStorage", "DirListing", "Storage", "ValueInfo", "children_of"]
 
 ReadRequest = tuple[str, ByteRange | None]
+
+#: The calls that only read (``Storage.blocking_reads`` applies to them, ``blocking_io``
+#: to every other call).
+READ_CALLS = frozenset({"get", "get_many", "exists", "size", "size_prefix", "stat",
+                        "list_prefix", "list_dir"})
 
 
 @attrs.frozen
@@ -90,6 +95,17 @@ class Storage(ABC):
 
     def __init__(self, *, read_only: bool = False) -> None:
         self._read_only = read_only
+
+    @property
+    def blocking_reads(self) -> bool:
+        """Whether the read calls (``READ_CALLS``) may block; by default ``blocking_io``.
+
+        A storage whose readers never wait for a writer or a network answers
+        ``False`` while its writes may block (LMDB: readers take no lock, the
+        one writer waits for another process's transaction): async callers
+        then run its reads on the event loop and its writes in a thread.
+        """
+        return self.blocking_io
 
     @property
     def read_only(self) -> bool:

@@ -33,7 +33,7 @@ from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 
 from zarrstore.errors import KeyNotFoundError, ReadOnlyError
 from zarrstore.mapping import StoreMapping
-from zarrstore.protocol import AsyncStorage, DirListing, Storage
+from zarrstore.protocol import READ_CALLS, AsyncStorage, DirListing, Storage
 from zarrstore.ranges import ByteRange, OffsetRequest, RangeRequest, SuffixRequest
 
 if TYPE_CHECKING:
@@ -149,7 +149,8 @@ class ZarrStore(Store):
         method: Callable[..., Any] = getattr(self.storage, name)
         if isinstance(self.storage, AsyncStorage):
             return await method(*args)
-        if self.storage.blocking_io:
+        storage = self.storage
+        if storage.blocking_reads if name in READ_CALLS else storage.blocking_io:
             return await asyncio.to_thread(method, *args)
         return method(*args)
 
@@ -175,7 +176,7 @@ class ZarrStore(Store):
         """Read a value or part of it; ``None`` if the key is missing."""
         storage = self.storage
         request = None if byte_range is None else to_byte_range(byte_range)
-        if isinstance(storage, Storage) and not storage.blocking_io:
+        if isinstance(storage, Storage) and not storage.blocking_reads:
             value = storage.get(key, request)  # as ``_call`` would, without its dispatch
         else:
             value = await self._call("get", key, request)

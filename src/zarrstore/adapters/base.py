@@ -106,6 +106,12 @@ class WrappingStorage(Storage):
 
     @property
     @override
+    def blocking_reads(self) -> bool:
+        """Whether reads may block: whatever ``inner`` says."""
+        return self.inner.blocking_reads
+
+    @property
+    @override
     def read_only(self) -> bool:
         return self.inner.read_only
 

@@ -19,7 +19,8 @@ process-wide event loop that lives in a daemon thread, so it works
 ``Storage``: each blocking call runs in a worker thread with
 ``asyncio.to_thread``, so the caller's event loop keeps serving other tasks
 while the storage waits on a disk or a network. Storages that declare
-``blocking_io = False`` (``MemoryStorage``) are called directly.
+``blocking_io = False`` (``MemoryStorage``) are called directly, and so are
+the reads of those whose ``blocking_reads`` is false (``LMDBStorage``).
 """
 
 from __future__ import annotations
@@ -266,8 +267,9 @@ class SyncToAsync(AsyncStorage):
     """An async storage over a synchronous one, never blocking the event loop.
 
     Each call forwards to the same-named method of ``inner``; when
-    ``inner.blocking_io`` is true it runs in a worker thread
-    (``asyncio.to_thread``), so other tasks keep running meanwhile.
+    ``inner.blocking_io`` is true (``inner.blocking_reads`` for a read) it
+    runs in a worker thread (``asyncio.to_thread``), so other tasks keep
+    running meanwhile.
 
     Args:
         inner: the synchronous storage (or a ``ZarrStore`` over one).
@@ -292,6 +294,12 @@ class SyncToAsync(AsyncStorage):
 
     async def _run(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         if self.inner.blocking_io:
+            return await asyncio.to_thread(function, *args, **kwargs)
+        return function(*args, **kwargs)
+
+    async def _read(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``_run`` for a read call: in a thread only if ``inner.blocking_reads``."""
+        if self.inner.blocking_reads:
             return await asyncio.to_thread(function, *args, **kwargs)
         return function(*args, **kwargs)
 
@@ -345,27 +353,27 @@ class SyncToAsync(AsyncStorage):
 
     @override
     async def get(self, key: str, byte_range: ByteRange | None = None) -> bytes | None:
-        return await self._run(self.inner.get, key, byte_range)
+        return await self._read(self.inner.get, key, byte_range)
 
     @override
     async def get_many(self, requests: Iterable[ReadRequest]) -> list[bytes | None]:
-        return await self._run(self.inner.get_many, list(requests))
+        return await self._read(self.inner.get_many, list(requests))
 
     @override
     async def size(self, key: str) -> int | None:
-        return await self._run(self.inner.size, key)
+        return await self._read(self.inner.size, key)
 
     @override
     async def size_prefix(self, prefix: str) -> int:
-        return await self._run(self.inner.size_prefix, prefix)
+        return await self._read(self.inner.size_prefix, prefix)
 
     @override
     async def stat(self, key: str) -> ValueInfo | None:
-        return await self._run(self.inner.stat, key)
+        return await self._read(self.inner.stat, key)
 
     @override
     async def exists(self, key: str) -> bool:
-        return await self._run(self.inner.exists, key)
+        return await self._read(self.inner.exists, key)
 
     @override
     async def set(self, key: str, value: bytes) -> None:
@@ -390,11 +398,11 @@ class SyncToAsync(AsyncStorage):
     @override
     async def list_prefix(self, prefix: str) -> list[str]:
         # Materialise in the worker thread: iterating lazily would do I/O on the loop.
-        return await self._run(_listed, self.inner, prefix)
+        return await self._read(_listed, self.inner, prefix)
 
     @override
     async def list_dir(self, prefix: str) -> DirListing:
-        return await self._run(self.inner.list_dir, prefix)
+        return await self._read(self.inner.list_dir, prefix)
 
     @override
     async def aclose(self) -> None:

@@ -161,6 +161,11 @@ class UsageLogStorage(WrappingStorage):
     def blocking_io(self) -> bool:  # type: ignore[override]
         return True  # writing the line is I/O too, whatever the inner storage is
 
+    @property
+    @override
+    def blocking_reads(self) -> bool:
+        return True  # a read writes its line too
+
     def _write(self, line: str) -> None:
         with self._lock:
             if isinstance(self.writer, logging.Logger):

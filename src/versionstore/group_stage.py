@@ -24,6 +24,14 @@ stream of writes (then, likely, every write zarr has in flight has joined;
 a batch the window closes short of that size lowers it) or reaches
 ``max_keys`` / ``max_bytes``. No ``set`` returns before its batch
 is written, so the guarantee is unchanged; only when a write starts moves.
+
+A batch is written on the event loop's thread, where it costs least, unless
+the backend says a write would wait long for another writer
+(``Backend.writer_busy``: on LMDB, another process's commit of many
+objects or its garbage collection). Then it is written in a worker thread,
+so the loop goes on serving every other store of the process; until that
+write returns, every later batch of the same loop follows it there, in
+order, so writes still land in the order they were made.
 """
 
 from __future__ import annotations
@@ -84,13 +92,20 @@ class GroupStager:
         window: how long a batch waits for more writers; ``None``: one loop turn.
         write_one: stages one ``(key, value)``, as ``write([(key, value)])``
             (``Session.set_value``): a lone ``set``; default ``write``.
+        busy: whether a write now would wait long for another writer
+            (``Backend.writer_busy``); then batches are written in a worker
+            thread. Default: never.
     """
 
     def __init__(self, write: Callable[[list[tuple[str, bytes]]], None],
                  window: StagingWindow | None = None, *,
-                 write_one: Callable[[str, bytes], None] | None = None) -> None:
+                 write_one: Callable[[str, bytes], None] | None = None,
+                 busy: Callable[[], bool] | None = None) -> None:
         self._write = write
         self._write_one = write_one or (lambda key, value: write([(key, value)]))
+        self._busy = busy or (lambda: False)
+        #: Per loop: the last batch handed to a worker thread, while it is being written.
+        self._threaded: dict[asyncio.AbstractEventLoop, asyncio.Future[None]] = {}
         self._pending: dict[asyncio.AbstractEventLoop, _Pending] = {}
         self._lock = threading.Lock()  # several threads may each run a loop on one session
         self._window = window
@@ -114,7 +129,8 @@ class GroupStager:
         if self._window is not None:
             return False
         loop = asyncio.get_running_loop()
-        if loop in self._pending or _others_ready(loop):
+        if loop in self._pending or loop in self._threaded or _others_ready(loop) \
+                or self._busy():
             return False
         self._write_one(key, value)
         return True
@@ -154,21 +170,63 @@ class GroupStager:
                     break  # nobody joined during that turn: write now
         finally:
             # Written even if the leader was cancelled meanwhile: the others wait on it.
-            self._flush(loop, key, value)
+            with self._lock:
+                batch = self._pending.pop(loop, [])
+            items = [(key, value), *((k, v) for k, v, _ in batch)]
+            futures = [future for _, _, future in batch]
+            written: asyncio.Future[None] | None = None
+            if loop in self._threaded or self._busy():
+                written = self._write_in_thread(loop, items, futures)
+            else:
+                self._flush(items, futures)
+        if written is not None:
+            await asyncio.shield(written)
 
-    def _flush(self, loop: asyncio.AbstractEventLoop, key: str, value: bytes) -> None:
-        with self._lock:
-            batch = self._pending.pop(loop, [])
+    def _flush(self, items: list[tuple[str, bytes]],
+               futures: list[asyncio.Future[None]]) -> None:
+        """Write ``items`` here and now; settle the futures of the callers who joined."""
         try:
-            self._write([(key, value), *((k, v) for k, v, _ in batch)])
+            self._write(items)
         except BaseException as exc:  # noqa: BLE001 - handed to every waiting caller
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            _settle(futures, exc)
             raise
-        for _, _, future in batch:
-            if not future.done():
-                future.set_result(None)
+        _settle(futures, None)
+
+    def _write_in_thread(self, loop: asyncio.AbstractEventLoop, items: list[tuple[str, bytes]],
+                         futures: list[asyncio.Future[None]]) -> asyncio.Future[None]:
+        """Write ``items`` in a worker thread, after the loop's previous such write.
+
+        Started from callbacks, not from the leader's coroutine, so a leader
+        cancelled meanwhile still leaves the batch written and every caller
+        settled. Returns the leader's own outcome.
+        """
+        before = self._threaded.get(loop)
+        done: asyncio.Future[None] = loop.create_future()
+        self._threaded[loop] = done
+
+        def finished(written: asyncio.Future[None]) -> None:
+            exc = asyncio.CancelledError() if written.cancelled() else written.exception()
+            _settle(futures, exc)
+            _settle([done], exc)
+            if self._threaded.get(loop) is done:
+                del self._threaded[loop]
+
+        def start(_: object = None) -> None:
+            try:
+                written = loop.run_in_executor(None, self._write, items)
+            except BaseException as exc:  # noqa: BLE001 - a closing loop: every caller hears it
+                _settle(futures, exc)
+                _settle([done], exc)
+                if self._threaded.get(loop) is done:
+                    del self._threaded[loop]
+                return
+            written.add_done_callback(finished)
+
+        if before is None or before.done():
+            start()
+        else:
+            before.add_done_callback(start)
+        return done
 
     # -- windowed batches (object storage) ------------------------------------------------
 
@@ -240,6 +298,16 @@ class GroupStager:
         for _, _, future in batch.items:
             if future is not None and not future.done():
                 future.set_result(None)
+
+
+def _settle(futures: list[asyncio.Future[None]], exc: BaseException | None) -> None:
+    """Resolve each future not done yet with ``exc`` (``None``: success)."""
+    for future in futures:
+        if not future.done():
+            if exc is None:
+                future.set_result(None)
+            else:
+                future.set_exception(exc)
 
 
 class _Window:

@@ -221,9 +221,10 @@ class Session:
     def group_stager(self) -> GroupStager:
         """Batches this session's concurrent async writes (``versionstore.group_stage``)."""
         if self._group_stager is None:
-            self._group_stager = GroupStager(self.set_values,
-                                             self._repo.backend.staging_window(),
-                                             write_one=self.set_value)
+            backend = self._repo.backend
+            self._group_stager = GroupStager(self.set_values, backend.staging_window(),
+                                             write_one=self.set_value,
+                                             busy=backend.writer_busy)
         return self._group_stager
 
     @property

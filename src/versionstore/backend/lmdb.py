@@ -51,6 +51,7 @@ import attrs
 import lmdb
 
 from versionstore.backend.ledger import Ledger, LedgerRescue, LedgerUpdate
+from versionstore.backend.long_writes import LongWrites
 from versionstore.backend.protocol import (
     Backend,
     Joined,
@@ -112,6 +113,10 @@ def _delete_prefix(txn: lmdb.Transaction, db: lmdb._Database, prefix: bytes,
 #: leaves its commit 3 ms of ``fsync`` instead of 70-90 ms, and 256 MiB in 1 MiB chunks
 #: is no slower than with 32 MiB (``docs/benchmarks.md``, "Issue 13, fourth round").
 FLUSH_AHEAD_BYTES = 8 << 20
+#: A ``write`` of more items than this (objects, refs, staged refs deleted, objects
+#: required) is announced as long (``versionstore.backend.long_writes``): zarr's
+#: staging batches hold tens of chunks; commits and absorbs of many hold more.
+LONG_BATCH = 512
 
 
 def _fdatasync(path: str) -> None:
@@ -242,6 +247,7 @@ class LMDBBackend(Backend, Ledger):
                                                  create=False, small_reads=True)
         self.read_only = self._handle.read_only
         self._flush_ahead = _FlushAhead(self.path)
+        self._long_writes = LongWrites(self.path)
 
     def __reduce__(self) -> tuple[Any, tuple[str, bool, bool]]:
         return _reopen, (self.path, self.durable, self.read_only)
@@ -285,14 +291,27 @@ class LMDBBackend(Backend, Ledger):
         except (StorageIOError, ReadOnlyError, lmdb.Error) as exc:
             raise _translate(exc, action) from exc
 
-    def _write(self, action: str, work: Callable[[lmdb.Transaction], T]) -> T:
-        """Run ``work`` in one write transaction; replayed whole if the map had to grow."""
+    def _write(self, action: str, work: Callable[[lmdb.Transaction], T], *,
+               long: bool = False) -> T:
+        """Run ``work`` in one write transaction; replayed whole if the map had to grow.
+
+        ``long``: the transaction may hold LMDB's one writer lock for long (a
+        commit of many objects, garbage collection), and is announced to
+        other writers' event loops meanwhile (``versionstore.backend.long_writes``).
+        """
         if self._handle.closed:
             raise BackendError(f"LMDB repository at {self.path!r} is closed")
         try:
+            if long:
+                with self._long_writes.announced():
+                    return self._handle.write(action, work)
             return self._handle.write(action, work)
         except (StorageIOError, ReadOnlyError, lmdb.Error) as exc:
             raise _translate(exc, action) from exc
+
+    @override
+    def writer_busy(self) -> bool:
+        return self._long_writes.busy()
 
     @override
     def get_objects(self, ids: Sequence[ObjectId]) -> list[bytes | None]:
@@ -380,7 +399,9 @@ class LMDBBackend(Backend, Ledger):
                 txn.put(_key(rule.record), rule.value, db=refs_db)
             return True
 
-        written = self._write("writing", work)
+        long = (len(objects) + len(batch.refs) + len(delete_if_equal) + len(batch.requires)
+                > LONG_BATCH)
+        written = self._write("writing", work, long=long)
         if written_bytes and not self.durable:
             self._flush_ahead.wrote(written_bytes)
         return written
@@ -552,7 +573,7 @@ class LMDBBackend(Backend, Ledger):
                     txn.delete(_key(name), db=refs_db)
             return True
 
-        return self._write("deleting objects", work)
+        return self._write("deleting objects", work, long=True)
 
     @override
     def read_ledger(self) -> tuple[bytes | None, int]:
@@ -729,7 +750,7 @@ class LMDBBackend(Backend, Ledger):
             txn.put(_HEADER, ledger.header, db=gc_db)
             return True
 
-        return self._write("collecting garbage", work)
+        return self._write("collecting garbage", work, long=True)
 
     @override
     def iter_object_ids(self, prefix: bytes = b"") -> Iterator[ObjectId]:
@@ -788,6 +809,7 @@ class LMDBBackend(Backend, Ledger):
         if users > 1:
             raise RepositoryBusyError(self.path, [os.getpid()], in_this_process=users - 1)
         self._handle.close()
+        self._long_writes.close()  # its look would see the data file compaction replaces
         try:
             return compact_environment(self.path)
         finally:
@@ -799,6 +821,7 @@ class LMDBBackend(Backend, Ledger):
     @override
     def close(self) -> None:
         self._handle.close()
+        self._long_writes.close()
 
 
 def _reopen(path: str, durable: bool, read_only: bool) -> LMDBBackend:

@@ -240,6 +240,18 @@ class Backend(Protocol):
         """
         return None
 
+    def writer_busy(self) -> bool:
+        """Whether a write now would likely wait long for another writer (a hint only).
+
+        A session asks before it stages a write on zarr's event loop; ``True``
+        sends the write to a worker thread, so the loop keeps serving every
+        other store of the process meanwhile. The LMDB backend answers from
+        the long transactions other writers announce
+        (``versionstore.backend.long_writes``); the default, for backends
+        whose writes never wait for one another that long, is ``False``.
+        """
+        return False
+
     def located_staging(self) -> bool:
         """Whether sessions stage chunks by located writes (``versionstore.located``).
 

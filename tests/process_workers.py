@@ -23,7 +23,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -390,13 +390,31 @@ def _kill_self() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _kill_during(objects: Iterable[Any], after: int) -> Iterable[Any]:
-    """Yield ``after`` objects into an open write transaction, then die inside it."""
-    for n, item in enumerate(objects):
-        if n == after:
-            _kill_self()
-        yield item
-    _kill_self()
+class _KillDuring:
+    """A batch's objects (sized, as ``WriteBatch`` holds them) that die inside the write.
+
+    The write transaction iterating them gets ``after`` objects, then the
+    process kills itself, inside the open transaction.
+    """
+
+    def __init__(self, objects: Iterable[Any], after: int) -> None:
+        self._objects = list(objects)
+        self._after = after
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+    def __iter__(self) -> Iterator[Any]:
+        for n, item in enumerate(self._objects):
+            if n == self._after:
+                _kill_self()
+            yield item
+        _kill_self()
+
+
+def _kill_during(objects: Iterable[Any], after: int) -> _KillDuring:
+    """``objects`` that kill the process after ``after`` of them go into a write transaction."""
+    return _KillDuring(objects, after)
 
 
 def die_at(logs: Path, first_round: int, point: str) -> None:

@@ -239,3 +239,49 @@ async def test_a_failed_threaded_batch_reaches_every_caller_in_it() -> None:
                                    return_exceptions=True)
     assert all(isinstance(r, OSError) for r in results)
     assert not stager._threaded
+
+
+def test_a_file_lock_held_by_someone_else_never_holds_up_a_commit(tmp_path: Path) -> None:
+    # Another tool's exclusive flock on data.mdb (a backup, say): announcing gives up
+    # after a couple of milliseconds and the long write goes ahead unannounced.
+    import fcntl
+
+    with vs.Repository.create(vs.lmdb_storage(tmp_path / "r")) as repo:
+        fd = os.open(tmp_path / "r" / "data.mdb", os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            session = repo.writable_session("main")
+            session.set_values([(f"c/{i}", bytes([i % 256]) * 600) for i in range(2000)])
+            session.commit("under someone else's lock")
+        finally:
+            os.close(fd)
+        view = repo.readonly_session("main")
+        assert view.value("c/1999") == bytes([1999 % 256]) * 600
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX-only")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_looks_through_a_descriptor_of_its_own(tmp_path: Path) -> None:
+    vs.Repository.create(vs.lmdb_storage(tmp_path / "r")).close()
+    backend = LMDBBackend(tmp_path / "r")
+    assert not backend.writer_busy()  # the parent's look is open
+    parent_fd = backend._long_writes._probe
+    holder = _holder(tmp_path / "r")
+    try:
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: sees the holder, through a descriptor it opened
+            try:
+                seen = backend.writer_busy() and backend._long_writes._probe != parent_fd
+                os.write(write, b"1" if seen else b"0")
+            finally:
+                os._exit(0)
+        os.close(write)
+        assert os.read(read, 1) == b"1"
+        os.close(read)
+        os.waitpid(pid, 0)
+        assert backend.writer_busy()  # the parent's look still works
+    finally:
+        _release(holder)
+    assert not backend.writer_busy()
+    backend.close()

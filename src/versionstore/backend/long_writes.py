@@ -29,11 +29,19 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 __all__ = ["LongWrites"]
+
+#: Times an announcement tries for its shared lock while a look holds it (an
+#: exclusive lock held for about a microsecond), ``_RETRY_S`` apart, before the
+#: write goes ahead unannounced: a lock someone else holds for long (a tool
+#: ``flock``-ing the file) must never hold up a commit.
+_ATTEMPTS = 20
+_RETRY_S = 0.0001
 
 
 class LongWrites:
@@ -46,9 +54,9 @@ class LongWrites:
     def __init__(self, path: str) -> None:
         self._path = os.path.join(path, "data.mdb")
         self._lock = threading.Lock()
-        #: The description ``busy`` locks through, and the process that opened it.
+        #: The descriptor ``busy`` locks through, and the process that opened it.
         self._probe: tuple[int, int] | None = None
-        self._finalizer: weakref.finalize[[int], LongWrites] | None = None
+        self._finalizer: weakref.finalize[[int, int], LongWrites] | None = None
 
     @contextmanager
     def announced(self) -> Iterator[None]:
@@ -56,7 +64,8 @@ class LongWrites:
 
         Each call locks through a description of its own, so announcements of
         several threads never release each other's. If ``data.mdb`` cannot be
-        opened the block runs unannounced.
+        opened or locked the block runs unannounced; it never waits more than
+        about 2 ms for the lock.
         """
         try:
             fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
@@ -64,10 +73,14 @@ class LongWrites:
             yield
             return
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH)  # waits only for a look in progress (µs)
-            except OSError:
-                pass  # a filesystem without flock: unannounced
+            for _ in range(_ATTEMPTS):
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    time.sleep(_RETRY_S)  # a look in progress
+                except OSError:
+                    break  # a filesystem without flock: unannounced
             yield
         finally:
             os.close(fd)  # releases the lock
@@ -87,7 +100,10 @@ class LongWrites:
             return True
         except OSError:
             return False
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError:
+            pass  # the descriptor was closed meanwhile (``close``): nothing is held
         return False
 
     def _probe_fd(self) -> int | None:
@@ -103,17 +119,33 @@ class LongWrites:
             except OSError:
                 return None
             if self._finalizer is not None:
-                # Opened by the parent before a fork: close this process's copy (the
-                # parent's description and any lock through it stay the parent's).
-                self._finalizer()
-            self._finalizer = weakref.finalize(self, os.close, fd)
+                # Opened by the parent before a fork: this process's copy is left open
+                # (closed at exit or exec). The child may have closed the number and
+                # reused it for a file of its own, even this one: never ours to close.
+                self._finalizer.detach()
+            self._finalizer = weakref.finalize(self, _close_owned, fd, pid)
+            self._finalizer.atexit = False  # the process's exit closes it
             self._probe = (fd, pid)
             return fd
 
     def close(self) -> None:
-        """Close the look's file description (announcements need none)."""
+        """Close the look's file descriptor, if this process opened it."""
         with self._lock:
-            if self._finalizer is not None and self._probe is not None \
-                    and self._probe[1] == os.getpid():
+            if self._finalizer is not None:
                 self._finalizer()
             self._probe = None
+
+
+def _close_owned(fd: int, pid: int) -> None:
+    """Close ``fd`` in the process ``pid`` that opened it; in a forked child, leave it.
+
+    A child may have closed the descriptors it inherited and reused the number
+    for a file of its own (even this one): that is not ours to close. The copy
+    the child inherited closes with the child.
+    """
+    if os.getpid() == pid:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+

@@ -8,6 +8,7 @@ namespace (``unshare -m``), skipped where the machine refuses to make one.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import multiprocessing
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import environment_workers as workers
 import pytest
+from zarr.core.buffer import cpu
 
 import versionstore as vs
 from versionstore.backend import LMDBBackend
@@ -220,6 +222,8 @@ def test_a_long_lived_process_opens_and_drops_many_repositories(
         repo = vs.Repository.open_or_create(storage)
         session = repo.writable_session("main")
         session.set_values([("a/zarr.json", b"{}"), (f"a/c/{n % 7}", bytes([n % 256]) * 700)])
+        # A lone async set: the session looks for long writes (LMDB: a descriptor kept).
+        asyncio.run(session.store.set(f"a/c/{n % 5 + 7}", cpu.Buffer.from_bytes(b"x" * 9)))
         if n % 10 == 0:
             session.commit(f"n = {n}")
         repo.readonly_session(branch="main").value("a/zarr.json")

@@ -301,11 +301,13 @@ class GroupStager:
 
 
 def _settle(futures: list[asyncio.Future[None]], exc: BaseException | None) -> None:
-    """Resolve each future not done yet with ``exc`` (``None``: success)."""
+    """Resolve each future not done yet with ``exc`` (``None``: success; cancelled: cancel)."""
     for future in futures:
         if not future.done():
             if exc is None:
                 future.set_result(None)
+            elif isinstance(exc, asyncio.CancelledError):
+                future.cancel()
             else:
                 future.set_exception(exc)
 

@@ -263,6 +263,14 @@ class AsyncToSync(Storage):
         self.runner(self.inner.aclose())
 
 
+async def _in_thread_if(blocking: bool, function: Callable[P, T], *args: P.args,
+                        **kwargs: P.kwargs) -> T:
+    """``function(*args, **kwargs)``, in a worker thread if ``blocking``."""
+    if blocking:
+        return await asyncio.to_thread(function, *args, **kwargs)
+    return function(*args, **kwargs)
+
+
 class SyncToAsync(AsyncStorage):
     """An async storage over a synchronous one, never blocking the event loop.
 
@@ -293,15 +301,11 @@ class SyncToAsync(AsyncStorage):
         return f"{type(self).__name__}({self.inner!r})"
 
     async def _run(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        if self.inner.blocking_io:
-            return await asyncio.to_thread(function, *args, **kwargs)
-        return function(*args, **kwargs)
+        return await _in_thread_if(self.inner.blocking_io, function, *args, **kwargs)
 
     async def _read(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``_run`` for a read call: in a thread only if ``inner.blocking_reads``."""
-        if self.inner.blocking_reads:
-            return await asyncio.to_thread(function, *args, **kwargs)
-        return function(*args, **kwargs)
+        return await _in_thread_if(self.inner.blocking_reads, function, *args, **kwargs)
 
     @property
     @override
@@ -397,7 +401,7 @@ class SyncToAsync(AsyncStorage):
 
     @override
     async def list_prefix(self, prefix: str) -> list[str]:
-        # Materialise in the worker thread: iterating lazily would do I/O on the loop.
+        # Materialised in one call: iterating lazily would do I/O on the loop.
         return await self._read(_listed, self.inner, prefix)
 
     @override

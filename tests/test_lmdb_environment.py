@@ -21,6 +21,7 @@ import textwrap
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import environment_workers as workers
 import pytest
@@ -323,6 +324,41 @@ def test_one_process_grows_the_map_while_another_reads_and_writes(tmp_path: Path
     workers.commit_keys(repo, ["after"])
     assert "write after" in _ancestry_messages(path)
     repo.close()
+
+
+GROW = """
+    import sys
+    import lmdb
+
+    env = lmdb.open(sys.argv[1], map_size=256 << 20, max_dbs=4)
+    with env.begin(write=True) as txn:  # far past the opener's map, committed
+        for n in range(16):
+            txn.put(b"grown/%d" % n, bytes(1 << 20))
+    env.close()
+"""
+
+
+def test_opening_while_another_process_grows_the_map_adopts_its_size(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The opener sizes its map from the file; another process commits past that
+    # before the opener's first transaction (opening the databases): LMDB then
+    # refuses every transaction until the new size is adopted. It failed a worker of
+    # test_sigkill_at_random_moments_loses_nothing now and then.
+    path = tmp_path / "env"
+    EnvironmentHandle(path, databases=(b"x",), map_size=1 << 20).close()
+    opening = lmdb_environment._Shared._open_databases
+
+    def grown_first(self: Any, env: Any) -> Any:
+        if not getattr(self, "grown", False):
+            self.grown = True
+            done = _run_python(GROW, str(path))
+            assert done.returncode == 0, done.stderr
+        return opening(self, env)
+
+    monkeypatch.setattr(lmdb_environment._Shared, "_open_databases", grown_first)
+    handle = EnvironmentHandle(path, databases=(b"x",), map_size=1 << 20)
+    assert handle.read("reading", lambda txn: len(txn.get(b"grown/15"))) == 1 << 20
+    handle.close()
 
 
 # -- fault 6: a truncated data.mdb is an error, never SIGBUS ---------------------------------

@@ -328,7 +328,7 @@ class _Shared:
         env = self._open_env(map_size, create)
         try:
             self._check_length(env, data)
-            self.databases = self._open_databases(env)
+            self.databases = self._open_databases_adopting(env)
             env.reader_check()  # clear reader slots left by processes killed mid-read
         except BaseException:
             env.close()
@@ -393,6 +393,21 @@ class _Shared:
             f"{data} is truncated: {have} bytes, but its meta page says pages up to "
             f"{info['last_pgno']} ({needed} bytes) hold data; restore it from a copy"
         )
+
+    def _open_databases_adopting(self, env: lmdb.Environment) -> tuple[lmdb._Database, ...]:
+        """``_open_databases``, taking the map size another process grew the file to.
+
+        The map is sized from the file as it was a moment ago; another process
+        may have committed past that since, and then LMDB refuses every
+        transaction (``MDB_MAP_RESIZED``) until the new size is adopted (LMDB's
+        documentation of ``mdb_env_set_mapsize``: a size of zero adopts it).
+        """
+        for _ in range(_RETRIES):
+            try:
+                return self._open_databases(env)
+            except lmdb.MapResizedError:
+                env.set_mapsize(0)
+        raise StorageIOError(f"the LMDB map at {self.path!r} kept changing size while opening")
 
     def _open_databases(self, env: lmdb.Environment) -> tuple[lmdb._Database, ...]:
         if not self.names:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import itertools
+import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -1065,21 +1066,39 @@ class Session:
         raise ConflictError(self._branch, [])  # pragma: no cover - endless contention
 
     def _carried(self, tip_tree: ObjectId | None, changes: Iterator[Change],
-                 conflicts: set[str]) -> Iterator[Change]:
+                 conflicts: set[str], documents: Mapping[ObjectId, bytes] | None = None
+                 ) -> Iterator[Change]:
         """``_against_tip`` as a stream: changes to carry; conflicting keys go to ``conflicts``.
 
         Only the branch's own changes since our base are held (``theirs``),
-        never ours.
+        never ours. Besides keys both sides changed, a change conflicts with
+        the node it lies under (``_NodeChanges``, icechunk's
+        ``ChunksUpdatedInDeletedArray`` / ``DeleteOfUpdatedArray`` family):
+        chunks written into an array the branch deleted or redefined since our
+        base, or an array we deleted or redefined while the branch wrote into
+        it, would otherwise be carried as orphans or read with the wrong
+        metadata.
         """
         load = self._repo.reader.node
         theirs = changed_entries(load, self._root, tip_tree)
+        nodes = _NodeChanges(theirs, lambda entry: self._entry_value(entry, documents),
+                             lambda key: lookup(load, self._root, key))
         for key, entry in changes:
             if key in theirs:
                 if lookup(load, self._root, key) == entry:
                     continue
                 if theirs[key][1] != entry:
                     conflicts.add(key)
+            if theirs and key not in conflicts and nodes.conflicts(key, entry):
+                conflicts.add(key)
             yield key, entry
+
+    def _entry_value(self, entry: Entry | None, documents: Mapping[ObjectId, bytes] | None
+                     ) -> bytes | None:
+        """The bytes of ``entry``: a commit's documents not yet stored come from ``documents``."""
+        if isinstance(entry, ChunkRef) and documents and entry.chunk_id in documents:
+            return documents[entry.chunk_id]
+        return self.read_entries([entry])[0]
 
     def _record_once(self, staged: StagedScan, message: str | None,
                      metadata: dict[str, Any] | None, *, allow_empty: bool, amend: bool
@@ -1103,7 +1122,7 @@ class Session:
         conflicts: set[str] = set()
         if tip != self._base:
             parent_tree = repo.reader.snapshot(tip).tree
-            changes = self._carried(parent_tree, changes, conflicts)
+            changes = self._carried(parent_tree, changes, conflicts, documents)
         try:
             new_nodes: dict[ObjectId, Node] = {}
             remembered = 0
@@ -1295,3 +1314,94 @@ class _StagedValues(Mapping[str, bytes]):
         if position is None:
             raise KeyError(name)
         return self._value(name, self._changes[position][1])
+
+
+#: The documents that define a node (its attributes alone do not: ``.zattrs``).
+_NODE_DOCUMENTS: frozenset[str] = frozenset({"zarr.json", ".zarray", ".zgroup"})
+
+
+def _redefines(before: bytes | None, after: bytes | None) -> bool:
+    """Whether a node's metadata document going ``before`` -> ``after`` changes its chunks.
+
+    It does if the node appears, disappears, or changes anything but its
+    ``attributes`` or a growing ``shape`` (an append leaves every chunk's meaning as it was).
+    Documents that are not JSON objects count as redefined whenever their bytes differ.
+    """
+    if before is None or after is None:
+        return before is not after
+    if before == after:
+        return False
+    try:
+        old, new = json.loads(before), json.loads(after)
+    except ValueError:
+        return True
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return True
+    old, new = dict(old), dict(new)
+    for document in (old, new):
+        document.pop("attributes", None)
+    old_shape, new_shape = old.get("shape"), new.get("shape")
+    if (isinstance(old_shape, list) and isinstance(new_shape, list)
+            and len(old_shape) == len(new_shape)
+            and all(isinstance(a, int) and isinstance(b, int) and b >= a
+                    for a, b in zip(old_shape, new_shape, strict=True))):
+        old.pop("shape")
+        new.pop("shape")
+    return bool(old != new)
+
+
+class _NodeChanges:
+    """The branch's changes since a session's base, seen node by node, for ``_carried``.
+
+    A staged change conflicts with the branch (icechunk's ``ConflictDetector``
+    raises the same cases) when it
+
+    * writes under a node the branch deleted or redefined (``_redefines``):
+      the write would be an orphan, or be read with metadata it was not
+      encoded for;
+    * deletes or redefines a node the branch wrote under: the branch's new
+      keys would survive as orphans, or as stale chunks of the new node.
+    """
+
+    def __init__(self, theirs: Mapping[str, tuple[Entry | None, Entry | None]],
+                 value: Callable[[Entry | None], bytes | None],
+                 base: Callable[[str], Entry | None]) -> None:
+        self._theirs = theirs
+        self._value = value
+        self._base = base
+        self._written = sorted(key for key, (_, new) in theirs.items() if new is not None)
+        self._redefined: set[str] = set()
+        for key, (old, new) in theirs.items():
+            directory, _, name = key.rpartition("/")
+            if (name in _NODE_DOCUMENTS and old is not None
+                    and (new is None or _redefines(value(old), value(new)))):
+                self._redefined.add(directory)
+
+    def _wrote_under(self, directory: str, besides: str) -> bool:
+        prefix = directory + "/" if directory else ""
+        at = bisect.bisect_left(self._written, prefix)
+        for key in itertools.islice(self._written, at, None):
+            if not key.startswith(prefix):
+                return False
+            if key != besides:
+                return True
+        return False
+
+    def conflicts(self, key: str, entry: Entry | None) -> bool:
+        """Whether our change of ``key`` to ``entry`` conflicts with a node the branch changed."""
+        directory, _, name = key.rpartition("/")
+        document = name in _NODE_DOCUMENTS
+        if entry is not None and self._redefined:
+            above = directory.rpartition("/")[0] if document and directory else directory
+            parts = above.split("/") if above else []
+            if document and not directory:
+                ancestors: list[str] = []  # the root's own document: nothing above it
+            else:
+                ancestors = ["/".join(parts[:n]) for n in range(len(parts), -1, -1)]
+            if any(node in self._redefined for node in ancestors):
+                return True
+        if document:
+            tip = self._theirs[key][1] if key in self._theirs else self._base(key)
+            if tip is not None and _redefines(self._value(tip), self._value(entry)):
+                return self._wrote_under(directory, key)
+        return False

@@ -1,0 +1,136 @@
+"""Faults reported against icechunk, replayed against versionstore (both local backends).
+
+Each test names the kind of report it comes from. The oracle is icechunk's
+documented behaviour where ours follows it (``docs/icechunk.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+
+import versionstore as vs
+
+BACKENDS: dict[str, Callable[[Path], Any]] = {
+    "memory": lambda tmp: vs.in_memory_storage(),
+    "lmdb": lambda tmp: vs.lmdb_storage(tmp / "repo"),
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[vs.Repository]:
+    repository = vs.Repository.create(BACKENDS[request.param](tmp_path))
+    yield repository
+    repository.close()
+
+
+def _array(repo: vs.Repository, *, dtype: str = "i4", fill: int = 0) -> None:
+    session = repo.writable_session("main")
+    zarr.open_group(session.store, mode="a")
+    zarr.create_array(session.store, name="a", shape=(4,), chunks=(1,), dtype=dtype,
+                      fill_value=fill)[:2] = 1  # chunks 2 and 3 are never written
+    session.commit("array a")
+
+
+def _keys(session: vs.Session) -> list[str]:
+    return sorted(session.store.storage.list_prefix(""))
+
+
+# -- icechunk's ConflictDetector node cases: ChunksUpdatedInDeletedArray and friends --------
+
+
+def test_chunks_written_into_an_array_the_branch_deleted_conflict(repo: vs.Repository) -> None:
+    _array(repo)
+    writer = repo.writable_session("main")
+    zarr.open_array(writer.store, path="a")[3] = 5  # a chunk the branch never held
+    deleter = repo.writable_session("main")
+    del zarr.open_group(deleter.store)["a"]
+    deleter.commit("delete a")
+    with pytest.raises(vs.ConflictError) as raised:
+        writer.commit("write a")
+    assert raised.value.keys == {"a/c/3"}
+    assert writer.has_uncommitted_changes  # the staged changes are kept
+    assert _keys(repo.readonly_session("main")) == ["zarr.json"]  # no orphan chunks
+    with pytest.raises(vs.ConflictError):
+        writer.rebase()
+    writer.rebase(keep="theirs")
+    assert not writer.has_uncommitted_changes
+
+
+def test_chunks_written_before_a_reset_that_drops_the_array_conflict(
+        repo: vs.Repository) -> None:
+    initial = repo.lookup_branch("main")
+    _array(repo)
+    writer = repo.writable_session("main")
+    zarr.open_array(writer.store, path="a")[3] = 5
+    repo.reset_branch("main", initial)
+    with pytest.raises(vs.ConflictError):
+        writer.commit("write a")
+    assert _keys(repo.readonly_session("main")) == []
+
+
+def test_chunks_written_into_an_array_redefined_by_the_branch_conflict(
+        repo: vs.Repository) -> None:
+    _array(repo, dtype="i4")
+    writer = repo.writable_session("main")
+    zarr.open_array(writer.store, path="a")[3] = 5
+    other = repo.writable_session("main")
+    zarr.create_array(other.store, name="a", shape=(4,), chunks=(1,), dtype="f8",
+                      fill_value=0, overwrite=True)
+    other.commit("a is float now")
+    with pytest.raises(vs.ConflictError):  # our int32 bytes must not be read as float64
+        writer.commit("write a")
+
+
+def test_deleting_an_array_the_branch_wrote_a_new_chunk_into_conflicts(
+        repo: vs.Repository) -> None:
+    _array(repo)
+    deleter = repo.writable_session("main")
+    del zarr.open_group(deleter.store)["a"]
+    writer = repo.writable_session("main")
+    zarr.open_array(writer.store, path="a")[3] = 9
+    writer.commit("chunk 3")
+    with pytest.raises(vs.ConflictError):
+        deleter.commit("delete a")
+    assert "a/c/3" in _keys(repo.readonly_session("main"))
+    assert "a/zarr.json" in _keys(repo.readonly_session("main"))
+
+
+def test_deleting_a_group_the_branch_added_an_array_to_conflicts(repo: vs.Repository) -> None:
+    session = repo.writable_session("main")
+    zarr.open_group(session.store, mode="a").create_group("g")
+    session.commit("group g")
+    deleter = repo.writable_session("main")
+    del zarr.open_group(deleter.store)["g"]
+    writer = repo.writable_session("main")
+    zarr.open_group(writer.store, path="g").create_array("x", shape=(2,), dtype="i4")
+    writer.commit("g/x")
+    with pytest.raises(vs.ConflictError):
+        deleter.commit("delete g")
+
+
+def test_node_changes_that_keep_chunks_meaningful_still_rebase(repo: vs.Repository) -> None:
+    """Appends, attribute edits and identical creations by the branch are not conflicts."""
+    _array(repo)
+    writer = repo.writable_session("main")
+    zarr.open_array(writer.store, path="a")[0] = 7
+    other = repo.writable_session("main")
+    grown = zarr.open_array(other.store, path="a")
+    grown.resize((6,))
+    grown[4:] = 3
+    grown.attrs["units"] = "m"
+    zarr.create_array(other.store, name="b", shape=(2,), chunks=(1,), dtype="i4")[:] = 2
+    other.commit("append, attributes, new array b")
+    zarr.create_array(writer.store, name="b", shape=(2,), chunks=(1,), dtype="i4",
+                      overwrite=False)  # the same definition as theirs
+    writer.commit("chunk 0 of a")
+    final = zarr.open_array(repo.readonly_session("main").store, path="a", mode="r")
+    np.testing.assert_array_equal(final[:], [7, 1, 0, 0, 3, 3])
+    assert final.attrs["units"] == "m"
+    b = zarr.open_array(repo.readonly_session("main").store, path="b", mode="r")
+    np.testing.assert_array_equal(b[:], [2, 2])

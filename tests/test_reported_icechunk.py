@@ -134,3 +134,44 @@ def test_node_changes_that_keep_chunks_meaningful_still_rebase(repo: vs.Reposito
     assert final.attrs["units"] == "m"
     b = zarr.open_array(repo.readonly_session("main").store, path="b", mode="r")
     np.testing.assert_array_equal(b[:], [2, 2])
+
+
+def test_merge_of_a_redefined_array_with_chunks_written_on_the_other_side_conflicts(
+        repo: vs.Repository) -> None:
+    _array(repo, dtype="i4")
+    repo.create_branch("dev", repo.lookup_branch("main"))
+    dev = repo.writable_session("dev")
+    zarr.create_array(dev.store, name="a", shape=(4,), chunks=(1,), dtype="f8", fill_value=0,
+                      overwrite=True)
+    dev.commit("a is float now")
+    main = repo.writable_session("main")
+    zarr.open_array(main.store, path="a")[3] = 5  # int32 bytes
+    main.commit("chunk 3")
+    tip = repo.lookup_branch("main")
+    with pytest.raises(vs.MergeConflictError) as raised:
+        repo.merge("dev", "main")
+    [conflict] = raised.value.conflicts
+    assert (conflict.path, conflict.kind, conflict.key, conflict.deleted_by) == (
+        "/a", "redefined-vs-modified", "a/c/3", "theirs")
+    assert repo.lookup_branch("main") == tip
+    repo.merge("dev", "main", on_conflict="theirs")  # dev's float array, whole
+    merged = zarr.open_array(repo.readonly_session("main").store, path="a", mode="r")
+    assert merged.dtype == np.float64
+    np.testing.assert_array_equal(merged[:], [0, 0, 0, 0])
+
+
+def test_merge_keeps_an_append_and_chunks_written_on_the_other_side(
+        repo: vs.Repository) -> None:
+    _array(repo)
+    repo.create_branch("dev", repo.lookup_branch("main"))
+    dev = repo.writable_session("dev")
+    grown = zarr.open_array(dev.store, path="a")
+    grown.resize((6,))
+    grown[4:] = 4
+    dev.commit("append")
+    main = repo.writable_session("main")
+    zarr.open_array(main.store, path="a")[3] = 3
+    main.commit("chunk 3")
+    repo.merge("dev", "main")
+    merged = zarr.open_array(repo.readonly_session("main").store, path="a", mode="r")
+    np.testing.assert_array_equal(merged[:], [1, 1, 0, 3, 4, 4])

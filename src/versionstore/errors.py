@@ -261,6 +261,9 @@ class MergeConflict:
     * ``"deleted-vs-modified"`` — one side (``deleted_by``: ``"ours"`` or
       ``"theirs"``) deleted the node, the other changed something under it;
       ``key`` is the first key the other side changed;
+    * ``"redefined-vs-modified"`` — one side (``deleted_by``) redefined the
+      node (a new data type, chunk grid, codecs, fill value or a smaller
+      shape: its chunks mean something else now), the other wrote under it;
     * ``"key"`` — any other key both sides changed differently.
     """
 
@@ -276,6 +279,9 @@ class MergeConflict:
         if self.kind == "deleted-vs-modified":
             other = "theirs" if self.deleted_by == "ours" else "ours"
             return f"{self.path} deleted by {self.deleted_by}, modified by {other} ({self.key})"
+        if self.kind == "redefined-vs-modified":
+            other = "theirs" if self.deleted_by == "ours" else "ours"
+            return f"{self.path} redefined by {self.deleted_by}, written by {other} ({self.key})"
         if self.kind == "metadata":
             return f"metadata of {self.path} ({self.key})"
         return f"key {self.key}"

@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import itertools
-import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -78,6 +77,7 @@ from versionstore.located_staging import (
     is_located_value,
     newer_than_ref,
 )
+from versionstore.merge import NODE_DOCUMENTS, redefines_node
 from versionstore.records import (
     DOCUMENT_NAMES,
     TOMBSTONE,
@@ -1316,47 +1316,13 @@ class _StagedValues(Mapping[str, bytes]):
         return self._value(name, self._changes[position][1])
 
 
-#: The documents that define a node (its attributes alone do not: ``.zattrs``).
-_NODE_DOCUMENTS: frozenset[str] = frozenset({"zarr.json", ".zarray", ".zgroup"})
-
-
-def _redefines(before: bytes | None, after: bytes | None) -> bool:
-    """Whether a node's metadata document going ``before`` -> ``after`` changes its chunks.
-
-    It does if the node appears, disappears, or changes anything but its
-    ``attributes`` or a growing ``shape`` (an append leaves every chunk's meaning as it was).
-    Documents that are not JSON objects count as redefined whenever their bytes differ.
-    """
-    if before is None or after is None:
-        return before is not after
-    if before == after:
-        return False
-    try:
-        old, new = json.loads(before), json.loads(after)
-    except ValueError:
-        return True
-    if not isinstance(old, dict) or not isinstance(new, dict):
-        return True
-    old, new = dict(old), dict(new)
-    for document in (old, new):
-        document.pop("attributes", None)
-    old_shape, new_shape = old.get("shape"), new.get("shape")
-    if (isinstance(old_shape, list) and isinstance(new_shape, list)
-            and len(old_shape) == len(new_shape)
-            and all(isinstance(a, int) and isinstance(b, int) and b >= a
-                    for a, b in zip(old_shape, new_shape, strict=True))):
-        old.pop("shape")
-        new.pop("shape")
-    return bool(old != new)
-
-
 class _NodeChanges:
     """The branch's changes since a session's base, seen node by node, for ``_carried``.
 
     A staged change conflicts with the branch (icechunk's ``ConflictDetector``
     raises the same cases) when it
 
-    * writes under a node the branch deleted or redefined (``_redefines``):
+    * writes under a node the branch deleted or redefined (``merge.redefines_node``):
       the write would be an orphan, or be read with metadata it was not
       encoded for;
     * deletes or redefines a node the branch wrote under: the branch's new
@@ -1373,8 +1339,8 @@ class _NodeChanges:
         self._redefined: set[str] = set()
         for key, (old, new) in theirs.items():
             directory, _, name = key.rpartition("/")
-            if (name in _NODE_DOCUMENTS and old is not None
-                    and (new is None or _redefines(value(old), value(new)))):
+            if (name in NODE_DOCUMENTS and old is not None
+                    and (new is None or redefines_node(value(old), value(new)))):
                 self._redefined.add(directory)
 
     def _wrote_under(self, directory: str, besides: str) -> bool:
@@ -1390,7 +1356,7 @@ class _NodeChanges:
     def conflicts(self, key: str, entry: Entry | None) -> bool:
         """Whether our change of ``key`` to ``entry`` conflicts with a node the branch changed."""
         directory, _, name = key.rpartition("/")
-        document = name in _NODE_DOCUMENTS
+        document = name in NODE_DOCUMENTS
         if entry is not None and self._redefined:
             above = directory.rpartition("/")[0] if document and directory else directory
             parts = above.split("/") if above else []
@@ -1402,6 +1368,6 @@ class _NodeChanges:
                 return True
         if document:
             tip = self._theirs[key][1] if key in self._theirs else self._base(key)
-            if tip is not None and _redefines(self._value(tip), self._value(entry)):
+            if tip is not None and redefines_node(self._value(tip), self._value(entry)):
                 return self._wrote_under(directory, key)
         return False

@@ -175,3 +175,25 @@ def test_merge_keeps_an_append_and_chunks_written_on_the_other_side(
     repo.merge("dev", "main")
     merged = zarr.open_array(repo.readonly_session("main").store, path="a", mode="r")
     np.testing.assert_array_equal(merged[:], [1, 1, 0, 3, 4, 4])
+
+
+def test_a_move_and_a_write_under_the_moved_node_conflict_in_either_order(
+        repo: vs.Repository) -> None:
+    """icechunk's test_doesnt_rebase: a move does not silently rebase over writes it moves."""
+    _array(repo)
+    mover = repo.writable_session("main")
+    mover.move("/a", "/b")
+    writer = repo.writable_session("main")
+    zarr.open_array(writer.store, path="a")[3] = 3
+    mover.commit("a -> b")
+    with pytest.raises(vs.ConflictError):  # chunk 3 would be an orphan under /a
+        writer.commit("chunk 3 of a")
+    mover = repo.writable_session("main")
+    mover.move("/b", "/c")
+    writer = repo.writable_session("main")
+    zarr.open_array(writer.store, path="b")[3] = 4
+    writer.commit("chunk 3 of b")
+    with pytest.raises(vs.ConflictError):  # chunk 3 would stay behind under /b
+        mover.commit("b -> c")
+    assert sorted(repo.readonly_session("main").store.storage.list_prefix("")) == [
+        "b/c/0", "b/c/1", "b/c/3", "b/zarr.json", "zarr.json"]

@@ -23,8 +23,13 @@ BACKENDS: dict[str, Callable[[Path], Any]] = {
 
 
 @pytest.fixture(params=sorted(BACKENDS))
-def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[vs.Repository]:
-    repository = vs.Repository.create(BACKENDS[request.param](tmp_path))
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    return BACKENDS[request.param](tmp_path)
+
+
+@pytest.fixture
+def repo(storage: Any) -> Iterator[vs.Repository]:
+    repository = vs.Repository.create(storage)
     yield repository
     repository.close()
 
@@ -197,3 +202,26 @@ def test_a_move_and_a_write_under_the_moved_node_conflict_in_either_order(
         mover.commit("b -> c")
     assert sorted(repo.readonly_session("main").store.storage.list_prefix("")) == [
         "b/c/0", "b/c/1", "b/c/3", "b/zarr.json", "zarr.json"]
+
+
+def test_an_empty_virtual_chunk_is_refused_when_staged(storage: Any, tmp_path: Path) -> None:
+    """icechunk issue 2328: a zero-length ref was accepted, and every read of it failed."""
+    from zarrstore import FilesystemStore
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.bin").write_bytes(np.arange(4, dtype="i4").tobytes())
+    prefix = (tmp_path / "src").as_uri() + "/"
+    repo = vs.Repository.create(storage, virtual_chunk_stores={prefix: FilesystemStore(
+        tmp_path / "src")})
+    session = repo.writable_session("main")
+    zarr.create_array(session.store, name="a", shape=(4,), chunks=(2,), dtype="i4",
+                      fill_value=-1, compressors=None)
+    with pytest.raises(ValueError, match="length 0"):
+        session.store.set_virtual_ref("a/c/0", prefix + "a.bin", offset=0, length=0)
+    with pytest.raises(ValueError, match="length 0"):
+        session.store.set_virtual_refs("/a", [vs.VirtualChunkSpec(
+            index=(1,), location=prefix + "a.bin", offset=8, length=0)])
+    assert session.store.storage.get("a/c/0") is None  # nothing staged
+    session.store.set_virtual_ref("a/c/1", prefix + "a.bin", offset=8, length=8)
+    array = zarr.open_array(session.store, path="a", mode="r")
+    np.testing.assert_array_equal(array[:], [-1, -1, 2, 3])

@@ -225,3 +225,23 @@ def test_an_empty_virtual_chunk_is_refused_when_staged(storage: Any, tmp_path: P
     session.store.set_virtual_ref("a/c/1", prefix + "a.bin", offset=8, length=8)
     array = zarr.open_array(session.store, path="a", mode="r")
     np.testing.assert_array_equal(array[:], [-1, -1, 2, 3])
+
+
+def test_merge_of_different_attributes_next_to_a_nan_attribute(repo: vs.Repository) -> None:
+    """A NaN attribute neither side touched must not make a field-by-field merge clash."""
+    session = repo.writable_session("main")
+    array = zarr.create_array(session.store, name="a", shape=(2,), dtype="f4",
+                              fill_value=np.nan)
+    array.attrs.update({"missing_value": float("nan"), "b": 1})
+    repo.create_branch("dev", session.commit("a"))
+    dev = repo.writable_session("dev")
+    zarr.open_array(dev.store, path="a").attrs["c"] = 3
+    dev.commit("c")
+    main = repo.writable_session("main")
+    zarr.open_array(main.store, path="a").attrs["b"] = 2
+    main.commit("b")
+    repo.merge("dev", "main")
+    attributes = dict(zarr.open_array(repo.readonly_session("main").store, path="a",
+                                      mode="r").attrs)
+    assert np.isnan(attributes.pop("missing_value"))
+    assert attributes == {"b": 2, "c": 3}

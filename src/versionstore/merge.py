@@ -117,7 +117,7 @@ def redefines_node(before: bytes | None, after: bytes | None) -> bool:
                     for a, b in zip(old_shape, new_shape, strict=True))):
         old.pop("shape")
         new.pop("shape")
-    return bool(old != new)
+    return not _same(old, new)
 
 
 def _under(key: str, directory: str) -> bool:
@@ -439,6 +439,24 @@ def _object(value: bytes) -> dict[str, Any] | None:
     return document if isinstance(document, dict) else None
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Whether two decoded JSON values are the same document text.
+
+    ``==`` alone is not enough: a ``NaN`` (which Python's ``json`` reads and
+    writes, and which attributes such as ``missing_value`` often hold) is
+    never equal to itself, so an attribute neither side touched would look
+    changed by both.
+    """
+    if a is _MISSING or b is _MISSING:
+        return a is b
+    if a == b:
+        return True
+    try:
+        return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    except (TypeError, ValueError):
+        return False
+
+
 def _merge_fields(base: Any, ours: Any, theirs: Any) -> dict[str, Any] | None:
     """3-way merge of two JSON objects, one level deep; ``None`` if a field clashes."""
     if not all(isinstance(d, dict) for d in (base, ours, theirs)):
@@ -447,9 +465,9 @@ def _merge_fields(base: Any, ours: Any, theirs: Any) -> dict[str, Any] | None:
     for field in [*ours, *(f for f in theirs if f not in ours),
                   *(f for f in base if f not in ours and f not in theirs)]:
         was, mine, yours = (d.get(field, _MISSING) for d in (base, ours, theirs))
-        if mine == yours or yours == was:
+        if _same(mine, yours) or _same(yours, was):
             value = mine
-        elif mine == was:
+        elif _same(mine, was):
             value = yours
         else:
             return None

@@ -94,7 +94,8 @@ def redefines_node(before: bytes | None, after: bytes | None) -> bool:
     """Whether a node's metadata document going ``before`` -> ``after`` changes its chunks.
 
     It does if the node appears, disappears, or changes anything but its
-    ``attributes`` or a growing ``shape`` (an append leaves every chunk's meaning as it was).
+    ``attributes``, its ``dimension_names`` or a growing ``shape`` (an append
+    leaves every chunk's meaning as it was).
     Documents that are not JSON objects count as redefined whenever their bytes differ.
     """
     if before is None or after is None:
@@ -110,6 +111,7 @@ def redefines_node(before: bytes | None, after: bytes | None) -> bool:
     old, new = dict(old), dict(new)
     for document in (old, new):
         document.pop("attributes", None)
+        document.pop("dimension_names", None)
     old_shape, new_shape = old.get("shape"), new.get("shape")
     if (isinstance(old_shape, list) and isinstance(new_shape, list)
             and len(old_shape) == len(new_shape)

@@ -245,3 +245,23 @@ def test_merge_of_different_attributes_next_to_a_nan_attribute(repo: vs.Reposito
                                       mode="r").attrs)
     assert np.isnan(attributes.pop("missing_value"))
     assert attributes == {"b": 2, "c": 3}
+
+
+@pytest.mark.parametrize("keep", ["ours", "theirs"])
+def test_rebase_resolves_a_deleted_node_the_branch_wrote_under_whole(
+        repo: vs.Repository, keep: str) -> None:
+    """Whichever side wins keeps its whole node: no orphan chunk, no half-deleted array."""
+    _array(repo)
+    deleter = repo.writable_session("main")
+    del zarr.open_group(deleter.store)["a"]
+    writer = repo.writable_session("main")
+    zarr.open_array(writer.store, path="a")[3] = 9
+    writer.commit("chunk 3")
+    deleter.rebase(keep="ours" if keep == "ours" else "theirs")
+    if keep == "theirs":
+        assert not deleter.has_uncommitted_changes
+        array = zarr.open_array(deleter.store, path="a", mode="r")
+        np.testing.assert_array_equal(array[:], [1, 1, 0, 9])
+    else:
+        deleter.commit("delete a")
+        assert _keys(repo.readonly_session("main")) == ["zarr.json"]

@@ -265,3 +265,23 @@ def test_rebase_resolves_a_deleted_node_the_branch_wrote_under_whole(
     else:
         deleter.commit("delete a")
         assert _keys(repo.readonly_session("main")) == ["zarr.json"]
+
+
+def test_reset_branch_with_from_snapshot_id_moves_only_from_there(repo: vs.Repository) -> None:
+    """icechunk PR 1259 (``test_branch_reset``): the guarded reset is one compare-and-swap."""
+    initial = repo.lookup_branch("main")
+    session = repo.writable_session("main")
+    zarr.open_group(session.store, mode="a").create_group("a")
+    first = session.commit("group a")
+    session = repo.writable_session("main")
+    zarr.open_group(session.store, mode="a").create_group("b")
+    last = session.commit("group b")
+    with pytest.raises(vs.ConflictError, match="nothing moved"):
+        repo.reset_branch("main", first, from_snapshot_id=initial)
+    assert repo.lookup_branch("main") == last
+    repo.reset_branch("main", first, from_snapshot_id=last)
+    assert repo.lookup_branch("main") == first
+    assert _keys(repo.readonly_session("main")) == ["a/zarr.json", "zarr.json"]
+    with pytest.raises(vs.SnapshotNotFoundError):
+        repo.reset_branch("main", last, from_snapshot_id="Z" * 32)
+    assert repo.lookup_branch("main") == first

@@ -13,8 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
+from object_repo_support import S3Repos, aws_env_fixture, s3_fixture, s3_repos_fixture
 
 import versionstore as vs
+
+__all__ = ["aws_env_fixture", "s3_fixture", "s3_repos_fixture"]
 
 BACKENDS: dict[str, Callable[[Path], Any]] = {
     "memory": lambda tmp: vs.in_memory_storage(),
@@ -22,8 +25,12 @@ BACKENDS: dict[str, Callable[[Path], Any]] = {
 }
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+@pytest.fixture(params=[*sorted(BACKENDS), "s3"])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """Each test on both local backends, and on object storage (moto's S3 on 127.0.0.1)."""
+    if request.param == "s3":
+        s3_repos: S3Repos = request.getfixturevalue("s3_repos")
+        return s3_repos.storage()
     return BACKENDS[request.param](tmp_path)
 
 

@@ -7,6 +7,7 @@ documented behaviour where ours follows it (``docs/icechunk.md``).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -292,3 +293,32 @@ def test_reset_branch_with_from_snapshot_id_moves_only_from_there(repo: vs.Repos
     with pytest.raises(vs.SnapshotNotFoundError):
         repo.reset_branch("main", last, from_snapshot_id="Z" * 32)
     assert repo.lookup_branch("main") == first
+
+
+def test_expire_counts_what_only_a_deleted_expired_branch_reached(repo: vs.Repository) -> None:
+    """icechunk's test_gc_deletes_only_unreferenced_expired_tx_logs: 5 expired, not 3."""
+    def add_group(branch: str, name: str) -> str:
+        session = repo.writable_session(branch)
+        zarr.open_group(session.store, mode="a").create_group(name)
+        return session.commit(f"add {name} on {branch}")
+
+    session = repo.writable_session("main")
+    zarr.open_group(session.store, mode="a")
+    root = session.commit("root group")
+    a = add_group("main", "a")
+    b = add_group("main", "b")
+    repo.create_branch("doomed", b)
+    d = add_group("doomed", "d")
+    e = add_group("doomed", "e")
+    c = add_group("main", "c")
+    cutoff = repo.lookup_snapshot(c).written_at  # c is kept: not written before it
+    expired = repo.expire_snapshots(cutoff, delete_expired_branches=True)
+    assert expired == {root, a, b, d, e}
+    assert repo.list_branches() == {"main"}
+    assert [info.id for info in repo.ancestry(branch="main")][0] == c
+    repo.garbage_collect(datetime.now(UTC) + timedelta(days=1))  # no grace: nothing in flight
+    for snapshot_id in expired:
+        with pytest.raises(vs.SnapshotNotFoundError):
+            repo.lookup_snapshot(snapshot_id)
+    assert sorted(zarr.open_group(repo.readonly_session("main").store, mode="r").group_keys()
+                  ) == ["a", "b", "c"]

@@ -322,3 +322,47 @@ def test_expire_counts_what_only_a_deleted_expired_branch_reached(repo: vs.Repos
             repo.lookup_snapshot(snapshot_id)
     assert sorted(zarr.open_group(repo.readonly_session("main").store, mode="r").group_keys()
                   ) == ["a", "b", "c"]
+
+
+def _commit_into_a_deleted_array(path: str) -> str:
+    """In a worker process: stage a chunk of ``a``, let another session delete ``a``, commit."""
+    repo = vs.Repository.open(path)
+    writer = repo.writable_session("main")
+    zarr.open_array(writer.store, path="a")[3] = 5
+    deleter = repo.writable_session("main")
+    del zarr.open_group(deleter.store)["a"]
+    deleter.commit("delete a")
+    return writer.commit("write a")
+
+
+def _branches(repo: vs.Repository) -> set[str]:
+    return repo.list_branches()
+
+
+def test_errors_and_repositories_cross_process_boundaries(tmp_path: Path) -> None:
+    """A worker's ConflictError reaches the caller as itself; a Repository pickles."""
+    import multiprocessing
+    import pickle
+    from concurrent.futures import ProcessPoolExecutor
+
+    from zarrstore.errors import InvalidKeyError
+
+    path = str(tmp_path / "repo")
+    repo = vs.Repository.create(path)
+    _array(repo)
+    repo.create_branch("dev", repo.lookup_branch("main"))
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with pytest.raises(vs.ConflictError) as raised:
+            pool.submit(_commit_into_a_deleted_array, path).result()
+        assert raised.value.branch == "main"
+        assert raised.value.keys == {"a/c/3"}
+        assert pool.submit(_branches, repo).result() == {"main", "dev"}
+    for error in (vs.MergeConflictError("main", [vs.MergeConflict(
+                      path="/a", kind="chunk", key="a/c/0", coordinates=(0,))]),
+                  vs.VirtualSourceMissingError("file:///x", "gone"),
+                  vs.BranchNotFoundError("nope"),
+                  InvalidKeyError("a//b", "empty segment")):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error)
+        assert str(copy) == str(error)
+        assert copy.__dict__ == error.__dict__

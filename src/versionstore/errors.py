@@ -52,6 +52,7 @@ so callers can act on them without parsing messages.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import attrs
 
@@ -102,7 +103,26 @@ __all__ = [
 
 
 class VersionStoreError(Exception):
-    """Root of every error raised by versionstore."""
+    """Root of every error raised by versionstore.
+
+    Every one pickles with its data (``keys``, ``conflicts``, ``name``, ...):
+    an error raised in a dask worker or a ``ProcessPoolExecutor`` task reaches
+    the caller as itself. Python's default rebuilds an exception by calling
+    its class with ``args`` (the message), which the errors here that take
+    their data as arguments would refuse.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild_error, (type(self), self.args, dict(self.__dict__))
+
+
+def _rebuild_error(cls: type[BaseException], args: tuple[Any, ...],
+                   state: dict[str, Any]) -> BaseException:
+    """Unpickle an error of ``cls`` without calling its ``__init__``."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class RepositoryExistsError(VersionStoreError):

@@ -134,6 +134,12 @@ class Repository:
     def __repr__(self) -> str:
         return f"Repository({self.storage!r})"
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # As a session does (``Session.__reduce__``): the storage description and the
+        # virtual chunk stores travel, and the receiving process opens the repository
+        # again (a dask task or a ``ProcessPoolExecutor`` job given ``repo``).
+        return _reopen_repository, (type(self), self.storage, self.virtual_chunks)
+
     def __str__(self) -> str:
         """Branches, tags and the last few snapshots of ``main``, as text (``print(repo)``)."""
         try:
@@ -1177,3 +1183,11 @@ def _check_repository(value: object, parameter: str) -> None:
 
 def _text(object_id: ObjectId) -> str:
     return object_id_text(object_id)
+
+
+def _reopen_repository(cls: type[Repository], storage: RepositoryStorage,
+                       virtual_chunks: VirtualChunkStores) -> Repository:
+    """Unpickle a ``Repository``: open it again from its storage description."""
+    repository = cls.open(storage)
+    repository.virtual_chunks = virtual_chunks
+    return repository

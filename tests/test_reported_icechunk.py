@@ -366,3 +366,23 @@ def test_errors_and_repositories_cross_process_boundaries(tmp_path: Path) -> Non
         assert type(copy) is type(error)
         assert str(copy) == str(error)
         assert copy.__dict__ == error.__dict__
+
+
+def test_consolidating_the_root_group_does_not_conflict_with_chunk_writes(
+        repo: vs.Repository) -> None:
+    """xarray consolidates by default: a new root zarr.json is not a redefined hierarchy."""
+    import warnings
+
+    _array(repo)
+    writer = repo.writable_session("main")
+    zarr.open_array(writer.store, path="a")[3] = 3
+    other = repo.writable_session("main")
+    zarr.create_array(other.store, name="b", shape=(2,), dtype="i4")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr: consolidated metadata is not in the v3 spec
+        zarr.consolidate_metadata(other.store)
+    other.commit("b, consolidated")
+    writer.commit("chunk 3 of a")
+    np.testing.assert_array_equal(
+        zarr.open_array(repo.readonly_session("main").store, path="a", mode="r")[:],
+        [1, 1, 0, 3])

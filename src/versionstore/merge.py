@@ -95,7 +95,8 @@ def redefines_node(before: bytes | None, after: bytes | None) -> bool:
 
     It does if the node appears, disappears, or changes anything but its
     ``attributes``, its ``dimension_names`` or a growing ``shape`` (an append
-    leaves every chunk's meaning as it was).
+    leaves every chunk's meaning as it was). A group stays a group whatever
+    else its document says (attributes, consolidated metadata).
     Documents that are not JSON objects count as redefined whenever their bytes differ.
     """
     if before is None or after is None:
@@ -108,6 +109,8 @@ def redefines_node(before: bytes | None, after: bytes | None) -> bool:
         return True
     if not isinstance(old, dict) or not isinstance(new, dict):
         return True
+    if old.get("node_type") == new.get("node_type") == "group":
+        return False  # a group's document (attributes, consolidated metadata) holds no chunks
     old, new = dict(old), dict(new)
     for document in (old, new):
         document.pop("attributes", None)

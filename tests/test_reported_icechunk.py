@@ -386,3 +386,14 @@ def test_consolidating_the_root_group_does_not_conflict_with_chunk_writes(
     np.testing.assert_array_equal(
         zarr.open_array(repo.readonly_session("main").store, path="a", mode="r")[:],
         [1, 1, 0, 3])
+
+
+def test_commit_metadata_with_an_integer_msgpack_cannot_hold_is_a_clear_type_error(
+        repo: vs.Repository) -> None:
+    session = repo.writable_session("main")
+    for value in (2**64, -(2**63) - 1, [1, 2**70]):
+        with pytest.raises(TypeError, match="integer outside"):
+            session.commit("big", metadata={"n": value}, allow_empty=True)
+    snapshot = session.commit("fits", metadata={"n": 2**64 - 1, "m": -(2**63)},
+                              allow_empty=True)
+    assert repo.lookup_snapshot(snapshot).metadata == {"n": 2**64 - 1, "m": -(2**63)}

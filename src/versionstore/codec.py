@@ -332,7 +332,11 @@ def pack_metadata(metadata: dict[str, Any]) -> bytes:
     """
     if not isinstance(metadata, dict):
         raise TypeError("snapshot metadata must be a dict")
-    return _pack(metadata)
+    try:
+        return _pack(metadata)
+    except OverflowError as exc:  # msgpack holds integers of 64 bits at most
+        raise TypeError("cannot store an integer outside [-2**63, 2**64) in snapshot "
+                        "metadata (store it as a str)") from exc
 
 
 # -- chunks -------------------------------------------------------------------------

@@ -52,6 +52,7 @@ so callers can act on them without parsing messages.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import attrs
 
@@ -102,7 +103,26 @@ __all__ = [
 
 
 class VersionStoreError(Exception):
-    """Root of every error raised by versionstore."""
+    """Root of every error raised by versionstore.
+
+    Every one pickles with its data (``keys``, ``conflicts``, ``name``, ...):
+    an error raised in a dask worker or a ``ProcessPoolExecutor`` task reaches
+    the caller as itself. Python's default rebuilds an exception by calling
+    its class with ``args`` (the message), which the errors here that take
+    their data as arguments would refuse.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild_error, (type(self), self.args, dict(self.__dict__))
+
+
+def _rebuild_error(cls: type[BaseException], args: tuple[Any, ...],
+                   state: dict[str, Any]) -> BaseException:
+    """Unpickle an error of ``cls`` without calling its ``__init__``."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class RepositoryExistsError(VersionStoreError):
@@ -261,6 +281,9 @@ class MergeConflict:
     * ``"deleted-vs-modified"`` — one side (``deleted_by``: ``"ours"`` or
       ``"theirs"``) deleted the node, the other changed something under it;
       ``key`` is the first key the other side changed;
+    * ``"redefined-vs-modified"`` — one side (``deleted_by``) redefined the
+      node (a new data type, chunk grid, codecs, fill value or a smaller
+      shape: its chunks mean something else now), the other wrote under it;
     * ``"key"`` — any other key both sides changed differently.
     """
 
@@ -276,6 +299,9 @@ class MergeConflict:
         if self.kind == "deleted-vs-modified":
             other = "theirs" if self.deleted_by == "ours" else "ours"
             return f"{self.path} deleted by {self.deleted_by}, modified by {other} ({self.key})"
+        if self.kind == "redefined-vs-modified":
+            other = "theirs" if self.deleted_by == "ours" else "ours"
+            return f"{self.path} redefined by {self.deleted_by}, written by {other} ({self.key})"
         if self.kind == "metadata":
             return f"metadata of {self.path} ({self.key})"
         return f"key {self.key}"

@@ -14,7 +14,8 @@ expired snapshots referenced (data still used by a kept snapshot stays)::
 
 With ``delete_expired_branches`` / ``delete_expired_tags``, branches (never
 ``main``) and tags whose snapshot is older than the cut-off are deleted first,
-so their snapshots can expire too.
+so their snapshots can expire too; what only they reached is counted as
+expired as well (as icechunk counts it), and goes at the next gc.
 
 The ops log records the run (an ``expire`` entry for the repository) and
 each branch or tag it deleted, in the same atomic step.
@@ -52,6 +53,7 @@ def _plan(reader: ObjectReader, refs: Mapping[str, bytes], older_than: datetime,
     grafts = grafts_from_refs(refs)
     writes: dict[str, bytes | None] = {}
     tips: list[ObjectId] = []
+    released: list[ObjectId] = []  # the snapshots of the branches and tags deleted here
     for name, raw in refs.items():
         if not name.startswith(("branch/", "tag/")):
             continue
@@ -61,8 +63,10 @@ def _plan(reader: ObjectReader, refs: Mapping[str, bytes], older_than: datetime,
         old = reader.snapshot(target.snapshot).written_at < older_than
         if old and delete_branches and name.startswith("branch/") and name != branch_ref(MAIN):
             writes[name] = None
+            released.append(target.snapshot)
         elif old and delete_tags and name.startswith("tag/"):
             writes[name] = encode_ref_target(name, RefTarget(snapshot=None, deleted=True))
+            released.append(target.snapshot)
         else:
             tips.append(target.snapshot)
     protected = set(tips)
@@ -81,6 +85,19 @@ def _plan(reader: ObjectReader, refs: Mapping[str, bytes], older_than: datetime,
             kept.add(snapshot_id)
         pending.extend(parents[snapshot_id])
     expired = set(parents) - kept
+    # What only the deleted branches and tags reached leaves history with them: it
+    # is expired too (icechunk counts it; gc collects it), back to where a kept
+    # ref's history takes over.
+    pending = list(released)
+    while pending:
+        snapshot_id = pending.pop()
+        if snapshot_id in parents or snapshot_id in expired:
+            continue
+        snapshot = reader.snapshot(snapshot_id)
+        older = parents_of(snapshot_id, snapshot, grafts)
+        if snapshot.written_at < older_than and older:
+            expired.add(snapshot_id)
+        pending.extend(older)
 
     def nearest_kept(snapshot_id: ObjectId) -> ObjectId:
         # Single-parent history: follow the first parent. With merges, collect the

@@ -25,7 +25,12 @@ The rules:
   is one ``"deleted-vs-modified"`` conflict for the node; resolving it takes
   the winning side's *whole* node: if the winner deleted it, no key under it
   remains (no orphan chunk survives a deleted array); if the winner modified
-  it, the node comes back entire, chunks and all.
+  it, the node comes back entire, chunks and all;
+* one side redefining a node (``redefines_node``: a new data type, chunk
+  grid, codecs, fill value, a shrunk shape; not attributes or an append)
+  while the other wrote keys under it is one ``"redefined-vs-modified"``
+  conflict: the other side's chunks were encoded for the old definition.
+  Resolving it takes the winning side's whole node, as above.
 
 ``on_conflict`` is ``"raise"`` (report, change nothing), ``"ours"`` or
 ``"theirs"`` (which side wins each conflict).
@@ -53,11 +58,21 @@ from versionstore.tree import (
     merge_structure,
 )
 
-__all__ = ["ON_CONFLICT", "Merged", "check_on_conflict", "merge_trees", "three_way"]
+__all__ = [
+    "NODE_DOCUMENTS",
+    "ON_CONFLICT",
+    "Merged",
+    "check_on_conflict",
+    "merge_trees",
+    "redefines_node",
+    "three_way",
+]
 
 #: The accepted values of ``on_conflict``.
 ON_CONFLICT = ("raise", "ours", "theirs")
-_NODE_DOCUMENTS = ("zarr.json", ".zarray", ".zgroup")
+#: The documents that define a node (its attributes alone do not: ``.zattrs``).
+NODE_DOCUMENTS = ("zarr.json", ".zarray", ".zgroup")
+_NODE_DOCUMENTS = NODE_DOCUMENTS
 _METADATA_DOCUMENTS = (*_NODE_DOCUMENTS, ".zattrs")
 
 #: Resolves an entry to its bytes (chunk references are read).
@@ -73,6 +88,41 @@ def check_on_conflict(on_conflict: object) -> str:
     if not isinstance(on_conflict, str) or on_conflict not in ON_CONFLICT:
         raise ValueError(f"on_conflict must be 'raise', 'ours' or 'theirs', not {on_conflict!r}")
     return on_conflict
+
+
+def redefines_node(before: bytes | None, after: bytes | None) -> bool:
+    """Whether a node's metadata document going ``before`` -> ``after`` changes its chunks.
+
+    It does if the node appears, disappears, or changes anything but its
+    ``attributes``, its ``dimension_names`` or a growing ``shape`` (an append
+    leaves every chunk's meaning as it was). A group stays a group whatever
+    else its document says (attributes, consolidated metadata).
+    Documents that are not JSON objects count as redefined whenever their bytes differ.
+    """
+    if before is None or after is None:
+        return before is not after
+    if before == after:
+        return False
+    try:
+        old, new = json.loads(before), json.loads(after)
+    except ValueError:
+        return True
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return True
+    if old.get("node_type") == new.get("node_type") == "group":
+        return False  # a group's document (attributes, consolidated metadata) holds no chunks
+    old, new = dict(old), dict(new)
+    for document in (old, new):
+        document.pop("attributes", None)
+        document.pop("dimension_names", None)
+    old_shape, new_shape = old.get("shape"), new.get("shape")
+    if (isinstance(old_shape, list) and isinstance(new_shape, list)
+            and len(old_shape) == len(new_shape)
+            and all(isinstance(a, int) and isinstance(b, int) and b >= a
+                    for a, b in zip(old_shape, new_shape, strict=True))):
+        old.pop("shape")
+        new.pop("shape")
+    return not _same(old, new)
 
 
 def _under(key: str, directory: str) -> bool:
@@ -101,6 +151,7 @@ class _Side:
                  base: ObjectId | None, tree: ObjectId | None) -> None:
         self.name = name
         self.tree = tree
+        self.read = read
         self.changes: _Changes = changed_entries(load, base, tree)
         self.locator = KeyLocator(lambda key: read(lookup(load, tree, key)))
 
@@ -114,6 +165,13 @@ class _Side:
                     found.add(directory)
         return [d for d in sorted(found) if not any(
             other != d and _under(d, other) for other in found)]
+
+    def redefined_nodes(self) -> list[str]:
+        """Directories of the nodes this side kept but redefined (``redefines_node``)."""
+        return sorted({
+            key.rpartition("/")[0] for key, (old, new) in self.changes.items()
+            if key.rpartition("/")[2] in _NODE_DOCUMENTS and old is not None
+            and new is not None and redefines_node(self.read(old), self.read(new))})
 
 
 def three_way(load: NodeLoader, read: EntryReader, base: ObjectId | None,
@@ -142,6 +200,21 @@ def three_way(load: NodeLoader, read: EntryReader, base: ObjectId | None,
                 doomed[directory] = deleter.name
                 conflicts.append(MergeConflict(path=_path(directory), kind="deleted-vs-modified",
                                                key=clashing[0], deleted_by=deleter.name))
+    redefined: set[str] = set()  # conflicted redefined nodes: the winner's whole node stays
+    for redefiner, other in ((ours, theirs), (theirs, ours)):
+        for directory in redefiner.redefined_nodes():
+            prefix = directory + "/" if directory else ""
+            clashing = sorted(
+                key for key, (_, new) in other.changes.items()
+                if _under(key, directory) and key.removeprefix(prefix) not in _METADATA_DOCUMENTS
+                and (key not in redefiner.changes or redefiner.changes[key][1] != new)
+            )
+            if clashing and not any(_under(directory, d) for d in doomed):
+                doomed[directory] = redefiner.name
+                redefined.add(directory)
+                conflicts.append(MergeConflict(
+                    path=_path(directory), kind="redefined-vs-modified", key=clashing[0],
+                    deleted_by=redefiner.name))
 
     def in_doomed(key: str) -> bool:
         return any(_under(key, directory) for directory in doomed)
@@ -166,7 +239,11 @@ def three_way(load: NodeLoader, read: EntryReader, base: ObjectId | None,
     if conflicts and on_conflict == "raise":
         return [], conflicts
     for directory, deleted_by in doomed.items():
-        if on_conflict == deleted_by:  # the node goes, with every key under it
+        if directory in redefined:
+            if on_conflict == "theirs":  # theirs' node, whole; "ours": ours holds its own
+                taken.update(dict.fromkeys(_keys_under(load, ours_tree, directory)))
+                taken.update(_keys_under(load, theirs_tree, directory))
+        elif on_conflict == deleted_by:  # the node goes, with every key under it
             taken.update(dict.fromkeys(_keys_under(load, ours_tree, directory)))
         elif on_conflict == "theirs":  # theirs kept the node: it comes back whole
             taken.update(dict.fromkeys(_keys_under(load, ours_tree, directory)))
@@ -281,8 +358,8 @@ def _merge_by_structure(load: NodeLoader, read: EntryReader, base: ObjectId, our
     base_tree = _Tree(load, read, base)
     for side in sides:
         for directory in directories:
-            if side.deleted_node(base_tree, directory):
-                return None  # a node is gone: three_way sorts out what clashes with it
+            if side.deleted_node(base_tree, directory) or side.redefined_node(base_tree, directory):
+                return None  # a node is gone or redefined: three_way sorts out what clashes
     if conflicts and on_conflict == "raise":
         return Merged(None, {}, {}, conflicts)
     return Merged(result.root, result.nodes, result.decoded, conflicts)
@@ -292,11 +369,21 @@ class _Tree:
     """Point reads of one tree, and where its keys sit in its Zarr hierarchy."""
 
     def __init__(self, load: NodeLoader, read: EntryReader, root: ObjectId | None) -> None:
-        self.load, self.root = load, root
+        self.load, self.root, self.read = load, root, read
         self.locator = KeyLocator(lambda key: read(lookup(load, root, key)))
 
     def has(self, key: str) -> bool:
         return lookup(self.load, self.root, key) is not None
+
+    def redefined_node(self, base: _Tree, directory: str) -> bool:
+        """Whether this tree redefined (``redefines_node``) a node ``base`` has at ``directory``."""
+        prefix = directory + "/" if directory else ""
+        for name in _NODE_DOCUMENTS:
+            before, after = (lookup(tree.load, tree.root, prefix + name) for tree in (base, self))
+            if (before is not None and after is not None and before != after
+                    and redefines_node(self.read(before), self.read(after))):
+                return True
+        return False
 
     def deleted_node(self, base: _Tree, directory: str) -> bool:
         """Whether this tree lost a node document ``base`` has at ``directory``, and the node."""
@@ -357,6 +444,24 @@ def _object(value: bytes) -> dict[str, Any] | None:
     return document if isinstance(document, dict) else None
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Whether two decoded JSON values are the same document text.
+
+    ``==`` alone is not enough: a ``NaN`` (which Python's ``json`` reads and
+    writes, and which attributes such as ``missing_value`` often hold) is
+    never equal to itself, so an attribute neither side touched would look
+    changed by both.
+    """
+    if a is _MISSING or b is _MISSING:
+        return a is b
+    if a == b:
+        return True
+    try:
+        return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    except (TypeError, ValueError):
+        return False
+
+
 def _merge_fields(base: Any, ours: Any, theirs: Any) -> dict[str, Any] | None:
     """3-way merge of two JSON objects, one level deep; ``None`` if a field clashes."""
     if not all(isinstance(d, dict) for d in (base, ours, theirs)):
@@ -365,9 +470,9 @@ def _merge_fields(base: Any, ours: Any, theirs: Any) -> dict[str, Any] | None:
     for field in [*ours, *(f for f in theirs if f not in ours),
                   *(f for f in base if f not in ours and f not in theirs)]:
         was, mine, yours = (d.get(field, _MISSING) for d in (base, ours, theirs))
-        if mine == yours or yours == was:
+        if _same(mine, yours) or _same(yours, was):
             value = mine
-        elif mine == was:
+        elif _same(mine, was):
             value = yours
         else:
             return None

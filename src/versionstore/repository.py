@@ -42,6 +42,7 @@ from versionstore.editing import HistoryEditor
 from versionstore.errors import (
     AmbiguousSnapshotIdError,
     BranchNotFoundError,
+    ConflictError,
     ReadOnlyRepositoryError,
     RepositoryExistsError,
     RepositoryNotFoundError,
@@ -132,6 +133,12 @@ class Repository:
 
     def __repr__(self) -> str:
         return f"Repository({self.storage!r})"
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # As a session does (``Session.__reduce__``): the storage description and the
+        # virtual chunk stores travel, and the receiving process opens the repository
+        # again (a dask task or a ``ProcessPoolExecutor`` job given ``repo``).
+        return _reopen_repository, (type(self), self.storage, self.virtual_chunks)
 
     def __str__(self) -> str:
         """Branches, tags and the last few snapshots of ``main``, as text (``print(repo)``)."""
@@ -505,21 +512,36 @@ class Repository:
         object_id = self._snapshot_object(snapshot_id)
         return SnapshotInfo.of(object_id, self.reader.snapshot(object_id), self._grafts())
 
-    def reset_branch(self, name: str, snapshot_id: str) -> None:
+    def reset_branch(self, name: str, snapshot_id: str, *,
+                     from_snapshot_id: str | None = None) -> None:
         """Point branch ``name`` at ``snapshot_id`` (any snapshot in the repository).
 
         The snapshot's existence is checked in the same atomic step as the
         move, so a concurrent garbage collection can never leave the branch
-        dangling.
+        dangling. With ``from_snapshot_id`` (icechunk's guard, its PR 1259)
+        the branch moves only if it points there at that moment: the check
+        and the move are one compare-and-swap.
 
         Raises:
-            SnapshotNotFoundError: the snapshot is not stored; nothing moved.
+            SnapshotNotFoundError: the snapshot (or ``from_snapshot_id``) is
+                not stored; nothing moved.
+            ConflictError: the branch does not point at ``from_snapshot_id``;
+                nothing moved.
         """
         check_name(name, "name")
         check_name(snapshot_id, "snapshot_id", "a snapshot id")
         target = self._snapshot_object(snapshot_id)
+        expected = None
+        if from_snapshot_id is not None:
+            check_name(from_snapshot_id, "from_snapshot_id", "a snapshot id")
+            expected = self._snapshot_object(from_snapshot_id)
         while True:
-            _, raw = self.refs.branch_tip(name)
+            tip, raw = self.refs.branch_tip(name)
+            if expected is not None and tip != expected:
+                error = ConflictError(name, [])
+                error.args = (f"branch {name!r} points at {object_id_text(tip)}, not "
+                              f"{object_id_text(expected)} (from_snapshot_id); nothing moved",)
+                raise error
             if self.refs.move_branch(name, raw, target, verify_target=True,
                                      kind="reset_branch"):
                 self.backend.sync()
@@ -1161,3 +1183,11 @@ def _check_repository(value: object, parameter: str) -> None:
 
 def _text(object_id: ObjectId) -> str:
     return object_id_text(object_id)
+
+
+def _reopen_repository(cls: type[Repository], storage: RepositoryStorage,
+                       virtual_chunks: VirtualChunkStores) -> Repository:
+    """Unpickle a ``Repository``: open it again from its storage description."""
+    repository = cls.open(storage)
+    repository.virtual_chunks = virtual_chunks
+    return repository

@@ -77,6 +77,7 @@ from versionstore.located_staging import (
     is_located_value,
     newer_than_ref,
 )
+from versionstore.merge import NODE_DOCUMENTS, redefines_node
 from versionstore.records import (
     DOCUMENT_NAMES,
     TOMBSTONE,
@@ -892,17 +893,20 @@ class Session:
     # -- committing ------------------------------------------------------------------
 
     def _against_tip(self, tip_tree: ObjectId | None, changes: list[Change]
-                     ) -> tuple[list[Change], set[str]]:
-        """Staged changes to carry onto a moved branch, and the keys that conflict.
+                     ) -> tuple[list[Change], set[str], _NodeChanges | None]:
+        """Staged changes to carry onto a moved branch, the keys that conflict, the nodes.
 
         A key the branch changed since our base conflicts if we staged a
         different value for it — unless what we staged is what the base
         already held (an identical rewrite is no change of ours, so the
-        branch's value simply stands; ``status`` agrees).
+        branch's value simply stands; ``status`` agrees). The last item is
+        the branch's changes seen node by node (``_NodeChanges``), if it
+        changed anything.
         """
         conflicts: set[str] = set()
-        kept = list(self._carried(tip_tree, iter(changes), conflicts))
-        return kept, conflicts
+        nodes: list[_NodeChanges] = []
+        kept = list(self._carried(tip_tree, iter(changes), conflicts, nodes=nodes))
+        return kept, conflicts, nodes[0] if nodes else None
 
     def _record_state(self) -> bytes | None:
         assert self._session_id is not None
@@ -917,7 +921,10 @@ class Session:
         Args:
             keep: what to do with keys both sides changed: ``"raise"`` a
                 ``ConflictError``, keep ``"ours"`` (the staged value), or keep
-                ``"theirs"`` (drop our staged change to that key).
+                ``"theirs"`` (drop our staged change to that key). For a node
+                we deleted or redefined while the branch wrote under it, the
+                winner's node stands whole: ``"theirs"`` drops all our changes
+                under it, ``"ours"`` also deletes what the branch wrote there.
         """
         session_id = self._require_writable()
         if keep not in ("raise", "ours", "theirs"):
@@ -932,19 +939,32 @@ class Session:
             changes, raw = self._read_changes()
             tip, raw_tip = self._repo.refs.branch_tip(self._branch)
             tip_tree = reader.snapshot(tip).tree
-            kept, conflicts = self._against_tip(tip_tree, changes)
+            kept, conflicts, nodes = self._against_tip(tip_tree, changes)
             if conflicts and keep == "raise":
                 raise ConflictError(self._branch, conflicts)
             # Identical rewrites of keys the branch changed are no change of ours: dropped,
             # so that on the new base they do not turn into reverts.
             carried = {key for key, _ in kept}
             drop = {key for key, _ in changes if key not in carried}
+            prefix = stage_prefix(session_id)
+            tombstones: dict[str, bytes | None] = {}
+            lost = sorted(nodes.lost) if nodes is not None else []
             if keep == "theirs":
                 drop |= conflicts
-            prefix = stage_prefix(session_id)
+                # A node we deleted or redefined while the branch wrote under it: the
+                # branch's node stands whole, so none of our changes under it remain.
+                drop |= {key for key, _ in changes if any(_within(key, d) for d in lost)}
+            elif lost:
+                assert nodes is not None
+                # Ours stands whole: what the branch wrote under the node goes with it.
+                staged = {key for key, _ in changes}
+                for key in nodes.written_under(lost):
+                    if key not in staged:
+                        tombstones[prefix + key] = encode_staged(prefix + key, TOMBSTONE)
             dropped = {prefix + key: raw[prefix + key] for key in drop}
             generation = self._generation + 1
             if self._move_base(tip, tip_tree, generation, WriteBatch(
+                refs=tombstones,
                 expect={branch_ref(self._branch): raw_tip,
                         session_ref(session_id): record_raw},
                 delete_if_equal=dropped,
@@ -1066,21 +1086,41 @@ class Session:
         raise ConflictError(self._branch, [])  # pragma: no cover - endless contention
 
     def _carried(self, tip_tree: ObjectId | None, changes: Iterator[Change],
-                 conflicts: set[str]) -> Iterator[Change]:
+                 conflicts: set[str], documents: Mapping[ObjectId, bytes] | None = None, *,
+                 nodes: list[_NodeChanges] | None = None) -> Iterator[Change]:
         """``_against_tip`` as a stream: changes to carry; conflicting keys go to ``conflicts``.
 
         Only the branch's own changes since our base are held (``theirs``),
-        never ours.
+        never ours. Besides keys both sides changed, a change conflicts with
+        the node it lies under (``_NodeChanges``, icechunk's
+        ``ChunksUpdatedInDeletedArray`` / ``DeleteOfUpdatedArray`` family):
+        chunks written into an array the branch deleted or redefined since our
+        base, or an array we deleted or redefined while the branch wrote into
+        it, would otherwise be carried as orphans or read with the wrong
+        metadata.
         """
         load = self._repo.reader.node
         theirs = changed_entries(load, self._root, tip_tree)
+        by_node = _NodeChanges(theirs, lambda entry: self._entry_value(entry, documents),
+                               lambda key: lookup(load, self._root, key))
+        if nodes is not None and theirs:
+            nodes.append(by_node)
         for key, entry in changes:
             if key in theirs:
                 if lookup(load, self._root, key) == entry:
                     continue
                 if theirs[key][1] != entry:
                     conflicts.add(key)
+            if theirs and key not in conflicts and by_node.conflicts(key, entry):
+                conflicts.add(key)
             yield key, entry
+
+    def _entry_value(self, entry: Entry | None, documents: Mapping[ObjectId, bytes] | None
+                     ) -> bytes | None:
+        """The bytes of ``entry``: a commit's documents not yet stored come from ``documents``."""
+        if isinstance(entry, ChunkRef) and documents and entry.chunk_id in documents:
+            return documents[entry.chunk_id]
+        return self.read_entries([entry])[0]
 
     def _record_once(self, staged: StagedScan, message: str | None,
                      metadata: dict[str, Any] | None, *, allow_empty: bool, amend: bool
@@ -1104,7 +1144,7 @@ class Session:
         conflicts: set[str] = set()
         if tip != self._base:
             parent_tree = repo.reader.snapshot(tip).tree
-            changes = self._carried(parent_tree, changes, conflicts)
+            changes = self._carried(parent_tree, changes, conflicts, documents)
         try:
             new_nodes: dict[ObjectId, Node] = {}
             remembered = 0
@@ -1296,3 +1336,73 @@ class _StagedValues(Mapping[str, bytes]):
         if position is None:
             raise KeyError(name)
         return self._value(name, self._changes[position][1])
+
+
+class _NodeChanges:
+    """The branch's changes since a session's base, seen node by node, for ``_carried``.
+
+    A staged change conflicts with the branch (icechunk's ``ConflictDetector``
+    raises the same cases) when it
+
+    * writes under a node the branch deleted or redefined (``merge.redefines_node``):
+      the write would be an orphan, or be read with metadata it was not
+      encoded for;
+    * deletes or redefines a node the branch wrote under: the branch's new
+      keys would survive as orphans, or as stale chunks of the new node.
+    """
+
+    def __init__(self, theirs: Mapping[str, tuple[Entry | None, Entry | None]],
+                 value: Callable[[Entry | None], bytes | None],
+                 base: Callable[[str], Entry | None]) -> None:
+        self._theirs = theirs
+        self._value = value
+        self._base = base
+        self._written = sorted(key for key, (_, new) in theirs.items() if new is not None)
+        self.lost: set[str] = set()  # nodes we deleted or redefined that the branch wrote under
+        self._redefined: set[str] = set()
+        for key, (old, new) in theirs.items():
+            directory, _, name = key.rpartition("/")
+            if (name in NODE_DOCUMENTS and old is not None
+                    and (new is None or redefines_node(value(old), value(new)))):
+                self._redefined.add(directory)
+
+    def _wrote_under(self, directory: str, besides: str) -> bool:
+        return any(key != besides for key in self._under(directory))
+
+    def _under(self, directory: str) -> Iterator[str]:
+        prefix = directory + "/" if directory else ""
+        at = bisect.bisect_left(self._written, prefix)
+        for key in itertools.islice(self._written, at, None):
+            if not key.startswith(prefix):
+                return
+            yield key
+
+    def written_under(self, directories: Sequence[str]) -> list[str]:
+        """The keys the branch wrote (not deleted) under any of ``directories``."""
+        return sorted({key for directory in directories for key in self._under(directory)})
+
+    def conflicts(self, key: str, entry: Entry | None) -> bool:
+        """Whether our change of ``key`` to ``entry`` conflicts with a node the branch changed."""
+        directory, _, name = key.rpartition("/")
+        document = name in NODE_DOCUMENTS
+        if entry is not None and self._redefined:
+            above = directory.rpartition("/")[0] if document and directory else directory
+            parts = above.split("/") if above else []
+            if document and not directory:
+                ancestors: list[str] = []  # the root's own document: nothing above it
+            else:
+                ancestors = ["/".join(parts[:n]) for n in range(len(parts), -1, -1)]
+            if any(node in self._redefined for node in ancestors):
+                return True
+        if document:
+            tip = self._theirs[key][1] if key in self._theirs else self._base(key)
+            if (tip is not None and redefines_node(self._value(tip), self._value(entry))
+                    and self._wrote_under(directory, key)):
+                self.lost.add(directory)
+                return True
+        return False
+
+
+def _within(key: str, directory: str) -> bool:
+    """Whether ``key`` lies under the node directory ``directory`` (``""``: the root)."""
+    return not directory or key.startswith(directory + "/")

@@ -267,8 +267,8 @@ class SessionStore(ZarrStore):
         Raises:
             NoVirtualChunkStoreError: no configured store serves ``location``.
             InvalidKeyError: the key is not a valid session key.
-            ValueError: a negative range, a location without a scheme, a
-                naive datetime, or a metadata key.
+            ValueError: a negative offset, a zero or negative length, a
+                location without a scheme, a naive datetime, or a metadata key.
             ReadOnlySessionError: the session is read-only.
         """
         self._stage_virtual([(key, virtual_ref(location, offset, length, checksum))],

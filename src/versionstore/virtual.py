@@ -122,8 +122,10 @@ def virtual_ref(location: str, offset: int, length: int, checksum: Checksum = No
 
     Raises:
         TypeError: an argument has the wrong type.
-        ValueError: a negative offset or length, a location without a URL
-            scheme, or a last-modified time without a timezone.
+        ValueError: a negative offset, a length that is not positive (an
+            empty chunk decodes to nothing: icechunk refuses it too, its
+            issue 2328), a location without a URL scheme, or a last-modified
+            time without a timezone.
     """
     if not isinstance(location, str):
         raise TypeError(f"a virtual chunk location is a URL string, not {location!r}")
@@ -134,6 +136,9 @@ def virtual_ref(location: str, offset: int, length: int, checksum: Checksum = No
         raise TypeError(f"checksum must be an ETag (str), a datetime or None, not {checksum!r}")
     ref = VirtualRef(location=location, offset=offset, length=length, checksum=checksum)
     ref.check()
+    if length == 0:
+        raise ValueError(f"a virtual chunk cannot be empty: {location!r} at offset {offset} "
+                         "has length 0")
     return ref
 
 

@@ -22,6 +22,8 @@ zarr's own store test-suite matches on.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "CorruptStorageError",
     "ForkedProcessError",
@@ -40,7 +42,24 @@ READ_ONLY_MESSAGE = "store was opened in read-only mode and does not support wri
 
 
 class ZarrStoreError(Exception):
-    """Root of every error raised by zarrstore."""
+    """Root of every error raised by zarrstore.
+
+    Every one pickles with its data (``key``, ...), so an error raised in a
+    worker process reaches the caller as itself: Python's default would call
+    the class with the message, which the errors taking their data refuse.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild_error, (type(self), self.args, dict(self.__dict__))
+
+
+def _rebuild_error(cls: type[BaseException], args: tuple[Any, ...],
+                   state: dict[str, Any]) -> BaseException:
+    """Unpickle an error of ``cls`` without calling its ``__init__``."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class InvalidKeyError(ZarrStoreError, ValueError):

@@ -461,6 +461,24 @@ class StoreConformance:
         assert clone == storage
         assert clone.get("p/q") == b"pickled"
 
+    def test_usable_after_close(self, storage: Storage) -> None:
+        """A closed storage serves its next call, as zarr's stores reopen on use.
+
+        zarr's ``Store.close`` only marks a store closed and its next call opens
+        it again (``Store._ensure_open``); ``with store:`` blocks and xarray's
+        ``close()`` rely on it. ``LMDBStore`` raised ``StorageIOError``.
+        """
+        self.raw_set(storage, "c/k", b"kept")
+        storage.close()
+        assert storage.get("c/k") == b"kept"
+        if storage.supports_listing:
+            assert list(storage.list_prefix("c/")) == ["c/k"]
+        storage.close()
+        if self.writable:
+            storage.set("c/n", b"new")
+            assert self.raw_get(storage, "c/n") == b"new"
+        storage.close()
+
     def test_mapping_view(self, storage: Storage) -> None:
         self._require_writable()
         view = StoreMapping(storage)

@@ -221,6 +221,7 @@ class DirectoryGate:
         self._lock = threading.Lock()
         self._writing: Counter[str] = Counter()
         self._pruning: set[str] = set()
+        self._creating: set[str] = set()
 
     def _try_enter(self, key: str) -> list[str] | None:
         directories = parents([key])
@@ -255,6 +256,44 @@ class DirectoryGate:
         finally:
             self._leave(directories)
 
+    def _try_claim(self, key: str) -> bool:
+        with self._lock:
+            if key in self._creating:
+                return False
+            self._creating.add(key)
+            return True
+
+    def _release(self, key: str) -> None:
+        with self._lock:
+            self._creating.discard(key)
+
+    @contextmanager
+    def creating(self, key: str) -> Iterator[None]:
+        """Run one ``set_if_absent`` of ``key`` at a time in this storage (blocking).
+
+        A look-then-write, or a service's create that is not atomic (``fs``
+        with ``atomic_write_dir`` renames a temporary file over the key), let
+        two racing callers both store and both report success; claimed here,
+        the second one sees the first one's value. Callers in other storages
+        or processes are not seen.
+        """
+        while not self._try_claim(key):
+            time.sleep(_GATE_POLL)
+        try:
+            yield
+        finally:
+            self._release(key)
+
+    @asynccontextmanager
+    async def creating_async(self, key: str) -> AsyncIterator[None]:
+        """``creating`` for the async storage: waits on the event loop, never blocking it."""
+        while not self._try_claim(key):
+            await asyncio.sleep(_GATE_POLL)
+        try:
+            yield
+        finally:
+            self._release(key)
+
     def begin_prune(self, directory: str) -> bool:
         """Claim ``directory`` for pruning; ``False`` while a write under it is in flight."""
         with self._lock:
@@ -267,6 +306,17 @@ class DirectoryGate:
         """Release a directory claimed by ``begin_prune``."""
         with self._lock:
             self._pruning.discard(directory)
+
+
+def _renames_into_place(operator: opendal.Operator | opendal.AsyncOperator) -> bool:
+    """Whether ``operator`` is ``fs`` writing through ``atomic_write_dir``.
+
+    Its ``if_not_exists`` then looks before it renames the temporary file over
+    the key, so two racing creates both succeed (seen with opendal 0.47); it
+    is atomic only without ``atomic_write_dir`` (an exclusive open).
+    """
+    scheme, options = operator.__reduce__()[1][:2]
+    return bool(scheme == "fs" and isinstance(options, dict) and options.get("atomic_write_dir"))
 
 
 @attrs.frozen(kw_only=True)
@@ -291,7 +341,8 @@ class Features:
             deletes=bool(capability.delete),
             listing=bool(capability.list),
             empty_values=bool(capability.write_can_empty),
-            atomic_create=bool(capability.write_with_if_not_exists),
+            atomic_create=bool(capability.write_with_if_not_exists)
+            and not _renames_into_place(operator),
             real_directories=not bool(capability.list_with_recursive),
             reads_to_end=operator.__reduce__()[1][0] in _READS_TO_END,
             stats_by_listing=operator.__reduce__()[1][0] in _STATS_BY_LISTING,

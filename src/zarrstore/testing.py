@@ -492,6 +492,41 @@ class StoreConformance:
         with pytest.raises(KeyError):
             del view["m/1"]
 
+    def test_set_if_absent_has_one_winner(self, storage: Storage) -> None:
+        """Racing ``set_if_absent`` calls on one key: exactly one stores, and its value stays.
+
+        zarr's ``set_if_not_exists`` is an exclusive create in its own stores
+        (``LocalStore`` opens with ``"xb"``); a look-then-write lets two
+        writers both report success while the later one silently replaces the
+        earlier value (``FilesystemStore`` did).
+        """
+        self._require_writable()
+        n_threads, n_keys = 6, 30
+        barrier = threading.Barrier(n_threads)
+        won: dict[str, list[bytes]] = {f"race/{k}": [] for k in range(n_keys)}
+        errors: list[BaseException] = []
+
+        def racer(n: int) -> None:
+            try:
+                for key in won:
+                    value = f"{key}:{n}".encode()
+                    barrier.wait()
+                    if storage.set_if_absent(key, value):
+                        won[key].append(value)
+            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+                errors.append(exc)
+                barrier.abort()
+
+        threads = [threading.Thread(target=racer, args=(n,)) for n in range(n_threads)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors
+        for key, winners in won.items():
+            assert len(winners) == 1, (key, winners)
+            assert storage.get(key) == winners[0]
+
     def test_threads_see_whole_values(self, storage: Storage) -> None:
         self._require_writable()
         values = [bytes([n]) * 50_000 for n in range(4)]

@@ -56,6 +56,7 @@ from zarrstore.beneath import (
     unlink_quietly,
 )
 from zarrstore.errors import InvalidKeyError, StorageIOError
+from zarrstore.keys import name_max, refuse_long_names
 from zarrstore.protocol import DirListing, Storage, ValueInfo
 from zarrstore.ranges import ByteRange, resolve
 from zarrstore.zarr_bridge import ZarrStore
@@ -97,6 +98,7 @@ class FilesystemStorage(Storage):
         self.direct_io = direct_io and direct_io_supported()
         self.durable = durable
         self._root_text = str(self.root)
+        self._name_max = name_max(self.root)
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -127,10 +129,16 @@ class FilesystemStorage(Storage):
     # -- walking from the root, never following a symlink ------------------------------
 
     def _split(self, key: str) -> tuple[list[str], str]:
-        """The directory components of ``key`` and its last component."""
+        """The directory components of ``key`` and its last component.
+
+        Raises:
+            InvalidKeyError: the last component is a temporary file's name, or a
+                component is longer than the filesystem allows (``NAME_MAX``).
+        """
         *parents, name = key.split("/")
         if _TEMP_NAME.fullmatch(name):
             raise InvalidKeyError(key, "names of in-flight temporary files are reserved")
+        refuse_long_names(key, [*parents, name], self._name_max)
         return parents, name
 
     def _open_dir(self, key: str, parts: Sequence[str], *, create: bool = False) -> int:
@@ -382,8 +390,10 @@ class FilesystemStorage(Storage):
     # -- listing ------------------------------------------------------------------
 
     def _open_prefix(self, prefix: str) -> int | None:
+        parts = prefix[:-1].split("/") if prefix else []
+        refuse_long_names(prefix, parts, self._name_max)
         try:
-            return self._open_dir(prefix, prefix[:-1].split("/") if prefix else [])
+            return self._open_dir(prefix, parts)
         except Missing:
             return None
 

@@ -35,6 +35,7 @@ import os
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack, cast, override
 
 import obstore
@@ -42,7 +43,7 @@ from obstore.exceptions import AlreadyExistsError, BaseError, NotSupportedError,
 from obstore.store import LocalStore, MemoryStore, S3Store
 
 from zarrstore.errors import ForkedProcessError, StorageIOError, UnsupportedOperationError
-from zarrstore.keys import validate_key
+from zarrstore.keys import name_max, refuse_unnamable, validate_key
 from zarrstore.obstore_runtime import FORK_ADVICE, forked_from, note_request
 from zarrstore.protocol import AsyncStorage, DirListing, ReadRequest, ValueInfo
 from zarrstore.ranges import ByteRange, OffsetRequest, RangeRequest, SuffixRequest, resolve
@@ -122,6 +123,7 @@ class ObjectStorage(AsyncStorage):
     def __init__(self, backing: Backing, *, read_only: bool = False) -> None:
         super().__init__(read_only=read_only)
         self.backing = backing
+        self._name_max: int | None = None  # the local backing's, found on first use
 
     @classmethod
     def s3(
@@ -185,6 +187,7 @@ class ObjectStorage(AsyncStorage):
                 A path that cannot name an object on the local backing (through
                 a file, or a directory) is a missing object too.
         """
+        self._refuse_unstorable(key)
         forked = forked_from()
         if forked is not None:
             raise ForkedProcessError(
@@ -206,6 +209,28 @@ class ObjectStorage(AsyncStorage):
             if missing and self._is_impossible_path(exc):
                 raise FileNotFoundError(f"{operation} {key!r}: no such key") from exc
             raise StorageIOError(f"{operation} {key!r} on {self!r}: {_brief(exc)}") from exc
+
+    def _refuse_unstorable(self, key: str) -> None:
+        r"""Refuse, before any request, a key (or prefix) the backing cannot name.
+
+        obstore parses no path holding an ASCII control character (``"\n"``,
+        ``"\t"``, ``"\x7f"``, ...): it raised ``ValueError`` from ``get`` and
+        ``TypeError`` from ``delete``. On the local-filesystem backing a path
+        segment longer than the filesystem's ``NAME_MAX``, or a path longer than
+        ``PATH_MAX``, cannot exist either (``ENAMETOOLONG``). These are limits of
+        this store, refused on every call with ``InvalidKeyError`` as
+        ``LMDBStore`` refuses keys over 511 bytes.
+
+        Raises:
+            InvalidKeyError: naming the key and the limit it breaks.
+        """
+        if isinstance(self.backing, LocalStore):
+            if self._name_max is None:
+                self._name_max = name_max(Path(self.backing.prefix or "/"))
+            refuse_unnamable(key, controls=True, root=str(self.backing.prefix or ""),
+                             name_limit=self._name_max)
+        else:
+            refuse_unnamable(key, controls=True)
 
     def _is_missing_bucket(self, exc: FileNotFoundError) -> bool:
         # S3 answers a missing bucket with 404 as it does a missing key; only the
@@ -424,6 +449,8 @@ class ObjectStorage(AsyncStorage):
 
     @override
     async def _erase_many(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self._refuse_unstorable(key)
         try:
             with self._translated("delete", keys[0], missing=True):
                 await obstore.delete_async(self.backing, list(keys))

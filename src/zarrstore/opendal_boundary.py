@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
@@ -26,6 +27,7 @@ import opendal
 from opendal import exceptions as opendal_errors
 
 from zarrstore.errors import StorageIOError, StorageTimeoutError, UnsupportedOperationError
+from zarrstore.keys import name_max, refuse_unnamable
 from zarrstore.protocol import DirListing
 from zarrstore.ranges import ByteRange, OffsetRequest, resolve
 
@@ -331,6 +333,7 @@ class Features:
     real_directories: bool  #: no native recursive listing: directories are walked and pruned
     reads_to_end: bool  #: ranged reads run to the end of the value (FTP)
     stats_by_listing: bool  #: a file stat of ``d/n`` under a file ``d`` named ``n`` lies (FTP)
+    local_files: bool  #: the service is this machine's filesystem (``fs``)
 
     @classmethod
     def of(cls, operator: opendal.Operator | opendal.AsyncOperator) -> Features:
@@ -346,6 +349,7 @@ class Features:
             real_directories=not bool(capability.list_with_recursive),
             reads_to_end=operator.__reduce__()[1][0] in _READS_TO_END,
             stats_by_listing=operator.__reduce__()[1][0] in _STATS_BY_LISTING,
+            local_files=operator.__reduce__()[1][0] == "fs",
         )
 
 
@@ -355,6 +359,8 @@ class OpendalBoundary:
     _operator: opendal.Operator | opendal.AsyncOperator
     _features: Features
     read_only: bool
+    #: The longest file name in bytes, on services of real directories; found on first use.
+    _name_limit: int | None = None
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -414,6 +420,7 @@ class OpendalBoundary:
                 With ``DirectoryPruned`` among them, a write's ``NotFound`` comes
                 out as that.
         """
+        self._refuse_unnamable(key)
         try:
             yield
         except let_through:
@@ -428,6 +435,34 @@ class OpendalBoundary:
             ):
                 raise DirectoryPruned(f"{operation} {key!r}: {_brief(exc)}") from exc
             raise self._translation(operation, key, exc) from exc
+
+    def _refuse_unnamable(self, key: str) -> None:
+        """Refuse, before any request, a key (or prefix) the service cannot name.
+
+        ASCII control characters on every service (FTP refuses CR and LF in its
+        command lines; S3 through opendal failed as "its directory keeps being
+        removed"); on services of real directories (``fs``, FTP, ...) a segment
+        over the file-name limit, or a path over ``PATH_MAX`` from the
+        filesystem's root (opendal answered "File name too long" as a
+        ``StorageIOError`` on writes). ``InvalidKeyError`` on every call, as
+        ``LMDBStore`` refuses keys over 511 bytes.
+
+        Raises:
+            InvalidKeyError: naming the key and the limit it breaks.
+        """
+        if not self._features.real_directories:
+            refuse_unnamable(key, controls=True)
+            return
+        if self._name_limit is None:
+            root = self._root()
+            self._name_limit = name_max(Path(root)) if self._features.local_files else 255
+        refuse_unnamable(key, controls=True, root=self._root(), name_limit=self._name_limit)
+
+    def _root(self) -> str:
+        """The service's ``root`` option (``""`` where it has none)."""
+        options = self._operator.__reduce__()[1][1]
+        root = options.get("root", "") if isinstance(options, dict) else ""
+        return str(root)
 
     def _translation(self, operation: str, key: str, exc: Exception) -> Exception:
         """The zarrstore error for opendal's ``exc``, raised by ``_translated``."""

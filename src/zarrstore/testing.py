@@ -54,6 +54,11 @@ FILES_CANNOT_BE_DIRECTORIES = (
     "a filesystem cannot hold a key beside keys under it ('g/x' would be a file and a "
     "directory); storing one raises StorageIOError, which the store's own tests check"
 )
+#: Valid keys that some backings cannot name: ASCII control characters (obstore's paths,
+#: FTP's command lines), a segment over 255 bytes (a file name), a key of 5,000 bytes.
+ODD_KEYS = ["a/b\nc", "a/b\tc", "a/\x7f", "a/\x01", "a/" + "x" * 300,
+            "/".join(["y" * 200] * 25)]
+ODD_KEY_IDS = ["newline", "tab", "DEL", "SOH", "segment-300", "key-5000"]
 BAD_PREFIXES = ["a", "/a/", "a//", "./", "../", "a/../", "a\\b/", "a/\ud800/"]
 
 
@@ -370,6 +375,56 @@ class StoreConformance:
                 call()
 
     # -- writes -------------------------------------------------------------------
+
+    @pytest.mark.parametrize("key", ODD_KEYS, ids=ODD_KEY_IDS)
+    def test_a_key_is_stored_or_refused_as_invalid(self, storage: Storage, key: str) -> None:
+        """A valid key the backing cannot name is refused with ``InvalidKeyError``.
+
+        Either the store holds it like any other key, or every write raises
+        ``InvalidKeyError`` and every read gives nothing or raises it too:
+        never a bare ``OSError`` (``ENAMETOOLONG`` on ``FilesystemStore``), a
+        ``ValueError`` or ``TypeError`` from a client library (obstore refuses
+        control characters; its ``delete`` raised ``TypeError``).
+        """
+        parent = key.rsplit("/", 1)[0] + "/"
+
+        def refused(call: Callable[[], Any]) -> tuple[Any, bool]:
+            try:
+                return call(), False
+            except InvalidKeyError:
+                return None, True
+
+        self._require_writable()
+        _, refused_set = refused(lambda: storage.set(key, b"odd"))
+        if not refused_set:
+            assert storage.get(key) == b"odd"
+            assert storage.get(key, RangeRequest(1, 2)) == b"d"
+            assert storage.exists(key) and storage.size(key) == 3
+            if storage.supports_listing:
+                assert key in list(storage.list_prefix(parent))
+            storage.erase(key)
+            assert storage.get(key) is None and not storage.exists(key)
+            return
+        reads: list[Callable[[], Any]] = [
+            lambda: storage.get(key),
+            lambda: storage.get_many([(key, None)])[0],
+            lambda: storage.exists(key),
+            lambda: storage.size(key),
+        ]
+        if storage.supports_listing:
+            reads += [lambda: list(storage.list_prefix(f"{key}/")),
+                      lambda: storage.list_dir(f"{key}/").keys]
+        for read in reads:
+            value, _ = refused(read)
+            assert not value, value
+        writes: list[Callable[[], Any]] = [
+            lambda: storage.set_if_absent(key, b"odd"),
+            lambda: storage.erase(key),
+            lambda: storage.erase_many([key]),
+        ]
+        for write in writes:
+            with pytest.raises(InvalidKeyError):
+                write()
 
     @pytest.mark.parametrize("value", [b"", b"v", bytes(range(256)) * 64])
     def test_set_then_get(self, storage: Storage, value: bytes) -> None:

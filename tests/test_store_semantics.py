@@ -158,3 +158,11 @@ def test_an_array_written_in_a_with_block_reads_after_it(store: ZarrStore) -> No
     store.close()
     zarr.open_array(store, path="ctx")[2:] = 7
     np.testing.assert_array_equal(zarr.open_array(store, path="ctx")[:], [4, 4, 7, 7])
+
+
+def test_equal_stores_hash_alike(store: ZarrStore) -> None:
+    """``store == copy`` held while ``hash(store) != hash(copy)``: dicts missed equal stores."""
+    first, second = store.with_read_only(True), store.with_read_only(True)
+    assert first == second
+    assert hash(first) == hash(second)
+    assert {first: "found"}.get(second) == "found"

@@ -534,6 +534,21 @@ class StoreConformance:
             assert self.raw_get(storage, "c/n") == b"new"
         storage.close()
 
+    def test_equal_storages_hash_alike(self, storage: Storage) -> None:
+        """Views that compare equal have equal hashes, so one finds the other's dict entry.
+
+        Equality is by backing (zarr's ``test_store_eq``); hashing by identity
+        (``ZarrStore``, ``MemoryStorage``'s dict, the sync/async bridges'
+        inner) broke Python's rule that equal objects hash alike.
+        """
+        first, second = storage.with_read_only(True), storage.with_read_only(True)
+        assert first == second
+        assert hash(first) == hash(second)
+        assert {first: "found"}.get(second) == "found"
+        if self.picklable:
+            clone = pickle.loads(pickle.dumps(storage))
+            assert clone == storage and hash(clone) == hash(storage)
+
     def test_mapping_view(self, storage: Storage) -> None:
         self._require_writable()
         view = StoreMapping(storage)

@@ -99,7 +99,9 @@ class ZarrStore(Store):
         )
 
     def __hash__(self) -> int:
-        return id(self)
+        # Equal stores hash alike (a pickled copy, another ``with_read_only`` view):
+        # by identity, an equal copy missed a dict or set entry of the original.
+        return hash((type(self).__name__, self.storage))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.storage!r})"

@@ -38,6 +38,8 @@ SLOW_SECONDS = 5.0
 AUTH_TOKEN = "Bearer test-token"
 FTP_USER = "zarr"
 FTP_PASSWORD = "zarr-secret"
+#: The query-string signature the ``/signed/`` route of the test HTTP server wants.
+SIGNATURE = "s1gn3d"
 
 
 class HTTPServer:
@@ -82,6 +84,12 @@ class HTTPServer:
             raise web.HTTPUnauthorized()
         return self._file(request.match_info["tail"], request)
 
+    async def _signed(self, request: web.Request) -> web.StreamResponse:
+        # A presigned URL's signature rides in the query string, as S3's and Azure's do.
+        if request.query.get("sig") != SIGNATURE:
+            raise web.HTTPForbidden()
+        return self._file(request.match_info["tail"], request)
+
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._record])
         app.router.add_static("/data", self.root, follow_symlinks=False)
@@ -89,6 +97,7 @@ class HTTPServer:
         app.router.add_get("/slow/{tail:.*}", self._slow)
         app.router.add_route("*", r"/status/{code:\d+}/{tail:.*}", self._status)
         app.router.add_get("/auth/{tail:.*}", self._auth)
+        app.router.add_route("*", "/signed/{tail:.*}", self._signed)
         return app
 
 

@@ -26,7 +26,7 @@ from http_support import (  # the fixtures are imported to be used here
     served_dir_fixture,  # noqa: F401
     skipped,
 )
-from servers import HTTPServer
+from servers import SIGNATURE, HTTPServer
 from zarr.core.buffer import Buffer, cpu
 from zarr.testing.store import StoreTests
 
@@ -276,3 +276,24 @@ def test_adapters_wrap_the_http_store(published: tuple[Path, xr.Dataset],
     xr.testing.assert_identical(opened.load(), ds)
     assert store.reads > 0 and store.bytes_read > 0 and store.lists == 0
     assert "get zarr.json" in log.getvalue().replace("'", "").replace('"', "")
+
+
+@pytest.mark.parametrize("query", [f"?sig={SIGNATURE}", f"/?sig={SIGNATURE}"])
+def test_a_presigned_base_url_keeps_its_query_on_every_key(
+    published: tuple[Path, xr.Dataset], http_server: HTTPServer, query: str
+) -> None:
+    """``HTTPStore("https://host/data.zarr?sig=...")``: each key joins the path, not the query.
+
+    Key URLs were ``{url}/{key}``, so ``zarr.json`` went into the signature
+    (``?sig=...//zarr.json``) and the server refused every read.
+    """
+    _, ds = published
+    store = HTTPStore(f"{http_server.url}/signed/published{query}", retries=0)
+    try:
+        opened = xr.open_zarr(store, consolidated=True)
+        np.testing.assert_array_equal(opened["temp"].values, ds["temp"].values)
+        sharded = zarr.open_consolidated(store, mode="r")["extra/sharded"]
+        np.testing.assert_array_equal(sharded[5:40], np.arange(5, 40))  # type: ignore[index]
+        assert run(store.getsize("zarr.json")) > 0
+    finally:
+        store.close()

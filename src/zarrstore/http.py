@@ -28,7 +28,7 @@ import weakref
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any, override
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
 
@@ -72,7 +72,8 @@ class HTTPStorage(AsyncStorage):
     """The storage behind ``HTTPStore``: read-only, over one pooled session per event loop.
 
     Args:
-        url: the base URL; key ``k`` is read from ``{url}/{k}``.
+        url: the base URL; key ``k`` is read from ``{url}/{k}``, with the URL's
+            query string (a presigned URL's signature) after the key.
         headers: sent with every request (for example ``{"Authorization": "Bearer ..."}``).
         timeout: seconds allowed for one request, connect to last byte.
         retries: further attempts after a ``5xx`` or a dropped connection.
@@ -93,7 +94,10 @@ class HTTPStorage(AsyncStorage):
         super().__init__(read_only=True)
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"HTTPStorage needs an http:// or https:// URL, got {url!r}")
-        self.url = url.rstrip("/")
+        parts = urlsplit(url)
+        self.url = url if parts.query else url.rstrip("/")
+        # A key joins the path; a query (a presigned URL's signature) follows every key.
+        self._base = parts._replace(path=parts.path.rstrip("/"), fragment="")
         # identity: a Range applies to the encoded body, so a gzip answer would misplace it.
         self.headers: dict[str, str] = {"Accept-Encoding": "identity", **(headers or {})}
         self.timeout = timeout
@@ -117,7 +121,8 @@ class HTTPStorage(AsyncStorage):
         return hash(self.url)
 
     def __repr__(self) -> str:
-        return f"HTTPStorage({self.url!r})"
+        shown = self.url.split("?", 1)[0] + "?…" if self._base.query else self.url
+        return f"HTTPStorage({shown!r})"  # a query string may hold a signature
 
     def __getstate__(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _SETTINGS}
@@ -154,7 +159,19 @@ class HTTPStorage(AsyncStorage):
     # -- requests -----------------------------------------------------------------------
 
     def _key_url(self, key: str) -> str:
-        return f"{self.url}/{quote(key, safe='/')}"
+        """The URL of ``key``: the base URL's path, ``/``, the quoted key, then its query.
+
+        ``https://host/d.zarr?sig=abc`` reads ``zarr.json`` from
+        ``https://host/d.zarr/zarr.json?sig=abc``; appending the key to the
+        whole URL put it inside the signature, and the server refused it.
+        """
+        base = self._base
+        return urlunsplit(base._replace(path=f"{base.path}/{quote(key, safe='/')}"))
+
+    def _shown_url(self, key: str) -> str:
+        """``_key_url`` for messages: a query string (it may hold a signature) shows as ``?…``."""
+        url = self._key_url(key)
+        return url if not self._base.query else url.split("?", 1)[0] + "?…"
 
     async def _request(
         self, method: str, key: str, range_header: str | None = None
@@ -166,6 +183,7 @@ class HTTPStorage(AsyncStorage):
                 when the retries are spent.
         """
         url = self._key_url(key)
+        shown = self._shown_url(key)
         headers = {"Range": range_header} if range_header else None
         session = await self._sessions.session()
         for attempt in range(self.retries + 1):
@@ -181,22 +199,22 @@ class HTTPStorage(AsyncStorage):
                     return response.status, body, response.content_length, response.headers
             except TimeoutError as exc:
                 raise StorageTimeoutError(
-                    f"{method} {url} timed out after {self.timeout} s"
+                    f"{method} {shown} timed out after {self.timeout} s"
                 ) from exc
             except _NOT_TRANSIENT as exc:
-                raise StorageIOError(f"{method} {url} failed: {exc}") from exc
+                raise StorageIOError(f"{method} {shown} failed: {exc}") from exc
             except _TRANSIENT as exc:
                 if last:
                     raise StorageIOError(
-                        f"{method} {url} failed after {attempt + 1} attempts: {exc!r}"
+                        f"{method} {shown} failed after {attempt + 1} attempts: {exc!r}"
                     ) from exc
                 await asyncio.sleep(delay)
             except aiohttp.ClientError as exc:
-                raise StorageIOError(f"{method} {url} failed: {exc!r}") from exc
+                raise StorageIOError(f"{method} {shown} failed: {exc!r}") from exc
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _failure(self, method: str, key: str, status: int) -> StorageIOError:
-        return StorageIOError(f"{method} {self._key_url(key)} answered HTTP {status}")
+        return StorageIOError(f"{method} {self._shown_url(key)} answered HTTP {status}")
 
     # -- the protocol -----------------------------------------------------------------
 

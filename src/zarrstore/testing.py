@@ -597,6 +597,27 @@ class StoreConformance:
             assert len(winners) == 1, (key, winners)
             assert storage.get(key) == winners[0]
 
+    @pytest.mark.parametrize("key", ["", "a/", "/a", "a//b", "a/\ud800"],
+                             ids=["empty", "slash-end", "absolute", "empty-segment", "surrogate"])
+    def test_mapping_view_has_no_impossible_key(self, storage: Storage, key: str) -> None:
+        """A dict view answers a key no store can hold as absent, as a dict would.
+
+        ``"a/" in view`` raised ``InvalidKeyError`` (a ``ValueError``), and so
+        did ``view.get("a/")`` and ``view.pop("a/", None)``, where a dict gives
+        ``False`` or the default. Storing such a key is still refused.
+        """
+        view = StoreMapping(storage)
+        assert key not in view
+        assert view.get(key) is None and view.get(key, b"d") == b"d"
+        with pytest.raises(KeyError):
+            view[key]
+        if self.writable:
+            assert view.pop(key, None) is None
+            with pytest.raises(KeyError):
+                del view[key]
+            with pytest.raises(InvalidKeyError):
+                view[key] = b"x"
+
     def test_threads_see_whole_values(self, storage: Storage) -> None:
         self._require_writable()
         values = [bytes([n]) * 50_000 for n in range(4)]

@@ -90,6 +90,27 @@ class HTTPServer:
             raise web.HTTPForbidden()
         return self._file(request.match_info["tail"], request)
 
+    async def _partial(self, request: web.Request) -> web.StreamResponse:
+        """``206`` answers that are not the range asked, each with an honest ``Content-Range``.
+
+        ``/partial/whole/...`` sends the whole value for any ``Range`` (a proxy
+        that drops it but keeps the status); ``/partial/head/...`` answers a
+        suffix ``bytes=-n`` with the first ``n + 1`` bytes (sirv's bug).
+        """
+        path = (self.root / request.match_info["tail"]).resolve()
+        if not path.is_relative_to(self.root.resolve()) or not path.is_file():
+            raise web.HTTPNotFound()
+        value = path.read_bytes()
+        asked = request.headers.get("Range", "")
+        if request.method == "HEAD" or not asked:
+            return web.Response(body=value if request.method == "GET" else None,
+                                headers={"Content-Length": str(len(value))})
+        if request.match_info["how"] == "head" and asked.startswith("bytes=-"):
+            value = value[: int(asked.removeprefix("bytes=-")) + 1]
+        total = path.stat().st_size
+        return web.Response(status=206, body=value, headers={
+            "Content-Range": f"bytes 0-{len(value) - 1}/{total}" if value else f"bytes */{total}"})
+
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._record])
         app.router.add_static("/data", self.root, follow_symlinks=False)
@@ -98,6 +119,7 @@ class HTTPServer:
         app.router.add_route("*", r"/status/{code:\d+}/{tail:.*}", self._status)
         app.router.add_get("/auth/{tail:.*}", self._auth)
         app.router.add_route("*", "/signed/{tail:.*}", self._signed)
+        app.router.add_route("*", r"/partial/{how:whole|head}/{tail:.*}", self._partial)
         return app
 
 

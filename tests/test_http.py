@@ -297,3 +297,28 @@ def test_a_presigned_base_url_keeps_its_query_on_every_key(
         assert run(store.getsize("zarr.json")) > 0
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("how", ["whole", "head"])
+@pytest.mark.parametrize("byte_range", [
+    RangeRequest(2, 5), RangeRequest(8, 20), OffsetRequest(7), SuffixRequest(3),
+    SuffixRequest(50),
+])
+def test_a_partial_answer_is_cut_by_its_content_range(
+    served_dir: tuple[Path, str], http_server: HTTPServer, how: str, byte_range: Any
+) -> None:
+    """A ``206`` that is not the range asked never passes for it: its Content-Range places it.
+
+    A proxy that answers every ``Range`` with the whole value under ``206``,
+    or a server that answers ``bytes=-3`` with the first bytes (sirv's bug;
+    a sharded array's index is such a suffix read), had its body returned as
+    the range asked: wrong bytes, silently.
+    """
+    directory, _ = served_dir
+    (directory / "v").write_bytes(b"0123456789")
+    url = f"{http_server.url}/partial/{how}/{directory.name}"
+    storage = AsyncToSync(HTTPStorage(url, retries=0))
+    try:
+        assert storage.get("v", byte_range) == slice_value(b"0123456789", byte_range)
+    finally:
+        storage.close()

@@ -4,7 +4,9 @@ The seed's read-only HTTP store, over aiohttp. A key is a URL under the base
 URL; ``get`` is an HTTP ``GET`` and a byte range becomes a ``Range`` header
 (``bytes=a-b``, ``bytes=a-`` or ``bytes=-n``). A ``404`` is a missing key
 (``None``); any other failure raises ``StorageIOError`` naming the URL and
-the status. ``size`` is a ``HEAD`` request (``Content-Length``).
+the status. A ``206`` answer is cut by its ``Content-Range``; one that does
+not hold the range asked is not trusted (the whole value is read and cut).
+``size`` is a ``HEAD`` request (``Content-Length``).
 
 Transient failures — a ``5xx`` answer, a dropped or reset connection — are
 retried with exponential backoff; a timeout is not, so a hung server costs one
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import weakref
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
@@ -35,7 +38,14 @@ import aiohttp
 from zarrstore.errors import StorageIOError, StorageTimeoutError, UnsupportedOperationError
 from zarrstore.http_sessions import SessionPool, new_session
 from zarrstore.protocol import AsyncStorage, ValueInfo
-from zarrstore.ranges import ByteRange, OffsetRequest, RangeRequest, SuffixRequest, slice_value
+from zarrstore.ranges import (
+    ByteRange,
+    OffsetRequest,
+    RangeRequest,
+    SuffixRequest,
+    resolve,
+    slice_value,
+)
 from zarrstore.zarr_bridge import ZarrStore
 
 __all__ = ["HTTPStorage", "HTTPStore"]
@@ -58,6 +68,34 @@ def _range_header(byte_range: ByteRange | None) -> str | None:
         return f"bytes={byte_range.offset}-"
     if isinstance(byte_range, SuffixRequest):
         return f"bytes=-{byte_range.suffix}"
+    return None
+
+
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
+
+
+def _placed(body: bytes, byte_range: ByteRange | None, content_range: str | None) -> bytes | None:
+    """The bytes ``byte_range`` asks for, cut from a ``206`` body its ``Content-Range`` places.
+
+    ``None`` when the body does not hold them: a server answered with another
+    range than the one asked (sirv answers ``bytes=-n`` with the first bytes;
+    some proxies send the whole value under ``206``). Without a
+    ``Content-Range`` the body is taken as the range asked, as before.
+    """
+    if content_range is None:
+        return body
+    match = _CONTENT_RANGE.fullmatch(content_range.strip())
+    if match is None:
+        return None
+    first = int(match[1])
+    total = None if match[3] == "*" else int(match[3])
+    if total is None:  # a suffix cannot be placed without the total
+        if isinstance(byte_range, SuffixRequest):
+            return None
+        total = first + len(body)
+    start, stop = resolve(byte_range, total)
+    if first <= start and stop <= first + len(body):
+        return body[start - first : stop - first]
     return None
 
 
@@ -222,9 +260,15 @@ class HTTPStorage(AsyncStorage):
     async def _get(self, key: str, byte_range: ByteRange | None) -> bytes | None:
         if _is_empty(byte_range):
             return None if await self._size(key) is None else b""
-        status, body, _, _ = await self._request("GET", key, _range_header(byte_range))
+        status, body, _, headers = await self._request("GET", key, _range_header(byte_range))
         if status == 206:
-            return body
+            placed = _placed(body, byte_range, headers.get("Content-Range"))
+            if placed is not None:
+                return placed
+            # Not the range asked (a proxy's whole value, a suffix answered with a
+            # prefix): the whole value, cut here.
+            whole = await self._get(key, None)
+            return None if whole is None else slice_value(whole, byte_range)
         if status == 200:  # the server ignored Range and sent the whole value
             return slice_value(body, byte_range)
         if status == 416:  # the value exists, but the range lies wholly past its end

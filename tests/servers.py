@@ -111,6 +111,13 @@ class HTTPServer:
         return web.Response(status=206, body=value, headers={
             "Content-Range": f"bytes 0-{len(value) - 1}/{total}" if value else f"bytes */{total}"})
 
+    async def _no_head(self, request: web.Request) -> web.StreamResponse:
+        # A URL signed for GET only (S3's presigned URLs answer HEAD with 403), or a
+        # server that does not allow HEAD.
+        if request.method == "HEAD":
+            raise web.HTTPMethodNotAllowed("HEAD", ["GET"])
+        return self._file(request.match_info["tail"], request)
+
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._record])
         app.router.add_static("/data", self.root, follow_symlinks=False)
@@ -120,6 +127,7 @@ class HTTPServer:
         app.router.add_get("/auth/{tail:.*}", self._auth)
         app.router.add_route("*", "/signed/{tail:.*}", self._signed)
         app.router.add_route("*", r"/partial/{how:whole|head}/{tail:.*}", self._partial)
+        app.router.add_route("*", "/nohead/{tail:.*}", self._no_head)
         return app
 
 

@@ -322,3 +322,24 @@ def test_a_partial_answer_is_cut_by_its_content_range(
         assert storage.get("v", byte_range) == slice_value(b"0123456789", byte_range)
     finally:
         storage.close()
+
+
+def test_sizes_without_head(served_dir: tuple[Path, str], http_server: HTTPServer) -> None:
+    """A server that refuses ``HEAD`` (405; S3 answers a GET-signed URL's HEAD with 403).
+
+    ``size``, ``exists`` and zarr's ``getsize`` raised ``StorageIOError``
+    (``HEAD ... answered HTTP 405``), and so did an empty range, which asks
+    for the size; they now ask with a one-byte ``GET`` instead.
+    """
+    directory, _ = served_dir
+    (directory / "v").write_bytes(b"0123456789")
+    (directory / "empty").write_bytes(b"")
+    storage = AsyncToSync(HTTPStorage(f"{http_server.url}/nohead/{directory.name}", retries=0))
+    try:
+        assert [storage.size("v"), storage.size("empty"), storage.size("nope")] == [10, 0, None]
+        assert storage.exists("v") and not storage.exists("nope")
+        assert storage.get("v", RangeRequest(4, 4)) == b""
+        assert storage.get("nope", SuffixRequest(0)) is None
+        assert storage.get("v", SuffixRequest(3)) == b"789"
+    finally:
+        storage.close()

@@ -6,7 +6,8 @@ URL; ``get`` is an HTTP ``GET`` and a byte range becomes a ``Range`` header
 (``None``); any other failure raises ``StorageIOError`` naming the URL and
 the status. A ``206`` answer is cut by its ``Content-Range``; one that does
 not hold the range asked is not trusted (the whole value is read and cut).
-``size`` is a ``HEAD`` request (``Content-Length``).
+``size`` is a ``HEAD`` request (``Content-Length``), or a one-byte ``GET``
+where ``HEAD`` is refused (403, 405, 501).
 
 Transient failures — a ``5xx`` answer, a dropped or reset connection — are
 retried with exponential backoff; a timeout is not, so a hung server costs one
@@ -52,6 +53,11 @@ __all__ = ["HTTPStorage", "HTTPStore"]
 
 #: Statuses worth another try: the server is overloaded, restarting or behind a flaky proxy.
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
+
+#: Answers to ``HEAD`` that say nothing of the key: the method is refused (a URL
+#: presigned for ``GET`` answers 403, some servers 405 or 501). ``size`` asks with
+#: a one-byte ``GET`` instead.
+HEAD_REFUSED = frozenset({403, 405, 501})
 
 #: Connection failures worth another try (resets, drops, refused connects, truncated bodies).
 _TRANSIENT = (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)
@@ -285,6 +291,8 @@ class HTTPStorage(AsyncStorage):
     @override
     async def _stat(self, key: str) -> ValueInfo | None:
         status, _, length, headers = await self._request("HEAD", key)
+        if status in HEAD_REFUSED:
+            return await self._stat_by_get(key)
         if status == 404:
             return None
         if status != 200:
@@ -300,6 +308,31 @@ class HTTPStorage(AsyncStorage):
         except (TypeError, ValueError):  # a malformed date tells nothing
             last_modified = None
         return ValueInfo(size=length, etag=headers.get("ETag"), last_modified=last_modified)
+
+    async def _stat_by_get(self, key: str) -> ValueInfo | None:
+        """``_stat`` where ``HEAD`` is refused: a ``GET`` of the first byte tells the size.
+
+        Its ``Content-Range`` (``bytes 0-0/N``) gives ``N``; a ``416`` is an
+        empty value; a server that ignores ``Range`` sends the whole value,
+        which is counted.
+
+        Raises:
+            StorageIOError: the ``GET`` fails too (naming its status).
+        """
+        status, body, _, headers = await self._request("GET", key, "bytes=0-0")
+        if status == 404:
+            return None
+        if status == 416:
+            return ValueInfo(size=0, etag=headers.get("ETag"))
+        if status == 206:
+            match = _CONTENT_RANGE.fullmatch(headers.get("Content-Range", "").strip())
+            if match is not None and match[3] != "*":
+                return ValueInfo(size=int(match[3]), etag=headers.get("ETag"))
+            value = await self._get(key, None)  # no total given: count the bytes
+            return None if value is None else ValueInfo(size=len(value))
+        if status == 200:
+            return ValueInfo(size=len(body), etag=headers.get("ETag"))
+        raise self._failure("GET", key, status)
 
     @override
     async def _set(self, key: str, value: bytes) -> None:

@@ -318,3 +318,11 @@ def test_a_line_the_writer_cannot_encode_never_replaces_the_outcome(
     assert lines[0].startswith('get "a/') and lines[0].endswith("-> error=InvalidKeyError")
     assert lines[1].startswith("set ") and lines[1].endswith("len=1 -> ok")
     assert lines[2].endswith("-> len=1")
+
+
+def test_a_value_is_logged_by_its_bytes() -> None:
+    """A ``memoryview`` of 4-byte items was logged as ``len=4`` for 16 bytes stored."""
+    sink = io.StringIO()
+    store = UsageLog(MemoryStore(), sink, prefix=lambda: "")
+    store.storage.set("a", memoryview(bytes(range(16))).cast("i"))  # type: ignore[arg-type]
+    assert sink.getvalue() == 'set "a" len=16 -> ok\n'

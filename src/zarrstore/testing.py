@@ -445,6 +445,11 @@ class StoreConformance:
         storage.set("mv", memoryview(b"def"))  # type: ignore[arg-type]
         assert storage.get("ba") == b"abc"
         assert storage.get("mv") == b"def"
+        wide = memoryview(bytes(range(16))).cast("i")  # four 4-byte items
+        storage.set("wide", wide)  # type: ignore[arg-type]
+        assert storage.get("wide") == bytes(range(16))
+        assert storage.set_if_absent("wide2", wide)  # type: ignore[arg-type]
+        assert storage.size("wide2") == 16
 
     def test_erase(self, storage: Storage) -> None:
         self._require_writable()

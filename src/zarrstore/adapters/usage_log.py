@@ -239,12 +239,12 @@ class UsageLogStorage(WrappingStorage):
 
     @override
     def set(self, key: str, value: bytes) -> None:
-        arguments = f"{_text(key)} len={len(value)}"
+        arguments = f"{_text(key)} len={memoryview(value).nbytes}"
         self._logged("set", arguments, lambda: self.inner.set(key, value), _ok)
 
     @override
     def set_if_absent(self, key: str, value: bytes) -> bool:
-        arguments = f"{_text(key)} len={len(value)}"
+        arguments = f"{_text(key)} len={memoryview(value).nbytes}"
         return self._logged(
             "set_if_absent", arguments, lambda: self.inner.set_if_absent(key, value), str
         )

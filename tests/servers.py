@@ -118,6 +118,19 @@ class HTTPServer:
             raise web.HTTPMethodNotAllowed("HEAD", ["GET"])
         return self._file(request.match_info["tail"], request)
 
+    async def _indexed(self, request: web.Request) -> web.StreamResponse:
+        # A directory as Python's http.server, nginx's autoindex and Apache answer it:
+        # a redirect to the name with a "/", then an HTML listing.
+        tail = request.match_info["tail"]
+        path = (self.root / tail).resolve()
+        if path.is_relative_to(self.root.resolve()) and path.is_dir():
+            if not tail.endswith("/"):
+                raise web.HTTPMovedPermanently(f"{request.path}/")
+            names = "".join(f'<li><a href="{p.name}">{p.name}</a></li>' for p in path.iterdir())
+            return web.Response(text=f"<!DOCTYPE HTML><html><ul>{names}</ul></html>",
+                                content_type="text/html")
+        return self._file(tail, request)
+
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._record])
         app.router.add_static("/data", self.root, follow_symlinks=False)
@@ -128,6 +141,7 @@ class HTTPServer:
         app.router.add_route("*", "/signed/{tail:.*}", self._signed)
         app.router.add_route("*", r"/partial/{how:whole|head}/{tail:.*}", self._partial)
         app.router.add_route("*", "/nohead/{tail:.*}", self._no_head)
+        app.router.add_route("*", "/indexed/{tail:.*}", self._indexed)
         return app
 
 

@@ -343,3 +343,25 @@ def test_sizes_without_head(served_dir: tuple[Path, str], http_server: HTTPServe
         assert storage.get("v", SuffixRequest(3)) == b"789"
     finally:
         storage.close()
+
+
+def test_a_directory_listing_is_not_a_value(
+    served_dir: tuple[Path, str], http_server: HTTPServer
+) -> None:
+    """A server that redirects ``arr/c`` to ``arr/c/`` and lists it (``python -m http.server``).
+
+    The HTML listing was read as the value of the key ``arr/c``, and ``exists``
+    said ``True``; a key naming a directory holds nothing (docs/protocol.md).
+    """
+    directory, _ = served_dir
+    (directory / "arr" / "c").mkdir(parents=True)
+    (directory / "arr" / "c" / "0").write_bytes(b"0")
+    storage = AsyncToSync(HTTPStorage(f"{http_server.url}/indexed/{directory.name}", retries=0))
+    try:
+        for key in ["arr", "arr/c"]:
+            assert storage.get(key) is None, key
+            assert storage.get(key, RangeRequest(0, 4)) is None, key
+            assert not storage.exists(key) and storage.size(key) is None, key
+        assert storage.get("arr/c/0") == b"0" and storage.size("arr/c/0") == 1
+    finally:
+        storage.close()

@@ -7,7 +7,8 @@ URL; ``get`` is an HTTP ``GET`` and a byte range becomes a ``Range`` header
 the status. A ``206`` answer is cut by its ``Content-Range``; one that does
 not hold the range asked is not trusted (the whole value is read and cut).
 ``size`` is a ``HEAD`` request (``Content-Length``), or a one-byte ``GET``
-where ``HEAD`` is refused (403, 405, 501).
+where ``HEAD`` is refused (403, 405, 501). A key the server redirects to
+``key/`` names a directory: it holds nothing (its HTML listing is no value).
 
 Transient failures — a ``5xx`` answer, a dropped or reset connection — are
 retried with exponential backoff; a timeout is not, so a hung server costs one
@@ -239,6 +240,11 @@ class HTTPStorage(AsyncStorage):
                         await response.read()
                         await asyncio.sleep(delay)
                         continue
+                    if response.history and response.url.path.endswith("/"):
+                        # Redirected to ``key/``: a directory (``http.server``, nginx's
+                        # autoindex, Apache), whose listing is no value of the key.
+                        await response.read()
+                        return 404, b"", None, response.headers
                     body = await response.read() if method == "GET" else b""
                     return response.status, body, response.content_length, response.headers
             except TimeoutError as exc:

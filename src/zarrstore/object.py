@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -42,7 +43,12 @@ import obstore
 from obstore.exceptions import AlreadyExistsError, BaseError, NotSupportedError, PreconditionError
 from obstore.store import LocalStore, MemoryStore, S3Store
 
-from zarrstore.errors import ForkedProcessError, StorageIOError, UnsupportedOperationError
+from zarrstore.errors import (
+    ForkedProcessError,
+    InvalidKeyError,
+    StorageIOError,
+    UnsupportedOperationError,
+)
 from zarrstore.keys import name_max, refuse_unnamable, validate_key
 from zarrstore.obstore_runtime import FORK_ADVICE, forked_from, note_request
 from zarrstore.protocol import AsyncStorage, DirListing, ReadRequest, ValueInfo
@@ -95,6 +101,10 @@ def _asks_nothing(byte_range: ByteRange | None) -> bool:
     if isinstance(byte_range, RangeRequest):
         return byte_range.end == byte_range.start
     return isinstance(byte_range, SuffixRequest) and byte_range.suffix == 0
+
+
+#: The names obstore's local-filesystem backing keeps for its temporary files.
+_STAGING_NAME = re.compile(r"[^#]*#\d+")
 
 
 def _is_key_under(path: str, prefix: str) -> bool:
@@ -219,7 +229,9 @@ class ObjectStorage(AsyncStorage):
         segment longer than the filesystem's ``NAME_MAX``, or a path longer than
         ``PATH_MAX``, cannot exist either (``ENAMETOOLONG``). These are limits of
         this store, refused on every call with ``InvalidKeyError`` as
-        ``LMDBStore`` refuses keys over 511 bytes.
+        ``LMDBStore`` refuses keys over 511 bytes; so is, there, a name ending
+        in ``#`` and digits (``c#12``: obstore's temporary files), which raised
+        ``StorageIOError`` even on reads.
 
         Raises:
             InvalidKeyError: naming the key and the limit it breaks.
@@ -229,6 +241,10 @@ class ObjectStorage(AsyncStorage):
                 self._name_max = name_max(Path(self.backing.prefix or "/"))
             refuse_unnamable(key, controls=True, root=str(self.backing.prefix or ""),
                              name_limit=self._name_max)
+            if not key.endswith("/") and _STAGING_NAME.fullmatch(key.rpartition("/")[2]):
+                raise InvalidKeyError(
+                    key, "the local-filesystem backing reserves names ending in '#' and "
+                    "digits (obstore's temporary files)")
         else:
             refuse_unnamable(key, controls=True)
 

@@ -55,10 +55,11 @@ FILES_CANNOT_BE_DIRECTORIES = (
     "directory); storing one raises StorageIOError, which the store's own tests check"
 )
 #: Valid keys that some backings cannot name: ASCII control characters (obstore's paths,
-#: FTP's command lines), a segment over 255 bytes (a file name), a key of 5,000 bytes.
+#: FTP's command lines), a segment over 255 bytes (a file name), a key of 5,000 bytes, a
+#: name ending in ``#`` and digits (obstore's local temporary files).
 ODD_KEYS = ["a/b\nc", "a/b\tc", "a/\x7f", "a/\x01", "a/" + "x" * 300,
-            "/".join(["y" * 200] * 25)]
-ODD_KEY_IDS = ["newline", "tab", "DEL", "SOH", "segment-300", "key-5000"]
+            "/".join(["y" * 200] * 25), "a/c#12"]
+ODD_KEY_IDS = ["newline", "tab", "DEL", "SOH", "segment-300", "key-5000", "hash-digits"]
 BAD_PREFIXES = ["a", "/a/", "a//", "./", "../", "a/../", "a\\b/", "a/\ud800/"]
 
 

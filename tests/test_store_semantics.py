@@ -166,3 +166,15 @@ def test_equal_stores_hash_alike(store: ZarrStore) -> None:
     assert first == second
     assert hash(first) == hash(second)
     assert {first: "found"}.get(second) == "found"
+
+
+def test_every_write_path_wants_a_buffer(store: ZarrStore) -> None:
+    """``set_if_not_exists(key, b"raw")`` raised ``AttributeError``; ``set`` says ``TypeError``."""
+    with pytest.raises(TypeError, match="Buffer"):
+        asyncio.run(store.set("k", b"raw"))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="Buffer"):
+        asyncio.run(store.set_if_not_exists("k", b"raw"))  # type: ignore[arg-type]
+    if store._supports_sync_io:
+        with pytest.raises(TypeError, match="Buffer"):
+            store.set_sync("k", b"raw")  # type: ignore[arg-type]
+    assert asyncio.run(store.get("k")) is None

@@ -30,6 +30,7 @@ from zarrstore.object import ObjectStorage
 
 __all__ = [
     "BUCKET",
+    "MOTO_RACE",
     "NOT_PICKLABLE",
     "Backdoor",
     "Fresh",
@@ -46,6 +47,9 @@ __all__ = [
 ]
 
 BUCKET = "zarrstore-test"
+MOTO_RACE = ("moto checks a condition and then writes without a lock between, so two racing "
+             "conditional writers can both win there; S3 guarantees one winner (and may answer "
+             "a racing writer 409 ConditionalRequestConflict, which moto never sends)")
 NOT_PICKLABLE = "obstore's in-memory backing cannot be pickled: its data lives in this process"
 
 

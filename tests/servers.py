@@ -38,6 +38,8 @@ SLOW_SECONDS = 5.0
 AUTH_TOKEN = "Bearer test-token"
 FTP_USER = "zarr"
 FTP_PASSWORD = "zarr-secret"
+#: The query-string signature the ``/signed/`` route of the test HTTP server wants.
+SIGNATURE = "s1gn3d"
 
 
 class HTTPServer:
@@ -82,6 +84,53 @@ class HTTPServer:
             raise web.HTTPUnauthorized()
         return self._file(request.match_info["tail"], request)
 
+    async def _signed(self, request: web.Request) -> web.StreamResponse:
+        # A presigned URL's signature rides in the query string, as S3's and Azure's do.
+        if request.query.get("sig") != SIGNATURE:
+            raise web.HTTPForbidden()
+        return self._file(request.match_info["tail"], request)
+
+    async def _partial(self, request: web.Request) -> web.StreamResponse:
+        """``206`` answers that are not the range asked, each with an honest ``Content-Range``.
+
+        ``/partial/whole/...`` sends the whole value for any ``Range`` (a proxy
+        that drops it but keeps the status); ``/partial/head/...`` answers a
+        suffix ``bytes=-n`` with the first ``n + 1`` bytes (sirv's bug).
+        """
+        path = (self.root / request.match_info["tail"]).resolve()
+        if not path.is_relative_to(self.root.resolve()) or not path.is_file():
+            raise web.HTTPNotFound()
+        value = path.read_bytes()
+        asked = request.headers.get("Range", "")
+        if request.method == "HEAD" or not asked:
+            return web.Response(body=value if request.method == "GET" else None,
+                                headers={"Content-Length": str(len(value))})
+        if request.match_info["how"] == "head" and asked.startswith("bytes=-"):
+            value = value[: int(asked.removeprefix("bytes=-")) + 1]
+        total = path.stat().st_size
+        return web.Response(status=206, body=value, headers={
+            "Content-Range": f"bytes 0-{len(value) - 1}/{total}" if value else f"bytes */{total}"})
+
+    async def _no_head(self, request: web.Request) -> web.StreamResponse:
+        # A URL signed for GET only (S3's presigned URLs answer HEAD with 403), or a
+        # server that does not allow HEAD.
+        if request.method == "HEAD":
+            raise web.HTTPMethodNotAllowed("HEAD", ["GET"])
+        return self._file(request.match_info["tail"], request)
+
+    async def _indexed(self, request: web.Request) -> web.StreamResponse:
+        # A directory as Python's http.server, nginx's autoindex and Apache answer it:
+        # a redirect to the name with a "/", then an HTML listing.
+        tail = request.match_info["tail"]
+        path = (self.root / tail).resolve()
+        if path.is_relative_to(self.root.resolve()) and path.is_dir():
+            if not tail.endswith("/"):
+                raise web.HTTPMovedPermanently(f"{request.path}/")
+            names = "".join(f'<li><a href="{p.name}">{p.name}</a></li>' for p in path.iterdir())
+            return web.Response(text=f"<!DOCTYPE HTML><html><ul>{names}</ul></html>",
+                                content_type="text/html")
+        return self._file(tail, request)
+
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._record])
         app.router.add_static("/data", self.root, follow_symlinks=False)
@@ -89,6 +138,10 @@ class HTTPServer:
         app.router.add_get("/slow/{tail:.*}", self._slow)
         app.router.add_route("*", r"/status/{code:\d+}/{tail:.*}", self._status)
         app.router.add_get("/auth/{tail:.*}", self._auth)
+        app.router.add_route("*", "/signed/{tail:.*}", self._signed)
+        app.router.add_route("*", r"/partial/{how:whole|head}/{tail:.*}", self._partial)
+        app.router.add_route("*", "/nohead/{tail:.*}", self._no_head)
+        app.router.add_route("*", "/indexed/{tail:.*}", self._indexed)
         return app
 
 

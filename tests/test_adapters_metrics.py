@@ -332,3 +332,12 @@ async def test_every_bridge_read_path_is_counted() -> None:
         [g async for g in store.get_ranges("k", [RangeByteRequest(1, 3)], prototype=proto)]
         store.get_ranges_sync("k", [RangeByteRequest(0, 5), None], prototype=proto)
     assert block.as_dict() == counts(reads=9, bytes_read=10 + 4 + 2 + 3 + 0 + 10 + 2 + 5 + 10)
+
+
+def test_bytes_written_are_bytes_not_items() -> None:
+    """A ``memoryview`` of 4-byte items stored 16 bytes but was counted as 4."""
+    store = PerformanceMetrics(MemoryStore())
+    wide = memoryview(bytes(range(16))).cast("i")
+    store.storage.set("a", wide)  # type: ignore[arg-type]
+    assert store.storage.set_if_absent("b", wide)  # type: ignore[arg-type]
+    assert store.bytes_written == 32 and store.writes == 2

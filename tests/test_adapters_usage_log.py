@@ -296,3 +296,33 @@ def test_zarr_sharded_read_is_logged_as_index_then_ranges() -> None:
         ("get", ["s/c/0/0[-68:]"], "len=68"),
         ("get_many", ["n=1", "s/c/0/0[0:16]"], "[len=16]"),
     ]
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "ascii"])
+def test_a_line_the_writer_cannot_encode_never_replaces_the_outcome(
+    tmp_path: Path, encoding: str
+) -> None:
+    """A log file that cannot hold a key's characters changes nothing about the call.
+
+    Logged to a UTF-8 file, ``get("a/\\ud800")`` raised ``UnicodeEncodeError`` from
+    writing its line instead of the ``InvalidKeyError`` it gets everywhere else;
+    to an ASCII file, storing the valid key ``"é/x"`` failed after storing it.
+    """
+    with open(tmp_path / "usage.log", "w", encoding=encoding) as sink:
+        store = UsageLog(MemoryStore(), sink, prefix=lambda: "")
+        with pytest.raises(InvalidKeyError, match="surrogate"):
+            store.storage.get("a/\ud800")
+        store.storage.set("é/x", b"v")
+        assert store.storage.get("é/x") == b"v"
+    lines = (tmp_path / "usage.log").read_text(encoding=encoding).splitlines()
+    assert lines[0].startswith('get "a/') and lines[0].endswith("-> error=InvalidKeyError")
+    assert lines[1].startswith("set ") and lines[1].endswith("len=1 -> ok")
+    assert lines[2].endswith("-> len=1")
+
+
+def test_a_value_is_logged_by_its_bytes() -> None:
+    """A ``memoryview`` of 4-byte items was logged as ``len=4`` for 16 bytes stored."""
+    sink = io.StringIO()
+    store = UsageLog(MemoryStore(), sink, prefix=lambda: "")
+    store.storage.set("a", memoryview(bytes(range(16))).cast("i"))  # type: ignore[arg-type]
+    assert sink.getvalue() == 'set "a" len=16 -> ok\n'

@@ -26,7 +26,7 @@ from http_support import (  # the fixtures are imported to be used here
     served_dir_fixture,  # noqa: F401
     skipped,
 )
-from servers import HTTPServer
+from servers import SIGNATURE, HTTPServer
 from zarr.core.buffer import Buffer, cpu
 from zarr.testing.store import StoreTests
 
@@ -276,3 +276,92 @@ def test_adapters_wrap_the_http_store(published: tuple[Path, xr.Dataset],
     xr.testing.assert_identical(opened.load(), ds)
     assert store.reads > 0 and store.bytes_read > 0 and store.lists == 0
     assert "get zarr.json" in log.getvalue().replace("'", "").replace('"', "")
+
+
+@pytest.mark.parametrize("query", [f"?sig={SIGNATURE}", f"/?sig={SIGNATURE}"])
+def test_a_presigned_base_url_keeps_its_query_on_every_key(
+    published: tuple[Path, xr.Dataset], http_server: HTTPServer, query: str
+) -> None:
+    """``HTTPStore("https://host/data.zarr?sig=...")``: each key joins the path, not the query.
+
+    Key URLs were ``{url}/{key}``, so ``zarr.json`` went into the signature
+    (``?sig=...//zarr.json``) and the server refused every read.
+    """
+    _, ds = published
+    store = HTTPStore(f"{http_server.url}/signed/published{query}", retries=0)
+    try:
+        opened = xr.open_zarr(store, consolidated=True)
+        np.testing.assert_array_equal(opened["temp"].values, ds["temp"].values)
+        sharded = zarr.open_consolidated(store, mode="r")["extra/sharded"]
+        np.testing.assert_array_equal(sharded[5:40], np.arange(5, 40))  # type: ignore[index]
+        assert run(store.getsize("zarr.json")) > 0
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("how", ["whole", "head"])
+@pytest.mark.parametrize("byte_range", [
+    RangeRequest(2, 5), RangeRequest(8, 20), OffsetRequest(7), SuffixRequest(3),
+    SuffixRequest(50),
+])
+def test_a_partial_answer_is_cut_by_its_content_range(
+    served_dir: tuple[Path, str], http_server: HTTPServer, how: str, byte_range: Any
+) -> None:
+    """A ``206`` that is not the range asked never passes for it: its Content-Range places it.
+
+    A proxy that answers every ``Range`` with the whole value under ``206``,
+    or a server that answers ``bytes=-3`` with the first bytes (sirv's bug;
+    a sharded array's index is such a suffix read), had its body returned as
+    the range asked: wrong bytes, silently.
+    """
+    directory, _ = served_dir
+    (directory / "v").write_bytes(b"0123456789")
+    url = f"{http_server.url}/partial/{how}/{directory.name}"
+    storage = AsyncToSync(HTTPStorage(url, retries=0))
+    try:
+        assert storage.get("v", byte_range) == slice_value(b"0123456789", byte_range)
+    finally:
+        storage.close()
+
+
+def test_sizes_without_head(served_dir: tuple[Path, str], http_server: HTTPServer) -> None:
+    """A server that refuses ``HEAD`` (405; S3 answers a GET-signed URL's HEAD with 403).
+
+    ``size``, ``exists`` and zarr's ``getsize`` raised ``StorageIOError``
+    (``HEAD ... answered HTTP 405``), and so did an empty range, which asks
+    for the size; they now ask with a one-byte ``GET`` instead.
+    """
+    directory, _ = served_dir
+    (directory / "v").write_bytes(b"0123456789")
+    (directory / "empty").write_bytes(b"")
+    storage = AsyncToSync(HTTPStorage(f"{http_server.url}/nohead/{directory.name}", retries=0))
+    try:
+        assert [storage.size("v"), storage.size("empty"), storage.size("nope")] == [10, 0, None]
+        assert storage.exists("v") and not storage.exists("nope")
+        assert storage.get("v", RangeRequest(4, 4)) == b""
+        assert storage.get("nope", SuffixRequest(0)) is None
+        assert storage.get("v", SuffixRequest(3)) == b"789"
+    finally:
+        storage.close()
+
+
+def test_a_directory_listing_is_not_a_value(
+    served_dir: tuple[Path, str], http_server: HTTPServer
+) -> None:
+    """A server that redirects ``arr/c`` to ``arr/c/`` and lists it (``python -m http.server``).
+
+    The HTML listing was read as the value of the key ``arr/c``, and ``exists``
+    said ``True``; a key naming a directory holds nothing (docs/protocol.md).
+    """
+    directory, _ = served_dir
+    (directory / "arr" / "c").mkdir(parents=True)
+    (directory / "arr" / "c" / "0").write_bytes(b"0")
+    storage = AsyncToSync(HTTPStorage(f"{http_server.url}/indexed/{directory.name}", retries=0))
+    try:
+        for key in ["arr", "arr/c"]:
+            assert storage.get(key) is None, key
+            assert storage.get(key, RangeRequest(0, 4)) is None, key
+            assert not storage.exists(key) and storage.size(key) is None, key
+        assert storage.get("arr/c/0") == b"0" and storage.size("arr/c/0") == 1
+    finally:
+        storage.close()

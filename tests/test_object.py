@@ -26,6 +26,7 @@ from hypothesis.stateful import run_state_machine_as_test
 from hypothesis_budget import hierarchy_examples
 from object_support import (  # the session fixtures are imported to be used here
     BUCKET,
+    MOTO_RACE,
     NOT_PICKLABLE,
     Backdoor,
     Fresh,
@@ -72,7 +73,8 @@ class ObjectConformance(StoreConformance):
 
 
 class TestS3Conformance(OnS3, ObjectConformance):
-    pass
+    @pytest.mark.skip(reason=MOTO_RACE)
+    def test_set_if_absent_has_one_winner(self, storage: Storage) -> None: ...
 
 
 class TestLocalConformance(OnLocalFiles, ObjectConformance):

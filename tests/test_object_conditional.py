@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from object_support import (  # the session fixtures are imported to be used here
     BUCKET,
+    MOTO_RACE,
     Fresh,
     S3Server,
     any_fresh_fixture,  # noqa: F401
@@ -27,9 +28,6 @@ from object_support import (  # the session fixtures are imported to be used her
 from zarrstore import ReadOnlyError, StorageIOError, UnsupportedOperationError
 from zarrstore.object import ObjectStorage
 
-MOTO_RACE = ("moto checks a condition and then writes without a lock between, so two racing "
-             "conditional writers can both win there; S3 guarantees one winner (and may answer "
-             "a racing writer 409 ConditionalRequestConflict, which moto never sends)")
 
 async def _racing_creates(storage: ObjectStorage, writers: int) -> list[bool]:
     return list(await asyncio.gather(

@@ -10,6 +10,7 @@ zarr's own store tests and state machines run on it unmodified.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, override
@@ -32,6 +33,10 @@ __all__ = ["MAX_KEY_BYTES", "SessionStorage", "SessionStore", "validate_session_
 
 #: Zarr metadata documents (v3 and v2): never virtual.
 _METADATA_NAMES = frozenset({"zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata"})
+
+#: Held by a session store's ``set_if_absent`` from its look to its write (rare: zarr
+#: uses it for implicit groups' metadata), so racing threads cannot both stage.
+_CREATING = threading.Lock()
 
 #: Longest key a session stores, in UTF-8 bytes (LMDB keys are at most 511 bytes, and
 #: staging adds a prefix).
@@ -162,9 +167,17 @@ class SessionStorage(Storage):
 
     @override
     def _set_if_absent(self, key: str, value: bytes) -> bool:
+        """Stage ``value`` only if ``key`` holds nothing; whether it was staged.
+
+        Racing calls in this process take turns (``_CREATING``), so exactly
+        one of them stages, as zarr's ``set_if_not_exists`` is exclusive in its
+        own stores; the look-then-stage let two threads both report success.
+        Copies of the session in other processes are not seen.
+        """
         # Refuse the key before looking it up, whatever the default would do.
         validate_session_key(key)
-        return super()._set_if_absent(key, value)
+        with _CREATING:
+            return super()._set_if_absent(key, value)
 
     @override
     def _erase(self, key: str) -> None:

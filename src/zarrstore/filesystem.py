@@ -15,7 +15,9 @@ Guarantees:
   (``zarrstore.beneath`` does the walking).
 * **Atomic writes.** A value is written to a temporary file in the target
   directory and renamed over the key, so a reader (or a process killed
-  mid-write) sees the old value or the new one, never a torn one. With
+  mid-write) sees the old value or the new one, never a torn one.
+  ``set_if_absent`` hard-links its temporary file to the key instead, which
+  fails if the key exists: an atomic create, across processes too. With
   ``durable=True`` the file and its directory are also fsynced, which
   protects against power loss, not only process death.
 * **Stable listings.** Keys are listed sorted; temporary files never appear.
@@ -35,10 +37,10 @@ import os
 import re
 import stat
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, override
+from typing import Any, TypeVar, override
 
 from zarrstore.beneath import (
     CREATE,
@@ -54,6 +56,7 @@ from zarrstore.beneath import (
     unlink_quietly,
 )
 from zarrstore.errors import InvalidKeyError, StorageIOError
+from zarrstore.keys import name_max, refuse_long_names
 from zarrstore.protocol import DirListing, Storage, ValueInfo
 from zarrstore.ranges import ByteRange, resolve
 from zarrstore.zarr_bridge import ZarrStore
@@ -66,6 +69,8 @@ _ALIGN = 4096
 _O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 #: How often a write retries when a concurrent erase prunes its directory under it.
 _PRUNED_RETRIES = 20
+
+T = TypeVar("T")
 
 
 def direct_io_supported() -> bool:
@@ -93,6 +98,7 @@ class FilesystemStorage(Storage):
         self.direct_io = direct_io and direct_io_supported()
         self.durable = durable
         self._root_text = str(self.root)
+        self._name_max = name_max(self.root)
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -123,10 +129,16 @@ class FilesystemStorage(Storage):
     # -- walking from the root, never following a symlink ------------------------------
 
     def _split(self, key: str) -> tuple[list[str], str]:
-        """The directory components of ``key`` and its last component."""
+        """The directory components of ``key`` and its last component.
+
+        Raises:
+            InvalidKeyError: the last component is a temporary file's name, or a
+                component is longer than the filesystem allows (``NAME_MAX``).
+        """
         *parents, name = key.split("/")
         if _TEMP_NAME.fullmatch(name):
             raise InvalidKeyError(key, "names of in-flight temporary files are reserved")
+        refuse_long_names(key, [*parents, name], self._name_max)
         return parents, name
 
     def _open_dir(self, key: str, parts: Sequence[str], *, create: bool = False) -> int:
@@ -198,6 +210,15 @@ class FilesystemStorage(Storage):
 
     @override
     def _set(self, key: str, value: bytes) -> None:
+        self._store(key, value, self._set_in)
+
+    @override
+    def _set_if_absent(self, key: str, value: bytes) -> bool:
+        return self._store(key, value, self._create_in)
+
+    def _store(self, key: str, value: bytes,
+               store_in: Callable[[int, str, str, bytes], T]) -> T:
+        """Open (making) ``key``'s directory and ``store_in`` it; again if it was pruned."""
         parents, name = self._split(key)
         for attempt in range(_PRUNED_RETRIES):
             try:
@@ -209,8 +230,7 @@ class FilesystemStorage(Storage):
             except Missing:  # a concurrent erase pruned a directory as it was made
                 continue
             try:
-                self._set_in(directory, key, name, value)
-                return
+                return store_in(directory, key, name, value)
             except Missing:
                 if attempt == _PRUNED_RETRIES - 1:
                     raise StorageIOError(
@@ -218,6 +238,46 @@ class FilesystemStorage(Storage):
                     ) from None
             finally:
                 os.close(directory)
+        raise StorageIOError(f"cannot store {key!r}: its directory keeps being removed")
+
+    def _create_in(self, directory: int, key: str, name: str, value: bytes) -> bool:
+        """Store ``value`` at ``name`` only if nothing is there: ``False`` if something was.
+
+        The value is written to a temporary file and hard-linked to ``name``
+        (``linkat``, which fails if ``name`` exists), so the create is atomic
+        against every writer, other processes included, as zarr's
+        ``LocalStore.set_if_not_exists`` (an exclusive open) is, and a reader
+        never sees a partly written value. A look-then-write let two racing
+        callers both report success, the later value replacing the earlier.
+
+        Raises:
+            StorageIOError: ``name`` is a directory of other keys.
+            InvalidKeyError: ``name`` is a symlink.
+        """
+        temp = f"{TEMP_MARK}{uuid.uuid4().hex}"
+        try:
+            self._write_file(directory, temp, value)
+        except FileNotFoundError:  # the directory was pruned after it was opened
+            raise Missing from None
+        try:
+            os.link(temp, name, src_dir_fd=directory, dst_dir_fd=directory,
+                    follow_symlinks=False)
+        except FileExistsError:
+            info = lstat_at(directory, name)
+            if info is not None and stat.S_ISLNK(info.st_mode):
+                raise InvalidKeyError(key, SYMLINK_REFUSED) from None
+            if info is not None and stat.S_ISDIR(info.st_mode):
+                raise StorageIOError(
+                    f"cannot store {key!r}: it is already a directory of other keys"
+                ) from None
+            return False
+        except FileNotFoundError:  # the directory, temp file and all, was removed under us
+            raise Missing from None
+        finally:
+            unlink_quietly(directory, temp)
+        if self.durable:
+            os.fsync(directory)
+        return True
 
     def _set_in(self, directory: int, key: str, name: str, value: bytes) -> None:
         """Write ``value`` to a temporary file in ``directory``, then rename it over ``name``."""
@@ -330,8 +390,10 @@ class FilesystemStorage(Storage):
     # -- listing ------------------------------------------------------------------
 
     def _open_prefix(self, prefix: str) -> int | None:
+        parts = prefix[:-1].split("/") if prefix else []
+        refuse_long_names(prefix, parts, self._name_max)
         try:
-            return self._open_dir(prefix, prefix[:-1].split("/") if prefix else [])
+            return self._open_dir(prefix, parts)
         except Missing:
             return None
 

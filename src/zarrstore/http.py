@@ -4,7 +4,11 @@ The seed's read-only HTTP store, over aiohttp. A key is a URL under the base
 URL; ``get`` is an HTTP ``GET`` and a byte range becomes a ``Range`` header
 (``bytes=a-b``, ``bytes=a-`` or ``bytes=-n``). A ``404`` is a missing key
 (``None``); any other failure raises ``StorageIOError`` naming the URL and
-the status. ``size`` is a ``HEAD`` request (``Content-Length``).
+the status. A ``206`` answer is cut by its ``Content-Range``; one that does
+not hold the range asked is not trusted (the whole value is read and cut).
+``size`` is a ``HEAD`` request (``Content-Length``), or a one-byte ``GET``
+where ``HEAD`` is refused (403, 405, 501). A key the server redirects to
+``key/`` names a directory: it holds nothing (its HTML listing is no value).
 
 Transient failures — a ``5xx`` answer, a dropped or reset connection — are
 retried with exponential backoff; a timeout is not, so a hung server costs one
@@ -24,24 +28,37 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import weakref
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any, override
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
 
 from zarrstore.errors import StorageIOError, StorageTimeoutError, UnsupportedOperationError
 from zarrstore.http_sessions import SessionPool, new_session
 from zarrstore.protocol import AsyncStorage, ValueInfo
-from zarrstore.ranges import ByteRange, OffsetRequest, RangeRequest, SuffixRequest, slice_value
+from zarrstore.ranges import (
+    ByteRange,
+    OffsetRequest,
+    RangeRequest,
+    SuffixRequest,
+    resolve,
+    slice_value,
+)
 from zarrstore.zarr_bridge import ZarrStore
 
 __all__ = ["HTTPStorage", "HTTPStore"]
 
 #: Statuses worth another try: the server is overloaded, restarting or behind a flaky proxy.
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
+
+#: Answers to ``HEAD`` that say nothing of the key: the method is refused (a URL
+#: presigned for ``GET`` answers 403, some servers 405 or 501). ``size`` asks with
+#: a one-byte ``GET`` instead.
+HEAD_REFUSED = frozenset({403, 405, 501})
 
 #: Connection failures worth another try (resets, drops, refused connects, truncated bodies).
 _TRANSIENT = (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)
@@ -61,6 +78,34 @@ def _range_header(byte_range: ByteRange | None) -> str | None:
     return None
 
 
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
+
+
+def _placed(body: bytes, byte_range: ByteRange | None, content_range: str | None) -> bytes | None:
+    """The bytes ``byte_range`` asks for, cut from a ``206`` body its ``Content-Range`` places.
+
+    ``None`` when the body does not hold them: a server answered with another
+    range than the one asked (sirv answers ``bytes=-n`` with the first bytes;
+    some proxies send the whole value under ``206``). Without a
+    ``Content-Range`` the body is taken as the range asked, as before.
+    """
+    if content_range is None:
+        return body
+    match = _CONTENT_RANGE.fullmatch(content_range.strip())
+    if match is None:
+        return None
+    first = int(match[1])
+    total = None if match[3] == "*" else int(match[3])
+    if total is None:  # a suffix cannot be placed without the total
+        if isinstance(byte_range, SuffixRequest):
+            return None
+        total = first + len(body)
+    start, stop = resolve(byte_range, total)
+    if first <= start and stop <= first + len(body):
+        return body[start - first : stop - first]
+    return None
+
+
 def _is_empty(byte_range: ByteRange | None) -> bool:
     """Whether ``byte_range`` asks for no bytes whatever the value (no valid ``Range`` says so)."""
     if isinstance(byte_range, RangeRequest):
@@ -72,7 +117,8 @@ class HTTPStorage(AsyncStorage):
     """The storage behind ``HTTPStore``: read-only, over one pooled session per event loop.
 
     Args:
-        url: the base URL; key ``k`` is read from ``{url}/{k}``.
+        url: the base URL; key ``k`` is read from ``{url}/{k}``, with the URL's
+            query string (a presigned URL's signature) after the key.
         headers: sent with every request (for example ``{"Authorization": "Bearer ..."}``).
         timeout: seconds allowed for one request, connect to last byte.
         retries: further attempts after a ``5xx`` or a dropped connection.
@@ -93,7 +139,10 @@ class HTTPStorage(AsyncStorage):
         super().__init__(read_only=True)
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"HTTPStorage needs an http:// or https:// URL, got {url!r}")
-        self.url = url.rstrip("/")
+        parts = urlsplit(url)
+        self.url = url if parts.query else url.rstrip("/")
+        # A key joins the path; a query (a presigned URL's signature) follows every key.
+        self._base = parts._replace(path=parts.path.rstrip("/"), fragment="")
         # identity: a Range applies to the encoded body, so a gzip answer would misplace it.
         self.headers: dict[str, str] = {"Accept-Encoding": "identity", **(headers or {})}
         self.timeout = timeout
@@ -117,7 +166,8 @@ class HTTPStorage(AsyncStorage):
         return hash(self.url)
 
     def __repr__(self) -> str:
-        return f"HTTPStorage({self.url!r})"
+        shown = self.url.split("?", 1)[0] + "?…" if self._base.query else self.url
+        return f"HTTPStorage({shown!r})"  # a query string may hold a signature
 
     def __getstate__(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _SETTINGS}
@@ -154,7 +204,19 @@ class HTTPStorage(AsyncStorage):
     # -- requests -----------------------------------------------------------------------
 
     def _key_url(self, key: str) -> str:
-        return f"{self.url}/{quote(key, safe='/')}"
+        """The URL of ``key``: the base URL's path, ``/``, the quoted key, then its query.
+
+        ``https://host/d.zarr?sig=abc`` reads ``zarr.json`` from
+        ``https://host/d.zarr/zarr.json?sig=abc``; appending the key to the
+        whole URL put it inside the signature, and the server refused it.
+        """
+        base = self._base
+        return urlunsplit(base._replace(path=f"{base.path}/{quote(key, safe='/')}"))
+
+    def _shown_url(self, key: str) -> str:
+        """``_key_url`` for messages: a query string (it may hold a signature) shows as ``?…``."""
+        url = self._key_url(key)
+        return url if not self._base.query else url.split("?", 1)[0] + "?…"
 
     async def _request(
         self, method: str, key: str, range_header: str | None = None
@@ -166,6 +228,7 @@ class HTTPStorage(AsyncStorage):
                 when the retries are spent.
         """
         url = self._key_url(key)
+        shown = self._shown_url(key)
         headers = {"Range": range_header} if range_header else None
         session = await self._sessions.session()
         for attempt in range(self.retries + 1):
@@ -177,26 +240,31 @@ class HTTPStorage(AsyncStorage):
                         await response.read()
                         await asyncio.sleep(delay)
                         continue
+                    if response.history and response.url.path.endswith("/"):
+                        # Redirected to ``key/``: a directory (``http.server``, nginx's
+                        # autoindex, Apache), whose listing is no value of the key.
+                        await response.read()
+                        return 404, b"", None, response.headers
                     body = await response.read() if method == "GET" else b""
                     return response.status, body, response.content_length, response.headers
             except TimeoutError as exc:
                 raise StorageTimeoutError(
-                    f"{method} {url} timed out after {self.timeout} s"
+                    f"{method} {shown} timed out after {self.timeout} s"
                 ) from exc
             except _NOT_TRANSIENT as exc:
-                raise StorageIOError(f"{method} {url} failed: {exc}") from exc
+                raise StorageIOError(f"{method} {shown} failed: {exc}") from exc
             except _TRANSIENT as exc:
                 if last:
                     raise StorageIOError(
-                        f"{method} {url} failed after {attempt + 1} attempts: {exc!r}"
+                        f"{method} {shown} failed after {attempt + 1} attempts: {exc!r}"
                     ) from exc
                 await asyncio.sleep(delay)
             except aiohttp.ClientError as exc:
-                raise StorageIOError(f"{method} {url} failed: {exc!r}") from exc
+                raise StorageIOError(f"{method} {shown} failed: {exc!r}") from exc
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _failure(self, method: str, key: str, status: int) -> StorageIOError:
-        return StorageIOError(f"{method} {self._key_url(key)} answered HTTP {status}")
+        return StorageIOError(f"{method} {self._shown_url(key)} answered HTTP {status}")
 
     # -- the protocol -----------------------------------------------------------------
 
@@ -204,9 +272,15 @@ class HTTPStorage(AsyncStorage):
     async def _get(self, key: str, byte_range: ByteRange | None) -> bytes | None:
         if _is_empty(byte_range):
             return None if await self._size(key) is None else b""
-        status, body, _, _ = await self._request("GET", key, _range_header(byte_range))
+        status, body, _, headers = await self._request("GET", key, _range_header(byte_range))
         if status == 206:
-            return body
+            placed = _placed(body, byte_range, headers.get("Content-Range"))
+            if placed is not None:
+                return placed
+            # Not the range asked (a proxy's whole value, a suffix answered with a
+            # prefix): the whole value, cut here.
+            whole = await self._get(key, None)
+            return None if whole is None else slice_value(whole, byte_range)
         if status == 200:  # the server ignored Range and sent the whole value
             return slice_value(body, byte_range)
         if status == 416:  # the value exists, but the range lies wholly past its end
@@ -223,6 +297,8 @@ class HTTPStorage(AsyncStorage):
     @override
     async def _stat(self, key: str) -> ValueInfo | None:
         status, _, length, headers = await self._request("HEAD", key)
+        if status in HEAD_REFUSED:
+            return await self._stat_by_get(key)
         if status == 404:
             return None
         if status != 200:
@@ -238,6 +314,31 @@ class HTTPStorage(AsyncStorage):
         except (TypeError, ValueError):  # a malformed date tells nothing
             last_modified = None
         return ValueInfo(size=length, etag=headers.get("ETag"), last_modified=last_modified)
+
+    async def _stat_by_get(self, key: str) -> ValueInfo | None:
+        """``_stat`` where ``HEAD`` is refused: a ``GET`` of the first byte tells the size.
+
+        Its ``Content-Range`` (``bytes 0-0/N``) gives ``N``; a ``416`` is an
+        empty value; a server that ignores ``Range`` sends the whole value,
+        which is counted.
+
+        Raises:
+            StorageIOError: the ``GET`` fails too (naming its status).
+        """
+        status, body, _, headers = await self._request("GET", key, "bytes=0-0")
+        if status == 404:
+            return None
+        if status == 416:
+            return ValueInfo(size=0, etag=headers.get("ETag"))
+        if status == 206:
+            match = _CONTENT_RANGE.fullmatch(headers.get("Content-Range", "").strip())
+            if match is not None and match[3] != "*":
+                return ValueInfo(size=int(match[3]), etag=headers.get("ETag"))
+            value = await self._get(key, None)  # no total given: count the bytes
+            return None if value is None else ValueInfo(size=len(value))
+        if status == 200:
+            return ValueInfo(size=len(body), etag=headers.get("ETag"))
+        raise self._failure("GET", key, status)
 
     @override
     async def _set(self, key: str, value: bytes) -> None:

@@ -17,11 +17,22 @@ different backings, or fail deep inside one with an encoding error.
 from __future__ import annotations
 
 import functools
+import os
 import re
+from collections.abc import Sequence
+from pathlib import Path
 
 from zarrstore.errors import InvalidKeyError
 
-__all__ = ["is_plain_key", "is_valid_key", "validate_key", "validate_prefix"]
+__all__ = [
+    "is_plain_key",
+    "is_valid_key",
+    "name_max",
+    "refuse_long_names",
+    "refuse_unnamable",
+    "validate_key",
+    "validate_prefix",
+]
 
 _FORBIDDEN_CHARACTERS = ("\\", "\x00")
 
@@ -118,3 +129,73 @@ def is_valid_key(key: str) -> bool:
         return False
     return True
 
+
+def name_max(root: Path) -> int:
+    """The longest file name, in bytes, that the filesystem holding ``root`` takes.
+
+    ``pathconf(PC_NAME_MAX)`` of ``root`` or of its nearest existing parent;
+    255 (Linux, macOS, Windows) where the platform cannot tell.
+    """
+    for place in (root, *root.parents):
+        try:
+            return int(os.pathconf(place, "PC_NAME_MAX"))
+        except (OSError, ValueError, AttributeError):
+            continue
+    return 255
+
+
+def refuse_long_names(key: str, parts: Sequence[str], limit: int) -> None:
+    """Refuse ``key`` if one of its ``parts`` is longer than ``limit`` bytes of UTF-8.
+
+    Such a file cannot exist, and the OS would answer any call on it with
+    ``ENAMETOOLONG`` (a bare ``OSError``, as zarr's ``LocalStore`` lets through);
+    a store limit is an ``InvalidKeyError`` on every call, as ``LMDBStore``'s
+    511 bytes are.
+
+    Raises:
+        InvalidKeyError: naming the key, the part's length and the limit.
+    """
+    for part in parts:
+        size = len(part.encode())
+        if size > limit:
+            raise InvalidKeyError(
+                key, f"a path segment of {size} bytes: this filesystem's names are at most "
+                f"{limit} bytes")
+
+
+#: The longest path Linux opens (``PATH_MAX``), in bytes, its terminating NUL included.
+PATH_MAX = 4096
+
+#: ASCII control characters: no object path of obstore's holds one, nor an FTP command.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def refuse_unnamable(key: str, *, controls: bool = False, root: str | None = None,
+                     name_limit: int = 255) -> None:
+    r"""Refuse a key (or prefix) that a backing cannot name, before any I/O.
+
+    Args:
+        key: the key or prefix.
+        controls: refuse ASCII control characters (``"
+    "``, ``""``, ...):
+            obstore parses no path with one, and FTP sends paths in command lines.
+        root: for a backing of files opened by full path, the root directory:
+            refuse segments over ``name_limit`` bytes (``NAME_MAX``) and a
+            ``root/key`` path of ``PATH_MAX`` bytes or more.
+        name_limit: the longest file name in bytes.
+
+    Raises:
+        InvalidKeyError: naming the key and the limit it breaks (a limit of the
+            store, as ``LMDBStore``'s 511 bytes; never the backing's bare
+            ``OSError``, ``ValueError`` or ``TypeError``).
+    """
+    if controls and CONTROL_CHARACTERS.search(key):
+        raise InvalidKeyError(key, "this store's paths cannot hold ASCII control characters")
+    if root is None:
+        return
+    refuse_long_names(key, key.rstrip("/").split("/"), name_limit)
+    size = len(root.encode()) + 1 + len(key.encode())
+    if size >= PATH_MAX:
+        raise InvalidKeyError(
+            key, f"a path of {size} bytes from the filesystem's root: paths are shorter "
+            f"than {PATH_MAX} bytes")

@@ -37,12 +37,13 @@ file: only for a single process, or a read-only medium.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar, override
 
 import lmdb
 
-from zarrstore.errors import InvalidKeyError, StorageIOError
+from zarrstore.errors import InvalidKeyError
 from zarrstore.keys import validate_key
 from zarrstore.lmdb_environment import INITIAL_MAP_SIZE, EnvironmentHandle, holds_environment
 from zarrstore.protocol import ReadRequest, Storage
@@ -96,6 +97,7 @@ class LMDBStorage(Storage):
         self.lock = lock
         self._handle: EnvironmentHandle | None = None
         self._closed = False
+        self._reopening = threading.Lock()
         # A read-only store creates nothing: over a missing environment it reads as
         # empty until one appears.
         if not read_only or holds_environment(self.path):
@@ -114,9 +116,20 @@ class LMDBStorage(Storage):
                                  map_size=self.map_size, lock=self.lock)
 
     def _environment(self) -> EnvironmentHandle | None:
-        """The handle, opened now if a read-only store's environment has appeared."""
+        """The handle, opened now if a read-only store's environment has appeared.
+
+        A store used after ``close()`` opens its environment again, as zarr's
+        own stores do (``zarr.abc.store.Store._ensure_open``: ``LocalStore``
+        and ``MemoryStore`` reopen on their next use), so an array created in a
+        ``with store:`` block stays readable after it.
+        """
         if self._closed:
-            raise StorageIOError(f"the LMDB store at {self.path!r} is closed")
+            with self._reopening:
+                if self._closed:
+                    self._handle = None
+                    if not self._wanted_read_only or holds_environment(self.path):
+                        self._handle = self._open()
+                    self._closed = False
         if self._handle is None and holds_environment(self.path):
             self._handle = self._open()
         return self._handle
@@ -266,10 +279,14 @@ class LMDBStorage(Storage):
 
     @override
     def close(self) -> None:
-        """Release this store's claim on the environment (it closes with the last one)."""
-        self._closed = True
-        if self._handle is not None:
-            self._handle.close()
+        """Release this store's claim on the environment (it closes with the last one).
+
+        The store stays usable: its next call opens the environment again.
+        """
+        with self._reopening:
+            self._closed = True
+            if self._handle is not None:
+                self._handle.close()
 
 
 def _under(txn: lmdb.Transaction, start: bytes) -> list[tuple[bytes, int]]:

@@ -32,17 +32,24 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack, cast, override
 
 import obstore
 from obstore.exceptions import AlreadyExistsError, BaseError, NotSupportedError, PreconditionError
 from obstore.store import LocalStore, MemoryStore, S3Store
 
-from zarrstore.errors import ForkedProcessError, StorageIOError, UnsupportedOperationError
-from zarrstore.keys import validate_key
+from zarrstore.errors import (
+    ForkedProcessError,
+    InvalidKeyError,
+    StorageIOError,
+    UnsupportedOperationError,
+)
+from zarrstore.keys import name_max, refuse_unnamable, validate_key
 from zarrstore.obstore_runtime import FORK_ADVICE, forked_from, note_request
 from zarrstore.protocol import AsyncStorage, DirListing, ReadRequest, ValueInfo
 from zarrstore.ranges import ByteRange, OffsetRequest, RangeRequest, SuffixRequest, resolve
@@ -96,6 +103,10 @@ def _asks_nothing(byte_range: ByteRange | None) -> bool:
     return isinstance(byte_range, SuffixRequest) and byte_range.suffix == 0
 
 
+#: The names obstore's local-filesystem backing keeps for its temporary files.
+_STAGING_NAME = re.compile(r"[^#]*#\d+")
+
+
 def _is_key_under(path: str, prefix: str) -> bool:
     """Whether a listed ``path`` names something strictly under ``prefix``.
 
@@ -122,6 +133,7 @@ class ObjectStorage(AsyncStorage):
     def __init__(self, backing: Backing, *, read_only: bool = False) -> None:
         super().__init__(read_only=read_only)
         self.backing = backing
+        self._name_max: int | None = None  # the local backing's, found on first use
 
     @classmethod
     def s3(
@@ -185,6 +197,7 @@ class ObjectStorage(AsyncStorage):
                 A path that cannot name an object on the local backing (through
                 a file, or a directory) is a missing object too.
         """
+        self._refuse_unstorable(key)
         forked = forked_from()
         if forked is not None:
             raise ForkedProcessError(
@@ -206,6 +219,34 @@ class ObjectStorage(AsyncStorage):
             if missing and self._is_impossible_path(exc):
                 raise FileNotFoundError(f"{operation} {key!r}: no such key") from exc
             raise StorageIOError(f"{operation} {key!r} on {self!r}: {_brief(exc)}") from exc
+
+    def _refuse_unstorable(self, key: str) -> None:
+        r"""Refuse, before any request, a key (or prefix) the backing cannot name.
+
+        obstore parses no path holding an ASCII control character (``"\n"``,
+        ``"\t"``, ``"\x7f"``, ...): it raised ``ValueError`` from ``get`` and
+        ``TypeError`` from ``delete``. On the local-filesystem backing a path
+        segment longer than the filesystem's ``NAME_MAX``, or a path longer than
+        ``PATH_MAX``, cannot exist either (``ENAMETOOLONG``). These are limits of
+        this store, refused on every call with ``InvalidKeyError`` as
+        ``LMDBStore`` refuses keys over 511 bytes; so is, there, a name ending
+        in ``#`` and digits (``c#12``: obstore's temporary files), which raised
+        ``StorageIOError`` even on reads.
+
+        Raises:
+            InvalidKeyError: naming the key and the limit it breaks.
+        """
+        if isinstance(self.backing, LocalStore):
+            if self._name_max is None:
+                self._name_max = name_max(Path(self.backing.prefix or "/"))
+            refuse_unnamable(key, controls=True, root=str(self.backing.prefix or ""),
+                             name_limit=self._name_max)
+            if not key.endswith("/") and _STAGING_NAME.fullmatch(key.rpartition("/")[2]):
+                raise InvalidKeyError(
+                    key, "the local-filesystem backing reserves names ending in '#' and "
+                    "digits (obstore's temporary files)")
+        else:
+            refuse_unnamable(key, controls=True)
 
     def _is_missing_bucket(self, exc: FileNotFoundError) -> bool:
         # S3 answers a missing bucket with 404 as it does a missing key; only the
@@ -424,6 +465,8 @@ class ObjectStorage(AsyncStorage):
 
     @override
     async def _erase_many(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self._refuse_unstorable(key)
         try:
             with self._translated("delete", keys[0], missing=True):
                 await obstore.delete_async(self.backing, list(keys))

@@ -16,8 +16,10 @@ What is taken from the service, not assumed:
   value (FTP): there ``set(key, b"")`` raises instead of silently storing
   nothing, which is what the service itself would do.
 * **Conditional writes.** ``set_if_absent`` is the service's atomic create
-  (``if_not_exists``) where it has one (``fs``, memory, S3); elsewhere it is
-  the protocol's check-then-write default, which is not atomic.
+  (``if_not_exists``) where it has one (memory, S3, ``fs`` without
+  ``atomic_write_dir``); elsewhere it is the protocol's check-then-write
+  default, which is not atomic across processes. Within one storage, racing
+  ``set_if_absent`` calls of one key take turns, so exactly one stores.
 * **Directories.** Services with real directories (those that cannot list
   recursively by themselves: ``fs``, FTP, WebDAV, ...) keep a directory after
   its last key is gone; erasing prunes the empty parents, as
@@ -191,6 +193,10 @@ class OpendalStorage(OpendalBoundary, Storage):
 
     @override
     def _set_if_absent(self, key: str, value: bytes) -> bool:
+        with self._gate.creating(key):
+            return self._create(key, value)
+
+    def _create(self, key: str, value: bytes) -> bool:
         if not self._features.atomic_create:
             return super()._set_if_absent(key, value)
         self._refuse_empty(key, value)
@@ -341,6 +347,10 @@ class AsyncOpendalStorage(OpendalBoundary, AsyncStorage):
 
     @override
     async def _set_if_absent(self, key: str, value: bytes) -> bool:
+        async with self._gate.creating_async(key):
+            return await self._create(key, value)
+
+    async def _create(self, key: str, value: bytes) -> bool:
         if not self._features.atomic_create:
             return await super()._set_if_absent(key, value)
         self._refuse_empty(key, value)

@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
@@ -26,6 +27,7 @@ import opendal
 from opendal import exceptions as opendal_errors
 
 from zarrstore.errors import StorageIOError, StorageTimeoutError, UnsupportedOperationError
+from zarrstore.keys import name_max, refuse_unnamable
 from zarrstore.protocol import DirListing
 from zarrstore.ranges import ByteRange, OffsetRequest, resolve
 
@@ -221,6 +223,7 @@ class DirectoryGate:
         self._lock = threading.Lock()
         self._writing: Counter[str] = Counter()
         self._pruning: set[str] = set()
+        self._creating: set[str] = set()
 
     def _try_enter(self, key: str) -> list[str] | None:
         directories = parents([key])
@@ -255,6 +258,44 @@ class DirectoryGate:
         finally:
             self._leave(directories)
 
+    def _try_claim(self, key: str) -> bool:
+        with self._lock:
+            if key in self._creating:
+                return False
+            self._creating.add(key)
+            return True
+
+    def _release(self, key: str) -> None:
+        with self._lock:
+            self._creating.discard(key)
+
+    @contextmanager
+    def creating(self, key: str) -> Iterator[None]:
+        """Run one ``set_if_absent`` of ``key`` at a time in this storage (blocking).
+
+        A look-then-write, or a service's create that is not atomic (``fs``
+        with ``atomic_write_dir`` renames a temporary file over the key), let
+        two racing callers both store and both report success; claimed here,
+        the second one sees the first one's value. Callers in other storages
+        or processes are not seen.
+        """
+        while not self._try_claim(key):
+            time.sleep(_GATE_POLL)
+        try:
+            yield
+        finally:
+            self._release(key)
+
+    @asynccontextmanager
+    async def creating_async(self, key: str) -> AsyncIterator[None]:
+        """``creating`` for the async storage: waits on the event loop, never blocking it."""
+        while not self._try_claim(key):
+            await asyncio.sleep(_GATE_POLL)
+        try:
+            yield
+        finally:
+            self._release(key)
+
     def begin_prune(self, directory: str) -> bool:
         """Claim ``directory`` for pruning; ``False`` while a write under it is in flight."""
         with self._lock:
@@ -269,6 +310,17 @@ class DirectoryGate:
             self._pruning.discard(directory)
 
 
+def _renames_into_place(operator: opendal.Operator | opendal.AsyncOperator) -> bool:
+    """Whether ``operator`` is ``fs`` writing through ``atomic_write_dir``.
+
+    Its ``if_not_exists`` then looks before it renames the temporary file over
+    the key, so two racing creates both succeed (seen with opendal 0.47); it
+    is atomic only without ``atomic_write_dir`` (an exclusive open).
+    """
+    scheme, options = operator.__reduce__()[1][:2]
+    return bool(scheme == "fs" and isinstance(options, dict) and options.get("atomic_write_dir"))
+
+
 @attrs.frozen(kw_only=True)
 class Features:
     """What the protocol needs to know of a service, from ``operator.capability()``."""
@@ -281,6 +333,7 @@ class Features:
     real_directories: bool  #: no native recursive listing: directories are walked and pruned
     reads_to_end: bool  #: ranged reads run to the end of the value (FTP)
     stats_by_listing: bool  #: a file stat of ``d/n`` under a file ``d`` named ``n`` lies (FTP)
+    local_files: bool  #: the service is this machine's filesystem (``fs``)
 
     @classmethod
     def of(cls, operator: opendal.Operator | opendal.AsyncOperator) -> Features:
@@ -291,10 +344,12 @@ class Features:
             deletes=bool(capability.delete),
             listing=bool(capability.list),
             empty_values=bool(capability.write_can_empty),
-            atomic_create=bool(capability.write_with_if_not_exists),
+            atomic_create=bool(capability.write_with_if_not_exists)
+            and not _renames_into_place(operator),
             real_directories=not bool(capability.list_with_recursive),
             reads_to_end=operator.__reduce__()[1][0] in _READS_TO_END,
             stats_by_listing=operator.__reduce__()[1][0] in _STATS_BY_LISTING,
+            local_files=operator.__reduce__()[1][0] == "fs",
         )
 
 
@@ -304,6 +359,8 @@ class OpendalBoundary:
     _operator: opendal.Operator | opendal.AsyncOperator
     _features: Features
     read_only: bool
+    #: The longest file name in bytes, on services of real directories; found on first use.
+    _name_limit: int | None = None
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -363,6 +420,7 @@ class OpendalBoundary:
                 With ``DirectoryPruned`` among them, a write's ``NotFound`` comes
                 out as that.
         """
+        self._refuse_unnamable(key)
         try:
             yield
         except let_through:
@@ -377,6 +435,34 @@ class OpendalBoundary:
             ):
                 raise DirectoryPruned(f"{operation} {key!r}: {_brief(exc)}") from exc
             raise self._translation(operation, key, exc) from exc
+
+    def _refuse_unnamable(self, key: str) -> None:
+        """Refuse, before any request, a key (or prefix) the service cannot name.
+
+        ASCII control characters on every service (FTP refuses CR and LF in its
+        command lines; S3 through opendal failed as "its directory keeps being
+        removed"); on services of real directories (``fs``, FTP, ...) a segment
+        over the file-name limit, or a path over ``PATH_MAX`` from the
+        filesystem's root (opendal answered "File name too long" as a
+        ``StorageIOError`` on writes). ``InvalidKeyError`` on every call, as
+        ``LMDBStore`` refuses keys over 511 bytes.
+
+        Raises:
+            InvalidKeyError: naming the key and the limit it breaks.
+        """
+        if not self._features.real_directories:
+            refuse_unnamable(key, controls=True)
+            return
+        if self._name_limit is None:
+            root = self._root()
+            self._name_limit = name_max(Path(root)) if self._features.local_files else 255
+        refuse_unnamable(key, controls=True, root=self._root(), name_limit=self._name_limit)
+
+    def _root(self) -> str:
+        """The service's ``root`` option (``""`` where it has none)."""
+        options = self._operator.__reduce__()[1][1]
+        root = options.get("root", "") if isinstance(options, dict) else ""
+        return str(root)
 
     def _translation(self, operation: str, key: str, exc: Exception) -> Exception:
         """The zarrstore error for opendal's ``exc``, raised by ``_translated``."""

@@ -54,6 +54,12 @@ FILES_CANNOT_BE_DIRECTORIES = (
     "a filesystem cannot hold a key beside keys under it ('g/x' would be a file and a "
     "directory); storing one raises StorageIOError, which the store's own tests check"
 )
+#: Valid keys that some backings cannot name: ASCII control characters (obstore's paths,
+#: FTP's command lines), a segment over 255 bytes (a file name), a key of 5,000 bytes, a
+#: name ending in ``#`` and digits (obstore's local temporary files).
+ODD_KEYS = ["a/b\nc", "a/b\tc", "a/\x7f", "a/\x01", "a/" + "x" * 300,
+            "/".join(["y" * 200] * 25), "a/c#12"]
+ODD_KEY_IDS = ["newline", "tab", "DEL", "SOH", "segment-300", "key-5000", "hash-digits"]
 BAD_PREFIXES = ["a", "/a/", "a//", "./", "../", "a/../", "a\\b/", "a/\ud800/"]
 
 
@@ -371,6 +377,56 @@ class StoreConformance:
 
     # -- writes -------------------------------------------------------------------
 
+    @pytest.mark.parametrize("key", ODD_KEYS, ids=ODD_KEY_IDS)
+    def test_a_key_is_stored_or_refused_as_invalid(self, storage: Storage, key: str) -> None:
+        """A valid key the backing cannot name is refused with ``InvalidKeyError``.
+
+        Either the store holds it like any other key, or every write raises
+        ``InvalidKeyError`` and every read gives nothing or raises it too:
+        never a bare ``OSError`` (``ENAMETOOLONG`` on ``FilesystemStore``), a
+        ``ValueError`` or ``TypeError`` from a client library (obstore refuses
+        control characters; its ``delete`` raised ``TypeError``).
+        """
+        parent = key.rsplit("/", 1)[0] + "/"
+
+        def refused(call: Callable[[], Any]) -> tuple[Any, bool]:
+            try:
+                return call(), False
+            except InvalidKeyError:
+                return None, True
+
+        self._require_writable()
+        _, refused_set = refused(lambda: storage.set(key, b"odd"))
+        if not refused_set:
+            assert storage.get(key) == b"odd"
+            assert storage.get(key, RangeRequest(1, 2)) == b"d"
+            assert storage.exists(key) and storage.size(key) == 3
+            if storage.supports_listing:
+                assert key in list(storage.list_prefix(parent))
+            storage.erase(key)
+            assert storage.get(key) is None and not storage.exists(key)
+            return
+        reads: list[Callable[[], Any]] = [
+            lambda: storage.get(key),
+            lambda: storage.get_many([(key, None)])[0],
+            lambda: storage.exists(key),
+            lambda: storage.size(key),
+        ]
+        if storage.supports_listing:
+            reads += [lambda: list(storage.list_prefix(f"{key}/")),
+                      lambda: storage.list_dir(f"{key}/").keys]
+        for read in reads:
+            value, _ = refused(read)
+            assert not value, value
+        writes: list[Callable[[], Any]] = [
+            lambda: storage.set_if_absent(key, b"odd"),
+            lambda: storage.erase(key),
+            lambda: storage.erase_many([key]),
+        ]
+        for write in writes:
+            with pytest.raises(InvalidKeyError):
+                write()
+
     @pytest.mark.parametrize("value", [b"", b"v", bytes(range(256)) * 64])
     def test_set_then_get(self, storage: Storage, value: bytes) -> None:
         self._require_writable()
@@ -390,6 +446,11 @@ class StoreConformance:
         storage.set("mv", memoryview(b"def"))  # type: ignore[arg-type]
         assert storage.get("ba") == b"abc"
         assert storage.get("mv") == b"def"
+        wide = memoryview(bytes(range(16))).cast("i")  # four 4-byte items
+        storage.set("wide", wide)  # type: ignore[arg-type]
+        assert storage.get("wide") == bytes(range(16))
+        assert storage.set_if_absent("wide2", wide)  # type: ignore[arg-type]
+        assert storage.size("wide2") == 16
 
     def test_erase(self, storage: Storage) -> None:
         self._require_writable()
@@ -461,6 +522,39 @@ class StoreConformance:
         assert clone == storage
         assert clone.get("p/q") == b"pickled"
 
+    def test_usable_after_close(self, storage: Storage) -> None:
+        """A closed storage serves its next call, as zarr's stores reopen on use.
+
+        zarr's ``Store.close`` only marks a store closed and its next call opens
+        it again (``Store._ensure_open``); ``with store:`` blocks and xarray's
+        ``close()`` rely on it. ``LMDBStore`` raised ``StorageIOError``.
+        """
+        self.raw_set(storage, "c/k", b"kept")
+        storage.close()
+        assert storage.get("c/k") == b"kept"
+        if storage.supports_listing:
+            assert list(storage.list_prefix("c/")) == ["c/k"]
+        storage.close()
+        if self.writable:
+            storage.set("c/n", b"new")
+            assert self.raw_get(storage, "c/n") == b"new"
+        storage.close()
+
+    def test_equal_storages_hash_alike(self, storage: Storage) -> None:
+        """Views that compare equal have equal hashes, so one finds the other's dict entry.
+
+        Equality is by backing (zarr's ``test_store_eq``); hashing by identity
+        (``ZarrStore``, ``MemoryStorage``'s dict, the sync/async bridges'
+        inner) broke Python's rule that equal objects hash alike.
+        """
+        first, second = storage.with_read_only(True), storage.with_read_only(True)
+        assert first == second
+        assert hash(first) == hash(second)
+        assert {first: "found"}.get(second) == "found"
+        if self.picklable:
+            clone = pickle.loads(pickle.dumps(storage))
+            assert clone == storage and hash(clone) == hash(storage)
+
     def test_mapping_view(self, storage: Storage) -> None:
         self._require_writable()
         view = StoreMapping(storage)
@@ -473,6 +567,62 @@ class StoreConformance:
             view["m/1"]
         with pytest.raises(KeyError):
             del view["m/1"]
+
+    def test_set_if_absent_has_one_winner(self, storage: Storage) -> None:
+        """Racing ``set_if_absent`` calls on one key: exactly one stores, and its value stays.
+
+        zarr's ``set_if_not_exists`` is an exclusive create in its own stores
+        (``LocalStore`` opens with ``"xb"``); a look-then-write lets two
+        writers both report success while the later one silently replaces the
+        earlier value (``FilesystemStore`` did).
+        """
+        self._require_writable()
+        n_threads, n_keys = 6, 30
+        barrier = threading.Barrier(n_threads)
+        won: dict[str, list[bytes]] = {f"race/{k}": [] for k in range(n_keys)}
+        errors: list[BaseException] = []
+
+        def racer(n: int) -> None:
+            try:
+                for key in won:
+                    value = f"{key}:{n}".encode()
+                    barrier.wait()
+                    if storage.set_if_absent(key, value):
+                        won[key].append(value)
+            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+                errors.append(exc)
+                barrier.abort()
+
+        threads = [threading.Thread(target=racer, args=(n,)) for n in range(n_threads)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors
+        for key, winners in won.items():
+            assert len(winners) == 1, (key, winners)
+            assert storage.get(key) == winners[0]
+
+    @pytest.mark.parametrize("key", ["", "a/", "/a", "a//b", "a/\ud800"],
+                             ids=["empty", "slash-end", "absolute", "empty-segment", "surrogate"])
+    def test_mapping_view_has_no_impossible_key(self, storage: Storage, key: str) -> None:
+        """A dict view answers a key no store can hold as absent, as a dict would.
+
+        ``"a/" in view`` raised ``InvalidKeyError`` (a ``ValueError``), and so
+        did ``view.get("a/")`` and ``view.pop("a/", None)``, where a dict gives
+        ``False`` or the default. Storing such a key is still refused.
+        """
+        view = StoreMapping(storage)
+        assert key not in view
+        assert view.get(key) is None and view.get(key, b"d") == b"d"
+        with pytest.raises(KeyError):
+            view[key]
+        if self.writable:
+            assert view.pop(key, None) is None
+            with pytest.raises(KeyError):
+                del view[key]
+            with pytest.raises(InvalidKeyError):
+                view[key] = b"x"
 
     def test_threads_see_whole_values(self, storage: Storage) -> None:
         self._require_writable()

@@ -99,7 +99,9 @@ class ZarrStore(Store):
         )
 
     def __hash__(self) -> int:
-        return id(self)
+        # Equal stores hash alike (a pickled copy, another ``with_read_only`` view):
+        # by identity, an equal copy missed a dict or set entry of the original.
+        return hash((type(self).__name__, self.storage))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.storage!r})"
@@ -269,8 +271,15 @@ class ZarrStore(Store):
         await self._call("set", key, value)
 
     async def set_if_not_exists(self, key: str, value: Buffer) -> None:
-        """Store ``value`` only if ``key`` is empty."""
+        """Store ``value`` only if ``key`` is empty.
+
+        Raises:
+            TypeError: ``value`` is not a zarr ``Buffer`` (as ``set``, and zarr's
+                ``LocalStore``, say; it was an ``AttributeError``).
+        """
         self._writable()
+        if not isinstance(value, Buffer):
+            raise TypeError(f"expected Buffer, got {type(value).__name__}")
         await self._call("set_if_absent", key, value.to_bytes())
 
     async def _set_many(self, values: Iterable[tuple[str, Buffer]]) -> None:
@@ -335,8 +344,14 @@ class ZarrStore(Store):
         return (prototype or default_buffer_prototype()).buffer.from_bytes(value)
 
     def set_sync(self, key: str, value: Buffer) -> None:
-        """Synchronous ``set``."""
+        """Synchronous ``set``.
+
+        Raises:
+            TypeError: ``value`` is not a zarr ``Buffer``.
+        """
         self._writable()
+        if not isinstance(value, Buffer):
+            raise TypeError(f"expected Buffer, got {type(value).__name__}")
         self._sync_storage().set(key, value.to_bytes())
 
     def delete_sync(self, key: str) -> None:

@@ -12,7 +12,8 @@ nothing but its timing):
   *returned* (a byte range counts the bytes of the range, not of the value;
   a missing key counts a read of 0 bytes); ``get_many`` counts every request
   in the batch the same way.
-* ``writes`` / ``bytes_written``: ``set`` counts one write of ``len(value)``;
+* ``writes`` / ``bytes_written``: ``set`` counts one write of the value's
+  length in bytes (a ``memoryview`` of 4-byte items counts 4 bytes an item);
   ``set_if_absent`` counts one only when it stored the value.
 * ``keys_erased``: each key named by ``erase`` / ``erase_many``, whether or not
   it held a value (the protocol does not say, and asking would cost a read).
@@ -282,7 +283,7 @@ class PerformanceMetricsStorage(_MetricsReport, WrappingStorage):
         self._counted(
             "set",
             lambda: self.inner.set(key, value),
-            lambda _: {"writes": 1, "bytes_written": len(value)},
+            lambda _: {"writes": 1, "bytes_written": memoryview(value).nbytes},
         )
 
     @override
@@ -290,7 +291,9 @@ class PerformanceMetricsStorage(_MetricsReport, WrappingStorage):
         return self._counted(
             "set_if_absent",
             lambda: self.inner.set_if_absent(key, value),
-            lambda stored: {"writes": 1, "bytes_written": len(value)} if stored else {},
+            lambda stored: (
+                {"writes": 1, "bytes_written": memoryview(value).nbytes} if stored else {}
+            ),
         )
 
     @override

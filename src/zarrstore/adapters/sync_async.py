@@ -153,7 +153,7 @@ class AsyncToSync(Storage):
         )
 
     def __hash__(self) -> int:
-        return hash((type(self), id(self.inner)))
+        return hash((type(self).__name__, self.inner))  # as equality: by inner
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.inner!r})"
@@ -295,7 +295,7 @@ class SyncToAsync(AsyncStorage):
         )
 
     def __hash__(self) -> int:
-        return hash((type(self), id(self.inner)))
+        return hash((type(self).__name__, self.inner))  # as equality: by inner
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.inner!r})"

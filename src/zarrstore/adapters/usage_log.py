@@ -25,7 +25,9 @@ The line format is stable (tools may parse it)::
   ``error=TypeName`` when the call raised (the error still propagates).
 
 Lines are written whole, under a lock shared by every ``UsageLog`` writing to
-the same writer, so lines from many threads never interleave. The line is
+the same writer, so lines from many threads never interleave. A line the
+writer's encoding cannot hold (a refused key's lone surrogate, ``"é"`` in an
+ASCII file) is written with backslash escapes instead. The line is
 written when the call ends, so under concurrency lines are in completion order.
 """
 
@@ -171,7 +173,13 @@ class UsageLogStorage(WrappingStorage):
             if isinstance(self.writer, logging.Logger):
                 self.writer.log(self.level, line)
                 return
-            self.writer.write(line + "\n")
+            try:
+                self.writer.write(line + "\n")
+            except UnicodeEncodeError:
+                # The writer's encoding cannot hold the line: a lone surrogate of a
+                # refused key (no UTF-8 file takes one), "é" in an ASCII file. Escaped,
+                # so that the call's own outcome, not the log's, reaches the caller.
+                self.writer.write(line.encode("ascii", "backslashreplace").decode("ascii") + "\n")
             flush = getattr(self.writer, "flush", None)
             if flush is not None:
                 flush()
@@ -231,12 +239,12 @@ class UsageLogStorage(WrappingStorage):
 
     @override
     def set(self, key: str, value: bytes) -> None:
-        arguments = f"{_text(key)} len={len(value)}"
+        arguments = f"{_text(key)} len={memoryview(value).nbytes}"
         self._logged("set", arguments, lambda: self.inner.set(key, value), _ok)
 
     @override
     def set_if_absent(self, key: str, value: bytes) -> bool:
-        arguments = f"{_text(key)} len={len(value)}"
+        arguments = f"{_text(key)} len={memoryview(value).nbytes}"
         return self._logged(
             "set_if_absent", arguments, lambda: self.inner.set_if_absent(key, value), str
         )

@@ -363,3 +363,24 @@ def test_killed_write_leaves_old_or_new_value(tmp_path: Path) -> None:
         assert value is not None and len(value) == 64 << 20
         assert value in (old, bytes([2]) * (64 << 20)), "torn value"
         assert list(FilesystemStorage(root).list()) == ["big/value"]
+
+
+def test_set_if_absent_without_hard_links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A filesystem without hard links (FAT, exFAT, many FUSE mounts): still one winner.
+
+    ``set_if_absent`` links a temporary file to the key; where ``link`` is
+    refused (``EPERM`` on vfat, ``ENOTSUP`` elsewhere; faked here, no such
+    mount being available) it raised a bare ``PermissionError``. It now
+    creates the key exclusively, as zarr's ``LocalStore`` does.
+    """
+    import errno
+
+    def no_links(*args: Any, **kwargs: Any) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    store = FilesystemStorage(tmp_path / "s")
+    monkeypatch.setattr(os, "link", no_links)
+    assert store.set_if_absent("a/zarr.json", b"first") is True
+    assert store.set_if_absent("a/zarr.json", b"second") is False
+    assert store.get("a/zarr.json") == b"first"
+    assert sorted(os.listdir(tmp_path / "s" / "a")) == ["zarr.json"]  # no temporary file left

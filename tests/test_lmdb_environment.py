@@ -578,3 +578,30 @@ def test_handles_share_one_environment_per_directory(tmp_path: Path) -> None:
     assert second.read("reading", lambda txn: txn.get(b"missing")) is None
     second.close()
     assert not _open_under(tmp_path)
+
+
+def test_a_write_whose_environment_closes_under_it_raises(tmp_path: Path) -> None:
+    """A write the environment closes under (the last handle's ``close``) is never lost quietly.
+
+    py-lmdb's ``with env.begin(write=True)`` returns silently when the
+    environment was closed inside the block: ``LMDBStore.set`` returned while
+    another thread's ``close()`` raced it (the store survives that: it reopens
+    on its next use), and the value was not there. The close lands inside the
+    transaction here deterministically: ``work`` itself makes it.
+    """
+    from zarrstore.errors import StorageIOError
+
+    path = tmp_path / "env"
+    handle = EnvironmentHandle(path)
+
+    def work(txn: Any) -> None:
+        txn.put(b"k", b"v")
+        handle.close()  # the last handle: the environment closes, its transaction with it
+
+    with pytest.raises(StorageIOError, match="closed"):
+        handle.write("writing", work)
+    again = EnvironmentHandle(path)
+    try:
+        assert again.read("reading", lambda txn: txn.get(b"k")) is None  # not written, and said
+    finally:
+        again.close()

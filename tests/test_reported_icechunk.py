@@ -397,3 +397,26 @@ def test_commit_metadata_with_an_integer_msgpack_cannot_hold_is_a_clear_type_err
     snapshot = session.commit("fits", metadata={"n": 2**64 - 1, "m": -(2**63)},
                               allow_empty=True)
     assert repo.lookup_snapshot(snapshot).metadata == {"n": 2**64 - 1, "m": -(2**63)}
+
+
+def test_an_array_overwritten_while_the_branch_wrote_into_it_conflicts(
+        repo: vs.Repository) -> None:
+    """zarr's ``overwrite=True`` (xarray's ``mode="w"``) made anew what the branch wrote into.
+
+    The new array had the same metadata, so no document change said it was
+    replaced: the commit succeeded and the branch's chunk 3 survived inside
+    the array our session had replaced ([7, 0, 0, 3], not [7, 0, 0, 0]).
+    """
+    _array(repo)
+    writer = repo.writable_session("main")
+    zarr.open_array(writer.store, path="a")[3] = 3
+    replacer = repo.writable_session("main")
+    zarr.create_array(replacer.store, name="a", shape=(4,), chunks=(1,), dtype="i4",
+                      fill_value=0, overwrite=True)[0] = 7
+    writer.commit("chunk 3 of a")
+    with pytest.raises(vs.ConflictError, match="a/zarr.json"):
+        replacer.commit("a, made anew")
+    replacer.rebase(keep="ours")  # ours stands whole: the branch's chunk 3 goes with it
+    replacer.commit("a, made anew")
+    np.testing.assert_array_equal(
+        zarr.open_array(repo.readonly_session("main").store, path="a", mode="r")[:], [7, 0, 0, 0])

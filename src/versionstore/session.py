@@ -1102,7 +1102,8 @@ class Session:
         load = self._repo.reader.node
         theirs = changed_entries(load, self._root, tip_tree)
         by_node = _NodeChanges(theirs, lambda entry: self._entry_value(entry, documents),
-                               lambda key: lookup(load, self._root, key))
+                               lambda key: lookup(load, self._root, key),
+                               replaced=self._replaced_node)
         if nodes is not None and theirs:
             nodes.append(by_node)
         for key, entry in changes:
@@ -1114,6 +1115,30 @@ class Session:
             if theirs and key not in conflicts and by_node.conflicts(key, entry):
                 conflicts.add(key)
             yield key, entry
+
+    def _replaced_node(self, directory: str) -> bool:
+        """Whether this session deleted the node at ``directory`` and made it anew.
+
+        zarr's ``overwrite=True`` (xarray's ``mode="w"``) erases the node's keys
+        and writes its document again, often the same one: no change of the
+        document says so, but every key the base had under the node is staged
+        (rewritten or deleted), and some are deleted.
+        """
+        prefix = directory + "/" if directory else ""
+        own = {prefix + name for name in (*NODE_DOCUMENTS, ".zattrs")}
+        staged: dict[str, Entry | Tombstone] | None = None
+        deleted = False
+        for key, _ in iter_from(self._repo.reader.node, self._root, prefix):
+            if not key.startswith(prefix):
+                break
+            if key in own:
+                continue
+            if staged is None:
+                staged = self.staged(prefix)
+            if key not in staged:
+                return False
+            deleted = deleted or isinstance(staged[key], Tombstone)
+        return deleted
 
     def _entry_value(self, entry: Entry | None, documents: Mapping[ObjectId, bytes] | None
                      ) -> bytes | None:
@@ -1348,15 +1373,19 @@ class _NodeChanges:
       the write would be an orphan, or be read with metadata it was not
       encoded for;
     * deletes or redefines a node the branch wrote under: the branch's new
-      keys would survive as orphans, or as stale chunks of the new node.
+      keys would survive as orphans, or as stale chunks of the new node. A
+      node deleted and made anew with the same document (zarr's
+      ``overwrite=True``; ``Session._replaced_node``) counts as redefined.
     """
 
     def __init__(self, theirs: Mapping[str, tuple[Entry | None, Entry | None]],
                  value: Callable[[Entry | None], bytes | None],
-                 base: Callable[[str], Entry | None]) -> None:
+                 base: Callable[[str], Entry | None], *,
+                 replaced: Callable[[str], bool] = lambda directory: False) -> None:
         self._theirs = theirs
         self._value = value
         self._base = base
+        self._replaced = replaced
         self._written = sorted(key for key, (_, new) in theirs.items() if new is not None)
         self.lost: set[str] = set()  # nodes we deleted or redefined that the branch wrote under
         self._redefined: set[str] = set()
@@ -1396,8 +1425,11 @@ class _NodeChanges:
                 return True
         if document:
             tip = self._theirs[key][1] if key in self._theirs else self._base(key)
-            if (tip is not None and redefines_node(self._value(tip), self._value(entry))
-                    and self._wrote_under(directory, key)):
+            if tip is not None and self._wrote_under(directory, key) and (
+                    redefines_node(self._value(tip), self._value(entry))
+                    # deleted and made anew (zarr's overwrite=True), perhaps the same
+                    or (entry is not None and key not in self._theirs
+                        and self._replaced(directory))):
                 self.lost.add(directory)
                 return True
         return False

@@ -71,6 +71,9 @@ _O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 _PRUNED_RETRIES = 20
 
 T = TypeVar("T")
+#: ``link`` errors of a filesystem that has no hard links (``set_if_absent`` then
+#: creates the key exclusively instead).
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
 
 
 def direct_io_supported() -> bool:
@@ -249,6 +252,9 @@ class FilesystemStorage(Storage):
         ``LocalStore.set_if_not_exists`` (an exclusive open) is, and a reader
         never sees a partly written value. A look-then-write let two racing
         callers both report success, the later value replacing the earlier.
+        On a filesystem without hard links (``_NO_HARD_LINKS``) the key is
+        created exclusively instead (still one winner; a reader may see the
+        value partly written): ``link`` raised a bare ``PermissionError`` there.
 
         Raises:
             StorageIOError: ``name`` is a directory of other keys.
@@ -260,8 +266,17 @@ class FilesystemStorage(Storage):
         except FileNotFoundError:  # the directory was pruned after it was opened
             raise Missing from None
         try:
-            os.link(temp, name, src_dir_fd=directory, dst_dir_fd=directory,
-                    follow_symlinks=False)
+            try:
+                os.link(temp, name, src_dir_fd=directory, dst_dir_fd=directory,
+                        follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno not in _NO_HARD_LINKS:
+                    raise
+                # A filesystem without hard links (FAT, exFAT, many FUSE and SMB
+                # mounts): an exclusive create of the key itself, as zarr's
+                # LocalStore does. Still one winner; a reader may see the value
+                # partly written meanwhile.
+                self._write_file(directory, name, value)
         except FileExistsError:
             info = lstat_at(directory, name)
             if info is not None and stat.S_ISLNK(info.st_mode):

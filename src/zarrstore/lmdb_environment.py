@@ -736,8 +736,17 @@ class EnvironmentHandle:
             try:
                 env = shared.current()
                 try:
-                    with env.begin(write=True) as txn:
+                    # Committed explicitly: py-lmdb's ``with`` exit returns silently when
+                    # the environment was closed meanwhile (another thread released its
+                    # last handle), so the write would be lost without a word; ``commit``
+                    # raises instead.
+                    txn = env.begin(write=True)
+                    try:
                         result = work(txn)
+                    except BaseException:
+                        txn.abort()
+                        raise
+                    txn.commit()
                     if self.durable:
                         env.sync(True)
                     return result

@@ -285,3 +285,31 @@ def test_a_forked_child_looks_through_a_descriptor_of_its_own(tmp_path: Path) ->
         _release(holder)
     assert not backend.writer_busy()
     backend.close()
+
+
+async def test_a_failed_threaded_batch_of_a_cancelled_leader_logs_nothing() -> None:
+    import gc
+
+    release = threading.Event()
+
+    def write(items: list[tuple[str, bytes]]) -> None:
+        release.wait(WAIT)
+        raise OSError("disk gone")
+
+    reported: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    stager = GroupStager(write, busy=lambda: True)
+    leader = asyncio.create_task(stager.stage("a", b"1"))
+    follower = asyncio.create_task(stager.stage("b", b"2"))
+    await asyncio.sleep(0.05)
+    leader.cancel()
+    release.set()
+    with pytest.raises(OSError):
+        await asyncio.wait_for(follower, WAIT)
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    del leader, follower
+    gc.collect()
+    await asyncio.sleep(0)
+    assert not reported, reported

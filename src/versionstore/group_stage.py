@@ -202,6 +202,9 @@ class GroupStager:
         """
         before = self._threaded.get(loop)
         done: asyncio.Future[None] = loop.create_future()
+        # Its failure is the leader's to raise; a leader cancelled meanwhile never
+        # looks, and asyncio would log "exception was never retrieved".
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._threaded[loop] = done
 
         def finished(written: asyncio.Future[None]) -> None:

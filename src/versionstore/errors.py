@@ -56,6 +56,8 @@ from typing import Any
 
 import attrs
 
+from zarrstore.errors import rebuild_error
+
 __all__ = [
     "AmbiguousSnapshotIdError",
     "BackendError",
@@ -113,16 +115,7 @@ class VersionStoreError(Exception):
     """
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return _rebuild_error, (type(self), self.args, dict(self.__dict__))
-
-
-def _rebuild_error(cls: type[BaseException], args: tuple[Any, ...],
-                   state: dict[str, Any]) -> BaseException:
-    """Unpickle an error of ``cls`` without calling its ``__init__``."""
-    error = cls.__new__(cls, *args)
-    error.args = args
-    error.__dict__.update(state)
-    return error
+        return rebuild_error, (type(self), self.args, dict(self.__dict__))
 
 
 class RepositoryExistsError(VersionStoreError):

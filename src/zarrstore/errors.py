@@ -50,12 +50,15 @@ class ZarrStoreError(Exception):
     """
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return _rebuild_error, (type(self), self.args, dict(self.__dict__))
+        return rebuild_error, (type(self), self.args, dict(self.__dict__))
 
 
-def _rebuild_error(cls: type[BaseException], args: tuple[Any, ...],
-                   state: dict[str, Any]) -> BaseException:
-    """Unpickle an error of ``cls`` without calling its ``__init__``."""
+def rebuild_error(cls: type[BaseException], args: tuple[Any, ...],
+                  state: dict[str, Any]) -> BaseException:
+    """Unpickle an error of ``cls`` without calling its ``__init__`` (``__reduce__``'s pair).
+
+    Shared with ``versionstore.errors``, whose errors pickle the same way.
+    """
     error = cls.__new__(cls, *args)
     error.args = args
     error.__dict__.update(state)

@@ -260,11 +260,7 @@ class FilesystemStorage(Storage):
             StorageIOError: ``name`` is a directory of other keys.
             InvalidKeyError: ``name`` is a symlink.
         """
-        temp = f"{TEMP_MARK}{uuid.uuid4().hex}"
-        try:
-            self._write_file(directory, temp, value)
-        except FileNotFoundError:  # the directory was pruned after it was opened
-            raise Missing from None
+        temp = self._write_temp(directory, value)
         try:
             try:
                 os.link(temp, name, src_dir_fd=directory, dst_dir_fd=directory,
@@ -299,11 +295,7 @@ class FilesystemStorage(Storage):
         info = lstat_at(directory, name)
         if info is not None and stat.S_ISLNK(info.st_mode):
             raise InvalidKeyError(key, SYMLINK_REFUSED)
-        temp = f"{TEMP_MARK}{uuid.uuid4().hex}"
-        try:
-            self._write_file(directory, temp, value)
-        except FileNotFoundError:  # the directory was pruned after it was opened
-            raise Missing from None
+        temp = self._write_temp(directory, value)
         try:
             # renameat replaces whatever ``name`` is now (even a symlink swapped in)
             # inside this directory; it never follows a link.
@@ -323,6 +315,19 @@ class FilesystemStorage(Storage):
             raise
         if self.durable:
             os.fsync(directory)
+
+    def _write_temp(self, directory: int, value: bytes) -> str:
+        """Write ``value`` to a new temporary file in ``directory``; its name.
+
+        Raises:
+            Missing: the directory was pruned after it was opened.
+        """
+        temp = f"{TEMP_MARK}{uuid.uuid4().hex}"
+        try:
+            self._write_file(directory, temp, value)
+        except FileNotFoundError:
+            raise Missing from None
+        return temp
 
     def _write_file(self, directory: int, name: str, value: bytes) -> None:
         if self.direct_io and value:

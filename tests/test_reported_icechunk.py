@@ -100,14 +100,20 @@ def test_chunks_written_into_an_array_redefined_by_the_branch_conflict(
         writer.commit("write a")
 
 
-def test_deleting_an_array_the_branch_wrote_a_new_chunk_into_conflicts(
-        repo: vs.Repository) -> None:
+def _deleting_a_while_the_branch_writes_into_it(repo: vs.Repository) -> vs.Session:
+    """A session that deleted array ``a``, staged while the branch committed chunk 3 into it."""
     _array(repo)
     deleter = repo.writable_session("main")
     del zarr.open_group(deleter.store)["a"]
     writer = repo.writable_session("main")
     zarr.open_array(writer.store, path="a")[3] = 9
     writer.commit("chunk 3")
+    return deleter
+
+
+def test_deleting_an_array_the_branch_wrote_a_new_chunk_into_conflicts(
+        repo: vs.Repository) -> None:
+    deleter = _deleting_a_while_the_branch_writes_into_it(repo)
     with pytest.raises(vs.ConflictError):
         deleter.commit("delete a")
     assert "a/c/3" in _keys(repo.readonly_session("main"))
@@ -259,12 +265,7 @@ def test_merge_of_different_attributes_next_to_a_nan_attribute(repo: vs.Reposito
 def test_rebase_resolves_a_deleted_node_the_branch_wrote_under_whole(
         repo: vs.Repository, keep: str) -> None:
     """Whichever side wins keeps its whole node: no orphan chunk, no half-deleted array."""
-    _array(repo)
-    deleter = repo.writable_session("main")
-    del zarr.open_group(deleter.store)["a"]
-    writer = repo.writable_session("main")
-    zarr.open_array(writer.store, path="a")[3] = 9
-    writer.commit("chunk 3")
+    deleter = _deleting_a_while_the_branch_writes_into_it(repo)
     deleter.rebase(keep="ours" if keep == "ours" else "theirs")
     if keep == "theirs":
         assert not deleter.has_uncommitted_changes

@@ -284,3 +284,52 @@ def test_a_walk_of_every_leaf_holds_a_bounded_cache() -> None:
     four_leaves = held_after_walk(4 * (MAX_LEAF_ENTRIES + 1))
     # Each decoded leaf holds about 200 bytes per entry; four of forty stay.
     assert four_leaves < everything / 5, (four_leaves, everything)
+
+
+def _first_key(nodes: Nodes, node_id: ObjectId) -> str:
+    node = nodes.load(node_id)
+    while isinstance(node, Branch):
+        node = nodes.load(node.children[0])
+    return node.keys[0]
+
+
+@given(size=st.integers(MAX_LEAF_ENTRIES + 1, 12 * MAX_LEAF_ENTRIES),
+       rounds=st.lists(st.lists(st.tuples(st.integers(-5, 13 * MAX_LEAF_ENTRIES),
+                                          st.booleans()), min_size=1, max_size=4),
+                       min_size=1, max_size=6))
+def test_small_commits_keep_every_separator_the_first_key_below_it(
+        size: int, rounds: list[list[tuple[int, bool]]]) -> None:
+    """A commit of a few keys rewrites one path (``_Writer.rewrite``'s one-child case).
+
+    Keys before the first and after the last, deletions of a leaf's first key,
+    and changes in neighbouring leaves: every branch still names each child by
+    the first key under it, the tree holds what a dict holds, and the nodes a
+    commit returns are all the new ones its tree reaches, and only nodes it reaches.
+    """
+    nodes = Nodes()
+    model: dict[str, Entry] = {f"k/{i:06d}": bytes([i % 256]) for i in range(0, 2 * size, 2)}
+    root, _ = nodes.apply(None, sorted(model.items()), streamed=False)
+    for number, changes in enumerate(rounds):
+        batch: dict[str, Entry | None] = {}
+        for i, delete in changes:
+            key = f"k/{i:06d}" if i >= 0 else f"j/{-i}"  # "j/…" sorts before every "k/…"
+            batch[key] = None if delete else bytes([number, i % 256])
+        before = set(nodes.stored)
+        new_root, made = apply_changes(nodes.load, root, iter(sorted(batch.items())))
+        nodes.stored.update(made)
+        for key, entry in batch.items():
+            if entry is None:
+                model.pop(key, None)
+            else:
+                model[key] = entry
+        _check(nodes, new_root, model)
+        reached, pending = set(), [] if new_root is None else [new_root]
+        while pending:
+            node_id = pending.pop()
+            reached.add(node_id)
+            node = nodes.load(node_id)
+            if isinstance(node, Branch):
+                assert [_first_key(nodes, c) for c in node.children] == list(node.keys)
+                pending.extend(node.children)
+        assert reached - before <= set(made) <= reached  # identical rewrites make old ids
+        root = new_root

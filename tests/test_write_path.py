@@ -39,6 +39,7 @@ from versionstore.codec import (
     _packb,
     _unframe,
     decode_chunk,
+    decode_history_page,
     decode_node,
     decode_snapshot,
     encode_chunk,
@@ -408,7 +409,7 @@ _METADATA_INTS = st.integers(-(2**63), 2**64 - 1)
                       min_size=1, max_size=6))
 def test_a_snapshot_kept_from_its_commit_equals_the_stored_one_read_back(
         tmp_path: Path, steps: list[tuple[str, dict[str, Any] | None]]) -> None:
-    """``ObjectReader.remember_snapshot(written=...)`` caches exactly what a read returns."""
+    """``ObjectReader.remember_snapshot`` caches exactly what a read returns: snapshot, page."""
     path = tmp_path / f"r{len(list(tmp_path.iterdir()))}"
     with vs.Repository.create(vs.lmdb_storage(path)) as repo:
         session = repo.writable_session("main")
@@ -427,3 +428,11 @@ def test_a_snapshot_kept_from_its_commit_equals_the_stored_one_read_back(
             assert kept == read
             assert type(kept.metadata) is type(read.metadata)
             assert kept.metadata == read.metadata
+            if kept.history is not None:  # and its history page, kept from the commit too
+                kept_page = repo.reader.history_page(kept.history)
+                stored_page = repo.backend.get_objects([kept.history])[0]
+                assert stored_page is not None
+                read_page = decode_history_page("", stored_page)
+                assert kept_page == read_page
+                assert [type(i) for i in kept_page.ids] == [type(i) for i in read_page.ids]
+                assert type(kept_page.rows) is type(read_page.rows)

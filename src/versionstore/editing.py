@@ -121,7 +121,8 @@ class HistoryEditor:
                 self.reader, base, snapshot.tree, load, read_chunks))
         snapshot, pages = with_history(self.reader, snapshot)
         snapshot_id, frame = encode_snapshot(snapshot)
-        batch = WriteBatch(objects=[*nodes.items(), *pages, (snapshot_id, frame)],
+        batch = WriteBatch(objects=[*nodes.items(), *((i, f) for i, f, _ in pages),
+                                    (snapshot_id, frame)],
                            requires=requires)
         try:
             moved = self.refs.move_branch(branch, raw_tip, snapshot_id, batch, kind=kind,

@@ -533,8 +533,8 @@ def _first_parents(reader: ObjectReader, start: ObjectId
 
 
 def with_history(reader: ObjectReader, snapshot: Snapshot
-                 ) -> tuple[Snapshot, list[tuple[ObjectId, bytes]]]:
-    """``snapshot`` naming its history page, and the page object to store with it.
+                 ) -> tuple[Snapshot, list[tuple[ObjectId, bytes, HistoryPage]]]:
+    """``snapshot`` naming its history page, and the page to store with it: id, frame, record.
 
     The page is the first parent followed by the parent's own page while that
     has room (copied: pages are immutable), else a new page that points at
@@ -557,7 +557,7 @@ def with_history(reader: ObjectReader, snapshot: Snapshot
             previous = above.history
     page = HistoryPage(ids=ids, texts=texts, rows=rows, after=after, previous=previous)
     page_id, frame = encode_history_page(page)
-    return attrs.evolve(snapshot, history=page_id), [(page_id, frame)]
+    return attrs.evolve(snapshot, history=page_id), [(page_id, frame, page)]
 
 
 def _order(snapshot_id: ObjectId, snapshot: Snapshot) -> tuple[float, bytes, ObjectId]:

@@ -208,25 +208,27 @@ class ObjectReader:
                 self._nodes.put(node_id, node)
 
     def remember_snapshot(self, snapshot_id: ObjectId, frame: bytes,
-                          pages: Sequence[tuple[ObjectId, bytes]] = (), *,
+                          pages: Sequence[tuple[ObjectId, bytes, HistoryPage]] = (), *,
                           written: Snapshot | None = None) -> None:
-        """Cache a snapshot this process has just written, and its history pages (encoded).
+        """Cache a snapshot this process has just written, and its history pages.
 
         The next commit on the branch reads both to build its own history
-        page: on object storage each would be a round trip. They are decoded
-        from what was stored, so the cache holds exactly what a read returns
-        (metadata normalised to plain values, not the caller's objects) —
+        page: on object storage each would be a round trip. The cache must
+        hold exactly what a read returns (metadata normalised to plain values,
+        not the caller's objects), so the snapshot is decoded from ``frame`` —
         except that ``written``, the record ``frame`` encodes, is kept as it is
-        when it has no metadata: every other field decodes back equal
-        (``tests/test_write_path.py``), and decoding it cost a one-chunk
-        commit about 0.05 ms (``docs/benchmarks.md``, "Issue 13, sixth round").
+        when it has no metadata. Pages (id, frame, record) are kept as records:
+        their fields are bytes, strings and tuples of them, built from records
+        read or decoded. Both decode back equal (``tests/test_write_path.py``);
+        decoding them cost a one-chunk commit about 0.05 ms each
+        (``docs/benchmarks.md``, "Issue 13, sixth round" and "seventh round").
         """
         if written is not None and not written.metadata:
             self._snapshots.put(snapshot_id, written)
         else:
             self._snapshots.put(snapshot_id, _decode(decode_snapshot, snapshot_id, frame))
-        for page_id, page_frame in pages:
-            self._pages.put(page_id, _decode(decode_history_page, page_id, page_frame))
+        for page_id, _, page in pages:
+            self._pages.put(page_id, page)
 
     def snapshot(self, snapshot_id: ObjectId) -> Snapshot:
         """The snapshot ``snapshot_id``.

@@ -1226,7 +1226,8 @@ class Session:
                 )
             snapshot, pages = with_history(repo.reader, snapshot)
             snapshot_id, frame = encode_snapshot(snapshot)
-            objects.in_memory.extend([*branches.items(), *pages, (snapshot_id, frame)])
+            objects.in_memory.extend([*branches.items(), *((i, f) for i, f, _ in pages),
+                                      (snapshot_id, frame)])
             batch = WriteBatch(
                 objects=objects,
                 expect=self._record_expect(),

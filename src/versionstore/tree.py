@@ -162,9 +162,14 @@ def _entry_cost(key: str, entry: Entry) -> int:
 def _run_cost(keys: Sequence[str], entries: Sequence[Entry]) -> int:
     """``sum(map(_entry_cost, keys, entries))``, summing lengths in C where it can.
 
-    A leaf's entries are most often all inline values or all plain chunk
-    references; only the others are costed one by one.
+    A leaf's entries are most often all inline values (their lengths summed
+    by two joins) or all plain chunk references; only the others are costed
+    one by one.
     """
+    try:  # all inline values (the joins raise TypeError otherwise): summed in C
+        return len("".join(keys)) + len(b"".join(entries))  # type: ignore[arg-type]
+    except TypeError:
+        pass
     cost = sum(map(len, keys))
     refs = 0
     for entry in entries:
@@ -352,9 +357,18 @@ class _Writer:
                 break
             # The child holding the next change; the ones before it are kept as they are.
             target = max(index, bisect.bisect_right(keys, pending, index) - 1)
-            items.extend(zip(keys[index:target], children[index:target], strict=True))
             upper = bound if target == last else keys[target + 1]
-            items.extend(self.rewrite(children[target], changes, upper))
+            rewritten = self.rewrite(children[target], changes, upper)
+            if (index == 0 and len(rewritten) == 1 and not changes.below(bound)
+                    and len(keys) <= MAX_BRANCH_CHILDREN):
+                # Every change was in this child, which stays one node (most commits):
+                # the branch ``branches`` would make, built by slicing.
+                key, child = rewritten[0]
+                node = Branch(level=node.level, keys=(*keys[:target], key, *keys[target + 1:]),
+                              children=(*children[:target], child, *children[target + 1:]))
+                return [(node.keys[0], self.store(node))]
+            items.extend(zip(keys[index:target], children[index:target], strict=True))
+            items.extend(rewritten)
             index = target + 1
         return self.branches(items, node.level)
 
@@ -414,8 +428,8 @@ def _reachable_created(writer: _Writer, root: ObjectId) -> dict[ObjectId, bytes]
         if made is None or node_id in keep:
             continue
         keep[node_id] = made[1]
-        if isinstance(made[0], Branch):
-            pending.extend(made[0].children)
+        if isinstance(made[0], Branch):  # only the children made here: a set operation
+            pending.extend(writer.created.keys() & made[0].children)
     return keep
 
 

@@ -49,6 +49,8 @@ DEFAULTS: dict[str, Any] = {
     "commit_sizes": [10**3, 10**4, 10**5, 10**6],
     "commit_samples": 20,
     "commit_icechunk_max": 10**5,
+    # Untimed one-chunk commits before the samples (0: the samples follow the load).
+    "commit_aged": 0,
     # 10^7 is opt-in: --huge-sizes 1e5,1e6,1e7 (about 15 minutes for versionstore alone).
     "huge_sizes": [10**5, 10**6],
     "huge_icechunk_max": 10**6,
@@ -83,6 +85,7 @@ QUICK: dict[str, Any] = {
     "commit_sizes": [10**3, 10**4],
     "commit_samples": 5,
     "commit_icechunk_max": 10**5,
+    "commit_aged": 0,
     "huge_sizes": [10**4],
     "huge_icechunk_max": 10**6,
     "scale_commits": [100, 1_000],

@@ -19,6 +19,15 @@ objects and every changed ref and gc ledger key) into a byte-for-byte copy
 of the environment, in one transaction, then ``fsync``
 (``benchmarks.commit_floor``, "raw same writes + fsync ms").
 
+With ``--commit-aged K``, K one-chunk commits (untimed, as the samples)
+come between the load and the samples: a repository in use rather than just
+built. On LMDB this matters: the load's commit frees the pages of everything
+it staged, one long run that the next commits reuse page after page
+(written with one ``writev`` each); about a thousand commits later that run
+is used up, and each commit reuses the scattered pages its predecessors freed
+(one ``pwrite`` per page, and a slower ``fsync``). ``docs/benchmarks.md``,
+"Issue 13, seventh round", has both.
+
 icechunk has no bulk write: building its 10^6-chunk array takes a million
 ``Store.set`` calls (1–3 minutes on 2 cores), more than the whole suite's
 budget, so by default icechunk runs up to ``commit_icechunk_max`` (10^5)
@@ -77,6 +86,7 @@ def run(phase: str, system: System, params: dict[str, Any], rec: Recorder,
         end = time.perf_counter()
         rec.add(f"load s (N={label})", middle - start, "s")
         rec.add(f"load commit s (N={label})", end - middle, "s")
+        _age(instance, size, params.get("commit_aged") or 0, rng, values)
         replay, syncs = _floor(instance)
         for s in range(params["commit_samples"]):
             index = int(rng.integers(size))
@@ -108,6 +118,18 @@ def run(phase: str, system: System, params: dict[str, Any], rec: Recorder,
         instance.close()
         rec.rss(f"peak RSS (N={label})")
         remove(instance.root)
+
+
+def _age(instance: System, size: int, commits: int, rng: np.random.Generator,
+         values: list[bytes]) -> None:
+    """``commits`` untimed one-chunk commits, each writing a number no chunk holds yet."""
+    for a in range(commits):
+        index = int(rng.integers(size))
+        if instance.zarr_capable:
+            zarr.open_array(instance.write_store(), path=PATH)[index] = size + a + 1
+        else:
+            instance.put([(f"{PATH}/c/{index}", values[a % DISTINCT])])  # type: ignore[attr-defined]
+        instance.commit(f"aging {a}")
 
 
 def _floor(instance: System) -> tuple[CommitReplay | None, list[float]]:

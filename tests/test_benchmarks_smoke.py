@@ -40,6 +40,7 @@ TINY = {
     "hierarchy_arrays": 5,
     "commit_sizes": [10, 100],
     "commit_samples": 2,
+    "commit_aged": 2,
     "huge_sizes": [50],
     "scale_commits": [3, 5],
     "merge_sizes": [200, 400],

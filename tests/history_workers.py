@@ -103,6 +103,9 @@ def race(repo_path: str, role: str, rounds: int, barrier: Any, queue: Any) -> No
                 except vs.ConflictError:  # a clear refusal: nothing of ours landed
                     conflicts += 1
                     continue
+                except vs.AmendInitialSnapshotError:  # main not yet past its root: refused
+                    session.discard_changes()
+                    continue
                 landed.append(f"a/{n}")
             else:  # squasher
                 since = repo.lookup_branch("main")

@@ -364,6 +364,11 @@ class AlgebraMachine(RuleBasedStateMachine):
         tip = self.snaps[self.branches[branch]]
         session = self.repo.writable_session(branch)
         self._stage(session, writes)
+        if not tip.parents:  # the initial snapshot is never replaced (as in icechunk)
+            with pytest.raises(vs.AmendInitialSnapshotError):
+                session.amend(message)
+            session.discard_changes()
+            return
         new = session.amend(message)
         self._record("amend", branch, new, tip.parents, _apply(tip.content, writes),
                      tip.message if message is None else message)

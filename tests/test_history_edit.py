@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -116,6 +117,34 @@ def test_amend(repo: vs.Repository) -> None:
     assert _content(repo, snapshot_id=tip) == {"a": b"1", "b": b"2"}  # still readable
     assert [(e.kind, e.old, e.new) for e in list(repo.ops_log())[:2]] == [
         ("amend", amended, again), ("amend", tip, amended)]
+
+
+@pytest.mark.parametrize("backend", ["memory", "lmdb"])
+def test_amend_refuses_the_initial_snapshot(backend: str, tmp_path: Path) -> None:
+    """As icechunk (``NoAmendForInitialCommit``): a branch still at the root commits instead.
+
+    ``amend`` replaced the parentless initial snapshot by a second root.
+    """
+    storage = vs.in_memory_storage() if backend == "memory" else vs.lmdb_storage(tmp_path / "r")
+    with vs.Repository.create(storage) as repo:
+        root = repo.lookup_branch("main")
+        repo.create_branch("dev", root)
+        session = repo.writable_session("main")
+        session.set_values([("a", b"1")])
+        with pytest.raises(vs.AmendInitialSnapshotError, match="initial snapshot") as refused:
+            session.amend("rewrite the root")
+        assert (refused.value.branch, refused.value.snapshot_id) == ("main", root)
+        with pytest.raises(vs.AmendInitialSnapshotError):
+            asyncio.run(session.amend_async())
+        with pytest.raises(vs.AmendInitialSnapshotError):
+            repo.writable_session("dev").amend("message only")
+        assert repo.lookup_branch("main") == root == repo.lookup_branch("dev")
+        assert [entry.kind for entry in repo.ops_log()].count("amend") == 0
+        first = session.commit("first")  # the staged change was kept
+        assert repo.lookup_snapshot(first).parent_ids == (root,)
+        assert _content(repo, branch="main") == {"a": b"1"}
+        again = repo.writable_session("main").amend("first, amended")  # a child amends
+        assert repo.lookup_snapshot(again).parent_ids == (root,)
 
 
 def test_move(repo: vs.Repository) -> None:

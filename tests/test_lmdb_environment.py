@@ -580,28 +580,132 @@ def test_handles_share_one_environment_per_directory(tmp_path: Path) -> None:
     assert not _open_under(tmp_path)
 
 
-def test_a_write_whose_environment_closes_under_it_raises(tmp_path: Path) -> None:
-    """A write the environment closes under (the last handle's ``close``) is never lost quietly.
+def test_a_write_whose_environment_closes_under_it_lands(tmp_path: Path) -> None:
+    """A write whose last handle is closed inside it commits; the environment closes after.
 
     py-lmdb's ``with env.begin(write=True)`` returns silently when the
     environment was closed inside the block: ``LMDBStore.set`` returned while
-    another thread's ``close()`` raced it (the store survives that: it reopens
-    on its next use), and the value was not there. The close lands inside the
-    transaction here deterministically: ``work`` itself makes it.
+    another thread's ``close()`` raced it, and the value was not there (then
+    the write raised ``StorageIOError``). Closing now waits for no
+    transaction and closes none: the last one to end closes the environment.
+    The close lands inside the transaction here deterministically: ``work``
+    itself makes it.
     """
-    from zarrstore.errors import StorageIOError
-
     path = tmp_path / "env"
     handle = EnvironmentHandle(path)
 
     def work(txn: Any) -> None:
         txn.put(b"k", b"v")
-        handle.close()  # the last handle: the environment closes, its transaction with it
+        handle.close()  # the last handle: the environment closes once this transaction ends
+        assert _open_under(tmp_path)
 
-    with pytest.raises(StorageIOError, match="closed"):
-        handle.write("writing", work)
+    handle.write("writing", work)
+    assert not _open_under(tmp_path)
     again = EnvironmentHandle(path)
     try:
-        assert again.read("reading", lambda txn: txn.get(b"k")) is None  # not written, and said
+        assert again.read("reading", lambda txn: txn.get(b"k")) == b"v"
     finally:
         again.close()
+
+
+class _HeldWrite:
+    """A real write transaction another thread keeps open until ``finish()``."""
+
+    def __init__(self, handle: EnvironmentHandle) -> None:
+        self.inside, self._finish = threading.Event(), threading.Event()
+        self.result: object = None
+        self._thread = threading.Thread(target=self._write, args=(handle,))
+        self._thread.start()
+        assert self.inside.wait(WAIT)
+
+    def _work(self, txn: Any) -> str:
+        txn.put(b"first", b"1")
+        self.inside.set()
+        assert self._finish.wait(WAIT)
+        txn.put(b"second", b"2")
+        return "committed"
+
+    def _write(self, handle: EnvironmentHandle) -> None:
+        try:
+            self.result = handle.write("writing", self._work)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test's thread
+            self.result = exc
+
+    def finish(self) -> object:
+        self._finish.set()
+        self._thread.join(WAIT)
+        return self.result
+
+
+def test_closing_while_another_thread_writes_blocks_no_environment(tmp_path: Path) -> None:
+    """``close()`` of the last handle while another thread is inside a write transaction.
+
+    It waited for that transaction while holding the registry lock, so
+    opening or closing *any* LMDB environment in the process waited too (a
+    repository's ``close()`` in one thread stalled every store of the
+    process), and then the write was lost with ``StorageIOError``. Now
+    ``close()`` returns at once, other environments open and close
+    meanwhile, the write commits, and the environment closes when it ends.
+    """
+    handle = EnvironmentHandle(tmp_path / "env")
+    held = _HeldWrite(handle)
+    done = threading.Event()
+
+    def close_then_use_another() -> None:
+        handle.close()
+        other = EnvironmentHandle(tmp_path / "other")
+        other.write("writing", lambda txn: txn.put(b"k", b"v"))
+        other.close()
+        done.set()
+
+    side = threading.Thread(target=close_then_use_another, daemon=True)
+    side.start()
+    try:
+        reached = done.wait(WAIT)  # the writer is still inside its transaction
+        still_open = _open_under(tmp_path)
+    finally:
+        result = held.finish()
+    side.join(WAIT)
+    assert reached and still_open == [str((tmp_path / "env").resolve())]
+    assert result == "committed"
+    assert not _open_under(tmp_path)  # closed when the transaction ended
+    again = EnvironmentHandle(tmp_path / "env")
+    try:
+        assert again.read("reading", lambda txn: (txn.get(b"first"), txn.get(b"second"))) == (
+            b"1", b"2")
+    finally:
+        again.close()
+
+
+def test_a_handle_opened_meanwhile_takes_the_environment_up_again(tmp_path: Path) -> None:
+    """Opened after the last close but before the transaction ends: the same environment.
+
+    One environment per directory per process stays true (a second one would
+    share, then drop, the first one's locks), and it is not closed under the
+    new handle when the transaction ends.
+    """
+    handle = EnvironmentHandle(tmp_path / "env")
+    held = _HeldWrite(handle)
+    environment = handle.env
+    opened: list[EnvironmentHandle] = []
+    done = threading.Event()
+
+    def close_and_reopen() -> None:
+        handle.close()
+        opened.append(EnvironmentHandle(tmp_path / "env"))
+        done.set()
+
+    threading.Thread(target=close_and_reopen, daemon=True).start()
+    try:
+        reached = done.wait(WAIT)  # the writer is still inside its transaction
+    finally:
+        result = held.finish()
+    assert reached and result == "committed"
+    again = opened[0]
+    try:
+        assert again.env is environment
+        assert again.read("reading", lambda txn: txn.get(b"second")) == b"2"
+        assert again.env is environment and _open_under(tmp_path)
+    finally:
+        again.close()
+    assert not _open_under(tmp_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import multiprocessing
 import os
@@ -9,14 +10,19 @@ import pickle
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import lmdb
 import numpy as np
 import pytest
 import zarr
+from hypothesis import given
+from hypothesis import strategies as st
 from hypothesis.stateful import run_state_machine_as_test
 from hypothesis_budget import fewer_examples
 from zarr.core.buffer import Buffer, cpu
@@ -33,11 +39,14 @@ from zarrstore import (
     UsageLog,
 )
 from zarrstore.lmdb_environment import INITIAL_MAP_SIZE
+from zarrstore.protocol import DirListing
 from zarrstore.testing import StoreConformance, storage_state_machine
+from zarrstore.zarr_bridge import ZarrStore
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TESTS = str(Path(__file__).resolve().parent)
 WAIT = 120
+T = TypeVar("T")
 
 
 class LMDBBackdoor:
@@ -112,6 +121,147 @@ def test_zarr_hierarchy_state_machine(tmp_path: Path) -> None:
         lambda: ZarrHierarchyStateMachine(LMDBStore(tmp_path / f"h{next(counter)}")),
         settings=fewer_examples(8),
     )
+
+
+# -- listing: seeks, not scans --------------------------------------------------------
+
+
+class CursorSteps:
+    """Counts every position a real LMDB cursor takes: each seek, step and item iterated."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def transaction(self, txn: lmdb.Transaction) -> Any:
+        counter = self
+
+        class Transaction:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(txn, name)
+
+            def cursor(self, *args: Any, **kwargs: Any) -> Any:
+                return counter.cursor(txn.cursor(*args, **kwargs))
+
+        return Transaction()
+
+    def cursor(self, cursor: lmdb.Cursor) -> Any:
+        counter = self
+
+        class Cursor:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(cursor, name)
+
+            def _moved(self, found: bool) -> bool:
+                counter.steps += 1
+                return found
+
+            def set_range(self, key: bytes) -> bool:
+                return self._moved(cursor.set_range(key))
+
+            def set_key(self, key: bytes) -> bool:
+                return self._moved(cursor.set_key(key))
+
+            def first(self) -> bool:
+                return self._moved(cursor.first())
+
+            def next(self) -> bool:
+                return self._moved(cursor.next())
+
+            def iternext(self, keys: bool = True, values: bool = True) -> Iterator[Any]:
+                for item in cursor.iternext(keys, values):
+                    counter.steps += 1
+                    yield item
+
+            def __iter__(self) -> Iterator[Any]:
+                return self.iternext()
+
+        return Cursor()
+
+
+class CountingLMDBStorage(LMDBStorage):
+    """A real ``LMDBStorage`` whose read transactions count their cursor steps."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.counter = CursorSteps()
+
+    def _read(self, action: str, work: Callable[[lmdb.Transaction], T], empty: T) -> T:
+        return super()._read(action, lambda txn: work(self.counter.transaction(txn)), empty)
+
+    def steps_of(self, call: Callable[[], Any]) -> tuple[Any, int]:
+        before = self.counter.steps
+        result = call()
+        return result, self.counter.steps - before
+
+
+def test_list_dir_and_is_empty_seek_past_an_array_of_many_chunks(tmp_path: Path) -> None:
+    """``list_dir("")`` over one array of 2,000 chunks reads its 2 children, not 2,002 keys.
+
+    xarray and zarr list groups with ``list_dir`` when metadata is not
+    consolidated; it walked every key under the prefix. ``is_empty`` listed
+    every key too, through zarr's default.
+    """
+    storage = CountingLMDBStorage(tmp_path / "env")
+    store = ZarrStore(storage)
+    zarr.create_group(store)
+    array = zarr.create_array(store, name="a", shape=(2000,), chunks=(1,), dtype="i1",
+                              fill_value=-1)
+    array[:] = np.zeros(2000, dtype="i1")
+    assert len(list(storage.list_prefix("a/c/"))) == 2000
+
+    listing, steps = storage.steps_of(lambda: storage.list_dir(""))
+    assert listing == DirListing(keys=("zarr.json",), prefixes=("a/",))
+    assert steps <= 3  # a seek per child, and one that finds the end
+    names, steps = storage.steps_of(lambda: _names(store.list_dir("/")))
+    assert names == ["a", "zarr.json"] and steps <= 3
+    listing, steps = storage.steps_of(lambda: storage.list_dir("a/"))
+    assert listing == DirListing(keys=("a/zarr.json",), prefixes=("a/c/",)) and steps <= 3
+    for prefix, empty in [("", False), ("a/", False), ("a/c/", False), ("b/", True)]:
+        answer, steps = storage.steps_of(lambda prefix=prefix: storage.is_empty(prefix))
+        assert answer is empty and steps == 1, prefix
+        answer, steps = storage.steps_of(
+            lambda prefix=prefix: asyncio.run(store.is_empty(prefix)))
+        assert answer is empty and steps == 1, prefix
+    group = zarr.open_group(store, mode="r")
+    members, steps = storage.steps_of(lambda: [name for name, _ in group.members()])
+    assert members == ["a"] and steps < 20
+
+
+def _names(names: AsyncIterator[str]) -> list[str]:
+    async def collect() -> list[str]:
+        return [name async for name in names]
+
+    return asyncio.run(collect())
+
+
+#: Segments from characters that sort below ``"/"`` (``-``, ``.``) and just above it
+#: (``0``, ``1``), so a listing that seeks past a directory meets every awkward neighbour.
+_HOSTILE_SEGMENTS = st.text(alphabet="-.01a~\u00e9", min_size=1, max_size=3).filter(
+    lambda segment: segment not in (".", ".."))
+_HOSTILE_KEYS = st.lists(_HOSTILE_SEGMENTS, min_size=1, max_size=4).map("/".join)
+
+
+@given(keys=st.sets(_HOSTILE_KEYS, max_size=25))
+@fewer_examples(2)
+def test_list_dir_and_is_empty_match_a_model_with_hostile_sort_orders(keys: set[str]) -> None:
+    """Every directory's listing equals the one a dict model gives, whatever sorts near ``/``."""
+    directories = {""} | {key[: i + 1] for key in keys for i, c in enumerate(key) if c == "/"}
+    directories |= {key + "/" for key in keys} | {"-/", "a/", "a0/", "a-/"}
+    with tempfile.TemporaryDirectory() as path:
+        storage = LMDBStorage(Path(path) / "env")
+        try:
+            storage.set_many([(key, b"v") for key in keys])
+            for prefix in sorted(directories):
+                rests = sorted(key[len(prefix):] for key in keys if key.startswith(prefix))
+                want = DirListing(
+                    keys=tuple(prefix + rest for rest in rests if "/" not in rest),
+                    prefixes=tuple(sorted({prefix + rest.split("/")[0] + "/"
+                                           for rest in rests if "/" in rest})),
+                )
+                assert storage.list_dir(prefix) == want, prefix
+                assert storage.is_empty(prefix) is (not rests), prefix
+        finally:
+            storage.close()
 
 
 # -- round trips --------------------------------------------------------------------

@@ -270,11 +270,17 @@ def test_merge_base_including_criss_cross(repo: vs.Repository) -> None:
 
 
 def test_unrelated_histories_merge_against_an_empty_base(repo: vs.Repository) -> None:
-    repo.create_branch("dev", repo.lookup_branch("main"))
-    session = repo.writable_session("dev")
-    _array(zarr.open_group(session.store), "u")
-    root = session.amend("a second root")  # amending the initial snapshot: a new root
-    assert repo.lookup_snapshot(root).parent_ids == ()
+    # Another repository's history shares no snapshot with this one's, not even the root
+    # (the initial snapshot cannot be amended into a second root: AmendInitialSnapshotError).
+    with vs.Repository.create(vs.in_memory_storage()) as other:
+        session = other.writable_session("main")
+        _array(zarr.open_group(session.store), "u")
+        session.commit("u, elsewhere")
+        repo.fetch(other, "main", into_branch="dev", progress=False)
+    root = repo.lookup_branch("dev")
+    assert [i.message for i in repo.ancestry(branch="dev")][-1] == "Repository initialized"
+    assert repo.lookup_snapshot(repo.lookup_branch("main")).id not in {
+        i.id for i in repo.ancestry(branch="dev")}
     _commit(repo, "main", _array)
     assert repo.merge_base(repo.lookup_branch("main"), root) is None
     repo.merge("dev", "main")

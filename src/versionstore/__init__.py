@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from versionstore.clone import copy_repository
 from versionstore.errors import (
+    AmendInitialSnapshotError,
     BackendError,
     BranchNotFoundError,
     ConflictError,
@@ -85,6 +86,7 @@ except PackageNotFoundError:  # imported from a source tree that was never insta
     __version__ = "0+unknown"
 
 __all__ = [
+    "AmendInitialSnapshotError",
     "ArrayUsage",
     "BackendError",
     "BranchNotFoundError",

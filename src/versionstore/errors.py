@@ -18,6 +18,7 @@ The tree::
     ├── SessionNotFoundError         resuming a session that was committed or never existed
     ├── ReadOnlySessionError         committing or writing through a read-only session
     ├── NothingToCommitError         commit() with no changes (and allow_empty=False)
+    ├── AmendInitialSnapshotError    amend() on a branch whose tip is the initial snapshot
     ├── ConflictError                a commit whose changes overlap the branch's new commits
     │   └── MergeConflictError       a merge, cherry-pick or revert whose sides conflict
     ├── InvalidMoveError             session.move with a missing source, taken destination, …
@@ -60,6 +61,7 @@ from zarrstore.errors import rebuild_error
 
 __all__ = [
     "AmbiguousSnapshotIdError",
+    "AmendInitialSnapshotError",
     "BackendError",
     "BranchNotFoundError",
     "ConflictError",
@@ -242,6 +244,25 @@ class ReadOnlySessionError(VersionStoreError):
 
 class NothingToCommitError(VersionStoreError):
     """``commit`` found no change against the session's base (pass ``allow_empty=True``)."""
+
+
+class AmendInitialSnapshotError(VersionStoreError):
+    """``amend`` refused: the branch's tip is the repository's initial snapshot.
+
+    The initial snapshot (``Repository initialized``, the one with no parents)
+    is every branch's first ancestor, so it is never replaced; commit instead.
+    icechunk refuses the same amend (its ``NoAmendForInitialCommit``: "the
+    first commit in the repository cannot be an amend"). Nothing changed: the
+    session keeps its staged changes. ``branch`` and ``snapshot_id`` name the
+    tip that was to be amended.
+    """
+
+    def __init__(self, branch: str, snapshot_id: str) -> None:
+        self.branch = branch
+        self.snapshot_id = snapshot_id
+        super().__init__(
+            f"cannot amend branch {branch!r}: its tip {snapshot_id} is the repository's "
+            "initial snapshot, which has no parent to amend onto; commit instead")
 
 
 class ConflictError(VersionStoreError):

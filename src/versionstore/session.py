@@ -59,6 +59,7 @@ from versionstore.codec import (
 )
 from versionstore.commit_stream import ChunkIds, NewObjects, StagedScan
 from versionstore.errors import (
+    AmendInitialSnapshotError,
     ConflictError,
     CorruptObjectError,
     InvalidMoveError,
@@ -1016,8 +1017,13 @@ class Session:
         readable by id until garbage collection (and the ops log records the
         amend). Moves (``move``) can be amended like any other change.
 
+        The repository's initial snapshot cannot be amended, as in icechunk:
+        on a branch still at it, commit instead.
+
         Raises:
             ReadOnlySessionError: on a read-only session.
+            AmendInitialSnapshotError: the branch's tip is the initial snapshot
+                (no parents); nothing changes and the staged changes are kept.
             ConflictError: the branch moved since this session's base and
                 touched the same keys; the staged changes are kept.
         """
@@ -1158,6 +1164,10 @@ class Session:
         assert self._branch is not None
         repo = self._repo
         tip, raw_tip = repo.refs.branch_tip(self._branch)
+        replaced = repo.reader.snapshot(tip) if amend else None
+        if replaced is not None and not parents_of(tip, replaced, repo._grafts()):
+            # As icechunk (NoAmendForInitialCommit): the root is every branch's first ancestor.
+            raise AmendInitialSnapshotError(self._branch, object_id_text(tip))
         parent_tree = self._root
         changes: Iterator[Change] = staged.changes()
         if self._manifests:  # the record as read in this view: the batch expects it
@@ -1208,8 +1218,7 @@ class Session:
             sizes = tally.sizes(repo.reader.node, parent_tree, with_documents(
                 repo.reader, sizes_of(repo.reader, repo.reader.snapshot(tip)), parent_tree),
                                 read_chunks)
-            if amend:
-                replaced = repo.reader.snapshot(tip)
+            if replaced is not None:
                 # As ancestry shows them: an expired parent may be collected already.
                 snapshot = Snapshot(
                     parents=parents_of(tip, replaced, repo._grafts()), tree=root,

@@ -46,7 +46,7 @@ import lmdb
 from zarrstore.errors import InvalidKeyError
 from zarrstore.keys import validate_key
 from zarrstore.lmdb_environment import INITIAL_MAP_SIZE, EnvironmentHandle, holds_environment
-from zarrstore.protocol import ReadRequest, Storage
+from zarrstore.protocol import DirListing, ReadRequest, Storage
 from zarrstore.ranges import ByteRange, slice_value
 from zarrstore.zarr_bridge import ZarrStore
 
@@ -221,6 +221,52 @@ class LMDBStorage(Storage):
 
         nothing: list[str] = []
         return iter(self._read("listing", work, nothing))
+
+    @override
+    def _list_dir(self, prefix: str) -> DirListing:
+        """The direct children, found by seeking past each sub-directory's keys.
+
+        Cursor steps grow with the number of children, not of keys: on finding
+        ``name/`` the cursor jumps to the first key at or after ``name0``
+        (``"0"`` is the byte after ``"/"``), past every key under ``name/``,
+        so ``list_dir("")`` of one array of a million chunks reads a handful of
+        keys. Keys sort as UTF-8 bytes, which is code point order, so the
+        listing is sorted as ``children_of`` sorts it (``a-x/`` and ``a.y``
+        before ``a/``).
+        """
+        start = prefix.encode()
+        after = len(start)
+
+        def work(txn: lmdb.Transaction) -> DirListing:
+            keys: list[str] = []
+            prefixes: list[str] = []
+            cursor = txn.cursor()
+            more = cursor.set_range(start)
+            while more:
+                key = bytes(cursor.key())
+                if not key.startswith(start):
+                    break
+                cut = key.find(b"/", after)
+                if cut < 0:
+                    keys.append(key.decode())
+                    more = cursor.next()
+                else:
+                    prefixes.append(key[: cut + 1].decode())
+                    more = cursor.set_range(key[:cut] + b"0")
+            return DirListing(keys=tuple(keys), prefixes=tuple(prefixes))
+
+        return self._read("listing a directory", work, DirListing())
+
+    @override
+    def _is_empty(self, prefix: str) -> bool:
+        """Whether no key lies under ``prefix``: one cursor seek, one key read at most."""
+        start = prefix.encode()
+
+        def work(txn: lmdb.Transaction) -> bool:
+            cursor = txn.cursor()
+            return not (cursor.set_range(start) and bytes(cursor.key()).startswith(start))
+
+        return self._read("checking for keys", work, True)
 
     # -- writes -----------------------------------------------------------------------
 

@@ -10,7 +10,9 @@ they live here once, for ``zarrstore.lmdb.LMDBStore`` and versionstore's
   Handles on one directory therefore share a process-wide registry entry,
   counted; the environment closes when the last handle is closed *or garbage
   collected* (``weakref.finalize``), so dropping a store without ``close()``
-  releases its address space too.
+  releases its address space too. Closing never waits: if another thread is
+  inside a transaction then, the environment stays open (and registered)
+  until that transaction ends.
 * **A map that grows.** LMDB maps the data file into memory at a fixed size.
   We start small (``INITIAL_MAP_SIZE``, or the file's size) and, when a write
   transaction fails with ``MDB_MAP_FULL``, grow the map (``mdb_env_set_mapsize``)
@@ -266,9 +268,7 @@ def _drain_releases() -> None:
         shared = _pending_releases.pop()
         shared.users -= 1
         if shared.users <= 0:
-            if _registry.get(shared.path) is shared:
-                del _registry[shared.path]
-            shared.close()
+            shared.close_if_unused()
 
 
 # -- one environment, shared by every handle on its directory -------------------------------
@@ -307,6 +307,11 @@ class _Shared:
         self.lock_identity: tuple[int, int] | None = None
         self.pid = os.getpid()
         self.inherited = False  # open in a parent that forked inside a transaction
+        # Transactions open on the environment, in every thread of this process (under
+        # ``busy``), and whether its last handle was released while some were open.
+        self.busy = threading.Lock()
+        self.active = 0
+        self.closing = False
 
     # Called with _registry_lock held (or the gate held exclusively).
     def open(self, create: bool) -> None:
@@ -456,6 +461,41 @@ class _Shared:
         if env is not None and self.pid == os.getpid():
             env.close()
 
+    def close_if_unused(self) -> None:
+        """Close and unregister the environment, unless a handle or transaction still uses it.
+
+        Called with ``_registry_lock`` held, when the last handle is released.
+        While another thread has a transaction open, closing would wait for it
+        (py-lmdb's ``Environment.close`` aborts the thread's transaction, which
+        waits for that thread) with the registry lock held, so every open and
+        close of any environment in the process would wait too; and the write
+        in progress would be lost. The environment stays registered instead
+        (a new handle on the directory takes it up again) and the last
+        transaction to end closes it (``ended``).
+        """
+        with self.busy:
+            if self.users > 0 or self.active > 0:
+                self.closing = self.users <= 0
+                return
+            self.closing = False
+        if _registry.get(self.path) is self:
+            del _registry[self.path]
+        self.close()
+
+    def began(self) -> None:
+        """A transaction of this process opened on the environment."""
+        with self.busy:
+            self.active += 1
+
+    def ended(self) -> None:
+        """A transaction ended: the last one closes an environment no handle holds any more."""
+        with self.busy:
+            self.active -= 1
+            last = self.active == 0 and self.closing
+        if last:
+            with _registry_held():
+                self.close_if_unused()
+
     def current(self) -> lmdb.Environment:
         """The open environment, reopened first if a fork or a growth closed it."""
         env = self.env
@@ -553,8 +593,16 @@ def _after_fork_in_child() -> None:
     _this_pid = os.getpid()
     _gate = _Gate()
     _registry_lock = threading.Lock()
+    for shared in [*_registry.values(), *_pending_releases]:
+        # Its lock may have been held by another thread; the parent's other threads'
+        # transactions do not exist here.
+        shared.busy, shared.active, shared.closing = threading.Lock(), 0, False
     _drain_releases()
-    for shared in _registry.values():
+    for path, shared in list(_registry.items()):
+        if shared.users <= 0:  # released in the parent while a transaction was open
+            del _registry[path]
+            shared.env = None  # the parent's: never used, never closed here
+            continue
         if shared.readahead is not None:  # its lock may have been held by another thread
             shared.readahead = lmdb_readahead.ReadaheadSwitch(
                 shared.readahead.data_path, shared.map_address,
@@ -696,6 +744,7 @@ class EnvironmentHandle:
         for _ in range(_RETRIES):
             gate = _gate  # rebound in a forked child: leave the one entered
             gate.enter()
+            shared.began()
             try:
                 env = shared.current()
                 switch = shared.readahead
@@ -712,6 +761,7 @@ class EnvironmentHandle:
                 raise translate(exc, action, self.path) from exc
             finally:
                 gate.leave()
+                shared.ended()
             self._resize(shared, None, action)
         raise StorageIOError(f"the LMDB map at {self.path!r} kept changing size while {action}")
 
@@ -733,6 +783,7 @@ class EnvironmentHandle:
             full_at: int | None = None
             gate = _gate
             gate.enter()
+            shared.began()
             try:
                 env = shared.current()
                 try:
@@ -758,6 +809,7 @@ class EnvironmentHandle:
                 raise translate(exc, action, self.path) from exc
             finally:
                 gate.leave()
+                shared.ended()
             self._resize(shared, full_at, action)
         raise StorageIOError(f"the LMDB map at {self.path!r} kept changing size while {action}")
 
@@ -781,9 +833,19 @@ class EnvironmentHandle:
         """Flush everything committed so far to disk (``fsync``)."""
         if self.read_only:
             return
+        shared = self._shared_open()
         with translated("flushing to disk", self.path), _gate.shared():
-            self._shared_open().current().sync(True)
+            shared.began()
+            try:
+                shared.current().sync(True)
+            finally:
+                shared.ended()
 
     def close(self) -> None:
-        """Release this handle; the environment closes with its last handle."""
+        """Release this handle; the environment closes with its last handle.
+
+        Never waits: if another thread still has a transaction open on the
+        environment, that transaction finishes (a write commits) and the
+        environment closes when it ends.
+        """
         self._finalizer()

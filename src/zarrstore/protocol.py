@@ -37,7 +37,7 @@ ReadRequest = tuple[str, ByteRange | None]
 #: The calls that only read (``Storage.blocking_reads`` applies to them, ``blocking_io``
 #: to every other call).
 READ_CALLS = frozenset({"get", "get_many", "exists", "size", "size_prefix", "stat",
-                        "list_prefix", "list_dir"})
+                        "list_prefix", "list_dir", "is_empty"})
 
 
 @attrs.frozen
@@ -155,6 +155,10 @@ class Storage(ABC):
     def _list_dir(self, prefix: str) -> DirListing:
         return children_of(prefix, self._list_prefix(prefix))
 
+    def _is_empty(self, prefix: str) -> bool:
+        # Stops at the first key, but a backing that lists whole may have read them all.
+        return next(iter(self._list_prefix(prefix)), None) is None
+
     def _size_prefix(self, prefix: str) -> int:
         return sum(self._size(key) or 0 for key in list(self._list_prefix(prefix)))
 
@@ -259,6 +263,21 @@ class Storage(ABC):
             raise UnsupportedOperationError(f"{type(self).__name__} cannot list keys")
         return self._list_dir(prefix)
 
+    def is_empty(self, prefix: str) -> bool:
+        """Whether no key lies under ``prefix`` (``""``: whether the store holds nothing).
+
+        Stores that can look at one key (``LMDBStorage``) do; the default asks
+        ``list_prefix``. zarr's ``Store.is_empty`` comes here through ``ZarrStore``.
+
+        Raises:
+            InvalidKeyError: ``prefix`` is not ``""`` or a key followed by ``"/"``.
+            UnsupportedOperationError: the store cannot list keys.
+        """
+        validate_prefix(prefix)
+        if not self.supports_listing:
+            raise UnsupportedOperationError(f"{type(self).__name__} cannot list keys")
+        return self._is_empty(prefix)
+
     def with_read_only(self, read_only: bool = True) -> Storage:
         """A storage on the same backing with the given read-only setting."""
         return self._with_read_only(read_only)
@@ -320,6 +339,9 @@ class AsyncStorage(ABC):
 
     async def _list_dir(self, prefix: str) -> DirListing:
         return children_of(prefix, await self._list_prefix(prefix))
+
+    async def _is_empty(self, prefix: str) -> bool:
+        return not await self._list_prefix(prefix)
 
     async def _size_prefix(self, prefix: str) -> int:
         return sum([(await self._size(key)) or 0 for key in await self._list_prefix(prefix)])
@@ -420,6 +442,13 @@ class AsyncStorage(ABC):
         if not self.supports_listing:
             raise UnsupportedOperationError(f"{type(self).__name__} cannot list keys")
         return await self._list_dir(prefix)
+
+    async def is_empty(self, prefix: str) -> bool:
+        """Whether no key lies under ``prefix``; ``Storage.is_empty``'s twin."""
+        validate_prefix(prefix)
+        if not self.supports_listing:
+            raise UnsupportedOperationError(f"{type(self).__name__} cannot list keys")
+        return await self._is_empty(prefix)
 
     def with_read_only(self, read_only: bool = True) -> AsyncStorage:
         """A storage on the same backing with the given read-only setting."""

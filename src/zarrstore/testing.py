@@ -282,6 +282,39 @@ class StoreConformance:
             names += [p[len(prefix) : -1] for p in listing.prefixes]
             assert "" not in names and len(names) == len(set(listing.keys + listing.prefixes))
 
+    def test_list_dir_with_names_sorting_below_slash(self, storage: Storage) -> None:
+        """Names with ``-`` or ``.`` sort between ``a`` and ``a/`` (and ``a0`` just after).
+
+        A store that lists a directory by seeking past each child's keys
+        (``LMDBStorage``) must still find ``a-x/`` and ``a.y`` before ``a/``,
+        and ``a0`` where its seek lands.
+        """
+        self._require_listing(storage)
+        keys = ["a/b", "a-x/c", "a.y", "a/c/0", "a/c/1", "a/c-d/0", "a/c.e", "a0", "b"]
+        for key in keys:
+            self.raw_set(storage, key, b"1")
+        assert storage.list_dir("") == DirListing(keys=("a.y", "a0", "b"),
+                                                  prefixes=("a-x/", "a/"))
+        assert storage.list_dir("a/") == DirListing(keys=("a/b", "a/c.e"),
+                                                    prefixes=("a/c-d/", "a/c/"))
+        assert storage.list_dir("a/c/") == DirListing(keys=("a/c/0", "a/c/1"))
+        assert _collect(ZarrStore(storage).list_dir("a")) == ["b", "c", "c-d", "c.e"]
+        assert _collect(ZarrStore(storage).list_dir("")) == ["a", "a-x", "a.y", "a0", "b"]
+
+    def test_is_empty_looks_under_the_prefix_only(self, storage: Storage) -> None:
+        """``is_empty(p)``: no key under ``p``; a key named as ``p`` without its ``/`` is not."""
+        self._require_listing(storage)
+        assert storage.is_empty("") and storage.is_empty("a/")
+        for key in ["a-x/c", "a.y", "a/c/0", "a0"]:
+            self.raw_set(storage, key, b"1")
+        assert not storage.is_empty("")
+        for prefix in ["a/", "a/c/", "a-x/"]:
+            assert not storage.is_empty(prefix), prefix
+        for prefix in ["a.y/", "a/c/0/", "a/b/", "b/", "a0/"]:
+            assert storage.is_empty(prefix), prefix
+        store = ZarrStore(storage)
+        assert not asyncio.run(store.is_empty("a/c")) and asyncio.run(store.is_empty("a/b"))
+
     def test_root_is_slash_or_empty_for_zarr(self, storage: Storage) -> None:
         """The root is ``"/"`` or ``""`` for zarr (it calls ``is_empty("/")`` after clearing)."""
         self._require_listing(storage)
@@ -353,6 +386,8 @@ class StoreConformance:
             storage.list_dir(prefix)
         with pytest.raises(InvalidKeyError):
             storage.size_prefix(prefix)
+        with pytest.raises(InvalidKeyError):
+            storage.is_empty(prefix)
 
     # -- keys ---------------------------------------------------------------------
 
@@ -710,6 +745,7 @@ def storage_state_machine(make_storage: Callable[[], Storage]) -> type[RuleBased
             keys = tuple(prefix + r for r in rests if "/" not in r)
             prefixes = tuple(sorted({prefix + r.split("/")[0] + "/" for r in rests if "/" in r}))
             assert self.storage.list_dir(prefix) == DirListing(keys=keys, prefixes=prefixes)
+            assert self.storage.is_empty(prefix) == (not rests)
 
         @invariant()
         def listing_matches(self) -> None:

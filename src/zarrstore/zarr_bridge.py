@@ -313,6 +313,18 @@ class ZarrStore(Store):
         for key in await self._listed(_as_prefix(prefix)):
             yield key
 
+    async def is_empty(self, prefix: str) -> bool:
+        """Whether no key lies under the directory ``prefix`` (``""`` or ``"/"``: the store).
+
+        One storage call, ``is_empty``, where zarr's default lists the prefix:
+        a store that can look at one key (``LMDBStore``) reads one.
+
+        Raises:
+            UnsupportedOperationError: the storage cannot list (a ``NotImplementedError``,
+                as zarr raises).
+        """
+        return bool(await self._call("is_empty", _as_prefix(prefix)))
+
     async def list_dir(self, prefix: str) -> AsyncIterator[str]:
         """Names of the direct children of the directory ``prefix``, each once, sorted.
 

@@ -211,6 +211,10 @@ class WrappingStorage(Storage):
         return self.inner.list_dir(prefix)
 
     @override
+    def is_empty(self, prefix: str) -> bool:
+        return self.inner.is_empty(prefix)
+
+    @override
     def with_read_only(self, read_only: bool = True) -> Self:
         return self._with_read_only(read_only)
 

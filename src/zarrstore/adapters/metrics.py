@@ -21,8 +21,8 @@ nothing but its timing):
   unknown without a listing this adapter will not add).
 * ``lists`` / ``keys_listed``: each ``list_prefix`` / ``list`` / ``list_dir``
   call, and the entries it returned (keys, plus sub-prefixes for ``list_dir``).
-* ``size``, ``exists`` and ``size_prefix`` are metadata queries: they appear
-  only in the timings.
+* ``size``, ``exists``, ``size_prefix`` and ``is_empty`` are metadata
+  queries: they appear only in the timings.
 
 Every call, failed or not, adds to its operation's timing (calls and
 nanoseconds). Counters are shared by every view of the adapter (zarr opens a
@@ -335,6 +335,10 @@ class PerformanceMetricsStorage(_MetricsReport, WrappingStorage):
             lambda: self.inner.list_dir(prefix),
             lambda d: {"lists": 1, "keys_listed": len(d.keys) + len(d.prefixes)},
         )
+
+    @override
+    def is_empty(self, prefix: str) -> bool:
+        return self._counted("is_empty", lambda: self.inner.is_empty(prefix), lambda _: {})
 
 
 class PerformanceMetrics(_MetricsReport, WrappingStore):

@@ -259,6 +259,10 @@ class AsyncToSync(Storage):
         return self.runner(self.inner.list_dir(prefix))
 
     @override
+    def is_empty(self, prefix: str) -> bool:
+        return self.runner(self.inner.is_empty(prefix))
+
+    @override
     def close(self) -> None:
         self.runner(self.inner.aclose())
 
@@ -407,6 +411,10 @@ class SyncToAsync(AsyncStorage):
     @override
     async def list_dir(self, prefix: str) -> DirListing:
         return await self._read(self.inner.list_dir, prefix)
+
+    @override
+    async def is_empty(self, prefix: str) -> bool:
+        return await self._read(self.inner.is_empty, prefix)
 
     @override
     async def aclose(self) -> None:

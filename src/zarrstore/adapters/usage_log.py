@@ -14,7 +14,7 @@ The line format is stable (tools may parse it)::
 * ``<operation>`` is the protocol method: ``get``, ``get_many``, ``size``,
   ``size_prefix``, ``exists``, ``set``, ``set_if_absent``, ``erase``,
   ``erase_many``, ``erase_prefix``, ``list_prefix`` (``list()`` is
-  ``list_prefix ""``), ``list_dir`` or ``close``.
+  ``list_prefix ""``), ``list_dir``, ``is_empty`` or ``close``.
 * ``<arguments>`` are space-separated: a key or prefix as a JSON string; a byte
   range written straight after its key in Python slice notation
   (``"c/0"[0:100]``, ``"c/0"[100:]``, ``"c/0"[-16:]``); a value as ``len=N``
@@ -283,6 +283,10 @@ class UsageLogStorage(WrappingStorage):
             lambda: self.inner.list_dir(prefix),
             lambda d: f"keys={len(d.keys)} prefixes={len(d.prefixes)}",
         )
+
+    @override
+    def is_empty(self, prefix: str) -> bool:
+        return self._logged("is_empty", _text(prefix), lambda: self.inner.is_empty(prefix), str)
 
     @override
     def close(self) -> None:

@@ -328,3 +328,73 @@ def test_concurrent_writes_and_erases_in_one_directory(kind: str, ftp: FTPServer
 async def _erase_and_write(store: ZarrStore, old: str, new: str) -> None:
     buffer = zarr.core.buffer.default_buffer_prototype().buffer.from_bytes(b"n")
     await asyncio.gather(store.delete(old), store.set(new, buffer))
+
+
+# -- fork ------------------------------------------------------------------------------
+
+_FORKS = r"""
+import multiprocessing, sys, warnings
+warnings.simplefilter("ignore", DeprecationWarning)  # "multi-threaded, use of fork()"
+from zarrstore.errors import ForkedProcessError
+from zarrstore.opendal import AsyncOpendalStorage, OpendalStorage
+from zarrstore import AsyncToSync
+
+
+def use(storages, out):
+    results = []
+    for storage in storages:
+        try:
+            storage.set("k", b"child")
+            results.append(storage.get("k").decode())
+        except ForkedProcessError as exc:
+            results.append("refused: " + str(exc))
+    out.put(results)
+
+
+def in_child(storages):
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    child = context.Process(target=use, args=(storages, out))
+    child.start()
+    child.join(20)
+    if child.is_alive():
+        child.kill()
+        return ["hung"]
+    return out.get(timeout=5)
+
+
+root = sys.argv[1]
+storages = [AsyncToSync(AsyncOpendalStorage.from_scheme("fs", root=root + "/async"))]
+print(in_child(storages))  # an async operator, no request yet: the child has its own runtime
+storages[0].set("k", b"parent")
+print(in_child(storages))  # after a request: refused at once
+storages.append(OpendalStorage.from_scheme("fs", root=root + "/blocking"))
+print(in_child(storages))  # a blocking operator: refused too
+print(in_child([OpendalStorage.from_scheme("fs", root=root + "/other")]))  # ... whichever
+storages[1].set("k", b"parent")
+print(storages[0].get("k").decode(), storages[1].get("k").decode())  # the parent goes on
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="fork exists only on POSIX")
+def test_a_forked_child_refuses_opendal_after_its_parents_first_request(tmp_path: Path) -> None:
+    """OpenDAL's runtime does not survive fork: a clear error where a request would hang.
+
+    In a fresh process, so that nothing of this test session started OpenDAL's
+    runtime first: a child forked before the parent's first request works;
+    after it, or once a blocking operator exists (which starts the runtime:
+    requests in the child would wait forever, on any operator), the child gets
+    ``ForkedProcessError`` naming 'spawn'.
+    """
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _FORKS, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    before, after, blocking, other, parent = done.stdout.splitlines()
+    assert before == "['child']"
+    assert after.count("refused: ") == 1 and "spawn" in after, after
+    assert blocking.count("refused: ") == 2 and "hung" not in blocking, blocking
+    assert other.count("refused: ") == 1, other
+    assert parent == "parent parent"

@@ -118,7 +118,7 @@ class CorruptStorageError(StorageIOError):
 
 
 class ForkedProcessError(StorageIOError):
-    """Object storage used in a ``fork`` child of a process that had used it (it would hang).
+    """obstore or OpenDAL used in a ``fork`` child of a process that had used it (it would hang).
 
-    See ``zarrstore.obstore_runtime``: use the ``spawn`` or ``forkserver`` start method.
+    See ``zarrstore.rust_runtimes``: use the ``spawn`` or ``forkserver`` start method.
     """

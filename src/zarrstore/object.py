@@ -50,9 +50,9 @@ from zarrstore.errors import (
     UnsupportedOperationError,
 )
 from zarrstore.keys import name_max, refuse_unnamable, validate_key
-from zarrstore.obstore_runtime import FORK_ADVICE, forked_from, note_request
 from zarrstore.protocol import AsyncStorage, DirListing, ReadRequest, ValueInfo
 from zarrstore.ranges import ByteRange, OffsetRequest, RangeRequest, SuffixRequest, resolve
+from zarrstore.rust_runtimes import OBSTORE
 from zarrstore.zarr_bridge import ZarrStore
 
 if TYPE_CHECKING:
@@ -198,13 +198,13 @@ class ObjectStorage(AsyncStorage):
                 a file, or a directory) is a missing object too.
         """
         self._refuse_unstorable(key)
-        forked = forked_from()
+        forked = OBSTORE.forked_from()
         if forked is not None:
             raise ForkedProcessError(
                 f"{operation} {key!r} on {self!r}: this process ({os.getpid()}) was forked "
                 f"from process {forked} after that process had used object storage, and "
-                + FORK_ADVICE)
-        note_request()
+                + OBSTORE.advice)
+        OBSTORE.note_use()
         try:
             yield
         except FileNotFoundError as exc:

@@ -77,6 +77,7 @@ from zarrstore.opendal_boundary import (
 )
 from zarrstore.protocol import AsyncStorage, DirListing, Storage
 from zarrstore.ranges import ByteRange
+from zarrstore.rust_runtimes import OPENDAL
 from zarrstore.zarr_bridge import ZarrStore
 
 __all__ = ["AsyncOpendalStorage", "AsyncOpendalStore", "OpendalStorage", "OpendalStore"]
@@ -92,6 +93,7 @@ class OpendalStorage(OpendalBoundary, Storage):
 
     def __init__(self, operator: opendal.Operator, *, read_only: bool = False) -> None:
         Storage.__init__(self, read_only=read_only)
+        OPENDAL.note_use()  # a blocking operator has started the runtime (rust_runtimes)
         self._operator: opendal.Operator = operator
         self._features = Features.of(operator)
         self._gate = DirectoryGate()

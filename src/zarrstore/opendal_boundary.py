@@ -26,10 +26,16 @@ import attrs
 import opendal
 from opendal import exceptions as opendal_errors
 
-from zarrstore.errors import StorageIOError, StorageTimeoutError, UnsupportedOperationError
+from zarrstore.errors import (
+    ForkedProcessError,
+    StorageIOError,
+    StorageTimeoutError,
+    UnsupportedOperationError,
+)
 from zarrstore.keys import name_max, refuse_unnamable
 from zarrstore.protocol import DirListing
 from zarrstore.ranges import ByteRange, OffsetRequest, resolve
+from zarrstore.rust_runtimes import OPENDAL
 
 __all__ = [
     "ERRORS",
@@ -409,6 +415,10 @@ class OpendalBoundary:
     ) -> Iterator[None]:
         """Turn opendal's errors into zarrstore's, at the boundary.
 
+        In a ``fork`` child of a process that had used OpenDAL, every request
+        would wait forever: ``ForkedProcessError`` instead, before it is made
+        (``zarrstore.rust_runtimes``).
+
         Args:
             operation: what was attempted, for the message.
             key: the key (or prefix) it was attempted on.
@@ -421,6 +431,13 @@ class OpendalBoundary:
                 out as that.
         """
         self._refuse_unnamable(key)
+        forked = OPENDAL.forked_from()
+        if forked is not None:
+            raise ForkedProcessError(
+                f"{operation} {key!r} on {self!r}: this process ({os.getpid()}) was forked "
+                f"from process {forked} after that process had used OpenDAL, and "
+                + OPENDAL.advice)
+        OPENDAL.note_use()
         try:
             yield
         except let_through:

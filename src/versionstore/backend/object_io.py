@@ -47,7 +47,7 @@ from versionstore.errors import (
     StorageTimeoutError,
     StorageUnreachableError,
 )
-from zarrstore.obstore_runtime import FORK_ADVICE, forked_from, note_request
+from zarrstore.rust_runtimes import OBSTORE
 
 if TYPE_CHECKING:
     import contextvars
@@ -76,17 +76,17 @@ def is_picklable_store(store: ObjectStore) -> bool:
 def check_not_forked() -> None:
     """Raise ``ForkedProcessError`` in a ``fork`` child of a process that used obstore.
 
-    obstore's runtime does not survive ``fork`` (``zarrstore.obstore_runtime``):
+    obstore's runtime does not survive ``fork`` (``zarrstore.rust_runtimes``):
     in such a child a request never completes. The process that made the first
     request is shared with zarrstore's ``ObjectStore``, so a parent that used
     object storage through either package is known.
     """
-    pid = forked_from()
+    pid = OBSTORE.forked_from()
     if pid is not None:
         raise ForkedProcessError(
             f"object storage cannot be used in this process ({os.getpid()}): it was forked "
             f"from process {pid} after that process had used object storage, and "
-            + FORK_ADVICE)
+            + OBSTORE.advice)
 
 
 class _CountingLoop(asyncio.SelectorEventLoop):
@@ -136,7 +136,7 @@ class _Loop:
         except ForkedProcessError:
             coroutine.close()
             raise
-        note_request()
+        OBSTORE.note_use()
         with self._lock:
             if self._loop is None or self._pid != os.getpid():
                 loop = _CountingLoop()

@@ -705,6 +705,11 @@ class EnvironmentHandle:
         return 0 if self.closed else self._shared.users
 
     @property
+    def transactions(self) -> int:
+        """Transactions open on the environment in this process, in every thread (0 if closed)."""
+        return 0 if self.closed else self._shared.active
+
+    @property
     def closed(self) -> bool:
         """Whether ``close()`` was called (or the handle was finalised)."""
         return not self._finalizer.alive

@@ -70,7 +70,13 @@ from typing import Any, TypeVar
 import lmdb
 
 from zarrstore import lmdb_readahead
-from zarrstore.errors import CorruptStorageError, ReadOnlyError, StorageFullError, StorageIOError
+from zarrstore.errors import (
+    ClosedStorageError,
+    CorruptStorageError,
+    ReadOnlyError,
+    StorageFullError,
+    StorageIOError,
+)
 
 __all__ = [
     "INITIAL_MAP_SIZE",
@@ -721,7 +727,7 @@ class EnvironmentHandle:
 
     def _shared_open(self) -> _Shared:
         if self.closed:
-            raise StorageIOError(f"the LMDB environment at {self.path!r} is closed")
+            raise ClosedStorageError(f"the LMDB environment at {self.path!r} is closed")
         return self._shared
 
     @property
@@ -755,6 +761,9 @@ class EnvironmentHandle:
         page faults read one page each, not the device's readahead window;
         ``True`` (for large values) turns readahead back on; ``None`` leaves it
         as the last read that asked set it (``zarrstore.lmdb_readahead``).
+
+        Raises:
+            ClosedStorageError: the handle is closed (nothing was read).
         """
         shared = self._shared_open()
         # Counted across the replays and the resizes between them: a close meanwhile
@@ -793,6 +802,7 @@ class EnvironmentHandle:
         the commit.
 
         Raises:
+            ClosedStorageError: the handle is closed (nothing was written).
             ReadOnlyError: the handle or the filesystem is read-only.
             StorageFullError: the disk (or the address space) is full.
         """
@@ -837,7 +847,7 @@ class EnvironmentHandle:
 
     def _began(self, shared: _Shared) -> None:
         if not shared.began():
-            raise StorageIOError(f"the LMDB environment at {self.path!r} is closed")
+            raise ClosedStorageError(f"the LMDB environment at {self.path!r} is closed")
 
     def _resize(self, shared: _Shared, full_at: int | None, action: str) -> None:
         if _gate.depth() > 0:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from machine_support import commit_values, either_repo_fixture
@@ -112,3 +114,29 @@ def test_verify_says_when_the_refs_never_stood_still(repo: vs.Repository,
     settled = repo.verify()  # nothing moves: the missing chunk is a plain verdict
     assert not any("moved" in problem for problem in settled.problems)
     assert "missing" in settled.problems[0]
+
+
+def test_verify_after_expire_and_gc_in_the_same_repository_object(tmp_path: Path) -> None:
+    """``verify`` right after ``expire_snapshots`` and ``garbage_collect`` of the same object.
+
+    Expiring read the snapshots it cut out into the repository's cache; the
+    collection then deleted them, and ``verify`` recomputed the tip's
+    recorded sizes from its (cached) expired parent, whose tree was gone:
+    "cannot check recorded sizes: ... tree node is missing", on a healthy
+    repository that a fresh ``Repository.open`` verified clean. The parent's
+    existence is now asked of the storage.
+    """
+    path = tmp_path / "repo"
+    vs.Repository.create(vs.lmdb_storage(path)).close()
+    for number in range(3):  # written by another repository object: nothing cached here
+        with vs.Repository.open(vs.lmdb_storage(path)) as writer:
+            session = writer.writable_session("main")
+            session.set_values([("k/x", bytes([number]) * 8)])
+            session.commit(f"commit {number}")
+    with vs.Repository.open(vs.lmdb_storage(path)) as repo:
+        repo.expire_snapshots(datetime.now(UTC))
+        repo.garbage_collect(datetime.now(UTC))
+        report = repo.verify()
+        assert report.ok, report.problems
+        assert [info.message for info in repo.ancestry(branch="main")] == [
+            "commit 2", "Repository initialized"]

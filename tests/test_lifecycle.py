@@ -334,6 +334,42 @@ def test_compact_refuses_while_another_handle_is_open(tmp_path: Path) -> None:
         repo.compact()
 
 
+def test_compact_refuses_while_another_thread_reads_and_says_so(tmp_path: Path) -> None:
+    """``compact`` while another thread is inside a read of the same repository.
+
+    Closing let the reader's transaction finish (the environment stays open
+    until it ends), so the compaction's lock found the file still locked and
+    the error said "in use by another process", naming none: the process was
+    this one. Now the open transaction is named for what it is.
+    """
+    import threading
+
+    path = tmp_path / "repo"
+    inside, finish = threading.Event(), threading.Event()
+    results: list[object] = []
+    with vs.Repository.create(vs.lmdb_storage(path)) as repo:
+        backend: Any = repo.backend
+
+        def work(txn: Any) -> str:
+            inside.set()
+            assert finish.wait(120)
+            return "read"
+
+        reader = threading.Thread(target=lambda: results.append(backend._read("reading", work)))
+        reader.start()
+        try:
+            assert inside.wait(120)
+            with pytest.raises(RepositoryBusyError, match="other threads of this") as caught:
+                repo.compact()
+            assert caught.value.transactions == 1 and caught.value.in_this_process == 0
+        finally:
+            finish.set()
+            reader.join(120)
+        assert results == ["read"]
+        assert repo.verify().ok  # still open and usable after the refusal
+        repo.compact()
+
+
 def test_compact_refuses_a_repository_opened_read_only(tmp_path: Path) -> None:
     # It rewrote the file anyway; and the CLI, which opens read-only a directory
     # it cannot write, ended in a PermissionError traceback.

@@ -709,3 +709,52 @@ def test_a_handle_opened_meanwhile_takes_the_environment_up_again(tmp_path: Path
     finally:
         again.close()
     assert not _open_under(tmp_path)
+
+
+def _mapped_under(root: Path) -> list[str]:
+    """Files under ``root`` this process maps or holds open (``/proc/self``), registered or not."""
+    prefix = str(root.resolve())
+    found = [line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
+             if prefix in line]
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the listing's own descriptor, closed meanwhile
+            continue
+        if target.startswith(prefix):
+            found.append(target)
+    return found
+
+
+def test_a_write_that_grows_the_map_after_its_last_handle_closed_leaves_nothing_open(
+        tmp_path: Path) -> None:
+    """The last handle closes inside a write that then must grow the map.
+
+    The end of the first attempt closed the environment (the last transaction
+    of a released environment), then growing the map reopened it outside the
+    registry for the replay: its file descriptors and map stayed open for
+    good, and the directory could never be opened again in this process
+    (``StorageIOError``: "already open in this process"). The transaction now
+    counts until its last replay ends.
+    """
+    path = tmp_path / "env"
+    handle = EnvironmentHandle(path, map_size=1 << 20)
+    attempts: list[int] = []
+
+    def work(txn: Any) -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            handle.close()  # the last handle, inside the transaction
+        for i in range(40):  # 2.5 MiB: the 1 MiB map grows, the write is replayed
+            txn.put(b"k%d" % i, bytes(64 << 10))
+        return "committed"
+
+    assert handle.write("writing", work) == "committed"
+    assert len(attempts) > 1
+    assert not _open_under(tmp_path) and not _mapped_under(tmp_path)
+    again = EnvironmentHandle(path)
+    try:
+        assert again.read("reading", lambda txn: txn.get(b"k39")) == bytes(64 << 10)
+    finally:
+        again.close()
+    assert not _mapped_under(tmp_path)

@@ -572,3 +572,61 @@ def test_the_docs_section_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     for number, block in enumerate(blocks):
         exec(compile(block, f"stores.md LMDBStore[{number}]", "exec"), namespace)
     assert (tmp_path / "data.lmdb" / "data.mdb").is_file()
+
+
+@pytest.mark.parametrize("call", ["get", "set", "list_dir"])
+def test_a_call_beginning_as_another_thread_closes_the_store_is_made(tmp_path: Path,
+                                                                     call: str) -> None:
+    """``close()`` lands after a call took the store's handle, before its transaction.
+
+    The store "stays usable: its next call opens the environment again", but
+    this call raised ``StorageIOError`` ("the LMDB environment ... is closed")
+    from the handle ``close()`` had just closed. It now reopens and is made.
+    The thread is held where the interleaving happens (at its call of
+    ``EnvironmentHandle.read`` / ``write``) by a trace function, so the
+    order is certain.
+    """
+    import threading
+
+    from zarrstore import lmdb_environment
+
+    storage = LMDBStorage(tmp_path / "s")
+    storage.set("a/b", b"1")
+    held, release = threading.Event(), threading.Event()
+    code = {lmdb_environment.EnvironmentHandle.read.__code__,
+            lmdb_environment.EnvironmentHandle.write.__code__}
+    results: list[object] = []
+
+    def trace(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code in code and not held.is_set():
+            held.set()
+            assert release.wait(120)
+
+    def run() -> None:
+        sys.settrace(trace)
+        try:
+            if call == "get":
+                results.append(storage.get("a/b"))
+            elif call == "set":
+                storage.set("a/c", b"2")
+                results.append("set")
+            else:
+                results.append(storage.list_dir(""))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test's thread
+            results.append(exc)
+        finally:
+            sys.settrace(None)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        assert held.wait(120)
+        storage.close()  # the call already holds the handle this closes
+    finally:
+        release.set()
+        thread.join(120)
+    expected = {"get": b"1", "set": "set", "list_dir": DirListing(prefixes=("a/",))}[call]
+    assert results == [expected]
+    if call == "set":
+        assert storage.get("a/c") == b"2"
+    storage.close()

@@ -433,16 +433,23 @@ class RepositoryBusyError(VersionStoreError):
 
     ``pids`` are the processes found holding it open (one is named even when
     several do: the lock probe reports one holder); ``in_this_process`` counts
-    other open repository objects of the same path in the calling process.
+    other open repository objects of the same path in the calling process,
+    ``transactions`` the LMDB transactions other threads of the calling
+    process have open on it (a read or commit in progress).
     """
 
-    def __init__(self, path: str, pids: Iterable[int], *, in_this_process: int = 0) -> None:
+    def __init__(self, path: str, pids: Iterable[int], *, in_this_process: int = 0,
+                 transactions: int = 0) -> None:
         self.path = path
         self.pids = tuple(pids)
         self.in_this_process = in_this_process
+        self.transactions = transactions
         if in_this_process:
             who = (f"{in_this_process} other open repository object(s) in this process "
                    "(close them first)")
+        elif transactions:
+            who = (f"{transactions} transaction(s) other threads of this process have open "
+                   "(a read or commit in progress; wait for it)")
         elif self.pids:
             who = "process " + ", ".join(str(p) for p in self.pids)
         else:

@@ -964,7 +964,8 @@ class Repository:
         Raises:
             RepositoryBusyError: another process (named by id) or another open
                 ``Repository`` of the same directory in this process has it
-                open; nothing changed.
+                open, or another thread is reading or committing through this
+                one (not waited for); nothing changed.
             ReadOnlyRepositoryError: the repository is open read-only.
         """
         if not isinstance(self.backend, LMDBBackend):

@@ -363,7 +363,11 @@ def check_sizes(reader: ObjectReader, snapshot_id: ObjectId) -> str | None:
     snapshot = reader.snapshot(snapshot_id)
     if snapshot.sizes is None:
         return None
-    parent = None if snapshot.parent is None else reader.snapshot_if_stored(snapshot.parent)
+    # Asked of the backend, not the reader's cache: an expired parent this process
+    # read before garbage collection deleted it stays cached, its tree gone.
+    parent = None
+    if snapshot.parent is not None and reader.backend.has_objects([snapshot.parent])[0]:
+        parent = reader.snapshot_if_stored(snapshot.parent)
     if parent is None and snapshot.parent is not None:
         expected = walk_sizes(reader, snapshot.tree)  # the parent was expired and collected
     else:

@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "ClosedStorageError",
     "CorruptStorageError",
     "ForkedProcessError",
     "InvalidByteRangeError",
@@ -103,6 +104,15 @@ class UnsupportedOperationError(ZarrStoreError, NotImplementedError):
 
 class StorageIOError(ZarrStoreError, OSError):
     """The backing storage failed; the message names the location and the cause."""
+
+
+class ClosedStorageError(StorageIOError):
+    """The handle was closed before the call began (by ``close()``, in this or another thread).
+
+    Nothing was read or written. ``LMDBStore`` itself never lets it out: a
+    store closed by another thread as a call begins opens its environment
+    again and makes the call (``zarrstore.lmdb``).
+    """
 
 
 class StorageTimeoutError(StorageIOError, TimeoutError):

@@ -39,11 +39,11 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar, override
+from typing import Any, NoReturn, TypeVar, override
 
 import lmdb
 
-from zarrstore.errors import InvalidKeyError
+from zarrstore.errors import ClosedStorageError, InvalidKeyError
 from zarrstore.keys import validate_key
 from zarrstore.lmdb_environment import INITIAL_MAP_SIZE, EnvironmentHandle, holds_environment
 from zarrstore.protocol import DirListing, ReadRequest, Storage
@@ -53,6 +53,13 @@ from zarrstore.zarr_bridge import ZarrStore
 __all__ = ["LMDBStorage", "LMDBStore"]
 
 T = TypeVar("T")
+#: Calls made again, each on the reopened environment, when ``close()`` in another thread
+#: closed the handle just as the call began (``LMDBStorage._with_handle``).
+_REOPEN_ATTEMPTS = 100
+
+
+def _always_open() -> NoReturn:
+    raise AssertionError("a writable store always has its environment")
 
 #: LMDB's longest key, in bytes (its default ``MDB_MAXKEYSIZE``).
 MAX_KEY_BYTES = 511
@@ -134,14 +141,32 @@ class LMDBStorage(Storage):
             self._handle = self._open()
         return self._handle
 
+    def _with_handle(self, use: Callable[[EnvironmentHandle], T],
+                     absent: Callable[[], T]) -> T:
+        """``use(handle)``, or ``absent()`` while a read-only store has no environment.
+
+        ``close()`` in another thread may close the handle between taking it
+        and its transaction beginning (``ClosedStorageError``: nothing was
+        done); the store stays usable after ``close()``, so the call takes the
+        reopened handle and is made again, as if it had begun after the close.
+        """
+        for _ in range(_REOPEN_ATTEMPTS):
+            handle = self._environment()
+            if handle is None:
+                return absent()
+            try:
+                return use(handle)
+            except ClosedStorageError:
+                if not handle.closed:
+                    raise
+        raise ClosedStorageError(
+            f"{self.path!r} was closed by another thread {_REOPEN_ATTEMPTS} times as a call began")
+
     def _read(self, action: str, work: Callable[[lmdb.Transaction], T], empty: T) -> T:
-        handle = self._environment()
-        return empty if handle is None else handle.read(action, work)
+        return self._with_handle(lambda handle: handle.read(action, work), lambda: empty)
 
     def _write(self, action: str, work: Callable[[lmdb.Transaction], T]) -> T:
-        handle = self._environment()
-        assert handle is not None, "a writable store always has its environment"
-        return handle.write(action, work)
+        return self._with_handle(lambda handle: handle.write(action, work), _always_open)
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -319,9 +344,7 @@ class LMDBStorage(Storage):
 
     def sync(self) -> None:
         """Flush every committed write to disk (``fsync``)."""
-        handle = self._environment()
-        if handle is not None:
-            handle.sync()
+        self._with_handle(lambda handle: handle.sync(), lambda: None)
 
     @override
     def close(self) -> None:

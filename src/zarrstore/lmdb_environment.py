@@ -70,7 +70,13 @@ from typing import Any, TypeVar
 import lmdb
 
 from zarrstore import lmdb_readahead
-from zarrstore.errors import CorruptStorageError, ReadOnlyError, StorageFullError, StorageIOError
+from zarrstore.errors import (
+    ClosedStorageError,
+    CorruptStorageError,
+    ReadOnlyError,
+    StorageFullError,
+    StorageIOError,
+)
 
 __all__ = [
     "INITIAL_MAP_SIZE",
@@ -482,10 +488,21 @@ class _Shared:
             del _registry[self.path]
         self.close()
 
-    def began(self) -> None:
-        """A transaction of this process opened on the environment."""
+    def began(self) -> bool:
+        """A transaction of this process opens on the environment; ``False``: it is closed.
+
+        Refused once the last handle was released and no transaction held the
+        environment (``close_if_unused`` closed it, or is about to): a handle
+        closed by another thread while this one was starting a transaction
+        through it would otherwise reopen the environment outside the
+        registry, a second one on the directory that could never be opened again
+        in this process.
+        """
         with self.busy:
+            if self.users <= 0 and self.active <= 0:
+                return False
             self.active += 1
+            return True
 
     def ended(self) -> None:
         """A transaction ended: the last one closes an environment no handle holds any more."""
@@ -694,6 +711,11 @@ class EnvironmentHandle:
         return 0 if self.closed else self._shared.users
 
     @property
+    def transactions(self) -> int:
+        """Transactions open on the environment in this process, in every thread (0 if closed)."""
+        return 0 if self.closed else self._shared.active
+
+    @property
     def closed(self) -> bool:
         """Whether ``close()`` was called (or the handle was finalised)."""
         return not self._finalizer.alive
@@ -705,7 +727,7 @@ class EnvironmentHandle:
 
     def _shared_open(self) -> _Shared:
         if self.closed:
-            raise StorageIOError(f"the LMDB environment at {self.path!r} is closed")
+            raise ClosedStorageError(f"the LMDB environment at {self.path!r} is closed")
         return self._shared
 
     @property
@@ -739,30 +761,37 @@ class EnvironmentHandle:
         page faults read one page each, not the device's readahead window;
         ``True`` (for large values) turns readahead back on; ``None`` leaves it
         as the last read that asked set it (``zarrstore.lmdb_readahead``).
+
+        Raises:
+            ClosedStorageError: the handle is closed (nothing was read).
         """
         shared = self._shared_open()
-        for _ in range(_RETRIES):
-            gate = _gate  # rebound in a forked child: leave the one entered
-            gate.enter()
-            shared.began()
-            try:
-                env = shared.current()
-                switch = shared.readahead
-                if switch is not None and readahead is not None:
-                    if readahead:
-                        switch.on()
-                    else:
-                        switch.off()
-                with env.begin(buffers=True) if buffers else env.begin() as txn:
-                    return work(txn)
-            except lmdb.MapResizedError:
-                pass
-            except lmdb.Error as exc:
-                raise translate(exc, action, self.path) from exc
-            finally:
-                gate.leave()
-                shared.ended()
-            self._resize(shared, None, action)
+        # Counted across the replays and the resizes between them: a close meanwhile
+        # must not close (and a resize then reopen, unregistered) the environment.
+        self._began(shared)
+        try:
+            for _ in range(_RETRIES):
+                gate = _gate  # rebound in a forked child: leave the one entered
+                gate.enter()
+                try:
+                    env = shared.current()
+                    switch = shared.readahead
+                    if switch is not None and readahead is not None:
+                        if readahead:
+                            switch.on()
+                        else:
+                            switch.off()
+                    with env.begin(buffers=True) if buffers else env.begin() as txn:
+                        return work(txn)
+                except lmdb.MapResizedError:
+                    pass
+                except lmdb.Error as exc:
+                    raise translate(exc, action, self.path) from exc
+                finally:
+                    gate.leave()
+                self._resize(shared, None, action)
+        finally:
+            shared.ended()
         raise StorageIOError(f"the LMDB map at {self.path!r} kept changing size while {action}")
 
     def write(self, action: str, work: Callable[[lmdb.Transaction], T]) -> T:
@@ -773,45 +802,52 @@ class EnvironmentHandle:
         the commit.
 
         Raises:
+            ClosedStorageError: the handle is closed (nothing was written).
             ReadOnlyError: the handle or the filesystem is read-only.
             StorageFullError: the disk (or the address space) is full.
         """
         shared = self._shared_open()
         if self.read_only:
             raise ReadOnlyError(f"the LMDB environment at {self.path!r} is open read-only")
-        for _ in range(_RETRIES):
-            full_at: int | None = None
-            gate = _gate
-            gate.enter()
-            shared.began()
-            try:
-                env = shared.current()
+        self._began(shared)  # across replays and resizes, as in ``read``
+        try:
+            for _ in range(_RETRIES):
+                full_at: int | None = None
+                gate = _gate
+                gate.enter()
                 try:
-                    # Committed explicitly: py-lmdb's ``with`` exit returns silently when
-                    # the environment was closed meanwhile (another thread released its
-                    # last handle), so the write would be lost without a word; ``commit``
-                    # raises instead.
-                    txn = env.begin(write=True)
+                    env = shared.current()
                     try:
-                        result = work(txn)
-                    except BaseException:
-                        txn.abort()
-                        raise
-                    txn.commit()
-                    if self.durable:
-                        env.sync(True)
-                    return result
-                except lmdb.MapFullError:
-                    full_at = env.info()["map_size"]
-                except lmdb.MapResizedError:
-                    pass
-            except lmdb.Error as exc:
-                raise translate(exc, action, self.path) from exc
-            finally:
-                gate.leave()
-                shared.ended()
-            self._resize(shared, full_at, action)
+                        # Committed explicitly: py-lmdb's ``with`` exit returns silently when
+                        # the environment was closed meanwhile (another thread released its
+                        # last handle), so the write would be lost without a word; ``commit``
+                        # raises instead.
+                        txn = env.begin(write=True)
+                        try:
+                            result = work(txn)
+                        except BaseException:
+                            txn.abort()
+                            raise
+                        txn.commit()
+                        if self.durable:
+                            env.sync(True)
+                        return result
+                    except lmdb.MapFullError:
+                        full_at = env.info()["map_size"]
+                    except lmdb.MapResizedError:
+                        pass
+                except lmdb.Error as exc:
+                    raise translate(exc, action, self.path) from exc
+                finally:
+                    gate.leave()
+                self._resize(shared, full_at, action)
+        finally:
+            shared.ended()
         raise StorageIOError(f"the LMDB map at {self.path!r} kept changing size while {action}")
+
+    def _began(self, shared: _Shared) -> None:
+        if not shared.began():
+            raise ClosedStorageError(f"the LMDB environment at {self.path!r} is closed")
 
     def _resize(self, shared: _Shared, full_at: int | None, action: str) -> None:
         if _gate.depth() > 0:
@@ -835,7 +871,7 @@ class EnvironmentHandle:
             return
         shared = self._shared_open()
         with translated("flushing to disk", self.path), _gate.shared():
-            shared.began()
+            self._began(shared)
             try:
                 shared.current().sync(True)
             finally:

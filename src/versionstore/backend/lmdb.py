@@ -797,7 +797,9 @@ class LMDBBackend(Backend, Ledger):
 
         Raises:
             RepositoryBusyError: another process — or another open repository
-                object in this one — has the environment open; nothing changed.
+                object in this one — has the environment open, or another thread
+                of this process has a transaction open on it (checked, not waited
+                for); nothing changed.
             ReadOnlyRepositoryError: the repository is open read-only (as
                 asked, or because its directory cannot be written).
         """
@@ -808,6 +810,12 @@ class LMDBBackend(Backend, Ledger):
         users = self._handle.users
         if users > 1:
             raise RepositoryBusyError(self.path, [os.getpid()], in_this_process=users - 1)
+        if self._handle.transactions:
+            # Another thread is reading or committing through this repository: the
+            # environment would stay open until it ends (``zarrstore.lmdb_environment``),
+            # and its lock would refuse the compaction as if another process held it.
+            raise RepositoryBusyError(self.path, [os.getpid()],
+                                      transactions=self._handle.transactions)
         self._handle.close()
         self._long_writes.close()  # its look would see the data file compaction replaces
         try:

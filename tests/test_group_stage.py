@@ -285,3 +285,110 @@ def test_writers_arriving_over_several_turns_share_a_batch_and_return_once_stage
     assert sum(sizes) == 12
     assert len(sizes) < 12  # shared batches
     assert max(sizes) > 4  # later turns joined the first one's batch
+
+
+# -- large values: hashed and framed off the event loop ------------------------------------
+
+
+def _recording_prepare(monkeypatch: pytest.MonkeyPatch,
+                       gate: threading.Event | None = None) -> list[threading.Thread]:
+    """The threads ``SessionStore`` hashed large values in (``codec.prepare_chunk``)."""
+    from versionstore import session_store
+
+    threads: list[threading.Thread] = []
+    real = session_store.prepare_chunk
+
+    def recording(value: bytes) -> Any:
+        threads.append(threading.current_thread())
+        if gate is not None:
+            gate.wait(10)
+        return real(value)
+
+    monkeypatch.setattr(session_store, "prepare_chunk", recording)
+    return threads
+
+
+def test_large_values_are_hashed_off_the_loop_and_staged_as_any_other(
+        repo: vs.Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Values of ``PREPARE_AT_BYTES`` and more: hashed in a worker thread; same ids, same bytes."""
+    from versionstore.session_store import PREPARE_AT_BYTES
+
+    threads = _recording_prepare(monkeypatch)
+    values = {f"a/c/{n}": np.random.default_rng(n).bytes(PREPARE_AT_BYTES + n) for n in range(6)}
+    values["a/c/small"] = b"s" * 5000
+    values["a/c/edge"] = b"e" * (PREPARE_AT_BYTES - 1)
+    session = repo.writable_session("main")
+
+    async def write() -> threading.Thread:
+        store = session.store
+        await asyncio.gather(*(store.set(k, cpu.Buffer.from_bytes(v)) for k, v in values.items()))
+        await store.set("a/c/0", cpu.Buffer.from_bytes(values["a/c/0"]))  # a lone set, too
+        return threading.current_thread()
+
+    loop_thread = asyncio.run(write())
+    assert len(threads) == 7 and loop_thread not in threads  # 6 large values and the lone one
+    plain = repo.writable_session("main")
+    plain.set_values(list(values.items()))  # staged without preparing: the reference
+    for key in values:
+        assert session.entry(key) == plain.entry(key), key
+    session.commit("large values")
+    read = repo.readonly_session("main")
+    assert {key: read.value(key) for key in values} == values
+
+
+def test_a_set_cancelled_while_its_value_is_hashed_stages_nothing(
+        repo: vs.Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    from versionstore.session_store import PREPARE_AT_BYTES
+
+    gate = threading.Event()
+    threads = _recording_prepare(monkeypatch, gate)
+    session = repo.writable_session("main")
+    big = b"b" * PREPARE_AT_BYTES
+
+    async def cancel() -> None:
+        task = asyncio.ensure_future(session.store.set("a/c/0", cpu.Buffer.from_bytes(big)))
+        while not threads:
+            await asyncio.sleep(0.001)
+        task.cancel()
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await session.store.set("a/c/1", cpu.Buffer.from_bytes(big))
+
+    asyncio.run(cancel())
+    assert session.entry("a/c/0") is None
+    assert session.value("a/c/1") == big
+
+
+def test_a_read_only_store_refuses_a_large_value_without_hashing_it(
+        repo: vs.Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    from versionstore.session_store import PREPARE_AT_BYTES
+
+    threads = _recording_prepare(monkeypatch)
+    store = repo.readonly_session("main").store
+    with pytest.raises(Exception, match="read-only"):
+        asyncio.run(store.set("a/c/0", cpu.Buffer.from_bytes(b"r" * PREPARE_AT_BYTES)))
+    assert threads == []
+
+
+def test_object_storage_sessions_stage_large_values_by_located_writes_unhashed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On object storage a chunk's located write is its staged record: nothing to prepare."""
+    from obstore.store import LocalStore
+
+    from versionstore.session_store import PREPARE_AT_BYTES
+
+    threads = _recording_prepare(monkeypatch)
+    repo = vs.Repository.create(vs.object_storage(LocalStore(str(tmp_path), mkdir=True), "r"))
+    session = repo.writable_session("main")
+    values = {f"a/c/{n}": bytes([n]) * PREPARE_AT_BYTES for n in range(8)}
+
+    async def write() -> None:
+        await asyncio.gather(*(session.store.set(k, cpu.Buffer.from_bytes(v))
+                               for k, v in values.items()))
+
+    asyncio.run(write())
+    session.commit("located")
+    assert threads == []
+    read = repo.readonly_session("main")
+    assert {key: read.value(key) for key in values} == values

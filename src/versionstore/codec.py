@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
+import attrs
 import msgpack
 import xxhash
 import zstandard
@@ -65,6 +66,7 @@ __all__ = [
     "KIND_SNAPSHOT",
     "MAX_DECOMPRESSED",
     "ManifestItem",
+    "PreparedChunk",
     "content_id",
     "chunk_frame_size",
     "decode_chunk",
@@ -105,6 +107,7 @@ __all__ = [
     "snapshot_links",
     "leaf_entry",
     "pack_metadata",
+    "prepare_chunk",
 ]
 
 FRAME_VERSION: Final = 1
@@ -345,6 +348,31 @@ def pack_metadata(metadata: dict[str, Any]) -> bytes:
 def encode_chunk(value: bytes) -> tuple[ObjectId, bytes]:
     """The id and stored frame of a chunk value."""
     return hash_object(KIND_CHUNK, value), _frame(KIND_CHUNK, value, compress=False)
+
+
+@attrs.frozen
+class PreparedChunk:
+    """A chunk value with its id and stored frame, encoded before it is staged.
+
+    ``prepare_chunk`` makes one in a worker thread, so that an async ``set``
+    of a large value hashes (BLAKE3) and frames it off the event loop, beside
+    zarr's own work; ``Session.set_values`` then stages it as ``value``
+    without encoding it again (``docs/benchmarks.md``, "Issue 13, seventh
+    round"). ``len`` is the value's, in bytes, as a batch counts it.
+    """
+
+    value: bytes
+    chunk_id: ObjectId
+    frame: bytes
+
+    def __len__(self) -> int:
+        return len(self.value)
+
+
+def prepare_chunk(value: bytes) -> PreparedChunk:
+    """``value`` with ``encode_chunk(value)``: what ``PreparedChunk`` holds."""
+    chunk_id, frame = encode_chunk(value)
+    return PreparedChunk(value=value, chunk_id=chunk_id, frame=frame)
 
 
 def chunk_id_of(value: bytes) -> ObjectId:
@@ -1022,20 +1050,25 @@ def encode_staged(name: str, entry: Entry | Tombstone) -> bytes:
     return _encode_small(KIND_STAGED, [version, fields, name])
 
 
-def encode_staged_chunk(name: str, value: bytes) -> tuple[ObjectId, bytes, ChunkRef, bytes]:
+def encode_staged_chunk(name: str, value: bytes | PreparedChunk
+                        ) -> tuple[ObjectId, bytes, ChunkRef, bytes]:
     """A value staged as a chunk object, all at once: the staging hot path.
 
     The same as ``chunk_id, frame = encode_chunk(value)``, ``ref =
     ChunkRef(chunk_id=chunk_id, size=len(value))`` and ``encode_staged(name,
     ref)`` (byte for byte: ``tests/test_write_path.py``), without the general
     encoders' dispatch on the kind of entry; the reference is built without
-    ``attrs``' keyword ``__init__`` (as leaf decoding does).
+    ``attrs``' keyword ``__init__`` (as leaf decoding does). A
+    ``PreparedChunk`` brings its id and frame along.
 
     Returns:
         The chunk's id, its stored frame, the reference and the staged record.
     """
-    chunk_id = hash_object(KIND_CHUNK, value)
-    frame = b"".join((_CHUNK_HEADER, _xxh3_digest(value)[::-1], value))
+    if isinstance(value, PreparedChunk):
+        chunk_id, frame, value = value.chunk_id, value.frame, value.value
+    else:
+        chunk_id = hash_object(KIND_CHUNK, value)
+        frame = b"".join((_CHUNK_HEADER, _xxh3_digest(value)[::-1], value))
     size = len(value)
     ref = _new_ref(ChunkRef)
     _set_chunk_id(ref, chunk_id)

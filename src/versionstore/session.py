@@ -46,6 +46,7 @@ import attrs
 
 from versionstore.backend.protocol import SessionRule, WriteBatch
 from versionstore.codec import (
+    PreparedChunk,
     chunk_id_of,
     decode_session,
     decode_staged,
@@ -213,6 +214,11 @@ class Session:
     def read_only(self) -> bool:
         """Whether this session refuses writes."""
         return self._read_only
+
+    @property
+    def stages_located(self) -> bool:
+        """Whether chunks are staged by located writes (object storage: ``docs/format.md``)."""
+        return self._located is not None
 
     @property
     def session_id(self) -> SessionId | None:
@@ -561,8 +567,12 @@ class Session:
             "was reset and garbage collected); open a new writable session",
         )
 
-    def set_values(self, items: list[tuple[str, bytes]]) -> None:
+    def set_values(self, items: Sequence[tuple[str, bytes | PreparedChunk]]) -> None:
         """Stage ``key = value`` for each item (durably, before returning).
+
+        A value may also be a ``codec.PreparedChunk`` (a chunk value already
+        hashed and framed, off the event loop: ``SessionStore``), staged as the
+        value it holds.
 
         Raises:
             InvalidKeyError: a key is not a valid store key or is longer than
@@ -571,21 +581,22 @@ class Session:
         """
         session_id = self._require_writable()
         if self._located is not None:
-            for key, _ in items:
+            plain = [(k, v.value if isinstance(v, PreparedChunk) else v) for k, v in items]
+            for key, _ in plain:
                 validate_session_key(key)
-            logged, located = self._split_located(items)
+            logged, located = self._split_located(plain)
             if logged:
                 self._absorb_first()  # then the log record is newer than every located write
                 self._set_logged(session_id, logged)
             if located:
                 self._set_located(self._located, located)
             return
-        if len(items) == 1:
+        if len(items) == 1 and not isinstance(items[0][1], PreparedChunk):
             self.set_value(*items[0])
             return
         self._set_logged(session_id, items)
 
-    def set_value(self, key: str, value: bytes) -> None:
+    def set_value(self, key: str, value: bytes | PreparedChunk) -> None:
         """``set_values([(key, value)])``: the path of a lone ``await store.set``.
 
         A value of at most ``STAGED_INLINE_LIMIT`` bytes is staged inside its
@@ -595,6 +606,12 @@ class Session:
         Raises:
             As ``set_values``.
         """
+        if isinstance(value, PreparedChunk):  # hashed ahead: a chunk, as ``set_values`` stages it
+            if self._located is None:
+                self._set_logged(self._require_writable(), [(key, value)])
+            else:
+                self.set_values([(key, value)])
+            return
         names = self._stage_names
         if names is None or self._read_only or self._located is not None:
             self.set_values([(key, value)])  # refused, or staged as object storage stages
@@ -620,7 +637,8 @@ class Session:
         if size > INLINE_LIMIT:
             self._inline_bytes += size  # by threads too: a bound, not an exact count
 
-    def _set_logged(self, session_id: SessionId, items: list[tuple[str, bytes]]) -> None:
+    def _set_logged(self, session_id: SessionId,
+                    items: Sequence[tuple[str, bytes | PreparedChunk]]) -> None:
         """Stage ``items`` as staged refs in one log record (chunks stored by id first)."""
         objects = []
         refs: dict[str, bytes | None] = {}
@@ -630,6 +648,12 @@ class Session:
             validate_session_key(key)
             name = prefix + key
             entry: Entry
+            if isinstance(value, PreparedChunk):
+                chunk_id, frame, entry, raw = encode_staged_chunk(name, value)
+                objects.append((chunk_id, frame))
+                refs[name] = raw
+                remember(name, raw, entry)
+                continue
             if type(value) is not bytes:
                 value = bytes(value)  # sized in bytes (a memoryview's len counts items)
             if len(value) <= INLINE_LIMIT:

@@ -9,6 +9,7 @@ zarr's own store tests and state machines run on it unmodified.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, override
 
 import attrs
 
+from versionstore.codec import PreparedChunk, prepare_chunk
 from versionstore.errors import ReadOnlySessionError
 from versionstore.records import Entry, VirtualRef
 from versionstore.virtual import VirtualChunkSpec, chunk_key, virtual_ref
@@ -37,6 +39,12 @@ _METADATA_NAMES = frozenset({"zarr.json", ".zarray", ".zgroup", ".zattrs", ".zme
 #: Held by a session store's ``set_if_absent`` from its look to its write (rare: zarr
 #: uses it for implicit groups' metadata), so racing threads cannot both stage.
 _CREATING = threading.Lock()
+
+#: Values of at least this many bytes (zarr chunks, mostly) are hashed and framed in a
+#: worker thread before they join a staging batch (``SessionStore._store``): for 1 MiB
+#: chunks the write phase of 256 MiB went from 0.53–0.64 to 0.48–0.55 s; below this size
+#: the thread hand-off costs about what the hash does (``docs/benchmarks.md``).
+PREPARE_AT_BYTES = 256 << 10
 
 #: Longest key a session stores, in UTF-8 bytes (LMDB keys are at most 511 bytes, and
 #: staging adds a prefix).
@@ -241,13 +249,30 @@ class SessionStore(ZarrStore):
     def _store_now(self, key: str, value: bytes) -> bool:
         # A lone set (nothing else runnable on the loop) is staged here and now
         # (``GroupStager.stage_alone``, ``Session.set_value``, which checks the key);
-        # others join a batch through ``_store``.
+        # others join a batch through ``_store``, and so do values to hash ahead.
+        if len(value) >= PREPARE_AT_BYTES and self._prepares:
+            return False
         return self.storage.session.group_stager.stage_alone(key, value)
 
     @override
     async def _store(self, key: str, value: bytes) -> None:
         validate_session_key(key)  # each caller's own key error, never its batch's
-        await self.storage.session.group_stager.stage(key, value)
+        staged: bytes | PreparedChunk = value
+        if len(value) >= PREPARE_AT_BYTES and self._prepares:
+            # Hashed and framed in a worker thread (BLAKE3 releases the GIL), beside
+            # zarr's other work; the batch then only stores it. Concurrent sets have
+            # no order among themselves, so one finishing first may be staged first.
+            staged = await asyncio.to_thread(prepare_chunk, value)
+        await self.storage.session.group_stager.stage(key, staged)  # type: ignore[arg-type]
+
+    @property
+    def _prepares(self) -> bool:
+        """Whether large values are hashed ahead: a writable session staging chunk objects.
+
+        Not on object storage, whose sessions stage chunks by located writes.
+        """
+        session = self.storage.session
+        return not session.read_only and not session.stages_located
 
     @property
     def session(self) -> Session:

@@ -44,7 +44,6 @@ from obstore.exceptions import AlreadyExistsError, BaseError, NotSupportedError,
 from obstore.store import LocalStore, MemoryStore, S3Store
 
 from zarrstore.errors import (
-    ForkedProcessError,
     InvalidKeyError,
     StorageIOError,
     UnsupportedOperationError,
@@ -198,13 +197,7 @@ class ObjectStorage(AsyncStorage):
                 a file, or a directory) is a missing object too.
         """
         self._refuse_unstorable(key)
-        forked = OBSTORE.forked_from()
-        if forked is not None:
-            raise ForkedProcessError(
-                f"{operation} {key!r} on {self!r}: this process ({os.getpid()}) was forked "
-                f"from process {forked} after that process had used object storage, and "
-                + OBSTORE.advice)
-        OBSTORE.note_use()
+        OBSTORE.refuse_if_forked(f"{operation} {key!r} on {self!r}")
         try:
             yield
         except FileNotFoundError as exc:

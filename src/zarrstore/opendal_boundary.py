@@ -27,7 +27,6 @@ import opendal
 from opendal import exceptions as opendal_errors
 
 from zarrstore.errors import (
-    ForkedProcessError,
     StorageIOError,
     StorageTimeoutError,
     UnsupportedOperationError,
@@ -431,13 +430,7 @@ class OpendalBoundary:
                 out as that.
         """
         self._refuse_unnamable(key)
-        forked = OPENDAL.forked_from()
-        if forked is not None:
-            raise ForkedProcessError(
-                f"{operation} {key!r} on {self!r}: this process ({os.getpid()}) was forked "
-                f"from process {forked} after that process had used OpenDAL, and "
-                + OPENDAL.advice)
-        OPENDAL.note_use()
+        OPENDAL.refuse_if_forked(f"{operation} {key!r} on {self!r}")
         try:
             yield
         except let_through:

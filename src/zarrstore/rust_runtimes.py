@@ -13,9 +13,9 @@ usable in its children.
 
 This module keeps the one fact the stores need per client — the process
 whose request started its runtime — so that zarrstore's ``ObjectStore`` and
-OpenDAL stores and versionstore's object-storage backend refuse (at once,
-with ``ForkedProcessError``) what would otherwise hang, whichever of them
-made the first request. It imports neither client.
+OpenDAL stores (``refuse_if_forked``) and versionstore's object-storage
+backend refuse (at once, with a ``ForkedProcessError``) what would otherwise
+hang, whichever of them made the first request. It imports neither client.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import os
 
 import attrs
 
+from zarrstore.errors import ForkedProcessError
+
 __all__ = ["OBSTORE", "OPENDAL", "RuntimeUse"]
 
 
@@ -31,10 +33,12 @@ __all__ = ["OBSTORE", "OPENDAL", "RuntimeUse"]
 class RuntimeUse:
     """The process that started one client's runtime, and what to do instead of forking.
 
-    ``client`` names the client in messages; ``advice`` ends them.
+    ``client`` names the client in messages, ``used`` what the parent used;
+    ``advice`` ends them.
     """
 
     client: str
+    used: str
     _pid: int | None = attrs.field(default=None, alias="_pid")
 
     @property
@@ -50,6 +54,20 @@ class RuntimeUse:
         pid = self._pid
         return pid if pid is not None and pid != os.getpid() else None
 
+    def refuse_if_forked(self, what: str) -> None:
+        """Before a request about ``what``: refuse it in a fork child, else note the use.
+
+        Raises:
+            ForkedProcessError: this process was forked after its parent had
+                started the runtime (the request would wait forever).
+        """
+        forked = self.forked_from()
+        if forked is not None:
+            raise ForkedProcessError(
+                f"{what}: this process ({os.getpid()}) was forked from process {forked} after "
+                f"that process had used {self.used}, and " + self.advice)
+        self.note_use()
+
     def note_use(self) -> None:
         """Record that this process started the runtime: a request, or a blocking OpenDAL operator.
 
@@ -61,6 +79,6 @@ class RuntimeUse:
 
 
 #: obstore (zarrstore's ``ObjectStore``, versionstore's object-storage backend).
-OBSTORE = RuntimeUse("the object-storage client (obstore)")
+OBSTORE = RuntimeUse("the object-storage client (obstore)", "object storage")
 #: OpenDAL's Python binding (``OpendalStore``, ``AsyncOpendalStore``).
-OPENDAL = RuntimeUse("OpenDAL's client")
+OPENDAL = RuntimeUse("OpenDAL's client", "OpenDAL")

@@ -41,9 +41,11 @@ _METADATA_NAMES = frozenset({"zarr.json", ".zarray", ".zgroup", ".zattrs", ".zme
 _CREATING = threading.Lock()
 
 #: Values of at least this many bytes (zarr chunks, mostly) are hashed and framed in a
-#: worker thread before they join a staging batch (``SessionStore._store``): for 1 MiB
-#: chunks the write phase of 256 MiB went from 0.53–0.64 to 0.48–0.55 s; below this size
-#: the thread hand-off costs about what the hash does (``docs/benchmarks.md``).
+#: worker thread before they join a staging batch (``SessionStore._store``), off zarr's
+#: event loop: 256 MiB in 1 MiB chunks wrote in 0.48–0.55 s instead of 0.53–0.64 in a
+#: standalone run, 0.50 instead of 0.52 s in the suite's bulk workload. Below this size
+#: the hand-off to a thread (about 0.1 ms) outweighs the hash it moves (BLAKE3: 41 µs
+#: for 256 KiB here; ``docs/benchmarks.md``, "Issue 13, seventh round").
 PREPARE_AT_BYTES = 256 << 10
 
 #: Longest key a session stores, in UTF-8 bytes (LMDB keys are at most 511 bytes, and

@@ -648,15 +648,9 @@ class Session:
             validate_session_key(key)
             name = prefix + key
             entry: Entry
-            if isinstance(value, PreparedChunk):
-                chunk_id, frame, entry, raw = encode_staged_chunk(name, value)
-                objects.append((chunk_id, frame))
-                refs[name] = raw
-                remember(name, raw, entry)
-                continue
-            if type(value) is not bytes:
+            if type(value) is not bytes and not isinstance(value, PreparedChunk):
                 value = bytes(value)  # sized in bytes (a memoryview's len counts items)
-            if len(value) <= INLINE_LIMIT:
+            if isinstance(value, bytes) and len(value) <= INLINE_LIMIT:
                 entry = value
                 raw = encode_staged(name, entry)
             else:

@@ -364,9 +364,10 @@ class _Writer:
                 # Every change was in this child, which stays one node (most commits):
                 # the branch ``branches`` would make, built by slicing.
                 key, child = rewritten[0]
-                node = Branch(level=node.level, keys=(*keys[:target], key, *keys[target + 1:]),
-                              children=(*children[:target], child, *children[target + 1:]))
-                return [(node.keys[0], self.store(node))]
+                branch = Branch(level=node.level,
+                                keys=(*keys[:target], key, *keys[target + 1:]),
+                                children=(*children[:target], child, *children[target + 1:]))
+                return [(branch.keys[0], self.store(branch))]
             items.extend(zip(keys[index:target], children[index:target], strict=True))
             items.extend(rewritten)
             index = target + 1

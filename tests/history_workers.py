@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,12 @@ def race(repo_path: str, role: str, rounds: int, barrier: Any, queue: Any) -> No
         landed: list[str] = []
         conflicts = 0
         barrier.wait(60)
-        for n in range(rounds):
+        n, deadline = 0, time.monotonic() + 60
+        # The amender goes on past `rounds` until one amend has landed: every one of
+        # its attempts may be refused while the others run (a conflict, or main still
+        # at its root), and once they are done nothing can refuse it.
+        while n < rounds or (role == "amender" and not landed and time.monotonic() < deadline):
+            n += 1
             if role == "committer":
                 _commit(repo, "main", [f"c/{n}"], f"c {n}")
                 landed.append(f"c/{n}")

@@ -360,6 +360,35 @@ def test_threads_each_with_a_session_on_one_repository(repo: vs.Repository) -> N
     _check_thread_commits(repo, names, results, commits)
 
 
+def test_threads_committing_compressed_leaves_on_their_own_branches(repo: vs.Repository) -> None:
+    """Regression: the commits' leaves (over 4 KiB: compressed) shared one zstd compressor.
+
+    python-zstandard's compressors must not be used by two threads at once: the
+    process crashed, or a commit raised "Src size is incorrect".
+    """
+    names, commits = [f"b{i}" for i in range(6)], 20
+    for name in names:
+        repo.create_branch(name, repo.lookup_branch("main"))
+
+    def values(name: str, n: int) -> dict[str, bytes]:
+        return {f"{name}/{n}/{k:04d}": f"{name}:{n}:{k}:".encode() * 6 for k in range(1024)}
+
+    def commit_rounds(name: str) -> None:
+        for n in range(commits):
+            session = repo.writable_session(name)
+            session.set_values(list(values(name, n).items()))
+            session.commit(f"{name} {n}")
+
+    run_threads([partial(commit_rounds, name) for name in names])
+
+    for name in names:
+        expected = {k: v for n in range(commits) for k, v in values(name, n).items()}
+        storage = repo.readonly_session(name).store.storage
+        assert sorted(storage.list_prefix(name + "/")) == sorted(expected)
+        assert {key: storage.get(key) for key in expected} == expected
+    assert repo.verify().ok
+
+
 def test_threads_opening_repositories_at_once_never_hang(repo_path: str,
                                                        repo: vs.Repository) -> None:
     """Regression: each open ran ``open_db`` (a write transaction that py-lmdb 3

@@ -192,8 +192,9 @@ def test_open_group_mode_w_over_committed_data_leaves_only_the_new_hierarchy(
 def test_write_empty_chunks_false_deletes_committed_chunks(repo: vs.Repository) -> None:
     """zarr's ``write_empty_chunks=False`` deletes a chunk (or shard) that became all fill.
 
-    The deletion of a *committed* chunk is a staged tombstone: reads see the
-    fill value, the commit drops the key, and the earlier snapshot keeps it.
+    The deletion of a *committed* chunk is a staged tombstone: zarr counts the
+    chunks and stored bytes as on its own store, reads see the fill value, the
+    commit drops the key, and the earlier snapshot keeps it.
     """
     empty = {"write_empty_chunks": False}
     session = repo.writable_session("main")
@@ -203,7 +204,15 @@ def test_write_empty_chunks_false_deletes_committed_chunks(repo: vs.Repository) 
                       dtype="i2", fill_value=0, config=empty)[:] = np.arange(1, 9)
     full = session.commit("filled")
     session = repo.writable_session("main")
-    zarr.open_array(session.store, path="w", config=empty)[2:4] = 0
+    emptied_array = zarr.open_array(session.store, path="w", config=empty)
+    emptied_array[2:4] = 0
+    # What zarr counts of the staged state is what it counts on its own MemoryStore.
+    oracle = zarr.create_array(zarr.storage.MemoryStore(), name="w", shape=(6,), chunks=(2,),
+                               dtype="f4", fill_value=0, config=empty)
+    oracle[:] = np.arange(1, 7)
+    oracle[2:4] = 0
+    assert emptied_array.nchunks_initialized == oracle.nchunks_initialized == 2
+    assert emptied_array.nbytes_stored() == oracle.nbytes_stored()
     sharded = zarr.open_array(session.store, path="sh", config=empty)
     sharded[4:8] = 0
     sharded[1] = 0

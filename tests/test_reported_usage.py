@@ -1,0 +1,463 @@
+"""Usage reported against xarray, dask, zarr-python and icechunk, replayed on sessions.
+
+Each test names the public report whose *kind* of fault it replays (repository
+and number where there is one) and runs on both local backends (in memory and
+LMDB); the distributed ones run on LMDB, which worker processes reopen by path.
+The oracle is what the same calls do on zarr's own ``MemoryStore`` (xarray's
+encoding choices, zarr's errors) and versionstore's documented behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
+from zarr.core.buffer import cpu, default_buffer_prototype
+
+import versionstore as vs
+from versionstore.session_store import SessionStore
+from zarrstore import FilesystemStore
+
+da = pytest.importorskip("dask.array", reason="the usage reports need dask[array]")
+xr = pytest.importorskip("xarray", reason="the usage reports need xarray")
+
+pytestmark = pytest.mark.filterwarnings("ignore::zarr.errors.ZarrUserWarning")
+
+BACKENDS: dict[str, Callable[[Path], Any]] = {
+    "memory": lambda tmp: vs.in_memory_storage(),
+    "lmdb": lambda tmp: vs.lmdb_storage(tmp / "repo"),
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[vs.Repository]:
+    repository = vs.Repository.create(BACKENDS[request.param](tmp_path))
+    yield repository
+    repository.close()
+
+
+def _read(repo: vs.Repository, snapshot: str, **kwargs: Any) -> Any:
+    """The dataset a snapshot holds, loaded (``open_zarr`` arguments in ``kwargs``)."""
+    return xr.open_zarr(repo.readonly_session(snapshot_id=snapshot).store, **kwargs).load()
+
+
+def _mixed(times: pd.DatetimeIndex, words: list[str]) -> Any:
+    """A dataset of the dtypes xarray encodes itself: strings, datetimes with NaT, bools, NaN."""
+    count = len(times)
+    stamps = pd.to_datetime(["2000-01-01", "NaT", "2000-01-03", "2000-01-04"][:count])
+    return xr.Dataset(
+        {"word": ("t", np.array(words, dtype=object)),
+         "flag": ("t", np.arange(count) % 3 == 0),
+         "seen": ("t", stamps),
+         "value": ("t", np.array([1.0, np.nan, 3.0, 4.0][:count], dtype="f4"))},
+        coords={"t": times},
+    )
+
+
+# -- xarray: append, region, mode, encoding ---------------------------------------------
+
+
+def test_appending_along_two_dimensions_in_one_session(repo: vs.Repository) -> None:
+    """icechunk#1006: appends along ``x`` then along ``y`` in one session came back with zeros.
+
+    The dask chunks straddle the Zarr chunks of the second append (``safe_chunks=False``,
+    as in the report), so each append read-modify-writes chunks the previous one staged.
+    """
+    rng = np.random.default_rng(1006)
+    whole = xr.DataArray(rng.random((30, 20)), dims=("x", "y"), name="v",
+                         coords={"x": np.arange(30), "y": np.arange(20)})
+    session = repo.writable_session("main")
+    chunks = {"x": 7, "y": 5}
+    whole.isel(x=slice(0, 14), y=slice(0, 10)).chunk(chunks).to_zarr(session.store, mode="w")
+    whole.isel(x=slice(14, 30), y=slice(0, 10)).chunk(chunks).to_zarr(
+        session.store, append_dim="x", safe_chunks=False)
+    whole.isel(y=slice(10, 20)).chunk(chunks).to_zarr(
+        session.store, append_dim="y", safe_chunks=False)
+    xr.testing.assert_equal(xr.open_zarr(session.store)["v"].load(), whole)
+    snapshot = session.commit("two appends")
+    xr.testing.assert_equal(_read(repo, snapshot)["v"], whole)
+
+
+def test_append_of_strings_datetimes_and_bools_and_time_travel(repo: vs.Repository) -> None:
+    """xarray's encoded dtypes (object strings, NaT, bool, NaN fill) survive an append.
+
+    Replays xarray's append reports (pydata/xarray#9767, #8134: ``append_dim`` onto an
+    existing store) with every dtype xarray encodes itself; the earlier snapshot
+    still reads the dataset as it was.
+    """
+    first = _mixed(pd.date_range("2020-01-01", periods=4), ["a", "bb", "ccc", "dddd"])
+    encoding = {name: {"chunks": (2,)} for name in [*first.data_vars, "t"]}
+    session = repo.writable_session("main")
+    first.to_zarr(session.store, mode="w", encoding=encoding)
+    before = session.commit("four days")
+
+    more = _mixed(pd.date_range("2020-01-05", periods=4), ["eeeee", "f", "", "ghij"])
+    session = repo.writable_session("main")
+    more.to_zarr(session.store, append_dim="t")
+    after = session.commit("four more")
+    xr.testing.assert_identical(_read(repo, after), xr.concat([first, more], "t"))
+    xr.testing.assert_identical(_read(repo, before), first)
+
+
+def test_rewriting_the_same_dataset_with_mode_w_is_no_change(repo: vs.Repository) -> None:
+    """A rerun of a ``to_zarr(mode="w")`` job stages nothing (docs: identical rewrites).
+
+    ``mode="w"`` deletes the group and writes it again, consolidated metadata
+    included; every key ends up as committed, so there is nothing to commit.
+    """
+    dataset = _mixed(pd.date_range("2020-01-01", periods=4), ["a", "bb", "ccc", "dddd"])
+    session = repo.writable_session("main")
+    dataset.to_zarr(session.store, mode="w")
+    session.commit("once")
+    session = repo.writable_session("main")
+    dataset.to_zarr(session.store, mode="w")
+    assert not session.has_uncommitted_changes
+    with pytest.raises(vs.NothingToCommitError):
+        session.commit("twice")
+
+
+def test_region_auto_and_mode_r_plus_write_only_their_chunks(repo: vs.Repository) -> None:
+    """pydata/xarray#8434 (``region="auto"``) and ``mode="r+"``: only the region's chunks change.
+
+    Run in two sessions started from the same snapshot; the second commit
+    rebases over the first by itself, since the regions share no chunk and
+    both leave the (consolidated) metadata as it was.
+    """
+    template = xr.Dataset({"v": (("x", "y"), da.zeros((8, 3), chunks=(2, 3)))},
+                          coords={"x": np.arange(8)}, attrs={"title": "template"})
+    session = repo.writable_session("main")
+    template.to_zarr(session.store, mode="w", compute=False)
+    session.commit("template")
+
+    auto, plus = repo.writable_session("main"), repo.writable_session("main")
+    xr.Dataset({"v": (("x", "y"), np.ones((2, 3)))}, coords={"x": [2, 3]}).to_zarr(
+        auto.store, region="auto")
+    xr.Dataset({"v": (("x", "y"), np.full((2, 3), 2.0))}).to_zarr(
+        plus.store, region={"x": slice(6, 8)}, mode="r+")
+    assert auto.status().updated_chunks == {"/v": frozenset({(1, 0)})}
+    assert plus.status().updated_chunks == {"/v": frozenset({(3, 0)})}
+    auto.commit("rows 2 and 3")
+    both = plus.commit("rows 6 and 7")
+    column = _read(repo, both)["v"].values[:, 0]
+    np.testing.assert_array_equal(column, [np.nan] * 2 + [1, 1] + [np.nan] * 2 + [2, 2])
+    assert _read(repo, both).attrs == {"title": "template"}
+
+
+def test_compute_false_template_committed_before_its_data(repo: vs.Repository) -> None:
+    """pydata/xarray#8245 / #10147: ``to_zarr(compute=False)`` writes metadata, compute the chunks.
+
+    The template (metadata and the eager coordinates) is committed alone; the
+    delayed write, computed afterwards, stages the data chunks into the same
+    session, which commits them next.
+    """
+    values = np.arange(24.0).reshape(6, 4)
+    dataset = xr.Dataset({"t": (("time", "x"), da.from_array(values, chunks=(2, 4)))},
+                         coords={"time": np.arange(6), "x": np.arange(4)})
+    session = repo.writable_session("main")
+    delayed = dataset.to_zarr(session.store, mode="w", compute=False)
+    assert "/t" not in session.status().updated_chunks
+    template = session.commit("template")
+    delayed.compute()
+    assert session.status().updated_chunks == {"/t": frozenset({(0, 0), (1, 0), (2, 0)})}
+    filled = session.commit("data")
+    assert np.isnan(_read(repo, template)["t"].values).all()
+    np.testing.assert_array_equal(_read(repo, filled)["t"].values, values)
+
+
+def test_open_group_mode_w_over_committed_data_leaves_only_the_new_hierarchy(
+        repo: vs.Repository) -> None:
+    """``zarr.open_group(mode="w")`` over committed data: the commit holds only what followed."""
+    session = repo.writable_session("main")
+    _mixed(pd.date_range("2020-01-01", periods=4), ["a", "b", "c", "d"]).to_zarr(
+        session.store, group="old/nested", mode="w")
+    session.commit("old data")
+    session = repo.writable_session("main")
+    root = zarr.open_group(session.store, mode="w")
+    root.create_array("fresh", shape=(2,), dtype="i4")[:] = 7
+    snapshot = session.commit("start over")
+    store = repo.readonly_session(snapshot_id=snapshot).store
+    assert sorted(store.storage.list_prefix("")) == ["fresh/c/0", "fresh/zarr.json", "zarr.json"]
+    assert list(zarr.open_group(store, mode="r")) == ["fresh"]
+
+
+def test_write_empty_chunks_false_deletes_committed_chunks(repo: vs.Repository) -> None:
+    """zarr's ``write_empty_chunks=False`` deletes a chunk (or shard) that became all fill.
+
+    The deletion of a *committed* chunk is a staged tombstone: zarr counts the
+    chunks and stored bytes as on its own store, reads see the fill value, the
+    commit drops the key, and the earlier snapshot keeps it.
+    """
+    empty = {"write_empty_chunks": False}
+    session = repo.writable_session("main")
+    zarr.create_array(session.store, name="w", shape=(6,), chunks=(2,), dtype="f4",
+                      fill_value=0, config=empty)[:] = np.arange(1, 7)
+    zarr.create_array(session.store, name="sh", shape=(8,), chunks=(1,), shards=(4,),
+                      dtype="i2", fill_value=0, config=empty)[:] = np.arange(1, 9)
+    full = session.commit("filled")
+    session = repo.writable_session("main")
+    emptied_array = zarr.open_array(session.store, path="w", config=empty)
+    emptied_array[2:4] = 0
+    # What zarr counts of the staged state is what it counts on its own MemoryStore.
+    oracle = zarr.create_array(zarr.storage.MemoryStore(), name="w", shape=(6,), chunks=(2,),
+                               dtype="f4", fill_value=0, config=empty)
+    oracle[:] = np.arange(1, 7)
+    oracle[2:4] = 0
+    assert emptied_array.nchunks_initialized == oracle.nchunks_initialized == 2
+    assert emptied_array.nbytes_stored() == oracle.nbytes_stored()
+    sharded = zarr.open_array(session.store, path="sh", config=empty)
+    sharded[4:8] = 0
+    sharded[1] = 0
+    assert sorted(session.store.storage.list_prefix("sh/")) == ["sh/c/0", "sh/zarr.json"]
+    emptied = session.commit("emptied")
+    store = repo.readonly_session(snapshot_id=emptied).store
+    assert sorted(store.storage.list_prefix("w/")) == ["w/c/0", "w/c/2", "w/zarr.json"]
+    np.testing.assert_array_equal(zarr.open_array(store, path="w", mode="r")[:], [1, 2, 0, 0, 5, 6])
+    np.testing.assert_array_equal(zarr.open_array(store, path="sh", mode="r")[:],
+                                  [1, 0, 3, 4, 0, 0, 0, 0])
+    np.testing.assert_array_equal(
+        zarr.open_array(repo.readonly_session(snapshot_id=full).store, path="w", mode="r")[:],
+        np.arange(1, 7))
+
+
+# -- zarr-python store API over staged and committed layers -----------------------------
+
+
+def _listed(listing: Any) -> list[str]:
+    async def collect() -> list[str]:
+        return sorted([name async for name in listing])
+
+    return asyncio.run(collect())
+
+
+def test_delete_dir_by_prefix_and_at_the_root_over_committed_keys(repo: vs.Repository) -> None:
+    """zarr-python#3773 (``"a"`` matched ``"ab/..."``) and #2492 (``delete_dir("")`` missed).
+
+    Here the keys are partly committed and partly staged: ``delete_dir("a")``
+    leaves ``ab/`` and ``a.b``, ``delete_dir("")`` empties the session, and
+    the commit of that is an empty tree.
+    """
+    session = repo.writable_session("main")
+    store = session.store
+    for key in ["a/x", "ab/x", "a/b/y", "a.b", "a0"]:
+        store.storage.set(key, b"1")
+    session.commit("base")
+    store.storage.set("a/new", b"2")
+    store.storage.set("ab/new", b"2")
+    asyncio.run(store.delete_dir("a"))
+    assert _listed(store.list()) == ["a.b", "a0", "ab/new", "ab/x"]
+    asyncio.run(store.delete_dir(""))
+    assert _listed(store.list()) == []
+    snapshot = session.commit("everything deleted")
+    assert _listed(repo.readonly_session(snapshot_id=snapshot).store.list()) == []
+
+
+def test_byte_ranges_at_and_past_the_end_of_staged_and_virtual_chunks(
+        repo: vs.Repository, tmp_path: Path) -> None:
+    """Range reads past the end and of zero length (lakeFS#9726, arrow-rs-object-store#846).
+
+    On a staged value that replaced a committed one, and on a virtual chunk
+    (a byte range of a file with more bytes after it): every request is
+    clipped to the chunk, zero-length requests give ``b""`` — never the
+    neighbouring bytes of the source, never an error — and
+    ``get_partial_values`` answers each alike.
+    """
+    source = b"HEADER!!" + bytes(range(100)) + b"TRAILER"
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "obs.bin").write_bytes(source)
+    prefix = (tmp_path / "src").as_uri() + "/"
+    repo = vs.Repository.open(repo.storage, virtual_chunk_stores={
+        prefix: FilesystemStore(tmp_path / "src")})
+    session = repo.writable_session("main")
+    store = session.store
+    store.storage.set("staged", b"committed value, longer")
+    session.commit("base")
+    store.storage.set("staged", bytes(range(100)))
+    store.set_virtual_ref("virtual", prefix + "obs.bin", 8, 100)
+    requests = [None, RangeByteRequest(0, 4), RangeByteRequest(96, 200),
+                RangeByteRequest(100, 200), RangeByteRequest(5, 5), OffsetByteRequest(96),
+                OffsetByteRequest(100), OffsetByteRequest(150), SuffixByteRequest(4),
+                SuffixByteRequest(0), SuffixByteRequest(500)]
+    expected = [bytes(range(100)), bytes(range(4)), bytes(range(96, 100)), b"", b"",
+                bytes(range(96, 100)), b"", b"", bytes(range(96, 100)), b"", bytes(range(100))]
+    prototype = default_buffer_prototype()
+
+    def raw(values: list[Any]) -> list[bytes | None]:
+        return [None if value is None else value.to_bytes() for value in values]
+
+    async def check(reader: SessionStore) -> None:
+        for key in ["staged", "virtual"]:
+            got = [await reader.get(key, prototype, request) for request in requests]
+            assert raw(got) == expected, key
+            partial = await reader.get_partial_values(
+                prototype, [(key, request) for request in requests])
+            assert raw(partial) == expected, key
+            assert await reader.getsize(key) == 100
+
+    asyncio.run(check(store))
+    snapshot = session.commit("staged and virtual")
+    asyncio.run(check(repo.readonly_session(snapshot_id=snapshot).store))
+
+
+def test_set_if_not_exists_sees_committed_and_deleted_keys(repo: vs.Repository) -> None:
+    """zarr's ``set_if_not_exists`` (implicit groups' metadata) over a committed, deleted key."""
+    session = repo.writable_session("main")
+    store = session.store
+    store.storage.set("k", b"committed")
+    session.commit("k")
+    prototype = default_buffer_prototype()
+
+    async def scenario() -> None:
+        await store.set_if_not_exists("k", cpu.Buffer.from_bytes(b"other"))
+        assert (await store.get("k", prototype)).to_bytes() == b"committed"  # type: ignore[union-attr]
+        await store.delete("k")
+        await store.set_if_not_exists("k", cpu.Buffer.from_bytes(b"again"))
+        assert (await store.get("k", prototype)).to_bytes() == b"again"  # type: ignore[union-attr]
+
+    asyncio.run(scenario())
+    assert session.status().updated_keys == frozenset({"k"})
+
+
+# -- icechunk session workflows -----------------------------------------------------------
+
+
+def test_reading_uncommitted_writes_then_discarding_them(repo: vs.Repository) -> None:
+    """icechunk#789: xarray reads back what the session staged, before any commit.
+
+    Then ``discard_changes`` leaves the session clean, readable at its base and
+    writable again; a commit with nothing staged raises ``NothingToCommitError``
+    unless ``allow_empty=True``, and the same session commits again afterwards.
+    """
+    dataset = _mixed(pd.date_range("2020-01-01", periods=4), ["a", "bb", "ccc", "dddd"])
+    session = repo.writable_session("main")
+    dataset.to_zarr(session.store, mode="w", consolidated=False)
+    xr.testing.assert_identical(xr.open_zarr(session.store, consolidated=False).load(), dataset)
+    base = session.commit("dataset")
+
+    xr.Dataset({"value": ("t", np.zeros(4, dtype="f4"))}).to_zarr(
+        session.store, region={"t": slice(0, 4)}, consolidated=False)
+    assert session.has_uncommitted_changes
+    session.discard_changes()
+    assert not session.has_uncommitted_changes
+    xr.testing.assert_identical(xr.open_zarr(session.store, consolidated=False).load(), dataset)
+    with pytest.raises(vs.NothingToCommitError):
+        session.commit("nothing")
+    empty = session.commit("empty on purpose", allow_empty=True)
+    assert repo.lookup_snapshot(empty).parent_id == base
+    xr.Dataset({"value": ("t", np.ones(4, dtype="f4"))}).to_zarr(
+        session.store, region={"t": slice(0, 4)}, consolidated=False)
+    latest = session.commit("ones")
+    assert (_read(repo, latest, consolidated=False)["value"].values == 1).all()
+    xr.testing.assert_identical(_read(repo, base, consolidated=False), dataset)
+
+
+def test_a_reader_stays_on_its_snapshot_tag_and_time(repo: vs.Repository) -> None:
+    """``readonly_session`` by snapshot id, tag and ``as_of`` keeps the data of that version."""
+    values = xr.Dataset({"v": ("x", np.arange(4.0))}, coords={"x": np.arange(4)})
+    session = repo.writable_session("main")
+    values.to_zarr(session.store, mode="w")
+    first = session.commit("first")
+    written = repo.lookup_snapshot(first).written_at
+    repo.create_tag("v1", snapshot_id=first)
+    pinned = repo.readonly_session("main")
+    (values * 10).to_zarr(session.store, mode="w")
+    session.commit("second")
+
+    readers = [pinned, repo.readonly_session(snapshot_id=first), repo.readonly_session(tag="v1"),
+               repo.readonly_session("main", as_of=written)]
+    for reader in readers:
+        xr.testing.assert_identical(xr.open_zarr(reader.store).load(), values)
+    assert [info.id for info in repo.ancestry(tag="v1")][0] == first
+    xr.testing.assert_identical(xr.open_zarr(repo.readonly_session("main").store).load(),
+                                values * 10)
+
+
+def test_session_and_store_outlive_the_repository_object(repo: vs.Repository) -> None:
+    """A notebook keeps ``session`` and drops ``repo``: both go on reading, writing, committing."""
+    reopened = vs.Repository.open(repo.storage)
+    session = reopened.writable_session("main")
+    zarr.create_array(session.store, name="a", shape=(4,), chunks=(2,), dtype="i4")[:] = 3
+    reader = reopened.readonly_session("main")
+    del reopened
+    gc.collect()
+    session.commit("after the repository object went")
+    assert sorted(reader.store.storage.list_prefix("")) == []  # the empty initial snapshot
+    zarr.open_array(session.store, path="a")[0] = 4
+    session.commit("again")
+    assert list(zarr.open_array(repo.readonly_session("main").store, path="a", mode="r")[:]) == [
+        4, 3, 3, 3]
+
+
+# -- dask: reading and writing through worker processes -----------------------------------
+
+
+distributed = pytest.importorskip("distributed", reason="the dask reports need distributed")
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    """Two spawned worker processes, one thread each, no dashboard."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with distributed.LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None,
+            worker_dashboard_address=None,
+        ) as cluster, distributed.Client(cluster, set_as_default=False) as connected:
+            yield connected
+
+
+def _write_rows(store: SessionStore, block: int) -> int:
+    """In a worker: write rows ``4 * block`` to ``4 * block + 3`` of ``tm/v`` as ``block``."""
+    rows = xr.Dataset({"v": (("x", "y"), np.full((4, 3), float(block)))})
+    rows.to_zarr(store, group="tm", region={"x": slice(4 * block, 4 * block + 4)},
+                 consolidated=False)
+    return block
+
+
+@pytest.mark.timeout(300)
+def test_workers_read_uncommitted_data_and_fill_a_committed_template(
+        client: Any, tmp_path: Path) -> None:
+    """icechunk#964 / #1608 and pydata/xarray#8245, through a ``distributed`` cluster.
+
+    The graph that writes ``dst`` reads ``src`` from the *writable* session
+    (staged, not committed) in the workers; icechunk could not pickle that
+    session. Then the template pattern: metadata committed with
+    ``compute=False``, regions written by separate tasks each holding the
+    pickled store, one commit in the client; a read-only session computes on
+    the workers too.
+    """
+    repo = vs.Repository.create(vs.lmdb_storage(tmp_path / "repo"))
+    values = np.arange(16 * 6, dtype="f8").reshape(16, 6)
+    session = repo.writable_session("main")
+    with distributed.Client(client.scheduler.address, set_as_default=True):
+        xr.Dataset({"v": (("x", "y"), da.from_array(values, chunks=(4, 3)))}).to_zarr(
+            session.store, group="src", mode="w", consolidated=False)
+        source = xr.open_zarr(session.store, group="src", consolidated=False, chunks={})
+        (source * 2).to_zarr(session.store, group="dst", mode="w", consolidated=False)
+        both = session.commit("src and dst")
+        np.testing.assert_array_equal(
+            _read(repo, both, group="dst", consolidated=False)["v"].values, values * 2)
+
+        template = xr.Dataset({"v": (("x", "y"), da.zeros((16, 3), chunks=(4, 3)))})
+        session = repo.writable_session("main")
+        template.to_zarr(session.store, group="tm", mode="w", compute=False, consolidated=False)
+        session.commit("template")
+        session = repo.writable_session("main")
+        assert sorted(client.gather(client.map(_write_rows, [session.store] * 4, range(4)))) == [
+            0, 1, 2, 3]
+        filled = session.commit("four regions")
+        got = _read(repo, filled, group="tm", consolidated=False)["v"].values
+        np.testing.assert_array_equal(got[:, 0], np.repeat(np.arange(4.0), 4))
+
+        reader = repo.readonly_session(snapshot_id=filled)
+        total = xr.open_zarr(reader.store, group="dst", consolidated=False, chunks={})["v"].sum()
+        assert float(total.compute()) == float((values * 2).sum())
+    repo.close()

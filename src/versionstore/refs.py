@@ -131,7 +131,14 @@ class Refs:
 
     def branch_tip(self, name: str) -> tuple[ObjectId, bytes]:
         """The snapshot a branch points at, and the raw ref value (for compare-and-swap)."""
-        raw = self.backend.get_ref(branch_ref(validate_ref_name(name)))
+        return self.branch_tip_of(name, self.backend.get_ref(branch_ref(validate_ref_name(name))))
+
+    def branch_tip_of(self, name: str, raw: bytes | None) -> tuple[ObjectId, bytes]:
+        """``branch_tip`` from the branch's ref value ``raw`` as read (``None``: absent).
+
+        Raises:
+            BranchNotFoundError: there is no such branch.
+        """
         if raw is None:
             raise BranchNotFoundError(name)
         target = decode_ref_target(branch_ref(name), raw)

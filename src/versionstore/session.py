@@ -292,11 +292,22 @@ class Session:
             self._root = self._repo.reader.snapshot(record.base).tree
             self._base, self._generation = record.base, record.generation
 
-    def _refresh(self) -> None:
+    def _refresh(self, *, branch: bool = False) -> bytes | None:
+        """Read the session record again; with ``branch``, the branch's ref too, returned raw.
+
+        Both come from one read (one transaction on LMDB).
+        """
+        names = [] if self._session_id is None else [session_ref(self._session_id)]
+        if branch:
+            assert self._branch is not None
+            names.append(branch_ref(self._branch))
+        if not names:
+            return None
+        raws = self._repo.backend.get_refs(names)
         if self._session_id is not None:
-            raw = self._repo.backend.get_ref(session_ref(self._session_id))
-            self._record_read = raw
-            self._adopt(raw)
+            self._record_read = raws[0]
+            self._adopt(raws[0])
+        return raws[-1] if branch else None
 
     def _reader(self) -> ManifestReader:
         """Reads this session's staged manifests (parts cached for single-key lookups)."""
@@ -1071,7 +1082,8 @@ class Session:
             absorb = False
             try:
                 with repo.backend.consistent_reads():
-                    self._refresh()  # another copy's commit may have moved the session's base
+                    # Another copy's commit may have moved the session's base.
+                    raw_tip = self._refresh(branch=True)
                     # Located writes (object storage) become staged refs first: the
                     # record read in this view says whether the session has any.
                     open_written = (not absorbed and self._epochs is not None
@@ -1085,7 +1097,7 @@ class Session:
                             if not len(staged) and not self._manifests and not allow_empty:
                                 raise NothingToCommitError(
                                     "nothing to commit: no changes are staged")
-                            recorded = self._record_once(staged, message, metadata,
+                            recorded = self._record_once(staged, raw_tip, message, metadata,
                                                          allow_empty=allow_empty, amend=amend)
             except MissingObjectsError as exc:
                 # A chunk staged here may have been overwritten by a copy and collected
@@ -1171,17 +1183,19 @@ class Session:
             return documents[entry.chunk_id]
         return self.read_entries([entry])[0]
 
-    def _record_once(self, staged: StagedScan, message: str | None,
+    def _record_once(self, staged: StagedScan, raw_tip: bytes | None, message: str | None,
                      metadata: dict[str, Any] | None, *, allow_empty: bool, amend: bool
                      ) -> SnapshotId | None:
         """One attempt at ``_record``: the snapshot id, or ``None`` if the branch moved.
+
+        ``raw_tip`` is the branch's ref as read with the session record.
 
         The staged changes stream from ``staged`` through the tree into the
         batch: memory does not grow with their number (``commit_stream``).
         """
         assert self._branch is not None
         repo = self._repo
-        tip, raw_tip = repo.refs.branch_tip(self._branch)
+        tip, raw_tip = repo.refs.branch_tip_of(self._branch, raw_tip)
         replaced = repo.reader.snapshot(tip) if amend else None
         if replaced is not None and not parents_of(tip, replaced, repo._grafts()):
             # As icechunk (NoAmendForInitialCommit): the root is every branch's first ancestor.

@@ -297,6 +297,31 @@ def test_directory_markers_on_s3_are_not_keys(s3: S3Server) -> None:
     assert marker["Body"].read() == b""
 
 
+def test_is_empty_reads_one_page_of_a_long_listing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``is_empty`` stops at the first key: it used to list every object under the prefix."""
+    backing = ObstoreMemory()
+    for i in range(600):
+        obstore.put(backing, f"a/c/{i}", b"v")
+    obstore.put(backing, "b/", b"")  # a directory marker: not a key
+    pages: list[int] = []
+    listing = obstore.list
+
+    class Counted:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._stream = listing(*args, **kwargs)
+
+        async def __anext__(self) -> Any:
+            page = await self._stream.__anext__()
+            pages.append(len(page))
+            return page
+
+    monkeypatch.setattr(obstore, "list", Counted)
+    storage = AsyncToSync(ObjectStore(backing).storage)
+    assert not storage.is_empty("a/") and not storage.is_empty("")
+    assert len(pages) == 2 and max(pages) < 600  # one page each
+    assert storage.is_empty("b/") and storage.is_empty("a/c/0/") and storage.is_empty("z/")
+
+
 def test_impossible_keys_on_local_files_hold_nothing(tmp_path: Path) -> None:
     """``delete("arr/c/0/0")`` raised ``StorageIOError … Not a directory``; now a no-op."""
     store = ObjectStore.local(tmp_path / "l")

@@ -381,6 +381,26 @@ class ObjectStorage(AsyncStorage):
         return await self._keys(await self._objects(prefix))
 
     @override
+    async def _is_empty(self, prefix: str) -> bool:
+        """Reads the listing a page at a time and stops at the first key.
+
+        The default lists every object under ``prefix``: on a bucket of a
+        million chunks, a thousand LIST requests to learn that it is not empty.
+        """
+        stream = obstore.list(self.backing, prefix[:-1] or None)
+        while True:
+            try:
+                with self._translated("list", prefix, missing=True):
+                    page = await anext(stream, None)
+            except FileNotFoundError:  # the prefix runs through a file: nothing under it
+                return True
+            if page is None:
+                return True
+            metas = [meta for meta in page if _is_key_under(meta["path"], prefix)]
+            if metas and await self._keys(metas):  # zero-byte directory markers are not keys
+                return False
+
+    @override
     async def _size_prefix(self, prefix: str) -> int:
         return sum(int(meta["size"]) for meta in await self._objects(prefix))
 

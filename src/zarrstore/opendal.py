@@ -67,6 +67,7 @@ from zarrstore.opendal_boundary import (
     Features,
     OpendalBoundary,
     Option,
+    has_keys,
     list_children,
     list_keys,
     needs_size,
@@ -175,6 +176,10 @@ class OpendalStorage(OpendalBoundary, Storage):
     @override
     def _list_dir(self, prefix: str) -> DirListing:
         return run_in_thread(list_children(self, self._async_twin(), prefix))
+
+    @override
+    def _is_empty(self, prefix: str) -> bool:
+        return not run_in_thread(has_keys(self, self._async_twin(), prefix))
 
     # -- writes -------------------------------------------------------------------
 
@@ -333,6 +338,10 @@ class AsyncOpendalStorage(OpendalBoundary, AsyncStorage):
     @override
     async def _list_dir(self, prefix: str) -> DirListing:
         return await list_children(self, self._operator, prefix)
+
+    @override
+    async def _is_empty(self, prefix: str) -> bool:
+        return not await has_keys(self, self._operator, prefix)
 
     @override
     async def _set(self, key: str, value: bytes) -> None:

@@ -551,6 +551,34 @@ async def list_keys(
     return sorted(keys)
 
 
+async def has_keys(
+    storage: OpendalBoundary, operator: opendal.AsyncOperator, prefix: str
+) -> bool:
+    """Whether any key lies under ``prefix``: ``list_keys``, stopping at the first key.
+
+    A recursive listing stops at its first key; a walk of directories stops at
+    the first level that holds one.
+    """
+    if not storage._features.real_directories:
+        try:
+            with storage._translated("list", prefix, let_through=MISSING):
+                lister = await operator.list(prefix or "/", recursive=True)
+                async for entry in lister:
+                    if not entry.path.endswith("/"):
+                        return True
+                return False
+        except MISSING:
+            return False
+    level = [prefix]
+    while level:
+        listings = await asyncio.gather(*(_entries(storage, operator, d) for d in level))
+        entries = [entry for listing in listings for entry in listing]
+        if not all(is_dir for _, is_dir in entries):
+            return True
+        level = [path for path, _ in entries]
+    return False
+
+
 async def list_children(
     storage: OpendalBoundary, operator: opendal.AsyncOperator, prefix: str
 ) -> DirListing:

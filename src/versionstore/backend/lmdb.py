@@ -491,14 +491,18 @@ class LMDBBackend(Backend, Ledger):
     def _listed(txn: lmdb.Transaction, refs_db: lmdb._Database, start: bytes,
                 limit: int | None) -> dict[str, bytes]:
         found: dict[str, bytes] = {}
+        if limit is not None and limit <= 0:
+            return found
         cursor = txn.cursor(db=refs_db)
         if not cursor.set_range(start):
             return found
         for raw_name, value in cursor:
             name = bytes(raw_name)
-            if not name.startswith(start) or (limit is not None and len(found) >= limit):
+            if not name.startswith(start):
                 break
             found[_name(name)] = bytes(value)
+            if len(found) == limit:  # not one step further
+                break
         return found
 
     @override

@@ -664,15 +664,19 @@ def leaf_entry(name: str, fields: Any) -> Entry:
 # -- snapshots ------------------------------------------------------------------------
 
 
-def _snapshot_fields(snapshot: Snapshot) -> list[Any]:
-    fields = [
-        Snapshot.FORMAT_VERSION,
+def _row_fields(snapshot: Snapshot) -> list[Any]:
+    """Parents, tree, message, time and metadata: a history row, and a snapshot's fields 1-5."""
+    return [
         list(snapshot.parents),
         snapshot.tree,
         snapshot.message,
         msgpack.Timestamp.from_datetime(snapshot.written_at),
         msgpack.ExtType(2, pack_metadata(snapshot.metadata)),
     ]
+
+
+def _snapshot_fields(snapshot: Snapshot) -> list[Any]:
+    fields = [Snapshot.FORMAT_VERSION, *_row_fields(snapshot)]
     if snapshot.history is not None or snapshot.sizes is not None:
         fields.append(snapshot.history)
     if snapshot.sizes is not None:
@@ -823,9 +827,8 @@ def snapshot_links(name: str, data: bytes) -> tuple[ObjectId | None, ObjectId | 
 
 
 def history_row(snapshot: Snapshot) -> bytes:
-    """One history-page row: ``snapshot``'s fields without its version and own page."""
-    row: bytes = msgpack.packb(_snapshot_fields(snapshot)[1:6], use_bin_type=True)
-    return row
+    """One history-page row: ``snapshot``'s fields without its version, page and totals."""
+    return _packb(_row_fields(snapshot))
 
 
 def encode_history_page(page: HistoryPage) -> tuple[ObjectId, bytes]:

@@ -547,7 +547,7 @@ def with_history(reader: ObjectReader, snapshot: Snapshot
     above = reader.snapshot(parent)
     ids: tuple[ObjectId, ...] = (parent,)
     texts: tuple[str, ...] = (object_id_text(parent),)
-    rows, after, previous = history_row(attrs.evolve(above, history=None)), above.parent, None
+    rows, after, previous = history_row(above), above.parent, None
     if above.history is not None:
         older = reader.history_page(above.history)
         if len(older.ids) < HISTORY_PAGE_SIZE:

@@ -40,7 +40,7 @@ from versionstore.records import Operation, RefTarget
 __all__ = ["MAIN", "REPOSITORY_REF", "Refs", "branch_ref", "session_ref", "stage_prefix",
            "tag_ref", "validate_ref_name"]
 
-#: How many decoded branch values ``branch_tip_with`` remembers (then it starts over).
+#: How many decoded ref values ``Refs._snapshot_of`` remembers (then it starts over).
 _DECODED_TIPS = 256
 #: Decoded ref values (a pure function of name and raw value), shared by the process:
 #: the raw value is read by every call, only its decoding is skipped when unchanged.
@@ -109,23 +109,43 @@ class Refs:
         ``target`` ``None`` deletes the ref.
         """
         base = batch or WriteBatch()
-        old = None if expected is None else decode_ref_target(name, expected).snapshot
+        old = None if expected is None else self._snapshot_of(name, expected)
         new = None if target is None else target.snapshot
         operation = Operation(kind=kind, ref=name, old=old, new=new,
                               written_at=datetime.now(UTC), message=message, source=source)
+        value = None if target is None else encode_ref_target(name, target)
         try:
-            return self.backend.write(with_operation(attrs.evolve(
+            moved = self.backend.write(with_operation(attrs.evolve(
                 base,
                 expect={**base.expect, name: expected},
                 requires=Joined(base.requires, requires),
-                refs={**base.refs,
-                      name: None if target is None else encode_ref_target(name, target)},
+                refs={**base.refs, name: value},
             ), operation))
         except MissingObjectsError as exc:
             wanted = None if new is None else object_id_text(new)
             if wanted in exc.object_ids:
                 raise SnapshotNotFoundError(wanted) from exc
             raise
+        if moved and value is not None and new is not None:
+            self._remember(name, value, new)  # the next read of this ref finds it decoded
+        return moved
+
+    def _snapshot_of(self, name: str, raw: bytes) -> ObjectId | None:
+        """``decode_ref_target(name, raw).snapshot``, remembered: a pure function of both.
+
+        The raw value is read by every caller; only its decoding is skipped.
+        """
+        snapshot = self._decoded_tips.get((name, raw))
+        if snapshot is None:
+            snapshot = decode_ref_target(name, raw).snapshot
+            if snapshot is not None:
+                self._remember(name, raw, snapshot)
+        return snapshot
+
+    def _remember(self, name: str, raw: bytes, snapshot: ObjectId) -> None:
+        if len(self._decoded_tips) >= _DECODED_TIPS:
+            self._decoded_tips.clear()
+        self._decoded_tips[(name, raw)] = snapshot
 
     # -- branches ---------------------------------------------------------------------
 
@@ -139,12 +159,11 @@ class Refs:
         Raises:
             BranchNotFoundError: there is no such branch.
         """
-        if raw is None:
+        snapshot = None if raw is None else self._snapshot_of(branch_ref(name), raw)
+        if snapshot is None:
             raise BranchNotFoundError(name)
-        target = decode_ref_target(branch_ref(name), raw)
-        if target.snapshot is None:
-            raise BranchNotFoundError(name)
-        return target.snapshot, raw
+        assert raw is not None
+        return snapshot, raw
 
     def branch_tip_with(self, name: str, wanted: Callable[[ObjectId], bool], listing: str
                         ) -> tuple[ObjectId, bytes | None, dict[str, bytes]]:
@@ -165,17 +184,9 @@ class Refs:
             value = raw[0]
             if value is None:
                 return ()
-            # Decoding is a pure function of the name and the value: a branch read
-            # again unchanged is not decoded again (the value itself is always read).
-            key = (ref, value)
-            target = self._decoded_tips.get(key)
+            target = self._snapshot_of(ref, value)
             if target is None:
-                target = decode_ref_target(ref, value).snapshot
-                if target is None:
-                    return ()
-                if len(self._decoded_tips) >= _DECODED_TIPS:
-                    self._decoded_tips.clear()
-                self._decoded_tips[key] = target
+                return ()
             tips.append(target)
             return [target] if wanted(target) else ()
 

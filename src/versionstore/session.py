@@ -282,6 +282,12 @@ class Session:
         if record_raw is None or record_raw == self._record_raw:
             return
         assert self._session_id is not None
+        staging = self._staging_rule
+        if staging is not None and record_raw == staging[2].value:
+            # The record this object's own staging wrote (``_rule``): its base and
+            # generation, no epochs, no manifests. Decoding it would say just that.
+            self._record_raw, self._epochs, self._manifests = record_raw, None, ()
+            return
         record = decode_session(session_ref(self._session_id), record_raw)
         self._record_raw = record_raw
         # A record without epochs was recreated after gc pruned it: the epochs this

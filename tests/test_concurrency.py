@@ -12,6 +12,8 @@ Every wait is bounded, and no assertion depends on how fast anything ran.
 from __future__ import annotations
 
 import multiprocessing
+import random
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
@@ -22,8 +24,11 @@ import numpy as np
 import process_workers as workers
 import pytest
 import zarr
+from obstore.store import MemoryStore
 
 import versionstore as vs
+import versionstore.session as session_module
+import versionstore.staged_manifest as manifest_module
 
 SPAWN = multiprocessing.get_context("spawn")
 JOIN = 120.0  # seconds; a bound on hangs, not an expectation of speed
@@ -92,6 +97,15 @@ def history(repo: vs.Repository, branch: str = "main") -> list[vs.SnapshotInfo]:
         assert child.parent_id == parent.id
     assert len({info.id for info in infos}) == len(infos)
     return infos
+
+
+@pytest.fixture
+def switch_often() -> Iterator[None]:
+    """Threads switch every microsecond, so a race's window of a few bytecodes is hit."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(interval)
 
 
 @pytest.fixture
@@ -461,3 +475,42 @@ def test_processes_and_threads_commit_together(repo: vs.Repository, repo_path: s
         assert tip.get(f"w{worker}/last") == f"{worker}:{rounds - 1}".encode()
     assert np.all([tip.get(f"{name}/{n}") == f"{name}:{n}".encode()
                    for name in thread_names for n in range(rounds)])
+
+
+def test_threads_reading_a_session_whose_writes_are_in_a_staged_manifest(
+    monkeypatch: pytest.MonkeyPatch, switch_often: None
+) -> None:
+    """Regression: the session's one ``ManifestReader`` evicted its oldest cached part
+    (``next(iter(cache))``, then ``pop``) while other threads inserted theirs: plain
+    reads raised "dictionary changed size during iteration" or ``KeyError``.
+
+    Thresholds lowered as in ``test_staged_manifest.py``: 640 located writes make a
+    manifest of 40 parts, far more than the reader caches, so lookups evict.
+    """
+    monkeypatch.setattr(manifest_module, "SPILL_AT", 20)
+    monkeypatch.setattr(manifest_module, "PART_ENTRIES", 16)
+    monkeypatch.setattr(session_module, "_LOGGED_FIRST", 0)
+    repo = vs.Repository.create(vs.object_storage(MemoryStore(), "repo"))
+    writes = 640
+
+    def value(i: int) -> bytes:
+        return i.to_bytes(8, "little") * 80  # 640 bytes: a located chunk
+
+    session = repo.writable_session("main")
+    session.set_values([(f"a/c/{i}", value(i)) for i in range(writes)])
+    session.set_values([("a/zarr.json", b"{}")])  # a log-recorded write absorbs first
+    barrier = threading.Barrier(8)
+
+    def read(seed: int) -> None:
+        picks = random.Random(seed)
+        barrier.wait(timeout=JOIN)
+        for _ in range(1000):
+            i = picks.randrange(writes)
+            assert session.value(f"a/c/{i}") == value(i)
+
+    run_threads([partial(read, seed) for seed in range(8)])
+
+    session.commit("read meanwhile")
+    storage = repo.readonly_session("main").store.storage
+    assert storage.get_many([(f"a/c/{i}", None) for i in range(writes)]) == [
+        value(i) for i in range(writes)]

@@ -27,6 +27,7 @@ import bisect
 import heapq
 import itertools
 import struct
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -179,6 +180,9 @@ class ManifestReader:
         self._backend = backend
         self._session_id = session_id
         self._cached: dict[ObjectId, dict[str, ManifestEntry]] = {}
+        # Threads sharing a session look keys up through its one reader (zarr's thread
+        # pool reading an array); the part is read and decoded outside the lock.
+        self._lock = threading.Lock()
 
     def _items(self, part_id: ObjectId) -> list[ManifestItem]:
         name = object_id_text(part_id)
@@ -219,12 +223,22 @@ class ManifestReader:
         return best
 
     def _part(self, part_id: ObjectId) -> dict[str, ManifestEntry]:
-        cached = self._cached.get(part_id)
-        if cached is None:
-            if len(self._cached) >= _CACHED_PARTS:
-                self._cached.pop(next(iter(self._cached)))
-            cached = self._cached[part_id] = {
-                item[0]: self._entry(item) for item in self._items(part_id)}
+        """Part ``part_id`` by key, decoded once while among the last ``_CACHED_PARTS`` used.
+
+        The cache is changed under a lock: evicting its oldest part
+        (``next(iter(...))`` then ``pop``) while another thread inserted one
+        raised "dictionary changed size during iteration" (or ``KeyError``,
+        when both evicted the same part) from a plain read of the session.
+        """
+        with self._lock:
+            cached = self._cached.get(part_id)
+        if cached is not None:
+            return cached
+        cached = {item[0]: self._entry(item) for item in self._items(part_id)}
+        with self._lock:
+            if part_id not in self._cached and len(self._cached) >= _CACHED_PARTS:
+                del self._cached[next(iter(self._cached))]
+            self._cached[part_id] = cached
         return cached
 
     def hints(self, manifests: Sequence[StagedManifest], visit: Callable[[str], None]) -> None:

@@ -48,6 +48,9 @@ The tree::
 
 Errors carry their data (``ConflictError.keys``, ``CorruptObjectError.object_id``)
 so callers can act on them without parsing messages.
+
+One warning: ``ShortGracePeriodWarning`` (a ``UserWarning``), a garbage collection
+on object storage whose grace period cannot protect writers running meanwhile.
 """
 
 from __future__ import annotations
@@ -90,6 +93,7 @@ __all__ = [
     "RepositoryNotFoundError",
     "RepositoryURLError",
     "SessionNotFoundError",
+    "ShortGracePeriodWarning",
     "SnapshotNotFoundError",
     "StorageAccessDeniedError",
     "StorageNotFoundError",
@@ -542,3 +546,15 @@ class VirtualSourceChangedError(VirtualChunkError):
             f"virtual chunk source {location!r} changed since it was referenced (recorded "
             f"{expected!r}, now {found!r}); re-import the references, or open with "
             "check_virtual_checksums=False if the source is known to be unchanged"))
+
+
+class ShortGracePeriodWarning(UserWarning):
+    """A garbage collection on object storage with a grace period shorter than writers need.
+
+    Object storage has no atomic sweep: gc spares objects younger than its
+    ``older_than``, and a writer re-stores an object it re-references only
+    when the object is older than an hour (``docs/format.md``, "Garbage
+    collection on shared storage"). With a shorter grace period, a writer
+    running meanwhile can reference an object the collection deletes. Safe
+    when nothing writes to the repository during the collection.
+    """

@@ -35,6 +35,7 @@ checked (``docs/format.md``, S2).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
@@ -49,6 +50,7 @@ from versionstore.codec import (
     decode_staged,
     frame_kind,
 )
+from versionstore.errors import ShortGracePeriodWarning
 from versionstore.gc_incremental import collect_incrementally
 from versionstore.gc_located import (
     idle_sessions,
@@ -240,8 +242,21 @@ def collect_garbage(reader: ObjectReader, *, dry_run: bool = False,
     Raises:
         CorruptObjectError: a ref of unknown kind or a damaged object: what
             it references cannot be known, so nothing is deleted.
+
+    Warns:
+        ShortGracePeriodWarning: ``older_than`` is later than the backend's
+            ``safe_gc_grace()`` before now (object storage: an hour), so
+            writers running meanwhile are not protected (not on a dry run).
     """
     backend = reader.backend
+    safe = backend.safe_gc_grace()
+    if (not dry_run and older_than is not None and safe is not None
+            and older_than > datetime.now(UTC) - safe):
+        warnings.warn(ShortGracePeriodWarning(
+            f"garbage collection with older_than={older_than.isoformat()}, less than "
+            f"{safe} ago: a writer running meanwhile may reference an object it deletes; "
+            "collect this way only while nothing writes to the repository "
+            "(docs/format.md, 'Garbage collection on shared storage')"), stacklevel=3)
     if isinstance(backend, Ledger):
         summary = collect_incrementally(reader, backend, dry_run=dry_run, older_than=older_than,
                                         progress=progress, rebuild=full)

@@ -696,6 +696,11 @@ class ObjectBackend(Backend):
         return DEFAULT_GC_GRACE
 
     @override
+    def safe_gc_grace(self) -> timedelta | None:
+        # A writer re-stores an object it re-references only when it is older than this.
+        return _REFRESH_OLDER_THAN
+
+    @override
     def located_staging(self) -> bool:
         return True
 

@@ -218,6 +218,13 @@ class Backend(Protocol):
         """
         return None
 
+    def safe_gc_grace(self) -> timedelta | None:
+        """The shortest grace period that protects writers running during a collection.
+
+        ``None`` (LMDB, memory): any, the sweep is atomic.
+        """
+        return None
+
     def consistent_reads(self) -> contextlib.AbstractContextManager[None]:
         """A block whose ref reads on this thread may share one view of the refs.
 

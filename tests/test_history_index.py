@@ -300,3 +300,20 @@ def test_a_repository_opened_again_lists_from_the_process_cache_and_reads_the_br
     assert after[1] == reopened.lookup_snapshot(before[0])
     again.close()
     reopened.close()
+
+
+def test_a_history_row_is_the_snapshots_fields_one_to_five_as_before(
+    repo: vs.Repository,
+) -> None:
+    """``history_row`` packs the snapshot's parents, tree, message, time and metadata only.
+
+    Byte for byte what it was (the snapshot's fields 1-5, its page and totals
+    dropped), so pages stay identical for the same snapshots.
+    """
+    _commits(repo, 3)
+    tip = repo.reader.snapshot(object_id_from_text(repo.lookup_branch("main")))
+    assert tip.history is not None and tip.sizes is not None
+    tip = attrs.evolve(tip, metadata={"n": 1, "s": "x"})
+    before = msgpack.packb(_snapshot_fields(tip)[1:6], use_bin_type=True)
+    assert codec.history_row(tip) == before
+    assert codec.history_row(attrs.evolve(tip, history=None, sizes=None)) == before

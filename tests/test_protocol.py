@@ -684,3 +684,68 @@ def test_a_ref_name_damaged_into_invalid_utf8_is_reported(tmp_path: Path) -> Non
     with pytest.raises(CorruptObjectError):
         repo.garbage_collect()
     repo.close()
+
+
+def test_remembered_ref_values_answer_only_for_their_own_ref(
+    repo: vs.Repository, tmp_path: Path
+) -> None:
+    """Decoded ref values are remembered by (ref name, bytes), process-wide (``Refs``).
+
+    Bytes remembered for one ref are damage under another name; a value
+    damaged after it was remembered is not served; a branch deleted and made
+    again (at the same or another snapshot) and a tag of the same name keep
+    their own snapshots; a second repository's equal bytes name the same id.
+    """
+    first = _commit(repo, k=b"1")
+    second = _commit(repo, k=b"2")  # the commit remembered main's new value
+    raw = repo.backend.get_ref("branch/main")
+    assert raw is not None and repo.lookup_branch("main") == second
+    repo.backend.put_objects([], {"branch/copy": raw, "tag/main": raw})
+    with pytest.raises(CorruptObjectError, match="damaged"):
+        repo.lookup_branch("copy")
+    with pytest.raises(CorruptObjectError, match="damaged"):
+        repo.lookup_tag("main")
+    repo.backend.put_objects([], {"branch/copy": None, "tag/main": None})
+    repo.backend.put_objects([], {"branch/main": raw[:-1] + bytes([raw[-1] ^ 1])})
+    with pytest.raises(CorruptObjectError):
+        repo.lookup_branch("main")
+    with pytest.raises(CorruptObjectError):
+        _commit(repo, k=b"3")
+    repo.backend.put_objects([], {"branch/main": raw})
+    assert repo.lookup_branch("main") == second
+    repo.create_branch("x", first)
+    repo.create_tag("x", second)
+    writer = repo.writable_session("x")
+    writer.set_values([("w", b"w")])
+    repo.delete_branch("x")
+    with pytest.raises(vs.BranchNotFoundError):
+        writer.commit("on a deleted branch")
+    with pytest.raises(vs.BranchNotFoundError):
+        repo.lookup_branch("x")
+    repo.create_branch("x", second)
+    assert (repo.lookup_branch("x"), repo.lookup_tag("x")) == (second, second)
+    repo.delete_branch("x")
+    repo.create_branch("x", first)  # the same bytes as before: the same meaning
+    assert repo.backend.get_ref("branch/x") is not None
+    assert (repo.lookup_branch("x"), repo.lookup_tag("x")) == (first, second)
+    committed = writer.commit("on the branch made again")
+    assert repo.lookup_snapshot(committed).parent_id == first
+    other = vs.Repository.create(vs.lmdb_storage(tmp_path / "other"))
+    assert other.lookup_branch("main") != second
+    other.backend.put_objects([], {"branch/main": raw})
+    assert other.lookup_branch("main") == second  # the bytes name the id itself
+    other.close()
+
+
+def test_list_refs_returns_at_most_its_limit_in_name_order(repo: vs.Repository) -> None:
+    """``limit`` 0 (or less) lists nothing, ``n`` the first ``n`` in name order; not one more."""
+    tip = repo.lookup_branch("main")
+    for name in ["a", "a/b", "a-b", "a.b", "ab"]:
+        repo.create_branch(name, tip)
+        repo.create_tag(name, tip)
+    every = list(repo.backend.list_refs("branch/"))
+    assert every == sorted(every) and len(every) == 6
+    for limit in [-1, 0, 1, 2, 5, 6, 7]:
+        assert list(repo.backend.list_refs("branch/", limit)) == every[:max(limit, 0)], limit
+    assert list(repo.backend.list_refs("branch/a/", 1)) == ["branch/a/b"]
+    assert repo.backend.list_refs("branch/z", 3) == {}

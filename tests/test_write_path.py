@@ -20,11 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import xxhash
+import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from zarr.core.buffer import default_buffer_prototype
 
 import versionstore as vs
+from versionstore import codec as codec_module
 from versionstore import session as session_module
 from versionstore import tree as tree_module
 from versionstore.backend.lmdb import LMDBBackend
@@ -119,6 +122,26 @@ def test_a_leaf_encodes_as_the_general_encoder_does(entries: list[Entry]) -> Non
                                  _frame(KIND_LEAF, payload, compress=True))
     assert tree_module._run_cost(keys, entries) == sum(map(tree_module._entry_cost, keys,
                                                            entries))
+
+
+
+def test_leaves_compressed_as_before_still_decode_and_new_ones_are_plain_zstd() -> None:
+    """Leaves were zstd level 3, now small-table parameters: both one zstd frame format.
+
+    A leaf written before decodes today; one written today carries its size
+    and decompresses with a default decompressor (as older readers have).
+    """
+    keys = [f"group/array/c/{i}/{j}" for i in range(40) for j in range(5)]
+    leaf = Leaf(keys=tuple(keys), entries=tuple(f"value {k}".encode() * 3 for k in keys))
+    node_id, frame = encode_node(leaf)
+    payload = _packb([1, keys, list(leaf.entries)])
+    assert frame[4] == codec_module._ZSTD and node_id == hash_object(KIND_LEAF, payload)
+    stored = frame[codec_module._HEADER:]
+    assert zstandard.get_frame_parameters(stored).content_size == len(payload)
+    assert zstandard.ZstdDecompressor().decompress(stored) == payload
+    before = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(payload)
+    old = b"".join((frame[:5], xxhash.xxh3_64_digest(before)[::-1], before))
+    assert old != frame and decode_node("old", old) == decode_node("new", frame) == leaf
 
 
 class _ChildByChild(tree_module._Writer):

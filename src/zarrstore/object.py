@@ -397,6 +397,8 @@ class ObjectStorage(AsyncStorage):
             if page is None:
                 return True
             metas = [meta for meta in page if _is_key_under(meta["path"], prefix)]
+            if any(int(meta["size"]) for meta in metas):
+                return False
             if metas and await self._keys(metas):  # zero-byte directory markers are not keys
                 return False
 

@@ -350,10 +350,18 @@ def test_gc_with_a_grace_period_shorter_than_writers_need_warns(tmp_path: Path) 
     repo = vs.Repository.create(vs.object_storage(LocalStore(str(tmp_path)), "repo"))
     now = datetime.now(UTC)
     for short in (now, now - timedelta(minutes=59)):
-        with pytest.warns(vs.ShortGracePeriodWarning, match="while nothing writes"):
+        with pytest.warns(vs.ShortGracePeriodWarning, match="while nothing writes") as caught:
             repo.garbage_collect(short)
-        with pytest.warns(vs.ShortGracePeriodWarning):
+        with pytest.warns(vs.ShortGracePeriodWarning) as caught_too:
             repo.purge("nothing/here", force=True, gc_older_than=short)
+        with pytest.warns(vs.ShortGracePeriodWarning) as caught_async:
+            asyncio.run(repo.garbage_collect_async(short))
+        with pytest.warns(vs.ShortGracePeriodWarning) as caught_async_too:
+            asyncio.run(repo.purge_async("nothing/here", force=True, gc_older_than=short))
+        for warned in (caught, caught_too, caught_async, caught_async_too):
+            assert len(warned) == 1
+        for warned in (caught, caught_too):  # the warning names the caller's line
+            assert warned[0].filename == __file__
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         repo.garbage_collect(now - timedelta(hours=1, minutes=1))

@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from versionstore.backend.ledger import Ledger
-from versionstore.backend.protocol import ObjectGetter, Rescue
+from versionstore.backend.protocol import Backend, ObjectGetter, Rescue
 from versionstore.codec import (
     KIND_SNAPSHOT,
     decode_history_page,
@@ -85,6 +85,7 @@ __all__ = [
     "GCSummary",
     "Progress",
     "collect_garbage",
+    "warn_if_short_grace",
     "collect_garbage_by_listing",
     "reachable_objects",
 ]
@@ -216,6 +217,29 @@ def _rescuer(marked: set[ObjectId], rescued: set[ObjectId]) -> Rescue:
     return rescue
 
 
+def warn_if_short_grace(backend: Backend, older_than: datetime | None, *, dry_run: bool,
+                        stacklevel: int) -> None:
+    """Warn when a collection's grace period cannot protect writers running meanwhile.
+
+    ``stacklevel`` as the caller would pass it to ``warnings.warn`` (2 names the
+    caller's own caller: the user's line).
+
+    Warns:
+        ShortGracePeriodWarning: ``older_than`` is later than the backend's
+            ``safe_gc_grace()`` before now (object storage: an hour); never on
+            a dry run, which deletes nothing.
+    """
+    safe = backend.safe_gc_grace()
+    if (not dry_run and older_than is not None and safe is not None
+            and older_than > datetime.now(UTC) - safe):
+        warnings.warn(ShortGracePeriodWarning(
+            f"garbage collection with older_than={older_than.isoformat()}, less than "
+            f"{safe} ago: a writer running meanwhile may reference an object it deletes; "
+            "collect this way only while nothing writes to the repository "
+            "(docs/format.md, 'Garbage collection on shared storage')"),
+            stacklevel=stacklevel + 1)
+
+
 def collect_garbage(reader: ObjectReader, *, dry_run: bool = False,
                     older_than: datetime | None = None,
                     progress: Progress | None = None, full: bool = False) -> GCSummary:
@@ -243,20 +267,8 @@ def collect_garbage(reader: ObjectReader, *, dry_run: bool = False,
         CorruptObjectError: a ref of unknown kind or a damaged object: what
             it references cannot be known, so nothing is deleted.
 
-    Warns:
-        ShortGracePeriodWarning: ``older_than`` is later than the backend's
-            ``safe_gc_grace()`` before now (object storage: an hour), so
-            writers running meanwhile are not protected (not on a dry run).
     """
     backend = reader.backend
-    safe = backend.safe_gc_grace()
-    if (not dry_run and older_than is not None and safe is not None
-            and older_than > datetime.now(UTC) - safe):
-        warnings.warn(ShortGracePeriodWarning(
-            f"garbage collection with older_than={older_than.isoformat()}, less than "
-            f"{safe} ago: a writer running meanwhile may reference an object it deletes; "
-            "collect this way only while nothing writes to the repository "
-            "(docs/format.md, 'Garbage collection on shared storage')"), stacklevel=3)
     if isinstance(backend, Ledger):
         summary = collect_incrementally(reader, backend, dry_run=dry_run, older_than=older_than,
                                         progress=progress, rebuild=full)

@@ -52,7 +52,7 @@ from versionstore.errors import (
     VersionStoreError,
 )
 from versionstore.expire import expire_snapshots
-from versionstore.gc import GCSummary, Progress, collect_garbage
+from versionstore.gc import GCSummary, Progress, collect_garbage, warn_if_short_grace
 from versionstore.grafts import GRAFT_PREFIX, grafts_from_refs
 from versionstore.history import (
     Diff,
@@ -876,10 +876,24 @@ class Repository:
             stored size). On LMDB the file keeps its size: ``compact()``
             gives the space back to the file system. A run that deleted
             something adds a ``gc`` entry to the ops log.
+
+        Warns:
+            ShortGracePeriodWarning: on object storage, ``older_than`` less
+                than an hour back (``versionstore.gc.warn_if_short_grace``).
         """
+        self._check_gc(older_than, dry_run, full)
+        return self._garbage_collect(older_than, dry_run=dry_run, progress=progress, full=full)
+
+    def _check_gc(self, older_than: datetime | None, dry_run: bool, full: bool) -> None:
+        """Check ``garbage_collect``'s arguments, and warn its caller of a short grace period."""
         check_flag(dry_run, "dry_run")
         check_flag(full, "full")
         check_optional_time(older_than, "older_than")
+        warn_if_short_grace(self.backend, older_than, dry_run=dry_run, stacklevel=3)
+
+    def _garbage_collect(self, older_than: datetime | None, *, dry_run: bool,
+                         progress: Progress | None, full: bool) -> GCSummary:
+        """``garbage_collect`` once its arguments are checked (and any warning given)."""
         summary = collect_garbage(self.reader, dry_run=dry_run, older_than=older_than,
                                   progress=progress, full=full)
         if summary.deleted and not summary.dry_run:
@@ -1004,10 +1018,25 @@ class Repository:
         Raises:
             PurgeBlockedError: writable sessions are open on affected branches.
             ValueError: ``path`` is the root.
+
+        Warns:
+            ShortGracePeriodWarning: on object storage, ``gc_older_than`` less
+                than an hour back (``versionstore.gc.warn_if_short_grace``).
         """
+        self._check_purge(message, force, gc_older_than)
+        return self._purge(path, message=message, force=force, gc_older_than=gc_older_than)
+
+    def _check_purge(self, message: str | None, force: bool,
+                     gc_older_than: datetime | None) -> None:
+        """Check ``purge``'s arguments, and warn its caller of a short grace period."""
         check_optional_name(message, "message", "a message")
         check_flag(force, "force")
         check_optional_time(gc_older_than, "gc_older_than")
+        warn_if_short_grace(self.backend, gc_older_than, dry_run=False, stacklevel=3)
+
+    def _purge(self, path: str, *, message: str | None, force: bool,
+               gc_older_than: datetime | None) -> PurgeResult:
+        """``purge`` once its arguments are checked (and any warning given)."""
         mapping = purge_node(self.reader, path, message=message, force=force)
         summary = collect_garbage(self.reader, older_than=gc_older_than)
         return PurgeResult(
@@ -1149,8 +1178,9 @@ class Repository:
     async def garbage_collect_async(self, older_than: datetime | None = None, *,
                                     dry_run: bool = False, full: bool = False) -> GCSummary:
         """``garbage_collect`` without blocking the event loop."""
+        self._check_gc(older_than, dry_run, full)
         return await asyncio.to_thread(
-            lambda: self.garbage_collect(older_than, dry_run=dry_run, full=full))
+            lambda: self._garbage_collect(older_than, dry_run=dry_run, progress=None, full=full))
 
     async def du_async(self, branch: str | None = None, *, tag: str | None = None,
                        snapshot_id: str | None = None) -> VersionUsage:
@@ -1164,7 +1194,8 @@ class Repository:
     async def purge_async(self, path: str, *, message: str | None = None, force: bool = False,
                           gc_older_than: datetime | None = None) -> PurgeResult:
         """``purge`` without blocking the event loop."""
-        return await asyncio.to_thread(lambda: self.purge(
+        self._check_purge(message, force, gc_older_than)
+        return await asyncio.to_thread(lambda: self._purge(
             path, message=message, force=force, gc_older_than=gc_older_than))
 
     async def compact_async(self) -> CompactReport:

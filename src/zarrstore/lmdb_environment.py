@@ -292,9 +292,10 @@ class _Shared:
     """The registry entry of one directory: its environment, databases and users."""
 
     def __init__(self, path: str, names: tuple[bytes, ...], map_size: int, lock: bool,
-                 small_reads: bool = False) -> None:
+                 small_reads: bool = False, ordered_writes: bool = False) -> None:
         self.path = path
         self.small_reads = small_reads
+        self.ordered_writes = ordered_writes
         supported = lmdb_readahead.supported()
         # Readahead starts off only where the switch can turn it on for large reads.
         self.readahead_first = not (small_reads and supported)
@@ -352,7 +353,7 @@ class _Shared:
     def _open_env(self, map_size: int, create: bool) -> lmdb.Environment:
         options: dict[str, Any] = {
             "map_size": map_size, "max_dbs": max(len(self.names), 1) + 2,
-            "max_readers": _MAX_READERS, "sync": False, "metasync": False,
+            "max_readers": _MAX_READERS, "sync": self.ordered_writes, "metasync": False,
             "readahead": self.readahead_first, "max_spare_txns": 0,
         }
         attempts: list[dict[str, bool]] = [{"readonly": False, "lock": self.lock}]
@@ -653,6 +654,15 @@ class EnvironmentHandle:
             values ask for it (``read(..., readahead=True)``); a store of large
             values keeps LMDB's default. Decided by the first handle on the
             directory. Where the readahead switch is unsupported, readahead stays on.
+        ordered_writes: every write transaction flushes its pages before LMDB
+            writes the header page that points at them (``MDB_NOMETASYNC``: one
+            ``fdatasync`` per transaction), so an operating-system crash or power
+            loss can lose the last transactions but never leaves the file
+            unreadable. Without it (``MDB_NOSYNC``) the kernel may write the
+            header page back before those pages, and a machine that stops then
+            leaves a file LMDB cannot open, everything flushed before included
+            (``python -m benchmarks.writeback_order`` replays it). Decided by the
+            first handle on the directory.
 
     Raises:
         CorruptStorageError: the data file is shorter than its pages.
@@ -670,6 +680,7 @@ class EnvironmentHandle:
         map_size: int = INITIAL_MAP_SIZE,
         lock: bool = True,
         small_reads: bool = False,
+        ordered_writes: bool = False,
     ) -> None:
         self.path = os.path.realpath(path)
         self.durable = durable
@@ -684,7 +695,8 @@ class EnvironmentHandle:
                         "every store and repository on it in this process, then reopen"
                     )
             if shared is None:
-                shared = _Shared(self.path, databases, _round_up(map_size), lock, small_reads)
+                shared = _Shared(self.path, databases, _round_up(map_size), lock, small_reads,
+                                 ordered_writes)
                 shared.open(create)
                 _registry[self.path] = shared
             elif shared.names != databases:

@@ -236,7 +236,8 @@ class LMDBBackend(Backend, Ledger):
             try:
                 self._handle = EnvironmentHandle(self.path, databases=_DATABASES,
                                                  read_only=read_only, durable=durable,
-                                                 create=not read_only, small_reads=True)
+                                                 create=not read_only, small_reads=True,
+                                                 ordered_writes=True)
             except StorageIOError as exc:
                 if "lacks the database" not in str(exc):
                     raise
@@ -244,7 +245,8 @@ class LMDBBackend(Backend, Ledger):
                 # cannot get the database, and needs none (nothing is written).
                 self._handle = EnvironmentHandle(self.path, databases=_READ_ONLY_DATABASES,
                                                  read_only=True, durable=durable,
-                                                 create=False, small_reads=True)
+                                                 create=False, small_reads=True,
+                                                 ordered_writes=True)
         self.read_only = self._handle.read_only
         self._flush_ahead = _FlushAhead(self.path)
         self._long_writes = LongWrites(self.path)
@@ -828,7 +830,8 @@ class LMDBBackend(Backend, Ledger):
             with _translated("reopening after compaction"):
                 self._handle = EnvironmentHandle(self.path, databases=_DATABASES,
                                                  read_only=self.read_only, durable=self.durable,
-                                                 create=False)
+                                                 create=False, small_reads=True,
+                                                 ordered_writes=True)
 
     @override
     def close(self) -> None:

@@ -37,18 +37,18 @@ from pathlib import Path
 import versionstore as vs
 
 PAGE = 4096
-_HEADERS = (0, 1)
+HEADER_PAGES = (0, 1)
 
 
-def _values(keys: int) -> dict[str, bytes]:
+def committed_values(keys: int) -> dict[str, bytes]:
     return {f"c/{i}": f"committed {i} ".encode() * 8 for i in range(keys)}
 
 
-def _files(path: Path, keys: int, batches: int) -> list[bytes]:
+def data_files(path: Path, keys: int, batches: int) -> list[bytes]:
     """The data file after the flushed commit, then after each staging transaction."""
     with vs.Repository.create(vs.lmdb_storage(path)) as repo:
         session = repo.writable_session("main")
-        session.set_values(list(_values(keys).items()))
+        session.set_values(list(committed_values(keys).items()))
         session.commit("flushed before it returns")
     files = [(path / "data.mdb").read_bytes()]
     with vs.Repository.open(vs.lmdb_storage(path)) as repo:
@@ -60,13 +60,13 @@ def _files(path: Path, keys: int, batches: int) -> list[bytes]:
     return files
 
 
-def _changed(before: bytes, after: bytes) -> list[int]:
+def changed_pages(before: bytes, after: bytes) -> list[int]:
     size = max(len(before), len(after))
     return [p for p in range(size // PAGE)
             if before[p * PAGE:(p + 1) * PAGE] != after[p * PAGE:(p + 1) * PAGE]]
 
 
-def _cuts(before: bytes, after: bytes, pages: list[int]) -> list[bytes]:
+def cut_images(before: bytes, after: bytes, pages: list[int]) -> list[bytes]:
     """``before`` with the first 1, 2, … of ``pages`` (file order) taken from ``after``."""
     image = bytearray(before.ljust(max(len(before), len(after)), b"\0"))
     images = []
@@ -78,7 +78,7 @@ def _cuts(before: bytes, after: bytes, pages: list[int]) -> list[bytes]:
 
 def _check(image: str, keys: int) -> None:
     """In a process of its own: print what became of the committed snapshot."""
-    values = _values(keys)
+    values = committed_values(keys)
     try:
         with vs.Repository.open(vs.lmdb_storage(image, read_only=True)) as repo:
             storage = repo.readonly_session("main").store.storage
@@ -117,11 +117,11 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as directory:
         scratch = Path(directory)
-        files = _files(scratch / "repo", args.keys, args.batches)
-        unordered = _cuts(files[0], files[-1], _changed(files[0], files[-1]))
+        files = data_files(scratch / "repo", args.keys, args.batches)
+        unordered = cut_images(files[0], files[-1], changed_pages(files[0], files[-1]))
         ordered = [image for before, after in zip(files, files[1:], strict=False)
-                   for image in _cuts(before, after, [p for p in _changed(before, after)
-                                                      if p not in _HEADERS])]
+                   for image in cut_images(before, after, [p for p in changed_pages(before, after)
+                                                      if p not in HEADER_PAGES])]
         for label, images in (("without ordering", unordered), ("with ordering", ordered)):
             outcomes = Counter(_outcome(scratch, image, args.keys) for image in images)
             print(f"{label}: {len(images)} cuts")

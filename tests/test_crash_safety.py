@@ -661,15 +661,15 @@ def test_power_lost_during_write_back_leaves_the_last_whole_transaction(tmp_path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from benchmarks import writeback_order as replay
 
-    files = replay._files(tmp_path / "repo", keys=300, batches=2)
+    files = replay.data_files(tmp_path / "repo", keys=300, batches=2)
     with vs.Repository.open(vs.lmdb_storage(tmp_path / "repo")) as repo:
         flags = repo.backend._handle.env.flags()  # type: ignore[attr-defined]
     assert flags["sync"] and not flags["metasync"]
-    values = replay._values(300)
+    values = replay.committed_values(300)
     cuts = 0
     for before, after in zip(files, files[1:], strict=False):
-        pages = [p for p in replay._changed(before, after) if p not in replay._HEADERS]
-        for image in replay._cuts(before, after, pages):
+        pages = [p for p in replay.changed_pages(before, after) if p not in replay.HEADER_PAGES]
+        for image in replay.cut_images(before, after, pages):
             cuts += 1
             target = tmp_path / f"cut-{cuts}"
             target.mkdir()

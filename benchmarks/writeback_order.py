@@ -41,6 +41,7 @@ HEADER_PAGES = (0, 1)
 
 
 def committed_values(keys: int) -> dict[str, bytes]:
+    """The values the flushed commit holds."""
     return {f"c/{i}": f"committed {i} ".encode() * 8 for i in range(keys)}
 
 

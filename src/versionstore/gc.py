@@ -85,9 +85,9 @@ __all__ = [
     "GCSummary",
     "Progress",
     "collect_garbage",
-    "warn_if_short_grace",
     "collect_garbage_by_listing",
     "reachable_objects",
+    "warn_if_short_grace",
 ]
 
 
@@ -266,7 +266,6 @@ def collect_garbage(reader: ObjectReader, *, dry_run: bool = False,
     Raises:
         CorruptObjectError: a ref of unknown kind or a damaged object: what
             it references cannot be known, so nothing is deleted.
-
     """
     backend = reader.backend
     if isinstance(backend, Ledger):

@@ -778,33 +778,18 @@ class EnvironmentHandle:
             ClosedStorageError: the handle is closed (nothing was read).
         """
         shared = self._shared_open()
-        # Counted across the replays and the resizes between them: a close meanwhile
-        # must not close (and a resize then reopen, unregistered) the environment.
-        self._began(shared)
-        try:
-            for _ in range(_RETRIES):
-                gate = _gate  # rebound in a forked child: leave the one entered
-                gate.enter()
-                try:
-                    env = shared.current()
-                    switch = shared.readahead
-                    if switch is not None and readahead is not None:
-                        if readahead:
-                            switch.on()
-                        else:
-                            switch.off()
-                    with env.begin(buffers=True) if buffers else env.begin() as txn:
-                        return work(txn)
-                except lmdb.MapResizedError:
-                    pass
-                except lmdb.Error as exc:
-                    raise translate(exc, action, self.path) from exc
-                finally:
-                    gate.leave()
-                self._resize(shared, None, action)
-        finally:
-            shared.ended()
-        raise StorageIOError(f"the LMDB map at {self.path!r} kept changing size while {action}")
+
+        def attempt(env: lmdb.Environment) -> T:
+            switch = shared.readahead  # a forked child gets its own
+            if switch is not None and readahead is not None:
+                if readahead:
+                    switch.on()
+                else:
+                    switch.off()
+            with env.begin(buffers=True) if buffers else env.begin() as txn:
+                return work(txn)
+
+        return self._replayed(shared, action, attempt)
 
     def write(self, action: str, work: Callable[[lmdb.Transaction], T]) -> T:
         """Run ``work`` in one write transaction and commit it; its result.
@@ -821,29 +806,42 @@ class EnvironmentHandle:
         shared = self._shared_open()
         if self.read_only:
             raise ReadOnlyError(f"the LMDB environment at {self.path!r} is open read-only")
-        self._began(shared)  # across replays and resizes, as in ``read``
+
+        def attempt(env: lmdb.Environment) -> T:
+            # Committed explicitly: py-lmdb's ``with`` exit returns silently when the
+            # environment was closed meanwhile (another thread released its last
+            # handle), so the write would be lost without a word; ``commit`` raises.
+            txn = env.begin(write=True)
+            try:
+                result = work(txn)
+            except BaseException:
+                txn.abort()
+                raise
+            txn.commit()
+            if self.durable:
+                env.sync(True)
+            return result
+
+        return self._replayed(shared, action, attempt)
+
+    def _replayed(self, shared: _Shared, action: str,
+                  attempt: Callable[[lmdb.Environment], T]) -> T:
+        """``attempt(env)`` under the gate, replayed from the start after the map grows.
+
+        Counted as one transaction across the replays and the resizes between
+        them: a close meanwhile must not close (and a resize then reopen,
+        unregistered) the environment.
+        """
+        self._began(shared)
         try:
             for _ in range(_RETRIES):
                 full_at: int | None = None
-                gate = _gate
+                gate = _gate  # rebound in a forked child: leave the one entered
                 gate.enter()
                 try:
                     env = shared.current()
                     try:
-                        # Committed explicitly: py-lmdb's ``with`` exit returns silently when
-                        # the environment was closed meanwhile (another thread released its
-                        # last handle), so the write would be lost without a word; ``commit``
-                        # raises instead.
-                        txn = env.begin(write=True)
-                        try:
-                            result = work(txn)
-                        except BaseException:
-                            txn.abort()
-                            raise
-                        txn.commit()
-                        if self.durable:
-                            env.sync(True)
-                        return result
+                        return attempt(env)
                     except lmdb.MapFullError:
                         full_at = env.info()["map_size"]
                     except lmdb.MapResizedError:

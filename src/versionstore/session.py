@@ -624,10 +624,7 @@ class Session:
             As ``set_values``.
         """
         if isinstance(value, PreparedChunk):  # hashed ahead: a chunk, as ``set_values`` stages it
-            if self._located is None:
-                self._set_logged(self._require_writable(), [(key, value)])
-            else:
-                self.set_values([(key, value)])
+            self.set_values([(key, value)])
             return
         names = self._stage_names
         if names is None or self._read_only or self._located is not None:

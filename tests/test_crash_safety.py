@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import multiprocessing
+import os
 import random
 import signal
 import subprocess
@@ -679,3 +680,36 @@ def test_power_lost_during_write_back_leaves_the_last_whole_transaction(tmp_path
                 assert {key: storage.get(key) for key in values} == values
                 assert repo.verify().ok
     assert cuts >= 10, cuts
+
+
+def test_every_way_a_repository_reopens_its_environment_keeps_writes_ordered(tmp_path: Path
+                                                                            ) -> None:
+    """A read-only open first, a compaction and a fork each leave write ordering on.
+
+    The environment is shared by every handle on the directory and its flags
+    are decided by the one that opens it: a read-only repository opened first,
+    the reopen after ``compact`` and the reopen in a forked child must all
+    still flush each transaction's pages before its header page.
+    """
+    def ordered(repo: vs.Repository) -> bool:
+        flags = repo.backend._handle.env.flags()  # type: ignore[attr-defined]
+        return bool(flags["sync"]) and not flags["metasync"]
+
+    path = tmp_path / "repo"
+    with vs.Repository.create(vs.lmdb_storage(path)) as repo:
+        session = repo.writable_session("main")
+        session.set_values([("k", b"0")])
+        session.commit("first")
+    with vs.Repository.open(vs.lmdb_storage(path, read_only=True)) as reader, \
+            vs.Repository.open(vs.lmdb_storage(path)) as writer:
+        assert ordered(reader) and ordered(writer)
+    with vs.Repository.open(vs.lmdb_storage(path)) as repo:
+        repo.compact()
+        assert ordered(repo)
+        session = repo.writable_session("main")
+        session.set_values([("k", b"1")])
+        session.commit("after compaction")
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child reports through its exit status
+            os._exit(0 if ordered(repo) else 1)
+        assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0

@@ -8,8 +8,10 @@ so the copy holds what the repository holds as the commit starts. After the
 commit it writes what the commit changed — the objects the gc ledger's journal
 says it stored, and every key it put or deleted in the ``refs`` and ``gc``
 databases — into the copy in one py-lmdb write transaction followed by one
-``fsync`` (``Environment.sync(True)``), as versionstore opens its own
-(``sync=False``, ``metasync=False``).
+``fsync`` (``Environment.sync(True)``), opened as versionstore opens a
+repository (``sync=True``, ``metasync=False``: LMDB's ``MDB_NOMETASYNC``, so
+the transaction flushes its pages before its header page is written, and the
+``fsync`` then makes the header durable — two flushes, as a commit makes).
 
 That time is the floor of a durable commit writing these objects: no
 encoding, no tree walk, no history, no checks — only the pages the same
@@ -46,7 +48,7 @@ class CommitReplay:
         directory.mkdir(parents=True, exist_ok=True)
         source.copy(str(directory))
         self._env = lmdb.open(str(directory), map_size=source.info()["map_size"],
-                              max_dbs=len(_NAMES) + 2, sync=False, metasync=False)
+                              max_dbs=len(_NAMES) + 2, sync=True, metasync=False)
         self._dbs = {name: self._env.open_db(name) for name in _NAMES}
         self._seen = self._contents()  # the copy's contents, as of the last catch-up
         self._journal_end = self._backend.read_ledger()[1]

@@ -1,14 +1,23 @@
 """The least a store pays for one LMDB transaction per call through zarr's store API.
 
 ``LMDBFloorStore`` is a zarr ``Store`` with nothing but that: ``set`` is one
-py-lmdb write transaction with one ``put`` (committed without ``fsync``, as a
-staged write must survive a killed process, not a power failure), ``get``
-one read transaction with one ``get``. No key checks, no checksums, no
-history. The ``lmdb-zarr`` system runs it in the ``percall`` workload, beside
-``raw-lmdb`` (the same transactions without zarr) and ``zarr-mem`` (zarr's
-API over a dict), so one run shows the floor of any store whose ``set`` is
-durable against a killed process by one LMDB transaction — issue 13's
-``set``/``get`` targets measured against it (``docs/benchmarks.md``).
+py-lmdb write transaction with one ``put``, ``get`` one read transaction with
+one ``get``. No key checks, no checksums, no history. Two systems run it in
+the ``percall`` workload, beside ``raw-lmdb`` (the same transactions without
+zarr) and ``zarr-mem`` (zarr's API over a dict):
+
+- ``lmdb-zarr``: committed without any flush (``MDB_NOSYNC``). A ``set``
+  survives a killed process, but a power cut while the page cache is written
+  back can leave LMDB's header naming pages that never reached the disk: the
+  whole file is lost (``python -m benchmarks.writeback_order``).
+- ``lmdb-zarr-ordered``: opened as versionstore opens a repository
+  (``MDB_NOMETASYNC``): each transaction flushes its pages (``fdatasync``)
+  before its header page is written, so a power cut loses at most the last
+  transactions, never the file. The floor of any LMDB store through zarr
+  whose ``set`` keeps what was committed through a power cut.
+
+Issue 13's ``set``/``get`` targets are reported against both
+(``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
@@ -26,7 +35,9 @@ __all__ = ["LMDBFloorStore"]
 class LMDBFloorStore(Store):
     """One py-lmdb transaction per ``set``/``get`` in an environment at ``path``.
 
-    Opened as versionstore opens its own (``sync=False``, ``metasync=False``).
+    ``ordered=True`` opens it as versionstore opens a repository (``sync=True``,
+    ``metasync=False``: LMDB's ``MDB_NOMETASYNC``); ``False`` without any flush
+    (``sync=False``).
     Byte ranges, listing and deletion are not what it measures: they raise
     ``NotImplementedError``.
     """
@@ -36,10 +47,10 @@ class LMDBFloorStore(Store):
     supports_listing = False
     supports_partial_writes = False
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, ordered: bool = False) -> None:
         super().__init__(read_only=False)
         path.mkdir(parents=True, exist_ok=True)
-        self._env = lmdb.open(str(path), map_size=1 << 40, max_dbs=4, sync=False,
+        self._env = lmdb.open(str(path), map_size=1 << 40, max_dbs=4, sync=ordered,
                               metasync=False, readahead=True)
         self._db = self._env.open_db(b"chunks")
 

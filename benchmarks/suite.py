@@ -111,9 +111,10 @@ DEFAULT_SYSTEMS: dict[str, tuple[str, ...]] = {
     # zarr's LocalStore writes a file per chunk (20,000 files: half a minute, and no ceiling
     # to compare with); MemoryStore is the ceiling.
     "small64": ("vs-lmdb", "vs-mem", "icechunk-fs", "icechunk-mem", "zarr-mem", "zs-lmdb"),
-    # lmdb-zarr (benchmarks.lmdb_floor) measures one thing: the per-call floor.
+    # lmdb-zarr and lmdb-zarr-ordered (benchmarks.lmdb_floor) measure one thing: the
+    # per-call floor, without and with the flush that keeps a file whole through a power cut.
     "percall": ("vs-lmdb", "vs-mem", "icechunk-fs", "icechunk-mem", "zarr-local", "zarr-mem",
-                "zs-lmdb", "raw-lmdb", "lmdb-zarr"),
+                "zs-lmdb", "raw-lmdb", "lmdb-zarr", "lmdb-zarr-ordered"),
     "bulk": ("vs-lmdb", "vs-mem", "icechunk-fs", "icechunk-mem", "zarr-local", "zarr-mem",
              "zs-lmdb", "raw-lmdb"),
     "small": ("vs-lmdb", "vs-mem", "icechunk-fs", "icechunk-mem", "zarr-local", "zarr-mem",

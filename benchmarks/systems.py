@@ -531,8 +531,9 @@ class RawLMDB(System):
         import lmdb
 
         (self.root / "raw").mkdir(parents=True, exist_ok=True)
-        # Opened as versionstore opens its environment; ``commit`` syncs like a vs commit.
-        self._env = lmdb.open(str(self.root / "raw"), map_size=1 << 40, max_dbs=4, sync=False,
+        # Opened as versionstore opens a repository (each transaction flushes its pages
+        # before its header: MDB_NOMETASYNC); ``commit`` syncs the header like a vs commit.
+        self._env = lmdb.open(str(self.root / "raw"), map_size=1 << 40, max_dbs=4, sync=True,
                               metasync=False, readahead=True)
         self._db = self._env.open_db(b"chunks")
 
@@ -589,19 +590,32 @@ class LMDBFloor(_UnversionedLMDB):
                    "(no history, no checks): the floor of an LMDB store through zarr")
     only_workloads = ("percall",)  # no listing, deletion or byte ranges: see its module
 
+    ordered = False
+
     def _open(self) -> Any:
         from benchmarks.lmdb_floor import LMDBFloorStore
 
-        return LMDBFloorStore(self.root / "floor")
+        return LMDBFloorStore(self.root / "floor", ordered=self.ordered)
 
     def read_store(self, snapshot: str | None = None) -> Store:
         return self._store  # type: ignore[no-any-return]
 
 
+class LMDBOrderedFloor(LMDBFloor):
+    """``lmdb-zarr`` opened as versionstore opens a repository: each write flushes first."""
+
+    name = "lmdb-zarr-ordered"
+    description = ("lmdb-zarr with each transaction flushing its pages before its header "
+                   "(MDB_NOMETASYNC, as versionstore): the floor of an LMDB store through "
+                   "zarr that keeps its committed data through a power cut")
+    ordered = True
+
+
 SYSTEMS: dict[str, type[System]] = {
     cls.name: cls
     for cls in (VersionStoreLMDB, VersionStoreMemory, VersionStoreS3, IcechunkFS, IcechunkMemory,
-                IcechunkS3, ZarrLocal, ZarrMemory, ZarrstoreLMDB, RawLMDB, LMDBFloor)
+                IcechunkS3, ZarrLocal, ZarrMemory, ZarrstoreLMDB, RawLMDB, LMDBFloor,
+                LMDBOrderedFloor)
 }
 
 

@@ -6,14 +6,14 @@ machine, and crash-safe copy-on-write pages. A compare-and-swap of a ref is
 one write transaction, so two processes racing to commit get exactly one
 winner.
 
-Durability: by default transactions are not fsynced one by one (that would
-cost a disk flush per staged chunk); everything written is in the page cache
-at once, so a killed process loses nothing, and ``sync()`` — called by every
-commit after its ref moves — flushes to disk so a *commit* also survives power
-loss. Pass ``durable=True`` to fsync every transaction instead. So that the
-commit's flush does not have to write a whole bulk load at the end, a
-background thread starts flushing once 8 MiB of objects are written
-(``_FlushAhead``): the same page writeback the kernel would do later, earlier.
+Durability: each write transaction flushes its pages (``fdatasync``) before
+LMDB writes the header page that points at them (``MDB_NOMETASYNC``,
+``EnvironmentHandle(ordered_writes=True)``), and ``sync()`` — called by every
+commit after its ref moves — flushes that header too, so a *commit* survives
+power loss, and a power cut during later writes loses at most those writes,
+never the file (``docs/format.md``, D1). A killed process loses nothing
+either way: everything written is in the page cache at once. Pass
+``durable=True`` to flush every transaction's header as well.
 
 Readahead is set by the kind of read (``zarrstore.lmdb_readahead``). The map
 starts with it off (``MDB_NORDAHEAD``, ``small_reads``): refs, tree nodes,
@@ -42,7 +42,6 @@ import os
 import shutil
 import struct
 import tempfile
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar, override
@@ -108,67 +107,10 @@ def _delete_prefix(txn: lmdb.Transaction, db: lmdb._Database, prefix: bytes,
             return
 
 
-#: Object bytes written since the last flush after which a background thread flushes
-#: ``data.mdb`` to disk (``_FlushAhead``). 8 MiB: a 16 MiB write of 4 KiB chunks then
-#: leaves its commit 3 ms of ``fsync`` instead of 70-90 ms, and 256 MiB in 1 MiB chunks
-#: is no slower than with 32 MiB (``docs/benchmarks.md``, "Issue 13, fourth round").
-FLUSH_AHEAD_BYTES = 8 << 20
 #: A ``write`` of more items than this (objects, refs, staged refs deleted, objects
 #: required) is announced as long (``versionstore.backend.long_writes``): zarr's
 #: staging batches hold tens of chunks; commits and absorbs of many hold more.
 LONG_BATCH = 512
-
-
-def _fdatasync(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return  # closed, compacted away or unreadable: the commit's own sync still runs
-    try:
-        os.fdatasync(fd)
-    except OSError:
-        pass  # only ever a head start: ``sync`` reports what really fails
-    finally:
-        os.close(fd)
-
-
-class _FlushAhead:
-    """Starts writing staged data to disk in the background, so a commit's fsync finds little.
-
-    A commit must be durable when it returns, so ``sync`` fsyncs everything
-    the session's writes left in the page cache (for a 256 MiB write, most
-    of the commit's time). Once ``FLUSH_AHEAD_BYTES`` of objects have been
-    written since the last flush, a daemon thread ``fdatasync``s the file
-    (the GIL is released meanwhile) while the writes go on, and the commit
-    flushes only the tail. Nothing depends on it: it writes out pages the
-    kernel would write back on its own anyway, in any order, so no guarantee
-    changes (durability still comes from ``sync``; a killed process loses
-    nothing either way). At most one flush runs at a time per backend.
-    """
-
-    def __init__(self, path: str) -> None:
-        self._path = os.path.join(path, "data.mdb")
-        self._pending = 0
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def wrote(self, size: int) -> None:
-        """Count ``size`` bytes written; start a flush when enough have piled up."""
-        with self._lock:
-            self._pending += size
-            if self._pending < FLUSH_AHEAD_BYTES:
-                return
-            if self._thread is not None and self._thread.is_alive():
-                return
-            self._pending = 0
-            self._thread = threading.Thread(target=_fdatasync, args=(self._path,),
-                                            name="versionstore-flush-ahead", daemon=True)
-            self._thread.start()
-
-    def synced(self) -> None:
-        """Everything written so far was just flushed (``sync``)."""
-        with self._lock:
-            self._pending = 0
 
 
 def has_lmdb_environment(path: str | os.PathLike[str]) -> bool:
@@ -248,7 +190,6 @@ class LMDBBackend(Backend, Ledger):
                                                  create=False, small_reads=True,
                                                  ordered_writes=True)
         self.read_only = self._handle.read_only
-        self._flush_ahead = _FlushAhead(self.path)
         self._long_writes = LongWrites(self.path)
 
     def __reduce__(self) -> tuple[Any, tuple[str, bool, bool]]:
@@ -343,10 +284,8 @@ class LMDBBackend(Backend, Ledger):
         # The common staging write (a few objects and refs, the session's record kept)
         # skips the sections it does not use; the database handles are taken once.
         expect, delete_if_equal, objects = batch.expect, batch.delete_if_equal, batch.objects
-        written_bytes = 0
 
         def work(txn: lmdb.Transaction) -> bool:
-            nonlocal written_bytes
             databases = self._handle.databases
             objects_db, refs_db = databases[0], databases[1]
             get = txn.get
@@ -377,12 +316,9 @@ class LMDBBackend(Backend, Ledger):
             if objects:
                 put = txn.put
                 inserted = []
-                size = 0
                 for object_id, data in objects:
-                    size += len(data)
                     if put(object_id, data, overwrite=False, db=objects_db):
                         inserted.append(object_id)
-                written_bytes = size
                 if inserted:
                     self._journal_inserted(txn, inserted, databases)
             for name, ref in batch.refs.items():
@@ -403,10 +339,7 @@ class LMDBBackend(Backend, Ledger):
 
         long = (len(objects) + len(batch.refs) + len(delete_if_equal) + len(batch.requires)
                 > LONG_BATCH)
-        written = self._write("writing", work, long=long)
-        if written_bytes and not self.durable:
-            self._flush_ahead.wrote(written_bytes)
-        return written
+        return self._write("writing", work, long=long)
 
     @override
     def stage(self, name: str, value: bytes, rule: SessionRule) -> None:
@@ -779,7 +712,6 @@ class LMDBBackend(Backend, Ledger):
             raise BackendError(f"LMDB repository at {self.path!r} is closed")
         with _translated("flushing to disk"):
             self._handle.sync()
-        self._flush_ahead.synced()
 
     def space(self) -> SpaceReport:
         """The file's size and the bytes of its pages in use (see ``SpaceReport``)."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import pickle
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,9 +27,10 @@ from zarr.core.buffer import cpu, default_buffer_prototype
 
 import versionstore as vs
 from versionstore.session_store import SessionStore
-from zarrstore import FilesystemStore
+from zarrstore import FilesystemStore, ReadOnlyError
 
 da = pytest.importorskip("dask.array", reason="the usage reports need dask[array]")
+dask = pytest.importorskip("dask", reason="the usage reports need dask[array]")
 xr = pytest.importorskip("xarray", reason="the usage reports need xarray")
 
 pytestmark = pytest.mark.filterwarnings("ignore::zarr.errors.ZarrUserWarning")
@@ -461,3 +464,266 @@ def test_workers_read_uncommitted_data_and_fill_a_committed_template(
         total = xr.open_zarr(reader.store, group="dst", consolidated=False, chunks={})["v"].sum()
         assert float(total.compute()) == float((values * 2).sum())
     repo.close()
+
+
+# -- round 3: zarr-python store and array semantics -----------------------------------------
+
+
+def test_resize_shrink_then_grow_matches_zarr_and_keeps_history(repo: vs.Repository) -> None:
+    """zarr-python#1017: shrinking to ``(1, 1)`` and growing back keeps the first whole chunk.
+
+    That is what zarr does on its own ``MemoryStore`` (chunks wholly outside the
+    smaller shape are deleted, a partly covered one is kept): the session
+    answers alike, the commit drops the deleted chunk keys, and the snapshot
+    before the resize still reads every value.
+    """
+    oracle = zarr.create_array(zarr.storage.MemoryStore(), name="a", shape=(4, 6),
+                               chunks=(2, 3), dtype="i4", fill_value=0)
+    oracle[:] = 1
+    oracle.resize((1, 1))
+    oracle.resize((4, 6))
+    session = repo.writable_session("main")
+    array = zarr.create_array(session.store, name="a", shape=(4, 6), chunks=(2, 3), dtype="i4",
+                              fill_value=0)
+    array[:] = 1
+    full = session.commit("ones")
+    array.resize((1, 1))
+    array.resize((4, 6))
+    np.testing.assert_array_equal(array[:], oracle[:])
+    resized = session.commit("shrunk and grown")
+    store = repo.readonly_session(snapshot_id=resized).store
+    assert sorted(store.storage.list_prefix("a/")) == ["a/c/0/0", "a/zarr.json"]
+    np.testing.assert_array_equal(zarr.open_array(store, path="a", mode="r")[:], oracle[:])
+    before = zarr.open_array(repo.readonly_session(snapshot_id=full).store, path="a", mode="r")
+    np.testing.assert_array_equal(before[:], np.ones((4, 6)))
+
+
+def test_fixed_bytes_unicode_structured_and_nan_fill_round_trip(repo: vs.Repository) -> None:
+    """zarr-python#2322 (bytes fill values), #4147 / #275 (structured dtypes), NaN fill.
+
+    Each dtype whose fill value or encoding zarr special-cases is written,
+    committed and read back from the snapshot as written; unwritten chunks
+    read as the fill value (NaN stays NaN).
+    """
+    record = np.dtype([("a", "<i4"), ("b", "<f8")])
+    records = np.array([(i, i / 2) for i in range(5)], dtype=record)
+    session = repo.writable_session("main")
+    store = session.store
+    zarr.create_array(store, name="rec", shape=(5,), chunks=(2,), dtype=record,
+                      zarr_format=2)[:] = records
+    zarr.create_array(store, name="fixed", shape=(5,), chunks=(2,), dtype="S3",
+                      fill_value=b"X")[:3] = [b"ab", b"", b"xyz"]
+    zarr.create_array(store, name="text", shape=(5,), chunks=(2,), dtype=str)[:] = [
+        "é", "", "日本語", "x", "y"]
+    zarr.create_array(store, name="nan", shape=(5,), chunks=(2,), dtype="f4",
+                      fill_value=np.nan)[1] = 1
+    snapshot = session.commit("dtypes")
+    reader = repo.readonly_session(snapshot_id=snapshot).store
+
+    def read(path: str) -> Any:
+        return zarr.open_array(reader, path=path, mode="r")[:]
+
+    np.testing.assert_array_equal(read("rec"), records)
+    assert list(read("fixed")) == [b"ab", b"", b"xyz", b"X", b"X"]
+    assert list(read("text")) == ["é", "", "日本語", "x", "y"]
+    np.testing.assert_array_equal(read("nan"), [np.nan, 1, np.nan, np.nan, np.nan])
+
+
+def test_zero_and_one_dimensional_arrays_swap_at_one_path(repo: vs.Repository) -> None:
+    """pydata/xarray#10147 / zarr-specs#282: a 0-d array's one chunk is the *key* ``a/c``.
+
+    Overwriting a committed 1-d array (chunks under the *directory* ``a/c/``)
+    with a 0-d one, and a 0-d one with a 1-d one, in one session: the key and
+    the directory of the same name never mix, staged or committed.
+    """
+    session = repo.writable_session("main")
+    store = session.store
+    zarr.create_array(store, name="a", shape=(4,), chunks=(2,), dtype="i4")[:] = 3
+    zarr.create_array(store, name="b", shape=(), dtype="i4")[...] = 9
+    session.commit("1-d a, 0-d b")
+    zarr.create_array(store, name="a", shape=(), dtype="i4", overwrite=True)[...] = 7
+    zarr.create_array(store, name="b", shape=(4,), chunks=(2,), dtype="i4",
+                      overwrite=True)[:] = 5
+    expected = ["a/c", "a/zarr.json", "b/c/0", "b/c/1", "b/zarr.json", "zarr.json"]
+    assert sorted(store.storage.list_prefix("")) == expected
+    assert _listed(store.list_dir("a")) == ["c", "zarr.json"]
+    snapshot = session.commit("swapped")
+    reader = repo.readonly_session(snapshot_id=snapshot).store
+    assert sorted(reader.storage.list_prefix("")) == expected
+    assert int(zarr.open_array(reader, path="a", mode="r")[...]) == 7
+    assert list(zarr.open_array(reader, path="b", mode="r")[:]) == [5, 5, 5, 5]
+
+
+def test_read_only_views_refuse_every_write_path(repo: vs.Repository, tmp_path: Path) -> None:
+    """icechunk#404 (read-only not respected) and icechunk PR 1021 (``with_read_only``).
+
+    A read-only session refuses xarray's every write mode with zarr's own
+    error, refuses ``commit``, and will not become writable through
+    ``with_read_only(False)``; a writable session's ``with_read_only(True)``
+    view stays read-only when pickled.
+    """
+    session = repo.writable_session("main")
+    xr.Dataset({"v": ("x", np.arange(4.0))}).to_zarr(session.store, mode="w")
+    session.commit("data")
+    reader = repo.readonly_session("main")
+    small = xr.Dataset({"v": ("x", np.arange(2.0))})
+    for kwargs in [{"mode": "w"}, {"mode": "a"}, {"append_dim": "x"},
+                   {"mode": "r+", "region": {"x": slice(0, 2)}}]:
+        with pytest.raises(ValueError, match="read-only"):
+            small.to_zarr(reader.store, **kwargs)
+    with pytest.raises(vs.ReadOnlySessionError):
+        reader.commit("nothing")
+    with pytest.raises(vs.ReadOnlySessionError):
+        reader.store.with_read_only(False)
+    view = pickle.loads(pickle.dumps(session.store.with_read_only(True)))
+    assert view.read_only
+    with pytest.raises(ReadOnlyError):
+        asyncio.run(view.set("v/zarr.json", cpu.Buffer.from_bytes(b"{}")))
+    assert not session.has_uncommitted_changes
+
+
+# -- round 3: xarray and dask ---------------------------------------------------------------
+
+
+def test_zarr_format_2_dataset_appends_and_time_travels(repo: vs.Repository) -> None:
+    """A zarr v2 dataset (``.zarray`` / ``.zmetadata`` keys) appended along time.
+
+    Replays zarr-python#2757 (v2 group members found from ``.zgroup`` keys) and
+    xarray's append reports on the v2 format: the append rewrites the
+    consolidated ``.zmetadata``, and both snapshots read as written.
+    """
+    first = xr.Dataset({"v": (("t", "x"), np.arange(12.0).reshape(4, 3))},
+                       coords={"t": pd.date_range("2000-01-01", periods=4)})
+    session = repo.writable_session("main")
+    first.to_zarr(session.store, mode="w", zarr_format=2, encoding={"v": {"chunks": (2, 3)}})
+    assert sorted(session.store.storage.list_prefix("")) == [
+        ".zattrs", ".zgroup", ".zmetadata", "t/.zarray", "t/.zattrs", "t/0",
+        "v/.zarray", "v/.zattrs", "v/0.0", "v/1.0"]
+    before = session.commit("v2")
+    more = first.assign_coords(t=pd.date_range("2000-01-05", periods=4))
+    more.to_zarr(session.store, append_dim="t")
+    after = session.commit("append")
+    xr.testing.assert_identical(_read(repo, after), xr.concat([first, more], "t"))
+    xr.testing.assert_identical(_read(repo, before), first)
+    group = zarr.open_group(repo.readonly_session(snapshot_id=after).store, mode="r")
+    assert group.metadata.zarr_format == 2
+    assert sorted(group.array_keys()) == ["t", "v"]
+
+
+def test_appending_to_a_null_coordinate(repo: vs.Repository) -> None:
+    """pydata/xarray#8383: a dataset of one empty coordinate, then an append along it."""
+    session = repo.writable_session("main")
+    xr.Dataset(coords={"t": np.array([], dtype=np.int64)}).to_zarr(session.store, mode="w")
+    empty = session.commit("empty")
+    grown = xr.Dataset({"foo": ("t", np.array([0]))}, coords={"t": np.array([0])})
+    grown.to_zarr(session.store, mode="a", append_dim="t")
+    one = session.commit("one row")
+    xr.testing.assert_identical(_read(repo, one), grown)
+    assert _read(repo, empty).sizes["t"] == 0
+
+
+def test_dask_store_into_sharded_array_with_a_lock(repo: vs.Repository) -> None:
+    """zarr-python#3682 and dask#10238 / #12109: dask chunks smaller than the shards.
+
+    Several dask chunks share one shard, so zarr read-modify-writes the shard;
+    with ``lock=True`` or a ``threading.Lock`` (the reports' remedy on the
+    threaded scheduler) every value arrives, staged and committed, and a
+    ``compute=False`` store computed later does too.
+    """
+    data = np.arange(40 * 40, dtype="f8").reshape(40, 40)
+    session = repo.writable_session("main")
+    for name, lock in [("a", True), ("b", threading.Lock())]:
+        target = zarr.create_array(session.store, name=name, shape=(40, 40), chunks=(10, 10),
+                                   shards=(20, 20), dtype="f8")
+        with dask.config.set(scheduler="threads", num_workers=4):
+            da.store(da.from_array(data, chunks=(10, 10)), target, lock=lock)
+        np.testing.assert_array_equal(target[:], data)
+    later = da.store(da.from_array(data * 2, chunks=(10, 10)),
+                     zarr.open_array(session.store, path="b"), lock=True, compute=False)
+    with dask.config.set(scheduler="threads", num_workers=4):
+        later.compute()
+    snapshot = session.commit("stored")
+    reader = repo.readonly_session(snapshot_id=snapshot).store
+    np.testing.assert_array_equal(zarr.open_array(reader, path="a", mode="r")[:], data)
+    np.testing.assert_array_equal(zarr.open_array(reader, path="b", mode="r")[:], data * 2)
+
+
+# -- round 3: icechunk sessions ---------------------------------------------------------------
+
+
+def test_concurrent_appends_to_one_dimension_conflict(repo: vs.Repository) -> None:
+    """icechunk#374 / #1012: two jobs append to the same time axis from one snapshot.
+
+    Both resize ``t`` and write its last chunk: the second commit must fail
+    with ``ConflictError`` naming those keys, not silently keep one append's
+    length with the other's values; the branch keeps the first append whole.
+    """
+    session = repo.writable_session("main")
+    xr.Dataset({"v": ("t", np.arange(4.0))}, coords={"t": np.arange(4)}).to_zarr(
+        session.store, mode="w", consolidated=False, encoding={"v": {"chunks": (4,)}})
+    session.commit("four")
+    first, second = repo.writable_session("main"), repo.writable_session("main")
+    xr.Dataset({"v": ("t", [10.0, 11.0])}, coords={"t": [4, 5]}).to_zarr(
+        first.store, append_dim="t", consolidated=False)
+    xr.Dataset({"v": ("t", [20.0, 21.0, 22.0])}, coords={"t": [4, 5, 6]}).to_zarr(
+        second.store, append_dim="t", consolidated=False)
+    first.commit("two more")
+    with pytest.raises(vs.ConflictError, match="v/zarr.json"):
+        second.commit("three more")
+    latest = xr.open_zarr(repo.readonly_session("main").store, consolidated=False).load()
+    assert list(latest["v"].values) == [0, 1, 2, 3, 10, 11]
+
+
+def test_time_travel_edges_and_tag_names(repo: vs.Repository) -> None:
+    """``as_of`` at the exact commit time, naive datetimes, and deleted tag names (icechunk#622).
+
+    ``as_of`` equal to ``written_at`` finds that commit; a naive datetime is a
+    ``ValueError`` (its zone is unknown), a time before any commit
+    ``SnapshotNotFoundError``; a deleted tag's name is never given out again
+    (icechunk's tag-delete design); tag and branch names may nest (``x`` and
+    ``x/y`` both exist).
+    """
+    session = repo.writable_session("main")
+    session.store.storage.set("k", b"1")
+    first = session.commit("first")
+    written = repo.lookup_snapshot(first).written_at
+    session.store.storage.set("k", b"2")
+    session.commit("second")
+    assert repo.readonly_session("main", as_of=written).snapshot_id == first
+    with pytest.raises(ValueError, match="timezone"):
+        repo.readonly_session("main", as_of=written.replace(tzinfo=None))
+    with pytest.raises(vs.SnapshotNotFoundError):
+        repo.readonly_session("main", as_of=written - pd.Timedelta(days=1).to_pytimedelta())
+    repo.create_tag("v1", snapshot_id=first)
+    repo.delete_tag("v1")
+    with pytest.raises(vs.ImmutableTagError):
+        repo.create_tag("v1", snapshot_id=first)
+    for name in ["x", "x/y"]:
+        repo.create_tag(name, snapshot_id=first)
+        repo.create_branch(name, snapshot_id=first)
+    assert repo.readonly_session(tag="x/y").store.storage.get("k") == b"1"
+    assert repo.readonly_session("x").store.storage.get("k") == b"1"
+
+
+def test_recreating_a_node_in_a_stale_session_rebases(repo: vs.Repository) -> None:
+    """icechunk#1741: delete and re-create a node in a session that fell behind the branch.
+
+    The other writer added ``b``; this session re-created group ``a`` (new
+    attributes) and array ``x`` (new shape and chunks). The commit rebases
+    over ``b``; ``x`` reads only what was written after its re-creation.
+    """
+    session = repo.writable_session("main")
+    zarr.open_group(session.store, path="a", mode="w")
+    zarr.create_array(session.store, name="x", shape=(4,), chunks=(2,), dtype="i4")[:] = 1
+    session.commit("a and x")
+    stale, other = repo.writable_session("main"), repo.writable_session("main")
+    zarr.open_group(other.store, path="b", mode="w")
+    other.commit("b")
+    zarr.open_group(stale.store, path="a", mode="w", attributes={"again": True})
+    zarr.create_array(stale.store, name="x", shape=(6,), chunks=(3,), dtype="i4",
+                      overwrite=True)[:3] = 9
+    snapshot = stale.commit("a and x again")
+    root = zarr.open_group(repo.readonly_session(snapshot_id=snapshot).store, mode="r")
+    assert sorted(root.group_keys()) == ["a", "b"]
+    assert dict(root["a"].attrs) == {"again": True}
+    assert list(root["x"][:]) == [9, 9, 9, 0, 0, 0]

@@ -22,16 +22,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
+from http_support import http_server_fixture, served_dir_fixture
+from object_support import S3Server, aws_env_fixture, s3_fixture
 from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
 from zarr.core.buffer import cpu, default_buffer_prototype
 
 import versionstore as vs
 from versionstore.session_store import SessionStore
 from zarrstore import FilesystemStore, ReadOnlyError
+from zarrstore.http import HTTPStore
+from zarrstore.object import ObjectStore
 
 da = pytest.importorskip("dask.array", reason="the usage reports need dask[array]")
 dask = pytest.importorskip("dask", reason="the usage reports need dask[array]")
 xr = pytest.importorskip("xarray", reason="the usage reports need xarray")
+
+__all__ = ["aws_env_fixture", "http_server_fixture", "s3_fixture", "served_dir_fixture"]
 
 pytestmark = pytest.mark.filterwarnings("ignore::zarr.errors.ZarrUserWarning")
 
@@ -727,3 +733,105 @@ def test_recreating_a_node_in_a_stale_session_rebases(repo: vs.Repository) -> No
     assert sorted(root.group_keys()) == ["a", "b"]
     assert dict(root["a"].attrs) == {"again": True}
     assert list(root["x"][:]) == [9, 9, 9, 0, 0, 0]
+
+
+def test_two_writers_adding_variables_with_consolidated_metadata_conflict(
+        repo: vs.Repository) -> None:
+    """icechunk#962 / PR 965: zarr's consolidated metadata goes stale under concurrent writers.
+
+    Two sessions each add a variable with xarray's default ``consolidated=True``:
+    each rewrites the root ``zarr.json`` with a consolidated view that lacks
+    the other's variable. The second commit must conflict on ``zarr.json``
+    rather than publish a consolidated view that hides the first variable.
+    """
+    session = repo.writable_session("main")
+    xr.Dataset({"v": ("x", np.arange(4.0))}).to_zarr(session.store, mode="w")
+    session.commit("v")
+    first, second = repo.writable_session("main"), repo.writable_session("main")
+    xr.Dataset({"a": ("x", np.ones(4))}).to_zarr(first.store, mode="a")
+    xr.Dataset({"b": ("x", np.full(4, 2.0))}).to_zarr(second.store, mode="a")
+    first.commit("a")
+    with pytest.raises(vs.ConflictError, match="zarr.json"):
+        second.commit("b")
+    latest = repo.readonly_session("main").store
+    assert sorted(xr.open_zarr(latest).data_vars) == ["a", "v"]
+    assert sorted(xr.open_zarr(latest, consolidated=False).data_vars) == ["a", "v"]
+
+
+def test_datatree_round_trip_update_and_append_in_a_subgroup(repo: vs.Repository) -> None:
+    """pydata/xarray#9858: a ``DataTree`` (empty root and empty child groups) through sessions.
+
+    Written with ``mode="w"``, one node replaced with ``mode="a"``, then one
+    group appended to along its dimension: each snapshot opens with
+    ``open_datatree`` as that version, empty groups included.
+    """
+    tree = xr.DataTree.from_dict({
+        "/": xr.Dataset(attrs={"title": "tree"}),
+        "/a": xr.Dataset({"v": ("x", np.arange(3.0))}),
+        "/a/b": xr.Dataset({"w": ("y", np.arange(2))}),
+        "/c": xr.Dataset(),
+    })
+    session = repo.writable_session("main")
+    tree.to_zarr(session.store, mode="w")
+    written = session.commit("tree")
+    changed = tree.copy()
+    changed["/a/b"] = xr.Dataset({"w": ("y", np.arange(2) + 10)})
+    changed.to_zarr(session.store, mode="a")
+    updated = session.commit("node b replaced")
+    xr.Dataset({"v": ("x", np.arange(3.0, 5.0))}).to_zarr(session.store, group="a",
+                                                          append_dim="x")
+    appended = session.commit("a grew")
+
+    def opened(snapshot: str) -> Any:
+        store = repo.readonly_session(snapshot_id=snapshot).store
+        return xr.open_datatree(store, engine="zarr").load()
+
+    xr.testing.assert_identical(opened(written), tree)
+    xr.testing.assert_identical(opened(updated), changed)
+    grown = opened(appended)
+    assert list(grown["/a"]["v"].values) == [0, 1, 2, 3, 4]
+    assert sorted(grown.groups) == ["/", "/a", "/a/b", "/c"]
+
+
+#: Node names with URL-significant characters: obstore#496 and arrow-rs-object-store#457
+#: (a literal ``%20`` re-encoded or decoded), arrow-rs#7148 (``[`` and ``]``), ``#`` and
+#: ``?`` that end a URL's path.
+URL_SIGNIFICANT_NAMES = ["a b", "x%20y", "p+q", "h#i", "q?r", "ü", "t~u", "c:d", "[e]", "e=f&g"]
+
+
+@pytest.mark.timeout(300)
+def test_url_significant_node_names_across_tools_and_stores(
+        served_dir: tuple[Path, str], s3: S3Server) -> None:
+    """Arrays named with URL-significant characters, written by zarr's ``LocalStore``.
+
+    The same files read through ``FilesystemStore``, ``ObjectStore`` on the
+    directory, ``HTTPStore`` serving it, and ``ObjectStore`` on S3 after an
+    upload with boto3 (another tool): every name lists and reads as itself,
+    and what ``ObjectStore`` writes to S3 lands under the literal names.
+    """
+    root, url = served_dir
+    group = zarr.open_group(zarr.storage.LocalStore(root), mode="w")
+    for value, name in enumerate(URL_SIGNIFICANT_NAMES):
+        group.create_array(name, shape=(2,), dtype="i4")[:] = value
+    fresh = s3.fresh()
+    for path in root.rglob("*"):
+        if path.is_file():
+            fresh.backdoor.put(path.relative_to(root).as_posix(), path.read_bytes())
+
+    def check(store: Any, *, listable: bool = True) -> None:
+        opened = zarr.open_group(store, mode="r")
+        if listable:
+            assert sorted(opened.array_keys()) == sorted(URL_SIGNIFICANT_NAMES)
+        for value, name in enumerate(URL_SIGNIFICANT_NAMES):
+            assert list(zarr.open_array(store, path=name, mode="r")[:]) == [value, value], name
+
+    check(FilesystemStore(root))
+    check(ObjectStore.local(root))
+    check(HTTPStore(url + "/"), listable=False)
+    check(ObjectStore(fresh.backing))
+    written = s3.fresh()
+    mine = zarr.open_group(ObjectStore(written.backing), mode="w")
+    for value, name in enumerate(URL_SIGNIFICANT_NAMES):
+        mine.create_array(name, shape=(2,), dtype="i4")[:] = value
+    for name in URL_SIGNIFICANT_NAMES:
+        assert written.backdoor.get(f"{name}/zarr.json") is not None, name

@@ -835,3 +835,30 @@ def test_url_significant_node_names_across_tools_and_stores(
         mine.create_array(name, shape=(2,), dtype="i4")[:] = value
     for name in URL_SIGNIFICANT_NAMES:
         assert written.backdoor.get(f"{name}/zarr.json") is not None, name
+
+
+def test_a_store_over_opendal_memory_refuses_to_pickle(tmp_path: Path) -> None:
+    """icechunk#348 and zarr-python#2006: a store over process memory sent to a worker.
+
+    OpenDAL's ``memory`` service keeps its data in this process; a pickled
+    copy (what dask sends a worker) opened a new, *empty* memory service, so
+    every read there found nothing and zarr filled the chunks with the fill
+    value: silently wrong data. The store now refuses to pickle, as obstore's
+    in-memory backing does (docs/stores.md: "except over memory"); services
+    with somewhere to reopen still pickle.
+    """
+    opendal = pytest.importorskip("opendal", reason="the OpenDAL stores need opendal")
+    from zarrstore import AsyncOpendalStore, OpendalStore, ReadOnly
+
+    sync = OpendalStore.from_scheme("memory")
+    zarr.create_array(sync, name="a", shape=(2,), dtype="i4")[:] = 5
+    stores: list[Any] = [sync, sync.storage, AsyncOpendalStore.from_scheme("memory"),
+                         OpendalStore(opendal.Operator("memory").layer(
+                             opendal.layers.RetryLayer())), ReadOnly(sync.storage)]
+    for store in stores:
+        with pytest.raises(TypeError, match="memory"):
+            pickle.dumps(store)
+    assert list(zarr.open_array(sync, path="a", mode="r")[:]) == [5, 5]
+    assert sync.with_read_only(True).storage.get("a/c/0") == sync.storage.get("a/c/0")
+    on_disk = OpendalStore.from_scheme("fs", root=str(tmp_path))
+    assert pickle.loads(pickle.dumps(on_disk)) == on_disk

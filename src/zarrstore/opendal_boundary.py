@@ -383,6 +383,20 @@ class OpendalBoundary:
         return f"{type(self).__name__}({self._operator!r}, {mode})"
 
     def __getstate__(self) -> dict[str, Any]:
+        """The operator (opendal pickles it as its scheme and options) and the mode.
+
+        Raises:
+            TypeError: the operator is OpenDAL's ``memory`` service. Its data
+                lives in this process and opendal rebuilds a pickled memory
+                operator as a new, empty one, so a copy sent to a dask worker
+                would read nothing and zarr would fill every chunk with the
+                fill value; refused as obstore's in-memory backing refuses.
+        """
+        if self._operator.__reduce__()[1][0] == "memory":
+            raise TypeError(
+                f"cannot pickle {type(self).__name__} over opendal's 'memory' service: its "
+                "data lives in this process, and a copy elsewhere would be a new, empty "
+                "store; use a service with somewhere to reopen ('fs', 's3', ...)")
         return {"operator": self._operator, "read_only": self.read_only}
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -837,15 +837,18 @@ def test_url_significant_node_names_across_tools_and_stores(
         assert written.backdoor.get(f"{name}/zarr.json") is not None, name
 
 
-def test_a_store_over_opendal_memory_refuses_to_pickle(tmp_path: Path) -> None:
+def test_stores_over_opendal_in_process_services_refuse_to_pickle(tmp_path: Path) -> None:
     """icechunk#348 and zarr-python#2006: a store over process memory sent to a worker.
 
-    OpenDAL's ``memory`` service keeps its data in this process; a pickled
-    copy (what dask sends a worker) opened a new, *empty* memory service, so
-    every read there found nothing and zarr filled the chunks with the fill
-    value: silently wrong data. The store now refuses to pickle, as obstore's
-    in-memory backing does (docs/stores.md: "except over memory"); services
-    with somewhere to reopen still pickle.
+    OpenDAL's ``memory``, ``dashmap``, ``moka`` and ``mini_moka`` services keep
+    their data in the operator, in this process; a pickled copy (what dask
+    sends a worker) opened a new, *empty* service, so every read there found
+    nothing and zarr filled the chunks with the fill value: silently wrong
+    data. The stores now refuse to pickle, as obstore's in-memory backing does
+    (docs/stores.md: "except over memory"). Two fresh ``dashmap`` stores also
+    compared equal (same scheme, same options) while holding different data;
+    like two ``memory`` stores they are now two stores. Services with
+    somewhere to reopen still pickle.
     """
     opendal = pytest.importorskip("opendal", reason="the OpenDAL stores need opendal")
     from zarrstore import AsyncOpendalStore, OpendalStore, ReadOnly
@@ -855,8 +858,14 @@ def test_a_store_over_opendal_memory_refuses_to_pickle(tmp_path: Path) -> None:
     stores: list[Any] = [sync, sync.storage, AsyncOpendalStore.from_scheme("memory"),
                          OpendalStore(opendal.Operator("memory").layer(
                              opendal.layers.RetryLayer())), ReadOnly(sync.storage)]
+    for scheme in ["dashmap", "moka", "mini_moka"]:
+        one, other = OpendalStore.from_scheme(scheme), OpendalStore.from_scheme(scheme)
+        one.storage.set("k", b"v")
+        assert other.storage.get("k") is None
+        assert one != other and one == one.with_read_only(False), scheme
+        stores += [one, AsyncOpendalStore.from_scheme(scheme)]
     for store in stores:
-        with pytest.raises(TypeError, match="memory"):
+        with pytest.raises(TypeError, match="data lives in this process"):
             pickle.dumps(store)
     assert list(zarr.open_array(sync, path="a", mode="r")[:]) == [5, 5]
     assert sync.with_read_only(True).storage.get("a/c/0") == sync.storage.get("a/c/0")

@@ -45,6 +45,7 @@ __all__ = [
     "TAKEN",
     "DirectoryGate",
     "Features",
+    "IN_PROCESS_SERVICES",
     "OpendalBoundary",
     "Option",
     "list_children",
@@ -108,6 +109,14 @@ _READS_TO_END = frozenset({"ftp"})
 #: ``c/0/0``. There a file stat of such a key is confirmed by its parent.
 _STATS_BY_LISTING = frozenset({"ftp"})
 
+#: Services whose data lives in the operator object, in this process: opendal's
+#: ``memory`` and its in-process caches. Two operators of one of these are two
+#: stores whatever their options, and a pickled operator comes back as a new,
+#: empty one (opendal rebuilds it from scheme and options), so these stores
+#: compare by identity and refuse to pickle. (opendal names the last one
+#: ``"mini-moka"`` in a built operator, ``"mini_moka"`` when asked for it.)
+IN_PROCESS_SERVICES = frozenset({"memory", "dashmap", "moka", "mini_moka", "mini-moka"})
+
 
 def _brief(exc: BaseException) -> str:
     """An opendal error's headline and its source, without the context and backtrace."""
@@ -158,7 +167,7 @@ def _services_line(exc: BaseException) -> str:
 def _identity(operator: opendal.Operator | opendal.AsyncOperator) -> tuple[object, ...]:
     """What makes two operators the same backing: scheme and options (memory: the object)."""
     scheme, options = operator.__reduce__()[1]
-    if scheme == "memory":  # each memory operator is its own store
+    if scheme in IN_PROCESS_SERVICES:  # each such operator is its own store
         return (scheme, id(operator))
     return (scheme, tuple(sorted(options.items())))
 
@@ -386,15 +395,17 @@ class OpendalBoundary:
         """The operator (opendal pickles it as its scheme and options) and the mode.
 
         Raises:
-            TypeError: the operator is OpenDAL's ``memory`` service. Its data
-                lives in this process and opendal rebuilds a pickled memory
-                operator as a new, empty one, so a copy sent to a dask worker
-                would read nothing and zarr would fill every chunk with the
-                fill value; refused as obstore's in-memory backing refuses.
+            TypeError: the operator is one of ``IN_PROCESS_SERVICES`` (OpenDAL's
+                ``memory``, ``dashmap``, ``moka``, ``mini_moka``). Their data
+                lives in this process and opendal rebuilds a pickled operator
+                as a new, empty one, so a copy sent to a dask worker would read
+                nothing and zarr would fill every chunk with the fill value;
+                refused as obstore's in-memory backing refuses.
         """
-        if self._operator.__reduce__()[1][0] == "memory":
+        scheme = self._operator.__reduce__()[1][0]
+        if scheme in IN_PROCESS_SERVICES:
             raise TypeError(
-                f"cannot pickle {type(self).__name__} over opendal's 'memory' service: its "
+                f"cannot pickle {type(self).__name__} over opendal's {scheme!r} service: its "
                 "data lives in this process, and a copy elsewhere would be a new, empty "
                 "store; use a service with somewhere to reopen ('fs', 's3', ...)")
         return {"operator": self._operator, "read_only": self.read_only}

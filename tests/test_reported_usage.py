@@ -871,3 +871,40 @@ def test_stores_over_opendal_in_process_services_refuse_to_pickle(tmp_path: Path
     assert sync.with_read_only(True).storage.get("a/c/0") == sync.storage.get("a/c/0")
     on_disk = OpendalStore.from_scheme("fs", root=str(tmp_path))
     assert pickle.loads(pickle.dumps(on_disk)) == on_disk
+
+
+def test_copying_every_key_between_snapshots_directories_and_repositories(
+        repo: vs.Repository, tmp_path: Path) -> None:
+    """zarr-python 2's ``copy_store``, done by hand in zarr 3 (list, then get and set each key).
+
+    A committed snapshot copied with concurrent ``get``s and ``set``s into a
+    ``FilesystemStore``, from there into a session of another repository, and
+    into a new prefix of the same repository: each copy opens as the dataset
+    (consolidated metadata included where the root came along).
+    """
+    prototype = default_buffer_prototype()
+
+    async def copy(source: Any, target: Any, prefix: str = "") -> int:
+        keys = [key async for key in source.list()]
+        values = await asyncio.gather(*(source.get(key, prototype) for key in keys))
+        await asyncio.gather(*(target.set(prefix + key, value)
+                               for key, value in zip(keys, values, strict=True)))
+        return len(keys)
+
+    dataset = xr.Dataset({"v": (("t", "x"), np.random.default_rng(3).random((20, 12)))},
+                         coords={"t": pd.date_range("2000-01-01", periods=20)})
+    session = repo.writable_session("main")
+    dataset.to_zarr(session.store, mode="w", encoding={"v": {"chunks": (5, 4)}})
+    original = session.commit("original")
+    directory = FilesystemStore(tmp_path / "copy")
+    count = asyncio.run(copy(repo.readonly_session(snapshot_id=original).store, directory))
+    xr.testing.assert_identical(xr.open_zarr(directory).load(), dataset)
+    other = vs.Repository.create(vs.in_memory_storage())
+    into = other.writable_session("main")
+    assert asyncio.run(copy(directory, into.store)) == count
+    xr.testing.assert_identical(xr.open_zarr(other.readonly_session(
+        snapshot_id=into.commit("copied in")).store).load(), dataset)
+    asyncio.run(copy(repo.readonly_session(snapshot_id=original).store, session.store, "copy/"))
+    both = session.commit("copied under copy/")
+    xr.testing.assert_identical(_read(repo, both, group="copy", consolidated=False), dataset)
+    xr.testing.assert_identical(_read(repo, both), dataset)

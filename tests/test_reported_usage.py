@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import pickle
 import threading
 import warnings
@@ -908,3 +909,47 @@ def test_copying_every_key_between_snapshots_directories_and_repositories(
     both = session.commit("copied under copy/")
     xr.testing.assert_identical(_read(repo, both, group="copy", consolidated=False), dataset)
     xr.testing.assert_identical(_read(repo, both), dataset)
+
+
+def test_stores_opened_on_relative_paths_reach_the_same_place_from_a_worker(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pydata/xarray#1085, dask#2256 / #5210: a worker runs in another working directory.
+
+    Stores made on relative paths, pickled (as dask does) and opened by a
+    real process whose working directory is elsewhere, must reach the
+    directory the caller meant. ``FilesystemStore`` and LMDB always resolved
+    the path at construction; ``ObjectStore.local`` and OpenDAL's ``fs``
+    service pickled the relative path, so the worker failed to open
+    (obstore) or silently read and wrote an empty directory of its own
+    (OpenDAL, where zarr then reads fill values).
+    """
+    opendal = pytest.importorskip("opendal", reason="the OpenDAL stores need opendal")
+    import subprocess
+    import sys
+
+    from zarrstore import AsyncOpendalStore, OpendalStore
+    from zarrstore.lmdb import LMDBStore
+
+    (tmp_path / "client").mkdir()
+    (tmp_path / "worker").mkdir()
+    monkeypatch.chdir(tmp_path / "client")
+    stores: dict[str, Any] = {
+        "FilesystemStore": FilesystemStore("fs"),
+        "LMDBStore": LMDBStore("lmdb"),
+        "ObjectStore.local": ObjectStore.local("obstore"),
+        "OpendalStore.from_scheme": OpendalStore.from_scheme(
+            "fs", root="opendal", atomic_write_dir="opendal-tmp"),
+        "AsyncOpendalStore.from_scheme": AsyncOpendalStore.from_scheme("fs", root="async"),
+        "OpendalStore(Operator)": OpendalStore(opendal.Operator("fs", root="operator")),
+    }
+    for store in stores.values():
+        zarr.create_array(store, name="a", shape=(2,), dtype="i4")[:] = 7
+    script = ("import pickle, sys, zarr\n"
+              "for name, store in pickle.loads(sys.stdin.buffer.read()).items():\n"
+              "    print(name, zarr.open_array(store, path='a', mode='r')[:].tolist())\n")
+    done = subprocess.run([sys.executable, "-c", script], input=pickle.dumps(stores),
+                          cwd=tmp_path / "worker", capture_output=True, timeout=120,
+                          check=False, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout.decode().splitlines() == [f"{name} [7, 7]" for name in stores]
+    assert sorted(path.name for path in (tmp_path / "worker").iterdir()) == []

@@ -561,7 +561,7 @@ def test_zero_and_one_dimensional_arrays_swap_at_one_path(repo: vs.Repository) -
     assert list(zarr.open_array(reader, path="b", mode="r")[:]) == [5, 5, 5, 5]
 
 
-def test_read_only_views_refuse_every_write_path(repo: vs.Repository, tmp_path: Path) -> None:
+def test_read_only_views_refuse_every_write_path(repo: vs.Repository) -> None:
     """icechunk#404 (read-only not respected) and icechunk PR 1021 (``with_read_only``).
 
     A read-only session refuses xarray's every write mode with zarr's own

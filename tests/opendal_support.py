@@ -32,7 +32,8 @@ __all__ = [
 ]
 
 MEMORY_NOT_PICKLABLE = (
-    "opendal's memory service lives in this process: a pickled copy opens a new, empty one"
+    "opendal's memory service lives in this process: the store refuses to pickle "
+    "(opendal would open a new, empty one)"
 )
 FTP_NO_EMPTY = (
     "FTP through opendal cannot store an empty value (capability write_can_empty is false); "

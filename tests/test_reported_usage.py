@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import pickle
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,15 +23,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
+from http_support import http_server_fixture, served_dir_fixture
+from object_support import S3Server, aws_env_fixture, s3_fixture
 from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
 from zarr.core.buffer import cpu, default_buffer_prototype
 
 import versionstore as vs
 from versionstore.session_store import SessionStore
-from zarrstore import FilesystemStore
+from zarrstore import FilesystemStore, ReadOnlyError
+from zarrstore.http import HTTPStore
+from zarrstore.object import ObjectStore
 
 da = pytest.importorskip("dask.array", reason="the usage reports need dask[array]")
+dask = pytest.importorskip("dask", reason="the usage reports need dask[array]")
 xr = pytest.importorskip("xarray", reason="the usage reports need xarray")
+
+__all__ = ["aws_env_fixture", "http_server_fixture", "s3_fixture", "served_dir_fixture"]
 
 pytestmark = pytest.mark.filterwarnings("ignore::zarr.errors.ZarrUserWarning")
 
@@ -461,3 +471,485 @@ def test_workers_read_uncommitted_data_and_fill_a_committed_template(
         total = xr.open_zarr(reader.store, group="dst", consolidated=False, chunks={})["v"].sum()
         assert float(total.compute()) == float((values * 2).sum())
     repo.close()
+
+
+# -- round 3: zarr-python store and array semantics -----------------------------------------
+
+
+def test_resize_shrink_then_grow_matches_zarr_and_keeps_history(repo: vs.Repository) -> None:
+    """zarr-python#1017: shrinking to ``(1, 1)`` and growing back keeps the first whole chunk.
+
+    That is what zarr does on its own ``MemoryStore`` (chunks wholly outside the
+    smaller shape are deleted, a partly covered one is kept): the session
+    answers alike, the commit drops the deleted chunk keys, and the snapshot
+    before the resize still reads every value.
+    """
+    oracle = zarr.create_array(zarr.storage.MemoryStore(), name="a", shape=(4, 6),
+                               chunks=(2, 3), dtype="i4", fill_value=0)
+    oracle[:] = 1
+    oracle.resize((1, 1))
+    oracle.resize((4, 6))
+    session = repo.writable_session("main")
+    array = zarr.create_array(session.store, name="a", shape=(4, 6), chunks=(2, 3), dtype="i4",
+                              fill_value=0)
+    array[:] = 1
+    full = session.commit("ones")
+    array.resize((1, 1))
+    array.resize((4, 6))
+    np.testing.assert_array_equal(array[:], oracle[:])
+    resized = session.commit("shrunk and grown")
+    store = repo.readonly_session(snapshot_id=resized).store
+    assert sorted(store.storage.list_prefix("a/")) == ["a/c/0/0", "a/zarr.json"]
+    np.testing.assert_array_equal(zarr.open_array(store, path="a", mode="r")[:], oracle[:])
+    before = zarr.open_array(repo.readonly_session(snapshot_id=full).store, path="a", mode="r")
+    np.testing.assert_array_equal(before[:], np.ones((4, 6)))
+
+
+def test_fixed_bytes_unicode_structured_and_nan_fill_round_trip(repo: vs.Repository) -> None:
+    """zarr-python#2322 (bytes fill values), #4147 / #275 (structured dtypes), NaN fill.
+
+    Each dtype whose fill value or encoding zarr special-cases is written,
+    committed and read back from the snapshot as written; unwritten chunks
+    read as the fill value (NaN stays NaN).
+    """
+    record = np.dtype([("a", "<i4"), ("b", "<f8")])
+    records = np.array([(i, i / 2) for i in range(5)], dtype=record)
+    session = repo.writable_session("main")
+    store = session.store
+    zarr.create_array(store, name="rec", shape=(5,), chunks=(2,), dtype=record,
+                      zarr_format=2)[:] = records
+    zarr.create_array(store, name="fixed", shape=(5,), chunks=(2,), dtype="S3",
+                      fill_value=b"X")[:3] = [b"ab", b"", b"xyz"]
+    zarr.create_array(store, name="text", shape=(5,), chunks=(2,), dtype=str)[:] = [
+        "é", "", "日本語", "x", "y"]
+    zarr.create_array(store, name="nan", shape=(5,), chunks=(2,), dtype="f4",
+                      fill_value=np.nan)[1] = 1
+    snapshot = session.commit("dtypes")
+    reader = repo.readonly_session(snapshot_id=snapshot).store
+
+    def read(path: str) -> Any:
+        return zarr.open_array(reader, path=path, mode="r")[:]
+
+    np.testing.assert_array_equal(read("rec"), records)
+    assert list(read("fixed")) == [b"ab", b"", b"xyz", b"X", b"X"]
+    assert list(read("text")) == ["é", "", "日本語", "x", "y"]
+    np.testing.assert_array_equal(read("nan"), [np.nan, 1, np.nan, np.nan, np.nan])
+
+
+def test_zero_and_one_dimensional_arrays_swap_at_one_path(repo: vs.Repository) -> None:
+    """pydata/xarray#10147 / zarr-specs#282: a 0-d array's one chunk is the *key* ``a/c``.
+
+    Overwriting a committed 1-d array (chunks under the *directory* ``a/c/``)
+    with a 0-d one, and a 0-d one with a 1-d one, in one session: the key and
+    the directory of the same name never mix, staged or committed.
+    """
+    session = repo.writable_session("main")
+    store = session.store
+    zarr.create_array(store, name="a", shape=(4,), chunks=(2,), dtype="i4")[:] = 3
+    zarr.create_array(store, name="b", shape=(), dtype="i4")[...] = 9
+    session.commit("1-d a, 0-d b")
+    zarr.create_array(store, name="a", shape=(), dtype="i4", overwrite=True)[...] = 7
+    zarr.create_array(store, name="b", shape=(4,), chunks=(2,), dtype="i4",
+                      overwrite=True)[:] = 5
+    expected = ["a/c", "a/zarr.json", "b/c/0", "b/c/1", "b/zarr.json", "zarr.json"]
+    assert sorted(store.storage.list_prefix("")) == expected
+    assert _listed(store.list_dir("a")) == ["c", "zarr.json"]
+    snapshot = session.commit("swapped")
+    reader = repo.readonly_session(snapshot_id=snapshot).store
+    assert sorted(reader.storage.list_prefix("")) == expected
+    assert int(zarr.open_array(reader, path="a", mode="r")[...]) == 7
+    assert list(zarr.open_array(reader, path="b", mode="r")[:]) == [5, 5, 5, 5]
+
+
+def test_read_only_views_refuse_every_write_path(repo: vs.Repository) -> None:
+    """icechunk#404 (read-only not respected) and icechunk PR 1021 (``with_read_only``).
+
+    A read-only session refuses xarray's every write mode with zarr's own
+    error, refuses ``commit``, and will not become writable through
+    ``with_read_only(False)``; a writable session's ``with_read_only(True)``
+    view stays read-only when pickled.
+    """
+    session = repo.writable_session("main")
+    xr.Dataset({"v": ("x", np.arange(4.0))}).to_zarr(session.store, mode="w")
+    session.commit("data")
+    reader = repo.readonly_session("main")
+    small = xr.Dataset({"v": ("x", np.arange(2.0))})
+    for kwargs in [{"mode": "w"}, {"mode": "a"}, {"append_dim": "x"},
+                   {"mode": "r+", "region": {"x": slice(0, 2)}}]:
+        with pytest.raises(ValueError, match="read-only"):
+            small.to_zarr(reader.store, **kwargs)
+    with pytest.raises(vs.ReadOnlySessionError):
+        reader.commit("nothing")
+    with pytest.raises(vs.ReadOnlySessionError):
+        reader.store.with_read_only(False)
+    view = pickle.loads(pickle.dumps(session.store.with_read_only(True)))
+    assert view.read_only
+    with pytest.raises(ReadOnlyError):
+        asyncio.run(view.set("v/zarr.json", cpu.Buffer.from_bytes(b"{}")))
+    assert not session.has_uncommitted_changes
+
+
+# -- round 3: xarray and dask ---------------------------------------------------------------
+
+
+def test_zarr_format_2_dataset_appends_and_time_travels(repo: vs.Repository) -> None:
+    """A zarr v2 dataset (``.zarray`` / ``.zmetadata`` keys) appended along time.
+
+    Replays zarr-python#2757 (v2 group members found from ``.zgroup`` keys) and
+    xarray's append reports on the v2 format: the append rewrites the
+    consolidated ``.zmetadata``, and both snapshots read as written.
+    """
+    first = xr.Dataset({"v": (("t", "x"), np.arange(12.0).reshape(4, 3))},
+                       coords={"t": pd.date_range("2000-01-01", periods=4)})
+    session = repo.writable_session("main")
+    first.to_zarr(session.store, mode="w", zarr_format=2, encoding={"v": {"chunks": (2, 3)}})
+    assert sorted(session.store.storage.list_prefix("")) == [
+        ".zattrs", ".zgroup", ".zmetadata", "t/.zarray", "t/.zattrs", "t/0",
+        "v/.zarray", "v/.zattrs", "v/0.0", "v/1.0"]
+    before = session.commit("v2")
+    more = first.assign_coords(t=pd.date_range("2000-01-05", periods=4))
+    more.to_zarr(session.store, append_dim="t")
+    after = session.commit("append")
+    xr.testing.assert_identical(_read(repo, after), xr.concat([first, more], "t"))
+    xr.testing.assert_identical(_read(repo, before), first)
+    group = zarr.open_group(repo.readonly_session(snapshot_id=after).store, mode="r")
+    assert group.metadata.zarr_format == 2
+    assert sorted(group.array_keys()) == ["t", "v"]
+
+
+def test_appending_to_a_null_coordinate(repo: vs.Repository) -> None:
+    """pydata/xarray#8383: a dataset of one empty coordinate, then an append along it."""
+    session = repo.writable_session("main")
+    xr.Dataset(coords={"t": np.array([], dtype=np.int64)}).to_zarr(session.store, mode="w")
+    empty = session.commit("empty")
+    grown = xr.Dataset({"foo": ("t", np.array([0]))}, coords={"t": np.array([0])})
+    grown.to_zarr(session.store, mode="a", append_dim="t")
+    one = session.commit("one row")
+    xr.testing.assert_identical(_read(repo, one), grown)
+    assert _read(repo, empty).sizes["t"] == 0
+
+
+def test_dask_store_into_sharded_array_with_a_lock(repo: vs.Repository) -> None:
+    """zarr-python#3682 and dask#10238 / #12109: dask chunks smaller than the shards.
+
+    Several dask chunks share one shard, so zarr read-modify-writes the shard;
+    with ``lock=True`` or a ``threading.Lock`` (the reports' remedy on the
+    threaded scheduler) every value arrives, staged and committed, and a
+    ``compute=False`` store computed later does too.
+    """
+    data = np.arange(40 * 40, dtype="f8").reshape(40, 40)
+    session = repo.writable_session("main")
+    for name, lock in [("a", True), ("b", threading.Lock())]:
+        target = zarr.create_array(session.store, name=name, shape=(40, 40), chunks=(10, 10),
+                                   shards=(20, 20), dtype="f8")
+        with dask.config.set(scheduler="threads", num_workers=4):
+            da.store(da.from_array(data, chunks=(10, 10)), target, lock=lock)
+        np.testing.assert_array_equal(target[:], data)
+    later = da.store(da.from_array(data * 2, chunks=(10, 10)),
+                     zarr.open_array(session.store, path="b"), lock=True, compute=False)
+    with dask.config.set(scheduler="threads", num_workers=4):
+        later.compute()
+    snapshot = session.commit("stored")
+    reader = repo.readonly_session(snapshot_id=snapshot).store
+    np.testing.assert_array_equal(zarr.open_array(reader, path="a", mode="r")[:], data)
+    np.testing.assert_array_equal(zarr.open_array(reader, path="b", mode="r")[:], data * 2)
+
+
+# -- round 3: icechunk sessions ---------------------------------------------------------------
+
+
+def test_concurrent_appends_to_one_dimension_conflict(repo: vs.Repository) -> None:
+    """icechunk#374 / #1012: two jobs append to the same time axis from one snapshot.
+
+    Both resize ``t`` and write its last chunk: the second commit must fail
+    with ``ConflictError`` naming those keys, not silently keep one append's
+    length with the other's values; the branch keeps the first append whole.
+    """
+    session = repo.writable_session("main")
+    xr.Dataset({"v": ("t", np.arange(4.0))}, coords={"t": np.arange(4)}).to_zarr(
+        session.store, mode="w", consolidated=False, encoding={"v": {"chunks": (4,)}})
+    session.commit("four")
+    first, second = repo.writable_session("main"), repo.writable_session("main")
+    xr.Dataset({"v": ("t", [10.0, 11.0])}, coords={"t": [4, 5]}).to_zarr(
+        first.store, append_dim="t", consolidated=False)
+    xr.Dataset({"v": ("t", [20.0, 21.0, 22.0])}, coords={"t": [4, 5, 6]}).to_zarr(
+        second.store, append_dim="t", consolidated=False)
+    first.commit("two more")
+    with pytest.raises(vs.ConflictError, match="v/zarr.json"):
+        second.commit("three more")
+    latest = xr.open_zarr(repo.readonly_session("main").store, consolidated=False).load()
+    assert list(latest["v"].values) == [0, 1, 2, 3, 10, 11]
+
+
+def test_time_travel_edges_and_tag_names(repo: vs.Repository) -> None:
+    """``as_of`` at the exact commit time, naive datetimes, and deleted tag names (icechunk#622).
+
+    ``as_of`` equal to ``written_at`` finds that commit; a naive datetime is a
+    ``ValueError`` (its zone is unknown), a time before any commit
+    ``SnapshotNotFoundError``; a deleted tag's name is never given out again
+    (icechunk's tag-delete design); tag and branch names may nest (``x`` and
+    ``x/y`` both exist).
+    """
+    session = repo.writable_session("main")
+    session.store.storage.set("k", b"1")
+    first = session.commit("first")
+    written = repo.lookup_snapshot(first).written_at
+    session.store.storage.set("k", b"2")
+    session.commit("second")
+    assert repo.readonly_session("main", as_of=written).snapshot_id == first
+    with pytest.raises(ValueError, match="timezone"):
+        repo.readonly_session("main", as_of=written.replace(tzinfo=None))
+    with pytest.raises(vs.SnapshotNotFoundError):
+        repo.readonly_session("main", as_of=written - pd.Timedelta(days=1).to_pytimedelta())
+    repo.create_tag("v1", snapshot_id=first)
+    repo.delete_tag("v1")
+    with pytest.raises(vs.ImmutableTagError):
+        repo.create_tag("v1", snapshot_id=first)
+    for name in ["x", "x/y"]:
+        repo.create_tag(name, snapshot_id=first)
+        repo.create_branch(name, snapshot_id=first)
+    assert repo.readonly_session(tag="x/y").store.storage.get("k") == b"1"
+    assert repo.readonly_session("x").store.storage.get("k") == b"1"
+
+
+def test_recreating_a_node_in_a_stale_session_rebases(repo: vs.Repository) -> None:
+    """icechunk#1741: delete and re-create a node in a session that fell behind the branch.
+
+    The other writer added ``b``; this session re-created group ``a`` (new
+    attributes) and array ``x`` (new shape and chunks). The commit rebases
+    over ``b``; ``x`` reads only what was written after its re-creation.
+    """
+    session = repo.writable_session("main")
+    zarr.open_group(session.store, path="a", mode="w")
+    zarr.create_array(session.store, name="x", shape=(4,), chunks=(2,), dtype="i4")[:] = 1
+    session.commit("a and x")
+    stale, other = repo.writable_session("main"), repo.writable_session("main")
+    zarr.open_group(other.store, path="b", mode="w")
+    other.commit("b")
+    zarr.open_group(stale.store, path="a", mode="w", attributes={"again": True})
+    zarr.create_array(stale.store, name="x", shape=(6,), chunks=(3,), dtype="i4",
+                      overwrite=True)[:3] = 9
+    snapshot = stale.commit("a and x again")
+    root = zarr.open_group(repo.readonly_session(snapshot_id=snapshot).store, mode="r")
+    assert sorted(root.group_keys()) == ["a", "b"]
+    assert dict(root["a"].attrs) == {"again": True}
+    assert list(root["x"][:]) == [9, 9, 9, 0, 0, 0]
+
+
+def test_two_writers_adding_variables_with_consolidated_metadata_conflict(
+        repo: vs.Repository) -> None:
+    """icechunk#962 / PR 965: zarr's consolidated metadata goes stale under concurrent writers.
+
+    Two sessions each add a variable with xarray's default ``consolidated=True``:
+    each rewrites the root ``zarr.json`` with a consolidated view that lacks
+    the other's variable. The second commit must conflict on ``zarr.json``
+    rather than publish a consolidated view that hides the first variable.
+    """
+    session = repo.writable_session("main")
+    xr.Dataset({"v": ("x", np.arange(4.0))}).to_zarr(session.store, mode="w")
+    session.commit("v")
+    first, second = repo.writable_session("main"), repo.writable_session("main")
+    xr.Dataset({"a": ("x", np.ones(4))}).to_zarr(first.store, mode="a")
+    xr.Dataset({"b": ("x", np.full(4, 2.0))}).to_zarr(second.store, mode="a")
+    first.commit("a")
+    with pytest.raises(vs.ConflictError, match="zarr.json"):
+        second.commit("b")
+    latest = repo.readonly_session("main").store
+    assert sorted(xr.open_zarr(latest).data_vars) == ["a", "v"]
+    assert sorted(xr.open_zarr(latest, consolidated=False).data_vars) == ["a", "v"]
+
+
+def test_datatree_round_trip_update_and_append_in_a_subgroup(repo: vs.Repository) -> None:
+    """pydata/xarray#9858: a ``DataTree`` (empty root and empty child groups) through sessions.
+
+    Written with ``mode="w"``, one node replaced with ``mode="a"``, then one
+    group appended to along its dimension: each snapshot opens with
+    ``open_datatree`` as that version, empty groups included.
+    """
+    tree = xr.DataTree.from_dict({
+        "/": xr.Dataset(attrs={"title": "tree"}),
+        "/a": xr.Dataset({"v": ("x", np.arange(3.0))}),
+        "/a/b": xr.Dataset({"w": ("y", np.arange(2))}),
+        "/c": xr.Dataset(),
+    })
+    session = repo.writable_session("main")
+    tree.to_zarr(session.store, mode="w")
+    written = session.commit("tree")
+    changed = tree.copy()
+    changed["/a/b"] = xr.Dataset({"w": ("y", np.arange(2) + 10)})
+    changed.to_zarr(session.store, mode="a")
+    updated = session.commit("node b replaced")
+    xr.Dataset({"v": ("x", np.arange(3.0, 5.0))}).to_zarr(session.store, group="a",
+                                                          append_dim="x")
+    appended = session.commit("a grew")
+
+    def opened(snapshot: str) -> Any:
+        store = repo.readonly_session(snapshot_id=snapshot).store
+        return xr.open_datatree(store, engine="zarr").load()
+
+    xr.testing.assert_identical(opened(written), tree)
+    xr.testing.assert_identical(opened(updated), changed)
+    grown = opened(appended)
+    assert list(grown["/a"]["v"].values) == [0, 1, 2, 3, 4]
+    assert sorted(grown.groups) == ["/", "/a", "/a/b", "/c"]
+
+
+#: Node names with URL-significant characters: obstore#496 and arrow-rs-object-store#457
+#: (a literal ``%20`` re-encoded or decoded), arrow-rs#7148 (``[`` and ``]``), ``#`` and
+#: ``?`` that end a URL's path.
+URL_SIGNIFICANT_NAMES = ["a b", "x%20y", "p+q", "h#i", "q?r", "ü", "t~u", "c:d", "[e]", "e=f&g"]
+
+
+@pytest.mark.timeout(300)
+def test_url_significant_node_names_across_tools_and_stores(
+        served_dir: tuple[Path, str], s3: S3Server) -> None:
+    """Arrays named with URL-significant characters, written by zarr's ``LocalStore``.
+
+    The same files read through ``FilesystemStore``, ``ObjectStore`` on the
+    directory, ``HTTPStore`` serving it, and ``ObjectStore`` on S3 after an
+    upload with boto3 (another tool): every name lists and reads as itself,
+    and what ``ObjectStore`` writes to S3 lands under the literal names.
+    """
+    root, url = served_dir
+    group = zarr.open_group(zarr.storage.LocalStore(root), mode="w")
+    for value, name in enumerate(URL_SIGNIFICANT_NAMES):
+        group.create_array(name, shape=(2,), dtype="i4")[:] = value
+    fresh = s3.fresh()
+    for path in root.rglob("*"):
+        if path.is_file():
+            fresh.backdoor.put(path.relative_to(root).as_posix(), path.read_bytes())
+
+    def check(store: Any, *, listable: bool = True) -> None:
+        opened = zarr.open_group(store, mode="r")
+        if listable:
+            assert sorted(opened.array_keys()) == sorted(URL_SIGNIFICANT_NAMES)
+        for value, name in enumerate(URL_SIGNIFICANT_NAMES):
+            assert list(zarr.open_array(store, path=name, mode="r")[:]) == [value, value], name
+
+    check(FilesystemStore(root))
+    check(ObjectStore.local(root))
+    check(HTTPStore(url + "/"), listable=False)
+    check(ObjectStore(fresh.backing))
+    written = s3.fresh()
+    mine = zarr.open_group(ObjectStore(written.backing), mode="w")
+    for value, name in enumerate(URL_SIGNIFICANT_NAMES):
+        mine.create_array(name, shape=(2,), dtype="i4")[:] = value
+    for name in URL_SIGNIFICANT_NAMES:
+        assert written.backdoor.get(f"{name}/zarr.json") is not None, name
+
+
+def test_stores_over_opendal_in_process_services_refuse_to_pickle(tmp_path: Path) -> None:
+    """icechunk#348 and zarr-python#2006: a store over process memory sent to a worker.
+
+    OpenDAL's ``memory``, ``dashmap``, ``moka`` and ``mini_moka`` services keep
+    their data in the operator, in this process; a pickled copy (what dask
+    sends a worker) opened a new, *empty* service, so every read there found
+    nothing and zarr filled the chunks with the fill value: silently wrong
+    data. The stores now refuse to pickle, as obstore's in-memory backing does
+    (docs/stores.md: "except over memory"). Two fresh ``dashmap`` stores also
+    compared equal (same scheme, same options) while holding different data;
+    like two ``memory`` stores they are now two stores. Services with
+    somewhere to reopen still pickle.
+    """
+    opendal = pytest.importorskip("opendal", reason="the OpenDAL stores need opendal")
+    from zarrstore import AsyncOpendalStore, OpendalStore, ReadOnly
+
+    sync = OpendalStore.from_scheme("memory")
+    zarr.create_array(sync, name="a", shape=(2,), dtype="i4")[:] = 5
+    stores: list[Any] = [sync, sync.storage, AsyncOpendalStore.from_scheme("memory"),
+                         OpendalStore(opendal.Operator("memory").layer(
+                             opendal.layers.RetryLayer())), ReadOnly(sync.storage)]
+    for scheme in ["dashmap", "moka", "mini_moka"]:
+        one, other = OpendalStore.from_scheme(scheme), OpendalStore.from_scheme(scheme)
+        one.storage.set("k", b"v")
+        assert other.storage.get("k") is None
+        assert one != other and one == one.with_read_only(False), scheme
+        stores += [one, AsyncOpendalStore.from_scheme(scheme)]
+    for store in stores:
+        with pytest.raises(TypeError, match="data lives in this process"):
+            pickle.dumps(store)
+    assert list(zarr.open_array(sync, path="a", mode="r")[:]) == [5, 5]
+    assert sync.with_read_only(True).storage.get("a/c/0") == sync.storage.get("a/c/0")
+    on_disk = OpendalStore.from_scheme("fs", root=str(tmp_path))
+    assert pickle.loads(pickle.dumps(on_disk)) == on_disk
+
+
+def test_copying_every_key_between_snapshots_directories_and_repositories(
+        repo: vs.Repository, tmp_path: Path) -> None:
+    """zarr-python 2's ``copy_store``, done by hand in zarr 3 (list, then get and set each key).
+
+    A committed snapshot copied with concurrent ``get``s and ``set``s into a
+    ``FilesystemStore``, from there into a session of another repository, and
+    into a new prefix of the same repository: each copy opens as the dataset
+    (consolidated metadata included where the root came along).
+    """
+    prototype = default_buffer_prototype()
+
+    async def copy(source: Any, target: Any, prefix: str = "") -> int:
+        keys = [key async for key in source.list()]
+        values = await asyncio.gather(*(source.get(key, prototype) for key in keys))
+        await asyncio.gather(*(target.set(prefix + key, value)
+                               for key, value in zip(keys, values, strict=True)))
+        return len(keys)
+
+    dataset = xr.Dataset({"v": (("t", "x"), np.random.default_rng(3).random((20, 12)))},
+                         coords={"t": pd.date_range("2000-01-01", periods=20)})
+    session = repo.writable_session("main")
+    dataset.to_zarr(session.store, mode="w", encoding={"v": {"chunks": (5, 4)}})
+    original = session.commit("original")
+    directory = FilesystemStore(tmp_path / "copy")
+    count = asyncio.run(copy(repo.readonly_session(snapshot_id=original).store, directory))
+    xr.testing.assert_identical(xr.open_zarr(directory).load(), dataset)
+    other = vs.Repository.create(vs.in_memory_storage())
+    into = other.writable_session("main")
+    assert asyncio.run(copy(directory, into.store)) == count
+    xr.testing.assert_identical(xr.open_zarr(other.readonly_session(
+        snapshot_id=into.commit("copied in")).store).load(), dataset)
+    asyncio.run(copy(repo.readonly_session(snapshot_id=original).store, session.store, "copy/"))
+    both = session.commit("copied under copy/")
+    xr.testing.assert_identical(_read(repo, both, group="copy", consolidated=False), dataset)
+    xr.testing.assert_identical(_read(repo, both), dataset)
+
+
+def test_stores_opened_on_relative_paths_reach_the_same_place_from_a_worker(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pydata/xarray#1085, dask#2256 / #5210: a worker runs in another working directory.
+
+    Stores made on relative paths, pickled (as dask does) and opened by a
+    real process whose working directory is elsewhere, must reach the
+    directory the caller meant. ``FilesystemStore`` and LMDB always resolved
+    the path at construction; ``ObjectStore.local`` and OpenDAL's ``fs``
+    service pickled the relative path, so the worker failed to open
+    (obstore) or silently read and wrote an empty directory of its own
+    (OpenDAL, where zarr then reads fill values).
+    """
+    opendal = pytest.importorskip("opendal", reason="the OpenDAL stores need opendal")
+    import subprocess
+    import sys
+
+    from zarrstore import AsyncOpendalStore, OpendalStore
+    from zarrstore.lmdb import LMDBStore
+
+    (tmp_path / "client").mkdir()
+    (tmp_path / "worker").mkdir()
+    monkeypatch.chdir(tmp_path / "client")
+    stores: dict[str, Any] = {
+        "FilesystemStore": FilesystemStore("fs"),
+        "LMDBStore": LMDBStore("lmdb"),
+        "ObjectStore.local": ObjectStore.local("obstore"),
+        "OpendalStore.from_scheme": OpendalStore.from_scheme(
+            "fs", root="opendal", atomic_write_dir="opendal-tmp"),
+        "AsyncOpendalStore.from_scheme": AsyncOpendalStore.from_scheme("fs", root="async"),
+        "OpendalStore(Operator)": OpendalStore(opendal.Operator("fs", root="operator")),
+    }
+    for store in stores.values():
+        zarr.create_array(store, name="a", shape=(2,), dtype="i4")[:] = 7
+    script = ("import pickle, sys, zarr\n"
+              "for name, store in pickle.loads(sys.stdin.buffer.read()).items():\n"
+              "    print(name, zarr.open_array(store, path='a', mode='r')[:].tolist())\n")
+    done = subprocess.run([sys.executable, "-c", script], input=pickle.dumps(stores),
+                          cwd=tmp_path / "worker", capture_output=True, timeout=120,
+                          check=False, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout.decode().splitlines() == [f"{name} [7, 7]" for name in stores]
+    assert sorted(path.name for path in (tmp_path / "worker").iterdir()) == []

@@ -148,9 +148,17 @@ class ObjectStorage(AsyncStorage):
 
     @classmethod
     def local(cls, root: str | os.PathLike[str], *, read_only: bool = False) -> ObjectStorage:
-        """The local-filesystem backing of obstore, under ``root`` (created if missing)."""
-        os.makedirs(root, exist_ok=True)
-        return cls(LocalStore(os.fspath(root), automatic_cleanup=True), read_only=read_only)
+        """The local-filesystem backing of obstore, under ``root`` (created if missing).
+
+        A relative ``root`` is made absolute here, against the current working
+        directory, as ``FilesystemStore`` and LMDB do: obstore pickles the root
+        as given, so a copy sent to a worker running elsewhere (a dask worker
+        with another working directory) would otherwise look for another
+        directory (pydata/xarray#1085, dask#2256).
+        """
+        absolute = os.path.abspath(os.fspath(root))
+        os.makedirs(absolute, exist_ok=True)
+        return cls(LocalStore(absolute, automatic_cleanup=True), read_only=read_only)
 
     @classmethod
     def in_memory(cls, *, read_only: bool = False) -> ObjectStorage:

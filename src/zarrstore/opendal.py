@@ -73,6 +73,7 @@ from zarrstore.opendal_boundary import (
     needs_size,
     open_operator,
     parents,
+    reopening,
     run_in_thread,
     span,
 )
@@ -96,6 +97,7 @@ class OpendalStorage(OpendalBoundary, Storage):
         Storage.__init__(self, read_only=read_only)
         OPENDAL.note_use()  # a blocking operator has started the runtime (rust_runtimes)
         self._operator: opendal.Operator = operator
+        self._reopen = reopening(operator)
         self._features = Features.of(operator)
         self._gate = DirectoryGate()
         self._lister: opendal.AsyncOperator | None = None
@@ -273,6 +275,7 @@ class AsyncOpendalStorage(OpendalBoundary, AsyncStorage):
     def __init__(self, operator: opendal.AsyncOperator, *, read_only: bool = False) -> None:
         AsyncStorage.__init__(self, read_only=read_only)
         self._operator: opendal.AsyncOperator = operator
+        self._reopen = reopening(operator)
         self._features = Features.of(operator)
         self._gate = DirectoryGate()
 

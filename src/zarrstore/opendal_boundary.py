@@ -45,13 +45,16 @@ __all__ = [
     "TAKEN",
     "DirectoryGate",
     "Features",
+    "IN_PROCESS_SERVICES",
     "OpendalBoundary",
     "Option",
+    "absolute_paths",
     "list_children",
     "list_keys",
     "needs_size",
     "open_operator",
     "parents",
+    "reopening",
     "run_in_thread",
     "span",
 ]
@@ -108,6 +111,14 @@ _READS_TO_END = frozenset({"ftp"})
 #: ``c/0/0``. There a file stat of such a key is confirmed by its parent.
 _STATS_BY_LISTING = frozenset({"ftp"})
 
+#: Services whose data lives in the operator object, in this process: opendal's
+#: ``memory`` and its in-process caches. Two operators of one of these are two
+#: stores whatever their options, and a pickled operator comes back as a new,
+#: empty one (opendal rebuilds it from scheme and options), so these stores
+#: compare by identity and refuse to pickle. (opendal names the last one
+#: ``"mini-moka"`` in a built operator, ``"mini_moka"`` when asked for it.)
+IN_PROCESS_SERVICES = frozenset({"memory", "dashmap", "moka", "mini_moka", "mini-moka"})
+
 
 def _brief(exc: BaseException) -> str:
     """An opendal error's headline and its source, without the context and backtrace."""
@@ -135,10 +146,49 @@ def _operator_options(options: dict[str, Option]) -> dict[str, str]:
     return {name: text(value) for name, value in options.items()}
 
 
+#: Options of OpenDAL's ``fs`` service that name local directories.
+_FS_PATH_OPTIONS = ("root", "atomic_write_dir")
+
+
+def absolute_paths(scheme: str, options: dict[str, str]) -> dict[str, str]:
+    """``options`` with the ``fs`` service's directories made absolute (others as given).
+
+    Against the current working directory, where opendal itself resolves a
+    relative ``root`` when it builds the operator. A pickled operator carries
+    its options as given, so with a relative directory a copy opened by a
+    worker in another working directory would read and write a different,
+    empty directory (pydata/xarray#1085, dask#2256); ``FilesystemStore`` and
+    LMDB resolve their paths at construction for the same reason.
+    """
+    if scheme != "fs":
+        return options
+    return {name: os.path.abspath(value) if name in _FS_PATH_OPTIONS and value else value
+            for name, value in options.items()}
+
+
+def reopening(operator: opendal.Operator | opendal.AsyncOperator,
+              ) -> tuple[str, dict[str, str]] | None:
+    """How to open ``operator`` again anywhere, when its own options would not say.
+
+    ``(scheme, options)`` with absolute directories for an ``fs`` operator
+    built on a relative one (made absolute now, as the caller's working
+    directory stands when it hands the operator over); ``None`` when the
+    operator's options already say where it is.
+    """
+    scheme, options = operator.__reduce__()[1][:2]
+    if not isinstance(options, dict):
+        return None
+    absolute = absolute_paths(scheme, options)
+    return None if absolute == options else (scheme, absolute)
+
+
 def open_operator(kind: Callable[..., T], scheme: str, options: dict[str, Option]) -> T:
-    """``opendal.Operator(scheme, **options)`` (or the async one), its errors translated."""
+    """``opendal.Operator(scheme, **options)`` (or the async one), its errors translated.
+
+    The ``fs`` service's directories are made absolute first (``absolute_paths``).
+    """
     try:
-        return kind(scheme, **_operator_options(options))
+        return kind(scheme, **absolute_paths(scheme, _operator_options(options)))
     except opendal_errors.Unsupported as exc:
         raise UnsupportedOperationError(
             f"opendal cannot open {scheme!r} here: {str(exc).split(chr(10))[0]}"
@@ -155,10 +205,14 @@ def _services_line(exc: BaseException) -> str:
     return "see the opendal docs for the services in this build"
 
 
-def _identity(operator: opendal.Operator | opendal.AsyncOperator) -> tuple[object, ...]:
-    """What makes two operators the same backing: scheme and options (memory: the object)."""
-    scheme, options = operator.__reduce__()[1]
-    if scheme == "memory":  # each memory operator is its own store
+def _identity(operator: opendal.Operator | opendal.AsyncOperator,
+              reopen: tuple[str, dict[str, str]] | None = None) -> tuple[object, ...]:
+    """What makes two operators the same backing: scheme and options (memory: the object).
+
+    ``reopen`` (from ``reopening``) stands for the operator's own options.
+    """
+    scheme, options = reopen or operator.__reduce__()[1][:2]
+    if scheme in IN_PROCESS_SERVICES:  # each such operator is its own store
         return (scheme, id(operator))
     return (scheme, tuple(sorted(options.items())))
 
@@ -364,6 +418,9 @@ class OpendalBoundary:
     _operator: opendal.Operator | opendal.AsyncOperator
     _features: Features
     read_only: bool
+    #: ``reopening(operator)``, taken when the storage is made: absolute options
+    #: for an ``fs`` operator built on relative directories, else ``None``.
+    _reopen: tuple[str, dict[str, str]] | None = None
     #: The longest file name in bytes, on services of real directories; found on first use.
     _name_limit: int | None = None
 
@@ -372,18 +429,39 @@ class OpendalBoundary:
             type(self) is type(other)
             and isinstance(other, OpendalBoundary)
             and self.read_only == other.read_only
-            and _identity(self._operator) == _identity(other._operator)
+            and _identity(self._operator, self._reopen)
+            == _identity(other._operator, other._reopen)
         )
 
     def __hash__(self) -> int:
-        return hash(_identity(self._operator))
+        return hash(_identity(self._operator, self._reopen))
 
     def __repr__(self) -> str:
         mode = "read-only" if self.read_only else "writable"
         return f"{type(self).__name__}({self._operator!r}, {mode})"
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"operator": self._operator, "read_only": self.read_only}
+        """The operator (opendal pickles it as its scheme and options) and the mode.
+
+        Raises:
+            TypeError: the operator is one of ``IN_PROCESS_SERVICES`` (OpenDAL's
+                ``memory``, ``dashmap``, ``moka``, ``mini_moka``). Their data
+                lives in this process and opendal rebuilds a pickled operator
+                as a new, empty one, so a copy sent to a dask worker would read
+                nothing and zarr would fill every chunk with the fill value;
+                refused as obstore's in-memory backing refuses.
+        """
+        scheme = self._operator.__reduce__()[1][0]
+        if scheme in IN_PROCESS_SERVICES:
+            raise TypeError(
+                f"cannot pickle {type(self).__name__} over opendal's {scheme!r} service: its "
+                "data lives in this process, and a copy elsewhere would be a new, empty "
+                "store; use a service with somewhere to reopen ('fs', 's3', ...)")
+        operator = self._operator
+        if self._reopen is not None:  # relative directories: send absolute ones
+            scheme, options = self._reopen
+            operator = type(operator)(scheme, **options)
+        return {"operator": operator, "read_only": self.read_only}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["operator"], read_only=state["read_only"])  # type: ignore[misc]
@@ -470,7 +548,7 @@ class OpendalBoundary:
 
     def _root(self) -> str:
         """The service's ``root`` option (``""`` where it has none)."""
-        options = self._operator.__reduce__()[1][1]
+        options = self._reopen[1] if self._reopen else self._operator.__reduce__()[1][1]
         root = options.get("root", "") if isinstance(options, dict) else ""
         return str(root)
 

@@ -73,6 +73,34 @@ def test_open_missing_repository(tmp_path: Path) -> None:
         vs.Repository.open(storage)
 
 
+def test_open_says_what_the_path_is_when_it_holds_no_repository(tmp_path: Path) -> None:
+    # A new user opens the wrong thing: a missing path, a file, an empty directory,
+    # or the plain Zarr store they meant to version. The message tells them apart
+    # and names the way on, and nothing is created in any of them.
+    import zarr
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    zarr.create_array(str(tmp_path / "plain.zarr"), shape=(3,), dtype="i4")
+    expected = {
+        "missing": "does not exist",
+        "notes.txt": "is a file",
+        "empty": "directory is empty",
+        "plain.zarr": r"plain Zarr store.*vs\.import_zarr",
+    }
+    for name, message in expected.items():
+        before = sorted(p.name for p in tmp_path.rglob("*"))
+        with pytest.raises(vs.RepositoryNotFoundError, match=f"no repository in .*{message}"):
+            vs.Repository.open(tmp_path / name)
+        assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_create_on_an_existing_repository_says_to_open_it(tmp_path: Path) -> None:
+    vs.Repository.create(tmp_path / "repo").close()
+    with pytest.raises(vs.RepositoryExistsError, match=r"open it with Repository\.open"):
+        vs.Repository.create(tmp_path / "repo")
+
+
 def test_open_finds_no_repository_in_an_environment_without_one(tmp_path: Path) -> None:
     # ``open`` reads the format record and ``main`` on the one backend it opens: an
     # LMDB environment holding neither is no repository, and is released again.
@@ -83,7 +111,7 @@ def test_open_finds_no_repository_in_an_environment_without_one(tmp_path: Path) 
 
     handle = EnvironmentHandle(tmp_path / "env", databases=(b"objects", b"refs", b"gc"))
     handle.close()
-    with pytest.raises(vs.RepositoryNotFoundError):
+    with pytest.raises(vs.RepositoryNotFoundError, match="holds no repository"):
         vs.Repository.open(vs.lmdb_storage(tmp_path / "env"))
     gc.collect()
     assert str((tmp_path / "env").resolve()) not in lmdb_environment._registry

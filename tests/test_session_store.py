@@ -212,6 +212,25 @@ def test_with_read_only_really_refuses_writes(repo: vs.Repository) -> None:
     assert session.has_uncommitted_changes
 
 
+def test_writing_through_a_read_only_session_says_what_to_do(repo: vs.Repository) -> None:
+    # zarr-python's route (the bridge) and the storage's own both name the session's
+    # snapshot and the writable alternative, not only "read-only mode".
+    import zarr
+
+    session = repo.writable_session("main")
+    zarr.create_array(session.store, name="a", shape=(2,), dtype="i4")[:] = 1
+    session.commit("a")
+    reader = repo.readonly_session("main")
+    array = zarr.open_array(reader.store, path="a")
+    with pytest.raises(ReadOnlyError, match=r"read-only session .*writable_session\(branch\)"):
+        array[0] = 2
+    with pytest.raises(ReadOnlyError, match=f"snapshot {reader.snapshot_id}.*writable_session"):
+        reader.store.storage.set("k", b"v")
+    view = repo.writable_session("main").store.with_read_only(True)
+    with pytest.raises(ReadOnlyError, match=r"with_read_only\(\); write through session\.store"):
+        asyncio.run(view.set("k", cpu.Buffer.from_bytes(b"v")))
+
+
 def test_sessions_pickle_and_keep_their_identity(repo: vs.Repository) -> None:
     session = repo.writable_session("main")
     session.store.storage.set("a", b"staged")

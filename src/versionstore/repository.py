@@ -91,7 +91,7 @@ from versionstore.records import (
 )
 from versionstore.refs import MAIN, REPOSITORY_REF, Refs, branch_ref, session_ref, stage_prefix
 from versionstore.session import Session
-from versionstore.storage import RepositoryStorage, StorageLike
+from versionstore.storage import RepositoryStorage, StorageLike, missing_repository_message
 from versionstore.transfer import TransferSummary, transfer_branch
 from versionstore.tree import changed_entries, lookup
 from versionstore.usage import (
@@ -214,7 +214,8 @@ class Repository:
         storage = as_storage(storage)
         virtual = VirtualChunkStores(virtual_chunk_stores, check_checksums=check_virtual_checksums)
         if cls.exists(storage):
-            raise RepositoryExistsError(f"a repository already exists in {storage!r}")
+            raise RepositoryExistsError(f"a repository already exists in {storage!r}; "
+                                        "open it with Repository.open (or open_or_create)")
         problem = storage.creation_problem()
         if problem is not None:
             raise RepositoryExistsError(problem)
@@ -243,7 +244,8 @@ class Repository:
             ), Operation(kind="create_branch", ref=main, old=None, new=snapshot_id,
                          written_at=snapshot.written_at, message=INITIAL_MESSAGE)))
             if not created:
-                raise RepositoryExistsError(f"a repository already exists in {storage!r}")
+                raise RepositoryExistsError(f"a repository already exists in {storage!r}; "
+                                        "open it with Repository.open (or open_or_create)")
             backend.sync()
         except BaseException:
             backend.close()
@@ -269,7 +271,8 @@ class Repository:
                 default). ``False`` reads sources unchecked.
 
         Raises:
-            RepositoryNotFoundError: if there is none.
+            RepositoryNotFoundError: if there is none; for an LMDB path the message says
+                whether it is missing, a file, empty or a plain Zarr store.
             UnsupportedFormatError: if it was written by a newer versionstore
                 (nothing is read further, and nothing is ever collected).
             TypeError: if ``storage`` is neither a storage nor a path.
@@ -277,14 +280,14 @@ class Repository:
         storage = as_storage(storage)
         virtual = VirtualChunkStores(virtual_chunk_stores, check_checksums=check_virtual_checksums)
         if not storage.may_hold_repository():
-            raise RepositoryNotFoundError(f"no repository in {storage!r}")
+            raise RepositoryNotFoundError(missing_repository_message(storage))
         # One backend, and one read of the format record and ``main`` (what ``exists``
         # reads): opening an LMDB environment, or a round trip to object storage, once.
         backend = storage.open_backend()
         try:
             raw, main = backend.get_refs([REPOSITORY_REF, branch_ref(MAIN)])
             if raw is None and main is None:
-                raise RepositoryNotFoundError(f"no repository in {storage!r}")
+                raise RepositoryNotFoundError(missing_repository_message(storage))
             if raw is not None:
                 version = decode_repository(REPOSITORY_REF, raw).format_version
                 if version > REPOSITORY_FORMAT:

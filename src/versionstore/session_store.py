@@ -22,7 +22,7 @@ from versionstore.codec import PreparedChunk, prepare_chunk
 from versionstore.errors import ReadOnlySessionError
 from versionstore.records import Entry, VirtualRef
 from versionstore.virtual import VirtualChunkSpec, chunk_key, virtual_ref
-from zarrstore.errors import InvalidKeyError
+from zarrstore.errors import InvalidKeyError, ReadOnlyError
 from zarrstore.keys import is_plain_key, validate_key
 from zarrstore.protocol import DirListing, ReadRequest, Storage
 from zarrstore.ranges import ByteRange, resolve, slice_value
@@ -224,6 +224,27 @@ class SessionStorage(Storage):
             else:
                 return DirListing(keys=tuple(keys), prefixes=tuple(prefixes))
 
+    def read_only_error(self) -> ReadOnlyError:
+        """The error a write through this read-only view raises: what it is, and what to do.
+
+        A ``ReadOnlyError`` (a ``ValueError``, as zarr-python's own) whose
+        message names the session's version and the writable alternative,
+        rather than only "read-only mode" (a new user's first mistake).
+        """
+        if not self.session.read_only:
+            return ReadOnlyError("a read-only view of a writable session, from "
+                                 "store.with_read_only(); write through session.store")
+        return ReadOnlyError(
+            f"a read-only session shows snapshot {self.session.snapshot_id}, which never changes;"
+            " to change data, write through repo.writable_session(branch).store and commit"
+        )
+
+    @override
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise self.read_only_error()
+        super()._check_writable()
+
     @override
     def _with_read_only(self, read_only: bool) -> SessionStorage:
         if not read_only and self.session.read_only:
@@ -246,6 +267,11 @@ class SessionStore(ZarrStore):
 
     def __init__(self, session: Session, *, read_only: bool = False) -> None:
         super().__init__(SessionStorage(session, read_only=read_only))
+
+    @override
+    def _writable(self) -> None:
+        if self.read_only:
+            raise self.storage.read_only_error()
 
     @override
     def _store_now(self, key: str, value: bytes) -> bool:

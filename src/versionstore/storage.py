@@ -69,6 +69,32 @@ class LMDBStorage:
         """Whether the directory already holds an LMDB environment."""
         return has_lmdb_environment(self.path)
 
+    def missing_repository_message(self) -> str:
+        """Why ``Repository.open`` finds no repository here, and what to do instead.
+
+        Tells apart a missing path, a file, an empty directory and a plain Zarr
+        store (``zarr.json``, or v2's ``.zgroup`` / ``.zarray``), which a user
+        coming from zarr-python or xarray passes most often; nothing is created.
+        """
+        where = f"no repository in {self.path!r}"
+        if not os.path.lexists(self.path):
+            return f"{where}: the directory does not exist (Repository.create makes one)"
+        if not os.path.isdir(self.path):
+            return f"{where}: it is a file, not a repository directory"
+        try:
+            names = set(os.listdir(self.path))
+        except OSError as exc:
+            return f"{where}: cannot list the directory ({exc.strerror})"
+        if not names:
+            return f"{where}: the directory is empty (Repository.create makes a repository there)"
+        if names & {"zarr.json", ".zgroup", ".zarray", ".zmetadata"}:
+            return (f"{where}: it is a plain Zarr store, not a versionstore repository; "
+                    "create a repository in another directory and copy the store in with "
+                    "vs.import_zarr(path, session) (docs/recipes.md)")
+        if "data.mdb" in names:
+            return f"{where}: its LMDB environment holds no repository (no refs)"
+        return f"{where}: the directory holds no LMDB environment (data.mdb)"
+
     def creation_problem(self) -> str | None:
         """Refuse a plain file, and a directory holding anything but an LMDB environment.
 
@@ -112,6 +138,13 @@ class InMemoryStorage:
     def creation_problem(self) -> str | None:
         """Memory is always a fine place (``create`` still refuses a non-empty backend)."""
         return None
+
+
+def missing_repository_message(storage: RepositoryStorage) -> str:
+    """The message of ``RepositoryNotFoundError`` for ``storage`` (path-specific for LMDB)."""
+    if isinstance(storage, LMDBStorage):
+        return storage.missing_repository_message()
+    return f"no repository in {storage!r}"
 
 
 def lmdb_storage(path: str | os.PathLike[str], *, durable: bool = False,

@@ -101,6 +101,26 @@ def test_create_on_an_existing_repository_says_to_open_it(tmp_path: Path) -> Non
         vs.Repository.create(tmp_path / "repo")
 
 
+def test_a_session_used_after_close_says_how_to_get_back(tmp_path: Path) -> None:
+    # Sessions keep their repository's backend: after ``repo.close()`` each use
+    # says what happened and how to reopen, and the staged writes survive for it.
+    import zarr
+
+    repo = vs.Repository.create(tmp_path / "repo")
+    session = repo.writable_session("main")
+    zarr.create_array(session.store, name="t", shape=(2,), dtype="i4")[:] = 7
+    repo.close()
+    for use in (lambda: zarr.open_array(session.store, path="t")[0],
+                lambda: session.commit("after close")):
+        with pytest.raises(vs.BackendError, match=r"is closed \(repo\.close\(\) was called\); "
+                           r"reopen it with vs\.Repository\.open\("):
+            use()
+    again = vs.Repository.open(tmp_path / "repo")
+    resumed = again.writable_session("main", resume=session.session_id)
+    resumed.commit("resumed")
+    assert zarr.open_array(again.readonly_session().store, path="t", mode="r")[1] == 7
+
+
 def test_open_finds_no_repository_in_an_environment_without_one(tmp_path: Path) -> None:
     # ``open`` reads the format record and ``main`` on the one backend it opens: an
     # LMDB environment holding neither is no repository, and is released again.

@@ -219,16 +219,28 @@ class LMDBBackend(Backend, Ledger):
         """The current environment (tests reach the raw files through it)."""
         return self._environment()
 
+    def _closed_error(self) -> BackendError:
+        """What using a closed repository raises: the cause, and the way back.
+
+        Sessions keep their repository's backend, so a session used after
+        ``repo.close()`` lands here; its staged writes are still in the file.
+        """
+        return BackendError(
+            f"LMDB repository at {self.path!r} is closed (repo.close() was called); reopen it "
+            f"with vs.Repository.open({self.path!r}) and take a new session from it (a writable"
+            " session's staged writes resume: writable_session(branch, resume=session_id))"
+        )
+
     def _environment(self) -> lmdb.Environment:
         if self._handle.closed:
-            raise BackendError(f"LMDB repository at {self.path!r} is closed")
+            raise self._closed_error()
         with _translated("opening the repository"):
             return self._handle.env
 
     def _read(self, action: str, work: Callable[[lmdb.Transaction], T], *,
               buffers: bool = False, readahead: bool | None = None) -> T:
         if self._handle.closed:
-            raise BackendError(f"LMDB repository at {self.path!r} is closed")
+            raise self._closed_error()
         try:
             return self._handle.read(action, work, buffers=buffers, readahead=readahead)
         except (StorageIOError, ReadOnlyError, lmdb.Error) as exc:
@@ -243,7 +255,7 @@ class LMDBBackend(Backend, Ledger):
         other writers' event loops meanwhile (``versionstore.backend.long_writes``).
         """
         if self._handle.closed:
-            raise BackendError(f"LMDB repository at {self.path!r} is closed")
+            raise self._closed_error()
         try:
             if long:
                 with self._long_writes.announced():
@@ -709,7 +721,7 @@ class LMDBBackend(Backend, Ledger):
     @override
     def sync(self) -> None:
         if self._handle.closed:
-            raise BackendError(f"LMDB repository at {self.path!r} is closed")
+            raise self._closed_error()
         with _translated("flushing to disk"):
             self._handle.sync()
 

@@ -392,3 +392,18 @@ def test_object_storage_sessions_stage_large_values_by_located_writes_unhashed(
     assert threads == []
     read = repo.readonly_session("main")
     assert {key: read.value(key) for key in values} == values
+
+
+def test_settling_a_batch_whose_loop_closed_raises_nothing() -> None:
+    # At interpreter exit after Ctrl-C in a large write, zarr's event loop is closed
+    # and a batch leader's coroutine is closed: its ``finally`` still writes the
+    # batch and settles the joined callers' futures, which must not raise
+    # "Event loop is closed" (an "Exception ignored" traceback at exit).
+    from versionstore.group_stage import _settle
+
+    loop = asyncio.new_event_loop()
+    waiting = [loop.create_future(), loop.create_future()]
+    loop.close()
+    _settle(waiting, None)
+    _settle(waiting, OSError("disk full"))
+    assert not any(future.done() for future in waiting)

@@ -304,9 +304,16 @@ class GroupStager:
 
 
 def _settle(futures: list[asyncio.Future[None]], exc: BaseException | None) -> None:
-    """Resolve each future not done yet with ``exc`` (``None``: success; cancelled: cancel)."""
+    """Resolve each future not done yet with ``exc`` (``None``: success; cancelled: cancel).
+
+    A future whose event loop is closed is left alone: nobody can await it, and
+    resolving it would raise ``RuntimeError: Event loop is closed``. That is the
+    state at interpreter exit after Ctrl-C in a large zarr write, when a leader's
+    coroutine is closed and its ``finally`` still writes its batch (seen as an
+    "Exception ignored" traceback on top of zarr's own shutdown messages).
+    """
     for future in futures:
-        if not future.done():
+        if not future.done() and not future.get_loop().is_closed():
             if exc is None:
                 future.set_result(None)
             elif isinstance(exc, asyncio.CancelledError):

@@ -121,6 +121,34 @@ def test_a_session_used_after_close_says_how_to_get_back(tmp_path: Path) -> None
     assert zarr.open_array(again.readonly_session().store, path="t", mode="r")[1] == 7
 
 
+def test_version_mistakes_name_the_parameters_to_use() -> None:
+    # A tag given where a branch goes, and diff without (or with two) versions on a
+    # side: the message names the parameters of the call that was made.
+    repo = vs.Repository.create(vs.in_memory_storage())
+    repo.create_tag("v1", snapshot_id=repo.lookup_branch("main"))
+    with pytest.raises(vs.BranchNotFoundError, match=r"it is a tag: did you mean tag='v1'\?"):
+        repo.readonly_session("v1")
+    with pytest.raises(ValueError, match="give one of from_branch, from_tag or from_snapshot_id"):
+        repo.diff(to_branch="main")
+    with pytest.raises(ValueError, match="give only one of to_branch, to_tag or to_snapshot_id"):
+        repo.diff(from_tag="v1", to_branch="main", to_tag="v1")
+    with pytest.raises(ValueError, match="give only one of branch, tag or snapshot_id"):
+        repo.readonly_session("main", tag="v1")
+    assert not repo.diff(from_tag="v1", to_branch="main").updated_chunks
+
+
+def test_a_url_given_as_a_path_is_refused_naming_the_object_storages(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As a path, "s3://bucket/x" would be the local directory "s3:/bucket/x".
+    monkeypatch.chdir(tmp_path)
+    for call in (vs.Repository.open, vs.Repository.create, vs.Repository.exists):
+        with pytest.raises(ValueError, match=r"'s3://bucket/era5' looks like a URL.*s3_storage"):
+            call("s3://bucket/era5")
+    assert not list(tmp_path.iterdir())
+    vs.Repository.create("./odd://name").close()  # a directory so named, said explicitly
+    assert vs.Repository.exists(tmp_path / "odd:" / "name")
+
+
 def test_open_finds_no_repository_in_an_environment_without_one(tmp_path: Path) -> None:
     # ``open`` reads the format record and ``main`` on the one backend it opens: an
     # LMDB environment holding neither is no repository, and is released again.

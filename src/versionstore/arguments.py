@@ -11,6 +11,7 @@ path becomes an LMDB storage) and nothing of sessions or history.
 from __future__ import annotations
 
 import os
+import re
 import reprlib
 from datetime import datetime
 from typing import TypeGuard
@@ -33,6 +34,10 @@ _STORAGE_HINT = (
 )
 
 
+#: A URL's scheme and "://" (RFC 3986 scheme characters).
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 def _shown(value: object) -> str:
     return f"{type(value).__name__} {reprlib.repr(value)}"
 
@@ -49,9 +54,19 @@ def as_storage(value: object, parameter: str = "storage") -> RepositoryStorage:
     Raises:
         TypeError: for anything else (a zarr store, bytes, a number …), saying
             what to pass.
+        ValueError: for a ``str`` that is a URL (``s3://bucket/prefix``), naming
+            the storages that take one.
     """
     if _is_storage(value):
         return value
+    if isinstance(value, str) and _URL.match(value):
+        # Taken as a path, "s3://bucket/x" would become the directory "s3:/bucket/x".
+        raise ValueError(
+            f"{parameter} {value!r} looks like a URL, but a str names an LMDB directory; "
+            "for object storage pass vs.s3_storage(...), vs.gcs_storage(...) or "
+            "vs.azure_storage(...), or versionstore.urls.storage_from_url(url) "
+            "(write './name' for a directory whose name holds '://')"
+        )
     if isinstance(value, str | os.PathLike):
         return LMDBStorage(value)  # its converter refuses a bytes path
     hint = _STORAGE_HINT

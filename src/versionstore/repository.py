@@ -210,6 +210,7 @@ class Repository:
             RepositoryExistsError: if a repository, or anything else, is already
                 there (nothing is changed).
             TypeError: if ``storage`` is neither a storage nor a path.
+            ValueError: if ``storage`` is a URL (``s3://…``) given as a ``str``.
         """
         storage = as_storage(storage)
         virtual = VirtualChunkStores(virtual_chunk_stores, check_checksums=check_virtual_checksums)
@@ -276,6 +277,7 @@ class Repository:
             UnsupportedFormatError: if it was written by a newer versionstore
                 (nothing is read further, and nothing is ever collected).
             TypeError: if ``storage`` is neither a storage nor a path.
+            ValueError: if ``storage`` is a URL (``s3://…``) given as a ``str``.
         """
         storage = as_storage(storage)
         virtual = VirtualChunkStores(virtual_chunk_stores, check_checksums=check_virtual_checksums)
@@ -422,9 +424,11 @@ class Repository:
         check_optional_name(tag, "tag", "a tag name")
         check_optional_name(snapshot_id, "snapshot_id", "a snapshot id")
         check_optional_time(as_of)
-        if (branch is not None and looks_like_snapshot_id(branch)
-                and branch not in self.list_branches()):
-            raise BranchNotFoundError(branch, hint=f"did you mean snapshot_id={branch!r}?")
+        if branch is not None and branch not in self.list_branches():
+            if looks_like_snapshot_id(branch):
+                raise BranchNotFoundError(branch, hint=f"did you mean snapshot_id={branch!r}?")
+            if branch in self.list_tags():
+                raise BranchNotFoundError(branch, hint=f"it is a tag: did you mean tag={branch!r}?")
         target = self._resolve(branch=branch, tag=tag, snapshot_id=snapshot_id,
                                default_branch=MAIN)
         if as_of is not None:
@@ -466,17 +470,26 @@ class Repository:
         return object_id
 
     def _resolve(self, *, branch: str | None, tag: str | None, snapshot_id: str | None,
-                 default_branch: str | None = None) -> ObjectId:
+                 default_branch: str | None = None, prefix: str = "") -> ObjectId:
+        """The snapshot one version names.
+
+        ``prefix`` (``"from_"``, ``"to_"``): the caller's parameter names'
+        prefix, which the errors name.
+
+        Raises:
+            ValueError: if more than one, or none (and no ``default_branch``), is given.
+        """
+        names = f"{prefix}branch, {prefix}tag or {prefix}snapshot_id"
         given = [x is not None for x in (branch, tag, snapshot_id)]
         if sum(given) > 1:
-            raise ValueError("give one of branch, tag or snapshot_id")
+            raise ValueError(f"give only one of {names}")
         if tag is not None:
             return self.refs.tag_target(tag)
         if snapshot_id is not None:
             return self._snapshot_object(snapshot_id)
         name = branch if branch is not None else default_branch
         if name is None:
-            raise ValueError("give one of branch, tag or snapshot_id")
+            raise ValueError(f"give one of {names}: which version?")
         return self.refs.branch_tip(name)[0]
 
     def create_branch(self, name: str, snapshot_id: str) -> None:
@@ -667,7 +680,8 @@ class Repository:
         check_flag(fast_forward, "fast_forward")
         if (from_branch, from_tag, from_snapshot_id) == (None, None, None):
             raise ValueError("give one of from_branch, from_tag or from_snapshot_id")
-        source = self._resolve(branch=from_branch, tag=from_tag, snapshot_id=from_snapshot_id)
+        source = self._resolve(branch=from_branch, tag=from_tag, snapshot_id=from_snapshot_id,
+                               prefix="from_")
         label = (f"branch {from_branch!r}" if from_branch is not None else
                  f"tag {from_tag!r}" if from_tag is not None else f"snapshot {from_snapshot_id}")
         tip = self.editor.merge(into_branch, source, label=label, message=message,
@@ -827,8 +841,10 @@ class Repository:
         for parameter, value in [("from_snapshot_id", from_snapshot_id),
                                  ("to_snapshot_id", to_snapshot_id)]:
             check_optional_name(value, parameter, "a snapshot id")
-        old = self._resolve(branch=from_branch, tag=from_tag, snapshot_id=from_snapshot_id)
-        new = self._resolve(branch=to_branch, tag=to_tag, snapshot_id=to_snapshot_id)
+        old = self._resolve(branch=from_branch, tag=from_tag, snapshot_id=from_snapshot_id,
+                            prefix="from_")
+        new = self._resolve(branch=to_branch, tag=to_tag, snapshot_id=to_snapshot_id,
+                            prefix="to_")
         old_tree = self.reader.snapshot(old).tree
         new_tree = self.reader.snapshot(new).tree
         changed = changed_entries(self.reader.node, old_tree, new_tree)

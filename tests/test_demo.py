@@ -100,3 +100,15 @@ def test_scripts_demo_resolves_the_directory_from_the_callers_directory(tmp_path
     assert (caller / "mine" / "data.mdb").exists()
     assert not (root / "mine").exists()
     assert f"kept at {caller / 'mine'}" in result.stdout
+
+
+def test_demo_refuses_a_file_or_a_directory_of_other_files_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("x")
+    (tmp_path / "data.nc").write_text("x")
+    for name, message in [("notes", "already holds other files (todo.txt)"),
+                          ("data.nc", "is a file, not a directory")]:
+        refused = _demo(name, cwd=tmp_path)
+        assert refused.returncode == 1
+        assert message in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["data.nc", "notes", "todo.txt"]

@@ -115,9 +115,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.directory:
         directory = Path(args.directory).absolute()
-        if vs.Repository.exists(vs.lmdb_storage(directory)):
+        storage = vs.lmdb_storage(directory)
+        if vs.Repository.exists(storage):
             parser.exit(1, f"versionstore.demo: {directory} already holds a repository; "
                         "give a new directory (or remove that one)\n")
+        # A file, or a directory of other files: the message Repository.create gives,
+        # as one line rather than a traceback.
+        problem = storage.creation_problem()
+        if problem is not None:
+            parser.exit(1, f"versionstore.demo: {problem}\n")
     else:
         directory = Path(tempfile.mkdtemp(prefix="versionstore-demo-")) / "repo"
     run(directory)

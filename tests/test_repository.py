@@ -350,10 +350,14 @@ def test_overlapping_commits_conflict_and_keep_changes(repo: vs.Repository) -> N
     two.store.storage.set("a", b"2")
     two.store.storage.set("b", b"2")
     one.commit("one")
-    with pytest.raises(vs.ConflictError) as info:
+    # The message names the keys and what to do (the session keeps its changes).
+    with pytest.raises(vs.ConflictError, match=r"branch 'main': a; the session keeps its "
+                       r"staged changes: session\.rebase\(keep='ours'\)") as info:
         two.commit("two")
     assert info.value.keys == {"a"} and info.value.branch == "main"
     assert two.has_uncommitted_changes
+    with pytest.raises(vs.ConflictError, match=r"session\.rebase\(keep='ours'\)"):
+        two.rebase()
     two.rebase(keep="ours")
     two.commit("two, ours")
     assert content(repo.readonly_session("main")) == {"a": b"2", "b": b"2"}

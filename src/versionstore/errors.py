@@ -276,14 +276,23 @@ class ConflictError(VersionStoreError):
     and retry) and commit again.
     """
 
-    def __init__(self, branch: str, keys: Iterable[str]) -> None:
+    def __init__(self, branch: str, keys: Iterable[str], *, hint: str = "") -> None:
         self.branch = branch
         self.keys = frozenset(keys)
         shown = ", ".join(sorted(self.keys)[:10])
         more = f" and {len(self.keys) - 10} more" if len(self.keys) > 10 else ""
         super().__init__(
             f"commit conflicts with new commits on branch {branch!r}: {shown}{more}"
+            + (f"; {hint}" if hint else "")
         )
+
+
+#: What a session's ``ConflictError`` says to do (docs/guide.md, "Concurrent
+#: writers, conflicts and rebase").
+SESSION_CONFLICT_HINT = (
+    "the session keeps its staged changes: session.rebase(keep='ours') or keep='theirs', "
+    "or re-read and rewrite those chunks, then commit again"
+)
 
 
 @attrs.frozen(kw_only=True)

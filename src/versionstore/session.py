@@ -60,6 +60,7 @@ from versionstore.codec import (
 )
 from versionstore.commit_stream import ChunkIds, NewObjects, StagedScan
 from versionstore.errors import (
+    SESSION_CONFLICT_HINT,
     AmendInitialSnapshotError,
     ConflictError,
     CorruptObjectError,
@@ -974,7 +975,7 @@ class Session:
             tip_tree = reader.snapshot(tip).tree
             kept, conflicts, nodes = self._against_tip(tip_tree, changes)
             if conflicts and keep == "raise":
-                raise ConflictError(self._branch, conflicts)
+                raise ConflictError(self._branch, conflicts, hint=SESSION_CONFLICT_HINT)
             # Identical rewrites of keys the branch changed are no change of ours: dropped,
             # so that on the new base they do not turn into reverts.
             carried = {key for key, _ in kept}
@@ -1232,7 +1233,7 @@ class Session:
                                            decoded=new_nodes, emit=keep_leaf,
                                            observe=tally.observe_all)
             if conflicts:
-                raise ConflictError(self._branch, conflicts)
+                raise ConflictError(self._branch, conflicts, hint=SESSION_CONFLICT_HINT)
             generation = self._generation + 1
             if root == parent_tree and not allow_empty:
                 # Only identical rewrites (or nothing) are staged: clear them, commit

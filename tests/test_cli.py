@@ -69,6 +69,11 @@ def test_errors_are_reported_not_raised(tmp_path: Path, repo_path: str,
     assert main(["log"]) == 2  # usage error: click's message
     assert "Missing argument" in capsys.readouterr().err
     assert main(["frobnicate", repo_path]) == 2
+    capsys.readouterr()
+    # A URL where an LMDB directory goes: said so, with the command that does take one.
+    assert main(["log", "s3://bucket/era5"]) == 1
+    err = capsys.readouterr().err
+    assert "'s3://bucket/era5' is a URL" in err and "versionstore clone s3://bucket/era5" in err
 
 
 # -- as a real process in a pipe --------------------------------------------------------

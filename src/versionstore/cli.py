@@ -94,6 +94,11 @@ def _when(text: str) -> datetime:
 
 
 def _open(path: str) -> Repository:
+    # Taken as a path, "s3://bucket/x" would be reported as a missing "s3:/bucket/x".
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", path) and not os.path.exists(path):
+        raise _UserError(f"{path!r} is a URL; this command takes an LMDB repository "
+                         "directory (URLs go to clone, push and fetch: `versionstore clone "
+                         f"{path} DIR` copies it to a directory this command reads)")
     if os.path.isfile(path):
         raise _UserError(f"{path!r} is a file, not a repository directory")
     if os.path.isdir(path) and not os.access(path, os.R_OK | os.X_OK):

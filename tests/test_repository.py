@@ -149,6 +149,24 @@ def test_a_url_given_as_a_path_is_refused_naming_the_object_storages(
     assert vs.Repository.exists(tmp_path / "odd:" / "name")
 
 
+def test_a_branch_or_tag_given_as_a_snapshot_id_says_how_to_get_its_id() -> None:
+    # git takes a branch where a commit goes; here a snapshot id is asked for.
+    # "experiment" is also a valid id prefix (base32 letters): the same hint.
+    repo = vs.Repository.create(vs.in_memory_storage())
+    tip = repo.lookup_branch("main")
+    repo.create_tag("v1", snapshot_id=tip)
+    repo.create_branch("experiment", snapshot_id=tip)
+    for call, message in [
+        (lambda: repo.create_tag("v2", "main"), r"'main' is a branch; .*lookup_branch\('main'\)"),
+        (lambda: repo.create_branch("b", "v1"), r"'v1' is a tag; .*lookup_tag\('v1'\)"),
+        (lambda: repo.readonly_session(snapshot_id="experiment"), r"lookup_branch\('experiment'"),
+    ]:
+        with pytest.raises(vs.SnapshotNotFoundError, match=message):
+            call()
+    with pytest.raises(vs.SnapshotNotFoundError, match=r"^snapshot 'nope' does not exist$"):
+        repo.readonly_session(snapshot_id="nope")
+
+
 def test_open_finds_no_repository_in_an_environment_without_one(tmp_path: Path) -> None:
     # ``open`` reads the format record and ``main`` on the one backend it opens: an
     # LMDB environment holding neither is no repository, and is released again.

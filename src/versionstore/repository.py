@@ -439,6 +439,18 @@ class Repository:
 
     # -- refs --------------------------------------------------------------------------
 
+    def _named_ref(self, snapshot_id: str) -> str:
+        """``SnapshotNotFoundError``'s detail for a branch or tag name given as an id.
+
+        ``create_tag("v2", "main")``, as git would take it; ``""`` for any other name.
+        """
+        for kind, names, lookup_call in (("branch", self.list_branches, "lookup_branch"),
+                                         ("tag", self.list_tags, "lookup_tag")):
+            if snapshot_id in names():
+                return (f"snapshot {snapshot_id!r} does not exist: {snapshot_id!r} is a {kind};"
+                        f" its snapshot id is repo.{lookup_call}({snapshot_id!r})")
+        return ""
+
     def _snapshot_object(self, snapshot_id: str) -> ObjectId:
         """The snapshot a full id, or a unique prefix of at least 8 characters, names.
 
@@ -457,12 +469,12 @@ class Repository:
             if len(matches) > 1:
                 raise AmbiguousSnapshotIdError(snapshot_id, map(object_id_text, matches))
             if not matches:
-                raise SnapshotNotFoundError(snapshot_id)
+                raise SnapshotNotFoundError(snapshot_id, self._named_ref(snapshot_id))
             return matches[0]
         try:
             object_id = object_id_from_text(snapshot_id)
         except ValueError as exc:
-            raise SnapshotNotFoundError(str(snapshot_id)) from exc
+            raise SnapshotNotFoundError(str(snapshot_id), self._named_ref(snapshot_id)) from exc
         data = self.backend.get_objects([object_id])[0]
         if data is None or frame_kind(data) != KIND_SNAPSHOT:  # a chunk or tree node's id
             raise SnapshotNotFoundError(snapshot_id)

@@ -466,3 +466,14 @@ def test_long_commands_draw_a_progress_bar_on_a_terminal(repo_path: str, args: l
     result = _cli(args[0], repo_path, *args[1:], capture_output=True, env=env)
     assert result.returncode == 0, result.stderr
     assert label in result.stderr and "\x1b[" in result.stderr  # drawn, then erased
+
+
+def test_python_dash_m_versionstore_is_the_command(repo_path: str) -> None:
+    # The form a user tries first, as for pip and venv: the same command, same status.
+    shown = subprocess.run([sys.executable, "-m", "versionstore", "log", repo_path],
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert shown.returncode == 0, shown.stderr
+    assert "Repository initialized" in shown.stdout
+    missing = subprocess.run([sys.executable, "-m", "versionstore", "log", repo_path + "-x"],
+                             capture_output=True, text=True, timeout=120, check=False)
+    assert missing.returncode == 1 and "versionstore: error: no repository" in missing.stderr

@@ -95,6 +95,27 @@ def test_open_says_what_the_path_is_when_it_holds_no_repository(tmp_path: Path) 
         assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
+def test_open_on_an_icechunk_repository_says_so_and_how_to_copy_it(tmp_path: Path) -> None:
+    # Someone coming from icechunk points Repository.open at their repository.
+    icechunk = pytest.importorskip(
+        "icechunk", reason="icechunk is only in the bench extra; this checks its on-disk layout")
+    import zarr
+
+    ice = icechunk.Repository.create(icechunk.local_filesystem_storage(str(tmp_path / "ice")))
+    session = ice.writable_session("main")
+    zarr.create_array(session.store, name="t", shape=(3,), dtype="f4")[:] = 1
+    session.commit("icechunk data")
+    with pytest.raises(vs.RepositoryNotFoundError,
+                       match=r"looks like an icechunk repository.*vs\.import_zarr"):
+        vs.Repository.open(tmp_path / "ice")
+    # ... and the way the message gives works.
+    repo = vs.Repository.create(tmp_path / "repo")
+    copy = repo.writable_session("main")
+    vs.import_zarr(ice.readonly_session("main").store, copy)
+    copy.commit("from icechunk")
+    assert zarr.open_array(repo.readonly_session().store, path="t", mode="r")[2] == 1
+
+
 def test_create_on_an_existing_repository_says_to_open_it(tmp_path: Path) -> None:
     vs.Repository.create(tmp_path / "repo").close()
     with pytest.raises(vs.RepositoryExistsError, match=r"open it with Repository\.open"):

@@ -72,9 +72,11 @@ class LMDBStorage:
     def missing_repository_message(self) -> str:
         """Why ``Repository.open`` finds no repository here, and what to do instead.
 
-        Tells apart a missing path, a file, an empty directory and a plain Zarr
-        store (``zarr.json``, or v2's ``.zgroup`` / ``.zarray``), which a user
-        coming from zarr-python or xarray passes most often; nothing is created.
+        Tells apart a missing path, a file, an empty directory, a plain Zarr
+        store (``zarr.json``, or v2's ``.zgroup`` / ``.zarray``) and an icechunk
+        repository on local disk (``snapshots/`` beside ``manifests/`` or
+        ``refs/``), which users coming from zarr-python, xarray or icechunk pass
+        most often; nothing is created.
         """
         where = f"no repository in {self.path!r}"
         if not os.path.lexists(self.path):
@@ -91,6 +93,10 @@ class LMDBStorage:
             return (f"{where}: it is a plain Zarr store, not a versionstore repository; "
                     "create a repository in another directory and copy the store in with "
                     "vs.import_zarr(path, session) (docs/recipes.md)")
+        if {"snapshots", "manifests"} <= names or {"snapshots", "refs"} <= names:
+            return (f"{where}: it looks like an icechunk repository, whose format versionstore "
+                    "does not read; copy a version in with vs.import_zarr(icechunk_repo"
+                    ".readonly_session('main').store, session) (docs/icechunk.md)")
         if "data.mdb" in names:
             return f"{where}: its LMDB environment holds no repository (no refs)"
         return f"{where}: the directory holds no LMDB environment (data.mdb)"

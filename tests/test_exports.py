@@ -42,3 +42,13 @@ def test_packages_re_export_explicitly(package: object) -> None:
     exported = package.__all__  # type: ignore[attr-defined]
     assert exported == sorted(exported)
     assert len(set(exported)) == len(exported)
+
+
+def test_icechunk_names_say_what_to_use_instead() -> None:
+    # A ported icechunk script fails on its first line; the error names the equivalent.
+    with pytest.raises(AttributeError, match=r"an icechunk name: use vs\.lmdb_storage\(path\)"):
+        versionstore.local_filesystem_storage  # noqa: B018 - the attribute access is the test
+    with pytest.raises(AttributeError, match=r"use vs\.VersionStoreError"):
+        versionstore.IcechunkError  # noqa: B018
+    with pytest.raises(AttributeError, match=r"^module 'versionstore' has no attribute 'nope'$"):
+        versionstore.nope  # noqa: B018

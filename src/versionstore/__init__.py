@@ -166,8 +166,27 @@ _LAZY = {name: "versionstore.cloud" for name in (
     "ObjectStorage", "azure_storage", "gcs_storage", "object_storage", "s3_storage")}
 
 
+#: icechunk names with no versionstore namesake, and what to use instead
+#: (docs/icechunk.md): said in the ``AttributeError``, for someone porting a script.
+_ICECHUNK_NAMES = {
+    "local_filesystem_storage": "vs.lmdb_storage(path), or just the path",
+    "RepositoryConfig": "nothing to configure; Repository.create / open take "
+                        "virtual_chunk_stores= and check_virtual_checksums=",
+    "VirtualChunkContainer": "Repository.open(storage, virtual_chunk_stores={url_prefix: store})",
+    "IcechunkError": "vs.VersionStoreError",
+}
+
+
 def __getattr__(name: str) -> object:
-    """Import the object-storage constructors on first use (they need obstore)."""
+    """Import the object-storage constructors on first use (they need obstore).
+
+    Raises:
+        AttributeError: for any other missing name; an icechunk name says what
+            to use instead.
+    """
+    if name in _ICECHUNK_NAMES:
+        raise AttributeError(f"module 'versionstore' has no attribute {name!r} (an icechunk "
+                             f"name: use {_ICECHUNK_NAMES[name]}; see docs/icechunk.md)")
     if name not in _LAZY:
         raise AttributeError(f"module 'versionstore' has no attribute {name!r}")
     return getattr(importlib.import_module(_LAZY[name]), name)

@@ -321,6 +321,28 @@ def test_non_fast_forward_push_is_refused_then_forced(
     assert remote.verify().ok
 
 
+def test_push_into_a_newly_created_repository_says_it_is_new(tmp_path: Path) -> None:
+    # A new user makes the remote with Repository.create, then pushes: its main holds
+    # that repository's own first snapshot, so the push is no fast-forward. The
+    # message says so and gives the two ways that work; following it works.
+    local = vs.Repository.create(tmp_path / "local")
+    ours = _commit(local, message="ours", t=_big("t"))
+    remote = vs.Repository.create(tmp_path / "remote")
+    with pytest.raises(vs.NonFastForwardError,
+                       match=r"the remote is new \(Repository\.create's empty first snapshot "
+                             r"only\): pass force=True, or .*vs\.copy_repository") as caught:
+        local.push(remote, progress=False)
+    assert caught.value.initial
+    local.push(remote, force=True, progress=False)
+    assert remote.lookup_branch("main") == ours
+    # A fetch into this repository's own main from another new one: the same.
+    other = vs.Repository.create(tmp_path / "other")
+    _commit(other, message="theirs", u=_big("u"))
+    fresh = vs.Repository.create(tmp_path / "fresh")
+    with pytest.raises(vs.NonFastForwardError, match="this repository is new"):
+        fresh.fetch(other, into_branch="main", progress=False)
+
+
 def test_fetch_into_origin_then_merge_then_push(
         pair: tuple[vs.Repository, vs.Repository]) -> None:
     local, remote = pair

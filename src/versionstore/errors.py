@@ -496,14 +496,26 @@ class NonFastForwardError(VersionStoreError):
     reuses them). Fetch and merge first, or pass ``force=True``.
     """
 
-    def __init__(self, operation: str, branch: str, current: str, incoming: str) -> None:
+    def __init__(self, operation: str, branch: str, current: str, incoming: str, *,
+                 initial: bool = False) -> None:
         self.operation = operation
         self.branch = branch
         self.current = current
         self.incoming = incoming
+        self.initial = initial
         where = "the remote's" if operation == "push" else "the"
         advice = ("fetch and merge first" if operation == "push"
                   else "fetch into another branch (into_branch=...) and merge")
+        if initial:
+            # ``initial``: the branch holds only a new repository's first, empty snapshot
+            # (each ``Repository.create`` writes its own): nothing would be lost.
+            made = "the remote" if operation == "push" else "this repository"
+            advice = (f"{made} is new (Repository.create's empty first snapshot only): "
+                      "pass force=True, or make the copy with vs.copy_repository(source, "
+                      "target) / `versionstore clone` instead of Repository.create")
+            super().__init__(f"{operation} refused: not a fast-forward: {where} branch "
+                             f"{branch!r} is at {current}; {advice}")
+            return
         super().__init__(
             f"{operation} refused: not a fast-forward: {where} branch {branch!r} is at "
             f"{current}, which is not an ancestor of {incoming}; {advice}, or pass "

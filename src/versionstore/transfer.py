@@ -287,6 +287,12 @@ def _text(object_id: ObjectId | None) -> SnapshotId | None:
     return None if object_id is None else SnapshotId(object_id_text(object_id))
 
 
+def _is_initial(backend: Backend, snapshot_id: ObjectId) -> bool:
+    """Whether ``snapshot_id`` is a new repository's first snapshot: no parent, no data."""
+    snapshot = ObjectReader(backend).snapshot(snapshot_id)
+    return not snapshot.parents and snapshot.tree is None
+
+
 def transfer_branch(source: ObjectReader, source_refs: Refs, target_refs: Refs, *,
                     source_branch: str, target_branch: str, force: bool, operation: str,
                     message: str | None = None, progress: Progress | None = None
@@ -322,7 +328,8 @@ def transfer_branch(source: ObjectReader, source_refs: Refs, target_refs: Refs, 
                 grafts = grafts_from_refs(source.backend.list_refs(GRAFT_PREFIX))
             if not descends_from(source, tip, current, grafts):
                 raise NonFastForwardError(operation, target_branch, object_id_text(current),
-                                          object_id_text(tip))
+                                          object_id_text(tip),
+                                          initial=_is_initial(target, current))
         summary += copy_objects(source, target, {branch_ref(source_branch): source_raw},
                                 progress)
         if target_refs.move_branch(target_branch, raw, tip, verify_target=True,

@@ -241,8 +241,12 @@ def test_unstorable_metadata_is_refused_before_anything_changes(repo: vs.Reposit
 
 
 def test_nothing_to_commit(repo: vs.Repository) -> None:
-    with pytest.raises(vs.NothingToCommitError):
+    # The message says what to do: write first, or commit an empty snapshot on purpose.
+    with pytest.raises(vs.NothingToCommitError,
+                       match=r"no changes are staged \(write through session\.store first, "
+                             r"or pass allow_empty=True"):
         repo.writable_session("main").commit("empty")
+    assert repo.writable_session("main").commit("empty", allow_empty=True)
 
 
 def test_snapshots_are_immutable_time_travel(repo: vs.Repository) -> None:

@@ -1100,7 +1100,9 @@ class Session:
                                         self._staged_entry_seen) as staged:
                             if not len(staged) and not self._manifests and not allow_empty:
                                 raise NothingToCommitError(
-                                    "nothing to commit: no changes are staged")
+                                    "nothing to commit: no changes are staged (write "
+                                    "through session.store first, or pass "
+                                    "allow_empty=True to commit anyway)")
                             recorded = self._record_once(staged, raw_tip, message, metadata,
                                                          allow_empty=allow_empty, amend=amend)
             except MissingObjectsError as exc:

@@ -186,6 +186,10 @@ def test_a_branch_or_tag_given_as_a_snapshot_id_says_how_to_get_its_id() -> None
             call()
     with pytest.raises(vs.SnapshotNotFoundError, match=r"^snapshot 'nope' does not exist$"):
         repo.readonly_session(snapshot_id="nope")
+    # A git-length prefix copied from ``log`` (ids are 32 characters; prefixes need 8).
+    with pytest.raises(vs.SnapshotNotFoundError, match="prefix needs at least 8 characters"):
+        repo.readonly_session(snapshot_id=tip[:4])
+    assert repo.readonly_session(snapshot_id=tip[:8]).snapshot_id == tip
 
 
 def test_open_finds_no_repository_in_an_environment_without_one(tmp_path: Path) -> None:

@@ -65,6 +65,7 @@ from versionstore.history import (
     snapshot_at,
 )
 from versionstore.ids import (
+    MIN_PREFIX,
     ObjectId,
     SessionId,
     SnapshotId,
@@ -442,13 +443,21 @@ class Repository:
     def _named_ref(self, snapshot_id: str) -> str:
         """``SnapshotNotFoundError``'s detail for a branch or tag name given as an id.
 
-        ``create_tag("v2", "main")``, as git would take it; ``""`` for any other name.
+        ``create_tag("v2", "main")``, as git would take it, or an id prefix
+        shorter than ``MIN_PREFIX``; ``""`` for any other text.
         """
         for kind, names, lookup_call in (("branch", self.list_branches, "lookup_branch"),
                                          ("tag", self.list_tags, "lookup_tag")):
             if snapshot_id in names():
                 return (f"snapshot {snapshot_id!r} does not exist: {snapshot_id!r} is a {kind};"
                         f" its snapshot id is repo.{lookup_call}({snapshot_id!r})")
+        # git takes 4 characters; ids here are 32, and prefixes of fewer than 8 are not
+        # looked up (``object_id_prefix``). Said for what looks copied from ``log``.
+        looks_copied = snapshot_id.isupper() or any(c in "234567" for c in snapshot_id)
+        if (0 < len(snapshot_id) < MIN_PREFIX and looks_copied
+                and set(snapshot_id.upper()) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")):
+            return (f"snapshot {snapshot_id!r} does not exist: a snapshot id prefix needs at "
+                    f"least {MIN_PREFIX} characters")
         return ""
 
     def _snapshot_object(self, snapshot_id: str) -> ObjectId:

@@ -477,3 +477,28 @@ def test_python_dash_m_versionstore_is_the_command(repo_path: str) -> None:
     missing = subprocess.run([sys.executable, "-m", "versionstore", "log", repo_path + "-x"],
                              capture_output=True, text=True, timeout=120, check=False)
     assert missing.returncode == 1 and "versionstore: error: no repository" in missing.stderr
+
+
+def test_ctrl_c_ends_with_one_line_and_status_130(tmp_path: Path) -> None:
+    # ``show --json`` of 10,000 changed chunks prints about 1 MB: once its first byte
+    # has arrived and nobody reads on, it cannot finish before SIGINT (a full pipe
+    # blocks it), wherever the signal lands in its work.
+    import zarr
+
+    repo = vs.Repository.create(tmp_path / "repo")
+    session = repo.writable_session("main")
+    zarr.create_array(session.store, name="x", shape=(100, 100), chunks=(1, 1), dtype="i1",
+                      fill_value=0)[:] = 1
+    session.commit("ten thousand chunks")
+    repo.close()
+    shown = subprocess.Popen(
+        [sys.executable, "-m", "versionstore", "show", str(tmp_path / "repo"), "main", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        # A job started in the background inherits SIGINT ignored; a terminal's Ctrl-C
+        # reaches a process that has the default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert shown.stdout is not None and shown.stdout.read(1)  # it is running
+    shown.send_signal(signal.SIGINT)
+    _, err = shown.communicate(timeout=120)
+    assert shown.returncode == 130, err
+    assert err.decode().strip() == "versionstore: interrupted"

@@ -22,7 +22,8 @@ URLs (``versionstore.urls``: a directory, ``lmdb://PATH``, ``s3://BUCKET/PREFIX`
 with ``--endpoint-url``, ``--region``, ``--anonymous``, ``--allow-http``).
 Exit status: 0 success; 1 a user error (one line on stderr naming what was
 wrong, no traceback) or ``verify`` finding problems; 2 a usage error (click's
-message); 141 when the reader of the output went away
+message); 130 on Ctrl-C (one line, ``versionstore: interrupted``, no
+traceback); 141 when the reader of the output went away
 (``versionstore log R | head -1``), as git. The only module that reads
 ``sys.argv``.
 """
@@ -53,12 +54,14 @@ from versionstore.storage import RepositoryStorage, lmdb_storage
 from versionstore.transfer import TransferSummary
 from versionstore.urls import ObjectStorageOptions, storages_from_urls
 
-__all__ = ["EXIT_BROKEN_PIPE", "EXIT_USER_ERROR", "cli", "main"]
+__all__ = ["EXIT_BROKEN_PIPE", "EXIT_INTERRUPTED", "EXIT_USER_ERROR", "cli", "main"]
 
 #: The status git ends with when its reader goes away (killed by SIGPIPE: 128 + 13).
 EXIT_BROKEN_PIPE = 141
 #: A user error: a missing repository, an unknown branch, a refused operation.
 EXIT_USER_ERROR = 1
+#: Ctrl-C (SIGINT), as git and the shells report it: 128 + 2.
+EXIT_INTERRUPTED = 130
 _DURATION = re.compile(r"(\d+)\s*([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -901,6 +904,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             status = EXIT_USER_ERROR
         except SystemExit as exc:
             status = exc.code if isinstance(exc.code, int) else EXIT_USER_ERROR
+        except KeyboardInterrupt:
+            # Ctrl-C: a line, not a traceback, as git. What an interruption leaves
+            # is each operation's own matter (docs/cli.md: ref moves are atomic; an
+            # interrupted clone, push or fetch copies only what is missing when rerun).
+            click.echo("\nversionstore: interrupted", err=True)
+            return EXIT_INTERRUPTED
         sys.stdout.flush()  # a closed pipe shows up here at the latest, not at exit
     except BrokenPipeError:
         # The reader (head, less) has gone: stop like git does, without a traceback.

@@ -206,5 +206,16 @@ def test_plain_text_views_for_a_terminal(repo: vs.Repository) -> None:
     diff._repr_pretty_(printer, False)
     assert printer.out == ["updated_chunks /grid: 2 chunk(s)"]
     assert "edit a corner" in repr(repo.ancestry())
+    # A forgotten commit: print(repo) says staged changes wait, and where.
+    assert "uncommitted" not in text
+    forgotten = repo.writable_session("dev")
+    forgotten.store.storage.set("note", b"not committed")
+    repo.writable_session("main").store.storage.set("note", b"nor this")
+    lines = str(repo).splitlines()
+    assert lines[-2] == ("  uncommitted: 2 writable session(s) with staged changes "
+                         "(1 on dev, 1 on main)")
+    assert "writable_session(branch, resume=id)" in lines[-1]
+    forgotten.discard_changes()
+    assert "(1 on main)" in str(repo)
     repo.close()
     assert str(repo).startswith(repr(repo))  # closed: says so, does not raise

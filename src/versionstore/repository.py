@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import html
 import itertools
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -142,11 +143,16 @@ class Repository:
         return _reopen_repository, (type(self), self.storage, self.virtual_chunks)
 
     def __str__(self) -> str:
-        """Branches, tags and the last few snapshots of ``main``, as text (``print(repo)``)."""
+        """Branches, tags, the last few snapshots of ``main``, and uncommitted sessions, as text.
+
+        What ``print(repo)`` shows; the last line, only when there are any, counts
+        the writable sessions holding staged changes (``resumable_sessions``).
+        """
         try:
             branches = {name: self.lookup_branch(name) for name in self.list_branches()}
             tags = {name: self.lookup_tag(name) for name in self.list_tags()}
             recent = list(itertools.islice(self.ancestry(), 6))
+            pending = Counter(self.resumable_sessions().values())
         except VersionStoreError as exc:  # closed, or damaged: say so rather than fail
             return f"{self!r}: {exc}"
         lines = [repr(self)]
@@ -157,6 +163,14 @@ class Repository:
                   for i in recent[:5]]
         if len(recent) > 5:
             lines.append("    …")
+        if pending:
+            # Staged but never committed (a kernel restarted, a forgotten commit): the
+            # data is not in any snapshot above, and it is not lost either.
+            on = ", ".join(f"{count} on {branch}" for branch, count in sorted(pending.items()))
+            lines.append(f"  uncommitted: {pending.total()} writable session(s) with staged "
+                         f"changes ({on})")
+            lines.append("    repo.resumable_sessions() lists them; "
+                         "writable_session(branch, resume=id) continues one")
         return "\n".join(lines)
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:

@@ -197,7 +197,8 @@ class Repository:
 
         ``storage`` is ``vs.lmdb_storage(path)``, ``vs.in_memory_storage()``, or
         a path (``str`` / ``os.PathLike``) meaning an LMDB directory; anything
-        else raises ``TypeError``, as in every constructor below.
+        else raises ``TypeError``, and a URL given as a ``str`` (``s3://…``)
+        ``ValueError``, as in every constructor below.
         """
         storage = as_storage(storage)
         if not storage.may_hold_repository():

@@ -440,13 +440,19 @@ class Repository:
         check_optional_name(tag, "tag", "a tag name")
         check_optional_name(snapshot_id, "snapshot_id", "a snapshot id")
         check_optional_time(as_of)
-        if branch is not None and branch not in self.list_branches():
-            if looks_like_snapshot_id(branch):
-                raise BranchNotFoundError(branch, hint=f"did you mean snapshot_id={branch!r}?")
-            if branch in self.list_tags():
-                raise BranchNotFoundError(branch, hint=f"it is a tag: did you mean tag={branch!r}?")
-        target = self._resolve(branch=branch, tag=tag, snapshot_id=snapshot_id,
-                               default_branch=MAIN)
+        try:
+            target = self._resolve(branch=branch, tag=tag, snapshot_id=snapshot_id,
+                                   default_branch=MAIN)
+        except BranchNotFoundError:
+            # Looked at only once the branch is missing: listing refs is a round trip
+            # on object storage, and opening a branch's session must not pay for it.
+            if branch is not None and looks_like_snapshot_id(branch):
+                raise BranchNotFoundError(
+                    branch, hint=f"did you mean snapshot_id={branch!r}?") from None
+            if branch is not None and branch in self.list_tags():
+                raise BranchNotFoundError(
+                    branch, hint=f"it is a tag: did you mean tag={branch!r}?") from None
+            raise
         if as_of is not None:
             if tag is not None or snapshot_id is not None:
                 raise ValueError("as_of goes with a branch, not with a tag or snapshot id")

@@ -71,7 +71,7 @@ from versionstore.errors import (
 )
 from versionstore.grafts import parents_of
 from versionstore.group_stage import GroupStager
-from versionstore.history import Diff, classify_changes, with_history
+from versionstore.history import Diff, KeyLocator, classify_changes, with_history
 from versionstore.ids import ObjectId, SessionId, SnapshotId, object_id_text
 from versionstore.located_staging import (
     LocatedStaging,
@@ -824,9 +824,17 @@ class Session:
         atomic step): ``discard_changes`` undoes it, ``commit`` or ``amend``
         records it, and it mixes freely with data writes.
 
+        The destination's parent must exist and not be an array: a group, the
+        root, or a directory that already holds keys. This follows icechunk's
+        ``move``, which refuses a missing parent group and an array parent
+        (Zarr v3 has no implicit groups, and nothing lives inside an array);
+        a directory of keys without a node document, which icechunk cannot
+        hold, is accepted as the implicit group it is in zarr-python.
+
         Raises:
             InvalidMoveError: the root is moved, the source holds nothing, the
-                destination holds something, or it lies inside the source.
+                destination holds something or lies inside the source, or
+                the destination's parent does not exist or is an array.
             ReadOnlySessionError: the session is read-only.
         """
         session_id = self._require_writable()
@@ -841,6 +849,17 @@ class Session:
             raise InvalidMoveError(f"nothing to move: {from_path!r} does not exist")
         if next(self.iter_entries(target + "/", target + "/"), None) is not None:
             raise InvalidMoveError(f"cannot move onto {to_path!r}: it already exists")
+        parent = target.rpartition("/")[0]
+        if parent:
+            kind = KeyLocator(self.value).node_type(parent)
+            if kind == "array":
+                raise InvalidMoveError(
+                    f"cannot move into {to_path!r}: '/{parent}' is an array, not a group")
+            if kind is None and next(self.iter_entries(parent + "/", parent + "/"),
+                                     None) is None:
+                raise InvalidMoveError(
+                    f"cannot move to {to_path!r}: the destination's parent group "
+                    f"'/{parent}' does not exist")
         for key in moving:
             validate_session_key(target + key[len(source):])
         prefix = stage_prefix(session_id)

@@ -841,14 +841,17 @@ class Session:
         self._absorb_first()  # located writes under the source move with it
         source, target = _node_directory(from_path), _node_directory(to_path)
         if not source or not target:
-            raise InvalidMoveError("the root group cannot be moved, nor anything moved onto it")
+            raise InvalidMoveError("the root group cannot be moved (into itself or its own "
+                                   "descendant), nor anything moved onto it")
         if target == source or target.startswith(source + "/"):
-            raise InvalidMoveError(f"cannot move {from_path!r} into itself ({to_path!r})")
+            raise InvalidMoveError(
+                f"cannot move {from_path!r} into itself or its own descendant ({to_path!r})")
         moving = dict(self.iter_entries(source + "/", source + "/"))
         if not moving:
-            raise InvalidMoveError(f"nothing to move: {from_path!r} does not exist")
+            raise InvalidMoveError(f"nothing to move: node not found at {from_path!r}")
         if next(self.iter_entries(target + "/", target + "/"), None) is not None:
-            raise InvalidMoveError(f"cannot move onto {to_path!r}: it already exists")
+            raise InvalidMoveError(
+                f"cannot move onto {to_path!r}: it already exists (would overwrite existing node)")
         parent = target.rpartition("/")[0]
         if parent:
             kind = KeyLocator(self.value).node_type(parent)

@@ -381,7 +381,12 @@ class AlgebraMachine(RuleBasedStateMachine):
         session = self.repo.writable_session(branch)
         moving = {k: v for k, v in content.items() if _under(k, source)}
         taken = any(_under(k, destination) for k in content)
-        if not moving or taken or destination == source or _under(destination, source):
+        # The destination's parent must exist and not be an array (every zarr.json here is one).
+        parent = destination.rpartition("/")[0]
+        no_parent = bool(parent) and (f"{parent}/zarr.json" in content
+                                      or not any(_under(k, parent) for k in content))
+        if (not moving or taken or no_parent or destination == source
+                or _under(destination, source)):
             with pytest.raises(vs.InvalidMoveError):
                 session.move("/" + source, "/" + destination)
             assert not session.has_uncommitted_changes

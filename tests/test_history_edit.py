@@ -154,7 +154,7 @@ def test_move(repo: vs.Repository) -> None:
     session.commit("made g/t")
     session = repo.rearrange_session("main")
     for source, target, reason in [
-        ("/", "/x", "root"), ("/g", "/", "root"), ("/nope", "/x", "does not exist"),
+        ("/", "/x", "root"), ("/g", "/", "root"), ("/nope", "/x", "node not found"),
         ("/g", "/g/h", "into itself"), ("/g", "/g", "into itself"),
     ]:
         with pytest.raises(vs.InvalidMoveError, match=reason):

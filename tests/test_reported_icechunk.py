@@ -421,3 +421,34 @@ def test_an_array_overwritten_while_the_branch_wrote_into_it_conflicts(
     replacer.commit("a, made anew")
     np.testing.assert_array_equal(
         zarr.open_array(repo.readonly_session("main").store, path="a", mode="r")[:], [7, 0, 0, 0])
+
+
+def test_move_refuses_a_destination_inside_an_array_or_under_a_missing_group(
+        repo: vs.Repository) -> None:
+    """icechunk's own move tests: ``move('/src', '/arr/x')`` and a move under a vanished group.
+
+    Both moves were accepted: the first put a node inside an array, the second
+    (``/0 -> /00``, ``/00/0 -> /000``, ``/00 -> /0/0``) a node under a group
+    that no longer existed. icechunk refuses both, and so does versionstore now,
+    staging nothing.
+    """
+    session = repo.writable_session("main")
+    root = zarr.open_group(session.store, mode="a")
+    for name in ("arr", "src"):
+        root.create_array(name, shape=(1,), dtype="i4")
+    root.create_group("0").create_array("0", shape=(1,), dtype="i4")[:] = 5
+    session.commit("arr, src, 0/0")
+    mover = repo.rearrange_session("main")
+    with pytest.raises(vs.InvalidMoveError, match="is an array, not a group"):
+        mover.move("/src", "/arr/x")
+    assert not mover.has_uncommitted_changes
+    mover.move("/0", "/00")
+    mover.move("/00/0", "/000")
+    with pytest.raises(vs.InvalidMoveError, match="parent group '/0' does not exist"):
+        mover.move("/00", "/0/0")
+    mover.move("/00", "/src2")  # the refused move staged nothing; a valid one still works
+    mover.commit("moves")
+    tree = zarr.open_group(repo.readonly_session("main").store, mode="r")
+    assert sorted(tree.group_keys()) == ["src2"]
+    assert sorted(tree.array_keys()) == ["000", "arr", "src"]
+    assert tree["000"][:].tolist() == [5]

@@ -72,7 +72,7 @@ from versionstore.errors import (
 )
 from versionstore.grafts import parents_of
 from versionstore.group_stage import GroupStager
-from versionstore.history import Diff, classify_changes, with_history
+from versionstore.history import Diff, KeyLocator, classify_changes, with_history
 from versionstore.ids import ObjectId, SessionId, SnapshotId, object_id_text
 from versionstore.located_staging import (
     LocatedStaging,
@@ -825,23 +825,45 @@ class Session:
         atomic step): ``discard_changes`` undoes it, ``commit`` or ``amend``
         records it, and it mixes freely with data writes.
 
+        The destination's parent must exist and not be an array: a group, the
+        root, or a directory that already holds keys. This follows icechunk's
+        ``move``, which refuses a missing parent group and an array parent
+        (Zarr v3 has no implicit groups, and nothing lives inside an array);
+        a directory of keys without a node document, which icechunk cannot
+        hold, is accepted as the implicit group it is in zarr-python.
+
         Raises:
             InvalidMoveError: the root is moved, the source holds nothing, the
-                destination holds something, or it lies inside the source.
+                destination holds something or lies inside the source, or
+                the destination's parent does not exist or is an array.
             ReadOnlySessionError: the session is read-only.
         """
         session_id = self._require_writable()
         self._absorb_first()  # located writes under the source move with it
         source, target = _node_directory(from_path), _node_directory(to_path)
         if not source or not target:
-            raise InvalidMoveError("the root group cannot be moved, nor anything moved onto it")
+            raise InvalidMoveError("the root group cannot be moved (into itself or its own "
+                                   "descendant), nor anything moved onto it")
         if target == source or target.startswith(source + "/"):
-            raise InvalidMoveError(f"cannot move {from_path!r} into itself ({to_path!r})")
+            raise InvalidMoveError(
+                f"cannot move {from_path!r} into itself or its own descendant ({to_path!r})")
         moving = dict(self.iter_entries(source + "/", source + "/"))
         if not moving:
-            raise InvalidMoveError(f"nothing to move: {from_path!r} does not exist")
+            raise InvalidMoveError(f"nothing to move: node not found at {from_path!r}")
         if next(self.iter_entries(target + "/", target + "/"), None) is not None:
-            raise InvalidMoveError(f"cannot move onto {to_path!r}: it already exists")
+            raise InvalidMoveError(
+                f"cannot move onto {to_path!r}: it already exists (would overwrite existing node)")
+        parent = target.rpartition("/")[0]
+        if parent:
+            kind = KeyLocator(self.value).node_type(parent)
+            if kind == "array":
+                raise InvalidMoveError(
+                    f"cannot move into {to_path!r}: '/{parent}' is an array, not a group")
+            if kind is None and next(self.iter_entries(parent + "/", parent + "/"),
+                                     None) is None:
+                raise InvalidMoveError(
+                    f"cannot move to {to_path!r}: the destination's parent group "
+                    f"'/{parent}' does not exist")
         for key in moving:
             validate_session_key(target + key[len(source):])
         prefix = stage_prefix(session_id)

@@ -344,6 +344,9 @@ def test_bad_references_are_refused(repo: vs.Repository, sources: Any) -> None:
         store.set_virtual_ref("x/c/0", prefix + "a.bin", -1, 10)
     with pytest.raises(ValueError, match="timezone"):
         store.set_virtual_ref("x/c/0", prefix + "a.bin", 0, 10, checksum=datetime(2024, 1, 1))
+    for nowhere in ("s3://", "file:///", "s3:////"):  # a scheme and nothing it names
+        with pytest.raises(ValueError, match="must name an object"):
+            store.set_virtual_ref("x/c/0", nowhere, 0, 10, validate_container=False)
     with pytest.raises(TypeError):
         store.set_virtual_ref("x/c/0", prefix + "a.bin", 0, 10, checksum=12)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="dimension"):

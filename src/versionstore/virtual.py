@@ -124,8 +124,8 @@ def virtual_ref(location: str, offset: int, length: int, checksum: Checksum = No
         TypeError: an argument has the wrong type.
         ValueError: a negative offset, a length that is not positive (an
             empty chunk decodes to nothing: icechunk refuses it too, its
-            issue 2328), a location without a URL scheme, or a last-modified
-            time without a timezone.
+            issue 2328), a location without a URL scheme or with nothing
+            after it (``s3://``), or a last-modified time without a timezone.
     """
     if not isinstance(location, str):
         raise TypeError(f"a virtual chunk location is a URL string, not {location!r}")
@@ -136,6 +136,11 @@ def virtual_ref(location: str, offset: int, length: int, checksum: Checksum = No
         raise TypeError(f"checksum must be an ETag (str), a datetime or None, not {checksum!r}")
     ref = VirtualRef(location=location, offset=offset, length=length, checksum=checksum)
     ref.check()
+    if not location.partition("://")[2].strip("/"):
+        # "s3://" alone: a store configured for the whole scheme would accept it, and
+        # every read of the chunk would fail far from here.
+        raise ValueError(f"a virtual chunk location must name an object after the scheme "
+                         f"(s3://bucket/file.nc), not {location!r}")
     if length == 0:
         raise ValueError(f"a virtual chunk cannot be empty: {location!r} at offset {offset} "
                          "has length 0")

@@ -25,6 +25,7 @@ import pytest
 import zarr
 from http_support import http_server_fixture, served_dir_fixture
 from object_support import S3Server, aws_env_fixture, s3_fixture
+from obstore.store import LocalStore
 from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
 from zarr.core.buffer import cpu, default_buffer_prototype
 
@@ -937,6 +938,7 @@ def test_stores_opened_on_relative_paths_reach_the_same_place_from_a_worker(
         "FilesystemStore": FilesystemStore("fs"),
         "LMDBStore": LMDBStore("lmdb"),
         "ObjectStore.local": ObjectStore.local("obstore"),
+        "ObjectStore(LocalStore)": ObjectStore(LocalStore("backing", mkdir=True)),
         "OpendalStore.from_scheme": OpendalStore.from_scheme(
             "fs", root="opendal", atomic_write_dir="opendal-tmp"),
         "AsyncOpendalStore.from_scheme": AsyncOpendalStore.from_scheme("fs", root="async"),
@@ -952,4 +954,31 @@ def test_stores_opened_on_relative_paths_reach_the_same_place_from_a_worker(
                           check=False, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert done.stdout.decode().splitlines() == [f"{name} [7, 7]" for name in stores]
+    assert sorted(path.name for path in (tmp_path / "worker").iterdir()) == []
+
+
+def test_a_repository_on_a_relative_local_store_opens_from_a_worker_elsewhere(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same reports for ``vs.object_storage`` over an obstore ``LocalStore`` given
+    a relative directory: the pickled storage (a dask worker's) opens the repository."""
+    import subprocess
+    import sys
+
+    (tmp_path / "client").mkdir()
+    (tmp_path / "worker").mkdir()
+    monkeypatch.chdir(tmp_path / "client")
+    storage = vs.object_storage(LocalStore("repo", mkdir=True))
+    repo = vs.Repository.create(storage)
+    session = repo.writable_session("main")
+    zarr.create_array(session.store, name="a", shape=(2,), dtype="i4")[:] = 7
+    session.commit("sevens")
+    script = ("import pickle, sys, zarr, versionstore as vs\n"
+              "repo = vs.Repository.open(pickle.loads(sys.stdin.buffer.read()))\n"
+              "print(zarr.open_array(repo.readonly_session('main').store, path='a', "
+              "mode='r')[:].tolist())\n")
+    done = subprocess.run([sys.executable, "-c", script], input=pickle.dumps(storage),
+                          cwd=tmp_path / "worker", capture_output=True, timeout=120,
+                          check=False, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout.decode().split() == ["[7,", "7]"]
     assert sorted(path.name for path in (tmp_path / "worker").iterdir()) == []

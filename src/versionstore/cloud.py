@@ -26,6 +26,7 @@ from obstore.store import AzureStore, GCSStore, S3Store
 from versionstore.backend.object import DEFAULT_GC_GRACE, ObjectBackend
 from versionstore.backend.object_io import ObjectIO, is_picklable_store
 from versionstore.errors import StorageAccessDeniedError, UnsafeStorageError
+from zarrstore.object import absolute_backing
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, ObjectStore, RetryConfig
@@ -82,7 +83,9 @@ class ObjectStorage:
     prefixes are.
     """
 
-    store: ObjectStore
+    #: A ``LocalStore`` on a relative directory is made again on the absolute one
+    #: (``zarrstore.object.absolute_backing``), so that a pickled copy opens it anywhere.
+    store: ObjectStore = attrs.field(converter=absolute_backing)
     prefix: str = attrs.field(default="", converter=_clean_prefix)
     unsafe_allow_unconditional_writes: bool = False
     _token: str = attrs.field(factory=lambda: uuid.uuid4().hex, repr=False)

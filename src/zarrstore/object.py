@@ -59,7 +59,26 @@ if TYPE_CHECKING:
     from obstore.store import ClientConfig, RetryConfig, S3Config, S3CredentialProvider
     from obstore.store import ObjectStore as Backing
 
-__all__ = ["ObjectStorage", "ObjectStore", "S3Options"]
+__all__ = ["ObjectStorage", "ObjectStore", "S3Options", "absolute_backing"]
+
+
+def absolute_backing(backing: Backing) -> Backing:
+    """``backing``, or a ``LocalStore`` on a relative directory made again on the absolute one.
+
+    obstore resolves a ``LocalStore``'s directory against the working directory
+    when it is made, but pickles it as given: a copy sent to a worker running
+    elsewhere (a dask worker with another working directory) fails to open, or
+    opens another directory (pydata/xarray#1085, dask#2256). Resolved here,
+    against the working directory now, as ``FilesystemStore`` and LMDB do.
+    Other backings are returned as they are.
+    """
+    if not isinstance(backing, LocalStore) or backing.prefix is None \
+            or os.path.isabs(backing.prefix):
+        return backing
+    # What the store pickles as: its directory and its options (automatic_cleanup, mkdir).
+    args, options = cast("tuple[tuple[Any, ...], dict[str, Any]]",
+                         backing.__getnewargs_ex__())  # type: ignore[no-untyped-call]
+    return LocalStore(os.path.abspath(args[0]), *args[1:], **options)
 
 
 class S3Options(TypedDict, total=False):
@@ -131,7 +150,7 @@ class ObjectStorage(AsyncStorage):
 
     def __init__(self, backing: Backing, *, read_only: bool = False) -> None:
         super().__init__(read_only=read_only)
-        self.backing = backing
+        self.backing = absolute_backing(backing)
         self._name_max: int | None = None  # the local backing's, found on first use
 
     @classmethod

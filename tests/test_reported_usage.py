@@ -925,8 +925,6 @@ def test_stores_opened_on_relative_paths_reach_the_same_place_from_a_worker(
     (OpenDAL, where zarr then reads fill values).
     """
     opendal = pytest.importorskip("opendal", reason="the OpenDAL stores need opendal")
-    import subprocess
-    import sys
 
     from zarrstore import AsyncOpendalStore, OpendalStore
     from zarrstore.lmdb import LMDBStore
@@ -949,21 +947,29 @@ def test_stores_opened_on_relative_paths_reach_the_same_place_from_a_worker(
     script = ("import pickle, sys, zarr\n"
               "for name, store in pickle.loads(sys.stdin.buffer.read()).items():\n"
               "    print(name, zarr.open_array(store, path='a', mode='r')[:].tolist())\n")
-    done = subprocess.run([sys.executable, "-c", script], input=pickle.dumps(stores),
-                          cwd=tmp_path / "worker", capture_output=True, timeout=120,
-                          check=False, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    output = _unpickled_in_worker(tmp_path / "worker", script, stores)
+    assert output.splitlines() == [f"{name} [7, 7]" for name in stores]
+
+
+def _unpickled_in_worker(worker: Path, script: str, payload: object) -> str:
+    """Run ``script`` in a new process whose working directory is ``worker`` (empty),
+    ``payload`` pickled on its stdin; its stdout. The directory must stay empty: a
+    relative path resolved there would have made something in it."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", script], input=pickle.dumps(payload),
+                          cwd=worker, capture_output=True, timeout=120, check=False,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert done.returncode == 0, done.stderr.decode()[-2000:]
-    assert done.stdout.decode().splitlines() == [f"{name} [7, 7]" for name in stores]
-    assert sorted(path.name for path in (tmp_path / "worker").iterdir()) == []
+    assert sorted(path.name for path in worker.iterdir()) == []
+    return done.stdout.decode()
 
 
 def test_a_repository_on_a_relative_local_store_opens_from_a_worker_elsewhere(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same reports for ``vs.object_storage`` over an obstore ``LocalStore`` given
     a relative directory: the pickled storage (a dask worker's) opens the repository."""
-    import subprocess
-    import sys
-
     (tmp_path / "client").mkdir()
     (tmp_path / "worker").mkdir()
     monkeypatch.chdir(tmp_path / "client")
@@ -976,9 +982,4 @@ def test_a_repository_on_a_relative_local_store_opens_from_a_worker_elsewhere(
               "repo = vs.Repository.open(pickle.loads(sys.stdin.buffer.read()))\n"
               "print(zarr.open_array(repo.readonly_session('main').store, path='a', "
               "mode='r')[:].tolist())\n")
-    done = subprocess.run([sys.executable, "-c", script], input=pickle.dumps(storage),
-                          cwd=tmp_path / "worker", capture_output=True, timeout=120,
-                          check=False, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-    assert done.returncode == 0, done.stderr.decode()[-2000:]
-    assert done.stdout.decode().split() == ["[7,", "7]"]
-    assert sorted(path.name for path in (tmp_path / "worker").iterdir()) == []
+    assert _unpickled_in_worker(tmp_path / "worker", script, storage).split() == ["[7,", "7]"]

@@ -181,6 +181,10 @@ class ObjectStorage:
                     "for the repository")
         return None
 
+    def missing_repository_message(self) -> str:
+        """No repository's log under the prefix."""
+        return f"no repository in {self!r}"
+
 
 def object_storage(store: ObjectStore, prefix: str = "", *,
                    unsafe_allow_unconditional_writes: bool = False) -> ObjectStorage:

@@ -93,7 +93,7 @@ from versionstore.records import (
 )
 from versionstore.refs import MAIN, REPOSITORY_REF, Refs, branch_ref, session_ref, stage_prefix
 from versionstore.session import Session
-from versionstore.storage import RepositoryStorage, StorageLike, missing_repository_message
+from versionstore.storage import RepositoryStorage, StorageLike
 from versionstore.transfer import TransferSummary, transfer_branch
 from versionstore.tree import changed_entries, lookup
 from versionstore.usage import (
@@ -298,14 +298,14 @@ class Repository:
         storage = as_storage(storage)
         virtual = VirtualChunkStores(virtual_chunk_stores, check_checksums=check_virtual_checksums)
         if not storage.may_hold_repository():
-            raise RepositoryNotFoundError(missing_repository_message(storage))
+            raise RepositoryNotFoundError(storage.missing_repository_message())
         # One backend, and one read of the format record and ``main`` (what ``exists``
         # reads): opening an LMDB environment, or a round trip to object storage, once.
         backend = storage.open_backend()
         try:
             raw, main = backend.get_refs([REPOSITORY_REF, branch_ref(MAIN)])
             if raw is None and main is None:
-                raise RepositoryNotFoundError(missing_repository_message(storage))
+                raise RepositoryNotFoundError(storage.missing_repository_message())
             if raw is not None:
                 version = decode_repository(REPOSITORY_REF, raw).format_version
                 if version > REPOSITORY_FORMAT:

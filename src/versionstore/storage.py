@@ -37,6 +37,10 @@ class RepositoryStorage(Protocol):
         """Why a new repository must not be created here, or ``None`` if it may be."""
         ...
 
+    def missing_repository_message(self) -> str:
+        """``RepositoryNotFoundError``'s message when no repository is here."""
+        ...
+
 
 #: What ``Repository.create`` / ``open`` / ``open_or_create`` / ``exists`` accept:
 #: a storage description, or the path of an LMDB directory.
@@ -145,12 +149,9 @@ class InMemoryStorage:
         """Memory is always a fine place (``create`` still refuses a non-empty backend)."""
         return None
 
-
-def missing_repository_message(storage: RepositoryStorage) -> str:
-    """The message of ``RepositoryNotFoundError`` for ``storage`` (path-specific for LMDB)."""
-    if isinstance(storage, LMDBStorage):
-        return storage.missing_repository_message()
-    return f"no repository in {storage!r}"
+    def missing_repository_message(self) -> str:
+        """Nothing created here yet."""
+        return f"no repository in {self!r}"
 
 
 def lmdb_storage(path: str | os.PathLike[str], *, durable: bool = False,

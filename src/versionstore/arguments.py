@@ -26,6 +26,7 @@ __all__ = [
     "check_optional_name",
     "check_optional_time",
     "looks_like_snapshot_id",
+    "looks_like_url",
 ]
 
 _STORAGE_HINT = (
@@ -36,6 +37,11 @@ _STORAGE_HINT = (
 
 #: A URL's scheme and "://" (RFC 3986 scheme characters).
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def looks_like_url(text: str) -> bool:
+    """Whether ``text`` starts with a URL scheme and ``://`` (``s3://bucket/x``)."""
+    return _URL.match(text) is not None
 
 
 def _shown(value: object) -> str:
@@ -59,7 +65,7 @@ def as_storage(value: object, parameter: str = "storage") -> RepositoryStorage:
     """
     if _is_storage(value):
         return value
-    if isinstance(value, str) and _URL.match(value):
+    if isinstance(value, str) and looks_like_url(value):
         # Taken as a path, "s3://bucket/x" would become the directory "s3:/bucket/x".
         raise ValueError(
             f"{parameter} {value!r} looks like a URL, but a str names an LMDB directory; "

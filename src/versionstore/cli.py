@@ -46,6 +46,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from versionstore import __version__
+from versionstore.arguments import looks_like_url
 from versionstore.clone import copy_repository
 from versionstore.errors import MergeConflictError, SnapshotNotFoundError, VersionStoreError
 from versionstore.history import Diff, SnapshotInfo
@@ -98,7 +99,7 @@ def _when(text: str) -> datetime:
 
 def _open(path: str) -> Repository:
     # Taken as a path, "s3://bucket/x" would be reported as a missing "s3:/bucket/x".
-    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", path) and not os.path.exists(path):
+    if looks_like_url(path) and not os.path.exists(path):
         raise _UserError(f"{path!r} is a URL; this command takes an LMDB repository "
                          "directory (URLs go to clone, push and fetch: `versionstore clone "
                          f"{path} DIR` copies it to a directory this command reads)")

@@ -720,8 +720,6 @@ class Repository:
         check_name(into_branch, "into_branch")
         check_optional_name(message, "message", "a message")
         check_flag(fast_forward, "fast_forward")
-        if (from_branch, from_tag, from_snapshot_id) == (None, None, None):
-            raise ValueError("give one of from_branch, from_tag or from_snapshot_id")
         source = self._resolve(branch=from_branch, tag=from_tag, snapshot_id=from_snapshot_id,
                                prefix="from_")
         label = (f"branch {from_branch!r}" if from_branch is not None else

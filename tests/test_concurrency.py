@@ -514,3 +514,48 @@ def test_threads_reading_a_session_whose_writes_are_in_a_staged_manifest(
     storage = repo.readonly_session("main").store.storage
     assert storage.get_many([(f"a/c/{i}", None) for i in range(writes)]) == [
         value(i) for i in range(writes)]
+
+
+def test_moves_and_erases_racing_a_commit_of_one_session_duplicate_nothing(
+        repo: vs.Repository, switch_often: None) -> None:
+    """A move or erase decided on the base a commit is replacing starts over.
+
+    Regression: ``move`` and ``erase_keys`` drop a key staged only in this
+    session by deleting its staged ref (no tombstone, the base lacks it). A
+    commit of the same session landing between that reading and the batch put
+    the key into the new base, so the move left it at its source too (two
+    nodes) and the erase left it in place.
+    """
+    session = repo.writable_session("main")
+    session.set_values([("g0/zarr.json", b'{"node_type": "group"}'),
+                        ("g1/zarr.json", b'{"node_type": "group"}')])
+    session.commit("groups")
+    rounds = 150
+    stop = threading.Event()
+
+    def move_and_erase() -> None:
+        try:
+            for i in range(rounds):
+                session.set_values([("g0/x/zarr.json", b'{"node_type": "group"}'),
+                                    (f"gone/{i}", b"v")])
+                session.move("/g0/x", "/g1/x")
+                session.erase_keys([f"gone/{i}"])
+                session.erase_keys(["g1/x/zarr.json"])
+        finally:
+            stop.set()
+
+    def commit() -> None:
+        while not stop.is_set():
+            try:
+                session.commit("meanwhile")
+            except vs.NothingToCommitError:
+                pass
+
+    run_threads([move_and_erase, commit])
+    try:
+        session.commit("last")
+    except vs.NothingToCommitError:
+        pass
+    left = [key for key, _ in repo.readonly_session("main").iter_entries("", "")]
+    assert left == ["g0/zarr.json", "g1/zarr.json"]
+    assert repo.verify().problems == ()

@@ -773,19 +773,26 @@ class Session:
         """Stage the deletion of each key (keys that do not exist are ignored)."""
         session_id = self._require_writable()
         prefix = stage_prefix(session_id)
-        refs: dict[str, bytes | None] = {}
         self._absorb_first()
-        self._refresh()
-        # A key a manifest holds is erased by a tombstone: deleting its ref would leave
-        # the manifest's write in view (a tombstone of a key the base lacks changes nothing).
-        spilled = bool(self._manifests)
         for key in keys:
             validate_session_key(key)
-            in_base = lookup(self._repo.reader.lookup_node, self._root, key) is not None
-            name = prefix + key
-            refs[name] = encode_staged(name, TOMBSTONE) if in_base or spilled else None
-        if refs:
-            self._stage(WriteBatch(refs=refs, session=self._rule(self._base)))
+        while keys:
+            refs: dict[str, bytes | None] = {}
+            self._refresh()
+            record = self._record_read
+            # A key a manifest holds is erased by a tombstone: deleting its ref would leave
+            # the manifest's write in view (a tombstone of a key the base lacks changes
+            # nothing).
+            spilled = bool(self._manifests)
+            for key in keys:
+                in_base = lookup(self._repo.reader.lookup_node, self._root, key) is not None
+                name = prefix + key
+                refs[name] = encode_staged(name, TOMBSTONE) if in_base or spilled else None
+            # The record as read: a commit landing meanwhile moves the base (a key staged
+            # only here is then in it and needs a tombstone), so read again and retry.
+            if self._stage(WriteBatch(expect={session_ref(session_id): record}, refs=refs,
+                                      session=self._rule(self._base))):
+                return
 
     def _read_changes(self) -> tuple[list[Change], Mapping[str, bytes]]:
         """The staged changes, and what each staged ref holds now (for ``delete_if_equal``).
@@ -847,6 +854,17 @@ class Session:
         if target == source or target.startswith(source + "/"):
             raise InvalidMoveError(
                 f"cannot move {from_path!r} into itself or its own descendant ({to_path!r})")
+        # A commit landing between the reads below and the batch moves the base: a key
+        # staged only here would then be in the new base and need a tombstone, so the
+        # batch expects the session record as read and the move starts over if it changed.
+        while not self._move_once(session_id, from_path, to_path, source, target):
+            pass
+
+    def _move_once(self, session_id: SessionId, from_path: str, to_path: str,
+                   source: str, target: str) -> bool:
+        """One attempt at ``move``: ``False`` if a commit moved the base meanwhile."""
+        self._refresh()
+        record = self._record_read
         moving = dict(self.iter_entries(source + "/", source + "/"))
         if not moving:
             raise InvalidMoveError(f"nothing to move: node not found at {from_path!r}")
@@ -879,7 +897,8 @@ class Session:
         # By id only where stored by id: a located chunk is kept at its hint (format.md).
         chunks = [e.chunk_id for e in moving.values()
                   if isinstance(e, ChunkRef) and e.location is None]
-        self._stage(WriteBatch(refs=refs, requires=chunks, session=self._rule(self._base)))
+        return self._stage(WriteBatch(expect={session_ref(session_id): record}, refs=refs,
+                                      requires=chunks, session=self._rule(self._base)))
 
     @property
     def has_uncommitted_changes(self) -> bool:

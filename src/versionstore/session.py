@@ -774,6 +774,7 @@ class Session:
         session_id = self._require_writable()
         prefix = stage_prefix(session_id)
         self._absorb_first()
+        keys = list(keys)  # read once per attempt below: a generator would be spent
         for key in keys:
             validate_session_key(key)
         while keys:

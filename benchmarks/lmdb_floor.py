@@ -54,6 +54,13 @@ class LMDBFloorStore(Store):
                               metasync=False, readahead=True)
         self._db = self._env.open_db(b"chunks")
 
+    def with_read_only(self, read_only: bool = False) -> LMDBFloorStore:
+        """A view of the same environment (zarr opens arrays for reading through one)."""
+        view = object.__new__(type(self))
+        Store.__init__(view, read_only=read_only)
+        view._env, view._db = self._env, self._db
+        return view
+
     def close(self) -> None:
         self._env.close()
 

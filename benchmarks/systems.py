@@ -588,7 +588,7 @@ class LMDBFloor(_UnversionedLMDB):
     name = "lmdb-zarr"
     description = ("one py-lmdb transaction per set/get behind a minimal zarr Store "
                    "(no history, no checks): the floor of an LMDB store through zarr")
-    only_workloads = ("percall",)  # no listing, deletion or byte ranges: see its module
+    only_workloads = ("percall", "bulk")  # no listing, deletion or byte ranges: its module
 
     ordered = False
 
@@ -598,7 +598,7 @@ class LMDBFloor(_UnversionedLMDB):
         return LMDBFloorStore(self.root / "floor", ordered=self.ordered)
 
     def read_store(self, snapshot: str | None = None) -> Store:
-        return self._store  # type: ignore[no-any-return]
+        return self._store.with_read_only(True)  # type: ignore[no-any-return]
 
 
 class LMDBOrderedFloor(LMDBFloor):

@@ -224,7 +224,7 @@ def test_every_command_has_help_with_an_example(command: str) -> None:
 
 def test_branch_and_tag_subcommands_have_examples() -> None:
     for kind in ("branch", "tag"):
-        for sub in ("list", "create", "delete"):
+        for sub in ("list", "create", "delete", *(("reset",) if kind == "branch" else ())):
             result = _run(kind, sub, "--help")
             assert result.exit_code == 0 and f"Example: versionstore {kind} {sub}" in \
                 result.output
@@ -282,6 +282,35 @@ def test_branch_tag_create_list_delete(repo_path: str) -> None:
     assert _run("tag", "delete", repo_path, "v2").exit_code == 0
     assert main(["tag", "create", repo_path, "v2", "main"]) == 1  # a deleted tag name
     assert main(["branch", "delete", repo_path, "main"]) == 1
+
+
+def test_branch_reset_moves_the_branch_and_refuses_a_stale_from(repo_path: str) -> None:
+    log = json.loads(_run("log", repo_path, "--json").output)
+    second, first = log[0]["id"], log[1]["id"]
+    assert main(["branch", "reset", repo_path, "main", "v1", "--from", "dev"]) == 1  # main moved
+    assert _run("branch", "reset", repo_path, "main", "v1", "--from", second).exit_code == 0
+    with vs.Repository.open(repo_path) as repo:
+        assert repo.lookup_branch("main") == first
+    assert _run("branch", "reset", repo_path, "main", second[:10]).exit_code == 0  # a prefix
+    assert main(["branch", "reset", repo_path, "main", "no-such-version"]) == 1
+    assert main(["branch", "reset", repo_path, "nobranch", "main"]) == 1
+    with vs.Repository.open(repo_path) as repo:
+        assert repo.lookup_branch("main") == second
+
+
+def test_status_without_an_id_takes_the_only_session(repo_path: str) -> None:
+    assert main(["status", repo_path]) == 2  # nothing staged: a usage error naming why
+    ids = []
+    with vs.Repository.open(repo_path) as repo:
+        for key in ("one", "two"):
+            session = repo.writable_session()
+            session.store.storage.set(key, b"x")
+            ids.append(session.session_id)
+            if key == "one":
+                status = json.loads(_run("status", repo_path, "--json").output)
+                assert status["updated_keys"] == ["one"]
+    result = _run("status", repo_path)
+    assert result.exit_code == 2 and all(i in result.output for i in ids)
 
 
 def test_sessions_status_and_discard(repo_path: str) -> None:

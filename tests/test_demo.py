@@ -112,3 +112,20 @@ def test_demo_refuses_a_file_or_a_directory_of_other_files_in_one_line(tmp_path:
         assert refused.returncode == 1
         assert message in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["data.nc", "notes", "todo.txt"]
+
+
+def test_demo_interrupted_ends_with_one_line_and_status_130(tmp_path: Path) -> None:
+    import signal
+
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "versionstore.demo", "repo"], cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # A job started in the background inherits SIGINT ignored; a terminal's Ctrl-C
+        # reaches a process that has the default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert demo.stdout is not None and demo.stdout.readline()  # it is running
+    demo.send_signal(signal.SIGINT)
+    _, err = demo.communicate(timeout=300)
+    assert demo.returncode == 130, err  # the demo runs for about a second after its first line
+    assert err.strip().splitlines() == [
+        f"versionstore.demo: interrupted; the repository is at {tmp_path / 'repo'}"]

@@ -13,7 +13,7 @@ import zarr
 from zarr.core.buffer import cpu
 
 import versionstore as vs
-from versionstore.backend.protocol import StagingWindow
+from versionstore.backend.protocol import StagingWindow, WriteBatch
 from versionstore.group_stage import GroupStager
 from versionstore.session import Session
 from zarrstore.errors import InvalidKeyError
@@ -287,12 +287,12 @@ def test_writers_arriving_over_several_turns_share_a_batch_and_return_once_stage
     assert max(sizes) > 4  # later turns joined the first one's batch
 
 
-# -- large values: hashed and framed off the event loop ------------------------------------
+# -- large values: staged at once, alone; hashed off the loop when the backend is busy ------
 
 
 def _recording_prepare(monkeypatch: pytest.MonkeyPatch,
                        gate: threading.Event | None = None) -> list[threading.Thread]:
-    """The threads ``SessionStore`` hashed large values in (``codec.prepare_chunk``)."""
+    """The threads ``SessionStore`` hashed large values in ahead (``codec.prepare_chunk``)."""
     from versionstore import session_store
 
     threads: list[threading.Thread] = []
@@ -308,30 +308,67 @@ def _recording_prepare(monkeypatch: pytest.MonkeyPatch,
     return threads
 
 
-def test_large_values_are_hashed_off_the_loop_and_staged_as_any_other(
-        repo: vs.Repository, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Values of ``PREPARE_AT_BYTES`` and more: hashed in a worker thread; same ids, same bytes."""
+def _large_values() -> dict[str, bytes]:
     from versionstore.session_store import PREPARE_AT_BYTES
 
-    threads = _recording_prepare(monkeypatch)
     values = {f"a/c/{n}": np.random.default_rng(n).bytes(PREPARE_AT_BYTES + n) for n in range(6)}
     values["a/c/small"] = b"s" * 5000
     values["a/c/edge"] = b"e" * (PREPARE_AT_BYTES - 1)
-    session = repo.writable_session("main")
+    return values
 
-    async def write() -> threading.Thread:
+
+def test_large_values_are_staged_at_once_each_alone_as_any_other(
+        repo: vs.Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Values of ``PREPARE_AT_BYTES`` and more: one transaction each, on the loop's thread."""
+    threads = _recording_prepare(monkeypatch)
+    values = _large_values()
+    session = repo.writable_session("main")
+    batches: list[tuple[threading.Thread, list[str]]] = []
+    write = repo.backend.write
+
+    def recording(batch: WriteBatch) -> bool:
+        keys = [name.rpartition("/a/c/")[2] for name in batch.refs if "/a/c/" in name]
+        batches.append((threading.current_thread(), keys))
+        return write(batch)
+
+    monkeypatch.setattr(repo.backend, "write", recording)
+
+    async def write_all() -> threading.Thread:
         store = session.store
         await asyncio.gather(*(store.set(k, cpu.Buffer.from_bytes(v)) for k, v in values.items()))
         await store.set("a/c/0", cpu.Buffer.from_bytes(values["a/c/0"]))  # a lone set, too
         return threading.current_thread()
 
-    loop_thread = asyncio.run(write())
-    assert len(threads) == 7 and loop_thread not in threads  # 6 large values and the lone one
+    loop_thread = asyncio.run(write_all())
+    assert threads == []  # nothing handed to a worker thread
+    large = [keys for _, keys in batches if any(k.isdigit() for k in keys)]
+    assert sorted(large) == [[str(n)] for n in (0, 0, 1, 2, 3, 4, 5)]  # each alone
+    assert {thread for thread, _ in batches} == {loop_thread}
     plain = repo.writable_session("main")
-    plain.set_values(list(values.items()))  # staged without preparing: the reference
+    plain.set_values(list(values.items()))  # staged in one batch: the reference
     for key in values:
         assert session.entry(key) == plain.entry(key), key
     session.commit("large values")
+    read = repo.readonly_session("main")
+    assert {key: read.value(key) for key in values} == values
+
+
+def test_large_values_are_hashed_and_written_off_the_loop_while_the_backend_is_busy(
+        repo: vs.Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another writer holds LMDB's lock for long: the loop must not wait for it."""
+    threads = _recording_prepare(monkeypatch)
+    values = _large_values()
+    session = repo.writable_session("main")
+    monkeypatch.setattr(session.group_stager, "_busy", lambda: True)
+
+    async def write_all() -> threading.Thread:
+        await asyncio.gather(*(session.store.set(k, cpu.Buffer.from_bytes(v))
+                               for k, v in values.items()))
+        return threading.current_thread()
+
+    loop_thread = asyncio.run(write_all())
+    assert len(threads) == 6 and loop_thread not in threads
+    session.commit("large values, busy")
     read = repo.readonly_session("main")
     assert {key: read.value(key) for key in values} == values
 
@@ -343,6 +380,7 @@ def test_a_set_cancelled_while_its_value_is_hashed_stages_nothing(
     gate = threading.Event()
     threads = _recording_prepare(monkeypatch, gate)
     session = repo.writable_session("main")
+    monkeypatch.setattr(session.group_stager, "_busy", lambda: True)  # hashed in a thread
     big = b"b" * PREPARE_AT_BYTES
 
     async def cancel() -> None:

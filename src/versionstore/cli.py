@@ -334,14 +334,26 @@ def diff(repo: str, old: str, new: str, as_json: bool) -> None:
 
 @cli.command()
 @repo_argument
-@click.argument("session_id")
+@click.argument("session_id", required=False)
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
-def status(repo: str, session_id: str, as_json: bool) -> None:
+def status(repo: str, session_id: str | None, as_json: bool) -> None:
     """The staged changes of a resumable writable session.
+
+    Without SESSION_ID: the one session with staged changes, if there is
+    exactly one (else the ids to choose from, as `versionstore sessions`
+    lists them).
 
     Example: versionstore status my-repo 3KQ7…   (ids from `versionstore sessions`)
     """
     with _open(repo) as opened:
+        if session_id is None:
+            found = sorted(opened.resumable_sessions().items())
+            if len(found) != 1:
+                listed = "".join(f"\n  {s}  (branch {b})" for s, b in found)
+                raise click.UsageError(
+                    "no writable session has staged changes" if not found else
+                    f"{len(found)} sessions have staged changes; name one:{listed}")
+            session_id = found[0][0]
         changes = opened.writable_session(resume=session_id).status()
         if as_json:
             _json(_diff_json(changes))
@@ -430,7 +442,29 @@ def _ref_group(kind: str) -> click.Group:
 
     delete.help = (f"Delete {kind} NAME (its snapshots stay until expired or collected)."
                    f"\n\nExample: versionstore {kind} delete my-repo old")
+    if kind == "branch":
+        group.add_command(_reset_branch)
     return group
+
+
+@click.command(name="reset")
+@repo_argument
+@click.argument("name")
+@click.argument("at", metavar="AT")
+@click.option("--from", "from_", metavar="SNAPSHOT",
+              help="move only if the branch points at this snapshot now")
+def _reset_branch(repo: str, name: str, at: str, from_: str | None) -> None:
+    """Point branch NAME at AT (a branch, tag or snapshot id), as Repository.reset_branch.
+
+    The snapshots the branch leaves stay until expired or garbage collected.
+
+    Example: versionstore branch reset my-repo main 3KQ7…
+    """
+    with _open(repo) as opened:
+        snapshot = _snapshot(opened, at)
+        expected = None if from_ is None else _snapshot(opened, from_)
+        opened.reset_branch(name, snapshot, from_snapshot_id=expected)
+        _echo(f"branch {name} -> {snapshot}")
 
 
 cli.add_command(_ref_group("branch"))

@@ -15,6 +15,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -126,8 +127,15 @@ def main() -> None:
             parser.exit(1, f"versionstore.demo: {problem}\n")
     else:
         directory = Path(tempfile.mkdtemp(prefix="versionstore-demo-")) / "repo"
-    run(directory)
-    _explore(directory)
+    try:
+        run(directory)
+        _explore(directory)
+    except KeyboardInterrupt:
+        # One line and 128 + SIGINT, as the versionstore command: what was committed
+        # before the interrupt stays in the repository. zarr's coroutine cut short warns
+        # that it was never awaited as the interpreter exits: not the user's concern.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        parser.exit(130, f"versionstore.demo: interrupted; the repository is at {directory}\n")
 
 
 if __name__ == "__main__":

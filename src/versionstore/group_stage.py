@@ -135,6 +135,28 @@ class GroupStager:
         self._write_one(key, value)
         return True
 
+    def stage_now(self, key: str, value: bytes) -> bool:
+        """Write ``key = value`` at once, alone, unless writes here go to a thread.
+
+        For values whose write costs about as much alone as in a batch (a
+        chunk of a MiB or more: its pages and their flush are most of its
+        transaction), waiting for others to join only delays the ``set``,
+        and zarr starts its next chunk only once a ``set`` returns
+        (``async.concurrency`` chunks in flight). ``False`` when there is a
+        window (object storage), a threaded write of this loop is pending, or
+        the backend is busy: then ``await stage`` it.
+
+        Raises:
+            Whatever the write raised.
+        """
+        if self._window is not None:
+            return False
+        loop = asyncio.get_running_loop()
+        if loop in self._threaded or self._busy():
+            return False
+        self._write_one(key, value)
+        return True
+
     async def stage(self, key: str, value: bytes) -> None:
         """Stage ``key = value`` with whatever else this loop stages now; return once written.
 

@@ -40,12 +40,16 @@ _METADATA_NAMES = frozenset({"zarr.json", ".zarray", ".zgroup", ".zattrs", ".zme
 #: uses it for implicit groups' metadata), so racing threads cannot both stage.
 _CREATING = threading.Lock()
 
-#: Values of at least this many bytes (zarr chunks, mostly) are hashed and framed in a
-#: worker thread before they join a staging batch (``SessionStore._store``), off zarr's
-#: event loop: 256 MiB in 1 MiB chunks wrote in 0.48–0.55 s instead of 0.53–0.64 in a
-#: standalone run, 0.50 instead of 0.52 s in the suite's bulk workload. Below this size
-#: the hand-off to a thread (about 0.1 ms) outweighs the hash it moves (BLAKE3: 41 µs
-#: for 256 KiB here; ``docs/benchmarks.md``, "Issue 13, seventh round").
+#: Values of at least this many bytes (zarr chunks, mostly) are staged the moment zarr
+#: hands them over, each in a transaction of its own on the event loop's thread
+#: (``GroupStager.stage_now``), hashed there: a chunk's pages and their flush are most of
+#: its transaction, so a batch saves little, and its wait for others delays zarr, which
+#: starts a chunk only once another's ``set`` returned. 256 MiB in 1 MiB chunks through
+#: zarr wrote in 0.585-0.651 s (median 0.611) instead of 0.585-0.850 s (0.657) hashed in
+#: a worker thread and batched; the minimal ordered LMDB store, 0.457-0.539 s (0.504),
+#: twelve runs each, alternating (``docs/benchmarks.md``, "Issue 13, tenth round").
+#: When the backend is busy (``Backend.writer_busy``) they are hashed and written in a
+#: worker thread instead, as batches then are. Below this size a value joins a batch.
 PREPARE_AT_BYTES = 256 << 10
 
 #: Longest key a session stores, in UTF-8 bytes (LMDB keys are at most 511 bytes, and
@@ -275,27 +279,27 @@ class SessionStore(ZarrStore):
 
     @override
     def _store_now(self, key: str, value: bytes) -> bool:
-        # A lone set (nothing else runnable on the loop) is staged here and now
-        # (``GroupStager.stage_alone``, ``Session.set_value``, which checks the key);
-        # others join a batch through ``_store``, and so do values to hash ahead.
+        # A large value is staged here and now, alone (``GroupStager.stage_now``); so is a
+        # lone set (``stage_alone``: nothing else runnable on the loop). Both go through
+        # ``Session.set_value``, which checks the key. Others join a batch (``_store``).
+        stager = self.storage.session.group_stager
         if len(value) >= PREPARE_AT_BYTES and self._prepares:
-            return False
-        return self.storage.session.group_stager.stage_alone(key, value)
+            return stager.stage_now(key, value)
+        return stager.stage_alone(key, value)
 
     @override
     async def _store(self, key: str, value: bytes) -> None:
         validate_session_key(key)  # each caller's own key error, never its batch's
         staged: bytes | PreparedChunk = value
         if len(value) >= PREPARE_AT_BYTES and self._prepares:
-            # Hashed and framed in a worker thread (BLAKE3 releases the GIL), beside
-            # zarr's other work; the batch then only stores it. Concurrent sets have
-            # no order among themselves, so one finishing first may be staged first.
+            # Not staged at once: writes of this loop go to a worker thread (the backend
+            # is busy). Hashed and framed in one too, so the loop goes on serving.
             staged = await asyncio.to_thread(prepare_chunk, value)
         await self.storage.session.group_stager.stage(key, staged)  # type: ignore[arg-type]
 
     @property
     def _prepares(self) -> bool:
-        """Whether large values are hashed ahead: a writable session staging chunk objects.
+        """Whether large values are staged alone: a writable session staging chunk objects.
 
         Not on object storage, whose sessions stage chunks by located writes.
         """

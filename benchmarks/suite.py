@@ -268,6 +268,9 @@ def run_suite(*, workloads: list[str], systems: list[str] | None, params: dict[s
                     root = base / f"{workload}-{name}-{rep}"
                     root.mkdir()
                     for phase in module.phases(SYSTEMS[name], params):
+                        # What the previous job left for the disk (pages never flushed, a
+                        # directory just deleted) is written now, not during this job.
+                        os.sync()
                         t0 = time.perf_counter()
                         job = {"workload": workload, "phase": phase, "system": name,
                                "root": str(root), "params": params, "fixtures": fixtures,

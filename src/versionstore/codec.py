@@ -377,10 +377,10 @@ class PreparedChunk:
     """A chunk value with its id and stored frame, encoded before it is staged.
 
     ``prepare_chunk`` makes one in a worker thread, so that an async ``set``
-    of a large value hashes (BLAKE3) and frames it off the event loop, beside
-    zarr's own work; ``Session.set_values`` then stages it as ``value``
-    without encoding it again (``docs/benchmarks.md``, "Issue 13, seventh
-    round"). ``len`` is the value's, in bytes, as a batch counts it.
+    of a large value made while the backend is busy hashes (BLAKE3) and
+    frames it off the event loop (``SessionStore._store``);
+    ``Session.set_values`` then stages it as ``value`` without encoding it
+    again. ``len`` is the value's, in bytes, as a batch counts it.
     """
 
     value: bytes

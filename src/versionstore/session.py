@@ -589,7 +589,7 @@ class Session:
         """Stage ``key = value`` for each item (durably, before returning).
 
         A value may also be a ``codec.PreparedChunk`` (a chunk value already
-        hashed and framed, off the event loop: ``SessionStore``), staged as the
+        hashed and framed in a worker thread: ``SessionStore``), staged as the
         value it holds.
 
         Raises:

@@ -299,7 +299,7 @@ def test_branch_reset_moves_the_branch_and_refuses_a_stale_from(repo_path: str) 
 
 
 def test_status_without_an_id_takes_the_only_session(repo_path: str) -> None:
-    assert main(["status", repo_path]) == 2  # nothing staged: a usage error naming why
+    assert main(["status", repo_path]) == 1  # nothing staged: one line saying so
     ids = []
     with vs.Repository.open(repo_path) as repo:
         for key in ("one", "two"):

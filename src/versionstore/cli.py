@@ -348,10 +348,11 @@ def status(repo: str, session_id: str | None, as_json: bool) -> None:
     with _open(repo) as opened:
         if session_id is None:
             found = sorted(opened.resumable_sessions().items())
-            if len(found) != 1:
+            if not found:
+                raise _UserError("no writable session has staged changes")
+            if len(found) > 1:
                 listed = "".join(f"\n  {s}  (branch {b})" for s, b in found)
                 raise click.UsageError(
-                    "no writable session has staged changes" if not found else
                     f"{len(found)} sessions have staged changes; name one:{listed}")
             session_id = found[0][0]
         changes = opened.writable_session(resume=session_id).status()

@@ -8,6 +8,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,6 +113,37 @@ def test_demo_refuses_a_file_or_a_directory_of_other_files_in_one_line(tmp_path:
         assert refused.returncode == 1
         assert message in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["data.nc", "notes", "todo.txt"]
+
+
+def test_demo_interrupted_during_an_array_write_ends_with_one_line(tmp_path: Path) -> None:
+    """Ctrl-C while zarr writes chunks: its event loop still holds the chunk tasks at exit."""
+    # SIGINT to the main thread (as a terminal's Ctrl-C) at the fifth chunk zarr hands over,
+    # while the main thread waits for zarr's write of the first array.
+    script = textwrap.dedent("""
+        import signal, sys, threading
+        from versionstore import demo
+        from versionstore.session_store import SessionStore
+
+        # A job started in the background inherits SIGINT ignored; a terminal's has it raise.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        sets = []
+        store_now = SessionStore._store_now
+
+        def interrupting(self, key, value):
+            sets.append(key)
+            if len(sets) == 5:
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            return store_now(self, key, value)
+
+        SessionStore._store_now = interrupting
+        sys.argv = ["versionstore.demo", "repo"]
+        demo.main()
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"versionstore.demo: interrupted; the repository is at {tmp_path / 'repo'}"]
 
 
 def test_demo_interrupted_ends_with_one_line_and_status_130(tmp_path: Path) -> None:

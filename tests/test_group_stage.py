@@ -398,6 +398,33 @@ def test_a_set_cancelled_while_its_value_is_hashed_stages_nothing(
     assert session.value("a/c/1") == big
 
 
+def test_a_large_value_set_after_a_cancelled_set_of_its_key_is_the_one_that_stays(
+        repo: vs.Repository) -> None:
+    """A set cancelled while its value waits in an open batch is written later, by the
+    batch's leader: a large value set after it, for the same key, must not land first."""
+    from versionstore.session_store import PREPARE_AT_BYTES
+
+    session = repo.writable_session("main")
+    store = session.store
+    old, new = b"old", b"n" * PREPARE_AT_BYTES
+
+    async def retry() -> None:
+        leader = asyncio.ensure_future(store.set("b", cpu.Buffer.from_bytes(b"b")))
+        joiner = asyncio.ensure_future(store.set("a/c/0", cpu.Buffer.from_bytes(old)))
+        await asyncio.sleep(0)  # the leader opens a batch and yields; the joiner joins it
+        joiner.cancel()
+        # More writers join on the next turns, so the batch stays open meanwhile.
+        others = [asyncio.ensure_future(store.set(f"o{i}", cpu.Buffer.from_bytes(b"o")))
+                  for i in range(2)]
+        with pytest.raises(asyncio.CancelledError):
+            await joiner
+        await store.set("a/c/0", cpu.Buffer.from_bytes(new))  # the caller's retry
+        await asyncio.gather(leader, *others)
+
+    asyncio.run(retry())
+    assert session.value("a/c/0") == new
+
+
 def test_a_read_only_store_refuses_a_large_value_without_hashing_it(
         repo: vs.Repository, monkeypatch: pytest.MonkeyPatch) -> None:
     from versionstore.session_store import PREPARE_AT_BYTES

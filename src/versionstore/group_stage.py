@@ -143,8 +143,12 @@ class GroupStager:
         transaction), waiting for others to join only delays the ``set``,
         and zarr starts its next chunk only once a ``set`` returns
         (``async.concurrency`` chunks in flight). ``False`` when there is a
-        window (object storage), a threaded write of this loop is pending, or
-        the backend is busy: then ``await stage`` it.
+        window (object storage), a threaded write of this loop is pending, the
+        backend is busy, or a value for ``key`` waits in this loop's open
+        batch: then ``await stage`` it, so that it lands after that older
+        value. (That value's ``set`` may have been cancelled while it waited
+        and its caller gone on to set the key again; the batch's leader still
+        writes it, later: written now, the newer value would be overwritten.)
 
         Raises:
             Whatever the write raised.
@@ -152,7 +156,10 @@ class GroupStager:
         if self._window is not None:
             return False
         loop = asyncio.get_running_loop()
-        if loop in self._threaded or self._busy():
+        with self._lock:
+            batch = self._pending.get(loop)
+            waiting = batch is not None and any(k == key for k, _, _ in batch)
+        if waiting or loop in self._threaded or self._busy():
             return False
         self._write_one(key, value)
         return True

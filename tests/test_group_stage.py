@@ -160,6 +160,45 @@ def test_a_cancelled_leader_still_writes_its_batch() -> None:
     assert written == [[("lead", b"1"), ("f0", b"2"), ("f1", b"2"), ("f2", b"2")]]
 
 
+def test_a_follower_cancelled_before_its_batch_is_written_is_taken_out() -> None:
+    written: list[list[tuple[str, bytes]]] = []
+    stager = GroupStager(written.append)
+
+    async def write() -> list[Any]:
+        leader = asyncio.ensure_future(stager.stage("lead", b"1"))
+        followers = [asyncio.ensure_future(stager.stage(f"f{i}", b"2")) for i in range(3)]
+        await asyncio.sleep(0)  # the leader runs and yields; the followers join
+        followers[1].cancel()
+        late = [asyncio.ensure_future(stager.stage(f"l{i}", b"3")) for i in range(2)]
+        return await asyncio.gather(leader, *followers, *late, return_exceptions=True)
+
+    results = asyncio.run(write())
+    assert isinstance(results[2], asyncio.CancelledError)
+    assert [r for i, r in enumerate(results) if i != 2] == [None] * 5
+    assert [k for batch in written for k, _ in batch] == ["lead", "f0", "f2", "l0", "l1"]
+
+
+def test_a_delete_after_a_cancelled_set_of_its_key_stays_deleted(repo: vs.Repository) -> None:
+    session = repo.writable_session("main")
+    store = session.store
+
+    async def retry() -> None:
+        leader = asyncio.ensure_future(store.set("b", cpu.Buffer.from_bytes(b"b")))
+        joiner = asyncio.ensure_future(store.set("a/c/0", cpu.Buffer.from_bytes(b"old")))
+        await asyncio.sleep(0)  # the leader opens a batch and yields; the joiner joins it
+        joiner.cancel()
+        others = [asyncio.ensure_future(store.set(f"o{i}", cpu.Buffer.from_bytes(b"o")))
+                  for i in range(2)]  # more writers: the batch stays open a turn longer
+        with pytest.raises(asyncio.CancelledError):
+            await joiner
+        await store.delete("a/c/0")  # the caller changed its mind
+        await asyncio.gather(leader, *others)
+
+    asyncio.run(retry())
+    assert session.entry("a/c/0") is None
+    assert session.value("b") == b"b"
+
+
 # -- a staging window (object storage) ----------------------------------------------------
 
 
@@ -196,6 +235,24 @@ def test_a_window_closes_at_its_key_limit() -> None:
     assert written[0] == ["first"]
     assert [len(batch) for batch in written[1:]] == [3, 3, 1]
     assert sorted(k for batch in written[1:] for k in batch) == [f"k{i}" for i in range(7)]
+
+
+def test_a_caller_cancelled_in_an_open_window_is_taken_out() -> None:
+    written: list[list[str]] = []
+    stager = GroupStager(lambda items: written.append([k for k, _ in items]),
+                         StagingWindow(seconds=0.05))
+
+    async def write() -> list[Any]:
+        await stager.stage("first", b"v")  # starts the stream: later batches wait
+        tasks = [asyncio.ensure_future(stager.stage(f"k{i}", b"v")) for i in range(3)]
+        await asyncio.sleep(0)  # all three in the open window (it closes 2 ms after the last)
+        tasks[1].cancel()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(write())
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], asyncio.CancelledError)
+    assert written == [["first"], ["k0", "k2"]]
 
 
 def test_a_failed_windowed_batch_fails_every_caller_in_it() -> None:

@@ -86,6 +86,11 @@ class GroupStager:
     With a ``window`` (the backend's ``staging_window()``), a batch stays
     open up to the window's ``seconds`` instead (``_Window``).
 
+    A caller cancelled while its value waits in a batch not yet written is
+    taken out of it (``_withdraw``), so nothing it asked for lands after
+    its ``set`` raised; a cancelled leader still writes the batch, whose
+    other callers wait on it.
+
     Args:
         write: stages a list of ``(key, value)`` pairs in one atomic step
             (``Session.set_values``); called on the event loop's thread.
@@ -143,12 +148,11 @@ class GroupStager:
         transaction), waiting for others to join only delays the ``set``,
         and zarr starts its next chunk only once a ``set`` returns
         (``async.concurrency`` chunks in flight). ``False`` when there is a
-        window (object storage), a threaded write of this loop is pending, the
-        backend is busy, or a value for ``key`` waits in this loop's open
-        batch: then ``await stage`` it, so that it lands after that older
-        value. (That value's ``set`` may have been cancelled while it waited
-        and its caller gone on to set the key again; the batch's leader still
-        writes it, later: written now, the newer value would be overwritten.)
+        window (object storage), a threaded write of this loop is pending, or
+        the backend is busy: then ``await stage`` it. A value of the same key
+        waiting in this loop's open batch is another caller's concurrent
+        ``set`` (one cancelled while waiting was taken out: ``_withdraw``), so
+        either may land last, as with zarr's own stores.
 
         Raises:
             Whatever the write raised.
@@ -156,10 +160,7 @@ class GroupStager:
         if self._window is not None:
             return False
         loop = asyncio.get_running_loop()
-        with self._lock:
-            batch = self._pending.get(loop)
-            waiting = batch is not None and any(k == key for k, _, _ in batch)
-        if waiting or loop in self._threaded or self._busy():
+        if loop in self._threaded or self._busy():
             return False
         self._write_one(key, value)
         return True
@@ -186,7 +187,11 @@ class GroupStager:
                 future = loop.create_future()
                 batch.append((key, value, future))
         if future is not None:
-            await future
+            try:
+                await future
+            except asyncio.CancelledError:
+                self._withdraw(loop, future)
+                raise
             return
         # This caller leads the batch: let the other callers join while they come, then write.
         try:
@@ -210,6 +215,18 @@ class GroupStager:
                 self._flush(items, futures)
         if written is not None:
             await asyncio.shield(written)
+
+    def _withdraw(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+        """Take a cancelled caller's value out of this loop's batch, if it is not written yet.
+
+        Its ``set`` raised ``CancelledError``, so its caller may go on to set or
+        delete the key again; the value, written later by the batch's leader,
+        would then land over that newer change.
+        """
+        with self._lock:
+            batch = self._pending.get(loop)
+            if batch is not None:
+                batch[:] = [item for item in batch if item[2] is not future]
 
     def _flush(self, items: list[tuple[str, bytes]],
                futures: list[asyncio.Future[None]]) -> None:
@@ -274,7 +291,13 @@ class GroupStager:
             else:
                 batch = self._open[loop] = _Window(key, value)
         if future is not None:
-            await future
+            try:
+                await future
+            except asyncio.CancelledError:
+                with self._lock:  # taken out unless its batch is being written
+                    if not batch.closed:
+                        batch.withdraw(future)
+                raise
             return
         # This caller leads the batch: hold it open for the window, then write it.
         try:
@@ -284,6 +307,7 @@ class GroupStager:
             with self._lock:
                 if self._open.get(loop) is batch:
                     del self._open[loop]
+                batch.closed = True
             self._write_window(loop, batch)
 
     async def _hold_open(self, loop: asyncio.AbstractEventLoop, batch: _Window,
@@ -361,6 +385,8 @@ class _Window:
         self.full = False
         #: The window ran out before the batch reached its stream's largest size.
         self.short = False
+        #: Its leader is writing it: nobody joins or leaves any more.
+        self.closed = False
         self.wake: asyncio.Future[None] | None = None
 
     def join(self, loop: asyncio.AbstractEventLoop, key: str, value: bytes,
@@ -374,3 +400,9 @@ class _Window:
         if self.wake is not None and not self.wake.done():
             self.wake.set_result(None)
         return future
+
+    def withdraw(self, future: asyncio.Future[None]) -> None:
+        """Take out the item of a caller cancelled while it waited (under the stager's lock)."""
+        kept = [item for item in self.items if item[2] is not future]
+        self.nbytes -= sum(len(value) for _, value, f in self.items if f is future)
+        self.items = kept

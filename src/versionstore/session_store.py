@@ -293,9 +293,7 @@ class SessionStore(ZarrStore):
         staged: bytes | PreparedChunk = value
         if len(value) >= PREPARE_AT_BYTES and self._prepares:
             # Not staged at once: writes of this loop go to a worker thread (the backend
-            # is busy), or an older value for the key waits in an open batch (it must
-            # land first: ``GroupStager.stage_now``). Hashed and framed in a thread, so
-            # the loop goes on serving.
+            # is busy). Hashed and framed in one too, so the loop goes on serving.
             staged = await asyncio.to_thread(prepare_chunk, value)
         await self.storage.session.group_stager.stage(key, staged)  # type: ignore[arg-type]
 

@@ -3,8 +3,8 @@
 ``LMDBFloorStore`` is a zarr ``Store`` with nothing but that: ``set`` is one
 py-lmdb write transaction with one ``put``, ``get`` one read transaction with
 one ``get``. No key checks, no checksums, no history. Two systems run it in
-the ``percall`` workload, beside ``raw-lmdb`` (the same transactions without
-zarr) and ``zarr-mem`` (zarr's API over a dict):
+the ``percall`` and ``bulk`` workloads, beside ``raw-lmdb`` (the same
+transactions without zarr) and ``zarr-mem`` (zarr's API over a dict):
 
 - ``lmdb-zarr``: committed without any flush (``MDB_NOSYNC``). A ``set``
   survives a killed process, but a power cut while the page cache is written
@@ -16,8 +16,8 @@ zarr) and ``zarr-mem`` (zarr's API over a dict):
   transactions, never the file. The floor of any LMDB store through zarr
   whose ``set`` keeps what was committed through a power cut.
 
-Issue 13's ``set``/``get`` targets are reported against both
-(``docs/benchmarks.md``).
+Issue 13's ``set``/``get`` targets are reported against both, and its bulk
+targets against ``lmdb-zarr-ordered`` (``docs/benchmarks.md``).
 """
 
 from __future__ import annotations

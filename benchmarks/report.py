@@ -241,7 +241,7 @@ def check_targets(summary: dict[str, Any], params: dict[str, Any]) -> list[dict[
 FLOORS = ("lmdb-zarr", "lmdb-zarr-ordered")
 
 
-def _bulk_ceiling(summary: dict[str, Any], metric: str) -> str:
+def _bulk_bounds(summary: dict[str, Any], metric: str) -> str:
     """Two bounds for a durable store through zarr against icechunk-fs, measured in this run.
 
     - The *ceiling*: such a store takes at least as long as zarr's
@@ -263,7 +263,7 @@ def _bulk_ceiling(summary: dict[str, Any], metric: str) -> str:
     rates = [_get(summary, "bulk", of, system) for system, of in (
         ("zarr-mem", "write+commit MiB/s"), ("raw-lmdb", durable))]
     if all(rate and rate["median"] for rate in rates):
-        memory, disk = (rate["median"] for rate in rates if rate)
+        memory, disk = (rate["median"] for rate in rates if rate)  # (``if``: for mypy)
         bounds.append(f"ceiling for a durable store through zarr here: "
                       f"{min(memory, disk) / theirs['median']:.2f}×")
     floor = _get(summary, "bulk", metric, "lmdb-zarr-ordered")
@@ -301,7 +301,7 @@ def _issue_13(summary: dict[str, Any], params: dict[str, Any], add: Any) -> None
                   _get(summary, "bulk", metric, "icechunk-fs"))
         if r is not None:
             add(f"#13 vs-lmdb ≥ {threshold}× icechunk-fs: bulk {metric}", r, threshold,
-                f"{r:.2f}×{_bulk_ceiling(summary, metric)}")
+                f"{r:.2f}×{_bulk_bounds(summary, metric)}")
     for metric in ("key read cold MiB/s", "key read warm MiB/s"):
         r = ratio(_get(summary, "bulk", metric, "vs-lmdb"),
                   _get(summary, "bulk", metric, "raw-lmdb"))

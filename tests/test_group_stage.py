@@ -143,14 +143,21 @@ def test_lone_sets_are_each_staged_before_they_return(
     assert sizes == [1] * 5
 
 
+async def _leader_and_followers(stager: GroupStager
+                                ) -> tuple[asyncio.Future[None], list[asyncio.Future[None]]]:
+    """A leader's open batch with three followers in it (not written yet)."""
+    leader = asyncio.ensure_future(stager.stage("lead", b"1"))
+    followers = [asyncio.ensure_future(stager.stage(f"f{i}", b"2")) for i in range(3)]
+    await asyncio.sleep(0)  # the leader runs and yields; the followers join
+    return leader, followers
+
+
 def test_a_cancelled_leader_still_writes_its_batch() -> None:
     written: list[list[tuple[str, bytes]]] = []
     stager = GroupStager(written.append)
 
     async def write() -> list[Any]:
-        leader = asyncio.ensure_future(stager.stage("lead", b"1"))
-        followers = [asyncio.ensure_future(stager.stage(f"f{i}", b"2")) for i in range(3)]
-        await asyncio.sleep(0)  # the leader runs and yields; the followers join
+        leader, followers = await _leader_and_followers(stager)
         leader.cancel()
         return await asyncio.gather(leader, *followers, return_exceptions=True)
 
@@ -165,9 +172,7 @@ def test_a_follower_cancelled_before_its_batch_is_written_is_taken_out() -> None
     stager = GroupStager(written.append)
 
     async def write() -> list[Any]:
-        leader = asyncio.ensure_future(stager.stage("lead", b"1"))
-        followers = [asyncio.ensure_future(stager.stage(f"f{i}", b"2")) for i in range(3)]
-        await asyncio.sleep(0)  # the leader runs and yields; the followers join
+        leader, followers = await _leader_and_followers(stager)
         followers[1].cancel()
         late = [asyncio.ensure_future(stager.stage(f"l{i}", b"3")) for i in range(2)]
         return await asyncio.gather(leader, *followers, *late, return_exceptions=True)
@@ -178,21 +183,30 @@ def test_a_follower_cancelled_before_its_batch_is_written_is_taken_out() -> None
     assert [k for batch in written for k, _ in batch] == ["lead", "f0", "f2", "l0", "l1"]
 
 
+async def _cancel_a_joined_set(store: Any, key: str) -> list[asyncio.Future[None]]:
+    """Set ``key`` in an open batch and cancel that set; the batch is not written yet.
+
+    Returns the batch's other writers, to await once the caller has gone on.
+    """
+    leader = asyncio.ensure_future(store.set("b", cpu.Buffer.from_bytes(b"b")))
+    joiner = asyncio.ensure_future(store.set(key, cpu.Buffer.from_bytes(b"old")))
+    await asyncio.sleep(0)  # the leader opens a batch and yields; the joiner joins it
+    joiner.cancel()
+    others = [asyncio.ensure_future(store.set(f"o{i}", cpu.Buffer.from_bytes(b"o")))
+              for i in range(2)]  # more writers: the batch stays open a turn longer
+    with pytest.raises(asyncio.CancelledError):
+        await joiner
+    return [leader, *others]
+
+
 def test_a_delete_after_a_cancelled_set_of_its_key_stays_deleted(repo: vs.Repository) -> None:
     session = repo.writable_session("main")
     store = session.store
 
     async def retry() -> None:
-        leader = asyncio.ensure_future(store.set("b", cpu.Buffer.from_bytes(b"b")))
-        joiner = asyncio.ensure_future(store.set("a/c/0", cpu.Buffer.from_bytes(b"old")))
-        await asyncio.sleep(0)  # the leader opens a batch and yields; the joiner joins it
-        joiner.cancel()
-        others = [asyncio.ensure_future(store.set(f"o{i}", cpu.Buffer.from_bytes(b"o")))
-                  for i in range(2)]  # more writers: the batch stays open a turn longer
-        with pytest.raises(asyncio.CancelledError):
-            await joiner
+        others = await _cancel_a_joined_set(store, "a/c/0")
         await store.delete("a/c/0")  # the caller changed its mind
-        await asyncio.gather(leader, *others)
+        await asyncio.gather(*others)
 
     asyncio.run(retry())
     assert session.entry("a/c/0") is None
@@ -457,26 +471,18 @@ def test_a_set_cancelled_while_its_value_is_hashed_stages_nothing(
 
 def test_a_large_value_set_after_a_cancelled_set_of_its_key_is_the_one_that_stays(
         repo: vs.Repository) -> None:
-    """A set cancelled while its value waits in an open batch is written later, by the
-    batch's leader: a large value set after it, for the same key, must not land first."""
+    """A large value is staged at once, while the batch a cancelled set of its key
+    waited in is still open: that older value must not land after it."""
     from versionstore.session_store import PREPARE_AT_BYTES
 
     session = repo.writable_session("main")
     store = session.store
-    old, new = b"old", b"n" * PREPARE_AT_BYTES
+    new = b"n" * PREPARE_AT_BYTES
 
     async def retry() -> None:
-        leader = asyncio.ensure_future(store.set("b", cpu.Buffer.from_bytes(b"b")))
-        joiner = asyncio.ensure_future(store.set("a/c/0", cpu.Buffer.from_bytes(old)))
-        await asyncio.sleep(0)  # the leader opens a batch and yields; the joiner joins it
-        joiner.cancel()
-        # More writers join on the next turns, so the batch stays open meanwhile.
-        others = [asyncio.ensure_future(store.set(f"o{i}", cpu.Buffer.from_bytes(b"o")))
-                  for i in range(2)]
-        with pytest.raises(asyncio.CancelledError):
-            await joiner
+        others = await _cancel_a_joined_set(store, "a/c/0")
         await store.set("a/c/0", cpu.Buffer.from_bytes(new))  # the caller's retry
-        await asyncio.gather(leader, *others)
+        await asyncio.gather(*others)
 
     asyncio.run(retry())
     assert session.value("a/c/0") == new

@@ -48,6 +48,14 @@ they live here once, for ``zarrstore.lmdb.LMDBStore`` and versionstore's
   only a read of large values changes the advice.
 * **A full disk** (LMDB reports a short write as ``EIO``) raises
   ``StorageFullError`` saying so.
+* **One lock file per data file.** A ``data.mdb`` reached from two
+  directories (a symlink, a hard link) would be coordinated through two lock
+  files, which LMDB never notices: two writers at once, pages reused under
+  readers. A symlinked ``data.mdb`` opens its target's directory (the
+  registry is keyed by that directory, so handles through either path share
+  one environment); hard links, symlinked lock files, dangling links and
+  files that are not regular files are refused with ``StorageIOError``
+  (``zarrstore.lmdb_files``).
 * **``lock.mdb`` deleted or replaced** while the environment is open destroys
   LMDB's coordination with other processes; a later open in this process
   notices the changed lock file and refuses with ``StorageIOError``.
@@ -69,7 +77,7 @@ from typing import Any, TypeVar
 
 import lmdb
 
-from zarrstore import lmdb_readahead
+from zarrstore import lmdb_files, lmdb_readahead
 from zarrstore.errors import (
     ClosedStorageError,
     CorruptStorageError,
@@ -100,8 +108,13 @@ T = TypeVar("T")
 
 
 def holds_environment(path: str | os.PathLike[str]) -> bool:
-    """Whether the directory ``path`` already holds an LMDB environment (creates nothing)."""
-    return os.path.isfile(os.path.join(path, "data.mdb"))
+    """Whether the directory ``path`` already holds an LMDB environment (creates nothing).
+
+    A ``data.mdb`` that is a dangling symlink, or not a file, counts: opening
+    it then says what is wrong with it (``zarrstore.lmdb_files``), where
+    reading it as empty would hide it.
+    """
+    return os.path.lexists(os.path.join(path, lmdb_files.DATA))
 
 
 def _round_up(n: int) -> int:
@@ -334,11 +347,17 @@ class _Shared:
                 if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
                     raise ReadOnlyError(f"cannot create {self.path!r}: {exc.strerror}") from exc
                 raise StorageIOError(f"cannot create {self.path!r}: {exc.strerror}") from exc
-        data = os.path.join(self.path, "data.mdb")
-        size = os.path.getsize(data) if os.path.isfile(data) else 0
+        data = os.path.join(self.path, lmdb_files.DATA)
+        files = lmdb_files.check_files(self.path, locked=self.lock)
+        size = os.path.getsize(data) if files.data is not None else 0
         map_size = max(self.initial_map_size, _round_up(size))
         env = self._open_env(map_size, create)
         try:
+            # Once more with the files LMDB has open: a link made, or a file swapped
+            # in, between the check and the open is refused too.
+            opened = lmdb_files.check_files(self.path, locked=self.lock)
+            if files.data is not None and opened.data != files.data:
+                raise StorageIOError(f"{data} was replaced while being opened; open it again")
             self._check_length(env, data)
             self.databases = self._open_databases_adopting(env)
             env.reader_check()  # clear reader slots left by processes killed mid-read
@@ -642,7 +661,9 @@ class EnvironmentHandle:
     """One user's claim on the shared environment at ``path``.
 
     Args:
-        path: the environment's directory (created when ``create`` and writable).
+        path: the environment's directory (created when ``create`` and writable);
+            if its ``data.mdb`` is a symlink, the link target's directory is
+            opened instead, and is ``self.path`` (``zarrstore.lmdb_files``).
         databases: names of the named databases to open (``()`` for the main one).
         read_only: refuse writes through this handle with ``ReadOnlyError``.
         durable: fsync after every write transaction of this handle.
@@ -666,7 +687,11 @@ class EnvironmentHandle:
 
     Raises:
         CorruptStorageError: the data file is shorter than its pages.
-        StorageIOError: LMDB refused to open, or ``lock.mdb`` was replaced while open.
+        StorageIOError: LMDB refused to open, or ``lock.mdb`` was replaced while open,
+            or ``data.mdb`` / ``lock.mdb`` are linked in a way LMDB cannot coordinate
+            (a hard-linked ``data.mdb``, a symlinked ``lock.mdb``, a dangling or
+            looping link, a symlink to a file not named ``data.mdb``, a file that
+            is not a regular file: ``zarrstore.lmdb_files``).
     """
 
     def __init__(
@@ -682,7 +707,7 @@ class EnvironmentHandle:
         small_reads: bool = False,
         ordered_writes: bool = False,
     ) -> None:
-        self.path = os.path.realpath(path)
+        self.path = lmdb_files.environment_directory(path)
         self.durable = durable
         with translated("opening", self.path), _registry_held():
             shared = _registry.get(self.path)

@@ -174,6 +174,7 @@ def test_a_store_with_its_data_file_on_another_disk_works_end_to_end(tmp_path: P
         array = zarr.create_array(store, name="a", shape=(6,), chunks=(2,), dtype="i4")
         array[:] = np.arange(6)
     with LMDBStore(link_dir) as through_link, LMDBStore(target_dir) as through_target:
+        assert through_link.path == through_target.path == str(target_dir)
         zarr.open_array(through_target, path="a", mode="r+")[:2] = [10, 11]
         assert zarr.open_array(through_link, path="a", mode="r")[:].tolist() == [
             10, 11, 2, 3, 4, 5]
@@ -192,6 +193,8 @@ def test_a_repository_with_its_data_file_on_another_disk_works_end_to_end(
         session.commit("through the link")
     with vs.Repository.open(vs.lmdb_storage(target_dir)) as repo, \
             vs.Repository.open(vs.lmdb_storage(link_dir)) as same:
+        assert isinstance(same.backend, vs.backend.LMDBBackend)
+        assert same.backend.path == str(target_dir)
         session = repo.writable_session("main")
         session.store.storage.set("through/target", b"two")
         session.commit("through the target")
@@ -314,3 +317,40 @@ def test_files_lmdb_cannot_coordinate_are_refused(tmp_path: Path, case: str, ope
     assert not (tmp_path / "gone").exists()
     if "lock" not in case:
         assert not (bad / "lock.mdb").exists()
+
+
+def test_compacting_through_the_link_compacts_the_target_under_its_lock(tmp_path: Path) -> None:
+    """``compact`` swaps a new data file in: at the link's target, never over the link itself,
+    and only while no process has the repository open through either path."""
+    link_dir, target_dir = _moved_behind_a_symlink("repository", tmp_path)
+    with vs.Repository.open(vs.lmdb_storage(link_dir)) as repo:
+        repo.create_branch("big", repo.lookup_branch("main"))
+        session = repo.writable_session("big")
+        for n in range(50):
+            session.store.storage.set(f"c/{n}", bytes([n]) * 20_000)
+        session.commit("1 MB")
+        repo.delete_branch("big")
+        repo.garbage_collect()
+        session = repo.writable_session("main")
+        session.store.storage.set("kept", b"kept")
+        session.commit("kept")
+        context = multiprocessing.get_context("spawn")
+        inside, release, queue = context.Event(), context.Event(), context.Queue()
+        reader = context.Process(target=workers.hold_read,
+                                 args=("repository", str(target_dir), inside, release, queue))
+        reader.start()
+        try:
+            assert inside.wait(WAIT)
+            with pytest.raises(vs.RepositoryBusyError, match=str(reader.pid)):
+                repo.compact()
+        finally:
+            release.set()
+            reader.join(WAIT)
+        assert queue.get(timeout=WAIT) == ("read", None)
+        report = repo.compact()
+        assert report.bytes_freed > 0
+    assert (link_dir / "data.mdb").is_symlink()
+    assert (target_dir / "data.mdb").stat().st_size == report.bytes_after
+    assert not (link_dir / "lock.mdb").exists()
+    with vs.Repository.open(vs.lmdb_storage(target_dir)) as repo:
+        assert repo.readonly_session("main").store.storage.get("kept") == b"kept"

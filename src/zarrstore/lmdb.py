@@ -43,6 +43,7 @@ from typing import Any, NoReturn, TypeVar, override
 
 import lmdb
 
+from zarrstore import lmdb_files
 from zarrstore.errors import ClosedStorageError, InvalidKeyError
 from zarrstore.keys import validate_key
 from zarrstore.lmdb_environment import INITIAL_MAP_SIZE, EnvironmentHandle, holds_environment
@@ -83,9 +84,15 @@ class LMDBStorage(Storage):
         durable: fsync every write transaction.
         lock: use LMDB's lock file; ``False`` only for one process or read-only media.
 
+    ``self.path`` is the directory LMDB opens: where ``data.mdb`` in ``path``
+    is a symlink, its target's directory (``zarrstore.lmdb_files``), so
+    stores reaching one data file by different paths are equal.
+
     Raises:
         CorruptStorageError: ``data.mdb`` is shorter than the pages it records.
-        StorageIOError: LMDB could not open the environment.
+        StorageIOError: LMDB could not open the environment, or its files are
+            linked in a way LMDB cannot coordinate (a hard-linked ``data.mdb``,
+            a symlinked ``lock.mdb``, a dangling link: ``zarrstore.lmdb_files``).
     """
 
     def __init__(
@@ -97,7 +104,7 @@ class LMDBStorage(Storage):
         durable: bool = False,
         lock: bool = True,
     ) -> None:
-        self.path = os.path.realpath(path)
+        self.path = lmdb_files.environment_directory(path)
         self._wanted_read_only = read_only
         self.map_size = map_size
         self.durable = durable
@@ -404,7 +411,7 @@ class LMDBStore(ZarrStore):
 
     @property
     def path(self) -> str:
-        """The environment's directory."""
+        """The environment's directory (a symlinked ``data.mdb``'s target's: ``LMDBStorage``)."""
         return self.storage.path
 
     def sync(self) -> None:

@@ -69,6 +69,7 @@ from versionstore.errors import (
     RepositoryBusyError,
 )
 from versionstore.ids import ID_LENGTH, ObjectId, object_id_text
+from zarrstore import lmdb_files
 from zarrstore.errors import CorruptStorageError, ReadOnlyError, StorageFullError, StorageIOError
 from zarrstore.lmdb_environment import EnvironmentHandle, holds_environment
 
@@ -166,8 +167,18 @@ class LMDBBackend(Backend, Ledger):
         read_only: refuse writes with ``ReadOnlyRepositoryError``; also what a
             read-only filesystem gives without asking.
 
+    ``self.path`` is the directory LMDB opened: where ``data.mdb`` in
+    ``path`` is a symlink, its target's directory (``zarrstore.lmdb_files``),
+    so compaction, space reports and long-write announcements act on the
+    data file and lock file every process uses.
+
     The environment is released on ``close()`` or when the backend is garbage
     collected, whichever comes first.
+
+    Raises:
+        BackendError: the environment cannot be opened, or its files are
+            linked in a way LMDB cannot coordinate (a hard-linked ``data.mdb``,
+            a symlinked ``lock.mdb``, a dangling link: ``zarrstore.lmdb_files``).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = False,
@@ -189,6 +200,7 @@ class LMDBBackend(Backend, Ledger):
                                                  read_only=True, durable=durable,
                                                  create=False, small_reads=True,
                                                  ordered_writes=True)
+        self.path = self._handle.path
         self.read_only = self._handle.read_only
         self._long_writes = LongWrites(self.path)
 
@@ -840,14 +852,23 @@ def compact_environment(path: str) -> tuple[int, int]:
     atomic ``rename``; a crash at any point leaves either the old or the new
     file whole.
 
+    Where ``data.mdb`` in ``path`` is a symlink, the target's directory is
+    compacted, under its lock file (``zarrstore.lmdb_files``): the lock beside
+    the link excludes nobody, and a new file renamed over the link would split
+    the repository in two.
+
     Raises:
         RepositoryBusyError: another process has the environment open (its
             process id is named); nothing was changed.
         BackendError: the platform lacks open-file-description locks (not
-            Linux), or LMDB failed.
+            Linux), LMDB failed, or the files are linked in a way LMDB cannot
+            coordinate.
     """
     if not hasattr(fcntl, "F_OFD_SETLK"):
         raise BackendError("compact needs open-file-description locks (Linux)")
+    with _translated("compacting"):
+        path = lmdb_files.environment_directory(path)
+        lmdb_files.check_files(path)
     data_path = os.path.join(path, "data.mdb")
     before = os.path.getsize(data_path)
     fd = os.open(os.path.join(path, "lock.mdb"), os.O_RDWR | os.O_CREAT, 0o644)

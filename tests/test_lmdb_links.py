@@ -116,6 +116,11 @@ def test_a_hard_linked_data_file_is_refused_in_every_process(tmp_path: Path, api
     for (_, message), path in zip(reports, (original, linked), strict=True):
         assert message.startswith(f"{expected}: {path / 'data.mdb'} has 2 hard links"), message
         assert "its own copy (cp, or LMDB's mdb_copy)" in message
+    # Without LMDB's lock file (one process, or read-only media) there is nothing to
+    # coordinate, and the file opens.
+    with LMDBStore(linked, read_only=True, lock=False) as store:
+        assert store.path == str(linked)
+        assert store.storage.get("test/absent") is None
     # Once the link is a copy, each directory is an environment of its own again (two
     # files: their writers need not exclude each other).
     (linked / "data.mdb").unlink()

@@ -41,7 +41,8 @@ coordinate:
 The checks are made when an environment is opened (and reopened, after a
 fork); a link made while it is open is seen at the next open. Without the
 lock file (``lock=False``: one process, or a read-only mount) nothing is
-coordinated anyway, so only the symlink rules apply then. Programs that do
+coordinated anyway, so only the rules for ``data.mdb``'s symlinks and file
+type apply then. Programs that do
 not make these checks (other LMDB programs, older releases) can still open a
 linked file under a second lock file; that is why hard links are refused
 rather than tolerated.
@@ -143,9 +144,12 @@ def environment_directory(path: str | os.PathLike[str]) -> str:
 def check_files(directory: str, *, locked: bool = True) -> EnvironmentFiles:
     """Refuse ``directory``'s ``data.mdb`` and ``lock.mdb`` if LMDB cannot coordinate them.
 
-    ``directory`` is one ``environment_directory`` returned. Both files must
-    be regular files (or absent) and not symlinks; with ``locked`` (LMDB uses
-    the lock file), neither may have a second hard link.
+    ``directory`` is one ``environment_directory`` returned. ``data.mdb`` must
+    be a regular file (or absent), not a symlink; with ``locked`` (LMDB uses
+    the lock file) it must have no second hard link, and ``lock.mdb`` must be
+    a regular file (or absent) with neither a symlink nor a second hard link.
+    Without the lock file (``locked=False``) LMDB coordinates nothing, and
+    neither hard links nor ``lock.mdb`` are looked at.
 
     Raises:
         StorageIOError: naming the file and what to do (the module docstring).
@@ -163,7 +167,7 @@ def check_files(directory: str, *, locked: bool = True) -> EnvironmentFiles:
                 f"{data} has {found_data.st_nlink} hard links (made by ln or cp -al): "
                 f"{_COPY_INSTEAD}. Give each directory its own copy (cp, or LMDB's mdb_copy) "
                 "instead of a link")
-    if found_lock is not None:
+    if locked and found_lock is not None:
         if stat.S_ISLNK(found_lock.st_mode):
             raise StorageIOError(
                 f"{lock} is a symlink (to {os.readlink(lock)!r}); LMDB's lock file must be a "
@@ -173,7 +177,7 @@ def check_files(directory: str, *, locked: bool = True) -> EnvironmentFiles:
             raise StorageIOError(
                 f"{lock} is not a regular file; remove it while no process has the "
                 "environment open (LMDB creates a new lock file)")
-        if locked and found_lock.st_nlink > 1:
+        if found_lock.st_nlink > 1:
             raise StorageIOError(
                 f"{lock} has {found_lock.st_nlink} hard links: a lock file shared with "
                 "another environment mixes up their writers and readers. Remove it while no "

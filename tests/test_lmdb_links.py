@@ -24,7 +24,7 @@ import pytest
 import zarr
 
 import versionstore as vs
-from zarrstore import LMDBStore, StorageIOError
+from zarrstore import LMDBStore, StorageIOError, lmdb_environment
 from zarrstore.lmdb_environment import EnvironmentHandle
 
 WAIT = 120
@@ -210,6 +210,25 @@ def test_a_repository_with_its_data_file_on_another_disk_works_end_to_end(
         assert messages[:2] == ["through the target", "through the link"]
     assert not (link_dir / "lock.mdb").exists()
     assert (target_dir / "lock.mdb").is_file()
+
+
+def test_a_link_made_while_the_environment_opens_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real, backup = tmp_path / "real", tmp_path / "backup"
+    LMDBStore(real).close()
+    open_env = lmdb_environment._Shared._open_env
+
+    def linking_first(shared: Any, map_size: int, create: bool) -> lmdb.Environment:
+        # The files were looked at a moment ago; now someone runs cp -al.
+        if not backup.exists():
+            backup.mkdir()
+            os.link(real / "data.mdb", backup / "data.mdb")
+        return open_env(shared, map_size, create)
+
+    monkeypatch.setattr(lmdb_environment._Shared, "_open_env", linking_first)
+    with pytest.raises(StorageIOError, match=r"real/data\.mdb has 2 hard links"):
+        LMDBStore(real)
+    assert str(real) not in lmdb_environment._registry
 
 
 # -- what is refused, and the message that says so -----------------------------------------

@@ -348,16 +348,8 @@ class _Shared:
                     raise ReadOnlyError(f"cannot create {self.path!r}: {exc.strerror}") from exc
                 raise StorageIOError(f"cannot create {self.path!r}: {exc.strerror}") from exc
         data = os.path.join(self.path, lmdb_files.DATA)
-        files = lmdb_files.check_files(self.path, locked=self.lock)
-        size = os.path.getsize(data) if files.data is not None else 0
-        map_size = max(self.initial_map_size, _round_up(size))
-        env = self._open_env(map_size, create)
+        env = self._open_checked(data, create)
         try:
-            # Once more with the files LMDB has open: a link made, or a file swapped
-            # in, between the check and the open is refused too.
-            opened = lmdb_files.check_files(self.path, locked=self.lock)
-            if files.data is not None and opened.data != files.data:
-                raise StorageIOError(f"{data} was replaced while being opened; open it again")
             self._check_length(env, data)
             self.databases = self._open_databases_adopting(env)
             env.reader_check()  # clear reader slots left by processes killed mid-read
@@ -368,6 +360,28 @@ class _Shared:
         self.pid = os.getpid()
         self.lock_identity = _lock_identity(self.path)
         self.remapped()
+
+    def _open_checked(self, data: str, create: bool) -> lmdb.Environment:
+        """``_open_env`` between two looks at the files (``zarrstore.lmdb_files``).
+
+        The look after the open, at the files LMDB has open, also refuses a
+        link made just before it. A data file replaced in between (another
+        process's compaction renames a new one in, and LMDB's open waits for
+        it to finish) is opened again, with its own size.
+        """
+        for _ in range(_RETRIES):
+            files = lmdb_files.check_files(self.path, locked=self.lock)
+            size = os.path.getsize(data) if files.data is not None else 0
+            env = self._open_env(max(self.initial_map_size, _round_up(size)), create)
+            try:
+                opened = lmdb_files.check_files(self.path, locked=self.lock)
+            except BaseException:
+                env.close()
+                raise
+            if files.data is None or opened.data == files.data:
+                return env
+            env.close()
+        raise StorageIOError(f"{data} kept being replaced while being opened")
 
     def _open_env(self, map_size: int, create: bool) -> lmdb.Environment:
         options: dict[str, Any] = {

@@ -133,3 +133,14 @@ def hold_read(api: str, path: str, inside: Any, release: Any, queue: Any) -> Non
         queue.put(("error", traceback.format_exc()))
     finally:
         inside.set()
+
+
+def hold_open_with_lmdb(path: str, inside: Any, release: Any) -> None:
+    """Open ``path`` with plain ``lmdb`` (as an older release did: under its own lock.mdb)."""
+    env = lmdb.open(path, max_dbs=8)
+    try:
+        inside.set()
+        release.wait(WAIT)
+    finally:
+        env.close()
+        inside.set()

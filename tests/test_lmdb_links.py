@@ -212,6 +212,32 @@ def test_a_repository_with_its_data_file_on_another_disk_works_end_to_end(
     assert (target_dir / "lock.mdb").is_file()
 
 
+@pytest.mark.parametrize("api", APIS)
+def test_a_process_using_the_lock_file_beside_the_link_is_named(tmp_path: Path, api: str) -> None:
+    """A process that opened the link's directory under its own lock.mdb (an older release,
+    plain LMDB) keeps this one from opening the file under the target's."""
+    link_dir, target_dir = _moved_behind_a_symlink(api, tmp_path)
+    context = multiprocessing.get_context("spawn")
+    inside, release = context.Event(), context.Event()
+    other = context.Process(target=workers.hold_open_with_lmdb,
+                            args=(str(link_dir), inside, release))
+    other.start()
+    try:
+        assert inside.wait(WAIT)
+        expected = StorageIOError if api == "store" else vs.BackendError
+        with pytest.raises(expected, match=(
+                rf"process {other.pid} has {link_dir}/data\.mdb open under {link_dir}/lock\.mdb"
+                r" \(an older release, or another LMDB program\)")):
+            workers.open_handle(api, str(link_dir))
+    finally:
+        release.set()
+        other.join(WAIT)
+    kept, handle = workers.open_handle(api, str(link_dir))  # once it is closed, it opens
+    assert handle.path == str(target_dir)
+    handle.close()
+    del kept
+
+
 def test_a_link_made_while_the_environment_opens_is_refused(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real, backup = tmp_path / "real", tmp_path / "backup"

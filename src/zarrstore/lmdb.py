@@ -105,6 +105,9 @@ class LMDBStorage(Storage):
         lock: bool = True,
     ) -> None:
         self.path = lmdb_files.environment_directory(path)
+        #: The directory as given: opened through it, the environment also looks for a
+        #: process using the lock file beside a link there (``EnvironmentHandle``).
+        self._given = os.path.realpath(path)
         self._wanted_read_only = read_only
         self.map_size = map_size
         self.durable = durable
@@ -125,7 +128,7 @@ class LMDBStorage(Storage):
         return False
 
     def _open(self) -> EnvironmentHandle:
-        return EnvironmentHandle(self.path, read_only=self._wanted_read_only,
+        return EnvironmentHandle(self._given, read_only=self._wanted_read_only,
                                  durable=self.durable, create=not self._wanted_read_only,
                                  map_size=self.map_size, lock=self.lock)
 

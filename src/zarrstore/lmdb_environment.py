@@ -53,9 +53,10 @@ they live here once, for ``zarrstore.lmdb.LMDBStore`` and versionstore's
   files, which LMDB never notices: two writers at once, pages reused under
   readers. A symlinked ``data.mdb`` opens its target's directory (the
   registry is keyed by that directory, so handles through either path share
-  one environment); hard links, symlinked lock files, dangling links and
-  files that are not regular files are refused with ``StorageIOError``
-  (``zarrstore.lmdb_files``).
+  one environment); hard links, symlinked lock files, dangling links,
+  files that are not regular files, and a process still using the lock
+  file beside the link (an older release, another LMDB program) are refused
+  with ``StorageIOError`` (``zarrstore.lmdb_files``).
 * **``lock.mdb`` deleted or replaced** while the environment is open destroys
   LMDB's coordination with other processes; a later open in this process
   notices the changed lock file and refuses with ``StorageIOError``.
@@ -604,6 +605,29 @@ def _address_space_for(size: int) -> bool:
 _registry: dict[str, _Shared] = {}
 
 
+def _refuse_a_second_lock_file(path: str | os.PathLike[str], directory: str) -> None:
+    """Refuse to open ``directory`` while a process uses the lock file beside the link in ``path``.
+
+    ``path``'s ``data.mdb`` links to ``directory``'s (``zarrstore.lmdb_files``);
+    called with the registry lock held, never for a directory this process
+    has open itself.
+
+    Raises:
+        StorageIOError: naming the process.
+    """
+    linked = os.path.realpath(path)
+    if linked == directory or linked in _registry:
+        return
+    holder = lmdb_files.link_lock_holder(linked)
+    if holder is not None:
+        lock = os.path.join(linked, lmdb_files.LOCK)
+        raise StorageIOError(
+            f"process {holder} has {os.path.join(linked, lmdb_files.DATA)} open under {lock} "
+            f"(an older release, or another LMDB program), while this process would use "
+            f"{os.path.join(directory, lmdb_files.LOCK)} beside the file it links to: the two "
+            "could write at once. Close it there, then open again")
+
+
 def _release(shared: _Shared) -> None:
     _pending_releases.append(shared)
     if _registry_lock.acquire(blocking=False):
@@ -705,7 +729,8 @@ class EnvironmentHandle:
             or ``data.mdb`` / ``lock.mdb`` are linked in a way LMDB cannot coordinate
             (a hard-linked ``data.mdb``, a symlinked ``lock.mdb``, a dangling or
             looping link, a symlink to a file not named ``data.mdb``, a file that
-            is not a regular file: ``zarrstore.lmdb_files``).
+            is not a regular file, another process using the lock file beside a
+            link: ``zarrstore.lmdb_files``).
     """
 
     def __init__(
@@ -725,6 +750,8 @@ class EnvironmentHandle:
         self.durable = durable
         with translated("opening", self.path), _registry_held():
             shared = _registry.get(self.path)
+            if lock and shared is None:
+                _refuse_a_second_lock_file(path, self.path)
             if shared is not None and shared.users > 0 and shared.env is not None:
                 if _lock_identity(self.path) != shared.lock_identity:
                     raise StorageIOError(

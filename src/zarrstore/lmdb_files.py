@@ -33,6 +33,12 @@ coordinate:
 * **A ``lock.mdb`` that is a symlink or has another hard link** is refused:
   shared with an environment of another data file, its transaction id would
   make readers of one file pick the other's meta page.
+* **A process still using the lock file beside the link** (it opened the
+  link's directory with an older release, or another LMDB program) is named,
+  and the open refused: it coordinates through that lock file, everyone else
+  through the target's (``link_lock_holder``). A process that opens the
+  link's directory that way *after* this one opened the target cannot be
+  seen from here.
 * **Dangling links, link loops, and a ``data.mdb`` or ``lock.mdb`` that is
   not a regular file** (a directory, a device, a FIFO) are refused with the
   path named, instead of an error from deep inside LMDB (or a file created
@@ -53,14 +59,17 @@ This module does not import ``lmdb``; ``zarrstore.lmdb_environment`` calls it.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
+import struct
 
 import attrs
 
 from zarrstore.errors import StorageIOError
 
-__all__ = ["DATA", "LOCK", "EnvironmentFiles", "check_files", "environment_directory"]
+__all__ = ["DATA", "LOCK", "EnvironmentFiles", "check_files", "environment_directory",
+           "link_lock_holder"]
 
 #: The names LMDB gives the data file and the lock file in an environment's directory.
 DATA = "data.mdb"
@@ -139,6 +148,39 @@ def environment_directory(path: str | os.PathLike[str]) -> str:
             f"name has none. Move it into a directory of its own as {DATA} and point the link "
             "there")
     return os.path.dirname(target)
+
+
+#: ``struct flock`` on 64-bit Linux: type, whence, start, len, pid (and padding).
+_FLOCK = "hhqqi4x"
+
+
+def link_lock_holder(path: str | os.PathLike[str]) -> int | None:
+    """A process using the ``lock.mdb`` beside a symlinked ``data.mdb`` in ``path``; its id.
+
+    ``None`` when ``data.mdb`` in ``path`` is no symlink, or nobody has that
+    lock file open. Every LMDB opener holds a shared record lock on the lock
+    file's first byte while it has the environment open (``mdb_env_excl_lock``
+    and ``mdb_env_share_locks`` in LMDB's ``mdb.c``); ``F_GETLK`` names one
+    holder. Never call it while this process has the environment in ``path``
+    itself open: closing any descriptor of a file drops every POSIX lock the
+    process holds on it.
+    """
+    directory = os.path.realpath(path)
+    found = _lstat(os.path.join(directory, DATA))
+    if found is None or not stat.S_ISLNK(found.st_mode):
+        return None
+    try:
+        fd = os.open(os.path.join(directory, LOCK), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None  # absent, a symlink (nobody locks through it: LMDB would refuse), unreadable
+    try:
+        probe = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 1, 0)
+        kind, _, _, _, pid = struct.unpack(_FLOCK, fcntl.fcntl(fd, fcntl.F_GETLK, probe))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return None if kind == fcntl.F_UNLCK else pid
 
 
 def check_files(directory: str, *, locked: bool = True) -> EnvironmentFiles:

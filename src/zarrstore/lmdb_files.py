@@ -48,10 +48,9 @@ The checks are made when an environment is opened (and reopened, after a
 fork); a link made while it is open is seen at the next open. Without the
 lock file (``lock=False``: one process, or a read-only mount) nothing is
 coordinated anyway, so only the rules for ``data.mdb``'s symlinks and file
-type apply then. Programs that do
-not make these checks (other LMDB programs, older releases) can still open a
-linked file under a second lock file; that is why hard links are refused
-rather than tolerated.
+type apply then. Programs that do not make these checks (other LMDB
+programs, older releases) can still open a linked file under a second lock
+file; that is why hard links are refused rather than tolerated.
 
 This module does not import ``lmdb``; ``zarrstore.lmdb_environment`` calls it.
 """

@@ -1315,3 +1315,31 @@ def test_expiring_the_commit_that_wrote_chunks_keeps_those_still_read(
     assert list(zarr.open_array(repo.readonly_session("main").store, path="a", mode="r")[:]) == [
         1] * 5 + [2] * 5
     assert repo.verify().problems == ()
+
+
+def test_a_merge_resolved_by_side_keeps_one_consolidated_view_until_reconsolidated(
+        repo: vs.Repository) -> None:
+    """icechunk#962's stale consolidated metadata, reached through a branch merge.
+
+    Two branches each add a variable with xarray's default ``consolidated=True``.
+    The merge stops on the root ``zarr.json``; resolved with ``"ours"``, the
+    root document (and its consolidated view) is main's, so ``open_zarr``
+    misses ``b`` until the result is consolidated again (docs/recipes.md).
+    """
+    session = repo.writable_session("main")
+    xr.Dataset({"v": ("x", np.arange(4.0))}).to_zarr(session.store, mode="w")
+    repo.create_branch("dev", snapshot_id=session.commit("v"))
+    for branch, name in [("dev", "b"), ("main", "a")]:
+        writer = repo.writable_session(branch)
+        xr.Dataset({name: ("x", np.ones(4))}).to_zarr(writer.store, mode="a")
+        writer.commit(name)
+    with pytest.raises(vs.MergeConflictError, match="zarr.json"):
+        repo.merge(from_branch="dev", into_branch="main")
+    repo.merge(from_branch="dev", into_branch="main", on_conflict="ours")
+    merged = repo.readonly_session("main").store
+    assert sorted(xr.open_zarr(merged).data_vars) == ["a", "v"]
+    assert sorted(xr.open_zarr(merged, consolidated=False).data_vars) == ["a", "b", "v"]
+    session = repo.writable_session("main")
+    zarr.consolidate_metadata(session.store)
+    session.commit("consolidated again")
+    assert sorted(xr.open_zarr(repo.readonly_session("main").store).data_vars) == ["a", "b", "v"]

@@ -1343,3 +1343,55 @@ def test_a_merge_resolved_by_side_keeps_one_consolidated_view_until_reconsolidat
     zarr.consolidate_metadata(session.store)
     session.commit("consolidated again")
     assert sorted(xr.open_zarr(repo.readonly_session("main").store).data_vars) == ["a", "b", "v"]
+
+
+def _members(store: Any, path: str, **kwargs: Any) -> list[str]:
+    group = zarr.open_group(store, path=path, mode="r", **kwargs)
+    return sorted(name for name, _ in group.members(max_depth=None))
+
+
+def test_a_move_renames_the_nodes_in_consolidated_views(repo: vs.Repository) -> None:
+    """icechunk#329 (``move``) beside zarr-python#2921 (consolidated views gone stale).
+
+    A group's consolidated view copies its subtree's documents. A ``move``
+    under such views (v3 root and group views, a v2 ``.zmetadata``) renames
+    the entries, drops them from a view that lost the node and adds them to
+    one that gained it: zarr opened the moved-away ``/g`` from the stale root
+    view and read fill values, and could not open ``/h``. Every view then
+    lists what the keys hold; moving back is no change.
+    """
+    session = repo.writable_session("main")
+    store = session.store
+    dataset = xr.Dataset({"v": ("x", np.arange(4.0))}, coords={"x": np.arange(4)})
+    dataset.to_zarr(store, group="g", mode="w", consolidated=False)
+    for path in ["a/x", "b/keep"]:
+        zarr.create_array(store, name=path, shape=(2,), dtype="i4")[:] = 5
+    zarr.consolidate_metadata(store, path="a")
+    zarr.consolidate_metadata(store, path="b")
+    zarr.consolidate_metadata(store)
+    v2 = zarr.open_group(store, path="old", mode="w", zarr_format=2)
+    v2.create_group("p").create_array("q", shape=(2,), dtype="i4")[:] = 6
+    zarr.consolidate_metadata(store, path="old", zarr_format=2)
+    snapshot = session.commit("consolidated views")
+
+    session.move("/g", "/h")
+    session.move("/a/x", "/b/x")
+    session.move("/old/p", "/old/r")
+
+    def check(reader: Any) -> None:
+        for path, kwargs in [("", {}), ("a", {}), ("b", {}), ("old", {"zarr_format": 2})]:
+            assert _members(reader, path, **kwargs) == _members(
+                reader, path, use_consolidated=False, **kwargs), path
+        xr.testing.assert_identical(xr.open_zarr(reader, group="h").load(), dataset)
+        with pytest.raises(KeyError):
+            xr.open_zarr(reader, group="g")
+        assert _members(reader, "b") == ["keep", "x"]
+        assert list(zarr.open_array(reader, path="old/r/q", mode="r", zarr_format=2)[:]) == [6, 6]
+
+    check(store)
+    check(repo.readonly_session(snapshot_id=session.commit("moved")).store)
+    session.move("/h", "/g")
+    session.move("/b/x", "/a/x")
+    session.move("/old/r", "/old/p")
+    session.commit("moved back")
+    assert not repo.diff(from_snapshot_id=snapshot, to_branch="main").updated_keys

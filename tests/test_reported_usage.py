@@ -1395,3 +1395,31 @@ def test_a_move_renames_the_nodes_in_consolidated_views(repo: vs.Repository) -> 
     session.move("/old/r", "/old/p")
     session.commit("moved back")
     assert not repo.diff(from_snapshot_id=snapshot, to_branch="main").updated_keys
+
+
+def test_a_purged_node_leaves_no_trace_in_consolidated_views(repo: vs.Repository) -> None:
+    """icechunk#2193: deleting one subject's data on request, from the whole history.
+
+    xarray consolidates by default, so the root and group documents copy each
+    variable's attributes into their consolidated views. ``purge`` erased the
+    variable's keys but kept those copies: every version still held the
+    subject's name, and ``open_zarr`` listed the variable, reading NaN. The
+    views of every rewritten version now drop it as well.
+    """
+    session = repo.writable_session("main")
+    people = xr.Dataset({"p042": ("x", np.arange(4.0), {"name": "Jane Doe"}),
+                         "p043": ("x", np.ones(4), {"name": "John Roe"})})
+    people.to_zarr(session.store, group="people", mode="w")
+    session.commit("two people")
+    xr.Dataset({"p043": ("x", np.full(4, 2.0))}).to_zarr(
+        session.store, group="people", region={"x": slice(0, 4)})
+    session.commit("p043 again")
+    repo.purge("/people/p042", message="consent withdrawn")
+    for info in repo.ancestry(branch="main"):
+        reader = repo.readonly_session(snapshot_id=info.id).store
+        for key in reader.storage.list_prefix(""):
+            assert b"Jane Doe" not in reader.storage.get(key), (info.message, key)
+    latest = xr.open_zarr(repo.readonly_session("main").store, group="people").load()
+    assert list(latest.data_vars) == ["p043"]
+    assert latest["p043"].attrs == {"name": "John Roe"}
+    assert repo.verify().problems == ()

@@ -1,4 +1,4 @@
-"""Consolidated metadata views kept in step with ``Session.move``.
+"""Consolidated metadata views kept in step with ``Session.move`` and ``purge``.
 
 zarr-python's consolidated metadata copies the documents of a group's whole
 subtree into one place: the ``consolidated_metadata`` member of a Zarr v3
@@ -9,10 +9,15 @@ under such a view. Left as it was, the view would still name the old paths:
 zarr would open the moved-away node from it and read the fill value where
 its chunks were, and would not find the node at its new path.
 
+A purge erases a node from every version, and a view in a document above
+it would keep the node's documents (its attributes) there, naming a node
+whose keys are gone.
+
 ``moved_view`` rewrites one such document as the keys were renamed: entries
 under the source are renamed when the destination is under the same view,
-dropped when it is not, and the moved documents are added to a view that
-holds the destination only. Everything else in the document is kept.
+dropped when it is not (or when there is no destination: a purge), and the
+moved documents are added to a view that holds the destination only.
+Everything else in the document is kept.
 """
 
 from __future__ import annotations
@@ -21,12 +26,25 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["VIEW_DOCUMENTS", "moved_view"]
+__all__ = ["VIEW_DOCUMENTS", "moved_view", "view_keys"]
 
 #: The document names that may hold a consolidated view: v3 group documents, v2's own.
 VIEW_DOCUMENTS = ("zarr.json", ".zmetadata")
 
 _V2_DOCUMENTS = (".zarray", ".zgroup", ".zattrs")
+
+
+def view_keys(*paths: str) -> list[str]:
+    """The keys of the documents that may hold a view of any of ``paths``, sorted.
+
+    Those of every directory above each path (the root's included), not the
+    paths' own: a node's view of its own subtree is relative to it.
+    """
+    directories = {""}
+    for path in paths:
+        parts = path.split("/")
+        directories.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    return sorted(f"{d}/{name}" if d else name for d in directories for name in VIEW_DOCUMENTS)
 
 
 def _relative(path: str, directory: str) -> str | None:
@@ -111,18 +129,20 @@ def _moved_v2(view: dict[str, Any], source: str | None, target: str | None,
     return changed
 
 
-def moved_view(key: str, raw: bytes, source: str, target: str,
+def moved_view(key: str, raw: bytes, source: str, target: str | None,
                documents: Callable[[], Mapping[str, bytes]]) -> bytes | None:
     """The document ``raw`` stored at ``key``, its consolidated view following a move.
 
-    ``source`` and ``target`` are the moved node's directories (``"a/b"``);
-    ``documents()`` gives the moved metadata documents by their new keys
-    (called only for a view that holds the destination). Returns ``None``
-    when there is nothing to change: no view, none naming the source or the
-    destination, or a document that is not JSON.
+    ``source`` and ``target`` are the moved node's directories (``"a/b"``),
+    ``target`` ``None`` for a node erased (a purge); ``documents()`` gives
+    the moved metadata documents by their new keys (called only for a view
+    that holds the destination). Returns ``None`` when there is nothing to
+    change: no view, none naming the source or the destination, or a
+    document that is not JSON.
     """
     directory, _, name = key.rpartition("/")
-    rel_source, rel_target = _relative(source, directory), _relative(target, directory)
+    rel_source = _relative(source, directory)
+    rel_target = None if target is None else _relative(target, directory)
     if name not in VIEW_DOCUMENTS or (rel_source is None and rel_target is None):
         return None
     try:

@@ -59,7 +59,7 @@ from versionstore.codec import (
     staged_reencodes,
 )
 from versionstore.commit_stream import ChunkIds, NewObjects, StagedScan
-from versionstore.consolidated import VIEW_DOCUMENTS, moved_view
+from versionstore.consolidated import moved_view, view_keys
 from versionstore.errors import (
     SESSION_CONFLICT_HINT,
     AmendInitialSnapshotError,
@@ -924,10 +924,6 @@ class Session:
         (``versionstore.consolidated``); the moved documents are read only
         for a view that holds the destination.
         """
-        directories = {""}
-        for path in (source, target):
-            parts = path.split("/")
-            directories.update("/".join(parts[:i]) for i in range(1, len(parts)))
         documents: dict[str, bytes] = {}
 
         def moved_documents() -> dict[str, bytes]:
@@ -940,14 +936,12 @@ class Session:
             return documents
 
         rewritten: dict[str, bytes] = {}
-        for directory in sorted(directories):
-            for name in VIEW_DOCUMENTS:
-                key = f"{directory}/{name}" if directory else name
-                raw = self.value(key)
-                changed = None if raw is None else moved_view(key, raw, source, target,
-                                                              moved_documents)
-                if changed is not None:
-                    rewritten[key] = changed
+        for key in view_keys(source, target):
+            raw = self.value(key)
+            changed = None if raw is None else moved_view(key, raw, source, target,
+                                                          moved_documents)
+            if changed is not None:
+                rewritten[key] = changed
         return rewritten
 
     @property

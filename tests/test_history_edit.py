@@ -8,6 +8,7 @@ collection.
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import zarr
 
 import versionstore as vs
 from versionstore.codec import KIND_SNAPSHOT, _frame, pack_metadata
+from versionstore.consolidated import moved_view, view_keys
 from versionstore.ids import hash_object, object_id_from_text, object_id_text
 
 
@@ -174,6 +176,28 @@ def test_move(repo: vs.Repository) -> None:
     assert renamed.parent_id is not None
     diff = repo.diff(from_snapshot_id=renamed.parent_id, to_branch="main")
     assert (diff.deleted_groups, diff.new_groups) == ({"/g"}, {"/h"})
+
+
+def test_moved_view_renames_only_the_moved_node_and_leaves_other_documents() -> None:
+    """``g2`` beside a moved ``g`` keeps its entries and their order; a document
+    that is not JSON, has no view, or lies beside the move is left alone."""
+    entries = {"g": {"node_type": "group"}, "g/v": {"node_type": "array"},
+               "g2": {"node_type": "group"}, "g2/v": {"node_type": "array"}}
+    document = {"zarr_format": 3, "node_type": "group", "attributes": {"n": float("nan")},
+                "consolidated_metadata": {"kind": "inline", "must_understand": False,
+                                          "metadata": entries}}
+    raw = json.dumps(document, indent=2).encode()
+    moved = moved_view("zarr.json", raw, "g", "h", dict)
+    assert moved is not None and moved.startswith(b"{\n")
+    view = json.loads(moved)["consolidated_metadata"]["metadata"]
+    assert list(view) == ["h", "h/v", "g2", "g2/v"]
+    assert moved_view("zarr.json", moved, "h", "g", dict) == raw  # and back, byte for byte
+    assert moved_view("zarr.json", raw, "g", None, dict) is not None  # a purge drops g
+    assert moved_view("zarr.json", b"not json", "g", "h", dict) is None
+    assert moved_view("zarr.json", b'{"zarr_format": 3}', "g", "h", dict) is None
+    assert moved_view("x/zarr.json", raw, "g", "h", dict) is None
+    assert moved_view("zarr.json", raw, "q", "r", dict) is None
+    assert view_keys("a/b", "c") == [".zmetadata", "a/.zmetadata", "a/zarr.json", "zarr.json"]
 
 
 def test_ops_log_records_every_ref_change(repo: vs.Repository) -> None:

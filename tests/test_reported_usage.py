@@ -16,6 +16,7 @@ import pickle
 import threading
 import warnings
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
+import zarr.api.asynchronous
 from http_support import http_server_fixture, served_dir_fixture
 from object_support import S3Server, aws_env_fixture, s3_fixture
 from obstore.store import LocalStore
@@ -983,3 +985,441 @@ def test_a_repository_on_a_relative_local_store_opens_from_a_worker_elsewhere(
               "print(zarr.open_array(repo.readonly_session('main').store, path='a', "
               "mode='r')[:].tolist())\n")
     assert _unpickled_in_worker(tmp_path / "worker", script, storage).split() == ["[7,", "7]"]
+
+
+# -- round 4: zarr-python listings, keys and event loops --------------------------------------
+
+
+def _names_before_the_separator(store: Any) -> None:
+    """Groups whose names sort just before or after ``/`` (``-`` and ``.``), and ``0_c``."""
+    root = zarr.open_group(store, mode="w")
+    for name in ["0", "foo-bar", "foo/baz", "foo.x"]:
+        root.create_group(name)
+    root.create_array("0_c", shape=(1,), dtype="i4")
+
+
+def test_names_sorting_before_the_separator_hide_no_node(repo: vs.Repository) -> None:
+    """icechunk#1824 / PR 1825: ``foo-bar`` hid ``foo/baz`` (``-`` and ``.`` sort before ``/``).
+
+    Staged, committed, and committed with more staged on top: every node is
+    found as on zarr's ``MemoryStore``, and ``list_prefix("0")`` is the
+    directory ``0/`` (docs/protocol.md), never ``0_c/`` or ``0-/``.
+    """
+    oracle = zarr.storage.MemoryStore()
+    _names_before_the_separator(oracle)
+
+    def members(store: Any) -> list[str]:
+        group = zarr.open_group(store, mode="r")
+        return sorted(name for name, _ in group.members(max_depth=None))
+
+    def check(store: Any) -> None:
+        assert members(store) == members(oracle)
+        for directory in ["", "foo", "foo/"]:
+            assert _listed(store.list_dir(directory)) == _listed(oracle.list_dir(directory))
+        assert _listed(store.list_prefix("0")) == ["0/zarr.json"]
+
+    session = repo.writable_session("main")
+    _names_before_the_separator(session.store)
+    check(session.store)
+    snapshot = session.commit("names")
+    check(repo.readonly_session(snapshot_id=snapshot).store)
+    for name in ["foo-bar2", "foo/zz", "0-"]:
+        zarr.open_group(session.store).create_group(name)
+        zarr.open_group(oracle).create_group(name)
+    check(session.store)
+
+
+#: Chunk key encodings other than the default ``c/0/0``: ``c.0.0``, ``0.0`` and ``0/0``.
+CHUNK_KEY_ENCODINGS: dict[str, dict[str, str]] = {
+    "dot": {"name": "default", "separator": "."},
+    "v2dot": {"name": "v2", "separator": "."},
+    "v2slash": {"name": "v2", "separator": "/"},
+}
+
+
+def test_every_chunk_key_encoding_and_an_array_named_c_rebase_by_chunk(
+        repo: vs.Repository) -> None:
+    """icechunk#2180 / #452: the ``.`` separator and the ``v2`` chunk key encoding were refused.
+
+    Arrays in each encoding, and an array ``c`` in a group ``c``: two sessions
+    write disjoint chunks of each, ``status`` names the chunks by coordinates,
+    and the second commit rebases over the first.
+    """
+    session = repo.writable_session("main")
+    zarr.open_group(session.store, path="c")
+    for name, encoding in CHUNK_KEY_ENCODINGS.items():
+        zarr.create_array(session.store, name=name, shape=(4, 4), chunks=(2, 2), dtype="i4",
+                          chunk_key_encoding=encoding)[:] = 1  # type: ignore[arg-type]
+    zarr.create_array(session.store, name="c/c", shape=(4,), chunks=(2,), dtype="i4")[:] = 1
+    base = session.commit("four arrays")
+    keys = _listed(session.store.list())
+    assert {"dot/c.1.1", "v2dot/1.1", "v2slash/1/1", "c/c/c/1"} <= set(keys)
+    top, bottom = repo.writable_session("main"), repo.writable_session("main")
+    names = [*CHUNK_KEY_ENCODINGS, "c/c"]
+    for name in names:
+        zarr.open_array(top.store, path=name)[:2] = 2
+        zarr.open_array(bottom.store, path=name)[2:] = 3
+    rows = frozenset({(1, 0), (1, 1)})
+    assert bottom.status().updated_chunks == {
+        **{f"/{name}": rows for name in CHUNK_KEY_ENCODINGS}, "/c/c": frozenset({(1,)})}
+    top.commit("top rows")
+    snapshot = bottom.commit("bottom rows")
+    reader = repo.readonly_session(snapshot_id=snapshot).store
+    for name in names:
+        column = zarr.open_array(reader, path=name, mode="r")[:].reshape(4, -1)[:, 0]
+        assert list(column) == [2, 2, 3, 3], name
+    changed = repo.diff(from_snapshot_id=base, to_snapshot_id=snapshot).updated_chunks
+    assert changed["/v2slash"] == frozenset({(0, 0), (0, 1), (1, 0), (1, 1)})
+    assert changed["/c/c"] == frozenset({(0,), (1,)})
+
+
+def _chunk_directories(store: Any) -> dict[str, Any]:
+    """What zarr users ask of an array's chunk directories: listings, sizes, counts."""
+    answers: dict[str, Any] = {
+        prefix: _listed(store.list_prefix(prefix))
+        for prefix in ["var/c/", "var/c", "var/c/0", "var/c/1/", "v2n/0", "v2n/1/"]}
+    answers["list_dir var/c"] = _listed(store.list_dir("var/c"))
+    answers["list_dir var/c/1/"] = _listed(store.list_dir("var/c/1/"))
+    answers["getsize_prefix var"] = asyncio.run(store.getsize_prefix("var"))
+    answers["getsize_prefix var/c"] = asyncio.run(store.getsize_prefix("var/c"))
+    nested = zarr.open_array(store, path="v2n", mode="r")
+    answers["v2n"] = (nested.nbytes_stored(), nested.nchunks_initialized)
+    return answers
+
+
+def test_listing_and_sizing_an_arrays_chunk_directories(repo: vs.Repository) -> None:
+    """dynamical-org/reformatters#402 / #404 and zarr-python#2174 / #253.
+
+    A job counted a sharded array's shards with ``list_prefix("var/c/")``,
+    which icechunk began to refuse; zarr 2's ``nbytes_stored`` missed v2 chunk
+    keys nested with ``/``. Listings under the chunk directories, their sizes
+    and zarr's counts match zarr's ``MemoryStore``, staged and committed.
+    """
+
+    def write(store: Any) -> None:
+        zarr.create_array(store, name="var", shape=(4, 4), chunks=(1, 1), shards=(2, 2),
+                          dtype="i4")[:] = 1
+        nested = CHUNK_KEY_ENCODINGS["v2slash"]
+        zarr.create_array(store, name="v2n", shape=(4, 4), chunks=(2, 2), dtype="i4",
+                          zarr_format=2, chunk_key_encoding=nested)[:] = 2  # type: ignore[arg-type]
+
+    oracle = zarr.storage.MemoryStore()
+    write(oracle)
+    expected = _chunk_directories(oracle)
+    assert expected["var/c/1/"] == ["var/c/1/0", "var/c/1/1"]
+    session = repo.writable_session("main")
+    write(session.store)
+    assert _chunk_directories(session.store) == expected
+    snapshot = session.commit("sharded and nested")
+    assert _chunk_directories(repo.readonly_session(snapshot_id=snapshot).store) == expected
+
+
+def test_one_session_store_used_from_several_event_loops(repo: vs.Repository) -> None:
+    """zarr-python#2878 / #2909 / #3487: a store used from a second ``asyncio.run`` failed.
+
+    Those stores kept a client bound to the loop that first used them. The
+    session store is used from ``asyncio.run`` twice, from zarr's own loop
+    (the sync API), and from eight threads each running its own loop; the
+    session commits through ``commit_async`` in yet another loop.
+    """
+    session = repo.writable_session("main")
+
+    async def create() -> None:
+        array = await zarr.api.asynchronous.create_array(
+            session.store, name="a", shape=(64,), chunks=(1,), dtype="i4")
+        await array.setitem(slice(None), np.arange(64))
+
+    async def head() -> list[int]:
+        array = await zarr.api.asynchronous.open_array(store=session.store, path="a")
+        return list(await array.getitem(slice(0, 10)))
+
+    asyncio.run(create())
+    zarr.open_array(session.store, path="a")[:8] = -1
+    assert asyncio.run(head()) == [-1] * 8 + [8, 9]
+    failures: list[BaseException] = []
+
+    def in_own_loop(block: int) -> None:
+        async def fill() -> None:
+            array = await zarr.api.asynchronous.open_array(store=session.store, path="a")
+            await array.setitem(slice(8 * block, 8 * block + 8), np.full(8, block))
+
+        try:
+            asyncio.run(fill())
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            failures.append(error)
+
+    threads = [threading.Thread(target=in_own_loop, args=(block,)) for block in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    snapshot = asyncio.run(session.commit_async("from every loop"))
+    values = zarr.open_array(repo.readonly_session(snapshot_id=snapshot).store, path="a",
+                             mode="r")[:]
+    assert list(values) == [block for block in range(8) for _ in range(8)]
+
+
+def test_open_modes_over_committed_and_staged_deleted_nodes(repo: vs.Repository) -> None:
+    """zarr-python#2491 (``mode="r+"`` created a missing array) and ``w-`` over existing data.
+
+    Over committed nodes zarr's modes raise as on its ``MemoryStore``; once
+    the session deletes those nodes (staged tombstones), ``w-`` creates them
+    anew, while another session still opens the committed array.
+    """
+    session = repo.writable_session("main")
+    zarr.create_array(session.store, name="a", shape=(2,), dtype="i4")[:] = 1
+    zarr.open_group(session.store, path="g")
+    session.commit("a and g")
+    store = session.store
+    with pytest.raises(FileNotFoundError):
+        zarr.open_array(store, path="missing", mode="r+")
+    with pytest.raises(zarr.errors.ContainsArrayError):
+        zarr.create_array(store, name="a", shape=(2,), dtype="i4")
+    with pytest.raises(FileExistsError):
+        zarr.open_group(store, path="g", mode="w-")
+    with pytest.raises(FileExistsError):
+        xr.Dataset({"q": ("x", [1])}).to_zarr(store, mode="w-")
+    asyncio.run(store.delete_dir("a"))
+    asyncio.run(store.delete_dir("g"))
+    zarr.create_array(store, name="a", shape=(3,), dtype="i4")[:] = 2
+    zarr.open_group(store, path="g", mode="w-")
+    assert list(zarr.open_array(repo.writable_session("main").store, path="a", mode="r+")[:]) == [
+        1, 1]
+    snapshot = session.commit("a and g anew")
+    assert list(zarr.open_array(repo.readonly_session(snapshot_id=snapshot).store, path="a",
+                                mode="r")[:]) == [2, 2, 2]
+
+
+# -- round 4: xarray, and writers beside history edits ----------------------------------------
+
+
+def test_an_append_missing_a_variable_is_caught_before_the_commit(repo: vs.Repository) -> None:
+    """pydata/xarray#10766: appending a dataset that lacks one variable broke the store.
+
+    xarray extends ``a`` but not ``b``, on a session as on zarr's own store,
+    and the dataset no longer opens; in a session that damage is only staged:
+    the check before committing fails, ``discard_changes`` restores the
+    committed dataset, and a complete append then commits.
+    """
+    whole = xr.Dataset({"a": ("x", [1, 2]), "b": ("x", [10, 20])})
+    session = repo.writable_session("main")
+    whole.to_zarr(session.store, mode="w")
+    session.commit("a and b")
+    xr.Dataset({"a": ("x", [3, 4])}).to_zarr(session.store, append_dim="x")
+    with pytest.raises(ValueError, match="conflicting sizes"):
+        xr.open_zarr(session.store)
+    session.discard_changes()
+    xr.testing.assert_identical(xr.open_zarr(session.store).load(), whole)
+    more = xr.Dataset({"a": ("x", [3, 4]), "b": ("x", [30, 40])})
+    more.to_zarr(session.store, append_dim="x")
+    snapshot = session.commit("both grew")
+    xr.testing.assert_identical(_read(repo, snapshot), xr.concat([whole, more], "x"))
+
+
+def test_the_same_new_group_created_by_two_sessions_rebases(repo: vs.Repository) -> None:
+    """zarr-python#658: parallel jobs each open a not-yet-existing group with ``mode="a"``.
+
+    Each job's session writes the group's metadata (v3 ``new``, v2 ``old``)
+    and its own array in it: the same document from both sides is no
+    conflict, so the second commit rebases and the groups hold both arrays.
+    (Threads sharing one store still race inside zarr, which checks for the
+    group before writing it, on its ``MemoryStore`` too: that is zarr#658.)
+    """
+    session = repo.writable_session("main")
+    zarr.open_group(session.store, mode="a")
+    session.commit("root")
+    first, second = repo.writable_session("main"), repo.writable_session("main")
+    for job, array in [(first, "x"), (second, "y")]:
+        for path, zarr_format in [("new", 3), ("old", 2)]:
+            group = zarr.open_group(job.store, path=path, mode="a",
+                                    zarr_format=zarr_format)  # type: ignore[arg-type]
+            group.create_array(array, shape=(2,), dtype="i4")[:] = 1
+    first.commit("x")
+    snapshot = second.commit("y")
+    reader = repo.readonly_session(snapshot_id=snapshot).store
+    for path, zarr_format in [("new", 3), ("old", 2)]:
+        group = zarr.open_group(reader, path=path, mode="r",
+                                zarr_format=zarr_format)  # type: ignore[arg-type]
+        assert sorted(group.array_keys()) == ["x", "y"], path
+
+
+def test_a_writer_open_while_its_branch_is_reset_amended_or_deleted(repo: vs.Repository) -> None:
+    """icechunk PR 1259 (a ``reset_branch`` racing a writer) and icechunk#1532 (``amend``).
+
+    A bad commit is reset away while a writer is open on the branch: the
+    writer's commit lands on the reset target with its own change only, and
+    does not bring the bad data back. A writer whose chunk the amended tip
+    also changed conflicts; one on a branch deleted under it raises
+    ``BranchNotFoundError``, keeps its changes, and commits once the branch
+    exists again.
+    """
+    session = repo.writable_session("main")
+    zarr.create_array(session.store, name="a", shape=(4,), chunks=(1,), dtype="i4")[:] = 1
+    good = session.commit("good")
+    zarr.open_array(session.store, path="a")[:2] = 66
+    zarr.create_array(session.store, name="bad", shape=(2,), dtype="i4")[:] = 66
+    session.commit("bad")
+    writer = repo.writable_session("main")
+    zarr.open_array(writer.store, path="a")[3] = 7
+    repo.reset_branch("main", good)
+    after_reset = writer.commit("seven")
+    assert repo.lookup_snapshot(after_reset).parent_id == good
+    root = zarr.open_group(repo.readonly_session("main").store, mode="r")
+    assert list(root.array_keys()) == ["a"]
+    assert list(root["a"][:]) == [1, 1, 1, 7]  # type: ignore[index]
+
+    amending, writer = repo.writable_session("main"), repo.writable_session("main")
+    zarr.open_array(writer.store, path="a")[0] = 5
+    zarr.open_array(amending.store, path="a")[0] = 3
+    amending.amend("seven, and a three")
+    with pytest.raises(vs.ConflictError, match="a/c/0"):
+        writer.commit("five")
+    assert writer.has_uncommitted_changes
+
+    repo.create_branch("dev", snapshot_id=good)
+    writer = repo.writable_session("dev")
+    zarr.open_array(writer.store, path="a")[1] = 9
+    repo.delete_branch("dev")
+    with pytest.raises(vs.BranchNotFoundError):
+        writer.commit("nine")
+    repo.create_branch("dev", snapshot_id=after_reset)
+    writer.commit("nine")
+    assert list(zarr.open_array(repo.readonly_session("dev").store, path="a", mode="r")[:]) == [
+        1, 9, 1, 7]
+
+
+def test_expiring_the_commit_that_wrote_chunks_keeps_those_still_read(
+        repo: vs.Repository) -> None:
+    """icechunk#865 (is the data of an expired commit gone?) and #731 (a cut-off after the tip).
+
+    The first commit writes half the chunks, the second the other half; a
+    cut-off after both expires every snapshot but the tip and the root, and
+    ``garbage_collect`` then deletes the expired snapshot but none of its
+    chunks, which the tip still reads.
+    """
+    session = repo.writable_session("main")
+    array = zarr.create_array(session.store, name="a", shape=(10,), chunks=(1,), dtype="i4")
+    array[:5] = 1
+    first = session.commit("first half")
+    array[5:] = 2
+    tip = session.commit("second half")
+    cutoff = repo.lookup_snapshot(tip).written_at + timedelta(seconds=1)
+    expired = repo.expire_snapshots(cutoff)
+    assert first in expired and tip not in expired
+    assert [info.message for info in repo.ancestry(branch="main")] == [
+        "second half", "Repository initialized"]
+    repo.garbage_collect()
+    with pytest.raises(vs.SnapshotNotFoundError):
+        repo.readonly_session(snapshot_id=first)
+    assert list(zarr.open_array(repo.readonly_session("main").store, path="a", mode="r")[:]) == [
+        1] * 5 + [2] * 5
+    assert repo.verify().problems == ()
+
+
+def test_a_merge_resolved_by_side_keeps_one_consolidated_view_until_reconsolidated(
+        repo: vs.Repository) -> None:
+    """icechunk#962's stale consolidated metadata, reached through a branch merge.
+
+    Two branches each add a variable with xarray's default ``consolidated=True``.
+    The merge stops on the root ``zarr.json``; resolved with ``"ours"``, the
+    root document (and its consolidated view) is main's, so ``open_zarr``
+    misses ``b`` until the result is consolidated again (docs/recipes.md).
+    """
+    session = repo.writable_session("main")
+    xr.Dataset({"v": ("x", np.arange(4.0))}).to_zarr(session.store, mode="w")
+    repo.create_branch("dev", snapshot_id=session.commit("v"))
+    for branch, name in [("dev", "b"), ("main", "a")]:
+        writer = repo.writable_session(branch)
+        xr.Dataset({name: ("x", np.ones(4))}).to_zarr(writer.store, mode="a")
+        writer.commit(name)
+    with pytest.raises(vs.MergeConflictError, match="zarr.json"):
+        repo.merge(from_branch="dev", into_branch="main")
+    repo.merge(from_branch="dev", into_branch="main", on_conflict="ours")
+    merged = repo.readonly_session("main").store
+    assert sorted(xr.open_zarr(merged).data_vars) == ["a", "v"]
+    assert sorted(xr.open_zarr(merged, consolidated=False).data_vars) == ["a", "b", "v"]
+    session = repo.writable_session("main")
+    zarr.consolidate_metadata(session.store)
+    session.commit("consolidated again")
+    assert sorted(xr.open_zarr(repo.readonly_session("main").store).data_vars) == ["a", "b", "v"]
+
+
+def _members(store: Any, path: str, **kwargs: Any) -> list[str]:
+    group = zarr.open_group(store, path=path, mode="r", **kwargs)
+    return sorted(name for name, _ in group.members(max_depth=None))
+
+
+def test_a_move_renames_the_nodes_in_consolidated_views(repo: vs.Repository) -> None:
+    """icechunk#329 (``move``) beside zarr-python#2921 (consolidated views gone stale).
+
+    A group's consolidated view copies its subtree's documents. A ``move``
+    under such views (v3 root and group views, a v2 ``.zmetadata``) renames
+    the entries, drops them from a view that lost the node and adds them to
+    one that gained it: zarr opened the moved-away ``/g`` from the stale root
+    view and read fill values, and could not open ``/h``. Every view then
+    lists what the keys hold; moving back is no change.
+    """
+    session = repo.writable_session("main")
+    store = session.store
+    dataset = xr.Dataset({"v": ("x", np.arange(4.0))}, coords={"x": np.arange(4)})
+    dataset.to_zarr(store, group="g", mode="w", consolidated=False)
+    for path in ["a/x", "b/keep"]:
+        zarr.create_array(store, name=path, shape=(2,), dtype="i4")[:] = 5
+    zarr.consolidate_metadata(store, path="a")
+    zarr.consolidate_metadata(store, path="b")
+    zarr.consolidate_metadata(store)
+    v2 = zarr.open_group(store, path="old", mode="w", zarr_format=2)
+    v2.create_group("p").create_array("q", shape=(2,), dtype="i4")[:] = 6
+    zarr.consolidate_metadata(store, path="old", zarr_format=2)
+    snapshot = session.commit("consolidated views")
+
+    session.move("/g", "/h")
+    session.move("/a/x", "/b/x")
+    session.move("/old/p", "/old/r")
+
+    def check(reader: Any) -> None:
+        for path, kwargs in [("", {}), ("a", {}), ("b", {}), ("old", {"zarr_format": 2})]:
+            assert _members(reader, path, **kwargs) == _members(
+                reader, path, use_consolidated=False, **kwargs), path
+        xr.testing.assert_identical(xr.open_zarr(reader, group="h").load(), dataset)
+        with pytest.raises(KeyError):
+            xr.open_zarr(reader, group="g")
+        assert _members(reader, "b") == ["keep", "x"]
+        assert list(zarr.open_array(reader, path="old/r/q", mode="r", zarr_format=2)[:]) == [6, 6]
+
+    check(store)
+    check(repo.readonly_session(snapshot_id=session.commit("moved")).store)
+    session.move("/h", "/g")
+    session.move("/b/x", "/a/x")
+    session.move("/old/r", "/old/p")
+    session.commit("moved back")
+    assert not repo.diff(from_snapshot_id=snapshot, to_branch="main").updated_keys
+
+
+def test_a_purged_node_leaves_no_trace_in_consolidated_views(repo: vs.Repository) -> None:
+    """icechunk#2193: deleting one subject's data on request, from the whole history.
+
+    xarray consolidates by default, so the root and group documents copy each
+    variable's attributes into their consolidated views. ``purge`` erased the
+    variable's keys but kept those copies: every version still held the
+    subject's name, and ``open_zarr`` listed the variable, reading NaN. The
+    views of every rewritten version now drop it as well.
+    """
+    session = repo.writable_session("main")
+    people = xr.Dataset({"p042": ("x", np.arange(4.0), {"name": "Jane Doe"}),
+                         "p043": ("x", np.ones(4), {"name": "John Roe"})})
+    people.to_zarr(session.store, group="people", mode="w")
+    session.commit("two people")
+    xr.Dataset({"p043": ("x", np.full(4, 2.0))}).to_zarr(
+        session.store, group="people", region={"x": slice(0, 4)})
+    session.commit("p043 again")
+    repo.purge("/people/p042", message="consent withdrawn")
+    for info in repo.ancestry(branch="main"):
+        reader = repo.readonly_session(snapshot_id=info.id).store
+        for key in reader.storage.list_prefix(""):
+            assert b"Jane Doe" not in reader.storage.get(key), (info.message, key)
+    latest = xr.open_zarr(repo.readonly_session("main").store, group="people").load()
+    assert list(latest.data_vars) == ["p043"]
+    assert latest["p043"].attrs == {"name": "John Roe"}
+    assert repo.verify().problems == ()

@@ -291,7 +291,7 @@ class ConflictError(VersionStoreError):
 #: writers, conflicts and rebase").
 SESSION_CONFLICT_HINT = (
     "the session keeps its staged changes: session.rebase(keep='ours') or keep='theirs', "
-    "or re-read and rewrite those chunks, then commit again"
+    "or re-read and rewrite those keys, then commit again"
 )
 
 

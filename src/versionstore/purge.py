@@ -1,8 +1,10 @@
 """Purge: erase one node (array or group) from every version, branch and tag.
 
 The one operation that rewrites history. Every snapshot any branch or tag
-reaches is rewritten, oldest first, without the keys under the purged path;
-a snapshot whose tree and parents are unchanged keeps its id, every other
+reaches is rewritten, oldest first, without the keys under the purged path
+and without the node in the consolidated metadata views of the groups above
+it (``versionstore.consolidated``: they copy its documents, attributes
+included); a snapshot whose tree and parents are unchanged keeps its id, every other
 one gets a new id (its content changed, or its parent's id did), keeping its
 message, time and metadata, plus a ``"versionstore.purge"`` metadata entry
 naming the path, the purge's message and the snapshot's original id. Branch
@@ -33,17 +35,20 @@ from versionstore.backend.protocol import Backend, SessionRule, WriteBatch
 from versionstore.codec import (
     decode_ref_target,
     decode_session,
+    encode_chunk,
     encode_ref_target,
     encode_snapshot,
 )
+from versionstore.consolidated import moved_view, view_keys
 from versionstore.errors import ConflictError, PurgeBlockedError
 from versionstore.grafts import GRAFT_PREFIX, grafts_from_refs, parents_of
 from versionstore.ids import ObjectId, object_id_text
 from versionstore.objects import ObjectReader
 from versionstore.opslog import with_operation
-from versionstore.records import Operation, RefTarget, Snapshot
+from versionstore.records import ChunkRef, Entry, Operation, RefTarget, Snapshot
+from versionstore.session import INLINE_LIMIT
 from versionstore.sizes import SizeTally
-from versionstore.tree import apply_changes, iter_from
+from versionstore.tree import apply_changes, iter_from, lookup
 
 __all__ = ["purge_node", "purge_prefix"]
 
@@ -75,6 +80,33 @@ def _doomed_keys(reader: ObjectReader, tree: ObjectId | None, prefix: str) -> li
     if any(True for k, _ in iter_from(reader.node, tree, exact) if k == exact):
         keys.insert(0, exact)
     return keys
+
+
+def _pruned_views(reader: ObjectReader, tree: ObjectId | None, path: str
+                  ) -> tuple[list[tuple[str, Entry]], dict[ObjectId, tuple[bytes, bytes]]]:
+    """The documents above node ``path`` whose consolidated view names it, without it.
+
+    Returns the changes (key, new entry) and, by id, the value and frame of
+    each new document stored as a chunk object (``versionstore.consolidated``).
+    """
+    changes: list[tuple[str, Entry]] = []
+    values: dict[ObjectId, tuple[bytes, bytes]] = {}
+    for key in view_keys(path):
+        entry = lookup(reader.lookup_node, tree, key)
+        if isinstance(entry, ChunkRef):
+            raw: bytes | None = reader.chunks([entry.chunk_id], [entry.location])[0]
+        else:
+            raw = entry if isinstance(entry, bytes) else None
+        pruned = None if raw is None else moved_view(key, raw, path, None, dict)
+        if pruned is None:
+            continue
+        if len(pruned) <= INLINE_LIMIT:
+            changes.append((key, pruned))
+        else:
+            chunk_id, frame = encode_chunk(pruned)
+            values[chunk_id] = (pruned, frame)
+            changes.append((key, ChunkRef(chunk_id=chunk_id, size=len(pruned))))
+    return changes, values
 
 
 def _order(reader: ObjectReader, tips: list[ObjectId], grafts: Mapping[ObjectId, Any]
@@ -137,16 +169,23 @@ def purge_node(reader: ObjectReader, path: str, *, message: str | None = None,
         objects: list[tuple[ObjectId, bytes]] = []
         for snapshot_id, snapshot, parents in _order(reader, list(targets.values()), grafts):
             doomed = _doomed_keys(reader, snapshot.tree, prefix)
+            views, view_values = _pruned_views(reader, snapshot.tree, prefix.rstrip("/"))
             new_parents = tuple(mapping.get(p, p) for p in parents)
-            if not doomed and new_parents == parents:
+            if not doomed and not views and new_parents == parents:
                 continue
             tally = SizeTally()
-            tree, nodes = apply_changes(reader.node, snapshot.tree, [(k, None) for k in doomed],
+            changes = sorted([*((k, None) for k in doomed), *views], key=lambda c: c[0])
+            tree, nodes = apply_changes(reader.node, snapshot.tree, changes,
                                         observe=tally.observe_all)
+
+            def read_chunks(ids: list[ObjectId], new: Mapping[ObjectId, tuple[bytes, bytes]]
+                            = view_values) -> list[bytes]:
+                return [new[i][0] if i in new else reader.chunks([i])[0] for i in ids]
+
             # Totals only where the original had them: an older snapshot stays as it was
             # (``du`` walks it), rather than purge reading every tree of an old history.
             sizes = None if snapshot.sizes is None else tally.sizes(
-                reader.node, snapshot.tree, snapshot.sizes, reader.chunks)
+                reader.node, snapshot.tree, snapshot.sizes, read_chunks)
             metadata = dict(snapshot.metadata)
             metadata[METADATA_KEY] = {"path": "/" + prefix.rstrip("/"), "message": message,
                                       "original": object_id_text(snapshot_id)}
@@ -157,6 +196,7 @@ def purge_node(reader: ObjectReader, path: str, *, message: str | None = None,
                                  metadata=metadata, sizes=sizes)
             new_id, frame = encode_snapshot(rewritten)
             objects.extend(nodes.items())
+            objects.extend((i, frame) for i, (_, frame) in view_values.items())
             objects.append((new_id, frame))
             mapping[snapshot_id] = new_id
         moved = {name: mapping[t] for name, t in targets.items() if t in mapping}

@@ -59,6 +59,7 @@ from versionstore.codec import (
     staged_reencodes,
 )
 from versionstore.commit_stream import ChunkIds, NewObjects, StagedScan
+from versionstore.consolidated import moved_view, view_keys
 from versionstore.errors import (
     SESSION_CONFLICT_HINT,
     AmendInitialSnapshotError,
@@ -833,6 +834,11 @@ class Session:
         atomic step): ``discard_changes`` undoes it, ``commit`` or ``amend``
         records it, and it mixes freely with data writes.
 
+        Groups above the source or the destination whose documents hold a
+        consolidated view of their subtree (zarr's consolidated metadata)
+        get the moved nodes renamed in it, in the same step
+        (``versionstore.consolidated``).
+
         The destination's parent must exist and not be an array: a group, the
         root, or a directory that already holds keys. This follows icechunk's
         ``move``, which refuses a missing parent group and an array parent
@@ -895,11 +901,48 @@ class Session:
         for key, entry in moving.items():
             name = prefix + target + key[len(source):]
             refs[name] = encode_staged(name, entry)
+        objects: list[tuple[ObjectId, bytes]] = []
+        for key, value in self._moved_views(source, target, moving).items():
+            name = prefix + key
+            if len(value) <= INLINE_LIMIT:
+                refs[name] = encode_staged(name, value)
+            else:
+                chunk_id, frame, _, refs[name] = encode_staged_chunk(name, value)
+                objects.append((chunk_id, frame))
         # By id only where stored by id: a located chunk is kept at its hint (format.md).
         chunks = [e.chunk_id for e in moving.values()
                   if isinstance(e, ChunkRef) and e.location is None]
-        return self._stage(WriteBatch(expect={session_ref(session_id): record}, refs=refs,
-                                      requires=chunks, session=self._rule(self._base)))
+        return self._stage(WriteBatch(objects=objects, expect={session_ref(session_id): record},
+                                      refs=refs, requires=chunks,
+                                      session=self._rule(self._base)))
+
+    def _moved_views(self, source: str, target: str, moving: Mapping[str, Entry]
+                     ) -> dict[str, bytes]:
+        """The group documents above a move whose consolidated view names it, rewritten.
+
+        Each directory above the source or the destination may hold a view
+        (``versionstore.consolidated``); the moved documents are read only
+        for a view that holds the destination.
+        """
+        documents: dict[str, bytes] = {}
+
+        def moved_documents() -> dict[str, bytes]:
+            if not documents:
+                for key in moving:
+                    value = (self.value(key) if key.rpartition("/")[2] in DOCUMENT_NAMES
+                             else None)
+                    if value is not None:
+                        documents[target + key[len(source):]] = value
+            return documents
+
+        rewritten: dict[str, bytes] = {}
+        for key in view_keys(source, target):
+            raw = self.value(key)
+            changed = None if raw is None else moved_view(key, raw, source, target,
+                                                          moved_documents)
+            if changed is not None:
+                rewritten[key] = changed
+        return rewritten
 
     @property
     def has_uncommitted_changes(self) -> bool:

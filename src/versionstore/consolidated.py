@@ -1,0 +1,180 @@
+"""Consolidated metadata views kept in step with ``Session.move`` and ``purge``.
+
+zarr-python's consolidated metadata copies the documents of a group's whole
+subtree into one place: the ``consolidated_metadata`` member of a Zarr v3
+group's ``zarr.json`` (entries by node path relative to that group; a group
+entry may carry a nested view of its own) or a Zarr v2 ``.zmetadata``
+document (entries by key relative to its directory). A move renames nodes
+under such a view. Left as it was, the view would still name the old paths:
+zarr would open the moved-away node from it and read the fill value where
+its chunks were, and would not find the node at its new path.
+
+A purge erases a node from every version, and a view in a document above
+it would keep the node's documents (its attributes) there, naming a node
+whose keys are gone.
+
+``moved_view`` rewrites one such document as the keys were renamed: entries
+under the source are renamed when the destination is under the same view,
+dropped when it is not (or when there is no destination: a purge), and the
+moved documents are added to a view that holds the destination only.
+Everything else in the document is kept.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = ["VIEW_DOCUMENTS", "moved_view", "view_keys"]
+
+#: The document names that may hold a consolidated view: v3 group documents, v2's own.
+VIEW_DOCUMENTS = ("zarr.json", ".zmetadata")
+
+_V2_DOCUMENTS = (".zarray", ".zgroup", ".zattrs")
+
+
+def view_keys(*paths: str) -> list[str]:
+    """The keys of the documents that may hold a view of any of ``paths``, sorted.
+
+    Those of every directory above each path (the root's included), not the
+    paths' own: a node's view of its own subtree is relative to it.
+    """
+    directories = {""}
+    for path in paths:
+        parts = path.split("/")
+        directories.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    return sorted(f"{d}/{name}" if d else name for d in directories for name in VIEW_DOCUMENTS)
+
+
+def _relative(path: str, directory: str) -> str | None:
+    """``path`` relative to ``directory`` (both without slashes at the ends), or ``None``."""
+    if not directory:
+        return path
+    return path[len(directory) + 1:] if path.startswith(directory + "/") else None
+
+
+def _under(name: str, node: str) -> bool:
+    return name == node or name.startswith(node + "/")
+
+
+def _parsed(value: bytes) -> Any:
+    """A moved document's JSON (``None`` for one that is not JSON, as zarr would fail on it)."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return None
+
+
+def _nested_view(meta: object) -> dict[str, Any] | None:
+    """The entries of a v3 document's ``consolidated_metadata``, if it has any."""
+    if not isinstance(meta, dict):
+        return None
+    view = meta.get("consolidated_metadata")
+    entries = view.get("metadata") if isinstance(view, dict) else None
+    return entries if isinstance(entries, dict) else None
+
+
+def _moved_v3(view: dict[str, Any], source: str | None, target: str | None,
+              moved: Mapping[str, Any]) -> bool:
+    """Rename a v3 view's entries in place, nested views too; ``True`` if any changed.
+
+    ``moved`` holds the moved nodes' documents by their new paths relative to
+    this view: they are added when the view holds the destination only.
+    """
+    changed = False
+    renamed: dict[str, Any] = {}
+    for name, meta in view.items():
+        if source is not None and _under(name, source):
+            changed = True
+            if target is not None:
+                renamed[target + name[len(source):]] = meta
+            continue
+        nested = _nested_view(meta)
+        inner_source = None if source is None else _relative(source, name)
+        inner_target = None if target is None else _relative(target, name)
+        if nested is not None and (inner_source is not None or inner_target is not None):
+            inner = {path: doc for path, doc in
+                     ((_relative(path, name), doc) for path, doc in moved.items())
+                     if path is not None}
+            changed |= _moved_v3(nested, inner_source, inner_target, inner)
+        renamed[name] = meta
+    if source is None and target is not None and moved:
+        renamed.update(moved)
+        changed = True
+    if changed:
+        view.clear()
+        view.update(renamed)
+    return changed
+
+
+def _moved_v2(view: dict[str, Any], source: str | None, target: str | None,
+              added: Mapping[str, Any]) -> bool:
+    """Rename a v2 ``.zmetadata`` view's entries in place; ``True`` if any changed."""
+    changed = False
+    renamed: dict[str, Any] = {}
+    for name, meta in view.items():
+        if source is not None and _under(name.rpartition("/")[0], source):
+            changed = True
+            if target is not None:
+                renamed[target + name[len(source):]] = meta
+            continue
+        renamed[name] = meta
+    if source is None and target is not None:
+        renamed.update(added)
+        changed = bool(added) or changed
+    if changed:
+        view.clear()
+        view.update(renamed)
+    return changed
+
+
+def moved_view(key: str, raw: bytes, source: str, target: str | None,
+               documents: Callable[[], Mapping[str, bytes]]) -> bytes | None:
+    """The document ``raw`` stored at ``key``, its consolidated view following a move.
+
+    ``source`` and ``target`` are the moved node's directories (``"a/b"``),
+    ``target`` ``None`` for a node erased (a purge); ``documents()`` gives
+    the moved metadata documents by their new keys (called only for a view
+    that holds the destination). Returns ``None`` when there is nothing to
+    change: no view, none naming the source or the destination, or a
+    document that is not JSON.
+    """
+    directory, _, name = key.rpartition("/")
+    rel_source = _relative(source, directory)
+    rel_target = None if target is None else _relative(target, directory)
+    if name not in VIEW_DOCUMENTS or (rel_source is None and rel_target is None):
+        return None
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(document, dict):
+        return None
+    if name == "zarr.json":
+        view = _nested_view(document)
+        if view is None:
+            return None
+        moved: dict[str, Any] = {}
+        if rel_target is not None:
+            for doc_key, value in documents().items():
+                node, _, doc_name = doc_key.rpartition("/")
+                path = _relative(node, directory)
+                if doc_name == "zarr.json" and path is not None:
+                    moved[path] = _parsed(value)
+        if not _moved_v3(view, rel_source, rel_target, moved):
+            return None
+    else:
+        view = document.get("metadata")
+        if not isinstance(view, dict):
+            return None
+        added: dict[str, Any] = {}
+        if rel_source is None:
+            for doc_key, value in documents().items():
+                path = _relative(doc_key, directory)
+                if doc_key.rpartition("/")[2] in _V2_DOCUMENTS and path is not None:
+                    added[path] = _parsed(value)
+        if not _moved_v2(view, rel_source, rel_target, added):
+            return None
+    indent = 2 if raw.lstrip()[1:2] == b"\n" else None  # as zarr wrote it
+    return json.dumps(document, indent=indent, allow_nan=True).encode()

@@ -10,7 +10,7 @@ import pytest
 from machine_support import commit_values, either_repo_fixture
 
 import versionstore as vs
-from versionstore.ids import ObjectId
+from versionstore.ids import ObjectId, object_id_text
 from versionstore.records import ChunkRef
 
 __all__ = ["either_repo_fixture"]  # the ``repo`` fixture
@@ -140,3 +140,40 @@ def test_verify_after_expire_and_gc_in_the_same_repository_object(tmp_path: Path
         assert report.ok, report.problems
         assert [info.message for info in repo.ancestry(branch="main")] == [
             "commit 2", "Repository initialized"]
+
+
+def test_verify_reports_damaged_pages_instead_of_raising(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A damaged page of ``data.mdb`` under a chunk or the gc ledger is a problem, not a raise.
+
+    Garbage written over such pages made ``verify()`` (and ``versionstore verify``)
+    stop at the first with ``CorruptRepositoryError`` or ``BackendError``
+    ("MDB_BAD_TXN"), reporting nothing else; history it cannot walk was
+    already a problem. Reads of the damaged pages are simulated here.
+    """
+    repo = vs.Repository.create(vs.lmdb_storage(tmp_path / "repo"))
+    commit_values(repo, a=b"A" * 2000, b=b"B" * 3000)
+    repo.garbage_collect()  # so that the ledger has a header, and is checked
+    entry = repo.readonly_session("main").entry("a")
+    assert isinstance(entry, ChunkRef)
+    damaged = ObjectId(entry.chunk_id)
+    real = repo.backend.get_objects
+
+    def get_objects(ids: list[ObjectId]) -> list[bytes | None]:
+        if damaged in ids:
+            raise vs.CorruptRepositoryError("mdb_get: MDB_CORRUPTED: Located page was wrong type")
+        return real(ids)
+
+    def ledger_contents() -> None:
+        raise vs.BackendError("mdb_cursor_get: MDB_BAD_TXN: Transaction must abort")
+
+    monkeypatch.setattr(repo.backend, "get_objects", get_objects)
+    monkeypatch.setattr(repo.backend, "ledger_contents", ledger_contents)
+    report = repo.verify()
+    assert not report.ok
+    unreadable = [p for p in report.problems if "cannot be read" in p]
+    assert len(unreadable) == 1 and "MDB_CORRUPTED" in unreadable[0], report.problems
+    assert unreadable[0].startswith(object_id_text(damaged))
+    assert any("cannot check the gc ledger" in p and "MDB_BAD_TXN" in p
+               for p in report.problems), report.problems
+    assert report.objects_checked > 2  # the readable ones were checked

@@ -535,3 +535,38 @@ def test_settling_a_batch_whose_loop_closed_raises_nothing() -> None:
     _settle(waiting, None)
     _settle(waiting, OSError("disk full"))
     assert not any(future.done() for future in waiting)
+
+
+def test_a_delete_after_a_set_cancelled_while_written_in_a_thread_stays_deleted(
+        repo: vs.Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the backend is busy a batch is written in a worker thread; a set cancelled
+    then cannot be taken out of it, and its value lands when that write returns. A
+    delete of the key made after the cancellation must land after it (as later sets
+    do, queued behind it), not at once: the older value reappeared over the delete,
+    and a commit made meanwhile left it staged for the next one."""
+    session = repo.writable_session("main")
+    store = session.store
+    stager = session.group_stager
+    monkeypatch.setattr(stager, "_busy", lambda: True)
+    gate, started = threading.Event(), threading.Event()
+    write = stager._write
+
+    def slow(items: list[tuple[str, bytes]]) -> None:
+        started.set()
+        assert gate.wait(30)
+        write(items)
+
+    monkeypatch.setattr(stager, "_write", slow)
+
+    async def retry() -> None:
+        task = asyncio.ensure_future(store.set("a/c/0", cpu.Buffer.from_bytes(b"old")))
+        while not started.is_set():
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        asyncio.get_running_loop().call_later(0.05, gate.set)
+        await store.delete("a/c/0")  # the caller changed its mind
+
+    asyncio.run(retry())
+    assert session.entry("a/c/0") is None

@@ -497,6 +497,49 @@ def test_repository_on_a_read_only_filesystem_can_be_read(tmp_path: Path, ledger
     assert "read-only" in out["message"]
 
 
+READ_ONLY_MESSAGES = """
+    import json, sys
+    import versionstore as vs
+    repo = vs.Repository.open(sys.argv[1])  # writable, as asked: the mount refuses
+    tip = repo.lookup_branch("main")
+    out = {}
+    for name, attempt in [("session", lambda: repo.writable_session("main")),
+                          ("branch", lambda: repo.create_branch("b", snapshot_id=tip))]:
+        try:
+            attempt()
+            out[name] = "accepted"
+        except vs.ReadOnlyRepositoryError as exc:
+            out[name] = str(exc)
+    print(json.dumps(out))
+"""
+
+
+@needs_mount_namespace
+def test_a_read_only_filesystem_is_named_as_such_in_refusals(tmp_path: Path) -> None:
+    """Opened writable on a read-only mount, writes say so: not "open it writable".
+
+    The refusal said the repository "is open read-only ...: use readonly_session,
+    or open it writable" (it was opened writable), and a branch's creation that
+    the store "was opened in read-only mode".
+    """
+    path = tmp_path / "repo"
+    with vs.Repository.create(vs.lmdb_storage(path)) as repo:
+        workers.commit_keys(repo, ["k"])
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    script = tmp_path / "check.py"
+    script.write_text(textwrap.dedent(READ_ONLY_MESSAGES))
+    command = (f"mount --bind {path} {mount} && mount -o remount,bind,ro {mount} && "
+               f"{sys.executable} {script} {mount}")
+    result = subprocess.run(["unshare", "-m", "sh", "-c", command], capture_output=True,
+                            text=True, env=_child_env(), timeout=WAIT)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    for message in out.values():
+        assert "read-only filesystem" in message, out
+        assert "open it writable" not in message and "opened in read-only mode" not in message, out
+
+
 def test_read_only_storage_refuses_writes_and_creates_nothing(tmp_path: Path) -> None:
     # Explicit read_only=True (works without any mount: what a read-only filesystem gives).
     path = tmp_path / "repo"
@@ -506,6 +549,8 @@ def test_read_only_storage_refuses_writes_and_creates_nothing(tmp_path: Path) ->
     assert repo.readonly_session("main").store.storage.get("k") == b"k"
     with pytest.raises(vs.ReadOnlyRepositoryError, match="use readonly_session"):
         repo.writable_session("main")  # refused up front, not at the first write
+    with pytest.raises(vs.ReadOnlyRepositoryError, match=r"without read_only=True"):
+        repo.writable_session("main")  # what made it so, and what to change
     repo.close()
     missing = tmp_path / "missing"
     assert vs.Repository.exists(vs.lmdb_storage(missing, read_only=True)) is False

@@ -31,7 +31,8 @@ the backend says a write would wait long for another writer
 objects or its garbage collection). Then it is written in a worker thread,
 so the loop goes on serving every other store of the process; until that
 write returns, every later batch of the same loop follows it there, in
-order, so writes still land in the order they were made.
+order, and a delete through the session's store waits for it
+(``threaded_written``), so writes still land in the order they were made.
 """
 
 from __future__ import annotations
@@ -215,6 +216,20 @@ class GroupStager:
                 self._flush(items, futures)
         if written is not None:
             await asyncio.shield(written)
+
+    async def threaded_written(self) -> None:
+        """Return once every batch this loop handed to a worker thread is written (or failed).
+
+        A change that does not go through the stager (a delete) waits here, so
+        it lands after the sets made before it, as a later set does (queued
+        behind them): a set cancelled while its batch was being written in a
+        thread was not taken out of it, and its value lands when that write
+        returns. Nothing to wait for (no batch in a thread): returns at once.
+        """
+        loop = asyncio.get_running_loop()
+        last = self._threaded.get(loop)  # each starts once the one before it finished
+        if last is not None:
+            await asyncio.wait({last})  # its failure is its own callers'
 
     def _withdraw(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
         """Take a cancelled caller's value out of this loop's batch, if it is not written yet.

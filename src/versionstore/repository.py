@@ -375,9 +375,13 @@ class Repository:
         check_name(branch, "branch")
         check_optional_name(resume, "resume", "a session id")
         if getattr(self.backend, "read_only", False):
+            if getattr(self.storage, "read_only", False):
+                raise ReadOnlyRepositoryError(
+                    f"{self.storage!r} is open read-only: use readonly_session, or open it "
+                    "without read_only=True")
             raise ReadOnlyRepositoryError(
-                f"{self.storage!r} is open read-only (or lies on a read-only filesystem): "
-                "use readonly_session, or open it writable")
+                f"{self.storage!r} is on a read-only filesystem, or its files cannot be "
+                "written: use readonly_session, or copy it to writable storage")
         if looks_like_snapshot_id(branch) and branch not in self.list_branches():
             raise BranchNotFoundError(branch, hint="sessions write to branches: create one at "
                                       "that snapshot with create_branch(name, snapshot_id=...)")

@@ -297,6 +297,28 @@ class SessionStore(ZarrStore):
             staged = await asyncio.to_thread(prepare_chunk, value)
         await self.storage.session.group_stager.stage(key, staged)  # type: ignore[arg-type]
 
+    @override
+    async def delete(self, key: str) -> None:
+        """Erase ``key``, after any set of it still being staged in a worker thread.
+
+        Raises:
+            ReadOnlyError: the store is read-only.
+        """
+        self._writable()
+        await self.storage.session.group_stager.threaded_written()
+        await super().delete(key)
+
+    @override
+    async def delete_dir(self, prefix: str) -> None:
+        """Erase everything under ``prefix``, after sets still being staged in a worker thread.
+
+        Raises:
+            ReadOnlyError: the store is read-only.
+        """
+        self._writable()
+        await self.storage.session.group_stager.threaded_written()
+        await super().delete_dir(prefix)
+
     @property
     def _prepares(self) -> bool:
         """Whether large values are staged alone: a writable session staging chunk objects.

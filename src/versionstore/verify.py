@@ -20,6 +20,7 @@ exists, is long enough, and matches its recorded checksum.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -51,6 +52,9 @@ from versionstore.refs import MAIN, REPOSITORY_REF, branch_ref
 from versionstore.sizes import check_sizes
 from versionstore.verify_ledger import check_ledger
 from versionstore.virtual import VirtualChunkStores
+
+if TYPE_CHECKING:
+    from versionstore.backend.protocol import Backend
 
 __all__ = ["VerifyReport", "verify_repository"]
 
@@ -103,7 +107,8 @@ def verify_repository(reader: ObjectReader,
     """Check every ref and every reachable object of the repository behind ``reader``.
 
     Never raises for what it finds: damaged refs, dangling refs, missing or
-    corrupt objects all become entries of ``VerifyReport.problems``. A check
+    corrupt objects, objects or a gc ledger that cannot be read (damaged pages
+    of ``data.mdb``) all become entries of ``VerifyReport.problems``. A check
     that finds something missing while the refs moved under it (a reset and a
     garbage collection in another process) is run again, so a healthy
     repository is not reported broken; at most ``_RUNS`` runs. If the refs moved
@@ -148,9 +153,11 @@ def _verify_once(reader: ObjectReader, all_refs: dict[str, bytes],
     snapshots: list[ObjectId] = []
     for start in range(0, len(ids), 256):
         batch = ids[start : start + 256]
-        stored = (backend.get_located([(i, located.get(i)) for i in batch], _copy) if located
-                  else backend.get_objects(batch))
+        stored = _read(backend, batch, located)
         for object_id, data in zip(batch, stored, strict=True):
+            if isinstance(data, VersionStoreError):
+                problems.append(f"{object_id_text(object_id)}: cannot be read: {data}")
+                continue
             problem = _check(object_id, data, virtual if virtual_chunks is not None else None)
             if problem:
                 problems.append(problem)
@@ -170,8 +177,37 @@ def _verify_once(reader: ObjectReader, all_refs: dict[str, bytes],
     if virtual_chunks is not None and virtual:
         problems.extend(virtual_chunks.problems(virtual))
     if isinstance(backend, Ledger):
-        problems.extend(check_ledger(reader, backend, progress))
+        try:
+            problems.extend(check_ledger(reader, backend, progress))
+        except VersionStoreError as exc:  # a damaged page of the ledger's database
+            problems.append(f"cannot check the gc ledger: {exc}")
     return VerifyReport(objects_checked=len(ids), problems=tuple(problems))
+
+
+def _read(backend: Backend, batch: list[ObjectId], located: dict[ObjectId, str]
+          ) -> list[bytes | None | VersionStoreError]:
+    """The stored bytes of ``batch``; where the batch cannot be read, each object alone.
+
+    An object that cannot be read (a damaged page of ``data.mdb`` under it:
+    ``CorruptRepositoryError``) comes back as its error, so the others are
+    still checked and it is reported, not raised.
+    """
+    def read(ids: list[ObjectId]) -> list[bytes | None]:
+        if located:
+            return backend.get_located([(i, located.get(i)) for i in ids], _copy)
+        return backend.get_objects(ids)
+
+    try:
+        return list(read(batch))
+    except VersionStoreError:
+        pass
+    each: list[bytes | None | VersionStoreError] = []
+    for object_id in batch:
+        try:
+            each.extend(read([object_id]))
+        except VersionStoreError as exc:
+            each.append(exc)
+    return each
 
 
 def _copy(_: ObjectId, data: bytes | memoryview) -> bytes:

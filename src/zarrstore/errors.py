@@ -80,11 +80,16 @@ class InvalidByteRangeError(ZarrStoreError, ValueError):
 
 
 class ReadOnlyError(ZarrStoreError, ValueError):
-    """A write, erase or delete was attempted on a read-only store."""
+    """A write, erase or delete was attempted on a read-only store.
+
+    ``detail`` says why, when known (such as a read-only filesystem); the
+    message puts it after zarr-python's own wording.
+    """
 
     def __init__(self, detail: str = "") -> None:
         message = READ_ONLY_MESSAGE if not detail else f"{READ_ONLY_MESSAGE} ({detail})"
         super().__init__(message)
+        self.detail = detail
 
 
 class KeyNotFoundError(ZarrStoreError, FileNotFoundError, KeyError):

@@ -778,6 +778,7 @@ class EnvironmentHandle:
             shared.users += 1
         self._shared = shared
         self.read_only = read_only or shared.read_only
+        self._asked_read_only = read_only
         self._finalizer = weakref.finalize(self, _release, shared)
 
     def __repr__(self) -> str:
@@ -871,6 +872,9 @@ class EnvironmentHandle:
         """
         shared = self._shared_open()
         if self.read_only:
+            if shared.read_only and not self._asked_read_only:
+                raise ReadOnlyError(f"the LMDB environment at {self.path!r} is on a read-only "
+                                    "filesystem, or its files cannot be written")
             raise ReadOnlyError(f"the LMDB environment at {self.path!r} is open read-only")
 
         def attempt(env: lmdb.Environment) -> T:

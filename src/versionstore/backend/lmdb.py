@@ -148,7 +148,10 @@ def _translated(action: str) -> Iterator[None]:
 
 def _translate(exc: Exception, action: str) -> BackendError:
     if isinstance(exc, ReadOnlyError):
-        return ReadOnlyRepositoryError(f"cannot write while {action}: {exc}")
+        # The reason alone: zarr's wording ("opened in read-only mode") is wrong for a
+        # repository opened writable on a read-only filesystem.
+        doing = "cannot write" if action == "writing" else f"cannot write while {action}"
+        return ReadOnlyRepositoryError(f"{doing}: {getattr(exc, 'detail', '') or exc}")
     if isinstance(exc, StorageFullError):
         return DiskFullError(str(exc))
     if isinstance(exc, CorruptStorageError):

@@ -465,6 +465,24 @@ READ_ONLY_CHECKS = """
 """
 
 
+def _run_on_a_read_only_mount(path: Path, script_text: str, tmp_path: Path) -> dict[str, Any]:
+    """Run ``script_text`` on ``path`` bind-mounted read-only (a mount namespace of its own).
+
+    The script gets the mount's path as ``sys.argv[1]`` and prints JSON: returned parsed.
+    """
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    script = tmp_path / "check.py"
+    script.write_text(textwrap.dedent(script_text))
+    command = (f"mount --bind {path} {mount} && mount -o remount,bind,ro {mount} && "
+               f"{sys.executable} {script} {mount}")
+    result = subprocess.run(["unshare", "-m", "sh", "-c", command], capture_output=True,
+                            text=True, env=_child_env(), timeout=WAIT)
+    assert result.returncode == 0, result.stderr
+    out: dict[str, Any] = json.loads(result.stdout)
+    return out
+
+
 @needs_mount_namespace
 @pytest.mark.parametrize("ledger", [True, False], ids=["with-gc-ledger", "from-before-ledgers"])
 def test_repository_on_a_read_only_filesystem_can_be_read(tmp_path: Path, ledger: bool) -> None:
@@ -481,16 +499,7 @@ def test_repository_on_a_read_only_filesystem_can_be_read(tmp_path: Path, ledger
             txn.drop(env.open_db(b"gc", txn=txn), delete=True)
         env.close()
     (path / "lock.mdb").unlink()  # as on a read-only medium that never held a lock file
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    script = tmp_path / "check.py"
-    script.write_text(textwrap.dedent(READ_ONLY_CHECKS))
-    command = (f"mount --bind {path} {mount} && mount -o remount,bind,ro {mount} && "
-               f"{sys.executable} {script} {mount}")
-    result = subprocess.run(["unshare", "-m", "sh", "-c", command], capture_output=True,
-                            text=True, env=_child_env(), timeout=WAIT)
-    assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout)
+    out = _run_on_a_read_only_mount(path, READ_ONLY_CHECKS, tmp_path)
     assert out["exists"] is True and out["absent"] is False
     assert out["main"] == "v" and out["log"] == ["one", "Repository initialized"]
     assert out["write"] == "ReadOnlyRepositoryError", out
@@ -525,16 +534,7 @@ def test_a_read_only_filesystem_is_named_as_such_in_refusals(tmp_path: Path) -> 
     path = tmp_path / "repo"
     with vs.Repository.create(vs.lmdb_storage(path)) as repo:
         workers.commit_keys(repo, ["k"])
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    script = tmp_path / "check.py"
-    script.write_text(textwrap.dedent(READ_ONLY_MESSAGES))
-    command = (f"mount --bind {path} {mount} && mount -o remount,bind,ro {mount} && "
-               f"{sys.executable} {script} {mount}")
-    result = subprocess.run(["unshare", "-m", "sh", "-c", command], capture_output=True,
-                            text=True, env=_child_env(), timeout=WAIT)
-    assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout)
+    out = _run_on_a_read_only_mount(path, READ_ONLY_MESSAGES, tmp_path)
     for message in out.values():
         assert "read-only filesystem" in message, out
         assert "open it writable" not in message and "opened in read-only mode" not in message, out

@@ -177,3 +177,21 @@ def test_verify_reports_damaged_pages_instead_of_raising(tmp_path: Path,
     assert any("cannot check the gc ledger" in p and "MDB_BAD_TXN" in p
                for p in report.problems), report.problems
     assert report.objects_checked > 2  # the readable ones were checked
+
+
+def test_verify_raises_when_the_store_cannot_be_asked(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unreachable store says nothing about the objects: ``verify`` raises, reports nothing.
+
+    Only a read that fails on the objects themselves (a damaged page) becomes
+    a problem; a network outage must not list every object as unreadable.
+    """
+    repo = vs.Repository.create(vs.lmdb_storage(tmp_path / "repo"))
+    commit_values(repo, a=b"A" * 2000)
+
+    def get_objects(ids: list[ObjectId]) -> list[bytes | None]:
+        raise vs.StorageUnreachableError("connection refused")
+
+    monkeypatch.setattr(repo.backend, "get_objects", get_objects)
+    with pytest.raises(vs.StorageUnreachableError, match="connection refused"):
+        repo.verify()

@@ -43,7 +43,12 @@ from versionstore.codec import (
     frame_kind,
     history_entries,
 )
-from versionstore.errors import VersionStoreError
+from versionstore.errors import (
+    StorageAccessDeniedError,
+    StorageThrottledError,
+    StorageUnreachableError,
+    VersionStoreError,
+)
 from versionstore.gc import reachable_objects
 from versionstore.ids import ObjectId, object_id_text
 from versionstore.objects import ObjectReader
@@ -190,7 +195,9 @@ def _read(backend: Backend, batch: list[ObjectId], located: dict[ObjectId, str]
 
     An object that cannot be read (a damaged page of ``data.mdb`` under it:
     ``CorruptRepositoryError``) comes back as its error, so the others are
-    still checked and it is reported, not raised.
+    still checked and it is reported, not raised. A store that cannot be
+    asked (unreachable, throttling, refusing access) says nothing about the
+    objects: that is raised.
     """
     def read(ids: list[ObjectId]) -> list[bytes | None]:
         if located:
@@ -199,15 +206,23 @@ def _read(backend: Backend, batch: list[ObjectId], located: dict[ObjectId, str]
 
     try:
         return list(read(batch))
+    except _CANNOT_ASK:
+        raise
     except VersionStoreError:
         pass
     each: list[bytes | None | VersionStoreError] = []
     for object_id in batch:
         try:
             each.extend(read([object_id]))
+        except _CANNOT_ASK:
+            raise
         except VersionStoreError as exc:
             each.append(exc)
     return each
+
+
+#: Errors of a store that could not be asked: they say nothing about the objects.
+_CANNOT_ASK = (StorageUnreachableError, StorageThrottledError, StorageAccessDeniedError)
 
 
 def _copy(_: ObjectId, data: bytes | memoryview) -> bytes:

@@ -474,8 +474,13 @@ def _run_on_a_read_only_mount(path: Path, script_text: str, tmp_path: Path) -> d
     mount.mkdir()
     script = tmp_path / "check.py"
     script.write_text(textwrap.dedent(script_text))
-    command = (f"mount --bind {path} {mount} && mount -o remount,bind,ro {mount} && "
-               f"{sys.executable} {script} {mount}")
+    return _in_a_mount_namespace(f"mount --bind {path} {mount} && "
+                                 f"mount -o remount,bind,ro {mount} && "
+                                 f"{sys.executable} {script} {mount}")
+
+
+def _in_a_mount_namespace(command: str) -> dict[str, Any]:
+    """Run the shell ``command`` in a mount namespace of its own; its JSON output, parsed."""
     result = subprocess.run(["unshare", "-m", "sh", "-c", command], capture_output=True,
                             text=True, env=_child_env(), timeout=WAIT)
     assert result.returncode == 0, result.stderr
@@ -589,12 +594,8 @@ def test_a_full_disk_is_reported_as_full(tmp_path: Path) -> None:
     mount.mkdir()
     script = tmp_path / "fill.py"
     script.write_text(textwrap.dedent(FILL))
-    command = (f"mount -t tmpfs -o size=16m tmpfs {mount} && "
-               f"{sys.executable} {script} {mount}/repo")
-    result = subprocess.run(["unshare", "-m", "sh", "-c", command], capture_output=True,
-                            text=True, env=_child_env(), timeout=WAIT)
-    assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout)
+    out = _in_a_mount_namespace(f"mount -t tmpfs -o size=16m tmpfs {mount} && "
+                                f"{sys.executable} {script} {mount}/repo")
     assert out["error"] == "DiskFullError", out
     assert "full" in out["message"]
     assert out["kept"] == "committed before the disk filled"

@@ -176,7 +176,7 @@ def _packb(body: Any) -> bytes:
     return packed
 
 
-def _frame(kind: int, payload: bytes, compress: bool) -> bytes:
+def _frame(kind: int, payload: bytes | memoryview, compress: bool) -> bytes:
     compression = _RAW
     if compress and len(payload) > _COMPRESS_ABOVE:
         packed = _compressor(kind == KIND_LEAF).compress(payload)
@@ -367,7 +367,7 @@ def pack_metadata(metadata: dict[str, Any]) -> bytes:
 # -- chunks -------------------------------------------------------------------------
 
 
-def encode_chunk(value: bytes) -> tuple[ObjectId, bytes]:
+def encode_chunk(value: bytes | memoryview) -> tuple[ObjectId, bytes]:
     """The id and stored frame of a chunk value."""
     return hash_object(KIND_CHUNK, value), _frame(KIND_CHUNK, value, compress=False)
 
@@ -383,7 +383,7 @@ class PreparedChunk:
     again. ``len`` is the value's, in bytes, as a batch counts it.
     """
 
-    value: bytes
+    value: bytes | memoryview
     chunk_id: ObjectId
     frame: bytes
 
@@ -391,8 +391,12 @@ class PreparedChunk:
         return len(self.value)
 
 
-def prepare_chunk(value: bytes) -> PreparedChunk:
-    """``value`` with ``encode_chunk(value)``: what ``PreparedChunk`` holds."""
+def prepare_chunk(value: bytes | memoryview) -> PreparedChunk:
+    """``value`` with ``encode_chunk(value)``: what ``PreparedChunk`` holds.
+
+    ``value`` may be a flat byte view (``SessionStore.set``: of zarr's buffer),
+    kept only as long as the ``PreparedChunk``; the frame is a copy.
+    """
     chunk_id, frame = encode_chunk(value)
     return PreparedChunk(value=value, chunk_id=chunk_id, frame=frame)
 
@@ -1090,11 +1094,11 @@ def encode_staged_chunk(name: str, value: bytes | PreparedChunk
         The chunk's id, its stored frame, the reference and the staged record.
     """
     if isinstance(value, PreparedChunk):
-        chunk_id, frame, value = value.chunk_id, value.frame, value.value
+        chunk_id, frame, size = value.chunk_id, value.frame, len(value.value)
     else:
         chunk_id = hash_object(KIND_CHUNK, value)
         frame = b"".join((_CHUNK_HEADER, _xxh3_digest(value)[::-1], value))
-    size = len(value)
+        size = len(value)
     ref = _new_ref(ChunkRef)
     _set_chunk_id(ref, chunk_id)
     _set_size(ref, size)

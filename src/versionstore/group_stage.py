@@ -158,13 +158,20 @@ class GroupStager:
         Raises:
             Whatever the write raised.
         """
-        if self._window is not None:
-            return False
-        loop = asyncio.get_running_loop()
-        if loop in self._threaded or self._busy():
+        if not self.stages_now():
             return False
         self._write_one(key, value)
         return True
+
+    def stages_now(self) -> bool:
+        """Whether ``stage_now`` would write now (called on the running loop).
+
+        What a caller asks before preparing a value only ``stage_now`` takes
+        (``SessionStore.set``: a chunk hashed from a view of zarr's buffer).
+        """
+        if self._window is not None:
+            return False
+        return asyncio.get_running_loop() not in self._threaded and not self._busy()
 
     async def stage(self, key: str, value: bytes) -> None:
         """Stage ``key = value`` with whatever else this loop stages now; return once written.

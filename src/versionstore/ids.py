@@ -43,7 +43,7 @@ SnapshotId = NewType("SnapshotId", str)
 SessionId = NewType("SessionId", str)
 
 
-def hash_object(kind: int, payload: bytes) -> ObjectId:
+def hash_object(kind: int, payload: bytes | memoryview) -> ObjectId:
     """The id of an object of ``kind`` whose content is ``payload``."""
     if len(payload) <= _JOIN_BELOW:
         # One hasher call over a copy is twice as fast as two for small payloads

@@ -600,7 +600,7 @@ class Session:
         """
         session_id = self._require_writable()
         if self._located is not None:
-            plain = [(k, v.value if isinstance(v, PreparedChunk) else v) for k, v in items]
+            plain = [(k, bytes(v.value) if isinstance(v, PreparedChunk) else v) for k, v in items]
             for key, _ in plain:
                 validate_session_key(key)
             logged, located = self._split_located(plain)

@@ -77,6 +77,19 @@ def _as_prefix(path: str) -> str:
     return path if path.endswith("/") else path + "/"
 
 
+
+def flat_view(value: Buffer) -> memoryview | None:
+    """A flat byte view of zarr's ``value`` without a copy, or ``None`` if it has none.
+
+    A CPU buffer is a 1-D NumPy byte array (``Buffer.as_buffer_like``); a GPU
+    one is copied to the host by it, as ``to_bytes`` would. A strided array
+    has no flat view.
+    """
+    view = memoryview(value.as_buffer_like())
+    if not view.c_contiguous:
+        return None
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
 class ZarrStore(Store):
     """A zarr-python ``Store`` over a zarrstore ``Storage`` or ``AsyncStorage``.
 
@@ -254,9 +267,26 @@ class ZarrStore(Store):
         self._writable()
         if not isinstance(value, Buffer):
             raise TypeError(f"expected Buffer, got {type(value).__name__}")
+        if self._view_at_bytes is not None and len(value) >= self._view_at_bytes:
+            view = flat_view(value)
+            if view is not None and self._store_view(key, view):
+                return
         data = value.to_bytes()
         if not self._store_now(key, data):
             await self._store(key, data)
+
+    #: ``set`` offers values of at least this many bytes to ``_store_view`` first; ``None``:
+    #: never (the default).
+    _view_at_bytes: int | None = None
+
+    def _store_view(self, key: str, value: memoryview) -> bool:
+        """Store ``value`` (a view of zarr's buffer) at once, or ``False`` to store a copy.
+
+        For stores that consume a large value before returning (hash it, copy
+        it into their own storage): one copy of it fewer than ``to_bytes``. The
+        view must not be kept: zarr may reuse its buffer once ``set`` returns.
+        """
+        return False
 
     def _store_now(self, key: str, value: bytes) -> bool:
         """Store ``value`` at once if that needs no waiting; ``False``: ``set`` awaits ``_store``.

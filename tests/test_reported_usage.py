@@ -1423,3 +1423,201 @@ def test_a_purged_node_leaves_no_trace_in_consolidated_views(repo: vs.Repository
     assert list(latest.data_vars) == ["p043"]
     assert latest["p043"].attrs == {"name": "John Roe"}
     assert repo.verify().problems == ()
+
+
+# -- round 5: store boundaries, session bookkeeping, amend races -------------------------
+
+
+def test_deleting_a_directory_or_a_key_outside_the_root_touches_nothing(
+        repo: vs.Repository, tmp_path: Path) -> None:
+    """zarr-python#2451, #2218 and dandi/dandi-archive#2881 (a ``..`` key escaped the root).
+
+    zarr's ``LocalStore.delete("a")`` removed the whole directory ``a/``, its
+    empty directories kept ``is_empty`` and ``list_dir`` answering for deleted
+    arrays, and a key ``../x`` was written beside the store's root. Here a
+    key that names a directory deletes nothing, a directory emptied by
+    deletes is gone from every listing, and ``..``, ``.`` and absolute keys
+    are refused (``InvalidKeyError``, a ``ValueError``) before anything is
+    written, on the filesystem store and on a session's store alike.
+    """
+    outer = tmp_path / "outer"
+    session = repo.writable_session("main")
+
+    async def check(store: Any) -> None:
+        for key in ["a/b", "a/c/d", "e/f/g"]:
+            await store.set(key, cpu.Buffer.from_bytes(b"1"))
+        await store.delete("a")
+        await store.delete("a/c")
+        assert sorted([key async for key in store.list()]) == ["a/b", "a/c/d", "e/f/g"]
+        await store.delete("e/f/g")
+        assert await store.is_empty("e")
+        assert sorted([key async for key in store.list_dir("")]) == ["a"]
+        for key in ["../x", "a/../../x", "./x", "/x"]:
+            with pytest.raises(ValueError, match="invalid store key"):
+                await store.set(key, cpu.Buffer.from_bytes(b"2"))
+            with pytest.raises(ValueError, match="invalid store key"):
+                await store.get(key, default_buffer_prototype())
+
+    asyncio.run(check(FilesystemStore(outer / "fs")))
+    assert [path.name for path in outer.iterdir()] == ["fs"]
+    asyncio.run(check(session.store))
+    snapshot = session.commit("what is left")
+    assert _listed(repo.readonly_session(snapshot_id=snapshot).store.list()) == ["a/b", "a/c/d"]
+
+
+def test_creating_then_deleting_a_group_twice_leaves_nothing_to_commit(
+        repo: vs.Repository) -> None:
+    """icechunk#486: a second delete of a group created and deleted in the session.
+
+    icechunk recorded the second delete and so allowed an empty commit. Here
+    the session has no changes, ``status()`` is empty, and ``commit`` raises
+    ``NothingToCommitError``; deleting a committed group twice is one change.
+    """
+    session = repo.writable_session("main")
+    zarr.open_group(session.store, mode="w").create_group("kept")
+    session.commit("root")
+    group = zarr.open_group(session.store)
+    group.create_group("scratch")
+    del group["scratch"]
+    del group["scratch"]
+    assert not session.has_uncommitted_changes
+    assert session.status() == vs.Diff()
+    with pytest.raises(vs.NothingToCommitError):
+        session.commit("nothing")
+    del group["kept"]
+    del group["kept"]
+    assert session.status().deleted_groups == frozenset({"/kept"})
+    snapshot = session.commit("kept deleted")
+    assert _members(repo.readonly_session(snapshot_id=snapshot).store, "") == []
+
+
+def test_an_unknown_snapshot_id_is_refused_at_once(repo: vs.Repository) -> None:
+    """icechunk#235: checking out a snapshot id that does not exist only failed later.
+
+    ``readonly_session``, ``create_branch``, ``create_tag`` and
+    ``reset_branch`` raise ``SnapshotNotFoundError`` naming the id, and no
+    ref is created or moved.
+    """
+    session = repo.writable_session("main")
+    zarr.open_group(session.store, mode="w")
+    tip = session.commit("root")
+    bogus = "FOOOBARSPAM123456789"
+    calls: list[Callable[[], object]] = [
+        lambda: repo.readonly_session(snapshot_id=bogus),
+        lambda: repo.create_branch("dev", bogus),
+        lambda: repo.create_tag("v1", bogus),
+        lambda: repo.reset_branch("main", bogus),
+    ]
+    for call in calls:
+        with pytest.raises(vs.SnapshotNotFoundError, match=bogus):
+            call()
+    assert repo.list_branches() == {"main"}
+    assert repo.list_tags() == set()
+    assert repo.lookup_branch("main") == tip
+
+
+def test_create_array_with_data_and_shards_writes_every_shard(repo: vs.Repository) -> None:
+    """zarr-python#3479: ``create_array(data=..., shards=...)`` wrote only part of the data.
+
+    Every shard is written, staged and committed: the array reads back the
+    data exactly, with no fill value left, and has the shards zarr's
+    ``MemoryStore`` gets for the same call.
+    """
+    data = np.random.default_rng(7).random((40, 40))
+
+    def create(store: Any) -> Any:
+        return zarr.create_array(store, name="s", data=data, chunks=(10, 10), shards=(40, 10),
+                                 fill_value=np.nan)
+
+    oracle = zarr.storage.MemoryStore()
+    create(oracle)
+    session = repo.writable_session("main")
+    np.testing.assert_array_equal(create(session.store)[:], data)
+    assert _listed(session.store.list_prefix("s/c/")) == _listed(oracle.list_prefix("s/c/"))
+    assert _listed(session.store.list_prefix("s/c/")) == [f"s/c/0/{i}" for i in range(4)]
+    snapshot = session.commit("sharded")
+    stored = zarr.open_array(repo.readonly_session(snapshot_id=snapshot).store, path="s", mode="r")
+    np.testing.assert_array_equal(stored[:], data)
+
+
+def test_workers_amending_one_temporary_branch_keep_every_chunk(repo: vs.Repository) -> None:
+    """dynamical-org/reformatters#633: workers that each ``amend`` a shared temporary branch.
+
+    With icechunk the second worker's ``amend`` conflicted, and its
+    ``rebase`` failed on the snapshot the first amend had replaced. Here
+    each amend from a session opened before the others' amends keeps their
+    chunks: the branch ends one commit past its base holding every worker's
+    rows, and a later ``commit`` from a stale session rebases by itself.
+    """
+    session = repo.writable_session("main")
+    zarr.create_array(session.store, name="a", shape=(4,), chunks=(1,), dtype="i4", fill_value=-1)
+    base = session.commit("setup")
+    repo.create_branch("tmp", base)
+    workers = [repo.writable_session("tmp") for _ in range(4)]
+    for row, worker in enumerate(workers):
+        zarr.open_array(worker.store, path="a")[row] = row * 10
+    for row, worker in enumerate(workers[:3]):
+        worker.amend(f"rows up to {row}")
+    workers[3].commit("last row")
+    tip = repo.readonly_session("tmp")
+    assert zarr.open_array(tip.store, path="a", mode="r")[:].tolist() == [0, 10, 20, 30]
+    assert [info.message for info in repo.ancestry(branch="tmp")] == [
+        "last row", "rows up to 2", "Repository initialized"]
+    assert repo.verify().problems == ()
+
+
+def test_a_refused_append_leaves_the_session_unchanged(repo: vs.Repository) -> None:
+    """pydata/xarray#9053 / #6329: ``open_zarr(mask_and_scale=False)`` then ``mode="a"``.
+
+    xarray refuses the write because ``_FillValue`` is now an attribute; it
+    does so with the same ``ValueError`` as on zarr's ``MemoryStore``, before
+    staging anything, and the documented workaround (drop the attribute)
+    then appends.
+    """
+    session = repo.writable_session("main")
+    xr.Dataset({"A": ("t", [1.0, np.nan])}).to_zarr(session.store, mode="w", consolidated=False)
+    session.commit("A")
+    raw = xr.open_zarr(session.store, mask_and_scale=False, consolidated=False)
+    with pytest.raises(ValueError, match="_FillValue"):
+        raw.to_zarr(session.store, mode="a", consolidated=False)
+    assert not session.has_uncommitted_changes
+    del raw["A"].attrs["_FillValue"]
+    raw.to_zarr(session.store, append_dim="t", consolidated=False)
+    snapshot = session.commit("appended")
+    back = xr.open_zarr(repo.readonly_session(snapshot_id=snapshot).store, consolidated=False)
+    np.testing.assert_array_equal(back["A"].values, [1.0, np.nan, 1.0, np.nan])
+
+
+def test_nan_and_infinite_attributes_survive_commit_move_merge_and_consolidation(
+        repo: vs.Repository) -> None:
+    """zarr-python#412 / #3279: NaN and infinities in attributes (JSON's ``NaN`` tokens).
+
+    zarr writes them as bare ``NaN`` / ``Infinity``, which strict JSON parsers
+    refuse. Through a commit, a ``move``, consolidation and a merge in which
+    both branches set the same NaN attribute (NaN is not equal to itself, so
+    a comparison of parsed values would see a conflict), the values read back
+    as written and a rewrite of an unchanged NaN attribute is no change.
+    """
+    session = repo.writable_session("main")
+    group = zarr.open_group(session.store, mode="w")
+    group.attrs.update({"nan": float("nan"), "inf": float("inf")})
+    group.create_group("sub").create_array("a", shape=(2,), dtype="f4").attrs["low"] = -np.inf
+    base = session.commit("attributes")
+    repo.create_branch("dev", base)
+    for branch in ["main", "dev"]:
+        writer = repo.writable_session(branch)
+        zarr.open_array(writer.store, path="sub/a").attrs["missing"] = float("nan")
+        writer.commit(f"missing on {branch}")
+    repo.merge(from_branch="dev", into_branch="main")
+    session = repo.writable_session("main")
+    zarr.open_array(session.store, path="sub/a").attrs["missing"] = float("nan")
+    assert not session.has_uncommitted_changes
+    session.move("/sub", "/moved")
+    zarr.consolidate_metadata(session.store)
+    snapshot = session.commit("moved and consolidated")
+    reader = repo.readonly_session(snapshot_id=snapshot).store
+    root = zarr.open_consolidated(reader, mode="r")
+    assert np.isnan(root.attrs["nan"]) and root.attrs["inf"] == float("inf")
+    attrs = dict(zarr.open_array(reader, path="moved/a", mode="r").attrs)
+    assert attrs["low"] == -np.inf and np.isnan(attrs["missing"])
+    assert repo.verify().problems == ()

@@ -1621,3 +1621,44 @@ def test_nan_and_infinite_attributes_survive_commit_move_merge_and_consolidation
     attrs = dict(zarr.open_array(reader, path="moved/a", mode="r").attrs)
     assert attrs["low"] == -np.inf and np.isnan(attrs["missing"])
     assert repo.verify().problems == ()
+
+
+def test_virtual_prefixes_end_at_a_separator_and_unservable_locations_are_refused_early(
+        repo: vs.Repository, tmp_path: Path) -> None:
+    """icechunk#1125 / PR 1137 (``s3://foo`` also served ``s3://foo-dev/``) and PR 2219.
+
+    A prefix given without its final ``/`` is taken to end there: it serves
+    ``.../src/f.bin`` (which otherwise became the key ``/f.bin``, unreadable)
+    and not ``.../src-other/f.bin``, which is refused when set. A location
+    whose rest its store cannot name as a key (``//``, ``.``, ``..``, a
+    directory) is refused with ``ValueError`` when set, staging nothing,
+    instead of failing at every read after the commit.
+    """
+    for name in ["src", "src-other"]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f.bin").write_bytes(bytes(range(100)))
+    prefix = (tmp_path / "src").as_uri()
+    repo = vs.Repository.open(repo.storage, virtual_chunk_stores={
+        prefix: FilesystemStore(tmp_path / "src")})
+    assert repo.virtual_chunks.prefixes == [prefix + "/"]
+    session = repo.writable_session("main")
+    zarr.create_array(session.store, name="v", shape=(4,), chunks=(1,), dtype="u1",
+                      compressors=None)
+    session.commit("array")
+    store = session.store
+    with pytest.raises(vs.NoVirtualChunkStoreError, match="src-other"):
+        store.set_virtual_ref("v/c/0", (tmp_path / "src-other").as_uri() + "/f.bin", 0, 1)
+    for bad in ["//f.bin", "/./f.bin", "/../src-other/f.bin", "/", "/sub/"]:
+        with pytest.raises(ValueError, match="cannot be a key of its store"):
+            store.set_virtual_ref("v/c/0", prefix + bad, 0, 1)
+    with pytest.raises(ValueError, match="cannot be a key of its store"):
+        store.set_virtual_refs("v", [
+            vs.VirtualChunkSpec(index=(0,), location=prefix + "/f.bin", offset=0, length=1),
+            vs.VirtualChunkSpec(index=(1,), location=prefix + "//f.bin", offset=1, length=1)])
+    assert not session.has_uncommitted_changes
+    store.set_virtual_refs("v", [
+        vs.VirtualChunkSpec(index=(i,), location=prefix + "/f.bin", offset=10 * i, length=1)
+        for i in range(4)])
+    snapshot = session.commit("virtual")
+    stored = zarr.open_array(repo.readonly_session(snapshot_id=snapshot).store, path="v", mode="r")
+    assert stored[:].tolist() == [0, 10, 20, 30]

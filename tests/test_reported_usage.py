@@ -1662,3 +1662,41 @@ def test_virtual_prefixes_end_at_a_separator_and_unservable_locations_are_refuse
     snapshot = session.commit("virtual")
     stored = zarr.open_array(repo.readonly_session(snapshot_id=snapshot).store, path="v", mode="r")
     assert stored[:].tolist() == [0, 10, 20, 30]
+
+
+def test_sessions_writing_inner_chunks_of_one_shard_conflict_on_the_shard(
+        repo: vs.Repository) -> None:
+    """zarr-python#3514 / #3682 (partial shard writes lost) between two sessions.
+
+    Each session rewrites the whole shard, so the second commit raises
+    ``ConflictError`` naming the shard's key instead of losing the first
+    session's inner chunk; ``keep="ours"`` keeps our shard whole (documented),
+    and rewriting after ``discard_changes`` and ``rebase`` keeps both writes.
+    """
+    session = repo.writable_session("main")
+    zarr.create_array(session.store, name="a", shape=(8,), chunks=(2,), shards=(4,), dtype="i4",
+                      fill_value=0)
+    session.commit("base")
+    first, second = repo.writable_session("main"), repo.writable_session("main")
+    zarr.open_array(first.store, path="a")[0:2] = 1
+    zarr.open_array(second.store, path="a")[2:4] = 2
+    first.commit("first inner chunk")
+    with pytest.raises(vs.ConflictError) as caught:
+        second.commit("second inner chunk")
+    assert caught.value.keys == frozenset({"a/c/0"})
+    second.discard_changes()
+    second.rebase()
+    zarr.open_array(second.store, path="a")[2:4] = 2
+    second.commit("second inner chunk, rewritten on the new tip")
+    tip = zarr.open_array(repo.readonly_session("main").store, path="a", mode="r")
+    assert tip[:].tolist() == [1, 1, 2, 2, 0, 0, 0, 0]
+    third, fourth = repo.writable_session("main"), repo.writable_session("main")
+    zarr.open_array(third.store, path="a")[0:2] = 3
+    zarr.open_array(fourth.store, path="a")[2:4] = 4
+    third.commit("third")
+    with pytest.raises(vs.ConflictError):
+        fourth.commit("fourth")
+    fourth.rebase(keep="ours")
+    fourth.commit("fourth, ours")
+    tip = zarr.open_array(repo.readonly_session("main").store, path="a", mode="r")
+    assert tip[:].tolist() == [1, 1, 4, 4, 0, 0, 0, 0]

@@ -1700,3 +1700,26 @@ def test_sessions_writing_inner_chunks_of_one_shard_conflict_on_the_shard(
     fourth.commit("fourth, ours")
     tip = zarr.open_array(repo.readonly_session("main").store, path="a", mode="r")
     assert tip[:].tolist() == [1, 1, 4, 4, 0, 0, 0, 0]
+
+
+def test_a_writable_session_on_a_tag_says_it_is_a_tag(repo: vs.Repository) -> None:
+    """treeverse/lakeFS#9903 ("branch not found" on selecting a tag), for sessions.
+
+    ``writable_session("v1")`` where ``v1`` is a tag raises
+    ``BranchNotFoundError`` saying that it is a tag and how to write from it,
+    as ``readonly_session("v1")`` already says ``tag="v1"``; following the
+    hint gives a branch at the tag's snapshot.
+    """
+    session = repo.writable_session("main")
+    zarr.open_group(session.store, mode="w")
+    tagged = session.commit("root")
+    repo.create_tag("v1", tagged)
+    with pytest.raises(vs.BranchNotFoundError, match=r"'v1' is a tag.*create_branch"):
+        repo.writable_session("v1")
+    with pytest.raises(vs.BranchNotFoundError, match=r"did you mean tag='v1'"):
+        repo.readonly_session("v1")
+    with pytest.raises(vs.BranchNotFoundError) as plain:
+        repo.writable_session("nope")
+    assert "tag" not in str(plain.value)
+    repo.create_branch("from-v1", repo.lookup_tag("v1"))
+    assert repo.writable_session("from-v1").snapshot_id == tagged

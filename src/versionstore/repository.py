@@ -395,7 +395,16 @@ class Repository:
             session = Session(self, base=record.base, branch=record.branch, read_only=False,
                               session_id=SessionId(resume), generation=record.generation)
             return session
-        tip, _ = self.refs.branch_tip(branch)
+        try:
+            tip, _ = self.refs.branch_tip(branch)
+        except BranchNotFoundError:
+            # Listed only once the branch is missing, as readonly_session does.
+            if branch in self.list_tags():
+                raise BranchNotFoundError(branch, hint=(
+                    f"{branch!r} is a tag, and tags do not move: read it with "
+                    f"readonly_session(tag={branch!r}), or write from it on a branch made "
+                    f"with create_branch(name, repo.lookup_tag({branch!r}))")) from None
+            raise
         return Session(self, base=tip, branch=branch, read_only=False,
                        session_id=new_session_id())
 

@@ -10,6 +10,7 @@ encoding choices, zarr's errors) and versionstore's documented behaviour.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import os
 import pickle
@@ -17,6 +18,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -1494,8 +1496,8 @@ def test_creating_then_deleting_a_group_twice_leaves_nothing_to_commit(
 def test_an_unknown_snapshot_id_is_refused_at_once(repo: vs.Repository) -> None:
     """icechunk#235: checking out a snapshot id that does not exist only failed later.
 
-    ``readonly_session``, ``create_branch``, ``create_tag`` and
-    ``reset_branch`` raise ``SnapshotNotFoundError`` naming the id, and no
+    (and icechunk#882: branches and tags at such ids.) ``readonly_session``,
+    ``create_branch``, ``create_tag`` and ``reset_branch`` raise ``SnapshotNotFoundError`` naming the id, and no
     ref is created or moved.
     """
     session = repo.writable_session("main")
@@ -1723,3 +1725,48 @@ def test_a_writable_session_on_a_tag_says_it_is_a_tag(repo: vs.Repository) -> No
     assert "tag" not in str(plain.value)
     repo.create_branch("from-v1", repo.lookup_tag("v1"))
     assert repo.writable_session("from-v1").snapshot_id == tagged
+
+
+def test_virtual_chunks_over_a_server_that_ignores_range_requests(
+        repo: vs.Repository, tmp_path: Path) -> None:
+    """fsspec/filesystem_spec#1140 and arrow-rs#4841: a ``200`` answer to a ``Range`` request.
+
+    Python's own ``http.server`` ignores ``Range`` and sends the whole file.
+    fsspec returned the file's first bytes for a read at an offset; here
+    ``HTTPStore`` serves exactly the requested range, so virtual chunks at
+    offsets into a file on such a server read back right, staged and
+    committed.
+    """
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "obs.bin").write_bytes(b"HEADER" + bytes(range(40)))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(
+        Quiet, directory=str(tmp_path / "www")))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        store = HTTPStore(url)
+        ranges = [RangeByteRequest(6, 10), OffsetByteRequest(42), SuffixByteRequest(2)]
+        got = [asyncio.run(store.get("obs.bin", default_buffer_prototype(), r)) for r in ranges]
+        assert [value.to_bytes() for value in got if value is not None] == [
+            bytes(range(4)), bytes(range(36, 40)), bytes([38, 39])]
+        repo = vs.Repository.open(repo.storage, virtual_chunk_stores={url + "/": store})
+        session = repo.writable_session("main")
+        zarr.create_array(session.store, name="v", shape=(4,), chunks=(1,), dtype="u1",
+                          compressors=None)
+        session.store.set_virtual_refs("v", [
+            vs.VirtualChunkSpec(index=(i,), location=f"{url}/obs.bin", offset=6 + 10 * i,
+                                length=1) for i in range(4)])
+        assert zarr.open_array(session.store, path="v")[:].tolist() == [0, 10, 20, 30]
+        snapshot = session.commit("virtual over plain http")
+        stored = zarr.open_array(repo.readonly_session(snapshot_id=snapshot).store, path="v",
+                                 mode="r")
+        assert stored[:].tolist() == [0, 10, 20, 30]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

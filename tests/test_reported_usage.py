@@ -1497,8 +1497,8 @@ def test_an_unknown_snapshot_id_is_refused_at_once(repo: vs.Repository) -> None:
     """icechunk#235: checking out a snapshot id that does not exist only failed later.
 
     (and icechunk#882: branches and tags at such ids.) ``readonly_session``,
-    ``create_branch``, ``create_tag`` and ``reset_branch`` raise ``SnapshotNotFoundError`` naming the id, and no
-    ref is created or moved.
+    ``create_branch``, ``create_tag`` and ``reset_branch`` raise
+    ``SnapshotNotFoundError`` naming the id, and no ref is created or moved.
     """
     session = repo.writable_session("main")
     zarr.open_group(session.store, mode="w")

@@ -1770,3 +1770,34 @@ def test_virtual_chunks_over_a_server_that_ignores_range_requests(
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def test_expiring_with_ref_deletion_keeps_refs_on_snapshots_that_stay(
+        repo: vs.Repository) -> None:
+    """icechunk#1534 and #1520: which tags and branches ``delete_expired_*`` deletes.
+
+    With a cut-off after every commit, icechunk 2 expires only the middle
+    snapshot and keeps the tags on ``main``'s tip and on the first snapshot
+    (which never expire); icechunk 1 deleted those tags too, and that was the
+    bug. A branch whose tip is ``main``'s tip stays as well; a tag or branch
+    on the expired snapshot goes, and the expired snapshot with it.
+    """
+    first = repo.lookup_branch("main")
+    session = repo.writable_session("main")
+    zarr.open_group(session.store, mode="w").attrs["x"] = 1
+    middle = session.commit("middle")
+    zarr.open_group(session.store).attrs["x"] = 2
+    head = session.commit("head")
+    for name, snapshot in [("tag-first", first), ("tag-middle", middle), ("tag-head", head)]:
+        repo.create_tag(name, snapshot)
+    repo.create_branch("old", middle)
+    repo.create_branch("same-as-main", head)
+    cut_off = repo.lookup_snapshot(head).written_at + timedelta(microseconds=1)
+    expired = repo.expire_snapshots(cut_off, delete_expired_branches=True,
+                                    delete_expired_tags=True)
+    assert expired == {middle}
+    assert repo.list_tags() == {"tag-first", "tag-head"}
+    assert repo.list_branches() == {"main", "same-as-main"}
+    assert [info.message for info in repo.ancestry(branch="main")] == [
+        "head", "Repository initialized"]
+    assert repo.lookup_tag("tag-first") == first

@@ -992,6 +992,8 @@ class Repository:
             delete_expired_branches: first delete branches (not ``main``)
                 whose tip is older than the cut-off.
             delete_expired_tags: first delete tags whose snapshot is older.
+                Either keeps a branch or tag whose snapshot stays anyway (the
+                first snapshot, or the tip of a ref that is kept), as icechunk 2.
 
         Returns:
             The expired snapshot ids.

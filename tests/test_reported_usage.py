@@ -1494,11 +1494,12 @@ def test_creating_then_deleting_a_group_twice_leaves_nothing_to_commit(
 
 
 def test_an_unknown_snapshot_id_is_refused_at_once(repo: vs.Repository) -> None:
-    """icechunk#235: checking out a snapshot id that does not exist only failed later.
+    """icechunk#235 (a checkout of a missing snapshot id failed only later) and #882.
 
-    (and icechunk#882: branches and tags at such ids.) ``readonly_session``,
-    ``create_branch``, ``create_tag`` and ``reset_branch`` raise
-    ``SnapshotNotFoundError`` naming the id, and no ref is created or moved.
+    icechunk#882: branches and tags could be created at such ids.
+    ``readonly_session``, ``create_branch``, ``create_tag`` and
+    ``reset_branch`` raise ``SnapshotNotFoundError`` naming the id, and no
+    ref is created or moved.
     """
     session = repo.writable_session("main")
     zarr.open_group(session.store, mode="w")

@@ -10,6 +10,7 @@ encoding choices, zarr's errors) and versionstore's documented behaviour.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import os
 import pickle
@@ -17,6 +18,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -1423,3 +1425,380 @@ def test_a_purged_node_leaves_no_trace_in_consolidated_views(repo: vs.Repository
     assert list(latest.data_vars) == ["p043"]
     assert latest["p043"].attrs == {"name": "John Roe"}
     assert repo.verify().problems == ()
+
+
+# -- round 5: store boundaries, session bookkeeping, amend races -------------------------
+
+
+def test_deleting_a_directory_or_a_key_outside_the_root_touches_nothing(
+        repo: vs.Repository, tmp_path: Path) -> None:
+    """zarr-python#2451, #2218 and dandi/dandi-archive#2881 (a ``..`` key escaped the root).
+
+    zarr's ``LocalStore.delete("a")`` removed the whole directory ``a/``, its
+    empty directories kept ``is_empty`` and ``list_dir`` answering for deleted
+    arrays, and a key ``../x`` was written beside the store's root. Here a
+    key that names a directory deletes nothing, a directory emptied by
+    deletes is gone from every listing, and ``..``, ``.`` and absolute keys
+    are refused (``InvalidKeyError``, a ``ValueError``) before anything is
+    written, on the filesystem store and on a session's store alike.
+    """
+    outer = tmp_path / "outer"
+    session = repo.writable_session("main")
+
+    async def check(store: Any) -> None:
+        for key in ["a/b", "a/c/d", "e/f/g"]:
+            await store.set(key, cpu.Buffer.from_bytes(b"1"))
+        await store.delete("a")
+        await store.delete("a/c")
+        assert sorted([key async for key in store.list()]) == ["a/b", "a/c/d", "e/f/g"]
+        await store.delete("e/f/g")
+        assert await store.is_empty("e")
+        assert sorted([key async for key in store.list_dir("")]) == ["a"]
+        for key in ["../x", "a/../../x", "./x", "/x"]:
+            with pytest.raises(ValueError, match="invalid store key"):
+                await store.set(key, cpu.Buffer.from_bytes(b"2"))
+            with pytest.raises(ValueError, match="invalid store key"):
+                await store.get(key, default_buffer_prototype())
+
+    asyncio.run(check(FilesystemStore(outer / "fs")))
+    assert [path.name for path in outer.iterdir()] == ["fs"]
+    asyncio.run(check(session.store))
+    snapshot = session.commit("what is left")
+    assert _listed(repo.readonly_session(snapshot_id=snapshot).store.list()) == ["a/b", "a/c/d"]
+
+
+def test_creating_then_deleting_a_group_twice_leaves_nothing_to_commit(
+        repo: vs.Repository) -> None:
+    """icechunk#486: a second delete of a group created and deleted in the session.
+
+    icechunk recorded the second delete and so allowed an empty commit. Here
+    the session has no changes, ``status()`` is empty, and ``commit`` raises
+    ``NothingToCommitError``; deleting a committed group twice is one change.
+    """
+    session = repo.writable_session("main")
+    zarr.open_group(session.store, mode="w").create_group("kept")
+    session.commit("root")
+    group = zarr.open_group(session.store)
+    group.create_group("scratch")
+    del group["scratch"]
+    del group["scratch"]
+    assert not session.has_uncommitted_changes
+    assert session.status() == vs.Diff()
+    with pytest.raises(vs.NothingToCommitError):
+        session.commit("nothing")
+    del group["kept"]
+    del group["kept"]
+    assert session.status().deleted_groups == frozenset({"/kept"})
+    snapshot = session.commit("kept deleted")
+    assert _members(repo.readonly_session(snapshot_id=snapshot).store, "") == []
+
+
+def test_an_unknown_snapshot_id_is_refused_at_once(repo: vs.Repository) -> None:
+    """icechunk#235 (a checkout of a missing snapshot id failed only later) and #882.
+
+    icechunk#882: branches and tags could be created at such ids.
+    ``readonly_session``, ``create_branch``, ``create_tag`` and
+    ``reset_branch`` raise ``SnapshotNotFoundError`` naming the id, and no
+    ref is created or moved.
+    """
+    session = repo.writable_session("main")
+    zarr.open_group(session.store, mode="w")
+    tip = session.commit("root")
+    bogus = "FOOOBARSPAM123456789"
+    calls: list[Callable[[], object]] = [
+        lambda: repo.readonly_session(snapshot_id=bogus),
+        lambda: repo.create_branch("dev", bogus),
+        lambda: repo.create_tag("v1", bogus),
+        lambda: repo.reset_branch("main", bogus),
+    ]
+    for call in calls:
+        with pytest.raises(vs.SnapshotNotFoundError, match=bogus):
+            call()
+    assert repo.list_branches() == {"main"}
+    assert repo.list_tags() == set()
+    assert repo.lookup_branch("main") == tip
+
+
+def test_create_array_with_data_and_shards_writes_every_shard(repo: vs.Repository) -> None:
+    """zarr-python#3479: ``create_array(data=..., shards=...)`` wrote only part of the data.
+
+    Every shard is written, staged and committed: the array reads back the
+    data exactly, with no fill value left, and has the shards zarr's
+    ``MemoryStore`` gets for the same call.
+    """
+    data = np.random.default_rng(7).random((40, 40))
+
+    def create(store: Any) -> Any:
+        return zarr.create_array(store, name="s", data=data, chunks=(10, 10), shards=(40, 10),
+                                 fill_value=np.nan)
+
+    oracle = zarr.storage.MemoryStore()
+    create(oracle)
+    session = repo.writable_session("main")
+    np.testing.assert_array_equal(create(session.store)[:], data)
+    assert _listed(session.store.list_prefix("s/c/")) == _listed(oracle.list_prefix("s/c/"))
+    assert _listed(session.store.list_prefix("s/c/")) == [f"s/c/0/{i}" for i in range(4)]
+    snapshot = session.commit("sharded")
+    stored = zarr.open_array(repo.readonly_session(snapshot_id=snapshot).store, path="s", mode="r")
+    np.testing.assert_array_equal(stored[:], data)
+
+
+def test_workers_amending_one_temporary_branch_keep_every_chunk(repo: vs.Repository) -> None:
+    """dynamical-org/reformatters#633: workers that each ``amend`` a shared temporary branch.
+
+    With icechunk the second worker's ``amend`` conflicted, and its
+    ``rebase`` failed on the snapshot the first amend had replaced. Here
+    each amend from a session opened before the others' amends keeps their
+    chunks: the branch ends one commit past its base holding every worker's
+    rows, and a later ``commit`` from a stale session rebases by itself.
+    """
+    session = repo.writable_session("main")
+    zarr.create_array(session.store, name="a", shape=(4,), chunks=(1,), dtype="i4", fill_value=-1)
+    base = session.commit("setup")
+    repo.create_branch("tmp", base)
+    workers = [repo.writable_session("tmp") for _ in range(4)]
+    for row, worker in enumerate(workers):
+        zarr.open_array(worker.store, path="a")[row] = row * 10
+    for row, worker in enumerate(workers[:3]):
+        worker.amend(f"rows up to {row}")
+    workers[3].commit("last row")
+    tip = repo.readonly_session("tmp")
+    assert zarr.open_array(tip.store, path="a", mode="r")[:].tolist() == [0, 10, 20, 30]
+    assert [info.message for info in repo.ancestry(branch="tmp")] == [
+        "last row", "rows up to 2", "Repository initialized"]
+    assert repo.verify().problems == ()
+
+
+def test_a_refused_append_leaves_the_session_unchanged(repo: vs.Repository) -> None:
+    """pydata/xarray#9053 / #6329: ``open_zarr(mask_and_scale=False)`` then ``mode="a"``.
+
+    xarray refuses the write because ``_FillValue`` is now an attribute; it
+    does so with the same ``ValueError`` as on zarr's ``MemoryStore``, before
+    staging anything, and the documented workaround (drop the attribute)
+    then appends.
+    """
+    session = repo.writable_session("main")
+    xr.Dataset({"A": ("t", [1.0, np.nan])}).to_zarr(session.store, mode="w", consolidated=False)
+    session.commit("A")
+    raw = xr.open_zarr(session.store, mask_and_scale=False, consolidated=False)
+    with pytest.raises(ValueError, match="_FillValue"):
+        raw.to_zarr(session.store, mode="a", consolidated=False)
+    assert not session.has_uncommitted_changes
+    del raw["A"].attrs["_FillValue"]
+    raw.to_zarr(session.store, append_dim="t", consolidated=False)
+    snapshot = session.commit("appended")
+    back = xr.open_zarr(repo.readonly_session(snapshot_id=snapshot).store, consolidated=False)
+    np.testing.assert_array_equal(back["A"].values, [1.0, np.nan, 1.0, np.nan])
+
+
+def test_nan_and_infinite_attributes_survive_commit_move_merge_and_consolidation(
+        repo: vs.Repository) -> None:
+    """zarr-python#412 / #3279: NaN and infinities in attributes (JSON's ``NaN`` tokens).
+
+    zarr writes them as bare ``NaN`` / ``Infinity``, which strict JSON parsers
+    refuse. Through a commit, a ``move``, consolidation and a merge in which
+    both branches set the same NaN attribute (NaN is not equal to itself, so
+    a comparison of parsed values would see a conflict), the values read back
+    as written and a rewrite of an unchanged NaN attribute is no change.
+    """
+    session = repo.writable_session("main")
+    group = zarr.open_group(session.store, mode="w")
+    group.attrs.update({"nan": float("nan"), "inf": float("inf")})
+    group.create_group("sub").create_array("a", shape=(2,), dtype="f4").attrs["low"] = -np.inf
+    base = session.commit("attributes")
+    repo.create_branch("dev", base)
+    for branch in ["main", "dev"]:
+        writer = repo.writable_session(branch)
+        zarr.open_array(writer.store, path="sub/a").attrs["missing"] = float("nan")
+        writer.commit(f"missing on {branch}")
+    repo.merge(from_branch="dev", into_branch="main")
+    session = repo.writable_session("main")
+    zarr.open_array(session.store, path="sub/a").attrs["missing"] = float("nan")
+    assert not session.has_uncommitted_changes
+    session.move("/sub", "/moved")
+    zarr.consolidate_metadata(session.store)
+    snapshot = session.commit("moved and consolidated")
+    reader = repo.readonly_session(snapshot_id=snapshot).store
+    root = zarr.open_consolidated(reader, mode="r")
+    assert np.isnan(root.attrs["nan"]) and root.attrs["inf"] == float("inf")
+    attrs = dict(zarr.open_array(reader, path="moved/a", mode="r").attrs)
+    assert attrs["low"] == -np.inf and np.isnan(attrs["missing"])
+    assert repo.verify().problems == ()
+
+
+def test_virtual_prefixes_end_at_a_separator_and_unservable_locations_are_refused_early(
+        repo: vs.Repository, tmp_path: Path) -> None:
+    """icechunk#1125 / PR 1137 (``s3://foo`` also served ``s3://foo-dev/``) and PR 2219.
+
+    A prefix given without its final ``/`` is taken to end there: it serves
+    ``.../src/f.bin`` (which otherwise became the key ``/f.bin``, unreadable)
+    and not ``.../src-other/f.bin``, which is refused when set. A location
+    whose rest its store cannot name as a key (``//``, ``.``, ``..``, a
+    directory) is refused with ``ValueError`` when set, staging nothing,
+    instead of failing at every read after the commit.
+    """
+    for name in ["src", "src-other"]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f.bin").write_bytes(bytes(range(100)))
+    prefix = (tmp_path / "src").as_uri()
+    repo = vs.Repository.open(repo.storage, virtual_chunk_stores={
+        prefix: FilesystemStore(tmp_path / "src")})
+    assert repo.virtual_chunks.prefixes == [prefix + "/"]
+    session = repo.writable_session("main")
+    zarr.create_array(session.store, name="v", shape=(4,), chunks=(1,), dtype="u1",
+                      compressors=None)
+    session.commit("array")
+    store = session.store
+    with pytest.raises(vs.NoVirtualChunkStoreError, match="src-other"):
+        store.set_virtual_ref("v/c/0", (tmp_path / "src-other").as_uri() + "/f.bin", 0, 1)
+    for bad in ["//f.bin", "/./f.bin", "/../src-other/f.bin", "/", "/sub/"]:
+        with pytest.raises(ValueError, match="cannot be a key of its store"):
+            store.set_virtual_ref("v/c/0", prefix + bad, 0, 1)
+    with pytest.raises(ValueError, match="cannot be a key of its store"):
+        store.set_virtual_refs("v", [
+            vs.VirtualChunkSpec(index=(0,), location=prefix + "/f.bin", offset=0, length=1),
+            vs.VirtualChunkSpec(index=(1,), location=prefix + "//f.bin", offset=1, length=1)])
+    assert not session.has_uncommitted_changes
+    store.set_virtual_refs("v", [
+        vs.VirtualChunkSpec(index=(i,), location=prefix + "/f.bin", offset=10 * i, length=1)
+        for i in range(4)])
+    snapshot = session.commit("virtual")
+    stored = zarr.open_array(repo.readonly_session(snapshot_id=snapshot).store, path="v", mode="r")
+    assert stored[:].tolist() == [0, 10, 20, 30]
+
+
+def test_sessions_writing_inner_chunks_of_one_shard_conflict_on_the_shard(
+        repo: vs.Repository) -> None:
+    """zarr-python#3514 / #3682 (partial shard writes lost) between two sessions.
+
+    Each session rewrites the whole shard, so the second commit raises
+    ``ConflictError`` naming the shard's key instead of losing the first
+    session's inner chunk; ``keep="ours"`` keeps our shard whole (documented),
+    and rewriting after ``discard_changes`` and ``rebase`` keeps both writes.
+    """
+    session = repo.writable_session("main")
+    zarr.create_array(session.store, name="a", shape=(8,), chunks=(2,), shards=(4,), dtype="i4",
+                      fill_value=0)
+    session.commit("base")
+    first, second = repo.writable_session("main"), repo.writable_session("main")
+    zarr.open_array(first.store, path="a")[0:2] = 1
+    zarr.open_array(second.store, path="a")[2:4] = 2
+    first.commit("first inner chunk")
+    with pytest.raises(vs.ConflictError) as caught:
+        second.commit("second inner chunk")
+    assert caught.value.keys == frozenset({"a/c/0"})
+    second.discard_changes()
+    second.rebase()
+    zarr.open_array(second.store, path="a")[2:4] = 2
+    second.commit("second inner chunk, rewritten on the new tip")
+    tip = zarr.open_array(repo.readonly_session("main").store, path="a", mode="r")
+    assert tip[:].tolist() == [1, 1, 2, 2, 0, 0, 0, 0]
+    third, fourth = repo.writable_session("main"), repo.writable_session("main")
+    zarr.open_array(third.store, path="a")[0:2] = 3
+    zarr.open_array(fourth.store, path="a")[2:4] = 4
+    third.commit("third")
+    with pytest.raises(vs.ConflictError):
+        fourth.commit("fourth")
+    fourth.rebase(keep="ours")
+    fourth.commit("fourth, ours")
+    tip = zarr.open_array(repo.readonly_session("main").store, path="a", mode="r")
+    assert tip[:].tolist() == [1, 1, 4, 4, 0, 0, 0, 0]
+
+
+def test_a_writable_session_on_a_tag_says_it_is_a_tag(repo: vs.Repository) -> None:
+    """treeverse/lakeFS#9903 ("branch not found" on selecting a tag), for sessions.
+
+    ``writable_session("v1")`` where ``v1`` is a tag raises
+    ``BranchNotFoundError`` saying that it is a tag and how to write from it,
+    as ``readonly_session("v1")`` already says ``tag="v1"``; following the
+    hint gives a branch at the tag's snapshot.
+    """
+    session = repo.writable_session("main")
+    zarr.open_group(session.store, mode="w")
+    tagged = session.commit("root")
+    repo.create_tag("v1", tagged)
+    with pytest.raises(vs.BranchNotFoundError, match=r"'v1' is a tag.*create_branch"):
+        repo.writable_session("v1")
+    with pytest.raises(vs.BranchNotFoundError, match=r"did you mean tag='v1'"):
+        repo.readonly_session("v1")
+    with pytest.raises(vs.BranchNotFoundError) as plain:
+        repo.writable_session("nope")
+    assert "tag" not in str(plain.value)
+    repo.create_branch("from-v1", repo.lookup_tag("v1"))
+    assert repo.writable_session("from-v1").snapshot_id == tagged
+
+
+def test_virtual_chunks_over_a_server_that_ignores_range_requests(
+        repo: vs.Repository, tmp_path: Path) -> None:
+    """fsspec/filesystem_spec#1140 and arrow-rs#4841: a ``200`` answer to a ``Range`` request.
+
+    Python's own ``http.server`` ignores ``Range`` and sends the whole file.
+    fsspec returned the file's first bytes for a read at an offset; here
+    ``HTTPStore`` serves exactly the requested range, so virtual chunks at
+    offsets into a file on such a server read back right, staged and
+    committed.
+    """
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "obs.bin").write_bytes(b"HEADER" + bytes(range(40)))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(
+        Quiet, directory=str(tmp_path / "www")))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        store = HTTPStore(url)
+        ranges = [RangeByteRequest(6, 10), OffsetByteRequest(42), SuffixByteRequest(2)]
+        got = [asyncio.run(store.get("obs.bin", default_buffer_prototype(), r)) for r in ranges]
+        assert [value.to_bytes() for value in got if value is not None] == [
+            bytes(range(4)), bytes(range(36, 40)), bytes([38, 39])]
+        repo = vs.Repository.open(repo.storage, virtual_chunk_stores={url + "/": store})
+        session = repo.writable_session("main")
+        zarr.create_array(session.store, name="v", shape=(4,), chunks=(1,), dtype="u1",
+                          compressors=None)
+        session.store.set_virtual_refs("v", [
+            vs.VirtualChunkSpec(index=(i,), location=f"{url}/obs.bin", offset=6 + 10 * i,
+                                length=1) for i in range(4)])
+        assert zarr.open_array(session.store, path="v")[:].tolist() == [0, 10, 20, 30]
+        snapshot = session.commit("virtual over plain http")
+        stored = zarr.open_array(repo.readonly_session(snapshot_id=snapshot).store, path="v",
+                                 mode="r")
+        assert stored[:].tolist() == [0, 10, 20, 30]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_expiring_with_ref_deletion_keeps_refs_on_snapshots_that_stay(
+        repo: vs.Repository) -> None:
+    """icechunk#1534 and #1520: which tags and branches ``delete_expired_*`` deletes.
+
+    With a cut-off after every commit, icechunk 2 expires only the middle
+    snapshot and keeps the tags on ``main``'s tip and on the first snapshot
+    (which never expire); icechunk 1 deleted those tags too, and that was the
+    bug. A branch whose tip is ``main``'s tip stays as well; a tag or branch
+    on the expired snapshot goes, and the expired snapshot with it.
+    """
+    first = repo.lookup_branch("main")
+    session = repo.writable_session("main")
+    zarr.open_group(session.store, mode="w").attrs["x"] = 1
+    middle = session.commit("middle")
+    zarr.open_group(session.store).attrs["x"] = 2
+    head = session.commit("head")
+    for name, snapshot in [("tag-first", first), ("tag-middle", middle), ("tag-head", head)]:
+        repo.create_tag(name, snapshot)
+    repo.create_branch("old", middle)
+    repo.create_branch("same-as-main", head)
+    cut_off = repo.lookup_snapshot(head).written_at + timedelta(microseconds=1)
+    expired = repo.expire_snapshots(cut_off, delete_expired_branches=True,
+                                    delete_expired_tags=True)
+    assert expired == {middle}
+    assert repo.list_tags() == {"tag-first", "tag-head"}
+    assert repo.list_branches() == {"main", "same-as-main"}
+    assert [info.message for info in repo.ancestry(branch="main")] == [
+        "head", "Repository initialized"]
+    assert repo.lookup_tag("tag-first") == first

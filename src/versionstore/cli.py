@@ -556,7 +556,8 @@ def du(repo: str, branch: str | None, tag: str | None, snapshot: str | None, his
               help="expire snapshots written before WHEN (30d, 12h, or an ISO time)")
 @click.option("--delete-expired-branches", is_flag=True,
               help="first delete branches (not main) whose tip is older")
-@click.option("--delete-expired-tags", is_flag=True, help="first delete tags that are older")
+@click.option("--delete-expired-tags", is_flag=True,
+              help="first delete tags that are older (not those on a snapshot that stays)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def expire(repo: str, older_than: str, delete_expired_branches: bool, delete_expired_tags: bool,
            as_json: bool) -> None:

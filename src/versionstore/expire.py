@@ -14,7 +14,9 @@ expired snapshots referenced (data still used by a kept snapshot stays)::
 
 With ``delete_expired_branches`` / ``delete_expired_tags``, branches (never
 ``main``) and tags whose snapshot is older than the cut-off are deleted first,
-so their snapshots can expire too; what only they reached is counted as
+so their snapshots can expire too — unless that snapshot stays anyway (the
+tip of a ref that is not deleted, or the first snapshot): then the ref stays
+with it, as in icechunk 2; what only they reached is counted as
 expired as well (as icechunk counts it), and goes at the next gc.
 
 The ops log records the run (an ``expire`` entry for the repository) and
@@ -53,7 +55,7 @@ def _plan(reader: ObjectReader, refs: Mapping[str, bytes], older_than: datetime,
     grafts = grafts_from_refs(refs)
     writes: dict[str, bytes | None] = {}
     tips: list[ObjectId] = []
-    released: list[ObjectId] = []  # the snapshots of the branches and tags deleted here
+    candidates: list[tuple[str, ObjectId]] = []  # old refs the flags allow to delete
     for name, raw in refs.items():
         if not name.startswith(("branch/", "tag/")):
             continue
@@ -61,14 +63,27 @@ def _plan(reader: ObjectReader, refs: Mapping[str, bytes], older_than: datetime,
         if target.deleted or target.snapshot is None:
             continue
         old = reader.snapshot(target.snapshot).written_at < older_than
-        if old and delete_branches and name.startswith("branch/") and name != branch_ref(MAIN):
-            writes[name] = None
-            released.append(target.snapshot)
-        elif old and delete_tags and name.startswith("tag/"):
-            writes[name] = encode_ref_target(name, RefTarget(snapshot=None, deleted=True))
-            released.append(target.snapshot)
+        if old and ((delete_branches and name.startswith("branch/")
+                     and name != branch_ref(MAIN))
+                    or (delete_tags and name.startswith("tag/"))):
+            candidates.append((name, target.snapshot))
         else:
             tips.append(target.snapshot)
+    # A ref is deleted only with its snapshot: one on a snapshot that stays (the tip
+    # of a ref that stays, or the first snapshot) stays too, as in icechunk 2
+    # (icechunk#1534, #1520).
+    staying = set(tips)
+    released: list[ObjectId] = []  # the snapshots of the branches and tags deleted here
+    for name, snapshot_id in candidates:
+        if snapshot_id in staying or not parents_of(
+                snapshot_id, reader.snapshot(snapshot_id), grafts):
+            tips.append(snapshot_id)
+        elif name.startswith("branch/"):
+            writes[name] = None
+            released.append(snapshot_id)
+        else:
+            writes[name] = encode_ref_target(name, RefTarget(snapshot=None, deleted=True))
+            released.append(snapshot_id)
     protected = set(tips)
     # Every snapshot the remaining refs reach, with the parents history follows today.
     parents: dict[ObjectId, tuple[ObjectId, ...]] = {}

@@ -143,7 +143,7 @@ def import_kerchunk(session: Session, refs: Mapping[str, Any] | str | os.PathLik
     urls = sorted({url for _, url, _, _ in pending})
     if validate_containers or record_checksums:
         for url in urls:
-            stores.resolve(url)
+            stores.check(url)
     infos = {}
     needs_stat = {url for _, url, _, length in pending if length is None or record_checksums}
     for url in sorted(needs_stat):

@@ -395,7 +395,16 @@ class Repository:
             session = Session(self, base=record.base, branch=record.branch, read_only=False,
                               session_id=SessionId(resume), generation=record.generation)
             return session
-        tip, _ = self.refs.branch_tip(branch)
+        try:
+            tip, _ = self.refs.branch_tip(branch)
+        except BranchNotFoundError:
+            # Listed only once the branch is missing, as readonly_session does.
+            if branch in self.list_tags():
+                raise BranchNotFoundError(branch, hint=(
+                    f"{branch!r} is a tag, and tags do not move: read it with "
+                    f"readonly_session(tag={branch!r}), or write from it on a branch made "
+                    f"with create_branch(name, repo.lookup_tag({branch!r}))")) from None
+            raise
         return Session(self, base=tip, branch=branch, read_only=False,
                        session_id=new_session_id())
 
@@ -983,6 +992,8 @@ class Repository:
             delete_expired_branches: first delete branches (not ``main``)
                 whose tip is older than the cut-off.
             delete_expired_tags: first delete tags whose snapshot is older.
+                Either keeps a branch or tag whose snapshot stays anyway (the
+                first snapshot, or the tip of a ref that is kept), as icechunk 2.
 
         Returns:
             The expired snapshot ids.

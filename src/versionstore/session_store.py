@@ -374,7 +374,10 @@ class SessionStore(ZarrStore):
             NoVirtualChunkStoreError: no configured store serves ``location``.
             InvalidKeyError: the key is not a valid session key.
             ValueError: a negative offset, a zero or negative length, a
-                location without a scheme, a naive datetime, or a metadata key.
+                location without a scheme, a naive datetime, or a metadata key;
+                with ``validate_container``, a location whose rest after its
+                store's prefix is no store key (``//``, ``.``, ``..``, a
+                trailing ``/``).
             ReadOnlySessionError: the session is read-only.
         """
         self._stage_virtual([(key, virtual_ref(location, offset, length, checksum))],
@@ -413,5 +416,5 @@ class SessionStore(ZarrStore):
             if key.rpartition("/")[2] in _METADATA_NAMES:
                 raise ValueError(f"{key!r} is a metadata document; only chunks can be virtual")
             if validate:
-                self.session.repository.virtual_chunks.resolve(ref.location)
+                self.session.repository.virtual_chunks.check(ref.location)
         self.session.set_virtual_entries(items)

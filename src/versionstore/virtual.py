@@ -40,7 +40,8 @@ from versionstore.errors import (
 )
 from versionstore.records import VirtualRef
 from zarrstore.adapters.base import StoreLike, storage_of
-from zarrstore.errors import ZarrStoreError
+from zarrstore.errors import InvalidKeyError, ZarrStoreError
+from zarrstore.keys import validate_key
 from zarrstore.protocol import Storage, ValueInfo
 from zarrstore.ranges import RangeRequest
 
@@ -165,11 +166,17 @@ class VirtualChunkStores:
     def __init__(self, stores: Mapping[str, StoreLike] | None = None, *,
                  check_checksums: bool = True) -> None:
         self._stores: dict[str, Storage] = {}
-        for prefix, store in (stores or {}).items():
-            if not isinstance(prefix, str) or "://" not in prefix:
+        for given, store in (stores or {}).items():
+            if not isinstance(given, str) or "://" not in given:
                 raise TypeError(f"virtual chunk store prefixes are URL prefixes such as "
-                                f"'s3://bucket/', not {prefix!r}")
-            self._stores[prefix] = storage_of(store)
+                                f"'s3://bucket/', not {given!r}")
+            # A prefix ends at a separator, as icechunk's containers do: "s3://foo"
+            # serves "s3://foo/..." and never "s3://foo-dev/...".
+            prefix = given if given.endswith("/") else given + "/"
+            storage = storage_of(store)
+            if self._stores.get(prefix, storage) is not storage:
+                raise ValueError(f"two stores given for the virtual chunk prefix {prefix!r}")
+            self._stores[prefix] = storage
         if not isinstance(check_checksums, bool):
             raise TypeError(f"check_checksums must be a bool, not {check_checksums!r}")
         self.check_checksums = check_checksums
@@ -207,6 +214,24 @@ class VirtualChunkStores:
                     key = unquote(key)
                 return self._stores[prefix], key
         raise NoVirtualChunkStoreError(location, self._stores)
+
+    def check(self, location: str) -> None:
+        """Refuse ``location`` unless a store serves it and can name it as a key.
+
+        What ``set_virtual_ref`` and the kerchunk import run before staging a
+        reference, so a location no read could ever serve fails there.
+
+        Raises:
+            NoVirtualChunkStoreError: no prefix given at open starts ``location``.
+            ValueError: the rest of the URL is not a store key (an empty,
+                ``.`` or ``..`` segment, or a directory ending in ``/``).
+        """
+        _, key = self.resolve(location)
+        try:
+            validate_key(key)
+        except InvalidKeyError as exc:
+            raise ValueError(f"virtual chunk location {location!r}: {key!r} cannot be a key "
+                             f"of its store ({exc})") from exc
 
     def stat(self, location: str) -> ValueInfo | None:
         """What the serving store reports about ``location`` (``None``: it is not there).

@@ -363,7 +363,8 @@ class LMDBStorage(Storage):
             cursor = txn.cursor()
             doomed: list[bytes] = []
             if cursor.set_range(start):
-                for raw in cursor.iternext(values=False):
+                for key in cursor.iternext(values=False):
+                    raw = bytes(key)
                     if not raw.startswith(start):
                         break
                     doomed.append(raw)

@@ -129,10 +129,10 @@ _SLACK = 256 << 10
 #: one native word; a value in overflow pages (flag ``_BIGDATA``) then holds their
 #: first page's number after the key. Pages start with a 16-byte header.
 _word_at = ctypes.c_uint64.from_address
-_pointer_at = ctypes.c_void_p.from_address
-#: Where a ``memoryview`` object holds its data's address (``None``: unknown, or a
-#: big-endian host, where the header reads otherwise): then values go unchecked.
-_VIEW_OFFSET = lmdb_readahead.view_address_offset() if sys.byteorder == "little" else None
+#: Where a ``memoryview`` object holds its data's address (``None``: unknown, or not a
+#: little-endian 64-bit host, where the words read otherwise): then values go unchecked.
+_VIEW_OFFSET = (lmdb_readahead.view_address_offset()
+                if sys.byteorder == "little" and ctypes.sizeof(ctypes.c_void_p) == 8 else None)
 _BIGDATA = 0x01
 _PAGE_HEADER = 16
 
@@ -1023,11 +1023,11 @@ class EnvironmentHandle:
         if not cursor.set_key(key):
             return None
         if _VIEW_OFFSET is not None:
-            address = _pointer_at(id(cursor.key()) + _VIEW_OFFSET).value
+            address = _word_at(id(cursor.key()) + _VIEW_OFFSET).value
             header = _word_at(address - 8).value  # the node's: size, flags, key size
             if header >> 32 & _BIGDATA:
                 self._check_overflow(address, header)
-        view: memoryview = cursor.value()
+        view: memoryview = cursor.value()  # type: ignore[assignment]  # ``buffers``
         return view
 
     def value(self, cursor: lmdb.Cursor) -> memoryview:
@@ -1047,11 +1047,11 @@ class EnvironmentHandle:
             CorruptStorageError: it runs past the end of the file.
         """
         if _VIEW_OFFSET is not None:
-            address = _pointer_at(id(cursor.key()) + _VIEW_OFFSET).value
+            address = _word_at(id(cursor.key()) + _VIEW_OFFSET).value
             header = _word_at(address - 8).value
             if header >> 32 & _BIGDATA:
                 self._check_overflow(address, header)
-        view: memoryview = cursor.value()
+        view: memoryview = cursor.value()  # type: ignore[assignment]  # ``buffers``
         return view
 
     def _check_overflow(self, key_address: int, header: int) -> None:

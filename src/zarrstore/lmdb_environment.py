@@ -537,14 +537,16 @@ class _Shared:
         self.known_size = min(size, int(info["map_size"]))
         self.padded = (info["last_pgno"] + 1) * self.page_size + _SLACK <= self.known_size
 
-    def keep_slack(self, env: lmdb.Environment) -> bool:
+    def keep_slack(self, env: lmdb.Environment, *, ahead: bool = False) -> bool:
         """Pad the file with zeros to ``_SLACK`` past its last page; whether the map is too small.
 
         The file is extended under LMDB's writer lock (an empty write
         transaction), so no writer of any process extends it meanwhile (a
-        shorter size set then would cut its pages off). By twice the slack, so
-        that the next writes need not pad again. Does nothing where the file
-        cannot be written (read-only media).
+        shorter size set then would cut its pages off). ``ahead`` (after a
+        write grew the file): by twice the slack, so that the next writes
+        need not pad again; at open by the slack alone, so that a compacted
+        file stays smaller than before. Does nothing where the file cannot be
+        written (read-only media).
         """
         last = (env.info()["last_pgno"] + 1) * self.page_size
         if last + _SLACK <= self.known_size:
@@ -555,7 +557,7 @@ class _Shared:
                 try:
                     last = (env.info()["last_pgno"] + 1) * self.page_size
                     if last + _SLACK > os.path.getsize(self.data_path):
-                        os.truncate(self.data_path, last + 2 * _SLACK)
+                        os.truncate(self.data_path, last + (2 if ahead else 1) * _SLACK)
                 finally:
                     txn.abort()
         except (OSError, lmdb.Error):
@@ -999,7 +1001,8 @@ class EnvironmentHandle:
             if self.durable:
                 env.sync(True)
             if shared.known_size < (env.info()["last_pgno"] + 1) * shared.page_size + _SLACK:
-                grown[0] = shared.keep_slack(env)  # the write grew the file into its slack
+                # The write grew the file into its slack.
+                grown[0] = shared.keep_slack(env, ahead=True)
             return result
 
         grown = [False]

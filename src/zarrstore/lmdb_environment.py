@@ -374,6 +374,9 @@ class _Shared:
         self.page_size = 4096
         self.padded = False
         self.known_size = 0
+        # Values up to this size need no look at their pages: in a padded file, a value
+        # starting on a page LMDB checked ends inside the slack (-1: check every one).
+        self.unchecked = -1
 
     # Called with _registry_lock held (or the gate held exclusively).
     def open(self, create: bool) -> None:
@@ -526,7 +529,7 @@ class _Shared:
         The file's place in the map is measured again on the next check. Called
         while no read is running.
         """
-        self.padded = False
+        self.padded, self.unchecked = False, -1
         if self.readahead is not None:
             self.readahead.forget()
 
@@ -536,6 +539,7 @@ class _Shared:
         size = os.path.getsize(self.data_path)
         self.known_size = min(size, int(info["map_size"]))
         self.padded = (info["last_pgno"] + 1) * self.page_size + _SLACK <= self.known_size
+        self.unchecked = _SLACK - _PAGE_HEADER if self.padded else -1
 
     def keep_slack(self, env: lmdb.Environment, *, ahead: bool = False) -> bool:
         """Pad the file with zeros to ``_SLACK`` past its last page; whether the map is too small.
@@ -1028,7 +1032,7 @@ class EnvironmentHandle:
         if _VIEW_OFFSET is not None:
             address = _word_at(id(cursor.key()) + _VIEW_OFFSET).value
             header = _word_at(address - 8).value  # the node's: size, flags, key size
-            if header >> 32 & _BIGDATA:
+            if header & 0xFFFFFFFF > self._shared.unchecked and header >> 32 & _BIGDATA:
                 self._check_overflow(address, header)
         view: memoryview = cursor.value()  # type: ignore[assignment]  # ``buffers``
         return view
@@ -1044,7 +1048,9 @@ class EnvironmentHandle:
         header and overflow page number, in the leaf page, which the slack
         keeps inside the file) and a value ending past the file is refused. A
         value stored in its leaf page needs no check: LMDB refuses one whose
-        size does not fit (``MDB_CORRUPTED``).
+        size does not fit (``MDB_CORRUPTED``); nor does one shorter than the
+        slack, in a padded file: it starts in a page LMDB checked, so it ends
+        in the slack at worst (most chunks: only the node's header is read).
 
         Raises:
             CorruptStorageError: it runs past the end of the file.
@@ -1052,7 +1058,7 @@ class EnvironmentHandle:
         if _VIEW_OFFSET is not None:
             address = _word_at(id(cursor.key()) + _VIEW_OFFSET).value
             header = _word_at(address - 8).value
-            if header >> 32 & _BIGDATA:
+            if header & 0xFFFFFFFF > self._shared.unchecked and header >> 32 & _BIGDATA:
                 self._check_overflow(address, header)
         view: memoryview = cursor.value()  # type: ignore[assignment]  # ``buffers``
         return view

@@ -173,7 +173,21 @@ class LMDBStorage(Storage):
             f"{self.path!r} was closed by another thread {_REOPEN_ATTEMPTS} times as a call began")
 
     def _read(self, action: str, work: Callable[[lmdb.Transaction], T], empty: T) -> T:
-        return self._with_handle(lambda handle: handle.read(action, work), lambda: empty)
+        # Views of the map (``buffers``): a value is only measured, never touched.
+        return self._with_handle(lambda handle: handle.read(action, work, buffers=True),
+                                 lambda: empty)
+
+    def _read_values(self, action: str,
+                     work: Callable[[lmdb.Transaction, EnvironmentHandle], T], empty: T) -> T:
+        """``_read``, giving ``work`` the handle: values are read through its ``get``/``value``.
+
+        A damaged page's value may claim to run past the end of the file, where
+        touching it raises ``SIGBUS``; those refuse it with
+        ``CorruptStorageError`` (``zarrstore.lmdb_environment``).
+        """
+        return self._with_handle(
+            lambda handle: handle.read(action, lambda txn: work(txn, handle), buffers=True),
+            lambda: empty)
 
     def _write(self, action: str, work: Callable[[lmdb.Transaction], T]) -> T:
         return self._with_handle(lambda handle: handle.write(action, work), _always_open)
@@ -206,38 +220,39 @@ class LMDBStorage(Storage):
     def _get(self, key: str, byte_range: ByteRange | None) -> bytes | None:
         raw = _key(key)
 
-        def work(txn: lmdb.Transaction) -> bytes | None:
-            value = txn.get(raw)
+        def work(txn: lmdb.Transaction, handle: EnvironmentHandle) -> bytes | None:
+            value = handle.get(txn, raw)
             return None if value is None else slice_value(bytes(value), byte_range)
 
-        return self._read("reading", work, None)
+        return self._read_values("reading", work, None)
 
     @override
     def _get_many(self, requests: Sequence[ReadRequest]) -> list[bytes | None]:
         keys = [(_key(key), byte_range) for key, byte_range in requests]
 
-        def work(txn: lmdb.Transaction) -> list[bytes | None]:
-            values = [(txn.get(raw), byte_range) for raw, byte_range in keys]
+        def work(txn: lmdb.Transaction, handle: EnvironmentHandle) -> list[bytes | None]:
+            get = handle.get
+            values = [(get(txn, raw), byte_range) for raw, byte_range in keys]
             return [None if v is None else slice_value(bytes(v), r) for v, r in values]
 
-        return self._read("reading", work, [None] * len(keys))
+        return self._read_values("reading", work, [None] * len(keys))
 
     @override
     def _size(self, key: str) -> int | None:
         raw = _key(key)
 
-        def work(txn: lmdb.Transaction) -> int | None:
-            value = txn.get(raw)
+        def work(txn: lmdb.Transaction, handle: EnvironmentHandle) -> int | None:
+            value = handle.get(txn, raw)
             return None if value is None else len(value)
 
-        return self._read("reading a size", work, None)
+        return self._read_values("reading a size", work, None)
 
     @override
     def _size_prefix(self, prefix: str) -> int:
-        def work(txn: lmdb.Transaction) -> int:
-            return sum(size for _, size in _under(txn, prefix.encode()))
+        def work(txn: lmdb.Transaction, handle: EnvironmentHandle) -> int:
+            return sum(size for _, size in _under(txn, prefix.encode(), handle))
 
-        return self._read("summing sizes", work, 0)
+        return self._read_values("summing sizes", work, 0)
 
     @override
     def _list_prefix(self, prefix: str) -> Iterator[str]:
@@ -341,8 +356,19 @@ class LMDBStorage(Storage):
 
     @override
     def _erase_prefix(self, prefix: str) -> None:
+        start = prefix.encode()
+
         def work(txn: lmdb.Transaction) -> None:
-            for raw in [key for key, _ in _under(txn, prefix.encode())]:
+            # Keys only: a write transaction copies every value it reads (no views).
+            cursor = txn.cursor()
+            doomed: list[bytes] = []
+            if cursor.set_range(start):
+                for key in cursor.iternext(values=False):
+                    raw = bytes(key)
+                    if not raw.startswith(start):
+                        break
+                    doomed.append(raw)
+            for raw in doomed:
                 txn.delete(raw)
 
         self._write("erasing a prefix", work)
@@ -368,17 +394,19 @@ class LMDBStorage(Storage):
                 self._handle.close()
 
 
-def _under(txn: lmdb.Transaction, start: bytes) -> list[tuple[bytes, int]]:
-    """Every key starting with ``start``, with the length of its value."""
+def _under(txn: lmdb.Transaction, start: bytes,
+           handle: EnvironmentHandle) -> list[tuple[bytes, int]]:
+    """Every key starting with ``start``, with the length of its value (read with ``buffers``)."""
     cursor = txn.cursor()
     found: list[tuple[bytes, int]] = []
     if not cursor.set_range(start):
         return found
-    for raw, value in cursor:
+    value = handle.value
+    for raw in cursor.iternext(values=False):
         key = bytes(raw)
         if not key.startswith(start):
             break
-        found.append((key, len(value)))
+        found.append((key, len(value(cursor))))
     return found
 
 

@@ -32,6 +32,20 @@ they live here once, for ``zarrstore.lmdb.LMDBStore`` and versionstore's
   with ``CorruptStorageError`` (LMDB reads its meta pages with ``pread``, and we
   compare ``(last_pgno + 1) * page_size`` with the file's size before any page
   is mapped in).
+* **Damaged pages never crash the process.** LMDB trusts what a page says:
+  a garbled page's node offsets (16 bits) reach up to 128 KiB past the page,
+  and a garbled size makes a value in overflow pages run up to 4 GiB past its
+  first one (py-lmdb touches every page of a value before returning it, even
+  as a view). Within the file that reads garbage, which LMDB's checks or the
+  reader's report; past its end, in the map, it raises ``SIGBUS``. So a
+  writable file is kept ``_SLACK`` bytes of zeros longer than its last page
+  (padded under LMDB's writer lock, at open and after a write that grew it),
+  which no node offset crosses; and a read takes each value through
+  ``EnvironmentHandle.get`` / ``value``, which read the value's node first
+  and refuse one running past the end of the file with
+  ``CorruptStorageError`` (LMDB itself refuses a value too large for its leaf
+  page). Read-only media cannot be padded: there a garbled page among the
+  last 32 can still crash the process.
 * **Read-only filesystems.** When the directory cannot be written (``EROFS``,
   ``EACCES``), the environment is opened ``readonly``; if even the lock file
   cannot be opened it is opened without locking (``lock=False``), which is
@@ -67,9 +81,11 @@ zarrstore, besides ``zarrstore.lmdb``, that imports ``lmdb``.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import mmap
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -104,6 +120,21 @@ _MAX_READERS = 1024
 #: Bound on replays of one transaction after growing or adopting the map (each at
 #: least doubles it, so 64 replays exceed any address space).
 _RETRIES = 64
+#: Bytes of zeros kept past the last page of a writable data file: more than the
+#: 2 x 64 KiB (a node's 16-bit offset, then its 16-bit key size) plus a short value
+#: by which a garbled page can point past itself.
+_SLACK = 256 << 10
+#: An LMDB node (``mdb.c``) starts with an 8-byte header: the value's size (32 bits,
+#: in two 16-bit halves), flags (16 bits) and the key's size (16 bits), read here as
+#: one native word; a value in overflow pages (flag ``_BIGDATA``) then holds their
+#: first page's number after the key. Pages start with a 16-byte header.
+_word_at = ctypes.c_uint64.from_address
+#: Where a ``memoryview`` object holds its data's address (``None``: unknown, or not a
+#: little-endian 64-bit host, where the words read otherwise): then values go unchecked.
+_VIEW_OFFSET = (lmdb_readahead.view_address_offset()
+                if sys.byteorder == "little" and ctypes.sizeof(ctypes.c_void_p) == 8 else None)
+_BIGDATA = 0x01
+_PAGE_HEADER = 16
 
 T = TypeVar("T")
 
@@ -161,10 +192,14 @@ def translate(exc: lmdb.Error, action: str, path: str) -> Exception:
         return ReadOnlyError(f"the LMDB environment at {path!r} is read-only")
     if isinstance(exc, lmdb.MapFullError):  # only when growing the map was impossible
         return StorageFullError(f"LMDB map is full while {action} at {path!r}: {exc}")
-    if isinstance(exc, lmdb.CorruptedError | lmdb.PageNotFoundError | lmdb.InvalidError):
+    if isinstance(exc, lmdb.CorruptedError | lmdb.PageNotFoundError | lmdb.InvalidError
+                  | lmdb.BadTxnError | lmdb.CursorFullError):
+        # BAD_TXN: a transaction LMDB gave up on after finding a damaged page in it;
+        # CURSOR_FULL: a tree deeper than LMDB allows, which only garbled pages make.
+        data = os.path.join(path, lmdb_files.DATA)
         return CorruptStorageError(
-            f"the LMDB environment at {path!r} is damaged (a truncated or altered data.mdb) "
-            f"while {action}: {exc}; restore it from a copy")
+            f"{data} is damaged (truncated or altered) while {action}: {exc}; "
+            "restore it from a copy")
     message = str(exc)
     free = _free_bytes(path)
     if "No space" in message or "Disk quota" in message or (
@@ -333,6 +368,15 @@ class _Shared:
         self.busy = threading.Lock()
         self.active = 0
         self.closing = False
+        # The file's size as last seen, as far as the map shows it (``check_overflow``),
+        # and whether it has ``_SLACK`` past its last page (``measure``).
+        self.data_path = os.path.join(path, lmdb_files.DATA)
+        self.page_size = 4096
+        self.padded = False
+        self.known_size = 0
+        # Values up to this size need no look at their pages: in a padded file, a value
+        # starting on a page LMDB checked ends inside the slack (-1: check every one).
+        self.unchecked = -1
 
     # Called with _registry_lock held (or the gate held exclusively).
     def open(self, create: bool) -> None:
@@ -352,6 +396,9 @@ class _Shared:
         env = self._open_checked(data, create)
         try:
             self._check_length(env, data)
+            self.page_size = int(env.stat()["psize"])
+            if not self.read_only:
+                self.keep_slack(env)
             self.databases = self._open_databases_adopting(env)
             env.reader_check()  # clear reader slots left by processes killed mid-read
         except BaseException:
@@ -361,6 +408,7 @@ class _Shared:
         self.pid = os.getpid()
         self.lock_identity = _lock_identity(self.path)
         self.remapped()
+        self.measure(env)
 
     def _open_checked(self, data: str, create: bool) -> lmdb.Environment:
         """``_open_env`` between two looks at the files (``zarrstore.lmdb_files``).
@@ -373,7 +421,9 @@ class _Shared:
         for _ in range(_RETRIES):
             files = lmdb_files.check_files(self.path, locked=self.lock)
             size = os.path.getsize(data) if files.data is not None else 0
-            env = self._open_env(max(self.initial_map_size, _round_up(size)), create)
+            # Room for the slack the file is padded with (``keep_slack``).
+            env = self._open_env(max(self.initial_map_size, _round_up(size + 2 * _SLACK)),
+                                 create)
             try:
                 opened = lmdb_files.check_files(self.path, locked=self.lock)
             except BaseException:
@@ -476,10 +526,67 @@ class _Shared:
     def remapped(self) -> None:
         """The map was made anew (with its first advice): the switch finds it again.
 
-        Called while no read is running.
+        The file's place in the map is measured again on the next check. Called
+        while no read is running.
         """
+        self.padded, self.unchecked = False, -1
         if self.readahead is not None:
             self.readahead.forget()
+
+    def measure(self, env: lmdb.Environment) -> None:
+        """Find where the file lies in the map, and whether it has its slack."""
+        info = env.info()
+        size = os.path.getsize(self.data_path)
+        self.known_size = min(size, int(info["map_size"]))
+        self.padded = (info["last_pgno"] + 1) * self.page_size + _SLACK <= self.known_size
+        self.unchecked = _SLACK - _PAGE_HEADER if self.padded else -1
+
+    def keep_slack(self, env: lmdb.Environment, *, ahead: bool = False) -> bool:
+        """Pad the file with zeros to ``_SLACK`` past its last page; whether the map is too small.
+
+        The file is extended under LMDB's writer lock (an empty write
+        transaction), so no writer of any process extends it meanwhile (a
+        shorter size set then would cut its pages off). ``ahead`` (after a
+        write grew the file): by twice the slack, so that the next writes
+        need not pad again; at open by the slack alone, so that a compacted
+        file stays smaller than before. Does nothing where the file cannot be
+        written (read-only media).
+        """
+        last = (env.info()["last_pgno"] + 1) * self.page_size
+        if last + _SLACK <= self.known_size:
+            return False
+        try:
+            if last + _SLACK > os.path.getsize(self.data_path):
+                txn = env.begin(write=True)
+                try:
+                    last = (env.info()["last_pgno"] + 1) * self.page_size
+                    if last + _SLACK > os.path.getsize(self.data_path):
+                        os.truncate(self.data_path, last + (2 if ahead else 1) * _SLACK)
+                finally:
+                    txn.abort()
+        except (OSError, lmdb.Error):
+            pass  # unpadded: reads check every value
+        self.measure(env)
+        return not self.padded and os.path.getsize(self.data_path) >= last + _SLACK
+
+    def check_overflow(self, offset: int) -> None:
+        """Refuse a large value running past the end of the file (a damaged page).
+
+        ``offset`` is where in the file the value would end.
+
+        Raises:
+            CorruptStorageError: naming the file, where the value ends and the file's size.
+        """
+        if offset <= self.known_size:
+            return
+        env = self.env
+        if env is not None:
+            self.measure(env)  # the file may have grown (another process wrote)
+            if offset <= self.known_size:
+                return
+        raise CorruptStorageError(
+            f"{self.data_path} is damaged: a page says a value ends at byte {offset}, past "
+            f"the end of the file ({self.known_size} bytes); restore it from a copy")
 
     def map_address(self) -> int | None:
         """An address inside the memory map (``None`` if unknown), for the readahead switch.
@@ -574,6 +681,7 @@ class _Shared:
             try:
                 env.set_mapsize(target)
                 self.remapped()
+                self.measure(env)
                 return
             except lmdb.Error:
                 # A failed remap leaves the environment without a map: reopen it.
@@ -588,8 +696,10 @@ class _Shared:
 
     def adopt_size(self) -> None:
         """Take the map size another process grew the file to (gate held exclusively)."""
-        self.current().set_mapsize(0)
+        env = self.current()
+        env.set_mapsize(0)
         self.remapped()
+        self.measure(env)
 
 
 def _address_space_for(size: int) -> bool:
@@ -834,8 +944,12 @@ class EnvironmentHandle:
              buffers: bool = False, readahead: bool | None = None) -> T:
         """Run ``work`` in one read transaction (a consistent snapshot); its result.
 
-        With ``buffers``, ``txn.get`` returns views of the memory map, valid
-        only until ``work`` returns (``work`` copies what it keeps).
+        With ``buffers``, values are views of the memory map, valid only
+        until ``work`` returns (``work`` copies what it keeps). A ``work``
+        that reads values reads them through ``get`` and ``value`` (with
+        ``buffers``), never ``txn.get`` or a cursor's values: those touch a
+        value before it can be checked, and a damaged page's value can run
+        past the end of the file (``SIGBUS``).
         ``readahead=False`` (for a few small values at scattered places) makes
         page faults read one page each, not the device's readahead window;
         ``True`` (for large values) turns readahead back on; ``None`` leaves it
@@ -890,9 +1004,71 @@ class EnvironmentHandle:
             txn.commit()
             if self.durable:
                 env.sync(True)
+            if shared.known_size < (env.info()["last_pgno"] + 1) * shared.page_size + _SLACK:
+                # The write grew the file into its slack.
+                grown[0] = shared.keep_slack(env, ahead=True)
             return result
 
-        return self._replayed(shared, action, attempt)
+        grown = [False]
+        result = self._replayed(shared, action, attempt)
+        if grown[0] and _gate.depth() == 0:
+            # The padded file outgrew the map: grow it now, not on the next write.
+            self._resize(shared, self.map_size(), action)
+        return result
+
+    def get(self, txn: lmdb.Transaction, key: bytes,
+            db: lmdb._Database | None = None) -> memoryview | None:
+        """The value of ``key`` in a read transaction with ``buffers`` (``None`` if absent).
+
+        What ``txn.get`` returns, once checked as ``value`` checks it (inlined
+        here: this is every read's path).
+
+        Raises:
+            CorruptStorageError: a damaged page says it runs past the end of the file.
+        """
+        cursor = txn.cursor(db=db)
+        if not cursor.set_key(key):
+            return None
+        if _VIEW_OFFSET is not None:
+            address = _word_at(id(cursor.key()) + _VIEW_OFFSET).value
+            header = _word_at(address - 8).value  # the node's: size, flags, key size
+            if header & 0xFFFFFFFF > self._shared.unchecked and header >> 32 & _BIGDATA:
+                self._check_overflow(address, header)
+        view: memoryview = cursor.value()  # type: ignore[assignment]  # ``buffers``
+        return view
+
+    def value(self, cursor: lmdb.Cursor) -> memoryview:
+        """The value ``cursor`` stands on (a read transaction with ``buffers``), checked first.
+
+        py-lmdb touches every page of a value before returning it (faulting
+        them in with the GIL released), even as a view, and LMDB never
+        compares a large value's size with the overflow pages it was given: a
+        garbled size makes the value run past the end of the file, where that
+        touch kills the process with ``SIGBUS``. So the node is read first (its
+        header and overflow page number, in the leaf page, which the slack
+        keeps inside the file) and a value ending past the file is refused. A
+        value stored in its leaf page needs no check: LMDB refuses one whose
+        size does not fit (``MDB_CORRUPTED``); nor does one shorter than the
+        slack, in a padded file: it starts in a page LMDB checked, so it ends
+        in the slack at worst (most chunks: only the node's header is read).
+
+        Raises:
+            CorruptStorageError: it runs past the end of the file.
+        """
+        if _VIEW_OFFSET is not None:
+            address = _word_at(id(cursor.key()) + _VIEW_OFFSET).value
+            header = _word_at(address - 8).value
+            if header & 0xFFFFFFFF > self._shared.unchecked and header >> 32 & _BIGDATA:
+                self._check_overflow(address, header)
+        view: memoryview = cursor.value()  # type: ignore[assignment]  # ``buffers``
+        return view
+
+    def _check_overflow(self, key_address: int, header: int) -> None:
+        shared = self._shared
+        page = _word_at(key_address + (header >> 48)).value  # after the key
+        end = page * shared.page_size + _PAGE_HEADER + (header & 0xFFFFFFFF)
+        if end > shared.known_size:
+            shared.check_overflow(end)
 
     def _replayed(self, shared: _Shared, action: str,
                   attempt: Callable[[lmdb.Environment], T]) -> T:

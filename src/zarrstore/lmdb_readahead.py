@@ -47,7 +47,8 @@ import struct
 import threading
 from collections.abc import Callable
 
-__all__ = ["ReadaheadSwitch", "buffer_address", "mapped_range", "supported"]
+__all__ = ["ReadaheadSwitch", "buffer_address", "mapped_range", "supported",
+           "view_address_offset"]
 
 _MAPS = "/proc/self/maps"
 
@@ -100,8 +101,39 @@ def _buffer_functions() -> tuple[Callable[..., int], Callable[..., None]] | None
 _buffer_api = _buffer_functions()
 
 
+def view_address_offset() -> int | None:
+    """Where in a ``memoryview`` object its first byte's address lies (``None``: unknown).
+
+    Found by looking, for two views of known memory, rather than assumed from
+    CPython's headers: reading it costs one ``ctypes`` load (0.2 µs), where
+    ``PyObject_GetBuffer`` through ``ctypes`` costs 1.7 µs, on every read that
+    checks a value (``zarrstore.lmdb_environment``). CPython only (``id`` is
+    the object's address there).
+    """
+    import sys
+
+    if sys.implementation.name != "cpython":  # pragma: no cover - other interpreters
+        return None
+    found: set[int] | None = None
+    for size in (16, 48):
+        memory = bytearray(size)
+        view = memoryview(memory)[1:]
+        address = ctypes.addressof(ctypes.c_char.from_buffer(memory)) + 1
+        here = {offset for offset in range(0, 256, ctypes.sizeof(ctypes.c_void_p))
+                if ctypes.c_void_p.from_address(id(view) + offset).value == address}
+        found = here if found is None else found & here
+    return min(found) if found else None
+
+
+_view_offset = view_address_offset()
+_pointer_at = ctypes.c_void_p.from_address
+
+
 def buffer_address(view: memoryview) -> int | None:
     """The address of the first byte ``view`` shows, or ``None`` where it cannot be known."""
+    if _view_offset is not None and type(view) is memoryview:
+        pointer: int | None = _pointer_at(id(view) + _view_offset).value
+        return pointer
     if _buffer_api is None:
         return None
     get, release = _buffer_api

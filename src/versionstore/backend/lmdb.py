@@ -138,6 +138,21 @@ def _bytes(value: bytes | memoryview | None) -> bytes | None:
     return value if value is None or isinstance(value, bytes) else bytes(value)
 
 
+def _plain(cursor: lmdb.Cursor) -> bytes:
+    return bytes(cursor.value())
+
+
+def _plain_get(txn: lmdb.Transaction, key: bytes, db: lmdb._Database) -> bytes | None:
+    return _bytes(txn.get(key, db=db))
+
+
+#: Copies the value a cursor stands on out of a transaction: ``_plain`` in a write
+#: transaction, ``LMDBBackend._copy`` in a read (``_read``).
+_Copy = Callable[[lmdb.Cursor], bytes]
+#: Reads and copies one value: ``_plain_get`` in a write, ``LMDBBackend._get`` in a read.
+_Get = Callable[[lmdb.Transaction, bytes, lmdb._Database], bytes | None]
+
+
 @contextmanager
 def _translated(action: str) -> Iterator[None]:
     try:
@@ -229,6 +244,15 @@ class LMDBBackend(Backend, Ledger):
         databases = self._handle.databases
         return databases[2] if len(databases) > 2 else None
 
+    def _get(self, txn: lmdb.Transaction, key: bytes, db: lmdb._Database) -> bytes | None:
+        """A copy of the value of ``key`` in ``db``, read in ``_read`` (see there)."""
+        view = self._handle.get(txn, key, db)
+        return None if view is None else bytes(view)
+
+    def _copy(self, cursor: lmdb.Cursor) -> bytes:
+        """A copy of the value ``cursor`` stands on, in ``_read`` (see there)."""
+        return bytes(self._handle.value(cursor))
+
     @property
     def _env(self) -> lmdb.Environment:
         """The current environment (tests reach the raw files through it)."""
@@ -253,11 +277,21 @@ class LMDBBackend(Backend, Ledger):
             return self._handle.env
 
     def _read(self, action: str, work: Callable[[lmdb.Transaction], T], *,
-              buffers: bool = False, readahead: bool | None = None) -> T:
+              readahead: bool | None = None) -> T:
+        """Run ``work`` in one read transaction whose values are views of the map.
+
+        ``work`` reads each value with ``self._get`` or ``self._copy`` (or
+        ``self._handle.get`` for a view it decodes in place), never
+        ``txn.get`` or a cursor's values: a damaged page can claim a value
+        running past the end of the file, where touching it would kill the
+        process with ``SIGBUS``; those raise ``CorruptRepositoryError`` instead
+        (``zarrstore.lmdb_environment``). Keys may be read as they are: no
+        page can point a key out of the file.
+        """
         if self._handle.closed:
             raise self._closed_error()
         try:
-            return self._handle.read(action, work, buffers=buffers, readahead=readahead)
+            return self._handle.read(action, work, buffers=True, readahead=readahead)
         except (StorageIOError, ReadOnlyError, lmdb.Error) as exc:
             raise _translate(exc, action) from exc
 
@@ -290,8 +324,8 @@ class LMDBBackend(Backend, Ledger):
         wanted = list(ids)  # callers may hand over any iterable, read once
 
         def work(txn: lmdb.Transaction) -> list[bytes | None]:
-            db = self._objects
-            return [_bytes(txn.get(i, db=db)) for i in wanted]
+            db, get = self._objects, self._get
+            return [get(txn, i, db) for i in wanted]
 
         # One object is a node, snapshot, history page or metadata document of a walk
         # (``ObjectReader`` reads chunks through ``get_objects_decoded``): a page or
@@ -397,8 +431,8 @@ class LMDBBackend(Backend, Ledger):
     @override
     def get_refs(self, names: Sequence[str]) -> list[bytes | None]:
         def work(txn: lmdb.Transaction) -> list[bytes | None]:
-            refs_db = self._refs
-            return [_bytes(txn.get(_key(name), db=refs_db)) for name in names]
+            refs_db, get = self._refs, self._get
+            return [get(txn, _key(name), refs_db) for name in names]
 
         return self._read("reading refs", work)
 
@@ -406,16 +440,16 @@ class LMDBBackend(Backend, Ledger):
     def get_objects_decoded(
         self, ids: Sequence[ObjectId], decode: Callable[[ObjectId, bytes | memoryview], T]
     ) -> list[T | None]:
-        # Decoded inside the transaction, straight from the memory map (buffers=True).
+        # Decoded inside the transaction, straight from the memory map.
         def work(txn: lmdb.Transaction) -> list[T | None]:
-            db = self._objects
+            db, get = self._objects, self._handle.get
             found: list[T | None] = []
             for i in ids:
-                data = txn.get(i, db=db)
+                data = get(txn, i, db)
                 found.append(None if data is None else decode(i, data))
             return found
 
-        return self._read("reading objects", work, buffers=True, readahead=True)
+        return self._read("reading objects", work, readahead=True)
 
     @override
     def get_refs_and_objects(
@@ -424,8 +458,9 @@ class LMDBBackend(Backend, Ledger):
         def work(txn: lmdb.Transaction) -> tuple[list[bytes | None], list[bytes | None]]:
             databases = self._handle.databases
             objects_db, refs_db = databases[0], databases[1]
-            refs = [_bytes(txn.get(_key(name), db=refs_db)) for name in names]
-            return refs, [_bytes(txn.get(i, db=objects_db)) for i in follow(refs)]
+            get = self._get
+            refs = [get(txn, _key(name), refs_db) for name in names]
+            return refs, [get(txn, i, objects_db) for i in follow(refs)]
 
         return self._read("reading refs and objects", work)
 
@@ -436,10 +471,10 @@ class LMDBBackend(Backend, Ledger):
     ) -> tuple[list[bytes | None], list[bytes | None], dict[str, bytes]]:
         def work(txn: lmdb.Transaction
                  ) -> tuple[list[bytes | None], list[bytes | None], dict[str, bytes]]:
-            refs_db, objects_db = self._refs, self._objects
-            refs = [_bytes(txn.get(_key(name), db=refs_db)) for name in names]
-            objects = [_bytes(txn.get(i, db=objects_db)) for i in follow(refs)]
-            return refs, objects, self._listed(txn, refs_db, _key(prefix), None)
+            refs_db, objects_db, get = self._refs, self._objects, self._get
+            refs = [get(txn, _key(name), refs_db) for name in names]
+            objects = [get(txn, i, objects_db) for i in follow(refs)]
+            return refs, objects, self._listed(txn, refs_db, _key(prefix), None, self._copy)
 
         return self._read("reading refs and objects", work)
 
@@ -447,22 +482,22 @@ class LMDBBackend(Backend, Ledger):
     def list_refs(self, prefix: str, limit: int | None = None) -> dict[str, bytes]:
         start = _key(prefix)
         return self._read("listing refs",
-                          lambda txn: self._listed(txn, self._refs, start, limit))
+                          lambda txn: self._listed(txn, self._refs, start, limit, self._copy))
 
     @staticmethod
     def _listed(txn: lmdb.Transaction, refs_db: lmdb._Database, start: bytes,
-                limit: int | None) -> dict[str, bytes]:
+                limit: int | None, copied: _Copy) -> dict[str, bytes]:
         found: dict[str, bytes] = {}
         if limit is not None and limit <= 0:
             return found
         cursor = txn.cursor(db=refs_db)
         if not cursor.set_range(start):
             return found
-        for raw_name, value in cursor:
+        for raw_name in cursor.iternext(values=False):
             name = bytes(raw_name)
             if not name.startswith(start):
                 break
-            found[_name(name)] = bytes(value)
+            found[_name(name)] = copied(cursor)
             if len(found) == limit:  # not one step further
                 break
         return found
@@ -470,11 +505,12 @@ class LMDBBackend(Backend, Ledger):
     @override
     def list_refs_except(self, prefixes: Sequence[str]) -> dict[str, bytes]:
         return self._read("listing refs",
-                          lambda txn: self._listed_except(txn, self._refs, prefixes))
+                          lambda txn: self._listed_except(txn, self._refs, prefixes,
+                                                          self._copy))
 
     @staticmethod
     def _listed_except(txn: lmdb.Transaction, refs_db: lmdb._Database,
-                       prefixes: Sequence[str]) -> dict[str, bytes]:
+                       prefixes: Sequence[str], copied: _Copy) -> dict[str, bytes]:
         """Refs outside ``prefixes``: each skipped range is passed by one seek, not read."""
         found: dict[str, bytes] = {}
         if "" in prefixes:
@@ -488,7 +524,7 @@ class LMDBBackend(Backend, Ledger):
             if skip is not None:
                 more = cursor.set_range(skip)
                 continue
-            found[_name(key)] = bytes(cursor.value())
+            found[_name(key)] = copied(cursor)
             more = cursor.next()
         return found
 
@@ -500,11 +536,11 @@ class LMDBBackend(Backend, Ledger):
             cursor = txn.cursor(db=self._refs)
             if not cursor.set_range(start):
                 return
-            for raw_name, value in cursor:
+            for raw_name in cursor.iternext(values=False):
                 name = bytes(raw_name)
                 if not name.startswith(start):
                     return
-                visit(_name(name), bytes(value))
+                visit(_name(name), self._copy(cursor))
 
         self._read("reading refs", work)
 
@@ -547,8 +583,8 @@ class LMDBBackend(Backend, Ledger):
             gc_db = self._gc
             if gc_db is None:
                 return None, 0
-            end = txn.get(_JOURNAL_END, db=gc_db)
-            return (_bytes(txn.get(_HEADER, db=gc_db)),
+            end = self._get(txn, _JOURNAL_END, gc_db)
+            return (self._get(txn, _HEADER, gc_db),
                     0 if end is None else int.from_bytes(end, "big"))
 
         return self._read("reading the gc ledger", work)
@@ -563,10 +599,10 @@ class LMDBBackend(Backend, Ledger):
             if not cursor.set_range(_position(start)):
                 return found
             last = _position(stop)
-            for key, value in cursor:
+            for key in cursor.iternext(values=False):
                 if bytes(key) >= last or not bytes(key).startswith(_JOURNAL):
                     break
-                ids = bytes(value)
+                ids = self._copy(cursor)
                 found.extend(ObjectId(ids[i : i + ID_LENGTH])
                              for i in range(0, len(ids), ID_LENGTH))
             return found
@@ -576,17 +612,18 @@ class LMDBBackend(Backend, Ledger):
     @override
     def counts(self, ids: Sequence[ObjectId]) -> list[int]:
         def work(txn: lmdb.Transaction) -> list[int]:
-            return self._counts_in(txn, ids)
+            return self._counts_in(txn, ids, self._get)
 
         return self._read("reading gc counts", work)
 
-    def _counts_in(self, txn: lmdb.Transaction, ids: Sequence[ObjectId]) -> list[int]:
+    def _counts_in(self, txn: lmdb.Transaction, ids: Sequence[ObjectId],
+                   get: _Get) -> list[int]:
         gc_db = self._gc
         if gc_db is None:
             return [0] * len(ids)
         found = []
         for object_id in ids:
-            value = txn.get(_COUNT + object_id, db=gc_db)
+            value = get(txn, _COUNT + object_id, gc_db)
             found.append(0 if value is None else int.from_bytes(value, "big"))
         return found
 
@@ -615,8 +652,8 @@ class LMDBBackend(Backend, Ledger):
                 return [None] * len(ids)
             found: list[ObjectId | None] = []
             for object_id in ids:
-                value = txn.get(_LINK + object_id, db=gc_db)
-                found.append(None if value is None else ObjectId(bytes(value)))
+                value = self._get(txn, _LINK + object_id, gc_db)
+                found.append(None if value is None else ObjectId(value))
             return found
 
         return self._read("reading gc links", work)
@@ -630,13 +667,14 @@ class LMDBBackend(Backend, Ledger):
             gc_db = self._gc
             if gc_db is None:
                 return None, counts, links
-            for key, value in txn.cursor(db=gc_db):
+            copy, cursor = self._copy, txn.cursor(db=gc_db)
+            for key in cursor.iternext(values=False):
                 prefix = bytes(key[:1])
                 if prefix == _COUNT:
-                    counts[ObjectId(bytes(key[1:]))] = int.from_bytes(value, "big")
+                    counts[ObjectId(bytes(key[1:]))] = int.from_bytes(copy(cursor), "big")
                 elif prefix == _LINK:
-                    links[ObjectId(bytes(key[1:]))] = ObjectId(bytes(value))
-            return _bytes(txn.get(_HEADER, db=gc_db)), counts, links
+                    links[ObjectId(bytes(key[1:]))] = ObjectId(copy(cursor))
+            return self._get(txn, _HEADER, gc_db), counts, links
 
         return self._read("reading the gc ledger", work)
 
@@ -678,12 +716,12 @@ class LMDBBackend(Backend, Ledger):
             if _bytes(txn.get(_HEADER, db=gc_db)) != ledger.expect:
                 return False
             spared: set[ObjectId] = set()
-            current = self._listed_except(txn, refs_db, ignoring)
+            current = self._listed_except(txn, refs_db, ignoring, _plain)
             if current != if_refs_are:
                 spared = rescue(
                     changed_refs(if_refs_are, current), current,
                     lambda wanted: [_bytes(txn.get(i, db=objects_db)) for i in wanted],
-                    lambda wanted: self._counts_in(txn, wanted),
+                    lambda wanted: self._counts_in(txn, wanted, _plain_get),
                 )
             for object_id in doomed:
                 if object_id not in spared:
@@ -784,13 +822,15 @@ class LMDBBackend(Backend, Ledger):
         self._handle.close()
         self._long_writes.close()  # its look would see the data file compaction replaces
         try:
-            return compact_environment(self.path)
+            before, _ = compact_environment(self.path)
         finally:
             with _translated("reopening after compaction"):
                 self._handle = EnvironmentHandle(self.path, databases=_DATABASES,
                                                  read_only=self.read_only, durable=self.durable,
                                                  create=False, small_reads=True,
                                                  ordered_writes=True)
+        # Measured after reopening, which pads the file (``zarrstore.lmdb_environment``).
+        return before, os.path.getsize(os.path.join(self.path, lmdb_files.DATA))
 
     @override
     def close(self) -> None:

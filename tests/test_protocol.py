@@ -277,6 +277,76 @@ def test_staging_on_a_collected_base_is_a_clear_error(repo: vs.Repository) -> No
     assert repo.backend.list_refs("stage/") == {}
 
 
+def test_a_session_whose_base_was_collected_under_a_copy_stages_nothing(
+        repo: vs.Repository) -> None:
+    # Found by interleaving gc with ref moves: gc prunes the record of the committed
+    # session and collects its base after a reset; an idle copy then recreates the record
+    # naming its older base, which still exists. The session object itself, on the
+    # collected base, used to stage into that record unchecked (a lone set and a batch
+    # alike), and its commit failed with "tree node is missing".
+    before = repo.lookup_branch("main")
+    driver = repo.writable_session("main")
+    copy = pickle.loads(pickle.dumps(driver))
+    driver.set_values([("k", b"one")])
+    driver.commit("one")  # the driver's base is now that commit; the copy's is `before`
+    repo.reset_branch("main", before)
+    repo.garbage_collect()
+    copy.set_values([("a", b"staged by the copy")])
+    with pytest.raises(vs.SnapshotNotFoundError, match="no longer exists"):
+        driver.set_values([("b", b"lone")])  # a lone set: the backend's `stage`
+    with pytest.raises(vs.SnapshotNotFoundError, match="no longer exists"):
+        driver.set_values([("c", b"x" * BIG), ("d", b"y")])  # a batch with a chunk object
+    with pytest.raises(vs.SnapshotNotFoundError, match="no longer exists"):
+        driver.store.storage.erase("a")
+    sid = str(driver.session_id)
+    assert set(repo.backend.list_refs(f"stage/{sid}/")) == {f"stage/{sid}/a"}
+    with pytest.raises(vs.SnapshotNotFoundError, match="staged changes are kept"):
+        driver.commit("on a collected base")
+    with pytest.raises(vs.SnapshotNotFoundError, match="staged changes are kept"):
+        driver.rebase()
+    assert set(repo.backend.list_refs(f"stage/{sid}/")) == {f"stage/{sid}/a"}
+    assert repo.lookup_branch("main") == before
+    driver.rebase(keep="ours")  # onto the tip, staged changes as they are
+    assert driver.snapshot_id == before
+    driver.set_values([("b", b"lone")])
+    snapshot = driver.commit("recovered")
+    content = repo.readonly_session(snapshot_id=snapshot).store.storage
+    assert (content.get("a"), content.get("b"), content.get("k")) == (
+        b"staged by the copy", b"lone", None)
+    assert repo.verify().ok
+
+
+def test_staging_racing_gc_and_a_reset_never_lands_on_a_collected_base(
+        repo: vs.Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The same fault with gc's sweep interleaved: the reset and the copy's write land
+    # between gc's look at the refs and its sweep.
+    before = repo.lookup_branch("main")
+    driver = repo.writable_session("main")
+    copy = pickle.loads(pickle.dumps(driver))
+    driver.set_values([("k", b"one")])
+    driver.commit("one")
+    repo.reset_branch("main", before)
+    backend = repo.backend
+    sweep_name = "sweep" if hasattr(backend, "sweep") else "delete_objects"
+    sweep = getattr(type(backend), sweep_name)
+
+    def racing(self: Any, *args: Any, **kwargs: Any) -> bool:
+        monkeypatch.setattr(type(backend), sweep_name, sweep)
+        result: bool = sweep(self, *args, **kwargs)
+        copy.set_values([("a", b"after the sweep")])
+        return result
+
+    monkeypatch.setattr(type(backend), sweep_name, racing)
+    repo.garbage_collect()
+    for items in ([("b", b"lone")], [("c", b"x" * BIG), ("d", b"y")]):
+        with pytest.raises(vs.SnapshotNotFoundError):
+            driver.set_values(items)
+    with pytest.raises(vs.SnapshotNotFoundError, match="staged changes are kept"):
+        driver.commit("on a collected base")
+    assert copy.commit("the copy's") != before  # the copy's base is stored: it commits
+    assert repo.verify().ok
+
+
 # -- identical rewrites, allow_empty, message -------------------------------------------------
 
 

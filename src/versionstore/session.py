@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
-from versionstore.backend.protocol import SessionRule, WriteBatch
+from versionstore.backend.protocol import Joined, SessionRule, WriteBatch
 from versionstore.codec import (
     PreparedChunk,
     chunk_id_of,
@@ -532,8 +532,15 @@ class Session:
         return self._session_id
 
     def _rule(self, base: ObjectId, generation: int | None = None, *,
-              replace: bool = False) -> SessionRule:
-        """The session-record rule for a batch: the record names ``base``."""
+              replace: bool = False, staging: bool = True) -> SessionRule:
+        """The session-record rule for a batch: the record names ``base``.
+
+        A staging rule (``staging``) requires ``base`` in every batch, record
+        written or not (``SessionRule.always_requires``): a write staged on a
+        base that garbage collection took could never be committed, so it is
+        refused (``SnapshotNotFoundError``) instead. ``discard_changes`` writes
+        without it: dropping what was staged needs no base.
+        """
         assert self._branch is not None and self._session_id is not None
         name = session_ref(self._session_id)
         epoch, closing = (None, ()) if self._epochs is None or not replace else self._epochs
@@ -544,7 +551,7 @@ class Session:
         )
         return SessionRule(prefix=stage_prefix(self._session_id), record=name,
                            value=encode_session(name, record), replace=replace,
-                           requires=[base])
+                           requires=[base], always_requires=staging)
 
     def _staging(self) -> SessionRule:
         """``_rule(self._base)`` for staging writes, reused for up to ``_RULE_REUSE_S``.
@@ -578,13 +585,22 @@ class Session:
         except MissingObjectsError as exc:
             raise self._base_gone() from exc
 
-    def _base_gone(self) -> SnapshotNotFoundError:
-        """What staging raises when the session's base snapshot was garbage collected."""
+    def _base_gone(self, *, staged_kept: bool = False) -> SnapshotNotFoundError:
+        """What staging (or, ``staged_kept``, a commit) raises once the base was collected."""
+        if staged_kept:
+            advice = ("the staged changes are kept: rebase(keep='ours') moves them onto the "
+                      "branch's tip, discard_changes() drops them")
+        else:
+            advice = "open a new writable session"
         return SnapshotNotFoundError(
             self.snapshot_id,
             f"this session's base snapshot {self.snapshot_id} no longer exists (its branch "
-            "was reset and garbage collected); open a new writable session",
+            f"was reset and garbage collected); {advice}",
         )
+
+    def _base_is_gone(self) -> bool:
+        """Whether the session's base snapshot is no longer stored (garbage collected)."""
+        return not self._repo.backend.has_objects([self._base])[0]
 
     def set_values(self, items: Sequence[tuple[str, bytes | PreparedChunk]]) -> None:
         """Stage ``key = value`` for each item (durably, before returning).
@@ -975,7 +991,7 @@ class Session:
             expect, refs = self._dropping_manifests()
             with StagedScan(self._repo.backend, stage_prefix(session_id)) as staged:
                 if self._stage(WriteBatch(expect=expect, refs=refs, delete_if_equal=staged.refs,
-                                          session=self._rule(self._base))):
+                                          session=self._rule(self._base, staging=False))):
                     return
             # a commit or another discard removed some of them meanwhile: read again
 
@@ -1044,6 +1060,14 @@ class Session:
                 we deleted or redefined while the branch wrote under it, the
                 winner's node stands whole: ``"theirs"`` drops all our changes
                 under it, ``"ours"`` also deletes what the branch wrote there.
+                If the base snapshot was garbage collected, nothing tells the
+                branch's changes from ours: ``"ours"`` moves the session to
+                the tip with its staged changes as they are; the others raise.
+
+        Raises:
+            ConflictError: ``keep="raise"`` and both sides changed a key.
+            SnapshotNotFoundError: the base snapshot was garbage collected
+                and ``keep`` is not ``"ours"``; the staged changes are kept.
         """
         session_id = self._require_writable()
         if keep not in ("raise", "ours", "theirs"):
@@ -1058,7 +1082,14 @@ class Session:
             changes, raw = self._read_changes()
             tip, raw_tip = self._repo.refs.branch_tip(self._branch)
             tip_tree = reader.snapshot(tip).tree
-            kept, conflicts, nodes = self._against_tip(tip_tree, changes)
+            if not self._base_is_gone():
+                kept, conflicts, nodes = self._against_tip(tip_tree, changes)
+            elif keep == "ours":
+                # No base to tell the branch's changes from ours: ours go onto the tip
+                # as they are (each staged value, or deletion, wins over the tip's).
+                kept, conflicts, nodes = changes, set(), None
+            else:
+                raise self._base_gone(staged_kept=True)
             if conflicts and keep == "raise":
                 raise ConflictError(self._branch, conflicts, hint=SESSION_CONFLICT_HINT)
             # Identical rewrites of keys the branch changed are no change of ours: dropped,
@@ -1119,6 +1150,10 @@ class Session:
             NothingToCommitError: if nothing changed and not ``allow_empty``.
             ConflictError: if the branch moved and touched the same keys; the
                 staged changes are kept.
+            SnapshotNotFoundError: the session's base snapshot was garbage
+                collected (its branch was reset away while a copy of the
+                session staged); nothing is written and the staged changes
+                are kept: ``rebase(keep="ours")`` moves them onto the tip.
             CorruptObjectError: a staged chunk is missing from the repository.
         """
         if not isinstance(message, str):
@@ -1188,9 +1223,20 @@ class Session:
                                     "nothing to commit: no changes are staged (write "
                                     "through session.store first, or pass "
                                     "allow_empty=True to commit anyway)")
-                            recorded = self._record_once(staged, raw_tip, message, metadata,
-                                                         allow_empty=allow_empty, amend=amend)
+                            try:
+                                recorded = self._record_once(
+                                    staged, raw_tip, message, metadata,
+                                    allow_empty=allow_empty, amend=amend)
+                            except CorruptObjectError:
+                                # The base's tree is read to build on it: gone with the
+                                # base (collected under a copy's staged writes), the
+                                # commit writes nothing and the staged changes stay.
+                                if self._base_is_gone():
+                                    raise self._base_gone(staged_kept=True) from None
+                                raise
             except MissingObjectsError as exc:
+                if self._base_is_gone():
+                    raise self._base_gone(staged_kept=True) from exc
                 # A chunk staged here may have been overwritten by a copy and collected
                 # since it was read: then re-read the staging area and try again.
                 missing_in_a_row += 1
@@ -1363,7 +1409,9 @@ class Session:
             batch = WriteBatch(
                 objects=objects,
                 expect=self._record_expect(),
-                requires=chunks,
+                # The base too: built on a base gc took (its tree read from a cache),
+                # the commit fails as it does when the tree must be read.
+                requires=Joined(chunks, (self._base,)),
                 delete_if_equal=staged.refs,
                 session=self._rule(snapshot_id, generation, replace=True),
             )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 
+import attrs
 import pytest
 
 from versionstore.backend.protocol import Backend, SessionRule, WriteBatch
@@ -178,6 +179,27 @@ class BackendConformance:
             backend.stage("stage/t/x", b"1", missing)
         assert backend.list_refs("stage/t/") == {}
         assert backend.get_ref("session/t") is None
+
+    def test_a_rule_that_always_requires_checks_with_its_record_kept(
+            self, backend: Backend) -> None:
+        # A staging write of a session whose base was collected is refused, by ``stage``
+        # and ``write`` alike, even though the session's record (naming another base) stays.
+        base = _oid(1)
+        backend.put_objects([(base, b"snapshot")])
+        backend.stage("stage/s/x", b"1", SessionRule(prefix="stage/s/", record="session/s",
+                                                     value=b"rec", requires=[base]))
+        gone = SessionRule(prefix="stage/s/", record="session/s", value=b"other",
+                           requires=[_oid(99)], always_requires=True)
+        with pytest.raises(MissingObjectsError):
+            backend.stage("stage/s/y", b"2", gone)
+        with pytest.raises(MissingObjectsError):
+            backend.write(WriteBatch(objects=[(_oid(2), b"chunk")],
+                                     refs={"stage/s/z": b"3"}, session=gone))
+        assert backend.list_refs("") == {"session/s": b"rec", "stage/s/x": b"1"}
+        kept = attrs.evolve(gone, requires=[base])
+        backend.stage("stage/s/y", b"2", kept)
+        assert backend.write(WriteBatch(refs={"stage/s/z": b"3"}, session=kept))
+        assert backend.get_refs(["session/s", "stage/s/y", "stage/s/z"]) == [b"rec", b"2", b"3"]
 
     def test_compare_and_swap(self, backend: Backend) -> None:
         assert backend.compare_and_swap_ref("r", None, b"1")

@@ -363,7 +363,7 @@ class LMDBBackend(Backend, Ledger):
             rule = batch.session
             has_record = rule is not None and get(_key(rule.record), db=refs_db) is not None
             required = batch.requires
-            if rule is not None and (rule.replace or not has_record):
+            if rule is not None and rule.requires_now(has_record):
                 required = Joined(required, rule.requires)
             if len(required):
                 # Looked up by position only: reading a chunk to see that it exists would
@@ -405,13 +405,22 @@ class LMDBBackend(Backend, Ledger):
     @override
     def stage(self, name: str, value: bytes, rule: SessionRule) -> None:
         # The transaction of a lone ``set``: while the session's record exists (nearly
-        # always), one look at it and one put; otherwise the general write creates it.
+        # always), one look at it, one at each required object (positioned, not read)
+        # and one put; otherwise, or with a required object missing, the general write
+        # creates the record or raises.
         key, record = _key(name), _key(rule.record)
+        required = rule.requires if rule.always_requires else ()
 
         def work(txn: lmdb.Transaction) -> bool:
-            refs_db = self._handle.databases[1]
+            databases = self._handle.databases
+            refs_db = databases[1]
             if rule.replace or txn.get(record, db=refs_db) is None:
                 return False
+            if required:
+                present = txn.cursor(db=databases[0]).set_key
+                for object_id in required:
+                    if not present(object_id):
+                        return False
             txn.put(key, value, db=refs_db)
             return True
 

@@ -59,7 +59,13 @@ class SessionRule:
 
     ``requires`` are objects that must exist when the record is written (the
     base snapshot it names): a batch that would point a record at a missing
-    snapshot fails instead.
+    snapshot fails instead. With ``always_requires`` they must exist for
+    every batch carrying the rule, record written or not: a staging write
+    then never lands in a session whose base snapshot garbage collection
+    took (the record may name an older base another copy staged on, or a
+    base collected after the record was written), so the write fails with
+    ``MissingObjectsError`` instead of staging changes no commit could
+    build on.
     """
 
     prefix: str
@@ -67,6 +73,11 @@ class SessionRule:
     value: bytes
     replace: bool = False
     requires: Sequence[ObjectId] = ()
+    always_requires: bool = False
+
+    def requires_now(self, has_record: bool) -> bool:
+        """Whether a batch carrying this rule must find ``requires`` stored."""
+        return self.replace or self.always_requires or not has_record
 
 
 #: The empty mapping a ``WriteBatch`` field defaults to (shared: a batch is never changed).
@@ -147,8 +158,9 @@ class Backend(Protocol):
         a backend may take a shorter path when the session's record exists.
 
         Raises:
-            MissingObjectsError: as ``write`` (the rule would create the record
-                and its base snapshot is gone); nothing was written.
+            MissingObjectsError: as ``write`` (the rule would create the record,
+                or has ``always_requires``, and its base snapshot is gone);
+                nothing was written.
         """
         self.write(WriteBatch(refs={name: value}, session=rule))
 

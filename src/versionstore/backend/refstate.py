@@ -130,7 +130,7 @@ class RefState:
         """
         required: Collection[ObjectId] = batch.requires
         rule = batch.session
-        if rule is not None and (rule.replace or rule.record not in self._refs):
+        if rule is not None and rule.requires_now(rule.record in self._refs):
             required = Joined(required, rule.requires)
         return required
 

@@ -200,6 +200,22 @@ def test_moved_view_renames_only_the_moved_node_and_leaves_other_documents() -> 
     assert view_keys("a/b", "c") == [".zmetadata", "a/.zmetadata", "a/zarr.json", "zarr.json"]
 
 
+def test_moved_view_rewrites_a_nested_view_flat() -> None:
+    """A node held only in a group's nested view moves too, and the view is written flat."""
+    def group(children: dict[str, object]) -> dict[str, object]:
+        return {"node_type": "group", "consolidated_metadata": {
+            "kind": "inline", "must_understand": False, "metadata": children}}
+
+    array = {"node_type": "array"}
+    document = {"zarr_format": 3, "node_type": "group",
+                "consolidated_metadata": group({"a": group({"b": group({"x": array})})})[
+                    "consolidated_metadata"]}
+    moved = moved_view("zarr.json", json.dumps(document).encode(), "a/b", "c", dict)
+    assert moved is not None
+    view = json.loads(moved)["consolidated_metadata"]["metadata"]
+    assert view == {"a": group({}), "c": group({}), "c/x": array}
+
+
 def test_ops_log_records_every_ref_change(repo: vs.Repository) -> None:
     initial = repo.lookup_branch("main")
     first = _commit(repo, "main", a=b"1")

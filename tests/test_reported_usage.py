@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import json
 import os
 import pickle
 import threading
@@ -1397,6 +1398,58 @@ def test_a_move_renames_the_nodes_in_consolidated_views(repo: vs.Repository) -> 
     session.move("/old/r", "/old/p")
     session.commit("moved back")
     assert not repo.diff(from_snapshot_id=snapshot, to_branch="main").updated_keys
+
+
+@pytest.mark.parametrize(("source", "target"), [
+    ("/a/b/c", "/other/c"),              # out of a deep group, into a shallow one
+    ("/a/b/c/d", "/other/deep/d"),       # deep to deep: the target's parents are not moved
+    ("/other/deep", "/a/b/c/deep"),      # shallow into deep
+    ("/a/b", "/other/deep/b"),           # a subtree with arrays at several depths
+    ("/a/b/c", "/a/b/e"),                # renamed in place
+])
+def test_a_move_deep_under_consolidated_metadata_keeps_it_openable(
+        repo: vs.Repository, source: str, target: str) -> None:
+    """Moving a group deep under a consolidated root (adversarial find).
+
+    zarr writes the root's view flat ("a/b/c/d/x"), each group's own view
+    empty. A move added the moved nodes to the views of the groups above
+    the destination as well, "deep/d/x" under "other", without "deep": zarr
+    could not parse the root document (``GroupNotFoundError`` at ``''``).
+    Views are now rewritten flat, as zarr writes them.
+    """
+    session = repo.writable_session("main")
+    root = zarr.open_group(session.store, mode="w")
+    b = root.create_group("a").create_group("b")
+    c = b.create_group("c")
+    arrays = {"a/b/c/d/x": np.arange(4), "a/b/c/y": np.arange(4) + 10, "a/b/z": np.arange(2)}
+    c.create_group("d")
+    root.create_group("other").create_group("deep")
+    for path, data in arrays.items():
+        zarr.create_array(session.store, name=path, shape=data.shape, chunks=(2,),
+                          dtype="i8")[:] = data
+    zarr.consolidate_metadata(session.store)
+    session.commit("consolidated")
+    session.move(source, target)
+    moved = repo.readonly_session(snapshot_id=session.commit("moved")).store
+    old, new = source.lstrip("/"), target.lstrip("/")
+    for opened in (zarr.open_consolidated(moved, mode="r"),
+                   zarr.open_group(moved, mode="r", use_consolidated=False)):
+        members = {name for name, _ in opened.members(max_depth=None)}
+        for path, data in arrays.items():
+            now = new + path[len(old):] if path.startswith(old + "/") else path
+            np.testing.assert_array_equal(opened[now][:], data)
+            assert now in members
+            if now != path:
+                assert path not in members
+                with pytest.raises(KeyError):
+                    opened[path]
+        assert not any(m == old or m.startswith(old + "/") for m in members)
+    assert _members(moved, "") == _members(moved, "", use_consolidated=False)
+    # The view is the one zarr would write afresh.
+    fresh = repo.writable_session("main")
+    zarr.consolidate_metadata(fresh.store)
+    assert json.loads(moved.storage.get("zarr.json")) == json.loads(
+        fresh.store.storage.get("zarr.json"))
 
 
 def test_a_purged_node_leaves_no_trace_in_consolidated_views(repo: vs.Repository) -> None:

@@ -17,7 +17,9 @@ whose keys are gone.
 under the source are renamed when the destination is under the same view,
 dropped when it is not (or when there is no destination: a purge), and the
 moved documents are added to a view that holds the destination only.
-Everything else in the document is kept.
+A v3 view is rewritten in the flat form zarr writes (every node of the
+subtree by its path, each group's own view empty), whatever depth the move
+happens at. Everything else in the document is kept.
 """
 
 from __future__ import annotations
@@ -75,32 +77,70 @@ def _nested_view(meta: object) -> dict[str, Any] | None:
     return entries if isinstance(entries, dict) else None
 
 
+def _emptied(meta: Any) -> Any:
+    """A v3 entry as a flat view holds it: a group's own view emptied (its nodes are flat)."""
+    own = meta.get("consolidated_metadata") if isinstance(meta, dict) else None
+    if _nested_view(meta):
+        assert isinstance(own, dict)
+        return {**meta, "consolidated_metadata": {**own, "metadata": {}}}
+    return meta
+
+
+def _added(meta: Any) -> Any:
+    """A moved node's document as a flat view adds it: a group with an empty view, as zarr."""
+    if (isinstance(meta, dict) and meta.get("node_type") == "group"
+            and not isinstance(meta.get("consolidated_metadata"), dict)):
+        return {**meta, "consolidated_metadata": {
+            "kind": "inline", "must_understand": False, "metadata": {}}}
+    return _emptied(meta)
+
+
+def _flattened(view: Mapping[str, Any]) -> dict[str, Any]:
+    """A v3 view in the form zarr stores it: every node by its path, groups' views empty.
+
+    zarr writes one flat view (``"a/b/x"``) whose group entries carry empty
+    views; a view written nested (a group's entry holding its children) is
+    read the same. A node named both flat and in a nested view keeps the
+    flat entry, as zarr's reading lets the flat entries replace the nested.
+    Flat entries keep their order; nodes only nested follow them.
+    """
+    flat: dict[str, Any] = {}
+    pending: list[tuple[str, Mapping[str, Any]]] = [("", view)]
+    while pending:
+        prefix, entries = pending.pop(0)  # level by level: the shallower entry wins
+        for name, meta in entries.items():
+            path = prefix + name
+            if path not in flat:
+                flat[path] = _emptied(meta)
+            nested = _nested_view(meta)
+            if nested:
+                pending.append((path + "/", nested))
+    return flat
+
+
 def _moved_v3(view: dict[str, Any], source: str | None, target: str | None,
               moved: Mapping[str, Any]) -> bool:
-    """Rename a v3 view's entries in place, nested views too; ``True`` if any changed.
+    """Rename a v3 view's entries in place, written back flat; ``True`` if any changed.
 
-    ``moved`` holds the moved nodes' documents by their new paths relative to
-    this view: they are added when the view holds the destination only.
+    The view is flattened first (``_flattened``), so a node found only in a
+    nested view moves too, and nothing is added to a group's own view: a
+    moved node added there as well as flat would name its parent groups in a
+    nested view without them, which zarr cannot open. ``moved`` holds the
+    moved nodes' documents by their new paths relative to this view: they
+    are added when the view holds the destination only.
     """
+    flat = _flattened(view)
     changed = False
     renamed: dict[str, Any] = {}
-    for name, meta in view.items():
+    for name, meta in flat.items():
         if source is not None and _under(name, source):
             changed = True
             if target is not None:
                 renamed[target + name[len(source):]] = meta
             continue
-        nested = _nested_view(meta)
-        inner_source = None if source is None else _relative(source, name)
-        inner_target = None if target is None else _relative(target, name)
-        if nested is not None and (inner_source is not None or inner_target is not None):
-            inner = {path: doc for path, doc in
-                     ((_relative(path, name), doc) for path, doc in moved.items())
-                     if path is not None}
-            changed |= _moved_v3(nested, inner_source, inner_target, inner)
         renamed[name] = meta
     if source is None and target is not None and moved:
-        renamed.update(moved)
+        renamed.update((path, _added(meta)) for path, meta in moved.items())
         changed = True
     if changed:
         view.clear()

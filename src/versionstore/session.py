@@ -852,7 +852,8 @@ class Session:
 
         Groups above the source or the destination whose documents hold a
         consolidated view of their subtree (zarr's consolidated metadata)
-        get the moved nodes renamed in it, in the same step
+        get the moved nodes renamed in it, in the same step, at any depth:
+        the view is written back in the flat form zarr writes
         (``versionstore.consolidated``).
 
         The destination's parent must exist and not be an array: a group, the

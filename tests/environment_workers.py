@@ -72,5 +72,73 @@ def grow_while_other_reads(path: str, rounds: int, size: int) -> int:
     return grown
 
 
+#: Set by the parent before it forks: a session (or store) the forked child uses inherited.
+INHERITED_COPY: Any = None
+
+
+def replace_repository(path: str, how: str) -> str:
+    """Put another repository at ``path`` (with one commit); its ``main`` snapshot.
+
+    ``how``: ``"made again"`` removes the directory and creates a repository
+    there (ext4 gives it the inode numbers just freed); ``"moved in"`` creates
+    one beside it and renames it into the place.
+    """
+    import shutil
+
+    made = path if how == "made again" else path + ".new"
+    if how == "made again":
+        shutil.rmtree(path)
+    with vs.Repository.create(vs.lmdb_storage(made)) as other:
+        commit_keys(other, ["other"])
+    if how != "made again":
+        shutil.rmtree(path)
+        os.rename(made, path)
+    with vs.Repository.open(vs.lmdb_storage(path)) as other:
+        return other.lookup_branch("main")
+
+
+def replace_store(path: str) -> None:
+    """Put another LMDB environment (holding ``other = 1``) into the directory ``path``."""
+    import shutil
+
+    from zarrstore import LMDBStorage
+
+    storage = LMDBStorage(path + ".new")
+    storage.set("other", b"1")
+    storage.close()
+    shutil.rmtree(path)
+    os.rename(path + ".new", path)
+
+
+def write_through(copy: Any) -> str:
+    """Write through a copy (a session, repository, backend or store); what happened.
+
+    ``"wrote"``, or the class name of the error raised, unpickling included
+    (``copy`` may be the pickled bytes).
+    """
+    import pickle
+
+    try:
+        if isinstance(copy, bytes):
+            copy = pickle.loads(copy)
+        if isinstance(copy, vs.Session):
+            copy.store.storage.set("copy", str(os.getpid()).encode())
+            copy.commit("through the copy")
+        elif isinstance(copy, vs.Repository):
+            commit_keys(copy, ["copy"])
+        elif isinstance(copy, vs.backend.LMDBBackend):
+            copy.put_objects([], {"branch/copy": b"x"})
+        else:
+            copy.set("copy", b"v")
+    except Exception as exc:  # noqa: BLE001 - the parent checks which
+        return type(exc).__name__
+    return "wrote"
+
+
+def write_through_inherited() -> str:
+    """``write_through`` the object the parent set in ``INHERITED_COPY`` before forking."""
+    return write_through(INHERITED_COPY)
+
+
 if __name__ == "__main__":  # pragma: no cover - a helper for manual runs
     print(commit_with_open(sys.argv[1], sys.argv[2:]))

@@ -38,6 +38,7 @@ The tree::
         │                            read-only filesystem)
         ├── DiskFullError            the disk under the repository is full
         ├── CorruptRepositoryError   the repository's files are damaged (a truncated data.mdb)
+        ├── RepositoryReplacedError  a pickled or forked copy finds another repository at its path
         ├── StorageNotFoundError     the bucket (or container) does not exist
         ├── StorageAccessDeniedError missing or wrong credentials, or no permission
         ├── StorageUnreachableError  the storage service cannot be reached (refused, DNS, …)
@@ -91,6 +92,7 @@ __all__ = [
     "RepositoryBusyError",
     "RepositoryExistsError",
     "RepositoryNotFoundError",
+    "RepositoryReplacedError",
     "RepositoryURLError",
     "SessionNotFoundError",
     "ShortGracePeriodWarning",
@@ -394,6 +396,26 @@ class DiskFullError(BackendError):
 
 class CorruptRepositoryError(BackendError):
     """The repository's files are damaged (such as ``data.mdb`` cut short); restore a copy."""
+
+
+class RepositoryReplacedError(BackendError):
+    """The path of a pickled (or forked) copy holds another repository than its original.
+
+    A session, store or repository travels to another process by path and
+    opens its repository there again (a forked child reopens it too). If the
+    directory was removed and made again, or another repository moved into
+    its place, meanwhile, that is not the repository the copy belongs to:
+    staging or committing there would write into someone else's history, so
+    it is refused, and nothing is written. ``path`` is the directory. Open the
+    path anew (``Repository.open``) if the new repository is meant.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"the repository at {path!r} is not the one this copy was opened on: the directory "
+            "was removed and made again, or another repository replaced it; nothing was "
+            "written. Open it anew with vs.Repository.open(path) if the new repository is meant")
+        self.path = path
 
 
 class StorageNotFoundError(BackendError):

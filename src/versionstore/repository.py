@@ -93,7 +93,7 @@ from versionstore.records import (
 )
 from versionstore.refs import MAIN, REPOSITORY_REF, Refs, branch_ref, session_ref, stage_prefix
 from versionstore.session import Session
-from versionstore.storage import RepositoryStorage, StorageLike
+from versionstore.storage import LMDBStorage, RepositoryStorage, StorageLike
 from versionstore.transfer import TransferSummary, transfer_branch
 from versionstore.tree import changed_entries, lookup
 from versionstore.usage import (
@@ -140,7 +140,19 @@ class Repository:
         # As a session does (``Session.__reduce__``): the storage description and the
         # virtual chunk stores travel, and the receiving process opens the repository
         # again (a dask task or a ``ProcessPoolExecutor`` job given ``repo``).
-        return _reopen_repository, (type(self), self.storage, self.virtual_chunks)
+        return _reopen_repository, (type(self), self.storage_for_copies(), self.virtual_chunks)
+
+    def storage_for_copies(self) -> RepositoryStorage:
+        """``storage`` as a pickled copy reopens it: pinned to this very repository.
+
+        On LMDB the description carries the repository's identity
+        (``LMDBStorage.pinned``), so a copy whose directory was removed and
+        made again, or taken by another repository, raises
+        ``RepositoryReplacedError`` instead of writing there.
+        """
+        if isinstance(self.storage, LMDBStorage):
+            return self.storage.pinned(self.backend)
+        return self.storage
 
     def __str__(self) -> str:
         """Branches, tags, the last few snapshots of ``main``, and uncommitted sessions, as text.

@@ -263,7 +263,7 @@ class Session:
     def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
         # Reopens the repository from its storage description in the receiving process.
         state = {
-            "storage": self._repo.storage,
+            "storage": self._repo.storage_for_copies(),
             "base": self._base,
             "branch": self._branch,
             "read_only": self._read_only,

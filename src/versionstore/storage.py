@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import os
 import reprlib
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
 from versionstore.backend.lmdb import LMDBBackend, has_lmdb_environment
 from versionstore.backend.memory import MemoryBackend
 from versionstore.backend.protocol import Backend
+
+if TYPE_CHECKING:
+    from zarrstore.lmdb_environment import EnvironmentIdentity
 
 __all__ = ["InMemoryStorage", "LMDBStorage", "RepositoryStorage", "StorageLike",
            "in_memory_storage", "lmdb_storage"]
@@ -59,15 +62,29 @@ def _absolute(path: str | os.PathLike[str]) -> str:
 
 @attrs.frozen
 class LMDBStorage:
-    """An LMDB environment in the directory ``path`` (created on first use)."""
+    """An LMDB environment in the directory ``path`` (created on first use).
+
+    ``identity`` pins the description to one repository (``pinned``): the
+    description a pickled repository or session carries, so that the copy
+    opens that repository or raises ``RepositoryReplacedError``, never
+    another one made at the same path since. It takes no part in equality.
+    """
 
     path: str = attrs.field(converter=_absolute)
     durable: bool = False
     read_only: bool = False
+    identity: EnvironmentIdentity | None = attrs.field(default=None, eq=False, repr=False)
 
     def open_backend(self) -> Backend:
         """Open the LMDB environment."""
-        return LMDBBackend(self.path, durable=self.durable, read_only=self.read_only)
+        return LMDBBackend(self.path, durable=self.durable, read_only=self.read_only,
+                           identity=self.identity)
+
+    def pinned(self, backend: Backend) -> LMDBStorage:
+        """This description, pinned to the repository ``backend`` opened (for copies)."""
+        if not isinstance(backend, LMDBBackend) or self.identity is not None:
+            return self
+        return attrs.evolve(self, identity=backend.identity)
 
     def may_hold_repository(self) -> bool:
         """Whether the directory already holds an LMDB environment."""

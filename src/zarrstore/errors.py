@@ -12,6 +12,7 @@ The tree::
         ├── StorageTimeoutError (also TimeoutError) the backing did not answer in time
         ├── StorageFullError      the disk (or the address space for a map) is full
         ├── CorruptStorageError   the backing's files are damaged (a truncated LMDB file)
+        ├── StorageReplacedError  an LMDB path now holds another environment than the one opened
         └── ForkedProcessError    object storage used in a child forked after the parent used it
 
 Each also derives from the builtin that zarr-python and plain Python code
@@ -34,6 +35,7 @@ __all__ = [
     "ReadOnlyError",
     "StorageFullError",
     "StorageIOError",
+    "StorageReplacedError",
     "StorageTimeoutError",
     "UnsupportedOperationError",
     "ZarrStoreError",
@@ -130,6 +132,29 @@ class StorageFullError(StorageIOError):
 
 class CorruptStorageError(StorageIOError):
     """The store's files are damaged, such as an LMDB data file cut short."""
+
+
+class StorageReplacedError(StorageIOError):
+    """The directory of an LMDB environment now holds another one than the handle opened.
+
+    A store pickled to another process, or inherited through ``fork``,
+    reopens its environment by path; if the directory was removed and made
+    again, or another environment moved into its place, that is not the
+    environment the original wrote to, and writing there would put data
+    into someone else's files. ``path`` is the directory; ``expected`` and
+    ``found`` are the ``lmdb_environment.EnvironmentIdentity`` values
+    (``found`` is ``None`` when nothing is there any more).
+    """
+
+    def __init__(self, path: str, expected: object, found: object) -> None:
+        what = "no environment" if found is None else "another environment"
+        super().__init__(
+            f"{path!r} now holds {what} than the one this handle opened (the directory was "
+            "removed and made again, or replaced): a pickled or forked copy must not write "
+            "there; open the path anew if the new contents are meant")
+        self.path = path
+        self.expected = expected
+        self.found = found
 
 
 class ForkedProcessError(StorageIOError):

@@ -30,8 +30,12 @@ Guarantees (LMDB's own):
   process, this one's reads included.
 
 A store is picklable (it reopens by path in the receiving process) and is
-safe to use in a child made by ``fork``. ``lock=False`` skips LMDB's lock
-file: only for a single process, or a read-only medium.
+safe to use in a child made by ``fork``; either way it opens only its own
+environment: another one moved into its directory meanwhile raises
+``StorageReplacedError`` (the store keeps no id of its own, so a directory
+removed and made again that reuses the inode numbers, as ext4 does, is not
+told apart: ``EnvironmentIdentity``). ``lock=False`` skips LMDB's lock file:
+only for a single process, or a read-only medium.
 """
 
 from __future__ import annotations
@@ -46,7 +50,12 @@ import lmdb
 from zarrstore import lmdb_files
 from zarrstore.errors import ClosedStorageError, InvalidKeyError
 from zarrstore.keys import validate_key
-from zarrstore.lmdb_environment import INITIAL_MAP_SIZE, EnvironmentHandle, holds_environment
+from zarrstore.lmdb_environment import (
+    INITIAL_MAP_SIZE,
+    EnvironmentHandle,
+    EnvironmentIdentity,
+    holds_environment,
+)
 from zarrstore.protocol import DirListing, ReadRequest, Storage
 from zarrstore.ranges import ByteRange, slice_value
 from zarrstore.zarr_bridge import ZarrStore
@@ -83,6 +92,9 @@ class LMDBStorage(Storage):
             filesystem gives without asking).
         durable: fsync every write transaction.
         lock: use LMDB's lock file; ``False`` only for one process or read-only media.
+        identity: open only this environment (``EnvironmentIdentity``; what a
+            pickled copy carries): anything else at ``path`` raises
+            ``StorageReplacedError``, and nothing is created.
 
     ``self.path`` is the directory LMDB opens: where ``data.mdb`` in ``path``
     is a symlink, its target's directory (``zarrstore.lmdb_files``), so
@@ -90,6 +102,9 @@ class LMDBStorage(Storage):
 
     Raises:
         CorruptStorageError: ``data.mdb`` is shorter than the pages it records.
+        StorageReplacedError: ``identity`` was given and ``path`` holds no
+            environment, or another one; so does a store reopened after
+            ``close()`` or ``fork`` that finds another environment there.
         StorageIOError: LMDB could not open the environment, or its files are
             linked in a way LMDB cannot coordinate (a hard-linked ``data.mdb``,
             a symlinked ``lock.mdb``, a dangling link: ``zarrstore.lmdb_files``).
@@ -103,6 +118,7 @@ class LMDBStorage(Storage):
         read_only: bool = False,
         durable: bool = False,
         lock: bool = True,
+        identity: EnvironmentIdentity | None = None,
     ) -> None:
         self.path = lmdb_files.environment_directory(path)
         #: The directory as given: opened through it, the environment also looks for a
@@ -115,9 +131,11 @@ class LMDBStorage(Storage):
         self._handle: EnvironmentHandle | None = None
         self._closed = False
         self._reopening = threading.Lock()
+        #: The environment this store opened (a pickled copy's: its original's).
+        self._identity: EnvironmentIdentity | None = identity
         # A read-only store creates nothing: over a missing environment it reads as
         # empty until one appears.
-        if not read_only or holds_environment(self.path):
+        if not read_only or identity is not None or holds_environment(self.path):
             self._handle = self._open()
         super().__init__(read_only=read_only or bool(self._handle and self._handle.read_only))
 
@@ -128,9 +146,13 @@ class LMDBStorage(Storage):
         return False
 
     def _open(self) -> EnvironmentHandle:
-        return EnvironmentHandle(self._given, read_only=self._wanted_read_only,
-                                 durable=self.durable, create=not self._wanted_read_only,
-                                 map_size=self.map_size, lock=self.lock)
+        handle = EnvironmentHandle(self._given, read_only=self._wanted_read_only,
+                                   durable=self.durable, create=not self._wanted_read_only,
+                                   map_size=self.map_size, lock=self.lock,
+                                   expect_identity=self._identity)
+        # Opened again (after ``close()``), or in a copy, it must be this environment.
+        self._identity = handle.identity
+        return handle
 
     def _environment(self) -> EnvironmentHandle | None:
         """The handle, opened now if a read-only store's environment has appeared.
@@ -207,8 +229,9 @@ class LMDBStorage(Storage):
         return f"LMDBStorage({self.path!r}, {mode})"
 
     def __getstate__(self) -> dict[str, Any]:
+        # The identity travels: the copy opens this environment, or refuses.
         return {"path": self.path, "map_size": self.map_size, "read_only": self._wanted_read_only,
-                "durable": self.durable, "lock": self.lock}
+                "durable": self.durable, "lock": self.lock, "identity": self._identity}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         path = state.pop("path")

@@ -71,6 +71,16 @@ they live here once, for ``zarrstore.lmdb.LMDBStore`` and versionstore's
   files that are not regular files, and a process still using the lock
   file beside the link (an older release, another LMDB program) are refused
   with ``StorageIOError`` (``zarrstore.lmdb_files``).
+* **The same environment, or none.** A handle reopens its environment by
+  path: after ``fork``, after a failed growth, and in another process that
+  unpickled a store. Each environment has an ``EnvironmentIdentity`` — its
+  directory's ``st_dev``/``st_ino`` and a token of its contents (a random id
+  kept in the main database under the handle's ``identity_key``, written at
+  the first writable open; without a key, the data file's own identity) —
+  taken at the first open and compared at every reopen, and a handle given
+  ``expect_identity`` compares it at once: a directory removed and made
+  again, or another environment moved into its place, raises
+  ``StorageReplacedError`` instead of being written into.
 * **``lock.mdb`` deleted or replaced** while the environment is open destroys
   LMDB's coordination with other processes; a later open in this process
   notices the changed lock file and refuses with ``StorageIOError``.
@@ -90,7 +100,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import lmdb
 
@@ -101,11 +111,13 @@ from zarrstore.errors import (
     ReadOnlyError,
     StorageFullError,
     StorageIOError,
+    StorageReplacedError,
 )
 
 __all__ = [
     "INITIAL_MAP_SIZE",
     "EnvironmentHandle",
+    "EnvironmentIdentity",
     "holds_environment",
     "translate",
     "translated",
@@ -137,6 +149,31 @@ _BIGDATA = 0x01
 _PAGE_HEADER = 16
 
 T = TypeVar("T")
+
+
+class EnvironmentIdentity(NamedTuple):
+    """Which environment a handle opened: the same only while the directory holds it.
+
+    ``device`` and ``inode`` are the directory's; ``token`` names the
+    contents: the random id kept under the handle's ``identity_key`` (``None``
+    in an environment opened read-only before it had one), or, without a key,
+    ``b"file:<st_dev>:<st_ino>"`` of the data file. Small and picklable: a
+    pickled store carries it, and the copy refuses another environment.
+
+    Only the random id tells a directory removed and made again at once from
+    the original: file systems such as ext4 give the new directory and data
+    file the inode numbers just freed. Without a key (``LMDBStore``, whose
+    main database holds the user's keys) such a remake can go unnoticed;
+    another environment moved into the place is always noticed.
+    """
+
+    device: int
+    inode: int
+    token: bytes | None
+
+
+#: Bytes of the random id an environment keeps under its ``identity_key``.
+_IDENTITY_BYTES = 16
 
 
 def holds_environment(path: str | os.PathLike[str]) -> bool:
@@ -341,8 +378,14 @@ class _Shared:
     """The registry entry of one directory: its environment, databases and users."""
 
     def __init__(self, path: str, names: tuple[bytes, ...], map_size: int, lock: bool,
-                 small_reads: bool = False, ordered_writes: bool = False) -> None:
+                 small_reads: bool = False, ordered_writes: bool = False,
+                 identity_key: bytes | None = None, gives_id: bool = True) -> None:
         self.path = path
+        self.identity_key = identity_key
+        #: Whether a first open may write the id (not for a handle asked to be read-only).
+        self.gives_id = gives_id
+        #: Taken at the first open; every reopen must find it again (``check_identity``).
+        self.identity: EnvironmentIdentity | None = None
         self.small_reads = small_reads
         self.ordered_writes = ordered_writes
         supported = lmdb_readahead.supported()
@@ -399,7 +442,15 @@ class _Shared:
             self.page_size = int(env.stat()["psize"])
             if not self.read_only:
                 self.keep_slack(env)
-            self.databases = self._open_databases_adopting(env)
+            # Only a first open may give an older environment its id: a reopen, or a
+            # copy's open, compares what is there and writes nothing into another one.
+            self.databases, token = self._open_databases_adopting(
+                env, give_id=self.gives_id and self.identity is None)
+            identity = self._identity(token)
+            if self.identity is None:
+                self.identity = identity
+            elif identity != self.identity:
+                raise StorageReplacedError(self.path, self.identity, identity)
             env.reader_check()  # clear reader slots left by processes killed mid-read
         except BaseException:
             env.close()
@@ -490,8 +541,9 @@ class _Shared:
             f"{info['last_pgno']} ({needed} bytes) hold data; restore it from a copy"
         )
 
-    def _open_databases_adopting(self, env: lmdb.Environment) -> tuple[lmdb._Database, ...]:
-        """``_open_databases``, taking the map size another process grew the file to.
+    def _open_databases_adopting(self, env: lmdb.Environment, *, give_id: bool
+                                 ) -> tuple[tuple[lmdb._Database, ...], bytes | None]:
+        """``_open_databases`` and ``_identity_token``, taking the map size another process grew.
 
         The map is sized from the file as it was a moment ago; another process
         may have committed past that since, and then LMDB refuses every
@@ -500,10 +552,34 @@ class _Shared:
         """
         for _ in range(_RETRIES):
             try:
-                return self._open_databases(env)
+                return self._open_databases(env), self._identity_token(env, give_id)
             except lmdb.MapResizedError:
                 env.set_mapsize(0)
         raise StorageIOError(f"the LMDB map at {self.path!r} kept changing size while opening")
+
+    def _identity_token(self, env: lmdb.Environment, give_id: bool) -> bytes | None:
+        """The random id under ``identity_key``, written now if missing, ``give_id`` and writable.
+
+        Without a key, the data file's identity. Two processes giving an older
+        environment its id at once agree: the write transaction looks again.
+        """
+        key = self.identity_key
+        if key is None:
+            stat = os.stat(self.data_path)
+            return f"file:{stat.st_dev}:{stat.st_ino}".encode()
+        with env.begin() as txn:
+            token = txn.get(key)
+        if token is None and give_id and not self.read_only:
+            with env.begin(write=True) as txn:
+                token = txn.get(key)
+                if token is None:
+                    token = os.urandom(_IDENTITY_BYTES)
+                    txn.put(key, token)
+        return None if token is None else bytes(token)
+
+    def _identity(self, token: bytes | None) -> EnvironmentIdentity:
+        stat = os.stat(self.path)
+        return EnvironmentIdentity(stat.st_dev, stat.st_ino, token)
 
     def _open_databases(self, env: lmdb.Environment) -> tuple[lmdb._Database, ...]:
         if not self.names:
@@ -832,9 +908,18 @@ class EnvironmentHandle:
             leaves a file LMDB cannot open, everything flushed before included
             (``python -m benchmarks.writeback_order`` replays it). Decided by the
             first handle on the directory.
+        identity_key: a key of the main database that keeps the environment's
+            random id (``EnvironmentIdentity``), written at the first writable
+            open; ``None`` where the main database holds the user's keys (the
+            data file's identity stands in). Decided by the first handle.
+        expect_identity: the identity a handle of the original had (a pickled
+            store's): anything else at ``path`` is refused, and nothing is created.
 
     Raises:
         CorruptStorageError: the data file is shorter than its pages.
+        StorageReplacedError: ``path`` holds no environment, or another one,
+            than ``expect_identity``; or, on a reopen (after ``fork``), another
+            one than this handle opened first.
         StorageIOError: LMDB refused to open, or ``lock.mdb`` was replaced while open,
             or ``data.mdb`` / ``lock.mdb`` are linked in a way LMDB cannot coordinate
             (a hard-linked ``data.mdb``, a symlinked ``lock.mdb``, a dangling or
@@ -855,9 +940,15 @@ class EnvironmentHandle:
         lock: bool = True,
         small_reads: bool = False,
         ordered_writes: bool = False,
+        identity_key: bytes | None = None,
+        expect_identity: EnvironmentIdentity | None = None,
     ) -> None:
         self.path = lmdb_files.environment_directory(path)
         self.durable = durable
+        if expect_identity is not None:
+            create = False  # a copy reopens its environment; it never makes one
+            if not holds_environment(self.path):
+                raise StorageReplacedError(self.path, expect_identity, None)
         with translated("opening", self.path), _registry_held():
             shared = _registry.get(self.path)
             if lock and shared is None:
@@ -872,9 +963,12 @@ class EnvironmentHandle:
                     )
             if shared is None:
                 shared = _Shared(self.path, databases, _round_up(map_size), lock, small_reads,
-                                 ordered_writes)
+                                 ordered_writes, identity_key, gives_id=not read_only)
+                shared.identity = expect_identity  # opened as a reopen: compared, never given
                 shared.open(create)
                 _registry[self.path] = shared
+            elif expect_identity is not None and shared.identity != expect_identity:
+                raise StorageReplacedError(self.path, expect_identity, shared.identity)
             elif shared.names != databases:
                 raise StorageIOError(
                     f"{self.path!r} is already open in this process with other databases"
@@ -893,6 +987,13 @@ class EnvironmentHandle:
 
     def __repr__(self) -> str:
         return f"EnvironmentHandle({self.path!r})"
+
+    @property
+    def identity(self) -> EnvironmentIdentity:
+        """Which environment this handle opened (pass it as ``expect_identity`` to a copy)."""
+        identity = self._shared.identity
+        assert identity is not None  # taken when the environment was first opened
+        return identity
 
     @property
     def users(self) -> int:

@@ -67,11 +67,18 @@ from versionstore.errors import (
     MissingObjectsError,
     ReadOnlyRepositoryError,
     RepositoryBusyError,
+    RepositoryReplacedError,
 )
 from versionstore.ids import ID_LENGTH, ObjectId, object_id_text
 from zarrstore import lmdb_files
-from zarrstore.errors import CorruptStorageError, ReadOnlyError, StorageFullError, StorageIOError
-from zarrstore.lmdb_environment import EnvironmentHandle, holds_environment
+from zarrstore.errors import (
+    CorruptStorageError,
+    ReadOnlyError,
+    StorageFullError,
+    StorageIOError,
+    StorageReplacedError,
+)
+from zarrstore.lmdb_environment import EnvironmentHandle, EnvironmentIdentity, holds_environment
 
 __all__ = ["LMDBBackend", "SpaceReport", "has_lmdb_environment"]
 
@@ -84,6 +91,10 @@ _READ_ONLY_DATABASES = (b"objects", b"refs")
 # links (leaf -> predecessor) and successors (predecessor + leaf -> empty).
 _COUNT, _HEADER, _JOURNAL, _JOURNAL_END, _PENDING = b"c", b"h", b"j", b"n", b"p"
 _LINK, _SUCCESSOR = b"l", b"s"
+#: The key of the main database (beside the named databases' records) that keeps the
+#: repository's random id: a copy reopening the directory finds it again or refuses
+#: (``EnvironmentIdentity``, ``RepositoryReplacedError``).
+_IDENTITY_KEY = b"repository-id"
 
 
 def _position(number: int) -> bytes:
@@ -167,6 +178,8 @@ def _translate(exc: Exception, action: str) -> BackendError:
         # repository opened writable on a read-only filesystem.
         doing = "cannot write" if action == "writing" else f"cannot write while {action}"
         return ReadOnlyRepositoryError(f"{doing}: {getattr(exc, 'detail', '') or exc}")
+    if isinstance(exc, StorageReplacedError):
+        return RepositoryReplacedError(exc.path)
     if isinstance(exc, StorageFullError):
         return DiskFullError(str(exc))
     if isinstance(exc, CorruptStorageError):
@@ -193,14 +206,22 @@ class LMDBBackend(Backend, Ledger):
     The environment is released on ``close()`` or when the backend is garbage
     collected, whichever comes first.
 
+    ``identity`` (``EnvironmentIdentity``) is which repository the backend
+    opened: its directory and the random id the repository keeps. A pickled
+    backend carries it, and so does a pickled repository or session
+    (``LMDBStorage.identity``); opened with it, and reopened after ``fork``,
+    the backend refuses any other repository at its path.
+
     Raises:
         BackendError: the environment cannot be opened, or its files are
             linked in a way LMDB cannot coordinate (a hard-linked ``data.mdb``,
             a symlinked ``lock.mdb``, a dangling link: ``zarrstore.lmdb_files``).
+        RepositoryReplacedError: ``identity`` was given and the directory
+            holds no repository, or another one.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = False,
-                 read_only: bool = False) -> None:
+                 read_only: bool = False, identity: EnvironmentIdentity | None = None) -> None:
         self.path = os.path.realpath(path)
         self.durable = durable
         with _translated("opening the repository"):
@@ -208,7 +229,9 @@ class LMDBBackend(Backend, Ledger):
                 self._handle = EnvironmentHandle(self.path, databases=_DATABASES,
                                                  read_only=read_only, durable=durable,
                                                  create=not read_only, small_reads=True,
-                                                 ordered_writes=True)
+                                                 ordered_writes=True,
+                                                 identity_key=_IDENTITY_KEY,
+                                                 expect_identity=identity)
             except StorageIOError as exc:
                 if "lacks the database" not in str(exc):
                     raise
@@ -217,13 +240,20 @@ class LMDBBackend(Backend, Ledger):
                 self._handle = EnvironmentHandle(self.path, databases=_READ_ONLY_DATABASES,
                                                  read_only=True, durable=durable,
                                                  create=False, small_reads=True,
-                                                 ordered_writes=True)
+                                                 ordered_writes=True,
+                                                 identity_key=_IDENTITY_KEY,
+                                                 expect_identity=identity)
         self.path = self._handle.path
         self.read_only = self._handle.read_only
         self._long_writes = LongWrites(self.path)
 
-    def __reduce__(self) -> tuple[Any, tuple[str, bool, bool]]:
-        return _reopen, (self.path, self.durable, self.read_only)
+    def __reduce__(self) -> tuple[Any, tuple[str, bool, bool, EnvironmentIdentity]]:
+        return _reopen, (self.path, self.durable, self.read_only, self.identity)
+
+    @property
+    def identity(self) -> EnvironmentIdentity:
+        """Which repository this backend opened (``EnvironmentIdentity``)."""
+        return self._handle.identity
 
     def __repr__(self) -> str:
         return f"LMDBBackend({self.path!r})"
@@ -847,9 +877,10 @@ class LMDBBackend(Backend, Ledger):
         self._long_writes.close()
 
 
-def _reopen(path: str, durable: bool, read_only: bool) -> LMDBBackend:
-    """Unpickle: open the environment at ``path`` again (in this process)."""
-    return LMDBBackend(path, durable=durable, read_only=read_only)
+def _reopen(path: str, durable: bool, read_only: bool,
+            identity: EnvironmentIdentity | None = None) -> LMDBBackend:
+    """Unpickle: open the environment at ``path`` again (in this process), if still the same."""
+    return LMDBBackend(path, durable=durable, read_only=read_only, identity=identity)
 
 
 # -- space and compaction (a separate concern from opening: see ``compact``) -----------

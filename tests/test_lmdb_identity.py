@@ -1,0 +1,159 @@
+"""A copy opens only its own LMDB environment (adversarial find: a pickled copy wrote elsewhere).
+
+A session, repository, backend or ``LMDBStore`` travels to another process by
+path, and a forked child reopens the environment it inherited by path too.
+If the directory was removed and made again, or another environment moved
+into its place, the copy used to open whatever was there and stage, commit
+or write into it. Each environment now has an identity (its directory, and
+a random id a repository keeps in its main database), taken at the first
+open, carried by pickles and compared at every reopen. Children are real
+processes: ``spawn`` (unpickled copies) and ``fork`` (inherited objects).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import environment_workers as workers
+import lmdb
+import pytest
+
+import versionstore as vs
+from versionstore.backend import LMDBBackend
+from zarrstore import LMDBStorage
+
+WAIT = 120
+HOWS = ["made again", "moved in"]
+
+
+def _in_spawned(target: Any, *args: Any) -> Any:
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(target, args)
+
+
+def _in_forked(target: Any, *args: Any) -> Any:
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    process = context.Process(target=workers.run_in_queue, args=(queue, target, *args))
+    process.start()
+    try:
+        status, result = queue.get(timeout=WAIT)
+    finally:
+        process.join(WAIT)
+    assert status == "ok", result
+    return result
+
+
+def _untouched(path: Path, snapshot: str) -> None:
+    """The repository now at ``path`` holds only what it was made with."""
+    with vs.Repository.open(vs.lmdb_storage(path)) as repo:
+        assert repo.lookup_branch("main") == snapshot
+        assert repo.list_branches() == {"main"}
+        assert repo.backend.list_refs("stage/") == {}
+        assert repo.resumable_sessions() == {}
+        assert [i.message for i in repo.ancestry(branch="main")] == [
+            "write other", "Repository initialized"]
+
+
+@pytest.mark.parametrize("how", HOWS)
+@pytest.mark.parametrize("kind", ["session", "repository", "backend"])
+def test_a_pickled_copy_refuses_another_repository_at_its_path(
+        tmp_path: Path, kind: str, how: str) -> None:
+    path = tmp_path / "repo"
+    repo = vs.Repository.create(vs.lmdb_storage(path))
+    workers.commit_keys(repo, ["mine"])
+    original: Any = {"session": repo.writable_session("main"), "repository": repo,
+                     "backend": repo.backend}[kind]
+    blob = pickle.dumps(original)
+    repo.close()
+    del original, repo
+    snapshot = _in_spawned(workers.replace_repository, str(path), how)
+    assert _in_spawned(workers.write_through, blob) == "RepositoryReplacedError"
+    with pytest.raises(vs.RepositoryReplacedError, match="not the one this copy"):
+        pickle.loads(blob)
+    _untouched(path, snapshot)
+
+
+@pytest.mark.parametrize("how", HOWS)
+def test_a_forked_child_refuses_another_repository_at_its_path(tmp_path: Path, how: str) -> None:
+    path = tmp_path / "repo"
+    repo = vs.Repository.create(vs.lmdb_storage(path))
+    session = repo.writable_session("main")
+    session.store.storage.set("staged", b"before")  # the parent has its environment open
+    snapshot = _in_spawned(workers.replace_repository, str(path), how)
+    workers.INHERITED_COPY = session
+    try:
+        assert _in_forked(workers.write_through_inherited) == "RepositoryReplacedError"
+    finally:
+        workers.INHERITED_COPY = None
+    # The fork closed the parent's environment too: it reopens, and refuses as well.
+    with pytest.raises(vs.RepositoryReplacedError):
+        session.store.storage.set("staged", b"after")
+    repo.close()
+    _untouched(path, snapshot)
+
+
+def test_copies_of_an_unchanged_repository_open_it_after_compaction_too(tmp_path: Path) -> None:
+    path = tmp_path / "repo"
+    with vs.Repository.create(vs.lmdb_storage(path)) as repo:
+        blob = pickle.dumps(repo.writable_session("main"))
+        repo.compact()  # a new data.mdb renamed in: the same repository
+    assert _in_spawned(workers.write_through, blob) == "wrote"
+    with vs.Repository.open(vs.lmdb_storage(path)) as repo:
+        assert [i.message for i in repo.ancestry(branch="main")][0] == "through the copy"
+        workers.INHERITED_COPY = repo.writable_session("main")
+        try:
+            assert _in_forked(workers.write_through_inherited) == "wrote"
+        finally:
+            workers.INHERITED_COPY = None
+
+
+def test_a_repository_of_an_older_release_gets_its_id_when_first_opened_writable(
+        tmp_path: Path) -> None:
+    path = tmp_path / "repo"
+    vs.Repository.create(vs.lmdb_storage(path)).close()
+    env = lmdb.open(str(path), max_dbs=4)
+    with env.begin(write=True) as txn:
+        assert txn.pop(b"repository-id") is not None  # as an older release left it
+    env.close()
+    with vs.Repository.open(vs.lmdb_storage(path, read_only=True)) as repo:
+        assert repo.backend.identity.token is None  # read-only: nothing written
+        blob = pickle.dumps(repo)
+    with vs.Repository.open(vs.lmdb_storage(path)) as repo:
+        token = repo.backend.identity.token
+        assert token is not None and len(token) == 16
+    assert _in_spawned(workers.write_through, blob) == "RepositoryReplacedError"
+    with vs.Repository.open(vs.lmdb_storage(path)) as repo:
+        assert repo.backend.identity.token == token  # kept
+        assert _in_spawned(workers.write_through, pickle.dumps(repo)) == "wrote"
+
+
+def test_a_backend_given_an_identity_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "repo"
+    with vs.Repository.create(vs.lmdb_storage(path)) as repo:
+        identity = repo.backend.identity
+    os.rename(path, tmp_path / "elsewhere")
+    with pytest.raises(vs.RepositoryReplacedError):
+        LMDBBackend(path, identity=identity)
+    assert not path.exists()
+
+
+def test_a_pickled_store_refuses_another_environment_moved_into_its_directory(
+        tmp_path: Path) -> None:
+    path = str(tmp_path / "store")
+    storage = LMDBStorage(path)
+    storage.set("mine", b"1")
+    blob = pickle.dumps(storage)
+    workers.INHERITED_COPY = storage
+    _in_spawned(workers.replace_store, path)
+    try:
+        assert _in_forked(workers.write_through_inherited) == "StorageReplacedError"
+    finally:
+        workers.INHERITED_COPY = None
+    assert _in_spawned(workers.write_through, blob) == "StorageReplacedError"
+    storage.close()
+    assert sorted(LMDBStorage(path).list()) == ["other"]

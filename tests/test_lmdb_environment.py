@@ -13,6 +13,7 @@ import gc
 import json
 import multiprocessing
 import os
+import pickle
 import random
 import shutil
 import subprocess
@@ -210,6 +211,8 @@ def test_a_long_lived_process_opens_and_drops_many_repositories(
     # As a notebook kernel or a server would: open, stage, sometimes commit, and
     # drop — half the time without close(), sessions with staged writes never
     # committed. Open files, threads and resident memory must not grow with the count.
+    # A pickled copy of the session stages too: it reopens its repository pinned to its
+    # identity (test_lmdb_identity.py), which must keep nothing per open either.
     from obstore.store import LocalStore  # noqa: PLC0415 - object storage is optional here
 
     def use(n: int) -> None:
@@ -223,6 +226,8 @@ def test_a_long_lived_process_opens_and_drops_many_repositories(
         repo = vs.Repository.open_or_create(storage)
         session = repo.writable_session("main")
         session.set_values([("a/zarr.json", b"{}"), (f"a/c/{n % 7}", bytes([n % 256]) * 700)])
+        copy = pickle.loads(pickle.dumps(session))
+        copy.set_values([(f"a/c/{n % 3 + 20}", bytes([n % 256]) * 9)])
         # A lone async set: the session looks for long writes (LMDB: a descriptor kept).
         asyncio.run(session.store.set(f"a/c/{n % 5 + 7}", cpu.Buffer.from_bytes(b"x" * 9)))
         if n % 10 == 0:

@@ -195,3 +195,25 @@ def test_verify_raises_when_the_store_cannot_be_asked(tmp_path: Path,
     monkeypatch.setattr(repo.backend, "get_objects", get_objects)
     with pytest.raises(vs.StorageUnreachableError, match="connection refused"):
         repo.verify()
+
+
+def test_refs_that_cannot_be_read_are_reported_kind_by_kind(
+        repo: vs.Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A damaged page under the tags (say): the one read of every ref fails, and verify
+    # used to raise that one opaque error. It reads the refs kind by kind instead,
+    # reports the kinds it cannot read, and checks what the others reach.
+    commit_values(repo, "main", a=b"1" * 5000)
+    repo.create_tag("v1", repo.lookup_branch("main"))
+    backend = type(repo.backend)
+    list_refs = backend.list_refs
+
+    def damaged(self: object, prefix: str, limit: int | None = None) -> dict[str, bytes]:
+        if prefix in ("", "tag/"):
+            raise vs.CorruptRepositoryError(f"data.mdb is damaged while listing {prefix!r}")
+        return list_refs(self, prefix, limit)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(backend, "list_refs", damaged)
+    report = repo.verify()
+    assert [p for p in report.problems if p.startswith("refs ")] == [
+        "refs 'tag': cannot be read: data.mdb is damaged while listing 'tag/'"]
+    assert report.objects_checked > 0  # main's snapshots and the chunk were checked

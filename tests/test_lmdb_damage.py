@@ -319,6 +319,87 @@ def test_a_garbled_gc_ledger_leaf_is_a_problem_verify_reports(tmp_path: Path) ->
     assert f"{path / 'data.mdb'} is damaged" in result.stdout
 
 
+VERIFY_EACH = """
+    # Each copy verified in a forked process of its own: a crash is one copy's outcome.
+    import os, sys
+    import versionstore as vs
+
+    for path in sys.argv[1:]:
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                report = vs.Repository.open(vs.lmdb_storage(path)).verify()
+                print(path, "verified", report.objects_checked,
+                      "SIGABRT" if any("SIGABRT" in p for p in report.problems) else "-",
+                      len(report.problems), flush=True)
+            except Exception as exc:
+                print(path, "raised", type(exc).__name__, flush=True)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status):
+            print(path, "died", os.WTERMSIG(status), flush=True)
+"""
+
+
+def _many_objects(path: Path) -> Path:
+    """A repository whose objects database has branch pages (600 chunks, 80 KiB each)."""
+    repo = vs.Repository.create(vs.lmdb_storage(path))
+    session = repo.writable_session("main")
+    array = zarr.create_array(session.store, name="a", shape=(600, 100), chunks=(1, 100),
+                              dtype="f8", compressors=None)
+    array[:] = np.arange(60000.0).reshape(600, 100)
+    session.commit("600 chunks")
+    repo.close()
+    return path
+
+
+def _one_key_on(page: int) -> Callable[[random.Random, bytearray], None]:
+    def damage(_: random.Random, data: bytearray) -> None:
+        struct.pack_into("<H", data, page * PAGE + 12, 16 + 2)  # mp_lower: one node
+    return damage
+
+
+def test_verify_reports_a_page_that_makes_lmdb_abort_and_lives(tmp_path: Path) -> None:
+    """A branch page garbled to one key: LMDB's assertion aborts the reading process.
+
+    ``verify`` walks the file's pages in a child first (``lmdb_walk``): the
+    abort is a problem it reports, naming the signal and the database, and it
+    reads nothing of the file itself. Before, verify died with ``SIGABRT``.
+    """
+    source = _many_objects(tmp_path / "repo")
+    data = bytes((source / "data.mdb").read_bytes())
+    branches = _pages(data, P_BRANCH)
+    assert branches
+    paths = []
+    for page in branches:
+        paths.extend(_damaged_copies(source, tmp_path / f"p{page}", _one_key_on(page), 1))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([SRC, env.get("PYTHONPATH", "")])
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(VERIFY_EACH),
+                             *map(str, paths)], capture_output=True, text=True, env=env,
+                            timeout=WAIT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcomes = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert sorted(outcomes) == sorted(map(str, paths)), result.stdout
+    assert not [o for o in outcomes.values() if o.startswith(("died", "raised"))], outcomes
+    aborted = [path for path, o in outcomes.items() if o.split()[2] == "SIGABRT"]
+    assert aborted, outcomes
+    for path in aborted:
+        assert outcomes[path].split()[1] == "0"  # nothing read in the calling process
+    # What verify spared itself: reading such a copy kills the process.
+    code = f"""
+        import numpy as np, zarr
+        import versionstore as vs
+        repo = vs.Repository.open(vs.lmdb_storage({aborted[0]!r}))
+        repo.verify()  # lives
+        zarr.open_array(repo.readonly_session("main").store, path="a", mode="r")[:]
+    """
+    died = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, env=env, timeout=WAIT)
+    assert died.returncode == -6, (died.returncode, died.stderr[-2000:])
+
+
 def test_a_written_file_keeps_zeros_past_its_last_page(tmp_path: Path) -> None:
     source = _store(tmp_path / "store")
     data = (source / "data.mdb").read_bytes()

@@ -15,6 +15,13 @@ against what its roots reach (``versionstore.verify_ledger``).
 Virtual chunks point outside the repository; with ``virtual_chunks`` given,
 verify also asks each referenced source (once per file) whether it still
 exists, is long enough, and matches its recorded checksum.
+
+On LMDB every tree page of ``data.mdb`` is first read in a child interpreter
+(``versionstore.backend.lmdb_walk``): damage that makes LMDB abort the
+reading process (``SIGABRT``) is reported, and the file is then not read in
+this process at all. Refs that cannot be read (a damaged page under them)
+are reported kind by kind (branches, tags, sessions, ...), and the kinds
+that can be read are still checked.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from typing import TYPE_CHECKING
 import attrs
 
 from versionstore.backend.ledger import Ledger
+from versionstore.backend.lmdb import LMDBBackend
+from versionstore.backend.lmdb_walk import walk_pages
 from versionstore.codec import (
     KIND_BRANCH,
     KIND_HISTORY,
@@ -50,6 +59,7 @@ from versionstore.errors import (
     VersionStoreError,
 )
 from versionstore.gc import reachable_objects
+from versionstore.gc_roots import KNOWN_REFS
 from versionstore.ids import ObjectId, object_id_text
 from versionstore.objects import ObjectReader
 from versionstore.records import Leaf, VirtualRef
@@ -123,15 +133,53 @@ def verify_repository(reader: ObjectReader,
     With ``virtual_chunks``, the sources of every reachable (or staged)
     virtual chunk are checked too: missing, too short, changed since
     referenced, unreachable, or served by no configured store.
+
+    On LMDB, ``data.mdb`` is walked in a child interpreter first
+    (``versionstore.backend.lmdb_walk``); if LMDB killed the child, that is
+    the report, and nothing is read here.
     """
+    walked: tuple[str, ...] = ()
+    if isinstance(reader.backend, LMDBBackend):
+        walk = walk_pages(reader.backend.path)
+        if not walk.safe:
+            return VerifyReport(objects_checked=0, problems=walk.problems)
+        walked = walk.problems
     for _ in range(_RUNS):
-        seen = reader.backend.list_refs("")
+        seen, unreadable = _read_refs(reader.backend)
         report = _verify_once(reader, seen, progress, virtual_chunks)
+        report = attrs.evolve(report, problems=(*walked, *unreadable, *report.problems))
         if not any("missing" in problem for problem in report.problems):
             return report
-        if reader.backend.list_refs("") == seen:
+        if _read_refs(reader.backend)[0] == seen:
             return report  # nothing moved: the problems are real
     return attrs.evolve(report, problems=(*report.problems, _STILL_MOVING))
+
+
+def _read_refs(backend: Backend) -> tuple[dict[str, bytes], list[str]]:
+    """Every ref, in one read; where that fails, kind by kind, with a problem for each lost kind.
+
+    A damaged page under some refs then costs those refs alone (and refs of
+    no known kind, which only the one read lists).
+    """
+    try:
+        return backend.list_refs(""), []
+    except _CANNOT_ASK:
+        raise
+    except VersionStoreError:
+        pass
+    refs: dict[str, bytes] = {}
+    problems: list[str] = []
+    for prefix in (*KNOWN_REFS, REPOSITORY_REF):
+        try:
+            found = backend.list_refs(prefix)
+        except _CANNOT_ASK:
+            raise
+        except VersionStoreError as exc:
+            problems.append(f"refs {prefix.rstrip('/')!r}: cannot be read: {exc}")
+            continue
+        refs.update(found if prefix != REPOSITORY_REF else
+                    {name: raw for name, raw in found.items() if name == REPOSITORY_REF})
+    return refs, problems
 
 
 def _verify_once(reader: ObjectReader, all_refs: dict[str, bytes],

@@ -1131,7 +1131,11 @@ class EnvironmentHandle:
         if not cursor.set_key(key):
             return None
         if _VIEW_OFFSET is not None:
-            address = _word_at(id(cursor.key()) + _VIEW_OFFSET).value
+            # Held while its address is read: py-lmdb makes a new view each call, and
+            # one freed at once may take its memory with it (a crash, not a wrong value).
+            key_view = cursor.key()
+            address = _word_at(id(key_view) + _VIEW_OFFSET).value
+            del key_view
             header = _word_at(address - 8).value  # the node's: size, flags, key size
             if header & 0xFFFFFFFF > self._shared.unchecked and header >> 32 & _BIGDATA:
                 self._check_overflow(address, header)
@@ -1157,7 +1161,9 @@ class EnvironmentHandle:
             CorruptStorageError: it runs past the end of the file.
         """
         if _VIEW_OFFSET is not None:
-            address = _word_at(id(cursor.key()) + _VIEW_OFFSET).value
+            key_view = cursor.key()  # held while its address is read (``get``)
+            address = _word_at(id(key_view) + _VIEW_OFFSET).value
+            del key_view
             header = _word_at(address - 8).value
             if header & 0xFFFFFFFF > self._shared.unchecked and header >> 32 & _BIGDATA:
                 self._check_overflow(address, header)

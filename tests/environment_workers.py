@@ -135,6 +135,32 @@ def write_through(copy: Any) -> str:
     return "wrote"
 
 
+def read_through(copy: Any) -> str:
+    """Read ``main``'s newest message through a copy (a session or repository); or the error's name."""
+    import pickle
+
+    try:
+        if isinstance(copy, bytes):
+            copy = pickle.loads(copy)
+        repo = copy if isinstance(copy, vs.Repository) else copy._repo
+        return next(iter(repo.ancestry(branch="main"))).message
+    except Exception as exc:  # noqa: BLE001 - the parent checks which
+        return type(exc).__name__
+
+
+def read_through_inherited() -> str:
+    """``read_through`` the object the parent set in ``INHERITED_COPY`` before forking."""
+    return read_through(INHERITED_COPY)
+
+
+def pickled_writable_session(path: str) -> bytes:
+    """Open ``path`` writable (an older repository gets its id) and pickle a session of it."""
+    import pickle
+
+    with vs.Repository.open(vs.lmdb_storage(path)) as repo:
+        return pickle.dumps(repo.writable_session("main"))
+
+
 def write_through_inherited() -> str:
     """``write_through`` the object the parent set in ``INHERITED_COPY`` before forking."""
     return write_through(INHERITED_COPY)

@@ -126,7 +126,10 @@ def test_a_repository_of_an_older_release_gets_its_id_when_first_opened_writable
     with vs.Repository.open(vs.lmdb_storage(path)) as repo:
         token = repo.backend.identity.token
         assert token is not None and len(token) == 16
-    assert _in_spawned(workers.write_through, blob) == "RepositoryReplacedError"
+    # The read-only copy still opens its repository, which has its id now (it is
+    # read-only: writing through it is refused as such, not as another repository).
+    assert _in_spawned(workers.write_through, blob) == "ReadOnlyRepositoryError"
+    assert _in_spawned(workers.read_through, blob) == "Repository initialized"
     with vs.Repository.open(vs.lmdb_storage(path)) as repo:
         assert repo.backend.identity.token == token  # kept
         assert _in_spawned(workers.write_through, pickle.dumps(repo)) == "wrote"
@@ -157,3 +160,51 @@ def test_a_pickled_store_refuses_another_environment_moved_into_its_directory(
     assert _in_spawned(workers.write_through, blob) == "StorageReplacedError"
     storage.close()
     assert sorted(LMDBStorage(path).list()) == ["other"]
+
+
+def _older_release(path: Path) -> None:
+    """Make a repository at ``path`` as an older release left it: without its id."""
+    vs.Repository.create(vs.lmdb_storage(path)).close()
+    env = lmdb.open(str(path), max_dbs=4)
+    with env.begin(write=True) as txn:
+        assert txn.pop(b"repository-id") is not None
+    env.close()
+
+
+def test_a_read_only_repository_of_an_older_release_survives_another_process_giving_its_id(
+        tmp_path: Path) -> None:
+    # Adversarial find: a process reading an older repository (opened read-only, so
+    # without its id) took another process's first writable open, which gives the id,
+    # for a replaced repository: after a fork its own repository raised
+    # RepositoryReplacedError, and so did every pickled copy of its sessions.
+    path = tmp_path / "repo"
+    _older_release(path)
+    with vs.Repository.open(vs.lmdb_storage(path, read_only=True)) as repo:
+        session = repo.readonly_session("main")
+        blob = pickle.dumps(session)
+        assert _in_spawned(workers.read_through, blob) == "Repository initialized"
+        _in_spawned(workers.pickled_writable_session, str(path))  # gives the id
+        workers.INHERITED_COPY = session
+        try:
+            assert _in_forked(workers.read_through_inherited) == "Repository initialized"
+        finally:
+            workers.INHERITED_COPY = None
+        # The fork closed this process's environment: it reopens the same repository.
+        assert workers.read_through(session) == "Repository initialized"
+        assert repo.backend.identity.token is not None  # learned
+        assert _in_spawned(workers.read_through, blob) == "Repository initialized"
+
+
+def test_a_copy_with_the_id_opens_an_older_repository_this_process_reads_without_it(
+        tmp_path: Path) -> None:
+    # The other way round: this process has the repository open read-only from
+    # before it had an id, and receives a copy pinned to the id given since.
+    path = tmp_path / "repo"
+    _older_release(path)
+    with vs.Repository.open(vs.lmdb_storage(path, read_only=True)) as repo:
+        assert repo.backend.identity.token is None
+        blob = _in_spawned(workers.pickled_writable_session, str(path))
+        assert workers.write_through(blob) == "wrote"
+        assert repo.backend.identity.token is not None
+    with vs.Repository.open(vs.lmdb_storage(path)) as repo:
+        assert next(iter(repo.ancestry(branch="main"))).message == "through the copy"

@@ -176,6 +176,16 @@ class EnvironmentIdentity(NamedTuple):
 _IDENTITY_BYTES = 16
 
 
+def _learned(known: EnvironmentIdentity, found: EnvironmentIdentity) -> bool:
+    """Whether ``found`` is ``known`` with the id it lacked: the same directory, id given since.
+
+    An environment of an older release has no id until its first writable
+    open (in any process) gives it one; a handle or copy that opened it
+    before then, read-only, still opened this repository.
+    """
+    return known.token is None and tuple(known[:2]) == tuple(found[:2])
+
+
 def holds_environment(path: str | os.PathLike[str]) -> bool:
     """Whether the directory ``path`` already holds an LMDB environment (creates nothing).
 
@@ -447,7 +457,7 @@ class _Shared:
             self.databases, token = self._open_databases_adopting(
                 env, give_id=self.gives_id and self.identity is None)
             identity = self._identity(token)
-            if self.identity is None:
+            if self.identity is None or _learned(self.identity, identity):
                 self.identity = identity
             elif identity != self.identity:
                 raise StorageReplacedError(self.path, self.identity, identity)
@@ -580,6 +590,33 @@ class _Shared:
     def _identity(self, token: bytes | None) -> EnvironmentIdentity:
         stat = os.stat(self.path)
         return EnvironmentIdentity(stat.st_dev, stat.st_ino, token)
+
+    def holds(self, expected: EnvironmentIdentity) -> bool:
+        """Whether this open environment is the one a copy ``expected`` (registry lock held).
+
+        A token of ``None`` on either side is one not known yet (an environment
+        of an older release, opened read-only before any writable open gave it
+        its id): the directory decides, and an id given since is learned.
+        """
+        if self.identity == expected or self.identity is None:
+            return self.identity == expected
+        if self.identity[:2] != tuple(expected[:2]):
+            return False
+        if expected.token is None:
+            return True
+        if self.identity.token is None and self.identity_key is not None:
+            try:
+                if self.env is None or self.pid != os.getpid():
+                    self.env = None
+                    self.open(create=False)  # learns the id (``_learned``)
+                else:
+                    with self.env.begin() as txn:
+                        token = txn.get(self.identity_key)
+                    if token is not None:
+                        self.identity = self.identity._replace(token=bytes(token))
+            except lmdb.Error:
+                return False
+        return self.identity == expected
 
     def _open_databases(self, env: lmdb.Environment) -> tuple[lmdb._Database, ...]:
         if not self.names:
@@ -967,7 +1004,7 @@ class EnvironmentHandle:
                 shared.identity = expect_identity  # opened as a reopen: compared, never given
                 shared.open(create)
                 _registry[self.path] = shared
-            elif expect_identity is not None and shared.identity != expect_identity:
+            elif expect_identity is not None and not shared.holds(expect_identity):
                 raise StorageReplacedError(self.path, expect_identity, shared.identity)
             elif shared.names != databases:
                 raise StorageIOError(

@@ -347,6 +347,38 @@ def test_staging_racing_gc_and_a_reset_never_lands_on_a_collected_base(
     assert repo.verify().ok
 
 
+def test_a_copy_that_only_wrote_follows_the_record_when_its_older_base_is_collected(
+        repo: vs.Repository) -> None:
+    # Adversarial find: a copy that only writes (a worker writing whole chunks never
+    # reads the record) keeps the base it was pickled on. The driver commits twice,
+    # stages more, and expire and gc collect that older base: the session is alive
+    # (its record names the driver's base), yet every write of the copy raised
+    # SnapshotNotFoundError "open a new writable session" since staging required the
+    # copy's own base. It now reads the record again and stages on the base named there.
+    import time
+    from datetime import UTC, datetime
+
+    repo.writable_session("main").commit("first", allow_empty=True)
+    driver = repo.writable_session("main")
+    copy = pickle.loads(pickle.dumps(driver))
+    copy.set_values([("w0", b"before the commits")])
+    for n in range(2):
+        driver.set_values([(f"d{n}", b"by the driver")])
+        driver.commit(f"driver {n}")
+    driver.set_values([("d2", b"staged: the record stays")])
+    time.sleep(0.01)
+    assert len(repo.expire_snapshots(older_than=datetime.now(UTC))) >= 2
+    repo.garbage_collect()
+    copy.set_values([("lone", b"w1")])  # the backend's `stage`
+    copy.set_values([("c", b"x" * BIG), ("d", b"y")])  # a batch with a chunk object
+    assert copy.snapshot_id == driver.snapshot_id
+    snapshot = driver.commit("with the copy's writes")
+    content = repo.readonly_session(snapshot_id=snapshot).store.storage
+    assert (content.get("w0"), content.get("lone"), content.get("c"), content.get("d2")) == (
+        b"before the commits", b"w1", b"x" * BIG, b"staged: the record stays")
+    assert repo.verify().ok
+
+
 # -- identical rewrites, allow_empty, message -------------------------------------------------
 
 

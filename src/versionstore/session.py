@@ -40,7 +40,8 @@ import itertools
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from functools import partial
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import attrs
 
@@ -104,6 +105,8 @@ if TYPE_CHECKING:
     from versionstore.repository import Repository
 
 __all__ = ["INLINE_LIMIT", "NothingToCommitError", "Session"]
+
+T = TypeVar("T")
 
 #: Values up to this size live inline in tree leaves; larger ones are chunk objects.
 INLINE_LIMIT = 512
@@ -585,6 +588,31 @@ class Session:
         except MissingObjectsError as exc:
             raise self._base_gone() from exc
 
+    def _stage_on_base(self, write: Callable[[SessionRule], T]) -> T:
+        """``write(self._staging())``, on the base the session's record names now.
+
+        This copy's base may be older than the record's: another copy committed
+        (the record moved on) while this one only wrote, and expire and gc may
+        have collected the older base since. The session lives on: its record
+        is read again and the write made on the base it names. Only when that
+        base is gone too (or there is no record) is the session's base gone.
+
+        Raises:
+            SnapshotNotFoundError: the session's base snapshot was garbage
+                collected; nothing was staged.
+        """
+        base = self._base
+        try:
+            return write(self._staging())
+        except MissingObjectsError as exc:
+            self._refresh()
+            if self._base == base:
+                raise self._base_gone() from exc
+        try:
+            return write(self._staging())
+        except MissingObjectsError as exc:
+            raise self._base_gone() from exc
+
     def _base_gone(self, *, staged_kept: bool = False) -> SnapshotNotFoundError:
         """What staging (or, ``staged_kept``, a commit) raises once the base was collected."""
         if staged_kept:
@@ -662,10 +690,7 @@ class Session:
         name = names[0] + key
         raw = encode_staged(name, value)
         self._remember_staged(name, raw, value)  # read back at once by partial writes
-        try:
-            self._repo.backend.stage(name, raw, self._staging())
-        except MissingObjectsError as exc:
-            raise self._base_gone() from exc
+        self._stage_on_base(partial(self._repo.backend.stage, name, raw))
         if size > INLINE_LIMIT:
             self._inline_bytes += size  # by threads too: a bound, not an exact count
 
@@ -690,7 +715,8 @@ class Session:
                 objects.append((chunk_id, frame))
             refs[name] = raw
             remember(name, raw, entry)  # read back at once by zarr's partial-chunk writes
-        self._stage(WriteBatch(objects=objects, refs=refs, session=self._staging()))
+        self._stage_on_base(
+            lambda rule: self._stage(WriteBatch(objects=objects, refs=refs, session=rule)))
 
     def _split_located(self, items: list[tuple[str, bytes]]
                        ) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
@@ -732,7 +758,8 @@ class Session:
             epoch = self._open_epoch(located)
             entries, _ = located.put(epoch, [(k, v) for k, v in chunks if k in entries])
         else:  # pragma: no cover - an absorb at every look: stage them as refs instead
-            self._stage(WriteBatch(refs=located.stage_refs(entries), session=self._staging()))
+            staged = located.stage_refs(entries)
+            self._stage_on_base(lambda rule: self._stage(WriteBatch(refs=staged, session=rule)))
         if too_long:
             self._absorb_first()
             assert self._session_id is not None
@@ -784,7 +811,7 @@ class Session:
             refs[prefix + key] = encode_staged(prefix + key, ref)
         if refs:
             self._absorb_first()
-            self._stage(WriteBatch(refs=refs, session=self._staging()))
+            self._stage_on_base(lambda rule: self._stage(WriteBatch(refs=refs, session=rule)))
 
     def erase_keys(self, keys: list[str]) -> None:
         """Stage the deletion of each key (keys that do not exist are ignored)."""

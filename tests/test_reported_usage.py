@@ -1452,6 +1452,33 @@ def test_a_move_deep_under_consolidated_metadata_keeps_it_openable(
         fresh.store.storage.get("zarr.json"))
 
 
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_a_move_into_a_group_the_consolidated_view_does_not_name_keeps_it_openable(
+        repo: vs.Repository, zarr_format: int) -> None:
+    """A move into a group made after the view was written (adversarial find).
+
+    The view at ``g`` does not name ``y`` (created after consolidating, as
+    users do); moving ``x`` to ``y/z`` renamed its entries to ``y/z/...`` in
+    the view, without ``y``: ``zarr.open_consolidated`` raised
+    ``GroupNotFoundError`` at ``g`` (v2 and v3). The moved nodes now leave a
+    view that does not name the destination's parent group.
+    """
+    session = repo.writable_session("main")
+    group = zarr.open_group(session.store, path="g", zarr_format=zarr_format)
+    group.create_array("x/a", shape=(3,), dtype="i4")[:] = 7
+    zarr.consolidate_metadata(session.store, path="g", zarr_format=zarr_format)
+    group.create_group("y")  # after the view was written
+    session.commit("stale view")
+    session = repo.writable_session("main")
+    session.move("/g/x", "/g/y/z")
+    moved = repo.readonly_session(snapshot_id=session.commit("moved")).store
+    opened = zarr.open_consolidated(moved, path="g", zarr_format=zarr_format, mode="r")
+    assert not any(name.startswith("x") for name, _ in opened.members(max_depth=None))
+    plain = zarr.open_group(moved, path="g", zarr_format=zarr_format, mode="r",
+                            use_consolidated=False)
+    np.testing.assert_array_equal(plain["y/z/a"][:], [7, 7, 7])
+
+
 def test_a_purged_node_leaves_no_trace_in_consolidated_views(repo: vs.Repository) -> None:
     """icechunk#2193: deleting one subject's data on request, from the whole history.
 

@@ -118,6 +118,12 @@ def _flattened(view: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def _parents(path: str) -> list[str]:
+    """The groups between a view's directory and the node ``path`` (relative to it)."""
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
 def _moved_v3(view: dict[str, Any], source: str | None, target: str | None,
               moved: Mapping[str, Any]) -> bool:
     """Rename a v3 view's entries in place, written back flat; ``True`` if any changed.
@@ -130,6 +136,11 @@ def _moved_v3(view: dict[str, Any], source: str | None, target: str | None,
     are added when the view holds the destination only.
     """
     flat = _flattened(view)
+    if target is not None and not all(p in flat for p in _parents(target)):
+        # A destination whose parent group the view does not name (made after the view
+        # was written): the moved nodes leave the view, as nodes of that group are out
+        # of it; named there without their parents, zarr could not open the view.
+        target, moved = None, {}
     changed = False
     renamed: dict[str, Any] = {}
     for name, meta in flat.items():
@@ -151,6 +162,8 @@ def _moved_v3(view: dict[str, Any], source: str | None, target: str | None,
 def _moved_v2(view: dict[str, Any], source: str | None, target: str | None,
               added: Mapping[str, Any]) -> bool:
     """Rename a v2 ``.zmetadata`` view's entries in place; ``True`` if any changed."""
+    if target is not None and not all(f"{p}/.zgroup" in view for p in _parents(target)):
+        target, added = None, {}  # as in ``_moved_v3``: the view lacks the parent group
     changed = False
     renamed: dict[str, Any] = {}
     for name, meta in view.items():

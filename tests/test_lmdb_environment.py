@@ -267,6 +267,31 @@ def test_dropped_sessions_release_the_environment(tmp_path: Path) -> None:
     assert not _open_under(tmp_path)
 
 
+def test_a_session_written_through_zarr_releases_the_environment_when_dropped(
+        tmp_path: Path) -> None:
+    # Adversarial find: a session written through zarr (its async writes batched by its
+    # GroupStager, which held the session's bound methods) was in a reference cycle, so
+    # dropping it and its repository left the environment open until the cycle collector
+    # ran: removing the directory and making a repository there again then failed with
+    # "lock.mdb was deleted or replaced while this process had the environment open".
+    import zarr
+
+    path = tmp_path / "r"
+    gc.disable()
+    try:
+        for n in range(3):
+            repo = vs.Repository.create(vs.lmdb_storage(path))
+            session = repo.writable_session("main")
+            zarr.create_array(session.store, name="a", shape=(4,), chunks=(2,),
+                              dtype="i4")[:] = n
+            session.commit(f"round {n}")
+            del repo, session
+            assert not _open_under(tmp_path), "released without the cycle collector"
+            shutil.rmtree(path)
+    finally:
+        gc.enable()
+
+
 def test_repositories_open_under_an_address_space_limit(tmp_path: Path) -> None:
     # Under ulimit -v of 8 GB no repository opened at all with a 1 TiB map.
     result = _run_python("""

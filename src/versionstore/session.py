@@ -38,6 +38,7 @@ import asyncio
 import bisect
 import itertools
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import partial
@@ -107,6 +108,19 @@ if TYPE_CHECKING:
 __all__ = ["INLINE_LIMIT", "NothingToCommitError", "Session"]
 
 T = TypeVar("T")
+
+
+def _weakly(method: Callable[..., None]) -> Callable[..., None]:
+    """``method`` (bound to a session) called through a weak reference to its session."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args: Any) -> None:
+        bound = ref()
+        if bound is None:  # pragma: no cover - the store holding the session is calling
+            raise ReferenceError("the session was garbage collected")
+        bound(*args)
+
+    return call
 
 #: Values up to this size live inline in tree leaves; larger ones are chunk objects.
 INLINE_LIMIT = 512
@@ -235,8 +249,11 @@ class Session:
         """Batches this session's concurrent async writes (``versionstore.group_stage``)."""
         if self._group_stager is None:
             backend = self._repo.backend
-            self._group_stager = GroupStager(self.set_values, backend.staging_window(),
-                                             write_one=self.set_value,
+            # Weakly: the stager is the session's, and bound methods would make a cycle that
+            # keeps the repository's environment open after the last reference is dropped,
+            # until the cycle collector runs (its directory could not be made anew meanwhile).
+            self._group_stager = GroupStager(_weakly(self.set_values), backend.staging_window(),
+                                             write_one=_weakly(self.set_value),
                                              busy=backend.writer_busy)
         return self._group_stager
 

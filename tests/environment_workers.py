@@ -136,7 +136,7 @@ def write_through(copy: Any) -> str:
 
 
 def read_through(copy: Any) -> str:
-    """Read ``main``'s newest message through a copy (a session or repository); or the error's name."""
+    """``main``'s newest message read through a copy (session or repository), or the error."""
     import pickle
 
     try:

@@ -25,6 +25,7 @@ import pytest
 import versionstore as vs
 from versionstore.backend import LMDBBackend
 from zarrstore import LMDBStorage
+from zarrstore.errors import StorageReplacedError
 
 WAIT = 120
 HOWS = ["made again", "moved in"]
@@ -73,7 +74,7 @@ def test_a_pickled_copy_refuses_another_repository_at_its_path(
     del original, repo
     snapshot = _in_spawned(workers.replace_repository, str(path), how)
     assert _in_spawned(workers.write_through, blob) == "RepositoryReplacedError"
-    with pytest.raises(vs.RepositoryReplacedError, match="not the one this copy"):
+    with pytest.raises(vs.RepositoryReplacedError, match="not the one this object"):
         pickle.loads(blob)
     _untouched(path, snapshot)
 
@@ -208,3 +209,39 @@ def test_a_copy_with_the_id_opens_an_older_repository_this_process_reads_without
         assert repo.backend.identity.token is not None
     with vs.Repository.open(vs.lmdb_storage(path)) as repo:
         assert next(iter(repo.ancestry(branch="main"))).message == "through the copy"
+
+
+@pytest.mark.parametrize("how", HOWS)
+def test_a_repository_open_here_refuses_to_write_once_another_process_replaces_it(
+        tmp_path: Path, how: str) -> None:
+    # Adversarial find: a process holding its repository open while another removed the
+    # directory (and made a repository there again) kept staging and committing into
+    # the deleted files; commit returned a snapshot id for data no one could read.
+    path = tmp_path / "repo"
+    repo = vs.Repository.create(vs.lmdb_storage(path))
+    workers.commit_keys(repo, ["mine"])
+    session = repo.writable_session("main")
+    session.store.storage.set("staged", b"before")
+    snapshot = _in_spawned(workers.replace_repository, str(path), how)
+    with pytest.raises(vs.RepositoryReplacedError, match="removed"):
+        session.store.storage.set("staged", b"after")
+    with pytest.raises(vs.RepositoryReplacedError):
+        session.commit("into deleted files")
+    with pytest.raises(vs.RepositoryReplacedError):
+        repo.create_branch("other", repo.lookup_branch("main"))
+    # Reads of what this process had open still work: the deleted files stay mapped.
+    assert session.store.storage.get("staged") == b"before"
+    repo.close()
+    _untouched(path, snapshot)
+
+
+def test_a_store_open_here_refuses_to_write_once_another_process_removes_its_directory(
+        tmp_path: Path) -> None:
+    path = str(tmp_path / "store")
+    storage = LMDBStorage(path)
+    storage.set("mine", b"1")
+    _in_spawned(workers.replace_store, path)
+    with pytest.raises(StorageReplacedError):
+        storage.set("mine", b"2")
+    storage.close()
+    assert sorted(LMDBStorage(path).list()) == ["other"]

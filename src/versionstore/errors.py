@@ -38,7 +38,7 @@ The tree::
         │                            read-only filesystem)
         ├── DiskFullError            the disk under the repository is full
         ├── CorruptRepositoryError   the repository's files are damaged (a truncated data.mdb)
-        ├── RepositoryReplacedError  a pickled or forked copy finds another repository at its path
+        ├── RepositoryReplacedError  the repository's directory was removed or replaced under it
         ├── StorageNotFoundError     the bucket (or container) does not exist
         ├── StorageAccessDeniedError missing or wrong credentials, or no permission
         ├── StorageUnreachableError  the storage service cannot be reached (refused, DNS, …)
@@ -406,15 +406,19 @@ class RepositoryReplacedError(BackendError):
     directory was removed and made again, or another repository moved into
     its place, meanwhile, that is not the repository the copy belongs to:
     staging or committing there would write into someone else's history, so
-    it is refused, and nothing is written. ``path`` is the directory. Open the
-    path anew (``Repository.open``) if the new repository is meant.
+    it is refused, and nothing is written. A repository still open in a
+    process while another removes its directory raises it at its next write
+    (stage or commit) too: its files are deleted, and a commit into them
+    would be lost. ``path`` is the directory. Open the path anew
+    (``Repository.open``) if the new repository is meant.
     """
 
     def __init__(self, path: str) -> None:
         super().__init__(
-            f"the repository at {path!r} is not the one this copy was opened on: the directory "
-            "was removed and made again, or another repository replaced it; nothing was "
-            "written. Open it anew with vs.Repository.open(path) if the new repository is meant")
+            f"the repository at {path!r} is not the one this object was opened on: the "
+            "directory was removed (and perhaps made again), or another repository replaced "
+            "it; nothing was written. Open it anew with vs.Repository.open(path) if the new "
+            "repository is meant")
         self.path = path
 
 

@@ -630,6 +630,10 @@ class Session:
         except MissingObjectsError as exc:
             raise self._base_gone() from exc
 
+    def _stage_refs(self, refs: Mapping[str, bytes | None], rule: SessionRule) -> bool:
+        """Stage ``refs`` (staged-ref names to records) under ``rule`` (``_stage_on_base``)."""
+        return self._stage(WriteBatch(refs=refs, session=rule))
+
     def _base_gone(self, *, staged_kept: bool = False) -> SnapshotNotFoundError:
         """What staging (or, ``staged_kept``, a commit) raises once the base was collected."""
         if staged_kept:
@@ -776,7 +780,7 @@ class Session:
             entries, _ = located.put(epoch, [(k, v) for k, v in chunks if k in entries])
         else:  # pragma: no cover - an absorb at every look: stage them as refs instead
             staged = located.stage_refs(entries)
-            self._stage_on_base(lambda rule: self._stage(WriteBatch(refs=staged, session=rule)))
+            self._stage_on_base(partial(self._stage_refs, staged))
         if too_long:
             self._absorb_first()
             assert self._session_id is not None
@@ -828,7 +832,7 @@ class Session:
             refs[prefix + key] = encode_staged(prefix + key, ref)
         if refs:
             self._absorb_first()
-            self._stage_on_base(lambda rule: self._stage(WriteBatch(refs=refs, session=rule)))
+            self._stage_on_base(partial(self._stage_refs, refs))
 
     def erase_keys(self, keys: list[str]) -> None:
         """Stage the deletion of each key (keys that do not exist are ignored)."""

@@ -141,17 +141,19 @@ class StorageReplacedError(StorageIOError):
     reopens its environment by path; if the directory was removed and made
     again, or another environment moved into its place, that is not the
     environment the original wrote to, and writing there would put data
-    into someone else's files. ``path`` is the directory; ``expected`` and
-    ``found`` are the ``lmdb_environment.EnvironmentIdentity`` values
-    (``found`` is ``None`` when nothing is there any more).
+    into someone else's files. A handle that stays open while its files are
+    deleted (another process removed the directory) raises it at its next
+    write: LMDB would otherwise commit into a file no one can open again.
+    ``path`` is the directory; ``expected`` and ``found`` are the
+    ``lmdb_environment.EnvironmentIdentity`` values (``found`` is ``None``
+    when nothing is there any more, or the handle's own files were deleted).
     """
 
     def __init__(self, path: str, expected: object, found: object) -> None:
-        what = "no environment" if found is None else "another environment"
         super().__init__(
-            f"{path!r} now holds {what} than the one this handle opened (the directory was "
-            "removed and made again, or replaced): a pickled or forked copy must not write "
-            "there; open the path anew if the new contents are meant")
+            f"{path!r} no longer holds the environment this handle opened (its files were "
+            "deleted: the directory was removed, or removed and made again, or replaced): "
+            "nothing was written there; open the path anew if its new contents are meant")
         self.path = path
         self.expected = expected
         self.found = found

@@ -91,6 +91,7 @@ zarrstore, besides ``zarrstore.lmdb``, that imports ``lmdb``.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import mmap
@@ -414,6 +415,8 @@ class _Shared:
         self.read_only = False  # forced by the filesystem, not chosen by a handle
         self.locked = lock
         self.lock_identity: tuple[int, int] | None = None
+        #: A descriptor of the data file the map was opened on (``unlinked``).
+        self.data_fd: int | None = None
         self.pid = os.getpid()
         self.inherited = False  # open in a parent that forked inside a transaction
         # Transactions open on the environment, in every thread of this process (under
@@ -468,6 +471,7 @@ class _Shared:
         self.env = env
         self.pid = os.getpid()
         self.lock_identity = _lock_identity(self.path)
+        self._hold_data_file(data)
         self.remapped()
         self.measure(env)
 
@@ -716,8 +720,29 @@ class _Shared:
                 return None
             return lmdb_readahead.buffer_address(cursor.value())
 
+    def _hold_data_file(self, data: str) -> None:
+        """Keep a descriptor of the data file the map was opened on (``unlinked``)."""
+        if self.data_fd is not None:  # a fork's reopen: the parent's descriptor, inherited
+            os.close(self.data_fd)
+            self.data_fd = None
+        with contextlib.suppress(OSError):  # no check then, as before there was one
+            self.data_fd = os.open(data, os.O_RDONLY | os.O_CLOEXEC)
+
+    def unlinked(self) -> bool:
+        """Whether the data file open here has been deleted (its directory removed or replaced).
+
+        LMDB keeps writing into a deleted file without a word: a process still
+        holding a repository whose directory another process removed (and
+        perhaps made again) would commit into files no one can open any more.
+        A write transaction checks this before it commits (``write``).
+        """
+        return self.data_fd is not None and os.fstat(self.data_fd).st_nlink == 0
+
     def close(self) -> None:
         env, self.env, self.databases = self.env, None, ()
+        if self.data_fd is not None:
+            os.close(self.data_fd)
+            self.data_fd = None
         self.remapped()
         if env is not None and self.pid == os.getpid():
             env.close()
@@ -1139,6 +1164,10 @@ class EnvironmentHandle:
             except BaseException:
                 txn.abort()
                 raise
+            if shared.unlinked():
+                # Under the writer lock, before anything is committed into a deleted file.
+                txn.abort()
+                raise StorageReplacedError(self.path, shared.identity, None)
             txn.commit()
             if self.durable:
                 env.sync(True)

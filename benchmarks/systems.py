@@ -674,7 +674,10 @@ def lmdb_usage(path: Path, named_databases: bool = True) -> dict[str, int]:
             with env.begin() as txn:
                 names = [bytes(k) for k in txn.cursor().iternext(values=False)]
         for name in names:
-            db = env.open_db(name, create=False)
+            try:
+                db = env.open_db(name, create=False)
+            except lmdb.IncompatibleError:  # a plain key beside the names (the repository id)
+                continue
             with env.begin() as txn:
                 st = txn.stat(db)
             pages += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]

@@ -184,7 +184,7 @@ def _learned(known: EnvironmentIdentity, found: EnvironmentIdentity) -> bool:
     open (in any process) gives it one; a handle or copy that opened it
     before then, read-only, still opened this repository.
     """
-    return known.token is None and tuple(known[:2]) == tuple(found[:2])
+    return known.token is None and known[:2] == found[:2]
 
 
 def holds_environment(path: str | os.PathLike[str]) -> bool:
@@ -602,9 +602,9 @@ class _Shared:
         of an older release, opened read-only before any writable open gave it
         its id): the directory decides, and an id given since is learned.
         """
-        if self.identity == expected or self.identity is None:
-            return self.identity == expected
-        if self.identity[:2] != tuple(expected[:2]):
+        if self.identity == expected:
+            return True
+        if self.identity is None or self.identity[:2] != expected[:2]:
             return False
         if expected.token is None:
             return True
@@ -613,11 +613,8 @@ class _Shared:
                 if self.env is None or self.pid != os.getpid():
                     self.env = None
                     self.open(create=False)  # learns the id (``_learned``)
-                else:
-                    with self.env.begin() as txn:
-                        token = txn.get(self.identity_key)
-                    if token is not None:
-                        self.identity = self.identity._replace(token=bytes(token))
+                elif token := self._identity_token(self.env, give_id=False):
+                    self.identity = self.identity._replace(token=token)
             except lmdb.Error:
                 return False
         return self.identity == expected

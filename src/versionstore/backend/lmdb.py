@@ -224,25 +224,22 @@ class LMDBBackend(Backend, Ledger):
                  read_only: bool = False, identity: EnvironmentIdentity | None = None) -> None:
         self.path = os.path.realpath(path)
         self.durable = durable
+
+        def opened(databases: tuple[bytes, ...], read_only: bool) -> EnvironmentHandle:
+            return EnvironmentHandle(self.path, databases=databases, read_only=read_only,
+                                     durable=durable, create=not read_only, small_reads=True,
+                                     ordered_writes=True, identity_key=_IDENTITY_KEY,
+                                     expect_identity=identity)
+
         with _translated("opening the repository"):
             try:
-                self._handle = EnvironmentHandle(self.path, databases=_DATABASES,
-                                                 read_only=read_only, durable=durable,
-                                                 create=not read_only, small_reads=True,
-                                                 ordered_writes=True,
-                                                 identity_key=_IDENTITY_KEY,
-                                                 expect_identity=identity)
+                self._handle = opened(_DATABASES, read_only)
             except StorageIOError as exc:
                 if "lacks the database" not in str(exc):
                     raise
                 # A repository from before the ledger, on a read-only filesystem: it
                 # cannot get the database, and needs none (nothing is written).
-                self._handle = EnvironmentHandle(self.path, databases=_READ_ONLY_DATABASES,
-                                                 read_only=True, durable=durable,
-                                                 create=False, small_reads=True,
-                                                 ordered_writes=True,
-                                                 identity_key=_IDENTITY_KEY,
-                                                 expect_identity=identity)
+                self._handle = opened(_READ_ONLY_DATABASES, True)
         self.path = self._handle.path
         self.read_only = self._handle.read_only
         self._long_writes = LongWrites(self.path)

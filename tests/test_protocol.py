@@ -277,6 +277,55 @@ def test_staging_on_a_collected_base_is_a_clear_error(repo: vs.Repository) -> No
     assert repo.backend.list_refs("stage/") == {}
 
 
+def test_reading_a_session_whose_snapshot_was_collected_is_a_clear_error(
+        repo: vs.Repository, tmp_path: Path) -> None:
+    # Reads needing an object of the collected snapshot used to raise CorruptObjectError
+    # ("chunk is missing"), as if the repository were damaged.
+    import zarr
+
+    before = repo.lookup_branch("main")
+    writer = repo.writable_session("main")
+    zarr.create_group(writer.store, path="g")
+    array = zarr.create_array(writer.store, name="g/a", shape=(BIG,), chunks=(BIG,),
+                              dtype="uint8", compressors=None)
+    array[:] = 7  # one chunk object of BIG bytes
+    writer.set_values([("k", b"v" * BIG)])
+    snapshot = writer.commit("c")  # the writer's base is now that commit
+    reader = repo.readonly_session(snapshot_id=snapshot)
+    repo.reset_branch("main", before)
+    repo.garbage_collect()
+    for session in (writer, reader):
+        with pytest.raises(vs.SnapshotCollectedError, match="no longer exists") as caught:
+            session.store.storage.get("k")
+        assert caught.value.snapshot_id == snapshot
+        assert not isinstance(caught.value, KeyError)  # zarr reads KeyError as "absent"
+        with pytest.raises(vs.SnapshotCollectedError):
+            session.value("k")
+    assert "rebase(keep='ours')" in str(_raised(lambda: writer.value("k")))
+    assert "open a new session" in str(_raised(lambda: reader.value("k")))
+    with pytest.raises(vs.SnapshotNotFoundError):  # a copy opens on it no more
+        pickle.loads(pickle.dumps(reader))
+    # Through zarr: what the session still holds answers (the group's document comes
+    # with the snapshot), a chunk of the collected snapshot is this error.
+    assert "g" in zarr.open_group(reader.store, mode="r")
+    with pytest.raises(vs.SnapshotCollectedError):
+        zarr.open_array(reader.store, path="g/a", mode="r")[:]
+    assert repo.backend.list_refs("stage/") == {}
+    # The way out the message gives.
+    writer.rebase(keep="ours")
+    writer.set_values([("k", b"again")])
+    writer.commit("recovered")
+    assert repo.verify().ok
+
+
+def _raised(call: Any) -> BaseException:
+    try:
+        call()
+    except BaseException as exc:  # noqa: BLE001 - returned for inspection
+        return exc
+    raise AssertionError("nothing was raised")
+
+
 def test_a_session_whose_base_was_collected_under_a_copy_stages_nothing(
         repo: vs.Repository) -> None:
     # Found by interleaving gc with ref moves: gc prunes the record of the committed

@@ -96,6 +96,7 @@ __all__ = [
     "RepositoryURLError",
     "SessionNotFoundError",
     "ShortGracePeriodWarning",
+    "SnapshotCollectedError",
     "SnapshotNotFoundError",
     "StorageAccessDeniedError",
     "StorageNotFoundError",
@@ -208,6 +209,23 @@ class SnapshotNotFoundError(VersionStoreError, KeyError):
 
     def __str__(self) -> str:
         return self.detail or f"snapshot {self.snapshot_id!r} does not exist"
+
+
+class SnapshotCollectedError(VersionStoreError):
+    """The snapshot a session reads was garbage collected after the session opened.
+
+    Its branch was reset (or deleted) and ``garbage_collect`` ran; what the
+    session still held in memory may have answered a few reads, the next one
+    needing a stored object finds it gone. Deliberately not a ``KeyError``
+    (as ``SnapshotNotFoundError`` is): zarr reads a ``KeyError`` from a store
+    as "no such node" and would go on as if the data were absent (``require_group``
+    creates one). Open a new session on the branch (or ``rebase(keep="ours")`` a
+    writable one: its staged changes are kept).
+    """
+
+    def __init__(self, snapshot_id: str, detail: str) -> None:
+        super().__init__(detail)
+        self.snapshot_id = snapshot_id
 
 
 class AmbiguousSnapshotIdError(SnapshotNotFoundError, ValueError):

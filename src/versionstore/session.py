@@ -71,6 +71,7 @@ from versionstore.errors import (
     MissingObjectsError,
     NothingToCommitError,
     ReadOnlySessionError,
+    SnapshotCollectedError,
     SnapshotNotFoundError,
 )
 from versionstore.grafts import parents_of
@@ -394,7 +395,18 @@ class Session:
         decoded[raw] = (name, entry)
 
     def entry(self, key: str) -> Entry | None:
-        """The entry this session sees at ``key`` (staged changes first)."""
+        """The entry this session sees at ``key`` (staged changes first).
+
+        Raises:
+            SnapshotCollectedError: the session's snapshot was garbage collected.
+        """
+        try:
+            return self._entry(key)
+        except CorruptObjectError as exc:
+            self._raise_if_collected(exc)
+            raise
+
+    def _entry(self, key: str) -> Entry | None:
         if self._stage_names is not None:
             prefix, record_name = self._stage_names
             name = prefix + key
@@ -421,11 +433,21 @@ class Session:
 
         A staged value is read in one backend call (staged ref, session record
         and chunk together); otherwise as ``read_entries([entry(key)])``.
+
+        Raises:
+            SnapshotCollectedError: the session's snapshot was garbage collected.
         """
+        try:
+            return self._value(key)
+        except CorruptObjectError as exc:
+            self._raise_if_collected(exc)
+            raise
+
+    def _value(self, key: str) -> bytes | None:
         if self._stage_names is None:
             return self._base_value(key)
         if self._located is not None:
-            found = self.entry(key)
+            found = self._entry(key)
             if (isinstance(found, ChunkRef) and found.location is None
                     and key.rpartition("/")[2] in DOCUMENT_NAMES):
                 return self._repo.reader.small_chunk(found.chunk_id)
@@ -477,7 +499,17 @@ class Session:
         """Resolve entries to values, fetching all chunk objects in one backend call.
 
         Virtual chunks are read from their sources (``versionstore.virtual``).
+
+        Raises:
+            SnapshotCollectedError: the session's snapshot was garbage collected.
         """
+        try:
+            return self._read_entries(entries)
+        except CorruptObjectError as exc:
+            self._raise_if_collected(exc)
+            raise
+
+    def _read_entries(self, entries: list[Entry | None]) -> list[bytes | None]:
         chunks = [e for e in entries if isinstance(e, ChunkRef)]
         fetched = iter(self._repo.reader.chunks([e.chunk_id for e in chunks],
                                                 [e.location for e in chunks]) if chunks else [])
@@ -518,7 +550,18 @@ class Session:
         return staged
 
     def iter_entries(self, start: str, prefix: str) -> Iterator[tuple[str, Entry]]:
-        """``(key, entry)`` pairs with ``key >= start`` under ``prefix``, staged changes applied."""
+        """``(key, entry)`` pairs with ``key >= start`` under ``prefix``, staged changes applied.
+
+        Raises:
+            SnapshotCollectedError: the session's snapshot was garbage collected.
+        """
+        try:
+            yield from self._iter_entries(start, prefix)
+        except CorruptObjectError as exc:
+            self._raise_if_collected(exc)
+            raise
+
+    def _iter_entries(self, start: str, prefix: str) -> Iterator[tuple[str, Entry]]:
         staged = self.staged(prefix)
         staged_keys = list(staged)
         position = bisect.bisect_left(staged_keys, start)
@@ -646,6 +689,20 @@ class Session:
             f"this session's base snapshot {self.snapshot_id} no longer exists (its branch "
             f"was reset and garbage collected); {advice}",
         )
+
+    def _raise_if_collected(self, exc: CorruptObjectError) -> None:
+        """Raise ``SnapshotCollectedError`` if ``exc`` (an object missing) is the base's collection.
+
+        A read needs objects of the base snapshot's tree; after the branch was
+        reset and gc ran they are gone, which would otherwise read as damage.
+        """
+        if self._base_is_gone():
+            advice = ("rebase(keep='ours') moves its staged changes onto the branch's tip"
+                      if self._session_id is not None else "open a new session")
+            raise SnapshotCollectedError(
+                self.snapshot_id,
+                f"this session's snapshot {self.snapshot_id} no longer exists (it was "
+                f"garbage collected after its branch moved away); {advice}") from exc
 
     def _base_is_gone(self) -> bool:
         """Whether the session's base snapshot is no longer stored (garbage collected)."""
@@ -1276,7 +1333,7 @@ class Session:
                                 recorded = self._record_once(
                                     staged, raw_tip, message, metadata,
                                     allow_empty=allow_empty, amend=amend)
-                            except CorruptObjectError:
+                            except (CorruptObjectError, SnapshotCollectedError):
                                 # The base's tree is read to build on it: gone with the
                                 # base (collected under a copy's staged writes), the
                                 # commit writes nothing and the staged changes stay.

@@ -151,7 +151,7 @@ class NewObjects(Collection[tuple[ObjectId, bytes]]):
 
     def __init__(self) -> None:
         self._leaves = Spill(2)
-        #: Chunks of values the session staged inline (``Session._as_stored``).
+        #: Chunks of values the session staged inline (``staged_values.as_stored``).
         self._chunks = Spill(2)
         self.in_memory: list[tuple[ObjectId, bytes]] = []
 

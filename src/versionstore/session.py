@@ -49,10 +49,8 @@ import attrs
 from versionstore.backend.protocol import Joined, SessionRule, WriteBatch
 from versionstore.codec import (
     PreparedChunk,
-    chunk_id_of,
     decode_session,
     decode_staged,
-    encode_chunk,
     encode_session,
     encode_snapshot,
     encode_staged,
@@ -84,7 +82,8 @@ from versionstore.located_staging import (
     is_located_value,
     newer_than_ref,
 )
-from versionstore.merge import NODE_DOCUMENTS, redefines_node
+from versionstore.merge import NODE_DOCUMENTS
+from versionstore.node_conflicts import NodeChanges, within
 from versionstore.records import (
     DOCUMENT_NAMES,
     TOMBSTONE,
@@ -101,6 +100,7 @@ from versionstore.refs import branch_ref, session_ref, stage_prefix
 from versionstore.session_store import SessionStore, validate_session_key
 from versionstore.sizes import SizeTally, sizes_of, with_documents
 from versionstore.staged_manifest import ManifestReader, manifest_beats_ref, merge_staged
+from versionstore.staged_values import INLINE_LIMIT, StagedValues, as_stored, stored_changes
 from versionstore.tree import Change, apply_changes, changed_entries, iter_from, lookup
 
 if TYPE_CHECKING:
@@ -123,13 +123,11 @@ def _weakly(method: Callable[..., None]) -> Callable[..., None]:
 
     return call
 
-#: Values up to this size live inline in tree leaves; larger ones are chunk objects.
-INLINE_LIMIT = 512
 #: A value staged alone (a batch of one key, off object storage) of at most this many bytes
 #: is kept inside its staged record instead of as a chunk object: its transaction then
 #: writes one LMDB database, not three (chunk, gc journal, staged ref), about half the
 #: cost of a lone ``set`` (``docs/benchmarks.md``, "Issue 13, fourth round"). The commit
-#: stores it as a chunk object (``_as_stored``). Batches keep staged refs small: each
+#: stores it as a chunk object (``as_stored``). Batches keep staged refs small: each
 #: listing of staged keys and gc's view of the refs copy what they hold.
 STAGED_INLINE_LIMIT = 4096
 #: ... until a session object has staged this many bytes of such values since its last
@@ -923,7 +921,7 @@ class Session:
         Read in one consistent view, decoding each staged ref as it streams
         past, so a huge commit holds its changes once: stored bytes are kept
         only for records an older version wrote; the rest are re-encoded on
-        demand (``_StagedValues``).
+        demand (``StagedValues``).
         """
         if self._session_id is None:
             return [], {}
@@ -936,7 +934,7 @@ class Session:
 
         def visit(name: str, value: bytes) -> None:
             entry = decode_staged(name, value)
-            stored = None if isinstance(entry, Tombstone) else _as_stored(entry)
+            stored = None if isinstance(entry, Tombstone) else as_stored(entry)
             changes.append((name[cut:], stored))
             if stored is not None and stored is not entry:
                 inline.add(name)  # listed as the chunk reference a commit records
@@ -944,7 +942,7 @@ class Session:
                 kept[name] = value
 
         self._repo.backend.scan_refs(prefix, visit)
-        return changes, _StagedValues(prefix, changes, kept, inline, self._repo.backend.get_ref)
+        return changes, StagedValues(prefix, changes, kept, inline, self._repo.backend.get_ref)
 
     def move(self, from_path: str, to_path: str) -> None:
         """Stage renaming the group or array at ``from_path`` (and all under it) to ``to_path``.
@@ -1078,10 +1076,10 @@ class Session:
         self._refresh()
         if self._located is not None:
             return any(lookup(load, self._root, key) != (
-                None if isinstance(entry, Tombstone) else _as_stored(entry))
+                None if isinstance(entry, Tombstone) else as_stored(entry))
                 for key, entry in self.staged().items())
         with StagedScan(self._repo.backend, stage_prefix(self._session_id)) as staged:
-            return any(lookup(load, self._root, key) != _as_stored(entry)
+            return any(lookup(load, self._root, key) != as_stored(entry)
                        for key, entry in staged.changes())
 
     def discard_changes(self) -> None:
@@ -1114,7 +1112,7 @@ class Session:
         keys = {}
         virtual: set[str] = set()
         changes = (self._read_changes()[0] if self._located is None else
-                   [(k, None if isinstance(e, Tombstone) else _as_stored(e))
+                   [(k, None if isinstance(e, Tombstone) else as_stored(e))
                     for k, e in self.staged().items()])
         for key, entry in changes:
             before = lookup(self._repo.reader.lookup_node, self._root, key)
@@ -1134,18 +1132,18 @@ class Session:
     # -- committing ------------------------------------------------------------------
 
     def _against_tip(self, tip_tree: ObjectId | None, changes: list[Change]
-                     ) -> tuple[list[Change], set[str], _NodeChanges | None]:
+                     ) -> tuple[list[Change], set[str], NodeChanges | None]:
         """Staged changes to carry onto a moved branch, the keys that conflict, the nodes.
 
         A key the branch changed since our base conflicts if we staged a
         different value for it — unless what we staged is what the base
         already held (an identical rewrite is no change of ours, so the
         branch's value simply stands; ``status`` agrees). The last item is
-        the branch's changes seen node by node (``_NodeChanges``), if it
+        the branch's changes seen node by node (``NodeChanges``), if it
         changed anything.
         """
         conflicts: set[str] = set()
-        nodes: list[_NodeChanges] = []
+        nodes: list[NodeChanges] = []
         kept = list(self._carried(tip_tree, iter(changes), conflicts, nodes=nodes))
         return kept, conflicts, nodes[0] if nodes else None
 
@@ -1209,7 +1207,7 @@ class Session:
                 drop |= conflicts
                 # A node we deleted or redefined while the branch wrote under it: the
                 # branch's node stands whole, so none of our changes under it remain.
-                drop |= {key for key, _ in changes if any(_within(key, d) for d in lost)}
+                drop |= {key for key, _ in changes if any(within(key, d) for d in lost)}
             elif lost:
                 assert nodes is not None
                 # Ours stands whole: what the branch wrote under the node goes with it.
@@ -1366,12 +1364,12 @@ class Session:
 
     def _carried(self, tip_tree: ObjectId | None, changes: Iterator[Change],
                  conflicts: set[str], documents: Mapping[ObjectId, bytes] | None = None, *,
-                 nodes: list[_NodeChanges] | None = None) -> Iterator[Change]:
+                 nodes: list[NodeChanges] | None = None) -> Iterator[Change]:
         """``_against_tip`` as a stream: changes to carry; conflicting keys go to ``conflicts``.
 
         Only the branch's own changes since our base are held (``theirs``),
         never ours. Besides keys both sides changed, a change conflicts with
-        the node it lies under (``_NodeChanges``, icechunk's
+        the node it lies under (``NodeChanges``, icechunk's
         ``ChunksUpdatedInDeletedArray`` / ``DeleteOfUpdatedArray`` family):
         chunks written into an array the branch deleted or redefined since our
         base, or an array we deleted or redefined while the branch wrote into
@@ -1380,7 +1378,7 @@ class Session:
         """
         load = self._repo.reader.node
         theirs = changed_entries(load, self._root, tip_tree)
-        by_node = _NodeChanges(theirs, lambda entry: self._entry_value(entry, documents),
+        by_node = NodeChanges(theirs, lambda entry: self._entry_value(entry, documents),
                                lambda key: lookup(load, self._root, key),
                                replaced=self._replaced_node)
         if nodes is not None and theirs:
@@ -1450,7 +1448,7 @@ class Session:
                        for key, entry in self._with_manifests(staged.entries()))
         objects, chunks = NewObjects(), ChunkIds()
         documents: dict[ObjectId, bytes] = {}  # the totals read these before they are stored
-        changes = _stored_changes(changes, objects, documents)
+        changes = stored_changes(changes, objects, documents)
         conflicts: set[str] = set()
         if tip != self._base:
             parent_tree = repo.reader.snapshot(tip).tree
@@ -1561,167 +1559,8 @@ class Session:
         return await asyncio.to_thread(self.amend, message, metadata)
 
 
-def _as_stored(entry: Entry | None) -> Entry | None:
-    """``entry`` as a commit records it: a staged value over ``INLINE_LIMIT`` is a chunk.
-
-    Values staged inline (``STAGED_INLINE_LIMIT``) compare with the trees'
-    entries (status, conflicts, identical rewrites) as the chunk reference
-    the commit will write.
-    """
-    if type(entry) is bytes and len(entry) > INLINE_LIMIT:
-        return ChunkRef(chunk_id=chunk_id_of(entry), size=len(entry))
-    return entry
-
-
-def _stored_changes(changes: Iterator[Change], objects: NewObjects,
-                    documents: dict[ObjectId, bytes]) -> Iterator[Change]:
-    """``changes`` as a commit records them (``_as_stored``), adding the chunks to ``objects``.
-
-    The values of metadata documents among them go to ``documents`` too: the
-    snapshot's totals read them before the batch stores them.
-    """
-    for key, entry in changes:
-        if type(entry) is bytes and len(entry) > INLINE_LIMIT:
-            chunk_id, frame = encode_chunk(entry)
-            objects.add_chunk(chunk_id, frame)
-            if key.rpartition("/")[2] in DOCUMENT_NAMES:
-                documents[chunk_id] = entry
-            entry = ChunkRef(chunk_id=chunk_id, size=len(entry))
-        yield key, entry
-
-
 def _node_directory(path: str) -> str:
     """The key prefix (without slashes at either end) of node path ``path``."""
     if not isinstance(path, str):
         raise TypeError(f"a node path must be a str such as '/a/b', not {path!r}")
     return path.strip("/")
-
-
-
-class _StagedValues(Mapping[str, bytes]):
-    """``stage/<id>/<key> -> stored bytes`` for a list of changes, encoded on access.
-
-    A value staged inline is listed as the chunk reference its commit records
-    (``_as_stored``), whose encoding is not what is stored: its bytes are read
-    again on access, and stand for the value read only if they hold the same
-    content (a newer, different write then keeps its ref, S1). Keeping them
-    instead would hold up to ``STAGED_INLINE_LIMIT`` bytes per key.
-    """
-
-    def __init__(self, prefix: str, changes: list[Change], kept: dict[str, bytes],
-                 inline: set[str], read: Callable[[str], bytes | None]) -> None:
-        self._prefix = prefix
-        self._changes = changes
-        self._kept = kept
-        self._inline = inline
-        self._read = read
-        self._index: dict[str, int] | None = None
-
-    def __len__(self) -> int:
-        return len(self._changes)
-
-    def __iter__(self) -> Iterator[str]:
-        return (self._prefix + key for key, _ in self._changes)
-
-    def items(self) -> Iterator[tuple[str, bytes]]:  # type: ignore[override]
-        for key, entry in self._changes:
-            name = self._prefix + key
-            yield name, self._value(name, entry)
-
-    def _value(self, name: str, entry: Entry | None) -> bytes:
-        kept = self._kept.get(name)
-        if kept is not None:
-            return kept
-        if name in self._inline:
-            now = self._read(name)
-            if now is not None:
-                staged = decode_staged(name, now)
-                if not isinstance(staged, Tombstone) and _as_stored(staged) == entry:
-                    return now
-        return encode_staged(name, TOMBSTONE if entry is None else entry)
-
-    def __getitem__(self, name: str) -> bytes:
-        if self._index is None:
-            self._index = {key: i for i, (key, _) in enumerate(self._changes)}
-        position = self._index.get(name[len(self._prefix):]) if name.startswith(
-            self._prefix) else None
-        if position is None:
-            raise KeyError(name)
-        return self._value(name, self._changes[position][1])
-
-
-class _NodeChanges:
-    """The branch's changes since a session's base, seen node by node, for ``_carried``.
-
-    A staged change conflicts with the branch (icechunk's ``ConflictDetector``
-    raises the same cases) when it
-
-    * writes under a node the branch deleted or redefined (``merge.redefines_node``):
-      the write would be an orphan, or be read with metadata it was not
-      encoded for;
-    * deletes or redefines a node the branch wrote under: the branch's new
-      keys would survive as orphans, or as stale chunks of the new node. A
-      node deleted and made anew with the same document (zarr's
-      ``overwrite=True``; ``Session._replaced_node``) counts as redefined.
-    """
-
-    def __init__(self, theirs: Mapping[str, tuple[Entry | None, Entry | None]],
-                 value: Callable[[Entry | None], bytes | None],
-                 base: Callable[[str], Entry | None], *,
-                 replaced: Callable[[str], bool] = lambda directory: False) -> None:
-        self._theirs = theirs
-        self._value = value
-        self._base = base
-        self._replaced = replaced
-        self._written = sorted(key for key, (_, new) in theirs.items() if new is not None)
-        self.lost: set[str] = set()  # nodes we deleted or redefined that the branch wrote under
-        self._redefined: set[str] = set()
-        for key, (old, new) in theirs.items():
-            directory, _, name = key.rpartition("/")
-            if (name in NODE_DOCUMENTS and old is not None
-                    and (new is None or redefines_node(value(old), value(new)))):
-                self._redefined.add(directory)
-
-    def _wrote_under(self, directory: str, besides: str) -> bool:
-        return any(key != besides for key in self._under(directory))
-
-    def _under(self, directory: str) -> Iterator[str]:
-        prefix = directory + "/" if directory else ""
-        at = bisect.bisect_left(self._written, prefix)
-        for key in itertools.islice(self._written, at, None):
-            if not key.startswith(prefix):
-                return
-            yield key
-
-    def written_under(self, directories: Sequence[str]) -> list[str]:
-        """The keys the branch wrote (not deleted) under any of ``directories``."""
-        return sorted({key for directory in directories for key in self._under(directory)})
-
-    def conflicts(self, key: str, entry: Entry | None) -> bool:
-        """Whether our change of ``key`` to ``entry`` conflicts with a node the branch changed."""
-        directory, _, name = key.rpartition("/")
-        document = name in NODE_DOCUMENTS
-        if entry is not None and self._redefined:
-            above = directory.rpartition("/")[0] if document and directory else directory
-            parts = above.split("/") if above else []
-            if document and not directory:
-                ancestors: list[str] = []  # the root's own document: nothing above it
-            else:
-                ancestors = ["/".join(parts[:n]) for n in range(len(parts), -1, -1)]
-            if any(node in self._redefined for node in ancestors):
-                return True
-        if document:
-            tip = self._theirs[key][1] if key in self._theirs else self._base(key)
-            if tip is not None and self._wrote_under(directory, key) and (
-                    redefines_node(self._value(tip), self._value(entry))
-                    # deleted and made anew (zarr's overwrite=True), perhaps the same
-                    or (entry is not None and key not in self._theirs
-                        and self._replaced(directory))):
-                self.lost.add(directory)
-                return True
-        return False
-
-
-def _within(key: str, directory: str) -> bool:
-    """Whether ``key`` lies under the node directory ``directory`` (``""``: the root)."""
-    return not directory or key.startswith(directory + "/")

@@ -10,9 +10,23 @@ message, time and metadata, plus a ``"versionstore.purge"`` metadata entry
 naming the path, the purge's message and the snapshot's original id. Branch
 and tag refs then move to the rewritten snapshots — tags included, the only
 time a tag moves — in one atomic ``WriteBatch`` (with a ``purge`` ops-log
-entry per moved ref) that expects every branch,
-tag, graft and session ref exactly as read: a commit landing meanwhile makes
-the purge start over, so it is never lost (and never keeps the purged data).
+entry per moved ref).
+
+Concurrency: safe alongside commits, and not starved by commits to branches
+it does not move. The batch expects, exactly as read, what the plan depends
+on: every branch and tag it moves, every graft (the history it rewrote
+follows them), and the record of every session on a branch it moves (the
+ones that can block it). A commit landing meanwhile on a branch it moves
+makes the purge start over, so the commit is never lost and never keeps the
+purged data. Branches and tags it does not move, and sessions on them, are
+not expected: no snapshot they reach was rewritten, and a commit, reset or
+new ref there writes and expects none of the refs the batch writes or
+expects and deletes no object, so the two commute — the result is the
+purge's write landing first and that move just after (as a ref created
+meanwhile always did: a name not read cannot be expected). A branch or tag
+moved meanwhile onto a snapshot from before the purge therefore keeps it,
+as it would just after the purge, until that ref moves on; the collection
+that follows keeps what the refs reach.
 
 Writable sessions open on an affected branch are based on a snapshot that
 still holds the data (so garbage collection would keep it): the purge
@@ -52,6 +66,7 @@ from versionstore.tree import apply_changes, iter_from, lookup
 
 __all__ = ["purge_node", "purge_prefix"]
 
+#: Plans made before giving up, when the refs the plan depends on keep changing.
 _ATTEMPTS = 100
 METADATA_KEY = "versionstore.purge"
 
@@ -153,6 +168,10 @@ def purge_node(reader: ObjectReader, path: str, *, message: str | None = None,
         PurgeBlockedError: writable sessions are open on affected branches
             (and not ``force``); nothing was changed.
         ValueError: ``path`` is the root.
+        ConflictError: the refs the plan depends on (the branches and tags
+            it moves, the sessions on them, the grafts) kept changing
+            through every one of many attempts; nothing was changed.
+            Commits to other branches never cause it.
     """
     prefix = purge_prefix(path)
     backend = reader.backend
@@ -222,11 +241,8 @@ def purge_node(reader: ObjectReader, path: str, *, message: str | None = None,
         }
         # The old snapshots keep their grafts (a walk from elsewhere may still need
         # them) until gc collects them, which drops their grafts.
-        expect: dict[str, bytes | None] = {
-            name: raw for name, raw in refs.items()
-            if name.startswith(("branch/", "tag/", "session/", GRAFT_PREFIX))
-        }
-        batch = WriteBatch(objects=objects, expect=expect, refs=writes)
+        batch = WriteBatch(objects=objects, expect=_depends_on(refs, writes, affected),
+                           refs=writes)
         now = datetime.now(UTC)
         note = f"purged {'/' + prefix.rstrip('/')}" + ("" if message is None else f": {message}")
         for name, new in sorted(moved.items()):  # recorded in the same atomic step
@@ -235,4 +251,22 @@ def purge_node(reader: ObjectReader, path: str, *, message: str | None = None,
         if backend.write(batch):
             backend.sync()
             return mapping
-    raise ConflictError("(purge)", [])  # pragma: no cover - endless contention
+    raise ConflictError(  # pragma: no cover - endless contention
+        "(purge)", [], hint="the branches and tags it moves, the sessions on them or the "
+        "grafts kept changing (commits to a branch holding the node); nothing was changed")
+
+
+def _depends_on(refs: Mapping[str, bytes], writes: Mapping[str, bytes | None],
+                affected: set[str]) -> dict[str, bytes | None]:
+    """The refs a purge planned from ``refs`` depends on, as read (the module docstring).
+
+    Every graft, the branches and tags it moves (``writes``), and the records
+    of the sessions on the ``affected`` branches; not the other branches,
+    tags and sessions.
+    """
+    expect: dict[str, bytes | None] = {
+        name: raw for name, raw in refs.items() if name.startswith(GRAFT_PREFIX)}
+    expect.update((name, refs.get(name)) for name in writes)
+    expect.update((name, raw) for name, raw in refs.items()
+                  if name.startswith("session/") and decode_session(name, raw).branch in affected)
+    return expect

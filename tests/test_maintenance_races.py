@@ -22,7 +22,7 @@ import pytest
 import versionstore as vs
 from versionstore.backend.protocol import WriteBatch
 from versionstore.errors import MissingObjectsError
-from versionstore.ids import object_id_from_text
+from versionstore.ids import SnapshotId, object_id_from_text
 
 
 @pytest.fixture(params=["memory", "lmdb"])
@@ -46,8 +46,9 @@ def _cutoff() -> datetime:
     return moment
 
 
-def _history(repo: vs.Repository, **version: str) -> list[str]:
-    return [info.id for info in repo.ancestry(**version)]
+def _history(repo: vs.Repository, *, branch: str | None = None,
+             tag: str | None = None) -> list[str]:
+    return [info.id for info in repo.ancestry(branch=branch, tag=tag)]
 
 
 def _moves_refs(batch: WriteBatch) -> bool:
@@ -166,7 +167,7 @@ def test_expire_plans_again_when_a_branch_it_deletes_moves_meanwhile(
 def test_expire_plans_again_when_another_expiry_writes_grafts_meanwhile(
         repo: vs.Repository, monkeypatch: pytest.MonkeyPatch) -> None:
     root, a, b, c, cutoff = _old_history(repo)
-    other: list[set[str]] = []
+    other: list[set[Any]] = []
     outcomes = race_before_write(repo, monkeypatch,
                                  lambda: other.append(repo.expire_snapshots(cutoff)))
     assert repo.expire_snapshots(cutoff) == set()  # the other run expired them
@@ -226,7 +227,7 @@ def test_purge_plans_again_when_a_branch_it_moves_moves_meanwhile(
                                  lambda: landed.append(_commit(repo, y=b"y" * 700)))
     result = repo.purge("/p")
     assert outcomes == [False, True]  # main moved: the new commit holds /p too
-    assert repo.lookup_branch("main") == result.rewritten[landed[0]]
+    assert repo.lookup_branch("main") == result.rewritten[SnapshotId(landed[0])]
     session = repo.readonly_session()
     assert session.store.storage.get("y") == b"y" * 700
     assert session.store.storage.get("p/c/0") is None

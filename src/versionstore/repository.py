@@ -1014,9 +1014,10 @@ class Repository:
 
         Raises:
             ValueError: if ``older_than`` has no timezone.
-            ConflictError: other runs of expiry or garbage collection kept
-                changing the grafts (or commits the branches and tags it
-                deletes) through many attempts; nothing was changed.
+            ConflictError: the grafts (which other runs of expiry and
+                garbage collection change), or the branches and tags it
+                deletes, kept changing through many attempts; nothing was
+                changed.
         """
         if older_than is None:
             raise TypeError("older_than is required: a timezone-aware datetime")

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 import versionstore as vs
+import versionstore.purge as purge_module
 from versionstore.backend.protocol import WriteBatch
 from versionstore.errors import MissingObjectsError
 from versionstore.ids import SnapshotId, object_id_from_text
@@ -57,8 +58,8 @@ def _moves_refs(batch: WriteBatch) -> bool:
 
 
 def race_before_write(repo: vs.Repository, monkeypatch: pytest.MonkeyPatch,
-                      meanwhile: Callable[[], object]) -> list[bool | str]:
-    """Run ``meanwhile`` once, just before the first maintenance batch is written.
+                      meanwhile: Callable[[], object], times: int = 1) -> list[bool | str]:
+    """Run ``meanwhile`` just before each of the first ``times`` maintenance batches.
 
     Returns the outcome of each maintenance batch (one writing a branch, tag
     or graft ref, outside ``meanwhile``), as they happen: ``True`` (written),
@@ -67,14 +68,14 @@ def race_before_write(repo: vs.Repository, monkeypatch: pytest.MonkeyPatch,
     """
     outcomes: list[bool | str] = []
     original = repo.backend.write
-    raced: list[bool] = []  # [False] while ``meanwhile`` runs, [True] after
+    racing: list[bool] = []  # one per run of ``meanwhile``; True while it runs
 
     def write(batch: WriteBatch) -> bool:
-        counted = _moves_refs(batch) and raced != [False]
-        if counted and not raced:
-            raced.append(False)
+        counted = _moves_refs(batch) and not any(racing)
+        if counted and len(racing) < times:
+            racing.append(True)
             meanwhile()
-            raced[0] = True
+            racing[-1] = False
         try:
             result = original(batch)
         except MissingObjectsError:
@@ -246,5 +247,45 @@ def test_purge_a_branch_reset_meanwhile_lands_after_it(
     # until it moves on, and the collection that followed kept what it reaches.
     assert old in result.rewritten and repo.lookup_branch("clean") == old
     assert repo.readonly_session("clean").store.storage.get("p/c/1") == b"secret" * 100
+    assert repo.readonly_session().store.storage.get("p/c/1") is None
+    assert repo.verify().ok
+
+
+def test_purge_starting_over_rewrites_only_what_landed_since(
+        repo: vs.Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    _secret_history(repo)
+    rewrites: list[object] = []
+    encode = purge_module.encode_snapshot
+
+    def encode_snapshot(snapshot: Any) -> Any:
+        rewrites.append(snapshot)
+        return encode(snapshot)
+
+    monkeypatch.setattr(purge_module, "encode_snapshot", encode_snapshot)
+    landed: list[str] = []
+    outcomes = race_before_write(repo, monkeypatch, lambda: landed.append(
+        _commit(repo, **{f"y{len(landed)}": b"y" * 700})), times=3)
+    result = repo.purge("/p")
+    assert outcomes == [False, False, False, True]  # main moved forward three times
+    assert len(rewrites) == 2 + 3  # main's two snapshots once, then each new commit once
+    assert set(result.rewritten) >= set(landed)
+    assert repo.lookup_branch("main") == result.rewritten[SnapshotId(landed[-1])]
+    assert repo.readonly_session().store.storage.get("y2") == b"y" * 700
+    assert all(repo.readonly_session(snapshot_id=info.id).store.storage.get("p/c/0") is None
+               for info in repo.ancestry())
+    assert repo.verify().ok
+
+
+def test_purge_starts_afresh_when_the_grafts_change_meanwhile(
+        repo: vs.Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    _secret_history(repo)
+    cutoff = _cutoff()
+    _commit(repo, z=b"z" * 700)
+    outcomes = race_before_write(repo, monkeypatch, lambda: repo.expire_snapshots(cutoff))
+    result = repo.purge("/p")
+    assert outcomes == [False, True]  # the grafts changed: the history it rewrote did too
+    # The tip is rewritten on the grafted history: its expired ancestors are not.
+    assert len(result.rewritten) == 1
+    assert [info.message for info in repo.ancestry()] == ["c", "Repository initialized"]
     assert repo.readonly_session().store.storage.get("p/c/1") is None
     assert repo.verify().ok

@@ -37,7 +37,7 @@ atomic ``WriteBatch`` that expects only what the plan depends on:
 Branches and tags the plan does not write are *not* expected. A commit
 moving a branch forward cannot invalidate the plan: the new snapshot is
 not in the planned history, and its parent is a tip the plan kept. Nor can
-any other move of a ref the plan does not write — a reset, a new branch or
+another move of a ref the plan does not write — a reset, a new branch or
 tag, even one on a snapshot this run expires: the batch writes and expects
 no ref such a move writes or expects, and stores or deletes no object, so
 the two commute, and the result is the one of this run landing first and
@@ -45,7 +45,10 @@ the move just after (what ``reset_branch`` onto an expired snapshot does
 anyway: the snapshot keeps its graft, and gc keeps it while a ref reaches
 it); a move that read history before this write (a merge's base) read it
 as it could have just before this run, as before. Such a move only means
-this run expired less than a later one will.
+this run expired less than a later one will. (A purge landing meanwhile
+moves every branch holding its node to rewritten snapshots: this run's
+grafts then hang on snapshots no ref reaches, and gc drops them with
+those snapshots.)
 
 Garbage collection decides what to keep from the refs and grafts as they
 are when it runs, never from this plan, and the ops log roots nothing, so

@@ -172,6 +172,7 @@ class _Rewritten:
     parents: tuple[ObjectId, ...]  # as history follows them (through the grafts)
     new_id: ObjectId | None
     objects: tuple[tuple[ObjectId, bytes], ...] = ()
+    graft: str = ""  # the old snapshot's graft ref name (a rewritten one's)
 
 
 def _targets(refs: Mapping[str, bytes]) -> dict[str, ObjectId]:
@@ -218,7 +219,7 @@ def _rewrite(reader: ObjectReader, snapshot_id: ObjectId, snapshot: Snapshot,
     new_id, frame = encode_snapshot(Snapshot(
         parents=new_parents, tree=tree, message=snapshot.message,
         written_at=snapshot.written_at, metadata=metadata, sizes=sizes))
-    return _Rewritten(parents=parents, new_id=new_id, objects=(
+    return _Rewritten(parents=parents, new_id=new_id, graft=graft_ref(snapshot_id), objects=(
         *nodes.items(), *((i, view_frame) for i, (_, view_frame) in view_values.items()),
         (new_id, frame)))
 
@@ -273,6 +274,7 @@ def purge_node(reader: ObjectReader, path: str, *, message: str | None = None,
     backend = reader.backend
     rewrites: dict[ObjectId, _Rewritten] = {}  # kept across attempts while the grafts stay
     followed: Mapping[ObjectId, tuple[ObjectId, ...]] | None = None
+    decoded: dict[tuple[str, bytes], SessionRecord] = {}  # session records, across attempts
     for _ in range(_ATTEMPTS):
         refs = backend.list_refs_except(_UNREAD)
         grafts = grafts_from_refs(refs)
@@ -290,7 +292,8 @@ def purge_node(reader: ObjectReader, path: str, *, message: str | None = None,
         if not moved:
             return {}
         affected = {name.removeprefix("branch/") for name in moved if name.startswith("branch/")}
-        blocking = _blocking(refs, affected)
+        records = _session_records(refs, decoded)
+        blocking = _blocking(refs, records, affected)
         if blocking and not force:
             raise PurgeBlockedError(path, {n.removeprefix("session/"): r.branch
                                            for n, r in blocking.items()})
@@ -298,7 +301,8 @@ def purge_node(reader: ObjectReader, path: str, *, message: str | None = None,
             for name in blocking:
                 _discard_session(backend, name, refs[name])
             continue  # look again: the discarded sessions' refs are part of what we expect
-        batch = _batch(refs, targets, moved, objects, affected, mapping,
+        batch = _batch(refs, targets, moved, objects, affected,
+                       [rewrites[old].graft for old in mapping], records,
                        note=f"purged {'/' + prefix.rstrip('/')}"
                        + ("" if message is None else f": {message}"))
         if backend.write(batch):
@@ -309,19 +313,35 @@ def purge_node(reader: ObjectReader, path: str, *, message: str | None = None,
         "grafts kept changing (commits to a branch holding the node); nothing was changed")
 
 
-def _blocking(refs: Mapping[str, bytes], affected: set[str]) -> dict[str, SessionRecord]:
+def _session_records(refs: Mapping[str, bytes],
+                     decoded: dict[tuple[str, bytes], SessionRecord]) -> dict[str, SessionRecord]:
+    """Every session record among ``refs``, by name; ``decoded`` keeps them across attempts.
+
+    Records stay until gc prunes them (one per session that ever staged), so
+    a retry decodes only the records written since.
+    """
+    records: dict[str, SessionRecord] = {}
+    for name, raw in refs.items():
+        if name.startswith("session/"):
+            record = decoded.get((name, raw))
+            if record is None:
+                record = decoded[(name, raw)] = decode_session(name, raw)
+            records[name] = record
+    return records
+
+
+def _blocking(refs: Mapping[str, bytes], records: Mapping[str, SessionRecord],
+              affected: set[str]) -> dict[str, SessionRecord]:
     """The sessions with staged changes on the ``affected`` branches, by record name."""
     staged = {name.split("/", 2)[1] for name in refs if name.startswith("stage/")}
-    staged |= {name.split("/", 1)[1] for name, raw in refs.items()  # staged manifests
-               if name.startswith("session/") and decode_session(name, raw).manifests}
-    sessions = {name: decode_session(name, raw) for name, raw in refs.items()
-                if name.startswith("session/") and name.split("/", 1)[1] in staged}
-    return {name: record for name, record in sessions.items() if record.branch in affected}
+    return {name: record for name, record in records.items() if record.branch in affected
+            and (record.manifests or name.split("/", 1)[1] in staged)}  # manifests: staged
 
 
 def _batch(refs: Mapping[str, bytes], targets: Mapping[str, ObjectId],
            moved: Mapping[str, ObjectId], objects: list[tuple[ObjectId, bytes]],
-           affected: set[str], rewritten: Iterable[ObjectId], *, note: str) -> WriteBatch:
+           affected: set[str], grafts: Iterable[str],
+           records: Mapping[str, SessionRecord], *, note: str) -> WriteBatch:
     """The purge's atomic step: the new objects, the moves and their ops-log entries."""
     writes: dict[str, bytes | None] = {
         name: encode_ref_target(name, RefTarget(snapshot=new)) for name, new in moved.items()
@@ -329,7 +349,7 @@ def _batch(refs: Mapping[str, bytes], targets: Mapping[str, ObjectId],
     # The old snapshots keep their grafts (a walk from elsewhere may still need
     # them) until gc collects them, which drops their grafts.
     batch = WriteBatch(objects=objects, refs=writes,
-                       expect=_depends_on(refs, writes, affected, rewritten))
+                       expect=_depends_on(refs, writes, affected, grafts, records))
     now = datetime.now(UTC)
     for name, new in sorted(moved.items()):  # recorded in the same atomic step
         batch = with_operation(batch, Operation(kind="purge", ref=name, old=targets[name],
@@ -338,19 +358,20 @@ def _batch(refs: Mapping[str, bytes], targets: Mapping[str, ObjectId],
 
 
 def _depends_on(refs: Mapping[str, bytes], writes: Mapping[str, bytes | None],
-                affected: set[str], rewritten: Iterable[ObjectId]) -> dict[str, bytes | None]:
+                affected: set[str], grafts: Iterable[str],
+                records: Mapping[str, SessionRecord]) -> dict[str, bytes | None]:
     """The refs a purge planned from ``refs`` depends on, as read (the module docstring).
 
-    Every graft, and the graft of every ``rewritten`` snapshot (absent: one
-    written meanwhile would change the parents its rewrite took), the
+    Every graft, and the ``grafts`` of the snapshots it rewrote (absent: one
+    written meanwhile would change the parents a rewrite took), the
     branches and tags it moves (``writes``), and the records of the
     sessions on the ``affected`` branches; not the other branches, tags
     and sessions.
     """
     expect: dict[str, bytes | None] = {
         name: raw for name, raw in refs.items() if name.startswith(GRAFT_PREFIX)}
-    expect.update((name, refs.get(name)) for name in map(graft_ref, rewritten))
+    expect.update((name, refs.get(name)) for name in grafts)
     expect.update((name, refs.get(name)) for name in writes)
-    expect.update((name, raw) for name, raw in refs.items()
-                  if name.startswith("session/") and decode_session(name, raw).branch in affected)
+    expect.update((name, refs[name]) for name, record in records.items()
+                  if record.branch in affected)
     return expect

@@ -997,7 +997,9 @@ class Repository:
         Branch tips, tagged snapshots and the first snapshot are never
         expired; no snapshot id changes and no branch or tag moves (see
         ``versionstore.expire``). The data goes at the next
-        ``garbage_collect`` — only what no kept snapshot still uses.
+        ``garbage_collect`` — only what no kept snapshot still uses. Safe
+        while other processes commit, and not starved by them: a commit,
+        reset or tag landing meanwhile lands as if just after the expiry.
 
         Args:
             older_than: the timezone-aware cut-off.
@@ -1012,6 +1014,10 @@ class Repository:
 
         Raises:
             ValueError: if ``older_than`` has no timezone.
+            ConflictError: the grafts (which other runs of expiry and
+                garbage collection change), or the branches and tags it
+                deletes, kept changing through many attempts; nothing was
+                changed.
         """
         if older_than is None:
             raise TypeError("older_than is required: a timezone-aware datetime")
@@ -1086,7 +1092,9 @@ class Repository:
         default grace period (a day: a writer may have stored objects it has
         not yet recorded), so the node's objects are deleted only by a later
         ``garbage_collect``, or at once with ``gc_older_than=now`` while no
-        writer is active.
+        writer is active. Safe while other processes commit, and not
+        starved by commits to branches it does not move; a commit to a
+        branch it moves makes it start over (``versionstore.purge``).
 
         Args:
             path: the node, e.g. ``"/participants/p042"``.
@@ -1104,6 +1112,8 @@ class Repository:
         Raises:
             PurgeBlockedError: writable sessions are open on affected branches.
             ValueError: ``path`` is the root.
+            ConflictError: branches it moves kept moving (commits to them)
+                through many attempts; nothing was changed.
 
         Warns:
             ShortGracePeriodWarning: on object storage, ``gc_older_than`` less

@@ -114,8 +114,8 @@ def test_expire_checks_its_arguments(repo: vs.Repository) -> None:
         repo.expire_snapshots("yesterday")  # type: ignore[arg-type]
 
 
-def test_expire_retries_when_a_commit_lands_meanwhile(repo: vs.Repository,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_expire_keeps_a_commit_that_lands_meanwhile(repo: vs.Repository,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     _commit(repo, a=b"1")
     cutoff = _cutoff()
     _commit(repo, a=b"2")

@@ -11,7 +11,7 @@ readable and that ``verify`` is clean.
 Before the fix, ``expire_snapshots`` and ``purge`` expected *every* branch
 and tag ref unchanged at their final compare-and-swap, so each commit
 anywhere made them plan again from scratch: with a few hundred snapshots of
-history they failed all their attempts (``ConflictError("(expire)")``) or
+history they failed all their attempts (a ``ConflictError`` naming "(expire)") or
 finished only once the committer stopped. A commit that moves a branch the
 operation does not write cannot invalidate its plan (``versionstore.expire``
 and ``versionstore.purge`` say why), so each now writes on its first attempt;

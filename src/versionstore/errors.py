@@ -76,6 +76,7 @@ __all__ = [
     "ImmutableTagError",
     "InvalidMoveError",
     "InvalidRefNameError",
+    "MaintenanceConflictError",
     "MergeConflict",
     "MergeConflictError",
     "MissingObjectsError",
@@ -305,6 +306,20 @@ class ConflictError(VersionStoreError):
             f"commit conflicts with new commits on branch {branch!r}: {shown}{more}"
             + (f"; {hint}" if hint else "")
         )
+
+
+class MaintenanceConflictError(ConflictError):
+    """Expiry or purge gave up: the refs its plan depends on changed under every attempt.
+
+    Nothing was changed. Commits that only move other branches never cause
+    it (``docs/format.md``, rule M1); run it again once those refs are quiet.
+    """
+
+    def __init__(self, operation: str, detail: str) -> None:
+        VersionStoreError.__init__(self, f"{operation} gave up after many attempts: {detail}; "
+                                         "nothing was changed")
+        self.branch = f"({operation})"
+        self.keys = frozenset()
 
 
 #: What a session's ``ConflictError`` says to do (docs/guide.md, "Concurrent

@@ -68,7 +68,7 @@ import attrs
 
 from versionstore.backend.protocol import WriteBatch
 from versionstore.codec import decode_ref_target, encode_graft, encode_ref_target
-from versionstore.errors import ConflictError, MissingObjectsError
+from versionstore.errors import MaintenanceConflictError, MissingObjectsError
 from versionstore.grafts import GRAFT_PREFIX, graft_ref, grafts_from_refs, parents_of
 from versionstore.ids import ObjectId
 from versionstore.objects import ObjectReader
@@ -221,7 +221,7 @@ def expire_snapshots(reader: ObjectReader, older_than: datetime, *,
 
     Raises:
         ValueError: if ``older_than`` has no timezone.
-        ConflictError: if the refs the plan depends on — the grafts, and the
+        MaintenanceConflictError: if the refs the plan depends on — the grafts, and the
             branches and tags it would delete — kept changing through every
             one of many attempts (nothing was changed). Commits, resets and
             new branches or tags elsewhere never cause it.
@@ -241,6 +241,6 @@ def expire_snapshots(reader: ObjectReader, older_than: datetime, *,
         if written:
             backend.sync()
             return plan.expired
-    raise ConflictError(  # pragma: no cover - endless contention
-        "(expire)", [], hint="the grafts, or the branches and tags it deletes, kept changing "
-        "(other runs of expiry or garbage collection); nothing was changed")
+    raise MaintenanceConflictError(  # pragma: no cover - endless contention
+        "expire_snapshots", "the grafts, or the branches and tags it deletes, kept changing "
+        "(other runs of expiry or garbage collection)")

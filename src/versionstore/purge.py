@@ -60,7 +60,7 @@ from versionstore.codec import (
     encode_snapshot,
 )
 from versionstore.consolidated import moved_view, view_keys
-from versionstore.errors import ConflictError, PurgeBlockedError
+from versionstore.errors import MaintenanceConflictError, PurgeBlockedError
 from versionstore.grafts import GRAFT_PREFIX, graft_ref, grafts_from_refs, parents_of
 from versionstore.ids import ObjectId, object_id_text
 from versionstore.objects import ObjectReader
@@ -265,7 +265,7 @@ def purge_node(reader: ObjectReader, path: str, *, message: str | None = None,
         PurgeBlockedError: writable sessions are open on affected branches
             (and not ``force``); nothing was changed.
         ValueError: ``path`` is the root.
-        ConflictError: the refs the plan depends on (the branches and tags
+        MaintenanceConflictError: the refs the plan depends on (the branches and tags
             it moves, the sessions on them, the grafts) kept changing
             through every one of many attempts; nothing was changed.
             Commits to other branches never cause it.
@@ -308,9 +308,9 @@ def purge_node(reader: ObjectReader, path: str, *, message: str | None = None,
         if backend.write(batch):
             backend.sync()
             return mapping
-    raise ConflictError(  # pragma: no cover - endless contention
-        "(purge)", [], hint="the branches and tags it moves, the sessions on them or the "
-        "grafts kept changing (commits to a branch holding the node); nothing was changed")
+    raise MaintenanceConflictError(  # pragma: no cover - endless contention
+        "purge", "the branches and tags it moves, the sessions on them or the "
+        "grafts kept changing (commits to a branch holding the node)")
 
 
 def _session_records(refs: Mapping[str, bytes],

@@ -1014,7 +1014,7 @@ class Repository:
 
         Raises:
             ValueError: if ``older_than`` has no timezone.
-            ConflictError: the grafts (which other runs of expiry and
+            MaintenanceConflictError: the grafts (which other runs of expiry and
                 garbage collection change), or the branches and tags it
                 deletes, kept changing through many attempts; nothing was
                 changed.
@@ -1112,7 +1112,7 @@ class Repository:
         Raises:
             PurgeBlockedError: writable sessions are open on affected branches.
             ValueError: ``path`` is the root.
-            ConflictError: branches it moves kept moving (commits to them)
+            MaintenanceConflictError: branches it moves kept moving (commits to them)
                 through many attempts; nothing was changed.
 
         Warns:

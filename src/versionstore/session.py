@@ -102,6 +102,7 @@ from versionstore.sizes import SizeTally, sizes_of, with_documents
 from versionstore.staged_manifest import ManifestReader, manifest_beats_ref, merge_staged
 from versionstore.staged_values import INLINE_LIMIT, StagedValues, as_stored, stored_changes
 from versionstore.tree import Change, apply_changes, changed_entries, iter_from, lookup
+from zarrstore.values import value_bytes
 
 if TYPE_CHECKING:
     from versionstore.repository import Repository
@@ -716,11 +717,14 @@ class Session:
         Raises:
             InvalidKeyError: a key is not a valid store key or is longer than
                 ``MAX_KEY_BYTES`` (nothing is staged).
+            TypeError: a value is not bytes-like (``zarrstore.values``; nothing
+                is staged).
             ReadOnlySessionError: the session is read-only.
         """
         session_id = self._require_writable()
         if self._located is not None:
-            plain = [(k, bytes(v.value) if isinstance(v, PreparedChunk) else v) for k, v in items]
+            plain = [(k, bytes(v.value) if isinstance(v, PreparedChunk) else value_bytes(v))
+                     for k, v in items]
             for key, _ in plain:
                 validate_session_key(key)
             logged, located = self._split_located(plain)
@@ -756,7 +760,7 @@ class Session:
             # A copy: the staged record and the remembered decoding must not follow a
             # later change of the caller's buffer (``set_values`` copies as well), and
             # the limit counts bytes (a memoryview's ``len`` counts its items).
-            value = bytes(value)
+            value = value_bytes(value)
         size = len(value)
         if size > STAGED_INLINE_LIMIT or (size > INLINE_LIMIT
                                           and self._inline_bytes >= STAGED_INLINE_BUDGET):
@@ -782,7 +786,7 @@ class Session:
             name = prefix + key
             entry: Entry
             if type(value) is not bytes and not isinstance(value, PreparedChunk):
-                value = bytes(value)  # sized in bytes (a memoryview's len counts items)
+                value = value_bytes(value)  # sized in bytes (a memoryview's len counts items)
             if isinstance(value, bytes) and len(value) <= INLINE_LIMIT:
                 entry = value
                 raw = encode_staged(name, entry)

@@ -58,6 +58,7 @@ from zarrstore.lmdb_environment import (
 )
 from zarrstore.protocol import DirListing, ReadRequest, Storage
 from zarrstore.ranges import ByteRange, slice_value
+from zarrstore.values import value_bytes
 from zarrstore.zarr_bridge import ZarrStore
 
 __all__ = ["LMDBStorage", "LMDBStore"]
@@ -355,7 +356,7 @@ class LMDBStorage(Storage):
             ReadOnlyError: the store is read-only.
             InvalidKeyError: a key is invalid (nothing is written).
         """
-        batch = [(_key(validate_key(key)), bytes(value)) for key, value in items]
+        batch = [(_key(validate_key(key)), value_bytes(value)) for key, value in items]
         self._check_writable()
         if batch:
             self._write("writing a batch",

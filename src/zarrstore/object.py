@@ -52,6 +52,7 @@ from zarrstore.keys import name_max, refuse_unnamable, validate_key
 from zarrstore.protocol import AsyncStorage, DirListing, ReadRequest, ValueInfo
 from zarrstore.ranges import ByteRange, OffsetRequest, RangeRequest, SuffixRequest, resolve
 from zarrstore.rust_runtimes import OBSTORE
+from zarrstore.values import value_bytes
 from zarrstore.zarr_bridge import ZarrStore
 
 if TYPE_CHECKING:
@@ -484,8 +485,9 @@ class ObjectStorage(AsyncStorage):
         """
         validate_key(key)
         self._check_writable()
+        value = value_bytes(value)
         if expected_etag is None:
-            return await self._set_if_absent(key, bytes(value))
+            return await self._set_if_absent(key, value)
         try:
             with self._translated("put (if-match)", key, missing=True):
                 await obstore.put_async(self.backing, key, value, mode={"e_tag": expected_etag})

@@ -29,6 +29,7 @@ import attrs
 from zarrstore.errors import ReadOnlyError, UnsupportedOperationError
 from zarrstore.keys import validate_key, validate_prefix
 from zarrstore.ranges import ByteRange
+from zarrstore.values import value_bytes
 
 __all__ = ["READ_CALLS", "AsyncStorage", "DirListing", "Storage", "ValueInfo", "children_of"]
 
@@ -218,13 +219,13 @@ class Storage(ABC):
         """Store ``value`` at ``key``, replacing any previous value atomically."""
         validate_key(key)
         self._check_writable()
-        self._set(key, bytes(value) if not isinstance(value, bytes) else value)
+        self._set(key, value_bytes(value))
 
     def set_if_absent(self, key: str, value: bytes) -> bool:
         """Store ``value`` only if ``key`` holds nothing; return whether it was stored."""
         validate_key(key)
         self._check_writable()
-        return self._set_if_absent(key, bytes(value))
+        return self._set_if_absent(key, value_bytes(value))
 
     def erase(self, key: str) -> None:
         """Remove ``key``; erasing a missing key is not an error."""
@@ -398,13 +399,13 @@ class AsyncStorage(ABC):
         """Store ``value`` at ``key``, replacing any previous value atomically."""
         validate_key(key)
         self._check_writable()
-        await self._set(key, bytes(value) if not isinstance(value, bytes) else value)
+        await self._set(key, value_bytes(value))
 
     async def set_if_absent(self, key: str, value: bytes) -> bool:
         """Store ``value`` only if ``key`` holds nothing; return whether it was stored."""
         validate_key(key)
         self._check_writable()
-        return await self._set_if_absent(key, bytes(value))
+        return await self._set_if_absent(key, value_bytes(value))
 
     async def erase(self, key: str) -> None:
         """Remove ``key``; erasing a missing key is not an error."""

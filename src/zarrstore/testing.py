@@ -487,6 +487,16 @@ class StoreConformance:
         assert storage.set_if_absent("wide2", wide)  # type: ignore[arg-type]
         assert storage.size("wide2") == 16
 
+    @pytest.mark.parametrize("value", [5, "text", None, [1, 2]], ids=repr)
+    def test_set_refuses_what_is_not_bytes_like(self, storage: Storage, value: object) -> None:
+        # ``bytes(5)`` is five zero bytes: a number must not be stored as that.
+        self._require_writable()
+        with pytest.raises(TypeError, match="bytes-like"):
+            storage.set("k", value)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="bytes-like"):
+            storage.set_if_absent("k", value)  # type: ignore[arg-type]
+        assert storage.get("k") is None
+
     def test_erase(self, storage: Storage) -> None:
         self._require_writable()
         self.raw_set(storage, "a/b", b"1")

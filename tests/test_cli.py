@@ -57,6 +57,35 @@ def test_diff_verify_gc_sessions(repo_path: str, capsys: pytest.CaptureFixture[s
     assert main(["sessions", repo_path]) == 0
 
 
+@pytest.mark.parametrize("args", [["gc", "--older-than", "1000000d"],
+                                  ["expire", "--older-than", "1000000d"],
+                                  ["sessions", "--discard-older-than", "99999999999d"]],
+                         ids=lambda a: a[0])
+def test_a_time_too_far_back_is_a_usage_error(repo_path: str, args: list[str],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([args[0], repo_path, *args[1:]]) == 2  # click's usage error, no traceback
+    err = capsys.readouterr().err
+    assert "before the year 1" in err and "Traceback" not in err
+
+
+def test_json_output_is_strict_json_with_non_finite_metadata(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    repo = vs.Repository.create(vs.lmdb_storage(tmp_path / "r"))
+    session = repo.writable_session("main")
+    session.store.storage.set("k", b"1")
+    metrics = {"loss": float("nan"), "best": float("inf"), "worst": [float("-inf"), 1.5]}
+    session.commit("metrics", metadata=metrics)
+    repo.close()
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"not JSON (RFC 8259): {name}")
+
+    assert main(["log", str(tmp_path / "r"), "--json"]) == 0
+    newest = json.loads(capsys.readouterr().out, parse_constant=refuse)[0]
+    assert newest["metadata"] == {"loss": "NaN", "best": "Infinity",
+                                  "worst": ["-Infinity", 1.5]}
+
+
 def test_errors_are_reported_not_raised(tmp_path: Path, repo_path: str,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["log", str(tmp_path / "missing")]) == 1

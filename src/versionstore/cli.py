@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import re
 import sys
@@ -80,7 +81,23 @@ def _echo(text: str = "") -> None:
 
 
 def _json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, default=str))
+    """Print ``value`` as JSON (RFC 8259): a NaN or infinite float is written as a string."""
+    click.echo(json.dumps(_finite(value), indent=2, default=str, allow_nan=False))
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with each NaN or infinite float as ``"NaN"`` / ``"Infinity"`` / ``"-Infinity"``.
+
+    Snapshot metadata may hold them (msgpack does); Python's ``json`` would
+    write bare ``NaN``, which strict parsers (``JSON.parse``, Go, serde) refuse.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _when(text: str) -> datetime:
@@ -88,7 +105,10 @@ def _when(text: str) -> datetime:
     match = _DURATION.fullmatch(text.strip())
     if match:
         amount, unit = int(match.group(1)), match.group(2)
-        return datetime.now(UTC) - timedelta(**{_UNITS[unit]: amount})
+        try:
+            return datetime.now(UTC) - timedelta(**{_UNITS[unit]: amount})
+        except OverflowError:
+            raise click.BadParameter(f"{text!r} reaches back before the year 1") from None
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:

@@ -111,6 +111,19 @@ def _calls(repo: vs.Repository, snapshot: str, info: vs.SnapshotInfo
         "diff(to_snapshot_id)": (
             lambda: repo.diff(from_branch="main", to_snapshot_id=2), "to_snapshot_id"),  # type: ignore[arg-type]
         "garbage_collect(dry_run)": (lambda: repo.garbage_collect(dry_run="no"), "dry_run"),  # type: ignore[arg-type]
+        "garbage_collect(progress)": (lambda: repo.garbage_collect(progress=3), "progress"),  # type: ignore[arg-type]
+        "verify(progress)": (lambda: repo.verify(progress=3), "progress"),  # type: ignore[arg-type]
+        "commit(allow_empty)": (  # a str such as "no" would have recorded an empty snapshot
+            lambda: repo.writable_session("main").commit("c", allow_empty="no"), "allow_empty"),  # type: ignore[arg-type]
+        "open(virtual_chunk_stores)": (
+            lambda: vs.Repository.open(repo.storage, virtual_chunk_stores=3),  # type: ignore[arg-type]
+            "virtual_chunk_stores"),
+        "create(virtual_chunk_stores)": (
+            lambda: vs.Repository.create(vs.in_memory_storage(), virtual_chunk_stores=["x"]),  # type: ignore[arg-type]
+            "virtual_chunk_stores"),
+        "open(check_virtual_checksums)": (
+            lambda: vs.Repository.open(repo.storage, check_virtual_checksums="no"),  # type: ignore[arg-type]
+            "check_virtual_checksums"),
     }
 
 
@@ -123,6 +136,7 @@ def test_every_entry_point_names_the_wrong_argument(repo: vs.Repository) -> None
         assert str(caught.value).startswith(f"{parameter} must be"), (name, caught.value)
     # Nothing was changed by the refused calls.
     assert repo.list_branches() == {"main"} and repo.list_tags() == set()
+    assert [i.id for i in repo.ancestry()] == [snapshot]
 
 
 def test_a_snapshot_info_gets_a_hint_to_its_id(repo: vs.Repository) -> None:

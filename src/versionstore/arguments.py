@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import reprlib
+from collections.abc import Mapping
 from datetime import datetime
 from typing import TypeGuard
 
@@ -21,7 +22,9 @@ from versionstore.storage import LMDBStorage, RepositoryStorage
 
 __all__ = [
     "as_storage",
+    "check_callback",
     "check_flag",
+    "check_mapping",
     "check_name",
     "check_optional_name",
     "check_optional_time",
@@ -130,6 +133,26 @@ def check_flag(value: object, parameter: str) -> bool:
     if isinstance(value, bool):
         return value
     raise TypeError(f"{parameter} must be True or False; got {_shown(value)}")
+
+
+def check_callback(value: object, parameter: str) -> None:
+    """Refuse ``value`` unless it is ``None`` or callable.
+
+    Raises:
+        TypeError: otherwise (it would fail later as "'int' object is not callable").
+    """
+    if value is not None and not callable(value):
+        raise TypeError(f"{parameter} must be a callable or None; got {_shown(value)}")
+
+
+def check_mapping(value: object, parameter: str) -> None:
+    """Refuse ``value`` unless it is ``None`` or a mapping (a ``dict``).
+
+    Raises:
+        TypeError: otherwise.
+    """
+    if value is not None and not isinstance(value, Mapping):
+        raise TypeError(f"{parameter} must be a dict (or None); got {_shown(value)}")
 
 
 def looks_like_snapshot_id(name: str) -> bool:

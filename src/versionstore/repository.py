@@ -21,7 +21,9 @@ import attrs
 
 from versionstore.arguments import (
     as_storage,
+    check_callback,
     check_flag,
+    check_mapping,
     check_name,
     check_optional_name,
     check_optional_time,
@@ -118,6 +120,19 @@ class PurgeResult:
 
     rewritten: dict[SnapshotId, SnapshotId]
     gc: GCSummary
+
+
+
+def _virtual_chunk_stores(stores: object, check_checksums: object) -> VirtualChunkStores:
+    """``VirtualChunkStores`` of ``open`` / ``create``'s arguments, checked first.
+
+    Raises:
+        TypeError: ``stores`` is not a dict (or ``None``), or ``check_checksums`` not a bool.
+    """
+    check_mapping(stores, "virtual_chunk_stores")
+    checked = check_flag(check_checksums, "check_virtual_checksums")
+    return VirtualChunkStores(stores, check_checksums=checked)  # type: ignore[arg-type]
+
 
 
 class Repository:
@@ -241,7 +256,7 @@ class Repository:
             ValueError: if ``storage`` is a URL (``s3://…``) given as a ``str``.
         """
         storage = as_storage(storage)
-        virtual = VirtualChunkStores(virtual_chunk_stores, check_checksums=check_virtual_checksums)
+        virtual = _virtual_chunk_stores(virtual_chunk_stores, check_virtual_checksums)
         if cls.exists(storage):
             raise RepositoryExistsError(f"a repository already exists in {storage!r}; "
                                         "open it with Repository.open (or open_or_create)")
@@ -308,7 +323,7 @@ class Repository:
             ValueError: if ``storage`` is a URL (``s3://…``) given as a ``str``.
         """
         storage = as_storage(storage)
-        virtual = VirtualChunkStores(virtual_chunk_stores, check_checksums=check_virtual_checksums)
+        virtual = _virtual_chunk_stores(virtual_chunk_stores, check_virtual_checksums)
         if not storage.may_hold_repository():
             raise RepositoryNotFoundError(storage.missing_repository_message())
         # One backend, and one read of the format record and ``main`` (what ``exists``
@@ -966,6 +981,7 @@ class Repository:
                 than an hour back (``versionstore.gc.warn_if_short_grace``).
         """
         self._check_gc(older_than, dry_run, full)
+        check_callback(progress, "progress")
         return self._garbage_collect(older_than, dry_run=dry_run, progress=progress, full=full)
 
     def _check_gc(self, older_than: datetime | None, dry_run: bool, full: bool) -> None:
@@ -1202,6 +1218,7 @@ class Repository:
         served by no configured store is a problem.
         """
         check_flag(check_virtual, "check_virtual")
+        check_callback(progress, "progress")
         return verify_repository(self.reader, progress,
                                  self.virtual_chunks if check_virtual else None)
 

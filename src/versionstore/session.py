@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import attrs
 
+from versionstore.arguments import check_flag
 from versionstore.backend.protocol import Joined, SessionRule, WriteBatch
 from versionstore.codec import (
     PreparedChunk,
@@ -1266,6 +1267,7 @@ class Session:
         """
         if not isinstance(message, str):
             raise TypeError(f"a commit message is required (a str), not {message!r}")
+        check_flag(allow_empty, "allow_empty")
         return self._record(message, metadata, allow_empty=allow_empty, amend=False)
 
     def amend(self, message: str | None = None, metadata: dict[str, Any] | None = None

@@ -379,6 +379,27 @@ def test_staged_writes_are_durable_and_resumable(storage: Any) -> None:
     assert content(again.readonly_session("main")) == {"small": b"s", "large": b"L" * 10_000}
 
 
+def test_a_resumed_session_commits_to_its_own_branch(repo: vs.Repository) -> None:
+    # writable_session("dev", resume=id) used to return the session on main, and its
+    # commit landed there; a branch that does not exist was not noticed either.
+    first = repo.lookup_branch("main")
+    repo.create_branch("dev", first)
+    session = repo.writable_session("dev")
+    session.store.storage.set("k", b"staged on dev")
+    session_id = session.session_id
+    assert session_id is not None
+    with pytest.raises(ValueError, match="writes to branch 'dev', not 'main'"):
+        repo.writable_session("main", resume=session_id)
+    with pytest.raises(vs.BranchNotFoundError):
+        repo.writable_session("no-such-branch", resume=session_id)
+    resumed = repo.writable_session(resume=session_id)  # the branch it was opened on
+    assert resumed.branch == "dev"
+    assert repo.writable_session("dev", resume=session_id).branch == "dev"
+    snapshot = resumed.commit("on dev")
+    assert repo.lookup_branch("dev") == snapshot and repo.lookup_branch("main") == first
+    assert repo.writable_session().branch == "main"  # the default without resume
+
+
 def test_disjoint_commits_rebase_automatically(repo: vs.Repository) -> None:
     commit(repo, {"a": b"0", "b": b"0"})
     one, two = repo.writable_session("main"), repo.writable_session("main")

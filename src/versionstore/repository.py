@@ -197,7 +197,7 @@ class Repository:
             lines.append(f"  uncommitted: {pending.total()} writable session(s) with staged "
                          f"changes ({on})")
             lines.append("    repo.resumable_sessions() lists them; "
-                         "writable_session(branch, resume=id) continues one")
+                         "writable_session(resume=id) continues one")
         return "\n".join(lines)
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
@@ -385,22 +385,28 @@ class Repository:
 
     # -- sessions ----------------------------------------------------------------------
 
-    def writable_session(self, branch: str = MAIN, *, resume: str | None = None) -> Session:
+    def writable_session(self, branch: str | None = None, *, resume: str | None = None
+                         ) -> Session:
         """A session that stages writes and commits them to ``branch``.
 
         Args:
-            branch: the branch to commit to.
+            branch: the branch to commit to; default ``main``, or with
+                ``resume`` the resumed session's branch.
             resume: the ``session_id`` of an earlier writable session whose
                 staged changes should be picked up (after a crash, or from
-                another process).
+                another process). It commits to the branch it was opened on.
 
         Raises:
             SessionNotFoundError: if ``resume`` names nothing to resume.
             BranchNotFoundError: if ``branch`` does not exist.
+            ValueError: ``branch`` is not the branch of the session to resume.
             TypeError: if an argument is not a ``str``.
         """
-        check_name(branch, "branch")
         check_optional_name(resume, "resume", "a session id")
+        if branch is None and resume is None:
+            branch = MAIN
+        if branch is not None:
+            check_name(branch, "branch")
         if getattr(self.backend, "read_only", False):
             if getattr(self.storage, "read_only", False):
                 raise ReadOnlyRepositoryError(
@@ -409,7 +415,8 @@ class Repository:
             raise ReadOnlyRepositoryError(
                 f"{self.storage!r} is on a read-only filesystem, or its files cannot be "
                 "written: use readonly_session, or copy it to writable storage")
-        if looks_like_snapshot_id(branch) and branch not in self.list_branches():
+        if branch is not None and looks_like_snapshot_id(branch) \
+                and branch not in self.list_branches():
             raise BranchNotFoundError(branch, hint="sessions write to branches: create one at "
                                       "that snapshot with create_branch(name, snapshot_id=...)")
         if resume is not None:
@@ -419,9 +426,18 @@ class Repository:
             if raw is None or not self._has_staged(resume, raw):
                 raise SessionNotFoundError(resume)
             record = decode_session(session_ref(resume), raw)
-            session = Session(self, base=record.base, branch=record.branch, read_only=False,
-                              session_id=SessionId(resume), generation=record.generation)
-            return session
+            if branch is not None and branch != record.branch:
+                # Its staged changes were made on that branch's snapshot: committing them
+                # elsewhere would silently land them on the other branch (or nowhere).
+                if branch not in self.list_branches():
+                    raise BranchNotFoundError(branch)
+                raise ValueError(
+                    f"session {resume} writes to branch {record.branch!r}, not {branch!r}: "
+                    f"resume it with writable_session(resume={resume!r}) and commit there, "
+                    "then merge")
+            return Session(self, base=record.base, branch=record.branch, read_only=False,
+                           session_id=SessionId(resume), generation=record.generation)
+        assert branch is not None
         try:
             tip, _ = self.refs.branch_tip(branch)
         except BranchNotFoundError:
@@ -1224,8 +1240,8 @@ class Repository:
 
     # -- async twins -------------------------------------------------------------------
 
-    async def writable_session_async(self, branch: str = MAIN, *, resume: str | None = None
-                                     ) -> Session:
+    async def writable_session_async(self, branch: str | None = None, *,
+                                     resume: str | None = None) -> Session:
         """``writable_session`` without blocking the event loop."""
         return await asyncio.to_thread(self.writable_session, branch, resume=resume)
 

@@ -286,6 +286,32 @@ def test_lmdb_and_memory_stage_as_before(tmp_path: Path) -> None:
         repo.close()
 
 
+def test_a_key_too_long_for_a_file_name_stages_as_a_log_record(
+        tmp_path: Path, every_chunk_located: None) -> None:
+    # On obstore's LocalStore the escaped key is one file-system path component (255
+    # bytes at most): a 28-character Japanese array name escapes to 252 bytes before
+    # "/c/0", and staging its chunks failed with "File name too long".
+    from obstore.store import LocalStore  # noqa: PLC0415 - only this test
+
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    repo = vs.Repository.create(vs.object_storage(LocalStore(str(bucket)), prefix="era5"))
+    name = "東京都の一時間ごとの気温と湿度の観測値二〇二四年再解析値"
+    session = repo.writable_session("main")
+    session.set_values([(f"{name}/c/{i}", bytes([i]) * 1000) for i in range(3)])
+    session.set_values([("short/c/0", b"s" * 1000), ("short/c/1", b"t" * 1000)])
+    staged = {key: session.entry(key) for key in (f"{name}/c/0", "short/c/0")}
+    assert staged[f"{name}/c/0"] is not None and not isinstance(
+        staged[f"{name}/c/0"], LocatedChunkRef)  # a log record: no name to give it
+    assert isinstance(staged["short/c/0"], LocatedChunkRef)  # still a located write
+    snapshot = session.commit("observations")
+    content = repo.readonly_session(snapshot_id=snapshot).store.storage
+    assert [content.get(f"{name}/c/{i}") for i in range(3)] == [
+        bytes([i]) * 1000 for i in range(3)]
+    assert repo.verify().ok
+    repo.close()
+
+
 def test_gc_prunes_an_idle_sessions_record_and_its_next_write_survives(
         s3_repos: S3Repos, every_chunk_located: None) -> None:
     repo = vs.Repository.create(s3_repos.storage())

@@ -33,9 +33,12 @@ __all__ = [
     "unescape_key",
 ]
 
-#: Keys whose escaped form is longer than this (bytes) stage as log records instead:
-#: an object name has at most 1,024 bytes, and the prefix and the rest need room.
-MAX_ESCAPED_KEY = 600
+#: Keys whose escaped form is longer than this (bytes) stage as log records instead. The
+#: escaped key is one path component of the name, and a file system allows 255 bytes for
+#: one (obstore's ``LocalStore``; S3's limit, 1,024 bytes for the whole name, is checked
+#: against ``Backend.located_name_limit`` as well). Non-ASCII keys escape to 3 bytes per
+#: UTF-8 byte: a 28-character Japanese array name already passes 255.
+MAX_ESCAPED_KEY = 255
 
 _PLAIN = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 _NAME = re.compile(r"stage/([^/]+)/(\d{10})/([^/]+)/([0-9a-f]{16})-([0-9a-f]{40})-(\d+)\Z")

@@ -39,6 +39,7 @@ from versionstore.codec import (
 )
 from versionstore.codec import encode_staged as _encode_staged
 from versionstore.located import (
+    MAX_ESCAPED_KEY,
     epoch_prefix,
     escape_key,
     located_name,
@@ -196,10 +197,10 @@ class LocatedStaging:
 
     def pending_key(self, record: SessionRecord, key: str) -> LocatedChunkRef | None:
         """The newest located write of ``key`` not absorbed yet (one listing per epoch)."""
-        if record.epoch is None:
-            return None
-        names: list[str] = []
         escaped = escape_key(key)
+        if record.epoch is None or len(escaped) > MAX_ESCAPED_KEY:
+            return None  # too long for a name (``located_name``): never written located
+        names: list[str] = []
         for epoch in sorted({*record.closing, record.epoch}):
             folder = epoch_prefix(self._session_id, epoch) + escaped
             names.extend(self._backend.list_located(folder))

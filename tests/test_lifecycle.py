@@ -324,6 +324,24 @@ def test_compact_gives_space_back(tmp_path: Path) -> None:
         assert again.readonly_session().store.storage.get("a") == b"after"
 
 
+def test_compact_removes_what_a_killed_compaction_left(tmp_path: Path) -> None:
+    # A compaction killed while copying leaves its scratch directory (a partial copy of
+    # data.mdb, as large as the data) inside the repository; nothing else removes it.
+    path = tmp_path / "repo"
+    with vs.Repository.create(vs.lmdb_storage(path)) as repo:
+        _commit(repo, a=b"kept")
+        left = path / ".compact-killed"
+        left.mkdir()
+        (left / "data.mdb").write_bytes(b"\0" * 65536)
+        unrelated = path / "notes"  # not the compaction's: left alone
+        unrelated.mkdir()
+        repo.compact()
+        assert not left.exists() and unrelated.exists()
+        assert not [p for p in path.iterdir() if p.name.startswith(".compact-")]
+        assert repo.readonly_session().store.storage.get("a") == b"kept"
+        assert repo.verify().ok
+
+
 def test_compact_refuses_while_another_handle_is_open(tmp_path: Path) -> None:
     path = tmp_path / "repo"
     with vs.Repository.create(vs.lmdb_storage(path)) as repo:

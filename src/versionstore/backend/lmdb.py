@@ -919,6 +919,10 @@ def _holders(path: str) -> list[int]:
         os.close(fd)
 
 
+#: The prefix of the directory a compaction copies into, inside the environment's.
+_SCRATCH = ".compact-"
+
+
 def compact_environment(path: str) -> tuple[int, int]:
     """Rewrite the environment at ``path`` compactly; return (bytes before, bytes after).
 
@@ -930,7 +934,8 @@ def compact_environment(path: str) -> tuple[int, int]:
     compacting copy (only pages in use, free list dropped) into a new
     directory inside ``path``, flushed, and renamed over ``data.mdb`` in one
     atomic ``rename``; a crash at any point leaves either the old or the new
-    file whole.
+    file whole. The next compaction removes the scratch directory a killed one
+    left behind.
 
     Where ``data.mdb`` in ``path`` is a symlink, the target's directory is
     compacted, under its lock file (``zarrstore.lmdb_files``): the lock beside
@@ -959,7 +964,12 @@ def compact_environment(path: str) -> tuple[int, int]:
         except OSError as exc:
             holders = _holders(path)
             raise RepositoryBusyError(path, holders) from exc
-        scratch = tempfile.mkdtemp(prefix=".compact-", dir=path)
+        # Under the lock no other compaction runs: a scratch directory left here is a
+        # killed one's partial copy (as large as the data), never removed otherwise.
+        for entry in os.scandir(path):
+            if entry.name.startswith(_SCRATCH) and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+        scratch = tempfile.mkdtemp(prefix=_SCRATCH, dir=path)
         try:
             with _translated("compacting"):
                 # No LMDB lock: the lock we hold excludes every other opener.

@@ -291,3 +291,24 @@ def test_a_large_tree_without_documents_is_not_walked_at_commit(storage: Any) ->
     read = repo.readonly_session(snapshot_id=new)
     assert zarr.open_array(read.store, path="a", mode="r").attrs["x"] == 1
     assert repo.verify().ok
+
+
+@pytest.mark.parametrize("name", ["deep/zarr.json", "deep/.zattrs"])
+def test_a_document_nested_too_deeply_to_parse_is_not_a_document(name: str) -> None:
+    # json.loads raises RecursionError past a few thousand levels: status, commit, du,
+    # merges and moves read documents, and every one of them then failed, so none of the
+    # session's other staged writes could be committed.
+    repo = vs.Repository.create(vs.in_memory_storage())
+    session = repo.writable_session("main")
+    zarr.create_array(session.store, name="t", shape=(10,), chunks=(5,), dtype="i4")[:] = 1
+    depth = 10_000
+    deep = (b'{"zarr_format": 3, "node_type": "group", "attributes": '
+            + b'{"a":' * depth + b"1" + b"}" * depth + b"}")
+    session.store.storage.set(name, deep)
+    assert name in session.status().updated_keys
+    snapshot = session.commit("deep attributes")
+    stored = repo.readonly_session(snapshot_id=snapshot).store.storage
+    assert stored.get(name) == deep
+    assert zarr.open_array(repo.readonly_session().store, path="t", mode="r")[0] == 1
+    assert repo.du().chunks >= 2
+    assert repo.verify().ok

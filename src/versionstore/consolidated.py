@@ -28,6 +28,8 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from versionstore.documents import load_document
+
 __all__ = ["VIEW_DOCUMENTS", "moved_view", "view_keys"]
 
 #: The document names that may hold a consolidated view: v3 group documents, v2's own.
@@ -63,7 +65,7 @@ def _under(name: str, node: str) -> bool:
 def _parsed(value: bytes) -> Any:
     """A moved document's JSON (``None`` for one that is not JSON, as zarr would fail on it)."""
     try:
-        return json.loads(value)
+        return load_document(value)
     except ValueError:
         return None
 
@@ -199,7 +201,7 @@ def moved_view(key: str, raw: bytes, source: str, target: str | None,
     if name not in VIEW_DOCUMENTS or (rel_source is None and rel_target is None):
         return None
     try:
-        document = json.loads(raw)
+        document = load_document(raw)
     except ValueError:
         return None
     if not isinstance(document, dict):

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import json
 import math
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -54,6 +53,7 @@ from versionstore.codec import (
     history_row,
     snapshot_links,
 )
+from versionstore.documents import load_document
 from versionstore.errors import SnapshotNotFoundError, VersionStoreError
 from versionstore.grafts import Grafts, parents_of
 from versionstore.ids import ObjectId, SnapshotId, object_id_text
@@ -678,7 +678,7 @@ def _json(value: bytes | None) -> dict[str, Any] | None:
     if value is None:
         return None
     try:
-        document = json.loads(value)
+        document = load_document(value)
     except (ValueError, UnicodeDecodeError):
         return None
     return document if isinstance(document, dict) else None

@@ -44,6 +44,7 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
+from versionstore.documents import load_document
 from versionstore.errors import MergeConflict
 from versionstore.history import KeyLocator
 from versionstore.ids import ObjectId
@@ -104,7 +105,7 @@ def redefines_node(before: bytes | None, after: bytes | None) -> bool:
     if before == after:
         return False
     try:
-        old, new = json.loads(before), json.loads(after)
+        old, new = load_document(before), load_document(after)
     except ValueError:
         return True
     if not isinstance(old, dict) or not isinstance(new, dict):
@@ -438,7 +439,7 @@ def _merge_document(key: str, base: bytes | None, ours: bytes | None, theirs: by
 
 def _object(value: bytes) -> dict[str, Any] | None:
     try:
-        document = json.loads(value)
+        document = load_document(value)
     except (ValueError, UnicodeDecodeError):
         return None
     return document if isinstance(document, dict) else None

@@ -32,11 +32,11 @@ gains them at its next commit.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
 from versionstore.codec import chunk_frame_size
+from versionstore.documents import load_document
 from versionstore.ids import ObjectId
 from versionstore.objects import ObjectReader
 from versionstore.records import (
@@ -112,7 +112,7 @@ def _is_array_document(entry: Entry | None, read_chunks: ChunkReader) -> bool:
         return False
     data = entry if isinstance(entry, bytes) else read_chunks([entry.chunk_id])[0]
     try:
-        document = json.loads(data)
+        document = load_document(data)
     except (ValueError, UnicodeDecodeError):
         return False
     return isinstance(document, dict) and document.get("node_type") == "array"

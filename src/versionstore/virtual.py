@@ -24,7 +24,6 @@ records, and never writes to the repository.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -32,6 +31,7 @@ from urllib.parse import unquote
 
 import attrs
 
+from versionstore.documents import load_document
 from versionstore.errors import (
     NoVirtualChunkStoreError,
     VirtualChunkError,
@@ -89,7 +89,7 @@ def chunk_key(metadata: bytes, index: Sequence[int]) -> str:
             not have one coordinate per dimension.
     """
     try:
-        document = json.loads(metadata)
+        document = load_document(metadata)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"array metadata is not JSON: {exc}") from exc
     if not isinstance(document, dict):

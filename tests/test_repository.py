@@ -465,3 +465,40 @@ def test_async_twins(repo: vs.Repository) -> None:
         assert diff.updated_keys == {"k"}
 
     asyncio.run(main())
+
+
+def test_another_programs_lmdb_environment_is_no_repository_and_is_not_written(
+        tmp_path: Path) -> None:
+    # exists(), open() and create() opened it writable and added the named databases
+    # (gc, objects, refs) and a repository id to its main database: keys in another
+    # program's data (a zarrstore LMDBStore's main database holds the user's keys).
+    import lmdb  # noqa: PLC0415 - only to make the other program's environment
+
+    path = tmp_path / "plain"
+    env = lmdb.open(str(path), map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        txn.put(b"a/zarr.json", b"{}")
+    env.close()
+    assert not vs.Repository.exists(path)
+    with pytest.raises(vs.RepositoryNotFoundError, match="LMDB environment of something else"):
+        vs.Repository.open(path)
+    with pytest.raises(vs.RepositoryExistsError, match="something else"):
+        vs.Repository.create(path)
+    with pytest.raises(vs.RepositoryNotFoundError):
+        vs.Repository.open_or_create(path)
+    env = lmdb.open(str(path), map_size=1 << 24, readonly=True)
+    with env.begin() as txn:
+        assert [bytes(k) for k, _ in txn.cursor()] == [b"a/zarr.json"]
+    env.close()
+
+
+def test_exists_leaves_an_empty_data_file_alone(tmp_path: Path) -> None:
+    # A killed create can leave an empty data.mdb: exists() wrote an environment into it.
+    path = tmp_path / "crashed"
+    path.mkdir()
+    (path / "data.mdb").touch()
+    assert not vs.Repository.exists(path)
+    assert sorted(p.name for p in path.iterdir()) == ["data.mdb"]
+    assert (path / "data.mdb").stat().st_size == 0
+    with vs.Repository.create(path) as repo:  # and create still makes one there
+        assert repo.list_branches() == {"main"}

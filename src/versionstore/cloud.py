@@ -165,6 +165,10 @@ class ObjectStorage:
         with _PROBE_LOCK:
             return _BACKENDS.setdefault(key, backend)
 
+    def probe_backend(self) -> Backend:
+        """``open_backend``: reading the log changes nothing under the prefix."""
+        return self.open_backend()
+
     def may_hold_repository(self) -> bool:
         """Whether the prefix holds a repository's log (one delimiter listing)."""
         io = self._io()

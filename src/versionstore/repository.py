@@ -220,7 +220,13 @@ class Repository:
 
     @classmethod
     def exists(cls, storage: StorageLike) -> bool:
-        """Whether ``storage`` holds a repository (creates nothing).
+        """Whether ``storage`` holds a repository (creates none).
+
+        An LMDB environment is opened read-only (``LMDBStorage.probe_backend``):
+        LMDB makes its ``lock.mdb`` if missing, nothing else is written; one
+        holding another program's keys is no repository (``False``), and a
+        directory without ``data.mdb``, or with an empty one (a killed
+        ``create``), is not opened at all.
 
         ``storage`` is ``vs.lmdb_storage(path)``, ``vs.in_memory_storage()``, or
         a path (``str`` / ``os.PathLike``) meaning an LMDB directory; anything
@@ -230,7 +236,10 @@ class Repository:
         storage = as_storage(storage)
         if not storage.may_hold_repository():
             return False
-        backend = storage.open_backend()
+        try:
+            backend = storage.probe_backend()
+        except RepositoryNotFoundError:
+            return False  # another program's LMDB environment (nothing written to it)
         try:
             return any(v is not None for v in backend.get_refs([REPOSITORY_REF, branch_ref(MAIN)]))
         finally:
@@ -263,7 +272,11 @@ class Repository:
         problem = storage.creation_problem()
         if problem is not None:
             raise RepositoryExistsError(problem)
-        backend = storage.open_backend()
+        try:
+            backend = storage.open_backend()
+        except RepositoryNotFoundError as exc:  # another program's LMDB environment
+            raise RepositoryExistsError(f"refusing to create a repository in {storage!r}: "
+                                        f"{exc}") from None
         try:
             has_refs = bool(backend.list_refs("", limit=1))
             if has_refs or next(backend.iter_object_ids(), None) is not None:

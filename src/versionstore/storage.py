@@ -36,6 +36,10 @@ class RepositoryStorage(Protocol):
         """Cheap check: could a repository be here (without creating anything)?"""
         ...
 
+    def probe_backend(self) -> Backend:
+        """Open the backend only to look: nothing is created or changed (``Repository.exists``)."""
+        ...
+
     def creation_problem(self) -> str | None:
         """Why a new repository must not be created here, or ``None`` if it may be."""
         ...
@@ -86,9 +90,19 @@ class LMDBStorage:
             return self
         return attrs.evolve(self, identity=backend.identity)
 
+    def probe_backend(self) -> Backend:
+        """The environment opened read-only: its files are neither padded nor given a lock file."""
+        return LMDBBackend(self.path, read_only=True)
+
     def may_hold_repository(self) -> bool:
-        """Whether the directory already holds an LMDB environment."""
-        return has_lmdb_environment(self.path)
+        """Whether the directory already holds an LMDB environment (an empty file is none).
+
+        A killed ``create`` can leave an empty ``data.mdb``: nothing is in it to read.
+        """
+        if not has_lmdb_environment(self.path):
+            return False
+        data = os.path.join(self.path, "data.mdb")
+        return os.path.islink(data) or not os.path.isfile(data) or os.path.getsize(data) > 0
 
     def missing_repository_message(self) -> str:
         """Why ``Repository.open`` finds no repository here, and what to do instead.
@@ -156,6 +170,10 @@ class InMemoryStorage:
 
     def open_backend(self) -> Backend:
         """The shared in-memory backend."""
+        return self.backend
+
+    def probe_backend(self) -> Backend:
+        """The shared in-memory backend (looking changes nothing)."""
         return self.backend
 
     def may_hold_repository(self) -> bool:

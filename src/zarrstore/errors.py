@@ -28,6 +28,7 @@ from typing import Any
 __all__ = [
     "ClosedStorageError",
     "CorruptStorageError",
+    "ForeignEnvironmentError",
     "ForkedProcessError",
     "InvalidByteRangeError",
     "InvalidKeyError",
@@ -132,6 +133,23 @@ class StorageFullError(StorageIOError):
 
 class CorruptStorageError(StorageIOError):
     """The store's files are damaged, such as an LMDB data file cut short."""
+
+
+class ForeignEnvironmentError(StorageIOError):
+    """The LMDB environment holds another program's data where named databases were expected.
+
+    Its main database has keys that are not the handle's named databases
+    (another store's values, such as a zarrstore ``LMDBStore`` directory):
+    creating the databases there would add keys to someone else's data. Nothing
+    was written. ``path`` is the directory, ``key`` one of the foreign keys.
+    """
+
+    def __init__(self, path: str, key: bytes) -> None:
+        super().__init__(
+            f"{path!r} holds an LMDB environment of something else (its main database has "
+            f"the key {key[:60]!r}); nothing was written there")
+        self.path = path
+        self.key = key
 
 
 class StorageReplacedError(StorageIOError):

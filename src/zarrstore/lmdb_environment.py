@@ -109,6 +109,7 @@ from zarrstore import lmdb_files, lmdb_readahead
 from zarrstore.errors import (
     ClosedStorageError,
     CorruptStorageError,
+    ForeignEnvironmentError,
     ReadOnlyError,
     StorageFullError,
     StorageIOError,
@@ -634,8 +635,22 @@ class _Shared:
                     raise StorageIOError(
                         f"{self.path!r} is read-only and lacks the database {name!r}"
                     ) from None
+                self._refuse_foreign(env)
                 found.append(env.open_db(name))
         return tuple(found)
+
+    def _refuse_foreign(self, env: lmdb.Environment) -> None:
+        """Refuse to add named databases to an environment holding other keys.
+
+        Raises:
+            ForeignEnvironmentError: its main database holds a key that is none
+                of the handle's databases nor its identity key.
+        """
+        ours = {*self.names, self.identity_key}
+        with env.begin() as txn:
+            for key in txn.cursor().iternext(values=False):
+                if bytes(key) not in ours:
+                    raise ForeignEnvironmentError(self.path, bytes(key))
 
     def remapped(self) -> None:
         """The map was made anew (with its first advice): the switch finds it again.

@@ -67,12 +67,14 @@ from versionstore.errors import (
     MissingObjectsError,
     ReadOnlyRepositoryError,
     RepositoryBusyError,
+    RepositoryNotFoundError,
     RepositoryReplacedError,
 )
 from versionstore.ids import ID_LENGTH, ObjectId, object_id_text
 from zarrstore import lmdb_files
 from zarrstore.errors import (
     CorruptStorageError,
+    ForeignEnvironmentError,
     ReadOnlyError,
     StorageFullError,
     StorageIOError,
@@ -172,7 +174,10 @@ def _translated(action: str) -> Iterator[None]:
         raise _translate(exc, action) from exc
 
 
-def _translate(exc: Exception, action: str) -> BackendError:
+def _translate(exc: Exception, action: str) -> BackendError | RepositoryNotFoundError:
+    if isinstance(exc, ForeignEnvironmentError):
+        return RepositoryNotFoundError(f"no repository: {exc}; give a new or empty "
+                                       "directory for a repository")
     if isinstance(exc, ReadOnlyError):
         # The reason alone: zarr's wording ("opened in read-only mode") is wrong for a
         # repository opened writable on a read-only filesystem.

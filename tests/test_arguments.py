@@ -196,3 +196,23 @@ def test_in_memory_storages_are_equal_only_when_one_repository() -> None:
     assert vs.Repository.exists(copy) and not vs.Repository.exists(second)
     session = pickle.loads(pickle.dumps(repo.writable_session("main")))
     assert session.repository.storage == first
+
+
+def test_metadata_and_messages_that_cannot_be_stored_are_named(repo: vs.Repository) -> None:
+    # merge(metadata=[1]) failed inside dict(); a lone surrogate (text decoded with
+    # errors="surrogateescape") surfaced as a raw UnicodeEncodeError from msgpack.
+    first = repo.lookup_branch("main")
+    repo.create_branch("dev", first)
+    session = repo.writable_session("dev")
+    session.set_values([("k", b"v")])
+    session.commit("on dev")
+    with pytest.raises(TypeError, match="metadata must be a dict"):
+        repo.merge("dev", "main", metadata=[1])  # type: ignore[arg-type]
+    for message, metadata in (("bad \ud800", None), ("ok", {"a": "\udc80"}),
+                              ("ok", {"\udc80": 1})):
+        session = repo.writable_session("main")
+        session.set_values([("x", b"1")])
+        with pytest.raises(ValueError, match="not valid Unicode"):
+            session.commit(message, metadata=metadata)
+        assert session.staged("") != {}  # kept for a commit with a better message
+    assert repo.lookup_branch("main") == first

@@ -106,6 +106,7 @@ __all__ = [
     "history_row",
     "snapshot_links",
     "leaf_entry",
+    "checked_metadata",
     "pack_metadata",
     "prepare_chunk",
 ]
@@ -354,6 +355,7 @@ def pack_metadata(metadata: dict[str, Any]) -> bytes:
 
     Raises:
         TypeError: naming the first value that cannot be stored.
+        ValueError: a str in it is not valid Unicode (a lone surrogate).
     """
     if not isinstance(metadata, dict):
         raise TypeError("snapshot metadata must be a dict")
@@ -362,6 +364,34 @@ def pack_metadata(metadata: dict[str, Any]) -> bytes:
     except OverflowError as exc:  # msgpack holds integers of 64 bits at most
         raise TypeError("cannot store an integer outside [-2**63, 2**64) in snapshot "
                         "metadata (store it as a str)") from exc
+    except UnicodeEncodeError as exc:
+        raise _not_unicode("snapshot metadata", exc) from None
+
+
+def checked_metadata(metadata: object) -> dict[str, Any]:
+    """A copy of snapshot ``metadata`` (``None``: empty), once it is known to store exactly.
+
+    Raises:
+        TypeError: not a dict, a key that is not a str, or a value that
+            cannot be stored (``pack_metadata``).
+        ValueError: a str in it is not valid Unicode.
+    """
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict (str keys), not {type(metadata).__name__}")
+    if not all(isinstance(key, str) for key in metadata):
+        raise TypeError("metadata keys must be str")
+    copy = dict(metadata)
+    pack_metadata(copy)
+    return copy
+
+
+def _not_unicode(what: str, exc: UnicodeEncodeError) -> ValueError:
+    """The error for text that UTF-8 cannot encode (a lone surrogate such as U+D800)."""
+    shown = exc.object[max(0, exc.start - 10):exc.end + 10]
+    return ValueError(f"{what} holds text that is not valid Unicode: {shown!r} has a lone "
+                      "surrogate (from decoding bytes with errors='surrogateescape'?)")
 
 
 # -- chunks -------------------------------------------------------------------------
@@ -755,8 +785,15 @@ def chunk_frame_size(size: int) -> int:
 
 
 def encode_snapshot(snapshot: Snapshot) -> tuple[ObjectId, bytes]:
-    """The id and stored frame of a snapshot."""
-    payload = _packb(_snapshot_fields(snapshot))
+    """The id and stored frame of a snapshot.
+
+    Raises:
+        ValueError: its message or metadata holds text UTF-8 cannot encode.
+    """
+    try:
+        payload = _packb(_snapshot_fields(snapshot))
+    except UnicodeEncodeError as exc:
+        raise _not_unicode("the snapshot's message or metadata", exc) from None
     return hash_object(KIND_SNAPSHOT, payload), _frame(KIND_SNAPSHOT, payload, compress=True)
 
 

@@ -25,11 +25,11 @@ import attrs
 
 from versionstore.backend.protocol import WriteBatch
 from versionstore.codec import (
+    checked_metadata,
     decode_chunk,
     decode_node,
     encode_chunk,
     encode_snapshot,
-    pack_metadata,
 )
 from versionstore.errors import (
     ConflictError,
@@ -157,8 +157,7 @@ class HistoryEditor:
         moves to ``source`` (recorded in the ops log as a merge).
         """
         check_on_conflict(on_conflict)
-        metadata = dict(metadata or {})
-        pack_metadata(metadata)
+        metadata = checked_metadata(metadata)
 
         def attempt() -> ObjectId | None:
             tip, raw_tip = self.refs.branch_tip(into)
@@ -198,8 +197,7 @@ class HistoryEditor:
             NothingToCommitError: the result equals the branch's tip.
         """
         check_on_conflict(on_conflict)
-        metadata = dict(metadata or {})
-        pack_metadata(metadata)
+        metadata = checked_metadata(metadata)
         snapshot = self.reader.snapshot(picked)
         parent = next(iter(parents_of(picked, snapshot, self._grafts())), None)
         parent_tree = None if parent is None else self.reader.snapshot(parent).tree
@@ -242,7 +240,7 @@ class HistoryEditor:
             ValueError: ``since`` is not an earlier snapshot of the branch.
         """
         if metadata is not None:
-            pack_metadata(dict(metadata))
+            checked_metadata(metadata)
 
         def attempt() -> ObjectId | None:
             tip, raw_tip = self.refs.branch_tip(branch)

@@ -50,13 +50,13 @@ from versionstore.arguments import check_flag
 from versionstore.backend.protocol import Joined, SessionRule, WriteBatch
 from versionstore.codec import (
     PreparedChunk,
+    checked_metadata,
     decode_session,
     decode_staged,
     encode_session,
     encode_snapshot,
     encode_staged,
     encode_staged_chunk,
-    pack_metadata,
     staged_reencodes,
 )
 from versionstore.commit_stream import ChunkIds, NewObjects, StagedScan
@@ -1300,12 +1300,7 @@ class Session:
         self._require_writable()
         assert self._branch is not None
         if metadata is not None:
-            if not isinstance(metadata, dict):
-                raise TypeError(
-                    f"metadata must be a dict (str keys), not {type(metadata).__name__}")
-            if not all(isinstance(key, str) for key in metadata):
-                raise TypeError("metadata keys must be str")
-            pack_metadata(dict(metadata))
+            checked_metadata(metadata)
         repo = self._repo
         missing_in_a_row = 0
         absorbed = self._located is None

@@ -14,10 +14,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
+from machine_support import either_repo_fixture
 
 import versionstore as vs
 import versionstore.purge as purge_module
@@ -25,13 +25,7 @@ from versionstore.backend.protocol import WriteBatch
 from versionstore.errors import MissingObjectsError
 from versionstore.ids import SnapshotId, object_id_from_text
 
-
-@pytest.fixture(params=["memory", "lmdb"])
-def repo(request: pytest.FixtureRequest, tmp_path: Path) -> vs.Repository:
-    storage: Any = (vs.in_memory_storage() if request.param == "memory"
-                    else vs.lmdb_storage(tmp_path / "repo"))
-    return vs.Repository.create(storage)
-
+__all__ = ["either_repo_fixture"]  # the ``repo`` fixture: in memory, then on LMDB
 
 def _commit(repo: vs.Repository, branch: str = "main", **values: bytes) -> str:
     session = repo.writable_session(branch)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import itertools
 import time
 import weakref
@@ -111,6 +112,7 @@ if TYPE_CHECKING:
 __all__ = ["INLINE_LIMIT", "NothingToCommitError", "Session"]
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _weakly(method: Callable[..., None]) -> Callable[..., None]:
@@ -161,6 +163,24 @@ _STAGED_DECODED = 16384
 #: ... only records of at most this many bytes: looking one up hashes the record, which
 #: for a value staged inline (``STAGED_INLINE_LIMIT``) costs as much as decoding it.
 _REMEMBER_BELOW = 1024
+
+
+def _reading_base(read: F) -> F:
+    """``read`` (a ``Session`` method), a missing object of a collected base said as such.
+
+    A read needs objects of the base snapshot's tree; after the branch was
+    reset and gc ran they are gone, which would otherwise read as damage
+    (``CorruptObjectError``): ``Session._raise_if_collected``.
+    """
+    @functools.wraps(read)
+    def checked(self: Session, *args: Any) -> Any:
+        try:
+            return read(self, *args)
+        except CorruptObjectError as exc:
+            self._raise_if_collected(exc)
+            raise
+
+    return checked  # type: ignore[return-value]
 
 
 class Session:
@@ -394,19 +414,13 @@ class Session:
                 decoded.clear()
         decoded[raw] = (name, entry)
 
+    @_reading_base
     def entry(self, key: str) -> Entry | None:
         """The entry this session sees at ``key`` (staged changes first).
 
         Raises:
             SnapshotCollectedError: the session's snapshot was garbage collected.
         """
-        try:
-            return self._entry(key)
-        except CorruptObjectError as exc:
-            self._raise_if_collected(exc)
-            raise
-
-    def _entry(self, key: str) -> Entry | None:
         if self._stage_names is not None:
             prefix, record_name = self._stage_names
             name = prefix + key
@@ -428,6 +442,7 @@ class Session:
                 return None if isinstance(staged, Tombstone) else staged
         return lookup(self._repo.reader.lookup_node, self._root, key)
 
+    @_reading_base
     def value(self, key: str) -> bytes | None:
         """The value this session sees at ``key`` (staged changes first); ``None`` if none.
 
@@ -437,17 +452,10 @@ class Session:
         Raises:
             SnapshotCollectedError: the session's snapshot was garbage collected.
         """
-        try:
-            return self._value(key)
-        except CorruptObjectError as exc:
-            self._raise_if_collected(exc)
-            raise
-
-    def _value(self, key: str) -> bytes | None:
         if self._stage_names is None:
             return self._base_value(key)
         if self._located is not None:
-            found = self._entry(key)
+            found = self.entry(key)
             if (isinstance(found, ChunkRef) and found.location is None
                     and key.rpartition("/")[2] in DOCUMENT_NAMES):
                 return self._repo.reader.small_chunk(found.chunk_id)
@@ -495,6 +503,7 @@ class Session:
             return self.read_entries([found])[0]
         return self.read_entries([lookup(self._repo.reader.lookup_node, self._root, key)])[0]
 
+    @_reading_base
     def read_entries(self, entries: list[Entry | None]) -> list[bytes | None]:
         """Resolve entries to values, fetching all chunk objects in one backend call.
 
@@ -503,13 +512,6 @@ class Session:
         Raises:
             SnapshotCollectedError: the session's snapshot was garbage collected.
         """
-        try:
-            return self._read_entries(entries)
-        except CorruptObjectError as exc:
-            self._raise_if_collected(exc)
-            raise
-
-    def _read_entries(self, entries: list[Entry | None]) -> list[bytes | None]:
         chunks = [e for e in entries if isinstance(e, ChunkRef)]
         fetched = iter(self._repo.reader.chunks([e.chunk_id for e in chunks],
                                                 [e.location for e in chunks]) if chunks else [])
@@ -691,11 +693,7 @@ class Session:
         )
 
     def _raise_if_collected(self, exc: CorruptObjectError) -> None:
-        """Raise ``SnapshotCollectedError`` if ``exc`` (an object missing) is the base's collection.
-
-        A read needs objects of the base snapshot's tree; after the branch was
-        reset and gc ran they are gone, which would otherwise read as damage.
-        """
+        """Raise ``SnapshotCollectedError`` if ``exc`` (a missing object) is the base collected."""
         if self._base_is_gone():
             advice = ("rebase(keep='ours') moves its staged changes onto the branch's tip"
                       if self._session_id is not None else "open a new session")

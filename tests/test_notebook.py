@@ -214,7 +214,7 @@ def test_plain_text_views_for_a_terminal(repo: vs.Repository) -> None:
     lines = str(repo).splitlines()
     assert lines[-2] == ("  uncommitted: 2 writable session(s) with staged changes "
                          "(1 on dev, 1 on main)")
-    assert "writable_session(branch, resume=id)" in lines[-1]
+    assert "writable_session(resume=id)" in lines[-1]
     forgotten.discard_changes()
     assert "(1 on main)" in str(repo)
     repo.close()

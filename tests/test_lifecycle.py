@@ -435,6 +435,65 @@ def test_compact_refuses_while_another_process_has_it_open_and_names_it(tmp_path
         assert repo.verify().ok
 
 
+@pytest.mark.parametrize("staged", [0, 1], ids=["odd", "even"])  # the last transaction's parity
+def test_a_process_opening_during_a_compaction_sees_the_compacted_data(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, staged: int) -> None:
+    # Found by two compactions started at once: a process that began opening while the
+    # compaction held its lock joined the environment without resetting lock.mdb, whose
+    # transaction counter still numbered the old file's transactions; LMDB then read the
+    # compacted copy's empty meta page, and that process's first write replaced the tree.
+    import shutil
+    import subprocess
+    import sys
+
+    import versionstore.backend.lmdb as lmdb_backend
+
+    path = tmp_path / "repo"
+    commits = 2
+    with vs.Repository.create(vs.lmdb_storage(path)) as repo:
+        for n in range(commits):
+            tip = _commit(repo, **{f"k{n}": bytes([n]) * 5000})
+        for n in range(staged):  # one write transaction more (a commit makes two)
+            repo.writable_session("main").set_values([(f"staged{n}", b"s")])
+    child: list[subprocess.Popen[str]] = []
+    real_rmtree = shutil.rmtree
+
+    def opened_meanwhile(target: str, *args: Any, **kwargs: Any) -> None:
+        if not child:  # the copy is renamed in; the lock is still held
+            child.append(subprocess.Popen(
+                [sys.executable, "-c", "import sys, versionstore as vs\n"
+                 f"repo = vs.Repository.open({str(path)!r})\n"
+                 "print(repo.lookup_branch('main'), flush=True)\n"
+                 "s = repo.writable_session()\ns.set_values([('after', b'x' * 5000)])\n"
+                 "print(s.commit('after'), flush=True)"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            fds = Path(f"/proc/{child[0].pid}/fd")
+            for _ in range(600):  # until it holds lock.mdb open: then it waits for the lock
+                try:
+                    if any(link.readlink().name == "lock.mdb" for link in fds.iterdir()):
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.05)
+            time.sleep(0.3)  # inside LMDB's wait for the lock
+        real_rmtree(target, *args, **kwargs)
+
+    monkeypatch.setattr(lmdb_backend.shutil, "rmtree", opened_meanwhile)
+    with vs.Repository.open(vs.lmdb_storage(path)) as repo:
+        repo.compact()
+    out, err = child[0].communicate(timeout=120)
+    assert child[0].returncode == 0, err
+    seen, committed = out.split()
+    assert seen == tip
+    with vs.Repository.open(vs.lmdb_storage(path)) as repo:
+        assert repo.lookup_branch("main") == committed
+        content = repo.readonly_session().store.storage
+        assert [content.get(f"k{n}") for n in range(commits)] == [
+            bytes([n]) * 5000 for n in range(commits)]
+        assert content.get("after") == b"x" * 5000
+        assert repo.verify().ok
+
+
 def _collect_interleaved(repo: vs.Repository, how: str, interleave: Callable[[], None]
                          ) -> vs.GCSummary:
     """Collect garbage ``how``, running ``interleave`` between mark and atomic sweep.

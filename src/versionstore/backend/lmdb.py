@@ -926,6 +926,39 @@ def _holders(path: str) -> list[int]:
 
 #: The prefix of the directory a compaction copies into, inside the environment's.
 _SCRATCH = ".compact-"
+#: LMDB's meta page (``MDB_meta`` after the 16-byte page header, 64-bit builds): its magic
+#: and version, and the transaction id at the end of the part a copy may rewrite.
+_META_MAGIC, _META_VERSION = 0xBEEFC0DE, 1
+_META_START, _META_TXNID = 16, 144
+
+
+def _continue_numbering(path: str, page_size: int, last_txnid: int) -> None:
+    """Make both meta pages of the compacted copy at ``path`` hold its tree, as the last two.
+
+    LMDB's compacting copy numbers the page with the tree transaction 1 and
+    leaves the other empty (transaction 0). Here the tree's meta goes into
+    both pages, numbered ``last_txnid - 1`` and ``last_txnid`` (the old file's
+    last transaction), each in the page of its parity (``compact_environment``
+    says why). Nothing is changed if the copy is empty (no transaction 1).
+
+    Raises:
+        BackendError: the copy's meta pages are not laid out as expected (a
+            build of LMDB this was not written for); the old file stays.
+    """
+    with open(path, "r+b") as copy:
+        pages = copy.read(2 * page_size)
+        metas = [pages[:page_size], pages[page_size:]]
+        for meta in metas:
+            if len(meta) != page_size or struct.unpack_from("<II", meta, _META_START) != (
+                    _META_MAGIC, _META_VERSION):
+                raise BackendError(f"{path}: the compacted copy's meta pages are not LMDB's "
+                                   "64-bit layout; the repository was not compacted")
+        if struct.unpack_from("<Q", metas[1], _META_TXNID)[0] != 1 or last_txnid < 1:
+            return  # an empty copy: its meta pages describe no tree
+        body = metas[1][_META_START:_META_TXNID]
+        for txnid in (last_txnid - 1, last_txnid):
+            copy.seek((txnid & 1) * page_size + _META_START)
+            copy.write(body + struct.pack("<Q", txnid))
 
 
 def compact_environment(path: str) -> tuple[int, int]:
@@ -941,6 +974,18 @@ def compact_environment(path: str) -> tuple[int, int]:
     atomic ``rename``; a crash at any point leaves either the old or the new
     file whole. The next compaction removes the scratch directory a killed one
     left behind.
+
+    A process that began opening the environment meanwhile waits on that lock
+    holding ``lock.mdb`` open, and joins it shared once the lock is released:
+    it does not reset the lock file, whose transaction counter still numbers
+    the old file's transactions, and LMDB picks the meta page a reader reads
+    and a writer starts from by that counter's parity. LMDB's compacting copy
+    numbers its meta pages 0 (empty) and 1: such a process read an empty
+    repository, and its first write replaced the compacted tree (data loss,
+    found by two compactions started at once). So the copy's two meta pages
+    both get the compacted tree, numbered as the old file's last two
+    transactions (``_continue_numbering``): whatever the lock file says, a
+    reader finds the data and a writer's transaction is numbered after it.
 
     Where ``data.mdb`` in ``path`` is a symlink, the target's directory is
     compacted, under its lock file (``zarrstore.lmdb_files``): the lock beside
@@ -981,10 +1026,13 @@ def compact_environment(path: str) -> tuple[int, int]:
                 env = lmdb.open(path, readonly=True, lock=False, max_dbs=4,
                                 map_size=max(before, 1 << 20))
                 try:
+                    last_txnid = int(env.info()["last_txnid"])  # without a lock: the file's
+                    page_size = int(env.stat()["psize"])
                     env.copy(scratch, compact=True)
                 finally:
                     env.close()
             copied = os.path.join(scratch, "data.mdb")
+            _continue_numbering(copied, page_size, last_txnid)
             copy_fd = os.open(copied, os.O_RDONLY)
             try:
                 os.fsync(copy_fd)

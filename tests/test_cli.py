@@ -59,8 +59,9 @@ def test_diff_verify_gc_sessions(repo_path: str, capsys: pytest.CaptureFixture[s
 
 @pytest.mark.parametrize("args", [["gc", "--older-than", "1000000d"],
                                   ["expire", "--older-than", "1000000d"],
-                                  ["sessions", "--discard-older-than", "99999999999d"]],
-                         ids=lambda a: a[0])
+                                  ["sessions", "--discard-older-than", "99999999999d"],
+                                  ["gc", "--older-than", "9" * 5000 + "d"]],
+                         ids=["gc", "expire", "sessions", "digits"])
 def test_a_time_too_far_back_is_a_usage_error(repo_path: str, args: list[str],
                                               capsys: pytest.CaptureFixture[str]) -> None:
     assert main([args[0], repo_path, *args[1:]]) == 2  # click's usage error, no traceback
@@ -84,6 +85,21 @@ def test_json_output_is_strict_json_with_non_finite_metadata(
     newest = json.loads(capsys.readouterr().out, parse_constant=refuse)[0]
     assert newest["metadata"] == {"loss": "NaN", "best": "Infinity",
                                   "worst": ["-Infinity", 1.5]}
+
+
+def test_log_shows_metadata_keys_json_has_no_spelling_for(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Nested keys msgpack keeps but JSON has not (NaN, a tuple, bytes) broke log and show.
+    repo = vs.Repository.create(vs.lmdb_storage(tmp_path / "r"))
+    session = repo.writable_session("main")
+    session.store.storage.set("k", b"1")
+    session.commit("keys", metadata={"by": {float("nan"): 1, (1, 2): "pair", b"raw": 3, 2: 4}})
+    repo.close()
+    assert main(["log", str(tmp_path / "r"), "--json"]) == 0
+    newest = json.loads(capsys.readouterr().out)[0]
+    assert newest["metadata"] == {"by": {"NaN": 1, "(1, 2)": "pair", "b'raw'": 3, "2": 4}}
+    assert main(["log", str(tmp_path / "r")]) == 0
+    assert "(1, 2)" in capsys.readouterr().out
 
 
 def test_errors_are_reported_not_raised(tmp_path: Path, repo_path: str,

@@ -398,6 +398,13 @@ def test_a_resumed_session_commits_to_its_own_branch(repo: vs.Repository) -> Non
     snapshot = resumed.commit("on dev")
     assert repo.lookup_branch("dev") == snapshot and repo.lookup_branch("main") == first
     assert repo.writable_session().branch == "main"  # the default without resume
+    again = repo.writable_session("dev")
+    again.store.storage.set("k2", b"staged on dev again")
+    repo.delete_branch("dev")
+    assert again.session_id is not None
+    with pytest.raises(vs.BranchNotFoundError):  # named, it must exist (deleted since)
+        repo.writable_session("dev", resume=again.session_id)
+    repo.writable_session(resume=again.session_id).discard_changes()  # still reachable
 
 
 def test_disjoint_commits_rebase_automatically(repo: vs.Repository) -> None:
@@ -490,6 +497,34 @@ def test_another_programs_lmdb_environment_is_no_repository_and_is_not_written(
     with env.begin() as txn:
         assert [bytes(k) for k, _ in txn.cursor()] == [b"a/zarr.json"]
     env.close()
+
+
+def test_looking_for_a_repository_writes_nothing(tmp_path: Path) -> None:
+    # exists() (and a read-only storage) opened the environment writable: it padded the
+    # data file with its slack, and added the named databases to an empty environment
+    # (a zarrstore LMDBStore made but not yet written then listed them as keys).
+    import lmdb  # noqa: PLC0415 - only to make the other program's environments
+
+    from zarrstore.lmdb import LMDBStore  # noqa: PLC0415
+
+    plain, empty = tmp_path / "plain", tmp_path / "empty"
+    env = lmdb.open(str(plain), map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        txn.put(b"k", b"v")
+    env.close()
+    store = LMDBStore(str(empty))
+    store.storage.list_prefix("")  # opened: its environment exists, with nothing in it
+    store.close()
+    before = {p: ((p / "data.mdb").stat().st_size, (p / "data.mdb").read_bytes())
+              for p in (plain, empty)}
+    for path in (plain, empty):
+        assert not vs.Repository.exists(path)
+        assert not vs.Repository.exists(vs.lmdb_storage(path, read_only=True))
+        with pytest.raises(vs.RepositoryNotFoundError):
+            vs.Repository.open(vs.lmdb_storage(path, read_only=True))
+        assert ((path / "data.mdb").stat().st_size, (path / "data.mdb").read_bytes()) == (
+            before[path])
+    assert list(LMDBStore(str(empty)).storage.list_prefix("")) == []
 
 
 def test_exists_leaves_an_empty_data_file_alone(tmp_path: Path) -> None:

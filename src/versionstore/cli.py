@@ -94,20 +94,36 @@ def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
+        return {_key_text(key): _finite(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [_finite(item) for item in value]
     return value
+
+
+def _key_text(key: Any) -> str:
+    """A metadata key as JSON holds it: a str (JSON's own spelling for numbers and constants)."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, float) and not math.isfinite(key):
+        return "NaN" if math.isnan(key) else ("Infinity" if key > 0 else "-Infinity")
+    if key is None or isinstance(key, bool | int | float):
+        return json.dumps(key)
+    return repr(key)  # a tuple, bytes …: msgpack keeps them, JSON has no such key
+
+
+def _metadata_text(metadata: dict[str, Any]) -> str:
+    """Snapshot metadata on one line, for people (``repr`` for what JSON cannot say)."""
+    return json.dumps(_finite(metadata), default=repr)
 
 
 def _when(text: str) -> datetime:
     """``30d``, ``12h``, ``2w`` (that long ago) or an ISO time (UTC unless it says)."""
     match = _DURATION.fullmatch(text.strip())
     if match:
-        amount, unit = int(match.group(1)), match.group(2)
         try:
+            amount, unit = int(match.group(1)), match.group(2)
             return datetime.now(UTC) - timedelta(**{_UNITS[unit]: amount})
-        except OverflowError:
+        except (OverflowError, ValueError):  # ValueError: past Python's int digit limit
             raise click.BadParameter(f"{text!r} reaches back before the year 1") from None
     try:
         moment = datetime.fromisoformat(text)
@@ -268,7 +284,7 @@ def log(repo: str, branch: str | None, tag: str | None, snapshot: str | None,
 
 def _describe(info: SnapshotInfo) -> str:
     stamp = info.written_at.strftime("%Y-%m-%d %H:%M:%S UTC")
-    metadata = f"  {json.dumps(info.metadata, default=repr)}" if info.metadata else ""
+    metadata = f"  {_metadata_text(info.metadata)}" if info.metadata else ""
     return f"{info.id}  {stamp}  {info.message}{metadata}"
 
 
@@ -326,7 +342,7 @@ def show(repo: str, snapshot: str, as_json: bool) -> None:
         _echo(f"written   {info.written_at.strftime('%Y-%m-%d %H:%M:%S UTC')}")
         _echo(f"message   {info.message}")
         if info.metadata:
-            _echo(f"metadata  {json.dumps(info.metadata, default=repr)}")
+            _echo(f"metadata  {_metadata_text(info.metadata)}")
         _echo()
         _diff_table(diff)
 

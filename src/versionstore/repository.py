@@ -439,11 +439,11 @@ class Repository:
             if raw is None or not self._has_staged(resume, raw):
                 raise SessionNotFoundError(resume)
             record = decode_session(session_ref(resume), raw)
+            if branch is not None and branch not in self.list_branches():
+                raise BranchNotFoundError(branch)  # deleted since, perhaps
             if branch is not None and branch != record.branch:
                 # Its staged changes were made on that branch's snapshot: committing them
                 # elsewhere would silently land them on the other branch (or nowhere).
-                if branch not in self.list_branches():
-                    raise BranchNotFoundError(branch)
                 raise ValueError(
                     f"session {resume} writes to branch {record.branch!r}, not {branch!r}: "
                     f"resume it with writable_session(resume={resume!r}) and commit there, "

@@ -391,11 +391,13 @@ class _Shared:
 
     def __init__(self, path: str, names: tuple[bytes, ...], map_size: int, lock: bool,
                  small_reads: bool = False, ordered_writes: bool = False,
-                 identity_key: bytes | None = None, gives_id: bool = True) -> None:
+                 identity_key: bytes | None = None, writes_at_open: bool = True) -> None:
         self.path = path
         self.identity_key = identity_key
-        #: Whether a first open may write the id (not for a handle asked to be read-only).
-        self.gives_id = gives_id
+        #: Whether the first open may write: give the id, create the named databases, pad
+        #: the file with its slack. Not for a first handle asked to be read-only (a probe
+        #: such as ``Repository.exists``, or a read-only repository): it writes nothing.
+        self.writes_at_open = writes_at_open
         #: Taken at the first open; every reopen must find it again (``check_identity``).
         self.identity: EnvironmentIdentity | None = None
         self.small_reads = small_reads
@@ -454,12 +456,14 @@ class _Shared:
         try:
             self._check_length(env, data)
             self.page_size = int(env.stat()["psize"])
-            if not self.read_only:
-                self.keep_slack(env)
             # Only a first open may give an older environment its id: a reopen, or a
             # copy's open, compares what is there and writes nothing into another one.
+            # The databases come first: another program's environment is refused
+            # (``ForeignEnvironmentError``) before anything is written into it.
             self.databases, token = self._open_databases_adopting(
-                env, give_id=self.gives_id and self.identity is None)
+                env, give_id=self.writes_at_open and self.identity is None)
+            if not self.read_only and self.writes_at_open:
+                self.keep_slack(env)
             identity = self._identity(token)
             if self.identity is None or _learned(self.identity, identity):
                 self.identity = identity
@@ -631,9 +635,10 @@ class _Shared:
             try:
                 found.append(env.open_db(name, create=False))
             except lmdb.NotFoundError:
-                if self.read_only:
+                if self.read_only or not self.writes_at_open:
                     raise StorageIOError(
-                        f"{self.path!r} is read-only and lacks the database {name!r}"
+                        f"{self.path!r} lacks the database {name!r}, and is read-only (or "
+                        "opened only to read): it is not created"
                     ) from None
                 self._refuse_foreign(env)
                 found.append(env.open_db(name))
@@ -1037,7 +1042,8 @@ class EnvironmentHandle:
                     )
             if shared is None:
                 shared = _Shared(self.path, databases, _round_up(map_size), lock, small_reads,
-                                 ordered_writes, identity_key, gives_id=not read_only)
+                                 ordered_writes, identity_key,
+                                 writes_at_open=not read_only)
                 shared.identity = expect_identity  # opened as a reopen: compared, never given
                 shared.open(create)
                 _registry[self.path] = shared

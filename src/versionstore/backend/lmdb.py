@@ -242,9 +242,16 @@ class LMDBBackend(Backend, Ledger):
             except StorageIOError as exc:
                 if "lacks the database" not in str(exc):
                     raise
-                # A repository from before the ledger, on a read-only filesystem: it
-                # cannot get the database, and needs none (nothing is written).
-                self._handle = opened(_READ_ONLY_DATABASES, True)
+                # A repository from before the ledger, on a read-only filesystem (or
+                # opened read-only): it does not get the database, and needs none.
+                try:
+                    self._handle = opened(_READ_ONLY_DATABASES, True)
+                except StorageIOError as again:
+                    if "lacks the database" not in str(again):
+                        raise
+                    raise RepositoryNotFoundError(
+                        f"no repository in {self.path!r}: its LMDB environment has no "
+                        "versionstore databases (and was opened only to read)") from None
         self.path = self._handle.path
         self.read_only = self._handle.read_only
         self._long_writes = LongWrites(self.path)

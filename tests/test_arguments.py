@@ -216,3 +216,12 @@ def test_metadata_and_messages_that_cannot_be_stored_are_named(repo: vs.Reposito
             session.commit(message, metadata=metadata)
         assert session.staged("") != {}  # kept for a commit with a better message
     assert repo.lookup_branch("main") == first
+
+
+def test_progress_is_asked_for_alike_everywhere(repo: vs.Repository) -> None:
+    # verify(progress=False) was a TypeError while push/fetch/clone take False.
+    seen: list[tuple[str, int, int]] = []
+    for progress in (None, False, True, lambda *step: seen.append(step)):
+        assert repo.verify(progress=progress).ok
+        assert repo.garbage_collect(progress=progress).deleted == 0
+    assert seen  # the callable was told

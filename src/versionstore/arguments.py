@@ -22,7 +22,6 @@ from versionstore.storage import LMDBStorage, RepositoryStorage
 
 __all__ = [
     "as_storage",
-    "check_callback",
     "check_flag",
     "check_mapping",
     "check_name",
@@ -133,16 +132,6 @@ def check_flag(value: object, parameter: str) -> bool:
     if isinstance(value, bool):
         return value
     raise TypeError(f"{parameter} must be True or False; got {_shown(value)}")
-
-
-def check_callback(value: object, parameter: str) -> None:
-    """Refuse ``value`` unless it is ``None`` or callable.
-
-    Raises:
-        TypeError: otherwise (it would fail later as "'int' object is not callable").
-    """
-    if value is not None and not callable(value):
-        raise TypeError(f"{parameter} must be a callable or None; got {_shown(value)}")
 
 
 def check_mapping(value: object, parameter: str) -> None:

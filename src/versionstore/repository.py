@@ -21,7 +21,6 @@ import attrs
 
 from versionstore.arguments import (
     as_storage,
-    check_callback,
     check_flag,
     check_mapping,
     check_name,
@@ -976,7 +975,8 @@ class Repository:
     # -- maintenance -------------------------------------------------------------------
 
     def garbage_collect(self, older_than: datetime | None = None, *, dry_run: bool = False,
-                        progress: Progress | None = None, full: bool = False) -> GCSummary:
+                        progress: ProgressOption | None = None, full: bool = False
+                        ) -> GCSummary:
         """Delete objects that no branch, tag or session can reach; report bytes freed.
 
         Snapshots left behind by ``reset_branch`` / ``delete_branch`` /
@@ -995,7 +995,9 @@ class Repository:
                 none on LMDB and in memory (their sweep is atomic), one day
                 before now on object storage (``docs/format.md``).
             dry_run: only count what would be deleted, and its bytes.
-            progress: told ``(phase, done, total)`` as the run advances.
+            progress: told ``(phase, done, total)`` as the run advances; or
+                ``True`` for a bar on a terminal, ``False`` / ``None`` for nothing
+                (as ``push``).
             full: mark everything and list every object instead (what the
                 first run on a repository does anyway); deletes the same.
 
@@ -1010,8 +1012,8 @@ class Repository:
                 than an hour back (``versionstore.gc.warn_if_short_grace``).
         """
         self._check_gc(older_than, dry_run, full)
-        check_callback(progress, "progress")
-        return self._garbage_collect(older_than, dry_run=dry_run, progress=progress, full=full)
+        with progress_reporter(False if progress is None else progress) as report:
+            return self._garbage_collect(older_than, dry_run=dry_run, progress=report, full=full)
 
     def _check_gc(self, older_than: datetime | None, dry_run: bool, full: bool) -> None:
         """Check ``garbage_collect``'s arguments, and warn its caller of a short grace period."""
@@ -1236,20 +1238,21 @@ class Repository:
                 discarded.append(session_id)
         return discarded
 
-    def verify(self, progress: Progress | None = None, *,
+    def verify(self, progress: ProgressOption | None = None, *,
                check_virtual: bool = False) -> VerifyReport:
         """Check every reachable object deeply (checksums, content hashes, invariants).
 
-        ``progress`` is told ``(phase, done, total)`` as objects are checked.
+        ``progress`` is told ``(phase, done, total)`` as objects are checked
+        (``True``: a bar on a terminal; ``False`` / ``None``: nothing, as ``push``).
         With ``check_virtual``, the sources of virtual chunks are checked too
         (one ``stat`` per source file, through ``virtual_chunk_stores``): a
         source that is gone, too short, changed since it was referenced, or
         served by no configured store is a problem.
         """
         check_flag(check_virtual, "check_virtual")
-        check_callback(progress, "progress")
-        return verify_repository(self.reader, progress,
-                                 self.virtual_chunks if check_virtual else None)
+        with progress_reporter(False if progress is None else progress) as report:
+            return verify_repository(self.reader, report,
+                                     self.virtual_chunks if check_virtual else None)
 
     # -- async twins -------------------------------------------------------------------
 

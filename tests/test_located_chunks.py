@@ -370,3 +370,28 @@ def test_a_small_commit_stages_its_chunks_as_log_records(s3_repos: S3Repos) -> N
     session.commit("ten")
     view = repo.readonly_session(branch="main")
     assert view.read_entries([view.entry(k) for k, _ in values]) == [v for _, v in values]
+
+
+def test_staging_on_a_base_this_process_collected_is_refused(tmp_path: Path) -> None:
+    # The object backend trusted its memory of having stored an object (the base
+    # snapshot, written by this process a moment ago) after its own gc had deleted it:
+    # the staging write landed on the collected base, and verify reported it missing.
+    import warnings  # noqa: PLC0415 - only this test
+
+    from obstore.store import LocalStore  # noqa: PLC0415
+
+    repo = vs.Repository.create(vs.object_storage(LocalStore(str(tmp_path)), prefix="p"))
+    base = repo.lookup_branch("main")
+    repo.create_branch("b", snapshot_id=base)
+    session = repo.writable_session("b")
+    session.set_values([("a/zarr.json", b'{"zarr_format": 3, "node_type": "group"}')])
+    session.commit("S")
+    based_on_s = repo.writable_session("b")
+    repo.reset_branch("b", base)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vs.ShortGracePeriodWarning)
+        repo.garbage_collect(older_than=datetime.now(UTC) + timedelta(seconds=1))
+    with pytest.raises(vs.SnapshotNotFoundError, match="no longer exists"):
+        based_on_s.set_values([("g/zarr.json", b'{"zarr_format": 3, "node_type": "group"}')])
+    assert repo.verify().ok
+    repo.close()

@@ -635,9 +635,12 @@ class ObjectBackend(Backend):
         for start in range(0, len(doomed), _DELETE_BATCH):
             if start and not refresh():
                 return False  # pragma: no cover - only without rescue, decided above
-            batch = [_object_name(i) for i in doomed[start:start + _DELETE_BATCH]
-                     if i not in spared]
-            self._io.run("deleting objects", self._io.delete(batch))
+            chosen = [i for i in doomed[start:start + _DELETE_BATCH] if i not in spared]
+            # Known to be stored no more: a staging write requiring one (its base) must
+            # ask again, not trust this process's memory of storing it (``_ensure_stored``).
+            for object_id in chosen:
+                self._fresh.pop(object_id, None)
+            self._io.run("deleting objects", self._io.delete([_object_name(i) for i in chosen]))
         if prune_refs:
             with self._write_lock:
                 self._decide(lambda state: state.prune_effect(prune_refs))

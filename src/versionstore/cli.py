@@ -104,10 +104,9 @@ def _key_text(key: Any) -> str:
     """A metadata key as JSON holds it: a str (JSON's own spelling for numbers and constants)."""
     if isinstance(key, str):
         return key
-    if isinstance(key, float) and not math.isfinite(key):
-        return "NaN" if math.isnan(key) else ("Infinity" if key > 0 else "-Infinity")
     if key is None or isinstance(key, bool | int | float):
-        return json.dumps(key)
+        spelled = _finite(key)  # a non-finite float: its name already
+        return spelled if isinstance(spelled, str) else json.dumps(spelled)
     return repr(key)  # a tuple, bytes …: msgpack keeps them, JSON has no such key
 
 

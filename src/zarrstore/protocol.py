@@ -219,7 +219,7 @@ class Storage(ABC):
         """Store ``value`` at ``key``, replacing any previous value atomically."""
         validate_key(key)
         self._check_writable()
-        self._set(key, value_bytes(value))
+        self._set(key, value if type(value) is bytes else value_bytes(value))
 
     def set_if_absent(self, key: str, value: bytes) -> bool:
         """Store ``value`` only if ``key`` holds nothing; return whether it was stored."""
@@ -399,7 +399,7 @@ class AsyncStorage(ABC):
         """Store ``value`` at ``key``, replacing any previous value atomically."""
         validate_key(key)
         self._check_writable()
-        await self._set(key, value_bytes(value))
+        await self._set(key, value if type(value) is bytes else value_bytes(value))
 
     async def set_if_absent(self, key: str, value: bytes) -> bool:
         """Store ``value`` only if ``key`` holds nothing; return whether it was stored."""

@@ -8,8 +8,10 @@ import versionstore as vs
 from versionstore.progress import LONG, progress_reporter
 
 
-def test_false_and_no_terminal_report_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_false_none_and_no_terminal_report_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     with progress_reporter(False) as report:
+        assert report is None
+    with progress_reporter(None) as report:
         assert report is None
     monkeypatch.delenv("FORCE_COLOR", raising=False)
     monkeypatch.setenv("TTY_COMPATIBLE", "0")
@@ -40,7 +42,7 @@ def test_a_terminal_gets_a_bar_for_long_operations_only(
 
 
 def test_anything_else_is_a_type_error() -> None:
-    with pytest.raises(TypeError, match="progress must be True, False or a callable"):
+    with pytest.raises(TypeError, match="progress must be True, False, None or a callable"):
         with progress_reporter("yes"):  # type: ignore[arg-type]
             pass
     with pytest.raises(TypeError, match="progress must be"):

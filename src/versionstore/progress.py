@@ -3,7 +3,7 @@
 Long operations (``copy_repository``, ``push``, ``fetch``) take
 ``progress``: ``True`` shows a transient rich bar on stderr when stderr is a
 terminal and the operation is long (at least ``LONG`` steps); ``False``
-shows nothing; a callable is told ``(phase, done, total)`` instead, as
+(or ``None``) shows nothing; a callable is told ``(phase, done, total)`` instead, as
 ``garbage_collect``'s ``progress`` is.
 """
 
@@ -25,12 +25,17 @@ LONG = 100
 
 
 @contextmanager
-def progress_reporter(option: ProgressOption) -> Iterator[Callable[[str, int, int], None] | None]:
+def progress_reporter(option: ProgressOption | None) -> Iterator[Callable[[str, int, int], None] | None]:
     """The ``(phase, done, total)`` callback that ``option`` asks for, or ``None``.
 
+    ``None`` asks for nothing, as ``False`` does.
+
     Raises:
-        TypeError: ``option`` is neither a bool nor callable.
+        TypeError: ``option`` is neither a bool, ``None`` nor callable.
     """
+    if option is None:
+        yield None
+        return
     if isinstance(option, bool):
         if not option:
             yield None
@@ -39,7 +44,7 @@ def progress_reporter(option: ProgressOption) -> Iterator[Callable[[str, int, in
         yield option
         return
     else:
-        raise TypeError(f"progress must be True, False or a callable (phase, done, total); "
+        raise TypeError(f"progress must be True, False, None or a callable (phase, done, total); "
                         f"got {type(option).__name__} {reprlib.repr(option)}")
     console = Console(stderr=True)
     if not console.is_terminal:

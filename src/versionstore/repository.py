@@ -1012,7 +1012,7 @@ class Repository:
                 than an hour back (``versionstore.gc.warn_if_short_grace``).
         """
         self._check_gc(older_than, dry_run, full)
-        with progress_reporter(False if progress is None else progress) as report:
+        with progress_reporter(progress) as report:
             return self._garbage_collect(older_than, dry_run=dry_run, progress=report, full=full)
 
     def _check_gc(self, older_than: datetime | None, dry_run: bool, full: bool) -> None:
@@ -1250,7 +1250,7 @@ class Repository:
         served by no configured store is a problem.
         """
         check_flag(check_virtual, "check_virtual")
-        with progress_reporter(False if progress is None else progress) as report:
+        with progress_reporter(progress) as report:
             return verify_repository(self.reader, report,
                                      self.virtual_chunks if check_virtual else None)
 

@@ -47,10 +47,10 @@ class LMDBFloorStore(Store):
     supports_listing = False
     supports_partial_writes = False
 
-    def __init__(self, path: Path, *, ordered: bool = False) -> None:
+    def __init__(self, path: Path, *, ordered: bool = False, map_size: int = 1 << 40) -> None:
         super().__init__(read_only=False)
         path.mkdir(parents=True, exist_ok=True)
-        self._env = lmdb.open(str(path), map_size=1 << 40, max_dbs=4, sync=ordered,
+        self._env = lmdb.open(str(path), map_size=map_size, max_dbs=4, sync=ordered,
                               metasync=False, readahead=True)
         self._db = self._env.open_db(b"chunks")
 

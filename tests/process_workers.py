@@ -19,6 +19,7 @@ parent can check any snapshot (or staged session) knowing only its round.
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import sys
 import time
@@ -176,6 +177,12 @@ def stage_region(session: vs.Session, start: int, stop: int, value: int) -> str:
     zarr.open_array(session.store, path="t", mode="r+")[start:stop] = value
     assert session.session_id is not None
     return session.session_id
+
+
+def stage_region_from_pickle(blob: bytes, start: int, stop: int, value: int) -> str:
+    """``stage_region`` through a session pickled (as ``blob``) long before this runs."""
+    session = pickle.loads(blob)  # noqa: S301 - the test's own session
+    return stage_region(session, start, stop, value)
 
 
 def kept_value(worker: int, round_: int) -> bytes:

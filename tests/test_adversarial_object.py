@@ -10,6 +10,7 @@ process that aborted (SIGABRT) at exit after all its writes succeeded.
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 import subprocess
@@ -29,7 +30,9 @@ import versionstore as vs
 import zarrstore
 from versionstore.backend import object as object_backend
 from versionstore.backend.object import ObjectBackend
+from versionstore.backend.protocol import EmptyRecord
 from versionstore.backend.refstate import RefState
+from versionstore.ids import ObjectId
 from zarrstore.errors import ForkedProcessError as ForkedStoreError
 
 #: A forked child that hangs is reported after this many seconds (it then fails the test).
@@ -290,9 +293,14 @@ def test_ref_state_answers_like_a_dict(effects: list[dict[str, bytes | None]], p
     assert list(state.under(prefix, limit).items()) == wanted[:limit]
     assert state.nbytes == sum(len(n) + len(v) for n, v in model.items())
     assert len(state) == len(model)
-    prune = {n: (v, n + "/") for n, v in model.items()}
-    assert set(state.prune_effect(prune)) == {
-        n for n in model if not any(m.startswith(n + "/") for m in model)}
+    empty = {n for n in model if not any(m.startswith(n + "/") for m in model)}
+    prune = {n: EmptyRecord(v, n + "/") for n, v in model.items()}
+    assert set(state.prune_effect(prune, set())) == empty
+    # Given a base, a record goes only if the sweep deleted that object.
+    based = {n: EmptyRecord(v, n + "/", ObjectId(hashlib.blake2b(n.encode(), digest_size=20)
+                                                 .digest())) for n, v in model.items()}
+    deleted = {record.base for n, record in based.items() if len(n) % 2}
+    assert set(state.prune_effect(based, deleted)) == {n for n in empty if len(n) % 2}
 
 
 def test_the_recently_stored_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

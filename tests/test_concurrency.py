@@ -12,6 +12,7 @@ Every wait is bounded, and no assertion depends on how fast anything ran.
 from __future__ import annotations
 
 import multiprocessing
+import pickle
 import random
 import sys
 import threading
@@ -301,6 +302,26 @@ def test_a_session_pickled_to_processes_stages_for_one_commit(repo: vs.Repositor
     snapshot = session.commit("three processes' writes")
     assert repo.lookup_snapshot(snapshot).parent_id == base
     assert read_array(repo.readonly_session("main"), "t") == [1] * 10 + [2] * 10 + [3] * 10
+
+
+def test_a_copy_unpickled_in_a_process_after_a_commit_and_a_gc_builds_on_the_commit(
+        repo: vs.Repository) -> None:
+    # A dask task graph pickled before the session committed, run after a gc: gc used
+    # to prune the emptied record, the worker recreated it with the base it was pickled
+    # on and rewrote the chunk from that, and the next commit lost the committed row.
+    session = repo.writable_session("main")
+    zarr.create_array(session.store, name="t", shape=(30,), chunks=(30,), dtype="i4",
+                      fill_value=0)
+    session.commit("create t")
+    blob = pickle.dumps(session)
+    zarr.open_array(session.store, path="t")[0:10] = 1
+    session.commit("the first ten")
+    repo.garbage_collect()
+    assert run_processes([(workers.stage_region_from_pickle, (blob, 10, 20, 2))]) == [
+        session.session_id]
+    session.commit("the worker's ten")
+    assert read_array(repo.readonly_session("main"), "t") == [1] * 10 + [2] * 10 + [0] * 10
+    assert repo.verify().ok
 
 
 def test_garbage_collection_alongside_writers_removes_only_garbage(

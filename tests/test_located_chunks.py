@@ -317,7 +317,7 @@ def test_gc_prunes_an_idle_sessions_record_and_its_next_write_survives(
     repo = vs.Repository.create(s3_repos.storage())
     session = repo.writable_session("main")
     session.set_values([("p/c/0", b"1" * 1000)])
-    session.commit("one")
+    session.discard_changes()  # idle, and it never committed
     assert session.session_id in {n.removeprefix("session/")
                                   for n in repo.backend.list_refs("session/")}
     assert repo.garbage_collect().deleted == 0  # not idle for the grace period yet
@@ -325,14 +325,17 @@ def test_gc_prunes_an_idle_sessions_record_and_its_next_write_survives(
     repo.garbage_collect(datetime.now(UTC) + timedelta(days=1))
     assert not repo.backend.list_refs("session/")  # idle: pruned
     # The session object still believes in its epoch: its write goes again into a new one.
-    session.set_values([("p/c/1", b"2" * 1000)])
+    session.set_values([("p/c/0", b"1" * 1000), ("p/c/1", b"2" * 1000)])
     assert session.session_id in repo.resumable_sessions()
     session.set_values([("p/c/2", b"3" * 1000)])
-    session.commit("two more")
+    session.commit("three")
     view = repo.readonly_session(branch="main")
     keys = ["p/c/0", "p/c/1", "p/c/2"]
     assert view.read_entries([view.entry(k) for k in keys]) == [
         b"1" * 1000, b"2" * 1000, b"3" * 1000]
+    # Committed, the session keeps its record through gc while its base is stored.
+    repo.garbage_collect(datetime.now(UTC) + timedelta(days=1))
+    assert list(repo.backend.list_refs("session/")) == [f"session/{session.session_id}"]
     assert repo.verify().ok
 
 

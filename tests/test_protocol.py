@@ -14,6 +14,7 @@ from typing import Any
 
 import msgpack
 import pytest
+import zarr
 
 import versionstore as vs
 from versionstore.codec import (
@@ -245,6 +246,53 @@ def test_a_copy_staging_after_the_commit_can_be_discarded(repo: vs.Repository) -
     assert repo.resumable_sessions() == {}
     assert not worker.has_uncommitted_changes
     repo.garbage_collect()
+    assert repo.verify().ok
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["incremental", "full"])
+def test_a_copy_idle_across_a_commit_and_a_gc_builds_on_the_commit(
+        repo: vs.Repository, full: bool) -> None:
+    # gc pruned the record the commit had emptied; the copy, pickled before the commit
+    # (a dask task graph), recreated it with the base it was made on, rewrote the zarr
+    # chunk from that base, and the session's next commit dropped row 0 without a word.
+    setup = repo.writable_session("main")
+    zarr.create_array(setup.store, name="t", shape=(4, 4), chunks=(4, 4), dtype="i4",
+                      fill_value=0)
+    setup.commit("create t")
+    driver = repo.writable_session("main")
+    blob = pickle.dumps(driver)
+    zarr.open_array(driver.store, path="t")[0, :] = 1
+    driver.commit("row 0")
+    repo.garbage_collect(full=full)
+    assert f"session/{driver.session_id}" in repo.backend.list_refs("session/")
+    worker = pickle.loads(blob)
+    zarr.open_array(worker.store, path="t")[1, :] = 2
+    assert worker.snapshot_id == driver.snapshot_id
+    driver.commit("row 1")
+    tip = zarr.open_array(repo.readonly_session("main").store, path="t", mode="r")
+    assert tip[:2].tolist() == [[1] * 4, [2] * 4]
+    assert repo.verify().ok
+
+
+def test_gc_prunes_a_sessions_empty_record_once_no_copy_can_go_back(
+        repo: vs.Repository) -> None:
+    before = repo.lookup_branch("main")
+    never = repo.writable_session("main")
+    never.set_values([("n", b"v")])
+    never.discard_changes()
+    committed = repo.writable_session("main")
+    committed.set_values([("k", b"one")])
+    committed.commit("one")
+    repo.garbage_collect()
+    # Never committed: every copy knows its one base. Committed: kept with its base.
+    assert set(repo.backend.list_refs("session/")) == {f"session/{committed.session_id}"}
+    repo.create_tag("keep", committed.snapshot_id)
+    repo.reset_branch("main", before)
+    repo.garbage_collect()
+    assert set(repo.backend.list_refs("session/")) == {f"session/{committed.session_id}"}
+    repo.delete_tag("keep")
+    repo.garbage_collect(full=True)  # the base is collected: the record goes with it
+    assert repo.backend.list_refs("session/") == {}
     assert repo.verify().ok
 
 

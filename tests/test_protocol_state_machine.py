@@ -222,8 +222,11 @@ class ProtocolMachine(OnEitherBackend, RuleBasedStateMachine):
     def collect(self) -> None:
         self.repo.garbage_collect()
         self.collected |= set(self.snapshots) - self.reachable()
-        if not self.staged:
-            self.record = None  # an empty session's record is pruned
+        if not self.staged and self.record is not None and (
+                self.record[1] == 0 or self.record[0] in self.collected):
+            # An empty record is pruned if its session never committed, or with its
+            # base: kept otherwise, so an idle copy follows it rather than going back.
+            self.record = None
 
     # -- invariants ---------------------------------------------------------------------------
 

@@ -30,7 +30,8 @@ grace period in which a ``reset_branch`` or ``delete_branch`` can be undone.
 Every summary reports the bytes freed (the stored size of the deleted objects).
 A session record roots its base only while the session has staged refs;
 records of sessions with nothing staged are pruned by the sweep, atomically
-checked (``docs/format.md``, S2).
+checked (``docs/format.md``, S2) — that of a session which has committed
+only with its base (``gc_roots.empty_records``).
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ from versionstore.codec import (
     KIND_SNAPSHOT,
     decode_history_page,
     decode_node,
-    decode_session,
     decode_snapshot,
     decode_staged,
     frame_kind,
@@ -63,6 +63,7 @@ from versionstore.gc_roots import (
     Progress,
     batches,
     drop_stale_grafts,
+    empty_records,
     roots_of,
     session_of,
     staged_sessions,
@@ -79,7 +80,7 @@ from versionstore.records import (
     Node,
     Snapshot,
 )
-from versionstore.refs import session_ref, stage_prefix
+from versionstore.refs import session_ref
 
 __all__ = [
     "GCSummary",
@@ -325,16 +326,14 @@ def collect_garbage_by_listing(reader: ObjectReader, *, dry_run: bool = False,
     rescued: set[ObjectId] = set()
     idle = (set() if hints is None else
             idle_sessions(refs, listed, datetime.now(UTC) if older_than is None else older_than))
-    empty_records = {  # records of sessions with nothing staged: pruned, if still so
-        name: (raw, stage_prefix(session_of(name))) for name, raw in refs.items()
-        if name.startswith("session/") and session_of(name) not in staged
-        and (hints is None or decode_session(name, raw).epoch is None or session_of(name) in idle)
-    }
-    if not dry_run and (doomed or empty_records):
+    empty = empty_records(  # pruned, if still so
+        refs, staged, doomed, backend.has_objects,
+        lambda name, record: hints is None or record.epoch is None or session_of(name) in idle)
+    if not dry_run and (doomed or empty):
         backend.delete_objects(doomed, if_refs_are=refs, rescue=_rescuer(marked, rescued),
-                               prune_refs=empty_records)
+                               prune_refs=empty)
         if hints is not None:  # a located write racing the prune: its record comes back
-            restore_written(backend, empty_records)
+            restore_written(backend, empty)
         drop_stale_grafts(backend, refs, set(doomed) - rescued)
         backend.sync()
     gone = [oid for oid in doomed if oid not in rescued]

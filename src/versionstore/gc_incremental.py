@@ -66,15 +66,15 @@ from versionstore.gc_roots import (
     Progress,
     batches,
     drop_stale_grafts,
+    empty_records,
     roots_of,
-    session_of,
     staged_sessions,
 )
 from versionstore.grafts import Grafts, grafts_from_refs, parents_of
 from versionstore.ids import ObjectId
 from versionstore.objects import ObjectReader
 from versionstore.records import Branch, ChunkRef, GCLedger
-from versionstore.refs import session_ref, stage_prefix
+from versionstore.refs import session_ref
 
 __all__ = ["collect_incrementally"]
 
@@ -574,10 +574,7 @@ def _collect(reader: ObjectReader, ledger: Ledger, *, dry_run: bool,
         roots=tuple((i, k, n) for (i, k), n in sorted(roots.items())),
         grafts=tuple(sorted(grafts.items())),
     )
-    empty_records = {  # records of sessions with nothing staged: pruned, if still so
-        name: (value, stage_prefix(session_of(name))) for name, value in refs.items()
-        if name.startswith("session/") and session_of(name) not in staged
-    }
+    empty = empty_records(refs, staged, doomed, backend.has_objects)  # pruned, if still so
     rescued: set[ObjectId] = set()
     update = LedgerUpdate(
         expect=raw, header=encode_gc_ledger(new_header),
@@ -587,7 +584,7 @@ def _collect(reader: ObjectReader, ledger: Ledger, *, dry_run: bool,
         reset=header is None,
     )
     if not ledger.sweep(doomed, if_refs_are=refs, rescue=_rescuer(counts, spared, rescued),
-                        prune_refs=empty_records, ledger=update, ignoring=UNROOTED_REFS):
+                        prune_refs=empty, ledger=update, ignoring=UNROOTED_REFS):
         return None
     drop_stale_grafts(backend, refs, set(doomed) - rescued)
     gone = [i for i in doomed if i not in rescued]

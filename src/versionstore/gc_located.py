@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from versionstore.backend.protocol import WriteBatch
+from versionstore.backend.protocol import EmptyRecord, WriteBatch
 from versionstore.codec import decode_session, decode_staged
 from versionstore.gc_roots import session_of
 from versionstore.located import epoch_prefix, parse_located
@@ -90,7 +90,7 @@ def idle_sessions(refs: Mapping[str, bytes], listed: Sequence[tuple[str, datetim
     return set(live) - busy
 
 
-def restore_written(backend: Backend, pruned: Mapping[str, tuple[bytes, str]]) -> int:
+def restore_written(backend: Backend, pruned: Mapping[str, EmptyRecord]) -> int:
     """Recreate each pruned located-staging record whose epochs hold a write now; how many.
 
     gc lists the located writes, finds a session idle, then prunes its
@@ -102,7 +102,8 @@ def restore_written(backend: Backend, pruned: Mapping[str, tuple[bytes, str]]) -
     write that found it gone opened a new epoch itself).
     """
     restored = 0
-    for name, (raw, _) in pruned.items():
+    for name, empty in pruned.items():
+        raw = empty.value
         record = decode_session(name, raw)
         if record.epoch is None:
             continue

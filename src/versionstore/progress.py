@@ -25,7 +25,8 @@ LONG = 100
 
 
 @contextmanager
-def progress_reporter(option: ProgressOption | None) -> Iterator[Callable[[str, int, int], None] | None]:
+def progress_reporter(option: ProgressOption | None
+                      ) -> Iterator[Callable[[str, int, int], None] | None]:
     """The ``(phase, done, total)`` callback that ``option`` asks for, or ``None``.
 
     ``None`` asks for nothing, as ``False`` does.

@@ -37,7 +37,7 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
-from versionstore.backend.protocol import ObjectGetter
+from versionstore.backend.protocol import EmptyRecord, ObjectGetter
 from versionstore.ids import ObjectId
 
 __all__ = ["CountGetter", "Ledger", "LedgerRescue", "LedgerUpdate"]
@@ -115,7 +115,7 @@ class Ledger(Protocol):
         *,
         if_refs_are: Mapping[str, bytes],
         rescue: LedgerRescue,
-        prune_refs: Mapping[str, tuple[bytes, str]],
+        prune_refs: Mapping[str, EmptyRecord],
         ledger: LedgerUpdate,
         ignoring: Sequence[str] = (),
     ) -> bool:

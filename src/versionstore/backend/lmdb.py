@@ -53,12 +53,14 @@ from versionstore.backend.ledger import Ledger, LedgerRescue, LedgerUpdate
 from versionstore.backend.long_writes import LongWrites
 from versionstore.backend.protocol import (
     Backend,
+    EmptyRecord,
     Joined,
     Rescue,
     SessionRule,
     WriteBatch,
     changed_refs,
     prefix_end,
+    prunable,
 )
 from versionstore.errors import (
     BackendError,
@@ -145,6 +147,26 @@ def _any_under(txn: lmdb.Transaction, db: lmdb._Database, prefix: str) -> bool:
     cursor = txn.cursor(db=db)
     start = _key(prefix)
     return bool(cursor.set_range(start)) and bytes(cursor.key()).startswith(start)
+
+
+def _delete_and_prune(txn: lmdb.Transaction, objects_db: lmdb._Database,
+                      refs_db: lmdb._Database, ids: Iterable[ObjectId], spared: set[ObjectId],
+                      prune_refs: Mapping[str, EmptyRecord]) -> None:
+    """Delete ``ids`` but ``spared``, then the empty session records ``prunable`` allows."""
+    bases = {record.base for record in prune_refs.values() if record.base is not None}
+    deleted: set[ObjectId] = set()
+    for object_id in ids:
+        if object_id not in spared:
+            txn.delete(object_id, db=objects_db)
+            if object_id in bases:
+                deleted.add(object_id)
+
+    def still(name: str, record: EmptyRecord) -> bool:
+        return (txn.get(_key(name), db=refs_db) == record.value
+                and not _any_under(txn, refs_db, record.staging_prefix))
+
+    for name in prunable(prune_refs, deleted, still):
+        txn.delete(_key(name), db=refs_db)
 
 
 def _bytes(value: bytes | memoryview | None) -> bytes | None:
@@ -599,7 +621,7 @@ class LMDBBackend(Backend, Ledger):
         *,
         if_refs_are: Mapping[str, bytes] | None = None,
         rescue: Rescue | None = None,
-        prune_refs: Mapping[str, tuple[bytes, str]] | None = None,
+        prune_refs: Mapping[str, EmptyRecord] | None = None,
     ) -> bool:
         def work(txn: lmdb.Transaction) -> bool:
             objects_db = self._objects
@@ -613,14 +635,7 @@ class LMDBBackend(Backend, Ledger):
                         changed_refs(if_refs_are, current), current,
                         lambda wanted: [_bytes(txn.get(i, db=objects_db)) for i in wanted],
                     )
-            for object_id in ids:
-                if object_id not in spared:
-                    txn.delete(object_id, db=objects_db)
-            refs_db = self._refs
-            for name, (value, prefix) in (prune_refs or {}).items():
-                still = txn.get(_key(name), db=refs_db) == value
-                if still and not _any_under(txn, refs_db, prefix):
-                    txn.delete(_key(name), db=refs_db)
+            _delete_and_prune(txn, objects_db, self._refs, ids, spared, prune_refs or {})
             return True
 
         return self._write("deleting objects", work, long=True)
@@ -751,7 +766,7 @@ class LMDBBackend(Backend, Ledger):
         *,
         if_refs_are: Mapping[str, bytes],
         rescue: LedgerRescue,
-        prune_refs: Mapping[str, tuple[bytes, str]],
+        prune_refs: Mapping[str, EmptyRecord],
         ledger: LedgerUpdate,
         ignoring: Sequence[str] = (),
     ) -> bool:
@@ -771,13 +786,7 @@ class LMDBBackend(Backend, Ledger):
                     lambda wanted: [_bytes(txn.get(i, db=objects_db)) for i in wanted],
                     lambda wanted: self._counts_in(txn, wanted, _plain_get),
                 )
-            for object_id in doomed:
-                if object_id not in spared:
-                    txn.delete(object_id, db=objects_db)
-            for name, (value, prefix) in prune_refs.items():
-                still = txn.get(_key(name), db=refs_db) == value
-                if still and not _any_under(txn, refs_db, prefix):
-                    txn.delete(_key(name), db=refs_db)
+            _delete_and_prune(txn, objects_db, refs_db, doomed, spared, prune_refs)
             if ledger.reset:
                 _delete_prefix(txn, gc_db, _COUNT)
                 _delete_prefix(txn, gc_db, _LINK)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, override
 
 from versionstore.backend.ledger import Ledger, LedgerRescue, LedgerUpdate
-from versionstore.backend.protocol import Backend, Rescue, WriteBatch, changed_refs
+from versionstore.backend.protocol import Backend, EmptyRecord, Rescue, WriteBatch, changed_refs
 from versionstore.backend.refstate import RefState
 from versionstore.errors import MissingObjectsError
 from versionstore.ids import ObjectId, object_id_text
@@ -131,7 +131,7 @@ class MemoryBackend(Backend, Ledger):
         *,
         if_refs_are: Mapping[str, bytes] | None = None,
         rescue: Rescue | None = None,
-        prune_refs: Mapping[str, tuple[bytes, str]] | None = None,
+        prune_refs: Mapping[str, EmptyRecord] | None = None,
     ) -> bool:
         with self._lock:
             spared: set[ObjectId] = set()
@@ -144,11 +144,11 @@ class MemoryBackend(Backend, Ledger):
             return True
 
     def _delete(self, ids: Iterable[ObjectId], spared: set[ObjectId],
-                prune_refs: Mapping[str, tuple[bytes, str]]) -> None:
-        for object_id in ids:
-            if object_id not in spared:
-                self._objects.pop(object_id, None)
-        self._refs.apply(self._refs.prune_effect(prune_refs))
+                prune_refs: Mapping[str, EmptyRecord]) -> None:
+        deleted = {object_id for object_id in ids if object_id not in spared}
+        for object_id in deleted:
+            self._objects.pop(object_id, None)
+        self._refs.apply(self._refs.prune_effect(prune_refs, deleted))
 
     @override
     def read_ledger(self) -> tuple[bytes | None, int]:
@@ -193,7 +193,7 @@ class MemoryBackend(Backend, Ledger):
         *,
         if_refs_are: Mapping[str, bytes],
         rescue: LedgerRescue,
-        prune_refs: Mapping[str, tuple[bytes, str]],
+        prune_refs: Mapping[str, EmptyRecord],
         ledger: LedgerUpdate,
         ignoring: Sequence[str] = (),
     ) -> bool:

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, TypeVar, override
 from versionstore.backend.object_io import ObjectIO, check_not_forked, gather_bounded
 from versionstore.backend.protocol import (
     Backend,
+    EmptyRecord,
     Rescue,
     StagingWindow,
     WriteBatch,
@@ -604,7 +605,7 @@ class ObjectBackend(Backend):
         *,
         if_refs_are: Mapping[str, bytes] | None = None,
         rescue: Rescue | None = None,
-        prune_refs: Mapping[str, tuple[bytes, str]] | None = None,
+        prune_refs: Mapping[str, EmptyRecord] | None = None,
     ) -> bool:
         # Not one atomic step, as object storage has none: before every bulk delete the
         # log is read again and whatever the refs changed since reach is spared
@@ -632,10 +633,12 @@ class ObjectBackend(Backend):
         if not refresh():
             return False
         doomed = list(ids)
+        deleted: set[ObjectId] = set()
         for start in range(0, len(doomed), _DELETE_BATCH):
             if start and not refresh():
                 return False  # pragma: no cover - only without rescue, decided above
             chosen = [i for i in doomed[start:start + _DELETE_BATCH] if i not in spared]
+            deleted.update(chosen)
             # Known to be stored no more: a staging write requiring one (its base) must
             # ask again, not trust this process's memory of storing it (``_ensure_stored``).
             for object_id in chosen:
@@ -643,7 +646,7 @@ class ObjectBackend(Backend):
             self._io.run("deleting objects", self._io.delete([_object_name(i) for i in chosen]))
         if prune_refs:
             with self._write_lock:
-                self._decide(lambda state: state.prune_effect(prune_refs))
+                self._decide(lambda state: state.prune_effect(prune_refs, deleted))
         self._compact_log()
         return True
 

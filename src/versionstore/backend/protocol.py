@@ -32,8 +32,9 @@ import attrs
 from versionstore.ids import ObjectId
 from versionstore.records import LOCATION_LIMIT
 
-__all__ = ["Backend", "Joined", "ObjectGetter", "Rescue", "SessionRule", "StagingWindow",
-           "WriteBatch", "changed_refs", "outside_prefixes", "prefix_end"]
+__all__ = ["Backend", "EmptyRecord", "Joined", "ObjectGetter", "Rescue", "SessionRule",
+           "StagingWindow", "WriteBatch", "changed_refs", "outside_prefixes", "prefix_end",
+           "prunable"]
 
 T = TypeVar("T")
 
@@ -55,7 +56,8 @@ class SessionRule:
     any ref under ``prefix`` (the session's staging area) exists and the
     record does not, the record is created with ``value``. The rule never
     deletes a record: a record outlives its staged refs (so copies of the
-    session can still follow its base) until garbage collection prunes it.
+    session can still follow its base) until garbage collection prunes it
+    (``EmptyRecord``).
 
     ``requires`` are objects that must exist when the record is written (the
     base snapshot it names): a batch that would point a record at a missing
@@ -82,6 +84,35 @@ class SessionRule:
 
 #: The empty mapping a ``WriteBatch`` field defaults to (shared: a batch is never changed).
 _NOTHING: Mapping[str, Any] = MappingProxyType({})
+
+
+@attrs.frozen
+class EmptyRecord:
+    """A session record with nothing staged, which garbage collection deletes if still so.
+
+    The sweep deletes the record in its atomic step if the ref still holds
+    ``value`` and no ref under ``staging_prefix`` exists; given a ``base``,
+    only if that object is one the same step deletes (not spared). A session
+    that has committed (or rebased) keeps its record while the snapshot it
+    names is stored, so a copy idle across those commits still finds the
+    record and follows it, instead of recreating it with the older base it
+    knew and building read-modify-writes on that (``docs/format.md``, S3).
+    """
+
+    value: bytes
+    staging_prefix: str
+    base: ObjectId | None = None
+
+
+def prunable(records: Mapping[str, EmptyRecord], deleted: Collection[ObjectId],
+             still: Callable[[str, EmptyRecord], bool]) -> list[str]:
+    """The names of ``records`` a sweep deletes: ``still`` empty, base (if any) in ``deleted``.
+
+    ``still(name, record)`` says whether the ref holds ``record.value`` with
+    nothing staged under its prefix, as the backend reads it in the step.
+    """
+    return [name for name, record in records.items()
+            if (record.base is None or record.base in deleted) and still(name, record)]
 
 
 @attrs.frozen(kw_only=True)
@@ -182,7 +213,7 @@ class Backend(Protocol):
         *,
         if_refs_are: Mapping[str, bytes] | None = None,
         rescue: Rescue | None = None,
-        prune_refs: Mapping[str, tuple[bytes, str]] | None = None,
+        prune_refs: Mapping[str, EmptyRecord] | None = None,
     ) -> bool:
         """Remove objects (garbage collection), atomically checking the refs first.
 
@@ -191,9 +222,10 @@ class Backend(Protocol):
         deleted and the result is ``False``; with ``rescue``, it is called in
         the same atomic step with the refs that changed and the refs now, and
         the ids it returns are spared (so a collection is never starved by
-        writers). ``prune_refs`` maps ref names to ``(value, prefix)``: each
-        is deleted in the same step if it still holds ``value`` and no ref
-        under ``prefix`` exists (empty session records).
+        writers). ``prune_refs`` names empty session records (``EmptyRecord``):
+        each is deleted in the same step if it still holds its value, nothing
+        is staged under its prefix, and its ``base``, if given, is among the
+        objects the step deleted (``prunable``).
         """
         ...
 

@@ -15,7 +15,7 @@ import bisect
 import itertools
 from collections.abc import Collection, Iterator, Mapping
 
-from versionstore.backend.protocol import Joined, WriteBatch, prefix_end
+from versionstore.backend.protocol import EmptyRecord, Joined, WriteBatch, prefix_end, prunable
 from versionstore.ids import ObjectId
 
 __all__ = ["Effect", "RefState"]
@@ -147,12 +147,14 @@ class RefState:
                 effect[rule.record] = rule.value
         return effect
 
-    def prune_effect(self, prune_refs: Mapping[str, tuple[bytes, str]]) -> Effect:
-        """Deletes of the refs still holding their value with nothing under their prefix."""
-        return {
-            name: None for name, (value, prefix) in prune_refs.items()
-            if self._refs.get(name) == value and not self._any_under(prefix, {})
-        }
+    def prune_effect(self, prune_refs: Mapping[str, EmptyRecord],
+                     deleted: Collection[ObjectId]) -> Effect:
+        """Deletes of the empty session records ``prunable`` allows (``deleted``: the sweep's)."""
+        def still(name: str, record: EmptyRecord) -> bool:
+            return (self._refs.get(name) == record.value
+                    and not self._any_under(record.staging_prefix, {}))
+
+        return dict.fromkeys(prunable(prune_refs, deleted, still))
 
     def apply(self, effect: Mapping[str, bytes | None]) -> None:
         """Write ``effect`` (``None`` deletes)."""

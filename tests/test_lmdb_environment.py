@@ -834,3 +834,99 @@ def test_a_write_that_grows_the_map_after_its_last_handle_closed_leaves_nothing_
     finally:
         again.close()
     assert not _mapped_under(tmp_path)
+
+
+# -- a writer holding LMDB's lock (stopped with Ctrl-Z, paused in a debugger) -----------------
+
+
+_HOLD = """
+import lmdb, sys, time
+env = lmdb.open(sys.argv[1], max_dbs=8)
+txn = env.begin(write=True)  # LMDB's writer lock, held until killed
+print("holding", flush=True)
+time.sleep(600)
+"""
+
+
+def _holding_the_writer_lock(path: Path) -> subprocess.Popen[str]:
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(path)], stdout=subprocess.PIPE,
+                              text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+    return holder
+
+
+def _in_a_new_process(code: str, path: Path, timeout: float = 60) -> str:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([SRC, env.get("PYTHONPATH", "")])
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code), str(path)],
+                            capture_output=True, text=True, env=env, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_a_held_writer_lock_stops_no_process_opening_to_read(tmp_path: Path) -> None:
+    # py-lmdb opened the named databases of a writable environment in a write
+    # transaction: a writer stopped while holding LMDB's lock made every process that
+    # opened the repository wait — readers, `versionstore log`, `exists` — until it
+    # went on. Opened read-only first, readers never wait for the writer (LMDB).
+    path = tmp_path / "repo"
+    repo = vs.Repository.create(vs.lmdb_storage(path))
+    session = repo.writable_session("main")
+    session.set_values([("k", b"committed")])
+    first = session.commit("one")
+    repo.close()
+    with lmdb_environment.lmdb.open(str(path), readonly=True, max_dbs=8) as env:
+        size = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    os.truncate(path / "data.mdb", size)  # its slack cut off: the open pads it again
+    holder = _holding_the_writer_lock(path)
+    try:
+        out = _in_a_new_process("""
+            import sys
+            import versionstore as vs
+            path = sys.argv[1]
+            print(vs.Repository.exists(vs.lmdb_storage(path)))
+            for storage in (vs.lmdb_storage(path), vs.lmdb_storage(path, read_only=True)):
+                repo = vs.Repository.open(storage)
+                print(repo.readonly_session("main").store.storage.get("k"))
+                print([str(s.id) for s in repo.ancestry(branch="main")][0])
+                print(repo.verify().ok)
+        """, path)
+        assert out.split() == ["True", *(["b'committed'", first, "True"] * 2)]
+        # The open padded the file (without the lock), so reads need no check.
+        assert os.path.getsize(path / "data.mdb") > size
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_write_waits_for_a_held_writer_lock_and_lands_once_it_is_released(
+        tmp_path: Path) -> None:
+    path = tmp_path / "repo"
+    vs.Repository.create(vs.lmdb_storage(path)).close()
+    holder = _holding_the_writer_lock(path)
+    code = """
+        import sys
+        import versionstore as vs
+        repo = vs.Repository.open(vs.lmdb_storage(sys.argv[1]))
+        print(repo.list_branches(), flush=True)  # opened, read, while the lock is held
+        session = repo.writable_session("main")
+        session.set_values([("k", b"after the wait")])  # waits for the writer lock
+        print(session.commit("after the wait"), flush=True)
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([SRC, env.get("PYTHONPATH", "")])
+    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), str(path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert writer.stdout is not None
+        assert writer.stdout.readline().strip() == "{'main'}"
+        with pytest.raises(subprocess.TimeoutExpired):
+            writer.wait(timeout=1)  # the write waits, as any LMDB writer does
+    finally:
+        holder.kill()
+        holder.wait()
+    out, err = writer.communicate(timeout=WAIT)
+    assert writer.returncode == 0, err[-3000:]
+    repo = vs.Repository.open(vs.lmdb_storage(path))
+    assert repo.readonly_session("main").store.storage.get("k") == b"after the wait"
+    repo.close()

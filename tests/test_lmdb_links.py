@@ -244,12 +244,13 @@ def test_a_link_made_while_the_environment_opens_is_refused(
     LMDBStore(real).close()
     open_env = lmdb_environment._Shared._open_env
 
-    def linking_first(shared: Any, map_size: int, create: bool) -> lmdb.Environment:
+    def linking_first(shared: Any, map_size: int, create: bool, reading: bool
+                      ) -> lmdb.Environment:
         # The files were looked at a moment ago; now someone runs cp -al.
         if not backup.exists():
             backup.mkdir()
             os.link(real / "data.mdb", backup / "data.mdb")
-        return open_env(shared, map_size, create)
+        return open_env(shared, map_size, create, reading)
 
     monkeypatch.setattr(lmdb_environment._Shared, "_open_env", linking_first)
     with pytest.raises(StorageIOError, match=r"real/data\.mdb has 2 hard links"):

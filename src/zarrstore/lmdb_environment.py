@@ -39,13 +39,23 @@ they live here once, for ``zarrstore.lmdb.LMDBStore`` and versionstore's
   as a view). Within the file that reads garbage, which LMDB's checks or the
   reader's report; past its end, in the map, it raises ``SIGBUS``. So a
   writable file is kept ``_SLACK`` bytes of zeros longer than its last page
-  (padded under LMDB's writer lock, at open and after a write that grew it),
+  (padded at open by ``fallocate``, which never shortens a file another
+  process is growing, and under LMDB's writer lock after a write that grew it),
   which no node offset crosses; and a read takes each value through
   ``EnvironmentHandle.get`` / ``value``, which read the value's node first
   and refuse one running past the end of the file with
   ``CorruptStorageError`` (LMDB itself refuses a value too large for its leaf
   page). Read-only media cannot be padded: there a garbled page among the
   last 32 can still crash the process.
+* **Opening never waits for a writer.** LMDB's readers never wait for its
+  writer lock, but py-lmdb opens the named databases of a writable
+  environment in a write transaction, which does — for as long as the
+  process holding the lock is stopped (Ctrl-Z, a debugger) — with the GIL
+  held. An environment that already holds its databases is therefore opened
+  ``readonly`` first (``_Shared.reading``; its databases open in a read
+  transaction) and reopened writable, with the gate held exclusively, by the
+  first write through it; one that lacks a database, or an identity key it
+  should be given, is opened writable at once.
 * **Read-only filesystems.** When the directory cannot be written (``EROFS``,
   ``EACCES``), the environment is opened ``readonly``; if even the lock file
   cannot be opened it is opened without locking (``lock=False``), which is
@@ -198,11 +208,54 @@ def holds_environment(path: str | os.PathLike[str]) -> bool:
     return os.path.lexists(os.path.join(path, lmdb_files.DATA))
 
 
+def _libc_fallocate() -> Callable[[int, int, int, int], int] | None:
+    """The C library's ``fallocate`` (Linux), which never emulates; ``None`` where there is none."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.fallocate64
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    function.restype = ctypes.c_int
+    return function
+
+
+_fallocate = _libc_fallocate()
+
+
+def _extend_without_lock(path: str, start: int, length: int) -> bool:
+    """Make the file at ``path`` at least ``start + length`` bytes long, never shorter.
+
+    Linux's ``fallocate`` (mode 0) allocates the range and grows the file's
+    size to its end if that is larger, in one step, so a writer of another
+    process extending the file at the same moment keeps every page it wrote
+    — which ``truncate`` (a size set from a size read a moment before) cannot
+    promise without LMDB's writer lock. Nothing written is touched. Where
+    the filesystem has no ``fallocate`` (glibc's ``posix_fallocate`` would then
+    write zeros over blocks a writer may be filling), nothing is done and the
+    answer is ``False``.
+    """
+    if _fallocate is None:
+        return False
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return _fallocate(fd, 0, start, length) == 0
+    finally:
+        os.close(fd)
+
+
 def _round_up(n: int) -> int:
     return max(_ALIGN, (n + _ALIGN - 1) // _ALIGN * _ALIGN)
 
 
 # -- errors ------------------------------------------------------------------------------
+
+
+class _MissingDatabase(Exception):
+    """An environment opened to read lacks a named database: open it writable instead."""
 
 
 def _free_bytes(path: str) -> int | None:
@@ -416,6 +469,12 @@ class _Shared:
         self.env: lmdb.Environment | None = None
         self.databases: tuple[lmdb._Database, ...] = ()
         self.read_only = False  # forced by the filesystem, not chosen by a handle
+        #: Opened with LMDB's MDB_RDONLY although it may be written (``open``): until the
+        #: first write reopens it (``writable``), nothing here waits for LMDB's writer lock.
+        self.reading = False
+        #: Opened writable here (made, or reopened for a write): later reopens (a fork, a
+        #: failed remap) open it writable again.
+        self.writer = False
         self.locked = lock
         self.lock_identity: tuple[int, int] | None = None
         #: A descriptor of the data file the map was opened on (``unlinked``).
@@ -438,7 +497,39 @@ class _Shared:
         self.unchecked = -1
 
     # Called with _registry_lock held (or the gate held exclusively).
-    def open(self, create: bool) -> None:
+    def open(self, create: bool, *, reading: bool | None = None) -> None:
+        """Open the environment; first to read only, where it exists with all its databases.
+
+        py-lmdb opens a named database of a writable environment in a write
+        transaction, which waits for LMDB's writer lock — held by any process
+        writing, and for as long as that process is stopped (Ctrl-Z, a
+        debugger) — with the GIL held. Opened with ``MDB_RDONLY``, it opens
+        them in a read transaction, and readers never wait for the writer
+        (LMDB's documentation): so an environment that holds everything is
+        opened that way (``reading``; by default unless it was written through
+        here before), and the first write through it reopens it writable
+        (``writable``).
+        """
+        if (not self.writer if reading is None else reading) and holds_environment(self.path):
+            try:
+                self._open(create, reading=True)
+                return
+            except (_MissingDatabase, lmdb.Error):
+                pass  # a database to make, or a file to set up: the writable open does it
+        self._open(create, reading=False)
+
+    def writable(self) -> None:
+        """Reopen an environment opened to read, writable (gate held exclusively).
+
+        Waits for LMDB's writer lock (opening the databases), as any write does.
+        """
+        with _registry_held():
+            self.writer = True
+            if self.reading and self.env is not None and self.pid == os.getpid():
+                self.close()
+                self.open(create=False)
+
+    def _open(self, create: bool, *, reading: bool) -> None:
         if self.inherited:
             raise StorageIOError(
                 f"the LMDB environment at {self.path!r} was inherited through fork() while the "
@@ -452,7 +543,7 @@ class _Shared:
                     raise ReadOnlyError(f"cannot create {self.path!r}: {exc.strerror}") from exc
                 raise StorageIOError(f"cannot create {self.path!r}: {exc.strerror}") from exc
         data = os.path.join(self.path, lmdb_files.DATA)
-        env = self._open_checked(data, create)
+        env = self._open_checked(data, create, reading)
         try:
             self._check_length(env, data)
             self.page_size = int(env.stat()["psize"])
@@ -463,7 +554,7 @@ class _Shared:
             self.databases, token = self._open_databases_adopting(
                 env, give_id=self.writes_at_open and self.identity is None)
             if not self.read_only and self.writes_at_open:
-                self.keep_slack(env)
+                self.pad_without_lock(env)
             identity = self._identity(token)
             if self.identity is None or _learned(self.identity, identity):
                 self.identity = identity
@@ -480,7 +571,7 @@ class _Shared:
         self.remapped()
         self.measure(env)
 
-    def _open_checked(self, data: str, create: bool) -> lmdb.Environment:
+    def _open_checked(self, data: str, create: bool, reading: bool) -> lmdb.Environment:
         """``_open_env`` between two looks at the files (``zarrstore.lmdb_files``).
 
         The look after the open, at the files LMDB has open, also refuses a
@@ -493,7 +584,7 @@ class _Shared:
             size = os.path.getsize(data) if files.data is not None else 0
             # Room for the slack the file is padded with (``keep_slack``).
             env = self._open_env(max(self.initial_map_size, _round_up(size + 2 * _SLACK)),
-                                 create)
+                                 create, reading)
             try:
                 opened = lmdb_files.check_files(self.path, locked=self.lock)
             except BaseException:
@@ -504,7 +595,7 @@ class _Shared:
             env.close()
         raise StorageIOError(f"{data} kept being replaced while being opened")
 
-    def _open_env(self, map_size: int, create: bool) -> lmdb.Environment:
+    def _open_env(self, map_size: int, create: bool, reading: bool) -> lmdb.Environment:
         options: dict[str, Any] = {
             "map_size": map_size, "max_dbs": max(len(self.names), 1) + 2,
             "max_readers": _MAX_READERS, "sync": self.ordered_writes, "metasync": False,
@@ -513,11 +604,16 @@ class _Shared:
         attempts: list[dict[str, bool]] = [{"readonly": False, "lock": self.lock}]
         if not os.access(self.path, os.W_OK) or _read_only_filesystem(self.path):
             attempts = []
-        attempts += [{"readonly": True, "lock": self.lock}, {"readonly": True, "lock": False}]
+        elif reading:  # writable, opened to read first (``open``); if that fails, writable
+            attempts = [{"readonly": True, "lock": self.lock, "reading": True}]
+        if not reading or not attempts:
+            attempts += [{"readonly": True, "lock": self.lock},
+                         {"readonly": True, "lock": False}]
         failure: lmdb.Error | None = None
         for attempt in attempts:
             if attempt["readonly"] and not holds_environment(self.path):
                 break  # nothing to read, and a read-only open cannot create one
+            chosen = attempt.pop("reading", False)
             try:
                 env = lmdb.open(self.path, create=create, **options, **attempt)
             except lmdb.Error as exc:
@@ -527,7 +623,9 @@ class _Shared:
                         or "ermission" in message):
                     raise
                 continue
-            self.read_only = attempt["readonly"]
+            self.read_only = attempt["readonly"] and not chosen
+            self.reading = chosen
+            self.writer = self.writer or not attempt["readonly"]
             self.locked = attempt["lock"]
             return env
         if failure is not None:
@@ -588,6 +686,8 @@ class _Shared:
             return f"file:{stat.st_dev}:{stat.st_ino}".encode()
         with env.begin() as txn:
             token = txn.get(key)
+        if token is None and give_id and self.reading:
+            raise _MissingDatabase(key)  # an older environment: the writable open gives it
         if token is None and give_id and not self.read_only:
             with env.begin(write=True) as txn:
                 token = txn.get(key)
@@ -635,6 +735,8 @@ class _Shared:
             try:
                 found.append(env.open_db(name, create=False))
             except lmdb.NotFoundError:
+                if self.reading:
+                    raise _MissingDatabase(name) from None
                 if self.read_only or not self.writes_at_open:
                     raise StorageIOError(
                         f"{self.path!r} lacks the database {name!r}, and is read-only (or "
@@ -702,6 +804,18 @@ class _Shared:
             pass  # unpadded: reads check every value
         self.measure(env)
         return not self.padded and os.path.getsize(self.data_path) >= last + _SLACK
+
+    def pad_without_lock(self, env: lmdb.Environment) -> None:
+        """``keep_slack`` at open, without LMDB's writer lock (``_extend_without_lock``).
+
+        The writer lock is held by any process writing, for as long as it is
+        stopped (Ctrl-Z, a debugger), and an open must not wait for it. Where
+        the file cannot be extended so, it stays unpadded: its values are read
+        checked, and the next write that finds it short pads it.
+        """
+        last = (env.info()["last_pgno"] + 1) * self.page_size
+        if last + _SLACK > os.path.getsize(self.data_path):
+            _extend_without_lock(self.data_path, last, _SLACK)
 
     def check_overflow(self, offset: int) -> None:
         """Refuse a large value running past the end of the file (a damaged page).
@@ -1172,6 +1286,9 @@ class EnvironmentHandle:
                                     "filesystem, or its files cannot be written")
             raise ReadOnlyError(f"the LMDB environment at {self.path!r} is open read-only")
 
+        if shared.reading:
+            self._writable(shared, action)
+
         def attempt(env: lmdb.Environment) -> T:
             # Committed explicitly: py-lmdb's ``with`` exit returns silently when the
             # environment was closed meanwhile (another thread released its last
@@ -1296,6 +1413,16 @@ class EnvironmentHandle:
         if not shared.began():
             raise ClosedStorageError(f"the LMDB environment at {self.path!r} is closed")
 
+    def _writable(self, shared: _Shared, action: str) -> None:
+        """Reopen ``shared``, opened to read (``_Shared.reading``), writable for a first write."""
+        if _gate.depth() > 0:
+            raise StorageIOError(
+                f"the LMDB environment at {self.path!r} was opened to read and must be reopened "
+                f"to write while {action}, which is impossible inside another transaction of "
+                "this thread")
+        with translated(action, self.path), _gate.exclusive():
+            shared.writable()
+
     def _resize(self, shared: _Shared, full_at: int | None, action: str) -> None:
         if _gate.depth() > 0:
             raise StorageFullError(
@@ -1317,6 +1444,8 @@ class EnvironmentHandle:
         if self.read_only:
             return
         shared = self._shared_open()
+        if shared.reading:
+            return  # nothing was written through this process's environment
         with translated("flushing to disk", self.path), _gate.shared():
             self._began(shared)
             try:

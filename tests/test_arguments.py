@@ -75,6 +75,12 @@ def test_lmdb_storage_refuses_non_paths(bad: object) -> None:
         vs.lmdb_storage("repo", durable="yes")  # type: ignore[arg-type]
 
 
+def test_an_empty_repository_path_is_refused_not_taken_as_the_working_directory() -> None:
+    for make in (vs.lmdb_storage, vs.Repository.create, vs.Repository.open):
+        with pytest.raises(ValueError, match="must not be empty"):
+            make("")  # type: ignore[operator]
+
+
 def _calls(repo: vs.Repository, snapshot: str, info: vs.SnapshotInfo
            ) -> dict[str, tuple[Callable[[], object], str]]:
     """Each public entry point with one wrong-type argument, and the parameter it names."""

@@ -422,6 +422,11 @@ def test_purge_asks_then_rewrites(repo_path: str) -> None:
     with vs.Repository.open(repo_path) as repo:
         assert document["rewritten"][tip] == repo.lookup_branch("main")
     assert main(["purge", repo_path, "/", "--yes"]) == 1
+    # A mistyped path erases nothing, and says so with status 1 (a consent withdrawal
+    # must not look done).
+    typo = _run("purge", repo_path, "/mroe", "--yes")
+    assert typo.exit_code == 1 and "rewrote 0 snapshot" in typo.output
+    assert "no snapshot of any branch or tag holds /mroe" in typo.output
 
 
 def test_verify_reports_problems_with_status_1(repo_path: str) -> None:
@@ -538,7 +543,8 @@ def test_long_commands_draw_a_progress_bar_on_a_terminal(repo_path: str, args: l
     # rich draws bars only on a terminal; TTY_COMPATIBLE=1 makes stderr count as one.
     env = {**os.environ, "TTY_COMPATIBLE": "1"}
     result = _cli(args[0], repo_path, *args[1:], capture_output=True, env=env)
-    assert result.returncode == 0, result.stderr
+    # A purge of a path no snapshot holds erases nothing: status 1, after its bar.
+    assert result.returncode == (1 if args[0] == "purge" else 0), result.stderr
     assert label in result.stderr and "\x1b[" in result.stderr  # drawn, then erased
 
 

@@ -631,6 +631,51 @@ def test_a_full_disk_is_reported_as_full(tmp_path: Path) -> None:
     assert out["kept"] == "committed before the disk filled"
 
 
+COMPACT_ON_A_FULL_DISK = """
+    import json, os, sys
+    import versionstore as vs
+    path, filler = sys.argv[1], sys.argv[2]
+    repo = vs.Repository.create(vs.lmdb_storage(path))
+    session = repo.writable_session("main")
+    session.store.storage.set("kept", os.urandom(4 << 20))
+    kept = session.store.storage.get("kept")
+    session.commit("kept")
+    with open(filler, "wb") as f:  # the rest of the disk
+        try:
+            while True:
+                f.write(b"x" * (1 << 16))
+                f.flush()
+        except OSError:
+            pass
+    out = {}
+    try:
+        repo.compact()
+        out["error"] = None
+    except vs.VersionStoreError as exc:
+        out["error"], out["message"] = type(exc).__name__, str(exc)
+    out["kept"] = repo.readonly_session("main").store.storage.get("kept") == kept
+    os.remove(filler)
+    repo.compact()
+    out["after"] = repo.readonly_session("main").store.storage.get("kept") == kept
+    out["ok"] = repo.verify().ok
+    print(json.dumps(out))
+"""
+
+
+@needs_mount_namespace
+def test_compacting_on_a_full_disk_is_a_disk_full_error_and_changes_nothing(
+        tmp_path: Path) -> None:
+    mount = tmp_path / "small"
+    mount.mkdir()
+    script = tmp_path / "compact.py"
+    script.write_text(textwrap.dedent(COMPACT_ON_A_FULL_DISK))
+    out = _in_a_mount_namespace(f"mount -t tmpfs -o size=16m tmpfs {mount} && "
+                                f"{sys.executable} {script} {mount}/repo {mount}/filler")
+    assert out["error"] == "DiskFullError", out
+    assert "no space left" in out["message"]
+    assert out["kept"] and out["after"] and out["ok"], out
+
+
 # -- also: lock.mdb deleted while open is noticed --------------------------------------------
 
 

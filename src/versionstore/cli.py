@@ -708,9 +708,16 @@ def purge(repo: str, path: str, message: str | None, force: bool, yes: bool,
     if as_json:
         _json({"rewritten": dict(sorted(result.rewritten.items())),
                "deleted": result.gc.deleted, "bytes_freed": result.gc.bytes_freed})
-        return
-    _echo(f"rewrote {len(result.rewritten)} snapshot(s); deleted {result.gc.deleted} objects "
-          f"({_size(result.gc.bytes_freed)}); run `versionstore compact` to shrink the file")
+    else:
+        _echo(f"rewrote {len(result.rewritten)} snapshot(s); deleted {result.gc.deleted} "
+              f"objects ({_size(result.gc.bytes_freed)}); run `versionstore compact` to "
+              "shrink the file")
+    if not result.rewritten:
+        # An erase that found nothing is most likely a mistyped path: say so, and fail.
+        click.echo(f"versionstore: no snapshot of any branch or tag holds {path}: nothing "
+                   "was erased (is the path right? `versionstore du REPO` lists the arrays)",
+                   err=True)
+        raise SystemExit(1)
 
 
 _ON_CONFLICT = click.Choice(["raise", "ours", "theirs"])

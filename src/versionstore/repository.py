@@ -1153,8 +1153,10 @@ class Repository:
                 (``garbage_collect``'s ``older_than``; default: the storage's).
 
         Returns:
-            ``PurgeResult``: ``rewritten`` maps old snapshot ids to new ones;
-            ``gc`` is the collection that followed.
+            ``PurgeResult``: ``rewritten`` maps old snapshot ids to new ones
+            (empty when no snapshot held the node: nothing changed — check
+            the path; the CLI then exits with status 1); ``gc`` is the
+            collection that followed.
 
         Raises:
             PurgeBlockedError: writable sessions are open on affected branches.
@@ -1347,9 +1349,11 @@ class Repository:
         """``compact`` without blocking the event loop."""
         return await asyncio.to_thread(self.compact)
 
-    async def verify_async(self, *, check_virtual: bool = False) -> VerifyReport:
-        """``verify`` without blocking the event loop."""
-        return await asyncio.to_thread(lambda: self.verify(check_virtual=check_virtual))
+    async def verify_async(self, progress: ProgressOption | None = None, *,
+                           check_virtual: bool = False) -> VerifyReport:
+        """``verify`` without blocking the event loop (``progress`` is called from its thread)."""
+        return await asyncio.to_thread(
+            lambda: self.verify(progress, check_virtual=check_virtual))
 
 
 def _check_repository(value: object, parameter: str) -> None:

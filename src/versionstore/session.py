@@ -688,8 +688,9 @@ class Session:
             advice = "open a new writable session"
         return SnapshotNotFoundError(
             self.snapshot_id,
-            f"this session's base snapshot {self.snapshot_id} no longer exists (its branch "
-            f"was reset and garbage collected); {advice}",
+            f"this session's base snapshot {self.snapshot_id} no longer exists (garbage "
+            f"collected after its branch moved past it: a reset, or expire_snapshots); "
+            f"{advice}",
         )
 
     def _raise_if_collected(self, exc: CorruptObjectError) -> None:

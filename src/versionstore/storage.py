@@ -61,6 +61,9 @@ def _absolute(path: str | os.PathLike[str]) -> str:
             "an LMDB repository path must be a str or os.PathLike[str] naming a directory; "
             f"got {type(path).__name__} {reprlib.repr(path)}"
         )
+    if not text:  # os.path.abspath("") is the working directory: surely not what was meant
+        raise ValueError("an LMDB repository path must not be empty; give a directory "
+                         "(\".\" for the working directory)")
     return os.path.abspath(text)
 
 
@@ -201,6 +204,7 @@ def lmdb_storage(path: str | os.PathLike[str], *, durable: bool = False,
 
     Raises:
         TypeError: if ``path`` is not a ``str`` or ``os.PathLike[str]``.
+        ValueError: if ``path`` is empty.
     """
     for name, flag in (("durable", durable), ("read_only", read_only)):
         if not isinstance(flag, bool):

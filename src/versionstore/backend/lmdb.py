@@ -37,6 +37,7 @@ becomes a versionstore error in ``_translated``.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shutil
@@ -192,7 +193,7 @@ _Get = Callable[[lmdb.Transaction, bytes, lmdb._Database], bytes | None]
 def _translated(action: str) -> Iterator[None]:
     try:
         yield
-    except (StorageIOError, ReadOnlyError, lmdb.Error) as exc:
+    except (StorageIOError, ReadOnlyError, lmdb.Error, OSError) as exc:
         raise _translate(exc, action) from exc
 
 
@@ -213,6 +214,11 @@ def _translate(exc: Exception, action: str) -> BackendError | RepositoryNotFound
         return CorruptRepositoryError(str(exc))
     if isinstance(exc, StorageIOError):
         return BackendError(str(exc))
+    if isinstance(exc, lmdb.DiskError) or (
+            isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)):
+        return DiskFullError(f"no space left on the device while {action}: {exc}")
+    if isinstance(exc, OSError):
+        return BackendError(f"cannot go on {action}: {exc}")
     return BackendError(f"LMDB failed while {action}: {exc}")
 
 
@@ -1011,6 +1017,8 @@ def compact_environment(path: str) -> tuple[int, int]:
     Raises:
         RepositoryBusyError: another process has the environment open (its
             process id is named); nothing was changed.
+        DiskFullError: no room for the compacted copy (about the size of the data in
+            use); nothing was changed.
         BackendError: the platform lacks open-file-description locks (not
             Linux), LMDB failed, or the files are linked in a way LMDB cannot
             coordinate.
@@ -1035,7 +1043,8 @@ def compact_environment(path: str) -> tuple[int, int]:
         for entry in os.scandir(path):
             if entry.name.startswith(_SCRATCH) and entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path, ignore_errors=True)
-        scratch = tempfile.mkdtemp(prefix=_SCRATCH, dir=path)
+        with _translated("compacting"):
+            scratch = tempfile.mkdtemp(prefix=_SCRATCH, dir=path)
         try:
             with _translated("compacting"):
                 # No LMDB lock: the lock we hold excludes every other opener.
@@ -1047,19 +1056,19 @@ def compact_environment(path: str) -> tuple[int, int]:
                     env.copy(scratch, compact=True)
                 finally:
                     env.close()
-            copied = os.path.join(scratch, "data.mdb")
-            _continue_numbering(copied, page_size, last_txnid)
-            copy_fd = os.open(copied, os.O_RDONLY)
-            try:
-                os.fsync(copy_fd)
-            finally:
-                os.close(copy_fd)
-            os.replace(copied, data_path)
-            dir_fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+                copied = os.path.join(scratch, "data.mdb")
+                _continue_numbering(copied, page_size, last_txnid)
+                copy_fd = os.open(copied, os.O_RDONLY)
+                try:
+                    os.fsync(copy_fd)
+                finally:
+                    os.close(copy_fd)
+                os.replace(copied, data_path)
+                dir_fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     finally:

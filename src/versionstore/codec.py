@@ -19,6 +19,7 @@ The only module that imports msgpack and zstandard.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import operator
 import threading
@@ -1024,7 +1025,21 @@ def _timestamp(name: str, value: Any) -> datetime:
 
 
 def decode_session(name: str, data: bytes) -> SessionRecord:
-    """Decode session record ``name``."""
+    """Decode session record ``name``.
+
+    Decodings are kept (``_SESSION_CACHE`` of them, the newest): garbage
+    collection reads every record on each run, and a record of a session that
+    has committed stays as long as its base (``gc_roots.empty_records``).
+    """
+    return _decode_session(name, bytes(data))
+
+
+#: Session records whose decoding ``decode_session`` keeps (a few MiB at most).
+_SESSION_CACHE = 1 << 14
+
+
+@functools.lru_cache(maxsize=_SESSION_CACHE)
+def _decode_session(name: str, data: bytes) -> SessionRecord:
 
     def build(f: list[Any]) -> SessionRecord:
         generation = f[5] if f[0] >= 2 else 0

@@ -197,6 +197,24 @@ def test_side_by_side_runs_at_tiny_sizes(tmp_path: Path, capsys: pytest.CaptureF
     assert "in a new process each" in printed
 
 
+def test_instruction_counts_child_writes_each_system_and_the_command_checks_its_arguments(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The counting itself needs valgrind (and minutes); what it runs under it must not rot.
+    from benchmarks.instructions import SYSTEMS as COUNTED
+    from benchmarks.instructions import main as instructions
+
+    for system in COUNTED:
+        (tmp_path / system).mkdir()
+        assert instructions(["--child", system, "4", str(tmp_path / system)]) == 0
+    import versionstore as vs
+    with vs.Repository.open(vs.lmdb_storage(tmp_path / "vs-lmdb" / "repo")) as repo:
+        assert len(list(repo.ancestry(branch="main"))) == 2  # the write was committed
+    for bad in (["--systems", "nope"], ["--chunks", "0"]):
+        with pytest.raises(SystemExit):
+            instructions(bad)
+    assert "unknown systems" in capsys.readouterr().err
+
+
 def test_the_commit_replay_is_outside_the_timed_write_and_commit(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A clock that jumps while the replay notes the repository before each commit: the

@@ -975,3 +975,61 @@ def test_a_write_waits_for_a_held_writer_lock_and_lands_once_it_is_released(
     repo = vs.Repository.open(vs.lmdb_storage(path))
     assert repo.readonly_session("main").store.storage.get("k") == b"after the wait"
     repo.close()
+
+
+def test_a_first_write_waiting_for_the_lock_stops_no_other_thread_and_a_fork_reads(
+        tmp_path: Path) -> None:
+    # The reopen of an environment opened to read waited for LMDB's writer lock with
+    # the GIL held: every thread of the process stopped. And a process that had
+    # written reopened writable after a fork, so its reads waited for the lock too.
+    path = tmp_path / "repo"
+    vs.Repository.create(vs.lmdb_storage(path)).close()
+    code = """
+        import os, sys, threading, time
+        import versionstore as vs
+        repo = vs.Repository.open(vs.lmdb_storage(sys.argv[1]))
+        ticks = []
+        def tick():
+            while True:
+                ticks.append(time.monotonic())
+                time.sleep(0.01)
+        threading.Thread(target=tick, daemon=True).start()
+        print("open", flush=True)
+        sys.stdin.readline()  # the lock is held now
+        session = repo.writable_session("main")
+        session.set_values([("k", b"v")])  # waits for the lock: the ticker goes on
+        session.commit("k")
+        gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+        print("gap", max(gaps), flush=True)
+        sys.stdin.readline()  # the lock is held again
+        pid = os.fork()
+        if pid == 0:  # reads in a fork of a process that wrote: no wait
+            print("child", repo.readonly_session("main").store.storage.get("k"), flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        print("parent", repo.readonly_session("main").store.storage.get("k"), flush=True)
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([SRC, env.get("PYTHONPATH", "")])
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), str(path)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "open"
+        holder = _holding_the_writer_lock(path)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        threading.Timer(2, holder.kill).start()  # released after 2 s
+        gap = float(proc.stdout.readline().split()[1])
+        holder.wait()
+        assert gap < 1.5, gap  # the writer waited about 2 s; the ticker did not
+        holder = _holding_the_writer_lock(path)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "child b'v'"
+        assert proc.stdout.readline().strip() == "parent b'v'"
+    finally:
+        holder.kill()
+        holder.wait()
+        proc.kill()
+        proc.wait()

@@ -54,8 +54,11 @@ they live here once, for ``zarrstore.lmdb.LMDBStore`` and versionstore's
   held. An environment that already holds its databases is therefore opened
   ``readonly`` first (``_Shared.reading``; its databases open in a read
   transaction) and reopened writable, with the gate held exclusively, by the
-  first write through it; one that lacks a database, or an identity key it
-  should be given, is opened writable at once.
+  first write through it (and again after a fork or a failed remap reopened
+  it to read); one that lacks a database, or an identity key it should be
+  given, is opened writable at once. A writable open waits for the lock in a
+  write transaction begun here, with the GIL released: the process's other
+  threads run on, its other transactions wait.
 * **Read-only filesystems.** When the directory cannot be written (``EROFS``,
   ``EACCES``), the environment is opened ``readonly``; if even the lock file
   cannot be opened it is opened without locking (``lock=False``), which is
@@ -256,6 +259,10 @@ def _round_up(n: int) -> int:
 
 class _MissingDatabase(Exception):
     """An environment opened to read lacks a named database: open it writable instead."""
+
+
+class _OpenedToRead(Exception):
+    """A write found the environment opened to read (``_Shared.reading``): reopen, retry."""
 
 
 def _free_bytes(path: str) -> int | None:
@@ -472,9 +479,6 @@ class _Shared:
         #: Opened with LMDB's MDB_RDONLY although it may be written (``open``): until the
         #: first write reopens it (``writable``), nothing here waits for LMDB's writer lock.
         self.reading = False
-        #: Opened writable here (made, or reopened for a write): later reopens (a fork, a
-        #: failed remap) open it writable again.
-        self.writer = False
         self.locked = lock
         self.lock_identity: tuple[int, int] | None = None
         #: A descriptor of the data file the map was opened on (``unlinked``).
@@ -497,7 +501,7 @@ class _Shared:
         self.unchecked = -1
 
     # Called with _registry_lock held (or the gate held exclusively).
-    def open(self, create: bool, *, reading: bool | None = None) -> None:
+    def open(self, create: bool, *, reading: bool = True) -> None:
         """Open the environment; first to read only, where it exists with all its databases.
 
         py-lmdb opens a named database of a writable environment in a write
@@ -506,11 +510,11 @@ class _Shared:
         debugger) — with the GIL held. Opened with ``MDB_RDONLY``, it opens
         them in a read transaction, and readers never wait for the writer
         (LMDB's documentation): so an environment that holds everything is
-        opened that way (``reading``; by default unless it was written through
-        here before), and the first write through it reopens it writable
-        (``writable``).
+        opened that way (``reading``), and a write through it reopens it
+        writable first (``writable``) — also after a fork or a failed remap
+        reopened it to read again.
         """
-        if (not self.writer if reading is None else reading) and holds_environment(self.path):
+        if reading and holds_environment(self.path):
             try:
                 self._open(create, reading=True)
                 return
@@ -521,13 +525,13 @@ class _Shared:
     def writable(self) -> None:
         """Reopen an environment opened to read, writable (gate held exclusively).
 
-        Waits for LMDB's writer lock (opening the databases), as any write does.
+        Waits for LMDB's writer lock (opening the databases), as any write does,
+        with the GIL released; this process's other transactions wait meanwhile.
         """
         with _registry_held():
-            self.writer = True
-            if self.reading and self.env is not None and self.pid == os.getpid():
+            if self.reading:
                 self.close()
-                self.open(create=False)
+                self.open(create=False, reading=False)
 
     def _open(self, create: bool, *, reading: bool) -> None:
         if self.inherited:
@@ -625,7 +629,6 @@ class _Shared:
                 continue
             self.read_only = attempt["readonly"] and not chosen
             self.reading = chosen
-            self.writer = self.writer or not attempt["readonly"]
             self.locked = attempt["lock"]
             return env
         if failure is not None:
@@ -727,26 +730,40 @@ class _Shared:
     def _open_databases(self, env: lmdb.Environment) -> tuple[lmdb._Database, ...]:
         if not self.names:
             return ()
-        # py-lmdb opens a database in a write transaction (a read-only environment:
-        # a read transaction), and waits for LMDB's writer lock holding the GIL;
-        # this runs under the registry lock, never inside another transaction.
-        found: list[lmdb._Database] = []
-        for name in self.names:
-            try:
-                found.append(env.open_db(name, create=False))
-            except lmdb.NotFoundError:
-                if self.reading:
-                    raise _MissingDatabase(name) from None
-                if self.read_only or not self.writes_at_open:
-                    raise StorageIOError(
-                        f"{self.path!r} lacks the database {name!r}, and is read-only (or "
-                        "opened only to read): it is not created"
-                    ) from None
-                self._refuse_foreign(env)
-                found.append(env.open_db(name))
-        return tuple(found)
+        if self.read_only or self.reading:
+            # py-lmdb opens them in a read transaction of its own: nothing waits.
+            return tuple(self._open_database(env, name, None) for name in self.names)
+        # py-lmdb would open each in a write transaction of its own, waiting for LMDB's
+        # writer lock with the GIL held (every thread of the process stopped). Begun
+        # here, the wait releases the GIL, and one transaction opens them all (its
+        # commit keeps the handles). This runs under the registry lock, never inside
+        # another transaction.
+        txn = env.begin(write=True)
+        try:
+            found = tuple(self._open_database(env, name, txn) for name in self.names)
+        except BaseException:
+            txn.abort()
+            raise
+        txn.commit()
+        return found
 
-    def _refuse_foreign(self, env: lmdb.Environment) -> None:
+    def _open_database(self, env: lmdb.Environment, name: bytes,
+                       txn: lmdb.Transaction | None) -> lmdb._Database:
+        """Open database ``name`` (in ``txn``, a write transaction, if given), made if missing."""
+        try:
+            return env.open_db(name, txn=txn, create=False)
+        except lmdb.NotFoundError:
+            if self.reading:
+                raise _MissingDatabase(name) from None
+            if self.read_only or not self.writes_at_open or txn is None:
+                raise StorageIOError(
+                    f"{self.path!r} lacks the database {name!r}, and is read-only (or "
+                    "opened only to read): it is not created"
+                ) from None
+            self._refuse_foreign(txn)
+            return env.open_db(name, txn=txn)
+
+    def _refuse_foreign(self, txn: lmdb.Transaction) -> None:
         """Refuse to add named databases to an environment holding other keys.
 
         Raises:
@@ -754,10 +771,9 @@ class _Shared:
                 of the handle's databases nor its identity key.
         """
         ours = {*self.names, self.identity_key}
-        with env.begin() as txn:
-            for key in txn.cursor().iternext(values=False):
-                if bytes(key) not in ours:
-                    raise ForeignEnvironmentError(self.path, bytes(key))
+        for key in txn.cursor().iternext(values=False):
+            if bytes(key) not in ours:
+                raise ForeignEnvironmentError(self.path, bytes(key))
 
     def remapped(self) -> None:
         """The map was made anew (with its first advice): the switch finds it again.
@@ -1286,10 +1302,9 @@ class EnvironmentHandle:
                                     "filesystem, or its files cannot be written")
             raise ReadOnlyError(f"the LMDB environment at {self.path!r} is open read-only")
 
-        if shared.reading:
-            self._writable(shared, action)
-
         def attempt(env: lmdb.Environment) -> T:
+            if shared.reading:
+                raise _OpenedToRead  # (re)opened to read: reopened writable, then again
             # Committed explicitly: py-lmdb's ``with`` exit returns silently when the
             # environment was closed meanwhile (another thread released its last
             # handle), so the write would be lost without a word; ``commit`` raises.
@@ -1312,7 +1327,15 @@ class EnvironmentHandle:
             return result
 
         grown = [False]
-        result = self._replayed(shared, action, attempt)
+        for _ in range(_RETRIES):
+            try:
+                result = self._replayed(shared, action, attempt)
+                break
+            except _OpenedToRead:
+                self._writable(shared, action)
+        else:
+            raise StorageIOError(f"the LMDB environment at {self.path!r} kept being reopened "
+                                 f"to read while {action}")
         if grown[0] and _gate.depth() == 0:
             # The padded file outgrew the map: grow it now, not on the next write.
             self._resize(shared, self.map_size(), action)
@@ -1444,12 +1467,17 @@ class EnvironmentHandle:
         if self.read_only:
             return
         shared = self._shared_open()
-        if shared.reading:
-            return  # nothing was written through this process's environment
         with translated("flushing to disk", self.path), _gate.shared():
             self._began(shared)
             try:
-                shared.current().sync(True)
+                env = shared.current()
+                if not shared.reading:
+                    env.sync(True)
+                elif shared.data_fd is not None:
+                    # Opened to read (LMDB refuses to flush such an environment), perhaps
+                    # again after a fork that came between a write and this flush: the
+                    # data file's own flush is LMDB's (``mdb_env_sync``: fdatasync).
+                    os.fdatasync(shared.data_fd)
             finally:
                 shared.ended()
 

@@ -327,7 +327,7 @@ def collect_garbage_by_listing(reader: ObjectReader, *, dry_run: bool = False,
     idle = (set() if hints is None else
             idle_sessions(refs, listed, datetime.now(UTC) if older_than is None else older_than))
     empty = empty_records(  # pruned, if still so
-        refs, staged, doomed, backend.has_objects,
+        refs, staged, doomed,
         lambda name, record: hints is None or record.epoch is None or session_of(name) in idle)
     if not dry_run and (doomed or empty):
         backend.delete_objects(doomed, if_refs_are=refs, rescue=_rescuer(marked, rescued),

@@ -574,7 +574,7 @@ def _collect(reader: ObjectReader, ledger: Ledger, *, dry_run: bool,
         roots=tuple((i, k, n) for (i, k), n in sorted(roots.items())),
         grafts=tuple(sorted(grafts.items())),
     )
-    empty = empty_records(refs, staged, doomed, backend.has_objects)  # pruned, if still so
+    empty = empty_records(refs, staged, doomed)  # pruned, if still so
     rescued: set[ObjectId] = set()
     update = LedgerUpdate(
         expect=raw, header=encode_gc_ledger(new_header),

@@ -135,38 +135,32 @@ def roots_of(refs: Mapping[str, bytes | None], staged: set[str] | None = None
 
 def empty_records(refs: Mapping[str, bytes], staged: Collection[str],
                   doomed: Collection[ObjectId],
-                  stored: Callable[[list[ObjectId]], list[bool]],
                   also: Callable[[str, SessionRecord], bool] = lambda _name, _record: True,
                   ) -> dict[str, EmptyRecord]:
     """The session records a sweep may prune: nothing staged (``staged``), and ``also``.
 
     A record whose session never committed or rebased (generation 0) is
     pruned whenever nothing is staged: every copy of that session knows its
-    base. One of a later generation goes only with its base — in the step
-    that deletes it (``doomed``), or once it is no longer stored (``stored``
-    answers for the others): until then a copy idle across the session's
+    base. One of a later generation goes only with its base, in the step that
+    deletes it (``doomed``): until then a copy idle across the session's
     commits (a pickled task, say) still finds the record and follows it;
     recreating it instead, the copy would build read-modify-writes on the
     older base it knew, and the session's next commit would take them over
-    its own earlier commits (``docs/format.md``, S3).
+    its own earlier commits (``docs/format.md``, S3). No object is looked up
+    (on object storage each would be a request).
     """
-    candidates: dict[str, SessionRecord] = {}
+    found: dict[str, EmptyRecord] = {}
+    doomed = set(doomed)
     for name, raw in refs.items():
         if name.startswith("session/") and session_of(name) not in staged:
             record = decode_session(name, raw)
-            if also(name, record):
-                candidates[name] = record
-    doomed = set(doomed)
-    later = sorted({r.base for r in candidates.values()
-                    if r.generation and r.base not in doomed})
-    gone = {base for base, kept in zip(later, stored(later), strict=True) if not kept}
-    found: dict[str, EmptyRecord] = {}
-    for name, record in candidates.items():
-        prefix = stage_prefix(session_of(name))
-        if not record.generation or record.base in gone:
-            found[name] = EmptyRecord(refs[name], prefix)
-        elif record.base in doomed:
-            found[name] = EmptyRecord(refs[name], prefix, record.base)
+            if not also(name, record):
+                continue
+            prefix = stage_prefix(session_of(name))
+            if not record.generation:
+                found[name] = EmptyRecord(raw, prefix)
+            elif record.base in doomed:
+                found[name] = EmptyRecord(raw, prefix, record.base)
     return found
 
 

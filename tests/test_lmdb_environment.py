@@ -618,14 +618,20 @@ FILL = """
 """
 
 
-@needs_mount_namespace
-def test_a_full_disk_is_reported_as_full(tmp_path: Path) -> None:
+def _on_a_small_disk(tmp_path: Path, code: str, *names: str) -> dict[str, Any]:
+    """Run ``code`` on a 16 MiB tmpfs of its own, given ``names`` there; its JSON output."""
     mount = tmp_path / "small"
     mount.mkdir()
-    script = tmp_path / "fill.py"
-    script.write_text(textwrap.dedent(FILL))
-    out = _in_a_mount_namespace(f"mount -t tmpfs -o size=16m tmpfs {mount} && "
-                                f"{sys.executable} {script} {mount}/repo")
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(code))
+    paths = " ".join(f"{mount}/{name}" for name in names)
+    return _in_a_mount_namespace(f"mount -t tmpfs -o size=16m tmpfs {mount} && "
+                                 f"{sys.executable} {script} {paths}")
+
+
+@needs_mount_namespace
+def test_a_full_disk_is_reported_as_full(tmp_path: Path) -> None:
+    out = _on_a_small_disk(tmp_path, FILL, "repo")
     assert out["error"] == "DiskFullError", out
     assert "full" in out["message"]
     assert out["kept"] == "committed before the disk filled"
@@ -665,12 +671,7 @@ COMPACT_ON_A_FULL_DISK = """
 @needs_mount_namespace
 def test_compacting_on_a_full_disk_is_a_disk_full_error_and_changes_nothing(
         tmp_path: Path) -> None:
-    mount = tmp_path / "small"
-    mount.mkdir()
-    script = tmp_path / "compact.py"
-    script.write_text(textwrap.dedent(COMPACT_ON_A_FULL_DISK))
-    out = _in_a_mount_namespace(f"mount -t tmpfs -o size=16m tmpfs {mount} && "
-                                f"{sys.executable} {script} {mount}/repo {mount}/filler")
+    out = _on_a_small_disk(tmp_path, COMPACT_ON_A_FULL_DISK, "repo", "filler")
     assert out["error"] == "DiskFullError", out
     assert "no space left" in out["message"]
     assert out["kept"] and out["after"] and out["ok"], out

@@ -793,16 +793,16 @@ class _Shared:
         self.padded = (info["last_pgno"] + 1) * self.page_size + _SLACK <= self.known_size
         self.unchecked = _SLACK - _PAGE_HEADER if self.padded else -1
 
-    def keep_slack(self, env: lmdb.Environment, *, ahead: bool = False) -> bool:
-        """Pad the file with zeros to ``_SLACK`` past its last page; whether the map is too small.
+    def keep_slack(self, env: lmdb.Environment) -> bool:
+        """After a write grew the file: pad it with zeros to twice ``_SLACK`` past its last page.
 
-        The file is extended under LMDB's writer lock (an empty write
-        transaction), so no writer of any process extends it meanwhile (a
-        shorter size set then would cut its pages off). ``ahead`` (after a
-        write grew the file): by twice the slack, so that the next writes
-        need not pad again; at open by the slack alone, so that a compacted
-        file stays smaller than before. Does nothing where the file cannot be
-        written (read-only media).
+        Twice, so that the next writes need not pad again (at open,
+        ``pad_without_lock`` adds the slack alone, so that a compacted file
+        stays smaller than before). The file is extended under LMDB's writer
+        lock (an empty write transaction), so no writer of any process extends
+        it meanwhile (a shorter size set then would cut its pages off). Does
+        nothing where the file cannot be written (read-only media). Returns
+        whether the map is now too small for the file.
         """
         last = (env.info()["last_pgno"] + 1) * self.page_size
         if last + _SLACK <= self.known_size:
@@ -813,7 +813,7 @@ class _Shared:
                 try:
                     last = (env.info()["last_pgno"] + 1) * self.page_size
                     if last + _SLACK > os.path.getsize(self.data_path):
-                        os.truncate(self.data_path, last + (2 if ahead else 1) * _SLACK)
+                        os.truncate(self.data_path, last + 2 * _SLACK)
                 finally:
                     txn.abort()
         except (OSError, lmdb.Error):
@@ -1323,7 +1323,7 @@ class EnvironmentHandle:
                 env.sync(True)
             if shared.known_size < (env.info()["last_pgno"] + 1) * shared.page_size + _SLACK:
                 # The write grew the file into its slack.
-                grown[0] = shared.keep_slack(env, ahead=True)
+                grown[0] = shared.keep_slack(env)
             return result
 
         grown = [False]

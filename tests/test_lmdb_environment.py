@@ -1034,3 +1034,29 @@ def test_a_first_write_waiting_for_the_lock_stops_no_other_thread_and_a_fork_rea
         holder.wait()
         proc.kill()
         proc.wait()
+
+
+def test_without_the_lock_file_concurrent_writes_in_one_process_take_turns(
+        tmp_path: Path) -> None:
+    # lock=False ("one process only") keeps neither LMDB's writer lock nor its reader
+    # table: zarr's concurrent sets (worker threads) ran write transactions at once and
+    # the process died with SIGSEGV in about half the runs.
+    import zarr
+
+    from zarrstore import LMDBStore
+    code = """
+        import sys
+        import numpy as np
+        import zarr
+        from zarrstore import LMDBStore
+        store = LMDBStore(sys.argv[1], lock=False)
+        array = zarr.open_array(store, path="a")
+        array[:] = np.arange(400)
+        print(bool((array[:] == np.arange(400)).all()))
+    """
+    for run in range(4):
+        path = tmp_path / f"s{run}"
+        with LMDBStore(path) as store:
+            zarr.create_array(store, name="a", shape=(400,), chunks=(10,), dtype="i4",
+                              fill_value=0)
+        assert _in_a_new_process(code, path).strip() == "True"

@@ -63,7 +63,10 @@ they live here once, for ``zarrstore.lmdb.LMDBStore`` and versionstore's
   ``EACCES``), the environment is opened ``readonly``; if even the lock file
   cannot be opened it is opened without locking (``lock=False``), which is
   safe only while no other process writes the files (true on a read-only
-  mount). Writes then raise ``ReadOnlyError``.
+  mount). Writes then raise ``ReadOnlyError``. An environment opened without
+  its lock file on purpose (``lock=False``: one process) has neither LMDB's
+  writer lock nor its reader table, so each write holds the gate
+  exclusively: no other transaction of the process runs beside it.
 * **Readahead by kind of read.** A page fault reads the device's readahead
   window around it, good for large values and wasteful for small scattered
   ones; a read may ask for either (``read(..., readahead=...)``), and the
@@ -1329,7 +1332,10 @@ class EnvironmentHandle:
         grown = [False]
         for _ in range(_RETRIES):
             try:
-                result = self._replayed(shared, action, attempt)
+                # Without LMDB's lock file (``lock=False``) LMDB keeps neither its writer
+                # lock nor its reader table: a write runs alone in the process, or two
+                # writers, or a writer reusing pages a reader still reads, crash it.
+                result = self._replayed(shared, action, attempt, alone=not shared.locked)
                 break
             except _OpenedToRead:
                 self._writable(shared, action)
@@ -1402,19 +1408,22 @@ class EnvironmentHandle:
             shared.check_overflow(end)
 
     def _replayed(self, shared: _Shared, action: str,
-                  attempt: Callable[[lmdb.Environment], T]) -> T:
+                  attempt: Callable[[lmdb.Environment], T], *, alone: bool = False) -> T:
         """``attempt(env)`` under the gate, replayed from the start after the map grows.
 
         Counted as one transaction across the replays and the resizes between
         them: a close meanwhile must not close (and a resize then reopen,
-        unregistered) the environment.
+        unregistered) the environment. ``alone``: with the gate held
+        exclusively, so no other transaction of the process runs meanwhile.
         """
         self._began(shared)
         try:
             for _ in range(_RETRIES):
                 full_at: int | None = None
                 gate = _gate  # rebound in a forked child: leave the one entered
-                gate.enter()
+                enter, leave = ((gate.acquire_exclusive, gate.release_exclusive) if alone
+                                else (gate.enter, gate.leave))
+                enter()
                 try:
                     env = shared.current()
                     try:
@@ -1426,7 +1435,7 @@ class EnvironmentHandle:
                 except lmdb.Error as exc:
                     raise translate(exc, action, self.path) from exc
                 finally:
-                    gate.leave()
+                    leave()
                 self._resize(shared, full_at, action)
         finally:
             shared.ended()

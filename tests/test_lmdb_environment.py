@@ -983,25 +983,28 @@ def test_a_first_write_waiting_for_the_lock_stops_no_other_thread_and_a_fork_rea
     # The reopen of an environment opened to read waited for LMDB's writer lock with
     # the GIL held: every thread of the process stopped. And a process that had
     # written reopened writable after a fork, so its reads waited for the lock too.
+    # Nothing here is timed: the lock is held until another thread has ticked 50 times
+    # while the write waits (with the GIL held it could not tick at all).
     path = tmp_path / "repo"
     vs.Repository.create(vs.lmdb_storage(path)).close()
     code = """
         import os, sys, threading, time
         import versionstore as vs
         repo = vs.Repository.open(vs.lmdb_storage(sys.argv[1]))
-        ticks = []
+        writing = threading.Event()
         def tick():
-            while True:
-                ticks.append(time.monotonic())
-                time.sleep(0.01)
+            writing.wait()
+            for _ in range(50):
+                print("tick", flush=True)
+                time.sleep(0.02)
         threading.Thread(target=tick, daemon=True).start()
         print("open", flush=True)
         sys.stdin.readline()  # the lock is held now
         session = repo.writable_session("main")
+        writing.set()
         session.set_values([("k", b"v")])  # waits for the lock: the ticker goes on
         session.commit("k")
-        gaps = [b - a for a, b in zip(ticks, ticks[1:])]
-        print("gap", max(gaps), flush=True)
+        print("written", flush=True)
         sys.stdin.readline()  # the lock is held again
         pid = os.fork()
         if pid == 0:  # reads in a fork of a process that wrote: no wait
@@ -1015,23 +1018,25 @@ def test_a_first_write_waiting_for_the_lock_stops_no_other_thread_and_a_fork_rea
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), str(path)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdin is not None and proc.stdout is not None
+    holder: subprocess.Popen[str] | None = None
     try:
         assert proc.stdout.readline().strip() == "open"
         holder = _holding_the_writer_lock(path)
         proc.stdin.write("go\n")
         proc.stdin.flush()
-        threading.Timer(2, holder.kill).start()  # released after 2 s
-        gap = float(proc.stdout.readline().split()[1])
+        assert [proc.stdout.readline().strip() for _ in range(50)] == ["tick"] * 50
+        holder.kill()  # only now may the write go on
         holder.wait()
-        assert gap < 1.5, gap  # the writer waited about 2 s; the ticker did not
+        assert proc.stdout.readline().strip() == "written"
         holder = _holding_the_writer_lock(path)
         proc.stdin.write("go\n")
         proc.stdin.flush()
         assert proc.stdout.readline().strip() == "child b'v'"
         assert proc.stdout.readline().strip() == "parent b'v'"
     finally:
-        holder.kill()
-        holder.wait()
+        if holder is not None:
+            holder.kill()
+            holder.wait()
         proc.kill()
         proc.wait()
 

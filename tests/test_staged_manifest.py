@@ -21,6 +21,7 @@ from obstore.store import LocalStore
 
 import versionstore as vs
 import versionstore.backend.object as object_module
+import versionstore.codec as codec
 import versionstore.session as session_module
 import versionstore.sorted_runs as sorted_runs_module
 import versionstore.staged_manifest as manifest_module
@@ -109,6 +110,7 @@ def test_session_records_with_manifests_are_version_4_and_others_unchanged(
     assert encode_session(name, plain)[13:15] == b"\x98\x03"  # version 3, as before
     # A reader from before staged manifests refuses the record instead of missing them.
     monkeypatch.setattr(SessionRecord, "FORMAT_VERSION", 3)
+    codec._decode_session.cache_clear()  # decodings are kept; that reader has none yet
     assert decode_session(name, encode_session(name, plain)) == plain
     with pytest.raises(UnsupportedFormatError):
         decode_session(name, encode_session(name, spilled))

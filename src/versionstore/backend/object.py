@@ -633,12 +633,14 @@ class ObjectBackend(Backend):
         if not refresh():
             return False
         doomed = list(ids)
+        # Of what is deleted, only the bases empty records name matter (``prunable``).
+        bases = {record.base for record in (prune_refs or {}).values() if record.base is not None}
         deleted: set[ObjectId] = set()
         for start in range(0, len(doomed), _DELETE_BATCH):
             if start and not refresh():
                 return False  # pragma: no cover - only without rescue, decided above
             chosen = [i for i in doomed[start:start + _DELETE_BATCH] if i not in spared]
-            deleted.update(chosen)
+            deleted.update(i for i in chosen if i in bases)
             # Known to be stored no more: a staging write requiring one (its base) must
             # ask again, not trust this process's memory of storing it (``_ensure_stored``).
             for object_id in chosen:
